@@ -1,0 +1,113 @@
+// Pure range allocation for `range = auto` (SPEC §4): hash-derived first slot, next free aligned slot.
+import { createHash } from 'node:crypto';
+import { configError } from '../config/ini.ts';
+import type { Interval } from '../config/extents.ts';
+import type { ConfigError, ContextDef, Pool } from '../config/types.ts';
+
+export type Allocation = { readonly start: number; readonly size: number };
+
+/** Sort and merge intervals so lookups can binary-search them. */
+export function mergeIntervals(list: readonly Interval[]): Interval[] {
+  const sorted = [...list].filter((i) => i.end > i.start).sort((a, b) => a.start - b.start);
+  const out: Interval[] = [];
+  for (const i of sorted) {
+    const last = out[out.length - 1];
+    if (last && i.start <= last.end) out[out.length - 1] = { start: last.start, end: Math.max(last.end, i.end) };
+    else out.push(i);
+  }
+  return out;
+}
+
+/** Index of the first interval of a sorted disjoint list that ends after `start`. */
+function firstEndingAfter(merged: readonly Interval[], start: number): number {
+  let lo = 0;
+  let hi = merged.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (merged[mid]!.end <= start) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function overlapsMerged(merged: readonly Interval[], start: number, end: number): boolean {
+  const i = merged[firstEndingAfter(merged, start)];
+  return i !== undefined && i.start < end;
+}
+
+/** The aligned slots of a pool for allocations of `size`: slot k starts at first + k * size. */
+export function poolSlots(pool: Pool, size: number): { first: number; count: number } {
+  const first = Math.ceil(pool.start / size) * size;
+  const count = first > pool.end ? 0 : Math.floor((pool.end + 1 - first) / size);
+  return { first, count };
+}
+
+/** The label's first candidate slot: the same label gets the same slot on every host with the same pool. */
+export function hashSlot(label: string, slots: number): number {
+  const digest = createHash('sha256').update(label, 'utf8').digest();
+  return digest.readUInt32BE(0) % slots;
+}
+
+/** First free aligned slot from the label's hash onwards (wrapping), or an error message on exhaustion. */
+export function allocateRange(label: string, size: number, pool: Pool, taken: readonly Interval[]): number | string {
+  const { first, count } = poolSlots(pool, size);
+  if (count === 0) return `the pool ${pool.start}-${pool.end} holds no aligned range of ${size} ids: widen [pool] range or lower size`;
+  const start = hashSlot(label, count);
+  for (let k = 0; k < count; k++) {
+    const s = first + ((start + k) % count) * size;
+    if (!overlapsMerged(taken, s, s + size)) return s;
+  }
+  return `the pool ${pool.start}-${pool.end} is exhausted: no free range of ${size} ids is left (widen [pool] range or remove contexts)`;
+}
+
+/** /etc/subuid and /etc/subgid lines "name:start:count" as intervals; malformed lines are skipped. */
+export function parseSubIds(text: string): Interval[] {
+  const out: Interval[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^[^:#\s][^:]*:(\d+):(\d+)\s*$/.exec(line.trim());
+    if (m) out.push({ start: Number(m[1]), end: Number(m[1]) + Number(m[2]) });
+  }
+  return out;
+}
+
+/**
+ * Give every `range = auto` context a start: its recorded allocation when the size still matches,
+ * else a fresh one that avoids `reserved` (static ranges, subordinate ids, existing accounts) and
+ * every other allocation, recorded or fresh. Fresh ones are returned so the caller records them
+ * before any namespace uses them.
+ */
+export function assignRanges(
+  defs: readonly ContextDef[],
+  pool: Pool,
+  recorded: ReadonlyMap<string, Allocation>,
+  reserved: readonly Interval[],
+  errors: ConfigError[],
+): { starts: Map<string, number>; fresh: Map<string, Allocation> } {
+  const starts = new Map<string, number>();
+  const fresh = new Map<string, Allocation>();
+  const auto = defs.filter((d) => d.autoSize !== null);
+  const sizes = new Map(auto.map((d) => [d.label, d.autoSize]));
+  const kept = new Map<string, Allocation>();
+  // A recorded range stays reserved even when its context is gone, so a context removed and
+  // restored gets its ids back; one whose size changed is allocated anew.
+  for (const [label, a] of recorded) if (!sizes.has(label) || sizes.get(label) === a.size) kept.set(label, a);
+  const allocations: Interval[] = [...kept.values()].map((a) => ({ start: a.start, end: a.start + a.size }));
+  const taken = mergeIntervals([...reserved, ...allocations]);
+  for (const d of auto) {
+    const k = kept.get(d.label);
+    if (k) {
+      starts.set(d.label, k.start);
+      continue;
+    }
+    const s = allocateRange(d.label, d.autoSize!, pool, taken);
+    if (typeof s === 'string') {
+      errors.push(configError(d.file, 'context', 'range', null, s));
+      continue;
+    }
+    starts.set(d.label, s);
+    fresh.set(d.label, { start: s, size: d.autoSize! });
+    // The slot overlaps nothing, so inserting it keeps the list sorted and disjoint.
+    taken.splice(firstEndingAfter(taken, s), 0, { start: s, end: s + d.autoSize! });
+  }
+  return { starts, fresh };
+}

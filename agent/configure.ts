@@ -1,0 +1,106 @@
+// One configuration load, start to finish: settings, context files, ranges, cross-file checks.
+import { readFileSync } from 'node:fs';
+import { configError } from '../config/ini.ts';
+import type { Interval } from '../config/extents.ts';
+import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, loadAgentConfig, loadContextDefs } from '../config/load.ts';
+import type { HostMaps } from '../config/load.ts';
+import { enumerateIds, systemNss } from '../config/nss.ts';
+import type { AgentConfig, ConfigError, Context, Nss } from '../config/types.ts';
+import { assignRanges, parseSubIds } from './allocate.ts';
+import type { Allocation } from './allocate.ts';
+import { UsernsError } from './errors.ts';
+import { ensureStateDir, readAllocations, writeAllocations } from './state.ts';
+
+export type Configuration = {
+  readonly agent: AgentConfig;
+  /** Valid contexts, parents before children. */
+  readonly contexts: ReadonlyMap<string, Context>;
+  readonly hostMaps: ReadonlyMap<string, HostMaps>;
+  readonly allocations: ReadonlyMap<string, Allocation>;
+  /** Allocations made by this load that are not yet in the state file (only when not recording). */
+  readonly unrecorded: ReadonlyMap<string, Allocation>;
+  readonly errors: readonly ConfigError[];
+};
+
+/** What the allocator must never hand out, read from the system. */
+export type SystemIds = () => Interval[];
+
+export const systemIds: SystemIds = () => {
+  const out: Interval[] = [];
+  for (const f of ['/etc/subuid', '/etc/subgid']) {
+    try { out.push(...parseSubIds(readFileSync(f, 'utf8'))); } catch { /* absent: nothing delegated */ }
+  }
+  const { uids, gids } = enumerateIds();
+  for (const id of [...uids, ...gids]) out.push({ start: id, end: id + 1 });
+  return out;
+};
+
+function kernelOverflow(): { overflowuid: number; overflowgid: number } {
+  const read = (name: string) => {
+    try { return Number(readFileSync(`/proc/sys/kernel/${name}`, 'utf8').trim()); } catch { return 65534; }
+  };
+  return { overflowuid: read('overflowuid'), overflowgid: read('overflowgid') };
+}
+
+export type LoadOptions = {
+  readonly nss?: Nss;
+  readonly systemIds?: SystemIds;
+  /** Record fresh allocations in the state directory (the agent) or only report them (check-config). */
+  readonly record: boolean;
+};
+
+export function loadConfiguration(file: string | null, opts: LoadOptions): Configuration {
+  const nss = opts.nss ?? systemNss();
+  const defaults = { ...AGENT_DEFAULTS, ...kernelOverflow() };
+  const errors: ConfigError[] = [];
+  let agent: AgentConfig;
+  if (file === null) {
+    // No --config: the default file is optional, as for most daemons; an explicit one is not.
+    const r = loadAgentConfig(DEFAULT_CONFIG_FILE, nss, defaults);
+    const missing = r.errors.length === 1 && r.errors[0]!.message.includes('ENOENT');
+    agent = missing ? { ...defaults, file: DEFAULT_CONFIG_FILE } : r.config;
+    if (!missing) errors.push(...r.errors);
+  } else {
+    const r = loadAgentConfig(file, nss, defaults);
+    agent = r.config;
+    errors.push(...r.errors);
+  }
+
+  const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size);
+  errors.push(...loaded.errors);
+  const defs = loaded.defs;
+
+  let starts = new Map<string, number>();
+  let fresh = new Map<string, Allocation>();
+  let recorded = new Map<string, Allocation>();
+  if (defs.some((d) => d.autoSize !== null)) {
+    try {
+      recorded = readAllocations(agent.state);
+      // Static ranges as they stand before allocation: auto contexts (and their children) are left out.
+      const statics = finishContexts(defs, new Map(), []).hostMaps;
+      const reserved: Interval[] = [...(opts.systemIds ?? systemIds)()];
+      for (const h of statics.values()) for (const e of [...h.uid, ...h.gid]) reserved.push({ start: e.outside, end: e.outside + e.count });
+      ({ starts, fresh } = assignRanges(defs, agent.pool, recorded, reserved, errors));
+      if (opts.record && fresh.size > 0) {
+        ensureStateDir(agent.state);
+        writeAllocations(agent.state, new Map([...recorded, ...fresh]));
+      }
+    } catch (err) {
+      if (!(err instanceof UsernsError)) throw err;
+      for (const d of defs) if (d.autoSize !== null) errors.push(configError(d.file, 'context', 'range', null, err.message));
+      starts = new Map();
+      fresh = new Map();
+    }
+  }
+  const { contexts, hostMaps } = finishContexts(defs, starts, errors);
+  const allocations = new Map<string, Allocation>();
+  for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: starts.get(c.label)!, size: c.autoSize });
+  return {
+    agent,
+    contexts: new Map(contexts.map((c) => [c.label, c])),
+    hostMaps,
+    allocations,
+    unrecorded: opts.record ? new Map() : fresh,
+    errors,
+  };
+}

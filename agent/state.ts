@@ -1,0 +1,75 @@
+// The agent's persistent state under /var/lib/usernsd: range allocations, written atomically.
+import { closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Allocation } from './allocate.ts';
+import { UsernsError } from './errors.ts';
+
+export const RANGES_FILE = 'ranges.json';
+const STATE_VERSION = 1;
+
+/** The state directory must be a real directory, never a symlink planted by someone else. */
+export function ensureStateDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = lstatSync(dir);
+    if (!st.isDirectory()) throw new UsernsError('E_CONFIG', `state directory ${dir} is not a directory (a symlink?): remove it`);
+  } catch (err) {
+    if (err instanceof UsernsError) throw err;
+    throw new UsernsError('E_INTERNAL', `cannot create state directory ${dir}: ${(err as NodeJS.ErrnoException).code}`, err);
+  }
+}
+
+/**
+ * Recorded allocations. A missing file is an empty record; a corrupt one is an error, never an
+ * empty record, because forgetting allocations would hand the same ids out twice.
+ */
+export function readAllocations(dir: string): Map<string, Allocation> {
+  const file = join(dir, RANGES_FILE);
+  let text: string;
+  try {
+    text = readFileSync(file, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    throw new UsernsError('E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, err);
+  }
+  const corrupt = (why: string) => new UsernsError('E_CONFIG',
+    `${file} is corrupt (${why}): no range will be allocated until it is fixed. Restore it from a backup, or rebuild it from the pins' maps (usernsctl list shows them) and remove the file only if no auto-range namespace exists`);
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    throw corrupt('not JSON');
+  }
+  if (typeof data !== 'object' || data === null || (data as { version?: unknown }).version !== STATE_VERSION) throw corrupt(`not version ${STATE_VERSION}`);
+  const allocations = (data as { allocations?: unknown }).allocations;
+  if (typeof allocations !== 'object' || allocations === null) throw corrupt('no allocations object');
+  const out = new Map<string, Allocation>();
+  for (const [label, a] of Object.entries(allocations)) {
+    const { start, size } = (a ?? {}) as { start?: unknown; size?: unknown };
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(size) || (start as number) < 0 || (size as number) <= 0) throw corrupt(`bad entry for "${label}"`);
+    out.set(label, { start: start as number, size: size as number });
+  }
+  return out;
+}
+
+/** Write-then-rename with fsyncs, so a crash leaves the old record or the new one, never a torn file. */
+export function writeAllocations(dir: string, allocations: ReadonlyMap<string, Allocation>): void {
+  const file = join(dir, RANGES_FILE);
+  const tmp = join(dir, `.${RANGES_FILE}.${process.pid}.tmp`);
+  const body = JSON.stringify({ version: STATE_VERSION, allocations: Object.fromEntries([...allocations].sort(([a], [b]) => a.localeCompare(b))) }, null, 1) + '\n';
+  try {
+    try { unlinkSync(tmp); } catch { /* left by a crash of this pid number, or absent */ }
+    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    try {
+      writeSync(fd, body);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, file);
+    const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    try { fsyncSync(dfd); } finally { closeSync(dfd); }
+  } catch (err) {
+    throw new UsernsError('E_INTERNAL', `cannot record allocations in ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+  }
+}

@@ -1,0 +1,71 @@
+// The user and group databases through libc's NSS (files, LDAP, sssd…), as the loader and allocator need them.
+import koffi from 'koffi';
+import type { Nss } from './types.ts';
+
+const libc = koffi.load('libc.so.6');
+const passwd = koffi.struct({
+  pw_name: 'const char *', pw_passwd: 'const char *', pw_uid: 'uint32_t', pw_gid: 'uint32_t',
+  pw_gecos: 'const char *', pw_dir: 'const char *', pw_shell: 'const char *',
+});
+const group = koffi.struct({ gr_name: 'const char *', gr_passwd: 'const char *', gr_gid: 'uint32_t', gr_mem: 'void *' });
+const passwdPtr = koffi.pointer(passwd);
+const groupPtr = koffi.pointer(group);
+// The non-reentrant calls are safe here: koffi calls them synchronously on the JS thread and the
+// result is decoded before the next call.
+const getpwnam = libc.func('getpwnam', passwdPtr, ['const char *']);
+const getpwuid = libc.func('getpwuid', passwdPtr, ['uint32_t']);
+const getgrnam = libc.func('getgrnam', groupPtr, ['const char *']);
+const setpwent = libc.func('setpwent', 'void', []);
+const getpwent = libc.func('getpwent', passwdPtr, []);
+const endpwent = libc.func('endpwent', 'void', []);
+const setgrent = libc.func('setgrent', 'void', []);
+const getgrent = libc.func('getgrent', groupPtr, []);
+const endgrent = libc.func('endgrent', 'void', []);
+
+type Pw = { pw_name: string; pw_uid: number; pw_gid: number };
+type Gr = { gr_name: string; gr_gid: number };
+
+/** NSS lookups, memoised for one configuration load so 10,000 files naming one owner ask once. */
+export function systemNss(): Nss {
+  const users = new Map<string, { uid: number; gid: number } | null>();
+  const uids = new Map<number, { name: string; gid: number } | null>();
+  const groups = new Map<string, number | null>();
+  return {
+    userByName(name) {
+      if (!users.has(name)) {
+        const p = getpwnam(name);
+        const pw = p ? (koffi.decode(p, passwd) as Pw) : null;
+        users.set(name, pw ? { uid: pw.pw_uid, gid: pw.pw_gid } : null);
+      }
+      return users.get(name)!;
+    },
+    userById(uid) {
+      if (!uids.has(uid)) {
+        const p = getpwuid(uid);
+        const pw = p ? (koffi.decode(p, passwd) as Pw) : null;
+        uids.set(uid, pw ? { name: pw.pw_name, gid: pw.pw_gid } : null);
+      }
+      return uids.get(uid)!;
+    },
+    groupByName(name) {
+      if (!groups.has(name)) {
+        const p = getgrnam(name);
+        groups.set(name, p ? (koffi.decode(p, group) as Gr).gr_gid : null);
+      }
+      return groups.get(name)!;
+    },
+  };
+}
+
+/** Every uid and gid the databases enumerate: the allocator never hands out an id a real account has. */
+export function enumerateIds(): { uids: number[]; gids: number[] } {
+  const uids: number[] = [];
+  const gids: number[] = [];
+  setpwent();
+  for (let p = getpwent(); p; p = getpwent()) uids.push((koffi.decode(p, passwd) as Pw).pw_uid);
+  endpwent();
+  setgrent();
+  for (let g = getgrent(); g; g = getgrent()) gids.push((koffi.decode(g, group) as Gr).gr_gid);
+  endgrent();
+  return { uids, gids };
+}

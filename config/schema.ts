@@ -1,0 +1,129 @@
+// The key tables: every section and key of usernsd.conf and of a context file, with its parser and default.
+import { parseExtents, parseId } from './extents.ts';
+import { LOG_LEVELS, SQUASH_MODES } from './types.ts';
+import type { IdMap, LogLevel, Nss, Owner, SquashMode } from './types.ts';
+
+/** A parser returns the typed value, or a Problem saying what is wrong with the text. */
+export type Problem = { readonly problem: string };
+export type Parse<T> = (text: string, nss: Nss) => T | Problem;
+export type KeySpec<T> = { readonly parse: Parse<T>; readonly doc: string };
+
+export function isProblem(v: unknown): v is Problem {
+  return typeof v === 'object' && v !== null && 'problem' in v;
+}
+
+const LABEL_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
+
+/** SPEC §3: 1-64 of [A-Za-z0-9._-], not starting with "." or "-". */
+export function labelProblem(label: string): string | null {
+  if (LABEL_RE.test(label)) return null;
+  if (label.length === 0) return 'a label cannot be empty';
+  if (label.length > 64) return `a label has at most 64 characters (this one has ${label.length})`;
+  if (label.startsWith('.') || label.startsWith('-')) return 'a label cannot start with "." or "-"';
+  return 'a label may contain only letters, digits, ".", "_" and "-"';
+}
+
+const oneOf = <T extends string>(values: readonly T[]): Parse<T> => (text) =>
+  (values as readonly string[]).includes(text) ? (text as T) : { problem: `must be one of ${values.join(', ')} (got "${text}")` };
+
+const absolutePath: Parse<string> = (text) =>
+  text.startsWith('/') && !text.split('/').includes('..') ? text.replace(/\/+$/, '') || '/' : { problem: `must be an absolute path without ".." (got "${text}")` };
+
+const number = (min: number, max: number): Parse<number> => (text) => {
+  const n = parseId(text);
+  return n !== null && n >= min && n <= max ? n : { problem: `must be a whole number from ${min} to ${max} (got "${text}")` };
+};
+
+const idMap: Parse<IdMap> = (text) => {
+  const m = parseExtents(text);
+  return typeof m === 'string' ? { problem: m } : m;
+};
+
+/** A user name through NSS, or a numeric uid (which need not have an entry). */
+export const parseUser: Parse<Owner> = (text, nss) => {
+  const uid = parseId(text);
+  if (uid !== null) {
+    const pw = nss.userById(uid);
+    return { uid, gid: pw ? pw.gid : uid, name: pw ? pw.name : null };
+  }
+  const pw = nss.userByName(text);
+  return pw ? { uid: pw.uid, gid: pw.gid, name: text } : { problem: `unknown user "${text}" (not found through NSS: check getent passwd ${text})` };
+};
+
+export const parseGroup: Parse<number> = (text, nss) => {
+  const gid = parseId(text);
+  if (gid !== null) return gid;
+  const g = nss.groupByName(text);
+  return g !== null ? g : { problem: `unknown group "${text}" (not found through NSS: check getent group ${text})` };
+};
+
+const list = <T>(item: Parse<T>): Parse<T[]> => (text, nss) => {
+  const out: T[] = [];
+  for (const part of text.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
+    const v = item(part, nss);
+    if (isProblem(v)) return v;
+    out.push(v);
+  }
+  return out;
+};
+
+const labelValue: Parse<string> = (text) => labelProblem(text) === null ? text : { problem: `"${text}": ${labelProblem(text)}` };
+
+const poolRange: Parse<{ start: number; end: number }> = (text) => {
+  const m = /^(\d+)\s*-\s*(\d+)$/.exec(text);
+  const start = m ? parseId(m[1]!) : null;
+  const end = m ? parseId(m[2]!) : null;
+  if (start === null || end === null || start > end || end >= 0xffffffff) {
+    return { problem: `must be "FIRST-LAST" host ids with FIRST <= LAST < 4294967295 (got "${text}")` };
+  }
+  return { start, end };
+};
+
+/** usernsd.conf(5). The man page documents every key here; a test holds them together. */
+export const AGENT_SCHEMA = {
+  agent: {
+    socket: { parse: absolutePath, doc: 'the UNIX socket the agent listens on' },
+    contexts: { parse: absolutePath, doc: 'the directory of context files' },
+    pins: { parse: absolutePath, doc: 'the directory of pinned namespaces' },
+    state: { parse: absolutePath, doc: 'the directory of persistent state' },
+    log_level: { parse: oneOf<LogLevel>(LOG_LEVELS), doc: 'the lowest level logged' },
+    label_xattr: {
+      parse: (t: string) => /^(trusted|user|security)\.[A-Za-z0-9._-]+$/.test(t) ? t : { problem: `must be an extended attribute name in the trusted, user or security namespace (got "${t}")` },
+      doc: 'the extended attribute that holds a context label on an inode',
+    },
+  },
+  mapping: {
+    overflowuid: { parse: number(0, 0xfffffffe), doc: 'the uid shown for an id that cannot be mapped' },
+    overflowgid: { parse: number(0, 0xfffffffe), doc: 'the gid shown for an id that cannot be mapped' },
+  },
+  pool: {
+    range: { parse: poolRange, doc: 'host ids that range = auto allocations come from' },
+    size: { parse: number(1, 0x7fffffff), doc: 'the default size of an allocation' },
+  },
+} as const satisfies Record<string, Record<string, KeySpec<unknown>>>;
+
+/** userns.d(5). */
+export const CONTEXT_SCHEMA = {
+  context: {
+    label: { parse: labelValue, doc: 'the context label (default: the file name without .conf)' },
+    parent: { parse: (t: string, nss: Nss) => t === 'host' ? t : labelValue(t, nss), doc: 'host, or the label of the parent context' },
+    owner: { parse: parseUser, doc: 'the user who owns the namespace' },
+    uid_map: { parse: idMap, doc: 'uid extents INSIDE OUTSIDE COUNT, comma-separated' },
+    gid_map: { parse: idMap, doc: 'gid extents INSIDE OUTSIDE COUNT, comma-separated' },
+    range: { parse: oneOf(['auto'] as const), doc: 'auto: allocate uid and gid maps from the pool' },
+    size: { parse: number(1, 0x7fffffff), doc: 'the size of an auto range' },
+    setgroups: { parse: oneOf(['allow', 'deny'] as const), doc: 'whether setgroups(2) is allowed inside' },
+    create: { parse: oneOf(['lazy', 'eager'] as const), doc: 'when the namespace is created' },
+  },
+  squash: {
+    mode: { parse: oneOf<SquashMode>(SQUASH_MODES), doc: 'none, root or all' },
+    anonuid: { parse: (t: string, nss: Nss) => { const u = parseUser(t, nss); return isProblem(u) ? u : u.uid; }, doc: 'host uid squashed ids become' },
+    anongid: { parse: parseGroup, doc: 'host gid squashed ids become' },
+  },
+  access: {
+    users: { parse: list((t: string, nss: Nss) => { const u = parseUser(t, nss); return isProblem(u) ? u : u.uid; }), doc: 'users who may resolve, map and enter' },
+    groups: { parse: list(parseGroup), doc: 'groups whose members may resolve, map and enter' },
+  },
+} as const satisfies Record<string, Record<string, KeySpec<unknown>>>;
+
+export type Schema = Record<string, Record<string, KeySpec<unknown>>>;

@@ -1,0 +1,67 @@
+// The data model every other layer stands on: ids, extents, contexts, the agent's settings, errors.
+
+/** One line of a uid_map/gid_map: ids inside..inside+count-1 are outside..outside+count-1 in the parent. */
+export type Extent = { readonly inside: number; readonly outside: number; readonly count: number };
+export type IdMap = readonly Extent[];
+
+export const SQUASH_MODES = ['none', 'root', 'all'] as const;
+export type SquashMode = (typeof SQUASH_MODES)[number];
+
+export const HOST_LABEL = 'host';
+
+export type Squash = { readonly mode: SquashMode; readonly anonuid: number; readonly anongid: number };
+
+export type Owner = { readonly uid: number; readonly gid: number; readonly name: string | null };
+
+/** A context as written in its file, names resolved, maps checked; `range = auto` not yet allocated. */
+export type ContextDef = {
+  readonly label: string;
+  readonly file: string;
+  readonly parent: string;
+  readonly owner: Owner;
+  /** null when the ids come from the pool (`range = auto`). */
+  readonly uidMap: IdMap | null;
+  readonly gidMap: IdMap | null;
+  readonly autoSize: number | null;
+  readonly setgroups: 'allow' | 'deny';
+  readonly create: 'lazy' | 'eager';
+  readonly squash: Squash;
+  readonly access: { readonly uids: readonly number[]; readonly gids: readonly number[] };
+};
+
+/** A context whose maps are known: static, or allocated from the pool. */
+export type Context = ContextDef & { readonly uidMap: IdMap; readonly gidMap: IdMap };
+
+export type Pool = { readonly start: number; readonly end: number; readonly size: number };
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export type AgentConfig = {
+  readonly file: string;
+  readonly socket: string;
+  readonly contexts: string;
+  readonly pins: string;
+  readonly state: string;
+  readonly logLevel: LogLevel;
+  readonly labelXattr: string;
+  readonly overflowuid: number;
+  readonly overflowgid: number;
+  readonly pool: Pool;
+};
+
+/** Where a configuration problem is: always a file, a section and key when known, a line when found. */
+export type ConfigError = {
+  readonly file: string;
+  readonly section: string | null;
+  readonly key: string | null;
+  readonly line: number | null;
+  readonly message: string;
+};
+
+/** What the loader needs from the user and group databases (NSS); injected so tests can build one. */
+export type Nss = {
+  userByName(name: string): { uid: number; gid: number } | null;
+  userById(uid: number): { name: string; gid: number } | null;
+  groupByName(name: string): number | null;
+};

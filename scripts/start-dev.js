@@ -1,0 +1,29 @@
+// npm start: run usernsd on the configuration embedded in this checkout (etc/), with its runtime
+// (socket, pins, state) under run/ in the checkout, so a newcomer sees it work at once.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const run = join(root, 'run');
+mkdirSync(run, { recursive: true, mode: 0o755 });
+const config = join(run, 'usernsd.conf');
+writeFileSync(config, [
+  '# Written by npm start: the embedded default configuration with a repo-local runtime.',
+  '[agent]',
+  `socket = ${join(run, 'usernsd.sock')}`,
+  `contexts = ${join(root, 'etc', 'userns.d')}`,
+  `pins = ${join(run, 'userns')}`,
+  `state = ${join(run, 'state')}`,
+  'log_level = info',
+  '',
+].join('\n'), { mode: 0o644 });
+
+const node = process.execPath;
+const check = spawnSync(node, [join(root, 'bin', 'usernsctl.js'), 'check-config', '--config', config, '--verbose'], { stdio: 'inherit' });
+if (check.status !== 0) process.exit(check.status ?? 1);
+process.stderr.write(`\nStarting usernsd --config ${config}\nIn another shell: npx usernsctl --socket ${join(run, 'usernsd.sock')} list\n\n`);
+const agent = spawn(node, [join(root, 'bin', 'usernsd.js'), '--config', config], { stdio: 'inherit' });
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => agent.kill(sig));
+agent.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

@@ -1,0 +1,46 @@
+// Temporary configuration trees for tests, removed afterwards even when the test fails.
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Nss } from '../../config/types.ts';
+
+export type Tree = {
+  readonly dir: string;
+  readonly contexts: string;
+  readonly state: string;
+  readonly pins: string;
+  readonly config: string;
+  context(name: string, text: string, mode?: number): string;
+  remove(): void;
+};
+
+/** A directory with usernsd.conf, userns.d/, state/ and pins/ paths; contexts are written by the test. */
+export function makeTree(agentExtra = ''): Tree {
+  const dir = mkdtempSync(join(tmpdir(), 'usernsd-test-'));
+  chmodSync(dir, 0o755);
+  const contexts = join(dir, 'userns.d');
+  mkdirSync(contexts);
+  const state = join(dir, 'state');
+  const pins = join(dir, 'pins');
+  const config = join(dir, 'usernsd.conf');
+  writeFileSync(config, `[agent]\ncontexts = ${contexts}\nstate = ${state}\npins = ${pins}\nsocket = ${join(dir, 'usernsd.sock')}\n${agentExtra}`, { mode: 0o644 });
+  return {
+    dir, contexts, state, pins, config,
+    context(name, text, mode = 0o644) {
+      const f = join(contexts, name);
+      writeFileSync(f, text, { mode });
+      chmodSync(f, mode);
+      return f;
+    },
+    remove() {
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A user database for pure tests: hpa (1000), alice (1001), group backup (34). */
+export const testNss: Nss = {
+  userByName: (n) => ({ root: { uid: 0, gid: 0 }, hpa: { uid: 1000, gid: 1000 }, alice: { uid: 1001, gid: 1001 }, nobody: { uid: 65534, gid: 65534 } } as Record<string, { uid: number; gid: number }>)[n] ?? null,
+  userById: (u) => ({ 0: { name: 'root', gid: 0 }, 1000: { name: 'hpa', gid: 1000 }, 1001: { name: 'alice', gid: 1001 }, 65534: { name: 'nobody', gid: 65534 } } as Record<number, { name: string; gid: number }>)[u] ?? null,
+  groupByName: (n) => ({ root: 0, backup: 34, nogroup: 65534 } as Record<string, number>)[n] ?? null,
+};

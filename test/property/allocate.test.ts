@@ -1,0 +1,73 @@
+// Range allocation (SPEC §4): never overlapping, aligned, in the pool, the same for the same inputs.
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { allocateRange, assignRanges, hashSlot, mergeIntervals, parseSubIds, poolSlots } from '../../agent/allocate.ts';
+import type { Interval } from '../../config/extents.ts';
+import type { ConfigError, ContextDef, Pool } from '../../config/types.ts';
+
+const label = fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,20}$/);
+const pool: Pool = { start: 524288, end: 524288 + 64 * 65536 - 1, size: 65536 };
+const arbTaken = fc.array(fc.record({ start: fc.integer({ min: 0, max: 6000000 }), len: fc.integer({ min: 1, max: 200000 }) }), { maxLength: 20 })
+  .map((xs) => xs.map((x) => ({ start: x.start, end: x.start + x.len })));
+const def = (l: string, size = 65536): ContextDef => ({
+  label: l, file: `/etc/userns.d/${l}.conf`, parent: 'host', owner: { uid: 0, gid: 0, name: 'root' }, uidMap: null, gidMap: null,
+  autoSize: size, setgroups: 'allow', create: 'lazy', squash: { mode: 'root', anonuid: 65534, anongid: 65534 }, access: { uids: [], gids: [] },
+});
+const overlaps = (a: Interval, b: Interval) => a.start < b.end && b.start < a.end;
+
+describe('property: range allocation', () => {
+  it('never overlaps the reserved ids or another allocation, and stays aligned inside the pool', () => {
+    fc.assert(fc.property(fc.uniqueArray(label, { minLength: 1, maxLength: 30 }), arbTaken, (labels, reserved) => {
+      const errors: ConfigError[] = [];
+      const { starts } = assignRanges(labels.map((l) => def(l)), pool, new Map(), reserved, errors);
+      const got = [...starts.values()].map((s) => ({ start: s, end: s + 65536 }));
+      for (const [i, a] of got.entries()) {
+        assert.equal(a.start % 65536, 0);
+        assert.ok(a.start >= pool.start && a.end - 1 <= pool.end);
+        for (const r of reserved) assert.ok(!overlaps(a, r), `allocation ${a.start} overlaps reserved ${r.start}-${r.end}`);
+        for (const b of got.slice(i + 1)) assert.ok(!overlaps(a, b));
+      }
+      assert.equal(starts.size + errors.length, labels.length, 'every context gets a range or an error');
+    }));
+  });
+
+  it('gives the same label the same range for the same inputs', () => {
+    fc.assert(fc.property(label, arbTaken, (l, reserved) => {
+      const merged = mergeIntervals(reserved);
+      assert.equal(allocateRange(l, 65536, pool, merged), allocateRange(l, 65536, pool, mergeIntervals([...reserved].reverse())));
+    }));
+  });
+
+  it('starts at the slot derived from the label when that slot is free', () => {
+    fc.assert(fc.property(label, (l) => {
+      const { first, count } = poolSlots(pool, 65536);
+      assert.equal(allocateRange(l, 65536, pool, []), first + hashSlot(l, count) * 65536);
+    }));
+  });
+
+  it('keeps recorded allocations and never hands their ids to another label', () => {
+    fc.assert(fc.property(fc.uniqueArray(label, { minLength: 2, maxLength: 10 }), (labels) => {
+      const first = assignRanges(labels.map((l) => def(l)), pool, new Map(), [], []);
+      const recorded = new Map([...first.starts].map(([l, s]) => [l, { start: s, size: 65536 }]));
+      // Drop the first context from the configuration: its range stays reserved.
+      const again = assignRanges(labels.slice(1).map((l) => def(l)), pool, recorded, [], []);
+      assert.equal(again.fresh.size, 0);
+      for (const l of labels.slice(1)) assert.equal(again.starts.get(l), first.starts.get(l));
+      const newcomer = assignRanges([def('zz-new-label')], pool, recorded, [], []);
+      const s = newcomer.starts.get('zz-new-label')!;
+      for (const r of recorded.values()) assert.ok(!overlaps({ start: s, end: s + 65536 }, { start: r.start, end: r.start + r.size }));
+    }));
+  });
+
+  it('says the pool is exhausted when no slot is free', () => {
+    const full = [{ start: 0, end: pool.end + 1 }];
+    assert.match(String(allocateRange('x', 65536, pool, full)), /pool 524288-4718591 is exhausted/);
+    const errors: ConfigError[] = [];
+    assignRanges([def('x')], { start: 10, end: 20, size: 65536 }, new Map(), [], errors);
+    assert.match(errors[0]!.message, /holds no aligned range of 65536 ids/);
+  });
+
+  it('reads /etc/subuid lines and skips malformed ones', () => {
+    assert.deepEqual(parseSubIds('hpa:100000:65536\n# c\nbad line\nbob:165536:10\n'), [{ start: 100000, end: 165536 }, { start: 165536, end: 165546 }]);
+  });
+});

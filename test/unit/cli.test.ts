@@ -1,0 +1,63 @@
+// usernsctl as a user runs it: the built program, real files, exit codes and messages.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+
+const BIN = new URL('../../bin/usernsctl.js', import.meta.url).pathname;
+export function usernsctl(args: string[], env: NodeJS.ProcessEnv = process.env) {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env, timeout: 15000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+describe('usernsctl check-config', () => {
+  let tree: Tree;
+  beforeEach(() => { tree = makeTree(); });
+  afterEach(() => tree.remove());
+
+  it('exits 0 on the shipped examples and summarises each context with --verbose', () => {
+    const shipped = new URL('../../etc/userns.d', import.meta.url).pathname;
+    writeFileSync(tree.config, `[agent]\ncontexts = ${shipped}\nstate = ${tree.state}\n`);
+    const r = usernsctl(['check-config', '--config', tree.config, '--verbose']);
+    assert.equal(r.err, '');
+    assert.equal(r.code, 0);
+    for (const label of ['backups', 'backups-www', 'sandbox', 'images']) assert.match(r.out, new RegExp(`^${label}: parent=`, 'm'));
+    assert.match(r.out, /images: .*range=auto:\d+-\d+\(not yet recorded\)/);
+    assert.match(r.out, /4 valid context\(s\), 0 error\(s\)/);
+  });
+
+  it('prints FILE: [section] key: message for each error and exits 1', () => {
+    const a = tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    const b = tree.context('b.conf', '[context]\nowner = no-such-user-x\nuid_map = 0 1 0\ngid_map = 0 1 1\n');
+    const c = tree.context('c.conf', '[context]\nuid_map = 0 100000 10\ngid_map = 0 500000 10\n');
+    const r = usernsctl(['check-config', '--config', tree.config]);
+    assert.equal(r.code, 1);
+    const lines = r.err.trim().split('\n');
+    assert.ok(lines.includes(`${b}: [context] owner: unknown user "no-such-user-x" (not found through NSS: check getent passwd no-such-user-x) (line 2)`), r.err);
+    assert.ok(lines.includes(`${b}: [context] uid_map: "0 1 0" has count 0 (line 3)`) || lines.some((l) => l.startsWith(`${b}: [context] uid_map: extent`)), r.err);
+    assert.ok(lines.some((l) => l.startsWith(`${c}: [context] uid_map: host uids 100000-100009 are already used by context "a" (${a})`)), r.err);
+  });
+
+  it('reports a context directory that cannot be read', () => {
+    tree.remove();
+    const r = usernsctl(['check-config', '--config', tree.config]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /usernsd\.conf: cannot open: ENOENT/);
+  });
+
+  it('answers usage errors with exit 2 and a hint', () => {
+    const r = usernsctl(['check-config', '--bogus']);
+    assert.equal(r.code, 2);
+    assert.match(r.err, /^usernsctl: Unknown option '--bogus'.*\nTry 'usernsctl --help'\./s);
+    assert.equal(usernsctl(['frobnicate']).code, 2);
+    assert.equal(usernsctl([]).code, 2);
+  });
+
+  it('prints help and version', () => {
+    const h = usernsctl(['--help']);
+    assert.equal(h.code, 0);
+    assert.match(h.out, /check-config/);
+    assert.match(usernsctl(['--version']).out, /^usernsctl \d+\.\d+\.\d+\n$/);
+  });
+});

@@ -1,0 +1,224 @@
+// Configuration rules of SPEC §3, each shown failing with file, section, key and line.
+import assert from 'node:assert/strict';
+import { chownSync } from 'node:fs';
+import { formatConfigError, parseIni } from '../../config/ini.ts';
+import { finishContexts, linkContexts, parseContextFile } from '../../config/load.ts';
+import type { ConfigError, ContextDef } from '../../config/types.ts';
+import { loadConfiguration } from '../../agent/configure.ts';
+import { makeTree, testNss } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+
+const parse = (text: string, name = 'x.conf') => parseContextFile(`/etc/userns.d/${name}`, text, testNss, 65536);
+const one = (text: string) => {
+  const r = parse(text);
+  return { def: r.def, errors: r.errors.map(formatConfigError) };
+};
+const all = (files: Record<string, string>) => {
+  const errors: ConfigError[] = [];
+  const defs: ContextDef[] = [];
+  for (const [name, text] of Object.entries(files)) {
+    const r = parse(text, name);
+    errors.push(...r.errors);
+    if (r.def) defs.push(r.def);
+  }
+  const linked = linkContexts(defs, errors);
+  const { contexts } = finishContexts(linked.defs, new Map(), errors);
+  return { labels: contexts.map((c) => c.label), errors: errors.map(formatConfigError) };
+};
+const noSystemIds = () => [];
+
+describe('config: context files', () => {
+  it('reads a full context with defaults filled in', () => {
+    const { def, errors } = one('[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n[access]\nusers = alice\ngroups = backup\n');
+    assert.deepEqual(errors, []);
+    assert.equal(def!.label, 'x');
+    assert.equal(def!.parent, 'host');
+    assert.deepEqual(def!.owner, { uid: 1000, gid: 1000, name: 'hpa' });
+    assert.equal(def!.setgroups, 'deny', 'setgroups defaults to deny for a non-root owner');
+    assert.equal(def!.create, 'lazy');
+    assert.deepEqual(def!.squash, { mode: 'root', anonuid: 65534, anongid: 65534 });
+    assert.deepEqual(def!.access, { uids: [1001], gids: [34] });
+    assert.deepEqual(def!.uidMap, [{ inside: 0, outside: 100000, count: 65536 }]);
+  });
+
+  it('defaults setgroups to allow for a root owner and honours label =', () => {
+    const { def } = one('[context]\nlabel = other\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n');
+    assert.equal(def!.setgroups, 'allow');
+    assert.equal(def!.label, 'other');
+  });
+
+  it('accepts inline comments and comma-separated extents', () => {
+    const { def, errors } = one('[context]\nuid_map = 0 100000 10, 10 200000 5 ; two extents\ngid_map = 0 100000 15\n');
+    assert.deepEqual(errors, []);
+    assert.equal(def!.uidMap!.length, 2);
+  });
+
+  const cases: [string, string, RegExp][] = [
+    ['unknown key', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\ncolour = red\n', /x\.conf: \[context\] colour: unknown key .*\(line 4\)$/],
+    ['unknown section', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[extra]\n', /\[extra\]: unknown section .*\(line 4\)/],
+    ['key twice', '[context]\nuid_map = 0 1 1\nuid_map = 0 2 1\ngid_map = 0 1 1\n', /\[context\] uid_map: is set twice \(first at line 2\) \(line 3\)/],
+    ['key without value', '[context]\nuid_map\ngid_map = 0 1 1\n', /\[context\] uid_map: needs a value/],
+    ['key before section', 'uid_map = 0 1 1\n[context]\n', /x\.conf: uid_map: stands before any \[section\] \(line 1\)/],
+    ['missing [context]', '[squash]\nmode = all\n', /\[context\]: missing/],
+    ['missing gid_map', '[context]\nuid_map = 0 1 1\n', /\[context\] gid_map: missing/],
+    ['count 0', '[context]\nuid_map = 0 100 0\ngid_map = 0 1 1\n', /uid_map: .*count 0 \(line 2\)/],
+    ['32-bit overflow', '[context]\nuid_map = 0 4294967000 1000\ngid_map = 0 1 1\n', /uid_map: .*runs past the largest id/],
+    ['inside overlap', '[context]\nuid_map = 0 100 10, 5 200 10\ngid_map = 0 1 1\n', /uid_map: extents 1 and 2 overlap on the inside side/],
+    ['outside overlap', '[context]\nuid_map = 0 100 10\ngid_map = 0 100 10, 20 105 10\n', /gid_map: extents 1 and 2 overlap on the outside side/],
+    ['not numbers', '[context]\nuid_map = a b c\ngid_map = 0 1 1\n', /uid_map: "a b c" must be three non-negative decimal numbers/],
+    ['negative', '[context]\nuid_map = -1 5 5\ngid_map = 0 1 1\n', /uid_map: .*non-negative/],
+    ['unknown owner', '[context]\nowner = nosuchuser\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] owner: unknown user "nosuchuser".*getent passwd nosuchuser\) \(line 2\)/],
+    ['unknown access group', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\ngroups = backup, nosuchgroup\n', /\[access\] groups: unknown group "nosuchgroup"/],
+    ['bad squash mode', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[squash]\nmode = some\n', /\[squash\] mode: must be one of none, root, all/],
+    ['range with uid_map', '[context]\nrange = auto\nuid_map = 0 1 1\n', /uid_map: cannot be combined with range = auto/],
+    ['size without auto', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\nsize = 10\n', /size: only applies with range = auto/],
+    ['reserved label', '[context]\nlabel = host\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /"host" is reserved/],
+    ['bad label', '[context]\nlabel = ../etc\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] label: "\.\.\/etc": a label cannot start with "\."/],
+    ['__proto__ key', '[context]\n__proto__ = 1\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] __proto__: unknown key/],
+  ];
+  for (const [name, text, re] of cases) {
+    it(`refuses ${name}`, () => {
+      const { def, errors } = one(text);
+      assert.equal(def, null, 'a file with an error yields no context');
+      assert.ok(errors.some((e) => re.test(e)), `expected ${re} in:\n${errors.join('\n')}`);
+    });
+  }
+
+  it('refuses 341 extents and accepts 340', () => {
+    const ext = (n: number) => Array.from({ length: n }, (_, i) => `${i * 10} ${100000 + i * 10} 10`).join(', ');
+    assert.match(one(`[context]\nuid_map = ${ext(341)}\ngid_map = 0 1 1\n`).errors.join('\n'), /341 extents; the kernel accepts at most 340/);
+    assert.deepEqual(one(`[context]\nuid_map = ${ext(340)}\ngid_map = 0 100000 3400\n`).errors, []);
+  });
+
+  it('derives the label from the file name and refuses a bad one', () => {
+    const r = parse('[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n', '-bad.conf');
+    assert.match(r.errors.map(formatConfigError).join(), /file name gives the label "-bad"/);
+  });
+});
+
+describe('config: checks across files', () => {
+  it('refuses overlapping static host ranges, naming both, and keeps the first', () => {
+    const r = all({
+      'a.conf': '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n',
+      'b.conf': '[context]\nuid_map = 0 165000 65536\ngid_map = 0 300000 65536\n',
+    });
+    assert.deepEqual(r.labels, ['a']);
+    assert.match(r.errors.join('\n'), /b\.conf: \[context\] uid_map: host uids 165000-165535 are already used by context "a" \(\/etc\/userns\.d\/a\.conf\)/);
+  });
+
+  it('allows a nested context inside its parent and composes its host ids', () => {
+    const errors: ConfigError[] = [];
+    const defs = ['[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n', '[context]\nparent = a\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n']
+      .map((t, i) => parse(t, `${'ab'[i]}.conf`).def!);
+    const { contexts, hostMaps } = finishContexts(linkContexts(defs, errors).defs, new Map(), errors);
+    assert.deepEqual(errors, []);
+    assert.deepEqual(contexts.map((c) => c.label), ['a', 'b']);
+    assert.deepEqual(hostMaps.get('b')!.uid, [{ inside: 0, outside: 101000, count: 100 }]);
+  });
+
+  it('refuses a nested map that uses ids its parent does not map', () => {
+    const r = all({
+      'a.conf': '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\n',
+      'b.conf': '[context]\nparent = a\nuid_map = 0 500 1000\ngid_map = 0 0 10\n',
+    });
+    assert.deepEqual(r.labels, ['a']);
+    assert.match(r.errors.join('\n'), /b\.conf: \[context\] uid_map: outside uids 1000-1499 are not mapped inside parent "a"/);
+  });
+
+  it('refuses siblings that overlap inside their parent', () => {
+    const r = all({
+      'a.conf': '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n',
+      'b.conf': '[context]\nparent = a\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n',
+      'c.conf': '[context]\nparent = a\nuid_map = 0 1050 100\ngid_map = 0 2000 100\n',
+    });
+    assert.deepEqual(r.labels, ['a', 'b']);
+    assert.match(r.errors.join('\n'), /c\.conf: .*parent "a" uids 1050-1099 are already used by context "b"/);
+  });
+
+  it('refuses host root for a non-root owner, also through the parent chain', () => {
+    const r = all({
+      'a.conf': '[context]\nowner = hpa\nuid_map = 0 0 1\ngid_map = 0 100000 10\n',
+      'p.conf': '[context]\nuid_map = 0 0 65536\ngid_map = 0 0 65536\n',
+      'q.conf': '[context]\nparent = p\nowner = hpa\nuid_map = 0 10 5\ngid_map = 0 0 5\n',
+    });
+    assert.deepEqual(r.labels, ['p']);
+    assert.match(r.errors.join('\n'), /a\.conf: \[context\] uid_map: maps host uid 0 \(root\) into a context owned by hpa/);
+    assert.match(r.errors.join('\n'), /q\.conf: \[context\] gid_map: maps host gid 0 \(root\) into a context owned by hpa/);
+  });
+
+  it('refuses a missing parent, a cycle, a duplicate label, and the children of a bad parent', () => {
+    const m = '\nuid_map = 0 0 1\ngid_map = 0 0 1\n';
+    const r = all({
+      'a.conf': `[context]\nparent = nope${m}`,
+      'b.conf': `[context]\nparent = c${m}`,
+      'c.conf': `[context]\nparent = b${m}`,
+      'd.conf': `[context]\nparent = a${m}`,
+      'e.conf': `[context]\nlabel = f\nuid_map = 0 10 1\ngid_map = 0 10 1\n`,
+      'f.conf': `[context]\nuid_map = 0 20 1\ngid_map = 0 20 1\n`,
+    });
+    const text = r.errors.join('\n');
+    assert.deepEqual(r.labels, ['f']);
+    assert.match(text, /a\.conf: \[context\] parent: parent "nope" is not a configured context/);
+    assert.match(text, /parents form a cycle/);
+    assert.match(text, /d\.conf: \[context\] parent: parent "a" is not valid/);
+    assert.match(text, /f\.conf: \[context\] label: label "f" is already defined by \/etc\/userns\.d\/e\.conf/);
+  });
+});
+
+describe('config: files on disk', () => {
+  let tree: Tree;
+  beforeEach(() => { tree = makeTree(); });
+  afterEach(() => tree.remove());
+
+  it('ignores a group-writable file with an error and keeps the others', function () {
+    if (process.getuid!() !== 0) this.skip(); // files must be root-owned: needs root
+    tree.context('good.conf', '[context]\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n');
+    const bad = tree.context('bad.conf', '[context]\nuid_map = 0 200000 10\ngid_map = 0 200000 10\n', 0o664);
+    const cfg = loadConfiguration(tree.config, { record: false, systemIds: noSystemIds });
+    assert.deepEqual([...cfg.contexts.keys()], ['good']);
+    assert.equal(cfg.errors.length, 1);
+    assert.match(formatConfigError(cfg.errors[0]!), new RegExp(`^${bad}: is writable by group or others \\(mode 664\\): ignored \\(chmod go-w`));
+  });
+
+  it('ignores a file not owned by root', function () {
+    if (process.getuid!() !== 0) this.skip(); // chown needs root
+    const f = tree.context('mine.conf', '[context]\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n');
+    chownSync(f, 65534, 65534);
+    const cfg = loadConfiguration(tree.config, { record: false, systemIds: noSystemIds });
+    assert.equal(cfg.contexts.size, 0);
+    assert.match(formatConfigError(cfg.errors[0]!), /is owned by uid 65534, not root: ignored \(chown root/);
+  });
+
+  it('reports a broken usernsd.conf key and uses the default for it', () => {
+    const t = makeTree('log_level = loud\n[pool]\nrange = 10-5\n');
+    try {
+      const cfg = loadConfiguration(t.config, { record: false, systemIds: noSystemIds });
+      const text = cfg.errors.map(formatConfigError).join('\n');
+      assert.match(text, /usernsd\.conf: \[agent\] log_level: must be one of fatal, error, warn, info, debug, trace \(got "loud"\) \(line 6\)/);
+      assert.match(text, /\[pool\] range: must be "FIRST-LAST"/);
+      assert.equal(cfg.agent.logLevel, 'info');
+      assert.equal(cfg.agent.contexts, t.contexts, 'good keys still apply');
+    } finally {
+      t.remove();
+    }
+  });
+
+  it('reports an explicit --config file that does not exist', () => {
+    const cfg = loadConfiguration(`${tree.dir}/absent.conf`, { record: false, systemIds: noSystemIds });
+    assert.match(formatConfigError(cfg.errors[0]!), /absent\.conf: cannot open: ENOENT/);
+  });
+
+  it('leaves files that do not end in .conf alone', () => {
+    tree.context('a.conf.example', 'garbage');
+    tree.context('a.conf~', 'garbage');
+    const cfg = loadConfiguration(tree.config, { record: false, systemIds: noSystemIds });
+    assert.deepEqual(cfg.errors, []);
+  });
+});
+
+describe('config: ini reader', () => {
+  it('reports a section given twice', () => {
+    const { errors } = parseIni('/f', '[a]\nx = 1\n[a]\ny = 2\n');
+    assert.match(formatConfigError(errors[0]!), /^\/f: \[a\]: section appears twice \(first at line 1\): merge them \(line 3\)$/);
+  });
+});
