@@ -13,7 +13,7 @@ const view = (label: string, uid: IdMap, gid: IdMap, mode: SquashMode = 'none', 
 
 /** Two contexts that share some host ids: B's map is built over pieces of A's host ranges. */
 const arbPair = fc.tuple(arbMap(), arbMap()).chain(([a, b]) =>
-  fc.subarray(a).map((shared) => [a, [...b.map((e) => ({ ...e, outside: e.outside + 2000000 })),
+  fc.subarray([...a]).map((shared) => [a, [...b.map((e) => ({ ...e, outside: e.outside + 2000000 })),
     ...shared.map((e, i) => ({ inside: 1000000 + i * 10000, outside: e.outside, count: Math.min(e.count, 10000) }))]] as const));
 
 describe('property: mapping between contexts', () => {
