@@ -52,24 +52,28 @@ export function readAllocations(dir: string): Map<string, Allocation> {
   return out;
 }
 
-/** Write-then-rename with fsyncs, so a crash leaves the old record or the new one, never a torn file. */
-export function writeAllocations(dir: string, allocations: ReadonlyMap<string, Allocation>): void {
-  const file = join(dir, RANGES_FILE);
-  const tmp = join(dir, `.${RANGES_FILE}.${process.pid}.tmp`);
-  const body = JSON.stringify({ version: STATE_VERSION, allocations: Object.fromEntries([...allocations].sort(([a], [b]) => a.localeCompare(b))) }, null, 1) + '\n';
+/** Write-then-rename with fsyncs, so a crash leaves the old file or the new one, never a torn one. */
+export function writeFileAtomic(dir: string, name: string, body: string): void {
+  const file = join(dir, name);
+  const tmp = join(dir, `.${name}.${process.pid}.tmp`);
+  try { unlinkSync(tmp); } catch { /* left by a crash of a process with this pid, or absent */ }
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    try { unlinkSync(tmp); } catch { /* left by a crash of this pid number, or absent */ }
-    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-    try {
-      writeSync(fd, body);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, file);
-    const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-    try { fsyncSync(dfd); } finally { closeSync(dfd); }
+    writeSync(fd, body);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+  const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try { fsyncSync(dfd); } finally { closeSync(dfd); }
+}
+
+export function writeAllocations(dir: string, allocations: ReadonlyMap<string, Allocation>): void {
+  const sorted = Object.fromEntries([...allocations].sort(([a], [b]) => a.localeCompare(b)));
+  try {
+    writeFileAtomic(dir, RANGES_FILE, JSON.stringify({ version: STATE_VERSION, allocations: sorted }, null, 1) + '\n');
   } catch (err) {
-    throw new UsernsError('E_INTERNAL', `cannot record allocations in ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+    throw new UsernsError('E_INTERNAL', `cannot record allocations in ${join(dir, RANGES_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
   }
 }

@@ -1,0 +1,53 @@
+// The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED. Failures throw SysError.
+import { constants } from 'node:os';
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+const mountFn = libc.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data)');
+const umount2Fn = libc.func('int umount2(const char *target, int flags)');
+const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' });
+const getsockoptFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', koffi.out(koffi.pointer(ucred)), koffi.inout(koffi.pointer('uint32_t'))]);
+
+export const MS_BIND = 0x1000;
+export const MNT_DETACH = 0x2;
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+
+const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
+
+/** A failed system call: the errno's name (EPERM, ENOSPC…) is what callers branch on. */
+export class SysError extends Error {
+  readonly errno: number;
+  readonly code: string;
+  readonly syscall: string;
+  constructor(syscall: string, errno: number, what: string) {
+    const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+    super(`${syscall}(${what}): ${code}`);
+    this.name = 'SysError';
+    this.errno = errno;
+    this.code = code;
+    this.syscall = syscall;
+  }
+}
+
+export function bindMount(source: string, target: string): void {
+  if (mountFn(source, target, null, MS_BIND, null) !== 0) throw new SysError('mount', koffi.errno(), `${source} -> ${target}, MS_BIND`);
+}
+
+/** umount2(target, MNT_DETACH); false when nothing is mounted there (EINVAL) or the path is gone. */
+export function detach(target: string): boolean {
+  if (umount2Fn(target, MNT_DETACH) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === constants.errno.EINVAL || errno === constants.errno.ENOENT) return false;
+  throw new SysError('umount2', errno, `${target}, MNT_DETACH`);
+}
+
+export type PeerCred = { readonly pid: number; readonly uid: number; readonly gid: number };
+
+/** The kernel's word on who is at the other end of a connected UNIX socket. */
+export function peerCred(fd: number): PeerCred {
+  const out = { pid: 0, uid: 0, gid: 0 };
+  const len = [12];
+  if (getsockoptFn(fd, SOL_SOCKET, SO_PEERCRED, out, len) !== 0) throw new SysError('getsockopt', koffi.errno(), `fd ${fd}, SO_PEERCRED`);
+  return out;
+}

@@ -1,0 +1,346 @@
+// User namespaces in the kernel (SPEC §5): create from a context, pin, adopt at start, release.
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { closeSync, constants, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { composeMaps, kernelMapText, parseKernelMap, sameMap } from '../config/extents.ts';
+import type { HostMaps } from '../config/load.ts';
+import { labelProblem } from '../config/schema.ts';
+import type { Context, IdMap } from '../config/types.ts';
+import { UsernsError } from './errors.ts';
+import { fromHost, makeView } from './idmap.ts';
+import { writeFileAtomic } from './state.ts';
+import { bindMount, detach, SysError } from './sys.ts';
+
+export type Pin = {
+  readonly label: string;
+  readonly path: string;
+  /** The namespace's nsfs inode: what `lsns` and /proc/PID/ns/user show. */
+  readonly ino: number;
+  /** Maps as configured: outside ids are the parent's. */
+  readonly uidMap: IdMap;
+  readonly gidMap: IdMap;
+  /** Whether this call created the namespace (false: it was already pinned). */
+  readonly created: boolean;
+};
+
+export type AdoptStatus = 'ok' | 'drift' | 'orphan' | 'removed' | 'foreign';
+export type AdoptEntry = {
+  readonly label: string;
+  readonly path: string;
+  readonly status: AdoptStatus;
+  readonly message: string;
+  readonly actual?: { uidMap: IdMap; gidMap: IdMap };
+};
+
+type Record = { ino: number; uidMap: IdMap; gidMap: IdMap };
+
+const PATH_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
+const SPAWN_TIMEOUT_MS = 5000;
+const NSFS_DEV = statSync('/proc/self/ns/user').dev;
+const OWN_USERNS = readlinkSync('/proc/self/ns/user');
+
+/** What the kernel's refusal means and what the admin can change, by errno. */
+function kernelAdvice(code: string, step: string): string {
+  switch (code) {
+    case 'ENOSPC': return 'the limit of user namespaces is reached: raise /proc/sys/user/max_user_namespaces or release contexts';
+    case 'EPERM': return step.includes('map')
+      ? 'the kernel refused the map: outside ids must be mapped in the parent namespace, and nested maps are written from inside the parent'
+      : 'the kernel refused: check that unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces) and the owner is mapped in the parent';
+    case 'EINVAL': return 'the kernel rejected the map: extents overlap, run past 2^32, or exceed 340 lines';
+    case 'EUSERS': return 'the nesting depth limit (32) is reached';
+    default: return 'see the agent log';
+  }
+}
+
+function kernelError(label: string, step: string, code: string, detail?: string): UsernsError {
+  return new UsernsError('E_KERNEL', `Failed to ${step} for context "${label}": ${code}${detail ? ` (${detail})` : ''}: ${kernelAdvice(code, step)}`);
+}
+
+/** util-linux tools print strerror text; give back the errno name. */
+function errnoFromText(text: string): string {
+  const known: [RegExp, string][] = [
+    [/No space left on device/, 'ENOSPC'], [/Operation not permitted/, 'EPERM'], [/Invalid argument/, 'EINVAL'],
+    [/Too many users/, 'EUSERS'], [/Permission denied/, 'EACCES'], [/No such file or directory/, 'ENOENT'],
+  ];
+  return known.find(([re]) => re.test(text))?.[1] ?? 'EIO';
+}
+
+/** Run a short helper to completion; stderr is kept for the error message. */
+function run(cmd: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: PATH_ENV, stdio: ['ignore', 'pipe', 'pipe'], timeout: SPAWN_TIMEOUT_MS });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d; });
+    child.stderr.on('data', (d: Buffer) => { stderr += d; });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr: stderr.trim() }));
+  });
+}
+
+/** Read a pinned namespace's maps as its own processes see them (outside ids are the parent's). */
+export async function readPinMaps(pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
+  const r = await run('nsenter', [`--user=${pin}`, '--preserve-credentials', '--', 'sh', '-c', 'cat /proc/self/uid_map; echo --; cat /proc/self/gid_map']);
+  if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to read the maps of ${pin}: ${r.stderr || `exit ${r.code}`}`);
+  const [u, g] = r.stdout.split('--\n');
+  return { uidMap: parseKernelMap(u ?? ''), gidMap: parseKernelMap(g ?? '') };
+}
+
+/** Is a user namespace mounted on this path? Its nsfs inode, or null. */
+export function pinnedIno(path: string): number | null {
+  try {
+    const st = statSync(path);
+    return st.dev === NSFS_DEV ? st.ino : null;
+  } catch {
+    return null;
+  }
+}
+
+export type NamespacesOptions = { readonly pinsDir: string; readonly stateDir: string };
+
+/** Owns the pins directory and the per-pin records that make adoption fast. */
+export class Namespaces {
+  readonly pinsDir: string;
+  readonly recordsDir: string;
+  private readonly inflight = new Map<string, Promise<Pin>>();
+
+  constructor(opts: NamespacesOptions) {
+    this.pinsDir = opts.pinsDir;
+    this.recordsDir = join(opts.stateDir, 'pins');
+  }
+
+  pinPath(label: string): string {
+    // Labels are validated by the configuration, but a path built from one is checked again here.
+    const problem = labelProblem(label);
+    if (problem) throw new UsernsError('E_INVALID', `invalid label "${label}": ${problem}`);
+    return join(this.pinsDir, label);
+  }
+
+  /** Directories are made once, and must be real directories: a symlink planted there is refused. */
+  private ensureDirs(): void {
+    for (const dir of [this.pinsDir, this.recordsDir]) {
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
+      if (!lstatSync(dir).isDirectory()) throw new UsernsError('E_CONFIG', `${dir} is not a directory (a symlink?): remove it`);
+    }
+  }
+
+  /**
+   * The context's namespace, created and pinned if it is not pinned yet. Concurrent calls for one
+   * label share one creation. `parent` is the parent's pin and host maps (null under host).
+   */
+  ensure(ctx: Context, parent: { pin: string; host: HostMaps } | null): Promise<Pin> {
+    const existing = this.inflight.get(ctx.label);
+    if (existing) return existing.then((p) => ({ ...p, created: false }));
+    const p = this.createOrReuse(ctx, parent).finally(() => this.inflight.delete(ctx.label));
+    this.inflight.set(ctx.label, p);
+    return p;
+  }
+
+  private async createOrReuse(ctx: Context, parent: { pin: string; host: HostMaps } | null): Promise<Pin> {
+    const path = this.pinPath(ctx.label);
+    const ino = pinnedIno(path);
+    if (ino !== null) {
+      // Reuse only a pin whose maps are the configured ones: a drifted pin is reported, never used.
+      const rec = this.readRecord(ctx.label);
+      const actual = rec && rec.ino === ino ? rec : await readPinMaps(path);
+      if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
+        throw new UsernsError('E_CONFIG', `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`);
+      }
+      return { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false };
+    }
+    this.ensureDirs();
+    return this.create(ctx, parent, path);
+  }
+
+  private async create(ctx: Context, parent: { pin: string; host: HostMaps } | null, path: string): Promise<Pin> {
+    const child = this.spawnChild(ctx, parent);
+    try {
+      const pid = await this.waitForNewNamespace(ctx.label, child, parent?.pin ?? null);
+      await this.writeMaps(ctx, pid, parent?.pin ?? null);
+      this.verifyMaps(ctx, pid, parent?.host ?? null);
+      this.pin(ctx.label, pid, path);
+      const ino = pinnedIno(path)!;
+      const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
+      this.writeRecord(pin);
+      return pin;
+    } finally {
+      child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
+    }
+  }
+
+  /**
+   * A single-threaded child in a new user namespace, owned by the context's owner: `unshare --user`
+   * run with the owner's ids, or for a nested context entered into the parent first with the owner's
+   * ids as seen there. It waits on stdin, so it also ends if the agent dies.
+   */
+  private spawnChild(ctx: Context, parent: { pin: string; host: HostMaps } | null): ChildProcess {
+    const opts = { env: PATH_ENV, stdio: ['pipe', 'ignore', 'pipe'] as ('pipe' | 'ignore')[] };
+    if (parent === null) {
+      return spawn('unshare', ['--user', '--', 'cat'], { ...opts, uid: ctx.owner.uid, gid: ctx.owner.gid });
+    }
+    const view = makeView('parent', { mode: 'none', anonuid: 0, anongid: 0 }, parent.host.uid, parent.host.gid);
+    const uid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'uid', ctx.owner.uid);
+    const gid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'gid', ctx.owner.gid);
+    if (uid === null || gid === null) {
+      throw new UsernsError('E_CONFIG', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`);
+    }
+    return spawn('nsenter', [`--user=${parent.pin}`, '--preserve-credentials', '-S', String(uid), '-G', String(gid), '--', 'unshare', '--user', '--', 'cat'], opts);
+  }
+
+  private waitForNewNamespace(label: string, child: ChildProcess, parentPin: string | null): Promise<number> {
+    const parentNs = parentPin ? `user:[${pinnedIno(parentPin)}]` : null;
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => { stderr += d; });
+    return new Promise((resolve, reject) => {
+      const deadline = Date.now() + SPAWN_TIMEOUT_MS;
+      const fail = (err: Error) => { clearImmediate(timer); reject(err); };
+      child.once('error', (err) => fail(kernelError(label, 'start the namespace helper', (err as NodeJS.ErrnoException).code ?? 'EIO', err.message)));
+      child.once('exit', () => setImmediate(() => fail(kernelError(label, 'create the user namespace', errnoFromText(stderr), stderr.trim() || 'the helper exited'))));
+      let timer: NodeJS.Immediate;
+      const poll = () => {
+        if (child.pid !== undefined) {
+          try {
+            const ns = readlinkSync(`/proc/${child.pid}/ns/user`);
+            if (ns !== OWN_USERNS && ns !== parentNs) return resolve(child.pid);
+          } catch { /* not there yet, or gone: the exit handler reports it */ }
+        }
+        if (Date.now() > deadline) return fail(kernelError(label, 'create the user namespace', 'ETIMEDOUT', 'the helper did not unshare in time'));
+        timer = setImmediate(poll);
+      };
+      timer = setImmediate(poll);
+    });
+  }
+
+  /** setgroups first (the kernel needs it before gid_map), then uid_map and gid_map, each in one write. */
+  private async writeMaps(ctx: Context, pid: number, parentPin: string | null): Promise<void> {
+    const uid = kernelMapText(ctx.uidMap);
+    const gid = kernelMapText(ctx.gidMap);
+    if (parentPin === null) {
+      for (const [file, text] of [['setgroups', ctx.setgroups], ['uid_map', uid], ['gid_map', gid]] as const) {
+        try {
+          writeFileSync(`/proc/${pid}/${file}`, text);
+        } catch (err) {
+          throw kernelError(ctx.label, `write ${file}`, (err as NodeJS.ErrnoException).code ?? 'EIO');
+        }
+      }
+      return;
+    }
+    // The kernel accepts a nested namespace's maps only from a writer in the parent namespace.
+    // bash, not sh: dash reports a failed write as "I/O error" and loses the errno.
+    const script = 'printf %s "$2" > /proc/$1/setgroups && printf %s "$3" > /proc/$1/uid_map && printf %s "$4" > /proc/$1/gid_map';
+    const r = await run('nsenter', [`--user=${parentPin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', 'bash', '-c', script, 'bash', String(pid), ctx.setgroups, uid, gid]);
+    if (r.code !== 0) throw kernelError(ctx.label, 'write the nested maps', errnoFromText(r.stderr), r.stderr);
+  }
+
+  /** Read the maps back as the kernel holds them; from here, a nested namespace shows host ids. */
+  private verifyMaps(ctx: Context, pid: number, parentHost: HostMaps | null): void {
+    const want = parentHost
+      ? { uid: composeMaps(ctx.uidMap, parentHost.uid), gid: composeMaps(ctx.gidMap, parentHost.gid) }
+      : { uid: ctx.uidMap, gid: ctx.gidMap };
+    for (const kind of ['uid', 'gid'] as const) {
+      const got = parseKernelMap(readFileSync(`/proc/${pid}/${kind}_map`, 'utf8'));
+      if (!sameMap(got, want[kind])) {
+        throw new UsernsError('E_KERNEL', `Failed to verify the ${kind} map of context "${ctx.label}": the kernel holds "${kernelMapText(got).trim()}", not the configured map`);
+      }
+    }
+  }
+
+  /** Pin file created exclusively, then one bind mount on it: never a stacked mount. */
+  private pin(label: string, pid: number, path: string): void {
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o444);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST' && pinnedIno(path) === null && lstatSync(path).isFile() && lstatSync(path).size === 0) {
+        // An empty pin file left by a crash between create and mount: nothing uses it.
+        unlinkSync(path);
+        return this.pin(label, pid, path);
+      }
+      throw new UsernsError('E_KERNEL', `Failed to create pin ${path} for context "${label}": ${code}`);
+    }
+    closeSync(fd);
+    try {
+      bindMount(`/proc/${pid}/ns/user`, path);
+    } catch (err) {
+      unlinkSync(path);
+      throw kernelError(label, 'pin the namespace', err instanceof SysError ? err.code : 'EIO', path);
+    }
+  }
+
+  private writeRecord(pin: Pin): void {
+    const rec: Record = { ino: pin.ino, uidMap: pin.uidMap, gidMap: pin.gidMap };
+    writeFileAtomic(this.recordsDir, `${pin.label}.json`, JSON.stringify(rec) + '\n');
+  }
+
+  private readRecord(label: string): Record | null {
+    try {
+      return JSON.parse(readFileSync(join(this.recordsDir, `${label}.json`), 'utf8')) as Record;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Lazy unmount and unlink; idempotent; unmounts every layer so nothing is left stacked. */
+  release(label: string): boolean {
+    const path = this.pinPath(label);
+    let any = false;
+    for (let i = 0; i < 64 && pinnedIno(path) !== null; i++) any = detach(path) || any;
+    try {
+      unlinkSync(path);
+      any = true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new UsernsError('E_KERNEL', `Failed to remove pin ${path}: ${(err as NodeJS.ErrnoException).code}`);
+    }
+    try { unlinkSync(join(this.recordsDir, `${label}.json`)); } catch { /* no record */ }
+    return any;
+  }
+
+  /**
+   * Start-up reconciliation: every pin checked against the configuration. The record written at
+   * creation answers for pins whose inode it knows; only unknown pins cost a helper process.
+   */
+  async adopt(contexts: ReadonlyMap<string, Context>): Promise<AdoptEntry[]> {
+    let names: string[];
+    try {
+      names = readdirSync(this.pinsDir);
+    } catch {
+      return [];
+    }
+    const out: AdoptEntry[] = [];
+    for (const label of names.sort()) {
+      const path = join(this.pinsDir, label);
+      if (labelProblem(label) !== null || label.startsWith('.')) {
+        out.push({ label, path, status: 'foreign', message: `${path} is not a pin name: left alone` });
+        continue;
+      }
+      const ino = pinnedIno(path);
+      if (ino === null) {
+        const st = lstatSync(path);
+        if (st.isFile() && st.size === 0) {
+          unlinkSync(path);
+          out.push({ label, path, status: 'removed', message: `${path} had nothing mounted on it (left by a crash): removed` });
+        } else {
+          out.push({ label, path, status: 'foreign', message: `${path} is not a pinned namespace: left alone` });
+        }
+        continue;
+      }
+      const ctx = contexts.get(label);
+      if (!ctx) {
+        out.push({ label, path, status: 'orphan', message: `${path} is pinned but no context "${label}" is configured: left alone (usernsctl release ${label} removes it)` });
+        continue;
+      }
+      const rec = this.readRecord(label);
+      const actual = rec && rec.ino === ino ? rec : { ino, ...(await readPinMaps(path)) };
+      if (!rec || rec.ino !== ino) this.writeRecord({ label, path, ino, uidMap: actual.uidMap, gidMap: actual.gidMap, created: false });
+      if (sameMap(actual.uidMap, ctx.uidMap) && sameMap(actual.gidMap, ctx.gidMap)) {
+        out.push({ label, path, status: 'ok', message: 'pinned, maps as configured' });
+      } else {
+        out.push({ label, path, status: 'drift', message: `${path} maps differ from the configuration: not used until released (usernsctl release ${label})`, actual: { uidMap: actual.uidMap, gidMap: actual.gidMap } });
+      }
+    }
+    return out;
+  }
+}

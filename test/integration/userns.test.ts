@@ -1,0 +1,170 @@
+// Real user namespaces, as root: create, pin, nest, owner entry, concurrency, adopt, drift, release.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { loadConfiguration } from '../../agent/configure.ts';
+import type { Configuration } from '../../agent/configure.ts';
+import { UsernsError } from '../../agent/errors.ts';
+import { Namespaces, pinnedIno } from '../../agent/userns.ts';
+import type { Pin } from '../../agent/userns.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot, kernelMaps, makeUser, mountsUnder, unmountAll } from '../helpers/kernel.ts';
+
+/** Parents first, as the agent does it. */
+async function ensure(ns: Namespaces, cfg: Configuration, label: string): Promise<Pin> {
+  const ctx = cfg.contexts.get(label)!;
+  if (ctx.parent === 'host') return ns.ensure(ctx, null);
+  const parent = await ensure(ns, cfg, ctx.parent);
+  return ns.ensure(ctx, { pin: parent.path, host: cfg.hostMaps.get(ctx.parent)! });
+}
+
+const load = (tree: Tree) => {
+  const cfg = loadConfiguration(tree.config, { record: true, systemIds: () => [] });
+  assert.deepEqual(cfg.errors, []);
+  return cfg;
+};
+
+describe('integration: user namespaces in the kernel (root)', function () {
+  let tree: Tree;
+  let ns: Namespaces;
+  before(function () { if (!isRoot) this.skip(); }); // creating, mapping and pinning namespaces for other owners needs root
+  beforeEach(() => {
+    tree = makeTree();
+    ns = new Namespaces({ pinsDir: tree.pins, stateDir: tree.state });
+  });
+  afterEach(() => {
+    unmountAll(tree.dir);
+    tree.remove();
+  });
+
+  it('creates, pins and verifies a context, as the kernel sees it', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 200000 1000, 1000 300000 10\n');
+    const pin = await ensure(ns, load(tree), 'a');
+    assert.equal(pin.created, true);
+    assert.equal(pin.path, `${tree.pins}/a`);
+    assert.deepEqual(kernelMaps(pin.path), { uid: '0 100000 65536', gid: '0 200000 1000, 1000 300000 10' });
+    const mi = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === pin.path);
+    assert.equal(mi.length, 1, 'exactly one mount on the pin');
+    assert.match(mi[0]!, / - nsfs nsfs /);
+    assert.equal(pinnedIno(pin.path), pin.ino);
+    assert.equal((await ensure(ns, load(tree), 'a')).created, false, 'a second ensure reuses the pin');
+    assert.equal(mountsUnder(tree.pins).length, 1, 'no stacked mount');
+  });
+
+  it('nests two levels deep, writing maps from inside each parent', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    tree.context('b.conf', '[context]\nparent = a\nuid_map = 0 1000 5000\ngid_map = 0 1000 5000\n');
+    tree.context('c.conf', '[context]\nparent = b\nuid_map = 0 100 100\ngid_map = 0 200 100\nsetgroups = deny\n');
+    const cfg = load(tree);
+    const c = await ensure(ns, cfg, 'c');
+    assert.deepEqual(kernelMaps(c.path), { uid: '0 100 100', gid: '0 200 100' });
+    assert.deepEqual(kernelMaps(`${tree.pins}/b`), { uid: '0 1000 5000', gid: '0 1000 5000' });
+    // Inside c, host uid 101100 is root: a file owned by it shows as 0 there.
+    const f = `${tree.dir}/owned`;
+    writeFileSync(f, '');
+    spawnSync('chown', ['101100:101200', f]);
+    const r = spawnSync('nsenter', [`--user=${c.path}`, '--preserve-credentials', 'stat', '-c', '%u %g', f], { encoding: 'utf8' });
+    assert.equal(r.stdout.trim(), '0 0');
+    assert.equal(readFileSync(`/proc/self/mountinfo`, 'utf8').split('\n').filter((l) => l.includes(tree.pins)).length, 3);
+  });
+
+  it('lets the owner enter its context without root, and refuses it a root-owned one', async () => {
+    const user = makeUser();
+    try {
+      tree.context('mine.conf', `[context]\nowner = ${user.name}\nuid_map = 0 400000 65536\ngid_map = 0 400000 65536\n`);
+      tree.context('roots.conf', '[context]\nuid_map = 0 500000 65536\ngid_map = 0 500000 65536\n');
+      const cfg = load(tree);
+      assert.equal(cfg.contexts.get('mine')!.setgroups, 'deny');
+      const mine = await ensure(ns, cfg, 'mine');
+      const roots = await ensure(ns, cfg, 'roots');
+      const enter = (pin: string) => spawnSync('runuser', ['-u', user.name, '--', 'nsenter', `--user=${pin}`, '-S', '0', '-G', '0', '--preserve-credentials', 'sh', '-c', 'id -u; id -g; cat /proc/self/setgroups'], { encoding: 'utf8' });
+      const ok = enter(mine.path);
+      assert.equal(ok.status, 0, ok.stderr);
+      assert.deepEqual(ok.stdout.trim().split('\n'), ['0', '0', 'deny']);
+      const refused = enter(roots.path);
+      assert.notEqual(refused.status, 0);
+      assert.match(refused.stderr, /Operation not permitted/);
+    } finally {
+      user.remove();
+    }
+  });
+
+  it('creates exactly one namespace for concurrent requests of one label', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    const cfg = load(tree);
+    const pins = await Promise.all(Array.from({ length: 10 }, () => ensure(ns, cfg, 'a')));
+    assert.equal(pins.filter((p) => p.created).length, 1);
+    assert.equal(new Set(pins.map((p) => p.ino)).size, 1);
+    assert.equal(mountsUnder(tree.pins).length, 1);
+  });
+
+  it('releases with a lazy unmount and unlink, idempotently, also a stacked pin', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    const pin = await ensure(ns, load(tree), 'a');
+    spawnSync('mount', ['--bind', pin.path, pin.path]); // someone else stacked a mount on it
+    assert.equal(mountsUnder(tree.pins).length, 2);
+    assert.equal(ns.release('a'), true);
+    assert.equal(existsSync(pin.path), false);
+    assert.deepEqual(mountsUnder(tree.pins), []);
+    assert.equal(ns.release('a'), false, 'releasing again is not an error');
+  });
+
+  it('adopts after a crash: removes an empty pin file, reports orphans and drift, trusts its records', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    tree.context('b.conf', '[context]\nuid_map = 0 200000 100\ngid_map = 0 200000 100\n');
+    tree.context('c.conf', '[context]\nuid_map = 0 300000 100\ngid_map = 0 300000 100\n');
+    const cfg = load(tree);
+    await ensure(ns, cfg, 'a');
+    await ensure(ns, cfg, 'b');
+    await ensure(ns, cfg, 'c');
+    writeFileSync(`${tree.pins}/crashed`, ''); // a crash between pin file and mount
+    unlinkSync(`${tree.state}/pins/a.json`); // a crash between mount and record: the kernel is asked
+    // Now b's file changes (drift) and c's file goes (orphan).
+    tree.context('b.conf', '[context]\nuid_map = 0 200000 50\ngid_map = 0 200000 100\n');
+    rmSync(`${tree.contexts}/c.conf`);
+    const report = await new Namespaces({ pinsDir: tree.pins, stateDir: tree.state }).adopt(load(tree).contexts);
+    const by = new Map(report.map((e) => [e.label, e]));
+    assert.equal(by.get('a')!.status, 'ok');
+    assert.equal(by.get('b')!.status, 'drift');
+    assert.deepEqual(by.get('b')!.actual!.uidMap, [{ inside: 0, outside: 200000, count: 100 }]);
+    assert.equal(by.get('c')!.status, 'orphan');
+    assert.equal(by.get('crashed')!.status, 'removed');
+    assert.equal(existsSync(`${tree.pins}/crashed`), false);
+    assert.ok(existsSync(`${tree.state}/pins/a.json`), 'the record is rebuilt from the kernel');
+    await assert.rejects(ensure(new Namespaces({ pinsDir: tree.pins, stateDir: tree.state }), load(tree), 'b'), (e: UsernsError) => e.code === 'E_CONFIG' && /drift/.test(e.message));
+  });
+
+  it('turns ENOSPC (the namespace limit) into E_KERNEL with what to change, and recovers', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    tree.context('b.conf', '[context]\nparent = a\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n');
+    const cfg = load(tree);
+    const a = await ensure(ns, cfg, 'a');
+    // The limit of the parent namespace (root inside it may set it): no namespace may be made in it.
+    const limit = (n: number) => spawnSync('nsenter', [`--user=${a.path}`, '-S', '0', '-G', '0', 'sh', '-c', `echo ${n} > /proc/sys/user/max_user_namespaces`]);
+    assert.equal(limit(0).status, 0);
+    await assert.rejects(ensure(ns, cfg, 'b'), (e: UsernsError) => {
+      assert.equal(e.code, 'E_KERNEL');
+      assert.match(e.message, /Failed to create the user namespace for context "b": ENOSPC/);
+      assert.match(e.message, /max_user_namespaces/);
+      return true;
+    });
+    assert.equal(existsSync(`${tree.pins}/b`), false, 'a failed creation leaves no pin');
+    assert.equal(limit(1000).status, 0);
+    assert.equal((await ensure(ns, cfg, 'b')).created, true, 'and works again once the limit is raised');
+  });
+
+  it('turns a map the kernel refuses into E_KERNEL (EPERM), leaving no pin', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\n');
+    const cfg = load(tree);
+    const a = await ensure(ns, cfg, 'a');
+    // Bypass the configuration check on purpose: ids 5000.. are not mapped in the parent.
+    const bad = { ...cfg.contexts.get('a')!, label: 'bad', parent: 'a', uidMap: [{ inside: 0, outside: 5000, count: 10 }] };
+    await assert.rejects(ns.ensure(bad, { pin: a.path, host: cfg.hostMaps.get('a')! }), (e: UsernsError) => {
+      assert.equal(e.code, 'E_KERNEL');
+      assert.match(e.message, /Failed to write the nested maps for context "bad": EPERM/);
+      return true;
+    });
+    assert.equal(existsSync(`${tree.pins}/bad`), false);
+  });
+});
