@@ -1,6 +1,7 @@
 // Pure range allocation for `range = auto` (SPEC §4): hash-derived first slot, next free aligned slot.
 import { createHash } from 'node:crypto';
 import { configError } from '../config/ini.ts';
+import { firstEndingAfter } from '../config/extents.ts';
 import type { Interval } from '../config/extents.ts';
 import type { ConfigError, ContextDef, Pool } from '../config/types.ts';
 
@@ -16,18 +17,6 @@ export function mergeIntervals(list: readonly Interval[]): Interval[] {
     else out.push(i);
   }
   return out;
-}
-
-/** Index of the first interval of a sorted disjoint list that ends after `start`. */
-function firstEndingAfter(merged: readonly Interval[], start: number): number {
-  let lo = 0;
-  let hi = merged.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (merged[mid]!.end <= start) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }
 
 function overlapsMerged(merged: readonly Interval[], start: number, end: number): boolean {

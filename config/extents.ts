@@ -151,6 +151,18 @@ export function outsideIntervals(map: IdMap): Interval[] {
   return map.map((e) => ({ start: e.outside, end: e.outside + e.count }));
 }
 
+/** Index of the first interval of a list sorted by start, disjoint, that ends after `at`. */
+export function firstEndingAfter(sorted: readonly Interval[], at: number): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (sorted[mid]!.end <= at) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 export function intervalsOverlap(a: Interval, b: Interval): boolean {
   return a.start < b.end && b.start < a.end;
 }

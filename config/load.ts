@@ -1,7 +1,7 @@
 // From files to contexts: usernsd.conf, then every context file, then the checks that span files.
 import { readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { composeMaps, formatInterval, uncovered } from './extents.ts';
+import { composeMaps, firstEndingAfter, formatInterval, uncovered } from './extents.ts';
 import { configError, parseIni, readConfigText } from './ini.ts';
 import type { IniDoc } from './ini.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
@@ -230,14 +230,7 @@ type Claim = { start: number; end: number; label: string };
 
 /** Disjoint claims kept sorted by start: the first claim overlapping [start, end), if any, in O(log n). */
 function findClaim(claims: readonly Claim[], start: number, end: number): Claim | null {
-  let lo = 0;
-  let hi = claims.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (claims[mid]!.end <= start) lo = mid + 1;
-    else hi = mid;
-  }
-  const c = claims[lo];
+  const c = claims[firstEndingAfter(claims, start)];
   return c && c.start < end ? c : null;
 }
 

@@ -25,35 +25,31 @@ const endgrent = libc.func('endgrent', 'void', []);
 type Pw = { pw_name: string; pw_uid: number; pw_gid: number };
 type Gr = { gr_name: string; gr_gid: number };
 
+function memo<K, V>(lookup: (key: K) => V): (key: K) => V {
+  const seen = new Map<K, V>();
+  return (key) => {
+    if (!seen.has(key)) seen.set(key, lookup(key));
+    return seen.get(key)!;
+  };
+}
+
 /** NSS lookups, memoised for one configuration load so 10,000 files naming one owner ask once. */
 export function systemNss(): Nss {
-  const users = new Map<string, { uid: number; gid: number } | null>();
-  const uids = new Map<number, { name: string; gid: number } | null>();
-  const groups = new Map<string, number | null>();
   return {
-    userByName(name) {
-      if (!users.has(name)) {
-        const p = getpwnam(name);
-        const pw = p ? (koffi.decode(p, passwd) as Pw) : null;
-        users.set(name, pw ? { uid: pw.pw_uid, gid: pw.pw_gid } : null);
-      }
-      return users.get(name)!;
-    },
-    userById(uid) {
-      if (!uids.has(uid)) {
-        const p = getpwuid(uid);
-        const pw = p ? (koffi.decode(p, passwd) as Pw) : null;
-        uids.set(uid, pw ? { name: pw.pw_name, gid: pw.pw_gid } : null);
-      }
-      return uids.get(uid)!;
-    },
-    groupByName(name) {
-      if (!groups.has(name)) {
-        const p = getgrnam(name);
-        groups.set(name, p ? (koffi.decode(p, group) as Gr).gr_gid : null);
-      }
-      return groups.get(name)!;
-    },
+    userByName: memo((name: string) => {
+      const p = getpwnam(name);
+      const pw = p ? (koffi.decode(p, passwd) as Pw) : null;
+      return pw ? { uid: pw.pw_uid, gid: pw.pw_gid } : null;
+    }),
+    userById: memo((uid: number) => {
+      const p = getpwuid(uid);
+      const pw = p ? (koffi.decode(p, passwd) as Pw) : null;
+      return pw ? { name: pw.pw_name, gid: pw.pw_gid } : null;
+    }),
+    groupByName: memo((name: string) => {
+      const p = getgrnam(name);
+      return p ? (koffi.decode(p, group) as Gr).gr_gid : null;
+    }),
   };
 }
 
