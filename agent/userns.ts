@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, constants, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { composeMaps, kernelMapText, parseKernelMap, sameMap } from '../config/extents.ts';
+import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../config/extents.ts';
 import type { HostMaps } from '../config/load.ts';
 import { labelProblem } from '../config/schema.ts';
 import type { Context, IdMap } from '../config/types.ts';
@@ -97,6 +97,10 @@ export function pinnedIno(path: string): number | null {
   }
 }
 
+function verifiedKey(ino: number, maps: { uidMap: IdMap; gidMap: IdMap }): string {
+  return `${ino} ${formatExtents(maps.uidMap)} / ${formatExtents(maps.gidMap)}`;
+}
+
 export type NamespacesOptions = { readonly pinsDir: string; readonly stateDir: string };
 
 /** Owns the pins directory and the per-pin records that make adoption fast. */
@@ -104,6 +108,11 @@ export class Namespaces {
   readonly pinsDir: string;
   readonly recordsDir: string;
   private readonly inflight = new Map<string, Promise<Pin>>();
+  /**
+   * label -> "inode maps" of pins this process created or checked: resolving them again costs one
+   * stat. The maps are part of the key, so a reload that changes a context's maps checks again.
+   */
+  private readonly verified = new Map<string, string>();
 
   constructor(opts: NamespacesOptions) {
     this.pinsDir = opts.pinsDir;
@@ -142,10 +151,12 @@ export class Namespaces {
     const ino = pinnedIno(path);
     if (ino !== null) {
       // Reuse only a pin whose maps are the configured ones: a drifted pin is reported, never used.
-      const rec = this.readRecord(ctx.label);
-      const actual = rec && rec.ino === ino ? rec : await readPinMaps(path);
-      if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
-        throw new UsernsError('E_CONFIG', `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`);
+      if (this.verified.get(ctx.label) !== verifiedKey(ino, ctx)) {
+        const actual = await this.mapsOf(ctx.label, path, ino);
+        if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
+          throw new UsernsError('E_CONFIG', `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`);
+        }
+        this.verified.set(ctx.label, verifiedKey(ino, ctx));
       }
       return { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false };
     }
@@ -163,6 +174,7 @@ export class Namespaces {
       const ino = pinnedIno(path)!;
       const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
       this.writeRecord(pin);
+      this.verified.set(ctx.label, verifiedKey(ino, ctx));
       return pin;
     } finally {
       child.kill('SIGKILL');
@@ -254,7 +266,8 @@ export class Namespaces {
       fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o444);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EEXIST' && pinnedIno(path) === null && lstatSync(path).isFile() && lstatSync(path).size === 0) {
+      const st = code === 'EEXIST' && pinnedIno(path) === null ? lstatSync(path) : null;
+      if (st?.isFile() && st.size === 0) {
         // An empty pin file left by a crash between create and mount: nothing uses it.
         unlinkSync(path);
         return this.pin(label, pid, path);
@@ -275,12 +288,19 @@ export class Namespaces {
     writeFileAtomic(this.recordsDir, `${pin.label}.json`, JSON.stringify(rec) + '\n');
   }
 
-  private readRecord(label: string): Record | null {
+  /**
+   * A pinned namespace's maps: from the record written at creation when it names this inode, else
+   * from the kernel (a helper process), and then recorded so the next start-up need not ask again.
+   */
+  private async mapsOf(label: string, path: string, ino: number): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
+    let rec: Record | null = null;
     try {
-      return JSON.parse(readFileSync(join(this.recordsDir, `${label}.json`), 'utf8')) as Record;
-    } catch {
-      return null;
-    }
+      rec = JSON.parse(readFileSync(join(this.recordsDir, `${label}.json`), 'utf8')) as Record;
+    } catch { /* no record, or a torn one: ask the kernel */ }
+    if (rec && rec.ino === ino) return rec;
+    const actual = await readPinMaps(path);
+    this.writeRecord({ label, path, ino, ...actual, created: false });
+    return actual;
   }
 
   /** Lazy unmount and unlink; idempotent; unmounts every layer so nothing is left stacked. */
@@ -295,6 +315,7 @@ export class Namespaces {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new UsernsError('E_KERNEL', `Failed to remove pin ${path}: ${(err as NodeJS.ErrnoException).code}`);
     }
     try { unlinkSync(join(this.recordsDir, `${label}.json`)); } catch { /* no record */ }
+    this.verified.delete(label);
     return any;
   }
 
@@ -332,10 +353,9 @@ export class Namespaces {
         out.push({ label, path, status: 'orphan', message: `${path} is pinned but no context "${label}" is configured: left alone (usernsctl release ${label} removes it)` });
         continue;
       }
-      const rec = this.readRecord(label);
-      const actual = rec && rec.ino === ino ? rec : { ino, ...(await readPinMaps(path)) };
-      if (!rec || rec.ino !== ino) this.writeRecord({ label, path, ino, uidMap: actual.uidMap, gidMap: actual.gidMap, created: false });
+      const actual = await this.mapsOf(label, path, ino);
       if (sameMap(actual.uidMap, ctx.uidMap) && sameMap(actual.gidMap, ctx.gidMap)) {
+        this.verified.set(label, verifiedKey(ino, ctx));
         out.push({ label, path, status: 'ok', message: 'pinned, maps as configured' });
       } else {
         out.push({ label, path, status: 'drift', message: `${path} maps differ from the configuration: not used until released (usernsctl release ${label})`, actual: { uidMap: actual.uidMap, gidMap: actual.gidMap } });
