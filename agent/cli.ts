@@ -1,33 +1,85 @@
 // usernsctl: the command-line client for admins, scripts and filesystem helpers.
+import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
+import type { ParseArgsConfig } from 'node:util';
 import { formatExtents } from '../config/extents.ts';
 import { formatConfigError } from '../config/ini.ts';
+import { callAgent, DEFAULT_SOCKET, TransportError } from './client.ts';
 import { loadConfiguration } from './configure.ts';
+import { UsernsError } from './errors.ts';
+import * as P from './protocol.ts';
+import type { Owner } from './protocol.ts';
 import { VERSION } from './version.ts';
 
 /** Exit codes, usernsctl(1). */
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, UNREACHABLE: 3 } as const;
 
-const USAGE = `Usage: usernsctl [--json] COMMAND [ARGS]
+const USAGE = `Usage: usernsctl [--socket PATH] [--json] COMMAND [ARGS]
 
-Commands:
+Commands (answered by the agent):
+  resolve LABEL [--path]   the context's pinned namespace, created if missing;
+                           --path prints only the pin path
+  map --from A --to B [--uid N]... [--gid N]...
+                           ids of files owned in context A, as seen from B
+                           ("host" names the host), with A's squash applied
+  list                     the contexts you may use, and whether they are pinned
+  status                   version, uptime, contexts; errors and counters for root
+  reload                   re-read the configuration (root; like SIGHUP)
+  release LABEL            unmount and remove a pin (root)
+  enter LABEL [-- CMD [ARG]...]
+                           run CMD (default: your shell) in the namespace as its
+                           root, uid 0 and gid 0 inside; the owner needs no root
+
+Commands (no agent needed):
   check-config [--config FILE] [--verbose]
-                     validate /etc/usernsd.conf and every context file without
-                     an agent; one line per error, exit 1 if there is any
-  help               show this help
-  version            show the version
+                           validate /etc/usernsd.conf and every context file;
+                           one line per error, exit 1 if there is any
+  help, version
 
 Options:
+  -s, --socket PATH  the agent's socket (default: $USERNSD_SOCKET, else
+                     ${DEFAULT_SOCKET})
+      --json         print the agent's answer as JSON (stable; see usernsd-protocol(7))
   -h, --help         show this help
   -V, --version      show the version
 
-Exit status: 0 ok, 1 an error was found or reported, 2 usage error, 3 agent unreachable.
-See usernsctl(1), userns.d(5), usernsd.conf(5).`;
+Exit status: 0 ok, 1 the agent answered an error (or check-config found one),
+2 usage error, 3 the agent is unreachable.
+See usernsctl(1), usernsd(8), usernsd-protocol(7), userns.d(5).`;
 
-type Io = { out: (s: string) => void; err: (s: string) => void };
+export type Io = { out: (s: string) => void; err: (s: string) => void };
 const stdio: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
 
 class UsageError extends Error {}
+
+type Globals = { socket: string; json: boolean };
+
+/** Options every command also accepts after its name. */
+const COMMON = {
+  socket: { type: 'string', short: 's' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+function parseCommand<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, globals: Globals) {
+  const r = parseArgs({ args, options: { ...COMMON, ...options }, strict: true, allowPositionals: true });
+  const v = r.values as Record<string, unknown>;
+  if (typeof v.socket === 'string') globals.socket = v.socket;
+  if (v.json === true) globals.json = true;
+  return r;
+}
+
+function oneLabel(positionals: string[], command: string): string {
+  if (positionals.length !== 1) throw new UsageError(`${command} takes one LABEL`);
+  return positionals[0]!;
+}
+
+const who = (o: Owner) => `${o.name ?? o.uid} (${o.uid}:${o.gid})`;
+
+function printTable(io: Io, rows: string[][]): void {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows) io.out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
+}
 
 function checkConfig(args: string[], io: Io): number {
   const { values } = parseArgs({
@@ -53,15 +105,160 @@ function checkConfig(args: string[], io: Io): number {
   return cfg.errors.length > 0 ? EXIT.ERROR : EXIT.OK;
 }
 
+async function resolveCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { values, positionals } = parseCommand(args, { path: { type: 'boolean' } }, g);
+  const r = await callAgent(g.socket, P.resolve, { label: oneLabel(positionals, 'resolve') });
+  if (g.json) io.out(JSON.stringify(r));
+  else if (values.path) io.out(r.path);
+  else {
+    io.out(`${r.label}: ${r.path}${r.created ? ' (created now)' : ''}`);
+    io.out(`  parent ${r.parent}, owner ${who(r.owner)}, setgroups ${r.setgroups}, nsfs inode ${r.ino}`);
+    io.out(`  uid_map ${formatExtents(r.uidMap)}`);
+    io.out(`  gid_map ${formatExtents(r.gidMap)}`);
+  }
+  return EXIT.OK;
+}
+
+function parseIds(list: string[] | undefined, kind: string): number[] {
+  return (list ?? []).map((s) => {
+    if (!/^\d+$/.test(s)) throw new UsageError(`--${kind} ${s}: not a number`);
+    return Number(s);
+  });
+}
+
+async function mapCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    from: { type: 'string', short: 'f' }, to: { type: 'string', short: 't' },
+    uid: { type: 'string', short: 'u', multiple: true }, gid: { type: 'string', short: 'g', multiple: true },
+  }, g);
+  if (positionals.length > 0) throw new UsageError(`map takes no positional arguments (got "${positionals[0]}")`);
+  if (!values.from || !values.to) throw new UsageError('map needs --from LABEL and --to LABEL ("host" names the host)');
+  const uids = parseIds(values.uid, 'uid');
+  const gids = parseIds(values.gid, 'gid');
+  if (uids.length + gids.length === 0) throw new UsageError('map needs at least one --uid N or --gid N');
+  const r = await callAgent(g.socket, P.map, { from: values.from, to: values.to, uids, gids });
+  if (g.json) io.out(JSON.stringify(r));
+  else {
+    uids.forEach((id, i) => io.out(`uid ${id} -> ${r.uids[i]}`));
+    gids.forEach((id, i) => io.out(`gid ${id} -> ${r.gids[i]}`));
+  }
+  return EXIT.OK;
+}
+
+async function listCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { positionals } = parseCommand(args, {}, g);
+  if (positionals.length > 0) throw new UsageError('list takes no arguments');
+  const r = await callAgent(g.socket, P.list, {});
+  if (g.json) io.out(JSON.stringify(r));
+  else if (r.contexts.length === 0) io.out('no contexts you may use');
+  else printTable(io, [['LABEL', 'PARENT', 'OWNER', 'PINNED', 'CREATE', 'SQUASH'], ...r.contexts.map((c) => [c.label, c.parent, c.owner.name ?? String(c.owner.uid), c.pinned ? 'yes' : 'no', c.create, c.squash])]);
+  return EXIT.OK;
+}
+
+function duration(s: number): string {
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  return `${d ? `${d}d ` : ''}${d || h ? `${h}h ` : ''}${d || h || m ? `${m}m ` : ''}${s % 60}s`;
+}
+
+async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { positionals } = parseCommand(args, {}, g);
+  if (positionals.length > 0) throw new UsageError('status takes no arguments');
+  const r = await callAgent(g.socket, P.status, {});
+  if (g.json) {
+    io.out(JSON.stringify(r));
+    return EXIT.OK;
+  }
+  io.out(`usernsd ${r.version} (protocol ${r.protocol}), up ${duration(r.uptimeSeconds)}`);
+  if (!r.full) {
+    io.out(`contexts: ${r.contexts} you may use (details are for root)`);
+    return EXIT.OK;
+  }
+  io.out(`pid:         ${r.pid}`);
+  io.out(`config:      ${r.config}`);
+  io.out(`socket:      ${r.socket}`);
+  io.out(`contexts:    ${r.contexts} (${r.pinned} pinned)`);
+  io.out(`connections: ${r.connections}`);
+  io.out(`last reload: ${r.lastReload ?? 'never'}`);
+  io.out(`counters:    ${Object.entries(r.counters ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`);
+  io.out(`errors:      ${r.errors?.length ?? 0}`);
+  for (const e of r.errors ?? []) io.out(`  ${e}`);
+  for (const p of r.pins ?? []) io.out(`pin ${p.label}: ${p.status}: ${p.message}`);
+  return EXIT.OK;
+}
+
+async function reloadCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { positionals } = parseCommand(args, {}, g);
+  if (positionals.length > 0) throw new UsageError('reload takes no arguments');
+  const r = await callAgent(g.socket, P.reload, {});
+  if (g.json) io.out(JSON.stringify(r));
+  else {
+    io.out(`reloaded: ${r.contexts} context(s)`);
+    for (const k of ['added', 'changed', 'removed', 'kept'] as const) if (r[k].length > 0) io.out(`  ${k}: ${r[k].join(', ')}${k === 'kept' ? ' (file has errors: last good version stays)' : ''}`);
+  }
+  for (const e of r.errors) io.err(e);
+  return r.errors.length > 0 ? EXIT.ERROR : EXIT.OK;
+}
+
+async function releaseCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { positionals } = parseCommand(args, {}, g);
+  const r = await callAgent(g.socket, P.release, { label: oneLabel(positionals, 'release') });
+  if (g.json) io.out(JSON.stringify(r));
+  else io.out(r.released ? `released ${r.label}` : `${r.label}: nothing was pinned`);
+  return EXIT.OK;
+}
+
+/**
+ * nsenter as the caller: uid 0 and gid 0 inside, like nsenter's default. With setgroups allow the
+ * supplementary groups are dropped; with deny the kernel forbids setgroups(2), so they are kept
+ * (they show as the overflow group inside).
+ */
+async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const dash = args.indexOf('--');
+  const own = dash < 0 ? args : args.slice(0, dash);
+  const cmd = dash < 0 ? [] : args.slice(dash + 1);
+  const { positionals } = parseCommand(own, {}, g);
+  const label = oneLabel(positionals, 'enter');
+  const r = await callAgent(g.socket, P.resolve, { label });
+  const argv = [`--user=${r.path}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--', ...(cmd.length > 0 ? cmd : [process.env.SHELL || '/bin/sh'])];
+  return new Promise((resolve) => {
+    const child = spawn('nsenter', argv, { stdio: 'inherit' });
+    child.on('error', (err) => {
+      io.err(`usernsctl: cannot run nsenter: ${(err as NodeJS.ErrnoException).code}: install util-linux`);
+      resolve(EXIT.ERROR);
+    });
+    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? signalNumber(signal) : 0)));
+  });
+}
+
+function signalNumber(name: NodeJS.Signals): number {
+  return ({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 } as Record<string, number>)[name] ?? 0;
+}
+
+const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<number>> = {
+  resolve: resolveCmd, map: mapCmd, list: listCmd, status: statusCmd, reload: reloadCmd, release: releaseCmd, enter: enterCmd,
+};
+
+/** Every command usernsctl(1) documents. */
+export const COMMAND_NAMES: readonly string[] = [...Object.keys(COMMANDS), 'check-config', 'help', 'version'];
+
+/** Global options before the command: --socket PATH takes a value, so the command is found by walking. */
+function splitGlobals(argv: string[]): { globals: string[]; command: string | null; rest: string[] } {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--socket' || a === '-s') i++;
+    else if (!a.startsWith('-')) return { globals: argv.slice(0, i), command: a, rest: argv.slice(i + 1) };
+  }
+  return { globals: argv, command: null, rest: [] };
+}
+
 export async function runCli(argv: string[], io: Io = stdio): Promise<number> {
-  const first = argv.findIndex((a) => !a.startsWith('-'));
-  const globals = first < 0 ? argv : argv.slice(0, first);
-  const command = first < 0 ? null : argv[first]!;
-  const rest = first < 0 ? [] : argv.slice(first + 1);
+  const { globals, command, rest } = splitGlobals(argv);
   try {
     const { values } = parseArgs({
       args: globals,
-      options: { help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'V' }, json: { type: 'boolean' } },
+      options: { ...COMMON, version: { type: 'boolean', short: 'V' } },
       strict: true,
     });
     if (values.help || command === 'help') {
@@ -72,18 +269,32 @@ export async function runCli(argv: string[], io: Io = stdio): Promise<number> {
       io.out(`usernsctl ${VERSION}`);
       return EXIT.OK;
     }
-    switch (command) {
-      case 'check-config':
-        return checkConfig(rest, io);
-      case null:
-        throw new UsageError('a command is required');
-      default:
-        throw new UsageError(`unknown command "${command}"`);
+    const g: Globals = { socket: values.socket ?? (process.env.USERNSD_SOCKET || DEFAULT_SOCKET), json: values.json ?? false };
+    if (command === null) throw new UsageError('a command is required');
+    if (command === 'check-config') return checkConfig(rest, io);
+    const run = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
+    if (!run) throw new UsageError(`unknown command "${command}"`);
+    const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest; // after "--": the command's own
+    if (own.includes('-h') || own.includes('--help')) {
+      io.out(USAGE);
+      return EXIT.OK;
     }
+    return await run(rest, g, io);
   } catch (err) {
     if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       io.err(`usernsctl: ${(err as Error).message}\nTry 'usernsctl --help'.`);
       return EXIT.USAGE;
+    }
+    if (err instanceof UsernsError) {
+      io.err(`usernsctl: ${err.code}: ${err.message}`);
+      return EXIT.ERROR;
+    }
+    if (err instanceof TransportError) {
+      const hint = err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
+        ? ` (is usernsd running? start it with "systemctl start usernsd", or "npm start" in a checkout; or pass --socket PATH)`
+        : err.code === 'EACCES' ? ' (the socket or its directory is not accessible to you)' : '';
+      io.err(`usernsctl: ${err.message}${hint}`);
+      return EXIT.UNREACHABLE;
     }
     throw err;
   }

@@ -1,6 +1,10 @@
 // usernsd: the entry point. Parses the command line and hands over to the manager.
 import { parseArgs } from 'node:util';
+import { pino } from 'pino';
 import { LOG_LEVELS } from '../config/types.ts';
+import type { LogLevel } from '../config/types.ts';
+import { UsernsError } from './errors.ts';
+import { Manager } from './manager.ts';
 import { VERSION } from './version.ts';
 
 const USAGE = `Usage: usernsd [--config FILE] [--log-level LEVEL]
@@ -49,6 +53,32 @@ export async function runAgent(argv: string[]): Promise<number> {
     process.stderr.write(`usernsd: --log-level must be one of ${LOG_LEVELS.join(', ')}\n`);
     return 2;
   }
-  process.stderr.write('usernsd: the agent is not built yet in this version; use usernsctl check-config\n');
-  return 1;
+  return serve(values.config ?? null, level as LogLevel | undefined);
+}
+
+/** Run until SIGTERM (or SIGINT); SIGHUP reloads. Resolves to the exit status. */
+async function serve(configFile: string | null, logLevel: LogLevel | undefined): Promise<number> {
+  // JSON lines on stderr, written synchronously so nothing is lost when init stops us.
+  const log = pino({ base: { pid: process.pid }, level: logLevel ?? 'info' }, pino.destination({ dest: 2, sync: true }));
+  // Signals are caught before anything else happens: "Serving" must mean a SIGTERM is handled.
+  let manager: Manager | null = null;
+  const stop = new Promise<void>((resolve) => {
+    // `on`, not `once`: Ctrl-C reaches both npm start and the agent, and a second signal must not kill the drain.
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { log.info({ signal: sig }, 'Signal received'); resolve(); });
+  });
+  process.on('SIGHUP', () => {
+    if (!manager) return log.warn('SIGHUP during start-up: the configuration is being loaded already');
+    manager.reload('SIGHUP').catch((err: unknown) => log.error({ err }, 'Failed to reload'));
+  });
+  try {
+    manager = await Manager.start({ configFile, log, logLevel });
+  } catch (err) {
+    const e = err instanceof UsernsError ? err : null;
+    log.fatal({ code: e?.code ?? 'E_INTERNAL', err: e ? undefined : err }, `Failed to start: ${(err as Error).message}`);
+    process.stderr.write(`usernsd: ${(err as Error).message}\n`);
+    return 1;
+  }
+  await stop;
+  await manager.stop();
+  return 0;
 }

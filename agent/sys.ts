@@ -1,4 +1,4 @@
-// The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED. Failures throw SysError.
+// The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED, SO_PEERGROUPS, FIONREAD. Failures throw SysError.
 import { constants } from 'node:os';
 import koffi from 'koffi';
 
@@ -7,11 +7,15 @@ const mountFn = libc.func('int mount(const char *source, const char *target, con
 const umount2Fn = libc.func('int umount2(const char *target, int flags)');
 const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' });
 const getsockoptFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', koffi.out(koffi.pointer(ucred)), koffi.inout(koffi.pointer('uint32_t'))]);
+const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
+const getsockoptBufFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]);
 
 export const MS_BIND = 0x1000;
 export const MNT_DETACH = 0x2;
 const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
+const SO_PEERGROUPS = 59;
+const FIONREAD = 0x541b;
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
 
@@ -50,4 +54,30 @@ export function peerCred(fd: number): PeerCred {
   const len = [12];
   if (getsockoptFn(fd, SOL_SOCKET, SO_PEERCRED, out, len) !== 0) throw new SysError('getsockopt', koffi.errno(), `fd ${fd}, SO_PEERCRED`);
   return out;
+}
+
+/**
+ * The peer's supplementary groups as the kernel recorded them at connect(2) (Linux 4.13+): unlike
+ * /proc/PID/status, this cannot be raced by the peer exiting and its pid being reused.
+ */
+export function peerGroups(fd: number): number[] {
+  let buf = Buffer.alloc(64 * 4);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const len = [buf.length];
+    if (getsockoptBufFn(fd, SOL_SOCKET, SO_PEERGROUPS, buf, len) === 0) {
+      // gid_t in the machine's byte order; Buffer.alloc is never pooled, so the offset is 0.
+      return [...new Uint32Array(buf.buffer, buf.byteOffset, Math.floor(len[0]! / 4))];
+    }
+    const errno = koffi.errno();
+    if (errno !== constants.errno.ERANGE) throw new SysError('getsockopt', errno, `fd ${fd}, SO_PEERGROUPS`);
+    buf = Buffer.alloc(len[0]!); // the kernel said how much it needs
+  }
+  throw new SysError('getsockopt', constants.errno.ERANGE, `fd ${fd}, SO_PEERGROUPS`);
+}
+
+/** Bytes the kernel holds for this socket that the process has not read yet (FIONREAD). */
+export function unreadBytes(fd: number): number {
+  const out = [0];
+  if (ioctlIntFn(fd, FIONREAD, out) !== 0) throw new SysError('ioctl', koffi.errno(), `fd ${fd}, FIONREAD`);
+  return out[0]!;
 }

@@ -23,7 +23,15 @@ writeFileSync(config, [
 const node = process.execPath;
 const check = spawnSync(node, [join(root, 'bin', 'usernsctl.js'), 'check-config', '--config', config, '--verbose'], { stdio: 'inherit' });
 if (check.status !== 0) process.exit(check.status ?? 1);
-process.stderr.write(`\nStarting usernsd --config ${config}\nIn another shell: npx usernsctl --socket ${join(run, 'usernsd.sock')} list\n\n`);
+const socket = join(run, 'usernsd.sock');
+process.stderr.write(`\nStarting usernsd --config ${config} (Ctrl-C stops it; pins stay under ${join(run, 'userns')})
+In another shell, in this directory:
+  export USERNSD_SOCKET=${socket}
+  npx usernsctl list
+  npx usernsctl resolve backups
+  npx usernsctl map --from backups --to host --uid 0 --uid 1000
+
+`);
 const agent = spawn(node, [join(root, 'bin', 'usernsd.js'), '--config', config], { stdio: 'inherit' });
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => agent.kill(sig));
 agent.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

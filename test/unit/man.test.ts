@@ -2,6 +2,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { COMMAND_NAMES, EXIT } from '../../agent/cli.ts';
+import { ERROR_CODES } from '../../agent/errors.ts';
+import { LIMITS, METHODS } from '../../agent/protocol.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA } from '../../config/schema.ts';
 import type { Schema } from '../../config/schema.ts';
 
@@ -33,7 +36,46 @@ function assertDocumented(schema: Schema, file: string) {
   }
 }
 
+/** The terms of a `.TP` list under `.SH HEADING`: every word of the line after each `.TP`, roff escapes removed. */
+function termsUnder(text: string, heading: string): Set<string> {
+  const out = new Set<string>();
+  let inside = false;
+  const lines = text.split('\n');
+  for (const [i, line] of lines.entries()) {
+    if (line.startsWith('.SH')) inside = line.replace(/^\.SH\s+/, '').replace(/"/g, '') === heading;
+    else if (inside && lines[i - 1] === '.TP') {
+      for (const w of line.replace(/^\.(B|BR|I|IR) /, '').replace(/\\f[BIRP]/g, '').replace(/\\-/g, '-').split(/[\s",]+/)) if (w) out.add(w);
+    }
+  }
+  return out;
+}
+
+function assertTerms(file: string, heading: string, expected: Iterable<string>) {
+  const terms = termsUnder(page(file), heading);
+  for (const t of expected) assert.ok(terms.has(t), `${file}: ${heading} does not document ${t} (has ${[...terms].join(' ')})`);
+}
+
 describe('man pages', () => {
+  it('usernsd-protocol(7) documents every method, error code and limit', () => {
+    assertTerms('usernsd-protocol.7', 'METHODS', METHODS.keys());
+    assertTerms('usernsd-protocol.7', 'ERRORS', ERROR_CODES);
+    assertTerms('usernsd-protocol.7', 'LIMITS', Object.keys(LIMITS));
+    const limits = page('usernsd-protocol.7');
+    for (const [k, v] of Object.entries(LIMITS)) assert.match(limits, new RegExp(`\\.B ${k}\\n${v}\\b`), `${k} is ${v} in the page too`);
+  });
+
+  it('usernsctl(1) documents every command, option and exit code', () => {
+    assertTerms('usernsctl.1', 'COMMANDS', COMMAND_NAMES);
+    assertTerms('usernsctl.1', 'OPTIONS', ['--socket', '-s', '--json', '--help', '-h', '--version', '-V']);
+    assertTerms('usernsctl.1', 'EXIT STATUS', Object.values(EXIT).map(String));
+  });
+
+  it('usernsd(8) documents every option, signal and exit code', () => {
+    assertTerms('usernsd.8', 'OPTIONS', ['--config', '-c', '--log-level', '-l', '--help', '-h', '--version', '-V']);
+    assertTerms('usernsd.8', 'SIGNALS', ['SIGHUP', 'SIGTERM', 'SIGINT']);
+    assertTerms('usernsd.8', 'EXIT STATUS', ['0', '1', '2']);
+  });
+
   it('userns.d(5) documents every context key, and no key the schema lacks', () => assertDocumented(CONTEXT_SCHEMA, 'userns.d.5'));
   it('usernsd.conf(5) documents every agent key, and no key the schema lacks', () => assertDocumented(AGENT_SCHEMA, 'usernsd.conf.5'));
 

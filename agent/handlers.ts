@@ -1,0 +1,125 @@
+// One function per method, behind one edge that checks the request, authorizes it, and translates errors.
+import type { Logger } from 'pino';
+import { HOST_LABEL } from '../config/types.ts';
+import type { Context } from '../config/types.ts';
+import { isRoot, mayUse } from './auth.ts';
+import type { Peer } from './auth.ts';
+import { UsernsError } from './errors.ts';
+import { mapIds } from './idmap.ts';
+import * as P from './protocol.ts';
+import type { Method, ParamsOf, Reply, ResultOf } from './protocol.ts';
+import type { Registry } from './registry.ts';
+import type { Connection } from './server.ts';
+
+/** What the handlers need from the agent beyond the registry. */
+export type Agent = {
+  readonly registry: Registry;
+  readonly log: Logger;
+  reload(source: string): Promise<ResultOf<typeof P.reload>>;
+  status(peer: Peer): ResultOf<typeof P.status>;
+  count(name: string): void;
+};
+
+type Handler<M> = (agent: Agent, peer: Peer, params: ParamsOf<M>) => Promise<ResultOf<M>> | ResultOf<M>;
+type Entry = { method: Method<unknown, unknown>; fn: Handler<Method<unknown, unknown>> };
+
+const table = new Map<string, Entry>();
+/** Register a handler for a declared method: the compiler keeps params and result in step with protocol.ts. */
+function handle<M extends Method<never, unknown>>(method: M, fn: Handler<M>): void {
+  table.set(method.name, { method: method as unknown as Method<unknown, unknown>, fn: fn as unknown as Handler<Method<unknown, unknown>> });
+}
+
+/**
+ * The context a non-root caller may use, or E_PERMISSION, with the same message whether it exists
+ * or not: callers learn nothing about contexts they may not see.
+ */
+function usable(agent: Agent, peer: Peer, label: string): Context {
+  const ctx = agent.registry.get(label);
+  if (isRoot(peer)) {
+    if (ctx) return ctx;
+    const why = agent.registry.errorOf(label);
+    if (why) throw new UsernsError('E_CONFIG', `context "${label}" is not loaded because its file has an error: ${why}`);
+    throw new UsernsError('E_NOT_FOUND', `no context "${label}" is configured (usernsctl list shows them)`);
+  }
+  if (ctx && mayUse(peer, ctx)) return ctx;
+  throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not use context "${label}" (or there is none): ask root to add you to its [access] section`);
+}
+
+handle(P.resolve, async (agent, peer, { label }) => {
+  usable(agent, peer, label);
+  const { ctx, pin } = await agent.registry.resolve(label, peer);
+  return {
+    label, path: pin.path, parent: ctx.parent, owner: ctx.owner, uidMap: ctx.uidMap, gidMap: ctx.gidMap,
+    setgroups: ctx.setgroups, ino: pin.ino, created: pin.created,
+  };
+});
+
+handle(P.map, (agent, peer, { from, to, uids = [], gids = [] }) => {
+  for (const label of [from, to]) if (label !== HOST_LABEL) usable(agent, peer, label);
+  const a = agent.registry.view(from);
+  const b = agent.registry.view(to);
+  const overflow = agent.registry.overflow;
+  return { from, to, uids: mapIds(a, b, 'uid', uids, overflow), gids: mapIds(a, b, 'gid', gids, overflow) };
+});
+
+handle(P.list, (agent, peer) => {
+  const contexts: P.ListEntry[] = [];
+  for (const c of agent.registry.all()) {
+    if (!mayUse(peer, c)) continue;
+    contexts.push({ label: c.label, parent: c.parent, owner: c.owner, create: c.create, squash: c.squash.mode, pinned: agent.registry.isPinned(c.label) });
+  }
+  return { contexts };
+});
+
+handle(P.status, (agent, peer) => agent.status(peer));
+
+handle(P.reload, (agent) => agent.reload('request'));
+
+handle(P.release, (agent, peer, { label }) => {
+  const released = agent.registry.release(label);
+  agent.count('released');
+  agent.log.info({ label, released, peerUid: peer.uid, peerPid: peer.pid }, released ? 'Released user namespace' : 'Release: nothing pinned');
+  return { label, released };
+});
+
+/** Log level by error code: the agent's own failures are louder than a client's mistakes. */
+function levelOf(code: string): 'error' | 'warn' | 'info' {
+  return code === 'E_INTERNAL' ? 'error' : code === 'E_KERNEL' || code === 'E_CONFIG' ? 'warn' : 'info';
+}
+
+/** The edge: every request gets exactly one reply with its id; every failure becomes {code, message}. */
+export async function handleRequest(agent: Agent, conn: Connection, data: unknown): Promise<Reply> {
+  const started = performance.now();
+  const peer = conn.peer;
+  let id = P.requestIdOf(data);
+  let method: string | undefined;
+  try {
+    const req = P.checkRequest(data);
+    id = req.id;
+    method = req.method;
+    const entry = table.get(req.method); // a Map: "__proto__" or "constructor" is just an unknown name
+    if (!entry) throw new UsernsError('E_INVALID', `unknown method ${JSON.stringify(req.method)}: one of ${[...table.keys()].join(', ')}`);
+    if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
+    const params = P.checkParams(entry.method, req.params);
+    const result = await entry.fn(agent, peer, params);
+    agent.count('requests');
+    agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +(performance.now() - started).toFixed(3) }, 'request');
+    return { id, result };
+  } catch (err) {
+    const e = err instanceof UsernsError ? err : new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);
+    agent.count('requests');
+    agent.count(e.code);
+    const ms = +(performance.now() - started).toFixed(3);
+    const fields = { id, method, peerUid: peer.uid, peerPid: peer.pid, code: e.code, ms, label: labelOf(data) };
+    if (e.code === 'E_INTERNAL') agent.log.error({ ...fields, err }, `Failed to serve ${method ?? 'a request'}: ${(err as Error)?.message ?? err}`);
+    else agent.log[levelOf(e.code)](fields, `Failed to serve ${method ?? 'a request'}: ${e.message}`);
+    return { id, error: { code: e.code, message: e.message } };
+  }
+}
+
+function labelOf(data: unknown): string | undefined {
+  const p = (data as { params?: { label?: unknown } } | null)?.params;
+  return typeof p?.label === 'string' ? p.label.slice(0, 64) : undefined;
+}
+
+export const METHOD_NAMES: readonly string[] = [...table.keys()];

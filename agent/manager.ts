@@ -1,0 +1,170 @@
+// The agent's lifecycle: load and reconcile at start, eager creation, the socket, reload, drain on stop.
+import type { Logger } from 'pino';
+import { formatConfigError } from '../config/ini.ts';
+import type { LogLevel, Nss } from '../config/types.ts';
+import { isRoot, mayUse } from './auth.ts';
+import type { Peer } from './auth.ts';
+import { loadConfiguration } from './configure.ts';
+import type { Configuration, SystemIds } from './configure.ts';
+import { UsernsError } from './errors.ts';
+import { handleRequest } from './handlers.ts';
+import type { Agent } from './handlers.ts';
+import { PROTOCOL_VERSION } from './protocol.ts';
+import type { ReloadResult, StatusResult } from './protocol.ts';
+import { Registry } from './registry.ts';
+import { IpcServer } from './server.ts';
+import { VERSION } from './version.ts';
+
+export type ManagerOptions = {
+  /** null: /etc/usernsd.conf if it exists, else the defaults. */
+  readonly configFile: string | null;
+  readonly log: Logger;
+  /** --log-level: wins over the file's log_level, also after a reload. */
+  readonly logLevel?: LogLevel;
+  readonly nss?: Nss;
+  readonly systemIds?: SystemIds;
+};
+
+/** How long SIGTERM waits for requests in flight before closing connections anyway. */
+export const DRAIN_TIMEOUT_MS = 10_000;
+
+export class Manager implements Agent {
+  readonly log: Logger;
+  readonly registry: Registry;
+  private readonly opts: ManagerOptions;
+  private readonly server: IpcServer;
+  private readonly startedAt = Date.now();
+  private readonly counters = new Map<string, number>();
+  private reloading: Promise<unknown> = Promise.resolve();
+  private lastReload: string | null = null;
+  private stopping: Promise<void> | null = null;
+
+  private constructor(opts: ManagerOptions, config: Configuration) {
+    this.opts = opts;
+    this.log = opts.log;
+    this.registry = new Registry(config, (pin, ms, by) => {
+      this.count('created');
+      this.log.info({ label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) }, by ? 'Created user namespace' : 'Created user namespace (eager)');
+    });
+    this.server = new IpcServer({ path: config.agent.socket, log: opts.log, onRequest: (conn, data) => handleRequest(this, conn, data) });
+  }
+
+  private static load(opts: ManagerOptions): Configuration {
+    return loadConfiguration(opts.configFile, { record: true, nss: opts.nss, systemIds: opts.systemIds });
+  }
+
+  /**
+   * Load, adopt existing pins, create the eager contexts, then serve. A broken settings file stops the
+   * start (the agent would not know where anything is); a broken context file only loses that context.
+   */
+  static async start(opts: ManagerOptions): Promise<Manager> {
+    const config = Manager.load(opts);
+    const fatal = config.errors.filter((e) => e.file === config.agent.file);
+    if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
+    opts.log.level = opts.logLevel ?? config.agent.logLevel;
+    const m = new Manager(opts, config);
+    for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
+    const started = performance.now();
+    for (const a of await m.registry.adopt()) {
+      if (a.status !== 'ok') m.log.warn({ label: a.label, status: a.status }, `Pin ${a.path}: ${a.message}`);
+    }
+    m.log.info({ contexts: config.contexts.size, pins: m.registry.adoption.length, ms: +(performance.now() - started).toFixed(1) }, 'Adopted existing pins');
+    await m.createEager();
+    await m.server.listen();
+    m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
+    return m;
+  }
+
+  private async createEager(): Promise<void> {
+    for (const c of this.registry.all()) {
+      if (c.create !== 'eager') continue;
+      try {
+        await this.registry.resolve(c.label);
+      } catch (err) {
+        const code = err instanceof UsernsError ? err.code : 'E_INTERNAL';
+        this.log.error({ label: c.label, code, err: err instanceof UsernsError ? undefined : err }, `Failed to create eager context ${c.label}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  count(name: string): void {
+    this.counters.set(name, (this.counters.get(name) ?? 0) + 1);
+  }
+
+  /** Reloads run one at a time, in order: SIGHUP and `reload` requests never interleave. */
+  reload(source: string): Promise<ReloadResult> {
+    const next = this.reloading.then(() => this.reloadNow(source));
+    this.reloading = next.catch(() => undefined);
+    return next;
+  }
+
+  private async reloadNow(source: string): Promise<ReloadResult> {
+    const started = performance.now();
+    const before = this.registry.agent;
+    const config = Manager.load(this.opts);
+    const errors = config.errors.map(formatConfigError);
+    this.count('reloads');
+    this.lastReload = new Date().toISOString();
+    if (config.errors.some((e) => e.file === config.agent.file)) {
+      for (const e of errors) this.log.error({ source }, `Failed to reload: ${e}`);
+      this.log.error({ source }, 'Failed to reload: the settings file has errors; everything stays as it was');
+      return { contexts: this.registry.size, added: [], changed: [], removed: [], kept: [], errors };
+    }
+    for (const key of ['socket', 'pins', 'state'] as const) {
+      if (config.agent[key] !== before[key]) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
+    }
+    const diff = this.registry.apply({ ...config, agent: { ...config.agent, socket: before.socket, pins: before.pins, state: before.state } });
+    for (const label of diff.removed) {
+      try {
+        if (this.registry.release(label)) this.log.info({ label }, 'Released user namespace (context removed)');
+      } catch (err) {
+        this.log.error({ label }, `Failed to release removed context ${label}: ${(err as Error).message}`);
+      }
+    }
+    for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
+    for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
+    this.log.level = this.opts.logLevel ?? config.agent.logLevel;
+    this.log.info({ source, contexts: this.registry.size, ...diff, errors: errors.length, ms: +(performance.now() - started).toFixed(1) }, 'Reloaded configuration');
+    return { contexts: this.registry.size, ...diff, errors };
+  }
+
+  status(peer: Peer): StatusResult {
+    const base = { version: VERSION, protocol: PROTOCOL_VERSION, uptimeSeconds: Math.floor((Date.now() - this.startedAt) / 1000) };
+    if (!isRoot(peer)) {
+      let visible = 0;
+      for (const c of this.registry.all()) if (mayUse(peer, c)) visible++;
+      return { ...base, contexts: visible, full: false };
+    }
+    let pinned = 0;
+    for (const c of this.registry.all()) if (this.registry.isPinned(c.label)) pinned++;
+    return {
+      ...base,
+      contexts: this.registry.size,
+      full: true,
+      pid: process.pid,
+      config: this.registry.agent.file,
+      socket: this.registry.agent.socket,
+      pinned,
+      connections: this.server.connections,
+      errors: this.registry.errors.map(formatConfigError),
+      pins: this.registry.adoption.filter((a) => a.status !== 'ok').map((a) => ({ label: a.label, status: a.status, message: a.message })),
+      counters: Object.fromEntries(this.counters),
+      lastReload: this.lastReload,
+    };
+  }
+
+  /** SIGTERM: stop accepting, let requests in flight finish, close, remove the socket. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info('Stopping: no new connections; finishing requests in flight');
+      this.server.stopAccepting();
+      // One turn of the event loop, so requests already received on open connections are taken in.
+      await new Promise((r) => setImmediate(r));
+      const drained = await this.server.drain(DRAIN_TIMEOUT_MS);
+      if (!drained) this.log.warn({ timeoutMs: DRAIN_TIMEOUT_MS }, 'Requests still in flight at the drain deadline: closing anyway');
+      await this.server.close();
+      this.log.info('Stopped');
+    })();
+    return this.stopping;
+  }
+}

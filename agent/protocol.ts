@@ -1,0 +1,249 @@
+// The wire contract, declared once for the agent and its clients: framing, envelope, methods, limits.
+// usernsd-protocol(7) documents it for helpers written in other languages.
+import { ID_LIMIT } from '../config/extents.ts';
+import { labelProblem } from '../config/schema.ts';
+import { HOST_LABEL } from '../config/types.ts';
+import type { Extent } from '../config/types.ts';
+import { ERROR_CODES, isErrorCode, UsernsError } from './errors.ts';
+import type { ErrorCode } from './errors.ts';
+
+export const PROTOCOL_VERSION = 1;
+
+/** Frames are UTF-8 JSON objects, each followed by a form feed (JSON escapes every U+000C inside). */
+export const FRAME_DELIMITER = '\f';
+export const REQUEST_TYPE = 'request';
+export const REPLY_TYPE = 'reply';
+
+export const LIMITS = {
+  /** One frame, delimiter excluded; a longer one closes the connection. */
+  MAX_MESSAGE_BYTES: 1024 * 1024,
+  /** A started frame must be finished within this time, or the connection is closed. */
+  MESSAGE_TIMEOUT_MS: 5000,
+  /** A connection that sends nothing for this long is closed. */
+  IDLE_TIMEOUT_MS: 60_000,
+  MAX_CONNECTIONS: 256,
+  /** Replies queued to a client that does not read; beyond this the connection is closed. */
+  MAX_PENDING_BYTES: 4 * 1024 * 1024,
+  /** Requests of one connection being worked on at once; more get E_BUSY. */
+  MAX_INFLIGHT_PER_CONNECTION: 64,
+  /** Ids in one `uids` or `gids` list of a map request. */
+  MAX_IDS_PER_LIST: 32768,
+  /** A string request id. */
+  MAX_ID_CHARS: 64,
+  /** How long usernsctl waits for a reply (a namespace creation takes milliseconds). */
+  REQUEST_TIMEOUT_MS: 30_000,
+} as const;
+
+export type RequestId = number | string;
+export type Request = { readonly id: RequestId; readonly method: string; readonly params: unknown };
+export type WireError = { readonly code: ErrorCode; readonly message: string };
+export type Reply =
+  | { readonly id: RequestId | null; readonly result: unknown }
+  | { readonly id: RequestId | null; readonly error: WireError };
+
+// ---- parameter kinds, checked at the edge so handlers get typed values ----
+
+type Kind = 'label' | 'context' | 'ids';
+type Field = { readonly kind: Kind; readonly required: boolean };
+type ParamSpec = { readonly [name: string]: Field };
+
+const label: Field = { kind: 'label', required: true };
+const context: Field = { kind: 'context', required: true };
+const ids: Field = { kind: 'ids', required: false };
+
+/** A method as a value: its name, parameters, and whether only root may call it. P and R are for the compiler. */
+export type Method<P, R> = {
+  readonly name: string;
+  readonly params: ParamSpec;
+  readonly rootOnly: boolean;
+  readonly _types?: (p: P) => R;
+};
+export type ParamsOf<M> = M extends Method<infer P, unknown> ? P : never;
+export type ResultOf<M> = M extends Method<never, infer R> ? R : never;
+
+export type Owner = { readonly uid: number; readonly gid: number; readonly name: string | null };
+
+export type ResolveResult = {
+  readonly label: string;
+  /** The pin: open it, or pass it to nsenter --user= / setns(2). */
+  readonly path: string;
+  readonly parent: string;
+  readonly owner: Owner;
+  /** As configured: outside ids are the parent's. */
+  readonly uidMap: readonly Extent[];
+  readonly gidMap: readonly Extent[];
+  readonly setgroups: 'allow' | 'deny';
+  /** The nsfs inode, as lsns(8) and /proc/PID/ns/user show it. */
+  readonly ino: number;
+  /** True when this request created the namespace. */
+  readonly created: boolean;
+};
+export type MapResult = { readonly from: string; readonly to: string; readonly uids: number[]; readonly gids: number[] };
+export type ListEntry = {
+  readonly label: string;
+  readonly parent: string;
+  readonly owner: Owner;
+  readonly create: 'lazy' | 'eager';
+  readonly squash: 'none' | 'root' | 'all';
+  readonly pinned: boolean;
+};
+export type ListResult = { readonly contexts: ListEntry[] };
+export type PinReport = { readonly label: string; readonly status: string; readonly message: string };
+export type StatusResult = {
+  readonly version: string;
+  readonly protocol: number;
+  readonly uptimeSeconds: number;
+  /** What the caller may resolve (everything, for root). */
+  readonly contexts: number;
+  /** Root only from here on. */
+  readonly full: boolean;
+  readonly pid?: number;
+  readonly config?: string;
+  readonly socket?: string;
+  readonly pinned?: number;
+  readonly connections?: number;
+  readonly errors?: string[];
+  readonly pins?: PinReport[];
+  readonly counters?: Record<string, number>;
+  readonly lastReload?: string | null;
+};
+export type ReloadResult = {
+  readonly contexts: number;
+  readonly added: string[];
+  readonly changed: string[];
+  readonly removed: string[];
+  /** Contexts whose file became invalid: their last good version stays in use. */
+  readonly kept: string[];
+  readonly errors: string[];
+};
+export type ReleaseResult = { readonly label: string; readonly released: boolean };
+
+const method = <P, R>(name: string, params: ParamSpec, rootOnly = false): Method<P, R> => ({ name, params, rootOnly });
+
+export const resolve = method<{ label: string }, ResolveResult>('resolve', { label });
+export const map = method<{ from: string; to: string; uids?: number[]; gids?: number[] }, MapResult>('map', { from: context, to: context, uids: ids, gids: ids });
+export const list = method<Record<string, never>, ListResult>('list', {});
+export const status = method<Record<string, never>, StatusResult>('status', {});
+export const reload = method<Record<string, never>, ReloadResult>('reload', {}, true);
+export const release = method<{ label: string }, ReleaseResult>('release', { label }, true);
+
+export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
+  [resolve, map, list, status, reload, release].map((m) => [m.name, m as Method<unknown, unknown>]),
+);
+
+// ---- validation ----
+
+function invalid(message: string): UsernsError {
+  return new UsernsError('E_INVALID', message);
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+function checkField(method: string, name: string, field: Field, v: unknown): unknown {
+  const where = `${method}: parameter "${name}"`;
+  switch (field.kind) {
+    case 'label':
+    case 'context': {
+      if (typeof v !== 'string') throw invalid(`${where} must be a string (a context label)`);
+      if (field.kind === 'context' && v === HOST_LABEL) return v;
+      const problem = labelProblem(v);
+      if (problem) throw invalid(`${where}: ${problem}`);
+      return v;
+    }
+    case 'ids': {
+      if (!Array.isArray(v)) throw invalid(`${where} must be an array of ids`);
+      if (v.length > LIMITS.MAX_IDS_PER_LIST) throw invalid(`${where} has ${v.length} ids; at most ${LIMITS.MAX_IDS_PER_LIST} per request`);
+      for (const id of v) {
+        // 4294967295 is (uid_t)-1, "no id", never a real one.
+        if (!Number.isInteger(id) || id < 0 || id >= ID_LIMIT) throw invalid(`${where}: ${JSON.stringify(id)} is not an id (0 to ${ID_LIMIT - 1})`);
+      }
+      return v;
+    }
+  }
+}
+
+/**
+ * Check a request's params against the method's table: an object with only known keys (so
+ * `__proto__` and friends are refused, not merged), required ones present, each of its kind.
+ * Returns a fresh null-prototype object holding only the checked values.
+ */
+export function checkParams<M extends Method<unknown, unknown>>(m: M, raw: unknown): ParamsOf<M> {
+  const given = raw === undefined ? {} : raw;
+  if (!isPlainObject(given)) throw invalid(`${m.name}: params must be a JSON object`);
+  for (const key of Object.keys(given)) {
+    if (!Object.hasOwn(m.params, key)) throw invalid(`${m.name}: unknown parameter ${JSON.stringify(key)}`);
+  }
+  const out: Record<string, unknown> = Object.create(null);
+  for (const [name, field] of Object.entries(m.params)) {
+    if (!Object.hasOwn(given, name)) {
+      if (field.required) throw invalid(`${m.name}: parameter "${name}" is required`);
+      continue;
+    }
+    out[name] = checkField(m.name, name, field, given[name]);
+  }
+  return out as ParamsOf<M>;
+}
+
+function isRequestId(v: unknown): v is RequestId {
+  return (Number.isSafeInteger(v) && (v as number) >= 0) || (typeof v === 'string' && v.length > 0 && v.length <= LIMITS.MAX_ID_CHARS);
+}
+
+/** The id of a request, if it has a usable one: even a broken request gets its reply under its id. */
+export function requestIdOf(data: unknown): RequestId | null {
+  return isPlainObject(data) && isRequestId(data.id) ? data.id : null;
+}
+
+/** The envelope's `data` of a request frame, checked: a valid id, a method name, params (checked later). */
+export function checkRequest(data: unknown): Request {
+  if (!isPlainObject(data)) throw invalid('a request is a JSON object {id, method, params}');
+  for (const key of Object.keys(data)) {
+    if (key !== 'id' && key !== 'method' && key !== 'params') throw invalid(`unknown request field ${JSON.stringify(key)}`);
+  }
+  if (!isRequestId(data.id)) throw invalid(`"id" must be a non-negative integer or a string of 1-${LIMITS.MAX_ID_CHARS} characters`);
+  if (typeof data.method !== 'string') throw invalid('"method" must be a string');
+  return { id: data.id, method: data.method, params: data.params };
+}
+
+/** A reply's `data`, checked on the client side. */
+export function checkReply(data: unknown): Reply {
+  if (!isPlainObject(data) || !('id' in data)) throw new Error('the agent sent a reply without an id');
+  if ('error' in data) {
+    const e = data.error;
+    if (!isPlainObject(e) || !isErrorCode(e.code) || typeof e.message !== 'string') throw new Error('the agent sent a malformed error');
+    return { id: data.id as RequestId | null, error: { code: e.code, message: e.message } };
+  }
+  if (!('result' in data)) throw new Error('the agent sent a reply with neither result nor error');
+  return { id: data.id as RequestId | null, result: data.result };
+}
+
+// ---- framing, for clients (the agent's side is node-ipc's guarded parser, configured the same) ----
+
+export function encodeFrame(type: string, data: unknown): string {
+  return JSON.stringify({ type, data }) + FRAME_DELIMITER;
+}
+
+/** Splits a byte stream into frames; refuses one longer than MAX_MESSAGE_BYTES. */
+export class FrameReader {
+  private buffer = '';
+  push(chunk: string): { type: unknown; data: unknown }[] {
+    this.buffer += chunk;
+    const out: { type: unknown; data: unknown }[] = [];
+    let at: number;
+    while ((at = this.buffer.indexOf(FRAME_DELIMITER)) >= 0) {
+      const frame = this.buffer.slice(0, at);
+      this.buffer = this.buffer.slice(at + 1);
+      if (Buffer.byteLength(frame) > LIMITS.MAX_MESSAGE_BYTES) throw new Error('frame exceeds MAX_MESSAGE_BYTES');
+      const msg = JSON.parse(frame) as unknown;
+      if (!isPlainObject(msg)) throw new Error('a frame is not a JSON object');
+      out.push({ type: msg.type, data: msg.data });
+    }
+    if (Buffer.byteLength(this.buffer) > LIMITS.MAX_MESSAGE_BYTES) throw new Error('frame exceeds MAX_MESSAGE_BYTES');
+    return out;
+  }
+}
+
+export { ERROR_CODES };

@@ -1,0 +1,245 @@
+// The socket: node-ipc 14 (guarded profile, explicit limits) walled off behind one small class; the only node-ipc importer.
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
+import { dirname } from 'node:path';
+// @ts-expect-error node-ipc 14 ships no type declarations; the little we use is typed below.
+import { IPCModule } from 'node-ipc';
+import type { Logger } from 'pino';
+import { peerOf } from './auth.ts';
+import type { Peer } from './auth.ts';
+import { UsernsError } from './errors.ts';
+import { unreadBytes } from './sys.ts';
+import { FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE, requestIdOf } from './protocol.ts';
+import type { Reply } from './protocol.ts';
+
+/** The parts of node-ipc's server we touch. */
+type IpcSocketServer = {
+  server: { close(cb?: () => void): void } | false;
+  start(): void;
+  stop(): void;
+  on(type: string, handler: (...args: never[]) => void): void;
+  emit(socket: Socket, type: string, data: unknown): boolean;
+  protocolFailure(socket: Socket, error: Error & { code?: string }): void;
+};
+type Ipc = { config: Record<string, unknown>; server: IpcSocketServer; serve(path: string, cb: () => void): void };
+
+/** node-ipc's local lifecycle events: never from the wire (the guarded parser refuses them there). */
+const LIFECYCLE = new Set(['start', 'connect', 'disconnect', 'destroy', 'close', 'socket.disconnected', 'error', 'data']);
+
+/** While draining, how often connections are checked for requests not read yet. */
+const DRAIN_POLL_MS = 5;
+
+/** At stop, how long a client gets to take its last replies before its connection is cut. */
+const CLOSE_FLUSH_MS = 1000;
+
+export type Connection = { readonly peer: Peer; readonly serial: number; inflight: number };
+export type RequestHandler = (conn: Connection, data: unknown) => Promise<Reply>;
+export type ServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler };
+
+/**
+ * The socket's directory belongs to root and is not writable by anyone else (so nobody can swap the
+ * socket); the socket itself is 0666, because authorization is per request, by SO_PEERCRED.
+ */
+async function prepareSocketPath(path: string): Promise<void> {
+  const dir = dirname(path);
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const st = lstatSync(dir);
+  if (!st.isDirectory()) throw new UsernsError('E_CONFIG', `socket directory ${dir} is not a directory (a symlink?): remove it`);
+  if (st.uid !== process.geteuid!()) throw new UsernsError('E_CONFIG', `socket directory ${dir} is owned by uid ${st.uid}, not by the agent: chown it or choose another socket`);
+  if ((st.mode & 0o022) !== 0) throw new UsernsError('E_CONFIG', `socket directory ${dir} is writable by group or others: chmod go-w ${dir}`);
+  let existing;
+  try {
+    existing = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!existing.isSocket()) throw new UsernsError('E_CONFIG', `${path} exists and is not a socket: remove it or choose another socket`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+  if (alive) throw new UsernsError('E_BUSY', `another agent is already serving ${path}: stop it first`);
+  unlinkSync(path); // left by an agent that did not exit cleanly
+}
+
+function fdOf(socket: Socket): number | null {
+  return (socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? null;
+}
+
+function hasUnreadInput(socket: Socket): boolean {
+  const fd = fdOf(socket);
+  if (socket.destroyed || fd === null || fd < 0) return false;
+  try {
+    return unreadBytes(fd) > 0;
+  } catch {
+    return false;
+  }
+}
+
+export class IpcServer {
+  private readonly ipc: Ipc;
+  private readonly opts: ServerOptions;
+  private readonly conns = new Map<Socket, Connection>();
+  private readonly pending = new Set<Promise<void>>();
+  private serial = 0;
+  private accepting = false;
+
+  constructor(opts: ServerOptions) {
+    this.opts = opts;
+    this.ipc = new IPCModule() as Ipc;
+    // Every node-ipc default that matters, set here on purpose.
+    Object.assign(this.ipc.config, {
+      parser: 'guarded',
+      encoding: 'utf8',
+      delimiter: FRAME_DELIMITER,
+      maxMessageSize: LIMITS.MAX_MESSAGE_BYTES,
+      maxPendingBytes: LIMITS.MAX_PENDING_BYTES,
+      messageTimeout: LIMITS.MESSAGE_TIMEOUT_MS,
+      maxConnections: LIMITS.MAX_CONNECTIONS,
+      maxEventNameLength: 64,
+      allowReservedEvents: false,
+      identifyPeer: false,
+      logPayloads: false,
+      silent: true,
+      logger: () => {},
+      // prepareSocketPath owns the directory and a stale socket: node-ipc must not chmod or unlink.
+      socketRoot: dirname(opts.path) + '/',
+      secureSocketRoot: false,
+      unlink: false,
+      readableAll: true,
+      writableAll: true,
+    });
+  }
+
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  async listen(): Promise<void> {
+    const { path, log } = this.opts;
+    await prepareSocketPath(path);
+    await new Promise<void>((resolve, reject) => {
+      this.ipc.serve(path, () => resolve());
+      const server = this.ipc.server;
+      server.on('error', (err: Error & { code?: string }) => {
+        if (!this.accepting) reject(new UsernsError('E_CONFIG', `Failed to listen on ${path}: ${err.code ?? err.message}`, err));
+        // Protocol failures are logged with their peer by protocolFailure below; the rest is a client gone.
+        else if (err.name !== 'IPCProtocolError') log.debug({ err: err.message }, 'socket error');
+      });
+      server.on('connect', (socket: Socket) => this.accept(socket));
+      server.on('close', (socket: Socket) => this.conns.delete(socket));
+      server.on(REQUEST_TYPE, (data: unknown, socket: Socket) => this.request(socket, data));
+      server.on('*', (type: string, data: unknown, socket: Socket) => {
+        if (type !== REQUEST_TYPE && !LIFECYCLE.has(type)) this.unknownType(socket, type, data);
+      });
+      // Log every closed-for-cause connection once, with who it was.
+      const failure = server.protocolFailure.bind(server);
+      server.protocolFailure = (socket, error) => {
+        const c = this.conns.get(socket);
+        log.warn({ peerUid: c?.peer.uid, peerPid: c?.peer.pid, code: error.code }, `Closed connection: ${error.message}`);
+        failure(socket, error);
+      };
+      server.start();
+    });
+    chmodSync(path, 0o666); // readableAll/writableAll, made certain
+    this.accepting = true;
+  }
+
+  private accept(socket: Socket): void {
+    let peer: Peer;
+    try {
+      peer = peerOf(fdOf(socket) ?? -1);
+    } catch (err) {
+      this.opts.log.warn({ err: (err as Error).message }, 'Failed to read peer credentials: connection closed');
+      socket.destroy();
+      return;
+    }
+    // Also while draining: the kernel accepted it before the listener closed, so it is served.
+    const conn: Connection = { peer, serial: ++this.serial, inflight: 0 };
+    this.conns.set(socket, conn);
+    socket.setTimeout(LIMITS.IDLE_TIMEOUT_MS, () => {
+      if (conn.inflight > 0) return;
+      this.opts.log.debug({ peerUid: peer.uid, peerPid: peer.pid }, 'Closed idle connection');
+      socket.destroy();
+    });
+  }
+
+  private request(socket: Socket, data: unknown): void {
+    const conn = this.conns.get(socket);
+    if (!conn) return;
+    if (conn.inflight >= LIMITS.MAX_INFLIGHT_PER_CONNECTION) {
+      this.reply(socket, { id: requestIdOf(data), error: { code: 'E_BUSY', message: `more than ${LIMITS.MAX_INFLIGHT_PER_CONNECTION} requests in flight on one connection: wait for replies` } });
+      return;
+    }
+    conn.inflight++;
+    const p = this.opts.onRequest(conn, data)
+      .then((reply) => this.reply(socket, reply))
+      .finally(() => { conn.inflight--; this.pending.delete(p); });
+    this.pending.add(p);
+  }
+
+  private unknownType(socket: Socket, type: string, data: unknown): void {
+    const c = this.conns.get(socket);
+    this.opts.log.info({ peerUid: c?.peer.uid, peerPid: c?.peer.pid, type }, 'Refused a frame of unknown type');
+    this.reply(socket, { id: requestIdOf(data), error: { code: 'E_INVALID', message: `unknown frame type ${JSON.stringify(type)}: send {"type":"${REQUEST_TYPE}","data":{id, method, params}}` } });
+  }
+
+  private reply(socket: Socket, reply: Reply): void {
+    if (socket.destroyed) {
+      this.opts.log.debug({ id: reply.id }, 'Client left before its reply');
+      return;
+    }
+    try {
+      this.ipc.server.emit(socket, REPLY_TYPE, reply);
+    } catch (err) {
+      // node-ipc refuses to encode a frame beyond maxMessageSize: say so instead of staying silent.
+      this.ipc.server.emit(socket, REPLY_TYPE, { id: reply.id, error: { code: 'E_BUSY', message: `the reply is larger than ${LIMITS.MAX_MESSAGE_BYTES} bytes: ask for less at once` } });
+      this.opts.log.warn({ id: reply.id, err: (err as Error).message }, 'Failed to send a reply: too large');
+    }
+  }
+
+  /** Stop accepting; connections stay open so replies in flight still go out. */
+  stopAccepting(): void {
+    this.accepting = false;
+    const s = this.ipc.server.server;
+    if (s) s.close();
+  }
+
+  /**
+   * Wait, at most `timeoutMs`, for requests in flight and for requests already sent but not yet
+   * read (the kernel still holds them: FIONREAD), so a client that asked before the stop is answered.
+   * True if everything was answered.
+   */
+  async drain(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, Math.min(ms, deadline - Date.now()))));
+    while (Date.now() < deadline) {
+      if (this.pending.size > 0) {
+        await Promise.race([Promise.allSettled([...this.pending]), sleep(deadline - Date.now())]);
+        continue;
+      }
+      if (![...this.conns.keys()].some(hasUnreadInput)) return true;
+      await sleep(DRAIN_POLL_MS);
+    }
+    return this.pending.size === 0;
+  }
+
+  /** Close every connection (replies already written are flushed first) and remove the socket. */
+  async close(): Promise<void> {
+    this.accepting = false;
+    const sockets = [...this.conns.keys()];
+    await Promise.all(sockets.map((s) => new Promise<void>((resolve) => {
+      if (s.destroyed) return resolve();
+      const timer = setTimeout(() => { s.destroy(); resolve(); }, CLOSE_FLUSH_MS);
+      s.once('close', () => { clearTimeout(timer); resolve(); });
+      s.end();
+    })));
+    this.ipc.server.stop();
+    this.conns.clear();
+    try {
+      if (lstatSync(this.opts.path).isSocket()) unlinkSync(this.opts.path);
+    } catch { /* already gone */ }
+  }
+}

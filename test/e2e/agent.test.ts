@@ -1,0 +1,270 @@
+// The agent as a process on a temporary tree, driven by usernsctl: resolve, concurrency, authorization, enter, reload, drain.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { AgentClient } from '../../agent/client.ts';
+import { UsernsError } from '../../agent/errors.ts';
+import * as P from '../../agent/protocol.ts';
+import { checkoutReachableBy, cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
+import type { RunningAgent } from '../helpers/agent.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot, kernelMaps, makeUser, mountsUnder } from '../helpers/kernel.ts';
+
+const A = '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n';
+
+describe('e2e: usernsctl without an agent', () => {
+  it('exits 3 and says which socket and how to start the agent', async () => {
+    const r = await usernsctl(['--socket', '/nonexistent/usernsd.sock', 'list']);
+    assert.equal(r.code, 3);
+    assert.match(r.err, /cannot reach the agent at \/nonexistent\/usernsd\.sock: ENOENT/);
+    assert.match(r.err, /systemctl start usernsd/);
+  });
+
+  it('exits 2 on usage errors, naming the problem', async () => {
+    for (const [args, re] of [[['resolve'], /resolve takes one LABEL/], [['map', '--from', 'a'], /map needs --from LABEL and --to LABEL/], [['frobnicate'], /unknown command "frobnicate"/], [['map', '--from', 'a', '--to', 'b', '--uid', 'x'], /--uid x: not a number/]] as const) {
+      const r = await usernsctl([...args]);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+      assert.match(r.err, re);
+    }
+  });
+});
+
+describe('e2e: the agent, driven by usernsctl (root)', function () {
+  let tree: Tree;
+  let agent: RunningAgent;
+  const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
+
+  before(function () { if (!isRoot) this.skip(); }); // the agent creates namespaces for other owners and mounts pins: root
+  beforeEach(() => { tree = makeTree(); });
+  afterEach(async () => { await cleanup(tree); });
+
+  it('resolve creates the namespace once, then reuses the pin', async () => {
+    tree.context('a.conf', A);
+    agent = await startAgent(tree);
+    const first = await ctl(['--json', 'resolve', 'a']);
+    assert.equal(first.code, 0, first.err);
+    const r1 = JSON.parse(first.out) as P.ResolveResult;
+    assert.equal(r1.created, true);
+    assert.equal(r1.path, `${tree.pins}/a`);
+    assert.deepEqual(kernelMaps(r1.path), { uid: '0 100000 65536', gid: '0 100000 65536' });
+    assert.equal(statSync(r1.path).ino, r1.ino);
+    const second = JSON.parse((await ctl(['resolve', 'a', '--json'])).out) as P.ResolveResult;
+    assert.equal(second.created, false);
+    assert.equal(second.ino, r1.ino);
+    assert.equal(mountsUnder(tree.pins).length, 1);
+    const human = await ctl(['resolve', 'a']);
+    assert.match(human.out, new RegExp(`^a: ${tree.pins}/a\\n  parent host, owner root \\(0:0\\), setgroups allow, nsfs inode ${r1.ino}\\n  uid_map 0 100000 65536\\n`));
+    assert.equal((await ctl(['resolve', '--path', 'a'])).out, `${tree.pins}/a\n`);
+    const created = agent.logs.filter((l) => l.msg === 'Created user namespace');
+    assert.equal(created.length, 1);
+    assert.equal(created[0]!.label, 'a');
+    assert.equal(typeof created[0]!.ms, 'number');
+    const missing = await ctl(['resolve', 'nope']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.err, /^usernsctl: E_NOT_FOUND: no context "nope" is configured/);
+  });
+
+  it('creates exactly one namespace for many concurrent resolves, nested ones too', async () => {
+    tree.context('a.conf', A);
+    tree.context('b.conf', '[context]\nparent = a\nuid_map = 0 1000 5000\ngid_map = 0 1000 5000\n');
+    agent = await startAgent(tree);
+    const clients = await Promise.all(Array.from({ length: 40 }, () => AgentClient.connect(agent.socket)));
+    try {
+      // Stopped, the agent cannot answer: every request is queued in the kernel, so all arrive together.
+      agent.child.kill('SIGSTOP');
+      const calls = clients.map((c, i) => c.call(P.resolve, { label: i % 2 ? 'a' : 'b' }));
+      await new Promise((r) => setTimeout(r, 100));
+      agent.child.kill('SIGCONT');
+      const replies = await Promise.all(calls);
+      for (const label of ['a', 'b']) {
+        const mine = replies.filter((r) => r.label === label);
+        assert.equal(mine.length, 20);
+        assert.equal(new Set(mine.map((r) => r.ino)).size, 1, `one namespace for ${label}`);
+        // a is created by one of its own resolves, or as b's parent: at most one reply says so.
+        assert.equal(mine.filter((r) => r.created).length, label === 'b' ? 1 : Math.min(1, mine.filter((r) => r.created).length));
+      }
+      assert.deepEqual(agent.logs.filter((l) => l.msg === 'Created user namespace').map((l) => l.label).sort(), ['a', 'b'], 'a and b created once each');
+      assert.equal(mountsUnder(tree.pins).length, 2);
+      assert.deepEqual(kernelMaps(`${tree.pins}/b`), { uid: '0 1000 5000', gid: '0 1000 5000' });
+    } finally {
+      for (const c of clients) c.close();
+    }
+    // And through usernsctl processes, all at once: the same pin for every one.
+    const runs = await Promise.all(Array.from({ length: 8 }, () => ctl(['--json', 'resolve', 'b'])));
+    assert.deepEqual(new Set(runs.map((r) => (JSON.parse(r.out) as P.ResolveResult).ino)).size, 1);
+  });
+
+  it('map answers with squash, list and status show the contexts', async () => {
+    tree.context('a.conf', A + '[squash]\nmode = root\nanonuid = 65534\nanongid = 65534\n');
+    tree.context('b.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n[squash]\nmode = none\n');
+    agent = await startAgent(tree);
+    const m = await ctl(['map', '--from', 'b', '--to', 'host', '--uid', '0', '--uid', '5', '--uid', '4000', '--gid', '7']);
+    assert.equal(m.code, 0, m.err);
+    assert.equal(m.out, 'uid 0 -> 300000\nuid 5 -> 300005\nuid 4000 -> 65534\ngid 7 -> 300007\n');
+    const j = JSON.parse((await ctl(['--json', 'map', '--from', 'a', '--to', 'host', '--uid', '0', '--uid', '1'])).out) as P.MapResult;
+    assert.deepEqual(j, { from: 'a', to: 'host', uids: [65534, 100001], gids: [] });
+    const list = await ctl(['list']);
+    assert.match(list.out, /^LABEL\s+PARENT\s+OWNER\s+PINNED\s+CREATE\s+SQUASH\na\s+host\s+root\s+no\s+lazy\s+root\nb\s+host\s+root\s+no\s+lazy\s+none\n$/);
+    const st = JSON.parse((await ctl(['--json', 'status'])).out) as P.StatusResult;
+    assert.equal(st.full, true);
+    assert.equal(st.contexts, 2);
+    assert.equal(st.pinned, 0);
+    assert.deepEqual(st.errors, []);
+    assert.ok((st.counters?.requests ?? 0) >= 3);
+    assert.match((await ctl(['status'])).out, /^usernsd \S+ \(protocol 1\), up \d+s\npid: +\d+\n/);
+  });
+
+  it('lets a user resolve, map and enter its own and [access] contexts, and refuses the others', async function () {
+    const user = makeUser();
+    const other = makeUser();
+    const group = `unsdg${process.pid % 100000}`;
+    const restoreModes = makeCheckoutReachable();
+    try {
+      const unreachable = checkoutReachableBy(user.uid, user.gid);
+      if (unreachable) throw new Error(`${unreachable}: the checkout itself must be readable by other users`);
+      execFileSync('groupadd', ['--system', group]);
+      execFileSync('usermod', ['-a', '-G', group, user.name]);
+      tree.context('own.conf', `[context]\nowner = ${user.name}\nuid_map = 0 200000 1000\ngid_map = 0 200000 1000\nsetgroups = deny\n`);
+      tree.context('own2.conf', `[context]\nowner = ${user.name}\nuid_map = 0 201000 1000\ngid_map = 0 201000 1000\nsetgroups = allow\n`);
+      tree.context('byuser.conf', `[context]\nuid_map = 0 202000 1000\ngid_map = 0 202000 1000\n[access]\nusers = ${user.name}\n`);
+      tree.context('bygroup.conf', `[context]\nuid_map = 0 203000 1000\ngid_map = 0 203000 1000\n[access]\ngroups = ${group}\n`);
+      tree.context('theirs.conf', `[context]\nowner = ${other.name}\nuid_map = 0 204000 1000\ngid_map = 0 204000 1000\n`);
+      agent = await startAgent(tree);
+      const as = { user: { uid: user.uid, gid: user.gid } };
+      for (const label of ['own', 'byuser', 'bygroup']) {
+        const r = await ctl(['--json', 'resolve', label], as);
+        assert.equal(r.code, 0, `${label}: ${r.err}`);
+        assert.equal((JSON.parse(r.out) as P.ResolveResult).label, label);
+      }
+      const denied = await ctl(['resolve', 'theirs'], as);
+      assert.equal(denied.code, 1);
+      assert.match(denied.err, new RegExp(`^usernsctl: E_PERMISSION: uid ${user.uid} may not use context "theirs"`));
+      // The same answer whether the context exists or not: nothing is learned about others' contexts.
+      const ghost = await ctl(['resolve', 'no-such'], as);
+      assert.equal(ghost.err.replace('no-such', 'theirs'), denied.err);
+      assert.equal(existsSync(`${tree.pins}/theirs`), false, 'a refused resolve creates nothing');
+      const mapDenied = await ctl(['map', '--from', 'theirs', '--to', 'host', '--uid', '0'], as);
+      assert.equal(mapDenied.code, 1);
+      assert.match(mapDenied.err, /E_PERMISSION/);
+      const mapped = await ctl(['map', '--from', 'own', '--to', 'host', '--uid', '1'], as);
+      assert.equal(mapped.out, 'uid 1 -> 200001\n');
+      const list = await ctl(['--json', 'list'], as);
+      assert.deepEqual((JSON.parse(list.out) as P.ListResult).contexts.map((c) => c.label).sort(), ['bygroup', 'byuser', 'own', 'own2']);
+      const st = JSON.parse((await ctl(['--json', 'status'], as)).out) as P.StatusResult;
+      assert.equal(st.full, false);
+      assert.equal(st.contexts, 4);
+      assert.equal(st.errors, undefined);
+      for (const cmd of [['reload'], ['release', 'own']]) {
+        const r = await ctl(cmd, as);
+        assert.equal(r.code, 1);
+        assert.match(r.err, new RegExp(`^usernsctl: E_PERMISSION: ${cmd[0]} is for root only`));
+      }
+      // enter, without root: uid 0 and gid 0 inside, with setgroups deny as well as allow.
+      for (const label of ['own', 'own2']) {
+        const e = await ctl(['enter', label, '--', 'sh', '-c', 'id -u; id -g; cat /proc/self/uid_map; cat /proc/self/setgroups'], as);
+        assert.equal(e.code, 0, `${label}: ${e.err}`);
+        const [uid, gid, map, sg] = e.out.trim().split('\n').map((s) => s.trim().split(/\s+/).join(' '));
+        assert.equal(uid, '0');
+        assert.equal(gid, '0');
+        assert.equal(map, label === 'own' ? '0 200000 1000' : '0 201000 1000');
+        assert.equal(sg, label === 'own' ? 'deny' : 'allow');
+      }
+      const status = await ctl(['enter', 'own', '--', 'sh', '-c', 'exit 7'], as);
+      assert.equal(status.code, 7, 'enter passes on the exit status of the command');
+    } finally {
+      await cleanup(undefined);
+      restoreModes();
+      user.remove();
+      other.remove();
+      spawnSync('groupdel', [group]);
+    }
+  });
+
+  it('reload: a broken file keeps its last good version, a removed one is released, SIGHUP works too', async () => {
+    tree.context('a.conf', A);
+    tree.context('b.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
+    agent = await startAgent(tree);
+    assert.equal((await ctl(['resolve', 'a'])).code, 0);
+    assert.equal((await ctl(['resolve', 'b'])).code, 0);
+    const broken = tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = banana\n');
+    rmSync(`${tree.contexts}/b.conf`);
+    tree.context('c.conf', '[context]\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n');
+    const r = await ctl(['reload']);
+    assert.equal(r.code, 1, 'errors in the configuration make reload exit 1');
+    assert.match(r.out, /^reloaded: 2 context\(s\)\n/);
+    assert.match(r.out, /  added: c\n/);
+    assert.match(r.out, /  removed: b\n/);
+    assert.match(r.out, /  kept: a \(file has errors: last good version stays\)\n/);
+    assert.match(r.err, new RegExp(`^${broken}: \\[context\\] gid_map: `));
+    assert.equal((await ctl(['resolve', 'a'])).code, 0, 'a keeps working on its last good version');
+    assert.equal(existsSync(`${tree.pins}/b`), false, 'the removed context is released');
+    assert.match((await ctl(['resolve', 'b'])).err, /E_NOT_FOUND/);
+    const st = JSON.parse((await ctl(['--json', 'status'])).out) as P.StatusResult;
+    assert.equal(st.errors!.length, 1);
+    assert.match(st.errors![0]!, /gid_map/);
+    assert.ok(agent.logs.some((l) => l.level === 40 && /Failed to load context: .*a\.conf.*gid_map/.test(l.msg)), 'the error is logged');
+    tree.context('d.conf', '[context]\nuid_map = 0 500000 1000\ngid_map = 0 500000 1000\n');
+    agent.child.kill('SIGHUP');
+    await agent.waitForLog((l) => l.msg === 'Reloaded configuration' && l.source === 'SIGHUP');
+    assert.equal((await ctl(['resolve', 'd'])).code, 0);
+  });
+
+  it('SIGTERM finishes requests in flight, removes the socket and exits 0', async () => {
+    for (const l of 'abcdefgh') tree.context(`${l}.conf`, `[context]\nuid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\ngid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\n`);
+    agent = await startAgent(tree);
+    const client = await AgentClient.connect(agent.socket);
+    try {
+      // The requests and the signal both wait while the agent is stopped: the signal cannot lose them.
+      agent.child.kill('SIGSTOP');
+      const calls = [...'abcdefgh'].map((label) => client.call(P.resolve, { label }));
+      await new Promise((r) => setTimeout(r, 100));
+      agent.child.kill('SIGTERM');
+      agent.child.kill('SIGCONT');
+      const replies = await Promise.all(calls);
+      assert.deepEqual(replies.map((r) => r.created), Array(8).fill(true));
+    } finally {
+      client.close();
+    }
+    assert.deepEqual(await agent.exited, { code: 0, signal: null });
+    assert.equal(existsSync(agent.socket), false, 'the socket is removed');
+    const msgs = agent.logs.map((l) => l.msg);
+    assert.ok(msgs.indexOf('Stopping: no new connections; finishing requests in flight') < msgs.lastIndexOf('Created user namespace'), 'work finished after the stop began');
+    assert.equal(msgs.at(-1), 'Stopped');
+    const after = await ctl(['status']);
+    assert.equal(after.code, 3);
+  });
+
+  it('refuses to start beside a running agent, and on a broken settings file', async () => {
+    tree.context('a.conf', A);
+    agent = await startAgent(tree);
+    const second = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], { encoding: 'utf8', timeout: 15000 });
+    assert.equal(second.status, 1);
+    assert.match(second.stderr, /another agent is already serving .*usernsd\.sock: stop it first/);
+    assert.equal((await ctl(['list'])).code, 0, 'the first agent is untouched');
+    await agent.stop();
+    const conf = readFileSync(tree.config, 'utf8');
+    tree.context('../usernsd.conf', conf + 'bogus_key = 1\n');
+    const broken = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], { encoding: 'utf8', timeout: 15000 });
+    assert.equal(broken.status, 1);
+    assert.match(broken.stderr, /usernsd: .*usernsd\.conf: \[agent\] bogus_key: /);
+  });
+
+  it('creates eager contexts at start', async () => {
+    tree.context('e.conf', A + 'create = eager\n');
+    agent = await startAgent(tree);
+    assert.equal(mountsUnder(tree.pins).length, 1);
+    assert.ok(agent.logs.some((l) => l.msg === 'Created user namespace (eager)' && l.label === 'e'));
+    assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'e'])).out) as P.ResolveResult).created, false);
+  });
+
+  it('a remote error is a UsernsError with the agent\'s code', async () => {
+    agent = await startAgent(tree);
+    const c = await AgentClient.connect(agent.socket);
+    try {
+      await assert.rejects(c.call(P.resolve, { label: 'x' }), (e: unknown) => e instanceof UsernsError && e.code === 'E_NOT_FOUND');
+    } finally {
+      c.close();
+    }
+  });
+});

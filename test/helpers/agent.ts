@@ -1,0 +1,124 @@
+// The agent as a separate process on a temporary tree, and usernsctl as users run it; nothing outlives a test.
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { chmodSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { unmountAll } from './kernel.ts';
+import type { Tree } from './fixtures.ts';
+
+const ROOT = new URL('../..', import.meta.url).pathname;
+export const USERNSD = join(ROOT, 'bin', 'usernsd.js');
+export const USERNSCTL = join(ROOT, 'bin', 'usernsctl.js');
+
+export type LogLine = { level: number; msg: string; [k: string]: unknown };
+
+export type RunningAgent = {
+  readonly child: ChildProcess;
+  readonly socket: string;
+  /** Every JSON line the agent wrote to stderr so far. */
+  readonly logs: LogLine[];
+  /** Resolves when a log line matching `pred` has been written (or already was). */
+  waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /** SIGTERM and wait: the exit code. */
+  stop(): Promise<number | null>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+};
+
+/** Start `usernsd --config tree.config` and wait until it serves; killed and reaped by `cleanup`. */
+export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'debug']): Promise<RunningAgent> {
+  const child = spawn(process.execPath, [USERNSD, '--config', tree.config, ...extraArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
+  running.add(child);
+  const logs: LogLine[] = [];
+  const waiters: { pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
+  let rest = '';
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (chunk: string) => {
+    rest += chunk;
+    const lines = rest.split('\n');
+    rest = lines.pop()!;
+    for (const text of lines) {
+      let l: LogLine;
+      try { l = JSON.parse(text) as LogLine; } catch { l = { level: 60, msg: text }; }
+      logs.push(l);
+      for (const w of [...waiters]) if (w.pred(l)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(l); }
+    }
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on('exit', (code, signal) => { running.delete(child); resolve({ code, signal }); });
+  });
+  const waitForLog = (pred: (l: LogLine) => boolean, timeoutMs = 10_000) => {
+    const seen = logs.find(pred);
+    if (seen) return Promise.resolve(seen);
+    return new Promise<LogLine>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no matching agent log line within ${timeoutMs} ms; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`)), timeoutMs);
+      waiters.push({ pred, resolve: (l) => { clearTimeout(timer); resolve(l); } });
+      void exited.then(({ code, signal }) => reject(new Error(`the agent exited (${code ?? signal}) before the expected log line; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`)));
+    });
+  };
+  const agent: RunningAgent = {
+    child, socket: join(tree.dir, 'usernsd.sock'), logs, waitForLog, exited,
+    async stop() {
+      child.kill('SIGTERM');
+      return (await exited).code;
+    },
+  };
+  return waitForLog((l) => l.msg === 'Serving').then(() => agent);
+}
+
+const running = new Set<ChildProcess>();
+
+/** Kill what is left, unmount every pin under the tree, remove it: for afterEach, also after a failure. */
+export async function cleanup(tree: Tree | undefined): Promise<void> {
+  for (const child of [...running]) {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGCONT');
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+    }
+    running.delete(child);
+  }
+  if (tree) {
+    unmountAll(tree.dir);
+    tree.remove();
+  }
+}
+
+export type Run = { code: number | null; out: string; err: string };
+
+/** usernsctl, as root or as another user (with that user's supplementary groups, as login gives them). */
+export function usernsctl(args: string[], opts: { user?: { uid: number; gid: number }; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+  const base = [process.execPath, USERNSCTL, ...args];
+  const argv = opts.user ? ['setpriv', `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--init-groups', '--', ...base] : base;
+  return new Promise((resolve) => {
+    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => { out += d; });
+    child.stderr!.on('data', (d: Buffer) => { err += d; });
+    child.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
+/** Can `uid` run the checkout's node at all? null if so, else why not. */
+export function checkoutReachableBy(uid: number, gid: number): string | null {
+  const r = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', process.execPath, USERNSCTL, '--version'], { encoding: 'utf8' });
+  return r.status === 0 ? null : `uid ${uid} cannot run ${process.execPath} ${USERNSCTL}: ${r.stderr.trim()}`;
+}
+
+/**
+ * Let other users run the checkout's usernsctl: a checkout under a 0700 home (/root) is not
+ * reachable by them. Adds only the search bit (o+x) to the directories above the checkout that
+ * lack it; the returned function puts every mode back.
+ */
+export function makeCheckoutReachable(): () => void {
+  const changed: [string, number][] = [];
+  for (let dir = dirname(ROOT.replace(/\/$/, '')); ; dir = dirname(dir)) {
+    const mode = statSync(dir).mode & 0o7777;
+    if ((mode & 0o001) === 0) {
+      chmodSync(dir, mode | 0o001);
+      changed.push([dir, mode]);
+    }
+    if (dir === '/') break;
+  }
+  return () => { for (const [dir, mode] of changed.reverse()) chmodSync(dir, mode); };
+}
