@@ -17,8 +17,8 @@ export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, UNREACHABLE: 3 } as const;
 const USAGE = `Usage: usernsctl [--socket PATH] [--json] COMMAND [ARGS]
 
 Commands (answered by the agent):
-  resolve LABEL [--path]   the context's pinned namespace, created if missing;
-                           --path prints only the pin path
+  resolve LABEL [--pin]    the context's pinned namespace, created if missing;
+                           --pin prints only the pin path
   map --from A --to B [--uid N]... [--gid N]...
                            ids of files owned in context A, as seen from B
                            ("host" names the host), with A's squash applied
@@ -106,10 +106,10 @@ function checkConfig(args: string[], io: Io): number {
 }
 
 async function resolveCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { values, positionals } = parseCommand(args, { path: { type: 'boolean' } }, g);
+  const { values, positionals } = parseCommand(args, { pin: { type: 'boolean' } }, g);
   const r = await callAgent(g.socket, P.resolve, { label: oneLabel(positionals, 'resolve') });
   if (g.json) io.out(JSON.stringify(r));
-  else if (values.path) io.out(r.path);
+  else if (values.pin) io.out(r.path);
   else {
     io.out(`${r.label}: ${r.path}${r.created ? ' (created now)' : ''}`);
     io.out(`  parent ${r.parent}, owner ${who(r.owner)}, setgroups ${r.setgroups}, nsfs inode ${r.ino}`);

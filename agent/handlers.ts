@@ -76,9 +76,11 @@ handle(P.status, (agent, peer) => agent.status(peer));
 handle(P.reload, (agent) => agent.reload('request'));
 
 handle(P.release, (agent, peer, { label }) => {
+  const started = performance.now();
   const released = agent.registry.release(label);
   agent.count('released');
-  agent.log.info({ label, released, peerUid: peer.uid, peerPid: peer.pid }, released ? 'Released user namespace' : 'Release: nothing pinned');
+  const ms = +(performance.now() - started).toFixed(2);
+  agent.log.info({ label, released, peerUid: peer.uid, peerPid: peer.pid, ms }, released ? 'Released user namespace' : 'Release: nothing pinned');
   return { label, released };
 });
 

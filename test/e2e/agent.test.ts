@@ -55,7 +55,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(mountsUnder(tree.pins).length, 1);
     const human = await ctl(['resolve', 'a']);
     assert.match(human.out, new RegExp(`^a: ${tree.pins}/a\\n  parent host, owner root \\(0:0\\), setgroups allow, nsfs inode ${r1.ino}\\n  uid_map 0 100000 65536\\n`));
-    assert.equal((await ctl(['resolve', '--path', 'a'])).out, `${tree.pins}/a\n`);
+    assert.equal((await ctl(['resolve', '--pin', 'a'])).out, `${tree.pins}/a\n`);
     const created = agent.logs.filter((l) => l.msg === 'Created user namespace');
     assert.equal(created.length, 1);
     assert.equal(created[0]!.label, 'a');
@@ -63,6 +63,11 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     const missing = await ctl(['resolve', 'nope']);
     assert.equal(missing.code, 1);
     assert.match(missing.err, /^usernsctl: E_NOT_FOUND: no context "nope" is configured/);
+    assert.equal((await ctl(['release', 'a'])).out, 'released a\n');
+    assert.equal(existsSync(r1.path), false);
+    assert.equal(mountsUnder(tree.pins).length, 0);
+    assert.equal((await ctl(['release', 'a'])).out, 'a: nothing was pinned\n');
+    assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'a'])).out) as P.ResolveResult).created, true, 'created anew after a release');
   });
 
   it('creates exactly one namespace for many concurrent resolves, nested ones too', async () => {
