@@ -13,6 +13,7 @@ import { PROTOCOL_VERSION } from './protocol.ts';
 import type { ReloadResult, StatusResult } from './protocol.ts';
 import { Registry } from './registry.ts';
 import { IpcServer } from './server.ts';
+import { sdNotify } from './sys.ts';
 import { VERSION } from './version.ts';
 
 export type ManagerOptions = {
@@ -23,6 +24,8 @@ export type ManagerOptions = {
   readonly logLevel?: LogLevel;
   readonly nss?: Nss;
   readonly systemIds?: SystemIds;
+  /** The supervisor's readiness channel; default sd_notify(3) to $NOTIFY_SOCKET, if set. */
+  readonly notify?: (state: string) => void;
 };
 
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */
@@ -38,10 +41,12 @@ export class Manager implements Agent {
   private reloading: Promise<unknown> = Promise.resolve();
   private lastReload: string | null = null;
   private stopping: Promise<void> | null = null;
+  private readonly notifyFn: (state: string) => void;
 
   private constructor(opts: ManagerOptions, config: Configuration) {
     this.opts = opts;
     this.log = opts.log;
+    this.notifyFn = opts.notify ?? ((state) => { sdNotify(state); });
     this.registry = new Registry(config, (pin, ms, by) => {
       this.count('created');
       this.log.info({ label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) }, by ? 'Created user namespace' : 'Created user namespace (eager)');
@@ -72,6 +77,8 @@ export class Manager implements Agent {
     await m.createEager();
     await m.server.listen();
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
+    // Only now: the socket listens and every eager context exists (or its failure is logged).
+    m.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
     return m;
   }
 
@@ -87,6 +94,19 @@ export class Manager implements Agent {
     }
   }
 
+  /** Tell the supervisor; a broken notify socket is logged, never fatal. */
+  private notify(state: string): void {
+    try {
+      this.notifyFn(state);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'Failed to notify the supervisor (NOTIFY_SOCKET)');
+    }
+  }
+
+  private statusLine(): string {
+    return `serving ${this.registry.size} context(s) on ${this.registry.agent.socket}`;
+  }
+
   count(name: string): void {
     this.counters.set(name, (this.counters.get(name) ?? 0) + 1);
   }
@@ -99,6 +119,15 @@ export class Manager implements Agent {
   }
 
   private async reloadNow(source: string): Promise<ReloadResult> {
+    this.notify('RELOADING=1');
+    try {
+      return await this.reloadConfig(source);
+    } finally {
+      this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
+    }
+  }
+
+  private async reloadConfig(source: string): Promise<ReloadResult> {
     const started = performance.now();
     const before = this.registry.agent;
     const config = Manager.load(this.opts);
@@ -157,6 +186,7 @@ export class Manager implements Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info('Stopping: no new connections; finishing requests in flight');
+      this.notify('STOPPING=1\nSTATUS=draining');
       this.server.stopAccepting();
       // One turn of the event loop, so requests already received on open connections are taken in.
       await new Promise((r) => setImmediate(r));

@@ -1,5 +1,5 @@
-// The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED, SO_PEERGROUPS, FIONREAD. Failures throw SysError.
-import { constants } from 'node:os';
+// The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED, SO_PEERGROUPS, FIONREAD, a datagram for sd_notify. Failures throw SysError.
+import { constants, endianness } from 'node:os';
 import koffi from 'koffi';
 
 const libc = koffi.load('libc.so.6');
@@ -8,6 +8,9 @@ const umount2Fn = libc.func('int umount2(const char *target, int flags)');
 const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' });
 const getsockoptFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', koffi.out(koffi.pointer(ucred)), koffi.inout(koffi.pointer('uint32_t'))]);
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
+const socketFn = libc.func('int socket(int domain, int type, int protocol)');
+const sendtoFn = libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)');
+const closeFn = libc.func('int close(int fd)');
 const getsockoptBufFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]);
 
 export const MS_BIND = 0x1000;
@@ -16,6 +19,9 @@ const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 const SO_PEERGROUPS = 59;
 const FIONREAD = 0x541b;
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0o2000000;
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
 
@@ -80,4 +86,28 @@ export function unreadBytes(fd: number): number {
   const out = [0];
   if (ioctlIntFn(fd, FIONREAD, out) !== 0) throw new SysError('ioctl', koffi.errno(), `fd ${fd}, FIONREAD`);
   return out[0]!;
+}
+
+/**
+ * sd_notify(3): one datagram to $NOTIFY_SOCKET (a path, or "@name" in the abstract namespace).
+ * Node has no datagram UNIX sockets, hence koffi. Returns false when no supervisor asked for it.
+ */
+export function sdNotify(state: string, socketPath: string | undefined = process.env.NOTIFY_SOCKET): boolean {
+  if (!socketPath || (socketPath[0] !== '/' && socketPath[0] !== '@')) return false;
+  const path = Buffer.from(socketPath);
+  if (path[0] === 0x40) path[0] = 0; // abstract namespace
+  if (path.length > 107) throw new SysError('sendto', constants.errno.ENAMETOOLONG, socketPath);
+  const addr = Buffer.alloc(2 + path.length);
+  if (endianness() === 'LE') addr.writeUInt16LE(AF_UNIX, 0); // sa_family_t, in host order
+  else addr.writeUInt16BE(AF_UNIX, 0);
+  path.copy(addr, 2);
+  const fd = socketFn(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new SysError('socket', koffi.errno(), 'AF_UNIX, SOCK_DGRAM');
+  try {
+    const msg = Buffer.from(state);
+    if (sendtoFn(fd, msg, msg.length, 0, addr, addr.length) < 0) throw new SysError('sendto', koffi.errno(), socketPath);
+  } finally {
+    closeFn(fd);
+  }
+  return true;
 }

@@ -25,8 +25,10 @@ export type RunningAgent = {
 };
 
 /** Start `usernsd --config tree.config` and wait until it serves; killed and reaped by `cleanup`. */
-export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'debug']): Promise<RunningAgent> {
-  const child = spawn(process.execPath, [USERNSD, '--config', tree.config, ...extraArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
+export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'debug'], opts: { env?: NodeJS.ProcessEnv; wrap?: string[] } = {}): Promise<RunningAgent> {
+  // `wrap`: a command the agent runs under (setpriv, unshare…), as init would start it.
+  const argv = [...(opts.wrap ?? []), process.execPath, USERNSD, '--config', tree.config, ...extraArgs];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
   running.add(child);
   const logs: LogLine[] = [];
   const waiters: { pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];

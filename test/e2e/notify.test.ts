@@ -1,0 +1,61 @@
+// Readiness for init: sd_notify READY=1 only once the socket listens and the eager contexts exist; RELOADING and STOPPING around reload and stop.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { cleanup, startAgent } from '../helpers/agent.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot } from '../helpers/kernel.ts';
+
+const LISTENER = new URL('./notify_listener.py', import.meta.url).pathname;
+const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+
+type Note = { msg: string; socketAccepts: boolean; pinned: string[] };
+
+describe('e2e: readiness notification (root)', function () {
+  let tree: Tree;
+  before(function () { if (!isRoot) this.skip(); }); // the agent pins namespaces: root
+  beforeEach(() => { tree = makeTree(); });
+  afterEach(async () => { await cleanup(tree); });
+
+  it('sends READY=1 after the socket listens and eager contexts are pinned, then RELOADING/READY and STOPPING', async () => {
+    tree.context('e1.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\ncreate = eager\n');
+    tree.context('e2.conf', '[context]\nparent = e1\nuid_map = 0 0 100\ngid_map = 0 0 100\ncreate = eager\n');
+    tree.context('lazy.conf', '[context]\nuid_map = 0 200000 1000\ngid_map = 0 200000 1000\n');
+    const notifySocket = join(tree.dir, 'notify');
+    const listener = spawn(PYTHON, [LISTENER, notifySocket, join(tree.dir, 'usernsd.sock'), tree.pins], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const notes: Note[] = [];
+    let listening!: () => void;
+    const ready = new Promise<void>((r) => { listening = r; });
+    let buf = '';
+    listener.stdout!.setEncoding('utf8');
+    listener.stdout!.on('data', (d: string) => {
+      buf += d;
+      for (let at = buf.indexOf('\n'); at >= 0; at = buf.indexOf('\n')) {
+        const line = JSON.parse(buf.slice(0, at)) as Note & { listening?: boolean };
+        buf = buf.slice(at + 1);
+        if (line.listening) listening();
+        else notes.push(line);
+      }
+    });
+    const done = new Promise((r) => listener.on('exit', r));
+    try {
+      await ready;
+      const agent = await startAgent(tree, ['--log-level', 'info'], { env: { NOTIFY_SOCKET: notifySocket } });
+      agent.child.kill('SIGHUP');
+      await agent.waitForLog((l) => l.msg === 'Reloaded configuration');
+      assert.equal(await agent.stop(), 0);
+      await done;
+    } finally {
+      listener.kill();
+    }
+    const kinds = notes.map((n) => n.msg.split('\n')[0]);
+    assert.deepEqual(kinds, ['READY=1', 'RELOADING=1', 'READY=1', 'STOPPING=1']);
+    const first = notes[0]!;
+    assert.equal(first.socketAccepts, true, 'the socket listens when READY=1 is sent');
+    assert.deepEqual(first.pinned, ['e1', 'e2'], 'the eager contexts are pinned when READY=1 is sent, the lazy one is not');
+    assert.match(first.msg, /\nMAINPID=\d+\n/);
+    assert.match(first.msg, /\nSTATUS=serving 3 context\(s\) on /);
+  });
+});
