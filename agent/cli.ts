@@ -182,7 +182,18 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`connections: ${r.connections}`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);
   io.out(`counters:    ${Object.entries(r.counters ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`);
-  io.out(`errors:      ${r.errors?.length ?? 0}`);
+  const states = r.contextStates ?? [];
+  if (states.length > 0) {
+    io.out('');
+    printTable(io, [['CONTEXT', 'OWNER', 'STATE'], ...states.map((c) => [c.label, c.owner ? who(c.owner) : '-', c.state])]);
+  }
+  const latency = Object.entries(r.latencyMs ?? {});
+  if (latency.length > 0) {
+    io.out('');
+    printTable(io, [['METHOD', 'REQUESTS', 'P50_MS', 'P90_MS', 'P99_MS', 'MAX_MS'], ...latency.map(([m, l]) => [m, String(l.count), String(l.p50), String(l.p90), String(l.p99), String(l.max)])]);
+  }
+  io.out('');
+  io.out(`configuration errors: ${r.errors?.length ?? 0}`);
   for (const e of r.errors ?? []) io.out(`  ${e}`);
   for (const p of r.pins ?? []) io.out(`pin ${p.label}: ${p.status}: ${p.message}`);
   return EXIT.OK;

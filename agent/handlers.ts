@@ -18,6 +18,8 @@ export type Agent = {
   reload(source: string): Promise<ResultOf<typeof P.reload>>;
   status(peer: Peer): ResultOf<typeof P.status>;
   count(name: string): void;
+  /** One answered request, for status: method (or "invalid"), error code if it failed, latency. */
+  served(method: string, code: string | null, ms: number): void;
 };
 
 type Handler<M> = (agent: Agent, peer: Peer, params: ParamsOf<M>) => Promise<ResultOf<M>> | ResultOf<M>;
@@ -75,9 +77,9 @@ handle(P.status, (agent, peer) => agent.status(peer));
 
 handle(P.reload, (agent) => agent.reload('request'));
 
-handle(P.release, (agent, peer, { label }) => {
+handle(P.release, async (agent, peer, { label }) => {
   const started = performance.now();
-  const released = agent.registry.release(label);
+  const released = await agent.registry.release(label);
   agent.count('released');
   const ms = +(performance.now() - started).toFixed(2);
   agent.log.info({ label, released, peerUid: peer.uid, peerPid: peer.pid, ms }, released ? 'Released user namespace' : 'Release: nothing pinned');
@@ -104,14 +106,16 @@ export async function handleRequest(agent: Agent, conn: Connection, data: unknow
     if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
     const params = P.checkParams(entry.method, req.params);
     const result = await entry.fn(agent, peer, params);
-    agent.count('requests');
-    agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +(performance.now() - started).toFixed(3) }, 'request');
+    const ms = performance.now() - started;
+    agent.served(req.method, null, ms);
+    agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');
     return { id, result };
   } catch (err) {
     const e = err instanceof UsernsError ? err : new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);
-    agent.count('requests');
-    agent.count(e.code);
-    const ms = +(performance.now() - started).toFixed(3);
+    const elapsed = performance.now() - started;
+    // Unknown method names are not counted under their own name: a client must not grow the table.
+    agent.served(method !== undefined && table.has(method) ? method : 'invalid', e.code, elapsed);
+    const ms = +elapsed.toFixed(3);
     const fields = { id, method, peerUid: peer.uid, peerPid: peer.pid, code: e.code, ms, label: labelOf(data) };
     if (e.code === 'E_INTERNAL') agent.log.error({ ...fields, err }, `Failed to serve ${method ?? 'a request'}: ${(err as Error)?.message ?? err}`);
     else agent.log[levelOf(e.code)](fields, `Failed to serve ${method ?? 'a request'}: ${e.message}`);

@@ -10,8 +10,9 @@ import { UsernsError } from './errors.ts';
 import { handleRequest } from './handlers.ts';
 import type { Agent } from './handlers.ts';
 import { PROTOCOL_VERSION } from './protocol.ts';
-import type { ReloadResult, StatusResult } from './protocol.ts';
+import type { ContextState, ReloadResult, StatusResult } from './protocol.ts';
 import { Registry } from './registry.ts';
+import { Stats } from './stats.ts';
 import { IpcServer } from './server.ts';
 import { sdNotify } from './sys.ts';
 import { VERSION } from './version.ts';
@@ -37,7 +38,7 @@ export class Manager implements Agent {
   private readonly opts: ManagerOptions;
   private readonly server: IpcServer;
   private readonly startedAt = Date.now();
-  private readonly counters = new Map<string, number>();
+  private readonly stats = new Stats();
   private reloading: Promise<unknown> = Promise.resolve();
   private lastReload: string | null = null;
   private stopping: Promise<void> | null = null;
@@ -73,7 +74,7 @@ export class Manager implements Agent {
     for (const a of await m.registry.adopt()) {
       if (a.status !== 'ok') m.log.warn({ label: a.label, status: a.status }, `Pin ${a.path}: ${a.message}`);
     }
-    m.log.info({ contexts: config.contexts.size, pins: m.registry.adoption.length, ms: +(performance.now() - started).toFixed(1) }, 'Adopted existing pins');
+    m.log.info({ contexts: config.contexts.size, pins: m.registry.adoption.length, mountNamespace: m.registry.namespaces.mountNs ?? 'own', ms: +(performance.now() - started).toFixed(1) }, 'Adopted existing pins');
     await m.createEager();
     await m.server.listen();
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
@@ -108,7 +109,11 @@ export class Manager implements Agent {
   }
 
   count(name: string): void {
-    this.counters.set(name, (this.counters.get(name) ?? 0) + 1);
+    this.stats.count(name);
+  }
+
+  served(method: string, code: string | null, ms: number): void {
+    this.stats.request(method, code, ms);
   }
 
   /** Reloads run one at a time, in order: SIGHUP and `reload` requests never interleave. */
@@ -139,13 +144,13 @@ export class Manager implements Agent {
       this.log.error({ source }, 'Failed to reload: the settings file has errors; everything stays as it was');
       return { contexts: this.registry.size, added: [], changed: [], removed: [], kept: [], errors };
     }
-    for (const key of ['socket', 'pins', 'state'] as const) {
+    for (const key of ['socket', 'pins', 'state', 'mountNamespace'] as const) {
       if (config.agent[key] !== before[key]) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
     }
-    const diff = this.registry.apply({ ...config, agent: { ...config.agent, socket: before.socket, pins: before.pins, state: before.state } });
+    const diff = this.registry.apply({ ...config, agent: { ...config.agent, socket: before.socket, pins: before.pins, state: before.state, mountNamespace: before.mountNamespace } });
     for (const label of diff.removed) {
       try {
-        if (this.registry.release(label)) this.log.info({ label }, 'Released user namespace (context removed)');
+        if (await this.registry.release(label)) this.log.info({ label }, 'Released user namespace (context removed)');
       } catch (err) {
         this.log.error({ label }, `Failed to release removed context ${label}: ${(err as Error).message}`);
       }
@@ -177,9 +182,27 @@ export class Manager implements Agent {
       connections: this.server.connections,
       errors: this.registry.errors.map(formatConfigError),
       pins: this.registry.adoption.filter((a) => a.status !== 'ok').map((a) => ({ label: a.label, status: a.status, message: a.message })),
-      counters: Object.fromEntries(this.counters),
+      counters: this.stats.counterValues(),
+      latencyMs: this.stats.latency(),
+      contextStates: this.contextStates(),
       lastReload: this.lastReload,
     };
+  }
+
+  /**
+   * Each context's state as the kernel shows it now: not created, pinned, or drift (pinned, but its
+   * maps differ from the configuration, as found at start or at a resolve); and pins without a
+   * context (orphans).
+   */
+  private contextStates(): ContextState[] {
+    const drift = this.registry.namespaces.drifted;
+    const out: ContextState[] = [];
+    for (const c of this.registry.all()) {
+      const pinned = this.registry.isPinned(c.label);
+      out.push({ label: c.label, owner: c.owner, state: !pinned ? 'not created' : drift.has(c.label) ? 'drift' : 'pinned' });
+    }
+    for (const label of this.registry.orphans()) out.push({ label, owner: null, state: 'orphan' });
+    return out;
   }
 
   /** SIGTERM: stop accepting, let requests in flight finish, close, remove the socket. Idempotent. */

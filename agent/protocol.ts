@@ -88,6 +88,7 @@ export type ListEntry = {
   readonly pinned: boolean;
 };
 export type ListResult = { readonly contexts: ListEntry[] };
+export type ContextState = { readonly label: string; readonly owner: Owner | null; readonly state: 'not created' | 'pinned' | 'drift' | 'orphan' };
 export type PinReport = { readonly label: string; readonly status: string; readonly message: string };
 export type StatusResult = {
   readonly version: string;
@@ -104,7 +105,11 @@ export type StatusResult = {
   readonly connections?: number;
   readonly errors?: string[];
   readonly pins?: PinReport[];
+  /** requests.METHOD, errors.CODE, created, released, reloads. */
   readonly counters?: Record<string, number>;
+  /** Per method, over its last 1024 requests. */
+  readonly latencyMs?: Record<string, { count: number; p50: number; p90: number; p99: number; max: number }>;
+  readonly contextStates?: ContextState[];
   readonly lastReload?: string | null;
 };
 export type ReloadResult = {

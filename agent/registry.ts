@@ -1,5 +1,7 @@
 // Contexts ↔ pins: the configuration in force (with last-good versions kept across reloads), parent-first resolution, views for mapping.
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { labelProblem } from '../config/schema.ts';
 import { formatConfigError } from '../config/ini.ts';
 import type { HostMaps } from '../config/load.ts';
 import { HOST_LABEL } from '../config/types.ts';
@@ -9,7 +11,7 @@ import type { Configuration } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { HOST_VIEW, makeView } from './idmap.ts';
 import type { MapView, Overflow } from './idmap.ts';
-import { Namespaces, pinnedIno } from './userns.ts';
+import { Namespaces, pinMountNamespace, pinnedIno } from './userns.ts';
 import type { AdoptEntry, Pin } from './userns.ts';
 
 export type Resolved = { readonly ctx: Context; readonly pin: Pin };
@@ -44,7 +46,7 @@ export class Registry {
     this.config = config;
     this.contexts = new Map(config.contexts);
     this.hostMaps = new Map(config.hostMaps);
-    this.namespaces = new Namespaces({ pinsDir: config.agent.pins, stateDir: config.agent.state });
+    this.namespaces = new Namespaces({ pinsDir: config.agent.pins, stateDir: config.agent.state, mountNs: pinMountNamespace(config.agent.mountNamespace) });
   }
 
   get agent() { return this.config.agent; }
@@ -68,6 +70,17 @@ export class Registry {
     const file = join(this.config.agent.contexts, `${label}.conf`);
     const e = this.config.errors.find((x) => x.file === file);
     return e ? formatConfigError(e) : null;
+  }
+
+  /** Pinned labels no context claims (left by a removed file, or by hand). */
+  orphans(): string[] {
+    let names: string[];
+    try {
+      names = readdirSync(this.config.agent.pins);
+    } catch {
+      return [];
+    }
+    return names.filter((n) => !this.contexts.has(n) && labelProblem(n) === null && pinnedIno(join(this.config.agent.pins, n)) !== null).sort();
   }
 
   isPinned(label: string): boolean {
@@ -108,7 +121,7 @@ export class Registry {
     return this.adoption;
   }
 
-  release(label: string): boolean {
+  release(label: string): Promise<boolean> {
     return this.namespaces.release(label);
   }
 

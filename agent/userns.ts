@@ -2,7 +2,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, constants, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../config/extents.ts';
 import type { HostMaps } from '../config/load.ts';
 import { labelProblem } from '../config/schema.ts';
@@ -49,6 +49,7 @@ function kernelAdvice(code: string, step: string): string {
       : 'the kernel refused: check that unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces) and the owner is mapped in the parent';
     case 'EINVAL': return 'the kernel rejected the map: extents overlap, run past 2^32, or exceed 340 lines';
     case 'EUSERS': return 'the nesting depth limit (32) is reached';
+    case 'EACCES': return 'the agent lacks a privilege it needs (CAP_DAC_OVERRIDE, CAP_SYS_PTRACE, CAP_SETUID, CAP_SETGID, CAP_SYS_ADMIN, CAP_KILL: see usernsd(8)); under systemd, check CapabilityBoundingSet=';
     default: return 'see the agent log';
   }
 }
@@ -79,6 +80,20 @@ function run(cmd: string, args: string[]): Promise<{ code: number | null; stdout
   });
 }
 
+/**
+ * End a helper: its stdin closes (so `cat` ends by itself, even where the agent may not signal a
+ * process of another user: no CAP_KILL), then SIGKILL for good measure; waited for, within a bound.
+ */
+async function reap(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.stdin?.end();
+  child.kill('SIGKILL');
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([exited, new Promise((r) => { timer = setTimeout(r, SPAWN_TIMEOUT_MS); })]);
+  clearTimeout(timer);
+}
+
 /** Read a pinned namespace's maps as its own processes see them (outside ids are the parent's). */
 export async function readPinMaps(pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
   const r = await run('nsenter', [`--user=${pin}`, '--preserve-credentials', '--', 'sh', '-c', 'cat /proc/self/uid_map; echo --; cat /proc/self/gid_map']);
@@ -101,22 +116,46 @@ function verifiedKey(ino: number, maps: { uidMap: IdMap; gidMap: IdMap }): strin
   return `${ino} ${formatExtents(maps.uidMap)} / ${formatExtents(maps.gidMap)}`;
 }
 
-export type NamespacesOptions = { readonly pinsDir: string; readonly stateDir: string };
+/**
+ * The mount namespace pins must be mounted in, or null for the agent's own. `auto`: init's when the
+ * agent runs in another one — systemd's ProtectSystem= gives a service a private (slave) mount
+ * namespace, and a mount made there never reaches the host.
+ */
+export function pinMountNamespace(setting: string): string | null {
+  if (setting === 'self') return null;
+  if (setting !== 'auto') return setting;
+  try {
+    return readlinkSync('/proc/1/ns/mnt') === readlinkSync('/proc/self/ns/mnt') ? null : '/proc/1/ns/mnt';
+  } catch {
+    return null; // init's namespace is not visible to us (a container): ours is the one
+  }
+}
+
+export type NamespacesOptions = {
+  readonly pinsDir: string;
+  readonly stateDir: string;
+  /** Where pins are mounted: null for the agent's own mount namespace (see pinMountNamespace). */
+  readonly mountNs?: string | null;
+};
 
 /** Owns the pins directory and the per-pin records that make adoption fast. */
 export class Namespaces {
   readonly pinsDir: string;
   readonly recordsDir: string;
+  readonly mountNs: string | null;
   private readonly inflight = new Map<string, Promise<Pin>>();
   /**
    * label -> "inode maps" of pins this process created or checked: resolving them again costs one
    * stat. The maps are part of the key, so a reload that changes a context's maps checks again.
    */
   private readonly verified = new Map<string, string>();
+  /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
+  readonly drifted = new Set<string>();
 
   constructor(opts: NamespacesOptions) {
     this.pinsDir = opts.pinsDir;
     this.recordsDir = join(opts.stateDir, 'pins');
+    this.mountNs = opts.mountNs ?? null;
   }
 
   pinPath(label: string): string {
@@ -154,9 +193,11 @@ export class Namespaces {
       if (this.verified.get(ctx.label) !== verifiedKey(ino, ctx)) {
         const actual = await this.mapsOf(ctx.label, path, ino);
         if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
+          this.drifted.add(ctx.label);
           throw new UsernsError('E_CONFIG', `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`);
         }
         this.verified.set(ctx.label, verifiedKey(ino, ctx));
+        this.drifted.delete(ctx.label);
       }
       return { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false };
     }
@@ -165,20 +206,25 @@ export class Namespaces {
   }
 
   private async create(ctx: Context, parent: { pin: string; host: HostMaps } | null, path: string): Promise<Pin> {
-    const child = this.spawnChild(ctx, parent);
+    let child: ChildProcess;
+    try {
+      child = this.spawnChild(ctx, parent);
+    } catch (err) {
+      if (err instanceof UsernsError) throw err;
+      throw kernelError(ctx.label, 'start the namespace helper', (err as NodeJS.ErrnoException).code ?? 'EIO', (err as Error).message);
+    }
     try {
       const pid = await this.waitForNewNamespace(ctx.label, child, parent?.pin ?? null);
       await this.writeMaps(ctx, pid, parent?.pin ?? null);
       this.verifyMaps(ctx, pid, parent?.host ?? null);
-      this.pin(ctx.label, pid, path);
+      await this.pin(ctx.label, pid, path);
       const ino = pinnedIno(path)!;
       const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
       this.writeRecord(pin);
       this.verified.set(ctx.label, verifiedKey(ino, ctx));
       return pin;
     } finally {
-      child.kill('SIGKILL');
-      if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
+      await reap(child);
     }
   }
 
@@ -216,7 +262,11 @@ export class Namespaces {
           try {
             const ns = readlinkSync(`/proc/${child.pid}/ns/user`);
             if (ns !== OWN_USERNS && ns !== parentNs) return resolve(child.pid);
-          } catch { /* not there yet, or gone: the exit handler reports it */ }
+          } catch (err) {
+            // Another user's process is readable only with CAP_SYS_PTRACE: say so now, not at the deadline.
+            if ((err as NodeJS.ErrnoException).code === 'EACCES') return fail(kernelError(label, 'inspect the namespace helper', 'EACCES', `/proc/${child.pid}/ns/user`));
+            // else: not there yet, or gone; the exit handler reports it
+          }
         }
         if (Date.now() > deadline) return fail(kernelError(label, 'create the user namespace', 'ETIMEDOUT', 'the helper did not unshare in time'));
         timer = setImmediate(poll);
@@ -260,7 +310,7 @@ export class Namespaces {
   }
 
   /** Pin file created exclusively, then one bind mount on it: never a stacked mount. */
-  private pin(label: string, pid: number, path: string): void {
+  private async pin(label: string, pid: number, path: string): Promise<void> {
     let fd: number;
     try {
       fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o444);
@@ -276,11 +326,27 @@ export class Namespaces {
     }
     closeSync(fd);
     try {
-      bindMount(`/proc/${pid}/ns/user`, path);
+      await this.bindPin(`/proc/${pid}/ns/user`, path);
     } catch (err) {
       unlinkSync(path);
+      if (err instanceof UsernsError) throw err;
       throw kernelError(label, 'pin the namespace', err instanceof SysError ? err.code : 'EIO', path);
     }
+  }
+
+  /** One bind mount, here or in the pins' mount namespace (from where it propagates back to ours). */
+  private async bindPin(source: string, path: string): Promise<void> {
+    if (this.mountNs === null) return bindMount(source, path);
+    const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'mount', '--bind', source, path]);
+    if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}: check mount_namespace in usernsd.conf and that ${dirname(path)} exists there`);
+  }
+
+  private async unmountPin(path: string): Promise<boolean> {
+    if (this.mountNs === null) return detach(path);
+    const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'umount', '--lazy', path]);
+    if (r.code === 0) return true;
+    if (/not mounted|no mount point|No such file/.test(r.stderr)) return false;
+    throw new UsernsError('E_KERNEL', `Failed to unmount pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}`);
   }
 
   private writeRecord(pin: Pin): void {
@@ -304,10 +370,10 @@ export class Namespaces {
   }
 
   /** Lazy unmount and unlink; idempotent; unmounts every layer so nothing is left stacked. */
-  release(label: string): boolean {
+  async release(label: string): Promise<boolean> {
     const path = this.pinPath(label);
     let any = false;
-    for (let i = 0; i < 64 && pinnedIno(path) !== null; i++) any = detach(path) || any;
+    for (let i = 0; i < 64 && pinnedIno(path) !== null; i++) any = (await this.unmountPin(path)) || any;
     try {
       unlinkSync(path);
       any = true;
@@ -316,6 +382,7 @@ export class Namespaces {
     }
     try { unlinkSync(join(this.recordsDir, `${label}.json`)); } catch { /* no record */ }
     this.verified.delete(label);
+    this.drifted.delete(label);
     return any;
   }
 
@@ -358,6 +425,7 @@ export class Namespaces {
         this.verified.set(label, verifiedKey(ino, ctx));
         out.push({ label, path, status: 'ok', message: 'pinned, maps as configured' });
       } else {
+        this.drifted.add(label);
         out.push({ label, path, status: 'drift', message: `${path} maps differ from the configuration: not used until released (usernsctl release ${label})`, actual: { uidMap: actual.uidMap, gidMap: actual.gidMap } });
       }
     }

@@ -51,7 +51,7 @@ export async function benchCreatePin(runs = 50): Promise<{ ours: number; script:
       const t0 = process.hrtime.bigint();
       await ns.ensure(ctx, null);
       const dt = Number(process.hrtime.bigint() - t0) / 1e6;
-      ns.release('b');
+      await ns.release('b');
       const pin = join(dir, 'script-pins', `p${i}`);
       const st = await runScript(pin);
       detach(pin);

@@ -87,6 +87,10 @@ export const AGENT_SCHEMA = {
     pins: { parse: absolutePath, doc: 'the directory of pinned namespaces' },
     state: { parse: absolutePath, doc: 'the directory of persistent state' },
     log_level: { parse: oneOf<LogLevel>(LOG_LEVELS), doc: 'the lowest level logged' },
+    mount_namespace: {
+      parse: (t: string) => t === 'auto' || t === 'self' || (t.startsWith('/') && !t.split('/').includes('..')) ? t : { problem: `must be auto, self or the absolute path of a mount namespace file such as /proc/1/ns/mnt (got "${t}")` },
+      doc: 'the mount namespace pins are mounted in',
+    },
     label_xattr: {
       parse: (t: string) => /^(trusted|user|security)\.[A-Za-z0-9._-]+$/.test(t) ? t : { problem: `must be an extended attribute name in the trusted, user or security namespace (got "${t}")` },
       doc: 'the extended attribute that holds a context label on an inode',

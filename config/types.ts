@@ -45,6 +45,8 @@ export type AgentConfig = {
   readonly state: string;
   readonly logLevel: LogLevel;
   readonly labelXattr: string;
+  /** auto (init's, when the agent runs in another, as under systemd's ProtectSystem), self, or a path like /proc/1/ns/mnt. */
+  readonly mountNamespace: string;
   readonly overflowuid: number;
   readonly overflowgid: number;
   readonly pool: Pool;

@@ -116,8 +116,18 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(st.contexts, 2);
     assert.equal(st.pinned, 0);
     assert.deepEqual(st.errors, []);
-    assert.ok((st.counters?.requests ?? 0) >= 3);
-    assert.match((await ctl(['status'])).out, /^usernsd \S+ \(protocol 1\), up \d+s\npid: +\d+\n/);
+    assert.equal(st.counters?.['requests.map'], 2);
+    assert.equal(st.counters?.['requests.list'], 1);
+    assert.equal(st.latencyMs?.map?.count, 2);
+    assert.ok(st.latencyMs!.map!.p50 > 0 && st.latencyMs!.map!.p50 <= st.latencyMs!.map!.p99);
+    assert.deepEqual(st.contextStates, [{ label: 'a', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' }, { label: 'b', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' }]);
+    assert.equal((await ctl(['map', '--from', 'nope', '--to', 'host', '--uid', '1'])).code, 1);
+    await ctl(['resolve', 'a']);
+    const human = (await ctl(['status'])).out;
+    assert.match(human, /^usernsd \S+ \(protocol 1\), up \d+s\npid: +\d+\n/);
+    assert.match(human, /\nCONTEXT +OWNER +STATE\na +root \(0:0\) +pinned\nb +root \(0:0\) +not created\n/);
+    assert.match(human, /\nMETHOD +REQUESTS +P50_MS +P90_MS +P99_MS +MAX_MS\nlist +1 /);
+    assert.match(human, /counters: +created=1 errors\.E_NOT_FOUND=1 requests\.list=1 requests\.map=3 requests\.resolve=1 requests\.status=1/);
   });
 
   it('lets a user resolve, map and enter its own and [access] contexts, and refuses the others', async function () {

@@ -1,0 +1,35 @@
+# usernsd: build, install and uninstall like a system daemon. See README.md.
+#   make                 build dist/ (needs "npm ci" first)
+#   make install         PREFIX=/usr/local SYSCONFDIR=/etc DESTDIR= NODE=<the project's Node 24>
+#   make uninstall       the same variables: removes exactly what install placed
+# Installed: PREFIX/lib/usernsd (the agent, its production dependencies and its Node),
+# PREFIX/sbin/usernsd, PREFIX/bin/usernsctl, PREFIX/share/man, PREFIX/lib/systemd/system,
+# PREFIX/lib/tmpfiles.d, SYSCONFDIR/init.d, SYSCONFDIR/request-key.d, and SYSCONFDIR/usernsd.conf
+# and userns.d/*.conf.example unless they exist (an admin's configuration is never overwritten).
+
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+NODE ?= $(CURDIR)/node_modules/node/bin/node
+RUN := $(CURDIR)/node_modules/.bin/node
+
+export PREFIX SYSCONFDIR DESTDIR NODE
+
+.PHONY: all install uninstall check
+
+all: dist/agent/main.js
+
+$(RUN):
+	@echo 'node_modules is missing: run "npm ci" first' >&2; exit 1
+
+dist/agent/main.js: $(RUN) $(wildcard agent/*.ts config/*.ts)
+	npm run build
+
+install: all
+	$(RUN) scripts/install.js install
+
+uninstall:
+	$(RUN) scripts/install.js uninstall
+
+check:
+	npm test

@@ -1,0 +1,152 @@
+// make install / make uninstall: place the built agent like a system daemon, and take back exactly
+// what was placed. Reads PREFIX, SYSCONFDIR, DESTDIR and NODE from the environment (see Makefile).
+import { createHash } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const SRC = dirname(dirname(fileURLToPath(import.meta.url)));
+const env = process.env;
+const PREFIX = env.PREFIX || '/usr/local';
+const SYSCONFDIR = env.SYSCONFDIR || '/etc';
+const DESTDIR = env.DESTDIR || '';
+const dirs = {
+  LIBDIR: env.LIBDIR || `${PREFIX}/lib/usernsd`,
+  BINDIR: env.BINDIR || `${PREFIX}/bin`,
+  SBINDIR: env.SBINDIR || `${PREFIX}/sbin`,
+  MANDIR: env.MANDIR || `${PREFIX}/share/man`,
+  UNITDIR: env.UNITDIR || `${PREFIX}/lib/systemd/system`,
+  TMPFILESDIR: env.TMPFILESDIR || `${PREFIX}/lib/tmpfiles.d`,
+  SYSCONFDIR,
+};
+const NODE = env.NODE || join(SRC, 'node_modules', 'node', 'bin', 'node');
+const MANIFEST = `${dirs.LIBDIR}/install-manifest.json`;
+
+const dest = (p) => DESTDIR + p;
+const sha256 = (buf) => createHash('sha256').update(buf).digest('hex');
+const subst = (text) => text.replace(/@(LIBDIR|BINDIR|SBINDIR|SYSCONFDIR)@/g, (_, k) => dirs[k]);
+
+/** What this install placed: files (config ones with their checksum) and the directories it made. */
+const placed = { files: [], dirs: [] };
+
+function ensureDir(dir) {
+  const missing = [];
+  for (let d = dest(dir); !existsSync(d); d = dirname(d)) missing.push(d);
+  for (const d of missing.reverse()) {
+    mkdirSync(d, { mode: 0o755 });
+    placed.dirs.push(d.slice(DESTDIR.length));
+  }
+}
+
+function put(path, body, mode = 0o644, config = false) {
+  ensureDir(dirname(path));
+  if (config && existsSync(dest(path))) {
+    console.log(`kept existing ${dest(path)}`);
+    return;
+  }
+  writeFileSync(dest(path), body, { mode });
+  chmodSync(dest(path), mode);
+  placed.files.push(config ? { path, sha256: sha256(body) } : { path });
+}
+
+function copyTree(from, to, skip = () => false) {
+  for (const name of readdirSync(from)) {
+    const f = join(from, name);
+    if (skip(f)) continue;
+    const st = lstatSync(f);
+    if (st.isDirectory()) copyTree(f, join(to, name), skip);
+    else if (st.isFile()) put(join(to, name), readFileSync(f), st.mode & 0o777);
+  }
+}
+
+/** Production dependencies, from the lockfile: every package not marked dev. */
+function productionPackages() {
+  const lock = JSON.parse(readFileSync(join(SRC, 'package-lock.json'), 'utf8'));
+  // Optional packages for other platforms (koffi's prebuilt binaries) are listed but not installed here.
+  return Object.entries(lock.packages).filter(([p, meta]) => p !== '' && !meta.dev && !(meta.optional && !existsSync(join(SRC, p)))).map(([p]) => p);
+}
+
+function install() {
+  if (!existsSync(join(SRC, 'dist', 'agent', 'main.js'))) throw new Error('dist/ is not built: run "make" (npm run build) first');
+  if (!existsSync(NODE)) throw new Error(`no Node binary at ${NODE}: run "npm ci", or set NODE=/path/to/node (>= 22.13)`);
+  const lib = dirs.LIBDIR;
+  copyTree(join(SRC, 'dist'), join(lib, 'dist'));
+  for (const f of ['usernsd.js', 'usernsctl.js', 'node-check.js']) put(join(lib, 'bin', f), readFileSync(join(SRC, 'bin', f)), 0o755);
+  put(join(lib, 'package.json'), readFileSync(join(SRC, 'package.json')));
+  for (const pkg of productionPackages()) {
+    // A package's own node_modules/ holds packages the lockfile lists (and this loop copies) apart.
+    copyTree(join(SRC, pkg), join(lib, pkg), (f) => f === join(SRC, pkg, 'node_modules'));
+  }
+  put(join(lib, 'node'), readFileSync(NODE), 0o755);
+  const wrapper = (js) => `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nexec ${lib}/node ${lib}/bin/${js} "$@"\n`;
+  put(join(dirs.SBINDIR, 'usernsd'), wrapper('usernsd.js'), 0o755);
+  put(join(dirs.BINDIR, 'usernsctl'), wrapper('usernsctl.js'), 0o755);
+  for (const page of readdirSync(join(SRC, 'man'))) {
+    put(join(dirs.MANDIR, `man${page.split('.').pop()}`, page), readFileSync(join(SRC, 'man', page)));
+  }
+  put(join(dirs.UNITDIR, 'usernsd.service'), subst(readFileSync(join(SRC, 'etc', 'systemd', 'usernsd.service'), 'utf8')));
+  put(join(dirs.TMPFILESDIR, 'usernsd.conf'), readFileSync(join(SRC, 'etc', 'tmpfiles.d', 'usernsd.conf')));
+  put(join(SYSCONFDIR, 'init.d', 'usernsd'), subst(readFileSync(join(SRC, 'etc', 'init.d', 'usernsd'), 'utf8')), 0o755, true);
+  if (existsSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'))) {
+    put(join(SYSCONFDIR, 'request-key.d', 'usernsd.conf'), subst(readFileSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'), 'utf8')), 0o644, true);
+  }
+  // The admin's configuration is never overwritten; the shipped contexts are examples only.
+  const conf = readFileSync(join(SRC, 'etc', 'usernsd.conf'), 'utf8').replaceAll('/etc/userns.d', `${SYSCONFDIR}/userns.d`);
+  put(join(SYSCONFDIR, 'usernsd.conf'), conf, 0o644, true);
+  ensureDir(join(SYSCONFDIR, 'userns.d'));
+  for (const f of readdirSync(join(SRC, 'etc', 'userns.d'))) {
+    put(join(SYSCONFDIR, 'userns.d', `${f}.example`), readFileSync(join(SRC, 'etc', 'userns.d', f)), 0o644, true);
+  }
+  const previous = existsSync(dest(MANIFEST)) ? JSON.parse(readFileSync(dest(MANIFEST), 'utf8')) : { files: [], dirs: [] };
+  const merged = {
+    files: [...new Map([...previous.files, ...placed.files].map((f) => [f.path, f])).values()],
+    dirs: [...new Set([...previous.dirs, ...placed.dirs])],
+  };
+  writeFileSync(dest(MANIFEST), JSON.stringify(merged, null, 1) + '\n', { mode: 0o644 });
+  console.log(`installed usernsd under ${DESTDIR || '/'} (PREFIX=${PREFIX}, SYSCONFDIR=${SYSCONFDIR}): ${merged.files.length} files; make uninstall removes them`);
+}
+
+function uninstall() {
+  if (!existsSync(dest(MANIFEST))) throw new Error(`${dest(MANIFEST)} not found: nothing was installed with these PREFIX/DESTDIR settings`);
+  const m = JSON.parse(readFileSync(dest(MANIFEST), 'utf8'));
+  let removed = 0;
+  for (const f of m.files) {
+    const p = dest(f.path);
+    if (!existsSync(p)) continue;
+    if (f.sha256 && sha256(readFileSync(p)) !== f.sha256) {
+      console.log(`kept ${p}: changed since install (remove it by hand if it is no longer wanted)`);
+      continue;
+    }
+    unlinkSync(p);
+    removed++;
+  }
+  unlinkSync(dest(MANIFEST));
+  // Directories this install made, deepest first, and only when empty: nothing else is touched.
+  for (const d of [...m.dirs].sort((a, b) => b.length - a.length)) {
+    try { if (statSync(dest(d)).isDirectory() && readdirSync(dest(d)).length === 0) rmdirSync(dest(d)); } catch { /* gone */ }
+  }
+  console.log(`uninstalled usernsd: ${removed} files removed`);
+}
+
+/** A failed install takes back what it placed so far: nothing half-installed is left without a manifest. */
+function rollback() {
+  for (const f of placed.files) try { unlinkSync(dest(f.path)); } catch { /* gone */ }
+  for (const d of [...placed.dirs].reverse()) try { rmdirSync(dest(d)); } catch { /* not empty: keep */ }
+}
+
+try {
+  const verb = process.argv[2];
+  if (verb === 'install') {
+    try {
+      install();
+    } catch (err) {
+      rollback();
+      throw err;
+    }
+  }
+  else if (verb === 'uninstall') uninstall();
+  else throw new Error('usage: install.js install|uninstall');
+} catch (err) {
+  console.error(`usernsd ${process.argv[2] ?? ''}: ${err.message}`);
+  process.exit(1);
+}
