@@ -1,6 +1,6 @@
 # usernsd: build, install and uninstall like a system daemon. See README.md.
 #   make                 build dist/ (needs "npm ci" first)
-#   make install         PREFIX=/usr/local SYSCONFDIR=/etc DESTDIR= NODE=<the project's Node 24>
+#   make install         PREFIX=/usr/local SYSCONFDIR=/etc DESTDIR= USERNSD_NODE=<the project's Node 24>
 #   make uninstall       the same variables: removes exactly what install placed
 # Installed: PREFIX/lib/usernsd (the agent, its production dependencies and its Node),
 # PREFIX/sbin/usernsd, PREFIX/bin/usernsctl, PREFIX/share/man, PREFIX/lib/systemd/system,
@@ -10,10 +10,11 @@
 PREFIX ?= /usr/local
 SYSCONFDIR ?= /etc
 DESTDIR ?=
-NODE ?= $(CURDIR)/node_modules/node/bin/node
+# Not NODE: npm sets that to the Node running npm itself (Debian's is 20, too old).
+USERNSD_NODE ?= $(CURDIR)/node_modules/node/bin/node
 RUN := $(CURDIR)/node_modules/.bin/node
 
-export PREFIX SYSCONFDIR DESTDIR NODE
+export PREFIX SYSCONFDIR DESTDIR USERNSD_NODE
 
 .PHONY: all install uninstall check
 

@@ -1,5 +1,6 @@
 // make install / make uninstall: place the built agent like a system daemon, and take back exactly
-// what was placed. Reads PREFIX, SYSCONFDIR, DESTDIR and NODE from the environment (see Makefile).
+// what was placed. Reads PREFIX, SYSCONFDIR, DESTDIR and USERNSD_NODE from the environment (see Makefile).
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -19,7 +20,7 @@ const dirs = {
   TMPFILESDIR: env.TMPFILESDIR || `${PREFIX}/lib/tmpfiles.d`,
   SYSCONFDIR,
 };
-const NODE = env.NODE || join(SRC, 'node_modules', 'node', 'bin', 'node');
+const NODE = env.USERNSD_NODE || join(SRC, 'node_modules', 'node', 'bin', 'node');
 const MANIFEST = `${dirs.LIBDIR}/install-manifest.json`;
 
 const dest = (p) => DESTDIR + p;
@@ -68,7 +69,10 @@ function productionPackages() {
 
 function install() {
   if (!existsSync(join(SRC, 'dist', 'agent', 'main.js'))) throw new Error('dist/ is not built: run "make" (npm run build) first');
-  if (!existsSync(NODE)) throw new Error(`no Node binary at ${NODE}: run "npm ci", or set NODE=/path/to/node (>= 22.13)`);
+  if (!existsSync(NODE)) throw new Error(`no Node binary at ${NODE}: run "npm ci", or set USERNSD_NODE=/path/to/node (>= 22.13)`);
+  const version = execFileSync(NODE, ['-p', 'process.versions.node'], { encoding: 'utf8' }).trim();
+  const [major, minor] = version.split('.').map(Number);
+  if (major < 22 || (major === 22 && minor < 13)) throw new Error(`${NODE} is Node ${version}; the agent needs >= 22.13: set USERNSD_NODE to a newer one (the project's: node_modules/node/bin/node)`);
   const lib = dirs.LIBDIR;
   copyTree(join(SRC, 'dist'), join(lib, 'dist'));
   for (const f of ['usernsd.js', 'usernsctl.js', 'node-check.js']) put(join(lib, 'bin', f), readFileSync(join(SRC, 'bin', f)), 0o755);
