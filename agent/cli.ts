@@ -1,11 +1,13 @@
 // usernsctl: the command-line client for admins, scripts and filesystem helpers.
 import { spawn } from 'node:child_process';
+import { lstatSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
 import { formatExtents } from '../config/extents.ts';
 import { formatConfigError } from '../config/ini.ts';
+import { labelProblem } from '../config/schema.ts';
 import { callAgent, DEFAULT_SOCKET, TransportError } from './client.ts';
-import { loadConfiguration } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import * as P from './protocol.ts';
 import type { Owner } from './protocol.ts';
@@ -19,6 +21,9 @@ const USAGE = `Usage: usernsctl [--socket PATH] [--json] COMMAND [ARGS]
 Commands (answered by the agent):
   resolve LABEL [--pin]    the context's pinned namespace, created if missing;
                            --pin prints only the pin path
+  resolve --path PATH [--pin]
+                           the same for the context labelled on PATH's nearest
+                           labelled ancestor (not crossing a mount point)
   map --from A --to B [--uid N]... [--gid N]...
                            ids of files owned in context A, as seen from B
                            ("host" names the host), with A's squash applied
@@ -29,6 +34,15 @@ Commands (answered by the agent):
   enter LABEL [-- CMD [ARG]...]
                            run CMD (default: your shell) in the namespace as its
                            root, uid 0 and gid 0 inside; the owner needs no root
+
+Kernel upcall and labels:
+  upcall [-t SECONDS] [--log FILE] KEY DESCRIPTION
+                           the request-key handler for "user" keys "userns:LABEL"
+                           (etc/request-key.d/usernsd.conf); expiry default 600 s
+  keys list | keys clear [LABEL]
+                           the userns: keys you can see / invalidate them
+  label set PATH LABEL | label get PATH | label clear PATH
+                           the context label on an inode (xattr trusted.userns)
 
 Commands (no agent needed):
   check-config [--config FILE] [--verbose]
@@ -81,7 +95,7 @@ function printTable(io: Io, rows: string[][]): void {
   for (const r of rows) io.out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
 }
 
-function checkConfig(args: string[], io: Io): number {
+async function checkConfig(args: string[], io: Io): Promise<number> {
   const { values } = parseArgs({
     args,
     options: { config: { type: 'string', short: 'c' }, verbose: { type: 'boolean', short: 'v' }, help: { type: 'boolean', short: 'h' } },
@@ -92,6 +106,7 @@ function checkConfig(args: string[], io: Io): number {
     io.out('Usage: usernsctl check-config [--config FILE] [--verbose]');
     return EXIT.OK;
   }
+  const { loadConfiguration } = await import('./configure.ts'); // NSS through koffi: only here
   const cfg = loadConfiguration(values.config ?? null, { record: false });
   for (const e of cfg.errors) io.err(formatConfigError(e));
   if (values.verbose) {
@@ -106,8 +121,16 @@ function checkConfig(args: string[], io: Io): number {
 }
 
 async function resolveCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { values, positionals } = parseCommand(args, { pin: { type: 'boolean' } }, g);
-  const r = await callAgent(g.socket, P.resolve, { label: oneLabel(positionals, 'resolve') });
+  const { values, positionals } = parseCommand(args, { pin: { type: 'boolean' }, path: { type: 'string' } }, g);
+  let r: P.ResolveResult;
+  if (values.path !== undefined) {
+    if (positionals.length > 0) throw new UsageError('resolve takes a LABEL or --path PATH, not both');
+    const found = await callAgent(g.socket, P.resolvePath, { path: resolvePath(values.path) });
+    if (!values.pin && !g.json) io.out(`${found.labelledPath}: labelled ${found.label}`);
+    r = found;
+  } else {
+    r = await callAgent(g.socket, P.resolve, { label: oneLabel(positionals, 'resolve') });
+  }
   if (g.json) io.out(JSON.stringify(r));
   else if (values.pin) io.out(r.path);
   else {
@@ -247,8 +270,109 @@ function signalNumber(name: NodeJS.Signals): number {
   return ({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 } as Record<string, number>)[name] ?? 0;
 }
 
+async function upcallCmd(args: string[], g: Globals): Promise<number> {
+  const { values, positionals } = parseCommand(args, { timeout: { type: 'string', short: 't' }, log: { type: 'string' } }, g);
+  if (positionals.length !== 2) throw new UsageError('upcall takes KEY DESCRIPTION (request-key\'s %k %d)');
+  const key = Number(positionals[0]);
+  if (!Number.isInteger(key) || key <= 0) throw new UsageError(`upcall: KEY must be a key serial number (got "${positionals[0]}")`);
+  const { DEFAULT_KEY_TIMEOUT_S, runUpcall } = await import('./upcall.ts');
+  const timeoutS = values.timeout === undefined ? DEFAULT_KEY_TIMEOUT_S : Number(values.timeout);
+  if (!Number.isInteger(timeoutS) || timeoutS < 0) throw new UsageError(`upcall: -t takes whole seconds (got "${values.timeout}")`);
+  return runUpcall({ key, description: positionals[1]!, timeoutS, socket: g.socket, logFile: values.log });
+}
+
+async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { positionals } = parseCommand(args, {}, g);
+  const [verb, label, ...extra] = positionals;
+  const { KEY_PREFIX } = await import('./upcall.ts');
+  const { invalidateKey, listKeys } = await import('./keys.ts');
+  // Exactly "userns:LABEL", never a prefix match (nfsidmap -c clears by prefix).
+  const ours = listKeys().filter((k) => k.type === 'user' && k.description.startsWith(KEY_PREFIX));
+  if (verb === 'list' && extra.length === 0 && label === undefined) {
+    const rows = ours.map((k) => ({ id: k.id, label: k.description.slice(KEY_PREFIX.length), uid: k.uid, timeout: k.timeout, state: k.flags.includes('N') ? 'negative' : k.flags.includes('I') ? 'instantiated' : 'pending' }));
+    if (g.json) io.out(JSON.stringify({ keys: rows }));
+    else if (rows.length === 0) io.out('no userns: keys you can see');
+    else printTable(io, [['KEY', 'LABEL', 'UID', 'EXPIRES', 'STATE'], ...rows.map((r) => [r.id.toString(16), r.label, String(r.uid), r.timeout, r.state])]);
+    return EXIT.OK;
+  }
+  if (verb === 'clear' && extra.length === 0) {
+    if (label !== undefined && labelProblem(label)) throw new UsageError(`keys clear: invalid label "${label}": ${labelProblem(label)}`);
+    let cleared = 0;
+    let failed = 0;
+    for (const k of ours) {
+      if (label !== undefined && k.description !== KEY_PREFIX + label) continue;
+      try {
+        invalidateKey(k.id);
+        cleared++;
+      } catch (err) {
+        io.err(`usernsctl: cannot invalidate key ${k.id.toString(16)} (${k.description}): ${(err as Error).message}`);
+        failed++;
+      }
+    }
+    if (g.json) io.out(JSON.stringify({ cleared, failed }));
+    else io.out(`cleared ${cleared} key(s)`);
+    return failed > 0 ? EXIT.ERROR : EXIT.OK;
+  }
+  throw new UsageError('keys takes "list" or "clear [LABEL]"');
+}
+
+/** The xattr name: --xattr, else label_xattr of the settings file (--config, default /etc/usernsd.conf). */
+async function labelXattrName(xattr: string | undefined, config: string | undefined): Promise<string> {
+  if (xattr !== undefined) return xattr;
+  const { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, loadAgentConfig } = await import('../config/load.ts');
+  const { systemNss } = await import('../config/nss.ts');
+  const file = config ?? DEFAULT_CONFIG_FILE;
+  const r = loadAgentConfig(file, systemNss());
+  if (r.errors.length > 0 && (config !== undefined || !r.errors[0]!.message.includes('ENOENT'))) {
+    throw new UsernsError('E_CONFIG', `cannot read label_xattr from ${file}: ${r.errors[0]!.message}`);
+  }
+  return r.errors.length > 0 ? AGENT_DEFAULTS.labelXattr : r.config.labelXattr;
+}
+
+async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { values, positionals } = parseCommand(args, { xattr: { type: 'string' }, config: { type: 'string', short: 'c' } }, g);
+  const [verb, path, label, ...extra] = positionals;
+  if (!path || extra.length > 0 || (verb === 'set') !== (label !== undefined) || !['set', 'get', 'clear'].includes(verb ?? '')) {
+    throw new UsageError('label takes "set PATH LABEL", "get PATH" or "clear PATH"');
+  }
+  const name = await labelXattrName(values.xattr, values.config);
+  const { getXattr, removeXattr, setXattr, SysError } = await import('./sys.ts');
+  const explain = (err: unknown): never => {
+    if (!(err instanceof SysError)) throw err;
+    const hint = err.code === 'EPERM' && name.startsWith('trusted.') ? ': trusted.* attributes need root (CAP_SYS_ADMIN)'
+      : err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP' ? ': this filesystem does not support that extended attribute' : '';
+    throw new UsernsError(err.code === 'ENOENT' ? 'E_NOT_FOUND' : err.code === 'EPERM' || err.code === 'EACCES' ? 'E_PERMISSION' : 'E_KERNEL', `${path}: ${err.code}${hint}`);
+  };
+  try {
+    if (verb === 'set') {
+      const problem = labelProblem(label!);
+      if (problem) throw new UsernsError('E_INVALID', `invalid label "${label}": ${problem}`);
+      if (lstatSync(path).isSymbolicLink()) throw new UsernsError('E_INVALID', `${path} is a symbolic link: label the directory or file itself`);
+      setXattr(path, name, Buffer.from(label!));
+      if (!g.json) io.out(`${path}: ${label}`);
+      else io.out(JSON.stringify({ path, label }));
+    } else if (verb === 'get') {
+      const v = getXattr(path, name)?.toString() ?? null;
+      if (g.json) io.out(JSON.stringify({ path, label: v }));
+      else if (v === null) {
+        io.err(`usernsctl: ${path} has no label (${name})`);
+        return EXIT.ERROR;
+      } else io.out(v);
+    } else {
+      const removed = removeXattr(path, name);
+      if (g.json) io.out(JSON.stringify({ path, removed }));
+      else io.out(removed ? `${path}: label removed` : `${path}: had no label`);
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !(err instanceof UsernsError)) throw new UsernsError('E_NOT_FOUND', `${path}: no such file or directory`);
+    explain(err);
+  }
+  return EXIT.OK;
+}
+
 const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<number>> = {
   resolve: resolveCmd, map: mapCmd, list: listCmd, status: statusCmd, reload: reloadCmd, release: releaseCmd, enter: enterCmd,
+  upcall: upcallCmd, keys: keysCmd, label: labelCmd,
 };
 
 /** Every command usernsctl(1) documents. */
@@ -282,7 +406,7 @@ export async function runCli(argv: string[], io: Io = stdio): Promise<number> {
     }
     const g: Globals = { socket: values.socket ?? (process.env.USERNSD_SOCKET || DEFAULT_SOCKET), json: values.json ?? false };
     if (command === null) throw new UsageError('a command is required');
-    if (command === 'check-config') return checkConfig(rest, io);
+    if (command === 'check-config') return await checkConfig(rest, io);
     const run = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
     if (!run) throw new UsageError(`unknown command "${command}"`);
     const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest; // after "--": the command's own

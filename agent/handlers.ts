@@ -6,9 +6,10 @@ import { isRoot, mayUse } from './auth.ts';
 import type { Peer } from './auth.ts';
 import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';
+import { findLabel } from './labels.ts';
 import * as P from './protocol.ts';
 import type { Method, ParamsOf, Reply, ResultOf } from './protocol.ts';
-import type { Registry } from './registry.ts';
+import type { Registry, Resolved } from './registry.ts';
 import type { Connection } from './server.ts';
 
 /** What the handlers need from the agent beyond the registry. */
@@ -49,11 +50,20 @@ function usable(agent: Agent, peer: Peer, label: string): Context {
 
 handle(P.resolve, async (agent, peer, { label }) => {
   usable(agent, peer, label);
-  const { ctx, pin } = await agent.registry.resolve(label, peer);
+  return resolvedResult(await agent.registry.resolve(label, peer));
+});
+
+function resolvedResult({ ctx, pin }: Resolved): P.ResolveResult {
   return {
-    label, path: pin.path, parent: ctx.parent, owner: ctx.owner, uidMap: ctx.uidMap, gidMap: ctx.gidMap,
+    label: ctx.label, path: pin.path, parent: ctx.parent, owner: ctx.owner, uidMap: ctx.uidMap, gidMap: ctx.gidMap,
     setgroups: ctx.setgroups, ino: pin.ino, created: pin.created,
   };
+}
+
+handle(P.resolvePath, async (agent, peer, { path }) => {
+  const found = findLabel(path, agent.registry.agent.labelXattr, peer);
+  usable(agent, peer, found.label);
+  return { ...resolvedResult(await agent.registry.resolve(found.label, peer)), labelledPath: found.at };
 });
 
 handle(P.map, (agent, peer, { from, to, uids = [], gids = [] }) => {

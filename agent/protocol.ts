@@ -24,6 +24,8 @@ export const LIMITS = {
   MAX_CONNECTIONS: 256,
   /** Replies queued to a client that does not read; beyond this the connection is closed. */
   MAX_PENDING_BYTES: 4 * 1024 * 1024,
+  /** A path in resolvePath, in bytes (PATH_MAX). */
+  MAX_PATH_BYTES: 4096,
   /** Requests of one connection being worked on at once; more get E_BUSY. */
   MAX_INFLIGHT_PER_CONNECTION: 64,
   /** Ids in one `uids` or `gids` list of a map request. */
@@ -43,13 +45,14 @@ export type Reply =
 
 // ---- parameter kinds, checked at the edge so handlers get typed values ----
 
-type Kind = 'label' | 'context' | 'ids';
+type Kind = 'label' | 'context' | 'ids' | 'path';
 type Field = { readonly kind: Kind; readonly required: boolean };
 type ParamSpec = { readonly [name: string]: Field };
 
 const label: Field = { kind: 'label', required: true };
 const context: Field = { kind: 'context', required: true };
 const ids: Field = { kind: 'ids', required: false };
+const path: Field = { kind: 'path', required: true };
 
 /** A method as a value: its name, parameters, and whether only root may call it. P and R are for the compiler. */
 export type Method<P, R> = {
@@ -77,6 +80,10 @@ export type ResolveResult = {
   readonly ino: number;
   /** True when this request created the namespace. */
   readonly created: boolean;
+};
+export type ResolvePathResult = ResolveResult & {
+  /** The nearest ancestor of the path (or the path itself) that carries the label. */
+  readonly labelledPath: string;
 };
 export type MapResult = { readonly from: string; readonly to: string; readonly uids: number[]; readonly gids: number[] };
 export type ListEntry = {
@@ -126,6 +133,7 @@ export type ReleaseResult = { readonly label: string; readonly released: boolean
 const method = <P, R>(name: string, params: ParamSpec, rootOnly = false): Method<P, R> => ({ name, params, rootOnly });
 
 export const resolve = method<{ label: string }, ResolveResult>('resolve', { label });
+export const resolvePath = method<{ path: string }, ResolvePathResult>('resolvePath', { path });
 export const map = method<{ from: string; to: string; uids?: number[]; gids?: number[] }, MapResult>('map', { from: context, to: context, uids: ids, gids: ids });
 export const list = method<Record<string, never>, ListResult>('list', {});
 export const status = method<Record<string, never>, StatusResult>('status', {});
@@ -133,7 +141,7 @@ export const reload = method<Record<string, never>, ReloadResult>('reload', {}, 
 export const release = method<{ label: string }, ReleaseResult>('release', { label }, true);
 
 export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
-  [resolve, map, list, status, reload, release].map((m) => [m.name, m as Method<unknown, unknown>]),
+  [resolve, resolvePath, map, list, status, reload, release].map((m) => [m.name, m as Method<unknown, unknown>]),
 );
 
 // ---- validation ----
@@ -157,6 +165,13 @@ function checkField(method: string, name: string, field: Field, v: unknown): unk
       if (field.kind === 'context' && v === HOST_LABEL) return v;
       const problem = labelProblem(v);
       if (problem) throw invalid(`${where}: ${problem}`);
+      return v;
+    }
+    case 'path': {
+      if (typeof v !== 'string') throw invalid(`${where} must be a string (an absolute path)`);
+      if (!v.startsWith('/')) throw invalid(`${where} must be an absolute path (got ${JSON.stringify(v.slice(0, 64))})`);
+      if (v.includes('\0')) throw invalid(`${where} must not contain a NUL byte`);
+      if (Buffer.byteLength(v) > LIMITS.MAX_PATH_BYTES) throw invalid(`${where} is longer than ${LIMITS.MAX_PATH_BYTES} bytes`);
       return v;
     }
     case 'ids': {

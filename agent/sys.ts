@@ -1,4 +1,4 @@
-// The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED, SO_PEERGROUPS, FIONREAD, a datagram for sd_notify. Failures throw SysError.
+// The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify. Failures throw SysError.
 import { constants, endianness } from 'node:os';
 import koffi from 'koffi';
 
@@ -8,6 +8,9 @@ const umount2Fn = libc.func('int umount2(const char *target, int flags)');
 const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' });
 const getsockoptFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', koffi.out(koffi.pointer(ucred)), koffi.inout(koffi.pointer('uint32_t'))]);
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
+const lgetxattrFn = libc.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)');
+const lsetxattrFn = libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
+const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char *name)');
 const socketFn = libc.func('int socket(int domain, int type, int protocol)');
 const sendtoFn = libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)');
 const closeFn = libc.func('int close(int fd)');
@@ -110,4 +113,29 @@ export function sdNotify(state: string, socketPath: string | undefined = process
     closeFn(fd);
   }
   return true;
+}
+
+/**
+ * An extended attribute of the inode at `path` itself — never of a symlink's target (the l*
+ * calls) — or null when it has none (ENODATA).
+ */
+export function getXattr(path: string, name: string): Buffer | null {
+  const buf = Buffer.alloc(256);
+  const n = Number(lgetxattrFn(path, name, buf, buf.length));
+  if (n >= 0) return buf.subarray(0, n);
+  const errno = koffi.errno();
+  if (errno === constants.errno.ENODATA) return null;
+  throw new SysError('lgetxattr', errno, `${path}, ${name}`);
+}
+
+export function setXattr(path: string, name: string, value: Buffer): void {
+  if (lsetxattrFn(path, name, value, value.length, 0) !== 0) throw new SysError('lsetxattr', koffi.errno(), `${path}, ${name}`);
+}
+
+/** false when there was nothing to remove. */
+export function removeXattr(path: string, name: string): boolean {
+  if (lremovexattrFn(path, name) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === constants.errno.ENODATA) return false;
+  throw new SysError('lremovexattr', errno, `${path}, ${name}`);
 }

@@ -1,0 +1,75 @@
+// The kernel's key service (keyctl(2)) through koffi: what a request-key handler and `usernsctl keys` need.
+import { readFileSync } from 'node:fs';
+import koffi from 'koffi';
+import { SysError } from './sys.ts';
+
+const libc = koffi.load('libc.so.6');
+const syscall = libc.func('long syscall(long nr, ...)');
+// x86-64 and aarch64 numbers of keyctl(2); the request-key handler runs on the machine it was built for.
+const SYS_KEYCTL = process.arch === 'arm64' ? 219 : 250;
+
+/** Errnos Node's table lacks (asm-generic/errno.h). */
+export const ENOKEY = 126;
+export const EKEYREJECTED = 129;
+
+const KEYCTL = {
+  DESCRIBE: 6,
+  INSTANTIATE: 12,
+  SET_TIMEOUT: 15,
+  REJECT: 19,
+  INVALIDATE: 21,
+} as const;
+
+function keyctl(op: number, ...args: unknown[]): number {
+  const r = Number(syscall(SYS_KEYCTL, 'int', op, ...args));
+  if (r < 0) throw new SysError('keyctl', koffi.errno(), `op ${op}`);
+  return r;
+}
+
+/** Owner of a key: the process that asked for it (a key being constructed belongs to its requester). */
+export function describeKey(key: number): { type: string; uid: number; gid: number; perm: number; description: string } {
+  const buf = Buffer.alloc(4096);
+  const n = keyctl(KEYCTL.DESCRIBE, 'int32', key, 'void *', buf, 'size_t', buf.length);
+  const [type, uid, gid, perm, ...rest] = buf.subarray(0, Math.max(0, n - 1)).toString().split(';');
+  return { type: type!, uid: Number(uid), gid: Number(gid), perm: parseInt(perm!, 16), description: rest.join(';') };
+}
+
+/**
+ * Set the expiry while the handler still holds the authority to instantiate: after instantiation
+ * the authority is gone, and a `user` key grants its handler no setattr permission (nfsidmap sets
+ * its -t after instantiating, so on such keys it fails with EACCES and they stay permanent).
+ */
+export function setKeyTimeout(key: number, seconds: number): void {
+  keyctl(KEYCTL.SET_TIMEOUT, 'int32', key, 'uint32', seconds);
+}
+
+export function instantiateKey(key: number, payload: Buffer): void {
+  keyctl(KEYCTL.INSTANTIATE, 'int32', key, 'void *', payload, 'size_t', payload.length, 'int32', 0);
+}
+
+/** Negate with an error the requester sees (keyctl_reject(3)), for `seconds`, so it fails fast instead of waiting. */
+export function rejectKey(key: number, seconds: number, errno: number = EKEYREJECTED): void {
+  keyctl(KEYCTL.REJECT, 'int32', key, 'uint32', seconds, 'uint32', errno, 'int32', 0);
+}
+
+export function invalidateKey(key: number): void {
+  keyctl(KEYCTL.INVALIDATE, 'int32', key);
+}
+
+export type KeyEntry = { id: number; flags: string; timeout: string; uid: number; gid: number; type: string; description: string; summary: string };
+
+/** The keys this process may view, from /proc/keys (its columns: id flags usage timeout perm uid gid type description: summary). */
+export function listKeys(): KeyEntry[] {
+  const out: KeyEntry[] = [];
+  for (const line of readFileSync('/proc/keys', 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+) (\S+)\s+\d+\s+(\S+)\s+[0-9a-f]+\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const rest = m[7]!;
+    const cut = rest.lastIndexOf(': ');
+    out.push({
+      id: parseInt(m[1]!, 16), flags: m[2]!, timeout: m[3]!, uid: Number(m[4]), gid: Number(m[5]), type: m[6]!,
+      description: cut < 0 ? rest : rest.slice(0, cut), summary: cut < 0 ? '' : rest.slice(cut + 2),
+    });
+  }
+  return out;
+}

@@ -1,0 +1,82 @@
+// Labels on inodes (SPEC §7): the nearest labelled ancestor of a path, without crossing a mount point or following a symlink for the label itself.
+import { lstatSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { labelProblem } from '../config/schema.ts';
+import type { Peer } from './auth.ts';
+import { UsernsError } from './errors.ts';
+import { getXattr, SysError } from './sys.ts';
+
+/** Mount points of this mount namespace, from the kernel (octal escapes as in mountinfo decoded). */
+export function mountPoints(): Set<string> {
+  const out = new Set<string>();
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const field = line.split(' ')[4];
+    if (field) out.add(field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
+  }
+  return out;
+}
+
+/**
+ * Can the peer search every directory down to `dir`, by mode bits alone? The agent walks as root,
+ * and must not tell a caller about paths it could not reach itself. ACLs are not consulted, so this
+ * may refuse what an ACL would allow, never the reverse.
+ */
+export function peerCanReach(peer: Peer, dir: string): boolean {
+  if (peer.uid === 0) return true;
+  const parts = dir.split('/').filter(Boolean);
+  for (let i = 0; i <= parts.length; i++) {
+    const d = '/' + parts.slice(0, i).join('/');
+    const st = statSync(d);
+    const bits = peer.uid === st.uid ? (st.mode >> 6) : (peer.gid === st.gid || peer.groups.includes(st.gid)) ? (st.mode >> 3) : st.mode;
+    if ((bits & 1) === 0) return false;
+  }
+  return true;
+}
+
+export type Found = { readonly label: string; readonly at: string };
+
+/**
+ * Walk up from `path` to the nearest inode carrying the label attribute. The ancestors are taken
+ * as they really are (realpath), the last component is not followed: a symlink's own attribute is
+ * read, never its target's. The walk ends at the first mount point it meets.
+ */
+export function findLabel(path: string, xattr: string, peer: Peer): Found {
+  let parent: string;
+  try {
+    parent = realpathSync(dirname(path));
+  } catch (err) {
+    throw notReachable(peer, path, err);
+  }
+  if (!peerCanReach(peer, parent)) throw notReachable(peer, path, null);
+  let at = basename(path) === '' ? parent : join(parent, basename(path));
+  try {
+    lstatSync(at);
+  } catch (err) {
+    throw notReachable(peer, path, err);
+  }
+  const mounts = mountPoints();
+  for (;;) {
+    let value: Buffer | null;
+    try {
+      value = getXattr(at, xattr);
+    } catch (err) {
+      if (err instanceof SysError && (err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP')) value = null; // this filesystem holds no such attribute
+      else throw new UsernsError('E_KERNEL', `Failed to read ${xattr} of ${at}: ${(err as Error).message}`);
+    }
+    if (value !== null) {
+      const label = value.toString();
+      const problem = labelProblem(label);
+      if (problem) throw new UsernsError('E_CONFIG', `${at} carries an invalid label in ${xattr}: ${problem} (fix it with usernsctl label set or clear)`);
+      return { label, at };
+    }
+    if (at === '/' || mounts.has(at)) {
+      throw new UsernsError('E_NOT_FOUND', `no ${xattr} label on ${path} or its ancestors up to ${at}${at === '/' ? '' : ' (a mount point: the walk does not cross it)'}`);
+    }
+    at = dirname(at);
+  }
+}
+
+function notReachable(peer: Peer, path: string, err: unknown): UsernsError {
+  if (peer.uid !== 0) return new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${path} (or it does not exist)`);
+  return new UsernsError('E_NOT_FOUND', `${path}: ${(err as NodeJS.ErrnoException | null)?.code ?? 'not found'}`);
+}

@@ -1,0 +1,106 @@
+// The request-key handler (SPEC §7): a `user` key "userns:LABEL" is answered by the agent's resolve, asked with the requester's identity.
+import { spawn } from 'node:child_process';
+import { closeSync, constants as fsc, openSync, writeSync } from 'node:fs';
+import { constants } from 'node:os';
+import { formatExtents } from '../config/extents.ts';
+import { labelProblem } from '../config/schema.ts';
+import { callAgent, TransportError } from './client.ts';
+import { UsernsError } from './errors.ts';
+import { describeKey, EKEYREJECTED, instantiateKey, rejectKey, setKeyTimeout } from './keys.ts';
+import * as P from './protocol.ts';
+import type { ResolveResult } from './protocol.ts';
+
+export const KEY_PREFIX = 'userns:';
+/** Like nfsidmap's -t default. */
+export const DEFAULT_KEY_TIMEOUT_S = 600;
+/** A refused request is remembered this long, so a retry loop does not hammer the agent. */
+export const NEGATIVE_KEY_TIMEOUT_S = 10;
+
+/**
+ * The key's payload, usernsd-protocol(7) "UPCALL": one `name=value` per line, in this order.
+ * Maps are extents "INSIDE OUTSIDE COUNT" separated by ", ", outside ids the parent's.
+ */
+export function formatPayload(r: ResolveResult): string {
+  return [
+    `path=${r.path}`,
+    `label=${r.label}`,
+    `parent=${r.parent}`,
+    `owner=${r.owner.uid}:${r.owner.gid}`,
+    `setgroups=${r.setgroups}`,
+    `ino=${r.ino}`,
+    `uid_map=${formatExtents(r.uidMap)}`,
+    `gid_map=${formatExtents(r.gidMap)}`,
+  ].join('\n') + '\n';
+}
+
+export type UpcallOptions = {
+  readonly key: number;
+  readonly description: string;
+  readonly timeoutS: number;
+  readonly socket: string;
+  /** Also append failures here (request-key gives its handlers no stderr worth reading). */
+  readonly logFile?: string;
+};
+
+/** Failures go to syslog (logger(1), if there is one), to stderr, and to --log FILE. */
+function logFailure(opts: UpcallOptions, logFd: number | null, line: string): void {
+  const text = `usernsctl upcall: ${line}`;
+  process.stderr.write(text + '\n');
+  if (logFd !== null) {
+    try { writeSync(logFd, `${new Date().toISOString()} ${text}\n`); } catch { /* the log is best effort */ }
+  }
+  try {
+    spawn('logger', ['-t', 'usernsctl', '-p', 'daemon.warning', '--', text], { stdio: 'ignore', detached: true }).on('error', () => {}).unref();
+  } catch { /* no logger */ }
+}
+
+/**
+ * Answer one key: instantiate it with the context's payload and an expiry, or reject it (a negative
+ * key that fails the requester at once, with an errno it can show). Returns the exit status.
+ */
+export async function runUpcall(opts: UpcallOptions): Promise<number> {
+  // Opened while still root: the log may be root's only.
+  let logFd: number | null = null;
+  if (opts.logFile) {
+    try { logFd = openSync(opts.logFile, fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o640); } catch { /* best effort */ }
+  }
+  const fail = (errno: number, why: string): number => {
+    logFailure(opts, logFd, `key ${opts.key} "${opts.description}": rejected: ${why}`);
+    try { rejectKey(opts.key, NEGATIVE_KEY_TIMEOUT_S, errno); } catch (err) { logFailure(opts, logFd, `key ${opts.key}: cannot reject it: ${(err as Error).message}`); }
+    return 1;
+  };
+  try {
+    if (!opts.description.startsWith(KEY_PREFIX)) return fail(EKEYREJECTED, `the description must be ${KEY_PREFIX}LABEL`);
+    const label = opts.description.slice(KEY_PREFIX.length);
+    const problem = labelProblem(label);
+    if (problem) return fail(EKEYREJECTED, `invalid label: ${problem}`);
+    // request-key runs handlers as root; the agent must judge the requester, not us. The key being
+    // built belongs to its requester, so ask with that uid and gid (and the user's groups).
+    const owner = describeKey(opts.key);
+    if (owner.uid !== 0) {
+      try {
+        process.initgroups!(owner.uid, owner.gid);
+      } catch {
+        process.setgroups!([owner.gid]); // no passwd entry: the primary group only
+      }
+      process.setgid!(owner.gid);
+      process.setuid!(owner.uid);
+    }
+    let r: ResolveResult;
+    try {
+      r = await callAgent(opts.socket, P.resolve, { label });
+    } catch (err) {
+      if (err instanceof TransportError) return fail(constants.errno.ECONNREFUSED, `${err.message} (is usernsd running?)`);
+      if (err instanceof UsernsError) return fail(EKEYREJECTED, `uid ${owner.uid}: ${err.code}: ${err.message}`);
+      throw err;
+    }
+    const payload = Buffer.from(formatPayload(r));
+    setKeyTimeout(opts.key, opts.timeoutS); // first: instantiating gives up the authority that allows it
+    instantiateKey(opts.key, payload);
+    return 0;
+  } catch (err) {
+    return fail(EKEYREJECTED, `internal error: ${(err as Error).message}`);
+  } finally {
+    if (logFd !== null) closeSync(logFd);
+  }
+}
