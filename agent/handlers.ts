@@ -118,7 +118,7 @@ export async function handleRequest(agent: Agent, conn: Connection, data: unknow
     const result = await entry.fn(agent, peer, params);
     const ms = performance.now() - started;
     agent.served(req.method, null, ms);
-    agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');
+    if (agent.log.isLevelEnabled('debug')) agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');
     return { id, result };
   } catch (err) {
     const e = err instanceof UsernsError ? err : new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);

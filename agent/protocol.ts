@@ -21,7 +21,8 @@ export const LIMITS = {
   MESSAGE_TIMEOUT_MS: 5000,
   /** A connection that sends nothing for this long is closed. */
   IDLE_TIMEOUT_MS: 60_000,
-  MAX_CONNECTIONS: 256,
+  /** Enough for every helper of a busy host to hold one open (the benchmark holds 1,000 idle). */
+  MAX_CONNECTIONS: 4096,
   /** Replies queued to a client that does not read; beyond this the connection is closed. */
   MAX_PENDING_BYTES: 4 * 1024 * 1024,
   /** A path in resolvePath, in bytes (PATH_MAX). */

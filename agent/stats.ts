@@ -13,7 +13,7 @@ export function percentile(sorted: readonly number[], p: number): number {
 
 export class Stats {
   private readonly counters = new Map<string, number>();
-  private readonly windows = new Map<string, { samples: number[]; next: number; total: number }>();
+  private readonly windows = new Map<string, { samples: number[]; next: number; total: number; key: string }>();
 
   count(name: string, by = 1): void {
     this.counters.set(name, (this.counters.get(name) ?? 0) + by);
@@ -21,10 +21,10 @@ export class Stats {
 
   /** One answered request: counted by method and, when it failed, by error code; its latency kept. */
   request(method: string, code: string | null, ms: number): void {
-    this.count(`requests.${method}`);
-    if (code) this.count(`errors.${code}`);
     let w = this.windows.get(method);
-    if (!w) this.windows.set(method, (w = { samples: [], next: 0, total: 0 }));
+    if (!w) this.windows.set(method, (w = { samples: [], next: 0, total: 0, key: `requests.${method}` }));
+    this.count(w.key);
+    if (code) this.count(`errors.${code}`);
     if (w.samples.length < LATENCY_WINDOW) w.samples.push(ms);
     else w.samples[w.next] = ms;
     w.next = (w.next + 1) % LATENCY_WINDOW;

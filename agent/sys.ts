@@ -11,6 +11,8 @@ const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int
 const lgetxattrFn = libc.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)');
 const lsetxattrFn = libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
 const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char *name)');
+const fstatatFn = libc.func('int fstatat(int dirfd, const char *path, _Out_ uint8_t *buf, int flags)');
+const openFn = libc.func('int open(const char *path, int flags, int mode)');
 const socketFn = libc.func('int socket(int domain, int type, int protocol)');
 const sendtoFn = libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)');
 const closeFn = libc.func('int close(int fd)');
@@ -138,4 +140,34 @@ export function removeXattr(path: string, name: string): boolean {
   const errno = koffi.errno();
   if (errno === constants.errno.ENODATA) return false;
   throw new SysError('lremovexattr', errno, `${path}, ${name}`);
+}
+
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const O_PATH = 0o10000000;
+const O_DIRECTORY = 0o200000;
+const O_CLOEXEC = 0o2000000;
+/**
+ * struct stat is 144 bytes on x86-64 and 128 on aarch64; st_dev and st_ino are its first two 64-bit
+ * fields on both, little-endian (the two architectures koffi ships for here).
+ */
+const statBuf = Buffer.alloc(256);
+
+/** An O_PATH descriptor of a directory, for lookups relative to it; the caller closes it. */
+export function openDirPath(path: string): number {
+  const fd = openFn(path, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+  if (fd < 0) throw new SysError('open', koffi.errno(), `${path}, O_PATH`);
+  return fd;
+}
+
+export function closeFd(fd: number): void {
+  closeFn(fd);
+}
+
+/**
+ * {dev, ino} of `name` in the directory `dirFd`, without following a symlink, or null when absent.
+ * One path component and no Stats object: the agent checks a pin this way on every resolve.
+ */
+export function statAt(dirFd: number, name: string): { dev: number; ino: number } | null {
+  if (fstatatFn(dirFd, name, statBuf, AT_SYMLINK_NOFOLLOW) !== 0) return null;
+  return { dev: Number(statBuf.readBigUInt64LE(0)), ino: Number(statBuf.readBigUInt64LE(8)) };
 }

@@ -10,7 +10,7 @@ import type { Context, IdMap } from '../config/types.ts';
 import { UsernsError } from './errors.ts';
 import { fromHost, makeView } from './idmap.ts';
 import { writeFileAtomic } from './state.ts';
-import { bindMount, detach, SysError } from './sys.ts';
+import { bindMount, closeFd, detach, openDirPath, statAt, SysError } from './sys.ts';
 
 export type Pin = {
   readonly label: string;
@@ -35,6 +35,8 @@ export type AdoptEntry = {
 
 type Record = { ino: number; uidMap: IdMap; gidMap: IdMap };
 
+/** How old a pin check may be and still answer a resolve (see Namespaces.checked). */
+export const PIN_RECHECK_MS = 1;
 const PATH_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
 const SPAWN_TIMEOUT_MS = 5000;
 const NSFS_DEV = statSync('/proc/self/ns/user').dev;
@@ -145,10 +147,15 @@ export class Namespaces {
   readonly mountNs: string | null;
   private readonly inflight = new Map<string, Promise<Pin>>();
   /**
-   * label -> "inode maps" of pins this process created or checked: resolving them again costs one
-   * stat. The maps are part of the key, so a reload that changes a context's maps checks again.
+   * Pins this process created or checked, by label: resolving one again costs one stat (so a pin
+   * unmounted behind the agent's back is seen at the next resolve). The maps are part of the key,
+   * so a reload that changes a context's maps checks again; `ctx` and `pin` are the last answer,
+   * reused while the inode and the Context object are the same.
    */
-  private readonly verified = new Map<string, string>();
+  private readonly verified = new Map<string, { key: string; ino: number; ctx: Context; pin: Pin; checkedAt: number }>();
+  private readonly paths = new Map<string, string>();
+  /** The pins directory, opened once: a pin is checked with one single-component fstatat. */
+  private dirFd: number | null = null;
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
 
@@ -159,10 +166,38 @@ export class Namespaces {
   }
 
   pinPath(label: string): string {
-    // Labels are validated by the configuration, but a path built from one is checked again here.
-    const problem = labelProblem(label);
-    if (problem) throw new UsernsError('E_INVALID', `invalid label "${label}": ${problem}`);
-    return join(this.pinsDir, label);
+    let path = this.paths.get(label);
+    if (path === undefined) {
+      // Labels are validated by the configuration, but a path built from one is checked again here.
+      const problem = labelProblem(label);
+      if (problem) throw new UsernsError('E_INVALID', `invalid label "${label}": ${problem}`);
+      path = join(this.pinsDir, label);
+      if (this.paths.size < 100_000) this.paths.set(label, path);
+    }
+    return path;
+  }
+
+  /** The answer for a pin already checked, at the price of one fstatat; null when it must be looked at again. */
+  private checked(ctx: Context): Pin | null {
+    const v = this.verified.get(ctx.label);
+    if (v === undefined || v.ctx !== ctx) return null;
+    // An answer is "as of at most PIN_RECHECK_MS ago": under load, one fstatat serves many resolves
+    // (the pin could be unmounted right after any check anyway).
+    const now = performance.now();
+    if (now - v.checkedAt < PIN_RECHECK_MS) return v.pin;
+    if (this.dirFd === null) {
+      try { this.dirFd = openDirPath(this.pinsDir); } catch { return null; }
+    }
+    const st = statAt(this.dirFd, ctx.label);
+    if (st === null || st.dev !== NSFS_DEV || st.ino !== v.ino) return null;
+    v.checkedAt = now;
+    return v.pin;
+  }
+
+  private remember(ctx: Context, pin: Pin): Pin {
+    const reused = pin.created ? { ...pin, created: false } : pin;
+    this.verified.set(ctx.label, { key: verifiedKey(pin.ino, ctx), ino: pin.ino, ctx, pin: reused, checkedAt: performance.now() });
+    return pin;
   }
 
   /** Directories are made once, and must be real directories: a symlink planted there is refused. */
@@ -178,6 +213,8 @@ export class Namespaces {
    * label share one creation. `parent` is the parent's pin and host maps (null under host).
    */
   ensure(ctx: Context, parent: { pin: string; host: HostMaps } | null): Promise<Pin> {
+    const known = this.checked(ctx); // the common case: no promise chain, no map formatting
+    if (known) return Promise.resolve(known);
     const existing = this.inflight.get(ctx.label);
     if (existing) return existing.then((p) => ({ ...p, created: false }));
     const p = this.createOrReuse(ctx, parent).finally(() => this.inflight.delete(ctx.label));
@@ -186,20 +223,24 @@ export class Namespaces {
   }
 
   private async createOrReuse(ctx: Context, parent: { pin: string; host: HostMaps } | null): Promise<Pin> {
+    // The slow path: look by name from scratch, and reopen the directory (it may have been replaced).
+    if (this.dirFd !== null) {
+      closeFd(this.dirFd);
+      this.dirFd = null;
+    }
     const path = this.pinPath(ctx.label);
     const ino = pinnedIno(path);
     if (ino !== null) {
       // Reuse only a pin whose maps are the configured ones: a drifted pin is reported, never used.
-      if (this.verified.get(ctx.label) !== verifiedKey(ino, ctx)) {
+      if (this.verified.get(ctx.label)?.key !== verifiedKey(ino, ctx)) {
         const actual = await this.mapsOf(ctx.label, path, ino);
         if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
           this.drifted.add(ctx.label);
           throw new UsernsError('E_CONFIG', `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`);
         }
-        this.verified.set(ctx.label, verifiedKey(ino, ctx));
         this.drifted.delete(ctx.label);
       }
-      return { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false };
+      return this.remember(ctx, { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false });
     }
     this.ensureDirs();
     return this.create(ctx, parent, path);
@@ -221,8 +262,7 @@ export class Namespaces {
       const ino = pinnedIno(path)!;
       const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
       this.writeRecord(pin);
-      this.verified.set(ctx.label, verifiedKey(ino, ctx));
-      return pin;
+      return this.remember(ctx, pin);
     } finally {
       await reap(child);
     }
@@ -422,7 +462,7 @@ export class Namespaces {
       }
       const actual = await this.mapsOf(label, path, ino);
       if (sameMap(actual.uidMap, ctx.uidMap) && sameMap(actual.gidMap, ctx.gidMap)) {
-        this.verified.set(label, verifiedKey(ino, ctx));
+        this.remember(ctx, { label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false });
         out.push({ label, path, status: 'ok', message: 'pinned, maps as configured' });
       } else {
         this.drifted.add(label);
