@@ -203,6 +203,7 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`socket:      ${r.socket}`);
   io.out(`contexts:    ${r.contexts} (${r.pinned} pinned)`);
   io.out(`connections: ${r.connections}`);
+  if (r.memoryMb) io.out(`memory:      ${r.memoryMb.rss} MiB resident, ${r.memoryMb.heapUsed} MiB heap in use`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);
   io.out(`counters:    ${Object.entries(r.counters ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`);
   const states = r.contextStates ?? [];
@@ -270,15 +271,10 @@ function signalNumber(name: NodeJS.Signals): number {
   return ({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 } as Record<string, number>)[name] ?? 0;
 }
 
+/** Usually reached straight from bin/usernsctl.js; here when global options come first. */
 async function upcallCmd(args: string[], g: Globals): Promise<number> {
-  const { values, positionals } = parseCommand(args, { timeout: { type: 'string', short: 't' }, log: { type: 'string' } }, g);
-  if (positionals.length !== 2) throw new UsageError('upcall takes KEY DESCRIPTION (request-key\'s %k %d)');
-  const key = Number(positionals[0]);
-  if (!Number.isInteger(key) || key <= 0) throw new UsageError(`upcall: KEY must be a key serial number (got "${positionals[0]}")`);
-  const { DEFAULT_KEY_TIMEOUT_S, runUpcall } = await import('./upcall.ts');
-  const timeoutS = values.timeout === undefined ? DEFAULT_KEY_TIMEOUT_S : Number(values.timeout);
-  if (!Number.isInteger(timeoutS) || timeoutS < 0) throw new UsageError(`upcall: -t takes whole seconds (got "${values.timeout}")`);
-  return runUpcall({ key, description: positionals[1]!, timeoutS, socket: g.socket, logFile: values.log });
+  const { upcallMain } = await import('./upcall.ts');
+  return upcallMain(args.filter((a) => a !== '--json'), g.socket);
 }
 
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {

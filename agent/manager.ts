@@ -29,6 +29,14 @@ export type ManagerOptions = {
   readonly notify?: (state: string) => void;
 };
 
+function memoryMb(): { rss: number; heapUsed: number } {
+  const m = process.memoryUsage();
+  return { rss: +(m.rss / 2 ** 20).toFixed(1), heapUsed: +(m.heapUsed / 2 ** 20).toFixed(1) };
+}
+
+/** Eager contexts created at once at start-up. */
+export const EAGER_CONCURRENCY = 8;
+
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */
 export const DRAIN_TIMEOUT_MS = 10_000;
 
@@ -83,16 +91,24 @@ export class Manager implements Agent {
     return m;
   }
 
+  /**
+   * Eager contexts, EAGER_CONCURRENCY at a time: each creation mostly waits for its helper process,
+   * so a few in parallel keep both the CPUs and the kernel busy. Parents are shared, not duplicated
+   * (Registry.resolve creates each label once).
+   */
   private async createEager(): Promise<void> {
-    for (const c of this.registry.all()) {
-      if (c.create !== 'eager') continue;
-      try {
-        await this.registry.resolve(c.label);
-      } catch (err) {
-        const code = err instanceof UsernsError ? err.code : 'E_INTERNAL';
-        this.log.error({ label: c.label, code, err: err instanceof UsernsError ? undefined : err }, `Failed to create eager context ${c.label}: ${(err as Error).message}`);
+    const queue = [...this.registry.all()].filter((c) => c.create === 'eager');
+    const worker = async () => {
+      for (let c = queue.shift(); c; c = queue.shift()) {
+        try {
+          await this.registry.resolve(c.label);
+        } catch (err) {
+          const code = err instanceof UsernsError ? err.code : 'E_INTERNAL';
+          this.log.error({ label: c.label, code, err: err instanceof UsernsError ? undefined : err }, `Failed to create eager context ${c.label}: ${(err as Error).message}`);
+        }
       }
-    }
+    };
+    await Promise.all(Array.from({ length: EAGER_CONCURRENCY }, worker));
   }
 
   /** Tell the supervisor; a broken notify socket is logged, never fatal. */
@@ -186,6 +202,7 @@ export class Manager implements Agent {
       latencyMs: this.stats.latency(),
       contextStates: this.contextStates(),
       lastReload: this.lastReload,
+      memoryMb: memoryMb(),
     };
   }
 

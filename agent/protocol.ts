@@ -119,6 +119,8 @@ export type StatusResult = {
   readonly latencyMs?: Record<string, { count: number; p50: number; p90: number; p99: number; max: number }>;
   readonly contextStates?: ContextState[];
   readonly lastReload?: string | null;
+  /** Resident set and V8 heap in use, MiB. */
+  readonly memoryMb?: { readonly rss: number; readonly heapUsed: number };
 };
 export type ReloadResult = {
   readonly contexts: number;

@@ -1,10 +1,10 @@
 // The request-key handler (SPEC §7): a `user` key "userns:LABEL" is answered by the agent's resolve, asked with the requester's identity.
-import { spawn } from 'node:child_process';
+import { parseArgs } from 'node:util';
 import { closeSync, constants as fsc, openSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { formatExtents } from '../config/extents.ts';
 import { labelProblem } from '../config/schema.ts';
-import { callAgent, TransportError } from './client.ts';
+import { callAgent, DEFAULT_SOCKET, TransportError } from './client.ts';
 import { UsernsError } from './errors.ts';
 import { describeKey, EKEYREJECTED, instantiateKey, rejectKey, setKeyTimeout } from './keys.ts';
 import * as P from './protocol.ts';
@@ -43,13 +43,15 @@ export type UpcallOptions = {
 };
 
 /** Failures go to syslog (logger(1), if there is one), to stderr, and to --log FILE. */
-function logFailure(opts: UpcallOptions, logFd: number | null, line: string): void {
+async function logFailure(opts: UpcallOptions, logFd: number | null, line: string): Promise<void> {
   const text = `usernsctl upcall: ${line}`;
   process.stderr.write(text + '\n');
   if (logFd !== null) {
     try { writeSync(logFd, `${new Date().toISOString()} ${text}\n`); } catch { /* the log is best effort */ }
   }
   try {
+    // Loaded only on this path: node:child_process costs every upcall ~2 ms of start-up.
+    const { spawn } = await import('node:child_process');
     spawn('logger', ['-t', 'usernsctl', '-p', 'daemon.warning', '--', text], { stdio: 'ignore', detached: true }).on('error', () => {}).unref();
   } catch { /* no logger */ }
 }
@@ -64,9 +66,12 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
   if (opts.logFile) {
     try { logFd = openSync(opts.logFile, fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o640); } catch { /* best effort */ }
   }
-  const fail = (errno: number, why: string): number => {
-    logFailure(opts, logFd, `key ${opts.key} "${opts.description}": rejected: ${why}`);
-    try { rejectKey(opts.key, NEGATIVE_KEY_TIMEOUT_S, errno); } catch (err) { logFailure(opts, logFd, `key ${opts.key}: cannot reject it: ${(err as Error).message}`); }
+  const fail = async (errno: number, why: string): Promise<number> => {
+    // Rejected first: the requester is waiting; the log can come after.
+    let rejectError: string | null = null;
+    try { rejectKey(opts.key, NEGATIVE_KEY_TIMEOUT_S, errno); } catch (err) { rejectError = (err as Error).message; }
+    await logFailure(opts, logFd, `key ${opts.key} "${opts.description}": rejected: ${why}`);
+    if (rejectError) await logFailure(opts, logFd, `key ${opts.key}: cannot reject it: ${rejectError}`);
     return 1;
   };
   try {
@@ -103,4 +108,36 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
   } finally {
     if (logFd !== null) closeSync(logFd);
   }
+}
+
+/**
+ * `usernsctl upcall [-t SECONDS] [--socket PATH] [--log FILE] KEY DESCRIPTION`, parsed here and not
+ * in cli.ts: request-key starts a process per key, and bin/usernsctl.js comes straight here so an
+ * upcall loads only what it uses (usernsctl's other commands cost it ~8 ms of module loading).
+ */
+export async function upcallMain(argv: string[], socket: string = process.env.USERNSD_SOCKET || DEFAULT_SOCKET): Promise<number> {
+  let values;
+  let positionals;
+  try {
+    ({ values, positionals } = parseArgs({
+      args: argv,
+      options: { timeout: { type: 'string', short: 't' }, log: { type: 'string' }, socket: { type: 'string', short: 's' } },
+      strict: true,
+      allowPositionals: true,
+    }));
+  } catch (err) {
+    return usage((err as Error).message);
+  }
+  if (positionals.length !== 2) return usage("upcall takes KEY DESCRIPTION (request-key's %k %d)");
+  const key = Number(positionals[0]);
+  if (!Number.isInteger(key) || key <= 0) return usage(`upcall: KEY must be a key serial number (got "${positionals[0]}")`);
+  const timeoutS = values.timeout === undefined ? DEFAULT_KEY_TIMEOUT_S : Number(values.timeout);
+  if (!Number.isInteger(timeoutS) || timeoutS < 0) return usage(`upcall: -t takes whole seconds (got "${values.timeout}")`);
+  return runUpcall({ key, description: positionals[1]!, timeoutS, socket: values.socket ?? socket, logFile: values.log });
+}
+
+function usage(message: string): number {
+  // The key is left alone: when the handler exits without an answer, the kernel negates it.
+  process.stderr.write(`usernsctl: ${message}\nTry 'usernsctl --help'.\n`);
+  return 2;
 }

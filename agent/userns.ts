@@ -104,10 +104,13 @@ export async function readPinMaps(pin: string): Promise<{ uidMap: IdMap; gidMap:
   return { uidMap: parseKernelMap(u ?? ''), gidMap: parseKernelMap(g ?? '') };
 }
 
-/** Is a user namespace mounted on this path? Its nsfs inode, or null. */
+/**
+ * Is a user namespace mounted on this path? Its nsfs inode, or null. lstat: a mount on the path
+ * counts, a symlink planted there (pointing at some namespace) does not.
+ */
 export function pinnedIno(path: string): number | null {
   try {
-    const st = statSync(path);
+    const st = lstatSync(path);
     return st.dev === NSFS_DEV ? st.ino : null;
   } catch {
     return null;
@@ -357,6 +360,7 @@ export class Namespaces {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const st = code === 'EEXIST' && pinnedIno(path) === null ? lstatSync(path) : null;
+      if (st?.isSymbolicLink()) throw new UsernsError('E_CONFIG', `${path} is a symbolic link, not a pin: someone planted it; remove it (the agent never follows it)`);
       if (st?.isFile() && st.size === 0) {
         // An empty pin file left by a crash between create and mount: nothing uses it.
         unlinkSync(path);

@@ -1,6 +1,14 @@
 #!/usr/bin/env node
 import './node-check.js';
 
+// A small young generation: with V8's default semi-spaces, the garbage of loading 10,000 context
+// files stays resident for good (118 MiB against 90 here). V8 reads the flag only at start, so
+// the agent re-executes itself once with it — same pid, so init and pid files see no difference.
+const SEMI_SPACE = '--max-semi-space-size=1';
+if (!process.execArgv.includes(SEMI_SPACE) && typeof process.execve === 'function') {
+  process.execve(process.execPath, [process.execPath, SEMI_SPACE, ...process.execArgv, ...process.argv.slice(1)], process.env);
+}
+
 const { runAgent } = await import('../dist/agent/main.js').catch((err) => {
   process.stderr.write(`usernsd: cannot load the built program (${err.code ?? err.message}): run "npm ci" or "npm run build" first\n`);
   process.exit(1);

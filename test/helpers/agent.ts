@@ -25,7 +25,7 @@ export type RunningAgent = {
 };
 
 /** Start `usernsd --config tree.config` and wait until it serves; killed and reaped by `cleanup`. */
-export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'debug'], opts: { env?: NodeJS.ProcessEnv; wrap?: string[] } = {}): Promise<RunningAgent> {
+export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'debug'], opts: { env?: NodeJS.ProcessEnv; wrap?: string[]; readyTimeoutMs?: number } = {}): Promise<RunningAgent> {
   // `wrap`: a command the agent runs under (setpriv, unshare…), as init would start it.
   const argv = [...(opts.wrap ?? []), process.execPath, USERNSD, '--config', tree.config, ...extraArgs];
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
@@ -64,7 +64,7 @@ export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'de
       return (await exited).code;
     },
   };
-  return waitForLog((l) => l.msg === 'Serving').then(() => agent);
+  return waitForLog((l) => l.msg === 'Serving', opts.readyTimeoutMs).then(() => agent);
 }
 
 const running = new Set<ChildProcess>();

@@ -1,0 +1,55 @@
+// The request-key upcall end to end (keyctl request2 of a fresh key), against a bare Node start, nfsidmap, and request-key's own floor.
+import { spawnSync } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import { percentile } from '../agent/stats.ts';
+import { cleanup, startAgent, USERNSCTL } from '../test/helpers/agent.ts';
+import { makeTree } from '../test/helpers/fixtures.ts';
+
+export type UpcallFigures = { runs: number; ours: number; node: number; nfsidmap: number | null; floor: number };
+
+/** Wall time of one command, in ms. */
+function time(argv: string[], env?: NodeJS.ProcessEnv): number {
+  const t0 = performance.now();
+  const r = spawnSync(argv[0]!, argv.slice(1), { stdio: 'ignore', env });
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}`);
+  return performance.now() - t0;
+}
+
+export async function benchUpcall(runs = 40): Promise<UpcallFigures> {
+  const tree = makeTree();
+  const rule = `/etc/request-key.d/usernsd-bench-${process.pid}.conf`;
+  const nfsidmap = spawnSync('/usr/sbin/nfsidmap', ['-V']).error ? null : '/usr/sbin/nfsidmap';
+  try {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    const agent = await startAgent(tree, ['--log-level', 'info']);
+    // The floor: request-key with a handler that does nothing but instantiate (keyutils' own tool).
+    writeFileSync(rule, [
+      `create user userns:* * ${process.execPath} ${USERNSCTL} upcall -t 600 --socket ${agent.socket} %k %d`,
+      `create user ufloor:* * /bin/keyctl instantiate %k x %S`,
+      ...(nfsidmap ? [`create user uid:* * ${nfsidmap} -t 600 %k %d`] : []),
+      '',
+    ].join('\n'));
+    // Each request in a new session keyring: nothing is cached, every one is a real upcall.
+    const request = (desc: string) => ['keyctl', 'session', '-', 'keyctl', 'request2', 'user', desc, '', '@s'];
+    const ours: number[] = [];
+    const node: number[] = [];
+    const nfs: number[] = [];
+    const floor: number[] = [];
+    for (let i = 0; i < runs + 3; i++) {
+      const o = time(request('userns:a'));
+      const n = time(['env', '-i', process.execPath, '-e', '0']); // request-key's handlers get a minimal environment too
+      const f = time(request(`ufloor:${i}`));
+      const x = nfsidmap ? time(request('uid:root@localdomain')) : 0;
+      if (i < 3) continue; // warm caches
+      ours.push(o); node.push(n); floor.push(f); nfs.push(x);
+    }
+    await agent.stop();
+    const med = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+    return { runs, ours: med(ours), node: med(node), nfsidmap: nfsidmap ? med(nfs) : null, floor: med(floor) };
+  } finally {
+    rmSync(rule, { force: true });
+    await cleanup(tree);
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) console.log(JSON.stringify(await benchUpcall(), null, 1));
