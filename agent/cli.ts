@@ -168,10 +168,15 @@ async function mapCmd(args: string[], g: Globals, io: Io): Promise<number> {
   return EXIT.OK;
 }
 
-async function listCmd(args: string[], g: Globals, io: Io): Promise<number> {
+/** The commands that take no arguments of their own: list, status, reload. */
+function callWithoutArguments<M extends P.Method<Record<string, never>, unknown>>(args: string[], g: Globals, method: M): Promise<P.ResultOf<M>> {
   const { positionals } = parseCommand(args, {}, g);
-  if (positionals.length > 0) throw new UsageError('list takes no arguments');
-  const r = await callAgent(g.socket, P.list, {});
+  if (positionals.length > 0) throw new UsageError(`${method.name} takes no arguments`);
+  return callAgent(g.socket, method, {} as P.ParamsOf<M>);
+}
+
+async function listCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const r = await callWithoutArguments(args, g, P.list);
   if (g.json) io.out(JSON.stringify(r));
   else if (r.contexts.length === 0) io.out('no contexts you may use');
   else printTable(io, [['LABEL', 'PARENT', 'OWNER', 'PINNED', 'CREATE', 'SQUASH'], ...r.contexts.map((c) => [c.label, c.parent, c.owner.name ?? String(c.owner.uid), c.pinned ? 'yes' : 'no', c.create, c.squash])]);
@@ -186,9 +191,7 @@ function duration(s: number): string {
 }
 
 async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { positionals } = parseCommand(args, {}, g);
-  if (positionals.length > 0) throw new UsageError('status takes no arguments');
-  const r = await callAgent(g.socket, P.status, {});
+  const r = await callWithoutArguments(args, g, P.status);
   if (g.json) {
     io.out(JSON.stringify(r));
     return EXIT.OK;
@@ -224,9 +227,7 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
 }
 
 async function reloadCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { positionals } = parseCommand(args, {}, g);
-  if (positionals.length > 0) throw new UsageError('reload takes no arguments');
-  const r = await callAgent(g.socket, P.reload, {});
+  const r = await callWithoutArguments(args, g, P.reload);
   if (g.json) io.out(JSON.stringify(r));
   else {
     io.out(`reloaded: ${r.contexts} context(s)`);

@@ -3,7 +3,7 @@
 import { ID_LIMIT } from '../config/extents.ts';
 import { labelProblem } from '../config/schema.ts';
 import { HOST_LABEL } from '../config/types.ts';
-import type { Extent } from '../config/types.ts';
+import type { Extent, Owner } from '../config/types.ts';
 import { ERROR_CODES, isErrorCode, UsernsError } from './errors.ts';
 import type { ErrorCode } from './errors.ts';
 
@@ -65,7 +65,7 @@ export type Method<P, R> = {
 export type ParamsOf<M> = M extends Method<infer P, unknown> ? P : never;
 export type ResultOf<M> = M extends Method<never, infer R> ? R : never;
 
-export type Owner = { readonly uid: number; readonly gid: number; readonly name: string | null };
+export type { Owner };
 
 export type ResolveResult = {
   readonly label: string;

@@ -1,15 +1,13 @@
 // Readiness for init: sd_notify READY=1 only once the socket listens and the eager contexts exist; RELOADING and STOPPING around reload and stop.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, startAgent } from '../helpers/agent.ts';
+import { cleanup, PYTHON, startAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot } from '../helpers/kernel.ts';
 
 const LISTENER = new URL('./notify_listener.py', import.meta.url).pathname;
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
 type Note = { msg: string; socketAccepts: boolean; pinned: string[] };
 

@@ -1,15 +1,14 @@
 // Interoperability: a client in Python's standard library, written from usernsd-protocol(7), resolves a label.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
-import { cleanup, startAgent } from '../helpers/agent.ts';
+import { statSync } from 'node:fs';
+import { cleanup, PYTHON, startAgent } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot } from '../helpers/kernel.ts';
 
 const SCRIPT = new URL('./resolve_client.py', import.meta.url).pathname;
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
 describe('e2e: a Python client with no Node code (root)', function () {
   let tree: Tree;

@@ -1,7 +1,7 @@
 // The agent as a separate process on a temporary tree, and usernsctl as users run it; nothing outlives a test.
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { chmodSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { unmountAll } from './kernel.ts';
 import type { Tree } from './fixtures.ts';
@@ -124,3 +124,6 @@ export function makeCheckoutReachable(): () => void {
   }
   return () => { for (const [dir, mode] of changed.reverse()) chmodSync(dir, mode); };
 }
+
+/** Debian's python3 (the protocol's stdlib client and the notify listener are written for it). */
+export const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';

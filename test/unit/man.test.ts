@@ -85,6 +85,20 @@ describe('man pages', () => {
   it('userns.d(5) documents every context key, and no key the schema lacks', () => assertDocumented(CONTEXT_SCHEMA, 'userns.d.5'));
   it('usernsd.conf(5) documents every agent key, and no key the schema lacks', () => assertDocumented(AGENT_SCHEMA, 'usernsd.conf.5'));
 
+  it('every page has NAME, SYNOPSIS or DESCRIPTION, EXAMPLES and SEE ALSO, and its SEE ALSO names only pages that exist', () => {
+    const dir = new URL('../../man/', import.meta.url).pathname;
+    const ours = new Set(readdirSync(dir).map((f) => f.replace(/\.(\d)$/, '($1)')));
+    for (const f of readdirSync(dir)) {
+      const text = page(f);
+      for (const h of ['.SH NAME', '.SH EXAMPLES', '.SH "SEE ALSO"']) assert.ok(text.includes(`\n${h}\n`), `${f} has ${h}`);
+      const seeAlso = text.slice(text.indexOf('.SH "SEE ALSO"'));
+      for (const m of seeAlso.matchAll(/^\.BR (\S+) \((\d)\)/gm)) {
+        const name = `${m[1]!.replace(/\\-/g, '-')}(${m[2]})`;
+        if (name.startsWith('usernsd') || name.startsWith('usernsctl') || name.startsWith('userns.d')) assert.ok(ours.has(name), `${f}: SEE ALSO ${name} is not a page of ours`);
+      }
+    }
+  });
+
   it('every page passes mandoc -T lint', function () {
     if (spawnSync('mandoc', ['-V']).error) this.skip(); // needs mandoc (apt-get install mandoc; .ci/run installs it)
     const dir = new URL('../../man/', import.meta.url).pathname;
