@@ -185,8 +185,8 @@ export class Manager implements Agent {
       for (const c of this.registry.all()) if (mayUse(peer, c)) visible++;
       return { ...base, contexts: visible, full: false };
     }
-    let pinned = 0;
-    for (const c of this.registry.all()) if (this.registry.isPinned(c.label)) pinned++;
+    const contextStates = this.contextStates(); // one look at each pin, for both figures
+    const pinned = contextStates.filter((c) => c.state === 'pinned' || c.state === 'drift').length;
     return {
       ...base,
       contexts: this.registry.size,
@@ -200,7 +200,7 @@ export class Manager implements Agent {
       pins: this.registry.adoption.filter((a) => a.status !== 'ok').map((a) => ({ label: a.label, status: a.status, message: a.message })),
       counters: this.stats.counterValues(),
       latencyMs: this.stats.latency(),
-      contextStates: this.contextStates(),
+      contextStates,
       lastReload: this.lastReload,
       memoryMb: memoryMb(),
     };

@@ -33,7 +33,7 @@ const DRAIN_POLL_MS = 5;
 /** At stop, how long a client gets to take its last replies before its connection is cut. */
 const CLOSE_FLUSH_MS = 1000;
 
-export type Connection = { readonly peer: Peer; readonly serial: number; inflight: number };
+export type Connection = { readonly peer: Peer; inflight: number };
 export type RequestHandler = (conn: Connection, data: unknown) => Promise<Reply>;
 export type ServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler };
 
@@ -83,7 +83,6 @@ export class IpcServer {
   private readonly opts: ServerOptions;
   private readonly conns = new Map<Socket, Connection>();
   private readonly pending = new Set<Promise<void>>();
-  private serial = 0;
   private accepting = false;
 
   constructor(opts: ServerOptions) {
@@ -157,7 +156,7 @@ export class IpcServer {
       return;
     }
     // Also while draining: the kernel accepted it before the listener closed, so it is served.
-    const conn: Connection = { peer, serial: ++this.serial, inflight: 0 };
+    const conn: Connection = { peer, inflight: 0 };
     this.conns.set(socket, conn);
     socket.setTimeout(LIMITS.IDLE_TIMEOUT_MS, () => {
       if (conn.inflight > 0) return;

@@ -12,7 +12,8 @@ import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot } from '../helpers/kernel.ts';
 
-const ANSWER_WITHIN_MS = 1000;
+/** Bounded, not fast: CI machines are shared, and a hang or a lost answer is what this catches. */
+const ANSWER_WITHIN_MS = 5000;
 
 const frame = (data: unknown, type = 'request') => JSON.stringify({ type, data }) + '\f';
 const nested = (depth: number) => '['.repeat(depth) + ']'.repeat(depth);
@@ -78,7 +79,7 @@ describe('e2e: a storm of generated hostile input (root)', function () {
     await cleanup(tree);
   });
 
-  it('answers the good client within a second while 8 clients at a time send generated frames', async () => {
+  it('answers the good client within a bounded time while 8 clients at a time send generated frames', async () => {
     const rssBefore = rssMb(agent.child.pid!);
     await fc.assert(fc.asyncProperty(fc.array(fc.array(hostileFrame, { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 8 }), async (perClient) => {
       const socks = await Promise.all(perClient.map(() => open(agent.socket)));
