@@ -63,6 +63,12 @@ See usernsctl(1), usernsd(8), usernsd-protocol(7), userns.d(5).`;
 
 export type Io = { out: (s: string) => void; err: (s: string) => void };
 const stdio: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
+// `usernsctl status | head`: a reader that goes away ends us quietly, as SIGPIPE ends C tools
+// (Node ignores SIGPIPE, so the write fails with EPIPE instead); 141 is the shell's 128 + SIGPIPE.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(141);
+  throw err;
+});
 
 class UsageError extends Error {}
 

@@ -61,3 +61,12 @@ describe('usernsctl check-config', () => {
     assert.match(usernsctl(['--version']).out, /^usernsctl \d+\.\d+\.\d+\n$/);
   });
 });
+
+describe('usernsctl in a pipeline', () => {
+  it('ends quietly when its reader is gone (usernsctl --help | true)', () => {
+    // `true` exits long before Node has started, so the write meets a closed pipe (EPIPE).
+    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${BIN}" --help | true; echo "\${PIPESTATUS[0]}"`], { encoding: 'utf8', timeout: 15000 });
+    assert.equal(r.stderr, '', 'no EPIPE stack trace');
+    assert.equal(r.stdout, '141\n', 'the status a C tool killed by SIGPIPE has');
+  });
+});
