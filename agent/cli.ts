@@ -263,6 +263,12 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(own, {}, g);
   const label = oneLabel(positionals, 'enter');
   const r = await callAgent(g.socket, P.resolve, { label });
+  // The kernel lets only the namespace's owner (its creator) or root setns into it: say so plainly
+  // instead of nsenter's "Operation not permitted". [access] gives resolve and map, not entry.
+  const me = process.geteuid!();
+  if (me !== 0 && me !== r.owner.uid) {
+    throw new UsernsError('E_PERMISSION', `only root and the owner of "${label}" (${r.owner.name ?? r.owner.uid}) can enter it; [access] users may resolve and map it`);
+  }
   const argv = [`--user=${r.path}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--', ...(cmd.length > 0 ? cmd : [process.env.SHELL || '/bin/sh'])];
   return new Promise((resolve) => {
     const child = spawn('nsenter', argv, { stdio: 'inherit' });

@@ -187,6 +187,9 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
       }
       const status = await ctl(['enter', 'own', '--', 'sh', '-c', 'exit 7'], as);
       assert.equal(status.code, 7, 'enter passes on the exit status of the command');
+      const notOwner = await ctl(['enter', 'byuser', '--', 'true'], as);
+      assert.equal(notOwner.code, 1);
+      assert.match(notOwner.err, /^usernsctl: E_PERMISSION: only root and the owner of "byuser" \(root\) can enter it; \[access\] users may resolve and map it/);
     } finally {
       await cleanup(undefined);
       restoreModes();
