@@ -23,8 +23,10 @@ export function unmountAll(dir: string): void {
 }
 
 /** A throwaway system user with a group of the same name; remove() deletes both. */
+let users = 0;
 export function makeUser(prefix = 'unsdt'): { name: string; uid: number; gid: number; remove(): void } {
-  const name = `${prefix}${process.pid % 100000}${Math.floor(Math.random() * 1000)}`;
+  // pid + a counter: two users of one test run never share a name (a random suffix could).
+  const name = `${prefix}${process.pid % 100000}x${++users}`;
   execFileSync('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/bin/sh', name]);
   const uid = Number(execFileSync('id', ['-u', name], { encoding: 'utf8' }).trim());
   const gid = Number(execFileSync('id', ['-g', name], { encoding: 'utf8' }).trim());
