@@ -345,13 +345,7 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
     throw new UsageError('label takes "set PATH LABEL", "get PATH" or "clear PATH"');
   }
   const name = await labelXattrName(values.xattr, values.config);
-  const { getXattr, removeXattr, setXattr, SysError } = await import('./sys.ts');
-  const explain = (err: unknown): never => {
-    if (!(err instanceof SysError)) throw err;
-    const hint = err.code === 'EPERM' && name.startsWith('trusted.') ? ': trusted.* attributes need root (CAP_SYS_ADMIN)'
-      : err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP' ? ': this filesystem does not support that extended attribute' : '';
-    throw new UsernsError(err.code === 'ENOENT' ? 'E_NOT_FOUND' : err.code === 'EPERM' || err.code === 'EACCES' ? 'E_PERMISSION' : 'E_KERNEL', `${path}: ${err.code}${hint}`);
-  };
+  const { getXattr, removeXattr, setXattr } = await import('./sys.ts');
   try {
     if (verb === 'set') {
       const problem = labelProblem(label!);
@@ -373,8 +367,13 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
       else io.out(removed ? `${path}: label removed` : `${path}: had no label`);
     }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !(err instanceof UsernsError)) throw new UsernsError('E_NOT_FOUND', `${path}: no such file or directory`);
-    explain(err);
+    // lstat's ErrnoException and the xattr calls' SysError both carry the errno name in `code`.
+    const code = err instanceof UsernsError ? undefined : (err as { code?: string }).code;
+    if (code === undefined) throw err;
+    if (code === 'ENOENT') throw new UsernsError('E_NOT_FOUND', `${path}: no such file or directory`);
+    const hint = code === 'EPERM' && name.startsWith('trusted.') ? ': trusted.* attributes need root (CAP_SYS_ADMIN)'
+      : code === 'ENOTSUP' || code === 'EOPNOTSUPP' ? ': this filesystem does not support that extended attribute' : '';
+    throw new UsernsError(code === 'EPERM' || code === 'EACCES' ? 'E_PERMISSION' : 'E_KERNEL', `${path}: ${code}${hint}`);
   }
   return EXIT.OK;
 }

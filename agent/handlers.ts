@@ -37,13 +37,8 @@ function handle<M extends Method<never, unknown>>(method: M, fn: Handler<M>): vo
  * or not: callers learn nothing about contexts they may not see.
  */
 function usable(agent: Agent, peer: Peer, label: string): Context {
+  if (isRoot(peer)) return agent.registry.context(label);
   const ctx = agent.registry.get(label);
-  if (isRoot(peer)) {
-    if (ctx) return ctx;
-    const why = agent.registry.errorOf(label);
-    if (why) throw new UsernsError('E_CONFIG', `context "${label}" is not loaded because its file has an error: ${why}`);
-    throw new UsernsError('E_NOT_FOUND', `no context "${label}" is configured (usernsctl list shows them)`);
-  }
   if (ctx && mayUse(peer, ctx)) return ctx;
   throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not use context "${label}" (or there is none): ask root to add you to its [access] section`);
 }

@@ -66,7 +66,7 @@ export class Registry {
   }
 
   /** The configuration problem of a label's file, when its context is missing because of one. */
-  errorOf(label: string): string | null {
+  private errorOf(label: string): string | null {
     const file = join(this.config.agent.contexts, `${label}.conf`);
     const e = this.config.errors.find((x) => x.file === file);
     return e ? formatConfigError(e) : null;
@@ -88,13 +88,17 @@ export class Registry {
   }
 
   /** The context's namespace, its ancestors created first; concurrent calls share one creation each. */
-  async resolve(label: string, by: Peer | null = null): Promise<Resolved> {
+  /** The context, or why there is none: its file has an error (E_CONFIG), or it is not configured. */
+  context(label: string): Context {
     const ctx = this.contexts.get(label);
-    if (!ctx) {
-      const why = this.errorOf(label);
-      if (why) throw new UsernsError('E_CONFIG', `context "${label}" is not loaded because its file has an error: ${why}`);
-      throw new UsernsError('E_NOT_FOUND', `no context "${label}" is configured (files in ${this.config.agent.contexts}; usernsctl list shows them)`);
-    }
+    if (ctx) return ctx;
+    const why = this.errorOf(label);
+    if (why) throw new UsernsError('E_CONFIG', `context "${label}" is not loaded because its file has an error: ${why}`);
+    throw new UsernsError('E_NOT_FOUND', `no context "${label}" is configured (files in ${this.config.agent.contexts}; usernsctl list shows them)`);
+  }
+
+  async resolve(label: string, by: Peer | null = null): Promise<Resolved> {
+    const ctx = this.context(label);
     const parent = ctx.parent === HOST_LABEL ? null : await this.resolve(ctx.parent, by);
     const started = performance.now();
     const pin = await this.namespaces.ensure(ctx, parent && { pin: parent.pin.path, host: this.hostMaps.get(ctx.parent)! });
@@ -107,9 +111,8 @@ export class Registry {
     if (label === HOST_LABEL) return HOST_VIEW;
     let v = this.views.get(label);
     if (!v) {
-      const ctx = this.contexts.get(label);
-      const host = this.hostMaps.get(label);
-      if (!ctx || !host) throw new UsernsError('E_NOT_FOUND', `no context "${label}" is configured`);
+      const ctx = this.context(label);
+      const host = this.hostMaps.get(label)!;
       v = makeView(label, ctx.squash, host.uid, host.gid);
       this.views.set(label, v);
     }
