@@ -9,7 +9,7 @@ import { isRoot } from '../helpers/kernel.ts';
 
 const LISTENER = new URL('./notify_listener.py', import.meta.url).pathname;
 
-type Note = { msg: string; socketAccepts: boolean; pinned: string[] };
+type Note = { msg: string; socketAccepts: true | string; pinned: string[] };
 
 describe('e2e: readiness notification (root)', function () {
   let tree: Tree;
@@ -26,6 +26,13 @@ describe('e2e: readiness notification (root)', function () {
     const notes: Note[] = [];
     let listening!: () => void;
     const ready = new Promise<void>((r) => { listening = r; });
+    // The listener looks at the agent when a note arrives; the test waits for that look before it
+    // moves the agent on, or a slow listener would see the next state (a stopped socket) instead.
+    let noted = () => {};
+    const notesSeen = (n: number) => new Promise<void>((r) => {
+      noted = () => { if (notes.length >= n) r(); };
+      noted();
+    });
     let buf = '';
     listener.stdout!.setEncoding('utf8');
     listener.stdout!.on('data', (d: string) => {
@@ -34,15 +41,17 @@ describe('e2e: readiness notification (root)', function () {
         const line = JSON.parse(buf.slice(0, at)) as Note & { listening?: boolean };
         buf = buf.slice(at + 1);
         if (line.listening) listening();
-        else notes.push(line);
+        else { notes.push(line); noted(); }
       }
     });
     const done = new Promise((r) => listener.on('exit', r));
     try {
       await ready;
       const agent = await startAgent(tree, ['--log-level', 'info'], { env: { NOTIFY_SOCKET: notifySocket } });
+      await notesSeen(1);
       agent.child.kill('SIGHUP');
       await agent.waitForLog((l) => l.msg === 'Reloaded configuration');
+      await notesSeen(3);
       assert.equal(await agent.stop(), 0);
       await done;
     } finally {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A stand-in for systemd's notification socket: receives sd_notify datagrams and, the moment each
-arrives, records what is true of the agent then (does its socket accept connections? which pins
+arrives, records what is true of the agent then (does its socket accept connections — true, or why not? which pins
 are mounted?). One JSON line per datagram on stdout; exits after STOPPING=1 or 30 s.
 
 Usage: notify_listener.py NOTIFY_SOCKET AGENT_SOCKET PINS_DIR
@@ -22,8 +22,8 @@ def accepts(path):
     try:
         s.connect(path)
         return True
-    except OSError:
-        return False
+    except OSError as e:
+        return e.strerror or str(e)  # why not, for the test's failure message
     finally:
         s.close()
 
