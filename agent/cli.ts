@@ -7,8 +7,8 @@ import type { ParseArgsConfig } from 'node:util';
 import { formatExtents } from '../config/extents.ts';
 import { formatConfigError } from '../config/ini.ts';
 import { labelProblem } from '../config/schema.ts';
-import { callAgent, DEFAULT_SOCKET, TransportError } from './client.ts';
-import { UsernsError } from './errors.ts';
+import { callAgent } from './client.ts';
+import { TransportError, UsernsError } from './errors.ts';
 import * as P from './protocol.ts';
 import type { Owner } from './protocol.ts';
 import { VERSION } from './version.ts';
@@ -52,7 +52,7 @@ Commands (no agent needed):
 
 Options:
   -s, --socket PATH  the agent's socket (default: $USERNSD_SOCKET, else
-                     ${DEFAULT_SOCKET})
+                     ${P.DEFAULT_SOCKET})
       --json         print the agent's answer as JSON (stable; see usernsd-protocol(7))
   -h, --help         show this help
   -V, --version      show the version
@@ -412,7 +412,7 @@ export async function runCli(argv: string[], io: Io = stdio): Promise<number> {
       io.out(`usernsctl ${VERSION}`);
       return EXIT.OK;
     }
-    const g: Globals = { socket: values.socket ?? (process.env.USERNSD_SOCKET || DEFAULT_SOCKET), json: values.json ?? false };
+    const g: Globals = { socket: values.socket ?? (process.env.USERNSD_SOCKET || P.DEFAULT_SOCKET), json: values.json ?? false };
     if (command === null) throw new UsageError('a command is required');
     if (command === 'check-config') return await checkConfig(rest, io);
     const run = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;

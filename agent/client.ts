@@ -1,23 +1,9 @@
 // The client side of the protocol over a plain UNIX socket (no node-ipc here): typed calls, two error kinds.
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
-import { UsernsError } from './errors.ts';
+import { TransportError, UsernsError } from './errors.ts';
 import { checkReply, encodeFrame, FrameReader, LIMITS, REPLY_TYPE, REQUEST_TYPE } from './protocol.ts';
 import type { Method, ParamsOf, RequestId, ResultOf } from './protocol.ts';
-
-export const DEFAULT_SOCKET = '/run/usernsd/usernsd.sock';
-
-/** The agent could not be reached, or the connection broke: nothing was answered. */
-export class TransportError extends Error {
-  readonly code: string;
-  readonly socket: string;
-  constructor(socket: string, code: string, message: string) {
-    super(message);
-    this.name = 'TransportError';
-    this.code = code;
-    this.socket = socket;
-  }
-}
 
 type Waiter = { resolve(v: unknown): void; reject(e: Error): void; timer: NodeJS.Timeout };
 

@@ -1,4 +1,5 @@
-// The one error class: a stable code from a closed set, a message for the admin, the cause kept.
+// The agent's one error class — a stable code from a closed set, a message for the admin, the cause
+// kept — and the client's: the agent was not reached, so nothing was answered.
 
 export const ERROR_CODES = [
   'E_NOT_FOUND', // no such context, pin or label
@@ -22,4 +23,16 @@ export class UsernsError extends Error {
 
 export function isErrorCode(v: unknown): v is ErrorCode {
   return typeof v === 'string' && (ERROR_CODES as readonly string[]).includes(v);
+}
+
+/** The agent could not be reached, or the connection broke: nothing was answered. */
+export class TransportError extends Error {
+  readonly code: string;
+  readonly socket: string;
+  constructor(socket: string, code: string, message: string) {
+    super(message);
+    this.name = 'TransportError';
+    this.code = code;
+    this.socket = socket;
+  }
 }

@@ -1,9 +1,9 @@
 // The kernel's key service (keyctl(2)) through koffi: what a request-key handler and `usernsctl keys` need.
-import { readFileSync } from 'node:fs';
-import koffi from 'koffi';
-import { SysError } from './sys.ts';
+import { koffi, libc, SysError } from './ffi.ts';
 
-const libc = koffi.load('libc.so.6');
+// Not `import from 'node:fs'`: its namespace costs the upcall ~2 ms (see upcall.ts).
+const { readFileSync } = process.getBuiltinModule('node:fs');
+
 const syscall = libc.func('long syscall(long nr, ...)');
 // x86-64 and aarch64 numbers of keyctl(2); the request-key handler runs on the machine it was built for.
 const SYS_KEYCTL = process.arch === 'arm64' ? 219 : 250;

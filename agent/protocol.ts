@@ -11,6 +11,8 @@ export const PROTOCOL_VERSION = 1;
 
 /** Frames are UTF-8 JSON objects, each followed by a form feed (JSON escapes every U+000C inside). */
 export const FRAME_DELIMITER = '\f';
+/** Where the agent listens unless usernsd.conf's socket, --socket or $USERNSD_SOCKET say otherwise. */
+export const DEFAULT_SOCKET = '/run/usernsd/usernsd.sock';
 export const REQUEST_TYPE = 'request';
 export const REPLY_TYPE = 'reply';
 

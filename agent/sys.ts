@@ -1,8 +1,8 @@
 // The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify. Failures throw SysError.
-import { constants, endianness } from 'node:os';
-import koffi from 'koffi';
+import { constants } from 'node:os';
+import { koffi, libc, SysError } from './ffi.ts';
+import { sendDatagram } from './unixsock.ts';
 
-const libc = koffi.load('libc.so.6');
 const mountFn = libc.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data)');
 const umount2Fn = libc.func('int umount2(const char *target, int flags)');
 const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' });
@@ -13,8 +13,6 @@ const lsetxattrFn = libc.func('int lsetxattr(const char *path, const char *name,
 const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char *name)');
 const fstatatFn = libc.func('int fstatat(int dirfd, const char *path, _Out_ uint8_t *buf, int flags)');
 const openFn = libc.func('int open(const char *path, int flags, int mode)');
-const socketFn = libc.func('int socket(int domain, int type, int protocol)');
-const sendtoFn = libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)');
 const closeFn = libc.func('int close(int fd)');
 const getsockoptBufFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]);
 
@@ -24,26 +22,6 @@ const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 const SO_PEERGROUPS = 59;
 const FIONREAD = 0x541b;
-const AF_UNIX = 1;
-const SOCK_DGRAM = 2;
-const SOCK_CLOEXEC = 0o2000000;
-
-const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
-
-/** A failed system call: the errno's name (EPERM, ENOSPC…) is what callers branch on. */
-export class SysError extends Error {
-  readonly errno: number;
-  readonly code: string;
-  readonly syscall: string;
-  constructor(syscall: string, errno: number, what: string) {
-    const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
-    super(`${syscall}(${what}): ${code}`);
-    this.name = 'SysError';
-    this.errno = errno;
-    this.code = code;
-    this.syscall = syscall;
-  }
-}
 
 export function bindMount(source: string, target: string): void {
   if (mountFn(source, target, null, MS_BIND, null) !== 0) throw new SysError('mount', koffi.errno(), `${source} -> ${target}, MS_BIND`);
@@ -95,25 +73,11 @@ export function unreadBytes(fd: number): number {
 
 /**
  * sd_notify(3): one datagram to $NOTIFY_SOCKET (a path, or "@name" in the abstract namespace).
- * Node has no datagram UNIX sockets, hence koffi. Returns false when no supervisor asked for it.
+ * Node has no datagram UNIX sockets: unixsock.ts. Returns false when no supervisor asked for it.
  */
 export function sdNotify(state: string, socketPath: string | undefined = process.env.NOTIFY_SOCKET): boolean {
   if (!socketPath || (socketPath[0] !== '/' && socketPath[0] !== '@')) return false;
-  const path = Buffer.from(socketPath);
-  if (path[0] === 0x40) path[0] = 0; // abstract namespace
-  if (path.length > 107) throw new SysError('sendto', constants.errno.ENAMETOOLONG, socketPath);
-  const addr = Buffer.alloc(2 + path.length);
-  if (endianness() === 'LE') addr.writeUInt16LE(AF_UNIX, 0); // sa_family_t, in host order
-  else addr.writeUInt16BE(AF_UNIX, 0);
-  path.copy(addr, 2);
-  const fd = socketFn(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw new SysError('socket', koffi.errno(), 'AF_UNIX, SOCK_DGRAM');
-  try {
-    const msg = Buffer.from(state);
-    if (sendtoFn(fd, msg, msg.length, 0, addr, addr.length) < 0) throw new SysError('sendto', koffi.errno(), socketPath);
-  } finally {
-    closeFn(fd);
-  }
+  sendDatagram(socketPath, Buffer.from(state));
   return true;
 }
 

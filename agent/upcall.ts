@@ -1,14 +1,18 @@
 // The request-key handler (SPEC §7): a `user` key "userns:LABEL" is answered by the agent's resolve, asked with the requester's identity.
-import { parseArgs } from 'node:util';
-import { closeSync, constants as fsc, openSync, writeSync } from 'node:fs';
-import { constants } from 'node:os';
 import { formatExtents } from '../config/extents.ts';
 import { labelProblem } from '../config/schema.ts';
-import { callAgent, DEFAULT_SOCKET, TransportError } from './client.ts';
-import { UsernsError } from './errors.ts';
+import { TransportError, UsernsError } from './errors.ts';
 import { describeKey, EKEYREJECTED, instantiateKey, rejectKey, setKeyTimeout } from './keys.ts';
+import { callAgentOnce } from './oneshot.ts';
 import * as P from './protocol.ts';
 import type { ResolveResult } from './protocol.ts';
+
+// Built-ins through process.getBuiltinModule on the upcall's path: an ESM `import from 'node:fs'`
+// or 'node:util' builds the module's whole namespace (fs.promises, streams, worker_threads…),
+// ~2 ms each of a handler that request-key starts once per key.
+const { parseArgs } = process.getBuiltinModule('node:util');
+const { closeSync, constants: fsc, openSync, writeSync } = process.getBuiltinModule('node:fs');
+const { constants } = process.getBuiltinModule('node:os');
 
 export const KEY_PREFIX = 'userns:';
 /** Like nfsidmap's -t default. */
@@ -93,7 +97,7 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
     }
     let r: ResolveResult;
     try {
-      r = await callAgent(opts.socket, P.resolve, { label });
+      r = callAgentOnce(opts.socket, P.resolve, { label });
     } catch (err) {
       if (err instanceof TransportError) return fail(constants.errno.ECONNREFUSED, `${err.message} (is usernsd running?)`);
       if (err instanceof UsernsError) return fail(EKEYREJECTED, `uid ${owner.uid}: ${err.code}: ${err.message}`);
@@ -115,7 +119,7 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
  * in cli.ts: request-key starts a process per key, and bin/usernsctl.js comes straight here so an
  * upcall loads only what it uses (usernsctl's other commands cost it ~8 ms of module loading).
  */
-export async function upcallMain(argv: string[], socket: string = process.env.USERNSD_SOCKET || DEFAULT_SOCKET): Promise<number> {
+export async function upcallMain(argv: string[], socket: string = process.env.USERNSD_SOCKET || P.DEFAULT_SOCKET): Promise<number> {
   let values;
   let positionals;
   try {

@@ -10,7 +10,8 @@ import type { Context, IdMap } from '../config/types.ts';
 import { UsernsError } from './errors.ts';
 import { fromHost, makeView } from './idmap.ts';
 import { writeFileAtomic } from './state.ts';
-import { bindMount, closeFd, detach, openDirPath, statAt, SysError } from './sys.ts';
+import { SysError } from './ffi.ts';
+import { bindMount, closeFd, detach, openDirPath, statAt } from './sys.ts';
 
 export type Pin = {
   readonly label: string;
