@@ -214,6 +214,7 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`connections: ${r.connections}`);
   if (r.memoryMb) io.out(`memory:      ${r.memoryMb.rss} MiB resident, ${r.memoryMb.heapUsed} MiB heap in use`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);
+  if (r.upcall) io.out(`upcall:      ${r.upcall.state}: ${r.upcall.message}`);
   io.out(`counters:    ${Object.entries(r.counters ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`);
   const states = r.contextStates ?? [];
   if (states.length > 0) {

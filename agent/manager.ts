@@ -9,13 +9,15 @@ import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest } from './handlers.ts';
 import type { Agent } from './handlers.ts';
-import { PROTOCOL_VERSION } from './protocol.ts';
+import { DEFAULT_SOCKET, PROTOCOL_VERSION } from './protocol.ts';
 import type { ContextState, ReloadResult, StatusResult } from './protocol.ts';
 import { Registry } from './registry.ts';
 import { Stats } from './stats.ts';
 import { IpcServer } from './server.ts';
 import { sdNotify } from './sys.ts';
 import { VERSION } from './version.ts';
+import { checkUpcallWiring } from './wiring.ts';
+import type { UpcallWiring } from './wiring.ts';
 
 export type ManagerOptions = {
   /** null: /etc/usernsd.conf if it exists, else the defaults. */
@@ -50,6 +52,7 @@ export class Manager implements Agent {
   private reloading: Promise<unknown> = Promise.resolve();
   private lastReload: string | null = null;
   private stopping: Promise<void> | null = null;
+  private upcall: UpcallWiring | null = null;
   private readonly notifyFn: (state: string) => void;
 
   private constructor(opts: ManagerOptions, config: Configuration) {
@@ -77,6 +80,7 @@ export class Manager implements Agent {
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config);
+    const wiring = m.checkUpcall(); // a few ms in request-key, alongside adoption and creation
     for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     const started = performance.now();
     for (const a of await m.registry.adopt()) {
@@ -84,6 +88,7 @@ export class Manager implements Agent {
     }
     m.log.info({ contexts: config.contexts.size, pins: m.registry.adoption.length, mountNamespace: m.registry.namespaces.mountNs ?? 'own', ms: +(performance.now() - started).toFixed(1) }, 'Adopted existing pins');
     await m.createEager();
+    await wiring;
     await m.server.listen();
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
     // Only now: the socket listens and every eager context exists (or its failure is logged).
@@ -109,6 +114,24 @@ export class Manager implements Agent {
       }
     };
     await Promise.all(Array.from({ length: EAGER_CONCURRENCY }, worker));
+  }
+
+  /**
+   * Where request-key sends "userns:LABEL" keys, at start and at each reload: said once in the log
+   * when it changes (a warning unless it reaches this agent), and shown by status.
+   */
+  private async checkUpcall(): Promise<void> {
+    let w: UpcallWiring;
+    try {
+      w = await checkUpcallWiring(this.registry.agent.socket, DEFAULT_SOCKET);
+    } catch (err) {
+      w = { state: 'unknown', rule: null, handler: null, message: `cannot ask request-key: ${(err as Error).message}` };
+    }
+    const changed = this.upcall === null || this.upcall.message !== w.message;
+    this.upcall = w;
+    if (!changed) return;
+    if (w.state === 'ok') this.log.info({ rule: w.rule }, `Upcall: ${w.message}`);
+    else this.log.warn({ upcall: w.state, rule: w.rule }, `Upcall: ${w.message}`);
   }
 
   /** Tell the supervisor; a broken notify socket is logged, never fatal. */
@@ -173,6 +196,7 @@ export class Manager implements Agent {
     }
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
+    await this.checkUpcall(); // an admin who wired the upcall reloads to see it taken
     this.log.level = this.opts.logLevel ?? config.agent.logLevel;
     this.log.info({ source, contexts: this.registry.size, ...diff, errors: errors.length, ms: +(performance.now() - started).toFixed(1) }, 'Reloaded configuration');
     return { contexts: this.registry.size, ...diff, errors };
@@ -203,6 +227,7 @@ export class Manager implements Agent {
       contextStates,
       lastReload: this.lastReload,
       memoryMb: memoryMb(),
+      upcall: this.upcall ?? undefined,
     };
   }
 

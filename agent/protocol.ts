@@ -123,6 +123,8 @@ export type StatusResult = {
   readonly lastReload?: string | null;
   /** Resident set and V8 heap in use, MiB. */
   readonly memoryMb?: { readonly rss: number; readonly heapUsed: number };
+  /** Where request-key sends "user" keys "userns:LABEL", as checked at start and at the last reload. */
+  readonly upcall?: { readonly state: string; readonly rule: string | null; readonly handler: string[] | null; readonly message: string };
 };
 export type ReloadResult = {
   readonly contexts: number;

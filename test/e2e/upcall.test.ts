@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type * as P from '../../agent/protocol.ts';
 import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
@@ -52,6 +52,18 @@ describe('e2e: the request-key upcall (root, keyutils)', function () {
     const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
     return st.counters?.['requests.resolve'] ?? 0;
   };
+
+  it('status says where request-key sends userns:LABEL keys, checked at start and at each reload', async () => {
+    // At start the test's rule did not exist yet: whatever the machine had, the agent said it in its log.
+    assert.ok(agent.logs.some((l) => /^Upcall: /.test(l.msg)), 'the start-up check is logged');
+    const r = await usernsctl(['--socket', agent.socket, 'reload']);
+    assert.equal(r.code, 0, r.err);
+    const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+    assert.equal(st.upcall?.state, 'ok', st.upcall?.message);
+    assert.equal(st.upcall?.rule, `${basename(rule)}:1`);
+    assert.deepEqual(st.upcall?.handler?.slice(0, 3), [process.execPath, USERNSCTL, 'upcall']);
+    assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^upcall: {6}ok: request-key sends "user" keys "userns:LABEL" to /m);
+  });
 
   it('instantiates userns:LABEL with the pin and maps, with a real expiry, and serves a second request from the keyring', async () => {
     const before = await resolves();

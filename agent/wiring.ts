@@ -1,0 +1,86 @@
+// Is the kernel upcall wired to us? Asked of request-key(8) itself, in its debug mode, which reads
+// the rules the way it does for a real key and says which program it would run, without running it.
+// nfsidmap's users find an unwired upcall only as files owned by 4294967295; we say it at start and in status.
+import { execFile } from 'node:child_process';
+import { accessSync, constants as fsc, existsSync } from 'node:fs';
+import { basename } from 'node:path';
+
+/** The program the kernel runs for every key it cannot find (compiled into the kernel). */
+export const REQUEST_KEY = '/sbin/request-key';
+/** The label in the probe's key description: a rule for `userns:*` matches it as it matches any label. */
+const PROBE = 'userns:wiring-check';
+
+export type UpcallState =
+  | 'ok' // `usernsctl upcall` asking this agent's socket
+  | 'other-socket' // `usernsctl upcall` asking another socket
+  | 'elsewhere' // another program
+  | 'broken' // the rule's program does not exist or is not executable
+  | 'missing' // no rule for user keys userns:LABEL
+  | 'no-request-key' // keyutils not installed
+  | 'no-keys' // a kernel without the key service
+  | 'unknown'; // request-key answered something this check does not understand
+export type UpcallWiring = {
+  readonly state: UpcallState;
+  /** The rule's file and line, as request-key names them ("usernsd.conf:6"), when one matched. */
+  readonly rule: string | null;
+  /** The program and its arguments as request-key would run them (%k %d filled with a probe key). */
+  readonly handler: string[] | null;
+  /** One sentence for the admin: what is wrong and what to do, or what is right. */
+  readonly message: string;
+};
+
+type Options = {
+  /** Read request-key.d/ and request-key.conf from this directory instead of /etc (request-key -l): tests. */
+  readonly configDir?: string;
+  readonly requestKey?: string;
+  readonly timeoutMs?: number;
+};
+
+/** Ask request-key which program a key `user` `userns:LABEL` would go to, and whether that reaches `socket`. */
+export async function checkUpcallWiring(socket: string, defaultSocket: string, opts: Options = {}): Promise<UpcallWiring> {
+  const requestKey = opts.requestKey ?? REQUEST_KEY;
+  if (!existsSync('/proc/keys')) return result('no-keys', null, null, 'this kernel has no key service (CONFIG_KEYS): the request-key upcall cannot work; usernsctl resolve still does');
+  if (!existsSync(requestKey)) return result('no-request-key', null, null, `${requestKey} is not installed: the kernel cannot call any upcall handler (apt-get install keyutils)`);
+  // -d: debug, touch no key and run nothing; -n: not to syslog; -v: say which line and program; -D: the key's description.
+  const args = [...(opts.configDir ? ['-l'] : []), '-d', '-n', '-v', '-D', `user;0;0;3f010000;${PROBE}`, 'create', '1', '0', '0', '0', '0', '0', '-'];
+  const { code, out } = await new Promise<{ code: number | string; out: string }>((resolve) => {
+    execFile(requestKey, args, { cwd: opts.configDir, timeout: opts.timeoutMs ?? 5000, encoding: 'utf8', env: {} }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as NodeJS.ErrnoException).code ?? 1) : 0, out: `${stdout}${stderr}` });
+    });
+  });
+  const ruleMatch = /^(\S+:\d+): Line matches/m.exec(out);
+  const rule = ruleMatch ? ruleMatch[1]! : null;
+  if (/No matching action/.test(out)) {
+    return result('missing', null, null, `no request-key rule sends "user" keys "userns:LABEL" to a handler, so every upcall fails: install etc/request-key.d/usernsd.conf as /etc/request-key.d/usernsd.conf (make install does)`);
+  }
+  const program = /^Run (\S+)/m.exec(out)?.[1];
+  if (code !== 0 || !program) return result('unknown', rule, null, `${requestKey} -d did not say which program it would run (exit ${code}): ${out.trim().split('\n').pop() ?? ''}`);
+  const handler = [program, ...[...out.matchAll(/^- argv\[(\d+)\] = "(.*)"$/gm)].slice(1).map((m) => m[2]!)];
+  const where = rule ? ` (${rule})` : '';
+  try {
+    accessSync(program, fsc.X_OK);
+  } catch (err) {
+    return result('broken', rule, handler, `the request-key rule${where} runs ${program}, which is ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not there' : 'not executable'}: fix the rule's path`);
+  }
+  const upcallAt = handler.indexOf('upcall');
+  const isUsernsctl = upcallAt > 0 && handler.slice(0, upcallAt).some((a) => /^usernsctl(\.js)?$/.test(basename(a)));
+  if (!isUsernsctl) return result('elsewhere', rule, handler, `"user" keys "userns:LABEL" go to ${handler.join(' ')}${where}, not to usernsctl upcall`);
+  const asks = socketOption(handler.slice(upcallAt + 1)) ?? defaultSocket;
+  if (asks !== socket) return result('other-socket', rule, handler, `the request-key handler${where} asks the agent at ${asks}, but this agent listens on ${socket}: add --socket ${socket} to the rule`);
+  return result('ok', rule, handler, `request-key sends "user" keys "userns:LABEL" to ${handler.join(' ')}${where}`);
+}
+
+function result(state: UpcallState, rule: string | null, handler: string[] | null, message: string): UpcallWiring {
+  return { state, rule, handler, message };
+}
+
+/** --socket PATH, --socket=PATH or -s PATH among `usernsctl upcall`'s arguments (request-key does not honour quotes). */
+function socketOption(args: string[]): string | null {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if ((a === '--socket' || a === '-s') && i + 1 < args.length) return args[i + 1]!;
+    if (a.startsWith('--socket=')) return a.slice('--socket='.length);
+    if (a === '--') break;
+  }
+  return null;
+}
