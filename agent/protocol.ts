@@ -2,7 +2,7 @@
 // usernsd-protocol(7) documents it for helpers written in other languages.
 import { ID_LIMIT } from '../config/extents.ts';
 import { labelProblem } from '../config/schema.ts';
-import { HOST_LABEL } from '../config/types.ts';
+import { DEFAULT_SOCKET, HOST_LABEL } from '../config/types.ts';
 import type { Extent, Owner } from '../config/types.ts';
 import { ERROR_CODES, isErrorCode, UsernsError } from './errors.ts';
 import type { ErrorCode } from './errors.ts';
@@ -11,8 +11,6 @@ export const PROTOCOL_VERSION = 1;
 
 /** Frames are UTF-8 JSON objects, each followed by a form feed (JSON escapes every U+000C inside). */
 export const FRAME_DELIMITER = '\f';
-/** Where the agent listens unless usernsd.conf's socket, --socket or $USERNSD_SOCKET say otherwise. */
-export const DEFAULT_SOCKET = '/run/usernsd/usernsd.sock';
 export const REQUEST_TYPE = 'request';
 export const REPLY_TYPE = 'reply';
 
@@ -273,4 +271,4 @@ export class FrameReader {
   }
 }
 
-export { ERROR_CODES };
+export { DEFAULT_SOCKET, ERROR_CODES };

@@ -6,13 +6,13 @@ import { configError, parseIni, readConfigText } from './ini.ts';
 import type { IniDoc } from './ini.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
 import type { Schema } from './schema.ts';
-import { HOST_LABEL } from './types.ts';
+import { DEFAULT_SOCKET, HOST_LABEL } from './types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss, Owner } from './types.ts';
 
 export const DEFAULT_CONFIG_FILE = '/etc/usernsd.conf';
 
 export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
-  socket: '/run/usernsd/usernsd.sock',
+  socket: DEFAULT_SOCKET,
   contexts: '/etc/userns.d',
   pins: '/run/userns',
   state: '/var/lib/usernsd',

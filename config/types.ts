@@ -9,6 +9,9 @@ export type SquashMode = (typeof SQUASH_MODES)[number];
 
 export const HOST_LABEL = 'host';
 
+/** Where the agent listens, and its clients ask, unless usernsd.conf's socket (or --socket, $USERNSD_SOCKET) says otherwise. */
+export const DEFAULT_SOCKET = '/run/usernsd/usernsd.sock';
+
 export type Squash = { readonly mode: SquashMode; readonly anonuid: number; readonly anongid: number };
 
 export type Owner = { readonly uid: number; readonly gid: number; readonly name: string | null };
