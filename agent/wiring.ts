@@ -7,8 +7,9 @@ import { basename } from 'node:path';
 
 /** The program the kernel runs for every key it cannot find (compiled into the kernel). */
 export const REQUEST_KEY = '/sbin/request-key';
-/** The label in the probe's key description: a rule for `userns:*` matches it as it matches any label. */
+/** The probe key's description (a rule for `userns:*` matches it as it matches any label) and serial (request-key -d touches no key). */
 const PROBE = 'userns:wiring-check';
+const PROBE_KEY = '999999999';
 
 export type UpcallState =
   | 'ok' // `usernsctl upcall` asking this agent's socket
@@ -42,7 +43,7 @@ export async function checkUpcallWiring(socket: string, defaultSocket: string, o
   if (!existsSync('/proc/keys')) return result('no-keys', null, null, 'this kernel has no key service (CONFIG_KEYS): the request-key upcall cannot work; usernsctl resolve still does');
   if (!existsSync(requestKey)) return result('no-request-key', null, null, `${requestKey} is not installed: the kernel cannot call any upcall handler (apt-get install keyutils)`);
   // -d: debug, touch no key and run nothing; -n: not to syslog; -v: say which line and program; -D: the key's description.
-  const args = [...(opts.configDir ? ['-l'] : []), '-d', '-n', '-v', '-D', `user;0;0;3f010000;${PROBE}`, 'create', '1', '0', '0', '0', '0', '0', '-'];
+  const args = [...(opts.configDir ? ['-l'] : []), '-d', '-n', '-v', '-D', `user;0;0;3f010000;${PROBE}`, 'create', PROBE_KEY, '0', '0', '0', '0', '0', '-'];
   const { code, out } = await new Promise<{ code: number | string; out: string }>((resolve) => {
     execFile(requestKey, args, { cwd: opts.configDir, timeout: opts.timeoutMs ?? 5000, encoding: 'utf8', env: {} }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as NodeJS.ErrnoException).code ?? 1) : 0, out: `${stdout}${stderr}` });
@@ -51,11 +52,12 @@ export async function checkUpcallWiring(socket: string, defaultSocket: string, o
   const ruleMatch = /^(\S+:\d+): Line matches/m.exec(out);
   const rule = ruleMatch ? ruleMatch[1]! : null;
   if (/No matching action/.test(out)) {
-    return result('missing', null, null, `no request-key rule sends "user" keys "userns:LABEL" to a handler, so every upcall fails: install etc/request-key.d/usernsd.conf as /etc/request-key.d/usernsd.conf (make install does)`);
+    return result('missing', null, null, `no request-key rule sends "user" keys "userns:LABEL" to a handler, so every upcall fails: make install places /etc/request-key.d/usernsd.conf (the line is in usernsctl(1), upcall)`);
   }
   const program = /^Run (\S+)/m.exec(out)?.[1];
   if (code !== 0 || !program) return result('unknown', rule, null, `${requestKey} -d did not say which program it would run (exit ${code}): ${out.trim().split('\n').pop() ?? ''}`);
-  const handler = [program, ...[...out.matchAll(/^- argv\[(\d+)\] = "(.*)"$/gm)].slice(1).map((m) => m[2]!)];
+  // As the rule reads: the probe's serial and description shown as the %k and %d they came from.
+  const handler = [program, ...[...out.matchAll(/^- argv\[(\d+)\] = "(.*)"$/gm)].slice(1).map((m) => m[2] === PROBE_KEY ? '%k' : m[2] === PROBE ? '%d' : m[2]!)];
   const where = rule ? ` (${rule})` : '';
   try {
     accessSync(program, fsc.X_OK);

@@ -30,6 +30,9 @@ In another shell, in this directory:
   npx usernsctl list
   npx usernsctl resolve backups
   npx usernsctl map --from backups --to host --uid 0 --uid 1000
+To wire the kernel's upcall to this agent (as root; remove the file afterwards):
+  echo 'create user userns:* * ${node} ${join(root, 'bin', 'usernsctl.js')} upcall --socket ${socket} %k %d' > /etc/request-key.d/usernsd-dev.conf
+  npx usernsctl reload && keyctl session - keyctl request2 user userns:backups '' @s
 
 `);
 const agent = spawn(node, [join(root, 'bin', 'usernsd.js'), '--config', config], { stdio: 'inherit' });

@@ -30,7 +30,7 @@ describe('the upcall wiring check (request-key -d)', () => {
   it('says "missing", and what to install, when no rule matches userns:LABEL', async () => {
     const w = await check();
     assert.equal(w.state, 'missing');
-    assert.match(w.message, /install etc\/request-key\.d\/usernsd\.conf/);
+    assert.match(w.message, /make install places \/etc\/request-key\.d\/usernsd\.conf/);
   });
 
   it('says "ok" with the rule and the handler when usernsctl upcall asks this agent\'s socket', async () => {
@@ -38,7 +38,7 @@ describe('the upcall wiring check (request-key -d)', () => {
     const w = await check();
     assert.equal(w.state, 'ok', w.message);
     assert.equal(w.rule, 'usernsd.conf:2');
-    assert.deepEqual(w.handler, [bin, 'upcall', '-t', '600', '--socket', SOCKET, '1', 'userns:wiring-check']);
+    assert.deepEqual(w.handler, [bin, 'upcall', '-t', '600', '--socket', SOCKET, '%k', '%d']);
   });
 
   it('says which socket the handler asks when it is not this agent\'s (the default, or another)', async () => {
