@@ -52,19 +52,24 @@ export function readAllocations(dir: string): Map<string, Allocation> {
   return out;
 }
 
-/** Write-then-rename with fsyncs, so a crash leaves the old file or the new one, never a torn one. */
-export function writeFileAtomic(dir: string, name: string, body: string): void {
+/**
+ * Write-then-rename, so a crash leaves the old file or the new one, never a torn one. `durable`
+ * adds the fsyncs that make this hold across a power loss too, for what outlives a reboot; without
+ * them it holds across a crash of the agent (the page cache survives it) at a fraction of the cost.
+ */
+export function writeFileAtomic(dir: string, name: string, body: string, durable = true): void {
   const file = join(dir, name);
   const tmp = join(dir, `.${name}.${process.pid}.tmp`);
   try { unlinkSync(tmp); } catch { /* left by a crash of a process with this pid, or absent */ }
   const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
     writeSync(fd, body);
-    fsyncSync(fd);
+    if (durable) fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
   renameSync(tmp, file);
+  if (!durable) return;
   const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try { fsyncSync(dfd); } finally { closeSync(dfd); }
 }

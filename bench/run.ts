@@ -80,6 +80,10 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
 - **start-up**: ${st.contexts} context files, one static range each; time from spawning \`usernsd\` to its
   "Serving" log line (Node's own start included), resident memory read from /proc afterwards.
   Eager contexts are created ${8} at a time; the budget uses the create+pin median above for each.
+  The agent's own thread is what limits them (profiled with \`--cpu-prof\`): starting each helper
+  (\`child_process.spawn\`, a fork of the agent) costs it ~1.5 ms. The pin records' fsyncs cost
+  as much again, with the journal waits they caused, until they were dropped: a record describes
+  a mount, which no power loss leaves behind either (1000 eager contexts: 4.6 s to ready before, 2.3 s after).
   The agent runs with \`--max-semi-space-size=1\` (it re-executes itself with it, same pid): V8's
   default young generation kept ~28 MiB of configuration-loading garbage resident.
   Reload: SIGHUP with nothing changed, its logged duration. Restart: the ${st.eager} pins are adopted

@@ -132,6 +132,12 @@ describe('integration: user namespaces in the kernel (root)', function () {
     assert.equal(by.get('crashed')!.status, 'removed');
     assert.equal(existsSync(`${tree.pins}/crashed`), false);
     assert.ok(existsSync(`${tree.state}/pins/a.json`), 'the record is rebuilt from the kernel');
+    // A record of another boot for a pin with the same inode number (they repeat after a reboot),
+    // saying other maps: not trusted, the kernel is asked, and a is still ok.
+    const rec = JSON.parse(readFileSync(`${tree.state}/pins/a.json`, 'utf8')) as { boot: string; uidMap: unknown };
+    writeFileSync(`${tree.state}/pins/a.json`, JSON.stringify({ ...rec, boot: '00000000-0000-0000-0000-000000000000', uidMap: [{ inside: 0, outside: 5, count: 1 }] }));
+    const again = await new Namespaces({ pinsDir: tree.pins, stateDir: tree.state }).adopt(load(tree).contexts);
+    assert.equal(again.find((e) => e.label === 'a')!.status, 'ok', 'a record of another boot is not trusted');
     await assert.rejects(ensure(new Namespaces({ pinsDir: tree.pins, stateDir: tree.state }), load(tree), 'b'), (e: UsernsError) => e.code === 'E_CONFIG' && /drift/.test(e.message));
   });
 
