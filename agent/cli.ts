@@ -294,8 +294,10 @@ async function upcallCmd(args: string[], g: Globals): Promise<number> {
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   const [verb, label, ...extra] = positionals;
-  const { KEY_PREFIX } = await import('./upcall.ts');
-  const { invalidateKey, listKeys } = await import('./keys.ts');
+  const { invalidateKey, issuedKeysRing, KEY_PREFIX, listKeys } = await import('./keys.ts');
+  // Root also sees (and clears) the keys the upcall answered for other users: they are in root's
+  // persistent keyring, which this makes ours to read.
+  if (process.getuid!() === 0) try { issuedKeysRing(); } catch { /* no persistent keyrings: only root's own keys */ }
   // Exactly "userns:LABEL", never a prefix match (nfsidmap -c clears by prefix).
   const ours = listKeys().filter((k) => k.type === 'user' && k.description.startsWith(KEY_PREFIX));
   if (verb === 'list' && extra.length === 0 && label === undefined) {

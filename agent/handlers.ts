@@ -19,6 +19,8 @@ export type Agent = {
   reload(source: string): Promise<ResultOf<typeof P.reload>>;
   status(peer: Peer): ResultOf<typeof P.status>;
   count(name: string): void;
+  /** The upcall's cached answers for these labels are stale: invalidate them, for every requester. */
+  invalidateKeys(labels: readonly string[], why: string): void;
   /** One answered request, for status: method (or "invalid"), error code if it failed, latency. */
   served(method: string, code: string | null, ms: number): void;
 };
@@ -88,6 +90,7 @@ handle(P.release, async (agent, peer, { label }) => {
   agent.count('released');
   const ms = +(performance.now() - started).toFixed(2);
   agent.log.info({ label, released, peerUid: peer.uid, peerPid: peer.pid, ms }, released ? 'Released user namespace' : 'Release: nothing pinned');
+  if (released) agent.invalidateKeys([label], 'a released pin');
   return { label, released };
 });
 

@@ -8,12 +8,16 @@ const syscall = libc.func('long syscall(long nr, ...)');
 // x86-64 and aarch64 numbers of keyctl(2); the request-key handler runs on the machine it was built for.
 const SYS_KEYCTL = process.arch === 'arm64' ? 219 : 250;
 
+/** Keys of type `user` described `userns:LABEL` are ours. */
+export const KEY_PREFIX = 'userns:';
+
 /** Errnos Node's table lacks (asm-generic/errno.h). */
 export const ENOKEY = 126;
 export const EKEYREJECTED = 129;
 
 const KEYCTL = {
   DESCRIBE: 6,
+  GET_PERSISTENT: 22,
   INSTANTIATE: 12,
   SET_TIMEOUT: 15,
   REJECT: 19,
@@ -43,8 +47,40 @@ export function setKeyTimeout(key: number, seconds: number): void {
   keyctl(KEYCTL.SET_TIMEOUT, 'int32', key, 'uint32', seconds);
 }
 
-export function instantiateKey(key: number, payload: Buffer): void {
-  keyctl(KEYCTL.INSTANTIATE, 'int32', key, 'void *', payload, 'size_t', payload.length, 'int32', 0);
+/** Instantiate a key under construction, also linking it into `ring` (0: nowhere more). */
+export function instantiateKey(key: number, payload: Buffer, ring = 0): void {
+  keyctl(KEYCTL.INSTANTIATE, 'int32', key, 'void *', payload, 'size_t', payload.length, 'int32', ring);
+}
+
+const KEY_SPEC_PROCESS_KEYRING = -2;
+
+/**
+ * Where the upcall registers the keys it answers, so that root can find and invalidate them all
+ * when a context changes (the requesters' own keyrings are theirs alone): root's persistent
+ * keyring (keyrings(7)). It is linked into this process's keyring, which makes this process its
+ * possessor — what reading, linking into and invalidating through it need — until the process ends.
+ * Throws when the kernel has no persistent keyrings (EOPNOTSUPP).
+ */
+export function issuedKeysRing(): number {
+  return keyctl(KEYCTL.GET_PERSISTENT, 'int32', 0, 'int32', KEY_SPEC_PROCESS_KEYRING);
+}
+
+/**
+ * Invalidate the keys the upcall answered for these labels, whoever asked for them: the next
+ * request for one makes a new upcall. Returns how many; a key gone meanwhile is not an error.
+ */
+export function invalidateIssuedKeys(labels: ReadonlySet<string>): number {
+  if (labels.size === 0) return 0;
+  issuedKeysRing(); // possessed from here on: /proc/keys shows every key in it
+  let n = 0;
+  for (const k of listKeys()) {
+    if (k.type !== 'user' || !k.description.startsWith(KEY_PREFIX) || !labels.has(k.description.slice(KEY_PREFIX.length))) continue;
+    try {
+      invalidateKey(k.id);
+      n++;
+    } catch { /* expired or invalidated meanwhile */ }
+  }
+  return n;
 }
 
 /** Negate with an error the requester sees (keyctl_reject(3)), for `seconds`, so it fails fast instead of waiting. */

@@ -8,6 +8,7 @@ import { loadConfiguration } from './configure.ts';
 import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest } from './handlers.ts';
+import { invalidateIssuedKeys } from './keys.ts';
 import type { Agent } from './handlers.ts';
 import { DEFAULT_SOCKET, PROTOCOL_VERSION } from './protocol.ts';
 import type { ContextState, ReloadResult, StatusResult } from './protocol.ts';
@@ -151,6 +152,16 @@ export class Manager implements Agent {
     this.stats.count(name);
   }
 
+  invalidateKeys(labels: readonly string[], why: string): void {
+    if (labels.length === 0) return;
+    try {
+      const n = invalidateIssuedKeys(new Set(labels));
+      if (n > 0) this.log.info({ labels, keys: n }, `Invalidated ${n} cached upcall key(s): ${why}`);
+    } catch (err) {
+      this.log.debug({ labels, err: (err as Error).message }, 'Cannot reach the upcall\'s keys (no persistent keyrings?): they stay until they expire');
+    }
+  }
+
   served(method: string, code: string | null, ms: number): void {
     this.stats.request(method, code, ms);
   }
@@ -194,6 +205,8 @@ export class Manager implements Agent {
         this.log.error({ label }, `Failed to release removed context ${label}: ${(err as Error).message}`);
       }
     }
+    // The upcall's cached answers for what changed or went are stale now, for every requester.
+    this.invalidateKeys([...diff.changed, ...diff.removed], 'their contexts changed or were removed');
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
     await this.checkUpcall(); // an admin who wired the upcall reloads to see it taken

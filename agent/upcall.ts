@@ -2,7 +2,7 @@
 import { formatExtents } from '../config/extents.ts';
 import { labelProblem } from '../config/schema.ts';
 import { TransportError, UsernsError } from './errors.ts';
-import { describeKey, EKEYREJECTED, instantiateKey, rejectKey, setKeyTimeout } from './keys.ts';
+import { describeKey, EKEYREJECTED, instantiateKey, issuedKeysRing, KEY_PREFIX, rejectKey, setKeyTimeout } from './keys.ts';
 import { callAgentOnce } from './oneshot.ts';
 import * as P from './protocol.ts';
 import type { ResolveResult } from './protocol.ts';
@@ -14,7 +14,6 @@ const { parseArgs } = process.getBuiltinModule('node:util');
 const { closeSync, constants: fsc, openSync, writeSync } = process.getBuiltinModule('node:fs');
 const { constants } = process.getBuiltinModule('node:os');
 
-export const KEY_PREFIX = 'userns:';
 /** Like nfsidmap's -t default. */
 export const DEFAULT_KEY_TIMEOUT_S = 600;
 /** A refused request is remembered this long, so a retry loop does not hammer the agent. */
@@ -86,6 +85,10 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
     // request-key runs handlers as root; the agent must judge the requester, not us. The key being
     // built belongs to its requester, so ask with that uid and gid (and the user's groups).
     const owner = describeKey(opts.key);
+    // While root: the ring where root finds this key again to invalidate it (keys.ts). Best effort:
+    // without it the key still answers, it only waits for its expiry when its context changes.
+    let ring = 0;
+    try { ring = issuedKeysRing(); } catch { /* a kernel without persistent keyrings */ }
     if (owner.uid !== 0) {
       try {
         process.initgroups!(owner.uid, owner.gid);
@@ -105,7 +108,12 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
     }
     const payload = Buffer.from(formatPayload(r));
     setKeyTimeout(opts.key, opts.timeoutS); // first: instantiating gives up the authority that allows it
-    instantiateKey(opts.key, payload);
+    try {
+      instantiateKey(opts.key, payload, ring);
+    } catch (err) {
+      if (ring === 0) throw err;
+      instantiateKey(opts.key, payload); // the ring refused the link: answer unregistered
+    }
     return 0;
   } catch (err) {
     return fail(EKEYREJECTED, `internal error: ${(err as Error).message}`);
