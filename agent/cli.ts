@@ -294,14 +294,13 @@ async function upcallCmd(args: string[], g: Globals): Promise<number> {
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   const [verb, label, ...extra] = positionals;
-  const { invalidateKey, issuedKeysRing, KEY_PREFIX, listKeys } = await import('./keys.ts');
+  const { invalidateKey, issuedKeysRing, ourKeys } = await import('./keys.ts');
   // Root also sees (and clears) the keys the upcall answered for other users: they are in root's
   // persistent keyring, which this makes ours to read.
   if (process.getuid!() === 0) try { issuedKeysRing(); } catch { /* no persistent keyrings: only root's own keys */ }
-  // Exactly "userns:LABEL", never a prefix match (nfsidmap -c clears by prefix).
-  const ours = listKeys().filter((k) => k.type === 'user' && k.description.startsWith(KEY_PREFIX));
+  const ours = ourKeys();
   if (verb === 'list' && extra.length === 0 && label === undefined) {
-    const rows = ours.map((k) => ({ id: k.id, label: k.description.slice(KEY_PREFIX.length), uid: k.uid, timeout: k.timeout, state: k.flags.includes('N') ? 'negative' : k.flags.includes('I') ? 'instantiated' : 'pending' }));
+    const rows = ours.map((k) => ({ id: k.id, label: k.label, uid: k.uid, timeout: k.timeout, state: k.flags.includes('N') ? 'negative' : k.flags.includes('I') ? 'instantiated' : 'pending' }));
     if (g.json) io.out(JSON.stringify({ keys: rows }));
     else if (rows.length === 0) io.out('no userns: keys you can see');
     else printTable(io, [['KEY', 'LABEL', 'UID', 'EXPIRES', 'STATE'], ...rows.map((r) => [r.id.toString(16), r.label, String(r.uid), r.timeout, r.state])]);
@@ -312,7 +311,7 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
     let cleared = 0;
     let failed = 0;
     for (const k of ours) {
-      if (label !== undefined && k.description !== KEY_PREFIX + label) continue;
+      if (label !== undefined && k.label !== label) continue;
       try {
         invalidateKey(k.id);
         cleared++;

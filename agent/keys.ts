@@ -73,8 +73,8 @@ export function invalidateIssuedKeys(labels: ReadonlySet<string>): number {
   if (labels.size === 0) return 0;
   issuedKeysRing(); // possessed from here on: /proc/keys shows every key in it
   let n = 0;
-  for (const k of listKeys()) {
-    if (k.type !== 'user' || !k.description.startsWith(KEY_PREFIX) || !labels.has(k.description.slice(KEY_PREFIX.length))) continue;
+  for (const k of ourKeys()) {
+    if (!labels.has(k.label)) continue;
     try {
       invalidateKey(k.id);
       n++;
@@ -108,4 +108,9 @@ export function listKeys(): KeyEntry[] {
     });
   }
   return out;
+}
+
+/** The `user` keys "userns:LABEL" among listKeys(), with their label: matched exactly, never by prefix (nfsidmap -c clears by prefix). */
+export function ourKeys(): (KeyEntry & { label: string })[] {
+  return listKeys().filter((k) => k.type === 'user' && k.description.startsWith(KEY_PREFIX)).map((k) => ({ ...k, label: k.description.slice(KEY_PREFIX.length) }));
 }

@@ -11,10 +11,14 @@ import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, makeUser } from '../helpers/kernel.ts';
 
-/** A shell pipeline inside a fresh session keyring (so nothing is cached from before), as root or a user. */
-function inSession(script: string, user?: { uid: number; gid: number }) {
+/** `sh -c SCRIPT` inside a fresh session keyring (so nothing is cached from before), as root or a user. */
+function sessionArgv(script: string, user?: { uid: number; gid: number }): string[] {
   const argv = ['keyctl', 'session', '-', 'sh', '-c', script];
-  const full = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--', ...argv] : argv;
+  return user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--', ...argv] : argv;
+}
+
+function inSession(script: string, user?: { uid: number; gid: number }) {
+  const full = sessionArgv(script, user);
   const started = performance.now();
   const r = spawnSync(full[0]!, full.slice(1), { encoding: 'utf8', timeout: 30_000 });
   return { code: r.status, out: r.stdout, err: r.stderr, ms: performance.now() - started };
@@ -123,8 +127,7 @@ describe('e2e: the request-key upcall (root, keyutils)', function () {
    */
   async function liveSession(label: string, as?: { uid: number; gid: number }) {
     const script = `ask() { keyctl pipe "$(keyctl request2 user userns:${label} "" @s)" | grep "^label="; }; ask && read go; ask`;
-    const argv = ['keyctl', 'session', '-', 'sh', '-c', script];
-    const full = as ? ['setpriv', `--reuid=${as.uid}`, `--regid=${as.gid}`, '--init-groups', '--', ...argv] : argv;
+    const full = sessionArgv(script, as);
     const session = spawn(full[0]!, full.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((r) => session.on('exit', (code) => r(code)));
     let out = '';
