@@ -40,7 +40,8 @@ Kernel upcall and labels:
                            the request-key handler for "user" keys "userns:LABEL"
                            (etc/request-key.d/usernsd.conf); expiry default 600 s
   keys list | keys clear [LABEL]
-                           the userns: keys you can see / invalidate them
+                           the userns: keys you can see (root: every user's) /
+                           invalidate them
   label set PATH LABEL | label get PATH | label clear PATH
                            the context label on an inode (xattr trusted.userns)
 
