@@ -5,8 +5,9 @@ import { koffi, libc, SysError } from './ffi.ts';
 const { readFileSync } = process.getBuiltinModule('node:fs');
 
 const syscall = libc.func('long syscall(long nr, ...)');
-// x86-64 and aarch64 numbers of keyctl(2); the request-key handler runs on the machine it was built for.
+// x86-64 and aarch64 numbers of keyctl(2) and add_key(2); the request-key handler runs on the machine it was built for.
 const SYS_KEYCTL = process.arch === 'arm64' ? 219 : 250;
+const SYS_ADD_KEY = process.arch === 'arm64' ? 217 : 248;
 
 /** Keys of type `user` described `userns:LABEL` are ours. */
 export const KEY_PREFIX = 'userns:';
@@ -63,6 +64,18 @@ const KEY_SPEC_PROCESS_KEYRING = -2;
  */
 export function issuedKeysRing(): number {
   return keyctl(KEYCTL.GET_PERSISTENT, 'int32', 0, 'int32', KEY_SPEC_PROCESS_KEYRING);
+}
+
+/**
+ * A keyring of its own for one answer, in the registry, expiring after `seconds`: a keyring holds
+ * one key per description, so linking every user's "userns:LABEL" into the registry itself would
+ * keep only the last one. The caller links the answer into it when it instantiates the key.
+ */
+export function answerRing(key: number, seconds: number): number {
+  const ring = Number(syscall(SYS_ADD_KEY, 'str', 'keyring', 'str', `usernsd:${key}`, 'void *', null, 'size_t', 0, 'int32', issuedKeysRing()));
+  if (ring < 0) throw new SysError('add_key', koffi.errno(), `keyring usernsd:${key}`);
+  setKeyTimeout(ring, seconds);
+  return ring;
 }
 
 /**

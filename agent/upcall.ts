@@ -2,7 +2,7 @@
 import { formatExtents } from '../config/extents.ts';
 import { labelProblem } from '../config/schema.ts';
 import { TransportError, UsernsError } from './errors.ts';
-import { describeKey, EKEYREJECTED, instantiateKey, issuedKeysRing, KEY_PREFIX, rejectKey, setKeyTimeout } from './keys.ts';
+import { answerRing, describeKey, EKEYREJECTED, instantiateKey, invalidateKey, KEY_PREFIX, rejectKey, setKeyTimeout } from './keys.ts';
 import { callAgentOnce } from './oneshot.ts';
 import * as P from './protocol.ts';
 import type { ResolveResult } from './protocol.ts';
@@ -16,6 +16,8 @@ const { constants } = process.getBuiltinModule('node:os');
 
 /** Like nfsidmap's -t default. */
 export const DEFAULT_KEY_TIMEOUT_S = 600;
+/** An answer's registry keyring outlives the answer by this much. */
+const RING_SLACK_S = 5;
 /** A refused request is remembered this long, so a retry loop does not hammer the agent. */
 export const NEGATIVE_KEY_TIMEOUT_S = 10;
 
@@ -69,10 +71,12 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
   if (opts.logFile) {
     try { logFd = openSync(opts.logFile, fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o640); } catch { /* best effort */ }
   }
+  let ring = 0;
   const fail = async (errno: number, why: string): Promise<number> => {
     // Rejected first: the requester is waiting; the log can come after.
     let rejectError: string | null = null;
     try { rejectKey(opts.key, NEGATIVE_KEY_TIMEOUT_S, errno); } catch (err) { rejectError = (err as Error).message; }
+    if (ring !== 0) try { invalidateKey(ring); } catch { /* it expires anyway */ }
     await logFailure(opts, logFd, `key ${opts.key} "${opts.description}": rejected: ${why}`);
     if (rejectError) await logFailure(opts, logFd, `key ${opts.key}: cannot reject it: ${rejectError}`);
     return 1;
@@ -85,10 +89,11 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
     // request-key runs handlers as root; the agent must judge the requester, not us. The key being
     // built belongs to its requester, so ask with that uid and gid (and the user's groups).
     const owner = describeKey(opts.key);
-    // While root: the ring where root finds this key again to invalidate it (keys.ts). Best effort:
-    // without it the key still answers, it only waits for its expiry when its context changes.
-    let ring = 0;
-    try { ring = issuedKeysRing(); } catch { /* a kernel without persistent keyrings */ }
+    // While root: the ring where root finds this answer again to invalidate it (keys.ts), living as
+    // long as the answer (a little longer: never gone before it). Best effort: without it the key
+    // still answers, it only waits for its expiry when its context changes. A key without expiry
+    // (-t 0) is not registered: the registry would keep it alive for ever.
+    if (opts.timeoutS > 0) try { ring = answerRing(opts.key, opts.timeoutS + RING_SLACK_S); } catch { /* no persistent keyrings */ }
     if (owner.uid !== 0) {
       try {
         process.initgroups!(owner.uid, owner.gid);
