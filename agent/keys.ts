@@ -66,14 +66,17 @@ export function issuedKeysRing(): number {
   return keyctl(KEYCTL.GET_PERSISTENT, 'int32', 0, 'int32', KEY_SPEC_PROCESS_KEYRING);
 }
 
+/** An answer's own keyring in the registry is described "usernsd:KEY" (KEY its serial, in decimal). */
+const RING_PREFIX = 'usernsd:';
+
 /**
  * A keyring of its own for one answer, in the registry, expiring after `seconds`: a keyring holds
  * one key per description, so linking every user's "userns:LABEL" into the registry itself would
  * keep only the last one. The caller links the answer into it when it instantiates the key.
  */
 export function answerRing(key: number, seconds: number): number {
-  const ring = Number(syscall(SYS_ADD_KEY, 'str', 'keyring', 'str', `usernsd:${key}`, 'void *', null, 'size_t', 0, 'int32', issuedKeysRing()));
-  if (ring < 0) throw new SysError('add_key', koffi.errno(), `keyring usernsd:${key}`);
+  const ring = Number(syscall(SYS_ADD_KEY, 'str', 'keyring', 'str', `${RING_PREFIX}${key}`, 'void *', null, 'size_t', 0, 'int32', issuedKeysRing()));
+  if (ring < 0) throw new SysError('add_key', koffi.errno(), `keyring ${RING_PREFIX}${key}`);
   setKeyTimeout(ring, seconds);
   return ring;
 }
@@ -85,13 +88,17 @@ export function answerRing(key: number, seconds: number): number {
 export function invalidateIssuedKeys(labels: ReadonlySet<string>): number {
   if (labels.size === 0) return 0;
   issuedKeysRing(); // possessed from here on: /proc/keys shows every key in it
+  const all = listKeys();
+  const ringOf = new Map(all.filter((k) => k.type === 'keyring' && k.description.startsWith(RING_PREFIX)).map((k) => [Number(k.description.slice(RING_PREFIX.length)), k.id]));
   let n = 0;
-  for (const k of ourKeys()) {
+  for (const k of ourKeys(all)) {
     if (!labels.has(k.label)) continue;
     try {
       invalidateKey(k.id);
       n++;
     } catch { /* expired or invalidated meanwhile */ }
+    const ring = ringOf.get(k.id);
+    if (ring !== undefined) try { invalidateKey(ring); } catch { /* expired meanwhile */ }
   }
   return n;
 }
@@ -124,6 +131,6 @@ export function listKeys(): KeyEntry[] {
 }
 
 /** The `user` keys "userns:LABEL" among listKeys(), with their label: matched exactly, never by prefix (nfsidmap -c clears by prefix). */
-export function ourKeys(): (KeyEntry & { label: string })[] {
-  return listKeys().filter((k) => k.type === 'user' && k.description.startsWith(KEY_PREFIX)).map((k) => ({ ...k, label: k.description.slice(KEY_PREFIX.length) }));
+export function ourKeys(all: KeyEntry[] = listKeys()): (KeyEntry & { label: string })[] {
+  return all.filter((k) => k.type === 'user' && k.description.startsWith(KEY_PREFIX)).map((k) => ({ ...k, label: k.description.slice(KEY_PREFIX.length) }));
 }
