@@ -10,7 +10,7 @@ import { UsernsError } from './errors.ts';
 import { handleRequest } from './handlers.ts';
 import { invalidateIssuedKeys } from './keys.ts';
 import type { Agent } from './handlers.ts';
-import { DEFAULT_SOCKET, PROTOCOL_VERSION } from './protocol.ts';
+import { PROTOCOL_VERSION } from './protocol.ts';
 import type { ContextState, ReloadResult, StatusResult } from './protocol.ts';
 import { Registry } from './registry.ts';
 import { Stats } from './stats.ts';
@@ -124,7 +124,7 @@ export class Manager implements Agent {
   private async checkUpcall(): Promise<void> {
     let w: UpcallWiring;
     try {
-      w = await checkUpcallWiring(this.registry.agent.socket, DEFAULT_SOCKET);
+      w = await checkUpcallWiring(this.registry.agent.socket);
     } catch (err) {
       w = { state: 'unknown', rule: null, handler: null, message: `cannot ask request-key: ${(err as Error).message}` };
     }

@@ -4,6 +4,7 @@
 import { execFile } from 'node:child_process';
 import { accessSync, constants as fsc, existsSync } from 'node:fs';
 import { basename } from 'node:path';
+import { DEFAULT_SOCKET } from '../config/types.ts';
 
 /** The program the kernel runs for every key it cannot find (compiled into the kernel). */
 export const REQUEST_KEY = '/sbin/request-key';
@@ -38,7 +39,7 @@ type Options = {
 };
 
 /** Ask request-key which program a key `user` `userns:LABEL` would go to, and whether that reaches `socket`. */
-export async function checkUpcallWiring(socket: string, defaultSocket: string, opts: Options = {}): Promise<UpcallWiring> {
+export async function checkUpcallWiring(socket: string, opts: Options = {}): Promise<UpcallWiring> {
   const requestKey = opts.requestKey ?? REQUEST_KEY;
   if (!existsSync('/proc/keys')) return result('no-keys', null, null, 'this kernel has no key service (CONFIG_KEYS): the request-key upcall cannot work; usernsctl resolve still does');
   if (!existsSync(requestKey)) return result('no-request-key', null, null, `${requestKey} is not installed: the kernel cannot call any upcall handler (apt-get install keyutils)`);
@@ -67,7 +68,7 @@ export async function checkUpcallWiring(socket: string, defaultSocket: string, o
   const upcallAt = handler.indexOf('upcall');
   const isUsernsctl = upcallAt > 0 && handler.slice(0, upcallAt).some((a) => /^usernsctl(\.js)?$/.test(basename(a)));
   if (!isUsernsctl) return result('elsewhere', rule, handler, `"user" keys "userns:LABEL" go to ${handler.join(' ')}${where}, not to usernsctl upcall`);
-  const asks = socketOption(handler.slice(upcallAt + 1)) ?? defaultSocket;
+  const asks = socketOption(handler.slice(upcallAt + 1)) ?? DEFAULT_SOCKET; // what usernsctl asks without --socket
   if (asks !== socket) return result('other-socket', rule, handler, `the request-key handler${where} asks the agent at ${asks}, but this agent listens on ${socket}: add --socket ${socket} to the rule`);
   return result('ok', rule, handler, `request-key sends "user" keys "userns:LABEL" to ${handler.join(' ')}${where}`);
 }

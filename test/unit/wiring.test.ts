@@ -25,7 +25,7 @@ describe('the upcall wiring check (request-key -d)', () => {
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
   const rule = (text: string) => writeFileSync(join(dir, 'request-key.d', 'usernsd.conf'), `# a comment\n${text}\n`);
-  const check = () => checkUpcallWiring(SOCKET, DEFAULT, { configDir: dir });
+  const check = () => checkUpcallWiring(SOCKET, { configDir: dir });
 
   it('says "missing", and what to install, when no rule matches userns:LABEL', async () => {
     const w = await check();
@@ -46,7 +46,7 @@ describe('the upcall wiring check (request-key -d)', () => {
     let w = await check();
     assert.equal(w.state, 'other-socket');
     assert.match(w.message, new RegExp(`asks the agent at ${DEFAULT}, but this agent listens on ${SOCKET}: add --socket ${SOCKET}`));
-    assert.equal((await checkUpcallWiring(DEFAULT, DEFAULT, { configDir: dir })).state, 'ok', 'no --socket means the default socket');
+    assert.equal((await checkUpcallWiring(DEFAULT, { configDir: dir })).state, 'ok', 'no --socket means the default socket');
     rule(`create user userns:* * ${bin} upcall --socket=/elsewhere.sock %k %d`);
     w = await check();
     assert.equal(w.state, 'other-socket');
@@ -73,7 +73,7 @@ describe('the upcall wiring check (request-key -d)', () => {
   });
 
   it('says "no-request-key" when keyutils is not installed', async () => {
-    const w = await checkUpcallWiring(SOCKET, DEFAULT, { requestKey: join(dir, 'no-request-key') });
+    const w = await checkUpcallWiring(SOCKET, { requestKey: join(dir, 'no-request-key') });
     assert.equal(w.state, 'no-request-key');
     assert.match(w.message, /apt-get install keyutils/);
   });
