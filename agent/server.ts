@@ -2,9 +2,8 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
+import os from 'node:os';
 import { dirname } from 'node:path';
-// @ts-expect-error node-ipc 14 ships no type declarations; the little we use is typed below.
-import { IPCModule } from 'node-ipc';
 import type { Logger } from 'pino';
 import { peerOf } from './auth.ts';
 import type { Peer } from './auth.ts';
@@ -23,6 +22,32 @@ type IpcSocketServer = {
   protocolFailure(socket: Socket, error: Error & { code?: string }): void;
 };
 type Ipc = { config: Record<string, unknown>; server: IpcSocketServer; serve(path: string, cb: () => void): void };
+
+/**
+ * node-ipc's defaults ask os.networkInterfaces() (its TCP host: getIPType) when the module loads and
+ * again for every instance. That opens a netlink socket, which the unit's RestrictAddressFamilies=
+ * AF_UNIX refuses (ERR_SYSTEM_ERROR): the agent could not even load. It never uses TCP, so for the
+ * length of node-ipc's own set-up the list is empty, and no netlink socket is opened at all.
+ */
+function withoutInterfaceList<T>(fn: () => T): T {
+  const real = os.networkInterfaces;
+  const restore = () => { os.networkInterfaces = real; };
+  os.networkInterfaces = () => ({});
+  let result: T;
+  try {
+    result = fn();
+  } catch (err) {
+    restore();
+    throw err;
+  }
+  // import() evaluates the module later: keep the empty list until it has.
+  if (result instanceof Promise) return result.finally(restore) as T;
+  restore();
+  return result;
+}
+
+// @ts-expect-error node-ipc 14 ships no type declarations; the little we use is typed below.
+const { IPCModule } = await withoutInterfaceList(() => import('node-ipc'));
 
 /** node-ipc's local lifecycle events: never from the wire (the guarded parser refuses them there). */
 const LIFECYCLE = new Set(['start', 'connect', 'disconnect', 'destroy', 'close', 'socket.disconnected', 'error', 'data']);
@@ -87,7 +112,7 @@ export class IpcServer {
 
   constructor(opts: ServerOptions) {
     this.opts = opts;
-    this.ipc = new IPCModule() as Ipc;
+    this.ipc = withoutInterfaceList(() => new IPCModule() as Ipc);
     // Every node-ipc default that matters, set here on purpose.
     Object.assign(this.ipc.config, {
       parser: 'guarded',

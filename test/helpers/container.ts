@@ -1,0 +1,114 @@
+// A real systemd as PID 1 in systemd-nspawn over the host's own root (read-only, under a tmpfs overlay), for unit tests.
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+export type Container = {
+  /** The container's init (systemd), as a host pid. */
+  readonly init: number;
+  /** Run a command in every namespace of the container; throws with its output when it fails. */
+  sh(script: string): string;
+  /** The same, without throwing: status and output. */
+  try(script: string): { status: number | null; out: string };
+  /** The container init's mount table. */
+  mountinfo(): string;
+  stop(): Promise<void>;
+};
+
+export const NSPAWN = '/usr/bin/systemd-nspawn';
+
+/** Why a container cannot be booted here, or null. */
+export function containerUnavailable(): string | null {
+  if (process.getuid?.() !== 0) return 'needs root';
+  if (!existsSync(NSPAWN)) return 'systemd-nspawn is not installed (apt-get install --no-install-recommends systemd-container)';
+  if (!existsSync('/lib/systemd/systemd')) return 'systemd is not installed';
+  return null;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+const CGROUP_HIERARCHIES = ['/sys/fs/cgroup/systemd', '/sys/fs/cgroup/unified'].filter((h) => existsSync(h));
+
+/**
+ * Boot one. The host need not run systemd and its /run need not be a tmpfs: the container gets a
+ * cgroup of its own, and in a private mount namespace /run/systemd (nspawn's scratch) and the
+ * overlay are tmpfs. `src` is bound read-only at /src (it may sit under /tmp, a tmpfs inside).
+ */
+export async function bootContainer(src: string): Promise<Container> {
+  const name = `usernsd-test-${process.pid}-${Date.now() % 100000}`;
+  const work = mkdtempSync('/var/tmp/usernsd-nspawn-');
+  const cgroups = CGROUP_HIERARCHIES.map((h) => join(h, name));
+  for (const cg of cgroups) mkdirSync(cg);
+  const inner = [
+    `mount -t tmpfs -o mode=0755 usernsd-test-run /run/systemd`,
+    `mount -t tmpfs -o mode=0755 usernsd-test-ovl '${work}'`,
+    `mkdir '${work}/upper' '${work}/work' '${work}/root'`,
+    `mount -t overlay usernsd-test-root -o lowerdir=/,upperdir='${work}/upper',workdir='${work}/work' '${work}/root'`,
+    `exec ${NSPAWN} -D '${work}/root' -M '${name}' --boot --register=no --keep-unit --private-network --console=read-only --bind-ro='${src}':/src -- systemd.mask=postgresql.service`,
+  ].join('\n');
+  const joinCgroups = cgroups.map((cg) => `echo $$ > '${cg}/cgroup.procs'`).join('; ');
+  const outer = `${joinCgroups}\nexec unshare --mount --propagation private sh -ec "$0"`;
+  const child: ChildProcess = spawn('setsid', ['sh', '-c', outer, inner], { stdio: ['ignore', 'pipe', 'pipe'], detached: false });
+  let console = '';
+  child.stdout!.on('data', (d: Buffer) => { console = (console + d).slice(-20_000); });
+  child.stderr!.on('data', (d: Buffer) => { console = (console + d).slice(-20_000); });
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+
+  let init = 0;
+  const stop = async () => {
+    if (init) try { process.kill(init, 'SIGRTMIN+4' as NodeJS.Signals); } catch { /* gone */ } // systemd: power off
+    const deadline = Date.now() + 10_000;
+    while (child.exitCode === null && child.signalCode === null && Date.now() < deadline) await sleep(100);
+    if (child.exitCode === null && child.signalCode === null) {
+      // Everything left in the container's cgroups, then the launcher.
+      for (const cg of cgroups) spawnSync('sh', ['-c', `find '${cg}' -name cgroup.procs -exec cat {} + | xargs -r kill -KILL`]);
+      child.kill('SIGKILL');
+      await exited;
+    }
+    for (const cg of cgroups) spawnSync('find', [cg, '-depth', '-type', 'd', '-exec', 'rmdir', '{}', '+']);
+    try { rmdirSync(work); } catch { /* the tmpfs went with the namespace; the directory stays only if busy */ }
+  };
+
+  try {
+    for (let i = 0; i < 200 && !init; i++) {
+      const r = spawnSync('ps', ['-o', 'pid=,comm=', '--ppid', String(child.pid)], { encoding: 'utf8' });
+      const line = r.stdout.split('\n').find((l) => l.trim().split(/\s+/)[1] === 'systemd');
+      if (line) init = Number(line.trim().split(/\s+/)[0]);
+      else await sleep(50);
+    }
+    if (!init) throw new Error(`no container init came up; nspawn said:\n${console}`);
+    const run = (script: string) => spawnSync('nsenter', ['-t', String(init), '-a', 'sh', '-c', script], { encoding: 'utf8', timeout: 60_000 });
+    let state = '';
+    for (let i = 0; i < 300; i++) {
+      state = run('systemctl is-system-running').stdout.trim();
+      if (state === 'running' || state === 'degraded') break;
+      await sleep(100);
+    }
+    if (state !== 'running' && state !== 'degraded') throw new Error(`the container did not finish booting (${state}); nspawn said:\n${console}`);
+    return {
+      init,
+      sh(script) {
+        const r = run(script);
+        if (r.status !== 0) throw new Error(`in the container: ${script}\nexit ${r.status}\n${r.stdout}${r.stderr}`);
+        return r.stdout;
+      },
+      try(script) {
+        const r = run(script);
+        return { status: r.status, out: r.stdout + r.stderr };
+      },
+      mountinfo: () => readFileSync(`/proc/${init}/mountinfo`, 'utf8'),
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** The host's cgroup hierarchies are left as they were: nothing named after our containers remains. */
+export function leftoverCgroups(): string[] {
+  return CGROUP_HIERARCHIES.flatMap((h) => execFileSync('ls', [h], { encoding: 'utf8' }).split('\n').filter((n) => n.startsWith('usernsd-test-')));
+}
