@@ -71,7 +71,7 @@ export function assignRanges(
   recorded: ReadonlyMap<string, Allocation>,
   reserved: readonly Interval[],
   errors: ConfigError[],
-): { starts: Map<string, number>; fresh: Map<string, Allocation> } {
+): { starts: Map<string, number>; fresh: Map<string, Allocation>; kept: Map<string, Allocation> } {
   const starts = new Map<string, number>();
   const fresh = new Map<string, Allocation>();
   const auto = defs.filter((d) => d.autoSize !== null);
@@ -98,5 +98,5 @@ export function assignRanges(
     // The slot overlaps nothing, so inserting it keeps the list sorted and disjoint.
     taken.splice(firstEndingAfter(taken, s), 0, { start: s, end: s + d.autoSize! });
   }
-  return { starts, fresh };
+  return { starts, fresh, kept };
 }

@@ -22,11 +22,23 @@ export function isRoot(peer: Peer): boolean {
 }
 
 /**
- * May this peer resolve, map and enter this context? Root, the owner, an [access] user, or a member
- * (by primary or supplementary group of the connecting process) of an [access] group.
+ * May this peer resolve and map this context? Root, its owner or the owner of a context it is
+ * nested in (who holds every capability in it anyway), an [access] user, or a member (by primary
+ * or supplementary group of the connecting process) of an [access] group. `ancestors`: its parent,
+ * the parent's parent, and so on.
  */
-export function mayUse(peer: Peer, ctx: Context): boolean {
+export function mayUse(peer: Peer, ctx: Context, ancestors: readonly Context[] = []): boolean {
   if (peer.uid === 0 || peer.uid === ctx.owner.uid) return true;
   if (ctx.access.uids.includes(peer.uid)) return true;
-  return ctx.access.gids.some((g) => g === peer.gid || peer.groups.includes(g));
+  if (ctx.access.gids.some((g) => g === peer.gid || peer.groups.includes(g))) return true;
+  return ancestors.some((a) => a.owner.uid === peer.uid);
+}
+
+/**
+ * May this peer join the context's namespace from the initial one? The kernel's rule for setns(2):
+ * root, or the owner of the top-level ancestor (`top`: the context itself when its parent is host).
+ * [access] gives resolve and map, not entry; a nested context's own owner joins from inside its parent.
+ */
+export function mayEnter(peer: Peer, top: Context): boolean {
+  return peer.uid === 0 || peer.uid === top.owner.uid;
 }

@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
 import { formatExtents } from '../config/extents.ts';
 import { formatConfigError } from '../config/ini.ts';
+import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
 import { labelProblem } from '../config/schema.ts';
 import { callAgent } from './client.ts';
 import { TransportError, UsernsError } from './errors.ts';
@@ -47,7 +48,9 @@ Kernel upcall and labels:
 
 Commands (no agent needed):
   check-config [--config FILE] [--verbose]
-                           validate /etc/usernsd.conf and every context file;
+                           validate the settings file (default
+                           \${DEFAULT_CONFIG_FILE}; $USERNSD_CONFIG sets it)
+                           and every context file;
                            one line per error, exit 1 if there is any
   help, version
 
@@ -220,7 +223,7 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const states = r.contextStates ?? [];
   if (states.length > 0) {
     io.out('');
-    printTable(io, [['CONTEXT', 'OWNER', 'STATE'], ...states.map((c) => [c.label, c.owner ? who(c.owner) : '-', c.state])]);
+    printTable(io, [['CONTEXT', 'OWNER', 'STATE'], ...states.map((c) => [c.label, c.owner ? who(c.owner) : '-', c.why ? `${c.state} (${c.why})` : c.state])]);
   }
   const latency = Object.entries(r.latencyMs ?? {});
   if (latency.length > 0) {
@@ -249,7 +252,11 @@ async function releaseCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   const r = await callAgent(g.socket, P.release, { label: oneLabel(positionals, 'release') });
   if (g.json) io.out(JSON.stringify(r));
-  else io.out(r.released ? `released ${r.label}` : `${r.label}: nothing was pinned`);
+  else {
+    // Nested contexts go first: a child left pinned would stay inside the old parent namespace.
+    for (const d of r.descendants) io.out(`released ${d} (nested in ${r.label})`);
+    io.out(r.released ? `released ${r.label}` : `${r.label}: nothing was pinned`);
+  }
   return EXIT.OK;
 }
 
@@ -265,11 +272,11 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(own, {}, g);
   const label = oneLabel(positionals, 'enter');
   const r = await callAgent(g.socket, P.resolve, { label });
-  // The kernel lets only the namespace's owner (its creator) or root setns into it: say so plainly
+  // The kernel lets root and the owner of the top-level context setns into it: say so plainly
   // instead of nsenter's "Operation not permitted". [access] gives resolve and map, not entry.
-  const me = process.geteuid!();
-  if (me !== 0 && me !== r.owner.uid) {
-    throw new UsernsError('E_PERMISSION', `only root and the owner of "${label}" (${r.owner.name ?? r.owner.uid}) can enter it; [access] users may resolve and map it`);
+  if (!r.mayEnter) {
+    const nested = r.parent !== 'host' ? `; "${label}" is nested, so it is entered by the owner of its top-level context, or by its own owner from inside its parent` : '';
+    throw new UsernsError('E_PERMISSION', `the kernel lets only root and a namespace's owner join it from here${nested}; [access] users may resolve and map "${label}", not enter it`);
   }
   const argv = [`--user=${r.path}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--', ...(cmd.length > 0 ? cmd : [process.env.SHELL || '/bin/sh'])];
   return new Promise((resolve) => {
@@ -295,16 +302,16 @@ async function upcallCmd(args: string[], g: Globals): Promise<number> {
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   const [verb, label, ...extra] = positionals;
-  const { invalidateKey, issuedKeysRing, ourKeys } = await import('./keys.ts');
+  const { invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('./keys.ts');
   // Root also sees (and clears) the keys the upcall answered for other users: they are in root's
   // persistent keyring, which this makes ours to read.
   if (process.getuid!() === 0) try { issuedKeysRing(); } catch { /* no persistent keyrings: only root's own keys */ }
   const ours = ourKeys();
   if (verb === 'list' && extra.length === 0 && label === undefined) {
-    const rows = ours.map((k) => ({ id: k.id, label: k.label, uid: k.uid, timeout: k.timeout, state: k.flags.includes('N') ? 'negative' : k.flags.includes('I') ? 'instantiated' : 'pending' }));
+    const rows = ours.map((k) => ({ id: k.id, label: k.label, uid: k.uid, timeout: k.timeout, state: keyState(k) }));
     if (g.json) io.out(JSON.stringify({ keys: rows }));
     else if (rows.length === 0) io.out('no userns: keys you can see');
-    else printTable(io, [['KEY', 'LABEL', 'UID', 'EXPIRES', 'STATE'], ...rows.map((r) => [r.id.toString(16), r.label, String(r.uid), r.timeout, r.state])]);
+    else printTable(io, [['KEY', 'LABEL', 'UID', 'EXPIRES', 'STATE'], ...rows.map((r) => [String(r.id), r.label, String(r.uid), r.timeout, r.state])]);
     return EXIT.OK;
   }
   if (verb === 'clear' && extra.length === 0) {
@@ -317,7 +324,7 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
         invalidateKey(k.id);
         cleared++;
       } catch (err) {
-        io.err(`usernsctl: cannot invalidate key ${k.id.toString(16)} (${k.description}): ${(err as Error).message}`);
+        io.err(`usernsctl: cannot invalidate key ${k.id} (${k.description}): ${(err as Error).message}`);
         failed++;
       }
     }
@@ -328,10 +335,10 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   throw new UsageError('keys takes "list" or "clear [LABEL]"');
 }
 
-/** The xattr name: --xattr, else label_xattr of the settings file (--config, default /etc/usernsd.conf). */
+/** The xattr name: --xattr, else label_xattr of the settings file (--config, default DEFAULT_CONFIG_FILE). */
 async function labelXattrName(xattr: string | undefined, config: string | undefined): Promise<string> {
   if (xattr !== undefined) return xattr;
-  const { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, loadAgentConfig } = await import('../config/load.ts');
+  const { AGENT_DEFAULTS, loadAgentConfig } = await import('../config/load.ts');
   const { systemNss } = await import('../config/nss.ts');
   const file = config ?? DEFAULT_CONFIG_FILE;
   const r = loadAgentConfig(file, systemNss());

@@ -3,13 +3,14 @@ import { readFileSync } from 'node:fs';
 import { configError } from '../config/ini.ts';
 import type { Interval } from '../config/extents.ts';
 import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, loadAgentConfig, loadContextDefs } from '../config/load.ts';
+import { join } from 'node:path';
 import type { HostMaps } from '../config/load.ts';
 import { enumerateIds, systemNss } from '../config/nss.ts';
 import type { AgentConfig, ConfigError, Context, Nss } from '../config/types.ts';
 import { assignRanges, parseSubIds } from './allocate.ts';
 import type { Allocation } from './allocate.ts';
 import { UsernsError } from './errors.ts';
-import { ensureStateDir, readAllocations, writeAllocations } from './state.ts';
+import { ensureStateDir, IN_FORCE_FILE, readAllocations, readInForce, writeAllocations } from './state.ts';
 
 export type Configuration = {
   readonly agent: AgentConfig;
@@ -19,6 +20,8 @@ export type Configuration = {
   readonly allocations: ReadonlyMap<string, Allocation>;
   /** Allocations made by this load that are not yet in the state file (only when not recording). */
   readonly unrecorded: ReadonlyMap<string, Allocation>;
+  /** Contexts in force before this load whose files are now broken, kept at their last good version. */
+  readonly kept: readonly string[];
   readonly errors: readonly ConfigError[];
 };
 
@@ -47,6 +50,8 @@ export type LoadOptions = {
   readonly systemIds?: SystemIds;
   /** Record fresh allocations in the state directory (the agent) or only report them (check-config). */
   readonly record: boolean;
+  /** The contexts in force (the agent's, at a reload); default: the state directory's record. */
+  readonly inForce?: ReadonlyMap<string, Context>;
 };
 
 export function loadConfiguration(file: string | null, opts: LoadOptions): Configuration {
@@ -70,37 +75,64 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   errors.push(...loaded.errors);
   const defs = loaded.defs;
 
+  // Who is in force already: the agent's own picture, else what it recorded (check-config, a restart).
+  let inForce: ReadonlyMap<string, Context> = opts.inForce ?? new Map();
+  if (!opts.inForce) {
+    try {
+      inForce = readInForce(agent.state);
+    } catch (err) {
+      if (!(err instanceof UsernsError)) throw err;
+      // check-config run by a user who may not read the agent's state: it judges by the files alone.
+      const unreadable = (err.cause as NodeJS.ErrnoException | undefined)?.code === 'EACCES';
+      if (opts.record || !unreadable) errors.push(configError(join(agent.state, IN_FORCE_FILE), null, null, null, err.message));
+    }
+  }
+
   let starts = new Map<string, number>();
   let fresh = new Map<string, Allocation>();
-  let recorded = new Map<string, Allocation>();
-  if (defs.some((d) => d.autoSize !== null)) {
-    try {
-      recorded = readAllocations(agent.state);
+  let kept = new Map<string, Allocation>();
+  const wantsRange = defs.some((d) => d.autoSize !== null);
+  try {
+    // Recorded allocations are read even without an auto context: a static range must not take one.
+    const recorded = wantsRange || opts.record ? readAllocations(agent.state) : readAllocationsIfReadable(agent.state);
+    if (wantsRange) {
       // Static ranges as they stand before allocation: auto contexts (and their children) are left out.
       const statics = finishContexts(defs, new Map(), []).hostMaps;
       const reserved: Interval[] = [...(opts.systemIds ?? systemIds)()];
       for (const h of statics.values()) for (const e of [...h.uid, ...h.gid]) reserved.push({ start: e.outside, end: e.outside + e.count });
-      ({ starts, fresh } = assignRanges(defs, agent.pool, recorded, reserved, errors));
+      ({ starts, fresh, kept } = assignRanges(defs, agent.pool, recorded, reserved, errors));
       if (opts.record && fresh.size > 0) {
         ensureStateDir(agent.state);
         writeAllocations(agent.state, new Map([...recorded, ...fresh]));
       }
-    } catch (err) {
-      if (!(err instanceof UsernsError)) throw err;
-      for (const d of defs) if (d.autoSize !== null) errors.push(configError(d.file, 'context', 'range', null, err.message));
-      starts = new Map();
-      fresh = new Map();
+    } else {
+      kept = recorded;
     }
+  } catch (err) {
+    if (!(err instanceof UsernsError)) throw err;
+    for (const d of defs) if (d.autoSize !== null) errors.push(configError(d.file, 'context', 'range', null, err.message));
+    starts = new Map();
+    fresh = new Map();
   }
-  const { contexts, hostMaps } = finishContexts(defs, starts, errors);
+  const { contexts, hostMaps, kept: keptContexts } = finishContexts(defs, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]) });
   const allocations = new Map<string, Allocation>();
-  for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: starts.get(c.label)!, size: c.autoSize });
+  for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0]!.outside, size: c.autoSize });
   return {
     agent,
     contexts: new Map(contexts.map((c) => [c.label, c])),
     hostMaps,
     allocations,
     unrecorded: opts.record ? new Map() : fresh,
+    kept: keptContexts,
     errors,
   };
+}
+
+/** check-config as a user who cannot read the state directory: no record is no reservation to honour. */
+function readAllocationsIfReadable(dir: string): Map<string, Allocation> {
+  try {
+    return readAllocations(dir);
+  } catch {
+    return new Map();
+  }
 }

@@ -2,7 +2,7 @@
 import type { Logger } from 'pino';
 import { HOST_LABEL } from '../config/types.ts';
 import type { Context } from '../config/types.ts';
-import { isRoot, mayUse } from './auth.ts';
+import { isRoot, mayEnter, mayUse } from './auth.ts';
 import type { Peer } from './auth.ts';
 import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';
@@ -41,26 +41,26 @@ function handle<M extends Method<never, unknown>>(method: M, fn: Handler<M>): vo
 function usable(agent: Agent, peer: Peer, label: string): Context {
   if (isRoot(peer)) return agent.registry.context(label);
   const ctx = agent.registry.get(label);
-  if (ctx && mayUse(peer, ctx)) return ctx;
+  if (ctx && mayUse(peer, ctx, agent.registry.ancestors(ctx))) return ctx;
   throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not use context "${label}" (or there is none): ask root to add you to its [access] section`);
 }
 
 handle(P.resolve, async (agent, peer, { label }) => {
   usable(agent, peer, label);
-  return resolvedResult(await agent.registry.resolve(label, peer));
+  return resolvedResult(agent, peer, await agent.registry.resolve(label, peer));
 });
 
-function resolvedResult({ ctx, pin }: Resolved): P.ResolveResult {
+function resolvedResult(agent: Agent, peer: Peer, { ctx, pin }: Resolved): P.ResolveResult {
   return {
     label: ctx.label, path: pin.path, parent: ctx.parent, owner: ctx.owner, uidMap: ctx.uidMap, gidMap: ctx.gidMap,
-    setgroups: ctx.setgroups, ino: pin.ino, created: pin.created,
+    setgroups: ctx.setgroups, ino: pin.ino, created: pin.created, mayEnter: mayEnter(peer, agent.registry.topLevel(ctx)),
   };
 }
 
 handle(P.resolvePath, async (agent, peer, { path }) => {
   const found = findLabel(path, agent.registry.agent.labelXattr, peer);
   usable(agent, peer, found.label);
-  return { ...resolvedResult(await agent.registry.resolve(found.label, peer)), labelledPath: found.at };
+  return { ...resolvedResult(agent, peer, await agent.registry.resolve(found.label, peer)), labelledPath: found.at };
 });
 
 handle(P.map, (agent, peer, { from, to, uids = [], gids = [] }) => {
@@ -74,8 +74,8 @@ handle(P.map, (agent, peer, { from, to, uids = [], gids = [] }) => {
 handle(P.list, (agent, peer) => {
   const contexts: P.ListEntry[] = [];
   for (const c of agent.registry.all()) {
-    if (!mayUse(peer, c)) continue;
-    contexts.push({ label: c.label, parent: c.parent, owner: c.owner, create: c.create, squash: c.squash.mode, pinned: agent.registry.isPinned(c.label) });
+    if (!mayUse(peer, c, agent.registry.ancestors(c))) continue;
+    contexts.push({ label: c.label, parent: c.parent, owner: c.owner, uidMap: c.uidMap, gidMap: c.gidMap, create: c.create, squash: c.squash.mode, pinned: agent.registry.isPinned(c.label) });
   }
   return { contexts };
 });
@@ -86,12 +86,12 @@ handle(P.reload, (agent) => agent.reload('request'));
 
 handle(P.release, async (agent, peer, { label }) => {
   const started = performance.now();
-  const released = await agent.registry.release(label);
-  agent.count('released');
+  const { released, descendants } = await agent.registry.release(label);
+  for (let i = 0; i < descendants.length + (released ? 1 : 0); i++) agent.count('released');
   const ms = +(performance.now() - started).toFixed(2);
-  agent.log.info({ label, released, peerUid: peer.uid, peerPid: peer.pid, ms }, released ? 'Released user namespace' : 'Release: nothing pinned');
-  if (released) agent.invalidateKeys([label], 'a released pin');
-  return { label, released };
+  agent.log.info({ label, released, descendants, peerUid: peer.uid, peerPid: peer.pid, ms }, released ? 'Released user namespace' : 'Release: nothing pinned');
+  agent.invalidateKeys([...descendants, ...(released ? [label] : [])], 'a released pin');
+  return { label, released, descendants };
 });
 
 /** Log level by error code: the agent's own failures are louder than a client's mistakes. */

@@ -134,3 +134,20 @@ export function listKeys(): KeyEntry[] {
 export function ourKeys(all: KeyEntry[] = listKeys()): (KeyEntry & { label: string })[] {
   return all.filter((k) => k.type === 'user' && k.description.startsWith(KEY_PREFIX)).map((k) => ({ ...k, label: k.description.slice(KEY_PREFIX.length) }));
 }
+
+export type KeyState = 'instantiated' | 'negative' | 'pending' | 'expired' | 'revoked' | 'invalidated' | 'dead';
+
+/**
+ * A key's state from /proc/keys: its timeout column says "expd" once it has expired (its flags still
+ * say instantiated), and its flags are I(nstantiated) R(evoked) D(ead) Q(uota) U(nder construction)
+ * N(egative) i(nvalidated).
+ */
+export function keyState(k: KeyEntry): KeyState {
+  if (k.flags.includes('i')) return 'invalidated';
+  if (k.flags.includes('D')) return 'dead';
+  if (k.flags.includes('R')) return 'revoked';
+  if (k.timeout === 'expd') return 'expired';
+  if (k.flags.includes('N')) return 'negative';
+  if (k.flags.includes('I')) return 'instantiated';
+  return 'pending';
+}

@@ -1,6 +1,7 @@
 // usernsd: the entry point. Parses the command line and hands over to the manager.
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
+import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
 import { LOG_LEVELS } from '../config/types.ts';
 import type { LogLevel } from '../config/types.ts';
 import { UsernsError } from './errors.ts';
@@ -14,7 +15,7 @@ UNIX socket, creating and pinning namespaces from /etc/userns.d/*.conf.
 Runs in the foreground, as init expects; logs JSON to stderr.
 
 Options:
-  -c, --config FILE      settings file (default /etc/usernsd.conf)
+  -c, --config FILE      settings file (default ${DEFAULT_CONFIG_FILE}; $USERNSD_CONFIG sets it)
   -l, --log-level LEVEL  ${LOG_LEVELS.join(', ')} (default: the file's log_level, else info)
   -h, --help             show this help
   -V, --version          show the version

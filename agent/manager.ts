@@ -1,7 +1,7 @@
 // The agent's lifecycle: load and reconcile at start, eager creation, the socket, reload, drain on stop.
 import type { Logger } from 'pino';
 import { formatConfigError } from '../config/ini.ts';
-import type { LogLevel, Nss } from '../config/types.ts';
+import type { Context, LogLevel, Nss } from '../config/types.ts';
 import { isRoot, mayUse } from './auth.ts';
 import type { Peer } from './auth.ts';
 import { loadConfiguration } from './configure.ts';
@@ -15,13 +15,14 @@ import type { ContextState, ReloadResult, StatusResult } from './protocol.ts';
 import { Registry } from './registry.ts';
 import { Stats } from './stats.ts';
 import { IpcServer } from './server.ts';
+import { ensureStateDir, writeInForce } from './state.ts';
 import { sdNotify } from './sys.ts';
 import { VERSION } from './version.ts';
 import { checkUpcallWiring } from './wiring.ts';
 import type { UpcallWiring } from './wiring.ts';
 
 export type ManagerOptions = {
-  /** null: /etc/usernsd.conf if it exists, else the defaults. */
+  /** null: DEFAULT_CONFIG_FILE if it exists, else the defaults. */
   readonly configFile: string | null;
   readonly log: Logger;
   /** --log-level: wins over the file's log_level, also after a reload. */
@@ -67,8 +68,19 @@ export class Manager implements Agent {
     this.server = new IpcServer({ path: config.agent.socket, log: opts.log, onRequest: (conn, data) => handleRequest(this, conn, data) });
   }
 
-  private static load(opts: ManagerOptions): Configuration {
-    return loadConfiguration(opts.configFile, { record: true, nss: opts.nss, systemIds: opts.systemIds });
+  /** `inForce`: the contexts in force now (a reload); at start the state directory's record says. */
+  private static load(opts: ManagerOptions, inForce?: ReadonlyMap<string, Context>): Configuration {
+    return loadConfiguration(opts.configFile, { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce });
+  }
+
+  /** What is in force now, for the next start and for check-config (see config/load.ts admissionOrder). */
+  private recordInForce(): void {
+    try {
+      ensureStateDir(this.registry.agent.state);
+      writeInForce(this.registry.agent.state, this.registry.all());
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, `Failed to record the contexts in force: ${(err as Error).message}; after a restart, files are admitted in name order`);
+    }
   }
 
   /**
@@ -81,6 +93,7 @@ export class Manager implements Agent {
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config);
+    m.recordInForce();
     const wiring = m.checkUpcall(); // a few ms in request-key, alongside adoption and creation
     for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     const started = performance.now();
@@ -185,7 +198,7 @@ export class Manager implements Agent {
   private async reloadConfig(source: string): Promise<ReloadResult> {
     const started = performance.now();
     const before = this.registry.agent;
-    const config = Manager.load(this.opts);
+    const config = Manager.load(this.opts, new Map([...this.registry.all()].map((c) => [c.label, c])));
     const errors = config.errors.map(formatConfigError);
     this.count('reloads');
     this.lastReload = new Date().toISOString();
@@ -198,9 +211,11 @@ export class Manager implements Agent {
       if (config.agent[key] !== before[key]) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
     }
     const diff = this.registry.apply({ ...config, agent: { ...config.agent, socket: before.socket, pins: before.pins, state: before.state, mountNamespace: before.mountNamespace } });
+    this.recordInForce();
     for (const label of diff.removed) {
       try {
-        if (await this.registry.release(label)) this.log.info({ label }, 'Released user namespace (context removed)');
+        // A removed context's children are removed with it (their parent is gone): each is in diff.removed.
+        if ((await this.registry.release(label)).released) this.log.info({ label }, 'Released user namespace (context removed)');
       } catch (err) {
         this.log.error({ label }, `Failed to release removed context ${label}: ${(err as Error).message}`);
       }
@@ -219,11 +234,11 @@ export class Manager implements Agent {
     const base = { version: VERSION, protocol: PROTOCOL_VERSION, uptimeSeconds: Math.floor((Date.now() - this.startedAt) / 1000) };
     if (!isRoot(peer)) {
       let visible = 0;
-      for (const c of this.registry.all()) if (mayUse(peer, c)) visible++;
+      for (const c of this.registry.all()) if (mayUse(peer, c, this.registry.ancestors(c))) visible++;
       return { ...base, contexts: visible, full: false };
     }
     const contextStates = this.contextStates(); // one look at each pin, for both figures
-    const pinned = contextStates.filter((c) => c.state === 'pinned' || c.state === 'drift').length;
+    const pinned = contextStates.filter((c) => c.state === 'pinned' || c.state === 'drift' || c.state === 'stale').length;
     return {
       ...base,
       contexts: this.registry.size,
@@ -245,16 +260,26 @@ export class Manager implements Agent {
   }
 
   /**
-   * Each context's state as the kernel shows it now: not created, pinned, or drift (pinned, but its
-   * maps differ from the configuration, as found at start or at a resolve); and pins without a
-   * context (orphans).
+   * Each context's state as the kernel shows it now: not created, pinned, drift (pinned, but not as
+   * configured: found at start or at a resolve), stale (pinned under a parent in drift, stale or not
+   * pinned); and pins without a context (orphans). Parents come before children in the registry.
    */
   private contextStates(): ContextState[] {
     const drift = this.registry.namespaces.drifted;
     const out: ContextState[] = [];
+    const byLabel = new Map<string, ContextState>();
     for (const c of this.registry.all()) {
       const pinned = this.registry.isPinned(c.label);
-      out.push({ label: c.label, owner: c.owner, state: !pinned ? 'not created' : drift.has(c.label) ? 'drift' : 'pinned' });
+      const parent = byLabel.get(c.parent);
+      let s: ContextState;
+      if (!pinned) s = { label: c.label, owner: c.owner, state: 'not created' };
+      else if (drift.has(c.label)) s = { label: c.label, owner: c.owner, state: 'drift' };
+      else if (parent && parent.state !== 'pinned') {
+        const why = parent.state === 'not created' ? `its parent ${c.parent} is not pinned` : `its parent ${c.parent} is in ${parent.state}`;
+        s = { label: c.label, owner: c.owner, state: 'stale', why: `${why}: release ${c.parent} (usernsctl release ${c.parent} releases what is nested in it too)` };
+      } else s = { label: c.label, owner: c.owner, state: 'pinned' };
+      byLabel.set(c.label, s);
+      out.push(s);
     }
     for (const label of this.registry.orphans()) out.push({ label, owner: null, state: 'orphan' });
     return out;

@@ -81,6 +81,12 @@ export type ResolveResult = {
   readonly ino: number;
   /** True when this request created the namespace. */
   readonly created: boolean;
+  /**
+   * Whether the kernel lets the caller join it from the initial namespace (setns(2)): root, and the
+   * owner of its top-level context (itself when its parent is host) — the owner of a namespace holds
+   * every capability in the namespaces nested in it.
+   */
+  readonly mayEnter: boolean;
 };
 export type ResolvePathResult = ResolveResult & {
   /** The nearest ancestor of the path (or the path itself) that carries the label. */
@@ -91,12 +97,20 @@ export type ListEntry = {
   readonly label: string;
   readonly parent: string;
   readonly owner: Owner;
+  /** As configured (allocated, for range = auto): outside ids are the parent's. */
+  readonly uidMap: readonly Extent[];
+  readonly gidMap: readonly Extent[];
   readonly create: 'lazy' | 'eager';
   readonly squash: 'none' | 'root' | 'all';
   readonly pinned: boolean;
 };
 export type ListResult = { readonly contexts: ListEntry[] };
-export type ContextState = { readonly label: string; readonly owner: Owner | null; readonly state: 'not created' | 'pinned' | 'drift' | 'orphan' };
+/**
+ * drift: pinned, but not as configured (other maps, or not nested in its parent's pin); stale:
+ * pinned, but its parent is in drift or stale, or not pinned, so it cannot be resolved until that
+ * is fixed (`why` says which).
+ */
+export type ContextState = { readonly label: string; readonly owner: Owner | null; readonly state: 'not created' | 'pinned' | 'drift' | 'stale' | 'orphan'; readonly why?: string };
 export type PinReport = { readonly label: string; readonly status: string; readonly message: string };
 export type StatusResult = {
   readonly version: string;
@@ -133,7 +147,8 @@ export type ReloadResult = {
   readonly kept: string[];
   readonly errors: string[];
 };
-export type ReleaseResult = { readonly label: string; readonly released: boolean };
+/** `descendants`: the pinned contexts nested in it, released first (deepest first). */
+export type ReleaseResult = { readonly label: string; readonly released: boolean; readonly descendants: readonly string[] };
 
 const method = <P, R>(name: string, params: ParamSpec, rootOnly = false): Method<P, R> => ({ name, params, rootOnly });
 

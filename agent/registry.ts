@@ -101,7 +101,7 @@ export class Registry {
     const ctx = this.context(label);
     const parent = ctx.parent === HOST_LABEL ? null : await this.resolve(ctx.parent, by);
     const started = performance.now();
-    const pin = await this.namespaces.ensure(ctx, parent && { pin: parent.pin.path, host: this.hostMaps.get(ctx.parent)! });
+    const pin = await this.namespaces.ensure(ctx, parent && { pin: parent.pin.path, ino: parent.pin.ino, host: this.hostMaps.get(ctx.parent)! });
     if (pin.created) this.onCreate(pin, performance.now() - started, by);
     return { ctx, pin };
   }
@@ -124,49 +124,62 @@ export class Registry {
     return this.adoption;
   }
 
-  release(label: string): Promise<boolean> {
-    return this.namespaces.release(label);
+  /** The contexts a context is nested in: its parent first, its top-level context last. */
+  ancestors(ctx: Context): Context[] {
+    const out: Context[] = [];
+    for (let c = ctx; c.parent !== HOST_LABEL && out.length < 64;) {
+      c = this.context(c.parent);
+      out.push(c);
+    }
+    return out;
+  }
+
+  /** The ancestor whose parent is host (the context itself for a top-level one). */
+  topLevel(ctx: Context): Context {
+    return this.ancestors(ctx).pop() ?? ctx;
+  }
+
+  /** Contexts nested in `label`, at any depth, deepest first. */
+  descendants(label: string): string[] {
+    const out: string[] = [];
+    const walk = (parent: string, depth: number) => {
+      if (depth > 64) return;
+      for (const c of this.contexts.values()) if (c.parent === parent) { walk(c.label, depth + 1); out.push(c.label); }
+    };
+    walk(label, 0);
+    return out;
   }
 
   /**
-   * Put a freshly loaded configuration in force. A context whose file is now broken keeps its last
-   * good version (while its parent stays), so one typo does not take a context away; a context
-   * whose file is gone is removed and its pin released. A changed context keeps its pin: if its maps
-   * changed, resolve reports drift until root releases it.
+   * Unpin a context, and first every pinned context nested in it: a child left pinned would stay
+   * inside the old parent namespace, and no longer be nested in the parent's next pin.
+   */
+  async release(label: string): Promise<{ released: boolean; descendants: string[] }> {
+    const descendants: string[] = [];
+    for (const d of this.descendants(label)) if (await this.namespaces.release(d)) descendants.push(d);
+    return { released: await this.namespaces.release(label), descendants };
+  }
+
+  /**
+   * Put a freshly loaded configuration in force. The load has already decided everything: a context
+   * whose file is now broken is in it at its last good version (Configuration.kept), and a context
+   * in force kept its ids against newcomers. A context whose file is gone is removed (the caller
+   * releases its pin). A changed context keeps its pin: if its maps changed, resolve reports drift
+   * until root releases it.
    */
   apply(next: Configuration): ReloadDiff {
-    const broken = new Set(next.errors.map((e) => e.file));
-    const merged = new Map<string, Context>();
-    const hostMaps = new Map<string, HostMaps>();
-    const kept: string[] = [];
-    // Walk the new contexts and the old ones parents-first, so a kept child finds its parent.
-    const order = [...next.contexts.values(), ...this.contexts.values()];
-    for (let progress = true; progress;) {
-      progress = false;
-      for (const c of order) {
-        if (merged.has(c.label)) continue;
-        const fresh = next.contexts.get(c.label);
-        const candidate = fresh ?? (broken.has(c.file) ? c : null);
-        if (!candidate || candidate !== c) continue;
-        if (candidate.parent !== HOST_LABEL && !merged.has(candidate.parent)) continue;
-        merged.set(c.label, c);
-        hostMaps.set(c.label, fresh ? next.hostMaps.get(c.label)! : this.hostMaps.get(c.label)!);
-        if (!fresh) kept.push(c.label);
-        progress = true;
-      }
-    }
     const added: string[] = [];
     const changed: string[] = [];
-    for (const [label, c] of merged) {
+    for (const [label, c] of next.contexts) {
       const old = this.contexts.get(label);
       if (!old) added.push(label);
       else if (!sameContext(old, c)) changed.push(label);
     }
-    const removed = [...this.contexts.keys()].filter((l) => !merged.has(l));
+    const removed = [...this.contexts.keys()].filter((l) => !next.contexts.has(l));
     this.config = next;
-    this.contexts = merged;
-    this.hostMaps = hostMaps;
+    this.contexts = new Map(next.contexts);
+    this.hostMaps = new Map(next.hostMaps);
     this.views.clear();
-    return { added, changed, removed, kept };
+    return { added, changed, removed, kept: [...next.kept] };
   }
 }

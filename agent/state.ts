@@ -1,6 +1,7 @@
-// The agent's persistent state under /var/lib/usernsd: range allocations, written atomically.
+// The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
 import { closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Context } from '../config/types.ts';
 import type { Allocation } from './allocate.ts';
 import { UsernsError } from './errors.ts';
 
@@ -80,5 +81,46 @@ export function writeAllocations(dir: string, allocations: ReadonlyMap<string, A
     writeFileAtomic(dir, RANGES_FILE, JSON.stringify({ version: STATE_VERSION, allocations: sorted }, null, 1) + '\n');
   } catch (err) {
     throw new UsernsError('E_INTERNAL', `cannot record allocations in ${join(dir, RANGES_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+  }
+}
+
+export const IN_FORCE_FILE = 'contexts.json';
+
+/**
+ * The contexts in force, as the agent last put them in force. It decides who keeps its ids when a
+ * file changes (config/load.ts admissionOrder) — after a restart, and for check-config — and keeps a
+ * context whose file broke at its last good version. Missing: nothing is in force yet.
+ */
+export function readInForce(dir: string): Map<string, Context> {
+  const file = join(dir, IN_FORCE_FILE);
+  let text: string;
+  try {
+    text = readFileSync(file, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    throw new UsernsError('E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, err);
+  }
+  const corrupt = (why: string) => new UsernsError('E_CONFIG', `${file} is corrupt (${why}): contexts are admitted in file order until the agent rewrites it`);
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    throw corrupt('not JSON');
+  }
+  const contexts = (data as { version?: unknown; contexts?: unknown } | null)?.contexts;
+  if ((data as { version?: unknown } | null)?.version !== STATE_VERSION || !Array.isArray(contexts)) throw corrupt(`not version ${STATE_VERSION}`);
+  const out = new Map<string, Context>();
+  for (const c of contexts as Context[]) {
+    if (typeof c?.label !== 'string' || typeof c.parent !== 'string' || !Array.isArray(c.uidMap) || !Array.isArray(c.gidMap) || typeof c.file !== 'string') throw corrupt('a bad entry');
+    out.set(c.label, c);
+  }
+  return out;
+}
+
+export function writeInForce(dir: string, contexts: Iterable<Context>): void {
+  try {
+    writeFileAtomic(dir, IN_FORCE_FILE, JSON.stringify({ version: STATE_VERSION, contexts: [...contexts] }) + '\n');
+  } catch (err) {
+    throw new UsernsError('E_INTERNAL', `cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
   }
 }

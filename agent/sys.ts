@@ -1,4 +1,5 @@
 // The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify. Failures throw SysError.
+import { fstatSync } from 'node:fs';
 import { constants } from 'node:os';
 import { koffi, libc, SysError } from './ffi.ts';
 import { sendDatagram } from './unixsock.ts';
@@ -8,6 +9,7 @@ const umount2Fn = libc.func('int umount2(const char *target, int flags)');
 const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' });
 const getsockoptFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', koffi.out(koffi.pointer(ucred)), koffi.inout(koffi.pointer('uint32_t'))]);
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
+const ioctlArgFn = libc.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']);
 const lgetxattrFn = libc.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)');
 const lsetxattrFn = libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
 const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char *name)');
@@ -22,6 +24,8 @@ const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 const SO_PEERGROUPS = 59;
 const FIONREAD = 0x541b;
+/** ioctl_ns(2): _IO(0xb7, 0x2), a new descriptor for the parent of a user namespace. */
+const NS_GET_PARENT = 0xb702;
 
 export function bindMount(source: string, target: string): void {
   if (mountFn(source, target, null, MS_BIND, null) !== 0) throw new SysError('mount', koffi.errno(), `${source} -> ${target}, MS_BIND`);
@@ -33,6 +37,30 @@ export function detach(target: string): boolean {
   const errno = koffi.errno();
   if (errno === constants.errno.EINVAL || errno === constants.errno.ENOENT) return false;
   throw new SysError('umount2', errno, `${target}, MNT_DETACH`);
+}
+
+/**
+ * The nsfs inode of the parent of the user namespace pinned at `path` (ioctl_ns(2) NS_GET_PARENT),
+ * or null when nothing is pinned there or the namespace is the initial one.
+ */
+export function parentNsIno(path: string): number | null {
+  const fd = openFn(path, O_CLOEXEC, 0); // O_RDONLY
+  if (fd < 0) return null;
+  try {
+    const parent = ioctlArgFn(fd, NS_GET_PARENT, 0);
+    if (parent < 0) {
+      const errno = koffi.errno();
+      if (errno === constants.errno.EPERM || errno === constants.errno.ENOTTY || errno === constants.errno.EINVAL) return null;
+      throw new SysError('ioctl', errno, `${path}, NS_GET_PARENT`);
+    }
+    try {
+      return fstatSync(parent).ino;
+    } finally {
+      closeFn(parent);
+    }
+  } finally {
+    closeFn(fd);
+  }
 }
 
 export type PeerCred = { readonly pid: number; readonly uid: number; readonly gid: number };

@@ -6,12 +6,13 @@ import { dirname, join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../config/extents.ts';
 import type { HostMaps } from '../config/load.ts';
 import { labelProblem } from '../config/schema.ts';
+import { HOST_LABEL } from '../config/types.ts';
 import type { Context, IdMap } from '../config/types.ts';
 import { UsernsError } from './errors.ts';
 import { fromHost, makeView } from './idmap.ts';
 import { writeFileAtomic } from './state.ts';
 import { SysError } from './ffi.ts';
-import { bindMount, closeFd, detach, openDirPath, statAt } from './sys.ts';
+import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
 export type Pin = {
   readonly label: string;
@@ -144,6 +145,9 @@ export function pinMountNamespace(setting: string): string | null {
   }
 }
 
+/** A nested context's parent, as its creation and checks need it: pin path, nsfs inode, host maps. */
+export type ParentPin = { readonly pin: string; readonly ino: number; readonly host: HostMaps };
+
 export type NamespacesOptions = {
   readonly pinsDir: string;
   readonly stateDir: string;
@@ -163,7 +167,7 @@ export class Namespaces {
    * so a reload that changes a context's maps checks again; `ctx` and `pin` are the last answer,
    * reused while the inode and the Context object are the same.
    */
-  private readonly verified = new Map<string, { key: string; ino: number; ctx: Context; pin: Pin; checkedAt: number }>();
+  private readonly verified = new Map<string, { key: string; ino: number; parentIno: number | null; ctx: Context; pin: Pin; checkedAt: number }>();
   private readonly paths = new Map<string, string>();
   /** The pins directory, opened once: a pin is checked with one single-component fstatat. */
   private dirFd: number | null = null;
@@ -189,9 +193,9 @@ export class Namespaces {
   }
 
   /** The answer for a pin already checked, at the price of one fstatat; null when it must be looked at again. */
-  private checked(ctx: Context): Pin | null {
+  private checked(ctx: Context, parent: ParentPin | null): Pin | null {
     const v = this.verified.get(ctx.label);
-    if (v === undefined || v.ctx !== ctx) return null;
+    if (v === undefined || v.ctx !== ctx || v.parentIno !== (parent?.ino ?? null)) return null;
     // An answer is "as of at most PIN_RECHECK_MS ago": under load, one fstatat serves many resolves
     // (the pin could be unmounted right after any check anyway).
     const now = performance.now();
@@ -205,10 +209,22 @@ export class Namespaces {
     return v.pin;
   }
 
-  private remember(ctx: Context, pin: Pin): Pin {
+  private remember(ctx: Context, pin: Pin, parentIno: number | null): Pin {
     const reused = pin.created ? { ...pin, created: false } : pin;
-    this.verified.set(ctx.label, { key: verifiedKey(pin.ino, ctx), ino: pin.ino, ctx, pin: reused, checkedAt: performance.now() });
+    this.verified.set(ctx.label, { key: verifiedKey(pin.ino, ctx), ino: pin.ino, parentIno, ctx, pin: reused, checkedAt: performance.now() });
     return pin;
+  }
+
+  /**
+   * Why a nested pin does not belong under its parent's pin, or null when it does. A parent
+   * released (or lost) and created anew leaves the old child inside the old parent namespace.
+   */
+  private parentProblem(label: string, path: string, parent: { label: string; ino: number | null } | null): string | null {
+    if (parent === null) return null;
+    const actual = parentNsIno(path);
+    if (parent.ino === null) return `its parent "${parent.label}" is not pinned`;
+    if (actual !== parent.ino) return `its namespace lies in user:[${actual}], not in its parent "${parent.label}"'s pinned user:[${parent.ino}] (the parent was released or created anew)`;
+    return null;
   }
 
   /** Directories are made once, and must be real directories: a symlink planted there is refused. */
@@ -223,8 +239,8 @@ export class Namespaces {
    * The context's namespace, created and pinned if it is not pinned yet. Concurrent calls for one
    * label share one creation. `parent` is the parent's pin and host maps (null under host).
    */
-  ensure(ctx: Context, parent: { pin: string; host: HostMaps } | null): Promise<Pin> {
-    const known = this.checked(ctx); // the common case: no promise chain, no map formatting
+  ensure(ctx: Context, parent: ParentPin | null): Promise<Pin> {
+    const known = this.checked(ctx, parent); // the common case: no promise chain, no map formatting
     if (known) return Promise.resolve(known);
     const existing = this.inflight.get(ctx.label);
     if (existing) return existing.then((p) => ({ ...p, created: false }));
@@ -233,7 +249,7 @@ export class Namespaces {
     return p;
   }
 
-  private async createOrReuse(ctx: Context, parent: { pin: string; host: HostMaps } | null): Promise<Pin> {
+  private async createOrReuse(ctx: Context, parent: ParentPin | null): Promise<Pin> {
     // The slow path: look by name from scratch, and reopen the directory (it may have been replaced).
     if (this.dirFd !== null) {
       closeFd(this.dirFd);
@@ -242,22 +258,29 @@ export class Namespaces {
     const path = this.pinPath(ctx.label);
     const ino = pinnedIno(path);
     if (ino !== null) {
-      // Reuse only a pin whose maps are the configured ones: a drifted pin is reported, never used.
-      if (this.verified.get(ctx.label)?.key !== verifiedKey(ino, ctx)) {
+      // Reuse only a pin whose maps are the configured ones, under its parent's pin: a drifted pin is
+      // reported, never used.
+      const v = this.verified.get(ctx.label);
+      if (v?.key !== verifiedKey(ino, ctx) || v.parentIno !== (parent?.ino ?? null)) {
         const actual = await this.mapsOf(ctx.label, path, ino);
         if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
           this.drifted.add(ctx.label);
           throw new UsernsError('E_CONFIG', `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`);
         }
+        const why = this.parentProblem(ctx.label, path, parent && { label: ctx.parent, ino: parent.ino });
+        if (why) {
+          this.drifted.add(ctx.label);
+          throw new UsernsError('E_CONFIG', `pin ${path} is not nested in its parent's pin (drift): ${why}; release it (usernsctl release ${ctx.label}) to have it created anew`);
+        }
         this.drifted.delete(ctx.label);
       }
-      return this.remember(ctx, { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false });
+      return this.remember(ctx, { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false }, parent?.ino ?? null);
     }
     this.ensureDirs();
     return this.create(ctx, parent, path);
   }
 
-  private async create(ctx: Context, parent: { pin: string; host: HostMaps } | null, path: string): Promise<Pin> {
+  private async create(ctx: Context, parent: ParentPin | null, path: string): Promise<Pin> {
     let child: ChildProcess;
     try {
       child = this.spawnChild(ctx, parent);
@@ -273,7 +296,7 @@ export class Namespaces {
       const ino = pinnedIno(path)!;
       const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
       this.writeRecord(pin);
-      return this.remember(ctx, pin);
+      return this.remember(ctx, pin, parent?.ino ?? null);
     } finally {
       await reap(child);
     }
@@ -284,7 +307,7 @@ export class Namespaces {
    * run with the owner's ids, or for a nested context entered into the parent first with the owner's
    * ids as seen there. It waits on stdin, so it also ends if the agent dies.
    */
-  private spawnChild(ctx: Context, parent: { pin: string; host: HostMaps } | null): ChildProcess {
+  private spawnChild(ctx: Context, parent: ParentPin | null): ChildProcess {
     const opts = { env: PATH_ENV, stdio: ['pipe', 'ignore', 'pipe'] as ('pipe' | 'ignore')[] };
     if (parent === null) {
       return spawn('unshare', ['--user', '--', 'cat'], { ...opts, uid: ctx.owner.uid, gid: ctx.owner.gid });
@@ -476,12 +499,17 @@ export class Namespaces {
         continue;
       }
       const actual = await this.mapsOf(label, path, ino);
-      if (sameMap(actual.uidMap, ctx.uidMap) && sameMap(actual.gidMap, ctx.gidMap)) {
-        this.remember(ctx, { label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false });
-        out.push({ label, path, status: 'ok', message: 'pinned, maps as configured' });
-      } else {
+      const parentIno = ctx.parent === HOST_LABEL ? null : pinnedIno(this.pinPath(ctx.parent));
+      const parentWhy = ctx.parent === HOST_LABEL ? null : this.parentProblem(label, path, { label: ctx.parent, ino: parentIno });
+      if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
         this.drifted.add(label);
         out.push({ label, path, status: 'drift', message: `${path} maps differ from the configuration: not used until released (usernsctl release ${label})`, actual: { uidMap: actual.uidMap, gidMap: actual.gidMap } });
+      } else if (parentWhy) {
+        this.drifted.add(label);
+        out.push({ label, path, status: 'drift', message: `${path} is not nested in its parent's pin: ${parentWhy}; not used until released (usernsctl release ${label})` });
+      } else {
+        this.remember(ctx, { label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false }, parentIno);
+        out.push({ label, path, status: 'ok', message: 'pinned, maps as configured' });
       }
     }
     return out;

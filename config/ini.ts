@@ -49,18 +49,33 @@ export function readConfigText(file: string): string | ConfigError {
  * scan beside it finds where each section and key stands, and what `ini` would silently accept but an
  * admin would not expect: keys before any section, repeated keys and repeated sections.
  */
-export function parseIni(file: string, text: string): { doc: IniDoc; errors: ConfigError[] } {
+export function parseIni(file: string, text: string): { doc: IniDoc; errors: ConfigError[]; syntax: boolean } {
   const errors: ConfigError[] = [];
   const values = ini.decode(text) as Record<string, unknown>;
   const sections = new Map<string, IniSection>();
   let current: IniSection | null = null;
   let currentName = '';
+  // After a broken header the keys that follow belong to no section we can name: they are not
+  // reported again one by one, nor as "missing" from a section the admin did write.
+  let swallowing = false;
+  let syntax = false;
+  const syntaxError = (key: string | null, line: number, message: string) => {
+    syntax = true;
+    errors.push(configError(file, null, key, line, message));
+  };
   for (const [i, raw] of text.split(/\r?\n/).entries()) {
     const line = i + 1;
     const s = raw.trim();
     if (s === '' || s.startsWith(';') || s.startsWith('#')) continue;
-    const header = /^\[(.*)\]\s*(?:[;#].*)?$/.exec(s);
-    if (header) {
+    if (s.startsWith('[')) {
+      const header = /^\[([^\]]*)\]\s*(?:[;#].*)?$/.exec(s);
+      if (!header) {
+        syntaxError(null, line, `a section header must be "[name]" alone on its line (${s.includes(']') ? 'text follows the "]"' : 'the closing "]" is missing'})`);
+        current = null;
+        swallowing = true;
+        continue;
+      }
+      swallowing = false;
       currentName = header[1]!.trim();
       if (sections.has(currentName)) {
         errors.push(configError(file, currentName, null, line, `section appears twice (first at line ${sections.get(currentName)!.line}): merge them`));
@@ -71,10 +86,19 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
       }
       continue;
     }
+    if (swallowing) continue;
     const eq = s.indexOf('=');
-    const key = (eq < 0 ? s : s.slice(0, eq)).trim();
+    if (eq < 0) {
+      syntaxError(null, line, 'is not "key = value": the "=" is missing');
+      continue;
+    }
+    const key = s.slice(0, eq).trim();
+    if (key === '') {
+      syntaxError(null, line, 'is not "key = value": the key before "=" is missing');
+      continue;
+    }
     if (current === null) {
-      errors.push(configError(file, null, key, line, 'stands before any [section]'));
+      errors.push(configError(file, null, key, line, 'stands before any [section]: put it under the section it belongs to'));
       continue;
     }
     if (current.keys.has(key)) {
@@ -87,5 +111,5 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
       : undefined;
     current.keys.set(key, { value: typeof v === 'string' ? v.trim() : null, line });
   }
-  return { doc: { file, sections }, errors };
+  return { doc: { file, sections }, errors, syntax };
 }

@@ -9,7 +9,11 @@ import type { Schema } from './schema.ts';
 import { DEFAULT_SOCKET, HOST_LABEL } from './types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss, Owner } from './types.ts';
 
-export const DEFAULT_CONFIG_FILE = '/etc/usernsd.conf';
+/**
+ * The settings file when --config is not given: $USERNSD_CONFIG (set by the installed wrappers to
+ * SYSCONFDIR/usernsd.conf, and by hand for a checkout's `npm start`), else /etc/usernsd.conf.
+ */
+export const DEFAULT_CONFIG_FILE = process.env.USERNSD_CONFIG || '/etc/usernsd.conf';
 
 export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
   socket: DEFAULT_SOCKET,
@@ -98,7 +102,7 @@ const ROOT: Owner = { uid: 0, gid: 0, name: 'root' };
 /** One context file -> a definition, or the errors that keep it out. */
 export function parseContextFile(file: string, text: string, nss: Nss, poolSize: number): { def: ContextDef | null; errors: ConfigError[] } {
   const errors: ConfigError[] = [];
-  const { doc, errors: iniErrors } = parseIni(file, text);
+  const { doc, errors: iniErrors, syntax } = parseIni(file, text);
   errors.push(...iniErrors);
   const v = applySchema(doc, CONTEXT_SCHEMA, nss, errors);
   const ctx = v.get('context') ?? new Map<string, unknown>();
@@ -106,7 +110,9 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
   const err = (section: string, key: string | null, message: string) =>
     errors.push(configError(file, section, key, key ? lineOf(doc, section, key) : lineOf(doc, section), message));
 
-  if (!doc.sections.has('context')) err('context', null, 'missing: every context file needs a [context] section');
+  // What is missing is said only of a file that parsed: after a syntax error it would be noise.
+  const missing = (section: string, key: string | null, message: string) => { if (!syntax) err(section, key, message); };
+  if (!doc.sections.has('context')) missing('context', null, 'missing: every context file needs a [context] section');
   const label = get<string>('context', 'label') ?? basename(file).replace(/\.conf$/, '');
   if (!ctx.has('label') && labelProblem(label) !== null) {
     err('context', 'label', `the file name gives the label "${label}": ${labelProblem(label)}; rename the file or set label =`);
@@ -128,11 +134,10 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
   } else {
     if (present('size')) err('context', 'size', 'only applies with range = auto');
     if (!present('range')) {
-      if (!present('uid_map')) err('context', 'uid_map', 'missing: set uid_map and gid_map, or range = auto');
-      if (!present('gid_map')) err('context', 'gid_map', 'missing: set uid_map and gid_map, or range = auto');
+      if (!present('uid_map')) missing('context', 'uid_map', 'missing: set uid_map and gid_map, or range = auto');
+      if (!present('gid_map')) missing('context', 'gid_map', 'missing: set uid_map and gid_map, or range = auto');
     }
   }
-  const setgroups = get<'allow' | 'deny'>('context', 'setgroups') ?? (owner.uid === 0 ? 'allow' : 'deny');
   if (errors.length > 0) return { def: null, errors };
   return {
     def: {
@@ -140,7 +145,8 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
       uidMap: auto ? null : uidMap,
       gidMap: auto ? null : gidMap,
       autoSize: auto ? (sizeSet ?? poolSize) : null,
-      setgroups,
+      // The default depends on the parent's (finishContexts): a nested namespace inherits deny.
+      setgroups: get<'allow' | 'deny'>('context', 'setgroups') ?? null,
       create: get<'lazy' | 'eager'>('context', 'create') ?? 'lazy',
       squash: {
         mode: get('squash', 'mode') ?? 'root',
@@ -228,7 +234,7 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
 /** Ids of one kind a context reaches in the initial namespace, through its parent chain. */
 export type HostMaps = { readonly uid: IdMap; readonly gid: IdMap };
 
-type Claim = { start: number; end: number; label: string };
+type Claim = { start: number; end: number; label: string; allocation: boolean };
 
 /** Disjoint claims kept sorted by start: the first claim overlapping [start, end), if any, in O(log n). */
 function findClaim(claims: readonly Claim[], start: number, end: number): Claim | null {
@@ -247,27 +253,99 @@ function addClaim(claims: Claim[], claim: Claim): void {
   claims.splice(lo, 0, claim);
 }
 
+/** What came before a load: the contexts in force (by label) and the ranges allocated, used or not. */
+export type Prior = {
+  readonly inForce: ReadonlyMap<string, Context>;
+  /** Allocations in effect for range = auto (recorded or fresh), by label: reserved for their label alone. */
+  readonly allocations: ReadonlyMap<string, { readonly start: number; readonly size: number }>;
+};
+
+export const NO_PRIOR: Prior = { inForce: new Map(), allocations: new Map() };
+
+function sameIds(a: Context, b: { parent: string; uidMap: IdMap; gidMap: IdMap }): boolean {
+  return a.parent === b.parent && JSON.stringify(a.uidMap) === JSON.stringify(b.uidMap) && JSON.stringify(a.gidMap) === JSON.stringify(b.gidMap);
+}
+
+/**
+ * The order contexts are admitted in: first every context already in force that keeps its ids
+ * (unchanged, or kept at its last good version because its file is now broken), then the new and
+ * changed ones; parents before children within each. So a context in force is never refused
+ * because a file that sorts before it now claims its ids: the newcomer is.
+ */
+function admissionOrder(defs: readonly ContextDef[], kept: readonly Context[], allocated: ReadonlyMap<string, number>, prior: Prior): { def: ContextDef; senior: boolean }[] {
+  const byLabel = new Map<string, ContextDef>();
+  for (const d of [...kept, ...defs]) byLabel.set(d.label, d);
+  const keptSet = new Set<ContextDef>(kept);
+  const senior = new Map<string, boolean>();
+  const isSenior = (d: ContextDef): boolean => {
+    let v = senior.get(d.label);
+    if (v !== undefined) return v;
+    senior.set(d.label, false); // a cycle cannot be senior (linkContexts has refused it anyway)
+    const old = prior.inForce.get(d.label);
+    const start = allocated.get(d.label);
+    const maps = d.uidMap && d.gidMap ? { uidMap: d.uidMap, gidMap: d.gidMap }
+      : start !== undefined ? { uidMap: [{ inside: 0, outside: start, count: d.autoSize! }], gidMap: [{ inside: 0, outside: start, count: d.autoSize! }] } : null;
+    const parent = byLabel.get(d.parent);
+    v = (keptSet.has(d) || (old !== undefined && maps !== null && sameIds(old, { parent: d.parent, ...maps })))
+      && (d.parent === HOST_LABEL || (parent !== undefined && isSenior(parent)));
+    senior.set(d.label, v);
+    return v;
+  };
+  // Parents-first across both lists: a kept context's parent may be a fresh definition.
+  const ordered: ContextDef[] = [];
+  const placed = new Set<string>();
+  const place = (d: ContextDef, depth: number): void => {
+    if (placed.has(d.label) || depth > 64) return;
+    const parent = byLabel.get(d.parent);
+    if (parent && parent !== d) place(parent, depth + 1);
+    placed.add(d.label);
+    ordered.push(d);
+  };
+  for (const d of byLabel.values()) place(d, 0);
+  const all = ordered.map((d) => ({ def: d, senior: isSenior(d) }));
+  return [...all.filter((x) => x.senior), ...all.filter((x) => !x.senior)];
+}
+
 /**
  * The last checks, once every context has maps (static or allocated): nested maps inside their
- * parent's, no host root for a non-root owner, no two unrelated contexts sharing host ids. Contexts
- * are taken parents-first and in file order, so an earlier good context is never refused because a
- * later file clashes with it: the later one is refused, naming both.
+ * parent's, setgroups as the kernel allows it under the parent, an owner the parent maps, no host
+ * root for a non-root owner, no two unrelated contexts sharing host ids. Contexts in force come
+ * first (admissionOrder), then the rest parents-first in file order, so of two clashing files the
+ * newcomer is refused, naming both; a range = auto allocation belongs to its label alone.
  *
  * Overlap is checked among siblings (children of the same parent, host included) in the parent's
  * ids: a nested context's ids lie inside its parent's by the first check, so two contexts of
  * different families can only clash if their top-level ancestors do.
+ *
+ * A context in force whose file now has errors is kept at its last good version (while its parent
+ * stays): its label is in `kept`.
  */
 export function finishContexts(
   defs: readonly ContextDef[],
   allocated: ReadonlyMap<string, number>,
   errors: ConfigError[],
-): { contexts: Context[]; hostMaps: Map<string, HostMaps> } {
+  prior: Prior = NO_PRIOR,
+): { contexts: Context[]; hostMaps: Map<string, HostMaps>; kept: string[] } {
   const accepted = new Map<string, Context>();
   const hostMaps = new Map<string, HostMaps>();
   const claims = new Map<string, { uid: Claim[]; gid: Claim[] }>();
   const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, null, message));
+  const labels = new Set(defs.map((d) => d.label));
+  const broken = new Set(errors.map((e) => e.file));
+  const kept = [...prior.inForce.values()].filter((c) => !labels.has(c.label) && broken.has(c.file));
+  const keptLabels: string[] = [];
 
-  for (const d of defs) {
+  // Allocations are claimed up front, for their label only: a static range never lands on one.
+  const hostClaims = { uid: [] as Claim[], gid: [] as Claim[] };
+  for (const [label, a] of [...prior.allocations].sort((x, y) => x[1].start - y[1].start)) {
+    const claim = { start: a.start, end: a.start + a.size, label, allocation: true };
+    if (findClaim(hostClaims.uid, claim.start, claim.end)) continue; // never, for the allocator's own output
+    addClaim(hostClaims.uid, claim);
+    addClaim(hostClaims.gid, { ...claim });
+  }
+  claims.set(HOST_LABEL, hostClaims);
+
+  for (const { def: d } of admissionOrder(defs, kept, allocated, prior)) {
     if (d.parent !== HOST_LABEL && !accepted.has(d.parent)) {
       refuse(d, 'parent', `parent "${d.parent}" is not valid, so neither is this context`);
       continue;
@@ -289,12 +367,29 @@ export function finishContexts(
         if (gaps.length > 0) {
           problems.push([key, `outside ${kind}s ${gaps.map(formatInterval).join(', ')} are not mapped inside parent "${d.parent}": a nested map may only use ids its parent has`]);
         }
+        if (uncovered(pmap, 'inside', 0, 1).length > 0) {
+          problems.push([key, `parent "${d.parent}" does not map ${kind} 0: the agent writes a nested context's maps as its parent's root, so the parent must map inside ${kind} 0`]);
+        }
       }
     }
     const parentHost = parent ? hostMaps.get(d.parent)! : null;
     const host: HostMaps = parentHost
       ? { uid: composeMaps(uidMap, parentHost.uid), gid: composeMaps(gidMap, parentHost.gid) }
       : { uid: uidMap, gid: gidMap };
+    // setgroups: the kernel refuses "allow" in a namespace whose parent denies it.
+    const setgroups = d.setgroups ?? (parent?.setgroups === 'deny' || d.owner.uid !== 0 ? 'deny' : 'allow');
+    if (parent?.setgroups === 'deny' && setgroups === 'allow') {
+      problems.push(['setgroups', `cannot be allow: parent "${d.parent}" has setgroups = deny, and the kernel refuses allow under deny (remove the line: a nested context inherits deny)`]);
+    }
+    // A nested namespace is owned by its owner's id inside the parent: the parent must map it.
+    if (parentHost && d.owner.uid !== 0) {
+      for (const [kind, id, key] of [['uid', d.owner.uid, 'owner'], ['gid', d.owner.gid, 'owner']] as const) {
+        if (uncovered(kind === 'uid' ? parentHost.uid : parentHost.gid, 'outside', id, id + 1).length > 0) {
+          problems.push([key, `${d.owner.name ?? d.owner.uid} (host ${kind} ${id}) is not mapped in parent "${d.parent}": the owner of a nested context is a host user whose ids the parent maps; the parent's own owner needs no owner line here, since the owner of a namespace may enter every namespace nested in it`]);
+          break;
+        }
+      }
+    }
     if (d.owner.uid !== 0) {
       for (const [kind, key] of maps) {
         if ((kind === 'uid' ? host.uid : host.gid).some((e) => e.outside === 0)) {
@@ -306,11 +401,12 @@ export function finishContexts(
     for (const [kind, key, map] of maps) {
       for (const e of map) {
         const c = findClaim(siblings[kind], e.outside, e.outside + e.count);
-        if (!c) continue;
-        const o = accepted.get(c.label)!;
+        if (!c || (c.label === d.label && c.allocation)) continue;
+        const o = accepted.get(c.label);
         const ids = formatInterval({ start: Math.max(c.start, e.outside), end: Math.min(c.end, e.outside + e.count) });
         const whose = d.parent === HOST_LABEL ? 'host' : `parent "${d.parent}"`;
-        problems.push([key, `${whose} ${kind}s ${ids} are already used by context "${o.label}" (${o.file}): give one of them other ids`]);
+        const by = o ? `context "${o.label}" (${o.file})` : `the range allocated to "${c.label}" (range = auto, recorded in the state directory's ranges.json; it stays reserved for that label)`;
+        problems.push([key, `${whose} ${kind}s ${ids} are already used by ${by}: give one of them other ids`]);
         break;
       }
     }
@@ -318,10 +414,15 @@ export function finishContexts(
       for (const [key, message] of problems) refuse(d, key, message);
       continue;
     }
-    for (const [kind, , map] of maps) for (const e of map) addClaim(siblings[kind], { start: e.outside, end: e.outside + e.count, label: d.label });
+    // Only what is not claimed already: an auto context's own allocation is.
+    for (const [kind, , map] of maps) {
+      for (const e of map) if (!findClaim(siblings[kind], e.outside, e.outside + e.count)) addClaim(siblings[kind], { start: e.outside, end: e.outside + e.count, label: d.label, allocation: false });
+    }
     claims.set(d.parent, siblings);
     hostMaps.set(d.label, host);
-    accepted.set(d.label, { ...d, uidMap, gidMap });
+    accepted.set(d.label, { ...d, uidMap, gidMap, setgroups });
+    if (!labels.has(d.label)) keptLabels.push(d.label);
   }
-  return { contexts: [...accepted.values()], hostMaps };
+  // Parents before children, as admitted.
+  return { contexts: [...accepted.values()], hostMaps, kept: keptLabels };
 }

@@ -26,14 +26,19 @@ export type ContextDef = {
   readonly uidMap: IdMap | null;
   readonly gidMap: IdMap | null;
   readonly autoSize: number | null;
-  readonly setgroups: 'allow' | 'deny';
+  /** As written; null when the file leaves it to the default (see Context). */
+  readonly setgroups: 'allow' | 'deny' | null;
   readonly create: 'lazy' | 'eager';
   readonly squash: Squash;
   readonly access: { readonly uids: readonly number[]; readonly gids: readonly number[] };
 };
 
-/** A context whose maps are known: static, or allocated from the pool. */
-export type Context = ContextDef & { readonly uidMap: IdMap; readonly gidMap: IdMap };
+/**
+ * A context whose maps are known (static, or allocated from the pool) and whose setgroups is decided:
+ * as written, else deny under a deny parent (the kernel allows nothing else), else allow for a
+ * root owner and deny for any other.
+ */
+export type Context = ContextDef & { readonly uidMap: IdMap; readonly gidMap: IdMap; readonly setgroups: 'allow' | 'deny' };
 
 export type Pool = { readonly start: number; readonly end: number; readonly size: number };
 

@@ -1,6 +1,6 @@
 // make install / make uninstall: place the built agent like a system daemon, and take back exactly
 // what was placed. Reads PREFIX, SYSCONFDIR, DESTDIR and USERNSD_NODE from the environment (see Makefile).
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -67,6 +67,16 @@ function productionPackages() {
   return Object.entries(lock.packages).filter(([p, meta]) => p !== '' && !meta.dev && !(meta.optional && !existsSync(join(SRC, p)))).map(([p]) => p);
 }
 
+/**
+ * The example contexts the project ships: in a git checkout the tracked ones only (a file an admin or
+ * `npm start` left there is not an example), else every *.conf (an unpacked release).
+ */
+function shippedContexts() {
+  const r = spawnSync('git', ['-C', SRC, 'ls-files', '-z', '--', 'etc/userns.d'], { encoding: 'utf8' });
+  if (r.status === 0 && r.stdout !== '') return r.stdout.split('\0').filter((p) => p.endsWith('.conf')).map((p) => p.slice('etc/userns.d/'.length)).filter((f) => !f.includes('/'));
+  return readdirSync(join(SRC, 'etc', 'userns.d')).filter((f) => f.endsWith('.conf'));
+}
+
 function install() {
   if (!existsSync(join(SRC, 'dist', 'agent', 'main.js'))) throw new Error('dist/ is not built: run "make" (npm run build) first');
   if (!existsSync(NODE)) throw new Error(`no Node binary at ${NODE}: run "npm ci", or set USERNSD_NODE=/path/to/node (>= 22.13)`);
@@ -82,7 +92,8 @@ function install() {
     copyTree(join(SRC, pkg), join(lib, pkg), (f) => f === join(SRC, pkg, 'node_modules'));
   }
   put(join(lib, 'node'), readFileSync(NODE), 0o755);
-  const wrapper = (js) => `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nexec ${lib}/node ${lib}/bin/${js} "$@"\n`;
+  // The settings file when --config is not given is this install's, unless the caller says otherwise.
+  const wrapper = (js) => `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nUSERNSD_CONFIG=\${USERNSD_CONFIG:-${SYSCONFDIR}/usernsd.conf}\nexport USERNSD_CONFIG\nexec ${lib}/node ${lib}/bin/${js} "$@"\n`;
   put(join(dirs.SBINDIR, 'usernsd'), wrapper('usernsd.js'), 0o755);
   put(join(dirs.BINDIR, 'usernsctl'), wrapper('usernsctl.js'), 0o755);
   for (const page of readdirSync(join(SRC, 'man'))) {
@@ -98,7 +109,7 @@ function install() {
   const conf = readFileSync(join(SRC, 'etc', 'usernsd.conf'), 'utf8').replaceAll('/etc/userns.d', `${SYSCONFDIR}/userns.d`);
   put(join(SYSCONFDIR, 'usernsd.conf'), conf, 0o644, true);
   ensureDir(join(SYSCONFDIR, 'userns.d'));
-  for (const f of readdirSync(join(SRC, 'etc', 'userns.d'))) {
+  for (const f of shippedContexts()) {
     put(join(SYSCONFDIR, 'userns.d', `${f}.example`), readFileSync(join(SRC, 'etc', 'userns.d', f)), 0o644, true);
   }
   const previous = existsSync(dest(MANIFEST)) ? JSON.parse(readFileSync(dest(MANIFEST), 'utf8')) : { files: [], dirs: [] };

@@ -25,14 +25,15 @@ const check = spawnSync(node, [join(root, 'bin', 'usernsctl.js'), 'check-config'
 if (check.status !== 0) process.exit(check.status ?? 1);
 const socket = join(run, 'usernsd.sock');
 process.stderr.write(`\nStarting usernsd --config ${config} (Ctrl-C stops it; pins stay under ${join(run, 'userns')})
-In another shell, in this directory:
-  export USERNSD_SOCKET=${socket}
+In another shell, in this directory (as any user: ./bin/usernsctl.js works as npx usernsctl does):
+  export USERNSD_SOCKET=${socket} USERNSD_CONFIG=${config}
+  npx usernsctl check-config
   npx usernsctl list
   npx usernsctl resolve backups
   npx usernsctl map --from backups --to host --uid 0 --uid 1000
 To wire the kernel's upcall to this agent (as root; remove the file afterwards):
   echo 'create user userns:* * ${node} ${join(root, 'bin', 'usernsctl.js')} upcall --socket ${socket} %k %d' > /etc/request-key.d/usernsd-dev.conf
-  npx usernsctl reload && keyctl session - keyctl request2 user userns:backups '' @s
+  npx usernsctl reload && keyctl session - sh -c 'keyctl pipe "$(keyctl request2 user userns:backups "" @s)"'
 
 `);
 const agent = spawn(node, [join(root, 'bin', 'usernsd.js'), '--config', config], { stdio: 'inherit' });

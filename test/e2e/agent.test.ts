@@ -189,7 +189,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
       assert.equal(status.code, 7, 'enter passes on the exit status of the command');
       const notOwner = await ctl(['enter', 'byuser', '--', 'true'], as);
       assert.equal(notOwner.code, 1);
-      assert.match(notOwner.err, /^usernsctl: E_PERMISSION: only root and the owner of "byuser" \(root\) can enter it; \[access\] users may resolve and map it/);
+      assert.match(notOwner.err, /^usernsctl: E_PERMISSION: the kernel lets only root and a namespace's owner join it from here; \[access\] users may resolve and map "byuser", not enter it/);
     } finally {
       await cleanup(undefined);
       restoreModes();

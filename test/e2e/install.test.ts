@@ -59,7 +59,16 @@ describe('e2e: install, init scripts and units (root)', function () {
     writeFileSync(join(destdir, 'etc', 'userns.d', 'prod.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     writeFileSync(join(destdir, 'etc', 'unrelated'), 'x');
     const before = snapshot(destdir);
-    const out = make('install', { DESTDIR: destdir, PREFIX: '/usr', SYSCONFDIR: '/etc' });
+    // A file the project does not track (left by an admin or a test) is no shipped example.
+    const local = join(ROOT, 'etc', 'userns.d', `zz-untracked-${process.pid}.conf`);
+    writeFileSync(local, '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n');
+    let out: string;
+    try {
+      out = make('install', { DESTDIR: destdir, PREFIX: '/usr', SYSCONFDIR: '/etc' });
+    } finally {
+      rmSync(local, { force: true });
+    }
+    assert.equal(existsSync(join(destdir, 'etc', 'userns.d', `zz-untracked-${process.pid}.conf.example`)), false, 'an untracked context file is not installed as an example');
     assert.match(out, /kept existing .*\/etc\/usernsd\.conf/);
     for (const f of ['usr/sbin/usernsd', 'usr/bin/usernsctl', 'usr/lib/usernsd/node', 'usr/lib/usernsd/dist/agent/main.js',
       'usr/lib/usernsd/node_modules/node-ipc/package.json', 'usr/lib/usernsd/node_modules/koffi/package.json',
@@ -88,6 +97,11 @@ describe('e2e: install, init scripts and units (root)', function () {
     writeFileSync(join(etc, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     const check = run(join(prefix, 'bin', 'usernsctl'), ['check-config', '--config', join(etc, 'usernsd.conf')]);
     assert.equal(check.code, 0, check.err);
+    // Without --config, both programs default to this install's SYSCONFDIR, not /etc.
+    assert.match(run(join(prefix, 'sbin', 'usernsd'), ['--help']).out, new RegExp(`default ${etc}/usernsd\\.conf`));
+    const byDefault = run(join(prefix, 'bin', 'usernsctl'), ['check-config', '--verbose']);
+    assert.equal(byDefault.code, 0, byDefault.err);
+    assert.match(byDefault.out, new RegExp(`^${etc}/usernsd\\.conf: 1 valid context`, 'm'));
     const agent = spawnSync('sh', ['-c', `"${prefix}/sbin/usernsd" --config "${etc}/usernsd.conf" </dev/null >/dev/null 2>"${dir}/log" & echo $!`], { encoding: 'utf8' });
     const pid = Number(agent.stdout.trim());
     try {

@@ -47,7 +47,8 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
   const hostMountinfo = () => readFileSync('/proc/self/mountinfo', 'utf8');
 
   it('installs with make install, starts as Type=notify with a STATUS, and resolves a plain and a nested context', () => {
-    c!.sh(`cd /src && make -s install >/dev/null && for f in /etc/userns.d/*.conf.example; do cp "$f" "\${f%.example}"; done && systemctl daemon-reload`);
+    // /src is read-only here: dist/ was built by npm test, make must not try to rebuild it.
+    c!.sh(`cd /src && make -s -o dist/agent/main.js install >/dev/null && for f in /etc/userns.d/*.conf.example; do cp "$f" "\${f%.example}"; done && systemctl daemon-reload`);
     const start = c!.try('systemctl start usernsd');
     assert.equal(start.status, 0, `systemctl start failed: ${start.out}\n${c!.try('journalctl -u usernsd -o cat --no-pager | tail -30').out}`);
     assert.equal(c!.sh('systemctl show -P Type usernsd').trim(), 'notify');

@@ -111,14 +111,30 @@ describe('e2e: the request-key upcall (root, keyutils)', function () {
   });
 
   it('keys list shows the cached keys, keys clear LABEL invalidates exactly that label', () => {
-    const r = inSession(`keyctl request2 user userns:a "" @s >/dev/null; keyctl request2 user userns:mine "" @s >/dev/null; ${process.execPath} ${USERNSCTL} --json keys list; ${process.execPath} ${USERNSCTL} keys clear a; ${process.execPath} ${USERNSCTL} --json keys list`);
+    const ctl = `${process.execPath} ${USERNSCTL}`;
+    const r = inSession(`ida=$(keyctl request2 user userns:a "" @s); idm=$(keyctl request2 user userns:mine "" @s); echo $ida $idm; ${ctl} --json keys list; ${ctl} keys list; echo --; ${ctl} keys clear a; ${ctl} --json keys list`);
     assert.equal(r.code, 0, r.err);
-    const [first, cleared, second] = r.out.trim().split('\n');
-    // Root also sees the keys earlier tests' sessions left in its persistent keyring: labels, not keys, are compared.
-    const labels = (j: string) => [...new Set((JSON.parse(j) as { keys: { label: string; state: string }[] }).keys.filter((k) => k.state === 'instantiated').map((k) => k.label))].sort();
-    assert.deepEqual(labels(first!), ['a', 'mine']);
+    const [ids, first, ...rest] = r.out.trim().split('\n');
+    const [ida, idm] = ids!.split(' ').map(Number);
+    const table = rest.slice(0, rest.indexOf('--'));
+    const [cleared, second] = rest.slice(rest.indexOf('--') + 1);
+    // Only the keys this test made: root also sees every other userns: key on the machine.
+    const states = (j: string) => new Map((JSON.parse(j) as { keys: { id: number; state: string }[] }).keys.filter((k) => k.id === ida || k.id === idm).map((k) => [k.id, k.state]));
+    assert.deepEqual([...states(first!)].sort(), [[ida, 'instantiated'], [idm, 'instantiated']].sort());
+    assert.ok(table.some((l) => l.split(/\s+/)[0] === String(ida) && / a /.test(` ${l} `)), `keys list shows key ids in decimal, as keyctl does:\n${table.join('\n')}`);
     assert.match(cleared!, /^cleared [1-9]\d* key\(s\)$/);
-    assert.deepEqual(labels(second!), ['mine'], 'keys clear a leaves "mine" alone (no prefix match)');
+    const after = states(second!);
+    assert.equal(after.get(idm), 'instantiated', 'keys clear a leaves "mine" alone (no prefix match)');
+    assert.notEqual(after.get(ida), 'instantiated');
+  });
+
+  it('keys list says a key whose timeout ran out is expired, not instantiated', async () => {
+    const ctl = `${process.execPath} ${USERNSCTL}`;
+    const r = inSession(`id=$(keyctl add user userns:usernsd-test-expiry x @s) && keyctl timeout $id 1 && sleep 1.5 && echo $id && ${ctl} --json keys list`);
+    assert.equal(r.code, 0, r.err);
+    const [id, list] = r.out.trim().split('\n');
+    const mine = (JSON.parse(list!) as { keys: { id: number; state: string }[] }).keys.find((k) => k.id === Number(id));
+    assert.equal(mine?.state, 'expired');
   });
 
   /**

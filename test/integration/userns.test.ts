@@ -16,7 +16,7 @@ async function ensure(ns: Namespaces, cfg: Configuration, label: string): Promis
   const ctx = cfg.contexts.get(label)!;
   if (ctx.parent === 'host') return ns.ensure(ctx, null);
   const parent = await ensure(ns, cfg, ctx.parent);
-  return ns.ensure(ctx, { pin: parent.path, host: cfg.hostMaps.get(ctx.parent)! });
+  return ns.ensure(ctx, { pin: parent.path, ino: parent.ino, host: cfg.hostMaps.get(ctx.parent)! });
 }
 
 const load = (tree: Tree) => {
@@ -166,7 +166,7 @@ describe('integration: user namespaces in the kernel (root)', function () {
     const a = await ensure(ns, cfg, 'a');
     // Bypass the configuration check on purpose: ids 5000.. are not mapped in the parent.
     const bad = { ...cfg.contexts.get('a')!, label: 'bad', parent: 'a', uidMap: [{ inside: 0, outside: 5000, count: 10 }] };
-    await assert.rejects(ns.ensure(bad, { pin: a.path, host: cfg.hostMaps.get('a')! }), (e: UsernsError) => {
+    await assert.rejects(ns.ensure(bad, { pin: a.path, ino: a.ino, host: cfg.hostMaps.get('a')! }), (e: UsernsError) => {
       assert.equal(e.code, 'E_KERNEL');
       assert.match(e.message, /Failed to write the nested maps for context "bad": EPERM/);
       return true;

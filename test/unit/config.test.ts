@@ -23,7 +23,7 @@ const all = (files: Record<string, string>) => {
   }
   const linked = linkContexts(defs, errors);
   const { contexts } = finishContexts(linked.defs, new Map(), errors);
-  return { labels: contexts.map((c) => c.label), errors: errors.map(formatConfigError) };
+  return { labels: contexts.map((c) => c.label), contexts, errors: errors.map(formatConfigError) };
 };
 const noSystemIds = () => [];
 
@@ -34,7 +34,8 @@ describe('config: context files', () => {
     assert.equal(def!.label, 'x');
     assert.equal(def!.parent, 'host');
     assert.deepEqual(def!.owner, { uid: 1000, gid: 1000, name: 'hpa' });
-    assert.equal(def!.setgroups, 'deny', 'setgroups defaults to deny for a non-root owner');
+    assert.equal(def!.setgroups, null, 'setgroups is decided with the parent (finishContexts)');
+    assert.equal(all({ 'x.conf': '[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n' }).contexts[0]!.setgroups, 'deny', 'setgroups defaults to deny for a non-root owner');
     assert.equal(def!.create, 'lazy');
     assert.deepEqual(def!.squash, { mode: 'root', anonuid: 65534, anongid: 65534 });
     assert.deepEqual(def!.access, { uids: [1001], gids: [34] });
@@ -42,9 +43,9 @@ describe('config: context files', () => {
   });
 
   it('defaults setgroups to allow for a root owner and honours label =', () => {
-    const { def } = one('[context]\nlabel = other\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n');
-    assert.equal(def!.setgroups, 'allow');
-    assert.equal(def!.label, 'other');
+    const { contexts } = all({ 'x.conf': '[context]\nlabel = other\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n' });
+    assert.equal(contexts[0]!.setgroups, 'allow');
+    assert.equal(contexts[0]!.label, 'other');
   });
 
   it('accepts inline comments and comma-separated extents', () => {
@@ -57,8 +58,10 @@ describe('config: context files', () => {
     ['unknown key', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\ncolour = red\n', /x\.conf: \[context\] colour: unknown key .*\(line 4\)$/],
     ['unknown section', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[extra]\n', /\[extra\]: unknown section .*\(line 4\)/],
     ['key twice', '[context]\nuid_map = 0 1 1\nuid_map = 0 2 1\ngid_map = 0 1 1\n', /\[context\] uid_map: is set twice \(first at line 2\) \(line 3\)/],
-    ['key without value', '[context]\nuid_map\ngid_map = 0 1 1\n', /\[context\] uid_map: needs a value/],
-    ['key before section', 'uid_map = 0 1 1\n[context]\n', /x\.conf: uid_map: stands before any \[section\] \(line 1\)/],
+    ['key without value', '[context]\nuid_map =\ngid_map = 0 1 1\n', /\[context\] uid_map: needs a value: write key = value \(line 2\)/],
+    ['line without "="', '[context]\nuid_map 0 1 1\ngid_map = 0 1 1\n', /^\/etc\/userns\.d\/x\.conf: is not "key = value": the "=" is missing \(line 2\)$/],
+    ['header without "]"', '[context\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /^\/etc\/userns\.d\/x\.conf: a section header must be "\[name\]" alone on its line \(the closing "\]" is missing\) \(line 1\)$/],
+    ['key before section', 'uid_map = 0 1 1\n[context]\n', /x\.conf: uid_map: stands before any \[section\]: put it under the section it belongs to \(line 1\)/],
     ['missing [context]', '[squash]\nmode = all\n', /\[context\]: missing/],
     ['missing gid_map', '[context]\nuid_map = 0 1 1\n', /\[context\] gid_map: missing/],
     ['count 0', '[context]\nuid_map = 0 100 0\ngid_map = 0 1 1\n', /uid_map: .*count 0 \(line 2\)/],
@@ -93,6 +96,85 @@ describe('config: context files', () => {
   it('derives the label from the file name and refuses a bad one', () => {
     const r = parse('[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n', '-bad.conf');
     assert.match(r.errors.map(formatConfigError).join(), /file name gives the label "-bad"/);
+  });
+});
+
+describe('config: INI syntax errors', () => {
+  for (const [name, text] of [['a header without its "]"', '[context\nuid_map = 0 1 1\ngid_map = 0 1 1\n'], ['a line without "="', '[context]\nuid_map 0 1 1\ngid_map = 0 1 1\n'], ['a line without a key', '[context]\n= 0 1 1\nuid_map = 0 1 1\ngid_map = 0 1 1\n']]) {
+    it(`says what is wrong at its line, once, for ${name}, and nothing "missing" after it`, () => {
+      const { def, errors } = one(text!);
+      assert.equal(def, null);
+      assert.equal(errors.length, 1, errors.join('\n'));
+      assert.match(errors[0]!, /\(line [12]\)$/);
+    });
+  }
+});
+
+describe('config: nesting rules', () => {
+  const parent = (extra: string) => `[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n${extra}`;
+  const child = (extra: string) => `[context]\nparent = p\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n${extra}`;
+
+  it('a nested context inherits setgroups = deny from its parent, whoever owns it', () => {
+    const r = all({ 'p.conf': parent('owner = hpa\n'), 'c.conf': child('') });
+    assert.deepEqual(r.errors, []);
+    assert.deepEqual(r.contexts.map((c) => `${c.label}:${c.setgroups}`), ['p:deny', 'c:deny']);
+  });
+
+  it('refuses an explicit setgroups = allow under a deny parent, saying why', () => {
+    const r = all({ 'p.conf': parent('setgroups = deny\n'), 'c.conf': child('setgroups = allow\n') });
+    assert.deepEqual(r.labels, ['p']);
+    assert.match(r.errors.join('\n'), /c\.conf: \[context\] setgroups: cannot be allow: parent "p" has setgroups = deny, and the kernel refuses allow under deny/);
+  });
+
+  it('refuses a nested owner the parent does not map (the parent\'s own owner is such a user), and accepts one it maps', () => {
+    const refused = all({ 'p.conf': parent('owner = hpa\n'), 'c.conf': child('owner = hpa\n') });
+    assert.deepEqual(refused.labels, ['p']);
+    assert.match(refused.errors.join('\n'), /c\.conf: \[context\] owner: hpa \(host uid 1000\) is not mapped in parent "p": the owner of a nested context is a host user whose ids the parent maps/);
+    const ok = all({ 'p.conf': parent(''), 'c.conf': child('owner = 100005\n') });
+    assert.deepEqual(ok.errors, []);
+    assert.deepEqual(ok.labels, ['p', 'c']);
+  });
+
+  it('refuses a nested context under a parent that does not map id 0 (its maps are written as the parent\'s root)', () => {
+    const r = all({ 'p.conf': '[context]\nuid_map = 1 100000 65535\ngid_map = 0 100000 65536\n', 'c.conf': child('') });
+    assert.match(r.errors.join('\n'), /c\.conf: \[context\] uid_map: parent "p" does not map uid 0/);
+  });
+});
+
+describe('config: the contexts in force keep their ids', () => {
+  const finish = (files: Record<string, string>, prior: Parameters<typeof finishContexts>[3]) => {
+    const errors: ConfigError[] = [];
+    const defs: ContextDef[] = [];
+    for (const [name, text] of Object.entries(files)) {
+      const r = parse(text, name);
+      errors.push(...r.errors);
+      if (r.def) defs.push(r.def);
+    }
+    const r = finishContexts(linkContexts(defs, errors).defs, new Map(), errors, prior);
+    return { ...r, labels: r.contexts.map((c) => c.label).sort(), errors: errors.map(formatConfigError) };
+  };
+  const proj = '[context]\nuid_map = 0 4000000 65536\ngid_map = 0 4000000 65536\n';
+  const overlap = '[context]\nuid_map = 0 4000100 10\ngid_map = 0 4000100 10\n';
+
+  it('refuses the newcomer that sorts first, not the context in force', () => {
+    const before = finish({ 'proj.conf': proj }, undefined);
+    const after = finish({ 'aa-overlap.conf': overlap, 'proj.conf': proj }, { inForce: new Map(before.contexts.map((c) => [c.label, c])), allocations: new Map() });
+    assert.deepEqual(after.labels, ['proj']);
+    assert.match(after.errors.join('\n'), /aa-overlap\.conf: \[context\] uid_map: host uids 4000100-4000109 are already used by context "proj"/);
+  });
+
+  it('keeps a context whose file broke at its last good version, and its ids stay claimed', () => {
+    const before = finish({ 'proj.conf': proj }, undefined);
+    const after = finish({ 'proj.conf': proj + 'bogus = 1\n', 'zz.conf': overlap }, { inForce: new Map(before.contexts.map((c) => [c.label, c])), allocations: new Map() });
+    assert.deepEqual(after.labels, ['proj']);
+    assert.deepEqual(after.kept, ['proj']);
+    assert.match(after.errors.join('\n'), /zz\.conf: .*already used by context "proj"/);
+  });
+
+  it('refuses a static range on a recorded allocation, even of a context that is gone', () => {
+    const r = finish({ 'aa.conf': '[context]\nuid_map = 0 600000 10\ngid_map = 0 600000 10\n' }, { inForce: new Map(), allocations: new Map([['images', { start: 589824, size: 65536 }]]) });
+    assert.deepEqual(r.labels, []);
+    assert.match(r.errors.join('\n'), /host uids 600000-600009 are already used by the range allocated to "images" \(range = auto/);
   });
 });
 

@@ -1,0 +1,278 @@
+// Configuration over time, model-based (fast-check commands): edits, reloads, resolves, releases and restarts, checked against the kernel after every step.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { callAgent } from '../../agent/client.ts';
+import { UsernsError } from '../../agent/errors.ts';
+import * as P from '../../agent/protocol.ts';
+import type { Extent } from '../../config/types.ts';
+import { cleanup, startAgent, usernsctl } from '../helpers/agent.ts';
+import type { RunningAgent } from '../helpers/agent.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot, makeUser, unmountAll } from '../helpers/kernel.ts';
+
+// ---- the kernel's view ----
+
+type Interval = { start: number; end: number };
+
+/** A pinned namespace's maps in host ids, as the kernel shows them to a reader in the initial namespace. */
+function hostMapsOfPin(pin: string): { uid: Interval[]; gid: Interval[] } {
+  // /proc/PID/uid_map read from outside the namespace shows the reader's ids: run one process in
+  // it and read its maps from here.
+  const script = 'import os,subprocess,sys\np=subprocess.Popen(["nsenter","--user="+sys.argv[1],"--preserve-credentials","--","sleep","30"])\nimport time\n'
+    + 'me=os.readlink("/proc/self/ns/user")\nfor _ in range(500):\n  try:\n    if os.readlink("/proc/%d/ns/user"%p.pid)!=me: break\n  except OSError: pass\n  time.sleep(0.002)\n'
+    + 'print(open("/proc/%d/uid_map"%p.pid).read()+"--\\n"+open("/proc/%d/gid_map"%p.pid).read())\np.kill(); p.wait()\n';
+  const out = execFileSync('python3', ['-c', script, pin], { encoding: 'utf8' });
+  const [u, g] = out.split('--\n');
+  const parse = (t: string) => t.trim().split('\n').filter(Boolean).map((l) => l.trim().split(/\s+/).map(Number)).map(([, outside, count]) => ({ start: outside!, end: outside! + count! }));
+  return { uid: parse(u!), gid: parse(g!) };
+}
+
+/** The maps a namespace's own processes see (outside ids are its parent's). */
+function ownMapsOfPin(pin: string): { uid: string; gid: string } {
+  const read = (f: string) => execFileSync('nsenter', [`--user=${pin}`, '--preserve-credentials', 'cat', `/proc/self/${f}`], { encoding: 'utf8' })
+    .trim().split('\n').map((l) => l.trim().split(/\s+/).join(' ')).sort().join(', ');
+  return { uid: read('uid_map'), gid: read('gid_map') };
+}
+
+/** ioctl_ns(2) NS_GET_PARENT on a pin: the nsfs inode of its parent namespace. */
+function parentInoOfPin(pin: string): number {
+  const script = 'import os,fcntl,sys\nfd=os.open(sys.argv[1],os.O_RDONLY)\nprint(os.fstat(fcntl.ioctl(fd,0xb702)).st_ino)';
+  return Number(execFileSync('python3', ['-c', script, pin], { encoding: 'utf8' }).trim());
+}
+
+const NSFS_DEV = statSync('/proc/self/ns/user').dev;
+function pinnedLabels(pins: string): string[] {
+  let names: string[] = [];
+  try { names = readdirSync(pins); } catch { return []; }
+  return names.filter((n) => { try { return statSync(join(pins, n)).dev === NSFS_DEV; } catch { return false; } });
+}
+
+const fmt = (m: readonly Extent[]) => m.map((e) => `${e.inside} ${e.outside} ${e.count}`).sort().join(', ');
+const overlap = (a: Interval[], b: Interval[]) => a.some((x) => b.some((y) => x.start < y.end && y.start < x.end));
+
+// ---- the model: context files an admin writes, and what the test remembers ----
+
+type FileDef = { label: string; text: string };
+type Model = { files: Map<string, { text: string; broken: boolean }>; autoRanges: Map<string, { size: number; range: string }> };
+type Real = { tree: Tree; agent: RunningAgent; owner: { name: string; uid: number } };
+
+// Few labels and ranges that often overlap: the interesting histories (a newcomer sorting before a
+// context in force, a parent released under its child) then come up in a few dozen runs.
+const TOP = ['aa', 'proj'] as const;
+const NESTED = ['kid'] as const;
+const AUTO = ['auto1'] as const;
+
+function defArb(owner: string): fc.Arbitrary<FileDef> {
+  const top = fc.record({
+    label: fc.constantFrom(...TOP),
+    start: fc.constantFrom(4000000, 4000100, 4200000),
+    count: fc.constantFrom(10, 65536),
+    owner: fc.constantFrom('', `owner = ${owner}\n`),
+    setgroups: fc.constantFrom('', 'setgroups = allow\n', 'setgroups = deny\n'),
+  }).map(({ label, start, count, owner: o, setgroups }) => ({ label, text: `[context]\n${o}${setgroups}uid_map = 0 ${start} ${count}\ngid_map = 0 ${start} ${count}\n` }));
+  const nested = fc.record({
+    label: fc.constantFrom(...NESTED),
+    parent: fc.constantFrom(...TOP),
+    start: fc.constantFrom(0, 5),
+    owner: fc.constantFrom('', `owner = ${owner}\n`),
+    setgroups: fc.constantFrom('', 'setgroups = allow\n'),
+  }).map(({ label, parent, start, owner: o, setgroups }) => ({ label, text: `[context]\nparent = ${parent}\n${o}${setgroups}uid_map = 0 ${start} 5\ngid_map = 0 ${start} 5\n` }));
+  const auto = fc.record({ label: fc.constantFrom(...AUTO), size: fc.constantFrom(65536, 131072) })
+    .map(({ label, size }) => ({ label, text: `[context]\nrange = auto\nsize = ${size}\n` }));
+  return fc.oneof({ arbitrary: top, weight: 3 }, { arbitrary: nested, weight: 2 }, { arbitrary: auto, weight: 1 });
+}
+
+const ALL_LABELS = [...TOP, ...NESTED, ...AUTO];
+
+type Command = fc.AsyncCommand<Model, Real>;
+const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({ check, run, toString: () => name });
+
+/** An admin writes a file, and often reloads at once. */
+const write = (d: FileDef, andReload: boolean) => command(`write ${d.label}.conf ${JSON.stringify(d.text)}${andReload ? ' + reload' : ''}`, () => true, async (m, r) => {
+  r.tree.context(`${d.label}.conf`, d.text);
+  m.files.set(d.label, { text: d.text, broken: false });
+  if (andReload) {
+    await callAgent(r.agent.socket, P.reload, {});
+    await checkInvariants(m, r, true);
+  }
+});
+
+const breakFile = (label: string) => command(`break ${label}.conf`, (m) => m.files.has(label) && !m.files.get(label)!.broken, async (m, r) => {
+  const f = m.files.get(label)!;
+  r.tree.context(`${label}.conf`, f.text + 'bogus = 1\n');
+  m.files.set(label, { ...f, broken: true });
+});
+
+const fixFile = (label: string) => command(`fix ${label}.conf`, (m) => m.files.get(label)?.broken === true, async (m, r) => {
+  const f = m.files.get(label)!;
+  r.tree.context(`${label}.conf`, f.text);
+  m.files.set(label, { ...f, broken: false });
+});
+
+const removeFile = (label: string) => command(`remove ${label}.conf`, (m) => m.files.has(label), async (m, r) => {
+  rmSync(join(r.tree.contexts, `${label}.conf`));
+  m.files.delete(label);
+});
+
+const reload = command('reload', () => true, async (m, r) => {
+  await callAgent(r.agent.socket, P.reload, {});
+  await checkInvariants(m, r, true);
+});
+
+const restart = command('restart', () => true, async (m, r) => {
+  assert.equal(await r.agent.stop(), 0);
+  r.agent = await startAgent(r.tree);
+  await checkInvariants(m, r, true);
+});
+
+const resolve = (label: string) => command(`resolve ${label}`, () => true, async (m, r) => {
+  try {
+    await callAgent(r.agent.socket, P.resolve, { label });
+  } catch (err) {
+    // Refused files, drift and unknown labels are answers; the kernel refusing what the
+    // configuration admitted, or an internal error, is a bug.
+    if (!(err instanceof UsernsError) || err.code === 'E_KERNEL' || err.code === 'E_INTERNAL') throw err;
+  }
+  await checkInvariants(m, r, false);
+});
+
+const release = (label: string) => command(`release ${label}`, () => true, async (m, r) => {
+  await callAgent(r.agent.socket, P.release, { label });
+  await checkInvariants(m, r, false);
+});
+
+/** After every step: what holds in the kernel, not only in the agent's memory. */
+async function checkInvariants(m: Model, r: Real, settled: boolean): Promise<void> {
+  const { contexts } = await callAgent(r.agent.socket, P.list, {});
+  const byLabel = new Map(contexts.map((c) => [c.label, c]));
+  const pinned = new Set(pinnedLabels(r.tree.pins));
+  // A context's id in host ids, through its chain (the configuration admitted it, so each id is mapped).
+  const toHost = (label: string, kind: 'uid' | 'gid', id: number): number => {
+    if (label === 'host') return id;
+    const c = byLabel.get(label)!;
+    const e = (kind === 'uid' ? c.uidMap : c.gidMap).find((x) => id >= x.inside && id < x.inside + x.count)!;
+    return toHost(c.parent, kind, id - e.inside + e.outside);
+  };
+  const hostOf = (label: string) => {
+    const c = byLabel.get(label)!;
+    const ivs = (kind: 'uid' | 'gid') => (kind === 'uid' ? c.uidMap : c.gidMap).map((e) => {
+      const start = toHost(c.parent, kind, e.outside);
+      return { start, end: start + e.count };
+    });
+    return { uid: ivs('uid'), gid: ivs('gid') };
+  };
+  const related = (a: string, b: string) => {
+    const ancestors = (l: string) => { const out = [l]; for (let c = byLabel.get(l); c && c.parent !== 'host'; c = byLabel.get(c.parent)) out.push(c.parent); return out; };
+    return ancestors(a).includes(b) || ancestors(b).includes(a);
+  };
+  // Host ids: from the kernel for pinned contexts in force, from the agent's answer for the others.
+  const host = new Map<string, { uid: Interval[]; gid: Interval[] }>();
+  for (const c of contexts) host.set(c.label, pinned.has(c.label) ? hostMapsOfPin(join(r.tree.pins, c.label)) : hostOf(c.label));
+  // 1. No two contexts in force share a host uid or gid (a nested one lies inside its ancestors).
+  for (const a of contexts) {
+    for (const b of contexts) {
+      if (a.label >= b.label || related(a.label, b.label)) continue;
+      for (const kind of ['uid', 'gid'] as const) {
+        assert.ok(!overlap(host.get(a.label)![kind], host.get(b.label)![kind]), `contexts "${a.label}" and "${b.label}" are both in force and share host ${kind}s: ${JSON.stringify(host.get(a.label)![kind])} / ${JSON.stringify(host.get(b.label)![kind])}`);
+      }
+    }
+  }
+  const status = await callAgent(r.agent.socket, P.status, {});
+  const state = new Map((status.contextStates ?? []).map((s) => [s.label, s.state]));
+  for (const label of pinned) {
+    const c = byLabel.get(label);
+    if (!c) continue; // checked below
+    const pin = join(r.tree.pins, label);
+    // 2. A pinned context's maps are its maps in force, unless status says it drifted.
+    const own = ownMapsOfPin(pin);
+    if (state.get(label) !== 'drift') {
+      assert.deepEqual(own, { uid: fmt(c.uidMap), gid: fmt(c.gidMap) }, `pin ${label} holds maps other than its context in force, and status says ${state.get(label)}`);
+    }
+    // 3. A pinned child lies in its parent's current pin.
+    if (c.parent !== 'host') {
+      assert.ok(pinned.has(c.parent), `"${label}" is pinned but its parent "${c.parent}" is not`);
+      assert.equal(parentInoOfPin(pin), statSync(join(r.tree.pins, c.parent)).ino, `pin ${label} is not nested in its parent's pin ${c.parent}`);
+    }
+  }
+  // A pin without a context in force is an orphan (its file went away while the agent was down,
+  // or was broken at the first start) and status says so.
+  for (const label of pinned) if (!byLabel.has(label)) assert.equal(state.get(label), 'orphan', `pin ${label} has no context in force, and status does not call it an orphan`);
+  // 4. Auto ranges never change for a label (while its size stays: a new size is a new allocation).
+  for (const c of contexts) {
+    if (!(AUTO as readonly string[]).includes(c.label)) continue;
+    const range = fmt(c.uidMap);
+    const size = c.uidMap[0]!.count;
+    const first = m.autoRanges.get(c.label);
+    if (first === undefined || first.size !== size) m.autoRanges.set(c.label, { size, range });
+    else assert.equal(range, first.range, `the auto range of "${c.label}" changed`);
+  }
+  // 5. After a reload or a start: check-config refuses the files the agent refuses.
+  if (settled) {
+    const cc = await usernsctl(['check-config', '--config', r.tree.config]);
+    const byCheck = new Set(cc.err.split('\n').filter(Boolean).map((l) => l.split(': ')[0]!));
+    const byAgent = new Set((status.errors ?? []).map((l) => l.split(': ')[0]!));
+    assert.deepEqual([...byCheck].sort(), [...byAgent].sort(), `check-config and the agent disagree on the refused files:\ncheck-config:\n${cc.err}\nagent:\n${(status.errors ?? []).join('\n')}`);
+  }
+}
+
+function commandsArb(owner: string) {
+  const label = fc.constantFrom(...ALL_LABELS);
+  return fc.commands([
+    fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
+    fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
+    fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
+    label.map(breakFile),
+    label.map(fixFile),
+    label.map(removeFile),
+    fc.constant(reload),
+    fc.constant(reload),
+    fc.constant(reload),
+    label.map(resolve),
+    label.map(resolve),
+    label.map(release),
+    label.map(release),
+    fc.constant(restart),
+  ], { maxCommands: 20, size: 'max' });
+}
+
+/** USERNSD_MODEL_RUNS and USERNSD_MODEL_SEED widen a search by hand; CI runs the defaults. */
+const RUNS = Number(process.env.USERNSD_MODEL_RUNS ?? 25);
+const SEED = Number(process.env.USERNSD_MODEL_SEED ?? 20261129);
+
+describe('e2e: configuration over time, model-based, checked in the kernel (root)', function () {
+  this.timeout(600_000);
+  let owner: ReturnType<typeof makeUser> | undefined;
+
+  before(function () {
+    if (!isRoot) this.skip();
+    owner = makeUser();
+  });
+  after(() => owner?.remove());
+
+  const property = () => fc.asyncProperty(commandsArb(owner!.name), async (cmds) => {
+    const tree = makeTree();
+    const real: Real = { tree, agent: undefined as unknown as RunningAgent, owner: owner! };
+    try {
+      real.agent = await startAgent(tree);
+      await fc.asyncModelRun(() => ({ model: { files: new Map(), autoRanges: new Map() }, real }), cmds);
+    } finally {
+      await cleanup(undefined);
+      unmountAll(tree.dir);
+      tree.remove();
+    }
+  });
+
+  it('holds every invariant with a fixed seed', async () => {
+    await fc.assert(property(), { seed: SEED, numRuns: RUNS });
+  });
+
+  it('holds every invariant with a random seed (printed)', async () => {
+    const seed = Date.now() ^ (Math.random() * 2 ** 31);
+    console.log(`      config-over-time random seed: ${seed} (rerun: set it in the fixed-seed test)`);
+    await fc.assert(property(), { seed, numRuns: RUNS });
+  });
+});
