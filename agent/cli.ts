@@ -31,10 +31,12 @@ Commands (answered by the agent):
   list                     the contexts you may use, and whether they are pinned
   status                   version, uptime, contexts; errors and counters for root
   reload                   re-read the configuration (root; like SIGHUP)
-  release LABEL            unmount and remove a pin (root)
+  release LABEL            unmount and remove a pin, and first the pins of the
+                           contexts nested in it (root)
   enter LABEL [-- CMD [ARG]...]
                            run CMD (default: your shell) in the namespace as its
-                           root, uid 0 and gid 0 inside; the owner needs no root
+                           root, uid 0 and gid 0 inside; root, and without root
+                           the owner of its top-level context (the kernel's rule)
 
 Kernel upcall and labels:
   upcall [-t SECONDS] [--log FILE] KEY DESCRIPTION

@@ -276,7 +276,7 @@ export class Manager implements Agent {
       else if (drift.has(c.label)) s = { label: c.label, owner: c.owner, state: 'drift' };
       else if (parent && parent.state !== 'pinned') {
         const why = parent.state === 'not created' ? `its parent ${c.parent} is not pinned` : `its parent ${c.parent} is in ${parent.state}`;
-        s = { label: c.label, owner: c.owner, state: 'stale', why: `${why}: release ${c.parent} (usernsctl release ${c.parent} releases what is nested in it too)` };
+        s = { label: c.label, owner: c.owner, state: 'stale', why: `${why}; release ${c.parent}, which releases what is nested in it too` };
       } else s = { label: c.label, owner: c.owner, state: 'pinned' };
       byLabel.set(c.label, s);
       out.push(s);

@@ -1,0 +1,115 @@
+// Reloads and restarts never leave two contexts sharing ids, and a parent's release takes its nested pins with it.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { callAgent } from '../../agent/client.ts';
+import type { UsernsError } from '../../agent/errors.ts';
+import * as P from '../../agent/protocol.ts';
+import { cleanup, startAgent, usernsctl } from '../helpers/agent.ts';
+import type { RunningAgent } from '../helpers/agent.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot } from '../helpers/kernel.ts';
+
+/** ioctl_ns(2) NS_GET_PARENT through Python's standard library: the kernel's answer, not the agent's. */
+function parentIno(pin: string): number {
+  return Number(execFileSync('python3', ['-c', 'import os,fcntl,sys\nfd=os.open(sys.argv[1],os.O_RDONLY)\nprint(os.fstat(fcntl.ioctl(fd,0xb702)).st_ino)', pin], { encoding: 'utf8' }).trim());
+}
+
+describe('e2e: isolation across reloads and restarts, and releases of parents (root)', function () {
+  this.timeout(60_000);
+  let tree: Tree;
+  let agent: RunningAgent;
+
+  beforeEach(function () {
+    if (!isRoot) this.skip();
+    tree = makeTree();
+  });
+  afterEach(async () => { await cleanup(tree); });
+
+  const proj = '[context]\nuid_map = 0 4000000 65536\ngid_map = 0 4000000 65536\n';
+  const overlap = '[context]\nuid_map = 0 4000100 10\ngid_map = 0 4000100 10\n';
+
+  it('refuses a new file that sorts first and overlaps a context in force — at the reload, after a restart, and in check-config', async () => {
+    tree.context('proj.conf', proj);
+    agent = await startAgent(tree);
+    await callAgent(agent.socket, P.resolve, { label: 'proj' });
+    tree.context('aa-overlap.conf', overlap);
+    const r = await callAgent(agent.socket, P.reload, {});
+    assert.deepEqual(r.added, []);
+    assert.deepEqual(r.kept, [], 'proj.conf is untouched: nothing of it is "kept"');
+    assert.match(r.errors.join('\n'), /aa-overlap\.conf: \[context\] uid_map: host uids 4000100-4000109 are already used by context "proj"/);
+    assert.doesNotMatch(r.errors.join('\n'), /proj\.conf:/);
+    await assert.rejects(callAgent(agent.socket, P.map, { from: 'aa-overlap', to: 'proj', uids: [5] }), (e: UsernsError) => e.code === 'E_CONFIG');
+    const check = await usernsctl(['check-config', '--config', tree.config]);
+    assert.equal(check.code, 1);
+    assert.deepEqual([...new Set(check.err.trim().split('\n').map((l) => l.split(': ')[0]))], [`${tree.contexts}/aa-overlap.conf`], 'check-config blames the file the agent blames');
+    assert.equal(await agent.stop(), 0);
+    agent = await startAgent(tree);
+    const after = await callAgent(agent.socket, P.resolve, { label: 'proj' });
+    assert.equal(after.created, false, 'after a restart proj is still in force and adopts its pin');
+    const status = await callAgent(agent.socket, P.status, {});
+    assert.deepEqual([...new Set((status.errors ?? []).map((l) => l.split(': ')[0]))], [`${tree.contexts}/aa-overlap.conf`]);
+  });
+
+  it('refuses a new static file on a recorded range = auto allocation, also after a restart', async () => {
+    tree.context('images.conf', '[context]\nrange = auto\n');
+    agent = await startAgent(tree);
+    const images = await callAgent(agent.socket, P.resolve, { label: 'images' });
+    const start = images.uidMap[0]!.outside;
+    tree.context('aa.conf', `[context]\nuid_map = 0 ${start + 10} 5\ngid_map = 0 ${start + 10} 5\n`);
+    const r = await callAgent(agent.socket, P.reload, {});
+    assert.match(r.errors.join('\n'), /aa\.conf: .*already used by context "images"/);
+    assert.equal(await agent.stop(), 0);
+    agent = await startAgent(tree);
+    const again = await callAgent(agent.socket, P.resolve, { label: 'images' });
+    assert.equal(again.uidMap[0]!.outside, start);
+    assert.equal(again.created, false);
+  });
+
+  it('releasing a parent releases its pinned children first, and a child left under an old parent is drift', async () => {
+    tree.context('proj.conf', proj);
+    tree.context('kid.conf', '[context]\nparent = proj\nuid_map = 0 0 100\ngid_map = 0 0 100\n');
+    agent = await startAgent(tree);
+    await callAgent(agent.socket, P.resolve, { label: 'kid' });
+    const rel = await callAgent(agent.socket, P.release, { label: 'proj' });
+    assert.deepEqual(rel.descendants, ['kid']);
+    assert.throws(() => statSync(`${tree.pins}/kid`), /ENOENT/);
+    const kid = await callAgent(agent.socket, P.resolve, { label: 'kid' });
+    assert.equal(kid.created, true);
+    assert.equal(parentIno(kid.path), statSync(`${tree.pins}/proj`).ino, 'the new child lies in the new parent');
+
+    // Behind the agent's back: the parent unmounted and made anew, the child left where it was.
+    assert.equal(await agent.stop(), 0);
+    execFileSync('umount', ['--lazy', `${tree.pins}/proj`]);
+    execFileSync('rm', [`${tree.pins}/proj`, `${tree.state}/pins/proj.json`]);
+    agent = await startAgent(tree);
+    let status = await callAgent(agent.socket, P.status, {});
+    const state = (l: string) => status.contextStates!.find((c) => c.label === l);
+    assert.equal(state('kid')?.state, 'drift', JSON.stringify(status.contextStates));
+    assert.match(status.pins!.find((p) => p.label === 'kid')?.message ?? '', /not nested in its parent's pin: its parent "proj" is not pinned/);
+    await callAgent(agent.socket, P.resolve, { label: 'proj' });
+    await assert.rejects(callAgent(agent.socket, P.resolve, { label: 'kid' }), (e: UsernsError) => e.code === 'E_CONFIG' && /pin .* is not nested in its parent's pin \(drift\)/.test(e.message));
+    status = await callAgent(agent.socket, P.status, {});
+    assert.equal(state('kid')?.state, 'drift');
+    await callAgent(agent.socket, P.release, { label: 'kid' });
+    const fresh = await callAgent(agent.socket, P.resolve, { label: 'kid' });
+    assert.equal(parentIno(fresh.path), statSync(`${tree.pins}/proj`).ino);
+  });
+
+  it('shows a pinned child of a parent in drift as stale, and says what to do', async () => {
+    tree.context('proj.conf', proj);
+    tree.context('kid.conf', '[context]\nparent = proj\nuid_map = 0 0 100\ngid_map = 0 0 100\n');
+    agent = await startAgent(tree);
+    await callAgent(agent.socket, P.resolve, { label: 'kid' });
+    tree.context('proj.conf', '[context]\nuid_map = 0 4000000 1000\ngid_map = 0 4000000 1000\n');
+    await callAgent(agent.socket, P.reload, {});
+    await assert.rejects(callAgent(agent.socket, P.resolve, { label: 'proj' }), /drift/);
+    const status = await callAgent(agent.socket, P.status, {});
+    const kid = status.contextStates!.find((c) => c.label === 'kid')!;
+    assert.equal(kid.state, 'stale');
+    assert.match(kid.why ?? '', /its parent proj is in drift; release proj/);
+    const text = await usernsctl(['--socket', agent.socket, 'status']);
+    assert.match(text.out, /^kid\s+root \(0:0\)\s+stale \(its parent proj is in drift/m);
+  });
+});
