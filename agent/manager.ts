@@ -220,6 +220,16 @@ export class Manager implements Agent {
         this.log.error({ label }, `Failed to release removed context ${label}: ${(err as Error).message}`);
       }
     }
+    // A changed context that is pinned is looked at now, so status shows its drift at once rather
+    // than at its next resolve (a pin's maps come from its record: no helper process).
+    for (const label of diff.changed) {
+      if (!this.registry.isPinned(label)) continue;
+      try {
+        await this.registry.resolve(label);
+      } catch (err) {
+        this.log.warn({ label, code: err instanceof UsernsError ? err.code : 'E_INTERNAL' }, `Context ${label} changed: ${(err as Error).message}`);
+      }
+    }
     // The upcall's cached answers for what changed or went are stale now, for every requester.
     this.invalidateKeys([...diff.changed, ...diff.removed], 'their contexts changed or were removed');
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);

@@ -104,8 +104,10 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     await callAgent(agent.socket, P.resolve, { label: 'kid' });
     tree.context('proj.conf', '[context]\nuid_map = 0 4000000 1000\ngid_map = 0 4000000 1000\n');
     await callAgent(agent.socket, P.reload, {});
-    await assert.rejects(callAgent(agent.socket, P.resolve, { label: 'proj' }), /drift/);
+    // At once, before anyone resolves it: the pin no longer holds proj's maps.
     const status = await callAgent(agent.socket, P.status, {});
+    assert.equal(status.contextStates!.find((c) => c.label === 'proj')!.state, 'drift');
+    await assert.rejects(callAgent(agent.socket, P.resolve, { label: 'proj' }), /drift/);
     const kid = status.contextStates!.find((c) => c.label === 'kid')!;
     assert.equal(kid.state, 'stale');
     assert.match(kid.why ?? '', /its parent proj is in drift; release proj/);
