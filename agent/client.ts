@@ -5,6 +5,9 @@ import { TransportError, UsernsError } from './errors.ts';
 import { checkReply, encodeFrame, FrameReader, LIMITS, REPLY_TYPE, REQUEST_TYPE } from './protocol.ts';
 import type { Method, ParamsOf, RequestId, ResultOf } from './protocol.ts';
 
+/** How long a connect that meets a full listen backlog (EAGAIN) is retried. */
+export const CONNECT_RETRY_MS = 3000;
+
 type Waiter = { resolve(v: unknown): void; reject(e: Error): void; timer: NodeJS.Timeout };
 
 /** One connection to the agent; many calls may be in flight on it. */
@@ -25,12 +28,24 @@ export class AgentClient {
     sock.on('close', () => this.fail(new TransportError(path, 'ECONNRESET', `the agent at ${path} closed the connection`)));
   }
 
-  static connect(path: string): Promise<AgentClient> {
-    return new Promise((resolve, reject) => {
-      const sock = connect(path);
-      sock.once('connect', () => { sock.removeAllListeners('error'); resolve(new AgentClient(path, sock)); });
-      sock.once('error', (err: NodeJS.ErrnoException) => reject(new TransportError(path, err.code ?? 'EIO', `cannot reach the agent at ${path}: ${err.code ?? err.message}`)));
-    });
+  /**
+   * Connect. A full listen backlog (EAGAIN: the agent is busy accepting) is retried with backoff for
+   * up to CONNECT_RETRY_MS before the agent counts as unreachable; any other failure is at once.
+   */
+  static async connect(path: string): Promise<AgentClient> {
+    const deadline = Date.now() + CONNECT_RETRY_MS;
+    for (let delay = 2; ; delay = Math.min(delay * 2, 100)) {
+      try {
+        return await new Promise<AgentClient>((resolve, reject) => {
+          const sock = connect(path);
+          sock.once('connect', () => { sock.removeAllListeners('error'); resolve(new AgentClient(path, sock)); });
+          sock.once('error', (err: NodeJS.ErrnoException) => reject(new TransportError(path, err.code ?? 'EIO', `cannot reach the agent at ${path}: ${err.code ?? err.message}`)));
+        });
+      } catch (err) {
+        if ((err as TransportError).code !== 'EAGAIN' || Date.now() + delay > deadline) throw err;
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
   }
 
   /** Call a declared method; a remote failure is a UsernsError with the agent's code. */

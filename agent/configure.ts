@@ -1,8 +1,9 @@
 // One configuration load, start to finish: settings, context files, ranges, cross-file checks.
 import { readFileSync } from 'node:fs';
-import { configError } from '../config/ini.ts';
 import type { Interval } from '../config/extents.ts';
-import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, loadAgentConfig, loadContextDefs } from '../config/load.ts';
+import { appendErrors, configError, readConfigTextAsync } from '../config/ini.ts';
+import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, listContextFiles, loadAgentConfig, loadContextDefs } from '../config/load.ts';
+import type { ReadAhead } from '../config/load.ts';
 import { join } from 'node:path';
 import type { HostMaps } from '../config/load.ts';
 import { enumerateIds, systemNss } from '../config/nss.ts';
@@ -31,7 +32,7 @@ export type SystemIds = () => Interval[];
 export const systemIds: SystemIds = () => {
   const out: Interval[] = [];
   for (const f of ['/etc/subuid', '/etc/subgid']) {
-    try { out.push(...parseSubIds(readFileSync(f, 'utf8'))); } catch { /* absent: nothing delegated */ }
+    try { for (const i of parseSubIds(readFileSync(f, 'utf8'))) out.push(i); } catch { /* absent: nothing delegated */ }
   }
   const { uids, gids } = enumerateIds();
   for (const id of [...uids, ...gids]) out.push({ start: id, end: id + 1 });
@@ -52,7 +53,34 @@ export type LoadOptions = {
   readonly record: boolean;
   /** The contexts in force (the agent's, at a reload); default: the state directory's record. */
   readonly inForce?: ReadonlyMap<string, Context>;
+  /** Files read ahead (loadConfigurationAsync), and the context files listed then. */
+  readonly texts?: ReadAhead;
+  readonly files?: string[] | ConfigError;
 };
+
+/** Files read at once, at most: enough to keep the disk busy, few enough to bound memory. */
+const READ_AHEAD_BATCH = 64;
+
+/**
+ * loadConfiguration for the agent: the files are read first without blocking the event loop (so
+ * a reload of many files does not stall the requests being served), then judged as usual.
+ */
+export async function loadConfigurationAsync(file: string | null, opts: LoadOptions): Promise<Configuration> {
+  const nss = opts.nss ?? systemNss();
+  const settings = file ?? DEFAULT_CONFIG_FILE;
+  const texts = new Map<string, string | ConfigError>([[settings, await readConfigTextAsync(settings)]]);
+  // Where the context files are: the settings say (parsing them is cheap; they are parsed again with the rest).
+  const { config } = loadAgentConfig(settings, nss, AGENT_DEFAULTS, texts.get(settings));
+  const files = listContextFiles(config.contexts);
+  if (Array.isArray(files)) {
+    for (let i = 0; i < files.length; i += READ_AHEAD_BATCH) {
+      const batch = files.slice(i, i + READ_AHEAD_BATCH);
+      const read = await Promise.all(batch.map((f) => readConfigTextAsync(f)));
+      batch.forEach((f, k) => texts.set(f, read[k]!));
+    }
+  }
+  return loadConfiguration(file, { ...opts, nss, texts, files });
+}
 
 export function loadConfiguration(file: string | null, opts: LoadOptions): Configuration {
   const nss = opts.nss ?? systemNss();
@@ -61,18 +89,18 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   let agent: AgentConfig;
   if (file === null) {
     // No --config: the default file is optional, as for most daemons; an explicit one is not.
-    const r = loadAgentConfig(DEFAULT_CONFIG_FILE, nss, defaults);
+    const r = loadAgentConfig(DEFAULT_CONFIG_FILE, nss, defaults, opts.texts?.get(DEFAULT_CONFIG_FILE));
     const missing = r.errors.length === 1 && r.errors[0]!.message.includes('ENOENT');
     agent = missing ? { ...defaults, file: DEFAULT_CONFIG_FILE } : r.config;
-    if (!missing) errors.push(...r.errors);
+    if (!missing) appendErrors(errors, r.errors);
   } else {
-    const r = loadAgentConfig(file, nss, defaults);
+    const r = loadAgentConfig(file, nss, defaults, opts.texts?.get(file));
     agent = r.config;
-    errors.push(...r.errors);
+    appendErrors(errors, r.errors);
   }
 
-  const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size);
-  errors.push(...loaded.errors);
+  const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files);
+  appendErrors(errors, loaded.errors);
   const defs = loaded.defs;
 
   // Who is in force already: the agent's own picture, else what it recorded (check-config, a restart).

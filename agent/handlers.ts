@@ -4,6 +4,7 @@ import { HOST_LABEL } from '../config/types.ts';
 import type { Context } from '../config/types.ts';
 import { isRoot, mayEnter, mayUse } from './auth.ts';
 import type { Peer } from './auth.ts';
+import { shown, shownName } from '../config/text.ts';
 import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';
 import { findLabel } from './labels.ts';
@@ -23,6 +24,8 @@ export type Agent = {
   invalidateKeys(labels: readonly string[], why: string): void;
   /** One answered request, for status: method (or "invalid"), error code if it failed, latency. */
   served(method: string, code: string | null, ms: number): void;
+  /** A failure a client caused, logged within the per-uid budget (LogLimiter). */
+  logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void;
 };
 
 type Handler<M> = (agent: Agent, peer: Peer, params: ParamsOf<M>) => Promise<ResultOf<M>> | ResultOf<M>;
@@ -110,7 +113,7 @@ export async function handleRequest(agent: Agent, conn: Connection, data: unknow
     id = req.id;
     method = req.method;
     const entry = table.get(req.method); // a Map: "__proto__" or "constructor" is just an unknown name
-    if (!entry) throw new UsernsError('E_INVALID', `unknown method ${JSON.stringify(req.method)}: one of ${[...table.keys()].join(', ')}`);
+    if (!entry) throw new UsernsError('E_INVALID', `unknown method ${shown(req.method)}: one of ${[...table.keys()].join(', ')}`);
     if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
     const params = P.checkParams(entry.method, req.params);
     const result = await entry.fn(agent, peer, params);
@@ -124,16 +127,18 @@ export async function handleRequest(agent: Agent, conn: Connection, data: unknow
     // Unknown method names are not counted under their own name: a client must not grow the table.
     agent.served(method !== undefined && table.has(method) ? method : 'invalid', e.code, elapsed);
     const ms = +elapsed.toFixed(3);
-    const fields = { id, method, peerUid: peer.uid, peerPid: peer.pid, code: e.code, ms, label: labelOf(data) };
-    if (e.code === 'E_INTERNAL') agent.log.error({ ...fields, err }, `Failed to serve ${method ?? 'a request'}: ${(err as Error)?.message ?? err}`);
-    else agent.log[levelOf(e.code)](fields, `Failed to serve ${method ?? 'a request'}: ${e.message}`);
+    // Nothing a client sent reaches the log unbounded: its method name only when it is one of ours.
+    const known = method !== undefined && table.has(method) ? method : undefined;
+    const fields = { id, method: known ?? (method === undefined ? undefined : shown(method)), peerUid: peer.uid, peerPid: peer.pid, code: e.code, ms, label: labelOf(data) };
+    if (e.code === 'E_INTERNAL') agent.log.error({ ...fields, err }, `Failed to serve ${known ?? 'a request'}: ${(err as Error)?.message ?? err}`);
+    else agent.logClientFailure(peer, fields, `Failed to serve ${known ?? 'a request'}: ${e.message}`, levelOf(e.code));
     return { id, error: { code: e.code, message: e.message } };
   }
 }
 
 function labelOf(data: unknown): string | undefined {
   const p = (data as { params?: { label?: unknown } } | null)?.params;
-  return typeof p?.label === 'string' ? p.label.slice(0, 64) : undefined;
+  return typeof p?.label === 'string' ? shownName(p.label) : undefined;
 }
 
 export const METHOD_NAMES: readonly string[] = [...table.keys()];

@@ -1,10 +1,11 @@
 // The agent's lifecycle: load and reconcile at start, eager creation, the socket, reload, drain on stop.
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { formatConfigError } from '../config/ini.ts';
 import type { Context, LogLevel, Nss } from '../config/types.ts';
 import { isRoot, mayUse } from './auth.ts';
 import type { Peer } from './auth.ts';
-import { loadConfiguration } from './configure.ts';
+import { loadConfigurationAsync } from './configure.ts';
 import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest } from './handlers.ts';
@@ -14,8 +15,9 @@ import { PROTOCOL_VERSION } from './protocol.ts';
 import type { ContextState, ReloadResult, StatusResult } from './protocol.ts';
 import { Registry } from './registry.ts';
 import { Stats } from './stats.ts';
+import { LogLimiter } from './loglimit.ts';
 import { IpcServer } from './server.ts';
-import { ensureStateDir, writeInForce } from './state.ts';
+import { ensureStateDir, removeStaleTemps, writeInForce } from './state.ts';
 import { sdNotify } from './sys.ts';
 import { VERSION } from './version.ts';
 import { checkUpcallWiring } from './wiring.ts';
@@ -56,6 +58,7 @@ export class Manager implements Agent {
   private stopping: Promise<void> | null = null;
   private upcall: UpcallWiring | null = null;
   private readonly notifyFn: (state: string) => void;
+  private readonly limiter: LogLimiter;
 
   private constructor(opts: ManagerOptions, config: Configuration) {
     this.opts = opts;
@@ -65,12 +68,13 @@ export class Manager implements Agent {
       this.count('created');
       this.log.info({ label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) }, by ? 'Created user namespace' : 'Created user namespace (eager)');
     });
-    this.server = new IpcServer({ path: config.agent.socket, log: opts.log, onRequest: (conn, data) => handleRequest(this, conn, data) });
+    this.limiter = new LogLimiter(opts.log);
+    this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, onRequest: (conn, data) => handleRequest(this, conn, data) });
   }
 
   /** `inForce`: the contexts in force now (a reload); at start the state directory's record says. */
-  private static load(opts: ManagerOptions, inForce?: ReadonlyMap<string, Context>): Configuration {
-    return loadConfiguration(opts.configFile, { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce });
+  private static load(opts: ManagerOptions, inForce?: ReadonlyMap<string, Context>): Promise<Configuration> {
+    return loadConfigurationAsync(opts.configFile, { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce });
   }
 
   /** What is in force now, for the next start and for check-config (see config/load.ts admissionOrder). */
@@ -88,11 +92,13 @@ export class Manager implements Agent {
    * start (the agent would not know where anything is); a broken context file only loses that context.
    */
   static async start(opts: ManagerOptions): Promise<Manager> {
-    const config = Manager.load(opts);
+    const config = await Manager.load(opts);
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config);
+    const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(join(config.agent.state, 'pins'))];
+    if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();
     const wiring = m.checkUpcall(); // a few ms in request-key, alongside adoption and creation
     for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
@@ -175,6 +181,10 @@ export class Manager implements Agent {
     }
   }
 
+  logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void {
+    this.limiter.line(peer.uid, level, fields, msg);
+  }
+
   served(method: string, code: string | null, ms: number): void {
     this.stats.request(method, code, ms);
   }
@@ -198,7 +208,7 @@ export class Manager implements Agent {
   private async reloadConfig(source: string): Promise<ReloadResult> {
     const started = performance.now();
     const before = this.registry.agent;
-    const config = Manager.load(this.opts, new Map([...this.registry.all()].map((c) => [c.label, c])));
+    const config = await Manager.load(this.opts, new Map([...this.registry.all()].map((c) => [c.label, c])));
     const errors = config.errors.map(formatConfigError);
     this.count('reloads');
     this.lastReload = new Date().toISOString();
@@ -306,6 +316,7 @@ export class Manager implements Agent {
       const drained = await this.server.drain(DRAIN_TIMEOUT_MS);
       if (!drained) this.log.warn({ timeoutMs: DRAIN_TIMEOUT_MS }, 'Requests still in flight at the drain deadline: closing anyway');
       await this.server.close();
+      this.limiter.close();
       this.log.info('Stopped');
     })();
     return this.stopping;

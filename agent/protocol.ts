@@ -2,6 +2,7 @@
 // usernsd-protocol(7) documents it for helpers written in other languages.
 import { ID_LIMIT } from '../config/extents.ts';
 import { labelProblem } from '../config/schema.ts';
+import { shown } from '../config/text.ts';
 import { DEFAULT_SOCKET, HOST_LABEL } from '../config/types.ts';
 import type { Extent, Owner } from '../config/types.ts';
 import { ERROR_CODES, isErrorCode, UsernsError } from './errors.ts';
@@ -23,8 +24,12 @@ export const LIMITS = {
   IDLE_TIMEOUT_MS: 60_000,
   /** Enough for every helper of a busy host to hold one open (the benchmark holds 1,000 idle). */
   MAX_CONNECTIONS: 4096,
-  /** Replies queued to a client that does not read; beyond this the connection is closed. */
-  MAX_PENDING_BYTES: 4 * 1024 * 1024,
+  /** Connections one uid other than root may hold at once; more are refused with E_BUSY. */
+  MAX_CONNECTIONS_PER_UID: 256,
+  /** Of MAX_CONNECTIONS, the last ones are root's alone: no flood of other users locks root out. */
+  ROOT_RESERVED_CONNECTIONS: 64,
+  /** Replies queued to a client that does not read (one largest reply); beyond this the connection is closed. */
+  MAX_PENDING_BYTES: 1024 * 1024,
   /** A path in resolvePath, in bytes (PATH_MAX). */
   MAX_PATH_BYTES: 4096,
   /** Requests of one connection being worked on at once; more get E_BUSY. */
@@ -189,7 +194,7 @@ function checkField(method: string, name: string, field: Field, v: unknown): unk
     }
     case 'path': {
       if (typeof v !== 'string') throw invalid(`${where} must be a string (an absolute path)`);
-      if (!v.startsWith('/')) throw invalid(`${where} must be an absolute path (got ${JSON.stringify(v.slice(0, 64))})`);
+      if (!v.startsWith('/')) throw invalid(`${where} must be an absolute path (got ${shown(v)})`);
       if (v.includes('\0')) throw invalid(`${where} must not contain a NUL byte`);
       if (Buffer.byteLength(v) > LIMITS.MAX_PATH_BYTES) throw invalid(`${where} is longer than ${LIMITS.MAX_PATH_BYTES} bytes`);
       return v;
@@ -199,7 +204,7 @@ function checkField(method: string, name: string, field: Field, v: unknown): unk
       if (v.length > LIMITS.MAX_IDS_PER_LIST) throw invalid(`${where} has ${v.length} ids; at most ${LIMITS.MAX_IDS_PER_LIST} per request`);
       for (const id of v) {
         // 4294967295 is (uid_t)-1, "no id", never a real one.
-        if (!Number.isInteger(id) || id < 0 || id >= ID_LIMIT) throw invalid(`${where}: ${JSON.stringify(id)} is not an id (0 to ${ID_LIMIT - 1})`);
+        if (!Number.isInteger(id) || id < 0 || id >= ID_LIMIT) throw invalid(`${where}: ${typeof id === 'number' ? String(id) : shown(String(JSON.stringify(id)))} is not an id (0 to ${ID_LIMIT - 1})`);
       }
       return v;
     }
@@ -215,7 +220,7 @@ export function checkParams<M extends Method<unknown, unknown>>(m: M, raw: unkno
   const given = raw === undefined ? {} : raw;
   if (!isPlainObject(given)) throw invalid(`${m.name}: params must be a JSON object`);
   for (const key of Object.keys(given)) {
-    if (!Object.hasOwn(m.params, key)) throw invalid(`${m.name}: unknown parameter ${JSON.stringify(key)}`);
+    if (!Object.hasOwn(m.params, key)) throw invalid(`${m.name}: unknown parameter ${shown(key)}`);
   }
   const out: Record<string, unknown> = Object.create(null);
   for (const [name, field] of Object.entries(m.params)) {
@@ -241,7 +246,7 @@ export function requestIdOf(data: unknown): RequestId | null {
 export function checkRequest(data: unknown): Request {
   if (!isPlainObject(data)) throw invalid('a request is a JSON object {id, method, params}');
   for (const key of Object.keys(data)) {
-    if (key !== 'id' && key !== 'method' && key !== 'params') throw invalid(`unknown request field ${JSON.stringify(key)}`);
+    if (key !== 'id' && key !== 'method' && key !== 'params') throw invalid(`unknown request field ${shown(key)}`);
   }
   if (!isRequestId(data.id)) throw invalid(`"id" must be a non-negative integer or a string of 1-${LIMITS.MAX_ID_CHARS} characters`);
   if (typeof data.method !== 'string') throw invalid('"method" must be a string');

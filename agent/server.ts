@@ -5,11 +5,13 @@ import type { Socket } from 'node:net';
 import os from 'node:os';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
+import { shown } from '../config/text.ts';
 import { peerOf } from './auth.ts';
 import type { Peer } from './auth.ts';
 import { UsernsError } from './errors.ts';
+import type { LogLimiter } from './loglimit.ts';
 import { unreadBytes } from './sys.ts';
-import { FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE, requestIdOf } from './protocol.ts';
+import { encodeFrame, FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE, requestIdOf } from './protocol.ts';
 import type { Reply } from './protocol.ts';
 
 /** The parts of node-ipc's server we touch. */
@@ -60,7 +62,7 @@ const CLOSE_FLUSH_MS = 1000;
 
 export type Connection = { readonly peer: Peer; inflight: number };
 export type RequestHandler = (conn: Connection, data: unknown) => Promise<Reply>;
-export type ServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler };
+export type ServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler; readonly limiter: LogLimiter };
 
 /**
  * The socket's directory belongs to root and is not writable by anyone else (so nobody can swap the
@@ -107,6 +109,8 @@ export class IpcServer {
   private readonly ipc: Ipc;
   private readonly opts: ServerOptions;
   private readonly conns = new Map<Socket, Connection>();
+  /** Connections held per uid, for the per-user limit. */
+  private readonly perUid = new Map<number, number>();
   private readonly pending = new Set<Promise<void>>();
   private accepting = false;
 
@@ -162,7 +166,7 @@ export class IpcServer {
       const failure = server.protocolFailure.bind(server);
       server.protocolFailure = (socket, error) => {
         const c = this.conns.get(socket);
-        log.warn({ peerUid: c?.peer.uid, peerPid: c?.peer.pid, code: error.code }, `Closed connection: ${error.message}`);
+        this.opts.limiter.line(c?.peer.uid ?? -1, 'warn', { peerUid: c?.peer.uid, peerPid: c?.peer.pid, code: error.code }, `Closed connection: ${shown(error.message, 200)}`);
         failure(socket, error);
       };
       server.start();
@@ -180,6 +184,20 @@ export class IpcServer {
       socket.destroy();
       return;
     }
+    const refusal = this.admission(peer);
+    if (refusal !== null) {
+      this.opts.limiter.line(peer.uid, 'warn', { peerUid: peer.uid, peerPid: peer.pid, held: this.perUid.get(peer.uid) ?? 0, connections: this.conns.size }, `Refused a connection from uid ${peer.uid}: ${refusal}`);
+      // One line to say why, then close: a client that reads gets a reason, not a bare reset.
+      socket.end(encodeFrame(REPLY_TYPE, { id: null, error: { code: 'E_BUSY', message: refusal } }));
+      socket.destroy();
+      return;
+    }
+    this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
+    socket.once('close', () => {
+      const n = (this.perUid.get(peer.uid) ?? 1) - 1;
+      if (n > 0) this.perUid.set(peer.uid, n);
+      else this.perUid.delete(peer.uid);
+    });
     // Also while draining: the kernel accepted it before the listener closed, so it is served.
     const conn: Connection = { peer, inflight: 0 };
     this.conns.set(socket, conn);
@@ -188,6 +206,19 @@ export class IpcServer {
       this.opts.log.debug({ peerUid: peer.uid, peerPid: peer.pid }, 'Closed idle connection');
       socket.destroy();
     });
+  }
+
+  /**
+   * Why a new connection of this peer is refused, or null. Root is always let in (up to the
+   * kernel's own MAX_CONNECTIONS); any other uid may hold MAX_CONNECTIONS_PER_UID connections, and
+   * all of them together leave ROOT_RESERVED_CONNECTIONS free for root.
+   */
+  private admission(peer: Peer): string | null {
+    if (peer.uid === 0) return null;
+    const held = this.perUid.get(peer.uid) ?? 0;
+    if (held >= LIMITS.MAX_CONNECTIONS_PER_UID) return `uid ${peer.uid} holds ${held} connections already, the most one user may (MAX_CONNECTIONS_PER_UID): close some`;
+    if (this.conns.size >= LIMITS.MAX_CONNECTIONS - LIMITS.ROOT_RESERVED_CONNECTIONS) return `the agent holds ${this.conns.size} connections; the rest are kept for root: try again later`;
+    return null;
   }
 
   private request(socket: Socket, data: unknown): void {
@@ -206,8 +237,8 @@ export class IpcServer {
 
   private unknownType(socket: Socket, type: string, data: unknown): void {
     const c = this.conns.get(socket);
-    this.opts.log.info({ peerUid: c?.peer.uid, peerPid: c?.peer.pid, type }, 'Refused a frame of unknown type');
-    this.reply(socket, { id: requestIdOf(data), error: { code: 'E_INVALID', message: `unknown frame type ${JSON.stringify(type)}: send {"type":"${REQUEST_TYPE}","data":{id, method, params}}` } });
+    this.opts.limiter.line(c?.peer.uid ?? -1, 'info', { peerUid: c?.peer.uid, peerPid: c?.peer.pid, type: shown(type) }, 'Refused a frame of unknown type');
+    this.reply(socket, { id: requestIdOf(data), error: { code: 'E_INVALID', message: `unknown frame type ${shown(type)}: send {"type":"${REQUEST_TYPE}","data":{id, method, params}}` } });
   }
 
   private reply(socket: Socket, reply: Reply): void {

@@ -1,5 +1,5 @@
 // The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
-import { closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Context } from '../config/types.ts';
 import type { Allocation } from './allocate.ts';
@@ -122,5 +122,39 @@ export function writeInForce(dir: string, contexts: Iterable<Context>): void {
     writeFileAtomic(dir, IN_FORCE_FILE, JSON.stringify({ version: STATE_VERSION, contexts: [...contexts] }) + '\n');
   } catch (err) {
     throw new UsernsError('E_INTERNAL', `cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+  }
+}
+
+/**
+ * Temporary files a crashed agent left (`.NAME.PID.tmp`, see writeFileAtomic): removed at start
+ * unless their writer still runs. Returns the names removed.
+ */
+export function removeStaleTemps(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const m = /^\..+\.(\d+)\.tmp$/.exec(name);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid === process.pid || writerRuns(pid)) continue;
+    try {
+      unlinkSync(join(dir, name));
+      removed.push(name);
+    } catch { /* gone meanwhile */ }
+  }
+  return removed;
+}
+
+/** Does a usernsd with this pid run? (A pid reused by another program does not count.) */
+function writerRuns(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('usernsd');
+  } catch {
+    return false;
   }
 }

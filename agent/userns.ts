@@ -1,7 +1,7 @@
 // User namespaces in the kernel (SPEC §5): create from a context, pin, adopt at start, release.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, constants, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, constants, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../config/extents.ts';
 import type { HostMaps } from '../config/load.ts';
@@ -48,6 +48,12 @@ const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
 export const PIN_RECHECK_MS = 1;
 const PATH_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
 const SPAWN_TIMEOUT_MS = 5000;
+/** In the pins directory: the helper's execute-only programs (Namespaces.helpers). Not a label: it starts with a dot. */
+const toHost = (map: IdMap, id: number): number | null => {
+  const e = map.find((x) => id >= x.inside && id < x.inside + x.count);
+  return e ? id - e.inside + e.outside : null;
+};
+export const HELPERS_DIR = '.usernsd-helpers';
 const NSFS_DEV = statSync('/proc/self/ns/user').dev;
 const OWN_USERNS = readlinkSync('/proc/self/ns/user');
 
@@ -171,6 +177,7 @@ export class Namespaces {
   private readonly paths = new Map<string, string>();
   /** The pins directory, opened once: a pin is checked with one single-component fstatat. */
   private dirFd: number | null = null;
+  private readonly helperPaths = new Map<string, { unshare: string; cat: string }>();
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
 
@@ -310,15 +317,68 @@ export class Namespaces {
   private spawnChild(ctx: Context, parent: ParentPin | null): ChildProcess {
     const opts = { env: PATH_ENV, stdio: ['pipe', 'ignore', 'pipe'] as ('pipe' | 'ignore')[] };
     if (parent === null) {
-      return spawn('unshare', ['--user', '--', 'cat'], { ...opts, uid: ctx.owner.uid, gid: ctx.owner.gid });
+      const { unshare, cat } = this.helpers(0, 0);
+      return spawn(unshare, ['--user', '--', cat], { ...opts, uid: ctx.owner.uid, gid: ctx.owner.gid });
     }
+    // The maps are written by the parent's root: the helper's programs are its (see helpers()).
+    const rootUid = toHost(parent.host.uid, 0);
+    const rootGid = toHost(parent.host.gid, 0);
+    const { unshare, cat } = rootUid === null || rootGid === null ? { unshare: 'unshare', cat: 'cat' } : this.helpers(rootUid, rootGid);
     const view = makeView('parent', { mode: 'none', anonuid: 0, anongid: 0 }, parent.host.uid, parent.host.gid);
     const uid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'uid', ctx.owner.uid);
     const gid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'gid', ctx.owner.gid);
     if (uid === null || gid === null) {
       throw new UsernsError('E_CONFIG', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`);
     }
-    return spawn('nsenter', [`--user=${parent.pin}`, '--preserve-credentials', '-S', String(uid), '-G', String(gid), '--', 'unshare', '--user', '--', 'cat'], opts);
+    return spawn('nsenter', [`--user=${parent.pin}`, '--preserve-credentials', '-S', String(uid), '-G', String(gid), '--', unshare, '--user', '--', cat], opts);
+  }
+
+  /**
+   * The helper's programs, as execute-only copies (mode 0111) owned by `uid`:`gid` — the host ids of
+   * the root that writes the new namespace's maps (the agent's, 0, for a top-level context; the
+   * parent's root for a nested one) — in the pins directory's `.usernsd-helpers/UID`. The kernel
+   * makes a process that execs a program it cannot read non-dumpable (fs/exec.c would_dump), so its
+   * /proc/PID files belong to that root: the owner the helper runs as cannot write its uid_map
+   * before the agent does, nor ptrace it, while the map's writer can. Where the copies cannot be
+   * made, the system's programs are used (the race then costs a failed creation, never a wrong pin:
+   * maps are read back before pinning).
+   */
+  private helpers(uid: number, gid: number): { unshare: string; cat: string } {
+    const key = `${uid}:${gid}`;
+    const known = this.helperPaths.get(key);
+    if (known) return known;
+    const top = join(this.pinsDir, HELPERS_DIR);
+    const dir = join(top, key.replace(':', '.'));
+    let paths: { unshare: string; cat: string };
+    try {
+      for (const d of [top, dir]) {
+        mkdirSync(d, { recursive: true, mode: 0o711 });
+        const st = lstatSync(d);
+        if (!st.isDirectory() || st.uid !== process.geteuid!()) throw new Error(`${d} is not our directory`);
+        chmodSync(d, 0o711);
+      }
+      const copy = (name: string) => {
+        const source = ['/usr/bin', '/bin'].map((d) => join(d, name)).find((p) => existsSync(p));
+        if (!source) throw new Error(`${name} not found`);
+        const target = join(dir, name);
+        const src = statSync(source);
+        const dst = existsSync(target) ? lstatSync(target) : null;
+        if (dst?.isFile() && dst.size === src.size && dst.mtimeMs === src.mtimeMs && (dst.mode & 0o7777) === 0o111 && dst.uid === uid && dst.gid === gid) return target;
+        const tmp = join(dir, `.${name}.${process.pid}.tmp`);
+        rmSync(tmp, { force: true });
+        copyFileSync(source, tmp);
+        chownSync(tmp, uid, gid);
+        chmodSync(tmp, 0o111);
+        utimesSync(tmp, src.atime, src.mtime);
+        renameSync(tmp, target);
+        return target;
+      };
+      paths = { unshare: copy('unshare'), cat: copy('cat') };
+    } catch {
+      paths = { unshare: 'unshare', cat: 'cat' };
+    }
+    this.helperPaths.set(key, paths);
+    return paths;
   }
 
   private waitForNewNamespace(label: string, child: ChildProcess, parentPin: string | null): Promise<number> {
@@ -478,6 +538,7 @@ export class Namespaces {
     const out: AdoptEntry[] = [];
     for (const label of names.sort()) {
       const path = join(this.pinsDir, label);
+      if (label === HELPERS_DIR) continue;
       if (labelProblem(label) !== null || label.startsWith('.')) {
         out.push({ label, path, status: 'foreign', message: `${path} is not a pin name: left alone` });
         continue;

@@ -1,6 +1,10 @@
 // Reading INI files: the ownership check, the `ini` parser for values, and line numbers for errors.
-import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import type { Stats } from 'node:fs';
+import { open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import ini from 'ini';
+import { escapeControls, MAX_MESSAGE_CHARS, shownName } from './text.ts';
 import type { ConfigError } from './types.ts';
 
 export type IniKey = { readonly value: string | null; readonly line: number };
@@ -11,36 +15,108 @@ export function configError(file: string, section: string | null, key: string | 
   return { file, section, key, line, message };
 }
 
-/** `FILE: [section] key: message (line N)` — the one spelling every tool of ours prints. */
+/**
+ * `FILE: [section] key: message (line N)` — the one spelling every tool of ours prints. What came
+ * from the file (a section or key name, a value quoted in the message) is bounded and has its
+ * control characters escaped: a file of garbage cannot drive the admin's terminal or flood a log.
+ */
 export function formatConfigError(e: ConfigError): string {
-  const where = [e.section !== null ? `[${e.section}]` : null, e.key].filter((x) => x !== null).join(' ');
-  return `${e.file}: ${where ? where + ': ' : ''}${e.message}${e.line !== null ? ` (line ${e.line})` : ''}`;
+  const where = [e.section !== null ? `[${shownName(e.section)}]` : null, e.key !== null ? shownName(e.key) : null].filter((x) => x !== null).join(' ');
+  const message = e.message.length > MAX_MESSAGE_CHARS ? `${e.message.slice(0, MAX_MESSAGE_CHARS)}…` : e.message;
+  return escapeControls(`${e.file}: ${where ? where + ': ' : ''}${message}${e.line !== null ? ` (line ${e.line})` : ''}`);
+}
+
+/** The largest settings or context file read: a context with 340 extents a map is under 20 KiB. */
+export const MAX_CONFIG_FILE_BYTES = 64 * 1024;
+
+/** Errors reported for one file; past this, one line says how many more there are. */
+export const MAX_ERRORS_PER_FILE = 20;
+
+/** Append `more` to `errors` without spreading it into arguments (a file can make 100,000 errors). */
+export function appendErrors(errors: ConfigError[], more: readonly ConfigError[]): void {
+  for (const e of more) errors.push(e);
+}
+
+/** A file's errors, at most MAX_ERRORS_PER_FILE of them and a line counting the rest. */
+export function capErrors(file: string, errors: readonly ConfigError[]): ConfigError[] {
+  if (errors.length <= MAX_ERRORS_PER_FILE) return [...errors];
+  const out = errors.slice(0, MAX_ERRORS_PER_FILE);
+  out.push(configError(file, null, null, null, `${errors.length - MAX_ERRORS_PER_FILE} more errors in this file are not shown: fix these first`));
+  return out;
+}
+
+const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW;
+
+/** The open's failure as the admin should read it. */
+function openProblem(file: string, err: unknown): ConfigError {
+  const code = (err as NodeJS.ErrnoException).code ?? String(err);
+  if (code === 'ELOOP') return configError(file, null, null, null, 'is a symbolic link: refused (configuration files must be regular files owned by root; copy the file instead of linking it)');
+  return configError(file, null, null, null, `cannot open: ${code}`);
 }
 
 /**
- * Read a configuration file the way sshd's StrictModes does: it must be a regular file owned by root
- * and not writable by group or others, or it is ignored with an error saying how to fix it. The
- * check runs on the opened descriptor so a file swapped in between check and read is not trusted.
+ * The checks on an opened file, sshd's StrictModes: a regular file owned by root, not writable by
+ * group or others, and not larger than MAX_CONFIG_FILE_BYTES. Null when it may be read.
+ */
+function statProblem(file: string, st: Stats): ConfigError | null {
+  if (!st.isFile()) return configError(file, null, null, null, 'is not a regular file');
+  if (st.uid !== 0) return configError(file, null, null, null, `is owned by uid ${st.uid}, not root: ignored (chown root ${file})`);
+  if ((st.mode & 0o022) !== 0) return configError(file, null, null, null, `is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): ignored (chmod go-w ${file})`);
+  if (st.size > MAX_CONFIG_FILE_BYTES) return configError(file, null, null, null, `is ${st.size} bytes, more than the ${MAX_CONFIG_FILE_BYTES} a configuration file may have: ignored`);
+  return null;
+}
+
+/** The text of at most MAX_CONFIG_FILE_BYTES read: a file that grew past the limit since fstat is refused too. */
+function textOf(file: string, buf: Buffer, n: number): string | ConfigError {
+  if (n > MAX_CONFIG_FILE_BYTES) return configError(file, null, null, null, `is more than the ${MAX_CONFIG_FILE_BYTES} bytes a configuration file may have: ignored`);
+  return buf.toString('utf8', 0, n);
+}
+
+/**
+ * Read a configuration file the way sshd's StrictModes does (statProblem), never following a
+ * symbolic link. The checks run on the opened descriptor, so a file swapped in between check and
+ * read is not trusted; at most one byte past the limit is read, whatever the file's size.
  */
 export function readConfigText(file: string): string | ConfigError {
   let fd: number;
   try {
-    fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+    fd = openSync(file, OPEN_FLAGS);
   } catch (err) {
-    return configError(file, null, null, null, `cannot open: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    return openProblem(file, err);
   }
   try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) return configError(file, null, null, null, 'is not a regular file');
-    if (st.uid !== 0) return configError(file, null, null, null, `is owned by uid ${st.uid}, not root: ignored (chown root ${file})`);
-    if ((st.mode & 0o022) !== 0) {
-      return configError(file, null, null, null, `is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): ignored (chmod go-w ${file})`);
-    }
-    return readFileSync(fd, 'utf8');
+    const problem = statProblem(file, fstatSync(fd));
+    if (problem) return problem;
+    const buf = Buffer.allocUnsafe(MAX_CONFIG_FILE_BYTES + 1);
+    let n = 0;
+    for (let r = -1; r !== 0 && n < buf.length; n += r) r = readSync(fd, buf, n, buf.length - n, null);
+    return textOf(file, buf, n);
   } catch (err) {
     return configError(file, null, null, null, `cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   } finally {
     closeSync(fd);
+  }
+}
+
+/** readConfigText without blocking the event loop on the disk: the agent reads this way at a reload. */
+export async function readConfigTextAsync(file: string): Promise<string | ConfigError> {
+  let fh: FileHandle;
+  try {
+    fh = await open(file, OPEN_FLAGS);
+  } catch (err) {
+    return openProblem(file, err);
+  }
+  try {
+    const problem = statProblem(file, await fh.stat());
+    if (problem) return problem;
+    const buf = Buffer.allocUnsafe(MAX_CONFIG_FILE_BYTES + 1);
+    let n = 0;
+    for (let r = -1; r !== 0 && n < buf.length; n += r) r = (await fh.read(buf, n, buf.length - n, null)).bytesRead;
+    return textOf(file, buf, n);
+  } catch (err) {
+    return configError(file, null, null, null, `cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  } finally {
+    await fh.close();
   }
 }
 

@@ -2,7 +2,7 @@
 import { readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { composeMaps, firstEndingAfter, formatInterval, uncovered } from './extents.ts';
-import { configError, parseIni, readConfigText } from './ini.ts';
+import { appendErrors, capErrors, configError, parseIni, readConfigText } from './ini.ts';
 import type { IniDoc } from './ini.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
 import type { Schema } from './schema.ts';
@@ -65,12 +65,11 @@ function lineOf(doc: IniDoc, section: string, key?: string): number | null {
 }
 
 /** Read /etc/usernsd.conf. A bad key is reported and its default used, so the agent can still start. */
-export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConfig, 'file'> = AGENT_DEFAULTS): { config: AgentConfig; errors: ConfigError[] } {
+export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConfig, 'file'> = AGENT_DEFAULTS, text: string | ConfigError = readConfigText(file)): { config: AgentConfig; errors: ConfigError[] } {
   const errors: ConfigError[] = [];
-  const text = readConfigText(file);
   if (typeof text !== 'string') return { config: { ...defaults, file }, errors: [text] };
   const { doc, errors: iniErrors } = parseIni(file, text);
-  errors.push(...iniErrors);
+  appendErrors(errors, iniErrors);
   const v = applySchema(doc, AGENT_SCHEMA, nss, errors);
   const get = <T>(section: string, key: string, fallback: T): T => (v.get(section)?.get(key) as T | undefined) ?? fallback;
   const range = get('pool', 'range', { start: defaults.pool.start, end: defaults.pool.end });
@@ -93,7 +92,7 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
       overflowgid: get('mapping', 'overflowgid', defaults.overflowgid),
       pool: { start: range.start, end: range.end, size },
     },
-    errors,
+    errors: capErrors(file, errors),
   };
 }
 
@@ -103,7 +102,7 @@ const ROOT: Owner = { uid: 0, gid: 0, name: 'root' };
 export function parseContextFile(file: string, text: string, nss: Nss, poolSize: number): { def: ContextDef | null; errors: ConfigError[] } {
   const errors: ConfigError[] = [];
   const { doc, errors: iniErrors, syntax } = parseIni(file, text);
-  errors.push(...iniErrors);
+  appendErrors(errors, iniErrors);
   const v = applySchema(doc, CONTEXT_SCHEMA, nss, errors);
   const ctx = v.get('context') ?? new Map<string, unknown>();
   const get = <T>(section: string, key: string): T | undefined => v.get(section)?.get(key) as T | undefined;
@@ -138,7 +137,7 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
       if (!present('gid_map')) missing('context', 'gid_map', 'missing: set uid_map and gid_map, or range = auto');
     }
   }
-  if (errors.length > 0) return { def: null, errors };
+  if (errors.length > 0) return { def: null, errors: capErrors(file, errors) };
   return {
     def: {
       label, file, parent, owner,
@@ -171,20 +170,22 @@ export function listContextFiles(dir: string): string[] | ConfigError {
   }
 }
 
+/** Texts of files read ahead (off the event loop, by the agent), by path; others are read when needed. */
+export type ReadAhead = ReadonlyMap<string, string | ConfigError>;
+
 /** Every file of the directory parsed on its own, plus the checks between files that need no allocation. */
-export function loadContextDefs(dir: string, nss: Nss, poolSize: number): { defs: ContextDef[]; errors: ConfigError[] } {
-  const files = listContextFiles(dir);
+export function loadContextDefs(dir: string, nss: Nss, poolSize: number, texts?: ReadAhead, files: string[] | ConfigError = listContextFiles(dir)): { defs: ContextDef[]; errors: ConfigError[] } {
   if (!Array.isArray(files)) return { defs: [], errors: [files] };
   const defs: ContextDef[] = [];
   const errors: ConfigError[] = [];
   for (const file of files) {
-    const text = readConfigText(file);
+    const text = texts?.get(file) ?? readConfigText(file);
     if (typeof text !== 'string') {
       errors.push(text);
       continue;
     }
     const r = parseContextFile(file, text, nss, poolSize);
-    errors.push(...r.errors);
+    appendErrors(errors, r.errors);
     if (r.def) defs.push(r.def);
   }
   return linkContexts(defs, errors);

@@ -232,9 +232,9 @@ function commandsArb(owner: string) {
     fc.constant(reload),
     fc.constant(reload),
     label.map(resolve),
-    label.map(resolve),
+    fc.constantFrom(...NESTED).map(resolve),
     label.map(release),
-    label.map(release),
+    fc.constantFrom(...TOP).map(release),
     fc.constant(restart),
   ], { maxCommands: 20, size: 'max' });
 }

@@ -1,10 +1,11 @@
 // Configuration rules of SPEC §3, each shown failing with file, section, key and line.
 import assert from 'node:assert/strict';
-import { chownSync } from 'node:fs';
-import { formatConfigError, parseIni } from '../../config/ini.ts';
+import { chownSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni } from '../../config/ini.ts';
 import { finishContexts, linkContexts, parseContextFile } from '../../config/load.ts';
 import type { ConfigError, ContextDef } from '../../config/types.ts';
-import { loadConfiguration } from '../../agent/configure.ts';
+import { loadConfiguration, loadConfigurationAsync } from '../../agent/configure.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
@@ -260,6 +261,43 @@ describe('config: files on disk', () => {
     assert.deepEqual([...cfg.contexts.keys()], ['good']);
     assert.equal(cfg.errors.length, 1);
     assert.match(formatConfigError(cfg.errors[0]!), new RegExp(`^${bad}: is writable by group or others \\(mode 664\\): ignored \\(chmod go-w`));
+  });
+
+  it('refuses a file larger than the limit, a sparse 3 GB one too, at once and naming the limit', async function () {
+    if (process.getuid!() !== 0) this.skip();
+    tree.context('good.conf', '[context]\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n');
+    const big = tree.context('big.conf', '[context]\nuid_map = 0 200000 10\ngid_map = 0 200000 10\n' + '; padding\n'.repeat(8000));
+    const sparse = tree.context('sparse.conf', '');
+    truncateSync(sparse, 3 * 2 ** 30);
+    const started = performance.now();
+    for (const cfg of [loadConfiguration(tree.config, { record: false, systemIds: noSystemIds }), await loadConfigurationAsync(tree.config, { record: false, systemIds: noSystemIds })]) {
+      assert.deepEqual([...cfg.contexts.keys()], ['good']);
+      const text = cfg.errors.map(formatConfigError).join('\n');
+      assert.match(text, new RegExp(`^${big}: is \\d+ bytes, more than the ${MAX_CONFIG_FILE_BYTES} a configuration file may have: ignored$`, 'm'));
+      assert.match(text, new RegExp(`^${sparse}: is 3221225472 bytes, more than the ${MAX_CONFIG_FILE_BYTES}`, 'm'));
+    }
+    assert.ok(performance.now() - started < 2000, 'nothing of the big files was read');
+  });
+
+  it('refuses a context file that is a symbolic link, and prints nothing of what it points to', function () {
+    if (process.getuid!() !== 0) this.skip();
+    const secret = join(tree.dir, 'secret');
+    writeFileSync(secret, '[context]\nroot-password-hash = x\n', { mode: 0o600 });
+    symlinkSync(secret, join(tree.contexts, 'link.conf'));
+    const cfg = loadConfiguration(tree.config, { record: false, systemIds: noSystemIds });
+    const text = cfg.errors.map(formatConfigError).join('\n');
+    assert.match(text, /link\.conf: is a symbolic link: refused/);
+    assert.doesNotMatch(text, /root-password-hash/);
+  });
+
+  it('reports at most a bounded number of errors per file, without recursing per error', function () {
+    if (process.getuid!() !== 0) this.skip();
+    const keys = Array.from({ length: 6000 }, (_, i) => `k${i} = 1`).join('\n');
+    const f = tree.context('many.conf', `[context]\n${keys}\n`);
+    const cfg = loadConfiguration(tree.config, { record: false, systemIds: noSystemIds });
+    const mine = cfg.errors.filter((e) => e.file === f);
+    assert.equal(mine.length, MAX_ERRORS_PER_FILE + 1);
+    assert.match(formatConfigError(mine.at(-1)!), /\d+ more errors in this file are not shown: fix these first/);
   });
 
   it('ignores a file not owned by root', function () {

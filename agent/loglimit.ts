@@ -1,0 +1,68 @@
+// Bounded logging of what clients cause: a burst of lines per uid, then one summary per window.
+import type { Logger } from 'pino';
+
+/** Lines one uid's failures may log per window before they are only counted. */
+export const LOG_BURST_PER_UID = 20;
+export const LOG_WINDOW_MS = 10_000;
+/** At most this many uids are tracked at once; beyond, failures are counted under "other uids". */
+const MAX_TRACKED_UIDS = 1024;
+
+type Level = 'error' | 'warn' | 'info' | 'debug';
+type Bucket = { windowStart: number; logged: number; suppressed: number };
+
+/**
+ * A hostile client can make the agent fail as fast as it can send frames; logging each failure
+ * at info level once wrote 3.2 GB in 90 s. Each line stays bounded (the fields and messages are
+ * cut by shown()), and past LOG_BURST_PER_UID lines in a window a uid's failures are counted
+ * and said in one line: "N more like this from uid U".
+ */
+export class LogLimiter {
+  private readonly buckets = new Map<number | 'other', Bucket>();
+  private readonly timer: NodeJS.Timeout;
+  private readonly log: Logger;
+
+  constructor(log: Logger) {
+    this.log = log;
+    this.timer = setInterval(() => this.flush(false), LOG_WINDOW_MS);
+    this.timer.unref();
+  }
+
+  line(uid: number, level: Level, fields: Record<string, unknown>, msg: string): void {
+    const key = this.buckets.has(uid) || this.buckets.size < MAX_TRACKED_UIDS ? uid : 'other';
+    const now = Date.now();
+    let b = this.buckets.get(key);
+    if (!b) this.buckets.set(key, (b = { windowStart: now, logged: 0, suppressed: 0 }));
+    if (now - b.windowStart >= LOG_WINDOW_MS) this.roll(key, b, now);
+    if (b.logged < LOG_BURST_PER_UID) {
+      b.logged++;
+      this.log[level](fields, msg);
+    } else {
+      b.suppressed++;
+    }
+  }
+
+  private roll(key: number | 'other', b: Bucket, now: number): void {
+    if (b.suppressed > 0) {
+      this.log.warn({ peerUid: key === 'other' ? undefined : key, suppressed: b.suppressed, windowMs: LOG_WINDOW_MS },
+        `${b.suppressed} more like this from ${key === 'other' ? 'other uids' : `uid ${key}`} (client failures past ${LOG_BURST_PER_UID} lines in ${LOG_WINDOW_MS / 1000} s are only counted)`);
+    }
+    b.windowStart = now;
+    b.logged = 0;
+    b.suppressed = 0;
+  }
+
+  /** Say what was suppressed in windows that have ended; forget quiet uids. `all`: also the current ones (at stop). */
+  flush(all: boolean): void {
+    const now = Date.now();
+    for (const [key, b] of this.buckets) {
+      if (!all && now - b.windowStart < LOG_WINDOW_MS) continue;
+      this.roll(key, b, now);
+      this.buckets.delete(key);
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.flush(true);
+  }
+}

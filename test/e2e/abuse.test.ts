@@ -1,0 +1,202 @@
+// A hostile local user cannot lock root out, flood the log or leave the agent unable to start.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AgentClient } from '../../agent/client.ts';
+import { LOG_BURST_PER_UID } from '../../agent/loglimit.ts';
+import * as P from '../../agent/protocol.ts';
+import { cleanup, PYTHON, startAgent } from '../helpers/agent.ts';
+import type { RunningAgent } from '../helpers/agent.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot, makeUser } from '../helpers/kernel.ts';
+
+/**
+ * A process of `uid` that opens `n` connections, says how many the agent admitted (silent, open)
+ * and refused (an E_BUSY line, then closed), and holds them until its standard input closes.
+ */
+const HOLDER = `
+import json, socket, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    socks.append(s)
+time.sleep(1.0)
+admitted = refused = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        d = s.recv(65536)
+        refused += 1 if b"E_BUSY" in d else 0
+        admitted += 0 if b"E_BUSY" in d else 1
+    except BlockingIOError:
+        admitted += 1
+print(json.dumps({"admitted": admitted, "refused": refused}), flush=True)
+sys.stdin.read()
+`;
+
+type Holder = { child: ChildProcess; counts: Promise<{ admitted: number; refused: number }>; release(): Promise<void> };
+
+function holdConnections(socket: string, uid: number, n: number): Holder {
+  const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', PYTHON, '-c', HOLDER, socket, String(n)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => { err += d; });
+  const counts = new Promise<{ admitted: number; refused: number }>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d;
+      if (out.includes('\n')) resolve(JSON.parse(out) as { admitted: number; refused: number });
+    });
+    child.on('exit', (code) => reject(new Error(`holder of uid ${uid} exited (${code}) before counting: ${err}`)));
+  });
+  const exited = new Promise<void>((r) => child.on('exit', () => r()));
+  return { child, counts, release: async () => { child.stdin!.end(); await exited; } };
+}
+
+describe('e2e: abuse by a local user (root)', function () {
+  this.timeout(120_000);
+  let tree: Tree;
+  let agent: RunningAgent;
+  const holders: Holder[] = [];
+
+  beforeEach(async function () {
+    if (!isRoot) this.skip();
+    tree = makeTree();
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+  });
+  afterEach(async () => {
+    for (const h of holders.splice(0)) {
+      h.child.kill('SIGKILL');
+      await h.release().catch(() => {});
+    }
+    await cleanup(tree);
+  });
+
+  const rootServed = async () => {
+    const c = await AgentClient.connect(agent.socket);
+    try {
+      assert.equal((await c.call(P.resolve, { label: 'a' })).label, 'a');
+    } finally {
+      c.close();
+    }
+  };
+
+  it('admits MAX_CONNECTIONS_PER_UID connections of one user, refuses the rest with a reason, and logs that within its budget', async () => {
+    agent = await startAgent(tree, ['--log-level', 'info']);
+    const uid = 61_001;
+    const h = holdConnections(agent.socket, uid, P.LIMITS.MAX_CONNECTIONS_PER_UID + 40);
+    holders.push(h);
+    assert.deepEqual(await h.counts, { admitted: P.LIMITS.MAX_CONNECTIONS_PER_UID, refused: 40 });
+    await rootServed();
+    const refusedLines = agent.logs.filter((l) => l.msg.startsWith(`Refused a connection from uid ${uid}:`));
+    assert.ok(refusedLines.length >= 1 && refusedLines.length <= LOG_BURST_PER_UID, `${refusedLines.length} lines`);
+    assert.match(refusedLines[0]!.msg, /holds 256 connections already, the most one user may/);
+  });
+
+  it('keeps the last ROOT_RESERVED_CONNECTIONS for root while other users hold every other connection', async () => {
+    agent = await startAgent(tree, ['--log-level', 'info']);
+    const per = P.LIMITS.MAX_CONNECTIONS_PER_UID;
+    const users = Math.ceil(P.LIMITS.MAX_CONNECTIONS / per);
+    for (let i = 0; i < users; i++) holders.push(holdConnections(agent.socket, 62_000 + i, per));
+    const counts = await Promise.all(holders.map((h) => h.counts));
+    const admitted = counts.reduce((n, c) => n + c.admitted, 0);
+    assert.equal(admitted, P.LIMITS.MAX_CONNECTIONS - P.LIMITS.ROOT_RESERVED_CONNECTIONS);
+    // Root, every time, on fresh connections, while the others hold theirs.
+    for (let i = 0; i < 10; i++) await rootServed();
+  });
+
+  it('bounds what hostile frames write to the log, and escapes what they carry', async () => {
+    agent = await startAgent(tree, ['--log-level', 'info']);
+    const before = agent.logs.length;
+    const c = await import('node:net').then((net) => net.connect(agent.socket));
+    await new Promise((r) => c.once('connect', r));
+    let replies = 0;
+    let replyBytes = 0;
+    c.on('data', (d: Buffer) => { replyBytes += d.length; replies += d.toString().split('\f').length - 1; });
+    const name = '\u001b[31m' + 'm'.repeat(20_000);
+    const n = 1000;
+    let text = '';
+    for (let i = 0; i < n; i++) text += JSON.stringify({ type: 'request', data: { id: i, method: name, params: { ['\u009b' + 'p'.repeat(5000)]: 1 } } }) + '\f';
+    c.write(text);
+    for (let i = 0; i < 600 && replies < n; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(replies, n, 'every frame is answered');
+    assert.ok(replyBytes < n * 1024, `each reply is bounded: ${replyBytes / n} bytes each`);
+    c.destroy();
+    await rootServed();
+    const lines = agent.logs.slice(before).map((l) => JSON.stringify(l));
+    const bytes = lines.reduce((s, l) => s + l.length + 1, 0);
+    assert.ok(lines.length <= LOG_BURST_PER_UID + 2, `${lines.length} lines logged for ${n} hostile frames`);
+    assert.ok(bytes <= (LOG_BURST_PER_UID + 2) * 1024, `${bytes} bytes logged for ${n} hostile frames of 25 KB`);
+    assert.ok(!/\\u001b\[31m|\u001b/.test(lines.join('\n').replace(/\\\\u001b/g, '')), 'no raw escape sequence reaches the log');
+  });
+
+  it('gives the owner no way into a helper before its maps are written (300 creations under a tamperer)', async function () {
+    const owner = makeUser();
+    try {
+      tree.context('owned.conf', `[context]\nowner = ${owner.name}\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n`);
+      agent = await startAgent(tree, ['--log-level', 'info']);
+      // As the owner: find every process of ours and try to write its uid_map first, as fast as it can.
+      const TAMPER = `
+import os, sys, threading
+uid = os.getuid(); wrote = tried = 0; stop = False
+def watch():
+    global stop
+    sys.stdin.read(); stop = True
+threading.Thread(target=watch, daemon=True).start()
+while not stop:
+    for p in os.listdir("/proc"):
+        if not p.isdigit(): continue
+        try:
+            if os.stat("/proc/" + p).st_uid != uid: continue
+            if open("/proc/%s/comm" % p).read().strip() not in ("unshare", "cat"): continue
+            tried += 1
+            with open("/proc/%s/uid_map" % p, "w") as f: f.write("0 %d 1" % uid)
+            wrote += 1
+        except OSError:
+            pass
+print(wrote, tried, flush=True)
+`;
+      const tamperer = spawn('setpriv', [`--reuid=${owner.uid}`, `--regid=${owner.gid}`, '--clear-groups', '--', PYTHON, '-c', TAMPER], { stdio: ['pipe', 'pipe', 'inherit'] });
+      let out = '';
+      tamperer.stdout!.on('data', (d: Buffer) => { out += d; });
+      const done = new Promise<void>((r) => tamperer.on('exit', () => r()));
+      const c = await AgentClient.connect(agent.socket);
+      const failures: string[] = [];
+      try {
+        for (let i = 0; i < 300; i++) {
+          try {
+            await c.call(P.resolve, { label: 'owned' });
+          } catch (err) {
+            failures.push((err as Error).message);
+          }
+          await c.call(P.release, { label: 'owned' });
+        }
+      } finally {
+        c.close();
+        tamperer.stdin!.end();
+        await done;
+      }
+      const [wrote] = out.trim().split(' ').map(Number);
+      assert.equal(wrote, 0, 'the owner wrote a helper\'s uid_map');
+      assert.deepEqual(failures, [], 'no creation failed');
+    } finally {
+      owner.remove();
+    }
+  });
+
+  it('removes the temporary files a crashed agent left, at start', async () => {
+    mkdirSync(join(tree.state, 'pins'), { recursive: true, mode: 0o700 });
+    const stale = [join(tree.state, '.ranges.json.99999999.tmp'), join(tree.state, '.contexts.json.99999998.tmp'), join(tree.state, 'pins', '.a.json.99999997.tmp')];
+    for (const f of stale) writeFileSync(f, '{', { mode: 0o600 });
+    const notOurs = join(tree.state, 'notes.tmp');
+    writeFileSync(notOurs, 'x');
+    agent = await startAgent(tree);
+    for (const f of stale) assert.equal(existsSync(f), false, `${f} is removed`);
+    assert.equal(existsSync(notOurs), true, 'files not named like ours are left alone');
+    assert.ok(agent.logs.some((l) => /^Removed 3 temporary file/.test(l.msg)));
+  });
+});

@@ -1,0 +1,33 @@
+// What clients and files write is shown bounded and with its control characters escaped.
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { formatConfigError } from '../../config/ini.ts';
+import { MAX_SHOWN_CHARS, shown } from '../../config/text.ts';
+
+const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/;
+
+describe('shown(): client and file text in messages and logs', () => {
+  it('never lets a control character through and stays within its bound, whatever the input', () => {
+    fc.assert(fc.property(fc.string({ unit: 'binary', maxLength: 5000 }), (s) => {
+      const out = shown(s);
+      assert.ok(!RAW_CONTROL.test(out), JSON.stringify(out));
+      assert.ok(out.length <= 6 * MAX_SHOWN_CHARS + 40, `${out.length} characters`);
+    }));
+  });
+
+  it('says how much it left out, and quotes what it keeps', () => {
+    assert.equal(shown('abc'), '"abc"');
+    assert.equal(shown('\u001b[31mred'), '"\\u001b[31mred"');
+    assert.match(shown('x'.repeat(1_000_000)), /^"x{64}"… \(999936 more characters\)$/);
+  });
+});
+
+describe('formatConfigError: file text in check-config output', () => {
+  it('escapes control characters and bounds names and messages from a file', () => {
+    fc.assert(fc.property(fc.string({ unit: 'binary', maxLength: 3000 }), fc.string({ unit: 'binary', maxLength: 3000 }), (key, value) => {
+      const line = formatConfigError({ file: '/etc/userns.d/x.conf', section: key, key, line: 3, message: `must be one of a, b (got "${value}")` });
+      assert.ok(!RAW_CONTROL.test(line), JSON.stringify(line));
+      assert.ok(line.length < 2500, `${line.length} characters`);
+    }));
+  });
+});
