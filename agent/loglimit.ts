@@ -17,7 +17,7 @@ type Bucket = { windowStart: number; logged: number; suppressed: number };
  * and said in one line: "N more like this from uid U".
  */
 export class LogLimiter {
-  private readonly buckets = new Map<number | 'other', Bucket>();
+  private readonly buckets = new Map<string, Bucket>();
   private readonly timer: NodeJS.Timeout;
   private readonly log: Logger;
 
@@ -27,8 +27,14 @@ export class LogLimiter {
     this.timer.unref();
   }
 
-  line(uid: number, level: Level, fields: Record<string, unknown>, msg: string): void {
-    const key = this.buckets.has(uid) || this.buckets.size < MAX_TRACKED_UIDS ? uid : 'other';
+  /**
+   * One line about a failure `uid` caused, of a `kind` ("request": refused requests; "connection":
+   * refused and closed connections) — each kind has its own budget, so a flood of one does not
+   * hide the other.
+   */
+  line(uid: number, level: Level, fields: Record<string, unknown>, msg: string, kind: 'request' | 'connection' = 'request'): void {
+    const id = `${uid}/${kind}`;
+    const key = this.buckets.has(id) || this.buckets.size < MAX_TRACKED_UIDS ? id : 'other';
     const now = Date.now();
     let b = this.buckets.get(key);
     if (!b) this.buckets.set(key, (b = { windowStart: now, logged: 0, suppressed: 0 }));
@@ -41,10 +47,11 @@ export class LogLimiter {
     }
   }
 
-  private roll(key: number | 'other', b: Bucket, now: number): void {
+  private roll(key: string, b: Bucket, now: number): void {
     if (b.suppressed > 0) {
-      this.log.warn({ peerUid: key === 'other' ? undefined : key, suppressed: b.suppressed, windowMs: LOG_WINDOW_MS },
-        `${b.suppressed} more like this from ${key === 'other' ? 'other uids' : `uid ${key}`} (client failures past ${LOG_BURST_PER_UID} lines in ${LOG_WINDOW_MS / 1000} s are only counted)`);
+      const [uid, kind] = key.split('/');
+      this.log.warn({ peerUid: key === 'other' ? undefined : Number(uid), kind, suppressed: b.suppressed, windowMs: LOG_WINDOW_MS },
+        `${b.suppressed} more like this from ${key === 'other' ? 'other uids' : `uid ${uid}`} (client failures past ${LOG_BURST_PER_UID} lines of a kind in ${LOG_WINDOW_MS / 1000} s are only counted)`);
     }
     b.windowStart = now;
     b.logged = 0;

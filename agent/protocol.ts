@@ -34,6 +34,8 @@ export const LIMITS = {
   MAX_PATH_BYTES: 4096,
   /** Requests of one connection being worked on at once; more get E_BUSY. */
   MAX_INFLIGHT_PER_CONNECTION: 64,
+  /** Invalid requests (E_INVALID, frames of unknown type) one connection may send; then it is closed. */
+  MAX_INVALID_PER_CONNECTION: 64,
   /** Ids in one `uids` or `gids` list of a map request. */
   MAX_IDS_PER_LIST: 32768,
   /** A string request id. */

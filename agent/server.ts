@@ -60,7 +60,22 @@ const DRAIN_POLL_MS = 5;
 /** At stop, how long a client gets to take its last replies before its connection is cut. */
 const CLOSE_FLUSH_MS = 1000;
 
-export type Connection = { readonly peer: Peer; inflight: number };
+export type Connection = {
+  readonly peer: Peer;
+  inflight: number;
+  /** Frames taken from this connection in the current turn of the event loop (see budget()). */
+  framesThisTurn: number;
+  /** Requests of this connection refused as invalid; past MAX_INVALID_PER_CONNECTION it is closed. */
+  invalid: number;
+};
+
+/** Frames one connection may have handled per turn of the event loop before it waits for the next. */
+const FRAMES_PER_TURN = 32;
+/** Closes for cause (broken frames, too many invalid requests) one uid may cause in PENALTY_WINDOW_MS ... */
+const CLOSES_BEFORE_PENALTY = 8;
+const PENALTY_WINDOW_MS = 10_000;
+/** ... before its new connections are refused for this long. Root is never refused. */
+const PENALTY_MS = 1000;
 export type RequestHandler = (conn: Connection, data: unknown) => Promise<Reply>;
 export type ServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler; readonly limiter: LogLimiter };
 
@@ -111,6 +126,8 @@ export class IpcServer {
   private readonly conns = new Map<Socket, Connection>();
   /** Connections held per uid, for the per-user limit. */
   private readonly perUid = new Map<number, number>();
+  /** Per uid: connections closed for cause in the current window, and until when it is refused. */
+  private readonly penalties = new Map<number, { since: number; closes: number; until: number }>();
   private readonly pending = new Set<Promise<void>>();
   private accepting = false;
 
@@ -166,7 +183,8 @@ export class IpcServer {
       const failure = server.protocolFailure.bind(server);
       server.protocolFailure = (socket, error) => {
         const c = this.conns.get(socket);
-        this.opts.limiter.line(c?.peer.uid ?? -1, 'warn', { peerUid: c?.peer.uid, peerPid: c?.peer.pid, code: error.code }, `Closed connection: ${shown(error.message, 200)}`);
+        this.opts.limiter.line(c?.peer.uid ?? -1, 'warn', { peerUid: c?.peer.uid, peerPid: c?.peer.pid, code: error.code }, `Closed connection: ${shown(error.message, 200)}`, 'connection');
+        this.closedForCause(c?.peer);
         failure(socket, error);
       };
       server.start();
@@ -186,7 +204,7 @@ export class IpcServer {
     }
     const refusal = this.admission(peer);
     if (refusal !== null) {
-      this.opts.limiter.line(peer.uid, 'warn', { peerUid: peer.uid, peerPid: peer.pid, held: this.perUid.get(peer.uid) ?? 0, connections: this.conns.size }, `Refused a connection from uid ${peer.uid}: ${refusal}`);
+      this.opts.limiter.line(peer.uid, 'warn', { peerUid: peer.uid, peerPid: peer.pid, held: this.perUid.get(peer.uid) ?? 0, connections: this.conns.size }, `Refused a connection from uid ${peer.uid}: ${refusal}`, 'connection');
       // One line to say why, then close: a client that reads gets a reason, not a bare reset.
       socket.end(encodeFrame(REPLY_TYPE, { id: null, error: { code: 'E_BUSY', message: refusal } }));
       socket.destroy();
@@ -199,7 +217,7 @@ export class IpcServer {
       else this.perUid.delete(peer.uid);
     });
     // Also while draining: the kernel accepted it before the listener closed, so it is served.
-    const conn: Connection = { peer, inflight: 0 };
+    const conn: Connection = { peer, inflight: 0, framesThisTurn: 0, invalid: 0 };
     this.conns.set(socket, conn);
     socket.setTimeout(LIMITS.IDLE_TIMEOUT_MS, () => {
       if (conn.inflight > 0) return;
@@ -215,28 +233,71 @@ export class IpcServer {
    */
   private admission(peer: Peer): string | null {
     if (peer.uid === 0) return null;
+    const penalty = this.penalties.get(peer.uid);
+    if (penalty && penalty.until > Date.now()) return `uid ${peer.uid} had ${penalty.closes} connections closed for broken or invalid traffic in ${PENALTY_WINDOW_MS / 1000} s: its new connections are refused for ${PENALTY_MS} ms`;
     const held = this.perUid.get(peer.uid) ?? 0;
     if (held >= LIMITS.MAX_CONNECTIONS_PER_UID) return `uid ${peer.uid} holds ${held} connections already, the most one user may (MAX_CONNECTIONS_PER_UID): close some`;
     if (this.conns.size >= LIMITS.MAX_CONNECTIONS - LIMITS.ROOT_RESERVED_CONNECTIONS) return `the agent holds ${this.conns.size} connections; the rest are kept for root: try again later`;
     return null;
   }
 
+  /**
+   * Fairness: a connection that has had FRAMES_PER_TURN frames handled in this turn of the event
+   * loop is paused until the next one, so a client pipelining frames as fast as it can writes them
+   * gets its share, not the whole agent (libuv would otherwise read it up to 32 times per turn).
+   */
+  private budget(socket: Socket, conn: Connection): void {
+    if (++conn.framesThisTurn !== FRAMES_PER_TURN) return;
+    socket.pause();
+    setImmediate(() => {
+      conn.framesThisTurn = 0;
+      if (!socket.destroyed) socket.resume();
+    });
+  }
+
+  /** A connection closed for cause counts against its uid: too many, and the uid waits a while. */
+  private closedForCause(peer: Peer | undefined): void {
+    if (!peer || peer.uid === 0) return;
+    const now = Date.now();
+    const p = this.penalties.get(peer.uid);
+    if (!p || now - p.since > PENALTY_WINDOW_MS) this.penalties.set(peer.uid, { since: now, closes: 1, until: 0 });
+    else if (++p.closes >= CLOSES_BEFORE_PENALTY) p.until = now + PENALTY_MS;
+    if (this.penalties.size > 4096) for (const [uid, q] of this.penalties) if (now - q.since > PENALTY_WINDOW_MS) this.penalties.delete(uid);
+  }
+
   private request(socket: Socket, data: unknown): void {
     const conn = this.conns.get(socket);
     if (!conn) return;
+    this.budget(socket, conn);
     if (conn.inflight >= LIMITS.MAX_INFLIGHT_PER_CONNECTION) {
       this.reply(socket, { id: requestIdOf(data), error: { code: 'E_BUSY', message: `more than ${LIMITS.MAX_INFLIGHT_PER_CONNECTION} requests in flight on one connection: wait for replies` } });
       return;
     }
     conn.inflight++;
     const p = this.opts.onRequest(conn, data)
-      .then((reply) => this.reply(socket, reply))
+      .then((reply) => {
+        this.reply(socket, reply);
+        if ('error' in reply && reply.error.code === 'E_INVALID' && ++conn.invalid >= LIMITS.MAX_INVALID_PER_CONNECTION) this.closeInvalid(socket, conn);
+      })
       .finally(() => { conn.inflight--; this.pending.delete(p); });
     this.pending.add(p);
   }
 
+  /** Too many invalid requests on one connection: a client that cannot speak the protocol is cut off. */
+  private closeInvalid(socket: Socket, conn: Connection): void {
+    if (socket.destroyed) return;
+    this.opts.limiter.line(conn.peer.uid, 'warn', { peerUid: conn.peer.uid, peerPid: conn.peer.pid, invalid: conn.invalid }, `Closed connection: ${conn.invalid} invalid requests (MAX_INVALID_PER_CONNECTION)`, 'connection');
+    this.closedForCause(conn.peer);
+    socket.end();
+    socket.destroy();
+  }
+
   private unknownType(socket: Socket, type: string, data: unknown): void {
     const c = this.conns.get(socket);
+    if (c) {
+      this.budget(socket, c);
+      if (++c.invalid >= LIMITS.MAX_INVALID_PER_CONNECTION) return this.closeInvalid(socket, c);
+    }
     this.opts.limiter.line(c?.peer.uid ?? -1, 'info', { peerUid: c?.peer.uid, peerPid: c?.peer.pid, type: shown(type) }, 'Refused a frame of unknown type');
     this.reply(socket, { id: requestIdOf(data), error: { code: 'E_INVALID', message: `unknown frame type ${shown(type)}: send {"type":"${REQUEST_TYPE}","data":{id, method, params}}` } });
   }
