@@ -66,7 +66,7 @@ function kernelAdvice(code: string, step: string): string {
       : 'the kernel refused: check that unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces) and the owner is mapped in the parent';
     case 'EINVAL': return 'the kernel rejected the map: extents overlap, run past 2^32, or exceed 340 lines';
     case 'EUSERS': return 'the nesting depth limit (32) is reached';
-    case 'EACCES': return 'the agent lacks a privilege it needs (CAP_DAC_OVERRIDE, CAP_SYS_PTRACE, CAP_SETUID, CAP_SETGID, CAP_SYS_ADMIN, CAP_KILL: see usernsd(8)); under systemd, check CapabilityBoundingSet=';
+    case 'EACCES': return 'the agent lacks a privilege it needs (CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID, CAP_SYS_PTRACE, CAP_CHOWN: see usernsd(8)); under systemd, check CapabilityBoundingSet=';
     default: return 'see the agent log';
   }
 }
@@ -323,7 +323,8 @@ export class Namespaces {
     // The maps are written by the parent's root: the helper's programs are its (see helpers()).
     const rootUid = toHost(parent.host.uid, 0);
     const rootGid = toHost(parent.host.gid, 0);
-    const { unshare, cat } = rootUid === null || rootGid === null ? { unshare: 'unshare', cat: 'cat' } : this.helpers(rootUid, rootGid);
+    if (rootUid === null || rootGid === null) throw new UsernsError('E_CONFIG', `parent "${ctx.parent}" of context "${ctx.label}" does not map id 0: a nested context's maps are written as its parent's root`);
+    const { unshare, cat } = this.helpers(rootUid, rootGid);
     const view = makeView('parent', { mode: 'none', anonuid: 0, anongid: 0 }, parent.host.uid, parent.host.gid);
     const uid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'uid', ctx.owner.uid);
     const gid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'gid', ctx.owner.gid);
@@ -340,13 +341,14 @@ export class Namespaces {
    * makes a process that execs a program it cannot read non-dumpable (fs/exec.c would_dump), so its
    * /proc/PID files belong to that root: the owner the helper runs as cannot write its uid_map
    * before the agent does, nor ptrace it, while the map's writer can. Where the copies cannot be
-   * made, the system's programs are used (the race then costs a failed creation, never a wrong pin:
-   * maps are read back before pinning).
+   * made the creation is refused (E_KERNEL): an owner must never get the race back silently.
+   * Handing a nested context's copies to its parent's root takes CAP_CHOWN.
    */
   private helpers(uid: number, gid: number): { unshare: string; cat: string } {
     const key = `${uid}:${gid}`;
     const known = this.helperPaths.get(key);
-    if (known) return known;
+    // Checked each time (two stats): the pins directory may have been removed behind our back.
+    if (known && existsSync(known.unshare) && existsSync(known.cat)) return known;
     const top = join(this.pinsDir, HELPERS_DIR);
     const dir = join(top, key.replace(':', '.'));
     let paths: { unshare: string; cat: string };
@@ -367,15 +369,17 @@ export class Namespaces {
         const tmp = join(dir, `.${name}.${process.pid}.tmp`);
         rmSync(tmp, { force: true });
         copyFileSync(source, tmp);
-        chownSync(tmp, uid, gid);
+        // Mode and times while the file is still ours (after chown they would take CAP_FOWNER).
         chmodSync(tmp, 0o111);
         utimesSync(tmp, src.atime, src.mtime);
+        chownSync(tmp, uid, gid);
         renameSync(tmp, target);
         return target;
       };
       paths = { unshare: copy('unshare'), cat: copy('cat') };
-    } catch {
-      paths = { unshare: 'unshare', cat: 'cat' };
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+      throw new UsernsError('E_KERNEL', `Failed to prepare the namespace helper's execute-only programs in ${dir}: ${code} (${(err as Error).message})${code === 'EPERM' ? ': handing them to a nested context\'s parent root needs CAP_CHOWN (see usernsd(8))' : ''}`);
     }
     this.helperPaths.set(key, paths);
     return paths;

@@ -6,6 +6,8 @@ import { benchCreatePin } from './create-pin.ts';
 import { benchMap } from './map.ts';
 import { benchResolve } from './resolve.ts';
 import { benchStartup } from './startup.ts';
+import { runStorm } from './storm.ts';
+import { LIMITS } from '../agent/protocol.ts';
 import { benchUpcall } from './upcall.ts';
 
 const f2 = (n: number) => n.toFixed(2);
@@ -25,6 +27,8 @@ log('start-up with 10,000 contexts (takes a while: 5,000 namespaces are created)
 const st = await benchStartup(10_000);
 log('upcall');
 const up = await benchUpcall();
+log('storm (a well-behaved client against every kind of abuse at once)');
+const sm = await runStorm(Number(process.env.BENCH_STORM_SECONDS ?? 10));
 
 const util = execFileSync('unshare', ['--version'], { encoding: 'utf8' }).trim();
 const cpRatio = cp.ours / cp.script;
@@ -32,6 +36,7 @@ const tRatio = rs.throughput.agent / rs.throughput.echo;
 const sRatio = rs.seq.agent.p50 / rs.seq.echo.p50;
 const eagerBudget = st.lazyReadyMs + (st.eager * cp.ours) + 1000;
 const upRatio = up.ours / up.node;
+const P_LIMIT = LIMITS.MAX_CONNECTIONS_PER_UID; // as the storm uses it
 
 const text = `# Benchmarks
 
@@ -56,6 +61,12 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
 | reload, ${st.contexts} files | ${Math.round(st.reloadMs)} ms | | | |
 | restart, ${st.eager} pins adopted | ${Math.round(st.restartReadyMs)} ms to ready (adoption ${Math.round(st.adoptMs)} ms) | | | |
 | upcall, uncached, end to end | ${f2(up.ours)} ms | bare \`node -e 0\` ${f2(up.node)} ms | ${f2(upRatio)} | ≤ 1.5: ${verdict(upRatio <= 1.5, `by ${f2(upRatio - 1.5)}`)} |
+| good client under a storm, p50 | ${f3(sm.storm.p50)} ms | quiet ${f3(sm.quiet.p50)} ms | ${f2(sm.storm.p50 / sm.quiet.p50)} | — |
+| good client under a storm, p99 | ${f3(sm.storm.p99)} ms | quiet ${f3(sm.quiet.p99)} ms | ${f2(sm.storm.p99 / sm.quiet.p99)} | < 10 ms: ${verdict(sm.storm.p99 < 10, `${f2(sm.storm.p99)} ms`)} |
+| good client under a storm, max; errors | ${f2(sm.storm.max)} ms; ${sm.storm.errors} errors in ${sm.storm.count} requests | quiet ${f2(sm.quiet.max)} ms | | no errors: ${verdict(sm.storm.errors === 0, `${sm.storm.errors}`)} |
+| root under the storm, fresh connection each time | ${sm.rootServed} served, ${sm.rootFailed} refused or failed | | | none refused: ${verdict(sm.rootFailed === 0, `${sm.rootFailed}`)} |
+| agent memory in the storm | peak ${Math.round(sm.rssPeakMb)} MiB, 2 s after ${Math.round(sm.rssAfterMb)} MiB | before ${Math.round(sm.rssBeforeMb)} MiB | | |
+| log written in the storm | ${Math.round(sm.logBytesStorm / 1024)} KiB in ${sm.seconds} s | quiet ${Math.round(sm.logBytesQuiet / 1024)} KiB | | |
 | upcall, nfsidmap through request-key | ${up.nfsidmap === null ? 'not installed' : `${f2(up.nfsidmap)} ms`} | request-key floor ${f2(up.floor)} ms | ${up.nfsidmap === null ? '—' : f2(up.ours / up.nfsidmap)} (ours / nfsidmap) | — |
 
 ## How each is measured
@@ -108,9 +119,26 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
   program (connect, one request, keyctl(2) — the protocol is in usernsd-protocol(7) for exactly
   this); a V8 startup snapshot would still leave Node's own ${Math.round(up.node)} ms.
 
+- **storm** (\`bench/storm.ts\`, run by \`test/e2e/abuse.test.ts\` too, which asserts only what is
+  not timing): a well-behaved client resolves one request at a time for ${sm.seconds} s without a storm, then
+  ${sm.seconds} s during one. The storm is six processes of users other than root
+  (\`bench/storm-client.ts\`): one pipelines invalid frames on two connections as fast as the socket
+  takes them (unknown 2 KB method names with an escape sequence, 2 KB parameter names, bad ids,
+  frames of unknown type: ${k(sm.invalidFramesPerSecond)} frames/s written, ${sm.answeredInvalid} answered before each
+  connection was closed at its 64th invalid request), sends oversize frames, holds 50 half frames,
+  queues requests it never reads, and connects and vanishes in a loop; one opens
+  ${P_LIMIT + 100} connections (its limit is ${P_LIMIT}); four hold 250 idle connections each. Meanwhile root
+  connects afresh every 50 ms and asks for status. Before the fixes of issue 12 the same good client
+  saw p50 17 ms, p99 54 ms, max 120 ms at 40 k frames/s (measured in this session on the code
+  before them): one pipelining connection was read up to 32 times per event-loop turn, and every
+  invalid frame was logged. Now each connection gets at most 32 frames per turn, a connection is
+  closed at its 64th invalid request, a uid whose connections keep being closed waits a second, and
+  client failures are logged at most 20 lines per uid and kind per 10 s.
+
 ## Missed targets, and what limits them
 
-${upRatio <= 1.5 && st.eagerRssMb < 150 && tRatio >= 0.8 && cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && st.eagerReadyMs <= eagerBudget && st.lazyRssMb < 150 ? 'None in this run.\n' : ''}${upRatio <= 1.5 ? '' : `- **upcall / bare Node start ${f2(upRatio)}** (target 1.5). The handler is a Node process and
+${upRatio <= 1.5 && st.eagerRssMb < 150 && tRatio >= 0.8 && cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && st.eagerReadyMs <= eagerBudget && st.lazyRssMb < 150 && sm.storm.p99 < 10 ? 'None in this run.\n' : ''}${sm.storm.p99 < 10 ? '' : `- **good client's p99 under the storm ${f2(sm.storm.p99)} ms** (target 10 ms): see "storm" above.
+`}${upRatio <= 1.5 ? '' : `- **upcall / bare Node start ${f2(upRatio)}** (target 1.5). The handler is a Node process and
   the measures above are all taken; see "upcall" above for what is left and what would go further.
 `}${st.eagerRssMb < 150 ? '' : `- **resident memory with ${st.eager} pins ${Math.round(st.eagerRssMb)} MiB** (target 150): per pin the agent keeps its
   answer and check state; the rest is V8's committed heap after ${st.eager} creations.

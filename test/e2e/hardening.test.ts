@@ -44,7 +44,7 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
 
   it('creates, nests, pins for another owner and releases with only the unit\'s capabilities; the pins reach the host', async () => {
     const caps = unitCapabilities();
-    assert.deepEqual(caps, ['sys_admin', 'sys_chroot', 'setuid', 'setgid', 'sys_ptrace', 'dac_override']);
+    assert.deepEqual(caps, ['sys_admin', 'sys_chroot', 'setuid', 'setgid', 'sys_ptrace', 'chown']);
     const agent = await startAgent(tree, ['--log-level', 'info'], { wrap: confined(caps) });
     const ctl = (...args: string[]) => usernsctl(['--socket', agent.socket, ...args]);
     for (const label of ['a', 'b', 'c']) {
@@ -65,15 +65,20 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
     assert.deepEqual(agent.logs.filter((l) => l.level >= 50), []);
   });
 
-  it('needs each of those capabilities: without any one, creating a context owned by another user fails with E_KERNEL', async function () {
+  it('needs each of those capabilities: without any one, creating a context owned by another user, or a nested one, fails with E_KERNEL', async function () {
     this.timeout(60_000);
     const caps = unitCapabilities();
     for (const missing of caps) {
       const agent = await startAgent(tree, ['--log-level', 'info'], { wrap: confined(caps.filter((c) => c !== missing)) });
-      const r = await usernsctl(['--socket', agent.socket, 'resolve', 'c']);
-      assert.equal(r.code, 1, `without ${missing}: ${r.out}`);
-      assert.match(r.err, /^usernsctl: E_KERNEL: /, `without ${missing}`);
+      const owned = await usernsctl(['--socket', agent.socket, 'resolve', 'c']);
+      const nested = await usernsctl(['--socket', agent.socket, 'resolve', 'b']);
+      const failed = [owned, nested].filter((r) => r.code === 1);
+      assert.ok(failed.length > 0, `without ${missing} both were created: ${owned.out}${nested.out}`);
+      for (const r of failed) assert.match(r.err, /^usernsctl: E_KERNEL: /, `without ${missing}`);
       assert.equal(await agent.stop(), 0);
+      await usernsctl(['--socket', agent.socket, 'release', 'a']).catch(() => {});
+      for (const label of ['b', 'a', 'c']) spawnSync('umount', ['-l', `${tree.pins}/${label}`]);
+      spawnSync('sh', ['-c', `rm -f ${tree.pins}/a ${tree.pins}/b ${tree.pins}/c ${tree.state}/pins/*.json`]);
       assert.deepEqual(mountsUnder(tree.pins), [], `without ${missing}: nothing is left mounted`);
     }
   });
