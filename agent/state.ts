@@ -24,23 +24,31 @@ export function ensureStateDir(dir: string): void {
  * Recorded allocations. A missing file is an empty record; a corrupt one is an error, never an
  * empty record, because forgetting allocations would hand the same ids out twice.
  */
-export function readAllocations(dir: string): Map<string, Allocation> {
-  const file = join(dir, RANGES_FILE);
+/**
+ * A state file's JSON, never through a symlink: undefined when the file does not exist, an
+ * E_CONFIG error (from `corrupt`) when it is not JSON, and an E_CONFIG error when it cannot be read.
+ */
+function readStateJson(file: string, corrupt: (why: string) => UsernsError): unknown {
   let text: string;
   try {
     text = readFileSync(file, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new UsernsError('E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, err);
   }
-  const corrupt = (why: string) => new UsernsError('E_CONFIG',
-    `${file} is corrupt (${why}): no range will be allocated until it is fixed. Restore it from a backup, or rebuild it from the pins' maps (usernsctl list shows them) and remove the file only if no auto-range namespace exists`);
-  let data: unknown;
   try {
-    data = JSON.parse(text);
+    return JSON.parse(text);
   } catch {
     throw corrupt('not JSON');
   }
+}
+
+export function readAllocations(dir: string): Map<string, Allocation> {
+  const file = join(dir, RANGES_FILE);
+  const corrupt = (why: string) => new UsernsError('E_CONFIG',
+    `${file} is corrupt (${why}): no range will be allocated until it is fixed. Restore it from a backup, or rebuild it from the pins' maps (usernsctl list shows them) and remove the file only if no auto-range namespace exists`);
+  const data = readStateJson(file, corrupt);
+  if (data === undefined) return new Map();
   if (typeof data !== 'object' || data === null || (data as { version?: unknown }).version !== STATE_VERSION) throw corrupt(`not version ${STATE_VERSION}`);
   const allocations = (data as { allocations?: unknown }).allocations;
   if (typeof allocations !== 'object' || allocations === null) throw corrupt('no allocations object');
@@ -93,20 +101,9 @@ export const IN_FORCE_FILE = 'contexts.json';
  */
 export function readInForce(dir: string): Map<string, Context> {
   const file = join(dir, IN_FORCE_FILE);
-  let text: string;
-  try {
-    text = readFileSync(file, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
-    throw new UsernsError('E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, err);
-  }
   const corrupt = (why: string) => new UsernsError('E_CONFIG', `${file} is corrupt (${why}): contexts are admitted in file order until the agent rewrites it`);
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch {
-    throw corrupt('not JSON');
-  }
+  const data = readStateJson(file, corrupt);
+  if (data === undefined) return new Map();
   const contexts = (data as { version?: unknown; contexts?: unknown } | null)?.contexts;
   if ((data as { version?: unknown } | null)?.version !== STATE_VERSION || !Array.isArray(contexts)) throw corrupt(`not version ${STATE_VERSION}`);
   const out = new Map<string, Context>();

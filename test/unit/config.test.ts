@@ -14,7 +14,8 @@ const one = (text: string) => {
   const r = parse(text);
   return { def: r.def, errors: r.errors.map(formatConfigError) };
 };
-const all = (files: Record<string, string>) => {
+/** Files parsed, linked and finished as the loader does, with what was in force before (`prior`). */
+const all = (files: Record<string, string>, prior?: Parameters<typeof finishContexts>[3]) => {
   const errors: ConfigError[] = [];
   const defs: ContextDef[] = [];
   for (const [name, text] of Object.entries(files)) {
@@ -22,9 +23,8 @@ const all = (files: Record<string, string>) => {
     errors.push(...r.errors);
     if (r.def) defs.push(r.def);
   }
-  const linked = linkContexts(defs, errors);
-  const { contexts } = finishContexts(linked.defs, new Map(), errors);
-  return { labels: contexts.map((c) => c.label), contexts, errors: errors.map(formatConfigError) };
+  const r = finishContexts(linkContexts(defs, errors).defs, new Map(), errors, prior);
+  return { ...r, labels: r.contexts.map((c) => c.label), errors: errors.map(formatConfigError) };
 };
 const noSystemIds = () => [];
 
@@ -144,15 +144,8 @@ describe('config: nesting rules', () => {
 
 describe('config: the contexts in force keep their ids', () => {
   const finish = (files: Record<string, string>, prior: Parameters<typeof finishContexts>[3]) => {
-    const errors: ConfigError[] = [];
-    const defs: ContextDef[] = [];
-    for (const [name, text] of Object.entries(files)) {
-      const r = parse(text, name);
-      errors.push(...r.errors);
-      if (r.def) defs.push(r.def);
-    }
-    const r = finishContexts(linkContexts(defs, errors).defs, new Map(), errors, prior);
-    return { ...r, labels: r.contexts.map((c) => c.label).sort(), errors: errors.map(formatConfigError) };
+    const r = all(files, prior);
+    return { ...r, labels: [...r.labels].sort() };
   };
   const proj = '[context]\nuid_map = 0 4000000 65536\ngid_map = 0 4000000 65536\n';
   const overlap = '[context]\nuid_map = 0 4000100 10\ngid_map = 0 4000100 10\n';
