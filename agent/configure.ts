@@ -1,16 +1,17 @@
 // One configuration load, start to finish: settings, context files, ranges, cross-file checks.
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Interval } from '../config/extents.ts';
 import { appendErrors, configError, readConfigTextAsync } from '../config/ini.ts';
 import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, listContextFiles, loadAgentConfig, loadContextDefs } from '../config/load.ts';
 import type { ReadAhead } from '../config/load.ts';
-import { join } from 'node:path';
 import type { HostMaps } from '../config/load.ts';
 import { enumerateIds, systemNss } from '../config/nss.ts';
 import type { AgentConfig, ConfigError, Context, Nss } from '../config/types.ts';
 import { assignRanges, parseSubIds } from './allocate.ts';
 import type { Allocation } from './allocate.ts';
 import { UsernsError } from './errors.ts';
+import { pinnedMaps } from './userns.ts';
 import { ensureStateDir, IN_FORCE_FILE, readAllocations, readInForce, writeAllocations } from './state.ts';
 
 export type Configuration = {
@@ -142,7 +143,8 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     starts = new Map();
     fresh = new Map();
   }
-  const { contexts, hostMaps, kept: keptContexts } = finishContexts(defs, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]) });
+  const pinned = pinnedMaps(agent.pins, agent.state);
+  const { contexts, hostMaps, kept: keptContexts } = finishContexts(defs, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned });
   const allocations = new Map<string, Allocation>();
   for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0]!.outside, size: c.autoSize });
   return {

@@ -111,6 +111,36 @@ async function reap(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
+/** A pin's maps from the record written when it was made or checked, if the record speaks for this pin (inode) and boot. */
+function recordedMaps(recordsDir: string, label: string, ino: number): { uidMap: IdMap; gidMap: IdMap } | null {
+  try {
+    const rec = JSON.parse(readFileSync(join(recordsDir, `${label}.json`), 'utf8')) as Record;
+    return rec.boot === BOOT_ID && rec.ino === ino ? { uidMap: rec.uidMap, gidMap: rec.gidMap } : null;
+  } catch {
+    return null; // no record, or a torn one
+  }
+}
+
+/**
+ * What the pins of a pins directory hold now, by label: their maps from their records (no helper
+ * process); a pin without a record of this boot is listed with null maps.
+ */
+export function pinnedMaps(pinsDir: string, stateDir: string): Map<string, { uidMap: IdMap; gidMap: IdMap } | null> {
+  const out = new Map<string, { uidMap: IdMap; gidMap: IdMap } | null>();
+  let names: string[];
+  try {
+    names = readdirSync(pinsDir);
+  } catch {
+    return out;
+  }
+  for (const label of names) {
+    if (label.startsWith('.') || labelProblem(label) !== null) continue;
+    const ino = pinnedIno(join(pinsDir, label));
+    if (ino !== null) out.set(label, recordedMaps(join(stateDir, 'pins'), label, ino));
+  }
+  return out;
+}
+
 /** Read a pinned namespace's maps as its own processes see them (outside ids are the parent's). */
 export async function readPinMaps(pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
   const r = await run('nsenter', [`--user=${pin}`, '--preserve-credentials', '--', 'sh', '-c', 'cat /proc/self/uid_map; echo --; cat /proc/self/gid_map']);
@@ -501,11 +531,8 @@ export class Namespaces {
    * from the kernel (a helper process), and then recorded so the next start-up need not ask again.
    */
   private async mapsOf(label: string, path: string, ino: number): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
-    let rec: Record | null = null;
-    try {
-      rec = JSON.parse(readFileSync(join(this.recordsDir, `${label}.json`), 'utf8')) as Record;
-    } catch { /* no record, or a torn one: ask the kernel */ }
-    if (rec && rec.boot === BOOT_ID && rec.ino === ino) return { uidMap: rec.uidMap, gidMap: rec.gidMap };
+    const recorded = recordedMaps(this.recordsDir, label, ino);
+    if (recorded) return recorded;
     const actual = await readPinMaps(path);
     this.writeRecord({ label, path, ino, ...actual, created: false });
     return actual;

@@ -235,12 +235,33 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
 /** Ids of one kind a context reaches in the initial namespace, through its parent chain. */
 export type HostMaps = { readonly uid: IdMap; readonly gid: IdMap };
 
-type Claim = { start: number; end: number; label: string; allocation: boolean };
+/**
+ * Ids taken: by a context admitted in this load, by a range = auto allocation (its label's alone), or
+ * by the pin of a context in force whose ids changed (still in use until it is released).
+ */
+type Claim = { start: number; end: number; label: string; by: 'context' | 'allocation' | 'pin' };
 
 /** Disjoint claims kept sorted by start: the first claim overlapping [start, end), if any, in O(log n). */
 function findClaim(claims: readonly Claim[], start: number, end: number): Claim | null {
   const c = claims[firstEndingAfter(claims, start)];
   return c && c.start < end ? c : null;
+}
+
+/** Claim for `label` what of [start, end) no claim covers yet. */
+function claimGaps(claims: Claim[], start: number, end: number, label: string): void {
+  let at = start;
+  for (const c of claimsOverlapping(claims, start, end)) {
+    if (c.start > at) addClaim(claims, { start: at, end: c.start, label, by: 'context' });
+    at = Math.max(at, c.end);
+  }
+  if (at < end) addClaim(claims, { start: at, end, label, by: 'context' });
+}
+
+/** Every claim overlapping [start, end), in order. */
+function claimsOverlapping(claims: readonly Claim[], start: number, end: number): Claim[] {
+  const out: Claim[] = [];
+  for (let i = firstEndingAfter(claims, start); i < claims.length && claims[i]!.start < end; i++) out.push(claims[i]!);
+  return out;
 }
 
 function addClaim(claims: Claim[], claim: Claim): void {
@@ -259,6 +280,11 @@ export type Prior = {
   readonly inForce: ReadonlyMap<string, Context>;
   /** Allocations in effect for range = auto (recorded or fresh), by label: reserved for their label alone. */
   readonly allocations: ReadonlyMap<string, { readonly start: number; readonly size: number }>;
+  /**
+   * The maps the pinned namespaces hold now, by label (null: not known): a pinned context whose
+   * configured ids differ from its pin's keeps the pin's ids claimed until it is released.
+   */
+  readonly pinned?: ReadonlyMap<string, { readonly uidMap: IdMap; readonly gidMap: IdMap } | null>;
 };
 
 export const NO_PRIOR: Prior = { inForce: new Map(), allocations: new Map() };
@@ -339,12 +365,28 @@ export function finishContexts(
   // Allocations are claimed up front, for their label only: a static range never lands on one.
   const hostClaims = { uid: [] as Claim[], gid: [] as Claim[] };
   for (const [label, a] of [...prior.allocations].sort((x, y) => x[1].start - y[1].start)) {
-    const claim = { start: a.start, end: a.start + a.size, label, allocation: true };
+    const claim: Claim = { start: a.start, end: a.start + a.size, label, by: 'allocation' };
     if (findClaim(hostClaims.uid, claim.start, claim.end)) continue; // never, for the allocator's own output
     addClaim(hostClaims.uid, claim);
     addClaim(hostClaims.gid, { ...claim });
   }
   claims.set(HOST_LABEL, hostClaims);
+  // A pinned context whose ids change keeps its namespace, with the old ids, until root releases it
+  // (it is in drift): nobody else may take those ids meanwhile.
+  const current = new Map<string, ContextDef>([...kept, ...defs].map((d) => [d.label, d]));
+  for (const [label, held] of prior.pinned ?? []) {
+    const now = current.get(label);
+    if (!now || !held) continue; // a removed context's pin is released at once; an unknown one is checked at adoption
+    const start = allocated.get(label);
+    const nowMaps = now.uidMap && now.gidMap ? { uidMap: now.uidMap, gidMap: now.gidMap }
+      : start !== undefined ? { uidMap: [{ inside: 0, outside: start, count: now.autoSize! }], gidMap: [{ inside: 0, outside: start, count: now.autoSize! }] } : null;
+    if (nowMaps && JSON.stringify(nowMaps) === JSON.stringify({ uidMap: held.uidMap, gidMap: held.gidMap })) continue;
+    const siblings = claims.get(now.parent) ?? { uid: [], gid: [] };
+    for (const [kind, map] of [['uid', held.uidMap], ['gid', held.gidMap]] as const) {
+      for (const e of map) if (!findClaim(siblings[kind], e.outside, e.outside + e.count)) addClaim(siblings[kind], { start: e.outside, end: e.outside + e.count, label, by: 'pin' });
+    }
+    claims.set(now.parent, siblings);
+  }
 
   for (const { def: d } of admissionOrder(defs, kept, allocated, prior)) {
     if (d.parent !== HOST_LABEL && !accepted.has(d.parent)) {
@@ -401,12 +443,15 @@ export function finishContexts(
     const siblings = claims.get(d.parent) ?? { uid: [], gid: [] };
     for (const [kind, key, map] of maps) {
       for (const e of map) {
-        const c = findClaim(siblings[kind], e.outside, e.outside + e.count);
-        if (!c || (c.label === d.label && c.allocation)) continue;
-        const o = accepted.get(c.label);
+        // Its own allocation or old pin is no clash; anything else overlapping is.
+        const c = claimsOverlapping(siblings[kind], e.outside, e.outside + e.count).find((x) => !(x.label === d.label && x.by !== 'context'));
+        if (!c) continue;
+        const o = c.by === 'context' ? accepted.get(c.label) : undefined;
         const ids = formatInterval({ start: Math.max(c.start, e.outside), end: Math.min(c.end, e.outside + e.count) });
         const whose = d.parent === HOST_LABEL ? 'host' : `parent "${d.parent}"`;
-        const by = o ? `context "${o.label}" (${o.file})` : `the range allocated to "${c.label}" (range = auto, recorded in the state directory's ranges.json; it stays reserved for that label)`;
+        const by = o ? `context "${o.label}" (${o.file})`
+          : c.by === 'pin' ? `the pinned namespace of "${c.label}", whose ids changed (release it first: usernsctl release ${c.label})`
+          : `the range allocated to "${c.label}" (range = auto, recorded in the state directory's ranges.json; it stays reserved for that label)`;
         problems.push([key, `${whose} ${kind}s ${ids} are already used by ${by}: give one of them other ids`]);
         break;
       }
@@ -415,10 +460,8 @@ export function finishContexts(
       for (const [key, message] of problems) refuse(d, key, message);
       continue;
     }
-    // Only what is not claimed already: an auto context's own allocation is.
-    for (const [kind, , map] of maps) {
-      for (const e of map) if (!findClaim(siblings[kind], e.outside, e.outside + e.count)) addClaim(siblings[kind], { start: e.outside, end: e.outside + e.count, label: d.label, allocation: false });
-    }
+    // Only what is not claimed already (its own allocation, or its own old pin), so the list stays disjoint.
+    for (const [kind, , map] of maps) for (const e of map) claimGaps(siblings[kind], e.outside, e.outside + e.count, d.label);
     claims.set(d.parent, siblings);
     hostMaps.set(d.label, host);
     accepted.set(d.label, { ...d, uidMap, gidMap, setgroups });

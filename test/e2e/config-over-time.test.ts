@@ -253,12 +253,23 @@ describe('e2e: configuration over time, model-based, checked in the kernel (root
   });
   after(() => owner?.remove());
 
-  const property = () => fc.asyncProperty(commandsArb(owner!.name), async (cmds) => {
+  // A configuration that exists when the agent starts (one file per label), then evolves: the
+  // histories that matter (a parent released under a pinned child, a newcomer sorting first) are
+  // then a few commands away.
+  const initialArb = () => fc.uniqueArray(defArb(owner!.name), { selector: (d) => d.label, maxLength: ALL_LABELS.length });
+  const property = () => fc.asyncProperty(initialArb(), commandsArb(owner!.name), async (initial, cmds) => {
     const tree = makeTree();
     const real: Real = { tree, agent: undefined as unknown as RunningAgent, owner: owner! };
+    const files = new Map<string, { text: string; broken: boolean }>();
+    for (const d of initial) {
+      tree.context(`${d.label}.conf`, d.text);
+      files.set(d.label, { text: d.text, broken: false });
+    }
     try {
       real.agent = await startAgent(tree);
-      await fc.asyncModelRun(() => ({ model: { files: new Map(), autoRanges: new Map() }, real }), cmds);
+      const model: Model = { files, autoRanges: new Map() };
+      await checkInvariants(model, real, true);
+      await fc.asyncModelRun(() => ({ model, real }), cmds);
     } finally {
       await cleanup(undefined);
       unmountAll(tree.dir);

@@ -165,6 +165,17 @@ describe('config: the contexts in force keep their ids', () => {
     assert.match(after.errors.join('\n'), /zz\.conf: .*already used by context "proj"/);
   });
 
+  it('keeps the old ids of a pinned context whose ids changed claimed until it is released (found by the model-based test)', () => {
+    const before = finish({ 'aa.conf': '[context]\nuid_map = 0 4200000 10\ngid_map = 0 4200000 10\n' }, undefined);
+    const files = { 'aa.conf': '[context]\nuid_map = 0 4000000 10\ngid_map = 0 4000000 10\n', 'proj.conf': '[context]\nuid_map = 0 4200000 10\ngid_map = 0 4200000 10\n' };
+    const inForce = new Map(before.contexts.map((c) => [c.label, c]));
+    const pinned = finish(files, { inForce, allocations: new Map(), pinned: new Map([['aa', { uidMap: before.contexts[0]!.uidMap, gidMap: before.contexts[0]!.gidMap }]]) });
+    assert.deepEqual(pinned.labels, ['aa']);
+    assert.match(pinned.errors.join('\n'), /proj\.conf: \[context\] uid_map: host uids 4200000-4200009 are already used by the pinned namespace of "aa", whose ids changed \(release it first: usernsctl release aa\)/);
+    const released = finish(files, { inForce, allocations: new Map(), pinned: new Map() });
+    assert.deepEqual(released.labels, ['aa', 'proj'], 'once released, the ids are free');
+  });
+
   it('refuses a static range on a recorded allocation, even of a context that is gone', () => {
     const r = finish({ 'aa.conf': '[context]\nuid_map = 0 600000 10\ngid_map = 0 600000 10\n' }, { inForce: new Map(), allocations: new Map([['images', { start: 589824, size: 65536 }]]) });
     assert.deepEqual(r.labels, []);
