@@ -446,7 +446,7 @@ export function finishContexts(
         // Its own allocation or old pin is no clash; anything else overlapping is.
         const c = claimsOverlapping(siblings[kind], e.outside, e.outside + e.count).find((x) => !(x.label === d.label && x.by !== 'context'));
         if (!c) continue;
-        const o = c.by === 'context' ? accepted.get(c.label) : undefined;
+        const o = c.by !== 'pin' ? accepted.get(c.label) : undefined;
         const ids = formatInterval({ start: Math.max(c.start, e.outside), end: Math.min(c.end, e.outside + e.count) });
         const whose = d.parent === HOST_LABEL ? 'host' : `parent "${d.parent}"`;
         const by = o ? `context "${o.label}" (${o.file})`
