@@ -1,7 +1,7 @@
 // User namespaces in the kernel (SPEC §5): create from a context, pin, adopt at start, release.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, constants, copyFileSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../config/extents.ts';
 import type { HostMaps } from '../config/load.ts';
@@ -10,9 +10,12 @@ import { HOST_LABEL } from '../config/types.ts';
 import type { Context, IdMap } from '../config/types.ts';
 import { UsernsError } from './errors.ts';
 import { fromHost, makeView } from './idmap.ts';
-import { writeFileAtomic } from './state.ts';
 import { SysError } from './ffi.ts';
+import { HELPERS_DIR, HelperPrograms, rootOf } from './helper.ts';
+import { NSFS_DEV, pinnedIno, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
+
+export { pinnedIno, pinnedMaps } from './pinrecord.ts';
 
 export type Pin = {
   readonly label: string;
@@ -35,26 +38,11 @@ export type AdoptEntry = {
   readonly actual?: { uidMap: IdMap; gidMap: IdMap };
 };
 
-/**
- * What the agent knows of a pin it made or checked. Namespace inode numbers start again after a
- * reboot and soon repeat, so a record speaks only for the boot that wrote it.
- */
-type Record = { boot: string; ino: number; uidMap: IdMap; gidMap: IdMap };
-
-/** This boot, as the kernel names it. */
-const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-
 /** How old a pin check may be and still answer a resolve (see Namespaces.checked). */
 export const PIN_RECHECK_MS = 1;
 const PATH_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
 const SPAWN_TIMEOUT_MS = 5000;
-/** In the pins directory: the helper's execute-only programs (Namespaces.helpers). Not a label: it starts with a dot. */
-const toHost = (map: IdMap, id: number): number | null => {
-  const e = map.find((x) => id >= x.inside && id < x.inside + x.count);
-  return e ? id - e.inside + e.outside : null;
-};
-export const HELPERS_DIR = '.usernsd-helpers';
-const NSFS_DEV = statSync('/proc/self/ns/user').dev;
+
 const OWN_USERNS = readlinkSync('/proc/self/ns/user');
 
 /** What the kernel's refusal means and what the admin can change, by errno. */
@@ -111,55 +99,12 @@ async function reap(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
-/** A pin's maps from the record written when it was made or checked, if the record speaks for this pin (inode) and boot. */
-function recordedMaps(recordsDir: string, label: string, ino: number): { uidMap: IdMap; gidMap: IdMap } | null {
-  try {
-    const rec = JSON.parse(readFileSync(join(recordsDir, `${label}.json`), 'utf8')) as Record;
-    return rec.boot === BOOT_ID && rec.ino === ino ? { uidMap: rec.uidMap, gidMap: rec.gidMap } : null;
-  } catch {
-    return null; // no record, or a torn one
-  }
-}
-
-/**
- * What the pins of a pins directory hold now, by label: their maps from their records (no helper
- * process); a pin without a record of this boot is listed with null maps.
- */
-export function pinnedMaps(pinsDir: string, stateDir: string): Map<string, { uidMap: IdMap; gidMap: IdMap } | null> {
-  const out = new Map<string, { uidMap: IdMap; gidMap: IdMap } | null>();
-  let names: string[];
-  try {
-    names = readdirSync(pinsDir);
-  } catch {
-    return out;
-  }
-  for (const label of names) {
-    if (label.startsWith('.') || labelProblem(label) !== null) continue;
-    const ino = pinnedIno(join(pinsDir, label));
-    if (ino !== null) out.set(label, recordedMaps(join(stateDir, 'pins'), label, ino));
-  }
-  return out;
-}
-
 /** Read a pinned namespace's maps as its own processes see them (outside ids are the parent's). */
 export async function readPinMaps(pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
   const r = await run('nsenter', [`--user=${pin}`, '--preserve-credentials', '--', 'sh', '-c', 'cat /proc/self/uid_map; echo --; cat /proc/self/gid_map']);
   if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to read the maps of ${pin}: ${r.stderr || `exit ${r.code}`}`);
   const [u, g] = r.stdout.split('--\n');
   return { uidMap: parseKernelMap(u ?? ''), gidMap: parseKernelMap(g ?? '') };
-}
-
-/**
- * Is a user namespace mounted on this path? Its nsfs inode, or null. lstat: a mount on the path
- * counts, a symlink planted there (pointing at some namespace) does not.
- */
-export function pinnedIno(path: string): number | null {
-  try {
-    const st = lstatSync(path);
-    return st.dev === NSFS_DEV ? st.ino : null;
-  } catch {
-    return null;
-  }
 }
 
 function verifiedKey(ino: number, maps: { uidMap: IdMap; gidMap: IdMap }): string {
@@ -207,7 +152,7 @@ export class Namespaces {
   private readonly paths = new Map<string, string>();
   /** The pins directory, opened once: a pin is checked with one single-component fstatat. */
   private dirFd: number | null = null;
-  private readonly helperPaths = new Map<string, { unshare: string; cat: string }>();
+  private readonly helpers: HelperPrograms;
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
 
@@ -215,6 +160,7 @@ export class Namespaces {
     this.pinsDir = opts.pinsDir;
     this.recordsDir = join(opts.stateDir, 'pins');
     this.mountNs = opts.mountNs ?? null;
+    this.helpers = new HelperPrograms(this.pinsDir);
   }
 
   pinPath(label: string): string {
@@ -347,14 +293,14 @@ export class Namespaces {
   private spawnChild(ctx: Context, parent: ParentPin | null): ChildProcess {
     const opts = { env: PATH_ENV, stdio: ['pipe', 'ignore', 'pipe'] as ('pipe' | 'ignore')[] };
     if (parent === null) {
-      const { unshare, cat } = this.helpers(0, 0);
+      const { unshare, cat } = this.helpers.for(0, 0);
       return spawn(unshare, ['--user', '--', cat], { ...opts, uid: ctx.owner.uid, gid: ctx.owner.gid });
     }
     // The maps are written by the parent's root: the helper's programs are its (see helpers()).
-    const rootUid = toHost(parent.host.uid, 0);
-    const rootGid = toHost(parent.host.gid, 0);
+    const rootUid = rootOf(parent.host.uid);
+    const rootGid = rootOf(parent.host.gid);
     if (rootUid === null || rootGid === null) throw new UsernsError('E_CONFIG', `parent "${ctx.parent}" of context "${ctx.label}" does not map id 0: a nested context's maps are written as its parent's root`);
-    const { unshare, cat } = this.helpers(rootUid, rootGid);
+    const { unshare, cat } = this.helpers.for(rootUid, rootGid);
     const view = makeView('parent', { mode: 'none', anonuid: 0, anongid: 0 }, parent.host.uid, parent.host.gid);
     const uid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'uid', ctx.owner.uid);
     const gid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'gid', ctx.owner.gid);
@@ -362,57 +308,6 @@ export class Namespaces {
       throw new UsernsError('E_CONFIG', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`);
     }
     return spawn('nsenter', [`--user=${parent.pin}`, '--preserve-credentials', '-S', String(uid), '-G', String(gid), '--', unshare, '--user', '--', cat], opts);
-  }
-
-  /**
-   * The helper's programs, as execute-only copies (mode 0111) owned by `uid`:`gid` — the host ids of
-   * the root that writes the new namespace's maps (the agent's, 0, for a top-level context; the
-   * parent's root for a nested one) — in the pins directory's `.usernsd-helpers/UID`. The kernel
-   * makes a process that execs a program it cannot read non-dumpable (fs/exec.c would_dump), so its
-   * /proc/PID files belong to that root: the owner the helper runs as cannot write its uid_map
-   * before the agent does, nor ptrace it, while the map's writer can. Where the copies cannot be
-   * made the creation is refused (E_KERNEL): an owner must never get the race back silently.
-   * Handing a nested context's copies to its parent's root takes CAP_CHOWN.
-   */
-  private helpers(uid: number, gid: number): { unshare: string; cat: string } {
-    const key = `${uid}:${gid}`;
-    const known = this.helperPaths.get(key);
-    // Checked each time (two stats): the pins directory may have been removed behind our back.
-    if (known && existsSync(known.unshare) && existsSync(known.cat)) return known;
-    const top = join(this.pinsDir, HELPERS_DIR);
-    const dir = join(top, key.replace(':', '.'));
-    let paths: { unshare: string; cat: string };
-    try {
-      for (const d of [top, dir]) {
-        mkdirSync(d, { recursive: true, mode: 0o711 });
-        const st = lstatSync(d);
-        if (!st.isDirectory() || st.uid !== process.geteuid!()) throw new Error(`${d} is not our directory`);
-        chmodSync(d, 0o711);
-      }
-      const copy = (name: string) => {
-        const source = ['/usr/bin', '/bin'].map((d) => join(d, name)).find((p) => existsSync(p));
-        if (!source) throw new Error(`${name} not found`);
-        const target = join(dir, name);
-        const src = statSync(source);
-        const dst = existsSync(target) ? lstatSync(target) : null;
-        if (dst?.isFile() && dst.size === src.size && dst.mtimeMs === src.mtimeMs && (dst.mode & 0o7777) === 0o111 && dst.uid === uid && dst.gid === gid) return target;
-        const tmp = join(dir, `.${name}.${process.pid}.tmp`);
-        rmSync(tmp, { force: true });
-        copyFileSync(source, tmp);
-        // Mode and times while the file is still ours (after chown they would take CAP_FOWNER).
-        chmodSync(tmp, 0o111);
-        utimesSync(tmp, src.atime, src.mtime);
-        chownSync(tmp, uid, gid);
-        renameSync(tmp, target);
-        return target;
-      };
-      paths = { unshare: copy('unshare'), cat: copy('cat') };
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-      throw new UsernsError('E_KERNEL', `Failed to prepare the namespace helper's execute-only programs in ${dir}: ${code} (${(err as Error).message})${code === 'EPERM' ? ': handing them to a nested context\'s parent root needs CAP_CHOWN (see usernsd(8))' : ''}`);
-    }
-    this.helperPaths.set(key, paths);
-    return paths;
   }
 
   private waitForNewNamespace(label: string, child: ChildProcess, parentPin: string | null): Promise<number> {
@@ -519,11 +414,7 @@ export class Namespaces {
   }
 
   private writeRecord(pin: Pin): void {
-    const rec: Record = { boot: BOOT_ID, ino: pin.ino, uidMap: pin.uidMap, gidMap: pin.gidMap };
-    // Not durable: the record describes a mount, which no power loss leaves behind either (and a
-    // record of another boot is not trusted). Its two fsyncs, and the journal waits they cause,
-    // were half of the agent's own time per creation.
-    writeFileAtomic(this.recordsDir, `${pin.label}.json`, JSON.stringify(rec) + '\n', false);
+    writePinRecord(this.recordsDir, pin.label, pin.ino, pin);
   }
 
   /**

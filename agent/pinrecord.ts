@@ -1,0 +1,71 @@
+// What a pin is (a user namespace mounted on a file) and what the agent records of each: its maps, for this boot.
+import { lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { labelProblem } from '../config/schema.ts';
+import type { IdMap } from '../config/types.ts';
+import { writeFileAtomic } from './state.ts';
+
+/** The device of nsfs, the filesystem namespace files live on. */
+export const NSFS_DEV = statSync('/proc/self/ns/user').dev;
+
+/**
+ * What the agent knows of a pin it made or checked. Namespace inode numbers start again after a
+ * reboot and soon repeat, so a record speaks only for the boot that wrote it.
+ */
+type Record = { boot: string; ino: number; uidMap: IdMap; gidMap: IdMap };
+
+/** This boot, as the kernel names it. */
+const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+
+/**
+ * Is a user namespace mounted on this path? Its nsfs inode, or null. lstat: a mount on the path
+ * counts, a symlink planted there (pointing at some namespace) does not.
+ */
+export function pinnedIno(path: string): number | null {
+  try {
+    const st = lstatSync(path);
+    return st.dev === NSFS_DEV ? st.ino : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Record a pin's maps. Not durable: the record describes a mount, which no power loss leaves behind
+ * either (and a record of another boot is not trusted). Its two fsyncs, and the journal waits they
+ * cause, were half of the agent's own time per creation.
+ */
+export function writePinRecord(recordsDir: string, label: string, ino: number, maps: { uidMap: IdMap; gidMap: IdMap }): void {
+  const rec: Record = { boot: BOOT_ID, ino, uidMap: maps.uidMap, gidMap: maps.gidMap };
+  writeFileAtomic(recordsDir, `${label}.json`, JSON.stringify(rec) + '\n', false);
+}
+
+/** A pin's maps from the record written when it was made or checked, if the record speaks for this pin (inode) and boot. */
+export function recordedMaps(recordsDir: string, label: string, ino: number): { uidMap: IdMap; gidMap: IdMap } | null {
+  try {
+    const rec = JSON.parse(readFileSync(join(recordsDir, `${label}.json`), 'utf8')) as Record;
+    return rec.boot === BOOT_ID && rec.ino === ino ? { uidMap: rec.uidMap, gidMap: rec.gidMap } : null;
+  } catch {
+    return null; // no record, or a torn one
+  }
+}
+
+/**
+ * What the pins of a pins directory hold now, by label: their maps from their records (no helper
+ * process); a pin without a record of this boot is listed with null maps.
+ */
+export function pinnedMaps(pinsDir: string, stateDir: string): Map<string, { uidMap: IdMap; gidMap: IdMap } | null> {
+  const out = new Map<string, { uidMap: IdMap; gidMap: IdMap } | null>();
+  let names: string[];
+  try {
+    names = readdirSync(pinsDir);
+  } catch {
+    return out;
+  }
+  for (const label of names) {
+    if (label.startsWith('.') || labelProblem(label) !== null) continue;
+    const ino = pinnedIno(join(pinsDir, label));
+    if (ino !== null) out.set(label, recordedMaps(join(stateDir, 'pins'), label, ino));
+  }
+  return out;
+}
