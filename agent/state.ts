@@ -114,9 +114,14 @@ export function readInForce(dir: string): Map<string, Context> {
   return out;
 }
 
+/** Record the contexts in force; nothing is written when the record already says exactly this. */
 export function writeInForce(dir: string, contexts: Iterable<Context>): void {
+  const body = JSON.stringify({ version: STATE_VERSION, contexts: [...contexts] }) + '\n';
   try {
-    writeFileAtomic(dir, IN_FORCE_FILE, JSON.stringify({ version: STATE_VERSION, contexts: [...contexts] }) + '\n');
+    if (readFileSync(join(dir, IN_FORCE_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW }) === body) return;
+  } catch { /* none yet, or unreadable: write it */ }
+  try {
+    writeFileAtomic(dir, IN_FORCE_FILE, body);
   } catch (err) {
     throw new UsernsError('E_INTERNAL', `cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
   }

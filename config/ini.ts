@@ -66,9 +66,12 @@ function statProblem(file: string, st: Stats): ConfigError | null {
   return null;
 }
 
-/** The text of at most MAX_CONFIG_FILE_BYTES read: a file that grew past the limit since fstat is refused too. */
+/**
+ * The text read into a buffer one byte larger than fstat's size (never over the limit + 1): a file
+ * that grew since fstat fills it and is refused, as it may have grown past the limit.
+ */
 function textOf(file: string, buf: Buffer, n: number): string | ConfigError {
-  if (n > MAX_CONFIG_FILE_BYTES) return configError(file, null, null, null, `is more than the ${MAX_CONFIG_FILE_BYTES} bytes a configuration file may have: ignored`);
+  if (n === buf.length) return configError(file, null, null, null, 'changed while it was read (it grew): ignored until the next reload');
   return buf.toString('utf8', 0, n);
 }
 
@@ -85,9 +88,10 @@ export function readConfigText(file: string): string | ConfigError {
     return openProblem(file, err);
   }
   try {
-    const problem = statProblem(file, fstatSync(fd));
+    const st = fstatSync(fd);
+    const problem = statProblem(file, st);
     if (problem) return problem;
-    const buf = Buffer.allocUnsafe(MAX_CONFIG_FILE_BYTES + 1);
+    const buf = Buffer.allocUnsafe(st.size + 1);
     let n = 0;
     for (let r = -1; r !== 0 && n < buf.length; n += r) r = readSync(fd, buf, n, buf.length - n, null);
     return textOf(file, buf, n);
@@ -107,9 +111,10 @@ export async function readConfigTextAsync(file: string): Promise<string | Config
     return openProblem(file, err);
   }
   try {
-    const problem = statProblem(file, await fh.stat());
+    const st = await fh.stat();
+    const problem = statProblem(file, st);
     if (problem) return problem;
-    const buf = Buffer.allocUnsafe(MAX_CONFIG_FILE_BYTES + 1);
+    const buf = Buffer.allocUnsafe(st.size + 1);
     let n = 0;
     for (let r = -1; r !== 0 && n < buf.length; n += r) r = (await fh.read(buf, n, buf.length - n, null)).bytesRead;
     return textOf(file, buf, n);

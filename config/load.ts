@@ -1,7 +1,7 @@
 // From files to contexts: usernsd.conf, then every context file, then the checks that span files.
 import { readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { composeMaps, firstEndingAfter, formatInterval, uncovered } from './extents.ts';
+import { composeMaps, firstEndingAfter, formatInterval, sameMap, uncovered } from './extents.ts';
 import { appendErrors, capErrors, configError, parseIni, readConfigText } from './ini.ts';
 import type { IniDoc } from './ini.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
@@ -289,8 +289,13 @@ export type Prior = {
 
 export const NO_PRIOR: Prior = { inForce: new Map(), allocations: new Map() };
 
+/** Equal extents in the same order (what a file says twice, or a record of it): no formatting, no sorting. */
+function sameExtents(a: IdMap, b: IdMap): boolean {
+  return a.length === b.length && a.every((e, i) => e.inside === b[i]!.inside && e.outside === b[i]!.outside && e.count === b[i]!.count);
+}
+
 function sameIds(a: Context, b: { parent: string; uidMap: IdMap; gidMap: IdMap }): boolean {
-  return a.parent === b.parent && JSON.stringify(a.uidMap) === JSON.stringify(b.uidMap) && JSON.stringify(a.gidMap) === JSON.stringify(b.gidMap);
+  return a.parent === b.parent && sameExtents(a.uidMap, b.uidMap) && sameExtents(a.gidMap, b.gidMap);
 }
 
 /**
@@ -380,7 +385,7 @@ export function finishContexts(
     const start = allocated.get(label);
     const nowMaps = now.uidMap && now.gidMap ? { uidMap: now.uidMap, gidMap: now.gidMap }
       : start !== undefined ? { uidMap: [{ inside: 0, outside: start, count: now.autoSize! }], gidMap: [{ inside: 0, outside: start, count: now.autoSize! }] } : null;
-    if (nowMaps && JSON.stringify(nowMaps) === JSON.stringify({ uidMap: held.uidMap, gidMap: held.gidMap })) continue;
+    if (nowMaps && sameMap(nowMaps.uidMap, held.uidMap) && sameMap(nowMaps.gidMap, held.gidMap)) continue;
     const siblings = claims.get(now.parent) ?? { uid: [], gid: [] };
     for (const [kind, map] of [['uid', held.uidMap], ['gid', held.gidMap]] as const) {
       for (const e of map) if (!findClaim(siblings[kind], e.outside, e.outside + e.count)) addClaim(siblings[kind], { start: e.outside, end: e.outside + e.count, label, by: 'pin' });
