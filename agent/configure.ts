@@ -123,7 +123,8 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   const wantsRange = defs.some((d) => d.autoSize !== null);
   try {
     // Recorded allocations are read even without an auto context: a static range must not take one.
-    const recorded = wantsRange || opts.record ? readAllocations(agent.state) : readAllocationsIfReadable(agent.state);
+    // (Unreadable, for check-config run by a user: without auto contexts, nothing below says so.)
+    const recorded = readAllocations(agent.state);
     if (wantsRange) {
       // Static ranges as they stand before allocation: auto contexts (and their children) are left out.
       const statics = finishContexts(defs, new Map(), []).hostMaps;
@@ -156,13 +157,4 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     kept: keptContexts,
     errors,
   };
-}
-
-/** check-config as a user who cannot read the state directory: no record is no reservation to honour. */
-function readAllocationsIfReadable(dir: string): Map<string, Allocation> {
-  try {
-    return readAllocations(dir);
-  } catch {
-    return new Map();
-  }
 }

@@ -204,8 +204,8 @@ export class Namespaces {
    */
   private parentProblem(label: string, path: string, parent: { label: string; ino: number | null } | null): string | null {
     if (parent === null) return null;
-    const actual = parentNsIno(path);
     if (parent.ino === null) return `its parent "${parent.label}" is not pinned`;
+    const actual = parentNsIno(path);
     if (actual !== parent.ino) return `its namespace lies in user:[${actual}], not in its parent "${parent.label}"'s pinned user:[${parent.ino}] (the parent was released or created anew)`;
     return null;
   }

@@ -241,23 +241,17 @@ export type HostMaps = { readonly uid: IdMap; readonly gid: IdMap };
  */
 type Claim = { start: number; end: number; label: string; by: 'context' | 'allocation' | 'pin' };
 
-/** Disjoint claims kept sorted by start: the first claim overlapping [start, end), if any, in O(log n). */
-function findClaim(claims: readonly Claim[], start: number, end: number): Claim | null {
-  const c = claims[firstEndingAfter(claims, start)];
-  return c && c.start < end ? c : null;
-}
-
-/** Claim for `label` what of [start, end) no claim covers yet. */
-function claimGaps(claims: Claim[], start: number, end: number, label: string): void {
+/** Claim for `label` what of [start, end) no claim covers yet: the list stays sorted and disjoint. */
+function claimGaps(claims: Claim[], start: number, end: number, label: string, by: Claim['by'] = 'context'): void {
   let at = start;
   for (const c of claimsOverlapping(claims, start, end)) {
-    if (c.start > at) addClaim(claims, { start: at, end: c.start, label, by: 'context' });
+    if (c.start > at) addClaim(claims, { start: at, end: c.start, label, by });
     at = Math.max(at, c.end);
   }
-  if (at < end) addClaim(claims, { start: at, end, label, by: 'context' });
+  if (at < end) addClaim(claims, { start: at, end, label, by });
 }
 
-/** Every claim overlapping [start, end), in order. */
+/** Every claim overlapping [start, end), in order: claims are kept sorted and disjoint, so O(log n + k). */
 function claimsOverlapping(claims: readonly Claim[], start: number, end: number): Claim[] {
   const out: Claim[] = [];
   for (let i = firstEndingAfter(claims, start); i < claims.length && claims[i]!.start < end; i++) out.push(claims[i]!);
@@ -298,6 +292,15 @@ function sameIds(a: Context, b: { parent: string; uidMap: IdMap; gidMap: IdMap }
   return a.parent === b.parent && sameExtents(a.uidMap, b.uidMap) && sameExtents(a.gidMap, b.gidMap);
 }
 
+/** A definition's maps once its range is known: as written, or its allocation; null when it has none (the allocator said why). */
+function mapsOf(d: ContextDef, allocated: ReadonlyMap<string, number>): { uidMap: IdMap; gidMap: IdMap } | null {
+  if (d.uidMap && d.gidMap) return { uidMap: d.uidMap, gidMap: d.gidMap };
+  const start = allocated.get(d.label);
+  if (start === undefined) return null;
+  const map = [{ inside: 0, outside: start, count: d.autoSize! }];
+  return { uidMap: map, gidMap: map };
+}
+
 /**
  * The order contexts are admitted in: first every context already in force that keeps its ids
  * (unchanged, or kept at its last good version because its file is now broken), then the new and
@@ -314,9 +317,7 @@ function admissionOrder(defs: readonly ContextDef[], kept: readonly Context[], a
     if (v !== undefined) return v;
     senior.set(d.label, false); // a cycle cannot be senior (linkContexts has refused it anyway)
     const old = prior.inForce.get(d.label);
-    const start = allocated.get(d.label);
-    const maps = d.uidMap && d.gidMap ? { uidMap: d.uidMap, gidMap: d.gidMap }
-      : start !== undefined ? { uidMap: [{ inside: 0, outside: start, count: d.autoSize! }], gidMap: [{ inside: 0, outside: start, count: d.autoSize! }] } : null;
+    const maps = mapsOf(d, allocated);
     const parent = byLabel.get(d.parent);
     v = (keptSet.has(d) || (old !== undefined && maps !== null && sameIds(old, { parent: d.parent, ...maps })))
       && (d.parent === HOST_LABEL || (parent !== undefined && isSenior(parent)));
@@ -371,7 +372,7 @@ export function finishContexts(
   const hostClaims = { uid: [] as Claim[], gid: [] as Claim[] };
   for (const [label, a] of [...prior.allocations].sort((x, y) => x[1].start - y[1].start)) {
     const claim: Claim = { start: a.start, end: a.start + a.size, label, by: 'allocation' };
-    if (findClaim(hostClaims.uid, claim.start, claim.end)) continue; // never, for the allocator's own output
+    if (claimsOverlapping(hostClaims.uid, claim.start, claim.end).length > 0) continue; // never, for the allocator's own output
     addClaim(hostClaims.uid, claim);
     addClaim(hostClaims.gid, { ...claim });
   }
@@ -382,13 +383,11 @@ export function finishContexts(
   for (const [label, held] of prior.pinned ?? []) {
     const now = current.get(label);
     if (!now || !held) continue; // a removed context's pin is released at once; an unknown one is checked at adoption
-    const start = allocated.get(label);
-    const nowMaps = now.uidMap && now.gidMap ? { uidMap: now.uidMap, gidMap: now.gidMap }
-      : start !== undefined ? { uidMap: [{ inside: 0, outside: start, count: now.autoSize! }], gidMap: [{ inside: 0, outside: start, count: now.autoSize! }] } : null;
+    const nowMaps = mapsOf(now, allocated);
     if (nowMaps && sameMap(nowMaps.uidMap, held.uidMap) && sameMap(nowMaps.gidMap, held.gidMap)) continue;
     const siblings = claims.get(now.parent) ?? { uid: [], gid: [] };
     for (const [kind, map] of [['uid', held.uidMap], ['gid', held.gidMap]] as const) {
-      for (const e of map) if (!findClaim(siblings[kind], e.outside, e.outside + e.count)) addClaim(siblings[kind], { start: e.outside, end: e.outside + e.count, label, by: 'pin' });
+      for (const e of map) claimGaps(siblings[kind], e.outside, e.outside + e.count, label, 'pin');
     }
     claims.set(now.parent, siblings);
   }
@@ -398,13 +397,9 @@ export function finishContexts(
       refuse(d, 'parent', `parent "${d.parent}" is not valid, so neither is this context`);
       continue;
     }
-    let uidMap = d.uidMap;
-    let gidMap = d.gidMap;
-    if (uidMap === null || gidMap === null) {
-      const start = allocated.get(d.label);
-      if (start === undefined) continue; // the allocator has said why
-      uidMap = gidMap = [{ inside: 0, outside: start, count: d.autoSize! }];
-    }
+    const own = mapsOf(d, allocated);
+    if (!own) continue; // the allocator has said why
+    const { uidMap, gidMap } = own;
     const maps = [['uid', 'uid_map', uidMap], ['gid', 'gid_map', gidMap]] as const;
     const parent = accepted.get(d.parent);
     const problems: [string, string][] = [];
