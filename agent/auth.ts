@@ -1,6 +1,6 @@
 // Who is asking (the kernel's word, never the message's) and what they may do (SPEC §6).
 import type { Context } from '../config/types.ts';
-import { peerCred, peerGroups } from './sys.ts';
+import { peerCred, peerGroups } from './kernel/sys.ts';
 
 /** A connected client as the kernel saw it at connect(2). */
 export type Peer = {

@@ -8,10 +8,10 @@ import { formatExtents } from '../config/extents.ts';
 import { formatConfigError } from '../config/ini.ts';
 import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
 import { labelProblem } from '../config/schema.ts';
-import { callAgent } from './client.ts';
+import { callAgent } from './wire/client.ts';
 import { TransportError, UsernsError } from './errors.ts';
-import * as P from './protocol.ts';
-import type { Owner } from './protocol.ts';
+import * as P from './wire/protocol.ts';
+import type { Owner } from './wire/protocol.ts';
 import { VERSION } from './version.ts';
 
 /** Exit codes, usernsctl(1). */
@@ -304,7 +304,7 @@ async function upcallCmd(args: string[], g: Globals): Promise<number> {
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   const [verb, label, ...extra] = positionals;
-  const { invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('./keys.ts');
+  const { invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('./kernel/keys.ts');
   // Root also sees (and clears) the keys the upcall answered for other users: they are in root's
   // persistent keyring, which this makes ours to read.
   if (process.getuid!() === 0) try { issuedKeysRing(); } catch { /* no persistent keyrings: only root's own keys */ }
@@ -357,7 +357,7 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
     throw new UsageError('label takes "set PATH LABEL", "get PATH" or "clear PATH"');
   }
   const name = await labelXattrName(values.xattr, values.config);
-  const { getXattr, removeXattr, setXattr } = await import('./sys.ts');
+  const { getXattr, removeXattr, setXattr } = await import('./kernel/sys.ts');
   try {
     if (verb === 'set') {
       const problem = labelProblem(label!);

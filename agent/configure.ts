@@ -8,11 +8,11 @@ import type { ReadAhead } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
 import { enumerateIds, systemNss } from '../config/nss.ts';
 import type { AgentConfig, ConfigError, Context, Nss } from '../config/types.ts';
-import { assignRanges, parseSubIds } from './allocate.ts';
-import type { Allocation } from './allocate.ts';
+import { assignRanges, parseSubIds } from './coord/allocate.ts';
+import type { Allocation } from './coord/allocate.ts';
 import { UsernsError } from './errors.ts';
-import { pinnedMaps } from './userns.ts';
-import { ensureStateDir, IN_FORCE_FILE, readAllocations, readInForce, writeAllocations } from './state.ts';
+import { pinnedMaps } from './kernel/userns.ts';
+import { ensureStateDir, IN_FORCE_FILE, readAllocations, readInForce, writeAllocations } from './coord/state.ts';
 
 export type Configuration = {
   readonly agent: AgentConfig;

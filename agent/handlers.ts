@@ -8,10 +8,10 @@ import { shown, shownName } from '../config/text.ts';
 import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';
 import { findLabel } from './labels.ts';
-import * as P from './protocol.ts';
-import type { Method, ParamsOf, Reply, ResultOf } from './protocol.ts';
+import * as P from './wire/protocol.ts';
+import type { Method, ParamsOf, Reply, ResultOf } from './wire/protocol.ts';
 import type { Registry, Resolved } from './registry.ts';
-import type { Connection } from './server.ts';
+import type { Connection } from './wire/server.ts';
 
 /** What the handlers need from the agent beyond the registry. */
 export type Agent = {

@@ -4,8 +4,8 @@ import { basename, dirname, join } from 'node:path';
 import { labelProblem } from '../config/schema.ts';
 import type { Peer } from './auth.ts';
 import { UsernsError } from './errors.ts';
-import { SysError } from './ffi.ts';
-import { getXattr } from './sys.ts';
+import { SysError } from './kernel/ffi.ts';
+import { getXattr } from './kernel/sys.ts';
 
 /** Mount points of this mount namespace, from the kernel (octal escapes as in mountinfo decoded). */
 export function mountPoints(): Set<string> {

@@ -11,8 +11,8 @@ import type { Configuration } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { HOST_VIEW, makeView } from './idmap.ts';
 import type { MapView, Overflow } from './idmap.ts';
-import { Namespaces, pinMountNamespace, pinnedIno } from './userns.ts';
-import type { AdoptEntry, Pin } from './userns.ts';
+import { Namespaces, pinMountNamespace, pinnedIno } from './kernel/userns.ts';
+import type { AdoptEntry, Pin } from './kernel/userns.ts';
 
 export type Resolved = { readonly ctx: Context; readonly pin: Pin };
 

@@ -2,10 +2,10 @@
 import { formatExtents } from '../config/extents.ts';
 import { labelProblem } from '../config/schema.ts';
 import { TransportError, UsernsError } from './errors.ts';
-import { answerRing, describeKey, EKEYREJECTED, instantiateKey, invalidateKey, KEY_PREFIX, rejectKey, setKeyTimeout } from './keys.ts';
-import { callAgentOnce } from './oneshot.ts';
-import * as P from './protocol.ts';
-import type { ResolveResult } from './protocol.ts';
+import { answerRing, describeKey, EKEYREJECTED, instantiateKey, invalidateKey, KEY_PREFIX, rejectKey, setKeyTimeout } from './kernel/keys.ts';
+import { callAgentOnce } from './wire/oneshot.ts';
+import * as P from './wire/protocol.ts';
+import type { ResolveResult } from './wire/protocol.ts';
 
 // Built-ins through process.getBuiltinModule on the upcall's path: an ESM `import from 'node:fs'`
 // or 'node:util' builds the module's whole namespace (fs.promises, streams, worker_threads…),

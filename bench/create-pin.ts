@@ -4,8 +4,8 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfiguration } from '../agent/configure.ts';
-import { Namespaces } from '../agent/userns.ts';
-import { detach } from '../agent/sys.ts';
+import { Namespaces } from '../agent/kernel/userns.ts';
+import { detach } from '../agent/kernel/sys.ts';
 
 const SCRIPT = `
 set -e

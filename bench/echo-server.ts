@@ -4,7 +4,7 @@
 // directly on purpose: it is the baseline, not part of the agent.
 // @ts-expect-error node-ipc 14 ships no type declarations
 import { IPCModule } from 'node-ipc';
-import { FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE } from '../agent/protocol.ts';
+import { FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE } from '../agent/wire/protocol.ts';
 
 const path = process.argv[2]!;
 const canned: unknown = JSON.parse(process.argv[3] ?? 'null');

@@ -1,8 +1,8 @@
 // map throughput: ids per second in batches of 10,000 over the socket, and the same mapping in-process.
-import { AgentClient } from '../agent/client.ts';
+import { AgentClient } from '../agent/wire/client.ts';
 import { loadConfiguration } from '../agent/configure.ts';
 import { makeView, mapIds } from '../agent/idmap.ts';
-import * as P from '../agent/protocol.ts';
+import * as P from '../agent/wire/protocol.ts';
 import { cleanup, startAgent } from '../test/helpers/agent.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';
 import { pinClientCpu, SERVER_CPU } from './resolve.ts';

@@ -7,7 +7,7 @@ import { benchMap } from './map.ts';
 import { benchResolve } from './resolve.ts';
 import { benchStartup } from './startup.ts';
 import { runStorm } from './storm.ts';
-import { LIMITS } from '../agent/protocol.ts';
+import { LIMITS } from '../agent/wire/protocol.ts';
 import { benchUpcall } from './upcall.ts';
 
 const f2 = (n: number) => n.toFixed(2);

@@ -4,8 +4,8 @@ import type { ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AgentClient } from '../agent/client.ts';
-import * as P from '../agent/protocol.ts';
+import { AgentClient } from '../agent/wire/client.ts';
+import * as P from '../agent/wire/protocol.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const CLIENT = join(ROOT, 'bench', 'storm-client.ts');

@@ -1,7 +1,7 @@
 // The request-key upcall end to end (keyctl request2 of a fresh key), against a bare Node start, nfsidmap, and request-key's own floor.
 import { spawnSync } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
-import { invalidateIssuedKeys } from '../agent/keys.ts';
+import { invalidateIssuedKeys } from '../agent/kernel/keys.ts';
 import { percentile } from '../agent/stats.ts';
 import { cleanup, startAgent, USERNSCTL } from '../test/helpers/agent.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';

@@ -2,9 +2,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { AgentClient } from '../../agent/client.ts';
+import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
-import * as P from '../../agent/protocol.ts';
+import * as P from '../../agent/wire/protocol.ts';
 import { checkoutReachableBy, cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';

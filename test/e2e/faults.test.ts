@@ -2,9 +2,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { AgentClient } from '../../agent/client.ts';
+import { AgentClient } from '../../agent/wire/client.ts';
 import { kernelMapText } from '../../config/extents.ts';
-import * as P from '../../agent/protocol.ts';
+import * as P from '../../agent/wire/protocol.ts';
 import { cleanup, startAgent, usernsctl } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';

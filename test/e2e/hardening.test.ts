@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import type * as P from '../../agent/protocol.ts';
+import type * as P from '../../agent/wire/protocol.ts';
 import { cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';

@@ -2,9 +2,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
-import { callAgent } from '../../agent/client.ts';
+import { callAgent } from '../../agent/wire/client.ts';
 import type { UsernsError } from '../../agent/errors.ts';
-import * as P from '../../agent/protocol.ts';
+import * as P from '../../agent/wire/protocol.ts';
 import { cleanup, startAgent, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';

@@ -1,7 +1,7 @@
 // Kernel-side helpers for root tests: clean up mounts under a tree, throwaway users, kernel views.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { detach } from '../../agent/sys.ts';
+import { detach } from '../../agent/kernel/sys.ts';
 
 export const isRoot = process.getuid?.() === 0;
 

@@ -5,8 +5,8 @@ import { existsSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'nod
 import { loadConfiguration } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
 import { UsernsError } from '../../agent/errors.ts';
-import { Namespaces, pinnedIno } from '../../agent/userns.ts';
-import type { Pin } from '../../agent/userns.ts';
+import { Namespaces, pinnedIno } from '../../agent/kernel/userns.ts';
+import type { Pin } from '../../agent/kernel/userns.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, kernelMaps, makeUser, mountsUnder, unmountAll } from '../helpers/kernel.ts';

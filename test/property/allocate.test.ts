@@ -1,7 +1,7 @@
 // Range allocation (SPEC §4): never overlapping, aligned, in the pool, the same for the same inputs.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { allocateRange, assignRanges, hashSlot, mergeIntervals, parseSubIds, poolSlots } from '../../agent/allocate.ts';
+import { allocateRange, assignRanges, hashSlot, mergeIntervals, parseSubIds, poolSlots } from '../../agent/coord/allocate.ts';
 import type { Interval } from '../../config/extents.ts';
 import type { ConfigError, ContextDef, Pool } from '../../config/types.ts';
 

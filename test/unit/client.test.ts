@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AgentClient, CONNECT_RETRY_MS } from '../../agent/client.ts';
+import { AgentClient, CONNECT_RETRY_MS } from '../../agent/wire/client.ts';
 import type { TransportError } from '../../agent/errors.ts';
 import { PYTHON } from '../helpers/agent.ts';
 

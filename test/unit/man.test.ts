@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { COMMAND_NAMES, EXIT } from '../../agent/cli.ts';
 import { ERROR_CODES } from '../../agent/errors.ts';
-import { LIMITS, METHODS } from '../../agent/protocol.ts';
+import { LIMITS, METHODS } from '../../agent/wire/protocol.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA } from '../../config/schema.ts';
 import type { Schema } from '../../config/schema.ts';
 

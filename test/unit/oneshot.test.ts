@@ -7,8 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TransportError, UsernsError } from '../../agent/errors.ts';
-import { callAgentOnce } from '../../agent/oneshot.ts';
-import * as P from '../../agent/protocol.ts';
+import { callAgentOnce } from '../../agent/wire/oneshot.ts';
+import * as P from '../../agent/wire/protocol.ts';
 
 /** A server that reads one request, then behaves as `mode` says; it prints "ready" once it listens. */
 const SERVER = `

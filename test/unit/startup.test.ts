@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { KOFFI_VERSION, koffiLoader } from '../../agent/ffi.ts';
+import { KOFFI_VERSION, koffiLoader } from '../../agent/kernel/ffi.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const json = (path: string) => JSON.parse(readFileSync(`${ROOT}${path}`, 'utf8')) as { version: string; dependencies: Record<string, string> };

@@ -1,9 +1,9 @@
 // Pure range allocation for `range = auto` (SPEC §4): hash-derived first slot, next free aligned slot.
 import { createHash } from 'node:crypto';
-import { configError } from '../config/ini.ts';
-import { firstEndingAfter } from '../config/extents.ts';
-import type { Interval } from '../config/extents.ts';
-import type { ConfigError, ContextDef, Pool } from '../config/types.ts';
+import { configError } from '../../config/ini.ts';
+import { firstEndingAfter } from '../../config/extents.ts';
+import type { Interval } from '../../config/extents.ts';
+import type { ConfigError, ContextDef, Pool } from '../../config/types.ts';
 
 export type Allocation = { readonly start: number; readonly size: number };
 

@@ -1,9 +1,9 @@
 // The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
 import { closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Context } from '../config/types.ts';
+import type { Context } from '../../config/types.ts';
 import type { Allocation } from './allocate.ts';
-import { UsernsError } from './errors.ts';
+import { UsernsError } from '../errors.ts';
 
 export const RANGES_FILE = 'ranges.json';
 const STATE_VERSION = 1;

@@ -1,12 +1,12 @@
 // The wire contract, declared once for the agent and its clients: framing, envelope, methods, limits.
 // usernsd-protocol(7) documents it for helpers written in other languages.
-import { ID_LIMIT } from '../config/extents.ts';
-import { labelProblem } from '../config/schema.ts';
-import { shown } from '../config/text.ts';
-import { DEFAULT_SOCKET, HOST_LABEL } from '../config/types.ts';
-import type { Extent, Owner } from '../config/types.ts';
-import { ERROR_CODES, isErrorCode, UsernsError } from './errors.ts';
-import type { ErrorCode } from './errors.ts';
+import { ID_LIMIT } from '../../config/extents.ts';
+import { labelProblem } from '../../config/schema.ts';
+import { shown } from '../../config/text.ts';
+import { DEFAULT_SOCKET, HOST_LABEL } from '../../config/types.ts';
+import type { Extent, Owner } from '../../config/types.ts';
+import { ERROR_CODES, isErrorCode, UsernsError } from '../errors.ts';
+import type { ErrorCode } from '../errors.ts';
 
 export const PROTOCOL_VERSION = 1;
 

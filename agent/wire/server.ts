@@ -5,12 +5,12 @@ import type { Socket } from 'node:net';
 import os from 'node:os';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { shown } from '../config/text.ts';
-import { peerOf } from './auth.ts';
-import type { Peer } from './auth.ts';
-import { UsernsError } from './errors.ts';
+import { shown } from '../../config/text.ts';
+import { peerOf } from '../auth.ts';
+import type { Peer } from '../auth.ts';
+import { UsernsError } from '../errors.ts';
 import type { LogLimiter } from './loglimit.ts';
-import { unreadBytes } from './sys.ts';
+import { unreadBytes } from '../kernel/sys.ts';
 import { encodeFrame, FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE, requestIdOf } from './protocol.ts';
 import type { Reply } from './protocol.ts';
 

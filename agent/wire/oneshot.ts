@@ -1,10 +1,10 @@
 // One call to the agent on a blocking socket, for a process that makes exactly one and exits (the
 // request-key handler): the same frames and reply checks as client.ts, without node:net.
-import { TransportError, UsernsError } from './errors.ts';
-import { SysError } from './ffi.ts';
+import { TransportError, UsernsError } from '../errors.ts';
+import { SysError } from '../kernel/ffi.ts';
 import { checkReply, encodeFrame, FrameReader, LIMITS, REPLY_TYPE, REQUEST_TYPE } from './protocol.ts';
 import type { Method, ParamsOf, ResultOf } from './protocol.ts';
-import { exchange } from './unixsock.ts';
+import { exchange } from '../kernel/unixsock.ts';
 
 const DELIMITER = 0x0c; // FRAME_DELIMITER, a byte no UTF-8 sequence contains
 

@@ -1,9 +1,9 @@
 // What a pin is (a user namespace mounted on a file) and what the agent records of each: its maps, for this boot.
 import { lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { labelProblem } from '../config/schema.ts';
-import type { IdMap } from '../config/types.ts';
-import { writeFileAtomic } from './state.ts';
+import { labelProblem } from '../../config/schema.ts';
+import type { IdMap } from '../../config/types.ts';
+import { writeFileAtomic } from '../coord/state.ts';
 
 /** The device of nsfs, the filesystem namespace files live on. */
 export const NSFS_DEV = statSync('/proc/self/ns/user').dev;

@@ -1,8 +1,8 @@
 // The namespace helper's programs: execute-only copies, so the owner it runs as cannot touch it before its maps are written.
 import { chmodSync, chownSync, copyFileSync, existsSync, lstatSync, mkdirSync, renameSync, rmSync, statSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
-import type { IdMap } from '../config/types.ts';
-import { UsernsError } from './errors.ts';
+import type { IdMap } from '../../config/types.ts';
+import { UsernsError } from '../errors.ts';
 
 /** In the pins directory: the helper's execute-only programs. Not a label: it starts with a dot. */
 export const HELPERS_DIR = '.usernsd-helpers';

@@ -1,7 +1,7 @@
 // The client side of the protocol over a plain UNIX socket (no node-ipc here): typed calls, two error kinds.
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
-import { TransportError, UsernsError } from './errors.ts';
+import { TransportError, UsernsError } from '../errors.ts';
 import { checkReply, encodeFrame, FrameReader, LIMITS, REPLY_TYPE, REQUEST_TYPE } from './protocol.ts';
 import type { Method, ParamsOf, RequestId, ResultOf } from './protocol.ts';
 
