@@ -13,9 +13,11 @@ import { TransportError, UsernsError } from './errors.ts';
 import * as P from './wire/protocol.ts';
 import type { Owner } from './wire/protocol.ts';
 import { VERSION } from './version.ts';
+import { enterWithViews, viewCmd } from './cliviews.ts';
+import { COMMON, EXIT, oneLabel, parseCommand, printTable, stdio, UsageError, who } from './cliargs.ts';
+import type { Globals, Io } from './cliargs.ts';
 
-/** Exit codes, usernsctl(1). */
-export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, UNREACHABLE: 3 } as const;
+export { EXIT } from './cliargs.ts';
 
 const USAGE = `Usage: usernsctl [--socket PATH] [--json] COMMAND [ARGS]
 
@@ -33,10 +35,18 @@ Commands (answered by the agent):
   reload                   re-read the configuration (root; like SIGHUP)
   release LABEL            unmount and remove a pin, and first the pins of the
                            contexts nested in it (root)
-  enter LABEL [-- CMD [ARG]...]
+  enter LABEL [--view SRC:DST]... [-- CMD [ARG]...]
                            run CMD (default: your shell) in the namespace as its
                            root, uid 0 and gid 0 inside; root, and without root
-                           the owner of its top-level context (the kernel's rule)
+                           the owner of its top-level context (the kernel's rule);
+                           --view: SRC (labelled LABEL) shown at DST with its raw
+                           ids, in a mount namespace of CMD's own
+  view [--identity|--foreign] [--context LABEL] [--read-only] SRC DST
+                           mount a view of SRC on the empty directory DST (root):
+                           SRC's on-disk ids are its context's (its label, or
+                           --context); foreign (default) applies the context's
+                           squash; idmapped mount, or bindfs where it cannot be
+  view --list              the views made through the agent mounted here (root)
 
 Kernel upcall and labels:
   upcall [-t SECONDS] [--log FILE] KEY DESCRIPTION
@@ -67,45 +77,12 @@ Exit status: 0 ok, 1 the agent answered an error (or check-config found one),
 2 usage error, 3 the agent is unreachable.
 See usernsctl(1), usernsd(8), usernsd-protocol(7), userns.d(5).`;
 
-export type Io = { out: (s: string) => void; err: (s: string) => void };
-const stdio: Io = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') };
 // `usernsctl status | head`: a reader that goes away ends us quietly, as SIGPIPE ends C tools
 // (Node ignores SIGPIPE, so the write fails with EPIPE instead); 141 is the shell's 128 + SIGPIPE.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   if (err.code === 'EPIPE') process.exit(141);
   throw err;
 });
-
-class UsageError extends Error {}
-
-type Globals = { socket: string; json: boolean };
-
-/** Options every command also accepts after its name. */
-const COMMON = {
-  socket: { type: 'string', short: 's' },
-  json: { type: 'boolean' },
-  help: { type: 'boolean', short: 'h' },
-} as const satisfies ParseArgsConfig['options'];
-
-function parseCommand<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, globals: Globals) {
-  const r = parseArgs({ args, options: { ...COMMON, ...options }, strict: true, allowPositionals: true });
-  const v = r.values as Record<string, unknown>;
-  if (typeof v.socket === 'string') globals.socket = v.socket;
-  if (v.json === true) globals.json = true;
-  return r;
-}
-
-function oneLabel(positionals: string[], command: string): string {
-  if (positionals.length !== 1) throw new UsageError(`${command} takes one LABEL`);
-  return positionals[0]!;
-}
-
-const who = (o: Owner) => `${o.name ?? o.uid} (${o.uid}:${o.gid})`;
-
-function printTable(io: Io, rows: string[][]): void {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  for (const r of rows) io.out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
-}
 
 async function checkConfig(args: string[], io: Io): Promise<number> {
   const { values } = parseArgs({
@@ -271,8 +248,10 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const dash = args.indexOf('--');
   const own = dash < 0 ? args : args.slice(0, dash);
   const cmd = dash < 0 ? [] : args.slice(dash + 1);
-  const { positionals } = parseCommand(own, {}, g);
+  const { positionals, values } = parseCommand(own, { view: { type: 'string', multiple: true } }, g);
   const label = oneLabel(positionals, 'enter');
+  const shell = cmd.length > 0 ? cmd : [process.env.SHELL || '/bin/sh'];
+  if (values.view?.length) return enterWithViews(g.socket, label, values.view, shell, io);
   const r = await callAgent(g.socket, P.resolve, { label });
   // The kernel lets root and the owner of the top-level context setns into it: say so plainly
   // instead of nsenter's "Operation not permitted". [access] gives resolve and map, not entry.
@@ -280,7 +259,7 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
     const nested = r.parent !== 'host' ? `; "${label}" is nested, so it is entered by the owner of its top-level context, or by its own owner from inside its parent` : '';
     throw new UsernsError('E_PERMISSION', `the kernel lets only root and a namespace's owner join it from here${nested}; [access] users may resolve and map "${label}", not enter it`);
   }
-  const argv = [`--user=${r.path}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--', ...(cmd.length > 0 ? cmd : [process.env.SHELL || '/bin/sh'])];
+  const argv = [`--user=${r.path}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--', ...shell];
   return new Promise((resolve) => {
     const child = spawn('nsenter', argv, { stdio: 'inherit' });
     child.on('error', (err) => {
@@ -392,7 +371,7 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
 
 const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<number>> = {
   resolve: resolveCmd, map: mapCmd, list: listCmd, status: statusCmd, reload: reloadCmd, release: releaseCmd, enter: enterCmd,
-  upcall: upcallCmd, keys: keysCmd, label: labelCmd,
+  view: viewCmd, upcall: upcallCmd, keys: keysCmd, label: labelCmd,
 };
 
 /** Every command usernsctl(1) documents. */

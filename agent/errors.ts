@@ -8,6 +8,7 @@ export const ERROR_CODES = [
   'E_CONFIG', // the configuration (or state) does not allow it
   'E_KERNEL', // the kernel refused
   'E_BUSY', // limits reached, or shutting down
+  'E_UNSUPPORTED', // the kernel, the filesystem or a missing program cannot do this here
   'E_INTERNAL', // a bug or an unexpected failure; details in the log
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];

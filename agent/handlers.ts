@@ -12,6 +12,7 @@ import * as P from './wire/protocol.ts';
 import type { Method, ParamsOf, Reply, ResultOf } from './wire/protocol.ts';
 import type { Registry, Resolved } from './registry.ts';
 import type { Connection } from './wire/server.ts';
+import type { Views } from './views.ts';
 
 /** What the handlers need from the agent beyond the registry. */
 export type Agent = {
@@ -24,11 +25,13 @@ export type Agent = {
   invalidateKeys(labels: readonly string[], why: string): void;
   /** One answered request, for status: method (or "invalid"), error code if it failed, latency. */
   served(method: string, code: string | null, ms: number): void;
+  /** Views made through the agent, and the user namespaces that carry their idmaps. */
+  readonly views: Views;
   /** A failure a client caused, logged within the per-uid budget (LogLimiter). */
   logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void;
 };
 
-type Handler<M> = (agent: Agent, peer: Peer, params: ParamsOf<M>) => Promise<ResultOf<M>> | ResultOf<M>;
+type Handler<M> = (agent: Agent, peer: Peer, params: ParamsOf<M>, conn: Connection) => Promise<ResultOf<M>> | ResultOf<M>;
 type Entry = { method: Method<unknown, unknown>; fn: Handler<Method<unknown, unknown>> };
 
 const table = new Map<string, Entry>();
@@ -97,6 +100,17 @@ handle(P.release, async (agent, peer, { label }) => {
   return { label, released, descendants };
 });
 
+handle(P.view, async (agent, peer, params, conn) => {
+  if (!conn.attach) throw new UsernsError('E_INVALID', 'view hands over a file descriptor: ask on the descriptor socket (usernsctl view and enter --view do; see usernsd-protocol(7))');
+  const source = agent.views.source(agent.registry, peer, params);
+  const ctx = usable(agent, peer, source.label);
+  const result = await agent.views.make(agent.registry, peer, conn, params, source, ctx);
+  agent.log.info({ label: ctx.label, src: result.src, mode: result.mode, mechanism: result.mechanism, purpose: params.purpose ?? 'mount', peerUid: peer.uid, peerPid: peer.pid }, 'Made a view');
+  return result;
+});
+
+handle(P.views, (agent) => ({ views: agent.views.list() }));
+
 /** Log level by error code: the agent's own failures are louder than a client's mistakes. */
 function levelOf(code: string): 'error' | 'warn' | 'info' {
   return code === 'E_INTERNAL' ? 'error' : code === 'E_KERNEL' || code === 'E_CONFIG' ? 'warn' : 'info';
@@ -116,7 +130,7 @@ export async function handleRequest(agent: Agent, conn: Connection, data: unknow
     if (!entry) throw new UsernsError('E_INVALID', `unknown method ${shown(req.method)}: one of ${[...table.keys()].join(', ')}`);
     if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
     const params = P.checkParams(entry.method, req.params);
-    const result = await entry.fn(agent, peer, params);
+    const result = await entry.fn(agent, peer, params, conn);
     const ms = performance.now() - started;
     agent.served(req.method, null, ms);
     if (agent.log.isLevelEnabled('debug')) agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');

@@ -69,3 +69,64 @@ export function mapIds(from: MapView, to: MapView, kind: IdKind, ids: readonly n
   for (let i = 0; i < ids.length; i++) out[i] = mapId(from, to, kind, ids[i]!, overflow);
   return out;
 }
+
+// ---- views (SPEC §7): a tree whose on-disk ids are a context's inside ids, shown on the host ----
+
+export const VIEW_MODES = ['identity', 'foreign'] as const;
+export type ViewMode = (typeof VIEW_MODES)[number];
+
+/** On-disk id -> host id, as a user namespace's uid_map and gid_map (inside: on-disk, outside: host). */
+export type ViewMaps = { readonly uid: IdMap; readonly gid: IdMap };
+
+/**
+ * How a view shows a context's tree. `idmap`: one-to-one, the kernel's idmapped mount can carry it
+ * (and bindfs, when it is one offset). `force`: every file shows as one owner — all squash, which
+ * no idmapping can be — and only bindfs makes it.
+ */
+export type ViewPlan =
+  | { readonly kind: 'idmap'; readonly maps: ViewMaps }
+  | { readonly kind: 'force'; readonly uid: number; readonly gid: number };
+
+/**
+ * The view of a context whose ids reach the host through `host` (its chain already composed).
+ * identity: the context's own map. foreign: its squash applied. An idmapping works both ways, so
+ * root squash leaves on-disk 0 unmapped — shown as the overflow id, never writable — rather than
+ * mapping it to anonuid, which would hand root's files to anonuid.
+ */
+export function viewPlan(host: ViewMaps, squash: Squash, mode: ViewMode): ViewPlan {
+  if (mode === 'identity' || squash.mode === 'none') return { kind: 'idmap', maps: { uid: host.uid, gid: host.gid } };
+  if (squash.mode === 'all') return { kind: 'force', uid: squash.anonuid, gid: squash.anongid };
+  return { kind: 'idmap', maps: { uid: withoutInside(host.uid, 0), gid: withoutInside(host.gid, 0) } };
+}
+
+/** The map without one inside id: the extent holding it is cut in two (or shrinks at an end). */
+export function withoutInside(map: IdMap, id: number): IdMap {
+  const out: IdMap[number][] = [];
+  for (const e of map) {
+    if (id < e.inside || id >= e.inside + e.count) {
+      out.push(e);
+      continue;
+    }
+    const before = id - e.inside;
+    const after = e.count - before - 1;
+    if (before > 0) out.push({ inside: e.inside, outside: e.outside, count: before });
+    if (after > 0) out.push({ inside: id + 1, outside: e.outside + before + 1, count: after });
+  }
+  return out;
+}
+
+/**
+ * bindfs options that show the plan on a filesystem the kernel cannot idmap, or null when bindfs
+ * cannot express it: its --uid-offset shifts every id by one amount, so only a map of one extent
+ * starting at on-disk 0 is an offset (root squash cuts 0 out of it, so it is not). The view is
+ * read-only: an offset also shifts ids past the context's range, and under force every process
+ * running as anonuid would own every file — neither may ever write.
+ */
+export function bindfsOptions(plan: ViewPlan): string[] | null {
+  if (plan.kind === 'force') return ['-o', 'ro', `--force-user=${plan.uid}`, `--force-group=${plan.gid}`];
+  const offset = (m: IdMap) => (m.length === 1 && m[0]!.inside === 0 ? m[0]!.outside : null);
+  const uid = offset(plan.maps.uid);
+  const gid = offset(plan.maps.gid);
+  if (uid === null || gid === null) return null;
+  return ['-o', 'ro', `--uid-offset=${uid}`, `--gid-offset=${gid}`];
+}

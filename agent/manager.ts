@@ -17,6 +17,8 @@ import { Registry } from './registry.ts';
 import { Stats } from './stats.ts';
 import { LogLimiter } from './wire/loglimit.ts';
 import { IpcServer } from './wire/server.ts';
+import { FdServer, fdSocketPath } from './wire/fdsock.ts';
+import { Views } from './views.ts';
 import { ensureStateDir, removeStaleTemps, writeInForce } from './coord/state.ts';
 import { sdNotify } from './kernel/sys.ts';
 import { VERSION } from './version.ts';
@@ -51,6 +53,8 @@ export class Manager implements Agent {
   readonly registry: Registry;
   private readonly opts: ManagerOptions;
   private readonly server: IpcServer;
+  private readonly fdServer: FdServer;
+  readonly views: Views;
   private readonly startedAt = Date.now();
   private readonly stats = new Stats();
   private reloading: Promise<unknown> = Promise.resolve();
@@ -70,6 +74,8 @@ export class Manager implements Agent {
     });
     this.limiter = new LogLimiter(opts.log);
     this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, onRequest: (conn, data) => handleRequest(this, conn, data) });
+    this.fdServer = new FdServer({ path: fdSocketPath(config.agent.socket), log: opts.log, onRequest: (conn, data) => handleRequest(this, conn, data) });
+    this.views = new Views(config.agent.state);
   }
 
   /**
@@ -115,6 +121,7 @@ export class Manager implements Agent {
     await m.createEager();
     await wiring;
     await m.server.listen();
+    await m.fdServer.listen();
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
     // Only now: the socket listens and every eager context exists (or its failure is logged).
     m.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
@@ -321,6 +328,8 @@ export class Manager implements Agent {
       const drained = await this.server.drain(DRAIN_TIMEOUT_MS);
       if (!drained) this.log.warn({ timeoutMs: DRAIN_TIMEOUT_MS }, 'Requests still in flight at the drain deadline: closing anyway');
       await this.server.close();
+      await this.fdServer.close();
+      this.views.close();
       this.limiter.close();
       this.log.info('Stopped');
     })();

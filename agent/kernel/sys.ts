@@ -1,4 +1,4 @@
-// The few system calls Node lacks, through koffi: mount, umount2, SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify. Failures throw SysError.
+// The few system calls Node lacks, through koffi: mount, umount2, the new mount API (open_tree, mount_setattr, move_mount), SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify. Failures throw SysError.
 import { fstatSync } from 'node:fs';
 import { constants } from 'node:os';
 import { koffi, libc, SysError } from './ffi.ts';
@@ -17,6 +17,19 @@ const fstatatFn = libc.func('int fstatat(int dirfd, const char *path, _Out_ uint
 const openFn = libc.func('int open(const char *path, int flags, int mode)');
 const closeFn = libc.func('int close(int fd)');
 const getsockoptBufFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]);
+const statfsFn = libc.func('int fstatfs(int fd, _Out_ uint8_t *buf)');
+/** The new mount API through syscall(2): glibc before 2.36 has no wrappers. Numbers are the same on every architecture. */
+const syscallFn = libc.func('long syscall(long nr, ...)');
+const SYS_OPEN_TREE = 428;
+const SYS_MOVE_MOUNT = 429;
+const SYS_MOUNT_SETATTR = 442;
+const OPEN_TREE_CLONE = 1;
+const AT_RECURSIVE = 0x8000;
+const AT_EMPTY_PATH = 0x1000;
+const MOUNT_ATTR_RDONLY = 0x1;
+const MOUNT_ATTR_IDMAP = 0x100000;
+const MOVE_MOUNT_F_EMPTY_PATH = 0x4;
+const AT_FDCWD = -100;
 
 export const MS_BIND = 0x1000;
 export const MNT_DETACH = 0x2;
@@ -162,4 +175,54 @@ export function closeFd(fd: number): void {
 export function statAt(dirFd: number, name: string): { dev: number; ino: number } | null {
   if (fstatatFn(dirFd, name, statBuf, AT_SYMLINK_NOFOLLOW) !== 0) return null;
   return { dev: Number(statBuf.readBigUInt64LE(0)), ino: Number(statBuf.readBigUInt64LE(8)) };
+}
+
+/**
+ * A detached copy of the mount tree at `path` (open_tree(2) OPEN_TREE_CLONE | AT_RECURSIVE): a
+ * descriptor of a mount that belongs to no namespace until move_mount(2) attaches it. Submounts
+ * come along (a tree with locked submounts cannot be copied without them).
+ */
+export function openTreeClone(path: string): number {
+  const fd = Number(syscallFn(SYS_OPEN_TREE, 'int', AT_FDCWD, 'const char *', path, 'unsigned int', OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC));
+  if (fd < 0) throw new SysError('open_tree', koffi.errno(), `${path}, OPEN_TREE_CLONE`);
+  return fd;
+}
+
+/**
+ * mount_setattr(2) on a detached tree: MOUNT_ATTR_IDMAP with the user namespace `usernsFd` (on-disk
+ * ids are taken as its inside ids and shown as its outside ids), and read-only when asked. EINVAL:
+ * the filesystem cannot be idmapped (NFS, FUSE, …) or the tree is already attached.
+ */
+export function setMountAttrs(treeFd: number, attrs: { readonly usernsFd?: number; readonly readOnly?: boolean }): void {
+  const attr = Buffer.alloc(32); // struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd; }
+  let set = 0n;
+  if (attrs.usernsFd !== undefined) {
+    set |= BigInt(MOUNT_ATTR_IDMAP);
+    attr.writeBigUInt64LE(BigInt(attrs.usernsFd), 24);
+  }
+  if (attrs.readOnly) set |= BigInt(MOUNT_ATTR_RDONLY);
+  attr.writeBigUInt64LE(set, 0);
+  if (Number(syscallFn(SYS_MOUNT_SETATTR, 'int', treeFd, 'const char *', '', 'unsigned int', AT_EMPTY_PATH | AT_RECURSIVE, 'void *', attr, 'size_t', attr.length)) !== 0) {
+    throw new SysError('mount_setattr', koffi.errno(), `fd ${treeFd}${attrs.usernsFd !== undefined ? ', MOUNT_ATTR_IDMAP' : ''}${attrs.readOnly ? ', MOUNT_ATTR_RDONLY' : ''}`);
+  }
+}
+
+/** Attach a detached tree at `target` in the caller's mount namespace (move_mount(2)). */
+export function moveMount(treeFd: number, target: string): void {
+  if (Number(syscallFn(SYS_MOVE_MOUNT, 'int', treeFd, 'const char *', '', 'int', AT_FDCWD, 'const char *', target, 'unsigned int', MOVE_MOUNT_F_EMPTY_PATH)) !== 0) {
+    throw new SysError('move_mount', koffi.errno(), `fd ${treeFd} -> ${target}`);
+  }
+}
+
+/** The filesystem's magic number (statfs(2) f_type), of an open descriptor: e.g. 0xef53 ext4, 0x65735546 FUSE. */
+export function fsMagic(fd: number): number {
+  const buf = Buffer.alloc(128); // struct statfs: f_type is its first field (a long)
+  if (statfsFn(fd, buf) !== 0) throw new SysError('fstatfs', koffi.errno(), `fd ${fd}`);
+  return Number(buf.readBigInt64LE(0));
+}
+
+/** {dev, ino} of an open descriptor (O_PATH ones and open_tree's included). */
+export function fdIdentity(fd: number): { dev: number; ino: number } {
+  const st = fstatSync(fd);
+  return { dev: st.dev, ino: st.ino };
 }

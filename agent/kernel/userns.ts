@@ -12,6 +12,7 @@ import { UsernsError } from '../errors.ts';
 import { fromHost, makeView } from '../idmap.ts';
 import { SysError } from './ffi.ts';
 import { HELPERS_DIR, HelperPrograms, rootOf } from './helper.ts';
+import { errnoFromText, kernelError, PATH_ENV, reap, run, waitForNewNamespace } from './spawn.ts';
 import { NSFS_DEV, pinnedIno, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
@@ -40,64 +41,6 @@ export type AdoptEntry = {
 
 /** How old a pin check may be and still answer a resolve (see Namespaces.checked). */
 export const PIN_RECHECK_MS = 1;
-const PATH_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
-const SPAWN_TIMEOUT_MS = 5000;
-
-const OWN_USERNS = readlinkSync('/proc/self/ns/user');
-
-/** What the kernel's refusal means and what the admin can change, by errno. */
-function kernelAdvice(code: string, step: string): string {
-  switch (code) {
-    case 'ENOSPC': return 'the limit of user namespaces is reached: raise /proc/sys/user/max_user_namespaces or release contexts';
-    case 'EPERM': return step.includes('map')
-      ? 'the kernel refused the map: outside ids must be mapped in the parent namespace, and nested maps are written from inside the parent'
-      : 'the kernel refused: check that unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces) and the owner is mapped in the parent';
-    case 'EINVAL': return 'the kernel rejected the map: extents overlap, run past 2^32, or exceed 340 lines';
-    case 'EUSERS': return 'the nesting depth limit (32) is reached';
-    case 'EACCES': return 'the agent lacks a privilege it needs (CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID, CAP_SYS_PTRACE, CAP_CHOWN: see usernsd(8)); under systemd, check CapabilityBoundingSet=';
-    default: return 'see the agent log';
-  }
-}
-
-function kernelError(label: string, step: string, code: string, detail?: string): UsernsError {
-  return new UsernsError('E_KERNEL', `Failed to ${step} for context "${label}": ${code}${detail ? ` (${detail})` : ''}: ${kernelAdvice(code, step)}`);
-}
-
-/** util-linux tools print strerror text; give back the errno name. */
-function errnoFromText(text: string): string {
-  const known: [RegExp, string][] = [
-    [/No space left on device/, 'ENOSPC'], [/Operation not permitted/, 'EPERM'], [/Invalid argument/, 'EINVAL'],
-    [/Too many users/, 'EUSERS'], [/Permission denied/, 'EACCES'], [/No such file or directory/, 'ENOENT'],
-  ];
-  return known.find(([re]) => re.test(text))?.[1] ?? 'EIO';
-}
-
-/** Run a short helper to completion; stderr is kept for the error message. */
-function run(cmd: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: PATH_ENV, stdio: ['ignore', 'pipe', 'pipe'], timeout: SPAWN_TIMEOUT_MS });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d; });
-    child.stderr.on('data', (d: Buffer) => { stderr += d; });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr: stderr.trim() }));
-  });
-}
-
-/**
- * End a helper: its stdin closes (so `cat` ends by itself, even where the agent may not signal a
- * process of another user: no CAP_KILL), then SIGKILL for good measure; waited for, within a bound.
- */
-async function reap(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.stdin?.end();
-  child.kill('SIGKILL');
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([exited, new Promise((r) => { timer = setTimeout(r, SPAWN_TIMEOUT_MS); })]);
-  clearTimeout(timer);
-}
 
 /** Read a pinned namespace's maps as its own processes see them (outside ids are the parent's). */
 export async function readPinMaps(pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
@@ -272,7 +215,7 @@ export class Namespaces {
       throw kernelError(ctx.label, 'start the namespace helper', (err as NodeJS.ErrnoException).code ?? 'EIO', (err as Error).message);
     }
     try {
-      const pid = await this.waitForNewNamespace(ctx.label, child, parent?.pin ?? null);
+      const pid = await waitForNewNamespace(ctx.label, child, parent?.pin ? `user:[${pinnedIno(parent.pin)}]` : null);
       await this.writeMaps(ctx, pid, parent?.pin ?? null);
       this.verifyMaps(ctx, pid, parent?.host ?? null);
       await this.pin(ctx.label, pid, path);
@@ -308,34 +251,6 @@ export class Namespaces {
       throw new UsernsError('E_CONFIG', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`);
     }
     return spawn('nsenter', [`--user=${parent.pin}`, '--preserve-credentials', '-S', String(uid), '-G', String(gid), '--', unshare, '--user', '--', cat], opts);
-  }
-
-  private waitForNewNamespace(label: string, child: ChildProcess, parentPin: string | null): Promise<number> {
-    const parentNs = parentPin ? `user:[${pinnedIno(parentPin)}]` : null;
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => { stderr += d; });
-    return new Promise((resolve, reject) => {
-      const deadline = Date.now() + SPAWN_TIMEOUT_MS;
-      const fail = (err: Error) => { clearImmediate(timer); reject(err); };
-      child.once('error', (err) => fail(kernelError(label, 'start the namespace helper', (err as NodeJS.ErrnoException).code ?? 'EIO', err.message)));
-      child.once('exit', () => setImmediate(() => fail(kernelError(label, 'create the user namespace', errnoFromText(stderr), stderr.trim() || 'the helper exited'))));
-      let timer: NodeJS.Immediate;
-      const poll = () => {
-        if (child.pid !== undefined) {
-          try {
-            const ns = readlinkSync(`/proc/${child.pid}/ns/user`);
-            if (ns !== OWN_USERNS && ns !== parentNs) return resolve(child.pid);
-          } catch (err) {
-            // Another user's process is readable only with CAP_SYS_PTRACE: say so now, not at the deadline.
-            if ((err as NodeJS.ErrnoException).code === 'EACCES') return fail(kernelError(label, 'inspect the namespace helper', 'EACCES', `/proc/${child.pid}/ns/user`));
-            // else: not there yet, or gone; the exit handler reports it
-          }
-        }
-        if (Date.now() > deadline) return fail(kernelError(label, 'create the user namespace', 'ETIMEDOUT', 'the helper did not unshare in time'));
-        timer = setImmediate(poll);
-      };
-      timer = setImmediate(poll);
-    });
   }
 
   /** setgroups first (the kernel needs it before gid_map), then uid_map and gid_map, each in one write. */

@@ -53,14 +53,17 @@ export type Reply =
 
 // ---- parameter kinds, checked at the edge so handlers get typed values ----
 
-type Kind = 'label' | 'context' | 'ids' | 'path';
-type Field = { readonly kind: Kind; readonly required: boolean };
+type Kind = 'label' | 'context' | 'ids' | 'path' | 'enum' | 'bool';
+type Field = { readonly kind: Kind; readonly required: boolean; readonly values?: readonly string[] };
 type ParamSpec = { readonly [name: string]: Field };
 
 const label: Field = { kind: 'label', required: true };
 const context: Field = { kind: 'context', required: true };
 const ids: Field = { kind: 'ids', required: false };
 const path: Field = { kind: 'path', required: true };
+const optional = (f: Field): Field => ({ ...f, required: false });
+const oneOf = (values: readonly string[]): Field => ({ kind: 'enum', required: false, values });
+const bool: Field = { kind: 'bool', required: false };
 
 /** A method as a value: its name, parameters, and whether only root may call it. P and R are for the compiler. */
 export type Method<P, R> = {
@@ -154,6 +157,42 @@ export type ReloadResult = {
   readonly kept: string[];
   readonly errors: string[];
 };
+export type ViewMode = 'identity' | 'foreign';
+/** Why a view is asked for: to mount it (root), or to enter the context with it (its owner). */
+export type ViewPurpose = 'mount' | 'enter';
+export type ViewParams = { path: string; context?: string; mode?: ViewMode; purpose?: ViewPurpose; target?: string; readOnly?: boolean };
+/**
+ * A view, made. idmapped: the reply carries one descriptor (SCM_RIGHTS), a detached mount to attach
+ * with move_mount(2). bindfs: no descriptor; root runs `bindfs OPTIONS SRC DST` where it wants it.
+ */
+export type ViewResult = {
+  readonly context: string;
+  readonly mode: ViewMode;
+  readonly mechanism: 'idmapped' | 'bindfs';
+  /** The tree as the agent checked it (symlinks resolved). */
+  readonly src: string;
+  /** The label's inode, when the context came from one. */
+  readonly labelledPath: string | null;
+  readonly squash: 'none' | 'root' | 'all';
+  /** On-disk id -> host id, as the view shows them (empty under all squash: every file shows as anon). */
+  readonly uidMap: readonly Extent[];
+  readonly gidMap: readonly Extent[];
+  readonly bindfs: readonly string[] | null;
+  /** For purpose "enter": the context's pin, to join before attaching. */
+  readonly pin: string | null;
+  readonly setgroups: 'allow' | 'deny' | null;
+};
+export type ViewRecord = {
+  readonly src: string;
+  readonly target: string;
+  readonly context: string;
+  readonly mode: ViewMode;
+  readonly mechanism: 'idmapped' | 'bindfs';
+  readonly readOnly: boolean;
+  /** ISO 8601, when the agent made it. */
+  readonly made: string;
+};
+export type ViewsResult = { readonly views: readonly ViewRecord[] };
 /** `descendants`: the pinned contexts nested in it, released first (deepest first). */
 export type ReleaseResult = { readonly label: string; readonly released: boolean; readonly descendants: readonly string[] };
 
@@ -167,8 +206,14 @@ export const status = method<Record<string, never>, StatusResult>('status', {});
 export const reload = method<Record<string, never>, ReloadResult>('reload', {}, true);
 export const release = method<{ label: string }, ReleaseResult>('release', { label }, true);
 
+/** Served on the descriptor socket only: the reply carries a file descriptor. */
+export const view = method<ViewParams, ViewResult>('view', {
+  path, context: optional(label), mode: oneOf(['identity', 'foreign']), purpose: oneOf(['mount', 'enter']), target: optional(path), readOnly: bool,
+});
+export const views = method<Record<string, never>, ViewsResult>('views', {}, true);
+
 export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
-  [resolve, resolvePath, map, list, status, reload, release].map((m) => [m.name, m as Method<unknown, unknown>]),
+  [resolve, resolvePath, map, list, status, reload, release, view, views].map((m) => [m.name, m as Method<unknown, unknown>]),
 );
 
 // ---- validation ----
@@ -199,6 +244,14 @@ function checkField(method: string, name: string, field: Field, v: unknown): unk
       if (!v.startsWith('/')) throw invalid(`${where} must be an absolute path (got ${shown(v)})`);
       if (v.includes('\0')) throw invalid(`${where} must not contain a NUL byte`);
       if (Buffer.byteLength(v) > LIMITS.MAX_PATH_BYTES) throw invalid(`${where} is longer than ${LIMITS.MAX_PATH_BYTES} bytes`);
+      return v;
+    }
+    case 'enum': {
+      if (typeof v !== 'string' || !field.values!.includes(v)) throw invalid(`${where} must be one of ${field.values!.join(', ')}`);
+      return v;
+    }
+    case 'bool': {
+      if (typeof v !== 'boolean') throw invalid(`${where} must be true or false`);
       return v;
     }
     case 'ids': {

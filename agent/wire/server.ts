@@ -67,6 +67,11 @@ export type Connection = {
   framesThisTurn: number;
   /** Requests of this connection refused as invalid; past MAX_INVALID_PER_CONNECTION it is closed. */
   invalid: number;
+  /**
+   * Hand a descriptor to the client with the reply (SCM_RIGHTS); the connection closes it once
+   * sent. Only the descriptor socket (fdsock.ts) can: absent on node-ipc's.
+   */
+  readonly attach?: (fd: number) => void;
 };
 
 /** Frames one connection may have handled per turn of the event loop before it waits for the next. */
@@ -83,7 +88,7 @@ export type ServerOptions = { readonly path: string; readonly log: Logger; reado
  * The socket's directory belongs to root and is not writable by anyone else (so nobody can swap the
  * socket); the socket itself is 0666, because authorization is per request, by SO_PEERCRED.
  */
-async function prepareSocketPath(path: string): Promise<void> {
+export async function prepareSocketPath(path: string): Promise<void> {
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const st = lstatSync(dir);
@@ -106,7 +111,7 @@ async function prepareSocketPath(path: string): Promise<void> {
   unlinkSync(path); // left by an agent that did not exit cleanly
 }
 
-function fdOf(socket: Socket): number | null {
+export function fdOf(socket: Socket): number | null {
   return (socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? null;
 }
 

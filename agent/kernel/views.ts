@@ -1,0 +1,206 @@
+// Views in the kernel (SPEC §7): a user namespace carrying a view's idmap, and a detached idmapped
+// copy of a tree made in the caller's mount namespace. Attaching it is the caller's job.
+import { spawn } from 'node:child_process';
+import { openSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { formatExtents, kernelMapText } from '../../config/extents.ts';
+import { UsernsError } from '../errors.ts';
+import type { ViewMaps } from '../idmap.ts';
+import { SysError } from './ffi.ts';
+import { kernelError, PATH_ENV, reap, SPAWN_TIMEOUT_MS, waitForNewNamespace } from './spawn.ts';
+import { closeFd, fdIdentity, openTreeClone, setMountAttrs } from './sys.ts';
+import { closeDescriptor, receiveWithFds, socketPair } from './unixsock.ts';
+
+/** User namespaces kept open for views, by map; the oldest is closed past this many. */
+const MAX_CACHED_NAMESPACES = 256;
+
+/** What a tree must still be when it is copied: the inode the agent checked (its label, its place). */
+export type TreeIdentity = { readonly dev: number; readonly ino: number };
+
+export type TreeRequest = {
+  readonly src: string;
+  readonly expect: TreeIdentity;
+  /** The user namespace whose maps the view carries. */
+  readonly usernsFd: number;
+  readonly readOnly: boolean;
+  /** The caller's process: the tree is copied in its mount namespace. */
+  readonly pid: number;
+};
+
+/** A detached idmapped tree (the caller closes the descriptor), or why the kernel cannot idmap this filesystem. */
+export type TreeResult = { readonly fd: number } | { readonly unsupported: string };
+
+const OWN_MNT_NS = readlinkSync('/proc/self/ns/mnt');
+const WORKER = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? './viewworker.ts' : './viewworker.js', import.meta.url));
+
+export class ViewNamespaces {
+  /** Insertion order is age: a Map is the LRU list. */
+  private readonly cache = new Map<string, number>();
+  private readonly inflight = new Map<string, Promise<number>>();
+
+  /**
+   * An open user namespace whose uid_map and gid_map are `maps` (a child of the initial one,
+   * owned by root), created once per map and kept: making a view then costs no process.
+   */
+  usernsFor(maps: ViewMaps): Promise<number> {
+    const key = `${formatExtents(maps.uid)}/${formatExtents(maps.gid)}`;
+    const fd = this.cache.get(key);
+    if (fd !== undefined) {
+      this.cache.delete(key);
+      this.cache.set(key, fd);
+      return Promise.resolve(fd);
+    }
+    let p = this.inflight.get(key);
+    if (!p) {
+      p = createIdmapNamespace(maps).then((created) => {
+        this.cache.set(key, created);
+        for (const [k, old] of this.cache) {
+          if (this.cache.size <= MAX_CACHED_NAMESPACES) break;
+          this.cache.delete(k);
+          closeFd(old);
+        }
+        return created;
+      }).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, p);
+    }
+    return p;
+  }
+
+  get size(): number {
+    return this.cache.size;
+  }
+
+  close(): void {
+    for (const fd of this.cache.values()) closeFd(fd);
+    this.cache.clear();
+  }
+}
+
+async function createIdmapNamespace(maps: ViewMaps): Promise<number> {
+  if (maps.uid.length === 0 || maps.gid.length === 0) throw new UsernsError('E_CONFIG', 'this view maps no ids at all: nothing to show');
+  const child = spawn('unshare', ['--user', '--', 'cat'], { env: PATH_ENV, stdio: ['pipe', 'ignore', 'pipe'] });
+  try {
+    const pid = await waitForNewNamespace('a view', child, null);
+    for (const [file, text] of [['uid_map', kernelMapText(maps.uid)], ['gid_map', kernelMapText(maps.gid)]] as const) {
+      try {
+        writeFileSync(`/proc/${pid}/${file}`, text);
+      } catch (err) {
+        throw kernelError('a view', `write ${file}`, (err as NodeJS.ErrnoException).code ?? 'EIO');
+      }
+    }
+    return openSync(`/proc/${pid}/ns/user`, 'r');
+  } finally {
+    await reap(child);
+  }
+}
+
+/**
+ * Copy the tree at `src` as the caller's mount namespace has it, and give the copy the view's
+ * idmap. In the agent's own namespace when the caller shares it; otherwise (under systemd the agent
+ * has a private, read-only one, whose copy would carry read-only flags and miss the caller's
+ * mounts) a worker process does it there and hands the descriptor back over a socket pair.
+ */
+export async function makeTree(req: TreeRequest): Promise<TreeResult> {
+  let callerNs: string;
+  try {
+    callerNs = readlinkSync(`/proc/${req.pid}/ns/mnt`);
+  } catch (err) {
+    throw new UsernsError('E_KERNEL', `Failed to find the caller's mount namespace (/proc/${req.pid}/ns/mnt): ${(err as NodeJS.ErrnoException).code}`);
+  }
+  if (callerNs === OWN_MNT_NS) return treeHere(req);
+  return treeInWorker(req);
+}
+
+/** What the worker and the agent both do once they are in the caller's mount namespace. */
+export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, readOnly: boolean): TreeResult {
+  let tree: number;
+  try {
+    tree = openTreeClone(src);
+  } catch (err) {
+    if (err instanceof SysError) throw new UsernsError(err.code === 'ENOENT' || err.code === 'ENOTDIR' ? 'E_NOT_FOUND' : 'E_KERNEL', `Failed to copy the tree at ${src}: ${err.message}`);
+    throw err;
+  }
+  try {
+    const got = fdIdentity(tree);
+    if (got.dev !== expect.dev || got.ino !== expect.ino) {
+      throw new UsernsError('E_INVALID', `${src} changed while the view was being made (it is not the directory that was checked): try again`);
+    }
+    try {
+      setMountAttrs(tree, { usernsFd, readOnly });
+    } catch (err) {
+      if (err instanceof SysError && err.code === 'EINVAL') {
+        closeFd(tree);
+        return { unsupported: `the kernel cannot idmap the filesystem of ${src} (mount_setattr: EINVAL: NFS, FUSE and some others do not support idmapped mounts, nor does a mount that is idmapped already)` };
+      }
+      throw err instanceof SysError ? new UsernsError('E_KERNEL', `Failed to idmap the tree at ${src}: ${err.message}`) : err;
+    }
+    return { fd: tree };
+  } catch (err) {
+    closeFd(tree);
+    throw err;
+  }
+}
+
+function treeHere(req: TreeRequest): TreeResult {
+  return copyTree(req.src, req.expect, req.usernsFd, req.readOnly);
+}
+
+async function treeInWorker(req: TreeRequest): Promise<TreeResult> {
+  let mntNs: number;
+  try {
+    // A descriptor, not the path: nsenter then joins this namespace even if the pid is reused meanwhile.
+    mntNs = openSync(`/proc/${req.pid}/ns/mnt`, 'r');
+  } catch (err) {
+    throw new UsernsError('E_KERNEL', `Failed to open the caller's mount namespace: ${(err as NodeJS.ErrnoException).code}`);
+  }
+  const [mine, theirs] = socketPair();
+  try {
+    const args = ['--mount=/proc/self/fd/3', '--', process.execPath, WORKER, req.src, String(req.expect.dev), String(req.expect.ino), req.readOnly ? 'ro' : 'rw'];
+    const child = spawn('nsenter', args, { env: PATH_ENV, stdio: ['ignore', 'ignore', 'pipe', mntNs, req.usernsFd, theirs], timeout: SPAWN_TIMEOUT_MS });
+    closeDescriptor(theirs);
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => { stderr += d; });
+    const code = await new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', resolve);
+    }).finally(() => reap(child));
+    let reply: { data: Buffer; fds: number[] };
+    try {
+      reply = receiveWithFds(mine, false);
+    } catch {
+      throw new UsernsError('E_KERNEL', `Failed to copy the tree at ${req.src} in the caller's mount namespace: the worker ${code === null ? 'was killed' : `exited ${code}`}${stderr.trim() ? `: ${stderr.trim().split('\n').pop()}` : ''}`);
+    }
+    const answer = JSON.parse(reply.data.toString() || '{}') as { fd?: boolean; unsupported?: string; code?: string; message?: string };
+    if (answer.fd && reply.fds.length === 1) return { fd: reply.fds[0]! };
+    for (const f of reply.fds) closeFd(f);
+    if (answer.unsupported) return { unsupported: answer.unsupported };
+    throw new UsernsError((answer.code as 'E_KERNEL' | undefined) ?? 'E_KERNEL', answer.message ?? `Failed to copy the tree at ${req.src} in the caller's mount namespace`);
+  } finally {
+    closeDescriptor(mine);
+    closeFd(mntNs);
+  }
+}
+
+// ---- what is mounted: views are ordinary mounts, found again in mountinfo ----
+
+export type MountEntry = { readonly id: number; readonly root: string; readonly mountPoint: string; readonly options: string; readonly fsType: string; readonly source: string };
+
+const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+
+/** /proc/self/mountinfo (or the given text), by mount point; the last mount on a point is the one seen. */
+export function mountTable(text: string = readFileSync('/proc/self/mountinfo', 'utf8')): Map<string, MountEntry> {
+  const out = new Map<string, MountEntry>();
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    const dash = f.indexOf('-');
+    if (f.length < 10 || dash < 6) continue;
+    const entry = { id: Number(f[0]), root: unescape(f[3]!), mountPoint: unescape(f[4]!), options: f[5]!, fsType: f[dash + 1]!, source: unescape(f[dash + 2]!) };
+    out.set(entry.mountPoint, entry);
+  }
+  return out;
+}
+
+/** Is this mount idmapped (mountinfo lists "idmapped" among its per-mount options)? */
+export function isIdmapped(m: MountEntry): boolean {
+  return m.options.split(',').includes('idmapped');
+}

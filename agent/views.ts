@@ -1,0 +1,146 @@
+// Views (SPEC §7): which context a tree belongs to, which view of it a caller gets, and how it is
+// made — an idmapped tree handed over as a descriptor, or bindfs options where the kernel cannot.
+import { constants, readFileSync, realpathSync, statSync } from 'node:fs';
+import { join, sep } from 'node:path';
+import type { Context } from '../config/types.ts';
+import { isRoot, mayEnter } from './auth.ts';
+import type { Peer } from './auth.ts';
+import { ensureStateDir, writeFileAtomic } from './coord/state.ts';
+import { UsernsError } from './errors.ts';
+import { bindfsOptions, viewPlan } from './idmap.ts';
+import type { ViewMode } from './idmap.ts';
+import { ViewNamespaces, makeTree } from './kernel/views.ts';
+import { findLabel } from './labels.ts';
+import type { Registry } from './registry.ts';
+import type { ViewParams, ViewRecord, ViewResult } from './wire/protocol.ts';
+import type { Connection } from './wire/server.ts';
+
+export const VIEWS_FILE = 'views.json';
+/** Views remembered for `usernsctl view --list`; a view made on a target already recorded replaces it. */
+export const MAX_VIEW_RECORDS = 1024;
+
+/** Trees no view may be made of: the kernel's own, and the agent's. */
+const KERNEL_TREES = ['/proc', '/sys', '/dev'];
+
+export type ViewSource = { readonly src: string; readonly dev: number; readonly ino: number; readonly label: string; readonly labelledPath: string | null };
+
+const under = (path: string, dir: string) => path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
+
+export class Views {
+  readonly namespaces = new ViewNamespaces();
+  private readonly stateDir: string;
+  private records: ViewRecord[] | null = null;
+
+  constructor(stateDir: string) {
+    this.stateDir = stateDir;
+  }
+
+  /**
+   * The tree and the context it belongs to: the one named (root only; an owner's tree must carry
+   * the label), else the nearest label. The tree must be a directory outside /proc, /sys, /dev and
+   * the agent's own directories.
+   */
+  source(registry: Registry, peer: Peer, params: ViewParams): ViewSource {
+    let src: string;
+    try {
+      src = realpathSync(params.path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (!isRoot(peer)) throw new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${params.path} (or it does not exist)`);
+      throw new UsernsError('E_NOT_FOUND', `${params.path}: ${code}`);
+    }
+    const agent = registry.agent;
+    const forbidden = [...KERNEL_TREES, agent.pins, agent.state];
+    const hit = forbidden.find((d) => under(src, d));
+    if (hit) throw new UsernsError('E_INVALID', `no view is made of ${src}: it is inside ${hit}, ${KERNEL_TREES.includes(hit) ? 'a kernel filesystem' : "the agent's own directory"}`);
+    const st = statSync(src);
+    if (!st.isDirectory()) throw new UsernsError('E_INVALID', `${src} is not a directory: a view shows a tree`);
+    if (params.context !== undefined && isRoot(peer)) return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
+    const found = findLabel(src, agent.labelXattr, peer);
+    if (params.context !== undefined && params.context !== found.label) {
+      throw new UsernsError('E_PERMISSION', `${src} belongs to context "${found.label}" (label on ${found.at}), not "${params.context}": only root may view a tree as another context's`);
+    }
+    return { src, dev: st.dev, ino: st.ino, label: found.label, labelledPath: found.at };
+  }
+
+  /**
+   * Make the view: the plan from the pure core, then the kernel's idmapped tree (a descriptor
+   * attached to the reply), or bindfs options where the filesystem cannot be idmapped or the plan is
+   * all squash. An owner (purpose "enter") gets the identity view only, and only an idmapped one.
+   */
+  async make(registry: Registry, peer: Peer, conn: Connection, params: ViewParams, source: ViewSource, ctx: Context): Promise<ViewResult> {
+    const purpose = params.purpose ?? 'mount';
+    if (purpose === 'mount' && !isRoot(peer)) {
+      throw new UsernsError('E_PERMISSION', `views are mounted by root (usernsctl view, mount -t usernsd); a context's owner enters it with a view: usernsctl enter ${ctx.label} --view SRC:DST`);
+    }
+    if (purpose === 'enter' && params.mode === 'foreign') throw new UsernsError('E_INVALID', 'entering a context shows its tree as it is inside (identity): mode foreign is for mounts');
+    const mode: ViewMode = purpose === 'enter' ? 'identity' : params.mode ?? 'foreign';
+    let pin: string | null = null;
+    if (purpose === 'enter') {
+      const top = registry.topLevel(ctx);
+      if (!mayEnter(peer, top)) {
+        throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not enter context "${ctx.label}": the kernel lets root and the owner of "${top.label}" (uid ${top.owner.uid}) join it`);
+      }
+      pin = (await registry.resolve(ctx.label, peer)).pin.path;
+    }
+    const host = registry.view(ctx.label);
+    const plan = viewPlan({ uid: host.uid!.byInside, gid: host.gid!.byInside }, ctx.squash, mode);
+    const readOnly = params.readOnly ?? false;
+    let mechanism: 'idmapped' | 'bindfs' = 'bindfs';
+    let why: string | null = ctx.squash.mode === 'all' && mode === 'foreign' ? 'all squash shows every file as one owner, which no idmapping can' : null;
+    if (plan.kind === 'idmap') {
+      const usernsFd = await this.namespaces.usernsFor(plan.maps);
+      const tree = await makeTree({ src: source.src, expect: source, usernsFd, readOnly, pid: peer.pid });
+      if ('fd' in tree) {
+        conn.attach!(tree.fd);
+        mechanism = 'idmapped';
+      } else {
+        why = tree.unsupported;
+      }
+    }
+    let bindfs: string[] | null = null;
+    if (mechanism === 'bindfs') {
+      if (purpose === 'enter') throw new UsernsError('E_UNSUPPORTED', `${why}: entering with a view needs an idmapped mount`);
+      bindfs = bindfsOptions(plan);
+      if (bindfs === null) {
+        throw new UsernsError('E_UNSUPPORTED', `${why}, and bindfs cannot show this view either: it shifts ids by one offset (--uid-offset), and ${mode === 'foreign' && ctx.squash.mode === 'root' ? 'root squash leaves on-disk 0 out of the map' : `the map of "${ctx.label}" is not one extent from 0`}`);
+      }
+    }
+    if (purpose === 'mount' && params.target !== undefined) {
+      this.remember({ src: source.src, target: params.target, context: ctx.label, mode, mechanism, readOnly: readOnly || bindfs !== null, made: new Date().toISOString() });
+    }
+    return {
+      context: ctx.label, mode, mechanism, src: source.src, labelledPath: source.labelledPath, squash: ctx.squash.mode,
+      uidMap: plan.kind === 'idmap' ? plan.maps.uid : [], gidMap: plan.kind === 'idmap' ? plan.maps.gid : [],
+      bindfs, pin, setgroups: pin === null ? null : ctx.setgroups,
+    };
+  }
+
+  /** The views made through the agent, newest last; whether each is still mounted is for the caller's mount namespace to say. */
+  list(): readonly ViewRecord[] {
+    if (this.records === null) {
+      try {
+        const parsed = JSON.parse(readFileSync(join(this.stateDir, VIEWS_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW })) as { views?: unknown };
+        this.records = Array.isArray(parsed.views) ? (parsed.views as ViewRecord[]).filter((r) => typeof r?.target === 'string') : [];
+      } catch {
+        this.records = [];
+      }
+    }
+    return this.records;
+  }
+
+  private remember(record: ViewRecord): void {
+    const next = [...this.list().filter((r) => r.target !== record.target), record].slice(-MAX_VIEW_RECORDS);
+    this.records = next;
+    try {
+      ensureStateDir(this.stateDir);
+      writeFileAtomic(this.stateDir, VIEWS_FILE, JSON.stringify({ version: 1, views: next }) + '\n', false);
+    } catch {
+      // The view is made either way; only a restarted agent's list would miss it.
+    }
+  }
+
+  close(): void {
+    this.namespaces.close();
+  }
+}
