@@ -1,0 +1,285 @@
+// Views on real filesystems (the root filesystem, tmpfs, FUSE): ids through every mode, writes
+// landing with the right on-disk ids, squash, the fstab route, the owner's view without root.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type * as P from '../../agent/wire/protocol.ts';
+import { USERNSCTL, cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
+import type { RunningAgent } from '../helpers/agent.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot, makeUser, mountsUnder } from '../helpers/kernel.ts';
+
+/** The context's host range: on-disk u is host B + u. */
+const B = 6_100_000;
+const OVERFLOW = 65534;
+const hasBindfs = spawnSync('bindfs', ['--version']).status === 0;
+
+/** A backup of another machine: its root's files, its user 1000's, an id it never mapped, a public dir. */
+function populate(dir: string): void {
+  mkdirSync(dir, { recursive: true });
+  chmodSync(dir, 0o755);
+  for (const [name, id, mode] of [['root', 0, 0o644], ['hpa', 1000, 0o644], ['alien', 70000, 0o666]] as const) {
+    writeFileSync(join(dir, name), name);
+    chownSync(join(dir, name), id, id);
+    chmodSync(join(dir, name), mode);
+  }
+  mkdirSync(join(dir, 'pub'));
+  chownSync(join(dir, 'pub'), 1000, 1000);
+  chmodSync(join(dir, 'pub'), 0o1777);
+}
+
+const ids = (path: string) => { const st = statSync(path); return `${st.uid}:${st.gid}`; };
+const as = (uid: number, cmd: string[]) => spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', ...cmd], { encoding: 'utf8' });
+const umount = (dst: string) => spawnSync('umount', [dst], { encoding: 'utf8' });
+
+describe('e2e: views of a context\'s tree (root)', function () {
+  this.timeout(120_000);
+  let tree: Tree;
+  let agent: RunningAgent;
+  let owner: ReturnType<typeof makeUser>;
+  let stranger: ReturnType<typeof makeUser>;
+  let restoreModes: () => void = () => {};
+  const src: Record<string, string> = {};
+  const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
+  let n = 0;
+  const dst = () => { const d = join(tree.dir, `dst${++n}`); mkdirSync(d); chmodSync(d, 0o755); return d; };
+
+  before(async function () {
+    if (!isRoot) this.skip();
+    restoreModes = makeCheckoutReachable();
+    owner = makeUser();
+    stranger = makeUser();
+    tree = makeTree();
+    tree.context('hpa-backups.conf', `[context]\nowner = ${owner.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n[squash]\nmode = root\n`);
+    tree.context('tape-all.conf', `[context]\nuid_map = 0 ${B + 65536} 65536\ngid_map = 0 ${B + 65536} 65536\n[squash]\nmode = all\nanonuid = 65533\nanongid = 65533\n`);
+    tree.context('plain.conf', `[context]\nuid_map = 0 ${B + 131072} 65536\ngid_map = 0 ${B + 131072} 65536\n[squash]\nmode = none\n`);
+    src.rootfs = join(tree.dir, 'rootfs');
+    populate(src.rootfs);
+    src.tmpfs = join(tree.dir, 'tmpfs');
+    mkdirSync(src.tmpfs);
+    assert.equal(spawnSync('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'usernsd-test', src.tmpfs]).status, 0);
+    populate(src.tmpfs);
+    if (hasBindfs) {
+      // FUSE: the kernel cannot idmap it. A plain bindfs mirror shows the backup's raw ids.
+      const under = join(tree.dir, 'fuse-under');
+      populate(under);
+      src.fuse = join(tree.dir, 'fuse');
+      mkdirSync(src.fuse);
+      assert.equal(spawnSync('bindfs', [under, src.fuse]).status, 0);
+    }
+    agent = await startAgent(tree);
+    for (const dir of [src.rootfs, src.tmpfs]) assert.equal((await ctl(['label', 'set', dir!, 'hpa-backups', '--config', tree.config])).code, 0);
+  });
+
+  after(async () => {
+    await cleanup(tree); // unmounts every view, the tmpfs and the FUSE source (bindfs then exits)
+    owner?.remove();
+    stranger?.remove();
+    restoreModes();
+  });
+
+  /** What each on-disk owner shows as, through a view of that mode. */
+  const expected = (mode: 'identity' | 'foreign', mechanism: string) => ({
+    root: mode === 'identity' ? `${B}:${B}` : `${OVERFLOW}:${OVERFLOW}`,
+    hpa: `${B + 1000}:${B + 1000}`,
+    // bindfs shifts every id by one offset: an id past the range shows shifted too (its views are read-only).
+    alien: mechanism === 'bindfs' ? `${B + 70000}:${B + 70000}` : `${OVERFLOW}:${OVERFLOW}`,
+  });
+
+  for (const kind of ['rootfs', 'tmpfs', 'fuse'] as const) {
+    for (const mode of ['identity', 'foreign'] as const) {
+      it(`${kind}, ${mode}: every file shows with the ids userns.d(5) gives that mode`, async function () {
+        if (!src[kind]) this.skip(); // FUSE needs bindfs (apt-get install bindfs; .ci/run installs it)
+        const d = dst();
+        const r = await ctl(['--json', 'view', `--${mode}`, '--context', 'hpa-backups', src[kind]!, d]);
+        if (kind === 'fuse' && mode === 'foreign') {
+          // Root squash cuts on-disk 0 out of the map: bindfs's one offset cannot say that.
+          assert.equal(r.code, 1, r.out);
+          assert.match(r.err, /E_UNSUPPORTED: the kernel cannot idmap the filesystem of .*bindfs cannot show this view either.*root squash/);
+          assert.deepEqual(mountsUnder(d), [], 'nothing mounted');
+          return;
+        }
+        assert.equal(r.code, 0, r.err);
+        const v = JSON.parse(r.out) as P.ViewResult;
+        assert.equal(v.mechanism, kind === 'fuse' ? 'bindfs' : 'idmapped');
+        for (const [name, want] of Object.entries(expected(mode, v.mechanism))) assert.equal(ids(join(d, name)), want, `${name} through ${mode} on ${kind}`);
+        assert.equal(umount(d).status, 0);
+        assert.deepEqual(mountsUnder(d), []);
+      });
+    }
+  }
+
+  for (const kind of ['rootfs', 'tmpfs'] as const) {
+    for (const mode of ['identity', 'foreign'] as const) {
+      it(`${kind}, ${mode}: a file created through the view is on disk the creator's host id less the range's start, or is refused; never an id the creator could not reach`, async () => {
+        const d = dst();
+        assert.equal((await ctl(['view', `--${mode}`, src[kind]!, d])).code, 0);
+        for (const uid of [0, B, B + 1000, B + 65535, 1000, 65534, B + 65536]) {
+          const file = `by-${uid}-${mode}`;
+          const r = as(uid, ['touch', join(d, 'pub', file)]);
+          const onDisk = uid - B;
+          const mapped = onDisk >= (mode === 'foreign' ? 1 : 0) && onDisk < 65536;
+          if (mapped) {
+            assert.equal(r.status, 0, `uid ${uid}: ${r.stderr}`);
+            assert.equal(ids(join(src[kind]!, 'pub', file)), `${onDisk}:${onDisk}`, `uid ${uid} created on-disk ${onDisk}`);
+          } else {
+            assert.notEqual(r.status, 0, `uid ${uid} must not create a file through the view (on-disk ${onDisk} is not in the view)`);
+            assert.match(r.stderr, /Value too large|Permission denied/);
+            assert.ok(!existsSync(join(src[kind]!, 'pub', file)));
+          }
+        }
+        // Root cannot hand a file to on-disk 0 through a foreign view; a non-root owner cannot chown at all.
+        const target = join(d, 'pub', `by-${B + 1000}-${mode}`);
+        const chownRoot = spawnSync('chown', [`${B}:${B}`, target], { encoding: 'utf8' });
+        if (mode === 'foreign') assert.match(chownRoot.stderr, /Value too large/, 'host root cannot chown to on-disk 0 through a foreign view');
+        else assert.equal(chownRoot.status, 0);
+        assert.notEqual(as(B + 1000, ['chown', `${B + 1001}`, join(d, 'pub', `by-${B + 1000}-${mode}`)]).status, 0);
+        if (mode === 'foreign') {
+          const zero = readdirSync(join(src[kind]!, 'pub')).filter((f) => f.endsWith('-foreign') && statSync(join(src[kind]!, 'pub', f)).uid === 0);
+          assert.deepEqual(zero, [], 'no on-disk 0 file came through the foreign view');
+        }
+        assert.equal(umount(d).status, 0);
+      });
+    }
+  }
+
+  it('all squash: bindfs shows every file as anonuid:anongid, read-only', async function () {
+    if (!hasBindfs) this.skip();
+    const d = dst();
+    const r = await ctl(['--json', 'view', '--context', 'tape-all', src.rootfs!, d]);
+    assert.equal(r.code, 0, r.err);
+    const v = JSON.parse(r.out) as P.ViewResult;
+    assert.equal(v.mechanism, 'bindfs');
+    assert.deepEqual(v.bindfs, ['-o', 'ro', '--force-user=65533', '--force-group=65533']);
+    for (const name of ['root', 'hpa', 'alien', 'pub']) assert.equal(ids(join(d, name)), '65533:65533');
+    assert.match(as(B + 1000, ['touch', join(d, 'pub', 'x')]).stderr, /Read-only file system/);
+    assert.match(as(65533, ['sh', '-c', `echo x >> ${join(d, 'hpa')}`]).stderr, /Read-only file system/, 'not even anonuid, who owns every file in the view, writes');
+    // The identity view of the same context is an idmapped mount as usual.
+    const d2 = dst();
+    assert.match((await ctl(['view', '--identity', '--context', 'tape-all', src.rootfs!, d2])).out, /identity \(squash all\), idmapped/);
+    assert.equal(ids(join(d2, 'hpa')), `${B + 65536 + 1000}:${B + 65536 + 1000}`);
+    for (const x of [d, d2]) assert.equal(umount(x).status, 0);
+  });
+
+  it('a FUSE tree of a context without squash gets a foreign view through bindfs', async function () {
+    if (!hasBindfs) this.skip();
+    const d = dst();
+    const r = await ctl(['view', '--context', 'plain', src.fuse!, d]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /foreign \(squash none\), bindfs \(bindfs -o ro --uid-offset=6231072 --gid-offset=6231072\)/);
+    assert.equal(ids(join(d, 'root')), `${B + 131072}:${B + 131072}`);
+    assert.equal(umount(d).status, 0);
+  });
+
+  it('seed 002: the owner, without root, enters with a view and works on the backup as its true owners; host root\'s files stay out of reach', async () => {
+    const d = dst();
+    chmodSync(d, 0o777);
+    const hostFile = join(tree.dir, 'host-root-file');
+    writeFileSync(hostFile, 'host', { mode: 0o644 });
+    chmodSync(tree.dir, 0o755);
+    const script = `id -u; stat -c '%n %u:%g' ${d}/root ${d}/hpa ${d}/alien; touch ${d}/new-by-owner; echo x > ${d}/hpa && echo wrote-hpa; chown 1000:1000 ${d}/new-by-owner && echo chowned; (echo x >> ${hostFile}) 2>/dev/null || echo host-file-refused; (chown 70000 ${d}/new-by-owner) 2>/dev/null || echo alien-refused`;
+    const r = await ctl(['enter', 'hpa-backups', '--view', `${src.rootfs}:${d}`, '--', 'sh', '-c', script], { user: owner });
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(r.out.trim().split('\n'), ['0', `${d}/root 0:0`, `${d}/hpa 1000:1000`, `${d}/alien ${OVERFLOW}:${OVERFLOW}`, 'wrote-hpa', 'chowned', 'host-file-refused', 'alien-refused']);
+    assert.equal(ids(join(src.rootfs!, 'new-by-owner')), '1000:1000', 'on disk: the raw id the owner gave it');
+    assert.equal(readFileSync(join(src.rootfs!, 'hpa'), 'utf8'), 'x\n');
+    assert.equal(readFileSync(hostFile, 'utf8'), 'host');
+    assert.deepEqual(mountsUnder(d), [], 'the owner\'s view lives in its own mount namespace only');
+    // Root sees the same tree squashed, through a foreign view.
+    const f = dst();
+    assert.equal((await ctl(['view', src.rootfs!, f])).code, 0);
+    assert.equal(ids(join(f, 'root')), `${OVERFLOW}:${OVERFLOW}`);
+    assert.equal(ids(join(f, 'new-by-owner')), `${B + 1000}:${B + 1000}`);
+    assert.equal(umount(f).status, 0);
+  });
+
+  it('the fstab route: mount -T FSTAB DST runs mount.usernsd, in a mount namespace of its own; umount removes the view', async () => {
+    // mount(8) finds helpers in /sbin: in a private mount namespace, an overlay adds ours there.
+    const helpers = join(tree.dir, 'helpers');
+    mkdirSync(helpers);
+    writeFileSync(join(helpers, 'mount.usernsd'), `#!/bin/sh\nexec ${process.execPath} ${USERNSCTL} mount-helper "$@"\n`, { mode: 0o755 });
+    const d = dst();
+    const fstab = join(tree.dir, 'fstab');
+    writeFileSync(fstab, `# seed 002: root sees the backup squashed\n${src.rootfs} ${d} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail,x-systemd.requires=usernsd.service 0 0\n`);
+    const script = `set -e; mount -t overlay overlay -o lowerdir=${helpers}:/usr/sbin /usr/sbin; mount -T ${fstab} ${d}; stat -c '%u:%g' ${d}/root ${d}/hpa; grep -c " ${d} .*idmapped" /proc/self/mountinfo; umount ${d}; grep -c " ${d} " /proc/self/mountinfo || true`;
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(r.stdout.trim().split('\n'), [`${OVERFLOW}:${OVERFLOW}`, `${B + 1000}:${B + 1000}`, '1', '0']);
+    assert.deepEqual(mountsUnder(d), [], 'made in the caller\'s mount namespace, not the agent\'s');
+    // The helper speaks mount(8)'s language: a bad option is exit 1, a refusal 32.
+    const helper = (args: string[]) => spawnSync(process.execPath, [USERNSCTL, 'mount-helper', ...args], { encoding: 'utf8' });
+    assert.equal(helper([src.rootfs!, d, '-o', 'contxt=hpa-backups']).status, 1);
+    const refused = helper(['/proc', d, '-o', `context=hpa-backups,socket=${agent.socket}`]);
+    assert.equal(refused.status, 32);
+    assert.match(refused.stderr, /^mount.usernsd: E_INVALID: no view is made of \/proc/);
+  });
+
+  it('view --list shows the views mounted here, and a restarted agent finds them again', async () => {
+    const d1 = dst();
+    const d2 = dst();
+    assert.equal((await ctl(['view', src.rootfs!, d1])).code, 0);
+    assert.equal((await ctl(['view', '--identity', '--read-only', src.tmpfs!, d2])).code, 0);
+    const list = async () => (JSON.parse((await ctl(['--json', 'view', '--list'])).out) as P.ViewsResult).views
+      .filter((v) => v.target === d1 || v.target === d2).map((v) => [v.src, v.target, v.context, v.mode, v.mechanism, v.readOnly]);
+    assert.deepEqual(await list(), [[src.rootfs, d1, 'hpa-backups', 'foreign', 'idmapped', false], [src.tmpfs, d2, 'hpa-backups', 'identity', 'idmapped', true]]);
+    assert.match(as(B + 1000, ['touch', join(d2, 'pub', 'x')]).stderr, /Read-only file system/);
+    await agent.stop();
+    agent = await startAgent(tree);
+    const human = (await ctl(['view', '--list'])).out;
+    assert.match(human, new RegExp(`${src.tmpfs}\\s+${d2}\\s+hpa-backups\\s+identity\\s+idmapped\\s+ro`));
+    assert.equal(umount(d1).status, 0);
+    assert.deepEqual((await list()).map((v) => v[1]), [d2], 'an unmounted view is not listed');
+    assert.equal(umount(d2).status, 0);
+  });
+
+  it('refuses with errors that say why: kernel trees, pins, a busy DST, no label, the wrong caller, bindfs missing', async function () {
+    const d = dst();
+    const refusals: [string[], RegExp, Parameters<typeof usernsctl>[1]?][] = [
+      [['view', '--context', 'hpa-backups', '/proc/self', d], /E_INVALID: no view is made of \/proc\/\d+: it is inside \/proc, a kernel filesystem/],
+      [['view', '--context', 'hpa-backups', '/sys/kernel', d], /E_INVALID: no view is made of \/sys\/kernel/],
+      [['view', '--context', 'hpa-backups', tree.pins, d], /E_INVALID: no view is made of .*the agent's own directory/],
+      [['view', src.rootfs!, tree.dir], /E_INVALID: .* is not empty: a view is mounted on an empty directory/],
+      [['view', join(tree.dir, 'helpers-none'), d], /E_NOT_FOUND/],
+      [['view', tree.contexts, d], /E_NOT_FOUND: no trusted.userns label on/],
+      [['view', src.rootfs!, d], /E_PERMISSION: views are mounted by root/, { user: owner }],
+      [['enter', 'hpa-backups', '--view', `${src.rootfs}:${d}`, '--', 'true'], /E_PERMISSION: uid \d+ may not use context "hpa-backups"/, { user: stranger }],
+      [['enter', 'plain', '--view', `${src.rootfs}:${d}`, '--', 'true'], /E_PERMISSION: .* belongs to context "hpa-backups" .*, not "plain"/, { user: owner }],
+    ];
+    for (const [args, re, opts] of refusals) {
+      const r = await ctl(args, opts);
+      assert.equal(r.code, 1, `${args.join(' ')}: ${r.out}${r.err}`);
+      assert.match(r.err, re, `${args.join(' ')}: ${r.err}`);
+    }
+    assert.deepEqual(mountsUnder(d), []);
+    if (!hasBindfs) return;
+    const noBindfs = await ctl(['view', '--context', 'tape-all', src.rootfs!, d], { env: { PATH: '/nonexistent' } });
+    assert.match(noBindfs.err, /E_UNSUPPORTED: bindfs is not installed: install it \(Debian: apt-get install bindfs\)/);
+  });
+
+  it('an agent in a mount namespace of its own, read-only where the tree is, makes writable views where the caller is', async () => {
+    const tree2 = makeTree();
+    try {
+      tree2.context('hpa-backups.conf', `[context]\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n`);
+      // As systemd's ProtectSystem= does: the agent's copy of the tree is read-only.
+      const wrap = ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', src.rootfs!];
+      const agent2 = await startAgent(tree2, ['--log-level', 'debug'], { wrap });
+      const d = dst();
+      const r = await usernsctl(['--socket', agent2.socket, 'view', '--identity', '--context', 'hpa-backups', src.rootfs!, d]);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(as(B + 1000, ['touch', join(d, 'pub', 'through-worker')]).status, 0, 'the view is writable: made in the caller\'s namespace');
+      assert.equal(ids(join(src.rootfs!, 'pub', 'through-worker')), '1000:1000');
+      assert.equal(umount(d).status, 0);
+      assert.equal(await agent2.stop(), 0);
+    } finally {
+      await cleanup(tree2);
+    }
+  });
+
+  it('leaves nothing behind: no view mounted, no bindfs of ours running but the FUSE source', () => {
+    const ours = spawnSync('pgrep', ['-a', 'bindfs'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(tree.dir));
+    assert.ok(ours.length <= 1, ours.join('\n'));
+    assert.deepEqual(mountsUnder(tree.dir).filter((m) => /dst\d+$/.test(m)), []);
+  });
+});
