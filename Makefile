@@ -3,7 +3,8 @@
 #   make install         PREFIX=/usr/local SYSCONFDIR=/etc DESTDIR= USERNSD_NODE=<the project's Node 24>
 #   make uninstall       the same variables: removes exactly what install placed
 # Installed: PREFIX/lib/usernsd (the agent, its production dependencies and its Node),
-# PREFIX/sbin/usernsd, PREFIX/bin/usernsctl, PREFIX/share/man, PREFIX/lib/systemd/system,
+# PREFIX/sbin/usernsd, PREFIX/bin/usernsctl, /sbin/mount.usernsd (MOUNTHELPERDIR: /sbin for a
+# PREFIX under /usr, where mount(8) looks, else PREFIX/sbin), PREFIX/share/man, PREFIX/lib/systemd/system,
 # PREFIX/lib/tmpfiles.d, SYSCONFDIR/init.d, SYSCONFDIR/request-key.d, and SYSCONFDIR/usernsd.conf
 # and userns.d/*.conf.example unless they exist (an admin's configuration is never overwritten).
 

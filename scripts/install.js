@@ -18,6 +18,9 @@ const dirs = {
   MANDIR: env.MANDIR || `${PREFIX}/share/man`,
   UNITDIR: env.UNITDIR || `${PREFIX}/lib/systemd/system`,
   TMPFILESDIR: env.TMPFILESDIR || `${PREFIX}/lib/tmpfiles.d`,
+  // mount(8) looks for helpers in /sbin (and /sbin/fs.d, /sbin/fs) only: a system install puts it
+  // there; an install under some other prefix (a test, a staging tree) keeps it in PREFIX/sbin.
+  MOUNTHELPERDIR: env.MOUNTHELPERDIR || (PREFIX === '/usr' || PREFIX.startsWith('/usr/') ? '/sbin' : `${PREFIX}/sbin`),
   SYSCONFDIR,
 };
 const NODE = env.USERNSD_NODE || join(SRC, 'node_modules', 'node', 'bin', 'node');
@@ -96,6 +99,7 @@ function install() {
   const wrapper = (js) => `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nUSERNSD_CONFIG=\${USERNSD_CONFIG:-${SYSCONFDIR}/usernsd.conf}\nexport USERNSD_CONFIG\nexec ${lib}/node ${lib}/bin/${js} "$@"\n`;
   put(join(dirs.SBINDIR, 'usernsd'), wrapper('usernsd.js'), 0o755);
   put(join(dirs.BINDIR, 'usernsctl'), wrapper('usernsctl.js'), 0o755);
+  put(join(dirs.MOUNTHELPERDIR, 'mount.usernsd'), `#!/bin/sh\n# Installed by usernsd's make install: mount(8) runs it for "-t usernsd" and fstab lines (mount.usernsd(8)).\nexec ${lib}/node ${lib}/bin/usernsctl.js mount-helper "$@"\n`, 0o755);
   for (const page of readdirSync(join(SRC, 'man'))) {
     put(join(dirs.MANDIR, `man${page.split('.').pop()}`, page), readFileSync(join(SRC, 'man', page)));
   }

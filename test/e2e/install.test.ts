@@ -70,7 +70,7 @@ describe('e2e: install, init scripts and units (root)', function () {
     }
     assert.equal(existsSync(join(destdir, 'etc', 'userns.d', `zz-untracked-${process.pid}.conf.example`)), false, 'an untracked context file is not installed as an example');
     assert.match(out, /kept existing .*\/etc\/usernsd\.conf/);
-    for (const f of ['usr/sbin/usernsd', 'usr/bin/usernsctl', 'usr/lib/usernsd/node', 'usr/lib/usernsd/dist/agent/main.js',
+    for (const f of ['usr/sbin/usernsd', 'usr/bin/usernsctl', 'sbin/mount.usernsd', 'usr/share/man/man8/mount.usernsd.8', 'usr/lib/usernsd/node', 'usr/lib/usernsd/dist/agent/main.js',
       'usr/lib/usernsd/node_modules/node-ipc/package.json', 'usr/lib/usernsd/node_modules/koffi/package.json',
       'usr/share/man/man8/usernsd.8', 'usr/share/man/man1/usernsctl.1', 'usr/share/man/man5/usernsd.conf.5', 'usr/share/man/man5/userns.d.5',
       'usr/share/man/man7/usernsd-protocol.7', 'usr/lib/systemd/system/usernsd.service', 'usr/lib/tmpfiles.d/usernsd.conf',

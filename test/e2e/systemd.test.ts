@@ -71,6 +71,27 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.notEqual(c!.sh(`readlink /proc/${pid}/ns/net`), c!.sh('readlink /proc/1/ns/net'), 'PrivateNetwork= is not in force');
   });
 
+  it('mounts a view from /etc/fstab as a .mount unit: mount.usernsd asks the sandboxed agent, which copies the tree where the caller is', () => {
+    // The backup of seed 002 on a tmpfs (the container's root is an overlay, which cannot be idmapped): raw ids 0 and 1000.
+    c!.sh('mkdir -p /srv/backup /mnt/view && mount -t tmpfs backup /srv/backup && touch /srv/backup/r /srv/backup/h && chown 0:0 /srv/backup/r && chown 1000:1000 /srv/backup/h /srv/backup && usernsctl label set /srv/backup backups');
+    c!.sh('echo "/srv/backup /mnt/view usernsd context=backups,mode=foreign,nofail,x-systemd.requires=usernsd.service 0 0" >> /etc/fstab && systemctl daemon-reload');
+    const unit = c!.sh('systemd-escape -p --suffix=mount /mnt/view').trim();
+    const start = c!.try(`systemctl start ${unit}`);
+    assert.equal(start.status, 0, `${start.out}\n${c!.try(`journalctl -u ${unit} -u usernsd -o cat --no-pager | tail -20`).out}`);
+    // backups.conf: 0-65535 on 2000000, root squashed.
+    assert.equal(c!.sh('stat -c %u:%g /mnt/view/r /mnt/view/h'), '65534:65534\n2001000:2001000\n');
+    assert.match(c!.sh('findmnt -no OPTIONS /mnt/view'), /\bidmapped\b/);
+    assert.match(c!.sh('findmnt -no OPTIONS /mnt/view'), /^rw\b/, "not the read-only copy the agent's own namespace holds");
+    const touch = c!.try('setpriv --reuid=2001000 --regid=2001000 --clear-groups touch /mnt/view/written');
+    assert.equal(touch.status, 0, `${touch.out}\n${c!.try('ls -lnd /mnt/view /srv/backup; findmnt -R /mnt/view; findmnt -R /srv/backup').out}`);
+    assert.equal(c!.sh('stat -c %u:%g /srv/backup/written'), '1000:1000\n');
+    assert.match(c!.sh('usernsctl view --list'), /\/srv\/backup\s+\/mnt\/view\s+backups\s+foreign\s+idmapped\s+rw/);
+    c!.sh(`systemctl stop ${unit}`);
+    assert.equal(c!.try('findmnt /mnt/view').status, 1, 'stopping the unit unmounts the view');
+    // nofail keeps the mount out of local-fs.target's ordering: the agent starts after local-fs.target.
+    assert.doesNotMatch(c!.sh('journalctl -b -o cat --no-pager'), /ordering cycle/i);
+  });
+
   it('reloads with systemctl reload in the same process', async () => {
     const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
     c!.sh('systemctl reload usernsd');

@@ -136,6 +136,9 @@ describe('e2e: views of a context\'s tree (root)', function () {
         if (mode === 'foreign') assert.match(chownRoot.stderr, /Value too large/, 'host root cannot chown to on-disk 0 through a foreign view');
         else assert.equal(chownRoot.status, 0);
         assert.notEqual(as(B + 1000, ['chown', `${B + 1001}`, join(d, 'pub', `by-${B + 1000}-${mode}`)]).status, 0);
+        // The kernel writes no inode whose owner the view does not map: not even a world-writable one.
+        assert.match(as(B + 1000, ['sh', '-c', `echo x >> ${join(d, 'alien')}`]).stderr, /Permission denied/);
+        assert.equal(readFileSync(join(src[kind]!, 'alien'), 'utf8'), 'alien');
         if (mode === 'foreign') {
           const zero = readdirSync(join(src[kind]!, 'pub')).filter((f) => f.endsWith('-foreign') && statSync(join(src[kind]!, 'pub', f)).uid === 0);
           assert.deepEqual(zero, [], 'no on-disk 0 file came through the foreign view');
