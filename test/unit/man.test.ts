@@ -68,10 +68,10 @@ describe('man pages', () => {
     assertTerms('usernsctl.1', 'COMMANDS', COMMAND_NAMES);
     assertTerms('usernsctl.1', 'OPTIONS', ['--socket', '-s', '--json', '--help', '-h', '--version', '-V']);
     assertTerms('usernsctl.1', 'EXIT STATUS', Object.values(EXIT).map(String));
-    // Every option any command parses (its parseArgs tables in cli.ts) is in the page.
-    const source = readFileSync(new URL('../../agent/cli.ts', import.meta.url), 'utf8');
+    // Every option any command parses (its parseArgs tables in cli.ts and cliviews.ts) is in the page.
+    const source = ['cli.ts', 'cliviews.ts'].map((f) => readFileSync(new URL(`../../agent/${f}`, import.meta.url), 'utf8')).join('\n');
     const flags = [...source.matchAll(/'?([a-z][a-z-]*)'?: \{ type: '(?:string|boolean)'/g)].map((m) => m[1]!);
-    assert.ok(flags.length >= 15, `found the option tables (${flags.join(' ')})`);
+    assert.ok(flags.length >= 18, `found the option tables (${flags.join(' ')})`);
     const text = page('usernsctl.1').replace(/\\-/g, '-');
     for (const f of new Set(flags)) assert.ok(text.includes(`--${f}`), `usernsctl(1) does not mention --${f}`);
   });
