@@ -13,7 +13,7 @@ import { TransportError, UsernsError } from './errors.ts';
 import * as P from './wire/protocol.ts';
 import type { Owner } from './wire/protocol.ts';
 import { VERSION } from './version.ts';
-import { enterWithViews, viewCmd } from './cliviews.ts';
+import { enterWithViews, mountedViews, viewCmd } from './cliviews.ts';
 import { COMMON, EXIT, oneLabel, parseCommand, printTable, stdio, UsageError, who } from './cliargs.ts';
 import type { Globals, Io } from './cliargs.ts';
 
@@ -195,6 +195,7 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`socket:      ${r.socket}`);
   io.out(`contexts:    ${r.contexts} (${r.pinned} pinned)`);
   io.out(`connections: ${r.connections}`);
+  if (r.views) io.out(`views:       ${(await mountedViews(g.socket)).length} mounted here of ${r.views.recorded} made (usernsctl view --list); ${r.views.namespaces} idmap namespace(s) held`);
   if (r.memoryMb) io.out(`memory:      ${r.memoryMb.rss} MiB resident, ${r.memoryMb.heapUsed} MiB heap in use`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);
   if (r.upcall) io.out(`upcall:      ${r.upcall.state}: ${r.upcall.message}`);

@@ -83,11 +83,15 @@ function liveMount(v: P.ViewRecord, mounts: Map<string, MountEntry>): MountEntry
   return v.mechanism === 'idmapped' ? (isIdmapped(m) ? m : null) : m.fsType.startsWith('fuse') ? m : null;
 }
 
-/** Views made through the agent that are mounted here (views are ordinary mounts: they outlive the agent). */
-export async function listViews(g: Globals, io: Io): Promise<number> {
-  const { views } = await callAgent(g.socket, P.views, {});
+/** Views made through the agent that are mounted in this mount namespace (views are ordinary mounts: they outlive the agent). */
+export async function mountedViews(socket: string): Promise<P.ViewRecord[]> {
+  const { views } = await callAgent(socket, P.views, {});
   const mounts = mountTable();
-  const live = views.filter((v) => liveMount(v, mounts) !== null);
+  return views.filter((v) => liveMount(v, mounts) !== null);
+}
+
+export async function listViews(g: Globals, io: Io): Promise<number> {
+  const live = await mountedViews(g.socket);
   if (g.json) {
     io.out(JSON.stringify({ views: live }));
     return EXIT.OK;

@@ -287,6 +287,7 @@ export class Manager implements Agent {
       contextStates,
       lastReload: this.lastReload,
       memoryMb: memoryMb(),
+      views: { recorded: this.views.list().length, namespaces: this.views.namespaces.size },
       upcall: this.upcall ?? undefined,
     };
   }

@@ -1,7 +1,7 @@
 // Views (SPEC §7): which context a tree belongs to, which view of it a caller gets, and how it is
 // made — an idmapped tree handed over as a descriptor, or bindfs options where the kernel cannot.
 import { constants, readFileSync, realpathSync, statSync } from 'node:fs';
-import { join, sep } from 'node:path';
+import { dirname, join, sep } from 'node:path';
 import type { Context } from '../config/types.ts';
 import { isRoot, mayEnter } from './auth.ts';
 import type { Peer } from './auth.ts';
@@ -10,7 +10,7 @@ import { UsernsError } from './errors.ts';
 import { bindfsOptions, viewPlan } from './idmap.ts';
 import type { ViewMode } from './idmap.ts';
 import { ViewNamespaces, makeTree } from './kernel/views.ts';
-import { findLabel } from './labels.ts';
+import { findLabel, peerCanReach } from './labels.ts';
 import type { Registry } from './registry.ts';
 import type { ViewParams, ViewRecord, ViewResult } from './wire/protocol.ts';
 import type { Connection } from './wire/server.ts';
@@ -49,6 +49,8 @@ export class Views {
       if (!isRoot(peer)) throw new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${params.path} (or it does not exist)`);
       throw new UsernsError('E_NOT_FOUND', `${params.path}: ${code}`);
     }
+    // A caller who is not root learns nothing about paths it could not reach itself.
+    if (!isRoot(peer) && !peerCanReach(peer, dirname(src))) throw new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${params.path} (or it does not exist)`);
     const agent = registry.agent;
     const forbidden = [...KERNEL_TREES, agent.pins, agent.state];
     const hit = forbidden.find((d) => under(src, d));

@@ -24,7 +24,6 @@ const SYS_OPEN_TREE = 428;
 const SYS_MOVE_MOUNT = 429;
 const SYS_MOUNT_SETATTR = 442;
 const OPEN_TREE_CLONE = 1;
-const AT_RECURSIVE = 0x8000;
 const AT_EMPTY_PATH = 0x1000;
 const MOUNT_ATTR_RDONLY = 0x1;
 const MOUNT_ATTR_IDMAP = 0x100000;
@@ -178,12 +177,11 @@ export function statAt(dirFd: number, name: string): { dev: number; ino: number 
 }
 
 /**
- * A detached copy of the mount tree at `path` (open_tree(2) OPEN_TREE_CLONE | AT_RECURSIVE): a
- * descriptor of a mount that belongs to no namespace until move_mount(2) attaches it. Submounts
- * come along (a tree with locked submounts cannot be copied without them).
+ * A detached copy of the mount at `path` (open_tree(2) OPEN_TREE_CLONE, as mount --bind: not its
+ * submounts): a descriptor of a mount that belongs to no namespace until move_mount(2) attaches it.
  */
 export function openTreeClone(path: string): number {
-  const fd = Number(syscallFn(SYS_OPEN_TREE, 'int', AT_FDCWD, 'const char *', path, 'unsigned int', OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC));
+  const fd = Number(syscallFn(SYS_OPEN_TREE, 'int', AT_FDCWD, 'const char *', path, 'unsigned int', OPEN_TREE_CLONE | O_CLOEXEC));
   if (fd < 0) throw new SysError('open_tree', koffi.errno(), `${path}, OPEN_TREE_CLONE`);
   return fd;
 }
@@ -202,7 +200,7 @@ export function setMountAttrs(treeFd: number, attrs: { readonly usernsFd?: numbe
   }
   if (attrs.readOnly) set |= BigInt(MOUNT_ATTR_RDONLY);
   attr.writeBigUInt64LE(set, 0);
-  if (Number(syscallFn(SYS_MOUNT_SETATTR, 'int', treeFd, 'const char *', '', 'unsigned int', AT_EMPTY_PATH | AT_RECURSIVE, 'void *', attr, 'size_t', attr.length)) !== 0) {
+  if (Number(syscallFn(SYS_MOUNT_SETATTR, 'int', treeFd, 'const char *', '', 'unsigned int', AT_EMPTY_PATH, 'void *', attr, 'size_t', attr.length)) !== 0) {
     throw new SysError('mount_setattr', koffi.errno(), `fd ${treeFd}${attrs.usernsFd !== undefined ? ', MOUNT_ATTR_IDMAP' : ''}${attrs.readOnly ? ', MOUNT_ATTR_RDONLY' : ''}`);
   }
 }

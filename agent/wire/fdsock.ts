@@ -13,8 +13,10 @@ import { encodeFrame, FrameReader, LIMITS, REPLY_TYPE, REQUEST_TYPE } from './pr
 import { fdOf, prepareSocketPath } from './server.ts';
 import type { Connection, RequestHandler } from './server.ts';
 
-/** Connections at once: each holds a request being worked on, none idles. */
+/** Connections at once: each holds a request being worked on, none idles. Root is never refused. */
 export const MAX_FD_CONNECTIONS = 64;
+/** Of them, what one uid other than root may hold. */
+export const MAX_FD_CONNECTIONS_PER_UID = 8;
 
 /** The descriptor socket beside the main one: /run/usernsd/usernsd.sock -> /run/usernsd/usernsd.fd.sock. */
 export function fdSocketPath(socket: string): string {
@@ -27,6 +29,7 @@ export class FdServer {
   private readonly opts: FdServerOptions;
   private server: Server | null = null;
   private readonly sockets = new Set<Socket>();
+  private readonly perUid = new Map<number, number>();
 
   constructor(opts: FdServerOptions) {
     this.opts = opts;
@@ -36,7 +39,6 @@ export class FdServer {
     const { path } = this.opts;
     await prepareSocketPath(path);
     const server = createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
-    server.maxConnections = MAX_FD_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => reject(new UsernsError('E_CONFIG', `Failed to listen on ${path}: ${err.code ?? err.message}`, err)));
       server.listen(path, () => resolve());
@@ -46,8 +48,6 @@ export class FdServer {
   }
 
   private accept(socket: Socket): void {
-    this.sockets.add(socket);
-    socket.once('close', () => this.sockets.delete(socket));
     socket.on('error', () => socket.destroy());
     let conn: Connection;
     const fds: number[] = [];
@@ -57,6 +57,19 @@ export class FdServer {
       socket.destroy();
       return;
     }
+    const uid = conn.peer.uid;
+    const held = this.perUid.get(uid) ?? 0;
+    if (uid !== 0 && (this.sockets.size >= MAX_FD_CONNECTIONS || held >= MAX_FD_CONNECTIONS_PER_UID)) {
+      socket.destroy(); // the client sees the connection closed: ECONNRESET, try again
+      return;
+    }
+    this.sockets.add(socket);
+    this.perUid.set(uid, held + 1);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      const n = (this.perUid.get(uid) ?? 1) - 1;
+      if (n > 0) this.perUid.set(uid, n); else this.perUid.delete(uid);
+    });
     const reader = new FrameReader();
     const timer = setTimeout(() => socket.destroy(), LIMITS.MESSAGE_TIMEOUT_MS);
     let taken = false;

@@ -143,6 +143,8 @@ export type StatusResult = {
   readonly latencyMs?: Record<string, { count: number; p50: number; p90: number; p99: number; max: number }>;
   readonly contextStates?: ContextState[];
   readonly lastReload?: string | null;
+  /** Views made through the agent (recorded for view --list) and the idmap user namespaces it holds open. */
+  readonly views?: { readonly recorded: number; readonly namespaces: number };
   /** Resident set and V8 heap in use, MiB. */
   readonly memoryMb?: { readonly rss: number; readonly heapUsed: number };
   /** Where request-key sends "user" keys "userns:LABEL", as checked at start and at the last reload. */

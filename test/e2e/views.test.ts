@@ -2,12 +2,12 @@
 // landing with the right on-disk ids, squash, the fstab route, the owner's view without root.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as P from '../../agent/wire/protocol.ts';
 import { USERNSCTL, cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
-import { makeTree } from '../helpers/fixtures.ts';
+import { makeTree, populateBackup as populate } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, makeUser, mountsUnder } from '../helpers/kernel.ts';
 
@@ -15,20 +15,6 @@ import { isRoot, makeUser, mountsUnder } from '../helpers/kernel.ts';
 const B = 6_100_000;
 const OVERFLOW = 65534;
 const hasBindfs = spawnSync('bindfs', ['--version']).status === 0;
-
-/** A backup of another machine: its root's files, its user 1000's, an id it never mapped, a public dir. */
-function populate(dir: string): void {
-  mkdirSync(dir, { recursive: true });
-  chmodSync(dir, 0o755);
-  for (const [name, id, mode] of [['root', 0, 0o644], ['hpa', 1000, 0o644], ['alien', 70000, 0o666]] as const) {
-    writeFileSync(join(dir, name), name);
-    chownSync(join(dir, name), id, id);
-    chmodSync(join(dir, name), mode);
-  }
-  mkdirSync(join(dir, 'pub'));
-  chownSync(join(dir, 'pub'), 1000, 1000);
-  chmodSync(join(dir, 'pub'), 0o1777);
-}
 
 const ids = (path: string) => { const st = statSync(path); return `${st.uid}:${st.gid}`; };
 const as = (uid: number, cmd: string[]) => spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', ...cmd], { encoding: 'utf8' });
@@ -54,6 +40,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     tree = makeTree();
     tree.context('hpa-backups.conf', `[context]\nowner = ${owner.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n[squash]\nmode = root\n`);
     tree.context('tape-all.conf', `[context]\nuid_map = 0 ${B + 65536} 65536\ngid_map = 0 ${B + 65536} 65536\n[squash]\nmode = all\nanonuid = 65533\nanongid = 65533\n`);
+    tree.context('www.conf', `[context]\nparent = hpa-backups\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n[squash]\nmode = none\n`);
     tree.context('plain.conf', `[context]\nuid_map = 0 ${B + 131072} 65536\ngid_map = 0 ${B + 131072} 65536\n[squash]\nmode = none\n`);
     src.rootfs = join(tree.dir, 'rootfs');
     populate(src.rootfs);
@@ -164,6 +151,43 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.match((await ctl(['view', '--identity', '--context', 'tape-all', src.rootfs!, d2])).out, /identity \(squash all\), idmapped/);
     assert.equal(ids(join(d2, 'hpa')), `${B + 65536 + 1000}:${B + 65536 + 1000}`);
     for (const x of [d, d2]) assert.equal(umount(x).status, 0);
+  });
+
+  it('a view is of one mount, as mount --bind: a filesystem mounted inside the tree is not part of it', async () => {
+    const sub = join(src.rootfs!, 'sub');
+    mkdirSync(sub);
+    writeFileSync(join(sub, 'under'), 'hidden by the submount');
+    assert.equal(spawnSync('mount', ['-t', 'tmpfs', 'usernsd-sub', sub]).status, 0);
+    writeFileSync(join(sub, 'on-submount'), 'x');
+    try {
+      const d = dst();
+      assert.equal((await ctl(['view', src.rootfs!, d])).code, 0);
+      assert.deepEqual(readdirSync(join(d, 'sub')), ['under'], 'the labelled tree ends at the mount point, as the label walk does');
+      assert.equal(umount(d).status, 0);
+    } finally {
+      spawnSync('umount', [sub]);
+    }
+  });
+
+  it('the descriptor socket holds at most 8 connections per user; root is served beyond them', async () => {
+    const fdSock = agent.socket.replace(/\.sock$/, '.fd.sock');
+    // A user opens 10 connections and holds them; the kernel tells it which were closed at once.
+    const hold = `const net = require('net'); let closed = 0; const socks = []; for (let i = 0; i < 10; i++) { const s = net.connect(process.argv[1]); s.on('close', () => closed++); s.on('error', () => {}); socks.push(s); } setTimeout(() => { console.log(closed); process.exit(0); }, 1500);`;
+    const held = spawnSync('setpriv', [`--reuid=${stranger.uid}`, `--regid=${stranger.gid}`, '--clear-groups', process.execPath, '-e', hold, fdSock], { encoding: 'utf8' });
+    assert.equal(held.stdout.trim(), '2', held.stderr);
+    const d = dst();
+    assert.equal((await ctl(['view', src.rootfs!, d])).code, 0, 'root is served');
+    assert.equal(umount(d).status, 0);
+  });
+
+  it('a view of a nested context composes its map through the parent\'s', async () => {
+    const d = dst();
+    const r = await ctl(['view', '--identity', '--context', 'www', src.rootfs!, d]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, new RegExp(`uid 0 ${B + 1000} 100, gid 0 ${B + 1000} 100`));
+    assert.equal(ids(join(d, 'root')), `${B + 1000}:${B + 1000}`, 'on-disk 0 is www\'s root: the parent\'s 1000');
+    assert.equal(ids(join(d, 'hpa')), `${OVERFLOW}:${OVERFLOW}`, 'www maps only 0-99');
+    assert.equal(umount(d).status, 0);
   });
 
   it('a FUSE tree of a context without squash gets a foreign view through bindfs', async function () {

@@ -1,5 +1,5 @@
 // Temporary configuration trees for tests, removed afterwards even when the test fails.
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Nss } from '../../config/types.ts';
@@ -44,3 +44,18 @@ export const testNss: Nss = {
   userById: (u) => ({ 0: { name: 'root', gid: 0 }, 1000: { name: 'hpa', gid: 1000 }, 1001: { name: 'alice', gid: 1001 }, 65534: { name: 'nobody', gid: 65534 } } as Record<number, { name: string; gid: number }>)[u] ?? null,
   groupByName: (n) => ({ root: 0, backup: 34, nogroup: 65534 } as Record<string, number>)[n] ?? null,
 };
+
+/** A backup of another machine: its root's files, its user 1000's, an id it never mapped, a public dir. */
+export function populateBackup(dir: string): void {
+  mkdirSync(dir, { recursive: true });
+  chmodSync(dir, 0o755);
+  for (const [name, id, mode] of [['root', 0, 0o644], ['hpa', 1000, 0o644], ['alien', 70000, 0o666]] as const) {
+    writeFileSync(join(dir, name), name);
+    chownSync(join(dir, name), id, id);
+    chmodSync(join(dir, name), mode);
+  }
+  mkdirSync(join(dir, 'pub'));
+  chownSync(join(dir, 'pub'), 1000, 1000);
+  chmodSync(join(dir, 'pub'), 0o1777);
+}
+
