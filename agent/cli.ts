@@ -14,6 +14,7 @@ import * as P from './wire/protocol.ts';
 import type { Owner } from './wire/protocol.ts';
 import { VERSION } from './version.ts';
 import { enterWithViews, mountedViews, viewCmd } from './cliviews.ts';
+import { explainCmd } from './cliexplain.ts';
 import { COMMON, EXIT, oneLabel, parseCommand, printTable, stdio, UsageError, who } from './cliargs.ts';
 import type { Globals, Io } from './cliargs.ts';
 
@@ -47,6 +48,11 @@ Commands (answered by the agent):
                            --context); foreign (default) applies the context's
                            squash; idmapped mount, or bindfs where it cannot be
   view --list              the views made through the agent mounted here (root)
+  explain PATH             what a file's ids mean: its context, the ids inside it
+                           and on the host, names, and why one shows as the
+                           overflow id
+  metrics                  the agent's metrics in the Prometheus text format
+                           (root; for node_exporter's textfile collector)
 
 Kernel upcall and labels:
   upcall [-t SECONDS] [--log FILE] KEY DESCRIPTION
@@ -217,6 +223,12 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   return EXIT.OK;
 }
 
+async function metricsCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const r = await callWithoutArguments(args, g, P.metrics);
+  io.out(g.json ? JSON.stringify(r) : r.text.trimEnd());
+  return EXIT.OK;
+}
+
 async function reloadCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const r = await callWithoutArguments(args, g, P.reload);
   if (g.json) io.out(JSON.stringify(r));
@@ -372,7 +384,7 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
 
 const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<number>> = {
   resolve: resolveCmd, map: mapCmd, list: listCmd, status: statusCmd, reload: reloadCmd, release: releaseCmd, enter: enterCmd,
-  view: viewCmd, upcall: upcallCmd, keys: keysCmd, label: labelCmd,
+  view: viewCmd, explain: explainCmd, metrics: metricsCmd, upcall: upcallCmd, keys: keysCmd, label: labelCmd,
 };
 
 /** Every command usernsctl(1) documents. */

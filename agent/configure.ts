@@ -1,12 +1,12 @@
 // One configuration load, start to finish: settings, context files, ranges, cross-file checks.
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Interval } from '../config/extents.ts';
 import { appendErrors, configError, readConfigTextAsync } from '../config/ini.ts';
 import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, listContextFiles, loadAgentConfig, loadContextDefs } from '../config/load.ts';
 import type { ReadAhead } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
-import { enumerateIds, systemNss } from '../config/nss.ts';
+import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
 import type { AgentConfig, ConfigError, Context, Nss } from '../config/types.ts';
 import { assignRanges, parseSubIds } from './coord/allocate.ts';
 import type { Allocation } from './coord/allocate.ts';
@@ -100,6 +100,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     appendErrors(errors, r.errors);
   }
 
+  bypassUserdb(basename(agent.userdbSocket)); // before the first lookup of a name in the files
   const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files);
   appendErrors(errors, loaded.errors);
   const defs = loaded.defs;

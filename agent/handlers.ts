@@ -7,12 +7,16 @@ import type { Peer } from './auth.ts';
 import { shown, shownName } from '../config/text.ts';
 import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';
-import { findLabel } from './labels.ts';
+import { findLabel, peerCanReach } from './labels.ts';
+import { explain } from './explain.ts';
+import { lstatSync, realpathSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import * as P from './wire/protocol.ts';
 import type { Method, ParamsOf, Reply, ResultOf } from './wire/protocol.ts';
 import type { Registry, Resolved } from './registry.ts';
 import type { Connection } from './wire/server.ts';
 import type { Views } from './views.ts';
+import type { Metrics } from './metrics.ts';
 
 /** What the handlers need from the agent beyond the registry. */
 export type Agent = {
@@ -27,6 +31,7 @@ export type Agent = {
   served(method: string, code: string | null, ms: number): void;
   /** Views made through the agent, and the user namespaces that carry their idmaps. */
   readonly views: Views;
+  readonly metrics: Metrics;
   /** A failure a client caused, logged within the per-uid budget (LogLimiter). */
   logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void;
 };
@@ -106,10 +111,49 @@ handle(P.view, async (agent, peer, params, conn) => {
   const ctx = usable(agent, peer, source.label);
   const result = await agent.views.make(agent.registry, peer, conn, params, source, ctx);
   agent.log.info({ label: ctx.label, src: result.src, mode: result.mode, mechanism: result.mechanism, purpose: params.purpose ?? 'mount', peerUid: peer.uid, peerPid: peer.pid }, 'Made a view');
+  agent.metrics.view(result.mechanism, params.purpose ?? 'mount');
   return result;
 });
 
+handle(P.explain, (agent, peer, { path }) => {
+  let st;
+  try {
+    if (!isRoot(peer) && !peerCanReach(peer, dirname(realpathSync(dirname(path))))) throw new Error('EACCES');
+    st = lstatSync(path);
+  } catch (err) {
+    if (!isRoot(peer)) throw new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${path} (or it does not exist)`);
+    throw new UsernsError('E_NOT_FOUND', `${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let found: { label: string; at: string } | null = null;
+  try {
+    found = findLabel(path, agent.registry.agent.labelXattr, peer);
+  } catch (err) {
+    if (!(err instanceof UsernsError && err.code === 'E_NOT_FOUND')) throw err;
+  }
+  const ctx = found ? agent.registry.get(found.label) ?? null : null;
+  const usableCtx = ctx && mayUse(peer, ctx, agent.registry.ancestors(ctx)) ? ctx : null;
+  const note = found && !usableCtx
+    ? (ctx ? `${found.at} is labelled ${found.label}, a context you may not use: its ids are shown as the host's` : `${found.at} is labelled ${found.label}, but no context ${found.label} is configured: its ids are shown as the host's`)
+    : found ? null : 'no label on this path or its ancestors (up to a mount point): its ids are the host\'s own';
+  let callerLabel = HOST_LABEL;
+  try {
+    callerLabel = agent.registry.contextOfNamespace(statSync(`/proc/${peer.pid}/ns/user`).ino) ?? HOST_LABEL;
+  } catch { /* the caller is gone: judge from the host */ }
+  return explain({
+    path, onDisk: { uid: st.uid, gid: st.gid }, ctx: usableCtx, labelledPath: found?.at ?? null,
+    view: usableCtx ? agent.registry.view(usableCtx.label) : null, caller: agent.registry.view(callerLabel),
+    overflow: agent.registry.overflow, note,
+    nameOf: (kind, host) => {
+      const n = agent.registry.names().byHost(kind, host);
+      const owner = n ? agent.registry.get(n.label) : undefined;
+      return n && owner && mayUse(peer, owner, agent.registry.ancestors(owner)) ? n.name : null;
+    },
+  });
+});
+
 handle(P.views, (agent) => ({ views: agent.views.list() }));
+
+handle(P.metrics, async (agent) => ({ text: await agent.metrics.text(), contentType: agent.metrics.contentType }));
 
 /** Log level by error code: the agent's own failures are louder than a client's mistakes. */
 function levelOf(code: string): 'error' | 'warn' | 'info' {
@@ -131,12 +175,14 @@ export async function handleRequest(agent: Agent, conn: Connection, data: unknow
     if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
     const params = P.checkParams(entry.method, req.params);
     const result = await entry.fn(agent, peer, params, conn);
+    if (viaUpcall(data)) agent.metrics.upcall(true);
     const ms = performance.now() - started;
     agent.served(req.method, null, ms);
     if (agent.log.isLevelEnabled('debug')) agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');
     return { id, result };
   } catch (err) {
     const e = err instanceof UsernsError ? err : new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);
+    if (viaUpcall(data)) agent.metrics.upcall(false);
     const elapsed = performance.now() - started;
     // Unknown method names are not counted under their own name: a client must not grow the table.
     agent.served(method !== undefined && table.has(method) ? method : 'invalid', e.code, elapsed);
@@ -148,6 +194,12 @@ export async function handleRequest(agent: Agent, conn: Connection, data: unknow
     else agent.logClientFailure(peer, fields, `Failed to serve ${known ?? 'a request'}: ${e.message}`, levelOf(e.code));
     return { id, error: { code: e.code, message: e.message } };
   }
+}
+
+/** A resolve the request-key handler sent (it says so: via = upcall), for the upcall metrics. */
+function viaUpcall(data: unknown): boolean {
+  const d = data as { method?: unknown; params?: { via?: unknown } } | null;
+  return d?.method === 'resolve' && d.params?.via === 'upcall';
 }
 
 function labelOf(data: unknown): string | undefined {

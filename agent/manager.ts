@@ -8,7 +8,7 @@ import type { Peer } from './auth.ts';
 import { loadConfiguration, loadConfigurationAsync } from './configure.ts';
 import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
-import { handleRequest } from './handlers.ts';
+import { handleRequest, METHOD_NAMES } from './handlers.ts';
 import { invalidateIssuedKeys } from './kernel/keys.ts';
 import type { Agent } from './handlers.ts';
 import { PROTOCOL_VERSION } from './wire/protocol.ts';
@@ -18,6 +18,9 @@ import { Stats } from './stats.ts';
 import { LogLimiter } from './wire/loglimit.ts';
 import { IpcServer } from './wire/server.ts';
 import { FdServer, fdSocketPath } from './wire/fdsock.ts';
+import { UserdbServer } from './wire/userdb.ts';
+import { listenMetrics, Metrics } from './metrics.ts';
+import type { Server as HttpServer } from 'node:http';
 import { Views } from './views.ts';
 import { ensureStateDir, removeStaleTemps, writeInForce } from './coord/state.ts';
 import { sdNotify } from './kernel/sys.ts';
@@ -54,6 +57,9 @@ export class Manager implements Agent {
   private readonly opts: ManagerOptions;
   private readonly server: IpcServer;
   private readonly fdServer: FdServer;
+  private readonly userdb: UserdbServer | null;
+  readonly metrics: Metrics;
+  private metricsHttp: HttpServer | null = null;
   readonly views: Views;
   private readonly startedAt = Date.now();
   private readonly stats = new Stats();
@@ -68,14 +74,59 @@ export class Manager implements Agent {
     this.opts = opts;
     this.log = opts.log;
     this.notifyFn = opts.notify ?? ((state) => { sdNotify(state); });
+    this.metrics = new Metrics(METHOD_NAMES, {
+      contextStates: () => {
+        const out: Record<string, number> = { 'not created': 0, pinned: 0, drift: 0, stale: 0, orphan: 0 };
+        for (const c of this.contextStates()) out[c.state] = (out[c.state] ?? 0) + 1;
+        return out;
+      },
+      connections: () => this.server.connections,
+      configErrors: () => this.registry.errors.length,
+      views: () => ({ recorded: this.views.list().length, namespaces: this.views.namespaces.size }),
+    });
     this.registry = new Registry(config, (pin, ms, by) => {
       this.count('created');
+      this.metrics.created(ms);
       this.log.info({ label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) }, by ? 'Created user namespace' : 'Created user namespace (eager)');
     });
     this.limiter = new LogLimiter(opts.log);
     this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, onRequest: (conn, data) => handleRequest(this, conn, data) });
     this.fdServer = new FdServer({ path: fdSocketPath(config.agent.socket), log: opts.log, onRequest: (conn, data) => handleRequest(this, conn, data) });
     this.views = new Views(config.agent.state);
+    this.userdb = config.agent.userdb ? new UserdbServer({
+      path: config.agent.userdbSocket, log: opts.log,
+      source: {
+        index: () => this.registry.names(),
+        mayKnow: (peer, label) => {
+          const ctx = this.registry.get(label);
+          return ctx !== undefined && mayUse(peer, ctx, this.registry.ancestors(ctx));
+        },
+        served: (kind, outcome) => this.metrics.userdbLookup(kind, outcome),
+      },
+    }) : null;
+  }
+
+  /** The HTTP listener for Prometheus, when usernsd.conf asks for one; like userdb, never fatal. */
+  private async listenMetricsHttp(): Promise<void> {
+    const at = this.registry.agent.metricsListen;
+    if (!at) return;
+    try {
+      this.metricsHttp = await listenMetrics(this.metrics, at.host, at.port, this.log);
+      this.log.info({ host: at.host, port: at.port }, 'Serving metrics over HTTP at /metrics');
+    } catch (err) {
+      this.log.error({ host: at.host, port: at.port }, `Failed to serve metrics over HTTP: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; usernsctl metrics still answers (under systemd, see usernsd.conf(5) for the drop-in a listener needs)`);
+    }
+  }
+
+  /** Names through userdb are a convenience: a socket that cannot be served is logged, never fatal. */
+  private async listenUserdb(): Promise<void> {
+    if (!this.userdb) return;
+    try {
+      await this.userdb.listen();
+      this.log.info({ socket: this.registry.agent.userdbSocket, service: this.userdb.service }, 'Serving names through userdb');
+    } catch (err) {
+      this.log.error({ socket: this.registry.agent.userdbSocket }, `Failed to serve names through userdb: ${(err as Error).message}; ids show as numbers (set userdb = no in usernsd.conf to stop trying)`);
+    }
   }
 
   /**
@@ -122,6 +173,8 @@ export class Manager implements Agent {
     await wiring;
     await m.server.listen();
     await m.fdServer.listen();
+    await m.listenUserdb();
+    await m.listenMetricsHttp();
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
     // Only now: the socket listens and every eager context exists (or its failure is logged).
     m.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
@@ -181,6 +234,7 @@ export class Manager implements Agent {
 
   count(name: string): void {
     this.stats.count(name);
+    if (name === 'released') this.metrics.released();
   }
 
   invalidateKeys(labels: readonly string[], why: string): void {
@@ -199,6 +253,7 @@ export class Manager implements Agent {
 
   served(method: string, code: string | null, ms: number): void {
     this.stats.request(method, code, ms);
+    this.metrics.request(method, code, ms);
   }
 
   /** Reloads run one at a time, in order: SIGHUP and `reload` requests never interleave. */
@@ -227,12 +282,16 @@ export class Manager implements Agent {
     if (config.errors.some((e) => e.file === config.agent.file)) {
       for (const e of errors) this.log.error({ source }, `Failed to reload: ${e}`);
       this.log.error({ source }, 'Failed to reload: the settings file has errors; everything stays as it was');
+      this.metrics.reloaded(false);
       return { contexts: this.registry.size, added: [], changed: [], removed: [], kept: [], errors };
     }
-    for (const key of ['socket', 'pins', 'state', 'mountNamespace'] as const) {
-      if (config.agent[key] !== before[key]) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
+    this.metrics.reloaded(true);
+    const atStart = ['socket', 'pins', 'state', 'mountNamespace', 'userdb', 'userdbSocket', 'metricsListen'] as const;
+    for (const key of atStart) {
+      if (JSON.stringify(config.agent[key]) !== JSON.stringify(before[key])) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
     }
-    const diff = this.registry.apply({ ...config, agent: { ...config.agent, socket: before.socket, pins: before.pins, state: before.state, mountNamespace: before.mountNamespace } });
+    const kept = Object.fromEntries(atStart.map((k) => [k, before[k]]));
+    const diff = this.registry.apply({ ...config, agent: { ...config.agent, ...kept } });
     this.recordInForce();
     for (const label of diff.removed) {
       try {
@@ -330,6 +389,9 @@ export class Manager implements Agent {
       if (!drained) this.log.warn({ timeoutMs: DRAIN_TIMEOUT_MS }, 'Requests still in flight at the drain deadline: closing anyway');
       await this.server.close();
       await this.fdServer.close();
+      await this.userdb?.close();
+      const http = this.metricsHttp;
+      if (http) await new Promise((r) => { http.close(r); http.closeAllConnections(); });
       this.views.close();
       this.limiter.close();
       this.log.info('Stopped');

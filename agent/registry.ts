@@ -11,6 +11,7 @@ import type { Configuration } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { HOST_VIEW, makeView } from './idmap.ts';
 import type { MapView, Overflow } from './idmap.ts';
+import { NameIndex } from './names.ts';
 import { Namespaces, pinMountNamespace, pinnedIno } from './kernel/userns.ts';
 import type { AdoptEntry, Pin } from './kernel/userns.ts';
 
@@ -38,6 +39,7 @@ export class Registry {
   private contexts: Map<string, Context>;
   private hostMaps: Map<string, HostMaps>;
   private readonly views = new Map<string, MapView>();
+  private nameIndex: NameIndex | null = null;
   /** The last start-up reconciliation, for status. */
   adoption: AdoptEntry[] = [];
 
@@ -119,6 +121,18 @@ export class Registry {
     return v;
   }
 
+  /** Names of the host ids of the contexts in force (userdb), built once per configuration. */
+  names(): NameIndex {
+    this.nameIndex ??= new NameIndex([...this.contexts.values()].map((c) => ({ label: c.label, parent: c.parent, uid: this.hostMaps.get(c.label)!.uid, gid: this.hostMaps.get(c.label)!.gid })));
+    return this.nameIndex;
+  }
+
+  /** The context whose pinned namespace has this nsfs inode (a caller running inside it), or null. */
+  contextOfNamespace(ino: number): string | null {
+    for (const c of this.contexts.values()) if (pinnedIno(this.namespaces.pinPath(c.label)) === ino) return c.label;
+    return null;
+  }
+
   async adopt(): Promise<AdoptEntry[]> {
     this.adoption = await this.namespaces.adopt(this.contexts);
     return this.adoption;
@@ -180,6 +194,7 @@ export class Registry {
     this.contexts = new Map(next.contexts);
     this.hostMaps = new Map(next.hostMaps);
     this.views.clear();
+    this.nameIndex = null;
     return { added, changed, removed, kept: [...next.kept] };
   }
 }

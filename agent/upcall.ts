@@ -105,7 +105,7 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
     }
     let r: ResolveResult;
     try {
-      r = callAgentOnce(opts.socket, P.resolve, { label });
+      r = callAgentOnce(opts.socket, P.resolve, { label, via: 'upcall' });
     } catch (err) {
       if (err instanceof TransportError) return fail(constants.errno.ECONNREFUSED, `${err.message} (is usernsd running?)`);
       if (err instanceof UsernsError) return fail(EKEYREJECTED, `uid ${owner.uid}: ${err.code}: ${err.message}`);

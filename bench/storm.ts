@@ -75,7 +75,7 @@ export async function runStorm(seconds: number, opts: { agentArgs?: string[] } =
   chmodSync(dir, 0o755); // the hostile users must reach the socket
   const children: ChildProcess[] = [];
   try {
-    writeFileSync(join(dir, 'usernsd.conf'), `[agent]\ncontexts = ${dir}/userns.d\nstate = ${dir}/state\npins = ${dir}/pins\nsocket = ${dir}/usernsd.sock\nlog_level = info\n`);
+    writeFileSync(join(dir, 'usernsd.conf'), `[agent]\ncontexts = ${dir}/userns.d\nstate = ${dir}/state\npins = ${dir}/pins\nsocket = ${dir}/usernsd.sock\nlog_level = info\nuserdb = no\n`);
     const { mkdirSync } = await import('node:fs');
     mkdirSync(join(dir, 'userns.d'));
     writeFileSync(join(dir, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');

@@ -6,7 +6,7 @@ import { appendErrors, capErrors, configError, parseIni, readConfigText } from '
 import type { IniDoc } from './ini.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
 import type { Schema } from './schema.ts';
-import { DEFAULT_SOCKET, HOST_LABEL } from './types.ts';
+import { DEFAULT_SOCKET, DEFAULT_USERDB_SOCKET, HOST_LABEL } from './types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss, Owner } from './types.ts';
 
 /**
@@ -26,6 +26,9 @@ export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
   overflowuid: 65534,
   overflowgid: 65534,
   pool: { start: 524288, end: 1879048191, size: 65536 },
+  userdb: true,
+  userdbSocket: DEFAULT_USERDB_SOCKET,
+  metricsListen: null,
 };
 
 /**
@@ -91,6 +94,9 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
       overflowuid: get('mapping', 'overflowuid', defaults.overflowuid),
       overflowgid: get('mapping', 'overflowgid', defaults.overflowgid),
       pool: { start: range.start, end: range.end, size },
+      userdb: get('agent', 'userdb', defaults.userdb ? 'yes' : 'no') === 'yes',
+      userdbSocket: get('agent', 'userdb_socket', defaults.userdbSocket),
+      metricsListen: get('metrics', 'listen', defaults.metricsListen),
     },
     errors: capErrors(file, errors),
   };

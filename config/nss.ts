@@ -2,6 +2,17 @@
 import koffi from 'koffi';
 import type { Nss } from './types.ts';
 
+/**
+ * Userdb services NSS must not ask from this process (nss-systemd honours SYSTEMD_BYPASS_USERDB, a
+ * colon-separated list). The agent answers io.usernsd itself: a lookup of its own names from
+ * its own thread would wait on itself, and an enumeration would count its names as real accounts.
+ */
+export function bypassUserdb(service: string): void {
+  const now = (process.env.SYSTEMD_BYPASS_USERDB ?? '').split(':').filter(Boolean);
+  if (!now.includes(service)) process.env.SYSTEMD_BYPASS_USERDB = [...now, service].join(':');
+}
+bypassUserdb('io.usernsd');
+
 const libc = koffi.load('libc.so.6');
 const passwd = koffi.struct({
   pw_name: 'const char *', pw_passwd: 'const char *', pw_uid: 'uint32_t', pw_gid: 'uint32_t',

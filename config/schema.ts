@@ -79,6 +79,16 @@ const poolRange: Parse<{ start: number; end: number }> = (text) => {
   return { start, end };
 };
 
+/** HOST:PORT for a TCP listener: an IPv4 address or [IPv6], a port from 1 to 65535. */
+const listenAddress: Parse<{ host: string; port: number }> = (text) => {
+  const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9A-Fa-f:.]+)\]):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : 0;
+  if (!m || port < 1 || port > 65535 || (m[1] !== undefined && m[1].split('.').some((o) => Number(o) > 255))) {
+    return { problem: `must be ADDRESS:PORT, an IPv4 address or [IPv6] and a port from 1 to 65535, such as 127.0.0.1:9847 (got "${text}")` };
+  }
+  return { host: m[1] ?? m[2]!, port };
+};
+
 /** usernsd.conf(5). The man page documents every key here; a test holds them together. */
 export const AGENT_SCHEMA = {
   agent: {
@@ -91,6 +101,8 @@ export const AGENT_SCHEMA = {
       parse: (t: string) => t === 'auto' || t === 'self' || (t.startsWith('/') && !t.split('/').includes('..')) ? t : { problem: `must be auto, self or the absolute path of a mount namespace file such as /proc/1/ns/mnt (got "${t}")` },
       doc: 'the mount namespace pins are mounted in',
     },
+    userdb: { parse: oneOf(['yes', 'no'] as const), doc: 'whether to name the contexts\' host ids through systemd\'s userdb' },
+    userdb_socket: { parse: absolutePath, doc: 'the userdb Varlink socket; its file name is the service name' },
     label_xattr: {
       parse: (t: string) => /^(trusted|user|security)\.[A-Za-z0-9._-]+$/.test(t) ? t : { problem: `must be an extended attribute name in the trusted, user or security namespace (got "${t}")` },
       doc: 'the extended attribute that holds a context label on an inode',
@@ -99,6 +111,9 @@ export const AGENT_SCHEMA = {
   mapping: {
     overflowuid: { parse: number(0, 0xfffffffe), doc: 'the uid shown for an id that cannot be mapped' },
     overflowgid: { parse: number(0, 0xfffffffe), doc: 'the gid shown for an id that cannot be mapped' },
+  },
+  metrics: {
+    listen: { parse: listenAddress, doc: 'HOST:PORT of an HTTP listener serving /metrics (off unless set)' },
   },
   pool: {
     range: { parse: poolRange, doc: 'host ids that range = auto allocations come from' },

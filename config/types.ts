@@ -58,7 +58,15 @@ export type AgentConfig = {
   readonly overflowuid: number;
   readonly overflowgid: number;
   readonly pool: Pool;
+  /** Name the contexts' host ids through systemd's userdb (nss-systemd), on this socket. */
+  readonly userdb: boolean;
+  readonly userdbSocket: string;
+  /** An HTTP listener for Prometheus, or null (off). */
+  readonly metricsListen: { readonly host: string; readonly port: number } | null;
 };
+
+/** Where the agent answers systemd's userdb, unless usernsd.conf's userdb_socket says otherwise. */
+export const DEFAULT_USERDB_SOCKET = '/run/systemd/userdb/io.usernsd';
 
 /** Where a configuration problem is: always a file, a section and key when known, a line when found. */
 export type ConfigError = {

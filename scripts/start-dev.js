@@ -17,6 +17,9 @@ writeFileSync(config, [
   `pins = ${join(run, 'userns')}`,
   `state = ${join(run, 'state')}`,
   'log_level = info',
+  // Names through systemd's userdb, beside (never instead of) an installed agent's io.usernsd.
+  `userdb = ${process.getuid() === 0 ? 'yes' : 'no'}`,
+  'userdb_socket = /run/systemd/userdb/io.usernsd.dev',
   '',
 ].join('\n'), { mode: 0o644 });
 
@@ -31,6 +34,7 @@ In another shell, in this directory (as any user: ./bin/usernsctl.js works as np
   npx usernsctl list
   npx usernsctl resolve backups
   npx usernsctl map --from backups --to host --uid 0 --uid 1000
+  getent passwd 2001000       # backups.1000: names through userdb (as root)
 To wire the kernel's upcall to this agent (as root; remove the file afterwards):
   echo 'create user userns:* * ${node} ${join(root, 'bin', 'usernsctl.js')} upcall --socket ${socket} %k %d' > /etc/request-key.d/usernsd-dev.conf
   npx usernsctl reload && keyctl session - sh -c 'keyctl pipe "$(keyctl request2 user userns:backups "" @s)"'

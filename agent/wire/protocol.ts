@@ -195,12 +195,46 @@ export type ViewRecord = {
   readonly made: string;
 };
 export type ViewsResult = { readonly views: readonly ViewRecord[] };
+export type IdExplanation = {
+  /** As stored on disk (what a plain mount shows, and what ls -n shows without a view). */
+  readonly onDisk: number;
+  /** The context's host id for it, or null when the context's map does not cover it. */
+  readonly host: number | null;
+  /** Its name through userdb (LABEL.N), or null. */
+  readonly name: string | null;
+  /** From the host, with the context's squash applied (what map --to host answers). */
+  readonly fromHost: number;
+  /** From the caller's context (the host, or the context whose namespace the caller runs in). */
+  readonly fromCaller: number;
+  /** Through an identity view and a foreign view ("anon": all squash shows every file as anonuid/anongid). */
+  readonly identityView: number;
+  readonly foreignView: number;
+  /** One sentence per figure above that is the overflow id or a squash: why. */
+  readonly why: string[];
+};
+
+/** usernsctl explain: see agent/explain.ts. */
+export type Explanation = {
+  readonly path: string;
+  readonly labelledPath: string | null;
+  readonly context: string | null;
+  readonly parent: string | null;
+  readonly squash: { readonly mode: string; readonly anonuid: number; readonly anongid: number } | null;
+  readonly callerContext: string;
+  /** A label that names no context the caller may use (or none configured), said plainly. */
+  readonly note: string | null;
+  readonly overflow: { readonly uid: number; readonly gid: number };
+  readonly uid: IdExplanation;
+  readonly gid: IdExplanation;
+};
+
 /** `descendants`: the pinned contexts nested in it, released first (deepest first). */
 export type ReleaseResult = { readonly label: string; readonly released: boolean; readonly descendants: readonly string[] };
 
 const method = <P, R>(name: string, params: ParamSpec, rootOnly = false): Method<P, R> => ({ name, params, rootOnly });
 
-export const resolve = method<{ label: string }, ResolveResult>('resolve', { label });
+/** via: "upcall" when the request-key handler asks (counted in the metrics); nothing else changes. */
+export const resolve = method<{ label: string; via?: 'upcall' }, ResolveResult>('resolve', { label, via: oneOf(['upcall']) });
 export const resolvePath = method<{ path: string }, ResolvePathResult>('resolvePath', { path });
 export const map = method<{ from: string; to: string; uids?: number[]; gids?: number[] }, MapResult>('map', { from: context, to: context, uids: ids, gids: ids });
 export const list = method<Record<string, never>, ListResult>('list', {});
@@ -213,9 +247,12 @@ export const view = method<ViewParams, ViewResult>('view', {
   path, context: optional(label), mode: oneOf(['identity', 'foreign']), purpose: oneOf(['mount', 'enter']), target: optional(path), readOnly: bool,
 });
 export const views = method<Record<string, never>, ViewsResult>('views', {}, true);
+export const explain = method<{ path: string }, Explanation>('explain', { path });
+/** The Prometheus text exposition format, as the HTTP listener serves it. */
+export const metrics = method<Record<string, never>, { text: string; contentType: string }>('metrics', {}, true);
 
 export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
-  [resolve, resolvePath, map, list, status, reload, release, view, views].map((m) => [m.name, m as Method<unknown, unknown>]),
+  [resolve, resolvePath, map, list, status, reload, release, view, views, explain, metrics].map((m) => [m.name, m as Method<unknown, unknown>]),
 );
 
 // ---- validation ----

@@ -93,7 +93,7 @@ describe('e2e: install, init scripts and units (root)', function () {
     const prefix = join(dir, 'usr');
     const etc = join(dir, 'etc');
     make('install', { PREFIX: prefix, SYSCONFDIR: etc });
-    writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\n`);
+    writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`);
     writeFileSync(join(etc, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     const check = run(join(prefix, 'bin', 'usernsctl'), ['check-config', '--config', join(etc, 'usernsd.conf')]);
     assert.equal(check.code, 0, check.err);
@@ -126,7 +126,7 @@ describe('e2e: install, init scripts and units (root)', function () {
     const etc = join(dir, 'etc');
     make('install', { PREFIX: prefix, SYSCONFDIR: etc });
     mkdirSync(join(dir, 'run'));
-    writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\n`);
+    writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`);
     writeFileSync(join(etc, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\ncreate = eager\n');
     mkdirSync(join(etc, 'default'));
     writeFileSync(join(etc, 'default', 'usernsd'), `PIDFILE=${dir}/run/usernsd.pid\nLOGFILE=${dir}/usernsd.log\n`);

@@ -23,7 +23,9 @@ export function makeTree(agentExtra = ''): Tree {
   const state = join(dir, 'state');
   const pins = join(dir, 'pins');
   const config = join(dir, 'usernsd.conf');
-  writeFileSync(config, `[agent]\ncontexts = ${contexts}\nstate = ${state}\npins = ${pins}\nsocket = ${join(dir, 'usernsd.sock')}\n${agentExtra}`, { mode: 0o644 });
+  // Names through userdb are the machine's (one socket in /run/systemd/userdb): only tests that ask get them.
+  const userdb = agentExtra.includes('userdb') ? '' : 'userdb = no\n';
+  writeFileSync(config, `[agent]\ncontexts = ${contexts}\nstate = ${state}\npins = ${pins}\nsocket = ${join(dir, 'usernsd.sock')}\n${userdb}${agentExtra}`, { mode: 0o644 });
   return {
     dir, contexts, state, pins, config,
     context(name, text, mode = 0o644) {

@@ -1,0 +1,155 @@
+// systemd's userdb over Varlink (io.systemd.UserDatabase): names for the host ids of the contexts in
+// force, asked by nss-systemd for every `ls -l` and `getent`. JSON messages ended by a NUL byte on
+// a socket in /run/systemd/userdb/, named after the service. Answers come from memory, on a socket
+// of their own: nothing here waits behind the main protocol's requests.
+import { chmodSync, unlinkSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import { basename } from 'node:path';
+import type { Logger } from 'pino';
+import { peerOf } from '../auth.ts';
+import type { Peer } from '../auth.ts';
+import type { NamedId, NameIndex } from '../names.ts';
+import { fdOf, prepareSocketPath } from './server.ts';
+
+const IFACE = 'io.systemd.UserDatabase';
+/** A lookup is a few hundred bytes; anything near this is not nss-systemd. */
+export const USERDB_MAX_MESSAGE_BYTES = 64 * 1024;
+export const USERDB_MAX_CONNECTIONS = 1024;
+export const USERDB_MAX_CONNECTIONS_PER_UID = 64;
+export const USERDB_IDLE_TIMEOUT_MS = 30_000;
+
+/** What the agent tells the server: the names, and whether a caller may learn a context's ids. */
+export type UserdbSource = {
+  index(): NameIndex;
+  mayKnow(peer: Peer, label: string): boolean;
+  /** Lookups answered and refused, for metrics: kind user|group|memberships, outcome found|none|refused|bad. */
+  served?(kind: string, outcome: string): void;
+};
+
+type Reply = { parameters?: Record<string, unknown>; error?: string };
+
+/** The service name a socket path means: its file name (io.usernsd for /run/systemd/userdb/io.usernsd). */
+export function serviceName(socketPath: string): string {
+  return basename(socketPath);
+}
+
+function userRecord(id: NamedId, gid: number | null, service: string): Record<string, unknown> {
+  return {
+    userName: id.name, uid: id.host, ...(gid === null ? {} : { gid }),
+    realName: `uid ${id.inside} of context ${id.label}`,
+    homeDirectory: '/', shell: '/usr/sbin/nologin', disposition: 'container', locked: true, service,
+  };
+}
+
+function groupRecord(id: NamedId, service: string): Record<string, unknown> {
+  return { groupName: id.name, gid: id.host, description: `gid ${id.inside} of context ${id.label}`, disposition: 'container', service };
+}
+
+/** One Varlink call answered: a record, or the error nss-systemd expects. */
+export function answer(source: UserdbSource, service: string, peer: Peer, call: unknown): Reply {
+  const m = call as { method?: unknown; parameters?: Record<string, unknown> } | null;
+  const method = typeof m?.method === 'string' ? m.method : '';
+  const p = m?.parameters && typeof m.parameters === 'object' ? m.parameters : {};
+  const none = (kind: string): Reply => { source.served?.(kind, 'none'); return { error: `${IFACE}.NoRecordFound`, parameters: {} }; };
+  if (method !== `${IFACE}.GetUserRecord` && method !== `${IFACE}.GetGroupRecord` && method !== `${IFACE}.GetMemberships`) {
+    source.served?.('other', 'bad');
+    return { error: 'org.varlink.service.MethodNotFound', parameters: { method: method.slice(0, 100) } };
+  }
+  if (p.service !== service) {
+    source.served?.('other', 'bad');
+    return { error: `${IFACE}.BadService`, parameters: {} };
+  }
+  if (method === `${IFACE}.GetMemberships`) return none('memberships'); // no context id is a member of another's group
+  const user = method === `${IFACE}.GetUserRecord`;
+  const kind = user ? 'user' : 'group';
+  const idKey = user ? 'uid' : 'gid';
+  const nameKey = user ? 'userName' : 'groupName';
+  const index = source.index();
+  const byId = typeof p[idKey] === 'number' ? index.byHost(user ? 'uid' : 'gid', p[idKey]) : null;
+  const byName = typeof p[nameKey] === 'string' ? index.byName(user ? 'uid' : 'gid', p[nameKey]) : null;
+  // Enumeration (neither given) lists nothing: the pool holds millions of ids.
+  const found = p[idKey] !== undefined && p[nameKey] !== undefined ? (byId && byName && byId.host === byName.host ? byId : null) : (byId ?? byName);
+  if (!found) return none(kind);
+  if (!source.mayKnow(peer, found.label)) { source.served?.(kind, 'refused'); return { error: `${IFACE}.NoRecordFound`, parameters: {} }; }
+  source.served?.(kind, 'found');
+  const record = user ? userRecord(found, index.sibling('uid', found), service) : groupRecord(found, service);
+  return { parameters: { record, incomplete: false } };
+}
+
+export type UserdbServerOptions = { readonly path: string; readonly log: Logger; readonly source: UserdbSource };
+
+export class UserdbServer {
+  private readonly opts: UserdbServerOptions;
+  readonly service: string;
+  private server: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+  private readonly perUid = new Map<number, number>();
+
+  constructor(opts: UserdbServerOptions) {
+    this.opts = opts;
+    this.service = serviceName(opts.path);
+  }
+
+  async listen(): Promise<void> {
+    await prepareSocketPath(this.opts.path);
+    const server = createServer((socket) => this.accept(socket));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.opts.path, () => resolve());
+    });
+    chmodSync(this.opts.path, 0o666); // nss-systemd asks as whoever runs ls
+    this.server = server;
+  }
+
+  private accept(socket: Socket): void {
+    socket.on('error', () => socket.destroy());
+    let peer: Peer;
+    try {
+      peer = peerOf(fdOf(socket) ?? -1);
+    } catch {
+      socket.destroy();
+      return;
+    }
+    const held = this.perUid.get(peer.uid) ?? 0;
+    if (peer.uid !== 0 && (this.sockets.size >= USERDB_MAX_CONNECTIONS || held >= USERDB_MAX_CONNECTIONS_PER_UID)) {
+      socket.destroy(); // nss-systemd then answers from the other sources: the id shows as a number
+      return;
+    }
+    this.sockets.add(socket);
+    this.perUid.set(peer.uid, held + 1);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      const n = (this.perUid.get(peer.uid) ?? 1) - 1;
+      if (n > 0) this.perUid.set(peer.uid, n); else this.perUid.delete(peer.uid);
+    });
+    socket.setTimeout(USERDB_IDLE_TIMEOUT_MS, () => socket.destroy());
+    let pending: Buffer = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      for (let end = pending.indexOf(0); end >= 0; end = pending.indexOf(0)) {
+        const message = pending.subarray(0, end);
+        pending = pending.subarray(end + 1);
+        let reply: Reply;
+        try {
+          reply = answer(this.opts.source, this.service, peer, JSON.parse(message.toString('utf8')));
+        } catch {
+          reply = { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'message' } };
+        }
+        socket.write(JSON.stringify(reply) + '\0');
+      }
+      if (pending.length > USERDB_MAX_MESSAGE_BYTES) socket.destroy();
+    });
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    if (!server) return;
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      for (const s of this.sockets) s.destroy();
+    });
+    try { unlinkSync(this.opts.path); } catch { /* removed by close already */ }
+  }
+}
