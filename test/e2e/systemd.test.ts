@@ -92,6 +92,13 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.doesNotMatch(c!.sh('journalctl -b -o cat --no-pager'), /ordering cycle/i);
   });
 
+  it('names the contexts\' ids through userdb: nss-systemd in the container asks the sandboxed agent', () => {
+    // backups.conf maps 0-65535 on 2000000; the container's nsswitch is this machine's (passwd: files systemd).
+    assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');
+    assert.equal(c!.sh('getent group backups.33').split(':')[2], '2000033');
+    assert.match(c!.sh('touch /tmp/named && chown 2001000:2000033 /tmp/named && ls -l /tmp/named'), /backups\.1000 backups\.33 /);
+  });
+
   it('reloads with systemctl reload in the same process', async () => {
     const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
     c!.sh('systemctl reload usernsd');
