@@ -28,7 +28,9 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
   let restoreModes: () => void = () => {};
   let backup: string;
   const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
-  const as = (u: { uid: number; gid: number } | null, cmd: string[]) => spawnSync(u ? 'setpriv' : cmd[0]!, u ? [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd] : cmd.slice(1), { encoding: 'utf8', timeout: 20_000 });
+  // getent and ls as any program runs them: without the bypass this test process holds (config/nss.ts).
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'SYSTEMD_BYPASS_USERDB'));
+  const as = (u: { uid: number; gid: number } | null, cmd: string[]) => spawnSync(u ? 'setpriv' : cmd[0]!, u ? [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd] : cmd.slice(1), { encoding: 'utf8', timeout: 20_000, env });
 
   before(async function () {
     if (!isRoot) this.skip();

@@ -80,7 +80,11 @@ export async function bootContainer(src: string): Promise<Container> {
       else await sleep(50);
     }
     if (!init) throw new Error(`no container init came up; nspawn said:\n${console}`);
-    const run = (script: string) => spawnSync('nsenter', ['-t', String(init), '-a', 'sh', '-c', script], { encoding: 'utf8', timeout: 60_000 });
+    // The test process's own SYSTEMD_BYPASS_USERDB (config/nss.ts sets it for its lookups) must not
+    // reach the container: there nss-systemd is to ask the agent like any program.
+    const env = { ...process.env };
+    delete env.SYSTEMD_BYPASS_USERDB;
+    const run = (script: string) => spawnSync('nsenter', ['-t', String(init), '-a', 'sh', '-c', script], { encoding: 'utf8', timeout: 60_000, env });
     let state = '';
     for (let i = 0; i < 300; i++) {
       state = run('systemctl is-system-running').stdout.trim();

@@ -318,7 +318,7 @@ describe('config: files on disk', () => {
     try {
       const cfg = loadConfiguration(t.config, { record: false, systemIds: noSystemIds });
       const text = cfg.errors.map(formatConfigError).join('\n');
-      assert.match(text, /usernsd\.conf: \[agent\] log_level: must be one of fatal, error, warn, info, debug, trace \(got "loud"\) \(line 6\)/);
+      assert.match(text, /usernsd\.conf: \[agent\] log_level: must be one of fatal, error, warn, info, debug, trace \(got "loud"\) \(line 7\)/);
       assert.match(text, /\[pool\] range: must be "FIRST-LAST"/);
       assert.equal(cfg.agent.logLevel, 'info');
       assert.equal(cfg.agent.contexts, t.contexts, 'good keys still apply');
