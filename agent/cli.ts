@@ -51,6 +51,13 @@ Commands (answered by the agent):
   explain PATH             what a file's ids mean: its context, the ids inside it
                            and on the host, names, and why one shows as the
                            overflow id
+  ranges                   range = auto allocations (and, for a shared pool, every
+                           host's static ranges): label, ids, where decided, when
+                           (root)
+  ranges import            push this host's recorded allocations into the shared
+                           pool (etcd), refusing and naming conflicts (root)
+  ranges forget LABEL      free LABEL's range (cluster-wide for a shared pool),
+                           refused while it is pinned anywhere (root)
   metrics                  the agent's metrics in the Prometheus text format
                            (root; for node_exporter's textfile collector)
 
@@ -201,6 +208,8 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`socket:      ${r.socket}`);
   io.out(`contexts:    ${r.contexts} (${r.pinned} pinned)`);
   io.out(`connections: ${r.connections}`);
+  const co = r.coordinator;
+  if (co) io.out(`coordinator: ${co.coordinator}${co.coordinator === 'etcd' ? ` (${co.endpoints?.join(', ')}): ${co.reachable ? 'reachable' : 'NOT reachable'}, as ${co.host}; ${co.waiting} context(s) waiting, ${co.refused} refused${co.lastError ? `; last error ${co.lastError}` : ''}` : ''}`);
   if (r.views) io.out(`views:       ${(await mountedViews(g.socket)).length} mounted here of ${r.views.recorded} made (usernsctl view --list); ${r.views.namespaces} idmap namespace(s) held`);
   if (r.memoryMb) io.out(`memory:      ${r.memoryMb.rss} MiB resident, ${r.memoryMb.heapUsed} MiB heap in use`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);
@@ -220,6 +229,33 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`configuration errors: ${r.errors?.length ?? 0}`);
   for (const e of r.errors ?? []) io.out(`  ${e}`);
   for (const p of r.pins ?? []) io.out(`pin ${p.label}: ${p.status}: ${p.message}`);
+  return EXIT.OK;
+}
+
+async function rangesCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { positionals } = parseCommand(args, {}, g);
+  const [sub, ...rest] = positionals;
+  if (sub === 'import' && rest.length === 0) {
+    const r = await callAgent(g.socket, P.rangesImport, {});
+    io.out(g.json ? JSON.stringify(r) : `imported ${r.imported} allocation(s) into the shared pool`);
+    return EXIT.OK;
+  }
+  if (sub === 'forget' && rest.length === 1) {
+    const r = await callAgent(g.socket, P.rangesForget, { label: rest[0]! });
+    io.out(g.json ? JSON.stringify(r) : r.forgotten ? `forgot ${r.label}: its range is free` : `${r.label} had no recorded range`);
+    return EXIT.OK;
+  }
+  if (sub !== undefined) throw new UsageError('ranges takes nothing, "import", or "forget LABEL"');
+  const r = await callAgent(g.socket, P.ranges, {});
+  if (g.json) {
+    io.out(JSON.stringify(r));
+    return EXIT.OK;
+  }
+  if (r.ranges.length === 0) {
+    io.out(`no ranges recorded (coordinator ${r.coordinator})`);
+    return EXIT.OK;
+  }
+  printTable(io, [['LABEL', 'KIND', 'IDS', 'DECIDED', 'BY', 'AT'], ...r.ranges.map((x) => [x.label, x.kind, x.ranges.map((i) => `${i.start}-${i.end - 1}`).join(','), x.decided, x.by ?? '-', x.at ?? '-'])]);
   return EXIT.OK;
 }
 
@@ -384,7 +420,7 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
 
 const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<number>> = {
   resolve: resolveCmd, map: mapCmd, list: listCmd, status: statusCmd, reload: reloadCmd, release: releaseCmd, enter: enterCmd,
-  view: viewCmd, explain: explainCmd, metrics: metricsCmd, upcall: upcallCmd, keys: keysCmd, label: labelCmd,
+  view: viewCmd, explain: explainCmd, ranges: rangesCmd, metrics: metricsCmd, upcall: upcallCmd, keys: keysCmd, label: labelCmd,
 };
 
 /** Every command usernsctl(1) documents. */

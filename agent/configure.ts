@@ -7,8 +7,10 @@ import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, listContextFiles, 
 import type { ReadAhead } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
-import type { AgentConfig, ConfigError, Context, Nss } from '../config/types.ts';
-import { assignRanges, parseSubIds } from './coord/allocate.ts';
+import { HOST_LABEL } from '../config/types.ts';
+import type { AgentConfig, ConfigError, Context, ContextDef, Nss } from '../config/types.ts';
+import { assignRanges, mergeIntervals, parseSubIds } from './coord/allocate.ts';
+import type { StaticClaim } from './coord/pooldoc.ts';
 import type { Allocation } from './coord/allocate.ts';
 import { UsernsError } from './errors.ts';
 import { pinnedMaps } from './kernel/userns.ts';
@@ -25,7 +27,17 @@ export type Configuration = {
   /** Contexts in force before this load whose files are now broken, kept at their last good version. */
   readonly kept: readonly string[];
   readonly errors: readonly ConfigError[];
+  /** coordinator = etcd: auto contexts waiting for etcd to decide their range (and whose children wait with them). */
+  readonly pending: readonly PendingRange[];
+  /** coordinator = etcd: this host's top-level static ranges, registered in the shared pool. */
+  readonly statics: readonly StaticClaim[];
+  /** coordinator = etcd: every label waiting (the pending ones and their descendants). */
+  readonly waiting: readonly string[];
+  /** coordinator = etcd: every auto context, to check its cached range against the pool's at each settle. */
+  readonly requests: readonly PendingRange[];
 };
+
+export type PendingRange = { readonly label: string; readonly size: number; readonly file: string };
 
 /** What the allocator must never hand out, read from the system. */
 export type SystemIds = () => Interval[];
@@ -57,6 +69,8 @@ export type LoadOptions = {
   /** Files read ahead (loadConfigurationAsync), and the context files listed then. */
   readonly texts?: ReadAhead;
   readonly files?: string[] | ConfigError;
+  /** coordinator = etcd: labels the shared pool refuses as configured here, and why. */
+  readonly refused?: ReadonlyMap<string, string>;
 };
 
 /** Files read at once, at most: enough to keep the disk busy, few enough to bound memory. */
@@ -121,8 +135,21 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   let starts = new Map<string, number>();
   let fresh = new Map<string, Allocation>();
   let kept = new Map<string, Allocation>();
+  let pending: PendingRange[] = [];
+  let waiting: string[] = [];
+  const statics: StaticClaim[] = [];
   const wantsRange = defs.some((d) => d.autoSize !== null);
-  try {
+  let coordinated = defs;
+  if (agent.coordinator === 'etcd') {
+    // The shared pool decides; ranges.json holds what it decided (written before use). A label it
+    // has not decided yet waits, with its children, until the agent hears from etcd: never allocated here.
+    ({ starts, kept, pending, waiting, coordinated } = fromSharedPool(agent, defs, opts.refused ?? new Map(), errors));
+    // Every static range is registered, refused ones too: the pool says again whether they still conflict.
+    for (const [label, h] of finishContexts(defs.filter((d) => d.autoSize === null), new Map(), []).hostMaps) {
+      const d = defs.find((x) => x.label === label);
+      if (d?.parent === HOST_LABEL) statics.push({ label, intervals: mergeIntervals([...h.uid, ...h.gid].map((e) => ({ start: e.outside, end: e.outside + e.count }))) });
+    }
+  } else try {
     // Recorded allocations are read even without an auto context: a static range must not take one.
     // (Unreadable, for check-config run by a user: without auto contexts, nothing below says so.)
     const recorded = readAllocations(agent.state);
@@ -146,7 +173,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     fresh = new Map();
   }
   const pinned = pinnedMaps(agent.pins, agent.state);
-  const { contexts, hostMaps, kept: keptContexts } = finishContexts(defs, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned });
+  const { contexts, hostMaps, kept: keptContexts } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned });
   const allocations = new Map<string, Allocation>();
   for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0]!.outside, size: c.autoSize });
   return {
@@ -157,5 +184,50 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     unrecorded: opts.record ? new Map() : fresh,
     kept: keptContexts,
     errors,
+    pending,
+    statics,
+    waiting,
+    requests: agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: d.autoSize!, file: d.file })) : [],
   };
+}
+
+/**
+ * coordinator = etcd: the starts the shared pool has decided (cached in ranges.json), the auto
+ * contexts still waiting for it, and the definitions that go on to the cross-file checks — without
+ * the waiting ones and their descendants, and without what the pool refused (an error each).
+ */
+function fromSharedPool(agent: AgentConfig, defs: readonly ContextDef[], refused: ReadonlyMap<string, string>, errors: ConfigError[]) {
+  const starts = new Map<string, number>();
+  let pending: PendingRange[] = [];
+  let kept = new Map<string, Allocation>();
+  try {
+    kept = readAllocations(agent.state);
+  } catch (err) {
+    if (!(err instanceof UsernsError)) throw err;
+    errors.push(configError(join(agent.state, 'ranges.json'), null, null, null, err.message));
+  }
+  const out = new Set<string>();
+  for (const d of defs) {
+    const why = refused.get(d.label);
+    if (why) {
+      errors.push(configError(d.file, 'context', d.autoSize !== null ? 'range' : null, null, `refused by the shared pool: ${why}`));
+      out.add(d.label);
+    }
+    if (d.autoSize === null) continue;
+    const a = kept.get(d.label);
+    if (!why && a && a.size === d.autoSize) starts.set(d.label, a.start);
+    else {
+      // Asked again at every settle, refused ones too, so a conflict resolved elsewhere clears.
+      pending.push({ label: d.label, size: d.autoSize, file: d.file });
+      out.add(d.label);
+    }
+  }
+  // Children wait with their parent.
+  const gone = new Set(out);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const d of defs) if (!gone.has(d.label) && gone.has(d.parent)) { gone.add(d.label); grew = true; }
+  }
+  const waiting = [...gone].filter((l) => !refused.has(l));
+  return { starts, kept, pending, waiting, coordinated: defs.filter((d) => !gone.has(d.label)) };
 }

@@ -9,6 +9,7 @@ export const ERROR_CODES = [
   'E_KERNEL', // the kernel refused
   'E_BUSY', // limits reached, or shutting down
   'E_UNSUPPORTED', // the kernel, the filesystem or a missing program cannot do this here
+  'E_UNAVAILABLE', // the coordinator (etcd) that must decide this did not answer in time
   'E_INTERNAL', // a bug or an unexpected failure; details in the log
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -32,6 +32,11 @@ export type Agent = {
   /** Views made through the agent, and the user namespaces that carry their idmaps. */
   readonly views: Views;
   readonly metrics: Metrics;
+  /** coordinator = etcd: ask the shared pool now for what waits on it; true when nothing waits. */
+  settlePending(): Promise<boolean>;
+  rangesList(): Promise<ResultOf<typeof P.ranges>>;
+  rangesImport(): Promise<ResultOf<typeof P.rangesImport>>;
+  rangesForget(label: string): Promise<ResultOf<typeof P.rangesForget>>;
   /** A failure a client caused, logged within the per-uid budget (LogLimiter). */
   logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void;
 };
@@ -57,7 +62,14 @@ function usable(agent: Agent, peer: Peer, label: string): Context {
 }
 
 handle(P.resolve, async (agent, peer, { label }) => {
-  usable(agent, peer, label);
+  try {
+    usable(agent, peer, label);
+  } catch (err) {
+    // A context waiting for the shared pool: ask etcd now (within its timeout), then once more.
+    if (!(err instanceof UsernsError && err.code === 'E_UNAVAILABLE')) throw err;
+    await agent.settlePending();
+    usable(agent, peer, label);
+  }
   return resolvedResult(agent, peer, await agent.registry.resolve(label, peer));
 });
 
@@ -150,6 +162,10 @@ handle(P.explain, (agent, peer, { path }) => {
     },
   });
 });
+
+handle(P.ranges, (agent) => agent.rangesList());
+handle(P.rangesImport, (agent) => agent.rangesImport());
+handle(P.rangesForget, (agent, _peer, { label }) => agent.rangesForget(label));
 
 handle(P.views, (agent) => ({ views: agent.views.list() }));
 

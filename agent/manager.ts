@@ -5,14 +5,17 @@ import { formatConfigError } from '../config/ini.ts';
 import type { Context, LogLevel, Nss } from '../config/types.ts';
 import { isRoot, mayUse } from './auth.ts';
 import type { Peer } from './auth.ts';
-import { loadConfiguration, loadConfigurationAsync } from './configure.ts';
+import { loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
+import { EtcdCoordinator } from './coord/etcd.ts';
+import { forgetRange, importRanges, listRanges, SharedPool } from './sharedpool.ts';
+import { hostname } from 'node:os';
 import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest, METHOD_NAMES } from './handlers.ts';
 import { invalidateIssuedKeys } from './kernel/keys.ts';
 import type { Agent } from './handlers.ts';
 import { PROTOCOL_VERSION } from './wire/protocol.ts';
-import type { ContextState, ReloadResult, StatusResult } from './wire/protocol.ts';
+import type { ContextState, RangesResult, ReloadResult, StatusResult } from './wire/protocol.ts';
 import { Registry } from './registry.ts';
 import { Stats } from './stats.ts';
 import { LogLimiter } from './wire/loglimit.ts';
@@ -58,6 +61,8 @@ export class Manager implements Agent {
   private readonly server: IpcServer;
   private readonly fdServer: FdServer;
   private readonly userdb: UserdbServer | null;
+  /** coordinator = etcd: the shared pool; null for a pool this host allocates alone. */
+  readonly shared: SharedPool | null;
   readonly metrics: Metrics;
   private metricsHttp: HttpServer | null = null;
   readonly views: Views;
@@ -83,16 +88,24 @@ export class Manager implements Agent {
       connections: () => this.server.connections,
       configErrors: () => this.registry.errors.length,
       views: () => ({ recorded: this.views.list().length, namespaces: this.views.namespaces.size }),
+      coordinator: () => (this.shared ? { reachable: this.shared.state().reachable, waiting: this.registry.configuration.waiting.length } : null),
     });
     this.registry = new Registry(config, (pin, ms, by) => {
       this.count('created');
       this.metrics.created(ms);
+      this.shared?.pinsChanged();
       this.log.info({ label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) }, by ? 'Created user namespace' : 'Created user namespace (eager)');
     });
     this.limiter = new LogLimiter(opts.log);
     this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, onRequest: (conn, data) => handleRequest(this, conn, data) });
     this.fdServer = new FdServer({ path: fdSocketPath(config.agent.socket), log: opts.log, onRequest: (conn, data) => handleRequest(this, conn, data) });
     this.views = new Views(config.agent.state);
+    this.shared = config.agent.coordinator === 'etcd' ? new SharedPool(new EtcdCoordinator(config.agent.etcd), opts.log, {
+      config: () => this.registry.configuration,
+      reload: () => this.reload('etcd'),
+      pinned: () => [...this.registry.all()].filter((c) => this.registry.isPinned(c.label)).map((c) => c.label),
+      systemIds: opts.systemIds ?? systemIds,
+    }) : null;
     this.userdb = config.agent.userdb ? new UserdbServer({
       path: config.agent.userdbSocket, log: opts.log,
       source: {
@@ -134,8 +147,8 @@ export class Manager implements Agent {
    * At a reload the files are read off the event loop, so the requests being served do not wait
    * on the disk; at start nothing is served yet, and reading in one go is twice as fast.
    */
-  private static load(opts: ManagerOptions, inForce?: ReadonlyMap<string, Context>): Promise<Configuration> {
-    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce };
+  private static load(opts: ManagerOptions, inForce?: ReadonlyMap<string, Context>, refused?: ReadonlyMap<string, string>): Promise<Configuration> {
+    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce, refused };
     return inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
   }
 
@@ -162,6 +175,8 @@ export class Manager implements Agent {
     const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(join(config.agent.state, 'pins'))];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();
+    // A shared pool first: what etcd decides (within its timeout) is in the configuration adopted and created.
+    if (m.shared && !(await m.shared.settle())) m.log.warn({ waiting: m.registry.configuration.waiting }, 'Starting without the shared pool\'s answer for some contexts: they are served once etcd answers');
     const wiring = m.checkUpcall(); // a few ms in request-key, alongside adoption and creation
     for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     const started = performance.now();
@@ -234,7 +249,10 @@ export class Manager implements Agent {
 
   count(name: string): void {
     this.stats.count(name);
-    if (name === 'released') this.metrics.released();
+    if (name === 'released') {
+      this.metrics.released();
+      this.shared?.pinsChanged();
+    }
   }
 
   invalidateKeys(labels: readonly string[], why: string): void {
@@ -249,6 +267,25 @@ export class Manager implements Agent {
 
   logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void {
     this.limiter.line(peer.uid, level, fields, msg);
+  }
+
+  settlePending(): Promise<boolean> {
+    return this.shared ? this.shared.settle() : Promise.resolve(true);
+  }
+
+  rangesList(): Promise<RangesResult> {
+    return listRanges(this.shared, this.registry.agent.state, this.shared?.coord.host ?? hostname());
+  }
+
+  rangesImport(): Promise<{ imported: number }> {
+    return importRanges(this.shared, this.registry.agent.state);
+  }
+
+  /** Forgetting a range changes what the next load allocates: reload, as an admin would. */
+  async rangesForget(label: string): Promise<{ label: string; forgotten: boolean }> {
+    const r = await forgetRange(this.shared, this.registry.agent.state, label, this.registry.isPinned(label));
+    if (r.forgotten && !this.shared) await this.reload('ranges forget');
+    return r;
   }
 
   served(method: string, code: string | null, ms: number): void {
@@ -275,7 +312,7 @@ export class Manager implements Agent {
   private async reloadConfig(source: string): Promise<ReloadResult> {
     const started = performance.now();
     const before = this.registry.agent;
-    const config = await Manager.load(this.opts, new Map([...this.registry.all()].map((c) => [c.label, c])));
+    const config = await Manager.load(this.opts, new Map([...this.registry.all()].map((c) => [c.label, c])), this.shared?.refused);
     const errors = config.errors.map(formatConfigError);
     this.count('reloads');
     this.lastReload = new Date().toISOString();
@@ -286,13 +323,15 @@ export class Manager implements Agent {
       return { contexts: this.registry.size, added: [], changed: [], removed: [], kept: [], errors };
     }
     this.metrics.reloaded(true);
-    const atStart = ['socket', 'pins', 'state', 'mountNamespace', 'userdb', 'userdbSocket', 'metricsListen'] as const;
+    const atStart = ['socket', 'pins', 'state', 'mountNamespace', 'userdb', 'userdbSocket', 'metricsListen', 'coordinator', 'etcd'] as const;
     for (const key of atStart) {
       if (JSON.stringify(config.agent[key]) !== JSON.stringify(before[key])) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
     }
     const kept = Object.fromEntries(atStart.map((k) => [k, before[k]]));
     const diff = this.registry.apply({ ...config, agent: { ...config.agent, ...kept } });
     this.recordInForce();
+    // The files may wait on the shared pool, or have changed a static range it must hear of.
+    if (source !== 'etcd') void this.shared?.settle();
     for (const label of diff.removed) {
       try {
         // A removed context's children are removed with it (their parent is gone): each is in diff.removed.
@@ -347,6 +386,7 @@ export class Manager implements Agent {
       lastReload: this.lastReload,
       memoryMb: memoryMb(),
       views: { recorded: this.views.list().length, namespaces: this.views.namespaces.size },
+      coordinator: this.shared?.state() ?? { coordinator: 'local' },
       upcall: this.upcall ?? undefined,
     };
   }
@@ -389,6 +429,7 @@ export class Manager implements Agent {
       if (!drained) this.log.warn({ timeoutMs: DRAIN_TIMEOUT_MS }, 'Requests still in flight at the drain deadline: closing anyway');
       await this.server.close();
       await this.fdServer.close();
+      await this.shared?.close();
       await this.userdb?.close();
       const http = this.metricsHttp;
       if (http) await new Promise((r) => { http.close(r); http.closeAllConnections(); });

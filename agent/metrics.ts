@@ -17,6 +17,8 @@ export type MetricsSource = {
   connections(): number;
   configErrors(): number;
   views(): { recorded: number; namespaces: number };
+  /** null: the pool is this host's alone (coordinator = local). */
+  coordinator(): { reachable: boolean; waiting: number } | null;
 };
 
 export class Metrics {
@@ -50,6 +52,8 @@ export class Metrics {
     new Gauge({ name: 'usernsd_config_errors', help: 'Problems in the configuration as last loaded.', registers, collect() { this.set(source.configErrors()); } });
     new Gauge({ name: 'usernsd_views_recorded', help: 'Views made through the agent and recorded for view --list.', registers, collect() { this.set(source.views().recorded); } });
     new Gauge({ name: 'usernsd_view_namespaces', help: 'User namespaces carrying views\' idmaps that the agent holds open.', registers, collect() { this.set(source.views().namespaces); } });
+    new Gauge({ name: 'usernsd_coordinator_reachable', help: 'coordinator = etcd: 1 when etcd answered the last request, else 0 (absent for a local pool).', registers, collect() { const c = source.coordinator(); this.reset(); if (c) this.set(c.reachable ? 1 : 0); } });
+    new Gauge({ name: 'usernsd_coordinator_waiting', help: 'coordinator = etcd: contexts waiting for their range from etcd.', registers, collect() { const c = source.coordinator(); this.reset(); if (c) this.set(c.waiting); } });
     collectDefaultMetrics({ register: this.registry, prefix: 'usernsd_' });
     // Every series that can exist is there from the start, at zero: rates need no first event.
     for (const m of methods) this.requests.inc({ method: m, code: 'ok' }, 0);

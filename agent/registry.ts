@@ -52,6 +52,8 @@ export class Registry {
   }
 
   get agent() { return this.config.agent; }
+  /** The configuration in force, as loaded. */
+  get configuration(): Configuration { return this.config; }
   get errors(): readonly ConfigError[] { return this.config.errors; }
   get overflow(): Overflow { return { uid: this.config.agent.overflowuid, gid: this.config.agent.overflowgid }; }
 
@@ -94,6 +96,9 @@ export class Registry {
   context(label: string): Context {
     const ctx = this.contexts.get(label);
     if (ctx) return ctx;
+    if (this.config.waiting.includes(label)) {
+      throw new UsernsError('E_UNAVAILABLE', `context "${label}" waits for its range from the shared pool (etcd), which has not answered: it is created once etcd answers (usernsctl status shows the coordinator)`);
+    }
     const why = this.errorOf(label);
     if (why) throw new UsernsError('E_CONFIG', `context "${label}" is not loaded because its file has an error: ${why}`);
     throw new UsernsError('E_NOT_FOUND', `no context "${label}" is configured (files in ${this.config.agent.contexts}; usernsctl list shows them)`);

@@ -29,6 +29,8 @@ export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
   userdb: true,
   userdbSocket: DEFAULT_USERDB_SOCKET,
   metricsListen: null,
+  coordinator: 'local',
+  etcd: { endpoints: [], prefix: '/usernsd/', ca: null, cert: null, key: null, timeoutMs: 2000 },
 };
 
 /**
@@ -81,6 +83,18 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
     errors.push(configError(file, 'pool', 'range', lineOf(doc, 'pool', 'range'), `holds ${range.end - range.start + 1} ids, fewer than one allocation of size ${size}`));
   }
   if (range.start === 0) errors.push(configError(file, 'pool', 'range', lineOf(doc, 'pool', 'range'), 'must not include id 0 (host root)'));
+  const coordinator = get<'local' | 'etcd'>('pool', 'coordinator', defaults.coordinator);
+  const etcd = {
+    endpoints: get<string[]>('etcd', 'endpoints', [...defaults.etcd.endpoints]),
+    prefix: get('etcd', 'prefix', defaults.etcd.prefix),
+    ca: get<string | null>('etcd', 'ca', defaults.etcd.ca),
+    cert: get<string | null>('etcd', 'cert', defaults.etcd.cert),
+    key: get<string | null>('etcd', 'key', defaults.etcd.key),
+    timeoutMs: get('etcd', 'timeout', defaults.etcd.timeoutMs),
+  };
+  if (coordinator === 'etcd' && etcd.endpoints.length === 0) errors.push(configError(file, 'pool', 'coordinator', lineOf(doc, 'pool', 'coordinator'), 'etcd needs [etcd] endpoints = URL, ... (the cluster\'s client URLs)'));
+  if ((etcd.cert === null) !== (etcd.key === null)) errors.push(configError(file, 'etcd', etcd.cert === null ? 'key' : 'cert', lineOf(doc, 'etcd'), 'cert and key go together (a client certificate and its key)'));
+  if (etcd.cert !== null && etcd.ca === null) errors.push(configError(file, 'etcd', 'cert', lineOf(doc, 'etcd', 'cert'), 'a client certificate needs the ca that verifies the cluster (TLS)'));
   return {
     config: {
       file,
@@ -97,6 +111,8 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
       userdb: get('agent', 'userdb', defaults.userdb ? 'yes' : 'no') === 'yes',
       userdbSocket: get('agent', 'userdb_socket', defaults.userdbSocket),
       metricsListen: get('metrics', 'listen', defaults.metricsListen),
+      coordinator,
+      etcd,
     },
     errors: capErrors(file, errors),
   };

@@ -79,6 +79,9 @@ const poolRange: Parse<{ start: number; end: number }> = (text) => {
   return { start, end };
 };
 
+/** An etcd client URL: http:// or https://, a host and a port. */
+const endpoint: Parse<string> = (text) => /^https?:\/\/[A-Za-z0-9.[\]:-]+:\d{1,5}$/.test(text) ? text : { problem: `must be a URL such as http://127.0.0.1:2379 (got "${text}")` };
+
 /** HOST:PORT for a TCP listener: an IPv4 address or [IPv6], a port from 1 to 65535. */
 const listenAddress: Parse<{ host: string; port: number }> = (text) => {
   const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9A-Fa-f:.]+)\]):(\d{1,5})$/.exec(text);
@@ -116,8 +119,20 @@ export const AGENT_SCHEMA = {
     listen: { parse: listenAddress, doc: 'HOST:PORT of an HTTP listener serving /metrics (off unless set)' },
   },
   pool: {
+    coordinator: { parse: oneOf(['local', 'etcd'] as const), doc: 'local: this host allocates alone; etcd: every host sharing the pool agrees through etcd' },
     range: { parse: poolRange, doc: 'host ids that range = auto allocations come from' },
     size: { parse: number(1, 0x7fffffff), doc: 'the default size of an allocation' },
+  },
+  etcd: {
+    endpoints: { parse: list(endpoint), doc: 'the etcd cluster\'s client URLs, comma-separated' },
+    prefix: {
+      parse: (t: string) => /^\/[A-Za-z0-9._\/-]*$/.test(t) && !t.split('/').includes('..') ? (t.endsWith('/') ? t : `${t}/`) : { problem: `must be a key prefix starting with "/" of letters, digits, ".", "_", "-" and "/" (got "${t}")` },
+      doc: 'the prefix of every key the agent writes',
+    },
+    ca: { parse: absolutePath, doc: 'the CA certificate that signed the cluster\'s (turns TLS on)' },
+    cert: { parse: absolutePath, doc: 'this host\'s client certificate' },
+    key: { parse: absolutePath, doc: 'this host\'s client key' },
+    timeout: { parse: number(100, 600_000), doc: 'milliseconds an etcd request may take' },
   },
 } as const satisfies Record<string, Record<string, KeySpec<unknown>>>;
 

@@ -61,8 +61,21 @@ export type AgentConfig = {
   /** Name the contexts' host ids through systemd's userdb (nss-systemd), on this socket. */
   readonly userdb: boolean;
   readonly userdbSocket: string;
+  /** Who decides range = auto allocations: this host alone, or etcd for every host sharing the pool. */
+  readonly coordinator: 'local' | 'etcd';
+  readonly etcd: EtcdConfig;
   /** An HTTP listener for Prometheus, or null (off). */
   readonly metricsListen: { readonly host: string; readonly port: number } | null;
+};
+
+export type EtcdConfig = {
+  readonly endpoints: readonly string[];
+  /** Every key the agent writes starts with it; ends with "/". */
+  readonly prefix: string;
+  readonly ca: string | null;
+  readonly cert: string | null;
+  readonly key: string | null;
+  readonly timeoutMs: number;
 };
 
 /** Where the agent answers systemd's userdb, unless usernsd.conf's userdb_socket says otherwise. */

@@ -143,6 +143,8 @@ export type StatusResult = {
   readonly latencyMs?: Record<string, { count: number; p50: number; p90: number; p99: number; max: number }>;
   readonly contextStates?: ContextState[];
   readonly lastReload?: string | null;
+  /** Who decides range = auto allocations; for etcd, whether it answers and what waits for it. */
+  readonly coordinator?: { readonly coordinator: 'local' | 'etcd'; readonly endpoints?: readonly string[]; readonly reachable?: boolean; readonly lastOk?: string | null; readonly lastError?: string | null; readonly host?: string; readonly waiting?: number; readonly refused?: number };
   /** Views made through the agent (recorded for view --list) and the idmap user namespaces it holds open. */
   readonly views?: { readonly recorded: number; readonly namespaces: number };
   /** Resident set and V8 heap in use, MiB. */
@@ -195,6 +197,17 @@ export type ViewRecord = {
   readonly made: string;
 };
 export type ViewsResult = { readonly views: readonly ViewRecord[] };
+export type RangeRecord = {
+  readonly label: string;
+  /** auto: a range = auto allocation; static: a host's configured range (shared pool only). */
+  readonly kind: 'auto' | 'static';
+  readonly ranges: readonly { readonly start: number; readonly end: number }[];
+  /** Where it was decided: etcd (the shared pool) or local (this host alone). */
+  readonly decided: 'etcd' | 'local';
+  readonly by: string | null;
+  readonly at: string | null;
+};
+export type RangesResult = { readonly coordinator: 'local' | 'etcd'; readonly ranges: readonly RangeRecord[] };
 export type IdExplanation = {
   /** As stored on disk (what a plain mount shows, and what ls -n shows without a view). */
   readonly onDisk: number;
@@ -248,11 +261,14 @@ export const view = method<ViewParams, ViewResult>('view', {
 });
 export const views = method<Record<string, never>, ViewsResult>('views', {}, true);
 export const explain = method<{ path: string }, Explanation>('explain', { path });
+export const ranges = method<Record<string, never>, RangesResult>('ranges', {}, true);
+export const rangesImport = method<Record<string, never>, { imported: number }>('rangesImport', {}, true);
+export const rangesForget = method<{ label: string }, { label: string; forgotten: boolean }>('rangesForget', { label }, true);
 /** The Prometheus text exposition format, as the HTTP listener serves it. */
 export const metrics = method<Record<string, never>, { text: string; contentType: string }>('metrics', {}, true);
 
 export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
-  [resolve, resolvePath, map, list, status, reload, release, view, views, explain, metrics].map((m) => [m.name, m as Method<unknown, unknown>]),
+  [resolve, resolvePath, map, list, status, reload, release, view, views, explain, ranges, rangesImport, rangesForget, metrics].map((m) => [m.name, m as Method<unknown, unknown>]),
 );
 
 // ---- validation ----
