@@ -173,6 +173,8 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     fresh = new Map();
   }
   const pinned = pinnedMaps(agent.pins, agent.state);
+  // A context the shared pool refuses is not kept at a last good version: that version is what it refuses.
+  if (opts.refused?.size) inForce = new Map([...inForce].filter(([label]) => !opts.refused!.has(label)));
   const { contexts, hostMaps, kept: keptContexts } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned });
   const allocations = new Map<string, Allocation>();
   for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0]!.outside, size: c.autoSize });

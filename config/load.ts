@@ -30,7 +30,7 @@ export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
   userdbSocket: DEFAULT_USERDB_SOCKET,
   metricsListen: null,
   coordinator: 'local',
-  etcd: { endpoints: [], prefix: '/usernsd/', ca: null, cert: null, key: null, timeoutMs: 2000 },
+  etcd: { endpoints: [], prefix: '/usernsd/', ca: null, cert: null, key: null, timeoutMs: 2000, name: null },
 };
 
 /**
@@ -91,6 +91,7 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
     cert: get<string | null>('etcd', 'cert', defaults.etcd.cert),
     key: get<string | null>('etcd', 'key', defaults.etcd.key),
     timeoutMs: get('etcd', 'timeout', defaults.etcd.timeoutMs),
+    name: get<string | null>('etcd', 'name', defaults.etcd.name),
   };
   if (coordinator === 'etcd' && etcd.endpoints.length === 0) errors.push(configError(file, 'pool', 'coordinator', lineOf(doc, 'pool', 'coordinator'), 'etcd needs [etcd] endpoints = URL, ... (the cluster\'s client URLs)'));
   if ((etcd.cert === null) !== (etcd.key === null)) errors.push(configError(file, 'etcd', etcd.cert === null ? 'key' : 'cert', lineOf(doc, 'etcd'), 'cert and key go together (a client certificate and its key)'));

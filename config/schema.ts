@@ -133,6 +133,7 @@ export const AGENT_SCHEMA = {
     cert: { parse: absolutePath, doc: 'this host\'s client certificate' },
     key: { parse: absolutePath, doc: 'this host\'s client key' },
     timeout: { parse: number(100, 600_000), doc: 'milliseconds an etcd request may take' },
+    name: { parse: (t: string) => /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t) ? t : { problem: `must be 1-64 letters, digits, ".", "_" or "-" (got "${t}")` }, doc: 'this host\'s name in the shared pool (default: its hostname)' },
   },
 } as const satisfies Record<string, Record<string, KeySpec<unknown>>>;
 

@@ -76,6 +76,8 @@ export type EtcdConfig = {
   readonly cert: string | null;
   readonly key: string | null;
   readonly timeoutMs: number;
+  /** This host in the shared pool (who allocated what, whose pins); null: the hostname. */
+  readonly name: string | null;
 };
 
 /** Where the agent answers systemd's userdb, unless usernsd.conf's userdb_socket says otherwise. */

@@ -40,9 +40,9 @@ export class EtcdCoordinator {
   private lastOk: string | null = null;
   private lastError: string | null = null;
 
-  constructor(cfg: EtcdConfig, host: string = hostname()) {
+  constructor(cfg: EtcdConfig) {
     this.cfg = cfg;
-    this.host = host;
+    this.host = cfg.name ?? hostname();
     const read = (f: string | null) => (f === null ? undefined : readFileSync(f));
     const ca = read(cfg.ca);
     this.client = new Etcd3({

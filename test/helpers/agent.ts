@@ -127,3 +127,8 @@ export function makeCheckoutReachable(): () => void {
 
 /** Debian's python3 (the protocol's stdlib client and the notify listener are written for it). */
 export const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+
+/** The agents started and not yet exited (for a test that kills one before it is ready). */
+export function runningChildren(): ReadonlySet<ChildProcess> {
+  return running;
+}

@@ -1,0 +1,207 @@
+// Hosts that share storage agree: three agents, one real 3-member etcd cluster on loopback, the
+// same pool. Identical ranges for the same labels, none overlapping, through member failures, a
+// whole-cluster outage and an agent killed mid-allocation; import refusing conflicts by name.
+import assert from 'node:assert/strict';
+import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { callAgent } from '../../agent/wire/client.ts';
+import * as P from '../../agent/wire/protocol.ts';
+import { UsernsError } from '../../agent/errors.ts';
+import { cleanup, runningChildren, startAgent, usernsctl } from '../helpers/agent.ts';
+import type { RunningAgent } from '../helpers/agent.ts';
+import { hasEtcd, startCluster } from '../helpers/etcd.ts';
+import type { Cluster } from '../helpers/etcd.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot } from '../helpers/kernel.ts';
+
+const N = Number(process.env.USERNSD_SHARED_CONTEXTS ?? 1000);
+const POOL = '[pool]\ncoordinator = etcd\nrange = 100000000-499999999\nsize = 65536\n';
+type Doc = { ranges: Record<string, { start: number; size: number; by: string }>; statics: Record<string, { intervals: { start: number; end: number }[] }> };
+
+describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)', function () {
+  this.timeout(300_000);
+  let cluster: Cluster;
+  let trees: Tree[] = [];
+  let agents: RunningAgent[] = [];
+  let test = 0;
+  let prefix = '';
+
+  before(async function () {
+    if (!isRoot) this.skip();
+    if (!hasEtcd) {
+      if (process.env.CI) throw new Error('etcd and etcdctl are missing: .ci/run installs etcd-server and etcd-client');
+      this.skip();
+    }
+    cluster = await startCluster(3);
+  });
+  after(async () => { await cluster?.stop(); });
+  beforeEach(() => { prefix = `/usernsd-test-${process.pid}-${++test}/`; });
+  afterEach(async () => {
+    for (const t of trees) await cleanup(t);
+    trees = [];
+    agents = [];
+  });
+
+  const tree = (i: number) => {
+    const t = makeTree(`${POOL}[etcd]\nendpoints = ${cluster.endpoints.join(', ')}\nprefix = ${prefix}\nname = host${i}\ntimeout = 1500\n`);
+    trees.push(t);
+    return t;
+  };
+  const autos = (t: Tree, labels: string[]) => { for (const l of labels) t.context(`${l}.conf`, '[context]\nrange = auto\n'); };
+  const labels = (p: string, n = N) => Array.from({ length: n }, (_, k) => `${p}${String(k).padStart(4, '0')}`);
+  const doc = (): Doc => JSON.parse(cluster.ctl(['get', `${prefix}pool`, '--print-value-only']).out) as Doc;
+  const recorded = (t: Tree) => (JSON.parse(readFileSync(join(t.state, 'ranges.json'), 'utf8')) as { allocations: Record<string, { start: number; size: number }> }).allocations;
+  /** Every range and static range of the pool, sorted: none may overlap another. */
+  const assertDisjoint = (d: Doc) => {
+    const all = [...Object.entries(d.ranges).map(([l, r]) => ({ l, s: r.start, e: r.start + r.size })), ...Object.entries(d.statics).flatMap(([l, st]) => st.intervals.map((i) => ({ l, s: i.start, e: i.end })))].sort((a, b) => a.s - b.s);
+    for (let k = 1; k < all.length; k++) assert.ok(all[k - 1]!.e <= all[k]!.s, `${all[k - 1]!.l} and ${all[k]!.l} overlap`);
+    return all.length;
+  };
+  const waitSettled = async (a: RunningAgent, timeoutMs = 60_000) => {
+    for (const t0 = Date.now(); Date.now() - t0 < timeoutMs;) {
+      const s = await callAgent(a.socket, P.status, {});
+      if (s.coordinator?.waiting === 0 && s.coordinator.reachable) return s;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error('the agent still waits for the shared pool');
+  };
+  const startAll = async (ts: Tree[]) => (agents = await Promise.all(ts.map((t) => startAgent(t, ['--log-level', 'info'], { readyTimeoutMs: 60_000 }))));
+
+  it(`(a) the same ${N} auto contexts loaded by three agents at once get identical ranges everywhere, none overlapping`, async () => {
+    const ts = [0, 1, 2].map(tree);
+    for (const t of ts) autos(t, labels('same'));
+    await startAll(ts);
+    for (const a of agents) await waitSettled(a);
+    const d = doc();
+    assert.equal(Object.keys(d.ranges).length, N);
+    assertDisjoint(d);
+    for (const t of ts) {
+      const r = recorded(t);
+      assert.equal(Object.keys(r).length, N);
+      for (const [l, x] of Object.entries(d.ranges)) assert.deepEqual(r[l], { start: x.start, size: x.size }, `${l} on ${t.dir}`);
+    }
+    // And the kernel agrees: one context resolved on two hosts maps the same ids.
+    const [r0, r2] = await Promise.all([callAgent(agents[0]!.socket, P.resolve, { label: 'same0042' }), callAgent(agents[2]!.socket, P.resolve, { label: 'same0042' })]);
+    assert.deepEqual(r0.uidMap, r2.uidMap);
+  });
+
+  it(`(b) disjoint sets of ${N} labels per agent, at once: ${3 * N} ranges, none overlapping`, async () => {
+    const ts = [0, 1, 2].map(tree);
+    ts.forEach((t, i) => autos(t, labels(`h${i}-`)));
+    await startAll(ts);
+    for (const a of agents) await waitSettled(a);
+    const d = doc();
+    assert.equal(assertDisjoint(d), 3 * N);
+    ts.forEach((t, i) => {
+      const r = recorded(t);
+      for (const l of labels(`h${i}-`)) assert.deepEqual(r[l], { start: d.ranges[l]!.start, size: d.ranges[l]!.size });
+    });
+  });
+
+  it('(c) one etcd member killed during allocation: every allocation still succeeds', async () => {
+    const ts = [0, 1, 2].map(tree);
+    await startAll(ts);
+    ts.forEach((t, i) => autos(t, labels(`c${i}-`)));
+    try {
+      const reloads = agents.map((a) => callAgent(a.socket, P.reload, {}));
+      await cluster.kill(0);
+      await Promise.all(reloads);
+      for (const a of agents) await waitSettled(a);
+    } finally {
+      await cluster.start(0);
+    }
+    assert.equal(assertDisjoint(doc()), 3 * N);
+    for (const a of agents) assert.equal((await callAgent(a.socket, P.resolve, { label: a === agents[0] ? 'c0-0007' : a === agents[1] ? 'c1-0007' : 'c2-0007' })).label.slice(-4), '0007');
+  });
+
+  it('(d) the whole cluster down: recorded contexts resolve, new ones fail fast with E_UNAVAILABLE, then succeed once etcd is back', async () => {
+    const t = tree(0);
+    autos(t, ['kept']);
+    await startAll([t]);
+    const a = agents[0]!;
+    await waitSettled(a);
+    for (let i = 0; i < 3; i++) await cluster.kill(i);
+    try {
+      autos(t, ['fresh']);
+      await callAgent(a.socket, P.reload, {});
+      assert.equal((await callAgent(a.socket, P.resolve, { label: 'kept' })).label, 'kept', 'recorded: served from ranges.json');
+      const t0 = Date.now();
+      await assert.rejects(callAgent(a.socket, P.resolve, { label: 'fresh' }), (e: unknown) => e instanceof UsernsError && e.code === 'E_UNAVAILABLE' && /shared pool/.test(e.message));
+      assert.ok(Date.now() - t0 < 1500 + 1000, `failed within the timeout (${Date.now() - t0} ms)`);
+      assert.equal((await callAgent(a.socket, P.status, {})).coordinator?.reachable, false);
+      assert.match((await usernsctl(['--socket', a.socket, 'status'])).out, /coordinator: etcd .*NOT reachable, as host0; 1 context\(s\) waiting/);
+    } finally {
+      await Promise.all([0, 1, 2].map((i) => cluster.start(i)));
+    }
+    for (let t0 = Date.now(); ; await new Promise((r) => setTimeout(r, 250))) {
+      try {
+        assert.equal((await callAgent(a.socket, P.resolve, { label: 'fresh' })).label, 'fresh');
+        break;
+      } catch (err) {
+        if (Date.now() - t0 > 20_000) throw err;
+      }
+    }
+    assert.ok(doc().ranges.fresh, 'decided in etcd, not alone');
+  });
+
+  it('(e) an agent SIGKILLed mid-allocation and restarted: no label with two ranges, nothing blocked', async () => {
+    const ts = [0, 1].map(tree);
+    autos(ts[0]!, labels('e'));
+    autos(ts[1]!, labels('e').slice(0, N / 2));
+    const killed = startAgent(ts[0]!, ['--log-level', 'info'], { readyTimeoutMs: 60_000 }).catch(() => null);
+    await new Promise((r) => setTimeout(r, 400));
+    for (const c of [...runningChildren()]) c.kill('SIGKILL');
+    await killed;
+    await startAll(ts);
+    for (const a of agents) await waitSettled(a);
+    const d = doc();
+    assert.equal(Object.keys(d.ranges).length, N);
+    assertDisjoint(d);
+    for (const t of ts) for (const [l, x] of Object.entries(recorded(t))) assert.deepEqual(x, { start: d.ranges[l]!.start, size: d.ranges[l]!.size }, l);
+    assert.equal((await callAgent(agents[0]!.socket, P.resolve, { label: 'e0999'.slice(0, 5) })).label, 'e0999'.slice(0, 5));
+  });
+
+  it('(f) ranges import refuses a local record that conflicts, naming both labels; a clean one goes in', async () => {
+    const t = tree(0);
+    autos(t, ['theirs']);
+    await startAll([t]);
+    await waitSettled(agents[0]!);
+    const theirs = doc().ranges.theirs!;
+    // This host's older record: "mine" where etcd now has "theirs".
+    mkdirSync(t.state, { recursive: true });
+    const local = { version: 1, allocations: { theirs: { start: theirs.start, size: theirs.size }, mine: { start: theirs.start, size: 65536 } } };
+    writeFileSync(join(t.state, 'ranges.json'), JSON.stringify(local));
+    const r = await usernsctl(['--socket', agents[0]!.socket, 'ranges', 'import']);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /E_CONFIG: nothing imported: mine: this host's mine at \d+-\d+ overlaps theirs's range/);
+    assert.equal(doc().ranges.mine, undefined, 'all or nothing');
+    writeFileSync(join(t.state, 'ranges.json'), JSON.stringify({ version: 1, allocations: { theirs: local.allocations.theirs, mine: { start: 400000000 - 400000000 % 65536, size: 65536 } } }));
+    assert.match((await usernsctl(['--socket', agents[0]!.socket, 'ranges', 'import'])).out, /imported 1 allocation/);
+    const listed = await usernsctl(['--socket', agents[0]!.socket, 'ranges']);
+    assert.match(listed.out, /^mine\s+auto\s+\d+-\d+\s+etcd\s+host0\s+\S+$/m);
+  });
+
+  it('a static range overlapping another host\'s is refused by the later host, naming the other; forget is refused while pinned anywhere', async () => {
+    const [t0, t1] = [0, 1].map(tree);
+    t0!.context('s1.conf', '[context]\nuid_map = 0 5000000 65536\ngid_map = 0 5000000 65536\n');
+    agents = [await startAgent(t0!, ['--log-level', 'info'])];
+    await waitSettled(agents[0]!);
+    t1!.context('s2.conf', '[context]\nuid_map = 0 5030000 65536\ngid_map = 0 5030000 65536\n');
+    agents.push(await startAgent(t1!, ['--log-level', 'info']));
+    await waitSettled(agents[1]!);
+    await assert.rejects(callAgent(agents[1]!.socket, P.resolve, { label: 's2' }), (e: unknown) => e instanceof UsernsError && /refused by the shared pool: its ids 5030000-5095535 overlap s1's static range 5000000-5065535 \(configured on host0\)/.test(e.message));
+    // A pinned range cannot be forgotten from another host.
+    autos(t0!, ['pinned']);
+    await callAgent(agents[0]!.socket, P.reload, {});
+    await waitSettled(agents[0]!);
+    await callAgent(agents[0]!.socket, P.resolve, { label: 'pinned' });
+    await new Promise((r) => setTimeout(r, 500)); // the pins are published a moment after
+    await assert.rejects(callAgent(agents[1]!.socket, P.rangesForget, { label: 'pinned' }), /pinned on host0: release it there first/);
+    await callAgent(agents[0]!.socket, P.release, { label: 'pinned' });
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(await callAgent(agents[1]!.socket, P.rangesForget, { label: 'pinned' }), { label: 'pinned', forgotten: true });
+    assert.equal(doc().ranges.pinned, undefined);
+    rmSync(join(t0!.contexts, 'pinned.conf'));
+  });
+});

@@ -1,0 +1,78 @@
+// A real etcd cluster on loopback ports for the tests (Debian's etcd-server; .ci/run installs it):
+// members started, killed and restarted at will, every process reaped and every data dir removed.
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const hasEtcd = spawnSync('etcd', ['--version']).status === 0 && spawnSync('etcdctl', ['version']).status === 0;
+
+export type Cluster = {
+  readonly endpoints: string[];
+  kill(i: number): Promise<void>;
+  start(i: number): Promise<void>;
+  /** etcdctl against the cluster, for checks made apart from the agents. */
+  ctl(args: string[]): { status: number | null; out: string; err: string };
+  stop(): Promise<void>;
+};
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function startCluster(size = 3): Promise<Cluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'usernsd-etcd-'));
+  const base = 32000 + (process.pid % 3000) * 10;
+  const client = (i: number) => base + i;
+  const peer = (i: number) => base + 5 + i;
+  const endpoints = Array.from({ length: size }, (_, i) => `http://127.0.0.1:${client(i)}`);
+  const initial = Array.from({ length: size }, (_, i) => `n${i}=http://127.0.0.1:${peer(i)}`).join(',');
+  const procs: (ChildProcess | null)[] = new Array(size).fill(null);
+  const launch = (i: number) => {
+    const p = spawn('etcd', ['--name', `n${i}`, '--data-dir', join(dir, `n${i}`),
+      '--listen-client-urls', endpoints[i]!, '--advertise-client-urls', endpoints[i]!,
+      '--listen-peer-urls', `http://127.0.0.1:${peer(i)}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer(i)}`,
+      '--initial-cluster', initial, '--initial-cluster-state', 'new', '--initial-cluster-token', `usernsd-test-${process.pid}`,
+      '--heartbeat-interval', '50', '--election-timeout', '500', '--log-level', 'error'], { stdio: 'ignore' });
+    procs[i] = p;
+  };
+  const ctl = (args: string[]) => {
+    const r = spawnSync('etcdctl', ['--endpoints', endpoints.join(','), '--command-timeout', '3s', ...args], { encoding: 'utf8', env: { ...process.env, ETCDCTL_API: '3' } });
+    return { status: r.status, out: r.stdout, err: r.stderr };
+  };
+  const healthy = async (members: number[]) => {
+    for (let t = 0; t < 200; t++) {
+      const r = spawnSync('etcdctl', ['--endpoints', members.map((i) => endpoints[i]).join(','), '--command-timeout', '1s', 'endpoint', 'health'], { encoding: 'utf8' });
+      if (r.status === 0) return;
+      await sleep(100);
+    }
+    throw new Error(`etcd members ${members.join(',')} did not become healthy`);
+  };
+  for (let i = 0; i < size; i++) launch(i);
+  const cluster: Cluster = {
+    endpoints,
+    async kill(i) {
+      const p = procs[i];
+      if (!p || p.exitCode !== null || p.signalCode !== null) return;
+      const gone = new Promise((r) => p.once('exit', r));
+      p.kill('SIGKILL');
+      await gone;
+      procs[i] = null;
+    },
+    async start(i) {
+      launch(i);
+      await healthy([i]);
+    },
+    ctl,
+    async stop() {
+      for (let i = 0; i < size; i++) await cluster.kill(i);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await healthy([...Array(size).keys()]);
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
+  return cluster;
+}
