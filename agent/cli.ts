@@ -15,6 +15,7 @@ import type { Owner } from './wire/protocol.ts';
 import { VERSION } from './version.ts';
 import { enterWithViews, mountedViews, viewCmd } from './cliviews.ts';
 import { explainCmd } from './cliexplain.ts';
+import { checkEtcd, rangesCmd } from './cliranges.ts';
 import { COMMON, EXIT, oneLabel, parseCommand, printTable, stdio, UsageError, who } from './cliargs.ts';
 import type { Globals, Io } from './cliargs.ts';
 
@@ -100,12 +101,12 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
 async function checkConfig(args: string[], io: Io): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { config: { type: 'string', short: 'c' }, verbose: { type: 'boolean', short: 'v' }, help: { type: 'boolean', short: 'h' } },
+    options: { config: { type: 'string', short: 'c' }, verbose: { type: 'boolean', short: 'v' }, etcd: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
     allowPositionals: false,
   });
   if (values.help) {
-    io.out('Usage: usernsctl check-config [--config FILE] [--verbose]');
+    io.out('Usage: usernsctl check-config [--config FILE] [--verbose] [--etcd]');
     return EXIT.OK;
   }
   const { loadConfiguration } = await import('./configure.ts'); // NSS through koffi: only here
@@ -117,8 +118,9 @@ async function checkConfig(args: string[], io: Io): Promise<number> {
       const range = a ? ` range=auto:${a.start}-${a.start + a.size - 1}${cfg.unrecorded.has(c.label) ? '(not yet recorded)' : ''}` : '';
       io.out(`${c.label}: parent=${c.parent} owner=${c.owner.name ?? c.owner.uid} uid_map="${formatExtents(c.uidMap)}" gid_map="${formatExtents(c.gidMap)}"${range} setgroups=${c.setgroups} create=${c.create} squash=${c.squash.mode} file=${c.file}`);
     }
-    io.out(`${cfg.agent.file}: ${cfg.contexts.size} valid context(s), ${cfg.errors.length} error(s)`);
+    io.out(`${cfg.agent.file}: ${cfg.contexts.size} valid context(s), ${cfg.errors.length} error(s)${cfg.waiting.length ? `, ${cfg.waiting.length} waiting for the shared pool` : ''}`);
   }
+  if (values.etcd) return (await checkEtcd(cfg.agent, io)) && cfg.errors.length === 0 ? EXIT.OK : EXIT.ERROR;
   return cfg.errors.length > 0 ? EXIT.ERROR : EXIT.OK;
 }
 
@@ -229,33 +231,6 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`configuration errors: ${r.errors?.length ?? 0}`);
   for (const e of r.errors ?? []) io.out(`  ${e}`);
   for (const p of r.pins ?? []) io.out(`pin ${p.label}: ${p.status}: ${p.message}`);
-  return EXIT.OK;
-}
-
-async function rangesCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { positionals } = parseCommand(args, {}, g);
-  const [sub, ...rest] = positionals;
-  if (sub === 'import' && rest.length === 0) {
-    const r = await callAgent(g.socket, P.rangesImport, {});
-    io.out(g.json ? JSON.stringify(r) : `imported ${r.imported} allocation(s) into the shared pool`);
-    return EXIT.OK;
-  }
-  if (sub === 'forget' && rest.length === 1) {
-    const r = await callAgent(g.socket, P.rangesForget, { label: rest[0]! });
-    io.out(g.json ? JSON.stringify(r) : r.forgotten ? `forgot ${r.label}: its range is free` : `${r.label} had no recorded range`);
-    return EXIT.OK;
-  }
-  if (sub !== undefined) throw new UsageError('ranges takes nothing, "import", or "forget LABEL"');
-  const r = await callAgent(g.socket, P.ranges, {});
-  if (g.json) {
-    io.out(JSON.stringify(r));
-    return EXIT.OK;
-  }
-  if (r.ranges.length === 0) {
-    io.out(`no ranges recorded (coordinator ${r.coordinator})`);
-    return EXIT.OK;
-  }
-  printTable(io, [['LABEL', 'KIND', 'IDS', 'DECIDED', 'BY', 'AT'], ...r.ranges.map((x) => [x.label, x.kind, x.ranges.map((i) => `${i.start}-${i.end - 1}`).join(','), x.decided, x.by ?? '-', x.at ?? '-'])]);
   return EXIT.OK;
 }
 

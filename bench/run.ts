@@ -11,6 +11,7 @@ import { LIMITS } from '../agent/wire/protocol.ts';
 import { benchUpcall } from './upcall.ts';
 import { benchViews } from './views.ts';
 import { benchUserdb } from './userdb.ts';
+import { benchShared } from './shared.ts';
 
 const f2 = (n: number) => n.toFixed(2);
 const f3 = (n: number) => n.toFixed(3);
@@ -33,6 +34,8 @@ log('views');
 const vw = await benchViews(Number(process.env.BENCH_RUNS ?? 30));
 log('userdb');
 const ud = await benchUserdb();
+log('shared ranges (etcd)');
+const sh = await benchShared();
 log('storm (a well-behaved client against every kind of abuse at once)');
 const sm = await runStorm(Number(process.env.BENCH_STORM_SECONDS ?? 10));
 
@@ -82,6 +85,8 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
 | walk and stat ${k(vw.files)} files through a bindfs view | ${vw.walkBindfs === null ? 'bindfs not installed' : `${f2(vw.walkBindfs)} ms`} | the plain tree ${f2(vw.walkPlain)} ms | ${vw.walkBindfs === null ? '—' : f2(vw.walkBindfs / vw.walkPlain)} | — (the fallback's cost) |
 | \`getent passwd ID\` named by the agent's userdb, median | ${f2(ud.getentOurs)} ms | a user of /etc/passwd (${ud.filesUser}) ${f2(ud.getentFiles)} ms | ${f2(getentRatio)} | ≤ 2: ${verdict(getentRatio <= 2, `by ${f2(getentRatio - 2)}`)} |
 | userdb lookup on the agent's socket, ${ud.clients} clients at once | p50 ${f3(ud.p50)} ms, p99 ${f3(ud.p99)} ms | | | ${k(ud.perSecond)} lookups/s |
+| allocation of one new label, decided in etcd (3 members, loopback), p50 / p99 | ${sh.available ? `${f2(sh.etcd.p50)} / ${f2(sh.etcd.p99)} ms` : 'etcd not installed'} | decided locally ${f2(sh.local.p50)} / ${f2(sh.local.p99)} ms | ${sh.available ? f2(sh.etcd.p50 / sh.local.p50) : '—'} | — |
+| start-up to ready, ${sh.contexts} new auto contexts, etcd | ${sh.available ? `${Math.round(sh.startEtcd)} ms` : '—'} | local ${Math.round(sh.startLocal)} ms | ${sh.available ? f2(sh.startEtcd / sh.startLocal) : '—'} | — |
 | upcall, nfsidmap through request-key | ${up.nfsidmap === null ? 'not installed' : `${f2(up.nfsidmap)} ms`} | request-key floor ${f2(up.floor)} ms | ${up.nfsidmap === null ? '—' : f2(up.ours / up.nfsidmap)} (ours / nfsidmap) | — |
 
 ## How each is measured
@@ -151,6 +156,12 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
   are a process start, NSS's modules and the lookup. Then ${ud.clients} clients each ask GetUserRecord
   on its own connection, one call at a time, for 3 s (${k(ud.lookups)} lookups): the agent answers from
   memory, so \`ls -l\` on a large tree of a context's files does not feel it.
+- **shared ranges** (\`bench/shared.ts\`): a 3-member etcd cluster on loopback ports. One new
+  label at a time, ${sh.runs} after 10 warm-up: in etcd, the agent's \`EtcdCoordinator.settle\` (a read of the
+  pool document and one compare-and-swap; the document grows with each label); locally, the same
+  allocator plus the fsync'd ranges.json a load writes. Start-up: an agent with ${sh.contexts} auto contexts
+  none of which has a range yet, spawn to "Serving"; with etcd all ${sh.contexts} are decided in one
+  compare-and-swap of the pool document.
 - **storm** (\`bench/storm.ts\`, run by \`test/e2e/abuse.test.ts\` too, which asserts only what is
   not timing): a well-behaved client resolves one request at a time for ${sm.seconds} s without a storm, then
   ${sm.seconds} s during one. The storm is six processes of users other than root

@@ -131,6 +131,9 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
       assert.ok(Date.now() - t0 < 1500 + 1000, `failed within the timeout (${Date.now() - t0} ms)`);
       assert.equal((await callAgent(a.socket, P.status, {})).coordinator?.reachable, false);
       assert.match((await usernsctl(['--socket', a.socket, 'status'])).out, /coordinator: etcd .*NOT reachable, as host0; 1 context\(s\) waiting/);
+      const down = await usernsctl(['check-config', '--config', t.config, '--etcd']);
+      assert.equal(down.code, 1);
+      assert.match(down.err, /^etcd: etcd \(.*\) did not answer a read/m);
     } finally {
       await Promise.all([0, 1, 2].map((i) => cluster.start(i)));
     }
@@ -143,6 +146,9 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
       }
     }
     assert.ok(doc().ranges.fresh, 'decided in etcd, not alone');
+    const up = await usernsctl(['check-config', '--config', t.config, '--etcd']);
+    assert.equal(up.code, 0, up.err);
+    assert.match(up.out, /answers; 2 range\(s\) and 0 static range\(s\) under \/usernsd-test-/);
   });
 
   it('(e) an agent SIGKILLed mid-allocation and restarted: no label with two ranges, nothing blocked', async () => {
