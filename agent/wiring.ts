@@ -65,9 +65,11 @@ export async function checkUpcallWiring(socket: string, opts: Options = {}): Pro
   } catch (err) {
     return result('broken', rule, handler, `the request-key rule${where} runs ${program}, which is ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not there' : 'not executable'}: fix the rule's path`);
   }
-  const upcallAt = handler.indexOf('upcall');
-  const isUsernsctl = upcallAt > 0 && handler.slice(0, upcallAt).some((a) => /^usernsctl(\.js)?$/.test(basename(a)));
-  if (!isUsernsctl) return result('elsewhere', rule, handler, `"user" keys "userns:LABEL" go to ${handler.join(' ')}${where}, not to usernsctl upcall`);
+  // Ours: the C handler (usernsd-upcall ARGS), or usernsctl upcall ARGS (the Node one).
+  const isC = basename(handler[0]!) === 'usernsd-upcall';
+  const upcallAt = isC ? 0 : handler.indexOf('upcall');
+  const isUsernsctl = isC || (upcallAt > 0 && handler.slice(0, upcallAt).some((a) => /^usernsctl(\.js)?$/.test(basename(a))));
+  if (!isUsernsctl) return result('elsewhere', rule, handler, `"user" keys "userns:LABEL" go to ${handler.join(' ')}${where}, not to usernsd-upcall or usernsctl upcall`);
   const asks = socketOption(handler.slice(upcallAt + 1)) ?? DEFAULT_SOCKET; // what usernsctl asks without --socket
   if (asks !== socket) return result('other-socket', rule, handler, `the request-key handler${where} asks the agent at ${asks}, but this agent listens on ${socket}: add --socket ${socket} to the rule`);
   return result('ok', rule, handler, `request-key sends "user" keys "userns:LABEL" to ${handler.join(' ')}${where}`);

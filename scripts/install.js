@@ -107,7 +107,8 @@ function install() {
   put(join(dirs.TMPFILESDIR, 'usernsd.conf'), readFileSync(join(SRC, 'etc', 'tmpfiles.d', 'usernsd.conf')));
   put(join(SYSCONFDIR, 'init.d', 'usernsd'), subst(readFileSync(join(SRC, 'etc', 'init.d', 'usernsd'), 'utf8')), 0o755, true);
   if (existsSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'))) {
-    put(join(SYSCONFDIR, 'request-key.d', 'usernsd.conf'), subst(readFileSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'), 'utf8')), 0o644, true);
+    const handler = existsSync(join(SRC, 'dist', 'usernsd-upcall')) ? `${dirs.LIBDIR}/dist/usernsd-upcall` : `${dirs.BINDIR}/usernsctl upcall`;
+    put(join(SYSCONFDIR, 'request-key.d', 'usernsd.conf'), subst(readFileSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'), 'utf8')).replace('@UPCALL@', handler), 0o644, true);
   }
   // The admin's configuration is never overwritten; the shipped contexts are examples only.
   const conf = readFileSync(join(SRC, 'etc', 'usernsd.conf'), 'utf8').replaceAll('/etc/userns.d', `${SYSCONFDIR}/userns.d`);

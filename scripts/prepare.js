@@ -12,7 +12,7 @@ const root = dirname(dirname(fileURLToPath(import.meta.url)));
 function newest(dir) {
   let t = 0;
   for (const e of readdirSync(join(root, dir), { withFileTypes: true, recursive: true })) {
-    if (e.isFile() && e.name.endsWith('.ts')) t = Math.max(t, statSync(join(e.parentPath, e.name)).mtimeMs);
+    if (e.isFile() && (e.name.endsWith('.ts') || e.name.endsWith('.c'))) t = Math.max(t, statSync(join(e.parentPath, e.name)).mtimeMs);
   }
   return t;
 }
@@ -25,7 +25,7 @@ function builtAt() {
   }
 }
 
-const sources = Math.max(newest('agent'), newest('config'), ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(root, f)).mtimeMs));
+const sources = Math.max(newest('agent'), newest('config'), newest('native'), ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(root, f)).mtimeMs));
 if (builtAt() >= sources) process.exit(0);
 try {
   accessSync(root, constants.W_OK);

@@ -27,7 +27,17 @@ function inSession(script: string, user?: { uid: number; gid: number }) {
 /** The labels these tests answer keys for. */
 const TEST_LABELS = ['a', 'mine', 'gone'];
 
-describe('e2e: the request-key upcall (root, keyutils)', function () {
+/**
+ * Both handlers answer the same keys the same way: the C one (dist/usernsd-upcall, built when a C
+ * compiler is present; CI always has one) and the Node one (usernsctl upcall).
+ */
+const C_HANDLER = new URL('../../dist/usernsd-upcall', import.meta.url).pathname;
+const HANDLERS: { name: string; argv: string[] }[] = [
+  { name: 'the Node handler, usernsctl upcall', argv: [process.execPath, USERNSCTL, 'upcall'] },
+  ...(existsSync(C_HANDLER) || process.env.CI ? [{ name: 'the C handler, usernsd-upcall', argv: [C_HANDLER] }] : []),
+];
+
+for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler.name} (root, keyutils)`, function () {
   let tree: Tree;
   let agent: RunningAgent;
   let rule: string;
@@ -49,7 +59,7 @@ describe('e2e: the request-key upcall (root, keyutils)', function () {
     logFile = join(tree.dir, 'upcall.log');
     // The handler runs with request-key's minimal environment: absolute paths for everything.
     rule = `/etc/request-key.d/usernsd-test-${process.pid}.conf`;
-    writeFileSync(rule, `create user userns:* * ${process.execPath} ${USERNSCTL} upcall -t 600 --socket ${agent.socket} --log ${logFile} %k %d\n`);
+    writeFileSync(rule, `create user userns:* * ${handler.argv.join(' ')} -t 600 --socket ${agent.socket} --log ${logFile} %k %d\n`);
   });
   after(async () => {
     if (rule) rmSync(rule, { force: true });
@@ -73,7 +83,7 @@ describe('e2e: the request-key upcall (root, keyutils)', function () {
     const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
     assert.equal(st.upcall?.state, 'ok', st.upcall?.message);
     assert.equal(st.upcall?.rule, `${basename(rule)}:1`);
-    assert.deepEqual(st.upcall?.handler?.slice(0, 3), [process.execPath, USERNSCTL, 'upcall']);
+    assert.deepEqual(st.upcall?.handler?.slice(0, handler.argv.length), handler.argv);
     assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^upcall: {6}ok: request-key sends "user" keys "userns:LABEL" to /m);
   });
 

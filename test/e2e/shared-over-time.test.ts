@@ -1,0 +1,122 @@
+// Shared ranges over time, model-based: two agents on one etcd cluster, files written and removed
+// on either host, reloads, restarts, a member bounced; after every step both hosts give every label
+// they both have the same ids, the kernel's pins agree, and nothing in the pool overlaps.
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { callAgent } from '../../agent/wire/client.ts';
+import * as P from '../../agent/wire/protocol.ts';
+import { cleanup, startAgent } from '../helpers/agent.ts';
+import type { RunningAgent } from '../helpers/agent.ts';
+import { hasEtcd, startCluster } from '../helpers/etcd.ts';
+import type { Cluster } from '../helpers/etcd.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot, kernelMaps } from '../helpers/kernel.ts';
+
+const LABELS = ['a', 'b', 'c', 'd'] as const;
+type Model = { files: [Set<string>, Set<string>] };
+type Real = { trees: [Tree, Tree]; agents: [RunningAgent, RunningAgent]; cluster: Cluster; prefix: string };
+
+async function settled(a: RunningAgent): Promise<void> {
+  for (const t0 = Date.now(); Date.now() - t0 < 30_000; await new Promise((r) => setTimeout(r, 100))) {
+    const s = await callAgent(a.socket, P.status, {});
+    if (s.coordinator?.waiting === 0 && s.coordinator.reachable) return;
+  }
+  throw new Error('an agent still waits for the shared pool');
+}
+
+async function checkInvariants(m: Model, r: Real): Promise<void> {
+  for (const a of r.agents) await settled(a);
+  const doc = JSON.parse(r.cluster.ctl(['get', `${r.prefix}pool`, '--print-value-only']).out || '{"ranges":{}}') as { ranges: Record<string, { start: number; size: number }> };
+  const spans = Object.entries(doc.ranges).map(([l, x]) => ({ l, s: x.start, e: x.start + x.size })).sort((x, y) => x.s - y.s);
+  for (let k = 1; k < spans.length; k++) assert.ok(spans[k - 1]!.e <= spans[k]!.s, `${spans[k - 1]!.l} overlaps ${spans[k]!.l}`);
+  const lists = await Promise.all(r.agents.map((a) => callAgent(a.socket, P.list, {})));
+  lists.forEach((list, h) => {
+    const labels = list.contexts.map((c) => c.label).sort();
+    assert.deepEqual(labels, [...m.files[h]!].sort(), `host${h} has exactly its files in force`);
+    for (const c of list.contexts) assert.equal(c.uidMap[0]!.outside, doc.ranges[c.label]?.start, `host${h}'s ${c.label} has the pool's range`);
+  });
+  // The kernel agrees: a label pinned on both hosts maps the same host ids.
+  for (const label of LABELS) {
+    if (!m.files[0].has(label) || !m.files[1].has(label)) continue;
+    const pins = await Promise.all(r.agents.map((a) => callAgent(a.socket, P.resolve, { label })));
+    assert.deepEqual(kernelMaps(pins[0].path), kernelMaps(pins[1].path), `${label}'s pins`);
+  }
+}
+
+type Command = fc.AsyncCommand<Model, Real>;
+const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({ check, run, toString: () => name });
+
+const write = (h: 0 | 1, label: string) => command(`host${h}: write ${label}.conf (auto) + reload`, (m) => !m.files[h].has(label), async (m, r) => {
+  r.trees[h].context(`${label}.conf`, '[context]\nrange = auto\n');
+  await callAgent(r.agents[h].socket, P.reload, {});
+  m.files[h].add(label);
+  await checkInvariants(m, r);
+});
+
+const remove = (h: 0 | 1, label: string) => command(`host${h}: remove ${label}.conf + reload`, (m) => m.files[h].has(label), async (m, r) => {
+  rmSync(join(r.trees[h].contexts, `${label}.conf`));
+  await callAgent(r.agents[h].socket, P.reload, {});
+  m.files[h].delete(label);
+  await checkInvariants(m, r);
+});
+
+const restart = (h: 0 | 1) => command(`host${h}: restart`, () => true, async (m, r) => {
+  assert.equal(await r.agents[h].stop(), 0);
+  r.agents[h] = await startAgent(r.trees[h], ['--log-level', 'info']);
+  await checkInvariants(m, r);
+});
+
+const bounce = (i: number) => command(`etcd member ${i}: killed and started again`, () => true, async (m, r) => {
+  await r.cluster.kill(i);
+  await r.cluster.start(i);
+  await checkInvariants(m, r);
+});
+
+const host = fc.constantFrom<0 | 1>(0, 1);
+const label = fc.constantFrom(...LABELS);
+const commandsArb = fc.commands([
+  fc.tuple(host, label).map(([h, l]) => write(h, l)),
+  fc.tuple(host, label).map(([h, l]) => write(h, l)),
+  fc.tuple(host, label).map(([h, l]) => remove(h, l)),
+  host.map(restart),
+  fc.nat(2).map(bounce),
+], { maxCommands: 8 });
+
+const RUNS = Number(process.env.USERNSD_MODEL_RUNS ?? 4);
+const SEED = Number(process.env.USERNSD_MODEL_SEED ?? 20261129);
+
+describe('e2e: shared ranges over time, model-based, two agents on one etcd cluster (root)', function () {
+  this.timeout(600_000);
+  let cluster: Cluster;
+  let run = 0;
+  before(async function () {
+    if (!isRoot || !hasEtcd) this.skip();
+    cluster = await startCluster(3);
+  });
+  after(async () => { await cluster?.stop(); });
+
+  const property = () => fc.asyncProperty(commandsArb, async (cmds) => {
+    const prefix = `/usernsd-model-${process.pid}-${++run}/`;
+    const trees = [0, 1].map((h) => makeTree(`[pool]\ncoordinator = etcd\nrange = 100000000-110000000\n[etcd]\nendpoints = ${cluster.endpoints.join(', ')}\nprefix = ${prefix}\nname = host${h}\ntimeout = 1500\n`)) as [Tree, Tree];
+    try {
+      const agents = await Promise.all(trees.map((t) => startAgent(t, ['--log-level', 'info']))) as [RunningAgent, RunningAgent];
+      await fc.asyncModelRun(() => ({ model: { files: [new Set<string>(), new Set<string>()] as [Set<string>, Set<string>] }, real: { trees, agents, cluster, prefix } }), cmds);
+    } finally {
+      for (const t of trees) await cleanup(t);
+    }
+  });
+
+  it('both hosts agree on every label, with a fixed seed', async () => {
+    await fc.assert(property(), { seed: SEED, numRuns: RUNS });
+  });
+
+  it('the same with a random seed (printed)', async () => {
+    const seed = Date.now() ^ (Math.random() * 2 ** 31);
+    console.log(`      shared-over-time random seed: ${seed} (rerun: USERNSD_MODEL_SEED=${seed})`);
+    await fc.assert(property(), { seed, numRuns: RUNS });
+  });
+});
+
