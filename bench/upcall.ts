@@ -1,12 +1,15 @@
 // The request-key upcall end to end (keyctl request2 of a fresh key), against a bare Node start, nfsidmap, and request-key's own floor.
 import { spawnSync } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { invalidateIssuedKeys } from '../agent/kernel/keys.ts';
 import { percentile } from '../agent/stats.ts';
 import { cleanup, startAgent, USERNSCTL } from '../test/helpers/agent.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';
 
-export type UpcallFigures = { runs: number; ours: number; node: number; nfsidmap: number | null; floor: number };
+/** ours: the Node handler (usernsctl upcall); c: the C handler (dist/usernsd-upcall), null when not built. */
+export type UpcallFigures = { runs: number; ours: number; c: number | null; node: number; nfsidmap: number | null; floor: number };
+
+const C_HANDLER = new URL('../dist/usernsd-upcall', import.meta.url).pathname;
 
 /** Wall time of one command, in ms. */
 function time(argv: string[], env?: NodeJS.ProcessEnv): number {
@@ -24,8 +27,11 @@ export async function benchUpcall(runs = 40): Promise<UpcallFigures> {
     tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     const agent = await startAgent(tree, ['--log-level', 'info']);
     // The floor: request-key with a handler that does nothing but instantiate (keyutils' own tool).
-    writeFileSync(rule, [
-      `create user userns:* * ${process.execPath} ${USERNSCTL} upcall -t 600 --socket ${agent.socket} %k %d`,
+    // "userns:" keys go to one handler or the other: the rule is rewritten before each request
+    // (request-key reads its rules afresh each time).
+    const c = existsSync(C_HANDLER) ? C_HANDLER : null;
+    const rules = (handler: string) => writeFileSync(rule, [
+      `create user userns:* * ${handler} -t 600 --socket ${agent.socket} %k %d`,
       `create user ufloor:* * /bin/keyctl instantiate %k x %S`,
       ...(nfsidmap ? [`create user uid:* * ${nfsidmap} -t 600 %k %d`] : []),
       '',
@@ -33,20 +39,24 @@ export async function benchUpcall(runs = 40): Promise<UpcallFigures> {
     // Each request in a new session keyring: nothing is cached, every one is a real upcall.
     const request = (desc: string) => ['keyctl', 'session', '-', 'keyctl', 'request2', 'user', desc, '', '@s'];
     const ours: number[] = [];
+    const cs: number[] = [];
     const node: number[] = [];
     const nfs: number[] = [];
     const floor: number[] = [];
     for (let i = 0; i < runs + 3; i++) {
+      rules(`${process.execPath} ${USERNSCTL} upcall`);
       const o = time(request('userns:a'));
+      if (c) rules(c);
+      const k = c ? time(request('userns:a')) : 0;
       const n = time(['env', '-i', process.execPath, '-e', '0']); // request-key's handlers get a minimal environment too
       const f = time(request(`ufloor:${i}`));
       const x = nfsidmap ? time(request('uid:root@localdomain')) : 0;
       if (i < 3) continue; // warm caches
-      ours.push(o); node.push(n); floor.push(f); nfs.push(x);
+      ours.push(o); cs.push(k); node.push(n); floor.push(f); nfs.push(x);
     }
     await agent.stop();
     const med = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
-    return { runs, ours: med(ours), node: med(node), nfsidmap: nfsidmap ? med(nfs) : null, floor: med(floor) };
+    return { runs, ours: med(ours), c: c ? med(cs) : null, node: med(node), nfsidmap: nfsidmap ? med(nfs) : null, floor: med(floor) };
   } finally {
     rmSync(rule, { force: true });
     // The answers registered in root's persistent keyring would otherwise wait for their expiry.
