@@ -132,46 +132,12 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     }
   }
 
-  let starts = new Map<string, number>();
-  let fresh = new Map<string, Allocation>();
-  let kept = new Map<string, Allocation>();
-  let pending: PendingRange[] = [];
-  let waiting: string[] = [];
-  const statics: StaticClaim[] = [];
-  const wantsRange = defs.some((d) => d.autoSize !== null);
-  let coordinated = defs;
-  if (agent.coordinator === 'etcd') {
-    // The shared pool decides; ranges.json holds what it decided (written before use). A label it
-    // has not decided yet waits, with its children, until the agent hears from etcd: never allocated here.
-    ({ starts, kept, pending, waiting, coordinated } = fromSharedPool(agent, defs, opts.refused ?? new Map(), errors));
-    // Every static range is registered, refused ones too: the pool says again whether they still conflict.
-    for (const [label, h] of finishContexts(defs.filter((d) => d.autoSize === null), new Map(), []).hostMaps) {
-      const d = defs.find((x) => x.label === label);
-      if (d?.parent === HOST_LABEL) statics.push({ label, intervals: mergeIntervals([...h.uid, ...h.gid].map((e) => ({ start: e.outside, end: e.outside + e.count }))) });
-    }
-  } else try {
-    // Recorded allocations are read even without an auto context: a static range must not take one.
-    // (Unreadable, for check-config run by a user: without auto contexts, nothing below says so.)
-    const recorded = readAllocations(agent.state);
-    if (wantsRange) {
-      // Static ranges as they stand before allocation: auto contexts (and their children) are left out.
-      const statics = finishContexts(defs, new Map(), []).hostMaps;
-      const reserved: Interval[] = [...(opts.systemIds ?? systemIds)()];
-      for (const h of statics.values()) for (const e of [...h.uid, ...h.gid]) reserved.push({ start: e.outside, end: e.outside + e.count });
-      ({ starts, fresh, kept } = assignRanges(defs, agent.pool, recorded, reserved, errors));
-      if (opts.record && fresh.size > 0) {
-        ensureStateDir(agent.state);
-        writeAllocations(agent.state, new Map([...recorded, ...fresh]));
-      }
-    } else {
-      kept = recorded;
-    }
-  } catch (err) {
-    if (!(err instanceof UsernsError)) throw err;
-    for (const d of defs) if (d.autoSize !== null) errors.push(configError(d.file, 'context', 'range', null, err.message));
-    starts = new Map();
-    fresh = new Map();
-  }
+  // Who decides the auto ranges: this host (hash first, next free, recorded before use) or the
+  // shared pool, whose decisions ranges.json holds; what it has not decided yet waits.
+  const pool = agent.coordinator === 'etcd'
+    ? { fresh: new Map<string, Allocation>(), statics: staticClaims(defs), ...fromSharedPool(agent, defs, opts.refused ?? new Map(), errors) }
+    : { pending: [], waiting: [], statics: [], coordinated: defs, ...fromLocalPool(agent, defs, opts, errors) };
+  const { starts, fresh, kept, pending, waiting, statics, coordinated } = pool;
   const pinned = pinnedMaps(agent.pins, agent.state);
   // A context the shared pool refuses is not kept at a last good version: that version is what it refuses.
   if (opts.refused?.size) inForce = new Map([...inForce].filter(([label]) => !opts.refused!.has(label)));
@@ -191,6 +157,43 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     waiting,
     requests: agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: d.autoSize!, file: d.file })) : [],
   };
+}
+
+/**
+ * coordinator = local: every auto context gets its recorded start, or a fresh one that avoids the
+ * static ranges, the system's ids and every other allocation, recorded (when the agent loads)
+ * before anything uses it. A record that cannot be read allocates nothing: an error each.
+ */
+function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], opts: LoadOptions, errors: ConfigError[]) {
+  try {
+    // Recorded allocations are read even without an auto context: a static range must not take one.
+    // (Unreadable, for check-config run by a user: without auto contexts, nothing below says so.)
+    const recorded = readAllocations(agent.state);
+    if (!defs.some((d) => d.autoSize !== null)) return { starts: new Map<string, number>(), fresh: new Map<string, Allocation>(), kept: recorded };
+    // Static ranges as they stand before allocation: auto contexts (and their children) are left out.
+    const reserved: Interval[] = [...(opts.systemIds ?? systemIds)()];
+    for (const h of finishContexts(defs, new Map(), []).hostMaps.values()) for (const e of [...h.uid, ...h.gid]) reserved.push({ start: e.outside, end: e.outside + e.count });
+    const r = assignRanges(defs, agent.pool, recorded, reserved, errors);
+    if (opts.record && r.fresh.size > 0) {
+      ensureStateDir(agent.state);
+      writeAllocations(agent.state, new Map([...recorded, ...r.fresh]));
+    }
+    return r;
+  } catch (err) {
+    if (!(err instanceof UsernsError)) throw err;
+    for (const d of defs) if (d.autoSize !== null) errors.push(configError(d.file, 'context', 'range', null, err.message));
+    return { starts: new Map<string, number>(), fresh: new Map<string, Allocation>(), kept: new Map<string, Allocation>() };
+  }
+}
+
+/** coordinator = etcd: this host's top-level static ranges, refused ones too (the pool says again whether they still conflict). */
+function staticClaims(defs: readonly ContextDef[]): StaticClaim[] {
+  const out: StaticClaim[] = [];
+  for (const [label, h] of finishContexts(defs.filter((d) => d.autoSize === null), new Map(), []).hostMaps) {
+    if (defs.find((x) => x.label === label)?.parent !== HOST_LABEL) continue;
+    out.push({ label, intervals: mergeIntervals([...h.uid, ...h.gid].map((e) => ({ start: e.outside, end: e.outside + e.count }))) });
+  }
+  return out;
 }
 
 /**

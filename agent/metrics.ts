@@ -6,6 +6,7 @@ import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Metric } from 'prom-client';
 import { ERROR_CODES } from './errors.ts';
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5];
@@ -24,8 +25,9 @@ export type MetricsSource = {
 export class Metrics {
   readonly registry = new Registry();
   private readonly methods: ReadonlySet<string>;
-  private readonly requests: Counter<'method' | 'code'>;
-  private readonly latency: Histogram<'method'>;
+  /** Requests by "method code" and latency buckets by method: plain numbers, read at scrape time. */
+  private readonly counts = new Map<string, { method: string; code: string; n: number }>();
+  private readonly latency = new Map<string, { buckets: number[]; sum: number; count: number }>();
   private readonly namespaces: Counter<'event'>;
   private readonly createLatency: Histogram;
   private readonly reloads: Counter<'outcome'>;
@@ -36,8 +38,30 @@ export class Metrics {
   constructor(methods: readonly string[], source: MetricsSource) {
     const registers = [this.registry];
     this.methods = new Set(methods);
-    this.requests = new Counter({ name: 'usernsd_requests_total', help: 'Requests answered, by method ("invalid" for a name the agent does not serve) and code ("ok" or the error code).', labelNames: ['method', 'code'], registers });
-    this.latency = new Histogram({ name: 'usernsd_request_duration_seconds', help: 'Time from a request read to its reply written, by method.', labelNames: ['method'], buckets: LATENCY_BUCKETS, registers });
+    // The two figures every request touches are kept as plain numbers and handed to prom-client
+    // only when scraped: its own counters hash their labels on every increment.
+    const counts = this.counts;
+    const latency = this.latency;
+    this.registry.registerMetric({
+      name: 'usernsd_requests_total', help: 'Requests answered, by method ("invalid" for a name the agent does not serve) and code ("ok" or the error code).', type: 'counter', aggregator: 'sum',
+      get: async () => ({ name: 'usernsd_requests_total', help: 'Requests answered, by method ("invalid" for a name the agent does not serve) and code ("ok" or the error code).', type: 'counter', aggregator: 'sum',
+        values: [...counts.values()].map((c) => ({ labels: { method: c.method, code: c.code }, value: c.n })) }),
+      reset: () => counts.clear(),
+    } as unknown as Metric);
+    this.registry.registerMetric({
+      name: 'usernsd_request_duration_seconds', help: 'Time from a request read to its reply written, by method.', type: 'histogram', aggregator: 'sum',
+      get: async () => ({ name: 'usernsd_request_duration_seconds', help: 'Time from a request read to its reply written, by method.', type: 'histogram', aggregator: 'sum',
+        values: [...latency].flatMap(([method, h]) => {
+          let acc = 0;
+          return [
+            ...LATENCY_BUCKETS.map((le, i) => ({ labels: { le, method }, value: (acc += h.buckets[i]!), metricName: 'usernsd_request_duration_seconds_bucket' })),
+            { labels: { le: '+Inf', method }, value: h.count, metricName: 'usernsd_request_duration_seconds_bucket' },
+            { labels: { method }, value: h.sum, metricName: 'usernsd_request_duration_seconds_sum' },
+            { labels: { method }, value: h.count, metricName: 'usernsd_request_duration_seconds_count' },
+          ];
+        }) }),
+      reset: () => latency.clear(),
+    } as unknown as Metric);
     this.namespaces = new Counter({ name: 'usernsd_namespaces_total', help: 'User namespaces created and released.', labelNames: ['event'], registers });
     this.createLatency = new Histogram({ name: 'usernsd_namespace_create_duration_seconds', help: 'Time to create, map, check and pin one namespace.', buckets: CREATE_BUCKETS, registers });
     this.reloads = new Counter({ name: 'usernsd_reloads_total', help: 'Reloads, by outcome: ok (put in force, maybe with errors in some context files) or failed (the settings file has errors).', labelNames: ['outcome'], registers });
@@ -56,17 +80,42 @@ export class Metrics {
     new Gauge({ name: 'usernsd_coordinator_waiting', help: 'coordinator = etcd: contexts waiting for their range from etcd.', registers, collect() { const c = source.coordinator(); this.reset(); if (c) this.set(c.waiting); } });
     collectDefaultMetrics({ register: this.registry, prefix: 'usernsd_' });
     // Every series that can exist is there from the start, at zero: rates need no first event.
-    for (const m of methods) this.requests.inc({ method: m, code: 'ok' }, 0);
+    for (const m of methods) this.counts.set(m, { method: m, code: 'ok', n: 0 });
     for (const event of ['created', 'released']) this.namespaces.inc({ event }, 0);
     for (const outcome of ['ok', 'failed']) this.reloads.inc({ outcome }, 0);
     for (const outcome of ['answered', 'rejected']) this.upcalls.inc({ outcome }, 0);
   }
 
+  /** One answered request: a map lookup and a few additions (this is on every request's path). */
   request(method: string, code: string | null, ms: number): void {
-    const m = this.methods.has(method) ? method : 'invalid';
-    const c = code === null ? 'ok' : (ERROR_CODES as readonly string[]).includes(code) ? code : 'E_INTERNAL';
-    this.requests.inc({ method: m, code: c });
-    this.latency.observe({ method: m }, ms / 1000);
+    const key = code === null ? method : `${method} ${code}`;
+    let c = this.counts.get(key);
+    if (!c) {
+      const m = this.methods.has(method) ? method : 'invalid';
+      const k = code === null ? 'ok' : (ERROR_CODES as readonly string[]).includes(code) ? code : 'E_INTERNAL';
+      // Unknown names all count as "invalid", under that key: never one entry per name a client sent.
+      const bounded = m === method ? key : `${m} ${k}`;
+      c = this.counts.get(bounded) ?? { method: m, code: k, n: 0 };
+      this.counts.set(bounded, c);
+      if (bounded !== key) {
+        c.n++;
+        this.observe(m, ms);
+        return;
+      }
+    }
+    c.n++;
+    this.observe(method, ms);
+  }
+
+  private observe(method: string, ms: number): void {
+    let h = this.latency.get(method);
+    if (!h) this.latency.set(method, (h = { buckets: new Array<number>(LATENCY_BUCKETS.length).fill(0), sum: 0, count: 0 }));
+    const s = ms / 1000;
+    let i = 0;
+    while (i < LATENCY_BUCKETS.length && s > LATENCY_BUCKETS[i]!) i++;
+    if (i < LATENCY_BUCKETS.length) h.buckets[i]!++;
+    h.sum += s;
+    h.count++;
   }
 
   created(ms: number): void {
