@@ -12,6 +12,7 @@ import { sendWithFds } from '../kernel/unixsock.ts';
 import { encodeFrame, FrameReader, LIMITS, REPLY_TYPE, REQUEST_TYPE } from './protocol.ts';
 import { fdOf, prepareSocketPath } from './server.ts';
 import type { Connection, RequestHandler } from './server.ts';
+import { ConnectionBook } from './connections.ts';
 
 /** Connections at once: each holds a request being worked on, none idles. Root is never refused. */
 export const MAX_FD_CONNECTIONS = 64;
@@ -28,8 +29,7 @@ export type FdServerOptions = { readonly path: string; readonly log: Logger; rea
 export class FdServer {
   private readonly opts: FdServerOptions;
   private server: Server | null = null;
-  private readonly sockets = new Set<Socket>();
-  private readonly perUid = new Map<number, number>();
+  private readonly book = new ConnectionBook(MAX_FD_CONNECTIONS, MAX_FD_CONNECTIONS_PER_UID);
 
   constructor(opts: FdServerOptions) {
     this.opts = opts;
@@ -57,19 +57,10 @@ export class FdServer {
       socket.destroy();
       return;
     }
-    const uid = conn.peer.uid;
-    const held = this.perUid.get(uid) ?? 0;
-    if (uid !== 0 && (this.sockets.size >= MAX_FD_CONNECTIONS || held >= MAX_FD_CONNECTIONS_PER_UID)) {
+    if (!this.book.admit(socket, conn.peer.uid)) {
       socket.destroy(); // the client sees the connection closed: ECONNRESET, try again
       return;
     }
-    this.sockets.add(socket);
-    this.perUid.set(uid, held + 1);
-    socket.once('close', () => {
-      this.sockets.delete(socket);
-      const n = (this.perUid.get(uid) ?? 1) - 1;
-      if (n > 0) this.perUid.set(uid, n); else this.perUid.delete(uid);
-    });
     const reader = new FrameReader();
     const timer = setTimeout(() => socket.destroy(), LIMITS.MESSAGE_TIMEOUT_MS);
     let taken = false;
@@ -106,10 +97,6 @@ export class FdServer {
   async close(): Promise<void> {
     const server = this.server;
     this.server = null;
-    if (!server) return;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      for (const s of this.sockets) s.destroy();
-    });
+    if (server) await this.book.closeServer(server);
   }
 }

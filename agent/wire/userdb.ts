@@ -11,6 +11,7 @@ import { peerOf } from '../auth.ts';
 import type { Peer } from '../auth.ts';
 import type { NamedId, NameIndex } from '../names.ts';
 import { fdOf, prepareSocketPath } from './server.ts';
+import { ConnectionBook } from './connections.ts';
 
 const IFACE = 'io.systemd.UserDatabase';
 /** A lookup is a few hundred bytes; anything near this is not nss-systemd. */
@@ -83,8 +84,7 @@ export class UserdbServer {
   private readonly opts: UserdbServerOptions;
   readonly service: string;
   private server: Server | null = null;
-  private readonly sockets = new Set<Socket>();
-  private readonly perUid = new Map<number, number>();
+  private readonly book = new ConnectionBook(USERDB_MAX_CONNECTIONS, USERDB_MAX_CONNECTIONS_PER_UID);
 
   constructor(opts: UserdbServerOptions) {
     this.opts = opts;
@@ -111,18 +111,10 @@ export class UserdbServer {
       socket.destroy();
       return;
     }
-    const held = this.perUid.get(peer.uid) ?? 0;
-    if (peer.uid !== 0 && (this.sockets.size >= USERDB_MAX_CONNECTIONS || held >= USERDB_MAX_CONNECTIONS_PER_UID)) {
+    if (!this.book.admit(socket, peer.uid)) {
       socket.destroy(); // nss-systemd then answers from the other sources: the id shows as a number
       return;
     }
-    this.sockets.add(socket);
-    this.perUid.set(peer.uid, held + 1);
-    socket.once('close', () => {
-      this.sockets.delete(socket);
-      const n = (this.perUid.get(peer.uid) ?? 1) - 1;
-      if (n > 0) this.perUid.set(peer.uid, n); else this.perUid.delete(peer.uid);
-    });
     socket.setTimeout(USERDB_IDLE_TIMEOUT_MS, () => socket.destroy());
     let pending: Buffer = Buffer.alloc(0);
     socket.on('data', (chunk: Buffer) => {
@@ -146,10 +138,7 @@ export class UserdbServer {
     const server = this.server;
     this.server = null;
     if (!server) return;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      for (const s of this.sockets) s.destroy();
-    });
+    await this.book.closeServer(server);
     try { unlinkSync(this.opts.path); } catch { /* removed by close already */ }
   }
 }

@@ -1,0 +1,37 @@
+// The connections of a small server on node:net (the descriptor socket, userdb): how many are open,
+// how many each uid holds, and a bound on both that root is never held to.
+import type { Server, Socket } from 'node:net';
+
+export class ConnectionBook {
+  private readonly sockets = new Set<Socket>();
+  private readonly perUid = new Map<number, number>();
+  private readonly max: number;
+  private readonly maxPerUid: number;
+
+  constructor(max: number, maxPerUid: number) {
+    this.max = max;
+    this.maxPerUid = maxPerUid;
+  }
+
+  /** Count the socket in, until it closes; false (and nothing counted) when the caller is over a bound. */
+  admit(socket: Socket, uid: number): boolean {
+    const held = this.perUid.get(uid) ?? 0;
+    if (uid !== 0 && (this.sockets.size >= this.max || held >= this.maxPerUid)) return false;
+    this.sockets.add(socket);
+    this.perUid.set(uid, held + 1);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      const n = (this.perUid.get(uid) ?? 1) - 1;
+      if (n > 0) this.perUid.set(uid, n); else this.perUid.delete(uid);
+    });
+    return true;
+  }
+
+  /** Stop listening and cut every connection still open. */
+  closeServer(server: Server): Promise<void> {
+    return new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      for (const s of this.sockets) s.destroy();
+    });
+  }
+}
