@@ -73,11 +73,12 @@ Kernel upcall and labels:
                            the context label on an inode (xattr trusted.userns)
 
 Commands (no agent needed):
-  check-config [--config FILE] [--verbose]
+  check-config [--config FILE] [--verbose] [--etcd]
                            validate the settings file (default
                            \${DEFAULT_CONFIG_FILE}; $USERNSD_CONFIG sets it)
                            and every context file;
-                           one line per error, exit 1 if there is any
+                           one line per error, exit 1 if there is any;
+                           --etcd: also read the shared pool once
   help, version
 
 Options:

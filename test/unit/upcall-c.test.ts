@@ -22,6 +22,7 @@ const arbResult: fc.Arbitrary<ResolveResult> = fc.record({
 });
 
 describe('the C upcall handler reads replies', function () {
+  this.timeout(60_000); // a process per case: hundreds of them
   before(function () {
     if (!existsSync(C_HANDLER)) {
       if (process.env.CI) throw new Error('dist/usernsd-upcall was not built: .ci/run installs gcc');
