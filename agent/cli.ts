@@ -16,7 +16,7 @@ import { VERSION } from './version.ts';
 import { enterWithViews, mountedViews, viewCmd } from './cliviews.ts';
 import { explainCmd } from './cliexplain.ts';
 import { checkEtcd, rangesCmd } from './cliranges.ts';
-import { COMMON, EXIT, oneLabel, parseCommand, printTable, stdio, UsageError, who } from './cliargs.ts';
+import { COMMON, EXIT, oneLabel, parseCommand, printTable, runNsenter, stdio, UsageError, who } from './cliargs.ts';
 import type { Globals, Io } from './cliargs.ts';
 
 export { EXIT } from './cliargs.ts';
@@ -285,18 +285,7 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
     throw new UsernsError('E_PERMISSION', `the kernel lets only root and a namespace's owner join it from here${nested}; [access] users may resolve and map "${label}", not enter it`);
   }
   const argv = [`--user=${r.path}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--', ...shell];
-  return new Promise((resolve) => {
-    const child = spawn('nsenter', argv, { stdio: 'inherit' });
-    child.on('error', (err) => {
-      io.err(`usernsctl: cannot run nsenter: ${(err as NodeJS.ErrnoException).code}: install util-linux`);
-      resolve(EXIT.ERROR);
-    });
-    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? signalNumber(signal) : 0)));
-  });
-}
-
-function signalNumber(name: NodeJS.Signals): number {
-  return ({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 } as Record<string, number>)[name] ?? 0;
+  return runNsenter(argv, io);
 }
 
 /** Usually reached straight from bin/usernsctl.js; here when global options come first. */

@@ -1,4 +1,5 @@
 // What every usernsctl command shares: exit codes, output, options, usage errors.
+import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
 import type { Owner } from './wire/protocol.ts';
@@ -39,3 +40,23 @@ export function printTable(io: Io, rows: string[][]): void {
   for (const r of rows) io.out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
 }
 
+
+function signalNumber(name: NodeJS.Signals): number {
+  return ({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 } as Record<string, number>)[name] ?? 0;
+}
+
+/**
+ * nsenter ARGV on the terminal (and `fds` as descriptors 3, 4, …, closed here once it has them):
+ * its exit status, or 128 + the signal that ended it, as a shell says it.
+ */
+export function runNsenter(argv: string[], io: Io, fds: number[] = [], closeFd: (fd: number) => void = () => {}): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn('nsenter', argv, { stdio: ['inherit', 'inherit', 'inherit', ...fds] });
+    for (const f of fds.splice(0)) closeFd(f); // the child has them now
+    child.on('error', (err) => {
+      io.err(`usernsctl: cannot run nsenter: ${(err as NodeJS.ErrnoException).code}: install util-linux`);
+      resolve(EXIT.ERROR);
+    });
+    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? signalNumber(signal) : 0)));
+  });
+}

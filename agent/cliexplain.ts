@@ -5,8 +5,8 @@ import { dirname, join, relative, resolve as absolute } from 'node:path';
 import { systemNss } from '../config/nss.ts';
 import { EXIT, parseCommand, UsageError } from './cliargs.ts';
 import type { Globals, Io } from './cliargs.ts';
-import { isIdmapped, mountTable } from './kernel/views.ts';
-import type { MountEntry } from './kernel/views.ts';
+import { isIdmapped, mountTable } from './kernel/mountinfo.ts';
+import type { MountEntry } from './kernel/mountinfo.ts';
 import { callAgent } from './wire/client.ts';
 import * as P from './wire/protocol.ts';
 

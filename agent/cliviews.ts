@@ -1,14 +1,14 @@
 // usernsctl view, enter --view and mount.usernsd: views asked of the agent on its descriptor
 // socket and attached here, in the caller's mount namespace, as mount(8) would.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { resolve as absolute } from 'node:path';
 import { formatExtents } from '../config/extents.ts';
-import { EXIT, parseCommand, printTable, UsageError } from './cliargs.ts';
+import { EXIT, parseCommand, printTable, runNsenter, UsageError } from './cliargs.ts';
 import type { Globals, Io } from './cliargs.ts';
 import { UsernsError } from './errors.ts';
-import { isIdmapped, mountTable } from './kernel/views.ts';
-import type { MountEntry } from './kernel/views.ts';
+import { isIdmapped, mountTable } from './kernel/mountinfo.ts';
+import type { MountEntry } from './kernel/mountinfo.ts';
 import { closeFd, moveMount } from './kernel/sys.ts';
 import { callAgent } from './wire/client.ts';
 import { fdSocketPath } from './wire/fdsock.ts';
@@ -174,15 +174,7 @@ export async function enterWithViews(socket: string, label: string, specs: strin
     const script = 'n=$1; shift; i=0; while [ "$i" -lt "$n" ]; do fd=$((3 + i)); mount -n -c --move /proc/self/fd/$fd "$1" || exit 125; eval "exec $fd>&-"; shift; i=$((i + 1)); done; exec "$@"';
     const argv = [`--user=${r.pin}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--',
       'unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', String(targets.length), ...targets, ...argvTail];
-    return await new Promise((resolve) => {
-      const child = spawn('nsenter', argv, { stdio: ['inherit', 'inherit', 'inherit', ...fds] });
-      for (const f of fds.splice(0)) closeFd(f); // the child has them now
-      child.on('error', (err) => {
-        io.err(`usernsctl: cannot run nsenter: ${(err as NodeJS.ErrnoException).code}: install util-linux`);
-        resolve(EXIT.ERROR);
-      });
-      child.on('exit', (code, signal) => resolve(code ?? 128 + (signal === 'SIGTERM' ? 15 : signal === 'SIGINT' ? 2 : signal === 'SIGKILL' ? 9 : 0)));
-    });
+    return await runNsenter(argv, io, fds, closeFd);
   } finally {
     for (const f of fds) closeFd(f);
   }

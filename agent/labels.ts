@@ -1,20 +1,16 @@
 // Labels on inodes (SPEC §7): the nearest labelled ancestor of a path, without crossing a mount point or following a symlink for the label itself.
-import { lstatSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { lstatSync, realpathSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { labelProblem } from '../config/schema.ts';
 import type { Peer } from './auth.ts';
 import { UsernsError } from './errors.ts';
 import { SysError } from './kernel/ffi.ts';
 import { getXattr } from './kernel/sys.ts';
+import { mountTable } from './kernel/mountinfo.ts';
 
-/** Mount points of this mount namespace, from the kernel (octal escapes as in mountinfo decoded). */
+/** Mount points of this mount namespace, from the kernel. */
 export function mountPoints(): Set<string> {
-  const out = new Set<string>();
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const field = line.split(' ')[4];
-    if (field) out.add(field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
-  }
-  return out;
+  return new Set(mountTable().keys());
 }
 
 /**

@@ -42,26 +42,20 @@ export class Metrics {
     // only when scraped: its own counters hash their labels on every increment.
     const counts = this.counts;
     const latency = this.latency;
-    this.registry.registerMetric({
-      name: 'usernsd_requests_total', help: 'Requests answered, by method ("invalid" for a name the agent does not serve) and code ("ok" or the error code).', type: 'counter', aggregator: 'sum',
-      get: async () => ({ name: 'usernsd_requests_total', help: 'Requests answered, by method ("invalid" for a name the agent does not serve) and code ("ok" or the error code).', type: 'counter', aggregator: 'sum',
-        values: [...counts.values()].map((c) => ({ labels: { method: c.method, code: c.code }, value: c.n })) }),
-      reset: () => counts.clear(),
-    } as unknown as Metric);
-    this.registry.registerMetric({
-      name: 'usernsd_request_duration_seconds', help: 'Time from a request read to its reply written, by method.', type: 'histogram', aggregator: 'sum',
-      get: async () => ({ name: 'usernsd_request_duration_seconds', help: 'Time from a request read to its reply written, by method.', type: 'histogram', aggregator: 'sum',
-        values: [...latency].flatMap(([method, h]) => {
-          let acc = 0;
-          return [
-            ...LATENCY_BUCKETS.map((le, i) => ({ labels: { le, method }, value: (acc += h.buckets[i]!), metricName: 'usernsd_request_duration_seconds_bucket' })),
-            { labels: { le: '+Inf', method }, value: h.count, metricName: 'usernsd_request_duration_seconds_bucket' },
-            { labels: { method }, value: h.sum, metricName: 'usernsd_request_duration_seconds_sum' },
-            { labels: { method }, value: h.count, metricName: 'usernsd_request_duration_seconds_count' },
-          ];
-        }) }),
-      reset: () => latency.clear(),
-    } as unknown as Metric);
+    const plain = (name: string, help: string, type: 'counter' | 'histogram', values: () => object[], reset: () => void) =>
+      this.registry.registerMetric({ name, help, type, aggregator: 'sum', get: async () => ({ name, help, type, aggregator: 'sum', values: values() }), reset } as unknown as Metric);
+    plain('usernsd_requests_total', 'Requests answered, by method ("invalid" for a name the agent does not serve) and code ("ok" or the error code).', 'counter',
+      () => [...counts.values()].map((c) => ({ labels: { method: c.method, code: c.code }, value: c.n })), () => counts.clear());
+    const h = 'usernsd_request_duration_seconds';
+    plain(h, 'Time from a request read to its reply written, by method.', 'histogram', () => [...latency].flatMap(([method, l]) => {
+      let acc = 0;
+      return [
+        ...LATENCY_BUCKETS.map((le, i) => ({ labels: { le, method }, value: (acc += l.buckets[i]!), metricName: `${h}_bucket` })),
+        { labels: { le: '+Inf', method }, value: l.count, metricName: `${h}_bucket` },
+        { labels: { method }, value: l.sum, metricName: `${h}_sum` },
+        { labels: { method }, value: l.count, metricName: `${h}_count` },
+      ];
+    }), () => latency.clear());
     this.namespaces = new Counter({ name: 'usernsd_namespaces_total', help: 'User namespaces created and released.', labelNames: ['event'], registers });
     this.createLatency = new Histogram({ name: 'usernsd_namespace_create_duration_seconds', help: 'Time to create, map, check and pin one namespace.', buckets: CREATE_BUCKETS, registers });
     this.reloads = new Counter({ name: 'usernsd_reloads_total', help: 'Reloads, by outcome: ok (put in force, maybe with errors in some context files) or failed (the settings file has errors).', labelNames: ['outcome'], registers });
@@ -88,23 +82,19 @@ export class Metrics {
 
   /** One answered request: a map lookup and a few additions (this is on every request's path). */
   request(method: string, code: string | null, ms: number): void {
-    const key = code === null ? method : `${method} ${code}`;
-    let c = this.counts.get(key);
-    if (!c) {
-      const m = this.methods.has(method) ? method : 'invalid';
-      const k = code === null ? 'ok' : (ERROR_CODES as readonly string[]).includes(code) ? code : 'E_INTERNAL';
-      // Unknown names all count as "invalid", under that key: never one entry per name a client sent.
-      const bounded = m === method ? key : `${m} ${k}`;
-      c = this.counts.get(bounded) ?? { method: m, code: k, n: 0 };
-      this.counts.set(bounded, c);
-      if (bounded !== key) {
-        c.n++;
-        this.observe(m, ms);
-        return;
-      }
-    }
+    const c = this.counts.get(code === null ? method : `${method} ${code}`) ?? this.countFor(method, code);
     c.n++;
-    this.observe(method, ms);
+    this.observe(c.method, ms);
+  }
+
+  /** The entry a request counts under: by its own name only when the agent serves it, never by a name a client sent. */
+  private countFor(method: string, code: string | null): { method: string; code: string; n: number } {
+    const m = this.methods.has(method) ? method : 'invalid';
+    const k = code === null ? 'ok' : (ERROR_CODES as readonly string[]).includes(code) ? code : 'E_INTERNAL';
+    const key = k === 'ok' ? m : `${m} ${k}`;
+    let c = this.counts.get(key);
+    if (!c) this.counts.set(key, (c = { method: m, code: k, n: 0 }));
+    return c;
   }
 
   private observe(method: string, ms: number): void {

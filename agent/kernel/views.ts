@@ -1,7 +1,7 @@
 // Views in the kernel (SPEC §7): a user namespace carrying a view's idmap, and a detached idmapped
 // copy of a tree made in the caller's mount namespace. Attaching it is the caller's job.
 import { spawn } from 'node:child_process';
-import { openSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { openSync, readlinkSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { formatExtents, kernelMapText } from '../../config/extents.ts';
 import { UsernsError } from '../errors.ts';
@@ -107,7 +107,7 @@ export async function makeTree(req: TreeRequest): Promise<TreeResult> {
   } catch (err) {
     throw new UsernsError('E_KERNEL', `Failed to find the caller's mount namespace (/proc/${req.pid}/ns/mnt): ${(err as NodeJS.ErrnoException).code}`);
   }
-  if (callerNs === OWN_MNT_NS) return treeHere(req);
+  if (callerNs === OWN_MNT_NS) return copyTree(req.src, req.expect, req.usernsFd, req.readOnly);
   return treeInWorker(req);
 }
 
@@ -139,10 +139,6 @@ export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, re
     closeFd(tree);
     throw err;
   }
-}
-
-function treeHere(req: TreeRequest): TreeResult {
-  return copyTree(req.src, req.expect, req.usernsFd, req.readOnly);
 }
 
 async function treeInWorker(req: TreeRequest): Promise<TreeResult> {
@@ -179,28 +175,4 @@ async function treeInWorker(req: TreeRequest): Promise<TreeResult> {
     closeDescriptor(mine);
     closeFd(mntNs);
   }
-}
-
-// ---- what is mounted: views are ordinary mounts, found again in mountinfo ----
-
-export type MountEntry = { readonly id: number; readonly root: string; readonly mountPoint: string; readonly options: string; readonly fsType: string; readonly source: string };
-
-const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-
-/** /proc/self/mountinfo (or the given text), by mount point; the last mount on a point is the one seen. */
-export function mountTable(text: string = readFileSync('/proc/self/mountinfo', 'utf8')): Map<string, MountEntry> {
-  const out = new Map<string, MountEntry>();
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-');
-    if (f.length < 10 || dash < 6) continue;
-    const entry = { id: Number(f[0]), root: unescape(f[3]!), mountPoint: unescape(f[4]!), options: f[5]!, fsType: f[dash + 1]!, source: unescape(f[dash + 2]!) };
-    out.set(entry.mountPoint, entry);
-  }
-  return out;
-}
-
-/** Is this mount idmapped (mountinfo lists "idmapped" among its per-mount options)? */
-export function isIdmapped(m: MountEntry): boolean {
-  return m.options.split(',').includes('idmapped');
 }

@@ -7,7 +7,7 @@ import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { mountView } from '../../agent/cliviews.ts';
-import { isIdmapped, mountTable } from '../../agent/kernel/views.ts';
+import { isIdmapped, mountTable } from '../../agent/kernel/mountinfo.ts';
 import { callAgent } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { cleanup, startAgent } from '../helpers/agent.ts';
