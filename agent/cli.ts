@@ -213,6 +213,7 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`connections: ${r.connections}`);
   const co = r.coordinator;
   if (co) io.out(`coordinator: ${co.coordinator}${co.coordinator === 'etcd' ? ` (${co.endpoints?.join(', ')}): ${co.reachable ? 'reachable' : 'NOT reachable'}, as ${co.host}; ${co.waiting} context(s) waiting, ${co.refused} refused${co.lastError ? `; last error ${co.lastError}` : ''}` : ''}`);
+  if (r.spawner) io.out(`spawner:     ${r.spawner.kind === 'native' ? `usernsd-spawner (${r.spawner.pid === null ? 'started at the first creation' : `pid ${r.spawner.pid}`})` : 'a helper forked per namespace (no usernsd-spawner: see spawner in usernsd.conf(5))'}`);
   if (r.views) io.out(`views:       ${(await mountedViews(g.socket)).length} mounted here of ${r.views.recorded} made (usernsctl view --list); ${r.views.namespaces} idmap namespace(s) held`);
   if (r.memoryMb) io.out(`memory:      ${r.memoryMb.rss} MiB resident, ${r.memoryMb.heapUsed} MiB heap in use`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);

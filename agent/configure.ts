@@ -138,7 +138,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     ? { fresh: new Map<string, Allocation>(), statics: staticClaims(defs), ...fromSharedPool(agent, defs, opts.refused ?? new Map(), errors) }
     : { pending: [], waiting: [], statics: [], coordinated: defs, ...fromLocalPool(agent, defs, opts, errors) };
   const { starts, fresh, kept, pending, waiting, statics, coordinated } = pool;
-  const pinned = pinnedMaps(agent.pins, agent.state);
+  const pinned = pinnedMaps(agent.pins);
   // A context the shared pool refuses is not kept at a last good version: that version is what it refuses.
   if (opts.refused?.size) inForce = new Map([...inForce].filter(([label]) => !opts.refused!.has(label)));
   const { contexts, hostMaps, kept: keptContexts } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned });

@@ -13,6 +13,7 @@ import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest, METHOD_NAMES } from './handlers.ts';
 import { invalidateIssuedKeys } from './kernel/keys.ts';
+import { RECORDS_DIR } from './kernel/pinrecord.ts';
 import type { Agent } from './handlers.ts';
 import { PROTOCOL_VERSION } from './wire/protocol.ts';
 import type { ContextState, RangesResult, ReloadResult, StatusResult } from './wire/protocol.ts';
@@ -172,7 +173,7 @@ export class Manager implements Agent {
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config);
-    const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(join(config.agent.state, 'pins'))];
+    const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(join(config.agent.pins, RECORDS_DIR))];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();
     // A shared pool first: what etcd decides (within its timeout) is in the configuration adopted and created.
@@ -323,7 +324,7 @@ export class Manager implements Agent {
       return { contexts: this.registry.size, added: [], changed: [], removed: [], kept: [], errors };
     }
     this.metrics.reloaded(true);
-    const atStart = ['socket', 'pins', 'state', 'mountNamespace', 'userdb', 'userdbSocket', 'metricsListen', 'coordinator', 'etcd'] as const;
+    const atStart = ['socket', 'pins', 'state', 'mountNamespace', 'spawner', 'userdb', 'userdbSocket', 'metricsListen', 'coordinator', 'etcd'] as const;
     for (const key of atStart) {
       if (JSON.stringify(config.agent[key]) !== JSON.stringify(before[key])) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
     }
@@ -387,6 +388,7 @@ export class Manager implements Agent {
       memoryMb: memoryMb(),
       views: { recorded: this.views.list().length, namespaces: this.views.namespaces.size },
       coordinator: this.shared?.state() ?? { coordinator: 'local' },
+      spawner: this.registry.namespaces.spawner ? { kind: 'native', pid: this.registry.namespaces.spawner.pid ?? null } : { kind: 'node', pid: null },
       upcall: this.upcall ?? undefined,
     };
   }
@@ -434,6 +436,7 @@ export class Manager implements Agent {
       const http = this.metricsHttp;
       if (http) await new Promise((r) => { http.close(r); http.closeAllConnections(); });
       this.views.close();
+      this.registry.namespaces.close();
       this.limiter.close();
       this.log.info('Stopped');
     })();

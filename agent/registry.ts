@@ -48,7 +48,7 @@ export class Registry {
     this.config = config;
     this.contexts = new Map(config.contexts);
     this.hostMaps = new Map(config.hostMaps);
-    this.namespaces = new Namespaces({ pinsDir: config.agent.pins, stateDir: config.agent.state, mountNs: pinMountNamespace(config.agent.mountNamespace) });
+    this.namespaces = new Namespaces({ pinsDir: config.agent.pins, mountNs: pinMountNamespace(config.agent.mountNamespace), spawner: config.agent.spawner });
   }
 
   get agent() { return this.config.agent; }

@@ -43,7 +43,7 @@ export async function benchCreatePin(runs = 50): Promise<{ ours: number; script:
     writeFileSync(join(dir, 'userns.d', 'b.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     const cfg = loadConfiguration(join(dir, 'usernsd.conf'), { record: true, systemIds: () => [] });
     const ctx = cfg.contexts.get('b')!;
-    const ns = new Namespaces({ pinsDir: join(dir, 'pins'), stateDir: join(dir, 'state') });
+    const ns = new Namespaces({ pinsDir: join(dir, 'pins') });
     const ours: number[] = [];
     const script: number[] = [];
     // Interleaved, so both see the same machine load.

@@ -104,6 +104,7 @@ export const AGENT_SCHEMA = {
       parse: (t: string) => t === 'auto' || t === 'self' || (t.startsWith('/') && !t.split('/').includes('..')) ? t : { problem: `must be auto, self or the absolute path of a mount namespace file such as /proc/1/ns/mnt (got "${t}")` },
       doc: 'the mount namespace pins are mounted in',
     },
+    spawner: { parse: oneOf(['auto', 'native', 'node'] as const), doc: 'who makes user namespaces: native, the usernsd-spawner program; node, a process forked from the agent for each; auto, native when it was built' },
     userdb: { parse: oneOf(['yes', 'no'] as const), doc: 'whether to name the contexts\' host ids through systemd\'s userdb' },
     userdb_socket: { parse: absolutePath, doc: 'the userdb Varlink socket; its file name is the service name' },
     label_xattr: {

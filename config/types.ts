@@ -55,6 +55,8 @@ export type AgentConfig = {
   readonly labelXattr: string;
   /** auto (init's, when the agent runs in another, as under systemd's ProtectSystem), self, or a path like /proc/1/ns/mnt. */
   readonly mountNamespace: string;
+  /** Who makes user namespaces: usernsd-spawner (native), a fork of the agent each (node), or native when built (auto). */
+  readonly spawner: 'auto' | 'native' | 'node';
   readonly overflowuid: number;
   readonly overflowgid: number;
   readonly pool: Pool;

@@ -1,23 +1,29 @@
-// npm run build, last step: the C request-key handler (native/usernsd-upcall.c -> dist/usernsd-upcall)
-// when a C compiler is present. Without one the build goes on, and the upcall is the Node handler
-// (usernsctl upcall); a compiler that refuses the code (warnings are errors) fails the build.
+// npm run build, last step: the C programs, when a C compiler is present —
+//   native/usernsd-upcall.c  -> dist/usernsd-upcall   the request-key handler
+//   native/usernsd-spawner.c -> dist/usernsd-spawner  the agent's maker of user namespaces
+// Without a compiler the build goes on: the upcall is the Node handler (usernsctl upcall) and the
+// agent forks a helper per namespace (spawner = node). A compiler that refuses the code (warnings
+// are errors) fails the build.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
-const out = join(root, 'dist', 'usernsd-upcall');
+const programs = ['usernsd-upcall', 'usernsd-spawner'];
 const cc = [process.env.CC, 'cc', 'gcc', 'clang'].find((c) => c && spawnSync(c, ['--version'], { stdio: 'ignore' }).status === 0);
 if (!cc) {
-  rmSync(out, { force: true });
-  console.error('build-native: no C compiler (cc, gcc, clang): the upcall is the Node handler, usernsctl upcall (apt-get install gcc libc6-dev for the C one)');
+  for (const p of programs) rmSync(join(root, 'dist', p), { force: true });
+  console.error('build-native: no C compiler (cc, gcc, clang): the upcall is the Node handler, usernsctl upcall, and the agent forks a helper per namespace (apt-get install gcc libc6-dev for the C programs)');
   process.exit(0);
 }
 const flags = ['-std=c11', '-O2', '-Wall', '-Wextra', '-Werror', '-Wformat=2', '-Wshadow', '-fstack-protector-strong', '-D_FORTIFY_SOURCE=2', '-fPIE', '-pie', '-Wl,-z,relro,-z,now'];
-mkdirSync(dirname(out), { recursive: true });
-const r = spawnSync(cc, [...flags, '-o', out, join(root, 'native', 'usernsd-upcall.c')], { stdio: 'inherit' });
-if (r.status !== 0 || !existsSync(out)) {
-  console.error(`build-native: ${cc} failed on native/usernsd-upcall.c`);
-  process.exit(1);
+mkdirSync(join(root, 'dist'), { recursive: true });
+for (const p of programs) {
+  const out = join(root, 'dist', p);
+  const r = spawnSync(cc, [...flags, '-o', out, join(root, 'native', `${p}.c`)], { stdio: 'inherit' });
+  if (r.status !== 0 || !existsSync(out)) {
+    console.error(`build-native: ${cc} failed on native/${p}.c`);
+    process.exit(1);
+  }
 }

@@ -103,7 +103,9 @@ function install() {
   for (const page of readdirSync(join(SRC, 'man'))) {
     put(join(dirs.MANDIR, `man${page.split('.').pop()}`, page), readFileSync(join(SRC, 'man', page)));
   }
-  put(join(dirs.UNITDIR, 'usernsd.service'), subst(readFileSync(join(SRC, 'etc', 'systemd', 'usernsd.service'), 'utf8')));
+  // CAP_CHOWN only for the fallback that forks helpers (no usernsd-spawner): see the unit's comments.
+  const chown = existsSync(join(SRC, 'dist', 'usernsd-spawner')) ? '' : ' CAP_CHOWN';
+  put(join(dirs.UNITDIR, 'usernsd.service'), subst(readFileSync(join(SRC, 'etc', 'systemd', 'usernsd.service'), 'utf8')).replace('@CHOWN@', chown));
   put(join(dirs.TMPFILESDIR, 'usernsd.conf'), readFileSync(join(SRC, 'etc', 'tmpfiles.d', 'usernsd.conf')));
   put(join(SYSCONFDIR, 'init.d', 'usernsd'), subst(readFileSync(join(SRC, 'etc', 'init.d', 'usernsd'), 'utf8')), 0o755, true);
   if (existsSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'))) {

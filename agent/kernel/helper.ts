@@ -7,7 +7,7 @@ import { UsernsError } from '../errors.ts';
 /** In the pins directory: the helper's execute-only programs. Not a label: it starts with a dot. */
 export const HELPERS_DIR = '.usernsd-helpers';
 
-export type Programs = { readonly unshare: string; readonly cat: string };
+export type Programs = { readonly unshare: string; readonly cat: string; readonly nsenter: string };
 
 /** The host id that inside id 0 of a map is (a parent's root), or null when 0 is not mapped. */
 export function rootOf(map: IdMap): number | null {
@@ -30,15 +30,18 @@ export class HelperPrograms {
    * parent's root for a nested one) — in the pins directory's `.usernsd-helpers/UID`. The kernel
    * makes a process that execs a program it cannot read non-dumpable (fs/exec.c would_dump), so its
    * /proc/PID files belong to that root: the owner the helper runs as cannot write its uid_map
-   * before the agent does, nor ptrace it, while the map's writer can. Where the copies cannot be
-   * made the creation is refused (E_KERNEL): an owner must never get the race back silently.
+   * before the agent does, nor ptrace it, while the map's writer can. The same holds for nsenter
+   * into a namespace an owner owns: with root's ids there and a program it can read, the process
+   * would be the owner's to trace (a namespace's owner has CAP_SYS_PTRACE over what runs in it),
+   * so nsenter, and cat run there, are execute-only copies too. Where the copies cannot be made
+   * the creation is refused (E_KERNEL): an owner must never get the race back silently.
    * Handing a nested context's copies to its parent's root takes CAP_CHOWN.
    */
   for(uid: number, gid: number): Programs {
     const key = `${uid}:${gid}`;
     const known = this.cache.get(key);
     // Checked each time (two stats): the pins directory may have been removed behind our back.
-    if (known && existsSync(known.unshare) && existsSync(known.cat)) return known;
+    if (known && existsSync(known.unshare) && existsSync(known.cat) && existsSync(known.nsenter)) return known;
     const top = join(this.pinsDir, HELPERS_DIR);
     const dir = join(top, key.replace(':', '.'));
     let paths: Programs;
@@ -66,7 +69,7 @@ export class HelperPrograms {
         renameSync(tmp, target);
         return target;
       };
-      paths = { unshare: copy('unshare'), cat: copy('cat') };
+      paths = { unshare: copy('unshare'), cat: copy('cat'), nsenter: copy('nsenter') };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
       throw new UsernsError('E_KERNEL', `Failed to prepare the namespace helper's execute-only programs in ${dir}: ${code} (${(err as Error).message})${code === 'EPERM' ? ': handing them to a nested context\'s parent root needs CAP_CHOWN (see usernsd(8))' : ''}`);

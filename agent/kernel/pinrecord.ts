@@ -5,6 +5,13 @@ import { labelProblem } from '../../config/schema.ts';
 import type { IdMap } from '../../config/types.ts';
 import { writeFileAtomic } from '../coord/state.ts';
 
+/**
+ * In the pins directory, beside the pins they describe and with their lifetime (/run is a tmpfs):
+ * one record per pin. Not a label: it starts with a dot. On the state disk instead, creating the
+ * record file cost more than the rest of a creation (0.5 ms of ext4 metadata each).
+ */
+export const RECORDS_DIR = '.usernsd-records';
+
 /** The device of nsfs, the filesystem namespace files live on. */
 export const NSFS_DEV = statSync('/proc/self/ns/user').dev;
 
@@ -54,7 +61,7 @@ export function recordedMaps(recordsDir: string, label: string, ino: number): { 
  * What the pins of a pins directory hold now, by label: their maps from their records (no helper
  * process); a pin without a record of this boot is listed with null maps.
  */
-export function pinnedMaps(pinsDir: string, stateDir: string): Map<string, { uidMap: IdMap; gidMap: IdMap } | null> {
+export function pinnedMaps(pinsDir: string): Map<string, { uidMap: IdMap; gidMap: IdMap } | null> {
   const out = new Map<string, { uidMap: IdMap; gidMap: IdMap } | null>();
   let names: string[];
   try {
@@ -65,7 +72,7 @@ export function pinnedMaps(pinsDir: string, stateDir: string): Map<string, { uid
   for (const label of names) {
     if (label.startsWith('.') || labelProblem(label) !== null) continue;
     const ino = pinnedIno(join(pinsDir, label));
-    if (ino !== null) out.set(label, recordedMaps(join(stateDir, 'pins'), label, ino));
+    if (ino !== null) out.set(label, recordedMaps(join(pinsDir, RECORDS_DIR), label, ino));
   }
   return out;
 }

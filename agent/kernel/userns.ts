@@ -13,7 +13,9 @@ import { fromHost, makeView } from '../idmap.ts';
 import { SysError } from './ffi.ts';
 import { HELPERS_DIR, HelperPrograms, rootOf } from './helper.ts';
 import { errnoFromText, kernelError, PATH_ENV, reap, run, waitForNewNamespace } from './spawn.ts';
-import { NSFS_DEV, pinnedIno, recordedMaps, writePinRecord } from './pinrecord.ts';
+import { Spawner, useNativeSpawner } from './spawner.ts';
+import type { Held, SpawnerSetting } from './spawner.ts';
+import { NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
 export { pinnedIno, pinnedMaps } from './pinrecord.ts';
@@ -42,14 +44,6 @@ export type AdoptEntry = {
 /** How old a pin check may be and still answer a resolve (see Namespaces.checked). */
 export const PIN_RECHECK_MS = 1;
 
-/** Read a pinned namespace's maps as its own processes see them (outside ids are the parent's). */
-export async function readPinMaps(pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
-  const r = await run('nsenter', [`--user=${pin}`, '--preserve-credentials', '--', 'sh', '-c', 'cat /proc/self/uid_map; echo --; cat /proc/self/gid_map']);
-  if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to read the maps of ${pin}: ${r.stderr || `exit ${r.code}`}`);
-  const [u, g] = r.stdout.split('--\n');
-  return { uidMap: parseKernelMap(u ?? ''), gidMap: parseKernelMap(g ?? '') };
-}
-
 function verifiedKey(ino: number, maps: { uidMap: IdMap; gidMap: IdMap }): string {
   return `${ino} ${formatExtents(maps.uidMap)} / ${formatExtents(maps.gidMap)}`;
 }
@@ -74,9 +68,10 @@ export type ParentPin = { readonly pin: string; readonly ino: number; readonly h
 
 export type NamespacesOptions = {
   readonly pinsDir: string;
-  readonly stateDir: string;
   /** Where pins are mounted: null for the agent's own mount namespace (see pinMountNamespace). */
   readonly mountNs?: string | null;
+  /** Who makes namespaces: usernsd-spawner, or a fork of the agent each (see useNativeSpawner). */
+  readonly spawner?: SpawnerSetting;
 };
 
 /** Owns the pins directory and the per-pin records that make adoption fast. */
@@ -96,14 +91,22 @@ export class Namespaces {
   /** The pins directory, opened once: a pin is checked with one single-component fstatat. */
   private dirFd: number | null = null;
   private readonly helpers: HelperPrograms;
+  /** usernsd-spawner, when it is used; null: each namespace is a helper forked from the agent. */
+  readonly spawner: Spawner | null;
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
 
   constructor(opts: NamespacesOptions) {
     this.pinsDir = opts.pinsDir;
-    this.recordsDir = join(opts.stateDir, 'pins');
+    this.recordsDir = join(this.pinsDir, RECORDS_DIR);
     this.mountNs = opts.mountNs ?? null;
     this.helpers = new HelperPrograms(this.pinsDir);
+    this.spawner = useNativeSpawner(opts.spawner ?? 'auto') ? new Spawner(this.mountNs) : null;
+  }
+
+  /** Ends usernsd-spawner, if it runs (it also ends with the agent). */
+  close(): void {
+    this.spawner?.close();
   }
 
   pinPath(label: string): string {
@@ -155,8 +158,8 @@ export class Namespaces {
 
   /** Directories are made once, and must be real directories: a symlink planted there is refused. */
   private ensureDirs(): void {
-    for (const dir of [this.pinsDir, this.recordsDir]) {
-      mkdirSync(dir, { recursive: true, mode: 0o755 });
+    for (const [dir, mode] of [[this.pinsDir, 0o755], [this.recordsDir, 0o700]] as const) {
+      mkdirSync(dir, { recursive: true, mode });
       if (!lstatSync(dir).isDirectory()) throw new UsernsError('E_CONFIG', `${dir} is not a directory (a symlink?): remove it`);
     }
   }
@@ -207,6 +210,7 @@ export class Namespaces {
   }
 
   private async create(ctx: Context, parent: ParentPin | null, path: string): Promise<Pin> {
+    if (this.spawner) return this.createNative(this.spawner, ctx, parent, path);
     let child: ChildProcess;
     try {
       child = this.spawnChild(ctx, parent);
@@ -217,15 +221,42 @@ export class Namespaces {
     try {
       const pid = await waitForNewNamespace(ctx.label, child, parent?.pin ? `user:[${pinnedIno(parent.pin)}]` : null);
       await this.writeMaps(ctx, pid, parent?.pin ?? null);
-      this.verifyMaps(ctx, pid, parent?.host ?? null);
-      await this.pin(ctx.label, pid, path);
-      const ino = pinnedIno(path)!;
-      const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
-      this.writeRecord(pin);
-      return this.remember(ctx, pin, parent?.ino ?? null);
+      return await this.verifyAndPin(ctx, parent, pid, path);
     } finally {
       await reap(child);
     }
+  }
+
+  /** Through usernsd-spawner: its holder has the namespace, maps written, until it is pinned. */
+  private async createNative(spawner: Spawner, ctx: Context, parent: ParentPin | null, path: string): Promise<Pin> {
+    const owner = this.ownerInParent(ctx, parent);
+    const held = await spawner.create({ label: ctx.label, ...owner, setgroups: ctx.setgroups, uidMap: ctx.uidMap, gidMap: ctx.gidMap, parentPin: parent?.pin ?? null });
+    try {
+      return await this.verifyAndPin(ctx, parent, held.pid, path, held);
+    } finally {
+      held.end();
+    }
+  }
+
+  private async verifyAndPin(ctx: Context, parent: ParentPin | null, pid: number, path: string, held?: Held): Promise<Pin> {
+    this.verifyMaps(ctx, pid, parent?.host ?? null);
+    await this.pin(ctx.label, pid, path, held);
+    const ino = pinnedIno(path)!;
+    const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
+    this.writeRecord(pin);
+    return this.remember(ctx, pin, parent?.ino ?? null);
+  }
+
+  /** The owner's uid and gid as the parent namespace sees them (the host's for a top-level context). */
+  private ownerInParent(ctx: Context, parent: ParentPin | null): { uid: number; gid: number } {
+    if (parent === null) return { uid: ctx.owner.uid, gid: ctx.owner.gid };
+    const view = makeView('parent', { mode: 'none', anonuid: 0, anongid: 0 }, parent.host.uid, parent.host.gid);
+    const uid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'uid', ctx.owner.uid);
+    const gid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'gid', ctx.owner.gid);
+    if (uid === null || gid === null) {
+      throw new UsernsError('E_CONFIG', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`);
+    }
+    return { uid, gid };
   }
 
   /**
@@ -244,13 +275,8 @@ export class Namespaces {
     const rootGid = rootOf(parent.host.gid);
     if (rootUid === null || rootGid === null) throw new UsernsError('E_CONFIG', `parent "${ctx.parent}" of context "${ctx.label}" does not map id 0: a nested context's maps are written as its parent's root`);
     const { unshare, cat } = this.helpers.for(rootUid, rootGid);
-    const view = makeView('parent', { mode: 'none', anonuid: 0, anongid: 0 }, parent.host.uid, parent.host.gid);
-    const uid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'uid', ctx.owner.uid);
-    const gid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'gid', ctx.owner.gid);
-    if (uid === null || gid === null) {
-      throw new UsernsError('E_CONFIG', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`);
-    }
-    return spawn('nsenter', [`--user=${parent.pin}`, '--preserve-credentials', '-S', String(uid), '-G', String(gid), '--', unshare, '--user', '--', cat], opts);
+    const { uid, gid } = this.ownerInParent(ctx, parent);
+    return spawn(this.helpers.for(0, 0).nsenter, [`--user=${parent.pin}`, '--preserve-credentials', '-S', String(uid), '-G', String(gid), '--', unshare, '--user', '--', cat], opts);
   }
 
   /** setgroups first (the kernel needs it before gid_map), then uid_map and gid_map, each in one write. */
@@ -270,7 +296,7 @@ export class Namespaces {
     // The kernel accepts a nested namespace's maps only from a writer in the parent namespace.
     // bash, not sh: dash reports a failed write as "I/O error" and loses the errno.
     const script = 'printf %s "$2" > /proc/$1/setgroups && printf %s "$3" > /proc/$1/uid_map && printf %s "$4" > /proc/$1/gid_map';
-    const r = await run('nsenter', [`--user=${parentPin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', 'bash', '-c', script, 'bash', String(pid), ctx.setgroups, uid, gid]);
+    const r = await run(this.helpers.for(0, 0).nsenter, [`--user=${parentPin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', 'bash', '-c', script, 'bash', String(pid), ctx.setgroups, uid, gid]);
     if (r.code !== 0) throw kernelError(ctx.label, 'write the nested maps', errnoFromText(r.stderr), r.stderr);
   }
 
@@ -288,7 +314,7 @@ export class Namespaces {
   }
 
   /** Pin file created exclusively, then one bind mount on it: never a stacked mount. */
-  private async pin(label: string, pid: number, path: string): Promise<void> {
+  private async pin(label: string, pid: number, path: string, held?: Held): Promise<void> {
     let fd: number;
     try {
       fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o444);
@@ -299,13 +325,13 @@ export class Namespaces {
       if (st?.isFile() && st.size === 0) {
         // An empty pin file left by a crash between create and mount: nothing uses it.
         unlinkSync(path);
-        return this.pin(label, pid, path);
+        return this.pin(label, pid, path, held);
       }
       throw new UsernsError('E_KERNEL', `Failed to create pin ${path} for context "${label}": ${code}`);
     }
     closeSync(fd);
     try {
-      await this.bindPin(`/proc/${pid}/ns/user`, path);
+      await this.bindPin(`/proc/${pid}/ns/user`, path, held);
     } catch (err) {
       unlinkSync(path);
       if (err instanceof UsernsError) throw err;
@@ -313,23 +339,35 @@ export class Namespaces {
     }
   }
 
-  /** One bind mount, here or in the pins' mount namespace (from where it propagates back to ours). */
-  private async bindPin(source: string, path: string): Promise<void> {
+  /**
+   * One bind mount, here or in the pins' mount namespace (from where it propagates back to ours):
+   * there by usernsd-spawner, which works in it, else by a process (nsenter --mount) each.
+   */
+  private async bindPin(source: string, path: string, held?: Held): Promise<void> {
     if (this.mountNs === null) return bindMount(source, path);
+    if (held) return held.pin(path);
     const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'mount', '--bind', source, path]);
     if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}: check mount_namespace in usernsd.conf and that ${dirname(path)} exists there`);
   }
 
-  private async unmountPin(path: string): Promise<boolean> {
+  private async unmountPin(label: string, path: string): Promise<boolean> {
     if (this.mountNs === null) return detach(path);
+    if (this.spawner) return this.spawner.unpin(label, path);
     const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'umount', '--lazy', path]);
     if (r.code === 0) return true;
     if (/not mounted|no mount point|No such file/.test(r.stderr)) return false;
     throw new UsernsError('E_KERNEL', `Failed to unmount pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}`);
   }
 
+  /** The records directory may be gone (removed with /run's contents, or by hand): made again. */
   private writeRecord(pin: Pin): void {
-    writePinRecord(this.recordsDir, pin.label, pin.ino, pin);
+    try {
+      writePinRecord(this.recordsDir, pin.label, pin.ino, pin);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      this.ensureDirs();
+      writePinRecord(this.recordsDir, pin.label, pin.ino, pin);
+    }
   }
 
   /**
@@ -339,16 +377,31 @@ export class Namespaces {
   private async mapsOf(label: string, path: string, ino: number): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
     const recorded = recordedMaps(this.recordsDir, label, ino);
     if (recorded) return recorded;
-    const actual = await readPinMaps(path);
+    const actual = this.spawner ? await this.spawner.maps(label, path) : await this.readMapsForked(path);
     this.writeRecord({ label, path, ino, ...actual, created: false });
     return actual;
+  }
+
+  /**
+   * A pinned namespace's maps as its own processes see them (outside ids are the parent's), without
+   * usernsd-spawner: nsenter with root's ids into a namespace its owner owns, so execute-only copies
+   * of nsenter and cat (see HelperPrograms), one run per map.
+   */
+  private async readMapsForked(pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
+    const { nsenter, cat } = this.helpers.for(0, 0);
+    const read = async (file: string) => {
+      const r = await run(nsenter, [`--user=${pin}`, '--preserve-credentials', '--', cat, file]);
+      if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to read the maps of ${pin}: ${r.stderr || `exit ${r.code}`}`);
+      return parseKernelMap(r.stdout);
+    };
+    return { uidMap: await read('/proc/self/uid_map'), gidMap: await read('/proc/self/gid_map') };
   }
 
   /** Lazy unmount and unlink; idempotent; unmounts every layer so nothing is left stacked. */
   async release(label: string): Promise<boolean> {
     const path = this.pinPath(label);
     let any = false;
-    for (let i = 0; i < 64 && pinnedIno(path) !== null; i++) any = (await this.unmountPin(path)) || any;
+    for (let i = 0; i < 64 && pinnedIno(path) !== null; i++) any = (await this.unmountPin(label, path)) || any;
     try {
       unlinkSync(path);
       any = true;
@@ -375,7 +428,7 @@ export class Namespaces {
     const out: AdoptEntry[] = [];
     for (const label of names.sort()) {
       const path = join(this.pinsDir, label);
-      if (label === HELPERS_DIR) continue;
+      if (label === HELPERS_DIR || label === RECORDS_DIR) continue;
       if (labelProblem(label) !== null || label.startsWith('.')) {
         out.push({ label, path, status: 'foreign', message: `${path} is not a pin name: left alone` });
         continue;

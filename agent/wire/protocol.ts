@@ -145,6 +145,8 @@ export type StatusResult = {
   readonly lastReload?: string | null;
   /** Who decides range = auto allocations; for etcd, whether it answers and what waits for it. */
   readonly coordinator?: { readonly coordinator: 'local' | 'etcd'; readonly endpoints?: readonly string[]; readonly reachable?: boolean; readonly lastOk?: string | null; readonly lastError?: string | null; readonly host?: string; readonly waiting?: number; readonly refused?: number };
+  /** Who makes namespaces: usernsd-spawner (its pid, null until the first creation) or a helper forked each time. */
+  readonly spawner?: { readonly kind: 'native' | 'node'; readonly pid: number | null };
   /** Views made through the agent (recorded for view --list) and the idmap user namespaces it holds open. */
   readonly views?: { readonly recorded: number; readonly namespaces: number };
   /** Resident set and V8 heap in use, MiB. */

@@ -10,6 +10,7 @@ import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, kernelMaps, makeUser, mountsUnder } from '../helpers/kernel.ts';
+import { NATIVE_SPAWNER } from '../helpers/unit.ts';
 
 const A = '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n';
 
@@ -121,10 +122,16 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(st.latencyMs?.map?.count, 2);
     assert.ok(st.latencyMs!.map!.p50 > 0 && st.latencyMs!.map!.p50 <= st.latencyMs!.map!.p99);
     assert.deepEqual(st.contextStates, [{ label: 'a', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' }, { label: 'b', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' }]);
+    assert.deepEqual(st.spawner, NATIVE_SPAWNER ? { kind: 'native', pid: null } : { kind: 'node', pid: null }, 'the spawner starts at the first creation');
     assert.equal((await ctl(['map', '--from', 'nope', '--to', 'host', '--uid', '1'])).code, 1);
     await ctl(['resolve', 'a']);
     const human = (await ctl(['status'])).out;
     assert.match(human, /^usernsd \S+ \(protocol 1\), up \d+s\npid: +\d+\n/);
+    if (NATIVE_SPAWNER) {
+      const pid = /\nspawner: +usernsd-spawner \(pid (\d+)\)\n/.exec(human)?.[1];
+      assert.ok(pid, human);
+      assert.equal(readFileSync(`/proc/${pid}/status`, 'utf8').match(/^PPid:\s+(\d+)/m)?.[1], String(agent.child.pid), 'the agent\'s child');
+    }
     assert.match(human, /\nCONTEXT +OWNER +STATE\na +root \(0:0\) +pinned\nb +root \(0:0\) +not created\n/);
     assert.match(human, /\nMETHOD +REQUESTS +P50_MS +P90_MS +P99_MS +MAX_MS\nlist +1 /);
     assert.match(human, /counters: +created=1 errors\.E_NOT_FOUND=1 requests\.list=1 requests\.map=3 requests\.resolve=1 requests\.status=1/);

@@ -63,7 +63,6 @@ describe('e2e: faults (root)', function () {
       if (delayMs % 2 === 1) {
         unmountAll(tree.pins);
         rmSync(tree.pins, { recursive: true, force: true });
-        rmSync(`${tree.state}/pins`, { recursive: true, force: true });
       }
     }
   });

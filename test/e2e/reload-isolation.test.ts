@@ -82,7 +82,7 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     // Behind the agent's back: the parent unmounted and made anew, the child left where it was.
     assert.equal(await agent.stop(), 0);
     execFileSync('umount', ['--lazy', `${tree.pins}/proj`]);
-    execFileSync('rm', [`${tree.pins}/proj`, `${tree.state}/pins/proj.json`]);
+    execFileSync('rm', [`${tree.pins}/proj`, `${tree.pins}/.usernsd-records/proj.json`]);
     agent = await startAgent(tree);
     let status = await callAgent(agent.socket, P.status, {});
     const state = (l: string) => status.contextStates!.find((c) => c.label === l);

@@ -1,11 +1,12 @@
 // The shipped unit under a real systemd as PID 1 (systemd-nspawn over this machine's root): install, start, resolve, reload, stop, adopt.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { installedUnit } from '../helpers/unit.ts';
 import { bootContainer, containerUnavailable, leftoverCgroups } from '../helpers/container.ts';
 import type { Container } from '../helpers/container.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
-const UNIT = readFileSync(new URL('../../etc/systemd/usernsd.service', import.meta.url), 'utf8');
+const UNIT = installedUnit();
 
 /** The bounding set the unit asks for, as /proc/PID/status shows it (CapBnd, hex). */
 function expectedCapBnd(): string {

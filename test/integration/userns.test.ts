@@ -1,6 +1,7 @@
 // Real user namespaces, as root: create, pin, nest, owner entry, concurrency, adopt, drift, release.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { loadConfiguration } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
@@ -10,6 +11,7 @@ import type { Pin } from '../../agent/kernel/userns.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, kernelMaps, makeUser, mountsUnder, unmountAll } from '../helpers/kernel.ts';
+import { NATIVE_SPAWNER } from '../helpers/unit.ts';
 
 /** Parents first, as the agent does it. */
 async function ensure(ns: Namespaces, cfg: Configuration, label: string): Promise<Pin> {
@@ -19,21 +21,50 @@ async function ensure(ns: Namespaces, cfg: Configuration, label: string): Promis
   return ns.ensure(ctx, { pin: parent.path, ino: parent.ino, host: cfg.hostMaps.get(ctx.parent)! });
 }
 
+/** Run as a namespace's owner until stdin closes: "ready", its passes over /proc, then every exposure seen. */
+const EXPOSURE_WATCHER = `
+import os, sys, select
+hits, passes = set(), 0
+print('ready', flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    passes += 1
+    for p in os.listdir('/proc'):
+        if not p.isdigit():
+            continue
+        try:
+            ids = next(l for l in open('/proc/%s/status' % p) if l.startswith('Uid:')).split()[1:]
+            if '0' in ids:
+                hits.add('%s %s uids %s' % (p, os.readlink('/proc/%s/ns/user' % p), ' '.join(ids)))
+        except (OSError, StopIteration):
+            pass
+print(passes)
+for h in sorted(hits):
+    print(h)
+`;
+
 const load = (tree: Tree) => {
   const cfg = loadConfiguration(tree.config, { record: true, systemIds: () => [] });
   assert.deepEqual(cfg.errors, []);
   return cfg;
 };
 
-describe('integration: user namespaces in the kernel (root)', function () {
+// Every test for both makers of namespaces: usernsd-spawner, and the helper forked per namespace.
+for (const spawner of ['native', 'node'] as const) describe(`integration: user namespaces in the kernel, spawner = ${spawner} (root)`, function () {
   let tree: Tree;
   let ns: Namespaces;
-  before(function () { if (!isRoot) this.skip(); }); // creating, mapping and pinning namespaces for other owners needs root
+  const made: Namespaces[] = [];
+  /** Another Namespaces on the same pins, as a restarted agent has; closed after the test. */
+  const another = () => { const n = new Namespaces({ pinsDir: tree.pins, spawner }); made.push(n); return n; };
+  before(function () {
+    if (!isRoot) this.skip(); // creating, mapping and pinning namespaces for other owners needs root
+    if (spawner === 'native' && !NATIVE_SPAWNER) this.skip(); // no C compiler: npm run build made no spawner
+  });
   beforeEach(() => {
     tree = makeTree();
-    ns = new Namespaces({ pinsDir: tree.pins, stateDir: tree.state });
+    ns = new Namespaces({ pinsDir: tree.pins, spawner });
   });
   afterEach(() => {
+    for (const n of [ns, ...made.splice(0)]) n.close();
     unmountAll(tree.dir);
     tree.remove();
   });
@@ -90,6 +121,37 @@ describe('integration: user namespaces in the kernel (root)', function () {
     }
   });
 
+  it('never lets an owner trace what runs in its namespace with root\'s ids: maps read back, nested creation', async function () {
+    this.timeout(60_000);
+    const user = makeUser();
+    let watcher: ChildProcess | undefined;
+    try {
+      tree.context('mine.conf', `[context]\nowner = ${user.name}\nuid_map = 0 400000 65536\ngid_map = 0 400000 65536\n`);
+      for (let i = 0; i < 5; i++) tree.context(`kid${i}.conf`, `[context]\nparent = mine\nuid_map = 0 ${1000 + i * 100} 100\ngid_map = 0 ${1000 + i * 100} 100\n`);
+      const cfg = load(tree);
+      await ensure(ns, cfg, 'mine');
+      // As the owner, all along: every process with one of root's ids whose namespace it may read
+      // (the kernel's ptrace check) is one it could also trace, and take root's file access from.
+      watcher = spawn('runuser', ['-u', user.name, '--', 'python3', '-c', EXPOSURE_WATCHER], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const out = (async () => { let t = ''; for await (const d of watcher.stdout!) t += d; return t; })();
+      await new Promise((r) => watcher!.stdout!.once('data', r)); // "ready"
+      for (let round = 0; round < 20; round++) {
+        rmSync(`${tree.pins}/.usernsd-records/mine.json`, { force: true }); // as after an upgrade: the kernel is asked
+        const report = await another().adopt(cfg.contexts);
+        assert.equal(report.find((e) => e.label === 'mine')?.status, 'ok');
+      }
+      for (let i = 0; i < 5; i++) await ensure(ns, cfg, `kid${i}`);
+      watcher.stdin!.end();
+      const lines = (await out).trim().split('\n');
+      assert.equal(lines[0], 'ready');
+      assert.ok(Number(lines[1]) > 0, `the watcher looked (${lines[1]} passes)`);
+      assert.deepEqual(lines.slice(2), [], 'processes with root\'s ids the owner could trace');
+    } finally {
+      watcher?.kill();
+      user.remove();
+    }
+  });
+
   it('creates exactly one namespace for concurrent requests of one label', async () => {
     tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     const cfg = load(tree);
@@ -119,11 +181,11 @@ describe('integration: user namespaces in the kernel (root)', function () {
     await ensure(ns, cfg, 'b');
     await ensure(ns, cfg, 'c');
     writeFileSync(`${tree.pins}/crashed`, ''); // a crash between pin file and mount
-    unlinkSync(`${tree.state}/pins/a.json`); // a crash between mount and record: the kernel is asked
+    unlinkSync(`${tree.pins}/.usernsd-records/a.json`); // a crash between mount and record: the kernel is asked
     // Now b's file changes (drift) and c's file goes (orphan).
     tree.context('b.conf', '[context]\nuid_map = 0 200000 50\ngid_map = 0 200000 100\n');
     rmSync(`${tree.contexts}/c.conf`);
-    const report = await new Namespaces({ pinsDir: tree.pins, stateDir: tree.state }).adopt(load(tree).contexts);
+    const report = await another().adopt(load(tree).contexts);
     const by = new Map(report.map((e) => [e.label, e]));
     assert.equal(by.get('a')!.status, 'ok');
     assert.equal(by.get('b')!.status, 'drift');
@@ -131,14 +193,14 @@ describe('integration: user namespaces in the kernel (root)', function () {
     assert.equal(by.get('c')!.status, 'orphan');
     assert.equal(by.get('crashed')!.status, 'removed');
     assert.equal(existsSync(`${tree.pins}/crashed`), false);
-    assert.ok(existsSync(`${tree.state}/pins/a.json`), 'the record is rebuilt from the kernel');
+    assert.ok(existsSync(`${tree.pins}/.usernsd-records/a.json`), 'the record is rebuilt from the kernel');
     // A record of another boot for a pin with the same inode number (they repeat after a reboot),
     // saying other maps: not trusted, the kernel is asked, and a is still ok.
-    const rec = JSON.parse(readFileSync(`${tree.state}/pins/a.json`, 'utf8')) as { boot: string; uidMap: unknown };
-    writeFileSync(`${tree.state}/pins/a.json`, JSON.stringify({ ...rec, boot: '00000000-0000-0000-0000-000000000000', uidMap: [{ inside: 0, outside: 5, count: 1 }] }));
-    const again = await new Namespaces({ pinsDir: tree.pins, stateDir: tree.state }).adopt(load(tree).contexts);
+    const rec = JSON.parse(readFileSync(`${tree.pins}/.usernsd-records/a.json`, 'utf8')) as { boot: string; uidMap: unknown };
+    writeFileSync(`${tree.pins}/.usernsd-records/a.json`, JSON.stringify({ ...rec, boot: '00000000-0000-0000-0000-000000000000', uidMap: [{ inside: 0, outside: 5, count: 1 }] }));
+    const again = await another().adopt(load(tree).contexts);
     assert.equal(again.find((e) => e.label === 'a')!.status, 'ok', 'a record of another boot is not trusted');
-    await assert.rejects(ensure(new Namespaces({ pinsDir: tree.pins, stateDir: tree.state }), load(tree), 'b'), (e: UsernsError) => e.code === 'E_CONFIG' && /drift/.test(e.message));
+    await assert.rejects(ensure(another(), load(tree), 'b'), (e: UsernsError) => e.code === 'E_CONFIG' && /drift/.test(e.message));
   });
 
   it('turns ENOSPC (the namespace limit) into E_KERNEL with what to change, and recovers', async () => {
@@ -168,7 +230,8 @@ describe('integration: user namespaces in the kernel (root)', function () {
     const bad = { ...cfg.contexts.get('a')!, label: 'bad', parent: 'a', uidMap: [{ inside: 0, outside: 5000, count: 10 }] };
     await assert.rejects(ns.ensure(bad, { pin: a.path, ino: a.ino, host: cfg.hostMaps.get('a')! }), (e: UsernsError) => {
       assert.equal(e.code, 'E_KERNEL');
-      assert.match(e.message, /Failed to write the nested maps for context "bad": EPERM/);
+      // The spawner names the very file the kernel refused; the forked helper, its script.
+      assert.match(e.message, spawner === 'native' ? /Failed to write uid_map for context "bad": EPERM/ : /Failed to write the nested maps for context "bad": EPERM/);
       return true;
     });
     assert.equal(existsSync(`${tree.pins}/bad`), false);

@@ -1,0 +1,183 @@
+// The agent's side of usernsd-spawner (native/usernsd-spawner.c): one small process, started at the
+// first creation and kept, that makes user namespaces without a fork of the agent for each.
+import { spawn } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { Socket } from 'node:net';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseKernelMap } from '../../config/extents.ts';
+import type { IdMap } from '../../config/types.ts';
+import { UsernsError } from '../errors.ts';
+import { kernelError, PATH_ENV, SPAWN_TIMEOUT_MS } from './spawn.ts';
+
+/** Where `npm run build` (and so `make install`) puts the program: dist/usernsd-spawner, beside dist/agent/. */
+const TOP = dirname(dirname(dirname(fileURLToPath(import.meta.url))));
+export const SPAWNER_PATH = import.meta.url.endsWith('.ts') ? join(TOP, 'dist', 'usernsd-spawner') : join(TOP, 'usernsd-spawner');
+
+export type SpawnerSetting = 'auto' | 'native' | 'node';
+
+/** What a creation asks: the owner's ids as the parent sees them, the maps, the parent's pin (null: host). */
+export type SpawnRequest = {
+  readonly label: string;
+  readonly uid: number;
+  readonly gid: number;
+  readonly setgroups: 'allow' | 'deny';
+  readonly uidMap: IdMap;
+  readonly gidMap: IdMap;
+  readonly parentPin: string | null;
+};
+
+/**
+ * A namespace held by its holder process until `end()`: pin /proc/PID/ns/user meanwhile, here, or
+ * with `pin()` in the spawner's mount namespace.
+ */
+export type Held = { readonly pid: number; pin(path: string): Promise<void>; end(): void };
+
+type Pending = { resolve: (words: string[]) => void; reject: (err: Error) => void; timer: NodeJS.Timeout };
+
+const wire = (map: IdMap) => map.map((e) => `${e.inside}:${e.outside}:${e.count}`).join(',');
+const unwire = (text: string): IdMap => parseKernelMap(text === '-' ? '' : text.replaceAll(':', ' ').replaceAll(',', '\n'));
+
+/**
+ * Whether the native spawner is used: `native` insists (an error says how to build it), `node`
+ * refuses it (a fork of the agent per namespace), `auto` takes it when it was built.
+ */
+export function useNativeSpawner(setting: SpawnerSetting, path = SPAWNER_PATH): boolean {
+  if (setting === 'node') return false;
+  if (existsSync(path)) return true;
+  if (setting === 'native') throw new UsernsError('E_CONFIG', `spawner = native, but ${path} was not built: install a C compiler (apt-get install gcc libc6-dev) and run "make", or set spawner = auto`);
+  return false;
+}
+
+export class Spawner {
+  private readonly path: string;
+  /** The mount namespace the spawner works in (pins are mounted there), or null for the agent's. */
+  private readonly mountNs: string | null;
+  private child: ChildProcessWithoutNullStreams | null = null;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+
+  constructor(mountNs: string | null = null, path = SPAWNER_PATH) {
+    this.mountNs = mountNs;
+    this.path = path;
+  }
+
+  /** Make a namespace: the holder's pid once its maps are written; E_KERNEL with the failed step otherwise. */
+  async create(req: SpawnRequest): Promise<Held> {
+    if (req.parentPin?.includes('\n')) throw new UsernsError('E_CONFIG', `the pin path ${JSON.stringify(req.parentPin)} holds a newline`);
+    const id = this.nextId++;
+    const words = await this.ask(id, `new ${id} ${req.uid} ${req.gid} ${req.setgroups} ${wire(req.uidMap)} ${wire(req.gidMap)} ${req.parentPin ?? '-'}`, req.label);
+    const pid = Number(words[0]);
+    const child = this.child;
+    let ended = false;
+    return {
+      pid,
+      pin: async (path: string) => {
+        if (path.includes('\n') || this.child !== child) throw kernelError(req.label, 'pin the namespace', 'ESRCH', 'usernsd-spawner ended meanwhile');
+        await this.ask(id, `pin ${id} ${path}`, req.label);
+      },
+      // A spawner that died meanwhile took its holders with it: nothing to end, nothing to start.
+      end: () => { if (!ended && this.child === child) this.child?.stdin.write(`end ${id}\n`); ended = true; },
+    };
+  }
+
+  /** A lazy unmount of a pin in the spawner's mount namespace: false when nothing was mounted there. */
+  async unpin(label: string, path: string): Promise<boolean> {
+    if (path.includes('\n')) throw new UsernsError('E_CONFIG', `the pin path ${JSON.stringify(path)} holds a newline`);
+    const id = this.nextId++;
+    try {
+      await this.ask(id, `unpin ${id} ${path}`, label);
+      return true;
+    } catch (err) {
+      if (err instanceof UsernsError && /: (EINVAL|ENOENT)/.test(err.message)) return false; // not mounted, or gone
+      throw err;
+    }
+  }
+
+  /** A pinned namespace's maps as its own processes see them, read by a non-dumpable worker inside it. */
+  async maps(label: string, pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
+    if (pin.includes('\n')) throw new UsernsError('E_CONFIG', `the pin path ${JSON.stringify(pin)} holds a newline`);
+    const id = this.nextId++;
+    const [u, g] = await this.ask(id, `maps ${id} ${pin}`, label);
+    return { uidMap: unwire(u ?? '-'), gidMap: unwire(g ?? '-') };
+  }
+
+  /** The running spawner's pid (status shows it; tests end it behind the agent's back). */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Ends the spawner: its holders end with it. */
+  close(): void {
+    this.child?.stdin.end();
+    this.child = null;
+  }
+
+  private ask(id: number, line: string, label: string): Promise<string[]> {
+    return new Promise((resolve, reject) => {
+      // The spawner has its own deadline (5 s) for each request; this one covers the spawner itself.
+      const timer = setTimeout(() => this.settle(id, ['err', 'ETIMEDOUT', 'hear from usernsd-spawner']), SPAWN_TIMEOUT_MS * 2);
+      this.pending.set(id, {
+        resolve, timer,
+        reject: (err) => reject(err instanceof UsernsError ? err : kernelError(label, 'create the user namespace', 'EIO', err.message)),
+      });
+      this.ref(true);
+      try {
+        this.send(line);
+      } catch (err) {
+        this.settle(id, ['err', (err as NodeJS.ErrnoException).code ?? 'EIO', 'start usernsd-spawner']);
+      }
+    }).then((words) => {
+      const [kind, ...rest] = words as [string, ...string[]];
+      if (kind === 'err') throw kernelError(label, rest.slice(1).join(' ') || 'create the user namespace', rest[0] ?? 'EIO');
+      return rest;
+    });
+  }
+
+  private settle(id: number, words: string[]): void {
+    const p = this.pending.get(id);
+    if (!p) {
+      if (words[0] === 'ok') this.child?.stdin.write(`end ${id}\n`); // answered after we gave up: end its holder
+      return;
+    }
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    if (this.pending.size === 0) this.ref(false);
+    p.resolve(words);
+  }
+
+  private send(line: string): void {
+    this.started().stdin.write(`${line}\n`);
+  }
+
+  /** The spawner, started now if it is not running; it ends when its stdin closes or the agent dies. */
+  private started(): ChildProcessWithoutNullStreams {
+    if (this.child) return this.child;
+    const child = spawn(this.path, this.mountNs ? ['--mount-namespace', this.mountNs] : [], { env: PATH_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = child;
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      const [id, ...words] = line.split(' ');
+      this.settle(Number(id), words);
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => { if (stderr.length < 4096) stderr += d; });
+    const gone = (why: string) => {
+      if (this.child === child) this.child = null;
+      for (const id of [...this.pending.keys()]) this.settle(id, ['err', 'EIO', `use usernsd-spawner (${why}${stderr ? `: ${stderr.trim()}` : ''})`]);
+    };
+    child.on('error', (err) => gone(`${(err as NodeJS.ErrnoException).code ?? err.message} starting ${this.path}`));
+    child.on('exit', (code, signal) => gone(`it exited: ${signal ?? code}`));
+    child.stdin.on('error', () => { /* reported by exit */ });
+    return child;
+  }
+
+  /** Keep the agent's event loop alive only while a request waits (tests build Namespaces without stopping them). */
+  private ref(on: boolean): void {
+    const c = this.child;
+    if (!c) return;
+    for (const s of [c.stdout, c.stderr, c.stdin] as unknown as Socket[]) (on ? s.ref?.() : s.unref?.());
+    if (on) c.ref(); else c.unref();
+  }
+}
