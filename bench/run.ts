@@ -43,7 +43,8 @@ const util = execFileSync('unshare', ['--version'], { encoding: 'utf8' }).trim()
 const cpRatio = cp.ours / cp.script;
 const tRatio = rs.throughput.agent / rs.throughput.echo;
 const sRatio = rs.seq.agent.p50 / rs.seq.echo.p50;
-const eagerBudget = st.lazyReadyMs + (st.eager * cp.ours) + 1000;
+const eagerRatio = st.eagerReadyMs / st.forkedReadyMs;
+const eagerOk = st.eagerReadyMs <= 6000 && eagerRatio <= 1 / 3;
 const upRatio = up.ours / up.node;
 const cRatio = up.c !== null && up.nfsidmap !== null ? up.c / up.nfsidmap : null;
 const P_LIMIT = LIMITS.MAX_CONNECTIONS_PER_UID; // as the storm uses it
@@ -60,14 +61,15 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
 | what | figure | baseline | ratio | target |
 |---|---|---|---|---|
 | create+pin, median | ${f2(cp.ours)} ms | shell script ${f2(cp.script)} ms | ${f2(cpRatio)} | ≤ 0.8: ${verdict(cpRatio <= 0.8, `by ${f2(cpRatio - 0.8)}`)} |
+| create+pin, median, the helper forked per namespace (spawner = node) | ${f2(cp.forked)} ms | shell script ${f2(cp.script)} ms | ${f2(cp.forked / cp.script)} | — |
 | resolve, sequential p50 | ${f3(rs.seq.agent.p50)} ms | echo ${f3(rs.seq.echo.p50)} ms | ${f2(sRatio)} | ≤ 1.3: ${verdict(sRatio <= 1.3, `by ${f2(sRatio - 1.3)}`)} |
 | resolve, sequential p99 | ${f3(rs.seq.agent.p99)} ms | echo ${f3(rs.seq.echo.p99)} ms | ${f2(rs.seq.agent.p99 / rs.seq.echo.p99)} | — |
-| resolve, ${rs.clients} clients | ${k(rs.throughput.agent)} req/s | echo ${k(rs.throughput.echo)} req/s | ${f2(tRatio)} | ≥ 0.8: ${verdict(tRatio >= 0.8, `by ${f2(0.8 - tRatio)}`)} |
+| resolve, ${rs.clients} clients | ${k(rs.throughput.agent)} req/s | echo ${k(rs.throughput.echo)} req/s | ${f2(tRatio)} | ≥ 1.0: ${verdict(tRatio >= 1, `by ${f2(1 - tRatio)}`)} |
 | resolve, ${rs.clients} clients, ${rs.idle} idle connections held | ${k(rs.throughput.agentWithIdle)} req/s | without them ${k(rs.throughput.agent)} req/s | ${f2(rs.throughput.agentWithIdle / rs.throughput.agent)} | — |
 | map, ${mp.batch / 1000}k ids per request, 1 client | ${M(mp.socket)} ids/s | in-process ${M(mp.inProcess)} ids/s | ${f2(mp.socket / mp.inProcess)} | ≥ 5 M ids/s: ${verdict(mp.socket >= 5e6, `${M(mp.socket)}`)} |
 | map, ${mp.clients} clients | ${M(mp.socketParallel)} ids/s | | | |
 | start-up to ready, ${st.contexts} lazy contexts | ${Math.round(st.lazyReadyMs)} ms | | | |
-| start-up to ready, ${st.contexts} contexts, ${st.eager} eager | ${(st.eagerReadyMs / 1000).toFixed(1)} s | lazy part + ${st.eager} × create+pin + 1 s = ${(eagerBudget / 1000).toFixed(1)} s | ${f2(st.eagerReadyMs / eagerBudget)} | ≤ 1: ${verdict(st.eagerReadyMs <= eagerBudget, `by ${((st.eagerReadyMs - eagerBudget) / 1000).toFixed(1)} s`)} |
+| start-up to ready, ${st.contexts} contexts, ${st.eager} eager | ${(st.eagerReadyMs / 1000).toFixed(1)} s (${f2(st.perCreationMs)} ms per creation) | a helper forked per namespace ${(st.forkedReadyMs / 1000).toFixed(1)} s (${f2(st.forkedPerCreationMs)} ms) | ${f2(eagerRatio)} | ≤ 6 s and ≤ 0.33: ${verdict(eagerOk, `${(st.eagerReadyMs / 1000).toFixed(1)} s, ${f2(eagerRatio)}`)} |
 | resident memory after start-up, ${st.contexts} lazy | ${Math.round(st.lazyRssMb)} MiB | | | < 150 MiB: ${verdict(st.lazyRssMb < 150, `${Math.round(st.lazyRssMb)} MiB`)} |
 | resident memory after start-up, ${st.eager} pinned | ${Math.round(st.eagerRssMb)} MiB | | | < 150 MiB: ${verdict(st.eagerRssMb < 150, `${Math.round(st.eagerRssMb)} MiB`)} |
 | reload, ${st.contexts} files | ${Math.round(st.reloadMs)} ms | | | |
@@ -189,15 +191,15 @@ ${getentRatio <= 2 ? '' : `- **getent through userdb ${f2(getentRatio)} × a fil
   every socket in /run/systemd/userdb/ in turn; see "userdb" above.
 `}${walkRatio <= 1.1 ? '' : `- **walk through an idmapped view ${f2(walkRatio)} × the plain tree** (target 1.1): an idmapped
   mount translates each inode's ids on the way out, nothing more; a larger figure is the machine's noise.
-`}${(cRatio === null || cRatio <= 1.5) && upRatio <= 1.5 && walkRatio <= 1.1 && getentRatio <= 2 && st.eagerRssMb < 150 && tRatio >= 0.8 && cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && st.eagerReadyMs <= eagerBudget && st.lazyRssMb < 150 && sm.storm.p99 < 10 ? 'None in this run.\n' : ''}${sm.storm.p99 < 10 ? '' : `- **good client's p99 under the storm ${f2(sm.storm.p99)} ms** (target 10 ms): see "storm" above.
+`}${(cRatio === null || cRatio <= 1.5) && upRatio <= 1.5 && walkRatio <= 1.1 && getentRatio <= 2 && st.eagerRssMb < 150 && tRatio >= 1 && cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && eagerOk && st.lazyRssMb < 150 && sm.storm.p99 < 10 ? 'None in this run.\n' : ''}${sm.storm.p99 < 10 ? '' : `- **good client's p99 under the storm ${f2(sm.storm.p99)} ms** (target 10 ms): see "storm" above.
 `}${cRatio === null || cRatio <= 1.5 ? '' : `- **the C upcall handler / nfsidmap ${f2(cRatio)}** (target 1.5): the agent's resolve round trip is the difference; see "upcall".
 `}${upRatio <= 1.5 ? '' : `- **the Node upcall handler / bare Node start ${f2(upRatio)}** (target 1.5): the fallback where no C compiler
   exists; the measures above are all taken; see "upcall" above for what is left.
 `}${st.eagerRssMb < 150 ? '' : `- **resident memory with ${st.eager} pins ${Math.round(st.eagerRssMb)} MiB** (target 150): per pin the agent keeps its
   answer and check state; the rest is V8's committed heap after ${st.eager} creations.
-`}${tRatio >= 0.8 ? '' : `- **resolve throughput ${f2(tRatio)}** of the echo floor (target 0.8). On this machine the ratio swings between runs more
+`}${tRatio >= 1 ? '' : `- **resolve throughput ${f2(tRatio)}** of the echo floor (target 1.0). On this machine the ratio swings between runs more
   than any change moves it: three runs each of this build and of the build before views, names,
   metrics and etcd, interleaved, gave 0.61–1.09 and 0.73–1.08. See the profile notes above.
-`}${cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && st.eagerReadyMs <= eagerBudget && st.lazyRssMb < 150 ? '' : '- Other misses are marked in the table.\n'}`;
+`}${cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && eagerOk && st.lazyRssMb < 150 ? '' : '- Other misses are marked in the table.\n'}`;
 writeFileSync(new URL('../BENCHMARKS.md', import.meta.url), text);
 process.stdout.write(text);

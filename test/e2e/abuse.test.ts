@@ -215,6 +215,7 @@ print(wrote, tried, flush=True)
   it('removes the temporary files a crashed agent left, at start', async () => {
     const records = join(tree.pins, '.usernsd-records');
     mkdirSync(records, { recursive: true, mode: 0o700 });
+    mkdirSync(tree.state, { recursive: true, mode: 0o700 });
     const stale = [join(tree.state, '.ranges.json.99999999.tmp'), join(tree.state, '.contexts.json.99999998.tmp'), join(records, '.a.json.99999997.tmp')];
     for (const f of stale) writeFileSync(f, '{', { mode: 0o600 });
     const notOurs = join(tree.state, 'notes.tmp');

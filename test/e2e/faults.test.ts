@@ -117,7 +117,7 @@ describe('e2e: faults (root)', function () {
     limit(0);
     const refused = await ctl('resolve', 'kid');
     assert.equal(refused.code, 1);
-    assert.match(refused.err, /^usernsctl: E_KERNEL: Failed to create the user namespace for context "kid": ENOSPC .*raise \/proc\/sys\/user\/max_user_namespaces or release contexts/);
+    assert.match(refused.err, /^usernsctl: E_KERNEL: Failed to create the user namespace for context "kid": ENOSPC\b.*raise \/proc\/sys\/user\/max_user_namespaces or release contexts/);
     assert.equal((await ctl('resolve', 'p')).code, 0, 'the parent keeps resolving');
     assert.deepEqual(mountsUnder(tree.pins), [p.path], 'the failed creation left no pin');
     limit(100);
