@@ -24,7 +24,7 @@ all: dist/agent/main.js
 $(RUN):
 	@echo 'node_modules is missing: run "npm ci" first' >&2; exit 1
 
-dist/agent/main.js: $(RUN) $(wildcard agent/*.ts agent/*/*.ts config/*.ts native/*.c)
+dist/agent/main.js: $(RUN) $(wildcard agent/*.ts agent/*/*.ts config/*.ts native/*.c native/*.h)
 	npm run build
 
 install: all

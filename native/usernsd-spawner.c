@@ -55,17 +55,12 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "spawner.h"
 
 #define MAX_LINE 65536
-#define MAX_MAP 8192          /* the kernel takes a map in one write below a page; ours may be larger */
 #define MAX_JOBS 256
 #define DEADLINE_MS 5000
-#define STACK_SIZE (64 * 1024)
 
-enum step {
-	S_NONE, S_FORK, S_OPEN_PARENT, S_ENTER_PARENT, S_OWNER, S_CLONE, S_SETGROUPS, S_UIDMAP, S_GIDMAP,
-	S_OPEN_PIN, S_ENTER_PIN, S_READ_MAPS, S_TIMEOUT, S_WORKER, S_PIN, S_UNPIN,
-};
 static const char *const STEPS[] = {
 	"", "start the namespace helper", "open the parent's pin", "enter the parent namespace",
 	"take the owner's ids", "create the user namespace", "write setgroups", "write uid_map",
@@ -83,103 +78,10 @@ static const char *errno_name(int e) {
 	case ENOSPC: return "ENOSPC"; case ENOTDIR: return "ENOTDIR"; case ELOOP: return "ELOOP";
 	case EUSERS: return "EUSERS"; case ETIMEDOUT: return "ETIMEDOUT"; case ENOSYS: return "ENOSYS";
 	case EOPNOTSUPP: return "EOPNOTSUPP"; case ENAMETOOLONG: return "ENAMETOOLONG";
+	case EEXIST: return "EEXIST"; case EBUSY: return "EBUSY"; case EXDEV: return "EXDEV";
+	case ENXIO: return "ENXIO"; case EFAULT: return "EFAULT"; case ECHILD: return "ECHILD";
 	default: return "EIO";
 	}
-}
-
-/* What a worker tells the spawner: an errno and the step (0 and the holder's pid on success),
- * then `len` bytes of text (the maps, for "maps"). */
-struct report { int32_t err, step, pid, len; };
-
-/* ---- in the worker processes ---- */
-
-static void send_report(int fd, int err, enum step step, pid_t pid, const char *text) {
-	char buf[sizeof(struct report) + 2 * MAX_MAP];
-	struct report r = { err, step, pid, text ? (int32_t)strlen(text) : 0 };
-	if ((size_t)r.len > sizeof buf - sizeof r) r.len = 0;
-	memcpy(buf, &r, sizeof r);
-	if (r.len) memcpy(buf + sizeof r, text, (size_t)r.len);
-	size_t n = sizeof r + (size_t)r.len, off = 0;
-	while (off < n) {
-		ssize_t w = write(fd, buf + off, n - off);
-		if (w < 0 && errno == EINTR) continue;
-		if (w <= 0) break;
-		off += (size_t)w;
-	}
-}
-
-static _Noreturn void fail_with(int fd, enum step step) {
-	send_report(fd, errno ? errno : EIO, step, 0, NULL);
-	_exit(1);
-}
-
-/* Close every descriptor but `keep` (up to three; -1 for none). */
-static void close_others(int a, int b, int c) {
-	int keep[3] = { a, b, c };
-	for (int i = 0; i < 3; i++) for (int j = i + 1; j < 3; j++) if (keep[j] < keep[i]) { int t = keep[i]; keep[i] = keep[j]; keep[j] = t; }
-	unsigned lo = 0;
-	for (int i = 0; i < 3; i++) {
-		if (keep[i] < 0) continue;
-		if ((unsigned)keep[i] > lo && syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0) != 0) {
-			for (unsigned fd = lo; fd < (unsigned)keep[i]; fd++) close((int)fd);
-		}
-		lo = (unsigned)keep[i] + 1;
-	}
-	if (syscall(SYS_close_range, lo, ~0U, 0) != 0) {
-		struct rlimit rl = { 1024, 1024 };
-		getrlimit(RLIMIT_NOFILE, &rl);
-		rlim_t max = rl.rlim_cur > 65536 ? 65536 : rl.rlim_cur;
-		for (unsigned fd = lo; fd < max; fd++) close((int)fd);
-	}
-}
-
-static int write_file(const char *path, const char *text) {
-	int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) return -1;
-	size_t n = strlen(text);
-	ssize_t w = write(fd, text, n);
-	int e = errno;
-	close(fd);
-	if (w != (ssize_t)n) { errno = w < 0 ? e : EIO; return -1; }
-	return 0;
-}
-
-/*
- * The holder, in its new namespace, on a stack of its own in a shared address space: it closes
- * every descriptor but its pipe (close_range(2): Linux 5.9, older than idmapped mounts) and waits
- * until the pipe's other end closes. It touches no memory but its stack: no stdio, no errno read.
- */
-static int holder(void *arg) {
-	int hold_r = (int)(intptr_t)arg;
-	if (hold_r > 0) syscall(SYS_close_range, 0U, (unsigned)hold_r - 1, 0);
-	syscall(SYS_close_range, (unsigned)hold_r + 1, ~0U, 0);
-	char c;
-	while (syscall(SYS_read, hold_r, &c, 1) > 0) {}
-	syscall(SYS_exit, 0);
-	return 0;
-}
-
-/* A stack for a clone(2) child; NULL on failure. */
-static void *new_stack(void) {
-	void *s = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-	return s == MAP_FAILED ? NULL : s;
-}
-
-/* H, cloned into a new user namespace owned by the current effective ids; -1 with errno on failure. */
-static pid_t clone_holder(int hold_r, void *stack) {
-	return clone(holder, (char *)stack + STACK_SIZE, CLONE_VM | CLONE_NEWUSER | SIGCHLD, (void *)(intptr_t)hold_r);
-}
-
-/* setgroups before gid_map, each map in one write; 0, or the failed step with errno set. */
-static enum step write_maps(pid_t pid, const char *setgroups, const char *uid_map, const char *gid_map) {
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%d/setgroups", pid);
-	if (write_file(path, setgroups) != 0) return S_SETGROUPS;
-	snprintf(path, sizeof path, "/proc/%d/uid_map", pid);
-	if (write_file(path, uid_map) != 0) return S_UIDMAP;
-	snprintf(path, sizeof path, "/proc/%d/gid_map", pid);
-	if (write_file(path, gid_map) != 0) return S_GIDMAP;
-	return S_NONE;
 }
 
 /* "INSIDE:OUTSIDE:COUNT,..." as the kernel's map text; 0 when it is not well formed. */
@@ -196,85 +98,6 @@ static int kernel_map(const char *enc, char *out, size_t cap) {
 	out[n] = '\n';
 	out[n + 1] = '\0';
 	return 1;
-}
-
-struct create { uid_t uid; gid_t gid; const char *setgroups; char uid_map[MAX_MAP], gid_map[MAX_MAP]; const char *parent; };
-
-/* O, in W's address space while W waits (CLONE_VFORK): the owner's ids, then H. */
-struct owner_args { const struct create *q; int hold_r; void *stack; pid_t holder; int err; };
-static int owner_main(void *arg) {
-	struct owner_args *a = arg;
-	/* Raw calls: the ids of this task alone (glibc's wrappers would act for a whole process). */
-	if (syscall(SYS_setresgid, -1, a->q->gid, -1) != 0 || syscall(SYS_setresuid, -1, a->q->uid, -1) != 0) {
-		a->err = errno;
-		syscall(SYS_exit, 0);
-	}
-	a->holder = clone_holder(a->hold_r, a->stack);
-	if (a->holder < 0) a->err = errno;
-	syscall(SYS_exit, 0);
-	return 0;
-}
-
-/* W, for a nested context: enter the parent's namespace, have O clone H there, write H's maps, report. */
-static _Noreturn void nested_worker(const struct create *q, int rep, int hold_r) {
-	close_others(rep, hold_r, -1);
-	int fd = open(q->parent, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) fail_with(rep, S_OPEN_PARENT);
-	if (setns(fd, CLONE_NEWUSER) != 0) fail_with(rep, S_ENTER_PARENT);
-	close(fd);
-	struct owner_args a = { q, hold_r, new_stack(), 0, 0 };
-	void *ostack = new_stack();
-	if (!a.stack || !ostack) fail_with(rep, S_FORK);
-	pid_t o = clone(owner_main, (char *)ostack + STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
-	if (o < 0) fail_with(rep, S_FORK);
-	while (waitpid(o, NULL, 0) < 0 && errno == EINTR) {}
-	if (a.err) { errno = a.err; fail_with(rep, a.holder < 0 ? S_CLONE : S_OWNER); }
-	/* H is the spawner's child now (O has exited, the spawner is the subreaper). */
-	enum step failed = write_maps(a.holder, q->setgroups, q->uid_map, q->gid_map);
-	if (failed) fail_with(rep, failed);
-	send_report(rep, 0, S_NONE, a.holder, NULL);
-	_exit(0);
-}
-
-/* The kernel's map text (from inside) as "INSIDE:OUTSIDE:COUNT,..."; 0 when it does not fit. */
-static int encode_map(const char *path, char *out, size_t cap) {
-	char raw[MAX_MAP];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) return 0;
-	ssize_t n = read(fd, raw, sizeof raw - 1);
-	close(fd);
-	if (n < 0) return 0;
-	size_t o = 0;
-	int field = 0, in_num = 0;
-	for (ssize_t i = 0; i < n; i++) {
-		char c = raw[i];
-		if (c >= '0' && c <= '9') {
-			if (!in_num && field > 0) { if (o + 1 >= cap) return 0; out[o++] = field % 3 == 0 ? ',' : ':'; }
-			if (o + 1 >= cap) return 0;
-			out[o++] = c;
-			if (!in_num) field++;
-			in_num = 1;
-		} else {
-			in_num = 0;
-		}
-	}
-	if (o == 0) { if (cap < 2) return 0; out[o++] = '-'; }
-	out[o] = '\0';
-	return 1;
-}
-
-/* W for "maps": enter the pinned namespace (non-dumpable, with root's ids) and read its maps. */
-static _Noreturn void maps_worker(const char *pin, int rep) {
-	close_others(rep, -1, -1);
-	int fd = open(pin, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) fail_with(rep, S_OPEN_PIN);
-	if (setns(fd, CLONE_NEWUSER) != 0) fail_with(rep, S_ENTER_PIN);
-	close(fd);
-	char u[MAX_MAP], g[MAX_MAP], both[2 * MAX_MAP];
-	if (!encode_map("/proc/self/uid_map", u, sizeof u) || !encode_map("/proc/self/gid_map", g, sizeof g)) fail_with(rep, S_READ_MAPS);
-	snprintf(both, sizeof both, "%s %s", u, g);
-	send_report(rep, 0, S_NONE, 0, both);
-	_exit(0);
 }
 
 /* ---- in the spawner ---- */

@@ -1,6 +1,6 @@
 // npm run build, last step: the C programs, when a C compiler is present —
 //   native/usernsd-upcall.c  -> dist/usernsd-upcall   the request-key handler
-//   native/usernsd-spawner.c -> dist/usernsd-spawner  the agent's maker of user namespaces
+//   native/usernsd-spawner.c, spawner-proc.c -> dist/usernsd-spawner  the agent's maker of user namespaces
 // Without a compiler the build goes on: the upcall is the Node handler (usernsctl upcall) and the
 // agent forks a helper per namespace (spawner = node). A compiler that refuses the code (warnings
 // are errors) fails the build.
@@ -10,20 +10,21 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
-const programs = ['usernsd-upcall', 'usernsd-spawner'];
+/** Each program and its sources (in native/). */
+const programs = { 'usernsd-upcall': ['usernsd-upcall.c'], 'usernsd-spawner': ['usernsd-spawner.c', 'spawner-proc.c'] };
 const cc = [process.env.CC, 'cc', 'gcc', 'clang'].find((c) => c && spawnSync(c, ['--version'], { stdio: 'ignore' }).status === 0);
 if (!cc) {
-  for (const p of programs) rmSync(join(root, 'dist', p), { force: true });
+  for (const p of Object.keys(programs)) rmSync(join(root, 'dist', p), { force: true });
   console.error('build-native: no C compiler (cc, gcc, clang): the upcall is the Node handler, usernsctl upcall, and the agent forks a helper per namespace (apt-get install gcc libc6-dev for the C programs)');
   process.exit(0);
 }
-const flags = ['-std=c11', '-O2', '-Wall', '-Wextra', '-Werror', '-Wformat=2', '-Wshadow', '-fstack-protector-strong', '-D_FORTIFY_SOURCE=2', '-fPIE', '-pie', '-Wl,-z,relro,-z,now'];
+const flags = ['-std=c11', '-O2', '-Wall', '-Wextra', '-Werror', '-Wformat=2', '-Wshadow', '-Wmissing-prototypes', '-fstack-protector-strong', '-D_FORTIFY_SOURCE=2', '-fPIE', '-pie', '-Wl,-z,relro,-z,now'];
 mkdirSync(join(root, 'dist'), { recursive: true });
-for (const p of programs) {
+for (const [p, sources] of Object.entries(programs)) {
   const out = join(root, 'dist', p);
-  const r = spawnSync(cc, [...flags, '-o', out, join(root, 'native', `${p}.c`)], { stdio: 'inherit' });
+  const r = spawnSync(cc, [...flags, '-o', out, ...sources.map((s) => join(root, 'native', s))], { stdio: 'inherit' });
   if (r.status !== 0 || !existsSync(out)) {
-    console.error(`build-native: ${cc} failed on native/${p}.c`);
+    console.error(`build-native: ${cc} failed on native/${sources.join(', native/')}`);
     process.exit(1);
   }
 }
