@@ -10,6 +10,7 @@ import { UsernsError } from './errors.ts';
 import { bindfsOptions, viewPlan } from './idmap.ts';
 import type { ViewMode } from './idmap.ts';
 import { ViewNamespaces, makeTree } from './kernel/views.ts';
+import type { Spawner } from './kernel/spawner.ts';
 import { findLabel, peerCanReach } from './labels.ts';
 import type { Registry } from './registry.ts';
 import type { ViewParams, ViewRecord, ViewResult } from './wire/protocol.ts';
@@ -27,12 +28,14 @@ export type ViewSource = { readonly src: string; readonly dev: number; readonly 
 const under = (path: string, dir: string) => path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
 
 export class Views {
-  readonly namespaces = new ViewNamespaces();
+  readonly namespaces: ViewNamespaces;
   private readonly stateDir: string;
   private records: ViewRecord[] | null = null;
 
-  constructor(stateDir: string) {
+  /** `spawner`: the agent's usernsd-spawner, which makes the views' idmap namespaces too (null: a helper forked each). */
+  constructor(stateDir: string, spawner: Spawner | null = null) {
     this.stateDir = stateDir;
+    this.namespaces = new ViewNamespaces(spawner);
   }
 
   /**

@@ -8,6 +8,7 @@ import { UsernsError } from '../errors.ts';
 import type { ViewMaps } from '../idmap.ts';
 import { SysError } from './ffi.ts';
 import { kernelError, PATH_ENV, reap, SPAWN_TIMEOUT_MS, waitForNewNamespace } from './spawn.ts';
+import type { Spawner } from './spawner.ts';
 import { closeFd, fdIdentity, openTreeClone, setMountAttrs } from './sys.ts';
 import { closeDescriptor, receiveWithFds, socketPair } from './unixsock.ts';
 
@@ -37,6 +38,12 @@ export class ViewNamespaces {
   /** Insertion order is age: a Map is the LRU list. */
   private readonly cache = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<number>>();
+  /** usernsd-spawner, when the agent uses it: it makes the namespaces, else a helper forked each. */
+  private readonly spawner: Spawner | null;
+
+  constructor(spawner: Spawner | null = null) {
+    this.spawner = spawner;
+  }
 
   /**
    * An open user namespace whose uid_map and gid_map are `maps` (a child of the initial one,
@@ -52,7 +59,7 @@ export class ViewNamespaces {
     }
     let p = this.inflight.get(key);
     if (!p) {
-      p = createIdmapNamespace(maps).then((created) => {
+      p = createIdmapNamespace(maps, this.spawner).then((created) => {
         this.cache.set(key, created);
         for (const [k, old] of this.cache) {
           if (this.cache.size <= MAX_CACHED_NAMESPACES) break;
@@ -76,8 +83,16 @@ export class ViewNamespaces {
   }
 }
 
-async function createIdmapNamespace(maps: ViewMaps): Promise<number> {
+async function createIdmapNamespace(maps: ViewMaps, spawner: Spawner | null): Promise<number> {
   if (maps.uid.length === 0 || maps.gid.length === 0) throw new UsernsError('E_CONFIG', 'this view maps no ids at all: nothing to show');
+  if (spawner) {
+    const held = await spawner.create({ label: 'a view', uid: 0, gid: 0, setgroups: 'allow', uidMap: maps.uid, gidMap: maps.gid, parentPin: null });
+    try {
+      return openSync(`/proc/${held.pid}/ns/user`, 'r');
+    } finally {
+      held.end();
+    }
+  }
   const child = spawn('unshare', ['--user', '--', 'cat'], { env: PATH_ENV, stdio: ['pipe', 'ignore', 'pipe'] });
   try {
     const pid = await waitForNewNamespace('a view', child, null);
