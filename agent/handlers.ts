@@ -41,7 +41,8 @@ export type Agent = {
   logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void;
 };
 
-type Handler<M> = (agent: Agent, peer: Peer, params: ParamsOf<M>, conn: Connection) => Promise<ResultOf<M>> | ResultOf<M>;
+/** A result, or its JSON text made already (P.EncodedResult: a resolve answered again). */
+type Handler<M> = (agent: Agent, peer: Peer, params: ParamsOf<M>, conn: Connection) => Promise<ResultOf<M>> | ResultOf<M> | P.EncodedResult;
 type Entry = { method: Method<unknown, unknown>; fn: Handler<Method<unknown, unknown>> };
 
 const table = new Map<string, Entry>();
@@ -61,7 +62,33 @@ function usable(agent: Agent, peer: Peer, label: string): Context {
   throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not use context "${label}" (or there is none): ask root to add you to its [access] section`);
 }
 
-handle(P.resolve, async (agent, peer, { label }) => {
+handle(P.resolve, (agent, peer, { label }) => {
+  // Most resolves: a pin checked already, answered in this turn (see Registry.resolveKnown).
+  const known = agent.registry.resolveKnown(label);
+  if (known) {
+    usable(agent, peer, label);
+    return encodedResult(agent, peer, known);
+  }
+  return resolveSlow(agent, peer, label);
+});
+
+/**
+ * A resolve's answer is the same for every request until the pin is checked anew (a new Pin
+ * object) or the context changes: its JSON text is made once per pin and whether the caller may
+ * enter, and goes into each reply frame as is.
+ */
+const encoded = new WeakMap<object, { ctx: Context; texts: [P.EncodedResult | null, P.EncodedResult | null] }>();
+function encodedResult(agent: Agent, peer: Peer, r: Resolved): P.EncodedResult {
+  let e = encoded.get(r.pin);
+  if (e?.ctx !== r.ctx) {
+    e = { ctx: r.ctx, texts: [null, null] };
+    encoded.set(r.pin, e);
+  }
+  const enter = mayEnter(peer, agent.registry.topLevel(r.ctx));
+  return (e.texts[enter ? 1 : 0] ??= new P.EncodedResult(JSON.stringify(resolvedResult(agent, peer, r))));
+}
+
+async function resolveSlow(agent: Agent, peer: Peer, label: string): Promise<P.ResolveResult> {
   try {
     usable(agent, peer, label);
   } catch (err) {
@@ -71,7 +98,7 @@ handle(P.resolve, async (agent, peer, { label }) => {
     usable(agent, peer, label);
   }
   return resolvedResult(agent, peer, await agent.registry.resolve(label, peer));
-});
+}
 
 function resolvedResult(agent: Agent, peer: Peer, { ctx, pin }: Resolved): P.ResolveResult {
   return {
@@ -176,40 +203,55 @@ function levelOf(code: string): 'error' | 'warn' | 'info' {
   return code === 'E_INTERNAL' ? 'error' : code === 'E_KERNEL' || code === 'E_CONFIG' ? 'warn' : 'info';
 }
 
-/** The edge: every request gets exactly one reply with its id; every failure becomes {code, message}. */
-export async function handleRequest(agent: Agent, conn: Connection, data: unknown): Promise<Reply> {
+/** What a request said of itself, as far as it was read: its id (null when it had none) and its method. */
+type At = { id: P.RequestId | null; method: string | undefined };
+
+/**
+ * The edge: every request gets exactly one reply with its id; every failure becomes {code, message}.
+ * Synchronous when the handler is (a resolve of a pin checked already): no promise, no microtask.
+ */
+export function handleRequest(agent: Agent, conn: Connection, data: unknown): Reply | Promise<Reply> {
   const started = performance.now();
   const peer = conn.peer;
-  let id = P.requestIdOf(data);
-  let method: string | undefined;
+  const at: At = { id: P.requestIdOf(data), method: undefined };
   try {
     const req = P.checkRequest(data);
-    id = req.id;
-    method = req.method;
+    at.id = req.id;
+    at.method = req.method;
     const entry = table.get(req.method); // a Map: "__proto__" or "constructor" is just an unknown name
     if (!entry) throw new UsernsError('E_INVALID', `unknown method ${shown(req.method)}: one of ${[...table.keys()].join(', ')}`);
     if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
     const params = P.checkParams(entry.method, req.params);
-    const result = await entry.fn(agent, peer, params, conn);
-    if (viaUpcall(data)) agent.metrics.upcall(true);
-    const ms = performance.now() - started;
-    agent.served(req.method, null, ms);
-    if (agent.log.isLevelEnabled('debug')) agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');
-    return { id, result };
+    const result = entry.fn(agent, peer, params, conn);
+    if (result instanceof Promise) return result.then((r) => succeeded(agent, peer, data, at, r, started), (err: unknown) => failed(agent, peer, data, at, err, started));
+    return succeeded(agent, peer, data, at, result, started);
   } catch (err) {
-    const e = err instanceof UsernsError ? err : new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);
-    if (viaUpcall(data)) agent.metrics.upcall(false);
-    const elapsed = performance.now() - started;
-    // Unknown method names are not counted under their own name: a client must not grow the table.
-    agent.served(method !== undefined && table.has(method) ? method : 'invalid', e.code, elapsed);
-    const ms = +elapsed.toFixed(3);
-    // Nothing a client sent reaches the log unbounded: its method name only when it is one of ours.
-    const known = method !== undefined && table.has(method) ? method : undefined;
-    const fields = { id, method: known ?? (method === undefined ? undefined : shown(method)), peerUid: peer.uid, peerPid: peer.pid, code: e.code, ms, label: labelOf(data) };
-    if (e.code === 'E_INTERNAL') agent.log.error({ ...fields, err }, `Failed to serve ${known ?? 'a request'}: ${(err as Error)?.message ?? err}`);
-    else agent.logClientFailure(peer, fields, `Failed to serve ${known ?? 'a request'}: ${e.message}`, levelOf(e.code));
-    return { id, error: { code: e.code, message: e.message } };
+    return failed(agent, peer, data, at, err, started);
   }
+}
+
+function succeeded(agent: Agent, peer: Peer, data: unknown, at: At, result: unknown, started: number): Reply {
+  if (viaUpcall(data)) agent.metrics.upcall(true);
+  const ms = performance.now() - started;
+  agent.served(at.method!, null, ms);
+  if (agent.log.isLevelEnabled('debug')) agent.log.debug({ id: at.id, method: at.method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');
+  return { id: at.id, result };
+}
+
+function failed(agent: Agent, peer: Peer, data: unknown, at: At, err: unknown, started: number): Reply {
+  const { id, method } = at;
+  const e = err instanceof UsernsError ? err : new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);
+  if (viaUpcall(data)) agent.metrics.upcall(false);
+  const elapsed = performance.now() - started;
+  // Unknown method names are not counted under their own name: a client must not grow the table.
+  agent.served(method !== undefined && table.has(method) ? method : 'invalid', e.code, elapsed);
+  const ms = +elapsed.toFixed(3);
+  // Nothing a client sent reaches the log unbounded: its method name only when it is one of ours.
+  const known = method !== undefined && table.has(method) ? method : undefined;
+  const fields = { id, method: known ?? (method === undefined ? undefined : shown(method)), peerUid: peer.uid, peerPid: peer.pid, code: e.code, ms, label: labelOf(data) };
+  if (e.code === 'E_INTERNAL') agent.log.error({ ...fields, err }, `Failed to serve ${known ?? 'a request'}: ${(err as Error)?.message ?? err}`);
+  else agent.logClientFailure(peer, fields, `Failed to serve ${known ?? 'a request'}: ${e.message}`, levelOf(e.code));
+  return { id, error: { code: e.code, message: e.message } };
 }
 
 /** A resolve the request-key handler sent (it says so: via = upcall), for the upcall metrics. */

@@ -104,6 +104,19 @@ export class Registry {
     throw new UsernsError('E_NOT_FOUND', `no context "${label}" is configured (files in ${this.config.agent.contexts}; usernsctl list shows them)`);
   }
 
+  /**
+   * The context's namespace when it and its ancestors are pinned and checked already: no promise,
+   * no microtask turn (most resolves); null when `resolve` must look (create, check, or fail).
+   */
+  resolveKnown(label: string): Resolved | null {
+    const ctx = this.contexts.get(label);
+    if (!ctx) return null;
+    const parent = ctx.parent === HOST_LABEL ? null : this.resolveKnown(ctx.parent);
+    if (parent === null && ctx.parent !== HOST_LABEL) return null;
+    const pin = this.namespaces.known(ctx, parent && { pin: parent.pin.path, ino: parent.pin.ino, host: this.hostMaps.get(ctx.parent)! });
+    return pin && { ctx, pin };
+  }
+
   async resolve(label: string, by: Peer | null = null): Promise<Resolved> {
     const ctx = this.context(label);
     const parent = ctx.parent === HOST_LABEL ? null : await this.resolve(ctx.parent, by);

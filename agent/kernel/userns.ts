@@ -122,7 +122,7 @@ export class Namespaces {
   }
 
   /** The answer for a pin already checked, at the price of one fstatat; null when it must be looked at again. */
-  private checked(ctx: Context, parent: ParentPin | null): Pin | null {
+  known(ctx: Context, parent: ParentPin | null): Pin | null {
     const v = this.verified.get(ctx.label);
     if (v === undefined || v.ctx !== ctx || v.parentIno !== (parent?.ino ?? null)) return null;
     // An answer is "as of at most PIN_RECHECK_MS ago": under load, one fstatat serves many resolves
@@ -169,7 +169,7 @@ export class Namespaces {
    * label share one creation. `parent` is the parent's pin and host maps (null under host).
    */
   ensure(ctx: Context, parent: ParentPin | null): Promise<Pin> {
-    const known = this.checked(ctx, parent); // the common case: no promise chain, no map formatting
+    const known = this.known(ctx, parent); // the common case: no promise chain, no map formatting
     if (known) return Promise.resolve(known);
     const existing = this.inflight.get(ctx.label);
     if (existing) return existing.then((p) => ({ ...p, created: false }));

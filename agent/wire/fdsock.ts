@@ -80,7 +80,7 @@ export class FdServer {
       clearTimeout(timer);
       socket.pause();
       const data = frame.type === REQUEST_TYPE ? frame.data : null;
-      void this.opts.onRequest(conn, data).then((reply) => {
+      void Promise.resolve(this.opts.onRequest(conn, data)).then((reply) => {
         const fd = fdOf(socket);
         try {
           if (fd !== null && fd >= 0 && !socket.destroyed) sendWithFds(fd, Buffer.from(encodeFrame(REPLY_TYPE, reply)), 'error' in reply ? [] : fds);

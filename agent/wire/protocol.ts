@@ -383,6 +383,25 @@ export function encodeFrame(type: string, data: unknown): string {
   return JSON.stringify({ type, data }) + FRAME_DELIMITER;
 }
 
+/**
+ * A result whose JSON text is made already (a resolve answered again and again): the server puts
+ * the text in the reply frame as is. Anywhere else it serializes as the value it stands for.
+ */
+export class EncodedResult {
+  readonly json: string;
+  constructor(json: string) {
+    this.json = json;
+  }
+  toJSON(): unknown {
+    return JSON.parse(this.json);
+  }
+}
+
+/** The reply frame for `id` with an encoded result: the bytes encodeFrame(REPLY_TYPE, {id, result}) makes. */
+export function encodeReplyFrame(id: RequestId | null, result: EncodedResult): string {
+  return `{"type":"${REPLY_TYPE}","data":{"id":${JSON.stringify(id)},"result":${result.json}}}${FRAME_DELIMITER}`;
+}
+
 /** Splits a byte stream into frames; refuses one longer than MAX_MESSAGE_BYTES. */
 export class FrameReader {
   private buffer = '';

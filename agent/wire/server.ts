@@ -11,7 +11,7 @@ import type { Peer } from '../auth.ts';
 import { UsernsError } from '../errors.ts';
 import type { LogLimiter } from './loglimit.ts';
 import { unreadBytes } from '../kernel/sys.ts';
-import { encodeFrame, FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE, requestIdOf } from './protocol.ts';
+import { EncodedResult, encodeFrame, encodeReplyFrame, FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE, requestIdOf } from './protocol.ts';
 import type { Reply } from './protocol.ts';
 
 /** The parts of node-ipc's server we touch. */
@@ -21,6 +21,8 @@ type IpcSocketServer = {
   stop(): void;
   on(type: string, handler: (...args: never[]) => void): void;
   emit(socket: Socket, type: string, data: unknown): boolean;
+  /** A frame as text, with the guarded parser's bound on pending bytes (maxPendingBytes). */
+  write(socket: Socket, message: string): boolean;
   protocolFailure(socket: Socket, error: Error & { code?: string }): void;
 };
 type Ipc = { config: Record<string, unknown>; server: IpcSocketServer; serve(path: string, cb: () => void): void };
@@ -81,7 +83,8 @@ const CLOSES_BEFORE_PENALTY = 8;
 const PENALTY_WINDOW_MS = 10_000;
 /** ... before its new connections are refused for this long. Root is never refused. */
 const PENALTY_MS = 1000;
-export type RequestHandler = (conn: Connection, data: unknown) => Promise<Reply>;
+/** A reply now (the common resolve), or later. */
+export type RequestHandler = (conn: Connection, data: unknown) => Reply | Promise<Reply>;
 export type ServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler; readonly limiter: LogLimiter };
 
 /**
@@ -278,14 +281,21 @@ export class IpcServer {
       this.reply(socket, { id: requestIdOf(data), error: { code: 'E_BUSY', message: `more than ${LIMITS.MAX_INFLIGHT_PER_CONNECTION} requests in flight on one connection: wait for replies` } });
       return;
     }
+    const answer = this.opts.onRequest(conn, data);
+    if (!(answer instanceof Promise)) {
+      this.answered(socket, conn, answer);
+      return;
+    }
     conn.inflight++;
-    const p = this.opts.onRequest(conn, data)
-      .then((reply) => {
-        this.reply(socket, reply);
-        if ('error' in reply && reply.error.code === 'E_INVALID' && ++conn.invalid >= LIMITS.MAX_INVALID_PER_CONNECTION) this.closeInvalid(socket, conn);
-      })
+    const p = answer
+      .then((reply) => this.answered(socket, conn, reply))
       .finally(() => { conn.inflight--; this.pending.delete(p); });
     this.pending.add(p);
+  }
+
+  private answered(socket: Socket, conn: Connection, reply: Reply): void {
+    this.reply(socket, reply);
+    if ('error' in reply && reply.error.code === 'E_INVALID' && ++conn.invalid >= LIMITS.MAX_INVALID_PER_CONNECTION) this.closeInvalid(socket, conn);
   }
 
   /** Too many invalid requests on one connection: a client that cannot speak the protocol is cut off. */
@@ -313,7 +323,9 @@ export class IpcServer {
       return;
     }
     try {
-      this.ipc.server.emit(socket, REPLY_TYPE, reply);
+      // A result encoded already goes out as text, through node-ipc's bounded write all the same.
+      if ('result' in reply && reply.result instanceof EncodedResult) this.ipc.server.write(socket, encodeReplyFrame(reply.id, reply.result));
+      else this.ipc.server.emit(socket, REPLY_TYPE, reply);
     } catch (err) {
       // node-ipc refuses to encode a frame beyond maxMessageSize: say so instead of staying silent.
       this.ipc.server.emit(socket, REPLY_TYPE, { id: reply.id, error: { code: 'E_BUSY', message: `the reply is larger than ${LIMITS.MAX_MESSAGE_BYTES} bytes: ask for less at once` } });
