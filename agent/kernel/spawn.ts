@@ -12,6 +12,7 @@ const OWN_USERNS = readlinkSync('/proc/self/ns/user');
 
 /** What the kernel's refusal means and what the admin can change, by errno. */
 function kernelAdvice(code: string, step: string): string {
+  if (step.includes("owner's ids") && code === 'EINVAL') return 'the owner\'s uid or gid is not mapped in the parent namespace (for owner root: the parent must map id 0)';
   switch (code) {
     case 'ENOSPC': return 'the limit of user namespaces is reached: raise /proc/sys/user/max_user_namespaces or release contexts';
     case 'EPERM': return step.includes('map')
