@@ -35,7 +35,8 @@ export type SpawnRequest = {
  */
 export type Held = { readonly pid: number; pin(path: string): Promise<void>; end(): void };
 
-type Pending = { resolve: (words: string[]) => void; reject: (err: Error) => void; timer: NodeJS.Timeout };
+/** A request waiting for its reply line: every outcome, the spawner's end included, arrives as words. */
+type Pending = { resolve: (words: string[]) => void; timer: NodeJS.Timeout };
 
 const wire = (map: IdMap) => map.map((e) => `${e.inside}:${e.outside}:${e.count}`).join(',');
 const unwire = (text: string): IdMap => parseKernelMap(text === '-' ? '' : text.replaceAll(':', ' ').replaceAll(',', '\n'));
@@ -116,13 +117,10 @@ export class Spawner {
   }
 
   private ask(id: number, line: string, label: string): Promise<string[]> {
-    return new Promise((resolve, reject) => {
+    return new Promise<string[]>((resolve) => {
       // The spawner has its own deadline (5 s) for each request; this one covers the spawner itself.
       const timer = setTimeout(() => this.settle(id, ['err', 'ETIMEDOUT', 'hear from usernsd-spawner']), SPAWN_TIMEOUT_MS * 2);
-      this.pending.set(id, {
-        resolve, timer,
-        reject: (err) => reject(err instanceof UsernsError ? err : kernelError(label, 'create the user namespace', 'EIO', err.message)),
-      });
+      this.pending.set(id, { resolve, timer });
       this.ref(true);
       try {
         this.send(line);
