@@ -1,5 +1,6 @@
 // resolve of an existing context over the socket, against node-ipc's own floor (an echo server with the same configuration).
 import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import type { ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
@@ -14,6 +15,8 @@ import { makeTree } from '../test/helpers/fixtures.ts';
 export type ResolveFigures = {
   seq: { agent: { p50: number; p99: number }; echo: { p50: number; p99: number } };
   throughput: { agent: number; echo: number; agentWithIdle: number };
+  /** Server CPU time (user + system) per request under the 16 clients, µs: what each adds, whatever the scheduling. */
+  cpu: { agent: number; echo: number };
   idle: number; clients: number; seconds: number; requests: number;
 };
 
@@ -41,11 +44,25 @@ async function sequential(sockets: [string, string], n: number): Promise<{ p50: 
   });
 }
 
-/** Requests per second with `clients` connections, each keeping one request in flight, for `seconds`. */
-async function throughput(socket: string, clients: number, seconds: number): Promise<number> {
+/** utime + stime of a process, in clock ticks (100 per second). */
+const cpuTicks = (pid: number) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return Number(f[11]) + Number(f[12]);
+};
+
+/**
+ * Requests per second with `clients` connections, each keeping one request in flight, for
+ * `seconds`; and the requests and CPU ticks the server (`pid`) spent on them.
+ */
+async function throughput(socket: string, clients: number, seconds: number, pid?: number): Promise<number> {
+  return (await measured(socket, clients, seconds, pid)).rps;
+}
+
+async function measured(socket: string, clients: number, seconds: number, pid?: number): Promise<{ rps: number; done: number; ticks: number }> {
   const cs = await Promise.all(Array.from({ length: clients }, () => AgentClient.connect(socket)));
   let done = 0;
   const end = performance.now() + seconds * 1000;
+  const t0 = pid === undefined ? 0 : cpuTicks(pid);
   try {
     await Promise.all(cs.map(async (c) => {
       while (performance.now() < end) {
@@ -56,7 +73,26 @@ async function throughput(socket: string, clients: number, seconds: number): Pro
   } finally {
     for (const c of cs) c.close();
   }
-  return done / seconds;
+  return { rps: done / seconds, done, ticks: pid === undefined ? 0 : cpuTicks(pid) - t0 };
+}
+
+/**
+ * Both servers' throughput, in alternating slices (ABBA…) summed: measured one after the other,
+ * whatever the kernel does in the background meanwhile (freeing namespaces released just before)
+ * lands on one of them, and moved the ratio from 1.07 to 0.58 between two runs here.
+ */
+async function interleavedThroughput(servers: [{ socket: string; pid: number }, { socket: string; pid: number }], clients: number, seconds: number, slices = 8): Promise<{ rps: number; cpuUs: number }[]> {
+  const total = servers.map(() => ({ rps: 0, done: 0, ticks: 0 }));
+  for (let i = 0; i < slices; i++) {
+    const order = i % 2 === 0 ? [0, 1] : [1, 0];
+    for (const k of order) {
+      const m = await measured(servers[k]!.socket, clients, seconds / slices, servers[k]!.pid);
+      total[k]!.rps += m.rps / slices;
+      total[k]!.done += m.done;
+      total[k]!.ticks += m.ticks;
+    }
+  }
+  return total.map((t) => ({ rps: t.rps, cpuUs: (t.ticks * 1e6) / 100 / t.done }));
 }
 
 /** One connection; EAGAIN (the listen backlog is full while the agent catches up) is retried. */
@@ -97,7 +133,7 @@ function startEcho(socket: string, reply: unknown): Promise<ChildProcess> {
   return new Promise((resolve) => child.stdout!.once('data', () => resolve(child)));
 }
 
-export async function benchResolve(opts = { requests: 3000, clients: 16, seconds: 2, idle: 1000, rounds: 3 }): Promise<ResolveFigures> {
+export async function benchResolve(opts = { requests: 3000, clients: 16, seconds: 4, idle: 1000, rounds: 3 }): Promise<ResolveFigures> {
   const tree = makeTree();
   try {
     tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
@@ -115,19 +151,21 @@ export async function benchResolve(opts = { requests: 3000, clients: 16, seconds
       for (let r = 0; r < opts.rounds; r++) {
         // Interleaved, so both see the same machine.
         const [seqAgent, seqEcho] = await sequential([agent.socket, echoSocket], opts.requests);
-        const tEcho = await throughput(echoSocket, opts.clients, opts.seconds);
-        const tAgent = await throughput(agent.socket, opts.clients, opts.seconds);
+        const [a, e] = await interleavedThroughput([{ socket: agent.socket, pid: agent.child.pid! }, { socket: echoSocket, pid: echo.pid! }], opts.clients, opts.seconds);
+        const tAgent = a!.rps;
+        const tEcho = e!.rps;
         const idle = await idleConnections(agent.socket, opts.idle);
         await new Promise((r) => setTimeout(r, 500)); // the agent accepts the burst before the measurement
         const tIdle = await throughput(agent.socket, opts.clients, opts.seconds);
         for (const s of idle) s.destroy();
         await new Promise((r) => setTimeout(r, 500)); // let the agent take the 1,000 closes before the next round
-        rounds.push({ seq: { agent: seqAgent, echo: seqEcho }, throughput: { agent: tAgent, echo: tEcho, agentWithIdle: tIdle }, ...opts });
+        rounds.push({ seq: { agent: seqAgent, echo: seqEcho }, throughput: { agent: tAgent, echo: tEcho, agentWithIdle: tIdle }, cpu: { agent: a!.cpuUs, echo: e!.cpuUs }, ...opts });
       }
       const med = (f: (x: ResolveFigures) => number) => percentile(rounds.map(f).sort((a, b) => a - b), 50);
       return {
         seq: { agent: { p50: med((x) => x.seq.agent.p50), p99: med((x) => x.seq.agent.p99) }, echo: { p50: med((x) => x.seq.echo.p50), p99: med((x) => x.seq.echo.p99) } },
         throughput: { agent: med((x) => x.throughput.agent), echo: med((x) => x.throughput.echo), agentWithIdle: med((x) => x.throughput.agentWithIdle) },
+        cpu: { agent: med((x) => x.cpu.agent), echo: med((x) => x.cpu.echo) },
         idle: opts.idle, clients: opts.clients, seconds: opts.seconds, requests: opts.requests,
       };
     } finally {
