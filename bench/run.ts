@@ -85,7 +85,7 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
 | log written in the storm | ${Math.round(sm.logBytesStorm / 1024)} KiB in ${sm.seconds} s | quiet ${Math.round(sm.logBytesQuiet / 1024)} KiB | | |
 | view, made in the client's process, median | ${f2(vw.viewInProcess)} ms | mount(2) MS_BIND ${f3(vw.bindInProcess)} ms | ${Math.round(vw.viewInProcess / vw.bindInProcess)} | — |
 | view, \`usernsctl view\`, median | ${f2(vw.viewCommand)} ms | \`mount --bind\` ${f2(vw.bindCommand)} ms | ${f2(vw.viewCommand / vw.bindCommand)} | — |
-| view, the first of its map (its user namespace made) | ${f2(vw.firstView)} ms | | | |
+| view, the agent's first (usernsd-spawner started, the map's user namespace made) | ${f2(vw.firstView)} ms | | | |
 | walk and stat ${k(vw.files)} files through an idmapped view | ${f2(vw.walkIdmapped)} ms | the plain tree ${f2(vw.walkPlain)} ms | ${f2(walkRatio)} | ≤ 1.1: ${verdict(walkRatio <= 1.1, `by ${f2(walkRatio - 1.1)}`)} |
 | walk and stat ${k(vw.files)} files through a bindfs view | ${vw.walkBindfs === null ? 'bindfs not installed' : `${f2(vw.walkBindfs)} ms`} | the plain tree ${f2(vw.walkPlain)} ms | ${vw.walkBindfs === null ? '—' : f2(vw.walkBindfs / vw.walkPlain)} | — (the fallback's cost) |
 | \`getent passwd ID\` named by the agent's userdb, median | ${f2(ud.getentOurs)} ms | a user of /etc/passwd (${ud.filesUser}) ${f2(ud.getentFiles)} ms | ${f2(getentRatio)} | ≤ 2: ${verdict(getentRatio <= 2, `by ${f2(getentRatio - 2)}`)} |
