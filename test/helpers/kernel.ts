@@ -30,7 +30,17 @@ export function makeUser(prefix = 'unsdt'): { name: string; uid: number; gid: nu
   execFileSync('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/bin/sh', name]);
   const uid = Number(execFileSync('id', ['-u', name], { encoding: 'utf8' }).trim());
   const gid = Number(execFileSync('id', ['-g', name], { encoding: 'utf8' }).trim());
-  return { name, uid, gid, remove: () => { spawnSync('userdel', [name]); spawnSync('groupdel', [name]); } };
+  const remove = () => {
+    // userdel refuses (exit 8) a user something still runs as: a test that failed midway may have
+    // left such a process (its own, as the user is), which is ended here rather than the user left.
+    for (let attempt = 0; attempt < 5 && spawnSync('userdel', [name]).status === 8; attempt++) {
+      spawnSync('pkill', ['-KILL', '-u', name]);
+      spawnSync('pkill', ['-KILL', '-U', name]);
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    }
+    spawnSync('groupdel', [name]);
+  };
+  return { name, uid, gid, remove };
 }
 
 /** `nsenter --user=PIN cat /proc/self/{uid,gid}_map`: the maps as the namespace's own processes see them. */

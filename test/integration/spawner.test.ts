@@ -142,6 +142,8 @@ describe('integration: usernsd-spawner (root)', function () {
       raw.send('end 2');
       assert.ok(await eventually(() => !alive(pid) && !alive(Number(other))), 'both holders ended, the stopped one too');
     } finally {
+      await raw.close(); // its holders end with it: userdel refuses a user that still runs a process
+      raw = undefined;
       user.remove();
     }
   });

@@ -147,7 +147,11 @@ for (const spawner of ['native', 'node'] as const) describe(`integration: user n
       assert.ok(Number(lines[1]) > 0, `the watcher looked (${lines[1]} passes)`);
       assert.deepEqual(lines.slice(2), [], 'processes with root\'s ids the owner could trace');
     } finally {
-      watcher?.kill();
+      if (watcher && watcher.exitCode === null && watcher.signalCode === null) {
+        const gone = new Promise((r) => watcher!.once('exit', r));
+        watcher.kill();
+        await gone; // userdel refuses a user that still runs a process
+      }
       user.remove();
     }
   });
