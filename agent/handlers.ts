@@ -203,9 +203,6 @@ function levelOf(code: string): 'error' | 'warn' | 'info' {
   return code === 'E_INTERNAL' ? 'error' : code === 'E_KERNEL' || code === 'E_CONFIG' ? 'warn' : 'info';
 }
 
-/** What a request said of itself, as far as it was read: its id (null when it had none) and its method. */
-type At = { id: P.RequestId | null; method: string | undefined };
-
 /**
  * The edge: every request gets exactly one reply with its id; every failure becomes {code, message}.
  * Synchronous when the handler is (a resolve of a pin checked already): no promise, no microtask.
@@ -213,33 +210,34 @@ type At = { id: P.RequestId | null; method: string | undefined };
 export function handleRequest(agent: Agent, conn: Connection, data: unknown): Reply | Promise<Reply> {
   const started = performance.now();
   const peer = conn.peer;
-  const at: At = { id: P.requestIdOf(data), method: undefined };
+  // What the request says of itself, as far as it was read: its id (null when it has none), its method.
+  let id = P.requestIdOf(data);
+  let method: string | undefined;
   try {
     const req = P.checkRequest(data);
-    at.id = req.id;
-    at.method = req.method;
+    id = req.id;
+    method = req.method;
     const entry = table.get(req.method); // a Map: "__proto__" or "constructor" is just an unknown name
     if (!entry) throw new UsernsError('E_INVALID', `unknown method ${shown(req.method)}: one of ${[...table.keys()].join(', ')}`);
     if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
     const params = P.checkParams(entry.method, req.params);
     const result = entry.fn(agent, peer, params, conn);
-    if (result instanceof Promise) return result.then((r) => succeeded(agent, peer, data, at, r, started), (err: unknown) => failed(agent, peer, data, at, err, started));
-    return succeeded(agent, peer, data, at, result, started);
+    if (result instanceof Promise) return result.then((r) => succeeded(agent, peer, data, req.id, req.method, r, started), (err: unknown) => failed(agent, peer, data, req.id, req.method, err, started));
+    return succeeded(agent, peer, data, req.id, req.method, result, started);
   } catch (err) {
-    return failed(agent, peer, data, at, err, started);
+    return failed(agent, peer, data, id, method, err, started);
   }
 }
 
-function succeeded(agent: Agent, peer: Peer, data: unknown, at: At, result: unknown, started: number): Reply {
+function succeeded(agent: Agent, peer: Peer, data: unknown, id: P.RequestId, method: string, result: unknown, started: number): Reply {
   if (viaUpcall(data)) agent.metrics.upcall(true);
   const ms = performance.now() - started;
-  agent.served(at.method!, null, ms);
-  if (agent.log.isLevelEnabled('debug')) agent.log.debug({ id: at.id, method: at.method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');
-  return { id: at.id, result };
+  agent.served(method, null, ms);
+  if (agent.log.isLevelEnabled('debug')) agent.log.debug({ id, method, peerUid: peer.uid, peerPid: peer.pid, ms: +ms.toFixed(3) }, 'request');
+  return { id, result };
 }
 
-function failed(agent: Agent, peer: Peer, data: unknown, at: At, err: unknown, started: number): Reply {
-  const { id, method } = at;
+function failed(agent: Agent, peer: Peer, data: unknown, id: P.RequestId | null, method: string | undefined, err: unknown, started: number): Reply {
   const e = err instanceof UsernsError ? err : new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);
   if (viaUpcall(data)) agent.metrics.upcall(false);
   const elapsed = performance.now() - started;

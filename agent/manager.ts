@@ -1,5 +1,4 @@
 // The agent's lifecycle: load and reconcile at start, eager creation, the socket, reload, drain on stop.
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { formatConfigError } from '../config/ini.ts';
 import type { Context, LogLevel, Nss } from '../config/types.ts';
@@ -13,7 +12,6 @@ import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest, METHOD_NAMES } from './handlers.ts';
 import { invalidateIssuedKeys } from './kernel/keys.ts';
-import { RECORDS_DIR } from './kernel/pinrecord.ts';
 import type { Agent } from './handlers.ts';
 import { PROTOCOL_VERSION } from './wire/protocol.ts';
 import type { ContextState, RangesResult, ReloadResult, StatusResult } from './wire/protocol.ts';
@@ -173,7 +171,7 @@ export class Manager implements Agent {
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config);
-    const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(join(config.agent.pins, RECORDS_DIR))];
+    const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(m.registry.namespaces.recordsDir)];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();
     // A shared pool first: what etcd decides (within its timeout) is in the configuration adopted and created.

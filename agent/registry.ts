@@ -13,7 +13,7 @@ import { HOST_VIEW, makeView } from './idmap.ts';
 import type { MapView, Overflow } from './idmap.ts';
 import { NameIndex } from './names.ts';
 import { Namespaces, pinMountNamespace, pinnedIno } from './kernel/userns.ts';
-import type { AdoptEntry, Pin } from './kernel/userns.ts';
+import type { AdoptEntry, ParentPin, Pin } from './kernel/userns.ts';
 
 export type Resolved = { readonly ctx: Context; readonly pin: Pin };
 
@@ -113,7 +113,7 @@ export class Registry {
     if (!ctx) return null;
     const parent = ctx.parent === HOST_LABEL ? null : this.resolveKnown(ctx.parent);
     if (parent === null && ctx.parent !== HOST_LABEL) return null;
-    const pin = this.namespaces.known(ctx, parent && { pin: parent.pin.path, ino: parent.pin.ino, host: this.hostMaps.get(ctx.parent)! });
+    const pin = this.namespaces.known(ctx, this.parentPin(ctx, parent));
     return pin && { ctx, pin };
   }
 
@@ -121,9 +121,14 @@ export class Registry {
     const ctx = this.context(label);
     const parent = ctx.parent === HOST_LABEL ? null : await this.resolve(ctx.parent, by);
     const started = performance.now();
-    const pin = await this.namespaces.ensure(ctx, parent && { pin: parent.pin.path, ino: parent.pin.ino, host: this.hostMaps.get(ctx.parent)! });
+    const pin = await this.namespaces.ensure(ctx, this.parentPin(ctx, parent));
     if (pin.created) this.onCreate(pin, performance.now() - started, by);
     return { ctx, pin };
+  }
+
+  /** A nested context's parent as its namespace needs it (pin, inode, host maps); null under host. */
+  private parentPin(ctx: Context, parent: Resolved | null): ParentPin | null {
+    return parent && { pin: parent.pin.path, ino: parent.pin.ino, host: this.hostMaps.get(ctx.parent)! };
   }
 
   /** A context (or the host) compiled for the mapper; built once per configuration. */

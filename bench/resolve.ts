@@ -54,10 +54,6 @@ const cpuTicks = (pid: number) => {
  * Requests per second with `clients` connections, each keeping one request in flight, for
  * `seconds`; and the requests and CPU ticks the server (`pid`) spent on them.
  */
-async function throughput(socket: string, clients: number, seconds: number, pid?: number): Promise<number> {
-  return (await measured(socket, clients, seconds, pid)).rps;
-}
-
 async function measured(socket: string, clients: number, seconds: number, pid?: number): Promise<{ rps: number; done: number; ticks: number }> {
   const cs = await Promise.all(Array.from({ length: clients }, () => AgentClient.connect(socket)));
   let done = 0;
@@ -156,7 +152,7 @@ export async function benchResolve(opts = { requests: 3000, clients: 16, seconds
         const tEcho = e!.rps;
         const idle = await idleConnections(agent.socket, opts.idle);
         await new Promise((r) => setTimeout(r, 500)); // the agent accepts the burst before the measurement
-        const tIdle = await throughput(agent.socket, opts.clients, opts.seconds);
+        const tIdle = (await measured(agent.socket, opts.clients, opts.seconds)).rps;
         for (const s of idle) s.destroy();
         await new Promise((r) => setTimeout(r, 500)); // let the agent take the 1,000 closes before the next round
         rounds.push({ seq: { agent: seqAgent, echo: seqEcho }, throughput: { agent: tAgent, echo: tEcho, agentWithIdle: tIdle }, cpu: { agent: a!.cpuUs, echo: e!.cpuUs }, ...opts });

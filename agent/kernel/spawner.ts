@@ -35,7 +35,7 @@ export type SpawnRequest = {
  */
 export type Held = { readonly pid: number; pin(path: string): Promise<void>; end(): void };
 
-/** A request waiting for its reply line: every outcome, the spawner's end included, arrives as words. */
+/** A request waiting for its reply line. */
 type Pending = { resolve: (words: string[]) => void; timer: NodeJS.Timeout };
 
 const wire = (map: IdMap) => map.map((e) => `${e.inside}:${e.outside}:${e.count}`).join(',');
@@ -52,6 +52,9 @@ export function useNativeSpawner(setting: SpawnerSetting, path = SPAWNER_PATH): 
   return false;
 }
 
+/** An "err ERRNO STEP…" reply as the error it is. */
+const failure = (label: string, words: string[]) => kernelError(label, words.slice(2).join(' ') || 'create the user namespace', words[1] ?? 'EIO');
+
 export class Spawner {
   private readonly path: string;
   /** The mount namespace the spawner works in (pins are mounted there), or null for the agent's. */
@@ -67,7 +70,6 @@ export class Spawner {
 
   /** Make a namespace: the holder's pid once its maps are written; E_KERNEL with the failed step otherwise. */
   async create(req: SpawnRequest): Promise<Held> {
-    if (req.parentPin?.includes('\n')) throw new UsernsError('E_CONFIG', `the pin path ${JSON.stringify(req.parentPin)} holds a newline`);
     const id = this.nextId++;
     const words = await this.ask(id, `new ${id} ${req.uid} ${req.gid} ${req.setgroups} ${wire(req.uidMap)} ${wire(req.gidMap)} ${req.parentPin ?? '-'}`, req.label);
     const pid = Number(words[0]);
@@ -76,7 +78,7 @@ export class Spawner {
     return {
       pid,
       pin: async (path: string) => {
-        if (path.includes('\n') || this.child !== child) throw kernelError(req.label, 'pin the namespace', 'ESRCH', 'usernsd-spawner ended meanwhile');
+        if (this.child !== child) throw kernelError(req.label, 'pin the namespace', 'ESRCH', 'usernsd-spawner ended meanwhile');
         await this.ask(id, `pin ${id} ${path}`, req.label);
       },
       // A spawner that died meanwhile took its holders with it: nothing to end, nothing to start.
@@ -86,20 +88,15 @@ export class Spawner {
 
   /** A lazy unmount of a pin in the spawner's mount namespace: false when nothing was mounted there. */
   async unpin(label: string, path: string): Promise<boolean> {
-    if (path.includes('\n')) throw new UsernsError('E_CONFIG', `the pin path ${JSON.stringify(path)} holds a newline`);
     const id = this.nextId++;
-    try {
-      await this.ask(id, `unpin ${id} ${path}`, label);
-      return true;
-    } catch (err) {
-      if (err instanceof UsernsError && /: (EINVAL|ENOENT)/.test(err.message)) return false; // not mounted, or gone
-      throw err;
-    }
+    const words = await this.reply(id, `unpin ${id} ${path}`);
+    if (words[0] !== 'err') return true;
+    if (words[1] === 'EINVAL' || words[1] === 'ENOENT') return false; // not mounted, or gone
+    throw failure(label, words);
   }
 
   /** A pinned namespace's maps as its own processes see them, read by a non-dumpable worker inside it. */
   async maps(label: string, pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
-    if (pin.includes('\n')) throw new UsernsError('E_CONFIG', `the pin path ${JSON.stringify(pin)} holds a newline`);
     const id = this.nextId++;
     const [u, g] = await this.ask(id, `maps ${id} ${pin}`, label);
     return { uidMap: unwire(u ?? '-'), gidMap: unwire(g ?? '-') };
@@ -116,7 +113,17 @@ export class Spawner {
     this.child = null;
   }
 
-  private ask(id: number, line: string, label: string): Promise<string[]> {
+  /** The words after the reply's kind (ok, maps…); E_KERNEL with the spawner's errno and step on err. */
+  private async ask(id: number, line: string, label: string): Promise<string[]> {
+    const [kind, ...rest] = await this.reply(id, line);
+    if (kind === 'err') throw failure(label, [kind, ...rest]);
+    return rest;
+  }
+
+  /** The reply line's words, errors included: every outcome, the spawner's end too, arrives as words. */
+  private reply(id: number, line: string): Promise<string[]> {
+    // The only free text in a request is a path, last on its line: a newline in it would end the line.
+    if (line.includes('\n')) return Promise.reject(new UsernsError('E_CONFIG', `a pin path holds a newline: ${JSON.stringify(line)}`));
     return new Promise<string[]>((resolve) => {
       // The spawner has its own deadline (5 s) for each request; this one covers the spawner itself.
       const timer = setTimeout(() => this.settle(id, ['err', 'ETIMEDOUT', 'hear from usernsd-spawner']), SPAWN_TIMEOUT_MS * 2);
@@ -127,10 +134,6 @@ export class Spawner {
       } catch (err) {
         this.settle(id, ['err', (err as NodeJS.ErrnoException).code ?? 'EIO', 'start usernsd-spawner']);
       }
-    }).then((words) => {
-      const [kind, ...rest] = words as [string, ...string[]];
-      if (kind === 'err') throw kernelError(label, rest.slice(1).join(' ') || 'create the user namespace', rest[0] ?? 'EIO');
-      return rest;
     });
   }
 

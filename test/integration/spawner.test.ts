@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Interface } from 'node:readline';
@@ -50,8 +50,14 @@ class Raw {
   }
 }
 
-const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(safeRead(`/proc/${pid}/status`));
-const safeRead = (f: string) => { try { return spawnSync('cat', [f], { encoding: 'utf8' }).stdout; } catch { return ''; } };
+/** Running (a zombie, or gone, is not). */
+const alive = (pid: number) => {
+  try {
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return false;
+  }
+};
 const asUser = (user: string, script: string) => spawnSync('runuser', ['-u', user, '--', 'sh', '-c', script], { encoding: 'utf8' });
 
 /** Until `pred` holds, within `ms`: processes end, and are reaped, a moment after they are told to. */
