@@ -218,6 +218,7 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   if (r.memoryMb) io.out(`memory:      ${r.memoryMb.rss} MiB resident, ${r.memoryMb.heapUsed} MiB heap in use`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);
   if (r.upcall) io.out(`upcall:      ${r.upcall.state}: ${r.upcall.message}`);
+  if (r.upcall?.users && r.upcall.users.state !== 'ok') io.out(`  users:     ${r.upcall.users.state}: ${r.upcall.users.message}`);
   io.out(`counters:    ${Object.entries(r.counters ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`);
   const states = r.contextStates ?? [];
   if (states.length > 0) {

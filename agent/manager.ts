@@ -27,7 +27,7 @@ import { Views } from './views.ts';
 import { ensureStateDir, removeStaleTemps, writeInForce } from './coord/state.ts';
 import { sdNotify } from './kernel/sys.ts';
 import { VERSION } from './version.ts';
-import { checkUpcallWiring } from './wiring.ts';
+import { checkUpcallWiring, probeUserUpcalls } from './wiring.ts';
 import type { UpcallWiring } from './wiring.ts';
 
 export type ManagerOptions = {
@@ -222,15 +222,19 @@ export class Manager implements Agent {
   private async checkUpcall(): Promise<void> {
     let w: UpcallWiring;
     try {
-      w = await checkUpcallWiring(this.registry.agent.socket);
+      const [wiring, users] = await Promise.all([checkUpcallWiring(this.registry.agent.socket), probeUserUpcalls()]);
+      w = { ...wiring, users };
     } catch (err) {
       w = { state: 'unknown', rule: null, handler: null, message: `cannot ask request-key: ${(err as Error).message}` };
     }
     const changed = this.upcall === null || this.upcall.message !== w.message;
+    const usersChanged = this.upcall?.users?.state !== w.users?.state;
     this.upcall = w;
-    if (!changed) return;
-    if (w.state === 'ok') this.log.info({ rule: w.rule }, `Upcall: ${w.message}`);
-    else this.log.warn({ upcall: w.state, rule: w.rule }, `Upcall: ${w.message}`);
+    if (changed) {
+      if (w.state === 'ok') this.log.info({ rule: w.rule }, `Upcall: ${w.message}`);
+      else this.log.warn({ upcall: w.state, rule: w.rule }, `Upcall: ${w.message}`);
+    }
+    if (usersChanged && w.users?.state === 'refused') this.log.warn({ upcallUsers: 'refused' }, `Upcall: ${w.users.message}`);
   }
 
   /** Tell the supervisor; a broken notify socket is logged, never fatal. */

@@ -1,7 +1,7 @@
 // Is the kernel upcall wired to us? Asked of request-key(8) itself, in its debug mode, which reads
 // the rules the way it does for a real key and says which program it would run, without running it.
 // nfsidmap's users find an unwired upcall only as files owned by 4294967295; we say it at start and in status.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { accessSync, constants as fsc, existsSync } from 'node:fs';
 import { basename } from 'node:path';
 import { DEFAULT_SOCKET } from '../config/types.ts';
@@ -29,7 +29,53 @@ export type UpcallWiring = {
   readonly handler: string[] | null;
   /** One sentence for the admin: what is wrong and what to do, or what is right. */
   readonly message: string;
+  /** Whether the kernel runs request-key(8) for a requester that is not root (probeUserUpcalls). */
+  readonly users?: UserUpcalls;
 };
+
+/**
+ * ok: a requester without CAP_SYS_ADMIN reaches request-key(8); refused: the kernel fails its
+ * request_key(2) with ENOENT before request-key runs (seen on some kernel builds, where only a
+ * requester with CAP_SYS_ADMIN gets an upcall); unknown: the probe could not tell.
+ */
+export type UserUpcalls = { readonly state: 'ok' | 'refused' | 'unknown'; readonly message: string };
+
+/** The probe runs as the overflow user: no capability, no key of anyone else's touched. */
+const PROBE_UID = 65534;
+
+/**
+ * Ask the kernel for a key nobody answers, as an unprivileged user in a throwaway session keyring:
+ * when request-key(8) runs, the request fails with "Required key not available" or "rejected" (its
+ * catch-all negates the key); when the kernel never calls it, request_key(2) says ENOENT. The
+ * description matches no usernsd rule (userns:*), so no handler runs for it.
+ */
+export function probeUserUpcalls(opts: { readonly uid?: number; readonly timeoutMs?: number } = {}): Promise<UserUpcalls> {
+  const uid = opts.uid ?? PROBE_UID;
+  const desc = `usernsd-probe:${process.pid}-${Date.now()}`;
+  return new Promise((resolve) => {
+    let out = '';
+    let child;
+    try {
+      child = spawn('keyctl', ['session', '-', 'keyctl', 'request2', 'user', desc, 'x', '@s'], { uid, gid: uid, stdio: ['ignore', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 5000, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    } catch (err) {
+      resolve({ state: 'unknown', message: `cannot run keyctl as uid ${uid}: ${(err as Error).message}` });
+      return;
+    }
+    child.stdout!.on('data', (d: Buffer) => { out += d; });
+    child.stderr!.on('data', (d: Buffer) => { out += d; });
+    child.on('error', (err) => resolve({ state: 'unknown', message: `cannot run keyctl as uid ${uid}: ${err.message}` }));
+    child.on('close', (code) => {
+      const said = out.trim().split('\n').pop() ?? '';
+      if (/No such file or directory/.test(said)) {
+        resolve({ state: 'refused', message: `this kernel fails request_key(2) with ENOENT before request-key(8) runs when the requester lacks CAP_SYS_ADMIN: root's upcalls reach the handler, other users' never do (they can ask with usernsctl resolve)` });
+      } else if (code === 0 || /Required key not available|rejected|expired/.test(said)) {
+        resolve({ state: 'ok', message: 'requests from users reach request-key(8)' });
+      } else {
+        resolve({ state: 'unknown', message: `keyctl as uid ${uid} said: ${said || `exit ${code}`}` });
+      }
+    });
+  });
+}
 
 type Options = {
   /** Read request-key.d/ and request-key.conf from this directory instead of /etc (request-key -l): tests. */

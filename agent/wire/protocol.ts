@@ -152,7 +152,14 @@ export type StatusResult = {
   /** Resident set and V8 heap in use, MiB. */
   readonly memoryMb?: { readonly rss: number; readonly heapUsed: number };
   /** Where request-key sends "user" keys "userns:LABEL", as checked at start and at the last reload. */
-  readonly upcall?: { readonly state: string; readonly rule: string | null; readonly handler: string[] | null; readonly message: string };
+  readonly upcall?: {
+    readonly state: string;
+    readonly rule: string | null;
+    readonly handler: string[] | null;
+    readonly message: string;
+    /** Whether upcalls from requesters other than root reach request-key at all on this kernel. */
+    readonly users?: { readonly state: 'ok' | 'refused' | 'unknown'; readonly message: string };
+  };
 };
 export type ReloadResult = {
   readonly contexts: number;

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { installedUnit } from '../helpers/unit.ts';
-import { bootContainer, containerUnavailable, leftoverCgroups } from '../helpers/container.ts';
+import { bootContainer, containerUnavailable } from '../helpers/container.ts';
 import type { Container } from '../helpers/container.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
@@ -39,8 +39,9 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
   });
 
   after(async () => {
+    // Only this run's container: other runs (or other tests) may have cgroups of their own.
     await c?.stop();
-    assert.deepEqual(leftoverCgroups(), [], 'the container left cgroups behind');
+    assert.deepEqual(c?.leftoverCgroups() ?? [], [], 'the container left cgroups behind');
   });
 
   const journal = () => c!.sh('journalctl -u usernsd -o cat --no-pager');

@@ -1,7 +1,7 @@
 // A real systemd as PID 1 in systemd-nspawn over the host's own root (read-only, under a tmpfs overlay), for unit tests.
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 export type Container = {
@@ -13,7 +13,10 @@ export type Container = {
   try(script: string): { status: number | null; out: string };
   /** The container init's mount table. */
   mountinfo(): string;
+  /** Stop it and wait until its cgroups are empty and removed. */
   stop(): Promise<void>;
+  /** This container's cgroups that still exist (after stop: none, or the teardown failed). */
+  leftoverCgroups(): string[];
 };
 
 export const NSPAWN = '/usr/bin/systemd-nspawn';
@@ -63,12 +66,13 @@ export async function bootContainer(src: string): Promise<Container> {
     const deadline = Date.now() + 10_000;
     while (child.exitCode === null && child.signalCode === null && Date.now() < deadline) await sleep(100);
     if (child.exitCode === null && child.signalCode === null) {
-      // Everything left in the container's cgroups, then the launcher.
-      for (const cg of cgroups) spawnSync('sh', ['-c', `find '${cg}' -name cgroup.procs -exec cat {} + | xargs -r kill -KILL`]);
       child.kill('SIGKILL');
       await exited;
     }
-    for (const cg of cgroups) spawnSync('find', [cg, '-depth', '-type', 'd', '-exec', 'rmdir', '{}', '+']);
+    // The launcher has exited, but what ran in the container may still be dying: a cgroup can only
+    // be removed once the kernel has taken its last process out (rmdir says EBUSY before that).
+    await emptyCgroups(cgroups);
+    for (const cg of cgroups) await removeCgroupTree(cg);
     try { rmdirSync(work); } catch { /* the tmpfs went with the namespace; the directory stays only if busy */ }
   };
 
@@ -105,6 +109,7 @@ export async function bootContainer(src: string): Promise<Container> {
       },
       mountinfo: () => readFileSync(`/proc/${init}/mountinfo`, 'utf8'),
       stop,
+      leftoverCgroups: () => cgroups.filter((cg) => existsSync(cg)),
     };
   } catch (err) {
     await stop();
@@ -112,7 +117,43 @@ export async function bootContainer(src: string): Promise<Container> {
   }
 }
 
-/** The host's cgroup hierarchies are left as they were: nothing named after our containers remains. */
-export function leftoverCgroups(): string[] {
-  return CGROUP_HIERARCHIES.flatMap((h) => execFileSync('ls', [h], { encoding: 'utf8' }).split('\n').filter((n) => n.startsWith('usernsd-test-')));
+/** Every cgroup directory of the subtree at `root`, deepest first (as rmdir needs them). */
+function cgroupTree(root: string): string[] {
+  if (!existsSync(root)) return [];
+  const below = readdirSync(root, { withFileTypes: true }).filter((e) => e.isDirectory()).flatMap((e) => cgroupTree(join(root, e.name)));
+  return [...below, root];
+}
+
+/** The pids still in the subtree at `root` (a cgroup removed meanwhile counts as empty). */
+function cgroupPids(root: string): number[] {
+  return cgroupTree(root).flatMap((cg) => {
+    try {
+      return readFileSync(join(cg, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  });
+}
+
+/**
+ * Wait until no process is left in the subtrees; what is still there after a grace period is killed
+ * (by pid, read from the cgroup, so nothing outside the container is touched) and waited for again.
+ */
+async function emptyCgroups(roots: string[]): Promise<void> {
+  const pids = () => roots.flatMap(cgroupPids);
+  for (let i = 0; i < 50 && pids().length; i++) await sleep(100);
+  for (let round = 0; round < 3 && pids().length; round++) {
+    for (const pid of pids()) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    for (let i = 0; i < 50 && pids().length; i++) await sleep(100);
+  }
+  const left = pids();
+  if (left.length) throw new Error(`processes still in the container's cgroups after SIGKILL: ${left.join(' ')}`);
+}
+
+/** rmdir the subtree, deepest first; a cgroup the kernel still calls busy (its last task exiting) is retried. */
+async function removeCgroupTree(root: string): Promise<void> {
+  for (let i = 0; i < 50 && existsSync(root); i++) {
+    for (const cg of cgroupTree(root)) try { rmdirSync(cg); } catch { /* EBUSY: retried */ }
+    if (existsSync(root)) await sleep(100);
+  }
 }
