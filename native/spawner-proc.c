@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -180,5 +182,63 @@ _Noreturn void maps_worker(const char *pin, int rep) {
 	if (!encode_map("/proc/self/uid_map", u, sizeof u) || !encode_map("/proc/self/gid_map", g, sizeof g)) fail_with(rep, S_READ_MAPS);
 	snprintf(both, sizeof both, "%s %s", u, g);
 	send_report(rep, 0, S_NONE, 0, both);
+	_exit(0);
+}
+
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define OPEN_TREE_CLONE_ 1
+#define MOUNT_ATTR_RDONLY_ 0x00000001ULL
+#define MOUNT_ATTR_NOSUID_ 0x00000002ULL
+#define MOUNT_ATTR_NODEV_ 0x00000004ULL
+#define MOUNT_ATTR_IDMAP_ 0x00100000ULL
+struct mount_attr_ { uint64_t attr_set, attr_clr, propagation, userns_fd; };
+
+/* The report, with the tree's descriptor attached when there is one (SCM_RIGHTS on `rep`). */
+static void send_tree(int rep, int err, enum step step, int fd) {
+	struct report r = { err, step, 0, 0 };
+	struct iovec iov = { &r, sizeof r };
+	union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (fd >= 0) {
+		memset(&ctl, 0, sizeof ctl);
+		m.msg_control = ctl.buf;
+		m.msg_controllen = sizeof ctl.buf;
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof fd);
+	}
+	while (sendmsg(rep, &m, MSG_NOSIGNAL) < 0 && errno == EINTR) {}
+}
+
+static _Noreturn void tree_fail(int rep, enum step step) {
+	send_tree(rep, errno ? errno : EIO, step, -1);
+	_exit(1);
+}
+
+/*
+ * W for "tree", in place of a program run by nsenter: it never execs, so nothing it runs comes from
+ * the caller's namespace. It joins the caller's mount namespace (where the path is resolved as the
+ * caller has it, hostile: the copy must be the inode the agent checked), copies the one mount there
+ * (as mount --bind, no submounts), gives the copy the view's idmap and flags, and hands it back.
+ */
+_Noreturn void tree_worker(const struct tree *t, int rep) {
+	close_others(rep, t->mnt_fd, t->userns_fd);
+	if (setns(t->mnt_fd, CLONE_NEWNS) != 0) tree_fail(rep, S_ENTER_MNT);
+	close(t->mnt_fd);
+	int tree = (int)syscall(SYS_open_tree, AT_FDCWD, t->path, OPEN_TREE_CLONE_ | O_CLOEXEC);
+	if (tree < 0) tree_fail(rep, S_OPEN_TREE);
+	struct stat st;
+	if (fstat(tree, &st) != 0) tree_fail(rep, S_OPEN_TREE);
+	if ((unsigned long long)st.st_dev != t->dev || (unsigned long long)st.st_ino != t->ino) { errno = ESTALE; tree_fail(rep, S_TREE_CHANGED); }
+	struct mount_attr_ a = { MOUNT_ATTR_IDMAP_ | (t->read_only ? MOUNT_ATTR_RDONLY_ : 0) | MOUNT_ATTR_NOSUID_ | MOUNT_ATTR_NODEV_, 0, 0, (uint64_t)t->userns_fd };
+	if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &a, sizeof a) != 0) tree_fail(rep, S_IDMAP);
+	send_tree(rep, 0, S_NONE, tree);
 	_exit(0);
 }

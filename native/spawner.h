@@ -14,7 +14,14 @@
 enum step {
 	S_NONE, S_FORK, S_OPEN_PARENT, S_ENTER_PARENT, S_OWNER, S_CLONE, S_SETGROUPS, S_UIDMAP, S_GIDMAP,
 	S_OPEN_PIN, S_ENTER_PIN, S_READ_MAPS, S_TIMEOUT, S_WORKER, S_PIN, S_UNPIN,
+	S_TREE_FDS, S_ENTER_MNT, S_OPEN_TREE, S_TREE_CHANGED, S_IDMAP, S_HAND_OVER,
 };
+
+/* The agent's control socket (SOCK_SEQPACKET), fd 3 of the spawner: descriptors both ways. */
+#define AGENT_FD 3
+
+/* A view's tree as asked: copied in the caller's mount namespace, checked, idmapped. */
+struct tree { const char *path; unsigned long long dev, ino; int read_only, mnt_fd, userns_fd; };
 
 /* What a worker tells the spawner: an errno and the step (0 and the holder's pid on success),
  * then `len` bytes of text (the maps, for "maps"). */
@@ -35,5 +42,7 @@ enum step write_maps(pid_t pid, const char *setgroups, const char *uid_map, cons
 _Noreturn void nested_worker(const struct create *q, int rep, int hold_r);
 /* W for "maps": enter the pinned namespace and report its maps on `rep`. */
 _Noreturn void maps_worker(const char *pin, int rep);
+/* W for "tree": enter the caller's mount namespace, copy and idmap the tree, hand it back on `rep`. */
+_Noreturn void tree_worker(const struct tree *t, int rep);
 
 #endif

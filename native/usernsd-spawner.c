@@ -28,6 +28,11 @@
  *   end ID                                           (the holder of ID is ended; no reply)
  *   unpin ID PATH    (a lazy unmount)                -> ID unpinned | ID err ERRNO STEP
  *   maps ID PIN                                      -> ID maps UIDMAP GIDMAP | ID err ERRNO STEP
+ *   tree ID ro|rw DEV INO PATH                       -> ID tree | ID err ERRNO STEP
+ * "tree" copies a view's tree in the caller's mount namespace (see tree_worker): just before the
+ * line, the agent sends a message "ID" on fd 3 (its control socket, SOCK_SEQPACKET) carrying the
+ * caller's mount namespace and the view's user namespace; the copy goes back to the agent on fd 3
+ * as a message "ID" carrying it, sent before the reply line.
  * A map is "INSIDE:OUTSIDE:COUNT" extents joined by ","; PARENT is "-" (the initial namespace) or
  * the parent's pin path, which, like PIN, is the rest of the line. UID and GID are the owner's ids
  * as seen from the parent namespace. ERRNO is a name (EPERM); STEP says what failed.
@@ -51,6 +56,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -67,6 +73,8 @@ static const char *const STEPS[] = {
 	"write gid_map", "open the pin", "enter the pinned namespace", "read the maps",
 	"create the user namespace (the helper did not finish in time)", "start the namespace helper (it died)",
 	"pin the namespace", "unmount the pin",
+	"receive the namespaces of the view", "enter the caller's mount namespace", "copy the tree",
+	"check the tree (it is not the directory that was checked)", "idmap the tree", "hand the tree over",
 };
 
 static const char *errno_name(int e) {
@@ -80,6 +88,7 @@ static const char *errno_name(int e) {
 	case EOPNOTSUPP: return "EOPNOTSUPP"; case ENAMETOOLONG: return "ENAMETOOLONG";
 	case EEXIST: return "EEXIST"; case EBUSY: return "EBUSY"; case EXDEV: return "EXDEV";
 	case ENXIO: return "ENXIO"; case EFAULT: return "EFAULT"; case ECHILD: return "ECHILD";
+	case ESTALE: return "ESTALE"; case EMSGSIZE: return "EMSGSIZE";
 	default: return "EIO";
 	}
 }
@@ -107,7 +116,8 @@ struct job {
 	pid_t worker;     /* W, leader of the process group of W, O and H; 0 once reaped */
 	pid_t holder;     /* H once reported; 0 once reaped */
 	int rep;          /* the worker's report pipe, or -1 once read */
-	int hold_w;       /* closing it ends the holder; -1 for "maps" */
+	int hold_w;       /* closing it ends the holder; -1 for "maps" and "tree" */
+	int is_tree;      /* a "tree" job: its report comes with a descriptor (rep is a SOCK_SEQPACKET) */
 	int ended;        /* answered (and for "new", ended): freed once its processes are reaped */
 	void *stack;      /* a top-level holder's stack, in our address space: unmapped once it is reaped */
 	long long deadline;
@@ -210,7 +220,7 @@ static void create_here(struct job *j, const struct create *q, int hold_r) {
 }
 
 /* One request: a top-level namespace at once, or a worker started; replies at once when it cannot. */
-static void start(unsigned long id, const struct create *q, const char *pin) {
+static void start(unsigned long id, const struct create *q, const char *pin, const struct tree *t) {
 	int slot = -1;
 	for (int pass = 0; pass < 2 && slot < 0; pass++) {
 		if (pass) reap(); /* full: perhaps of ended holders not reaped yet */
@@ -219,14 +229,18 @@ static void start(unsigned long id, const struct create *q, const char *pin) {
 	if (slot < 0 || find(id)) { reply("%lu err %s %s\n", id, slot < 0 ? "EAGAIN" : "EINVAL", STEPS[S_FORK]); return; }
 	struct job *j = calloc(1, sizeof *j);
 	int rep[2] = { -1, -1 }, hold[2] = { -1, -1 };
-	if (!j || (q && pipe2(hold, O_CLOEXEC) != 0) || (!(q && !q->parent) && pipe2(rep, O_CLOEXEC | O_NONBLOCK) != 0)) {
+	int made = 0;
+	if (j && !(q && !q->parent)) {
+		made = t ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, rep) : pipe2(rep, O_CLOEXEC | O_NONBLOCK);
+	}
+	if (!j || (q && pipe2(hold, O_CLOEXEC) != 0) || made != 0) {
 		int e = errno;
 		for (int i = 0; i < 2; i++) { if (rep[i] >= 0) close(rep[i]); if (hold[i] >= 0) close(hold[i]); }
 		free(j);
 		reply("%lu err %s %s\n", id, errno_name(e), STEPS[S_FORK]);
 		return;
 	}
-	*j = (struct job){ .id = id, .rep = -1, .hold_w = hold[1] };
+	*j = (struct job){ .id = id, .rep = -1, .hold_w = hold[1], .is_tree = t != NULL };
 	jobs[slot] = j;
 	if (q && !q->parent) {
 		create_here(j, q, hold[0]);
@@ -244,6 +258,7 @@ static void start(unsigned long id, const struct create *q, const char *pin) {
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		fcntl(rep[1], F_SETFL, fcntl(rep[1], F_GETFL) & ~O_NONBLOCK);
 		if (q) nested_worker(q, rep[1], hold[0]);
+		if (t) tree_worker(t, rep[1]);
 		maps_worker(pin, rep[1]);
 	}
 	int e = errno;
@@ -260,8 +275,71 @@ static void start(unsigned long id, const struct create *q, const char *pin) {
 	j->deadline = now_ms() + DEADLINE_MS;
 }
 
+/* The copy goes to the agent as a message "ID" carrying it, before the reply line says so. */
+static int hand_over(unsigned long id, int fd) {
+	char text[32];
+	int len = snprintf(text, sizeof text, "%lu", id);
+	struct iovec iov = { text, (size_t)len };
+	union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
+	memset(&ctl, 0, sizeof ctl);
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof fd);
+	ssize_t r;
+	while ((r = sendmsg(AGENT_FD, &m, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {}
+	return r < 0 ? -1 : 0;
+}
+
+/* A message and at most one descriptor (close-on-exec), from a SOCK_SEQPACKET; -1 with errno. */
+static ssize_t receive_fds(int sock, void *buf, size_t len, int *fds, int max) {
+	struct iovec iov = { buf, len };
+	union { char buf[CMSG_SPACE(4 * sizeof(int))]; struct cmsghdr align; } ctl;
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+	ssize_t n;
+	while ((n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)) < 0 && errno == EINTR) {}
+	int got = 0;
+	for (struct cmsghdr *c = n >= 0 ? CMSG_FIRSTHDR(&m) : NULL; c; c = CMSG_NXTHDR(&m, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+		int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		for (int i = 0; i < k; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+			if (got < max) fds[got++] = fd; else close(fd);
+		}
+	}
+	if (n >= 0 && (m.msg_flags & (MSG_CTRUNC | MSG_TRUNC))) {
+		for (int i = 0; i < got; i++) close(fds[i]);
+		errno = EMSGSIZE;
+		return -1;
+	}
+	for (int i = got; i < max; i++) fds[i] = -1;
+	return n;
+}
+
+/* A "tree" worker's report (one message, the copy attached) or its end: the copy goes to the agent. */
+static void tree_readable(struct job *j) {
+	struct report r = { EIO, S_WORKER, 0, 0 };
+	int fd = -1;
+	ssize_t n = receive_fds(j->rep, &r, sizeof r, &fd, 1);
+	if (n < 0 && errno == EAGAIN) return;
+	if (n != (ssize_t)sizeof r) r = (struct report){ EIO, S_WORKER, 0, 0 };
+	if (r.step < 0 || (size_t)r.step >= sizeof STEPS / sizeof *STEPS) r.step = S_WORKER;
+	close(j->rep);
+	j->rep = -1;
+	if (!r.err && fd < 0) r = (struct report){ EIO, S_HAND_OVER, 0, 0 };
+	if (!r.err && hand_over(j->id, fd) != 0) r = (struct report){ errno, S_HAND_OVER, 0, 0 };
+	if (fd >= 0) close(fd);
+	if (r.err) reply("%lu err %s %s\n", j->id, errno_name(r.err), STEPS[r.step]);
+	else reply("%lu tree\n", j->id);
+	finish(j, 0);
+}
+
 /* A worker's report arrived (or its pipe closed): answer the agent. */
 static void readable(struct job *j) {
+	if (j->is_tree) { tree_readable(j); return; }
 	ssize_t n;
 	struct report r;
 	while ((n = read(j->rep, j->buf + j->got, sizeof j->buf - j->got)) > 0) j->got += (size_t)n;
@@ -322,6 +400,34 @@ static void end(unsigned long id) {
 	finish(j, 0);
 }
 
+/*
+ * "tree ID ro|rw DEV INO PATH": the namespaces came just before on fd 3, in a message "ID" (the
+ * agent sends it, then writes the line, so it is queued by now).
+ */
+static void tree_request(unsigned long id, char *rest) {
+	char *save = NULL;
+	char *mode = strtok_r(rest, " ", &save), *dev = strtok_r(NULL, " ", &save), *ino = strtok_r(NULL, " ", &save);
+	char text[32] = "";
+	int fds[2] = { -1, -1 };
+	ssize_t n = receive_fds(AGENT_FD, text, sizeof text - 1, fds, 2);
+	int e = n < 0 ? errno : EINVAL;
+	char *end1 = NULL, *end2 = NULL, *end3 = NULL;
+	unsigned long long d = dev ? strtoull(dev, &end1, 10) : 0, i = ino ? strtoull(ino, &end2, 10) : 0;
+	if (n > 0) text[n] = '\0';
+	int ok = n > 0 && strtoul(text, &end3, 10) == id && *end3 == '\0' && fds[0] >= 0 && fds[1] >= 0
+		&& mode && (strcmp(mode, "ro") == 0 || strcmp(mode, "rw") == 0) && dev && *end1 == '\0' && ino && *end2 == '\0'
+		&& save && *save == '/';
+	if (!ok) {
+		for (int k = 0; k < 2; k++) if (fds[k] >= 0) close(fds[k]);
+		reply("%lu err %s %s\n", id, errno_name(e), STEPS[S_TREE_FDS]);
+		return;
+	}
+	struct tree t = { save, d, i, strcmp(mode, "ro") == 0, fds[0], fds[1] };
+	start(id, NULL, NULL, &t);
+	close(fds[0]);
+	close(fds[1]);
+}
+
 static void request(char *line) {
 	char *save = NULL;
 	char *verb = strtok_r(line, " ", &save);
@@ -337,7 +443,11 @@ static void request(char *line) {
 	}
 	if (strcmp(verb, "maps") == 0) {
 		if (!save || *save != '/') { reply("%lu err EINVAL %s\n", id, STEPS[S_OPEN_PIN]); return; }
-		start(id, NULL, save);
+		start(id, NULL, save, NULL);
+		return;
+	}
+	if (strcmp(verb, "tree") == 0) {
+		tree_request(id, save);
 		return;
 	}
 	if (strcmp(verb, "new") != 0) { reply("%lu err EINVAL %s\n", id, STEPS[S_NONE]); return; }
@@ -357,7 +467,7 @@ static void request(char *line) {
 	q.gid = (gid_t)g;
 	q.setgroups = sg;
 	q.parent = strcmp(save, "-") == 0 ? NULL : save;
-	start(id, &q, NULL);
+	start(id, &q, NULL, NULL);
 }
 
 int main(int argc, char **argv) {

@@ -11,6 +11,8 @@ import { parseKernelMap } from '../../config/extents.ts';
 import type { IdMap } from '../../config/types.ts';
 import { UsernsError } from '../errors.ts';
 import { kernelError, PATH_ENV, SPAWN_TIMEOUT_MS } from './spawn.ts';
+import { closeFd } from './sys.ts';
+import { closeDescriptor, receiveWithFds, sendWithFds, socketPair } from './unixsock.ts';
 
 /** Where `npm run build` (and so `make install`) puts the program: dist/usernsd-spawner, beside dist/agent/. */
 const TOP = dirname(dirname(dirname(fileURLToPath(import.meta.url))));
@@ -34,6 +36,20 @@ export type SpawnRequest = {
  * with `pin()` in the spawner's mount namespace.
  */
 export type Held = { readonly pid: number; pin(path: string): Promise<void>; end(): void };
+
+/** A view's tree to copy in a caller's mount namespace (see tree_worker in native/spawner-proc.c). */
+export type TreeJob = {
+  readonly path: string;
+  readonly dev: number;
+  readonly ino: number;
+  readonly readOnly: boolean;
+  /** The caller's mount namespace and the view's user namespace, open. */
+  readonly mntNsFd: number;
+  readonly usernsFd: number;
+};
+
+/** The copy (the caller closes it), or the spawner's errno and step. */
+export type TreeReply = { readonly fd: number } | { readonly errno: string; readonly step: string };
 
 /** A request waiting for its reply line. */
 type Pending = { resolve: (words: string[]) => void; timer: NodeJS.Timeout };
@@ -60,6 +76,10 @@ export class Spawner {
   /** The mount namespace the spawner works in (pins are mounted there), or null for the agent's. */
   private readonly mountNs: string | null;
   private child: ChildProcessWithoutNullStreams | null = null;
+  /** The agent's end of the spawner's control socket (its fd 3): descriptors both ways. */
+  private control: number | null = null;
+  /** Copies that arrived on the control socket before their reply line was read, by request id. */
+  private readonly arrived = new Map<number, number>();
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
 
@@ -102,6 +122,52 @@ export class Spawner {
     return { uidMap: unwire(u ?? '-'), gidMap: unwire(g ?? '-') };
   }
 
+  /**
+   * Copy a view's tree in a caller's mount namespace, by a worker of the spawner that never execs
+   * (so nothing it runs comes from the caller's namespace). The namespaces go over the control
+   * socket just before the line; the copy comes back on it just before the reply.
+   */
+  async tree(job: TreeJob): Promise<TreeReply> {
+    const id = this.nextId++;
+    if (job.path.includes('\n')) return { errno: 'EINVAL', step: 'copy the tree (its path holds a newline)' };
+    let words: string[];
+    try {
+      this.started();
+      sendWithFds(this.control!, Buffer.from(String(id)), [job.mntNsFd, job.usernsFd]);
+    } catch (err) {
+      return { errno: (err as NodeJS.ErrnoException).code ?? 'EIO', step: 'send the namespaces to usernsd-spawner' };
+    }
+    words = await this.reply(id, `tree ${id} ${job.readOnly ? 'ro' : 'rw'} ${job.dev} ${job.ino} ${job.path}`);
+    if (words[0] !== 'tree') return { errno: words[1] ?? 'EIO', step: words.slice(2).join(' ') };
+    const fd = this.takeArrived(id);
+    return fd === null ? { errno: 'EIO', step: 'receive the copy from usernsd-spawner' } : { fd };
+  }
+
+  /** The copy for request `id`: read what the control socket holds (copies of other requests are kept for them). */
+  private takeArrived(id: number): number | null {
+    for (;;) {
+      const had = this.arrived.get(id);
+      if (had !== undefined) {
+        this.arrived.delete(id);
+        return had;
+      }
+      if (this.control === null) return null;
+      let msg: { data: Buffer; fds: number[] };
+      try {
+        msg = receiveWithFds(this.control, false);
+      } catch {
+        return null; // EAGAIN: nothing queued for it
+      }
+      if (msg.data.length === 0) return null;
+      const of = Number(msg.data.toString());
+      const [fd, ...extra] = msg.fds;
+      for (const f of extra) closeFd(f);
+      if (fd === undefined) continue;
+      if (this.pending.has(of) || of === id) this.arrived.set(of, fd);
+      else closeFd(fd); // its request gave up meanwhile
+    }
+  }
+
   /** The running spawner's pid (status shows it; tests end it behind the agent's back). */
   get pid(): number | undefined {
     return this.child?.pid;
@@ -111,6 +177,14 @@ export class Spawner {
   close(): void {
     this.child?.stdin.end();
     this.child = null;
+    this.closeControl();
+  }
+
+  private closeControl(): void {
+    if (this.control !== null) closeDescriptor(this.control);
+    this.control = null;
+    for (const fd of this.arrived.values()) closeFd(fd);
+    this.arrived.clear();
   }
 
   /** The words after the reply's kind (ok, maps…); E_KERNEL with the spawner's errno and step on err. */
@@ -156,7 +230,15 @@ export class Spawner {
   /** The spawner, started now if it is not running; it ends when its stdin closes or the agent dies. */
   private started(): ChildProcessWithoutNullStreams {
     if (this.child) return this.child;
-    const child = spawn(this.path, this.mountNs ? ['--mount-namespace', this.mountNs] : [], { env: PATH_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.closeControl();
+    const [mine, theirs] = socketPair(true);
+    let child: ChildProcessWithoutNullStreams;
+    try {
+      child = spawn(this.path, this.mountNs ? ['--mount-namespace', this.mountNs] : [], { env: PATH_ENV, stdio: ['pipe', 'pipe', 'pipe', theirs] }) as unknown as ChildProcessWithoutNullStreams;
+    } finally {
+      closeDescriptor(theirs);
+    }
+    this.control = mine;
     this.child = child;
     createInterface({ input: child.stdout }).on('line', (line) => {
       const [id, ...words] = line.split(' ');

@@ -26,6 +26,8 @@ const SYS_MOUNT_SETATTR = 442;
 const OPEN_TREE_CLONE = 1;
 const AT_EMPTY_PATH = 0x1000;
 const MOUNT_ATTR_RDONLY = 0x1;
+const MOUNT_ATTR_NOSUID = 0x2;
+const MOUNT_ATTR_NODEV = 0x4;
 const MOUNT_ATTR_IDMAP = 0x100000;
 const MOVE_MOUNT_F_EMPTY_PATH = 0x4;
 const AT_FDCWD = -100;
@@ -191,7 +193,7 @@ export function openTreeClone(path: string): number {
  * ids are taken as its inside ids and shown as its outside ids), and read-only when asked. EINVAL:
  * the filesystem cannot be idmapped (NFS, FUSE, …) or the tree is already attached.
  */
-export function setMountAttrs(treeFd: number, attrs: { readonly usernsFd?: number; readonly readOnly?: boolean }): void {
+export function setMountAttrs(treeFd: number, attrs: { readonly usernsFd?: number; readonly readOnly?: boolean; readonly nosuid?: boolean; readonly nodev?: boolean }): void {
   const attr = Buffer.alloc(32); // struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd; }
   let set = 0n;
   if (attrs.usernsFd !== undefined) {
@@ -199,6 +201,8 @@ export function setMountAttrs(treeFd: number, attrs: { readonly usernsFd?: numbe
     attr.writeBigUInt64LE(BigInt(attrs.usernsFd), 24);
   }
   if (attrs.readOnly) set |= BigInt(MOUNT_ATTR_RDONLY);
+  if (attrs.nosuid) set |= BigInt(MOUNT_ATTR_NOSUID);
+  if (attrs.nodev) set |= BigInt(MOUNT_ATTR_NODEV);
   attr.writeBigUInt64LE(set, 0);
   if (Number(syscallFn(SYS_MOUNT_SETATTR, 'int', treeFd, 'const char *', '', 'unsigned int', AT_EMPTY_PATH, 'void *', attr, 'size_t', attr.length)) !== 0) {
     throw new SysError('mount_setattr', koffi.errno(), `fd ${treeFd}${attrs.usernsFd !== undefined ? ', MOUNT_ATTR_IDMAP' : ''}${attrs.readOnly ? ', MOUNT_ATTR_RDONLY' : ''}`);

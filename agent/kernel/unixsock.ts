@@ -141,10 +141,16 @@ function retrying(syscall: string, what: string, deadline: number, call: () => n
   }
 }
 
-/** A connected pair of stream sockets (close-on-exec): one end for a child process, one to keep. */
-export function socketPair(): [number, number] {
+const SOCK_SEQPACKET = 5;
+
+/**
+ * A connected pair of sockets (close-on-exec): one end for a child process, one to keep. `seqpacket`:
+ * messages keep their boundaries, each with its own descriptors (a stream may join two messages).
+ */
+export function socketPair(seqpacket = false): [number, number] {
   const fds = [0, 0];
-  if (socketpairFn(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) !== 0) throw new SysError('socketpair', koffi.errno(), 'AF_UNIX, SOCK_STREAM');
+  const type = seqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
+  if (socketpairFn(AF_UNIX, type | SOCK_CLOEXEC, 0, fds) !== 0) throw new SysError('socketpair', koffi.errno(), `AF_UNIX, ${seqpacket ? 'SOCK_SEQPACKET' : 'SOCK_STREAM'}`);
   return [fds[0]!, fds[1]!];
 }
 

@@ -2,7 +2,6 @@
 // copy of a tree made in the caller's mount namespace. Attaching it is the caller's job.
 import { spawn } from 'node:child_process';
 import { openSync, readlinkSync, writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { formatExtents, kernelMapText } from '../../config/extents.ts';
 import { UsernsError } from '../errors.ts';
 import type { ViewMaps } from '../idmap.ts';
@@ -10,7 +9,6 @@ import { SysError } from './ffi.ts';
 import { kernelError, PATH_ENV, reap, SPAWN_TIMEOUT_MS, waitForNewNamespace } from './spawn.ts';
 import type { Spawner } from './spawner.ts';
 import { closeFd, fdIdentity, openTreeClone, setMountAttrs } from './sys.ts';
-import { closeDescriptor, receiveWithFds, socketPair } from './unixsock.ts';
 
 /** User namespaces kept open for views, by map; the oldest is closed past this many. */
 const MAX_CACHED_NAMESPACES = 256;
@@ -32,14 +30,13 @@ export type TreeRequest = {
 export type TreeResult = { readonly fd: number } | { readonly unsupported: string };
 
 const OWN_MNT_NS = readlinkSync('/proc/self/ns/mnt');
-const WORKER = fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? './viewworker.ts' : './viewworker.js', import.meta.url));
 
 export class ViewNamespaces {
   /** Insertion order is age: a Map is the LRU list. */
   private readonly cache = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<number>>();
-  /** usernsd-spawner, when the agent uses it: it makes the namespaces, else a helper forked each. */
-  private readonly spawner: Spawner | null;
+  /** usernsd-spawner, when the agent uses it: it makes the namespaces (else a helper forked each) and copies trees in callers' mount namespaces. */
+  readonly spawner: Spawner | null;
 
   constructor(spawner: Spawner | null = null) {
     this.spawner = spawner;
@@ -111,11 +108,13 @@ async function createIdmapNamespace(maps: ViewMaps, spawner: Spawner | null): Pr
 
 /**
  * Copy the tree at `src` as the caller's mount namespace has it, and give the copy the view's
- * idmap. In the agent's own namespace when the caller shares it; otherwise (under systemd the agent
- * has a private, read-only one, whose copy would carry read-only flags and miss the caller's
- * mounts) a worker process does it there and hands the descriptor back over a socket pair.
+ * idmap; every view is nosuid and nodev (a tree of alien metadata: its setuid bits and device
+ * nodes mean nothing here). In the agent's own namespace when the caller shares it; otherwise
+ * (under systemd the agent has a private, read-only one, whose copy would carry read-only flags and
+ * miss the caller's mounts) a worker of usernsd-spawner does it there. Nothing is exec'd in a
+ * namespace the caller chose: what ran there would be read from the caller's mounts.
  */
-export async function makeTree(req: TreeRequest): Promise<TreeResult> {
+export async function makeTree(req: TreeRequest, spawner: Spawner | null): Promise<TreeResult> {
   let callerNs: string;
   try {
     callerNs = readlinkSync(`/proc/${req.pid}/ns/mnt`);
@@ -123,10 +122,13 @@ export async function makeTree(req: TreeRequest): Promise<TreeResult> {
     throw new UsernsError('E_KERNEL', `Failed to find the caller's mount namespace (/proc/${req.pid}/ns/mnt): ${(err as NodeJS.ErrnoException).code}`);
   }
   if (callerNs === OWN_MNT_NS) return copyTree(req.src, req.expect, req.usernsFd, req.readOnly);
-  return treeInWorker(req);
+  if (!spawner) {
+    throw new UsernsError('E_UNSUPPORTED', `a view for a caller in another mount namespace is made by usernsd-spawner, and this agent has none (spawner = node, or no C compiler at build time): make the view from the agent's mount namespace, or build usernsd-spawner (see spawner in usernsd.conf(5))`);
+  }
+  return treeInSpawner(req, spawner);
 }
 
-/** What the worker and the agent both do once they are in the caller's mount namespace. */
+/** The copy in the agent's own mount namespace. */
 export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, readOnly: boolean): TreeResult {
   let tree: number;
   try {
@@ -141,11 +143,11 @@ export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, re
       throw new UsernsError('E_INVALID', `${src} changed while the view was being made (it is not the directory that was checked): try again`);
     }
     try {
-      setMountAttrs(tree, { usernsFd, readOnly });
+      setMountAttrs(tree, { usernsFd, readOnly, nosuid: true, nodev: true });
     } catch (err) {
       if (err instanceof SysError && err.code === 'EINVAL') {
         closeFd(tree);
-        return { unsupported: `the kernel cannot idmap the filesystem of ${src} (mount_setattr: EINVAL: NFS, FUSE and some others do not support idmapped mounts, nor does a mount that is idmapped already)` };
+        return { unsupported: unsupportedWhy(src) };
       }
       throw err instanceof SysError ? new UsernsError('E_KERNEL', `Failed to idmap the tree at ${src}: ${err.message}`) : err;
     }
@@ -156,38 +158,24 @@ export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, re
   }
 }
 
-async function treeInWorker(req: TreeRequest): Promise<TreeResult> {
-  let mntNs: number;
+const unsupportedWhy = (src: string) => `the kernel cannot idmap the filesystem of ${src} (mount_setattr: EINVAL: NFS, FUSE and some others do not support idmapped mounts, nor does a mount that is idmapped already)`;
+
+async function treeInSpawner(req: TreeRequest, spawner: Spawner): Promise<TreeResult> {
+  let mntNsFd: number;
   try {
-    // A descriptor, not the path: nsenter then joins this namespace even if the pid is reused meanwhile.
-    mntNs = openSync(`/proc/${req.pid}/ns/mnt`, 'r');
+    // A descriptor, not the path: the worker joins this namespace even if the pid is reused meanwhile.
+    mntNsFd = openSync(`/proc/${req.pid}/ns/mnt`, 'r');
   } catch (err) {
     throw new UsernsError('E_KERNEL', `Failed to open the caller's mount namespace: ${(err as NodeJS.ErrnoException).code}`);
   }
-  const [mine, theirs] = socketPair();
   try {
-    const args = ['--mount=/proc/self/fd/3', '--', process.execPath, WORKER, req.src, String(req.expect.dev), String(req.expect.ino), req.readOnly ? 'ro' : 'rw'];
-    const child = spawn('nsenter', args, { env: PATH_ENV, stdio: ['ignore', 'ignore', 'pipe', mntNs, req.usernsFd, theirs], timeout: SPAWN_TIMEOUT_MS });
-    closeDescriptor(theirs);
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => { stderr += d; });
-    const code = await new Promise<number | null>((resolve, reject) => {
-      child.once('error', reject);
-      child.once('close', resolve);
-    }).finally(() => reap(child));
-    let reply: { data: Buffer; fds: number[] };
-    try {
-      reply = receiveWithFds(mine, false);
-    } catch {
-      throw new UsernsError('E_KERNEL', `Failed to copy the tree at ${req.src} in the caller's mount namespace: the worker ${code === null ? 'was killed' : `exited ${code}`}${stderr.trim() ? `: ${stderr.trim().split('\n').pop()}` : ''}`);
-    }
-    const answer = JSON.parse(reply.data.toString() || '{}') as { fd?: boolean; unsupported?: string; code?: string; message?: string };
-    if (answer.fd && reply.fds.length === 1) return { fd: reply.fds[0]! };
-    for (const f of reply.fds) closeFd(f);
-    if (answer.unsupported) return { unsupported: answer.unsupported };
-    throw new UsernsError((answer.code as 'E_KERNEL' | undefined) ?? 'E_KERNEL', answer.message ?? `Failed to copy the tree at ${req.src} in the caller's mount namespace`);
+    const r = await spawner.tree({ path: req.src, dev: req.expect.dev, ino: req.expect.ino, readOnly: req.readOnly, mntNsFd, usernsFd: req.usernsFd });
+    if ('fd' in r) return r;
+    if (r.errno === 'EINVAL' && r.step === 'idmap the tree') return { unsupported: unsupportedWhy(req.src) };
+    if (r.errno === 'ESTALE') throw new UsernsError('E_INVALID', `${req.src} changed while the view was being made (it is not the directory that was checked): try again`);
+    const code = (r.errno === 'ENOENT' || r.errno === 'ENOTDIR') && r.step === 'copy the tree' ? 'E_NOT_FOUND' : 'E_KERNEL';
+    throw new UsernsError(code, `Failed to ${r.step} at ${req.src} in the caller's mount namespace: ${r.errno}`);
   } finally {
-    closeDescriptor(mine);
-    closeFd(mntNs);
+    closeFd(mntNsFd);
   }
 }
