@@ -113,6 +113,8 @@ async function checkConfig(args: string[], io: Io): Promise<number> {
   const { loadConfiguration } = await import('./configure.ts'); // NSS through koffi: only here
   const cfg = loadConfiguration(values.config ?? null, { record: false });
   for (const e of cfg.errors) io.err(formatConfigError(e));
+  // Allowed on purpose, but the admin should see it every time: not an error, the exit status stays.
+  for (const n of cfg.notices) io.err(`${formatConfigError(n)} [notice]`);
   if (values.verbose) {
     for (const c of cfg.contexts.values()) {
       const a = cfg.allocations.get(c.label);

@@ -165,6 +165,7 @@ export async function enterWithViews(socket: string, label: string, specs: strin
       const { result, fds: got } = callAgentForFds(fdSocketPath(socket), P.view, { path: absolute(spec.slice(0, colon)), context: label, purpose: 'enter' });
       fds.push(...got);
       if (got.length !== 1) throw new UsernsError('E_INTERNAL', `the agent sent ${got.length} descriptors for one view`);
+      if (result.readOnlyWhy) io.err(`usernsctl: the view of ${result.src} is ${result.readOnlyWhy}`);
       targets.push(target);
       resolved = result;
     }

@@ -1,15 +1,15 @@
 // One configuration load, start to finish: settings, context files, ranges, cross-file checks.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Interval } from '../config/extents.ts';
 import { appendErrors, configError, readConfigTextAsync } from '../config/ini.ts';
 import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, listContextFiles, loadAgentConfig, loadContextDefs } from '../config/load.ts';
-import type { ReadAhead } from '../config/load.ts';
+import type { Delegations, ReadAhead } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
 import { HOST_LABEL } from '../config/types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, Nss } from '../config/types.ts';
-import { assignRanges, mergeIntervals, parseSubIds } from './coord/allocate.ts';
+import { assignRanges, mergeIntervals, parseSubIdOwners, parseSubIds } from './coord/allocate.ts';
 import type { StaticClaim } from './coord/pooldoc.ts';
 import type { Allocation } from './coord/allocate.ts';
 import { UsernsError } from './errors.ts';
@@ -27,6 +27,8 @@ export type Configuration = {
   /** Contexts in force before this load whose files are now broken, kept at their last good version. */
   readonly kept: readonly string[];
   readonly errors: readonly ConfigError[];
+  /** What the admin allowed on purpose and should know: owner_ids = any used beyond a delegation (check-config prints these, the agent logs them). */
+  readonly notices: readonly ConfigError[];
   /** coordinator = etcd: auto contexts waiting for etcd to decide their range (and whose children wait with them). */
   readonly pending: readonly PendingRange[];
   /** coordinator = etcd: this host's top-level static ranges, registered in the shared pool. */
@@ -39,12 +41,12 @@ export type Configuration = {
 
 export type PendingRange = { readonly label: string; readonly size: number; readonly file: string };
 
-/** What the allocator must never hand out, read from the system. */
-export type SystemIds = () => Interval[];
+/** What the allocator must never hand out, read from the system (the subordinate id files as configured). */
+export type SystemIds = (agent: Pick<AgentConfig, 'subuid' | 'subgid'>) => Interval[];
 
-export const systemIds: SystemIds = () => {
+export const systemIds: SystemIds = (agent) => {
   const out: Interval[] = [];
-  for (const f of ['/etc/subuid', '/etc/subgid']) {
+  for (const f of [agent.subuid, agent.subgid]) {
     try { for (const i of parseSubIds(readFileSync(f, 'utf8'))) out.push(i); } catch { /* absent: nothing delegated */ }
   }
   const { uids, gids } = enumerateIds();
@@ -141,7 +143,8 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   const pinned = pinnedMaps(agent.pins);
   // A context the shared pool refuses is not kept at a last good version: that version is what it refuses.
   if (opts.refused?.size) inForce = new Map([...inForce].filter(([label]) => !opts.refused!.has(label)));
-  const { contexts, hostMaps, kept: keptContexts } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned });
+  const delegations = readDelegations(agent, nss, errors);
+  const { contexts, hostMaps, kept: keptContexts, notices } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations });
   const allocations = new Map<string, Allocation>();
   for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0]!.outside, size: c.autoSize });
   return {
@@ -152,6 +155,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     unrecorded: opts.record ? new Map() : fresh,
     kept: keptContexts,
     errors,
+    notices,
     pending,
     statics,
     waiting,
@@ -171,9 +175,10 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], opts: Lo
     const recorded = readAllocations(agent.state);
     if (!defs.some((d) => d.autoSize !== null)) return { starts: new Map<string, number>(), fresh: new Map<string, Allocation>(), kept: recorded };
     // Static ranges as they stand before allocation: auto contexts (and their children) are left out.
-    const reserved: Interval[] = [...(opts.systemIds ?? systemIds)()];
+    const system = (opts.systemIds ?? systemIds)(agent);
+    const reserved: Interval[] = [...system];
     for (const h of finishContexts(defs, new Map(), []).hostMaps.values()) for (const e of [...h.uid, ...h.gid]) reserved.push({ start: e.outside, end: e.outside + e.count });
-    const r = assignRanges(defs, agent.pool, recorded, reserved, errors);
+    const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system);
     if (opts.record && r.fresh.size > 0) {
       ensureStateDir(agent.state);
       writeAllocations(agent.state, new Map([...recorded, ...r.fresh]));
@@ -235,4 +240,40 @@ function fromSharedPool(agent: AgentConfig, defs: readonly ContextDef[], refused
   }
   const waiting = [...gone].filter((l) => !refused.has(l));
   return { starts, kept, pending, waiting, coordinated: defs.filter((d) => !gone.has(d.label)) };
+}
+
+/**
+ * Who was given which host ids (SPEC §12), as newuidmap(1) reads them: each user's own uid and
+ * gid, and its lines in the subordinate id files ("name-or-uid:start:count"). A file anyone but root
+ * may write delegates nothing (sshd's StrictModes): an error says so, and owners keep their own ids.
+ */
+export function readDelegations(agent: Pick<AgentConfig, 'subuid' | 'subgid'>, nss: Nss, errors: ConfigError[]): Delegations {
+  const read = (file: string): { owner: string; start: number; end: number }[] => {
+    let text: string;
+    try {
+      const st = statSync(file);
+      if (st.uid !== 0 || (st.mode & 0o022) !== 0) {
+        errors.push(configError(file, null, null, null, `delegates nothing: it must be owned by root and not writable by group or others (chown root ${file}; chmod go-w ${file})`));
+        return [];
+      }
+      text = readFileSync(file, 'utf8');
+    } catch {
+      return []; // absent: nothing delegated
+    }
+    return parseSubIdOwners(text);
+  };
+  const sub = { uid: read(agent.subuid), gid: read(agent.subgid) };
+  const mine = (lines: typeof sub.uid, owner: { uid: number; name: string | null }) =>
+    lines.filter((l) => l.owner === owner.name || l.owner === String(owner.uid)).map((l) => ({ start: l.start, end: l.end }));
+  return {
+    of: (owner) => {
+      const name = owner.name ?? nss.userById(owner.uid)?.name ?? null;
+      const who = { uid: owner.uid, name };
+      return {
+        uid: [{ start: owner.uid, end: owner.uid + 1 }, ...mine(sub.uid, who)],
+        gid: [{ start: owner.gid, end: owner.gid + 1 }, ...mine(sub.gid, who)],
+      };
+    },
+    whose: (kind, id) => (kind === 'uid' ? nss.userById(id)?.name : null) ?? null,
+  };
 }

@@ -178,6 +178,7 @@ export class Manager implements Agent {
     if (m.shared && !(await m.shared.settle())) m.log.warn({ waiting: m.registry.configuration.waiting }, 'Starting without the shared pool\'s answer for some contexts: they are served once etcd answers');
     const wiring = m.checkUpcall(); // a few ms in request-key, alongside adoption and creation
     for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
+    for (const n of config.notices) m.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
     const started = performance.now();
     for (const a of await m.registry.adopt()) {
       if (a.status !== 'ok') m.log.warn({ label: a.label, status: a.status }, `Pin ${a.path}: ${a.message}`);
@@ -356,6 +357,7 @@ export class Manager implements Agent {
     // The upcall's cached answers for what changed or went are stale now, for every requester.
     this.invalidateKeys([...diff.changed, ...diff.removed], 'their contexts changed or were removed');
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
+    for (const n of config.notices) this.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
     await this.checkUpcall(); // an admin who wired the upcall reloads to see it taken
     this.log.level = this.opts.logLevel ?? config.agent.logLevel;

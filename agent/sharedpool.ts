@@ -55,7 +55,7 @@ export class SharedPool {
     const cfg = this.hooks.config();
     let r;
     try {
-      r = await this.coord.settle(cfg.requests, cfg.statics, cfg.agent.pool, this.hooks.systemIds());
+      r = await this.coord.settle(cfg.requests, cfg.statics, cfg.agent.pool, this.hooks.systemIds(cfg.agent));
     } catch (err) {
       if (!(err instanceof UsernsError)) throw err;
       if (this.wasReachable !== false) this.log.error({ coordinator: 'etcd', waiting: cfg.waiting.length }, `Shared pool: ${err.message}`);

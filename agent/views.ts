@@ -12,6 +12,7 @@ import type { ViewMode } from './idmap.ts';
 import { ViewNamespaces, makeTree } from './kernel/views.ts';
 import type { Spawner } from './kernel/spawner.ts';
 import { findLabel, peerCanReach } from './labels.ts';
+import { hostReach, SEAL_ADVICE } from './seal.ts';
 import type { Registry } from './registry.ts';
 import type { ViewParams, ViewRecord, ViewResult } from './wire/protocol.ts';
 import type { Connection } from './wire/server.ts';
@@ -26,6 +27,9 @@ const KERNEL_TREES = ['/proc', '/sys', '/dev'];
 export type ViewSource = { readonly src: string; readonly dev: number; readonly ino: number; readonly label: string; readonly labelledPath: string | null };
 
 const under = (path: string, dir: string) => path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
+
+/** The label walk as the agent itself does it, for a tree sealed away from the caller. */
+const AS_ROOT: Peer = { pid: process.pid, uid: 0, gid: 0, groups: [] };
 
 export class Views {
   readonly namespaces: ViewNamespaces;
@@ -44,24 +48,38 @@ export class Views {
    * the agent's own directories.
    */
   source(registry: Registry, peer: Peer, params: ViewParams): ViewSource {
+    const unreachable = () => new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${params.path} (or it does not exist)`);
     let src: string;
     try {
       src = realpathSync(params.path);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (!isRoot(peer)) throw new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${params.path} (or it does not exist)`);
+      if (!isRoot(peer)) throw unreachable();
       throw new UsernsError('E_NOT_FOUND', `${params.path}: ${code}`);
     }
-    // A caller who is not root learns nothing about paths it could not reach itself.
-    if (!isRoot(peer) && !peerCanReach(peer, dirname(src))) throw new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${params.path} (or it does not exist)`);
+    // A caller who is not root learns nothing about paths it could not reach itself — except that a
+    // tree sealed away from host users (see seal.ts) is its own context's, when it may enter that one:
+    // the owner reaches such a tree through the view only, as a machine's tree under /var/lib/machines.
+    const sealedOwnTree = !isRoot(peer) && !peerCanReach(peer, dirname(src));
+    if (sealedOwnTree && params.purpose !== 'enter') throw unreachable();
     const agent = registry.agent;
     const forbidden = [...KERNEL_TREES, agent.pins, agent.state];
     const hit = forbidden.find((d) => under(src, d));
-    if (hit) throw new UsernsError('E_INVALID', `no view is made of ${src}: it is inside ${hit}, ${KERNEL_TREES.includes(hit) ? 'a kernel filesystem' : "the agent's own directory"}`);
+    if (hit) throw sealedOwnTree ? unreachable() : new UsernsError('E_INVALID', `no view is made of ${src}: it is inside ${hit}, ${KERNEL_TREES.includes(hit) ? 'a kernel filesystem' : "the agent's own directory"}`);
     const st = statSync(src);
-    if (!st.isDirectory()) throw new UsernsError('E_INVALID', `${src} is not a directory: a view shows a tree`);
+    if (!st.isDirectory()) throw sealedOwnTree ? unreachable() : new UsernsError('E_INVALID', `${src} is not a directory: a view shows a tree`);
     if (params.context !== undefined && isRoot(peer)) return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
-    const found = findLabel(src, agent.labelXattr, peer);
+    let found;
+    try {
+      found = findLabel(src, agent.labelXattr, sealedOwnTree ? AS_ROOT : peer);
+    } catch (err) {
+      if (sealedOwnTree) throw unreachable();
+      throw err;
+    }
+    if (sealedOwnTree) {
+      const ctx = registry.get(found.label);
+      if (!ctx || !mayEnter(peer, registry.topLevel(ctx)) || (params.context !== undefined && params.context !== found.label)) throw unreachable();
+    }
     if (params.context !== undefined && params.context !== found.label) {
       throw new UsernsError('E_PERMISSION', `${src} belongs to context "${found.label}" (label on ${found.at}), not "${params.context}": only root may view a tree as another context's`);
     }
@@ -90,12 +108,23 @@ export class Views {
     }
     const host = registry.view(ctx.label);
     const plan = viewPlan({ uid: host.uid!.byInside, gid: host.gid!.byInside }, ctx.squash, mode);
-    const readOnly = params.readOnly ?? false;
+    let readOnly = params.readOnly ?? false;
+    let readOnlyWhy: string | null = null;
+    // SPEC §12: through an identity view the owner writes on-disk ids it was not given (0 among
+    // them). Where a host user can reach the raw tree, those files would be theirs to run: a setuid
+    // root binary planted for the owner's own host account. There the view is read-only.
+    if (purpose === 'enter' && !readOnly) {
+      const seal = hostReach(source.src, source.dev, source.ino);
+      if (!seal.sealed) {
+        readOnly = true;
+        readOnlyWhy = `read-only: ${seal.why}; ${SEAL_ADVICE}`;
+      }
+    }
     let mechanism: 'idmapped' | 'bindfs' = 'bindfs';
     let why: string | null = ctx.squash.mode === 'all' && mode === 'foreign' ? 'all squash shows every file as one owner, which no idmapping can' : null;
     if (plan.kind === 'idmap') {
       const usernsFd = await this.namespaces.usernsFor(plan.maps);
-      const tree = await makeTree({ src: source.src, expect: source, usernsFd, readOnly, pid: peer.pid });
+      const tree = await makeTree({ src: source.src, expect: source, usernsFd, readOnly, pid: peer.pid }, this.namespaces.spawner);
       if ('fd' in tree) {
         conn.attach!(tree.fd);
         mechanism = 'idmapped';
@@ -118,6 +147,7 @@ export class Views {
       context: ctx.label, mode, mechanism, src: source.src, labelledPath: source.labelledPath, squash: ctx.squash.mode,
       uidMap: plan.kind === 'idmap' ? plan.maps.uid : [], gidMap: plan.kind === 'idmap' ? plan.maps.gid : [],
       bindfs, pin, setgroups: pin === null ? null : ctx.setgroups,
+      readOnly: readOnly || bindfs !== null, readOnlyWhy,
     };
   }
 

@@ -4,6 +4,7 @@ import { basename, join } from 'node:path';
 import { composeMaps, firstEndingAfter, formatInterval, sameMap, uncovered } from './extents.ts';
 import { appendErrors, capErrors, configError, parseIni, readConfigText } from './ini.ts';
 import type { IniDoc } from './ini.ts';
+import type { Interval } from './extents.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
 import type { Schema } from './schema.ts';
 import { DEFAULT_SOCKET, DEFAULT_USERDB_SOCKET, HOST_LABEL } from './types.ts';
@@ -24,6 +25,8 @@ export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
   labelXattr: 'trusted.userns',
   mountNamespace: 'auto',
   spawner: 'auto',
+  subuid: '/etc/subuid',
+  subgid: '/etc/subgid',
   overflowuid: 65534,
   overflowgid: 65534,
   pool: { start: 524288, end: 1879048191, size: 65536 },
@@ -108,6 +111,8 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
       labelXattr: get('agent', 'label_xattr', defaults.labelXattr),
       mountNamespace: get('agent', 'mount_namespace', defaults.mountNamespace),
       spawner: get('agent', 'spawner', defaults.spawner),
+      subuid: get('agent', 'subuid', defaults.subuid),
+      subgid: get('agent', 'subgid', defaults.subgid),
       overflowuid: get('mapping', 'overflowuid', defaults.overflowuid),
       overflowgid: get('mapping', 'overflowgid', defaults.overflowgid),
       pool: { start: range.start, end: range.end, size },
@@ -178,6 +183,7 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
         anongid: get('squash', 'anongid') ?? 65534,
       },
       access: { uids: get('access', 'users') ?? [], gids: get('access', 'groups') ?? [] },
+      ownerIds: get<'delegated' | 'any'>('context', 'owner_ids') ?? 'delegated',
     },
     errors,
   };
@@ -304,7 +310,45 @@ export type Prior = {
    * configured ids differ from its pin's keeps the pin's ids claimed until it is released.
    */
   readonly pinned?: ReadonlyMap<string, { readonly uidMap: IdMap; readonly gidMap: IdMap } | null>;
+  /** The host ids delegated to each user (SPEC §12); default: only the user's own uid and gid. */
+  readonly delegations?: Delegations;
 };
+
+/**
+ * What a user was given on the host, as newuidmap(1) sees it: its own uid and gid plus its
+ * subordinate ranges. `whose` names the account an id belongs to, for messages (null: none known).
+ */
+export type Delegations = {
+  readonly of: (owner: Owner) => { readonly uid: readonly Interval[]; readonly gid: readonly Interval[] };
+  readonly whose?: (kind: 'uid' | 'gid', id: number) => string | null;
+};
+
+export const OWN_IDS_ONLY: Delegations = { of: (o) => ({ uid: [{ start: o.uid, end: o.uid + 1 }], gid: [{ start: o.gid, end: o.gid + 1 }] }) };
+
+/** Ids of [start, end) that no interval of `given` covers. */
+function notGiven(given: readonly Interval[], start: number, end: number): Interval[] {
+  return uncovered(given.map((g) => ({ inside: g.start, outside: g.start, count: g.end - g.start })), 'inside', start, end);
+}
+
+/**
+ * A map beyond its owner's delegation, said the way an admin fixes it: which ids, whose they are
+ * (the first few accounts), and what the owner was given.
+ */
+function beyondDelegation(d: ContextDef, kind: 'uid' | 'gid', gaps: Interval[], given: readonly Interval[], whose: Delegations['whose']): { what: string; advice: string } {
+  const named: string[] = [];
+  for (const g of gaps) {
+    for (let id = g.start; id < g.end && named.length < 3; id++) {
+      const who = whose?.(kind, id);
+      if (who) named.push(`${id} is ${who}'s`);
+      if (id - g.start > 4096) break; // names are looked up for the first ids of each gap only
+    }
+  }
+  const owner = d.owner.name ?? String(d.owner.uid);
+  return {
+    what: `maps host ${kind}s ${gaps.map(formatInterval).join(', ')}, which were not delegated to ${owner}${named.length ? ` (${named.join(', ')})` : ''}`,
+    advice: `${owner} was given ${given.map(formatInterval).join(', ') || 'nothing'} (its own ${kind} and its sub${kind} entries); map inside those, use range = auto, add a sub${kind} entry, or set owner_ids = any if the owner may have these ids`,
+  };
+}
 
 export const NO_PRIOR: Prior = { inForce: new Map(), allocations: new Map() };
 
@@ -383,8 +427,15 @@ export function finishContexts(
   allocated: ReadonlyMap<string, number>,
   errors: ConfigError[],
   prior: Prior = NO_PRIOR,
-): { contexts: Context[]; hostMaps: Map<string, HostMaps>; kept: string[] } {
+): { contexts: Context[]; hostMaps: Map<string, HostMaps>; kept: string[]; notices: ConfigError[] } {
   const accepted = new Map<string, Context>();
+  const notices: ConfigError[] = [];
+  const delegations = prior.delegations ?? OWN_IDS_ONLY;
+  /** An accepted ancestor with the same owner: its map was judged already, and the owner may nest inside it. */
+  const ownedAncestor = (d: ContextDef): boolean => {
+    for (let p = accepted.get(d.parent); p; p = accepted.get(p.parent)) if (p.owner.uid === d.owner.uid) return true;
+    return false;
+  };
   const hostMaps = new Map<string, HostMaps>();
   const claims = new Map<string, { uid: Claim[]; gid: Claim[] }>();
   const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, null, message));
@@ -465,6 +516,19 @@ export function finishContexts(
         }
       }
     }
+    // SPEC §12: an owner gets through usernsd only host ids it was given. An auto range is usernsd's
+    // own allocation for it; under an ancestor of the same owner, the owner could nest it itself.
+    if (d.owner.uid !== 0 && d.autoSize === null && !ownedAncestor(d)) {
+      const given = delegations.of(d.owner);
+      for (const [kind, key] of maps) {
+        const g = kind === 'uid' ? given.uid : given.gid;
+        const gaps = (kind === 'uid' ? host.uid : host.gid).flatMap((e) => notGiven(g, e.outside, e.outside + e.count));
+        if (gaps.length === 0) continue;
+        const { what, advice } = beyondDelegation(d, kind, gaps, g, delegations.whose);
+        if (d.ownerIds === 'any') notices.push(configError(d.file, 'context', 'owner_ids', null, `any: the owner may use ids it was not given: ${key} ${what}`));
+        else problems.push([key, `${what}: ${advice}`]);
+      }
+    }
     const siblings = claims.get(d.parent) ?? { uid: [], gid: [] };
     for (const [kind, key, map] of maps) {
       for (const e of map) {
@@ -493,5 +557,5 @@ export function finishContexts(
     if (!labels.has(d.label)) keptLabels.push(d.label);
   }
   // Parents before children, as admitted.
-  return { contexts: [...accepted.values()], hostMaps, kept: keptLabels };
+  return { contexts: [...accepted.values()], hostMaps, kept: keptLabels, notices };
 }

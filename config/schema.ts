@@ -105,6 +105,8 @@ export const AGENT_SCHEMA = {
       doc: 'the mount namespace pins are mounted in',
     },
     spawner: { parse: oneOf(['auto', 'native', 'node'] as const), doc: 'who makes user namespaces: native, the usernsd-spawner program; node, a process forked from the agent for each; auto, native when it was built' },
+    subuid: { parse: absolutePath, doc: 'the subordinate uid file (newuidmap\'s): uids delegated to users' },
+    subgid: { parse: absolutePath, doc: 'the subordinate gid file (newgidmap\'s): gids delegated to users' },
     userdb: { parse: oneOf(['yes', 'no'] as const), doc: 'whether to name the contexts\' host ids through systemd\'s userdb' },
     userdb_socket: { parse: absolutePath, doc: 'the userdb Varlink socket; its file name is the service name' },
     label_xattr: {
@@ -150,6 +152,7 @@ export const CONTEXT_SCHEMA = {
     size: { parse: number(1, 0x7fffffff), doc: 'the size of an auto range' },
     setgroups: { parse: oneOf(['allow', 'deny'] as const), doc: 'whether setgroups(2) is allowed inside' },
     create: { parse: oneOf(['lazy', 'eager'] as const), doc: 'when the namespace is created' },
+    owner_ids: { parse: oneOf(['delegated', 'any'] as const), doc: 'which host ids a context owned by a user may map: delegated (its own, its subuid/subgid entries) or any' },
   },
   squash: {
     mode: { parse: oneOf<SquashMode>(SQUASH_MODES), doc: 'none, root or all' },

@@ -31,6 +31,12 @@ export type ContextDef = {
   readonly create: 'lazy' | 'eager';
   readonly squash: Squash;
   readonly access: { readonly uids: readonly number[]; readonly gids: readonly number[] };
+  /**
+   * Which host ids a context owned by a user other than root may map: `delegated` (the owner's own
+   * ids, its /etc/subuid and /etc/subgid entries, usernsd's allocations), or `any` (the admin
+   * vouches for the map; check-config says so).
+   */
+  readonly ownerIds: 'delegated' | 'any';
 };
 
 /**
@@ -57,6 +63,9 @@ export type AgentConfig = {
   readonly mountNamespace: string;
   /** Who makes user namespaces: usernsd-spawner (native), a fork of the agent each (node), or native when built (auto). */
   readonly spawner: 'auto' | 'native' | 'node';
+  /** The subordinate id files (newuidmap's): ids delegated to users, which owned contexts may map and the allocator avoids. */
+  readonly subuid: string;
+  readonly subgid: string;
   readonly overflowuid: number;
   readonly overflowgid: number;
   readonly pool: Pool;

@@ -194,6 +194,9 @@ export type ViewResult = {
   /** For purpose "enter": the context's pin, to join before attaching. */
   readonly pin: string | null;
   readonly setgroups: 'allow' | 'deny' | null;
+  /** Whether the view is read-only, and (for an owner's view made read-only though it asked for rw) why, with the advice. */
+  readonly readOnly: boolean;
+  readonly readOnlyWhy: string | null;
 };
 export type ViewRecord = {
   readonly src: string;

@@ -139,6 +139,7 @@ describe('e2e: abuse by a local user (root)', function () {
   it('gives the owner no way into a helper before its maps are written (300 creations under a tamperer)', async function () {
     const owner = makeUser();
     try {
+      tree.delegate(owner.name, 400000, 1000);
       tree.context('owned.conf', `[context]\nowner = ${owner.name}\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n`);
       agent = await startAgent(tree, ['--log-level', 'info']);
       // As the owner: find every process of ours and try to write its uid_map first, as fast as it can.

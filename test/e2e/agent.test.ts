@@ -147,6 +147,8 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
       if (unreachable) throw new Error(`${unreachable}: the checkout itself must be readable by other users`);
       execFileSync('groupadd', ['--system', group]);
       execFileSync('usermod', ['-a', '-G', group, user.name]);
+      tree.delegate(user.name, 200000, 2000);
+      tree.delegate(other.name, 204000, 1000);
       tree.context('own.conf', `[context]\nowner = ${user.name}\nuid_map = 0 200000 1000\ngid_map = 0 200000 1000\nsetgroups = deny\n`);
       tree.context('own2.conf', `[context]\nowner = ${user.name}\nuid_map = 0 201000 1000\ngid_map = 0 201000 1000\nsetgroups = allow\n`);
       tree.context('byuser.conf', `[context]\nuid_map = 0 202000 1000\ngid_map = 0 202000 1000\n[access]\nusers = ${user.name}\n`);

@@ -38,6 +38,7 @@ describe('e2e: usernsctl from a checkout (root, and a throwaway user)', function
 
   it('./bin/usernsctl.js works for a user who is not root, on the system\'s older Node, and reaches the dev agent', async () => {
     tree = makeTree();
+    tree.delegate(user!.name, 300000, 100);
     tree.context('mine.conf', `[context]\nowner = ${user!.name}\nuid_map = 0 300000 100\ngid_map = 0 300000 100\n`);
     const agent = await startAgent(tree);
     const direct = asUser('./bin/usernsctl.js --version');

@@ -33,6 +33,7 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
     restore = makeCheckoutReachable();
     tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     tree.context('b.conf', '[context]\nparent = a\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n');
+    tree.delegate(user.name, 300000, 100);
     tree.context('c.conf', `[context]\nowner = ${user.name}\nuid_map = 0 300000 100\ngid_map = 0 300000 100\nsetgroups = deny\n`);
   });
   afterEach(async () => {

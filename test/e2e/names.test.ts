@@ -38,6 +38,7 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     owner = makeUser();
     stranger = makeUser();
     tree = makeTree(`userdb = yes\nuserdb_socket = ${USERDB}\n[metrics]\nlisten = 127.0.0.1:${PORT}\n`);
+    tree.delegate(owner.name, B, 65536);
     tree.context('hpa-backups.conf', `[context]\nowner = ${owner.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n[squash]\nmode = root\n`);
     tree.context('www.conf', `[context]\nparent = hpa-backups\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n[squash]\nmode = none\n`);
     backup = join(tree.dir, 'backup');

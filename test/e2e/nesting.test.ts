@@ -38,6 +38,9 @@ describe('e2e: nesting, every combination check-config accepts resolves and can 
     tree = makeTree();
     for (const c of combos) {
       const b = base(c);
+      // What each owner was given (SPEC §12): the parent's owner its range, the child's owner the child's ids.
+      if (c.parentOwned) tree.delegate(owner.name, b, 65536);
+      if (c.childOwned) tree.delegate(String(childOwnerUid(c)), b, 1000);
       tree.context(`P-${name(c)}.conf`, `[context]\nlabel = P-${name(c)}\n${c.parentOwned ? `owner = ${owner.name}\n` : ''}setgroups = ${c.parentSetgroups}\nuid_map = 0 ${b} 65536\ngid_map = 0 ${b} 65536\n`);
       tree.context(`C-${name(c)}.conf`, `[context]\nlabel = C-${name(c)}\nparent = P-${name(c)}\n${c.childOwned ? `owner = ${childOwnerUid(c)}\n` : ''}${c.childSetgroups === 'allow' ? 'setgroups = allow\n' : ''}uid_map = 0 0 1000\ngid_map = 0 0 1000\n`);
     }

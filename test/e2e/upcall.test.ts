@@ -74,6 +74,7 @@ for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler
     asUser = { uid: user.uid, gid: user.gid, capSysAdmin: refused };
     restore = makeCheckoutReachable();
     tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    tree.delegate(user.name, 300000, 1000);
     tree.context('mine.conf', `[context]\nowner = ${user.name}\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n`);
     // Answers a crashed earlier run registered for these labels would be seen by the tests below.
     try { invalidateIssuedKeys(new Set(TEST_LABELS)); } catch { /* no persistent keyrings */ }

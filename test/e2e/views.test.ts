@@ -38,12 +38,18 @@ describe('e2e: views of a context\'s tree (root)', function () {
     owner = makeUser();
     stranger = makeUser();
     tree = makeTree();
+    tree.delegate(owner.name, B, 65536);
     tree.context('hpa-backups.conf', `[context]\nowner = ${owner.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n[squash]\nmode = root\n`);
     tree.context('tape-all.conf', `[context]\nuid_map = 0 ${B + 65536} 65536\ngid_map = 0 ${B + 65536} 65536\n[squash]\nmode = all\nanonuid = 65533\nanongid = 65533\n`);
     tree.context('www.conf', `[context]\nparent = hpa-backups\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n[squash]\nmode = none\n`);
     tree.context('plain.conf', `[context]\nuid_map = 0 ${B + 131072} 65536\ngid_map = 0 ${B + 131072} 65536\n[squash]\nmode = none\n`);
     src.rootfs = join(tree.dir, 'rootfs');
     populate(src.rootfs);
+    // Sealed as /var/lib/machines is: only root may search the directory above the backup (SPEC §12).
+    mkdirSync(join(tree.dir, 'sealed'), { mode: 0o700 });
+    chmodSync(join(tree.dir, 'sealed'), 0o700);
+    src.sealed = join(tree.dir, 'sealed', 'backup');
+    populate(src.sealed);
     src.tmpfs = join(tree.dir, 'tmpfs');
     mkdirSync(src.tmpfs);
     assert.equal(spawnSync('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'usernsd-test', src.tmpfs]).status, 0);
@@ -57,7 +63,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
       assert.equal(spawnSync('bindfs', [under, src.fuse]).status, 0);
     }
     agent = await startAgent(tree);
-    for (const dir of [src.rootfs, src.tmpfs]) assert.equal((await ctl(['label', 'set', dir!, 'hpa-backups', '--config', tree.config])).code, 0);
+    for (const dir of [src.rootfs, src.tmpfs, src.sealed]) assert.equal((await ctl(['label', 'set', dir!, 'hpa-backups', '--config', tree.config])).code, 0);
   });
 
   after(async () => {
@@ -200,25 +206,37 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.equal(umount(d).status, 0);
   });
 
-  it('seed 002: the owner, without root, enters with a view and works on the backup as its true owners; host root\'s files stay out of reach', async () => {
+  it('seed 002: the owner, without root, enters with a view and works on the sealed backup as its true owners; host root\'s files stay out of reach', async () => {
     const d = dst();
+    assert.notEqual(as(owner.uid, ['ls', src.sealed!]).status, 0, 'on the host the owner cannot reach the sealed tree');
     chmodSync(d, 0o777);
     const hostFile = join(tree.dir, 'host-root-file');
     writeFileSync(hostFile, 'host', { mode: 0o644 });
     chmodSync(tree.dir, 0o755);
     const script = `id -u; stat -c '%n %u:%g' ${d}/root ${d}/hpa ${d}/alien; touch ${d}/new-by-owner; echo x > ${d}/hpa && echo wrote-hpa; chown 1000:1000 ${d}/new-by-owner && echo chowned; (echo x >> ${hostFile}) 2>/dev/null || echo host-file-refused; (chown 70000 ${d}/new-by-owner) 2>/dev/null || echo alien-refused`;
-    const r = await ctl(['enter', 'hpa-backups', '--view', `${src.rootfs}:${d}`, '--', 'sh', '-c', script], { user: owner });
+    const r = await ctl(['enter', 'hpa-backups', '--view', `${src.sealed}:${d}`, '--', 'sh', '-c', script], { user: owner });
     assert.equal(r.code, 0, r.err);
     assert.deepEqual(r.out.trim().split('\n'), ['0', `${d}/root 0:0`, `${d}/hpa 1000:1000`, `${d}/alien ${OVERFLOW}:${OVERFLOW}`, 'wrote-hpa', 'chowned', 'host-file-refused', 'alien-refused']);
-    assert.equal(ids(join(src.rootfs!, 'new-by-owner')), '1000:1000', 'on disk: the raw id the owner gave it');
-    assert.equal(readFileSync(join(src.rootfs!, 'hpa'), 'utf8'), 'x\n');
+    assert.equal(ids(join(src.sealed!, 'new-by-owner')), '1000:1000', 'on disk: the raw id the owner gave it');
+    assert.equal(readFileSync(join(src.sealed!, 'hpa'), 'utf8'), 'x\n');
     assert.equal(readFileSync(hostFile, 'utf8'), 'host');
     assert.deepEqual(mountsUnder(d), [], 'the owner\'s view lives in its own mount namespace only');
     // Root sees the same tree squashed, through a foreign view from fstab.
     const f = dst();
-    const seen = fstabMount(`${src.rootfs} ${f} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail 0 0`, f, `stat -c '%n %u:%g' ${f}/root ${f}/new-by-owner`);
+    const seen = fstabMount(`${src.sealed} ${f} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail 0 0`, f, `stat -c '%n %u:%g' ${f}/root ${f}/new-by-owner`);
     assert.equal(seen.status, 0, seen.stderr);
     assert.equal(seen.stdout, `${f}/root ${OVERFLOW}:${OVERFLOW}\n${f}/new-by-owner ${B + 1000}:${B + 1000}\n`);
+  });
+
+  it('an owner\'s view of a tree other host users can reach is read-only, and says how to seal it: nothing lands on disk', async () => {
+    const d = dst();
+    chmodSync(d, 0o777);
+    const script = `touch ${d}/planted 2>/dev/null || echo create-refused; (echo x > ${d}/hpa) 2>/dev/null || echo write-refused; cat ${d}/hpa`;
+    const r = await ctl(['enter', 'hpa-backups', '--view', `${src.rootfs}:${d}`, '--', 'sh', '-c', script], { user: owner });
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(r.out.trim().split('\n'), ['create-refused', 'write-refused', 'hpa']);
+    assert.match(r.err, new RegExp(`usernsctl: the view of ${src.rootfs} is read-only: ${src.rootfs} is reachable by users other than root .*mkdir -m 0700 /srv/usernsd`));
+    assert.ok(!existsSync(join(src.rootfs!, 'planted')));
   });
 
   /**

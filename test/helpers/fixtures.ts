@@ -1,5 +1,5 @@
 // Temporary configuration trees for tests, removed afterwards even when the test fails.
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Nss } from '../../config/types.ts';
@@ -11,6 +11,11 @@ export type Tree = {
   readonly pins: string;
   readonly config: string;
   context(name: string, text: string, mode?: number): string;
+  /**
+   * Delegate host ids START..START+COUNT-1 (uids and gids alike) to a user, as an /etc/subuid and
+   * /etc/subgid line would: the tree's usernsd.conf reads its own subuid and subgid files.
+   */
+  delegate(user: string, start: number, count: number): void;
   remove(): void;
 };
 
@@ -23,9 +28,12 @@ export function makeTree(agentExtra = ''): Tree {
   const state = join(dir, 'state');
   const pins = join(dir, 'pins');
   const config = join(dir, 'usernsd.conf');
+  const subuid = join(dir, 'subuid');
+  const subgid = join(dir, 'subgid');
+  for (const f of [subuid, subgid]) writeFileSync(f, '', { mode: 0o644 });
   // Names through userdb are the machine's (one socket in /run/systemd/userdb): only tests that ask get them.
   const userdb = agentExtra.includes('userdb') ? '' : 'userdb = no\n';
-  writeFileSync(config, `[agent]\ncontexts = ${contexts}\nstate = ${state}\npins = ${pins}\nsocket = ${join(dir, 'usernsd.sock')}\n${userdb}${agentExtra}`, { mode: 0o644 });
+  writeFileSync(config, `[agent]\ncontexts = ${contexts}\nstate = ${state}\npins = ${pins}\nsocket = ${join(dir, 'usernsd.sock')}\nsubuid = ${subuid}\nsubgid = ${subgid}\n${userdb}${agentExtra}`, { mode: 0o644 });
   return {
     dir, contexts, state, pins, config,
     context(name, text, mode = 0o644) {
@@ -33,6 +41,9 @@ export function makeTree(agentExtra = ''): Tree {
       writeFileSync(f, text, { mode });
       chmodSync(f, mode);
       return f;
+    },
+    delegate(user, start, count) {
+      for (const f of [subuid, subgid]) appendFileSync(f, `${user}:${start}:${count}\n`);
     },
     remove() {
       rmSync(dir, { recursive: true, force: true });

@@ -103,6 +103,7 @@ for (const spawner of ['native', 'node'] as const) describe(`integration: user n
   it('lets the owner enter its context without root, and refuses it a root-owned one', async () => {
     const user = makeUser();
     try {
+      tree.delegate(user.name, 400000, 65536);
       tree.context('mine.conf', `[context]\nowner = ${user.name}\nuid_map = 0 400000 65536\ngid_map = 0 400000 65536\n`);
       tree.context('roots.conf', '[context]\nuid_map = 0 500000 65536\ngid_map = 0 500000 65536\n');
       const cfg = load(tree);
@@ -126,6 +127,7 @@ for (const spawner of ['native', 'node'] as const) describe(`integration: user n
     const user = makeUser();
     let watcher: ChildProcess | undefined;
     try {
+      tree.delegate(user.name, 400000, 65536);
       tree.context('mine.conf', `[context]\nowner = ${user.name}\nuid_map = 0 400000 65536\ngid_map = 0 400000 65536\n`);
       for (let i = 0; i < 5; i++) tree.context(`kid${i}.conf`, `[context]\nparent = mine\nuid_map = 0 ${1000 + i * 100} 100\ngid_map = 0 ${1000 + i * 100} 100\n`);
       const cfg = load(tree);

@@ -11,7 +11,7 @@ const arbTaken = fc.array(fc.record({ start: fc.integer({ min: 0, max: 6000000 }
   .map((xs) => xs.map((x) => ({ start: x.start, end: x.start + x.len })));
 const def = (l: string, size = 65536): ContextDef => ({
   label: l, file: `/etc/userns.d/${l}.conf`, parent: 'host', owner: { uid: 0, gid: 0, name: 'root' }, uidMap: null, gidMap: null,
-  autoSize: size, setgroups: 'allow', create: 'lazy', squash: { mode: 'root', anonuid: 65534, anongid: 65534 }, access: { uids: [], gids: [] },
+  autoSize: size, setgroups: 'allow', create: 'lazy', squash: { mode: 'root', anonuid: 65534, anongid: 65534 }, access: { uids: [], gids: [] }, ownerIds: 'delegated',
 });
 const overlaps = (a: Interval, b: Interval) => a.start < b.end && b.start < a.end;
 

@@ -1,9 +1,10 @@
 // Configuration rules of SPEC §3, each shown failing with file, section, key and line.
 import assert from 'node:assert/strict';
-import { chownSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { chownSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni } from '../../config/ini.ts';
-import { finishContexts, linkContexts, parseContextFile } from '../../config/load.ts';
+import { finishContexts, linkContexts, OWN_IDS_ONLY, parseContextFile } from '../../config/load.ts';
+import type { Delegations } from '../../config/load.ts';
 import type { ConfigError, ContextDef } from '../../config/types.ts';
 import { loadConfiguration, loadConfigurationAsync } from '../../agent/configure.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
@@ -14,8 +15,18 @@ const one = (text: string) => {
   const r = parse(text);
   return { def: r.def, errors: r.errors.map(formatConfigError) };
 };
+/** As if /etc/subuid and /etc/subgid said hpa:100000:65536 (testNss: hpa is uid 1000, bob 1002 has no entry). */
+const HPA_SUBIDS: Delegations = {
+  of: (o) => {
+    const own = OWN_IDS_ONLY.of(o);
+    const sub = o.name === 'hpa' ? [{ start: 100000, end: 165536 }] : [];
+    return { uid: [...own.uid, ...sub], gid: [...own.gid, ...sub] };
+  },
+  whose: (kind, id) => (kind === 'uid' ? testNss.userById(id)?.name ?? null : null),
+};
 /** Files parsed, linked and finished as the loader does, with what was in force before (`prior`). */
-const all = (files: Record<string, string>, prior?: Parameters<typeof finishContexts>[3]) => {
+const all = (files: Record<string, string>, prior: Parameters<typeof finishContexts>[3] = { inForce: new Map(), allocations: new Map() }) => {
+  prior = { delegations: HPA_SUBIDS, ...prior };
   const errors: ConfigError[] = [];
   const defs: ContextDef[] = [];
   for (const [name, text] of Object.entries(files)) {
@@ -111,6 +122,59 @@ describe('config: INI syntax errors', () => {
   }
 });
 
+describe('config: an owner maps only host ids it was given (SPEC §12)', () => {
+  const owned = (owner: string, uid: string, gid = uid, extra = '') => `[context]\nowner = ${owner}\nuid_map = ${uid}\ngid_map = ${gid}\n${extra}`;
+
+  it('refuses a static map that covers other users, naming whose ids they are and what the owner was given', () => {
+    const r = all({ 'a.conf': owned('alice', '0 1000 10', '0 1001 1') });
+    assert.deepEqual(r.labels, []);
+    assert.equal(r.errors.length, 1, r.errors.join('\n'));
+    assert.match(r.errors[0]!, /a\.conf: \[context\] uid_map: maps host uids 1000, 1002-1009, which were not delegated to alice \(1000 is hpa's\): alice was given 1001 \(its own uid and its subuid entries\)/);
+  });
+
+  it('accepts maps inside the owner\'s own ids and its subordinate ranges, at both ends, and refuses one id past them', () => {
+    assert.deepEqual(all({ 'a.conf': owned('alice', '0 1001 1') }).errors, []);
+    assert.deepEqual(all({ 'h.conf': owned('hpa', '0 100000 65536') }).errors, []);
+    assert.deepEqual(all({ 'h.conf': owned('hpa', '0 1000 1, 1 100000 65536') }).errors, [], 'its own uid beside its range, in one map');
+    for (const [uid, past] of [['0 100000 65537', '165536'], ['0 99999 2', '99999']] as const) {
+      const r = all({ 'h.conf': owned('hpa', uid) });
+      assert.deepEqual(r.labels, [], uid);
+      assert.match(r.errors.join('\n'), new RegExp(`uid_map: maps host uids ${past}, which were not delegated to hpa`), uid);
+    }
+    assert.match(all({ 'h.conf': owned('hpa', '0 100000 65536', '0 99999 1') }).errors.join('\n'), /gid_map: maps host gids 99999, which were not delegated to hpa: hpa was given 1000, 100000-165535 \(its own gid and its subgid entries\)/);
+  });
+
+  it('refuses an absurd map for an owner (4,000,000,000 ids), however it is written', () => {
+    const r = all({ 'h.conf': owned('hpa', '0 100000 4000000000') });
+    assert.deepEqual(r.labels, []);
+    assert.match(r.errors.join('\n'), /uid_map: maps host uids 165536-4000099999, which were not delegated to hpa/);
+  });
+
+  it('owner_ids = any lets the admin vouch for a map: accepted, and said as a notice that names the ids', () => {
+    const r = all({ 'a.conf': owned('alice', '0 1000 10', '0 1001 1', 'owner_ids = any\n') });
+    assert.deepEqual(r.errors, []);
+    assert.deepEqual(r.labels, ['a']);
+    assert.deepEqual(r.notices.map(formatConfigError), ['/etc/userns.d/a.conf: [context] owner_ids: any: the owner may use ids it was not given: uid_map maps host uids 1000, 1002-1009, which were not delegated to alice (1000 is hpa\'s)']);
+    assert.deepEqual(all({ 'a.conf': owned('alice', '0 1001 1', '0 1001 1', 'owner_ids = any\n') }).notices, [], 'no notice when nothing is beyond');
+  });
+
+  it('judges a nested context by its own owner: the same owner nests freely, another owner only inside what it was given', () => {
+    const p = owned('hpa', '0 100000 65536');
+    const kid = (extra: string) => `[context]\nparent = p\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n${extra}`;
+    assert.deepEqual(all({ 'p.conf': p, 'c.conf': kid('owner = hpa\n') }).errors.filter((e) => !/is not mapped in parent/.test(e)), []);
+    assert.deepEqual(all({ 'p.conf': p, 'c.conf': kid('') }).errors, [], "the parent's root owns it: inside the parent's ids");
+    const root = '[context]\nuid_map = 0 200000 65536\ngid_map = 0 200000 65536\n';
+    const r = all({ 'p.conf': root, 'c.conf': `[context]\nparent = p\nowner = 201005\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n` });
+    assert.deepEqual(r.labels, ['p']);
+    assert.match(r.errors.join('\n'), /c\.conf: \[context\] uid_map: maps host uids 201000-201004, 201006-201099, which were not delegated to 201005: 201005 was given 201005/);
+  });
+
+  it('leaves range = auto alone: the range usernsd allocates is the owner\'s delegation', () => {
+    const r = all({ 'a.conf': '[context]\nowner = alice\nrange = auto\n' });
+    assert.ok(!r.errors.some((e) => /not delegated/.test(e)), r.errors.join('\n'));
+  });
+});
+
 describe('config: nesting rules', () => {
   const parent = (extra: string) => `[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n${extra}`;
   const child = (extra: string) => `[context]\nparent = p\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n${extra}`;
@@ -131,7 +195,8 @@ describe('config: nesting rules', () => {
     const refused = all({ 'p.conf': parent('owner = hpa\n'), 'c.conf': child('owner = hpa\n') });
     assert.deepEqual(refused.labels, ['p']);
     assert.match(refused.errors.join('\n'), /c\.conf: \[context\] owner: hpa \(host uid 1000\) is not mapped in parent "p": the owner of a nested context is a host user whose ids the parent maps/);
-    const ok = all({ 'p.conf': parent(''), 'c.conf': child('owner = 100005\n') });
+    // (uid 100005 was given nothing: the admin vouches for the child's ids, SPEC §12)
+    const ok = all({ 'p.conf': parent(''), 'c.conf': child('owner = 100005\nowner_ids = any\n') });
     assert.deepEqual(ok.errors, []);
     assert.deepEqual(ok.labels, ['p', 'c']);
   });
@@ -318,7 +383,10 @@ describe('config: files on disk', () => {
     try {
       const cfg = loadConfiguration(t.config, { record: false, systemIds: noSystemIds });
       const text = cfg.errors.map(formatConfigError).join('\n');
-      assert.match(text, /usernsd\.conf: \[agent\] log_level: must be one of fatal, error, warn, info, debug, trace \(got "loud"\) \(line 7\)/);
+      // The line the key is on, counted in the file as written (makeTree puts seven [agent] keys first).
+      const line = readFileSync(t.config, 'utf8').split('\n').indexOf('log_level = loud') + 1;
+      assert.equal(line, 9);
+      assert.match(text, new RegExp(`usernsd\\.conf: \\[agent\\] log_level: must be one of fatal, error, warn, info, debug, trace \\(got "loud"\\) \\(line ${line}\\)`));
       assert.match(text, /\[pool\] range: must be "FIRST-LAST"/);
       assert.equal(cfg.agent.logLevel, 'info');
       assert.equal(cfg.agent.contexts, t.contexts, 'good keys still apply');
