@@ -66,8 +66,9 @@ function copyTree(from, to, skip = () => false) {
 /** Production dependencies, from the lockfile: every package not marked dev. */
 function productionPackages() {
   const lock = JSON.parse(readFileSync(join(SRC, 'package-lock.json'), 'utf8'));
-  // Optional packages for other platforms (koffi's prebuilt binaries) are listed but not installed here.
-  return Object.entries(lock.packages).filter(([p, meta]) => p !== '' && !meta.dev && !(meta.optional && !existsSync(join(SRC, p)))).map(([p]) => p);
+  // Optional packages for other platforms (koffi's prebuilt binaries) are listed but not installed here;
+  // devOptional is a dev dependency that a production package names as an optional peer (typescript, for valibot).
+  return Object.entries(lock.packages).filter(([p, meta]) => p !== '' && !meta.dev && !meta.devOptional && !(meta.optional && !existsSync(join(SRC, p)))).map(([p]) => p);
 }
 
 /**

@@ -1,7 +1,7 @@
 // Pure range allocation for `range = auto` (SPEC §4): hash-derived first slot, next free aligned slot.
 import { createHash } from 'node:crypto';
 import { configError } from '../../config/ini.ts';
-import { firstEndingAfter } from '../../config/extents.ts';
+import { firstEndingAfter, formatInterval } from '../../config/extents.ts';
 import type { Interval } from '../../config/extents.ts';
 import type { ConfigError, ContextDef, Pool } from '../../config/types.ts';
 
@@ -49,12 +49,39 @@ export function allocateRange(label: string, size: number, pool: Pool, taken: re
   return `the pool ${pool.start}-${pool.end} is exhausted: no free range of ${size} ids is left (widen [pool] range or remove contexts)`;
 }
 
+/**
+ * Why a range that came from outside (the shared pool, ranges.json) is not one this host would
+ * allocate for a label asking `size` ids (null: it is): inside the pool, on one of its aligned slots,
+ * of that size, clear of `reserved` (merged: the system's accounts and subordinate ids). SPEC §12:
+ * a range is judged exactly as a local allocation, never taken on trust.
+ */
+export function rangeProblem(a: Allocation, size: number, pool: Pool, reserved: readonly Interval[]): string | null {
+  const end = a.start + a.size;
+  if (a.size !== size) return `it has ${a.size} ids where ${size} are asked for`;
+  if (a.start < pool.start || end - 1 > pool.end) return `it lies outside the pool ${pool.start}-${pool.end}`;
+  const { first } = poolSlots(pool, size);
+  if ((a.start - first) % size !== 0) return `it does not start on one of the pool's slots of ${size} ids (from ${first})`;
+  const hit = reserved[firstEndingAfter(reserved, a.start)];
+  if (hit !== undefined && hit.start < end) return `it overlaps host ids ${formatInterval({ start: Math.max(hit.start, a.start), end: Math.min(hit.end, end) })}, which belong to the system (accounts, subordinate ids or static ranges)`;
+  return null;
+}
+
 /** /etc/subuid and /etc/subgid lines "name:start:count" as intervals; malformed lines are skipped. */
 export function parseSubIds(text: string): Interval[] {
   const out: Interval[] = [];
   for (const line of text.split('\n')) {
     const m = /^[^:#\s][^:]*:(\d+):(\d+)\s*$/.exec(line.trim());
     if (m) out.push({ start: Number(m[1]), end: Number(m[1]) + Number(m[2]) });
+  }
+  return out;
+}
+
+/** The same lines with their owner field (a user name or a uid), as newuidmap(1) reads them. */
+export function parseSubIdOwners(text: string): { owner: string; start: number; end: number }[] {
+  const out: { owner: string; start: number; end: number }[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^([^:#\s][^:]*):(\d+):(\d+)\s*$/.exec(line.trim());
+    if (m && Number(m[3]) > 0 && Number(m[2]) + Number(m[3]) <= 2 ** 32 - 1) out.push({ owner: m[1]!, start: Number(m[2]), end: Number(m[2]) + Number(m[3]) });
   }
   return out;
 }
@@ -71,6 +98,8 @@ export function assignRanges(
   recorded: ReadonlyMap<string, Allocation>,
   reserved: readonly Interval[],
   errors: ConfigError[],
+  /** What a recorded range must stay clear of: the system's ids (not the static ranges, which yield to a recorded allocation). */
+  system: readonly Interval[] = reserved,
 ): { starts: Map<string, number>; fresh: Map<string, Allocation>; kept: Map<string, Allocation> } {
   const starts = new Map<string, number>();
   const fresh = new Map<string, Allocation>();
@@ -82,10 +111,14 @@ export function assignRanges(
   for (const [label, a] of recorded) if (!sizes.has(label) || sizes.get(label) === a.size) kept.set(label, a);
   const allocations: Interval[] = [...kept.values()].map((a) => ({ start: a.start, end: a.start + a.size }));
   const taken = mergeIntervals([...reserved, ...allocations]);
+  const systemIds = mergeIntervals(system);
   for (const d of auto) {
     const k = kept.get(d.label);
     if (k) {
-      starts.set(d.label, k.start);
+      // ranges.json is input too: a record this host would never have made is refused, not used.
+      const problem = rangeProblem(k, d.autoSize!, pool, systemIds);
+      if (problem) errors.push(configError(d.file, 'context', 'range', null, `the recorded range ${k.start}-${k.start + k.size - 1} of "${d.label}" (ranges.json) is refused: ${problem}; usernsctl ranges forget ${d.label} allocates it anew`));
+      else starts.set(d.label, k.start);
       continue;
     }
     const s = allocateRange(d.label, d.autoSize!, pool, taken);

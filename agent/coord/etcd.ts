@@ -12,7 +12,7 @@ import type { Interval } from '../../config/extents.ts';
 import type { EtcdConfig, Pool } from '../../config/types.ts';
 import { UsernsError } from '../errors.ts';
 import type { Allocation } from './allocate.ts';
-import { decide, forget, importAllocations, parseDoc } from './pooldoc.ts';
+import { decide, forget, importAllocations, parseDoc, serializeDoc } from './pooldoc.ts';
 import type { Conflict, PoolDoc, Request, StaticClaim } from './pooldoc.ts';
 
 /** How long a host's published pins outlive it (the lease's TTL, renewed while it runs). */
@@ -107,7 +107,7 @@ export class EtcdCoordinator {
       const { doc, revision } = await this.read();
       const { next, result } = change(doc);
       if (next === null) return result;
-      const body = JSON.stringify(next);
+      const body = serializeDoc(next);
       const ok = await this.call('answer a write', async () => {
         const cmp = revision === '0' ? this.client.if(this.poolKey, 'Create', '==', 0) : this.client.if(this.poolKey, 'Mod', '==', revision);
         return (await cmp.then(this.client.put(this.poolKey).value(body)).commit()).succeeded;
@@ -139,7 +139,8 @@ export class EtcdCoordinator {
    */
   async forgetRange(label: string): Promise<boolean> {
     const pinnedBy = await this.call('answer a read', () => this.client.getAll().prefix(`${this.cfg.prefix}pinned/`).strings());
-    const holders = Object.entries(pinnedBy).filter(([, v]) => (JSON.parse(v) as string[]).includes(label)).map(([k]) => k.slice(`${this.cfg.prefix}pinned/`.length));
+    // A value that cannot be read might hide the label: that host counts as holding it.
+    const holders = Object.entries(pinnedBy).filter(([, v]) => publishedLabels(v)?.includes(label) ?? true).map(([k]) => k.slice(`${this.cfg.prefix}pinned/`.length));
     if (holders.length > 0) throw new UsernsError('E_BUSY', `${label} is pinned on ${holders.join(', ')}: release it there first (usernsctl release ${label})`);
     return this.update((doc) => {
       const next = forget(doc, label);
@@ -165,4 +166,13 @@ export class EtcdCoordinator {
     } catch { /* etcd away: the lease expires */ }
     this.client.close();
   }
+}
+
+/** What a host published as pinned (a JSON array of labels), or null when it is not that. */
+function publishedLabels(text: string): readonly string[] | null {
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v;
+  } catch { /* not JSON */ }
+  return null;
 }

@@ -4,6 +4,22 @@ import { join } from 'node:path';
 import type { Context } from '../../config/types.ts';
 import type { Allocation } from './allocate.ts';
 import { UsernsError } from '../errors.ts';
+import * as v from 'valibot';
+import { HOST_LABEL } from '../../config/types.ts';
+import { ALLOCATION, checkEntries, COUNT, ID, isPlainObject, issueText, labelKeyProblem } from '../../config/untrusted.ts';
+
+const EXTENTS = v.pipe(v.array(v.object({ inside: ID, outside: ID, count: COUNT })), v.maxLength(340));
+const IDS = v.pipe(v.array(ID), v.maxLength(65536));
+/** A context as contexts.json records it (Context, field for field). */
+const IN_FORCE_CONTEXT = v.object({
+  label: v.string(), file: v.pipe(v.string(), v.startsWith('/')), parent: v.string(),
+  owner: v.object({ uid: ID, gid: ID, name: v.nullable(v.string()) }),
+  uidMap: EXTENTS, gidMap: EXTENTS, autoSize: v.nullable(COUNT),
+  setgroups: v.picklist(['allow', 'deny']), create: v.picklist(['lazy', 'eager']),
+  squash: v.object({ mode: v.picklist(['none', 'root', 'all']), anonuid: ID, anongid: ID }),
+  access: v.object({ uids: IDS, gids: IDS }),
+  ownerIds: v.optional(v.picklist(['delegated', 'any'])),
+});
 
 export const RANGES_FILE = 'ranges.json';
 const STATE_VERSION = 1;
@@ -49,16 +65,14 @@ export function readAllocations(dir: string): Map<string, Allocation> {
     `${file} is corrupt (${why}): no range will be allocated until it is fixed. Restore it from a backup, or rebuild it from the pins' maps (usernsctl list shows them) and remove the file only if no auto-range namespace exists`);
   const data = readStateJson(file, corrupt);
   if (data === undefined) return new Map();
-  if (typeof data !== 'object' || data === null || (data as { version?: unknown }).version !== STATE_VERSION) throw corrupt(`not version ${STATE_VERSION}`);
-  const allocations = (data as { allocations?: unknown }).allocations;
-  if (typeof allocations !== 'object' || allocations === null) throw corrupt('no allocations object');
-  const out = new Map<string, Allocation>();
-  for (const [label, a] of Object.entries(allocations)) {
-    const { start, size } = (a ?? {}) as { start?: unknown; size?: unknown };
-    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(size) || (start as number) < 0 || (size as number) <= 0) throw corrupt(`bad entry for "${label}"`);
-    out.set(label, { start: start as number, size: size as number });
-  }
-  return out;
+  if (!isPlainObject(data) || data.version !== STATE_VERSION) throw corrupt(`not version ${STATE_VERSION}`);
+  if (!isPlainObject(data.allocations)) throw corrupt('no allocations object');
+  // Every entry checked (SPEC §12: the state directory is input, not truth). One bad entry stops
+  // allocation, as a corrupt file does: forgetting it could hand its ids out twice.
+  const { good, bad } = checkEntries(data.allocations, ALLOCATION);
+  const [label, b] = [...bad][0] ?? [];
+  if (label !== undefined) throw corrupt(`bad entry for ${JSON.stringify(label).slice(0, 80)}: ${b!.why}`);
+  return good;
 }
 
 /**
@@ -107,9 +121,11 @@ export function readInForce(dir: string): Map<string, Context> {
   const contexts = (data as { version?: unknown; contexts?: unknown } | null)?.contexts;
   if ((data as { version?: unknown } | null)?.version !== STATE_VERSION || !Array.isArray(contexts)) throw corrupt(`not version ${STATE_VERSION}`);
   const out = new Map<string, Context>();
-  for (const c of contexts as Context[]) {
-    if (typeof c?.label !== 'string' || typeof c.parent !== 'string' || !Array.isArray(c.uidMap) || !Array.isArray(c.gidMap) || typeof c.file !== 'string') throw corrupt('a bad entry');
-    out.set(c.label, c);
+  for (const c of contexts) {
+    // A kept context is configuration: checked as its file would be (its maps are judged again by finishContexts).
+    const r = v.safeParse(IN_FORCE_CONTEXT, c);
+    if (!r.success || labelKeyProblem(r.output.label) !== null || (r.output.parent !== HOST_LABEL && labelKeyProblem(r.output.parent) !== null)) throw corrupt(`a bad entry${r.success ? '' : `: ${issueText(r.issues)}`}`);
+    out.set(r.output.label, { ...r.output, ownerIds: r.output.ownerIds ?? 'delegated' });
   }
   return out;
 }

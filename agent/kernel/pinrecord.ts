@@ -3,7 +3,9 @@ import { lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { labelProblem } from '../../config/schema.ts';
 import type { IdMap } from '../../config/types.ts';
+import * as v from 'valibot';
 import { writeFileAtomic } from '../coord/state.ts';
+import { COUNT, ID } from '../../config/untrusted.ts';
 
 /**
  * In the pins directory, beside the pins they describe and with their lifetime (/run is a tmpfs):
@@ -20,6 +22,10 @@ export const NSFS_DEV = statSync('/proc/self/ns/user').dev;
  * reboot and soon repeat, so a record speaks only for the boot that wrote it.
  */
 type Record = { boot: string; ino: number; uidMap: IdMap; gidMap: IdMap };
+
+const EXTENT = v.object({ inside: ID, outside: ID, count: COUNT });
+/** A record as read back: input like any other (SPEC §12), the kernel's limit of 340 extents a map. */
+const RECORD = v.object({ boot: v.string(), ino: v.pipe(v.number(), v.safeInteger(), v.minValue(1)), uidMap: v.pipe(v.array(EXTENT), v.maxLength(340)), gidMap: v.pipe(v.array(EXTENT), v.maxLength(340)) });
 
 /** This boot, as the kernel names it. */
 const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
@@ -50,7 +56,9 @@ export function writePinRecord(recordsDir: string, label: string, ino: number, m
 /** A pin's maps from the record written when it was made or checked, if the record speaks for this pin (inode) and boot. */
 export function recordedMaps(recordsDir: string, label: string, ino: number): { uidMap: IdMap; gidMap: IdMap } | null {
   try {
-    const rec = JSON.parse(readFileSync(join(recordsDir, `${label}.json`), 'utf8')) as Record;
+    const parsed = v.safeParse(RECORD, JSON.parse(readFileSync(join(recordsDir, `${label}.json`), 'utf8')));
+    if (!parsed.success) return null; // not a record of ours: the pin's maps are read from the kernel instead
+    const rec = parsed.output;
     return rec.boot === BOOT_ID && rec.ino === ino ? { uidMap: rec.uidMap, gidMap: rec.gidMap } : null;
   } catch {
     return null; // no record, or a torn one

@@ -210,4 +210,45 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     assert.equal(doc().ranges.pinned, undefined);
     rmSync(join(t0!.contexts, 'pinned.conf'));
   });
+
+  it('a hostile pool document (out of the pool, overlapping, malformed, prototype-named entries) harms only its own labels: the agent stays up, nothing bad is used or recorded', async () => {
+    const slot = (k: number) => 100000000 - (100000000 % 65536) + 65536 * (k + 2);
+    const entry = (start: number) => ({ start, size: 65536, by: 'elsewhere', at: 'then' });
+    // What a hostile etcd (or any host that can write the key) puts there: host ids 1-65536 for
+    // "low" (another user's files, /etc/shadow's group), one range for two labels, garbage, and
+    // valid entries under labels that name Object.prototype's members.
+    const hostile = {
+      version: 1, junk: null,
+      ranges: { low: entry(1), constructor: entry(slot(0)), ['__proto__']: entry(slot(1)), hasOwnProperty: entry(slot(4)), twin: entry(slot(4)), bad: null, neg: { start: -5, size: 65536, by: 'x', at: 'y' }, 'not a label': entry(slot(3)) },
+      statics: { weird: { intervals: 'no', by: 'x', at: 'y' } },
+    };
+    cluster.ctl(['put', `${prefix}pool`, JSON.stringify(hostile)]);
+    const t = tree(0);
+    for (const l of ['low', 'constructor', '__proto__', 'twin', 'bad', 'neg', 'fresh']) t.context(`${l}.conf`, '[context]\nrange = auto\n');
+    agents = [await startAgent(t, ['--log-level', 'info'], { readyTimeoutMs: 60_000 })];
+    const st = await waitSettled(agents[0]!);
+    const errors = st.errors!.join('\n');
+    assert.match(errors, /low\.conf: .*gives it 1-65536 \(allocated by elsewhere\), which this host refuses: it lies outside the pool 100000000-499999999/);
+    assert.match(errors, /twin\.conf: .*which this host refuses: it overlaps hasOwnProperty's range/);
+    assert.match(errors, /bad\.conf: .*the shared pool's entry for it is not valid/);
+    assert.match(errors, /neg\.conf: .*the shared pool's entry for it is not valid \(start: /);
+    const mapOf = async (label: string) => (await callAgent(agents[0]!.socket, P.resolve, { label })).uidMap[0]!.outside;
+    assert.equal(await mapOf('constructor'), slot(0));
+    assert.equal(await mapOf('__proto__'), slot(1));
+    const fresh = await mapOf('fresh');
+    assert.ok(fresh >= 100000000 && fresh <= 499999999 - 65535 && ![slot(0), slot(1), slot(3), slot(4)].includes(fresh), `fresh: ${fresh}`);
+    for (const l of ['low', 'twin', 'bad', 'neg']) await assert.rejects(callAgent(agents[0]!.socket, P.resolve, { label: l }), /is not loaded because its file has an error.*refused by the shared pool/, l);
+    const rec = recorded(t);
+    assert.deepEqual(Object.keys(rec).sort(), ['__proto__', 'constructor', 'fresh'].sort(), 'nothing refused was recorded');
+    // The entries this host could not read are left as it found them; its own went in beside them.
+    const after = JSON.parse(cluster.ctl(['get', `${prefix}pool`, '--print-value-only']).out) as { ranges: Record<string, unknown>; statics: Record<string, unknown> };
+    assert.deepEqual([after.ranges.bad, Object.getOwnPropertyDescriptor(after.ranges, 'not a label')?.value, after.statics.weird], [null, entry(slot(3)), hostile.statics.weird]);
+    assert.equal((after.ranges.fresh as { start: number }).start, fresh);
+    // And the agent goes on: a reload, a forget of a bad entry, the label allocated anew in the pool.
+    assert.deepEqual(await callAgent(agents[0]!.socket, P.rangesForget, { label: 'low' }), { label: 'low', forgotten: true });
+    await callAgent(agents[0]!.socket, P.reload, {});
+    await waitSettled(agents[0]!);
+    const low = await mapOf('low');
+    assert.ok(low >= 100000000, `low now ${low}`);
+  });
 });

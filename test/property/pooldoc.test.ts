@@ -2,7 +2,8 @@
 // compare-and-swap serializes them) give a label one range, never overlap, and keep statics apart.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { decide, EMPTY_DOC, forget, importAllocations } from '../../agent/coord/pooldoc.ts';
+import { decide, EMPTY_DOC, forget, importAllocations, parseDoc, serializeDoc } from '../../agent/coord/pooldoc.ts';
+import { rangeProblem } from '../../agent/coord/allocate.ts';
 import type { PoolDoc } from '../../agent/coord/pooldoc.ts';
 import type { Pool } from '../../config/types.ts';
 
@@ -55,5 +56,34 @@ describe('property: the shared pool document', () => {
     assert.match(clash.conflicts[0]!.message, /this host's mine at \d+-\d+ overlaps x's range/);
     const clean = importAllocations(d1, new Map([['free', { start: 1_100_000 - (1_100_000 % 4096), size: 4096 }]]), 'b', 'now');
     assert.ok(clean.next?.ranges.free);
+  });
+
+  it('a hostile document (any JSON under any label, prototype names included) never throws, and nothing decided is a range this host would not allocate', () => {
+    const hostileLabel = fc.constantFrom('l0', 'l1', 'l2', 'constructor', '__proto__', 'toString', 'hasOwnProperty', '../x', '', 'host');
+    const number = fc.oneof(fc.integer({ min: -5, max: 1_400_000 }), fc.constantFrom(0, 4096, 2 ** 32 - 1, 2 ** 32, 1.5, Number.MAX_SAFE_INTEGER), fc.constant(null), fc.string({ maxLength: 3 }));
+    const rangeValue = fc.oneof(fc.record({ start: number, size: number, by: fc.oneof(fc.string({ maxLength: 5 }), fc.constant(null)), at: fc.constant('t') }), fc.jsonValue({ maxDepth: 2 }));
+    const staticValue = fc.oneof(fc.record({ intervals: fc.array(fc.record({ start: number, end: number }), { maxLength: 3 }), by: fc.constant('h'), at: fc.constant('t') }), fc.jsonValue({ maxDepth: 2 }));
+    const entries = <T>(value: fc.Arbitrary<T>) => fc.array(fc.tuple(hostileLabel, value), { maxLength: 8 })
+      .map((kv) => { const o: Record<string, unknown> = {}; for (const [k, val] of kv) Object.defineProperty(o, k, { value: val, enumerable: true, writable: true, configurable: true }); return o; });
+    const arbDoc = fc.record({ version: fc.constantFrom(1, 1, 1, 2, null), ranges: fc.oneof(entries(rangeValue), fc.jsonValue({ maxDepth: 1 })), statics: fc.oneof(entries(staticValue), fc.jsonValue({ maxDepth: 1 })) });
+    const reserved = [{ start: 1_010_000, end: 1_010_001 }];
+    fc.assert(fc.property(arbDoc, fc.uniqueArray(fc.record({ label: hostileLabel, size: fc.constant(4096) }), { selector: (r) => r.label, maxLength: 6 }), (raw, requests) => {
+      const doc = parseDoc(JSON.stringify(raw));
+      if (typeof doc === 'string') {
+        assert.notEqual(raw.version, 1, 'only another version refuses the whole document');
+        return;
+      }
+      const d = decide(doc, requests.filter((r) => r.label !== '' && r.label !== '../x' && r.label !== 'host'), [], POOL, reserved, 'me', 'now');
+      const taken: { s: number; e: number; l: string }[] = [];
+      for (const [label, a] of d.decided) {
+        assert.equal(rangeProblem(a, 4096, POOL, reserved), null, `${label}: ${JSON.stringify(a)}`);
+        for (const t of taken) assert.ok(a.start + a.size <= t.s || t.e <= a.start, `${label} overlaps ${t.l}`);
+        taken.push({ s: a.start, e: a.start + a.size, l: label });
+      }
+      // What this host could not read goes back as it was.
+      const again = parseDoc(serializeDoc(d.next ?? doc));
+      assert.ok(typeof again !== 'string');
+      assert.deepEqual([...(again.invalid?.ranges.keys() ?? [])].sort(), [...(doc.invalid?.ranges.keys() ?? [])].sort());
+    }), { numRuns: 500 });
   });
 });
