@@ -171,8 +171,10 @@ handle(P.explain, (agent, peer, { path }) => {
   }
   const ctx = found ? agent.registry.get(found.label) ?? null : null;
   const usableCtx = ctx && mayUse(peer, ctx, agent.registry.ancestors(ctx)) ? ctx : null;
+  // SPEC §12: to a caller who may not use it, a context looks like one that does not exist.
+  const hidden = `${found?.at} is labelled ${found?.label}, a context you may not use (or there is none): its ids are shown as the host's`;
   const note = found && !usableCtx
-    ? (ctx ? `${found.at} is labelled ${found.label}, a context you may not use: its ids are shown as the host's` : `${found.at} is labelled ${found.label}, but no context ${found.label} is configured: its ids are shown as the host's`)
+    ? (!isRoot(peer) ? hidden : ctx ? `${found.at} is labelled ${found.label}, a context you may not use: its ids are shown as the host's` : `${found.at} is labelled ${found.label}, but no context ${found.label} is configured: its ids are shown as the host's`)
     : found ? null : 'no label on this path or its ancestors (up to a mount point): its ids are the host\'s own';
   let callerLabel = HOST_LABEL;
   try {

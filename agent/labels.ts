@@ -5,7 +5,7 @@ import { labelProblem } from '../config/schema.ts';
 import type { Peer } from './auth.ts';
 import { UsernsError } from './errors.ts';
 import { SysError } from './kernel/ffi.ts';
-import { getXattr } from './kernel/sys.ts';
+import { getXattr, searchableAs } from './kernel/sys.ts';
 import { mountTable } from './kernel/mountinfo.ts';
 
 /** Mount points of this mount namespace, from the kernel. */
@@ -14,12 +14,14 @@ export function mountPoints(): Set<string> {
 }
 
 /**
- * Can the peer search every directory down to `dir`, by mode bits alone? The agent walks as root,
- * and must not tell a caller about paths it could not reach itself. ACLs are not consulted, so this
- * may refuse what an ACL would allow, never the reverse.
+ * Can the peer search every directory down to `dir`? The agent walks as root, and must not tell a
+ * caller about paths it could not reach itself: the kernel is asked with the caller's own ids and
+ * groups (ACLs included, a denying entry too). Where it cannot be asked, mode bits alone decide.
  */
 export function peerCanReach(peer: Peer, dir: string): boolean {
   if (peer.uid === 0) return true;
+  const asked = searchableAs(dir, peer);
+  if (asked !== null) return asked;
   const parts = dir.split('/').filter(Boolean);
   for (let i = 0; i <= parts.length; i++) {
     const d = '/' + parts.slice(0, i).join('/');

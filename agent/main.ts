@@ -5,6 +5,7 @@ import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
 import { LOG_LEVELS } from '../config/types.ts';
 import type { LogLevel } from '../config/types.ts';
 import { UsernsError } from './errors.ts';
+import { closeInheritedDescriptors } from './kernel/sys.ts';
 import { Manager } from './manager.ts';
 import { VERSION } from './version.ts';
 
@@ -59,8 +60,11 @@ export async function runAgent(argv: string[]): Promise<number> {
 
 /** Run until SIGTERM (or SIGINT); SIGHUP reloads. Resolves to the exit status. */
 async function serve(configFile: string | null, logLevel: LogLevel | undefined): Promise<number> {
+  // Nothing the agent was started with reaches what it starts (SPEC §12): only 0, 1 and 2 stay.
+  const inherited = closeInheritedDescriptors();
   // JSON lines on stderr, written synchronously so nothing is lost when init stops us.
   const log = pino({ base: { pid: process.pid }, level: logLevel ?? 'info' }, pino.destination({ dest: 2, sync: true }));
+  if (inherited.length > 0) log.info({ fds: inherited }, `Closed ${inherited.length} inherited descriptor(s)`);
   // Signals are caught before anything else happens: "Serving" must mean a SIGTERM is handled.
   let manager: Manager | null = null;
   const stop = new Promise<void>((resolve) => {

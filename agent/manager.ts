@@ -28,6 +28,7 @@ import { ensureStateDir, removeStaleTemps, writeInForce } from './coord/state.ts
 import { sdNotify } from './kernel/sys.ts';
 import { VERSION } from './version.ts';
 import { checkUpcallWiring, probeUserUpcalls } from './wiring.ts';
+import { People } from './people.ts';
 import type { UpcallWiring } from './wiring.ts';
 
 export type ManagerOptions = {
@@ -73,6 +74,8 @@ export class Manager implements Agent {
   private upcall: UpcallWiring | null = null;
   private readonly notifyFn: (state: string) => void;
   private readonly limiter: LogLimiter;
+  /** Who counts as whom for the per-user limits: rebuilt with the contexts in force. */
+  private readonly people = new People();
 
   private constructor(opts: ManagerOptions, config: Configuration) {
     this.opts = opts;
@@ -95,9 +98,10 @@ export class Manager implements Agent {
       this.shared?.pinsChanged();
       this.log.info({ label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) }, by ? 'Created user namespace' : 'Created user namespace (eager)');
     });
-    this.limiter = new LogLimiter(opts.log);
-    this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, onRequest: (conn, data) => handleRequest(this, conn, data) });
-    this.fdServer = new FdServer({ path: fdSocketPath(config.agent.socket), log: opts.log, onRequest: (conn, data) => handleRequest(this, conn, data) });
+    this.people.rebuild(config.contexts.values());
+    this.limiter = new LogLimiter(opts.log, (uid) => this.people.of(uid));
+    this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, people: this.people, onRequest: (conn, data) => handleRequest(this, conn, data) });
+    this.fdServer = new FdServer({ path: fdSocketPath(config.agent.socket), log: opts.log, people: this.people, onRequest: (conn, data) => handleRequest(this, conn, data) });
     this.views = new Views(config.agent.state, this.registry.namespaces.spawner);
     this.shared = config.agent.coordinator === 'etcd' ? new SharedPool(new EtcdCoordinator(config.agent.etcd), opts.log, {
       config: () => this.registry.configuration,
@@ -106,7 +110,7 @@ export class Manager implements Agent {
       systemIds: opts.systemIds ?? systemIds,
     }) : null;
     this.userdb = config.agent.userdb ? new UserdbServer({
-      path: config.agent.userdbSocket, log: opts.log,
+      path: config.agent.userdbSocket, log: opts.log, people: this.people,
       source: {
         index: () => this.registry.names(),
         mayKnow: (peer, label) => {
@@ -333,6 +337,7 @@ export class Manager implements Agent {
     }
     const kept = Object.fromEntries(atStart.map((k) => [k, before[k]]));
     const diff = this.registry.apply({ ...config, agent: { ...config.agent, ...kept } });
+    this.people.rebuild(this.registry.all());
     this.recordInForce();
     // The files may wait on the shared pool, or have changed a static range it must hear of.
     if (source !== 'etcd') void this.shared?.settle();

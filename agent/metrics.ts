@@ -60,7 +60,7 @@ export class Metrics {
     this.createLatency = new Histogram({ name: 'usernsd_namespace_create_duration_seconds', help: 'Time to create, map, check and pin one namespace.', buckets: CREATE_BUCKETS, registers });
     this.reloads = new Counter({ name: 'usernsd_reloads_total', help: 'Reloads, by outcome: ok (put in force, maybe with errors in some context files) or failed (the settings file has errors).', labelNames: ['outcome'], registers });
     this.upcalls = new Counter({ name: 'usernsd_upcalls_total', help: 'request-key upcalls that reached the agent, by outcome: answered or rejected.', labelNames: ['outcome'], registers });
-    this.userdb = new Counter({ name: 'usernsd_userdb_lookups_total', help: 'userdb lookups (nss-systemd), by kind (user, group, memberships, other) and outcome (found, none, refused, bad).', labelNames: ['kind', 'outcome'], registers });
+    this.userdb = new Counter({ name: 'usernsd_userdb_lookups_total', help: 'userdb lookups (nss-systemd), by kind (user, group, memberships, other) and outcome (found, none, bad; an id of a context the caller may not use counts as none).', labelNames: ['kind', 'outcome'], registers });
     this.viewsMade = new Counter({ name: 'usernsd_views_total', help: 'Views made, by mechanism (idmapped, bindfs) and purpose (mount, enter).', labelNames: ['mechanism', 'purpose'], registers });
     new Gauge({ name: 'usernsd_contexts', help: 'Contexts by state: not created, pinned, drift, stale, orphan.', labelNames: ['state'], registers, collect() {
       this.reset();

@@ -48,6 +48,16 @@ export type UpcallOptions = {
 };
 
 /** Failures go to syslog (logger(1), if there is one), to stderr, and to --log FILE. */
+/**
+ * The description as a log may carry it (the C handler does the same): a requester may put any
+ * byte in it, and a newline would forge a log line. Control bytes, quotes and backslashes become
+ * \\xHH; at most 200 characters.
+ */
+export function shownDescription(d: string): string {
+  const cut = d.length > 200 ? `${d.slice(0, 200)}...` : d;
+  return cut.replace(/[\x00-\x1f\x7f"\\]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 async function logFailure(opts: UpcallOptions, logFd: number | null, line: string): Promise<void> {
   const text = `usernsctl upcall: ${line}`;
   process.stderr.write(text + '\n');
@@ -77,7 +87,7 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
     let rejectError: string | null = null;
     try { rejectKey(opts.key, NEGATIVE_KEY_TIMEOUT_S, errno); } catch (err) { rejectError = (err as Error).message; }
     if (ring !== 0) try { invalidateKey(ring); } catch { /* it expires anyway */ }
-    await logFailure(opts, logFd, `key ${opts.key} "${opts.description}": rejected: ${why}`);
+    await logFailure(opts, logFd, `key ${opts.key} "${shownDescription(opts.description)}": rejected: ${why}`);
     if (rejectError) await logFailure(opts, logFd, `key ${opts.key}: cannot reject it: ${rejectError}`);
     return 1;
   };

@@ -84,6 +84,7 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
 | agent memory in the storm | peak ${Math.round(sm.rssPeakMb)} MiB, 2 s after ${Math.round(sm.rssAfterMb)} MiB | before ${Math.round(sm.rssBeforeMb)} MiB | | |
 | log written in the storm | ${Math.round(sm.logBytesStorm / 1024)} KiB in ${sm.seconds} s | quiet ${Math.round(sm.logBytesQuiet / 1024)} KiB | | |
 | view, made in the client's process, median | ${f2(vw.viewInProcess)} ms | mount(2) MS_BIND ${f3(vw.bindInProcess)} ms | ${Math.round(vw.viewInProcess / vw.bindInProcess)} | — |
+| view, for a caller in another mount namespace (usernsd-spawner's worker), median | ${f2(vw.viewOtherNs)} ms | made in the agent's own namespace ${f2(vw.viewInProcess)} ms | ${f2(vw.viewOtherNs / vw.viewInProcess)} | ≤ 1.5: ${verdict(vw.viewOtherNs / vw.viewInProcess <= 1.5, `by ${f2(vw.viewOtherNs / vw.viewInProcess - 1.5)}`)} |
 | view, \`usernsctl view\`, median | ${f2(vw.viewCommand)} ms | \`mount --bind\` ${f2(vw.bindCommand)} ms | ${f2(vw.viewCommand / vw.bindCommand)} | — |
 | view, the agent's first (usernsd-spawner started, the map's user namespace made) | ${f2(vw.firstView)} ms | | | |
 | walk and stat ${k(vw.files)} files through an idmapped view | ${f2(vw.walkIdmapped)} ms | the plain tree ${f2(vw.walkPlain)} ms | ${f2(walkRatio)} | ≤ 1.1: ${verdict(walkRatio <= 1.1, `by ${f2(walkRatio - 1.1)}`)} |

@@ -21,6 +21,11 @@ export type ViewBench = {
   bindCommand: number;
   /** The first view of a map: its user namespace is made then, and kept. */
   firstView: number;
+  /**
+   * In the client's process, against an agent in a mount namespace of its own (as under systemd):
+   * the tree is copied where the caller is by a worker of usernsd-spawner; interleaved with viewInProcess.
+   */
+  viewOtherNs: number;
   files: number;
   walkPlain: number;
   walkIdmapped: number;
@@ -46,6 +51,10 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
       for (let f = 0; f < perDir; f++) writeFileSync(join(src, `d${d}`, `f${f}`), '');
     }
     const agent = await startAgent(tree, ['--log-level', 'info']);
+    // The same configuration served by an agent in a mount namespace of its own: every view it makes is the worker's.
+    const other = makeTree();
+    other.context('b.conf', '[context]\nuid_map = 0 6100000 65536\ngid_map = 0 6100000 65536\n[squash]\nmode = root\n');
+    const apart = await startAgent(other, ['--log-level', 'info'], { wrap: ['unshare', '--mount', '--propagation', 'slave'] });
     const dst = (name: string) => { const p = join(tree.dir, name); mkdirSync(p, { recursive: true }); return p; };
     const a = dst('a');
     const b = dst('b');
@@ -57,10 +66,17 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     const bindIn: number[] = [];
     const viewCmd: number[] = [];
     const bindCmd: number[] = [];
+    const viewOther: number[] = [];
+    mountView(apart.socket, src, a, { context: 'b' }); // its first view starts its spawner
+    detach(a);
     for (let i = 0; i < runs + 3; i++) {
       t0 = process.hrtime.bigint();
       mountView(agent.socket, src, a, { context: 'b' });
       const v = ms(t0);
+      detach(a);
+      t0 = process.hrtime.bigint();
+      mountView(apart.socket, src, a, { context: 'b' });
+      const vo = ms(t0);
       detach(a);
       t0 = process.hrtime.bigint();
       bindMount(src, b);
@@ -74,7 +90,7 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
       if (spawnSync('mount', ['--bind', src, b], { stdio: 'ignore' }).status !== 0) throw new Error('mount --bind failed');
       const bc = ms(t0);
       detach(b);
-      if (i >= 3) { viewIn.push(v); bindIn.push(bi); viewCmd.push(vc); bindCmd.push(bc); }
+      if (i >= 3) { viewIn.push(v); bindIn.push(bi); viewCmd.push(vc); bindCmd.push(bc); viewOther.push(vo); }
     }
     // Walks: one view of each kind stays mounted; rounds interleave the three.
     mountView(agent.socket, src, a, { context: 'b' });
@@ -93,8 +109,10 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     detach(a);
     if (hasBindfs) spawnSync('umount', [c]);
     await agent.stop();
+    await apart.stop();
+    await cleanup(other);
     return {
-      runs, viewInProcess: median(viewIn), bindInProcess: median(bindIn), viewCommand: median(viewCmd), bindCommand: median(bindCmd), firstView,
+      runs, viewInProcess: median(viewIn), bindInProcess: median(bindIn), viewCommand: median(viewCmd), bindCommand: median(bindCmd), firstView, viewOtherNs: median(viewOther),
       files: dirs * perDir, walkPlain: median(plain), walkIdmapped: median(idm), walkBindfs: hasBindfs ? median(bfs) : null,
     };
   } finally {

@@ -20,7 +20,7 @@
 #include "spawner.h"
 
 static void send_report(int fd, int err, enum step step, pid_t pid, const char *text) {
-	char buf[sizeof(struct report) + 2 * MAX_MAP];
+	char buf[sizeof(struct report) + 2 * MAX_ENC];
 	struct report r = { err, step, pid, text ? (int32_t)strlen(text) : 0 };
 	if ((size_t)r.len > sizeof buf - sizeof r) r.len = 0;
 	memcpy(buf, &r, sizeof r);
@@ -146,12 +146,14 @@ _Noreturn void nested_worker(const struct create *q, int rep, int hold_r) {
 
 /* The kernel's map text (from inside) as "INSIDE:OUTSIDE:COUNT,..."; 0 when it does not fit. */
 static int encode_map(const char *path, char *out, size_t cap) {
-	char raw[MAX_MAP];
+	/* Read whole: the kernel hands a map out a page at a time, and 340 extents take more than one. */
+	static char raw[4 * MAX_MAP];
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) return 0;
-	ssize_t n = read(fd, raw, sizeof raw - 1);
+	ssize_t n = 0, r;
+	while ((r = read(fd, raw + n, sizeof raw - 1 - (size_t)n)) > 0 || (r < 0 && errno == EINTR)) if (r > 0) n += r;
 	close(fd);
-	if (n < 0) return 0;
+	if (r < 0 || (size_t)n >= sizeof raw - 1) return 0;
 	size_t o = 0;
 	int field = 0, in_num = 0;
 	for (ssize_t i = 0; i < n; i++) {
@@ -178,7 +180,7 @@ _Noreturn void maps_worker(const char *pin, int rep) {
 	if (fd < 0) fail_with(rep, S_OPEN_PIN);
 	if (setns(fd, CLONE_NEWUSER) != 0) fail_with(rep, S_ENTER_PIN);
 	close(fd);
-	char u[MAX_MAP], g[MAX_MAP], both[2 * MAX_MAP];
+	char u[MAX_ENC], g[MAX_ENC], both[2 * MAX_ENC];
 	if (!encode_map("/proc/self/uid_map", u, sizeof u) || !encode_map("/proc/self/gid_map", g, sizeof g)) fail_with(rep, S_READ_MAPS);
 	snprintf(both, sizeof both, "%s %s", u, g);
 	send_report(rep, 0, S_NONE, 0, both);

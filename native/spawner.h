@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #define MAX_MAP 8192          /* the kernel takes a map in one write below a page; ours may be larger */
+#define MAX_ENC 12288         /* a map read back, encoded: 340 extents of up to 33 bytes "I:O:C," */
 #define STACK_SIZE (64 * 1024)
 
 enum step {

@@ -122,7 +122,7 @@ struct job {
 	void *stack;      /* a top-level holder's stack, in our address space: unmapped once it is reaped */
 	long long deadline;
 	size_t got;
-	char buf[sizeof(struct report) + 2 * MAX_MAP];
+	char buf[sizeof(struct report) + 2 * MAX_ENC];
 };
 
 static struct job *jobs[MAX_JOBS];
@@ -483,6 +483,8 @@ int main(int argc, char **argv) {
 		fprintf(help ? stdout : stderr, "usage: usernsd-spawner [--mount-namespace PATH] (started by usernsd itself: see usernsd(8))\n");
 		return help ? 0 : 2;
 	}
+	/* Nothing inherited but the agent's pipes and control socket (0-3): no descriptor of whoever started the agent reaches a worker. */
+	if (syscall(SYS_close_range, (unsigned)AGENT_FD + 1, ~0U, 0) != 0) for (int fd = AGENT_FD + 1; fd < 1024; fd++) close(fd);
 	/* Dies with the agent, and every holder is reparented here to be reaped. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 	prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);

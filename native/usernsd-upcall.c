@@ -342,6 +342,23 @@ static long key_serial;
 static long ring_serial;
 static const char *key_description;
 
+/*
+ * The description as a log may carry it: the kernel lets a requester put any byte in it, and a
+ * newline there would forge a log line. Control bytes, quotes and backslashes become \xHH, and the
+ * text is cut at 200 bytes (what a label can be, and then some).
+ */
+static const char *shown_description(void) {
+	static char out[4 * 200 + 4];
+	size_t o = 0;
+	for (const unsigned char *p = (const unsigned char *)(key_description ? key_description : ""); *p && o + 5 < sizeof out; p++) {
+		if (p - (const unsigned char *)key_description >= 200) { memcpy(out + o, "...", 3); o += 3; break; }
+		if (*p < 0x20 || *p == 0x7f || *p == '"' || *p == '\\') o += (size_t)snprintf(out + o, sizeof out - o, "\\x%02x", *p);
+		else out[o++] = (char)*p;
+	}
+	out[o] = '\0';
+	return out;
+}
+
 static int fail(int err, const char *fmt, ...) {
 	char why[1600];
 	va_list ap;
@@ -352,7 +369,7 @@ static int fail(int err, const char *fmt, ...) {
 	int rejected = keyctl(KEYCTL_REJECT, (unsigned long)key_serial, NEGATIVE_TIMEOUT_S, (unsigned long)err, 0) == 0;
 	int reject_errno = errno;
 	if (ring_serial > 0) keyctl(KEYCTL_INVALIDATE, (unsigned long)ring_serial, 0, 0, 0);
-	log_failure("key %ld \"%s\": rejected: %s", key_serial, key_description, why);
+	log_failure("key %ld \"%s\": rejected: %s", key_serial, shown_description(), why);
 	if (!rejected) log_failure("key %ld: cannot reject it: %s", key_serial, strerror(reject_errno));
 	return 1;
 }

@@ -1,5 +1,5 @@
 // The few system calls Node lacks, through koffi: mount, umount2, the new mount API (open_tree, mount_setattr, move_mount), SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify. Failures throw SysError.
-import { fstatSync } from 'node:fs';
+import { fstatSync, readdirSync } from 'node:fs';
 import { constants } from 'node:os';
 import { koffi, libc, SysError } from './ffi.ts';
 import { sendDatagram } from './unixsock.ts';
@@ -10,6 +10,7 @@ const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' })
 const getsockoptFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', koffi.out(koffi.pointer(ucred)), koffi.inout(koffi.pointer('uint32_t'))]);
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
 const ioctlArgFn = libc.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']);
+const fcntlFn = libc.func('fcntl', 'int', ['int', 'int', 'int']);
 const lgetxattrFn = libc.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)');
 const lsetxattrFn = libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
 const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char *name)');
@@ -227,4 +228,67 @@ export function fsMagic(fd: number): number {
 export function fdIdentity(fd: number): { dev: number; ino: number } {
   const st = fstatSync(fd);
   return { dev: st.dev, ino: st.ino };
+}
+
+const F_GETFD = 1;
+const FD_CLOEXEC = 1;
+
+/**
+ * Close what the agent was started with beyond stdin, stdout and stderr: whoever started it (an
+ * admin's shell, a supervisor) must not hand a descriptor on to what it runs. Node opens its own
+ * with O_CLOEXEC, so a descriptor without FD_CLOEXEC this early was inherited. Returns those closed.
+ */
+export function closeInheritedDescriptors(): number[] {
+  const closed: number[] = [];
+  for (const name of readdirSync('/proc/self/fd')) {
+    const fd = Number(name);
+    if (!Number.isInteger(fd) || fd < 3) continue;
+    const flags = fcntlFn(fd, F_GETFD, 0);
+    if (flags < 0 || (flags & FD_CLOEXEC) !== 0) continue;
+    closeFn(fd);
+    closed.push(fd);
+  }
+  return closed;
+}
+
+const setfsuidFn = libc.func('int setfsuid(uint32_t uid)');
+const setfsgidFn = libc.func('int setfsgid(uint32_t gid)');
+const getgroupsFn = libc.func('int getgroups(int size, _Out_ uint32_t *list)');
+/** setgroups(2) and faccessat2(2) as raw system calls: glibc's setgroups would change every thread's groups. */
+const SYS_SETGROUPS = process.arch === 'arm64' ? 159 : 116;
+const SYS_FACCESSAT2 = 439;
+const AT_EACCESS = 0x200;
+const X_OK = 1;
+/** getgroups(2)'s answer, up to NGROUPS_MAX; allocated once (the calls are synchronous). */
+const groupsBuffer = new Uint32Array(65536);
+
+function setThreadGroups(groups: readonly number[]): void {
+  const list = new Uint32Array(groups.length || 1);
+  groups.forEach((g, i) => { list[i] = g; });
+  if (Number(syscallFn(SYS_SETGROUPS, 'int', groups.length, 'uint32_t *', list)) !== 0) throw new SysError('setgroups', koffi.errno(), `${groups.length} groups, this thread`);
+}
+
+/**
+ * May these credentials search `dir` (and every directory on the way)? Asked of the kernel itself,
+ * with this thread's filesystem ids and groups set to the caller's for one faccessat2(2): ACLs,
+ * and their denials, count as they would for the caller. Only this thread changes (setfsuid and
+ * the raw setgroups are per thread), and only for the call. null when the kernel cannot be asked.
+ */
+export function searchableAs(dir: string, who: { readonly uid: number; readonly gid: number; readonly groups: readonly number[] }): boolean | null {
+  const own = groupsBuffer;
+  const n = getgroupsFn(own.length, own);
+  if (n < 0) return null;
+  try {
+    setThreadGroups(who.groups);
+    setfsgidFn(who.gid);
+    setfsuidFn(who.uid);
+    const r = Number(syscallFn(SYS_FACCESSAT2, 'int', AT_FDCWD, 'const char *', dir, 'int', X_OK, 'int', AT_EACCESS));
+    const errno = r === 0 ? 0 : koffi.errno();
+    if (r !== 0 && errno === constants.errno.ENOSYS) return null;
+    return r === 0;
+  } finally {
+    setfsuidFn(0);
+    setfsgidFn(0);
+    setThreadGroups([...own.subarray(0, n)]);
+  }
 }

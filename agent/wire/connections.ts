@@ -4,7 +4,8 @@ import type { Server, Socket } from 'node:net';
 
 export class ConnectionBook {
   private readonly sockets = new Set<Socket>();
-  private readonly perUid = new Map<number, number>();
+  /** Held per person (People.of): an owner and every id its contexts map count as one. */
+  private readonly perUid = new Map<string, number>();
   private readonly max: number;
   private readonly maxPerUid: number;
 
@@ -13,16 +14,19 @@ export class ConnectionBook {
     this.maxPerUid = maxPerUid;
   }
 
-  /** Count the socket in, until it closes; false (and nothing counted) when the caller is over a bound. */
-  admit(socket: Socket, uid: number): boolean {
-    const held = this.perUid.get(uid) ?? 0;
+  /**
+   * Count the socket in, until it closes; false (and nothing counted) when the caller is over a
+   * bound. `person`: who the uid counts as (People.of), the uid itself by default.
+   */
+  admit(socket: Socket, uid: number, person: string = `uid ${uid}`): boolean {
+    const held = this.perUid.get(person) ?? 0;
     if (uid !== 0 && (this.sockets.size >= this.max || held >= this.maxPerUid)) return false;
     this.sockets.add(socket);
-    this.perUid.set(uid, held + 1);
+    this.perUid.set(person, held + 1);
     socket.once('close', () => {
       this.sockets.delete(socket);
-      const n = (this.perUid.get(uid) ?? 1) - 1;
-      if (n > 0) this.perUid.set(uid, n); else this.perUid.delete(uid);
+      const n = (this.perUid.get(person) ?? 1) - 1;
+      if (n > 0) this.perUid.set(person, n); else this.perUid.delete(person);
     });
     return true;
   }

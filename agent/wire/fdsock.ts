@@ -11,7 +11,7 @@ import { closeFd } from '../kernel/sys.ts';
 import { sendWithFds } from '../kernel/unixsock.ts';
 import { encodeFrame, FrameReader, LIMITS, REPLY_TYPE, REQUEST_TYPE } from './protocol.ts';
 import { fdOf, prepareSocketPath } from './server.ts';
-import type { Connection, RequestHandler } from './server.ts';
+import type { Connection, PersonLookup, RequestHandler } from './server.ts';
 import { ConnectionBook } from './connections.ts';
 
 /** Connections at once: each holds a request being worked on, none idles. Root is never refused. */
@@ -24,7 +24,7 @@ export function fdSocketPath(socket: string): string {
   return socket.endsWith('.sock') ? `${socket.slice(0, -'.sock'.length)}.fd.sock` : `${socket}.fd`;
 }
 
-export type FdServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler };
+export type FdServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler; readonly people?: PersonLookup };
 
 export class FdServer {
   private readonly opts: FdServerOptions;
@@ -57,7 +57,7 @@ export class FdServer {
       socket.destroy();
       return;
     }
-    if (!this.book.admit(socket, conn.peer.uid)) {
+    if (!this.book.admit(socket, conn.peer.uid, this.opts.people?.of(conn.peer.uid))) {
       socket.destroy(); // the client sees the connection closed: ECONNRESET, try again
       return;
     }

@@ -21,8 +21,12 @@ export class LogLimiter {
   private readonly timer: NodeJS.Timeout;
   private readonly log: Logger;
 
-  constructor(log: Logger) {
+  /** Who a uid counts as (agent/people.ts): an owner's failures and its contexts' ids share one budget. */
+  private readonly personOf: (uid: number) => string;
+
+  constructor(log: Logger, personOf: (uid: number) => string = (uid) => `uid ${uid}`) {
     this.log = log;
+    this.personOf = personOf;
     this.timer = setInterval(() => this.flush(false), LOG_WINDOW_MS);
     this.timer.unref();
   }
@@ -33,7 +37,7 @@ export class LogLimiter {
    * hide the other.
    */
   line(uid: number, level: Level, fields: Record<string, unknown>, msg: string, kind: 'request' | 'connection' = 'request'): void {
-    const id = `${uid}/${kind}`;
+    const id = `${uid < 0 ? 'unknown' : this.personOf(uid)}/${kind}`;
     const key = this.buckets.has(id) || this.buckets.size < MAX_TRACKED_UIDS ? id : 'other';
     const now = Date.now();
     let b = this.buckets.get(key);
@@ -49,9 +53,9 @@ export class LogLimiter {
 
   private roll(key: string, b: Bucket, now: number): void {
     if (b.suppressed > 0) {
-      const [uid, kind] = key.split('/');
-      this.log.warn({ peerUid: key === 'other' ? undefined : Number(uid), kind, suppressed: b.suppressed, windowMs: LOG_WINDOW_MS },
-        `${b.suppressed} more like this from ${key === 'other' ? 'other uids' : `uid ${uid}`} (client failures past ${LOG_BURST_PER_UID} lines of a kind in ${LOG_WINDOW_MS / 1000} s are only counted)`);
+      const [person, kind] = key.split('/');
+      this.log.warn({ person: key === 'other' ? undefined : person, kind, suppressed: b.suppressed, windowMs: LOG_WINDOW_MS },
+        `${b.suppressed} more like this from ${key === 'other' ? 'other uids' : person} (client failures past ${LOG_BURST_PER_UID} lines of a kind in ${LOG_WINDOW_MS / 1000} s are only counted)`);
     }
     b.windowStart = now;
     b.logged = 0;

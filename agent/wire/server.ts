@@ -85,7 +85,17 @@ const PENALTY_WINDOW_MS = 10_000;
 const PENALTY_MS = 1000;
 /** A reply now (the common resolve), or later. */
 export type RequestHandler = (conn: Connection, data: unknown) => Reply | Promise<Reply>;
-export type ServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler; readonly limiter: LogLimiter };
+export type ServerOptions = {
+  readonly path: string;
+  readonly log: Logger;
+  readonly onRequest: RequestHandler;
+  readonly limiter: LogLimiter;
+  /** Who a uid counts as for the per-user limits (agent/people.ts): an owner and the ids it maps are one. */
+  readonly people?: PersonLookup;
+};
+
+/** What the wire needs of agent/people.ts, declared here so the wire imports nothing above it. */
+export type PersonLookup = { of(uid: number): string; describe(uid: number): string };
 
 /**
  * The socket's directory belongs to root and is not writable by anyone else (so nobody can swap the
@@ -132,10 +142,10 @@ export class IpcServer {
   private readonly ipc: Ipc;
   private readonly opts: ServerOptions;
   private readonly conns = new Map<Socket, Connection>();
-  /** Connections held per uid, for the per-user limit. */
-  private readonly perUid = new Map<number, number>();
-  /** Per uid: connections closed for cause in the current window, and until when it is refused. */
-  private readonly penalties = new Map<number, { since: number; closes: number; until: number }>();
+  /** Connections held per person (see People), for the per-user limit. */
+  private readonly perUid = new Map<string, number>();
+  /** Per person: connections closed for cause in the current window, and until when it is refused. */
+  private readonly penalties = new Map<string, { since: number; closes: number; until: number }>();
   private readonly pending = new Set<Promise<void>>();
   private accepting = false;
 
@@ -212,17 +222,18 @@ export class IpcServer {
     }
     const refusal = this.admission(peer);
     if (refusal !== null) {
-      this.opts.limiter.line(peer.uid, 'warn', { peerUid: peer.uid, peerPid: peer.pid, held: this.perUid.get(peer.uid) ?? 0, connections: this.conns.size }, `Refused a connection from uid ${peer.uid}: ${refusal}`, 'connection');
+      this.opts.limiter.line(peer.uid, 'warn', { peerUid: peer.uid, peerPid: peer.pid, held: this.perUid.get(this.person(peer.uid)) ?? 0, connections: this.conns.size }, `Refused a connection from uid ${peer.uid}: ${refusal}`, 'connection');
       // One line to say why, then close: a client that reads gets a reason, not a bare reset.
       socket.end(encodeFrame(REPLY_TYPE, { id: null, error: { code: 'E_BUSY', message: refusal } }));
       socket.destroy();
       return;
     }
-    this.perUid.set(peer.uid, (this.perUid.get(peer.uid) ?? 0) + 1);
+    const person = this.person(peer.uid);
+    this.perUid.set(person, (this.perUid.get(person) ?? 0) + 1);
     socket.once('close', () => {
-      const n = (this.perUid.get(peer.uid) ?? 1) - 1;
-      if (n > 0) this.perUid.set(peer.uid, n);
-      else this.perUid.delete(peer.uid);
+      const n = (this.perUid.get(person) ?? 1) - 1;
+      if (n > 0) this.perUid.set(person, n);
+      else this.perUid.delete(person);
     });
     // Also while draining: the kernel accepted it before the listener closed, so it is served.
     const conn: Connection = { peer, inflight: 0, framesThisTurn: 0, invalid: 0 };
@@ -241,10 +252,12 @@ export class IpcServer {
    */
   private admission(peer: Peer): string | null {
     if (peer.uid === 0) return null;
-    const penalty = this.penalties.get(peer.uid);
-    if (penalty && penalty.until > Date.now()) return `uid ${peer.uid} had ${penalty.closes} connections closed for broken or invalid traffic in ${PENALTY_WINDOW_MS / 1000} s: its new connections are refused for ${PENALTY_MS} ms`;
-    const held = this.perUid.get(peer.uid) ?? 0;
-    if (held >= LIMITS.MAX_CONNECTIONS_PER_UID) return `uid ${peer.uid} holds ${held} connections already, the most one user may (MAX_CONNECTIONS_PER_UID): close some`;
+    const person = this.person(peer.uid);
+    const who = this.opts.people?.describe(peer.uid) ?? `uid ${peer.uid}`;
+    const penalty = this.penalties.get(person);
+    if (penalty && penalty.until > Date.now()) return `${who} had ${penalty.closes} connections closed for broken or invalid traffic in ${PENALTY_WINDOW_MS / 1000} s: its new connections are refused for ${PENALTY_MS} ms`;
+    const held = this.perUid.get(person) ?? 0;
+    if (held >= LIMITS.MAX_CONNECTIONS_PER_UID) return `${who} holds ${held} connections already, the most one user may (MAX_CONNECTIONS_PER_UID): close some`;
     if (this.conns.size >= LIMITS.MAX_CONNECTIONS - LIMITS.ROOT_RESERVED_CONNECTIONS) return `the agent holds ${this.conns.size} connections; the rest are kept for root: try again later`;
     return null;
   }
@@ -263,12 +276,17 @@ export class IpcServer {
     });
   }
 
-  /** A connection closed for cause counts against its uid: too many, and the uid waits a while. */
+  private person(uid: number): string {
+    return this.opts.people?.of(uid) ?? `uid ${uid}`;
+  }
+
+  /** A connection closed for cause counts against its person: too many, and it waits a while. */
   private closedForCause(peer: Peer | undefined): void {
     if (!peer || peer.uid === 0) return;
     const now = Date.now();
-    const p = this.penalties.get(peer.uid);
-    if (!p || now - p.since > PENALTY_WINDOW_MS) this.penalties.set(peer.uid, { since: now, closes: 1, until: 0 });
+    const person = this.person(peer.uid);
+    const p = this.penalties.get(person);
+    if (!p || now - p.since > PENALTY_WINDOW_MS) this.penalties.set(person, { since: now, closes: 1, until: 0 });
     else if (++p.closes >= CLOSES_BEFORE_PENALTY) p.until = now + PENALTY_MS;
     if (this.penalties.size > 4096) for (const [uid, q] of this.penalties) if (now - q.since > PENALTY_WINDOW_MS) this.penalties.delete(uid);
   }

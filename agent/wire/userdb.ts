@@ -11,11 +11,14 @@ import { peerOf } from '../auth.ts';
 import type { Peer } from '../auth.ts';
 import type { NamedId, NameIndex } from '../names.ts';
 import { fdOf, prepareSocketPath } from './server.ts';
+import type { PersonLookup } from './server.ts';
 import { ConnectionBook } from './connections.ts';
 
 const IFACE = 'io.systemd.UserDatabase';
 /** A lookup is a few hundred bytes; anything near this is not nss-systemd. */
 export const USERDB_MAX_MESSAGE_BYTES = 64 * 1024;
+/** Replies a connection may leave unread before the agent stops reading its lookups. */
+export const USERDB_MAX_UNREAD_BYTES = 256 * 1024;
 export const USERDB_MAX_CONNECTIONS = 1024;
 export const USERDB_MAX_CONNECTIONS_PER_UID = 64;
 export const USERDB_IDLE_TIMEOUT_MS = 30_000;
@@ -24,7 +27,7 @@ export const USERDB_IDLE_TIMEOUT_MS = 30_000;
 export type UserdbSource = {
   index(): NameIndex;
   mayKnow(peer: Peer, label: string): boolean;
-  /** Lookups answered and refused, for metrics: kind user|group|memberships, outcome found|none|refused|bad. */
+  /** Lookups answered and refused, for metrics: kind user|group|memberships, outcome found|none|bad (an id of a context the caller may not use is none, as one of no context). */
   served?(kind: string, outcome: string): void;
 };
 
@@ -72,13 +75,14 @@ export function answer(source: UserdbSource, service: string, peer: Peer, call: 
   // Enumeration (neither given) lists nothing: the pool holds millions of ids.
   const found = p[idKey] !== undefined && p[nameKey] !== undefined ? (byId && byName && byId.host === byName.host ? byId : null) : (byId ?? byName);
   if (!found) return none(kind);
-  if (!source.mayKnow(peer, found.label)) { source.served?.(kind, 'refused'); return { error: `${IFACE}.NoRecordFound`, parameters: {} }; }
+  // Counted as "none": a metric that told them apart would say which ids hidden contexts hold.
+  if (!source.mayKnow(peer, found.label)) { source.served?.(kind, 'none'); return { error: `${IFACE}.NoRecordFound`, parameters: {} }; }
   source.served?.(kind, 'found');
   const record = user ? userRecord(found, index.sibling('uid', found), service) : groupRecord(found, service);
   return { parameters: { record, incomplete: false } };
 }
 
-export type UserdbServerOptions = { readonly path: string; readonly log: Logger; readonly source: UserdbSource };
+export type UserdbServerOptions = { readonly path: string; readonly log: Logger; readonly source: UserdbSource; readonly people?: PersonLookup };
 
 export class UserdbServer {
   private readonly opts: UserdbServerOptions;
@@ -111,7 +115,7 @@ export class UserdbServer {
       socket.destroy();
       return;
     }
-    if (!this.book.admit(socket, peer.uid)) {
+    if (!this.book.admit(socket, peer.uid, this.opts.people?.of(peer.uid))) {
       socket.destroy(); // nss-systemd then answers from the other sources: the id shows as a number
       return;
     }
@@ -128,7 +132,12 @@ export class UserdbServer {
         } catch {
           reply = { error: 'org.varlink.service.InvalidParameter', parameters: { parameter: 'message' } };
         }
-        socket.write(JSON.stringify(reply) + '\0');
+        // A client that sends lookups and never reads makes replies pile up here: past the bound,
+        // stop reading it until they drain (its own sends then wait in the kernel's bounded buffer).
+        if (!socket.write(JSON.stringify(reply) + '\0') && socket.writableLength >= USERDB_MAX_UNREAD_BYTES) {
+          socket.pause();
+          socket.once('drain', () => { if (!socket.destroyed) socket.resume(); });
+        }
       }
       if (pending.length > USERDB_MAX_MESSAGE_BYTES) socket.destroy();
     });

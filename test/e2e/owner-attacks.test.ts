@@ -1,8 +1,8 @@
 // The owner of a context as an attacker (SPEC §12): each attack of issue 21 played by a throwaway
 // user against a real agent, and its result checked from the host side, never from the agent's word.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, realpathSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { USERNSCTL, cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
@@ -13,6 +13,10 @@ import { sealingDirectory } from '../../agent/seal.ts';
 
 /** The owner's delegated range (its subuid and subgid entry here). */
 const B = 7_300_000;
+/** The agent's userdb socket, asked directly (not through nss-systemd: this is about the socket). */
+const USERDB_DIR = `/tmp/usernsd-attacks-${process.pid}`;
+const USERDB = join(USERDB_DIR, 'io.usernsd-attacks');
+const PY = '/usr/bin/python3';
 
 type User = ReturnType<typeof makeUser>;
 const as = (u: { uid: number; gid: number }, cmd: string[]) => spawnSync('setpriv', [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd], { encoding: 'utf8', timeout: 60_000 });
@@ -52,7 +56,8 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
     restoreModes = makeCheckoutReachable();
     owner = makeUser();
     bob = makeUser();
-    tree = makeTree();
+    mkdirSync(USERDB_DIR, { recursive: true, mode: 0o755 });
+    tree = makeTree(`userdb = yes\nuserdb_socket = ${USERDB}\n`);
     tree.delegate(owner.name, B, 65536);
     tree.context('mine.conf', `[context]\nowner = ${owner.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n`);
     populateBackup(join(tree.dir, 'open'));
@@ -65,6 +70,7 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
 
   after(async () => {
     await cleanup(tree);
+    rmSync(USERDB_DIR, { recursive: true, force: true });
     owner?.remove();
     bob?.remove();
     restoreModes();
@@ -141,5 +147,94 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
       spawnSync('rm', ['-f', join(tree.contexts, 'grab.conf'), secret]);
       await ctl(['reload']);
     }
+  });
+
+  it('5. counts an owner and every id its context maps as one person: connections from the ids it can become share its limit, root is still served', async () => {
+    // The owner holds its whole share of the main socket from its own uid...
+    const hold = `import socket, sys, time
+socks = []
+for i in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); socks.append(s)
+print("held", flush=True)
+sys.stdin.read()`;
+    const holder = spawn('setpriv', [`--reuid=${owner.uid}`, `--regid=${owner.gid}`, '--clear-groups', '--', PY, '-c', hold, agent.socket, '256'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        holder.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve(); });
+        holder.once('exit', (code) => reject(new Error(`the holder exited ${code}`)));
+      });
+      // ...then asks again as one of its context's host ids, which it can become (enter, setpriv).
+      const probe = `import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
+try:
+    print(s.recv(4096).decode(errors="replace"))
+except socket.timeout:
+    print("served")`;
+      const inside = as({ uid: B + 5, gid: B + 5 }, [PY, '-c', probe, agent.socket]);
+      assert.match(inside.stdout, new RegExp(`E_BUSY.*uid ${B + 5} \\(counted as uid ${owner.uid}: the owner of the context that maps it\\) holds 256 connections already`), inside.stdout + inside.stderr);
+      const other = as({ uid: bob.uid, gid: bob.gid }, [PY, '-c', probe, agent.socket]);
+      assert.match(other.stdout, /served/, 'another person is not held to the owner\'s limit');
+      const root = await ctl(['resolve', 'mine']);
+      assert.equal(root.code, 0, root.err);
+    } finally {
+      holder.stdin!.end();
+      holder.kill();
+    }
+  });
+
+  it('5. a userdb connection that sends lookups and never reads its replies makes the agent hold a bounded amount, and it stays up', async () => {
+    const rss = () => Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${agent.child.pid}/status`, 'utf8'))![1]) / 1024;
+    const flood = `import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(3)
+msg = ('{"method":"io.systemd.UserDatabase.GetUserRecord","parameters":{"uid":%d,"service":"io.usernsd-attacks"}}' % int(sys.argv[2])).encode() + b"\\0"
+sent = 0
+try:
+    while sent < 32 * 1024 * 1024:
+        sent += s.send(msg * 64)
+except socket.timeout:
+    pass
+print(sent, flush=True)
+time.sleep(2)`;
+    const before = rss();
+    const r = as(owner, [PY, '-c', flood, USERDB, String(B + 1000)]);
+    assert.equal(r.status, 0, r.stderr);
+    const after = rss();
+    const sent = Number(r.stdout.trim()) / 2 ** 20;
+    // On 69f7858 the agent kept about four bytes of reply per byte sent (64 MiB sent: +248 MiB).
+    assert.ok(after - before < 48, `the agent grew by ${(after - before).toFixed(0)} MiB for ${sent.toFixed(1)} MiB of lookups never read`);
+    const still = await ctl(['resolve', 'mine']);
+    assert.equal(still.code, 0, still.err);
+  });
+
+  it('6. learns nothing of contexts it may not use or paths it cannot reach: explain answers a hidden context as a missing one, and an ACL that denies counts', async () => {
+    tree.context('hidden.conf', `[context]\nuid_map = 0 ${B + 65536} 65536\ngid_map = 0 ${B + 65536} 65536\n`);
+    assert.equal((await ctl(['reload'])).code, 0);
+    const pub = join(tree.dir, 'pub6');
+    mkdirSync(pub, { mode: 0o755 });
+    chmodSync(pub, 0o755);
+    for (const label of ['hidden', 'nosuch']) {
+      mkdirSync(join(pub, label));
+      writeFileSync(join(pub, label, 'f'), 'x');
+      assert.equal((await ctl(['label', 'set', join(pub, label), label, '--config', tree.config])).code, 0);
+    }
+    const explain = async (path: string) => {
+      const r = await ctl(['--json', 'explain', path], { user: owner });
+      return { code: r.code, text: (r.code === 0 ? r.out : r.err).replaceAll(/hidden|nosuch/g, 'L') };
+    };
+    const [hidden, nosuch] = [await explain(join(pub, 'hidden', 'f')), await explain(join(pub, 'nosuch', 'f'))];
+    assert.equal(hidden.code, 0, hidden.text);
+    assert.deepEqual(hidden, nosuch, 'a context the owner may not use looks like one that does not exist');
+    // An ACL entry that denies the owner: the mode alone would let it search.
+    const denied = join(tree.dir, 'acl6');
+    mkdirSync(join(denied, 'inner'), { recursive: true, mode: 0o755 });
+    chmodSync(denied, 0o755);
+    writeFileSync(join(denied, 'inner', 'f'), 'x');
+    assert.equal(spawnSync('setfacl', ['-m', `u:${owner.uid}:---`, denied]).status, 0, 'setfacl (the acl package)');
+    assert.notEqual(as(owner, ['ls', join(denied, 'inner')]).status, 0, 'the kernel denies the owner');
+    const viaAcl = await ctl(['explain', join(denied, 'inner', 'f')], { user: owner });
+    const missing = await ctl(['explain', join(denied, 'inner', 'nope')], { user: owner });
+    assert.equal(viaAcl.code, 1);
+    assert.equal(viaAcl.err.replace(/\/f$/, ''), missing.err.replace(/\/nope$/, '').replace('nope', 'f'), 'an existing file behind a denying ACL answers as a missing one');
+    assert.match(viaAcl.err, /E_PERMISSION: uid \d+ cannot reach .* \(or it does not exist\)/);
   });
 });

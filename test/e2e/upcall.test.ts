@@ -152,6 +152,14 @@ for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler
     }
   });
 
+  it('logs a hostile key description escaped: a newline in it cannot forge a log line', () => {
+    const r = inSession(`keyctl request2 user "$(printf 'userns:x\\nforged-line: accepted')" "" @s`);
+    assert.equal(r.code, 1, r.out);
+    const log = readFileSync(logFile, 'utf8');
+    assert.doesNotMatch(log, /^forged-line/m, log);
+    assert.match(log, /userns:x(\\x0a|\\n)forged-line: accepted/, log);
+  });
+
   it('asks with the requester\'s identity: a user gets its own context and is refused root\'s', () => {
     const own = inSession('keyctl pipe $(keyctl request2 user userns:mine "" @s)', asUser);
     assert.equal(own.code, 0, own.err + readFileSync(logFile, 'utf8'));

@@ -182,6 +182,23 @@ describe('integration: usernsd-spawner (root)', function () {
     assert.equal(await raw.close(), 0);
     assert.ok(await eventually(() => pids.every((p) => !alive(p))));
   });
+
+  it('reads a map back whole: 340 extents, written in under a page, read back as the kernel prints them (33 bytes a line, more than one read)', async () => {
+    raw = new Raw();
+    // Short lines to write (the kernel takes one page), 340 fixed-width lines of 33 bytes to read back.
+    const ext = Array.from({ length: 340 }, (_, i) => `${i}:${10000 + i * 2}:1`).join(',');
+    const [, ok, pid] = await raw.ask(`new 1 0 0 allow ${ext} 0:20000:1 -`);
+    assert.equal(ok, 'ok', `${ok} ${pid}`);
+    const pin = join(tree.pins, 'big');
+    writeFileSync(pin, '');
+    const [, pinned] = await raw.ask(`pin 1 ${pin}`);
+    assert.equal(pinned, 'pinned');
+    raw.send('end 1');
+    const [, kind, uid, gid] = await raw.ask(`maps 2 ${pin}`);
+    assert.equal(kind, 'maps', `${kind} ${uid}`);
+    assert.equal(uid, ext, 'every extent, none cut at a read boundary');
+    assert.equal(gid, '0:20000:1');
+  });
 });
 
 // ---- model-based: Namespaces through the spawner, over time ----

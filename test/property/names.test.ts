@@ -74,7 +74,12 @@ describe('userdb Varlink answers', () => {
       ['GetGroupRecord', { gid: 2100500 }, root], ['GetMemberships', {}, root], ['GetUserRecord', { uid: 2101000 }, user]] as const) {
       assert.deepEqual(call(m, p, peer), { error: 'io.systemd.UserDatabase.NoRecordFound', parameters: {} }, `${m} ${JSON.stringify(p)}`);
     }
-    assert.ok(served.includes('user:refused'), 'the refused caller is counted as refused');
+    // The metric must not tell a hidden context's id from no context's (SPEC §12): both are "none".
+    assert.ok(!served.some((x) => x.endsWith(':refused')), served.join(' '));
+    served.length = 0;
+    call('GetUserRecord', { uid: 2101000 }, user);
+    call('GetUserRecord', { uid: 5 }, user);
+    assert.deepEqual(served, ['user:none', 'user:none'], 'a caller who may not know, and an id of no context, count alike');
   });
 
   it('refuses another service\'s name and methods it does not have', () => {
