@@ -186,7 +186,8 @@ async function listCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const r = await callWithoutArguments(args, g, P.list);
   if (g.json) io.out(JSON.stringify(r));
   else if (r.contexts.length === 0) io.out('no contexts you may use');
-  else printTable(io, [['LABEL', 'PARENT', 'OWNER', 'PINNED', 'CREATE', 'SQUASH'], ...r.contexts.map((c) => [c.label, c.parent, c.owner.name ?? String(c.owner.uid), c.pinned ? 'yes' : 'no', c.create, c.squash])]);
+  // A nested context without an owner line belongs to its parent's root (whoever owns the parent), not to host root.
+  else printTable(io, [['LABEL', 'PARENT', 'OWNER', 'PINNED', 'CREATE', 'SQUASH'], ...r.contexts.map((c) => [c.label, c.parent, c.parent !== 'host' && c.owner.uid === 0 ? `${c.parent}'s root` : c.owner.name ?? String(c.owner.uid), c.pinned ? 'yes' : 'no', c.create, c.squash])]);
   return EXIT.OK;
 }
 

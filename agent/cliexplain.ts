@@ -2,7 +2,7 @@
 // a view made through the agent is explained as the file on disk behind it (the view's source).
 import { lstatSync } from 'node:fs';
 import { dirname, join, relative, resolve as absolute } from 'node:path';
-import { systemNss } from '../config/nss.ts';
+import { groupName, systemNss } from '../config/nss.ts';
 import { EXIT, parseCommand, UsageError } from './cliargs.ts';
 import type { Globals, Io } from './cliargs.ts';
 import { isIdmapped, mountTable } from './kernel/mountinfo.ts';
@@ -47,8 +47,8 @@ function idLines(kind: 'uid' | 'gid', e: P.IdExplanation, r: P.Explanation, show
     if (r.callerContext !== 'host') out.push(`  from ${r.callerContext} (yours): ${e.fromCaller}${ovNote(e.fromCaller)}`);
     out.push(`  identity view:   ${e.identityView}${ovNote(e.identityView)}`);
     out.push(`  foreign view:    ${e.foreignView}${ovNote(e.foreignView)}`);
-    const hostUser = kind === 'uid' ? systemNss().userById(e.onDisk)?.name : undefined;
-    out.push(`  without a view:  ${e.onDisk}${hostUser ? ` (host user ${hostUser})` : ''}: the on-disk id read as if it were a host ${kind}`);
+    const hostName = kind === 'uid' ? systemNss().userById(e.onDisk)?.name : groupName(e.onDisk);
+    out.push(`  without a view:  ${e.onDisk}${hostName ? ` (host ${kind === 'uid' ? 'user' : 'group'} ${hostName})` : ''}: the on-disk id read as if it were a host ${kind}`);
   } else {
     out.push(`  a host ${kind}${e.name ? `, named ${e.name} (in a context's range)` : ''}`);
     if (r.callerContext !== 'host') out.push(`  from ${r.callerContext} (yours): ${e.fromCaller}${ovNote(e.fromCaller)}`);

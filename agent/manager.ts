@@ -73,6 +73,8 @@ export class Manager implements Agent {
   private stopping: Promise<void> | null = null;
   private upcall: UpcallWiring | null = null;
   private readonly notifyFn: (state: string) => void;
+  /** The supervisor's notify socket went away: nothing more is sent. */
+  private notifyGone = false;
   private readonly limiter: LogLimiter;
   /** Who counts as whom for the per-user limits: rebuilt with the contexts in force. */
   private readonly people = new People();
@@ -242,11 +244,22 @@ export class Manager implements Agent {
     if (usersChanged && w.users?.state === 'refused') this.log.warn({ upcallUsers: 'refused' }, `Upcall: ${w.users.message}`);
   }
 
-  /** Tell the supervisor; a broken notify socket is logged, never fatal. */
+  /**
+   * Tell the supervisor; a broken notify socket is logged, never fatal. A socket that is gone
+   * (ENOENT, ECONNREFUSED) means a supervisor that only waited for READY=1, as start-stop-daemon
+   * --notify-await does: said once, and not tried again.
+   */
   private notify(state: string): void {
+    if (this.notifyGone) return;
     try {
       this.notifyFn(state);
     } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ECONNREFUSED') {
+        this.notifyGone = true;
+        this.log.info({ err: (err as Error).message }, 'The supervisor\'s notify socket is gone (it waited for readiness only): no further notifications');
+        return;
+      }
       this.log.warn({ err: (err as Error).message }, 'Failed to notify the supervisor (NOTIFY_SOCKET)');
     }
   }
@@ -327,10 +340,10 @@ export class Manager implements Agent {
     if (config.errors.some((e) => e.file === config.agent.file)) {
       for (const e of errors) this.log.error({ source }, `Failed to reload: ${e}`);
       this.log.error({ source }, 'Failed to reload: the settings file has errors; everything stays as it was');
-      this.metrics.reloaded(false);
+      this.metrics.reloaded('failed');
       return { contexts: this.registry.size, added: [], changed: [], removed: [], kept: [], errors };
     }
-    this.metrics.reloaded(true);
+    this.metrics.reloaded(config.errors.length > 0 ? 'partial' : 'ok');
     const atStart = ['socket', 'pins', 'state', 'mountNamespace', 'spawner', 'userdb', 'userdbSocket', 'metricsListen', 'coordinator', 'etcd'] as const;
     for (const key of atStart) {
       if (JSON.stringify(config.agent[key]) !== JSON.stringify(before[key])) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);

@@ -58,7 +58,7 @@ export class Metrics {
     }), () => latency.clear());
     this.namespaces = new Counter({ name: 'usernsd_namespaces_total', help: 'User namespaces created and released.', labelNames: ['event'], registers });
     this.createLatency = new Histogram({ name: 'usernsd_namespace_create_duration_seconds', help: 'Time to create, map, check and pin one namespace.', buckets: CREATE_BUCKETS, registers });
-    this.reloads = new Counter({ name: 'usernsd_reloads_total', help: 'Reloads, by outcome: ok (put in force, maybe with errors in some context files) or failed (the settings file has errors).', labelNames: ['outcome'], registers });
+    this.reloads = new Counter({ name: 'usernsd_reloads_total', help: 'Reloads, by outcome: ok (put in force as written), partial (put in force, some context files refused) or failed (the settings file has errors: nothing changed).', labelNames: ['outcome'], registers });
     this.upcalls = new Counter({ name: 'usernsd_upcalls_total', help: 'request-key upcalls that reached the agent, by outcome: answered or rejected.', labelNames: ['outcome'], registers });
     this.userdb = new Counter({ name: 'usernsd_userdb_lookups_total', help: 'userdb lookups (nss-systemd), by kind (user, group, memberships, other) and outcome (found, none, bad; an id of a context the caller may not use counts as none).', labelNames: ['kind', 'outcome'], registers });
     this.viewsMade = new Counter({ name: 'usernsd_views_total', help: 'Views made, by mechanism (idmapped, bindfs) and purpose (mount, enter).', labelNames: ['mechanism', 'purpose'], registers });
@@ -76,7 +76,7 @@ export class Metrics {
     // Every series that can exist is there from the start, at zero: rates need no first event.
     for (const m of methods) this.counts.set(m, { method: m, code: 'ok', n: 0 });
     for (const event of ['created', 'released']) this.namespaces.inc({ event }, 0);
-    for (const outcome of ['ok', 'failed']) this.reloads.inc({ outcome }, 0);
+    for (const outcome of ['ok', 'partial', 'failed']) this.reloads.inc({ outcome }, 0);
     for (const outcome of ['answered', 'rejected']) this.upcalls.inc({ outcome }, 0);
   }
 
@@ -117,8 +117,9 @@ export class Metrics {
     this.namespaces.inc({ event: 'released' }, n);
   }
 
-  reloaded(ok: boolean): void {
-    this.reloads.inc({ outcome: ok ? 'ok' : 'failed' });
+  /** ok: put in force as written; partial: put in force, some context files refused (the CLI exits 1); failed: the settings file has errors. */
+  reloaded(outcome: 'ok' | 'partial' | 'failed'): void {
+    this.reloads.inc({ outcome });
   }
 
   upcall(answered: boolean): void {

@@ -68,13 +68,18 @@ export class Views {
     if (hit) throw sealedOwnTree ? unreachable() : new UsernsError('E_INVALID', `no view is made of ${src}: it is inside ${hit}, ${KERNEL_TREES.includes(hit) ? 'a kernel filesystem' : "the agent's own directory"}`);
     const st = statSync(src);
     if (!st.isDirectory()) throw sealedOwnTree ? unreachable() : new UsernsError('E_INVALID', `${src} is not a directory: a view shows a tree`);
-    if (params.context !== undefined && isRoot(peer)) return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
     let found;
     try {
       found = findLabel(src, agent.labelXattr, sealedOwnTree ? AS_ROOT : peer);
     } catch (err) {
       if (sealedOwnTree) throw unreachable();
+      // Root names the context of a tree that carries no label.
+      if (params.context !== undefined && isRoot(peer) && err instanceof UsernsError && err.code === 'E_NOT_FOUND') return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
       throw err;
+    }
+    // The label wins (usernsctl(1)): a --context that says otherwise is refused, not silently obeyed.
+    if (params.context !== undefined && isRoot(peer) && params.context !== found.label) {
+      throw new UsernsError('E_INVALID', `${src} is labelled ${found.label} (on ${found.at}), not ${params.context}: the label says whose ids are on disk; drop --context, or relabel the tree (usernsctl label set ${found.at} ${params.context})`);
     }
     if (sealedOwnTree) {
       const ctx = registry.get(found.label);

@@ -128,6 +128,29 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
 
 const ROOT: Owner = { uid: 0, gid: 0, name: 'root' };
 
+/** Where each [context] key of a file is, for errors judged across files (a clash, a parent). */
+function contextLines(doc: IniDoc): Readonly<Record<string, number>> {
+  const out: Record<string, number> = Object.create(null) as Record<string, number>;
+  const section = doc.sections.get('context');
+  if (section) out[''] = section.line;
+  for (const key of section?.keys.keys() ?? []) {
+    const line = lineOf(doc, 'context', key);
+    if (line !== null) out[key] = line;
+  }
+  return out;
+}
+
+/**
+ * The line an error about `key` points at: the key's own, else (a rule about a key left to its
+ * default, as an owner's map with range = auto) the section's; null for a context kept from the record.
+ */
+function lineIn(d: ContextDef, key: string): number | null {
+  const lines = d.lines;
+  if (!lines) return null;
+  if (key === 'uid_map' || key === 'gid_map') return lines[key] ?? lines.range ?? lines[''] ?? null;
+  return lines[key] ?? lines[''] ?? null;
+}
+
 /** One context file -> a definition, or the errors that keep it out. */
 export function parseContextFile(file: string, text: string, nss: Nss, poolSize: number): { def: ContextDef | null; errors: ConfigError[] } {
   const errors: ConfigError[] = [];
@@ -184,6 +207,7 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
       },
       access: { uids: get('access', 'users') ?? [], gids: get('access', 'groups') ?? [] },
       ownerIds: get<'delegated' | 'any'>('context', 'owner_ids') ?? 'delegated',
+      lines: contextLines(doc),
     },
     errors,
   };
@@ -227,7 +251,7 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
   const byLabel = new Map<string, ContextDef>();
   for (const d of defs) {
     const first = byLabel.get(d.label);
-    if (first) errors.push(configError(d.file, 'context', 'label', null, `label "${d.label}" is already defined by ${first.file}: ignored`));
+    if (first) errors.push(configError(d.file, 'context', 'label', lineIn(d, 'label'), `label "${d.label}" is already defined by ${first.file}: ignored`));
     else byLabel.set(d.label, d);
   }
   // Parents first; a context whose parent is missing or refused is refused with it.
@@ -238,7 +262,7 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
     if (s === 'ok') return true;
     if (s === 'bad') return false;
     if (s === 'visiting') {
-      errors.push(configError(d.file, 'context', 'parent', null, `parents form a cycle: ${[...path, d.label].join(' -> ')}`));
+      errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parents form a cycle: ${[...path, d.label].join(' -> ')}`));
       state.set(d.label, 'bad');
       return false;
     }
@@ -247,10 +271,10 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
     if (d.parent !== HOST_LABEL) {
       const p = byLabel.get(d.parent);
       if (!p) {
-        errors.push(configError(d.file, 'context', 'parent', null, `parent "${d.parent}" is not a configured context`));
+        errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not a configured context`));
         ok = false;
       } else if (!visit(p, [...path, d.label])) {
-        if (state.get(d.label) !== 'bad') errors.push(configError(d.file, 'context', 'parent', null, `parent "${d.parent}" is not valid, so neither is this context`));
+        if (state.get(d.label) !== 'bad') errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not valid, so neither is this context`));
         ok = false;
       }
     }
@@ -438,7 +462,7 @@ export function finishContexts(
   };
   const hostMaps = new Map<string, HostMaps>();
   const claims = new Map<string, { uid: Claim[]; gid: Claim[] }>();
-  const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, null, message));
+  const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, lineIn(d, key), message));
   const labels = new Set(defs.map((d) => d.label));
   const broken = new Set(errors.map((e) => e.file));
   const kept = [...prior.inForce.values()].filter((c) => !labels.has(c.label) && broken.has(c.file));
@@ -525,7 +549,7 @@ export function finishContexts(
         const gaps = (kind === 'uid' ? host.uid : host.gid).flatMap((e) => notGiven(g, e.outside, e.outside + e.count));
         if (gaps.length === 0) continue;
         const { what, advice } = beyondDelegation(d, kind, gaps, g, delegations.whose);
-        if (d.ownerIds === 'any') notices.push(configError(d.file, 'context', 'owner_ids', null, `any: the owner may use ids it was not given: ${key} ${what}`));
+        if (d.ownerIds === 'any') notices.push(configError(d.file, 'context', 'owner_ids', lineIn(d, 'owner_ids'), `any: the owner may use ids it was not given: ${key} ${what}`));
         else problems.push([key, `${what}: ${advice}`]);
       }
     }

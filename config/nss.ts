@@ -26,6 +26,7 @@ const groupPtr = koffi.pointer(group);
 const getpwnam = libc.func('getpwnam', passwdPtr, ['const char *']);
 const getpwuid = libc.func('getpwuid', passwdPtr, ['uint32_t']);
 const getgrnam = libc.func('getgrnam', groupPtr, ['const char *']);
+const getgrgid = libc.func('getgrgid', groupPtr, ['uint32_t']);
 const setpwent = libc.func('setpwent', 'void', []);
 const getpwent = libc.func('getpwent', passwdPtr, []);
 const endpwent = libc.func('endpwent', 'void', []);
@@ -62,6 +63,12 @@ export function systemNss(): Nss {
       return p ? (koffi.decode(p, group) as Gr).gr_gid : null;
     }),
   };
+}
+
+/** A host group's name by gid, for people reading ids (explain); null when NSS knows none. */
+export function groupName(gid: number): string | null {
+  const p = getgrgid(gid);
+  return p ? (koffi.decode(p, group) as Gr).gr_name : null;
 }
 
 /** Every uid and gid the databases enumerate: the allocator never hands out an id a real account has. */

@@ -37,6 +37,8 @@ export type ContextDef = {
    * vouches for the map; check-config says so).
    */
   readonly ownerIds: 'delegated' | 'any';
+  /** Where the [context] section ("") and each key are in the file, for errors judged across files; absent for a kept context. */
+  readonly lines?: Readonly<Record<string, number>>;
 };
 
 /**

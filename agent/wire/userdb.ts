@@ -134,7 +134,7 @@ export class UserdbServer {
         }
         // A client that sends lookups and never reads makes replies pile up here: past the bound,
         // stop reading it until they drain (its own sends then wait in the kernel's bounded buffer).
-        if (!socket.write(JSON.stringify(reply) + '\0') && socket.writableLength >= USERDB_MAX_UNREAD_BYTES) {
+        if (!socket.write(JSON.stringify(reply) + '\0') && socket.writableLength >= USERDB_MAX_UNREAD_BYTES && !socket.isPaused()) {
           socket.pause();
           socket.once('drain', () => { if (!socket.destroyed) socket.resume(); });
         }

@@ -118,6 +118,10 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     assert.match(human, /^uid: on disk 70000 = uid 70000 inside hpa-backups$/m);
     assert.match(human, /^ {2}foreign view: {4}65534 \(the overflow uid\)$/m);
     assert.match(human, /^ {2}why: on-disk uid 70000 is not in the uid_map/m);
+    // Read without a view, the on-disk ids are host ids: named as the host names them, groups too.
+    const rootHuman = (await ctl(['explain', join(backup, 'root')])).out;
+    assert.match(rootHuman, /^ {2}without a view: {2}0 \(host user root\): the on-disk id read as if it were a host uid$/m);
+    assert.match(rootHuman, /^ {2}without a view: {2}0 \(host group root\): the on-disk id read as if it were a host gid$/m);
     // A stranger learns nothing about a context it may not use.
     const s = await json(join(backup, 'hpa'), { user: stranger });
     assert.equal(s.context, null);

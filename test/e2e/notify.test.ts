@@ -65,4 +65,23 @@ describe('e2e: readiness notification (root)', function () {
     assert.match(first.msg, /\nMAINPID=\d+\n/);
     assert.match(first.msg, /\nSTATUS=serving 3 context\(s\) on /);
   });
+
+  it('a supervisor that waited for READY=1 only (start-stop-daemon --notify-await) and went: said once, no warning at each reload and stop', async () => {
+    const notifySocket = join(tree.dir, 'notify-once');
+    // Takes one datagram, then removes its socket and exits, as start-stop-daemon does.
+    const once = `import socket, os, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1]); print("up", flush=True)
+s.recv(4096); s.close(); os.unlink(sys.argv[1])`;
+    const listener = spawn(PYTHON, ['-c', once, notifySocket], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const gone = new Promise((r) => listener.on('exit', r));
+    await new Promise<void>((r) => listener.stdout!.once('data', () => r()));
+    const agent = await startAgent(tree, ['--log-level', 'info'], { env: { NOTIFY_SOCKET: notifySocket } });
+    await gone;
+    for (let i = 0; i < 3; i++) {
+      agent.child.kill('SIGHUP');
+      await agent.waitForLog((l) => l.msg === 'Reloaded configuration' && agent.logs.filter((x) => x.msg === 'Reloaded configuration').length > i);
+    }
+    assert.equal(await agent.stop(), 0);
+    assert.deepEqual(agent.logs.filter((l) => /notify/i.test(l.msg)).map((l) => l.msg), ['The supervisor\'s notify socket is gone (it waited for readiness only): no further notifications']);
+  });
 });

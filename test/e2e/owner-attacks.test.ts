@@ -134,6 +134,7 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
       assert.match(check.err, new RegExp(`grab\\.conf: \\[context\\] uid_map: maps host uids ${bob.uid}, which were not delegated to ${owner.name} \\(${bob.uid} is ${bob.name}'s\\)`));
       const reload = await ctl(['reload']);
       assert.equal(reload.code, 1, 'the reload reports the refused file');
+      assert.match((await ctl(['metrics'])).out, /^usernsd_reloads_total\{outcome="partial"\} [1-9]/m, 'and the metrics say so: not "ok"');
       const r = await ctl(['enter', 'grab', '--', 'sh', '-c', `setpriv --reuid 0 cat ${secret}`], { user: owner });
       assert.notEqual(r.code, 0);
       assert.doesNotMatch(r.out, /bob only/);
@@ -165,12 +166,17 @@ sys.stdin.read()`;
       });
       // ...then asks again as one of its context's host ids, which it can become (enter, setpriv).
       const probe = `import socket, sys
-s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
+s = socket.socket(socket.AF_UNIX); s.settimeout(1); s.connect(sys.argv[1])
 try:
     print(s.recv(4096).decode(errors="replace"))
 except socket.timeout:
     print("served")`;
-      const inside = as({ uid: B + 5, gid: B + 5 }, [PY, '-c', probe, agent.socket]);
+      // connect() returns once a connection is queued: the agent may not have accepted all 256 yet.
+      let inside = as({ uid: B + 5, gid: B + 5 }, [PY, '-c', probe, agent.socket]);
+      for (let i = 0; i < 25 && !/E_BUSY/.test(inside.stdout); i++) {
+        await new Promise((r) => setTimeout(r, 200));
+        inside = as({ uid: B + 5, gid: B + 5 }, [PY, '-c', probe, agent.socket]);
+      }
       assert.match(inside.stdout, new RegExp(`E_BUSY.*uid ${B + 5} \\(counted as uid ${owner.uid}: the owner of the context that maps it\\) holds 256 connections already`), inside.stdout + inside.stderr);
       const other = as({ uid: bob.uid, gid: bob.gid }, [PY, '-c', probe, agent.socket]);
       assert.match(other.stdout, /served/, 'another person is not held to the owner\'s limit');

@@ -45,6 +45,9 @@ describe('e2e: views of a context\'s tree (root)', function () {
     tree.context('plain.conf', `[context]\nuid_map = 0 ${B + 131072} 65536\ngid_map = 0 ${B + 131072} 65536\n[squash]\nmode = none\n`);
     src.rootfs = join(tree.dir, 'rootfs');
     populate(src.rootfs);
+    // The same backup without a label: root names its context with --context (a label would win).
+    src.bare = join(tree.dir, 'bare');
+    populate(src.bare);
     // Sealed as /var/lib/machines is: only root may search the directory above the backup (SPEC §12).
     mkdirSync(join(tree.dir, 'sealed'), { mode: 0o700 });
     chmodSync(join(tree.dir, 'sealed'), 0o700);
@@ -144,7 +147,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
   it('all squash: bindfs shows every file as anonuid:anongid, read-only', async function () {
     if (!hasBindfs) this.skip();
     const d = dst();
-    const r = await ctl(['--json', 'view', '--context', 'tape-all', src.rootfs!, d]);
+    const r = await ctl(['--json', 'view', '--context', 'tape-all', src.bare!, d]);
     assert.equal(r.code, 0, r.err);
     const v = JSON.parse(r.out) as P.ViewResult;
     assert.equal(v.mechanism, 'bindfs');
@@ -154,7 +157,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.match(as(65533, ['sh', '-c', `echo x >> ${join(d, 'hpa')}`]).stderr, /Read-only file system/, 'not even anonuid, who owns every file in the view, writes');
     // The identity view of the same context is an idmapped mount as usual.
     const d2 = dst();
-    assert.match((await ctl(['view', '--identity', '--context', 'tape-all', src.rootfs!, d2])).out, /identity \(squash all\), idmapped/);
+    assert.match((await ctl(['view', '--identity', '--context', 'tape-all', src.bare!, d2])).out, /identity \(squash all\), idmapped/);
     assert.equal(ids(join(d2, 'hpa')), `${B + 65536 + 1000}:${B + 65536 + 1000}`);
     for (const x of [d, d2]) assert.equal(umount(x).status, 0);
   });
@@ -188,7 +191,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
 
   it('a view of a nested context composes its map through the parent\'s', async () => {
     const d = dst();
-    const r = await ctl(['view', '--identity', '--context', 'www', src.rootfs!, d]);
+    const r = await ctl(['view', '--identity', '--context', 'www', src.bare!, d]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, new RegExp(`uid 0 ${B + 1000} 100, gid 0 ${B + 1000} 100`));
     assert.equal(ids(join(d, 'root')), `${B + 1000}:${B + 1000}`, 'on-disk 0 is www\'s root: the parent\'s 1000');
@@ -300,6 +303,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
       [['view', join(tree.dir, 'helpers-none'), d], /E_NOT_FOUND/],
       [['view', tree.contexts, d], /E_NOT_FOUND: no trusted.userns label on/],
       [['view', src.rootfs!, d], /E_PERMISSION: views are mounted by root/, { user: owner }],
+      [['view', '--context', 'plain', src.rootfs!, d], /E_INVALID: .*rootfs is labelled hpa-backups \(on .*\), not plain: the label says whose ids are on disk; drop --context, or relabel/],
       [['enter', 'hpa-backups', '--view', `${src.rootfs}:${d}`, '--', 'true'], /E_PERMISSION: uid \d+ may not use context "hpa-backups"/, { user: stranger }],
       [['enter', 'plain', '--view', `${src.rootfs}:${d}`, '--', 'true'], /E_PERMISSION: .* belongs to context "hpa-backups" .*, not "plain"/, { user: owner }],
     ];
@@ -310,8 +314,14 @@ describe('e2e: views of a context\'s tree (root)', function () {
     }
     assert.deepEqual(mountsUnder(d), []);
     if (!hasBindfs) return;
-    const noBindfs = await ctl(['view', '--context', 'tape-all', src.rootfs!, d], { env: { PATH: '/nonexistent' } });
+    const noBindfs = await ctl(['view', '--context', 'tape-all', src.bare!, d], { env: { PATH: '/nonexistent' } });
     assert.match(noBindfs.err, /E_UNSUPPORTED: bindfs is not installed: install it \(Debian: apt-get install bindfs\)/);
+  });
+
+  it('list says a nested context without an owner line belongs to its parent\'s root, not to host root', async () => {
+    const r = await ctl(['list']);
+    assert.match(r.out, /^www\s+hpa-backups\s+hpa-backups's root\s/m, r.out + r.err);
+    assert.match(r.out, /^plain\s+host\s+root\s/m, r.out);
   });
 
   it('an agent in a mount namespace of its own, read-only where the tree is, makes writable views where the caller is', async () => {

@@ -154,7 +154,7 @@ describe('config: an owner maps only host ids it was given (SPEC §12)', () => {
     const r = all({ 'a.conf': owned('alice', '0 1000 10', '0 1001 1', 'owner_ids = any\n') });
     assert.deepEqual(r.errors, []);
     assert.deepEqual(r.labels, ['a']);
-    assert.deepEqual(r.notices.map(formatConfigError), ['/etc/userns.d/a.conf: [context] owner_ids: any: the owner may use ids it was not given: uid_map maps host uids 1000, 1002-1009, which were not delegated to alice (1000 is hpa\'s)']);
+    assert.deepEqual(r.notices.map(formatConfigError), ['/etc/userns.d/a.conf: [context] owner_ids: any: the owner may use ids it was not given: uid_map maps host uids 1000, 1002-1009, which were not delegated to alice (1000 is hpa\'s) (line 5)']);
     assert.deepEqual(all({ 'a.conf': owned('alice', '0 1001 1', '0 1001 1', 'owner_ids = any\n') }).notices, [], 'no notice when nothing is beyond');
   });
 
@@ -314,6 +314,18 @@ describe('config: checks across files', () => {
     assert.match(text, /parents form a cycle/);
     assert.match(text, /d\.conf: \[context\] parent: parent "a" is not valid/);
     assert.match(text, /f\.conf: \[context\] label: label "f" is already defined by \/etc\/userns\.d\/e\.conf/);
+  });
+
+  it('gives errors judged across files the line of the key they are about, as the README promises', () => {
+    const r = all({
+      'a.conf': '# a comment\n[context]\n\nparent = nope\nuid_map = 0 0 1\ngid_map = 0 0 1\n',
+      'x.conf': '[context]\nuid_map = 0 500000 100\ngid_map = 0 500000 100\n',
+      'y.conf': '[context]\n; shares x\'s ids\ngid_map = 0 600000 100\nuid_map = 0 500050 100\n',
+      'z.conf': '[context]\nowner = alice\nrange = auto\n',
+    }, { inForce: new Map(), allocations: new Map([['z', { start: 100000000, size: 65536 }]]) });
+    const text = r.errors.join('\n');
+    assert.match(text, /a\.conf: \[context\] parent: parent "nope" is not a configured context \(line 4\)/);
+    assert.match(text, /y\.conf: \[context\] uid_map: host uids 500050-500099 are already used by context "x" \(\/etc\/userns\.d\/x\.conf\): give one of them other ids \(line 4\)/);
   });
 });
 
