@@ -363,8 +363,10 @@ export class Manager implements Agent {
       }
     }
     // A changed context that is pinned is looked at now, so status shows its drift at once rather
-    // than at its next resolve (a pin's maps come from its record: no helper process).
-    for (const label of diff.changed) {
+    // than at its next resolve (a pin's maps come from its record: no helper process). So is an added
+    // one that finds a pin already there: an orphan left by an earlier version of its file, whose
+    // maps may well differ (found by config-over-time, seed 1252771541).
+    for (const label of [...diff.added, ...diff.changed]) {
       if (!this.registry.isPinned(label)) continue;
       try {
         await this.registry.resolve(label);

@@ -114,4 +114,23 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     const text = await usernsctl(['--socket', agent.socket, 'status']);
     assert.match(text.out, /^kid\s+root \(0:0\)\s+stale \(its parent proj is in drift/m);
   });
+
+  it('a reload that adds a context whose label is already pinned (an orphan of an older file) checks that pin: other maps are drift, at once', async () => {
+    tree.context('proj.conf', overlap);
+    agent = await startAgent(tree);
+    await callAgent(agent.socket, P.resolve, { label: 'proj' });
+    // The file goes while the agent is down: at the next start the pin is an orphan.
+    execFileSync('rm', [`${tree.contexts}/proj.conf`]);
+    assert.equal(await agent.stop(), 0);
+    agent = await startAgent(tree);
+    const orphan = await callAgent(agent.socket, P.status, {});
+    assert.equal(orphan.contextStates?.find((c) => c.label === 'proj')?.state, 'orphan');
+    // It comes back with other ids: the pin holds the old ones, so status must say drift, not pinned.
+    tree.context('proj.conf', proj);
+    const r = await callAgent(agent.socket, P.reload, {});
+    assert.deepEqual(r.added, ['proj']);
+    const st = await callAgent(agent.socket, P.status, {});
+    assert.equal(st.contextStates?.find((c) => c.label === 'proj')?.state, 'drift');
+    await assert.rejects(callAgent(agent.socket, P.resolve, { label: 'proj' }), (e: UsernsError) => e.code === 'E_CONFIG' && /\(drift\)/.test(e.message));
+  });
 });
