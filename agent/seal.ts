@@ -86,8 +86,23 @@ export function rawPaths(src: string, dev: number, ino: number, mountinfo: strin
   return [...out];
 }
 
-/** Sealed when every raw path of the tree lies under a directory only root may search. */
-export function hostReach(src: string, dev: number, ino: number, mountinfo?: string): Seal {
+/**
+ * Whether the kernel refuses a hard link to a file the linker neither owns nor may read and write
+ * (fs.protected_hardlinks = 1, Debian's default). Without it the owner could link a file it planted
+ * in the sealed tree out of it (through /proc/PID/fd of a process of its own inside), so nothing is
+ * sealed then.
+ */
+export function hardlinksProtected(file = '/proc/sys/fs/protected_hardlinks'): boolean {
+  try {
+    return readFileSync(file, 'utf8').trim() === '1';
+  } catch {
+    return false;
+  }
+}
+
+/** Sealed when every raw path of the tree lies under a directory only root may search (and links out are refused). */
+export function hostReach(src: string, dev: number, ino: number, mountinfo?: string, protectedLinks: boolean = hardlinksProtected()): Seal {
+  if (!protectedLinks) return { sealed: false, why: 'fs.protected_hardlinks is off, so a file made in the tree could be linked out of it by any user (sysctl fs.protected_hardlinks=1)' };
   let by = '';
   for (const p of rawPaths(src, dev, ino, mountinfo)) {
     const d = sealingDirectory(p);
