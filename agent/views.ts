@@ -1,6 +1,8 @@
 // Views (SPEC §7): which context a tree belongs to, which view of it a caller gets, and how it is
 // made — an idmapped tree handed over as a descriptor, or bindfs options where the kernel cannot.
 import { constants, readFileSync, realpathSync, statSync } from 'node:fs';
+import * as v from 'valibot';
+import { labelProblem } from '../config/schema.ts';
 import { dirname, join, sep } from 'node:path';
 import type { Context } from '../config/types.ts';
 import { isRoot, mayEnter } from './auth.ts';
@@ -18,6 +20,12 @@ import type { ViewParams, ViewRecord, ViewResult } from './wire/protocol.ts';
 import type { Connection } from './wire/server.ts';
 
 export const VIEWS_FILE = 'views.json';
+
+const PATH = v.pipe(v.string(), v.startsWith('/'), v.maxLength(4096), v.regex(/^[^\n\0]*$/u));
+const VIEW_RECORD = v.object({
+  src: PATH, target: PATH, context: v.pipe(v.string(), v.check((l) => labelProblem(l) === null, 'not a label')),
+  mode: v.picklist(['identity', 'foreign']), mechanism: v.picklist(['idmapped', 'bindfs']), readOnly: v.boolean(), made: v.pipe(v.string(), v.maxLength(64)),
+});
 /** Views remembered for `usernsctl view --list`; a view made on a target already recorded replaces it. */
 export const MAX_VIEW_RECORDS = 1024;
 
@@ -160,8 +168,10 @@ export class Views {
   list(): readonly ViewRecord[] {
     if (this.records === null) {
       try {
+        // Input like any state file (SPEC §12): a record that is not one is left out, the rest kept.
         const parsed = JSON.parse(readFileSync(join(this.stateDir, VIEWS_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW })) as { views?: unknown };
-        this.records = Array.isArray(parsed.views) ? (parsed.views as ViewRecord[]).filter((r) => typeof r?.target === 'string') : [];
+        const records = Array.isArray(parsed.views) ? parsed.views.slice(-MAX_VIEW_RECORDS) : [];
+        this.records = records.flatMap((r) => { const ok = v.safeParse(VIEW_RECORD, r); return ok.success ? [ok.output] : []; });
       } catch {
         this.records = [];
       }
