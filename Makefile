@@ -1,7 +1,9 @@
 # usernsd: build, install and uninstall like a system daemon. See README.md.
 #   make                 build dist/ (needs "npm ci" first)
 #   make install         PREFIX=/usr/local SYSCONFDIR=/etc DESTDIR= USERNSD_NODE=<the project's Node 24>
-#   make uninstall       the same variables: removes exactly what install placed
+#   make uninstall       the same variables: removes exactly what install placed (refused while its agent runs)
+# Installing again over a running agent replaces each file by rename (never writing a running binary);
+# a failed install puts back every file it replaced.
 # Installed: PREFIX/lib/usernsd (the agent, its production dependencies and its Node),
 # PREFIX/sbin/usernsd, PREFIX/bin/usernsctl, /sbin/mount.usernsd (MOUNTHELPERDIR: /sbin for a
 # PREFIX under /usr, where mount(8) looks, else PREFIX/sbin), PREFIX/share/man, PREFIX/lib/systemd/system,

@@ -2,7 +2,7 @@
 // what was placed. Reads PREFIX, SYSCONFDIR, DESTDIR and USERNSD_NODE from the environment (see Makefile).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -32,6 +32,13 @@ const subst = (text) => text.replace(/@(LIBDIR|BINDIR|SBINDIR|SYSCONFDIR)@/g, (_
 
 /** What this install placed: files (config ones with their checksum) and the directories it made. */
 const placed = { files: [], dirs: [] };
+/**
+ * Files this install replaced, each kept under a backup name (a hard link to the old inode) until
+ * the install is complete: a rollback puts every one of them back, so a failed install leaves the
+ * previous one exactly as it was.
+ */
+const replaced = [];
+const backupName = (p) => join(dirname(p), `.${p.split('/').pop()}.usernsd-old.${process.pid}`);
 
 function ensureDir(dir) {
   const missing = [];
@@ -48,9 +55,37 @@ function put(path, body, mode = 0o644, config = false) {
     console.log(`kept existing ${dest(path)}`);
     return;
   }
-  writeFileSync(dest(path), body, { mode });
-  chmodSync(dest(path), mode);
-  placed.files.push(config ? { path, sha256: sha256(body) } : { path });
+  // Written beside the target and renamed over it: the file in place (a running agent's node, its
+  // modules) is never opened for writing (ETXTBSY), and a reader sees the old file or the new one.
+  const target = dest(path);
+  const tmp = join(dirname(target), `.${path.split('/').pop()}.usernsd-new.${process.pid}`);
+  try { unlinkSync(tmp); } catch { /* none */ }
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+  try {
+    const buf = typeof body === 'string' ? Buffer.from(body) : body;
+    for (let off = 0; off < buf.length;) off += writeSync(fd, buf, off, buf.length - off);
+  } finally {
+    closeSync(fd);
+  }
+  chmodSync(tmp, mode);
+  const existed = existsSync(target);
+  if (existed && !lstatSync(target).isDirectory()) {
+    const backup = backupName(target);
+    try { unlinkSync(backup); } catch { /* none */ }
+    try {
+      linkSync(target, backup);
+    } catch {
+      copyFileSync(target, backup); // a filesystem without hard links
+    }
+    replaced.push({ target, backup });
+  }
+  try {
+    renameSync(tmp, target);
+  } catch (err) {
+    try { unlinkSync(tmp); } catch { /* gone */ }
+    throw err;
+  }
+  placed.files.push({ ...(config ? { path, sha256: sha256(body) } : { path }), replaced: existed });
 }
 
 function copyTree(from, to, skip = () => false) {
@@ -122,15 +157,21 @@ function install() {
   }
   const previous = existsSync(dest(MANIFEST)) ? JSON.parse(readFileSync(dest(MANIFEST), 'utf8')) : { files: [], dirs: [] };
   const merged = {
-    files: [...new Map([...previous.files, ...placed.files].map((f) => [f.path, f])).values()],
+    files: [...new Map([...previous.files, ...placed.files.map(({ replaced: _, ...f }) => f)].map((f) => [f.path, f])).values()],
     dirs: [...new Set([...previous.dirs, ...placed.dirs])],
   };
-  writeFileSync(dest(MANIFEST), JSON.stringify(merged, null, 1) + '\n', { mode: 0o644 });
+  put(MANIFEST, JSON.stringify(merged, null, 1) + '\n');
+  // Complete: the old files are no longer needed for a rollback.
+  for (const r of replaced) try { unlinkSync(r.backup); } catch { /* gone */ }
   console.log(`installed usernsd under ${DESTDIR || '/'} (PREFIX=${PREFIX}, SYSCONFDIR=${SYSCONFDIR}): ${merged.files.length} files; make uninstall removes them`);
 }
 
 function uninstall() {
   if (!existsSync(dest(MANIFEST))) throw new Error(`${dest(MANIFEST)} not found: nothing was installed with these PREFIX/DESTDIR settings`);
+  const running = runningAgents();
+  if (running.length > 0) {
+    throw new Error(`usernsd from this install is running (pid ${running.join(', ')}): stop it first (systemctl stop usernsd, or ${SYSCONFDIR}/init.d/usernsd stop), then make uninstall again; pins stay until usernsctl release`);
+  }
   const m = JSON.parse(readFileSync(dest(MANIFEST), 'utf8'));
   let removed = 0;
   for (const f of m.files) {
@@ -151,10 +192,34 @@ function uninstall() {
   console.log(`uninstalled usernsd: ${removed} files removed`);
 }
 
-/** A failed install takes back what it placed so far: nothing half-installed is left without a manifest. */
+/**
+ * A failed install takes back what it placed so far and puts back what it replaced: the previous
+ * install (or nothing) exactly as it was, never a mix and never less.
+ */
 function rollback() {
-  for (const f of placed.files) try { unlinkSync(dest(f.path)); } catch { /* gone */ }
+  const restored = new Set();
+  for (const r of [...replaced].reverse()) {
+    try {
+      renameSync(r.backup, r.target);
+      restored.add(r.target);
+    } catch (err) {
+      console.error(`usernsd install: could not put back ${r.target} (kept as ${r.backup}): ${err.message}`);
+    }
+  }
+  for (const f of placed.files) if (!f.replaced && !restored.has(dest(f.path))) try { unlinkSync(dest(f.path)); } catch { /* gone */ }
   for (const d of [...placed.dirs].reverse()) try { rmdirSync(dest(d)); } catch { /* not empty: keep */ }
+}
+
+/** Pids of agents running from this install's Node (what uninstall would pull from under them). */
+function runningAgents() {
+  const node = dest(`${dirs.LIBDIR}/node`);
+  const out = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      if (readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, '') === node) out.push(Number(pid));
+    } catch { /* gone, or not ours to read */ }
+  }
+  return out;
 }
 
 try {

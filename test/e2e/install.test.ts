@@ -90,6 +90,47 @@ describe('e2e: install, init scripts and units (root)', function () {
     assert.deepEqual(snapshot(destdir), before);
   });
 
+  it('installs again over a running agent: the new install whole, or after a failure the old one exactly; uninstall says to stop it first', () => {
+    const prefix = join(dir, 'usr');
+    const etc = join(dir, 'etc');
+    const vars = { PREFIX: prefix, SYSCONFDIR: etc };
+    make('install', vars);
+    writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`);
+    writeFileSync(join(etc, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    const agent = spawnSync('sh', ['-c', `"${prefix}/sbin/usernsd" --config "${etc}/usernsd.conf" </dev/null >/dev/null 2>"${dir}/log" & echo $!`], { encoding: 'utf8' });
+    const pid = Number(agent.stdout.trim());
+    const status = () => run(join(prefix, 'bin', 'usernsctl'), ['--socket', `${dir}/run/usernsd/usernsd.sock`, 'status']);
+    const lib = join(prefix, 'lib', 'usernsd');
+    const kernelDir = join(lib, 'dist', 'agent', 'kernel');
+    try {
+      let r = status();
+      for (let i = 0; i < 100 && r.code !== 0; i++) { spawnSync('sleep', ['0.1']); r = status(); }
+      assert.equal(r.code, 0, r.err + readFileSync(`${dir}/log`, 'utf8'));
+      const first = snapshot(prefix);
+      // Again, while the agent runs from it: its node is busy (ETXTBSY for whoever opens it to write).
+      make('install', vars);
+      assert.deepEqual(snapshot(prefix), first, 'the same build installed again: the same files');
+      assert.equal(status().code, 0, 'the running agent and the installed client go on');
+      // A reinstall that fails midway (a directory it cannot write) puts the old install back exactly.
+      const marker = join(lib, 'dist', 'agent', 'main.js');
+      writeFileSync(marker, readFileSync(marker, 'utf8') + '// the old build\n');
+      const old = snapshot(prefix);
+      assert.equal(spawnSync('chattr', ['+i', kernelDir]).status, 0, 'chattr +i (e2fsprogs) on the test tree');
+      const failed = spawnSync('make', ['-s', '-C', ROOT, 'install', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)], { encoding: 'utf8', timeout: 120_000 });
+      spawnSync('chattr', ['-i', kernelDir]);
+      assert.notEqual(failed.status, 0, 'the install failed');
+      assert.deepEqual(snapshot(prefix), old, 'every file of the old install is back, none of the new one left');
+      assert.equal(status().code, 0);
+      const un = spawnSync('make', ['-s', '-C', ROOT, 'uninstall', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)], { encoding: 'utf8', timeout: 120_000 });
+      assert.notEqual(un.status, 0);
+      assert.match(un.stderr, new RegExp(`usernsd from this install is running \\(pid ${pid}\\): stop it first`));
+      assert.deepEqual(snapshot(prefix), old, 'uninstall took nothing');
+    } finally {
+      spawnSync('chattr', ['-i', kernelDir]);
+      process.kill(pid, 'SIGTERM');
+    }
+  });
+
   it('runs the installed agent and client, and the unit passes systemd-analyze verify', function () {
     const prefix = join(dir, 'usr');
     const etc = join(dir, 'etc');
