@@ -164,6 +164,9 @@ function install() {
   // Complete: the old files are no longer needed for a rollback.
   for (const r of replaced) try { unlinkSync(r.backup); } catch { /* gone */ }
   console.log(`installed usernsd under ${DESTDIR || '/'} (PREFIX=${PREFIX}, SYSCONFDIR=${SYSCONFDIR}): ${merged.files.length} files; make uninstall removes them`);
+  // What an install outside the system's own directories does not reach by itself, said once here.
+  if (SYSCONFDIR !== '/etc') console.log(`note: request-key(8) reads /etc/request-key.d only: to wire the upcall, ln -s ${SYSCONFDIR}/request-key.d/usernsd.conf /etc/request-key.d/`);
+  if (dirs.MOUNTHELPERDIR !== '/sbin') console.log(`note: mount(8) looks for mount.usernsd in /sbin: for mount -t usernsd and fstab lines, ln -s ${dirs.MOUNTHELPERDIR}/mount.usernsd /sbin/`);
 }
 
 function uninstall() {

@@ -94,7 +94,10 @@ describe('e2e: install, init scripts and units (root)', function () {
     const prefix = join(dir, 'usr');
     const etc = join(dir, 'etc');
     const vars = { PREFIX: prefix, SYSCONFDIR: etc };
-    make('install', vars);
+    const said = make('install', vars);
+    // An install outside /etc and /usr says what it cannot wire by itself.
+    assert.match(said, new RegExp(`note: request-key\\(8\\) reads /etc/request-key.d only: to wire the upcall, ln -s ${etc}/request-key.d/usernsd.conf /etc/request-key.d/`));
+    assert.match(said, new RegExp(`note: mount\\(8\\) looks for mount.usernsd in /sbin: .*ln -s ${prefix}/sbin/mount.usernsd /sbin/`));
     writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`);
     writeFileSync(join(etc, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     const agent = spawnSync('sh', ['-c', `"${prefix}/sbin/usernsd" --config "${etc}/usernsd.conf" </dev/null >/dev/null 2>"${dir}/log" & echo $!`], { encoding: 'utf8' });
