@@ -302,7 +302,7 @@ async function upcallCmd(args: string[], g: Globals): Promise<number> {
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   const [verb, label, ...extra] = positionals;
-  const { invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('./kernel/keys.ts');
+  const { answerRings, invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('./kernel/keys.ts');
   // Root also sees (and clears) the keys the upcall answered for other users: they are in root's
   // persistent keyring, which this makes ours to read.
   if (process.getuid!() === 0) try { issuedKeysRing(); } catch { /* no persistent keyrings: only root's own keys */ }
@@ -318,11 +318,15 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
     if (label !== undefined && labelProblem(label)) throw new UsageError(`keys clear: invalid label "${label}": ${labelProblem(label)}`);
     let cleared = 0;
     let failed = 0;
+    const rings = answerRings();
     for (const k of ours) {
       if (label !== undefined && k.label !== label) continue;
       try {
         invalidateKey(k.id);
         cleared++;
+        // The answer's own keyring in root's registry goes with it, rather than waiting empty for its expiry.
+        const ring = rings.get(k.id);
+        if (ring !== undefined) try { invalidateKey(ring); } catch { /* expired meanwhile */ }
       } catch (err) {
         io.err(`usernsctl: cannot invalidate key ${k.id} (${k.description}): ${(err as Error).message}`);
         failed++;

@@ -81,6 +81,11 @@ export function answerRing(key: number, seconds: number): number {
   return ring;
 }
 
+/** Each answer's own keyring in the registry, by the answer key's serial ("usernsd:KEY"). */
+export function answerRings(all: KeyEntry[] = listKeys()): Map<number, number> {
+  return new Map(all.filter((k) => k.type === 'keyring' && k.description.startsWith(RING_PREFIX)).map((k) => [Number(k.description.slice(RING_PREFIX.length)), k.id]));
+}
+
 /**
  * Invalidate the keys the upcall answered for these labels, whoever asked for them: the next
  * request for one makes a new upcall. Returns how many; a key gone meanwhile is not an error.
@@ -89,7 +94,7 @@ export function invalidateIssuedKeys(labels: ReadonlySet<string>): number {
   if (labels.size === 0) return 0;
   issuedKeysRing(); // possessed from here on: /proc/keys shows every key in it
   const all = listKeys();
-  const ringOf = new Map(all.filter((k) => k.type === 'keyring' && k.description.startsWith(RING_PREFIX)).map((k) => [Number(k.description.slice(RING_PREFIX.length)), k.id]));
+  const ringOf = answerRings(all);
   let n = 0;
   for (const k of ourKeys(all)) {
     if (!labels.has(k.label)) continue;

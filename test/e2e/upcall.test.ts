@@ -185,6 +185,11 @@ for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler
     const after = states(second!);
     assert.equal(after.get(idm), 'instantiated', 'keys clear a leaves "mine" alone (no prefix match)');
     assert.notEqual(after.get(ida), 'instantiated');
+    // The cleared answer's own keyring in root's registry ("usernsd:KEY") goes with it; mine's stays.
+    const ring = (key: number) => readFileSync('/proc/keys', 'utf8').split('\n').find((l) => new RegExp(` keyring +usernsd:${key}: `).test(l));
+    const live = (line: string | undefined) => line !== undefined && !line.split(/\s+/)[1]!.includes('i'); // flags: i(nvalidated), until collected
+    assert.equal(live(ring(ida!)), false, `the answer ring of the cleared key is gone: ${ring(ida!)}`);
+    assert.equal(live(ring(idm!)), true, 'the other answer keeps its ring');
   });
 
   it('keys list says a key whose timeout ran out is expired, not instantiated', async () => {
