@@ -2,10 +2,10 @@
 // force, asked by nss-systemd for every `ls -l` and `getent`. JSON messages ended by a NUL byte on
 // a socket in /run/systemd/userdb/, named after the service. Answers come from memory, on a socket
 // of their own: nothing here waits behind the main protocol's requests.
-import { chmodSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, rmdirSync, unlinkSync } from 'node:fs';
 import { createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
-import { basename } from 'node:path';
+import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { peerOf } from '../auth.ts';
 import type { Peer } from '../auth.ts';
@@ -88,6 +88,8 @@ export class UserdbServer {
   private readonly opts: UserdbServerOptions;
   readonly service: string;
   private server: Server | null = null;
+  /** Whether listen() made the socket's directory (it is removed again at close, when empty). */
+  private madeDir = false;
   private readonly book = new ConnectionBook(USERDB_MAX_CONNECTIONS, USERDB_MAX_CONNECTIONS_PER_UID);
 
   constructor(opts: UserdbServerOptions) {
@@ -96,6 +98,8 @@ export class UserdbServer {
   }
 
   async listen(): Promise<void> {
+    // On a host without systemd nobody else made /run/systemd/userdb: then it is the agent's to remove.
+    this.madeDir = !existsSync(dirname(this.opts.path));
     await prepareSocketPath(this.opts.path);
     const server = createServer((socket) => this.accept(socket));
     await new Promise<void>((resolve, reject) => {
@@ -149,5 +153,6 @@ export class UserdbServer {
     if (!server) return;
     await this.book.closeServer(server);
     try { unlinkSync(this.opts.path); } catch { /* removed by close already */ }
+    if (this.madeDir) try { rmdirSync(dirname(this.opts.path)); } catch { /* another service's socket is there now */ }
   }
 }

@@ -2,8 +2,8 @@
 // every step the real nss-systemd (getent) names exactly the host ids of the contexts in force.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, rmdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import fc from 'fast-check';
 import { callAgent } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
@@ -79,7 +79,12 @@ const SEED = Number(process.env.USERNSD_MODEL_SEED ?? 20261129);
 describe('e2e: names over time, model-based, read through nss-systemd (root)', function () {
   this.timeout(600_000);
   before(function () { if (!isRoot || !hasNssSystemd) this.skip(); });
-  after(() => { if (existsSync(USERDB)) rmSync(USERDB); });
+  // An agent killed rather than stopped leaves its socket, and the directory it made on a host without systemd.
+  const userdbDirBefore = existsSync(dirname(USERDB));
+  after(() => {
+    if (existsSync(USERDB)) rmSync(USERDB);
+    if (!userdbDirBefore) try { rmdirSync(dirname(USERDB)); } catch { /* another service's socket is there */ }
+  });
 
   const property = () => fc.asyncProperty(commandsArb, async (cmds) => {
     const tree = makeTree(`userdb = yes\nuserdb_socket = ${USERDB}\n`);

@@ -2,8 +2,8 @@
 // itself, usernsctl explain on every kind of file, and metrics scraped over HTTP with bounded series.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chownSync, existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type * as P from '../../agent/wire/protocol.ts';
 import { callAgent } from '../../agent/wire/client.ts';
 import * as Proto from '../../agent/wire/protocol.ts';
@@ -16,6 +16,8 @@ import { isRoot, makeUser } from '../helpers/kernel.ts';
 const B = 6_300_000;
 const SERVICE = `io.usernsd.test${process.pid}`;
 const USERDB = `/run/systemd/userdb/${SERVICE}`;
+/** Whether /run/systemd/userdb was there before this suite's agent (else the agent made it, and removes it). */
+let userdbDirBefore = true;
 const PORT = 20000 + (process.pid % 20000);
 const hasNssSystemd = /\bsystemd\b/.test(spawnSync('sh', ['-c', 'grep -E "^passwd:" /etc/nsswitch.conf'], { encoding: 'utf8' }).stdout);
 
@@ -43,6 +45,7 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     tree.context('www.conf', `[context]\nparent = hpa-backups\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n[squash]\nmode = none\n`);
     backup = join(tree.dir, 'backup');
     populateBackup(backup);
+    userdbDirBefore = existsSync(dirname(USERDB));
     agent = await startAgent(tree);
     assert.equal((await ctl(['label', 'set', backup, 'hpa-backups', '--config', tree.config])).code, 0);
   });
@@ -50,6 +53,7 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
   after(async () => {
     await cleanup(tree);
     if (existsSync(USERDB)) rmSync(USERDB); // an agent killed rather than stopped leaves it
+    if (!userdbDirBefore) try { rmdirSync(dirname(USERDB)); } catch { /* not empty: another service's */ }
     owner?.remove();
     stranger?.remove();
     restoreModes();
@@ -191,10 +195,11 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     assert.equal(v(m1, 'rejected') - v(m0, 'rejected'), 1);
   });
 
-  it('removes its userdb socket when it stops', async () => {
+  it('removes its userdb socket when it stops, and the directory too when it made it (a host without systemd)', async () => {
     assert.ok(existsSync(USERDB));
     assert.equal(await agent.stop(), 0);
     assert.ok(!existsSync(USERDB));
+    if (!userdbDirBefore) assert.ok(!existsSync(dirname(USERDB)), `${dirname(USERDB)} was made by the agent and is left behind`);
     agent = await startAgent(tree);
   });
 });
