@@ -265,14 +265,21 @@ export function readDelegations(agent: Pick<AgentConfig, 'subuid' | 'subgid'>, n
   const sub = { uid: read(agent.subuid), gid: read(agent.subgid) };
   const mine = (lines: typeof sub.uid, owner: { uid: number; name: string | null }) =>
     lines.filter((l) => l.owner === owner.name || l.owner === String(owner.uid)).map((l) => ({ start: l.start, end: l.end }));
+  // Once per owner per load: thousands of contexts of one owner must not scan the files thousands of times.
+  const memo = new Map<string, ReturnType<Delegations['of']>>();
   return {
     of: (owner) => {
+      const key = `${owner.uid}:${owner.gid}`;
+      const known = memo.get(key);
+      if (known) return known;
       const name = owner.name ?? nss.userById(owner.uid)?.name ?? null;
       const who = { uid: owner.uid, name };
-      return {
+      const given = {
         uid: [{ start: owner.uid, end: owner.uid + 1 }, ...mine(sub.uid, who)],
         gid: [{ start: owner.gid, end: owner.gid + 1 }, ...mine(sub.gid, who)],
       };
+      memo.set(key, given);
+      return given;
     },
     whose: (kind, id) => (kind === 'uid' ? nss.userById(id)?.name : null) ?? null,
   };

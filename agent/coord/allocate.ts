@@ -68,12 +68,7 @@ export function rangeProblem(a: Allocation, size: number, pool: Pool, reserved: 
 
 /** /etc/subuid and /etc/subgid lines "name:start:count" as intervals; malformed lines are skipped. */
 export function parseSubIds(text: string): Interval[] {
-  const out: Interval[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^[^:#\s][^:]*:(\d+):(\d+)\s*$/.exec(line.trim());
-    if (m) out.push({ start: Number(m[1]), end: Number(m[1]) + Number(m[2]) });
-  }
-  return out;
+  return parseSubIdOwners(text).map(({ start, end }) => ({ start, end }));
 }
 
 /** The same lines with their owner field (a user name or a uid), as newuidmap(1) reads them. */
