@@ -19,18 +19,22 @@ function mountOf(path: string, mounts: Map<string, MountEntry>): MountEntry | nu
   }
 }
 
-/** When PATH is inside an idmapped view made through the agent: the view, and the file on disk behind PATH. */
+/**
+ * When PATH is inside a view made through the agent — an idmapped mount, or a bindfs one (FUSE,
+ * whose ids are bindfs's and not on disk either) — the view, and the file on disk behind PATH.
+ */
 async function behindView(g: Globals, path: string): Promise<{ view: P.ViewRecord; onDisk: string } | null> {
   const mounts = mountTable();
   const m = mountOf(path, mounts);
-  if (!m || !isIdmapped(m)) return null;
+  const mechanism = !m ? null : isIdmapped(m) ? 'idmapped' : m.fsType.startsWith('fuse') ? 'bindfs' : null;
+  if (!m || mechanism === null) return null;
   let views: readonly P.ViewRecord[];
   try {
     views = (await callAgent(g.socket, P.views, {})).views; // root only: others see the view's ids as they are
   } catch {
     return null;
   }
-  const view = views.find((v) => v.target === m.mountPoint && v.mechanism === 'idmapped');
+  const view = views.find((v) => v.target === m.mountPoint && v.mechanism === mechanism);
   return view ? { view, onDisk: join(view.src, relative(m.mountPoint, path)) } : null;
 }
 

@@ -48,6 +48,9 @@ describe('e2e: views of a context\'s tree (root)', function () {
     // The same backup without a label: root names its context with --context (a label would win).
     src.bare = join(tree.dir, 'bare');
     populate(src.bare);
+    // A backup of the all-squash context, labelled as such.
+    src.tape = join(tree.dir, 'tape');
+    populate(src.tape);
     // Sealed as /var/lib/machines is: only root may search the directory above the backup (SPEC §12).
     mkdirSync(join(tree.dir, 'sealed'), { mode: 0o700 });
     chmodSync(join(tree.dir, 'sealed'), 0o700);
@@ -67,6 +70,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     }
     agent = await startAgent(tree);
     for (const dir of [src.rootfs, src.tmpfs, src.sealed]) assert.equal((await ctl(['label', 'set', dir!, 'hpa-backups', '--config', tree.config])).code, 0);
+    assert.equal((await ctl(['label', 'set', src.tape!, 'tape-all', '--config', tree.config])).code, 0);
   });
 
   after(async () => {
@@ -155,6 +159,15 @@ describe('e2e: views of a context\'s tree (root)', function () {
     for (const name of ['root', 'hpa', 'alien', 'pub']) assert.equal(ids(join(d, name)), '65533:65533');
     assert.match(as(B + 1000, ['touch', join(d, 'pub', 'x')]).stderr, /Read-only file system/);
     assert.match(as(65533, ['sh', '-c', `echo x >> ${join(d, 'hpa')}`]).stderr, /Read-only file system/, 'not even anonuid, who owns every file in the view, writes');
+    // explain through a bindfs view explains the file on disk behind it, in its context.
+    const d3 = dst();
+    assert.equal((await ctl(['view', src.tape!, d3])).code, 0);
+    const ex = await ctl(['explain', join(d3, 'hpa')]);
+    assert.equal(ex.code, 0, ex.err);
+    assert.match(ex.out, new RegExp(`^view: {4}a foreign view of ${src.tape} \\(context tape-all\\): on disk this is ${src.tape}/hpa$`, 'm'));
+    assert.match(ex.out, /^uid: shown here as 65533; on disk 1000$/m);
+    assert.match(ex.out, /^label: {3}tape-all /m);
+    assert.equal(umount(d3).status, 0);
     // The identity view of the same context is an idmapped mount as usual.
     const d2 = dst();
     assert.match((await ctl(['view', '--identity', '--context', 'tape-all', src.bare!, d2])).out, /identity \(squash all\), idmapped/);
