@@ -7,7 +7,7 @@ import type { Peer } from './auth.ts';
 import { shown, shownName } from '../config/text.ts';
 import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';
-import { findLabel, peerCanReach } from './labels.ts';
+import { findLabel, notReachable, peerCanReach } from './labels.ts';
 import { explain } from './explain.ts';
 import { lstatSync, realpathSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -160,8 +160,7 @@ handle(P.explain, (agent, peer, { path }) => {
     if (!isRoot(peer) && !peerCanReach(peer, dirname(realpathSync(dirname(path))))) throw new Error('EACCES');
     st = lstatSync(path);
   } catch (err) {
-    if (!isRoot(peer)) throw new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${path} (or it does not exist)`);
-    throw new UsernsError('E_NOT_FOUND', `${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw notReachable(peer, path, err);
   }
   let found: { label: string; at: string } | null = null;
   try {

@@ -75,7 +75,13 @@ export function findLabel(path: string, xattr: string, peer: Peer): Found {
   }
 }
 
-function notReachable(peer: Peer, path: string, err: unknown): UsernsError {
-  if (peer.uid !== 0) return new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${path} (or it does not exist)`);
+/** One answer for a path a caller cannot reach and one that does not exist: no oracle (SPEC §12). */
+export function unreachableBy(peer: Peer, path: string): UsernsError {
+  return new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${path} (or it does not exist)`);
+}
+
+/** Root learns what is wrong; anyone else gets unreachableBy. */
+export function notReachable(peer: Peer, path: string, err: unknown): UsernsError {
+  if (peer.uid !== 0) return unreachableBy(peer, path);
   return new UsernsError('E_NOT_FOUND', `${path}: ${(err as NodeJS.ErrnoException | null)?.code ?? 'not found'}`);
 }

@@ -3,6 +3,7 @@
 // not given (0 among them), so such a view is only writable where no other host user can get at it.
 import { lstatSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
+import { isIdmapped, mountTable } from './kernel/mountinfo.ts';
 import { getXattr } from './kernel/sys.ts';
 
 export type Seal = { readonly sealed: true; readonly by: string } | { readonly sealed: false; readonly why: string };
@@ -45,7 +46,6 @@ export function sealingDirectory(path: string): string | null {
   }
 }
 
-const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 const under = (path: string, dir: string) => dir === '/' || path === dir || path.startsWith(dir + sep);
 /** glibc's major/minor of a dev_t, as mountinfo writes them. */
 function devName(dev: number): string {
@@ -60,14 +60,8 @@ function devName(dev: number): string {
  * own, and the same place through other mounts of its filesystem (a bind mount elsewhere, the whole
  * disk mounted twice). Idmapped mounts are views: they show other ids, so they are left out.
  */
-export function rawPaths(src: string, dev: number, ino: number, mountinfo: string = readFileSync('/proc/self/mountinfo', 'utf8')): string[] {
-  const mounts: { dev: string; root: string; mountPoint: string; idmapped: boolean }[] = [];
-  for (const line of mountinfo.split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-');
-    if (f.length < 10 || dash < 6) continue;
-    mounts.push({ dev: f[2]!, root: unescape(f[3]!), mountPoint: unescape(f[4]!), idmapped: f[5]!.split(',').includes('idmapped') });
-  }
+export function rawPaths(src: string, dev: number, ino: number, mountinfo?: string): string[] {
+  const mounts = [...mountTable(mountinfo).values()].map((m) => ({ dev: m.dev, root: m.root, mountPoint: m.mountPoint, idmapped: isIdmapped(m) }));
   const name = devName(dev);
   // The mount src is seen through: the deepest mount point above it (the last one listed on it).
   let own: (typeof mounts)[number] | undefined;

@@ -13,7 +13,7 @@ import { bindfsOptions, viewPlan } from './idmap.ts';
 import type { ViewMode } from './idmap.ts';
 import { ViewNamespaces, makeTree } from './kernel/views.ts';
 import type { Spawner } from './kernel/spawner.ts';
-import { findLabel, peerCanReach } from './labels.ts';
+import { findLabel, notReachable, peerCanReach, unreachableBy } from './labels.ts';
 import { hostReach, SEAL_ADVICE } from './seal.ts';
 import type { Registry } from './registry.ts';
 import type { ViewParams, ViewRecord, ViewResult } from './wire/protocol.ts';
@@ -56,14 +56,12 @@ export class Views {
    * the agent's own directories.
    */
   source(registry: Registry, peer: Peer, params: ViewParams): ViewSource {
-    const unreachable = () => new UsernsError('E_PERMISSION', `uid ${peer.uid} cannot reach ${params.path} (or it does not exist)`);
+    const unreachable = () => unreachableBy(peer, params.path);
     let src: string;
     try {
       src = realpathSync(params.path);
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (!isRoot(peer)) throw unreachable();
-      throw new UsernsError('E_NOT_FOUND', `${params.path}: ${code}`);
+      throw notReachable(peer, params.path, err);
     }
     // A caller who is not root learns nothing about paths it could not reach itself — except that a
     // tree sealed away from host users (see seal.ts) is its own context's, when it may enter that one:

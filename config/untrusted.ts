@@ -13,6 +13,8 @@ export const COUNT = v.pipe(v.number(), v.safeInteger(), v.minValue(1), v.maxVal
 export const TEXT = v.pipe(v.string(), v.maxLength(256), v.regex(/^[^\x00-\x1f\x7f]*$/u));
 
 export const ALLOCATION = v.object({ start: ID, size: COUNT });
+/** An id map as the kernel takes it: at most 340 extents. */
+export const IDMAP = v.pipe(v.array(v.object({ inside: ID, outside: ID, count: COUNT })), v.maxLength(340));
 
 /** Why `key` is no context label (null: it is one). */
 export function labelKeyProblem(key: string): string | null {
@@ -27,9 +29,7 @@ export function bareRecord<T>(entries: Iterable<readonly [string, T]> = []): Rec
   return out;
 }
 
-export function isPlainObject(x: unknown): x is Record<string, unknown> {
-  return typeof x === 'object' && x !== null && !Array.isArray(x);
-}
+export { isPlainObject } from './json.ts';
 
 /** The first issue valibot found, as one phrase: "size: Invalid type: Expected number but received null". */
 export function issueText(issues: readonly v.BaseIssue<unknown>[]): string {

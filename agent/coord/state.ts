@@ -6,15 +6,14 @@ import type { Allocation } from './allocate.ts';
 import { UsernsError } from '../errors.ts';
 import * as v from 'valibot';
 import { HOST_LABEL } from '../../config/types.ts';
-import { ALLOCATION, checkEntries, COUNT, ID, isPlainObject, issueText, labelKeyProblem } from '../../config/untrusted.ts';
+import { ALLOCATION, checkEntries, COUNT, ID, IDMAP, isPlainObject, issueText, labelKeyProblem } from '../../config/untrusted.ts';
 
-const EXTENTS = v.pipe(v.array(v.object({ inside: ID, outside: ID, count: COUNT })), v.maxLength(340));
 const IDS = v.pipe(v.array(ID), v.maxLength(65536));
 /** A context as contexts.json records it (Context, field for field). */
 const IN_FORCE_CONTEXT = v.object({
   label: v.string(), file: v.pipe(v.string(), v.startsWith('/')), parent: v.string(),
   owner: v.object({ uid: ID, gid: ID, name: v.nullable(v.string()) }),
-  uidMap: EXTENTS, gidMap: EXTENTS, autoSize: v.nullable(COUNT),
+  uidMap: IDMAP, gidMap: IDMAP, autoSize: v.nullable(COUNT),
   setgroups: v.picklist(['allow', 'deny']), create: v.picklist(['lazy', 'eager']),
   squash: v.object({ mode: v.picklist(['none', 'root', 'all']), anonuid: ID, anongid: ID }),
   access: v.object({ uids: IDS, gids: IDS }),

@@ -5,7 +5,7 @@ import { labelProblem } from '../../config/schema.ts';
 import type { IdMap } from '../../config/types.ts';
 import * as v from 'valibot';
 import { writeFileAtomic } from '../coord/state.ts';
-import { COUNT, ID } from '../../config/untrusted.ts';
+import { IDMAP } from '../../config/untrusted.ts';
 
 /**
  * In the pins directory, beside the pins they describe and with their lifetime (/run is a tmpfs):
@@ -23,9 +23,8 @@ export const NSFS_DEV = statSync('/proc/self/ns/user').dev;
  */
 type Record = { boot: string; ino: number; uidMap: IdMap; gidMap: IdMap };
 
-const EXTENT = v.object({ inside: ID, outside: ID, count: COUNT });
 /** A record as read back: input like any other (SPEC §12), the kernel's limit of 340 extents a map. */
-const RECORD = v.object({ boot: v.string(), ino: v.pipe(v.number(), v.safeInteger(), v.minValue(1)), uidMap: v.pipe(v.array(EXTENT), v.maxLength(340)), gidMap: v.pipe(v.array(EXTENT), v.maxLength(340)) });
+const RECORD = v.object({ boot: v.string(), ino: v.pipe(v.number(), v.safeInteger(), v.minValue(1)), uidMap: IDMAP, gidMap: IDMAP });
 
 /** This boot, as the kernel names it. */
 const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();

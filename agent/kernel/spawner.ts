@@ -130,14 +130,13 @@ export class Spawner {
   async tree(job: TreeJob): Promise<TreeReply> {
     const id = this.nextId++;
     if (job.path.includes('\n')) return { errno: 'EINVAL', step: 'copy the tree (its path holds a newline)' };
-    let words: string[];
     try {
       this.started();
       sendWithFds(this.control!, Buffer.from(String(id)), [job.mntNsFd, job.usernsFd]);
     } catch (err) {
       return { errno: (err as NodeJS.ErrnoException).code ?? 'EIO', step: 'send the namespaces to usernsd-spawner' };
     }
-    words = await this.reply(id, `tree ${id} ${job.readOnly ? 'ro' : 'rw'} ${job.dev} ${job.ino} ${job.path}`);
+    const words = await this.reply(id, `tree ${id} ${job.readOnly ? 'ro' : 'rw'} ${job.dev} ${job.ino} ${job.path}`);
     if (words[0] !== 'tree') return { errno: words[1] ?? 'EIO', step: words.slice(2).join(' ') };
     const fd = this.takeArrived(id);
     return fd === null ? { errno: 'EIO', step: 'receive the copy from usernsd-spawner' } : { fd };

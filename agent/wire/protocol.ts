@@ -1,6 +1,7 @@
 // The wire contract, declared once for the agent and its clients: framing, envelope, methods, limits.
 // usernsd-protocol(7) documents it for helpers written in other languages.
 import { ID_LIMIT } from '../../config/extents.ts';
+import { isPlainObject } from '../../config/json.ts';
 import { labelProblem } from '../../config/schema.ts';
 import { shown } from '../../config/text.ts';
 import { DEFAULT_SOCKET, HOST_LABEL } from '../../config/types.ts';
@@ -287,12 +288,6 @@ export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
 
 function invalid(message: string): UsernsError {
   return new UsernsError('E_INVALID', message);
-}
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
-  const proto = Object.getPrototypeOf(v);
-  return proto === Object.prototype || proto === null;
 }
 
 function checkField(method: string, name: string, field: Field, v: unknown): unknown {
