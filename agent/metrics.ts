@@ -73,6 +73,10 @@ export class Metrics {
     new Gauge({ name: 'usernsd_coordinator_reachable', help: 'coordinator = etcd: 1 when etcd answered the last request, else 0 (absent for a local pool).', registers, collect() { const c = source.coordinator(); this.reset(); if (c) this.set(c.reachable ? 1 : 0); } });
     new Gauge({ name: 'usernsd_coordinator_waiting', help: 'coordinator = etcd: contexts waiting for their range from etcd.', registers, collect() { const c = source.coordinator(); this.reset(); if (c) this.set(c.waiting); } });
     collectDefaultMetrics({ register: this.registry, prefix: 'usernsd_' });
+    // prom-client also exports each of its per-type gauges summed, as a gauge named *_total, which
+    // Prometheus reserves for counters (promtool check metrics rejects them). The sum is
+    // sum(usernsd_nodejs_active_handles) in PromQL; the per-type gauges stay.
+    for (const kind of ['handles', 'requests', 'resources']) this.registry.removeSingleMetric(`usernsd_nodejs_active_${kind}_total`);
     // Every series that can exist is there from the start, at zero: rates need no first event.
     for (const m of methods) this.counts.set(m, { method: m, code: 'ok', n: 0 });
     for (const event of ['created', 'released']) this.namespaces.inc({ event }, 0);
