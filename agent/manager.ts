@@ -24,7 +24,10 @@ import { UserdbServer } from './wire/userdb.ts';
 import { listenMetrics, Metrics } from './metrics.ts';
 import type { Server as HttpServer } from 'node:http';
 import { Views } from './views.ts';
-import { ensureStateDir, removeStaleTemps, writeInForce } from './coord/state.ts';
+import { ensureStateDir, newerStateFiles, removeStaleTemps, writeInForce } from './coord/state.ts';
+import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
+import { join } from 'node:path';
+import type { AgentConfig } from '../config/types.ts';
 import { sdNotify } from './kernel/sys.ts';
 import { VERSION } from './version.ts';
 import { checkUpcallWiring, probeUserUpcalls } from './wiring.ts';
@@ -175,6 +178,7 @@ export class Manager implements Agent {
     const config = await Manager.load(opts);
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
+    Manager.refuseNewerFormats(config.agent);
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config);
     const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(m.registry.namespaces.recordsDir)];
@@ -200,6 +204,17 @@ export class Manager implements Agent {
     // Only now: the socket listens and every eager context exists (or its failure is logged).
     m.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
     return m;
+  }
+
+  /**
+   * Before anything is written: state or pin records in a format a newer usernsd wrote stop the
+   * start. Rewriting them in this build's format would lose what it cannot read (a downgrade must
+   * be undone, or its files converted, by the admin: usernsd(8) UPGRADES).
+   */
+  private static refuseNewerFormats(agent: AgentConfig): void {
+    const newer = [...newerStateFiles(agent.state), newerRecordFormat(join(agent.pins, RECORDS_DIR))].filter((p) => p !== null);
+    if (newer.length === 0) return;
+    throw new UsernsError('E_CONFIG', `${newer.join('\n')}\nRefusing to start rather than guess: run the newer usernsd again, or see usernsd(8) UPGRADES for going back to an older one`);
   }
 
   /**

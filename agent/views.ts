@@ -7,7 +7,7 @@ import { dirname, join, sep } from 'node:path';
 import type { Context } from '../config/types.ts';
 import { isRoot, mayEnter } from './auth.ts';
 import type { Peer } from './auth.ts';
-import { ensureStateDir, writeFileAtomic } from './coord/state.ts';
+import { ensureStateDir, STATE_VERSION, VIEWS_FILE, writeFileAtomic } from './coord/state.ts';
 import { UsernsError } from './errors.ts';
 import { bindfsOptions, viewPlan } from './idmap.ts';
 import type { ViewMode } from './idmap.ts';
@@ -19,7 +19,7 @@ import type { Registry } from './registry.ts';
 import type { ViewParams, ViewRecord, ViewResult } from './wire/protocol.ts';
 import type { Connection } from './wire/server.ts';
 
-export const VIEWS_FILE = 'views.json';
+export { VIEWS_FILE } from './coord/state.ts';
 
 const PATH = v.pipe(v.string(), v.startsWith('/'), v.maxLength(4096), v.regex(/^[^\n\0]*$/u));
 const VIEW_RECORD = v.object({
@@ -167,8 +167,8 @@ export class Views {
     if (this.records === null) {
       try {
         // Input like any state file (SPEC §12): a record that is not one is left out, the rest kept.
-        const parsed = JSON.parse(readFileSync(join(this.stateDir, VIEWS_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW })) as { views?: unknown };
-        const records = Array.isArray(parsed.views) ? parsed.views.slice(-MAX_VIEW_RECORDS) : [];
+        const parsed = JSON.parse(readFileSync(join(this.stateDir, VIEWS_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW })) as { version?: unknown; views?: unknown };
+        const records = parsed.version === STATE_VERSION && Array.isArray(parsed.views) ? parsed.views.slice(-MAX_VIEW_RECORDS) : [];
         this.records = records.flatMap((r) => { const ok = v.safeParse(VIEW_RECORD, r); return ok.success ? [ok.output] : []; });
       } catch {
         this.records = [];
@@ -182,7 +182,7 @@ export class Views {
     this.records = next;
     try {
       ensureStateDir(this.stateDir);
-      writeFileAtomic(this.stateDir, VIEWS_FILE, JSON.stringify({ version: 1, views: next }) + '\n', false);
+      writeFileAtomic(this.stateDir, VIEWS_FILE, JSON.stringify({ version: STATE_VERSION, views: next }) + '\n', false);
     } catch {
       // The view is made either way; only a restarted agent's list would miss it.
     }

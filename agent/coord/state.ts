@@ -21,7 +21,49 @@ const IN_FORCE_CONTEXT = v.object({
 });
 
 export const RANGES_FILE = 'ranges.json';
-const STATE_VERSION = 1;
+/**
+ * The format this build writes in its state files (their "version"): ranges.json, contexts.json,
+ * views.json. A higher number was written by a newer usernsd, which this one must not guess at.
+ */
+export const STATE_VERSION = 1;
+export const VIEWS_FILE = 'views.json';
+export const IN_FORCE_FILE = 'contexts.json';
+
+function isNewer(version: unknown): version is number {
+  return typeof version === 'number' && Number.isSafeInteger(version) && version > STATE_VERSION;
+}
+
+function versionProblem(version: number): string {
+  return `format ${version}, written by a newer usernsd; this one reads format ${STATE_VERSION}`;
+}
+
+/** A state file at this build's version; a newer usernsd's is said as such, anything else is corrupt. */
+function checkVersion(file: string, data: unknown, corrupt: (why: string) => UsernsError): asserts data is Record<string, unknown> {
+  const version = isPlainObject(data) ? data.version : undefined;
+  if (isNewer(version)) throw new UsernsError('E_CONFIG', `${file} is in ${versionProblem(version)}: run the newer usernsd again (usernsd(8) UPGRADES)`);
+  if (version !== STATE_VERSION) throw corrupt(`not version ${STATE_VERSION}`);
+}
+
+/**
+ * The state files a newer usernsd wrote (a format above STATE_VERSION), each with what to do. The
+ * agent refuses to start on any: an older agent that rewrote them would lose what it cannot read.
+ * A file that is missing, unreadable or corrupt is not this check's to judge (its reader says so).
+ */
+export function newerStateFiles(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of [RANGES_FILE, IN_FORCE_FILE, VIEWS_FILE]) {
+    const file = join(dir, name);
+    let data: unknown;
+    try {
+      data = readStateJson(file, () => new UsernsError('E_CONFIG', 'corrupt'));
+    } catch {
+      continue;
+    }
+    const version = isPlainObject(data) ? data.version : undefined;
+    if (isNewer(version)) out.push(`${file} is in ${versionProblem(version)}`);
+  }
+  return out;
+}
 
 /** The state directory must be a real directory, never a symlink planted by someone else. */
 export function ensureStateDir(dir: string): void {
@@ -64,7 +106,7 @@ export function readAllocations(dir: string): Map<string, Allocation> {
     `${file} is corrupt (${why}): no range will be allocated until it is fixed. Restore it from a backup, or rebuild it from the pins' maps (usernsctl list shows them) and remove the file only if no auto-range namespace exists`);
   const data = readStateJson(file, corrupt);
   if (data === undefined) return new Map();
-  if (!isPlainObject(data) || data.version !== STATE_VERSION) throw corrupt(`not version ${STATE_VERSION}`);
+  checkVersion(file, data, corrupt);
   if (!isPlainObject(data.allocations)) throw corrupt('no allocations object');
   // Every entry checked (SPEC §12: the state directory is input, not truth). One bad entry stops
   // allocation, as a corrupt file does: forgetting it could hand its ids out twice.
@@ -105,8 +147,6 @@ export function writeAllocations(dir: string, allocations: ReadonlyMap<string, A
   }
 }
 
-export const IN_FORCE_FILE = 'contexts.json';
-
 /**
  * The contexts in force, as the agent last put them in force. It decides who keeps its ids when a
  * file changes (config/load.ts admissionOrder) — after a restart, and for check-config — and keeps a
@@ -117,8 +157,9 @@ export function readInForce(dir: string): Map<string, Context> {
   const corrupt = (why: string) => new UsernsError('E_CONFIG', `${file} is corrupt (${why}): contexts are admitted in file order until the agent rewrites it`);
   const data = readStateJson(file, corrupt);
   if (data === undefined) return new Map();
-  const contexts = (data as { version?: unknown; contexts?: unknown } | null)?.contexts;
-  if ((data as { version?: unknown } | null)?.version !== STATE_VERSION || !Array.isArray(contexts)) throw corrupt(`not version ${STATE_VERSION}`);
+  checkVersion(file, data, corrupt);
+  const contexts = data.contexts;
+  if (!Array.isArray(contexts)) throw corrupt('no contexts array');
   const out = new Map<string, Context>();
   for (const c of contexts) {
     // A kept context is configuration: checked as its file would be (its maps are judged again by finishContexts).

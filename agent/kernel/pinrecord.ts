@@ -1,5 +1,5 @@
 // What a pin is (a user namespace mounted on a file) and what the agent records of each: its maps, for this boot.
-import { lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { constants, lstatSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { labelProblem } from '../../config/schema.ts';
 import type { IdMap } from '../../config/types.ts';
@@ -14,6 +14,14 @@ import { IDMAP } from '../../config/untrusted.ts';
  */
 export const RECORDS_DIR = '.usernsd-records';
 
+/**
+ * The format of the records this build writes: each record says it ("format"), and so does a file
+ * named "format" in the records directory, which the agent reads at start (one read, not one per
+ * pin). A newer usernsd's records are not this one's to guess at.
+ */
+export const RECORD_FORMAT = 1;
+const FORMAT_FILE = 'format';
+
 /** The device of nsfs, the filesystem namespace files live on. */
 export const NSFS_DEV = statSync('/proc/self/ns/user').dev;
 
@@ -21,10 +29,10 @@ export const NSFS_DEV = statSync('/proc/self/ns/user').dev;
  * What the agent knows of a pin it made or checked. Namespace inode numbers start again after a
  * reboot and soon repeat, so a record speaks only for the boot that wrote it.
  */
-type Record = { boot: string; ino: number; uidMap: IdMap; gidMap: IdMap };
+type Record = { format: number; boot: string; ino: number; uidMap: IdMap; gidMap: IdMap };
 
 /** A record as read back: input like any other (SPEC §12), the kernel's limit of 340 extents a map. */
-const RECORD = v.object({ boot: v.string(), ino: v.pipe(v.number(), v.safeInteger(), v.minValue(1)), uidMap: IDMAP, gidMap: IDMAP });
+const RECORD = v.object({ format: v.optional(v.literal(RECORD_FORMAT)), boot: v.string(), ino: v.pipe(v.number(), v.safeInteger(), v.minValue(1)), uidMap: IDMAP, gidMap: IDMAP });
 
 /** This boot, as the kernel names it. */
 const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
@@ -48,7 +56,7 @@ export function pinnedIno(path: string): number | null {
  * cause, were half of the agent's own time per creation.
  */
 export function writePinRecord(recordsDir: string, label: string, ino: number, maps: { uidMap: IdMap; gidMap: IdMap }): void {
-  const rec: Record = { boot: BOOT_ID, ino, uidMap: maps.uidMap, gidMap: maps.gidMap };
+  const rec: Record = { format: RECORD_FORMAT, boot: BOOT_ID, ino, uidMap: maps.uidMap, gidMap: maps.gidMap };
   writeFileAtomic(recordsDir, `${label}.json`, JSON.stringify(rec) + '\n', false);
 }
 
@@ -82,4 +90,29 @@ export function pinnedMaps(pinsDir: string): Map<string, { uidMap: IdMap; gidMap
     if (ino !== null) out.set(label, recordedMaps(join(pinsDir, RECORDS_DIR), label, ino));
   }
   return out;
+}
+
+/** Say the records directory's format, once (the directory was just made or checked). */
+export function markRecordFormat(recordsDir: string): void {
+  try {
+    writeFileSync(join(recordsDir, FORMAT_FILE), `${RECORD_FORMAT}\n`, { flag: 'wx', mode: 0o600 }); // O_EXCL: never through a planted symlink
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+}
+
+/** The records directory's format when a newer usernsd wrote it (a problem to refuse start on), else null. */
+export function newerRecordFormat(recordsDir: string): string | null {
+  const file = join(recordsDir, FORMAT_FILE);
+  let text: string;
+  try {
+    text = readFileSync(file, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
+  } catch {
+    return null; // no records yet, or records of a usernsd before formats (format 1)
+  }
+  const n = /^(\d{1,9})\n?$/.exec(text) ? Number(text.trim()) : NaN;
+  if (n <= RECORD_FORMAT) return null;
+  return Number.isNaN(n)
+    ? `${file} is not a record format (${JSON.stringify(text.slice(0, 20))}): the pin records there were written by a usernsd this one does not know`
+    : `${file} says format ${n}, written by a newer usernsd; this one reads format ${RECORD_FORMAT}`;
 }

@@ -15,7 +15,7 @@ import { HELPERS_DIR, HelperPrograms, rootOf } from './helper.ts';
 import { errnoFromText, kernelError, PATH_ENV, reap, run, waitForNewNamespace } from './spawn.ts';
 import { Spawner, useNativeSpawner } from './spawner.ts';
 import type { Held, SpawnerSetting } from './spawner.ts';
-import { NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
+import { markRecordFormat, NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
 export { pinnedIno, pinnedMaps } from './pinrecord.ts';
@@ -95,6 +95,8 @@ export class Namespaces {
   readonly spawner: Spawner | null;
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
+  /** The records directory says its format (written once per directory made). */
+  private formatMarked = false;
 
   constructor(opts: NamespacesOptions) {
     this.pinsDir = opts.pinsDir;
@@ -162,6 +164,8 @@ export class Namespaces {
       mkdirSync(dir, { recursive: true, mode });
       if (!lstatSync(dir).isDirectory()) throw new UsernsError('E_CONFIG', `${dir} is not a directory (a symlink?): remove it`);
     }
+    if (!this.formatMarked) markRecordFormat(this.recordsDir);
+    this.formatMarked = true;
   }
 
   /**
@@ -365,6 +369,7 @@ export class Namespaces {
       writePinRecord(this.recordsDir, pin.label, pin.ino, pin);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      this.formatMarked = false;
       this.ensureDirs();
       writePinRecord(this.recordsDir, pin.label, pin.ino, pin);
     }

@@ -1,7 +1,7 @@
 // The agent as a process on a temporary tree, driven by usernsctl: resolve, concurrency, authorization, enter, reload, drain.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
@@ -275,6 +275,39 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     const broken = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], { encoding: 'utf8', timeout: 15000 });
     assert.equal(broken.status, 1);
     assert.match(broken.stderr, /usernsd: .*usernsd\.conf: \[agent\] bogus_key: /);
+  });
+
+  it('refuses to start on state or pin records a newer usernsd wrote, and rewrites none of them', async () => {
+    tree.context('a.conf', A);
+    agent = await startAgent(tree);
+    assert.equal((await ctl(['resolve', 'a'])).code, 0);
+    await agent.stop();
+    const records = `${tree.pins}/.usernsd-records`;
+    assert.equal(readFileSync(`${records}/format`, 'utf8'), '1\n', 'the records directory says its format');
+    assert.equal((JSON.parse(readFileSync(`${records}/a.json`, 'utf8')) as { format: number }).format, 1, 'and so does each record');
+    // Every file that carries a format, each in turn at a newer one than this build knows.
+    writeFileSync(`${tree.state}/ranges.json`, JSON.stringify({ version: 1, allocations: {} }));
+    writeFileSync(`${tree.state}/views.json`, JSON.stringify({ version: 1, views: [] }));
+    const files: [string, string, string][] = [
+      [`${tree.state}/ranges.json`, JSON.stringify({ version: 2, allocations: {}, more: 'of a newer usernsd' }), 'format 2, written by a newer usernsd; this one reads format 1'],
+      [`${tree.state}/contexts.json`, JSON.stringify({ version: 7, contexts: [] }), 'format 7, written by a newer usernsd'],
+      [`${tree.state}/views.json`, JSON.stringify({ version: 2, views: [{ target: '/x' }] }), 'format 2, written by a newer usernsd'],
+      [`${records}/format`, '3\n', 'says format 3, written by a newer usernsd; this one reads format 1'],
+    ];
+    for (const [file, newer, said] of files) {
+      const before = readFileSync(file, 'utf8');
+      writeFileSync(file, newer);
+      const r = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], { encoding: 'utf8', timeout: 15000 });
+      assert.equal(r.status, 1, `${file}: ${r.stderr}`);
+      assert.ok(r.stderr.includes(`${file} `) && r.stderr.includes(said), `${file}: ${r.stderr}`);
+      assert.match(r.stderr, /Refusing to start rather than guess: .*usernsd\(8\) UPGRADES/);
+      assert.equal(readFileSync(file, 'utf8'), newer, `${file} is left as the newer usernsd wrote it`);
+      assert.equal(existsSync(`${tree.dir}/usernsd.sock`), false, 'nothing served');
+      writeFileSync(file, before);
+    }
+    // Back at this build's formats: it starts, and the pin made before is adopted.
+    agent = await startAgent(tree);
+    assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'a'])).out) as P.ResolveResult).created, false);
   });
 
   it('creates eager contexts at start', async () => {
