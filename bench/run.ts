@@ -86,6 +86,7 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
 | view, made in the client's process, median | ${f2(vw.viewInProcess)} ms | mount(2) MS_BIND ${f3(vw.bindInProcess)} ms | ${Math.round(vw.viewInProcess / vw.bindInProcess)} | — |
 | view, for a caller in another mount namespace (usernsd-spawner's worker), median | ${f2(vw.viewOtherNs)} ms | made in the agent's own namespace ${f2(vw.viewInProcess)} ms | ${f2(vw.viewOtherNs / vw.viewInProcess)} | ≤ 1.5: ${verdict(vw.viewOtherNs / vw.viewInProcess <= 1.5, `by ${f2(vw.viewOtherNs / vw.viewInProcess - 1.5)}`)} |
 | view, \`usernsctl view\`, median | ${f2(vw.viewCommand)} ms | \`mount --bind\` ${f2(vw.bindCommand)} ms | ${f2(vw.viewCommand / vw.bindCommand)} | — |
+| view, \`mount.usernsd\` (mount(8)'s helper, C), median | ${vw.helperCommand === null ? 'not built (no C compiler)' : `${f2(vw.helperCommand)} ms`} | \`mount --bind\` ${f2(vw.bindCommand)} ms | ${vw.helperCommand === null ? '—' : f2(vw.helperCommand / vw.bindCommand)} | ≤ 3: ${vw.helperCommand === null ? 'not measured' : verdict(vw.helperCommand / vw.bindCommand <= 3, `by ${f2(vw.helperCommand / vw.bindCommand - 3)}`)} |
 | view, the agent's first (usernsd-spawner started, the map's user namespace made) | ${f2(vw.firstView)} ms | | | |
 | walk and stat ${k(vw.files)} files through an idmapped view | ${f2(vw.walkIdmapped)} ms | the plain tree ${f2(vw.walkPlain)} ms | ${f2(walkRatio)} | ≤ 1.1: ${verdict(walkRatio <= 1.1, `by ${f2(walkRatio - 1.1)}`)} |
 | walk and stat ${k(vw.files)} files through a bindfs view | ${vw.walkBindfs === null ? 'bindfs not installed' : `${f2(vw.walkBindfs)} ms`} | the plain tree ${f2(vw.walkPlain)} ms | ${vw.walkBindfs === null ? '—' : f2(vw.walkBindfs / vw.walkPlain)} | — (the fallback's cost) |
@@ -178,7 +179,10 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
   descriptor socket — a connection per request —, the agent's checks, its copy and idmap of the tree,
   the descriptor handed back, \`move_mount\`) against mount(2) with MS_BIND through koffi, the
   kernel's floor. As admins run them: \`usernsctl view\` against \`mount --bind\`: usernsctl's
-  start (Node, ~${Math.round(up.node)} ms bare, and its modules) is most of it. The first view of a map pays
+  start (Node, ~${Math.round(up.node)} ms bare, and its modules) is most of it. \`mount.usernsd SRC DST -o
+  context=b,socket=…\`, the C helper (\`native/mount-usernsd.c\`) that \`mount -t usernsd\` and fstab
+  lines run, timed as its own process in the same rounds (through mount(8) it adds mount(8)'s own
+  start, the same one \`mount --bind\` pays). The first view of a map pays
   for its user namespace (a helper process); the agent keeps it open for every later view.
   Walks: \`find DIR -printf '%U:%G'\` (every entry read and stat-ed, as \`ls -lR\` does) of ${k(vw.files)}
   files, the plain tree, an idmapped view and a bindfs view (all squash) in turn, the order turning

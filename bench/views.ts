@@ -1,7 +1,7 @@
 // Views: making one against mount --bind of the same tree, and walking a 10,000-file tree through
 // an idmapped view and through bindfs against the plain tree — each pair in the same run, interleaved.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mountView } from '../agent/cliviews.ts';
 import { bindMount, detach } from '../agent/kernel/sys.ts';
@@ -19,6 +19,8 @@ export type ViewBench = {
   /** As admins run them: usernsctl view, mount --bind. */
   viewCommand: number;
   bindCommand: number;
+  /** mount.usernsd, the C helper mount(8) runs for -t usernsd (null: not built, no C compiler). */
+  helperCommand: number | null;
   /** The first view of a map: its user namespace is made then, and kept. */
   firstView: number;
   /**
@@ -67,6 +69,9 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     const viewCmd: number[] = [];
     const bindCmd: number[] = [];
     const viewOther: number[] = [];
+    const helperCmd: number[] = [];
+    const helper = new URL('../dist/mount.usernsd', import.meta.url).pathname;
+    const hasHelper = existsSync(helper);
     mountView(apart.socket, src, a, { context: 'b' }); // its first view starts its spawner
     detach(a);
     for (let i = 0; i < runs + 3; i++) {
@@ -90,7 +95,14 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
       if (spawnSync('mount', ['--bind', src, b], { stdio: 'ignore' }).status !== 0) throw new Error('mount --bind failed');
       const bc = ms(t0);
       detach(b);
-      if (i >= 3) { viewIn.push(v); bindIn.push(bi); viewCmd.push(vc); bindCmd.push(bc); viewOther.push(vo); }
+      let hc = 0;
+      if (hasHelper) {
+        t0 = process.hrtime.bigint();
+        if (spawnSync(helper, [src, a, '-o', `context=b,socket=${agent.socket}`], { stdio: 'ignore' }).status !== 0) throw new Error('mount.usernsd failed');
+        hc = ms(t0);
+        detach(a);
+      }
+      if (i >= 3) { viewIn.push(v); bindIn.push(bi); viewCmd.push(vc); bindCmd.push(bc); viewOther.push(vo); helperCmd.push(hc); }
     }
     // Walks: one view of each kind stays mounted; rounds interleave the three.
     mountView(agent.socket, src, a, { context: 'b' });
@@ -112,7 +124,7 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     await apart.stop();
     await cleanup(other);
     return {
-      runs, viewInProcess: median(viewIn), bindInProcess: median(bindIn), viewCommand: median(viewCmd), bindCommand: median(bindCmd), firstView, viewOtherNs: median(viewOther),
+      runs, viewInProcess: median(viewIn), bindInProcess: median(bindIn), viewCommand: median(viewCmd), bindCommand: median(bindCmd), helperCommand: hasHelper ? median(helperCmd) : null, firstView, viewOtherNs: median(viewOther),
       files: dirs * perDir, walkPlain: median(plain), walkIdmapped: median(idm), walkBindfs: hasBindfs ? median(bfs) : null,
     };
   } finally {

@@ -135,7 +135,11 @@ function install() {
   const wrapper = (js) => `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nUSERNSD_CONFIG=\${USERNSD_CONFIG:-${SYSCONFDIR}/usernsd.conf}\nexport USERNSD_CONFIG\nexec ${lib}/node ${lib}/bin/${js} "$@"\n`;
   put(join(dirs.SBINDIR, 'usernsd'), wrapper('usernsd.js'), 0o755);
   put(join(dirs.BINDIR, 'usernsctl'), wrapper('usernsctl.js'), 0o755);
-  put(join(dirs.MOUNTHELPERDIR, 'mount.usernsd'), `#!/bin/sh\n# Installed by usernsd's make install: mount(8) runs it for "-t usernsd" and fstab lines (mount.usernsd(8)).\nexec ${lib}/node ${lib}/bin/usernsctl.js mount-helper "$@"\n`, 0o755);
+  // mount(8) runs it for "-t usernsd" and fstab lines (mount.usernsd(8)): the C program when built
+  // (a view at a bind mount's cost), else the same contract in Node.
+  const cHelper = join(SRC, 'dist', 'mount.usernsd');
+  put(join(dirs.MOUNTHELPERDIR, 'mount.usernsd'), existsSync(cHelper) ? readFileSync(cHelper)
+    : `#!/bin/sh\n# Installed by usernsd's make install: mount(8) runs it for "-t usernsd" and fstab lines (mount.usernsd(8)).\nexec ${lib}/node ${lib}/bin/usernsctl.js mount-helper "$@"\n`, 0o755);
   for (const page of readdirSync(join(SRC, 'man'))) {
     put(join(dirs.MANDIR, `man${page.split('.').pop()}`, page), readFileSync(join(SRC, 'man', page)));
   }

@@ -84,6 +84,11 @@ describe('e2e: install, init scripts and units (root)', function () {
     assert.match(unit, /^ExecStart=\/usr\/sbin\/usernsd --config \/etc\/usernsd\.conf$/m);
     assert.doesNotMatch(unit, /@[A-Z]+@/);
     assert.equal(statSync(join(destdir, 'usr/sbin/usernsd')).mode & 0o777, 0o755);
+    // mount(8)'s helper is the C program when the build made one: a view at a bind mount's cost.
+    const helper = readFileSync(join(destdir, 'sbin/mount.usernsd'));
+    if (existsSync(join(ROOT, 'dist', 'mount.usernsd'))) assert.deepEqual(helper, readFileSync(join(ROOT, 'dist', 'mount.usernsd')), 'the C mount helper');
+    else assert.match(helper.toString(), /usernsctl\.js mount-helper "\$@"/);
+    assert.equal(statSync(join(destdir, 'sbin/mount.usernsd')).mode & 0o777, 0o755);
     const version = run(join(destdir, 'usr/lib/usernsd/node'), [join(destdir, 'usr/lib/usernsd/bin/usernsctl.js'), '--version']);
     assert.equal(version.out, `usernsctl ${JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version}\n`);
     make('uninstall', { DESTDIR: destdir, PREFIX: '/usr', SYSCONFDIR: '/etc' });

@@ -239,7 +239,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.deepEqual(mountsUnder(d), [], 'the owner\'s view lives in its own mount namespace only');
     // Root sees the same tree squashed, through a foreign view from fstab.
     const f = dst();
-    const seen = fstabMount(`${src.sealed} ${f} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail 0 0`, f, `stat -c '%n %u:%g' ${f}/root ${f}/new-by-owner`);
+    const seen = fstabMount(mountHelpers.at(-1)!.argv, `${src.sealed} ${f} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail 0 0`, f, `stat -c '%n %u:%g' ${f}/root ${f}/new-by-owner`);
     assert.equal(seen.status, 0, seen.stderr);
     assert.equal(seen.stdout, `${f}/root ${OVERFLOW}:${OVERFLOW}\n${f}/new-by-owner ${B + 1000}:${B + 1000}\n`);
   });
@@ -256,14 +256,24 @@ describe('e2e: views of a context\'s tree (root)', function () {
   });
 
   /**
-   * mount(8) with an fstab line, in a private mount namespace where an overlay adds our helper to
+   * The two mount helpers, one contract (mount.usernsd(8)): the C program make install puts in /sbin
+   * and the Node one (usernsctl mount-helper) it replaced, kept for a build without a C compiler.
+   */
+  const C_MOUNT_HELPER = new URL('../../dist/mount.usernsd', import.meta.url).pathname;
+  const mountHelpers = [
+    { name: 'usernsctl mount-helper', argv: [process.execPath, USERNSCTL, 'mount-helper'] },
+    ...(existsSync(C_MOUNT_HELPER) || process.env.CI ? [{ name: 'the C helper, dist/mount.usernsd', argv: [C_MOUNT_HELPER] }] : []),
+  ];
+
+  /**
+   * mount(8) with an fstab line, in a private mount namespace where an overlay adds the helper to
    * /sbin (mount(8) finds helpers there only), then CMD, then umount: nothing reaches the host.
    */
-  function fstabMount(line: string, target: string, cmd: string) {
-    const helpers = join(tree.dir, 'helpers');
+  function fstabMount(helper: string[], line: string, target: string, cmd: string) {
+    const helpers = join(tree.dir, `helpers${helper.length}`);
     if (!existsSync(helpers)) {
       mkdirSync(helpers);
-      writeFileSync(join(helpers, 'mount.usernsd'), `#!/bin/sh\nexec ${process.execPath} ${USERNSCTL} mount-helper "$@"\n`, { mode: 0o755 });
+      writeFileSync(join(helpers, 'mount.usernsd'), `#!/bin/sh\nexec ${helper.join(' ')} "$@"\n`, { mode: 0o755 });
     }
     const fstab = join(tree.dir, `fstab${++n}`);
     writeFileSync(fstab, `# seed 002: root sees the backup squashed\n${line}\n`);
@@ -273,20 +283,70 @@ describe('e2e: views of a context\'s tree (root)', function () {
     return { status: r.status === 0 && lines.pop() === '0' ? 0 : 1, stdout: lines.map((l) => l + '\n').join(''), stderr: r.stderr };
   }
 
-  it('the fstab route: mount -T FSTAB DST runs mount.usernsd, in a mount namespace of its own; umount removes the view', async () => {
-    const d = dst();
-    const r = fstabMount(`${src.rootfs} ${d} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail,x-systemd.requires=usernsd.service 0 0`, d,
-      `stat -c '%u:%g' ${d}/root ${d}/hpa; grep -c " ${d} .*idmapped" /proc/self/mountinfo`);
-    assert.equal(r.status, 0, r.stderr);
-    assert.deepEqual(r.stdout.trim().split('\n'), [`${OVERFLOW}:${OVERFLOW}`, `${B + 1000}:${B + 1000}`, '1']);
-    assert.deepEqual(mountsUnder(d), [], 'made in the caller\'s mount namespace, not the agent\'s');
-    // The helper speaks mount(8)'s language: a bad option is exit 1, a refusal 32.
-    const helper = (args: string[]) => spawnSync(process.execPath, [USERNSCTL, 'mount-helper', ...args], { encoding: 'utf8' });
-    assert.equal(helper([src.rootfs!, d, '-o', 'contxt=hpa-backups']).status, 1);
-    const refused = helper(['/proc', d, '-o', `context=hpa-backups,socket=${agent.socket}`]);
-    assert.equal(refused.status, 32);
-    assert.match(refused.stderr, /^mount.usernsd: E_INVALID: no view is made of \/proc/);
-  });
+  for (const { name, argv } of mountHelpers) {
+    it(`the fstab route through ${name}: mount -T FSTAB DST, in a mount namespace of its own; umount removes the view`, async () => {
+      const d = dst();
+      const r = fstabMount(argv, `${src.rootfs} ${d} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail,x-systemd.requires=usernsd.service 0 0`, d,
+        `stat -c '%u:%g' ${d}/root ${d}/hpa; grep -c " ${d} .*idmapped" /proc/self/mountinfo`);
+      assert.equal(r.status, 0, r.stderr);
+      assert.deepEqual(r.stdout.trim().split('\n'), [`${OVERFLOW}:${OVERFLOW}`, `${B + 1000}:${B + 1000}`, '1']);
+      assert.deepEqual(mountsUnder(d), [], 'made in the caller\'s mount namespace, not the agent\'s');
+    });
+
+    it(`${name} speaks mount(8)'s language: exit 1 for usage, 32 for a refusal, errors as the agent says them`, async () => {
+      const d = dst();
+      const helper = (args: string[], opts: { uid?: number; env?: NodeJS.ProcessEnv } = {}) =>
+        spawnSync(argv[0]!, [...argv.slice(1), ...args], { encoding: 'utf8', uid: opts.uid, gid: opts.uid, env: opts.env ?? process.env });
+      const sock = `socket=${agent.socket}`;
+      const cases: [string[], number, RegExp, { uid?: number; env?: NodeJS.ProcessEnv }?][] = [
+        [[src.rootfs!, d, '-o', 'contxt=hpa-backups'], 1, /^mount.usernsd: unknown option "contxt=hpa-backups": mount -t usernsd takes context=LABEL, mode=identity\|foreign, ro, rw, socket=PATH\n$/],
+        [[src.rootfs!], 1, /^mount.usernsd: mount.usernsd takes SRC and DST\n$/],
+        [[src.rootfs!, d, 'extra'], 1, /^mount.usernsd: mount.usernsd takes SRC and DST\n$/],
+        [['/proc', d, '-o', `context=hpa-backups,${sock}`], 32, /^mount.usernsd: E_INVALID: no view is made of \/proc/],
+        [[src.rootfs!, tree.dir, '-o', sock], 32, new RegExp(`^mount.usernsd: E_INVALID: ${tree.dir} is not empty: a view is mounted on an empty directory, so that it hides nothing\n$`)],
+        [[src.rootfs!, join(d, 'none'), '-o', sock], 32, new RegExp(`^mount.usernsd: E_INVALID: ${d}/none: ENOENT: a view is mounted on an existing empty directory\n$`)],
+        [[src.rootfs!, d, '-o', 'socket=/nonexistent/usernsd.sock'], 32, /^mount.usernsd: cannot reach the agent at \/nonexistent\/usernsd\.fd\.sock: ENOENT\n$/],
+        [[src.rootfs!, d, '-o', sock], 32, /^mount.usernsd: E_PERMISSION: views are mounted by root\n$/, { uid: owner.uid }],
+        [[src.rootfs!, d], 32, /^mount.usernsd: cannot reach the agent at \/nonexistent\/x\.fd: ENOENT\n$/, { env: { ...process.env, USERNSD_SOCKET: '/nonexistent/x' } }],
+      ];
+      for (const [args, status, err, opts] of cases) {
+        const r = helper(args, opts);
+        assert.equal(r.status, status, `${args.join(' ')}: ${r.stderr}`);
+        assert.match(r.stderr, err, args.join(' '));
+      }
+      assert.deepEqual(readdirSync(d), [], 'nothing mounted by a refusal');
+      // Relative paths and the generic options mount(8) passes along (-n, -v, -t, defaults, x-*).
+      const rel = spawnSync(argv[0]!, [...argv.slice(1), 'rootfs', `./${d.slice(tree.dir.length + 1)}/../${d.slice(tree.dir.length + 1)}`, '-n', '-v', '-t', 'usernsd', '-o', `defaults,ro,x-gvfs-hide,${sock}`], { encoding: 'utf8', cwd: tree.dir });
+      assert.equal(rel.status, 0, rel.stderr);
+      try {
+        assert.equal(ids(join(d, 'hpa')), `${B + 1000}:${B + 1000}`);
+        const listed = (JSON.parse((await ctl(['--json', 'view', '--list'])).out) as P.ViewsResult).views.find((v) => v.target === d);
+        assert.deepEqual([listed?.src, listed?.readOnly], [src.rootfs, true], 'the agent recorded the view as asked: absolute paths, read-only');
+      } finally {
+        assert.equal(umount(d).status, 0);
+      }
+    });
+
+    it(`${name} mounts a bindfs view the agent chose (all squash), and says bindfs's own error`, async function () {
+      if (!hasBindfs) this.skip();
+      const d = dst();
+      const r = spawnSync(argv[0]!, [...argv.slice(1), src.tape!, d, '-o', `socket=${agent.socket}`], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      try {
+        assert.equal(ids(join(d, 'hpa')), '65533:65533', 'every file as the anonymous owner');
+        assert.match(readFileSync('/proc/self/mountinfo', 'utf8'), new RegExp(` ${d} [^\n]* - fuse[^\n]*\n`));
+      } finally {
+        assert.equal(umount(d).status, 0);
+      }
+      // bindfs refusing (its mount point vanished between the agent's answer and bindfs): its words, exit 32.
+      const path = `${tree.dir}/fakebin`;
+      mkdirSync(path, { recursive: true });
+      writeFileSync(join(path, 'bindfs'), '#!/bin/sh\necho "fuse: bad mount point: No such file or directory" >&2\nexit 1\n', { mode: 0o755 });
+      const failed = spawnSync(argv[0]!, [...argv.slice(1), src.tape!, d, '-o', `socket=${agent.socket}`], { encoding: 'utf8', env: { ...process.env, PATH: `${path}:${process.env.PATH}` } });
+      assert.equal(failed.status, 32);
+      assert.match(failed.stderr, new RegExp(`^mount.usernsd: E_KERNEL: bindfs -o ro --force-user=65533 --force-group=65533 ${src.tape} ${d} failed: fuse: bad mount point: No such file or directory\n$`));
+    });
+  }
 
   it('view --list shows the views mounted here, and a restarted agent finds them again', async () => {
     const d1 = dst();
