@@ -1,6 +1,6 @@
 // The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
-import { closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type { Context } from '../../config/types.ts';
 import type { Allocation } from './allocate.ts';
 import { UsernsError } from '../errors.ts';
@@ -63,6 +63,20 @@ export function newerStateFiles(dir: string): string[] {
     if (isNewer(version)) out.push(`${file} is in ${versionProblem(version)}`);
   }
   return out;
+}
+
+/**
+ * mkdir -p with MODE on every directory it makes, whatever the umask (the unit runs the agent with
+ * UMask=0077: a pins or socket directory other users must reach is given its mode explicitly).
+ * Directories that exist already are left as they are.
+ */
+export function makeDirs(dir: string, mode: number): void {
+  const first = mkdirSync(dir, { recursive: true, mode });
+  if (first === undefined) return;
+  for (let d = dir; ; d = dirname(d)) {
+    chmodSync(d, mode);
+    if (d === first || d === dirname(d)) break;
+  }
 }
 
 /** The state directory must be a real directory, never a symlink planted by someone else. */

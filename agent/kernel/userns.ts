@@ -1,7 +1,7 @@
 // User namespaces in the kernel (SPEC §5): create from a context, pin, adopt at start, release.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, constants, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../../config/extents.ts';
 import type { HostMaps } from '../../config/load.ts';
@@ -15,6 +15,7 @@ import { HELPERS_DIR, HelperPrograms, rootOf } from './helper.ts';
 import { errnoFromText, kernelError, PATH_ENV, reap, run, waitForNewNamespace } from './spawn.ts';
 import { Spawner, useNativeSpawner } from './spawner.ts';
 import type { Held, SpawnerSetting } from './spawner.ts';
+import { makeDirs } from '../coord/state.ts';
 import { markRecordFormat, NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
@@ -161,7 +162,7 @@ export class Namespaces {
   /** Directories are made once, and must be real directories: a symlink planted there is refused. */
   private ensureDirs(): void {
     for (const [dir, mode] of [[this.pinsDir, 0o755], [this.recordsDir, 0o700]] as const) {
-      mkdirSync(dir, { recursive: true, mode });
+      makeDirs(dir, mode);
       if (!lstatSync(dir).isDirectory()) throw new UsernsError('E_CONFIG', `${dir} is not a directory (a symlink?): remove it`);
     }
     if (!this.formatMarked) markRecordFormat(this.recordsDir);

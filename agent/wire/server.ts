@@ -1,5 +1,6 @@
 // The socket: node-ipc 14 (guarded profile, explicit limits) walled off behind one small class; the only node-ipc importer.
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { makeDirs } from '../coord/state.ts';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import os from 'node:os';
@@ -103,7 +104,7 @@ export type PersonLookup = { of(uid: number): string; describe(uid: number): str
  */
 export async function prepareSocketPath(path: string): Promise<void> {
   const dir = dirname(path);
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  makeDirs(dir, 0o755);
   const st = lstatSync(dir);
   if (!st.isDirectory()) throw new UsernsError('E_CONFIG', `socket directory ${dir} is not a directory (a symlink?): remove it`);
   if (st.uid !== process.geteuid!()) throw new UsernsError('E_CONFIG', `socket directory ${dir} is owned by uid ${st.uid}, not by the agent: chown it or choose another socket`);

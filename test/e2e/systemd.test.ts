@@ -94,6 +94,22 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.doesNotMatch(c!.sh('journalctl -b -o cat --no-pager'), /ordering cycle/i);
   });
 
+  it('does each of the agent\'s jobs under the unit\'s system call allow-list: nothing refused by the filter', () => {
+    const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
+    assert.match(c!.sh('systemctl show -P SystemCallFilter usernsd'), /\bmove_mount\b/, 'the allow-list is in force');
+    assert.equal(statusField(c!.sh(`cat /proc/${pid}/status`), 'Seccomp'), '2');
+    // Release (umount2 in init's mount namespace) and create again (clone, setns, uid_map, mount);
+    // explain and a view for enter (open_tree, mount_setattr by the worker in the caller's
+    // namespace); the issued answers' keyring (keyctl); reload (the request-key probe).
+    c!.sh('usernsctl release backups-www && usernsctl resolve backups-www');
+    assert.match(c!.sh('usernsctl explain /srv/backup/h'), /^uid: .*on disk 1000/m);
+    assert.equal(c!.sh('mkdir -p /mnt/enter && usernsctl enter backups --view /srv/backup:/mnt/enter -- stat -c %u:%g /mnt/enter/h').trim(), '1000:1000');
+    c!.sh('usernsctl keys clear');
+    c!.sh('systemctl reload usernsd');
+    assert.equal(c!.sh('systemctl show -P MainPID usernsd').trim(), pid, 'the agent was not killed');
+    assert.doesNotMatch(journal(), /EPERM|Operation not permitted|SIGSYS/, 'a call the filter refused');
+  });
+
   it('names the contexts\' ids through userdb: nss-systemd in the container asks the sandboxed agent', () => {
     // backups.conf maps 0-65535 on 2000000; the container's nsswitch is this machine's (passwd: files systemd).
     assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');

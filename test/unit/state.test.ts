@@ -1,6 +1,8 @@
 // Range allocations on disk: recorded before use, the same after a restart, a corrupt file refused.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { makeDirs } from '../../agent/coord/state.ts';
 import { loadConfiguration } from '../../agent/configure.ts';
 import { formatConfigError } from '../../config/ini.ts';
 import { makeTree } from '../helpers/fixtures.ts';
@@ -68,6 +70,26 @@ describe('state: recorded allocations', () => {
       const cfg = load(true);
       assert.equal(cfg.contexts.has('auto'), false, entries);
       assert.match(cfg.errors.map(formatConfigError).join('\n'), why, entries);
+    }
+  });
+});
+
+describe('state: directories made under the unit\'s UMask=0077', () => {
+  it('makeDirs gives every directory it makes its mode, whatever the umask, and leaves existing ones alone', () => {
+    const tree = makeTree();
+    const old = process.umask(0o077);
+    try {
+      chmodSync(tree.dir, 0o750); // an existing directory: not the function's to change
+      const leaf = join(tree.dir, 'run', 'userns');
+      makeDirs(leaf, 0o755);
+      assert.equal(statSync(join(tree.dir, 'run')).mode & 0o777, 0o755);
+      assert.equal(statSync(leaf).mode & 0o777, 0o755, 'other users reach the pins');
+      assert.equal(statSync(tree.dir).mode & 0o777, 0o750);
+      makeDirs(leaf, 0o700); // exists: left as it is
+      assert.equal(statSync(leaf).mode & 0o777, 0o755);
+    } finally {
+      process.umask(old);
+      tree.remove();
     }
   });
 });
