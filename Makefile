@@ -2,6 +2,7 @@
 #   make                 build dist/ (needs "npm ci" first)
 #   make install         PREFIX=/usr/local SYSCONFDIR=/etc DESTDIR= USERNSD_NODE=<the project's Node 24>
 #   make uninstall       the same variables: removes exactly what install placed (refused while its agent runs)
+#   make deb             usernsd_VERSION_ARCH.deb (DEB_VERSION=, DEB_OUTDIR=, DEB_COMPRESS=xz|gzip|zstd|none)
 # Installing again over a running agent replaces each file by rename (never writing a running binary);
 # a failed install puts back every file it replaced.
 # Installed: PREFIX/lib/usernsd (the agent, its production dependencies and its Node),
@@ -19,7 +20,7 @@ RUN := $(CURDIR)/node_modules/.bin/node
 
 export PREFIX SYSCONFDIR DESTDIR USERNSD_NODE
 
-.PHONY: all install uninstall check
+.PHONY: all install uninstall check deb
 
 all: dist/agent/main.js
 
@@ -34,6 +35,9 @@ install: all
 
 uninstall:
 	$(RUN) scripts/install.js uninstall
+
+deb: all
+	$(RUN) scripts/deb.js
 
 check:
 	npm test

@@ -117,6 +117,21 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.match(c!.sh('touch /tmp/named && chown 2001000:2000033 /tmp/named && ls -l /tmp/named'), /backups\.1000 backups\.33 /);
   });
 
+  it('installs again over the running agent (make install), and systemctl try-restart adopts its pins, views and names', () => {
+    c!.sh('mkdir -p /mnt/again && usernsctl view --context backups /srv/backup /mnt/again');
+    const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
+    const before = JSON.parse(c!.sh('usernsctl --json resolve backups')) as { ino: number };
+    const install = c!.try('cd /src && make -s -o dist/agent/main.js install >/dev/null && systemctl try-restart usernsd');
+    assert.equal(install.status, 0, install.out);
+    assert.notEqual(c!.sh('systemctl show -P MainPID usernsd').trim(), pid, 'restarted into the new files');
+    const after = JSON.parse(c!.sh('usernsctl --json resolve backups')) as { ino: number; created: boolean };
+    assert.deepEqual([after.ino, after.created], [before.ino, false], 'the same namespace, adopted');
+    assert.match(c!.sh('usernsctl view --list'), /\/srv\/backup\s+\/mnt\/again\s+backups\s+foreign\s+idmapped/);
+    assert.equal(c!.sh('stat -c %u:%g /mnt/again/h').trim(), '2001000:2001000');
+    assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');
+    c!.sh('umount /mnt/again');
+  });
+
   it('reloads with systemctl reload in the same process', async () => {
     const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
     c!.sh('systemctl reload usernsd');

@@ -1,0 +1,125 @@
+// The Debian package (make deb) under a real systemd as PID 1: lintian, then apt-get install,
+// start, pins, a view and names; an upgrade to a newer build while it runs, a downgrade back; remove
+// and purge — with nothing of the admin's lost on the way.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { bootContainer, containerUnavailable } from '../helpers/container.ts';
+import type { Container } from '../helpers/container.ts';
+
+const ROOT = new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
+const OLD = '0.1.0~test1';
+const NEW = '0.1.0~test2';
+
+describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-nspawn)', function () {
+  this.timeout(600_000);
+  let c: Container | undefined;
+  // In the checkout, which the container sees at /src (its root is this machine's root filesystem only).
+  const out = join(ROOT, `.deb-test-${process.pid}`);
+  const deb = (v: string) => `usernsd_${v}_${spawnSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).stdout.trim()}.deb`;
+  const why = containerUnavailable();
+
+  before(async function () {
+    if (why) {
+      if (process.env.CI) throw new Error(`cannot boot a container in CI: ${why}`);
+      this.skip();
+    }
+    mkdirSync(out, { recursive: true });
+    // Two builds of this tree that differ in version: the "older" and the "newer" package.
+    for (const v of [OLD, NEW]) {
+      const r = spawnSync('make', ['-s', '-o', 'dist/agent/main.js', 'deb'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, DEB_VERSION: v, DEB_OUTDIR: out, DEB_COMPRESS: 'gzip' } });
+      assert.equal(r.status, 0, `make deb: ${r.stderr}${r.stdout}`);
+    }
+    c = await bootContainer(ROOT);
+  });
+
+  after(async () => {
+    await c?.stop();
+    rmSync(out, { recursive: true, force: true });
+    assert.deepEqual(c?.leftoverCgroups() ?? [], [], 'the container left cgroups behind');
+  });
+
+  const src = (v: string) => `/src/${out.slice(ROOT.length + 1)}/${deb(v)}`;
+  const status = () => JSON.parse(c!.sh('usernsctl status --json')) as { version: string; contextStates: { label: string; state: string }[] };
+  const pinIno = () => (JSON.parse(c!.sh('usernsctl --json resolve backups')) as { ino: number; created: boolean });
+  const mainPid = () => c!.sh('systemctl show -P MainPID usernsd').trim();
+
+  it('passes lintian with no errors', function () {
+    if (spawnSync('lintian', ['--version']).error) {
+      if (process.env.CI) throw new Error('lintian is missing: .ci/run installs it');
+      this.skip();
+    }
+    const r = spawnSync('lintian', ['--tag-display-limit', '0', join(out, deb(NEW))], { encoding: 'utf8' });
+    const errors = `${r.stdout}${r.stderr}`.split('\n').filter((l) => /^E: /.test(l));
+    assert.deepEqual(errors, []);
+  });
+
+  it('installs with apt-get: the unit enabled and started, conffiles in place, the C helpers used', () => {
+    // This machine's image forbids maintainer scripts to start services (policy-rc.d exits 101, as
+    // in container images), which the package honours: the container is a machine that allows it.
+    c!.sh('rm -f /usr/sbin/policy-rc.d');
+    const r = c!.try(`apt-get install -y -q --no-install-recommends ${src(OLD)}`);
+    assert.equal(r.status, 0, r.out);
+    assert.equal(c!.sh('systemctl is-enabled usernsd').trim(), 'enabled');
+    assert.equal(c!.sh('systemctl is-active usernsd').trim(), 'active');
+    assert.equal(status().version, OLD);
+    const conffiles = c!.sh('dpkg-query -W -f=\'${Conffiles}\' usernsd');
+    for (const f of ['/etc/usernsd.conf', '/etc/request-key.d/usernsd.conf', '/etc/init.d/usernsd']) assert.match(conffiles, new RegExp(` ${f} [0-9a-f]{32}`), f);
+    assert.match(c!.sh('cat /etc/request-key.d/usernsd.conf'), /^create\s+user\s+userns:\*\s+\*\s+\/usr\/lib\/usernsd\/dist\/usernsd-upcall -t 600 %k %d$/m);
+    assert.match(c!.sh('head -c 4 /usr/sbin/mount.usernsd | od -c | head -1'), /177\s+E\s+L\s+F/, 'mount(8)\'s helper is the C program');
+    assert.match(c!.sh('man -w usernsd'), /\/usr\/share\/man\/man8\/usernsd\.8\.gz/);
+  });
+
+  it('serves pins, a view and names, and keeps them through an upgrade while it runs (restarted into the new build)', () => {
+    // The admin's own context (from the shipped example) and a backup tree on a tmpfs labelled with it.
+    c!.sh('cp /etc/userns.d/backups.conf.example /etc/userns.d/backups.conf && systemctl reload usernsd');
+    const pin = pinIno();
+    c!.sh('mkdir -p /srv/backup /mnt/view && mount -t tmpfs backup /srv/backup && touch /srv/backup/h && chown 1000:1000 /srv/backup/h && usernsctl label set /srv/backup backups');
+    c!.sh('mount -t usernsd -o context=backups,mode=foreign /srv/backup /mnt/view');
+    const seen = () => c!.sh('stat -c %u:%g /mnt/view/h').trim();
+    assert.equal(seen(), '2001000:2001000');
+    assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');
+    const before = mainPid();
+
+    const up = c!.try(`apt-get install -y -q --no-install-recommends ${src(NEW)}`);
+    assert.equal(up.status, 0, up.out);
+    assert.notEqual(mainPid(), before, 'the running agent was restarted into the new files');
+    assert.equal(status().version, NEW);
+    assert.deepEqual(pinIno(), { ...pin, created: false }, 'the same namespace, adopted, not made again');
+    assert.match(c!.sh('usernsctl view --list'), /\/srv\/backup\s+\/mnt\/view\s+backups\s+foreign\s+idmapped/);
+    assert.equal(seen(), '2001000:2001000', 'the view stays mounted');
+    assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');
+    assert.deepEqual(status().contextStates.filter((s) => s.label === 'backups').map((s) => s.state), ['pinned']);
+    assert.match(c!.sh('journalctl -u usernsd -o cat --no-pager | grep "Adopted existing pins" | tail -1'), /"pins":1\b/);
+  });
+
+  it('downgrades the same way: the older build reads what the newer one wrote', () => {
+    const pin = pinIno();
+    const down = c!.try(`apt-get install -y -q --no-install-recommends --allow-downgrades ${src(OLD)}`);
+    assert.equal(down.status, 0, down.out);
+    assert.equal(status().version, OLD);
+    assert.deepEqual(pinIno(), { ...pin, created: false });
+    assert.match(c!.sh('usernsctl view --list'), /\/srv\/backup\s+\/mnt\/view\s+backups/);
+    assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');
+  });
+
+  it('keeps the admin\'s configuration, state and pins on remove, and on purge takes only what it brought', () => {
+    c!.sh('echo "# the admin was here" >> /etc/usernsd.conf');
+    const rm = c!.try('apt-get remove -y -q usernsd');
+    assert.equal(rm.status, 0, rm.out);
+    assert.notEqual(c!.try('systemctl is-active usernsd').out.trim(), 'active', 'the agent is stopped');
+    for (const gone of ['/usr/sbin/usernsd', '/usr/bin/usernsctl', '/usr/sbin/mount.usernsd', '/usr/lib/usernsd']) assert.notEqual(c!.try(`test -e ${gone}`).status, 0, `${gone} removed`);
+    assert.match(c!.sh('cat /etc/usernsd.conf'), /# the admin was here/);
+    assert.equal(c!.try('test -s /var/lib/usernsd/contexts.json').status, 0, 'the state stays for a reinstall');
+    assert.match(c!.mountinfo(), / \/run\/userns\/backups \S+ .* - nsfs /, 'the pin stays: it is the admin\'s to release');
+    assert.match(c!.sh('dpkg-query -W -f=\'${db:Status-Abbrev}\' usernsd'), /^rc/);
+
+    const purge = c!.try('apt-get purge -y -q usernsd');
+    assert.equal(purge.status, 0, purge.out);
+    for (const gone of ['/etc/usernsd.conf', '/etc/request-key.d/usernsd.conf', '/etc/init.d/usernsd', '/var/lib/usernsd', '/etc/userns.d/backups.conf.example']) assert.notEqual(c!.try(`test -e ${gone}`).status, 0, `${gone} purged`);
+    assert.equal(c!.try('test -f /etc/userns.d/backups.conf').status, 0, 'the admin\'s own context file is not the package\'s to take');
+    assert.notEqual(c!.try('dpkg-query -W usernsd').status, 0);
+    c!.sh('umount /mnt/view /srv/backup; umount /run/userns/backups');
+  });
+});
