@@ -13,6 +13,7 @@ import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, makeUser, unmountAll } from '../helpers/kernel.ts';
+import { modelTests } from '../helpers/model.ts';
 
 // ---- the kernel's view ----
 
@@ -244,10 +245,6 @@ function commandsArb(owner: string) {
   ], { maxCommands: 20, size: 'max' });
 }
 
-/** USERNSD_MODEL_RUNS and USERNSD_MODEL_SEED widen a search by hand; CI runs the defaults. */
-const RUNS = Number(process.env.USERNSD_MODEL_RUNS ?? 25);
-const SEED = Number(process.env.USERNSD_MODEL_SEED ?? 20261129);
-
 describe('e2e: configuration over time, model-based, checked in the kernel (root)', function () {
   this.timeout(600_000);
   let owner: ReturnType<typeof makeUser> | undefined;
@@ -284,13 +281,5 @@ describe('e2e: configuration over time, model-based, checked in the kernel (root
     }
   });
 
-  it('holds every invariant with a fixed seed', async () => {
-    await fc.assert(property(), { seed: SEED, numRuns: RUNS });
-  });
-
-  it('holds every invariant with a random seed (printed)', async () => {
-    const seed = Date.now() ^ (Math.random() * 2 ** 31);
-    console.log(`      config-over-time random seed: ${seed} (rerun: set it in the fixed-seed test)`);
-    await fc.assert(property(), { seed, numRuns: RUNS });
-  });
+  modelTests({ file: import.meta.url, title: 'holds every invariant', runs: 25, seed: 20261129 }, property);
 });

@@ -12,6 +12,7 @@ import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, unmountAll } from '../helpers/kernel.ts';
+import { modelTests } from '../helpers/model.ts';
 
 const LABELS = ['alpha', 'beta.b', 'gamma_3'] as const;
 const BASES = [6_600_000, 6_700_000, 6_800_000] as const;
@@ -73,9 +74,6 @@ const commandsArb = fc.commands([
   fc.constant(restart),
 ], { maxCommands: 8 });
 
-const RUNS = Number(process.env.USERNSD_MODEL_RUNS ?? 6);
-const SEED = Number(process.env.USERNSD_MODEL_SEED ?? 20261129);
-
 describe('e2e: names over time, model-based, read through nss-systemd (root)', function () {
   this.timeout(600_000);
   before(function () { if (!isRoot || !hasNssSystemd) this.skip(); });
@@ -99,13 +97,5 @@ describe('e2e: names over time, model-based, read through nss-systemd (root)', f
     }
   });
 
-  it('names exactly the host ids of the contexts in force, with a fixed seed', async () => {
-    await fc.assert(property(), { seed: SEED, numRuns: RUNS });
-  });
-
-  it('the same with a random seed (printed)', async () => {
-    const seed = Date.now() ^ (Math.random() * 2 ** 31);
-    console.log(`      names-over-time random seed: ${seed} (rerun: USERNSD_MODEL_SEED=${seed})`);
-    await fc.assert(property(), { seed, numRuns: RUNS });
-  });
+  modelTests({ file: import.meta.url, title: 'names exactly the host ids of the contexts in force', runs: 6, seed: 20261129 }, property);
 });

@@ -17,6 +17,7 @@ import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree, populateBackup } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, makeUser, unmountAll } from '../helpers/kernel.ts';
+import { modelTests } from '../helpers/model.ts';
 
 const B = 7_500_000;
 type User = ReturnType<typeof makeUser>;
@@ -114,10 +115,6 @@ const commandsArb = fc.commands([
   fc.constant(restart),
 ], { maxCommands: 6 });
 
-/** USERNSD_MODEL_RUNS and USERNSD_MODEL_SEED widen a search by hand; CI runs the defaults. */
-const RUNS = Number(process.env.USERNSD_MODEL_RUNS ?? 6);
-const SEED = Number(process.env.USERNSD_MODEL_SEED ?? 20261205);
-
 describe('e2e: an owner attacking through its views over time, model-based, checked from the host (root)', function () {
   this.timeout(600_000);
   let owner: User | undefined;
@@ -156,13 +153,5 @@ describe('e2e: an owner attacking through its views over time, model-based, chec
     }
   });
 
-  it('no reachable file carries an id the owner was not given, with a fixed seed', async () => {
-    await fc.assert(property(), { seed: SEED, numRuns: RUNS });
-  });
-
-  it('the same with a random seed (printed)', async () => {
-    const seed = Date.now() ^ (Math.random() * 2 ** 31);
-    console.log(`      owner-over-time random seed: ${seed} (rerun: USERNSD_MODEL_SEED=${seed})`);
-    await fc.assert(property(), { seed, numRuns: RUNS });
-  });
+  modelTests({ file: import.meta.url, title: 'no reachable file carries an id the owner was not given', runs: 6, seed: 20261205 }, property);
 });

@@ -14,6 +14,7 @@ import type { Cluster } from '../helpers/etcd.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, kernelMaps } from '../helpers/kernel.ts';
+import { modelTests } from '../helpers/model.ts';
 
 const LABELS = ['a', 'b', 'c', 'd'] as const;
 type Model = { files: [Set<string>, Set<string>] };
@@ -85,9 +86,6 @@ const commandsArb = fc.commands([
   fc.nat(2).map(bounce),
 ], { maxCommands: 8 });
 
-const RUNS = Number(process.env.USERNSD_MODEL_RUNS ?? 4);
-const SEED = Number(process.env.USERNSD_MODEL_SEED ?? 20261129);
-
 describe('e2e: shared ranges over time, model-based, two agents on one etcd cluster (root)', function () {
   this.timeout(600_000);
   let cluster: Cluster;
@@ -109,14 +107,6 @@ describe('e2e: shared ranges over time, model-based, two agents on one etcd clus
     }
   });
 
-  it('both hosts agree on every label, with a fixed seed', async () => {
-    await fc.assert(property(), { seed: SEED, numRuns: RUNS });
-  });
-
-  it('the same with a random seed (printed)', async () => {
-    const seed = Date.now() ^ (Math.random() * 2 ** 31);
-    console.log(`      shared-over-time random seed: ${seed} (rerun: USERNSD_MODEL_SEED=${seed})`);
-    await fc.assert(property(), { seed, numRuns: RUNS });
-  });
+  modelTests({ file: import.meta.url, title: 'both hosts agree on every label', runs: 4, seed: 20261129 }, property);
 });
 

@@ -15,6 +15,7 @@ import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree, populateBackup } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, unmountAll } from '../helpers/kernel.ts';
+import { modelTests } from '../helpers/model.ts';
 
 const BASES = [7_000_000, 7_100_000] as const;
 const OVERFLOW = 65534;
@@ -112,10 +113,6 @@ const commandsArb = fc.commands([
   fc.constant(restart),
 ], { maxCommands: 12 });
 
-/** USERNSD_MODEL_RUNS and USERNSD_MODEL_SEED widen a search by hand; CI runs the defaults. */
-const RUNS = Number(process.env.USERNSD_MODEL_RUNS ?? 8);
-const SEED = Number(process.env.USERNSD_MODEL_SEED ?? 20261129);
-
 describe('e2e: views over time, model-based, checked in the kernel (root)', function () {
   this.timeout(600_000);
   before(function () { if (!isRoot) this.skip(); });
@@ -137,13 +134,5 @@ describe('e2e: views over time, model-based, checked in the kernel (root)', func
     }
   });
 
-  it('shows every view as it was made, lists exactly what is mounted, with a fixed seed', async () => {
-    await fc.assert(property(), { seed: SEED, numRuns: RUNS });
-  });
-
-  it('the same with a random seed (printed)', async () => {
-    const seed = Date.now() ^ (Math.random() * 2 ** 31);
-    console.log(`      views-over-time random seed: ${seed} (rerun: USERNSD_MODEL_SEED=${seed})`);
-    await fc.assert(property(), { seed, numRuns: RUNS });
-  });
+  modelTests({ file: import.meta.url, title: 'shows every view as it was made, lists exactly what is mounted', runs: 8, seed: 20261129 }, property);
 });

@@ -1,0 +1,149 @@
+// The agent's request edge in-process: handleRequest with a real configuration and registry, the
+// caller's identity given as the kernel would have given it (SO_PEERCRED). Authorization, the
+// protocol's checks and "no oracle" (SPEC §12) need no kernel object: they are millisecond tests
+// here, with fast-check over callers, labels and malformed requests. No namespace is created.
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import pino from 'pino';
+import { loadConfiguration } from '../../agent/configure.ts';
+import { handleRequest, METHOD_NAMES } from '../../agent/handlers.ts';
+import type { Agent } from '../../agent/handlers.ts';
+import { Metrics } from '../../agent/metrics.ts';
+import { Registry } from '../../agent/registry.ts';
+import { Views } from '../../agent/views.ts';
+import type { Peer } from '../../agent/auth.ts';
+import * as P from '../../agent/wire/protocol.ts';
+import type { Connection } from '../../agent/wire/server.ts';
+import { makeTree, testNss } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+
+const ALICE = 1001; // testNss: alice (1001), in [access] of "shared"
+const HPA = 1000; // owner of "hpa-backups"
+
+/** An agent with nothing behind it but the configuration: what a handler must answer without the kernel. */
+function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
+  const config = loadConfiguration(tree.config, { record: false, systemIds: () => [], nss: testNss });
+  assert.deepEqual(config.errors, [], 'the test configuration loads');
+  const failures: string[] = [];
+  const registry = new Registry(config);
+  const unreachable = () => { throw new Error('not in an in-process test'); };
+  const agent: Agent = {
+    registry,
+    log: pino({ level: 'silent' }),
+    reload: unreachable,
+    status: unreachable,
+    count: () => {},
+    invalidateKeys: () => {},
+    served: () => {},
+    views: new Views(config.agent.state),
+    metrics: new Metrics(METHOD_NAMES, { contextStates: () => ({}), connections: () => 0, configErrors: () => 0, views: () => ({ recorded: 0, namespaces: 0 }), coordinator: () => null }),
+    settlePending: async () => true,
+    rangesList: unreachable,
+    rangesImport: unreachable,
+    rangesForget: unreachable,
+    logClientFailure: (_peer, _fields, msg) => { failures.push(msg); },
+  };
+  return { agent, failures };
+}
+
+const conn = (uid: number, gid = uid, groups: number[] = []): Connection => ({ peer: { pid: process.pid, uid, gid, groups } as Peer, inflight: 0, framesThisTurn: 0, invalid: 0 });
+const ask = async (agent: Agent, c: Connection, data: unknown) => handleRequest(agent, c, data);
+const request = (method: string, params: unknown, id: unknown = 1) => ({ id, method, params });
+
+describe('unit: the request edge, in-process (handleRequest)', () => {
+  let tree: Tree;
+  let agent: Agent;
+  let failures: string[];
+
+  before(() => {
+    tree = makeTree();
+    tree.delegate('hpa', 100000, 65536); // its subuid/subgid line (SPEC §12: an owner's map lies in what it was given)
+    tree.context('hpa-backups.conf', '[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+    tree.context('shared.conf', '[context]\nuid_map = 0 200000 65536\ngid_map = 0 200000 65536\n[access]\nusers = alice\n');
+    tree.context('secret.conf', '[context]\nuid_map = 0 300000 65536\ngid_map = 0 300000 65536\n');
+    tree.context('secret-www.conf', '[context]\nparent = secret\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n');
+    ({ agent, failures } = agentOf(tree));
+  });
+  after(() => tree.remove());
+
+  it('answers a context a user may not use exactly as one that does not exist (no oracle), for any label and uid', async () => {
+    const labels = fc.oneof(fc.constantFrom('secret', 'secret-www', 'hpa-backups', 'shared'), fc.stringMatching(/^[a-z][a-z0-9.-]{0,20}$/));
+    const uids = fc.integer({ min: 1, max: 2 ** 32 - 2 }).filter((u) => u !== HPA && u !== ALICE);
+    await fc.assert(fc.asyncProperty(uids, labels, async (uid, label) => {
+      const exists = agent.registry.get(label) !== undefined;
+      for (const method of ['resolve'] as const) {
+        const r = await ask(agent, conn(uid), request(method, { label }));
+        const twin = await ask(agent, conn(uid), request(method, { label: exists ? 'nosuch-context' : 'secret' }));
+        assert.ok('error' in r && 'error' in twin, `${method} ${label} for uid ${uid} must fail`);
+        assert.equal(r.error.code, 'E_PERMISSION');
+        // The same words but for the label: nothing says whether it exists.
+        assert.equal(r.error.message.replace(`"${label}"`, '"L"'), twin.error.message.replace(`"${exists ? 'nosuch-context' : 'secret'}"`, '"L"'));
+      }
+      const map = await ask(agent, conn(uid), request('map', { from: label, to: 'host', uids: [0] }));
+      assert.ok('error' in map && map.error.code === 'E_PERMISSION' && map.error.message.includes('(or there is none)'));
+    }), { numRuns: 200 });
+  });
+
+  it('lists to each caller exactly the contexts it may use: root all, the owner its own, an [access] user its own', async () => {
+    const labels = async (uid: number) => {
+      const r = await ask(agent, conn(uid), request('list', {}));
+      assert.ok('result' in r);
+      return (r.result as P.ListResult).contexts.map((c) => c.label).sort();
+    };
+    assert.deepEqual(await labels(0), ['hpa-backups', 'secret', 'secret-www', 'shared']);
+    assert.deepEqual(await labels(HPA), ['hpa-backups']);
+    assert.deepEqual(await labels(ALICE), ['shared']);
+    assert.deepEqual(await labels(4242), []);
+  });
+
+  it('refuses every root-only method to every other uid, before reading its parameters', async () => {
+    const rootOnly = [...P.METHODS.values()].filter((m) => m.rootOnly).map((m) => m.name);
+    assert.ok(rootOnly.length >= 5, `root-only methods: ${rootOnly.join(', ')}`);
+    await fc.assert(fc.asyncProperty(fc.constantFrom(...rootOnly), fc.integer({ min: 1, max: 2 ** 32 - 2 }), fc.anything(), async (method, uid, params) => {
+      const r = await ask(agent, conn(uid), request(method, params));
+      assert.ok('error' in r);
+      assert.deepEqual(r.error, { code: 'E_PERMISSION', message: `${method} is for root only` });
+    }), { numRuns: 300 });
+  });
+
+  it('turns any malformed request into E_INVALID with its id (or null), never an internal error, and names no method it does not serve', async () => {
+    const junk = fc.oneof(
+      fc.anything(),
+      fc.record({ id: fc.anything(), method: fc.oneof(fc.string(), fc.constantFrom('__proto__', 'constructor', 'toString', 'hasOwnProperty')), params: fc.anything() }),
+      fc.record({ id: fc.integer(), method: fc.constantFrom(...METHOD_NAMES), params: fc.oneof(fc.anything(), fc.dictionary(fc.string(), fc.anything())) }),
+    );
+    // Methods that reach beyond the handlers (the manager's status, reload and ranges; the kernel):
+    // not this test's. Their protocol checks are the same edge, exercised by every other method.
+    const beyond = new Set(['status', 'reload', 'ranges', 'rangesImport', 'rangesForget', 'release', 'view', 'resolve', 'resolvePath', 'explain']);
+    await fc.assert(fc.asyncProperty(junk, fc.constantFrom(0, ALICE), async (data, uid) => {
+      const named = (data as { method?: unknown } | null)?.method;
+      if (typeof named === 'string' && beyond.has(named) && (uid === 0 || !P.METHODS.get(named)?.rootOnly)) return;
+      const r = await ask(agent, conn(uid), data);
+      if ('result' in r) {
+        // A request that happens to be well-formed (list, status by root...): answered, never thrown.
+        return;
+      }
+      assert.notEqual(r.error.code, 'E_INTERNAL', `${JSON.stringify(data)?.slice(0, 200)}: ${r.error.message}`);
+      assert.ok(['E_INVALID', 'E_PERMISSION', 'E_NOT_FOUND', 'E_CONFIG', 'E_UNAVAILABLE'].includes(r.error.code), r.error.code);
+      const { id, method } = (data ?? {}) as { id?: unknown; method?: unknown };
+      const validId = (typeof id === 'number' && Number.isSafeInteger(id) && id >= 0) || (typeof id === 'string' && id.length >= 1 && id.length <= 64);
+      if (validId && typeof method === 'string' && !METHOD_NAMES.includes(method)) {
+        assert.equal(r.error.code, 'E_INVALID');
+        assert.match(r.error.message, /^unknown method /);
+      }
+    }), { numRuns: 500 });
+    assert.ok(failures.every((f) => f.length < 1200), 'a client failure is logged with a bounded message');
+  });
+
+  it('maps ids between contexts the caller may use: root squash and overflow as userns.d(5) says', async () => {
+    const r = await ask(agent, conn(HPA), request('map', { from: 'hpa-backups', to: 'host', uids: [0, 1000, 65535, 65536], gids: [33] }));
+    assert.ok('result' in r, JSON.stringify(r));
+    const m = r.result as P.MapResult;
+    const { uid: overflow } = agent.registry.overflow;
+    assert.deepEqual(m.uids, [overflow, 101000, 165535, overflow], 'root squashed (the default); past the range the overflow id, never the next context\'s');
+    assert.deepEqual(m.gids, [100033]);
+    const back = await ask(agent, conn(0), request('map', { from: 'host', to: 'shared', uids: [200000, 100000] }));
+    assert.ok('result' in back);
+    assert.deepEqual((back.result as P.MapResult).uids, [0, agent.registry.overflow.uid], 'host 200000 is shared\'s 0; another context\'s id is nobody there');
+  });
+});
