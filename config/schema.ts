@@ -1,5 +1,5 @@
 // The key tables: every section and key of usernsd.conf and of a context file, with its parser and default.
-import { parseExtents, parseId } from './extents.ts';
+import { ID_LIMIT, parseExtents, parseId } from './extents.ts';
 import { LOG_LEVELS, SQUASH_MODES } from './types.ts';
 import type { IdMap, LogLevel, Nss, Owner, SquashMode } from './types.ts';
 
@@ -40,9 +40,17 @@ const idMap: Parse<IdMap> = (text) => {
 };
 
 /** A user name through NSS, or a numeric uid (which need not have an entry). */
+/**
+ * (uid_t) -1 and (gid_t) -1 are "no id" to the kernel (setresuid, setresgid and chown leave the id
+ * as it is), never a user or a group: an owner written so would leave its namespace to root.
+ */
+const noId = (id: number, kind: 'uid' | 'gid') => (id === ID_LIMIT ? { problem: `${id} is (${kind}_t) -1, which the kernel reads as "no id": not a ${kind === 'uid' ? 'user' : 'group'}` } : null);
+
 export const parseUser: Parse<Owner> = (text, nss) => {
   const uid = parseId(text);
   if (uid !== null) {
+    const none = noId(uid, 'uid');
+    if (none) return none;
     const pw = nss.userById(uid);
     return { uid, gid: pw ? pw.gid : uid, name: pw ? pw.name : null };
   }
@@ -52,7 +60,7 @@ export const parseUser: Parse<Owner> = (text, nss) => {
 
 export const parseGroup: Parse<number> = (text, nss) => {
   const gid = parseId(text);
-  if (gid !== null) return gid;
+  if (gid !== null) return noId(gid, 'gid') ?? gid;
   const g = nss.groupByName(text);
   return g !== null ? g : { problem: `unknown group "${text}" (not found through NSS: check getent group ${text})` };
 };

@@ -90,6 +90,13 @@ describe('config: context files', () => {
     ['reserved label', '[context]\nlabel = host\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /"host" is reserved/],
     ['bad label', '[context]\nlabel = ../etc\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] label: "\.\.\/etc": a label cannot start with "\."/],
     ['__proto__ key', '[context]\n__proto__ = 1\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] __proto__: unknown key/],
+    // (uid_t) -1 is "no id" to the kernel: setresuid(-1, ...) and chown(-1) change nothing, so an
+    // owner of 4294967295 would leave the namespace to root. Never a user, a group or anonuid.
+    ['owner (uid_t) -1', '[context]\nowner = 4294967295\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] owner: 4294967295 is \(uid_t\) -1, which the kernel reads as "no id": not a user \(line 2\)/],
+    ['anonuid (uid_t) -1', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[squash]\nanonuid = 4294967295\n', /\[squash\] anonuid: 4294967295 is \(uid_t\) -1/],
+    ['anongid (gid_t) -1', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[squash]\nanongid = 4294967295\n', /\[squash\] anongid: 4294967295 is \(gid_t\) -1, which the kernel reads as "no id": not a group/],
+    ['access user (uid_t) -1', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\nusers = alice, 4294967295\n', /\[access\] users: 4294967295 is \(uid_t\) -1/],
+    ['access group (gid_t) -1', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\ngroups = 4294967295\n', /\[access\] groups: 4294967295 is \(gid_t\) -1/],
   ];
   for (const [name, text, re] of cases) {
     it(`refuses ${name}`, () => {
@@ -98,6 +105,12 @@ describe('config: context files', () => {
       assert.ok(errors.some((e) => re.test(e)), `expected ${re} in:\n${errors.join('\n')}`);
     });
   }
+
+  it('accepts the largest id, 4294967294, as an owner (one below (uid_t) -1)', () => {
+    const { def, errors } = one('[context]\nowner = 4294967294\nuid_map = 0 1 1\ngid_map = 0 1 1\n');
+    assert.deepEqual(errors, []);
+    assert.equal(def?.owner.uid, 4294967294);
+  });
 
   it('refuses 341 extents and accepts 340', () => {
     const ext = (n: number) => Array.from({ length: n }, (_, i) => `${i * 10} ${100000 + i * 10} 10`).join(', ');
