@@ -71,3 +71,34 @@ describe('property: range allocation', () => {
     assert.deepEqual(parseSubIds('hpa:100000:65536\n# c\nbad line\nbob:165536:10\n'), [{ start: 100000, end: 165536 }, { start: 165536, end: 165546 }]);
   });
 });
+
+describe('allocation: fixed labels get fixed slots (every host and every version agree)', () => {
+  // A shared pool's hosts, and an agent after an upgrade, must compute the same slot for a label:
+  // these literals are the contract (sha256 of the label, its first 32 bits big-endian, modulo the
+  // slot count), not something computed with the functions under test.
+  const pool = { start: 100000000, end: 199999999, size: 65536 };
+
+  it('counts the aligned slots of a pool, the last one included', () => {
+    assert.deepEqual(poolSlots(pool, 65536), { first: 100007936, count: 1525 });
+    assert.deepEqual(poolSlots({ start: 65536, end: 4 * 65536 - 1, size: 65536 }, 65536), { first: 65536, count: 3 }, 'a slot ending on the pool\'s last id counts');
+    assert.deepEqual(poolSlots({ start: 65536, end: 4 * 65536 - 2, size: 65536 }, 65536), { first: 65536, count: 2 }, 'one id short: it does not');
+    assert.deepEqual(poolSlots({ start: 65537, end: 4 * 65536, size: 65536 }, 65536), { first: 131072, count: 2 }, 'the first slot starts on the first aligned id');
+    assert.deepEqual(poolSlots({ start: 65537, end: 131071, size: 65536 }, 65536), { first: 131072, count: 0 });
+  });
+
+  it('puts each of these labels where it has always been', () => {
+    for (const [label, slot, start] of [['backups', 1355, 188809216], ['images', 748, 149028864], ['sandbox', 13, 100859904], ['hpa-backups', 1452, 195166208], ['a', 510, 133431296]] as const) {
+      assert.equal(hashSlot(label, 1525), slot, label);
+      assert.equal(allocateRange(label, 65536, pool, []), start, label);
+      assert.equal(start, 100007936 + slot * 65536);
+    }
+  });
+
+  it('takes the next free slot after a taken one, wrapping at the end of the pool', () => {
+    const taken = [{ start: 195166208, end: 195166208 + 65536 }];
+    assert.equal(allocateRange('hpa-backups', 65536, pool, taken), 195166208 + 65536);
+    const last = 100007936 + 1524 * 65536;
+    const tail = [{ start: 195166208, end: last + 65536 }]; // from its slot to the pool's last slot
+    assert.equal(allocateRange('hpa-backups', 65536, pool, tail), 100007936, 'wraps to the first slot');
+  });
+});

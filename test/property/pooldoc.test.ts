@@ -23,11 +23,23 @@ describe('property: the shared pool document', () => {
   it('whatever order hosts decide in: one range per label, nothing overlapping, every answer the document\'s', () => {
     fc.assert(fc.property(fc.array(arbTurn, { maxLength: 12 }), (turns) => {
       let doc: PoolDoc = EMPTY_DOC;
-      for (const t of turns) {
-        const d = decide(doc, t.requests, t.statics, POOL, [], t.host, 'now');
+      for (const [n, t] of turns.entries()) {
+        const before = doc;
+        const d = decide(doc, t.requests, t.statics, POOL, [], t.host, `turn ${n}`);
         if (d.next) doc = d.next;
         // Every decided label is the document's, and a label asked with another size is a conflict, not a second range.
         for (const [label, a] of d.decided) assert.deepEqual(a, { start: doc.ranges[label]!.start, size: doc.ranges[label]!.size });
+        for (const r of t.requests) if (d.decided.has(r.label)) assert.equal(d.decided.get(r.label)!.size, r.size, `${r.label} asked with ${r.size} ids got another size`);
+        // Statics: each claim is in the document as claimed, or refused; none already there is changed
+        // (another host's is never overwritten), and a new one says who registered it, and when.
+        for (const st of t.statics) {
+          const claimed = st.intervals.map((i) => ({ ...i }));
+          const held = doc.statics[st.label];
+          const same = held !== undefined && JSON.stringify(held.intervals) === JSON.stringify(claimed);
+          assert.ok(same || d.conflicts.some((c) => c.label === st.label), `static ${st.label} is registered as claimed or refused`);
+          if (same && before.statics[st.label] === undefined) assert.deepEqual([held.by, held.at], [t.host, `turn ${n}`]);
+        }
+        for (const [label, old] of Object.entries(before.statics)) assert.deepEqual(doc.statics[label], old, `static ${label} registered by ${old.by} is kept as it was`);
         for (const r of t.requests) assert.ok(d.decided.has(r.label) || d.conflicts.some((c) => c.label === r.label), `${r.label} is decided or refused`);
         const all = intervals(doc);
         for (let k = 1; k < all.length; k++) assert.ok(all[k - 1]!.e <= all[k]!.s, `${all[k - 1]!.l} overlaps ${all[k]!.l}`);

@@ -1,8 +1,8 @@
 // Configuration rules of SPEC §3, each shown failing with file, section, key and line.
 import assert from 'node:assert/strict';
-import { chownSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { chownSync, readdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni } from '../../config/ini.ts';
+import { formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni, readConfigText, readConfigTextAsync } from '../../config/ini.ts';
 import { finishContexts, linkContexts, OWN_IDS_ONLY, parseContextFile } from '../../config/load.ts';
 import type { Delegations } from '../../config/load.ts';
 import type { ConfigError, ContextDef } from '../../config/types.ts';
@@ -434,6 +434,49 @@ describe('config: files on disk', () => {
 });
 
 describe('config: ini reader', () => {
+  it('skips full-line comments (# and ;, indented or not) and blank lines; an inline comment ends a value', () => {
+    const text = '# a comment\n; another\n   # indented\n\n[context]\n\t; indented by a tab\nuid_map = 0 1 1 ; the map\n# uid_map = 9 9 9\ngid_map = 0 1 1\n';
+    const { doc, errors, syntax } = parseIni('/f', text);
+    assert.deepEqual(errors, []);
+    assert.equal(syntax, false);
+    assert.deepEqual([...doc.sections.keys()], ['context']);
+    assert.deepEqual([...doc.sections.get('context')!.keys].map(([k, v]) => [k, v.value, v.line]), [['uid_map', '0 1 1', 7], ['gid_map', '0 1 1', 9]]);
+  });
+
+  it('says which line is not "key = value", and which header is broken', () => {
+    const { errors, syntax } = parseIni('/f', '[context]\nuid_map 0 1 1\n= 5\n[broken\nx = 1\n[a] b\n');
+    assert.equal(syntax, true);
+    assert.deepEqual(errors.map(formatConfigError), [
+      '/f: is not "key = value": the "=" is missing (line 2)',
+      '/f: is not "key = value": the key before "=" is missing (line 3)',
+      '/f: a section header must be "[name]" alone on its line (the closing "]" is missing) (line 4)',
+      '/f: a section header must be "[name]" alone on its line (text follows the "]") (line 6)',
+    ]);
+  });
+
+  it('reads only regular files, through no symlink, and leaves no descriptor open whatever happens', async function () {
+    if (process.getuid?.() !== 0) this.skip(); // a file owned by root is the rule: root makes them
+    const tree = makeTree();
+    try {
+      const good = tree.context('good.conf', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n');
+      symlinkSync(good, join(tree.contexts, 'link.conf'));
+      const fds = () => readdirSync('/proc/self/fd').length;
+      const before = fds();
+      for (let i = 0; i < 50; i++) {
+        for (const read of [readConfigText, (f: string) => readConfigTextAsync(f)]) {
+          assert.equal(typeof (await read(good)), 'string');
+          assert.match(formatConfigError((await read(tree.contexts)) as ConfigError), /is not a regular file$/);
+          assert.match(formatConfigError((await read('/dev/null')) as ConfigError), /is not a regular file$/);
+          assert.match(formatConfigError((await read(join(tree.contexts, 'link.conf'))) as ConfigError), /is a symbolic link: refused/);
+          assert.match(formatConfigError((await read(join(tree.contexts, 'none.conf'))) as ConfigError), /cannot open: ENOENT$/);
+        }
+      }
+      assert.equal(fds(), before, 'no descriptor left open by 500 reads, good and refused');
+    } finally {
+      tree.remove();
+    }
+  });
+
   it('reports a section given twice', () => {
     const { errors } = parseIni('/f', '[a]\nx = 1\n[a]\ny = 2\n');
     assert.match(formatConfigError(errors[0]!), /^\/f: \[a\]: section appears twice \(first at line 1\): merge them \(line 3\)$/);

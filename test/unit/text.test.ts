@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { formatConfigError } from '../../config/ini.ts';
-import { MAX_SHOWN_CHARS, shown } from '../../config/text.ts';
+import { MAX_MESSAGE_CHARS, MAX_SHOWN_CHARS, shown } from '../../config/text.ts';
 
 const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/;
 
@@ -24,10 +24,20 @@ describe('shown(): client and file text in messages and logs', () => {
 
 describe('formatConfigError: file text in check-config output', () => {
   it('escapes control characters and bounds names and messages from a file', () => {
-    fc.assert(fc.property(fc.string({ unit: 'binary', maxLength: 3000 }), fc.string({ unit: 'binary', maxLength: 3000 }), (key, value) => {
+    // size 'max': fast-check's default size keeps strings short, and the bound is about long ones.
+    const text = fc.string({ unit: 'binary', maxLength: 3000, size: 'max' });
+    fc.assert(fc.property(text, text, (key, value) => {
       const line = formatConfigError({ file: '/etc/userns.d/x.conf', section: key, key, line: 3, message: `must be one of a, b (got "${value}")` });
       assert.ok(!RAW_CONTROL.test(line), JSON.stringify(line));
       assert.ok(line.length < 2500, `${line.length} characters`);
     }));
+  });
+
+  it('cuts a message at MAX_MESSAGE_CHARS exactly, and one character shorter is whole', () => {
+    const fmt = (message: string) => formatConfigError({ file: '/f', section: null, key: null, line: null, message });
+    assert.equal(MAX_MESSAGE_CHARS, 1024);
+    assert.equal(fmt('m'.repeat(1024)), `/f: ${'m'.repeat(1024)}`);
+    assert.equal(fmt('m'.repeat(1025)), `/f: ${'m'.repeat(1024)}…`);
+    assert.equal(fmt('m'.repeat(100_000)), `/f: ${'m'.repeat(1024)}…`);
   });
 });

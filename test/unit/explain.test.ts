@@ -1,0 +1,90 @@
+// usernsctl explain's core (agent/explain.ts), pure: every branch — no label, an id outside the
+// map, root and all squash, a caller in another context, a nested context — with the figures
+// written out, not computed with the functions under test.
+import assert from 'node:assert/strict';
+import { explain } from '../../agent/explain.ts';
+import type { ExplainInput } from '../../agent/explain.ts';
+import { HOST_VIEW, makeView } from '../../agent/idmap.ts';
+import { parseExtents } from '../../config/extents.ts';
+import type { Context, IdMap, SquashMode } from '../../config/types.ts';
+
+const OVERFLOW = { uid: 65534, gid: 65534 };
+const m = (t: string) => parseExtents(t) as IdMap;
+
+function context(label: string, mode: SquashMode, map: string, parent = 'host'): Context {
+  return {
+    label, file: `/etc/userns.d/${label}.conf`, parent, owner: { uid: 0, gid: 0, name: 'root' }, uidMap: m(map), gidMap: m(map), autoSize: null,
+    setgroups: 'allow', create: 'lazy', squash: { mode, anonuid: 65533, anongid: 65532 }, access: { uids: [], gids: [] }, ownerIds: 'delegated',
+  };
+}
+
+/** A context whose host map is `host` (its own map composed through its parents). */
+function input(ctx: Context | null, host: string | null, onDisk: { uid: number; gid: number }, caller = HOST_VIEW, names: Record<number, string> = {}): ExplainInput {
+  return {
+    path: '/srv/x', onDisk, ctx, labelledPath: ctx ? '/srv' : null,
+    view: ctx && host ? makeView(ctx.label, ctx.squash, m(host), m(host)) : null,
+    caller, overflow: OVERFLOW, note: null, nameOf: (_kind, id) => names[id] ?? null,
+  };
+}
+
+describe('unit: explain', () => {
+  const backups = context('backups', 'root', '0 2000000 65536');
+
+  it('a file of a context without squash: host ids, names, and both views', () => {
+    const plain = context('plain', 'none', '0 2000000 65536');
+    const e = explain(input(plain, '0 2000000 65536', { uid: 1000, gid: 33 }, HOST_VIEW, { 2001000: 'plain.1000' }));
+    assert.equal(e.context, 'plain');
+    assert.deepEqual(e.uid, { onDisk: 1000, host: 2001000, name: 'plain.1000', fromHost: 2001000, fromCaller: 2001000, identityView: 2001000, foreignView: 2001000, why: [] });
+    assert.deepEqual([e.gid.host, e.gid.name, e.gid.why], [2000033, null, []]);
+  });
+
+  it('root squash: on-disk 0 shows as anonuid from the host, unmapped in a foreign view, mapped in an identity view', () => {
+    const e = explain(input(backups, '0 2000000 65536', { uid: 0, gid: 0 }));
+    assert.deepEqual([e.uid.host, e.uid.fromHost, e.uid.identityView, e.uid.foreignView], [2000000, 65533, 2000000, 65534]);
+    assert.deepEqual([e.gid.fromHost, e.gid.foreignView], [65532, 65534]);
+    assert.equal(e.uid.why.length, 1);
+    assert.match(e.uid.why[0]!, /^backups squashes root \(mode root\): from any other context its on-disk uid 0 shows as anonuid 65533, and a foreign view leaves it unmapped \(the overflow uid 65534\)/);
+    const nonRoot = explain(input(backups, '0 2000000 65536', { uid: 1, gid: 1 }));
+    assert.deepEqual([nonRoot.uid.fromHost, nonRoot.uid.foreignView, nonRoot.uid.why], [2000001, 2000001, []], 'only root is squashed');
+  });
+
+  it('all squash: every id shows as the anonymous ids from the host and in a foreign view; an identity view shows the map alone', () => {
+    const tape = context('tape', 'all', '0 3000000 65536');
+    const e = explain(input(tape, '0 3000000 65536', { uid: 1000, gid: 1000 }));
+    assert.deepEqual([e.uid.host, e.uid.fromHost, e.uid.identityView, e.uid.foreignView], [3001000, 65533, 3001000, 65533]);
+    assert.deepEqual([e.gid.fromHost, e.gid.foreignView], [65532, 65532]);
+    assert.match(e.uid.why[0]!, /^tape squashes all ids \(mode all\): from any other context every file shows as its anonuid 65533$/);
+  });
+
+  it('an on-disk id past the map: no host id, the overflow id everywhere, and why', () => {
+    const e = explain(input(backups, '0 2000000 65536', { uid: 65536, gid: 70000 }));
+    assert.deepEqual([e.uid.host, e.uid.name, e.uid.fromHost, e.uid.identityView, e.uid.foreignView], [null, null, 65534, 65534, 65534]);
+    assert.deepEqual(e.uid.why, ['on-disk uid 65536 is not in the uid_map of backups (0 2000000 65536): nothing can show it but as the overflow uid 65534, and nothing can write it']);
+    const nested = context('www', 'none', '0 1000 100', 'backups');
+    const n = explain(input(nested, '0 2001000 100', { uid: 100, gid: 0 }));
+    assert.match(n.uid.why[0]!, /^on-disk uid 100 is not in the uid_map of www \(0 1000 100, through its parent backups\)/);
+    assert.equal(n.gid.host, 2001000, 'a nested context\'s ids through its parent to the host');
+  });
+
+  it('a caller in another context: what its own view shows, and why it is the overflow id', () => {
+    const other = makeView('other', { mode: 'none', anonuid: 65534, anongid: 65534 }, m('0 5000000 65536'), m('0 5000000 65536'));
+    const e = explain(input(backups, '0 2000000 65536', { uid: 1000, gid: 1000 }, other));
+    assert.equal(e.callerContext, 'other');
+    assert.deepEqual([e.uid.fromHost, e.uid.fromCaller], [2001000, 65534]);
+    assert.deepEqual(e.uid.why, ['host uid 2001000 is not mapped in context other (yours): it shows there as the overflow uid 65534']);
+    const inside = makeView('backups', backups.squash, m('0 2000000 65536'), m('0 2000000 65536'));
+    assert.deepEqual(explain(input(backups, '0 2000000 65536', { uid: 1000, gid: 1000 }, inside)).uid.fromCaller, 1000, 'its own context sees the on-disk id');
+  });
+
+  it('no label: the ids are the host\'s own; a caller in a context that does not map them learns why', () => {
+    const e = explain(input(null, null, { uid: 1000, gid: 1000 }, HOST_VIEW, { 1000: 'hpa' }));
+    assert.deepEqual([e.context, e.parent, e.squash, e.labelledPath], [null, null, null, null]);
+    assert.deepEqual(e.uid, { onDisk: 1000, host: 1000, name: 'hpa', fromHost: 1000, fromCaller: 1000, identityView: 1000, foreignView: 1000, why: [] });
+    const caller = makeView('backups', backups.squash, m('0 2000000 65536'), m('0 2000000 65536'));
+    const c = explain(input(null, null, { uid: 1000, gid: 2000005 }, caller));
+    assert.deepEqual([c.uid.fromCaller, c.gid.fromCaller], [65534, 5]);
+    assert.deepEqual(c.uid.why, ['host uid 1000 is not mapped in context backups (yours): it shows there as the overflow uid 65534']);
+    assert.deepEqual(c.gid.why, []);
+    assert.deepEqual(explain(input(null, null, { uid: 65534, gid: 65534 }, caller)).uid.why, [], 'the overflow id itself needs no why');
+  });
+});
