@@ -1,6 +1,7 @@
 // One configuration load, start to finish: settings, context files, ranges, cross-file checks.
 import { readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { outsideIntervals } from '../config/extents.ts';
 import type { Interval } from '../config/extents.ts';
 import { appendErrors, configError, readConfigTextAsync } from '../config/ini.ts';
 import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, listContextFiles, loadAgentConfig, loadContextDefs } from '../config/load.ts';
@@ -177,7 +178,7 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], opts: Lo
     // Static ranges as they stand before allocation: auto contexts (and their children) are left out.
     const system = (opts.systemIds ?? systemIds)(agent);
     const reserved: Interval[] = [...system];
-    for (const h of finishContexts(defs, new Map(), []).hostMaps.values()) for (const e of [...h.uid, ...h.gid]) reserved.push({ start: e.outside, end: e.outside + e.count });
+    for (const h of finishContexts(defs, new Map(), []).hostMaps.values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
     const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system);
     if (opts.record && r.fresh.size > 0) {
       ensureStateDir(agent.state);
@@ -196,7 +197,7 @@ function staticClaims(defs: readonly ContextDef[]): StaticClaim[] {
   const out: StaticClaim[] = [];
   for (const [label, h] of finishContexts(defs.filter((d) => d.autoSize === null), new Map(), []).hostMaps) {
     if (defs.find((x) => x.label === label)?.parent !== HOST_LABEL) continue;
-    out.push({ label, intervals: mergeIntervals([...h.uid, ...h.gid].map((e) => ({ start: e.outside, end: e.outside + e.count }))) });
+    out.push({ label, intervals: mergeIntervals(outsideIntervals([...h.uid, ...h.gid])) });
   }
   return out;
 }

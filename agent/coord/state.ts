@@ -1,6 +1,7 @@
 // The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
-import { chmodSync, closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { constants, lstatSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../kernel/files.ts';
 import type { Context } from '../../config/types.ts';
 import type { Allocation } from './allocate.ts';
 import { UsernsError } from '../errors.ts';
@@ -65,19 +66,6 @@ export function newerStateFiles(dir: string): string[] {
   return out;
 }
 
-/**
- * mkdir -p with MODE on every directory it makes, whatever the umask (the unit runs the agent with
- * UMask=0077: a pins or socket directory other users must reach is given its mode explicitly).
- * Directories that exist already are left as they are.
- */
-export function makeDirs(dir: string, mode: number): void {
-  const first = mkdirSync(dir, { recursive: true, mode });
-  if (first === undefined) return;
-  for (let d = dir; ; d = dirname(d)) {
-    chmodSync(d, mode);
-    if (d === first || d === dirname(d)) break;
-  }
-}
 
 /** The state directory must be a real directory, never a symlink planted by someone else. */
 export function ensureStateDir(dir: string): void {
@@ -130,27 +118,6 @@ export function readAllocations(dir: string): Map<string, Allocation> {
   return good;
 }
 
-/**
- * Write-then-rename, so a crash leaves the old file or the new one, never a torn one. `durable`
- * adds the fsyncs that make this hold across a power loss too, for what outlives a reboot; without
- * them it holds across a crash of the agent (the page cache survives it) at a fraction of the cost.
- */
-export function writeFileAtomic(dir: string, name: string, body: string, durable = true): void {
-  const file = join(dir, name);
-  const tmp = join(dir, `.${name}.${process.pid}.tmp`);
-  try { unlinkSync(tmp); } catch { /* left by a crash of a process with this pid, or absent */ }
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-  try {
-    writeSync(fd, body);
-    if (durable) fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
-  if (!durable) return;
-  const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try { fsyncSync(dfd); } finally { closeSync(dfd); }
-}
 
 export function writeAllocations(dir: string, allocations: ReadonlyMap<string, Allocation>): void {
   const sorted = Object.fromEntries([...allocations].sort(([a], [b]) => a.localeCompare(b)));
@@ -197,36 +164,4 @@ export function writeInForce(dir: string, contexts: Iterable<Context>): void {
   }
 }
 
-/**
- * Temporary files a crashed agent left (`.NAME.PID.tmp`, see writeFileAtomic): removed at start
- * unless their writer still runs. Returns the names removed.
- */
-export function removeStaleTemps(dir: string): string[] {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return [];
-  }
-  const removed: string[] = [];
-  for (const name of names) {
-    const m = /^\..+\.(\d+)\.tmp$/.exec(name);
-    if (!m) continue;
-    const pid = Number(m[1]);
-    if (pid === process.pid || writerRuns(pid)) continue;
-    try {
-      unlinkSync(join(dir, name));
-      removed.push(name);
-    } catch { /* gone meanwhile */ }
-  }
-  return removed;
-}
 
-/** Does a usernsd with this pid run? (A pid reused by another program does not count.) */
-function writerRuns(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('usernsd');
-  } catch {
-    return false;
-  }
-}

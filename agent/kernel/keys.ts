@@ -13,7 +13,6 @@ const SYS_ADD_KEY = process.arch === 'arm64' ? 217 : 248;
 export const KEY_PREFIX = 'userns:';
 
 /** Errnos Node's table lacks (asm-generic/errno.h). */
-export const ENOKEY = 126;
 export const EKEYREJECTED = 129;
 
 const KEYCTL = {

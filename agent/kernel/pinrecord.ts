@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { labelProblem } from '../../config/schema.ts';
 import type { IdMap } from '../../config/types.ts';
 import * as v from 'valibot';
-import { writeFileAtomic } from '../coord/state.ts';
+import { writeFileAtomic } from './files.ts';
 import { IDMAP } from '../../config/untrusted.ts';
 
 /**

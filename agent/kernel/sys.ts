@@ -2,7 +2,7 @@
 import { fstatSync, readdirSync } from 'node:fs';
 import { constants } from 'node:os';
 import { koffi, libc, SysError } from './ffi.ts';
-import { sendDatagram } from './unixsock.ts';
+import { closeDescriptor, sendDatagram } from './unixsock.ts';
 
 const mountFn = libc.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data)');
 const umount2Fn = libc.func('int umount2(const char *target, int flags)');
@@ -16,9 +16,7 @@ const lsetxattrFn = libc.func('int lsetxattr(const char *path, const char *name,
 const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char *name)');
 const fstatatFn = libc.func('int fstatat(int dirfd, const char *path, _Out_ uint8_t *buf, int flags)');
 const openFn = libc.func('int open(const char *path, int flags, int mode)');
-const closeFn = libc.func('int close(int fd)');
 const getsockoptBufFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]);
-const statfsFn = libc.func('int fstatfs(int fd, _Out_ uint8_t *buf)');
 /** The new mount API through syscall(2): glibc before 2.36 has no wrappers. Numbers are the same on every architecture. */
 const syscallFn = libc.func('long syscall(long nr, ...)');
 const SYS_OPEN_TREE = 428;
@@ -71,10 +69,10 @@ export function parentNsIno(path: string): number | null {
     try {
       return fstatSync(parent).ino;
     } finally {
-      closeFn(parent);
+      closeDescriptor(parent);
     }
   } finally {
-    closeFn(fd);
+    closeDescriptor(fd);
   }
 }
 
@@ -166,9 +164,8 @@ export function openDirPath(path: string): number {
   return fd;
 }
 
-export function closeFd(fd: number): void {
-  closeFn(fd);
-}
+/** close(2), one binding for the agent and the upcall's bundle (unixsock.ts keeps it, as the bundle does not load this file). */
+export { closeDescriptor as closeFd };
 
 /**
  * {dev, ino} of `name` in the directory `dirFd`, without following a symlink, or null when absent.
@@ -217,13 +214,6 @@ export function moveMount(treeFd: number, target: string): void {
   }
 }
 
-/** The filesystem's magic number (statfs(2) f_type), of an open descriptor: e.g. 0xef53 ext4, 0x65735546 FUSE. */
-export function fsMagic(fd: number): number {
-  const buf = Buffer.alloc(128); // struct statfs: f_type is its first field (a long)
-  if (statfsFn(fd, buf) !== 0) throw new SysError('fstatfs', koffi.errno(), `fd ${fd}`);
-  return Number(buf.readBigInt64LE(0));
-}
-
 /** {dev, ino} of an open descriptor (O_PATH ones and open_tree's included). */
 export function fdIdentity(fd: number): { dev: number; ino: number } {
   const st = fstatSync(fd);
@@ -245,7 +235,7 @@ export function closeInheritedDescriptors(): number[] {
     if (!Number.isInteger(fd) || fd < 3) continue;
     const flags = fcntlFn(fd, F_GETFD, 0);
     if (flags < 0 || (flags & FD_CLOEXEC) !== 0) continue;
-    closeFn(fd);
+    closeDescriptor(fd);
     closed.push(fd);
   }
   return closed;

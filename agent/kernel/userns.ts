@@ -15,7 +15,7 @@ import { HELPERS_DIR, HelperPrograms, rootOf } from './helper.ts';
 import { errnoFromText, kernelError, PATH_ENV, reap, run, waitForNewNamespace } from './spawn.ts';
 import { Spawner, useNativeSpawner } from './spawner.ts';
 import type { Held, SpawnerSetting } from './spawner.ts';
-import { makeDirs } from '../coord/state.ts';
+import { makeDirs } from './files.ts';
 import { markRecordFormat, NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 

@@ -171,7 +171,9 @@ export type ReloadResult = {
   readonly kept: string[];
   readonly errors: string[];
 };
-export type ViewMode = 'identity' | 'foreign';
+/** How a view shows a tree: its map alone (identity) or with the context's squash (foreign). One declaration, idmap.ts's. */
+export type { ViewMode } from '../idmap.ts';
+import type { ViewMode } from '../idmap.ts';
 /** Why a view is asked for: to mount it (root), or to enter the context with it (its owner). */
 export type ViewPurpose = 'mount' | 'enter';
 export type ViewParams = { path: string; context?: string; mode?: ViewMode; purpose?: ViewPurpose; target?: string; readOnly?: boolean };

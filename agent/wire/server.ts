@@ -1,6 +1,6 @@
 // The socket: node-ipc 14 (guarded profile, explicit limits) walled off behind one small class; the only node-ipc importer.
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
-import { makeDirs } from '../coord/state.ts';
+import { makeDirs } from '../kernel/files.ts';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import os from 'node:os';

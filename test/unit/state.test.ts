@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { makeDirs } from '../../agent/coord/state.ts';
+import { makeDirs } from '../../agent/kernel/files.ts';
 import { loadConfiguration } from '../../agent/configure.ts';
 import { formatConfigError } from '../../config/ini.ts';
 import { makeTree } from '../helpers/fixtures.ts';
