@@ -1,9 +1,7 @@
 // usernsctl: the command-line client for admins, scripts and filesystem helpers.
-import { spawn } from 'node:child_process';
 import { lstatSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { ParseArgsConfig } from 'node:util';
 import { formatExtents } from '../config/extents.ts';
 import { formatConfigError } from '../config/ini.ts';
 import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
@@ -11,7 +9,6 @@ import { labelProblem } from '../config/schema.ts';
 import { callAgent } from './wire/client.ts';
 import { TransportError, UsernsError } from './errors.ts';
 import * as P from './wire/protocol.ts';
-import type { Owner } from './wire/protocol.ts';
 import { VERSION } from './version.ts';
 import { enterWithViews, mountedViews, viewCmd } from './cliviews.ts';
 import { explainCmd } from './cliexplain.ts';

@@ -108,7 +108,7 @@ export class Manager implements Agent {
     this.limiter = new LogLimiter(opts.log, (uid) => this.people.of(uid));
     this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, people: this.people, onRequest: (conn, data) => handleRequest(this, conn, data) });
     this.fdServer = new FdServer({ path: fdSocketPath(config.agent.socket), log: opts.log, people: this.people, onRequest: (conn, data) => handleRequest(this, conn, data) });
-    this.views = new Views(config.agent.state, this.registry.namespaces.spawner);
+    this.views = new Views(config.agent.state, this.registry.namespaces.maker);
     this.shared = config.agent.coordinator === 'etcd' ? new SharedPool(new EtcdCoordinator(config.agent.etcd), opts.log, {
       config: () => this.registry.configuration,
       reload: () => this.reload('etcd'),

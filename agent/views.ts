@@ -13,7 +13,7 @@ import { UsernsError } from './errors.ts';
 import { bindfsOptions, viewPlan } from './idmap.ts';
 import type { ViewMode } from './idmap.ts';
 import { ViewNamespaces, makeTree } from './kernel/views.ts';
-import type { Spawner } from './kernel/spawner.ts';
+import type { NamespaceMaker } from './kernel/makers.ts';
 import { findLabel, notReachable, peerCanReach, unreachableBy } from './labels.ts';
 import { hostReach, SEAL_ADVICE } from './seal.ts';
 import type { Registry } from './registry.ts';
@@ -45,10 +45,10 @@ export class Views {
   private readonly stateDir: string;
   private records: ViewRecord[] | null = null;
 
-  /** `spawner`: the agent's usernsd-spawner, which makes the views' idmap namespaces too (null: a helper forked each). */
-  constructor(stateDir: string, spawner: Spawner | null = null) {
+  /** `maker`: the agent's namespace maker (Namespaces.maker), which makes the views' idmap namespaces too. */
+  constructor(stateDir: string, maker: NamespaceMaker) {
     this.stateDir = stateDir;
-    this.namespaces = new ViewNamespaces(spawner);
+    this.namespaces = new ViewNamespaces(maker);
   }
 
   /**

@@ -1,8 +1,6 @@
 // User namespaces in the kernel (SPEC §5): create from a context, pin, adopt at start, release.
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
-import { closeSync, constants, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, unlinkSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { closeSync, constants, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../../config/extents.ts';
 import type { HostMaps } from '../../config/load.ts';
 import { labelProblem } from '../../config/schema.ts';
@@ -11,10 +9,11 @@ import type { Context, IdMap } from '../../config/types.ts';
 import { UsernsError } from '../errors.ts';
 import { fromHost, makeView } from '../idmap.ts';
 import { SysError } from './ffi.ts';
-import { HELPERS_DIR, HelperPrograms, rootOf } from './helper.ts';
-import { errnoFromText, kernelError, PATH_ENV, reap, run, waitForNewNamespace } from './spawn.ts';
-import { Spawner, useNativeSpawner } from './spawner.ts';
-import type { Held, SpawnerSetting } from './spawner.ts';
+import { HELPERS_DIR } from './helper.ts';
+import { kernelError } from './spawn.ts';
+import type { Spawner, SpawnerSetting } from './spawner.ts';
+import { namespaceMaker } from './makers.ts';
+import type { Holder, NamespaceMaker, ParentPin } from './makers.ts';
 import { makeDirs } from './files.ts';
 import { markRecordFormat, NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
@@ -64,8 +63,7 @@ export function pinMountNamespace(setting: string): string | null {
   }
 }
 
-/** A nested context's parent, as its creation and checks need it: pin path, nsfs inode, host maps. */
-export type ParentPin = { readonly pin: string; readonly ino: number; readonly host: HostMaps };
+export type { ParentPin } from './makers.ts';
 
 export type NamespacesOptions = {
   readonly pinsDir: string;
@@ -91,9 +89,8 @@ export class Namespaces {
   private readonly paths = new Map<string, string>();
   /** The pins directory, opened once: a pin is checked with one single-component fstatat. */
   private dirFd: number | null = null;
-  private readonly helpers: HelperPrograms;
-  /** usernsd-spawner, when it is used; null: each namespace is a helper forked from the agent. */
-  readonly spawner: Spawner | null;
+  /** Who makes the namespaces: usernsd-spawner, or a process forked per namespace. */
+  readonly maker: NamespaceMaker;
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
   /** The records directory says its format (written once per directory made). */
@@ -103,13 +100,17 @@ export class Namespaces {
     this.pinsDir = opts.pinsDir;
     this.recordsDir = join(this.pinsDir, RECORDS_DIR);
     this.mountNs = opts.mountNs ?? null;
-    this.helpers = new HelperPrograms(this.pinsDir);
-    this.spawner = useNativeSpawner(opts.spawner ?? 'auto') ? new Spawner(this.mountNs) : null;
+    this.maker = namespaceMaker(opts.spawner ?? 'auto', this.mountNs, this.pinsDir);
+  }
+
+  /** usernsd-spawner, when it makes the namespaces (null: a process forked per namespace). */
+  get spawner(): Spawner | null {
+    return this.maker.spawner;
   }
 
   /** Ends usernsd-spawner, if it runs (it also ends with the agent). */
   close(): void {
-    this.spawner?.close();
+    this.maker.close();
   }
 
   pinPath(label: string): string {
@@ -214,42 +215,20 @@ export class Namespaces {
     return this.create(ctx, parent, path);
   }
 
+  /** Made by the maker, then checked, pinned and recorded here: the same whichever made it. */
   private async create(ctx: Context, parent: ParentPin | null, path: string): Promise<Pin> {
-    if (this.spawner) return this.createNative(this.spawner, ctx, parent, path);
-    let child: ChildProcess;
-    try {
-      child = this.spawnChild(ctx, parent);
-    } catch (err) {
-      if (err instanceof UsernsError) throw err;
-      throw kernelError(ctx.label, 'start the namespace helper', (err as NodeJS.ErrnoException).code ?? 'EIO', (err as Error).message);
-    }
-    try {
-      const pid = await waitForNewNamespace(ctx.label, child, parent?.pin ? `user:[${pinnedIno(parent.pin)}]` : null);
-      await this.writeMaps(ctx, pid, parent?.pin ?? null);
-      return await this.verifyAndPin(ctx, parent, pid, path);
-    } finally {
-      await reap(child);
-    }
-  }
-
-  /** Through usernsd-spawner: its holder has the namespace, maps written, until it is pinned. */
-  private async createNative(spawner: Spawner, ctx: Context, parent: ParentPin | null, path: string): Promise<Pin> {
     const owner = this.ownerInParent(ctx, parent);
-    const held = await spawner.create({ label: ctx.label, ...owner, setgroups: ctx.setgroups, uidMap: ctx.uidMap, gidMap: ctx.gidMap, parentPin: parent?.pin ?? null });
+    const holder = await this.maker.make({ label: ctx.label, ...owner, setgroups: ctx.setgroups, uidMap: ctx.uidMap, gidMap: ctx.gidMap, parent });
     try {
-      return await this.verifyAndPin(ctx, parent, held.pid, path, held);
+      this.verifyMaps(ctx, holder.pid, parent?.host ?? null);
+      await this.pin(ctx.label, holder, path);
+      const ino = pinnedIno(path)!;
+      const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
+      this.writeRecord(pin);
+      return this.remember(ctx, pin, parent?.ino ?? null);
     } finally {
-      held.end();
+      await holder.end();
     }
-  }
-
-  private async verifyAndPin(ctx: Context, parent: ParentPin | null, pid: number, path: string, held?: Held): Promise<Pin> {
-    this.verifyMaps(ctx, pid, parent?.host ?? null);
-    await this.pin(ctx.label, pid, path, held);
-    const ino = pinnedIno(path)!;
-    const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
-    this.writeRecord(pin);
-    return this.remember(ctx, pin, parent?.ino ?? null);
   }
 
   /** The owner's uid and gid as the parent namespace sees them (the host's for a top-level context). */
@@ -262,47 +241,6 @@ export class Namespaces {
       throw new UsernsError('E_CONFIG', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`);
     }
     return { uid, gid };
-  }
-
-  /**
-   * A single-threaded child in a new user namespace, owned by the context's owner: `unshare --user`
-   * run with the owner's ids, or for a nested context entered into the parent first with the owner's
-   * ids as seen there. It waits on stdin, so it also ends if the agent dies.
-   */
-  private spawnChild(ctx: Context, parent: ParentPin | null): ChildProcess {
-    const opts = { env: PATH_ENV, stdio: ['pipe', 'ignore', 'pipe'] as ('pipe' | 'ignore')[] };
-    if (parent === null) {
-      const { unshare, cat } = this.helpers.for(0, 0);
-      return spawn(unshare, ['--user', '--', cat], { ...opts, uid: ctx.owner.uid, gid: ctx.owner.gid });
-    }
-    // The maps are written by the parent's root: the helper's programs are its (see helpers()).
-    const rootUid = rootOf(parent.host.uid);
-    const rootGid = rootOf(parent.host.gid);
-    if (rootUid === null || rootGid === null) throw new UsernsError('E_CONFIG', `parent "${ctx.parent}" of context "${ctx.label}" does not map id 0: a nested context's maps are written as its parent's root`);
-    const { unshare, cat } = this.helpers.for(rootUid, rootGid);
-    const { uid, gid } = this.ownerInParent(ctx, parent);
-    return spawn(this.helpers.for(0, 0).nsenter, [`--user=${parent.pin}`, '--preserve-credentials', '-S', String(uid), '-G', String(gid), '--', unshare, '--user', '--', cat], opts);
-  }
-
-  /** setgroups first (the kernel needs it before gid_map), then uid_map and gid_map, each in one write. */
-  private async writeMaps(ctx: Context, pid: number, parentPin: string | null): Promise<void> {
-    const uid = kernelMapText(ctx.uidMap);
-    const gid = kernelMapText(ctx.gidMap);
-    if (parentPin === null) {
-      for (const [file, text] of [['setgroups', ctx.setgroups], ['uid_map', uid], ['gid_map', gid]] as const) {
-        try {
-          writeFileSync(`/proc/${pid}/${file}`, text);
-        } catch (err) {
-          throw kernelError(ctx.label, `write ${file}`, (err as NodeJS.ErrnoException).code ?? 'EIO');
-        }
-      }
-      return;
-    }
-    // The kernel accepts a nested namespace's maps only from a writer in the parent namespace.
-    // bash, not sh: dash reports a failed write as "I/O error" and loses the errno.
-    const script = 'printf %s "$2" > /proc/$1/setgroups && printf %s "$3" > /proc/$1/uid_map && printf %s "$4" > /proc/$1/gid_map';
-    const r = await run(this.helpers.for(0, 0).nsenter, [`--user=${parentPin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', 'bash', '-c', script, 'bash', String(pid), ctx.setgroups, uid, gid]);
-    if (r.code !== 0) throw kernelError(ctx.label, 'write the nested maps', errnoFromText(r.stderr), r.stderr);
   }
 
   /** Read the maps back as the kernel holds them; from here, a nested namespace shows host ids. */
@@ -319,7 +257,7 @@ export class Namespaces {
   }
 
   /** Pin file created exclusively, then one bind mount on it: never a stacked mount. */
-  private async pin(label: string, pid: number, path: string, held?: Held): Promise<void> {
+  private async pin(label: string, holder: Holder, path: string): Promise<void> {
     let fd: number;
     try {
       fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o444);
@@ -330,13 +268,14 @@ export class Namespaces {
       if (st?.isFile() && st.size === 0) {
         // An empty pin file left by a crash between create and mount: nothing uses it.
         unlinkSync(path);
-        return this.pin(label, pid, path, held);
+        return this.pin(label, holder, path);
       }
       throw new UsernsError('E_KERNEL', `Failed to create pin ${path} for context "${label}": ${code}`);
     }
     closeSync(fd);
     try {
-      await this.bindPin(`/proc/${pid}/ns/user`, path, held);
+      if (this.mountNs === null) bindMount(`/proc/${holder.pid}/ns/user`, path);
+      else await holder.pin(path);
     } catch (err) {
       unlinkSync(path);
       if (err instanceof UsernsError) throw err;
@@ -344,24 +283,9 @@ export class Namespaces {
     }
   }
 
-  /**
-   * One bind mount, here or in the pins' mount namespace (from where it propagates back to ours):
-   * there by usernsd-spawner, which works in it, else by a process (nsenter --mount) each.
-   */
-  private async bindPin(source: string, path: string, held?: Held): Promise<void> {
-    if (this.mountNs === null) return bindMount(source, path);
-    if (held) return held.pin(path);
-    const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'mount', '--bind', source, path]);
-    if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}: check mount_namespace in usernsd.conf and that ${dirname(path)} exists there`);
-  }
-
+  /** One layer of a pin unmounted, here or in the pins' mount namespace (from where it propagates back). */
   private async unmountPin(label: string, path: string): Promise<boolean> {
-    if (this.mountNs === null) return detach(path);
-    if (this.spawner) return this.spawner.unpin(label, path);
-    const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'umount', '--lazy', path]);
-    if (r.code === 0) return true;
-    if (/not mounted|no mount point|No such file/.test(r.stderr)) return false;
-    throw new UsernsError('E_KERNEL', `Failed to unmount pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}`);
+    return this.mountNs === null ? detach(path) : this.maker.unpin(label, path);
   }
 
   /** The records directory may be gone (removed with /run's contents, or by hand): made again. */
@@ -383,24 +307,9 @@ export class Namespaces {
   private async mapsOf(label: string, path: string, ino: number): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
     const recorded = recordedMaps(this.recordsDir, label, ino);
     if (recorded) return recorded;
-    const actual = this.spawner ? await this.spawner.maps(label, path) : await this.readMapsForked(path);
+    const actual = await this.maker.maps(label, path);
     this.writeRecord({ label, path, ino, ...actual, created: false });
     return actual;
-  }
-
-  /**
-   * A pinned namespace's maps as its own processes see them (outside ids are the parent's), without
-   * usernsd-spawner: nsenter with root's ids into a namespace its owner owns, so execute-only copies
-   * of nsenter and cat (see HelperPrograms), one run per map.
-   */
-  private async readMapsForked(pin: string): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
-    const { nsenter, cat } = this.helpers.for(0, 0);
-    const read = async (file: string) => {
-      const r = await run(nsenter, [`--user=${pin}`, '--preserve-credentials', '--', cat, file]);
-      if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to read the maps of ${pin}: ${r.stderr || `exit ${r.code}`}`);
-      return parseKernelMap(r.stdout);
-    };
-    return { uidMap: await read('/proc/self/uid_map'), gidMap: await read('/proc/self/gid_map') };
   }
 
   /** Lazy unmount and unlink; idempotent; unmounts every layer so nothing is left stacked. */

@@ -1,13 +1,12 @@
 // Views in the kernel (SPEC §7): a user namespace carrying a view's idmap, and a detached idmapped
 // copy of a tree made in the caller's mount namespace. Attaching it is the caller's job.
-import { spawn } from 'node:child_process';
-import { openSync, readlinkSync, writeFileSync } from 'node:fs';
-import { formatExtents, kernelMapText } from '../../config/extents.ts';
+import { openSync, readlinkSync } from 'node:fs';
+import { formatExtents } from '../../config/extents.ts';
 import { UsernsError } from '../errors.ts';
 import type { ViewMaps } from '../idmap.ts';
 import { SysError } from './ffi.ts';
-import { kernelError, PATH_ENV, reap, SPAWN_TIMEOUT_MS, waitForNewNamespace } from './spawn.ts';
 import type { Spawner } from './spawner.ts';
+import type { NamespaceMaker } from './makers.ts';
 import { closeFd, fdIdentity, openTreeClone, setMountAttrs } from './sys.ts';
 
 /** User namespaces kept open for views, by map; the oldest is closed past this many. */
@@ -35,11 +34,15 @@ export class ViewNamespaces {
   /** Insertion order is age: a Map is the LRU list. */
   private readonly cache = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<number>>();
-  /** usernsd-spawner, when the agent uses it: it makes the namespaces (else a helper forked each) and copies trees in callers' mount namespaces. */
-  readonly spawner: Spawner | null;
+  /** The agent's namespace maker: it makes the views' namespaces too; its usernsd-spawner, if it is one, copies trees in callers' mount namespaces. */
+  private readonly maker: NamespaceMaker;
 
-  constructor(spawner: Spawner | null = null) {
-    this.spawner = spawner;
+  constructor(maker: NamespaceMaker) {
+    this.maker = maker;
+  }
+
+  get spawner(): Spawner | null {
+    return this.maker.spawner;
   }
 
   /**
@@ -56,7 +59,7 @@ export class ViewNamespaces {
     }
     let p = this.inflight.get(key);
     if (!p) {
-      p = createIdmapNamespace(maps, this.spawner).then((created) => {
+      p = createIdmapNamespace(maps, this.maker).then((created) => {
         this.cache.set(key, created);
         for (const [k, old] of this.cache) {
           if (this.cache.size <= MAX_CACHED_NAMESPACES) break;
@@ -80,29 +83,13 @@ export class ViewNamespaces {
   }
 }
 
-async function createIdmapNamespace(maps: ViewMaps, spawner: Spawner | null): Promise<number> {
+async function createIdmapNamespace(maps: ViewMaps, maker: NamespaceMaker): Promise<number> {
   if (maps.uid.length === 0 || maps.gid.length === 0) throw new UsernsError('E_CONFIG', 'this view maps no ids at all: nothing to show');
-  if (spawner) {
-    const held = await spawner.create({ label: 'a view', uid: 0, gid: 0, setgroups: 'allow', uidMap: maps.uid, gidMap: maps.gid, parentPin: null });
-    try {
-      return openSync(`/proc/${held.pid}/ns/user`, 'r');
-    } finally {
-      held.end();
-    }
-  }
-  const child = spawn('unshare', ['--user', '--', 'cat'], { env: PATH_ENV, stdio: ['pipe', 'ignore', 'pipe'] });
+  const holder = await maker.make({ label: 'a view', uid: 0, gid: 0, setgroups: 'allow', uidMap: maps.uid, gidMap: maps.gid, parent: null });
   try {
-    const pid = await waitForNewNamespace('a view', child, null);
-    for (const [file, text] of [['uid_map', kernelMapText(maps.uid)], ['gid_map', kernelMapText(maps.gid)]] as const) {
-      try {
-        writeFileSync(`/proc/${pid}/${file}`, text);
-      } catch (err) {
-        throw kernelError('a view', `write ${file}`, (err as NodeJS.ErrnoException).code ?? 'EIO');
-      }
-    }
-    return openSync(`/proc/${pid}/ns/user`, 'r');
+    return openSync(`/proc/${holder.pid}/ns/user`, 'r');
   } finally {
-    await reap(child);
+    await holder.end();
   }
 }
 

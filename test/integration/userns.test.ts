@@ -7,6 +7,7 @@ import { loadConfiguration } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import { Namespaces, pinnedIno } from '../../agent/kernel/userns.ts';
+import { ViewNamespaces } from '../../agent/kernel/views.ts';
 import type { Pin } from '../../agent/kernel/userns.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -241,5 +242,20 @@ for (const spawner of ['native', 'node'] as const) describe(`integration: user n
       return true;
     });
     assert.equal(existsSync(`${tree.pins}/bad`), false);
+  });
+
+  it('makes a view\'s idmap namespace with the same maker (owned by root, the maps as asked), kept per map', async () => {
+    const views = new ViewNamespaces(ns.maker);
+    const maps = { uid: [{ inside: 0, outside: 7100000, count: 65536 }], gid: [{ inside: 0, outside: 7200000, count: 1000 }, { inside: 5000, outside: 7300000, count: 10 }] };
+    const fd = await views.usernsFor(maps);
+    try {
+      assert.equal(await views.usernsFor(maps), fd, 'made once per map, then kept');
+      const through = (file: string) => spawnSync('nsenter', [`--user=/proc/${process.pid}/fd/${fd}`, '--preserve-credentials', '--', 'cat', file], { encoding: 'utf8' });
+      assert.match(through('/proc/self/uid_map').stdout, /^\s*0\s+7100000\s+65536\s*$/);
+      assert.match(through('/proc/self/gid_map').stdout, /^\s*0\s+7200000\s+1000\s*\n\s*5000\s+7300000\s+10\s*$/);
+      await assert.rejects(views.usernsFor({ uid: [], gid: maps.gid }), /this view maps no ids at all/);
+    } finally {
+      views.close();
+    }
   });
 });

@@ -35,7 +35,7 @@ function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
     count: () => {},
     invalidateKeys: () => {},
     served: () => {},
-    views: new Views(config.agent.state),
+    views: new Views(config.agent.state, registry.namespaces.maker),
     metrics: new Metrics(METHOD_NAMES, { contextStates: () => ({}), connections: () => 0, configErrors: () => 0, views: () => ({ recorded: 0, namespaces: 0 }), coordinator: () => null }),
     settlePending: async () => true,
     rangesList: unreachable,
