@@ -12,9 +12,9 @@ if (process.argv[2] === 'upcall') {
   process.exitCode = await upcallMain(process.argv.slice(3));
 } else if (process.argv[2] === 'mount-helper') {
   // mount.usernsd (installed by make install), run by mount(8) for "-t usernsd" and fstab lines.
-  const { mountHelperMain } = await import('../dist/agent/cliviews.js').catch(fail);
+  const { mountHelperMain } = await import('../dist/agent/cli/mounthelper.js').catch(fail);
   process.exitCode = mountHelperMain(process.argv.slice(3), { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') });
 } else {
-  const { runCli } = await import('../dist/agent/cli.js').catch(fail);
+  const { runCli } = await import('../dist/agent/cli/main.js').catch(fail);
   process.exitCode = await runCli(process.argv.slice(2));
 }

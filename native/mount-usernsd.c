@@ -228,7 +228,7 @@ static int run_bindfs(const struct jv *opts, const char *src, const char *target
 	return rc;
 }
 
-/* Options of mount -t usernsd (as mountHelperOptions in agent/cliviews.ts); 0, or the exit status. */
+/* Options of mount -t usernsd (as mountHelperOptions in agent/cli/mounthelper.ts); 0, or the exit status. */
 struct view_opts { const char *context, *mode, *socket; int read_only; /* -1: not said */ };
 
 static int parse_options(char *text, struct view_opts *o) {

@@ -19,7 +19,7 @@ function newest(dir) {
 
 function builtAt() {
   try {
-    return Math.min(...['dist/agent/main.js', 'dist/agent/cli.js', 'dist/upcall.js'].map((f) => statSync(join(root, f)).mtimeMs));
+    return Math.min(...['dist/agent/main.js', 'dist/agent/cli/main.js', 'dist/upcall.js'].map((f) => statSync(join(root, f)).mtimeMs));
   } catch {
     return 0; // not built
   }

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { COMMAND_NAMES, EXIT } from '../../agent/cli.ts';
+import { COMMAND_NAMES, EXIT } from '../../agent/cli/main.ts';
 import { ERROR_CODES } from '../../agent/errors.ts';
 import { LIMITS, METHODS } from '../../agent/wire/protocol.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA } from '../../config/schema.ts';
@@ -68,8 +68,8 @@ describe('man pages', () => {
     assertTerms('usernsctl.1', 'COMMANDS', COMMAND_NAMES);
     assertTerms('usernsctl.1', 'OPTIONS', ['--socket', '-s', '--json', '--help', '-h', '--version', '-V']);
     assertTerms('usernsctl.1', 'EXIT STATUS', Object.values(EXIT).map(String));
-    // Every option any command parses (its parseArgs tables in cli.ts and cliviews.ts) is in the page.
-    const source = ['cli.ts', 'cliviews.ts'].map((f) => readFileSync(new URL(`../../agent/${f}`, import.meta.url), 'utf8')).join('\n');
+    // Every option any command parses (its parseArgs tables in agent/cli/) is in the page.
+    const source = ['cli/main.ts', 'cli/views.ts', 'cli/mounthelper.ts'].map((f) => readFileSync(new URL(`../../agent/${f}`, import.meta.url), 'utf8')).join('\n');
     const flags = [...source.matchAll(/'?([a-z][a-z-]*)'?: \{ type: '(?:string|boolean)'/g)].map((m) => m[1]!);
     assert.ok(flags.length >= 18, `found the option tables (${flags.join(' ')})`);
     const text = page('usernsctl.1').replace(/\\-/g, '-');

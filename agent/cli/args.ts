@@ -2,7 +2,7 @@
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
-import type { Owner } from './wire/protocol.ts';
+import type { Owner } from '../wire/protocol.ts';
 
 /** Exit codes, usernsctl(1). */
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, UNREACHABLE: 3 } as const;

@@ -1,19 +1,19 @@
-// usernsctl view, enter --view and mount.usernsd: views asked of the agent on its descriptor
-// socket and attached here, in the caller's mount namespace, as mount(8) would.
+// usernsctl view and enter --view: views asked of the agent on its descriptor socket and
+// attached here, in the caller's mount namespace, as mount(8) would (mounthelper.ts: mount.usernsd).
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { resolve as absolute } from 'node:path';
-import { formatExtents } from '../config/extents.ts';
-import { EXIT, parseCommand, printTable, runNsenter, UsageError } from './cliargs.ts';
-import type { Globals, Io } from './cliargs.ts';
-import { UsernsError } from './errors.ts';
-import { isIdmapped, mountTable } from './kernel/mountinfo.ts';
-import type { MountEntry } from './kernel/mountinfo.ts';
-import { closeFd, moveMount } from './kernel/sys.ts';
-import { callAgent } from './wire/client.ts';
-import { fdSocketPath } from './wire/fdsock.ts';
-import { callAgentForFds } from './wire/oneshot.ts';
-import * as P from './wire/protocol.ts';
+import { formatExtents } from '../../config/extents.ts';
+import { EXIT, parseCommand, printTable, runNsenter, UsageError } from './args.ts';
+import type { Globals, Io } from './args.ts';
+import { UsernsError } from '../errors.ts';
+import { isIdmapped, mountTable } from '../kernel/mountinfo.ts';
+import type { MountEntry } from '../kernel/mountinfo.ts';
+import { closeFd, moveMount } from '../kernel/sys.ts';
+import { callAgent } from '../wire/client.ts';
+import { fdSocketPath } from '../wire/fdsock.ts';
+import { callAgentForFds } from '../wire/oneshot.ts';
+import * as P from '../wire/protocol.ts';
 
 export const BINDFS_INSTALL_HINT = 'bindfs is not installed: install it (Debian: apt-get install bindfs) — it makes the views the kernel cannot (all squash, NFS, FUSE)';
 
@@ -102,50 +102,6 @@ export async function listViews(g: Globals, io: Io): Promise<number> {
   }
   printTable(io, [['SRC', 'DST', 'CONTEXT', 'MODE', 'MECHANISM', 'ACCESS'], ...live.map((v) => [v.src, v.target, v.context, v.mode, v.mechanism, v.readOnly ? 'ro' : 'rw'])]);
   return EXIT.OK;
-}
-
-/**
- * Options of mount -t usernsd: the view's own, and the generic ones mount(8) and fstab pass along
- * (auto, nofail, x-systemd.*…), which mean nothing to a view and are ignored.
- */
-export function mountHelperOptions(text: string): ViewOptions & { socket?: string } {
-  const out: { context?: string; mode?: P.ViewMode; readOnly?: boolean; socket?: string } = {};
-  for (const opt of text.split(',').filter(Boolean)) {
-    const [key, value] = opt.includes('=') ? [opt.slice(0, opt.indexOf('=')), opt.slice(opt.indexOf('=') + 1)] : [opt, null];
-    if (key === 'context' && value) out.context = value;
-    else if (key === 'mode' && (value === 'identity' || value === 'foreign')) out.mode = value;
-    else if (key === 'socket' && value) out.socket = value;
-    else if (key === 'ro' || key === 'rw') out.readOnly = key === 'ro';
-    else if (['defaults', 'auto', 'noauto', 'nofail', '_netdev', 'user', 'nouser', 'users', 'owner', 'noowner', 'group', 'comment'].includes(key) || key.startsWith('x-')) continue;
-    else throw new UsageError(`unknown option "${opt}": mount -t usernsd takes context=LABEL, mode=identity|foreign, ro, rw, socket=PATH`);
-  }
-  return out;
-}
-
-/**
- * mount.usernsd SRC DST [-sfnv] [-N NS] [-o OPTIONS]: called by mount(8) for `-t usernsd` and
- * fstab lines of type usernsd. Exit status as mount(8)'s: 1 usage or permissions, 32 failure.
- */
-export function mountHelperMain(argv: string[], io: Io): number {
-  const positionals: string[] = [];
-  let options = '';
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '-o') options += (options ? ',' : '') + (argv[++i] ?? '');
-    else if (a === '-t' || a === '-N') i++;
-    else if (/^-[sfnvr]+$/.test(a)) continue;
-    else positionals.push(a);
-  }
-  try {
-    if (positionals.length !== 2) throw new UsageError('mount.usernsd takes SRC and DST');
-    const { socket, ...opts } = mountHelperOptions(options);
-    if (process.geteuid!() !== 0) throw new UsernsError('E_PERMISSION', 'views are mounted by root');
-    mountView(socket ?? (process.env.USERNSD_SOCKET || P.DEFAULT_SOCKET), positionals[0]!, positionals[1]!, opts);
-    return 0;
-  } catch (err) {
-    io.err(`mount.usernsd: ${err instanceof UsernsError ? `${err.code}: ` : ''}${(err as Error).message}`);
-    return err instanceof UsageError ? 1 : 32;
-  }
 }
 
 /**

@@ -2,13 +2,13 @@
 // a view made through the agent is explained as the file on disk behind it (the view's source).
 import { lstatSync } from 'node:fs';
 import { dirname, join, relative, resolve as absolute } from 'node:path';
-import { groupName, systemNss } from '../config/nss.ts';
-import { EXIT, parseCommand, UsageError } from './cliargs.ts';
-import type { Globals, Io } from './cliargs.ts';
-import { isIdmapped, mountTable } from './kernel/mountinfo.ts';
-import type { MountEntry } from './kernel/mountinfo.ts';
-import { callAgent } from './wire/client.ts';
-import * as P from './wire/protocol.ts';
+import { groupName, systemNss } from '../../config/nss.ts';
+import { EXIT, parseCommand, UsageError } from './args.ts';
+import type { Globals, Io } from './args.ts';
+import { isIdmapped, mountTable } from '../kernel/mountinfo.ts';
+import type { MountEntry } from '../kernel/mountinfo.ts';
+import { callAgent } from '../wire/client.ts';
+import * as P from '../wire/protocol.ts';
 
 /** The mount a path is on: the longest mount point that is an ancestor of it (or itself). */
 function mountOf(path: string, mounts: Map<string, MountEntry>): MountEntry | null {

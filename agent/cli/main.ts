@@ -2,21 +2,21 @@
 import { lstatSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
-import { formatExtents } from '../config/extents.ts';
-import { formatConfigError } from '../config/ini.ts';
-import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
-import { labelProblem } from '../config/schema.ts';
-import { callAgent } from './wire/client.ts';
-import { TransportError, UsernsError } from './errors.ts';
-import * as P from './wire/protocol.ts';
-import { VERSION } from './version.ts';
-import { enterWithViews, mountedViews, viewCmd } from './cliviews.ts';
-import { explainCmd } from './cliexplain.ts';
-import { checkEtcd, rangesCmd } from './cliranges.ts';
-import { COMMON, EXIT, oneLabel, parseCommand, printTable, runNsenter, stdio, UsageError, who } from './cliargs.ts';
-import type { Globals, Io } from './cliargs.ts';
+import { formatExtents } from '../../config/extents.ts';
+import { formatConfigError } from '../../config/ini.ts';
+import { DEFAULT_CONFIG_FILE } from '../../config/load.ts';
+import { labelProblem } from '../../config/schema.ts';
+import { callAgent } from '../wire/client.ts';
+import { TransportError, UsernsError } from '../errors.ts';
+import * as P from '../wire/protocol.ts';
+import { VERSION } from '../version.ts';
+import { enterWithViews, mountedViews, viewCmd } from './views.ts';
+import { explainCmd } from './explain.ts';
+import { checkEtcd, rangesCmd } from './ranges.ts';
+import { COMMON, EXIT, oneLabel, parseCommand, printTable, runNsenter, stdio, UsageError, who } from './args.ts';
+import type { Globals, Io } from './args.ts';
 
-export { EXIT } from './cliargs.ts';
+export { EXIT } from './args.ts';
 
 const USAGE = `Usage: usernsctl [--socket PATH] [--json] COMMAND [ARGS]
 
@@ -107,7 +107,7 @@ async function checkConfig(args: string[], io: Io): Promise<number> {
     io.out('Usage: usernsctl check-config [--config FILE] [--verbose] [--etcd]');
     return EXIT.OK;
   }
-  const { loadConfiguration } = await import('./configure.ts'); // NSS through koffi: only here
+  const { loadConfiguration } = await import('../configure.ts'); // NSS through koffi: only here
   const cfg = loadConfiguration(values.config ?? null, { record: false });
   for (const e of cfg.errors) io.err(formatConfigError(e));
   // Allowed on purpose, but the admin should see it every time: not an error, the exit status stays.
@@ -292,14 +292,14 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
 
 /** Usually reached straight from bin/usernsctl.js; here when global options come first. */
 async function upcallCmd(args: string[], g: Globals): Promise<number> {
-  const { upcallMain } = await import('./upcall.ts');
+  const { upcallMain } = await import('../upcall.ts');
   return upcallMain(args.filter((a) => a !== '--json'), g.socket);
 }
 
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   const [verb, label, ...extra] = positionals;
-  const { answerRings, invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('./kernel/keys.ts');
+  const { answerRings, invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('../kernel/keys.ts');
   // Root also sees (and clears) the keys the upcall answered for other users: they are in root's
   // persistent keyring, which this makes ours to read.
   if (process.getuid!() === 0) try { issuedKeysRing(); } catch { /* no persistent keyrings: only root's own keys */ }
@@ -339,8 +339,8 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
 /** The xattr name: --xattr, else label_xattr of the settings file (--config, default DEFAULT_CONFIG_FILE). */
 async function labelXattrName(xattr: string | undefined, config: string | undefined): Promise<string> {
   if (xattr !== undefined) return xattr;
-  const { AGENT_DEFAULTS, loadAgentConfig } = await import('../config/load.ts');
-  const { systemNss } = await import('../config/nss.ts');
+  const { AGENT_DEFAULTS, loadAgentConfig } = await import('../../config/load.ts');
+  const { systemNss } = await import('../../config/nss.ts');
   const file = config ?? DEFAULT_CONFIG_FILE;
   const r = loadAgentConfig(file, systemNss());
   if (r.errors.length > 0 && (config !== undefined || !r.errors[0]!.message.includes('ENOENT'))) {
@@ -356,7 +356,7 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
     throw new UsageError('label takes "set PATH LABEL", "get PATH" or "clear PATH"');
   }
   const name = await labelXattrName(values.xattr, values.config);
-  const { getXattr, removeXattr, setXattr } = await import('./kernel/sys.ts');
+  const { getXattr, removeXattr, setXattr } = await import('../kernel/sys.ts');
   try {
     if (verb === 'set') {
       const problem = labelProblem(label!);

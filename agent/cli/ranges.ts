@@ -1,9 +1,9 @@
 // usernsctl ranges and check-config --etcd: allocations, local or shared through etcd.
-import type { AgentConfig } from '../config/types.ts';
-import { EXIT, parseCommand, printTable, UsageError } from './cliargs.ts';
-import type { Globals, Io } from './cliargs.ts';
-import { callAgent } from './wire/client.ts';
-import * as P from './wire/protocol.ts';
+import type { AgentConfig } from '../../config/types.ts';
+import { EXIT, parseCommand, printTable, UsageError } from './args.ts';
+import type { Globals, Io } from './args.ts';
+import { callAgent } from '../wire/client.ts';
+import * as P from '../wire/protocol.ts';
 
 export async function rangesCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
@@ -35,7 +35,7 @@ export async function rangesCmd(args: string[], g: Globals, io: Io): Promise<num
 /** check-config --etcd: one read of the shared pool, as the agent would make it. */
 export async function checkEtcd(agent: AgentConfig, io: Io): Promise<boolean> {
   if (agent.coordinator !== 'etcd') return io.err(`${agent.file}: [pool] coordinator is local: no etcd to test`), false;
-  const { EtcdCoordinator } = await import('./coord/etcd.ts');
+  const { EtcdCoordinator } = await import('../coord/etcd.ts');
   const coord = new EtcdCoordinator(agent.etcd);
   try {
     const { doc } = await coord.read();
