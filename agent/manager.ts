@@ -5,9 +5,8 @@ import type { Context, LogLevel, Nss } from '../config/types.ts';
 import { isRoot, mayUse } from './auth.ts';
 import type { Peer } from './auth.ts';
 import { loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
-import { EtcdCoordinator } from './coord/etcd.ts';
-import { forgetRange, importRanges, listRanges, SharedPool } from './sharedpool.ts';
-import { hostname } from 'node:os';
+import { rangePool } from './sharedpool.ts';
+import type { RangePool } from './sharedpool.ts';
 import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest, METHOD_NAMES } from './handlers.ts';
@@ -65,8 +64,8 @@ export class Manager implements Agent {
   private readonly server: IpcServer;
   private readonly fdServer: FdServer;
   private readonly userdb: UserdbServer | null;
-  /** coordinator = etcd: the shared pool; null for a pool this host allocates alone. */
-  readonly shared: SharedPool | null;
+  /** Who decides the auto ranges: this host alone, or the shared pool in etcd. */
+  readonly pool: RangePool;
   readonly metrics: Metrics;
   private metricsHttp: HttpServer | null = null;
   readonly views: Views;
@@ -96,12 +95,12 @@ export class Manager implements Agent {
       connections: () => this.server.connections,
       configErrors: () => this.registry.errors.length,
       views: () => ({ recorded: this.views.list().length, namespaces: this.views.namespaces.size }),
-      coordinator: () => (this.shared ? { reachable: this.shared.state().reachable, waiting: this.registry.configuration.waiting.length } : null),
+      coordinator: () => this.pool.health(),
     });
     this.registry = new Registry(config, (pin, ms, by) => {
       this.count('created');
       this.metrics.created(ms);
-      this.shared?.pinsChanged();
+      this.pool.pinsChanged();
       this.log.info({ label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) }, by ? 'Created user namespace' : 'Created user namespace (eager)');
     });
     this.people.rebuild(config.contexts.values());
@@ -109,12 +108,12 @@ export class Manager implements Agent {
     this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, people: this.people, onRequest: (conn, data) => handleRequest(this, conn, data) });
     this.fdServer = new FdServer({ path: fdSocketPath(config.agent.socket), log: opts.log, people: this.people, onRequest: (conn, data) => handleRequest(this, conn, data) });
     this.views = new Views(config.agent.state, this.registry.namespaces.maker);
-    this.shared = config.agent.coordinator === 'etcd' ? new SharedPool(new EtcdCoordinator(config.agent.etcd), opts.log, {
+    this.pool = rangePool(config, opts.log, {
       config: () => this.registry.configuration,
-      reload: () => this.reload('etcd'),
+      reload: (source) => this.reload(source),
       pinned: () => [...this.registry.all()].filter((c) => this.registry.isPinned(c.label)).map((c) => c.label),
       systemIds: opts.systemIds ?? systemIds,
-    }) : null;
+    });
     this.userdb = config.agent.userdb ? new UserdbServer({
       path: config.agent.userdbSocket, log: opts.log, people: this.people,
       source: {
@@ -186,7 +185,7 @@ export class Manager implements Agent {
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();
     // A shared pool first: what etcd decides (within its timeout) is in the configuration adopted and created.
-    if (m.shared && !(await m.shared.settle())) m.log.warn({ waiting: m.registry.configuration.waiting }, 'Starting without the shared pool\'s answer for some contexts: they are served once etcd answers');
+    if (!(await m.pool.settle())) m.log.warn({ waiting: m.registry.configuration.waiting }, 'Starting without the shared pool\'s answer for some contexts: they are served once etcd answers');
     const wiring = m.checkUpcall(); // a few ms in request-key, alongside adoption and creation
     for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const n of config.notices) m.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
@@ -288,7 +287,7 @@ export class Manager implements Agent {
     this.stats.count(name);
     if (name === 'released') {
       this.metrics.released();
-      this.shared?.pinsChanged();
+      this.pool.pinsChanged();
     }
   }
 
@@ -307,22 +306,19 @@ export class Manager implements Agent {
   }
 
   settlePending(): Promise<boolean> {
-    return this.shared ? this.shared.settle() : Promise.resolve(true);
+    return this.pool.settle();
   }
 
   rangesList(): Promise<RangesResult> {
-    return listRanges(this.shared, this.registry.agent.state, this.shared?.coord.host ?? hostname());
+    return this.pool.list();
   }
 
   rangesImport(): Promise<{ imported: number }> {
-    return importRanges(this.shared, this.registry.agent.state);
+    return this.pool.import();
   }
 
-  /** Forgetting a range changes what the next load allocates: reload, as an admin would. */
-  async rangesForget(label: string): Promise<{ label: string; forgotten: boolean }> {
-    const r = await forgetRange(this.shared, this.registry.agent.state, label, this.registry.isPinned(label));
-    if (r.forgotten && !this.shared) await this.reload('ranges forget');
-    return r;
+  rangesForget(label: string): Promise<{ label: string; forgotten: boolean }> {
+    return this.pool.forget(label, this.registry.isPinned(label));
   }
 
   served(method: string, code: string | null, ms: number): void {
@@ -349,7 +345,7 @@ export class Manager implements Agent {
   private async reloadConfig(source: string): Promise<ReloadResult> {
     const started = performance.now();
     const before = this.registry.agent;
-    const config = await Manager.load(this.opts, new Map([...this.registry.all()].map((c) => [c.label, c])), this.shared?.refused);
+    const config = await Manager.load(this.opts, new Map([...this.registry.all()].map((c) => [c.label, c])), this.pool.refused);
     const errors = config.errors.map(formatConfigError);
     this.count('reloads');
     this.lastReload = new Date().toISOString();
@@ -369,7 +365,7 @@ export class Manager implements Agent {
     this.people.rebuild(this.registry.all());
     this.recordInForce();
     // The files may wait on the shared pool, or have changed a static range it must hear of.
-    if (source !== 'etcd') void this.shared?.settle();
+    if (source !== 'etcd') void this.pool.settle();
     for (const label of diff.removed) {
       try {
         // A removed context's children are removed with it (their parent is gone): each is in diff.removed.
@@ -427,7 +423,7 @@ export class Manager implements Agent {
       lastReload: this.lastReload,
       memoryMb: memoryMb(),
       views: { recorded: this.views.list().length, namespaces: this.views.namespaces.size },
-      coordinator: this.shared?.state() ?? { coordinator: 'local' },
+      coordinator: this.pool.state(),
       spawner: this.registry.namespaces.spawner ? { kind: 'native', pid: this.registry.namespaces.spawner.pid ?? null } : { kind: 'node', pid: null },
       upcall: this.upcall ?? undefined,
     };
@@ -471,7 +467,7 @@ export class Manager implements Agent {
       if (!drained) this.log.warn({ timeoutMs: DRAIN_TIMEOUT_MS }, 'Requests still in flight at the drain deadline: closing anyway');
       await this.server.close();
       await this.fdServer.close();
-      await this.shared?.close();
+      await this.pool.close();
       await this.userdb?.close();
       const http = this.metricsHttp;
       if (http) await new Promise((r) => { http.close(r); http.closeAllConnections(); });

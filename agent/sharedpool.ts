@@ -1,14 +1,16 @@
-// The agent's side of a shared pool (coordinator = etcd): after every load, ask etcd for what the
-// configuration waits on and check the cached ranges against the pool's; record what it decided
-// before use (ranges.json), reload when that changed anything, retry while etcd is away, and
-// publish what this host has pinned.
+// Who decides the auto ranges, one strategy each behind RangePool: this host alone (LocalPool: the
+// allocations recorded in ranges.json) or the shared pool (SharedPool, coordinator = etcd: after
+// every load, ask etcd for what the configuration waits on and check the cached ranges against the
+// pool's; record what it decided before use, reload when that changed anything, retry while etcd is
+// away, and publish what this host has pinned).
 import type { Logger } from 'pino';
 import type { Configuration, SystemIds } from './configure.ts';
 import { ensureStateDir, readAllocations, writeAllocations } from './coord/state.ts';
 import { EtcdCoordinator } from './coord/etcd.ts';
 import type { CoordinatorState } from './coord/etcd.ts';
 import { UsernsError } from './errors.ts';
-import type { RangeRecord, RangesResult } from './wire/protocol.ts';
+import type { RangeRecord, RangesResult, StatusResult } from './wire/protocol.ts';
+import { hostname } from 'node:os';
 
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 30_000;
@@ -16,13 +18,92 @@ const PUBLISH_DEBOUNCE_MS = 100;
 
 export type SharedPoolHooks = {
   config(): Configuration;
-  /** Load again (the decisions are recorded): the waiting contexts come in, refusals go out. */
-  reload(): Promise<unknown>;
+  /** Load again, saying why: the shared pool's decisions are recorded (waiting contexts come in, refusals go out), or a range was forgotten. */
+  reload(source: 'etcd' | 'ranges forget'): Promise<unknown>;
   pinned(): string[];
   systemIds: SystemIds;
 };
 
-export class SharedPool {
+/** What the agent asks of whoever decides its auto ranges. */
+export interface RangePool {
+  /** Labels the pool refuses as this host configures them, and why (an error each in the load). */
+  readonly refused: ReadonlyMap<string, string>;
+  /** Ask now for what the configuration waits on; true when nothing waits. */
+  settle(): Promise<boolean>;
+  /** This host's pins changed (a shared pool publishes them). */
+  pinsChanged(): void;
+  /** For status. */
+  state(): NonNullable<StatusResult['coordinator']>;
+  /** For the metrics: whether the coordinator answers and how many contexts wait; null for a local pool. */
+  health(): { reachable: boolean; waiting: number } | null;
+  /** usernsctl ranges, ranges import, ranges forget. */
+  list(): Promise<RangesResult>;
+  import(): Promise<{ imported: number }>;
+  forget(label: string, pinnedHere: boolean): Promise<{ label: string; forgotten: boolean }>;
+  close(): Promise<void>;
+}
+
+/** The pool the configuration asks for: this host's alone, or etcd's. */
+export function rangePool(config: Configuration, log: Logger, hooks: SharedPoolHooks): RangePool {
+  return config.agent.coordinator === 'etcd' ? new SharedPool(new EtcdCoordinator(config.agent.etcd), log, hooks) : new LocalPool(hooks);
+}
+
+/** coordinator = local: this host allocates (configure.ts) and records in ranges.json; nothing waits. */
+class LocalPool implements RangePool {
+  readonly refused = new Map<string, string>();
+  private readonly hooks: SharedPoolHooks;
+
+  constructor(hooks: SharedPoolHooks) {
+    this.hooks = hooks;
+  }
+
+  settle(): Promise<boolean> {
+    return Promise.resolve(true);
+  }
+
+  pinsChanged(): void {}
+
+  state(): NonNullable<StatusResult['coordinator']> {
+    return { coordinator: 'local' };
+  }
+
+  health(): null {
+    return null;
+  }
+
+  list(): Promise<RangesResult> {
+    const host = hostname();
+    const ranges: RangeRecord[] = [...readAllocations(this.stateDir())].sort(([a], [b]) => a.localeCompare(b))
+      .map(([label, a]) => ({ label, kind: 'auto', ranges: [{ start: a.start, end: a.start + a.size }], decided: 'local', by: host, at: null }));
+    return Promise.resolve({ coordinator: 'local', ranges });
+  }
+
+  import(): Promise<{ imported: number }> {
+    return Promise.reject(new UsernsError('E_CONFIG', 'this agent allocates alone ([pool] coordinator = local): there is no shared pool to import into'));
+  }
+
+  /** Forgetting a range changes what the next load allocates: the agent reloads, as an admin would. */
+  async forget(label: string, pinnedHere: boolean): Promise<{ label: string; forgotten: boolean }> {
+    if (pinnedHere) throw pinnedError(label);
+    const recorded = readAllocations(this.stateDir());
+    if (!recorded.delete(label)) return { label, forgotten: false };
+    writeAllocations(this.stateDir(), recorded);
+    await this.hooks.reload('ranges forget');
+    return { label, forgotten: true };
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  private stateDir(): string {
+    return this.hooks.config().agent.state;
+  }
+}
+
+const pinnedError = (label: string) => new UsernsError('E_BUSY', `${label} is pinned on this host: release it first (usernsctl release ${label})`);
+
+export class SharedPool implements RangePool {
   readonly coord: EtcdCoordinator;
   /** Labels the pool refuses as this host configures them, and why (an error in the load). */
   readonly refused = new Map<string, string>();
@@ -43,6 +124,33 @@ export class SharedPool {
 
   state(): CoordinatorState & { readonly waiting: number; readonly refused: number } {
     return { ...this.coord.state(), waiting: this.hooks.config().waiting.length, refused: this.refused.size };
+  }
+
+  health(): { reachable: boolean; waiting: number } {
+    return { reachable: this.coord.state().reachable, waiting: this.hooks.config().waiting.length };
+  }
+
+  /** The shared pool's document. */
+  async list(): Promise<RangesResult> {
+    const { doc } = await this.coord.read();
+    const ranges: RangeRecord[] = [
+      ...Object.entries(doc.ranges).map(([label, r]): RangeRecord => ({ label, kind: 'auto', ranges: [{ start: r.start, end: r.start + r.size }], decided: 'etcd', by: r.by, at: r.at })),
+      ...Object.entries(doc.statics).map(([label, st]): RangeRecord => ({ label, kind: 'static', ranges: st.intervals.map((i) => ({ start: i.start, end: i.end })), decided: 'etcd', by: st.by, at: st.at })),
+    ].sort((a, b) => a.label.localeCompare(b.label) || a.kind.localeCompare(b.kind));
+    return { coordinator: 'etcd', ranges };
+  }
+
+  /** This host's recorded allocations into the shared pool, all or none. */
+  async import(): Promise<{ imported: number }> {
+    const r = await this.coord.importRanges(readAllocations(this.hooks.config().agent.state));
+    if (r.conflicts.length > 0) throw new UsernsError('E_CONFIG', `nothing imported: ${r.conflicts.map((c) => `${c.label}: ${c.message}`).join('; ')}`);
+    return { imported: r.imported };
+  }
+
+  /** Free a label's range, refused while it is pinned (anywhere: etcd knows every host's pins). */
+  async forget(label: string, pinnedHere: boolean): Promise<{ label: string; forgotten: boolean }> {
+    if (pinnedHere) throw pinnedError(label);
+    return { label, forgotten: await this.coord.forgetRange(label) };
   }
 
   /** One settle at a time; true when nothing waits for etcd any more. */
@@ -84,7 +192,7 @@ export class SharedPool {
       this.refused.clear();
       for (const [l, m] of refused) this.refused.set(l, m);
     }
-    if (changed || refusalsChanged || cfg.waiting.some((l) => r.decided.has(l))) await this.hooks.reload();
+    if (changed || refusalsChanged || cfg.waiting.some((l) => r.decided.has(l))) await this.hooks.reload('etcd');
     const left = this.hooks.config().waiting.filter((l) => !this.refused.has(l));
     if (left.length > 0) this.scheduleRetry();
     return left.length === 0;
@@ -117,37 +225,4 @@ export class SharedPool {
     await this.inflight?.catch(() => undefined);
     await this.coord.close();
   }
-}
-
-/** usernsctl ranges: the shared pool's document, or this host's record when it allocates alone. */
-export async function listRanges(shared: SharedPool | null, stateDir: string, host: string): Promise<RangesResult> {
-  if (!shared) {
-    const ranges: RangeRecord[] = [...readAllocations(stateDir)].sort(([a], [b]) => a.localeCompare(b))
-      .map(([label, a]) => ({ label, kind: 'auto', ranges: [{ start: a.start, end: a.start + a.size }], decided: 'local', by: host, at: null }));
-    return { coordinator: 'local', ranges };
-  }
-  const { doc } = await shared.coord.read();
-  const ranges: RangeRecord[] = [
-    ...Object.entries(doc.ranges).map(([label, r]): RangeRecord => ({ label, kind: 'auto', ranges: [{ start: r.start, end: r.start + r.size }], decided: 'etcd', by: r.by, at: r.at })),
-    ...Object.entries(doc.statics).map(([label, st]): RangeRecord => ({ label, kind: 'static', ranges: st.intervals.map((i) => ({ start: i.start, end: i.end })), decided: 'etcd', by: st.by, at: st.at })),
-  ].sort((a, b) => a.label.localeCompare(b.label) || a.kind.localeCompare(b.kind));
-  return { coordinator: 'etcd', ranges };
-}
-
-/** usernsctl ranges import: this host's recorded allocations into the shared pool, all or none. */
-export async function importRanges(shared: SharedPool | null, stateDir: string): Promise<{ imported: number }> {
-  if (!shared) throw new UsernsError('E_CONFIG', 'this agent allocates alone ([pool] coordinator = local): there is no shared pool to import into');
-  const r = await shared.coord.importRanges(readAllocations(stateDir));
-  if (r.conflicts.length > 0) throw new UsernsError('E_CONFIG', `nothing imported: ${r.conflicts.map((c) => `${c.label}: ${c.message}`).join('; ')}`);
-  return { imported: r.imported };
-}
-
-/** usernsctl ranges forget LABEL: free its range, refused while it is pinned (anywhere, for a shared pool). */
-export async function forgetRange(shared: SharedPool | null, stateDir: string, label: string, pinnedHere: boolean): Promise<{ label: string; forgotten: boolean }> {
-  if (pinnedHere) throw new UsernsError('E_BUSY', `${label} is pinned on this host: release it first (usernsctl release ${label})`);
-  if (shared) return { label, forgotten: await shared.coord.forgetRange(label) };
-  const recorded = readAllocations(stateDir);
-  if (!recorded.delete(label)) return { label, forgotten: false };
-  writeAllocations(stateDir, recorded);
-  return { label, forgotten: true };
 }

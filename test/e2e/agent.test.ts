@@ -310,6 +310,30 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'a'])).out) as P.ResolveResult).created, false);
   });
 
+  it('a local pool lists, refuses to import, and forgets only what is not pinned, then allocates anew (usernsctl ranges)', async () => {
+    tree.context('auto.conf', '[context]\nrange = auto\nsize = 65536\n');
+    agent = await startAgent(tree);
+    const start = (JSON.parse((await ctl(['--json', 'resolve', 'auto'])).out) as P.ResolveResult).uidMap[0]!.outside;
+    const listed = JSON.parse((await ctl(['--json', 'ranges'])).out) as P.RangesResult;
+    assert.equal(listed.coordinator, 'local');
+    assert.deepEqual(listed.ranges.map((r) => [r.label, r.kind, r.ranges, r.decided]), [['auto', 'auto', [{ start, end: start + 65536 }], 'local']]);
+    const imported = await ctl(['ranges', 'import']);
+    assert.equal(imported.code, 1);
+    assert.match(imported.err, /E_CONFIG: this agent allocates alone \(\[pool\] coordinator = local\): there is no shared pool to import into/);
+    const busy = await ctl(['ranges', 'forget', 'auto']);
+    assert.equal(busy.code, 1);
+    assert.match(busy.err, /E_BUSY: auto is pinned on this host: release it first \(usernsctl release auto\)/);
+    assert.equal((await ctl(['release', 'auto'])).code, 0);
+    const reloads = () => agent.logs.filter((l) => l.msg === 'Reloaded configuration' && l.source === 'ranges forget').length;
+    const forgot = await ctl(['--json', 'ranges', 'forget', 'auto']);
+    assert.equal(forgot.code, 0, forgot.err);
+    assert.deepEqual(JSON.parse(forgot.out), { label: 'auto', forgotten: true });
+    assert.equal(reloads(), 1, 'the agent reloaded, as an admin would');
+    // The same label hashes to the same free slot: allocated anew, and recorded again.
+    assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'auto'])).out) as P.ResolveResult).uidMap[0]!.outside, start);
+    assert.deepEqual(JSON.parse((await ctl(['--json', 'ranges', 'forget', 'nosuch'])).out), { label: 'nosuch', forgotten: false });
+  });
+
   it('creates eager contexts at start', async () => {
     tree.context('e.conf', A + 'create = eager\n');
     agent = await startAgent(tree);
