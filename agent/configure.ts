@@ -94,7 +94,7 @@ export async function loadConfigurationAsync(file: string | null, opts: LoadOpti
     for (let i = 0; i < files.length; i += READ_AHEAD_BATCH) {
       const batch = files.slice(i, i + READ_AHEAD_BATCH);
       const read = await Promise.all(batch.map((f) => readConfigTextAsync(f)));
-      batch.forEach((f, k) => texts.set(f, read[k]!));
+      batch.forEach((f, k) => texts.set(f, read[k]));
     }
   }
   return loadConfiguration(file, { ...opts, nss, texts, files });
@@ -108,7 +108,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   if (file === null) {
     // No --config: the default file is optional, as for most daemons; an explicit one is not.
     const r = loadAgentConfig(DEFAULT_CONFIG_FILE, nss, defaults, opts.texts?.get(DEFAULT_CONFIG_FILE));
-    const missing = r.errors.length === 1 && r.errors[0]!.message.includes('ENOENT');
+    const missing = r.errors.length === 1 && r.errors[0].message.includes('ENOENT');
     agent = missing ? { ...defaults, file: DEFAULT_CONFIG_FILE } : r.config;
     if (!missing) appendErrors(errors, r.errors);
   } else {
@@ -147,7 +147,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   const delegations = readDelegations(agent, nss, errors);
   const { contexts, hostMaps, kept: keptContexts, notices } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations });
   const allocations = new Map<string, Allocation>();
-  for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0]!.outside, size: c.autoSize });
+  for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0].outside, size: c.autoSize });
   return {
     agent,
     contexts: new Map(contexts.map((c) => [c.label, c])),
@@ -209,7 +209,7 @@ function staticClaims(defs: readonly ContextDef[]): StaticClaim[] {
  */
 function fromSharedPool(agent: AgentConfig, defs: readonly ContextDef[], refused: ReadonlyMap<string, string>, errors: ConfigError[]) {
   const starts = new Map<string, number>();
-  let pending: PendingRange[] = [];
+  const pending: PendingRange[] = [];
   let kept = new Map<string, Allocation>();
   try {
     kept = readAllocations(agent.state);

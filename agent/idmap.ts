@@ -66,7 +66,7 @@ export function mapId(from: MapView, to: MapView, kind: IdKind, id: number, over
 /** A batch of ids of one kind; supplementary gid lists keep their order, each member replaced in place. */
 export function mapIds(from: MapView, to: MapView, kind: IdKind, ids: readonly number[], overflow: Overflow): number[] {
   const out = new Array<number>(ids.length);
-  for (let i = 0; i < ids.length; i++) out[i] = mapId(from, to, kind, ids[i]!, overflow);
+  for (let i = 0; i < ids.length; i++) out[i] = mapId(from, to, kind, ids[i], overflow);
   return out;
 }
 
@@ -124,7 +124,7 @@ export function withoutInside(map: IdMap, id: number): IdMap {
  */
 export function bindfsOptions(plan: ViewPlan): string[] | null {
   if (plan.kind === 'force') return ['-o', 'ro', `--force-user=${plan.uid}`, `--force-group=${plan.gid}`];
-  const offset = (m: IdMap) => (m.length === 1 && m[0]!.inside === 0 ? m[0]!.outside : null);
+  const offset = (m: IdMap) => (m.length === 1 && m[0].inside === 0 ? m[0].outside : null);
   const uid = offset(plan.maps.uid);
   const gid = offset(plan.maps.gid);
   if (uid === null || gid === null) return null;

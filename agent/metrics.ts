@@ -50,7 +50,7 @@ export class Metrics {
     plain(h, 'Time from a request read to its reply written, by method.', 'histogram', () => [...latency].flatMap(([method, l]) => {
       let acc = 0;
       return [
-        ...LATENCY_BUCKETS.map((le, i) => ({ labels: { le, method }, value: (acc += l.buckets[i]!), metricName: `${h}_bucket` })),
+        ...LATENCY_BUCKETS.map((le, i) => ({ labels: { le, method }, value: (acc += l.buckets[i]), metricName: `${h}_bucket` })),
         { labels: { le: '+Inf', method }, value: l.count, metricName: `${h}_bucket` },
         { labels: { method }, value: l.sum, metricName: `${h}_sum` },
         { labels: { method }, value: l.count, metricName: `${h}_count` },
@@ -106,8 +106,8 @@ export class Metrics {
     if (!h) this.latency.set(method, (h = { buckets: new Array<number>(LATENCY_BUCKETS.length).fill(0), sum: 0, count: 0 }));
     const s = ms / 1000;
     let i = 0;
-    while (i < LATENCY_BUCKETS.length && s > LATENCY_BUCKETS[i]!) i++;
-    if (i < LATENCY_BUCKETS.length) h.buckets[i]!++;
+    while (i < LATENCY_BUCKETS.length && s > LATENCY_BUCKETS[i]) i++;
+    if (i < LATENCY_BUCKETS.length) h.buckets[i]++;
     h.sum += s;
     h.count++;
   }

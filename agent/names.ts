@@ -58,7 +58,7 @@ export class NameIndex {
     let hi = spans.length - 1;
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
-      const s = spans[mid]!;
+      const s = spans[mid];
       if (host < s.start) hi = mid - 1;
       else if (host >= s.end) lo = mid + 1;
       else {

@@ -29,7 +29,7 @@ export class People {
     let hi = xs.length;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if (xs[mid]!.end <= uid) lo = mid + 1;
+      if (xs[mid].end <= uid) lo = mid + 1;
       else hi = mid;
     }
     const e = xs[lo];

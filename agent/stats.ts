@@ -8,7 +8,7 @@ export type Percentiles = { readonly count: number; readonly p50: number; readon
 /** Nearest-rank percentile of a sorted list. */
 export function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
 export class Stats {

@@ -160,7 +160,7 @@ export async function upcallMain(argv: string[], socket: string = process.env.US
   if (!Number.isInteger(key) || key <= 0) return usage(`upcall: KEY must be a key serial number (got "${positionals[0]}")`);
   const timeoutS = values.timeout === undefined ? DEFAULT_KEY_TIMEOUT_S : Number(values.timeout);
   if (!Number.isInteger(timeoutS) || timeoutS < 0) return usage(`upcall: -t takes whole seconds (got "${values.timeout}")`);
-  return runUpcall({ key, description: positionals[1]!, timeoutS, socket: values.socket ?? socket, logFile: values.log });
+  return runUpcall({ key, description: positionals[1], timeoutS, socket: values.socket ?? socket, logFile: values.log });
 }
 
 function usage(message: string): number {

@@ -61,8 +61,8 @@ export function probeUserUpcalls(opts: { readonly uid?: number; readonly timeout
       resolve({ state: 'unknown', message: `cannot run keyctl as uid ${uid}: ${(err as Error).message}` });
       return;
     }
-    child.stdout!.on('data', (d: Buffer) => { out += d; });
-    child.stderr!.on('data', (d: Buffer) => { out += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { out += d; });
     child.on('error', (err) => resolve({ state: 'unknown', message: `cannot run keyctl as uid ${uid}: ${err.message}` }));
     child.on('close', (code) => {
       const said = out.trim().split('\n').pop() ?? '';
@@ -97,14 +97,14 @@ export async function checkUpcallWiring(socket: string, opts: Options = {}): Pro
     });
   });
   const ruleMatch = /^(\S+:\d+): Line matches/m.exec(out);
-  const rule = ruleMatch ? ruleMatch[1]! : null;
+  const rule = ruleMatch ? ruleMatch[1] : null;
   if (/No matching action/.test(out)) {
     return result('missing', null, null, `no request-key rule sends "user" keys "userns:LABEL" to a handler, so every upcall fails: make install places /etc/request-key.d/usernsd.conf (the line is in usernsctl(1), upcall)`);
   }
   const program = /^Run (\S+)/m.exec(out)?.[1];
   if (code !== 0 || !program) return result('unknown', rule, null, `${requestKey} -d did not say which program it would run (exit ${code}): ${out.trim().split('\n').pop() ?? ''}`);
   // As the rule reads: the probe's serial and description shown as the %k and %d they came from.
-  const handler = [program, ...[...out.matchAll(/^- argv\[(\d+)\] = "(.*)"$/gm)].slice(1).map((m) => m[2] === PROBE_KEY ? '%k' : m[2] === PROBE ? '%d' : m[2]!)];
+  const handler = [program, ...[...out.matchAll(/^- argv\[(\d+)\] = "(.*)"$/gm)].slice(1).map((m) => m[2] === PROBE_KEY ? '%k' : m[2] === PROBE ? '%d' : m[2])];
   const where = rule ? ` (${rule})` : '';
   try {
     accessSync(program, fsc.X_OK);
@@ -112,7 +112,7 @@ export async function checkUpcallWiring(socket: string, opts: Options = {}): Pro
     return result('broken', rule, handler, `the request-key rule${where} runs ${program}, which is ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not there' : 'not executable'}: fix the rule's path`);
   }
   // Ours: the C handler (usernsd-upcall ARGS), or usernsctl upcall ARGS (the Node one).
-  const isC = basename(handler[0]!) === 'usernsd-upcall';
+  const isC = basename(handler[0]) === 'usernsd-upcall';
   const upcallAt = isC ? 0 : handler.indexOf('upcall');
   const isUsernsctl = isC || (upcallAt > 0 && handler.slice(0, upcallAt).some((a) => /^usernsctl(\.js)?$/.test(basename(a))));
   if (!isUsernsctl) return result('elsewhere', rule, handler, `"user" keys "userns:LABEL" go to ${handler.join(' ')}${where}, not to usernsd-upcall or usernsctl upcall`);
@@ -128,8 +128,8 @@ function result(state: UpcallState, rule: string | null, handler: string[] | nul
 /** --socket PATH, --socket=PATH or -s PATH among `usernsctl upcall`'s arguments (request-key does not honour quotes). */
 function socketOption(args: string[]): string | null {
   for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if ((a === '--socket' || a === '-s') && i + 1 < args.length) return args[i + 1]!;
+    const a = args[i];
+    if ((a === '--socket' || a === '-s') && i + 1 < args.length) return args[i + 1];
     if (a.startsWith('--socket=')) return a.slice('--socket='.length);
     if (a === '--') break;
   }

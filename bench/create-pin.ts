@@ -32,8 +32,8 @@ function runScript(pin: string): Promise<number> {
   });
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-const p90 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length * 0.9)]!;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const p90 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length * 0.9)];
 
 export async function benchCreatePin(runs = 50): Promise<{ ours: number; forked: number; script: number; oursP90: number; scriptP90: number; runs: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'usernsd-bench-'));

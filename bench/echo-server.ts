@@ -6,7 +6,7 @@
 import { IPCModule } from 'node-ipc';
 import { FRAME_DELIMITER, LIMITS, REPLY_TYPE, REQUEST_TYPE } from '../agent/wire/protocol.ts';
 
-const path = process.argv[2]!;
+const path = process.argv[2];
 const canned: unknown = JSON.parse(process.argv[3] ?? 'null');
 const ipc = new IPCModule();
 Object.assign(ipc.config, {

@@ -32,7 +32,7 @@ async function sequential(sockets: [string, string], n: number): Promise<{ p50: 
       for (const [k, c] of cs.entries()) {
         const t0 = performance.now();
         await c.call(P.resolve, { label: 'a' });
-        if (i >= 300) ms[k]!.push(performance.now() - t0);
+        if (i >= 300) ms[k].push(performance.now() - t0);
       }
     }
   } finally {
@@ -46,7 +46,7 @@ async function sequential(sockets: [string, string], n: number): Promise<{ p50: 
 
 /** utime + stime of a process, in clock ticks (100 per second). */
 const cpuTicks = (pid: number) => {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return Number(f[11]) + Number(f[12]);
 };
 
@@ -82,10 +82,10 @@ async function interleavedThroughput(servers: [{ socket: string; pid: number }, 
   for (let i = 0; i < slices; i++) {
     const order = i % 2 === 0 ? [0, 1] : [1, 0];
     for (const k of order) {
-      const m = await measured(servers[k]!.socket, clients, seconds / slices, servers[k]!.pid);
-      total[k]!.rps += m.rps / slices;
-      total[k]!.done += m.done;
-      total[k]!.ticks += m.ticks;
+      const m = await measured(servers[k].socket, clients, seconds / slices, servers[k].pid);
+      total[k].rps += m.rps / slices;
+      total[k].done += m.done;
+      total[k].ticks += m.ticks;
     }
   }
   return total.map((t) => ({ rps: t.rps, cpuUs: (t.ticks * 1e6) / 100 / t.done }));
@@ -126,7 +126,7 @@ export function pinClientCpu(): void {
 
 function startEcho(socket: string, reply: unknown): Promise<ChildProcess> {
   const child = spawn('taskset', ['-c', SERVER_CPU, process.execPath, new URL('./echo-server.ts', import.meta.url).pathname, socket, JSON.stringify(reply)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve) => child.stdout!.once('data', () => resolve(child)));
+  return new Promise((resolve) => child.stdout.once('data', () => resolve(child)));
 }
 
 export async function benchResolve(opts = { requests: 3000, clients: 16, seconds: 4, idle: 1000, rounds: 3 }): Promise<ResolveFigures> {
@@ -148,14 +148,14 @@ export async function benchResolve(opts = { requests: 3000, clients: 16, seconds
         // Interleaved, so both see the same machine.
         const [seqAgent, seqEcho] = await sequential([agent.socket, echoSocket], opts.requests);
         const [a, e] = await interleavedThroughput([{ socket: agent.socket, pid: agent.child.pid! }, { socket: echoSocket, pid: echo.pid! }], opts.clients, opts.seconds);
-        const tAgent = a!.rps;
-        const tEcho = e!.rps;
+        const tAgent = a.rps;
+        const tEcho = e.rps;
         const idle = await idleConnections(agent.socket, opts.idle);
         await new Promise((r) => setTimeout(r, 500)); // the agent accepts the burst before the measurement
         const tIdle = (await measured(agent.socket, opts.clients, opts.seconds)).rps;
         for (const s of idle) s.destroy();
         await new Promise((r) => setTimeout(r, 500)); // let the agent take the 1,000 closes before the next round
-        rounds.push({ seq: { agent: seqAgent, echo: seqEcho }, throughput: { agent: tAgent, echo: tEcho, agentWithIdle: tIdle }, cpu: { agent: a!.cpuUs, echo: e!.cpuUs }, ...opts });
+        rounds.push({ seq: { agent: seqAgent, echo: seqEcho }, throughput: { agent: tAgent, echo: tEcho, agentWithIdle: tIdle }, cpu: { agent: a.cpuUs, echo: e.cpuUs }, ...opts });
       }
       const med = (f: (x: ResolveFigures) => number) => percentile(rounds.map(f).sort((a, b) => a - b), 50);
       return {

@@ -10,7 +10,7 @@ const report = { invalidFrames: 0, oversize: 0, halfFrames: 0, neverReading: 0, 
 
 function openOnce(): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = connect(socket!);
+    const s = connect(socket);
     s.once('connect', () => resolve(s));
     s.once('error', reject);
   });
@@ -142,6 +142,6 @@ const kinds: Record<string, () => Promise<void>> = {
   flood: () => flood(Number(process.env.STORM_FLOOD ?? 300)),
 };
 const chosen = (process.env.STORM_KINDS ?? Object.keys(kinds).join(',')).split(',');
-await Promise.all(chosen.map((k) => kinds[k]!()));
+await Promise.all(chosen.map((k) => kinds[k]()));
 process.stdout.write(JSON.stringify(report) + '\n');
 process.exit(0);

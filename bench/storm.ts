@@ -32,7 +32,7 @@ export type StormResult = {
 };
 
 function percentile(sorted: number[], p: number): number {
-  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 }
 
 function summary(ms: number[], errors: number): Latency {
@@ -85,7 +85,7 @@ export async function runStorm(seconds: number, opts: { agentArgs?: string[] } =
     let logBytes = 0;
     let ready = false;
     const readyP = new Promise<void>((resolve, reject) => {
-      agent.stderr!.on('data', (d: Buffer) => {
+      agent.stderr.setEncoding('utf8').on('data', (d: string) => {
         logBytes += d.length;
         if (!ready && d.includes('"Serving"')) { ready = true; resolve(); }
       });
@@ -104,7 +104,7 @@ export async function runStorm(seconds: number, opts: { agentArgs?: string[] } =
       const c = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', process.execPath, CLIENT, socket, String(seconds)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
       children.push(c);
       let out = '';
-      c.stdout!.on('data', (d: Buffer) => { out += d; });
+      c.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
       return new Promise<Record<string, unknown>>((resolve) => c.on('exit', () => { try { resolve(JSON.parse(out) as Record<string, unknown>); } catch { resolve({ failed: out }); } }));
     };
     const s0 = logBytes;

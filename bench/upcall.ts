@@ -14,7 +14,7 @@ const C_HANDLER = new URL('../dist/usernsd-upcall', import.meta.url).pathname;
 /** Wall time of one command, in ms. */
 function time(argv: string[], env?: NodeJS.ProcessEnv): number {
   const t0 = performance.now();
-  const r = spawnSync(argv[0]!, argv.slice(1), { stdio: 'ignore', env });
+  const r = spawnSync(argv[0], argv.slice(1), { stdio: 'ignore', env });
   if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}`);
   return performance.now() - t0;
 }

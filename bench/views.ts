@@ -8,7 +8,7 @@ import { bindMount, detach } from '../agent/kernel/sys.ts';
 import { cleanup, startAgent, USERNSCTL } from '../test/helpers/agent.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
 export type ViewBench = {
@@ -115,7 +115,7 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     for (let i = 0; i < 24; i++) {
       // The order turns each round, so no kind always walks right after another.
       const order = [() => plain.push(walk(src)), () => idm.push(walk(a)), ...(hasBindfs ? [() => bfs.push(walk(c))] : [])];
-      for (let j = 0; j < order.length; j++) order[(i + j) % order.length]!();
+      for (let j = 0; j < order.length; j++) order[(i + j) % order.length]();
       if (i < 3) { plain.length = 0; idm.length = 0; bfs.length = 0; } // warm-up rounds
     }
     detach(a);

@@ -20,7 +20,7 @@ export function parseExtents(text: string): IdMap | string {
     const nums = fields.map(parseId);
     if (nums.some((n) => n === null)) return `${where} must be three non-negative decimal numbers`;
     const [inside, outside, count] = nums as number[];
-    map.push({ inside: inside!, outside: outside!, count: count! });
+    map.push({ inside: inside, outside: outside, count: count });
   }
   return validateExtents(map) ?? map;
 }
@@ -45,8 +45,8 @@ export function validateExtents(map: IdMap): string | null {
   const clash = (side: 'inside' | 'outside'): string | null => {
     const order = map.map((e, i) => ({ e, i })).sort((a, b) => a.e[side] - b.e[side]);
     for (let k = 1; k < order.length; k++) {
-      const prev = order[k - 1]!;
-      const cur = order[k]!;
+      const prev = order[k - 1];
+      const cur = order[k];
       if (prev.e[side] + prev.e.count > cur.e[side]) {
         return `extents ${Math.min(prev.i, cur.i) + 1} and ${Math.max(prev.i, cur.i) + 1} overlap on the ${side} side`;
       }
@@ -103,7 +103,7 @@ export function lookup(sorted: IdMap, side: 'inside' | 'outside', id: number): n
   let hi = sorted.length - 1;
   while (lo <= hi) {
     const mid = (lo + hi) >>> 1;
-    const e = sorted[mid]!;
+    const e = sorted[mid];
     if (id < e[side]) hi = mid - 1;
     else if (id >= e[side] + e.count) lo = mid + 1;
     else return e[other] + (id - e[side]);
@@ -157,7 +157,7 @@ export function firstEndingAfter(sorted: readonly Interval[], at: number): numbe
   let hi = sorted.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (sorted[mid]!.end <= at) lo = mid + 1;
+    if (sorted[mid].end <= at) lo = mid + 1;
     else hi = mid;
   }
   return lo;

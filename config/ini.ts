@@ -157,7 +157,7 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
         continue;
       }
       swallowing = false;
-      currentName = header[1]!.trim();
+      currentName = header[1].trim();
       if (sections.has(currentName)) {
         errors.push(configError(file, currentName, null, line, `section appears twice (first at line ${sections.get(currentName)!.line}): merge them`));
         current = sections.get(currentName)!;

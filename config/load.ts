@@ -309,7 +309,7 @@ function claimGaps(claims: Claim[], start: number, end: number, label: string, b
 /** Every claim overlapping [start, end), in order: claims are kept sorted and disjoint, so O(log n + k). */
 function claimsOverlapping(claims: readonly Claim[], start: number, end: number): Claim[] {
   const out: Claim[] = [];
-  for (let i = firstEndingAfter(claims, start); i < claims.length && claims[i]!.start < end; i++) out.push(claims[i]!);
+  for (let i = firstEndingAfter(claims, start); i < claims.length && claims[i].start < end; i++) out.push(claims[i]);
   return out;
 }
 
@@ -318,7 +318,7 @@ function addClaim(claims: Claim[], claim: Claim): void {
   let hi = claims.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (claims[mid]!.start < claim.start) lo = mid + 1;
+    if (claims[mid].start < claim.start) lo = mid + 1;
     else hi = mid;
   }
   claims.splice(lo, 0, claim);
@@ -378,7 +378,7 @@ export const NO_PRIOR: Prior = { inForce: new Map(), allocations: new Map() };
 
 /** Equal extents in the same order (what a file says twice, or a record of it): no formatting, no sorting. */
 function sameExtents(a: IdMap, b: IdMap): boolean {
-  return a.length === b.length && a.every((e, i) => e.inside === b[i]!.inside && e.outside === b[i]!.outside && e.count === b[i]!.count);
+  return a.length === b.length && a.every((e, i) => e.inside === b[i].inside && e.outside === b[i].outside && e.count === b[i].count);
 }
 
 function sameIds(a: Context, b: { parent: string; uidMap: IdMap; gidMap: IdMap }): boolean {

@@ -79,8 +79,8 @@ const labelValue: Parse<string> = (text) => labelProblem(text) === null ? text :
 
 const poolRange: Parse<{ start: number; end: number }> = (text) => {
   const m = /^(\d+)\s*-\s*(\d+)$/.exec(text);
-  const start = m ? parseId(m[1]!) : null;
-  const end = m ? parseId(m[2]!) : null;
+  const start = m ? parseId(m[1]) : null;
+  const end = m ? parseId(m[2]) : null;
   if (start === null || end === null || start > end || end >= 0xffffffff) {
     return { problem: `must be "FIRST-LAST" host ids with FIRST <= LAST < 4294967295 (got "${text}")` };
   }
@@ -97,7 +97,7 @@ const listenAddress: Parse<{ host: string; port: number }> = (text) => {
   if (!m || port < 1 || port > 65535 || (m[1] !== undefined && m[1].split('.').some((o) => Number(o) > 255))) {
     return { problem: `must be ADDRESS:PORT, an IPv4 address or [IPv6] and a port from 1 to 65535, such as 127.0.0.1:9847 (got "${text}")` };
   }
-  return { host: m[1] ?? m[2]!, port };
+  return { host: m[1] ?? m[2], port };
 };
 
 /** usernsd.conf(5). The man page documents every key here; a test holds them together. */
@@ -137,7 +137,7 @@ export const AGENT_SCHEMA = {
   etcd: {
     endpoints: { parse: list(endpoint), doc: 'the etcd cluster\'s client URLs, comma-separated' },
     prefix: {
-      parse: (t: string) => /^\/[A-Za-z0-9._\/-]*$/.test(t) && !t.split('/').includes('..') ? (t.endsWith('/') ? t : `${t}/`) : { problem: `must be a key prefix starting with "/" of letters, digits, ".", "_", "-" and "/" (got "${t}")` },
+      parse: (t: string) => /^\/[A-Za-z0-9._/-]*$/.test(t) && !t.split('/').includes('..') ? (t.endsWith('/') ? t : `${t}/`) : { problem: `must be a key prefix starting with "/" of letters, digits, ".", "_", "-" and "/" (got "${t}")` },
       doc: 'the prefix of every key the agent writes',
     },
     ca: { parse: absolutePath, doc: 'the CA certificate that signed the cluster\'s (turns TLS on)' },

@@ -2,7 +2,7 @@
 // what was placed. Reads PREFIX, SYSCONFDIR, DESTDIR and USERNSD_NODE from the environment (see Makefile).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -161,7 +161,7 @@ function install() {
   }
   const previous = existsSync(dest(MANIFEST)) ? JSON.parse(readFileSync(dest(MANIFEST), 'utf8')) : { files: [], dirs: [] };
   const merged = {
-    files: [...new Map([...previous.files, ...placed.files.map(({ replaced: _, ...f }) => f)].map((f) => [f.path, f])).values()],
+    files: [...new Map([...previous.files, ...placed.files.map((f) => { const { replaced, ...kept } = f; void replaced; return kept; })].map((f) => [f.path, f])).values()],
     dirs: [...new Set([...previous.dirs, ...placed.dirs])],
   };
   put(MANIFEST, JSON.stringify(merged, null, 1) + '\n');

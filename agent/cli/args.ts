@@ -30,14 +30,14 @@ export function parseCommand<O extends NonNullable<ParseArgsConfig['options']>>(
 
 export function oneLabel(positionals: string[], command: string): string {
   if (positionals.length !== 1) throw new UsageError(`${command} takes one LABEL`);
-  return positionals[0]!;
+  return positionals[0];
 }
 
 export const who = (o: Owner) => `${o.name ?? o.uid} (${o.uid}:${o.gid})`;
 
 export function printTable(io: Io, rows: string[][]): void {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  for (const r of rows) io.out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) io.out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  '));
 }
 
 

@@ -64,7 +64,7 @@ function idLines(kind: 'uid' | 'gid', e: P.IdExplanation, r: P.Explanation, show
 export async function explainCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   if (positionals.length !== 1) throw new UsageError('explain takes one PATH');
-  const path = absolute(positionals[0]!);
+  const path = absolute(positionals[0]);
   const behind = await behindView(g, path);
   const r = await callAgent(g.socket, P.explain, { path: behind?.onDisk ?? path });
   let shown: { uid: number; gid: number } | null = null;

@@ -343,8 +343,8 @@ async function labelXattrName(xattr: string | undefined, config: string | undefi
   const { systemNss } = await import('../../config/nss.ts');
   const file = config ?? DEFAULT_CONFIG_FILE;
   const r = loadAgentConfig(file, systemNss());
-  if (r.errors.length > 0 && (config !== undefined || !r.errors[0]!.message.includes('ENOENT'))) {
-    throw new UsernsError('E_CONFIG', `cannot read label_xattr from ${file}: ${r.errors[0]!.message}`);
+  if (r.errors.length > 0 && (config !== undefined || !r.errors[0].message.includes('ENOENT'))) {
+    throw new UsernsError('E_CONFIG', `cannot read label_xattr from ${file}: ${r.errors[0].message}`);
   }
   return r.errors.length > 0 ? AGENT_DEFAULTS.labelXattr : r.config.labelXattr;
 }
@@ -359,10 +359,10 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { getXattr, removeXattr, setXattr } = await import('../kernel/sys.ts');
   try {
     if (verb === 'set') {
-      const problem = labelProblem(label!);
+      const problem = labelProblem(label);
       if (problem) throw new UsernsError('E_INVALID', `invalid label "${label}": ${problem}`);
       if (lstatSync(path).isSymbolicLink()) throw new UsernsError('E_INVALID', `${path} is a symbolic link: label the directory or file itself`);
-      setXattr(path, name, Buffer.from(label!));
+      setXattr(path, name, Buffer.from(label));
       if (!g.json) io.out(`${path}: ${label}`);
       else io.out(JSON.stringify({ path, label }));
     } else if (verb === 'get') {
@@ -400,7 +400,7 @@ export const COMMAND_NAMES: readonly string[] = [...Object.keys(COMMANDS), 'chec
 /** Global options before the command: --socket PATH takes a value, so the command is found by walking. */
 function splitGlobals(argv: string[]): { globals: string[]; command: string | null; rest: string[] } {
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+    const a = argv[i];
     if (a === '--socket' || a === '-s') i++;
     else if (!a.startsWith('-')) return { globals: argv.slice(0, i), command: a, rest: argv.slice(i + 1) };
   }

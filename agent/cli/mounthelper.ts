@@ -34,7 +34,7 @@ export function mountHelperMain(argv: string[], io: Io): number {
   const positionals: string[] = [];
   let options = '';
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+    const a = argv[i];
     if (a === '-o') options += (options ? ',' : '') + (argv[++i] ?? '');
     else if (a === '-t' || a === '-N') i++;
     else if (/^-[sfnvr]+$/.test(a)) continue;
@@ -44,7 +44,7 @@ export function mountHelperMain(argv: string[], io: Io): number {
     if (positionals.length !== 2) throw new UsageError('mount.usernsd takes SRC and DST');
     const { socket, ...opts } = mountHelperOptions(options);
     if (process.geteuid!() !== 0) throw new UsernsError('E_PERMISSION', 'views are mounted by root');
-    mountView(socket ?? (process.env.USERNSD_SOCKET || P.DEFAULT_SOCKET), positionals[0]!, positionals[1]!, opts);
+    mountView(socket ?? (process.env.USERNSD_SOCKET || P.DEFAULT_SOCKET), positionals[0], positionals[1], opts);
     return 0;
   } catch (err) {
     io.err(`mount.usernsd: ${err instanceof UsernsError ? `${err.code}: ` : ''}${(err as Error).message}`);

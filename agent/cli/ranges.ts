@@ -14,7 +14,7 @@ export async function rangesCmd(args: string[], g: Globals, io: Io): Promise<num
     return EXIT.OK;
   }
   if (sub === 'forget' && rest.length === 1) {
-    const r = await callAgent(g.socket, P.rangesForget, { label: rest[0]! });
+    const r = await callAgent(g.socket, P.rangesForget, { label: rest[0] });
     io.out(g.json ? JSON.stringify(r) : r.forgotten ? `forgot ${r.label}: its range is free` : `${r.label} had no recorded range`);
     return EXIT.OK;
   }

@@ -42,7 +42,7 @@ export function mountView(socket: string, src: string, dst: string, opts: ViewOp
   try {
     if (result.mechanism === 'idmapped') {
       if (fds.length !== 1) throw new UsernsError('E_INTERNAL', `the agent sent ${fds.length} descriptors for one idmapped view`);
-      moveMount(fds[0]!, target);
+      moveMount(fds[0], target);
       return result;
     }
     const r = spawnSync('bindfs', [...result.bindfs!, result.src, target], { stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
@@ -71,8 +71,8 @@ export async function viewCmd(args: string[], g: Globals, io: Io): Promise<numbe
   if (positionals.length !== 2) throw new UsageError('view takes SRC and DST (or --list)');
   if (values.identity && values.foreign) throw new UsageError('--identity and --foreign exclude each other');
   const mode: P.ViewMode | undefined = values.identity ? 'identity' : values.foreign ? 'foreign' : undefined;
-  const r = mountView(g.socket, positionals[0]!, positionals[1]!, { context: values.context, mode, readOnly: values['read-only'] });
-  io.out(g.json ? JSON.stringify(r) : describe(r, absolute(positionals[1]!)));
+  const r = mountView(g.socket, positionals[0], positionals[1], { context: values.context, mode, readOnly: values['read-only'] });
+  io.out(g.json ? JSON.stringify(r) : describe(r, absolute(positionals[1])));
   return EXIT.OK;
 }
 

@@ -76,7 +76,7 @@ export function parseSubIdOwners(text: string): { owner: string; start: number; 
   const out: { owner: string; start: number; end: number }[] = [];
   for (const line of text.split('\n')) {
     const m = /^([^:#\s][^:]*):(\d+):(\d+)\s*$/.exec(line.trim());
-    if (m && Number(m[3]) > 0 && Number(m[2]) + Number(m[3]) <= 2 ** 32 - 1) out.push({ owner: m[1]!, start: Number(m[2]), end: Number(m[2]) + Number(m[3]) });
+    if (m && Number(m[3]) > 0 && Number(m[2]) + Number(m[3]) <= 2 ** 32 - 1) out.push({ owner: m[1], start: Number(m[2]), end: Number(m[2]) + Number(m[3]) });
   }
   return out;
 }

@@ -45,7 +45,7 @@ export type Decision = {
 };
 
 const fmt = (i: Interval) => `${i.start}-${i.end - 1}`;
-const sameIntervals = (a: readonly Interval[], b: readonly Interval[]) => a.length === b.length && a.every((x, k) => x.start === b[k]!.start && x.end === b[k]!.end);
+const sameIntervals = (a: readonly Interval[], b: readonly Interval[]) => a.length === b.length && a.every((x, k) => x.start === b[k].start && x.end === b[k].end);
 
 /** What a document holds, as intervals with their owner: for overlap checks and the allocator. */
 function occupied(doc: PoolDoc, except: string | null): { label: string; what: string; i: Interval }[] {
@@ -108,7 +108,7 @@ export function decide(doc: PoolDoc, requests: readonly Request[], statics: read
       continue;
     }
     if (staticsOut[r.label]) {
-      conflicts.push({ label: r.label, message: `${staticsOut[r.label]!.by} configures it with static ids: a label is static everywhere or auto everywhere` });
+      conflicts.push({ label: r.label, message: `${staticsOut[r.label].by} configures it with static ids: a label is static everywhere or auto everywhere` });
       continue;
     }
     const start = allocateRange(r.label, r.size, pool, taken);

@@ -114,7 +114,7 @@ export function readAllocations(dir: string): Map<string, Allocation> {
   // allocation, as a corrupt file does: forgetting it could hand its ids out twice.
   const { good, bad } = checkEntries(data.allocations, ALLOCATION);
   const [label, b] = [...bad][0] ?? [];
-  if (label !== undefined) throw corrupt(`bad entry for ${JSON.stringify(label).slice(0, 80)}: ${b!.why}`);
+  if (label !== undefined) throw corrupt(`bad entry for ${JSON.stringify(label).slice(0, 80)}: ${b.why}`);
   return good;
 }
 

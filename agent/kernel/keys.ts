@@ -35,7 +35,7 @@ export function describeKey(key: number): { type: string; uid: number; gid: numb
   const buf = Buffer.alloc(4096);
   const n = keyctl(KEYCTL.DESCRIBE, 'int32', key, 'void *', buf, 'size_t', buf.length);
   const [type, uid, gid, perm, ...rest] = buf.subarray(0, Math.max(0, n - 1)).toString().split(';');
-  return { type: type!, uid: Number(uid), gid: Number(gid), perm: parseInt(perm!, 16), description: rest.join(';') };
+  return { type: type, uid: Number(uid), gid: Number(gid), perm: parseInt(perm, 16), description: rest.join(';') };
 }
 
 /**
@@ -124,10 +124,10 @@ export function listKeys(): KeyEntry[] {
   for (const line of readFileSync('/proc/keys', 'utf8').split('\n')) {
     const m = /^([0-9a-f]+) (\S+)\s+\d+\s+(\S+)\s+[0-9a-f]+\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(line);
     if (!m) continue;
-    const rest = m[7]!;
+    const rest = m[7];
     const cut = rest.lastIndexOf(': ');
     out.push({
-      id: parseInt(m[1]!, 16), flags: m[2]!, timeout: m[3]!, uid: Number(m[4]), gid: Number(m[5]), type: m[6]!,
+      id: parseInt(m[1], 16), flags: m[2], timeout: m[3], uid: Number(m[4]), gid: Number(m[5]), type: m[6],
       description: cut < 0 ? rest : rest.slice(0, cut), summary: cut < 0 ? '' : rest.slice(cut + 2),
     });
   }

@@ -14,7 +14,7 @@ export function mountTable(text: string = readFileSync('/proc/self/mountinfo', '
     const f = line.split(' ');
     const dash = f.indexOf('-');
     if (f.length < 10 || dash < 6) continue;
-    const entry = { id: Number(f[0]), dev: f[2]!, root: unescape(f[3]!), mountPoint: unescape(f[4]!), options: f[5]!, fsType: f[dash + 1]!, source: unescape(f[dash + 2]!) };
+    const entry = { id: Number(f[0]), dev: f[2], root: unescape(f[3]), mountPoint: unescape(f[4]), options: f[5], fsType: f[dash + 1], source: unescape(f[dash + 2]) };
     out.set(entry.mountPoint, entry);
   }
   return out;

@@ -44,8 +44,8 @@ export function run(cmd: string, args: string[]): Promise<{ code: number | null;
     const child = spawn(cmd, args, { env: PATH_ENV, stdio: ['ignore', 'pipe', 'pipe'], timeout: SPAWN_TIMEOUT_MS });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d; });
-    child.stderr.on('data', (d: Buffer) => { stderr += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr: stderr.trim() }));
   });
@@ -71,7 +71,7 @@ export async function reap(child: ChildProcess): Promise<void> {
  */
 export function waitForNewNamespace(label: string, child: ChildProcess, parentNs: string | null): Promise<number> {
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => { stderr += d; });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   return new Promise((resolve, reject) => {
     const deadline = Date.now() + SPAWN_TIMEOUT_MS;
     const fail = (err: Error) => { clearImmediate(timer); reject(err); };

@@ -244,7 +244,7 @@ export class Spawner {
       this.settle(Number(id), words);
     });
     let stderr = '';
-    child.stderr.on('data', (d: Buffer) => { if (stderr.length < 4096) stderr += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 4096) stderr += d; });
     const gone = (why: string) => {
       if (this.child === child) this.child = null;
       for (const id of [...this.pending.keys()]) this.settle(id, ['err', 'EIO', `use usernsd-spawner (${why}${stderr ? `: ${stderr.trim()}` : ''})`]);
@@ -259,7 +259,10 @@ export class Spawner {
   private ref(on: boolean): void {
     const c = this.child;
     if (!c) return;
-    for (const s of [c.stdout, c.stderr, c.stdin] as unknown as Socket[]) (on ? s.ref?.() : s.unref?.());
+    for (const s of [c.stdout, c.stderr, c.stdin] as unknown as Socket[]) {
+      if (on) s.ref?.();
+      else s.unref?.();
+    }
     if (on) c.ref(); else c.unref();
   }
 }

@@ -96,11 +96,11 @@ export function peerGroups(fd: number): number[] {
     const len = [buf.length];
     if (getsockoptBufFn(fd, SOL_SOCKET, SO_PEERGROUPS, buf, len) === 0) {
       // gid_t in the machine's byte order; Buffer.alloc is never pooled, so the offset is 0.
-      return [...new Uint32Array(buf.buffer, buf.byteOffset, Math.floor(len[0]! / 4))];
+      return [...new Uint32Array(buf.buffer, buf.byteOffset, Math.floor(len[0] / 4))];
     }
     const errno = koffi.errno();
     if (errno !== constants.errno.ERANGE) throw new SysError('getsockopt', errno, `fd ${fd}, SO_PEERGROUPS`);
-    buf = Buffer.alloc(len[0]!); // the kernel said how much it needs
+    buf = Buffer.alloc(len[0]); // the kernel said how much it needs
   }
   throw new SysError('getsockopt', constants.errno.ERANGE, `fd ${fd}, SO_PEERGROUPS`);
 }
@@ -109,7 +109,7 @@ export function peerGroups(fd: number): number[] {
 export function unreadBytes(fd: number): number {
   const out = [0];
   if (ioctlIntFn(fd, FIONREAD, out) !== 0) throw new SysError('ioctl', koffi.errno(), `fd ${fd}, FIONREAD`);
-  return out[0]!;
+  return out[0];
 }
 
 /**

@@ -121,7 +121,7 @@ function converse(socketPath: string, request: Buffer, timeoutMs: number, comple
       const chunk = got as Buffer | null;
       if (chunk === null || chunk.length === 0) break; // the peer closed
       chunks.push(chunk);
-      if (complete(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks))) break;
+      if (complete(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks))) break;
     }
     return { data: Buffer.concat(chunks) };
   } finally {
@@ -151,7 +151,7 @@ export function socketPair(seqpacket = false): [number, number] {
   const fds = [0, 0];
   const type = seqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
   if (socketpairFn(AF_UNIX, type | SOCK_CLOEXEC, 0, fds) !== 0) throw new SysError('socketpair', koffi.errno(), `AF_UNIX, ${seqpacket ? 'SOCK_SEQPACKET' : 'SOCK_STREAM'}`);
-  return [fds[0]!, fds[1]!];
+  return [fds[0], fds[1]];
 }
 
 export function closeDescriptor(fd: number): void {
@@ -173,7 +173,7 @@ let block: { ptr: unknown; buf: Buffer; addr: bigint } | null = null;
 function msgBlock(): { buf: Buffer; addr: bigint; ptr: unknown } {
   if (block === null) {
     const ptr = koffi.alloc('uint8_t', DATA + MSG_BYTES);
-    block = { ptr, buf: Buffer.from(koffi.view(ptr, DATA + MSG_BYTES)), addr: koffi.address(ptr) as bigint };
+    block = { ptr, buf: Buffer.from(koffi.view(ptr, DATA + MSG_BYTES)), addr: koffi.address(ptr) };
   }
   return block;
 }

@@ -57,7 +57,7 @@ export class AgentClient {
         this.waiting.delete(id);
         reject(new TransportError(this.path, 'ETIMEDOUT', `the agent at ${this.path} did not answer ${method.name} within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.waiting.set(id, { resolve: resolve, reject, timer });
       this.sock.write(encodeFrame(REQUEST_TYPE, { id, method: method.name, params }));
     });
   }

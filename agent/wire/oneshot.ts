@@ -54,7 +54,7 @@ function replyOf<M extends Method<never, unknown>>(path: string, method: M, rece
   } catch (err) {
     throw new TransportError(path, 'EPROTO', `the agent sent an unreadable frame: ${(err as Error).message}`);
   }
-  const frame = frames[0]!;
+  const frame = frames[0];
   if (frame.type !== REPLY_TYPE) throw new TransportError(path, 'EPROTO', `the agent answered with a frame of type ${JSON.stringify(frame.type)}`);
   let reply;
   try {

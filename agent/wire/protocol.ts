@@ -341,7 +341,7 @@ export function checkParams<M extends Method<unknown, unknown>>(m: M, raw: unkno
   for (const key of Object.keys(given)) {
     if (!Object.hasOwn(m.params, key)) throw invalid(`${m.name}: unknown parameter ${shown(key)}`);
   }
-  const out: Record<string, unknown> = Object.create(null);
+  const out = Object.create(null) as Record<string, unknown>;
   for (const [name, field] of Object.entries(m.params)) {
     if (!Object.hasOwn(given, name)) {
       if (field.required) throw invalid(`${m.name}: parameter "${name}" is required`);

@@ -46,16 +46,16 @@ function holdConnections(socket: string, uid: number, n: number): Holder {
   const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', PYTHON, '-c', HOLDER, socket, String(n)], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
-  child.stderr!.on('data', (d: Buffer) => { err += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
   const counts = new Promise<{ admitted: number; refused: number }>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => {
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
       out += d;
       if (out.includes('\n')) resolve(JSON.parse(out) as { admitted: number; refused: number });
     });
     child.on('exit', (code) => reject(new Error(`holder of uid ${uid} exited (${code}) before counting: ${err}`)));
   });
   const exited = new Promise<void>((r) => child.on('exit', () => r()));
-  return { child, counts, release: async () => { child.stdin!.end(); await exited; } };
+  return { child, counts, release: async () => { child.stdin.end(); await exited; } };
 }
 
 describe('e2e: abuse by a local user (root)', function () {
@@ -95,7 +95,7 @@ describe('e2e: abuse by a local user (root)', function () {
     await rootServed();
     const refusedLines = agent.logs.filter((l) => l.msg.startsWith(`Refused a connection from uid ${uid}:`));
     assert.ok(refusedLines.length >= 1 && refusedLines.length <= LOG_BURST_PER_UID, `${refusedLines.length} lines`);
-    assert.match(refusedLines[0]!.msg, /holds 256 connections already, the most one user may/);
+    assert.match(refusedLines[0].msg, /holds 256 connections already, the most one user may/);
   });
 
   it('keeps the last ROOT_RESERVED_CONNECTIONS for root while other users hold every other connection', async () => {
@@ -165,7 +165,7 @@ print(wrote, tried, flush=True)
 `;
       const tamperer = spawn('setpriv', [`--reuid=${owner.uid}`, `--regid=${owner.gid}`, '--clear-groups', '--', PYTHON, '-c', TAMPER], { stdio: ['pipe', 'pipe', 'inherit'] });
       let out = '';
-      tamperer.stdout!.on('data', (d: Buffer) => { out += d; });
+      tamperer.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
       const done = new Promise<void>((r) => tamperer.on('exit', () => r()));
       const c = await AgentClient.connect(agent.socket);
       const failures: string[] = [];
@@ -180,7 +180,7 @@ print(wrote, tried, flush=True)
         }
       } finally {
         c.close();
-        tamperer.stdin!.end();
+        tamperer.stdin.end();
         await done;
       }
       const [wrote] = out.trim().split(' ').map(Number);
@@ -198,7 +198,7 @@ print(wrote, tried, flush=True)
       const s = net.connect(agent.socket);
       await new Promise((r) => s.once('connect', r));
       let text = '';
-      s.on('data', (d: Buffer) => { text += d; });
+      s.setEncoding('utf8').on('data', (d: string) => { text += d; });
       s.on('error', () => {});
       const closed = new Promise((r) => s.once('close', r));
       s.write(Array.from({ length: 100 }, (_, i) => JSON.stringify({ type: 'request', data: { id: i, method: 'nope', params: {} } }) + '\f').join(''));
@@ -235,14 +235,14 @@ describe('e2e: a storm of every kind of abuse at once, against a well-behaved cl
   // Timing is the benchmark's (npm run bench: bench/storm.ts, BENCHMARKS.md); this asserts what must hold on any machine.
   it('serves root every time, answers every good request, keeps the log and memory bounded', async () => {
     const r = await runStorm(4);
-    assert.ok(r.hostile[0]!.invalidFrames as number > 1000, `the storm happened: ${JSON.stringify(r.hostile[0])}`);
+    assert.ok(r.hostile[0].invalidFrames as number > 1000, `the storm happened: ${JSON.stringify(r.hostile[0])}`);
     assert.equal(r.rootFailed, 0, 'root was refused or went unanswered');
     assert.ok(r.rootServed > 10, `root was served ${r.rootServed} times`);
     assert.equal(r.storm.errors, 0, 'a good request went unanswered');
     assert.ok(r.storm.count > 50, `the good client got ${r.storm.count} answers in the storm`);
     assert.ok(r.logBytesStorm < 256 * 1024, `${r.logBytesStorm} bytes logged in the storm`);
     assert.ok(r.rssAfterMb < 300, `${r.rssAfterMb} MiB resident after the storm`);
-    const flood = r.hostile[1]!.flood as { admitted: number };
+    const flood = r.hostile[1].flood as { admitted: number };
     assert.ok(flood.admitted <= P.LIMITS.MAX_CONNECTIONS_PER_UID, `one uid held ${flood.admitted} connections`);
   });
 });

@@ -59,8 +59,8 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((await ctl(['resolve', '--pin', 'a'])).out, `${tree.pins}/a\n`);
     const created = agent.logs.filter((l) => l.msg === 'Created user namespace');
     assert.equal(created.length, 1);
-    assert.equal(created[0]!.label, 'a');
-    assert.equal(typeof created[0]!.ms, 'number');
+    assert.equal(created[0].label, 'a');
+    assert.equal(typeof created[0].ms, 'number');
     const missing = await ctl(['resolve', 'nope']);
     assert.equal(missing.code, 1);
     assert.match(missing.err, /^usernsctl: E_NOT_FOUND: no context "nope" is configured/);
@@ -120,7 +120,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(st.counters?.['requests.map'], 2);
     assert.equal(st.counters?.['requests.list'], 1);
     assert.equal(st.latencyMs?.map?.count, 2);
-    assert.ok(st.latencyMs!.map!.p50 > 0 && st.latencyMs!.map!.p50 <= st.latencyMs!.map!.p99);
+    assert.ok(st.latencyMs.map.p50 > 0 && st.latencyMs.map.p50 <= st.latencyMs.map.p99);
     assert.deepEqual(st.contextStates, [{ label: 'a', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' }, { label: 'b', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' }]);
     assert.deepEqual(st.spawner, NATIVE_SPAWNER ? { kind: 'native', pid: null } : { kind: 'node', pid: null }, 'the spawner starts at the first creation');
     assert.equal((await ctl(['map', '--from', 'nope', '--to', 'host', '--uid', '1'])).code, 1);
@@ -220,16 +220,16 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     const r = await ctl(['reload']);
     assert.equal(r.code, 1, 'errors in the configuration make reload exit 1');
     assert.match(r.out, /^reloaded: 2 context\(s\)\n/);
-    assert.match(r.out, /  added: c\n/);
-    assert.match(r.out, /  removed: b\n/);
-    assert.match(r.out, /  kept: a \(file has errors: last good version stays\)\n/);
+    assert.match(r.out, / {2}added: c\n/);
+    assert.match(r.out, / {2}removed: b\n/);
+    assert.match(r.out, / {2}kept: a \(file has errors: last good version stays\)\n/);
     assert.match(r.err, new RegExp(`^${broken}: \\[context\\] gid_map: `));
     assert.equal((await ctl(['resolve', 'a'])).code, 0, 'a keeps working on its last good version');
     assert.equal(existsSync(`${tree.pins}/b`), false, 'the removed context is released');
     assert.match((await ctl(['resolve', 'b'])).err, /E_NOT_FOUND/);
     const st = JSON.parse((await ctl(['--json', 'status'])).out) as P.StatusResult;
     assert.equal(st.errors!.length, 1);
-    assert.match(st.errors![0]!, /gid_map/);
+    assert.match(st.errors![0], /gid_map/);
     assert.ok(agent.logs.some((l) => l.level === 40 && /Failed to load context: .*a\.conf.*gid_map/.test(l.msg)), 'the error is logged');
     tree.context('d.conf', '[context]\nuid_map = 0 500000 1000\ngid_map = 0 500000 1000\n');
     agent.child.kill('SIGHUP');
@@ -313,7 +313,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
   it('a local pool lists, refuses to import, and forgets only what is not pinned, then allocates anew (usernsctl ranges)', async () => {
     tree.context('auto.conf', '[context]\nrange = auto\nsize = 65536\n');
     agent = await startAgent(tree);
-    const start = (JSON.parse((await ctl(['--json', 'resolve', 'auto'])).out) as P.ResolveResult).uidMap[0]!.outside;
+    const start = (JSON.parse((await ctl(['--json', 'resolve', 'auto'])).out) as P.ResolveResult).uidMap[0].outside;
     const listed = JSON.parse((await ctl(['--json', 'ranges'])).out) as P.RangesResult;
     assert.equal(listed.coordinator, 'local');
     assert.deepEqual(listed.ranges.map((r) => [r.label, r.kind, r.ranges, r.decided]), [['auto', 'auto', [{ start, end: start + 65536 }], 'local']]);
@@ -330,7 +330,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.deepEqual(JSON.parse(forgot.out), { label: 'auto', forgotten: true });
     assert.equal(reloads(), 1, 'the agent reloaded, as an admin would');
     // The same label hashes to the same free slot: allocated anew, and recorded again.
-    assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'auto'])).out) as P.ResolveResult).uidMap[0]!.outside, start);
+    assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'auto'])).out) as P.ResolveResult).uidMap[0].outside, start);
     assert.deepEqual(JSON.parse((await ctl(['--json', 'ranges', 'forget', 'nosuch'])).out), { label: 'nosuch', forgotten: false });
   });
 

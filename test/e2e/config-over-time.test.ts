@@ -28,8 +28,8 @@ function hostMapsOfPin(pin: string): { uid: Interval[]; gid: Interval[] } {
     + 'print(open("/proc/%d/uid_map"%p.pid).read()+"--\\n"+open("/proc/%d/gid_map"%p.pid).read())\np.kill(); p.wait()\n';
   const out = execFileSync('python3', ['-c', script, pin], { encoding: 'utf8' });
   const [u, g] = out.split('--\n');
-  const parse = (t: string) => t.trim().split('\n').filter(Boolean).map((l) => l.trim().split(/\s+/).map(Number)).map(([, outside, count]) => ({ start: outside!, end: outside! + count! }));
-  return { uid: parse(u!), gid: parse(g!) };
+  const parse = (t: string) => t.trim().split('\n').filter(Boolean).map((l) => l.trim().split(/\s+/).map(Number)).map(([, outside, count]) => ({ start: outside, end: outside + count }));
+  return { uid: parse(u), gid: parse(g) };
 }
 
 /** The maps a namespace's own processes see (outside ids are its parent's). */
@@ -47,7 +47,7 @@ function parentInoOfPin(pin: string): number {
 
 const NSFS_DEV = statSync('/proc/self/ns/user').dev;
 function pinnedLabels(pins: string): string[] {
-  let names: string[] = [];
+  let names: string[];
   try { names = readdirSync(pins); } catch { return []; }
   return names.filter((n) => { try { return statSync(join(pins, n)).dev === NSFS_DEV; } catch { return false; } });
 }
@@ -211,7 +211,7 @@ async function checkInvariants(m: Model, r: Real, settled: boolean): Promise<voi
   for (const c of contexts) {
     if (!(AUTO as readonly string[]).includes(c.label)) continue;
     const range = fmt(c.uidMap);
-    const size = c.uidMap[0]!.count;
+    const size = c.uidMap[0].count;
     const first = m.autoRanges.get(c.label);
     if (first === undefined || first.size !== size) m.autoRanges.set(c.label, { size, range });
     else assert.equal(range, first.range, `the auto range of "${c.label}" changed`);
@@ -219,8 +219,8 @@ async function checkInvariants(m: Model, r: Real, settled: boolean): Promise<voi
   // 5. After a reload or a start: check-config refuses the files the agent refuses.
   if (settled) {
     const cc = await usernsctl(['check-config', '--config', r.tree.config]);
-    const byCheck = new Set(cc.err.split('\n').filter(Boolean).map((l) => l.split(': ')[0]!));
-    const byAgent = new Set((status.errors ?? []).map((l) => l.split(': ')[0]!));
+    const byCheck = new Set(cc.err.split('\n').filter(Boolean).map((l) => l.split(': ')[0]));
+    const byAgent = new Set((status.errors ?? []).map((l) => l.split(': ')[0]));
     assert.deepEqual([...byCheck].sort(), [...byAgent].sort(), `check-config and the agent disagree on the refused files:\ncheck-config:\n${cc.err}\nagent:\n${(status.errors ?? []).join('\n')}`);
   }
 }

@@ -42,7 +42,7 @@ describe('e2e: faults (root)', function () {
 
       const again = await startAgent(tree, ['--log-level', 'info']);
       const adopted = again.logs.filter((l) => typeof l.status === 'string');
-      assert.deepEqual(adopted.filter((l) => l.status !== 'removed').map((l) => `${l.label}: ${l.status}`), [], `after a kill at ${delayMs} ms, every pin is complete (an empty pin file is the only leftover)`);
+      assert.deepEqual(adopted.filter((l) => l.status !== 'removed').map((l) => `${String(l.label)}: ${String(l.status)}`), [], `after a kill at ${delayMs} ms, every pin is complete (an empty pin file is the only leftover)`);
       const c = await AgentClient.connect(again.socket);
       try {
         for (const label of labels) {
@@ -56,7 +56,7 @@ describe('e2e: faults (root)', function () {
       const ranges = JSON.parse(readFileSync(`${tree.state}/ranges.json`, 'utf8')) as { allocations: Record<string, { start: number; size: number }> };
       const spans = Object.values(ranges.allocations).sort((a, b) => a.start - b.start);
       assert.equal(spans.length, AUTO);
-      for (let i = 1; i < spans.length; i++) assert.ok(spans[i - 1]!.start + spans[i - 1]!.size <= spans[i]!.start, `ranges ${JSON.stringify(spans)} do not overlap`);
+      for (let i = 1; i < spans.length; i++) assert.ok(spans[i - 1].start + spans[i - 1].size <= spans[i].start, `ranges ${JSON.stringify(spans)} do not overlap`);
       assert.equal(mountsUnder(tree.pins).length, labels.length);
       assert.equal(await again.stop(), 0);
       // Half the time start from nothing pinned, half from everything pinned.

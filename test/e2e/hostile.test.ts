@@ -37,7 +37,7 @@ function raw(path: string): Promise<Raw> {
     sock.once('connect', () => resolve({
       sock, replies, closed,
       send: (text) => { sock.write(text); },
-      reply: () => (replies.length > 0 ? Promise.resolve(replies.shift() as never) : new Promise((r) => waiting.push(r as never))),
+      reply: () => (replies.length > 0 ? Promise.resolve(replies.shift() as never) : new Promise((r) => waiting.push(r))),
     }));
     sock.once('error', reject);
   });
@@ -87,9 +87,9 @@ describe('e2e: hostile and broken clients (root)', function () {
       assert.deepEqual(c.replies, []);
       const lines = closedFor(code, since);
       assert.equal(lines.length, 1, JSON.stringify(agent.logs.filter((l) => l.msg.startsWith('Closed'))));
-      assert.equal(lines[0]!.peerUid, 0);
-      assert.equal(typeof lines[0]!.peerPid, 'number');
-      assert.equal(lines[0]!.level, 40);
+      assert.equal(lines[0].peerUid, 0);
+      assert.equal(typeof lines[0].peerPid, 'number');
+      assert.equal(lines[0].level, 40);
     });
   }
 
@@ -125,7 +125,7 @@ describe('e2e: hostile and broken clients (root)', function () {
       const r = await c.reply();
       assert.equal(r.id, id);
       assert.equal(r.error?.code, 'E_INVALID');
-      assert.match(r.error!.message, re);
+      assert.match(r.error.message, re);
       c.sock.destroy();
     });
   }
@@ -149,7 +149,7 @@ describe('e2e: hostile and broken clients (root)', function () {
     const r = await c.reply();
     assert.equal(r.id, 30);
     assert.equal(r.error?.code, 'E_INVALID');
-    assert.match(r.error!.message, /unknown frame type "hello"/);
+    assert.match(r.error.message, /unknown frame type "hello"/);
     c.sock.destroy();
   });
 

@@ -90,7 +90,7 @@ describe('e2e: install, init scripts and units (root)', function () {
     else assert.match(helper.toString(), /usernsctl\.js mount-helper "\$@"/);
     assert.equal(statSync(join(destdir, 'sbin/mount.usernsd')).mode & 0o777, 0o755);
     const version = run(join(destdir, 'usr/lib/usernsd/node'), [join(destdir, 'usr/lib/usernsd/bin/usernsctl.js'), '--version']);
-    assert.equal(version.out, `usernsctl ${JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version}\n`);
+    assert.equal(version.out, `usernsctl ${(JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version}\n`);
     make('uninstall', { DESTDIR: destdir, PREFIX: '/usr', SYSCONFDIR: '/etc' });
     assert.deepEqual(snapshot(destdir), before);
   });

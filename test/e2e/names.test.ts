@@ -32,7 +32,7 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
   const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
   // getent and ls as any program runs them: without the bypass this test process holds (config/nss.ts).
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'SYSTEMD_BYPASS_USERDB'));
-  const as = (u: { uid: number; gid: number } | null, cmd: string[]) => spawnSync(u ? 'setpriv' : cmd[0]!, u ? [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd] : cmd.slice(1), { encoding: 'utf8', timeout: 20_000, env });
+  const as = (u: { uid: number; gid: number } | null, cmd: string[]) => spawnSync(u ? 'setpriv' : cmd[0], u ? [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd] : cmd.slice(1), { encoding: 'utf8', timeout: 20_000, env });
 
   before(async function () {
     if (!isRoot) this.skip();
@@ -167,7 +167,7 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     const garbage = async (round: string) => {
       for (let i = 0; i < 50; i++) {
         await callAgent(agent.socket, Proto.resolve, { label: `nosuch${round}${i}` }).catch(() => null);
-        await callAgent(agent.socket, { name: `bogus${round}${i}`, params: {}, rootOnly: false } as P.Method<Record<string, never>, unknown>, {}).catch(() => null);
+        await callAgent(agent.socket, { name: `bogus${round}${i}`, params: {}, rootOnly: false }, {}).catch(() => null);
       }
       return scrape();
     };

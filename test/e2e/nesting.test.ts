@@ -66,7 +66,7 @@ describe('e2e: nesting, every combination check-config accepts resolves and can 
       if (c.parentSetgroups === 'deny' && c.childSetgroups === 'allow') {
         // The one combination the kernel refuses: check-config says so, and says why.
         assert.equal(refusedByCheck.length, 1, check);
-        assert.match(refusedByCheck[0]!, /setgroups: cannot be allow: parent ".*" has setgroups = deny, and the kernel refuses allow under deny/);
+        assert.match(refusedByCheck[0], /setgroups: cannot be allow: parent ".*" has setgroups = deny, and the kernel refuses allow under deny/);
         assert.match(statusErrors, new RegExp(`C-${name(c)}\\.conf: \\[context\\] setgroups: cannot be allow`), 'the agent refuses it too');
         return;
       }

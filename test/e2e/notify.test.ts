@@ -34,8 +34,8 @@ describe('e2e: readiness notification (root)', function () {
       noted();
     });
     let buf = '';
-    listener.stdout!.setEncoding('utf8');
-    listener.stdout!.on('data', (d: string) => {
+    listener.stdout.setEncoding('utf8');
+    listener.stdout.on('data', (d: string) => {
       buf += d;
       for (let at = buf.indexOf('\n'); at >= 0; at = buf.indexOf('\n')) {
         const line = JSON.parse(buf.slice(0, at)) as Note & { listening?: boolean };
@@ -59,7 +59,7 @@ describe('e2e: readiness notification (root)', function () {
     }
     const kinds = notes.map((n) => n.msg.split('\n')[0]);
     assert.deepEqual(kinds, ['READY=1', 'RELOADING=1', 'READY=1', 'STOPPING=1']);
-    const first = notes[0]!;
+    const first = notes[0];
     assert.equal(first.socketAccepts, true, 'the socket listens when READY=1 is sent');
     assert.deepEqual(first.pinned, ['e1', 'e2'], 'the eager contexts are pinned when READY=1 is sent, the lazy one is not');
     assert.match(first.msg, /\nMAINPID=\d+\n/);
@@ -74,7 +74,7 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1]); print
 s.recv(4096); s.close(); os.unlink(sys.argv[1])`;
     const listener = spawn(PYTHON, ['-c', once, notifySocket], { stdio: ['ignore', 'pipe', 'inherit'] });
     const gone = new Promise((r) => listener.on('exit', r));
-    await new Promise<void>((r) => listener.stdout!.once('data', () => r()));
+    await new Promise<void>((r) => listener.stdout.once('data', () => r()));
     const agent = await startAgent(tree, ['--log-level', 'info'], { env: { NOTIFY_SOCKET: notifySocket } });
     await gone;
     for (let i = 0; i < 3; i++) {

@@ -161,7 +161,7 @@ sys.stdin.read()`;
     const holder = spawn('setpriv', [`--reuid=${owner.uid}`, `--regid=${owner.gid}`, '--clear-groups', '--', PY, '-c', hold, agent.socket, '256'], { stdio: ['pipe', 'pipe', 'pipe'] });
     try {
       await new Promise<void>((resolve, reject) => {
-        holder.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve(); });
+        holder.stdout.setEncoding('utf8').on('data', (d: string) => { if (d.toString().includes('held')) resolve(); });
         holder.once('exit', (code) => reject(new Error(`the holder exited ${code}`)));
       });
       // ...then asks again as one of its context's host ids, which it can become (enter, setpriv).
@@ -183,7 +183,7 @@ except socket.timeout:
       const root = await ctl(['resolve', 'mine']);
       assert.equal(root.code, 0, root.err);
     } finally {
-      holder.stdin!.end();
+      holder.stdin.end();
       holder.kill();
     }
   });

@@ -56,8 +56,8 @@ function check(r: Real): void {
     if (sealingDirectory(p) !== null) continue;
     const [uid, gid, mode] = meta.split(':').map((x, i) => (i === 2 ? parseInt(x, 8) : Number(x)));
     const changed = r.before.get(p) !== meta;
-    if (changed && (!given(uid!) || !given(gid!))) bad.push(`${p} ${meta} (changed or new)`);
-    if ((mode! & 0o4000 && !given(uid!)) || (mode! & 0o2000 && !given(gid!))) bad.push(`${p} ${meta} (setuid/setgid)`);
+    if (changed && (!given(uid) || !given(gid))) bad.push(`${p} ${meta} (changed or new)`);
+    if ((mode & 0o4000 && !given(uid)) || (mode & 0o2000 && !given(gid))) bad.push(`${p} ${meta} (setuid/setgid)`);
   }
   assert.deepEqual(bad, [], 'a file a host user can reach carries an id the owner was not given');
 }

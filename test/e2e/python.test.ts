@@ -25,7 +25,7 @@ describe('e2e: a Python client with no Node code (root)', function () {
     assert.equal(first.status, 0, first.stderr);
     const [path, ino, how] = first.stdout.trim().split(' ');
     assert.equal(path, `${tree.pins}/a`);
-    assert.equal(Number(ino), statSync(path!).ino, 'the inode the Python client was told is the pin\'s');
+    assert.equal(Number(ino), statSync(path).ino, 'the inode the Python client was told is the pin\'s');
     assert.equal(how, 'created');
     assert.equal(py('a').stdout.trim().split(' ')[2], 'existing');
     const missing = py('zz');

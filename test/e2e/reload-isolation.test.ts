@@ -56,14 +56,14 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     tree.context('images.conf', '[context]\nrange = auto\n');
     agent = await startAgent(tree);
     const images = await callAgent(agent.socket, P.resolve, { label: 'images' });
-    const start = images.uidMap[0]!.outside;
+    const start = images.uidMap[0].outside;
     tree.context('aa.conf', `[context]\nuid_map = 0 ${start + 10} 5\ngid_map = 0 ${start + 10} 5\n`);
     const r = await callAgent(agent.socket, P.reload, {});
     assert.match(r.errors.join('\n'), /aa\.conf: .*already used by context "images"/);
     assert.equal(await agent.stop(), 0);
     agent = await startAgent(tree);
     const again = await callAgent(agent.socket, P.resolve, { label: 'images' });
-    assert.equal(again.uidMap[0]!.outside, start);
+    assert.equal(again.uidMap[0].outside, start);
     assert.equal(again.created, false);
   });
 

@@ -32,12 +32,12 @@ async function checkInvariants(m: Model, r: Real): Promise<void> {
   for (const a of r.agents) await settled(a);
   const doc = JSON.parse(r.cluster.ctl(['get', `${r.prefix}pool`, '--print-value-only']).out || '{"ranges":{}}') as { ranges: Record<string, { start: number; size: number }> };
   const spans = Object.entries(doc.ranges).map(([l, x]) => ({ l, s: x.start, e: x.start + x.size })).sort((x, y) => x.s - y.s);
-  for (let k = 1; k < spans.length; k++) assert.ok(spans[k - 1]!.e <= spans[k]!.s, `${spans[k - 1]!.l} overlaps ${spans[k]!.l}`);
+  for (let k = 1; k < spans.length; k++) assert.ok(spans[k - 1].e <= spans[k].s, `${spans[k - 1].l} overlaps ${spans[k].l}`);
   const lists = await Promise.all(r.agents.map((a) => callAgent(a.socket, P.list, {})));
   lists.forEach((list, h) => {
     const labels = list.contexts.map((c) => c.label).sort();
-    assert.deepEqual(labels, [...m.files[h]!].sort(), `host${h} has exactly its files in force`);
-    for (const c of list.contexts) assert.equal(c.uidMap[0]!.outside, doc.ranges[c.label]?.start, `host${h}'s ${c.label} has the pool's range`);
+    assert.deepEqual(labels, [...m.files[h]].sort(), `host${h} has exactly its files in force`);
+    for (const c of list.contexts) assert.equal(c.uidMap[0].outside, doc.ranges[c.label]?.start, `host${h}'s ${c.label} has the pool's range`);
   });
   // The kernel agrees: a label pinned on both hosts maps the same host ids.
   for (const label of LABELS) {

@@ -55,7 +55,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
   /** Every range and static range of the pool, sorted: none may overlap another. */
   const assertDisjoint = (d: Doc) => {
     const all = [...Object.entries(d.ranges).map(([l, r]) => ({ l, s: r.start, e: r.start + r.size })), ...Object.entries(d.statics).flatMap(([l, st]) => st.intervals.map((i) => ({ l, s: i.start, e: i.end })))].sort((a, b) => a.s - b.s);
-    for (let k = 1; k < all.length; k++) assert.ok(all[k - 1]!.e <= all[k]!.s, `${all[k - 1]!.l} and ${all[k]!.l} overlap`);
+    for (let k = 1; k < all.length; k++) assert.ok(all[k - 1].e <= all[k].s, `${all[k - 1].l} and ${all[k].l} overlap`);
     return all.length;
   };
   const waitSettled = async (a: RunningAgent, timeoutMs = 60_000) => {
@@ -82,7 +82,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
       for (const [l, x] of Object.entries(d.ranges)) assert.deepEqual(r[l], { start: x.start, size: x.size }, `${l} on ${t.dir}`);
     }
     // And the kernel agrees: one context resolved on two hosts maps the same ids.
-    const [r0, r2] = await Promise.all([callAgent(agents[0]!.socket, P.resolve, { label: 'same0042' }), callAgent(agents[2]!.socket, P.resolve, { label: 'same0042' })]);
+    const [r0, r2] = await Promise.all([callAgent(agents[0].socket, P.resolve, { label: 'same0042' }), callAgent(agents[2].socket, P.resolve, { label: 'same0042' })]);
     assert.deepEqual(r0.uidMap, r2.uidMap);
   });
 
@@ -95,7 +95,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     assert.equal(assertDisjoint(d), 3 * N);
     ts.forEach((t, i) => {
       const r = recorded(t);
-      for (const l of labels(`h${i}-`)) assert.deepEqual(r[l], { start: d.ranges[l]!.start, size: d.ranges[l]!.size });
+      for (const l of labels(`h${i}-`)) assert.deepEqual(r[l], { start: d.ranges[l].start, size: d.ranges[l].size });
     });
   });
 
@@ -119,7 +119,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     const t = tree(0);
     autos(t, ['kept']);
     await startAll([t]);
-    const a = agents[0]!;
+    const a = agents[0];
     await waitSettled(a);
     for (let i = 0; i < 3; i++) await cluster.kill(i);
     try {
@@ -153,9 +153,9 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
 
   it('(e) an agent SIGKILLed mid-allocation and restarted: no label with two ranges, nothing blocked', async () => {
     const ts = [0, 1].map(tree);
-    autos(ts[0]!, labels('e'));
-    autos(ts[1]!, labels('e').slice(0, N / 2));
-    const killed = startAgent(ts[0]!, ['--log-level', 'info'], { readyTimeoutMs: 60_000 }).catch(() => null);
+    autos(ts[0], labels('e'));
+    autos(ts[1], labels('e').slice(0, N / 2));
+    const killed = startAgent(ts[0], ['--log-level', 'info'], { readyTimeoutMs: 60_000 }).catch(() => null);
     await new Promise((r) => setTimeout(r, 400));
     for (const c of [...runningChildren()]) c.kill('SIGKILL');
     await killed;
@@ -164,51 +164,51 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     const d = doc();
     assert.equal(Object.keys(d.ranges).length, N);
     assertDisjoint(d);
-    for (const t of ts) for (const [l, x] of Object.entries(recorded(t))) assert.deepEqual(x, { start: d.ranges[l]!.start, size: d.ranges[l]!.size }, l);
-    assert.equal((await callAgent(agents[0]!.socket, P.resolve, { label: 'e0999'.slice(0, 5) })).label, 'e0999'.slice(0, 5));
+    for (const t of ts) for (const [l, x] of Object.entries(recorded(t))) assert.deepEqual(x, { start: d.ranges[l].start, size: d.ranges[l].size }, l);
+    assert.equal((await callAgent(agents[0].socket, P.resolve, { label: 'e0999'.slice(0, 5) })).label, 'e0999'.slice(0, 5));
   });
 
   it('(f) ranges import refuses a local record that conflicts, naming both labels; a clean one goes in', async () => {
     const t = tree(0);
     autos(t, ['theirs']);
     await startAll([t]);
-    await waitSettled(agents[0]!);
-    const theirs = doc().ranges.theirs!;
+    await waitSettled(agents[0]);
+    const theirs = doc().ranges.theirs;
     // This host's older record: "mine" where etcd now has "theirs".
     mkdirSync(t.state, { recursive: true });
     const local = { version: 1, allocations: { theirs: { start: theirs.start, size: theirs.size }, mine: { start: theirs.start, size: 65536 } } };
     writeFileSync(join(t.state, 'ranges.json'), JSON.stringify(local));
-    const r = await usernsctl(['--socket', agents[0]!.socket, 'ranges', 'import']);
+    const r = await usernsctl(['--socket', agents[0].socket, 'ranges', 'import']);
     assert.equal(r.code, 1);
     assert.match(r.err, /E_CONFIG: nothing imported: mine: this host's mine at \d+-\d+ overlaps theirs's range/);
     assert.equal(doc().ranges.mine, undefined, 'all or nothing');
     writeFileSync(join(t.state, 'ranges.json'), JSON.stringify({ version: 1, allocations: { theirs: local.allocations.theirs, mine: { start: 400000000 - 400000000 % 65536, size: 65536 } } }));
-    assert.match((await usernsctl(['--socket', agents[0]!.socket, 'ranges', 'import'])).out, /imported 1 allocation/);
-    const listed = await usernsctl(['--socket', agents[0]!.socket, 'ranges']);
+    assert.match((await usernsctl(['--socket', agents[0].socket, 'ranges', 'import'])).out, /imported 1 allocation/);
+    const listed = await usernsctl(['--socket', agents[0].socket, 'ranges']);
     assert.match(listed.out, /^mine\s+auto\s+\d+-\d+\s+etcd\s+host0\s+\S+$/m);
   });
 
   it('a static range overlapping another host\'s is refused by the later host, naming the other; forget is refused while pinned anywhere', async () => {
     const [t0, t1] = [0, 1].map(tree);
-    t0!.context('s1.conf', '[context]\nuid_map = 0 5000000 65536\ngid_map = 0 5000000 65536\n');
-    agents = [await startAgent(t0!, ['--log-level', 'info'])];
-    await waitSettled(agents[0]!);
-    t1!.context('s2.conf', '[context]\nuid_map = 0 5030000 65536\ngid_map = 0 5030000 65536\n');
-    agents.push(await startAgent(t1!, ['--log-level', 'info']));
-    await waitSettled(agents[1]!);
-    await assert.rejects(callAgent(agents[1]!.socket, P.resolve, { label: 's2' }), (e: unknown) => e instanceof UsernsError && /refused by the shared pool: its ids 5030000-5095535 overlap s1's static range 5000000-5065535 \(configured on host0\)/.test(e.message));
+    t0.context('s1.conf', '[context]\nuid_map = 0 5000000 65536\ngid_map = 0 5000000 65536\n');
+    agents = [await startAgent(t0, ['--log-level', 'info'])];
+    await waitSettled(agents[0]);
+    t1.context('s2.conf', '[context]\nuid_map = 0 5030000 65536\ngid_map = 0 5030000 65536\n');
+    agents.push(await startAgent(t1, ['--log-level', 'info']));
+    await waitSettled(agents[1]);
+    await assert.rejects(callAgent(agents[1].socket, P.resolve, { label: 's2' }), (e: unknown) => e instanceof UsernsError && /refused by the shared pool: its ids 5030000-5095535 overlap s1's static range 5000000-5065535 \(configured on host0\)/.test(e.message));
     // A pinned range cannot be forgotten from another host.
-    autos(t0!, ['pinned']);
-    await callAgent(agents[0]!.socket, P.reload, {});
-    await waitSettled(agents[0]!);
-    await callAgent(agents[0]!.socket, P.resolve, { label: 'pinned' });
+    autos(t0, ['pinned']);
+    await callAgent(agents[0].socket, P.reload, {});
+    await waitSettled(agents[0]);
+    await callAgent(agents[0].socket, P.resolve, { label: 'pinned' });
     await new Promise((r) => setTimeout(r, 500)); // the pins are published a moment after
-    await assert.rejects(callAgent(agents[1]!.socket, P.rangesForget, { label: 'pinned' }), /pinned on host0: release it there first/);
-    await callAgent(agents[0]!.socket, P.release, { label: 'pinned' });
+    await assert.rejects(callAgent(agents[1].socket, P.rangesForget, { label: 'pinned' }), /pinned on host0: release it there first/);
+    await callAgent(agents[0].socket, P.release, { label: 'pinned' });
     await new Promise((r) => setTimeout(r, 500));
-    assert.deepEqual(await callAgent(agents[1]!.socket, P.rangesForget, { label: 'pinned' }), { label: 'pinned', forgotten: true });
+    assert.deepEqual(await callAgent(agents[1].socket, P.rangesForget, { label: 'pinned' }), { label: 'pinned', forgotten: true });
     assert.equal(doc().ranges.pinned, undefined);
-    rmSync(join(t0!.contexts, 'pinned.conf'));
+    rmSync(join(t0.contexts, 'pinned.conf'));
   });
 
   it('a hostile pool document (out of the pool, overlapping, malformed, prototype-named entries) harms only its own labels: the agent stays up, nothing bad is used or recorded', async () => {
@@ -226,18 +226,18 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     const t = tree(0);
     for (const l of ['low', 'constructor', '__proto__', 'twin', 'bad', 'neg', 'fresh']) t.context(`${l}.conf`, '[context]\nrange = auto\n');
     agents = [await startAgent(t, ['--log-level', 'info'], { readyTimeoutMs: 60_000 })];
-    const st = await waitSettled(agents[0]!);
+    const st = await waitSettled(agents[0]);
     const errors = st.errors!.join('\n');
     assert.match(errors, /low\.conf: .*gives it 1-65536 \(allocated by elsewhere\), which this host refuses: it lies outside the pool 100000000-499999999/);
     assert.match(errors, /twin\.conf: .*which this host refuses: it overlaps hasOwnProperty's range/);
     assert.match(errors, /bad\.conf: .*the shared pool's entry for it is not valid/);
     assert.match(errors, /neg\.conf: .*the shared pool's entry for it is not valid \(start: /);
-    const mapOf = async (label: string) => (await callAgent(agents[0]!.socket, P.resolve, { label })).uidMap[0]!.outside;
+    const mapOf = async (label: string) => (await callAgent(agents[0].socket, P.resolve, { label })).uidMap[0].outside;
     assert.equal(await mapOf('constructor'), slot(0));
     assert.equal(await mapOf('__proto__'), slot(1));
     const fresh = await mapOf('fresh');
     assert.ok(fresh >= 100000000 && fresh <= 499999999 - 65535 && ![slot(0), slot(1), slot(3), slot(4)].includes(fresh), `fresh: ${fresh}`);
-    for (const l of ['low', 'twin', 'bad', 'neg']) await assert.rejects(callAgent(agents[0]!.socket, P.resolve, { label: l }), /is not loaded because its file has an error.*refused by the shared pool/, l);
+    for (const l of ['low', 'twin', 'bad', 'neg']) await assert.rejects(callAgent(agents[0].socket, P.resolve, { label: l }), /is not loaded because its file has an error.*refused by the shared pool/, l);
     const rec = recorded(t);
     assert.deepEqual(Object.keys(rec).sort(), ['__proto__', 'constructor', 'fresh'].sort(), 'nothing refused was recorded');
     // The entries this host could not read are left as it found them; its own went in beside them.
@@ -245,8 +245,8 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     assert.deepEqual([after.ranges.bad, Object.getOwnPropertyDescriptor(after.ranges, 'not a label')?.value, after.statics.weird], [null, entry(slot(3)), hostile.statics.weird]);
     assert.equal((after.ranges.fresh as { start: number }).start, fresh);
     // And the agent goes on: a reload, a forget of a bad entry, the label allocated anew in the pool.
-    assert.deepEqual(await callAgent(agents[0]!.socket, P.rangesForget, { label: 'low' }), { label: 'low', forgotten: true });
-    await callAgent(agents[0]!.socket, P.reload, {});
+    assert.deepEqual(await callAgent(agents[0].socket, P.rangesForget, { label: 'low' }), { label: 'low', forgotten: true });
+    await callAgent(agents[0].socket, P.reload, {});
     // The reload asks the pool again in the background, and reloads once more when it answers.
     let low = 0;
     for (const t0 = Date.now(); Date.now() - t0 < 20_000 && low === 0; await new Promise((r) => setTimeout(r, 200))) low = await mapOf('low').catch(() => 0);

@@ -11,11 +11,11 @@ const UNIT = installedUnit();
 /** The bounding set the unit asks for, as /proc/PID/status shows it (CapBnd, hex). */
 function expectedCapBnd(): string {
   const bits: Record<string, number> = { CAP_CHOWN: 0, CAP_DAC_OVERRIDE: 1, CAP_SETGID: 6, CAP_SETUID: 7, CAP_SYS_CHROOT: 18, CAP_SYS_PTRACE: 19, CAP_SYS_ADMIN: 21 };
-  const names = /^CapabilityBoundingSet=(.*)$/m.exec(UNIT)![1]!.trim().split(/\s+/);
+  const names = /^CapabilityBoundingSet=(.*)$/m.exec(UNIT)![1].trim().split(/\s+/);
   let mask = 0n;
   for (const n of names) {
     assert.ok(n in bits, `the test knows no bit for ${n}: add it`);
-    mask |= 1n << BigInt(bits[n]!);
+    mask |= 1n << BigInt(bits[n]);
   }
   return mask.toString(16).padStart(16, '0');
 }

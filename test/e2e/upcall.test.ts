@@ -37,7 +37,7 @@ function userUpcallsRefused(user: Requester): boolean {
 function inSession(script: string, user?: Requester) {
   const full = sessionArgv(script, user);
   const started = performance.now();
-  const r = spawnSync(full[0]!, full.slice(1), { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(full[0], full.slice(1), { encoding: 'utf8', timeout: 30_000 });
   return { code: r.status, out: r.stdout, err: r.stderr, ms: performance.now() - started };
 }
 
@@ -117,8 +117,8 @@ for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler
     const [payload, keys] = r.out.split('--\n');
     assert.equal(payload, `path=${tree.pins}/a\nlabel=a\nparent=host\nowner=0:0\nsetgroups=allow\nino=${(JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'resolve', 'a'])).out) as P.ResolveResult).ino}\nuid_map=0 100000 65536\ngid_map=0 100000 65536\n`);
     // /proc/keys: "ID FLAGS USAGE TIMEOUT ..." — 600 s shows as 9m or 10m, never "perm" (nfsidmap's keys stay perm).
-    const timeout = keys!.trim().split(/\s+/)[3];
-    assert.match(timeout!, /^(9|10)m$/, `expiry in /proc/keys: ${keys}`);
+    const timeout = keys.trim().split(/\s+/)[3];
+    assert.match(timeout, /^(9|10)m$/, `expiry in /proc/keys: ${keys}`);
     assert.match(r.out, /again-ok\n$/);
     assert.equal(await resolves(), before + 2, 'one resolve by the upcall, one by this test; the second request2 made none');
   });
@@ -140,7 +140,7 @@ for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler
     const r = inSession('keyctl request2 user userns:mine "" @s', plain);
     if (refused) {
       assert.equal(st.upcall?.users?.state, 'refused', JSON.stringify(st.upcall));
-      assert.match(st.upcall!.users!.message, /ENOENT before request-key\(8\) runs when the requester lacks CAP_SYS_ADMIN/);
+      assert.match(st.upcall.users.message, /ENOENT before request-key\(8\) runs when the requester lacks CAP_SYS_ADMIN/);
       assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^ {2}users: {5}refused: this kernel fails request_key\(2\) with ENOENT/m);
       assert.ok(agent.logs.some((l) => /^Upcall: this kernel fails request_key/.test(l.msg) && l.level === 40), 'a warning at start');
       assert.equal(r.code, 1);
@@ -174,22 +174,22 @@ for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler
     const r = inSession(`ida=$(keyctl request2 user userns:a "" @s); idm=$(keyctl request2 user userns:mine "" @s); echo $ida $idm; ${ctl} --json keys list; ${ctl} keys list; echo --; ${ctl} keys clear a; ${ctl} --json keys list`);
     assert.equal(r.code, 0, r.err);
     const [ids, first, ...rest] = r.out.trim().split('\n');
-    const [ida, idm] = ids!.split(' ').map(Number);
+    const [ida, idm] = ids.split(' ').map(Number);
     const table = rest.slice(0, rest.indexOf('--'));
     const [cleared, second] = rest.slice(rest.indexOf('--') + 1);
     // Only the keys this test made: root also sees every other userns: key on the machine.
     const states = (j: string) => new Map((JSON.parse(j) as { keys: { id: number; state: string }[] }).keys.filter((k) => k.id === ida || k.id === idm).map((k) => [k.id, k.state]));
-    assert.deepEqual([...states(first!)].sort(), [[ida, 'instantiated'], [idm, 'instantiated']].sort());
+    assert.deepEqual([...states(first)].sort(), [[ida, 'instantiated'], [idm, 'instantiated']].sort());
     assert.ok(table.some((l) => l.split(/\s+/)[0] === String(ida) && / a /.test(` ${l} `)), `keys list shows key ids in decimal, as keyctl does:\n${table.join('\n')}`);
-    assert.match(cleared!, /^cleared [1-9]\d* key\(s\)$/);
-    const after = states(second!);
+    assert.match(cleared, /^cleared [1-9]\d* key\(s\)$/);
+    const after = states(second);
     assert.equal(after.get(idm), 'instantiated', 'keys clear a leaves "mine" alone (no prefix match)');
     assert.notEqual(after.get(ida), 'instantiated');
     // The cleared answer's own keyring in root's registry ("usernsd:KEY") goes with it; mine's stays.
     const ring = (key: number) => readFileSync('/proc/keys', 'utf8').split('\n').find((l) => new RegExp(` keyring +usernsd:${key}: `).test(l));
-    const live = (line: string | undefined) => line !== undefined && !line.split(/\s+/)[1]!.includes('i'); // flags: i(nvalidated), until collected
-    assert.equal(live(ring(ida!)), false, `the answer ring of the cleared key is gone: ${ring(ida!)}`);
-    assert.equal(live(ring(idm!)), true, 'the other answer keeps its ring');
+    const live = (line: string | undefined) => line !== undefined && !line.split(/\s+/)[1].includes('i'); // flags: i(nvalidated), until collected
+    assert.equal(live(ring(ida)), false, `the answer ring of the cleared key is gone: ${ring(ida)}`);
+    assert.equal(live(ring(idm)), true, 'the other answer keeps its ring');
   });
 
   it('keys list says a key whose timeout ran out is expired, not instantiated', async () => {
@@ -197,7 +197,7 @@ for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler
     const r = inSession(`id=$(keyctl add user userns:usernsd-test-expiry x @s) && keyctl timeout $id 1 && sleep 1.5 && echo $id && ${ctl} --json keys list`);
     assert.equal(r.code, 0, r.err);
     const [id, list] = r.out.trim().split('\n');
-    const mine = (JSON.parse(list!) as { keys: { id: number; state: string }[] }).keys.find((k) => k.id === Number(id));
+    const mine = (JSON.parse(list) as { keys: { id: number; state: string }[] }).keys.find((k) => k.id === Number(id));
     assert.equal(mine?.state, 'expired');
   });
 
@@ -208,17 +208,17 @@ for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler
   async function liveSession(label: string, as?: Requester) {
     const script = `ask() { keyctl pipe "$(keyctl request2 user userns:${label} "" @s)" | grep "^label="; }; ask && read go; ask`;
     const full = sessionArgv(script, as);
-    const session = spawn(full[0]!, full.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+    const session = spawn(full[0], full.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((r) => session.on('exit', (code) => r(code)));
     let out = '';
     let err = '';
-    session.stdout!.on('data', (d: Buffer) => { out += d; });
-    session.stderr!.on('data', (d: Buffer) => { err += d; });
+    session.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+    session.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
     for (let i = 0; i < 300 && !out.includes('label=') && session.exitCode === null; i++) await new Promise((r) => setTimeout(r, 20));
     assert.match(out, new RegExp(`^label=${label}$`, 'm'), `the first request is answered: ${err}`);
     return {
       async again(): Promise<{ code: number | null; out: string; err: string }> {
-        session.stdin!.end('go\n');
+        session.stdin.end('go\n');
         return { code: await exited, out, err };
       },
       kill: () => { if (session.exitCode === null) session.kill(); },

@@ -64,14 +64,14 @@ const makeView = (mode: 'identity' | 'foreign', readOnly: boolean) => command(`v
 });
 
 const unmount = (i: number) => command(`umount view #${i}`, (m) => m.views.length > 0, async (m, r) => {
-  const v = m.views.splice(i % m.views.length, 1)[0]!;
+  const v = m.views.splice(i % m.views.length, 1)[0];
   assert.equal(spawnSync('umount', [v.dst]).status, 0);
   await checkInvariants(m, r);
 });
 
 /** A file created through a view by the host id of on-disk 1000 lands as on-disk 1000 (or EROFS). */
 const write = (i: number) => command(`write through view #${i}`, (m) => m.views.length > 0, async (m, r) => {
-  const v = m.views[i % m.views.length]!;
+  const v = m.views[i % m.views.length];
   const uid = shows(v, 1000);
   const name = `w${Date.now()}-${i}`;
   const res = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'touch', join(v.dst, 'pub', name)], { encoding: 'utf8' });

@@ -69,8 +69,8 @@ describe('e2e: views of a context\'s tree (root)', function () {
       assert.equal(spawnSync('bindfs', [under, src.fuse]).status, 0);
     }
     agent = await startAgent(tree);
-    for (const dir of [src.rootfs, src.tmpfs, src.sealed]) assert.equal((await ctl(['label', 'set', dir!, 'hpa-backups', '--config', tree.config])).code, 0);
-    assert.equal((await ctl(['label', 'set', src.tape!, 'tape-all', '--config', tree.config])).code, 0);
+    for (const dir of [src.rootfs, src.tmpfs, src.sealed]) assert.equal((await ctl(['label', 'set', dir, 'hpa-backups', '--config', tree.config])).code, 0);
+    assert.equal((await ctl(['label', 'set', src.tape, 'tape-all', '--config', tree.config])).code, 0);
   });
 
   after(async () => {
@@ -93,7 +93,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
       it(`${kind}, ${mode}: every file shows with the ids userns.d(5) gives that mode`, async function () {
         if (!src[kind]) this.skip(); // FUSE needs bindfs (apt-get install bindfs; .ci/run installs it)
         const d = dst();
-        const r = await ctl(['--json', 'view', `--${mode}`, '--context', 'hpa-backups', src[kind]!, d]);
+        const r = await ctl(['--json', 'view', `--${mode}`, '--context', 'hpa-backups', src[kind], d]);
         if (kind === 'fuse' && mode === 'foreign') {
           // Root squash cuts on-disk 0 out of the map: bindfs's one offset cannot say that.
           assert.equal(r.code, 1, r.out);
@@ -115,7 +115,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     for (const mode of ['identity', 'foreign'] as const) {
       it(`${kind}, ${mode}: a file created through the view is on disk the creator's host id less the range's start, or is refused; never an id the creator could not reach`, async () => {
         const d = dst();
-        assert.equal((await ctl(['view', `--${mode}`, src[kind]!, d])).code, 0);
+        assert.equal((await ctl(['view', `--${mode}`, src[kind], d])).code, 0);
         for (const uid of [0, B, B + 1000, B + 65535, 1000, 65534, B + 65536]) {
           const file = `by-${uid}-${mode}`;
           const r = as(uid, ['touch', join(d, 'pub', file)]);
@@ -123,11 +123,11 @@ describe('e2e: views of a context\'s tree (root)', function () {
           const mapped = onDisk >= (mode === 'foreign' ? 1 : 0) && onDisk < 65536;
           if (mapped) {
             assert.equal(r.status, 0, `uid ${uid}: ${r.stderr}`);
-            assert.equal(ids(join(src[kind]!, 'pub', file)), `${onDisk}:${onDisk}`, `uid ${uid} created on-disk ${onDisk}`);
+            assert.equal(ids(join(src[kind], 'pub', file)), `${onDisk}:${onDisk}`, `uid ${uid} created on-disk ${onDisk}`);
           } else {
             assert.notEqual(r.status, 0, `uid ${uid} must not create a file through the view (on-disk ${onDisk} is not in the view)`);
             assert.match(r.stderr, /Value too large|Permission denied/);
-            assert.ok(!existsSync(join(src[kind]!, 'pub', file)));
+            assert.ok(!existsSync(join(src[kind], 'pub', file)));
           }
         }
         // Root cannot hand a file to on-disk 0 through a foreign view; a non-root owner cannot chown at all.
@@ -138,9 +138,9 @@ describe('e2e: views of a context\'s tree (root)', function () {
         assert.notEqual(as(B + 1000, ['chown', `${B + 1001}`, join(d, 'pub', `by-${B + 1000}-${mode}`)]).status, 0);
         // The kernel writes no inode whose owner the view does not map: not even a world-writable one.
         assert.match(as(B + 1000, ['sh', '-c', `echo x >> ${join(d, 'alien')}`]).stderr, /Permission denied/);
-        assert.equal(readFileSync(join(src[kind]!, 'alien'), 'utf8'), 'alien');
+        assert.equal(readFileSync(join(src[kind], 'alien'), 'utf8'), 'alien');
         if (mode === 'foreign') {
-          const zero = readdirSync(join(src[kind]!, 'pub')).filter((f) => f.endsWith('-foreign') && statSync(join(src[kind]!, 'pub', f)).uid === 0);
+          const zero = readdirSync(join(src[kind], 'pub')).filter((f) => f.endsWith('-foreign') && statSync(join(src[kind], 'pub', f)).uid === 0);
           assert.deepEqual(zero, [], 'no on-disk 0 file came through the foreign view');
         }
         assert.equal(umount(d).status, 0);
@@ -151,7 +151,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
   it('all squash: bindfs shows every file as anonuid:anongid, read-only', async function () {
     if (!hasBindfs) this.skip();
     const d = dst();
-    const r = await ctl(['--json', 'view', '--context', 'tape-all', src.bare!, d]);
+    const r = await ctl(['--json', 'view', '--context', 'tape-all', src.bare, d]);
     assert.equal(r.code, 0, r.err);
     const v = JSON.parse(r.out) as P.ViewResult;
     assert.equal(v.mechanism, 'bindfs');
@@ -161,7 +161,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.match(as(65533, ['sh', '-c', `echo x >> ${join(d, 'hpa')}`]).stderr, /Read-only file system/, 'not even anonuid, who owns every file in the view, writes');
     // explain through a bindfs view explains the file on disk behind it, in its context.
     const d3 = dst();
-    assert.equal((await ctl(['view', src.tape!, d3])).code, 0);
+    assert.equal((await ctl(['view', src.tape, d3])).code, 0);
     const ex = await ctl(['explain', join(d3, 'hpa')]);
     assert.equal(ex.code, 0, ex.err);
     assert.match(ex.out, new RegExp(`^view: {4}a foreign view of ${src.tape} \\(context tape-all\\): on disk this is ${src.tape}/hpa$`, 'm'));
@@ -170,20 +170,20 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.equal(umount(d3).status, 0);
     // The identity view of the same context is an idmapped mount as usual.
     const d2 = dst();
-    assert.match((await ctl(['view', '--identity', '--context', 'tape-all', src.bare!, d2])).out, /identity \(squash all\), idmapped/);
+    assert.match((await ctl(['view', '--identity', '--context', 'tape-all', src.bare, d2])).out, /identity \(squash all\), idmapped/);
     assert.equal(ids(join(d2, 'hpa')), `${B + 65536 + 1000}:${B + 65536 + 1000}`);
     for (const x of [d, d2]) assert.equal(umount(x).status, 0);
   });
 
   it('a view is of one mount, as mount --bind: a filesystem mounted inside the tree is not part of it', async () => {
-    const sub = join(src.rootfs!, 'sub');
+    const sub = join(src.rootfs, 'sub');
     mkdirSync(sub);
     writeFileSync(join(sub, 'under'), 'hidden by the submount');
     assert.equal(spawnSync('mount', ['-t', 'tmpfs', 'usernsd-sub', sub]).status, 0);
     writeFileSync(join(sub, 'on-submount'), 'x');
     try {
       const d = dst();
-      assert.equal((await ctl(['view', src.rootfs!, d])).code, 0);
+      assert.equal((await ctl(['view', src.rootfs, d])).code, 0);
       assert.deepEqual(readdirSync(join(d, 'sub')), ['under'], 'the labelled tree ends at the mount point, as the label walk does');
       assert.equal(umount(d).status, 0);
     } finally {
@@ -198,13 +198,13 @@ describe('e2e: views of a context\'s tree (root)', function () {
     const held = spawnSync('setpriv', [`--reuid=${stranger.uid}`, `--regid=${stranger.gid}`, '--clear-groups', process.execPath, '-e', hold, fdSock], { encoding: 'utf8' });
     assert.equal(held.stdout.trim(), '2', held.stderr);
     const d = dst();
-    assert.equal((await ctl(['view', src.rootfs!, d])).code, 0, 'root is served');
+    assert.equal((await ctl(['view', src.rootfs, d])).code, 0, 'root is served');
     assert.equal(umount(d).status, 0);
   });
 
   it('a view of a nested context composes its map through the parent\'s', async () => {
     const d = dst();
-    const r = await ctl(['view', '--identity', '--context', 'www', src.bare!, d]);
+    const r = await ctl(['view', '--identity', '--context', 'www', src.bare, d]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, new RegExp(`uid 0 ${B + 1000} 100, gid 0 ${B + 1000} 100`));
     assert.equal(ids(join(d, 'root')), `${B + 1000}:${B + 1000}`, 'on-disk 0 is www\'s root: the parent\'s 1000');
@@ -215,7 +215,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
   it('a FUSE tree of a context without squash gets a foreign view through bindfs', async function () {
     if (!hasBindfs) this.skip();
     const d = dst();
-    const r = await ctl(['view', '--context', 'plain', src.fuse!, d]);
+    const r = await ctl(['view', '--context', 'plain', src.fuse, d]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /foreign \(squash none\), bindfs \(bindfs -o ro --uid-offset=6231072 --gid-offset=6231072\)/);
     assert.equal(ids(join(d, 'root')), `${B + 131072}:${B + 131072}`);
@@ -224,7 +224,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
 
   it('seed 002: the owner, without root, enters with a view and works on the sealed backup as its true owners; host root\'s files stay out of reach', async () => {
     const d = dst();
-    assert.notEqual(as(owner.uid, ['ls', src.sealed!]).status, 0, 'on the host the owner cannot reach the sealed tree');
+    assert.notEqual(as(owner.uid, ['ls', src.sealed]).status, 0, 'on the host the owner cannot reach the sealed tree');
     chmodSync(d, 0o777);
     const hostFile = join(tree.dir, 'host-root-file');
     writeFileSync(hostFile, 'host', { mode: 0o644 });
@@ -233,8 +233,8 @@ describe('e2e: views of a context\'s tree (root)', function () {
     const r = await ctl(['enter', 'hpa-backups', '--view', `${src.sealed}:${d}`, '--', 'sh', '-c', script], { user: owner });
     assert.equal(r.code, 0, r.err);
     assert.deepEqual(r.out.trim().split('\n'), ['0', `${d}/root 0:0`, `${d}/hpa 1000:1000`, `${d}/alien ${OVERFLOW}:${OVERFLOW}`, 'wrote-hpa', 'chowned', 'host-file-refused', 'alien-refused']);
-    assert.equal(ids(join(src.sealed!, 'new-by-owner')), '1000:1000', 'on disk: the raw id the owner gave it');
-    assert.equal(readFileSync(join(src.sealed!, 'hpa'), 'utf8'), 'x\n');
+    assert.equal(ids(join(src.sealed, 'new-by-owner')), '1000:1000', 'on disk: the raw id the owner gave it');
+    assert.equal(readFileSync(join(src.sealed, 'hpa'), 'utf8'), 'x\n');
     assert.equal(readFileSync(hostFile, 'utf8'), 'host');
     assert.deepEqual(mountsUnder(d), [], 'the owner\'s view lives in its own mount namespace only');
     // Root sees the same tree squashed, through a foreign view from fstab.
@@ -252,7 +252,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.equal(r.code, 0, r.err);
     assert.deepEqual(r.out.trim().split('\n'), ['create-refused', 'write-refused', 'hpa']);
     assert.match(r.err, new RegExp(`usernsctl: the view of ${src.rootfs} is read-only: ${src.rootfs} is reachable by users other than root .*mkdir -m 0700 /srv/usernsd`));
-    assert.ok(!existsSync(join(src.rootfs!, 'planted')));
+    assert.ok(!existsSync(join(src.rootfs, 'planted')));
   });
 
   /**
@@ -296,18 +296,18 @@ describe('e2e: views of a context\'s tree (root)', function () {
     it(`${name} speaks mount(8)'s language: exit 1 for usage, 32 for a refusal, errors as the agent says them`, async () => {
       const d = dst();
       const helper = (args: string[], opts: { uid?: number; env?: NodeJS.ProcessEnv } = {}) =>
-        spawnSync(argv[0]!, [...argv.slice(1), ...args], { encoding: 'utf8', uid: opts.uid, gid: opts.uid, env: opts.env ?? process.env });
+        spawnSync(argv[0], [...argv.slice(1), ...args], { encoding: 'utf8', uid: opts.uid, gid: opts.uid, env: opts.env ?? process.env });
       const sock = `socket=${agent.socket}`;
       const cases: [string[], number, RegExp, { uid?: number; env?: NodeJS.ProcessEnv }?][] = [
-        [[src.rootfs!, d, '-o', 'contxt=hpa-backups'], 1, /^mount.usernsd: unknown option "contxt=hpa-backups": mount -t usernsd takes context=LABEL, mode=identity\|foreign, ro, rw, socket=PATH\n$/],
-        [[src.rootfs!], 1, /^mount.usernsd: mount.usernsd takes SRC and DST\n$/],
-        [[src.rootfs!, d, 'extra'], 1, /^mount.usernsd: mount.usernsd takes SRC and DST\n$/],
+        [[src.rootfs, d, '-o', 'contxt=hpa-backups'], 1, /^mount.usernsd: unknown option "contxt=hpa-backups": mount -t usernsd takes context=LABEL, mode=identity\|foreign, ro, rw, socket=PATH\n$/],
+        [[src.rootfs], 1, /^mount.usernsd: mount.usernsd takes SRC and DST\n$/],
+        [[src.rootfs, d, 'extra'], 1, /^mount.usernsd: mount.usernsd takes SRC and DST\n$/],
         [['/proc', d, '-o', `context=hpa-backups,${sock}`], 32, /^mount.usernsd: E_INVALID: no view is made of \/proc/],
-        [[src.rootfs!, tree.dir, '-o', sock], 32, new RegExp(`^mount.usernsd: E_INVALID: ${tree.dir} is not empty: a view is mounted on an empty directory, so that it hides nothing\n$`)],
-        [[src.rootfs!, join(d, 'none'), '-o', sock], 32, new RegExp(`^mount.usernsd: E_INVALID: ${d}/none: ENOENT: a view is mounted on an existing empty directory\n$`)],
-        [[src.rootfs!, d, '-o', 'socket=/nonexistent/usernsd.sock'], 32, /^mount.usernsd: cannot reach the agent at \/nonexistent\/usernsd\.fd\.sock: ENOENT\n$/],
-        [[src.rootfs!, d, '-o', sock], 32, /^mount.usernsd: E_PERMISSION: views are mounted by root\n$/, { uid: owner.uid }],
-        [[src.rootfs!, d], 32, /^mount.usernsd: cannot reach the agent at \/nonexistent\/x\.fd: ENOENT\n$/, { env: { ...process.env, USERNSD_SOCKET: '/nonexistent/x' } }],
+        [[src.rootfs, tree.dir, '-o', sock], 32, new RegExp(`^mount.usernsd: E_INVALID: ${tree.dir} is not empty: a view is mounted on an empty directory, so that it hides nothing\n$`)],
+        [[src.rootfs, join(d, 'none'), '-o', sock], 32, new RegExp(`^mount.usernsd: E_INVALID: ${d}/none: ENOENT: a view is mounted on an existing empty directory\n$`)],
+        [[src.rootfs, d, '-o', 'socket=/nonexistent/usernsd.sock'], 32, /^mount.usernsd: cannot reach the agent at \/nonexistent\/usernsd\.fd\.sock: ENOENT\n$/],
+        [[src.rootfs, d, '-o', sock], 32, /^mount.usernsd: E_PERMISSION: views are mounted by root\n$/, { uid: owner.uid }],
+        [[src.rootfs, d], 32, /^mount.usernsd: cannot reach the agent at \/nonexistent\/x\.fd: ENOENT\n$/, { env: { ...process.env, USERNSD_SOCKET: '/nonexistent/x' } }],
       ];
       for (const [args, status, err, opts] of cases) {
         const r = helper(args, opts);
@@ -316,7 +316,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
       }
       assert.deepEqual(readdirSync(d), [], 'nothing mounted by a refusal');
       // Relative paths and the generic options mount(8) passes along (-n, -v, -t, defaults, x-*).
-      const rel = spawnSync(argv[0]!, [...argv.slice(1), 'rootfs', `./${d.slice(tree.dir.length + 1)}/../${d.slice(tree.dir.length + 1)}`, '-n', '-v', '-t', 'usernsd', '-o', `defaults,ro,x-gvfs-hide,${sock}`], { encoding: 'utf8', cwd: tree.dir });
+      const rel = spawnSync(argv[0], [...argv.slice(1), 'rootfs', `./${d.slice(tree.dir.length + 1)}/../${d.slice(tree.dir.length + 1)}`, '-n', '-v', '-t', 'usernsd', '-o', `defaults,ro,x-gvfs-hide,${sock}`], { encoding: 'utf8', cwd: tree.dir });
       assert.equal(rel.status, 0, rel.stderr);
       try {
         assert.equal(ids(join(d, 'hpa')), `${B + 1000}:${B + 1000}`);
@@ -330,7 +330,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     it(`${name} mounts a bindfs view the agent chose (all squash), and says bindfs's own error`, async function () {
       if (!hasBindfs) this.skip();
       const d = dst();
-      const r = spawnSync(argv[0]!, [...argv.slice(1), src.tape!, d, '-o', `socket=${agent.socket}`], { encoding: 'utf8' });
+      const r = spawnSync(argv[0], [...argv.slice(1), src.tape, d, '-o', `socket=${agent.socket}`], { encoding: 'utf8' });
       assert.equal(r.status, 0, r.stderr);
       try {
         assert.equal(ids(join(d, 'hpa')), '65533:65533', 'every file as the anonymous owner');
@@ -342,7 +342,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
       const path = `${tree.dir}/fakebin`;
       mkdirSync(path, { recursive: true });
       writeFileSync(join(path, 'bindfs'), '#!/bin/sh\necho "fuse: bad mount point: No such file or directory" >&2\nexit 1\n', { mode: 0o755 });
-      const failed = spawnSync(argv[0]!, [...argv.slice(1), src.tape!, d, '-o', `socket=${agent.socket}`], { encoding: 'utf8', env: { ...process.env, PATH: `${path}:${process.env.PATH}` } });
+      const failed = spawnSync(argv[0], [...argv.slice(1), src.tape, d, '-o', `socket=${agent.socket}`], { encoding: 'utf8', env: { ...process.env, PATH: `${path}:${process.env.PATH}` } });
       assert.equal(failed.status, 32);
       assert.match(failed.stderr, new RegExp(`^mount.usernsd: E_KERNEL: bindfs -o ro --force-user=65533 --force-group=65533 ${src.tape} ${d} failed: fuse: bad mount point: No such file or directory\n$`));
     });
@@ -351,8 +351,8 @@ describe('e2e: views of a context\'s tree (root)', function () {
   it('view --list shows the views mounted here, and a restarted agent finds them again', async () => {
     const d1 = dst();
     const d2 = dst();
-    assert.equal((await ctl(['view', src.rootfs!, d1])).code, 0);
-    assert.equal((await ctl(['view', '--identity', '--read-only', src.tmpfs!, d2])).code, 0);
+    assert.equal((await ctl(['view', src.rootfs, d1])).code, 0);
+    assert.equal((await ctl(['view', '--identity', '--read-only', src.tmpfs, d2])).code, 0);
     const list = async () => (JSON.parse((await ctl(['--json', 'view', '--list'])).out) as P.ViewsResult).views
       .filter((v) => v.target === d1 || v.target === d2).map((v) => [v.src, v.target, v.context, v.mode, v.mechanism, v.readOnly]);
     assert.deepEqual(await list(), [[src.rootfs, d1, 'hpa-backups', 'foreign', 'idmapped', false], [src.tmpfs, d2, 'hpa-backups', 'identity', 'idmapped', true]]);
@@ -372,11 +372,11 @@ describe('e2e: views of a context\'s tree (root)', function () {
       [['view', '--context', 'hpa-backups', '/proc/self', d], /E_INVALID: no view is made of \/proc\/\d+: it is inside \/proc, a kernel filesystem/],
       [['view', '--context', 'hpa-backups', '/sys/kernel', d], /E_INVALID: no view is made of \/sys\/kernel/],
       [['view', '--context', 'hpa-backups', tree.pins, d], /E_INVALID: no view is made of .*the agent's own directory/],
-      [['view', src.rootfs!, tree.dir], /E_INVALID: .* is not empty: a view is mounted on an empty directory/],
+      [['view', src.rootfs, tree.dir], /E_INVALID: .* is not empty: a view is mounted on an empty directory/],
       [['view', join(tree.dir, 'helpers-none'), d], /E_NOT_FOUND/],
       [['view', tree.contexts, d], /E_NOT_FOUND: no trusted.userns label on/],
-      [['view', src.rootfs!, d], /E_PERMISSION: views are mounted by root/, { user: owner }],
-      [['view', '--context', 'plain', src.rootfs!, d], /E_INVALID: .*rootfs is labelled hpa-backups \(on .*\), not plain: the label says whose ids are on disk; drop --context, or relabel/],
+      [['view', src.rootfs, d], /E_PERMISSION: views are mounted by root/, { user: owner }],
+      [['view', '--context', 'plain', src.rootfs, d], /E_INVALID: .*rootfs is labelled hpa-backups \(on .*\), not plain: the label says whose ids are on disk; drop --context, or relabel/],
       [['enter', 'hpa-backups', '--view', `${src.rootfs}:${d}`, '--', 'true'], /E_PERMISSION: uid \d+ may not use context "hpa-backups"/, { user: stranger }],
       [['enter', 'plain', '--view', `${src.rootfs}:${d}`, '--', 'true'], /E_PERMISSION: .* belongs to context "hpa-backups" .*, not "plain"/, { user: owner }],
     ];
@@ -387,7 +387,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     }
     assert.deepEqual(mountsUnder(d), []);
     if (!hasBindfs) return this.skip();
-    const noBindfs = await ctl(['view', '--context', 'tape-all', src.bare!, d], { env: { PATH: '/nonexistent' } });
+    const noBindfs = await ctl(['view', '--context', 'tape-all', src.bare, d], { env: { PATH: '/nonexistent' } });
     assert.match(noBindfs.err, /E_UNSUPPORTED: bindfs is not installed: install it \(Debian: apt-get install bindfs\)/);
   });
 
@@ -402,13 +402,13 @@ describe('e2e: views of a context\'s tree (root)', function () {
     try {
       tree2.context('hpa-backups.conf', `[context]\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n`);
       // As systemd's ProtectSystem= does: the agent's copy of the tree is read-only.
-      const wrap = ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', src.rootfs!];
+      const wrap = ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', src.rootfs];
       const agent2 = await startAgent(tree2, ['--log-level', 'debug'], { wrap });
       const d = dst();
-      const r = await usernsctl(['--socket', agent2.socket, 'view', '--identity', '--context', 'hpa-backups', src.rootfs!, d]);
+      const r = await usernsctl(['--socket', agent2.socket, 'view', '--identity', '--context', 'hpa-backups', src.rootfs, d]);
       assert.equal(r.code, 0, r.err);
       assert.equal(as(B + 1000, ['touch', join(d, 'pub', 'through-worker')]).status, 0, 'the view is writable: made in the caller\'s namespace');
-      assert.equal(ids(join(src.rootfs!, 'pub', 'through-worker')), '1000:1000');
+      assert.equal(ids(join(src.rootfs, 'pub', 'through-worker')), '1000:1000');
       assert.equal(umount(d).status, 0);
       assert.equal(await agent2.stop(), 0);
     } finally {

@@ -28,13 +28,13 @@ export type RunningAgent = {
 export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'debug'], opts: { env?: NodeJS.ProcessEnv; wrap?: string[]; readyTimeoutMs?: number } = {}): Promise<RunningAgent> {
   // `wrap`: a command the agent runs under (setpriv, unshare…), as init would start it.
   const argv = [...(opts.wrap ?? []), process.execPath, USERNSD, '--config', tree.config, ...extraArgs];
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
   running.add(child);
   const logs: LogLine[] = [];
   const waiters: { pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
   let rest = '';
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (chunk: string) => {
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk: string) => {
     rest += chunk;
     const lines = rest.split('\n');
     rest = lines.pop()!;
@@ -92,11 +92,11 @@ export function usernsctl(args: string[], opts: { user?: { uid: number; gid: num
   const base = [process.execPath, USERNSCTL, ...args];
   const argv = opts.user ? ['setpriv', `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--init-groups', '--', ...base] : base;
   return new Promise((resolve) => {
-    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+    const child = spawn(argv[0], argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
     let out = '';
     let err = '';
-    child.stdout!.on('data', (d: Buffer) => { out += d; });
-    child.stderr!.on('data', (d: Buffer) => { err += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
     child.on('close', (code) => resolve({ code, out, err }));
   });
 }

@@ -14,9 +14,9 @@ export function arbMap(opts: { maxExtents?: number; insideBase?: number; outside
       let inAt = insideBase;
       const insides = parts.map((p) => { const s = inAt + p.gapIn; inAt = s + p.count; return s; });
       let outAt = outsideBase;
-      const outsides: number[] = new Array(parts.length);
-      for (const i of order) { const s = outAt + parts[i]!.gapOut; outsides[i] = s; outAt = s + parts[i]!.count; }
-      return parts.map((p, i): Extent => ({ inside: insides[i]!, outside: outsides[i]!, count: p.count }));
+      const outsides = new Array<number>(parts.length);
+      for (const i of order) { const s = outAt + parts[i].gapOut; outsides[i] = s; outAt = s + parts[i].count; }
+      return parts.map((p, i): Extent => ({ inside: insides[i], outside: outsides[i], count: p.count }));
     }));
 }
 

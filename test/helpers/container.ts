@@ -56,13 +56,13 @@ export async function bootContainer(src: string): Promise<Container> {
   const outer = `${joinCgroups}\nexec unshare --mount --propagation private sh -ec "$0"`;
   const child: ChildProcess = spawn('setsid', ['sh', '-c', outer, inner], { stdio: ['ignore', 'pipe', 'pipe'], detached: false });
   let console = '';
-  child.stdout!.on('data', (d: Buffer) => { console = (console + d).slice(-20_000); });
-  child.stderr!.on('data', (d: Buffer) => { console = (console + d).slice(-20_000); });
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => { console = (console + d).slice(-20_000); });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { console = (console + d).slice(-20_000); });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
 
   let init = 0;
   const stop = async () => {
-    if (init) try { process.kill(init, 'SIGRTMIN+4' as NodeJS.Signals); } catch { /* gone */ } // systemd: power off
+    if (init) try { process.kill(init, 'SIGRTMIN+4'); } catch { /* gone */ } // systemd: power off
     const deadline = Date.now() + 10_000;
     while (child.exitCode === null && child.signalCode === null && Date.now() < deadline) await sleep(100);
     if (child.exitCode === null && child.signalCode === null) {

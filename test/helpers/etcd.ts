@@ -26,10 +26,10 @@ export async function startCluster(size = 3): Promise<Cluster> {
   const peer = (i: number) => base + 5 + i;
   const endpoints = Array.from({ length: size }, (_, i) => `http://127.0.0.1:${client(i)}`);
   const initial = Array.from({ length: size }, (_, i) => `n${i}=http://127.0.0.1:${peer(i)}`).join(',');
-  const procs: (ChildProcess | null)[] = new Array(size).fill(null);
+  const procs = new Array<ChildProcess | null>(size).fill(null);
   const launch = (i: number) => {
     const p = spawn('etcd', ['--name', `n${i}`, '--data-dir', join(dir, `n${i}`),
-      '--listen-client-urls', endpoints[i]!, '--advertise-client-urls', endpoints[i]!,
+      '--listen-client-urls', endpoints[i], '--advertise-client-urls', endpoints[i],
       '--listen-peer-urls', `http://127.0.0.1:${peer(i)}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer(i)}`,
       '--initial-cluster', initial, '--initial-cluster-state', 'new', '--initial-cluster-token', `usernsd-test-${process.pid}`,
       '--heartbeat-interval', '50', '--election-timeout', '500', '--log-level', 'error'], { stdio: 'ignore' });

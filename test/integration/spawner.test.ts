@@ -266,7 +266,7 @@ const killUnderRequests = command('ensure all, the spawner killed meanwhile', ()
   LABELS.forEach((l, i) => {
     const e = errors[i];
     if (e === null) { for (let x: string | null = l; x; x = PARENT[x]!) m.pinned.add(x); return; }
-    assert.ok(e instanceof UsernsError && e.code === 'E_KERNEL', `${l}: ${String(e)}`);
+    assert.ok(e instanceof UsernsError && e.code === 'E_KERNEL', `${l}: ${e instanceof Error ? e.message : JSON.stringify(e)}`);
   });
   await checkInvariants(m, r);
 });

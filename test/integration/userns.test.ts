@@ -78,7 +78,7 @@ for (const spawner of ['native', 'node'] as const) describe(`integration: user n
     assert.deepEqual(kernelMaps(pin.path), { uid: '0 100000 65536', gid: '0 200000 1000, 1000 300000 10' });
     const mi = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === pin.path);
     assert.equal(mi.length, 1, 'exactly one mount on the pin');
-    assert.match(mi[0]!, / - nsfs nsfs /);
+    assert.match(mi[0], / - nsfs nsfs /);
     assert.equal(pinnedIno(pin.path), pin.ino);
     assert.equal((await ensure(ns, load(tree), 'a')).created, false, 'a second ensure reuses the pin');
     assert.equal(mountsUnder(tree.pins).length, 1, 'no stacked mount');

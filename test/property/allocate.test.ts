@@ -64,7 +64,7 @@ describe('property: range allocation', () => {
     assert.match(String(allocateRange('x', 65536, pool, full)), /pool 524288-4718591 is exhausted/);
     const errors: ConfigError[] = [];
     assignRanges([def('x')], { start: 10, end: 20, size: 65536 }, new Map(), [], errors);
-    assert.match(errors[0]!.message, /holds no aligned range of 65536 ids/);
+    assert.match(errors[0].message, /holds no aligned range of 65536 ids/);
   });
 
   it('reads /etc/subuid lines and skips malformed ones', () => {

@@ -17,10 +17,10 @@ const arbContexts = fc.array(arbMap({ maxExtents: 3, maxCount: 3000 }), { minLen
 
 describe('property: names of mapped ids', () => {
   it('names every host id of a top-level context LABEL.N, N its inside id, and back', () => {
-    const arb = arbContexts.chain((cs) => fc.tuple(fc.constant(cs), fc.nat(cs.length - 1)).chain(([cs, i]) => fc.tuple(fc.constant(cs), fc.constant(i), arbIdNear(cs[i]!.uid, 'inside'))));
+    const arb = arbContexts.chain((cs) => fc.tuple(fc.constant(cs), fc.nat(cs.length - 1)).chain(([cs, i]) => fc.tuple(fc.constant(cs), fc.constant(i), arbIdNear(cs[i].uid, 'inside'))));
     fc.assert(fc.property(arb, ([cs, i, inside]) => {
       const index = new NameIndex(cs);
-      const c = cs[i]!;
+      const c = cs[i];
       const host = oracleLookup(c.uid, 'inside', inside);
       const byName = index.byName('uid', idName(c.label, inside));
       if (host === null) {
@@ -29,14 +29,14 @@ describe('property: names of mapped ids', () => {
       }
       assert.deepEqual(index.byHost('uid', host), { label: c.label, inside, host, name: `${c.label}.${inside}` });
       assert.equal(byName?.host, host);
-      assert.equal(index.sibling('uid', byName!), oracleLookup(c.gid, 'inside', inside));
+      assert.equal(index.sibling('uid', byName), oracleLookup(c.gid, 'inside', inside));
     }));
   });
 
   it('names no host id outside every range, and never a nested context (its ids are its top-level context\'s)', () => {
     const arb = arbContexts.chain((cs) => fc.tuple(fc.constant(cs), fc.integer({ min: 0, max: 6_000_000 })));
     fc.assert(fc.property(arb, ([cs, host]) => {
-      const nested = { label: 'nested', parent: cs[0]!.label, uid: cs[0]!.uid, gid: cs[0]!.gid };
+      const nested = { label: 'nested', parent: cs[0].label, uid: cs[0].uid, gid: cs[0].gid };
       const index = new NameIndex([...cs, nested]);
       const owner = cs.find((c) => oracleLookup(c.uid, 'outside', host) !== null);
       const got = index.byHost('uid', host);
@@ -65,7 +65,7 @@ describe('userdb Varlink answers', () => {
     assert.deepEqual(byUid.parameters?.record, {
       userName: 'hpa-backups.1000', uid: 2101000, realName: 'uid 1000 of context hpa-backups', homeDirectory: '/', shell: '/usr/sbin/nologin', disposition: 'container', locked: true, service: 'io.usernsd',
     }, 'no gid: the context maps only gids 0-99 (nss-systemd then uses the uid)');
-    assert.deepEqual(call('GetUserRecord', { userName: 'hpa-backups.5' }).parameters?.record, { ...byUid.parameters!.record as object, userName: 'hpa-backups.5', uid: 2100005, gid: 2100005, realName: 'uid 5 of context hpa-backups' });
+    assert.deepEqual(call('GetUserRecord', { userName: 'hpa-backups.5' }).parameters?.record, { ...byUid.parameters.record as object, userName: 'hpa-backups.5', uid: 2100005, gid: 2100005, realName: 'uid 5 of context hpa-backups' });
     assert.deepEqual(call('GetGroupRecord', { gid: 2100005 }).parameters?.record, { groupName: 'hpa-backups.5', gid: 2100005, description: 'gid 5 of context hpa-backups', disposition: 'container', service: 'io.usernsd' });
   });
 

@@ -28,7 +28,7 @@ describe('property: the shared pool document', () => {
         const d = decide(doc, t.requests, t.statics, POOL, [], t.host, `turn ${n}`);
         if (d.next) doc = d.next;
         // Every decided label is the document's, and a label asked with another size is a conflict, not a second range.
-        for (const [label, a] of d.decided) assert.deepEqual(a, { start: doc.ranges[label]!.start, size: doc.ranges[label]!.size });
+        for (const [label, a] of d.decided) assert.deepEqual(a, { start: doc.ranges[label].start, size: doc.ranges[label].size });
         for (const r of t.requests) if (d.decided.has(r.label)) assert.equal(d.decided.get(r.label)!.size, r.size, `${r.label} asked with ${r.size} ids got another size`);
         // Statics: each claim is in the document as claimed, or refused; none already there is changed
         // (another host's is never overwritten), and a new one says who registered it, and when.
@@ -42,7 +42,7 @@ describe('property: the shared pool document', () => {
         for (const [label, old] of Object.entries(before.statics)) assert.deepEqual(doc.statics[label], old, `static ${label} registered by ${old.by} is kept as it was`);
         for (const r of t.requests) assert.ok(d.decided.has(r.label) || d.conflicts.some((c) => c.label === r.label), `${r.label} is decided or refused`);
         const all = intervals(doc);
-        for (let k = 1; k < all.length; k++) assert.ok(all[k - 1]!.e <= all[k]!.s, `${all[k - 1]!.l} overlaps ${all[k]!.l}`);
+        for (let k = 1; k < all.length; k++) assert.ok(all[k - 1].e <= all[k].s, `${all[k - 1].l} overlaps ${all[k].l}`);
       }
     }));
   });
@@ -62,10 +62,10 @@ describe('property: the shared pool document', () => {
     assert.equal(forget(d1, 'y'), null);
     const d2 = forget(d1, 'x')!;
     assert.equal(d2.ranges.x, undefined);
-    const x = d1.ranges.x!;
+    const x = d1.ranges.x;
     const clash = importAllocations(d1, new Map([['mine', { start: x.start, size: 4096 }], ['free', { start: 1_100_000 - (1_100_000 % 4096), size: 4096 }]]), 'b', 'now');
     assert.equal(clash.next, null);
-    assert.match(clash.conflicts[0]!.message, /this host's mine at \d+-\d+ overlaps x's range/);
+    assert.match(clash.conflicts[0].message, /this host's mine at \d+-\d+ overlaps x's range/);
     const clean = importAllocations(d1, new Map([['free', { start: 1_100_000 - (1_100_000 % 4096), size: 4096 }]]), 'b', 'now');
     assert.ok(clean.next?.ranges.free);
   });

@@ -21,7 +21,7 @@ const arbHost = fc.tuple(arbMap().chain(fromZero), arbMap({ outsideBase: 300000 
 function oneToOne(map: IdMap): boolean {
   for (const side of ['inside', 'outside'] as const) {
     const sorted = [...map].sort((a, b) => a[side] - b[side]);
-    for (let i = 1; i < sorted.length; i++) if (sorted[i - 1]![side] + sorted[i - 1]!.count > sorted[i]![side]) return false;
+    for (let i = 1; i < sorted.length; i++) if (sorted[i - 1][side] + sorted[i - 1].count > sorted[i][side]) return false;
   }
   return map.every((e) => e.count > 0);
 }
@@ -73,7 +73,7 @@ describe('property: the idmap of a view', () => {
   it('of a nested context composes through its chain: on-disk u shows as parent(child(u))', () => {
     // The child's outside ids are the parent's inside ids: build it over the parent's inside range.
     const arb = arbMap({ insideBase: 0, outsideBase: 100000 }).chain((parent) => {
-      const e = parent[0]!;
+      const e = parent[0];
       const child = fc.integer({ min: 1, max: e.count }).map((count): IdMap => [{ inside: 0, outside: e.inside, count }]);
       return fc.tuple(fc.constant(parent), child, fc.integer({ min: 0, max: e.count + 10 }), arbMode, arbSquash);
     });

@@ -32,8 +32,8 @@ sys.stdin.read()
 
 function listener(path: string, acceptAfterMs: number) {
   const child = spawn(PYTHON, ['-c', LISTENER, path, String(acceptAfterMs / 1000)], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const full = new Promise<void>((resolve) => child.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('full')) resolve(); }));
-  return { full, stop: () => { child.stdin!.end(); child.kill(); } };
+  const full = new Promise<void>((resolve) => child.stdout.setEncoding('utf8').on('data', (d: string) => { if (d.toString().includes('full')) resolve(); }));
+  return { full, stop: () => { child.stdin.end(); child.kill(); } };
 }
 
 describe('AgentClient.connect on a full listen backlog (EAGAIN)', function () {

@@ -47,7 +47,7 @@ describe('config: context files', () => {
     assert.equal(def!.parent, 'host');
     assert.deepEqual(def!.owner, { uid: 1000, gid: 1000, name: 'hpa' });
     assert.equal(def!.setgroups, null, 'setgroups is decided with the parent (finishContexts)');
-    assert.equal(all({ 'x.conf': '[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n' }).contexts[0]!.setgroups, 'deny', 'setgroups defaults to deny for a non-root owner');
+    assert.equal(all({ 'x.conf': '[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n' }).contexts[0].setgroups, 'deny', 'setgroups defaults to deny for a non-root owner');
     assert.equal(def!.create, 'lazy');
     assert.deepEqual(def!.squash, { mode: 'root', anonuid: 65534, anongid: 65534 });
     assert.deepEqual(def!.access, { uids: [1001], gids: [34] });
@@ -56,8 +56,8 @@ describe('config: context files', () => {
 
   it('defaults setgroups to allow for a root owner and honours label =', () => {
     const { contexts } = all({ 'x.conf': '[context]\nlabel = other\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n' });
-    assert.equal(contexts[0]!.setgroups, 'allow');
-    assert.equal(contexts[0]!.label, 'other');
+    assert.equal(contexts[0].setgroups, 'allow');
+    assert.equal(contexts[0].label, 'other');
   });
 
   it('accepts inline comments and comma-separated extents', () => {
@@ -127,10 +127,10 @@ describe('config: context files', () => {
 describe('config: INI syntax errors', () => {
   for (const [name, text] of [['a header without its "]"', '[context\nuid_map = 0 1 1\ngid_map = 0 1 1\n'], ['a line without "="', '[context]\nuid_map 0 1 1\ngid_map = 0 1 1\n'], ['a line without a key', '[context]\n= 0 1 1\nuid_map = 0 1 1\ngid_map = 0 1 1\n']]) {
     it(`says what is wrong at its line, once, for ${name}, and nothing "missing" after it`, () => {
-      const { def, errors } = one(text!);
+      const { def, errors } = one(text);
       assert.equal(def, null);
       assert.equal(errors.length, 1, errors.join('\n'));
-      assert.match(errors[0]!, /\(line [12]\)$/);
+      assert.match(errors[0], /\(line [12]\)$/);
     });
   }
 });
@@ -142,7 +142,7 @@ describe('config: an owner maps only host ids it was given (SPEC §12)', () => {
     const r = all({ 'a.conf': owned('alice', '0 1000 10', '0 1001 1') });
     assert.deepEqual(r.labels, []);
     assert.equal(r.errors.length, 1, r.errors.join('\n'));
-    assert.match(r.errors[0]!, /a\.conf: \[context\] uid_map: maps host uids 1000, 1002-1009, which were not delegated to alice \(1000 is hpa's\): alice was given 1001 \(its own uid and its subuid entries\)/);
+    assert.match(r.errors[0], /a\.conf: \[context\] uid_map: maps host uids 1000, 1002-1009, which were not delegated to alice \(1000 is hpa's\): alice was given 1001 \(its own uid and its subuid entries\)/);
   });
 
   it('accepts maps inside the owner\'s own ids and its subordinate ranges, at both ends, and refuses one id past them', () => {
@@ -247,7 +247,7 @@ describe('config: the contexts in force keep their ids', () => {
     const before = finish({ 'aa.conf': '[context]\nuid_map = 0 4200000 10\ngid_map = 0 4200000 10\n' }, undefined);
     const files = { 'aa.conf': '[context]\nuid_map = 0 4000000 10\ngid_map = 0 4000000 10\n', 'proj.conf': '[context]\nuid_map = 0 4200000 10\ngid_map = 0 4200000 10\n' };
     const inForce = new Map(before.contexts.map((c) => [c.label, c]));
-    const pinned = finish(files, { inForce, allocations: new Map(), pinned: new Map([['aa', { uidMap: before.contexts[0]!.uidMap, gidMap: before.contexts[0]!.gidMap }]]) });
+    const pinned = finish(files, { inForce, allocations: new Map(), pinned: new Map([['aa', { uidMap: before.contexts[0].uidMap, gidMap: before.contexts[0].gidMap }]]) });
     assert.deepEqual(pinned.labels, ['aa']);
     assert.match(pinned.errors.join('\n'), /proj\.conf: \[context\] uid_map: host uids 4200000-4200009 are already used by the pinned namespace of "aa", whose ids changed \(release it first: usernsctl release aa\)/);
     const released = finish(files, { inForce, allocations: new Map(), pinned: new Map() });
@@ -354,7 +354,7 @@ describe('config: files on disk', () => {
     const cfg = loadConfiguration(tree.config, { record: false, systemIds: noSystemIds });
     assert.deepEqual([...cfg.contexts.keys()], ['good']);
     assert.equal(cfg.errors.length, 1);
-    assert.match(formatConfigError(cfg.errors[0]!), new RegExp(`^${bad}: is writable by group or others \\(mode 664\\): ignored \\(chmod go-w`));
+    assert.match(formatConfigError(cfg.errors[0]), new RegExp(`^${bad}: is writable by group or others \\(mode 664\\): ignored \\(chmod go-w`));
   });
 
   it('refuses a file larger than the limit, a sparse 3 GB one too, at once and naming the limit', async function () {
@@ -400,7 +400,7 @@ describe('config: files on disk', () => {
     chownSync(f, 65534, 65534);
     const cfg = loadConfiguration(tree.config, { record: false, systemIds: noSystemIds });
     assert.equal(cfg.contexts.size, 0);
-    assert.match(formatConfigError(cfg.errors[0]!), /is owned by uid 65534, not root: ignored \(chown root/);
+    assert.match(formatConfigError(cfg.errors[0]), /is owned by uid 65534, not root: ignored \(chown root/);
   });
 
   it('reports a broken usernsd.conf key and uses the default for it', () => {
@@ -422,7 +422,7 @@ describe('config: files on disk', () => {
 
   it('reports an explicit --config file that does not exist', () => {
     const cfg = loadConfiguration(`${tree.dir}/absent.conf`, { record: false, systemIds: noSystemIds });
-    assert.match(formatConfigError(cfg.errors[0]!), /absent\.conf: cannot open: ENOENT/);
+    assert.match(formatConfigError(cfg.errors[0]), /absent\.conf: cannot open: ENOENT/);
   });
 
   it('leaves files that do not end in .conf alone', () => {
@@ -479,6 +479,6 @@ describe('config: ini reader', () => {
 
   it('reports a section given twice', () => {
     const { errors } = parseIni('/f', '[a]\nx = 1\n[a]\ny = 2\n');
-    assert.match(formatConfigError(errors[0]!), /^\/f: \[a\]: section appears twice \(first at line 1\): merge them \(line 3\)$/);
+    assert.match(formatConfigError(errors[0]), /^\/f: \[a\]: section appears twice \(first at line 1\): merge them \(line 3\)$/);
   });
 });

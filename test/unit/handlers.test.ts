@@ -11,7 +11,6 @@ import type { Agent } from '../../agent/handlers.ts';
 import { Metrics } from '../../agent/metrics.ts';
 import { Registry } from '../../agent/registry.ts';
 import { Views } from '../../agent/views.ts';
-import type { Peer } from '../../agent/auth.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import type { Connection } from '../../agent/wire/server.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
@@ -46,7 +45,7 @@ function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
   return { agent, failures };
 }
 
-const conn = (uid: number, gid = uid, groups: number[] = []): Connection => ({ peer: { pid: process.pid, uid, gid, groups } as Peer, inflight: 0, framesThisTurn: 0, invalid: 0 });
+const conn = (uid: number, gid = uid, groups: number[] = []): Connection => ({ peer: { pid: process.pid, uid, gid, groups }, inflight: 0, framesThisTurn: 0, invalid: 0 });
 const ask = async (agent: Agent, c: Connection, data: unknown) => handleRequest(agent, c, data);
 const request = (method: string, params: unknown, id: unknown = 1) => ({ id, method, params });
 

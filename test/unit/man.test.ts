@@ -21,7 +21,7 @@ function documented(text: string): Map<string, Set<string>> {
     if (line.startsWith('.SH')) section = null;
     if (section && lines[i - 1] === '.TP') {
       const k = /^\.B (\S+)$/.exec(line);
-      if (k) out.get(section)!.add(k[1]!);
+      if (k) out.get(section)!.add(k[1]);
     }
   }
   return out;
@@ -70,7 +70,7 @@ describe('man pages', () => {
     assertTerms('usernsctl.1', 'EXIT STATUS', Object.values(EXIT).map(String));
     // Every option any command parses (its parseArgs tables in agent/cli/) is in the page.
     const source = ['cli/main.ts', 'cli/views.ts', 'cli/mounthelper.ts'].map((f) => readFileSync(new URL(`../../agent/${f}`, import.meta.url), 'utf8')).join('\n');
-    const flags = [...source.matchAll(/'?([a-z][a-z-]*)'?: \{ type: '(?:string|boolean)'/g)].map((m) => m[1]!);
+    const flags = [...source.matchAll(/'?([a-z][a-z-]*)'?: \{ type: '(?:string|boolean)'/g)].map((m) => m[1]);
     assert.ok(flags.length >= 18, `found the option tables (${flags.join(' ')})`);
     const text = page('usernsctl.1').replace(/\\-/g, '-');
     for (const f of new Set(flags)) assert.ok(text.includes(`--${f}`), `usernsctl(1) does not mention --${f}`);
@@ -93,7 +93,7 @@ describe('man pages', () => {
       for (const h of ['.SH NAME', '.SH EXAMPLES', '.SH "SEE ALSO"']) assert.ok(text.includes(`\n${h}\n`), `${f} has ${h}`);
       const seeAlso = text.slice(text.indexOf('.SH "SEE ALSO"'));
       for (const m of seeAlso.matchAll(/^\.BR (\S+) \((\d)\)/gm)) {
-        const name = `${m[1]!.replace(/\\-/g, '-')}(${m[2]})`;
+        const name = `${m[1].replace(/\\-/g, '-')}(${m[2]})`;
         if (name.startsWith('usernsd') || name.startsWith('usernsctl') || name.startsWith('userns.d')) assert.ok(ours.has(name), `${f}: SEE ALSO ${name} is not a page of ours`);
       }
     }

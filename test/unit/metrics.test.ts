@@ -54,7 +54,7 @@ describe('unit: metrics exposition', () => {
     }
     for (const line of text.split('\n').filter((l) => l.startsWith('# TYPE '))) {
       const [, , name, type] = line.split(' ');
-      if (type !== 'counter') assert.ok(!name!.endsWith('_total'), `${name} is a ${type}: only counters end in _total`);
+      if (type !== 'counter') assert.ok(!name.endsWith('_total'), `${name} is a ${type}: only counters end in _total`);
     }
   });
 });

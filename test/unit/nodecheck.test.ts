@@ -14,7 +14,7 @@ function oldNode(): string | null {
     const r = spawnSync(candidate, ['-p', 'process.versions.node'], { encoding: 'utf8' });
     if (r.status !== 0) continue;
     const [maj, min] = r.stdout.trim().split('.').map(Number);
-    if (maj! < 22 || (maj === 22 && min! < 13)) return candidate;
+    if (maj < 22 || (maj === 22 && min < 13)) return candidate;
   }
   return null;
 }
@@ -29,7 +29,7 @@ describe('the Node version check', () => {
   it('usernsd exits 1 with one line naming the version needed (init must see its own pid: never re-run)', function () {
     const node = oldNode();
     if (!node) this.skip(); // needs a Node older than 22.13 installed (Debian 12's /usr/bin/node is 20)
-    const r = spawnSync(node!, [`${ROOT}bin/usernsd.js`, '--version'], { encoding: 'utf8' });
+    const r = spawnSync(node, [`${ROOT}bin/usernsd.js`, '--version'], { encoding: 'utf8' });
     assert.equal(r.status, 1);
     assert.equal(r.stdout, '');
     assert.equal(r.stderr.split('\n').length, 2, 'one line');
@@ -39,10 +39,10 @@ describe('the Node version check', () => {
   it('usernsctl runs on the checkout\'s own Node when started with an older one, exit status and all', function () {
     const node = oldNode();
     if (!node) this.skip();
-    const ok = spawnSync(node!, [`${ROOT}bin/usernsctl.js`, '--version'], { encoding: 'utf8' });
+    const ok = spawnSync(node, [`${ROOT}bin/usernsctl.js`, '--version'], { encoding: 'utf8' });
     assert.equal(ok.status, 0, ok.stderr);
     assert.match(ok.stdout, /^usernsctl \d+\.\d+\.\d+\n$/);
-    const usage = spawnSync(node!, [`${ROOT}bin/usernsctl.js`, '--no-such-option'], { encoding: 'utf8' });
+    const usage = spawnSync(node, [`${ROOT}bin/usernsctl.js`, '--no-such-option'], { encoding: 'utf8' });
     assert.equal(usage.status, 2, 'the exit status of the re-run is passed on');
   });
 
@@ -54,7 +54,7 @@ describe('the Node version check', () => {
       mkdirSync(join(dir, 'bin'));
       for (const f of ['usernsctl.js', 'node-check.js']) copyFileSync(`${ROOT}bin/${f}`, join(dir, 'bin', f));
       writeFileSync(join(dir, 'package.json'), '{"type":"module"}\n');
-      const r = spawnSync(node!, [join(dir, 'bin', 'usernsctl.js'), '--version'], { encoding: 'utf8' });
+      const r = spawnSync(node, [join(dir, 'bin', 'usernsctl.js'), '--version'], { encoding: 'utf8' });
       assert.equal(r.status, 1);
       assert.equal(r.stderr.split('\n').length, 2, 'one line');
       assert.match(r.stderr, /^usernsctl: needs Node\.js >= 22\.13, this is v\d+/);

@@ -29,7 +29,7 @@ describe('people: the limits count persons', () => {
       .map((rs) => {
         // Disjoint, as configuration guarantees for top-level contexts: each kept range starts past the last kept one.
         const kept: typeof rs = [];
-        for (const r of rs.sort((a, b) => a.start - b.start)) if (kept.length === 0 || kept[kept.length - 1]!.start + kept[kept.length - 1]!.count <= r.start) kept.push(r);
+        for (const r of rs.sort((a, b) => a.start - b.start)) if (kept.length === 0 || kept[kept.length - 1].start + kept[kept.length - 1].count <= r.start) kept.push(r);
         return kept;
       });
     fc.assert(fc.property(arb, fc.array(fc.integer({ min: 0, max: 2 ** 32 - 2 }), { maxLength: 30 }), (ranges, probes) => {

@@ -19,7 +19,7 @@ describe('the upcall start-up', () => {
   it('is one bundled file that imports nothing of ours', () => {
     const bundle = readFileSync(`${ROOT}dist/upcall.js`, 'utf8');
     const imports = [...bundle.matchAll(/\bimport\s*(?:[\w*{}\s,]+from\s*)?\(?\s*["']([^"']+)["']/g)].map((m) => m[1]);
-    assert.deepEqual(imports.filter((s) => !s!.startsWith('node:') && s !== 'koffi'), []);
+    assert.deepEqual(imports.filter((s) => !s.startsWith('node:') && s !== 'koffi'), []);
     assert.match(bundle, /export\s*{[^}]*\bupcallMain\b/);
   });
 

@@ -23,7 +23,7 @@ describe('state: recorded allocations', () => {
     assert.equal(existsSync(`${tree.state}/ranges.json`), false, 'check-config writes nothing');
     const first = load(true);
     const a = first.allocations.get('auto')!;
-    const onDisk = JSON.parse(readFileSync(`${tree.state}/ranges.json`, 'utf8'));
+    const onDisk = JSON.parse(readFileSync(`${tree.state}/ranges.json`, 'utf8')) as unknown;
     assert.deepEqual(onDisk, { version: 1, allocations: { auto: { start: a.start, size: 65536 } } });
     assert.equal(statSync(`${tree.state}/ranges.json`).mode & 0o777, 0o600);
     assert.deepEqual(first.contexts.get('auto')!.uidMap, [{ inside: 0, outside: a.start, count: 65536 }]);

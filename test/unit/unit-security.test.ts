@@ -20,7 +20,7 @@ function audit(unitText: string): { exposure: number; failed: string[]; out: str
     const out = `${r.stdout}${r.stderr}`;
     const m = /Overall exposure level for usernsd\.service: (\d+\.\d)/.exec(out);
     assert.ok(m, `systemd-analyze security gave no score:\n${out}`);
-    return { exposure: Number(m[1]), failed: out.split('\n').filter((l) => l.startsWith('✗')).map((l) => l.slice(2).split(/\s+/)[0]!), out };
+    return { exposure: Number(m[1]), failed: out.split('\n').filter((l) => l.startsWith('✗')).map((l) => l.slice(2).split(/\s+/)[0]), out };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -55,7 +55,7 @@ describe('the C upcall handler reads replies', function () {
       fc.integer({ min: 1, max: 100_000 }).map((d) => '['.repeat(d) + ']'.repeat(d)),
       fc.constantFrom(good.replace('"/run/userns/a"', '"/run/userns/a\\nlabel=evil"'), good.replace('"ino":5', '"ino":-1'), good.replace('"ino":5', '"ino":1e400'),
         good.replace('"count":1}]', '"count":"1"}]'), good.replace('"id":1', '"id":2'), good.replace('"reply"', '"request"'), good.replace('"path"', '"p\\u0000ath"'),
-        good.replace('"uid":0', '"uid":4294967296'), frame({ id: 1, result: { ...JSON.parse(good.slice(0, -1)).data.result, uidMap: Array(400).fill({ inside: 0, outside: 1, count: 1 }) } })),
+        good.replace('"uid":0', '"uid":4294967296'), frame({ id: 1, result: { ...(JSON.parse(good.slice(0, -1)) as { data: { result: object } }).data.result, uidMap: Array(400).fill({ inside: 0, outside: 1, count: 1 }) } })),
     );
     fc.assert(fc.property(hostile, (input) => {
       const out = parse(input);
