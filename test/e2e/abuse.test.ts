@@ -211,6 +211,48 @@ print(wrote, tried, flush=True)
     // Root is never penalized: the same again and again is still served each time.
     for (let i = 0; i < 10; i++) await burst();
     await rootServed();
+    // A uid other than root that keeps at it: after 8 such closes in 10 s its new connections are
+    // refused (E_BUSY, closed) for a second, while root is served; a second later it is served again.
+    const user = makeUser();
+    try {
+      const script = `
+import json, socket, sys, time
+path = sys.argv[1]
+def burst():
+    s = socket.socket(socket.AF_UNIX); s.connect(path)
+    s.sendall(b"".join(json.dumps({"type": "request", "data": {"id": i, "method": "nope", "params": {}}}).encode() + b"\\f" for i in range(100)))
+    while s.recv(65536): pass
+    s.close()
+def ask():
+    s = socket.socket(socket.AF_UNIX); s.connect(path)
+    s.sendall(json.dumps({"type": "request", "data": {"id": 1, "method": "list", "params": {}}}).encode() + b"\\f")
+    got = b""
+    while b"\\f" not in got:
+        d = s.recv(65536)
+        if not d: break
+        got += d
+    s.close()
+    return "busy" if b"E_BUSY" in got else "served" if b'"result"' in got else "closed"
+for _ in range(8): burst()
+print(ask(), flush=True)
+sys.stdin.readline()
+print(ask(), flush=True)
+time.sleep(1.2)
+print(ask(), flush=True)
+`;
+      const child = spawn(PYTHON, ['-c', script, agent.socket], { uid: user.uid, gid: user.gid, stdio: ['pipe', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+      const line = async (n: number) => { for (let i = 0; i < 200 && out.split('\n').length <= n; i++) await new Promise((r) => setTimeout(r, 25)); };
+      await line(1);
+      await rootServed(); // while the user waits
+      child.stdin.write('\n');
+      await new Promise((r) => child.once('exit', r));
+      assert.deepEqual(out.trim().split('\n'), ['busy', 'busy', 'served'], 'refused for a second, then served');
+      assert.ok(agent.logs.some((l) => l.msg.includes(`uid ${user.uid} had 8 connections closed for broken or invalid traffic in 10 s: its new connections are refused for 1000 ms`)), 'and the agent says why');
+    } finally {
+      user.remove();
+    }
   });
 
   it('removes the temporary files a crashed agent left, at start', async () => {

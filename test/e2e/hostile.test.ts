@@ -139,7 +139,8 @@ describe('e2e: hostile and broken clients (root)', function () {
     assert.deepEqual([r1.id, r1.error?.code, r2.id, r2.error?.code], [20, 'E_INVALID', 21, 'E_INVALID']);
     assert.match(r1.error!.message, /unknown parameter "__proto__"/);
     assert.match(r2.error!.message, /unknown request field "__proto__"/);
-    assert.equal(({} as Record<string, unknown>).polluted, undefined);
+    // Whether the agent's own prototypes stayed clean is asked in-process, where its code runs in
+    // the test's process (test/unit/handlers.test.ts): this process's prototypes say nothing of it.
     c.sock.destroy();
   });
 

@@ -86,9 +86,8 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     // Without SYSTEMD_BYPASS_USERDB, the agent's own NSS lookup would wait on its own socket until
     // nss-systemd gave up, with every request stalled behind it.
     tree.context('loop.conf', `[context]\nowner = hpa-backups.1000\nuid_map = 0 ${B + 200000} 65536\ngid_map = 0 ${B + 200000} 65536\n`);
-    const t0 = Date.now();
+    // The race is the check: a reload that waited on the agent's own socket loses it.
     const r = await Promise.race([callAgent(agent.socket, Proto.reload, {}), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the reload waited on the agent\'s own userdb socket')), 10_000))]);
-    assert.ok(Date.now() - t0 < 10_000);
     assert.ok(r.errors.some((e) => /unknown user "hpa-backups\.1000"/.test(e)), r.errors.join('\n'));
     rmSync(join(tree.contexts, 'loop.conf'));
     await callAgent(agent.socket, Proto.reload, {});

@@ -84,8 +84,7 @@ describe('e2e: a storm of generated hostile input (root)', function () {
     await fc.assert(fc.asyncProperty(fc.array(fc.array(hostileFrame, { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 8 }), async (perClient) => {
       const socks = await Promise.all(perClient.map(() => open(agent.socket)));
       socks.forEach((s, i) => { for (const f of perClient[i]) s.write(f); });
-      const ms = await answered();
-      assert.ok(ms < ANSWER_WITHIN_MS);
+      await answered(); // within ANSWER_WITHIN_MS, or the call's own timeout fails the run
       for (const s of socks) s.destroy();
     }), { numRuns: 60, seed: 20261129 });
     await answered();

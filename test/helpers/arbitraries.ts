@@ -31,6 +31,8 @@ export function oracleLookup(map: IdMap, from: 'inside' | 'outside', id: number)
 export function arbIdNear(map: IdMap, side: 'inside' | 'outside'): fc.Arbitrary<number> {
   return fc.oneof(
     fc.constantFrom(...map).chain((e) => fc.integer({ min: e[side], max: e[side] + e.count - 1 })),
+    // An extent's edges and one past each: where an off-by-one maps into the neighbour's ids.
+    fc.constantFrom(...map).chain((e) => fc.constantFrom(e[side], e[side] + e.count - 1, e[side] + e.count, Math.max(0, e[side] - 1))),
     fc.integer({ min: 0, max: 400000 }),
   );
 }

@@ -118,6 +118,8 @@ describe('idmap: the NFS squash rules, spelled out', () => {
   it('unmappable ids become the overflow id, and the same context leaves ids alone', () => {
     const A = view('a', am, am, 'none');
     assert.deepEqual(mapIds(A, B, 'uid', [0, 65536], { uid: 99, gid: 98 }), [99, 99]);
+    // One past the end of a's range, seen from the host, which sees every id: nobody, not host 165536.
+    assert.deepEqual(mapIds(A, HOST_VIEW, 'uid', [65535, 65536], { uid: 99, gid: 98 }), [165535, 99]);
     assert.deepEqual(mapIds(HOST_VIEW, A, 'gid', [5, 100005], { uid: 99, gid: 98 }), [98, 5]);
     assert.deepEqual(mapIds(A, A, 'uid', [0, 4000000000], OVERFLOW), [0, 4000000000]);
   });

@@ -8,11 +8,15 @@ import type { Peer } from '../../agent/auth.ts';
 import type { IdMap } from '../../config/types.ts';
 import { arbIdNear, arbMap, oracleLookup } from '../helpers/arbitraries.ts';
 
-/** Up to four top-level contexts whose host ranges are disjoint (each its own outside base), and a nested one. */
-const arbContexts = fc.array(arbMap({ maxExtents: 3, maxCount: 3000 }), { minLength: 1, maxLength: 4 }).map((maps) =>
-  maps.map((m, i) => {
-    const shifted: IdMap = m.map((e) => ({ ...e, outside: e.outside + i * 1_000_000 }));
-    return { label: `ctx${i}.b_${i}`, parent: 'host', uid: shifted, gid: shifted };
+/**
+ * Up to four top-level contexts whose host ranges are disjoint (each its own outside base), each
+ * with its own gid map (another shape, and another outside base, from its uid map): a uid looked
+ * up as a gid, or the other way round, is then wrong, not accidentally right.
+ */
+const arbContexts = fc.array(fc.tuple(arbMap({ maxExtents: 3, maxCount: 3000 }), arbMap({ maxExtents: 3, maxCount: 3000 })), { minLength: 1, maxLength: 4 }).map((maps) =>
+  maps.map(([um, gm], i) => {
+    const shift = (m: IdMap, base: number): IdMap => m.map((e) => ({ ...e, outside: e.outside + base }));
+    return { label: `ctx${i}.b_${i}`, parent: 'host', uid: shift(um, i * 1_000_000), gid: shift(gm, 500_000 + i * 1_000_000) };
   }));
 
 describe('property: names of mapped ids', () => {
@@ -34,13 +38,17 @@ describe('property: names of mapped ids', () => {
   });
 
   it('names no host id outside every range, and never a nested context (its ids are its top-level context\'s)', () => {
-    const arb = arbContexts.chain((cs) => fc.tuple(fc.constant(cs), fc.integer({ min: 0, max: 6_000_000 })));
+    // Host ids near the contexts' extents (their edges and one past them), and anywhere.
+    const arb = arbContexts.chain((cs) => fc.tuple(fc.constant(cs), fc.oneof(fc.constantFrom(...cs).chain((c) => fc.oneof(arbIdNear(c.uid, 'outside'), arbIdNear(c.gid, 'outside'))), fc.integer({ min: 0, max: 6_000_000 }))));
     fc.assert(fc.property(arb, ([cs, host]) => {
       const nested = { label: 'nested', parent: cs[0].label, uid: cs[0].uid, gid: cs[0].gid };
       const index = new NameIndex([...cs, nested]);
-      const owner = cs.find((c) => oracleLookup(c.uid, 'outside', host) !== null);
-      const got = index.byHost('uid', host);
-      assert.equal(got?.label ?? null, owner?.label ?? null);
+      for (const kind of ['uid', 'gid'] as const) {
+        const owner = cs.find((c) => oracleLookup(c[kind], 'outside', host) !== null);
+        const got = index.byHost(kind, host);
+        assert.equal(got?.label ?? null, owner?.label ?? null, `${kind} ${host}`);
+        if (owner) assert.equal(got?.inside, oracleLookup(owner[kind], 'outside', host));
+      }
       assert.equal(index.byName('uid', 'nested.0'), null);
     }));
   });

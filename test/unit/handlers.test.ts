@@ -134,6 +134,21 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     assert.ok(failures.every((f) => f.length < 1200), 'a client failure is logged with a bounded message');
   });
 
+  it('leaves the agent\'s prototypes clean whatever "__proto__" a frame carries (read as the server reads it)', async () => {
+    const frames = new P.FrameReader().push([
+      '{"type":"request","data":{"id":20,"method":"resolve","params":{"label":"x","__proto__":{"polluted":1}}}}\f',
+      '{"type":"request","data":{"id":21,"method":"list","params":{},"__proto__":{"rootOnly":false,"polluted":2}}}\f',
+      '{"type":"request","data":{"id":22,"method":"map","params":{"from":"shared","to":"host","constructor":{"prototype":{"polluted":3}}}}}\f',
+    ].join(''));
+    const replies = [];
+    for (const f of frames) replies.push(await ask(agent, conn(ALICE), f.data));
+    assert.deepEqual(replies.map((r) => ('error' in r ? r.error.code : 'ok')), ['E_INVALID', 'E_INVALID', 'E_INVALID']);
+    for (const proto of [Object.prototype, Array.prototype, Function.prototype]) {
+      assert.equal((proto as Record<string, unknown>).polluted, undefined);
+      assert.equal(Object.hasOwn(proto, 'rootOnly'), false);
+    }
+  });
+
   it('maps ids between contexts the caller may use: root squash and overflow as userns.d(5) says', async () => {
     const r = await ask(agent, conn(HPA), request('map', { from: 'hpa-backups', to: 'host', uids: [0, 1000, 65535, 65536], gids: [33] }));
     assert.ok('result' in r, JSON.stringify(r));
