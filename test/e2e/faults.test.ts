@@ -52,7 +52,7 @@ describe('e2e: faults (root)', function () {
       // The kernel's own view of every pin is what the test configured (static) or what ranges.json
       // recorded (auto): never the agent's word for it.
       for (const [i, label] of labels.entries()) {
-        const start = i < STATIC ? 100000 + i * 10000 : ranges.allocations[label]!.start;
+        const start = i < STATIC ? 100000 + i * 10000 : ranges.allocations[label].start;
         const count = i < STATIC ? 1000 : 65536;
         assert.deepEqual(kernelMaps(`${tree.pins}/${label}`), { uid: `0 ${start} ${count}`, gid: `0 ${start} ${count}` }, label);
       }
