@@ -26,10 +26,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "json.h"
+#include "proto.h"
 
 #define DEFAULT_SOCKET "/run/usernsd/usernsd.sock"
-#define REQUEST_TIMEOUT_S 30
 #define MAX_REPLY (1024 * 1024)
 #define MAX_FDS 8
 #define MAX_BINDFS_ARGS 64
@@ -121,55 +120,6 @@ static char *fd_socket_path(const char *socket_path) {
 	return b.s;
 }
 
-/*
- * Connect, send the request, read one reply frame (up to the form feed) and every descriptor that
- * came with it (close-on-exec). The frame's length, or -1 with errno.
- */
-static ssize_t ask(const char *path, const char *req, size_t reqlen, char *reply, size_t cap, int *fds, int *nfds) {
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	*nfds = 0;
-	if (strlen(path) >= sizeof addr.sun_path) { errno = ENAMETOOLONG; return -1; }
-	strcpy(addr.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) return -1;
-	struct timeval tv = { REQUEST_TIMEOUT_S, 0 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	ssize_t got = -1;
-	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) goto out;
-	for (size_t sent = 0; sent < reqlen;) {
-		ssize_t w = send(fd, req + sent, reqlen - sent, MSG_NOSIGNAL);
-		if (w < 0) { if (errno == EINTR) continue; goto out; }
-		sent += (size_t)w;
-	}
-	size_t len = 0;
-	for (;;) {
-		if (len == cap) { errno = EMSGSIZE; goto out; }
-		union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * MAX_FDS)]; } ctl;
-		struct iovec iov = { reply + len, cap - len };
-		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
-		ssize_t r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-		if (r < 0) { if (errno == EINTR) continue; if (errno == EAGAIN) errno = ETIMEDOUT; goto out; }
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-			size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			int *in = (int *)CMSG_DATA(c);
-			for (size_t i = 0; i < n; i++) {
-				if (*nfds < MAX_FDS) fds[(*nfds)++] = in[i];
-				else close(in[i]);
-			}
-		}
-		if (r == 0) { errno = ECONNRESET; goto out; }
-		char *ff = memchr(reply + len, '\f', (size_t)r);
-		len += (size_t)r;
-		if (ff) { got = ff - reply; break; }
-	}
-out:;
-	int e = errno;
-	close(fd);
-	errno = e;
-	return got;
-}
 
 /* bindfs OPTIONS… SRC DST, its stderr kept for the message; 0, or the exit status to return. */
 static int run_bindfs(const struct jv *opts, const char *src, const char *target) {
@@ -287,7 +237,7 @@ int main(int argc, char **argv) {
 
 	static char reply[MAX_REPLY];
 	int fds[MAX_FDS], nfds;
-	ssize_t len = ask(fdsock, req.s, req.len, reply, sizeof reply, fds, &nfds);
+	ssize_t len = agent_call(fdsock, req.s, req.len, reply, sizeof reply, fds, MAX_FDS, &nfds);
 	if (len < 0) {
 		if (errno == ETIMEDOUT) return failed("the agent at %s did not answer view within %d ms", fdsock, REQUEST_TIMEOUT_S * 1000);
 		if (errno == ECONNRESET) return failed("the agent at %s closed the connection", fdsock);

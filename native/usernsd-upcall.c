@@ -27,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "json.h"
+#include "proto.h"
 
 #define KEY_PREFIX "userns:"
 #define RING_PREFIX "usernsd:"
@@ -35,7 +35,6 @@
 #define DEFAULT_TIMEOUT_S 600
 #define NEGATIVE_TIMEOUT_S 10
 #define RING_SLACK_S 5
-#define REQUEST_TIMEOUT_S 30
 #define MAX_REPLY (1024 * 1024)
 #define MAX_EXTENTS 340
 #define EKEYREJECTED_ 129
@@ -178,42 +177,11 @@ static int valid_label(const char *s) {
 	return 1;
 }
 
-/* Connect, send one resolve, read one frame (up to the form feed); -1 with errno on failure. */
+/* One resolve asked of the agent; the reply frame's length, or -1 with errno on failure. */
 static ssize_t ask(const char *socket_path, const char *label, char *reply, size_t cap) {
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	if (strlen(socket_path) >= sizeof addr.sun_path) { errno = ENAMETOOLONG; return -1; }
-	strcpy(addr.sun_path, socket_path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) return -1;
-	struct timeval tv = { REQUEST_TIMEOUT_S, 0 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	char req[256];
 	int n = snprintf(req, sizeof req, "{\"type\":\"request\",\"data\":{\"id\":1,\"method\":\"resolve\",\"params\":{\"label\":\"%s\",\"via\":\"upcall\"}}}\f", label);
-	ssize_t got = -1;
-	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0) {
-		ssize_t sent = 0;
-		while (sent < n) {
-			ssize_t w = send(fd, req + sent, (size_t)(n - sent), MSG_NOSIGNAL);
-			if (w < 0) { if (errno == EINTR) continue; goto out; }
-			sent += w;
-		}
-		size_t len = 0;
-		for (;;) {
-			if (len == cap) { errno = EMSGSIZE; goto out; }
-			ssize_t r = recv(fd, reply + len, cap - len, 0);
-			if (r < 0) { if (errno == EINTR) continue; if (errno == EAGAIN) errno = ETIMEDOUT; goto out; }
-			if (r == 0) { errno = ECONNRESET; goto out; }
-			char *ff = memchr(reply + len, '\f', (size_t)r);
-			len += (size_t)r;
-			if (ff) { got = ff - reply; break; }
-		}
-	}
-out:;
-	int e = errno;
-	close(fd);
-	errno = e;
-	return got;
+	return agent_call(socket_path, req, (size_t)n, reply, cap, NULL, 0, NULL);
 }
 
 static int usage(const char *msg) {

@@ -1,6 +1,6 @@
 // npm run build, last step: the C programs, when a C compiler is present —
-//   native/usernsd-upcall.c, json.c  -> dist/usernsd-upcall   the request-key handler
-//   native/mount-usernsd.c, json.c   -> dist/mount.usernsd    mount(8)'s helper for -t usernsd
+//   native/usernsd-upcall.c, proto.c  -> dist/usernsd-upcall   the request-key handler
+//   native/mount-usernsd.c, proto.c   -> dist/mount.usernsd    mount(8)'s helper for -t usernsd
 //   native/usernsd-spawner.c, spawner-proc.c -> dist/usernsd-spawner  the agent's maker of user namespaces
 // Without a compiler the build goes on: the upcall is the Node handler (usernsctl upcall) and the
 // agent forks a helper per namespace (spawner = node). A compiler that refuses the code (warnings
@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 /** Each program and its sources (in native/). */
-const programs = { 'usernsd-upcall': ['usernsd-upcall.c', 'json.c'], 'usernsd-spawner': ['usernsd-spawner.c', 'spawner-proc.c'], 'mount.usernsd': ['mount-usernsd.c', 'json.c'] };
+const programs = { 'usernsd-upcall': ['usernsd-upcall.c', 'proto.c'], 'usernsd-spawner': ['usernsd-spawner.c', 'spawner-proc.c'], 'mount.usernsd': ['mount-usernsd.c', 'proto.c'] };
 const cc = [process.env.CC, 'cc', 'gcc', 'clang'].find((c) => c && spawnSync(c, ['--version'], { stdio: 'ignore' }).status === 0);
 if (!cc) {
   for (const p of Object.keys(programs)) rmSync(join(root, 'dist', p), { force: true });

@@ -15,21 +15,13 @@ import { HelperPrograms, rootOf } from './helper.ts';
 import { pinnedIno } from './pinrecord.ts';
 import { errnoFromText, kernelError, PATH_ENV, reap, run, waitForNewNamespace } from './spawn.ts';
 import { Spawner, useNativeSpawner } from './spawner.ts';
-import type { SpawnerSetting } from './spawner.ts';
+import type { SpawnerSetting, SpawnRequest } from './spawner.ts';
 
 /** A nested context's parent, as its creation and checks need it: pin path, nsfs inode, host maps. */
 export type ParentPin = { readonly pin: string; readonly ino: number; readonly host: HostMaps };
 
-/** A namespace to make: its owner's ids as the parent sees them, its maps, its parent (null: the host). */
-export type MakeRequest = {
-  readonly label: string;
-  readonly uid: number;
-  readonly gid: number;
-  readonly setgroups: 'allow' | 'deny';
-  readonly uidMap: IdMap;
-  readonly gidMap: IdMap;
-  readonly parent: ParentPin | null;
-};
+/** A namespace to make: what usernsd-spawner is asked (the owner's ids as the parent sees them, the maps), with the parent's pin whole (null: the host). */
+export type MakeRequest = Omit<SpawnRequest, 'parentPin'> & { readonly parent: ParentPin | null };
 
 /** A process holding a new namespace, maps written, until `end()`; `pin()` bind-mounts it in the pins' mount namespace. */
 export type Holder = { readonly pid: number; pin(path: string): Promise<void>; end(): Promise<void> | void };

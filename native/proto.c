@@ -1,11 +1,16 @@
-/* The JSON reader of json.h. */
+/* The protocol client of proto.h: one call, and the JSON reader. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "json.h"
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "proto.h"
 
 void jfree(struct jv *v) {
 	while (v) {
@@ -204,4 +209,51 @@ int bjson(struct buf *b, const char *s) {
 		else if (bprintf(b, "%c", *p)) return -1;
 	}
 	return bprintf(b, "\"");
+}
+
+ssize_t agent_call(const char *path, const char *req, size_t reqlen, char *reply, size_t cap, int *fds, int max_fds, int *nfds) {
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	if (nfds) *nfds = 0;
+	if (strlen(path) >= sizeof addr.sun_path) { errno = ENAMETOOLONG; return -1; }
+	strcpy(addr.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) return -1;
+	struct timeval tv = { REQUEST_TIMEOUT_S, 0 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	ssize_t got = -1;
+	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) goto out;
+	for (size_t sent = 0; sent < reqlen;) {
+		ssize_t w = send(fd, req + sent, reqlen - sent, MSG_NOSIGNAL);
+		if (w < 0) { if (errno == EINTR) continue; goto out; }
+		sent += (size_t)w;
+	}
+	size_t len = 0;
+	for (;;) {
+		if (len == cap) { errno = EMSGSIZE; goto out; }
+		union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * 8)]; } ctl;
+		struct iovec iov = { reply + len, cap - len };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
+		ssize_t r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+		if (r < 0) { if (errno == EINTR) continue; if (errno == EAGAIN) errno = ETIMEDOUT; goto out; }
+		for (struct cmsghdr *m = CMSG_FIRSTHDR(&msg); m; m = CMSG_NXTHDR(&msg, m)) {
+			if (m->cmsg_level != SOL_SOCKET || m->cmsg_type != SCM_RIGHTS) continue;
+			size_t n = (m->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			int passed[8];
+			memcpy(passed, CMSG_DATA(m), n * sizeof(int));
+			for (size_t i = 0; i < n; i++) {
+				if (fds && nfds && *nfds < max_fds) fds[(*nfds)++] = passed[i];
+				else close(passed[i]);
+			}
+		}
+		if (r == 0) { errno = ECONNRESET; goto out; }
+		char *ff = memchr(reply + len, '\f', (size_t)r);
+		len += (size_t)r;
+		if (ff) { got = ff - reply; break; }
+	}
+out:;
+	int e = errno;
+	close(fd);
+	errno = e;
+	return got;
 }

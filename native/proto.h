@@ -1,10 +1,23 @@
 /*
- * A small JSON reader for the agent's reply frames, shared by the C programs that speak the
- * protocol (usernsd-upcall, mount.usernsd): every input bounded and checked, nothing more.
+ * The client side of the agent's protocol for the C programs that speak it (usernsd-upcall,
+ * mount.usernsd): one call on a socket, and a small JSON reader for the reply frame — every
+ * input bounded and checked, nothing more.
  */
-#ifndef USERNSD_JSON_H
-#define USERNSD_JSON_H
+#ifndef USERNSD_PROTO_H
+#define USERNSD_PROTO_H
 #include <stddef.h>
+#include <sys/types.h>
+
+/* How long a call may take to send and to answer. */
+#define REQUEST_TIMEOUT_S 30
+
+/*
+ * Connect to the socket at `path`, send `req` (a whole frame, form feed included), read one reply
+ * frame into `reply` (up to its form feed) and, when `fds` is given, up to `max_fds` descriptors
+ * that came with it (close-on-exec; any beyond are closed). The frame's length, or -1 with errno
+ * (ETIMEDOUT for a silent agent, ECONNRESET for one that closed without a frame).
+ */
+ssize_t agent_call(const char *path, const char *req, size_t len, char *reply, size_t cap, int *fds, int max_fds, int *nfds);
 
 #define MAX_DEPTH 32
 
