@@ -4,7 +4,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'run/', '.deb-test-*/'] },
+  { ignores: ['dist/', 'node_modules/', 'run/', '.deb-test-*/', '.stryker-tmp/', 'reports/'] },
   js.configs.recommended,
   {
     files: ['**/*.ts'],
@@ -34,5 +34,6 @@ export default tseslint.config(
     files: ['bin/**/*.js', 'scripts/**/*.js', 'eslint.config.js'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly', URL: 'readonly', setTimeout: 'readonly' } },
   },
+  { files: ['scripts/**/*.cjs'], languageOptions: { sourceType: 'commonjs', globals: { require: 'readonly', module: 'writable' } } },
   { files: ['test/helpers/reporter.cjs'], languageOptions: { sourceType: 'commonjs', globals: { require: 'readonly', module: 'writable', process: 'readonly', setImmediate: 'readonly' } } },
 );
