@@ -3,7 +3,7 @@
 // parsing, lookup, composition and the mapping between contexts. A property test may never draw
 // these; each line here fails on the off-by-one it names.
 import assert from 'node:assert/strict';
-import { composeMaps, ID_LIMIT, lookup, parseExtents, parseId, sortBy, validateExtents } from '../../config/extents.ts';
+import { composeMaps, ID_LIMIT, kernelMapText, lookup, parseExtents, parseId, parseKernelMap, sameMap, sortBy, validateExtents } from '../../config/extents.ts';
 import type { IdMap } from '../../config/types.ts';
 import { HOST_VIEW, makeView, mapId } from '../../agent/idmap.ts';
 
@@ -99,5 +99,35 @@ describe('unit: the edges of the id space', () => {
     assert.equal(mapId(a('root'), HOST_VIEW, 'uid', 0, OVERFLOW), 65533, 'root squash: root is the anonymous id');
     assert.equal(mapId(a('root'), HOST_VIEW, 'uid', 1, OVERFLOW), 100001, 'only root');
     assert.equal(mapId(a('all'), HOST_VIEW, 'gid', 65535, OVERFLOW), 65533, 'all squash: everyone');
+  });
+});
+
+describe('unit: the maps as the kernel writes and reads them', () => {
+  it('writes one extent a line, and reads the kernel\'s padded columns back, lines of another shape skipped', () => {
+    assert.equal(kernelMapText(map('0 100000 65536, 65536 1 1')), '0 100000 65536\n65536 1 1\n');
+    assert.deepEqual(parseKernelMap('         0     100000      65536\n     65536          1          1\n'), map('0 100000 65536, 65536 1 1'));
+    assert.deepEqual(parseKernelMap('\n  0 5 1 extra\n 7 8 9\n'), [{ inside: 7, outside: 8, count: 9 }]);
+    assert.deepEqual(parseKernelMap(''), []);
+  });
+
+  it('compares maps as sets of extents: order does not matter, any difference does (drift is judged so)', () => {
+    assert.equal(sameMap(map('0 100 10, 10 200 5'), map('10 200 5, 0 100 10')), true);
+    assert.equal(sameMap(map('0 100 10'), map('0 100 11')), false);
+    assert.equal(sameMap(map('0 100 10'), map('0 100 10, 10 200 5')), false);
+    assert.equal(sameMap(map('0 100 10, 10 200 5'), map('0 100 10')), false);
+    assert.equal(sameMap(map('0 100 10, 10 200 5'), map('0 100 10, 10 201 5')), false);
+  });
+
+  it('names the extent that is wrong in a map of several, and reads any run of blanks between numbers', () => {
+    assert.equal(parseExtents('0 1 1, 5 6'), 'extent 2 ("5 6") must be three numbers "INSIDE OUTSIDE COUNT"');
+    assert.equal(parseExtents('0 1 1,'), 'extent 2 ("") must be three numbers "INSIDE OUTSIDE COUNT"');
+    assert.equal(parseExtents('0 1 1, 5 x 1'), 'extent 2 ("5 x 1") must be three non-negative decimal numbers');
+    assert.equal(parseExtents('0 1 1, 5 6 0'), 'extent 2 (5 6 0) has count 0');
+    assert.equal(parseExtents('5 6'), '"5 6" must be three numbers "INSIDE OUTSIDE COUNT"');
+    assert.deepEqual(parseExtents('0   100000 \t 65536'), [{ inside: 0, outside: 100000, count: 65536 }]);
+  });
+
+  it('composes into a map sorted by inside id, whatever the child\'s order', () => {
+    assert.deepEqual(composeMaps(map('100 1050 10, 0 1000 10'), map('1000 5000 100')), [{ inside: 0, outside: 5000, count: 10 }, { inside: 100, outside: 5050, count: 10 }]);
   });
 });

@@ -87,4 +87,26 @@ describe('unit: explain', () => {
     assert.deepEqual(c.gid.why, []);
     assert.deepEqual(explain(input(null, null, { uid: 65534, gid: 65534 }, caller)).uid.why, [], 'the overflow id itself needs no why');
   });
+
+  it('keeps uids and gids apart: each through its own map, its own anonymous id, its own overflow', () => {
+    // uids 0-65535 on 2000000, gids 0-99 on 3000000: a gid of 100 is past its map, the uid 100 is not.
+    const split: Context = { ...context('split', 'root', '0 2000000 65536'), gidMap: m('0 3000000 100') };
+    const view = makeView('split', split.squash, m('0 2000000 65536'), m('0 3000000 100'));
+    const e = explain({ path: '/srv/x', onDisk: { uid: 100, gid: 100 }, ctx: split, labelledPath: '/srv', view, caller: HOST_VIEW, overflow: { uid: 65534, gid: 65500 }, note: null, nameOf: () => null });
+    assert.deepEqual([e.uid.host, e.uid.fromHost, e.uid.why], [2000100, 2000100, []]);
+    assert.deepEqual([e.gid.host, e.gid.fromHost, e.gid.foreignView], [null, 65500, 65500]);
+    assert.deepEqual(e.gid.why, ['on-disk gid 100 is not in the gid_map of split (0 3000000 100): nothing can show it but as the overflow gid 65500, and nothing can write it']);
+    const root = explain({ path: '/srv/x', onDisk: { uid: 0, gid: 0 }, ctx: split, labelledPath: '/srv', view, caller: HOST_VIEW, overflow: { uid: 65534, gid: 65500 }, note: 'n', nameOf: () => null });
+    assert.deepEqual([root.uid.fromHost, root.gid.fromHost, root.uid.foreignView, root.gid.foreignView], [65533, 65532, 65534, 65500]);
+    assert.deepEqual([root.squash, root.note, root.parent], [{ mode: 'root', anonuid: 65533, anongid: 65532 }, 'n', 'host']);
+  });
+
+  it('says why only when the caller\'s context is another, and only for an id the host sees but the caller does not', () => {
+    const other = makeView('other', { mode: 'none', anonuid: 65534, anongid: 65534 }, m('0 2001000 10'), m('0 2001000 10'));
+    const seen = explain(input(backups, '0 2000000 65536', { uid: 1000, gid: 2000 }, other));
+    assert.deepEqual([seen.uid.fromCaller, seen.uid.why], [0, []], 'other maps host 2001000: no why');
+    assert.deepEqual([seen.gid.fromCaller, seen.gid.why.length], [65534, 1]);
+    const unmapped = explain(input(backups, '0 2000000 65536', { uid: 70000, gid: 70000 }, other));
+    assert.equal(unmapped.uid.why.length, 1, 'an id the host does not see either: only the map\'s own why, not the caller\'s');
+  });
 });
