@@ -1,7 +1,7 @@
 // Range allocation (SPEC §4): never overlapping, aligned, in the pool, the same for the same inputs.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { allocateRange, assignRanges, hashSlot, mergeIntervals, parseSubIds, poolSlots } from '../../agent/coord/allocate.ts';
+import { allocateRange, assignRanges, hashSlot, mergeIntervals, parseSubIdOwners, parseSubIds, poolSlots, rangeProblem } from '../../agent/coord/allocate.ts';
 import type { Interval } from '../../config/extents.ts';
 import type { ConfigError, ContextDef, Pool } from '../../config/types.ts';
 
@@ -100,5 +100,35 @@ describe('allocation: fixed labels get fixed slots (every host and every version
     const last = 100007936 + 1524 * 65536;
     const tail = [{ start: 195166208, end: last + 65536 }]; // from its slot to the pool's last slot
     assert.equal(allocateRange('hpa-backups', 65536, pool, tail), 100007936, 'wraps to the first slot');
+  });
+});
+
+describe('allocation by example: what a range from outside is judged by, and the subordinate id files', () => {
+  const p = { start: 65536, end: 65536 * 9 - 1, size: 65536 }; // slots at 65536 … 8*65536
+
+  it('says why a range is not one this host would allocate, and accepts one that is', () => {
+    assert.equal(rangeProblem({ start: 131072, size: 65536 }, 65536, p, []), null);
+    assert.equal(rangeProblem({ start: 131072, size: 65536 }, 131072, p, []), 'it has 65536 ids where 131072 are asked for');
+    assert.equal(rangeProblem({ start: 0, size: 65536 }, 65536, p, []), `it lies outside the pool 65536-${p.end}`);
+    assert.equal(rangeProblem({ start: 8 * 65536 + 1, size: 65536 }, 65536, p, []), `it lies outside the pool 65536-${p.end}`, 'its last id one past the pool');
+    assert.equal(rangeProblem({ start: 8 * 65536, size: 65536 }, 65536, p, []), null, 'the last slot, ending on the pool\'s last id');
+    assert.equal(rangeProblem({ start: 131073, size: 65536 }, 65536, { ...p, end: p.end + 10 }, []), 'it does not start on one of the pool\'s slots of 65536 ids (from 65536)');
+    const reserved = mergeIntervals([{ start: 196607, end: 196610 }]);
+    assert.equal(rangeProblem({ start: 131072, size: 65536 }, 65536, p, reserved), 'it overlaps host ids 196607, which belong to the system (accounts, subordinate ids or static ranges)');
+    assert.equal(rangeProblem({ start: 131072, size: 65536 }, 65536, p, mergeIntervals([{ start: 196608, end: 196700 }])), null, 'a reserved range that starts where it ends does not overlap');
+  });
+
+  it('merges touching intervals, drops empty ones, and sorts', () => {
+    assert.deepEqual(mergeIntervals([{ start: 20, end: 30 }, { start: 5, end: 5 }, { start: 0, end: 10 }, { start: 10, end: 15 }, { start: 40, end: 39 }]), [{ start: 0, end: 15 }, { start: 20, end: 30 }]);
+    assert.deepEqual(mergeIntervals([{ start: 0, end: 100 }, { start: 10, end: 20 }]), [{ start: 0, end: 100 }], 'one inside another');
+  });
+
+  it('reads /etc/subuid lines as newuidmap does, skipping anything malformed', () => {
+    const text = ['hpa:100000:65536', '  1001:200000:10  ', '# a comment', 'bad:1:0', 'over:4294967290:10', 'edge:4294967290:5', 'x:1:2:3', 'y:1', ':5:5', 'z:1:2 trailing', ''].join('\n');
+    assert.deepEqual(parseSubIdOwners(text), [
+      { owner: 'hpa', start: 100000, end: 165536 },
+      { owner: '1001', start: 200000, end: 200010 },
+      { owner: 'edge', start: 4294967290, end: 4294967295 },
+    ]);
   });
 });
