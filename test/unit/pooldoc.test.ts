@@ -25,12 +25,12 @@ describe('unit: the shared pool document, by example', () => {
     const d = parseDoc(JSON.stringify(raw)) as PoolDoc;
     assert.deepEqual(Object.keys(d.ranges), ['ok']);
     assert.deepEqual(Object.keys(d.statics), ['good']);
-    assert.deepEqual(d.statics.good!.intervals, [{ start: 10, end: 30 }], 'touching intervals merged');
+    assert.deepEqual(d.statics.good.intervals, [{ start: 10, end: 30 }], 'touching intervals merged');
     assert.deepEqual([...d.invalid!.ranges.keys(), ...d.invalid!.statics.keys()], ['nosize', 'backwards']);
     assert.deepEqual(JSON.parse(serializeDoc(d)), { version: 1, ranges: { ok: raw.ranges.ok, nosize: raw.ranges.nosize }, statics: { good: { intervals: [{ start: 10, end: 30 }], by: 'b', at: 't' }, backwards: raw.statics.backwards } });
     const asked = decide(d, [{ label: 'nosize', size: 65536 }], [], POOL, [], 'c', 'now');
     assert.deepEqual(asked.conflicts.map((c) => c.label), ['nosize']);
-    assert.match(asked.conflicts[0]!.message, /^the shared pool's entry for it is not valid \(.*\): it is used for nothing; fix it, or forget it \(usernsctl ranges forget nosize\) to have it allocated anew$/);
+    assert.match(asked.conflicts[0].message, /^the shared pool's entry for it is not valid \(.*\): it is used for nothing; fix it, or forget it \(usernsctl ranges forget nosize\) to have it allocated anew$/);
   });
 
   it('refuses a label asked with another size than the pool has, naming both and who allocated it', () => {
@@ -44,10 +44,10 @@ describe('unit: the shared pool document, by example', () => {
   it('judges a range another writer put in the pool as its own allocation: outside the pool, or over another label, is refused', () => {
     const outside = doc({ ranges: { far: { start: 65536, size: 65536, by: 'intruder', at: 't' } } });
     const r1 = decide(outside, [{ label: 'far', size: 65536 }], [], POOL, [], 'h', 'now');
-    assert.match(r1.conflicts[0]!.message, /^the shared pool gives it 65536-131071 \(allocated by intruder\), which this host refuses: .*; fix the pool, or forget it \(usernsctl ranges forget far\) to have it allocated anew$/);
+    assert.match(r1.conflicts[0].message, /^the shared pool gives it 65536-131071 \(allocated by intruder\), which this host refuses: .*; fix the pool, or forget it \(usernsctl ranges forget far\) to have it allocated anew$/);
     const over = doc({ ranges: { a: { start: slot(3), size: 65536, by: 'h1', at: 't' } }, statics: { s: { intervals: [{ start: slot(3) + 100, end: slot(3) + 200 }], by: 'h2', at: 't' } } });
     const r2 = decide(over, [{ label: 'a', size: 65536 }], [], POOL, [], 'h', 'now');
-    assert.match(r2.conflicts[0]!.message, new RegExp(`which this host refuses: it overlaps s's static range ${slot(3) + 100}-${slot(3) + 199} \\(configured on h2\\)`));
+    assert.match(r2.conflicts[0].message, new RegExp(`which this host refuses: it overlaps s's static range ${slot(3) + 100}-${slot(3) + 199} \\(configured on h2\\)`));
     assert.equal(r2.decided.size, 0);
   });
 
@@ -60,7 +60,7 @@ describe('unit: the shared pool document, by example', () => {
       { label: 's', message: 'h1 configures it with static ids: a label is static everywhere or auto everywhere' },
     ]);
     assert.deepEqual(r.next?.statics.u, { intervals: [{ start: 500, end: 600 }], by: 'h2', at: 'now' }, 'the one claim that fits is registered');
-    assert.deepEqual(decide(r.next!, [], [{ label: 'u', intervals: [{ start: 500, end: 600 }] }], POOL, [], 'h3', 'later').next, null, 'the same claim again changes nothing');
+    assert.deepEqual(decide(r.next, [], [{ label: 'u', intervals: [{ start: 500, end: 600 }] }], POOL, [], 'h3', 'later').next, null, 'the same claim again changes nothing');
   });
 
   it('says so when the pool is full, and gives nothing', () => {
