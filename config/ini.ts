@@ -125,6 +125,9 @@ export async function readConfigTextAsync(file: string): Promise<string | Config
   }
 }
 
+/** A section header as a line may hold it: "[name]", blanks around the name, a comment after it. */
+const HEADER = /^\[([^\]]*)\]\s*(?:[;#].*)?$/;
+
 /**
  * Parse INI text. Values come from the `ini` package (quoting, escapes, inline comments); the line
  * scan beside it finds where each section and key stands, and what `ini` would silently accept but an
@@ -132,7 +135,14 @@ export async function readConfigTextAsync(file: string): Promise<string | Config
  */
 export function parseIni(file: string, text: string): { doc: IniDoc; errors: ConfigError[]; syntax: boolean } {
   const errors: ConfigError[] = [];
-  const values = ini.decode(text) as Record<string, unknown>;
+  // The ini package takes a header only alone and unindented on its line: "[context] # note" and
+  // "  [context]" would be keys to it, and the section's values lost. It reads the headers as the
+  // line scan below accepts them, written out plainly.
+  const canonical = text.split(/\r?\n/).map((raw) => {
+    const h = HEADER.exec(raw.trim());
+    return h ? `[${h[1].trim()}]` : raw;
+  }).join('\n');
+  const values = ini.decode(canonical) as Record<string, unknown>;
   const sections = new Map<string, IniSection>();
   let current: IniSection | null = null;
   let currentName = '';
@@ -149,7 +159,7 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
     const s = raw.trim();
     if (s === '' || s.startsWith(';') || s.startsWith('#')) continue;
     if (s.startsWith('[')) {
-      const header = /^\[([^\]]*)\]\s*(?:[;#].*)?$/.exec(s);
+      const header = HEADER.exec(s);
       if (!header) {
         syntaxError(null, line, `a section header must be "[name]" alone on its line (${s.includes(']') ? 'text follows the "]"' : 'the closing "]" is missing'})`);
         current = null;

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { chownSync, readdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni, readConfigText, readConfigTextAsync } from '../../config/ini.ts';
+import { capErrors, formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni, readConfigText, readConfigTextAsync } from '../../config/ini.ts';
 import { finishContexts, linkContexts, OWN_IDS_ONLY, parseContextFile } from '../../config/load.ts';
 import type { Delegations } from '../../config/load.ts';
 import type { ConfigError, ContextDef } from '../../config/types.ts';
@@ -64,6 +64,14 @@ describe('config: context files', () => {
     const { def, errors } = one('[context]\nuid_map = 0 100000 10, 10 200000 5 ; two extents\ngid_map = 0 100000 15\n');
     assert.deepEqual(errors, []);
     assert.equal(def!.uidMap!.length, 2);
+  });
+
+  it('reads a section whose header carries a comment or stands indented (its values were lost: "needs a value")', () => {
+    for (const header of ['[context] # the backup', '  [context]', '[context]\t; note', '[ context ]']) {
+      const { def, errors } = one(`${header}\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n`);
+      assert.deepEqual(errors, [], header);
+      assert.deepEqual(def?.uidMap, [{ inside: 0, outside: 100000, count: 10 }], header);
+    }
   });
 
   const cases: [string, string, RegExp][] = [
@@ -478,6 +486,38 @@ describe('config: ini reader', () => {
     } finally {
       tree.remove();
     }
+  });
+
+  it('caps a file\'s errors at MAX_ERRORS_PER_FILE exactly, counting the rest; a file at the size limit is read, one byte more is not', async function () {
+    const lines = (n: number) => `[context]\n${Array.from({ length: n }, (_, i) => `k${i} 1`).join('\n')}\n`;
+    assert.equal(capErrors('/f', parseIni('/f', lines(MAX_ERRORS_PER_FILE)).errors).length, MAX_ERRORS_PER_FILE, 'exactly the cap: all shown, no count');
+    const over = capErrors('/f', parseIni('/f', lines(MAX_ERRORS_PER_FILE + 3)).errors);
+    assert.equal(over.length, MAX_ERRORS_PER_FILE + 1);
+    assert.equal(formatConfigError(over.at(-1)!), '/f: 3 more errors in this file are not shown: fix these first');
+    if (process.getuid?.() !== 0) this.skip(); // root-owned files are the rule: root makes them
+    const tree = makeTree();
+    try {
+      const head = '[context]\n# ';
+      const at = tree.context('at.conf', head + 'x'.repeat(MAX_CONFIG_FILE_BYTES - head.length - 1) + '\n');
+      const past = tree.context('past.conf', head + 'x'.repeat(MAX_CONFIG_FILE_BYTES - head.length) + '\n');
+      for (const read of [readConfigText, (f: string) => readConfigTextAsync(f)]) {
+        assert.equal(((await read(at)) as string).length, MAX_CONFIG_FILE_BYTES);
+        assert.match(formatConfigError((await read(past)) as ConfigError), new RegExp(`is ${MAX_CONFIG_FILE_BYTES + 1} bytes, more than the ${MAX_CONFIG_FILE_BYTES}`));
+      }
+    } finally {
+      tree.remove();
+    }
+  });
+
+  it('reads headers and values as written around them: blanks trimmed, a comment after a header, names in messages', () => {
+    const { doc, errors } = parseIni('/f', '  [ context ]   ; the context\n uid_map =   0 1 1   \n[x] # more\n');
+    assert.deepEqual(errors, []);
+    assert.deepEqual([...doc.sections.keys()], ['context', 'x']);
+    assert.deepEqual(doc.sections.get('context')!.keys.get('uid_map'), { value: '0 1 1', line: 2 });
+    assert.equal(parseIni('/f', 'a[b]\n').errors.map(formatConfigError)[0], '/f: is not "key = value": the "=" is missing (line 1)');
+    assert.equal(formatConfigError({ file: '/f', section: 'context', key: 'uid_map', line: 3, message: 'm' }), '/f: [context] uid_map: m (line 3)');
+    assert.equal(formatConfigError({ file: '/f', section: null, key: 'uid_map', line: null, message: 'm' }), '/f: uid_map: m');
+    assert.equal(formatConfigError({ file: '/f', section: 'context', key: null, line: null, message: 'm' }), '/f: [context]: m');
   });
 
   it('reports a section given twice', () => {
