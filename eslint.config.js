@@ -32,6 +32,8 @@ export default tseslint.config(
   },
   {
     files: ['bin/**/*.js', 'scripts/**/*.js', 'eslint.config.js'],
+    // A property left out of a copy by destructuring ({ replaced: _, ...rest }) is not an unused variable.
+    rules: { 'no-unused-vars': ['error', { ignoreRestSiblings: true }] },
     languageOptions: { globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly', URL: 'readonly', setTimeout: 'readonly' } },
   },
   { files: ['scripts/**/*.cjs'], languageOptions: { sourceType: 'commonjs', globals: { require: 'readonly', module: 'writable' } } },

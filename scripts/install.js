@@ -161,7 +161,7 @@ function install() {
   }
   const previous = existsSync(dest(MANIFEST)) ? JSON.parse(readFileSync(dest(MANIFEST), 'utf8')) : { files: [], dirs: [] };
   const merged = {
-    files: [...new Map([...previous.files, ...placed.files.map((f) => { const { replaced, ...kept } = f; void replaced; return kept; })].map((f) => [f.path, f])).values()],
+    files: [...new Map([...previous.files, ...placed.files.map(({ replaced: _, ...f }) => f)].map((f) => [f.path, f])).values()],
     dirs: [...new Set([...previous.dirs, ...placed.dirs])],
   };
   put(MANIFEST, JSON.stringify(merged, null, 1) + '\n');
