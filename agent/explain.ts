@@ -12,10 +12,10 @@ import type { Explanation, IdExplanation } from './wire/protocol.ts';
 export type ExplainInput = {
   readonly path: string;
   readonly onDisk: { readonly uid: number; readonly gid: number };
-  /** The file's context and where its label is, or null for a file no label claims. */
-  readonly ctx: Context | null;
+  /** The file's context with its view from the host, or null for a file no usable label claims. */
+  readonly file: { readonly ctx: Context; readonly view: MapView } | null;
+  /** Where the label was found. */
   readonly labelledPath: string | null;
-  readonly view: MapView | null;
   readonly caller: MapView;
   readonly overflow: Overflow;
   /** The userdb name of a host id, when the caller may learn it (userdb's rule). */
@@ -25,17 +25,19 @@ export type ExplainInput = {
 
 /** Pure: every figure from the maps, squash and names the agent holds. */
 export function explain(input: ExplainInput): Explanation {
-  const { ctx, view, caller, overflow } = input;
+  const { caller, overflow } = input;
+  const ctx = input.file?.ctx ?? null;
   const one = (kind: IdKind): IdExplanation => {
     const onDisk = input.onDisk[kind];
     const ov = overflow[kind];
     const why: string[] = [];
-    if (!ctx || !view) {
+    if (!input.file) {
       // No context: the ids are the host's own. Named only when they fall in a context's range.
       const seen = mapId(HOST_VIEW, caller, kind, onDisk, overflow);
       if (seen === ov && onDisk !== ov) why.push(`host ${kind} ${onDisk} is not mapped in context ${caller.label} (yours): it shows there as the overflow ${kind} ${ov}`);
       return { onDisk, host: onDisk, name: input.nameOf(kind, onDisk), fromHost: onDisk, fromCaller: seen, identityView: onDisk, foreignView: onDisk, why };
     }
+    const { ctx, view } = input.file;
     const host = toHost(view, kind, onDisk);
     const squash = ctx.squash;
     const anon = kind === 'uid' ? squash.anonuid : squash.anongid;

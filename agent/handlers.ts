@@ -180,8 +180,8 @@ handle(P.explain, (agent, peer, { path }) => {
     callerLabel = agent.registry.contextOfNamespace(statSync(`/proc/${peer.pid}/ns/user`).ino) ?? HOST_LABEL;
   } catch { /* the caller is gone: judge from the host */ }
   return explain({
-    path, onDisk: { uid: st.uid, gid: st.gid }, ctx: usableCtx, labelledPath: found?.at ?? null,
-    view: usableCtx ? agent.registry.view(usableCtx.label) : null, caller: agent.registry.view(callerLabel),
+    path, onDisk: { uid: st.uid, gid: st.gid }, labelledPath: found?.at ?? null,
+    file: usableCtx ? { ctx: usableCtx, view: agent.registry.view(usableCtx.label) } : null, caller: agent.registry.view(callerLabel),
     overflow: agent.registry.overflow, note,
     nameOf: (kind, host) => {
       const n = agent.registry.names().byHost(kind, host);

@@ -28,7 +28,7 @@ export type PoolDoc = {
 export const EMPTY_DOC: PoolDoc = { version: POOL_DOC_VERSION, ranges: bareRecord(), statics: bareRecord() };
 
 const RANGE_ENTRY = v.object({ start: ID, size: COUNT, by: TEXT, at: TEXT });
-const INTERVAL = v.pipe(v.object({ start: ID, end: v.pipe(v.number(), v.safeInteger(), v.maxValue(0xffffffff)) }), v.check((i) => i.end > i.start, 'an interval ends after it starts'));
+const INTERVAL = v.pipe(v.object({ start: ID, end: v.pipe(v.number(), v.safeInteger(), v.maxValue(0xffffffff)) }), v.check((i) => i.end > i.start, 'an interval must end after it starts'));
 const STATIC_ENTRY = v.object({ intervals: v.pipe(v.array(INTERVAL), v.minLength(1), v.maxLength(680)), by: TEXT, at: TEXT });
 
 export type Request = { readonly label: string; readonly size: number };

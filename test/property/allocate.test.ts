@@ -121,14 +121,40 @@ describe('allocation by example: what a range from outside is judged by, and the
   it('merges touching intervals, drops empty ones, and sorts', () => {
     assert.deepEqual(mergeIntervals([{ start: 20, end: 30 }, { start: 5, end: 5 }, { start: 0, end: 10 }, { start: 10, end: 15 }, { start: 40, end: 39 }]), [{ start: 0, end: 15 }, { start: 20, end: 30 }]);
     assert.deepEqual(mergeIntervals([{ start: 0, end: 100 }, { start: 10, end: 20 }]), [{ start: 0, end: 100 }], 'one inside another');
+    assert.deepEqual(mergeIntervals([{ start: 50, end: 50 }]), [], 'an empty interval alone holds nothing');
   });
 
   it('reads /etc/subuid lines as newuidmap does, skipping anything malformed', () => {
-    const text = ['hpa:100000:65536', '  1001:200000:10  ', '# a comment', 'bad:1:0', 'over:4294967290:10', 'edge:4294967290:5', 'x:1:2:3', 'y:1', ':5:5', 'z:1:2 trailing', ''].join('\n');
+    const text = ['hpa:100000:65536', '  1001:200000:10  ', '# a comment', 'bad:1:0', 'over:4294967290:10', 'edge:4294967290:5', 'top:4294967290:6', 'x:1:2:3', 'y:1', ':5:5', 'z:1:2 trailing', ''].join('\n');
     assert.deepEqual(parseSubIdOwners(text), [
       { owner: 'hpa', start: 100000, end: 165536 },
       { owner: '1001', start: 200000, end: 200010 },
       { owner: 'edge', start: 4294967290, end: 4294967295 },
     ]);
+  });
+});
+
+describe('allocation by example: the slot edges and what assignRanges does with each kind of context', () => {
+  const p = { start: 65536, end: 65536 * 3 - 1, size: 65536 }; // two slots: 65536 and 131072
+
+  it('a taken range that starts where a slot ends leaves the slot free', () => {
+    for (const l of ['a', 'b', 'c', 'd']) assert.equal(allocateRange(l, 65536, p, [{ start: 131072, end: 196608 }]), 65536, l);
+  });
+
+  it('a pool of one id holds one slot of one id', () => {
+    assert.deepEqual(poolSlots({ start: 5, end: 5, size: 1 }, 1), { first: 5, count: 1 });
+  });
+
+  it('allocates only `range = auto` contexts, anew when the recorded size is not the size asked, and files an exhausted pool under [context] range', () => {
+    const statik: ContextDef = { ...def('static'), uidMap: [{ inside: 0, outside: 65536, count: 10 }], gidMap: [{ inside: 0, outside: 65536, count: 10 }], autoSize: null };
+    const errors: ConfigError[] = [];
+    const r = assignRanges([statik, def('grown', 65536)], { ...p, end: 65536 * 5 - 1 }, new Map([['grown', { start: 65536, size: 131072 }]]), [], errors);
+    assert.deepEqual(errors, []);
+    assert.deepEqual([...r.starts.keys()], ['grown'], 'a static context is given no range');
+    assert.equal(r.fresh.get('grown')?.size, 65536, 'a recorded range of another size is replaced by a fresh one');
+    assert.deepEqual([...r.kept.keys()], []);
+    const full: ConfigError[] = [];
+    assignRanges([def('x'), def('y'), def('z')], p, new Map(), [], full);
+    assert.deepEqual(full.map((e) => [e.file, e.section, e.key, e.line]), [['/etc/userns.d/z.conf', 'context', 'range', null]]);
   });
 });

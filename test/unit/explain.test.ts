@@ -21,8 +21,8 @@ function context(label: string, mode: SquashMode, map: string, parent = 'host'):
 /** A context whose host map is `host` (its own map composed through its parents). */
 function input(ctx: Context | null, host: string | null, onDisk: { uid: number; gid: number }, caller = HOST_VIEW, names: Record<number, string> = {}): ExplainInput {
   return {
-    path: '/srv/x', onDisk, ctx, labelledPath: ctx ? '/srv' : null,
-    view: ctx && host ? makeView(ctx.label, ctx.squash, m(host), m(host)) : null,
+    path: '/srv/x', onDisk, labelledPath: ctx ? '/srv' : null,
+    file: ctx && host ? { ctx, view: makeView(ctx.label, ctx.squash, m(host), m(host)) } : null,
     caller, overflow: OVERFLOW, note: null, nameOf: (_kind, id) => names[id] ?? null,
   };
 }
@@ -92,11 +92,11 @@ describe('unit: explain', () => {
     // uids 0-65535 on 2000000, gids 0-99 on 3000000: a gid of 100 is past its map, the uid 100 is not.
     const split: Context = { ...context('split', 'root', '0 2000000 65536'), gidMap: m('0 3000000 100') };
     const view = makeView('split', split.squash, m('0 2000000 65536'), m('0 3000000 100'));
-    const e = explain({ path: '/srv/x', onDisk: { uid: 100, gid: 100 }, ctx: split, labelledPath: '/srv', view, caller: HOST_VIEW, overflow: { uid: 65534, gid: 65500 }, note: null, nameOf: () => null });
+    const e = explain({ path: '/srv/x', onDisk: { uid: 100, gid: 100 }, file: { ctx: split, view }, labelledPath: '/srv', caller: HOST_VIEW, overflow: { uid: 65534, gid: 65500 }, note: null, nameOf: () => null });
     assert.deepEqual([e.uid.host, e.uid.fromHost, e.uid.why], [2000100, 2000100, []]);
     assert.deepEqual([e.gid.host, e.gid.fromHost, e.gid.foreignView], [null, 65500, 65500]);
     assert.deepEqual(e.gid.why, ['on-disk gid 100 is not in the gid_map of split (0 3000000 100): nothing can show it but as the overflow gid 65500, and nothing can write it']);
-    const root = explain({ path: '/srv/x', onDisk: { uid: 0, gid: 0 }, ctx: split, labelledPath: '/srv', view, caller: HOST_VIEW, overflow: { uid: 65534, gid: 65500 }, note: 'n', nameOf: () => null });
+    const root = explain({ path: '/srv/x', onDisk: { uid: 0, gid: 0 }, file: { ctx: split, view }, labelledPath: '/srv', caller: HOST_VIEW, overflow: { uid: 65534, gid: 65500 }, note: 'n', nameOf: () => null });
     assert.deepEqual([root.uid.fromHost, root.gid.fromHost, root.uid.foreignView, root.gid.foreignView], [65533, 65532, 65534, 65500]);
     assert.deepEqual([root.squash, root.note, root.parent], [{ mode: 'root', anonuid: 65533, anongid: 65532 }, 'n', 'host']);
   });
@@ -109,4 +109,22 @@ describe('unit: explain', () => {
     const unmapped = explain(input(backups, '0 2000000 65536', { uid: 70000, gid: 70000 }, other));
     assert.equal(unmapped.uid.why.length, 1, 'an id the host does not see either: only the map\'s own why, not the caller\'s');
   });
+  it('words each id in its own terms: the uid_map for a uid past it, the anongid for a squashed gid, no squash for root without squash', () => {
+    const split: Context = { ...context('split', 'root', '0 2000000 65536'), gidMap: m('0 3000000 100') };
+    const view = makeView('split', split.squash, m('0 2000000 65536'), m('0 3000000 100'));
+    const past = explain({ path: '/srv/x', onDisk: { uid: 70000, gid: 0 }, file: { ctx: split, view }, labelledPath: '/srv', caller: HOST_VIEW, overflow: OVERFLOW, note: null, nameOf: () => 'a name' });
+    assert.deepEqual(past.uid.why, ['on-disk uid 70000 is not in the uid_map of split (0 2000000 65536): nothing can show it but as the overflow uid 65534, and nothing can write it']);
+    assert.equal(past.uid.name, null, 'an id with no host id has no name, whatever userdb would say');
+    assert.equal(past.gid.why[0], 'split squashes root (mode root): from any other context its on-disk gid 0 shows as anongid 65532, and a foreign view leaves it unmapped (the overflow gid 65534) so that nobody can write as it');
+    const plain = context('plain', 'none', '0 2000000 65536');
+    const root = explain(input(plain, '0 2000000 65536', { uid: 0, gid: 0 }));
+    assert.deepEqual([root.uid.fromHost, root.uid.foreignView, root.uid.why, root.gid.why], [2000000, 2000000, [], []]);
+  });
+
+  it('a caller in the file\'s own context reading its overflow id is told nothing about its own view', () => {
+    const inside = makeView('backups', backups.squash, m('0 2000000 65536'), m('0 2000000 65536'));
+    const e = explain(input(backups, '0 2000000 65536', { uid: 65534, gid: 65534 }, inside));
+    assert.deepEqual([e.uid.fromCaller, e.uid.fromHost, e.uid.why], [65534, 2065534, []]);
+  });
+
 });

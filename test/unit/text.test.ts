@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { formatConfigError } from '../../config/ini.ts';
-import { MAX_MESSAGE_CHARS, MAX_SHOWN_CHARS, shown } from '../../config/text.ts';
+import { escapeControls, MAX_MESSAGE_CHARS, MAX_SHOWN_CHARS, shown } from '../../config/text.ts';
 
 const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/;
 
@@ -39,5 +39,12 @@ describe('formatConfigError: file text in check-config output', () => {
     assert.equal(fmt('m'.repeat(1024)), `/f: ${'m'.repeat(1024)}`);
     assert.equal(fmt('m'.repeat(1025)), `/f: ${'m'.repeat(1024)}…`);
     assert.equal(fmt('m'.repeat(100_000)), `/f: ${'m'.repeat(1024)}…`);
+  });
+
+  it('escapes by name what JSON leaves raw (DEL, C1, the line separators), and cuts only past the bound', () => {
+    assert.equal(shown('a\u0085b\u2028c\u007f'), '"a\\u0085b\\u2028c\\u007f"');
+    assert.equal(shown('x'.repeat(MAX_SHOWN_CHARS)), `"${'x'.repeat(MAX_SHOWN_CHARS)}"`, 'exactly the bound: whole, nothing said left out');
+    assert.equal(shown('x'.repeat(MAX_SHOWN_CHARS + 1)), `"${'x'.repeat(MAX_SHOWN_CHARS)}"… (1 more characters)`);
+    assert.equal(escapeControls('a\u001bb\u0085c\td\ne'), 'a\\u001bb\\u0085c\td\ne', 'tab and newline are layout, kept');
   });
 });

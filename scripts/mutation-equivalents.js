@@ -1,0 +1,38 @@
+// Mutants that survive because they change nothing a caller can observe (issue 27): each with one
+// line of why. scripts/mutation-report.js moves a survivor that matches an entry (same file,
+// mutator, original code and replacement — not the line, which moves) from "What survived" to
+// "Equivalent", and lists any entry that no longer matches a survivor, so this list cannot rot.
+// A mutant belongs here only when no input the module can be given tells it apart.
+export const EQUIVALENTS = [
+  { file: 'agent/coord/allocate.ts', mutator: 'StringLiteral', original: "'utf8'", replacement: '""', why: 'Hash.update with an empty encoding reads a string as UTF-8 anyway.' },
+  { file: 'agent/coord/allocate.ts', mutator: 'ArithmeticOperator', original: 'a.start - first', replacement: 'a.start + first', why: 'first is a multiple of size, so a.start ± first is a multiple of size exactly when a.start is.' },
+  { file: 'agent/coord/allocate.ts', mutator: 'EqualityOperator', original: 'k < count', replacement: 'k <= count', why: 'slot (start + count) % count is the first slot tried, already refused: one more try finds nothing new.' },
+  { file: 'agent/coord/pooldoc.ts', mutator: 'ArrayDeclaration', original: '[]', replacement: '["Stryker was here"]', why: 'Iterating a string gives one-character labels whose entry is undefined, which JSON.stringify leaves out.' },
+  { file: 'agent/coord/pooldoc.ts', mutator: 'ConditionalExpression', original: '!(label in ranges)', replacement: 'true', why: 'decide, forget and importAllocations never leave a label both valid and unreadable among ranges (a static claim can replace an unreadable static; a range cannot).' },
+  { file: 'agent/explain.ts', mutator: 'ConditionalExpression', original: 'caller.label !== HOST_LABEL', replacement: 'true', why: 'A host caller sees what the host sees: fromCaller equals fromHost, so the overflow test that follows is already false.' },
+  { file: 'agent/explain.ts', mutator: 'StringLiteral', original: "'foreign'", replacement: '""', why: 'viewPlan treats every mode but identity as foreign.' },
+  { file: 'agent/idmap.ts', mutator: 'ObjectLiteral', original: "{ mode: 'none', anonuid: 65534, anongid: 65534 }", replacement: '{}', why: 'The host view is never squashed: a mode that is neither all nor root acts as none, and its anonymous ids are never read.' },
+  { file: 'agent/idmap.ts', mutator: 'StringLiteral', original: "'none'", replacement: '""', why: 'As above: any mode but all or root is none.' },
+  { file: 'agent/idmap.ts', mutator: 'ArrayDeclaration', original: 'new Array<number>(ids.length)', replacement: 'new Array()', why: 'The array is filled in order from index 0: preallocating only saves reallocations.' },
+  { file: 'agent/idmap.ts', mutator: 'EqualityOperator', original: 'id >= e.inside + e.count', replacement: 'id > e.inside + e.count', why: 'For the id one past an extent the cut keeps the whole extent (before = count, after = -1): the same extent.' },
+  { file: 'config/extents.ts', mutator: 'ConditionalExpression', original: 'a.length !== b.length', replacement: 'false', why: 'A shortcut: maps of different lengths already differ in their sorted, joined extents.' },
+  { file: 'config/extents.ts', mutator: 'StringLiteral', original: "','", replacement: '""', why: 'Each extent prints as three numbers with two blanks, so joined without a separator the list still splits one way only.' },
+  { file: 'config/extents.ts', mutator: 'ConditionalExpression', original: 't <= at', replacement: 'false', why: 'An extent that ends before the cursor adds no gap and does not move it: skipping it is a shortcut.' },
+  { file: 'config/extents.ts', mutator: 'EqualityOperator', original: 't <= at', replacement: 't < at', why: 'As above, for the extent that ends exactly at the cursor.' },
+  { file: 'config/extents.ts', mutator: 'ConditionalExpression', original: 's >= end', replacement: 'false', why: 'An extent past the end adds the gap [at, end), the one the final check adds anyway, and moves the cursor past the end.' },
+  { file: 'config/extents.ts', mutator: 'EqualityOperator', original: 's >= end', replacement: 's > end', why: 'As above, for the extent that starts exactly at the end.' },
+  { file: 'config/extents.ts', mutator: 'ConditionalExpression', original: 'at >= end', replacement: 'false', why: 'Once the cursor is past the end, every later extent is skipped or breaks the loop: stopping early is a shortcut.' },
+  { file: 'config/extents.ts', mutator: 'EqualityOperator', original: 'at >= end', replacement: 'at > end', why: 'As above, for the cursor exactly at the end.' },
+  { file: 'config/ini.ts', mutator: 'ConditionalExpression', original: 'e.key !== null', replacement: 'true', why: 'shownName(null) is null (the pattern reads it as "null"), which the filter that follows drops.' },
+  { file: 'config/ini.ts', mutator: 'UnaryOperator', original: '-1', replacement: '+1', why: 'The loop\'s first value only has to be non-zero to enter it.' },
+  { file: 'config/ini.ts', mutator: 'ConditionalExpression', original: 'n < buf.length', replacement: 'true', why: 'A full buffer asks for 0 bytes, the read returns 0 and the loop stops: one more system call, the same text.' },
+  { file: 'config/ini.ts', mutator: 'EqualityOperator', original: 'n < buf.length', replacement: 'n <= buf.length', why: 'As above.' },
+  { file: 'config/ini.ts', mutator: 'MethodExpression', original: 'h[1].trim()', replacement: 'h[1]', why: 'ini.decode trims section names itself; the line scan trims its own copy.' },
+  { file: 'config/ini.ts', mutator: 'StringLiteral', original: "''", replacement: '"Stryker was here!"', why: 'currentName is read only under a section, and every header sets it first.' },
+  { file: 'config/ini.ts', mutator: 'LogicalOperator', original: "sectionValues && typeof sectionValues === 'object'", replacement: "sectionValues || typeof sectionValues === 'object'", why: 'ini.decode gives a section the scan found as an object without prototype: the key test alone decides.' },
+  { file: 'config/ini.ts', mutator: 'ConditionalExpression', original: "typeof sectionValues === 'object'", replacement: 'true', why: 'As above: a section the scan found is always an object in ini\'s result.' },
+  { file: 'config/untrusted.ts', mutator: 'ConditionalExpression', original: '!i', replacement: 'false', why: 'valibot reports at least one issue for every failed parse: the guard is for the type checker.' },
+  { file: 'config/untrusted.ts', mutator: 'StringLiteral', original: "'invalid'", replacement: '""', why: 'As above: never reached.' },
+  { file: 'config/text.ts', mutator: 'EqualityOperator', original: 'text.length > max', replacement: 'text.length >= max', why: 'slice(0, max) of a text of max characters is the text.' },
+  { file: 'config/text.ts', mutator: 'ConditionalExpression', original: 'text.length > max', replacement: 'true', why: 'slice(0, max) of a shorter text is the text.' },
+];
