@@ -5,11 +5,14 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { KOFFI_VERSION, koffiLoader } from '../../agent/kernel/ffi.ts';
+import { assertBuiltFromCurrentSources } from '../helpers/fresh.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const json = (path: string) => JSON.parse(readFileSync(`${ROOT}${path}`, 'utf8')) as { version: string; dependencies: Record<string, string> };
 
 describe('the upcall start-up', () => {
+  before(() => assertBuiltFromCurrentSources('dist/upcall.js', ['agent', 'config'], /\.ts$/));
+
   it('opens koffi\'s native module directly, at the version package.json pins', () => {
     assert.equal(json('package.json').dependencies.koffi, KOFFI_VERSION, 'agent/ffi.ts KOFFI_VERSION follows package.json');
     assert.equal(json('node_modules/koffi/package.json').version, KOFFI_VERSION);

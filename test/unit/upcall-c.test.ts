@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import fc from 'fast-check';
 import { formatPayload } from '../../agent/upcall.ts';
 import type { ResolveResult } from '../../agent/wire/protocol.ts';
+import { assertBuiltFromCurrentSources } from '../helpers/fresh.ts';
 
 const C_HANDLER = new URL('../../dist/usernsd-upcall', import.meta.url).pathname;
 const parse = (input: string | Buffer) => spawnSync(C_HANDLER, ['--parse-reply'], { input, encoding: 'utf8' });
@@ -28,6 +29,7 @@ describe('the C upcall handler reads replies', function () {
       if (process.env.CI) throw new Error('dist/usernsd-upcall was not built: .ci/run installs gcc');
       this.skip(); // built by npm run build when a C compiler is present
     }
+    assertBuiltFromCurrentSources('dist/usernsd-upcall', ['native'], /\.[ch]$/);
   });
 
   it('gives the Node handler\'s payload, byte for byte, for every result the agent can send', () => {
