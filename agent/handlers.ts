@@ -2,8 +2,8 @@
 import type { Logger } from 'pino';
 import { HOST_LABEL } from '../config/types.ts';
 import type { Context } from '../config/types.ts';
-import { isRoot, mayEnter, mayUse } from './auth.ts';
-import type { Peer } from './auth.ts';
+import { isRoot, mayEnter, mayUse } from './policy.ts';
+import type { Peer } from './wire/peer.ts';
 import { shown, shownName } from '../config/text.ts';
 import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';

@@ -2,7 +2,7 @@
 import { lstatSync, realpathSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { labelProblem } from '../config/schema.ts';
-import type { Peer } from './auth.ts';
+import type { Peer } from './wire/peer.ts';
 import { UsernsError } from './errors.ts';
 import { SysError } from './kernel/ffi.ts';
 import { getXattr, searchableAs } from './kernel/sys.ts';

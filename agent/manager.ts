@@ -2,8 +2,8 @@
 import type { Logger } from 'pino';
 import { formatConfigError } from '../config/ini.ts';
 import type { Context, LogLevel, Nss } from '../config/types.ts';
-import { isRoot, mayUse } from './auth.ts';
-import type { Peer } from './auth.ts';
+import { isRoot, mayUse } from './policy.ts';
+import type { Peer } from './wire/peer.ts';
 import { loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
 import { rangePool } from './rangepool.ts';
 import type { RangePool } from './rangepool.ts';

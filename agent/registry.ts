@@ -6,7 +6,7 @@ import { formatConfigError } from '../config/ini.ts';
 import type { HostMaps } from '../config/load.ts';
 import { HOST_LABEL } from '../config/types.ts';
 import type { ConfigError, Context } from '../config/types.ts';
-import type { Peer } from './auth.ts';
+import type { Peer } from './wire/peer.ts';
 import type { Configuration } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { HOST_VIEW, makeView } from './idmap.ts';

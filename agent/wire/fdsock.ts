@@ -5,7 +5,7 @@ import { chmodSync } from 'node:fs';
 import { createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { peerOf } from '../auth.ts';
+import { peerOf } from './peer.ts';
 import { UsernsError } from '../errors.ts';
 import { closeFd } from '../kernel/sys.ts';
 import { sendWithFds } from '../kernel/unixsock.ts';

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { NameIndex, idName, parseIdName } from '../../agent/names.ts';
 import { answer } from '../../agent/wire/userdb.ts';
-import type { Peer } from '../../agent/auth.ts';
+import type { Peer } from '../../agent/wire/peer.ts';
 import type { IdMap } from '../../config/types.ts';
 import { arbIdNear, arbMap, oracleLookup } from '../helpers/arbitraries.ts';
 

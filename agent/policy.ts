@@ -1,21 +1,7 @@
-// Who is asking (the kernel's word, never the message's) and what they may do (SPEC §6).
+// What a peer may do with a context (SPEC §6): pure rules over the identity the kernel gave
+// (agent/wire/peer.ts) and the context's owner and [access] lists.
 import type { Context } from '../config/types.ts';
-import { peerCred, peerGroups } from './kernel/sys.ts';
-
-/** A connected client as the kernel saw it at connect(2). */
-export type Peer = {
-  readonly pid: number;
-  readonly uid: number;
-  readonly gid: number;
-  /** Supplementary groups. */
-  readonly groups: readonly number[];
-};
-
-/** SO_PEERCRED and SO_PEERGROUPS of an accepted UNIX socket. */
-export function peerOf(fd: number): Peer {
-  const cred = peerCred(fd);
-  return { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups: peerGroups(fd) };
-}
+import type { Peer } from './wire/peer.ts';
 
 export function isRoot(peer: Peer): boolean {
   return peer.uid === 0;
