@@ -48,7 +48,11 @@ export type SystemIds = (agent: Pick<AgentConfig, 'subuid' | 'subgid'>) => Inter
 export const systemIds: SystemIds = (agent) => {
   const out: Interval[] = [];
   for (const f of [agent.subuid, agent.subgid]) {
-    try { for (const i of parseSubIds(readFileSync(f, 'utf8'))) out.push(i); } catch { /* absent: nothing delegated */ }
+    try {
+      for (const i of parseSubIds(readFileSync(f, 'utf8'))) out.push(i);
+    } catch {
+      /* absent: nothing delegated */
+    }
   }
   const { uids, gids } = enumerateIds();
   for (const id of [...uids, ...gids]) out.push({ start: id, end: id + 1 });
@@ -57,7 +61,11 @@ export const systemIds: SystemIds = (agent) => {
 
 function kernelOverflow(): { overflowuid: number; overflowgid: number } {
   const read = (name: string) => {
-    try { return Number(readFileSync(`/proc/sys/kernel/${name}`, 'utf8').trim()); } catch { return 65534; }
+    try {
+      return Number(readFileSync(`/proc/sys/kernel/${name}`, 'utf8').trim());
+    } catch {
+      return 65534;
+    }
   };
   return { overflowuid: read('overflowuid'), overflowgid: read('overflowgid') };
 }
@@ -137,15 +145,21 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
 
   // Who decides the auto ranges: this host (hash first, next free, recorded before use) or the
   // shared pool, whose decisions ranges.json holds; what it has not decided yet waits.
-  const pool = agent.coordinator === 'etcd'
-    ? { fresh: new Map<string, Allocation>(), statics: staticClaims(defs), ...fromSharedPool(agent, defs, opts.refused ?? new Map(), errors) }
-    : { pending: [], waiting: [], statics: [], coordinated: defs, ...fromLocalPool(agent, defs, opts, errors) };
+  const pool =
+    agent.coordinator === 'etcd'
+      ? { fresh: new Map<string, Allocation>(), statics: staticClaims(defs), ...fromSharedPool(agent, defs, opts.refused ?? new Map(), errors) }
+      : { pending: [], waiting: [], statics: [], coordinated: defs, ...fromLocalPool(agent, defs, opts, errors) };
   const { starts, fresh, kept, pending, waiting, statics, coordinated } = pool;
   const pinned = pinnedMaps(agent.pins);
   // A context the shared pool refuses is not kept at a last good version: that version is what it refuses.
   if (opts.refused?.size) inForce = new Map([...inForce].filter(([label]) => !opts.refused!.has(label)));
   const delegations = readDelegations(agent, nss, errors);
-  const { contexts, hostMaps, kept: keptContexts, notices } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations });
+  const {
+    contexts,
+    hostMaps,
+    kept: keptContexts,
+    notices,
+  } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations });
   const allocations = new Map<string, Allocation>();
   for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0].outside, size: c.autoSize });
   return {
@@ -195,7 +209,11 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], opts: Lo
 /** coordinator = etcd: this host's top-level static ranges, refused ones too (the pool says again whether they still conflict). */
 function staticClaims(defs: readonly ContextDef[]): StaticClaim[] {
   const out: StaticClaim[] = [];
-  for (const [label, h] of finishContexts(defs.filter((d) => d.autoSize === null), new Map(), []).hostMaps) {
+  for (const [label, h] of finishContexts(
+    defs.filter((d) => d.autoSize === null),
+    new Map(),
+    [],
+  ).hostMaps) {
     if (defs.find((x) => x.label === label)?.parent !== HOST_LABEL) continue;
     out.push({ label, intervals: mergeIntervals(outsideIntervals([...h.uid, ...h.gid])) });
   }
@@ -237,7 +255,11 @@ function fromSharedPool(agent: AgentConfig, defs: readonly ContextDef[], refused
   const gone = new Set(out);
   for (let grew = true; grew;) {
     grew = false;
-    for (const d of defs) if (!gone.has(d.label) && gone.has(d.parent)) { gone.add(d.label); grew = true; }
+    for (const d of defs)
+      if (!gone.has(d.label) && gone.has(d.parent)) {
+        gone.add(d.label);
+        grew = true;
+      }
   }
   const waiting = [...gone].filter((l) => !refused.has(l));
   return { starts, kept, pending, waiting, coordinated: defs.filter((d) => !gone.has(d.label)) };
@@ -254,7 +276,15 @@ export function readDelegations(agent: Pick<AgentConfig, 'subuid' | 'subgid'>, n
     try {
       const st = statSync(file);
       if (st.uid !== 0 || (st.mode & 0o022) !== 0) {
-        errors.push(configError(file, null, null, null, `delegates nothing: it must be owned by root and not writable by group or others (chown root ${file}; chmod go-w ${file})`));
+        errors.push(
+          configError(
+            file,
+            null,
+            null,
+            null,
+            `delegates nothing: it must be owned by root and not writable by group or others (chown root ${file}; chmod go-w ${file})`,
+          ),
+        );
         return [];
       }
       text = readFileSync(file, 'utf8');

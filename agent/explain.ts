@@ -34,7 +34,8 @@ export function explain(input: ExplainInput): Explanation {
     if (!input.file) {
       // No context: the ids are the host's own. Named only when they fall in a context's range.
       const seen = mapId(HOST_VIEW, caller, kind, onDisk, overflow);
-      if (seen === ov && onDisk !== ov) why.push(`host ${kind} ${onDisk} is not mapped in context ${caller.label} (yours): it shows there as the overflow ${kind} ${ov}`);
+      if (seen === ov && onDisk !== ov)
+        why.push(`host ${kind} ${onDisk} is not mapped in context ${caller.label} (yours): it shows there as the overflow ${kind} ${ov}`);
       return { onDisk, host: onDisk, name: input.nameOf(kind, onDisk), fromHost: onDisk, fromCaller: seen, identityView: onDisk, foreignView: onDisk, why };
     }
     const { ctx, view } = input.file;
@@ -42,12 +43,17 @@ export function explain(input: ExplainInput): Explanation {
     const squash = ctx.squash;
     const anon = kind === 'uid' ? squash.anonuid : squash.anongid;
     const map = kind === 'uid' ? ctx.uidMap : ctx.gidMap;
-    if (host === null) why.push(`on-disk ${kind} ${onDisk} is not in the ${kind}_map of ${ctx.label} (${formatExtents(map)}${ctx.parent !== HOST_LABEL ? `, through its parent ${ctx.parent}` : ''}): nothing can show it but as the overflow ${kind} ${ov}, and nothing can write it`);
+    if (host === null)
+      why.push(
+        `on-disk ${kind} ${onDisk} is not in the ${kind}_map of ${ctx.label} (${formatExtents(map)}${ctx.parent !== HOST_LABEL ? `, through its parent ${ctx.parent}` : ''}): nothing can show it but as the overflow ${kind} ${ov}, and nothing can write it`,
+      );
     const squashed = squash.mode === 'all' || (squash.mode === 'root' && onDisk === 0);
     if (squashed) {
-      why.push(squash.mode === 'all'
-        ? `${ctx.label} squashes all ids (mode all): from any other context every file shows as its anon${kind} ${anon}`
-        : `${ctx.label} squashes root (mode root): from any other context its on-disk ${kind} 0 shows as anon${kind} ${anon}, and a foreign view leaves it unmapped (the overflow ${kind} ${ov}) so that nobody can write as it`);
+      why.push(
+        squash.mode === 'all'
+          ? `${ctx.label} squashes all ids (mode all): from any other context every file shows as its anon${kind} ${anon}`
+          : `${ctx.label} squashes root (mode root): from any other context its on-disk ${kind} 0 shows as anon${kind} ${anon}, and a foreign view leaves it unmapped (the overflow ${kind} ${ov}) so that nobody can write as it`,
+      );
     }
     const fromHostId = mapId(view, HOST_VIEW, kind, onDisk, overflow);
     const fromCaller = mapId(view, caller, kind, onDisk, overflow);
@@ -57,15 +63,28 @@ export function explain(input: ExplainInput): Explanation {
     const hostMaps = { uid: view.uid!.byInside, gid: view.gid!.byInside };
     const id = viewPlan(hostMaps, squash, 'identity');
     const fo = viewPlan(hostMaps, squash, 'foreign');
-    const through = (plan: typeof id) => (plan.kind === 'force' ? (kind === 'uid' ? plan.uid : plan.gid) : lookup(plan.maps[kind], 'inside', onDisk) ?? ov);
+    const through = (plan: typeof id) => (plan.kind === 'force' ? (kind === 'uid' ? plan.uid : plan.gid) : (lookup(plan.maps[kind], 'inside', onDisk) ?? ov));
     return {
-      onDisk, host, name: host === null ? null : input.nameOf(kind, host),
-      fromHost: fromHostId, fromCaller, identityView: through(id), foreignView: through(fo), why,
+      onDisk,
+      host,
+      name: host === null ? null : input.nameOf(kind, host),
+      fromHost: fromHostId,
+      fromCaller,
+      identityView: through(id),
+      foreignView: through(fo),
+      why,
     };
   };
   return {
-    path: input.path, labelledPath: input.labelledPath, context: ctx?.label ?? null, parent: ctx?.parent ?? null,
+    path: input.path,
+    labelledPath: input.labelledPath,
+    context: ctx?.label ?? null,
+    parent: ctx?.parent ?? null,
     squash: ctx ? { mode: ctx.squash.mode, anonuid: ctx.squash.anonuid, anongid: ctx.squash.anongid } : null,
-    callerContext: caller.label, note: input.note, overflow, uid: one('uid'), gid: one('gid'),
+    callerContext: caller.label,
+    note: input.note,
+    overflow,
+    uid: one('uid'),
+    gid: one('gid'),
   };
 }

@@ -102,8 +102,16 @@ async function resolveSlow(agent: Agent, peer: Peer, label: string): Promise<P.R
 
 function resolvedResult(agent: Agent, peer: Peer, { ctx, pin }: Resolved): P.ResolveResult {
   return {
-    label: ctx.label, path: pin.path, parent: ctx.parent, owner: ctx.owner, uidMap: ctx.uidMap, gidMap: ctx.gidMap,
-    setgroups: ctx.setgroups, ino: pin.ino, created: pin.created, mayEnter: mayEnter(peer, agent.registry.topLevel(ctx)),
+    label: ctx.label,
+    path: pin.path,
+    parent: ctx.parent,
+    owner: ctx.owner,
+    uidMap: ctx.uidMap,
+    gidMap: ctx.gidMap,
+    setgroups: ctx.setgroups,
+    ino: pin.ino,
+    created: pin.created,
+    mayEnter: mayEnter(peer, agent.registry.topLevel(ctx)),
   };
 }
 
@@ -125,7 +133,16 @@ handle(P.list, (agent, peer) => {
   const contexts: P.ListEntry[] = [];
   for (const c of agent.registry.all()) {
     if (!mayUse(peer, c, agent.registry.ancestors(c))) continue;
-    contexts.push({ label: c.label, parent: c.parent, owner: c.owner, uidMap: c.uidMap, gidMap: c.gidMap, create: c.create, squash: c.squash.mode, pinned: agent.registry.isPinned(c.label) });
+    contexts.push({
+      label: c.label,
+      parent: c.parent,
+      owner: c.owner,
+      uidMap: c.uidMap,
+      gidMap: c.gidMap,
+      create: c.create,
+      squash: c.squash.mode,
+      pinned: agent.registry.isPinned(c.label),
+    });
   }
   return { contexts };
 });
@@ -145,11 +162,26 @@ handle(P.release, async (agent, peer, { label }) => {
 });
 
 handle(P.view, async (agent, peer, params, conn) => {
-  if (!conn.attach) throw new UsernsError('E_INVALID', 'view hands over a file descriptor: ask on the descriptor socket (usernsctl view and enter --view do; see usernsd-protocol(7))');
+  if (!conn.attach)
+    throw new UsernsError(
+      'E_INVALID',
+      'view hands over a file descriptor: ask on the descriptor socket (usernsctl view and enter --view do; see usernsd-protocol(7))',
+    );
   const source = agent.views.source(agent.registry, peer, params);
   const ctx = usable(agent, peer, source.label);
   const result = await agent.views.make(agent.registry, peer, conn, params, source, ctx);
-  agent.log.info({ label: ctx.label, src: result.src, mode: result.mode, mechanism: result.mechanism, purpose: params.purpose ?? 'mount', peerUid: peer.uid, peerPid: peer.pid }, 'Made a view');
+  agent.log.info(
+    {
+      label: ctx.label,
+      src: result.src,
+      mode: result.mode,
+      mechanism: result.mechanism,
+      purpose: params.purpose ?? 'mount',
+      peerUid: peer.uid,
+      peerPid: peer.pid,
+    },
+    'Made a view',
+  );
   agent.metrics.view(result.mechanism, params.purpose ?? 'mount');
   return result;
 });
@@ -168,21 +200,34 @@ handle(P.explain, (agent, peer, { path }) => {
   } catch (err) {
     if (!(err instanceof UsernsError && err.code === 'E_NOT_FOUND')) throw err;
   }
-  const ctx = found ? agent.registry.get(found.label) ?? null : null;
+  const ctx = found ? (agent.registry.get(found.label) ?? null) : null;
   const usableCtx = ctx && mayUse(peer, ctx, agent.registry.ancestors(ctx)) ? ctx : null;
   // SPEC §12: to a caller who may not use it, a context looks like one that does not exist.
   const hidden = `${found?.at} is labelled ${found?.label}, a context you may not use (or there is none): its ids are shown as the host's`;
-  const note = found && !usableCtx
-    ? (!isRoot(peer) ? hidden : ctx ? `${found.at} is labelled ${found.label}, a context you may not use: its ids are shown as the host's` : `${found.at} is labelled ${found.label}, but no context ${found.label} is configured: its ids are shown as the host's`)
-    : found ? null : 'no label on this path or its ancestors (up to a mount point): its ids are the host\'s own';
+  const note =
+    found && !usableCtx
+      ? !isRoot(peer)
+        ? hidden
+        : ctx
+          ? `${found.at} is labelled ${found.label}, a context you may not use: its ids are shown as the host's`
+          : `${found.at} is labelled ${found.label}, but no context ${found.label} is configured: its ids are shown as the host's`
+      : found
+        ? null
+        : "no label on this path or its ancestors (up to a mount point): its ids are the host's own";
   let callerLabel = HOST_LABEL;
   try {
     callerLabel = agent.registry.contextOfNamespace(statSync(`/proc/${peer.pid}/ns/user`).ino) ?? HOST_LABEL;
-  } catch { /* the caller is gone: judge from the host */ }
+  } catch {
+    /* the caller is gone: judge from the host */
+  }
   return explain({
-    path, onDisk: { uid: st.uid, gid: st.gid }, labelledPath: found?.at ?? null,
-    file: usableCtx ? { ctx: usableCtx, view: agent.registry.view(usableCtx.label) } : null, caller: agent.registry.view(callerLabel),
-    overflow: agent.registry.overflow, note,
+    path,
+    onDisk: { uid: st.uid, gid: st.gid },
+    labelledPath: found?.at ?? null,
+    file: usableCtx ? { ctx: usableCtx, view: agent.registry.view(usableCtx.label) } : null,
+    caller: agent.registry.view(callerLabel),
+    overflow: agent.registry.overflow,
+    note,
     nameOf: (kind, host) => {
       const n = agent.registry.names().byHost(kind, host);
       const owner = n ? agent.registry.get(n.label) : undefined;
@@ -223,7 +268,11 @@ export function handleRequest(agent: Agent, conn: Connection, data: unknown): Re
     if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
     const params = P.checkParams(entry.method, req.params);
     const result = entry.fn(agent, peer, params, conn);
-    if (result instanceof Promise) return result.then((r) => succeeded(agent, peer, data, req.id, req.method, r, started), (err: unknown) => failed(agent, peer, data, req.id, req.method, err, started));
+    if (result instanceof Promise)
+      return result.then(
+        (r) => succeeded(agent, peer, data, req.id, req.method, r, started),
+        (err: unknown) => failed(agent, peer, data, req.id, req.method, err, started),
+      );
     return succeeded(agent, peer, data, req.id, req.method, result, started);
   } catch (err) {
     return failed(agent, peer, data, id, method, err, started);
@@ -247,7 +296,15 @@ function failed(agent: Agent, peer: Peer, data: unknown, id: P.RequestId | null,
   const ms = +elapsed.toFixed(3);
   // Nothing a client sent reaches the log unbounded: its method name only when it is one of ours.
   const known = method !== undefined && table.has(method) ? method : undefined;
-  const fields = { id, method: known ?? (method === undefined ? undefined : shown(method)), peerUid: peer.uid, peerPid: peer.pid, code: e.code, ms, label: labelOf(data) };
+  const fields = {
+    id,
+    method: known ?? (method === undefined ? undefined : shown(method)),
+    peerUid: peer.uid,
+    peerPid: peer.pid,
+    code: e.code,
+    ms,
+    label: labelOf(data),
+  };
   if (e.code === 'E_INTERNAL') agent.log.error({ ...fields, err }, `Failed to serve ${known ?? 'a request'}: ${(err as Error)?.message ?? err}`);
   else agent.logClientFailure(peer, fields, `Failed to serve ${known ?? 'a request'}: ${e.message}`, levelOf(e.code));
   return { id, error: { code: e.code, message: e.message } };

@@ -83,9 +83,7 @@ export type ViewMaps = { readonly uid: IdMap; readonly gid: IdMap };
  * (and bindfs, when it is one offset). `force`: every file shows as one owner — all squash, which
  * no idmapping can be — and only bindfs makes it.
  */
-export type ViewPlan =
-  | { readonly kind: 'idmap'; readonly maps: ViewMaps }
-  | { readonly kind: 'force'; readonly uid: number; readonly gid: number };
+export type ViewPlan = { readonly kind: 'idmap'; readonly maps: ViewMaps } | { readonly kind: 'force'; readonly uid: number; readonly gid: number };
 
 /**
  * The view of a context whose ids reach the host through `host` (its chain already composed).

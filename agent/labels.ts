@@ -26,7 +26,7 @@ export function peerCanReach(peer: Peer, dir: string): boolean {
   for (let i = 0; i <= parts.length; i++) {
     const d = '/' + parts.slice(0, i).join('/');
     const st = statSync(d);
-    const bits = peer.uid === st.uid ? (st.mode >> 6) : (peer.gid === st.gid || peer.groups.includes(st.gid)) ? (st.mode >> 3) : st.mode;
+    const bits = peer.uid === st.uid ? st.mode >> 6 : peer.gid === st.gid || peer.groups.includes(st.gid) ? st.mode >> 3 : st.mode;
     if ((bits & 1) === 0) return false;
   }
   return true;
@@ -59,7 +59,8 @@ export function findLabel(path: string, xattr: string, peer: Peer): Found {
     try {
       value = getXattr(at, xattr);
     } catch (err) {
-      if (err instanceof SysError && (err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP')) value = null; // this filesystem holds no such attribute
+      if (err instanceof SysError && (err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP'))
+        value = null; // this filesystem holds no such attribute
       else throw new UsernsError('E_KERNEL', `Failed to read ${xattr} of ${at}: ${(err as Error).message}`);
     }
     if (value !== null) {
@@ -69,7 +70,10 @@ export function findLabel(path: string, xattr: string, peer: Peer): Found {
       return { label, at };
     }
     if (at === '/' || mounts.has(at)) {
-      throw new UsernsError('E_NOT_FOUND', `no ${xattr} label on ${path} or its ancestors up to ${at}${at === '/' ? '' : ' (a mount point: the walk does not cross it)'}`);
+      throw new UsernsError(
+        'E_NOT_FOUND',
+        `no ${xattr} label on ${path} or its ancestors up to ${at}${at === '/' ? '' : ' (a mount point: the walk does not cross it)'}`,
+      );
     }
     at = dirname(at);
   }

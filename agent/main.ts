@@ -69,7 +69,11 @@ async function serve(configFile: string | null, logLevel: LogLevel | undefined):
   let manager: Manager | null = null;
   const stop = new Promise<void>((resolve) => {
     // `on`, not `once`: Ctrl-C reaches both npm start and the agent, and a second signal must not kill the drain.
-    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => { log.info({ signal: sig }, 'Signal received'); resolve(); });
+    for (const sig of ['SIGTERM', 'SIGINT'] as const)
+      process.on(sig, () => {
+        log.info({ signal: sig }, 'Signal received');
+        resolve();
+      });
   });
   process.on('SIGHUP', () => {
     if (!manager) return log.warn('SIGHUP during start-up: the configuration is being loaded already');

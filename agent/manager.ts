@@ -85,7 +85,11 @@ export class Manager implements Agent {
   private constructor(opts: ManagerOptions, config: Configuration) {
     this.opts = opts;
     this.log = opts.log;
-    this.notifyFn = opts.notify ?? ((state) => { sdNotify(state); });
+    this.notifyFn =
+      opts.notify ??
+      ((state) => {
+        sdNotify(state);
+      });
     this.metrics = new Metrics(METHOD_NAMES, {
       contextStates: () => {
         const out: Record<string, number> = { 'not created': 0, pinned: 0, drift: 0, stale: 0, orphan: 0 };
@@ -101,12 +105,26 @@ export class Manager implements Agent {
       this.count('created');
       this.metrics.created(ms);
       this.pool.pinsChanged();
-      this.log.info({ label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) }, by ? 'Created user namespace' : 'Created user namespace (eager)');
+      this.log.info(
+        { label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) },
+        by ? 'Created user namespace' : 'Created user namespace (eager)',
+      );
     });
     this.people.rebuild(config.contexts.values());
     this.limiter = new LogLimiter(opts.log, (uid) => this.people.of(uid));
-    this.server = new IpcServer({ path: config.agent.socket, log: opts.log, limiter: this.limiter, people: this.people, onRequest: (conn, data) => handleRequest(this, conn, data) });
-    this.fdServer = new FdServer({ path: fdSocketPath(config.agent.socket), log: opts.log, people: this.people, onRequest: (conn, data) => handleRequest(this, conn, data) });
+    this.server = new IpcServer({
+      path: config.agent.socket,
+      log: opts.log,
+      limiter: this.limiter,
+      people: this.people,
+      onRequest: (conn, data) => handleRequest(this, conn, data),
+    });
+    this.fdServer = new FdServer({
+      path: fdSocketPath(config.agent.socket),
+      log: opts.log,
+      people: this.people,
+      onRequest: (conn, data) => handleRequest(this, conn, data),
+    });
     this.views = new Views(config.agent.state, this.registry.namespaces.maker);
     this.pool = rangePool(config, opts.log, {
       config: () => this.registry.configuration,
@@ -114,17 +132,21 @@ export class Manager implements Agent {
       pinned: () => [...this.registry.all()].filter((c) => this.registry.isPinned(c.label)).map((c) => c.label),
       systemIds: opts.systemIds ?? systemIds,
     });
-    this.userdb = config.agent.userdb ? new UserdbServer({
-      path: config.agent.userdbSocket, log: opts.log, people: this.people,
-      source: {
-        index: () => this.registry.names(),
-        mayKnow: (peer, label) => {
-          const ctx = this.registry.get(label);
-          return ctx !== undefined && mayUse(peer, ctx, this.registry.ancestors(ctx));
-        },
-        served: (kind, outcome) => this.metrics.userdbLookup(kind, outcome),
-      },
-    }) : null;
+    this.userdb = config.agent.userdb
+      ? new UserdbServer({
+          path: config.agent.userdbSocket,
+          log: opts.log,
+          people: this.people,
+          source: {
+            index: () => this.registry.names(),
+            mayKnow: (peer, label) => {
+              const ctx = this.registry.get(label);
+              return ctx !== undefined && mayUse(peer, ctx, this.registry.ancestors(ctx));
+            },
+            served: (kind, outcome) => this.metrics.userdbLookup(kind, outcome),
+          },
+        })
+      : null;
   }
 
   /** The HTTP listener for Prometheus, when usernsd.conf asks for one; like userdb, never fatal. */
@@ -135,7 +157,10 @@ export class Manager implements Agent {
       this.metricsHttp = await listenMetrics(this.metrics, at.host, at.port, this.log);
       this.log.info({ host: at.host, port: at.port }, 'Serving metrics over HTTP at /metrics');
     } catch (err) {
-      this.log.error({ host: at.host, port: at.port }, `Failed to serve metrics over HTTP: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; usernsctl metrics still answers (under systemd, see usernsd.conf(5) for the drop-in a listener needs)`);
+      this.log.error(
+        { host: at.host, port: at.port },
+        `Failed to serve metrics over HTTP: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; usernsctl metrics still answers (under systemd, see usernsd.conf(5) for the drop-in a listener needs)`,
+      );
     }
   }
 
@@ -146,7 +171,10 @@ export class Manager implements Agent {
       await this.userdb.listen();
       this.log.info({ socket: this.registry.agent.userdbSocket, service: this.userdb.service }, 'Serving names through userdb');
     } catch (err) {
-      this.log.error({ socket: this.registry.agent.userdbSocket }, `Failed to serve names through userdb: ${(err as Error).message}; ids show as numbers (set userdb = no in usernsd.conf to stop trying)`);
+      this.log.error(
+        { socket: this.registry.agent.userdbSocket },
+        `Failed to serve names through userdb: ${(err as Error).message}; ids show as numbers (set userdb = no in usernsd.conf to stop trying)`,
+      );
     }
   }
 
@@ -166,7 +194,10 @@ export class Manager implements Agent {
       ensureStateDir(this.registry.agent.state);
       writeInForce(this.registry.agent.state, this.registry.all());
     } catch (err) {
-      this.log.error({ err: (err as Error).message }, `Failed to record the contexts in force: ${(err as Error).message}; after a restart, files are admitted in name order`);
+      this.log.error(
+        { err: (err as Error).message },
+        `Failed to record the contexts in force: ${(err as Error).message}; after a restart, files are admitted in name order`,
+      );
     }
   }
 
@@ -185,7 +216,11 @@ export class Manager implements Agent {
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();
     // A shared pool first: what etcd decides (within its timeout) is in the configuration adopted and created.
-    if (!(await m.pool.settle())) m.log.warn({ waiting: m.registry.configuration.waiting }, 'Starting without the shared pool\'s answer for some contexts: they are served once etcd answers');
+    if (!(await m.pool.settle()))
+      m.log.warn(
+        { waiting: m.registry.configuration.waiting },
+        "Starting without the shared pool's answer for some contexts: they are served once etcd answers",
+      );
     const wiring = m.checkUpcall(); // a few ms in request-key, alongside adoption and creation
     for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const n of config.notices) m.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
@@ -193,7 +228,15 @@ export class Manager implements Agent {
     for (const a of await m.registry.adopt()) {
       if (a.status !== 'ok') m.log.warn({ label: a.label, status: a.status }, `Pin ${a.path}: ${a.message}`);
     }
-    m.log.info({ contexts: config.contexts.size, pins: m.registry.adoption.length, mountNamespace: m.registry.namespaces.mountNs ?? 'own', ms: +(performance.now() - started).toFixed(1) }, 'Adopted existing pins');
+    m.log.info(
+      {
+        contexts: config.contexts.size,
+        pins: m.registry.adoption.length,
+        mountNamespace: m.registry.namespaces.mountNs ?? 'own',
+        ms: +(performance.now() - started).toFixed(1),
+      },
+      'Adopted existing pins',
+    );
     await m.createEager();
     await wiring;
     await m.server.listen();
@@ -214,7 +257,10 @@ export class Manager implements Agent {
   private static refuseNewerFormats(agent: AgentConfig): void {
     const newer = [...newerStateFiles(agent.state), newerRecordFormat(join(agent.pins, RECORDS_DIR))].filter((p) => p !== null);
     if (newer.length === 0) return;
-    throw new UsernsError('E_CONFIG', `${newer.join('\n')}\nRefusing to start rather than guess: run the newer usernsd again, or see usernsd(8) UPGRADES for going back to an older one`);
+    throw new UsernsError(
+      'E_CONFIG',
+      `${newer.join('\n')}\nRefusing to start rather than guess: run the newer usernsd again, or see usernsd(8) UPGRADES for going back to an older one`,
+    );
   }
 
   /**
@@ -230,7 +276,10 @@ export class Manager implements Agent {
           await this.registry.resolve(c.label);
         } catch (err) {
           const code = err instanceof UsernsError ? err.code : 'E_INTERNAL';
-          this.log.error({ label: c.label, code, err: err instanceof UsernsError ? undefined : err }, `Failed to create eager context ${c.label}: ${(err as Error).message}`);
+          this.log.error(
+            { label: c.label, code, err: err instanceof UsernsError ? undefined : err },
+            `Failed to create eager context ${c.label}: ${(err as Error).message}`,
+          );
         }
       }
     };
@@ -272,7 +321,7 @@ export class Manager implements Agent {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ECONNREFUSED') {
         this.notifyGone = true;
-        this.log.info({ err: (err as Error).message }, 'The supervisor\'s notify socket is gone (it waited for readiness only): no further notifications');
+        this.log.info({ err: (err as Error).message }, "The supervisor's notify socket is gone (it waited for readiness only): no further notifications");
         return;
       }
       this.log.warn({ err: (err as Error).message }, 'Failed to notify the supervisor (NOTIFY_SOCKET)');
@@ -297,7 +346,7 @@ export class Manager implements Agent {
       const n = invalidateIssuedKeys(new Set(labels));
       if (n > 0) this.log.info({ labels, keys: n }, `Invalidated ${n} cached upcall key(s): ${why}`);
     } catch (err) {
-      this.log.debug({ labels, err: (err as Error).message }, 'Cannot reach the upcall\'s keys (no persistent keyrings?): they stay until they expire');
+      this.log.debug({ labels, err: (err as Error).message }, "Cannot reach the upcall's keys (no persistent keyrings?): they stay until they expire");
     }
   }
 
@@ -358,7 +407,8 @@ export class Manager implements Agent {
     this.metrics.reloaded(config.errors.length > 0 ? 'partial' : 'ok');
     const atStart = ['socket', 'pins', 'state', 'mountNamespace', 'spawner', 'userdb', 'userdbSocket', 'metricsListen', 'coordinator', 'etcd'] as const;
     for (const key of atStart) {
-      if (JSON.stringify(config.agent[key]) !== JSON.stringify(before[key])) this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
+      if (JSON.stringify(config.agent[key]) !== JSON.stringify(before[key]))
+        this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
     }
     const kept = Object.fromEntries(atStart.map((k) => [k, before[k]]));
     const diff = this.registry.apply({ ...config, agent: { ...config.agent, ...kept } });
@@ -393,7 +443,10 @@ export class Manager implements Agent {
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
     await this.checkUpcall(); // an admin who wired the upcall reloads to see it taken
     this.log.level = this.opts.logLevel ?? config.agent.logLevel;
-    this.log.info({ source, contexts: this.registry.size, ...diff, errors: errors.length, ms: +(performance.now() - started).toFixed(1) }, 'Reloaded configuration');
+    this.log.info(
+      { source, contexts: this.registry.size, ...diff, errors: errors.length, ms: +(performance.now() - started).toFixed(1) },
+      'Reloaded configuration',
+    );
     return { contexts: this.registry.size, ...diff, errors };
   }
 
@@ -470,7 +523,11 @@ export class Manager implements Agent {
       await this.pool.close();
       await this.userdb?.close();
       const http = this.metricsHttp;
-      if (http) await new Promise((r) => { http.close(r); http.closeAllConnections(); });
+      if (http)
+        await new Promise((r) => {
+          http.close(r);
+          http.closeAllConnections();
+        });
       this.views.close();
       this.registry.namespaces.close();
       this.limiter.close();

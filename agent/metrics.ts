@@ -43,35 +43,131 @@ export class Metrics {
     const counts = this.counts;
     const latency = this.latency;
     const plain = (name: string, help: string, type: 'counter' | 'histogram', values: () => object[], reset: () => void) =>
-      this.registry.registerMetric({ name, help, type, aggregator: 'sum', get: async () => ({ name, help, type, aggregator: 'sum', values: values() }), reset } as unknown as Metric);
-    plain('usernsd_requests_total', 'Requests answered, by method ("invalid" for a name the agent does not serve) and code ("ok" or the error code).', 'counter',
-      () => [...counts.values()].map((c) => ({ labels: { method: c.method, code: c.code }, value: c.n })), () => counts.clear());
+      this.registry.registerMetric({
+        name,
+        help,
+        type,
+        aggregator: 'sum',
+        get: async () => ({ name, help, type, aggregator: 'sum', values: values() }),
+        reset,
+      } as unknown as Metric);
+    plain(
+      'usernsd_requests_total',
+      'Requests answered, by method ("invalid" for a name the agent does not serve) and code ("ok" or the error code).',
+      'counter',
+      () => [...counts.values()].map((c) => ({ labels: { method: c.method, code: c.code }, value: c.n })),
+      () => counts.clear(),
+    );
     const h = 'usernsd_request_duration_seconds';
-    plain(h, 'Time from a request read to its reply written, by method.', 'histogram', () => [...latency].flatMap(([method, l]) => {
-      let acc = 0;
-      return [
-        ...LATENCY_BUCKETS.map((le, i) => ({ labels: { le, method }, value: (acc += l.buckets[i]), metricName: `${h}_bucket` })),
-        { labels: { le: '+Inf', method }, value: l.count, metricName: `${h}_bucket` },
-        { labels: { method }, value: l.sum, metricName: `${h}_sum` },
-        { labels: { method }, value: l.count, metricName: `${h}_count` },
-      ];
-    }), () => latency.clear());
+    plain(
+      h,
+      'Time from a request read to its reply written, by method.',
+      'histogram',
+      () =>
+        [...latency].flatMap(([method, l]) => {
+          let acc = 0;
+          return [
+            ...LATENCY_BUCKETS.map((le, i) => ({ labels: { le, method }, value: (acc += l.buckets[i]), metricName: `${h}_bucket` })),
+            { labels: { le: '+Inf', method }, value: l.count, metricName: `${h}_bucket` },
+            { labels: { method }, value: l.sum, metricName: `${h}_sum` },
+            { labels: { method }, value: l.count, metricName: `${h}_count` },
+          ];
+        }),
+      () => latency.clear(),
+    );
     this.namespaces = new Counter({ name: 'usernsd_namespaces_total', help: 'User namespaces created and released.', labelNames: ['event'], registers });
-    this.createLatency = new Histogram({ name: 'usernsd_namespace_create_duration_seconds', help: 'Time to create, map, check and pin one namespace.', buckets: CREATE_BUCKETS, registers });
-    this.reloads = new Counter({ name: 'usernsd_reloads_total', help: 'Reloads, by outcome: ok (put in force as written), partial (put in force, some context files refused) or failed (the settings file has errors: nothing changed).', labelNames: ['outcome'], registers });
-    this.upcalls = new Counter({ name: 'usernsd_upcalls_total', help: 'request-key upcalls that reached the agent, by outcome: answered or rejected.', labelNames: ['outcome'], registers });
-    this.userdb = new Counter({ name: 'usernsd_userdb_lookups_total', help: 'userdb lookups (nss-systemd), by kind (user, group, memberships, other) and outcome (found, none, bad; an id of a context the caller may not use counts as none).', labelNames: ['kind', 'outcome'], registers });
-    this.viewsMade = new Counter({ name: 'usernsd_views_total', help: 'Views made, by mechanism (idmapped, bindfs) and purpose (mount, enter).', labelNames: ['mechanism', 'purpose'], registers });
-    new Gauge({ name: 'usernsd_contexts', help: 'Contexts by state: not created, pinned, drift, stale, orphan.', labelNames: ['state'], registers, collect() {
-      this.reset();
-      for (const [state, n] of Object.entries(source.contextStates())) this.set({ state }, n);
-    } });
-    new Gauge({ name: 'usernsd_connections', help: 'Connections open on the main socket.', registers, collect() { this.set(source.connections()); } });
-    new Gauge({ name: 'usernsd_config_errors', help: 'Problems in the configuration as last loaded.', registers, collect() { this.set(source.configErrors()); } });
-    new Gauge({ name: 'usernsd_views_recorded', help: 'Views made through the agent and recorded for view --list.', registers, collect() { this.set(source.views().recorded); } });
-    new Gauge({ name: 'usernsd_view_namespaces', help: 'User namespaces carrying views\' idmaps that the agent holds open.', registers, collect() { this.set(source.views().namespaces); } });
-    new Gauge({ name: 'usernsd_coordinator_reachable', help: 'coordinator = etcd: 1 when etcd answered the last request, else 0 (absent for a local pool).', registers, collect() { const c = source.coordinator(); this.reset(); if (c) this.set(c.reachable ? 1 : 0); } });
-    new Gauge({ name: 'usernsd_coordinator_waiting', help: 'coordinator = etcd: contexts waiting for their range from etcd.', registers, collect() { const c = source.coordinator(); this.reset(); if (c) this.set(c.waiting); } });
+    this.createLatency = new Histogram({
+      name: 'usernsd_namespace_create_duration_seconds',
+      help: 'Time to create, map, check and pin one namespace.',
+      buckets: CREATE_BUCKETS,
+      registers,
+    });
+    this.reloads = new Counter({
+      name: 'usernsd_reloads_total',
+      help: 'Reloads, by outcome: ok (put in force as written), partial (put in force, some context files refused) or failed (the settings file has errors: nothing changed).',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.upcalls = new Counter({
+      name: 'usernsd_upcalls_total',
+      help: 'request-key upcalls that reached the agent, by outcome: answered or rejected.',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.userdb = new Counter({
+      name: 'usernsd_userdb_lookups_total',
+      help: 'userdb lookups (nss-systemd), by kind (user, group, memberships, other) and outcome (found, none, bad; an id of a context the caller may not use counts as none).',
+      labelNames: ['kind', 'outcome'],
+      registers,
+    });
+    this.viewsMade = new Counter({
+      name: 'usernsd_views_total',
+      help: 'Views made, by mechanism (idmapped, bindfs) and purpose (mount, enter).',
+      labelNames: ['mechanism', 'purpose'],
+      registers,
+    });
+    new Gauge({
+      name: 'usernsd_contexts',
+      help: 'Contexts by state: not created, pinned, drift, stale, orphan.',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [state, n] of Object.entries(source.contextStates())) this.set({ state }, n);
+      },
+    });
+    new Gauge({
+      name: 'usernsd_connections',
+      help: 'Connections open on the main socket.',
+      registers,
+      collect() {
+        this.set(source.connections());
+      },
+    });
+    new Gauge({
+      name: 'usernsd_config_errors',
+      help: 'Problems in the configuration as last loaded.',
+      registers,
+      collect() {
+        this.set(source.configErrors());
+      },
+    });
+    new Gauge({
+      name: 'usernsd_views_recorded',
+      help: 'Views made through the agent and recorded for view --list.',
+      registers,
+      collect() {
+        this.set(source.views().recorded);
+      },
+    });
+    new Gauge({
+      name: 'usernsd_view_namespaces',
+      help: "User namespaces carrying views' idmaps that the agent holds open.",
+      registers,
+      collect() {
+        this.set(source.views().namespaces);
+      },
+    });
+    new Gauge({
+      name: 'usernsd_coordinator_reachable',
+      help: 'coordinator = etcd: 1 when etcd answered the last request, else 0 (absent for a local pool).',
+      registers,
+      collect() {
+        const c = source.coordinator();
+        this.reset();
+        if (c) this.set(c.reachable ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'usernsd_coordinator_waiting',
+      help: 'coordinator = etcd: contexts waiting for their range from etcd.',
+      registers,
+      collect() {
+        const c = source.coordinator();
+        this.reset();
+        if (c) this.set(c.waiting);
+      },
+    });
     collectDefaultMetrics({ register: this.registry, prefix: 'usernsd_' });
     // prom-client also exports each of its per-type gauges summed, as a gauge named *_total, which
     // Prometheus reserves for counters (promtool check metrics rejects them). The sum is
@@ -157,10 +253,13 @@ export async function listenMetrics(metrics: Metrics, host: string, port: number
       res.writeHead(404, { 'content-type': 'text/plain' }).end('usernsd serves /metrics only\n');
       return;
     }
-    metrics.text().then((body) => res.writeHead(200, { 'content-type': metrics.contentType }).end(body), (err: Error) => {
-      log.error({ err: err.message }, 'Failed to collect metrics');
-      res.writeHead(500).end();
-    });
+    metrics.text().then(
+      (body) => res.writeHead(200, { 'content-type': metrics.contentType }).end(body),
+      (err: Error) => {
+        log.error({ err: err.message }, 'Failed to collect metrics');
+        res.writeHead(500).end();
+      },
+    );
   });
   server.requestTimeout = 5000;
   server.headersTimeout = 5000;

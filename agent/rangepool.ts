@@ -73,7 +73,8 @@ class LocalPool implements RangePool {
 
   list(): Promise<RangesResult> {
     const host = hostname();
-    const ranges: RangeRecord[] = [...readAllocations(this.stateDir())].sort(([a], [b]) => a.localeCompare(b))
+    const ranges: RangeRecord[] = [...readAllocations(this.stateDir())]
+      .sort(([a], [b]) => a.localeCompare(b))
       .map(([label, a]) => ({ label, kind: 'auto', ranges: [{ start: a.start, end: a.start + a.size }], decided: 'local', by: host, at: null }));
     return Promise.resolve({ coordinator: 'local', ranges });
   }
@@ -134,8 +135,22 @@ export class SharedPool implements RangePool {
   async list(): Promise<RangesResult> {
     const { doc } = await this.coord.read();
     const ranges: RangeRecord[] = [
-      ...Object.entries(doc.ranges).map(([label, r]): RangeRecord => ({ label, kind: 'auto', ranges: [{ start: r.start, end: r.start + r.size }], decided: 'etcd', by: r.by, at: r.at })),
-      ...Object.entries(doc.statics).map(([label, st]): RangeRecord => ({ label, kind: 'static', ranges: st.intervals.map((i) => ({ start: i.start, end: i.end })), decided: 'etcd', by: st.by, at: st.at })),
+      ...Object.entries(doc.ranges).map(([label, r]): RangeRecord => ({
+        label,
+        kind: 'auto',
+        ranges: [{ start: r.start, end: r.start + r.size }],
+        decided: 'etcd',
+        by: r.by,
+        at: r.at,
+      })),
+      ...Object.entries(doc.statics).map(([label, st]): RangeRecord => ({
+        label,
+        kind: 'static',
+        ranges: st.intervals.map((i) => ({ start: i.start, end: i.end })),
+        decided: 'etcd',
+        by: st.by,
+        at: st.at,
+      })),
     ].sort((a, b) => a.label.localeCompare(b.label) || a.kind.localeCompare(b.kind));
     return { coordinator: 'etcd', ranges };
   }
@@ -155,7 +170,9 @@ export class SharedPool implements RangePool {
 
   /** One settle at a time; true when nothing waits for etcd any more. */
   settle(): Promise<boolean> {
-    this.inflight ??= this.settleOnce().finally(() => { this.inflight = null; });
+    this.inflight ??= this.settleOnce().finally(() => {
+      this.inflight = null;
+    });
     return this.inflight;
   }
 
@@ -179,7 +196,10 @@ export class SharedPool implements RangePool {
     let changed = false;
     for (const [label, a] of r.decided) {
       const had = recorded.get(label);
-      if (!had || had.start !== a.start || had.size !== a.size) { recorded.set(label, a); changed = true; }
+      if (!had || had.start !== a.start || had.size !== a.size) {
+        recorded.set(label, a);
+        changed = true;
+      }
     }
     if (changed) {
       ensureStateDir(cfg.agent.state);
@@ -188,7 +208,8 @@ export class SharedPool implements RangePool {
     const refused = new Map(r.conflicts.map((c) => [c.label, c.message]));
     const refusalsChanged = refused.size !== this.refused.size || [...refused].some(([l, m]) => this.refused.get(l) !== m);
     if (refusalsChanged) {
-      for (const [label, why] of refused) if (this.refused.get(label) !== why) this.log.error({ label, coordinator: 'etcd' }, `Shared pool refuses context ${label}: ${why}`);
+      for (const [label, why] of refused)
+        if (this.refused.get(label) !== why) this.log.error({ label, coordinator: 'etcd' }, `Shared pool refuses context ${label}: ${why}`);
       this.refused.clear();
       for (const [l, m] of refused) this.refused.set(l, m);
     }
@@ -213,7 +234,9 @@ export class SharedPool implements RangePool {
     if (this.closed || this.publishTimer) return;
     this.publishTimer = setTimeout(() => {
       this.publishTimer = null;
-      this.coord.publishPinned(this.hooks.pinned()).catch((err: Error) => this.log.warn({ coordinator: 'etcd' }, `Shared pool: cannot publish this host's pins: ${err.message}`));
+      this.coord
+        .publishPinned(this.hooks.pinned())
+        .catch((err: Error) => this.log.warn({ coordinator: 'etcd' }, `Shared pool: cannot publish this host's pins: ${err.message}`));
     }, PUBLISH_DEBOUNCE_MS);
     this.publishTimer.unref();
   }

@@ -51,11 +51,19 @@ export class Registry {
     this.namespaces = new Namespaces({ pinsDir: config.agent.pins, mountNs: pinMountNamespace(config.agent.mountNamespace), spawner: config.agent.spawner });
   }
 
-  get agent() { return this.config.agent; }
+  get agent() {
+    return this.config.agent;
+  }
   /** The configuration in force, as loaded. */
-  get configuration(): Configuration { return this.config; }
-  get errors(): readonly ConfigError[] { return this.config.errors; }
-  get overflow(): Overflow { return { uid: this.config.agent.overflowuid, gid: this.config.agent.overflowgid }; }
+  get configuration(): Configuration {
+    return this.config;
+  }
+  get errors(): readonly ConfigError[] {
+    return this.config.errors;
+  }
+  get overflow(): Overflow {
+    return { uid: this.config.agent.overflowuid, gid: this.config.agent.overflowgid };
+  }
 
   get(label: string): Context | undefined {
     return this.contexts.get(label);
@@ -97,7 +105,10 @@ export class Registry {
     const ctx = this.contexts.get(label);
     if (ctx) return ctx;
     if (this.config.waiting.includes(label)) {
-      throw new UsernsError('E_UNAVAILABLE', `context "${label}" waits for its range from the shared pool (etcd), which has not answered: it is created once etcd answers (usernsctl status shows the coordinator)`);
+      throw new UsernsError(
+        'E_UNAVAILABLE',
+        `context "${label}" waits for its range from the shared pool (etcd), which has not answered: it is created once etcd answers (usernsctl status shows the coordinator)`,
+      );
     }
     const why = this.errorOf(label);
     if (why) throw new UsernsError('E_CONFIG', `context "${label}" is not loaded because its file has an error: ${why}`);
@@ -146,7 +157,14 @@ export class Registry {
 
   /** Names of the host ids of the contexts in force (userdb), built once per configuration. */
   names(): NameIndex {
-    this.nameIndex ??= new NameIndex([...this.contexts.values()].map((c) => ({ label: c.label, parent: c.parent, uid: this.hostMaps.get(c.label)!.uid, gid: this.hostMaps.get(c.label)!.gid })));
+    this.nameIndex ??= new NameIndex(
+      [...this.contexts.values()].map((c) => ({
+        label: c.label,
+        parent: c.parent,
+        uid: this.hostMaps.get(c.label)!.uid,
+        gid: this.hostMaps.get(c.label)!.gid,
+      })),
+    );
     return this.nameIndex;
   }
 
@@ -181,7 +199,11 @@ export class Registry {
     const out: string[] = [];
     const walk = (parent: string, depth: number) => {
       if (depth > 64) return;
-      for (const c of this.contexts.values()) if (c.parent === parent) { walk(c.label, depth + 1); out.push(c.label); }
+      for (const c of this.contexts.values())
+        if (c.parent === parent) {
+          walk(c.label, depth + 1);
+          out.push(c.label);
+        }
     };
     walk(label, 0);
     return out;

@@ -9,7 +9,8 @@ import { getXattr } from './kernel/sys.ts';
 export type Seal = { readonly sealed: true; readonly by: string } | { readonly sealed: false; readonly why: string };
 
 /** The advice an owner's view gives when the tree is not sealed: the model of /var/lib/machines. */
-export const SEAL_ADVICE = 'to edit it through the view, keep the tree under a directory owned by root with no search permission for group and others (mkdir -m 0700 /srv/usernsd; mv TREE /srv/usernsd/), as /var/lib/machines is';
+export const SEAL_ADVICE =
+  'to edit it through the view, keep the tree under a directory owned by root with no search permission for group and others (mkdir -m 0700 /srv/usernsd; mv TREE /srv/usernsd/), as /var/lib/machines is';
 
 const ACL_ACCESS = 'system.posix_acl_access';
 const TAG = { user: 0x02, groupObj: 0x04, group: 0x08, mask: 0x10, other: 0x20 } as const;
@@ -30,7 +31,9 @@ function aclGrantsSearch(dir: string): boolean {
   const entries: { tag: number; perm: number }[] = [];
   for (let at = 4; at + 8 <= acl.length; at += 8) entries.push({ tag: acl.readUInt16LE(at), perm: acl.readUInt16LE(at + 2) });
   for (const e of entries) if (e.tag === TAG.mask) mask = e.perm;
-  return entries.some((e) => ((e.tag === TAG.user || e.tag === TAG.groupObj || e.tag === TAG.group) && (e.perm & mask & 1) !== 0) || (e.tag === TAG.other && (e.perm & 1) !== 0));
+  return entries.some(
+    (e) => ((e.tag === TAG.user || e.tag === TAG.groupObj || e.tag === TAG.group) && (e.perm & mask & 1) !== 0) || (e.tag === TAG.other && (e.perm & 1) !== 0),
+  );
 }
 
 /** The first directory from `path` up to / that no one but root may search, or null. */
@@ -75,7 +78,9 @@ export function rawPaths(src: string, dev: number, ino: number, mountinfo?: stri
     try {
       const st = lstatSync(alias);
       if (st.dev === dev && st.ino === ino) out.add(alias); // else covered by another mount: not reached by that path
-    } catch { /* not there in this namespace */ }
+    } catch {
+      /* not there in this namespace */
+    }
   }
   return [...out];
 }
@@ -96,11 +101,19 @@ export function hardlinksProtected(file = '/proc/sys/fs/protected_hardlinks'): b
 
 /** Sealed when every raw path of the tree lies under a directory only root may search (and links out are refused). */
 export function hostReach(src: string, dev: number, ino: number, mountinfo?: string, protectedLinks: boolean = hardlinksProtected()): Seal {
-  if (!protectedLinks) return { sealed: false, why: 'fs.protected_hardlinks is off, so a file made in the tree could be linked out of it by any user (sysctl fs.protected_hardlinks=1)' };
+  if (!protectedLinks)
+    return {
+      sealed: false,
+      why: 'fs.protected_hardlinks is off, so a file made in the tree could be linked out of it by any user (sysctl fs.protected_hardlinks=1)',
+    };
   let by = '';
   for (const p of rawPaths(src, dev, ino, mountinfo)) {
     const d = sealingDirectory(p);
-    if (d === null) return { sealed: false, why: `${p} is reachable by users other than root (no directory on its path is root's with no search permission for group and others)` };
+    if (d === null)
+      return {
+        sealed: false,
+        why: `${p} is reachable by users other than root (no directory on its path is root's with no search permission for group and others)`,
+      };
     by ||= d;
   }
   return { sealed: true, by };

@@ -26,16 +26,18 @@ export const NEGATIVE_KEY_TIMEOUT_S = 10;
  * Maps are extents "INSIDE OUTSIDE COUNT" separated by ", ", outside ids the parent's.
  */
 export function formatPayload(r: ResolveResult): string {
-  return [
-    `path=${r.path}`,
-    `label=${r.label}`,
-    `parent=${r.parent}`,
-    `owner=${r.owner.uid}:${r.owner.gid}`,
-    `setgroups=${r.setgroups}`,
-    `ino=${r.ino}`,
-    `uid_map=${formatExtents(r.uidMap)}`,
-    `gid_map=${formatExtents(r.gidMap)}`,
-  ].join('\n') + '\n';
+  return (
+    [
+      `path=${r.path}`,
+      `label=${r.label}`,
+      `parent=${r.parent}`,
+      `owner=${r.owner.uid}:${r.owner.gid}`,
+      `setgroups=${r.setgroups}`,
+      `ino=${r.ino}`,
+      `uid_map=${formatExtents(r.uidMap)}`,
+      `gid_map=${formatExtents(r.gidMap)}`,
+    ].join('\n') + '\n'
+  );
 }
 
 export type UpcallOptions = {
@@ -62,13 +64,21 @@ async function logFailure(opts: UpcallOptions, logFd: number | null, line: strin
   const text = `usernsctl upcall: ${line}`;
   process.stderr.write(text + '\n');
   if (logFd !== null) {
-    try { writeSync(logFd, `${new Date().toISOString()} ${text}\n`); } catch { /* the log is best effort */ }
+    try {
+      writeSync(logFd, `${new Date().toISOString()} ${text}\n`);
+    } catch {
+      /* the log is best effort */
+    }
   }
   try {
     // Loaded only on this path: node:child_process costs every upcall ~2 ms of start-up.
     const { spawn } = await import('node:child_process');
-    spawn('logger', ['-t', 'usernsctl', '-p', 'daemon.warning', '--', text], { stdio: 'ignore', detached: true }).on('error', () => {}).unref();
-  } catch { /* no logger */ }
+    spawn('logger', ['-t', 'usernsctl', '-p', 'daemon.warning', '--', text], { stdio: 'ignore', detached: true })
+      .on('error', () => {})
+      .unref();
+  } catch {
+    /* no logger */
+  }
 }
 
 /**
@@ -79,14 +89,27 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
   // Opened while still root: the log may be root's only.
   let logFd: number | null = null;
   if (opts.logFile) {
-    try { logFd = openSync(opts.logFile, fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o640); } catch { /* best effort */ }
+    try {
+      logFd = openSync(opts.logFile, fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o640);
+    } catch {
+      /* best effort */
+    }
   }
   let ring = 0;
   const fail = async (errno: number, why: string): Promise<number> => {
     // Rejected first: the requester is waiting; the log can come after.
     let rejectError: string | null = null;
-    try { rejectKey(opts.key, NEGATIVE_KEY_TIMEOUT_S, errno); } catch (err) { rejectError = (err as Error).message; }
-    if (ring !== 0) try { invalidateKey(ring); } catch { /* it expires anyway */ }
+    try {
+      rejectKey(opts.key, NEGATIVE_KEY_TIMEOUT_S, errno);
+    } catch (err) {
+      rejectError = (err as Error).message;
+    }
+    if (ring !== 0)
+      try {
+        invalidateKey(ring);
+      } catch {
+        /* it expires anyway */
+      }
     await logFailure(opts, logFd, `key ${opts.key} "${shownDescription(opts.description)}": rejected: ${why}`);
     if (rejectError) await logFailure(opts, logFd, `key ${opts.key}: cannot reject it: ${rejectError}`);
     return 1;
@@ -103,7 +126,12 @@ export async function runUpcall(opts: UpcallOptions): Promise<number> {
     // long as the answer (a little longer: never gone before it). Best effort: without it the key
     // still answers, it only waits for its expiry when its context changes. A key without expiry
     // (-t 0) is not registered: the registry would keep it alive for ever.
-    if (opts.timeoutS > 0) try { ring = answerRing(opts.key, opts.timeoutS + RING_SLACK_S); } catch { /* no persistent keyrings */ }
+    if (opts.timeoutS > 0)
+      try {
+        ring = answerRing(opts.key, opts.timeoutS + RING_SLACK_S);
+      } catch {
+        /* no persistent keyrings */
+      }
     if (owner.uid !== 0) {
       try {
         process.initgroups!(owner.uid, owner.gid);

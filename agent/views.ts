@@ -24,8 +24,16 @@ export { VIEWS_FILE } from './coord/state.ts';
 
 const PATH = v.pipe(v.string(), v.startsWith('/'), v.maxLength(4096), v.regex(/^[^\n\0]*$/u));
 const VIEW_RECORD = v.object({
-  src: PATH, target: PATH, context: v.pipe(v.string(), v.check((l) => labelProblem(l) === null, 'not a label')),
-  mode: v.picklist(['identity', 'foreign']), mechanism: v.picklist(['idmapped', 'bindfs']), readOnly: v.boolean(), made: v.pipe(v.string(), v.maxLength(64)),
+  src: PATH,
+  target: PATH,
+  context: v.pipe(
+    v.string(),
+    v.check((l) => labelProblem(l) === null, 'not a label'),
+  ),
+  mode: v.picklist(['identity', 'foreign']),
+  mechanism: v.picklist(['idmapped', 'bindfs']),
+  readOnly: v.boolean(),
+  made: v.pipe(v.string(), v.maxLength(64)),
 });
 /** Views remembered for `usernsctl view --list`; a view made on a target already recorded replaces it. */
 export const MAX_VIEW_RECORDS = 1024;
@@ -72,7 +80,13 @@ export class Views {
     const agent = registry.agent;
     const forbidden = [...KERNEL_TREES, agent.pins, agent.state];
     const hit = forbidden.find((d) => under(src, d));
-    if (hit) throw sealedOwnTree ? unreachable() : new UsernsError('E_INVALID', `no view is made of ${src}: it is inside ${hit}, ${KERNEL_TREES.includes(hit) ? 'a kernel filesystem' : "the agent's own directory"}`);
+    if (hit)
+      throw sealedOwnTree
+        ? unreachable()
+        : new UsernsError(
+            'E_INVALID',
+            `no view is made of ${src}: it is inside ${hit}, ${KERNEL_TREES.includes(hit) ? 'a kernel filesystem' : "the agent's own directory"}`,
+          );
     const st = statSync(src);
     if (!st.isDirectory()) throw sealedOwnTree ? unreachable() : new UsernsError('E_INVALID', `${src} is not a directory: a view shows a tree`);
     let found;
@@ -81,19 +95,26 @@ export class Views {
     } catch (err) {
       if (sealedOwnTree) throw unreachable();
       // Root names the context of a tree that carries no label.
-      if (params.context !== undefined && isRoot(peer) && err instanceof UsernsError && err.code === 'E_NOT_FOUND') return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
+      if (params.context !== undefined && isRoot(peer) && err instanceof UsernsError && err.code === 'E_NOT_FOUND')
+        return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
       throw err;
     }
     // The label wins (usernsctl(1)): a --context that says otherwise is refused, not silently obeyed.
     if (params.context !== undefined && isRoot(peer) && params.context !== found.label) {
-      throw new UsernsError('E_INVALID', `${src} is labelled ${found.label} (on ${found.at}), not ${params.context}: the label says whose ids are on disk; drop --context, or relabel the tree (usernsctl label set ${found.at} ${params.context})`);
+      throw new UsernsError(
+        'E_INVALID',
+        `${src} is labelled ${found.label} (on ${found.at}), not ${params.context}: the label says whose ids are on disk; drop --context, or relabel the tree (usernsctl label set ${found.at} ${params.context})`,
+      );
     }
     if (sealedOwnTree) {
       const ctx = registry.get(found.label);
       if (!ctx || !mayEnter(peer, registry.topLevel(ctx)) || (params.context !== undefined && params.context !== found.label)) throw unreachable();
     }
     if (params.context !== undefined && params.context !== found.label) {
-      throw new UsernsError('E_PERMISSION', `${src} belongs to context "${found.label}" (label on ${found.at}), not "${params.context}": only root may view a tree as another context's`);
+      throw new UsernsError(
+        'E_PERMISSION',
+        `${src} belongs to context "${found.label}" (label on ${found.at}), not "${params.context}": only root may view a tree as another context's`,
+      );
     }
     return { src, dev: st.dev, ino: st.ino, label: found.label, labelledPath: found.at };
   }
@@ -106,15 +127,22 @@ export class Views {
   async make(registry: Registry, peer: Peer, conn: Connection, params: ViewParams, source: ViewSource, ctx: Context): Promise<ViewResult> {
     const purpose = params.purpose ?? 'mount';
     if (purpose === 'mount' && !isRoot(peer)) {
-      throw new UsernsError('E_PERMISSION', `views are mounted by root (usernsctl view, mount -t usernsd); a context's owner enters it with a view: usernsctl enter ${ctx.label} --view SRC:DST`);
+      throw new UsernsError(
+        'E_PERMISSION',
+        `views are mounted by root (usernsctl view, mount -t usernsd); a context's owner enters it with a view: usernsctl enter ${ctx.label} --view SRC:DST`,
+      );
     }
-    if (purpose === 'enter' && params.mode === 'foreign') throw new UsernsError('E_INVALID', 'entering a context shows its tree as it is inside (identity): mode foreign is for mounts');
-    const mode: ViewMode = purpose === 'enter' ? 'identity' : params.mode ?? 'foreign';
+    if (purpose === 'enter' && params.mode === 'foreign')
+      throw new UsernsError('E_INVALID', 'entering a context shows its tree as it is inside (identity): mode foreign is for mounts');
+    const mode: ViewMode = purpose === 'enter' ? 'identity' : (params.mode ?? 'foreign');
     let pin: string | null = null;
     if (purpose === 'enter') {
       const top = registry.topLevel(ctx);
       if (!mayEnter(peer, top)) {
-        throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not enter context "${ctx.label}": the kernel lets root and the owner of "${top.label}" (uid ${top.owner.uid}) join it`);
+        throw new UsernsError(
+          'E_PERMISSION',
+          `uid ${peer.uid} may not enter context "${ctx.label}": the kernel lets root and the owner of "${top.label}" (uid ${top.owner.uid}) join it`,
+        );
       }
       pin = (await registry.resolve(ctx.label, peer)).pin.path;
     }
@@ -149,17 +177,37 @@ export class Views {
       if (purpose === 'enter') throw new UsernsError('E_UNSUPPORTED', `${why}: entering with a view needs an idmapped mount`);
       bindfs = bindfsOptions(plan);
       if (bindfs === null) {
-        throw new UsernsError('E_UNSUPPORTED', `${why}, and bindfs cannot show this view either: it shifts ids by one offset (--uid-offset), and ${mode === 'foreign' && ctx.squash.mode === 'root' ? 'root squash leaves on-disk 0 out of the map' : `the map of "${ctx.label}" is not one extent from 0`}`);
+        throw new UsernsError(
+          'E_UNSUPPORTED',
+          `${why}, and bindfs cannot show this view either: it shifts ids by one offset (--uid-offset), and ${mode === 'foreign' && ctx.squash.mode === 'root' ? 'root squash leaves on-disk 0 out of the map' : `the map of "${ctx.label}" is not one extent from 0`}`,
+        );
       }
     }
     if (purpose === 'mount' && params.target !== undefined) {
-      this.remember({ src: source.src, target: params.target, context: ctx.label, mode, mechanism, readOnly: readOnly || bindfs !== null, made: new Date().toISOString() });
+      this.remember({
+        src: source.src,
+        target: params.target,
+        context: ctx.label,
+        mode,
+        mechanism,
+        readOnly: readOnly || bindfs !== null,
+        made: new Date().toISOString(),
+      });
     }
     return {
-      context: ctx.label, mode, mechanism, src: source.src, labelledPath: source.labelledPath, squash: ctx.squash.mode,
-      uidMap: plan.kind === 'idmap' ? plan.maps.uid : [], gidMap: plan.kind === 'idmap' ? plan.maps.gid : [],
-      bindfs, pin, setgroups: pin === null ? null : ctx.setgroups,
-      readOnly: readOnly || bindfs !== null, readOnlyWhy,
+      context: ctx.label,
+      mode,
+      mechanism,
+      src: source.src,
+      labelledPath: source.labelledPath,
+      squash: ctx.squash.mode,
+      uidMap: plan.kind === 'idmap' ? plan.maps.uid : [],
+      gidMap: plan.kind === 'idmap' ? plan.maps.gid : [],
+      bindfs,
+      pin,
+      setgroups: pin === null ? null : ctx.setgroups,
+      readOnly: readOnly || bindfs !== null,
+      readOnlyWhy,
     };
   }
 
@@ -168,9 +216,15 @@ export class Views {
     if (this.records === null) {
       try {
         // Input like any state file (SPEC §12): a record that is not one is left out, the rest kept.
-        const parsed = JSON.parse(readFileSync(join(this.stateDir, VIEWS_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW })) as { version?: unknown; views?: unknown };
+        const parsed = JSON.parse(readFileSync(join(this.stateDir, VIEWS_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW })) as {
+          version?: unknown;
+          views?: unknown;
+        };
         const records = parsed.version === STATE_VERSION && Array.isArray(parsed.views) ? parsed.views.slice(-MAX_VIEW_RECORDS) : [];
-        this.records = records.flatMap((r) => { const ok = v.safeParse(VIEW_RECORD, r); return ok.success ? [ok.output] : []; });
+        this.records = records.flatMap((r) => {
+          const ok = v.safeParse(VIEW_RECORD, r);
+          return ok.success ? [ok.output] : [];
+        });
       } catch {
         this.records = [];
       }

@@ -56,18 +56,31 @@ export function probeUserUpcalls(opts: { readonly uid?: number; readonly timeout
     let out = '';
     let child;
     try {
-      child = spawn('keyctl', ['session', '-', 'keyctl', 'request2', 'user', desc, 'x', '@s'], { uid, gid: uid, stdio: ['ignore', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 5000, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+      child = spawn('keyctl', ['session', '-', 'keyctl', 'request2', 'user', desc, 'x', '@s'], {
+        uid,
+        gid: uid,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        timeout: opts.timeoutMs ?? 5000,
+        env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+      });
     } catch (err) {
       resolve({ state: 'unknown', message: `cannot run keyctl as uid ${uid}: ${(err as Error).message}` });
       return;
     }
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { out += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+    });
     child.on('error', (err) => resolve({ state: 'unknown', message: `cannot run keyctl as uid ${uid}: ${err.message}` }));
     child.on('close', (code) => {
       const said = out.trim().split('\n').pop() ?? '';
       if (/No such file or directory/.test(said)) {
-        resolve({ state: 'refused', message: `this kernel fails request_key(2) with ENOENT before request-key(8) runs when the requester lacks CAP_SYS_ADMIN: root's upcalls reach the handler, other users' never do (they can ask with usernsctl resolve)` });
+        resolve({
+          state: 'refused',
+          message: `this kernel fails request_key(2) with ENOENT before request-key(8) runs when the requester lacks CAP_SYS_ADMIN: root's upcalls reach the handler, other users' never do (they can ask with usernsctl resolve)`,
+        });
       } else if (code === 0 || /Required key not available|rejected|expired/.test(said)) {
         resolve({ state: 'ok', message: 'requests from users reach request-key(8)' });
       } else {
@@ -87,8 +100,10 @@ type Options = {
 /** Ask request-key which program a key `user` `userns:LABEL` would go to, and whether that reaches `socket`. */
 export async function checkUpcallWiring(socket: string, opts: Options = {}): Promise<UpcallWiring> {
   const requestKey = opts.requestKey ?? REQUEST_KEY;
-  if (!existsSync('/proc/keys')) return result('no-keys', null, null, 'this kernel has no key service (CONFIG_KEYS): the request-key upcall cannot work; usernsctl resolve still does');
-  if (!existsSync(requestKey)) return result('no-request-key', null, null, `${requestKey} is not installed: the kernel cannot call any upcall handler (apt-get install keyutils)`);
+  if (!existsSync('/proc/keys'))
+    return result('no-keys', null, null, 'this kernel has no key service (CONFIG_KEYS): the request-key upcall cannot work; usernsctl resolve still does');
+  if (!existsSync(requestKey))
+    return result('no-request-key', null, null, `${requestKey} is not installed: the kernel cannot call any upcall handler (apt-get install keyutils)`);
   // -d: debug, touch no key and run nothing; -n: not to syslog; -v: say which line and program; -D: the key's description.
   const args = [...(opts.configDir ? ['-l'] : []), '-d', '-n', '-v', '-D', `user;0;0;3f010000;${PROBE}`, 'create', PROBE_KEY, '0', '0', '0', '0', '0', '-'];
   const { code, out } = await new Promise<{ code: number | string; out: string }>((resolve) => {
@@ -99,25 +114,46 @@ export async function checkUpcallWiring(socket: string, opts: Options = {}): Pro
   const ruleMatch = /^(\S+:\d+): Line matches/m.exec(out);
   const rule = ruleMatch ? ruleMatch[1] : null;
   if (/No matching action/.test(out)) {
-    return result('missing', null, null, `no request-key rule sends "user" keys "userns:LABEL" to a handler, so every upcall fails: make install places /etc/request-key.d/usernsd.conf (the line is in usernsctl(1), upcall)`);
+    return result(
+      'missing',
+      null,
+      null,
+      `no request-key rule sends "user" keys "userns:LABEL" to a handler, so every upcall fails: make install places /etc/request-key.d/usernsd.conf (the line is in usernsctl(1), upcall)`,
+    );
   }
   const program = /^Run (\S+)/m.exec(out)?.[1];
-  if (code !== 0 || !program) return result('unknown', rule, null, `${requestKey} -d did not say which program it would run (exit ${code}): ${out.trim().split('\n').pop() ?? ''}`);
+  if (code !== 0 || !program)
+    return result('unknown', rule, null, `${requestKey} -d did not say which program it would run (exit ${code}): ${out.trim().split('\n').pop() ?? ''}`);
   // As the rule reads: the probe's serial and description shown as the %k and %d they came from.
-  const handler = [program, ...[...out.matchAll(/^- argv\[(\d+)\] = "(.*)"$/gm)].slice(1).map((m) => m[2] === PROBE_KEY ? '%k' : m[2] === PROBE ? '%d' : m[2])];
+  const handler = [
+    program,
+    ...[...out.matchAll(/^- argv\[(\d+)\] = "(.*)"$/gm)].slice(1).map((m) => (m[2] === PROBE_KEY ? '%k' : m[2] === PROBE ? '%d' : m[2])),
+  ];
   const where = rule ? ` (${rule})` : '';
   try {
     accessSync(program, fsc.X_OK);
   } catch (err) {
-    return result('broken', rule, handler, `the request-key rule${where} runs ${program}, which is ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not there' : 'not executable'}: fix the rule's path`);
+    return result(
+      'broken',
+      rule,
+      handler,
+      `the request-key rule${where} runs ${program}, which is ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not there' : 'not executable'}: fix the rule's path`,
+    );
   }
   // Ours: the C handler (usernsd-upcall ARGS), or usernsctl upcall ARGS (the Node one).
   const isC = basename(handler[0]) === 'usernsd-upcall';
   const upcallAt = isC ? 0 : handler.indexOf('upcall');
   const isUsernsctl = isC || (upcallAt > 0 && handler.slice(0, upcallAt).some((a) => /^usernsctl(\.js)?$/.test(basename(a))));
-  if (!isUsernsctl) return result('elsewhere', rule, handler, `"user" keys "userns:LABEL" go to ${handler.join(' ')}${where}, not to usernsd-upcall or usernsctl upcall`);
+  if (!isUsernsctl)
+    return result('elsewhere', rule, handler, `"user" keys "userns:LABEL" go to ${handler.join(' ')}${where}, not to usernsd-upcall or usernsctl upcall`);
   const asks = socketOption(handler.slice(upcallAt + 1)) ?? DEFAULT_SOCKET; // what usernsctl asks without --socket
-  if (asks !== socket) return result('other-socket', rule, handler, `the request-key handler${where} asks the agent at ${asks}, but this agent listens on ${socket}: add --socket ${socket} to the rule`);
+  if (asks !== socket)
+    return result(
+      'other-socket',
+      rule,
+      handler,
+      `the request-key handler${where} asks the agent at ${asks}, but this agent listens on ${socket}: add --socket ${socket} to the rule`,
+    );
   return result('ok', rule, handler, `request-key sends "user" keys "userns:LABEL" to ${handler.join(' ')}${where}`);
 }
 

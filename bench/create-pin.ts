@@ -28,7 +28,7 @@ function runScript(pin: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const c = spawn('bash', ['-c', SCRIPT, 'bash', pin], { stdio: 'ignore' });
     c.on('error', reject);
-    c.on('exit', (code) => code === 0 ? resolve(Number(process.hrtime.bigint() - t0) / 1e6) : reject(new Error(`script exit ${code}`)));
+    c.on('exit', (code) => (code === 0 ? resolve(Number(process.hrtime.bigint() - t0) / 1e6) : reject(new Error(`script exit ${code}`))));
   });
 }
 
@@ -65,7 +65,11 @@ export async function benchCreatePin(runs = 50): Promise<{ ours: number; forked:
         const st = await runScript(pin);
         detach(pin);
         rmSync(pin);
-        if (i >= 5) { ours.push(dt); forked.push(df); script.push(st); } // the first runs warm caches
+        if (i >= 5) {
+          ours.push(dt);
+          forked.push(df);
+          script.push(st);
+        } // the first runs warm caches
       }
     } finally {
       ns.close();
@@ -73,7 +77,11 @@ export async function benchCreatePin(runs = 50): Promise<{ ours: number; forked:
     return { ours: median(ours), forked: median(forked), script: median(script), oursP90: p90(ours), scriptP90: p90(script), runs };
   } finally {
     for (const sub of ['pins', 'script-pins']) {
-      try { for (const f of readdirSync(join(dir, sub))) detach(join(dir, sub, f)); } catch { /* none */ }
+      try {
+        for (const f of readdirSync(join(dir, sub))) detach(join(dir, sub, f));
+      } catch {
+        /* none */
+      }
     }
     rmSync(dir, { recursive: true, force: true });
   }

@@ -10,14 +10,28 @@ const path = process.argv[2];
 const canned: unknown = JSON.parse(process.argv[3] ?? 'null');
 const ipc = new IPCModule();
 Object.assign(ipc.config, {
-  parser: 'guarded', encoding: 'utf8', delimiter: FRAME_DELIMITER, maxMessageSize: LIMITS.MAX_MESSAGE_BYTES,
-  maxPendingBytes: LIMITS.MAX_PENDING_BYTES, messageTimeout: LIMITS.MESSAGE_TIMEOUT_MS, maxConnections: LIMITS.MAX_CONNECTIONS,
-  maxEventNameLength: 64, silent: true, logger: () => {}, socketRoot: path.slice(0, path.lastIndexOf('/') + 1),
-  secureSocketRoot: false, unlink: true, readableAll: true, writableAll: true,
+  parser: 'guarded',
+  encoding: 'utf8',
+  delimiter: FRAME_DELIMITER,
+  maxMessageSize: LIMITS.MAX_MESSAGE_BYTES,
+  maxPendingBytes: LIMITS.MAX_PENDING_BYTES,
+  messageTimeout: LIMITS.MESSAGE_TIMEOUT_MS,
+  maxConnections: LIMITS.MAX_CONNECTIONS,
+  maxEventNameLength: 64,
+  silent: true,
+  logger: () => {},
+  socketRoot: path.slice(0, path.lastIndexOf('/') + 1),
+  secureSocketRoot: false,
+  unlink: true,
+  readableAll: true,
+  writableAll: true,
 });
 ipc.serve(path, () => process.stdout.write('ready\n'));
 ipc.server.on(REQUEST_TYPE, (data: { id: number; params: unknown }, socket: unknown) => {
   ipc.server.emit(socket, REPLY_TYPE, { id: data.id, result: canned ?? data.params });
 });
 ipc.server.start();
-process.on('SIGTERM', () => { ipc.server.stop(); process.exit(0); });
+process.on('SIGTERM', () => {
+  ipc.server.stop();
+  process.exit(0);
+});

@@ -22,7 +22,10 @@ export async function benchMap(opts = { batch: 10_000, seconds: 2, clients: 4 })
     const overflow = { uid: 65534, gid: 65534 };
     let n = 0;
     let end = performance.now() + opts.seconds * 1000;
-    while (performance.now() < end) { mapIds(a, b, 'uid', ids, overflow); n += ids.length; }
+    while (performance.now() < end) {
+      mapIds(a, b, 'uid', ids, overflow);
+      n += ids.length;
+    }
     const inProcess = n / opts.seconds;
 
     pinClientCpu();
@@ -31,13 +34,15 @@ export async function benchMap(opts = { batch: 10_000, seconds: 2, clients: 4 })
       const cs = await Promise.all(Array.from({ length: clients }, () => AgentClient.connect(agent.socket)));
       let count = 0;
       const stop = performance.now() + opts.seconds * 1000;
-      await Promise.all(cs.map(async (c) => {
-        while (performance.now() < stop) {
-          const r = await c.call(P.map, { from: 'a', to: 'b', uids: ids });
-          if (r.uids.length !== ids.length) throw new Error('short answer');
-          count += ids.length;
-        }
-      }));
+      await Promise.all(
+        cs.map(async (c) => {
+          while (performance.now() < stop) {
+            const r = await c.call(P.map, { from: 'a', to: 'b', uids: ids });
+            if (r.uids.length !== ids.length) throw new Error('short answer');
+            count += ids.length;
+          }
+        }),
+      );
       for (const c of cs) c.close();
       return count / opts.seconds;
     };

@@ -17,7 +17,10 @@ export type ResolveFigures = {
   throughput: { agent: number; echo: number; agentWithIdle: number };
   /** Server CPU time (user + system) per request under the 16 clients, µs: what each adds, whatever the scheduling. */
   cpu: { agent: number; echo: number };
-  idle: number; clients: number; seconds: number; requests: number;
+  idle: number;
+  clients: number;
+  seconds: number;
+  requests: number;
 };
 
 /**
@@ -60,12 +63,14 @@ async function measured(socket: string, clients: number, seconds: number, pid?: 
   const end = performance.now() + seconds * 1000;
   const t0 = pid === undefined ? 0 : cpuTicks(pid);
   try {
-    await Promise.all(cs.map(async (c) => {
-      while (performance.now() < end) {
-        await c.call(P.resolve, { label: 'a' });
-        done++;
-      }
-    }));
+    await Promise.all(
+      cs.map(async (c) => {
+        while (performance.now() < end) {
+          await c.call(P.resolve, { label: 'a' });
+          done++;
+        }
+      }),
+    );
   } finally {
     for (const c of cs) c.close();
   }
@@ -77,7 +82,12 @@ async function measured(socket: string, clients: number, seconds: number, pid?: 
  * whatever the kernel does in the background meanwhile (freeing namespaces released just before)
  * lands on one of them, and moved the ratio from 1.07 to 0.58 between two runs here.
  */
-async function interleavedThroughput(servers: [{ socket: string; pid: number }, { socket: string; pid: number }], clients: number, seconds: number, slices = 8): Promise<{ rps: number; cpuUs: number }[]> {
+async function interleavedThroughput(
+  servers: [{ socket: string; pid: number }, { socket: string; pid: number }],
+  clients: number,
+  seconds: number,
+  slices = 8,
+): Promise<{ rps: number; cpuUs: number }[]> {
   const total = servers.map(() => ({ rps: 0, done: 0, ticks: 0 }));
   for (let i = 0; i < slices; i++) {
     const order = i % 2 === 0 ? [0, 1] : [1, 0];
@@ -110,7 +120,7 @@ async function open(socket: string): Promise<Socket> {
 /** Opened in batches: a UNIX socket's listen backlog refuses (EAGAIN) a burst beyond it. */
 async function idleConnections(socket: string, n: number): Promise<Socket[]> {
   const out: Socket[] = [];
-  while (out.length < n) out.push(...await Promise.all(Array.from({ length: Math.min(100, n - out.length) }, () => open(socket))));
+  while (out.length < n) out.push(...(await Promise.all(Array.from({ length: Math.min(100, n - out.length) }, () => open(socket)))));
   return out;
 }
 
@@ -125,7 +135,9 @@ export function pinClientCpu(): void {
 }
 
 function startEcho(socket: string, reply: unknown): Promise<ChildProcess> {
-  const child = spawn('taskset', ['-c', SERVER_CPU, process.execPath, new URL('./echo-server.ts', import.meta.url).pathname, socket, JSON.stringify(reply)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('taskset', ['-c', SERVER_CPU, process.execPath, new URL('./echo-server.ts', import.meta.url).pathname, socket, JSON.stringify(reply)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   return new Promise((resolve) => child.stdout.once('data', () => resolve(child)));
 }
 
@@ -147,7 +159,14 @@ export async function benchResolve(opts = { requests: 3000, clients: 16, seconds
       for (let r = 0; r < opts.rounds; r++) {
         // Interleaved, so both see the same machine.
         const [seqAgent, seqEcho] = await sequential([agent.socket, echoSocket], opts.requests);
-        const [a, e] = await interleavedThroughput([{ socket: agent.socket, pid: agent.child.pid! }, { socket: echoSocket, pid: echo.pid! }], opts.clients, opts.seconds);
+        const [a, e] = await interleavedThroughput(
+          [
+            { socket: agent.socket, pid: agent.child.pid! },
+            { socket: echoSocket, pid: echo.pid! },
+          ],
+          opts.clients,
+          opts.seconds,
+        );
         const tAgent = a.rps;
         const tEcho = e.rps;
         const idle = await idleConnections(agent.socket, opts.idle);
@@ -155,14 +174,29 @@ export async function benchResolve(opts = { requests: 3000, clients: 16, seconds
         const tIdle = (await measured(agent.socket, opts.clients, opts.seconds)).rps;
         for (const s of idle) s.destroy();
         await new Promise((r) => setTimeout(r, 500)); // let the agent take the 1,000 closes before the next round
-        rounds.push({ seq: { agent: seqAgent, echo: seqEcho }, throughput: { agent: tAgent, echo: tEcho, agentWithIdle: tIdle }, cpu: { agent: a.cpuUs, echo: e.cpuUs }, ...opts });
+        rounds.push({
+          seq: { agent: seqAgent, echo: seqEcho },
+          throughput: { agent: tAgent, echo: tEcho, agentWithIdle: tIdle },
+          cpu: { agent: a.cpuUs, echo: e.cpuUs },
+          ...opts,
+        });
       }
-      const med = (f: (x: ResolveFigures) => number) => percentile(rounds.map(f).sort((a, b) => a - b), 50);
+      const med = (f: (x: ResolveFigures) => number) =>
+        percentile(
+          rounds.map(f).sort((a, b) => a - b),
+          50,
+        );
       return {
-        seq: { agent: { p50: med((x) => x.seq.agent.p50), p99: med((x) => x.seq.agent.p99) }, echo: { p50: med((x) => x.seq.echo.p50), p99: med((x) => x.seq.echo.p99) } },
+        seq: {
+          agent: { p50: med((x) => x.seq.agent.p50), p99: med((x) => x.seq.agent.p99) },
+          echo: { p50: med((x) => x.seq.echo.p50), p99: med((x) => x.seq.echo.p99) },
+        },
         throughput: { agent: med((x) => x.throughput.agent), echo: med((x) => x.throughput.echo), agentWithIdle: med((x) => x.throughput.agentWithIdle) },
         cpu: { agent: med((x) => x.cpu.agent), echo: med((x) => x.cpu.echo) },
-        idle: opts.idle, clients: opts.clients, seconds: opts.seconds, requests: opts.requests,
+        idle: opts.idle,
+        clients: opts.clients,
+        seconds: opts.seconds,
+        requests: opts.requests,
       };
     } finally {
       echo.kill('SIGTERM');

@@ -33,7 +33,15 @@ export async function benchShared(runs = 200, contexts = 1000): Promise<SharedBe
   const cluster = await startCluster(3);
   const state = mkdtempSync(join(tmpdir(), 'usernsd-bench-state-'));
   try {
-    const coord = new EtcdCoordinator({ endpoints: cluster.endpoints, prefix: `/bench-${process.pid}/`, ca: null, cert: null, key: null, timeoutMs: 2000, name: 'bench' });
+    const coord = new EtcdCoordinator({
+      endpoints: cluster.endpoints,
+      prefix: `/bench-${process.pid}/`,
+      ca: null,
+      cert: null,
+      key: null,
+      timeoutMs: 2000,
+      name: 'bench',
+    });
     const recorded = new Map<string, Allocation>();
     const local: number[] = [];
     const shared: number[] = [];
@@ -50,7 +58,10 @@ export async function benchShared(runs = 200, contexts = 1000): Promise<SharedBe
       t0 = process.hrtime.bigint();
       await coord.settle([{ label, size: POOL.size }], [], POOL, []);
       const de = ms(t0);
-      if (i >= 10) { local.push(dl); shared.push(de); }
+      if (i >= 10) {
+        local.push(dl);
+        shared.push(de);
+      }
     }
     await coord.close();
     // Start-up to ready with 1,000 auto contexts, each new to its pool: local, then etcd.
@@ -68,8 +79,18 @@ export async function benchShared(runs = 200, contexts = 1000): Promise<SharedBe
       }
     };
     const startLocal = await startup('[pool]\nrange = 100000000-499999999\n');
-    const startEtcd = await startup(`[pool]\ncoordinator = etcd\nrange = 100000000-499999999\n[etcd]\nendpoints = ${cluster.endpoints.join(', ')}\nprefix = /bench-start-${process.pid}/\n`);
-    return { available: true, runs, local: { p50: pct(local, 0.5), p99: pct(local, 0.99) }, etcd: { p50: pct(shared, 0.5), p99: pct(shared, 0.99) }, contexts, startLocal, startEtcd };
+    const startEtcd = await startup(
+      `[pool]\ncoordinator = etcd\nrange = 100000000-499999999\n[etcd]\nendpoints = ${cluster.endpoints.join(', ')}\nprefix = /bench-start-${process.pid}/\n`,
+    );
+    return {
+      available: true,
+      runs,
+      local: { p50: pct(local, 0.5), p99: pct(local, 0.99) },
+      etcd: { p50: pct(shared, 0.5), p99: pct(shared, 0.99) },
+      contexts,
+      startLocal,
+      startEtcd,
+    };
   } finally {
     rmSync(state, { recursive: true, force: true });
     await cluster.stop();

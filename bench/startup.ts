@@ -7,12 +7,19 @@ import { makeTree } from '../test/helpers/fixtures.ts';
 import type { Tree } from '../test/helpers/fixtures.ts';
 
 export type StartupFigures = {
-  contexts: number; eager: number;
-  lazyReadyMs: number; lazyRssMb: number;
-  eagerReadyMs: number; eagerRssMb: number; perCreationMs: number;
+  contexts: number;
+  eager: number;
+  lazyReadyMs: number;
+  lazyRssMb: number;
+  eagerReadyMs: number;
+  eagerRssMb: number;
+  perCreationMs: number;
   /** The same start with spawner = node: a helper forked from the agent per namespace (what there was before usernsd-spawner). */
-  forkedReadyMs: number; forkedPerCreationMs: number;
-  reloadMs: number; restartReadyMs: number; adoptMs: number;
+  forkedReadyMs: number;
+  forkedPerCreationMs: number;
+  reloadMs: number;
+  restartReadyMs: number;
+  adoptMs: number;
 };
 
 function writeContexts(tree: Tree, n: number, eagerEvery: number): void {
@@ -73,11 +80,18 @@ export async function benchStartup(n = 10_000): Promise<StartupFigures> {
     const adopted = r.agent.logs.find((x) => x.msg === 'Adopted existing pins')!;
     await r.agent.stop();
     return {
-      contexts: n, eager: n / 2,
-      lazyReadyMs: l.ms, lazyRssMb: l.rss,
-      eagerReadyMs: e.ready.ms, eagerRssMb: e.ready.rss, perCreationMs: e.perCreationMs,
-      forkedReadyMs: f.ready.ms, forkedPerCreationMs: f.perCreationMs,
-      reloadMs: reloaded.ms as number, restartReadyMs: r.ms, adoptMs: adopted.ms as number,
+      contexts: n,
+      eager: n / 2,
+      lazyReadyMs: l.ms,
+      lazyRssMb: l.rss,
+      eagerReadyMs: e.ready.ms,
+      eagerRssMb: e.ready.rss,
+      perCreationMs: e.perCreationMs,
+      forkedReadyMs: f.ready.ms,
+      forkedPerCreationMs: f.perCreationMs,
+      reloadMs: reloaded.ms as number,
+      restartReadyMs: r.ms,
+      adoptMs: adopted.ms as number,
     };
   } finally {
     await cleanup(lazy);

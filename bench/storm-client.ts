@@ -41,14 +41,24 @@ async function pipelined(): Promise<void> {
   ].join('');
   while (Date.now() < until) {
     let s: Socket;
-    try { s = await open(); } catch { report.errors++; await sleep(10); continue; }
+    try {
+      s = await open();
+    } catch {
+      report.errors++;
+      await sleep(10);
+      continue;
+    }
     s.on('data', () => {});
     s.on('error', () => {});
     // As fast as the socket takes them, honouring backpressure (a real attacker's best rate).
     while (Date.now() < until && !s.destroyed) {
       const more = s.write(garbage.repeat(25));
       report.invalidFrames += 100;
-      if (!more) await new Promise((r) => { s.once('drain', r); s.once('close', r); });
+      if (!more)
+        await new Promise((r) => {
+          s.once('drain', r);
+          s.once('close', r);
+        });
     }
     s.destroy();
   }
@@ -63,9 +73,15 @@ async function oversize(): Promise<void> {
       s.on('error', () => {});
       s.write(big);
       report.oversize++;
-      await new Promise((r) => { s.once('close', r); setTimeout(r, 500); });
+      await new Promise((r) => {
+        s.once('close', r);
+        setTimeout(r, 500);
+      });
       s.destroy();
-    } catch { report.errors++; await sleep(10); }
+    } catch {
+      report.errors++;
+      await sleep(10);
+    }
   }
 }
 
@@ -79,7 +95,9 @@ async function halfFrames(): Promise<void> {
       s.write('{"type":"request","data":{"id":1,"method":"res');
       held.push(s);
       report.halfFrames++;
-    } catch { report.errors++; }
+    } catch {
+      report.errors++;
+    }
     await sleep(20);
   }
   await sleep(Math.max(0, until - Date.now()));
@@ -100,7 +118,10 @@ async function neverReading(): Promise<void> {
       }
       report.neverReading++;
       s.destroy();
-    } catch { report.errors++; await sleep(10); }
+    } catch {
+      report.errors++;
+      await sleep(10);
+    }
   }
 }
 
@@ -111,7 +132,9 @@ async function vanish(): Promise<void> {
       const s = await open();
       s.destroy();
       report.vanished++;
-    } catch { report.errors++; }
+    } catch {
+      report.errors++;
+    }
     await sleep(1);
   }
 }
@@ -124,21 +147,30 @@ async function flood(n: number): Promise<void> {
       const s = await open();
       const h = { s, closed: false };
       s.on('error', () => {});
-      s.on('close', () => { h.closed = true; });
+      s.on('close', () => {
+        h.closed = true;
+      });
       s.resume(); // read, so the agent's close is seen
       held.push(h);
-    } catch { report.errors++; }
+    } catch {
+      report.errors++;
+    }
   }
   await sleep(Math.max(0, until - Date.now() - 200));
   // Admitted: still open at the end (idle connections are kept for IDLE_TIMEOUT_MS); refused: closed by the agent.
-  for (const h of held) if (h.closed) report.flood.refused++; else report.flood.admitted++;
+  for (const h of held)
+    if (h.closed) report.flood.refused++;
+    else report.flood.admitted++;
   for (const h of held) h.s.destroy();
 }
 
 // STORM_KINDS picks some (comma-separated names below); STORM_FLOOD sets the flood's size.
 const kinds: Record<string, () => Promise<void>> = {
   pipelined: () => Promise.all([pipelined(), pipelined()]).then(() => {}),
-  oversize, halfFrames, neverReading, vanish,
+  oversize,
+  halfFrames,
+  neverReading,
+  vanish,
   flood: () => flood(Number(process.env.STORM_FLOOD ?? 300)),
 };
 const chosen = (process.env.STORM_KINDS ?? Object.keys(kinds).join(',')).split(',');

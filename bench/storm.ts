@@ -40,7 +40,14 @@ function summary(ms: number[], errors: number): Latency {
   return { count: ms.length, errors, p50: percentile(s, 0.5), p99: percentile(s, 0.99), max: s.at(-1) ?? NaN };
 }
 
-const rssMb = (pid: number, field = 'VmRSS') => Number(/(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith(field)) ?? '')?.[1] ?? NaN) / 1024;
+const rssMb = (pid: number, field = 'VmRSS') =>
+  Number(
+    /(\d+) kB/.exec(
+      readFileSync(`/proc/${pid}/status`, 'utf8')
+        .split('\n')
+        .find((l) => l.startsWith(field)) ?? '',
+    )?.[1] ?? NaN,
+  ) / 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The good client: one request at a time, for `ms`, every latency kept. */
@@ -75,19 +82,27 @@ export async function runStorm(seconds: number, opts: { agentArgs?: string[] } =
   chmodSync(dir, 0o755); // the hostile users must reach the socket
   const children: ChildProcess[] = [];
   try {
-    writeFileSync(join(dir, 'usernsd.conf'), `[agent]\ncontexts = ${dir}/userns.d\nstate = ${dir}/state\npins = ${dir}/pins\nsocket = ${dir}/usernsd.sock\nlog_level = info\nuserdb = no\n`);
+    writeFileSync(
+      join(dir, 'usernsd.conf'),
+      `[agent]\ncontexts = ${dir}/userns.d\nstate = ${dir}/state\npins = ${dir}/pins\nsocket = ${dir}/usernsd.sock\nlog_level = info\nuserdb = no\n`,
+    );
     const { mkdirSync } = await import('node:fs');
     mkdirSync(join(dir, 'userns.d'));
     writeFileSync(join(dir, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     const socket = join(dir, 'usernsd.sock');
-    const agent = spawn(process.execPath, [join(ROOT, 'bin', 'usernsd.js'), '--config', join(dir, 'usernsd.conf'), ...(opts.agentArgs ?? [])], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const agent = spawn(process.execPath, [join(ROOT, 'bin', 'usernsd.js'), '--config', join(dir, 'usernsd.conf'), ...(opts.agentArgs ?? [])], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     children.push(agent);
     let logBytes = 0;
     let ready = false;
     const readyP = new Promise<void>((resolve, reject) => {
       agent.stderr.setEncoding('utf8').on('data', (d: string) => {
         logBytes += d.length;
-        if (!ready && d.includes('"Serving"')) { ready = true; resolve(); }
+        if (!ready && d.includes('"Serving"')) {
+          ready = true;
+          resolve();
+        }
       });
       agent.on('exit', (code) => reject(new Error(`the agent exited (${code})`)));
     });
@@ -101,11 +116,24 @@ export async function runStorm(seconds: number, opts: { agentArgs?: string[] } =
     const logBytesQuiet = logBytes - q0;
 
     const hostile = (uid: number, env: Record<string, string>) => {
-      const c = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', process.execPath, CLIENT, socket, String(seconds)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
+      const c = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', process.execPath, CLIENT, socket, String(seconds)], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        env: { ...process.env, ...env },
+      });
       children.push(c);
       let out = '';
-      c.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
-      return new Promise<Record<string, unknown>>((resolve) => c.on('exit', () => { try { resolve(JSON.parse(out) as Record<string, unknown>); } catch { resolve({ failed: out }); } }));
+      c.stdout.setEncoding('utf8').on('data', (d: string) => {
+        out += d;
+      });
+      return new Promise<Record<string, unknown>>((resolve) =>
+        c.on('exit', () => {
+          try {
+            resolve(JSON.parse(out) as Record<string, unknown>);
+          } catch {
+            resolve({ failed: out });
+          }
+        }),
+      );
     };
     const s0 = logBytes;
     const reports = Promise.all([
@@ -122,8 +150,15 @@ export async function runStorm(seconds: number, opts: { agentArgs?: string[] } =
         // Root on a fresh connection each time: the reserve must hold while others hold theirs.
         try {
           const c = await AgentClient.connect(socket);
-          try { await c.call(P.status, {}, 10_000); rootServed++; } finally { c.close(); }
-        } catch { rootFailed++; }
+          try {
+            await c.call(P.status, {}, 10_000);
+            rootServed++;
+          } finally {
+            c.close();
+          }
+        } catch {
+          rootFailed++;
+        }
         await sleep(50);
       }
     })();
@@ -138,11 +173,30 @@ export async function runStorm(seconds: number, opts: { agentArgs?: string[] } =
     const invalid = hostileReports.reduce((n, r) => n + (typeof r.invalidFrames === 'number' ? r.invalidFrames : 0), 0);
     agent.kill('SIGTERM');
     await new Promise((r) => agent.once('exit', r));
-    return { seconds, quiet, storm, hostile: hostileReports, invalidFramesPerSecond: invalid / seconds, answeredInvalid: counters['errors.E_INVALID'] ?? 0, rootServed, rootFailed, rssBeforeMb, rssPeakMb, rssAfterMb, logBytesQuiet, logBytesStorm, agentPid: pid };
+    return {
+      seconds,
+      quiet,
+      storm,
+      hostile: hostileReports,
+      invalidFramesPerSecond: invalid / seconds,
+      answeredInvalid: counters['errors.E_INVALID'] ?? 0,
+      rootServed,
+      rootFailed,
+      rssBeforeMb,
+      rssPeakMb,
+      rssAfterMb,
+      logBytesQuiet,
+      logBytesStorm,
+      agentPid: pid,
+    };
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     const { execFileSync } = await import('node:child_process');
-    try { execFileSync('sh', ['-c', `grep -o " ${dir}/pins/[^ ]*" /proc/self/mountinfo | xargs -r -n1 umount -l`]); } catch { /* nothing pinned */ }
+    try {
+      execFileSync('sh', ['-c', `grep -o " ${dir}/pins/[^ ]*" /proc/self/mountinfo | xargs -r -n1 umount -l`]);
+    } catch {
+      /* nothing pinned */
+    }
     rmSync(dir, { recursive: true, force: true });
   }
 }

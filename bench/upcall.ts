@@ -30,12 +30,16 @@ export async function benchUpcall(runs = 40): Promise<UpcallFigures> {
     // "userns:" keys go to one handler or the other: the rule is rewritten before each request
     // (request-key reads its rules afresh each time).
     const c = existsSync(C_HANDLER) ? C_HANDLER : null;
-    const rules = (handler: string) => writeFileSync(rule, [
-      `create user userns:* * ${handler} -t 600 --socket ${agent.socket} %k %d`,
-      `create user ufloor:* * /bin/keyctl instantiate %k x %S`,
-      ...(nfsidmap ? [`create user uid:* * ${nfsidmap} -t 600 %k %d`] : []),
-      '',
-    ].join('\n'));
+    const rules = (handler: string) =>
+      writeFileSync(
+        rule,
+        [
+          `create user userns:* * ${handler} -t 600 --socket ${agent.socket} %k %d`,
+          `create user ufloor:* * /bin/keyctl instantiate %k x %S`,
+          ...(nfsidmap ? [`create user uid:* * ${nfsidmap} -t 600 %k %d`] : []),
+          '',
+        ].join('\n'),
+      );
     // Each request in a new session keyring: nothing is cached, every one is a real upcall.
     const request = (desc: string) => ['keyctl', 'session', '-', 'keyctl', 'request2', 'user', desc, '', '@s'];
     const ours: number[] = [];
@@ -52,15 +56,27 @@ export async function benchUpcall(runs = 40): Promise<UpcallFigures> {
       const f = time(request(`ufloor:${i}`));
       const x = nfsidmap ? time(request('uid:root@localdomain')) : 0;
       if (i < 3) continue; // warm caches
-      ours.push(o); cs.push(k); node.push(n); floor.push(f); nfs.push(x);
+      ours.push(o);
+      cs.push(k);
+      node.push(n);
+      floor.push(f);
+      nfs.push(x);
     }
     await agent.stop();
-    const med = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+    const med = (xs: number[]) =>
+      percentile(
+        [...xs].sort((a, b) => a - b),
+        50,
+      );
     return { runs, ours: med(ours), c: c ? med(cs) : null, node: med(node), nfsidmap: nfsidmap ? med(nfs) : null, floor: med(floor) };
   } finally {
     rmSync(rule, { force: true });
     // The answers registered in root's persistent keyring would otherwise wait for their expiry.
-    try { invalidateIssuedKeys(new Set(['a'])); } catch { /* no persistent keyrings */ }
+    try {
+      invalidateIssuedKeys(new Set(['a']));
+    } catch {
+      /* no persistent keyrings */
+    }
     await cleanup(tree);
   }
 }

@@ -10,7 +10,17 @@ import { makeTree } from '../test/helpers/fixtures.ts';
 const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
 const pct = (xs: number[], p: number) => sorted(xs)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
 
-export type UserdbBench = { runs: number; getentOurs: number; getentFiles: number; filesUser: string; clients: number; lookups: number; p50: number; p99: number; perSecond: number };
+export type UserdbBench = {
+  runs: number;
+  getentOurs: number;
+  getentFiles: number;
+  filesUser: string;
+  clients: number;
+  lookups: number;
+  p50: number;
+  p99: number;
+  perSecond: number;
+};
 
 function getent(key: string): number {
   const t0 = process.hrtime.bigint();
@@ -41,7 +51,10 @@ function client(path: string, service: string, uid: number, ms: number, out: num
         if (!reply.includes('"record"')) return reject(new Error(`no record: ${reply}`));
         out.push(Number(process.hrtime.bigint() - t0) / 1e6);
         if (Date.now() < end) ask();
-        else { s.end(); resolve(); }
+        else {
+          s.end();
+          resolve();
+        }
       }
     });
   });
@@ -61,14 +74,27 @@ export async function benchUserdb(runs = 200, clients = 16, seconds = 3): Promis
     for (let i = 0; i < runs + 10; i++) {
       const a = getent(ours);
       const b = getent(filesUser);
-      if (i >= 10) { o.push(a); f.push(b); }
+      if (i >= 10) {
+        o.push(a);
+        f.push(b);
+      }
     }
     const lat: number[] = [];
     const t0 = Date.now();
     await Promise.all(Array.from({ length: clients }, () => client(path, service, 6401000, seconds * 1000, lat)));
     const elapsed = (Date.now() - t0) / 1000;
     await agent.stop();
-    return { runs, getentOurs: pct(o, 0.5), getentFiles: pct(f, 0.5), filesUser, clients, lookups: lat.length, p50: pct(lat, 0.5), p99: pct(lat, 0.99), perSecond: lat.length / elapsed };
+    return {
+      runs,
+      getentOurs: pct(o, 0.5),
+      getentFiles: pct(f, 0.5),
+      filesUser,
+      clients,
+      lookups: lat.length,
+      p50: pct(lat, 0.5),
+      p99: pct(lat, 0.99),
+      perSecond: lat.length / elapsed,
+    };
   } finally {
     await cleanup(tree);
     if (existsSync(path)) rmSync(path);

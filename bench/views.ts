@@ -57,7 +57,11 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     const other = makeTree();
     other.context('b.conf', '[context]\nuid_map = 0 6100000 65536\ngid_map = 0 6100000 65536\n[squash]\nmode = root\n');
     const apart = await startAgent(other, ['--log-level', 'info'], { wrap: ['unshare', '--mount', '--propagation', 'slave'] });
-    const dst = (name: string) => { const p = join(tree.dir, name); mkdirSync(p, { recursive: true }); return p; };
+    const dst = (name: string) => {
+      const p = join(tree.dir, name);
+      mkdirSync(p, { recursive: true });
+      return p;
+    };
     const a = dst('a');
     const b = dst('b');
     let t0 = process.hrtime.bigint();
@@ -88,7 +92,8 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
       const bi = ms(t0);
       detach(b);
       t0 = process.hrtime.bigint();
-      if (spawnSync(process.execPath, [USERNSCTL, '--socket', agent.socket, 'view', '--context', 'b', src, a], { stdio: 'ignore' }).status !== 0) throw new Error('usernsctl view failed');
+      if (spawnSync(process.execPath, [USERNSCTL, '--socket', agent.socket, 'view', '--context', 'b', src, a], { stdio: 'ignore' }).status !== 0)
+        throw new Error('usernsctl view failed');
       const vc = ms(t0);
       detach(a);
       t0 = process.hrtime.bigint();
@@ -102,7 +107,14 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
         hc = ms(t0);
         detach(a);
       }
-      if (i >= 3) { viewIn.push(v); bindIn.push(bi); viewCmd.push(vc); bindCmd.push(bc); viewOther.push(vo); helperCmd.push(hc); }
+      if (i >= 3) {
+        viewIn.push(v);
+        bindIn.push(bi);
+        viewCmd.push(vc);
+        bindCmd.push(bc);
+        viewOther.push(vo);
+        helperCmd.push(hc);
+      }
     }
     // Walks: one view of each kind stays mounted; rounds interleave the three.
     mountView(agent.socket, src, a, { context: 'b' });
@@ -116,7 +128,11 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
       // The order turns each round, so no kind always walks right after another.
       const order = [() => plain.push(walk(src)), () => idm.push(walk(a)), ...(hasBindfs ? [() => bfs.push(walk(c))] : [])];
       for (let j = 0; j < order.length; j++) order[(i + j) % order.length]();
-      if (i < 3) { plain.length = 0; idm.length = 0; bfs.length = 0; } // warm-up rounds
+      if (i < 3) {
+        plain.length = 0;
+        idm.length = 0;
+        bfs.length = 0;
+      } // warm-up rounds
     }
     detach(a);
     if (hasBindfs) spawnSync('umount', [c]);
@@ -124,8 +140,18 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     await apart.stop();
     await cleanup(other);
     return {
-      runs, viewInProcess: median(viewIn), bindInProcess: median(bindIn), viewCommand: median(viewCmd), bindCommand: median(bindCmd), helperCommand: hasHelper ? median(helperCmd) : null, firstView, viewOtherNs: median(viewOther),
-      files: dirs * perDir, walkPlain: median(plain), walkIdmapped: median(idm), walkBindfs: hasBindfs ? median(bfs) : null,
+      runs,
+      viewInProcess: median(viewIn),
+      bindInProcess: median(bindIn),
+      viewCommand: median(viewCmd),
+      bindCommand: median(bindCmd),
+      helperCommand: hasHelper ? median(helperCmd) : null,
+      firstView,
+      viewOtherNs: median(viewOther),
+      files: dirs * perDir,
+      walkPlain: median(plain),
+      walkIdmapped: median(idm),
+      walkBindfs: hasBindfs ? median(bfs) : null,
     };
   } finally {
     await cleanup(tree);

@@ -22,6 +22,15 @@ if (have[0] < need[0] || (have[0] === need[0] && have[1] < need[1])) {
     if (r.signal) process.kill(process.pid, r.signal);
     process.exit(r.status === null ? 1 : r.status);
   }
-  process.stderr.write(prog + ': needs Node.js >= ' + need.join('.') + ', this is ' + process.version + ' (' + process.execPath + '); run it with the Node from the project\'s npm ci, or install a newer Node\n');
+  process.stderr.write(
+    prog +
+      ': needs Node.js >= ' +
+      need.join('.') +
+      ', this is ' +
+      process.version +
+      ' (' +
+      process.execPath +
+      "); run it with the Node from the project's npm ci, or install a newer Node\n",
+  );
   process.exit(1);
 }

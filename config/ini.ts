@@ -50,7 +50,14 @@ const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOL
 /** The open's failure as the admin should read it. */
 function openProblem(file: string, err: unknown): ConfigError {
   const code = (err as NodeJS.ErrnoException).code ?? String(err);
-  if (code === 'ELOOP') return configError(file, null, null, null, 'is a symbolic link: refused (configuration files must be regular files owned by root; copy the file instead of linking it)');
+  if (code === 'ELOOP')
+    return configError(
+      file,
+      null,
+      null,
+      null,
+      'is a symbolic link: refused (configuration files must be regular files owned by root; copy the file instead of linking it)',
+    );
   return configError(file, null, null, null, `cannot open: ${code}`);
 }
 
@@ -61,8 +68,10 @@ function openProblem(file: string, err: unknown): ConfigError {
 function statProblem(file: string, st: Stats): ConfigError | null {
   if (!st.isFile()) return configError(file, null, null, null, 'is not a regular file');
   if (st.uid !== 0) return configError(file, null, null, null, `is owned by uid ${st.uid}, not root: ignored (chown root ${file})`);
-  if ((st.mode & 0o022) !== 0) return configError(file, null, null, null, `is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): ignored (chmod go-w ${file})`);
-  if (st.size > MAX_CONFIG_FILE_BYTES) return configError(file, null, null, null, `is ${st.size} bytes, more than the ${MAX_CONFIG_FILE_BYTES} a configuration file may have: ignored`);
+  if ((st.mode & 0o022) !== 0)
+    return configError(file, null, null, null, `is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): ignored (chmod go-w ${file})`);
+  if (st.size > MAX_CONFIG_FILE_BYTES)
+    return configError(file, null, null, null, `is ${st.size} bytes, more than the ${MAX_CONFIG_FILE_BYTES} a configuration file may have: ignored`);
   return null;
 }
 
@@ -138,10 +147,13 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
   // The ini package takes a header only alone and unindented on its line: "[context] # note" and
   // "  [context]" would be keys to it, and the section's values lost. It reads the headers as the
   // line scan below accepts them, written out plainly.
-  const canonical = text.split(/\r?\n/).map((raw) => {
-    const h = HEADER.exec(raw.trim());
-    return h ? `[${h[1].trim()}]` : raw;
-  }).join('\n');
+  const canonical = text
+    .split(/\r?\n/)
+    .map((raw) => {
+      const h = HEADER.exec(raw.trim());
+      return h ? `[${h[1].trim()}]` : raw;
+    })
+    .join('\n');
   const values = ini.decode(canonical) as Record<string, unknown>;
   const sections = new Map<string, IniSection>();
   let current: IniSection | null = null;
@@ -161,7 +173,11 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
     if (s.startsWith('[')) {
       const header = HEADER.exec(s);
       if (!header) {
-        syntaxError(null, line, `a section header must be "[name]" alone on its line (${s.includes(']') ? 'text follows the "]"' : 'the closing "]" is missing'})`);
+        syntaxError(
+          null,
+          line,
+          `a section header must be "[name]" alone on its line (${s.includes(']') ? 'text follows the "]"' : 'the closing "]" is missing'})`,
+        );
         current = null;
         swallowing = true;
         continue;
@@ -197,9 +213,8 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
       continue;
     }
     const sectionValues = Object.hasOwn(values, currentName) ? values[currentName] : undefined;
-    const v = sectionValues && typeof sectionValues === 'object' && Object.hasOwn(sectionValues, key)
-      ? (sectionValues as Record<string, unknown>)[key]
-      : undefined;
+    const v =
+      sectionValues && typeof sectionValues === 'object' && Object.hasOwn(sectionValues, key) ? (sectionValues as Record<string, unknown>)[key] : undefined;
     current.keys.set(key, { value: typeof v === 'string' ? v.trim() : null, line });
   }
   return { doc: { file, sections }, errors, syntax };

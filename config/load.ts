@@ -46,7 +46,17 @@ function applySchema(doc: IniDoc, schema: Schema, nss: Nss, errors: ConfigError[
   for (const [name, section] of doc.sections) {
     const table = Object.hasOwn(schema, name) ? schema[name] : undefined;
     if (!table) {
-      errors.push(configError(doc.file, name, null, section.line, `unknown section (known: ${Object.keys(schema).map((s) => `[${s}]`).join(', ')})`));
+      errors.push(
+        configError(
+          doc.file,
+          name,
+          null,
+          section.line,
+          `unknown section (known: ${Object.keys(schema)
+            .map((s) => `[${s}]`)
+            .join(', ')})`,
+        ),
+      );
       continue;
     }
     const values = new Map<string, unknown>();
@@ -74,7 +84,12 @@ function lineOf(doc: IniDoc, section: string, key?: string): number | null {
 }
 
 /** Read /etc/usernsd.conf. A bad key is reported and its default used, so the agent can still start. */
-export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConfig, 'file'> = AGENT_DEFAULTS, text: string | ConfigError = readConfigText(file)): { config: AgentConfig; errors: ConfigError[] } {
+export function loadAgentConfig(
+  file: string,
+  nss: Nss,
+  defaults: Omit<AgentConfig, 'file'> = AGENT_DEFAULTS,
+  text: string | ConfigError = readConfigText(file),
+): { config: AgentConfig; errors: ConfigError[] } {
   const errors: ConfigError[] = [];
   if (typeof text !== 'string') return { config: { ...defaults, file }, errors: [text] };
   const { doc, errors: iniErrors } = parseIni(file, text);
@@ -84,7 +99,9 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
   const range = get('pool', 'range', { start: defaults.pool.start, end: defaults.pool.end });
   const size = get('pool', 'size', defaults.pool.size);
   if (range.end - range.start + 1 < size) {
-    errors.push(configError(file, 'pool', 'range', lineOf(doc, 'pool', 'range'), `holds ${range.end - range.start + 1} ids, fewer than one allocation of size ${size}`));
+    errors.push(
+      configError(file, 'pool', 'range', lineOf(doc, 'pool', 'range'), `holds ${range.end - range.start + 1} ids, fewer than one allocation of size ${size}`),
+    );
   }
   if (range.start === 0) errors.push(configError(file, 'pool', 'range', lineOf(doc, 'pool', 'range'), 'must not include id 0 (host root)'));
   const coordinator = get<'local' | 'etcd'>('pool', 'coordinator', defaults.coordinator);
@@ -97,9 +114,16 @@ export function loadAgentConfig(file: string, nss: Nss, defaults: Omit<AgentConf
     timeoutMs: get('etcd', 'timeout', defaults.etcd.timeoutMs),
     name: get<string | null>('etcd', 'name', defaults.etcd.name),
   };
-  if (coordinator === 'etcd' && etcd.endpoints.length === 0) errors.push(configError(file, 'pool', 'coordinator', lineOf(doc, 'pool', 'coordinator'), 'etcd needs [etcd] endpoints = URL, ... (the cluster\'s client URLs)'));
-  if ((etcd.cert === null) !== (etcd.key === null)) errors.push(configError(file, 'etcd', etcd.cert === null ? 'key' : 'cert', lineOf(doc, 'etcd'), 'cert and key go together (a client certificate and its key)'));
-  if (etcd.cert !== null && etcd.ca === null) errors.push(configError(file, 'etcd', 'cert', lineOf(doc, 'etcd', 'cert'), 'a client certificate needs the ca that verifies the cluster (TLS)'));
+  if (coordinator === 'etcd' && etcd.endpoints.length === 0)
+    errors.push(
+      configError(file, 'pool', 'coordinator', lineOf(doc, 'pool', 'coordinator'), "etcd needs [etcd] endpoints = URL, ... (the cluster's client URLs)"),
+    );
+  if ((etcd.cert === null) !== (etcd.key === null))
+    errors.push(
+      configError(file, 'etcd', etcd.cert === null ? 'key' : 'cert', lineOf(doc, 'etcd'), 'cert and key go together (a client certificate and its key)'),
+    );
+  if (etcd.cert !== null && etcd.ca === null)
+    errors.push(configError(file, 'etcd', 'cert', lineOf(doc, 'etcd', 'cert'), 'a client certificate needs the ca that verifies the cluster (TLS)'));
   return {
     config: {
       file,
@@ -163,7 +187,9 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
     errors.push(configError(file, section, key, key ? lineOf(doc, section, key) : lineOf(doc, section), message));
 
   // What is missing is said only of a file that parsed: after a syntax error it would be noise.
-  const missing = (section: string, key: string | null, message: string) => { if (!syntax) err(section, key, message); };
+  const missing = (section: string, key: string | null, message: string) => {
+    if (!syntax) err(section, key, message);
+  };
   if (!doc.sections.has('context')) missing('context', null, 'missing: every context file needs a [context] section');
   const label = get<string>('context', 'label') ?? basename(file).replace(/\.conf$/, '');
   if (!ctx.has('label') && labelProblem(label) !== null) {
@@ -182,7 +208,8 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
   const present = (key: string) => section?.keys.has(key) ?? false;
   if (auto) {
     for (const key of ['uid_map', 'gid_map']) if (present(key)) err('context', key, 'cannot be combined with range = auto: remove one of them');
-    if (parent !== HOST_LABEL) err('context', 'range', 'range = auto is only for contexts whose parent is host; give a nested context a uid_map and gid_map inside its parent');
+    if (parent !== HOST_LABEL)
+      err('context', 'range', 'range = auto is only for contexts whose parent is host; give a nested context a uid_map and gid_map inside its parent');
   } else {
     if (present('size')) err('context', 'size', 'only applies with range = auto');
     if (!present('range')) {
@@ -193,7 +220,10 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
   if (errors.length > 0) return { def: null, errors: capErrors(file, errors) };
   return {
     def: {
-      label, file, parent, owner,
+      label,
+      file,
+      parent,
+      owner,
       uidMap: auto ? null : uidMap,
       gidMap: auto ? null : gidMap,
       autoSize: auto ? (sizeSet ?? poolSize) : null,
@@ -229,7 +259,13 @@ export function listContextFiles(dir: string): string[] | ConfigError {
 export type ReadAhead = ReadonlyMap<string, string | ConfigError>;
 
 /** Every file of the directory parsed on its own, plus the checks between files that need no allocation. */
-export function loadContextDefs(dir: string, nss: Nss, poolSize: number, texts?: ReadAhead, files: string[] | ConfigError = listContextFiles(dir)): { defs: ContextDef[]; errors: ConfigError[] } {
+export function loadContextDefs(
+  dir: string,
+  nss: Nss,
+  poolSize: number,
+  texts?: ReadAhead,
+  files: string[] | ConfigError = listContextFiles(dir),
+): { defs: ContextDef[]; errors: ConfigError[] } {
   if (!Array.isArray(files)) return { defs: [], errors: [files] };
   const defs: ContextDef[] = [];
   const errors: ConfigError[] = [];
@@ -274,7 +310,8 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
         errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not a configured context`));
         ok = false;
       } else if (!visit(p, [...path, d.label])) {
-        if (state.get(d.label) !== 'bad') errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not valid, so neither is this context`));
+        if (state.get(d.label) !== 'bad')
+          errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not valid, so neither is this context`));
         ok = false;
       }
     }
@@ -351,14 +388,25 @@ export const OWN_IDS_ONLY: Delegations = { of: (o) => ({ uid: [{ start: o.uid, e
 
 /** Ids of [start, end) that no interval of `given` covers. */
 function notGiven(given: readonly Interval[], start: number, end: number): Interval[] {
-  return uncovered(given.map((g) => ({ inside: g.start, outside: g.start, count: g.end - g.start })), 'inside', start, end);
+  return uncovered(
+    given.map((g) => ({ inside: g.start, outside: g.start, count: g.end - g.start })),
+    'inside',
+    start,
+    end,
+  );
 }
 
 /**
  * A map beyond its owner's delegation, said the way an admin fixes it: which ids, whose they are
  * (the first few accounts), and what the owner was given.
  */
-function beyondDelegation(d: ContextDef, kind: 'uid' | 'gid', gaps: Interval[], given: readonly Interval[], whose: Delegations['whose']): { what: string; advice: string } {
+function beyondDelegation(
+  d: ContextDef,
+  kind: 'uid' | 'gid',
+  gaps: Interval[],
+  given: readonly Interval[],
+  whose: Delegations['whose'],
+): { what: string; advice: string } {
   const named: string[] = [];
   for (const g of gaps) {
     for (let id = g.start; id < g.end && named.length < 3; id++) {
@@ -400,7 +448,12 @@ function mapsOf(d: ContextDef, allocated: ReadonlyMap<string, number>): { uidMap
  * changed ones; parents before children within each. So a context in force is never refused
  * because a file that sorts before it now claims its ids: the newcomer is.
  */
-function admissionOrder(defs: readonly ContextDef[], kept: readonly Context[], allocated: ReadonlyMap<string, number>, prior: Prior): { def: ContextDef; senior: boolean }[] {
+function admissionOrder(
+  defs: readonly ContextDef[],
+  kept: readonly Context[],
+  allocated: ReadonlyMap<string, number>,
+  prior: Prior,
+): { def: ContextDef; senior: boolean }[] {
   const byLabel = new Map<string, ContextDef>();
   for (const d of [...kept, ...defs]) byLabel.set(d.label, d);
   const keptSet = new Set<ContextDef>(kept);
@@ -412,8 +465,9 @@ function admissionOrder(defs: readonly ContextDef[], kept: readonly Context[], a
     const old = prior.inForce.get(d.label);
     const maps = mapsOf(d, allocated);
     const parent = byLabel.get(d.parent);
-    v = (keptSet.has(d) || (old !== undefined && maps !== null && sameIds(old, { parent: d.parent, ...maps })))
-      && (d.parent === HOST_LABEL || (parent !== undefined && isSenior(parent)));
+    v =
+      (keptSet.has(d) || (old !== undefined && maps !== null && sameIds(old, { parent: d.parent, ...maps }))) &&
+      (d.parent === HOST_LABEL || (parent !== undefined && isSenior(parent)));
     senior.set(d.label, v);
     return v;
   };
@@ -486,7 +540,10 @@ export function finishContexts(
     const nowMaps = mapsOf(now, allocated);
     if (nowMaps && sameMap(nowMaps.uidMap, held.uidMap) && sameMap(nowMaps.gidMap, held.gidMap)) continue;
     const siblings = claims.get(now.parent) ?? { uid: [], gid: [] };
-    for (const [kind, map] of [['uid', held.uidMap], ['gid', held.gidMap]] as const) {
+    for (const [kind, map] of [
+      ['uid', held.uidMap],
+      ['gid', held.gidMap],
+    ] as const) {
       for (const e of map) claimGaps(siblings[kind], e.outside, e.outside + e.count, label, 'pin');
     }
     claims.set(now.parent, siblings);
@@ -500,7 +557,10 @@ export function finishContexts(
     const own = mapsOf(d, allocated);
     if (!own) continue; // the allocator has said why
     const { uidMap, gidMap } = own;
-    const maps = [['uid', 'uid_map', uidMap], ['gid', 'gid_map', gidMap]] as const;
+    const maps = [
+      ['uid', 'uid_map', uidMap],
+      ['gid', 'gid_map', gidMap],
+    ] as const;
     const parent = accepted.get(d.parent);
     const problems: [string, string][] = [];
     if (parent) {
@@ -508,27 +568,40 @@ export function finishContexts(
         const pmap = kind === 'uid' ? parent.uidMap : parent.gidMap;
         const gaps = map.flatMap((e) => uncovered(pmap, 'inside', e.outside, e.outside + e.count));
         if (gaps.length > 0) {
-          problems.push([key, `outside ${kind}s ${gaps.map(formatInterval).join(', ')} are not mapped inside parent "${d.parent}": a nested map may only use ids its parent has`]);
+          problems.push([
+            key,
+            `outside ${kind}s ${gaps.map(formatInterval).join(', ')} are not mapped inside parent "${d.parent}": a nested map may only use ids its parent has`,
+          ]);
         }
         if (uncovered(pmap, 'inside', 0, 1).length > 0) {
-          problems.push([key, `parent "${d.parent}" does not map ${kind} 0: the agent writes a nested context's maps as its parent's root, so the parent must map inside ${kind} 0`]);
+          problems.push([
+            key,
+            `parent "${d.parent}" does not map ${kind} 0: the agent writes a nested context's maps as its parent's root, so the parent must map inside ${kind} 0`,
+          ]);
         }
       }
     }
     const parentHost = parent ? hostMaps.get(d.parent)! : null;
-    const host: HostMaps = parentHost
-      ? { uid: composeMaps(uidMap, parentHost.uid), gid: composeMaps(gidMap, parentHost.gid) }
-      : { uid: uidMap, gid: gidMap };
+    const host: HostMaps = parentHost ? { uid: composeMaps(uidMap, parentHost.uid), gid: composeMaps(gidMap, parentHost.gid) } : { uid: uidMap, gid: gidMap };
     // setgroups: the kernel refuses "allow" in a namespace whose parent denies it.
     const setgroups = d.setgroups ?? (parent?.setgroups === 'deny' || d.owner.uid !== 0 ? 'deny' : 'allow');
     if (parent?.setgroups === 'deny' && setgroups === 'allow') {
-      problems.push(['setgroups', `cannot be allow: parent "${d.parent}" has setgroups = deny, and the kernel refuses allow under deny (remove the line: a nested context inherits deny)`]);
+      problems.push([
+        'setgroups',
+        `cannot be allow: parent "${d.parent}" has setgroups = deny, and the kernel refuses allow under deny (remove the line: a nested context inherits deny)`,
+      ]);
     }
     // A nested namespace is owned by its owner's id inside the parent: the parent must map it.
     if (parentHost && d.owner.uid !== 0) {
-      for (const [kind, id, key] of [['uid', d.owner.uid, 'owner'], ['gid', d.owner.gid, 'owner']] as const) {
+      for (const [kind, id, key] of [
+        ['uid', d.owner.uid, 'owner'],
+        ['gid', d.owner.gid, 'owner'],
+      ] as const) {
         if (uncovered(kind === 'uid' ? parentHost.uid : parentHost.gid, 'outside', id, id + 1).length > 0) {
-          problems.push([key, `${d.owner.name ?? d.owner.uid} (host ${kind} ${id}) is not mapped in parent "${d.parent}": the owner of a nested context is a host user whose ids the parent maps; the parent's own owner needs no owner line here, since the owner of a namespace may enter every namespace nested in it`]);
+          problems.push([
+            key,
+            `${d.owner.name ?? d.owner.uid} (host ${kind} ${id}) is not mapped in parent "${d.parent}": the owner of a nested context is a host user whose ids the parent maps; the parent's own owner needs no owner line here, since the owner of a namespace may enter every namespace nested in it`,
+          ]);
           break;
         }
       }
@@ -536,7 +609,10 @@ export function finishContexts(
     if (d.owner.uid !== 0) {
       for (const [kind, key] of maps) {
         if ((kind === 'uid' ? host.uid : host.gid).some((e) => e.outside === 0)) {
-          problems.push([key, `maps host ${kind} 0 (root) into a context owned by ${d.owner.name ?? d.owner.uid}, who is not root: that would give the owner host root`]);
+          problems.push([
+            key,
+            `maps host ${kind} 0 (root) into a context owned by ${d.owner.name ?? d.owner.uid}, who is not root: that would give the owner host root`,
+          ]);
         }
       }
     }
@@ -549,7 +625,8 @@ export function finishContexts(
         const gaps = (kind === 'uid' ? host.uid : host.gid).flatMap((e) => notGiven(g, e.outside, e.outside + e.count));
         if (gaps.length === 0) continue;
         const { what, advice } = beyondDelegation(d, kind, gaps, g, delegations.whose);
-        if (d.ownerIds === 'any') notices.push(configError(d.file, 'context', 'owner_ids', lineIn(d, 'owner_ids'), `any: the owner may use ids it was not given: ${key} ${what}`));
+        if (d.ownerIds === 'any')
+          notices.push(configError(d.file, 'context', 'owner_ids', lineIn(d, 'owner_ids'), `any: the owner may use ids it was not given: ${key} ${what}`));
         else problems.push([key, `${what}: ${advice}`]);
       }
     }
@@ -562,9 +639,11 @@ export function finishContexts(
         const o = c.by !== 'pin' ? accepted.get(c.label) : undefined;
         const ids = formatInterval({ start: Math.max(c.start, e.outside), end: Math.min(c.end, e.outside + e.count) });
         const whose = d.parent === HOST_LABEL ? 'host' : `parent "${d.parent}"`;
-        const by = o ? `context "${o.label}" (${o.file})`
-          : c.by === 'pin' ? `the pinned namespace of "${c.label}", whose ids changed (release it first: usernsctl release ${c.label})`
-          : `the range allocated to "${c.label}" (range = auto, recorded in the state directory's ranges.json; it stays reserved for that label)`;
+        const by = o
+          ? `context "${o.label}" (${o.file})`
+          : c.by === 'pin'
+            ? `the pinned namespace of "${c.label}", whose ids changed (release it first: usernsctl release ${c.label})`
+            : `the range allocated to "${c.label}" (range = auto, recorded in the state directory's ranges.json; it stays reserved for that label)`;
         problems.push([key, `${whose} ${kind}s ${ids} are already used by ${by}: give one of them other ids`]);
         break;
       }

@@ -15,8 +15,13 @@ bypassUserdb('io.usernsd');
 
 const libc = koffi.load('libc.so.6');
 const passwd = koffi.struct({
-  pw_name: 'const char *', pw_passwd: 'const char *', pw_uid: 'uint32_t', pw_gid: 'uint32_t',
-  pw_gecos: 'const char *', pw_dir: 'const char *', pw_shell: 'const char *',
+  pw_name: 'const char *',
+  pw_passwd: 'const char *',
+  pw_uid: 'uint32_t',
+  pw_gid: 'uint32_t',
+  pw_gecos: 'const char *',
+  pw_dir: 'const char *',
+  pw_shell: 'const char *',
 });
 const group = koffi.struct({ gr_name: 'const char *', gr_passwd: 'const char *', gr_gid: 'uint32_t', gr_mem: 'void *' });
 const passwdPtr = koffi.pointer(passwd);

@@ -23,16 +23,22 @@ export function labelProblem(label: string): string | null {
   return 'a label may contain only letters, digits, ".", "_" and "-"';
 }
 
-const oneOf = <T extends string>(values: readonly T[]): Parse<T> => (text) =>
-  (values as readonly string[]).includes(text) ? (text as T) : { problem: `must be one of ${values.join(', ')} (got "${text}")` };
+const oneOf =
+  <T extends string>(values: readonly T[]): Parse<T> =>
+  (text) =>
+    (values as readonly string[]).includes(text) ? (text as T) : { problem: `must be one of ${values.join(', ')} (got "${text}")` };
 
 const absolutePath: Parse<string> = (text) =>
-  text.startsWith('/') && !text.split('/').includes('..') ? text.replace(/\/+$/, '') || '/' : { problem: `must be an absolute path without ".." (got "${text}")` };
+  text.startsWith('/') && !text.split('/').includes('..')
+    ? text.replace(/\/+$/, '') || '/'
+    : { problem: `must be an absolute path without ".." (got "${text}")` };
 
-const number = (min: number, max: number): Parse<number> => (text) => {
-  const n = parseId(text);
-  return n !== null && n >= min && n <= max ? n : { problem: `must be a whole number from ${min} to ${max} (got "${text}")` };
-};
+const number =
+  (min: number, max: number): Parse<number> =>
+  (text) => {
+    const n = parseId(text);
+    return n !== null && n >= min && n <= max ? n : { problem: `must be a whole number from ${min} to ${max} (got "${text}")` };
+  };
 
 const idMap: Parse<IdMap> = (text) => {
   const m = parseExtents(text);
@@ -44,7 +50,8 @@ const idMap: Parse<IdMap> = (text) => {
  * (uid_t) -1 and (gid_t) -1 are "no id" to the kernel (setresuid, setresgid and chown leave the id
  * as it is), never a user or a group: an owner written so would leave its namespace to root.
  */
-const noId = (id: number, kind: 'uid' | 'gid') => (id === ID_LIMIT ? { problem: `${id} is (${kind}_t) -1, which the kernel reads as "no id": not a ${kind === 'uid' ? 'user' : 'group'}` } : null);
+const noId = (id: number, kind: 'uid' | 'gid') =>
+  id === ID_LIMIT ? { problem: `${id} is (${kind}_t) -1, which the kernel reads as "no id": not a ${kind === 'uid' ? 'user' : 'group'}` } : null;
 
 export const parseUser: Parse<Owner> = (text, nss) => {
   const uid = parseId(text);
@@ -65,17 +72,22 @@ export const parseGroup: Parse<number> = (text, nss) => {
   return g !== null ? g : { problem: `unknown group "${text}" (not found through NSS: check getent group ${text})` };
 };
 
-const list = <T>(item: Parse<T>): Parse<T[]> => (text, nss) => {
-  const out: T[] = [];
-  for (const part of text.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
-    const v = item(part, nss);
-    if (isProblem(v)) return v;
-    out.push(v);
-  }
-  return out;
-};
+const list =
+  <T>(item: Parse<T>): Parse<T[]> =>
+  (text, nss) => {
+    const out: T[] = [];
+    for (const part of text
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s !== '')) {
+      const v = item(part, nss);
+      if (isProblem(v)) return v;
+      out.push(v);
+    }
+    return out;
+  };
 
-const labelValue: Parse<string> = (text) => labelProblem(text) === null ? text : { problem: `"${text}": ${labelProblem(text)}` };
+const labelValue: Parse<string> = (text) => (labelProblem(text) === null ? text : { problem: `"${text}": ${labelProblem(text)}` });
 
 const poolRange: Parse<{ start: number; end: number }> = (text) => {
   const m = /^(\d+)\s*-\s*(\d+)$/.exec(text);
@@ -88,7 +100,8 @@ const poolRange: Parse<{ start: number; end: number }> = (text) => {
 };
 
 /** An etcd client URL: http:// or https://, a host and a port. */
-const endpoint: Parse<string> = (text) => /^https?:\/\/[A-Za-z0-9.[\]:-]+:\d{1,5}$/.test(text) ? text : { problem: `must be a URL such as http://127.0.0.1:2379 (got "${text}")` };
+const endpoint: Parse<string> = (text) =>
+  /^https?:\/\/[A-Za-z0-9.[\]:-]+:\d{1,5}$/.test(text) ? text : { problem: `must be a URL such as http://127.0.0.1:2379 (got "${text}")` };
 
 /** HOST:PORT for a TCP listener: an IPv4 address or [IPv6], a port from 1 to 65535. */
 const listenAddress: Parse<{ host: string; port: number }> = (text) => {
@@ -109,16 +122,25 @@ export const AGENT_SCHEMA = {
     state: { parse: absolutePath, doc: 'the directory of persistent state' },
     log_level: { parse: oneOf<LogLevel>(LOG_LEVELS), doc: 'the lowest level logged' },
     mount_namespace: {
-      parse: (t: string) => t === 'auto' || t === 'self' || (t.startsWith('/') && !t.split('/').includes('..')) ? t : { problem: `must be auto, self or the absolute path of a mount namespace file such as /proc/1/ns/mnt (got "${t}")` },
+      parse: (t: string) =>
+        t === 'auto' || t === 'self' || (t.startsWith('/') && !t.split('/').includes('..'))
+          ? t
+          : { problem: `must be auto, self or the absolute path of a mount namespace file such as /proc/1/ns/mnt (got "${t}")` },
       doc: 'the mount namespace pins are mounted in',
     },
-    spawner: { parse: oneOf(['auto', 'native', 'node'] as const), doc: 'who makes user namespaces: native, the usernsd-spawner program; node, a process forked from the agent for each; auto, native when it was built' },
-    subuid: { parse: absolutePath, doc: 'the subordinate uid file (newuidmap\'s): uids delegated to users' },
-    subgid: { parse: absolutePath, doc: 'the subordinate gid file (newgidmap\'s): gids delegated to users' },
-    userdb: { parse: oneOf(['yes', 'no'] as const), doc: 'whether to name the contexts\' host ids through systemd\'s userdb' },
+    spawner: {
+      parse: oneOf(['auto', 'native', 'node'] as const),
+      doc: 'who makes user namespaces: native, the usernsd-spawner program; node, a process forked from the agent for each; auto, native when it was built',
+    },
+    subuid: { parse: absolutePath, doc: "the subordinate uid file (newuidmap's): uids delegated to users" },
+    subgid: { parse: absolutePath, doc: "the subordinate gid file (newgidmap's): gids delegated to users" },
+    userdb: { parse: oneOf(['yes', 'no'] as const), doc: "whether to name the contexts' host ids through systemd's userdb" },
     userdb_socket: { parse: absolutePath, doc: 'the userdb Varlink socket; its file name is the service name' },
     label_xattr: {
-      parse: (t: string) => /^(trusted|user|security)\.[A-Za-z0-9._-]+$/.test(t) ? t : { problem: `must be an extended attribute name in the trusted, user or security namespace (got "${t}")` },
+      parse: (t: string) =>
+        /^(trusted|user|security)\.[A-Za-z0-9._-]+$/.test(t)
+          ? t
+          : { problem: `must be an extended attribute name in the trusted, user or security namespace (got "${t}")` },
       doc: 'the extended attribute that holds a context label on an inode',
     },
   },
@@ -135,16 +157,24 @@ export const AGENT_SCHEMA = {
     size: { parse: number(1, 0x7fffffff), doc: 'the default size of an allocation' },
   },
   etcd: {
-    endpoints: { parse: list(endpoint), doc: 'the etcd cluster\'s client URLs, comma-separated' },
+    endpoints: { parse: list(endpoint), doc: "the etcd cluster's client URLs, comma-separated" },
     prefix: {
-      parse: (t: string) => /^\/[A-Za-z0-9._/-]*$/.test(t) && !t.split('/').includes('..') ? (t.endsWith('/') ? t : `${t}/`) : { problem: `must be a key prefix starting with "/" of letters, digits, ".", "_", "-" and "/" (got "${t}")` },
+      parse: (t: string) =>
+        /^\/[A-Za-z0-9._/-]*$/.test(t) && !t.split('/').includes('..')
+          ? t.endsWith('/')
+            ? t
+            : `${t}/`
+          : { problem: `must be a key prefix starting with "/" of letters, digits, ".", "_", "-" and "/" (got "${t}")` },
       doc: 'the prefix of every key the agent writes',
     },
-    ca: { parse: absolutePath, doc: 'the CA certificate that signed the cluster\'s (turns TLS on)' },
-    cert: { parse: absolutePath, doc: 'this host\'s client certificate' },
-    key: { parse: absolutePath, doc: 'this host\'s client key' },
+    ca: { parse: absolutePath, doc: "the CA certificate that signed the cluster's (turns TLS on)" },
+    cert: { parse: absolutePath, doc: "this host's client certificate" },
+    key: { parse: absolutePath, doc: "this host's client key" },
     timeout: { parse: number(100, 600_000), doc: 'milliseconds an etcd request may take' },
-    name: { parse: (t: string) => /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t) ? t : { problem: `must be 1-64 letters, digits, ".", "_" or "-" (got "${t}")` }, doc: 'this host\'s name in the shared pool (default: its hostname)' },
+    name: {
+      parse: (t: string) => (/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t) ? t : { problem: `must be 1-64 letters, digits, ".", "_" or "-" (got "${t}")` }),
+      doc: "this host's name in the shared pool (default: its hostname)",
+    },
   },
 } as const satisfies Record<string, Record<string, KeySpec<unknown>>>;
 
@@ -152,7 +182,7 @@ export const AGENT_SCHEMA = {
 export const CONTEXT_SCHEMA = {
   context: {
     label: { parse: labelValue, doc: 'the context label (default: the file name without .conf)' },
-    parent: { parse: (t: string, nss: Nss) => t === 'host' ? t : labelValue(t, nss), doc: 'host, or the label of the parent context' },
+    parent: { parse: (t: string, nss: Nss) => (t === 'host' ? t : labelValue(t, nss)), doc: 'host, or the label of the parent context' },
     owner: { parse: parseUser, doc: 'the user who owns the namespace' },
     uid_map: { parse: idMap, doc: 'uid extents INSIDE OUTSIDE COUNT, comma-separated' },
     gid_map: { parse: idMap, doc: 'gid extents INSIDE OUTSIDE COUNT, comma-separated' },
@@ -160,15 +190,30 @@ export const CONTEXT_SCHEMA = {
     size: { parse: number(1, 0x7fffffff), doc: 'the size of an auto range' },
     setgroups: { parse: oneOf(['allow', 'deny'] as const), doc: 'whether setgroups(2) is allowed inside' },
     create: { parse: oneOf(['lazy', 'eager'] as const), doc: 'when the namespace is created' },
-    owner_ids: { parse: oneOf(['delegated', 'any'] as const), doc: 'which host ids a context owned by a user may map: delegated (its own, its subuid/subgid entries) or any' },
+    owner_ids: {
+      parse: oneOf(['delegated', 'any'] as const),
+      doc: 'which host ids a context owned by a user may map: delegated (its own, its subuid/subgid entries) or any',
+    },
   },
   squash: {
     mode: { parse: oneOf<SquashMode>(SQUASH_MODES), doc: 'none, root or all' },
-    anonuid: { parse: (t: string, nss: Nss) => { const u = parseUser(t, nss); return isProblem(u) ? u : u.uid; }, doc: 'host uid squashed ids become' },
+    anonuid: {
+      parse: (t: string, nss: Nss) => {
+        const u = parseUser(t, nss);
+        return isProblem(u) ? u : u.uid;
+      },
+      doc: 'host uid squashed ids become',
+    },
     anongid: { parse: parseGroup, doc: 'host gid squashed ids become' },
   },
   access: {
-    users: { parse: list((t: string, nss: Nss) => { const u = parseUser(t, nss); return isProblem(u) ? u : u.uid; }), doc: 'users who may resolve, map and enter' },
+    users: {
+      parse: list((t: string, nss: Nss) => {
+        const u = parseUser(t, nss);
+        return isProblem(u) ? u : u.uid;
+      }),
+      doc: 'users who may resolve, map and enter',
+    },
     groups: { parse: list(parseGroup), doc: 'groups whose members may resolve, map and enter' },
   },
 } as const satisfies Record<string, Record<string, KeySpec<unknown>>>;

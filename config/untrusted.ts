@@ -43,7 +43,10 @@ export function issueText(issues: readonly v.BaseIssue<unknown>[]): string {
  * Each entry of a JSON object checked on its own: good ones (label → value) and bad ones (label →
  * why, the raw value kept so a writer can leave another's entry as it found it).
  */
-export function checkEntries<T>(raw: Record<string, unknown>, schema: v.GenericSchema<unknown, T>): { good: Map<string, T>; bad: Map<string, { why: string; raw: unknown }> } {
+export function checkEntries<T>(
+  raw: Record<string, unknown>,
+  schema: v.GenericSchema<unknown, T>,
+): { good: Map<string, T>; bad: Map<string, { why: string; raw: unknown }> } {
   const good = new Map<string, T>();
   const bad = new Map<string, { why: string; raw: unknown }>();
   for (const [key, value] of Object.entries(raw)) {

@@ -12,14 +12,34 @@ import { fileURLToPath } from 'node:url';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 /** Each program and its sources (in native/). */
-const programs = { 'usernsd-upcall': ['usernsd-upcall.c', 'proto.c'], 'usernsd-spawner': ['usernsd-spawner.c', 'spawner-proc.c'], 'mount.usernsd': ['mount-usernsd.c', 'proto.c'] };
+const programs = {
+  'usernsd-upcall': ['usernsd-upcall.c', 'proto.c'],
+  'usernsd-spawner': ['usernsd-spawner.c', 'spawner-proc.c'],
+  'mount.usernsd': ['mount-usernsd.c', 'proto.c'],
+};
 const cc = [process.env.CC, 'cc', 'gcc', 'clang'].find((c) => c && spawnSync(c, ['--version'], { stdio: 'ignore' }).status === 0);
 if (!cc) {
   for (const p of Object.keys(programs)) rmSync(join(root, 'dist', p), { force: true });
-  console.error('build-native: no C compiler (cc, gcc, clang): the upcall is the Node handler, usernsctl upcall, and the agent forks a helper per namespace (apt-get install gcc libc6-dev for the C programs)');
+  console.error(
+    'build-native: no C compiler (cc, gcc, clang): the upcall is the Node handler, usernsctl upcall, and the agent forks a helper per namespace (apt-get install gcc libc6-dev for the C programs)',
+  );
   process.exit(0);
 }
-const flags = ['-std=c11', '-O2', '-Wall', '-Wextra', '-Werror', '-Wformat=2', '-Wshadow', '-Wmissing-prototypes', '-fstack-protector-strong', '-D_FORTIFY_SOURCE=2', '-fPIE', '-pie', '-Wl,-z,relro,-z,now'];
+const flags = [
+  '-std=c11',
+  '-O2',
+  '-Wall',
+  '-Wextra',
+  '-Werror',
+  '-Wformat=2',
+  '-Wshadow',
+  '-Wmissing-prototypes',
+  '-fstack-protector-strong',
+  '-D_FORTIFY_SOURCE=2',
+  '-fPIE',
+  '-pie',
+  '-Wl,-z,relro,-z,now',
+];
 // GCC's static analyzer (leaks, use after free, double close, NULL dereference), where the compiler
 // has it (GCC 10 and later; not clang): its findings are errors like the warnings above.
 if (spawnSync(cc, ['-fanalyzer', '-fsyntax-only', '-x', 'c', '/dev/null'], { stdio: 'ignore' }).status === 0) flags.push('-fanalyzer');

@@ -8,7 +8,21 @@
 //   DEB_MAINTAINER  the Maintainer field
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, openSync, readSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  openSync,
+  readSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -124,7 +138,10 @@ function copyright() {
     if (p === '' || meta.dev || meta.devOptional || !existsSync(join(SRC, p))) continue;
     licenses.set(p.replace(/^.*node_modules\//, ''), meta.license ?? 'see the package');
   }
-  const deps = [...licenses].sort(([a], [b]) => a.localeCompare(b)).map(([n, l]) => ` ${n}: ${l}`).join('\n');
+  const deps = [...licenses]
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([n, l]) => ` ${n}: ${l}`)
+    .join('\n');
   return `Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: usernsd
 Source: https://github.com/usernsd/usernsd
@@ -167,7 +184,9 @@ License: Expat
 }
 
 function changelog() {
-  const date = execFileSync('date', ['-R', '-u', '-d', `@${Math.floor((Number(process.env.SOURCE_DATE_EPOCH) || Date.now() / 1000))}`], { encoding: 'utf8' }).trim();
+  const date = execFileSync('date', ['-R', '-u', '-d', `@${Math.floor(Number(process.env.SOURCE_DATE_EPOCH) || Date.now() / 1000)}`], {
+    encoding: 'utf8',
+  }).trim();
   return `usernsd (${VERSION}) unstable; urgency=medium\n\n  * Built from the usernsd source with make deb.\n\n -- ${MAINTAINER}  ${date}\n`;
 }
 
@@ -198,7 +217,7 @@ function tidy(lib) {
       const body = readFileSync(p, 'utf8');
       writeFileSync(p, body.slice(body.indexOf('\n')));
       chmodSync(p, 0o644);
-    } else if (e.name.endsWith('.node') || ((mode & 0o111) && !text.startsWith('#!') && !text.startsWith('\x7fELF'))) {
+    } else if (e.name.endsWith('.node') || (mode & 0o111 && !text.startsWith('#!') && !text.startsWith('\x7fELF'))) {
       chmodSync(p, 0o644);
     }
   }
@@ -206,7 +225,13 @@ function tidy(lib) {
 
 /** Executables without their debugging symbols (Debian policy 10.1): the C programs and Node. */
 function strip(stage) {
-  for (const f of ['usr/lib/usernsd/node', 'usr/lib/usernsd/dist/usernsd-upcall', 'usr/lib/usernsd/dist/usernsd-spawner', 'usr/lib/usernsd/dist/mount.usernsd', 'usr/sbin/mount.usernsd']) {
+  for (const f of [
+    'usr/lib/usernsd/node',
+    'usr/lib/usernsd/dist/usernsd-upcall',
+    'usr/lib/usernsd/dist/usernsd-spawner',
+    'usr/lib/usernsd/dist/mount.usernsd',
+    'usr/sbin/mount.usernsd',
+  ]) {
     const p = join(stage, f);
     if (!existsSync(p)) continue;
     const r = spawnSync('strip', ['--strip-unneeded', '--remove-section=.comment', '--remove-section=.note', p], { encoding: 'utf8' });
@@ -250,31 +275,44 @@ function build() {
     }
     const control = join(stage, 'DEBIAN');
     mkdirSync(control, { mode: 0o755 });
-    writeFileSync(join(control, 'control'), [
-      'Package: usernsd',
-      `Version: ${VERSION}`,
-      `Architecture: ${ARCH}`,
-      `Maintainer: ${MAINTAINER}`,
-      `Installed-Size: ${installedSizeKiB(stage)}`,
-      'Pre-Depends: init-system-helpers (>= 1.54~)',
-      'Depends: libc6 (>= 2.34)',
-      'Recommends: keyutils, bindfs',
-      'Suggests: etcd-server',
-      'Section: admin',
-      'Priority: optional',
-      'Homepage: https://github.com/usernsd/usernsd',
-      `Description: ${pkg.description.split(':')[0]}`,
-      ' usernsd is a long-running root agent that answers "which user namespace does',
-      ' this label mean?" over a UNIX socket. It creates the namespaces configured in',
-      ' /etc/userns.d, pins them under /run/userns, maps ids between contexts with',
-      ' NFS-style squash, makes idmapped views of trees, names mapped ids through',
-      ' userdb and answers the kernel\'s request-key upcall. It ships with its own',
-      ' Node.js runtime.',
-      '',
-    ].join('\n'));
+    writeFileSync(
+      join(control, 'control'),
+      [
+        'Package: usernsd',
+        `Version: ${VERSION}`,
+        `Architecture: ${ARCH}`,
+        `Maintainer: ${MAINTAINER}`,
+        `Installed-Size: ${installedSizeKiB(stage)}`,
+        'Pre-Depends: init-system-helpers (>= 1.54~)',
+        'Depends: libc6 (>= 2.34)',
+        'Recommends: keyutils, bindfs',
+        'Suggests: etcd-server',
+        'Section: admin',
+        'Priority: optional',
+        'Homepage: https://github.com/usernsd/usernsd',
+        `Description: ${pkg.description.split(':')[0]}`,
+        ' usernsd is a long-running root agent that answers "which user namespace does',
+        ' this label mean?" over a UNIX socket. It creates the namespaces configured in',
+        ' /etc/userns.d, pins them under /run/userns, maps ids between contexts with',
+        ' NFS-style squash, makes idmapped views of trees, names mapped ids through',
+        " userdb and answers the kernel's request-key upcall. It ships with its own",
+        ' Node.js runtime.',
+        '',
+      ].join('\n'),
+    );
     writeFileSync(join(control, 'conffiles'), conffiles(stage).join('\n') + '\n');
-    writeFileSync(join(control, 'md5sums'), walkFiles(stage).map((f) => `${createHash('md5').update(readFileSync(f)).digest('hex')}  ${relative(stage, f)}`).join('\n') + '\n');
-    for (const [name, text] of [['postinst', POSTINST], ['prerm', PRERM], ['postrm', POSTRM]]) writeFileSync(join(control, name), text, { mode: 0o755 });
+    writeFileSync(
+      join(control, 'md5sums'),
+      walkFiles(stage)
+        .map((f) => `${createHash('md5').update(readFileSync(f)).digest('hex')}  ${relative(stage, f)}`)
+        .join('\n') + '\n',
+    );
+    for (const [name, text] of [
+      ['postinst', POSTINST],
+      ['prerm', PRERM],
+      ['postrm', POSTRM],
+    ])
+      writeFileSync(join(control, name), text, { mode: 0o755 });
     const out = join(OUTDIR, `usernsd_${VERSION}_${ARCH}.deb`);
     const b = spawnSync('dpkg-deb', ['--root-owner-group', `-Z${COMPRESS}`, '--build', stage, out], { encoding: 'utf8' });
     if (b.status !== 0) throw new Error(`dpkg-deb failed: ${b.stderr || b.stdout}`);

@@ -2,7 +2,25 @@
 // what was placed. Reads PREFIX, SYSCONFDIR, DESTDIR and USERNSD_NODE from the environment (see Makefile).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, closeSync, constants, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmdirSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -59,7 +77,11 @@ function put(path, body, mode = 0o644, config = false) {
   // modules) is never opened for writing (ETXTBSY), and a reader sees the old file or the new one.
   const target = dest(path);
   const tmp = join(dirname(target), `.${path.split('/').pop()}.usernsd-new.${process.pid}`);
-  try { unlinkSync(tmp); } catch { /* none */ }
+  try {
+    unlinkSync(tmp);
+  } catch {
+    /* none */
+  }
   const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
   try {
     const buf = typeof body === 'string' ? Buffer.from(body) : body;
@@ -71,7 +93,11 @@ function put(path, body, mode = 0o644, config = false) {
   const existed = existsSync(target);
   if (existed && !lstatSync(target).isDirectory()) {
     const backup = backupName(target);
-    try { unlinkSync(backup); } catch { /* none */ }
+    try {
+      unlinkSync(backup);
+    } catch {
+      /* none */
+    }
     try {
       linkSync(target, backup);
     } catch {
@@ -82,7 +108,11 @@ function put(path, body, mode = 0o644, config = false) {
   try {
     renameSync(tmp, target);
   } catch (err) {
-    try { unlinkSync(tmp); } catch { /* gone */ }
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* gone */
+    }
     throw err;
   }
   placed.files.push({ ...(config ? { path, sha256: sha256(body) } : { path }), replaced: existed });
@@ -103,7 +133,9 @@ function productionPackages() {
   const lock = JSON.parse(readFileSync(join(SRC, 'package-lock.json'), 'utf8'));
   // Optional packages for other platforms (koffi's prebuilt binaries) are listed but not installed here;
   // devOptional is a dev dependency that a production package names as an optional peer (typescript, for valibot).
-  return Object.entries(lock.packages).filter(([p, meta]) => p !== '' && !meta.dev && !meta.devOptional && !(meta.optional && !existsSync(join(SRC, p)))).map(([p]) => p);
+  return Object.entries(lock.packages)
+    .filter(([p, meta]) => p !== '' && !meta.dev && !meta.devOptional && !(meta.optional && !existsSync(join(SRC, p))))
+    .map(([p]) => p);
 }
 
 /**
@@ -112,7 +144,12 @@ function productionPackages() {
  */
 function shippedContexts() {
   const r = spawnSync('git', ['-C', SRC, 'ls-files', '-z', '--', 'etc/userns.d'], { encoding: 'utf8' });
-  if (r.status === 0 && r.stdout !== '') return r.stdout.split('\0').filter((p) => p.endsWith('.conf')).map((p) => p.slice('etc/userns.d/'.length)).filter((f) => !f.includes('/'));
+  if (r.status === 0 && r.stdout !== '')
+    return r.stdout
+      .split('\0')
+      .filter((p) => p.endsWith('.conf'))
+      .map((p) => p.slice('etc/userns.d/'.length))
+      .filter((f) => !f.includes('/'));
   return readdirSync(join(SRC, 'etc', 'userns.d')).filter((f) => f.endsWith('.conf'));
 }
 
@@ -121,7 +158,8 @@ function install() {
   if (!existsSync(NODE)) throw new Error(`no Node binary at ${NODE}: run "npm ci", or set USERNSD_NODE=/path/to/node (>= 22.13)`);
   const version = execFileSync(NODE, ['-p', 'process.versions.node'], { encoding: 'utf8' }).trim();
   const [major, minor] = version.split('.').map(Number);
-  if (major < 22 || (major === 22 && minor < 13)) throw new Error(`${NODE} is Node ${version}; the agent needs >= 22.13: set USERNSD_NODE to a newer one (the project's: node_modules/node/bin/node)`);
+  if (major < 22 || (major === 22 && minor < 13))
+    throw new Error(`${NODE} is Node ${version}; the agent needs >= 22.13: set USERNSD_NODE to a newer one (the project's: node_modules/node/bin/node)`);
   const lib = dirs.LIBDIR;
   copyTree(join(SRC, 'dist'), join(lib, 'dist'));
   for (const f of ['usernsd.js', 'usernsctl.js', 'node-check.js']) put(join(lib, 'bin', f), readFileSync(join(SRC, 'bin', f)), 0o755);
@@ -132,14 +170,20 @@ function install() {
   }
   put(join(lib, 'node'), readFileSync(NODE), 0o755);
   // The settings file when --config is not given is this install's, unless the caller says otherwise.
-  const wrapper = (js) => `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nUSERNSD_CONFIG=\${USERNSD_CONFIG:-${SYSCONFDIR}/usernsd.conf}\nexport USERNSD_CONFIG\nexec ${lib}/node ${lib}/bin/${js} "$@"\n`;
+  const wrapper = (js) =>
+    `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nUSERNSD_CONFIG=\${USERNSD_CONFIG:-${SYSCONFDIR}/usernsd.conf}\nexport USERNSD_CONFIG\nexec ${lib}/node ${lib}/bin/${js} "$@"\n`;
   put(join(dirs.SBINDIR, 'usernsd'), wrapper('usernsd.js'), 0o755);
   put(join(dirs.BINDIR, 'usernsctl'), wrapper('usernsctl.js'), 0o755);
   // mount(8) runs it for "-t usernsd" and fstab lines (mount.usernsd(8)): the C program when built
   // (a view at a bind mount's cost), else the same contract in Node.
   const cHelper = join(SRC, 'dist', 'mount.usernsd');
-  put(join(dirs.MOUNTHELPERDIR, 'mount.usernsd'), existsSync(cHelper) ? readFileSync(cHelper)
-    : `#!/bin/sh\n# Installed by usernsd's make install: mount(8) runs it for "-t usernsd" and fstab lines (mount.usernsd(8)).\nexec ${lib}/node ${lib}/bin/usernsctl.js mount-helper "$@"\n`, 0o755);
+  put(
+    join(dirs.MOUNTHELPERDIR, 'mount.usernsd'),
+    existsSync(cHelper)
+      ? readFileSync(cHelper)
+      : `#!/bin/sh\n# Installed by usernsd's make install: mount(8) runs it for "-t usernsd" and fstab lines (mount.usernsd(8)).\nexec ${lib}/node ${lib}/bin/usernsctl.js mount-helper "$@"\n`,
+    0o755,
+  );
   for (const page of readdirSync(join(SRC, 'man'))) {
     put(join(dirs.MANDIR, `man${page.split('.').pop()}`, page), readFileSync(join(SRC, 'man', page)));
   }
@@ -150,7 +194,12 @@ function install() {
   put(join(SYSCONFDIR, 'init.d', 'usernsd'), subst(readFileSync(join(SRC, 'etc', 'init.d', 'usernsd'), 'utf8')), 0o755, true);
   if (existsSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'))) {
     const handler = existsSync(join(SRC, 'dist', 'usernsd-upcall')) ? `${dirs.LIBDIR}/dist/usernsd-upcall` : `${dirs.BINDIR}/usernsctl upcall`;
-    put(join(SYSCONFDIR, 'request-key.d', 'usernsd.conf'), subst(readFileSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'), 'utf8')).replace('@UPCALL@', handler), 0o644, true);
+    put(
+      join(SYSCONFDIR, 'request-key.d', 'usernsd.conf'),
+      subst(readFileSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'), 'utf8')).replace('@UPCALL@', handler),
+      0o644,
+      true,
+    );
   }
   // The admin's configuration is never overwritten; the shipped contexts are examples only.
   const conf = readFileSync(join(SRC, 'etc', 'usernsd.conf'), 'utf8').replaceAll('/etc/userns.d', `${SYSCONFDIR}/userns.d`);
@@ -166,18 +215,29 @@ function install() {
   };
   put(MANIFEST, JSON.stringify(merged, null, 1) + '\n');
   // Complete: the old files are no longer needed for a rollback.
-  for (const r of replaced) try { unlinkSync(r.backup); } catch { /* gone */ }
-  console.log(`installed usernsd under ${DESTDIR || '/'} (PREFIX=${PREFIX}, SYSCONFDIR=${SYSCONFDIR}): ${merged.files.length} files; make uninstall removes them`);
+  for (const r of replaced)
+    try {
+      unlinkSync(r.backup);
+    } catch {
+      /* gone */
+    }
+  console.log(
+    `installed usernsd under ${DESTDIR || '/'} (PREFIX=${PREFIX}, SYSCONFDIR=${SYSCONFDIR}): ${merged.files.length} files; make uninstall removes them`,
+  );
   // What an install outside the system's own directories does not reach by itself, said once here.
-  if (SYSCONFDIR !== '/etc') console.log(`note: request-key(8) reads /etc/request-key.d only: to wire the upcall, ln -s ${SYSCONFDIR}/request-key.d/usernsd.conf /etc/request-key.d/`);
-  if (dirs.MOUNTHELPERDIR !== '/sbin') console.log(`note: mount(8) looks for mount.usernsd in /sbin: for mount -t usernsd and fstab lines, ln -s ${dirs.MOUNTHELPERDIR}/mount.usernsd /sbin/`);
+  if (SYSCONFDIR !== '/etc')
+    console.log(`note: request-key(8) reads /etc/request-key.d only: to wire the upcall, ln -s ${SYSCONFDIR}/request-key.d/usernsd.conf /etc/request-key.d/`);
+  if (dirs.MOUNTHELPERDIR !== '/sbin')
+    console.log(`note: mount(8) looks for mount.usernsd in /sbin: for mount -t usernsd and fstab lines, ln -s ${dirs.MOUNTHELPERDIR}/mount.usernsd /sbin/`);
 }
 
 function uninstall() {
   if (!existsSync(dest(MANIFEST))) throw new Error(`${dest(MANIFEST)} not found: nothing was installed with these PREFIX/DESTDIR settings`);
   const running = runningAgents();
   if (running.length > 0) {
-    throw new Error(`usernsd from this install is running (pid ${running.join(', ')}): stop it first (systemctl stop usernsd, or ${SYSCONFDIR}/init.d/usernsd stop), then make uninstall again; pins stay until usernsctl release`);
+    throw new Error(
+      `usernsd from this install is running (pid ${running.join(', ')}): stop it first (systemctl stop usernsd, or ${SYSCONFDIR}/init.d/usernsd stop), then make uninstall again; pins stay until usernsctl release`,
+    );
   }
   const m = JSON.parse(readFileSync(dest(MANIFEST), 'utf8'));
   let removed = 0;
@@ -194,7 +254,11 @@ function uninstall() {
   unlinkSync(dest(MANIFEST));
   // Directories this install made, deepest first, and only when empty: nothing else is touched.
   for (const d of [...m.dirs].sort((a, b) => b.length - a.length)) {
-    try { if (statSync(dest(d)).isDirectory() && readdirSync(dest(d)).length === 0) rmdirSync(dest(d)); } catch { /* gone */ }
+    try {
+      if (statSync(dest(d)).isDirectory() && readdirSync(dest(d)).length === 0) rmdirSync(dest(d));
+    } catch {
+      /* gone */
+    }
   }
   console.log(`uninstalled usernsd: ${removed} files removed`);
 }
@@ -213,8 +277,19 @@ function rollback() {
       console.error(`usernsd install: could not put back ${r.target} (kept as ${r.backup}): ${err.message}`);
     }
   }
-  for (const f of placed.files) if (!f.replaced && !restored.has(dest(f.path))) try { unlinkSync(dest(f.path)); } catch { /* gone */ }
-  for (const d of [...placed.dirs].reverse()) try { rmdirSync(dest(d)); } catch { /* not empty: keep */ }
+  for (const f of placed.files)
+    if (!f.replaced && !restored.has(dest(f.path)))
+      try {
+        unlinkSync(dest(f.path));
+      } catch {
+        /* gone */
+      }
+  for (const d of [...placed.dirs].reverse())
+    try {
+      rmdirSync(dest(d));
+    } catch {
+      /* not empty: keep */
+    }
 }
 
 /** Pids of agents running from this install's Node (what uninstall would pull from under them). */
@@ -224,7 +299,9 @@ function runningAgents() {
   for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
     try {
       if (readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, '') === node) out.push(Number(pid));
-    } catch { /* gone, or not ours to read */ }
+    } catch {
+      /* gone, or not ours to read */
+    }
   }
   return out;
 }
@@ -238,8 +315,7 @@ try {
       rollback();
       throw err;
     }
-  }
-  else if (verb === 'uninstall') uninstall();
+  } else if (verb === 'uninstall') uninstall();
   else throw new Error('usage: install.js install|uninstall');
 } catch (err) {
   console.error(`usernsd ${process.argv[2] ?? ''}: ${err.message}`);

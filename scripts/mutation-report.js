@@ -40,20 +40,30 @@ for (const [file, { mutants, source }] of Object.entries(report.files).sort(([a]
       continue;
     }
     const code = (lines[m.location.start.line - 1] ?? '').trim().slice(0, 110).replaceAll('|', '\\|');
-    survivors.push(`| ${file}:${m.location.start.line} | ${m.status === 'NoCoverage' ? 'no test runs it' : 'survived'} | ${m.mutatorName} | \`${code}\` → \`${cell(m.replacement ?? '')}\` |`);
+    survivors.push(
+      `| ${file}:${m.location.start.line} | ${m.status === 'NoCoverage' ? 'no test runs it' : 'survived'} | ${m.mutatorName} | \`${code}\` → \`${cell(m.replacement ?? '')}\` |`,
+    );
   }
   detectedAll += detected;
   validAll += valid;
   equivalentAll += equivalent;
   const score = valid === 0 ? 100 : (100 * detected) / valid;
   const real = valid - equivalent === 0 ? 100 : (100 * detected) / (valid - equivalent);
-  rows.push(`| ${file} | ${score.toFixed(1)} % | ${real.toFixed(1)} % | ${count('Killed')} | ${count('Timeout')} | ${count('Survived') + count('NoCoverage') - equivalent} | ${equivalent} | ${score >= TARGET ? 'met' : '**missed**'} |`);
+  rows.push(
+    `| ${file} | ${score.toFixed(1)} % | ${real.toFixed(1)} % | ${count('Killed')} | ${count('Timeout')} | ${count('Survived') + count('NoCoverage') - equivalent} | ${equivalent} | ${score >= TARGET ? 'met' : '**missed**'} |`,
+  );
 }
 const total = validAll === 0 ? 100 : (100 * detectedAll) / validAll;
 const totalReal = validAll - equivalentAll === 0 ? 100 : (100 * detectedAll) / (validAll - equivalentAll);
-const stale = EQUIVALENTS.filter((e) => !matched.has(e)).map((e) => `| ${e.file} | ${e.mutator} | \`${e.original.replaceAll('|', '\\|')}\` → \`${e.replacement.replaceAll('|', '\\|')}\` |`);
+const stale = EQUIVALENTS.filter((e) => !matched.has(e)).map(
+  (e) => `| ${e.file} | ${e.mutator} | \`${e.original.replaceAll('|', '\\|')}\` → \`${e.replacement.replaceAll('|', '\\|')}\` |`,
+);
 let commit = 'a checkout without git';
-try { commit = `commit ${execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()}`; } catch { /* not a git checkout */ }
+try {
+  commit = `commit ${execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()}`;
+} catch {
+  /* not a git checkout */
+}
 const text = `# Mutation testing
 
 Produced by \`npm run test:mutation -- --force\` (StrykerJS, \`stryker.config.mjs\`): every operator,
@@ -79,9 +89,13 @@ ${rows.join('\n')}
 Each is a test to write, or an equivalent mutant to list in \`scripts/mutation-equivalents.js\` with
 one line of why.
 
-${survivors.length === 0 ? 'Nothing.' : `| where | | mutator | original → mutant |
+${
+  survivors.length === 0
+    ? 'Nothing.'
+    : `| where | | mutator | original → mutant |
 |---|---|---|---|
-${survivors.join('\n')}`}
+${survivors.join('\n')}`
+}
 
 ## Equivalent
 
@@ -90,7 +104,10 @@ The same behaviour written differently: no input the module can be given tells t
 | where | mutator | original → mutant | why |
 |---|---|---|---|
 ${equivalents.join('\n')}
-${stale.length === 0 ? '' : `
+${
+  stale.length === 0
+    ? ''
+    : `
 ## Listed as equivalent, but no longer a survivor
 
 Killed by a test now, or the code changed: remove these from \`scripts/mutation-equivalents.js\`.
@@ -98,12 +115,17 @@ Killed by a test now, or the code changed: remove these from \`scripts/mutation-
 | file | mutator | original → mutant |
 |---|---|---|
 ${stale.join('\n')}
-`}`;
+`
+}`;
 writeFileSync(join(root, 'MUTATION.md'), text);
 const missed = rows.filter((r) => r.includes('**missed**')).length;
-console.log(`MUTATION.md: ${total.toFixed(1)} % over ${rows.length} modules (${totalReal.toFixed(1)} % without ${equivalentAll} equivalents), ${survivors.length} mutants left${stale.length ? `, ${stale.length} stale equivalents` : ''}`);
+console.log(
+  `MUTATION.md: ${total.toFixed(1)} % over ${rows.length} modules (${totalReal.toFixed(1)} % without ${equivalentAll} equivalents), ${survivors.length} mutants left${stale.length ? `, ${stale.length} stale equivalents` : ''}`,
+);
 // The break threshold: under target anywhere, or anything unexplained, fails the command.
 if (missed > 0 || survivors.length > 0 || stale.length > 0) {
-  console.error(`mutation testing: ${missed} modules under ${TARGET} %, ${survivors.length} mutants survived unexplained, ${stale.length} equivalents listed that no longer survive`);
+  console.error(
+    `mutation testing: ${missed} modules under ${TARGET} %, ${survivors.length} mutants survived unexplained, ${stale.length} equivalents listed that no longer survive`,
+  );
   process.exitCode = 1;
 }

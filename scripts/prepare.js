@@ -25,12 +25,19 @@ function builtAt() {
   }
 }
 
-const sources = Math.max(newest('agent'), newest('config'), newest('native'), ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(root, f)).mtimeMs));
+const sources = Math.max(
+  newest('agent'),
+  newest('config'),
+  newest('native'),
+  ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(root, f)).mtimeMs),
+);
 if (builtAt() >= sources) process.exit(0);
 try {
   accessSync(root, constants.W_OK);
 } catch {
-  process.stderr.write(`usernsd: dist/ in ${root} is missing or older than its sources, and this user cannot rebuild it: run "npm run build" there as its owner\n`);
+  process.stderr.write(
+    `usernsd: dist/ in ${root} is missing or older than its sources, and this user cannot rebuild it: run "npm run build" there as its owner\n`,
+  );
   process.exit(1);
 }
 const r = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });

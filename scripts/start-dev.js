@@ -9,19 +9,23 @@ const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const run = join(root, 'run');
 mkdirSync(run, { recursive: true, mode: 0o755 });
 const config = join(run, 'usernsd.conf');
-writeFileSync(config, [
-  '# Written by npm start: the embedded default configuration with a repo-local runtime.',
-  '[agent]',
-  `socket = ${join(run, 'usernsd.sock')}`,
-  `contexts = ${join(root, 'etc', 'userns.d')}`,
-  `pins = ${join(run, 'userns')}`,
-  `state = ${join(run, 'state')}`,
-  'log_level = info',
-  // Names through systemd's userdb, beside (never instead of) an installed agent's io.usernsd.
-  `userdb = ${process.getuid() === 0 ? 'yes' : 'no'}`,
-  'userdb_socket = /run/systemd/userdb/io.usernsd.dev',
-  '',
-].join('\n'), { mode: 0o644 });
+writeFileSync(
+  config,
+  [
+    '# Written by npm start: the embedded default configuration with a repo-local runtime.',
+    '[agent]',
+    `socket = ${join(run, 'usernsd.sock')}`,
+    `contexts = ${join(root, 'etc', 'userns.d')}`,
+    `pins = ${join(run, 'userns')}`,
+    `state = ${join(run, 'state')}`,
+    'log_level = info',
+    // Names through systemd's userdb, beside (never instead of) an installed agent's io.usernsd.
+    `userdb = ${process.getuid() === 0 ? 'yes' : 'no'}`,
+    'userdb_socket = /run/systemd/userdb/io.usernsd.dev',
+    '',
+  ].join('\n'),
+  { mode: 0o644 },
+);
 
 const node = process.execPath;
 const check = spawnSync(node, [join(root, 'bin', 'usernsctl.js'), 'check-config', '--config', config, '--verbose'], { stdio: 'inherit' });

@@ -47,12 +47,16 @@ function idLines(kind: 'uid' | 'gid', e: P.IdExplanation, r: P.Explanation, show
   else out.push(`${kind}: on disk ${e.onDisk}${ctx ? ` = ${kind} ${e.onDisk} inside ${ctx}` : ''}`);
   if (ctx) {
     out.push(`  host ${kind}:        ${e.host === null ? `none: not in ${ctx}'s map` : `${e.host}${e.name ? ` (${e.name})` : ''}`}`);
-    out.push(`  from the host:   ${e.fromHost}${ovNote(e.fromHost)}${e.fromHost !== e.host && r.squash && r.squash.mode !== 'none' ? ` (squash ${r.squash.mode})` : ''}`);
+    out.push(
+      `  from the host:   ${e.fromHost}${ovNote(e.fromHost)}${e.fromHost !== e.host && r.squash && r.squash.mode !== 'none' ? ` (squash ${r.squash.mode})` : ''}`,
+    );
     if (r.callerContext !== 'host') out.push(`  from ${r.callerContext} (yours): ${e.fromCaller}${ovNote(e.fromCaller)}`);
     out.push(`  identity view:   ${e.identityView}${ovNote(e.identityView)}`);
     out.push(`  foreign view:    ${e.foreignView}${ovNote(e.foreignView)}`);
     const hostName = kind === 'uid' ? systemNss().userById(e.onDisk)?.name : groupName(e.onDisk);
-    out.push(`  without a view:  ${e.onDisk}${hostName ? ` (host ${kind === 'uid' ? 'user' : 'group'} ${hostName})` : ''}: the on-disk id read as if it were a host ${kind}`);
+    out.push(
+      `  without a view:  ${e.onDisk}${hostName ? ` (host ${kind === 'uid' ? 'user' : 'group'} ${hostName})` : ''}: the on-disk id read as if it were a host ${kind}`,
+    );
   } else {
     out.push(`  a host ${kind}${e.name ? `, named ${e.name} (in a context's range)` : ''}`);
     if (r.callerContext !== 'host') out.push(`  from ${r.callerContext} (yours): ${e.fromCaller}${ovNote(e.fromCaller)}`);
@@ -80,7 +84,8 @@ export async function explainCmd(args: string[], g: Globals, io: Io): Promise<nu
   if (behind) io.out(`view:    a ${behind.view.mode} view of ${behind.view.src} (context ${behind.view.context}): on disk this is ${behind.onDisk}`);
   if (r.labelledPath && r.context) io.out(`label:   ${r.context} (on ${r.labelledPath})`);
   if (r.note) io.out(`note:    ${r.note}`);
-  if (r.context && r.squash) io.out(`context: ${r.context}, parent ${r.parent}; squash ${r.squash.mode} (anonuid ${r.squash.anonuid}, anongid ${r.squash.anongid})`);
+  if (r.context && r.squash)
+    io.out(`context: ${r.context}, parent ${r.parent}; squash ${r.squash.mode} (anonuid ${r.squash.anonuid}, anongid ${r.squash.anongid})`);
   for (const kind of ['uid', 'gid'] as const) for (const line of idLines(kind, r[kind], r, shown && shown[kind])) io.out(line);
   return EXIT.OK;
 }

@@ -99,7 +99,12 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
 async function checkConfig(args: string[], io: Io): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { config: { type: 'string', short: 'c' }, verbose: { type: 'boolean', short: 'v' }, etcd: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      config: { type: 'string', short: 'c' },
+      verbose: { type: 'boolean', short: 'v' },
+      etcd: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
     allowPositionals: false,
   });
@@ -116,9 +121,13 @@ async function checkConfig(args: string[], io: Io): Promise<number> {
     for (const c of cfg.contexts.values()) {
       const a = cfg.allocations.get(c.label);
       const range = a ? ` range=auto:${a.start}-${a.start + a.size - 1}${cfg.unrecorded.has(c.label) ? '(not yet recorded)' : ''}` : '';
-      io.out(`${c.label}: parent=${c.parent} owner=${c.owner.name ?? c.owner.uid} uid_map="${formatExtents(c.uidMap)}" gid_map="${formatExtents(c.gidMap)}"${range} setgroups=${c.setgroups} create=${c.create} squash=${c.squash.mode} file=${c.file}`);
+      io.out(
+        `${c.label}: parent=${c.parent} owner=${c.owner.name ?? c.owner.uid} uid_map="${formatExtents(c.uidMap)}" gid_map="${formatExtents(c.gidMap)}"${range} setgroups=${c.setgroups} create=${c.create} squash=${c.squash.mode} file=${c.file}`,
+      );
     }
-    io.out(`${cfg.agent.file}: ${cfg.contexts.size} valid context(s), ${cfg.errors.length} error(s)${cfg.waiting.length ? `, ${cfg.waiting.length} waiting for the shared pool` : ''}`);
+    io.out(
+      `${cfg.agent.file}: ${cfg.contexts.size} valid context(s), ${cfg.errors.length} error(s)${cfg.waiting.length ? `, ${cfg.waiting.length} waiting for the shared pool` : ''}`,
+    );
   }
   if (values.etcd) return (await checkEtcd(cfg.agent, io)) && cfg.errors.length === 0 ? EXIT.OK : EXIT.ERROR;
   return cfg.errors.length > 0 ? EXIT.ERROR : EXIT.OK;
@@ -154,10 +163,16 @@ function parseIds(list: string[] | undefined, kind: string): number[] {
 }
 
 async function mapCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { values, positionals } = parseCommand(args, {
-    from: { type: 'string', short: 'f' }, to: { type: 'string', short: 't' },
-    uid: { type: 'string', short: 'u', multiple: true }, gid: { type: 'string', short: 'g', multiple: true },
-  }, g);
+  const { values, positionals } = parseCommand(
+    args,
+    {
+      from: { type: 'string', short: 'f' },
+      to: { type: 'string', short: 't' },
+      uid: { type: 'string', short: 'u', multiple: true },
+      gid: { type: 'string', short: 'g', multiple: true },
+    },
+    g,
+  );
   if (positionals.length > 0) throw new UsageError(`map takes no positional arguments (got "${positionals[0]}")`);
   if (!values.from || !values.to) throw new UsageError('map needs --from LABEL and --to LABEL ("host" names the host)');
   const uids = parseIds(values.uid, 'uid');
@@ -184,7 +199,18 @@ async function listCmd(args: string[], g: Globals, io: Io): Promise<number> {
   if (g.json) io.out(JSON.stringify(r));
   else if (r.contexts.length === 0) io.out('no contexts you may use');
   // A nested context without an owner line belongs to its parent's root (whoever owns the parent), not to host root.
-  else printTable(io, [['LABEL', 'PARENT', 'OWNER', 'PINNED', 'CREATE', 'SQUASH'], ...r.contexts.map((c) => [c.label, c.parent, c.parent !== 'host' && c.owner.uid === 0 ? `${c.parent}'s root` : c.owner.name ?? String(c.owner.uid), c.pinned ? 'yes' : 'no', c.create, c.squash])]);
+  else
+    printTable(io, [
+      ['LABEL', 'PARENT', 'OWNER', 'PINNED', 'CREATE', 'SQUASH'],
+      ...r.contexts.map((c) => [
+        c.label,
+        c.parent,
+        c.parent !== 'host' && c.owner.uid === 0 ? `${c.parent}'s root` : (c.owner.name ?? String(c.owner.uid)),
+        c.pinned ? 'yes' : 'no',
+        c.create,
+        c.squash,
+      ]),
+    ]);
   return EXIT.OK;
 }
 
@@ -212,14 +238,29 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   io.out(`contexts:    ${r.contexts} (${r.pinned} pinned)`);
   io.out(`connections: ${r.connections}`);
   const co = r.coordinator;
-  if (co) io.out(`coordinator: ${co.coordinator}${co.coordinator === 'etcd' ? ` (${co.endpoints?.join(', ')}): ${co.reachable ? 'reachable' : 'NOT reachable'}, as ${co.host}; ${co.waiting} context(s) waiting, ${co.refused} refused${co.lastError ? `; last error ${co.lastError}` : ''}` : ''}`);
-  if (r.spawner) io.out(`spawner:     ${r.spawner.kind === 'native' ? `usernsd-spawner (${r.spawner.pid === null ? 'started at the first creation' : `pid ${r.spawner.pid}`})` : 'a helper forked per namespace (no usernsd-spawner: see spawner in usernsd.conf(5))'}`);
-  if (r.views) io.out(`views:       ${(await mountedViews(g.socket)).length} mounted here of ${r.views.recorded} made (usernsctl view --list); ${r.views.namespaces} idmap namespace(s) held`);
+  if (co)
+    io.out(
+      `coordinator: ${co.coordinator}${co.coordinator === 'etcd' ? ` (${co.endpoints?.join(', ')}): ${co.reachable ? 'reachable' : 'NOT reachable'}, as ${co.host}; ${co.waiting} context(s) waiting, ${co.refused} refused${co.lastError ? `; last error ${co.lastError}` : ''}` : ''}`,
+    );
+  if (r.spawner)
+    io.out(
+      `spawner:     ${r.spawner.kind === 'native' ? `usernsd-spawner (${r.spawner.pid === null ? 'started at the first creation' : `pid ${r.spawner.pid}`})` : 'a helper forked per namespace (no usernsd-spawner: see spawner in usernsd.conf(5))'}`,
+    );
+  if (r.views)
+    io.out(
+      `views:       ${(await mountedViews(g.socket)).length} mounted here of ${r.views.recorded} made (usernsctl view --list); ${r.views.namespaces} idmap namespace(s) held`,
+    );
   if (r.memoryMb) io.out(`memory:      ${r.memoryMb.rss} MiB resident, ${r.memoryMb.heapUsed} MiB heap in use`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);
   if (r.upcall) io.out(`upcall:      ${r.upcall.state}: ${r.upcall.message}`);
   if (r.upcall?.users && r.upcall.users.state !== 'ok') io.out(`  users:     ${r.upcall.users.state}: ${r.upcall.users.message}`);
-  io.out(`counters:    ${Object.entries(r.counters ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`);
+  io.out(
+    `counters:    ${
+      Object.entries(r.counters ?? {})
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ') || 'none'
+    }`,
+  );
   const states = r.contextStates ?? [];
   if (states.length > 0) {
     io.out('');
@@ -228,7 +269,10 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const latency = Object.entries(r.latencyMs ?? {});
   if (latency.length > 0) {
     io.out('');
-    printTable(io, [['METHOD', 'REQUESTS', 'P50_MS', 'P90_MS', 'P99_MS', 'MAX_MS'], ...latency.map(([m, l]) => [m, String(l.count), String(l.p50), String(l.p90), String(l.p99), String(l.max)])]);
+    printTable(io, [
+      ['METHOD', 'REQUESTS', 'P50_MS', 'P90_MS', 'P99_MS', 'MAX_MS'],
+      ...latency.map(([m, l]) => [m, String(l.count), String(l.p50), String(l.p90), String(l.p99), String(l.max)]),
+    ]);
   }
   io.out('');
   io.out(`configuration errors: ${r.errors?.length ?? 0}`);
@@ -248,7 +292,8 @@ async function reloadCmd(args: string[], g: Globals, io: Io): Promise<number> {
   if (g.json) io.out(JSON.stringify(r));
   else {
     io.out(`reloaded: ${r.contexts} context(s)`);
-    for (const k of ['added', 'changed', 'removed', 'kept'] as const) if (r[k].length > 0) io.out(`  ${k}: ${r[k].join(', ')}${k === 'kept' ? ' (file has errors: last good version stays)' : ''}`);
+    for (const k of ['added', 'changed', 'removed', 'kept'] as const)
+      if (r[k].length > 0) io.out(`  ${k}: ${r[k].join(', ')}${k === 'kept' ? ' (file has errors: last good version stays)' : ''}`);
   }
   for (const e of r.errors) io.err(e);
   return r.errors.length > 0 ? EXIT.ERROR : EXIT.OK;
@@ -283,8 +328,12 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
   // The kernel lets root and the owner of the top-level context setns into it: say so plainly
   // instead of nsenter's "Operation not permitted". [access] gives resolve and map, not entry.
   if (!r.mayEnter) {
-    const nested = r.parent !== 'host' ? `; "${label}" is nested, so it is entered by the owner of its top-level context, or by its own owner from inside its parent` : '';
-    throw new UsernsError('E_PERMISSION', `the kernel lets only root and a namespace's owner join it from here${nested}; [access] users may resolve and map "${label}", not enter it`);
+    const nested =
+      r.parent !== 'host' ? `; "${label}" is nested, so it is entered by the owner of its top-level context, or by its own owner from inside its parent` : '';
+    throw new UsernsError(
+      'E_PERMISSION',
+      `the kernel lets only root and a namespace's owner join it from here${nested}; [access] users may resolve and map "${label}", not enter it`,
+    );
   }
   const argv = [`--user=${r.path}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--', ...shell];
   return runNsenter(argv, io);
@@ -293,7 +342,10 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
 /** Usually reached straight from bin/usernsctl.js; here when global options come first. */
 async function upcallCmd(args: string[], g: Globals): Promise<number> {
   const { upcallMain } = await import('../upcall.ts');
-  return upcallMain(args.filter((a) => a !== '--json'), g.socket);
+  return upcallMain(
+    args.filter((a) => a !== '--json'),
+    g.socket,
+  );
 }
 
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
@@ -302,7 +354,12 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { answerRings, invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('../kernel/keys.ts');
   // Root also sees (and clears) the keys the upcall answered for other users: they are in root's
   // persistent keyring, which this makes ours to read.
-  if (process.getuid!() === 0) try { issuedKeysRing(); } catch { /* no persistent keyrings: only root's own keys */ }
+  if (process.getuid!() === 0)
+    try {
+      issuedKeysRing();
+    } catch {
+      /* no persistent keyrings: only root's own keys */
+    }
   const ours = ourKeys();
   if (verb === 'list' && extra.length === 0 && label === undefined) {
     const rows = ours.map((k) => ({ id: k.id, label: k.label, uid: k.uid, timeout: k.timeout, state: keyState(k) }));
@@ -323,7 +380,12 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
         cleared++;
         // The answer's own keyring in root's registry goes with it, rather than waiting empty for its expiry.
         const ring = rings.get(k.id);
-        if (ring !== undefined) try { invalidateKey(ring); } catch { /* expired meanwhile */ }
+        if (ring !== undefined)
+          try {
+            invalidateKey(ring);
+          } catch {
+            /* expired meanwhile */
+          }
       } catch (err) {
         io.err(`usernsctl: cannot invalidate key ${k.id} (${k.description}): ${(err as Error).message}`);
         failed++;
@@ -382,16 +444,32 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
     const code = err instanceof UsernsError ? undefined : (err as { code?: string }).code;
     if (code === undefined) throw err;
     if (code === 'ENOENT') throw new UsernsError('E_NOT_FOUND', `${path}: no such file or directory`);
-    const hint = code === 'EPERM' && name.startsWith('trusted.') ? ': trusted.* attributes need root (CAP_SYS_ADMIN)'
-      : code === 'ENOTSUP' || code === 'EOPNOTSUPP' ? ': this filesystem does not support that extended attribute' : '';
+    const hint =
+      code === 'EPERM' && name.startsWith('trusted.')
+        ? ': trusted.* attributes need root (CAP_SYS_ADMIN)'
+        : code === 'ENOTSUP' || code === 'EOPNOTSUPP'
+          ? ': this filesystem does not support that extended attribute'
+          : '';
     throw new UsernsError(code === 'EPERM' || code === 'EACCES' ? 'E_PERMISSION' : 'E_KERNEL', `${path}: ${code}${hint}`);
   }
   return EXIT.OK;
 }
 
 const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<number>> = {
-  resolve: resolveCmd, map: mapCmd, list: listCmd, status: statusCmd, reload: reloadCmd, release: releaseCmd, enter: enterCmd,
-  view: viewCmd, explain: explainCmd, ranges: rangesCmd, metrics: metricsCmd, upcall: upcallCmd, keys: keysCmd, label: labelCmd,
+  resolve: resolveCmd,
+  map: mapCmd,
+  list: listCmd,
+  status: statusCmd,
+  reload: reloadCmd,
+  release: releaseCmd,
+  enter: enterCmd,
+  view: viewCmd,
+  explain: explainCmd,
+  ranges: rangesCmd,
+  metrics: metricsCmd,
+  upcall: upcallCmd,
+  keys: keysCmd,
+  label: labelCmd,
 };
 
 /** Every command usernsctl(1) documents. */
@@ -444,9 +522,12 @@ export async function runCli(argv: string[], io: Io = stdio): Promise<number> {
       return EXIT.ERROR;
     }
     if (err instanceof TransportError) {
-      const hint = err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
-        ? ` (is usernsd running? start it with "systemctl start usernsd", or "npm start" in a checkout; or pass --socket PATH)`
-        : err.code === 'EACCES' ? ' (the socket or its directory is not accessible to you)' : '';
+      const hint =
+        err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
+          ? ` (is usernsd running? start it with "systemctl start usernsd", or "npm start" in a checkout; or pass --socket PATH)`
+          : err.code === 'EACCES'
+            ? ' (the socket or its directory is not accessible to you)'
+            : '';
       io.err(`usernsctl: ${err.message}${hint}`);
       return EXIT.UNREACHABLE;
     }

@@ -20,7 +20,11 @@ export function mountHelperOptions(text: string): ViewOptions & { socket?: strin
     else if (key === 'mode' && (value === 'identity' || value === 'foreign')) out.mode = value;
     else if (key === 'socket' && value) out.socket = value;
     else if (key === 'ro' || key === 'rw') out.readOnly = key === 'ro';
-    else if (['defaults', 'auto', 'noauto', 'nofail', '_netdev', 'user', 'nouser', 'users', 'owner', 'noowner', 'group', 'comment'].includes(key) || key.startsWith('x-')) continue;
+    else if (
+      ['defaults', 'auto', 'noauto', 'nofail', '_netdev', 'user', 'nouser', 'users', 'owner', 'noowner', 'group', 'comment'].includes(key) ||
+      key.startsWith('x-')
+    )
+      continue;
     else throw new UsageError(`unknown option "${opt}": mount -t usernsd takes context=LABEL, mode=identity|foreign, ro, rw, socket=PATH`);
   }
   return out;

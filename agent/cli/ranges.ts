@@ -28,18 +28,23 @@ export async function rangesCmd(args: string[], g: Globals, io: Io): Promise<num
     io.out(`no ranges recorded (coordinator ${r.coordinator})`);
     return EXIT.OK;
   }
-  printTable(io, [['LABEL', 'KIND', 'IDS', 'DECIDED', 'BY', 'AT'], ...r.ranges.map((x) => [x.label, x.kind, x.ranges.map((i) => `${i.start}-${i.end - 1}`).join(','), x.decided, x.by ?? '-', x.at ?? '-'])]);
+  printTable(io, [
+    ['LABEL', 'KIND', 'IDS', 'DECIDED', 'BY', 'AT'],
+    ...r.ranges.map((x) => [x.label, x.kind, x.ranges.map((i) => `${i.start}-${i.end - 1}`).join(','), x.decided, x.by ?? '-', x.at ?? '-']),
+  ]);
   return EXIT.OK;
 }
 
 /** check-config --etcd: one read of the shared pool, as the agent would make it. */
 export async function checkEtcd(agent: AgentConfig, io: Io): Promise<boolean> {
-  if (agent.coordinator !== 'etcd') return io.err(`${agent.file}: [pool] coordinator is local: no etcd to test`), false;
+  if (agent.coordinator !== 'etcd') return (io.err(`${agent.file}: [pool] coordinator is local: no etcd to test`), false);
   const { EtcdCoordinator } = await import('../coord/etcd.ts');
   const coord = new EtcdCoordinator(agent.etcd);
   try {
     const { doc } = await coord.read();
-    io.out(`etcd ${agent.etcd.endpoints.join(', ')}: answers; ${Object.keys(doc.ranges).length} range(s) and ${Object.keys(doc.statics).length} static range(s) under ${agent.etcd.prefix}pool`);
+    io.out(
+      `etcd ${agent.etcd.endpoints.join(', ')}: answers; ${Object.keys(doc.ranges).length} range(s) and ${Object.keys(doc.statics).length} static range(s) under ${agent.etcd.prefix}pool`,
+    );
     return true;
   } catch (err) {
     io.err(`etcd: ${(err as Error).message}`);
@@ -48,4 +53,3 @@ export async function checkEtcd(agent: AgentConfig, io: Io): Promise<boolean> {
     await coord.close();
   }
 }
-

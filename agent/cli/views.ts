@@ -15,7 +15,8 @@ import { fdSocketPath } from '../wire/fdsock.ts';
 import { callAgentForFds } from '../wire/oneshot.ts';
 import * as P from '../wire/protocol.ts';
 
-export const BINDFS_INSTALL_HINT = 'bindfs is not installed: install it (Debian: apt-get install bindfs) — it makes the views the kernel cannot (all squash, NFS, FUSE)';
+export const BINDFS_INSTALL_HINT =
+  'bindfs is not installed: install it (Debian: apt-get install bindfs) — it makes the views the kernel cannot (all squash, NFS, FUSE)';
 
 /** A mount point must be an empty directory: a view never hides what is there. */
 export function checkTarget(dst: string): string {
@@ -46,8 +47,13 @@ export function mountView(socket: string, src: string, dst: string, opts: ViewOp
       return result;
     }
     const r = spawnSync('bindfs', [...result.bindfs!, result.src, target], { stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
-    if (r.error) throw new UsernsError('E_UNSUPPORTED', (r.error as NodeJS.ErrnoException).code === 'ENOENT' ? BINDFS_INSTALL_HINT : `cannot run bindfs: ${r.error.message}`);
-    if (r.status !== 0) throw new UsernsError('E_KERNEL', `bindfs ${result.bindfs!.join(' ')} ${result.src} ${target} failed: ${r.stderr.trim() || `exit ${r.status}`}`);
+    if (r.error)
+      throw new UsernsError(
+        'E_UNSUPPORTED',
+        (r.error as NodeJS.ErrnoException).code === 'ENOENT' ? BINDFS_INSTALL_HINT : `cannot run bindfs: ${r.error.message}`,
+      );
+    if (r.status !== 0)
+      throw new UsernsError('E_KERNEL', `bindfs ${result.bindfs!.join(' ')} ${result.src} ${target} failed: ${r.stderr.trim() || `exit ${r.status}`}`);
     return result;
   } finally {
     for (const f of fds) closeFd(f);
@@ -55,15 +61,23 @@ export function mountView(socket: string, src: string, dst: string, opts: ViewOp
 }
 
 function describe(r: P.ViewResult, dst: string): string {
-  const maps = r.mechanism === 'idmapped' || r.uidMap.length > 0 ? `uid ${formatExtents(r.uidMap)}, gid ${formatExtents(r.gidMap)}` : 'every file as the anonymous owner';
+  const maps =
+    r.mechanism === 'idmapped' || r.uidMap.length > 0 ? `uid ${formatExtents(r.uidMap)}, gid ${formatExtents(r.gidMap)}` : 'every file as the anonymous owner';
   return `${r.src} on ${dst}: context ${r.context}, ${r.mode} (squash ${r.squash}), ${r.mechanism}${r.bindfs ? ` (bindfs ${r.bindfs.join(' ')})` : ''}; on-disk -> host: ${maps}`;
 }
 
 export async function viewCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { values, positionals } = parseCommand(args, {
-    identity: { type: 'boolean' }, foreign: { type: 'boolean' }, context: { type: 'string', short: 'c' },
-    'read-only': { type: 'boolean', short: 'r' }, list: { type: 'boolean', short: 'l' },
-  }, g);
+  const { values, positionals } = parseCommand(
+    args,
+    {
+      identity: { type: 'boolean' },
+      foreign: { type: 'boolean' },
+      context: { type: 'string', short: 'c' },
+      'read-only': { type: 'boolean', short: 'r' },
+      list: { type: 'boolean', short: 'l' },
+    },
+    g,
+  );
   if (values.list) {
     if (positionals.length > 0) throw new UsageError('view --list takes no arguments');
     return listViews(g, io);
@@ -100,7 +114,10 @@ export async function listViews(g: Globals, io: Io): Promise<number> {
     io.out('no views mounted here');
     return EXIT.OK;
   }
-  printTable(io, [['SRC', 'DST', 'CONTEXT', 'MODE', 'MECHANISM', 'ACCESS'], ...live.map((v) => [v.src, v.target, v.context, v.mode, v.mechanism, v.readOnly ? 'ro' : 'rw'])]);
+  printTable(io, [
+    ['SRC', 'DST', 'CONTEXT', 'MODE', 'MECHANISM', 'ACCESS'],
+    ...live.map((v) => [v.src, v.target, v.context, v.mode, v.mechanism, v.readOnly ? 'ro' : 'rw']),
+  ]);
   return EXIT.OK;
 }
 
@@ -128,9 +145,29 @@ export async function enterWithViews(socket: string, label: string, specs: strin
     const r = resolved!;
     // Inside: mount(8) moves each descriptor's tree (its /proc/self/fd link, not canonicalized, no
     // mtab) onto its target, closes it, and execs CMD. Paths arrive as arguments, never as code.
-    const script = 'n=$1; shift; i=0; while [ "$i" -lt "$n" ]; do fd=$((3 + i)); mount -n -c --move /proc/self/fd/$fd "$1" || exit 125; eval "exec $fd>&-"; shift; i=$((i + 1)); done; exec "$@"';
-    const argv = [`--user=${r.pin}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--',
-      'unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', String(targets.length), ...targets, ...argvTail];
+    const script =
+      'n=$1; shift; i=0; while [ "$i" -lt "$n" ]; do fd=$((3 + i)); mount -n -c --move /proc/self/fd/$fd "$1" || exit 125; eval "exec $fd>&-"; shift; i=$((i + 1)); done; exec "$@"';
+    const argv = [
+      `--user=${r.pin}`,
+      ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []),
+      '-S',
+      '0',
+      '-G',
+      '0',
+      '--',
+      'unshare',
+      '--mount',
+      '--propagation',
+      'private',
+      '--',
+      'sh',
+      '-c',
+      script,
+      'sh',
+      String(targets.length),
+      ...targets,
+      ...argvTail,
+    ];
     return await runNsenter(argv, io, fds, closeFd);
   } finally {
     for (const f of fds) closeFd(f);

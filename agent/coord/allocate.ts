@@ -62,7 +62,8 @@ export function rangeProblem(a: Allocation, size: number, pool: Pool, reserved: 
   const { first } = poolSlots(pool, size);
   if ((a.start - first) % size !== 0) return `it does not start on one of the pool's slots of ${size} ids (from ${first})`;
   const hit = reserved[firstEndingAfter(reserved, a.start)];
-  if (hit !== undefined && hit.start < end) return `it overlaps host ids ${formatInterval({ start: Math.max(hit.start, a.start), end: Math.min(hit.end, end) })}, which belong to the system (accounts, subordinate ids or static ranges)`;
+  if (hit !== undefined && hit.start < end)
+    return `it overlaps host ids ${formatInterval({ start: Math.max(hit.start, a.start), end: Math.min(hit.end, end) })}, which belong to the system (accounts, subordinate ids or static ranges)`;
   return null;
 }
 
@@ -112,7 +113,16 @@ export function assignRanges(
     if (k) {
       // ranges.json is input too: a record this host would never have made is refused, not used.
       const problem = rangeProblem(k, d.autoSize!, pool, systemIds);
-      if (problem) errors.push(configError(d.file, 'context', 'range', null, `the recorded range ${k.start}-${k.start + k.size - 1} of "${d.label}" (ranges.json) is refused: ${problem}; usernsctl ranges forget ${d.label} allocates it anew`));
+      if (problem)
+        errors.push(
+          configError(
+            d.file,
+            'context',
+            'range',
+            null,
+            `the recorded range ${k.start}-${k.start + k.size - 1} of "${d.label}" (ranges.json) is refused: ${problem}; usernsctl ranges forget ${d.label} allocates it anew`,
+          ),
+        );
       else starts.set(d.label, k.start);
       continue;
     }

@@ -73,7 +73,12 @@ export class EtcdCoordinator {
   private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     try {
-      const r = await Promise.race([fn(), new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`no answer within ${this.cfg.timeoutMs} ms`)), this.cfg.timeoutMs); })]);
+      const r = await Promise.race([
+        fn(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer within ${this.cfg.timeoutMs} ms`)), this.cfg.timeoutMs);
+        }),
+      ]);
       this.reachable = true;
       this.lastOk = new Date().toISOString();
       return r;
@@ -81,7 +86,11 @@ export class EtcdCoordinator {
       if (err instanceof UsernsError) throw err;
       this.reachable = false;
       this.lastError = `${new Date().toISOString()} ${what}: ${(err as Error).message}`;
-      throw new UsernsError('E_UNAVAILABLE', `etcd (${this.cfg.endpoints.join(', ')}) did not ${what}: ${(err as Error).message}; nothing is allocated without it (ranges already recorded keep working)`, err);
+      throw new UsernsError(
+        'E_UNAVAILABLE',
+        `etcd (${this.cfg.endpoints.join(', ')}) did not ${what}: ${(err as Error).message}; nothing is allocated without it (ranges already recorded keep working)`,
+        err,
+      );
     } finally {
       clearTimeout(timer);
     }
@@ -129,7 +138,10 @@ export class EtcdCoordinator {
   async importRanges(local: ReadonlyMap<string, Allocation>): Promise<{ imported: number; conflicts: Conflict[] }> {
     return this.update((doc) => {
       const r = importAllocations(doc, local, this.host, new Date().toISOString());
-      return { next: r.next, result: { imported: r.next ? local.size - Object.keys(doc.ranges).filter((l) => local.has(l)).length : 0, conflicts: r.conflicts } };
+      return {
+        next: r.next,
+        result: { imported: r.next ? local.size - Object.keys(doc.ranges).filter((l) => local.has(l)).length : 0, conflicts: r.conflicts },
+      };
     });
   }
 
@@ -140,7 +152,9 @@ export class EtcdCoordinator {
   async forgetRange(label: string): Promise<boolean> {
     const pinnedBy = await this.call('answer a read', () => this.client.getAll().prefix(`${this.cfg.prefix}pinned/`).strings());
     // A value that cannot be read might hide the label: that host counts as holding it.
-    const holders = Object.entries(pinnedBy).filter(([, v]) => publishedLabels(v)?.includes(label) ?? true).map(([k]) => k.slice(`${this.cfg.prefix}pinned/`.length));
+    const holders = Object.entries(pinnedBy)
+      .filter(([, v]) => publishedLabels(v)?.includes(label) ?? true)
+      .map(([k]) => k.slice(`${this.cfg.prefix}pinned/`.length));
     if (holders.length > 0) throw new UsernsError('E_BUSY', `${label} is pinned on ${holders.join(', ')}: release it there first (usernsctl release ${label})`);
     return this.update((doc) => {
       const next = forget(doc, label);
@@ -150,10 +164,12 @@ export class EtcdCoordinator {
 
   /** What this host has pinned, under a lease that a dead host's claims expire with. */
   async publishPinned(labels: readonly string[]): Promise<void> {
-    await this.call('keep this host\'s pins', async () => {
+    await this.call("keep this host's pins", async () => {
       if (!this.lease) {
         const lease = this.client.lease(PINNED_LEASE_TTL_S, { autoKeepAlive: true });
-        lease.on('lost', () => { if (this.lease === lease) this.lease = null; });
+        lease.on('lost', () => {
+          if (this.lease === lease) this.lease = null;
+        });
         this.lease = lease;
       }
       await this.lease.put(this.pinnedKey(this.host)).value(JSON.stringify([...labels].sort()));
@@ -163,7 +179,9 @@ export class EtcdCoordinator {
   async close(): Promise<void> {
     try {
       await this.lease?.revoke();
-    } catch { /* etcd away: the lease expires */ }
+    } catch {
+      /* etcd away: the lease expires */
+    }
     this.client.close();
   }
 }
@@ -173,6 +191,8 @@ function publishedLabels(text: string): readonly string[] | null {
   try {
     const v = JSON.parse(text) as unknown;
     if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v;
-  } catch { /* not JSON */ }
+  } catch {
+    /* not JSON */
+  }
   return null;
 }

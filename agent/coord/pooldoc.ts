@@ -28,7 +28,10 @@ export type PoolDoc = {
 export const EMPTY_DOC: PoolDoc = { version: POOL_DOC_VERSION, ranges: bareRecord(), statics: bareRecord() };
 
 const RANGE_ENTRY = v.object({ start: ID, size: COUNT, by: TEXT, at: TEXT });
-const INTERVAL = v.pipe(v.object({ start: ID, end: v.pipe(v.number(), v.safeInteger(), v.maxValue(0xffffffff)) }), v.check((i) => i.end > i.start, 'an interval must end after it starts'));
+const INTERVAL = v.pipe(
+  v.object({ start: ID, end: v.pipe(v.number(), v.safeInteger(), v.maxValue(0xffffffff)) }),
+  v.check((i) => i.end > i.start, 'an interval must end after it starts'),
+);
 const STATIC_ENTRY = v.object({ intervals: v.pipe(v.array(INTERVAL), v.minLength(1), v.maxLength(680)), by: TEXT, at: TEXT });
 
 export type Request = { readonly label: string; readonly size: number };
@@ -45,13 +48,17 @@ export type Decision = {
 };
 
 const fmt = (i: Interval) => `${i.start}-${i.end - 1}`;
-const sameIntervals = (a: readonly Interval[], b: readonly Interval[]) => a.length === b.length && a.every((x, k) => x.start === b[k].start && x.end === b[k].end);
+const sameIntervals = (a: readonly Interval[], b: readonly Interval[]) =>
+  a.length === b.length && a.every((x, k) => x.start === b[k].start && x.end === b[k].end);
 
 /** What a document holds, as intervals with their owner: for overlap checks and the allocator. */
 function occupied(doc: PoolDoc, except: string | null): { label: string; what: string; i: Interval }[] {
   const out: { label: string; what: string; i: Interval }[] = [];
-  for (const [label, r] of Object.entries(doc.ranges)) if (label !== except) out.push({ label, what: `range ${r.start}-${r.start + r.size - 1} (allocated by ${r.by})`, i: { start: r.start, end: r.start + r.size } });
-  for (const [label, s] of Object.entries(doc.statics)) if (label !== except) for (const i of s.intervals) out.push({ label, what: `static range ${fmt(i)} (configured on ${s.by})`, i });
+  for (const [label, r] of Object.entries(doc.ranges))
+    if (label !== except)
+      out.push({ label, what: `range ${r.start}-${r.start + r.size - 1} (allocated by ${r.by})`, i: { start: r.start, end: r.start + r.size } });
+  for (const [label, s] of Object.entries(doc.statics))
+    if (label !== except) for (const i of s.intervals) out.push({ label, what: `static range ${fmt(i)} (configured on ${s.by})`, i });
   return out;
 }
 
@@ -62,7 +69,15 @@ function occupied(doc: PoolDoc, except: string | null): { label: string; what: s
  * the document and `reserved` (this host's own system ids). Same inputs, same output: every host
  * computes the same candidate, so the common case is one compare-and-swap.
  */
-export function decide(doc: PoolDoc, requests: readonly Request[], statics: readonly StaticClaim[], pool: Pool, reserved: readonly Interval[], host: string, now: string): Decision {
+export function decide(
+  doc: PoolDoc,
+  requests: readonly Request[],
+  statics: readonly StaticClaim[],
+  pool: Pool,
+  reserved: readonly Interval[],
+  host: string,
+  now: string,
+): Decision {
   const ranges = bareRecord(Object.entries(doc.ranges));
   const staticsOut = bareRecord(Object.entries(doc.statics));
   let changed = false;
@@ -74,11 +89,17 @@ export function decide(doc: PoolDoc, requests: readonly Request[], statics: read
     if (known && sameIntervals(known.intervals, mine)) continue;
     const hit = occupied({ ...doc, ranges, statics: staticsOut }, s.label).find((o) => mine.some((i) => intervalsOverlap(i, o.i)));
     if (hit) {
-      conflicts.push({ label: s.label, message: `its ids ${mine.map(fmt).join(', ')} overlap ${hit.label}'s ${hit.what} in the shared pool: one of the two files must change` });
+      conflicts.push({
+        label: s.label,
+        message: `its ids ${mine.map(fmt).join(', ')} overlap ${hit.label}'s ${hit.what} in the shared pool: one of the two files must change`,
+      });
       continue;
     }
     if (known) {
-      conflicts.push({ label: s.label, message: `${known.by} has it with ids ${known.intervals.map(fmt).join(', ')}, this host with ${mine.map(fmt).join(', ')}: hosts that share storage must give a label the same ids` });
+      conflicts.push({
+        label: s.label,
+        message: `${known.by} has it with ids ${known.intervals.map(fmt).join(', ')}, this host with ${mine.map(fmt).join(', ')}: hosts that share storage must give a label the same ids`,
+      });
       continue;
     }
     staticsOut[s.label] = { intervals: mine, by: host, at: now };
@@ -89,21 +110,34 @@ export function decide(doc: PoolDoc, requests: readonly Request[], statics: read
   for (const r of requests) {
     const bad = doc.invalid?.ranges.get(r.label) ?? doc.invalid?.statics.get(r.label);
     if (bad) {
-      conflicts.push({ label: r.label, message: `the shared pool's entry for it is not valid (${bad.why}): it is used for nothing; fix it, or forget it (usernsctl ranges forget ${r.label}) to have it allocated anew` });
+      conflicts.push({
+        label: r.label,
+        message: `the shared pool's entry for it is not valid (${bad.why}): it is used for nothing; fix it, or forget it (usernsctl ranges forget ${r.label}) to have it allocated anew`,
+      });
       continue;
     }
     const known = ranges[r.label];
     if (known) {
       if (known.size !== r.size) {
-        conflicts.push({ label: r.label, message: `the shared pool has it with ${known.size} ids (allocated by ${known.by}), this host asks for ${r.size}: give it the same size everywhere, or forget it (usernsctl ranges forget ${r.label}) to have it allocated anew` });
+        conflicts.push({
+          label: r.label,
+          message: `the shared pool has it with ${known.size} ids (allocated by ${known.by}), this host asks for ${r.size}: give it the same size everywhere, or forget it (usernsctl ranges forget ${r.label}) to have it allocated anew`,
+        });
         continue;
       }
       // SPEC §12: a range another host (or anyone who can write the key) put there is judged as
       // this host would judge its own allocation, and against everything else in the document.
       const i = { start: known.start, end: known.start + known.size };
-      const problem = rangeProblem(known, r.size, pool, system)
-        ?? ((o) => (o ? `it overlaps ${o.label}'s ${o.what}` : null))(occupied({ ...doc, ranges, statics: staticsOut }, r.label).find((o) => intervalsOverlap(o.i, i)));
-      if (problem) conflicts.push({ label: r.label, message: `the shared pool gives it ${known.start}-${known.start + known.size - 1} (allocated by ${known.by}), which this host refuses: ${problem}; fix the pool, or forget it (usernsctl ranges forget ${r.label}) to have it allocated anew` });
+      const problem =
+        rangeProblem(known, r.size, pool, system) ??
+        ((o) => (o ? `it overlaps ${o.label}'s ${o.what}` : null))(
+          occupied({ ...doc, ranges, statics: staticsOut }, r.label).find((o) => intervalsOverlap(o.i, i)),
+        );
+      if (problem)
+        conflicts.push({
+          label: r.label,
+          message: `the shared pool gives it ${known.start}-${known.start + known.size - 1} (allocated by ${known.by}), which this host refuses: ${problem}; fix the pool, or forget it (usernsctl ranges forget ${r.label}) to have it allocated anew`,
+        });
       else decided.set(r.label, { start: known.start, size: known.size });
       continue;
     }
@@ -172,18 +206,30 @@ export function forget(doc: PoolDoc, label: string): PoolDoc | null {
  * ranges import: this host's recorded allocations pushed into the document, all or none. A label
  * the document has with another range, or a range overlapping another label's, is a conflict.
  */
-export function importAllocations(doc: PoolDoc, local: ReadonlyMap<string, Allocation>, host: string, now: string): { next: PoolDoc | null; conflicts: Conflict[] } {
+export function importAllocations(
+  doc: PoolDoc,
+  local: ReadonlyMap<string, Allocation>,
+  host: string,
+  now: string,
+): { next: PoolDoc | null; conflicts: Conflict[] } {
   const ranges = bareRecord(Object.entries(doc.ranges));
   const conflicts: Conflict[] = [];
   let changed = false;
   for (const [label, a] of [...local].sort(([x], [y]) => x.localeCompare(y))) {
     if (doc.invalid?.ranges.has(label)) {
-      conflicts.push({ label, message: `the shared pool's entry for ${label} is not valid (${doc.invalid.ranges.get(label)!.why}): forget it first (usernsctl ranges forget ${label})` });
+      conflicts.push({
+        label,
+        message: `the shared pool's entry for ${label} is not valid (${doc.invalid.ranges.get(label)!.why}): forget it first (usernsctl ranges forget ${label})`,
+      });
       continue;
     }
     const known = ranges[label];
     if (known) {
-      if (known.start !== a.start || known.size !== a.size) conflicts.push({ label, message: `the shared pool has ${label} at ${known.start}-${known.start + known.size - 1} (allocated by ${known.by}), this host at ${a.start}-${a.start + a.size - 1}` });
+      if (known.start !== a.start || known.size !== a.size)
+        conflicts.push({
+          label,
+          message: `the shared pool has ${label} at ${known.start}-${known.start + known.size - 1} (allocated by ${known.by}), this host at ${a.start}-${a.start + a.size - 1}`,
+        });
       continue;
     }
     const i = { start: a.start, end: a.start + a.size };

@@ -12,10 +12,15 @@ import { ALLOCATION, checkEntries, COUNT, ID, IDMAP, isPlainObject, issueText, l
 const IDS = v.pipe(v.array(ID), v.maxLength(65536));
 /** A context as contexts.json records it (Context, field for field). */
 const IN_FORCE_CONTEXT = v.object({
-  label: v.string(), file: v.pipe(v.string(), v.startsWith('/')), parent: v.string(),
+  label: v.string(),
+  file: v.pipe(v.string(), v.startsWith('/')),
+  parent: v.string(),
   owner: v.object({ uid: ID, gid: ID, name: v.nullable(v.string()) }),
-  uidMap: IDMAP, gidMap: IDMAP, autoSize: v.nullable(COUNT),
-  setgroups: v.picklist(['allow', 'deny']), create: v.picklist(['lazy', 'eager']),
+  uidMap: IDMAP,
+  gidMap: IDMAP,
+  autoSize: v.nullable(COUNT),
+  setgroups: v.picklist(['allow', 'deny']),
+  create: v.picklist(['lazy', 'eager']),
   squash: v.object({ mode: v.picklist(['none', 'root', 'all']), anonuid: ID, anongid: ID }),
   access: v.object({ uids: IDS, gids: IDS }),
   ownerIds: v.optional(v.picklist(['delegated', 'any'])),
@@ -66,7 +71,6 @@ export function newerStateFiles(dir: string): string[] {
   return out;
 }
 
-
 /** The state directory must be a real directory, never a symlink planted by someone else. */
 export function ensureStateDir(dir: string): void {
   try {
@@ -104,8 +108,11 @@ function readStateJson(file: string, corrupt: (why: string) => UsernsError): unk
 
 export function readAllocations(dir: string): Map<string, Allocation> {
   const file = join(dir, RANGES_FILE);
-  const corrupt = (why: string) => new UsernsError('E_CONFIG',
-    `${file} is corrupt (${why}): no range will be allocated until it is fixed. Restore it from a backup, or rebuild it from the pins' maps (usernsctl list shows them) and remove the file only if no auto-range namespace exists`);
+  const corrupt = (why: string) =>
+    new UsernsError(
+      'E_CONFIG',
+      `${file} is corrupt (${why}): no range will be allocated until it is fixed. Restore it from a backup, or rebuild it from the pins' maps (usernsctl list shows them) and remove the file only if no auto-range namespace exists`,
+    );
   const data = readStateJson(file, corrupt);
   if (data === undefined) return new Map();
   checkVersion(file, data, corrupt);
@@ -117,7 +124,6 @@ export function readAllocations(dir: string): Map<string, Allocation> {
   if (label !== undefined) throw corrupt(`bad entry for ${JSON.stringify(label).slice(0, 80)}: ${b.why}`);
   return good;
 }
-
 
 export function writeAllocations(dir: string, allocations: ReadonlyMap<string, Allocation>): void {
   const sorted = Object.fromEntries([...allocations].sort(([a], [b]) => a.localeCompare(b)));
@@ -145,7 +151,8 @@ export function readInForce(dir: string): Map<string, Context> {
   for (const c of contexts) {
     // A kept context is configuration: checked as its file would be (its maps are judged again by finishContexts).
     const r = v.safeParse(IN_FORCE_CONTEXT, c);
-    if (!r.success || labelKeyProblem(r.output.label) !== null || (r.output.parent !== HOST_LABEL && labelKeyProblem(r.output.parent) !== null)) throw corrupt(`a bad entry${r.success ? '' : `: ${issueText(r.issues)}`}`);
+    if (!r.success || labelKeyProblem(r.output.label) !== null || (r.output.parent !== HOST_LABEL && labelKeyProblem(r.output.parent) !== null))
+      throw corrupt(`a bad entry${r.success ? '' : `: ${issueText(r.issues)}`}`);
     out.set(r.output.label, { ...r.output, ownerIds: r.output.ownerIds ?? 'delegated' });
   }
   return out;
@@ -156,12 +163,16 @@ export function writeInForce(dir: string, contexts: Iterable<Context>): void {
   const body = JSON.stringify({ version: STATE_VERSION, contexts: [...contexts] }) + '\n';
   try {
     if (readFileSync(join(dir, IN_FORCE_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW }) === body) return;
-  } catch { /* none yet, or unreadable: write it */ }
+  } catch {
+    /* none yet, or unreadable: write it */
+  }
   try {
     writeFileAtomic(dir, IN_FORCE_FILE, body);
   } catch (err) {
-    throw new UsernsError('E_INTERNAL', `cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+    throw new UsernsError(
+      'E_INTERNAL',
+      `cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      err,
+    );
   }
 }
-
-

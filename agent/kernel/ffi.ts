@@ -20,7 +20,9 @@ async function loadKoffi(): Promise<{ koffi: KoffiModule; loader: 'direct' | 'ko
       const mod = { exports: {} as Partial<KoffiModule> & { version?: string } };
       process.dlopen(mod, `${dirname(pkg)}/linux_${process.arch}/koffi.node`);
       if (mod.exports.version === KOFFI_VERSION && typeof mod.exports.load === 'function') return { koffi: mod.exports as KoffiModule, loader: 'direct' };
-    } catch { /* koffi's own loader below */ }
+    } catch {
+      /* koffi's own loader below */
+    }
   }
   return { koffi: (await import('koffi')).default, loader: 'koffi' };
 }

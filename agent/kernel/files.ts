@@ -26,7 +26,11 @@ export function makeDirs(dir: string, mode: number): void {
 export function writeFileAtomic(dir: string, name: string, body: string, durable = true): void {
   const file = join(dir, name);
   const tmp = join(dir, `.${name}.${process.pid}.tmp`);
-  try { unlinkSync(tmp); } catch { /* left by a crash of a process with this pid, or absent */ }
+  try {
+    unlinkSync(tmp);
+  } catch {
+    /* left by a crash of a process with this pid, or absent */
+  }
   const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
     writeSync(fd, body);
@@ -37,7 +41,11 @@ export function writeFileAtomic(dir: string, name: string, body: string, durable
   renameSync(tmp, file);
   if (!durable) return;
   const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try { fsyncSync(dfd); } finally { closeSync(dfd); }
+  try {
+    fsyncSync(dfd);
+  } finally {
+    closeSync(dfd);
+  }
 }
 
 /**
@@ -60,7 +68,9 @@ export function removeStaleTemps(dir: string): string[] {
     try {
       unlinkSync(join(dir, name));
       removed.push(name);
-    } catch { /* gone meanwhile */ }
+    } catch {
+      /* gone meanwhile */
+    }
   }
   return removed;
 }

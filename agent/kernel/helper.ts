@@ -58,7 +58,8 @@ export class HelperPrograms {
         const target = join(dir, name);
         const src = statSync(source);
         const dst = existsSync(target) ? lstatSync(target) : null;
-        if (dst?.isFile() && dst.size === src.size && dst.mtimeMs === src.mtimeMs && (dst.mode & 0o7777) === 0o111 && dst.uid === uid && dst.gid === gid) return target;
+        if (dst?.isFile() && dst.size === src.size && dst.mtimeMs === src.mtimeMs && (dst.mode & 0o7777) === 0o111 && dst.uid === uid && dst.gid === gid)
+          return target;
         const tmp = join(dir, `.${name}.${process.pid}.tmp`);
         rmSync(tmp, { force: true });
         copyFileSync(source, tmp);
@@ -72,10 +73,12 @@ export class HelperPrograms {
       paths = { unshare: copy('unshare'), cat: copy('cat'), nsenter: copy('nsenter') };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-      throw new UsernsError('E_KERNEL', `Failed to prepare the namespace helper's execute-only programs in ${dir}: ${code} (${(err as Error).message})${code === 'EPERM' ? ': handing them to a nested context\'s parent root needs CAP_CHOWN (see usernsd(8))' : ''}`);
+      throw new UsernsError(
+        'E_KERNEL',
+        `Failed to prepare the namespace helper's execute-only programs in ${dir}: ${code} (${(err as Error).message})${code === 'EPERM' ? ": handing them to a nested context's parent root needs CAP_CHOWN (see usernsd(8))" : ''}`,
+      );
     }
     this.cache.set(key, paths);
     return paths;
   }
-
 }

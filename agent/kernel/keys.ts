@@ -34,7 +34,10 @@ function keyctl(op: number, ...args: unknown[]): number {
 export function describeKey(key: number): { type: string; uid: number; gid: number; perm: number; description: string } {
   const buf = Buffer.alloc(4096);
   const n = keyctl(KEYCTL.DESCRIBE, 'int32', key, 'void *', buf, 'size_t', buf.length);
-  const [type, uid, gid, perm, ...rest] = buf.subarray(0, Math.max(0, n - 1)).toString().split(';');
+  const [type, uid, gid, perm, ...rest] = buf
+    .subarray(0, Math.max(0, n - 1))
+    .toString()
+    .split(';');
   return { type: type, uid: Number(uid), gid: Number(gid), perm: parseInt(perm, 16), description: rest.join(';') };
 }
 
@@ -82,7 +85,9 @@ export function answerRing(key: number, seconds: number): number {
 
 /** Each answer's own keyring in the registry, by the answer key's serial ("usernsd:KEY"). */
 export function answerRings(all: KeyEntry[] = listKeys()): Map<number, number> {
-  return new Map(all.filter((k) => k.type === 'keyring' && k.description.startsWith(RING_PREFIX)).map((k) => [Number(k.description.slice(RING_PREFIX.length)), k.id]));
+  return new Map(
+    all.filter((k) => k.type === 'keyring' && k.description.startsWith(RING_PREFIX)).map((k) => [Number(k.description.slice(RING_PREFIX.length)), k.id]),
+  );
 }
 
 /**
@@ -100,9 +105,16 @@ export function invalidateIssuedKeys(labels: ReadonlySet<string>): number {
     try {
       invalidateKey(k.id);
       n++;
-    } catch { /* expired or invalidated meanwhile */ }
+    } catch {
+      /* expired or invalidated meanwhile */
+    }
     const ring = ringOf.get(k.id);
-    if (ring !== undefined) try { invalidateKey(ring); } catch { /* expired meanwhile */ }
+    if (ring !== undefined)
+      try {
+        invalidateKey(ring);
+      } catch {
+        /* expired meanwhile */
+      }
   }
   return n;
 }
@@ -127,8 +139,14 @@ export function listKeys(): KeyEntry[] {
     const rest = m[7];
     const cut = rest.lastIndexOf(': ');
     out.push({
-      id: parseInt(m[1], 16), flags: m[2], timeout: m[3], uid: Number(m[4]), gid: Number(m[5]), type: m[6],
-      description: cut < 0 ? rest : rest.slice(0, cut), summary: cut < 0 ? '' : rest.slice(cut + 2),
+      id: parseInt(m[1], 16),
+      flags: m[2],
+      timeout: m[3],
+      uid: Number(m[4]),
+      gid: Number(m[5]),
+      type: m[6],
+      description: cut < 0 ? rest : rest.slice(0, cut),
+      summary: cut < 0 ? '' : rest.slice(cut + 2),
     });
   }
   return out;

@@ -111,9 +111,14 @@ class ForkedMaker implements NamespaceMaker {
     // The maps are written by the parent's root: the helper's programs are its (see HelperPrograms).
     const rootUid = rootOf(req.parent.host.uid);
     const rootGid = rootOf(req.parent.host.gid);
-    if (rootUid === null || rootGid === null) throw new UsernsError('E_CONFIG', `the parent of context "${req.label}" does not map id 0: a nested context's maps are written as its parent's root`);
+    if (rootUid === null || rootGid === null)
+      throw new UsernsError('E_CONFIG', `the parent of context "${req.label}" does not map id 0: a nested context's maps are written as its parent's root`);
     const { unshare, cat } = this.helpers.for(rootUid, rootGid);
-    return spawn(this.helpers.for(0, 0).nsenter, [`--user=${req.parent.pin}`, '--preserve-credentials', '-S', String(req.uid), '-G', String(req.gid), '--', unshare, '--user', '--', cat], opts);
+    return spawn(
+      this.helpers.for(0, 0).nsenter,
+      [`--user=${req.parent.pin}`, '--preserve-credentials', '-S', String(req.uid), '-G', String(req.gid), '--', unshare, '--user', '--', cat],
+      opts,
+    );
   }
 
   /** setgroups first (the kernel needs it before gid_map), then uid_map and gid_map, each in one write. */
@@ -121,7 +126,11 @@ class ForkedMaker implements NamespaceMaker {
     const uid = kernelMapText(req.uidMap);
     const gid = kernelMapText(req.gidMap);
     if (req.parent === null) {
-      for (const [file, text] of [['setgroups', req.setgroups], ['uid_map', uid], ['gid_map', gid]] as const) {
+      for (const [file, text] of [
+        ['setgroups', req.setgroups],
+        ['uid_map', uid],
+        ['gid_map', gid],
+      ] as const) {
         try {
           writeFileSync(`/proc/${pid}/${file}`, text);
         } catch (err) {
@@ -133,13 +142,33 @@ class ForkedMaker implements NamespaceMaker {
     // The kernel accepts a nested namespace's maps only from a writer in the parent namespace.
     // bash, not sh: dash reports a failed write as "I/O error" and loses the errno.
     const script = 'printf %s "$2" > /proc/$1/setgroups && printf %s "$3" > /proc/$1/uid_map && printf %s "$4" > /proc/$1/gid_map';
-    const r = await run(this.helpers.for(0, 0).nsenter, [`--user=${req.parent.pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', 'bash', '-c', script, 'bash', String(pid), req.setgroups, uid, gid]);
+    const r = await run(this.helpers.for(0, 0).nsenter, [
+      `--user=${req.parent.pin}`,
+      '--preserve-credentials',
+      '-S',
+      '0',
+      '-G',
+      '0',
+      '--',
+      'bash',
+      '-c',
+      script,
+      'bash',
+      String(pid),
+      req.setgroups,
+      uid,
+      gid,
+    ]);
     if (r.code !== 0) throw kernelError(req.label, 'write the nested maps', errnoFromText(r.stderr), r.stderr);
   }
 
   private async bindInPinsNamespace(source: string, path: string): Promise<void> {
     const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'mount', '--bind', source, path]);
-    if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}: check mount_namespace in usernsd.conf and that ${dirname(path)} exists there`);
+    if (r.code !== 0)
+      throw new UsernsError(
+        'E_KERNEL',
+        `Failed to pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}: check mount_namespace in usernsd.conf and that ${dirname(path)} exists there`,
+      );
   }
 
   async unpin(_label: string, path: string): Promise<boolean> {

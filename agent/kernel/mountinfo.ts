@@ -3,7 +3,15 @@
 import { readFileSync } from 'node:fs';
 
 /** dev: the filesystem's device as mountinfo writes it, "major:minor". */
-export type MountEntry = { readonly id: number; readonly dev: string; readonly root: string; readonly mountPoint: string; readonly options: string; readonly fsType: string; readonly source: string };
+export type MountEntry = {
+  readonly id: number;
+  readonly dev: string;
+  readonly root: string;
+  readonly mountPoint: string;
+  readonly options: string;
+  readonly fsType: string;
+  readonly source: string;
+};
 
 const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 
@@ -14,7 +22,15 @@ export function mountTable(text: string = readFileSync('/proc/self/mountinfo', '
     const f = line.split(' ');
     const dash = f.indexOf('-');
     if (f.length < 10 || dash < 6) continue;
-    const entry = { id: Number(f[0]), dev: f[2], root: unescape(f[3]), mountPoint: unescape(f[4]), options: f[5], fsType: f[dash + 1], source: unescape(f[dash + 2]) };
+    const entry = {
+      id: Number(f[0]),
+      dev: f[2],
+      root: unescape(f[3]),
+      mountPoint: unescape(f[4]),
+      options: f[5],
+      fsType: f[dash + 1],
+      source: unescape(f[dash + 2]),
+    };
     out.set(entry.mountPoint, entry);
   }
   return out;

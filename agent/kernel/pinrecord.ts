@@ -32,7 +32,13 @@ export const NSFS_DEV = statSync('/proc/self/ns/user').dev;
 type Record = { format: number; boot: string; ino: number; uidMap: IdMap; gidMap: IdMap };
 
 /** A record as read back: input like any other (SPEC §12), the kernel's limit of 340 extents a map. */
-const RECORD = v.object({ format: v.optional(v.literal(RECORD_FORMAT)), boot: v.string(), ino: v.pipe(v.number(), v.safeInteger(), v.minValue(1)), uidMap: IDMAP, gidMap: IDMAP });
+const RECORD = v.object({
+  format: v.optional(v.literal(RECORD_FORMAT)),
+  boot: v.string(),
+  ino: v.pipe(v.number(), v.safeInteger(), v.minValue(1)),
+  uidMap: IDMAP,
+  gidMap: IDMAP,
+});
 
 /** This boot, as the kernel names it. */
 const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();

@@ -12,16 +12,23 @@ const OWN_USERNS = readlinkSync('/proc/self/ns/user');
 
 /** What the kernel's refusal means and what the admin can change, by errno. */
 function kernelAdvice(code: string, step: string): string {
-  if (step.includes("owner's ids") && code === 'EINVAL') return 'the owner\'s uid or gid is not mapped in the parent namespace (for owner root: the parent must map id 0)';
+  if (step.includes("owner's ids") && code === 'EINVAL')
+    return "the owner's uid or gid is not mapped in the parent namespace (for owner root: the parent must map id 0)";
   switch (code) {
-    case 'ENOSPC': return 'the limit of user namespaces is reached: raise /proc/sys/user/max_user_namespaces or release contexts';
-    case 'EPERM': return step.includes('map')
-      ? 'the kernel refused the map: outside ids must be mapped in the parent namespace, and nested maps are written from inside the parent'
-      : 'the kernel refused: check that unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces) and the owner is mapped in the parent';
-    case 'EINVAL': return 'the kernel rejected the map: extents overlap, run past 2^32, or exceed 340 lines';
-    case 'EUSERS': return 'the nesting depth limit (32) is reached';
-    case 'EACCES': return 'the agent lacks a privilege it needs (CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID, CAP_SYS_PTRACE, CAP_CHOWN: see usernsd(8)); under systemd, check CapabilityBoundingSet=';
-    default: return 'see the agent log';
+    case 'ENOSPC':
+      return 'the limit of user namespaces is reached: raise /proc/sys/user/max_user_namespaces or release contexts';
+    case 'EPERM':
+      return step.includes('map')
+        ? 'the kernel refused the map: outside ids must be mapped in the parent namespace, and nested maps are written from inside the parent'
+        : 'the kernel refused: check that unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces) and the owner is mapped in the parent';
+    case 'EINVAL':
+      return 'the kernel rejected the map: extents overlap, run past 2^32, or exceed 340 lines';
+    case 'EUSERS':
+      return 'the nesting depth limit (32) is reached';
+    case 'EACCES':
+      return 'the agent lacks a privilege it needs (CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID, CAP_SYS_PTRACE, CAP_CHOWN: see usernsd(8)); under systemd, check CapabilityBoundingSet=';
+    default:
+      return 'see the agent log';
   }
 }
 
@@ -32,8 +39,12 @@ export function kernelError(label: string, step: string, code: string, detail?: 
 /** util-linux tools print strerror text; give back the errno name. */
 export function errnoFromText(text: string): string {
   const known: [RegExp, string][] = [
-    [/No space left on device/, 'ENOSPC'], [/Operation not permitted/, 'EPERM'], [/Invalid argument/, 'EINVAL'],
-    [/Too many users/, 'EUSERS'], [/Permission denied/, 'EACCES'], [/No such file or directory/, 'ENOENT'],
+    [/No space left on device/, 'ENOSPC'],
+    [/Operation not permitted/, 'EPERM'],
+    [/Invalid argument/, 'EINVAL'],
+    [/Too many users/, 'EUSERS'],
+    [/Permission denied/, 'EACCES'],
+    [/No such file or directory/, 'ENOENT'],
   ];
   return known.find(([re]) => re.test(text))?.[1] ?? 'EIO';
 }
@@ -44,8 +55,12 @@ export function run(cmd: string, args: string[]): Promise<{ code: number | null;
     const child = spawn(cmd, args, { env: PATH_ENV, stdio: ['ignore', 'pipe', 'pipe'], timeout: SPAWN_TIMEOUT_MS });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr: stderr.trim() }));
   });
@@ -61,7 +76,12 @@ export async function reap(child: ChildProcess): Promise<void> {
   child.stdin?.end();
   child.kill('SIGKILL');
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([exited, new Promise((r) => { timer = setTimeout(r, SPAWN_TIMEOUT_MS); })]);
+  await Promise.race([
+    exited,
+    new Promise((r) => {
+      timer = setTimeout(r, SPAWN_TIMEOUT_MS);
+    }),
+  ]);
   clearTimeout(timer);
 }
 
@@ -71,12 +91,19 @@ export async function reap(child: ChildProcess): Promise<void> {
  */
 export function waitForNewNamespace(label: string, child: ChildProcess, parentNs: string | null): Promise<number> {
   let stderr = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+  });
   return new Promise((resolve, reject) => {
     const deadline = Date.now() + SPAWN_TIMEOUT_MS;
-    const fail = (err: Error) => { clearImmediate(timer); reject(err); };
+    const fail = (err: Error) => {
+      clearImmediate(timer);
+      reject(err);
+    };
     child.once('error', (err) => fail(kernelError(label, 'start the namespace helper', (err as NodeJS.ErrnoException).code ?? 'EIO', err.message)));
-    child.once('exit', () => setImmediate(() => fail(kernelError(label, 'create the user namespace', errnoFromText(stderr), stderr.trim() || 'the helper exited'))));
+    child.once('exit', () =>
+      setImmediate(() => fail(kernelError(label, 'create the user namespace', errnoFromText(stderr), stderr.trim() || 'the helper exited'))),
+    );
     let timer: NodeJS.Immediate;
     const poll = () => {
       if (child.pid !== undefined) {
@@ -85,7 +112,8 @@ export function waitForNewNamespace(label: string, child: ChildProcess, parentNs
           if (ns !== OWN_USERNS && ns !== parentNs) return resolve(child.pid);
         } catch (err) {
           // Another user's process is readable only with CAP_SYS_PTRACE: say so now, not at the deadline.
-          if ((err as NodeJS.ErrnoException).code === 'EACCES') return fail(kernelError(label, 'inspect the namespace helper', 'EACCES', `/proc/${child.pid}/ns/user`));
+          if ((err as NodeJS.ErrnoException).code === 'EACCES')
+            return fail(kernelError(label, 'inspect the namespace helper', 'EACCES', `/proc/${child.pid}/ns/user`));
           // else: not there yet, or gone; the exit handler reports it
         }
       }

@@ -64,7 +64,11 @@ const unwire = (text: string): IdMap => parseKernelMap(text === '-' ? '' : text.
 export function useNativeSpawner(setting: SpawnerSetting, path = SPAWNER_PATH): boolean {
   if (setting === 'node') return false;
   if (existsSync(path)) return true;
-  if (setting === 'native') throw new UsernsError('E_CONFIG', `spawner = native, but ${path} was not built: install a C compiler (apt-get install gcc libc6-dev) and run "make", or set spawner = auto`);
+  if (setting === 'native')
+    throw new UsernsError(
+      'E_CONFIG',
+      `spawner = native, but ${path} was not built: install a C compiler (apt-get install gcc libc6-dev) and run "make", or set spawner = auto`,
+    );
   return false;
 }
 
@@ -91,7 +95,11 @@ export class Spawner {
   /** Make a namespace: the holder's pid once its maps are written; E_KERNEL with the failed step otherwise. */
   async create(req: SpawnRequest): Promise<Held> {
     const id = this.nextId++;
-    const words = await this.ask(id, `new ${id} ${req.uid} ${req.gid} ${req.setgroups} ${wire(req.uidMap)} ${wire(req.gidMap)} ${req.parentPin ?? '-'}`, req.label);
+    const words = await this.ask(
+      id,
+      `new ${id} ${req.uid} ${req.gid} ${req.setgroups} ${wire(req.uidMap)} ${wire(req.gidMap)} ${req.parentPin ?? '-'}`,
+      req.label,
+    );
     const pid = Number(words[0]);
     const child = this.child;
     let ended = false;
@@ -102,7 +110,10 @@ export class Spawner {
         await this.ask(id, `pin ${id} ${path}`, req.label);
       },
       // A spawner that died meanwhile took its holders with it: nothing to end, nothing to start.
-      end: () => { if (!ended && this.child === child) this.child?.stdin.write(`end ${id}\n`); ended = true; },
+      end: () => {
+        if (!ended && this.child === child) this.child?.stdin.write(`end ${id}\n`);
+        ended = true;
+      },
     };
   }
 
@@ -233,7 +244,10 @@ export class Spawner {
     const [mine, theirs] = socketPair(true);
     let child: ChildProcessWithoutNullStreams;
     try {
-      child = spawn(this.path, this.mountNs ? ['--mount-namespace', this.mountNs] : [], { env: PATH_ENV, stdio: ['pipe', 'pipe', 'pipe', theirs] }) as unknown as ChildProcessWithoutNullStreams;
+      child = spawn(this.path, this.mountNs ? ['--mount-namespace', this.mountNs] : [], {
+        env: PATH_ENV,
+        stdio: ['pipe', 'pipe', 'pipe', theirs],
+      }) as unknown as ChildProcessWithoutNullStreams;
     } finally {
       closeDescriptor(theirs);
     }
@@ -244,14 +258,18 @@ export class Spawner {
       this.settle(Number(id), words);
     });
     let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 4096) stderr += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      if (stderr.length < 4096) stderr += d;
+    });
     const gone = (why: string) => {
       if (this.child === child) this.child = null;
       for (const id of [...this.pending.keys()]) this.settle(id, ['err', 'EIO', `use usernsd-spawner (${why}${stderr ? `: ${stderr.trim()}` : ''})`]);
     };
     child.on('error', (err) => gone(`${(err as NodeJS.ErrnoException).code ?? err.message} starting ${this.path}`));
     child.on('exit', (code, signal) => gone(`it exited: ${signal ?? code}`));
-    child.stdin.on('error', () => { /* reported by exit */ });
+    child.stdin.on('error', () => {
+      /* reported by exit */
+    });
     return child;
   }
 
@@ -263,6 +281,7 @@ export class Spawner {
       if (on) s.ref?.();
       else s.unref?.();
     }
-    if (on) c.ref(); else c.unref();
+    if (on) c.ref();
+    else c.unref();
   }
 }

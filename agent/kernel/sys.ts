@@ -191,7 +191,10 @@ export function openTreeClone(path: string): number {
  * ids are taken as its inside ids and shown as its outside ids), and read-only when asked. EINVAL:
  * the filesystem cannot be idmapped (NFS, FUSE, …) or the tree is already attached.
  */
-export function setMountAttrs(treeFd: number, attrs: { readonly usernsFd?: number; readonly readOnly?: boolean; readonly nosuid?: boolean; readonly nodev?: boolean }): void {
+export function setMountAttrs(
+  treeFd: number,
+  attrs: { readonly usernsFd?: number; readonly readOnly?: boolean; readonly nosuid?: boolean; readonly nodev?: boolean },
+): void {
   const attr = Buffer.alloc(32); // struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd; }
   let set = 0n;
   if (attrs.usernsFd !== undefined) {
@@ -203,13 +206,19 @@ export function setMountAttrs(treeFd: number, attrs: { readonly usernsFd?: numbe
   if (attrs.nodev) set |= BigInt(MOUNT_ATTR_NODEV);
   attr.writeBigUInt64LE(set, 0);
   if (Number(syscallFn(SYS_MOUNT_SETATTR, 'int', treeFd, 'const char *', '', 'unsigned int', AT_EMPTY_PATH, 'void *', attr, 'size_t', attr.length)) !== 0) {
-    throw new SysError('mount_setattr', koffi.errno(), `fd ${treeFd}${attrs.usernsFd !== undefined ? ', MOUNT_ATTR_IDMAP' : ''}${attrs.readOnly ? ', MOUNT_ATTR_RDONLY' : ''}`);
+    throw new SysError(
+      'mount_setattr',
+      koffi.errno(),
+      `fd ${treeFd}${attrs.usernsFd !== undefined ? ', MOUNT_ATTR_IDMAP' : ''}${attrs.readOnly ? ', MOUNT_ATTR_RDONLY' : ''}`,
+    );
   }
 }
 
 /** Attach a detached tree at `target` in the caller's mount namespace (move_mount(2)). */
 export function moveMount(treeFd: number, target: string): void {
-  if (Number(syscallFn(SYS_MOVE_MOUNT, 'int', treeFd, 'const char *', '', 'int', AT_FDCWD, 'const char *', target, 'unsigned int', MOVE_MOUNT_F_EMPTY_PATH)) !== 0) {
+  if (
+    Number(syscallFn(SYS_MOVE_MOUNT, 'int', treeFd, 'const char *', '', 'int', AT_FDCWD, 'const char *', target, 'unsigned int', MOVE_MOUNT_F_EMPTY_PATH)) !== 0
+  ) {
     throw new SysError('move_mount', koffi.errno(), `fd ${treeFd} -> ${target}`);
   }
 }
@@ -254,8 +263,11 @@ const groupsBuffer = new Uint32Array(65536);
 
 function setThreadGroups(groups: readonly number[]): void {
   const list = new Uint32Array(groups.length || 1);
-  groups.forEach((g, i) => { list[i] = g; });
-  if (Number(syscallFn(SYS_SETGROUPS, 'int', groups.length, 'uint32_t *', list)) !== 0) throw new SysError('setgroups', koffi.errno(), `${groups.length} groups, this thread`);
+  groups.forEach((g, i) => {
+    list[i] = g;
+  });
+  if (Number(syscallFn(SYS_SETGROUPS, 'int', groups.length, 'uint32_t *', list)) !== 0)
+    throw new SysError('setgroups', koffi.errno(), `${groups.length} groups, this thread`);
 }
 
 /**

@@ -36,7 +36,8 @@ function unixAddress(socketPath: string, syscall: string): Buffer {
   if (path[0] === 0x40) path[0] = 0;
   if (path.length > SUN_PATH_MAX) throw new SysError(syscall, constants.errno.ENAMETOOLONG, socketPath);
   const addr = Buffer.alloc(2 + path.length); // the length given, sun_path needs no NUL
-  if (endianness() === 'LE') addr.writeUInt16LE(AF_UNIX, 0); // sa_family_t, in host order
+  if (endianness() === 'LE')
+    addr.writeUInt16LE(AF_UNIX, 0); // sa_family_t, in host order
   else addr.writeUInt16BE(AF_UNIX, 0);
   path.copy(addr, 2);
   return addr;
@@ -73,7 +74,12 @@ export function exchange(socketPath: string, request: Buffer, timeoutMs: number,
 }
 
 /** exchange(), and the descriptors the peer attached (SCM_RIGHTS) to what it sent; the caller closes them. */
-export function exchangeWithFds(socketPath: string, request: Buffer, timeoutMs: number, complete: (received: Buffer) => boolean): { data: Buffer; fds: number[] } {
+export function exchangeWithFds(
+  socketPath: string,
+  request: Buffer,
+  timeoutMs: number,
+  complete: (received: Buffer) => boolean,
+): { data: Buffer; fds: number[] } {
   const fds: number[] = [];
   try {
     const { data } = converse(socketPath, request, timeoutMs, complete, (fd) => {
@@ -93,7 +99,13 @@ export function exchangeWithFds(socketPath: string, request: Buffer, timeoutMs: 
   }
 }
 
-function converse(socketPath: string, request: Buffer, timeoutMs: number, complete: (received: Buffer) => boolean, receive: (fd: number) => Buffer | number): { data: Buffer } {
+function converse(
+  socketPath: string,
+  request: Buffer,
+  timeoutMs: number,
+  complete: (received: Buffer) => boolean,
+  receive: (fd: number) => Buffer | number,
+): { data: Buffer } {
   const deadline = Date.now() + timeoutMs;
   const addr = unixAddress(socketPath, 'connect');
   const fd = openSocket(SOCK_STREAM);
@@ -103,7 +115,8 @@ function converse(socketPath: string, request: Buffer, timeoutMs: number, comple
     write(BigInt(Math.floor(timeoutMs / 1000)), 0);
     write(BigInt(Math.round(timeoutMs % 1000) * 1000), 8);
     for (const opt of [SO_RCVTIMEO, SO_SNDTIMEO]) {
-      if (setsockoptFn(fd, SOL_SOCKET, opt, timeval, timeval.length) !== 0) throw new SysError('setsockopt', koffi.errno(), `fd ${fd}, SO_RCVTIMEO/SO_SNDTIMEO`);
+      if (setsockoptFn(fd, SOL_SOCKET, opt, timeval, timeval.length) !== 0)
+        throw new SysError('setsockopt', koffi.errno(), `fd ${fd}, SO_RCVTIMEO/SO_SNDTIMEO`);
     }
     retrying('connect', socketPath, deadline, () => connectFn(fd, addr, addr.length));
     for (let sent = 0; sent < request.length;) {
@@ -150,7 +163,8 @@ const SOCK_SEQPACKET = 5;
 export function socketPair(seqpacket = false): [number, number] {
   const fds = [0, 0];
   const type = seqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
-  if (socketpairFn(AF_UNIX, type | SOCK_CLOEXEC, 0, fds) !== 0) throw new SysError('socketpair', koffi.errno(), `AF_UNIX, ${seqpacket ? 'SOCK_SEQPACKET' : 'SOCK_STREAM'}`);
+  if (socketpairFn(AF_UNIX, type | SOCK_CLOEXEC, 0, fds) !== 0)
+    throw new SysError('socketpair', koffi.errno(), `AF_UNIX, ${seqpacket ? 'SOCK_SEQPACKET' : 'SOCK_STREAM'}`);
   return [fds[0], fds[1]];
 }
 
@@ -206,8 +220,15 @@ export function sendWithFds(fd: number, data: Buffer, fds: readonly number[]): v
   data.copy(buf, DATA);
   if (fds.length > 0) {
     const le = endianness() === 'LE';
-    if (le) buf.writeBigUInt64LE(BigInt(16 + 4 * fds.length), CTL); else buf.writeBigUInt64BE(BigInt(16 + 4 * fds.length), CTL); // cmsg_len
-    if (le) { buf.writeInt32LE(SOL_SOCKET, CTL + 8); buf.writeInt32LE(SCM_RIGHTS, CTL + 12); } else { buf.writeInt32BE(SOL_SOCKET, CTL + 8); buf.writeInt32BE(SCM_RIGHTS, CTL + 12); }
+    if (le) buf.writeBigUInt64LE(BigInt(16 + 4 * fds.length), CTL);
+    else buf.writeBigUInt64BE(BigInt(16 + 4 * fds.length), CTL); // cmsg_len
+    if (le) {
+      buf.writeInt32LE(SOL_SOCKET, CTL + 8);
+      buf.writeInt32LE(SCM_RIGHTS, CTL + 12);
+    } else {
+      buf.writeInt32BE(SOL_SOCKET, CTL + 8);
+      buf.writeInt32BE(SCM_RIGHTS, CTL + 12);
+    }
     fds.forEach((f, i) => (le ? buf.writeInt32LE(f, CTL + 16 + 4 * i) : buf.writeInt32BE(f, CTL + 16 + 4 * i)));
   }
   for (;;) {

@@ -134,7 +134,11 @@ export class Namespaces {
     const now = performance.now();
     if (now - v.checkedAt < PIN_RECHECK_MS) return v.pin;
     if (this.dirFd === null) {
-      try { this.dirFd = openDirPath(this.pinsDir); } catch { return null; }
+      try {
+        this.dirFd = openDirPath(this.pinsDir);
+      } catch {
+        return null;
+      }
     }
     const st = statAt(this.dirFd, ctx.label);
     if (st === null || st.dev !== NSFS_DEV || st.ino !== v.ino) return null;
@@ -156,13 +160,17 @@ export class Namespaces {
     if (parent === null) return null;
     if (parent.ino === null) return `its parent "${parent.label}" is not pinned`;
     const actual = parentNsIno(path);
-    if (actual !== parent.ino) return `its namespace lies in user:[${actual}], not in its parent "${parent.label}"'s pinned user:[${parent.ino}] (the parent was released or created anew)`;
+    if (actual !== parent.ino)
+      return `its namespace lies in user:[${actual}], not in its parent "${parent.label}"'s pinned user:[${parent.ino}] (the parent was released or created anew)`;
     return null;
   }
 
   /** Directories are made once, and must be real directories: a symlink planted there is refused. */
   private ensureDirs(): void {
-    for (const [dir, mode] of [[this.pinsDir, 0o755], [this.recordsDir, 0o700]] as const) {
+    for (const [dir, mode] of [
+      [this.pinsDir, 0o755],
+      [this.recordsDir, 0o700],
+    ] as const) {
       makeDirs(dir, mode);
       if (!lstatSync(dir).isDirectory()) throw new UsernsError('E_CONFIG', `${dir} is not a directory (a symlink?): remove it`);
     }
@@ -200,12 +208,18 @@ export class Namespaces {
         const actual = await this.mapsOf(ctx.label, path, ino);
         if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
           this.drifted.add(ctx.label);
-          throw new UsernsError('E_CONFIG', `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`);
+          throw new UsernsError(
+            'E_CONFIG',
+            `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`,
+          );
         }
         const why = this.parentProblem(ctx.label, path, parent && { label: ctx.parent, ino: parent.ino });
         if (why) {
           this.drifted.add(ctx.label);
-          throw new UsernsError('E_CONFIG', `pin ${path} is not nested in its parent's pin (drift): ${why}; release it (usernsctl release ${ctx.label}) to have it created anew`);
+          throw new UsernsError(
+            'E_CONFIG',
+            `pin ${path} is not nested in its parent's pin (drift): ${why}; release it (usernsctl release ${ctx.label}) to have it created anew`,
+          );
         }
         this.drifted.delete(ctx.label);
       }
@@ -238,7 +252,10 @@ export class Namespaces {
     const uid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'uid', ctx.owner.uid);
     const gid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'gid', ctx.owner.gid);
     if (uid === null || gid === null) {
-      throw new UsernsError('E_CONFIG', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`);
+      throw new UsernsError(
+        'E_CONFIG',
+        `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`,
+      );
     }
     return { uid, gid };
   }
@@ -251,7 +268,10 @@ export class Namespaces {
     for (const kind of ['uid', 'gid'] as const) {
       const got = parseKernelMap(readFileSync(`/proc/${pid}/${kind}_map`, 'utf8'));
       if (!sameMap(got, want[kind])) {
-        throw new UsernsError('E_KERNEL', `Failed to verify the ${kind} map of context "${ctx.label}": the kernel holds "${kernelMapText(got).trim()}", not the configured map`);
+        throw new UsernsError(
+          'E_KERNEL',
+          `Failed to verify the ${kind} map of context "${ctx.label}": the kernel holds "${kernelMapText(got).trim()}", not the configured map`,
+        );
       }
     }
   }
@@ -264,7 +284,8 @@ export class Namespaces {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const st = code === 'EEXIST' && pinnedIno(path) === null ? lstatSync(path) : null;
-      if (st?.isSymbolicLink()) throw new UsernsError('E_CONFIG', `${path} is a symbolic link, not a pin: someone planted it; remove it (the agent never follows it)`);
+      if (st?.isSymbolicLink())
+        throw new UsernsError('E_CONFIG', `${path} is a symbolic link, not a pin: someone planted it; remove it (the agent never follows it)`);
       if (st?.isFile() && st.size === 0) {
         // An empty pin file left by a crash between create and mount: nothing uses it.
         unlinkSync(path);
@@ -321,9 +342,14 @@ export class Namespaces {
       unlinkSync(path);
       any = true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new UsernsError('E_KERNEL', `Failed to remove pin ${path}: ${(err as NodeJS.ErrnoException).code}`);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+        throw new UsernsError('E_KERNEL', `Failed to remove pin ${path}: ${(err as NodeJS.ErrnoException).code}`);
     }
-    try { unlinkSync(join(this.recordsDir, `${label}.json`)); } catch { /* no record */ }
+    try {
+      unlinkSync(join(this.recordsDir, `${label}.json`));
+    } catch {
+      /* no record */
+    }
     this.verified.delete(label);
     this.drifted.delete(label);
     return any;
@@ -361,7 +387,12 @@ export class Namespaces {
       }
       const ctx = contexts.get(label);
       if (!ctx) {
-        out.push({ label, path, status: 'orphan', message: `${path} is pinned but no context "${label}" is configured: left alone (usernsctl release ${label} removes it)` });
+        out.push({
+          label,
+          path,
+          status: 'orphan',
+          message: `${path} is pinned but no context "${label}" is configured: left alone (usernsctl release ${label} removes it)`,
+        });
         continue;
       }
       const actual = await this.mapsOf(label, path, ino);
@@ -369,10 +400,21 @@ export class Namespaces {
       const parentWhy = ctx.parent === HOST_LABEL ? null : this.parentProblem(label, path, { label: ctx.parent, ino: parentIno });
       if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
         this.drifted.add(label);
-        out.push({ label, path, status: 'drift', message: `${path} maps differ from the configuration: not used until released (usernsctl release ${label})`, actual: { uidMap: actual.uidMap, gidMap: actual.gidMap } });
+        out.push({
+          label,
+          path,
+          status: 'drift',
+          message: `${path} maps differ from the configuration: not used until released (usernsctl release ${label})`,
+          actual: { uidMap: actual.uidMap, gidMap: actual.gidMap },
+        });
       } else if (parentWhy) {
         this.drifted.add(label);
-        out.push({ label, path, status: 'drift', message: `${path} is not nested in its parent's pin: ${parentWhy}; not used until released (usernsctl release ${label})` });
+        out.push({
+          label,
+          path,
+          status: 'drift',
+          message: `${path} is not nested in its parent's pin: ${parentWhy}; not used until released (usernsctl release ${label})`,
+        });
       } else {
         this.remember(ctx, { label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false }, parentIno);
         out.push({ label, path, status: 'ok', message: 'pinned, maps as configured' });

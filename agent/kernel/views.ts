@@ -59,15 +59,17 @@ export class ViewNamespaces {
     }
     let p = this.inflight.get(key);
     if (!p) {
-      p = createIdmapNamespace(maps, this.maker).then((created) => {
-        this.cache.set(key, created);
-        for (const [k, old] of this.cache) {
-          if (this.cache.size <= MAX_CACHED_NAMESPACES) break;
-          this.cache.delete(k);
-          closeFd(old);
-        }
-        return created;
-      }).finally(() => this.inflight.delete(key));
+      p = createIdmapNamespace(maps, this.maker)
+        .then((created) => {
+          this.cache.set(key, created);
+          for (const [k, old] of this.cache) {
+            if (this.cache.size <= MAX_CACHED_NAMESPACES) break;
+            this.cache.delete(k);
+            closeFd(old);
+          }
+          return created;
+        })
+        .finally(() => this.inflight.delete(key));
       this.inflight.set(key, p);
     }
     return p;
@@ -110,7 +112,10 @@ export async function makeTree(req: TreeRequest, spawner: Spawner | null): Promi
   }
   if (callerNs === OWN_MNT_NS) return copyTree(req.src, req.expect, req.usernsFd, req.readOnly);
   if (!spawner) {
-    throw new UsernsError('E_UNSUPPORTED', `a view for a caller in another mount namespace is made by usernsd-spawner, and this agent has none (spawner = node, or no C compiler at build time): make the view from the agent's mount namespace, or build usernsd-spawner (see spawner in usernsd.conf(5))`);
+    throw new UsernsError(
+      'E_UNSUPPORTED',
+      `a view for a caller in another mount namespace is made by usernsd-spawner, and this agent has none (spawner = node, or no C compiler at build time): make the view from the agent's mount namespace, or build usernsd-spawner (see spawner in usernsd.conf(5))`,
+    );
   }
   return treeInSpawner(req, spawner);
 }
@@ -121,7 +126,8 @@ export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, re
   try {
     tree = openTreeClone(src);
   } catch (err) {
-    if (err instanceof SysError) throw new UsernsError(err.code === 'ENOENT' || err.code === 'ENOTDIR' ? 'E_NOT_FOUND' : 'E_KERNEL', `Failed to copy the tree at ${src}: ${err.message}`);
+    if (err instanceof SysError)
+      throw new UsernsError(err.code === 'ENOENT' || err.code === 'ENOTDIR' ? 'E_NOT_FOUND' : 'E_KERNEL', `Failed to copy the tree at ${src}: ${err.message}`);
     throw err;
   }
   try {
@@ -145,7 +151,8 @@ export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, re
   }
 }
 
-const unsupportedWhy = (src: string) => `the kernel cannot idmap the filesystem of ${src} (mount_setattr: EINVAL: NFS, FUSE and some others do not support idmapped mounts, nor does a mount that is idmapped already)`;
+const unsupportedWhy = (src: string) =>
+  `the kernel cannot idmap the filesystem of ${src} (mount_setattr: EINVAL: NFS, FUSE and some others do not support idmapped mounts, nor does a mount that is idmapped already)`;
 
 async function treeInSpawner(req: TreeRequest, spawner: Spawner): Promise<TreeResult> {
   let mntNsFd: number;
@@ -159,7 +166,8 @@ async function treeInSpawner(req: TreeRequest, spawner: Spawner): Promise<TreeRe
     const r = await spawner.tree({ path: req.src, dev: req.expect.dev, ino: req.expect.ino, readOnly: req.readOnly, mntNsFd, usernsFd: req.usernsFd });
     if ('fd' in r) return r;
     if (r.errno === 'EINVAL' && r.step === 'idmap the tree') return { unsupported: unsupportedWhy(req.src) };
-    if (r.errno === 'ESTALE') throw new UsernsError('E_INVALID', `${req.src} changed while the view was being made (it is not the directory that was checked): try again`);
+    if (r.errno === 'ESTALE')
+      throw new UsernsError('E_INVALID', `${req.src} changed while the view was being made (it is not the directory that was checked): try again`);
     const code = (r.errno === 'ENOENT' || r.errno === 'ENOTDIR') && r.step === 'copy the tree' ? 'E_NOT_FOUND' : 'E_KERNEL';
     throw new UsernsError(code, `Failed to ${r.step} at ${req.src} in the caller's mount namespace: ${r.errno}`);
   } finally {

@@ -24,7 +24,9 @@ export class AgentClient {
     this.sock = sock;
     sock.setEncoding('utf8');
     sock.on('data', (chunk: string) => this.receive(chunk));
-    sock.on('error', (err: NodeJS.ErrnoException) => this.fail(new TransportError(path, err.code ?? 'EIO', `connection to the agent at ${path} failed: ${err.code ?? err.message}`)));
+    sock.on('error', (err: NodeJS.ErrnoException) =>
+      this.fail(new TransportError(path, err.code ?? 'EIO', `connection to the agent at ${path} failed: ${err.code ?? err.message}`)),
+    );
     sock.on('close', () => this.fail(new TransportError(path, 'ECONNRESET', `the agent at ${path} closed the connection`)));
   }
 
@@ -38,8 +40,13 @@ export class AgentClient {
       try {
         return await new Promise<AgentClient>((resolve, reject) => {
           const sock = connect(path);
-          sock.once('connect', () => { sock.removeAllListeners('error'); resolve(new AgentClient(path, sock)); });
-          sock.once('error', (err: NodeJS.ErrnoException) => reject(new TransportError(path, err.code ?? 'EIO', `cannot reach the agent at ${path}: ${err.code ?? err.message}`)));
+          sock.once('connect', () => {
+            sock.removeAllListeners('error');
+            resolve(new AgentClient(path, sock));
+          });
+          sock.once('error', (err: NodeJS.ErrnoException) =>
+            reject(new TransportError(path, err.code ?? 'EIO', `cannot reach the agent at ${path}: ${err.code ?? err.message}`)),
+          );
         });
       } catch (err) {
         if ((err as TransportError).code !== 'EAGAIN' || Date.now() + delay > deadline) throw err;

@@ -26,7 +26,8 @@ export class ConnectionBook {
     socket.once('close', () => {
       this.sockets.delete(socket);
       const n = (this.perUid.get(person) ?? 1) - 1;
-      if (n > 0) this.perUid.set(person, n); else this.perUid.delete(person);
+      if (n > 0) this.perUid.set(person, n);
+      else this.perUid.delete(person);
     });
     return true;
   }

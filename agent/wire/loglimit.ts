@@ -54,8 +54,10 @@ export class LogLimiter {
   private roll(key: string, b: Bucket, now: number): void {
     if (b.suppressed > 0) {
       const [person, kind] = key.split('/');
-      this.log.warn({ person: key === 'other' ? undefined : person, kind, suppressed: b.suppressed, windowMs: LOG_WINDOW_MS },
-        `${b.suppressed} more like this from ${key === 'other' ? 'other uids' : person} (client failures past ${LOG_BURST_PER_UID} lines of a kind in ${LOG_WINDOW_MS / 1000} s are only counted)`);
+      this.log.warn(
+        { person: key === 'other' ? undefined : person, kind, suppressed: b.suppressed, windowMs: LOG_WINDOW_MS },
+        `${b.suppressed} more like this from ${key === 'other' ? 'other uids' : person} (client failures past ${LOG_BURST_PER_UID} lines of a kind in ${LOG_WINDOW_MS / 1000} s are only counted)`,
+      );
     }
     b.windowStart = now;
     b.logged = 0;

@@ -9,7 +9,12 @@ import { closeDescriptor, exchange, exchangeWithFds } from '../kernel/unixsock.t
 const DELIMITER = 0x0c; // FRAME_DELIMITER, a byte no UTF-8 sequence contains
 
 /** Connect, make one call, close; a remote failure is a UsernsError, an unreachable agent a TransportError (as callAgent). */
-export function callAgentOnce<M extends Method<never, unknown>>(path: string, method: M, params: ParamsOf<M>, timeoutMs: number = LIMITS.REQUEST_TIMEOUT_MS): ResultOf<M> {
+export function callAgentOnce<M extends Method<never, unknown>>(
+  path: string,
+  method: M,
+  params: ParamsOf<M>,
+  timeoutMs: number = LIMITS.REQUEST_TIMEOUT_MS,
+): ResultOf<M> {
   const received = transport(path, method, timeoutMs, () => exchange(path, requestFrame(method, params), timeoutMs, complete));
   return replyOf(path, method, received);
 }
@@ -18,7 +23,12 @@ export function callAgentOnce<M extends Method<never, unknown>>(path: string, me
  * The same, on the descriptor socket: the result and the descriptors attached to the reply
  * (SCM_RIGHTS), which the caller owns and closes.
  */
-export function callAgentForFds<M extends Method<never, unknown>>(path: string, method: M, params: ParamsOf<M>, timeoutMs: number = LIMITS.REQUEST_TIMEOUT_MS): { result: ResultOf<M>; fds: number[] } {
+export function callAgentForFds<M extends Method<never, unknown>>(
+  path: string,
+  method: M,
+  params: ParamsOf<M>,
+  timeoutMs: number = LIMITS.REQUEST_TIMEOUT_MS,
+): { result: ResultOf<M>; fds: number[] } {
   const { data, fds } = transport(path, method, timeoutMs, () => exchangeWithFds(path, requestFrame(method, params), timeoutMs, complete));
   try {
     return { result: replyOf(path, method, data), fds };
@@ -46,7 +56,8 @@ function transport<T>(path: string, method: Method<never, unknown>, timeoutMs: n
 
 function replyOf<M extends Method<never, unknown>>(path: string, method: M, received: Buffer): ResultOf<M> {
   const end = received.indexOf(DELIMITER);
-  if (end < 0 && received.length > LIMITS.MAX_MESSAGE_BYTES) throw new TransportError(path, 'EPROTO', 'the agent sent an unreadable frame: frame exceeds MAX_MESSAGE_BYTES');
+  if (end < 0 && received.length > LIMITS.MAX_MESSAGE_BYTES)
+    throw new TransportError(path, 'EPROTO', 'the agent sent an unreadable frame: frame exceeds MAX_MESSAGE_BYTES');
   if (end < 0) throw new TransportError(path, 'ECONNRESET', `the agent at ${path} closed the connection`);
   let frames;
   try {

@@ -48,9 +48,7 @@ export const LIMITS = {
 export type RequestId = number | string;
 export type Request = { readonly id: RequestId; readonly method: string; readonly params: unknown };
 export type WireError = { readonly code: ErrorCode; readonly message: string };
-export type Reply =
-  | { readonly id: RequestId | null; readonly result: unknown }
-  | { readonly id: RequestId | null; readonly error: WireError };
+export type Reply = { readonly id: RequestId | null; readonly result: unknown } | { readonly id: RequestId | null; readonly error: WireError };
 
 // ---- parameter kinds, checked at the edge so handlers get typed values ----
 
@@ -121,7 +119,12 @@ export type ListResult = { readonly contexts: ListEntry[] };
  * pinned, but its parent is in drift or stale, or not pinned, so it cannot be resolved until that
  * is fixed (`why` says which).
  */
-export type ContextState = { readonly label: string; readonly owner: Owner | null; readonly state: 'not created' | 'pinned' | 'drift' | 'stale' | 'orphan'; readonly why?: string };
+export type ContextState = {
+  readonly label: string;
+  readonly owner: Owner | null;
+  readonly state: 'not created' | 'pinned' | 'drift' | 'stale' | 'orphan';
+  readonly why?: string;
+};
 export type PinReport = { readonly label: string; readonly status: string; readonly message: string };
 export type StatusResult = {
   readonly version: string;
@@ -145,7 +148,16 @@ export type StatusResult = {
   readonly contextStates?: ContextState[];
   readonly lastReload?: string | null;
   /** Who decides range = auto allocations; for etcd, whether it answers and what waits for it. */
-  readonly coordinator?: { readonly coordinator: 'local' | 'etcd'; readonly endpoints?: readonly string[]; readonly reachable?: boolean; readonly lastOk?: string | null; readonly lastError?: string | null; readonly host?: string; readonly waiting?: number; readonly refused?: number };
+  readonly coordinator?: {
+    readonly coordinator: 'local' | 'etcd';
+    readonly endpoints?: readonly string[];
+    readonly reachable?: boolean;
+    readonly lastOk?: string | null;
+    readonly lastError?: string | null;
+    readonly host?: string;
+    readonly waiting?: number;
+    readonly refused?: number;
+  };
   /** Who makes namespaces: usernsd-spawner (its pid, null until the first creation) or a helper forked each time. */
   readonly spawner?: { readonly kind: 'native' | 'node'; readonly pid: number | null };
   /** Views made through the agent (recorded for view --list) and the idmap user namespaces it holds open. */
@@ -264,7 +276,12 @@ const method = <P, R>(name: string, params: ParamSpec, rootOnly = false): Method
 /** via: "upcall" when the request-key handler asks (counted in the metrics); nothing else changes. */
 export const resolve = method<{ label: string; via?: 'upcall' }, ResolveResult>('resolve', { label, via: oneOf(['upcall']) });
 export const resolvePath = method<{ path: string }, ResolvePathResult>('resolvePath', { path });
-export const map = method<{ from: string; to: string; uids?: number[]; gids?: number[] }, MapResult>('map', { from: context, to: context, uids: ids, gids: ids });
+export const map = method<{ from: string; to: string; uids?: number[]; gids?: number[] }, MapResult>('map', {
+  from: context,
+  to: context,
+  uids: ids,
+  gids: ids,
+});
 export const list = method<Record<string, never>, ListResult>('list', {});
 export const status = method<Record<string, never>, StatusResult>('status', {});
 export const reload = method<Record<string, never>, ReloadResult>('reload', {}, true);
@@ -272,7 +289,12 @@ export const release = method<{ label: string }, ReleaseResult>('release', { lab
 
 /** Served on the descriptor socket only: the reply carries a file descriptor. */
 export const view = method<ViewParams, ViewResult>('view', {
-  path, context: optional(label), mode: oneOf(['identity', 'foreign']), purpose: oneOf(['mount', 'enter']), target: optional(path), readOnly: bool,
+  path,
+  context: optional(label),
+  mode: oneOf(['identity', 'foreign']),
+  purpose: oneOf(['mount', 'enter']),
+  target: optional(path),
+  readOnly: bool,
 });
 export const views = method<Record<string, never>, ViewsResult>('views', {}, true);
 export const explain = method<{ path: string }, Explanation>('explain', { path });
@@ -283,7 +305,10 @@ export const rangesForget = method<{ label: string }, { label: string; forgotten
 export const metrics = method<Record<string, never>, { text: string; contentType: string }>('metrics', {}, true);
 
 export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
-  [resolve, resolvePath, map, list, status, reload, release, view, views, explain, ranges, rangesImport, rangesForget, metrics].map((m) => [m.name, m as Method<unknown, unknown>]),
+  [resolve, resolvePath, map, list, status, reload, release, view, views, explain, ranges, rangesImport, rangesForget, metrics].map((m) => [
+    m.name,
+    m as Method<unknown, unknown>,
+  ]),
 );
 
 // ---- validation ----
@@ -323,7 +348,8 @@ function checkField(method: string, name: string, field: Field, v: unknown): unk
       if (v.length > LIMITS.MAX_IDS_PER_LIST) throw invalid(`${where} has ${v.length} ids; at most ${LIMITS.MAX_IDS_PER_LIST} per request`);
       for (const id of v) {
         // 4294967295 is (uid_t)-1, "no id", never a real one.
-        if (!Number.isInteger(id) || id < 0 || id >= ID_LIMIT) throw invalid(`${where}: ${typeof id === 'number' ? String(id) : shown(String(JSON.stringify(id)))} is not an id (0 to ${ID_LIMIT - 1})`);
+        if (!Number.isInteger(id) || id < 0 || id >= ID_LIMIT)
+          throw invalid(`${where}: ${typeof id === 'number' ? String(id) : shown(String(JSON.stringify(id)))} is not an id (0 to ${ID_LIMIT - 1})`);
       }
       return v;
     }

@@ -36,7 +36,9 @@ type Ipc = { config: Record<string, unknown>; server: IpcSocketServer; serve(pat
  */
 function withoutInterfaceList<T>(fn: () => T): T {
   const real = os.networkInterfaces;
-  const restore = () => { os.networkInterfaces = real; };
+  const restore = () => {
+    os.networkInterfaces = real;
+  };
   os.networkInterfaces = () => ({});
   let result: T;
   try {
@@ -107,7 +109,8 @@ export async function prepareSocketPath(path: string): Promise<void> {
   makeDirs(dir, 0o755);
   const st = lstatSync(dir);
   if (!st.isDirectory()) throw new UsernsError('E_CONFIG', `socket directory ${dir} is not a directory (a symlink?): remove it`);
-  if (st.uid !== process.geteuid!()) throw new UsernsError('E_CONFIG', `socket directory ${dir} is owned by uid ${st.uid}, not by the agent: chown it or choose another socket`);
+  if (st.uid !== process.geteuid!())
+    throw new UsernsError('E_CONFIG', `socket directory ${dir} is owned by uid ${st.uid}, not by the agent: chown it or choose another socket`);
   if ((st.mode & 0o022) !== 0) throw new UsernsError('E_CONFIG', `socket directory ${dir} is writable by group or others: chmod go-w ${dir}`);
   let existing;
   try {
@@ -118,7 +121,10 @@ export async function prepareSocketPath(path: string): Promise<void> {
   if (!existing.isSocket()) throw new UsernsError('E_CONFIG', `${path} exists and is not a socket: remove it or choose another socket`);
   const alive = await new Promise<boolean>((resolve) => {
     const s = connect(path);
-    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
     s.once('error', () => resolve(false));
   });
   if (alive) throw new UsernsError('E_BUSY', `another agent is already serving ${path}: stop it first`);
@@ -202,7 +208,13 @@ export class IpcServer {
       const failure = server.protocolFailure.bind(server);
       server.protocolFailure = (socket, error) => {
         const c = this.conns.get(socket);
-        this.opts.limiter.line(c?.peer.uid ?? -1, 'warn', { peerUid: c?.peer.uid, peerPid: c?.peer.pid, code: error.code }, `Closed connection: ${shown(error.message, 200)}`, 'connection');
+        this.opts.limiter.line(
+          c?.peer.uid ?? -1,
+          'warn',
+          { peerUid: c?.peer.uid, peerPid: c?.peer.pid, code: error.code },
+          `Closed connection: ${shown(error.message, 200)}`,
+          'connection',
+        );
         this.closedForCause(c?.peer);
         failure(socket, error);
       };
@@ -223,7 +235,13 @@ export class IpcServer {
     }
     const refusal = this.admission(peer);
     if (refusal !== null) {
-      this.opts.limiter.line(peer.uid, 'warn', { peerUid: peer.uid, peerPid: peer.pid, held: this.perUid.get(this.person(peer.uid)) ?? 0, connections: this.conns.size }, `Refused a connection from uid ${peer.uid}: ${refusal}`, 'connection');
+      this.opts.limiter.line(
+        peer.uid,
+        'warn',
+        { peerUid: peer.uid, peerPid: peer.pid, held: this.perUid.get(this.person(peer.uid)) ?? 0, connections: this.conns.size },
+        `Refused a connection from uid ${peer.uid}: ${refusal}`,
+        'connection',
+      );
       // One line to say why, then close: a client that reads gets a reason, not a bare reset.
       socket.end(encodeFrame(REPLY_TYPE, { id: null, error: { code: 'E_BUSY', message: refusal } }));
       socket.destroy();
@@ -256,10 +274,12 @@ export class IpcServer {
     const person = this.person(peer.uid);
     const who = this.opts.people?.describe(peer.uid) ?? `uid ${peer.uid}`;
     const penalty = this.penalties.get(person);
-    if (penalty && penalty.until > Date.now()) return `${who} had ${penalty.closes} connections closed for broken or invalid traffic in ${PENALTY_WINDOW_MS / 1000} s: its new connections are refused for ${PENALTY_MS} ms`;
+    if (penalty && penalty.until > Date.now())
+      return `${who} had ${penalty.closes} connections closed for broken or invalid traffic in ${PENALTY_WINDOW_MS / 1000} s: its new connections are refused for ${PENALTY_MS} ms`;
     const held = this.perUid.get(person) ?? 0;
     if (held >= LIMITS.MAX_CONNECTIONS_PER_UID) return `${who} holds ${held} connections already, the most one user may (MAX_CONNECTIONS_PER_UID): close some`;
-    if (this.conns.size >= LIMITS.MAX_CONNECTIONS - LIMITS.ROOT_RESERVED_CONNECTIONS) return `the agent holds ${this.conns.size} connections; the rest are kept for root: try again later`;
+    if (this.conns.size >= LIMITS.MAX_CONNECTIONS - LIMITS.ROOT_RESERVED_CONNECTIONS)
+      return `the agent holds ${this.conns.size} connections; the rest are kept for root: try again later`;
     return null;
   }
 
@@ -297,7 +317,10 @@ export class IpcServer {
     if (!conn) return;
     this.budget(socket, conn);
     if (conn.inflight >= LIMITS.MAX_INFLIGHT_PER_CONNECTION) {
-      this.reply(socket, { id: requestIdOf(data), error: { code: 'E_BUSY', message: `more than ${LIMITS.MAX_INFLIGHT_PER_CONNECTION} requests in flight on one connection: wait for replies` } });
+      this.reply(socket, {
+        id: requestIdOf(data),
+        error: { code: 'E_BUSY', message: `more than ${LIMITS.MAX_INFLIGHT_PER_CONNECTION} requests in flight on one connection: wait for replies` },
+      });
       return;
     }
     const answer = this.opts.onRequest(conn, data);
@@ -308,7 +331,10 @@ export class IpcServer {
     conn.inflight++;
     const p = answer
       .then((reply) => this.answered(socket, conn, reply))
-      .finally(() => { conn.inflight--; this.pending.delete(p); });
+      .finally(() => {
+        conn.inflight--;
+        this.pending.delete(p);
+      });
     this.pending.add(p);
   }
 
@@ -320,7 +346,13 @@ export class IpcServer {
   /** Too many invalid requests on one connection: a client that cannot speak the protocol is cut off. */
   private closeInvalid(socket: Socket, conn: Connection): void {
     if (socket.destroyed) return;
-    this.opts.limiter.line(conn.peer.uid, 'warn', { peerUid: conn.peer.uid, peerPid: conn.peer.pid, invalid: conn.invalid }, `Closed connection: ${conn.invalid} invalid requests (MAX_INVALID_PER_CONNECTION)`, 'connection');
+    this.opts.limiter.line(
+      conn.peer.uid,
+      'warn',
+      { peerUid: conn.peer.uid, peerPid: conn.peer.pid, invalid: conn.invalid },
+      `Closed connection: ${conn.invalid} invalid requests (MAX_INVALID_PER_CONNECTION)`,
+      'connection',
+    );
     this.closedForCause(conn.peer);
     socket.end();
     socket.destroy();
@@ -333,7 +365,10 @@ export class IpcServer {
       if (++c.invalid >= LIMITS.MAX_INVALID_PER_CONNECTION) return this.closeInvalid(socket, c);
     }
     this.opts.limiter.line(c?.peer.uid ?? -1, 'info', { peerUid: c?.peer.uid, peerPid: c?.peer.pid, type: shown(type) }, 'Refused a frame of unknown type');
-    this.reply(socket, { id: requestIdOf(data), error: { code: 'E_INVALID', message: `unknown frame type ${shown(type)}: send {"type":"${REQUEST_TYPE}","data":{id, method, params}}` } });
+    this.reply(socket, {
+      id: requestIdOf(data),
+      error: { code: 'E_INVALID', message: `unknown frame type ${shown(type)}: send {"type":"${REQUEST_TYPE}","data":{id, method, params}}` },
+    });
   }
 
   private reply(socket: Socket, reply: Reply): void {
@@ -347,7 +382,10 @@ export class IpcServer {
       else this.ipc.server.emit(socket, REPLY_TYPE, reply);
     } catch (err) {
       // node-ipc refuses to encode a frame beyond maxMessageSize: say so instead of staying silent.
-      this.ipc.server.emit(socket, REPLY_TYPE, { id: reply.id, error: { code: 'E_BUSY', message: `the reply is larger than ${LIMITS.MAX_MESSAGE_BYTES} bytes: ask for less at once` } });
+      this.ipc.server.emit(socket, REPLY_TYPE, {
+        id: reply.id,
+        error: { code: 'E_BUSY', message: `the reply is larger than ${LIMITS.MAX_MESSAGE_BYTES} bytes: ask for less at once` },
+      });
       this.opts.log.warn({ id: reply.id, err: (err as Error).message }, 'Failed to send a reply: too large');
     }
   }
@@ -382,16 +420,29 @@ export class IpcServer {
   async close(): Promise<void> {
     this.accepting = false;
     const sockets = [...this.conns.keys()];
-    await Promise.all(sockets.map((s) => new Promise<void>((resolve) => {
-      if (s.destroyed) return resolve();
-      const timer = setTimeout(() => { s.destroy(); resolve(); }, CLOSE_FLUSH_MS);
-      s.once('close', () => { clearTimeout(timer); resolve(); });
-      s.end();
-    })));
+    await Promise.all(
+      sockets.map(
+        (s) =>
+          new Promise<void>((resolve) => {
+            if (s.destroyed) return resolve();
+            const timer = setTimeout(() => {
+              s.destroy();
+              resolve();
+            }, CLOSE_FLUSH_MS);
+            s.once('close', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            s.end();
+          }),
+      ),
+    );
     this.ipc.server.stop();
     this.conns.clear();
     try {
       if (lstatSync(this.opts.path).isSocket()) unlinkSync(this.opts.path);
-    } catch { /* already gone */ }
+    } catch {
+      /* already gone */
+    }
   }
 }

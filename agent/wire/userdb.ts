@@ -40,9 +40,15 @@ export function serviceName(socketPath: string): string {
 
 function userRecord(id: NamedId, gid: number | null, service: string): Record<string, unknown> {
   return {
-    userName: id.name, uid: id.host, ...(gid === null ? {} : { gid }),
+    userName: id.name,
+    uid: id.host,
+    ...(gid === null ? {} : { gid }),
     realName: `uid ${id.inside} of context ${id.label}`,
-    homeDirectory: '/', shell: '/usr/sbin/nologin', disposition: 'container', locked: true, service,
+    homeDirectory: '/',
+    shell: '/usr/sbin/nologin',
+    disposition: 'container',
+    locked: true,
+    service,
   };
 }
 
@@ -55,7 +61,10 @@ export function answer(source: UserdbSource, service: string, peer: Peer, call: 
   const m = call as { method?: unknown; parameters?: Record<string, unknown> } | null;
   const method = typeof m?.method === 'string' ? m.method : '';
   const p = m?.parameters && typeof m.parameters === 'object' ? m.parameters : {};
-  const none = (kind: string): Reply => { source.served?.(kind, 'none'); return { error: `${IFACE}.NoRecordFound`, parameters: {} }; };
+  const none = (kind: string): Reply => {
+    source.served?.(kind, 'none');
+    return { error: `${IFACE}.NoRecordFound`, parameters: {} };
+  };
   if (method !== `${IFACE}.GetUserRecord` && method !== `${IFACE}.GetGroupRecord` && method !== `${IFACE}.GetMemberships`) {
     source.served?.('other', 'bad');
     return { error: 'org.varlink.service.MethodNotFound', parameters: { method: method.slice(0, 100) } };
@@ -76,7 +85,10 @@ export function answer(source: UserdbSource, service: string, peer: Peer, call: 
   const found = p[idKey] !== undefined && p[nameKey] !== undefined ? (byId && byName && byId.host === byName.host ? byId : null) : (byId ?? byName);
   if (!found) return none(kind);
   // Counted as "none": a metric that told them apart would say which ids hidden contexts hold.
-  if (!source.mayKnow(peer, found.label)) { source.served?.(kind, 'none'); return { error: `${IFACE}.NoRecordFound`, parameters: {} }; }
+  if (!source.mayKnow(peer, found.label)) {
+    source.served?.(kind, 'none');
+    return { error: `${IFACE}.NoRecordFound`, parameters: {} };
+  }
   source.served?.(kind, 'found');
   const record = user ? userRecord(found, index.sibling('uid', found), service) : groupRecord(found, service);
   return { parameters: { record, incomplete: false } };
@@ -140,7 +152,9 @@ export class UserdbServer {
         // stop reading it until they drain (its own sends then wait in the kernel's bounded buffer).
         if (!socket.write(JSON.stringify(reply) + '\0') && socket.writableLength >= USERDB_MAX_UNREAD_BYTES && !socket.isPaused()) {
           socket.pause();
-          socket.once('drain', () => { if (!socket.destroyed) socket.resume(); });
+          socket.once('drain', () => {
+            if (!socket.destroyed) socket.resume();
+          });
         }
       }
       if (pending.length > USERDB_MAX_MESSAGE_BYTES) socket.destroy();
@@ -152,7 +166,16 @@ export class UserdbServer {
     this.server = null;
     if (!server) return;
     await this.book.closeServer(server);
-    try { unlinkSync(this.opts.path); } catch { /* removed by close already */ }
-    if (this.madeDir) try { rmdirSync(dirname(this.opts.path)); } catch { /* another service's socket is there now */ }
+    try {
+      unlinkSync(this.opts.path);
+    } catch {
+      /* removed by close already */
+    }
+    if (this.madeDir)
+      try {
+        rmdirSync(dirname(this.opts.path));
+      } catch {
+        /* another service's socket is there now */
+      }
   }
 }

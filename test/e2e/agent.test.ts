@@ -23,7 +23,12 @@ describe('e2e: usernsctl without an agent', () => {
   });
 
   it('exits 2 on usage errors, naming the problem', async () => {
-    for (const [args, re] of [[['resolve'], /resolve takes one LABEL/], [['map', '--from', 'a'], /map needs --from LABEL and --to LABEL/], [['frobnicate'], /unknown command "frobnicate"/], [['map', '--from', 'a', '--to', 'b', '--uid', 'x'], /--uid x: not a number/]] as const) {
+    for (const [args, re] of [
+      [['resolve'], /resolve takes one LABEL/],
+      [['map', '--from', 'a'], /map needs --from LABEL and --to LABEL/],
+      [['frobnicate'], /unknown command "frobnicate"/],
+      [['map', '--from', 'a', '--to', 'b', '--uid', 'x'], /--uid x: not a number/],
+    ] as const) {
       const r = await usernsctl([...args]);
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
       assert.match(r.err, re);
@@ -36,9 +41,15 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
   let agent: RunningAgent;
   const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
 
-  before(function () { if (!isRoot) this.skip(); }); // the agent creates namespaces for other owners and mounts pins: root
-  beforeEach(() => { tree = makeTree(); });
-  afterEach(async () => { await cleanup(tree); });
+  before(function () {
+    if (!isRoot) this.skip();
+  }); // the agent creates namespaces for other owners and mounts pins: root
+  beforeEach(() => {
+    tree = makeTree();
+  });
+  afterEach(async () => {
+    await cleanup(tree);
+  });
 
   it('resolve creates the namespace once, then reuses the pin', async () => {
     tree.context('a.conf', A);
@@ -55,7 +66,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(second.ino, r1.ino);
     assert.equal(mountsUnder(tree.pins).length, 1);
     const human = await ctl(['resolve', 'a']);
-    assert.match(human.out, new RegExp(`^a: ${tree.pins}/a\\n  parent host, owner root \\(0:0\\), setgroups allow, nsfs inode ${r1.ino}\\n  uid_map 0 100000 65536\\n`));
+    assert.match(
+      human.out,
+      new RegExp(`^a: ${tree.pins}/a\\n  parent host, owner root \\(0:0\\), setgroups allow, nsfs inode ${r1.ino}\\n  uid_map 0 100000 65536\\n`),
+    );
     assert.equal((await ctl(['resolve', '--pin', 'a'])).out, `${tree.pins}/a\n`);
     const created = agent.logs.filter((l) => l.msg === 'Created user namespace');
     assert.equal(created.length, 1);
@@ -90,7 +104,14 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
         // a is created by one of its own resolves, or as b's parent: at most one reply says so.
         assert.equal(mine.filter((r) => r.created).length, label === 'b' ? 1 : Math.min(1, mine.filter((r) => r.created).length));
       }
-      assert.deepEqual(agent.logs.filter((l) => l.msg === 'Created user namespace').map((l) => l.label).sort(), ['a', 'b'], 'a and b created once each');
+      assert.deepEqual(
+        agent.logs
+          .filter((l) => l.msg === 'Created user namespace')
+          .map((l) => l.label)
+          .sort(),
+        ['a', 'b'],
+        'a and b created once each',
+      );
       assert.equal(mountsUnder(tree.pins).length, 2);
       assert.deepEqual(kernelMaps(`${tree.pins}/b`), { uid: '0 1000 5000', gid: '0 1000 5000' });
     } finally {
@@ -121,7 +142,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(st.counters?.['requests.list'], 1);
     assert.equal(st.latencyMs?.map?.count, 2);
     assert.ok(st.latencyMs.map.p50 > 0 && st.latencyMs.map.p50 <= st.latencyMs.map.p99);
-    assert.deepEqual(st.contextStates, [{ label: 'a', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' }, { label: 'b', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' }]);
+    assert.deepEqual(st.contextStates, [
+      { label: 'a', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' },
+      { label: 'b', owner: { uid: 0, gid: 0, name: 'root' }, state: 'not created' },
+    ]);
     assert.deepEqual(st.spawner, NATIVE_SPAWNER ? { kind: 'native', pid: null } : { kind: 'node', pid: null }, 'the spawner starts at the first creation');
     assert.equal((await ctl(['map', '--from', 'nope', '--to', 'host', '--uid', '1'])).code, 1);
     await ctl(['resolve', 'a']);
@@ -130,7 +154,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     if (NATIVE_SPAWNER) {
       const pid = /\nspawner: +usernsd-spawner \(pid (\d+)\)\n/.exec(human)?.[1];
       assert.ok(pid, human);
-      assert.equal(readFileSync(`/proc/${pid}/status`, 'utf8').match(/^PPid:\s+(\d+)/m)?.[1], String(agent.child.pid), 'the agent\'s child');
+      assert.equal(readFileSync(`/proc/${pid}/status`, 'utf8').match(/^PPid:\s+(\d+)/m)?.[1], String(agent.child.pid), "the agent's child");
     }
     assert.match(human, /\nCONTEXT +OWNER +STATE\na +root \(0:0\) +pinned\nb +root \(0:0\) +not created\n/);
     assert.match(human, /\nMETHOD +REQUESTS +P50_MS +P90_MS +P99_MS +MAX_MS\nlist +1 /);
@@ -188,7 +212,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
       for (const label of ['own', 'own2']) {
         const e = await ctl(['enter', label, '--', 'sh', '-c', 'id -u; id -g; cat /proc/self/uid_map; cat /proc/self/setgroups'], as);
         assert.equal(e.code, 0, `${label}: ${e.err}`);
-        const [uid, gid, map, sg] = e.out.trim().split('\n').map((s) => s.trim().split(/\s+/).join(' '));
+        const [uid, gid, map, sg] = e.out
+          .trim()
+          .split('\n')
+          .map((s) => s.trim().split(/\s+/).join(' '));
         assert.equal(uid, '0');
         assert.equal(gid, '0');
         assert.equal(map, label === 'own' ? '0 200000 1000' : '0 201000 1000');
@@ -198,7 +225,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
       assert.equal(status.code, 7, 'enter passes on the exit status of the command');
       const notOwner = await ctl(['enter', 'byuser', '--', 'true'], as);
       assert.equal(notOwner.code, 1);
-      assert.match(notOwner.err, /^usernsctl: E_PERMISSION: the kernel lets only root and a namespace's owner join it from here; \[access\] users may resolve and map "byuser", not enter it/);
+      assert.match(
+        notOwner.err,
+        /^usernsctl: E_PERMISSION: the kernel lets only root and a namespace's owner join it from here; \[access\] users may resolve and map "byuser", not enter it/,
+      );
     } finally {
       await cleanup(undefined);
       restoreModes();
@@ -230,7 +260,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     const st = JSON.parse((await ctl(['--json', 'status'])).out) as P.StatusResult;
     assert.equal(st.errors!.length, 1);
     assert.match(st.errors![0], /gid_map/);
-    assert.ok(agent.logs.some((l) => l.level === 40 && /Failed to load context: .*a\.conf.*gid_map/.test(l.msg)), 'the error is logged');
+    assert.ok(
+      agent.logs.some((l) => l.level === 40 && /Failed to load context: .*a\.conf.*gid_map/.test(l.msg)),
+      'the error is logged',
+    );
     tree.context('d.conf', '[context]\nuid_map = 0 500000 1000\ngid_map = 0 500000 1000\n');
     agent.child.kill('SIGHUP');
     await agent.waitForLog((l) => l.msg === 'Reloaded configuration' && l.source === 'SIGHUP');
@@ -238,7 +271,8 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
   });
 
   it('SIGTERM finishes requests in flight, removes the socket and exits 0', async () => {
-    for (const l of 'abcdefgh') tree.context(`${l}.conf`, `[context]\nuid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\ngid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\n`);
+    for (const l of 'abcdefgh')
+      tree.context(`${l}.conf`, `[context]\nuid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\ngid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\n`);
     agent = await startAgent(tree);
     const client = await AgentClient.connect(agent.socket);
     try {
@@ -249,14 +283,20 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
       agent.child.kill('SIGTERM');
       agent.child.kill('SIGCONT');
       const replies = await Promise.all(calls);
-      assert.deepEqual(replies.map((r) => r.created), Array(8).fill(true));
+      assert.deepEqual(
+        replies.map((r) => r.created),
+        Array(8).fill(true),
+      );
     } finally {
       client.close();
     }
     assert.deepEqual(await agent.exited, { code: 0, signal: null });
     assert.equal(existsSync(agent.socket), false, 'the socket is removed');
     const msgs = agent.logs.map((l) => l.msg);
-    assert.ok(msgs.indexOf('Stopping: no new connections; finishing requests in flight') < msgs.lastIndexOf('Created user namespace'), 'work finished after the stop began');
+    assert.ok(
+      msgs.indexOf('Stopping: no new connections; finishing requests in flight') < msgs.lastIndexOf('Created user namespace'),
+      'work finished after the stop began',
+    );
     assert.equal(msgs.at(-1), 'Stopped');
     const after = await ctl(['status']);
     assert.equal(after.code, 3);
@@ -265,14 +305,20 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
   it('refuses to start beside a running agent, and on a broken settings file', async () => {
     tree.context('a.conf', A);
     agent = await startAgent(tree);
-    const second = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], { encoding: 'utf8', timeout: 15000 });
+    const second = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], {
+      encoding: 'utf8',
+      timeout: 15000,
+    });
     assert.equal(second.status, 1);
     assert.match(second.stderr, /another agent is already serving .*usernsd\.sock: stop it first/);
     assert.equal((await ctl(['list'])).code, 0, 'the first agent is untouched');
     await agent.stop();
     const conf = readFileSync(tree.config, 'utf8');
     tree.context('../usernsd.conf', conf + 'bogus_key = 1\n');
-    const broken = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], { encoding: 'utf8', timeout: 15000 });
+    const broken = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], {
+      encoding: 'utf8',
+      timeout: 15000,
+    });
     assert.equal(broken.status, 1);
     assert.match(broken.stderr, /usernsd: .*usernsd\.conf: \[agent\] bogus_key: /);
   });
@@ -289,7 +335,11 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     writeFileSync(`${tree.state}/ranges.json`, JSON.stringify({ version: 1, allocations: {} }));
     writeFileSync(`${tree.state}/views.json`, JSON.stringify({ version: 1, views: [] }));
     const files: [string, string, string][] = [
-      [`${tree.state}/ranges.json`, JSON.stringify({ version: 2, allocations: {}, more: 'of a newer usernsd' }), 'format 2, written by a newer usernsd; this one reads format 1'],
+      [
+        `${tree.state}/ranges.json`,
+        JSON.stringify({ version: 2, allocations: {}, more: 'of a newer usernsd' }),
+        'format 2, written by a newer usernsd; this one reads format 1',
+      ],
       [`${tree.state}/contexts.json`, JSON.stringify({ version: 7, contexts: [] }), 'format 7, written by a newer usernsd'],
       [`${tree.state}/views.json`, JSON.stringify({ version: 2, views: [{ target: '/x' }] }), 'format 2, written by a newer usernsd'],
       [`${records}/format`, '3\n', 'says format 3, written by a newer usernsd; this one reads format 1'],
@@ -297,7 +347,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     for (const [file, newer, said] of files) {
       const before = readFileSync(file, 'utf8');
       writeFileSync(file, newer);
-      const r = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], { encoding: 'utf8', timeout: 15000 });
+      const r = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], {
+        encoding: 'utf8',
+        timeout: 15000,
+      });
       assert.equal(r.status, 1, `${file}: ${r.stderr}`);
       assert.ok(r.stderr.includes(`${file} `) && r.stderr.includes(said), `${file}: ${r.stderr}`);
       assert.match(r.stderr, /Refusing to start rather than guess: .*usernsd\(8\) UPGRADES/);
@@ -316,7 +369,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     const start = (JSON.parse((await ctl(['--json', 'resolve', 'auto'])).out) as P.ResolveResult).uidMap[0].outside;
     const listed = JSON.parse((await ctl(['--json', 'ranges'])).out) as P.RangesResult;
     assert.equal(listed.coordinator, 'local');
-    assert.deepEqual(listed.ranges.map((r) => [r.label, r.kind, r.ranges, r.decided]), [['auto', 'auto', [{ start, end: start + 65536 }], 'local']]);
+    assert.deepEqual(
+      listed.ranges.map((r) => [r.label, r.kind, r.ranges, r.decided]),
+      [['auto', 'auto', [{ start, end: start + 65536 }], 'local']],
+    );
     const imported = await ctl(['ranges', 'import']);
     assert.equal(imported.code, 1);
     assert.match(imported.err, /E_CONFIG: this agent allocates alone \(\[pool\] coordinator = local\): there is no shared pool to import into/);
@@ -342,7 +398,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'e'])).out) as P.ResolveResult).created, false);
   });
 
-  it('a remote error is a UsernsError with the agent\'s code', async () => {
+  it("a remote error is a UsernsError with the agent's code", async () => {
     agent = await startAgent(tree);
     const c = await AgentClient.connect(agent.socket);
     try {

@@ -33,10 +33,27 @@ describe('e2e: usernsctl from a checkout (root, and a throwaway user)', function
   });
 
   /** As the user, with a login-like environment: the system's PATH (its node first), nothing of ours. */
-  const asUser = (cmd: string, env: Record<string, string> = {}) => spawnSync('setpriv', [`--reuid=${user!.uid}`, `--regid=${user!.gid}`, '--clear-groups', '--',
-    'env', '-i', 'PATH=/usr/local/bin:/usr/bin:/bin', `HOME=${home}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'sh', '-c', `cd ${ROOT} && ${cmd}`], { encoding: 'utf8', timeout: 60_000 });
+  const asUser = (cmd: string, env: Record<string, string> = {}) =>
+    spawnSync(
+      'setpriv',
+      [
+        `--reuid=${user!.uid}`,
+        `--regid=${user!.gid}`,
+        '--clear-groups',
+        '--',
+        'env',
+        '-i',
+        'PATH=/usr/local/bin:/usr/bin:/bin',
+        `HOME=${home}`,
+        ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        'sh',
+        '-c',
+        `cd ${ROOT} && ${cmd}`,
+      ],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
 
-  it('./bin/usernsctl.js works for a user who is not root, on the system\'s older Node, and reaches the dev agent', async () => {
+  it("./bin/usernsctl.js works for a user who is not root, on the system's older Node, and reaches the dev agent", async () => {
     tree = makeTree();
     tree.delegate(user!.name, 300000, 100);
     tree.context('mine.conf', `[context]\nowner = ${user!.name}\nuid_map = 0 300000 100\ngid_map = 0 300000 100\n`);

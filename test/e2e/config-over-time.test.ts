@@ -23,19 +23,31 @@ type Interval = { start: number; end: number };
 function hostMapsOfPin(pin: string): { uid: Interval[]; gid: Interval[] } {
   // /proc/PID/uid_map read from outside the namespace shows the reader's ids: run one process in
   // it and read its maps from here.
-  const script = 'import os,subprocess,sys\np=subprocess.Popen(["nsenter","--user="+sys.argv[1],"--preserve-credentials","--","sleep","30"])\nimport time\n'
-    + 'me=os.readlink("/proc/self/ns/user")\nfor _ in range(500):\n  try:\n    if os.readlink("/proc/%d/ns/user"%p.pid)!=me: break\n  except OSError: pass\n  time.sleep(0.002)\n'
-    + 'print(open("/proc/%d/uid_map"%p.pid).read()+"--\\n"+open("/proc/%d/gid_map"%p.pid).read())\np.kill(); p.wait()\n';
+  const script =
+    'import os,subprocess,sys\np=subprocess.Popen(["nsenter","--user="+sys.argv[1],"--preserve-credentials","--","sleep","30"])\nimport time\n' +
+    'me=os.readlink("/proc/self/ns/user")\nfor _ in range(500):\n  try:\n    if os.readlink("/proc/%d/ns/user"%p.pid)!=me: break\n  except OSError: pass\n  time.sleep(0.002)\n' +
+    'print(open("/proc/%d/uid_map"%p.pid).read()+"--\\n"+open("/proc/%d/gid_map"%p.pid).read())\np.kill(); p.wait()\n';
   const out = execFileSync('python3', ['-c', script, pin], { encoding: 'utf8' });
   const [u, g] = out.split('--\n');
-  const parse = (t: string) => t.trim().split('\n').filter(Boolean).map((l) => l.trim().split(/\s+/).map(Number)).map(([, outside, count]) => ({ start: outside, end: outside + count }));
+  const parse = (t: string) =>
+    t
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.trim().split(/\s+/).map(Number))
+      .map(([, outside, count]) => ({ start: outside, end: outside + count }));
   return { uid: parse(u), gid: parse(g) };
 }
 
 /** The maps a namespace's own processes see (outside ids are its parent's). */
 function ownMapsOfPin(pin: string): { uid: string; gid: string } {
-  const read = (f: string) => execFileSync('nsenter', [`--user=${pin}`, '--preserve-credentials', 'cat', `/proc/self/${f}`], { encoding: 'utf8' })
-    .trim().split('\n').map((l) => l.trim().split(/\s+/).join(' ')).sort().join(', ');
+  const read = (f: string) =>
+    execFileSync('nsenter', [`--user=${pin}`, '--preserve-credentials', 'cat', `/proc/self/${f}`], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/).join(' '))
+      .sort()
+      .join(', ');
   return { uid: read('uid_map'), gid: read('gid_map') };
 }
 
@@ -48,11 +60,25 @@ function parentInoOfPin(pin: string): number {
 const NSFS_DEV = statSync('/proc/self/ns/user').dev;
 function pinnedLabels(pins: string): string[] {
   let names: string[];
-  try { names = readdirSync(pins); } catch { return []; }
-  return names.filter((n) => { try { return statSync(join(pins, n)).dev === NSFS_DEV; } catch { return false; } });
+  try {
+    names = readdirSync(pins);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => {
+    try {
+      return statSync(join(pins, n)).dev === NSFS_DEV;
+    } catch {
+      return false;
+    }
+  });
 }
 
-const fmt = (m: readonly Extent[]) => m.map((e) => `${e.inside} ${e.outside} ${e.count}`).sort().join(', ');
+const fmt = (m: readonly Extent[]) =>
+  m
+    .map((e) => `${e.inside} ${e.outside} ${e.count}`)
+    .sort()
+    .join(', ');
 const overlap = (a: Interval[], b: Interval[]) => a.some((x) => b.some((y) => x.start < y.end && y.start < x.end));
 
 // ---- the model: context files an admin writes, and what the test remembers ----
@@ -68,21 +94,32 @@ const NESTED = ['kid'] as const;
 const AUTO = ['auto1'] as const;
 
 function defArb(owner: string): fc.Arbitrary<FileDef> {
-  const top = fc.record({
-    label: fc.constantFrom(...TOP),
-    start: fc.constantFrom(4000000, 4000100, 4200000),
-    count: fc.constantFrom(10, 65536),
-    owner: fc.constantFrom('', `owner = ${owner}\n`),
-    setgroups: fc.constantFrom('', 'setgroups = allow\n', 'setgroups = deny\n'),
-  }).map(({ label, start, count, owner: o, setgroups }) => ({ label, text: `[context]\n${o}${setgroups}uid_map = 0 ${start} ${count}\ngid_map = 0 ${start} ${count}\n` }));
-  const nested = fc.record({
-    label: fc.constantFrom(...NESTED),
-    parent: fc.constantFrom(...TOP),
-    start: fc.constantFrom(0, 5),
-    owner: fc.constantFrom('', `owner = ${owner}\n`),
-    setgroups: fc.constantFrom('', 'setgroups = allow\n'),
-  }).map(({ label, parent, start, owner: o, setgroups }) => ({ label, text: `[context]\nparent = ${parent}\n${o}${setgroups}uid_map = 0 ${start} 5\ngid_map = 0 ${start} 5\n` }));
-  const auto = fc.record({ label: fc.constantFrom(...AUTO), size: fc.constantFrom(65536, 131072) })
+  const top = fc
+    .record({
+      label: fc.constantFrom(...TOP),
+      start: fc.constantFrom(4000000, 4000100, 4200000),
+      count: fc.constantFrom(10, 65536),
+      owner: fc.constantFrom('', `owner = ${owner}\n`),
+      setgroups: fc.constantFrom('', 'setgroups = allow\n', 'setgroups = deny\n'),
+    })
+    .map(({ label, start, count, owner: o, setgroups }) => ({
+      label,
+      text: `[context]\n${o}${setgroups}uid_map = 0 ${start} ${count}\ngid_map = 0 ${start} ${count}\n`,
+    }));
+  const nested = fc
+    .record({
+      label: fc.constantFrom(...NESTED),
+      parent: fc.constantFrom(...TOP),
+      start: fc.constantFrom(0, 5),
+      owner: fc.constantFrom('', `owner = ${owner}\n`),
+      setgroups: fc.constantFrom('', 'setgroups = allow\n'),
+    })
+    .map(({ label, parent, start, owner: o, setgroups }) => ({
+      label,
+      text: `[context]\nparent = ${parent}\n${o}${setgroups}uid_map = 0 ${start} 5\ngid_map = 0 ${start} 5\n`,
+    }));
+  const auto = fc
+    .record({ label: fc.constantFrom(...AUTO), size: fc.constantFrom(65536, 131072) })
     .map(({ label, size }) => ({ label, text: `[context]\nrange = auto\nsize = ${size}\n` }));
   return fc.oneof({ arbitrary: top, weight: 3 }, { arbitrary: nested, weight: 2 }, { arbitrary: auto, weight: 1 });
 }
@@ -90,61 +127,103 @@ function defArb(owner: string): fc.Arbitrary<FileDef> {
 const ALL_LABELS = [...TOP, ...NESTED, ...AUTO];
 
 type Command = fc.AsyncCommand<Model, Real>;
-const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({ check, run, toString: () => name });
+const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({
+  check,
+  run,
+  toString: () => name,
+});
 
 /** An admin writes a file, and often reloads at once. */
-const write = (d: FileDef, andReload: boolean) => command(`write ${d.label}.conf ${JSON.stringify(d.text)}${andReload ? ' + reload' : ''}`, () => true, async (m, r) => {
-  r.tree.context(`${d.label}.conf`, d.text);
-  m.files.set(d.label, { text: d.text, broken: false });
-  if (andReload) {
+const write = (d: FileDef, andReload: boolean) =>
+  command(
+    `write ${d.label}.conf ${JSON.stringify(d.text)}${andReload ? ' + reload' : ''}`,
+    () => true,
+    async (m, r) => {
+      r.tree.context(`${d.label}.conf`, d.text);
+      m.files.set(d.label, { text: d.text, broken: false });
+      if (andReload) {
+        await callAgent(r.agent.socket, P.reload, {});
+        await checkInvariants(m, r, true);
+      }
+    },
+  );
+
+const breakFile = (label: string) =>
+  command(
+    `break ${label}.conf`,
+    (m) => m.files.has(label) && !m.files.get(label)!.broken,
+    async (m, r) => {
+      const f = m.files.get(label)!;
+      r.tree.context(`${label}.conf`, f.text + 'bogus = 1\n');
+      m.files.set(label, { ...f, broken: true });
+    },
+  );
+
+const fixFile = (label: string) =>
+  command(
+    `fix ${label}.conf`,
+    (m) => m.files.get(label)?.broken === true,
+    async (m, r) => {
+      const f = m.files.get(label)!;
+      r.tree.context(`${label}.conf`, f.text);
+      m.files.set(label, { ...f, broken: false });
+    },
+  );
+
+const removeFile = (label: string) =>
+  command(
+    `remove ${label}.conf`,
+    (m) => m.files.has(label),
+    async (m, r) => {
+      rmSync(join(r.tree.contexts, `${label}.conf`));
+      m.files.delete(label);
+    },
+  );
+
+const reload = command(
+  'reload',
+  () => true,
+  async (m, r) => {
     await callAgent(r.agent.socket, P.reload, {});
     await checkInvariants(m, r, true);
-  }
-});
+  },
+);
 
-const breakFile = (label: string) => command(`break ${label}.conf`, (m) => m.files.has(label) && !m.files.get(label)!.broken, async (m, r) => {
-  const f = m.files.get(label)!;
-  r.tree.context(`${label}.conf`, f.text + 'bogus = 1\n');
-  m.files.set(label, { ...f, broken: true });
-});
+const restart = command(
+  'restart',
+  () => true,
+  async (m, r) => {
+    assert.equal(await r.agent.stop(), 0);
+    r.agent = await startAgent(r.tree);
+    await checkInvariants(m, r, true);
+  },
+);
 
-const fixFile = (label: string) => command(`fix ${label}.conf`, (m) => m.files.get(label)?.broken === true, async (m, r) => {
-  const f = m.files.get(label)!;
-  r.tree.context(`${label}.conf`, f.text);
-  m.files.set(label, { ...f, broken: false });
-});
+const resolve = (label: string) =>
+  command(
+    `resolve ${label}`,
+    () => true,
+    async (m, r) => {
+      try {
+        await callAgent(r.agent.socket, P.resolve, { label });
+      } catch (err) {
+        // Refused files, drift and unknown labels are answers; the kernel refusing what the
+        // configuration admitted, or an internal error, is a bug.
+        if (!(err instanceof UsernsError) || err.code === 'E_KERNEL' || err.code === 'E_INTERNAL') throw err;
+      }
+      await checkInvariants(m, r, false);
+    },
+  );
 
-const removeFile = (label: string) => command(`remove ${label}.conf`, (m) => m.files.has(label), async (m, r) => {
-  rmSync(join(r.tree.contexts, `${label}.conf`));
-  m.files.delete(label);
-});
-
-const reload = command('reload', () => true, async (m, r) => {
-  await callAgent(r.agent.socket, P.reload, {});
-  await checkInvariants(m, r, true);
-});
-
-const restart = command('restart', () => true, async (m, r) => {
-  assert.equal(await r.agent.stop(), 0);
-  r.agent = await startAgent(r.tree);
-  await checkInvariants(m, r, true);
-});
-
-const resolve = (label: string) => command(`resolve ${label}`, () => true, async (m, r) => {
-  try {
-    await callAgent(r.agent.socket, P.resolve, { label });
-  } catch (err) {
-    // Refused files, drift and unknown labels are answers; the kernel refusing what the
-    // configuration admitted, or an internal error, is a bug.
-    if (!(err instanceof UsernsError) || err.code === 'E_KERNEL' || err.code === 'E_INTERNAL') throw err;
-  }
-  await checkInvariants(m, r, false);
-});
-
-const release = (label: string) => command(`release ${label}`, () => true, async (m, r) => {
-  await callAgent(r.agent.socket, P.release, { label });
-  await checkInvariants(m, r, false);
-});
+const release = (label: string) =>
+  command(
+    `release ${label}`,
+    () => true,
+    async (m, r) => {
+      await callAgent(r.agent.socket, P.release, { label });
+      await checkInvariants(m, r, false);
+    },
+  );
 
 /** After every step: what holds in the kernel, not only in the agent's memory. */
 async function checkInvariants(m: Model, r: Real, settled: boolean): Promise<void> {
@@ -160,14 +239,19 @@ async function checkInvariants(m: Model, r: Real, settled: boolean): Promise<voi
   };
   const hostOf = (label: string) => {
     const c = byLabel.get(label)!;
-    const ivs = (kind: 'uid' | 'gid') => (kind === 'uid' ? c.uidMap : c.gidMap).map((e) => {
-      const start = toHost(c.parent, kind, e.outside);
-      return { start, end: start + e.count };
-    });
+    const ivs = (kind: 'uid' | 'gid') =>
+      (kind === 'uid' ? c.uidMap : c.gidMap).map((e) => {
+        const start = toHost(c.parent, kind, e.outside);
+        return { start, end: start + e.count };
+      });
     return { uid: ivs('uid'), gid: ivs('gid') };
   };
   const related = (a: string, b: string) => {
-    const ancestors = (l: string) => { const out = [l]; for (let c = byLabel.get(l); c && c.parent !== 'host'; c = byLabel.get(c.parent)) out.push(c.parent); return out; };
+    const ancestors = (l: string) => {
+      const out = [l];
+      for (let c = byLabel.get(l); c && c.parent !== 'host'; c = byLabel.get(c.parent)) out.push(c.parent);
+      return out;
+    };
     return ancestors(a).includes(b) || ancestors(b).includes(a);
   };
   const status = await callAgent(r.agent.socket, P.status, {});
@@ -184,7 +268,10 @@ async function checkInvariants(m: Model, r: Real, settled: boolean): Promise<voi
     for (const b of contexts) {
       if (a.label >= b.label || related(a.label, b.label)) continue;
       for (const kind of ['uid', 'gid'] as const) {
-        assert.ok(!overlap(host.get(a.label)![kind], host.get(b.label)![kind]), `contexts "${a.label}" and "${b.label}" are both in force and share host ${kind}s: ${JSON.stringify(host.get(a.label)![kind])} / ${JSON.stringify(host.get(b.label)![kind])}`);
+        assert.ok(
+          !overlap(host.get(a.label)![kind], host.get(b.label)![kind]),
+          `contexts "${a.label}" and "${b.label}" are both in force and share host ${kind}s: ${JSON.stringify(host.get(a.label)![kind])} / ${JSON.stringify(host.get(b.label)![kind])}`,
+        );
       }
     }
   }
@@ -195,18 +282,28 @@ async function checkInvariants(m: Model, r: Real, settled: boolean): Promise<voi
     // 2. A pinned context's maps are its maps in force, unless status says it drifted.
     const own = ownMapsOfPin(pin);
     if (state.get(label) !== 'drift') {
-      assert.deepEqual(own, { uid: fmt(c.uidMap), gid: fmt(c.gidMap) }, `pin ${label} holds maps other than its context in force, and status says ${state.get(label)}`);
+      assert.deepEqual(
+        own,
+        { uid: fmt(c.uidMap), gid: fmt(c.gidMap) },
+        `pin ${label} holds maps other than its context in force, and status says ${state.get(label)}`,
+      );
     }
     // 3. A pinned child lies in its parent's current pin, or status reports that it does not.
     if (c.parent !== 'host') {
       const reported = state.get(label) === 'drift' || state.get(label) === 'stale';
       if (!reported) assert.ok(pinned.has(c.parent), `"${label}" is pinned but its parent "${c.parent}" is not, and status says ${state.get(label)}`);
-      if (!reported) assert.equal(parentInoOfPin(pin), statSync(join(r.tree.pins, c.parent)).ino, `pin ${label} is not nested in its parent's pin ${c.parent}, and status says ${state.get(label)}`);
+      if (!reported)
+        assert.equal(
+          parentInoOfPin(pin),
+          statSync(join(r.tree.pins, c.parent)).ino,
+          `pin ${label} is not nested in its parent's pin ${c.parent}, and status says ${state.get(label)}`,
+        );
     }
   }
   // A pin without a context in force is an orphan (its file went away while the agent was down,
   // or was broken at the first start) and status says so.
-  for (const label of pinned) if (!byLabel.has(label)) assert.equal(state.get(label), 'orphan', `pin ${label} has no context in force, and status does not call it an orphan`);
+  for (const label of pinned)
+    if (!byLabel.has(label)) assert.equal(state.get(label), 'orphan', `pin ${label} has no context in force, and status does not call it an orphan`);
   // 4. Auto ranges never change for a label (while its size stays: a new size is a new allocation).
   for (const c of contexts) {
     if (!(AUTO as readonly string[]).includes(c.label)) continue;
@@ -219,30 +316,42 @@ async function checkInvariants(m: Model, r: Real, settled: boolean): Promise<voi
   // 5. After a reload or a start: check-config refuses the files the agent refuses.
   if (settled) {
     const cc = await usernsctl(['check-config', '--config', r.tree.config]);
-    const byCheck = new Set(cc.err.split('\n').filter(Boolean).map((l) => l.split(': ')[0]));
+    const byCheck = new Set(
+      cc.err
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split(': ')[0]),
+    );
     const byAgent = new Set((status.errors ?? []).map((l) => l.split(': ')[0]));
-    assert.deepEqual([...byCheck].sort(), [...byAgent].sort(), `check-config and the agent disagree on the refused files:\ncheck-config:\n${cc.err}\nagent:\n${(status.errors ?? []).join('\n')}`);
+    assert.deepEqual(
+      [...byCheck].sort(),
+      [...byAgent].sort(),
+      `check-config and the agent disagree on the refused files:\ncheck-config:\n${cc.err}\nagent:\n${(status.errors ?? []).join('\n')}`,
+    );
   }
 }
 
 function commandsArb(owner: string) {
   const label = fc.constantFrom(...ALL_LABELS);
-  return fc.commands([
-    fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
-    fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
-    fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
-    label.map(breakFile),
-    label.map(fixFile),
-    label.map(removeFile),
-    fc.constant(reload),
-    fc.constant(reload),
-    fc.constant(reload),
-    label.map(resolve),
-    fc.constantFrom(...NESTED).map(resolve),
-    label.map(release),
-    fc.constantFrom(...TOP).map(release),
-    fc.constant(restart),
-  ], { maxCommands: 20, size: 'max' });
+  return fc.commands(
+    [
+      fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
+      fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
+      fc.tuple(defArb(owner), fc.boolean()).map(([d, r]) => write(d, r)),
+      label.map(breakFile),
+      label.map(fixFile),
+      label.map(removeFile),
+      fc.constant(reload),
+      fc.constant(reload),
+      fc.constant(reload),
+      label.map(resolve),
+      fc.constantFrom(...NESTED).map(resolve),
+      label.map(release),
+      fc.constantFrom(...TOP).map(release),
+      fc.constant(restart),
+    ],
+    { maxCommands: 20, size: 'max' },
+  );
 }
 
 describe('e2e: configuration over time, model-based, checked in the kernel (root)', function () {
@@ -259,27 +368,28 @@ describe('e2e: configuration over time, model-based, checked in the kernel (root
   // histories that matter (a parent released under a pinned child, a newcomer sorting first) are
   // then a few commands away.
   const initialArb = () => fc.uniqueArray(defArb(owner!.name), { selector: (d) => d.label, maxLength: ALL_LABELS.length });
-  const property = () => fc.asyncProperty(initialArb(), commandsArb(owner!.name), async (initial, cmds) => {
-    const tree = makeTree();
-    // Every range the arbitraries write is delegated to the owner: what is judged here is overlap and time, not delegation.
-    tree.delegate(owner!.name, 4000000, 265536);
-    const real: Real = { tree, agent: undefined as unknown as RunningAgent, owner: owner! };
-    const files = new Map<string, { text: string; broken: boolean }>();
-    for (const d of initial) {
-      tree.context(`${d.label}.conf`, d.text);
-      files.set(d.label, { text: d.text, broken: false });
-    }
-    try {
-      real.agent = await startAgent(tree);
-      const model: Model = { files, autoRanges: new Map() };
-      await checkInvariants(model, real, true);
-      await fc.asyncModelRun(() => ({ model, real }), cmds);
-    } finally {
-      await cleanup(undefined);
-      unmountAll(tree.dir);
-      tree.remove();
-    }
-  });
+  const property = () =>
+    fc.asyncProperty(initialArb(), commandsArb(owner!.name), async (initial, cmds) => {
+      const tree = makeTree();
+      // Every range the arbitraries write is delegated to the owner: what is judged here is overlap and time, not delegation.
+      tree.delegate(owner!.name, 4000000, 265536);
+      const real: Real = { tree, agent: undefined as unknown as RunningAgent, owner: owner! };
+      const files = new Map<string, { text: string; broken: boolean }>();
+      for (const d of initial) {
+        tree.context(`${d.label}.conf`, d.text);
+        files.set(d.label, { text: d.text, broken: false });
+      }
+      try {
+        real.agent = await startAgent(tree);
+        const model: Model = { files, autoRanges: new Map() };
+        await checkInvariants(model, real, true);
+        await fc.asyncModelRun(() => ({ model, real }), cmds);
+      } finally {
+        await cleanup(undefined);
+        unmountAll(tree.dir);
+        tree.remove();
+      }
+    });
 
   modelTests({ file: import.meta.url, title: 'holds every invariant', runs: 25, seed: 20261129 }, property);
 });

@@ -22,9 +22,15 @@ function writeContexts(tree: Tree): void {
 describe('e2e: faults (root)', function () {
   this.timeout(120_000);
   let tree: Tree;
-  before(function () { if (!isRoot) this.skip(); }); // namespaces, mounts, SIGKILL of a root agent: root
-  beforeEach(() => { tree = makeTree(); });
-  afterEach(async () => { await cleanup(tree); });
+  before(function () {
+    if (!isRoot) this.skip();
+  }); // namespaces, mounts, SIGKILL of a root agent: root
+  beforeEach(() => {
+    tree = makeTree();
+  });
+  afterEach(async () => {
+    await cleanup(tree);
+  });
 
   it('killed at random moments while creating under load, restarts with every pin complete or absent and no range given twice', async () => {
     writeContexts(tree);
@@ -41,7 +47,11 @@ describe('e2e: faults (root)', function () {
 
       const again = await startAgent(tree, ['--log-level', 'info']);
       const adopted = again.logs.filter((l) => typeof l.status === 'string');
-      assert.deepEqual(adopted.filter((l) => l.status !== 'removed').map((l) => `${String(l.label)}: ${String(l.status)}`), [], `after a kill at ${delayMs} ms, every pin is complete (an empty pin file is the only leftover)`);
+      assert.deepEqual(
+        adopted.filter((l) => l.status !== 'removed').map((l) => `${String(l.label)}: ${String(l.status)}`),
+        [],
+        `after a kill at ${delayMs} ms, every pin is complete (an empty pin file is the only leftover)`,
+      );
       const c = await AgentClient.connect(again.socket);
       try {
         for (const label of labels) await c.call(P.resolve, { label });
@@ -58,7 +68,8 @@ describe('e2e: faults (root)', function () {
       }
       const spans = Object.values(ranges.allocations).sort((a, b) => a.start - b.start);
       assert.equal(spans.length, AUTO);
-      for (let i = 1; i < spans.length; i++) assert.ok(spans[i - 1].start + spans[i - 1].size <= spans[i].start, `ranges ${JSON.stringify(spans)} do not overlap`);
+      for (let i = 1; i < spans.length; i++)
+        assert.ok(spans[i - 1].start + spans[i - 1].size <= spans[i].start, `ranges ${JSON.stringify(spans)} do not overlap`);
       assert.equal(mountsUnder(tree.pins).length, labels.length);
       assert.equal(await again.stop(), 0);
       // Half the time start from nothing pinned, half from everything pinned.
@@ -79,7 +90,10 @@ describe('e2e: faults (root)', function () {
     const again = await startAgent(tree, ['--log-level', 'info']);
     const r = await usernsctl(['--socket', again.socket, 'resolve', 'auto1']);
     assert.equal(r.code, 1);
-    assert.match(r.err, /E_CONFIG: context "auto1" is not loaded because its file has an error: .*ranges\.json is corrupt \(not JSON\): no range will be allocated until it is fixed\. Restore it from a backup/);
+    assert.match(
+      r.err,
+      /E_CONFIG: context "auto1" is not loaded because its file has an error: .*ranges\.json is corrupt \(not JSON\): no range will be allocated until it is fixed\. Restore it from a backup/,
+    );
     assert.equal((await usernsctl(['--socket', again.socket, 'resolve', 's3'])).code, 0, 'static contexts are not affected');
     assert.equal(readFileSync(`${tree.state}/ranges.json`, 'utf8'), before.slice(0, before.length / 2), 'the corrupt file is left as it is, for the admin');
   });
@@ -115,11 +129,26 @@ describe('e2e: faults (root)', function () {
     const ctl = (...args: string[]) => usernsctl(['--socket', agent.socket, ...args]);
     const p = JSON.parse((await ctl('--json', 'resolve', 'p')).out) as P.ResolveResult;
     // The limit of namespaces inside p: lowered to 0 there (the host-wide one needs CAP_SYS_RESOURCE in the initial namespace).
-    const limit = (n: number) => execFileSync('nsenter', [`--user=${p.path}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', 'sh', '-c', `echo ${n} > /proc/sys/user/max_user_namespaces`]);
+    const limit = (n: number) =>
+      execFileSync('nsenter', [
+        `--user=${p.path}`,
+        '--preserve-credentials',
+        '-S',
+        '0',
+        '-G',
+        '0',
+        '--',
+        'sh',
+        '-c',
+        `echo ${n} > /proc/sys/user/max_user_namespaces`,
+      ]);
     limit(0);
     const refused = await ctl('resolve', 'kid');
     assert.equal(refused.code, 1);
-    assert.match(refused.err, /^usernsctl: E_KERNEL: Failed to create the user namespace for context "kid": ENOSPC\b.*raise \/proc\/sys\/user\/max_user_namespaces or release contexts/);
+    assert.match(
+      refused.err,
+      /^usernsctl: E_KERNEL: Failed to create the user namespace for context "kid": ENOSPC\b.*raise \/proc\/sys\/user\/max_user_namespaces or release contexts/,
+    );
     assert.equal((await ctl('resolve', 'p')).code, 0, 'the parent keeps resolving');
     assert.deepEqual(mountsUnder(tree.pins), [p.path], 'the failed creation left no pin');
     limit(100);

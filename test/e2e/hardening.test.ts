@@ -11,18 +11,36 @@ import { isRoot, makeUser, mountsUnder } from '../helpers/kernel.ts';
 
 /** CapabilityBoundingSet= of the unit as make install writes it, as setpriv spells capabilities. */
 function unitCapabilities(): string[] {
-  const line = installedUnit().split('\n').find((l) => l.startsWith('CapabilityBoundingSet='))!;
-  return line.slice('CapabilityBoundingSet='.length).trim().split(/\s+/).map((c) => c.replace(/^CAP_/, '').toLowerCase());
+  const line = installedUnit()
+    .split('\n')
+    .find((l) => l.startsWith('CapabilityBoundingSet='))!;
+  return line
+    .slice('CapabilityBoundingSet='.length)
+    .trim()
+    .split(/\s+/)
+    .map((c) => c.replace(/^CAP_/, '').toLowerCase());
 }
 
 /** What systemd does to the unit's process, reproduced: bounding set, no_new_privs, a slave mount namespace. */
-const confined = (caps: string[]) => ['unshare', '--mount', '--propagation', 'slave', '--', 'setpriv', '--no-new-privs', `--bounding-set=-all,${caps.map((c) => `+${c}`).join(',')}`, '--'];
+const confined = (caps: string[]) => [
+  'unshare',
+  '--mount',
+  '--propagation',
+  'slave',
+  '--',
+  'setpriv',
+  '--no-new-privs',
+  `--bounding-set=-all,${caps.map((c) => `+${c}`).join(',')}`,
+  '--',
+];
 
 describe('e2e: the agent as the systemd unit confines it (root)', function () {
   let tree: Tree;
   let user: ReturnType<typeof makeUser> | undefined;
   let restore: (() => void) | undefined;
-  before(function () { if (!isRoot) this.skip(); }); // capability sets and mount namespaces: root
+  before(function () {
+    if (!isRoot) this.skip();
+  }); // capability sets and mount namespaces: root
   beforeEach(() => {
     // Pins go to the test's own mount namespace, as they would go to init's under systemd.
     tree = makeTree(`mount_namespace = /proc/${process.pid}/ns/mnt\n`);
@@ -42,7 +60,7 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
     user?.remove();
   });
 
-  it('creates, nests, pins for another owner and releases with only the unit\'s capabilities; the pins reach the host', async () => {
+  it("creates, nests, pins for another owner and releases with only the unit's capabilities; the pins reach the host", async () => {
     const caps = unitCapabilities();
     assert.deepEqual(caps, ['sys_admin', 'sys_chroot', 'setuid', 'setgid', 'sys_ptrace', ...(NATIVE_SPAWNER ? [] : ['chown'])]);
     const agent = await startAgent(tree, ['--log-level', 'info'], { wrap: confined(caps) });
@@ -62,7 +80,10 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
     assert.equal((await ctl('release', 'b')).out, 'released b\n');
     assert.deepEqual(mountsUnder(tree.pins).sort(), [`${tree.pins}/a`, `${tree.pins}/c`]);
     assert.equal(await agent.stop(), 0);
-    assert.deepEqual(agent.logs.filter((l) => l.level >= 50), []);
+    assert.deepEqual(
+      agent.logs.filter((l) => l.level >= 50),
+      [],
+    );
   });
 
   it('needs each of those capabilities: without any one, creating a context owned by another user, or a nested one, fails with E_KERNEL', async function () {

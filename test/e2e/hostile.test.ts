@@ -11,7 +11,13 @@ import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot } from '../helpers/kernel.ts';
 
-type Raw = { sock: Socket; replies: unknown[]; closed: Promise<void>; send(text: string): void; reply(): Promise<{ id: unknown; error?: { code: string; message: string }; result?: unknown }> };
+type Raw = {
+  sock: Socket;
+  replies: unknown[];
+  closed: Promise<void>;
+  send(text: string): void;
+  reply(): Promise<{ id: unknown; error?: { code: string; message: string }; result?: unknown }>;
+};
 
 function raw(path: string): Promise<Raw> {
   return new Promise((resolve, reject) => {
@@ -34,11 +40,17 @@ function raw(path: string): Promise<Raw> {
     });
     const closed = new Promise<void>((r) => sock.on('close', () => r()));
     sock.on('error', () => {});
-    sock.once('connect', () => resolve({
-      sock, replies, closed,
-      send: (text) => { sock.write(text); },
-      reply: () => (replies.length > 0 ? Promise.resolve(replies.shift() as never) : new Promise((r) => waiting.push(r))),
-    }));
+    sock.once('connect', () =>
+      resolve({
+        sock,
+        replies,
+        closed,
+        send: (text) => {
+          sock.write(text);
+        },
+        reply: () => (replies.length > 0 ? Promise.resolve(replies.shift() as never) : new Promise((r) => waiting.push(r))),
+      }),
+    );
     sock.once('error', reject);
   });
 }
@@ -112,7 +124,12 @@ describe('e2e: hostile and broken clients (root)', function () {
     ['a missing parameter', { id: 11, method: 'resolve', params: {} }, 11, /parameter "label" is required/],
     ['ids that are not ids', { id: 12, method: 'map', params: { from: 'a', to: 'host', uids: [1, -1] } }, 12, /-1 is not an id/],
     ['the no-id (uid_t)-1', { id: 13, method: 'map', params: { from: 'a', to: 'host', gids: [4294967295] } }, 13, /4294967295 is not an id/],
-    ['too many ids', { id: 14, method: 'map', params: { from: 'a', to: 'host', uids: Array(P.LIMITS.MAX_IDS_PER_LIST + 1).fill(0) } }, 14, /at most 32768 per request/],
+    [
+      'too many ids',
+      { id: 14, method: 'map', params: { from: 'a', to: 'host', uids: Array(P.LIMITS.MAX_IDS_PER_LIST + 1).fill(0) } },
+      14,
+      /at most 32768 per request/,
+    ],
     ['params that are an array', { id: 15, method: 'list', params: [] }, 15, /params must be a JSON object/],
     ['an unknown parameter', { id: 16, method: 'list', params: { all: true } }, 16, /unknown parameter "all"/],
     ['a request without an id', { method: 'list', params: {} }, null, /"id" must be a non-negative integer/],
@@ -178,6 +195,9 @@ describe('e2e: hostile and broken clients (root)', function () {
 
   it('is still the same agent process, and logged no internal error', () => {
     assert.equal(agent.child.exitCode, null);
-    assert.deepEqual(agent.logs.filter((l) => l.level >= 50), []);
+    assert.deepEqual(
+      agent.logs.filter((l) => l.level >= 50),
+      [],
+    );
   });
 });

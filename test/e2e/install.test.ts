@@ -42,7 +42,9 @@ describe('e2e: install, init scripts and units (root)', function () {
     if (!isRoot) this.skip(); // installs into system-like trees, starts the agent: root
     if (spawnSync('make', ['--version']).error) throw new Error('make is required (apt-get install make)');
   });
-  beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'usernsd-install-')); });
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'usernsd-install-'));
+  });
   afterEach(() => {
     // Stop whatever an init script left running, then every pin, then the tree.
     const pidfile = join(dir, 'run', 'usernsd.pid');
@@ -52,10 +54,10 @@ describe('e2e: install, init scripts and units (root)', function () {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('installs into DESTDIR without touching the admin\'s files, and uninstall leaves it as before', () => {
+  it("installs into DESTDIR without touching the admin's files, and uninstall leaves it as before", () => {
     const destdir = join(dir, 'root');
     mkdirSync(join(destdir, 'etc', 'userns.d'), { recursive: true });
-    writeFileSync(join(destdir, 'etc', 'usernsd.conf'), '# the admin\'s own settings\n[agent]\nlog_level = debug\n');
+    writeFileSync(join(destdir, 'etc', 'usernsd.conf'), "# the admin's own settings\n[agent]\nlog_level = debug\n");
     writeFileSync(join(destdir, 'etc', 'userns.d', 'prod.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     writeFileSync(join(destdir, 'etc', 'unrelated'), 'x');
     const before = snapshot(destdir);
@@ -68,18 +70,37 @@ describe('e2e: install, init scripts and units (root)', function () {
     } finally {
       rmSync(local, { force: true });
     }
-    assert.equal(existsSync(join(destdir, 'etc', 'userns.d', `zz-untracked-${process.pid}.conf.example`)), false, 'an untracked context file is not installed as an example');
+    assert.equal(
+      existsSync(join(destdir, 'etc', 'userns.d', `zz-untracked-${process.pid}.conf.example`)),
+      false,
+      'an untracked context file is not installed as an example',
+    );
     assert.match(out, /kept existing .*\/etc\/usernsd\.conf/);
-    for (const f of ['usr/sbin/usernsd', 'usr/bin/usernsctl', 'sbin/mount.usernsd', 'usr/share/man/man8/mount.usernsd.8', 'usr/lib/usernsd/node', 'usr/lib/usernsd/dist/agent/main.js',
-      'usr/lib/usernsd/node_modules/node-ipc/package.json', 'usr/lib/usernsd/node_modules/koffi/package.json',
-      'usr/share/man/man8/usernsd.8', 'usr/share/man/man1/usernsctl.1', 'usr/share/man/man5/usernsd.conf.5', 'usr/share/man/man5/userns.d.5',
-      'usr/share/man/man7/usernsd-protocol.7', 'usr/lib/systemd/system/usernsd.service', 'usr/lib/tmpfiles.d/usernsd.conf',
-      'etc/init.d/usernsd', 'etc/userns.d/backups.conf.example']) {
+    for (const f of [
+      'usr/sbin/usernsd',
+      'usr/bin/usernsctl',
+      'sbin/mount.usernsd',
+      'usr/share/man/man8/mount.usernsd.8',
+      'usr/lib/usernsd/node',
+      'usr/lib/usernsd/dist/agent/main.js',
+      'usr/lib/usernsd/node_modules/node-ipc/package.json',
+      'usr/lib/usernsd/node_modules/koffi/package.json',
+      'usr/share/man/man8/usernsd.8',
+      'usr/share/man/man1/usernsctl.1',
+      'usr/share/man/man5/usernsd.conf.5',
+      'usr/share/man/man5/userns.d.5',
+      'usr/share/man/man7/usernsd-protocol.7',
+      'usr/lib/systemd/system/usernsd.service',
+      'usr/lib/tmpfiles.d/usernsd.conf',
+      'etc/init.d/usernsd',
+      'etc/userns.d/backups.conf.example',
+    ]) {
       assert.ok(existsSync(join(destdir, f)), `${f} is installed`);
     }
     // (@types/node is a dependency of protobufjs, etcd3's: only the project's own dev types are checked.)
-    for (const dev of ['typescript', 'mocha', 'fast-check', 'node', '@types/mocha']) assert.equal(existsSync(join(destdir, 'usr/lib/usernsd/node_modules', dev)), false, `dev dependency ${dev} is not installed`);
-    assert.equal(readFileSync(join(destdir, 'etc', 'usernsd.conf'), 'utf8'), '# the admin\'s own settings\n[agent]\nlog_level = debug\n');
+    for (const dev of ['typescript', 'mocha', 'fast-check', 'node', '@types/mocha'])
+      assert.equal(existsSync(join(destdir, 'usr/lib/usernsd/node_modules', dev)), false, `dev dependency ${dev} is not installed`);
+    assert.equal(readFileSync(join(destdir, 'etc', 'usernsd.conf'), 'utf8'), "# the admin's own settings\n[agent]\nlog_level = debug\n");
     const unit = readFileSync(join(destdir, 'usr/lib/systemd/system/usernsd.service'), 'utf8');
     assert.match(unit, /^ExecStart=\/usr\/sbin\/usernsd --config \/etc\/usernsd\.conf$/m);
     assert.doesNotMatch(unit, /@[A-Z]+@/);
@@ -101,18 +122,29 @@ describe('e2e: install, init scripts and units (root)', function () {
     const vars = { PREFIX: prefix, SYSCONFDIR: etc };
     const said = make('install', vars);
     // An install outside /etc and /usr says what it cannot wire by itself.
-    assert.match(said, new RegExp(`note: request-key\\(8\\) reads /etc/request-key.d only: to wire the upcall, ln -s ${etc}/request-key.d/usernsd.conf /etc/request-key.d/`));
+    assert.match(
+      said,
+      new RegExp(`note: request-key\\(8\\) reads /etc/request-key.d only: to wire the upcall, ln -s ${etc}/request-key.d/usernsd.conf /etc/request-key.d/`),
+    );
     assert.match(said, new RegExp(`note: mount\\(8\\) looks for mount.usernsd in /sbin: .*ln -s ${prefix}/sbin/mount.usernsd /sbin/`));
-    writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`);
+    writeFileSync(
+      join(etc, 'usernsd.conf'),
+      `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`,
+    );
     writeFileSync(join(etc, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
-    const agent = spawnSync('sh', ['-c', `"${prefix}/sbin/usernsd" --config "${etc}/usernsd.conf" </dev/null >/dev/null 2>"${dir}/log" & echo $!`], { encoding: 'utf8' });
+    const agent = spawnSync('sh', ['-c', `"${prefix}/sbin/usernsd" --config "${etc}/usernsd.conf" </dev/null >/dev/null 2>"${dir}/log" & echo $!`], {
+      encoding: 'utf8',
+    });
     const pid = Number(agent.stdout.trim());
     const status = () => run(join(prefix, 'bin', 'usernsctl'), ['--socket', `${dir}/run/usernsd/usernsd.sock`, 'status']);
     const lib = join(prefix, 'lib', 'usernsd');
     const kernelDir = join(lib, 'dist', 'agent', 'kernel');
     try {
       let r = status();
-      for (let i = 0; i < 100 && r.code !== 0; i++) { spawnSync('sleep', ['0.1']); r = status(); }
+      for (let i = 0; i < 100 && r.code !== 0; i++) {
+        spawnSync('sleep', ['0.1']);
+        r = status();
+      }
       assert.equal(r.code, 0, r.err + readFileSync(`${dir}/log`, 'utf8'));
       const first = snapshot(prefix);
       // Again, while the agent runs from it: its node is busy (ETXTBSY for whoever opens it to write).
@@ -124,12 +156,18 @@ describe('e2e: install, init scripts and units (root)', function () {
       writeFileSync(marker, readFileSync(marker, 'utf8') + '// the old build\n');
       const old = snapshot(prefix);
       assert.equal(spawnSync('chattr', ['+i', kernelDir]).status, 0, 'chattr +i (e2fsprogs) on the test tree');
-      const failed = spawnSync('make', ['-s', '-C', ROOT, 'install', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)], { encoding: 'utf8', timeout: 120_000 });
+      const failed = spawnSync('make', ['-s', '-C', ROOT, 'install', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)], {
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
       spawnSync('chattr', ['-i', kernelDir]);
       assert.notEqual(failed.status, 0, 'the install failed');
       assert.deepEqual(snapshot(prefix), old, 'every file of the old install is back, none of the new one left');
       assert.equal(status().code, 0);
-      const un = spawnSync('make', ['-s', '-C', ROOT, 'uninstall', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)], { encoding: 'utf8', timeout: 120_000 });
+      const un = spawnSync('make', ['-s', '-C', ROOT, 'uninstall', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)], {
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
       assert.notEqual(un.status, 0);
       assert.match(un.stderr, new RegExp(`usernsd from this install is running \\(pid ${pid}\\): stop it first`));
       assert.deepEqual(snapshot(prefix), old, 'uninstall took nothing');
@@ -143,7 +181,10 @@ describe('e2e: install, init scripts and units (root)', function () {
     const prefix = join(dir, 'usr');
     const etc = join(dir, 'etc');
     make('install', { PREFIX: prefix, SYSCONFDIR: etc });
-    writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`);
+    writeFileSync(
+      join(etc, 'usernsd.conf'),
+      `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`,
+    );
     writeFileSync(join(etc, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     const check = run(join(prefix, 'bin', 'usernsctl'), ['check-config', '--config', join(etc, 'usernsd.conf')]);
     assert.equal(check.code, 0, check.err);
@@ -152,7 +193,9 @@ describe('e2e: install, init scripts and units (root)', function () {
     const byDefault = run(join(prefix, 'bin', 'usernsctl'), ['check-config', '--verbose']);
     assert.equal(byDefault.code, 0, byDefault.err);
     assert.match(byDefault.out, new RegExp(`^${etc}/usernsd\\.conf: 1 valid context`, 'm'));
-    const agent = spawnSync('sh', ['-c', `"${prefix}/sbin/usernsd" --config "${etc}/usernsd.conf" </dev/null >/dev/null 2>"${dir}/log" & echo $!`], { encoding: 'utf8' });
+    const agent = spawnSync('sh', ['-c', `"${prefix}/sbin/usernsd" --config "${etc}/usernsd.conf" </dev/null >/dev/null 2>"${dir}/log" & echo $!`], {
+      encoding: 'utf8',
+    });
     const pid = Number(agent.stdout.trim());
     try {
       let r = { code: 3 as number | null, out: '', err: '' };
@@ -176,7 +219,10 @@ describe('e2e: install, init scripts and units (root)', function () {
     const etc = join(dir, 'etc');
     make('install', { PREFIX: prefix, SYSCONFDIR: etc });
     mkdirSync(join(dir, 'run'));
-    writeFileSync(join(etc, 'usernsd.conf'), `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`);
+    writeFileSync(
+      join(etc, 'usernsd.conf'),
+      `[agent]\nsocket = ${dir}/run/usernsd/usernsd.sock\ncontexts = ${etc}/userns.d\npins = ${dir}/run/userns\nstate = ${dir}/state\nuserdb = no\n`,
+    );
     writeFileSync(join(etc, 'userns.d', 'a.conf'), '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\ncreate = eager\n');
     mkdirSync(join(etc, 'default'));
     writeFileSync(join(etc, 'default', 'usernsd'), `PIDFILE=${dir}/run/usernsd.pid\nLOGFILE=${dir}/usernsd.log\n`);
@@ -188,7 +234,10 @@ describe('e2e: install, init scripts and units (root)', function () {
     // No waiting: start returns only after READY=1, so the socket answers and the eager context exists.
     const list = ctl('--json', 'list');
     assert.equal(list.code, 0, list.err);
-    assert.deepEqual((JSON.parse(list.out) as { contexts: { label: string; pinned: boolean }[] }).contexts.map((c) => [c.label, c.pinned]), [['a', true]]);
+    assert.deepEqual(
+      (JSON.parse(list.out) as { contexts: { label: string; pinned: boolean }[] }).contexts.map((c) => [c.label, c.pinned]),
+      [['a', true]],
+    );
 
     const status = run(script, ['status']);
     assert.equal(status.code, 0);
@@ -198,7 +247,10 @@ describe('e2e: install, init scripts and units (root)', function () {
     writeFileSync(join(etc, 'userns.d', 'b.conf'), '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
     assert.equal(run(script, ['reload']).code, 0);
     let resolved = ctl('resolve', '--pin', 'b');
-    for (let i = 0; i < 50 && resolved.code !== 0; i++) { spawnSync('sleep', ['0.1']); resolved = ctl('resolve', '--pin', 'b'); }
+    for (let i = 0; i < 50 && resolved.code !== 0; i++) {
+      spawnSync('sleep', ['0.1']);
+      resolved = ctl('resolve', '--pin', 'b');
+    }
     assert.equal(resolved.code, 0, `the reload added b: ${resolved.err}`);
 
     const stop = run(script, ['stop']);

@@ -17,7 +17,9 @@ describe('e2e: labels on inodes and resolve --path (root)', function () {
   const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
   const label = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['label', ...args, '--config', tree.config], opts);
 
-  before(function () { if (!isRoot) this.skip(); }); // trusted.* attributes and pins: root
+  before(function () {
+    if (!isRoot) this.skip();
+  }); // trusted.* attributes and pins: root
   beforeEach(async () => {
     tree = makeTree();
     tree.context('backups.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
@@ -26,13 +28,19 @@ describe('e2e: labels on inodes and resolve --path (root)', function () {
     writeFileSync(join(data, 'srv', 'deep', 'er', 'file'), 'x');
     agent = await startAgent(tree);
   });
-  afterEach(async () => { await cleanup(tree); });
+  afterEach(async () => {
+    await cleanup(tree);
+  });
 
   it('sets, gets and clears a label, refusing bad labels and symlinks', async () => {
     const srv = join(data, 'srv');
     assert.equal((await label(['set', srv, 'backups'])).out, `${srv}: backups\n`);
     assert.equal((await label(['get', srv])).out, 'backups\n');
-    assert.equal(execFileSync('getfattr', ['--absolute-names', '--only-values', '-n', 'trusted.userns', srv], { encoding: 'utf8' }), 'backups', 'the attribute as getfattr(1) sees it');
+    assert.equal(
+      execFileSync('getfattr', ['--absolute-names', '--only-values', '-n', 'trusted.userns', srv], { encoding: 'utf8' }),
+      'backups',
+      'the attribute as getfattr(1) sees it',
+    );
     for (const bad of ['../x', 'a/b', '', 'x'.repeat(65)]) {
       const r = await label(['set', srv, bad]);
       assert.equal(r.code, 1, bad);

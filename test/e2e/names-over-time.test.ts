@@ -44,58 +44,87 @@ function checkInvariants(m: Model): void {
 }
 
 type Command = fc.AsyncCommand<Model, Real>;
-const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({ check, run, toString: () => name });
+const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({
+  check,
+  run,
+  toString: () => name,
+});
 
 /** Only a write that keeps the contexts disjoint: an overlap is refused (config-over-time covers that). */
-const write = (label: string, base: number) => command(`write ${label} on ${base} + reload`, (m) => ![...m.files].some(([l, b]) => l !== label && b === base), async (m, r) => {
-  r.tree.context(`${label}.conf`, `[context]\nuid_map = 0 ${base} 65536\ngid_map = 0 ${base} 65536\n`);
-  await callAgent(r.agent.socket, P.reload, {});
-  m.files.set(label, base);
-  checkInvariants(m);
-});
+const write = (label: string, base: number) =>
+  command(
+    `write ${label} on ${base} + reload`,
+    (m) => ![...m.files].some(([l, b]) => l !== label && b === base),
+    async (m, r) => {
+      r.tree.context(`${label}.conf`, `[context]\nuid_map = 0 ${base} 65536\ngid_map = 0 ${base} 65536\n`);
+      await callAgent(r.agent.socket, P.reload, {});
+      m.files.set(label, base);
+      checkInvariants(m);
+    },
+  );
 
-const remove = (label: string) => command(`remove ${label} + reload`, (m) => m.files.has(label), async (m, r) => {
-  rmSync(join(r.tree.contexts, `${label}.conf`));
-  await callAgent(r.agent.socket, P.reload, {});
-  m.files.delete(label);
-  checkInvariants(m);
-});
+const remove = (label: string) =>
+  command(
+    `remove ${label} + reload`,
+    (m) => m.files.has(label),
+    async (m, r) => {
+      rmSync(join(r.tree.contexts, `${label}.conf`));
+      await callAgent(r.agent.socket, P.reload, {});
+      m.files.delete(label);
+      checkInvariants(m);
+    },
+  );
 
-const restart = command('restart', () => true, async (m, r) => {
-  assert.equal(await r.agent.stop(), 0);
-  r.agent = await startAgent(r.tree, ['--log-level', 'info']);
-  checkInvariants(m);
-});
+const restart = command(
+  'restart',
+  () => true,
+  async (m, r) => {
+    assert.equal(await r.agent.stop(), 0);
+    r.agent = await startAgent(r.tree, ['--log-level', 'info']);
+    checkInvariants(m);
+  },
+);
 
-const commandsArb = fc.commands([
-  fc.tuple(fc.constantFrom(...LABELS), fc.constantFrom(...BASES)).map(([l, b]) => write(l, b)),
-  fc.tuple(fc.constantFrom(...LABELS), fc.constantFrom(...BASES)).map(([l, b]) => write(l, b)),
-  fc.constantFrom(...LABELS).map(remove),
-  fc.constant(restart),
-], { maxCommands: 8 });
+const commandsArb = fc.commands(
+  [
+    fc.tuple(fc.constantFrom(...LABELS), fc.constantFrom(...BASES)).map(([l, b]) => write(l, b)),
+    fc.tuple(fc.constantFrom(...LABELS), fc.constantFrom(...BASES)).map(([l, b]) => write(l, b)),
+    fc.constantFrom(...LABELS).map(remove),
+    fc.constant(restart),
+  ],
+  { maxCommands: 8 },
+);
 
 describe('e2e: names over time, model-based, read through nss-systemd (root)', function () {
   this.timeout(600_000);
-  before(function () { if (!isRoot || !hasNssSystemd) this.skip(); });
+  before(function () {
+    if (!isRoot || !hasNssSystemd) this.skip();
+  });
   // An agent killed rather than stopped leaves its socket, and the directory it made on a host without systemd.
   const userdbDirBefore = existsSync(dirname(USERDB));
   after(() => {
     if (existsSync(USERDB)) rmSync(USERDB);
-    if (!userdbDirBefore) try { rmdirSync(dirname(USERDB)); } catch { /* another service's socket is there */ }
+    if (!userdbDirBefore)
+      try {
+        rmdirSync(dirname(USERDB));
+      } catch {
+        /* another service's socket is there */
+      }
   });
 
-  const property = () => fc.asyncProperty(commandsArb, async (cmds) => {
-    const tree = makeTree(`userdb = yes\nuserdb_socket = ${USERDB}\n`);
-    const real: Real = { tree, agent: undefined as unknown as RunningAgent };
-    try {
-      real.agent = await startAgent(tree, ['--log-level', 'info']);
-      await fc.asyncModelRun(() => ({ model: { files: new Map() }, real }), cmds);
-    } finally {
-      await cleanup(undefined);
-      unmountAll(tree.dir);
-      tree.remove();
-    }
-  });
+  const property = () =>
+    fc.asyncProperty(commandsArb, async (cmds) => {
+      const tree = makeTree(`userdb = yes\nuserdb_socket = ${USERDB}\n`);
+      const real: Real = { tree, agent: undefined as unknown as RunningAgent };
+      try {
+        real.agent = await startAgent(tree, ['--log-level', 'info']);
+        await fc.asyncModelRun(() => ({ model: { files: new Map() }, real }), cmds);
+      } finally {
+        await cleanup(undefined);
+        unmountAll(tree.dir);
+        tree.remove();
+      }
+    });
 
   modelTests({ file: import.meta.url, title: 'names exactly the host ids of the contexts in force', runs: 6, seed: 20261129 }, property);
 });

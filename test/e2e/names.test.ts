@@ -32,7 +32,12 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
   const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
   // getent and ls as any program runs them: without the bypass this test process holds (config/nss.ts).
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'SYSTEMD_BYPASS_USERDB'));
-  const as = (u: { uid: number; gid: number } | null, cmd: string[]) => spawnSync(u ? 'setpriv' : cmd[0], u ? [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd] : cmd.slice(1), { encoding: 'utf8', timeout: 20_000, env });
+  const as = (u: { uid: number; gid: number } | null, cmd: string[]) =>
+    spawnSync(u ? 'setpriv' : cmd[0], u ? [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd] : cmd.slice(1), {
+      encoding: 'utf8',
+      timeout: 20_000,
+      env,
+    });
 
   before(async function () {
     if (!isRoot) this.skip();
@@ -53,15 +58,23 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
   after(async () => {
     await cleanup(tree);
     if (existsSync(USERDB)) rmSync(USERDB); // an agent killed rather than stopped leaves it
-    if (!userdbDirBefore) try { rmdirSync(dirname(USERDB)); } catch { /* not empty: another service's */ }
+    if (!userdbDirBefore)
+      try {
+        rmdirSync(dirname(USERDB));
+      } catch {
+        /* not empty: another service's */
+      }
     owner?.remove();
     stranger?.remove();
     restoreModes();
   });
 
-  it('getent and ls -l show LABEL.N for a context\'s host ids, through the real nss-systemd, both ways', function () {
+  it("getent and ls -l show LABEL.N for a context's host ids, through the real nss-systemd, both ways", function () {
     if (!hasNssSystemd) this.skip(); // Debian 12's default nsswitch: passwd: files systemd
-    assert.equal(as(null, ['getent', 'passwd', String(B + 1000)]).stdout, `hpa-backups.1000:x:${B + 1000}:${B + 1000}:uid 1000 of context hpa-backups:/:/usr/sbin/nologin\n`);
+    assert.equal(
+      as(null, ['getent', 'passwd', String(B + 1000)]).stdout,
+      `hpa-backups.1000:x:${B + 1000}:${B + 1000}:uid 1000 of context hpa-backups:/:/usr/sbin/nologin\n`,
+    );
     assert.equal(as(null, ['getent', 'passwd', 'hpa-backups.0']).stdout.split(':')[2], String(B));
     assert.equal(as(null, ['getent', 'group', String(B + 5)]).stdout, `hpa-backups.5:x:${B + 5}:\n`);
     // www is nested in hpa-backups: its ids are hpa-backups' own, named once, by the top-level context.
@@ -87,13 +100,19 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     // nss-systemd gave up, with every request stalled behind it.
     tree.context('loop.conf', `[context]\nowner = hpa-backups.1000\nuid_map = 0 ${B + 200000} 65536\ngid_map = 0 ${B + 200000} 65536\n`);
     // The race is the check: a reload that waited on the agent's own socket loses it.
-    const r = await Promise.race([callAgent(agent.socket, Proto.reload, {}), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the reload waited on the agent\'s own userdb socket')), 10_000))]);
-    assert.ok(r.errors.some((e) => /unknown user "hpa-backups\.1000"/.test(e)), r.errors.join('\n'));
+    const r = await Promise.race([
+      callAgent(agent.socket, Proto.reload, {}),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error("the reload waited on the agent's own userdb socket")), 10_000)),
+    ]);
+    assert.ok(
+      r.errors.some((e) => /unknown user "hpa-backups\.1000"/.test(e)),
+      r.errors.join('\n'),
+    );
     rmSync(join(tree.contexts, 'loop.conf'));
     await callAgent(agent.socket, Proto.reload, {});
   });
 
-  it('explain says what a squashed, an unmapped, a nested and an unlabelled file\'s ids mean, and why one is the overflow id', async () => {
+  it("explain says what a squashed, an unmapped, a nested and an unlabelled file's ids mean, and why one is the overflow id", async () => {
     const json = async (path: string, opts: Parameters<typeof usernsctl>[1] = {}) => {
       const r = await ctl(['--json', 'explain', path], opts);
       assert.equal(r.code, 0, r.err);
@@ -101,7 +120,10 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     };
     const root = await json(join(backup, 'root'));
     assert.equal(root.context, 'hpa-backups');
-    assert.deepEqual([root.uid.onDisk, root.uid.host, root.uid.name, root.uid.fromHost, root.uid.identityView, root.uid.foreignView], [0, B, 'hpa-backups.0', 65534, B, 65534]);
+    assert.deepEqual(
+      [root.uid.onDisk, root.uid.host, root.uid.name, root.uid.fromHost, root.uid.identityView, root.uid.foreignView],
+      [0, B, 'hpa-backups.0', 65534, B, 65534],
+    );
     assert.match(root.uid.why.join(), /squashes root \(mode root\).*anonuid 65534/);
     const alien = await json(join(backup, 'alien'));
     assert.deepEqual([alien.uid.host, alien.uid.fromHost, alien.uid.identityView], [null, 65534, 65534]);
@@ -153,7 +175,13 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
       return res.text();
     };
     const series = (text: string) => text.split('\n').filter((l) => l && !l.startsWith('#'));
-    const value = (text: string, name: string) => Number(series(text).find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'))?.split(' ').pop());
+    const value = (text: string, name: string) =>
+      Number(
+        series(text)
+          .find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'))
+          ?.split(' ')
+          .pop(),
+      );
     await callAgent(agent.socket, Proto.resolve, { label: 'hpa-backups' });
     const before = await scrape();
     // Parse every line: NAME{LABELS} VALUE, and TYPE/HELP for every family.
@@ -172,7 +200,11 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     };
     const first = await garbage('a');
     const second = await garbage('b');
-    const keys = (text: string) => series(text).map((l) => l.replace(/ [^ ]+$/, '')).filter((k) => k.startsWith('usernsd_req')).sort();
+    const keys = (text: string) =>
+      series(text)
+        .map((l) => l.replace(/ [^ ]+$/, ''))
+        .filter((k) => k.startsWith('usernsd_req'))
+        .sort();
     assert.deepEqual(keys(second), keys(first), 'the request series are the same set after more garbage');
     assert.ok(!second.includes('nosuch') && !second.includes('bogus'), 'no client text in a label');
     assert.ok(value(second, 'usernsd_requests_total{method="invalid",code="E_INVALID"}') >= 100);

@@ -41,8 +41,14 @@ describe('e2e: nesting, every combination check-config accepts resolves and can 
       // What each owner was given (SPEC §12): the parent's owner its range, the child's owner the child's ids.
       if (c.parentOwned) tree.delegate(owner.name, b, 65536);
       if (c.childOwned) tree.delegate(String(childOwnerUid(c)), b, 1000);
-      tree.context(`P-${name(c)}.conf`, `[context]\nlabel = P-${name(c)}\n${c.parentOwned ? `owner = ${owner.name}\n` : ''}setgroups = ${c.parentSetgroups}\nuid_map = 0 ${b} 65536\ngid_map = 0 ${b} 65536\n`);
-      tree.context(`C-${name(c)}.conf`, `[context]\nlabel = C-${name(c)}\nparent = P-${name(c)}\n${c.childOwned ? `owner = ${childOwnerUid(c)}\n` : ''}${c.childSetgroups === 'allow' ? 'setgroups = allow\n' : ''}uid_map = 0 0 1000\ngid_map = 0 0 1000\n`);
+      tree.context(
+        `P-${name(c)}.conf`,
+        `[context]\nlabel = P-${name(c)}\n${c.parentOwned ? `owner = ${owner.name}\n` : ''}setgroups = ${c.parentSetgroups}\nuid_map = 0 ${b} 65536\ngid_map = 0 ${b} 65536\n`,
+      );
+      tree.context(
+        `C-${name(c)}.conf`,
+        `[context]\nlabel = C-${name(c)}\nparent = P-${name(c)}\n${c.childOwned ? `owner = ${childOwnerUid(c)}\n` : ''}${c.childSetgroups === 'allow' ? 'setgroups = allow\n' : ''}uid_map = 0 0 1000\ngid_map = 0 0 1000\n`,
+      );
     }
     check = (await usernsctl(['check-config', '--config', tree.config])).err;
     agent = await startAgent(tree);
@@ -55,10 +61,15 @@ describe('e2e: nesting, every combination check-config accepts resolves and can 
   });
 
   /** `usernsctl enter LABEL -- id -u` as a user, from the initial namespace. */
-  const enterAs = (label: string, uid: number, gid: number) => spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', process.execPath, USERNSCTL, '--socket', agent.socket, 'enter', label, '--', 'id', '-u'], { encoding: 'utf8' });
+  const enterAs = (label: string, uid: number, gid: number) =>
+    spawnSync(
+      'setpriv',
+      [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', process.execPath, USERNSCTL, '--socket', agent.socket, 'enter', label, '--', 'id', '-u'],
+      { encoding: 'utf8' },
+    );
 
   for (const c of combos) {
-    it(`${name(c)}: parent ${c.parentOwned ? 'owned by a user' : 'owned by root'} with setgroups ${c.parentSetgroups}, child ${c.childOwned ? 'owned by a uid the parent maps' : 'owned by the parent\'s root'} with setgroups ${c.childSetgroups}`, async () => {
+    it(`${name(c)}: parent ${c.parentOwned ? 'owned by a user' : 'owned by root'} with setgroups ${c.parentSetgroups}, child ${c.childOwned ? 'owned by a uid the parent maps' : "owned by the parent's root"} with setgroups ${c.childSetgroups}`, async () => {
       const child = `C-${name(c)}`;
       const parent = `P-${name(c)}`;
       const refusedByCheck = check.split('\n').filter((l) => l.includes(`/C-${name(c)}.conf:`));
@@ -97,8 +108,29 @@ describe('e2e: nesting, every combination check-config accepts resolves and can 
         assert.match(e.stderr, /E_PERMISSION: .*nested, so it is entered by the owner of its top-level context, or by its own owner from inside its parent/);
         const inside = String(childOwnerUid(c) - base(c));
         const parentPin = `${tree.pins}/${parent}`;
-        const viaParent = spawnSync('nsenter', [`--user=${parentPin}`, '--preserve-credentials', '-S', inside, '-G', inside, '--',
-          'nsenter', `--user=${resolved.path}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', 'id', '-u'], { encoding: 'utf8' });
+        const viaParent = spawnSync(
+          'nsenter',
+          [
+            `--user=${parentPin}`,
+            '--preserve-credentials',
+            '-S',
+            inside,
+            '-G',
+            inside,
+            '--',
+            'nsenter',
+            `--user=${resolved.path}`,
+            '--preserve-credentials',
+            '-S',
+            '0',
+            '-G',
+            '0',
+            '--',
+            'id',
+            '-u',
+          ],
+          { encoding: 'utf8' },
+        );
         assert.equal(viaParent.status, 0, viaParent.stderr);
         assert.equal(viaParent.stdout.trim(), '0');
       }

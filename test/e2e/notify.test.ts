@@ -13,9 +13,15 @@ type Note = { msg: string; socketAccepts: true | string; pinned: string[] };
 
 describe('e2e: readiness notification (root)', function () {
   let tree: Tree;
-  before(function () { if (!isRoot) this.skip(); }); // the agent pins namespaces: root
-  beforeEach(() => { tree = makeTree(); });
-  afterEach(async () => { await cleanup(tree); });
+  before(function () {
+    if (!isRoot) this.skip();
+  }); // the agent pins namespaces: root
+  beforeEach(() => {
+    tree = makeTree();
+  });
+  afterEach(async () => {
+    await cleanup(tree);
+  });
 
   it('sends READY=1 after the socket listens and eager contexts are pinned, then RELOADING/READY and STOPPING', async () => {
     tree.context('e1.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\ncreate = eager\n');
@@ -25,14 +31,19 @@ describe('e2e: readiness notification (root)', function () {
     const listener = spawn(PYTHON, [LISTENER, notifySocket, join(tree.dir, 'usernsd.sock'), tree.pins], { stdio: ['ignore', 'pipe', 'inherit'] });
     const notes: Note[] = [];
     let listening!: () => void;
-    const ready = new Promise<void>((r) => { listening = r; });
+    const ready = new Promise<void>((r) => {
+      listening = r;
+    });
     // The listener looks at the agent when a note arrives; the test waits for that look before it
     // moves the agent on, or a slow listener would see the next state (a stopped socket) instead.
     let noted = () => {};
-    const notesSeen = (n: number) => new Promise<void>((r) => {
-      noted = () => { if (notes.length >= n) r(); };
-      noted();
-    });
+    const notesSeen = (n: number) =>
+      new Promise<void>((r) => {
+        noted = () => {
+          if (notes.length >= n) r();
+        };
+        noted();
+      });
     let buf = '';
     listener.stdout.setEncoding('utf8');
     listener.stdout.on('data', (d: string) => {
@@ -41,7 +52,10 @@ describe('e2e: readiness notification (root)', function () {
         const line = JSON.parse(buf.slice(0, at)) as Note & { listening?: boolean };
         buf = buf.slice(at + 1);
         if (line.listening) listening();
-        else { notes.push(line); noted(); }
+        else {
+          notes.push(line);
+          noted();
+        }
       }
     });
     const done = new Promise((r) => listener.on('exit', r));
@@ -82,6 +96,9 @@ s.recv(4096); s.close(); os.unlink(sys.argv[1])`;
       await agent.waitForLog((l) => l.msg === 'Reloaded configuration' && agent.logs.filter((x) => x.msg === 'Reloaded configuration').length > i);
     }
     assert.equal(await agent.stop(), 0);
-    assert.deepEqual(agent.logs.filter((l) => /notify/i.test(l.msg)).map((l) => l.msg), ['The supervisor\'s notify socket is gone (it waited for readiness only): no further notifications']);
+    assert.deepEqual(
+      agent.logs.filter((l) => /notify/i.test(l.msg)).map((l) => l.msg),
+      ["The supervisor's notify socket is gone (it waited for readiness only): no further notifications"],
+    );
   });
 });

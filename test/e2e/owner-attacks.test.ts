@@ -19,7 +19,8 @@ const USERDB = join(USERDB_DIR, 'io.usernsd-attacks');
 const PY = '/usr/bin/python3';
 
 type User = ReturnType<typeof makeUser>;
-const as = (u: { uid: number; gid: number }, cmd: string[]) => spawnSync('setpriv', [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd], { encoding: 'utf8', timeout: 60_000 });
+const as = (u: { uid: number; gid: number }, cmd: string[]) =>
+  spawnSync('setpriv', [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--', ...cmd], { encoding: 'utf8', timeout: 60_000 });
 
 /**
  * Every file under `dir` a user other than root could reach on the host (no sealed directory on
@@ -32,7 +33,8 @@ function plantedPrivilege(dir: string, given: (id: number) => boolean): string[]
       const p = join(d, name);
       const st = lstatSync(p);
       if (st.isDirectory()) walk(p);
-      else if (sealingDirectory(p) === null && (((st.mode & 0o4000) && !given(st.uid)) || ((st.mode & 0o2000) && !given(st.gid)))) out.push(`${p} ${st.uid}:${st.gid} ${(st.mode & 0o7777).toString(8)}`);
+      else if (sealingDirectory(p) === null && ((st.mode & 0o4000 && !given(st.uid)) || (st.mode & 0o2000 && !given(st.gid))))
+        out.push(`${p} ${st.uid}:${st.gid} ${(st.mode & 0o7777).toString(8)}`);
     }
   };
   walk(dir);
@@ -49,7 +51,12 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
   const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
   const delegated = (id: number) => id === owner.uid || id === owner.gid || (id >= B && id < B + 65536);
   let n = 0;
-  const dst = () => { const d = join(tree.dir, `dst${++n}`); mkdirSync(d); chmodSync(d, 0o777); return d; };
+  const dst = () => {
+    const d = join(tree.dir, `dst${++n}`);
+    mkdirSync(d);
+    chmodSync(d, 0o777);
+    return d;
+  };
 
   before(async function () {
     if (!isRoot) this.skip();
@@ -76,7 +83,7 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
     restoreModes();
   });
 
-  it('1. runs nothing as root from the owner\'s mount namespace: a program bound over the agent\'s node there is never executed', async () => {
+  it("1. runs nothing as root from the owner's mount namespace: a program bound over the agent's node there is never executed", async () => {
     const marks = join(tree.dir, 'marks');
     mkdirSync(marks);
     chmodSync(marks, 0o777);
@@ -96,14 +103,15 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
     assert.doesNotMatch(r.stderr, /E_PERMISSION|E_INTERNAL|E_KERNEL|Failed to copy/, r.stderr);
     // A mark is owned by the host uid that wrote it (ids inside a namespace say nothing about that).
     const byRoot = readdirSync(marks).filter((m) => lstatSync(join(marks, m)).uid !== owner.uid);
-    assert.deepEqual(byRoot, [], 'the program bound over node ran with host ids other than the owner\'s');
+    assert.deepEqual(byRoot, [], "the program bound over node ran with host ids other than the owner's");
     assert.ok(agent.logs.every((l) => !/ran-as/.test(l.msg)));
     const still = await ctl(['resolve', 'mine']);
     assert.equal(still.code, 0, still.err);
   });
 
-  it('2. plants no setuid file as an id it was not given where a host user can reach it: an open tree\'s view is read-only, a sealed tree stays sealed', async () => {
-    const plant = (d: string) => `cp /bin/true ${d}/x 2>/dev/null && chmod 4755 ${d}/x && echo planted; chown 0:0 ${d}/hpa 2>/dev/null && chmod 6755 ${d}/hpa 2>/dev/null && echo chowned; true`;
+  it("2. plants no setuid file as an id it was not given where a host user can reach it: an open tree's view is read-only, a sealed tree stays sealed", async () => {
+    const plant = (d: string) =>
+      `cp /bin/true ${d}/x 2>/dev/null && chmod 4755 ${d}/x && echo planted; chown 0:0 ${d}/hpa 2>/dev/null && chmod 6755 ${d}/hpa 2>/dev/null && echo chowned; true`;
     const open = join(tree.dir, 'open');
     const d1 = dst();
     const r1 = await ctl(['enter', 'mine', '--view', `${open}:${d1}`, '--', 'sh', '-c', plant(d1)], { user: owner });
@@ -115,7 +123,7 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
     const d2 = dst();
     const r2 = await ctl(['enter', 'mine', '--view', `${sealed}:${d2}`, '--', 'sh', '-c', `${plant(d2)}; ${d2}/x && echo ran-nosuid`], { user: owner });
     assert.equal(r2.code, 0, r2.err);
-    assert.match(r2.out, /planted/, 'a sealed tree is the owner\'s to edit as its context\'s root');
+    assert.match(r2.out, /planted/, "a sealed tree is the owner's to edit as its context's root");
     assert.ok(existsSync(join(sealed, 'x')), 'on disk, as on-disk root');
     assert.equal(lstatSync(join(sealed, 'x')).uid, 0);
     // From the host, as any user but root, the planted file cannot even be named.
@@ -123,7 +131,7 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
     assert.deepEqual(plantedPrivilege(sealed, delegated), [], 'every setuid file of another id is behind the sealed directory');
   });
 
-  it('3. maps no host id that belongs to someone else: a static map covering another user is refused by check-config and the agent, and the other user\'s files stay closed', async () => {
+  it("3. maps no host id that belongs to someone else: a static map covering another user is refused by check-config and the agent, and the other user's files stay closed", async () => {
     const secret = join(tree.dir, 'bob-secret');
     writeFileSync(secret, 'bob only\n', { mode: 0o600 });
     spawnSync('chown', [`${bob.uid}:${bob.gid}`, secret]);
@@ -131,7 +139,12 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
     try {
       const check = await usernsctl(['check-config', '--config', tree.config]);
       assert.equal(check.code, 1);
-      assert.match(check.err, new RegExp(`grab\\.conf: \\[context\\] uid_map: maps host uids ${bob.uid}, which were not delegated to ${owner.name} \\(${bob.uid} is ${bob.name}'s\\)`));
+      assert.match(
+        check.err,
+        new RegExp(
+          `grab\\.conf: \\[context\\] uid_map: maps host uids ${bob.uid}, which were not delegated to ${owner.name} \\(${bob.uid} is ${bob.name}'s\\)`,
+        ),
+      );
       const reload = await ctl(['reload']);
       assert.equal(reload.code, 1, 'the reload reports the refused file');
       assert.match((await ctl(['metrics'])).out, /^usernsd_reloads_total\{outcome="partial"\} [1-9]/m, 'and the metrics say so: not "ok"');
@@ -158,10 +171,14 @@ for i in range(int(sys.argv[2])):
     s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); socks.append(s)
 print("held", flush=True)
 sys.stdin.read()`;
-    const holder = spawn('setpriv', [`--reuid=${owner.uid}`, `--regid=${owner.gid}`, '--clear-groups', '--', PY, '-c', hold, agent.socket, '256'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const holder = spawn('setpriv', [`--reuid=${owner.uid}`, `--regid=${owner.gid}`, '--clear-groups', '--', PY, '-c', hold, agent.socket, '256'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     try {
       await new Promise<void>((resolve, reject) => {
-        holder.stdout.setEncoding('utf8').on('data', (d: string) => { if (d.toString().includes('held')) resolve(); });
+        holder.stdout.setEncoding('utf8').on('data', (d: string) => {
+          if (d.toString().includes('held')) resolve();
+        });
         holder.once('exit', (code) => reject(new Error(`the holder exited ${code}`)));
       });
       // ...then asks again as one of its context's host ids, which it can become (enter, setpriv).
@@ -177,9 +194,13 @@ except socket.timeout:
         await new Promise((r) => setTimeout(r, 200));
         inside = as({ uid: B + 5, gid: B + 5 }, [PY, '-c', probe, agent.socket]);
       }
-      assert.match(inside.stdout, new RegExp(`E_BUSY.*uid ${B + 5} \\(counted as uid ${owner.uid}: the owner of the context that maps it\\) holds 256 connections already`), inside.stdout + inside.stderr);
+      assert.match(
+        inside.stdout,
+        new RegExp(`E_BUSY.*uid ${B + 5} \\(counted as uid ${owner.uid}: the owner of the context that maps it\\) holds 256 connections already`),
+        inside.stdout + inside.stderr,
+      );
       const other = as({ uid: bob.uid, gid: bob.gid }, [PY, '-c', probe, agent.socket]);
-      assert.match(other.stdout, /served/, 'another person is not held to the owner\'s limit');
+      assert.match(other.stdout, /served/, "another person is not held to the owner's limit");
       const root = await ctl(['resolve', 'mine']);
       assert.equal(root.code, 0, root.err);
     } finally {
@@ -240,7 +261,11 @@ time.sleep(2)`;
     const viaAcl = await ctl(['explain', join(denied, 'inner', 'f')], { user: owner });
     const missing = await ctl(['explain', join(denied, 'inner', 'nope')], { user: owner });
     assert.equal(viaAcl.code, 1);
-    assert.equal(viaAcl.err.replace(/\/f$/, ''), missing.err.replace(/\/nope$/, '').replace('nope', 'f'), 'an existing file behind a denying ACL answers as a missing one');
+    assert.equal(
+      viaAcl.err.replace(/\/f$/, ''),
+      missing.err.replace(/\/nope$/, '').replace('nope', 'f'),
+      'an existing file behind a denying ACL answers as a missing one',
+    );
     assert.match(viaAcl.err, /E_PERMISSION: uid \d+ cannot reach .* \(or it does not exist\)/);
   });
 });

@@ -82,19 +82,22 @@ type Op = keyof typeof OPS;
 type Command = fc.AsyncCommand<Model, Real>;
 const command = (name: string, run: (m: Model, r: Real) => Promise<void>): Command => ({ check: () => true, run, toString: () => name });
 
-const ownerSession = (where: 'open' | 'sealed', nested: boolean, ops: Op[]) => command(`enter ${nested ? 'kid' : 'mine'} --view ${where}: ${ops.join(', ')}`, async (m, r) => {
-  const dst = join(r.tree.dir, `dst${++r.n}`);
-  mkdirSync(dst);
-  chmodSync(dst, 0o777);
-  const src = where === 'open' ? r.open : r.sealed;
-  const script = ops.map((op, k) => `(${OPS[op](dst, r.n * 100 + k)}) 2>/dev/null; true`).join('; ');
-  const res = await usernsctl(['--socket', r.agent.socket, 'enter', nested ? 'kid' : 'mine', '--view', `${src}:${dst}`, '--', 'sh', '-c', script], { user: r.owner });
-  // A nested context's tree is its parent's: the label says mine, so kid is refused (E_PERMISSION);
-  // anything else must work or fail with a clear error, never crash the agent.
-  assert.ok(res.code === 0 || /E_PERMISSION|E_UNSUPPORTED|E_INVALID/.test(res.err), res.err);
-  m.steps++;
-  check(r);
-});
+const ownerSession = (where: 'open' | 'sealed', nested: boolean, ops: Op[]) =>
+  command(`enter ${nested ? 'kid' : 'mine'} --view ${where}: ${ops.join(', ')}`, async (m, r) => {
+    const dst = join(r.tree.dir, `dst${++r.n}`);
+    mkdirSync(dst);
+    chmodSync(dst, 0o777);
+    const src = where === 'open' ? r.open : r.sealed;
+    const script = ops.map((op, k) => `(${OPS[op](dst, r.n * 100 + k)}) 2>/dev/null; true`).join('; ');
+    const res = await usernsctl(['--socket', r.agent.socket, 'enter', nested ? 'kid' : 'mine', '--view', `${src}:${dst}`, '--', 'sh', '-c', script], {
+      user: r.owner,
+    });
+    // A nested context's tree is its parent's: the label says mine, so kid is refused (E_PERMISSION);
+    // anything else must work or fail with a clear error, never crash the agent.
+    assert.ok(res.code === 0 || /E_PERMISSION|E_UNSUPPORTED|E_INVALID/.test(res.err), res.err);
+    m.steps++;
+    check(r);
+  });
 
 const reload = command('reload', async (m, r) => {
   await callAgent(r.agent.socket, P.reload, {});
@@ -108,12 +111,15 @@ const restart = command('restart', async (m, r) => {
 });
 
 const opsArb = fc.array(fc.constantFrom(...(Object.keys(OPS) as Op[])), { minLength: 1, maxLength: 6 });
-const commandsArb = fc.commands([
-  fc.tuple(fc.constantFrom<'open' | 'sealed'>('open', 'sealed'), fc.boolean(), opsArb).map(([w, nested, ops]) => ownerSession(w, nested, ops)),
-  fc.tuple(fc.constantFrom<'open' | 'sealed'>('open', 'sealed'), opsArb).map(([w, ops]) => ownerSession(w, false, ops)),
-  fc.constant(reload),
-  fc.constant(restart),
-], { maxCommands: 6 });
+const commandsArb = fc.commands(
+  [
+    fc.tuple(fc.constantFrom<'open' | 'sealed'>('open', 'sealed'), fc.boolean(), opsArb).map(([w, nested, ops]) => ownerSession(w, nested, ops)),
+    fc.tuple(fc.constantFrom<'open' | 'sealed'>('open', 'sealed'), opsArb).map(([w, ops]) => ownerSession(w, false, ops)),
+    fc.constant(reload),
+    fc.constant(restart),
+  ],
+  { maxCommands: 6 },
+);
 
 describe('e2e: an owner attacking through its views over time, model-based, checked from the host (root)', function () {
   this.timeout(600_000);
@@ -129,29 +135,30 @@ describe('e2e: an owner attacking through its views over time, model-based, chec
     restoreModes();
   });
 
-  const property = () => fc.asyncProperty(commandsArb, async (cmds) => {
-    const tree = makeTree();
-    const open = join(tree.dir, 'open');
-    const sealed = join(tree.dir, 'sealed', 'backup');
-    populateBackup(open);
-    mkdirSync(join(tree.dir, 'sealed'), { mode: 0o700 });
-    chmodSync(join(tree.dir, 'sealed'), 0o700);
-    populateBackup(sealed);
-    tree.delegate(owner!.name, B, 65536);
-    tree.context('mine.conf', `[context]\nowner = ${owner!.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n`);
-    tree.context('kid.conf', '[context]\nparent = mine\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n');
-    for (const t of [open, sealed]) spawnSync('setfattr', ['-n', 'trusted.userns', '-v', 'mine', t]);
-    const real: Real = { tree, owner: owner!, open, sealed, agent: undefined as unknown as RunningAgent, before: new Map(), n: 0 };
-    try {
-      real.agent = await startAgent(tree, ['--log-level', 'info']);
-      real.before = trees(real);
-      await fc.asyncModelRun(() => ({ model: { steps: 0 }, real }), cmds);
-    } finally {
-      await cleanup(undefined);
-      unmountAll(tree.dir);
-      tree.remove();
-    }
-  });
+  const property = () =>
+    fc.asyncProperty(commandsArb, async (cmds) => {
+      const tree = makeTree();
+      const open = join(tree.dir, 'open');
+      const sealed = join(tree.dir, 'sealed', 'backup');
+      populateBackup(open);
+      mkdirSync(join(tree.dir, 'sealed'), { mode: 0o700 });
+      chmodSync(join(tree.dir, 'sealed'), 0o700);
+      populateBackup(sealed);
+      tree.delegate(owner!.name, B, 65536);
+      tree.context('mine.conf', `[context]\nowner = ${owner!.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n`);
+      tree.context('kid.conf', '[context]\nparent = mine\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n');
+      for (const t of [open, sealed]) spawnSync('setfattr', ['-n', 'trusted.userns', '-v', 'mine', t]);
+      const real: Real = { tree, owner: owner!, open, sealed, agent: undefined as unknown as RunningAgent, before: new Map(), n: 0 };
+      try {
+        real.agent = await startAgent(tree, ['--log-level', 'info']);
+        real.before = trees(real);
+        await fc.asyncModelRun(() => ({ model: { steps: 0 }, real }), cmds);
+      } finally {
+        await cleanup(undefined);
+        unmountAll(tree.dir);
+        tree.remove();
+      }
+    });
 
   modelTests({ file: import.meta.url, title: 'no reachable file carries an id the owner was not given', runs: 6, seed: 20261205 }, property);
 });

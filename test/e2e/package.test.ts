@@ -28,7 +28,11 @@ describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-n
     mkdirSync(out, { recursive: true });
     // Two builds of this tree that differ in version: the "older" and the "newer" package.
     for (const v of [OLD, NEW]) {
-      const r = spawnSync('make', ['-s', '-o', 'dist/agent/main.js', 'deb'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, DEB_VERSION: v, DEB_OUTDIR: out, DEB_COMPRESS: 'gzip' } });
+      const r = spawnSync('make', ['-s', '-o', 'dist/agent/main.js', 'deb'], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        env: { ...process.env, DEB_VERSION: v, DEB_OUTDIR: out, DEB_COMPRESS: 'gzip' },
+      });
       assert.equal(r.status, 0, `make deb: ${r.stderr}${r.stdout}`);
     }
     c = await bootContainer(ROOT);
@@ -42,7 +46,7 @@ describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-n
 
   const src = (v: string) => `/src/${out.slice(ROOT.length + 1)}/${deb(v)}`;
   const status = () => JSON.parse(c!.sh('usernsctl status --json')) as { version: string; contextStates: { label: string; state: string }[] };
-  const pinIno = () => (JSON.parse(c!.sh('usernsctl --json resolve backups')) as { ino: number; created: boolean });
+  const pinIno = () => JSON.parse(c!.sh('usernsctl --json resolve backups')) as { ino: number; created: boolean };
   const mainPid = () => c!.sh('systemctl show -P MainPID usernsd').trim();
 
   it('passes lintian with no errors', function () {
@@ -64,10 +68,11 @@ describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-n
     assert.equal(c!.sh('systemctl is-enabled usernsd').trim(), 'enabled');
     assert.equal(c!.sh('systemctl is-active usernsd').trim(), 'active');
     assert.equal(status().version, OLD);
-    const conffiles = c!.sh('dpkg-query -W -f=\'${Conffiles}\' usernsd');
-    for (const f of ['/etc/usernsd.conf', '/etc/request-key.d/usernsd.conf', '/etc/init.d/usernsd']) assert.match(conffiles, new RegExp(` ${f} [0-9a-f]{32}`), f);
+    const conffiles = c!.sh("dpkg-query -W -f='${Conffiles}' usernsd");
+    for (const f of ['/etc/usernsd.conf', '/etc/request-key.d/usernsd.conf', '/etc/init.d/usernsd'])
+      assert.match(conffiles, new RegExp(` ${f} [0-9a-f]{32}`), f);
     assert.match(c!.sh('cat /etc/request-key.d/usernsd.conf'), /^create\s+user\s+userns:\*\s+\*\s+\/usr\/lib\/usernsd\/dist\/usernsd-upcall -t 600 %k %d$/m);
-    assert.match(c!.sh('head -c 4 /usr/sbin/mount.usernsd | od -c | head -1'), /177\s+E\s+L\s+F/, 'mount(8)\'s helper is the C program');
+    assert.match(c!.sh('head -c 4 /usr/sbin/mount.usernsd | od -c | head -1'), /177\s+E\s+L\s+F/, "mount(8)'s helper is the C program");
     assert.match(c!.sh('man -w usernsd'), /\/usr\/share\/man\/man8\/usernsd\.8\.gz/);
   });
 
@@ -75,7 +80,9 @@ describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-n
     // The admin's own context (from the shipped example) and a backup tree on a tmpfs labelled with it.
     c!.sh('cp /etc/userns.d/backups.conf.example /etc/userns.d/backups.conf && systemctl reload usernsd');
     const pin = pinIno();
-    c!.sh('mkdir -p /srv/backup /mnt/view && mount -t tmpfs backup /srv/backup && touch /srv/backup/h && chown 1000:1000 /srv/backup/h && usernsctl label set /srv/backup backups');
+    c!.sh(
+      'mkdir -p /srv/backup /mnt/view && mount -t tmpfs backup /srv/backup && touch /srv/backup/h && chown 1000:1000 /srv/backup/h && usernsctl label set /srv/backup backups',
+    );
     c!.sh('mount -t usernsd -o context=backups,mode=foreign /srv/backup /mnt/view');
     const seen = () => c!.sh('stat -c %u:%g /mnt/view/h').trim();
     assert.equal(seen(), '2001000:2001000');
@@ -90,7 +97,12 @@ describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-n
     assert.match(c!.sh('usernsctl view --list'), /\/srv\/backup\s+\/mnt\/view\s+backups\s+foreign\s+idmapped/);
     assert.equal(seen(), '2001000:2001000', 'the view stays mounted');
     assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');
-    assert.deepEqual(status().contextStates.filter((s) => s.label === 'backups').map((s) => s.state), ['pinned']);
+    assert.deepEqual(
+      status()
+        .contextStates.filter((s) => s.label === 'backups')
+        .map((s) => s.state),
+      ['pinned'],
+    );
     assert.match(c!.sh('journalctl -u usernsd -o cat --no-pager | grep "Adopted existing pins" | tail -1'), /"pins":1\b/);
   });
 
@@ -104,21 +116,29 @@ describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-n
     assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');
   });
 
-  it('keeps the admin\'s configuration, state and pins on remove, and on purge takes only what it brought', () => {
+  it("keeps the admin's configuration, state and pins on remove, and on purge takes only what it brought", () => {
     c!.sh('echo "# the admin was here" >> /etc/usernsd.conf');
     const rm = c!.try('apt-get remove -y -q usernsd');
     assert.equal(rm.status, 0, rm.out);
     assert.notEqual(c!.try('systemctl is-active usernsd').out.trim(), 'active', 'the agent is stopped');
-    for (const gone of ['/usr/sbin/usernsd', '/usr/bin/usernsctl', '/usr/sbin/mount.usernsd', '/usr/lib/usernsd']) assert.notEqual(c!.try(`test -e ${gone}`).status, 0, `${gone} removed`);
+    for (const gone of ['/usr/sbin/usernsd', '/usr/bin/usernsctl', '/usr/sbin/mount.usernsd', '/usr/lib/usernsd'])
+      assert.notEqual(c!.try(`test -e ${gone}`).status, 0, `${gone} removed`);
     assert.match(c!.sh('cat /etc/usernsd.conf'), /# the admin was here/);
     assert.equal(c!.try('test -s /var/lib/usernsd/contexts.json').status, 0, 'the state stays for a reinstall');
-    assert.match(c!.mountinfo(), / \/run\/userns\/backups \S+ .* - nsfs /, 'the pin stays: it is the admin\'s to release');
-    assert.match(c!.sh('dpkg-query -W -f=\'${db:Status-Abbrev}\' usernsd'), /^rc/);
+    assert.match(c!.mountinfo(), / \/run\/userns\/backups \S+ .* - nsfs /, "the pin stays: it is the admin's to release");
+    assert.match(c!.sh("dpkg-query -W -f='${db:Status-Abbrev}' usernsd"), /^rc/);
 
     const purge = c!.try('apt-get purge -y -q usernsd');
     assert.equal(purge.status, 0, purge.out);
-    for (const gone of ['/etc/usernsd.conf', '/etc/request-key.d/usernsd.conf', '/etc/init.d/usernsd', '/var/lib/usernsd', '/etc/userns.d/backups.conf.example']) assert.notEqual(c!.try(`test -e ${gone}`).status, 0, `${gone} purged`);
-    assert.equal(c!.try('test -f /etc/userns.d/backups.conf').status, 0, 'the admin\'s own context file is not the package\'s to take');
+    for (const gone of [
+      '/etc/usernsd.conf',
+      '/etc/request-key.d/usernsd.conf',
+      '/etc/init.d/usernsd',
+      '/var/lib/usernsd',
+      '/etc/userns.d/backups.conf.example',
+    ])
+      assert.notEqual(c!.try(`test -e ${gone}`).status, 0, `${gone} purged`);
+    assert.equal(c!.try('test -f /etc/userns.d/backups.conf').status, 0, "the admin's own context file is not the package's to take");
     assert.notEqual(c!.try('dpkg-query -W usernsd').status, 0);
     c!.sh('umount /mnt/view /srv/backup; umount /run/userns/backups');
   });

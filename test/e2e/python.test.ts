@@ -13,9 +13,15 @@ const SCRIPT = new URL('./resolve_client.py', import.meta.url).pathname;
 describe('e2e: a Python client with no Node code (root)', function () {
   let tree: Tree;
   let agent: RunningAgent;
-  before(function () { if (!isRoot) this.skip(); }); // the agent pins namespaces: root
-  beforeEach(() => { tree = makeTree(); });
-  afterEach(async () => { await cleanup(tree); });
+  before(function () {
+    if (!isRoot) this.skip();
+  }); // the agent pins namespaces: root
+  beforeEach(() => {
+    tree = makeTree();
+  });
+  afterEach(async () => {
+    await cleanup(tree);
+  });
 
   it('resolves a label, then gets a coded error for an unknown one', async () => {
     tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
@@ -25,7 +31,7 @@ describe('e2e: a Python client with no Node code (root)', function () {
     assert.equal(first.status, 0, first.stderr);
     const [path, ino, how] = first.stdout.trim().split(' ');
     assert.equal(path, `${tree.pins}/a`);
-    assert.equal(Number(ino), statSync(path).ino, 'the inode the Python client was told is the pin\'s');
+    assert.equal(Number(ino), statSync(path).ino, "the inode the Python client was told is the pin's");
     assert.equal(how, 'created');
     assert.equal(py('a').stdout.trim().split(' ')[2], 'existing');
     const missing = py('zz');

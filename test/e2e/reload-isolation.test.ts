@@ -13,7 +13,11 @@ import { isRoot } from '../helpers/kernel.ts';
 
 /** ioctl_ns(2) NS_GET_PARENT through Python's standard library: the kernel's answer, not the agent's. */
 function parentIno(pin: string): number {
-  return Number(execFileSync('python3', ['-c', 'import os,fcntl,sys\nfd=os.open(sys.argv[1],os.O_RDONLY)\nprint(os.fstat(fcntl.ioctl(fd,0xb702)).st_ino)', pin], { encoding: 'utf8' }).trim());
+  return Number(
+    execFileSync('python3', ['-c', 'import os,fcntl,sys\nfd=os.open(sys.argv[1],os.O_RDONLY)\nprint(os.fstat(fcntl.ioctl(fd,0xb702)).st_ino)', pin], {
+      encoding: 'utf8',
+    }).trim(),
+  );
 }
 
 describe('e2e: isolation across reloads and restarts, and releases of parents (root)', function () {
@@ -25,7 +29,9 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     if (!isRoot) this.skip();
     tree = makeTree();
   });
-  afterEach(async () => { await cleanup(tree); });
+  afterEach(async () => {
+    await cleanup(tree);
+  });
 
   const proj = '[context]\nuid_map = 0 4000000 65536\ngid_map = 0 4000000 65536\n';
   const overlap = '[context]\nuid_map = 0 4000100 10\ngid_map = 0 4000100 10\n';
@@ -43,7 +49,18 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     await assert.rejects(callAgent(agent.socket, P.map, { from: 'aa-overlap', to: 'proj', uids: [5] }), (e: UsernsError) => e.code === 'E_CONFIG');
     const check = await usernsctl(['check-config', '--config', tree.config]);
     assert.equal(check.code, 1);
-    assert.deepEqual([...new Set(check.err.trim().split('\n').map((l) => l.split(': ')[0]))], [`${tree.contexts}/aa-overlap.conf`], 'check-config blames the file the agent blames');
+    assert.deepEqual(
+      [
+        ...new Set(
+          check.err
+            .trim()
+            .split('\n')
+            .map((l) => l.split(': ')[0]),
+        ),
+      ],
+      [`${tree.contexts}/aa-overlap.conf`],
+      'check-config blames the file the agent blames',
+    );
     assert.equal(await agent.stop(), 0);
     agent = await startAgent(tree);
     const after = await callAgent(agent.socket, P.resolve, { label: 'proj' });
@@ -89,7 +106,10 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     assert.equal(state('kid')?.state, 'drift', JSON.stringify(status.contextStates));
     assert.match(status.pins!.find((p) => p.label === 'kid')?.message ?? '', /not nested in its parent's pin: its parent "proj" is not pinned/);
     await callAgent(agent.socket, P.resolve, { label: 'proj' });
-    await assert.rejects(callAgent(agent.socket, P.resolve, { label: 'kid' }), (e: UsernsError) => e.code === 'E_CONFIG' && /pin .* is not nested in its parent's pin \(drift\)/.test(e.message));
+    await assert.rejects(
+      callAgent(agent.socket, P.resolve, { label: 'kid' }),
+      (e: UsernsError) => e.code === 'E_CONFIG' && /pin .* is not nested in its parent's pin \(drift\)/.test(e.message),
+    );
     status = await callAgent(agent.socket, P.status, {});
     assert.equal(state('kid')?.state, 'drift');
     await callAgent(agent.socket, P.release, { label: 'kid' });

@@ -15,12 +15,17 @@ import { isRoot, makeUser, mountsUnder } from '../helpers/kernel.ts';
 describe('e2e: security (root)', function () {
   let tree: Tree;
   let agent: RunningAgent | undefined;
-  before(function () { if (!isRoot) this.skip(); }); // throwaway users, root-owned configuration: root
+  before(function () {
+    if (!isRoot) this.skip();
+  }); // throwaway users, root-owned configuration: root
   beforeEach(() => {
     tree = makeTree();
     tree.context('secret.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
   });
-  afterEach(async () => { await cleanup(tree); agent = undefined; });
+  afterEach(async () => {
+    await cleanup(tree);
+    agent = undefined;
+  });
 
   it('an unprivileged user can do nothing with a context it has no right to, and learns nothing about it', async () => {
     const user = makeUser();
@@ -32,8 +37,12 @@ describe('e2e: security (root)', function () {
       const pinsBefore = existsSync(tree.pins) ? readdirSync(tree.pins) : [];
       const answers = new Map<string, string>();
       for (const [name, args] of [
-        ['resolve', ['resolve', 'secret']], ['map', ['map', '--from', 'secret', '--to', 'host', '--uid', '0']], ['map to', ['map', '--from', 'host', '--to', 'secret', '--uid', '0']],
-        ['enter', ['enter', 'secret', '--', 'true']], ['reload', ['reload']], ['release', ['release', 'secret']],
+        ['resolve', ['resolve', 'secret']],
+        ['map', ['map', '--from', 'secret', '--to', 'host', '--uid', '0']],
+        ['map to', ['map', '--from', 'host', '--to', 'secret', '--uid', '0']],
+        ['enter', ['enter', 'secret', '--', 'true']],
+        ['reload', ['reload']],
+        ['release', ['release', 'secret']],
       ] as const) {
         const r = await ctl(...args);
         assert.equal(r.code, 1, `${name}: ${r.out}`);
@@ -80,7 +89,7 @@ describe('e2e: security (root)', function () {
     const r = spawnSync(process.execPath, [USERNSD, '--config', tree.config], { encoding: 'utf8', timeout: 15000 });
     assert.equal(r.status, 1);
     assert.match(r.stderr, /usernsd\.sock exists and is not a socket: remove it/);
-    assert.equal(existsSync(target), true, 'the symlink\'s target is untouched');
+    assert.equal(existsSync(target), true, "the symlink's target is untouched");
     rmSync(join(tree.dir, 'usernsd.sock'));
 
     // Pin path: a symlink to a live namespace must not pass for a pin.
@@ -99,7 +108,10 @@ describe('e2e: security (root)', function () {
     symlinkSync('/etc/passwd', join(tree.state, 'ranges.json'));
     agent = await startAgent(tree);
     const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
-    assert.ok(st.errors!.some((e) => /auto\.conf: \[context\] range: cannot read .*ranges\.json: ELOOP/.test(e)), st.errors!.join('\n'));
+    assert.ok(
+      st.errors!.some((e) => /auto\.conf: \[context\] range: cannot read .*ranges\.json: ELOOP/.test(e)),
+      st.errors!.join('\n'),
+    );
   });
 
   it('ignores a context file others may write, and one that gives a user host root, with the reason in status', async () => {
@@ -110,8 +122,14 @@ describe('e2e: security (root)', function () {
       tree.context('rooty.conf', `[context]\nowner = ${user.name}\nuid_map = 0 0 1\ngid_map = 0 0 1\n`);
       agent = await startAgent(tree);
       const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
-      assert.ok(st.errors!.some((e) => e.startsWith(`${join(tree.contexts, 'open.conf')}:`) && /writable by group or others/.test(e)), st.errors!.join('\n'));
-      assert.ok(st.errors!.some((e) => e.startsWith(`${join(tree.contexts, 'rooty.conf')}:`) && /host uid 0 \(root\)/.test(e)), st.errors!.join('\n'));
+      assert.ok(
+        st.errors!.some((e) => e.startsWith(`${join(tree.contexts, 'open.conf')}:`) && /writable by group or others/.test(e)),
+        st.errors!.join('\n'),
+      );
+      assert.ok(
+        st.errors!.some((e) => e.startsWith(`${join(tree.contexts, 'rooty.conf')}:`) && /host uid 0 \(root\)/.test(e)),
+        st.errors!.join('\n'),
+      );
       for (const label of ['open', 'rooty']) {
         const r = await usernsctl(['--socket', agent.socket, 'resolve', label]);
         assert.equal(r.code, 1);

@@ -30,8 +30,12 @@ async function settled(a: RunningAgent): Promise<void> {
 
 async function checkInvariants(m: Model, r: Real): Promise<void> {
   for (const a of r.agents) await settled(a);
-  const doc = JSON.parse(r.cluster.ctl(['get', `${r.prefix}pool`, '--print-value-only']).out || '{"ranges":{}}') as { ranges: Record<string, { start: number; size: number }> };
-  const spans = Object.entries(doc.ranges).map(([l, x]) => ({ l, s: x.start, e: x.start + x.size })).sort((x, y) => x.s - y.s);
+  const doc = JSON.parse(r.cluster.ctl(['get', `${r.prefix}pool`, '--print-value-only']).out || '{"ranges":{}}') as {
+    ranges: Record<string, { start: number; size: number }>;
+  };
+  const spans = Object.entries(doc.ranges)
+    .map(([l, x]) => ({ l, s: x.start, e: x.start + x.size }))
+    .sort((x, y) => x.s - y.s);
   for (let k = 1; k < spans.length; k++) assert.ok(spans[k - 1].e <= spans[k].s, `${spans[k - 1].l} overlaps ${spans[k].l}`);
   const lists = await Promise.all(r.agents.map((a) => callAgent(a.socket, P.list, {})));
   lists.forEach((list, h) => {
@@ -48,43 +52,70 @@ async function checkInvariants(m: Model, r: Real): Promise<void> {
 }
 
 type Command = fc.AsyncCommand<Model, Real>;
-const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({ check, run, toString: () => name });
-
-const write = (h: 0 | 1, label: string) => command(`host${h}: write ${label}.conf (auto) + reload`, (m) => !m.files[h].has(label), async (m, r) => {
-  r.trees[h].context(`${label}.conf`, '[context]\nrange = auto\n');
-  await callAgent(r.agents[h].socket, P.reload, {});
-  m.files[h].add(label);
-  await checkInvariants(m, r);
+const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({
+  check,
+  run,
+  toString: () => name,
 });
 
-const remove = (h: 0 | 1, label: string) => command(`host${h}: remove ${label}.conf + reload`, (m) => m.files[h].has(label), async (m, r) => {
-  rmSync(join(r.trees[h].contexts, `${label}.conf`));
-  await callAgent(r.agents[h].socket, P.reload, {});
-  m.files[h].delete(label);
-  await checkInvariants(m, r);
-});
+const write = (h: 0 | 1, label: string) =>
+  command(
+    `host${h}: write ${label}.conf (auto) + reload`,
+    (m) => !m.files[h].has(label),
+    async (m, r) => {
+      r.trees[h].context(`${label}.conf`, '[context]\nrange = auto\n');
+      await callAgent(r.agents[h].socket, P.reload, {});
+      m.files[h].add(label);
+      await checkInvariants(m, r);
+    },
+  );
 
-const restart = (h: 0 | 1) => command(`host${h}: restart`, () => true, async (m, r) => {
-  assert.equal(await r.agents[h].stop(), 0);
-  r.agents[h] = await startAgent(r.trees[h], ['--log-level', 'info']);
-  await checkInvariants(m, r);
-});
+const remove = (h: 0 | 1, label: string) =>
+  command(
+    `host${h}: remove ${label}.conf + reload`,
+    (m) => m.files[h].has(label),
+    async (m, r) => {
+      rmSync(join(r.trees[h].contexts, `${label}.conf`));
+      await callAgent(r.agents[h].socket, P.reload, {});
+      m.files[h].delete(label);
+      await checkInvariants(m, r);
+    },
+  );
 
-const bounce = (i: number) => command(`etcd member ${i}: killed and started again`, () => true, async (m, r) => {
-  await r.cluster.kill(i);
-  await r.cluster.start(i);
-  await checkInvariants(m, r);
-});
+const restart = (h: 0 | 1) =>
+  command(
+    `host${h}: restart`,
+    () => true,
+    async (m, r) => {
+      assert.equal(await r.agents[h].stop(), 0);
+      r.agents[h] = await startAgent(r.trees[h], ['--log-level', 'info']);
+      await checkInvariants(m, r);
+    },
+  );
+
+const bounce = (i: number) =>
+  command(
+    `etcd member ${i}: killed and started again`,
+    () => true,
+    async (m, r) => {
+      await r.cluster.kill(i);
+      await r.cluster.start(i);
+      await checkInvariants(m, r);
+    },
+  );
 
 const host = fc.constantFrom<0 | 1>(0, 1);
 const label = fc.constantFrom(...LABELS);
-const commandsArb = fc.commands([
-  fc.tuple(host, label).map(([h, l]) => write(h, l)),
-  fc.tuple(host, label).map(([h, l]) => write(h, l)),
-  fc.tuple(host, label).map(([h, l]) => remove(h, l)),
-  host.map(restart),
-  fc.nat(2).map(bounce),
-], { maxCommands: 8 });
+const commandsArb = fc.commands(
+  [
+    fc.tuple(host, label).map(([h, l]) => write(h, l)),
+    fc.tuple(host, label).map(([h, l]) => write(h, l)),
+    fc.tuple(host, label).map(([h, l]) => remove(h, l)),
+    host.map(restart),
+    fc.nat(2).map(bounce),
+  ],
+  { maxCommands: 8 },
+);
 
 describe('e2e: shared ranges over time, model-based, two agents on one etcd cluster (root)', function () {
   this.timeout(600_000);
@@ -94,19 +125,28 @@ describe('e2e: shared ranges over time, model-based, two agents on one etcd clus
     if (!isRoot || !hasEtcd) this.skip();
     cluster = await startCluster(3);
   });
-  after(async () => { await cluster?.stop(); });
-
-  const property = () => fc.asyncProperty(commandsArb, async (cmds) => {
-    const prefix = `/usernsd-model-${process.pid}-${++run}/`;
-    const trees = [0, 1].map((h) => makeTree(`[pool]\ncoordinator = etcd\nrange = 100000000-110000000\n[etcd]\nendpoints = ${cluster.endpoints.join(', ')}\nprefix = ${prefix}\nname = host${h}\ntimeout = 1500\n`)) as [Tree, Tree];
-    try {
-      const agents = await Promise.all(trees.map((t) => startAgent(t, ['--log-level', 'info']))) as [RunningAgent, RunningAgent];
-      await fc.asyncModelRun(() => ({ model: { files: [new Set<string>(), new Set<string>()] as [Set<string>, Set<string>] }, real: { trees, agents, cluster, prefix } }), cmds);
-    } finally {
-      for (const t of trees) await cleanup(t);
-    }
+  after(async () => {
+    await cluster?.stop();
   });
+
+  const property = () =>
+    fc.asyncProperty(commandsArb, async (cmds) => {
+      const prefix = `/usernsd-model-${process.pid}-${++run}/`;
+      const trees = [0, 1].map((h) =>
+        makeTree(
+          `[pool]\ncoordinator = etcd\nrange = 100000000-110000000\n[etcd]\nendpoints = ${cluster.endpoints.join(', ')}\nprefix = ${prefix}\nname = host${h}\ntimeout = 1500\n`,
+        ),
+      ) as [Tree, Tree];
+      try {
+        const agents = (await Promise.all(trees.map((t) => startAgent(t, ['--log-level', 'info'])))) as [RunningAgent, RunningAgent];
+        await fc.asyncModelRun(
+          () => ({ model: { files: [new Set<string>(), new Set<string>()] as [Set<string>, Set<string>] }, real: { trees, agents, cluster, prefix } }),
+          cmds,
+        );
+      } finally {
+        for (const t of trees) await cleanup(t);
+      }
+    });
 
   modelTests({ file: import.meta.url, title: 'both hosts agree on every label', runs: 4, seed: 20261129 }, property);
 });
-

@@ -35,8 +35,12 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     }
     cluster = await startCluster(3);
   });
-  after(async () => { await cluster?.stop(); });
-  beforeEach(() => { prefix = `/usernsd-test-${process.pid}-${++test}/`; });
+  after(async () => {
+    await cluster?.stop();
+  });
+  beforeEach(() => {
+    prefix = `/usernsd-test-${process.pid}-${++test}/`;
+  });
   afterEach(async () => {
     for (const t of trees) await cleanup(t);
     trees = [];
@@ -48,13 +52,19 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     trees.push(t);
     return t;
   };
-  const autos = (t: Tree, labels: string[]) => { for (const l of labels) t.context(`${l}.conf`, '[context]\nrange = auto\n'); };
+  const autos = (t: Tree, labels: string[]) => {
+    for (const l of labels) t.context(`${l}.conf`, '[context]\nrange = auto\n');
+  };
   const labels = (p: string, n = N) => Array.from({ length: n }, (_, k) => `${p}${String(k).padStart(4, '0')}`);
   const doc = (): Doc => JSON.parse(cluster.ctl(['get', `${prefix}pool`, '--print-value-only']).out) as Doc;
-  const recorded = (t: Tree) => (JSON.parse(readFileSync(join(t.state, 'ranges.json'), 'utf8')) as { allocations: Record<string, { start: number; size: number }> }).allocations;
+  const recorded = (t: Tree) =>
+    (JSON.parse(readFileSync(join(t.state, 'ranges.json'), 'utf8')) as { allocations: Record<string, { start: number; size: number }> }).allocations;
   /** Every range and static range of the pool, sorted: none may overlap another. */
   const assertDisjoint = (d: Doc) => {
-    const all = [...Object.entries(d.ranges).map(([l, r]) => ({ l, s: r.start, e: r.start + r.size })), ...Object.entries(d.statics).flatMap(([l, st]) => st.intervals.map((i) => ({ l, s: i.start, e: i.end })))].sort((a, b) => a.s - b.s);
+    const all = [
+      ...Object.entries(d.ranges).map(([l, r]) => ({ l, s: r.start, e: r.start + r.size })),
+      ...Object.entries(d.statics).flatMap(([l, st]) => st.intervals.map((i) => ({ l, s: i.start, e: i.end }))),
+    ].sort((a, b) => a.s - b.s);
     for (let k = 1; k < all.length; k++) assert.ok(all[k - 1].e <= all[k].s, `${all[k - 1].l} and ${all[k].l} overlap`);
     return all.length;
   };
@@ -82,7 +92,10 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
       for (const [l, x] of Object.entries(d.ranges)) assert.deepEqual(r[l], { start: x.start, size: x.size }, `${l} on ${t.dir}`);
     }
     // And the kernel agrees: one context resolved on two hosts maps the same ids.
-    const [r0, r2] = await Promise.all([callAgent(agents[0].socket, P.resolve, { label: 'same0042' }), callAgent(agents[2].socket, P.resolve, { label: 'same0042' })]);
+    const [r0, r2] = await Promise.all([
+      callAgent(agents[0].socket, P.resolve, { label: 'same0042' }),
+      callAgent(agents[2].socket, P.resolve, { label: 'same0042' }),
+    ]);
     assert.deepEqual(r0.uidMap, r2.uidMap);
   });
 
@@ -112,7 +125,11 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
       await cluster.start(0);
     }
     assert.equal(assertDisjoint(doc()), 3 * N);
-    for (const a of agents) assert.equal((await callAgent(a.socket, P.resolve, { label: a === agents[0] ? 'c0-0007' : a === agents[1] ? 'c1-0007' : 'c2-0007' })).label.slice(-4), '0007');
+    for (const a of agents)
+      assert.equal(
+        (await callAgent(a.socket, P.resolve, { label: a === agents[0] ? 'c0-0007' : a === agents[1] ? 'c1-0007' : 'c2-0007' })).label.slice(-4),
+        '0007',
+      );
   });
 
   it('(d) the whole cluster down: recorded contexts resolve, new ones fail fast with E_UNAVAILABLE, then succeed once etcd is back', async () => {
@@ -127,7 +144,10 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
       await callAgent(a.socket, P.reload, {});
       assert.equal((await callAgent(a.socket, P.resolve, { label: 'kept' })).label, 'kept', 'recorded: served from ranges.json');
       const t0 = Date.now();
-      await assert.rejects(callAgent(a.socket, P.resolve, { label: 'fresh' }), (e: unknown) => e instanceof UsernsError && e.code === 'E_UNAVAILABLE' && /shared pool/.test(e.message));
+      await assert.rejects(
+        callAgent(a.socket, P.resolve, { label: 'fresh' }),
+        (e: unknown) => e instanceof UsernsError && e.code === 'E_UNAVAILABLE' && /shared pool/.test(e.message),
+      );
       assert.ok(Date.now() - t0 < 1500 + 1000, `failed within the timeout (${Date.now() - t0} ms)`);
       assert.equal((await callAgent(a.socket, P.status, {})).coordinator?.reachable, false);
       assert.match((await usernsctl(['--socket', a.socket, 'status'])).out, /coordinator: etcd .*NOT reachable, as host0; 1 context\(s\) waiting/);
@@ -182,13 +202,16 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     assert.equal(r.code, 1);
     assert.match(r.err, /E_CONFIG: nothing imported: mine: this host's mine at \d+-\d+ overlaps theirs's range/);
     assert.equal(doc().ranges.mine, undefined, 'all or nothing');
-    writeFileSync(join(t.state, 'ranges.json'), JSON.stringify({ version: 1, allocations: { theirs: local.allocations.theirs, mine: { start: 400000000 - 400000000 % 65536, size: 65536 } } }));
+    writeFileSync(
+      join(t.state, 'ranges.json'),
+      JSON.stringify({ version: 1, allocations: { theirs: local.allocations.theirs, mine: { start: 400000000 - (400000000 % 65536), size: 65536 } } }),
+    );
     assert.match((await usernsctl(['--socket', agents[0].socket, 'ranges', 'import'])).out, /imported 1 allocation/);
     const listed = await usernsctl(['--socket', agents[0].socket, 'ranges']);
     assert.match(listed.out, /^mine\s+auto\s+\d+-\d+\s+etcd\s+host0\s+\S+$/m);
   });
 
-  it('a static range overlapping another host\'s is refused by the later host, naming the other; forget is refused while pinned anywhere', async () => {
+  it("a static range overlapping another host's is refused by the later host, naming the other; forget is refused while pinned anywhere", async () => {
     const [t0, t1] = [0, 1].map(tree);
     t0.context('s1.conf', '[context]\nuid_map = 0 5000000 65536\ngid_map = 0 5000000 65536\n');
     agents = [await startAgent(t0, ['--log-level', 'info'])];
@@ -196,7 +219,12 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     t1.context('s2.conf', '[context]\nuid_map = 0 5030000 65536\ngid_map = 0 5030000 65536\n');
     agents.push(await startAgent(t1, ['--log-level', 'info']));
     await waitSettled(agents[1]);
-    await assert.rejects(callAgent(agents[1].socket, P.resolve, { label: 's2' }), (e: unknown) => e instanceof UsernsError && /refused by the shared pool: its ids 5030000-5095535 overlap s1's static range 5000000-5065535 \(configured on host0\)/.test(e.message));
+    await assert.rejects(
+      callAgent(agents[1].socket, P.resolve, { label: 's2' }),
+      (e: unknown) =>
+        e instanceof UsernsError &&
+        /refused by the shared pool: its ids 5030000-5095535 overlap s1's static range 5000000-5065535 \(configured on host0\)/.test(e.message),
+    );
     // A pinned range cannot be forgotten from another host.
     autos(t0, ['pinned']);
     await callAgent(agents[0].socket, P.reload, {});
@@ -218,8 +246,18 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     // "low" (another user's files, /etc/shadow's group), one range for two labels, garbage, and
     // valid entries under labels that name Object.prototype's members.
     const hostile = {
-      version: 1, junk: null,
-      ranges: { low: entry(1), constructor: entry(slot(0)), ['__proto__']: entry(slot(1)), hasOwnProperty: entry(slot(4)), twin: entry(slot(4)), bad: null, neg: { start: -5, size: 65536, by: 'x', at: 'y' }, 'not a label': entry(slot(3)) },
+      version: 1,
+      junk: null,
+      ranges: {
+        low: entry(1),
+        constructor: entry(slot(0)),
+        ['__proto__']: entry(slot(1)),
+        hasOwnProperty: entry(slot(4)),
+        twin: entry(slot(4)),
+        bad: null,
+        neg: { start: -5, size: 65536, by: 'x', at: 'y' },
+        'not a label': entry(slot(3)),
+      },
       statics: { weird: { intervals: 'no', by: 'x', at: 'y' } },
     };
     cluster.ctl(['put', `${prefix}pool`, JSON.stringify(hostile)]);
@@ -237,12 +275,19 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     assert.equal(await mapOf('__proto__'), slot(1));
     const fresh = await mapOf('fresh');
     assert.ok(fresh >= 100000000 && fresh <= 499999999 - 65535 && ![slot(0), slot(1), slot(3), slot(4)].includes(fresh), `fresh: ${fresh}`);
-    for (const l of ['low', 'twin', 'bad', 'neg']) await assert.rejects(callAgent(agents[0].socket, P.resolve, { label: l }), /is not loaded because its file has an error.*refused by the shared pool/, l);
+    for (const l of ['low', 'twin', 'bad', 'neg'])
+      await assert.rejects(callAgent(agents[0].socket, P.resolve, { label: l }), /is not loaded because its file has an error.*refused by the shared pool/, l);
     const rec = recorded(t);
     assert.deepEqual(Object.keys(rec).sort(), ['__proto__', 'constructor', 'fresh'].sort(), 'nothing refused was recorded');
     // The entries this host could not read are left as it found them; its own went in beside them.
-    const after = JSON.parse(cluster.ctl(['get', `${prefix}pool`, '--print-value-only']).out) as { ranges: Record<string, unknown>; statics: Record<string, unknown> };
-    assert.deepEqual([after.ranges.bad, Object.getOwnPropertyDescriptor(after.ranges, 'not a label')?.value, after.statics.weird], [null, entry(slot(3)), hostile.statics.weird]);
+    const after = JSON.parse(cluster.ctl(['get', `${prefix}pool`, '--print-value-only']).out) as {
+      ranges: Record<string, unknown>;
+      statics: Record<string, unknown>;
+    };
+    assert.deepEqual(
+      [after.ranges.bad, Object.getOwnPropertyDescriptor(after.ranges, 'not a label')?.value, after.statics.weird],
+      [null, entry(slot(3)), hostile.statics.weird],
+    );
     assert.equal((after.ranges.fresh as { start: number }).start, fresh);
     // And the agent goes on: a reload, a forget of a bad entry, the label allocated anew in the pool.
     assert.deepEqual(await callAgent(agents[0].socket, P.rangesForget, { label: 'low' }), { label: 'low', forgotten: true });

@@ -26,8 +26,20 @@ const hostileFrame: fc.Arbitrary<string> = fc.oneof(
   fc.json().map((j) => j + '\f'),
   fc.integer({ min: 1, max: 5000 }).map((d) => `{"type":"request","data":${nested(d)}}\f`),
   fc.constantFrom('__proto__', 'constructor', 'toString', 'hasOwnProperty', 'connect', 'error').map((t) => frame({ id: 1 }, t)),
-  fc.record({ id: fc.oneof(fc.integer(), fc.string(), fc.constant(null)), method: fc.oneof(fc.constantFrom(...P.METHODS.keys(), '__proto__', 'constructor', 'nope'), fc.string()), params: fc.anything() }).map((d) => frame(d)),
-  fc.constantFrom(...P.METHODS.keys()).chain((m) => fc.dictionary(fc.constantFrom('label', 'from', 'to', 'uids', 'gids', 'path', '__proto__'), fc.anything()).map((params) => frame({ id: 2, method: m, params }))),
+  fc
+    .record({
+      id: fc.oneof(fc.integer(), fc.string(), fc.constant(null)),
+      method: fc.oneof(fc.constantFrom(...P.METHODS.keys(), '__proto__', 'constructor', 'nope'), fc.string()),
+      params: fc.anything(),
+    })
+    .map((d) => frame(d)),
+  fc
+    .constantFrom(...P.METHODS.keys())
+    .chain((m) =>
+      fc
+        .dictionary(fc.constantFrom('label', 'from', 'to', 'uids', 'gids', 'path', '__proto__'), fc.anything())
+        .map((params) => frame({ id: 2, method: m, params })),
+    ),
   fc.constant(frame({ id: 3, method: 'map', params: { from: 'a', to: 'host', uids: Array(P.LIMITS.MAX_IDS_PER_LIST + 1).fill(1) } })),
   fc.constant(frame({ id: 4, method: 'resolve', params: { label: 'a' } }).slice(0, 30)), // truncated
 );
@@ -43,7 +55,9 @@ function open(path: string): Promise<Socket> {
 
 async function openRetrying(path: string): Promise<Socket | null> {
   for (let i = 0; i < 50; i++) {
-    try { return await open(path); } catch (err) {
+    try {
+      return await open(path);
+    } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return null;
       await new Promise((r) => setTimeout(r, 20));
     }
@@ -81,15 +95,24 @@ describe('e2e: a storm of generated hostile input (root)', function () {
 
   it('answers the good client within a bounded time while 8 clients at a time send generated frames', async () => {
     const rssBefore = rssMb(agent.child.pid!);
-    await fc.assert(fc.asyncProperty(fc.array(fc.array(hostileFrame, { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 8 }), async (perClient) => {
-      const socks = await Promise.all(perClient.map(() => open(agent.socket)));
-      socks.forEach((s, i) => { for (const f of perClient[i]) s.write(f); });
-      await answered(); // within ANSWER_WITHIN_MS, or the call's own timeout fails the run
-      for (const s of socks) s.destroy();
-    }), { numRuns: 60, seed: 20261129 });
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.array(hostileFrame, { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 8 }), async (perClient) => {
+        const socks = await Promise.all(perClient.map(() => open(agent.socket)));
+        socks.forEach((s, i) => {
+          for (const f of perClient[i]) s.write(f);
+        });
+        await answered(); // within ANSWER_WITHIN_MS, or the call's own timeout fails the run
+        for (const s of socks) s.destroy();
+      }),
+      { numRuns: 60, seed: 20261129 },
+    );
     await answered();
     assert.equal(agent.child.exitCode, null, 'the agent is alive');
-    assert.deepEqual(agent.logs.filter((l) => l.level >= 50), [], 'no internal error, no crash');
+    assert.deepEqual(
+      agent.logs.filter((l) => l.level >= 50),
+      [],
+      'no internal error, no crash',
+    );
     assert.ok(rssMb(agent.child.pid!) - rssBefore < 100, 'memory stays bounded');
   });
 
@@ -112,6 +135,9 @@ describe('e2e: a storm of generated hostile input (root)', function () {
     await new Promise((r) => setTimeout(r, 500));
     await answered();
     assert.ok(rssMb(agent.child.pid!) - rssBefore < 150, 'memory stays bounded');
-    assert.deepEqual(agent.logs.filter((l) => l.level >= 50), []);
+    assert.deepEqual(
+      agent.logs.filter((l) => l.level >= 50),
+      [],
+    );
   });
 });

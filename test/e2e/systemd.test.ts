@@ -10,7 +10,15 @@ const UNIT = installedUnit();
 
 /** The bounding set the unit asks for, as /proc/PID/status shows it (CapBnd, hex). */
 function expectedCapBnd(): string {
-  const bits: Record<string, number> = { CAP_CHOWN: 0, CAP_DAC_OVERRIDE: 1, CAP_SETGID: 6, CAP_SETUID: 7, CAP_SYS_CHROOT: 18, CAP_SYS_PTRACE: 19, CAP_SYS_ADMIN: 21 };
+  const bits: Record<string, number> = {
+    CAP_CHOWN: 0,
+    CAP_DAC_OVERRIDE: 1,
+    CAP_SETGID: 6,
+    CAP_SETUID: 7,
+    CAP_SYS_CHROOT: 18,
+    CAP_SYS_PTRACE: 19,
+    CAP_SYS_ADMIN: 21,
+  };
   const names = /^CapabilityBoundingSet=(.*)$/m.exec(UNIT)![1].trim().split(/\s+/);
   let mask = 0n;
   for (const n of names) {
@@ -50,7 +58,9 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
 
   it('installs with make install, starts as Type=notify with a STATUS, and resolves a plain and a nested context', () => {
     // /src is read-only here: dist/ was built by npm test, make must not try to rebuild it.
-    c!.sh(`cd /src && make -s -o dist/agent/main.js install >/dev/null && for f in /etc/userns.d/*.conf.example; do cp "$f" "\${f%.example}"; done && systemctl daemon-reload`);
+    c!.sh(
+      `cd /src && make -s -o dist/agent/main.js install >/dev/null && for f in /etc/userns.d/*.conf.example; do cp "$f" "\${f%.example}"; done && systemctl daemon-reload`,
+    );
     const start = c!.try('systemctl start usernsd');
     assert.equal(start.status, 0, `systemctl start failed: ${start.out}\n${c!.try('journalctl -u usernsd -o cat --no-pager | tail -30').out}`);
     assert.equal(c!.sh('systemctl show -P Type usernsd').trim(), 'notify');
@@ -75,8 +85,12 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
 
   it('mounts a view from /etc/fstab as a .mount unit: mount.usernsd asks the sandboxed agent, which copies the tree where the caller is', () => {
     // The backup of seed 002 on a tmpfs (the container's root is an overlay, which cannot be idmapped): raw ids 0 and 1000.
-    c!.sh('mkdir -p /srv/backup /mnt/view && mount -t tmpfs backup /srv/backup && touch /srv/backup/r /srv/backup/h && chown 0:0 /srv/backup/r && chown 1000:1000 /srv/backup/h /srv/backup && usernsctl label set /srv/backup backups');
-    c!.sh('echo "/srv/backup /mnt/view usernsd context=backups,mode=foreign,nofail,x-systemd.requires=usernsd.service 0 0" >> /etc/fstab && systemctl daemon-reload');
+    c!.sh(
+      'mkdir -p /srv/backup /mnt/view && mount -t tmpfs backup /srv/backup && touch /srv/backup/r /srv/backup/h && chown 0:0 /srv/backup/r && chown 1000:1000 /srv/backup/h /srv/backup && usernsctl label set /srv/backup backups',
+    );
+    c!.sh(
+      'echo "/srv/backup /mnt/view usernsd context=backups,mode=foreign,nofail,x-systemd.requires=usernsd.service 0 0" >> /etc/fstab && systemctl daemon-reload',
+    );
     const unit = c!.sh('systemd-escape -p --suffix=mount /mnt/view').trim();
     const start = c!.try(`systemctl start ${unit}`);
     assert.equal(start.status, 0, `${start.out}\n${c!.try(`journalctl -u ${unit} -u usernsd -o cat --no-pager | tail -20`).out}`);
@@ -94,7 +108,7 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.doesNotMatch(c!.sh('journalctl -b -o cat --no-pager'), /ordering cycle/i);
   });
 
-  it('does each of the agent\'s jobs under the unit\'s system call allow-list: nothing refused by the filter', () => {
+  it("does each of the agent's jobs under the unit's system call allow-list: nothing refused by the filter", () => {
     const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
     assert.match(c!.sh('systemctl show -P SystemCallFilter usernsd'), /\bmove_mount\b/, 'the allow-list is in force');
     assert.equal(statusField(c!.sh(`cat /proc/${pid}/status`), 'Seccomp'), '2');
@@ -110,7 +124,7 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.doesNotMatch(journal(), /EPERM|Operation not permitted|SIGSYS/, 'a call the filter refused');
   });
 
-  it('names the contexts\' ids through userdb: nss-systemd in the container asks the sandboxed agent', () => {
+  it("names the contexts' ids through userdb: nss-systemd in the container asks the sandboxed agent", () => {
     // backups.conf maps 0-65535 on 2000000; the container's nsswitch is this machine's (passwd: files systemd).
     assert.equal(c!.sh('getent passwd 2001000').split(':')[0], 'backups.1000');
     assert.equal(c!.sh('getent group backups.33').split(':')[2], '2000033');
@@ -146,11 +160,21 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.equal(c!.sh('systemctl show -P ExecMainStatus usernsd').trim(), '0');
     assert.ok(pinIn(c!.mountinfo(), 'backups') && pinIn(c!.mountinfo(), 'backups-www'), 'a pin went away with the agent');
     c!.sh('systemctl start usernsd');
-    const adopted = journal().split('\n').filter((l) => l.includes('"Adopted existing pins"')).pop() ?? '';
+    const adopted =
+      journal()
+        .split('\n')
+        .filter((l) => l.includes('"Adopted existing pins"'))
+        .pop() ?? '';
     assert.match(adopted, /"pins":2\b/);
     const status = c!.sh('usernsctl status --json');
     const states = (JSON.parse(status) as { contextStates: { label: string; state: string }[] }).contextStates;
-    assert.deepEqual(states.filter((s) => s.label.startsWith('backups')).map((s) => `${s.label}=${s.state}`).sort(), ['backups-www=pinned', 'backups=pinned']);
+    assert.deepEqual(
+      states
+        .filter((s) => s.label.startsWith('backups'))
+        .map((s) => `${s.label}=${s.state}`)
+        .sort(),
+      ['backups-www=pinned', 'backups=pinned'],
+    );
     c!.sh('systemctl stop usernsd');
   });
 });

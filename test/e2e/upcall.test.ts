@@ -54,220 +54,268 @@ const HANDLERS: { name: string; argv: string[] }[] = [
   ...(existsSync(C_HANDLER) || process.env.CI ? [{ name: 'the C handler, usernsd-upcall', argv: [C_HANDLER] }] : []),
 ];
 
-for (const handler of HANDLERS) describe(`e2e: the request-key upcall, ${handler.name} (root, keyutils)`, function () {
-  let tree: Tree;
-  let agent: RunningAgent;
-  let rule: string;
-  let logFile: string;
-  let user: ReturnType<typeof makeUser>;
-  /** The test user as a requester the kernel runs request-key for (with CAP_SYS_ADMIN where the kernel wants it). */
-  let asUser: Requester;
-  let refused: boolean;
-  let restore: () => void;
+for (const handler of HANDLERS)
+  describe(`e2e: the request-key upcall, ${handler.name} (root, keyutils)`, function () {
+    let tree: Tree;
+    let agent: RunningAgent;
+    let rule: string;
+    let logFile: string;
+    let user: ReturnType<typeof makeUser>;
+    /** The test user as a requester the kernel runs request-key for (with CAP_SYS_ADMIN where the kernel wants it). */
+    let asUser: Requester;
+    let refused: boolean;
+    let restore: () => void;
 
-  before(async function () {
-    if (!isRoot) this.skip(); // installs a request-key.d rule and starts the agent: root
-    if (spawnSync('keyctl', ['--version']).error || !existsSync('/sbin/request-key')) throw new Error('keyutils is required (apt-get install keyutils; .ci/run installs it)');
-    tree = makeTree();
-    user = makeUser();
-    refused = userUpcallsRefused(user);
-    asUser = { uid: user.uid, gid: user.gid, capSysAdmin: refused };
-    restore = makeCheckoutReachable();
-    tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
-    tree.delegate(user.name, 300000, 1000);
-    tree.context('mine.conf', `[context]\nowner = ${user.name}\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n`);
-    // Answers a crashed earlier run registered for these labels would be seen by the tests below.
-    try { invalidateIssuedKeys(new Set(TEST_LABELS)); } catch { /* no persistent keyrings */ }
-    agent = await startAgent(tree);
-    logFile = join(tree.dir, 'upcall.log');
-    // The handler runs with request-key's minimal environment: absolute paths for everything.
-    rule = `/etc/request-key.d/usernsd-test-${process.pid}.conf`;
-    writeFileSync(rule, `create user userns:* * ${handler.argv.join(' ')} -t 600 --socket ${agent.socket} --log ${logFile} %k %d\n`);
-  });
-  after(async () => {
-    if (rule) rmSync(rule, { force: true });
-    // The answers the upcall registered in root's persistent keyring would otherwise wait for their expiry.
-    try { invalidateIssuedKeys(new Set(TEST_LABELS)); } catch { /* no persistent keyrings */ }
-    await cleanup(tree);
-    restore?.();
-    user?.remove();
-  });
+    before(async function () {
+      if (!isRoot) this.skip(); // installs a request-key.d rule and starts the agent: root
+      if (spawnSync('keyctl', ['--version']).error || !existsSync('/sbin/request-key'))
+        throw new Error('keyutils is required (apt-get install keyutils; .ci/run installs it)');
+      tree = makeTree();
+      user = makeUser();
+      refused = userUpcallsRefused(user);
+      asUser = { uid: user.uid, gid: user.gid, capSysAdmin: refused };
+      restore = makeCheckoutReachable();
+      tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
+      tree.delegate(user.name, 300000, 1000);
+      tree.context('mine.conf', `[context]\nowner = ${user.name}\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n`);
+      // Answers a crashed earlier run registered for these labels would be seen by the tests below.
+      try {
+        invalidateIssuedKeys(new Set(TEST_LABELS));
+      } catch {
+        /* no persistent keyrings */
+      }
+      agent = await startAgent(tree);
+      logFile = join(tree.dir, 'upcall.log');
+      // The handler runs with request-key's minimal environment: absolute paths for everything.
+      rule = `/etc/request-key.d/usernsd-test-${process.pid}.conf`;
+      writeFileSync(rule, `create user userns:* * ${handler.argv.join(' ')} -t 600 --socket ${agent.socket} --log ${logFile} %k %d\n`);
+    });
+    after(async () => {
+      if (rule) rmSync(rule, { force: true });
+      // The answers the upcall registered in root's persistent keyring would otherwise wait for their expiry.
+      try {
+        invalidateIssuedKeys(new Set(TEST_LABELS));
+      } catch {
+        /* no persistent keyrings */
+      }
+      await cleanup(tree);
+      restore?.();
+      user?.remove();
+    });
 
-  const resolves = async () => {
-    const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
-    return st.counters?.['requests.resolve'] ?? 0;
-  };
-
-  it('status says where request-key sends userns:LABEL keys, checked at start and at each reload', async () => {
-    // At start the test's rule did not exist yet: whatever the machine had, the agent said it in its log.
-    assert.ok(agent.logs.some((l) => /^Upcall: /.test(l.msg)), 'the start-up check is logged');
-    const r = await usernsctl(['--socket', agent.socket, 'reload']);
-    assert.equal(r.code, 0, r.err);
-    const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
-    assert.equal(st.upcall?.state, 'ok', st.upcall?.message);
-    assert.equal(st.upcall?.rule, `${basename(rule)}:1`);
-    assert.deepEqual(st.upcall?.handler?.slice(0, handler.argv.length), handler.argv);
-    assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^upcall: {6}ok: request-key sends "user" keys "userns:LABEL" to /m);
-  });
-
-  it('instantiates userns:LABEL with the pin and maps, with a real expiry, and serves a second request from the keyring', async () => {
-    const before = await resolves();
-    const r = inSession('id=$(keyctl request2 user userns:a "" @s) && keyctl pipe $id && echo "--" && grep " userns:a: " /proc/keys && keyctl request2 user userns:a "" @s >/dev/null && echo again-ok');
-    assert.equal(r.code, 0, r.err);
-    const [payload, keys] = r.out.split('--\n');
-    assert.equal(payload, `path=${tree.pins}/a\nlabel=a\nparent=host\nowner=0:0\nsetgroups=allow\nino=${(JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'resolve', 'a'])).out) as P.ResolveResult).ino}\nuid_map=0 100000 65536\ngid_map=0 100000 65536\n`);
-    // /proc/keys: "ID FLAGS USAGE TIMEOUT ..." — 600 s shows as 9m or 10m, never "perm" (nfsidmap's keys stay perm).
-    const timeout = keys.trim().split(/\s+/)[3];
-    assert.match(timeout, /^(9|10)m$/, `expiry in /proc/keys: ${keys}`);
-    assert.match(r.out, /again-ok\n$/);
-    assert.equal(await resolves(), before + 2, 'one resolve by the upcall, one by this test; the second request2 made none');
-  });
-
-  it('fails fast with a negative key for an unknown label, and logs why', async () => {
-    const r = inSession('keyctl request2 user userns:nope "" @s');
-    assert.equal(r.code, 1);
-    assert.match(r.err, /Key was rejected by service/);
-    assert.ok(r.ms < 5000, `answered in ${r.ms} ms, not after a hang`);
-    assert.match(readFileSync(logFile, 'utf8'), /"userns:nope": rejected: uid 0: E_NOT_FOUND: no context "nope"/);
-    const bad = inSession('keyctl request2 user "userns:../x" "" @s');
-    assert.equal(bad.code, 1);
-    assert.match(readFileSync(logFile, 'utf8'), /"userns:\.\.\/x": rejected: invalid label/);
-  });
-
-  it('says whether the kernel runs request-key for users at all: a kernel that refuses them is named in status, and their requests never reach the handler', async () => {
-    const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
-    const plain = { uid: user.uid, gid: user.gid };
-    const r = inSession('keyctl request2 user userns:mine "" @s', plain);
-    if (refused) {
-      assert.equal(st.upcall?.users?.state, 'refused', JSON.stringify(st.upcall));
-      assert.match(st.upcall.users.message, /ENOENT before request-key\(8\) runs when the requester lacks CAP_SYS_ADMIN/);
-      assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^ {2}users: {5}refused: this kernel fails request_key\(2\) with ENOENT/m);
-      assert.ok(agent.logs.some((l) => /^Upcall: this kernel fails request_key/.test(l.msg) && l.level === 40), 'a warning at start');
-      assert.equal(r.code, 1);
-      assert.match(r.err, /No such file or directory/);
-      assert.doesNotMatch(readFileSync(logFile, 'utf8'), new RegExp(`uid ${user.uid}:`), 'the handler never ran for the user');
-    } else {
-      assert.equal(st.upcall?.users?.state, 'ok', JSON.stringify(st.upcall));
-      assert.equal(r.code, 0, r.err);
-    }
-  });
-
-  it('logs a hostile key description escaped: a newline in it cannot forge a log line', () => {
-    const r = inSession(`keyctl request2 user "$(printf 'userns:x\\nforged-line: accepted')" "" @s`);
-    assert.equal(r.code, 1, r.out);
-    const log = readFileSync(logFile, 'utf8');
-    assert.doesNotMatch(log, /^forged-line/m, log);
-    assert.match(log, /userns:x(\\x0a|\\n)forged-line: accepted/, log);
-  });
-
-  it('asks with the requester\'s identity: a user gets its own context and is refused root\'s', () => {
-    const own = inSession('keyctl pipe $(keyctl request2 user userns:mine "" @s)', asUser);
-    assert.equal(own.code, 0, own.err + readFileSync(logFile, 'utf8'));
-    assert.match(own.out, new RegExp(`^path=${tree.pins}/mine\n`));
-    const other = inSession('keyctl request2 user userns:a "" @s', asUser);
-    assert.equal(other.code, 1);
-    assert.match(readFileSync(logFile, 'utf8'), new RegExp(`"userns:a": rejected: uid ${user.uid}: E_PERMISSION`));
-  });
-
-  it('keys list shows the cached keys, keys clear LABEL invalidates exactly that label', () => {
-    const ctl = `${process.execPath} ${USERNSCTL}`;
-    const r = inSession(`ida=$(keyctl request2 user userns:a "" @s); idm=$(keyctl request2 user userns:mine "" @s); echo $ida $idm; ${ctl} --json keys list; ${ctl} keys list; echo --; ${ctl} keys clear a; ${ctl} --json keys list`);
-    assert.equal(r.code, 0, r.err);
-    const [ids, first, ...rest] = r.out.trim().split('\n');
-    const [ida, idm] = ids.split(' ').map(Number);
-    const table = rest.slice(0, rest.indexOf('--'));
-    const [cleared, second] = rest.slice(rest.indexOf('--') + 1);
-    // Only the keys this test made: root also sees every other userns: key on the machine.
-    const states = (j: string) => new Map((JSON.parse(j) as { keys: { id: number; state: string }[] }).keys.filter((k) => k.id === ida || k.id === idm).map((k) => [k.id, k.state]));
-    assert.deepEqual([...states(first)].sort(), [[ida, 'instantiated'], [idm, 'instantiated']].sort());
-    assert.ok(table.some((l) => l.split(/\s+/)[0] === String(ida) && / a /.test(` ${l} `)), `keys list shows key ids in decimal, as keyctl does:\n${table.join('\n')}`);
-    assert.match(cleared, /^cleared [1-9]\d* key\(s\)$/);
-    const after = states(second);
-    assert.equal(after.get(idm), 'instantiated', 'keys clear a leaves "mine" alone (no prefix match)');
-    assert.notEqual(after.get(ida), 'instantiated');
-    // The cleared answer's own keyring in root's registry ("usernsd:KEY") goes with it; mine's stays.
-    const ring = (key: number) => readFileSync('/proc/keys', 'utf8').split('\n').find((l) => new RegExp(` keyring +usernsd:${key}: `).test(l));
-    const live = (line: string | undefined) => line !== undefined && !line.split(/\s+/)[1].includes('i'); // flags: i(nvalidated), until collected
-    assert.equal(live(ring(ida)), false, `the answer ring of the cleared key is gone: ${ring(ida)}`);
-    assert.equal(live(ring(idm)), true, 'the other answer keeps its ring');
-  });
-
-  it('keys list says a key whose timeout ran out is expired, not instantiated', async () => {
-    const ctl = `${process.execPath} ${USERNSCTL}`;
-    const r = inSession(`id=$(keyctl add user userns:usernsd-test-expiry x @s) && keyctl timeout $id 1 && sleep 1.5 && echo $id && ${ctl} --json keys list`);
-    assert.equal(r.code, 0, r.err);
-    const [id, list] = r.out.trim().split('\n');
-    const mine = (JSON.parse(list) as { keys: { id: number; state: string }[] }).keys.find((k) => k.id === Number(id));
-    assert.equal(mine?.state, 'expired');
-  });
-
-  /**
-   * A key session that lives on: it requests userns:LABEL, waits for `again()`, then requests it
-   * again — answered from its keyring, without asking the agent, unless the key was invalidated.
-   */
-  async function liveSession(label: string, as?: Requester) {
-    const script = `ask() { keyctl pipe "$(keyctl request2 user userns:${label} "" @s)" | grep "^label="; }; ask && read go; ask`;
-    const full = sessionArgv(script, as);
-    const session = spawn(full[0], full.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
-    const exited = new Promise<number | null>((r) => session.on('exit', (code) => r(code)));
-    let out = '';
-    let err = '';
-    session.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
-    session.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
-    for (let i = 0; i < 300 && !out.includes('label=') && session.exitCode === null; i++) await new Promise((r) => setTimeout(r, 20));
-    assert.match(out, new RegExp(`^label=${label}$`, 'm'), `the first request is answered: ${err}`);
-    return {
-      async again(): Promise<{ code: number | null; out: string; err: string }> {
-        session.stdin.end('go\n');
-        return { code: await exited, out, err };
-      },
-      kill: () => { if (session.exitCode === null) session.kill(); },
+    const resolves = async () => {
+      const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+      return st.counters?.['requests.resolve'] ?? 0;
     };
-  }
 
-  it('a release invalidates the cached answers for that label, in every keyring that holds one', async () => {
-    // Two holders of "userns:mine": the user's session and root's. (The payload's inode could not
-    // tell a new answer from the cached one: the new namespace may well get the number the released
-    // one freed. The agent's resolve count does.)
-    const sessions = [await liveSession('mine', asUser), await liveSession('mine')];
-    try {
-      // Root sees the user's key: the upcall registered it in root's persistent keyring.
-      const listed = JSON.parse((await usernsctl(['--json', 'keys', 'list'])).out) as { keys: { label: string; uid: number }[] };
-      assert.ok(listed.keys.some((k) => k.label === 'mine' && k.uid === user.uid), `root lists the user's key: ${JSON.stringify(listed)}`);
-      assert.equal((await usernsctl(['--socket', agent.socket, 'release', 'mine'])).code, 0);
+    it('status says where request-key sends userns:LABEL keys, checked at start and at each reload', async () => {
+      // At start the test's rule did not exist yet: whatever the machine had, the agent said it in its log.
+      assert.ok(
+        agent.logs.some((l) => /^Upcall: /.test(l.msg)),
+        'the start-up check is logged',
+      );
+      const r = await usernsctl(['--socket', agent.socket, 'reload']);
+      assert.equal(r.code, 0, r.err);
+      const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+      assert.equal(st.upcall?.state, 'ok', st.upcall?.message);
+      assert.equal(st.upcall?.rule, `${basename(rule)}:1`);
+      assert.deepEqual(st.upcall?.handler?.slice(0, handler.argv.length), handler.argv);
+      assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^upcall: {6}ok: request-key sends "user" keys "userns:LABEL" to /m);
+    });
+
+    it('instantiates userns:LABEL with the pin and maps, with a real expiry, and serves a second request from the keyring', async () => {
       const before = await resolves();
-      for (const s of sessions) {
-        const r = await s.again();
+      const r = inSession(
+        'id=$(keyctl request2 user userns:a "" @s) && keyctl pipe $id && echo "--" && grep " userns:a: " /proc/keys && keyctl request2 user userns:a "" @s >/dev/null && echo again-ok',
+      );
+      assert.equal(r.code, 0, r.err);
+      const [payload, keys] = r.out.split('--\n');
+      assert.equal(
+        payload,
+        `path=${tree.pins}/a\nlabel=a\nparent=host\nowner=0:0\nsetgroups=allow\nino=${(JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'resolve', 'a'])).out) as P.ResolveResult).ino}\nuid_map=0 100000 65536\ngid_map=0 100000 65536\n`,
+      );
+      // /proc/keys: "ID FLAGS USAGE TIMEOUT ..." — 600 s shows as 9m or 10m, never "perm" (nfsidmap's keys stay perm).
+      const timeout = keys.trim().split(/\s+/)[3];
+      assert.match(timeout, /^(9|10)m$/, `expiry in /proc/keys: ${keys}`);
+      assert.match(r.out, /again-ok\n$/);
+      assert.equal(await resolves(), before + 2, 'one resolve by the upcall, one by this test; the second request2 made none');
+    });
+
+    it('fails fast with a negative key for an unknown label, and logs why', async () => {
+      const r = inSession('keyctl request2 user userns:nope "" @s');
+      assert.equal(r.code, 1);
+      assert.match(r.err, /Key was rejected by service/);
+      assert.ok(r.ms < 5000, `answered in ${r.ms} ms, not after a hang`);
+      assert.match(readFileSync(logFile, 'utf8'), /"userns:nope": rejected: uid 0: E_NOT_FOUND: no context "nope"/);
+      const bad = inSession('keyctl request2 user "userns:../x" "" @s');
+      assert.equal(bad.code, 1);
+      assert.match(readFileSync(logFile, 'utf8'), /"userns:\.\.\/x": rejected: invalid label/);
+    });
+
+    it('says whether the kernel runs request-key for users at all: a kernel that refuses them is named in status, and their requests never reach the handler', async () => {
+      const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+      const plain = { uid: user.uid, gid: user.gid };
+      const r = inSession('keyctl request2 user userns:mine "" @s', plain);
+      if (refused) {
+        assert.equal(st.upcall?.users?.state, 'refused', JSON.stringify(st.upcall));
+        assert.match(st.upcall.users.message, /ENOENT before request-key\(8\) runs when the requester lacks CAP_SYS_ADMIN/);
+        assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^ {2}users: {5}refused: this kernel fails request_key\(2\) with ENOENT/m);
+        assert.ok(
+          agent.logs.some((l) => /^Upcall: this kernel fails request_key/.test(l.msg) && l.level === 40),
+          'a warning at start',
+        );
+        assert.equal(r.code, 1);
+        assert.match(r.err, /No such file or directory/);
+        assert.doesNotMatch(readFileSync(logFile, 'utf8'), new RegExp(`uid ${user.uid}:`), 'the handler never ran for the user');
+      } else {
+        assert.equal(st.upcall?.users?.state, 'ok', JSON.stringify(st.upcall));
         assert.equal(r.code, 0, r.err);
       }
-      assert.equal(await resolves(), before + 2, 'each second request made an upcall: a resolve each');
-      assert.ok(agent.logs.some((l) => /^Invalidated \d+ cached upcall key/.test(l.msg) && (l.labels as string[]).includes('mine')), 'the agent says it invalidated keys');
-    } finally {
-      for (const s of sessions) s.kill();
-    }
-  });
+    });
 
-  it('a reload invalidates the cached answers for a context it removed: the next request fails at once', async () => {
-    tree.context('gone.conf', '[context]\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n');
-    assert.equal((await usernsctl(['--socket', agent.socket, 'reload'])).code, 0);
-    const s = await liveSession('gone');
-    try {
-      rmSync(join(tree.contexts, 'gone.conf'));
+    it('logs a hostile key description escaped: a newline in it cannot forge a log line', () => {
+      const r = inSession(`keyctl request2 user "$(printf 'userns:x\\nforged-line: accepted')" "" @s`);
+      assert.equal(r.code, 1, r.out);
+      const log = readFileSync(logFile, 'utf8');
+      assert.doesNotMatch(log, /^forged-line/m, log);
+      assert.match(log, /userns:x(\\x0a|\\n)forged-line: accepted/, log);
+    });
+
+    it("asks with the requester's identity: a user gets its own context and is refused root's", () => {
+      const own = inSession('keyctl pipe $(keyctl request2 user userns:mine "" @s)', asUser);
+      assert.equal(own.code, 0, own.err + readFileSync(logFile, 'utf8'));
+      assert.match(own.out, new RegExp(`^path=${tree.pins}/mine\n`));
+      const other = inSession('keyctl request2 user userns:a "" @s', asUser);
+      assert.equal(other.code, 1);
+      assert.match(readFileSync(logFile, 'utf8'), new RegExp(`"userns:a": rejected: uid ${user.uid}: E_PERMISSION`));
+    });
+
+    it('keys list shows the cached keys, keys clear LABEL invalidates exactly that label', () => {
+      const ctl = `${process.execPath} ${USERNSCTL}`;
+      const r = inSession(
+        `ida=$(keyctl request2 user userns:a "" @s); idm=$(keyctl request2 user userns:mine "" @s); echo $ida $idm; ${ctl} --json keys list; ${ctl} keys list; echo --; ${ctl} keys clear a; ${ctl} --json keys list`,
+      );
+      assert.equal(r.code, 0, r.err);
+      const [ids, first, ...rest] = r.out.trim().split('\n');
+      const [ida, idm] = ids.split(' ').map(Number);
+      const table = rest.slice(0, rest.indexOf('--'));
+      const [cleared, second] = rest.slice(rest.indexOf('--') + 1);
+      // Only the keys this test made: root also sees every other userns: key on the machine.
+      const states = (j: string) =>
+        new Map((JSON.parse(j) as { keys: { id: number; state: string }[] }).keys.filter((k) => k.id === ida || k.id === idm).map((k) => [k.id, k.state]));
+      assert.deepEqual(
+        [...states(first)].sort(),
+        [
+          [ida, 'instantiated'],
+          [idm, 'instantiated'],
+        ].sort(),
+      );
+      assert.ok(
+        table.some((l) => l.split(/\s+/)[0] === String(ida) && / a /.test(` ${l} `)),
+        `keys list shows key ids in decimal, as keyctl does:\n${table.join('\n')}`,
+      );
+      assert.match(cleared, /^cleared [1-9]\d* key\(s\)$/);
+      const after = states(second);
+      assert.equal(after.get(idm), 'instantiated', 'keys clear a leaves "mine" alone (no prefix match)');
+      assert.notEqual(after.get(ida), 'instantiated');
+      // The cleared answer's own keyring in root's registry ("usernsd:KEY") goes with it; mine's stays.
+      const ring = (key: number) =>
+        readFileSync('/proc/keys', 'utf8')
+          .split('\n')
+          .find((l) => new RegExp(` keyring +usernsd:${key}: `).test(l));
+      const live = (line: string | undefined) => line !== undefined && !line.split(/\s+/)[1].includes('i'); // flags: i(nvalidated), until collected
+      assert.equal(live(ring(ida)), false, `the answer ring of the cleared key is gone: ${ring(ida)}`);
+      assert.equal(live(ring(idm)), true, 'the other answer keeps its ring');
+    });
+
+    it('keys list says a key whose timeout ran out is expired, not instantiated', async () => {
+      const ctl = `${process.execPath} ${USERNSCTL}`;
+      const r = inSession(`id=$(keyctl add user userns:usernsd-test-expiry x @s) && keyctl timeout $id 1 && sleep 1.5 && echo $id && ${ctl} --json keys list`);
+      assert.equal(r.code, 0, r.err);
+      const [id, list] = r.out.trim().split('\n');
+      const mine = (JSON.parse(list) as { keys: { id: number; state: string }[] }).keys.find((k) => k.id === Number(id));
+      assert.equal(mine?.state, 'expired');
+    });
+
+    /**
+     * A key session that lives on: it requests userns:LABEL, waits for `again()`, then requests it
+     * again — answered from its keyring, without asking the agent, unless the key was invalidated.
+     */
+    async function liveSession(label: string, as?: Requester) {
+      const script = `ask() { keyctl pipe "$(keyctl request2 user userns:${label} "" @s)" | grep "^label="; }; ask && read go; ask`;
+      const full = sessionArgv(script, as);
+      const session = spawn(full[0], full.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+      const exited = new Promise<number | null>((r) => session.on('exit', (code) => r(code)));
+      let out = '';
+      let err = '';
+      session.stdout.setEncoding('utf8').on('data', (d: string) => {
+        out += d;
+      });
+      session.stderr.setEncoding('utf8').on('data', (d: string) => {
+        err += d;
+      });
+      for (let i = 0; i < 300 && !out.includes('label=') && session.exitCode === null; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.match(out, new RegExp(`^label=${label}$`, 'm'), `the first request is answered: ${err}`);
+      return {
+        async again(): Promise<{ code: number | null; out: string; err: string }> {
+          session.stdin.end('go\n');
+          return { code: await exited, out, err };
+        },
+        kill: () => {
+          if (session.exitCode === null) session.kill();
+        },
+      };
+    }
+
+    it('a release invalidates the cached answers for that label, in every keyring that holds one', async () => {
+      // Two holders of "userns:mine": the user's session and root's. (The payload's inode could not
+      // tell a new answer from the cached one: the new namespace may well get the number the released
+      // one freed. The agent's resolve count does.)
+      const sessions = [await liveSession('mine', asUser), await liveSession('mine')];
+      try {
+        // Root sees the user's key: the upcall registered it in root's persistent keyring.
+        const listed = JSON.parse((await usernsctl(['--json', 'keys', 'list'])).out) as { keys: { label: string; uid: number }[] };
+        assert.ok(
+          listed.keys.some((k) => k.label === 'mine' && k.uid === user.uid),
+          `root lists the user's key: ${JSON.stringify(listed)}`,
+        );
+        assert.equal((await usernsctl(['--socket', agent.socket, 'release', 'mine'])).code, 0);
+        const before = await resolves();
+        for (const s of sessions) {
+          const r = await s.again();
+          assert.equal(r.code, 0, r.err);
+        }
+        assert.equal(await resolves(), before + 2, 'each second request made an upcall: a resolve each');
+        assert.ok(
+          agent.logs.some((l) => /^Invalidated \d+ cached upcall key/.test(l.msg) && (l.labels as string[]).includes('mine')),
+          'the agent says it invalidated keys',
+        );
+      } finally {
+        for (const s of sessions) s.kill();
+      }
+    });
+
+    it('a reload invalidates the cached answers for a context it removed: the next request fails at once', async () => {
+      tree.context('gone.conf', '[context]\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n');
       assert.equal((await usernsctl(['--socket', agent.socket, 'reload'])).code, 0);
-      const r = await s.again();
-      assert.notEqual(r.code, 0, `the cached answer is gone: ${r.out}`);
-      assert.match(r.err, /Key was rejected by service/);
-      assert.match(readFileSync(logFile, 'utf8'), /"userns:gone": rejected: uid 0: E_NOT_FOUND/);
-    } finally {
-      s.kill();
-    }
-  });
+      const s = await liveSession('gone');
+      try {
+        rmSync(join(tree.contexts, 'gone.conf'));
+        assert.equal((await usernsctl(['--socket', agent.socket, 'reload'])).code, 0);
+        const r = await s.again();
+        assert.notEqual(r.code, 0, `the cached answer is gone: ${r.out}`);
+        assert.match(r.err, /Key was rejected by service/);
+        assert.match(readFileSync(logFile, 'utf8'), /"userns:gone": rejected: uid 0: E_NOT_FOUND/);
+      } finally {
+        s.kill();
+      }
+    });
 
-  it('gives a negative key and a logged reason when the agent is down', async () => {
-    assert.equal(await agent.stop(), 0);
-    const r = inSession('keyctl request2 user userns:a "" @s');
-    assert.equal(r.code, 1);
-    assert.match(r.err, /Connection refused/);
-    assert.match(readFileSync(logFile, 'utf8'), /"userns:a": rejected: cannot reach the agent at .*: ENOENT \(is usernsd running\?\)/);
+    it('gives a negative key and a logged reason when the agent is down', async () => {
+      assert.equal(await agent.stop(), 0);
+      const r = inSession('keyctl request2 user userns:a "" @s');
+      assert.equal(r.code, 1);
+      assert.match(r.err, /Connection refused/);
+      assert.match(readFileSync(logFile, 'utf8'), /"userns:a": rejected: cannot reach the agent at .*: ENOENT \(is usernsd running\?\)/);
+    });
   });
-});

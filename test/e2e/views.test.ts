@@ -16,11 +16,14 @@ const B = 6_100_000;
 const OVERFLOW = 65534;
 const hasBindfs = spawnSync('bindfs', ['--version']).status === 0;
 
-const ids = (path: string) => { const st = statSync(path); return `${st.uid}:${st.gid}`; };
+const ids = (path: string) => {
+  const st = statSync(path);
+  return `${st.uid}:${st.gid}`;
+};
 const as = (uid: number, cmd: string[]) => spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', ...cmd], { encoding: 'utf8' });
 const umount = (dst: string) => spawnSync('umount', [dst], { encoding: 'utf8' });
 
-describe('e2e: views of a context\'s tree (root)', function () {
+describe("e2e: views of a context's tree (root)", function () {
   this.timeout(120_000);
   let tree: Tree;
   let agent: RunningAgent;
@@ -30,7 +33,12 @@ describe('e2e: views of a context\'s tree (root)', function () {
   const src: Record<string, string> = {};
   const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
   let n = 0;
-  const dst = () => { const d = join(tree.dir, `dst${++n}`); mkdirSync(d); chmodSync(d, 0o755); return d; };
+  const dst = () => {
+    const d = join(tree.dir, `dst${++n}`);
+    mkdirSync(d);
+    chmodSync(d, 0o755);
+    return d;
+  };
 
   before(async function () {
     if (!isRoot) this.skip();
@@ -40,7 +48,10 @@ describe('e2e: views of a context\'s tree (root)', function () {
     tree = makeTree();
     tree.delegate(owner.name, B, 65536);
     tree.context('hpa-backups.conf', `[context]\nowner = ${owner.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n[squash]\nmode = root\n`);
-    tree.context('tape-all.conf', `[context]\nuid_map = 0 ${B + 65536} 65536\ngid_map = 0 ${B + 65536} 65536\n[squash]\nmode = all\nanonuid = 65533\nanongid = 65533\n`);
+    tree.context(
+      'tape-all.conf',
+      `[context]\nuid_map = 0 ${B + 65536} 65536\ngid_map = 0 ${B + 65536} 65536\n[squash]\nmode = all\nanonuid = 65533\nanongid = 65533\n`,
+    );
     tree.context('www.conf', `[context]\nparent = hpa-backups\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n[squash]\nmode = none\n`);
     tree.context('plain.conf', `[context]\nuid_map = 0 ${B + 131072} 65536\ngid_map = 0 ${B + 131072} 65536\n[squash]\nmode = none\n`);
     src.rootfs = join(tree.dir, 'rootfs');
@@ -158,7 +169,11 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.deepEqual(v.bindfs, ['-o', 'ro', '--force-user=65533', '--force-group=65533']);
     for (const name of ['root', 'hpa', 'alien', 'pub']) assert.equal(ids(join(d, name)), '65533:65533');
     assert.match(as(B + 1000, ['touch', join(d, 'pub', 'x')]).stderr, /Read-only file system/);
-    assert.match(as(65533, ['sh', '-c', `echo x >> ${join(d, 'hpa')}`]).stderr, /Read-only file system/, 'not even anonuid, who owns every file in the view, writes');
+    assert.match(
+      as(65533, ['sh', '-c', `echo x >> ${join(d, 'hpa')}`]).stderr,
+      /Read-only file system/,
+      'not even anonuid, who owns every file in the view, writes',
+    );
     // explain through a bindfs view explains the file on disk behind it, in its context.
     const d3 = dst();
     assert.equal((await ctl(['view', src.tape, d3])).code, 0);
@@ -195,19 +210,21 @@ describe('e2e: views of a context\'s tree (root)', function () {
     const fdSock = agent.socket.replace(/\.sock$/, '.fd.sock');
     // A user opens 10 connections and holds them; the kernel tells it which were closed at once.
     const hold = `const net = require('net'); let closed = 0; const socks = []; for (let i = 0; i < 10; i++) { const s = net.connect(process.argv[1]); s.on('close', () => closed++); s.on('error', () => {}); socks.push(s); } setTimeout(() => { console.log(closed); process.exit(0); }, 1500);`;
-    const held = spawnSync('setpriv', [`--reuid=${stranger.uid}`, `--regid=${stranger.gid}`, '--clear-groups', process.execPath, '-e', hold, fdSock], { encoding: 'utf8' });
+    const held = spawnSync('setpriv', [`--reuid=${stranger.uid}`, `--regid=${stranger.gid}`, '--clear-groups', process.execPath, '-e', hold, fdSock], {
+      encoding: 'utf8',
+    });
     assert.equal(held.stdout.trim(), '2', held.stderr);
     const d = dst();
     assert.equal((await ctl(['view', src.rootfs, d])).code, 0, 'root is served');
     assert.equal(umount(d).status, 0);
   });
 
-  it('a view of a nested context composes its map through the parent\'s', async () => {
+  it("a view of a nested context composes its map through the parent's", async () => {
     const d = dst();
     const r = await ctl(['view', '--identity', '--context', 'www', src.bare, d]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, new RegExp(`uid 0 ${B + 1000} 100, gid 0 ${B + 1000} 100`));
-    assert.equal(ids(join(d, 'root')), `${B + 1000}:${B + 1000}`, 'on-disk 0 is www\'s root: the parent\'s 1000');
+    assert.equal(ids(join(d, 'root')), `${B + 1000}:${B + 1000}`, "on-disk 0 is www's root: the parent's 1000");
     assert.equal(ids(join(d, 'hpa')), `${OVERFLOW}:${OVERFLOW}`, 'www maps only 0-99');
     assert.equal(umount(d).status, 0);
   });
@@ -222,7 +239,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.equal(umount(d).status, 0);
   });
 
-  it('seed 002: the owner, without root, enters with a view and works on the sealed backup as its true owners; host root\'s files stay out of reach', async () => {
+  it("seed 002: the owner, without root, enters with a view and works on the sealed backup as its true owners; host root's files stay out of reach", async () => {
     const d = dst();
     assert.notEqual(as(owner.uid, ['ls', src.sealed]).status, 0, 'on the host the owner cannot reach the sealed tree');
     chmodSync(d, 0o777);
@@ -232,26 +249,43 @@ describe('e2e: views of a context\'s tree (root)', function () {
     const script = `id -u; stat -c '%n %u:%g' ${d}/root ${d}/hpa ${d}/alien; touch ${d}/new-by-owner; echo x > ${d}/hpa && echo wrote-hpa; chown 1000:1000 ${d}/new-by-owner && echo chowned; (echo x >> ${hostFile}) 2>/dev/null || echo host-file-refused; (chown 70000 ${d}/new-by-owner) 2>/dev/null || echo alien-refused`;
     const r = await ctl(['enter', 'hpa-backups', '--view', `${src.sealed}:${d}`, '--', 'sh', '-c', script], { user: owner });
     assert.equal(r.code, 0, r.err);
-    assert.deepEqual(r.out.trim().split('\n'), ['0', `${d}/root 0:0`, `${d}/hpa 1000:1000`, `${d}/alien ${OVERFLOW}:${OVERFLOW}`, 'wrote-hpa', 'chowned', 'host-file-refused', 'alien-refused']);
+    assert.deepEqual(r.out.trim().split('\n'), [
+      '0',
+      `${d}/root 0:0`,
+      `${d}/hpa 1000:1000`,
+      `${d}/alien ${OVERFLOW}:${OVERFLOW}`,
+      'wrote-hpa',
+      'chowned',
+      'host-file-refused',
+      'alien-refused',
+    ]);
     assert.equal(ids(join(src.sealed, 'new-by-owner')), '1000:1000', 'on disk: the raw id the owner gave it');
     assert.equal(readFileSync(join(src.sealed, 'hpa'), 'utf8'), 'x\n');
     assert.equal(readFileSync(hostFile, 'utf8'), 'host');
-    assert.deepEqual(mountsUnder(d), [], 'the owner\'s view lives in its own mount namespace only');
+    assert.deepEqual(mountsUnder(d), [], "the owner's view lives in its own mount namespace only");
     // Root sees the same tree squashed, through a foreign view from fstab.
     const f = dst();
-    const seen = fstabMount(mountHelpers.at(-1)!.argv, `${src.sealed} ${f} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail 0 0`, f, `stat -c '%n %u:%g' ${f}/root ${f}/new-by-owner`);
+    const seen = fstabMount(
+      mountHelpers.at(-1)!.argv,
+      `${src.sealed} ${f} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail 0 0`,
+      f,
+      `stat -c '%n %u:%g' ${f}/root ${f}/new-by-owner`,
+    );
     assert.equal(seen.status, 0, seen.stderr);
     assert.equal(seen.stdout, `${f}/root ${OVERFLOW}:${OVERFLOW}\n${f}/new-by-owner ${B + 1000}:${B + 1000}\n`);
   });
 
-  it('an owner\'s view of a tree other host users can reach is read-only, and says how to seal it: nothing lands on disk', async () => {
+  it("an owner's view of a tree other host users can reach is read-only, and says how to seal it: nothing lands on disk", async () => {
     const d = dst();
     chmodSync(d, 0o777);
     const script = `touch ${d}/planted 2>/dev/null || echo create-refused; (echo x > ${d}/hpa) 2>/dev/null || echo write-refused; cat ${d}/hpa`;
     const r = await ctl(['enter', 'hpa-backups', '--view', `${src.rootfs}:${d}`, '--', 'sh', '-c', script], { user: owner });
     assert.equal(r.code, 0, r.err);
     assert.deepEqual(r.out.trim().split('\n'), ['create-refused', 'write-refused', 'hpa']);
-    assert.match(r.err, new RegExp(`usernsctl: the view of ${src.rootfs} is read-only: ${src.rootfs} is reachable by users other than root .*mkdir -m 0700 /srv/usernsd`));
+    assert.match(
+      r.err,
+      new RegExp(`usernsctl: the view of ${src.rootfs} is read-only: ${src.rootfs} is reachable by users other than root .*mkdir -m 0700 /srv/usernsd`),
+    );
     assert.ok(!existsSync(join(src.rootfs, 'planted')));
   });
 
@@ -286,11 +320,15 @@ describe('e2e: views of a context\'s tree (root)', function () {
   for (const { name, argv } of mountHelpers) {
     it(`the fstab route through ${name}: mount -T FSTAB DST, in a mount namespace of its own; umount removes the view`, async () => {
       const d = dst();
-      const r = fstabMount(argv, `${src.rootfs} ${d} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail,x-systemd.requires=usernsd.service 0 0`, d,
-        `stat -c '%u:%g' ${d}/root ${d}/hpa; grep -c " ${d} .*idmapped" /proc/self/mountinfo`);
+      const r = fstabMount(
+        argv,
+        `${src.rootfs} ${d} usernsd context=hpa-backups,mode=foreign,socket=${agent.socket},nofail,x-systemd.requires=usernsd.service 0 0`,
+        d,
+        `stat -c '%u:%g' ${d}/root ${d}/hpa; grep -c " ${d} .*idmapped" /proc/self/mountinfo`,
+      );
       assert.equal(r.status, 0, r.stderr);
       assert.deepEqual(r.stdout.trim().split('\n'), [`${OVERFLOW}:${OVERFLOW}`, `${B + 1000}:${B + 1000}`, '1']);
-      assert.deepEqual(mountsUnder(d), [], 'made in the caller\'s mount namespace, not the agent\'s');
+      assert.deepEqual(mountsUnder(d), [], "made in the caller's mount namespace, not the agent's");
     });
 
     it(`${name} speaks mount(8)'s language: exit 1 for usage, 32 for a refusal, errors as the agent says them`, async () => {
@@ -299,15 +337,36 @@ describe('e2e: views of a context\'s tree (root)', function () {
         spawnSync(argv[0], [...argv.slice(1), ...args], { encoding: 'utf8', uid: opts.uid, gid: opts.uid, env: opts.env ?? process.env });
       const sock = `socket=${agent.socket}`;
       const cases: [string[], number, RegExp, { uid?: number; env?: NodeJS.ProcessEnv }?][] = [
-        [[src.rootfs, d, '-o', 'contxt=hpa-backups'], 1, /^mount.usernsd: unknown option "contxt=hpa-backups": mount -t usernsd takes context=LABEL, mode=identity\|foreign, ro, rw, socket=PATH\n$/],
+        [
+          [src.rootfs, d, '-o', 'contxt=hpa-backups'],
+          1,
+          /^mount.usernsd: unknown option "contxt=hpa-backups": mount -t usernsd takes context=LABEL, mode=identity\|foreign, ro, rw, socket=PATH\n$/,
+        ],
         [[src.rootfs], 1, /^mount.usernsd: mount.usernsd takes SRC and DST\n$/],
         [[src.rootfs, d, 'extra'], 1, /^mount.usernsd: mount.usernsd takes SRC and DST\n$/],
         [['/proc', d, '-o', `context=hpa-backups,${sock}`], 32, /^mount.usernsd: E_INVALID: no view is made of \/proc/],
-        [[src.rootfs, tree.dir, '-o', sock], 32, new RegExp(`^mount.usernsd: E_INVALID: ${tree.dir} is not empty: a view is mounted on an empty directory, so that it hides nothing\n$`)],
-        [[src.rootfs, join(d, 'none'), '-o', sock], 32, new RegExp(`^mount.usernsd: E_INVALID: ${d}/none: ENOENT: a view is mounted on an existing empty directory\n$`)],
-        [[src.rootfs, d, '-o', 'socket=/nonexistent/usernsd.sock'], 32, /^mount.usernsd: cannot reach the agent at \/nonexistent\/usernsd\.fd\.sock: ENOENT\n$/],
+        [
+          [src.rootfs, tree.dir, '-o', sock],
+          32,
+          new RegExp(`^mount.usernsd: E_INVALID: ${tree.dir} is not empty: a view is mounted on an empty directory, so that it hides nothing\n$`),
+        ],
+        [
+          [src.rootfs, join(d, 'none'), '-o', sock],
+          32,
+          new RegExp(`^mount.usernsd: E_INVALID: ${d}/none: ENOENT: a view is mounted on an existing empty directory\n$`),
+        ],
+        [
+          [src.rootfs, d, '-o', 'socket=/nonexistent/usernsd.sock'],
+          32,
+          /^mount.usernsd: cannot reach the agent at \/nonexistent\/usernsd\.fd\.sock: ENOENT\n$/,
+        ],
         [[src.rootfs, d, '-o', sock], 32, /^mount.usernsd: E_PERMISSION: views are mounted by root\n$/, { uid: owner.uid }],
-        [[src.rootfs, d], 32, /^mount.usernsd: cannot reach the agent at \/nonexistent\/x\.fd: ENOENT\n$/, { env: { ...process.env, USERNSD_SOCKET: '/nonexistent/x' } }],
+        [
+          [src.rootfs, d],
+          32,
+          /^mount.usernsd: cannot reach the agent at \/nonexistent\/x\.fd: ENOENT\n$/,
+          { env: { ...process.env, USERNSD_SOCKET: '/nonexistent/x' } },
+        ],
       ];
       for (const [args, status, err, opts] of cases) {
         const r = helper(args, opts);
@@ -316,7 +375,21 @@ describe('e2e: views of a context\'s tree (root)', function () {
       }
       assert.deepEqual(readdirSync(d), [], 'nothing mounted by a refusal');
       // Relative paths and the generic options mount(8) passes along (-n, -v, -t, defaults, x-*).
-      const rel = spawnSync(argv[0], [...argv.slice(1), 'rootfs', `./${d.slice(tree.dir.length + 1)}/../${d.slice(tree.dir.length + 1)}`, '-n', '-v', '-t', 'usernsd', '-o', `defaults,ro,x-gvfs-hide,${sock}`], { encoding: 'utf8', cwd: tree.dir });
+      const rel = spawnSync(
+        argv[0],
+        [
+          ...argv.slice(1),
+          'rootfs',
+          `./${d.slice(tree.dir.length + 1)}/../${d.slice(tree.dir.length + 1)}`,
+          '-n',
+          '-v',
+          '-t',
+          'usernsd',
+          '-o',
+          `defaults,ro,x-gvfs-hide,${sock}`,
+        ],
+        { encoding: 'utf8', cwd: tree.dir },
+      );
       assert.equal(rel.status, 0, rel.stderr);
       try {
         assert.equal(ids(join(d, 'hpa')), `${B + 1000}:${B + 1000}`);
@@ -342,9 +415,17 @@ describe('e2e: views of a context\'s tree (root)', function () {
       const path = `${tree.dir}/fakebin`;
       mkdirSync(path, { recursive: true });
       writeFileSync(join(path, 'bindfs'), '#!/bin/sh\necho "fuse: bad mount point: No such file or directory" >&2\nexit 1\n', { mode: 0o755 });
-      const failed = spawnSync(argv[0], [...argv.slice(1), src.tape, d, '-o', `socket=${agent.socket}`], { encoding: 'utf8', env: { ...process.env, PATH: `${path}:${process.env.PATH}` } });
+      const failed = spawnSync(argv[0], [...argv.slice(1), src.tape, d, '-o', `socket=${agent.socket}`], {
+        encoding: 'utf8',
+        env: { ...process.env, PATH: `${path}:${process.env.PATH}` },
+      });
       assert.equal(failed.status, 32);
-      assert.match(failed.stderr, new RegExp(`^mount.usernsd: E_KERNEL: bindfs -o ro --force-user=65533 --force-group=65533 ${src.tape} ${d} failed: fuse: bad mount point: No such file or directory\n$`));
+      assert.match(
+        failed.stderr,
+        new RegExp(
+          `^mount.usernsd: E_KERNEL: bindfs -o ro --force-user=65533 --force-group=65533 ${src.tape} ${d} failed: fuse: bad mount point: No such file or directory\n$`,
+        ),
+      );
     });
   }
 
@@ -353,16 +434,25 @@ describe('e2e: views of a context\'s tree (root)', function () {
     const d2 = dst();
     assert.equal((await ctl(['view', src.rootfs, d1])).code, 0);
     assert.equal((await ctl(['view', '--identity', '--read-only', src.tmpfs, d2])).code, 0);
-    const list = async () => (JSON.parse((await ctl(['--json', 'view', '--list'])).out) as P.ViewsResult).views
-      .filter((v) => v.target === d1 || v.target === d2).map((v) => [v.src, v.target, v.context, v.mode, v.mechanism, v.readOnly]);
-    assert.deepEqual(await list(), [[src.rootfs, d1, 'hpa-backups', 'foreign', 'idmapped', false], [src.tmpfs, d2, 'hpa-backups', 'identity', 'idmapped', true]]);
+    const list = async () =>
+      (JSON.parse((await ctl(['--json', 'view', '--list'])).out) as P.ViewsResult).views
+        .filter((v) => v.target === d1 || v.target === d2)
+        .map((v) => [v.src, v.target, v.context, v.mode, v.mechanism, v.readOnly]);
+    assert.deepEqual(await list(), [
+      [src.rootfs, d1, 'hpa-backups', 'foreign', 'idmapped', false],
+      [src.tmpfs, d2, 'hpa-backups', 'identity', 'idmapped', true],
+    ]);
     assert.match(as(B + 1000, ['touch', join(d2, 'pub', 'x')]).stderr, /Read-only file system/);
     await agent.stop();
     agent = await startAgent(tree);
     const human = (await ctl(['view', '--list'])).out;
     assert.match(human, new RegExp(`${src.tmpfs}\\s+${d2}\\s+hpa-backups\\s+identity\\s+idmapped\\s+ro`));
     assert.equal(umount(d1).status, 0);
-    assert.deepEqual((await list()).map((v) => v[1]), [d2], 'an unmounted view is not listed');
+    assert.deepEqual(
+      (await list()).map((v) => v[1]),
+      [d2],
+      'an unmounted view is not listed',
+    );
     assert.equal(umount(d2).status, 0);
   });
 
@@ -376,7 +466,10 @@ describe('e2e: views of a context\'s tree (root)', function () {
       [['view', join(tree.dir, 'helpers-none'), d], /E_NOT_FOUND/],
       [['view', tree.contexts, d], /E_NOT_FOUND: no trusted.userns label on/],
       [['view', src.rootfs, d], /E_PERMISSION: views are mounted by root/, { user: owner }],
-      [['view', '--context', 'plain', src.rootfs, d], /E_INVALID: .*rootfs is labelled hpa-backups \(on .*\), not plain: the label says whose ids are on disk; drop --context, or relabel/],
+      [
+        ['view', '--context', 'plain', src.rootfs, d],
+        /E_INVALID: .*rootfs is labelled hpa-backups \(on .*\), not plain: the label says whose ids are on disk; drop --context, or relabel/,
+      ],
       [['enter', 'hpa-backups', '--view', `${src.rootfs}:${d}`, '--', 'true'], /E_PERMISSION: uid \d+ may not use context "hpa-backups"/, { user: stranger }],
       [['enter', 'plain', '--view', `${src.rootfs}:${d}`, '--', 'true'], /E_PERMISSION: .* belongs to context "hpa-backups" .*, not "plain"/, { user: owner }],
     ];
@@ -391,7 +484,7 @@ describe('e2e: views of a context\'s tree (root)', function () {
     assert.match(noBindfs.err, /E_UNSUPPORTED: bindfs is not installed: install it \(Debian: apt-get install bindfs\)/);
   });
 
-  it('list says a nested context without an owner line belongs to its parent\'s root, not to host root', async () => {
+  it("list says a nested context without an owner line belongs to its parent's root, not to host root", async () => {
     const r = await ctl(['list']);
     assert.match(r.out, /^www\s+hpa-backups\s+hpa-backups's root\s/m, r.out + r.err);
     assert.match(r.out, /^plain\s+host\s+root\s/m, r.out);
@@ -402,12 +495,21 @@ describe('e2e: views of a context\'s tree (root)', function () {
     try {
       tree2.context('hpa-backups.conf', `[context]\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\n`);
       // As systemd's ProtectSystem= does: the agent's copy of the tree is read-only.
-      const wrap = ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', src.rootfs];
+      const wrap = [
+        'unshare',
+        '--mount',
+        '--propagation',
+        'slave',
+        'sh',
+        '-c',
+        'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
+        src.rootfs,
+      ];
       const agent2 = await startAgent(tree2, ['--log-level', 'debug'], { wrap });
       const d = dst();
       const r = await usernsctl(['--socket', agent2.socket, 'view', '--identity', '--context', 'hpa-backups', src.rootfs, d]);
       assert.equal(r.code, 0, r.err);
-      assert.equal(as(B + 1000, ['touch', join(d, 'pub', 'through-worker')]).status, 0, 'the view is writable: made in the caller\'s namespace');
+      assert.equal(as(B + 1000, ['touch', join(d, 'pub', 'through-worker')]).status, 0, "the view is writable: made in the caller's namespace");
       assert.equal(ids(join(src.rootfs, 'pub', 'through-worker')), '1000:1000');
       assert.equal(umount(d).status, 0);
       assert.equal(await agent2.stop(), 0);
@@ -417,8 +519,13 @@ describe('e2e: views of a context\'s tree (root)', function () {
   });
 
   it('leaves nothing behind: no view mounted, no bindfs of ours running but the FUSE source', () => {
-    const ours = spawnSync('pgrep', ['-a', 'bindfs'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes(tree.dir));
+    const ours = spawnSync('pgrep', ['-a', 'bindfs'], { encoding: 'utf8' })
+      .stdout.split('\n')
+      .filter((l) => l.includes(tree.dir));
     assert.ok(ours.length <= 1, ours.join('\n'));
-    assert.deepEqual(mountsUnder(tree.dir).filter((m) => /dst\d+$/.test(m)), []);
+    assert.deepEqual(
+      mountsUnder(tree.dir).filter((m) => /dst\d+$/.test(m)),
+      [],
+    );
   });
 });

@@ -25,7 +25,11 @@ export type RunningAgent = {
 };
 
 /** Start `usernsd --config tree.config` and wait until it serves; killed and reaped by `cleanup`. */
-export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'debug'], opts: { env?: NodeJS.ProcessEnv; wrap?: string[]; readyTimeoutMs?: number } = {}): Promise<RunningAgent> {
+export function startAgent(
+  tree: Tree,
+  extraArgs: string[] = ['--log-level', 'debug'],
+  opts: { env?: NodeJS.ProcessEnv; wrap?: string[]; readyTimeoutMs?: number } = {},
+): Promise<RunningAgent> {
   // `wrap`: a command the agent runs under (setpriv, unshare…), as init would start it.
   const argv = [...(opts.wrap ?? []), process.execPath, USERNSD, '--config', tree.config, ...extraArgs];
   const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
@@ -40,25 +44,51 @@ export function startAgent(tree: Tree, extraArgs: string[] = ['--log-level', 'de
     rest = lines.pop()!;
     for (const text of lines) {
       let l: LogLine;
-      try { l = JSON.parse(text) as LogLine; } catch { l = { level: 60, msg: text }; }
+      try {
+        l = JSON.parse(text) as LogLine;
+      } catch {
+        l = { level: 60, msg: text };
+      }
       logs.push(l);
-      for (const w of [...waiters]) if (w.pred(l)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(l); }
+      for (const w of [...waiters])
+        if (w.pred(l)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(l);
+        }
     }
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.on('exit', (code, signal) => { running.delete(child); resolve({ code, signal }); });
+    child.on('exit', (code, signal) => {
+      running.delete(child);
+      resolve({ code, signal });
+    });
   });
   const waitForLog = (pred: (l: LogLine) => boolean, timeoutMs = 10_000) => {
     const seen = logs.find(pred);
     if (seen) return Promise.resolve(seen);
     return new Promise<LogLine>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no matching agent log line within ${timeoutMs} ms; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`)), timeoutMs);
-      waiters.push({ pred, resolve: (l) => { clearTimeout(timer); resolve(l); } });
-      void exited.then(({ code, signal }) => reject(new Error(`the agent exited (${code ?? signal}) before the expected log line; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`)));
+      const timer = setTimeout(
+        () => reject(new Error(`no matching agent log line within ${timeoutMs} ms; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`)),
+        timeoutMs,
+      );
+      waiters.push({
+        pred,
+        resolve: (l) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      });
+      void exited.then(({ code, signal }) =>
+        reject(new Error(`the agent exited (${code ?? signal}) before the expected log line; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`)),
+      );
     });
   };
   const agent: RunningAgent = {
-    child, socket: join(tree.dir, 'usernsd.sock'), logs, waitForLog, exited,
+    child,
+    socket: join(tree.dir, 'usernsd.sock'),
+    logs,
+    waitForLog,
+    exited,
     async stop() {
       child.kill('SIGTERM');
       return (await exited).code;
@@ -95,8 +125,12 @@ export function usernsctl(args: string[], opts: { user?: { uid: number; gid: num
     const child = spawn(argv[0], argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
     let out = '';
     let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      err += d;
+    });
     child.on('close', (code) => resolve({ code, out, err }));
   });
 }
@@ -122,7 +156,9 @@ export function makeCheckoutReachable(): () => void {
     }
     if (dir === '/') break;
   }
-  return () => { for (const [dir, mode] of changed.reverse()) chmodSync(dir, mode); };
+  return () => {
+    for (const [dir, mode] of changed.reverse()) chmodSync(dir, mode);
+  };
 }
 
 /** Debian's python3 (the protocol's stdlib client and the notify listener are written for it). */

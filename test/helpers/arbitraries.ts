@@ -9,15 +9,33 @@ import type { Extent, IdMap } from '../../config/types.ts';
 export function arbMap(opts: { maxExtents?: number; insideBase?: number; outsideBase?: number; maxCount?: number } = {}): fc.Arbitrary<IdMap> {
   const { maxExtents = 5, insideBase = 0, outsideBase = 100000, maxCount = 5000 } = opts;
   return fc
-    .array(fc.record({ count: fc.integer({ min: 1, max: maxCount }), gapIn: fc.integer({ min: 0, max: 3000 }), gapOut: fc.integer({ min: 0, max: 3000 }) }), { minLength: 1, maxLength: maxExtents })
-    .chain((parts) => fc.shuffledSubarray(parts.map((_, i) => i), { minLength: parts.length, maxLength: parts.length }).map((order) => {
-      let inAt = insideBase;
-      const insides = parts.map((p) => { const s = inAt + p.gapIn; inAt = s + p.count; return s; });
-      let outAt = outsideBase;
-      const outsides = new Array<number>(parts.length);
-      for (const i of order) { const s = outAt + parts[i].gapOut; outsides[i] = s; outAt = s + parts[i].count; }
-      return parts.map((p, i): Extent => ({ inside: insides[i], outside: outsides[i], count: p.count }));
-    }));
+    .array(fc.record({ count: fc.integer({ min: 1, max: maxCount }), gapIn: fc.integer({ min: 0, max: 3000 }), gapOut: fc.integer({ min: 0, max: 3000 }) }), {
+      minLength: 1,
+      maxLength: maxExtents,
+    })
+    .chain((parts) =>
+      fc
+        .shuffledSubarray(
+          parts.map((_, i) => i),
+          { minLength: parts.length, maxLength: parts.length },
+        )
+        .map((order) => {
+          let inAt = insideBase;
+          const insides = parts.map((p) => {
+            const s = inAt + p.gapIn;
+            inAt = s + p.count;
+            return s;
+          });
+          let outAt = outsideBase;
+          const outsides = new Array<number>(parts.length);
+          for (const i of order) {
+            const s = outAt + parts[i].gapOut;
+            outsides[i] = s;
+            outAt = s + parts[i].count;
+          }
+          return parts.map((p, i): Extent => ({ inside: insides[i], outside: outsides[i], count: p.count }));
+        }),
+    );
 }
 
 /** The definition, read off the raw extents: the oracle implementations are checked against. */

@@ -56,13 +56,22 @@ export async function bootContainer(src: string): Promise<Container> {
   const outer = `${joinCgroups}\nexec unshare --mount --propagation private sh -ec "$0"`;
   const child: ChildProcess = spawn('setsid', ['sh', '-c', outer, inner], { stdio: ['ignore', 'pipe', 'pipe'], detached: false });
   let console = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => { console = (console + d).slice(-20_000); });
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => { console = (console + d).slice(-20_000); });
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    console = (console + d).slice(-20_000);
+  });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    console = (console + d).slice(-20_000);
+  });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
 
   let init = 0;
   const stop = async () => {
-    if (init) try { process.kill(init, 'SIGRTMIN+4'); } catch { /* gone */ } // systemd: power off
+    if (init)
+      try {
+        process.kill(init, 'SIGRTMIN+4');
+      } catch {
+        /* gone */
+      } // systemd: power off
     const deadline = Date.now() + 10_000;
     while (child.exitCode === null && child.signalCode === null && Date.now() < deadline) await sleep(100);
     if (child.exitCode === null && child.signalCode === null) {
@@ -73,7 +82,11 @@ export async function bootContainer(src: string): Promise<Container> {
     // be removed once the kernel has taken its last process out (rmdir says EBUSY before that).
     await emptyCgroups(cgroups);
     for (const cg of cgroups) await removeCgroupTree(cg);
-    try { rmdirSync(work); } catch { /* the tmpfs went with the namespace; the directory stays only if busy */ }
+    try {
+      rmdirSync(work);
+    } catch {
+      /* the tmpfs went with the namespace; the directory stays only if busy */
+    }
   };
 
   try {
@@ -120,7 +133,9 @@ export async function bootContainer(src: string): Promise<Container> {
 /** Every cgroup directory of the subtree at `root`, deepest first (as rmdir needs them). */
 function cgroupTree(root: string): string[] {
   if (!existsSync(root)) return [];
-  const below = readdirSync(root, { withFileTypes: true }).filter((e) => e.isDirectory()).flatMap((e) => cgroupTree(join(root, e.name)));
+  const below = readdirSync(root, { withFileTypes: true })
+    .filter((e) => e.isDirectory())
+    .flatMap((e) => cgroupTree(join(root, e.name)));
   return [...below, root];
 }
 
@@ -143,7 +158,12 @@ async function emptyCgroups(roots: string[]): Promise<void> {
   const pids = () => roots.flatMap(cgroupPids);
   for (let i = 0; i < 50 && pids().length; i++) await sleep(100);
   for (let round = 0; round < 3 && pids().length; round++) {
-    for (const pid of pids()) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    for (const pid of pids())
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     for (let i = 0; i < 50 && pids().length; i++) await sleep(100);
   }
   const left = pids();
@@ -153,7 +173,12 @@ async function emptyCgroups(roots: string[]): Promise<void> {
 /** rmdir the subtree, deepest first; a cgroup the kernel still calls busy (its last task exiting) is retried. */
 async function removeCgroupTree(root: string): Promise<void> {
   for (let i = 0; i < 50 && existsSync(root); i++) {
-    for (const cg of cgroupTree(root)) try { rmdirSync(cg); } catch { /* EBUSY: retried */ }
+    for (const cg of cgroupTree(root))
+      try {
+        rmdirSync(cg);
+      } catch {
+        /* EBUSY: retried */
+      }
     if (existsSync(root)) await sleep(100);
   }
 }

@@ -28,20 +28,50 @@ export async function startCluster(size = 3): Promise<Cluster> {
   const initial = Array.from({ length: size }, (_, i) => `n${i}=http://127.0.0.1:${peer(i)}`).join(',');
   const procs = new Array<ChildProcess | null>(size).fill(null);
   const launch = (i: number) => {
-    const p = spawn('etcd', ['--name', `n${i}`, '--data-dir', join(dir, `n${i}`),
-      '--listen-client-urls', endpoints[i], '--advertise-client-urls', endpoints[i],
-      '--listen-peer-urls', `http://127.0.0.1:${peer(i)}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer(i)}`,
-      '--initial-cluster', initial, '--initial-cluster-state', 'new', '--initial-cluster-token', `usernsd-test-${process.pid}`,
-      '--heartbeat-interval', '50', '--election-timeout', '500', '--log-level', 'error'], { stdio: 'ignore' });
+    const p = spawn(
+      'etcd',
+      [
+        '--name',
+        `n${i}`,
+        '--data-dir',
+        join(dir, `n${i}`),
+        '--listen-client-urls',
+        endpoints[i],
+        '--advertise-client-urls',
+        endpoints[i],
+        '--listen-peer-urls',
+        `http://127.0.0.1:${peer(i)}`,
+        '--initial-advertise-peer-urls',
+        `http://127.0.0.1:${peer(i)}`,
+        '--initial-cluster',
+        initial,
+        '--initial-cluster-state',
+        'new',
+        '--initial-cluster-token',
+        `usernsd-test-${process.pid}`,
+        '--heartbeat-interval',
+        '50',
+        '--election-timeout',
+        '500',
+        '--log-level',
+        'error',
+      ],
+      { stdio: 'ignore' },
+    );
     procs[i] = p;
   };
   const ctl = (args: string[]) => {
-    const r = spawnSync('etcdctl', ['--endpoints', endpoints.join(','), '--command-timeout', '3s', ...args], { encoding: 'utf8', env: { ...process.env, ETCDCTL_API: '3' } });
+    const r = spawnSync('etcdctl', ['--endpoints', endpoints.join(','), '--command-timeout', '3s', ...args], {
+      encoding: 'utf8',
+      env: { ...process.env, ETCDCTL_API: '3' },
+    });
     return { status: r.status, out: r.stdout, err: r.stderr };
   };
   const healthy = async (members: number[]) => {
     for (let t = 0; t < 200; t++) {
-      const r = spawnSync('etcdctl', ['--endpoints', members.map((i) => endpoints[i]).join(','), '--command-timeout', '1s', 'endpoint', 'health'], { encoding: 'utf8' });
+      const r = spawnSync('etcdctl', ['--endpoints', members.map((i) => endpoints[i]).join(','), '--command-timeout', '1s', 'endpoint', 'health'], {
+        encoding: 'utf8',
+      });
       if (r.status === 0) return;
       await sleep(100);
     }

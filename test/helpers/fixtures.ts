@@ -33,9 +33,17 @@ export function makeTree(agentExtra = ''): Tree {
   for (const f of [subuid, subgid]) writeFileSync(f, '', { mode: 0o644 });
   // Names through userdb are the machine's (one socket in /run/systemd/userdb): only tests that ask get them.
   const userdb = agentExtra.includes('userdb') ? '' : 'userdb = no\n';
-  writeFileSync(config, `[agent]\ncontexts = ${contexts}\nstate = ${state}\npins = ${pins}\nsocket = ${join(dir, 'usernsd.sock')}\nsubuid = ${subuid}\nsubgid = ${subgid}\n${userdb}${agentExtra}`, { mode: 0o644 });
+  writeFileSync(
+    config,
+    `[agent]\ncontexts = ${contexts}\nstate = ${state}\npins = ${pins}\nsocket = ${join(dir, 'usernsd.sock')}\nsubuid = ${subuid}\nsubgid = ${subgid}\n${userdb}${agentExtra}`,
+    { mode: 0o644 },
+  );
   return {
-    dir, contexts, state, pins, config,
+    dir,
+    contexts,
+    state,
+    pins,
+    config,
     context(name, text, mode = 0o644) {
       const f = join(contexts, name);
       writeFileSync(f, text, { mode });
@@ -53,16 +61,32 @@ export function makeTree(agentExtra = ''): Tree {
 
 /** A user database for pure tests: hpa (1000), alice (1001), group backup (34). */
 export const testNss: Nss = {
-  userByName: (n) => ({ root: { uid: 0, gid: 0 }, hpa: { uid: 1000, gid: 1000 }, alice: { uid: 1001, gid: 1001 }, nobody: { uid: 65534, gid: 65534 } } as Record<string, { uid: number; gid: number }>)[n] ?? null,
-  userById: (u) => ({ 0: { name: 'root', gid: 0 }, 1000: { name: 'hpa', gid: 1000 }, 1001: { name: 'alice', gid: 1001 }, 65534: { name: 'nobody', gid: 65534 } } as Record<number, { name: string; gid: number }>)[u] ?? null,
-  groupByName: (n) => ({ root: 0, backup: 34, nogroup: 65534 } as Record<string, number>)[n] ?? null,
+  userByName: (n) =>
+    (
+      ({ root: { uid: 0, gid: 0 }, hpa: { uid: 1000, gid: 1000 }, alice: { uid: 1001, gid: 1001 }, nobody: { uid: 65534, gid: 65534 } }) as Record<
+        string,
+        { uid: number; gid: number }
+      >
+    )[n] ?? null,
+  userById: (u) =>
+    (
+      ({ 0: { name: 'root', gid: 0 }, 1000: { name: 'hpa', gid: 1000 }, 1001: { name: 'alice', gid: 1001 }, 65534: { name: 'nobody', gid: 65534 } }) as Record<
+        number,
+        { name: string; gid: number }
+      >
+    )[u] ?? null,
+  groupByName: (n) => (({ root: 0, backup: 34, nogroup: 65534 }) as Record<string, number>)[n] ?? null,
 };
 
 /** A backup of another machine: its root's files, its user 1000's, an id it never mapped, a public dir. */
 export function populateBackup(dir: string): void {
   mkdirSync(dir, { recursive: true });
   chmodSync(dir, 0o755);
-  for (const [name, id, mode] of [['root', 0, 0o644], ['hpa', 1000, 0o644], ['alien', 70000, 0o666]] as const) {
+  for (const [name, id, mode] of [
+    ['root', 0, 0o644],
+    ['hpa', 1000, 0o644],
+    ['alien', 70000, 0o666],
+  ] as const) {
     writeFileSync(join(dir, name), name);
     chownSync(join(dir, name), id, id);
     chmodSync(join(dir, name), mode);
@@ -71,4 +95,3 @@ export function populateBackup(dir: string): void {
   chownSync(join(dir, 'pub'), 1000, 1000);
   chmodSync(join(dir, 'pub'), 0o1777);
 }
-

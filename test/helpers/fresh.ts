@@ -24,6 +24,7 @@ export function assertBuiltFromCurrentSources(artefact: string, dirs: readonly s
   const built = statSync(join(ROOT, artefact)).mtimeMs;
   for (const dir of dirs) {
     const n = newest(dir, ext);
-    if (n.mtime > built) throw new Error(`${artefact} is older than ${n.path.slice(ROOT.length)}: run npm run build (npm test does) before testing the built files`);
+    if (n.mtime > built)
+      throw new Error(`${artefact} is older than ${n.path.slice(ROOT.length)}: run npm run build (npm test does) before testing the built files`);
   }
 }

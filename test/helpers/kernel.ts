@@ -7,7 +7,8 @@ export const isRoot = process.getuid?.() === 0;
 
 /** Mount points below `dir`, deepest first, from the kernel's own list. */
 export function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
     .map((l) => l.split(' ')[4] ?? '')
     .filter((m) => m === dir || m.startsWith(dir + '/'))
     .sort((a, b) => b.length - a.length);
@@ -18,7 +19,12 @@ export function unmountAll(dir: string): void {
   for (let round = 0; round < 8; round++) {
     const ms = mountsUnder(dir);
     if (ms.length === 0) return;
-    for (const m of ms) try { detach(m); } catch { /* gone meanwhile */ }
+    for (const m of ms)
+      try {
+        detach(m);
+      } catch {
+        /* gone meanwhile */
+      }
   }
 }
 
@@ -45,7 +51,11 @@ export function makeUser(prefix = 'unsdt'): { name: string; uid: number; gid: nu
 
 /** `nsenter --user=PIN cat /proc/self/{uid,gid}_map`: the maps as the namespace's own processes see them. */
 export function kernelMaps(pin: string): { uid: string; gid: string } {
-  const read = (f: string) => execFileSync('nsenter', [`--user=${pin}`, '--preserve-credentials', 'cat', `/proc/self/${f}`], { encoding: 'utf8' })
-    .trim().split('\n').map((l) => l.trim().split(/\s+/).join(' ')).join(', ');
+  const read = (f: string) =>
+    execFileSync('nsenter', [`--user=${pin}`, '--preserve-credentials', 'cat', `/proc/self/${f}`], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/).join(' '))
+      .join(', ');
   return { uid: read('uid_map'), gid: read('gid_map') };
 }

@@ -17,7 +17,9 @@ class SpecWithSummary extends Spec {
       // Printed after Spec's epilogue, which listens to the same event first.
       setImmediate(() => {
         if (process.env.CI && skipped.length > 0) {
-          process.stdout.write(`\nSkipped under CI, counted as failed (install what the test needs in .ci/run):\n${skipped.map((t) => `  - ${t}\n`).join('')}\n`);
+          process.stdout.write(
+            `\nSkipped under CI, counted as failed (install what the test needs in .ci/run):\n${skipped.map((t) => `  - ${t}\n`).join('')}\n`,
+          );
           process.exitCode = 1;
           process.stdout.write(`${s.passes} passed, ${s.failures + skipped.length} failed, 0 skipped\n`);
           return;

@@ -30,18 +30,35 @@ class Raw {
     this.child = spawn(SPAWNER_PATH, [], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stderr.resume();
     this.lines = createInterface({ input: this.child.stdout });
-    this.lines.on('line', (l) => { if (this.waiting) { const w = this.waiting; this.waiting = null; w(l); } else this.queue.push(l); });
+    this.lines.on('line', (l) => {
+      if (this.waiting) {
+        const w = this.waiting;
+        this.waiting = null;
+        w(l);
+      } else this.queue.push(l);
+    });
   }
-  send(line: string): void { this.child.stdin.write(`${line}\n`); }
+  send(line: string): void {
+    this.child.stdin.write(`${line}\n`);
+  }
   next(ms = 10_000): Promise<string> {
     const l = this.queue.shift();
     if (l !== undefined) return Promise.resolve(l);
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => { this.waiting = null; reject(new Error('no reply from usernsd-spawner')); }, ms);
-      this.waiting = (x) => { clearTimeout(t); resolve(x); };
+      const t = setTimeout(() => {
+        this.waiting = null;
+        reject(new Error('no reply from usernsd-spawner'));
+      }, ms);
+      this.waiting = (x) => {
+        clearTimeout(t);
+        resolve(x);
+      };
     });
   }
-  async ask(line: string): Promise<string[]> { this.send(line); return (await this.next()).split(' '); }
+  async ask(line: string): Promise<string[]> {
+    this.send(line);
+    return (await this.next()).split(' ');
+  }
   async close(): Promise<number | null> {
     if (this.child.exitCode !== null) return this.child.exitCode;
     const exited = new Promise<number | null>((r) => this.child.once('exit', (code) => r(code)));
@@ -74,7 +91,9 @@ function processesIn(inos: Set<number>): number[] {
     try {
       const m = /^user:\[(\d+)\]$/.exec(readlinkSync(`/proc/${p}/ns/user`));
       if (m && inos.has(Number(m[1]))) out.push(Number(p));
-    } catch { /* gone */ }
+    } catch {
+      /* gone */
+    }
   }
   return out;
 }
@@ -83,8 +102,13 @@ describe('integration: usernsd-spawner (root)', function () {
   this.timeout(60_000);
   let tree: Tree;
   let raw: Raw | undefined;
-  before(function () { if (!isRoot || !NATIVE_SPAWNER) this.skip(); }); // root; and a C compiler made the spawner
-  beforeEach(() => { tree = makeTree(); mkdirSync(tree.pins, { recursive: true }); });
+  before(function () {
+    if (!isRoot || !NATIVE_SPAWNER) this.skip();
+  }); // root; and a C compiler made the spawner
+  beforeEach(() => {
+    tree = makeTree();
+    mkdirSync(tree.pins, { recursive: true });
+  });
   afterEach(async () => {
     await raw?.close();
     raw = undefined;
@@ -95,22 +119,50 @@ describe('integration: usernsd-spawner (root)', function () {
   it('answers every malformed request with an error, or drops it, and keeps serving (fast-check)', async () => {
     raw = new Raw();
     const r = raw;
-    const words = fc.constantFrom('new', 'maps', 'end', 'NEW', '', '-', '0', '4294967295', '-1', 'allow', 'deny', '0:100000:10', '0:0:4294967295', ':::', '/', '/proc/self/ns/user', '/nonexistent', 'x'.repeat(300));
-    const line = fc.oneof(fc.array(words, { maxLength: 9 }).map((w) => w.join(' ')), fc.string({ maxLength: 200 }).map((s) => s.replace(/[\n\0]/g, ' ')));
+    const words = fc.constantFrom(
+      'new',
+      'maps',
+      'end',
+      'NEW',
+      '',
+      '-',
+      '0',
+      '4294967295',
+      '-1',
+      'allow',
+      'deny',
+      '0:100000:10',
+      '0:0:4294967295',
+      ':::',
+      '/',
+      '/proc/self/ns/user',
+      '/nonexistent',
+      'x'.repeat(300),
+    );
+    const line = fc.oneof(
+      fc.array(words, { maxLength: 9 }).map((w) => w.join(' ')),
+      fc.string({ maxLength: 200 }).map((s) => s.replace(/[\n\0]/g, ' ')),
+    );
     let marker = 1_000_000;
-    await fc.assert(fc.asyncProperty(fc.array(line, { maxLength: 20 }), async (lines) => {
-      for (const l of lines) r.send(l);
-      const id = ++marker;
-      r.send(`new ${id} 0 0 deny 0:900000:10 0:900000:10 -`); // real work, after the garbage
-      for (;;) {
-        const reply = await r.next();
-        assert.match(reply, /^\d+ (ok \d+|maps [\d:,-]+ [\d:,-]+|err E[A-Z]+( .*)?)$/, 'a reply is one of three shapes');
-        const [rid, kind] = reply.split(' ');
-        if (kind === 'ok') r.send(`end ${rid}`); // ours, or a line that happened to be a valid creation
-        if (Number(rid) === id) { assert.equal(kind, 'ok', reply); break; }
-      }
-      assert.equal(r.child.exitCode, null, 'still running');
-    }), { numRuns: 60 });
+    await fc.assert(
+      fc.asyncProperty(fc.array(line, { maxLength: 20 }), async (lines) => {
+        for (const l of lines) r.send(l);
+        const id = ++marker;
+        r.send(`new ${id} 0 0 deny 0:900000:10 0:900000:10 -`); // real work, after the garbage
+        for (;;) {
+          const reply = await r.next();
+          assert.match(reply, /^\d+ (ok \d+|maps [\d:,-]+ [\d:,-]+|err E[A-Z]+( .*)?)$/, 'a reply is one of three shapes');
+          const [rid, kind] = reply.split(' ');
+          if (kind === 'ok') r.send(`end ${rid}`); // ours, or a line that happened to be a valid creation
+          if (Number(rid) === id) {
+            assert.equal(kind, 'ok', reply);
+            break;
+          }
+        }
+        assert.equal(r.child.exitCode, null, 'still running');
+      }),
+      { numRuns: 60 },
+    );
     // A line past the spawner's buffer (64 KiB) is dropped, and the next is served.
     r.send('x'.repeat(70_000));
     assert.deepEqual((await r.ask('new 7 0 0 deny 0:900000:10 0:900000:10 -')).slice(0, 2), ['7', 'ok']);
@@ -139,7 +191,7 @@ describe('integration: usernsd-spawner (root)', function () {
       const entered = asUser(user.name, `nsenter --user=${pin} -S 0 -G 0 --preserve-credentials id -u`);
       assert.equal(entered.stdout.trim(), '0', entered.stderr);
       assert.match(asUser(user.name, `readlink -v /proc/${pid}/ns/user`).stderr, /Permission denied/, 'not traceable by its owner');
-      assert.match(asUser(user.name, `echo '0 ${user.uid} 1' > /proc/${pid}/uid_map`).stderr, /Permission denied/, 'its maps are root\'s to write');
+      assert.match(asUser(user.name, `echo '0 ${user.uid} 1' > /proc/${pid}/uid_map`).stderr, /Permission denied/, "its maps are root's to write");
       // The owner may stop its own holder (it owns the namespace): others are served meanwhile.
       assert.equal(asUser(user.name, `kill -STOP ${pid}`).status, 0);
       const [, ok2, other] = await raw.ask('new 2 0 0 deny 0:500000:65536 0:500000:65536 -');
@@ -217,7 +269,9 @@ async function ensure(r: Real, label: string): Promise<Pin> {
 }
 
 async function checkInvariants(m: Model, r: Real): Promise<void> {
-  const mounted = mountsUnder(r.tree.pins).map((p) => p.slice(r.tree.pins.length + 1)).sort();
+  const mounted = mountsUnder(r.tree.pins)
+    .map((p) => p.slice(r.tree.pins.length + 1))
+    .sort();
   assert.deepEqual(mounted, [...m.pinned].sort(), 'pinned as the model says');
   for (const label of m.pinned) {
     assert.deepEqual(kernelMaps(join(r.tree.pins, label)), { uid: MAPS[label], gid: MAPS[label] }, `${label}'s maps in the kernel`);
@@ -225,84 +279,141 @@ async function checkInvariants(m: Model, r: Real): Promise<void> {
   }
   assert.ok(await eventually(() => processesIn(r.inos).length === 0), `no holder left in our namespaces: ${processesIn(r.inos).join(' ')}`);
   // A closed spawner (a restart) exits a moment later.
-  const spawners = () => spawnSync('pgrep', ['-P', String(process.pid), '-x', 'usernsd-spawner'], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean);
+  const spawners = () =>
+    spawnSync('pgrep', ['-P', String(process.pid), '-x', 'usernsd-spawner'], { encoding: 'utf8' })
+      .stdout.trim()
+      .split('\n')
+      .filter(Boolean);
   assert.ok(await eventually(() => spawners().length <= 1), `one spawner at most: ${spawners().join(' ')}`);
 }
 
 type Command = fc.AsyncCommand<Model, Real>;
-const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({ check, run, toString: () => name });
-
-const create = (label: string) => command(`ensure ${label}`, () => true, async (m, r) => {
-  const pin = await ensure(r, label);
-  assert.equal(pin.created, !m.pinned.has(label), `${label} created only when it was not pinned`);
-  for (let l: string | null = label; l; l = PARENT[l]!) m.pinned.add(l);
-  await checkInvariants(m, r);
+const command = (name: string, check: (m: Readonly<Model>) => boolean, run: (m: Model, r: Real) => Promise<void>): Command => ({
+  check,
+  run,
+  toString: () => name,
 });
+
+const create = (label: string) =>
+  command(
+    `ensure ${label}`,
+    () => true,
+    async (m, r) => {
+      const pin = await ensure(r, label);
+      assert.equal(pin.created, !m.pinned.has(label), `${label} created only when it was not pinned`);
+      for (let l: string | null = label; l; l = PARENT[l]!) m.pinned.add(l);
+      await checkInvariants(m, r);
+    },
+  );
 
 /** Releasing a parent releases its children first, as an admin does (a child would be drift). */
-const release = (label: string) => command(`release ${label}`, () => true, async (m, r) => {
-  for (const l of LABELS.filter((x) => PARENT[x] === label)) { await r.ns.release(l); m.pinned.delete(l); }
-  await r.ns.release(label);
-  m.pinned.delete(label);
-  await checkInvariants(m, r);
-});
+const release = (label: string) =>
+  command(
+    `release ${label}`,
+    () => true,
+    async (m, r) => {
+      for (const l of LABELS.filter((x) => PARENT[x] === label)) {
+        await r.ns.release(l);
+        m.pinned.delete(l);
+      }
+      await r.ns.release(label);
+      m.pinned.delete(label);
+      await checkInvariants(m, r);
+    },
+  );
 
-const killSpawner = command('kill the spawner', () => true, async (m, r) => {
-  const pid = r.ns.spawner!.pid;
-  if (pid !== undefined) {
-    process.kill(pid, 'SIGKILL');
-    await eventually(() => r.ns.spawner!.pid === undefined);
-  }
-  await checkInvariants(m, r);
-});
+const killSpawner = command(
+  'kill the spawner',
+  () => true,
+  async (m, r) => {
+    const pid = r.ns.spawner!.pid;
+    if (pid !== undefined) {
+      process.kill(pid, 'SIGKILL');
+      await eventually(() => r.ns.spawner!.pid === undefined);
+    }
+    await checkInvariants(m, r);
+  },
+);
 
 /** Every label at once while the spawner is killed: each is pinned, or fails with E_KERNEL and leaves no pin. */
-const killUnderRequests = command('ensure all, the spawner killed meanwhile', () => true, async (m, r) => {
-  const spawner = r.ns.spawner!;
-  const results = LABELS.map((l) => ensure(r, l).then(() => null, (e: unknown) => e));
-  await new Promise((res) => setImmediate(res));
-  if (spawner.pid !== undefined) process.kill(spawner.pid, 'SIGKILL');
-  const errors = await Promise.all(results);
-  LABELS.forEach((l, i) => {
-    const e = errors[i];
-    if (e === null) { for (let x: string | null = l; x; x = PARENT[x]!) m.pinned.add(x); return; }
-    assert.ok(e instanceof UsernsError && e.code === 'E_KERNEL', `${l}: ${e instanceof Error ? e.message : JSON.stringify(e)}`);
-  });
-  await checkInvariants(m, r);
-});
+const killUnderRequests = command(
+  'ensure all, the spawner killed meanwhile',
+  () => true,
+  async (m, r) => {
+    const spawner = r.ns.spawner!;
+    const results = LABELS.map((l) =>
+      ensure(r, l).then(
+        () => null,
+        (e: unknown) => e,
+      ),
+    );
+    await new Promise((res) => setImmediate(res));
+    if (spawner.pid !== undefined) process.kill(spawner.pid, 'SIGKILL');
+    const errors = await Promise.all(results);
+    LABELS.forEach((l, i) => {
+      const e = errors[i];
+      if (e === null) {
+        for (let x: string | null = l; x; x = PARENT[x]!) m.pinned.add(x);
+        return;
+      }
+      assert.ok(e instanceof UsernsError && e.code === 'E_KERNEL', `${l}: ${e instanceof Error ? e.message : JSON.stringify(e)}`);
+    });
+    await checkInvariants(m, r);
+  },
+);
 
 /** A restart: a new Namespaces adopts the pins (maps from their records or through the spawner). */
-const restart = (dropRecords: boolean) => command(`restart${dropRecords ? ', records lost' : ''}`, () => true, async (m, r) => {
-  r.ns.close();
-  if (dropRecords) rmSync(join(r.tree.pins, '.usernsd-records'), { recursive: true, force: true });
-  r.ns = new Namespaces({ pinsDir: r.tree.pins, spawner: 'native' });
-  const report = await r.ns.adopt(r.cfg.contexts);
-  assert.deepEqual(report.filter((e) => e.status !== 'ok').map((e) => e.message), []);
-  assert.deepEqual(report.map((e) => e.label).sort(), [...m.pinned].sort());
-  m.restarts++;
-  await checkInvariants(m, r);
-});
+const restart = (dropRecords: boolean) =>
+  command(
+    `restart${dropRecords ? ', records lost' : ''}`,
+    () => true,
+    async (m, r) => {
+      r.ns.close();
+      if (dropRecords) rmSync(join(r.tree.pins, '.usernsd-records'), { recursive: true, force: true });
+      r.ns = new Namespaces({ pinsDir: r.tree.pins, spawner: 'native' });
+      const report = await r.ns.adopt(r.cfg.contexts);
+      assert.deepEqual(
+        report.filter((e) => e.status !== 'ok').map((e) => e.message),
+        [],
+      );
+      assert.deepEqual(report.map((e) => e.label).sort(), [...m.pinned].sort());
+      m.restarts++;
+      await checkInvariants(m, r);
+    },
+  );
 
 describe('integration: namespaces through usernsd-spawner over time, model-based (root)', function () {
   this.timeout(300_000);
-  before(function () { if (!isRoot || !NATIVE_SPAWNER) this.skip(); });
+  before(function () {
+    if (!isRoot || !NATIVE_SPAWNER) this.skip();
+  });
 
   it('keeps pins, maps and holders as the model says across creations, releases, spawner deaths and restarts', async () => {
-    const commands = [...LABELS.flatMap((l) => [fc.constant(create(l)), fc.constant(release(l))]), fc.constant(killSpawner), fc.constant(killUnderRequests), fc.constant(restart(false)), fc.constant(restart(true))];
-    await fc.assert(fc.asyncProperty(fc.commands(commands, { maxCommands: 25 }), async (cmds) => {
-      const tree = makeTree();
-      for (const l of LABELS) tree.context(`${l}.conf`, `[context]\n${PARENT[l] ? `parent = ${PARENT[l]}\n` : ''}uid_map = ${MAPS[l]}\ngid_map = ${MAPS[l]}\n`);
-      const cfg = loadConfiguration(tree.config, { record: true, systemIds: () => [] });
-      assert.deepEqual(cfg.errors, []);
-      const real: Real = { tree, ns: new Namespaces({ pinsDir: tree.pins, spawner: 'native' }), cfg, inos: new Set() };
-      try {
-        await fc.asyncModelRun(() => ({ model: { pinned: new Set<string>(), restarts: 0 }, real }), cmds);
-      } finally {
-        real.ns.close();
-        unmountAll(tree.dir);
-        tree.remove();
-      }
-    }), { numRuns: 15 });
+    const commands = [
+      ...LABELS.flatMap((l) => [fc.constant(create(l)), fc.constant(release(l))]),
+      fc.constant(killSpawner),
+      fc.constant(killUnderRequests),
+      fc.constant(restart(false)),
+      fc.constant(restart(true)),
+    ];
+    await fc.assert(
+      fc.asyncProperty(fc.commands(commands, { maxCommands: 25 }), async (cmds) => {
+        const tree = makeTree();
+        for (const l of LABELS)
+          tree.context(`${l}.conf`, `[context]\n${PARENT[l] ? `parent = ${PARENT[l]}\n` : ''}uid_map = ${MAPS[l]}\ngid_map = ${MAPS[l]}\n`);
+        const cfg = loadConfiguration(tree.config, { record: true, systemIds: () => [] });
+        assert.deepEqual(cfg.errors, []);
+        const real: Real = { tree, ns: new Namespaces({ pinsDir: tree.pins, spawner: 'native' }), cfg, inos: new Set() };
+        try {
+          await fc.asyncModelRun(() => ({ model: { pinned: new Set<string>(), restarts: 0 }, real }), cmds);
+        } finally {
+          real.ns.close();
+          unmountAll(tree.dir);
+          tree.remove();
+        }
+      }),
+      { numRuns: 15 },
+    );
   });
 });
 
@@ -312,6 +423,9 @@ describe('unit: which spawner the agent uses', () => {
     assert.equal(useNativeSpawner('auto', missing), false);
     assert.equal(useNativeSpawner('node', SPAWNER_PATH), false);
     assert.equal(useNativeSpawner('auto', SPAWNER_PATH), existsSync(SPAWNER_PATH));
-    assert.throws(() => useNativeSpawner('native', missing), (e: UsernsError) => e.code === 'E_CONFIG' && /was not built: install a C compiler \(apt-get install gcc libc6-dev\) and run "make"/.test(e.message));
+    assert.throws(
+      () => useNativeSpawner('native', missing),
+      (e: UsernsError) => e.code === 'E_CONFIG' && /was not built: install a C compiler \(apt-get install gcc libc6-dev\) and run "make"/.test(e.message),
+    );
   });
 });

@@ -6,44 +6,58 @@ import { arbIdNear, arbMap, oracleLookup } from '../helpers/arbitraries.ts';
 
 describe('property: extents', () => {
   it('generated maps are valid and survive format -> parse', () => {
-    fc.assert(fc.property(arbMap(), (m) => {
-      assert.equal(validateExtents(m), null);
-      assert.deepEqual(parseExtents(formatExtents(m)), m);
-    }));
+    fc.assert(
+      fc.property(arbMap(), (m) => {
+        assert.equal(validateExtents(m), null);
+        assert.deepEqual(parseExtents(formatExtents(m)), m);
+      }),
+    );
   });
 
   it('lookup agrees with the definition, both ways', () => {
-    fc.assert(fc.property(arbMap().chain((m) => fc.tuple(fc.constant(m), arbIdNear(m, 'inside'), arbIdNear(m, 'outside'))), ([m, i, o]) => {
-      assert.equal(lookup(sortBy(m, 'inside'), 'inside', i), oracleLookup(m, 'inside', i));
-      assert.equal(lookup(sortBy(m, 'outside'), 'outside', o), oracleLookup(m, 'outside', o));
-    }));
+    fc.assert(
+      fc.property(
+        arbMap().chain((m) => fc.tuple(fc.constant(m), arbIdNear(m, 'inside'), arbIdNear(m, 'outside'))),
+        ([m, i, o]) => {
+          assert.equal(lookup(sortBy(m, 'inside'), 'inside', i), oracleLookup(m, 'inside', i));
+          assert.equal(lookup(sortBy(m, 'outside'), 'outside', o), oracleLookup(m, 'outside', o));
+        },
+      ),
+    );
   });
 
   it('composition maps an id exactly as the two maps one after the other', () => {
     const pair = arbMap({ outsideBase: 0, maxCount: 3000 }).chain((child) =>
-      fc.tuple(fc.constant(child), arbMap({ insideBase: 0, maxCount: 8000 }), arbIdNear(child, 'inside')));
-    fc.assert(fc.property(pair, ([child, parent, id]) => {
-      const mid = oracleLookup(child, 'inside', id);
-      const expected = mid === null ? null : oracleLookup(parent, 'inside', mid);
-      assert.equal(oracleLookup(composeMaps(child, parent), 'inside', id), expected);
-    }));
+      fc.tuple(fc.constant(child), arbMap({ insideBase: 0, maxCount: 8000 }), arbIdNear(child, 'inside')),
+    );
+    fc.assert(
+      fc.property(pair, ([child, parent, id]) => {
+        const mid = oracleLookup(child, 'inside', id);
+        const expected = mid === null ? null : oracleLookup(parent, 'inside', mid);
+        assert.equal(oracleLookup(composeMaps(child, parent), 'inside', id), expected);
+      }),
+    );
   });
 
   it('uncovered returns exactly the ids no extent covers', () => {
-    fc.assert(fc.property(arbMap({ maxCount: 50 }), fc.integer({ min: 0, max: 2000 }), fc.integer({ min: 1, max: 500 }), (m, start, len) => {
-      const gaps = uncovered(m, 'inside', start, start + len);
-      for (let id = start; id < start + len; id++) {
-        const inGap = gaps.some((g) => id >= g.start && id < g.end);
-        assert.equal(inGap, oracleLookup(m, 'inside', id) === null, `id ${id}`);
-      }
-    }));
+    fc.assert(
+      fc.property(arbMap({ maxCount: 50 }), fc.integer({ min: 0, max: 2000 }), fc.integer({ min: 1, max: 500 }), (m, start, len) => {
+        const gaps = uncovered(m, 'inside', start, start + len);
+        for (let id = start; id < start + len; id++) {
+          const inGap = gaps.some((g) => id >= g.start && id < g.end);
+          assert.equal(inGap, oracleLookup(m, 'inside', id) === null, `id ${id}`);
+        }
+      }),
+    );
   });
 
   it('validation refuses any overlap on either side', () => {
-    fc.assert(fc.property(arbMap({ maxExtents: 4 }), fc.nat(), fc.constantFrom('inside', 'outside'), (m, pick, side) => {
-      const e = m[pick % m.length];
-      const copy = { ...e, [side]: e[side] + Math.floor(e.count / 2), [side === 'inside' ? 'outside' : 'inside']: 4000000000 - e.count };
-      assert.match(validateExtents([...m, copy]) ?? '', new RegExp(`overlap on the ${side} side`));
-    }));
+    fc.assert(
+      fc.property(arbMap({ maxExtents: 4 }), fc.nat(), fc.constantFrom('inside', 'outside'), (m, pick, side) => {
+        const e = m[pick % m.length];
+        const copy = { ...e, [side]: e[side] + Math.floor(e.count / 2), [side === 'inside' ? 'outside' : 'inside']: 4000000000 - e.count };
+        assert.match(validateExtents([...m, copy]) ?? '', new RegExp(`overlap on the ${side} side`));
+      }),
+    );
   });
 });

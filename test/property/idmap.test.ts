@@ -12,82 +12,121 @@ const view = (label: string, uid: IdMap, gid: IdMap, mode: SquashMode = 'none', 
   makeView(label, { mode, anonuid, anongid }, uid, gid);
 
 /** Two contexts that share some host ids: B's map is built over pieces of A's host ranges. */
-const arbPair = fc.tuple(arbMap(), arbMap()).chain(([a, b]) =>
-  fc.subarray([...a]).map((shared) => [a, [...b.map((e) => ({ ...e, outside: e.outside + 2000000 })),
-    ...shared.map((e, i) => ({ inside: 1000000 + i * 10000, outside: e.outside, count: Math.min(e.count, 10000) }))]] as const));
+const arbPair = fc
+  .tuple(arbMap(), arbMap())
+  .chain(([a, b]) =>
+    fc
+      .subarray([...a])
+      .map(
+        (shared) =>
+          [
+            a,
+            [
+              ...b.map((e) => ({ ...e, outside: e.outside + 2000000 })),
+              ...shared.map((e, i) => ({ inside: 1000000 + i * 10000, outside: e.outside, count: Math.min(e.count, 10000) })),
+            ],
+          ] as const,
+      ),
+  );
 
 describe('property: mapping between contexts', () => {
   it('maps an id to host exactly as the extents say (inside -> outside, never the reverse)', () => {
-    fc.assert(fc.property(arbMap().chain((m) => fc.tuple(fc.constant(m), arbIdNear(m, 'inside'))), ([m, id]) => {
-      const a = view('a', m, m);
-      assert.equal(mapId(a, HOST_VIEW, 'uid', id, OVERFLOW), oracleLookup(m, 'inside', id) ?? OVERFLOW.uid);
-      assert.equal(toHost(a, 'uid', id), oracleLookup(m, 'inside', id));
-    }));
+    fc.assert(
+      fc.property(
+        arbMap().chain((m) => fc.tuple(fc.constant(m), arbIdNear(m, 'inside'))),
+        ([m, id]) => {
+          const a = view('a', m, m);
+          assert.equal(mapId(a, HOST_VIEW, 'uid', id, OVERFLOW), oracleLookup(m, 'inside', id) ?? OVERFLOW.uid);
+          assert.equal(toHost(a, 'uid', id), oracleLookup(m, 'inside', id));
+        },
+      ),
+    );
   });
 
   it('round trip A -> B -> A with mode none returns the id when both map it', () => {
-    fc.assert(fc.property(arbPair.chain(([a, b]) => fc.tuple(fc.constant(a), fc.constant(b), arbIdNear(a, 'inside'))), ([am, bm, id]) => {
-      const A = view('a', am, am);
-      const B = view('b', bm, bm);
-      const host = oracleLookup(am, 'inside', id);
-      fc.pre(host !== null && oracleLookup(bm, 'outside', host) !== null);
-      const there = mapId(A, B, 'uid', id, OVERFLOW);
-      assert.equal(there, oracleLookup(bm, 'outside', host));
-      assert.equal(mapId(B, A, 'uid', there, OVERFLOW), id);
-    }));
+    fc.assert(
+      fc.property(
+        arbPair.chain(([a, b]) => fc.tuple(fc.constant(a), fc.constant(b), arbIdNear(a, 'inside'))),
+        ([am, bm, id]) => {
+          const A = view('a', am, am);
+          const B = view('b', bm, bm);
+          const host = oracleLookup(am, 'inside', id);
+          fc.pre(host !== null && oracleLookup(bm, 'outside', host) !== null);
+          const there = mapId(A, B, 'uid', id, OVERFLOW);
+          assert.equal(there, oracleLookup(bm, 'outside', host));
+          assert.equal(mapId(B, A, 'uid', there, OVERFLOW), id);
+        },
+      ),
+    );
   });
 
   it('A -> B equals A -> host -> B, for every squash mode', () => {
-    const arb = arbPair.chain(([a, b]) => fc.tuple(fc.constant(a), fc.constant(b), arbIdNear(a, 'inside'), fc.constantFrom<SquashMode>('none', 'root', 'all'), fc.integer({ min: 0, max: 300000 })));
-    fc.assert(fc.property(arb, ([am, bm, id, mode, anon]) => {
-      const A = view('a', am, am, mode, anon, anon);
-      const B = view('b', bm, bm);
-      for (const kind of ['uid', 'gid'] as const) {
-        assert.equal(mapId(A, B, kind, id, OVERFLOW), mapId(HOST_VIEW, B, kind, mapId(A, HOST_VIEW, kind, id, OVERFLOW), OVERFLOW));
-      }
-    }));
+    const arb = arbPair.chain(([a, b]) =>
+      fc.tuple(fc.constant(a), fc.constant(b), arbIdNear(a, 'inside'), fc.constantFrom<SquashMode>('none', 'root', 'all'), fc.integer({ min: 0, max: 300000 })),
+    );
+    fc.assert(
+      fc.property(arb, ([am, bm, id, mode, anon]) => {
+        const A = view('a', am, am, mode, anon, anon);
+        const B = view('b', bm, bm);
+        for (const kind of ['uid', 'gid'] as const) {
+          assert.equal(mapId(A, B, kind, id, OVERFLOW), mapId(HOST_VIEW, B, kind, mapId(A, HOST_VIEW, kind, id, OVERFLOW), OVERFLOW));
+        }
+      }),
+    );
   });
 
-  it('under mode root, id 0 of A comes out as B\'s 0 only when anonuid maps there; other ids are untouched', () => {
+  it("under mode root, id 0 of A comes out as B's 0 only when anonuid maps there; other ids are untouched", () => {
     const arb = arbPair.chain(([a, b]) => fc.tuple(fc.constant(a), fc.constant(b), arbIdNear(a, 'inside'), fc.integer({ min: 0, max: 3000000 })));
-    fc.assert(fc.property(arb, ([am, bm, id, anon]) => {
-      const A = view('a', am, am, 'root', anon, anon);
-      const Anone = view('a', am, am, 'none');
-      const B = view('b', bm, bm);
-      const zero = mapId(A, B, 'uid', 0, OVERFLOW);
-      if (zero === 0) assert.equal(oracleLookup(bm, 'outside', anon), 0);
-      assert.equal(zero, oracleLookup(bm, 'outside', anon) ?? OVERFLOW.uid);
-      if (id !== 0) assert.equal(mapId(A, B, 'uid', id, OVERFLOW), mapId(Anone, B, 'uid', id, OVERFLOW));
-    }));
+    fc.assert(
+      fc.property(arb, ([am, bm, id, anon]) => {
+        const A = view('a', am, am, 'root', anon, anon);
+        const Anone = view('a', am, am, 'none');
+        const B = view('b', bm, bm);
+        const zero = mapId(A, B, 'uid', 0, OVERFLOW);
+        if (zero === 0) assert.equal(oracleLookup(bm, 'outside', anon), 0);
+        assert.equal(zero, oracleLookup(bm, 'outside', anon) ?? OVERFLOW.uid);
+        if (id !== 0) assert.equal(mapId(A, B, 'uid', id, OVERFLOW), mapId(Anone, B, 'uid', id, OVERFLOW));
+      }),
+    );
   });
 
-  it('under mode all, every uid comes out as anonuid\'s image and every gid as anongid\'s', () => {
-    const arb = arbPair.chain(([a, b]) => fc.tuple(fc.constant(a), fc.constant(b), fc.array(fc.nat({ max: 0xfffffffe }), { maxLength: 20 }), fc.integer({ min: 0, max: 3000000 })));
-    fc.assert(fc.property(arb, ([am, bm, ids, anon]) => {
-      const A = view('a', am, am, 'all', anon, anon + 1);
-      const B = view('b', bm, bm);
-      for (const out of mapIds(A, B, 'uid', ids, OVERFLOW)) assert.equal(out, oracleLookup(bm, 'outside', anon) ?? OVERFLOW.uid);
-      for (const out of mapIds(A, B, 'gid', ids, OVERFLOW)) assert.equal(out, oracleLookup(bm, 'outside', anon + 1) ?? OVERFLOW.gid);
-    }));
+  it("under mode all, every uid comes out as anonuid's image and every gid as anongid's", () => {
+    const arb = arbPair.chain(([a, b]) =>
+      fc.tuple(fc.constant(a), fc.constant(b), fc.array(fc.nat({ max: 0xfffffffe }), { maxLength: 20 }), fc.integer({ min: 0, max: 3000000 })),
+    );
+    fc.assert(
+      fc.property(arb, ([am, bm, ids, anon]) => {
+        const A = view('a', am, am, 'all', anon, anon + 1);
+        const B = view('b', bm, bm);
+        for (const out of mapIds(A, B, 'uid', ids, OVERFLOW)) assert.equal(out, oracleLookup(bm, 'outside', anon) ?? OVERFLOW.uid);
+        for (const out of mapIds(A, B, 'gid', ids, OVERFLOW)) assert.equal(out, oracleLookup(bm, 'outside', anon + 1) ?? OVERFLOW.gid);
+      }),
+    );
   });
 
   it('is total and deterministic: always an id, the same one every time', () => {
     const arb = fc.tuple(arbMap(), arbMap(), fc.nat({ max: 0xfffffffe }), fc.constantFrom<SquashMode>('none', 'root', 'all'));
-    fc.assert(fc.property(arb, ([am, bm, id, mode]) => {
-      const A = view('a', am, am, mode);
-      const B = view('b', bm, bm);
-      const r = mapId(A, B, 'gid', id, OVERFLOW);
-      assert.ok(Number.isInteger(r) && r >= 0 && r < 0xffffffff);
-      assert.equal(mapId(A, B, 'gid', id, OVERFLOW), r);
-    }));
+    fc.assert(
+      fc.property(arb, ([am, bm, id, mode]) => {
+        const A = view('a', am, am, mode);
+        const B = view('b', bm, bm);
+        const r = mapId(A, B, 'gid', id, OVERFLOW);
+        assert.ok(Number.isInteger(r) && r >= 0 && r < 0xffffffff);
+        assert.equal(mapId(A, B, 'gid', id, OVERFLOW), r);
+      }),
+    );
   });
 
   it('a chain of maps composes like following each map in turn', () => {
-    const arb = fc.tuple(arbMap({ outsideBase: 0, maxCount: 2000 }), arbMap({ insideBase: 0, maxCount: 8000 })).chain(([c, p]) => fc.tuple(fc.constant(c), fc.constant(p), arbIdNear(c, 'inside')));
-    fc.assert(fc.property(arb, ([child, parent, id]) => {
-      const mid = oracleLookup(child, 'inside', id);
-      assert.equal(oracleLookup(chainToHost([child, parent]), 'inside', id), mid === null ? null : oracleLookup(parent, 'inside', mid));
-    }));
+    const arb = fc
+      .tuple(arbMap({ outsideBase: 0, maxCount: 2000 }), arbMap({ insideBase: 0, maxCount: 8000 }))
+      .chain(([c, p]) => fc.tuple(fc.constant(c), fc.constant(p), arbIdNear(c, 'inside')));
+    fc.assert(
+      fc.property(arb, ([child, parent, id]) => {
+        const mid = oracleLookup(child, 'inside', id);
+        assert.equal(oracleLookup(chainToHost([child, parent]), 'inside', id), mid === null ? null : oracleLookup(parent, 'inside', mid));
+      }),
+    );
   });
 });
 

@@ -48,12 +48,22 @@ describe('unit: the edges of the id space', () => {
   it('accepts the full map and the largest id as the last of an extent', () => {
     assert.deepEqual(map('0 0 4294967295'), [{ inside: 0, outside: 0, count: 2 ** 32 - 1 }]);
     assert.deepEqual(map(`${LARGEST} 7 1`), [{ inside: LARGEST, outside: 7, count: 1 }]);
-    assert.deepEqual(map('0 0 10, 10 10 5'), [{ inside: 0, outside: 0, count: 10 }, { inside: 10, outside: 10, count: 5 }], 'touching extents do not overlap');
+    assert.deepEqual(
+      map('0 0 10, 10 10 5'),
+      [
+        { inside: 0, outside: 0, count: 10 },
+        { inside: 10, outside: 10, count: 5 },
+      ],
+      'touching extents do not overlap',
+    );
   });
 
-  it('looks up an extent\'s first and last id, and misses one before and one past it, on both sides', () => {
+  it("looks up an extent's first and last id, and misses one before and one past it, on both sides", () => {
     const m = map('0 100000 65536, 70000 300000 10');
-    for (const [side, at, other] of [['inside', 0, 100000], ['outside', 100000, 0]] as const) {
+    for (const [side, at, other] of [
+      ['inside', 0, 100000],
+      ['outside', 100000, 0],
+    ] as const) {
       const s = sortBy(m, side);
       assert.equal(lookup(s, side, at), other, `${side}: first`);
       assert.equal(lookup(s, side, at + 65535), other + 65535, `${side}: last`);
@@ -72,7 +82,7 @@ describe('unit: the edges of the id space', () => {
     assert.equal(lookup([], 'inside', 0), null, 'an empty map maps nothing');
   });
 
-  it('composes at the edges: what the parent maps of the child\'s range, to the id', () => {
+  it("composes at the edges: what the parent maps of the child's range, to the id", () => {
     // Child 0..9 -> parent 95..104; the parent maps 100..199 only: child 5..9 survive, as 1000..1004.
     assert.deepEqual(composeMaps(map('0 95 10'), map('100 1000 100')), [{ inside: 5, outside: 1000, count: 5 }]);
     // Touching but not overlapping: nothing.
@@ -84,15 +94,15 @@ describe('unit: the edges of the id space', () => {
     assert.deepEqual(composeMaps(map('0 100000 65536'), map('0 0 4294967295')), map('0 100000 65536'));
   });
 
-  it('maps between contexts at the range\'s edges: the first past the range is the overflow id, root squashed as asked', () => {
+  it("maps between contexts at the range's edges: the first past the range is the overflow id, root squashed as asked", () => {
     const squash = (mode: 'none' | 'root' | 'all') => ({ mode, anonuid: 65533, anongid: 65533 });
     const a = (mode: 'none' | 'root' | 'all') => makeView('a', squash(mode), map('0 100000 65536'), map('0 100000 65536'));
     const b = makeView('b', squash('none'), map('0 165536 65536'), map('0 165536 65536'));
     const none = a('none');
     assert.equal(mapId(none, HOST_VIEW, 'uid', 0, OVERFLOW), 100000);
     assert.equal(mapId(none, HOST_VIEW, 'uid', 65535, OVERFLOW), 165535);
-    assert.equal(mapId(none, HOST_VIEW, 'uid', 65536, OVERFLOW), 65534, 'not 165536, which is b\'s root');
-    assert.equal(mapId(none, b, 'uid', 65535, OVERFLOW), 65534, 'a\'s last id is nobody in b');
+    assert.equal(mapId(none, HOST_VIEW, 'uid', 65536, OVERFLOW), 65534, "not 165536, which is b's root");
+    assert.equal(mapId(none, b, 'uid', 65535, OVERFLOW), 65534, "a's last id is nobody in b");
     assert.equal(mapId(HOST_VIEW, none, 'uid', 99999, OVERFLOW), 65534);
     assert.equal(mapId(HOST_VIEW, none, 'uid', 100000, OVERFLOW), 0);
     assert.equal(mapId(HOST_VIEW, none, 'uid', 165536, OVERFLOW), 65534);
@@ -103,7 +113,7 @@ describe('unit: the edges of the id space', () => {
 });
 
 describe('unit: the maps as the kernel writes and reads them', () => {
-  it('writes one extent a line, and reads the kernel\'s padded columns back, lines of another shape skipped', () => {
+  it("writes one extent a line, and reads the kernel's padded columns back, lines of another shape skipped", () => {
     assert.equal(kernelMapText(map('0 100000 65536, 65536 1 1')), '0 100000 65536\n65536 1 1\n');
     assert.deepEqual(parseKernelMap('         0     100000      65536\n     65536          1          1\n'), map('0 100000 65536, 65536 1 1'));
     assert.deepEqual(parseKernelMap('\n  0 5 1 extra\n 7 8 9\n'), [{ inside: 7, outside: 8, count: 9 }]);
@@ -127,7 +137,10 @@ describe('unit: the maps as the kernel writes and reads them', () => {
     assert.deepEqual(parseExtents('0   100000 \t 65536'), [{ inside: 0, outside: 100000, count: 65536 }]);
   });
 
-  it('composes into a map sorted by inside id, whatever the child\'s order', () => {
-    assert.deepEqual(composeMaps(map('100 1050 10, 0 1000 10'), map('1000 5000 100')), [{ inside: 0, outside: 5000, count: 10 }, { inside: 100, outside: 5050, count: 10 }]);
+  it("composes into a map sorted by inside id, whatever the child's order", () => {
+    assert.deepEqual(composeMaps(map('100 1050 10, 0 1000 10'), map('1000 5000 100')), [
+      { inside: 0, outside: 5000, count: 10 },
+      { inside: 100, outside: 5050, count: 10 },
+    ]);
   });
 });

@@ -13,7 +13,9 @@ export function usernsctl(args: string[], env: NodeJS.ProcessEnv = process.env) 
 
 describe('usernsctl check-config', () => {
   let tree: Tree;
-  beforeEach(() => { tree = makeTree(); });
+  beforeEach(() => {
+    tree = makeTree();
+  });
   afterEach(() => tree.remove());
 
   it('exits 0 on the shipped examples and summarises each context with --verbose', () => {
@@ -34,9 +36,18 @@ describe('usernsctl check-config', () => {
     const r = usernsctl(['check-config', '--config', tree.config]);
     assert.equal(r.code, 1);
     const lines = r.err.trim().split('\n');
-    assert.ok(lines.includes(`${b}: [context] owner: unknown user "no-such-user-x" (not found through NSS: check getent passwd no-such-user-x) (line 2)`), r.err);
-    assert.ok(lines.includes(`${b}: [context] uid_map: "0 1 0" has count 0 (line 3)`) || lines.some((l) => l.startsWith(`${b}: [context] uid_map: extent`)), r.err);
-    assert.ok(lines.some((l) => l.startsWith(`${c}: [context] uid_map: host uids 100000-100009 are already used by context "a" (${a})`)), r.err);
+    assert.ok(
+      lines.includes(`${b}: [context] owner: unknown user "no-such-user-x" (not found through NSS: check getent passwd no-such-user-x) (line 2)`),
+      r.err,
+    );
+    assert.ok(
+      lines.includes(`${b}: [context] uid_map: "0 1 0" has count 0 (line 3)`) || lines.some((l) => l.startsWith(`${b}: [context] uid_map: extent`)),
+      r.err,
+    );
+    assert.ok(
+      lines.some((l) => l.startsWith(`${c}: [context] uid_map: host uids 100000-100009 are already used by context "a" (${a})`)),
+      r.err,
+    );
   });
 
   it('reports a context directory that cannot be read', () => {

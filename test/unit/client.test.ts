@@ -32,14 +32,26 @@ sys.stdin.read()
 
 function listener(path: string, acceptAfterMs: number) {
   const child = spawn(PYTHON, ['-c', LISTENER, path, String(acceptAfterMs / 1000)], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const full = new Promise<void>((resolve) => child.stdout.setEncoding('utf8').on('data', (d: string) => { if (d.toString().includes('full')) resolve(); }));
-  return { full, stop: () => { child.stdin.end(); child.kill(); } };
+  const full = new Promise<void>((resolve) =>
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      if (d.toString().includes('full')) resolve();
+    }),
+  );
+  return {
+    full,
+    stop: () => {
+      child.stdin.end();
+      child.kill();
+    },
+  };
 }
 
 describe('AgentClient.connect on a full listen backlog (EAGAIN)', function () {
   this.timeout(20_000);
   let dir: string;
-  beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'usernsd-eagain-')); });
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'usernsd-eagain-'));
+  });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
   it('retries with backoff and connects once the listener accepts again', async () => {

@@ -22,7 +22,7 @@ const HPA_SUBIDS: Delegations = {
     const sub = o.name === 'hpa' ? [{ start: 100000, end: 165536 }] : [];
     return { uid: [...own.uid, ...sub], gid: [...own.gid, ...sub] };
   },
-  whose: (kind, id) => (kind === 'uid' ? testNss.userById(id)?.name ?? null : null),
+  whose: (kind, id) => (kind === 'uid' ? (testNss.userById(id)?.name ?? null) : null),
 };
 /** Files parsed, linked and finished as the loader does, with what was in force before (`prior`). */
 const all = (files: Record<string, string>, prior: Parameters<typeof finishContexts>[3] = { inForce: new Map(), allocations: new Map() }) => {
@@ -47,7 +47,11 @@ describe('config: context files', () => {
     assert.equal(def!.parent, 'host');
     assert.deepEqual(def!.owner, { uid: 1000, gid: 1000, name: 'hpa' });
     assert.equal(def!.setgroups, null, 'setgroups is decided with the parent (finishContexts)');
-    assert.equal(all({ 'x.conf': '[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n' }).contexts[0].setgroups, 'deny', 'setgroups defaults to deny for a non-root owner');
+    assert.equal(
+      all({ 'x.conf': '[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n' }).contexts[0].setgroups,
+      'deny',
+      'setgroups defaults to deny for a non-root owner',
+    );
     assert.equal(def!.create, 'lazy');
     assert.deepEqual(def!.squash, { mode: 'root', anonuid: 65534, anongid: 65534 });
     assert.deepEqual(def!.access, { uids: [1001], gids: [34] });
@@ -80,8 +84,16 @@ describe('config: context files', () => {
     ['key twice', '[context]\nuid_map = 0 1 1\nuid_map = 0 2 1\ngid_map = 0 1 1\n', /\[context\] uid_map: is set twice \(first at line 2\) \(line 3\)/],
     ['key without value', '[context]\nuid_map =\ngid_map = 0 1 1\n', /\[context\] uid_map: needs a value: write key = value \(line 2\)/],
     ['line without "="', '[context]\nuid_map 0 1 1\ngid_map = 0 1 1\n', /^\/etc\/userns\.d\/x\.conf: is not "key = value": the "=" is missing \(line 2\)$/],
-    ['header without "]"', '[context\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /^\/etc\/userns\.d\/x\.conf: a section header must be "\[name\]" alone on its line \(the closing "\]" is missing\) \(line 1\)$/],
-    ['key before section', 'uid_map = 0 1 1\n[context]\n', /x\.conf: uid_map: stands before any \[section\]: put it under the section it belongs to \(line 1\)/],
+    [
+      'header without "]"',
+      '[context\nuid_map = 0 1 1\ngid_map = 0 1 1\n',
+      /^\/etc\/userns\.d\/x\.conf: a section header must be "\[name\]" alone on its line \(the closing "\]" is missing\) \(line 1\)$/,
+    ],
+    [
+      'key before section',
+      'uid_map = 0 1 1\n[context]\n',
+      /x\.conf: uid_map: stands before any \[section\]: put it under the section it belongs to \(line 1\)/,
+    ],
     ['missing [context]', '[squash]\nmode = all\n', /\[context\]: missing/],
     ['missing gid_map', '[context]\nuid_map = 0 1 1\n', /\[context\] gid_map: missing/],
     ['count 0', '[context]\nuid_map = 0 100 0\ngid_map = 0 1 1\n', /uid_map: .*count 0 \(line 2\)/],
@@ -90,8 +102,16 @@ describe('config: context files', () => {
     ['outside overlap', '[context]\nuid_map = 0 100 10\ngid_map = 0 100 10, 20 105 10\n', /gid_map: extents 1 and 2 overlap on the outside side/],
     ['not numbers', '[context]\nuid_map = a b c\ngid_map = 0 1 1\n', /uid_map: "a b c" must be three non-negative decimal numbers/],
     ['negative', '[context]\nuid_map = -1 5 5\ngid_map = 0 1 1\n', /uid_map: .*non-negative/],
-    ['unknown owner', '[context]\nowner = nosuchuser\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] owner: unknown user "nosuchuser".*getent passwd nosuchuser\) \(line 2\)/],
-    ['unknown access group', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\ngroups = backup, nosuchgroup\n', /\[access\] groups: unknown group "nosuchgroup"/],
+    [
+      'unknown owner',
+      '[context]\nowner = nosuchuser\nuid_map = 0 1 1\ngid_map = 0 1 1\n',
+      /\[context\] owner: unknown user "nosuchuser".*getent passwd nosuchuser\) \(line 2\)/,
+    ],
+    [
+      'unknown access group',
+      '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\ngroups = backup, nosuchgroup\n',
+      /\[access\] groups: unknown group "nosuchgroup"/,
+    ],
     ['bad squash mode', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[squash]\nmode = some\n', /\[squash\] mode: must be one of none, root, all/],
     ['range with uid_map', '[context]\nrange = auto\nuid_map = 0 1 1\n', /uid_map: cannot be combined with range = auto/],
     ['size without auto', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\nsize = 10\n', /size: only applies with range = auto/],
@@ -100,17 +120,36 @@ describe('config: context files', () => {
     ['__proto__ key', '[context]\n__proto__ = 1\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] __proto__: unknown key/],
     // (uid_t) -1 is "no id" to the kernel: setresuid(-1, ...) and chown(-1) change nothing, so an
     // owner of 4294967295 would leave the namespace to root. Never a user, a group or anonuid.
-    ['owner (uid_t) -1', '[context]\nowner = 4294967295\nuid_map = 0 1 1\ngid_map = 0 1 1\n', /\[context\] owner: 4294967295 is \(uid_t\) -1, which the kernel reads as "no id": not a user \(line 2\)/],
+    [
+      'owner (uid_t) -1',
+      '[context]\nowner = 4294967295\nuid_map = 0 1 1\ngid_map = 0 1 1\n',
+      /\[context\] owner: 4294967295 is \(uid_t\) -1, which the kernel reads as "no id": not a user \(line 2\)/,
+    ],
     ['anonuid (uid_t) -1', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[squash]\nanonuid = 4294967295\n', /\[squash\] anonuid: 4294967295 is \(uid_t\) -1/],
-    ['anongid (gid_t) -1', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[squash]\nanongid = 4294967295\n', /\[squash\] anongid: 4294967295 is \(gid_t\) -1, which the kernel reads as "no id": not a group/],
-    ['access user (uid_t) -1', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\nusers = alice, 4294967295\n', /\[access\] users: 4294967295 is \(uid_t\) -1/],
-    ['access group (gid_t) -1', '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\ngroups = 4294967295\n', /\[access\] groups: 4294967295 is \(gid_t\) -1/],
+    [
+      'anongid (gid_t) -1',
+      '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[squash]\nanongid = 4294967295\n',
+      /\[squash\] anongid: 4294967295 is \(gid_t\) -1, which the kernel reads as "no id": not a group/,
+    ],
+    [
+      'access user (uid_t) -1',
+      '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\nusers = alice, 4294967295\n',
+      /\[access\] users: 4294967295 is \(uid_t\) -1/,
+    ],
+    [
+      'access group (gid_t) -1',
+      '[context]\nuid_map = 0 1 1\ngid_map = 0 1 1\n[access]\ngroups = 4294967295\n',
+      /\[access\] groups: 4294967295 is \(gid_t\) -1/,
+    ],
   ];
   for (const [name, text, re] of cases) {
     it(`refuses ${name}`, () => {
       const { def, errors } = one(text);
       assert.equal(def, null, 'a file with an error yields no context');
-      assert.ok(errors.some((e) => re.test(e)), `expected ${re} in:\n${errors.join('\n')}`);
+      assert.ok(
+        errors.some((e) => re.test(e)),
+        `expected ${re} in:\n${errors.join('\n')}`,
+      );
     });
   }
 
@@ -134,7 +173,11 @@ describe('config: context files', () => {
 
 describe('config: INI syntax errors', () => {
   for (const [name, text, said] of [
-    ['a header without its "]"', '[context\nuid_map = 0 1 1\ngid_map = 0 1 1\n', 'a section header must be "[name]" alone on its line (the closing "]" is missing) (line 1)'],
+    [
+      'a header without its "]"',
+      '[context\nuid_map = 0 1 1\ngid_map = 0 1 1\n',
+      'a section header must be "[name]" alone on its line (the closing "]" is missing) (line 1)',
+    ],
     ['a line without "="', '[context]\nuid_map 0 1 1\ngid_map = 0 1 1\n', 'is not "key = value": the "=" is missing (line 2)'],
     ['a line without a key', '[context]\n= 0 1 1\nuid_map = 0 1 1\ngid_map = 0 1 1\n', 'is not "key = value": the key before "=" is missing (line 2)'],
   ] as const) {
@@ -153,19 +196,28 @@ describe('config: an owner maps only host ids it was given (SPEC §12)', () => {
     const r = all({ 'a.conf': owned('alice', '0 1000 10', '0 1001 1') });
     assert.deepEqual(r.labels, []);
     assert.equal(r.errors.length, 1, r.errors.join('\n'));
-    assert.match(r.errors[0], /a\.conf: \[context\] uid_map: maps host uids 1000, 1002-1009, which were not delegated to alice \(1000 is hpa's\): alice was given 1001 \(its own uid and its subuid entries\)/);
+    assert.match(
+      r.errors[0],
+      /a\.conf: \[context\] uid_map: maps host uids 1000, 1002-1009, which were not delegated to alice \(1000 is hpa's\): alice was given 1001 \(its own uid and its subuid entries\)/,
+    );
   });
 
-  it('accepts maps inside the owner\'s own ids and its subordinate ranges, at both ends, and refuses one id past them', () => {
+  it("accepts maps inside the owner's own ids and its subordinate ranges, at both ends, and refuses one id past them", () => {
     assert.deepEqual(all({ 'a.conf': owned('alice', '0 1001 1') }).errors, []);
     assert.deepEqual(all({ 'h.conf': owned('hpa', '0 100000 65536') }).errors, []);
     assert.deepEqual(all({ 'h.conf': owned('hpa', '0 1000 1, 1 100000 65536') }).errors, [], 'its own uid beside its range, in one map');
-    for (const [uid, past] of [['0 100000 65537', '165536'], ['0 99999 2', '99999']] as const) {
+    for (const [uid, past] of [
+      ['0 100000 65537', '165536'],
+      ['0 99999 2', '99999'],
+    ] as const) {
       const r = all({ 'h.conf': owned('hpa', uid) });
       assert.deepEqual(r.labels, [], uid);
       assert.match(r.errors.join('\n'), new RegExp(`uid_map: maps host uids ${past}, which were not delegated to hpa`), uid);
     }
-    assert.match(all({ 'h.conf': owned('hpa', '0 100000 65536', '0 99999 1') }).errors.join('\n'), /gid_map: maps host gids 99999, which were not delegated to hpa: hpa was given 1000, 100000-165535 \(its own gid and its subgid entries\)/);
+    assert.match(
+      all({ 'h.conf': owned('hpa', '0 100000 65536', '0 99999 1') }).errors.join('\n'),
+      /gid_map: maps host gids 99999, which were not delegated to hpa: hpa was given 1000, 100000-165535 \(its own gid and its subgid entries\)/,
+    );
   });
 
   it('refuses an absurd map for an owner (4,000,000,000 ids), however it is written', () => {
@@ -178,22 +230,30 @@ describe('config: an owner maps only host ids it was given (SPEC §12)', () => {
     const r = all({ 'a.conf': owned('alice', '0 1000 10', '0 1001 1', 'owner_ids = any\n') });
     assert.deepEqual(r.errors, []);
     assert.deepEqual(r.labels, ['a']);
-    assert.deepEqual(r.notices.map(formatConfigError), ['/etc/userns.d/a.conf: [context] owner_ids: any: the owner may use ids it was not given: uid_map maps host uids 1000, 1002-1009, which were not delegated to alice (1000 is hpa\'s) (line 5)']);
+    assert.deepEqual(r.notices.map(formatConfigError), [
+      "/etc/userns.d/a.conf: [context] owner_ids: any: the owner may use ids it was not given: uid_map maps host uids 1000, 1002-1009, which were not delegated to alice (1000 is hpa's) (line 5)",
+    ]);
     assert.deepEqual(all({ 'a.conf': owned('alice', '0 1001 1', '0 1001 1', 'owner_ids = any\n') }).notices, [], 'no notice when nothing is beyond');
   });
 
   it('judges a nested context by its own owner: the same owner nests freely, another owner only inside what it was given', () => {
     const p = owned('hpa', '0 100000 65536');
     const kid = (extra: string) => `[context]\nparent = p\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n${extra}`;
-    assert.deepEqual(all({ 'p.conf': p, 'c.conf': kid('owner = hpa\n') }).errors.filter((e) => !/is not mapped in parent/.test(e)), []);
+    assert.deepEqual(
+      all({ 'p.conf': p, 'c.conf': kid('owner = hpa\n') }).errors.filter((e) => !/is not mapped in parent/.test(e)),
+      [],
+    );
     assert.deepEqual(all({ 'p.conf': p, 'c.conf': kid('') }).errors, [], "the parent's root owns it: inside the parent's ids");
     const root = '[context]\nuid_map = 0 200000 65536\ngid_map = 0 200000 65536\n';
     const r = all({ 'p.conf': root, 'c.conf': `[context]\nparent = p\nowner = 201005\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n` });
     assert.deepEqual(r.labels, ['p']);
-    assert.match(r.errors.join('\n'), /c\.conf: \[context\] uid_map: maps host uids 201000-201004, 201006-201099, which were not delegated to 201005: 201005 was given 201005/);
+    assert.match(
+      r.errors.join('\n'),
+      /c\.conf: \[context\] uid_map: maps host uids 201000-201004, 201006-201099, which were not delegated to 201005: 201005 was given 201005/,
+    );
   });
 
-  it('leaves range = auto alone: the range usernsd allocates is the owner\'s delegation', () => {
+  it("leaves range = auto alone: the range usernsd allocates is the owner's delegation", () => {
     const r = all({ 'a.conf': '[context]\nowner = alice\nrange = auto\n' });
     assert.ok(!r.errors.some((e) => /not delegated/.test(e)), r.errors.join('\n'));
   });
@@ -206,26 +266,35 @@ describe('config: nesting rules', () => {
   it('a nested context inherits setgroups = deny from its parent, whoever owns it', () => {
     const r = all({ 'p.conf': parent('owner = hpa\n'), 'c.conf': child('') });
     assert.deepEqual(r.errors, []);
-    assert.deepEqual(r.contexts.map((c) => `${c.label}:${c.setgroups}`), ['p:deny', 'c:deny']);
+    assert.deepEqual(
+      r.contexts.map((c) => `${c.label}:${c.setgroups}`),
+      ['p:deny', 'c:deny'],
+    );
   });
 
   it('refuses an explicit setgroups = allow under a deny parent, saying why', () => {
     const r = all({ 'p.conf': parent('setgroups = deny\n'), 'c.conf': child('setgroups = allow\n') });
     assert.deepEqual(r.labels, ['p']);
-    assert.match(r.errors.join('\n'), /c\.conf: \[context\] setgroups: cannot be allow: parent "p" has setgroups = deny, and the kernel refuses allow under deny/);
+    assert.match(
+      r.errors.join('\n'),
+      /c\.conf: \[context\] setgroups: cannot be allow: parent "p" has setgroups = deny, and the kernel refuses allow under deny/,
+    );
   });
 
-  it('refuses a nested owner the parent does not map (the parent\'s own owner is such a user), and accepts one it maps', () => {
+  it("refuses a nested owner the parent does not map (the parent's own owner is such a user), and accepts one it maps", () => {
     const refused = all({ 'p.conf': parent('owner = hpa\n'), 'c.conf': child('owner = hpa\n') });
     assert.deepEqual(refused.labels, ['p']);
-    assert.match(refused.errors.join('\n'), /c\.conf: \[context\] owner: hpa \(host uid 1000\) is not mapped in parent "p": the owner of a nested context is a host user whose ids the parent maps/);
+    assert.match(
+      refused.errors.join('\n'),
+      /c\.conf: \[context\] owner: hpa \(host uid 1000\) is not mapped in parent "p": the owner of a nested context is a host user whose ids the parent maps/,
+    );
     // (uid 100005 was given nothing: the admin vouches for the child's ids, SPEC §12)
     const ok = all({ 'p.conf': parent(''), 'c.conf': child('owner = 100005\nowner_ids = any\n') });
     assert.deepEqual(ok.errors, []);
     assert.deepEqual(ok.labels, ['p', 'c']);
   });
 
-  it('refuses a nested context under a parent that does not map id 0 (its maps are written as the parent\'s root)', () => {
+  it("refuses a nested context under a parent that does not map id 0 (its maps are written as the parent's root)", () => {
     const r = all({ 'p.conf': '[context]\nuid_map = 1 100000 65535\ngid_map = 0 100000 65536\n', 'c.conf': child('') });
     assert.match(r.errors.join('\n'), /c\.conf: \[context\] uid_map: parent "p" does not map uid 0/);
   });
@@ -241,14 +310,20 @@ describe('config: the contexts in force keep their ids', () => {
 
   it('refuses the newcomer that sorts first, not the context in force', () => {
     const before = finish({ 'proj.conf': proj }, undefined);
-    const after = finish({ 'aa-overlap.conf': overlap, 'proj.conf': proj }, { inForce: new Map(before.contexts.map((c) => [c.label, c])), allocations: new Map() });
+    const after = finish(
+      { 'aa-overlap.conf': overlap, 'proj.conf': proj },
+      { inForce: new Map(before.contexts.map((c) => [c.label, c])), allocations: new Map() },
+    );
     assert.deepEqual(after.labels, ['proj']);
     assert.match(after.errors.join('\n'), /aa-overlap\.conf: \[context\] uid_map: host uids 4000100-4000109 are already used by context "proj"/);
   });
 
   it('keeps a context whose file broke at its last good version, and its ids stay claimed', () => {
     const before = finish({ 'proj.conf': proj }, undefined);
-    const after = finish({ 'proj.conf': proj + 'bogus = 1\n', 'zz.conf': overlap }, { inForce: new Map(before.contexts.map((c) => [c.label, c])), allocations: new Map() });
+    const after = finish(
+      { 'proj.conf': proj + 'bogus = 1\n', 'zz.conf': overlap },
+      { inForce: new Map(before.contexts.map((c) => [c.label, c])), allocations: new Map() },
+    );
     assert.deepEqual(after.labels, ['proj']);
     assert.deepEqual(after.kept, ['proj']);
     assert.match(after.errors.join('\n'), /zz\.conf: .*already used by context "proj"/);
@@ -256,17 +331,30 @@ describe('config: the contexts in force keep their ids', () => {
 
   it('keeps the old ids of a pinned context whose ids changed claimed until it is released (found by the model-based test)', () => {
     const before = finish({ 'aa.conf': '[context]\nuid_map = 0 4200000 10\ngid_map = 0 4200000 10\n' }, undefined);
-    const files = { 'aa.conf': '[context]\nuid_map = 0 4000000 10\ngid_map = 0 4000000 10\n', 'proj.conf': '[context]\nuid_map = 0 4200000 10\ngid_map = 0 4200000 10\n' };
+    const files = {
+      'aa.conf': '[context]\nuid_map = 0 4000000 10\ngid_map = 0 4000000 10\n',
+      'proj.conf': '[context]\nuid_map = 0 4200000 10\ngid_map = 0 4200000 10\n',
+    };
     const inForce = new Map(before.contexts.map((c) => [c.label, c]));
-    const pinned = finish(files, { inForce, allocations: new Map(), pinned: new Map([['aa', { uidMap: before.contexts[0].uidMap, gidMap: before.contexts[0].gidMap }]]) });
+    const pinned = finish(files, {
+      inForce,
+      allocations: new Map(),
+      pinned: new Map([['aa', { uidMap: before.contexts[0].uidMap, gidMap: before.contexts[0].gidMap }]]),
+    });
     assert.deepEqual(pinned.labels, ['aa']);
-    assert.match(pinned.errors.join('\n'), /proj\.conf: \[context\] uid_map: host uids 4200000-4200009 are already used by the pinned namespace of "aa", whose ids changed \(release it first: usernsctl release aa\)/);
+    assert.match(
+      pinned.errors.join('\n'),
+      /proj\.conf: \[context\] uid_map: host uids 4200000-4200009 are already used by the pinned namespace of "aa", whose ids changed \(release it first: usernsctl release aa\)/,
+    );
     const released = finish(files, { inForce, allocations: new Map(), pinned: new Map() });
     assert.deepEqual(released.labels, ['aa', 'proj'], 'once released, the ids are free');
   });
 
   it('refuses a static range on a recorded allocation, even of a context that is gone', () => {
-    const r = finish({ 'aa.conf': '[context]\nuid_map = 0 600000 10\ngid_map = 0 600000 10\n' }, { inForce: new Map(), allocations: new Map([['images', { start: 589824, size: 65536 }]]) });
+    const r = finish(
+      { 'aa.conf': '[context]\nuid_map = 0 600000 10\ngid_map = 0 600000 10\n' },
+      { inForce: new Map(), allocations: new Map([['images', { start: 589824, size: 65536 }]]) },
+    );
     assert.deepEqual(r.labels, []);
     assert.match(r.errors.join('\n'), /host uids 600000-600009 are already used by the range allocated to "images" \(range = auto/);
   });
@@ -284,11 +372,15 @@ describe('config: checks across files', () => {
 
   it('allows a nested context inside its parent and composes its host ids', () => {
     const errors: ConfigError[] = [];
-    const defs = ['[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n', '[context]\nparent = a\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n']
-      .map((t, i) => parse(t, `${'ab'[i]}.conf`).def!);
+    const defs = ['[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n', '[context]\nparent = a\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n'].map(
+      (t, i) => parse(t, `${'ab'[i]}.conf`).def!,
+    );
     const { contexts, hostMaps } = finishContexts(linkContexts(defs, errors).defs, new Map(), errors);
     assert.deepEqual(errors, []);
-    assert.deepEqual(contexts.map((c) => c.label), ['a', 'b']);
+    assert.deepEqual(
+      contexts.map((c) => c.label),
+      ['a', 'b'],
+    );
     assert.deepEqual(hostMaps.get('b')!.uid, [{ inside: 0, outside: 101000, count: 100 }]);
   });
 
@@ -341,21 +433,29 @@ describe('config: checks across files', () => {
   });
 
   it('gives errors judged across files the line of the key they are about, as the README promises', () => {
-    const r = all({
-      'a.conf': '# a comment\n[context]\n\nparent = nope\nuid_map = 0 0 1\ngid_map = 0 0 1\n',
-      'x.conf': '[context]\nuid_map = 0 500000 100\ngid_map = 0 500000 100\n',
-      'y.conf': '[context]\n; shares x\'s ids\ngid_map = 0 600000 100\nuid_map = 0 500050 100\n',
-      'z.conf': '[context]\nowner = alice\nrange = auto\n',
-    }, { inForce: new Map(), allocations: new Map([['z', { start: 100000000, size: 65536 }]]) });
+    const r = all(
+      {
+        'a.conf': '# a comment\n[context]\n\nparent = nope\nuid_map = 0 0 1\ngid_map = 0 0 1\n',
+        'x.conf': '[context]\nuid_map = 0 500000 100\ngid_map = 0 500000 100\n',
+        'y.conf': "[context]\n; shares x's ids\ngid_map = 0 600000 100\nuid_map = 0 500050 100\n",
+        'z.conf': '[context]\nowner = alice\nrange = auto\n',
+      },
+      { inForce: new Map(), allocations: new Map([['z', { start: 100000000, size: 65536 }]]) },
+    );
     const text = r.errors.join('\n');
     assert.match(text, /a\.conf: \[context\] parent: parent "nope" is not a configured context \(line 4\)/);
-    assert.match(text, /y\.conf: \[context\] uid_map: host uids 500050-500099 are already used by context "x" \(\/etc\/userns\.d\/x\.conf\): give one of them other ids \(line 4\)/);
+    assert.match(
+      text,
+      /y\.conf: \[context\] uid_map: host uids 500050-500099 are already used by context "x" \(\/etc\/userns\.d\/x\.conf\): give one of them other ids \(line 4\)/,
+    );
   });
 });
 
 describe('config: files on disk', () => {
   let tree: Tree;
-  beforeEach(() => { tree = makeTree(); });
+  beforeEach(() => {
+    tree = makeTree();
+  });
   afterEach(() => tree.remove());
 
   it('ignores a group-writable file with an error and keeps the others', function () {
@@ -375,7 +475,10 @@ describe('config: files on disk', () => {
     const sparse = tree.context('sparse.conf', '');
     truncateSync(sparse, 3 * 2 ** 30);
     const started = performance.now();
-    for (const cfg of [loadConfiguration(tree.config, { record: false, systemIds: noSystemIds }), await loadConfigurationAsync(tree.config, { record: false, systemIds: noSystemIds })]) {
+    for (const cfg of [
+      loadConfiguration(tree.config, { record: false, systemIds: noSystemIds }),
+      await loadConfigurationAsync(tree.config, { record: false, systemIds: noSystemIds }),
+    ]) {
       assert.deepEqual([...cfg.contexts.keys()], ['good']);
       const text = cfg.errors.map(formatConfigError).join('\n');
       assert.match(text, new RegExp(`^${big}: is \\d+ bytes, more than the ${MAX_CONFIG_FILE_BYTES} a configuration file may have: ignored$`, 'm'));
@@ -422,7 +525,10 @@ describe('config: files on disk', () => {
       // The line the key is on, counted in the file as written (makeTree puts seven [agent] keys first).
       const line = readFileSync(t.config, 'utf8').split('\n').indexOf('log_level = loud') + 1;
       assert.equal(line, 9);
-      assert.match(text, new RegExp(`usernsd\\.conf: \\[agent\\] log_level: must be one of fatal, error, warn, info, debug, trace \\(got "loud"\\) \\(line ${line}\\)`));
+      assert.match(
+        text,
+        new RegExp(`usernsd\\.conf: \\[agent\\] log_level: must be one of fatal, error, warn, info, debug, trace \\(got "loud"\\) \\(line ${line}\\)`),
+      );
       assert.match(text, /\[pool\] range: must be "FIRST-LAST"/);
       assert.equal(cfg.agent.logLevel, 'info');
       assert.equal(cfg.agent.contexts, t.contexts, 'good keys still apply');
@@ -451,7 +557,13 @@ describe('config: ini reader', () => {
     assert.deepEqual(errors, []);
     assert.equal(syntax, false);
     assert.deepEqual([...doc.sections.keys()], ['context']);
-    assert.deepEqual([...doc.sections.get('context')!.keys].map(([k, v]) => [k, v.value, v.line]), [['uid_map', '0 1 1', 7], ['gid_map', '0 1 1', 9]]);
+    assert.deepEqual(
+      [...doc.sections.get('context')!.keys].map(([k, v]) => [k, v.value, v.line]),
+      [
+        ['uid_map', '0 1 1', 7],
+        ['gid_map', '0 1 1', 9],
+      ],
+    );
   });
 
   it('says which line is not "key = value", and which header is broken', () => {
@@ -488,7 +600,7 @@ describe('config: ini reader', () => {
     }
   });
 
-  it('caps a file\'s errors at MAX_ERRORS_PER_FILE exactly, counting the rest; a file at the size limit is read, one byte more is not', async function () {
+  it("caps a file's errors at MAX_ERRORS_PER_FILE exactly, counting the rest; a file at the size limit is read, one byte more is not", async function () {
     const lines = (n: number) => `[context]\n${Array.from({ length: n }, (_, i) => `k${i} 1`).join('\n')}\n`;
     assert.equal(capErrors('/f', parseIni('/f', lines(MAX_ERRORS_PER_FILE)).errors).length, MAX_ERRORS_PER_FILE, 'exactly the cap: all shown, no count');
     const over = capErrors('/f', parseIni('/f', lines(MAX_ERRORS_PER_FILE + 3)).errors);
@@ -502,7 +614,10 @@ describe('config: ini reader', () => {
       const past = tree.context('past.conf', head + 'x'.repeat(MAX_CONFIG_FILE_BYTES - head.length) + '\n');
       for (const read of [readConfigText, (f: string) => readConfigTextAsync(f)]) {
         assert.equal(((await read(at)) as string).length, MAX_CONFIG_FILE_BYTES);
-        assert.match(formatConfigError((await read(past)) as ConfigError), new RegExp(`is ${MAX_CONFIG_FILE_BYTES + 1} bytes, more than the ${MAX_CONFIG_FILE_BYTES}`));
+        assert.match(
+          formatConfigError((await read(past)) as ConfigError),
+          new RegExp(`is ${MAX_CONFIG_FILE_BYTES + 1} bytes, more than the ${MAX_CONFIG_FILE_BYTES}`),
+        );
       }
     } finally {
       tree.remove();

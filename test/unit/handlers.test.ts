@@ -25,7 +25,9 @@ function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
   assert.deepEqual(config.errors, [], 'the test configuration loads');
   const failures: string[] = [];
   const registry = new Registry(config);
-  const unreachable = () => { throw new Error('not in an in-process test'); };
+  const unreachable = () => {
+    throw new Error('not in an in-process test');
+  };
   const agent: Agent = {
     registry,
     log: pino({ level: 'silent' }),
@@ -35,17 +37,30 @@ function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
     invalidateKeys: () => {},
     served: () => {},
     views: new Views(config.agent.state, registry.namespaces.maker),
-    metrics: new Metrics(METHOD_NAMES, { contextStates: () => ({}), connections: () => 0, configErrors: () => 0, views: () => ({ recorded: 0, namespaces: 0 }), coordinator: () => null }),
+    metrics: new Metrics(METHOD_NAMES, {
+      contextStates: () => ({}),
+      connections: () => 0,
+      configErrors: () => 0,
+      views: () => ({ recorded: 0, namespaces: 0 }),
+      coordinator: () => null,
+    }),
     settlePending: async () => true,
     rangesList: unreachable,
     rangesImport: unreachable,
     rangesForget: unreachable,
-    logClientFailure: (_peer, _fields, msg) => { failures.push(msg); },
+    logClientFailure: (_peer, _fields, msg) => {
+      failures.push(msg);
+    },
   };
   return { agent, failures };
 }
 
-const conn = (uid: number, gid = uid, groups: number[] = []): Connection => ({ peer: { pid: process.pid, uid, gid, groups }, inflight: 0, framesThisTurn: 0, invalid: 0 });
+const conn = (uid: number, gid = uid, groups: number[] = []): Connection => ({
+  peer: { pid: process.pid, uid, gid, groups },
+  inflight: 0,
+  framesThisTurn: 0,
+  invalid: 0,
+});
 const ask = async (agent: Agent, c: Connection, data: unknown) => handleRequest(agent, c, data);
 const request = (method: string, params: unknown, id: unknown = 1) => ({ id, method, params });
 
@@ -68,19 +83,22 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
   it('answers a context a user may not use exactly as one that does not exist (no oracle), for any label and uid', async () => {
     const labels = fc.oneof(fc.constantFrom('secret', 'secret-www', 'hpa-backups', 'shared'), fc.stringMatching(/^[a-z][a-z0-9.-]{0,20}$/));
     const uids = fc.integer({ min: 1, max: 2 ** 32 - 2 }).filter((u) => u !== HPA && u !== ALICE);
-    await fc.assert(fc.asyncProperty(uids, labels, async (uid, label) => {
-      const exists = agent.registry.get(label) !== undefined;
-      for (const method of ['resolve'] as const) {
-        const r = await ask(agent, conn(uid), request(method, { label }));
-        const twin = await ask(agent, conn(uid), request(method, { label: exists ? 'nosuch-context' : 'secret' }));
-        assert.ok('error' in r && 'error' in twin, `${method} ${label} for uid ${uid} must fail`);
-        assert.equal(r.error.code, 'E_PERMISSION');
-        // The same words but for the label: nothing says whether it exists.
-        assert.equal(r.error.message.replace(`"${label}"`, '"L"'), twin.error.message.replace(`"${exists ? 'nosuch-context' : 'secret'}"`, '"L"'));
-      }
-      const map = await ask(agent, conn(uid), request('map', { from: label, to: 'host', uids: [0] }));
-      assert.ok('error' in map && map.error.code === 'E_PERMISSION' && map.error.message.includes('(or there is none)'));
-    }), { numRuns: 200 });
+    await fc.assert(
+      fc.asyncProperty(uids, labels, async (uid, label) => {
+        const exists = agent.registry.get(label) !== undefined;
+        for (const method of ['resolve'] as const) {
+          const r = await ask(agent, conn(uid), request(method, { label }));
+          const twin = await ask(agent, conn(uid), request(method, { label: exists ? 'nosuch-context' : 'secret' }));
+          assert.ok('error' in r && 'error' in twin, `${method} ${label} for uid ${uid} must fail`);
+          assert.equal(r.error.code, 'E_PERMISSION');
+          // The same words but for the label: nothing says whether it exists.
+          assert.equal(r.error.message.replace(`"${label}"`, '"L"'), twin.error.message.replace(`"${exists ? 'nosuch-context' : 'secret'}"`, '"L"'));
+        }
+        const map = await ask(agent, conn(uid), request('map', { from: label, to: 'host', uids: [0] }));
+        assert.ok('error' in map && map.error.code === 'E_PERMISSION' && map.error.message.includes('(or there is none)'));
+      }),
+      { numRuns: 200 },
+    );
   });
 
   it('lists to each caller exactly the contexts it may use: root all, the owner its own, an [access] user its own', async () => {
@@ -98,51 +116,69 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
   it('refuses every root-only method to every other uid, before reading its parameters', async () => {
     const rootOnly = [...P.METHODS.values()].filter((m) => m.rootOnly).map((m) => m.name);
     assert.ok(rootOnly.length >= 5, `root-only methods: ${rootOnly.join(', ')}`);
-    await fc.assert(fc.asyncProperty(fc.constantFrom(...rootOnly), fc.integer({ min: 1, max: 2 ** 32 - 2 }), fc.anything(), async (method, uid, params) => {
-      const r = await ask(agent, conn(uid), request(method, params));
-      assert.ok('error' in r);
-      assert.deepEqual(r.error, { code: 'E_PERMISSION', message: `${method} is for root only` });
-    }), { numRuns: 300 });
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(...rootOnly), fc.integer({ min: 1, max: 2 ** 32 - 2 }), fc.anything(), async (method, uid, params) => {
+        const r = await ask(agent, conn(uid), request(method, params));
+        assert.ok('error' in r);
+        assert.deepEqual(r.error, { code: 'E_PERMISSION', message: `${method} is for root only` });
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('turns any malformed request into E_INVALID with its id (or null), never an internal error, and names no method it does not serve', async () => {
     const junk = fc.oneof(
       fc.anything(),
-      fc.record({ id: fc.anything(), method: fc.oneof(fc.string(), fc.constantFrom('__proto__', 'constructor', 'toString', 'hasOwnProperty')), params: fc.anything() }),
+      fc.record({
+        id: fc.anything(),
+        method: fc.oneof(fc.string(), fc.constantFrom('__proto__', 'constructor', 'toString', 'hasOwnProperty')),
+        params: fc.anything(),
+      }),
       fc.record({ id: fc.integer(), method: fc.constantFrom(...METHOD_NAMES), params: fc.oneof(fc.anything(), fc.dictionary(fc.string(), fc.anything())) }),
     );
     // Methods that reach beyond the handlers (the manager's status, reload and ranges; the kernel):
     // not this test's. Their protocol checks are the same edge, exercised by every other method.
     const beyond = new Set(['status', 'reload', 'ranges', 'rangesImport', 'rangesForget', 'release', 'view', 'resolve', 'resolvePath', 'explain']);
-    await fc.assert(fc.asyncProperty(junk, fc.constantFrom(0, ALICE), async (data, uid) => {
-      const named = (data as { method?: unknown } | null)?.method;
-      if (typeof named === 'string' && beyond.has(named) && (uid === 0 || !P.METHODS.get(named)?.rootOnly)) return;
-      const r = await ask(agent, conn(uid), data);
-      if ('result' in r) {
-        // A request that happens to be well-formed (list, status by root...): answered, never thrown.
-        return;
-      }
-      assert.notEqual(r.error.code, 'E_INTERNAL', `${JSON.stringify(data)?.slice(0, 200)}: ${r.error.message}`);
-      assert.ok(['E_INVALID', 'E_PERMISSION', 'E_NOT_FOUND', 'E_CONFIG', 'E_UNAVAILABLE'].includes(r.error.code), r.error.code);
-      const { id, method } = (data ?? {}) as { id?: unknown; method?: unknown };
-      const validId = (typeof id === 'number' && Number.isSafeInteger(id) && id >= 0) || (typeof id === 'string' && id.length >= 1 && id.length <= 64);
-      if (validId && typeof method === 'string' && !METHOD_NAMES.includes(method)) {
-        assert.equal(r.error.code, 'E_INVALID');
-        assert.match(r.error.message, /^unknown method /);
-      }
-    }), { numRuns: 500 });
-    assert.ok(failures.every((f) => f.length < 1200), 'a client failure is logged with a bounded message');
+    await fc.assert(
+      fc.asyncProperty(junk, fc.constantFrom(0, ALICE), async (data, uid) => {
+        const named = (data as { method?: unknown } | null)?.method;
+        if (typeof named === 'string' && beyond.has(named) && (uid === 0 || !P.METHODS.get(named)?.rootOnly)) return;
+        const r = await ask(agent, conn(uid), data);
+        if ('result' in r) {
+          // A request that happens to be well-formed (list, status by root...): answered, never thrown.
+          return;
+        }
+        assert.notEqual(r.error.code, 'E_INTERNAL', `${JSON.stringify(data)?.slice(0, 200)}: ${r.error.message}`);
+        assert.ok(['E_INVALID', 'E_PERMISSION', 'E_NOT_FOUND', 'E_CONFIG', 'E_UNAVAILABLE'].includes(r.error.code), r.error.code);
+        const { id, method } = (data ?? {}) as { id?: unknown; method?: unknown };
+        const validId = (typeof id === 'number' && Number.isSafeInteger(id) && id >= 0) || (typeof id === 'string' && id.length >= 1 && id.length <= 64);
+        if (validId && typeof method === 'string' && !METHOD_NAMES.includes(method)) {
+          assert.equal(r.error.code, 'E_INVALID');
+          assert.match(r.error.message, /^unknown method /);
+        }
+      }),
+      { numRuns: 500 },
+    );
+    assert.ok(
+      failures.every((f) => f.length < 1200),
+      'a client failure is logged with a bounded message',
+    );
   });
 
   it('leaves the agent\'s prototypes clean whatever "__proto__" a frame carries (read as the server reads it)', async () => {
-    const frames = new P.FrameReader().push([
-      '{"type":"request","data":{"id":20,"method":"resolve","params":{"label":"x","__proto__":{"polluted":1}}}}\f',
-      '{"type":"request","data":{"id":21,"method":"list","params":{},"__proto__":{"rootOnly":false,"polluted":2}}}\f',
-      '{"type":"request","data":{"id":22,"method":"map","params":{"from":"shared","to":"host","constructor":{"prototype":{"polluted":3}}}}}\f',
-    ].join(''));
+    const frames = new P.FrameReader().push(
+      [
+        '{"type":"request","data":{"id":20,"method":"resolve","params":{"label":"x","__proto__":{"polluted":1}}}}\f',
+        '{"type":"request","data":{"id":21,"method":"list","params":{},"__proto__":{"rootOnly":false,"polluted":2}}}\f',
+        '{"type":"request","data":{"id":22,"method":"map","params":{"from":"shared","to":"host","constructor":{"prototype":{"polluted":3}}}}}\f',
+      ].join(''),
+    );
     const replies = [];
     for (const f of frames) replies.push(await ask(agent, conn(ALICE), f.data));
-    assert.deepEqual(replies.map((r) => ('error' in r ? r.error.code : 'ok')), ['E_INVALID', 'E_INVALID', 'E_INVALID']);
+    assert.deepEqual(
+      replies.map((r) => ('error' in r ? r.error.code : 'ok')),
+      ['E_INVALID', 'E_INVALID', 'E_INVALID'],
+    );
     for (const proto of [Object.prototype, Array.prototype, Function.prototype]) {
       assert.equal((proto as Record<string, unknown>).polluted, undefined);
       assert.equal(Object.hasOwn(proto, 'rootOnly'), false);
@@ -154,10 +190,10 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     assert.ok('result' in r, JSON.stringify(r));
     const m = r.result as P.MapResult;
     const { uid: overflow } = agent.registry.overflow;
-    assert.deepEqual(m.uids, [overflow, 101000, 165535, overflow], 'root squashed (the default); past the range the overflow id, never the next context\'s');
+    assert.deepEqual(m.uids, [overflow, 101000, 165535, overflow], "root squashed (the default); past the range the overflow id, never the next context's");
     assert.deepEqual(m.gids, [100033]);
     const back = await ask(agent, conn(0), request('map', { from: 'host', to: 'shared', uids: [200000, 100000] }));
     assert.ok('result' in back);
-    assert.deepEqual((back.result as P.MapResult).uids, [0, agent.registry.overflow.uid], 'host 200000 is shared\'s 0; another context\'s id is nobody there');
+    assert.deepEqual((back.result as P.MapResult).uids, [0, agent.registry.overflow.uid], "host 200000 is shared's 0; another context's id is nobody there");
   });
 });

@@ -6,7 +6,10 @@ import { configError, formatConfigError, parseIni, readConfigText, readConfigTex
 
 const values = (text: string) => {
   const r = parseIni('/f.conf', text);
-  return { errors: r.errors.map(formatConfigError), keys: Object.fromEntries([...r.doc.sections].map(([name, s]) => [name, Object.fromEntries([...s.keys].map(([k, v]) => [k, v.value]))])) };
+  return {
+    errors: r.errors.map(formatConfigError),
+    keys: Object.fromEntries([...r.doc.sections].map(([name, s]) => [name, Object.fromEntries([...s.keys].map(([k, v]) => [k, v.value]))])),
+  };
 };
 
 describe('unit: the INI reader, at its edges', () => {
@@ -19,17 +22,17 @@ describe('unit: the INI reader, at its edges', () => {
 
   // procfs files are regular, root's, and say size 0: what is read must still be bounded by fstat.
   it('refuses a file that holds more than fstat said when it was opened, both ways of reading', async () => {
-    assert.equal(process.getuid?.(), 0, 'the reader takes only root\'s files: this test runs as root, as CI does');
+    assert.equal(process.getuid?.(), 0, "the reader takes only root's files: this test runs as root, as CI does");
     const grew = '/proc/version: changed while it was read (it grew): ignored until the next reload';
     assert.equal(formatConfigError(readConfigText('/proc/version') as never), grew);
-    assert.equal(formatConfigError(await readConfigTextAsync('/proc/version') as never), grew);
+    assert.equal(formatConfigError((await readConfigTextAsync('/proc/version')) as never), grew);
   });
 
   it('turns a read that fails after the open into an error naming the errno, both ways of reading', async () => {
     assert.equal(process.getuid?.(), 0);
     // Reading /proc/self/mem at offset 0 (an unmapped address) fails with EIO.
     assert.equal(formatConfigError(readConfigText('/proc/self/mem') as never), '/proc/self/mem: cannot read: EIO');
-    assert.equal(formatConfigError(await readConfigTextAsync('/proc/self/mem') as never), '/proc/self/mem: cannot read: EIO');
+    assert.equal(formatConfigError((await readConfigTextAsync('/proc/self/mem')) as never), '/proc/self/mem: cannot read: EIO');
   });
 
   it('takes "[name]" as a header only at the start of a line: a value that ends in brackets stays a value', () => {

@@ -17,7 +17,11 @@ function documented(text: string): Map<string, Set<string>> {
   const lines = text.split('\n');
   for (const [i, line] of lines.entries()) {
     const h = /^\.SH "SECTION \[(\w+)\]"/.exec(line);
-    if (h) { section = h[1]!; out.set(section, new Set()); continue; }
+    if (h) {
+      section = h[1]!;
+      out.set(section, new Set());
+      continue;
+    }
     if (line.startsWith('.SH')) section = null;
     if (section && lines[i - 1] === '.TP') {
       const k = /^\.B (\S+)$/.exec(line);
@@ -44,7 +48,12 @@ function termsUnder(text: string, heading: string): Set<string> {
   for (const [i, line] of lines.entries()) {
     if (line.startsWith('.SH')) inside = line.replace(/^\.SH\s+/, '').replace(/"/g, '') === heading;
     else if (inside && lines[i - 1] === '.TP') {
-      for (const w of line.replace(/^\.(B|BR|I|IR) /, '').replace(/\\f[BIRP]/g, '').replace(/\\-/g, '-').split(/[\s",]+/)) if (w) out.add(w);
+      for (const w of line
+        .replace(/^\.(B|BR|I|IR) /, '')
+        .replace(/\\f[BIRP]/g, '')
+        .replace(/\\-/g, '-')
+        .split(/[\s",]+/))
+        if (w) out.add(w);
     }
   }
   return out;
@@ -69,7 +78,9 @@ describe('man pages', () => {
     assertTerms('usernsctl.1', 'OPTIONS', ['--socket', '-s', '--json', '--help', '-h', '--version', '-V']);
     assertTerms('usernsctl.1', 'EXIT STATUS', Object.values(EXIT).map(String));
     // Every option any command parses (its parseArgs tables in agent/cli/) is in the page.
-    const source = ['cli/main.ts', 'cli/views.ts', 'cli/mounthelper.ts'].map((f) => readFileSync(new URL(`../../agent/${f}`, import.meta.url), 'utf8')).join('\n');
+    const source = ['cli/main.ts', 'cli/views.ts', 'cli/mounthelper.ts']
+      .map((f) => readFileSync(new URL(`../../agent/${f}`, import.meta.url), 'utf8'))
+      .join('\n');
     const flags = [...source.matchAll(/'?([a-z][a-z-]*)'?: \{ type: '(?:string|boolean)'/g)].map((m) => m[1]);
     assert.ok(flags.length >= 18, `found the option tables (${flags.join(' ')})`);
     const text = page('usernsctl.1').replace(/\\-/g, '-');
@@ -94,7 +105,8 @@ describe('man pages', () => {
       const seeAlso = text.slice(text.indexOf('.SH "SEE ALSO"'));
       for (const m of seeAlso.matchAll(/^\.BR (\S+) \((\d)\)/gm)) {
         const name = `${m[1].replace(/\\-/g, '-')}(${m[2]})`;
-        if (name.startsWith('usernsd') || name.startsWith('usernsctl') || name.startsWith('userns.d')) assert.ok(ours.has(name), `${f}: SEE ALSO ${name} is not a page of ours`);
+        if (name.startsWith('usernsd') || name.startsWith('usernsctl') || name.startsWith('userns.d'))
+          assert.ok(ours.has(name), `${f}: SEE ALSO ${name} is not a page of ours`);
       }
     }
   });

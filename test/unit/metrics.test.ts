@@ -37,7 +37,7 @@ describe('unit: metrics exposition', () => {
   it('passes promtool check metrics: no _total gauges, units and types as Prometheus names them', async function () {
     const tool = promtool();
     if (!tool) {
-      if (process.env.CI) throw new Error('promtool is missing: .ci/run extracts it from Debian\'s prometheus package');
+      if (process.env.CI) throw new Error("promtool is missing: .ci/run extracts it from Debian's prometheus package");
       this.skip();
     }
     const text = await exposition();
@@ -49,7 +49,12 @@ describe('unit: metrics exposition', () => {
 
   it('keeps the process and Node figures an admin dashboards on, under lint-clean names', async () => {
     const text = await exposition();
-    for (const name of ['usernsd_process_resident_memory_bytes', 'usernsd_process_cpu_seconds_total', 'usernsd_nodejs_eventloop_lag_seconds', 'usernsd_nodejs_heap_size_used_bytes']) {
+    for (const name of [
+      'usernsd_process_resident_memory_bytes',
+      'usernsd_process_cpu_seconds_total',
+      'usernsd_nodejs_eventloop_lag_seconds',
+      'usernsd_nodejs_heap_size_used_bytes',
+    ]) {
       assert.match(text, new RegExp(`^${name}(\\{[^}]*\\})? `, 'm'), name);
     }
     // The per-type gauge has a series only for the kinds of handle this process holds at the

@@ -36,7 +36,7 @@ describe('the Node version check', () => {
     assert.match(r.stderr, /^usernsd: needs Node\.js >= 22\.13, this is v\d+/);
   });
 
-  it('usernsctl runs on the checkout\'s own Node when started with an older one, exit status and all', function () {
+  it("usernsctl runs on the checkout's own Node when started with an older one, exit status and all", function () {
     const node = oldNode();
     if (!node) this.skip();
     const ok = spawnSync(node, [`${ROOT}bin/usernsctl.js`, '--version'], { encoding: 'utf8' });

@@ -37,10 +37,12 @@ net.createServer((s) => {
 }).listen(path, () => console.log('ready'));
 `;
 
-describe('callAgentOnce (the upcall\'s blocking client)', () => {
+describe("callAgentOnce (the upcall's blocking client)", () => {
   let dir: string;
   let server: ChildProcess | null = null;
-  beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'usernsd-oneshot-')); });
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'usernsd-oneshot-'));
+  });
   afterEach(async () => {
     await stopServer();
     rmSync(dir, { recursive: true, force: true });
@@ -79,9 +81,12 @@ describe('callAgentOnce (the upcall\'s blocking client)', () => {
     assert.deepEqual(r, { echo: 'web', note: 'é€😀' });
   });
 
-  it('throws the agent\'s error as a UsernsError with its code', async () => {
+  it("throws the agent's error as a UsernsError with its code", async () => {
     const path = await serve('error');
-    assert.throws(() => callAgentOnce(path, P.resolve, { label: 'x' }), (err: unknown) => err instanceof UsernsError && err.code === 'E_NOT_FOUND' && /no context "x"/.test(err.message));
+    assert.throws(
+      () => callAgentOnce(path, P.resolve, { label: 'x' }),
+      (err: unknown) => err instanceof UsernsError && err.code === 'E_NOT_FOUND' && /no context "x"/.test(err.message),
+    );
   });
 
   it('gives up on a silent agent after its timeout, with ETIMEDOUT', async () => {
@@ -92,7 +97,11 @@ describe('callAgentOnce (the upcall\'s blocking client)', () => {
   });
 
   it('reports a connection closed without an answer, an unreadable frame and a reply to another request', async () => {
-    for (const [mode, code, message] of [['close', 'ECONNRESET', /closed the connection/], ['garbage', 'EPROTO', /unreadable frame/], ['wrong-id', 'EPROTO', /under id 2/]] as const) {
+    for (const [mode, code, message] of [
+      ['close', 'ECONNRESET', /closed the connection/],
+      ['garbage', 'EPROTO', /unreadable frame/],
+      ['wrong-id', 'EPROTO', /under id 2/],
+    ] as const) {
       await stopServer();
       const path = await serve(mode);
       assert.throws(() => callAgentOnce(path, P.resolve, { label: 'x' }), transport(code, message), mode);
@@ -100,7 +109,10 @@ describe('callAgentOnce (the upcall\'s blocking client)', () => {
   });
 
   it('names the errno when there is no agent: no socket, nobody listening, a path too long', async () => {
-    assert.throws(() => callAgentOnce(join(dir, 'none.sock'), P.resolve, { label: 'x' }), transport('ENOENT', /cannot reach the agent at .*none\.sock: ENOENT/));
+    assert.throws(
+      () => callAgentOnce(join(dir, 'none.sock'), P.resolve, { label: 'x' }),
+      transport('ENOENT', /cannot reach the agent at .*none\.sock: ENOENT/),
+    );
     const path = await serve('silent');
     const gone = new Promise((r) => server!.once('exit', r));
     server!.kill('SIGKILL'); // a killed agent leaves its socket file behind

@@ -5,13 +5,22 @@ import { People } from '../../agent/people.ts';
 import type { Context } from '../../config/types.ts';
 
 const ctx = (label: string, owner: number, start: number, count: number, parent = 'host'): Context => ({
-  label, file: `/etc/userns.d/${label}.conf`, parent, owner: { uid: owner, gid: owner, name: null },
-  uidMap: [{ inside: 0, outside: start, count }], gidMap: [{ inside: 0, outside: start, count }], autoSize: null,
-  setgroups: 'deny', create: 'lazy', squash: { mode: 'root', anonuid: 65534, anongid: 65534 }, access: { uids: [], gids: [] }, ownerIds: 'delegated',
+  label,
+  file: `/etc/userns.d/${label}.conf`,
+  parent,
+  owner: { uid: owner, gid: owner, name: null },
+  uidMap: [{ inside: 0, outside: start, count }],
+  gidMap: [{ inside: 0, outside: start, count }],
+  autoSize: null,
+  setgroups: 'deny',
+  create: 'lazy',
+  squash: { mode: 'root', anonuid: 65534, anongid: 65534 },
+  access: { uids: [], gids: [] },
+  ownerIds: 'delegated',
 });
 
 describe('people: the limits count persons', () => {
-  it('a uid at either end of a context\'s range is its owner; one past either end is itself; a root-owned context is one person of its own', () => {
+  it("a uid at either end of a context's range is its owner; one past either end is itself; a root-owned context is one person of its own", () => {
     const p = new People();
     p.rebuild([ctx('a', 1000, 100000, 65536), ctx('r', 0, 300000, 10), ctx('kid', 0, 5, 5, 'a')]);
     for (const uid of [100000, 165535]) assert.equal(p.of(uid), 'uid 1000');
@@ -19,28 +28,35 @@ describe('people: the limits count persons', () => {
     assert.equal(p.of(300009), 'context r');
     assert.equal(p.of(300010), 'uid 300010');
     assert.equal(p.of(0), 'uid 0');
-    assert.equal(p.of(5), 'uid 5', 'a nested context\'s map is in its parent\'s ids, not host ids');
+    assert.equal(p.of(5), 'uid 5', "a nested context's map is in its parent's ids, not host ids");
     assert.match(p.describe(100005), /^uid 100005 \(counted as uid 1000: the owner of the context that maps it\)$/);
     assert.equal(p.describe(4242), 'uid 4242');
   });
 
   it('any uid counts as the owner of the one disjoint range that holds it, else as itself (fast-check)', () => {
-    const arb = fc.uniqueArray(fc.record({ start: fc.integer({ min: 1, max: 2 ** 31 }), count: fc.integer({ min: 1, max: 1 << 20 }), owner: fc.integer({ min: 0, max: 2000 }) }), { selector: (r) => r.start, maxLength: 12 })
+    const arb = fc
+      .uniqueArray(
+        fc.record({ start: fc.integer({ min: 1, max: 2 ** 31 }), count: fc.integer({ min: 1, max: 1 << 20 }), owner: fc.integer({ min: 0, max: 2000 }) }),
+        { selector: (r) => r.start, maxLength: 12 },
+      )
       .map((rs) => {
         // Disjoint, as configuration guarantees for top-level contexts: each kept range starts past the last kept one.
         const kept: typeof rs = [];
-        for (const r of rs.sort((a, b) => a.start - b.start)) if (kept.length === 0 || kept[kept.length - 1].start + kept[kept.length - 1].count <= r.start) kept.push(r);
+        for (const r of rs.sort((a, b) => a.start - b.start))
+          if (kept.length === 0 || kept[kept.length - 1].start + kept[kept.length - 1].count <= r.start) kept.push(r);
         return kept;
       });
-    fc.assert(fc.property(arb, fc.array(fc.integer({ min: 0, max: 2 ** 32 - 2 }), { maxLength: 30 }), (ranges, probes) => {
-      const p = new People();
-      p.rebuild(ranges.map((r, i) => ctx(`c${i}`, r.owner, r.start, r.count)));
-      const edges = ranges.flatMap((r) => [r.start - 1, r.start, r.start + r.count - 1, r.start + r.count]);
-      for (const uid of [...probes, ...edges]) {
-        const i = ranges.findIndex((r) => r.start <= uid && uid < r.start + r.count);
-        const r = ranges[i];
-        assert.equal(p.of(uid), r === undefined ? `uid ${uid}` : r.owner !== 0 ? `uid ${r.owner}` : `context c${i}`);
-      }
-    }));
+    fc.assert(
+      fc.property(arb, fc.array(fc.integer({ min: 0, max: 2 ** 32 - 2 }), { maxLength: 30 }), (ranges, probes) => {
+        const p = new People();
+        p.rebuild(ranges.map((r, i) => ctx(`c${i}`, r.owner, r.start, r.count)));
+        const edges = ranges.flatMap((r) => [r.start - 1, r.start, r.start + r.count - 1, r.start + r.count]);
+        for (const uid of [...probes, ...edges]) {
+          const i = ranges.findIndex((r) => r.start <= uid && uid < r.start + r.count);
+          const r = ranges[i];
+          assert.equal(p.of(uid), r === undefined ? `uid ${uid}` : r.owner !== 0 ? `uid ${r.owner}` : `context c${i}`);
+        }
+      }),
+    );
   });
 });

@@ -6,14 +6,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostReach, rawPaths, sealingDirectory } from '../../agent/seal.ts';
 
-describe('seal: a tree out of every non-root host user\'s reach', () => {
+describe("seal: a tree out of every non-root host user's reach", () => {
   let dir: string;
   beforeEach(function () {
     if (process.getuid?.() !== 0) this.skip(); // root-owned directories are made here
     dir = mkdtempSync(join(tmpdir(), 'usernsd-seal-'));
     chmodSync(dir, 0o755);
   });
-  afterEach(() => { if (dir) { spawnSync('umount', ['-R', join(dir, 'alias')]); rmSync(dir, { recursive: true, force: true }); } });
+  afterEach(() => {
+    if (dir) {
+      spawnSync('umount', ['-R', join(dir, 'alias')]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   const tree = (parentMode: number) => {
     const parent = join(dir, `p${parentMode.toString(8)}`);
@@ -24,8 +29,14 @@ describe('seal: a tree out of every non-root host user\'s reach', () => {
     return { t, dev: st.dev, ino: st.ino, parent };
   };
 
-  it('is sealed under a root directory without search for group (root\'s group may hold users) and others, and only then', () => {
-    for (const [mode, sealed] of [[0o700, true], [0o750, false], [0o710, false], [0o701, false], [0o755, false]] as const) {
+  it("is sealed under a root directory without search for group (root's group may hold users) and others, and only then", () => {
+    for (const [mode, sealed] of [
+      [0o700, true],
+      [0o750, false],
+      [0o710, false],
+      [0o701, false],
+      [0o755, false],
+    ] as const) {
       const { t, dev, ino, parent } = tree(mode);
       const r = hostReach(t, dev, ino, undefined, true);
       assert.equal(r.sealed, sealed, `mode ${mode.toString(8)}: ${JSON.stringify(r)}`);

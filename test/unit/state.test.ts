@@ -35,7 +35,10 @@ describe('state: recorded allocations', () => {
     writeFileSync(`${tree.state}/ranges.json`, '{"version":1,"allocations":{"auto":{"start":');
     const cfg = load(true);
     assert.equal(cfg.contexts.has('auto'), false);
-    assert.match(cfg.errors.map(formatConfigError).join('\n'), /auto\.conf: \[context\] range: .*ranges\.json is corrupt \(not JSON\): no range will be allocated until it is fixed\. Restore it from a backup/);
+    assert.match(
+      cfg.errors.map(formatConfigError).join('\n'),
+      /auto\.conf: \[context\] range: .*ranges\.json is corrupt \(not JSON\): no range will be allocated until it is fixed\. Restore it from a backup/,
+    );
   });
 
   it('refuses a recorded range this host would never allocate (outside the pool, off its slots, over system ids), naming why, and keeps the others', () => {
@@ -45,12 +48,26 @@ describe('state: recorded allocations', () => {
     const first = load(true);
     const ok = first.allocations.get('constructor')!;
     const pool = first.agent.pool;
-    writeFileSync(`${tree.state}/ranges.json`, JSON.stringify({ version: 1, allocations: {
-      auto: { start: 1, size: 65536 }, constructor: ok, slanted: { start: ok.start + 65536 * 3 + 7, size: 65536 }, system: { start: ok.start + 65536 * 5, size: 65536 },
-    } }));
+    writeFileSync(
+      `${tree.state}/ranges.json`,
+      JSON.stringify({
+        version: 1,
+        allocations: {
+          auto: { start: 1, size: 65536 },
+          constructor: ok,
+          slanted: { start: ok.start + 65536 * 3 + 7, size: 65536 },
+          system: { start: ok.start + 65536 * 5, size: 65536 },
+        },
+      }),
+    );
     const cfg = loadConfiguration(tree.config, { record: true, systemIds: () => [{ start: ok.start + 65536 * 5 + 100, end: ok.start + 65536 * 5 + 101 }] });
     const text = cfg.errors.map(formatConfigError).join('\n');
-    assert.match(text, new RegExp(`auto\\.conf: \\[context\\] range: the recorded range 1-65536 of "auto" \\(ranges\\.json\\) is refused: it lies outside the pool ${pool.start}-${pool.end}; usernsctl ranges forget auto allocates it anew`));
+    assert.match(
+      text,
+      new RegExp(
+        `auto\\.conf: \\[context\\] range: the recorded range 1-65536 of "auto" \\(ranges\\.json\\) is refused: it lies outside the pool ${pool.start}-${pool.end}; usernsctl ranges forget auto allocates it anew`,
+      ),
+    );
     assert.match(text, /slanted\.conf: .* is refused: it does not start on one of the pool's slots of 65536 ids/);
     assert.match(text, new RegExp(`system\\.conf: .* is refused: it overlaps host ids ${ok.start + 65536 * 5 + 100}, which belong to the system`));
     assert.deepEqual([...cfg.contexts.keys()], ['constructor'], 'a label named like an Object member is a label');
@@ -74,7 +91,7 @@ describe('state: recorded allocations', () => {
   });
 });
 
-describe('state: directories made under the unit\'s UMask=0077', () => {
+describe("state: directories made under the unit's UMask=0077", () => {
   it('makeDirs gives every directory it makes its mode, whatever the umask, and leaves existing ones alone', () => {
     const tree = makeTree();
     const old = process.umask(0o077);

@@ -5,13 +5,15 @@ import { LATENCY_WINDOW, percentile, Stats } from '../../agent/stats.ts';
 
 describe('stats', () => {
   it('percentile is the nearest rank: at least p% of the samples are at or below it', () => {
-    fc.assert(fc.property(fc.array(fc.double({ min: 0, max: 1e4, noNaN: true }), { minLength: 1, maxLength: 200 }), fc.integer({ min: 1, max: 100 }), (xs, p) => {
-      const s = [...xs].sort((a, b) => a - b);
-      const v = percentile(s, p);
-      assert.ok(s.includes(v));
-      assert.ok(s.filter((x) => x <= v).length >= (p / 100) * s.length);
-      assert.ok(s.filter((x) => x < v).length < (p / 100) * s.length);
-    }));
+    fc.assert(
+      fc.property(fc.array(fc.double({ min: 0, max: 1e4, noNaN: true }), { minLength: 1, maxLength: 200 }), fc.integer({ min: 1, max: 100 }), (xs, p) => {
+        const s = [...xs].sort((a, b) => a - b);
+        const v = percentile(s, p);
+        assert.ok(s.includes(v));
+        assert.ok(s.filter((x) => x <= v).length >= (p / 100) * s.length);
+        assert.ok(s.filter((x) => x < v).length < (p / 100) * s.length);
+      }),
+    );
     assert.equal(percentile([], 50), 0);
     assert.equal(percentile([1, 2, 3, 4], 50), 2);
     assert.equal(percentile([1, 2, 3, 4], 99), 4);

@@ -8,11 +8,13 @@ const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/;
 
 describe('shown(): client and file text in messages and logs', () => {
   it('never lets a control character through and stays within its bound, whatever the input', () => {
-    fc.assert(fc.property(fc.string({ unit: 'binary', maxLength: 5000 }), (s) => {
-      const out = shown(s);
-      assert.ok(!RAW_CONTROL.test(out), JSON.stringify(out));
-      assert.ok(out.length <= 6 * MAX_SHOWN_CHARS + 40, `${out.length} characters`);
-    }));
+    fc.assert(
+      fc.property(fc.string({ unit: 'binary', maxLength: 5000 }), (s) => {
+        const out = shown(s);
+        assert.ok(!RAW_CONTROL.test(out), JSON.stringify(out));
+        assert.ok(out.length <= 6 * MAX_SHOWN_CHARS + 40, `${out.length} characters`);
+      }),
+    );
   });
 
   it('says how much it left out, and quotes what it keeps', () => {
@@ -26,11 +28,13 @@ describe('formatConfigError: file text in check-config output', () => {
   it('escapes control characters and bounds names and messages from a file', () => {
     // size 'max': fast-check's default size keeps strings short, and the bound is about long ones.
     const text = fc.string({ unit: 'binary', maxLength: 3000, size: 'max' });
-    fc.assert(fc.property(text, text, (key, value) => {
-      const line = formatConfigError({ file: '/etc/userns.d/x.conf', section: key, key, line: 3, message: `must be one of a, b (got "${value}")` });
-      assert.ok(!RAW_CONTROL.test(line), JSON.stringify(line));
-      assert.ok(line.length < 2500, `${line.length} characters`);
-    }));
+    fc.assert(
+      fc.property(text, text, (key, value) => {
+        const line = formatConfigError({ file: '/etc/userns.d/x.conf', section: key, key, line: 3, message: `must be one of a, b (got "${value}")` });
+        assert.ok(!RAW_CONTROL.test(line), JSON.stringify(line));
+        assert.ok(line.length < 2500, `${line.length} characters`);
+      }),
+    );
   });
 
   it('cuts a message at MAX_MESSAGE_CHARS exactly, and one character shorter is whole', () => {

@@ -20,7 +20,14 @@ function audit(unitText: string): { exposure: number; failed: string[]; out: str
     const out = `${r.stdout}${r.stderr}`;
     const m = /Overall exposure level for usernsd\.service: (\d+\.\d)/.exec(out);
     assert.ok(m, `systemd-analyze security gave no score:\n${out}`);
-    return { exposure: Number(m[1]), failed: out.split('\n').filter((l) => l.startsWith('✗')).map((l) => l.slice(2).split(/\s+/)[0]), out };
+    return {
+      exposure: Number(m[1]),
+      failed: out
+        .split('\n')
+        .filter((l) => l.startsWith('✗'))
+        .map((l) => l.slice(2).split(/\s+/)[0]),
+      out,
+    };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -40,11 +47,15 @@ describe('unit: the shipped unit under systemd-analyze security', () => {
     for (const group of ['@clock', '@debug', '@module', '@obsolete', '@raw-io', '@reboot', '@swap', '@cpu-emulation']) {
       assert.ok(!failed.includes(`SystemCallFilter=~${group}`), `${group} is allowed`);
     }
-    for (const setting of ['PrivateDevices=', 'UMask=', 'IPAddressDeny=', 'NoNewPrivileges=', 'ProtectSystem=']) assert.ok(!failed.includes(setting), `${setting} is not in force`);
+    for (const setting of ['PrivateDevices=', 'UMask=', 'IPAddressDeny=', 'NoNewPrivileges=', 'ProtectSystem='])
+      assert.ok(!failed.includes(setting), `${setting} is not in force`);
   });
 
   it('can fail: the unit without its allow-list scores worse', () => {
-    const loose = installedUnit().split('\n').filter((l) => !l.startsWith('SystemCallFilter=')).join('\n');
+    const loose = installedUnit()
+      .split('\n')
+      .filter((l) => !l.startsWith('SystemCallFilter='))
+      .join('\n');
     assert.ok(audit(loose).exposure > audit(installedUnit()).exposure);
   });
 });

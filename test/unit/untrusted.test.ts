@@ -13,13 +13,22 @@ describe('unit: untrusted input, entry by entry', () => {
 
   it('an id map: three fields of ids per extent, at most 340 extents', () => {
     assert.equal(v.safeParse(IDMAP, [{ inside: 0, outside: 100000, count: 65536 }]).success, true);
-    for (const bad of [[{}], [{ inside: 0, outside: 100000 }], [{ inside: -1, outside: 0, count: 1 }], [{ inside: 0, outside: 0, count: 0 }], Array.from({ length: 341 }, (_, k) => ({ inside: k, outside: k, count: 1 }))]) {
+    for (const bad of [
+      [{}],
+      [{ inside: 0, outside: 100000 }],
+      [{ inside: -1, outside: 0, count: 1 }],
+      [{ inside: 0, outside: 0, count: 0 }],
+      Array.from({ length: 341 }, (_, k) => ({ inside: k, outside: k, count: 1 })),
+    ]) {
       assert.equal(v.safeParse(IDMAP, bad).success, false, JSON.stringify(bad).slice(0, 60));
     }
   });
 
   it('entries under labels: "host", and anything that is no label, are bad entries with the reason, kept as they came', () => {
-    const r = checkEntries({ host: { start: 0, size: 1 }, '../x': { start: 0, size: 1 }, ok: { start: 65536, size: 65536 }, worse: { start: 'x', size: 1 } }, ALLOCATION);
+    const r = checkEntries(
+      { host: { start: 0, size: 1 }, '../x': { start: 0, size: 1 }, ok: { start: 65536, size: 65536 }, worse: { start: 'x', size: 1 } },
+      ALLOCATION,
+    );
     assert.deepEqual([...r.good.keys()], ['ok']);
     assert.deepEqual(r.bad.get('host'), { why: 'not a context label: "host" is reserved', raw: { start: 0, size: 1 } });
     assert.match(r.bad.get('../x')!.why, /^not a context label: /);

@@ -41,7 +41,7 @@ describe('the upcall wiring check (request-key -d)', () => {
     assert.deepEqual(w.handler, [bin, 'upcall', '-t', '600', '--socket', SOCKET, '%k', '%d']);
   });
 
-  it('says which socket the handler asks when it is not this agent\'s (the default, or another)', async () => {
+  it("says which socket the handler asks when it is not this agent's (the default, or another)", async () => {
     rule(`create user userns:* * ${bin} upcall -t 600 %k %d`);
     let w = await check();
     assert.equal(w.state, 'other-socket');
@@ -67,7 +67,7 @@ describe('the upcall wiring check (request-key -d)', () => {
     assert.match(w.message, /not executable/);
   });
 
-  it('follows request-key\'s own choice: a rule for the exact label does not count for userns:*', async () => {
+  it("follows request-key's own choice: a rule for the exact label does not count for userns:*", async () => {
     rule(`create user userns:backups * ${bin} upcall --socket ${SOCKET} %k %d`);
     assert.equal((await check()).state, 'missing');
   });
