@@ -1,6 +1,7 @@
 // The agent's lifecycle: load and reconcile at start, eager creation, the socket, reload, drain on stop.
 import type { Logger } from 'pino';
 import { formatConfigError } from '../config/ini.ts';
+import { keepStartOnly } from '../config/load.ts';
 import type { Context, LogLevel, Nss } from '../config/types.ts';
 import { isRoot, mayUse } from './policy.ts';
 import type { Peer } from './wire/peer.ts';
@@ -405,13 +406,9 @@ export class Manager implements Agent {
       return { contexts: this.registry.size, added: [], changed: [], removed: [], kept: [], errors };
     }
     this.metrics.reloaded(config.errors.length > 0 ? 'partial' : 'ok');
-    const atStart = ['socket', 'pins', 'state', 'mountNamespace', 'spawner', 'userdb', 'userdbSocket', 'metricsListen', 'coordinator', 'etcd'] as const;
-    for (const key of atStart) {
-      if (JSON.stringify(config.agent[key]) !== JSON.stringify(before[key]))
-        this.log.warn({ key, old: before[key], new: config.agent[key] }, `Setting ${key} changed: it takes effect at the next start`);
-    }
-    const kept = Object.fromEntries(atStart.map((k) => [k, before[k]]));
-    const diff = this.registry.apply({ ...config, agent: { ...config.agent, ...kept } });
+    const { agent, waiting } = keepStartOnly(before, config.agent);
+    for (const w of waiting) this.log.warn({ key: w.field, old: w.old, new: w.new }, `Setting ${w.field} changed: it takes effect at the next start`);
+    const diff = this.registry.apply({ ...config, agent });
     this.people.rebuild(this.registry.all());
     this.recordInForce();
     // The files may wait on the shared pool, or have changed a static range it must hear of.

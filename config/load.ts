@@ -6,6 +6,7 @@ import { appendErrors, capErrors, configError, parseIni, readConfigText } from '
 import type { IniDoc } from './ini.ts';
 import type { Interval } from './extents.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
+import type { KeySpec } from './schema.ts';
 import type { Schema } from './schema.ts';
 import { DEFAULT_SOCKET, DEFAULT_USERDB_SOCKET, HOST_LABEL } from './types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss, Owner } from './types.ts';
@@ -81,6 +82,27 @@ function lineOf(doc: IniDoc, section: string, key?: string): number | null {
   const s = doc.sections.get(section);
   if (!s) return null;
   return key === undefined ? s.line : (s.keys.get(key)?.line ?? s.line);
+}
+
+/** The AgentConfig fields set by keys the agent reads only at start (AGENT_SCHEMA's atStart). */
+export const START_ONLY_FIELDS: readonly (keyof AgentConfig)[] = [
+  ...new Set(Object.values(AGENT_SCHEMA).flatMap((section) => Object.values<KeySpec<unknown>>(section).flatMap((k) => (k.atStart ? [k.atStart] : [])))),
+];
+
+/**
+ * A reload's settings: what only a start may change kept as the agent started with it, and each
+ * such setting the files changed (the agent says it waits for the next start).
+ */
+export function keepStartOnly(
+  running: AgentConfig,
+  next: AgentConfig,
+): { agent: AgentConfig; waiting: { field: keyof AgentConfig; old: unknown; new: unknown }[] } {
+  const waiting = START_ONLY_FIELDS.filter((f) => JSON.stringify(next[f]) !== JSON.stringify(running[f])).map((field) => ({
+    field,
+    old: running[field],
+    new: next[field],
+  }));
+  return { agent: { ...next, ...Object.fromEntries(START_ONLY_FIELDS.map((f) => [f, running[f]])) }, waiting };
 }
 
 /** Read /etc/usernsd.conf. A bad key is reported and its default used, so the agent can still start. */

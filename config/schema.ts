@@ -1,12 +1,20 @@
 // The key tables: every section and key of usernsd.conf and of a context file, with its parser and default.
 import { ID_LIMIT, parseExtents, parseId } from './extents.ts';
 import { LOG_LEVELS, SQUASH_MODES } from './types.ts';
-import type { IdMap, LogLevel, Nss, Owner, SquashMode } from './types.ts';
+import type { AgentConfig, IdMap, LogLevel, Nss, Owner, SquashMode } from './types.ts';
 
 /** A parser returns the typed value, or a Problem saying what is wrong with the text. */
 export type Problem = { readonly problem: string };
 export type Parse<T> = (text: string, nss: Nss) => T | Problem;
-export type KeySpec<T> = { readonly parse: Parse<T>; readonly doc: string };
+export type KeySpec<T> = {
+  readonly parse: Parse<T>;
+  readonly doc: string;
+  /**
+   * The agent reads this key once, at start (the AgentConfig field it sets): a reload keeps the
+   * value it started with and logs that the change waits for the next start (usernsd.conf(5)).
+   */
+  readonly atStart?: keyof AgentConfig;
+};
 
 export function isProblem(v: unknown): v is Problem {
   return typeof v === 'object' && v !== null && 'problem' in v;
@@ -116,10 +124,10 @@ const listenAddress: Parse<{ host: string; port: number }> = (text) => {
 /** usernsd.conf(5). The man page documents every key here; a test holds them together. */
 export const AGENT_SCHEMA = {
   agent: {
-    socket: { parse: absolutePath, doc: 'the UNIX socket the agent listens on' },
+    socket: { parse: absolutePath, doc: 'the UNIX socket the agent listens on', atStart: 'socket' },
     contexts: { parse: absolutePath, doc: 'the directory of context files' },
-    pins: { parse: absolutePath, doc: 'the directory of pinned namespaces' },
-    state: { parse: absolutePath, doc: 'the directory of persistent state' },
+    pins: { parse: absolutePath, doc: 'the directory of pinned namespaces', atStart: 'pins' },
+    state: { parse: absolutePath, doc: 'the directory of persistent state', atStart: 'state' },
     log_level: { parse: oneOf<LogLevel>(LOG_LEVELS), doc: 'the lowest level logged' },
     mount_namespace: {
       parse: (t: string) =>
@@ -127,15 +135,17 @@ export const AGENT_SCHEMA = {
           ? t
           : { problem: `must be auto, self or the absolute path of a mount namespace file such as /proc/1/ns/mnt (got "${t}")` },
       doc: 'the mount namespace pins are mounted in',
+      atStart: 'mountNamespace',
     },
     spawner: {
       parse: oneOf(['auto', 'native', 'node'] as const),
       doc: 'who makes user namespaces: native, the usernsd-spawner program; node, a process forked from the agent for each; auto, native when it was built',
+      atStart: 'spawner',
     },
     subuid: { parse: absolutePath, doc: "the subordinate uid file (newuidmap's): uids delegated to users" },
     subgid: { parse: absolutePath, doc: "the subordinate gid file (newgidmap's): gids delegated to users" },
-    userdb: { parse: oneOf(['yes', 'no'] as const), doc: "whether to name the contexts' host ids through systemd's userdb" },
-    userdb_socket: { parse: absolutePath, doc: 'the userdb Varlink socket; its file name is the service name' },
+    userdb: { parse: oneOf(['yes', 'no'] as const), doc: "whether to name the contexts' host ids through systemd's userdb", atStart: 'userdb' },
+    userdb_socket: { parse: absolutePath, doc: 'the userdb Varlink socket; its file name is the service name', atStart: 'userdbSocket' },
     label_xattr: {
       parse: (t: string) =>
         /^(trusted|user|security)\.[A-Za-z0-9._-]+$/.test(t)
@@ -149,15 +159,19 @@ export const AGENT_SCHEMA = {
     overflowgid: { parse: number(0, 0xfffffffe), doc: 'the gid shown for an id that cannot be mapped' },
   },
   metrics: {
-    listen: { parse: listenAddress, doc: 'HOST:PORT of an HTTP listener serving /metrics (off unless set)' },
+    listen: { parse: listenAddress, doc: 'HOST:PORT of an HTTP listener serving /metrics (off unless set)', atStart: 'metricsListen' },
   },
   pool: {
-    coordinator: { parse: oneOf(['local', 'etcd'] as const), doc: 'local: this host allocates alone; etcd: every host sharing the pool agrees through etcd' },
+    coordinator: {
+      parse: oneOf(['local', 'etcd'] as const),
+      doc: 'local: this host allocates alone; etcd: every host sharing the pool agrees through etcd',
+      atStart: 'coordinator',
+    },
     range: { parse: poolRange, doc: 'host ids that range = auto allocations come from' },
     size: { parse: number(1, 0x7fffffff), doc: 'the default size of an allocation' },
   },
   etcd: {
-    endpoints: { parse: list(endpoint), doc: "the etcd cluster's client URLs, comma-separated" },
+    endpoints: { parse: list(endpoint), doc: "the etcd cluster's client URLs, comma-separated", atStart: 'etcd' },
     prefix: {
       parse: (t: string) =>
         /^\/[A-Za-z0-9._/-]*$/.test(t) && !t.split('/').includes('..')
@@ -166,14 +180,16 @@ export const AGENT_SCHEMA = {
             : `${t}/`
           : { problem: `must be a key prefix starting with "/" of letters, digits, ".", "_", "-" and "/" (got "${t}")` },
       doc: 'the prefix of every key the agent writes',
+      atStart: 'etcd',
     },
-    ca: { parse: absolutePath, doc: "the CA certificate that signed the cluster's (turns TLS on)" },
-    cert: { parse: absolutePath, doc: "this host's client certificate" },
-    key: { parse: absolutePath, doc: "this host's client key" },
-    timeout: { parse: number(100, 600_000), doc: 'milliseconds an etcd request may take' },
+    ca: { parse: absolutePath, doc: "the CA certificate that signed the cluster's (turns TLS on)", atStart: 'etcd' },
+    cert: { parse: absolutePath, doc: "this host's client certificate", atStart: 'etcd' },
+    key: { parse: absolutePath, doc: "this host's client key", atStart: 'etcd' },
+    timeout: { parse: number(100, 600_000), doc: 'milliseconds an etcd request may take', atStart: 'etcd' },
     name: {
       parse: (t: string) => (/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t) ? t : { problem: `must be 1-64 letters, digits, ".", "_" or "-" (got "${t}")` }),
       doc: "this host's name in the shared pool (default: its hostname)",
+      atStart: 'etcd',
     },
   },
 } as const satisfies Record<string, Record<string, KeySpec<unknown>>>;

@@ -6,6 +6,8 @@ import { COMMAND_NAMES, EXIT } from '../../agent/cli/main.ts';
 import { ERROR_CODES } from '../../agent/errors.ts';
 import { LIMITS, METHODS } from '../../agent/wire/protocol.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA } from '../../config/schema.ts';
+import type { KeySpec } from '../../config/schema.ts';
+import { AGENT_DEFAULTS, keepStartOnly } from '../../config/load.ts';
 import type { Schema } from '../../config/schema.ts';
 
 const page = (name: string) => readFileSync(new URL(`../../man/${name}`, import.meta.url), 'utf8');
@@ -95,6 +97,36 @@ describe('man pages', () => {
 
   it('userns.d(5) documents every context key, and no key the schema lacks', () => assertDocumented(CONTEXT_SCHEMA, 'userns.d.5'));
   it('usernsd.conf(5) documents every agent key, and no key the schema lacks', () => assertDocumented(AGENT_SCHEMA, 'usernsd.conf.5'));
+
+  it('usernsd.conf(5) says "Read at start" for exactly the keys a reload keeps (the schema\'s atStart)', () => {
+    const text = page('usernsd.conf.5');
+    for (const [section, keys] of Object.entries(AGENT_SCHEMA)) {
+      const body = text.split(`.SH "SECTION [${section}]"\n`)[1].split('\n.SH ')[0];
+      const [intro, ...entries] = `\n${body}`.split('\n.TP\n');
+      for (const [key, spec] of Object.entries<KeySpec<unknown>>(keys)) {
+        const entry = entries.find((e) => e.startsWith(`.B ${key}\n`));
+        assert.ok(entry, `[${section}] ${key} has an entry`);
+        const says = entry.includes('Read at start.') || intro.includes('"Read at start"');
+        assert.equal(
+          says,
+          spec.atStart !== undefined,
+          `[${section}] ${key}: ${spec.atStart ? 'a reload keeps it, the page must say "Read at start."' : 'a reload applies it, the page must not say it waits'}`,
+        );
+      }
+    }
+  });
+
+  it('a reload keeps what only a start may change, says which changed, and applies the rest', () => {
+    const running = { ...AGENT_DEFAULTS, file: '/etc/usernsd/usernsd.conf' };
+    const next = { ...running, socket: '/run/other.sock', etcd: { ...running.etcd, timeoutMs: 999 }, logLevel: 'debug' as const, contexts: '/srv/ctx' };
+    const { agent, waiting } = keepStartOnly(running, next);
+    assert.deepEqual(
+      waiting.map((w) => w.field),
+      ['socket', 'etcd'],
+    );
+    assert.deepEqual([agent.socket, agent.etcd.timeoutMs, agent.logLevel, agent.contexts], [running.socket, running.etcd.timeoutMs, 'debug', '/srv/ctx']);
+    assert.deepEqual(keepStartOnly(running, running).waiting, []);
+  });
 
   it('every page has NAME, SYNOPSIS or DESCRIPTION, EXAMPLES and SEE ALSO, and its SEE ALSO names only pages that exist', () => {
     const dir = new URL('../../man/', import.meta.url).pathname;
