@@ -80,6 +80,8 @@ export type LoadOptions = {
   /** Files read ahead (loadConfigurationAsync), and the context files listed then. */
   readonly texts?: ReadAhead;
   readonly files?: string[] | ConfigError;
+  /** The settings file as loadConfigurationAsync judged it. */
+  readonly settings?: { readonly agent: AgentConfig; readonly errors: ConfigError[] };
   /** coordinator = etcd: labels the shared pool refuses as configured here, and why. */
   readonly refused?: ReadonlyMap<string, string>;
 };
@@ -93,11 +95,11 @@ const READ_AHEAD_BATCH = 64;
  */
 export async function loadConfigurationAsync(file: string | null, opts: LoadOptions): Promise<Configuration> {
   const nss = opts.nss ?? systemNss();
-  const settings = file ?? DEFAULT_CONFIG_FILE;
-  const texts = new Map<string, string | ConfigError>([[settings, await readConfigTextAsync(settings)]]);
-  // Where the context files are: the settings say (parsing them is cheap; they are parsed again with the rest).
-  const { config } = loadAgentConfig(settings, nss, AGENT_DEFAULTS, texts.get(settings));
-  const files = listContextFiles(config.contexts);
+  const path = file ?? DEFAULT_CONFIG_FILE;
+  const texts = new Map<string, string | ConfigError>([[path, await readConfigTextAsync(path)]]);
+  // The settings are judged once: they say where the context files are, and go on with them.
+  const settings = readSettings(file, nss, texts);
+  const files = listContextFiles(settings.agent.contexts);
   if (Array.isArray(files)) {
     for (let i = 0; i < files.length; i += READ_AHEAD_BATCH) {
       const batch = files.slice(i, i + READ_AHEAD_BATCH);
@@ -105,25 +107,26 @@ export async function loadConfigurationAsync(file: string | null, opts: LoadOpti
       batch.forEach((f, k) => texts.set(f, read[k]));
     }
   }
-  return loadConfiguration(file, { ...opts, nss, texts, files });
+  return loadConfiguration(file, { ...opts, nss, texts, files, settings });
+}
+
+/** The settings file judged (no --config: the default file, which may be missing, as for most daemons; an explicit one may not). */
+function readSettings(file: string | null, nss: Nss, texts: ReadAhead | undefined): { agent: AgentConfig; errors: ConfigError[] } {
+  const defaults = { ...AGENT_DEFAULTS, ...kernelOverflow() };
+  if (file === null) {
+    const r = loadAgentConfig(DEFAULT_CONFIG_FILE, nss, defaults, texts?.get(DEFAULT_CONFIG_FILE));
+    const missing = r.errors.length === 1 && r.errors[0].message.includes('ENOENT');
+    return missing ? { agent: { ...defaults, file: DEFAULT_CONFIG_FILE }, errors: [] } : { agent: r.config, errors: r.errors };
+  }
+  const r = loadAgentConfig(file, nss, defaults, texts?.get(file));
+  return { agent: r.config, errors: r.errors };
 }
 
 export function loadConfiguration(file: string | null, opts: LoadOptions): Configuration {
   const nss = opts.nss ?? systemNss();
-  const defaults = { ...AGENT_DEFAULTS, ...kernelOverflow() };
   const errors: ConfigError[] = [];
-  let agent: AgentConfig;
-  if (file === null) {
-    // No --config: the default file is optional, as for most daemons; an explicit one is not.
-    const r = loadAgentConfig(DEFAULT_CONFIG_FILE, nss, defaults, opts.texts?.get(DEFAULT_CONFIG_FILE));
-    const missing = r.errors.length === 1 && r.errors[0].message.includes('ENOENT');
-    agent = missing ? { ...defaults, file: DEFAULT_CONFIG_FILE } : r.config;
-    if (!missing) appendErrors(errors, r.errors);
-  } else {
-    const r = loadAgentConfig(file, nss, defaults, opts.texts?.get(file));
-    agent = r.config;
-    appendErrors(errors, r.errors);
-  }
+  const { agent, errors: settingErrors } = opts.settings ?? readSettings(file, nss, opts.texts);
+  appendErrors(errors, settingErrors);
 
   bypassUserdb(basename(agent.userdbSocket)); // before the first lookup of a name in the files
   const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files);
