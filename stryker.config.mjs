@@ -16,6 +16,7 @@ export default {
     'config/ini.ts',
     'config/text.ts',
     'config/untrusted.ts',
+    'agent/policy.ts',
   ],
   coverageAnalysis: 'perTest',
   incremental: true,

@@ -1,0 +1,96 @@
+// Who may use and who may enter a context (agent/policy.ts, SPEC §6), rule by rule: each row grants
+// through exactly one rule or through none, so a rule that is lost or widened fails its row.
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { isRoot, mayEnter, mayUse } from '../../agent/policy.ts';
+import type { Peer } from '../../agent/wire/peer.ts';
+import type { Context } from '../../config/types.ts';
+
+const peer = (uid: number, gid = uid, groups: number[] = []): Peer => ({ pid: 1234, uid, gid, groups });
+function context(label: string, owner: number, access: { uids?: number[]; gids?: number[] } = {}, parent = 'host'): Context {
+  const map = [{ inside: 0, outside: 100000, count: 65536 }];
+  return {
+    label,
+    file: `/etc/userns.d/${label}.conf`,
+    parent,
+    owner: { uid: owner, gid: owner, name: null },
+    uidMap: map,
+    gidMap: map,
+    autoSize: null,
+    setgroups: 'allow',
+    create: 'lazy',
+    squash: { mode: 'root', anonuid: 65534, anongid: 65534 },
+    access: { uids: access.uids ?? [], gids: access.gids ?? [] },
+    ownerIds: 'delegated',
+  };
+}
+
+describe('unit: access policy', () => {
+  const top = context('top', 1000);
+  const mid = context('top.mid', 1001, {}, 'top');
+  const leaf = context('top.mid.leaf', 1002, { uids: [2000], gids: [3000] }, 'top.mid');
+  const chain = [mid, top]; // leaf's ancestors, nearest first
+
+  it('mayUse grants root, the owner, an owner up the chain, an [access] user, an [access] group by primary or supplementary group — and no one else', () => {
+    const rows: [string, Peer, boolean][] = [
+      ['root', peer(0, 5), true],
+      ['its owner', peer(1002), true],
+      ["its parent's owner", peer(1001), true],
+      ['the top owner', peer(1000), true],
+      ['an [access] user', peer(2000, 9), true],
+      ['an [access] group, primary', peer(4000, 3000), true],
+      ['an [access] group, supplementary', peer(4000, 4000, [7, 3000]), true],
+      ['a stranger', peer(4000, 4000, [7, 8]), false],
+      ['a stranger whose uid is an [access] gid', peer(3000, 9), false],
+      ['a stranger whose gid is an [access] uid', peer(4000, 2000), false],
+      ["a stranger whose gid is the owner's uid", peer(4000, 1002), false],
+    ];
+    for (const [who, p, want] of rows) assert.equal(mayUse(p, leaf, chain), want, who);
+  });
+
+  it('mayUse without ancestors knows only the context itself', () => {
+    assert.equal(mayUse(peer(1000), leaf), false, "an ancestor's owner, unnamed, is a stranger");
+    assert.equal(mayUse(peer(4000), leaf), false);
+    assert.equal(mayUse(peer(1002), leaf), true);
+  });
+
+  it('mayEnter grants root and the top-level owner only: not [access], not a nested owner (who enters from inside its parent)', () => {
+    const rows: [string, Peer, boolean][] = [
+      ['root', peer(0), true],
+      ['the top owner', peer(1000), true],
+      ['a nested owner', peer(1002), false],
+      ['an [access] user', peer(2000), false],
+      ['an [access] group member', peer(4000, 3000, [3000]), false],
+      ['a stranger', peer(4000), false],
+    ];
+    for (const [who, p, want] of rows) assert.equal(mayEnter(p, top), want, who);
+  });
+
+  it('isRoot is uid 0, whatever the groups', () => {
+    assert.equal(isRoot(peer(0, 100, [1])), true);
+    assert.equal(isRoot(peer(1, 0, [0])), false);
+  });
+
+  it('whoever is not root, an owner in the chain, an [access] user or in an [access] group is refused, and entry never exceeds use', () => {
+    const id = fc.integer({ min: 0, max: 12 });
+    fc.assert(
+      fc.property(
+        id,
+        id,
+        fc.array(id, { maxLength: 3 }),
+        id,
+        id,
+        fc.array(id, { maxLength: 2 }),
+        fc.array(id, { maxLength: 2 }),
+        (uid, gid, groups, owner, parentOwner, uids, gids) => {
+          const parent = context('p', parentOwner);
+          const ctx = context('p.c', owner, { uids, gids }, 'p');
+          const p = peer(uid, gid, groups);
+          const oracle = uid === 0 || uid === owner || uid === parentOwner || uids.includes(uid) || gids.includes(gid) || gids.some((g) => groups.includes(g));
+          assert.equal(mayUse(p, ctx, [parent]), oracle);
+          if (mayEnter(p, parent)) assert.ok(mayUse(p, parent), 'who may enter may use');
+        },
+      ),
+    );
+  });
+});
