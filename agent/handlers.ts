@@ -16,6 +16,7 @@ import type { Method, ParamsOf, Reply, ResultOf } from './wire/protocol.ts';
 import type { Registry, Resolved } from './registry.ts';
 import type { Connection } from './wire/server.ts';
 import type { Views } from './views.ts';
+import type { RangePool } from './rangepool.ts';
 import type { Metrics } from './metrics.ts';
 
 /** What the handlers need from the agent beyond the registry. */
@@ -32,11 +33,8 @@ export type Agent = {
   /** Views made through the agent, and the user namespaces that carry their idmaps. */
   readonly views: Views;
   readonly metrics: Metrics;
-  /** coordinator = etcd: ask the shared pool now for what waits on it; true when nothing waits. */
-  settlePending(): Promise<boolean>;
-  rangesList(): Promise<ResultOf<typeof P.ranges>>;
-  rangesImport(): Promise<ResultOf<typeof P.rangesImport>>;
-  rangesForget(label: string): Promise<ResultOf<typeof P.rangesForget>>;
+  /** Who decides the auto ranges (this host, or the shared pool): what waits on it, and usernsctl ranges. */
+  readonly pool: Pick<RangePool, 'settle' | 'list' | 'import' | 'forget'>;
   /** A failure a client caused, logged within the per-uid budget (LogLimiter). */
   logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void;
 };
@@ -94,7 +92,7 @@ async function resolveSlow(agent: Agent, peer: Peer, label: string): Promise<P.R
   } catch (err) {
     // A context waiting for the shared pool: ask etcd now (within its timeout), then once more.
     if (!(err instanceof UsernsError && err.code === 'E_UNAVAILABLE')) throw err;
-    await agent.settlePending();
+    await agent.pool.settle();
     usable(agent, peer, label);
   }
   return resolvedResult(agent, peer, await agent.registry.resolve(label, peer));
@@ -236,9 +234,9 @@ handle(P.explain, (agent, peer, { path }) => {
   });
 });
 
-handle(P.ranges, (agent) => agent.rangesList());
-handle(P.rangesImport, (agent) => agent.rangesImport());
-handle(P.rangesForget, (agent, _peer, { label }) => agent.rangesForget(label));
+handle(P.ranges, (agent) => agent.pool.list());
+handle(P.rangesImport, (agent) => agent.pool.import());
+handle(P.rangesForget, (agent, _peer, { label }) => agent.pool.forget(label, agent.registry.isPinned(label)));
 
 handle(P.views, (agent) => ({ views: agent.views.list() }));
 

@@ -14,7 +14,7 @@ import { handleRequest, METHOD_NAMES } from './handlers.ts';
 import { invalidateIssuedKeys } from './kernel/keys.ts';
 import type { Agent } from './handlers.ts';
 import { PROTOCOL_VERSION } from './wire/protocol.ts';
-import type { ContextState, RangesResult, ReloadResult, StatusResult } from './wire/protocol.ts';
+import type { ReloadResult, StatusResult } from './wire/protocol.ts';
 import { Registry } from './registry.ts';
 import { Stats } from './stats.ts';
 import { LogLimiter } from './wire/loglimit.ts';
@@ -94,7 +94,7 @@ export class Manager implements Agent {
     this.metrics = new Metrics(METHOD_NAMES, {
       contextStates: () => {
         const out: Record<string, number> = { 'not created': 0, pinned: 0, drift: 0, stale: 0, orphan: 0 };
-        for (const c of this.contextStates()) out[c.state] = (out[c.state] ?? 0) + 1;
+        for (const c of this.registry.states()) out[c.state] = (out[c.state] ?? 0) + 1;
         return out;
       },
       connections: () => this.server.connections,
@@ -355,22 +355,6 @@ export class Manager implements Agent {
     this.limiter.line(peer.uid, level, fields, msg);
   }
 
-  settlePending(): Promise<boolean> {
-    return this.pool.settle();
-  }
-
-  rangesList(): Promise<RangesResult> {
-    return this.pool.list();
-  }
-
-  rangesImport(): Promise<{ imported: number }> {
-    return this.pool.import();
-  }
-
-  rangesForget(label: string): Promise<{ label: string; forgotten: boolean }> {
-    return this.pool.forget(label, this.registry.isPinned(label));
-  }
-
   served(method: string, code: string | null, ms: number): void {
     this.stats.request(method, code, ms);
     this.metrics.request(method, code, ms);
@@ -454,7 +438,7 @@ export class Manager implements Agent {
       for (const c of this.registry.all()) if (mayUse(peer, c, this.registry.ancestors(c))) visible++;
       return { ...base, contexts: visible, full: false };
     }
-    const contextStates = this.contextStates(); // one look at each pin, for both figures
+    const contextStates = this.registry.states(); // one look at each pin, for both figures
     const pinned = contextStates.filter((c) => c.state === 'pinned' || c.state === 'drift' || c.state === 'stale').length;
     return {
       ...base,
@@ -477,32 +461,6 @@ export class Manager implements Agent {
       spawner: this.registry.namespaces.spawner ? { kind: 'native', pid: this.registry.namespaces.spawner.pid ?? null } : { kind: 'node', pid: null },
       upcall: this.upcall ?? undefined,
     };
-  }
-
-  /**
-   * Each context's state as the kernel shows it now: not created, pinned, drift (pinned, but not as
-   * configured: found at start or at a resolve), stale (pinned under a parent in drift, stale or not
-   * pinned); and pins without a context (orphans). Parents come before children in the registry.
-   */
-  private contextStates(): ContextState[] {
-    const drift = this.registry.namespaces.drifted;
-    const out: ContextState[] = [];
-    const byLabel = new Map<string, ContextState>();
-    for (const c of this.registry.all()) {
-      const pinned = this.registry.isPinned(c.label);
-      const parent = byLabel.get(c.parent);
-      let s: ContextState;
-      if (!pinned) s = { label: c.label, owner: c.owner, state: 'not created' };
-      else if (drift.has(c.label)) s = { label: c.label, owner: c.owner, state: 'drift' };
-      else if (parent && parent.state !== 'pinned') {
-        const why = parent.state === 'not created' ? `its parent ${c.parent} is not pinned` : `its parent ${c.parent} is in ${parent.state}`;
-        s = { label: c.label, owner: c.owner, state: 'stale', why: `${why}; release ${c.parent}, which releases what is nested in it too` };
-      } else s = { label: c.label, owner: c.owner, state: 'pinned' };
-      byLabel.set(c.label, s);
-      out.push(s);
-    }
-    for (const label of this.registry.orphans()) out.push({ label, owner: null, state: 'orphan' });
-    return out;
   }
 
   /** SIGTERM: stop accepting, let requests in flight finish, close, remove the socket. Idempotent. */

@@ -7,6 +7,7 @@ import type { HostMaps } from '../config/load.ts';
 import { HOST_LABEL } from '../config/types.ts';
 import type { ConfigError, Context } from '../config/types.ts';
 import type { Peer } from './wire/peer.ts';
+import type { ContextState } from './wire/protocol.ts';
 import type { Configuration } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { HOST_VIEW, makeView } from './idmap.ts';
@@ -93,6 +94,32 @@ export class Registry {
       return [];
     }
     return names.filter((n) => !this.contexts.has(n) && labelProblem(n) === null && pinnedIno(join(this.config.agent.pins, n)) !== null).sort();
+  }
+
+  /**
+   * Each context's state as the kernel shows it now: not created, pinned, drift (pinned, but not as
+   * configured: found at start or at a resolve), stale (pinned under a parent in drift, stale or not
+   * pinned); and pins without a context (orphans). Parents come before children in the registry.
+   */
+  states(): ContextState[] {
+    const drift = this.namespaces.drifted;
+    const out: ContextState[] = [];
+    const byLabel = new Map<string, ContextState>();
+    for (const c of this.all()) {
+      const pinned = this.isPinned(c.label);
+      const parent = byLabel.get(c.parent);
+      let s: ContextState;
+      if (!pinned) s = { label: c.label, owner: c.owner, state: 'not created' };
+      else if (drift.has(c.label)) s = { label: c.label, owner: c.owner, state: 'drift' };
+      else if (parent && parent.state !== 'pinned') {
+        const why = parent.state === 'not created' ? `its parent ${c.parent} is not pinned` : `its parent ${c.parent} is in ${parent.state}`;
+        s = { label: c.label, owner: c.owner, state: 'stale', why: `${why}; release ${c.parent}, which releases what is nested in it too` };
+      } else s = { label: c.label, owner: c.owner, state: 'pinned' };
+      byLabel.set(c.label, s);
+      out.push(s);
+    }
+    for (const label of this.orphans()) out.push({ label, owner: null, state: 'orphan' });
+    return out;
   }
 
   isPinned(label: string): boolean {

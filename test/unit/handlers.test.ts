@@ -44,10 +44,7 @@ function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
       views: () => ({ recorded: 0, namespaces: 0 }),
       coordinator: () => null,
     }),
-    settlePending: async () => true,
-    rangesList: unreachable,
-    rangesImport: unreachable,
-    rangesForget: unreachable,
+    pool: { settle: async () => true, list: unreachable, import: unreachable, forget: unreachable },
     logClientFailure: (_peer, _fields, msg) => {
       failures.push(msg);
     },
