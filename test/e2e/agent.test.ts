@@ -5,11 +5,10 @@ import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { checkoutReachableBy, cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
+import { checkoutReachableBy, cleanup, makeCheckoutReachable, rootAgentSuite, startAgent, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
-import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
-import { isRoot, kernelMaps, makeUser, mountsUnder } from '../helpers/kernel.ts';
+import { kernelMaps, makeUser, mountsUnder } from '../helpers/kernel.ts';
 import { NATIVE_SPAWNER } from '../helpers/unit.ts';
 
 const A = '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n';
@@ -41,15 +40,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
   let agent: RunningAgent;
   const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
 
-  before(function () {
-    if (!isRoot) this.skip();
-  }); // the agent creates namespaces for other owners and mounts pins: root
-  beforeEach(() => {
-    tree = makeTree();
-  });
-  afterEach(async () => {
-    await cleanup(tree);
-  });
+  rootAgentSuite((t) => (tree = t)); // the agent pins namespaces: root
 
   it('resolve creates the namespace once, then reuses the pin', async () => {
     tree.context('a.conf', A);

@@ -4,10 +4,9 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { AgentClient } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { cleanup, startAgent, usernsctl } from '../helpers/agent.ts';
-import { makeTree } from '../helpers/fixtures.ts';
+import { rootAgentSuite, startAgent, usernsctl } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
-import { isRoot, kernelMaps, mountsUnder, unmountAll } from '../helpers/kernel.ts';
+import { kernelMaps, mountsUnder, unmountAll } from '../helpers/kernel.ts';
 import { pinnedIno } from '../../agent/kernel/pinrecord.ts';
 
 const STATIC = 20;
@@ -22,15 +21,7 @@ function writeContexts(tree: Tree): void {
 describe('e2e: faults (root)', function () {
   this.timeout(120_000);
   let tree: Tree;
-  before(function () {
-    if (!isRoot) this.skip();
-  }); // namespaces, mounts, SIGKILL of a root agent: root
-  beforeEach(() => {
-    tree = makeTree();
-  });
-  afterEach(async () => {
-    await cleanup(tree);
-  });
+  rootAgentSuite((t) => (tree = t)); // the agent pins namespaces: root
 
   it('killed at random moments while creating under load, restarts with every pin complete or absent and no range given twice', async () => {
     writeContexts(tree);

@@ -2,10 +2,8 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { cleanup, PYTHON, startAgent } from '../helpers/agent.ts';
-import { makeTree } from '../helpers/fixtures.ts';
+import { PYTHON, rootAgentSuite, startAgent } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
-import { isRoot } from '../helpers/kernel.ts';
 
 const LISTENER = new URL('./notify_listener.py', import.meta.url).pathname;
 
@@ -13,15 +11,7 @@ type Note = { msg: string; socketAccepts: true | string; pinned: string[] };
 
 describe('e2e: readiness notification (root)', function () {
   let tree: Tree;
-  before(function () {
-    if (!isRoot) this.skip();
-  }); // the agent pins namespaces: root
-  beforeEach(() => {
-    tree = makeTree();
-  });
-  afterEach(async () => {
-    await cleanup(tree);
-  });
+  rootAgentSuite((t) => (tree = t)); // the agent pins namespaces: root
 
   it('sends READY=1 after the socket listens and eager contexts are pinned, then RELOADING/READY and STOPPING', async () => {
     tree.context('e1.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\ncreate = eager\n');

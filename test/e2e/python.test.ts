@@ -2,26 +2,16 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
-import { cleanup, PYTHON, startAgent } from '../helpers/agent.ts';
+import { PYTHON, rootAgentSuite, startAgent } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
-import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
-import { isRoot } from '../helpers/kernel.ts';
 
 const SCRIPT = new URL('./resolve_client.py', import.meta.url).pathname;
 
 describe('e2e: a Python client with no Node code (root)', function () {
   let tree: Tree;
   let agent: RunningAgent;
-  before(function () {
-    if (!isRoot) this.skip();
-  }); // the agent pins namespaces: root
-  beforeEach(() => {
-    tree = makeTree();
-  });
-  afterEach(async () => {
-    await cleanup(tree);
-  });
+  rootAgentSuite((t) => (tree = t)); // the agent pins namespaces: root
 
   it('resolves a label, then gets a coded error for an unknown one', async () => {
     tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');

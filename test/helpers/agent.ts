@@ -3,7 +3,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { unmountAll } from './kernel.ts';
+import { isRoot, unmountAll } from './kernel.ts';
+import { makeTree } from './fixtures.ts';
 import type { Tree } from './fixtures.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
@@ -113,6 +114,26 @@ export async function cleanup(tree: Tree | undefined): Promise<void> {
     unmountAll(tree.dir);
     tree.remove();
   }
+}
+
+/**
+ * The frame of a suite that runs agents as root: skipped when not root (a failure under CI, see
+ * reporter.cjs), a fresh tree for each test, and after each, passed or failed, every agent killed,
+ * every mount under the tree gone and the tree removed. `use` receives each test's tree.
+ */
+export function rootAgentSuite(use: (tree: Tree) => void): void {
+  let current: Tree | undefined;
+  before(function () {
+    if (!isRoot) this.skip();
+  });
+  beforeEach(() => {
+    current = makeTree();
+    use(current);
+  });
+  afterEach(async () => {
+    await cleanup(current);
+    current = undefined;
+  });
 }
 
 export type Run = { code: number | null; out: string; err: string };
