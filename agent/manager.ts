@@ -29,11 +29,10 @@ import { removeStaleTemps } from './kernel/files.ts';
 import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
 import { join } from 'node:path';
 import type { AgentConfig } from '../config/types.ts';
-import { sdNotify } from './kernel/sys.ts';
+import { Supervisor } from './supervisor.ts';
 import { VERSION } from './version.ts';
-import { checkUpcallWiring, probeUserUpcalls } from './wiring.ts';
+import { UpcallWatch } from './wiring.ts';
 import { People } from './people.ts';
-import type { UpcallWiring } from './wiring.ts';
 
 export type ManagerOptions = {
   /** null: DEFAULT_CONFIG_FILE if it exists, else the defaults. */
@@ -75,10 +74,10 @@ export class Manager implements Agent {
   private reloading: Promise<unknown> = Promise.resolve();
   private lastReload: string | null = null;
   private stopping: Promise<void> | null = null;
-  private upcall: UpcallWiring | null = null;
-  private readonly notifyFn: (state: string) => void;
-  /** The supervisor's notify socket went away: nothing more is sent. */
-  private notifyGone = false;
+  /** Where request-key sends "userns:LABEL" keys, as last seen (status shows it). */
+  private readonly upcall: UpcallWatch;
+  /** The supervisor's readiness channel. */
+  private readonly supervisor: Supervisor;
   private readonly limiter: LogLimiter;
   /** Who counts as whom for the per-user limits: rebuilt with the contexts in force. */
   private readonly people = new People();
@@ -86,11 +85,8 @@ export class Manager implements Agent {
   private constructor(opts: ManagerOptions, config: Configuration) {
     this.opts = opts;
     this.log = opts.log;
-    this.notifyFn =
-      opts.notify ??
-      ((state) => {
-        sdNotify(state);
-      });
+    this.supervisor = new Supervisor(opts.log, opts.notify);
+    this.upcall = new UpcallWatch(opts.log);
     this.metrics = new Metrics(METHOD_NAMES, {
       contextStates: () => {
         const out: Record<string, number> = { 'not created': 0, pinned: 0, drift: 0, stale: 0, orphan: 0 };
@@ -222,7 +218,7 @@ export class Manager implements Agent {
         { waiting: m.registry.configuration.waiting },
         "Starting without the shared pool's answer for some contexts: they are served once etcd answers",
       );
-    const wiring = m.checkUpcall(); // a few ms in request-key, alongside adoption and creation
+    const wiring = m.upcall.check(config.agent.socket); // a few ms in request-key, alongside adoption and creation
     for (const e of config.errors) m.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const n of config.notices) m.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
     const started = performance.now();
@@ -246,7 +242,7 @@ export class Manager implements Agent {
     await m.listenMetricsHttp();
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
     // Only now: the socket listens and every eager context exists (or its failure is logged).
-    m.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
+    m.supervisor.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
     return m;
   }
 
@@ -285,48 +281,6 @@ export class Manager implements Agent {
       }
     };
     await Promise.all(Array.from({ length: EAGER_CONCURRENCY }, worker));
-  }
-
-  /**
-   * Where request-key sends "userns:LABEL" keys, at start and at each reload: said once in the log
-   * when it changes (a warning unless it reaches this agent), and shown by status.
-   */
-  private async checkUpcall(): Promise<void> {
-    let w: UpcallWiring;
-    try {
-      const [wiring, users] = await Promise.all([checkUpcallWiring(this.registry.agent.socket), probeUserUpcalls()]);
-      w = { ...wiring, users };
-    } catch (err) {
-      w = { state: 'unknown', rule: null, handler: null, message: `cannot ask request-key: ${(err as Error).message}` };
-    }
-    const changed = this.upcall === null || this.upcall.message !== w.message;
-    const usersChanged = this.upcall?.users?.state !== w.users?.state;
-    this.upcall = w;
-    if (changed) {
-      if (w.state === 'ok') this.log.info({ rule: w.rule }, `Upcall: ${w.message}`);
-      else this.log.warn({ upcall: w.state, rule: w.rule }, `Upcall: ${w.message}`);
-    }
-    if (usersChanged && w.users?.state === 'refused') this.log.warn({ upcallUsers: 'refused' }, `Upcall: ${w.users.message}`);
-  }
-
-  /**
-   * Tell the supervisor; a broken notify socket is logged, never fatal. A socket that is gone
-   * (ENOENT, ECONNREFUSED) means a supervisor that only waited for READY=1, as start-stop-daemon
-   * --notify-await does: said once, and not tried again.
-   */
-  private notify(state: string): void {
-    if (this.notifyGone) return;
-    try {
-      this.notifyFn(state);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ECONNREFUSED') {
-        this.notifyGone = true;
-        this.log.info({ err: (err as Error).message }, "The supervisor's notify socket is gone (it waited for readiness only): no further notifications");
-        return;
-      }
-      this.log.warn({ err: (err as Error).message }, 'Failed to notify the supervisor (NOTIFY_SOCKET)');
-    }
   }
 
   private statusLine(): string {
@@ -368,11 +322,11 @@ export class Manager implements Agent {
   }
 
   private async reloadNow(source: string): Promise<ReloadResult> {
-    this.notify('RELOADING=1');
+    this.supervisor.notify('RELOADING=1');
     try {
       return await this.reloadConfig(source);
     } finally {
-      this.notify(`READY=1\nSTATUS=${this.statusLine()}`);
+      this.supervisor.notify(`READY=1\nSTATUS=${this.statusLine()}`);
     }
   }
 
@@ -422,7 +376,7 @@ export class Manager implements Agent {
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const n of config.notices) this.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
-    await this.checkUpcall(); // an admin who wired the upcall reloads to see it taken
+    await this.upcall.check(this.registry.agent.socket); // an admin who wired the upcall reloads to see it taken
     this.log.level = this.opts.logLevel ?? config.agent.logLevel;
     this.log.info(
       { source, contexts: this.registry.size, ...diff, errors: errors.length, ms: +(performance.now() - started).toFixed(1) },
@@ -459,7 +413,7 @@ export class Manager implements Agent {
       views: { recorded: this.views.list().length, namespaces: this.views.namespaces.size },
       coordinator: this.pool.state(),
       spawner: this.registry.namespaces.spawner ? { kind: 'native', pid: this.registry.namespaces.spawner.pid ?? null } : { kind: 'node', pid: null },
-      upcall: this.upcall ?? undefined,
+      upcall: this.upcall.last ?? undefined,
     };
   }
 
@@ -467,7 +421,7 @@ export class Manager implements Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info('Stopping: no new connections; finishing requests in flight');
-      this.notify('STOPPING=1\nSTATUS=draining');
+      this.supervisor.notify('STOPPING=1\nSTATUS=draining');
       this.server.stopAccepting();
       // One turn of the event loop, so requests already received on open connections are taken in.
       await new Promise((r) => setImmediate(r));

@@ -4,6 +4,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { accessSync, constants as fsc, existsSync } from 'node:fs';
 import { basename } from 'node:path';
+import type { Logger } from 'pino';
 import { DEFAULT_SOCKET } from '../config/types.ts';
 
 /** The program the kernel runs for every key it cannot find (compiled into the kernel). */
@@ -170,4 +171,36 @@ function socketOption(args: string[]): string | null {
     if (a === '--') break;
   }
   return null;
+}
+
+/**
+ * Where request-key sends "userns:LABEL" keys, asked at start and at each reload: said once in the
+ * log when it changes (a warning unless it reaches this agent), and kept for status.
+ */
+export class UpcallWatch {
+  private readonly log: Logger;
+  /** The last answer; null before the first. */
+  last: UpcallWiring | null = null;
+
+  constructor(log: Logger) {
+    this.log = log;
+  }
+
+  async check(socket: string): Promise<void> {
+    let w: UpcallWiring;
+    try {
+      const [wiring, users] = await Promise.all([checkUpcallWiring(socket), probeUserUpcalls()]);
+      w = { ...wiring, users };
+    } catch (err) {
+      w = { state: 'unknown', rule: null, handler: null, message: `cannot ask request-key: ${(err as Error).message}` };
+    }
+    const changed = this.last === null || this.last.message !== w.message;
+    const usersChanged = this.last?.users?.state !== w.users?.state;
+    this.last = w;
+    if (changed) {
+      if (w.state === 'ok') this.log.info({ rule: w.rule }, `Upcall: ${w.message}`);
+      else this.log.warn({ upcall: w.state, rule: w.rule }, `Upcall: ${w.message}`);
+    }
+    if (usersChanged && w.users?.state === 'refused') this.log.warn({ upcallUsers: 'refused' }, `Upcall: ${w.users.message}`);
+  }
 }
