@@ -15,6 +15,7 @@ import * as P from '../../agent/wire/protocol.ts';
 import type { Connection } from '../../agent/wire/server.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
+import { mountsUnder, unmountAll } from '../helpers/kernel.ts';
 
 const ALICE = 1001; // testNss: alice (1001), in [access] of "shared"
 const HPA = 1000; // owner of "hpa-backups"
@@ -75,7 +76,13 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     tree.context('secret-www.conf', '[context]\nparent = secret\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n');
     ({ agent, failures } = agentOf(tree));
   });
-  after(() => tree.remove());
+  // Even when a test fails (or, under mutation testing, a handler lets a caller through), nothing
+  // made here is left: a pin is unmounted and the spawner ended before the tree goes.
+  after(() => {
+    agent.registry.namespaces.close();
+    unmountAll(tree.dir);
+    tree.remove();
+  });
 
   it('answers a context a user may not use exactly as one that does not exist (no oracle), for any label and uid', async () => {
     const labels = fc.oneof(fc.constantFrom('secret', 'secret-www', 'hpa-backups', 'shared'), fc.stringMatching(/^[a-z][a-z0-9.-]{0,20}$/));
@@ -192,5 +199,9 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     const back = await ask(agent, conn(0), request('map', { from: 'host', to: 'shared', uids: [200000, 100000] }));
     assert.ok('result' in back);
     assert.deepEqual((back.result as P.MapResult).uids, [0, agent.registry.overflow.uid], "host 200000 is shared's 0; another context's id is nobody there");
+  });
+
+  it('made no namespace: every request here was refused or answered from memory, so nothing is mounted under the tree', () => {
+    assert.deepEqual(mountsUnder(tree.dir), []);
   });
 });
