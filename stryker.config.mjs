@@ -17,6 +17,7 @@ export default {
     'config/text.ts',
     'config/untrusted.ts',
     'agent/policy.ts',
+    'config/schema.ts',
   ],
   coverageAnalysis: 'perTest',
   incremental: true,
