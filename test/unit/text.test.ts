@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { formatConfigError } from '../../config/ini.ts';
-import { escapeControls, MAX_MESSAGE_CHARS, MAX_SHOWN_CHARS, shown } from '../../config/text.ts';
+import { escapeControls, MAX_MESSAGE_CHARS, MAX_SHOWN_CHARS, shown, shownName } from '../../config/text.ts';
 
 const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/;
 
@@ -50,5 +50,12 @@ describe('formatConfigError: file text in check-config output', () => {
     assert.equal(shown('x'.repeat(MAX_SHOWN_CHARS)), `"${'x'.repeat(MAX_SHOWN_CHARS)}"`, 'exactly the bound: whole, nothing said left out');
     assert.equal(shown('x'.repeat(MAX_SHOWN_CHARS + 1)), `"${'x'.repeat(MAX_SHOWN_CHARS)}"… (1 more characters)`);
     assert.equal(escapeControls('a\u001bb\u0085c\td\ne'), 'a\\u001bb\\u0085c\td\ne', 'tab and newline are layout, kept');
+  });
+
+  it('shows a name plainly only when all of it looks like one: a tail of escapes or a 65th character makes it quoted', () => {
+    assert.equal(shownName('uid_map'), 'uid_map');
+    assert.equal(shownName('ok\u001b[31m'), '"ok\\u001b[31m"');
+    assert.equal(shownName('k'.repeat(65)), shown('k'.repeat(65)));
+    assert.notEqual(shownName('k'.repeat(65)), 'k'.repeat(65));
   });
 });
