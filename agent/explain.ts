@@ -25,20 +25,19 @@ export type ExplainInput = {
 
 /** Pure: every figure from the maps, squash and names the agent holds. */
 export function explain(input: ExplainInput): Explanation {
-  const { caller, overflow } = input;
-  const ctx = input.file?.ctx ?? null;
+  const { caller, overflow, file } = input;
   const one = (kind: IdKind): IdExplanation => {
     const onDisk = input.onDisk[kind];
     const ov = overflow[kind];
     const why: string[] = [];
-    if (!input.file) {
+    if (!file) {
       // No context: the ids are the host's own. Named only when they fall in a context's range.
       const seen = mapId(HOST_VIEW, caller, kind, onDisk, overflow);
       if (seen === ov && onDisk !== ov)
         why.push(`host ${kind} ${onDisk} is not mapped in context ${caller.label} (yours): it shows there as the overflow ${kind} ${ov}`);
       return { onDisk, host: onDisk, name: input.nameOf(kind, onDisk), fromHost: onDisk, fromCaller: seen, identityView: onDisk, foreignView: onDisk, why };
     }
-    const { ctx, view } = input.file;
+    const { ctx, view } = file;
     const host = toHost(view, kind, onDisk);
     const squash = ctx.squash;
     const anon = kind === 'uid' ? squash.anonuid : squash.anongid;
@@ -78,9 +77,9 @@ export function explain(input: ExplainInput): Explanation {
   return {
     path: input.path,
     labelledPath: input.labelledPath,
-    context: ctx?.label ?? null,
-    parent: ctx?.parent ?? null,
-    squash: ctx ? { mode: ctx.squash.mode, anonuid: ctx.squash.anonuid, anongid: ctx.squash.anongid } : null,
+    context: file?.ctx.label ?? null,
+    parent: file?.ctx.parent ?? null,
+    squash: file ? { mode: file.ctx.squash.mode, anonuid: file.ctx.squash.anonuid, anongid: file.ctx.squash.anongid } : null,
     callerContext: caller.label,
     note: input.note,
     overflow,

@@ -50,6 +50,9 @@ function input(
 
 describe('unit: explain', () => {
   const backups = context('backups', 'root', '0 2000000 65536');
+  // uids 0-65535 on 2000000, gids 0-99 on 3000000.
+  const splitCtx: Context = { ...context('split', 'root', '0 2000000 65536'), gidMap: m('0 3000000 100') };
+  const split = { ctx: splitCtx, view: makeView('split', splitCtx.squash, m('0 2000000 65536'), m('0 3000000 100')) };
 
   it('a file of a context without squash: host ids, names, and both views', () => {
     const plain = context('plain', 'none', '0 2000000 65536');
@@ -125,12 +128,10 @@ describe('unit: explain', () => {
 
   it('keeps uids and gids apart: each through its own map, its own anonymous id, its own overflow', () => {
     // uids 0-65535 on 2000000, gids 0-99 on 3000000: a gid of 100 is past its map, the uid 100 is not.
-    const split: Context = { ...context('split', 'root', '0 2000000 65536'), gidMap: m('0 3000000 100') };
-    const view = makeView('split', split.squash, m('0 2000000 65536'), m('0 3000000 100'));
     const e = explain({
       path: '/srv/x',
       onDisk: { uid: 100, gid: 100 },
-      file: { ctx: split, view },
+      file: split,
       labelledPath: '/srv',
       caller: HOST_VIEW,
       overflow: { uid: 65534, gid: 65500 },
@@ -145,7 +146,7 @@ describe('unit: explain', () => {
     const root = explain({
       path: '/srv/x',
       onDisk: { uid: 0, gid: 0 },
-      file: { ctx: split, view },
+      file: split,
       labelledPath: '/srv',
       caller: HOST_VIEW,
       overflow: { uid: 65534, gid: 65500 },
@@ -165,12 +166,10 @@ describe('unit: explain', () => {
     assert.equal(unmapped.uid.why.length, 1, "an id the host does not see either: only the map's own why, not the caller's");
   });
   it('words each id in its own terms: the uid_map for a uid past it, the anongid for a squashed gid, no squash for root without squash', () => {
-    const split: Context = { ...context('split', 'root', '0 2000000 65536'), gidMap: m('0 3000000 100') };
-    const view = makeView('split', split.squash, m('0 2000000 65536'), m('0 3000000 100'));
     const past = explain({
       path: '/srv/x',
       onDisk: { uid: 70000, gid: 0 },
-      file: { ctx: split, view },
+      file: split,
       labelledPath: '/srv',
       caller: HOST_VIEW,
       overflow: OVERFLOW,
