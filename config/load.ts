@@ -9,7 +9,7 @@ import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.
 import type { KeySpec } from './schema.ts';
 import type { Schema } from './schema.ts';
 import { DEFAULT_SOCKET, DEFAULT_USERDB_SOCKET, HOST_LABEL } from './types.ts';
-import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss, Owner } from './types.ts';
+import type { AgentConfig, ConfigError, Context, ContextDef, Delegation, IdMap, Nss, Owner } from './types.ts';
 
 /**
  * The settings file when --config is not given: $USERNSD_CONFIG (set by the installed wrappers to
@@ -30,6 +30,7 @@ export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
   subgid: '/etc/subgid',
   overflowuid: 65534,
   overflowgid: 65534,
+  cgroupRoot: 'auto',
   pool: { start: 524288, end: 1879048191, size: 65536 },
   userdb: true,
   userdbSocket: DEFAULT_USERDB_SOCKET,
@@ -161,6 +162,7 @@ export function loadAgentConfig(
       subgid: get('agent', 'subgid', defaults.subgid),
       overflowuid: get('mapping', 'overflowuid', defaults.overflowuid),
       overflowgid: get('mapping', 'overflowgid', defaults.overflowgid),
+      cgroupRoot: get('agent', 'cgroup_root', defaults.cgroupRoot),
       pool: { start: range.start, end: range.end, size },
       userdb: get('agent', 'userdb', defaults.userdb ? 'yes' : 'no') === 'yes',
       userdbSocket: get('agent', 'userdb_socket', defaults.userdbSocket),
@@ -195,6 +197,45 @@ function lineIn(d: ContextDef, key: string): number | null {
   if (!lines) return null;
   if (key === 'uid_map' || key === 'gid_map') return lines[key] ?? lines.range ?? lines[''] ?? null;
   return lines[key] ?? lines[''] ?? null;
+}
+
+/** Seconds a hook runs before it is killed, unless exec_timeout says otherwise. */
+export const DEFAULT_HOOK_TIMEOUT_S = 30;
+
+/**
+ * The [delegate] section as a Delegation, or undefined when it gives nothing. Every delegated
+ * resource is owned by the context's root, so the maps must map inside id 0 (an auto range does).
+ * A device node is host access no ordinary user has: an owned context gets one only where the admin
+ * vouches for the context (owner_ids = any), as for a map beyond the owner's delegation (SPEC §12).
+ */
+function delegation(
+  v: Map<string, unknown> | undefined,
+  owner: Owner,
+  vouched: boolean,
+  maps: { uidMap: IdMap | null; gidMap: IdMap | null } | null,
+  err: (key: string | null, message: string) => void,
+): Delegation | undefined {
+  if (!v) return undefined;
+  const d: Delegation = {
+    cgroup: v.get('cgroup') === 'yes',
+    cgroupLimits: (v.get('cgroup_limits') as Delegation['cgroupLimits'] | undefined) ?? [],
+    devices: (v.get('devices') as string[] | undefined) ?? [],
+    directories: (v.get('directories') as string[] | undefined) ?? [],
+    execStart: (v.get('exec_start') as string | undefined) ?? null,
+    execStop: (v.get('exec_stop') as string | undefined) ?? null,
+    execTimeoutMs: ((v.get('exec_timeout') as number | undefined) ?? DEFAULT_HOOK_TIMEOUT_S) * 1000,
+  };
+  if (d.cgroupLimits.length > 0 && !d.cgroup) err('cgroup_limits', "limits are written into the context's cgroup: set cgroup = yes too");
+  if (!d.cgroup && d.devices.length === 0 && d.directories.length === 0 && d.execStart === null && d.execStop === null) return undefined;
+  const mapsRoot = (m: IdMap | null) => m === null || m.some((e) => e.inside === 0);
+  if (maps && (!mapsRoot(maps.uidMap) || !mapsRoot(maps.gidMap)))
+    err(null, "what [delegate] gives is owned by the context's root: uid_map and gid_map must map inside id 0");
+  if (owner.uid !== 0 && d.devices.length > 0 && !vouched)
+    err(
+      'devices',
+      `a device node is host access an ordinary user does not have: the context is owned by ${owner.name ?? owner.uid}, so devices need owner_ids = any in [context] (the admin vouches for it; check-config says so)`,
+    );
+  return d;
 }
 
 /** One context file -> a definition, or the errors that keep it out. */
@@ -239,6 +280,9 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
       if (!present('gid_map')) missing('context', 'gid_map', 'missing: set uid_map and gid_map, or range = auto');
     }
   }
+  const delegate = delegation(v.get('delegate'), owner, get<string>('context', 'owner_ids') === 'any', auto ? null : { uidMap, gidMap }, (key, message) =>
+    err('delegate', key, message),
+  );
   if (errors.length > 0) return { def: null, errors: capErrors(file, errors) };
   return {
     def: {
@@ -259,6 +303,7 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
       },
       access: { uids: get('access', 'users') ?? [], gids: get('access', 'groups') ?? [] },
       ownerIds: get<'delegated' | 'any'>('context', 'owner_ids') ?? 'delegated',
+      ...(delegate ? { delegate } : {}),
       lines: contextLines(doc),
     },
     errors,
@@ -652,6 +697,16 @@ export function finishContexts(
         else problems.push([key, `${what}: ${advice}`]);
       }
     }
+    if (d.owner.uid !== 0 && d.delegate && d.delegate.devices.length > 0)
+      notices.push(
+        configError(
+          d.file,
+          'delegate',
+          'devices',
+          lineIn(d, 'devices'),
+          `the owner's context root is given host devices ${d.delegate.devices.join(', ')} (owner_ids = any)`,
+        ),
+      );
     const siblings = claims.get(d.parent) ?? { uid: [], gid: [] };
     for (const [kind, key, map] of maps) {
       for (const e of map) {

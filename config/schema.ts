@@ -121,6 +121,39 @@ const listenAddress: Parse<{ host: string; port: number }> = (text) => {
   return { host: m[1] ?? m[2], port };
 };
 
+/** A whitespace-separated list of absolute paths (device nodes, directories), each once. */
+const pathList: Parse<string[]> = (text, nss) => {
+  const out: string[] = [];
+  for (const part of text.split(/[\s,]+/).filter((s) => s !== '')) {
+    const p = absolutePath(part, nss);
+    if (isProblem(p)) return p;
+    if (p === '/') return { problem: 'must not be "/"' };
+    if (out.includes(p)) return { problem: `names ${p} twice` };
+    out.push(p);
+  }
+  if (out.length > MAX_DELEGATED_PATHS) return { problem: `lists ${out.length} paths; at most ${MAX_DELEGATED_PATHS}` };
+  return out;
+};
+
+/** Paths one [delegate] key may list (nsresourced allows 16 cgroups and 16 interfaces a namespace). */
+export const MAX_DELEGATED_PATHS = 16;
+
+/** The cgroup files a limit may be written to: a controller's knob, never a cgroup.* or a nested path. */
+const CGROUP_LIMIT_RE = /^(memory|pids|cpu|io|cpuset|hugetlb|rdma|misc)\.[a-z0-9_.]+$/;
+
+const cgroupLimits: Parse<{ file: string; value: string }[]> = (text) => {
+  const out: { file: string; value: string }[] = [];
+  for (const part of text.split(/\s+/).filter((s) => s !== '')) {
+    const m = /^([^=]+)=(.+)$/.exec(part);
+    if (!m || !CGROUP_LIMIT_RE.test(m[1]))
+      return { problem: `"${part}" is not FILE=VALUE with FILE a controller's file such as memory.max, pids.max or cpu.weight` };
+    if (!/^[A-Za-z0-9 ._:-]+$/.test(m[2])) return { problem: `"${part}": the value may hold only letters, digits, ".", "_", ":" and "-"` };
+    if (out.some((l) => l.file === m[1])) return { problem: `sets ${m[1]} twice` };
+    out.push({ file: m[1], value: m[2] });
+  }
+  return out;
+};
+
 /** usernsd.conf(5). The man page documents every key here; a test holds them together. */
 export const AGENT_SCHEMA = {
   agent: {
@@ -146,6 +179,11 @@ export const AGENT_SCHEMA = {
     subgid: { parse: absolutePath, doc: "the subordinate gid file (newgidmap's): gids delegated to users" },
     userdb: { parse: oneOf(['yes', 'no'] as const), doc: "whether to name the contexts' host ids through systemd's userdb", atStart: 'userdb' },
     userdb_socket: { parse: absolutePath, doc: 'the userdb Varlink socket; its file name is the service name', atStart: 'userdbSocket' },
+    cgroup_root: {
+      parse: (t: string, nss: Nss) => (t === 'auto' ? t : absolutePath(t, nss)),
+      doc: "auto, or the cgroup v2 directory every context's delegated cgroup is made under",
+      atStart: 'cgroupRoot',
+    },
     label_xattr: {
       parse: (t: string) =>
         /^(trusted|user|security)\.[A-Za-z0-9._-]+$/.test(t)
@@ -231,6 +269,15 @@ export const CONTEXT_SCHEMA = {
       doc: 'users who may resolve, map and enter',
     },
     groups: { parse: list(parseGroup), doc: 'groups whose members may resolve, map and enter' },
+  },
+  delegate: {
+    cgroup: { parse: oneOf(['yes', 'no'] as const), doc: "yes: a cgroup v2 subtree under cgroup_root (under the parent's), owned by the context's root" },
+    cgroup_limits: { parse: cgroupLimits, doc: 'FILE=VALUE ... written into the cgroup by root before it is handed over, such as memory.max=1G pids.max=512' },
+    devices: { parse: pathList, doc: "existing device nodes given to the context's root, and given back at release" },
+    directories: { parse: pathList, doc: "directories created owned by the context's root; never removed" },
+    exec_start: { parse: absolutePath, doc: 'an executable owned by root run after the namespace is created (failure: the creation fails)' },
+    exec_stop: { parse: absolutePath, doc: 'an executable owned by root run before the namespace is released' },
+    exec_timeout: { parse: number(1, 3600), doc: 'seconds a hook may run before it is killed (default 30)' },
   },
 } as const satisfies Record<string, Record<string, KeySpec<unknown>>>;
 

@@ -37,6 +37,8 @@ export type ContextDef = {
    * vouches for the map; check-config says so).
    */
   readonly ownerIds: 'delegated' | 'any';
+  /** What the [delegate] section gives the context's root (SPEC §13); absent when the file has none. */
+  readonly delegate?: Delegation;
   /** Where the [context] section ("") and each key are in the file, for errors judged across files; absent for a kept context. */
   readonly lines?: Readonly<Record<string, number>>;
 };
@@ -47,6 +49,27 @@ export type ContextDef = {
  * root owner and deny for any other.
  */
 export type Context = ContextDef & { readonly uidMap: IdMap; readonly gidMap: IdMap; readonly setgroups: 'allow' | 'deny' };
+
+/** One limit written into a context's cgroup before it is handed over: `memory.max=1G`. */
+export type CgroupLimit = { readonly file: string; readonly value: string };
+
+/**
+ * Host resources that follow a label (userns.d(5) [delegate]): set up whenever its namespace is
+ * created, torn down in reverse order when it is released.
+ */
+export type Delegation = {
+  /** A cgroup v2 subtree under cgroup_root (under the parent's, for a nested context with one). */
+  readonly cgroup: boolean;
+  readonly cgroupLimits: readonly CgroupLimit[];
+  /** Existing device nodes, given to the context's root and given back at release. */
+  readonly devices: readonly string[];
+  /** Directories created owned by the context's root; never removed. */
+  readonly directories: readonly string[];
+  /** Admin-owned executables run after creation and before release. */
+  readonly execStart: string | null;
+  readonly execStop: string | null;
+  readonly execTimeoutMs: number;
+};
 
 export type Pool = { readonly start: number; readonly end: number; readonly size: number };
 
@@ -70,6 +93,8 @@ export type AgentConfig = {
   readonly subgid: string;
   readonly overflowuid: number;
   readonly overflowgid: number;
+  /** auto, or the cgroup v2 directory every delegated context cgroup is made under. */
+  readonly cgroupRoot: string;
   readonly pool: Pool;
   /** Name the contexts' host ids through systemd's userdb (nss-systemd), on this socket. */
   readonly userdb: boolean;

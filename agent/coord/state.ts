@@ -7,9 +7,30 @@ import type { Allocation } from './allocate.ts';
 import { UsernsError } from '../errors.ts';
 import * as v from 'valibot';
 import { HOST_LABEL } from '../../config/types.ts';
+import { MAX_DELEGATED_PATHS } from '../../config/schema.ts';
 import { ALLOCATION, checkEntries, COUNT, ID, IDMAP, isPlainObject, issueText, labelKeyProblem } from '../../config/untrusted.ts';
 
 const IDS = v.pipe(v.array(ID), v.maxLength(65536));
+/** An absolute path as a context file may give one: no "..", no NUL, bounded. */
+const PATH = v.pipe(
+  v.string(),
+  v.startsWith('/'),
+  v.maxLength(4096),
+  v.check((p) => !p.includes('\0') && !p.split('/').includes('..')),
+);
+const PATHS = v.pipe(v.array(PATH), v.maxLength(MAX_DELEGATED_PATHS));
+const DELEGATION = v.object({
+  cgroup: v.boolean(),
+  cgroupLimits: v.pipe(
+    v.array(v.object({ file: v.pipe(v.string(), v.regex(/^[a-z]+\.[a-z0-9_.]+$/)), value: v.pipe(v.string(), v.regex(/^[A-Za-z0-9 ._:-]+$/)) })),
+    v.maxLength(64),
+  ),
+  devices: PATHS,
+  directories: PATHS,
+  execStart: v.nullable(PATH),
+  execStop: v.nullable(PATH),
+  execTimeoutMs: v.pipe(v.number(), v.safeInteger(), v.minValue(1000), v.maxValue(3_600_000)),
+});
 /** A context as contexts.json records it (Context, field for field). */
 const IN_FORCE_CONTEXT = v.object({
   label: v.string(),
@@ -24,6 +45,7 @@ const IN_FORCE_CONTEXT = v.object({
   squash: v.object({ mode: v.picklist(['none', 'root', 'all']), anonuid: ID, anongid: ID }),
   access: v.object({ uids: IDS, gids: IDS }),
   ownerIds: v.optional(v.picklist(['delegated', 'any'])),
+  delegate: v.optional(DELEGATION),
 });
 
 export const RANGES_FILE = 'ranges.json';

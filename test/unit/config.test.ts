@@ -640,3 +640,84 @@ describe('config: ini reader', () => {
     assert.match(formatConfigError(errors[0]), /^\/f: \[a\]: section appears twice \(first at line 1\): merge them \(line 3\)$/);
   });
 });
+
+describe('config: [delegate], what a context is given beyond ids (SPEC §13)', () => {
+  const ctx = (delegate: string, context = 'uid_map = 0 3000000 65536\ngid_map = 0 3000000 65536\n') => one(`[context]\n${context}[delegate]\n${delegate}\n`);
+
+  it('reads every key, with defaults, and gives nothing for a section that asks for nothing', () => {
+    const { def, errors } = ctx(
+      'cgroup = yes\ncgroup_limits = memory.max=1G  pids.max=512\ndevices = /dev/loop7 /dev/net/tun\ndirectories = /srv/a/\nexec_start = /usr/lib/x/zone\nexec_stop = /usr/lib/x/unzone\nexec_timeout = 5',
+    );
+    assert.deepEqual(errors, []);
+    assert.deepEqual(def!.delegate, {
+      cgroup: true,
+      cgroupLimits: [
+        { file: 'memory.max', value: '1G' },
+        { file: 'pids.max', value: '512' },
+      ],
+      devices: ['/dev/loop7', '/dev/net/tun'],
+      directories: ['/srv/a'],
+      execStart: '/usr/lib/x/zone',
+      execStop: '/usr/lib/x/unzone',
+      execTimeoutMs: 5000,
+    });
+    assert.equal(ctx('devices = /dev/loop7').def!.delegate!.execTimeoutMs, 30_000);
+    assert.equal(ctx('cgroup = no').def!.delegate, undefined);
+    assert.equal(ctx('exec_timeout = 9').def!.delegate, undefined);
+    assert.equal(one('[context]\nuid_map = 0 3000000 65536\ngid_map = 0 3000000 65536\n').def!.delegate, undefined);
+  });
+
+  it('refuses a limit on anything but a controller file, a value that could carry more, a limit twice, and limits without a cgroup', () => {
+    for (const [line, why] of [
+      ['cgroup_limits = cgroup.procs=1', /"cgroup\.procs=1" is not FILE=VALUE with FILE a controller's file/],
+      ['cgroup_limits = memory.max', /"memory\.max" is not FILE=VALUE/],
+      ['cgroup_limits = ../memory.max=1', /is not FILE=VALUE/],
+      ['cgroup_limits = memory.max=1\\n2', /the value may hold only letters, digits/],
+      ['cgroup_limits = memory.max=$(id)', /the value may hold only/],
+      ['cgroup_limits = pids.max=1 pids.max=2', /sets pids\.max twice/],
+    ] as const) {
+      const { def, errors } = ctx(`cgroup = yes\n${line}`);
+      assert.equal(def, null, line);
+      assert.match(errors.join('\n'), why, line);
+    }
+    assert.match(
+      ctx('cgroup_limits = pids.max=5').errors.join('\n'),
+      /\[delegate\] cgroup_limits: limits are written into the context's cgroup: set cgroup = yes too/,
+    );
+  });
+
+  it('refuses relative paths, "/", "..", a path twice and more than 16 of them', () => {
+    assert.match(ctx('devices = dev/loop7').errors.join(), /must be an absolute path/);
+    assert.match(ctx('directories = /').errors.join(), /must not be "\/"/);
+    assert.match(ctx('directories = /srv/../etc').errors.join(), /without "\.\."/);
+    assert.match(ctx('devices = /dev/a /dev/a').errors.join(), /names \/dev\/a twice/);
+    const many = Array.from({ length: 17 }, (_, i) => `/srv/d${i}`).join(' ');
+    assert.match(ctx(`directories = ${many}`).errors.join(), /lists 17 paths; at most 16/);
+    assert.deepEqual(ctx(`directories = ${many.split(' ').slice(0, 16).join(',')}`).errors, []);
+  });
+
+  it("needs the context's root mapped: everything is given to it", () => {
+    assert.match(ctx('cgroup = yes', 'uid_map = 1 3000000 10\ngid_map = 0 3000000 10\n').errors.join(), /\[delegate\].*must map inside id 0/);
+    assert.match(ctx('cgroup = yes', 'uid_map = 0 3000000 10\ngid_map = 5 3000000 10\n').errors.join(), /must map inside id 0/);
+    assert.deepEqual(ctx('cgroup = yes', 'range = auto\n').errors, []);
+  });
+
+  it('gives a device to an owned context only where the admin vouches for it (owner_ids = any), said as a notice every time', () => {
+    const owned = (extra: string) => `[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n${extra}[delegate]\ndevices = /dev/loop7\n`;
+    const refused = all({ 'a.conf': owned('') });
+    assert.deepEqual(refused.labels, []);
+    assert.match(
+      refused.errors.join(),
+      /\[delegate\] devices: a device node is host access an ordinary user does not have: the context is owned by hpa, so devices need owner_ids = any/,
+    );
+    const vouched = all({ 'a.conf': owned('owner_ids = any\n') });
+    assert.deepEqual(vouched.errors, []);
+    assert.deepEqual(vouched.labels, ['a']);
+    assert.match(
+      vouched.notices.map(formatConfigError).join(),
+      /\[delegate\] devices: the owner's context root is given host devices \/dev\/loop7 \(owner_ids = any\)/,
+    );
+    // A cgroup, directories and hooks are nothing an ordinary user could not be given: no vouching.
+    assert.deepEqual(all({ 'b.conf': owned('').replace('devices = /dev/loop7', 'cgroup = yes\ndirectories = /srv/hpa') }).errors, []);
+  });
+});

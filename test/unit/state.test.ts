@@ -110,3 +110,52 @@ describe("state: directories made under the unit's UMask=0077", () => {
     }
   });
 });
+
+describe('state: the contexts in force keep what they are given', () => {
+  let tree: Tree;
+  beforeEach(() => (tree = makeTree()));
+  afterEach(() => tree.remove());
+  const ctx = (delegate: unknown) => ({
+    label: 'a',
+    file: '/etc/userns.d/a.conf',
+    parent: 'host',
+    owner: { uid: 0, gid: 0, name: 'root' },
+    uidMap: [{ inside: 0, outside: 3000000, count: 10 }],
+    gidMap: [{ inside: 0, outside: 3000000, count: 10 }],
+    autoSize: null,
+    setgroups: 'allow',
+    create: 'lazy',
+    squash: { mode: 'root', anonuid: 65534, anongid: 65534 },
+    access: { uids: [], gids: [] },
+    ownerIds: 'delegated',
+    ...(delegate === undefined ? {} : { delegate }),
+  });
+  const good = {
+    cgroup: true,
+    cgroupLimits: [{ file: 'pids.max', value: '10' }],
+    devices: ['/dev/loop7'],
+    directories: [],
+    execStart: null,
+    execStop: '/usr/lib/x',
+    execTimeoutMs: 30000,
+  };
+
+  it('reads a delegation back as written, and refuses one that names a path it could not have come from', async () => {
+    const { readInForce, writeInForce } = await import('../../agent/coord/state.ts');
+    makeDirs(tree.state, 0o700);
+    writeInForce(tree.state, [ctx(good)] as never);
+    assert.deepEqual(readInForce(tree.state).get('a')?.delegate, good);
+    writeInForce(tree.state, [ctx(undefined)] as never);
+    assert.equal(readInForce(tree.state).get('a')?.delegate, undefined);
+    for (const bad of [
+      { ...good, devices: ['/dev/../etc/shadow'] },
+      { ...good, directories: ['srv'] },
+      { ...good, execStop: '/x\0y' },
+      { ...good, cgroupLimits: [{ file: 'cgroup.procs/../x', value: '1' }] },
+      { ...good, execTimeoutMs: 0 },
+    ]) {
+      writeFileSync(join(tree.state, 'contexts.json'), JSON.stringify({ version: 1, contexts: [ctx(bad)] }));
+      assert.throws(() => readInForce(tree.state), /contexts\.json is corrupt \(a bad entry/, JSON.stringify(bad));
+    }
+  });
+});
