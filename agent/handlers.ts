@@ -110,6 +110,7 @@ function resolvedResult(agent: Agent, peer: Peer, { ctx, pin }: Resolved): P.Res
     ino: pin.ino,
     created: pin.created,
     mayEnter: mayEnter(peer, agent.registry.topLevel(ctx)),
+    delegated: agent.registry.delegated(ctx),
   };
 }
 
@@ -149,14 +150,26 @@ handle(P.status, (agent, peer) => agent.status(peer));
 
 handle(P.reload, (agent) => agent.reload('request'));
 
-handle(P.release, async (agent, peer, { label }) => {
+handle(P.release, async (agent, peer, { label, kill = false }) => {
   const started = performance.now();
-  const { released, descendants } = await agent.registry.release(label);
+  const { released, descendants } = await agent.registry.release(label, kill);
   for (let i = 0; i < descendants.length + (released ? 1 : 0); i++) agent.count('released');
   const ms = +(performance.now() - started).toFixed(2);
   agent.log.info({ label, released, descendants, peerUid: peer.uid, peerPid: peer.pid, ms }, released ? 'Released user namespace' : 'Release: nothing pinned');
   agent.invalidateKeys([...descendants, ...(released ? [label] : [])], 'a released pin');
   return { label, released, descendants };
+});
+
+handle(P.joinCgroup, (agent, peer, { label }) => {
+  const ctx = usable(agent, peer, label);
+  // Who may join the namespace may start its command in the cgroup the namespace's root manages.
+  if (!mayEnter(peer, agent.registry.topLevel(ctx)))
+    throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not enter context "${label}", so not join its cgroup either`);
+  const cgroup = agent.registry.cgroupOf(ctx);
+  if (cgroup === null) throw new UsernsError('E_NOT_FOUND', `context "${label}" has no cgroup ([delegate] cgroup = yes in its file gives it one)`);
+  agent.registry.delegations.join(label, peer.pid);
+  agent.log.info({ label, cgroup, peerUid: peer.uid, peerPid: peer.pid }, 'Moved a process into a context cgroup');
+  return { label, cgroup };
 });
 
 handle(P.view, async (agent, peer, params, conn) => {

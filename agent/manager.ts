@@ -98,15 +98,32 @@ export class Manager implements Agent {
       views: () => ({ recorded: this.views.list().length, namespaces: this.views.namespaces.size }),
       coordinator: () => this.pool.health(),
     });
-    this.registry = new Registry(config, (pin, ms, by) => {
-      this.count('created');
-      this.metrics.created(ms);
-      this.pool.pinsChanged();
-      this.log.info(
-        { label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) },
-        by ? 'Created user namespace' : 'Created user namespace (eager)',
-      );
-    });
+    this.registry = new Registry(
+      config,
+      (pin, ms, by) => {
+        this.count('created');
+        this.metrics.created(ms);
+        this.pool.pinsChanged();
+        this.log.info(
+          { label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) },
+          by ? 'Created user namespace' : 'Created user namespace (eager)',
+        );
+      },
+      {
+        hook: (h) => {
+          const fields = { label: h.label, hook: h.hook, path: h.path, code: h.code, signal: h.signal, ms: h.ms, output: h.output || undefined };
+          if (h.code === 0) this.log.info(fields, `Ran exec_${h.hook} of ${h.label}`);
+          else {
+            this.metrics.delegationFailed(`exec_${h.hook}`);
+            this.log.error(fields, `exec_${h.hook} of ${h.label} failed`);
+          }
+        },
+        failed: (step, label, message) => {
+          this.metrics.delegationFailed(step);
+          this.log.error({ label, step }, `Failed to ${step === 'set_up' ? 'set up' : 'tear down'} the delegations of ${label}: ${message}`);
+        },
+      },
+    );
     this.people.rebuild(config.contexts.values());
     this.limiter = new LogLimiter(opts.log, (uid) => this.people.of(uid));
     this.server = new IpcServer({
@@ -212,6 +229,12 @@ export class Manager implements Agent {
     const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(m.registry.namespaces.recordsDir)];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();
+    try {
+      const leaf = m.registry.delegations.settle();
+      if (leaf) m.log.info({ cgroup: leaf, cgroupRoot: m.registry.delegations.cgroupRoot }, "Moved into a leaf of the agent's delegated cgroup");
+    } catch (err) {
+      m.log.error({}, `${(err as Error).message}: contexts' cgroup limits may be refused (the kernel's no-internal-processes rule)`);
+    }
     // A shared pool first: what etcd decides (within its timeout) is in the configuration adopted and created.
     if (!(await m.pool.settle()))
       m.log.warn(
@@ -234,6 +257,7 @@ export class Manager implements Agent {
       },
       'Adopted existing pins',
     );
+    await m.reconcileDelegations();
     await m.createEager();
     await wiring;
     await m.server.listen();
@@ -258,6 +282,16 @@ export class Manager implements Agent {
       'E_CONFIG',
       `${newer.join('\n')}\nRefusing to start rather than guess: run the newer usernsd again, or see usernsd(8) UPGRADES for going back to an older one`,
     );
+  }
+
+  /** Delegations checked against the kernel (all of them at start; what changed at a reload), logged. */
+  private async reconcileDelegations(labels?: readonly string[]): Promise<void> {
+    const { done, failed } = await this.registry.reconcileDelegations(labels);
+    for (const d of done) this.log.info({}, `Delegations: ${d}`);
+    for (const f of failed) {
+      this.metrics.delegationFailed('reconcile');
+      this.log.error({ label: f.label }, `Failed to reconcile the delegations of ${f.label}: ${f.message}`);
+    }
   }
 
   /**
@@ -371,6 +405,8 @@ export class Manager implements Agent {
         this.log.warn({ label, code: err instanceof UsernsError ? err.code : 'E_INTERNAL' }, `Context ${label} changed: ${(err as Error).message}`);
       }
     }
+    // What a changed context is given follows its file (set up, or given back), now.
+    await this.reconcileDelegations(diff.changed.filter((l) => this.registry.isPinned(l)));
     // The upcall's cached answers for what changed or went are stale now, for every requester.
     this.invalidateKeys([...diff.changed, ...diff.removed], 'their contexts changed or were removed');
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
@@ -392,7 +428,7 @@ export class Manager implements Agent {
       for (const c of this.registry.all()) if (mayUse(peer, c, this.registry.ancestors(c))) visible++;
       return { ...base, contexts: visible, full: false };
     }
-    const contextStates = this.registry.states(); // one look at each pin, for both figures
+    const contextStates = this.registry.states(true); // one look at each pin, for both figures
     const pinned = contextStates.filter((c) => c.state === 'pinned' || c.state === 'drift' || c.state === 'stale').length;
     return {
       ...base,

@@ -12,6 +12,8 @@ import { ERROR_CODES } from './errors.ts';
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5];
 const CREATE_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5];
 
+export type DelegationStep = 'set_up' | 'tear_down' | 'reconcile' | 'exec_start' | 'exec_stop';
+
 /** What the metrics read from the agent at scrape time. */
 export type MetricsSource = {
   contextStates(): Record<string, number>;
@@ -34,6 +36,7 @@ export class Metrics {
   private readonly upcalls: Counter<'outcome'>;
   private readonly userdb: Counter<'kind' | 'outcome'>;
   private readonly viewsMade: Counter<'mechanism' | 'purpose'>;
+  private readonly delegationFailures: Counter<'step'>;
 
   constructor(methods: readonly string[], source: MetricsSource) {
     const registers = [this.registry];
@@ -98,6 +101,12 @@ export class Metrics {
       name: 'usernsd_userdb_lookups_total',
       help: 'userdb lookups (nss-systemd), by kind (user, group, memberships, other) and outcome (found, none, bad; an id of a context the caller may not use counts as none).',
       labelNames: ['kind', 'outcome'],
+      registers,
+    });
+    this.delegationFailures = new Counter({
+      name: 'usernsd_delegation_failures_total',
+      help: 'Failures to set up, tear down or reconcile what contexts are given ([delegate]), by step (set_up, tear_down, reconcile, exec_start, exec_stop).',
+      labelNames: ['step'],
       registers,
     });
     this.viewsMade = new Counter({
@@ -228,6 +237,10 @@ export class Metrics {
 
   userdbLookup(kind: string, outcome: string): void {
     this.userdb.inc({ kind, outcome });
+  }
+
+  delegationFailed(step: DelegationStep): void {
+    this.delegationFailures.inc({ step });
   }
 
   view(mechanism: 'idmapped' | 'bindfs', purpose: 'mount' | 'enter'): void {

@@ -5,7 +5,7 @@ import { labelProblem } from '../config/schema.ts';
 import { formatConfigError } from '../config/ini.ts';
 import type { HostMaps } from '../config/load.ts';
 import { HOST_LABEL } from '../config/types.ts';
-import type { ConfigError, Context } from '../config/types.ts';
+import type { ConfigError, Context, IdMap } from '../config/types.ts';
 import type { Peer } from './wire/peer.ts';
 import type { ContextState } from './wire/protocol.ts';
 import type { Configuration } from './configure.ts';
@@ -15,6 +15,8 @@ import type { MapView, Overflow } from './idmap.ts';
 import { NameIndex } from './names.ts';
 import { Namespaces, pinMountNamespace, pinnedIno } from './kernel/userns.ts';
 import type { AdoptEntry, ParentPin, Pin } from './kernel/userns.ts';
+import { Delegations } from './kernel/delegate.ts';
+import type { DelegationEvents, DelegationPlan } from './kernel/delegate.ts';
 
 export type Resolved = { readonly ctx: Context; readonly pin: Pin };
 
@@ -44,12 +46,110 @@ export class Registry {
   /** The last start-up reconciliation, for status. */
   adoption: AdoptEntry[] = [];
 
-  constructor(config: Configuration, onCreate: OnCreate = () => {}) {
+  /** What contexts are given beyond ids (SPEC §13): set up on creation, torn down at release. */
+  readonly delegations: Delegations;
+
+  constructor(config: Configuration, onCreate: OnCreate = () => {}, events?: DelegationEvents) {
     this.onCreate = onCreate;
     this.config = config;
     this.contexts = new Map(config.contexts);
     this.hostMaps = new Map(config.hostMaps);
-    this.namespaces = new Namespaces({ pinsDir: config.agent.pins, mountNs: pinMountNamespace(config.agent.mountNamespace), spawner: config.agent.spawner });
+    this.namespaces = new Namespaces({
+      pinsDir: config.agent.pins,
+      mountNs: pinMountNamespace(config.agent.mountNamespace),
+      spawner: config.agent.spawner,
+      onPinned: async (ctx, pin) => {
+        const plan = this.plan(ctx, pin);
+        if (plan) await this.delegations.setUp(plan);
+      },
+    });
+    this.delegations = new Delegations(this.namespaces.recordsDir, config.agent.cgroupRoot, events);
+  }
+
+  /** The cgroup a context is given: under its parent's when the parent has one, else under cgroup_root. */
+  cgroupOf(ctx: Context): string | null {
+    if (!ctx.delegate?.cgroup) return null;
+    const parent = ctx.parent === HOST_LABEL ? undefined : this.contexts.get(ctx.parent);
+    const above = parent ? this.cgroupOf(parent) : null;
+    return join(above ?? this.delegations.cgroupRoot, ctx.label);
+  }
+
+  /** What the context's pin is given, with the host ids of its root; null when it is given nothing. */
+  plan(ctx: Context, pin: { path: string; ino: number }): DelegationPlan | null {
+    if (!ctx.delegate) return null;
+    const host = this.hostMaps.get(ctx.label)!;
+    const rootOf = (m: IdMap) => m.find((e) => e.inside === 0)?.outside;
+    const uid = rootOf(host.uid);
+    const gid = rootOf(host.gid);
+    if (uid === undefined || gid === undefined)
+      throw new UsernsError('E_CONFIG', `context "${ctx.label}" is given resources ([delegate]) but does not map root (inside id 0) to receive them`);
+    return {
+      label: ctx.label,
+      pin: pin.path,
+      ino: pin.ino,
+      root: { uid, gid },
+      hostUid: host.uid,
+      hostGid: host.gid,
+      cgroup: this.cgroupOf(ctx),
+      delegate: ctx.delegate,
+    };
+  }
+
+  /** What a resolve tells a caller of the context's delegations (from the configuration). */
+  delegated(ctx: Context): { cgroup: string | null; devices: readonly string[]; directories: readonly string[] } | null {
+    return ctx.delegate ? { cgroup: this.cgroupOf(ctx), devices: ctx.delegate.devices, directories: ctx.delegate.directories } : null;
+  }
+
+  /**
+   * Delegations brought in line with the kernel (SPEC §13): every pinned context in force (or only
+   * `labels`) gets what it is configured with; the records of pins that are gone are torn down.
+   * Pins without a context (orphans) keep theirs until released. Returns what was done, and failures.
+   */
+  async reconcileDelegations(labels?: readonly string[]): Promise<{ done: string[]; failed: { label: string; message: string }[] }> {
+    const done: string[] = [];
+    const failed: { label: string; message: string }[] = [];
+    const recorded = new Set(this.delegations.labels());
+    // A nested context's cgroup lies in its parent's: what a change moves, its descendants move with it.
+    const named = labels
+      ? [...labels, ...labels.flatMap((l) => this.descendants(l))]
+      : [...[...this.contexts.values()].filter((c) => c.delegate).map((c) => c.label), ...recorded];
+    const depth = (l: string) => {
+      const c = this.contexts.get(l);
+      return c ? this.ancestors(c).length : 0;
+    };
+    const todo = [...new Set(named)].sort((a, b) => depth(a) - depth(b));
+    // Deepest first, what moved out of a parent's cgroup leaves it (errors here are met again below);
+    // then parents first, every cgroup is made inside one that exists.
+    for (const label of [...todo].reverse()) done.push(...(await this.reconcileOne(label, recorded).catch(() => [])));
+    for (const label of todo) {
+      try {
+        done.push(...(await this.reconcileOne(label, recorded)));
+      } catch (err) {
+        failed.push({ label, message: (err as Error).message });
+      }
+    }
+    return { done, failed };
+  }
+
+  private async reconcileOne(label: string, recorded: ReadonlySet<string>): Promise<string[]> {
+    const ctx = this.contexts.get(label);
+    if (!this.isPinned(label)) {
+      if (!recorded.has(label)) return [];
+      const had = this.delegations.read(label) !== null; // an unreadable record is only removed
+      await this.delegations.tearDown(label, false);
+      return had ? [`${label}: its pin is gone: delegations torn down`] : [];
+    }
+    if (!ctx) return []; // an orphan pin keeps what it was given until it is released
+    // Only what is served: a pin under an unpinned parent (stale) or in drift waits for its release.
+    if (this.ancestors(ctx).some((a) => !this.isPinned(a.label))) return [];
+    let pin: Pin;
+    try {
+      pin = (this.resolveKnown(label) ?? (await this.resolve(label))).pin; // a reload's new Context is checked anew
+    } catch (err) {
+      if (err instanceof UsernsError) return [];
+      throw err;
+    }
+    return this.delegations.reconcile(this.plan(ctx, pin), label);
   }
 
   get agent() {
@@ -101,7 +201,7 @@ export class Registry {
    * configured: found at start or at a resolve), stale (pinned under a parent in drift, stale or not
    * pinned); and pins without a context (orphans). Parents come before children in the registry.
    */
-  states(): ContextState[] {
+  states(withDelegations = false): ContextState[] {
     const drift = this.namespaces.drifted;
     const out: ContextState[] = [];
     const byLabel = new Map<string, ContextState>();
@@ -116,10 +216,16 @@ export class Registry {
         s = { label: c.label, owner: c.owner, state: 'stale', why: `${why}; release ${c.parent}, which releases what is nested in it too` };
       } else s = { label: c.label, owner: c.owner, state: 'pinned' };
       byLabel.set(c.label, s);
-      out.push(s);
+      out.push(withDelegations ? this.withDelegated(s) : s);
     }
-    for (const label of this.orphans()) out.push({ label, owner: null, state: 'orphan' });
+    for (const label of this.orphans())
+      out.push(withDelegations ? this.withDelegated({ label, owner: null, state: 'orphan' }) : { label, owner: null, state: 'orphan' });
     return out;
+  }
+
+  private withDelegated(s: ContextState): ContextState {
+    const delegated = this.delegations.inspect(s.label);
+    return delegated.length > 0 ? { ...s, delegated } : s;
   }
 
   isPinned(label: string): boolean {
@@ -240,9 +346,19 @@ export class Registry {
    * Unpin a context, and first every pinned context nested in it: a child left pinned would stay
    * inside the old parent namespace, and no longer be nested in the parent's next pin.
    */
-  async release(label: string): Promise<{ released: boolean; descendants: string[] }> {
+  async release(label: string, kill = false): Promise<{ released: boolean; descendants: string[] }> {
+    const nested = this.descendants(label);
+    // Refused whole before anything is undone: a cgroup that holds processes, unless they are killed.
+    for (const l of [...nested, label]) {
+      const why = this.delegations.releaseProblem(l, kill);
+      if (why) throw new UsernsError('E_BUSY', why);
+    }
     const descendants: string[] = [];
-    for (const d of this.descendants(label)) if (await this.namespaces.release(d)) descendants.push(d);
+    for (const d of nested) {
+      await this.delegations.tearDown(d, kill);
+      if (await this.namespaces.release(d)) descendants.push(d);
+    }
+    await this.delegations.tearDown(label, kill);
     return { released: await this.namespaces.release(label), descendants };
   }
 

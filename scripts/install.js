@@ -190,6 +190,8 @@ function install() {
   // CAP_CHOWN only for the fallback that forks helpers (no usernsd-spawner): see the unit's comments.
   const chown = existsSync(join(SRC, 'dist', 'usernsd-spawner')) ? '' : ' CAP_CHOWN';
   put(join(dirs.UNITDIR, 'usernsd.service'), subst(readFileSync(join(SRC, 'etc', 'systemd', 'usernsd.service'), 'utf8')).replace('@CHOWN@', chown));
+  // The drop-in for contexts given host resources ([delegate]): the admin copies it into place (usernsd(8)).
+  put(join(lib, 'systemd', 'delegate.conf'), readFileSync(join(SRC, 'etc', 'systemd', 'usernsd.service.d', 'delegate.conf.example')));
   put(join(dirs.TMPFILESDIR, 'usernsd.conf'), readFileSync(join(SRC, 'etc', 'tmpfiles.d', 'usernsd.conf')));
   put(join(SYSCONFDIR, 'init.d', 'usernsd'), subst(readFileSync(join(SRC, 'etc', 'init.d', 'usernsd'), 'utf8')), 0o755, true);
   if (existsSync(join(SRC, 'etc', 'request-key.d', 'usernsd.conf'))) {

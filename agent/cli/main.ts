@@ -30,14 +30,19 @@ Commands (answered by the agent):
                            ids of files owned in context A, as seen from B
                            ("host" names the host), with A's squash applied
   list                     the contexts you may use, and whether they are pinned
-  status                   version, uptime, contexts; errors and counters for root
+  status [LABEL]           version, uptime, contexts; errors and counters for root;
+                           LABEL: that context's state and what it was given
+                           ([delegate]: cgroup, devices, directories, hooks) (root)
   reload                   re-read the configuration (root; like SIGHUP)
-  release LABEL            unmount and remove a pin, and first the pins of the
-                           contexts nested in it (root)
+  release [--kill] LABEL   unmount and remove a pin, and first the pins of the
+                           contexts nested in it, tearing down what they were
+                           given (root); refused while a context's cgroup holds
+                           processes, which --kill kills first (cgroup.kill)
   enter LABEL [--view SRC:DST]... [-- CMD [ARG]...]
                            run CMD (default: your shell) in the namespace as its
                            root, uid 0 and gid 0 inside; root, and without root
                            the owner of its top-level context (the kernel's rule);
+                           in the context's cgroup when it has one;
                            --view: SRC (labelled LABEL) shown at DST with its raw
                            ids, in a mount namespace of CMD's own
   view [--identity|--foreign] [--context LABEL] [--read-only] SRC DST
@@ -151,6 +156,10 @@ async function resolveCmd(args: string[], g: Globals, io: Io): Promise<number> {
     io.out(`  parent ${r.parent}, owner ${who(r.owner)}, setgroups ${r.setgroups}, nsfs inode ${r.ino}`);
     io.out(`  uid_map ${formatExtents(r.uidMap)}`);
     io.out(`  gid_map ${formatExtents(r.gidMap)}`);
+    const d = r.delegated;
+    if (d?.cgroup) io.out(`  cgroup ${d.cgroup}`);
+    for (const dev of d?.devices ?? []) io.out(`  device ${dev}`);
+    for (const dir of d?.directories ?? []) io.out(`  directory ${dir}`);
   }
   return EXIT.OK;
 }
@@ -221,8 +230,25 @@ function duration(s: number): string {
   return `${d ? `${d}d ` : ''}${d || h ? `${h}h ` : ''}${d || h || m ? `${m}m ` : ''}${s % 60}s`;
 }
 
+/** `status LABEL`: one context's state and each object it was given, as the kernel shows them now. */
+function contextStatus(r: P.StatusResult, label: string, g: Globals, io: Io): number {
+  if (!r.full) throw new UsernsError('E_PERMISSION', `the state of "${label}" is for root; usernsctl resolve ${label} shows what it is given`);
+  const c = r.contextStates?.find((x) => x.label === label);
+  if (!c) throw new UsernsError('E_NOT_FOUND', `no context "${label}" is configured or pinned (usernsctl list shows them)`);
+  if (g.json) io.out(JSON.stringify(c));
+  else {
+    io.out(`${c.label}: ${c.state}${c.why ? ` (${c.why})` : ''}${c.owner ? `, owner ${who(c.owner)}` : ''}`);
+    if (!c.delegated?.length) io.out('  given nothing beyond its ids');
+    else printTable(io, [['  GIVEN', 'PATH', 'STATE'], ...c.delegated.map((d) => [`  ${d.kind}`, d.path, d.state])]);
+  }
+  return EXIT.OK;
+}
+
 async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const r = await callWithoutArguments(args, g, P.status);
+  const { positionals } = parseCommand(args, {}, g);
+  if (positionals.length > 1) throw new UsageError('status takes at most one LABEL');
+  const r = await callAgent(g.socket, P.status, {});
+  if (positionals.length === 1) return contextStatus(r, oneLabel(positionals, 'status'), g, io);
   if (g.json) {
     io.out(JSON.stringify(r));
     return EXIT.OK;
@@ -264,7 +290,23 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const states = r.contextStates ?? [];
   if (states.length > 0) {
     io.out('');
-    printTable(io, [['CONTEXT', 'OWNER', 'STATE'], ...states.map((c) => [c.label, c.owner ? who(c.owner) : '-', c.why ? `${c.state} (${c.why})` : c.state])]);
+    printTable(io, [
+      ['CONTEXT', 'OWNER', 'STATE', 'GIVEN'],
+      ...states.map((c) => [
+        c.label,
+        c.owner ? who(c.owner) : '-',
+        c.why ? `${c.state} (${c.why})` : c.state,
+        c.delegated?.length
+          ? c.delegated
+              .map((d) =>
+                d.state === 'ok' || d.state === 'given' || d.state === 'empty' || d.state === 'in use' || d.state === 'runs at release'
+                  ? d.kind
+                  : `${d.kind} ${d.state}`,
+              )
+              .join(', ')
+          : '-',
+      ]),
+    ]);
   }
   const latency = Object.entries(r.latencyMs ?? {});
   if (latency.length > 0) {
@@ -300,8 +342,8 @@ async function reloadCmd(args: string[], g: Globals, io: Io): Promise<number> {
 }
 
 async function releaseCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { positionals } = parseCommand(args, {}, g);
-  const r = await callAgent(g.socket, P.release, { label: oneLabel(positionals, 'release') });
+  const { positionals, values } = parseCommand(args, { kill: { type: 'boolean' } }, g);
+  const r = await callAgent(g.socket, P.release, { label: oneLabel(positionals, 'release'), ...(values.kill ? { kill: true } : {}) });
   if (g.json) io.out(JSON.stringify(r));
   else {
     // Nested contexts go first: a child left pinned would stay inside the old parent namespace.
@@ -335,6 +377,8 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
       `the kernel lets only root and a namespace's owner join it from here${nested}; [access] users may resolve and map "${label}", not enter it`,
     );
   }
+  // nsenter is our child: in the context's cgroup from its start, as every process it makes.
+  if (r.delegated?.cgroup) await callAgent(g.socket, P.joinCgroup, { label });
   const argv = [`--user=${r.path}`, ...(r.setgroups === 'deny' ? ['--preserve-credentials'] : []), '-S', '0', '-G', '0', '--', ...shell];
   return runNsenter(argv, io);
 }

@@ -121,6 +121,15 @@ export async function listViews(g: Globals, io: Io): Promise<number> {
   return EXIT.OK;
 }
 
+/** The context's cgroup for what enter starts, when it has one ([delegate] cgroup = yes). */
+async function joinCgroupIfAny(socket: string, label: string): Promise<void> {
+  try {
+    await callAgent(socket, P.joinCgroup, { label });
+  } catch (err) {
+    if (!(err instanceof UsernsError && err.code === 'E_NOT_FOUND')) throw err;
+  }
+}
+
 /**
  * enter LABEL --view SRC:DST…: each view asked for as the context's owner (identity, idmapped), then
  * nsenter into the context as uid 0, a new mount namespace (owned by the context's user namespace),
@@ -143,6 +152,7 @@ export async function enterWithViews(socket: string, label: string, specs: strin
       resolved = result;
     }
     const r = resolved!;
+    await joinCgroupIfAny(socket, label);
     // Inside: mount(8) moves each descriptor's tree (its /proc/self/fd link, not canonicalized, no
     // mtab) onto its target, closes it, and execs CMD. Paths arrive as arguments, never as code.
     const script =

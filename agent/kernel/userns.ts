@@ -71,6 +71,11 @@ export type NamespacesOptions = {
   readonly mountNs?: string | null;
   /** Who makes namespaces: usernsd-spawner, or a fork of the agent each (see useNativeSpawner). */
   readonly spawner?: SpawnerSetting;
+  /**
+   * Run after a namespace is pinned and recorded, before anyone is given it (the context's
+   * delegations): if it fails, the pin is released again and the creation fails with its error.
+   */
+  readonly onPinned?: (ctx: Context, pin: Pin) => Promise<void>;
 };
 
 /** Owns the pins directory and the per-pin records that make adoption fast. */
@@ -95,12 +100,14 @@ export class Namespaces {
   readonly drifted = new Set<string>();
   /** The records directory says its format (written once per directory made). */
   private formatMarked = false;
+  private readonly onPinned: (ctx: Context, pin: Pin) => Promise<void>;
 
   constructor(opts: NamespacesOptions) {
     this.pinsDir = opts.pinsDir;
     this.recordsDir = join(this.pinsDir, RECORDS_DIR);
     this.mountNs = opts.mountNs ?? null;
     this.maker = namespaceMaker(opts.spawner ?? 'auto', this.mountNs, this.pinsDir);
+    this.onPinned = opts.onPinned ?? (() => Promise.resolve());
   }
 
   /** usernsd-spawner, when it makes the namespaces (null: a process forked per namespace). */
@@ -239,6 +246,12 @@ export class Namespaces {
       const ino = pinnedIno(path)!;
       const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
       this.writeRecord(pin);
+      try {
+        await this.onPinned(ctx, pin);
+      } catch (err) {
+        await this.release(ctx.label).catch(() => undefined); // fail closed: no pin without what it is given
+        throw err;
+      }
       return this.remember(ctx, pin, parent?.ino ?? null);
     } finally {
       await holder.end();

@@ -96,7 +96,15 @@ export type ResolveResult = {
    * every capability in the namespaces nested in it.
    */
   readonly mayEnter: boolean;
+  /**
+   * What the context is given beyond ids (userns.d(5) [delegate]), as configured; null when
+   * nothing. The cgroup is where `usernsctl enter` starts its command (joinCgroup).
+   */
+  readonly delegated: Delegated | null;
 };
+export type Delegated = { readonly cgroup: string | null; readonly devices: readonly string[]; readonly directories: readonly string[] };
+/** One delegated object as the kernel shows it now (status). */
+export type DelegatedObject = { readonly kind: 'cgroup' | 'device' | 'directory' | 'hook'; readonly path: string; readonly state: string };
 export type ResolvePathResult = ResolveResult & {
   /** The nearest ancestor of the path (or the path itself) that carries the label. */
   readonly labelledPath: string;
@@ -124,6 +132,8 @@ export type ContextState = {
   readonly owner: Owner | null;
   readonly state: 'not created' | 'pinned' | 'drift' | 'stale' | 'orphan';
   readonly why?: string;
+  /** What it was given (status, root only): each object and its state. */
+  readonly delegated?: readonly DelegatedObject[];
 };
 export type PinReport = { readonly label: string; readonly status: string; readonly message: string };
 export type StatusResult = {
@@ -285,7 +295,10 @@ export const map = method<{ from: string; to: string; uids?: number[]; gids?: nu
 export const list = method<Record<string, never>, ListResult>('list', {});
 export const status = method<Record<string, never>, StatusResult>('status', {});
 export const reload = method<Record<string, never>, ReloadResult>('reload', {}, true);
-export const release = method<{ label: string }, ReleaseResult>('release', { label }, true);
+/** kill: the processes in the context's cgroup (and those nested in it) are killed first (cgroup.kill). */
+export const release = method<{ label: string; kill?: boolean }, ReleaseResult>('release', { label, kill: bool }, true);
+/** Moves the caller's own process (SO_PEERCRED) into the context's cgroup; for those who may enter it. */
+export const joinCgroup = method<{ label: string }, { label: string; cgroup: string }>('joinCgroup', { label });
 
 /** Served on the descriptor socket only: the reply carries a file descriptor. */
 export const view = method<ViewParams, ViewResult>('view', {
@@ -305,7 +318,7 @@ export const rangesForget = method<{ label: string }, { label: string; forgotten
 export const metrics = method<Record<string, never>, { text: string; contentType: string }>('metrics', {}, true);
 
 export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
-  [resolve, resolvePath, map, list, status, reload, release, view, views, explain, ranges, rangesImport, rangesForget, metrics].map((m) => [
+  [resolve, resolvePath, map, list, status, reload, release, joinCgroup, view, views, explain, ranges, rangesImport, rangesForget, metrics].map((m) => [
     m.name,
     m as Method<unknown, unknown>,
   ]),

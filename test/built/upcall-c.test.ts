@@ -26,6 +26,24 @@ const arbResult: fc.Arbitrary<ResolveResult> = fc.record({
   ino: fc.nat(),
   created: fc.boolean(),
   mayEnter: fc.boolean(),
+  // Nested objects and arrays of strings the reader must step over (a context's [delegate]).
+  delegated: fc.option(
+    fc.record({
+      cgroup: fc.option(
+        arbLabel.map((l) => `/sys/fs/cgroup/usernsd/${l}`),
+        { nil: null },
+      ),
+      devices: fc.array(
+        arbLabel.map((l) => `/dev/${l}`),
+        { maxLength: 3 },
+      ),
+      directories: fc.array(
+        arbLabel.map((l) => `/srv/${l}`),
+        { maxLength: 3 },
+      ),
+    }),
+    { nil: null },
+  ),
 });
 
 describe('the C upcall handler reads replies', function () {

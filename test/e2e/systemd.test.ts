@@ -154,6 +154,28 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.equal(c!.sh('systemctl show -P MainPID usernsd').trim(), pid);
   });
 
+  it("with the delegation drop-in, gives a context a cgroup of the unit's Delegate=yes subtree; enter starts in it, release removes it", () => {
+    c!.sh(
+      'mkdir -p /etc/systemd/system/usernsd.service.d && cp /usr/local/lib/usernsd/systemd/delegate.conf /etc/systemd/system/usernsd.service.d/ && systemctl daemon-reload && systemctl restart usernsd',
+    );
+    c!.sh(
+      "printf '[context]\\nuid_map = 0 2200000 65536\\ngid_map = 0 2200000 65536\\n[delegate]\\ncgroup = yes\\n' > /etc/userns.d/given.conf && systemctl reload usernsd",
+    );
+    const unitCgroup = c!.sh('systemctl show -P ControlGroup usernsd').trim();
+    const r = JSON.parse(c!.sh('usernsctl --json resolve given')) as { delegated: { cgroup: string } };
+    assert.ok(r.delegated.cgroup.endsWith(`${unitCgroup}/given`), `${r.delegated.cgroup} is in the unit's subtree ${unitCgroup}`);
+    assert.equal(c!.sh(`stat -c %u:%g ${r.delegated.cgroup} ${r.delegated.cgroup}/cgroup.procs`).trim(), '2200000:2200000\n2200000:2200000');
+    const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
+    assert.equal(c!.sh(`grep ^0:: /proc/${pid}/cgroup`).trim(), `0::${unitCgroup}/.agent`, 'the agent lives in its leaf');
+    assert.equal(c!.sh('usernsctl enter given -- sh -c "grep ^0:: /proc/self/cgroup"').trim(), `0::${unitCgroup}/given`);
+    // Its root closes its cgroups to everyone else; the release, by the sandboxed agent, still removes them.
+    c!.sh(`usernsctl enter given -- sh -c "mkdir ${r.delegated.cgroup}/x && chmod 700 ${r.delegated.cgroup}/x ${r.delegated.cgroup}"`);
+    c!.sh('usernsctl release given');
+    assert.equal(c!.try(`test -e ${r.delegated.cgroup}`).status, 1, 'the cgroup went with the release');
+    assert.doesNotMatch(journal(), /EPERM|EROFS|Operation not permitted|Read-only file system/);
+    c!.sh('rm /etc/userns.d/given.conf /etc/systemd/system/usernsd.service.d/delegate.conf && systemctl daemon-reload && systemctl restart usernsd');
+  });
+
   it('stops with exit status 0, keeps the pins, and the next start adopts them', () => {
     c!.sh('systemctl stop usernsd');
     assert.equal(c!.sh('systemctl show -P Result usernsd').trim(), 'success');

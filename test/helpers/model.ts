@@ -38,7 +38,9 @@ export function modelTests(suite: ModelSuite, property: () => fc.IAsyncPropertyW
     const limit = Math.max(ctx.timeout() - CLEANUP_MS, 1000);
     const details = await fc.check(property(), { seed, numRuns: runs, interruptAfterTimeLimit: limit, markInterruptAsFailure: true });
     if (details.failed) {
-      throw new Error(`${fc.defaultReportMessage(details)}\nRun this search again: ${rerunHint(suite.file, seed)}`);
+      // The failure itself, which the report leaves out when fast-check stopped (shrinking or the time limit).
+      const cause = details.errorInstance instanceof Error ? `\nThe failure: ${details.errorInstance.message}` : '';
+      throw new Error(`${fc.defaultReportMessage(details)}${cause}\nRun this search again: ${rerunHint(suite.file, seed)}`);
     }
   };
   it(`${suite.title}, with a fixed seed`, async function () {
