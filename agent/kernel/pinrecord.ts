@@ -1,5 +1,5 @@
 // What a pin is (a user namespace mounted on a file) and what the agent records of each: its maps, for this boot.
-import { constants, lstatSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { constants, lstatSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { labelProblem } from '../../config/schema.ts';
 import type { IdMap } from '../../config/types.ts';
@@ -101,10 +101,15 @@ export function pinnedMaps(pinsDir: string): Map<string, { uidMap: IdMap; gidMap
 /** Say the records directory's format, once (the directory was just made or checked). */
 export function markRecordFormat(recordsDir: string): void {
   try {
-    writeFileSync(join(recordsDir, FORMAT_FILE), `${RECORD_FORMAT}\n`, { flag: 'wx', mode: 0o600 }); // O_EXCL: never through a planted symlink
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    const st = lstatSync(join(recordsDir, FORMAT_FILE));
+    if (st.isFile() && st.size > 0) return;
+  } catch {
+    /* not written yet */
   }
+  // Write-then-rename: an agent killed while writing leaves no file, or a whole one (an empty file
+  // made by an earlier build's O_EXCL write, killed before it wrote, is replaced). The temporary is
+  // made with O_EXCL and rename(2) replaces the name, never following a symlink planted there.
+  writeFileAtomic(recordsDir, FORMAT_FILE, `${RECORD_FORMAT}\n`, false);
 }
 
 /** The records directory's format when a newer usernsd wrote it (a problem to refuse start on), else null. */
@@ -116,6 +121,7 @@ export function newerRecordFormat(recordsDir: string): string | null {
   } catch {
     return null; // no records yet, or records of a usernsd before formats (format 1)
   }
+  if (text === '') return null; // a write an older build was killed in the middle of: ours, format 1
   const n = /^(\d{1,9})\n?$/.exec(text) ? Number(text.trim()) : NaN;
   if (n <= RECORD_FORMAT) return null;
   return Number.isNaN(n)
