@@ -286,7 +286,13 @@ export class Manager implements Agent {
 
   /** Delegations checked against the kernel (all of them at start; what changed at a reload), logged. */
   private async reconcileDelegations(labels?: readonly string[]): Promise<void> {
-    const { done, failed } = await this.registry.reconcileDelegations(labels);
+    const started = performance.now();
+    const { done, failed, checked } = await this.registry.reconcileDelegations(labels);
+    if (checked > 0)
+      this.log.info(
+        { contexts: checked, repaired: done.length, failed: failed.length, ms: +(performance.now() - started).toFixed(1) },
+        'Reconciled delegations',
+      );
     for (const d of done) this.log.info({}, `Delegations: ${d}`);
     for (const f of failed) {
       this.metrics.delegationFailed('reconcile');

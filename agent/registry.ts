@@ -7,7 +7,9 @@ import type { HostMaps } from '../config/load.ts';
 import { HOST_LABEL } from '../config/types.ts';
 import type { ConfigError, Context, IdMap } from '../config/types.ts';
 import type { Peer } from './wire/peer.ts';
-import type { ContextState } from './wire/protocol.ts';
+import type { ContextState, Delegated } from './wire/protocol.ts';
+import { HelperPrograms } from './kernel/helper.ts';
+import { vethNames } from './kernel/netdelegate.ts';
 import type { Configuration } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { HOST_VIEW, makeView } from './idmap.ts';
@@ -63,7 +65,12 @@ export class Registry {
         if (plan) await this.delegations.setUp(plan);
       },
     });
-    this.delegations = new Delegations(this.namespaces.recordsDir, config.agent.cgroupRoot, events);
+    this.delegations = new Delegations(
+      this.namespaces.recordsDir,
+      config.agent.cgroupRoot,
+      { mountNs: this.namespaces.mountNs, helpers: new HelperPrograms(config.agent.pins) },
+      events,
+    );
   }
 
   /** The cgroup a context is given: under its parent's when the parent has one, else under cgroup_root. */
@@ -91,13 +98,29 @@ export class Registry {
       hostUid: host.uid,
       hostGid: host.gid,
       cgroup: this.cgroupOf(ctx),
+      netns: this.netnsOf(ctx),
+      setgroups: ctx.setgroups,
       delegate: ctx.delegate,
     };
   }
 
+  /** Where the context's network namespace is pinned, when it gets one. */
+  netnsOf(ctx: Context): string | null {
+    return ctx.delegate?.netns ? join(this.config.agent.netnsDir, ctx.label) : null;
+  }
+
   /** What a resolve tells a caller of the context's delegations (from the configuration). */
-  delegated(ctx: Context): { cgroup: string | null; devices: readonly string[]; directories: readonly string[] } | null {
-    return ctx.delegate ? { cgroup: this.cgroupOf(ctx), devices: ctx.delegate.devices, directories: ctx.delegate.directories } : null;
+  delegated(ctx: Context): Delegated | null {
+    const d = ctx.delegate;
+    if (!d) return null;
+    return {
+      cgroup: this.cgroupOf(ctx),
+      netns: this.netnsOf(ctx),
+      veth: d.veth ? vethNames(ctx.label).host : null,
+      tap: d.tap,
+      devices: d.devices,
+      directories: d.directories,
+    };
   }
 
   /**
@@ -105,7 +128,7 @@ export class Registry {
    * `labels`) gets what it is configured with; the records of pins that are gone are torn down.
    * Pins without a context (orphans) keep theirs until released. Returns what was done, and failures.
    */
-  async reconcileDelegations(labels?: readonly string[]): Promise<{ done: string[]; failed: { label: string; message: string }[] }> {
+  async reconcileDelegations(labels?: readonly string[]): Promise<{ done: string[]; failed: { label: string; message: string }[]; checked: number }> {
     const done: string[] = [];
     const failed: { label: string; message: string }[] = [];
     const recorded = new Set(this.delegations.labels());
@@ -128,7 +151,7 @@ export class Registry {
         failed.push({ label, message: (err as Error).message });
       }
     }
-    return { done, failed };
+    return { done, failed, checked: todo.length };
   }
 
   private async reconcileOne(label: string, recorded: ReadonlySet<string>): Promise<string[]> {

@@ -31,6 +31,7 @@ export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
   overflowuid: 65534,
   overflowgid: 65534,
   cgroupRoot: 'auto',
+  netnsDir: '/run/netns',
   pool: { start: 524288, end: 1879048191, size: 65536 },
   userdb: true,
   userdbSocket: DEFAULT_USERDB_SOCKET,
@@ -163,6 +164,7 @@ export function loadAgentConfig(
       overflowuid: get('mapping', 'overflowuid', defaults.overflowuid),
       overflowgid: get('mapping', 'overflowgid', defaults.overflowgid),
       cgroupRoot: get('agent', 'cgroup_root', defaults.cgroupRoot),
+      netnsDir: get('agent', 'netns_dir', defaults.netnsDir),
       pool: { start: range.start, end: range.end, size },
       userdb: get('agent', 'userdb', defaults.userdb ? 'yes' : 'no') === 'yes',
       userdbSocket: get('agent', 'userdb_socket', defaults.userdbSocket),
@@ -184,6 +186,13 @@ function contextLines(doc: IniDoc): Readonly<Record<string, number>> {
   for (const key of section?.keys.keys() ?? []) {
     const line = lineOf(doc, 'context', key);
     if (line !== null) out[key] = line;
+  }
+  // [delegate]'s, for what is judged across files (one resource, one context).
+  const delegate = doc.sections.get('delegate');
+  if (delegate) out['delegate.'] = delegate.line;
+  for (const key of delegate?.keys.keys() ?? []) {
+    const line = lineOf(doc, 'delegate', key);
+    if (line !== null) out[`delegate.${key}`] = line;
   }
   return out;
 }
@@ -219,6 +228,9 @@ function delegation(
   const d: Delegation = {
     cgroup: v.get('cgroup') === 'yes',
     cgroupLimits: (v.get('cgroup_limits') as Delegation['cgroupLimits'] | undefined) ?? [],
+    netns: v.get('netns') === 'yes',
+    veth: v.get('veth') === 'yes',
+    tap: (v.get('tap') as string | undefined) ?? null,
     devices: (v.get('devices') as string[] | undefined) ?? [],
     directories: (v.get('directories') as string[] | undefined) ?? [],
     execStart: (v.get('exec_start') as string | undefined) ?? null,
@@ -226,7 +238,9 @@ function delegation(
     execTimeoutMs: ((v.get('exec_timeout') as number | undefined) ?? DEFAULT_HOOK_TIMEOUT_S) * 1000,
   };
   if (d.cgroupLimits.length > 0 && !d.cgroup) err('cgroup_limits', "limits are written into the context's cgroup: set cgroup = yes too");
-  if (!d.cgroup && d.devices.length === 0 && d.directories.length === 0 && d.execStart === null && d.execStop === null) return undefined;
+  if (d.veth && !d.netns) err('veth', "the veth pair's inner end goes into the context's network namespace: set netns = yes too");
+  const given = [d.cgroup, d.netns, d.veth, d.tap !== null, d.devices.length > 0, d.directories.length > 0, d.execStart !== null, d.execStop !== null];
+  if (!given.some(Boolean)) return undefined;
   const mapsRoot = (m: IdMap | null) => m === null || m.some((e) => e.inside === 0);
   if (maps && (!mapsRoot(maps.uidMap) || !mapsRoot(maps.gidMap)))
     err(null, "what [delegate] gives is owned by the context's root: uid_map and gid_map must map inside id 0");
@@ -567,6 +581,30 @@ function admissionOrder(
  * A context in force whose file now has errors is kept at its last good version (while its parent
  * stays): its label is in `kept`.
  */
+/** A host resource a context's [delegate] names, and the context accepted with it. */
+type Given = { readonly kind: 'device' | 'directory' | 'tap'; readonly item: string; readonly label: string };
+
+function delegatedItems(d: ContextDef): (readonly ['device' | 'directory' | 'tap', string])[] {
+  const g = d.delegate;
+  if (!g) return [];
+  return [...g.devices.map((p) => ['device', p] as const), ...g.directories.map((p) => ['directory', p] as const), ...(g.tap ? [['tap', g.tap] as const] : [])];
+}
+
+const KEY_OF = { device: 'devices', directory: 'directories', tap: 'tap' } as const;
+
+/** The resources of `d` that an accepted context names already: [key, why] each. */
+function delegationClashes(d: ContextDef, given: readonly Given[]): [string, string][] {
+  const out: [string, string][] = [];
+  const inside = (a: string, b: string) => a === b || a.startsWith(`${b}/`) || b.startsWith(`${a}/`);
+  for (const [kind, item] of delegatedItems(d)) {
+    const other = given.find((g) => g.kind === kind && g.label !== d.label && (kind === 'directory' ? inside(item, g.item) : item === g.item));
+    if (!other) continue;
+    const what = other.item === item ? `${kind} ${item}` : `directory ${item} (it and ${other.item} lie one inside the other)`;
+    out.push([KEY_OF[kind], `${what} is given to context "${other.label}" already: a resource follows one label; give it to one of them`]);
+  }
+  return out;
+}
+
 export function finishContexts(
   defs: readonly ContextDef[],
   allocated: ReadonlyMap<string, number>,
@@ -583,6 +621,7 @@ export function finishContexts(
   };
   const hostMaps = new Map<string, HostMaps>();
   const claims = new Map<string, { uid: Claim[]; gid: Claim[] }>();
+  const given: Given[] = [];
   const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, lineIn(d, key), message));
   const labels = new Set(defs.map((d) => d.label));
   const broken = new Set(errors.map((e) => e.file));
@@ -725,10 +764,15 @@ export function finishContexts(
         break;
       }
     }
-    if (problems.length > 0) {
+    // SPEC §13: what one context is given, no other context names (nor a directory inside it).
+    const clashes = delegationClashes(d, given);
+    for (const [key, message] of clashes)
+      errors.push(configError(d.file, 'delegate', key, d.lines?.[`delegate.${key}`] ?? d.lines?.['delegate.'] ?? null, message));
+    if (problems.length > 0 || clashes.length > 0) {
       for (const [key, message] of problems) refuse(d, key, message);
       continue;
     }
+    for (const [kind, item] of delegatedItems(d)) given.push({ kind, item, label: d.label });
     // Only what is not claimed already (its own allocation, or its own old pin), so the list stays disjoint.
     for (const [kind, , map] of maps) for (const e of map) claimGaps(siblings[kind], e.outside, e.outside + e.count, d.label);
     claims.set(d.parent, siblings);

@@ -184,6 +184,11 @@ export const AGENT_SCHEMA = {
       doc: "auto, or the cgroup v2 directory every context's delegated cgroup is made under",
       atStart: 'cgroupRoot',
     },
+    netns_dir: {
+      parse: absolutePath,
+      doc: "where contexts' network namespaces are pinned ([delegate] netns = yes); ip netns looks in /run/netns",
+      atStart: 'netnsDir',
+    },
     label_xattr: {
       parse: (t: string) =>
         /^(trusted|user|security)\.[A-Za-z0-9._-]+$/.test(t)
@@ -273,6 +278,16 @@ export const CONTEXT_SCHEMA = {
   delegate: {
     cgroup: { parse: oneOf(['yes', 'no'] as const), doc: "yes: a cgroup v2 subtree under cgroup_root (under the parent's), owned by the context's root" },
     cgroup_limits: { parse: cgroupLimits, doc: 'FILE=VALUE ... written into the cgroup by root before it is handed over, such as memory.max=1G pids.max=512' },
+    netns: {
+      parse: oneOf(['yes', 'no'] as const),
+      doc: "yes: a network namespace owned by the context's user namespace, pinned at netns_dir/LABEL",
+    },
+    veth: { parse: oneOf(['yes', 'no'] as const), doc: "yes: a veth pair, host0 in the context's network namespace, its peer named from the label" },
+    tap: {
+      parse: (t: string) =>
+        /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/.test(t) ? t : { problem: `must be an interface name of 1-15 letters, digits, "_", "." or "-" (got "${t}")` },
+      doc: "a persistent tap device (in the host's network namespace) owned by the context's root",
+    },
     devices: { parse: pathList, doc: "existing device nodes given to the context's root, and given back at release" },
     directories: { parse: pathList, doc: "directories created owned by the context's root; never removed" },
     exec_start: { parse: absolutePath, doc: 'an executable owned by root run after the namespace is created (failure: the creation fails)' },

@@ -61,6 +61,12 @@ export type Delegation = {
   /** A cgroup v2 subtree under cgroup_root (under the parent's, for a nested context with one). */
   readonly cgroup: boolean;
   readonly cgroupLimits: readonly CgroupLimit[];
+  /** A network namespace owned by the context's user namespace, pinned at netns_dir/LABEL. */
+  readonly netns: boolean;
+  /** A veth pair: host0 inside that network namespace, its peer (named from the label) on the host. */
+  readonly veth: boolean;
+  /** A persistent tap device owned by the context's root, or null. */
+  readonly tap: string | null;
   /** Existing device nodes, given to the context's root and given back at release. */
   readonly devices: readonly string[];
   /** Directories created owned by the context's root; never removed. */
@@ -95,6 +101,8 @@ export type AgentConfig = {
   readonly overflowgid: number;
   /** auto, or the cgroup v2 directory every delegated context cgroup is made under. */
   readonly cgroupRoot: string;
+  /** Where contexts' network namespaces are pinned (`ip netns` looks in /run/netns). */
+  readonly netnsDir: string;
   readonly pool: Pool;
   /** Name the contexts' host ids through systemd's userdb (nss-systemd), on this socket. */
   readonly userdb: boolean;

@@ -32,7 +32,8 @@ Commands (answered by the agent):
   list                     the contexts you may use, and whether they are pinned
   status [LABEL]           version, uptime, contexts; errors and counters for root;
                            LABEL: that context's state and what it was given
-                           ([delegate]: cgroup, devices, directories, hooks) (root)
+                           ([delegate]: cgroup, network, devices, directories,
+                           hooks) (root)
   reload                   re-read the configuration (root; like SIGHUP)
   release [--kill] LABEL   unmount and remove a pin, and first the pins of the
                            contexts nested in it, tearing down what they were
@@ -158,6 +159,8 @@ async function resolveCmd(args: string[], g: Globals, io: Io): Promise<number> {
     io.out(`  gid_map ${formatExtents(r.gidMap)}`);
     const d = r.delegated;
     if (d?.cgroup) io.out(`  cgroup ${d.cgroup}`);
+    if (d?.netns) io.out(`  netns ${d.netns}${d.veth ? `, veth ${d.veth} (host0 inside)` : ''}`);
+    if (d?.tap) io.out(`  tap ${d.tap}`);
     for (const dev of d?.devices ?? []) io.out(`  device ${dev}`);
     for (const dir of d?.directories ?? []) io.out(`  directory ${dir}`);
   }
@@ -230,6 +233,9 @@ function duration(s: number): string {
   return `${d ? `${d}d ` : ''}${d || h ? `${h}h ` : ''}${d || h || m ? `${m}m ` : ''}${s % 60}s`;
 }
 
+/** The states of a delegated object that are as they should be (the GIVEN column names only the kind). */
+const AS_GIVEN = new Set(['ok', 'given', 'empty', 'in use', 'runs at release', 'pinned', 'present']);
+
 /** `status LABEL`: one context's state and each object it was given, as the kernel shows them now. */
 function contextStatus(r: P.StatusResult, label: string, g: Globals, io: Io): number {
   if (!r.full) throw new UsernsError('E_PERMISSION', `the state of "${label}" is for root; usernsctl resolve ${label} shows what it is given`);
@@ -290,22 +296,13 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const states = r.contextStates ?? [];
   if (states.length > 0) {
     io.out('');
+    // GIVEN only where a context was given something ([delegate]): the table is otherwise as it was.
+    const given = states.some((c) => c.delegated?.length);
+    const givenCell = (c: P.ContextState) =>
+      c.delegated?.length ? c.delegated.map((d) => (AS_GIVEN.has(d.state) ? d.kind : `${d.kind} ${d.state}`)).join(', ') : '-';
     printTable(io, [
-      ['CONTEXT', 'OWNER', 'STATE', 'GIVEN'],
-      ...states.map((c) => [
-        c.label,
-        c.owner ? who(c.owner) : '-',
-        c.why ? `${c.state} (${c.why})` : c.state,
-        c.delegated?.length
-          ? c.delegated
-              .map((d) =>
-                d.state === 'ok' || d.state === 'given' || d.state === 'empty' || d.state === 'in use' || d.state === 'runs at release'
-                  ? d.kind
-                  : `${d.kind} ${d.state}`,
-              )
-              .join(', ')
-          : '-',
-      ]),
+      ['CONTEXT', 'OWNER', 'STATE', ...(given ? ['GIVEN'] : [])],
+      ...states.map((c) => [c.label, c.owner ? who(c.owner) : '-', c.why ? `${c.state} (${c.why})` : c.state, ...(given ? [givenCell(c)] : [])]),
     ]);
   }
   const latency = Object.entries(r.latencyMs ?? {});

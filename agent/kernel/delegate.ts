@@ -14,6 +14,8 @@ import { UsernsError } from '../errors.ts';
 import type { DelegatedObject } from '../wire/protocol.ts';
 import { makeDirs, writeFileAtomic } from './files.ts';
 import { getXattr } from './sys.ts';
+import type { HelperPrograms } from './helper.ts';
+import { addTap, addVeth, deleteLink, deleteTap, IFNAME_RE, INNER_VETH, linkExists, netnsPinned, pinNetns, unpinNetns, vethNames } from './netdelegate.ts';
 import { PATH_ENV } from './spawn.ts';
 
 /** In the records directory (beside the pins, with their lifetime): one record per context with delegations. */
@@ -83,8 +85,14 @@ export type DelegationPlan = {
   readonly hostGid: IdMap;
   /** The cgroup's absolute path, when the context gets one. */
   readonly cgroup: string | null;
+  /** Where its network namespace is pinned (netns_dir/LABEL), when it gets one. */
+  readonly netns: string | null;
+  readonly setgroups: 'allow' | 'deny';
   readonly delegate: Delegation;
 };
+
+/** Where the agent pins what it makes (a network namespace beside the user namespaces' pins). */
+export type PinPlace = { readonly mountNs: string | null; readonly helpers: HelperPrograms };
 
 const DEVICE = v.object({
   path: v.pipe(v.string(), v.startsWith('/')),
@@ -104,6 +112,10 @@ const RECORD = v.object({
   hostUid: IDMAP,
   hostGid: IDMAP,
   cgroup: v.nullable(v.pipe(v.string(), v.startsWith('/'))),
+  /** The network namespace's pin, the veth pair's host end, the tap: what was made (absent in records before them). */
+  netns: v.optional(v.nullable(v.pipe(v.string(), v.startsWith('/'))), null),
+  veth: v.optional(v.nullable(v.pipe(v.string(), v.regex(IFNAME_RE))), null),
+  tap: v.optional(v.nullable(v.pipe(v.string(), v.regex(IFNAME_RE))), null),
   devices: v.array(DEVICE),
   directories: v.array(v.pipe(v.string(), v.startsWith('/'))),
   /** exec_start ran and succeeded (or there is none): exec_stop runs at release. */
@@ -202,8 +214,11 @@ export class Delegations {
   /** Whether cgroup_root is the agent's own delegated cgroup (then the agent lives in a leaf of it). */
   private readonly ownCgroup: boolean;
 
-  constructor(recordsDir: string, cgroupRoot: string, events: DelegationEvents = { hook: () => {}, failed: () => {} }) {
+  private readonly place: PinPlace;
+
+  constructor(recordsDir: string, cgroupRoot: string, place: PinPlace, events: DelegationEvents = { hook: () => {}, failed: () => {} }) {
     this.dir = join(recordsDir, DELEGATIONS_DIR);
+    this.place = place;
     const where = cgroupRootFor(cgroupRoot);
     this.cgroupRoot = where.root;
     this.ownCgroup = where.own;
@@ -306,7 +321,7 @@ export class Delegations {
       if (old) await this.tearDownRecord(old, false);
       const rec = this.emptyRecord(plan);
       try {
-        this.converge(plan, rec);
+        await this.converge(plan, rec);
         await this.start(plan, rec);
       } catch (err) {
         this.events.failed('set_up', plan.label, (err as Error).message);
@@ -334,7 +349,7 @@ export class Delegations {
         if (rec) await this.tearDownRecord(rec, false);
         const fresh = this.emptyRecord(plan);
         try {
-          this.converge(plan, fresh);
+          await this.converge(plan, fresh);
           await this.start(plan, fresh);
         } catch (err) {
           await this.tearDownRecord(fresh, true).catch(() => undefined);
@@ -342,7 +357,7 @@ export class Delegations {
         }
         return [`${label}: delegations set up for its pin`];
       }
-      const done = this.converge(plan, rec);
+      const done = await this.converge(plan, rec);
       return done.map((d) => `${label}: ${d}`);
     });
   }
@@ -394,6 +409,9 @@ export class Delegations {
         state: st === null ? 'missing' : st.uid !== rec.root.uid ? `owned by uid ${st.uid}` : cgroupPopulated(rec.cgroup) ? 'in use' : 'empty',
       });
     }
+    if (rec.netns) out.push({ kind: 'netns', path: rec.netns, state: netnsPinned(rec.netns) ? 'pinned' : 'missing' });
+    if (rec.veth) out.push({ kind: 'veth', path: `${rec.veth}/${INNER_VETH}`, state: linkExists(rec.veth) ? 'present' : 'missing' });
+    if (rec.tap) out.push({ kind: 'tap', path: rec.tap, state: linkExists(rec.tap) ? 'present' : 'missing' });
     for (const d of rec.devices) {
       const st = lstatOrNull(d.path);
       out.push({
@@ -421,6 +439,9 @@ export class Delegations {
       hostUid: [...plan.hostUid],
       hostGid: [...plan.hostGid],
       cgroup: null,
+      netns: null,
+      veth: null,
+      tap: null,
       devices: [],
       directories: [],
       started: plan.delegate.execStart === null,
@@ -433,7 +454,7 @@ export class Delegations {
    * Make `rec` (what is set up) what `plan` asks for, the record written before each step so that a
    * crash leaves nothing it does not name. Returns what it changed.
    */
-  private converge(plan: DelegationPlan, rec: DelegationRecord): string[] {
+  private async converge(plan: DelegationPlan, rec: DelegationRecord): Promise<string[]> {
     const done: string[] = [];
     const d = plan.delegate;
     rec.execStop = d.execStop;
@@ -460,6 +481,7 @@ export class Delegations {
       this.makeCgroup(plan);
       if (made) done.push(`made cgroup ${plan.cgroup}`);
     }
+    done.push(...(await this.convergeNetwork(plan, rec)));
     for (const path of d.devices) {
       const known = rec.devices.find((x) => x.path === path);
       const st = lstatOrNull(path);
@@ -477,6 +499,62 @@ export class Delegations {
       if (!rec.directories.includes(path)) rec.directories.push(path);
     }
     this.write(rec);
+    return done;
+  }
+
+  /** The network namespace, its veth pair and the tap: what is no longer asked for goes first. */
+  private async convergeNetwork(plan: DelegationPlan, rec: DelegationRecord): Promise<string[]> {
+    const done: string[] = [];
+    const d = plan.delegate;
+    const veth = d.veth ? vethNames(plan.label).host : null;
+    if (rec.tap !== null && rec.tap !== d.tap) {
+      await deleteTap(plan.label, rec.tap);
+      done.push(`deleted tap ${rec.tap}`);
+      rec.tap = null;
+      this.write(rec);
+    }
+    if (rec.veth !== null && rec.veth !== veth) {
+      await deleteLink(plan.label, rec.veth);
+      done.push(`deleted veth ${rec.veth}`);
+      rec.veth = null;
+      this.write(rec);
+    }
+    if (rec.netns !== null && rec.netns !== plan.netns) {
+      await unpinNetns(rec.netns, this.place.mountNs);
+      done.push(`removed network namespace ${rec.netns}`);
+      rec.netns = null;
+      this.write(rec);
+    }
+    if (plan.netns !== null && !netnsPinned(plan.netns)) {
+      if (rec.netns === null && exists(plan.netns))
+        throw new UsernsError(
+          'E_CONFIG',
+          `${plan.netns} exists and is not the network namespace of "${plan.label}": remove it (ip netns delete ${plan.label})`,
+        );
+      rec.netns = plan.netns;
+      rec.veth = null; // a new namespace has no inner end yet
+      this.write(rec);
+      await unpinNetns(plan.netns, this.place.mountNs); // an empty file a crash left
+      await pinNetns({ label: plan.label, userPin: plan.pin, path: plan.netns, setgroups: plan.setgroups, ...this.place });
+      done.push(`made network namespace ${plan.netns}`);
+    }
+    if (veth !== null && plan.netns !== null && (rec.veth !== veth || !linkExists(veth))) {
+      rec.veth = veth;
+      this.write(rec);
+      await addVeth(plan.label, plan.netns);
+      done.push(`made veth ${veth}/${INNER_VETH}`);
+    }
+    if (d.tap !== null && (rec.tap !== d.tap || !linkExists(d.tap))) {
+      if (rec.tap !== d.tap && linkExists(d.tap))
+        throw new UsernsError(
+          'E_CONFIG',
+          `tap ${d.tap} for "${plan.label}" exists already and is not this context's: name another, or delete it (ip tuntap del dev ${d.tap} mode tap)`,
+        );
+      rec.tap = d.tap;
+      this.write(rec);
+      await addTap(plan.label, d.tap, plan.root);
+      done.push(`made tap ${d.tap}`);
+    }
     return done;
   }
 
@@ -507,6 +585,18 @@ export class Delegations {
       }
     }
     rec.devices = [];
+    for (const [what, undo] of [
+      [rec.tap, () => deleteTap(rec.label, rec.tap!)],
+      [rec.veth, () => deleteLink(rec.label, rec.veth!)],
+      [rec.netns, () => unpinNetns(rec.netns!, this.place.mountNs)],
+    ] as const) {
+      if (what === null) continue;
+      try {
+        await undo();
+      } catch (err) {
+        problems.push((err as Error).message);
+      }
+    }
     if (rec.cgroup) {
       if (cgroupPopulated(rec.cgroup)) await this.killCgroup(rec.cgroup);
       this.removeCgroup(rec.cgroup);

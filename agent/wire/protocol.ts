@@ -102,9 +102,21 @@ export type ResolveResult = {
    */
   readonly delegated: Delegated | null;
 };
-export type Delegated = { readonly cgroup: string | null; readonly devices: readonly string[]; readonly directories: readonly string[] };
+export type Delegated = {
+  readonly cgroup: string | null;
+  /** The network namespace's pin (`ip netns exec LABEL` when it is in /run/netns), the veth pair's host end, the tap. */
+  readonly netns: string | null;
+  readonly veth: string | null;
+  readonly tap: string | null;
+  readonly devices: readonly string[];
+  readonly directories: readonly string[];
+};
 /** One delegated object as the kernel shows it now (status). */
-export type DelegatedObject = { readonly kind: 'cgroup' | 'device' | 'directory' | 'hook'; readonly path: string; readonly state: string };
+export type DelegatedObject = {
+  readonly kind: 'cgroup' | 'netns' | 'veth' | 'tap' | 'device' | 'directory' | 'hook';
+  readonly path: string;
+  readonly state: string;
+};
 export type ResolvePathResult = ResolveResult & {
   /** The nearest ancestor of the path (or the path itself) that carries the label. */
   readonly labelledPath: string;

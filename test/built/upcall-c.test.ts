@@ -33,6 +33,12 @@ const arbResult: fc.Arbitrary<ResolveResult> = fc.record({
         arbLabel.map((l) => `/sys/fs/cgroup/usernsd/${l}`),
         { nil: null },
       ),
+      netns: fc.option(
+        arbLabel.map((l) => `/run/netns/${l}`),
+        { nil: null },
+      ),
+      veth: fc.option(fc.stringMatching(/^vu[0-9a-f]{12}$/), { nil: null }),
+      tap: fc.option(fc.stringMatching(/^[a-z][a-z0-9]{0,14}$/), { nil: null }),
       devices: fc.array(
         arbLabel.map((l) => `/dev/${l}`),
         { maxLength: 3 },

@@ -1,10 +1,10 @@
 // Delegations over time, model-based (SPEC §13): random creations, releases, reloads that add or
-// remove a cgroup or a device, restarts, and crashes that lose a pin, on a context, one nested in
+// remove a cgroup, a network namespace with its veth pair or a device, restarts, and crashes that lose a pin, on a context, one nested in
 // it and a sibling; after every step the kernel is read back: no delegated object without a live
 // pin, no live pin without its delegations, nothing of a released context left.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, readdirSync, rmdirSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { pinnedIno } from '../../agent/kernel/userns.ts';
@@ -14,6 +14,7 @@ import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, unmountAll } from '../helpers/kernel.ts';
 import { cgroup2Mount } from '../../agent/kernel/delegate.ts';
+import { netnsPinned, vethNames } from '../../agent/kernel/netdelegate.ts';
 import { modelTests } from '../helpers/model.ts';
 
 const LABELS = ['a', 'a.b', 'c'] as const;
@@ -22,7 +23,7 @@ const PARENT: Record<Label, Label | null> = { a: null, 'a.b': 'a', c: null };
 /** The host id each context's root maps to (a.b is nested: 0 1000 1000 inside a). */
 const ROOT_ID: Record<Label, number> = { a: 7_800_000, 'a.b': 7_801_000, c: 7_900_000 };
 
-type Given = { cgroup: boolean; device: boolean };
+type Given = { cgroup: boolean; device: boolean; net: boolean };
 type Model = { given: Record<Label, Given>; pinned: Set<Label> };
 type Real = { tree: Tree; agent: RunningAgent; cgRoot: string };
 
@@ -30,7 +31,9 @@ const descendants = (l: Label): Label[] => LABELS.filter((x) => PARENT[x] === l)
 
 function writeContext(tree: Tree, l: Label, g: Given): void {
   const maps = l === 'a.b' ? 'parent = a\nuid_map = 0 1000 1000\ngid_map = 0 1000 1000' : `uid_map = 0 ${ROOT_ID[l]} 65536\ngid_map = 0 ${ROOT_ID[l]} 65536`;
-  const delegate = [g.cgroup ? 'cgroup = yes' : '', g.device ? `devices = ${join(tree.dir, `dev-${l}`)}` : ''].filter(Boolean).join('\n');
+  const delegate = [g.cgroup ? 'cgroup = yes' : '', g.device ? `devices = ${join(tree.dir, `dev-${l}`)}` : '', g.net ? 'netns = yes\nveth = yes' : '']
+    .filter(Boolean)
+    .join('\n');
   tree.context(`${l}.conf`, `[context]\n${maps}\n[delegate]\n${delegate}\n`);
 }
 
@@ -57,6 +60,10 @@ function check(m: Model, r: Real): void {
     const devOwner = pinned && m.given[l].device ? ROOT_ID[l] : 0;
     assert.equal(`${dev.uid}:${dev.gid}`, `${devOwner}:${devOwner}`, `the device of ${l}`);
     assert.equal(dev.mode & 0o777, 0o640, `the mode of ${l}'s device`);
+    const net = pinned && m.given[l].net;
+    assert.equal(netnsPinned(join(r.tree.dir, 'netns', l)), net, `the network namespace of ${l}`);
+    assert.equal(existsSync(join(r.tree.dir, 'netns', l)), net, `no file left where ${l}'s network namespace was`);
+    assert.equal(spawnSync('ip', ['link', 'show', 'dev', vethNames(l).host], { stdio: 'ignore' }).status === 0, net, `the veth pair of ${l}`);
     if (pinned && m.given[l].cgroup) {
       const cg = cgroupPath(m, r, l);
       want.add(cg);
@@ -124,7 +131,7 @@ const crashLosing = (l: Label) =>
   );
 
 const label = fc.constantFrom<Label>(...LABELS);
-const given = fc.record({ cgroup: fc.boolean(), device: fc.boolean() });
+const given = fc.record({ cgroup: fc.boolean(), device: fc.boolean(), net: fc.boolean() });
 const commandsArb = fc.commands(
   [
     label.map(resolve),
@@ -147,8 +154,13 @@ describe('e2e: delegations over time, model-based, checked against the kernel (r
     fc.asyncProperty(commandsArb, async (cmds) => {
       const cgRoot = join(cgroup2Mount()!, `usernsd-model-${process.pid}-${Date.now() % 1_000_000}`);
       const tree = makeTree(`cgroup_root = ${cgRoot}\n`);
+      writeFileSync(tree.config, `${readFileSync(tree.config, 'utf8')}netns_dir = ${join(tree.dir, 'netns')}\n`);
       const model: Model = {
-        given: { a: { cgroup: true, device: true }, 'a.b': { cgroup: true, device: true }, c: { cgroup: true, device: false } },
+        given: {
+          a: { cgroup: true, device: true, net: false },
+          'a.b': { cgroup: true, device: true, net: true },
+          c: { cgroup: true, device: false, net: true },
+        },
         pinned: new Set(),
       };
       for (const l of LABELS) {
@@ -163,6 +175,7 @@ describe('e2e: delegations over time, model-based, checked against the kernel (r
       } finally {
         await cleanup(undefined);
         unmountAll(tree.dir);
+        for (const l of LABELS) spawnSync('ip', ['link', 'del', 'dev', vethNames(l).host], { stdio: 'ignore' });
         for (const cg of cgroupsUnder(cgRoot).reverse()) rmdirSync(cg);
         if (existsSync(cgRoot)) rmdirSync(cgRoot);
         tree.remove();

@@ -70,6 +70,8 @@ describe('delegation by label: resources follow the context', function () {
   let cgRoot = '';
   let restore: (() => void) | null = null;
   const users: ReturnType<typeof makeUser>[] = [];
+  /** Interfaces a test made on the host: deleted after it, also when it failed. */
+  const netLinks: string[] = [];
 
   before(function () {
     if (!isRoot) this.skip();
@@ -87,6 +89,7 @@ describe('delegation by label: resources follow the context', function () {
     tree = undefined;
     removeCgroupTree(cgRoot);
     for (const u of users.splice(0)) u.remove();
+    for (const l of netLinks.splice(0)) spawnSync('ip', ['link', 'del', 'dev', l]);
     assert.equal(existsSync(cgRoot), false, 'a test cgroup was left behind');
   });
 
@@ -306,6 +309,69 @@ s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(agent.socket)}); p
     assert.equal(owner(join(t.dir, 'dev0')), '0:0', 'the device no longer configured was given back');
     assert.equal(owner(join(cgRoot, 'a')), `${B}:${B}`);
     assert.equal(owner(join(dir, 'x')), `${B}:${B}`, 'a directory is never removed');
+  });
+
+  it("netns, veth and tap: the context's root, entered by its owner without host root, brings host0 up and attaches to its tap; a stranger can do neither; all gone at release", async () => {
+    const t = tree!;
+    const alice = makeUser();
+    const mallory = makeUser();
+    users.push(alice, mallory);
+    t.delegate(alice.name, B, 65536);
+    const tap = `ut${process.pid % 100000}`;
+    netLinks.push(tap);
+    const netnsDir = join(t.dir, 'netns');
+    writeFileSync(t.config, `${readFileSync(t.config, 'utf8')}netns_dir = ${netnsDir}\n`);
+    context(t, 'a', `netns = yes\nveth = yes\ntap = ${tap}`, `owner = ${alice.name}`);
+    // A tun node of the test's own (the machine's /dev/net/tun may be root's alone): the same device.
+    const tun = join(t.dir, 'tun');
+    spawnSync('mknod', ['-m', '666', tun, 'c', '10', '200']);
+    const attach = join(t.dir, 'attach.py');
+    writeFileSync(
+      attach,
+      `import fcntl, os, struct, sys\nfd = os.open(${JSON.stringify(tun)}, os.O_RDWR)\nfcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', sys.argv[1].encode(), 0x0002 | 0x1000))\nprint('attached')\n`,
+    );
+    chmodSync(attach, 0o644);
+    const agent = await startAgent(t);
+    const sock = ['--socket', agent.socket];
+    const r = await usernsctl([...sock, '--json', 'resolve', 'a'], { user: alice });
+    assert.equal(r.code, 0, r.err);
+    const d = (JSON.parse(r.out) as { delegated: { netns: string; veth: string; tap: string } }).delegated;
+    netLinks.push(d.veth);
+    assert.equal(d.netns, join(netnsDir, 'a'));
+    assert.match(d.veth, /^vu[0-9a-f]{12}$/);
+    assert.equal(d.tap, tap);
+    assert.match(spawnSync('ip', ['-d', 'link', 'show', 'dev', tap], { encoding: 'utf8' }).stdout, new RegExp(`user ${B} group ${B}`));
+    // Entered by its owner, as the context's root: its own network namespace and its tap.
+    const inside = await usernsctl(
+      [
+        ...sock,
+        'enter',
+        'a',
+        '--',
+        'sh',
+        '-c',
+        `nsenter --net=${d.netns} ip link set host0 up && nsenter --net=${d.netns} ip -o link show host0 && ${PYTHON} ${attach} ${tap}`,
+      ],
+      { user: alice },
+    );
+    assert.equal(inside.code, 0, inside.err);
+    assert.match(inside.out, /host0@\S+ <[^>]*\bUP\b/);
+    assert.match(inside.out, /attached/);
+    // mallory, an ordinary user: neither the namespace nor the tap.
+    const asMallory = (cmd: string[]) =>
+      spawnSync('setpriv', [`--reuid=${mallory.uid}`, `--regid=${mallory.gid}`, '--clear-groups', ...cmd], { encoding: 'utf8' });
+    assert.notEqual(asMallory(['nsenter', `--net=${d.netns}`, 'true']).status, 0);
+    const tapAsMallory = asMallory([PYTHON, attach, tap]);
+    assert.notEqual(tapAsMallory.status, 0);
+    assert.match(tapAsMallory.stderr, /Operation not permitted/);
+    assert.deepEqual(
+      (await status(t, 'a')).delegated?.map((x) => `${x.kind} ${x.state}`),
+      ['netns pinned', 'veth present', 'tap present'],
+    );
+    const rel = await usernsctl([...sock, 'release', 'a']);
+    assert.equal(rel.code, 0, rel.err);
+    assert.equal(existsSync(d.netns), false);
+    for (const link of [d.veth, tap]) assert.notEqual(spawnSync('ip', ['link', 'show', 'dev', link]).status, 0, `${link} is gone`);
   });
 
   it("cgroup_root = auto: in a cgroup delegated to it (as Delegate=yes marks one), the agent moves into a leaf and makes the contexts' cgroups beside it", async () => {

@@ -655,6 +655,9 @@ describe('config: [delegate], what a context is given beyond ids (SPEC §13)', (
         { file: 'memory.max', value: '1G' },
         { file: 'pids.max', value: '512' },
       ],
+      netns: false,
+      veth: false,
+      tap: null,
       devices: ['/dev/loop7', '/dev/net/tun'],
       directories: ['/srv/a'],
       execStart: '/usr/lib/x/zone',
@@ -662,6 +665,11 @@ describe('config: [delegate], what a context is given beyond ids (SPEC §13)', (
       execTimeoutMs: 5000,
     });
     assert.equal(ctx('devices = /dev/loop7').def!.delegate!.execTimeoutMs, 30_000);
+    assert.deepEqual((({ netns, veth, tap }) => ({ netns, veth, tap }))(ctx('netns = yes\nveth = yes\ntap = tap-ctx.0').def!.delegate!), {
+      netns: true,
+      veth: true,
+      tap: 'tap-ctx.0',
+    });
     assert.equal(ctx('cgroup = no').def!.delegate, undefined);
     assert.equal(ctx('exec_timeout = 9').def!.delegate, undefined);
     assert.equal(one('[context]\nuid_map = 0 3000000 65536\ngid_map = 0 3000000 65536\n').def!.delegate, undefined);
@@ -694,6 +702,36 @@ describe('config: [delegate], what a context is given beyond ids (SPEC §13)', (
     const many = Array.from({ length: 17 }, (_, i) => `/srv/d${i}`).join(' ');
     assert.match(ctx(`directories = ${many}`).errors.join(), /lists 17 paths; at most 16/);
     assert.deepEqual(ctx(`directories = ${many.split(' ').slice(0, 16).join(',')}`).errors, []);
+  });
+
+  it('refuses a veth without its network namespace, and a tap name the kernel would not take', () => {
+    assert.match(
+      ctx('veth = yes').errors.join(),
+      /\[delegate\] veth: the veth pair's inner end goes into the context's network namespace: set netns = yes too/,
+    );
+    assert.match(ctx('netns = yes\ntap = 0123456789abcdef').errors.join(), /tap: must be an interface name of 1-15 letters/);
+    assert.match(ctx('netns = yes\ntap = a/b').errors.join(), /must be an interface name/);
+    assert.match(ctx('netns = maybe').errors.join(), /must be one of yes, no/);
+    assert.deepEqual(ctx('netns = yes\ntap = 0123456789abcde').errors, [], '15 characters are the most, and enough');
+  });
+
+  it("refuses a device, a tap or a directory another context is given (or a directory inside another's), naming it; the context in force keeps it", () => {
+    const file = (base: number, delegate: string) => `[context]\nuid_map = 0 ${base} 65536\ngid_map = 0 ${base} 65536\n[delegate]\n${delegate}\n`;
+    const r = all({
+      'a.conf': file(3000000, 'devices = /dev/loop7\ntap = tap0\ndirectories = /srv/a'),
+      'b.conf': file(3100000, 'devices = /dev/loop7'),
+      'c.conf': file(3200000, 'netns = yes\ntap = tap0'),
+      'd.conf': file(3300000, 'directories = /srv/a/data'),
+      'e.conf': file(3400000, 'directories = /srv'),
+      'f.conf': file(3500000, 'directories = /srv/ab\ndevices = /dev/loop8'),
+    });
+    assert.deepEqual(r.labels, ['a', 'f']);
+    assert.deepEqual(r.errors, [
+      '/etc/userns.d/b.conf: [delegate] devices: device /dev/loop7 is given to context "a" already: a resource follows one label; give it to one of them (line 5)',
+      '/etc/userns.d/c.conf: [delegate] tap: tap tap0 is given to context "a" already: a resource follows one label; give it to one of them (line 6)',
+      '/etc/userns.d/d.conf: [delegate] directories: directory /srv/a/data (it and /srv/a lie one inside the other) is given to context "a" already: a resource follows one label; give it to one of them (line 5)',
+      '/etc/userns.d/e.conf: [delegate] directories: directory /srv (it and /srv/a lie one inside the other) is given to context "a" already: a resource follows one label; give it to one of them (line 5)',
+    ]);
   });
 
   it("needs the context's root mapped: everything is given to it", () => {

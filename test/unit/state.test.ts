@@ -133,6 +133,9 @@ describe('state: the contexts in force keep what they are given', () => {
   const good = {
     cgroup: true,
     cgroupLimits: [{ file: 'pids.max', value: '10' }],
+    netns: true,
+    veth: true,
+    tap: 'tap0',
     devices: ['/dev/loop7'],
     directories: [],
     execStart: null,
@@ -153,6 +156,7 @@ describe('state: the contexts in force keep what they are given', () => {
       { ...good, execStop: '/x\0y' },
       { ...good, cgroupLimits: [{ file: 'cgroup.procs/../x', value: '1' }] },
       { ...good, execTimeoutMs: 0 },
+      { ...good, tap: 'a/b' },
     ]) {
       writeFileSync(join(tree.state, 'contexts.json'), JSON.stringify({ version: 1, contexts: [ctx(bad)] }));
       assert.throws(() => readInForce(tree.state), /contexts\.json is corrupt \(a bad entry/, JSON.stringify(bad));
