@@ -141,10 +141,17 @@ export class Registry {
       return c ? this.ancestors(c).length : 0;
     };
     const todo = [...new Set(named)].sort((a, b) => depth(a) - depth(b));
-    // Deepest first, what moved out of a parent's cgroup leaves it (errors here are met again below);
-    // then parents first, every cgroup is made inside one that exists.
-    for (const label of [...todo].reverse()) done.push(...(await this.reconcileOne(label, recorded).catch(() => [])));
-    for (const label of todo) {
+    // Deepest first, what moved out of a parent's cgroup leaves it; what failed (a cgroup to be made
+    // in a parent's not made yet) is tried again after, parents first.
+    const again: string[] = [];
+    for (const label of [...todo].reverse()) {
+      try {
+        done.push(...(await this.reconcileOne(label, recorded)));
+      } catch {
+        again.push(label);
+      }
+    }
+    for (const label of again.reverse()) {
       try {
         done.push(...(await this.reconcileOne(label, recorded)));
       } catch (err) {

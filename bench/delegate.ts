@@ -70,7 +70,7 @@ export async function benchDelegate(runs = 40, eager = 1000): Promise<DelegateFi
       context(t, `c${i}`, 1_001_000 + i * 3000, 'cgroup = yes');
       context(t, `n${i}`, 1_002_000 + i * 3000, 'cgroup = yes\nnetns = yes\nveth = yes');
     }
-    const agent = await startAgent(t, ['--log-level', 'warn']);
+    const agent = await startAgent(t, ['--log-level', 'info']);
     const times: Record<'p' | 'c' | 'n', number[]> = { p: [], c: [], n: [] };
     try {
       await callAgent(agent.socket, P.resolve, { label: 'p0' }); // the spawner starts at the first creation

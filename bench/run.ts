@@ -12,6 +12,7 @@ import { benchUpcall } from './upcall.ts';
 import { benchViews } from './views.ts';
 import { benchUserdb } from './userdb.ts';
 import { benchShared } from './shared.ts';
+import { benchDelegate, delegateSection } from './delegate.ts';
 
 const f2 = (n: number) => n.toFixed(2);
 const f3 = (n: number) => n.toFixed(3);
@@ -36,6 +37,8 @@ log('userdb');
 const ud = await benchUserdb();
 log('shared ranges (etcd)');
 const sh = await benchShared();
+log('delegation (cgroups, networks, 1,000 eager contexts with a cgroup each)');
+const dl = await benchDelegate(Number(process.env.BENCH_RUNS ?? 40), 1000);
 log('storm (a well-behaved client against every kind of abuse at once)');
 const sm = await runStorm(Number(process.env.BENCH_STORM_SECONDS ?? 10));
 
@@ -262,5 +265,7 @@ ${
   than that: 0.58–1.07 over this session's runs of this build.
 `
 }${cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && eagerOk && st.lazyRssMb < 150 ? '' : '- Other misses are marked in the table.\n'}`;
-writeFileSync(new URL('../BENCHMARKS.md', import.meta.url), text);
-process.stdout.write(text);
+// The delegation section is also written alone by `node bench/delegate.ts`, between its markers.
+const all = `${text.trimEnd()}\n\n${delegateSection(dl, 'npm run bench')}`;
+writeFileSync(new URL('../BENCHMARKS.md', import.meta.url), all);
+process.stdout.write(all);

@@ -455,6 +455,7 @@ export class Delegations {
    * crash leaves nothing it does not name. Returns what it changed.
    */
   private async converge(plan: DelegationPlan, rec: DelegationRecord): Promise<string[]> {
+    const before = JSON.stringify(rec);
     const done: string[] = [];
     const d = plan.delegate;
     rec.execStop = d.execStop;
@@ -474,7 +475,7 @@ export class Delegations {
         rec.cgroup = null;
       } else done.push(`left cgroup ${rec.cgroup}: it holds processes (usernsctl release --kill removes it)`);
     }
-    if (plan.cgroup !== null) {
+    if (plan.cgroup !== null && !(rec.cgroup === plan.cgroup && this.cgroupHeld(plan))) {
       const made = !exists(plan.cgroup);
       rec.cgroup = plan.cgroup;
       this.write(rec); // named before it is made
@@ -498,8 +499,21 @@ export class Delegations {
       if (this.makeDirectory(plan, path)) done.push(`made ${path}`);
       if (!rec.directories.includes(path)) rec.directories.push(path);
     }
-    this.write(rec);
+    if (JSON.stringify(rec) !== before) this.write(rec); // an adopted pin in order costs no write
     return done;
+  }
+
+  /**
+   * A cgroup that is there as made, needing nothing: its directory and cgroup.procs the context
+   * root's (two lstats; limits were written at its making, and its root cannot change them).
+   */
+  private cgroupHeld(plan: DelegationPlan): boolean {
+    if (plan.delegate.cgroupLimits.length > 0) return false; // written again: a reload may have changed them
+    for (const p of [plan.cgroup!, join(plan.cgroup!, 'cgroup.procs')]) {
+      const st = lstatOrNull(p);
+      if (st === null || st.uid !== plan.root.uid || st.gid !== plan.root.gid) return false;
+    }
+    return true;
   }
 
   /** The network namespace, its veth pair and the tap: what is no longer asked for goes first. */
@@ -532,13 +546,12 @@ export class Delegations {
           `${plan.netns} exists and is not the network namespace of "${plan.label}": remove it (ip netns delete ${plan.label})`,
         );
       rec.netns = plan.netns;
-      rec.veth = null; // a new namespace has no inner end yet
+      rec.veth = veth; // made with it, while its helper holds it (named first, for a crash)
       this.write(rec);
       await unpinNetns(plan.netns, this.place.mountNs); // an empty file a crash left
-      await pinNetns({ label: plan.label, userPin: plan.pin, path: plan.netns, setgroups: plan.setgroups, ...this.place });
-      done.push(`made network namespace ${plan.netns}`);
-    }
-    if (veth !== null && plan.netns !== null && (rec.veth !== veth || !linkExists(veth))) {
+      await pinNetns({ label: plan.label, userPin: plan.pin, path: plan.netns, setgroups: plan.setgroups, veth: veth !== null, ...this.place });
+      done.push(`made network namespace ${plan.netns}${veth !== null ? ` and veth ${veth}/${INNER_VETH}` : ''}`);
+    } else if (veth !== null && plan.netns !== null && (rec.veth !== veth || !linkExists(veth))) {
       rec.veth = veth;
       this.write(rec);
       await addVeth(plan.label, plan.netns);

@@ -53,12 +53,16 @@ export function netnsPinned(path: string): boolean {
 
 /** `ip` in init's network namespace (or in `net`), as root; stderr kept for the error. */
 function ip(args: string[], net = HOST_NET): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  // No nsenter where the agent's own network namespace is init's: one process fewer.
+  if (net === HOST_NET && HOST_NET_PID === process.pid) return run('ip', args);
   return run('nsenter', [`--net=${net}`, '--', 'ip', ...args]);
 }
 
 /** Whether an interface exists in init's network namespace (status). */
 export function linkExists(name: string): boolean {
-  return spawnSync('nsenter', [`--net=${HOST_NET}`, '--', 'ip', '-o', 'link', 'show', 'dev', name], { env: PATH_ENV, stdio: 'ignore' }).status === 0;
+  const argv = ['ip', '-o', 'link', 'show', 'dev', name];
+  const [cmd, ...args] = HOST_NET_PID === process.pid ? argv : ['nsenter', `--net=${HOST_NET}`, '--', ...argv];
+  return spawnSync(cmd, args, { env: PATH_ENV, stdio: 'ignore' }).status === 0;
 }
 
 function fail(label: string, step: string, r: { code: number | null; stderr: string }): UsernsError {
@@ -78,6 +82,8 @@ export async function pinNetns(o: {
   setgroups: 'allow' | 'deny';
   mountNs: string | null;
   helpers: HelperPrograms;
+  /** Add the veth pair while the helper holds the namespace (one process fewer than addVeth). */
+  veth?: boolean;
 }): Promise<void> {
   const { nsenter, unshare, cat } = o.helpers.for(0, 0);
   const child: ChildProcess = spawn(
@@ -125,6 +131,7 @@ export async function pinNetns(o: {
       ]);
       if (r.code !== 0) throw fail(o.label, `pin its network namespace at ${o.path}`, r);
     }
+    if (o.veth) await addVethInto(o.label, child.pid!);
   } finally {
     await reap(child);
   }
@@ -153,6 +160,19 @@ export async function addVeth(label: string, netns: string): Promise<void> {
     netns,
   );
   if (r.code !== 0 && !/File exists/.test(r.stderr)) throw fail(label, `add the veth pair ${n.host}/${INNER_VETH}`, r);
+}
+
+/** The same pair made from the host's side, into the network namespace process `pid` is in. */
+async function addVethInto(label: string, pid: number): Promise<void> {
+  const n = vethNames(label);
+  const add = ['link', 'add', n.host, 'address', n.hostMac, 'type', 'veth', 'peer', 'name', INNER_VETH, 'address', n.innerMac, 'netns', String(pid)];
+  let r = await ip(add);
+  if (r.code !== 0 && /File exists/.test(r.stderr)) {
+    // A host end left by a crash between the pair and the record: its namespace is gone (or going).
+    await deleteLink(label, n.host);
+    r = await ip(add);
+  }
+  if (r.code !== 0) throw fail(label, `add the veth pair ${n.host}/${INNER_VETH}`, r);
 }
 
 /** Deleting either end deletes the pair; gone already is fine. */

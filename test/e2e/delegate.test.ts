@@ -113,7 +113,7 @@ describe('delegation by label: resources follow the context', function () {
     assert.equal(r.code, 0, r.err);
     const res = JSON.parse(r.out) as { ino: number; delegated: { cgroup: string; devices: string[]; directories: string[] } };
     const cg = join(cgRoot, 'a');
-    assert.deepEqual(res.delegated, { cgroup: cg, devices: [`${t.dir}/dev0`], directories: [dir] });
+    assert.deepEqual(res.delegated, { cgroup: cg, netns: null, veth: null, tap: null, devices: [`${t.dir}/dev0`], directories: [dir] });
     // As the kernel's delegation rules ask: the directory and the files that manage it are the context root's.
     for (const f of ['', 'cgroup.procs', 'cgroup.threads', 'cgroup.subtree_control']) assert.equal(owner(join(cg, f)), `${B}:${B}`, `${cg}/${f}`);
     assert.equal(owner(join(cg, 'cgroup.kill')), '0:0', 'only the delegated files change hands');
