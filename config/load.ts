@@ -592,6 +592,24 @@ function delegatedItems(d: ContextDef): (readonly ['device' | 'directory' | 'tap
 
 const KEY_OF = { device: 'devices', directory: 'directories', tap: 'tap' } as const;
 
+/** What the contexts of one owner other than root may be given together (nsresourced: 16 cgroups, 16 interfaces a namespace). */
+export const OWNER_LIMITS = { cgroups: 16, interfaces: 16 } as const;
+
+/** The [delegate] key over an owner's limit with `d`, and why; null within it. Root's contexts are the admin's own. */
+function ownerLimitProblem(d: ContextDef, accepted: readonly Context[]): [string, string] | null {
+  const g = d.delegate;
+  if (!g || d.owner.uid === 0) return null;
+  const mine = accepted.filter((c) => c.owner.uid === d.owner.uid && c.delegate);
+  const interfaces = (x: Delegation) => (x.veth ? 1 : 0) + (x.tap ? 1 : 0);
+  const who = d.owner.name ?? String(d.owner.uid);
+  if (g.cgroup && mine.filter((c) => c.delegate!.cgroup).length >= OWNER_LIMITS.cgroups)
+    return ['cgroup', `${who}'s contexts hold ${OWNER_LIMITS.cgroups} cgroups already, the most one owner is given`];
+  const held = mine.reduce((n, c) => n + interfaces(c.delegate!), 0);
+  if (interfaces(g) > 0 && held + interfaces(g) > OWNER_LIMITS.interfaces)
+    return [g.tap ? 'tap' : 'veth', `${who}'s contexts hold ${held} network interfaces already; ${OWNER_LIMITS.interfaces} is the most one owner is given`];
+  return null;
+}
+
 /** The resources of `d` that an accepted context names already: [key, why] each. */
 function delegationClashes(d: ContextDef, given: readonly Given[]): [string, string][] {
   const out: [string, string][] = [];
@@ -766,6 +784,9 @@ export function finishContexts(
     }
     // SPEC §13: what one context is given, no other context names (nor a directory inside it).
     const clashes = delegationClashes(d, given);
+    // And an owner's contexts together hold at most what nsresourced gives one namespace.
+    const over = ownerLimitProblem(d, [...accepted.values()]);
+    if (over) clashes.push(over);
     for (const [key, message] of clashes)
       errors.push(configError(d.file, 'delegate', key, d.lines?.[`delegate.${key}`] ?? d.lines?.['delegate.'] ?? null, message));
     if (problems.length > 0 || clashes.length > 0) {

@@ -734,6 +734,24 @@ describe('config: [delegate], what a context is given beyond ids (SPEC §13)', (
     ]);
   });
 
+  it("holds an owner's contexts to 16 cgroups and 16 interfaces together, refusing the newcomer; root's are the admin's own", () => {
+    const owned = (i: number, delegate: string) =>
+      `[context]\nowner = hpa\nlabel = h${String(i).padStart(2, '0')}\nuid_map = 0 ${100000 + i * 10} 10\ngid_map = 0 ${100000 + i * 10} 10\n[delegate]\n${delegate}\n`;
+    const files = (n: number, delegate: string) =>
+      Object.fromEntries(Array.from({ length: n }, (_, i) => [`h${String(i).padStart(2, '0')}.conf`, owned(i, delegate)]));
+    const cg = all(files(17, 'cgroup = yes'));
+    assert.equal(cg.labels.length, 16);
+    assert.deepEqual(cg.errors, ["/etc/userns.d/h16.conf: [delegate] cgroup: hpa's contexts hold 16 cgroups already, the most one owner is given (line 7)"]);
+    const nets = all(
+      Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`h${String(i).padStart(2, '0')}.conf`, owned(i, `netns = yes\nveth = yes\ntap = tap${i}`)])),
+    );
+    assert.equal(nets.labels.length, 8, '8 contexts of two interfaces each');
+    assert.match(nets.errors.join(), /h08\.conf: \[delegate\] tap: hpa's contexts hold 16 network interfaces already; 16 is the most one owner is given/);
+    const rooted = (i: number) =>
+      `[context]\nlabel = r${i}\nuid_map = 0 ${4000000 + i * 10} 10\ngid_map = 0 ${4000000 + i * 10} 10\n[delegate]\ncgroup = yes\n`;
+    assert.equal(all(Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`r${i}.conf`, rooted(i)]))).labels.length, 20);
+  });
+
   it("needs the context's root mapped: everything is given to it", () => {
     assert.match(ctx('cgroup = yes', 'uid_map = 1 3000000 10\ngid_map = 0 3000000 10\n').errors.join(), /\[delegate\].*must map inside id 0/);
     assert.match(ctx('cgroup = yes', 'uid_map = 0 3000000 10\ngid_map = 5 3000000 10\n').errors.join(), /must map inside id 0/);
