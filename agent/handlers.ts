@@ -231,7 +231,7 @@ handle(P.explain, (agent, peer, { path }) => {
   } catch {
     /* the caller is gone: judge from the host */
   }
-  return explain({
+  const explained = explain({
     path,
     onDisk: { uid: st.uid, gid: st.gid },
     labelledPath: found?.at ?? null,
@@ -245,6 +245,7 @@ handle(P.explain, (agent, peer, { path }) => {
       return n && owner && mayUse(peer, owner, agent.registry.ancestors(owner)) ? n.name : null;
     },
   });
+  return { ...explained, delegated: usableCtx ? agent.registry.delegated(usableCtx) : null };
 });
 
 handle(P.ranges, (agent) => agent.pool.list());

@@ -86,6 +86,11 @@ export async function explainCmd(args: string[], g: Globals, io: Io): Promise<nu
   if (r.note) io.out(`note:    ${r.note}`);
   if (r.context && r.squash)
     io.out(`context: ${r.context}, parent ${r.parent}; squash ${r.squash.mode} (anonuid ${r.squash.anonuid}, anongid ${r.squash.anongid})`);
+  const d = r.delegated;
+  if (d) {
+    const given = [d.cgroup && `cgroup ${d.cgroup}`, d.netns && `netns ${d.netns}`, d.tap && `tap ${d.tap}`, ...d.devices, ...d.directories].filter(Boolean);
+    if (given.length > 0) io.out(`given:   ${given.join(', ')}`);
+  }
   for (const kind of ['uid', 'gid'] as const) for (const line of idLines(kind, r[kind], r, shown && shown[kind])) io.out(line);
   return EXIT.OK;
 }

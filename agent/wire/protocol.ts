@@ -288,6 +288,8 @@ export type Explanation = {
   readonly overflow: { readonly uid: number; readonly gid: number };
   readonly uid: IdExplanation;
   readonly gid: IdExplanation;
+  /** What the file's context is given beyond ids ([delegate]), as resolve says it; null when nothing (or no context the caller may use). */
+  readonly delegated?: Delegated | null;
 };
 
 /** `descendants`: the pinned contexts nested in it, released first (deepest first). */

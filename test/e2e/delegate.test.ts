@@ -123,6 +123,12 @@ describe('delegation by label: resources follow the context', function () {
     assert.equal(owner(join(t.dir, 'data')), '0:0', "only the last component is the context root's");
     assert.deepEqual(hookLog(t), [`start a root=${B}:${B} uid=${B}+65536 pin=${res.ino} dev=${B} cgroup=present`]);
     await agent.waitForLog((l) => l.msg === 'Ran exec_start of a' && l.output === 'hook says hello');
+    // explain carries them too, for a file of the context (its directory, labelled).
+    assert.equal((await usernsctl([...sock, 'label', 'set', dir, 'a'])).code, 0);
+    const ex = await usernsctl([...sock, '--json', 'explain', dir]);
+    assert.equal(ex.code, 0, ex.err);
+    assert.deepEqual((JSON.parse(ex.out) as { delegated: unknown }).delegated, res.delegated);
+    assert.match((await usernsctl([...sock, 'explain', dir])).out, new RegExp(`^given: +cgroup ${cg}, ${t.dir}/dev0, ${dir}$`, 'm'));
     assert.deepEqual(
       (await status(t, 'a')).delegated?.map((d) => `${d.kind} ${d.state}`),
       ['cgroup empty', 'device given', 'directory ok', 'hook runs at release'],
