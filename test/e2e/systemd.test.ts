@@ -1,5 +1,6 @@
 // The shipped unit under a real systemd as PID 1 (systemd-nspawn over this machine's root): install, start, resolve, reload, stop, adopt.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { installedUnit } from '../helpers/unit.ts';
 import { bootContainer, containerUnavailable } from '../helpers/container.ts';
@@ -46,7 +47,10 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     c = await bootContainer(ROOT);
   });
 
+  /** A veth host end a failed delegation test may have left on the host (the container shares its network). */
+  let vethLeft: string | null = null;
   after(async () => {
+    if (vethLeft) spawnSync('ip', ['link', 'del', 'dev', vethLeft], { stdio: 'ignore' });
     // Only this run's container: other runs (or other tests) may have cgroups of their own.
     await c?.stop();
     assert.deepEqual(c?.leftoverCgroups() ?? [], [], 'the container left cgroups behind');
@@ -154,15 +158,21 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     assert.equal(c!.sh('systemctl show -P MainPID usernsd').trim(), pid);
   });
 
-  it("with the delegation drop-in, gives a context a cgroup of the unit's Delegate=yes subtree; enter starts in it, release removes it", () => {
+  it("with the delegation drop-in, gives a context a cgroup of the unit's Delegate=yes subtree and a network; enter starts in the cgroup, release removes all", () => {
     c!.sh(
-      'mkdir -p /etc/systemd/system/usernsd.service.d && cp /usr/local/lib/usernsd/systemd/delegate.conf /etc/systemd/system/usernsd.service.d/ && systemctl daemon-reload && systemctl restart usernsd',
+      // The network lines too (commented out in the shipped drop-in): a namespace and a veth pair.
+      "mkdir -p /etc/systemd/system/usernsd.service.d && sed -E 's/^#(RestrictNamespaces|RestrictAddressFamilies|CapabilityBoundingSet)/\\1/' /usr/local/lib/usernsd/systemd/delegate.conf > /etc/systemd/system/usernsd.service.d/delegate.conf && systemctl daemon-reload && systemctl restart usernsd",
     );
     c!.sh(
-      "printf '[context]\\nuid_map = 0 2200000 65536\\ngid_map = 0 2200000 65536\\n[delegate]\\ncgroup = yes\\n' > /etc/userns.d/given.conf && systemctl reload usernsd",
+      "printf '[context]\\nuid_map = 0 2200000 65536\\ngid_map = 0 2200000 65536\\n[delegate]\\ncgroup = yes\\nnetns = yes\\nveth = yes\\n' > /etc/userns.d/given.conf && systemctl reload usernsd",
     );
     const unitCgroup = c!.sh('systemctl show -P ControlGroup usernsd').trim();
-    const r = JSON.parse(c!.sh('usernsctl --json resolve given')) as { delegated: { cgroup: string } };
+    const r = JSON.parse(c!.sh('usernsctl --json resolve given')) as { delegated: { cgroup: string; netns: string; veth: string } };
+    vethLeft = r.delegated.veth;
+    // The sandboxed agent pinned it where ip netns looks (init's mount namespace), owned by the context.
+    assert.equal(r.delegated.netns, '/run/netns/given');
+    assert.match(c!.sh('ip netns exec given ip -o link show host0'), /host0@/);
+    assert.match(c!.sh(`ip -o link show ${r.delegated.veth}`), new RegExp(`${r.delegated.veth}@`), 'the host end is in init\'s network namespace');
     assert.ok(r.delegated.cgroup.endsWith(`${unitCgroup}/given`), `${r.delegated.cgroup} is in the unit's subtree ${unitCgroup}`);
     assert.equal(c!.sh(`stat -c %u:%g ${r.delegated.cgroup} ${r.delegated.cgroup}/cgroup.procs`).trim(), '2200000:2200000\n2200000:2200000');
     const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
@@ -172,6 +182,8 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     c!.sh(`usernsctl enter given -- sh -c "mkdir ${r.delegated.cgroup}/x && chmod 700 ${r.delegated.cgroup}/x ${r.delegated.cgroup}"`);
     c!.sh('usernsctl release given');
     assert.equal(c!.try(`test -e ${r.delegated.cgroup}`).status, 1, 'the cgroup went with the release');
+    assert.notEqual(c!.try(`ip link show ${r.delegated.veth}`).status, 0, 'and the veth pair');
+    assert.equal(c!.try('test -e /run/netns/given').status, 1, 'and the network namespace');
     assert.doesNotMatch(journal(), /EPERM|EROFS|Operation not permitted|Read-only file system/);
     c!.sh('rm /etc/userns.d/given.conf /etc/systemd/system/usernsd.service.d/delegate.conf && systemctl daemon-reload && systemctl restart usernsd');
   });
