@@ -1,14 +1,15 @@
 // Delegations over time, model-based (SPEC §13): random creations, releases, reloads that add or
-// remove a cgroup, a network namespace with its veth pair or a device, restarts, and crashes that lose a pin, on a context, one nested in
+// remove a cgroup, a network namespace with its veth pair or a device, restarts, SIGKILLs in the
+// middle of a creation or a release, and crashes that lose a pin, on a context, one nested in
 // it and a sibling; after every step the kernel is read back: no delegated object without a live
 // pin, no live pin without its delegations, nothing of a released context left.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { pinnedIno } from '../../agent/kernel/userns.ts';
-import { cleanup, startAgent, usernsctl } from '../helpers/agent.ts';
+import { cleanup, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -130,6 +131,26 @@ const crashLosing = (l: Label) =>
     (m) => m.pinned.has(l) && descendants(l).every((d) => !m.pinned.has(d)),
   );
 
+/**
+ * SIGKILL while a creation or a release is under way (after `delayMs`), then a start: whatever the
+ * kill left pinned is the model's now (read from the kernel), and must hold all it is given.
+ */
+const killDuring = (what: 'resolve' | 'release', l: Label, delayMs: number) =>
+  command(`SIGKILL ${delayMs} ms into ${what} ${l}, start`, async (m, r) => {
+    const client = spawn(process.execPath, [USERNSCTL, '--socket', r.agent.socket, what, l], { stdio: 'ignore' });
+    const finished = new Promise((res) => client.once('exit', res));
+    await new Promise((res) => setTimeout(res, delayMs));
+    r.agent.child.kill('SIGKILL');
+    await r.agent.exited;
+    await finished;
+    r.agent = await startAgent(r.tree, ['--log-level', 'info']);
+    for (const x of LABELS) {
+      if (pinnedIno(join(r.tree.pins, x)) !== null) m.pinned.add(x);
+      else m.pinned.delete(x);
+    }
+    check(m, r);
+  });
+
 const label = fc.constantFrom<Label>(...LABELS);
 const given = fc.record({ cgroup: fc.boolean(), device: fc.boolean(), net: fc.boolean() });
 const commandsArb = fc.commands(
@@ -139,6 +160,7 @@ const commandsArb = fc.commands(
     fc.tuple(label, given).map(([l, g]) => reconfigure(l, g)),
     fc.constant(restart),
     label.map(crashLosing),
+    fc.tuple(fc.constantFrom<'resolve' | 'release'>('resolve', 'release'), label, fc.integer({ min: 0, max: 60 })).map(([w, l, ms]) => killDuring(w, l, ms)),
   ],
   { maxCommands: 10 },
 );

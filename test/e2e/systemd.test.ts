@@ -172,7 +172,7 @@ describe('e2e: the shipped unit under a real systemd as PID 1 (root, systemd-nsp
     // The sandboxed agent pinned it where ip netns looks (init's mount namespace), owned by the context.
     assert.equal(r.delegated.netns, '/run/netns/given');
     assert.match(c!.sh('ip netns exec given ip -o link show host0'), /host0@/);
-    assert.match(c!.sh(`ip -o link show ${r.delegated.veth}`), new RegExp(`${r.delegated.veth}@`), 'the host end is in init\'s network namespace');
+    assert.match(c!.sh(`ip -o link show ${r.delegated.veth}`), new RegExp(`${r.delegated.veth}@`), "the host end is in init's network namespace");
     assert.ok(r.delegated.cgroup.endsWith(`${unitCgroup}/given`), `${r.delegated.cgroup} is in the unit's subtree ${unitCgroup}`);
     assert.equal(c!.sh(`stat -c %u:%g ${r.delegated.cgroup} ${r.delegated.cgroup}/cgroup.procs`).trim(), '2200000:2200000\n2200000:2200000');
     const pid = c!.sh('systemctl show -P MainPID usernsd').trim();
