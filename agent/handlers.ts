@@ -9,7 +9,7 @@ import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';
 import { findLabel, notReachable, peerCanReach } from './labels.ts';
 import { explain } from './explain.ts';
-import { lstatSync, realpathSync, statSync } from 'node:fs';
+import { lstatSync, realpathSync } from 'node:fs';
 import { dirname } from 'node:path';
 import * as P from './wire/protocol.ts';
 import type { Method, ParamsOf, Reply, ResultOf } from './wire/protocol.ts';
@@ -225,12 +225,7 @@ handle(P.explain, (agent, peer, { path }) => {
       : found
         ? null
         : "no label on this path or its ancestors (up to a mount point): its ids are the host's own";
-  let callerLabel = HOST_LABEL;
-  try {
-    callerLabel = agent.registry.contextOfNamespace(statSync(`/proc/${peer.pid}/ns/user`).ino) ?? HOST_LABEL;
-  } catch {
-    /* the caller is gone: judge from the host */
-  }
+  const callerLabel = peer.inside ?? HOST_LABEL;
   const explained = explain({
     path,
     onDisk: { uid: st.uid, gid: st.gid },
@@ -267,7 +262,8 @@ function levelOf(code: string): 'error' | 'warn' | 'info' {
  */
 export function handleRequest(agent: Agent, conn: Connection, data: unknown): Reply | Promise<Reply> {
   const started = performance.now();
-  const peer = conn.peer;
+  // Where the caller runs, judged now (pins come and go): host callers cost one property read.
+  const peer = agent.registry.caller(conn.peer);
   // What the request says of itself, as far as it was read: its id (null when it has none), its method.
   let id = P.requestIdOf(data);
   let method: string | undefined;

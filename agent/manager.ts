@@ -155,7 +155,7 @@ export class Manager implements Agent {
             index: () => this.registry.names(),
             mayKnow: (peer, label) => {
               const ctx = this.registry.get(label);
-              return ctx !== undefined && mayUse(peer, ctx, this.registry.ancestors(ctx));
+              return ctx !== undefined && mayUse(this.registry.caller(peer), ctx, this.registry.ancestors(ctx));
             },
             served: (kind, outcome) => this.metrics.userdbLookup(kind, outcome),
           },

@@ -3,18 +3,22 @@
 import type { Context } from '../config/types.ts';
 import type { Peer } from './wire/peer.ts';
 
+/** Root: uid 0 in the agent's own user namespace. Host uid 0 mapped into a context is that context's, not root. */
 export function isRoot(peer: Peer): boolean {
-  return peer.uid === 0;
+  return peer.uid === 0 && peer.host;
 }
 
 /**
- * May this peer resolve and map this context? Root, its owner or the owner of a context it is
+ * May this peer resolve and map this context? From inside a context, that context and its
+ * descendants only. From the host: root, its owner or the owner of a context it is
  * nested in (who holds every capability in it anyway), an [access] user, or a member (by primary
  * or supplementary group of the connecting process) of an [access] group. `ancestors`: its parent,
  * the parent's parent, and so on.
  */
 export function mayUse(peer: Peer, ctx: Context, ancestors: readonly Context[] = []): boolean {
-  if (peer.uid === 0 || peer.uid === ctx.owner.uid) return true;
+  // Inside a context (SPEC §14): that context and what is nested in it, whatever host uid it shows.
+  if (typeof peer.inside === 'string') return ctx.label === peer.inside || ancestors.some((a) => a.label === peer.inside);
+  if (isRoot(peer) || peer.uid === ctx.owner.uid) return true;
   if (ctx.access.uids.includes(peer.uid)) return true;
   if (ctx.access.gids.some((g) => g === peer.gid || peer.groups.includes(g))) return true;
   return ancestors.some((a) => a.owner.uid === peer.uid);
@@ -26,5 +30,6 @@ export function mayUse(peer: Peer, ctx: Context, ancestors: readonly Context[] =
  * [access] gives resolve and map, not entry; a nested context's own owner joins from inside its parent.
  */
 export function mayEnter(peer: Peer, top: Context): boolean {
-  return peer.uid === 0 || peer.uid === top.owner.uid;
+  // From another user namespace the kernel's rule is other: not "from the initial one" (SPEC §14).
+  return peer.host && (peer.uid === 0 || peer.uid === top.owner.uid);
 }

@@ -331,9 +331,20 @@ export class Registry {
     return this.nameIndex;
   }
 
-  /** The context whose pinned namespace has this nsfs inode (a caller running inside it), or null. */
-  contextOfNamespace(ino: number): string | null {
-    for (const c of this.contexts.values()) if (pinnedIno(this.namespaces.pinPath(c.label)) === ino) return c.label;
+  /** The caller as the policy judges it: with the context it runs in, when it is not on the host (SPEC §14). */
+  caller(peer: Peer): Peer {
+    return peer.host ? peer : { ...peer, inside: this.contextOfUserns(peer.userns) };
+  }
+
+  /**
+   * The context a caller runs in: the innermost namespace of its chain (innermost first, from the
+   * kernel) that is a context's pin the agent checked; null when none is (a namespace of its own).
+   */
+  contextOfUserns(chain: readonly number[]): string | null {
+    for (const ino of chain) {
+      const label = this.namespaces.labelOfIno(ino);
+      if (label !== null && this.contexts.has(label)) return label;
+    }
     return null;
   }
 

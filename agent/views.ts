@@ -6,6 +6,7 @@ import { labelProblem } from '../config/schema.ts';
 import { dirname, join, sep } from 'node:path';
 import type { Context } from '../config/types.ts';
 import { isRoot, mayEnter } from './policy.ts';
+import { OWN_USERNS } from './wire/peer.ts';
 import type { Peer } from './wire/peer.ts';
 import { ensureStateDir, STATE_VERSION, VIEWS_FILE } from './coord/state.ts';
 import { writeFileAtomic } from './kernel/files.ts';
@@ -46,7 +47,7 @@ export type ViewSource = { readonly src: string; readonly dev: number; readonly 
 const under = (path: string, dir: string) => path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
 
 /** The label walk as the agent itself does it, for a tree sealed away from the caller. */
-const AS_ROOT: Peer = { pid: process.pid, uid: 0, gid: 0, groups: [] };
+const AS_ROOT: Peer = { pid: process.pid, uid: 0, gid: 0, groups: [], userns: [OWN_USERNS], host: true };
 
 export class Views {
   readonly namespaces: ViewNamespaces;
@@ -141,7 +142,9 @@ export class Views {
       if (!mayEnter(peer, top)) {
         throw new UsernsError(
           'E_PERMISSION',
-          `uid ${peer.uid} may not enter context "${ctx.label}": the kernel lets root and the owner of "${top.label}" (uid ${top.owner.uid}) join it`,
+          peer.host
+            ? `uid ${peer.uid} may not enter context "${ctx.label}": the kernel lets root and the owner of "${top.label}" (uid ${top.owner.uid}) join it`
+            : `a caller in a user namespace of its own (or a context's) may not enter context "${ctx.label}" from there: the kernel lets root and the owner of "${top.label}" join it from the host's`,
         );
       }
       pin = (await registry.resolve(ctx.label, peer)).pin.path;

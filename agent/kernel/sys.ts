@@ -105,6 +105,46 @@ export function peerGroups(fd: number): number[] {
   throw new SysError('getsockopt', constants.errno.ERANGE, `fd ${fd}, SO_PEERGROUPS`);
 }
 
+/** SO_PEERPIDFD (Linux 6.5): a pidfd of the peer as it was at connect(2), immune to pid reuse. */
+const SO_PEERPIDFD = 77;
+/** ioctl on a pidfd (linux/pidfd.h, Linux 6.11): _IO(PIDFS_IOCTL_MAGIC 0xFF, 9), its user namespace. */
+const PIDFD_GET_USER_NAMESPACE = 0xff09;
+
+/**
+ * The user namespaces a connected peer runs in, innermost first, up to (and with) the agent's own
+ * or the initial one: the nsfs inodes (what /proc/PID/ns/user and lsns show). From the peer's
+ * pidfd (SO_PEERPIDFD, PIDFD_GET_USER_NAMESPACE), else from /proc/PID/ns/user of the pid
+ * SO_PEERCRED gave (older kernels); each parent by NS_GET_PARENT. Empty when the kernel cannot say
+ * (the peer is gone): the caller is then judged as from an unknown namespace, never as the host.
+ */
+export function peerUsernsChain(fd: number, pid: number, stopAt: number): number[] {
+  let ns = -1;
+  const buf = Buffer.alloc(4);
+  const len = [4];
+  if (getsockoptBufFn(fd, SOL_SOCKET, SO_PEERPIDFD, buf, len) === 0) {
+    const pidfd = buf.readInt32LE(0);
+    ns = ioctlArgFn(pidfd, PIDFD_GET_USER_NAMESPACE, 0);
+    closeDescriptor(pidfd);
+  }
+  if (ns < 0 && pid > 0) ns = openFn(`/proc/${pid}/ns/user`, O_CLOEXEC, 0);
+  const chain: number[] = [];
+  while (ns >= 0 && chain.length < 33) {
+    let ino: number;
+    try {
+      ino = fstatSync(ns).ino;
+    } catch {
+      closeDescriptor(ns);
+      break;
+    }
+    chain.push(ino);
+    const parent = ino === stopAt ? -1 : ioctlArgFn(ns, NS_GET_PARENT, 0); // EPERM at the top
+    closeDescriptor(ns);
+    ns = parent;
+  }
+  if (ns >= 0) closeDescriptor(ns);
+  return chain;
+}
+
 /** Bytes the kernel holds for this socket that the process has not read yet (FIONREAD). */
 export function unreadBytes(fd: number): number {
   const out = [0];

@@ -92,6 +92,8 @@ export class Namespaces {
    */
   private readonly verified = new Map<string, { key: string; ino: number; parentIno: number | null; ctx: Context; pin: Pin; checkedAt: number }>();
   private readonly paths = new Map<string, string>();
+  /** Pinned namespaces by nsfs inode, for callers inside them (entries checked against `verified`). */
+  private readonly byIno = new Map<number, string>();
   /** The pins directory, opened once: a pin is checked with one single-component fstatat. */
   private dirFd: number | null = null;
   /** Who makes the namespaces: usernsd-spawner, or a process forked per namespace. */
@@ -153,7 +155,14 @@ export class Namespaces {
     return v.pin;
   }
 
+  /** The label whose pin, as last checked, is this nsfs inode (a caller's namespace), or null. */
+  labelOfIno(ino: number): string | null {
+    const label = this.byIno.get(ino);
+    return label !== undefined && this.verified.get(label)?.ino === ino ? label : null;
+  }
+
   private remember(ctx: Context, pin: Pin, parentIno: number | null): Pin {
+    this.byIno.set(pin.ino, ctx.label);
     const reused = pin.created ? { ...pin, created: false } : pin;
     this.verified.set(ctx.label, { key: verifiedKey(pin.ino, ctx), ino: pin.ino, parentIno, ctx, pin: reused, checkedAt: performance.now() });
     return pin;
@@ -363,6 +372,8 @@ export class Namespaces {
     } catch {
       /* no record */
     }
+    const v = this.verified.get(label);
+    if (v && this.byIno.get(v.ino) === label) this.byIno.delete(v.ino);
     this.verified.delete(label);
     this.drifted.delete(label);
     return any;

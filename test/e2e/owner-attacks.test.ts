@@ -98,9 +98,11 @@ describe('e2e: the owner of a context as an attacker gains nothing it was not gi
     const agentNode = realpathSync(process.execPath);
     const script = `mount --bind ${evil} ${agentNode} && exec ${clientNode} ${USERNSCTL} --socket ${agent.socket} enter mine --view ${join(tree.dir, 'open')}:${d} -- true`;
     const r = as(owner, ['unshare', '--user', '--map-root-user', '--mount', 'sh', '-c', script]);
-    // The view itself is made (by usernsd-spawner's worker); the enter after it fails: from inside
-    // a namespace of its own, the owner has no right to join its context. What matters is below.
-    assert.doesNotMatch(r.stderr, /E_PERMISSION|E_INTERNAL|E_KERNEL|Failed to copy/, r.stderr);
+    // From inside a namespace of its own the owner has no right to join its context (the kernel's
+    // rule), and the agent, which knows where its caller runs (SPEC §14), refuses the view before
+    // anything is made in that mount namespace. What matters is below: nothing ran as root.
+    assert.match(r.stderr, /E_PERMISSION: a caller in a user namespace of its own \(or a context's\) may not enter context "mine" from there/, r.stderr);
+    assert.doesNotMatch(r.stderr, /E_INTERNAL|E_KERNEL|Failed to copy/, r.stderr);
     // A mark is owned by the host uid that wrote it (ids inside a namespace say nothing about that).
     const byRoot = readdirSync(marks).filter((m) => lstatSync(join(marks, m)).uid !== owner.uid);
     assert.deepEqual(byRoot, [], "the program bound over node ran with host ids other than the owner's");

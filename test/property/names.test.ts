@@ -81,8 +81,8 @@ describe('userdb Varlink answers', () => {
   const index = new NameIndex([
     { label: 'hpa-backups', parent: 'host', uid: [{ inside: 0, outside: 2100000, count: 65536 }], gid: [{ inside: 0, outside: 2100000, count: 100 }] },
   ]);
-  const root: Peer = { pid: 1, uid: 0, gid: 0, groups: [] };
-  const user: Peer = { pid: 2, uid: 1000, gid: 1000, groups: [] };
+  const root: Peer = { pid: 1, uid: 0, gid: 0, groups: [], userns: [1], host: true };
+  const user: Peer = { pid: 2, uid: 1000, gid: 1000, groups: [], userns: [1], host: true };
   const served: string[] = [];
   const source = {
     index: () => index,

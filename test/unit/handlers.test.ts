@@ -13,6 +13,7 @@ import { Registry } from '../../agent/registry.ts';
 import { Views } from '../../agent/views.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import type { Connection } from '../../agent/wire/server.ts';
+import { OWN_USERNS } from '../../agent/wire/peer.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { mountsUnder, unmountAll } from '../helpers/kernel.ts';
@@ -54,7 +55,7 @@ function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
 }
 
 const conn = (uid: number, gid = uid, groups: number[] = []): Connection => ({
-  peer: { pid: process.pid, uid, gid, groups },
+  peer: { pid: process.pid, uid, gid, groups, userns: [OWN_USERNS], host: true },
   inflight: 0,
   framesThisTurn: 0,
   invalid: 0,

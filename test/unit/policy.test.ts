@@ -6,7 +6,7 @@ import { isRoot, mayEnter, mayUse } from '../../agent/policy.ts';
 import type { Peer } from '../../agent/wire/peer.ts';
 import type { Context } from '../../config/types.ts';
 
-const peer = (uid: number, gid = uid, groups: number[] = []): Peer => ({ pid: 1234, uid, gid, groups });
+const peer = (uid: number, gid = uid, groups: number[] = []): Peer => ({ pid: 1234, uid, gid, groups, userns: [1], host: true });
 function context(label: string, owner: number, access: { uids?: number[]; gids?: number[] } = {}, parent = 'host'): Context {
   const map = [{ inside: 0, outside: 100000, count: 65536 }];
   return {
@@ -92,5 +92,34 @@ describe('unit: access policy', () => {
         },
       ),
     );
+  });
+
+  describe('from inside a context (SPEC §14): the namespace decides, not the host uid', () => {
+    const within = (uid: number, insideLabel: string | null): Peer => ({ ...peer(uid), userns: [7, 1], host: false, inside: insideLabel });
+
+    it('mayUse: the context the caller runs in and what is nested in it, nothing else, whatever its uid', () => {
+      const rows: [string, Peer, Context, readonly Context[], boolean][] = [
+        ['inside top: top', within(5, 'top'), top, [], true],
+        ['inside top: leaf, nested in it', within(5, 'top'), leaf, chain, true],
+        ['inside top.mid: leaf', within(5, 'top.mid'), leaf, chain, true],
+        ['inside top.mid.leaf: top.mid, its parent', within(5, 'top.mid.leaf'), mid, [top], false],
+        ['inside top.mid: top, its parent', within(5, 'top.mid'), top, [], false],
+        ["inside another: top, though the caller's uid is top's owner", within(1000, 'other'), top, [], false],
+        ["inside another: leaf, though the uid is an [access] user's", within(2000, 'other'), leaf, chain, false],
+        ['inside another as host uid 0', within(0, 'other'), top, [], false],
+      ];
+      for (const [what, p, c, anc, want] of rows) assert.equal(mayUse(p, c, anc), want, what);
+    });
+
+    it('uid 0 from another namespace is not root; an unknown namespace is judged by its uid, never as root, never entering', () => {
+      assert.equal(isRoot(within(0, 'top')), false);
+      assert.equal(isRoot(within(0, null)), false);
+      assert.equal(isRoot(peer(0)), true);
+      assert.equal(mayUse(within(0, null), top), false, 'host uid 0 in a namespace of its own is no one');
+      assert.equal(mayUse(within(1000, null), top), true, 'the owner, in a namespace of its own (a rootless container)');
+      assert.equal(mayEnter(within(1000, null), top), false, 'but the kernel will not let it join from there');
+      assert.equal(mayEnter(within(0, 'top'), top), false);
+      assert.equal(mayEnter(peer(1000), top), true);
+    });
   });
 });
