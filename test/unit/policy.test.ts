@@ -111,6 +111,33 @@ describe('unit: access policy', () => {
       for (const [what, p, c, anc, want] of rows) assert.equal(mayUse(p, c, anc), want, what);
     });
 
+    it("a caller inside any context of any forest may use exactly that context's subtree (property)", () => {
+      // A forest: context i's parent is one of the contexts before it, or host.
+      const forest = fc.array(fc.tuple(fc.nat(), fc.boolean(), fc.nat(3), fc.array(fc.nat(3), { maxLength: 2 })), { minLength: 1, maxLength: 12 });
+      fc.assert(
+        fc.property(forest, fc.nat(), fc.nat(3), (spec, pick, uid) => {
+          const ctxs: Context[] = [];
+          for (const [i, [p, top, owner, access]] of spec.entries()) {
+            const parent = top || i === 0 ? 'host' : ctxs[p % i].label;
+            ctxs.push(context(`c${i}`, 1000 + owner, { uids: access.map((a) => 1000 + a) }, parent));
+          }
+          const byLabel = new Map(ctxs.map((c) => [c.label, c]));
+          const ancestors = (c: Context) => {
+            const out: Context[] = [];
+            for (let a = byLabel.get(c.parent); a; a = byLabel.get(a.parent)) out.push(a);
+            return out;
+          };
+          const where = ctxs[pick % ctxs.length];
+          // Whatever its uid: an owner's, an [access] user's, a stranger's, host uid 0.
+          const caller = within([1000 + uid, 0][pick % 2], where.label);
+          for (const c of ctxs) {
+            const inSubtree = c === where || ancestors(c).includes(where);
+            assert.equal(mayUse(caller, c, ancestors(c)), inSubtree, `${c.label} from inside ${where.label}`);
+          }
+        }),
+      );
+    });
+
     it('uid 0 from another namespace is not root; an unknown namespace is judged by its uid, never as root, never entering', () => {
       assert.equal(isRoot(within(0, 'top')), false);
       assert.equal(isRoot(within(0, null)), false);
