@@ -273,7 +273,13 @@ export function handleRequest(agent: Agent, conn: Connection, data: unknown): Re
     method = req.method;
     const entry = table.get(req.method); // a Map: "__proto__" or "constructor" is just an unknown name
     if (!entry) throw new UsernsError('E_INVALID', `unknown method ${shown(req.method)}: one of ${[...table.keys()].join(', ')}`);
-    if (entry.method.rootOnly && !isRoot(peer)) throw new UsernsError('E_PERMISSION', `${req.method} is for root only`);
+    if (entry.method.rootOnly && !isRoot(peer))
+      throw new UsernsError(
+        'E_PERMISSION',
+        peer.uid === 0 && peer.userns.length === 0
+          ? `${req.method} is for root only, and the agent could not tell which user namespace this uid 0 runs in (it needs CAP_SYS_PTRACE: usernsd(8))`
+          : `${req.method} is for root only`,
+      );
     const params = P.checkParams(entry.method, req.params);
     const result = entry.fn(agent, peer, params, conn);
     if (result instanceof Promise)
