@@ -42,6 +42,14 @@ export function vethNames(label: string): { host: string; hostMac: string; inner
   return { host: `vu${h.slice(0, 12)}`, hostMac: mac(h.slice(12, 22)), innerMac: mac(h.slice(22, 32)) };
 }
 
+function lstatOrNull(path: string): ReturnType<typeof lstatSync> | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
+}
+
 /** Is a network namespace mounted on this path? */
 export function netnsPinned(path: string): boolean {
   try {
@@ -60,6 +68,8 @@ function ip(args: string[], net = HOST_NET): Promise<{ code: number | null; stdo
 
 /** Whether an interface exists in init's network namespace (status). */
 export function linkExists(name: string): boolean {
+  // In the host's network namespace, sysfs answers without a process (status asks for each link).
+  if (HOST_NET_PID === process.pid) return lstatOrNull(`/sys/class/net/${name}`) !== null;
   const argv = ['ip', '-o', 'link', 'show', 'dev', name];
   const [cmd, ...args] = HOST_NET_PID === process.pid ? argv : ['nsenter', `--net=${HOST_NET}`, '--', ...argv];
   return spawnSync(cmd, args, { env: PATH_ENV, stdio: 'ignore' }).status === 0;
