@@ -178,6 +178,27 @@ export const EQUIVALENTS = [
   },
   { file: 'config/untrusted.ts', mutator: 'StringLiteral', original: "'invalid'", replacement: '""', why: 'As above: never reached.' },
   {
+    file: 'config/schema.ts',
+    mutator: 'Regex',
+    original: '/[\\s,]+/',
+    replacement: '/[\\s,]/',
+    why: 'A run of blanks and commas split one by one leaves empty items, which the filter after it drops: the same list.',
+  },
+  {
+    file: 'config/schema.ts',
+    mutator: 'Regex',
+    original: '/\\s+/',
+    replacement: '/\\s/',
+    why: 'As above: the empty items between blanks are filtered out.',
+  },
+  {
+    file: 'config/schema.ts',
+    mutator: 'Regex',
+    original: '/^([^=]+)=(.+)$/',
+    replacement: '/^([^=]+)=(.+)/',
+    why: 'A part has no blank left (split on \\s+), and every character . does not match is a blank: .+ always reaches the end.',
+  },
+  {
     file: 'config/text.ts',
     mutator: 'EqualityOperator',
     original: 'text.length > max',

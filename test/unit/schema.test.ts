@@ -132,4 +132,23 @@ describe('unit: the configuration schema, parser by parser', () => {
     ok(A.agent.userdb, 'no', 'no');
     ok(A.pool.coordinator, 'etcd', 'etcd');
   });
+
+  it('[delegate] path lists: blanks and commas between, empty items ignored, "/" and a path twice refused', () => {
+    ok(C.delegate.devices, ',/dev/a,, /dev/b', ['/dev/a', '/dev/b']);
+    ok(C.delegate.directories, ' /srv/x/ ', ['/srv/x']);
+    bad(C.delegate.directories, '/srv/x /', 'must not be "/"');
+    bad(C.delegate.devices, '/dev/a /dev/a/', 'names /dev/a twice');
+  });
+
+  it('[delegate] cgroup limits: FILE=VALUE pairs, the whole pair and the whole file name checked', () => {
+    ok(C.delegate.cgroup_limits, ' pids.max=5  memory.max=1G', [
+      { file: 'pids.max', value: '5' },
+      { file: 'memory.max', value: '1G' },
+    ]);
+    bad(C.delegate.cgroup_limits, 'memory.max/../../cgroup.procs=1', /is not FILE=VALUE/);
+    bad(C.delegate.cgroup_limits, '=memory.max=1', /is not FILE=VALUE/);
+    bad(C.delegate.cgroup_limits, 'memory.max=1\n2', /is not FILE=VALUE/);
+    bad(C.delegate.tap, 'a b', /must be an interface name/);
+    ok(C.delegate.tap, 'tap-0.x', 'tap-0.x');
+  });
 });
