@@ -12,7 +12,7 @@ import type { Delegation, IdMap } from '../../config/types.ts';
 import { ID, IDMAP } from '../../config/untrusted.ts';
 import { UsernsError } from '../errors.ts';
 import type { DelegatedObject } from '../wire/protocol.ts';
-import { makeDirs, writeFileAtomic } from './files.ts';
+import { lstatOrNull, makeDirs, writeFileAtomic } from './files.ts';
 import { getXattr } from './sys.ts';
 import type { HelperPrograms } from './helper.ts';
 import { addTap, addVeth, deleteLink, deleteTap, IFNAME_RE, INNER_VETH, linkExists, netnsPinned, pinNetns, unpinNetns, vethNames } from './netdelegate.ts';
@@ -143,14 +143,6 @@ function errnoOf(err: unknown): string {
  */
 function exists(path: string): boolean {
   return lstatOrNull(path) !== null;
-}
-
-function lstatOrNull(path: string): Stats | null {
-  try {
-    return lstatSync(path);
-  } catch {
-    return null;
-  }
 }
 
 /** Is this directory in a cgroup v2 hierarchy? Only v2 directories have cgroup.controllers. */
@@ -317,18 +309,26 @@ export class Delegations {
    */
   setUp(plan: DelegationPlan): Promise<void> {
     return this.serialized(plan.label, async () => {
-      const old = this.read(plan.label);
-      if (old) await this.tearDownRecord(old, false);
-      const rec = this.emptyRecord(plan);
       try {
-        await this.converge(plan, rec);
-        await this.start(plan, rec);
+        await this.fresh(plan, this.read(plan.label));
       } catch (err) {
         this.events.failed('set_up', plan.label, (err as Error).message);
-        await this.tearDownRecord(rec, true).catch(() => undefined);
         throw err;
       }
     });
+  }
+
+  /** Everything anew for this pin (what a record of another pin names goes first); undone whole if any step fails. */
+  private async fresh(plan: DelegationPlan, old: DelegationRecord | null): Promise<void> {
+    if (old) await this.tearDownRecord(old, false);
+    const rec = this.emptyRecord(plan);
+    try {
+      await this.converge(plan, rec);
+      await this.start(plan, rec);
+    } catch (err) {
+      await this.tearDownRecord(rec, true).catch(() => undefined);
+      throw err;
+    }
   }
 
   /**
@@ -346,15 +346,7 @@ export class Delegations {
         return rec ? [`${label}: delegations no longer configured were given back`] : [];
       }
       if (rec === null || rec.ino !== plan.ino) {
-        if (rec) await this.tearDownRecord(rec, false);
-        const fresh = this.emptyRecord(plan);
-        try {
-          await this.converge(plan, fresh);
-          await this.start(plan, fresh);
-        } catch (err) {
-          await this.tearDownRecord(fresh, true).catch(() => undefined);
-          throw err;
-        }
+        await this.fresh(plan, rec);
         return [`${label}: delegations set up for its pin`];
       }
       const done = await this.converge(plan, rec);

@@ -1,8 +1,31 @@
 // Files the agent writes the careful way, for every layer that keeps something on disk (the pin
 // records beside the pins, the state directory): atomic replacement, directories with an exact
 // mode, and the temporary files a crashed writer leaves.
-import { chmodSync, closeSync, constants, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  fsyncSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import type { Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
+
+/** lstat(2), or null when there is nothing there (or it cannot be looked at). */
+export function lstatOrNull(path: string): Stats | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
+}
 
 /**
  * mkdir -p with MODE on every directory it makes, whatever the umask (the unit runs the agent with

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { dirname } from 'node:path';
 import { UsernsError } from '../errors.ts';
 import type { HelperPrograms } from './helper.ts';
+import { lstatOrNull } from './files.ts';
 import { NSFS_DEV } from './pinrecord.ts';
 import { PATH_ENV, reap, run } from './spawn.ts';
 import { bindMount, detach } from './sys.ts';
@@ -40,14 +41,6 @@ export function vethNames(label: string): { host: string; hostMac: string; inner
   // 02: a locally administered unicast address.
   const mac = (hex: string) => `02:${hex.match(/../g)!.slice(0, 5).join(':')}`;
   return { host: `vu${h.slice(0, 12)}`, hostMac: mac(h.slice(12, 22)), innerMac: mac(h.slice(22, 32)) };
-}
-
-function lstatOrNull(path: string): ReturnType<typeof lstatSync> | null {
-  try {
-    return lstatSync(path);
-  } catch {
-    return null;
-  }
 }
 
 /** Is a network namespace mounted on this path? */
