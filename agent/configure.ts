@@ -4,7 +4,17 @@ import { basename, join } from 'node:path';
 import { outsideIntervals } from '../config/extents.ts';
 import type { Interval } from '../config/extents.ts';
 import { appendErrors, configError, readConfigTextAsync } from '../config/ini.ts';
-import { AGENT_DEFAULTS, DEFAULT_CONFIG_FILE, finishContexts, listContextFiles, loadAgentConfig, loadContextDefs } from '../config/load.ts';
+import {
+  admitRuntimeChildren,
+  AGENT_DEFAULTS,
+  DEFAULT_CONFIG_FILE,
+  finishContexts,
+  linkContexts,
+  listContextFiles,
+  loadAgentConfig,
+  loadContextDefs,
+  loadRuntimeDefs,
+} from '../config/load.ts';
 import type { Delegations, ReadAhead } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
@@ -15,7 +25,7 @@ import type { StaticClaim } from './coord/pooldoc.ts';
 import type { Allocation } from './coord/allocate.ts';
 import { UsernsError } from './errors.ts';
 import { pinnedMaps } from './kernel/userns.ts';
-import { ensureStateDir, IN_FORCE_FILE, readAllocations, readInForce, writeAllocations } from './coord/state.ts';
+import { CHILDREN_DIR, ensureStateDir, IN_FORCE_FILE, readAllocations, readInForce, writeAllocations } from './coord/state.ts';
 
 export type Configuration = {
   readonly agent: AgentConfig;
@@ -131,7 +141,12 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   bypassUserdb(basename(agent.userdbSocket)); // before the first lookup of a name in the files
   const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files);
   appendErrors(errors, loaded.errors);
-  const defs = loaded.defs;
+  // Contexts made from inside at run time (SPEC §14): beside the files, which win over them.
+  const runtimeNotices: ConfigError[] = [];
+  const runtime = loadRuntimeDefs(join(agent.state, CHILDREN_DIR), nss, agent.pool.size);
+  appendErrors(errors, runtime.errors);
+  const admitted = admitRuntimeChildren(loaded.defs, runtime.defs, errors, runtimeNotices);
+  const defs = admitted.length > 0 ? linkContexts([...loaded.defs, ...admitted], errors).defs : loaded.defs;
 
   // Who is in force already: the agent's own picture, else what it recorded (check-config, a restart).
   let inForce: ReadonlyMap<string, Context> = opts.inForce ?? new Map();
@@ -173,7 +188,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     unrecorded: opts.record ? new Map() : fresh,
     kept: keptContexts,
     errors,
-    notices,
+    notices: [...runtimeNotices, ...notices],
     pending,
     statics,
     waiting,

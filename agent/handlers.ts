@@ -1,12 +1,13 @@
 // One function per method, behind one edge that checks the request, authorizes it, and translates errors.
 import type { Logger } from 'pino';
 import { HOST_LABEL } from '../config/types.ts';
-import type { Context } from '../config/types.ts';
-import { isRoot, mayEnter, mayUse } from './policy.ts';
+import type { Context, IdMap } from '../config/types.ts';
+import { isRoot, mayEnter, mayEnterFromInside, mayShape, mayUse, ownName } from './policy.ts';
 import type { Peer } from './wire/peer.ts';
 import { shown, shownName } from '../config/text.ts';
 import { UsernsError } from './errors.ts';
 import { mapIds } from './idmap.ts';
+import { parseExtents } from '../config/extents.ts';
 import { findLabel, notReachable, peerCanReach } from './labels.ts';
 import { explain } from './explain.ts';
 import { lstatSync, realpathSync } from 'node:fs';
@@ -35,6 +36,10 @@ export type Agent = {
   readonly metrics: Metrics;
   /** Who decides the auto ranges (this host, or the shared pool): what waits on it, and usernsctl ranges. */
   readonly pool: Pick<RangePool, 'settle' | 'list' | 'import' | 'forget'>;
+  /** A context made from inside (SPEC §14): recorded, loaded, created and pinned; undone whole if any step fails. */
+  createChild(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap): Promise<Resolved>;
+  /** The records of contexts made from inside, for `label` and what is nested in it, removed and unloaded; returns those forgotten. */
+  forgetChildren(label: string): Promise<string[]>;
   /** A failure a client caused, logged within the per-uid budget (LogLimiter). */
   logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void;
 };
@@ -60,7 +65,14 @@ function usable(agent: Agent, peer: Peer, label: string): Context {
   throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not use context "${label}" (or there is none): ask root to add you to its [access] section`);
 }
 
-handle(P.resolve, (agent, peer, { label }) => {
+/** Whether the kernel lets this caller join the context: from the host (its owner's rule), or from inside its ancestor as that one's root. */
+function enters(agent: Agent, peer: Peer, ctx: Context): boolean {
+  if (mayEnter(peer, agent.registry.topLevel(ctx))) return true;
+  return mayEnterFromInside(peer, ctx, agent.registry.ancestors(ctx), agent.registry.rootUid(peer.inside));
+}
+
+handle(P.resolve, (agent, peer, { label: given }) => {
+  const label = ownName(peer, given);
   // Most resolves: a pin checked already, answered in this turn (see Registry.resolveKnown).
   const known = agent.registry.resolveKnown(label);
   if (known) {
@@ -82,7 +94,7 @@ function encodedResult(agent: Agent, peer: Peer, r: Resolved): P.EncodedResult {
     e = { ctx: r.ctx, texts: [null, null] };
     encoded.set(r.pin, e);
   }
-  const enter = mayEnter(peer, agent.registry.topLevel(r.ctx));
+  const enter = enters(agent, peer, r.ctx);
   return (e.texts[enter ? 1 : 0] ??= new P.EncodedResult(JSON.stringify(resolvedResult(agent, peer, r))));
 }
 
@@ -109,7 +121,7 @@ function resolvedResult(agent: Agent, peer: Peer, { ctx, pin }: Resolved): P.Res
     setgroups: ctx.setgroups,
     ino: pin.ino,
     created: pin.created,
-    mayEnter: mayEnter(peer, agent.registry.topLevel(ctx)),
+    mayEnter: enters(agent, peer, ctx),
     delegated: agent.registry.delegated(ctx),
   };
 }
@@ -120,7 +132,8 @@ handle(P.resolvePath, async (agent, peer, { path }) => {
   return { ...resolvedResult(agent, peer, await agent.registry.resolve(found.label, peer)), labelledPath: found.at };
 });
 
-handle(P.map, (agent, peer, { from, to, uids = [], gids = [] }) => {
+handle(P.map, (agent, peer, { from: f, to: t, uids = [], gids = [] }) => {
+  const [from, to] = [f, t].map((l) => (l === HOST_LABEL ? l : ownName(peer, l)));
   for (const label of [from, to]) if (label !== HOST_LABEL) usable(agent, peer, label);
   const a = agent.registry.view(from);
   const b = agent.registry.view(to);
@@ -150,21 +163,63 @@ handle(P.status, (agent, peer) => agent.status(peer));
 
 handle(P.reload, (agent) => agent.reload('request'));
 
-handle(P.release, async (agent, peer, { label, kill = false }) => {
+handle(P.release, async (agent, peer, { label: given, kill = false }) => {
+  const label = ownName(peer, given);
+  if (!isRoot(peer)) {
+    // From inside a context, its root releases what was made inside it (SPEC §14); nothing else.
+    const ctx = agent.registry.get(label);
+    const parent = ctx?.runtime ? agent.registry.get(ctx.parent) : undefined;
+    if (!ctx || !parent || !mayShape(peer, parent, agent.registry.ancestors(parent), agent.registry.rootUid(peer.inside)))
+      throw new UsernsError(
+        'E_PERMISSION',
+        typeof peer.inside === 'string'
+          ? `uid ${peer.uid} may not release "${label}" (or there is none): from inside a context, its root releases the contexts made inside it`
+          : 'release is for root only',
+      );
+  }
   const started = performance.now();
   const { released, descendants } = await agent.registry.release(label, kill);
   for (let i = 0; i < descendants.length + (released ? 1 : 0); i++) agent.count('released');
+  // What was made from inside goes with the context it was made in: never created again.
+  const forgotten = await agent.forgetChildren(label);
   const ms = +(performance.now() - started).toFixed(2);
-  agent.log.info({ label, released, descendants, peerUid: peer.uid, peerPid: peer.pid, ms }, released ? 'Released user namespace' : 'Release: nothing pinned');
+  agent.log.info(
+    { label, released, descendants, forgotten: forgotten.length > 0 ? forgotten : undefined, peerUid: peer.uid, peerPid: peer.pid, ms },
+    released ? 'Released user namespace' : 'Release: nothing pinned',
+  );
   agent.invalidateKeys([...descendants, ...(released ? [label] : [])], 'a released pin');
   return { label, released, descendants };
 });
 
-handle(P.joinCgroup, (agent, peer, { label }) => {
+handle(P.create, async (agent, peer, { label: given, uidMap, gidMap }) => {
+  const label = ownName(peer, given);
+  const dot = label.lastIndexOf('.');
+  const parent = dot > 0 ? agent.registry.get(label.slice(0, dot)) : undefined;
+  if (!parent || !mayShape(peer, parent, agent.registry.ancestors(parent), agent.registry.rootUid(peer.inside))) {
+    if (isRoot(peer))
+      throw new UsernsError(
+        'E_NOT_FOUND',
+        `no context "${dot > 0 ? label.slice(0, dot) : ''}" to make "${label}" in: a context made at run time is nested in one (CONTEXT.CHILD); a top-level context is a file in ${agent.registry.agent.contexts}`,
+      );
+    throw new UsernsError(
+      'E_PERMISSION',
+      `uid ${peer.uid} may not create "${label}" (or its parent does not exist): the root of a context creates contexts nested in it, from inside it`,
+    );
+  }
+  const started = performance.now();
+  const r = await agent.createChild(peer, label, parseExtents(uidMap) as IdMap, parseExtents(gidMap) as IdMap);
+  agent.log.info(
+    { label, parent: parent.label, peerUid: peer.uid, peerPid: peer.pid, inside: peer.inside ?? undefined, ms: +(performance.now() - started).toFixed(2) },
+    'Created a context from inside',
+  );
+  return resolvedResult(agent, peer, r);
+});
+
+handle(P.joinCgroup, (agent, peer, { label: given }) => {
+  const label = ownName(peer, given);
   const ctx = usable(agent, peer, label);
   // Who may join the namespace may start its command in the cgroup the namespace's root manages.
-  if (!mayEnter(peer, agent.registry.topLevel(ctx)))
-    throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not enter context "${label}", so not join its cgroup either`);
+  if (!enters(agent, peer, ctx)) throw new UsernsError('E_PERMISSION', `uid ${peer.uid} may not enter context "${label}", so not join its cgroup either`);
   const cgroup = agent.registry.cgroupOf(ctx);
   if (cgroup === null) throw new UsernsError('E_NOT_FOUND', `context "${label}" has no cgroup ([delegate] cgroup = yes in its file gives it one)`);
   agent.registry.delegations.join(label, peer.pid);

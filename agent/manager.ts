@@ -1,8 +1,9 @@
 // The agent's lifecycle: load and reconcile at start, eager creation, the socket, reload, drain on stop.
 import type { Logger } from 'pino';
 import { formatConfigError } from '../config/ini.ts';
-import { keepStartOnly } from '../config/load.ts';
-import type { Context, LogLevel, Nss } from '../config/types.ts';
+import { keepStartOnly, quotaHolder } from '../config/load.ts';
+import { formatExtents } from '../config/extents.ts';
+import type { Context, IdMap, LogLevel, Nss } from '../config/types.ts';
 import { isRoot, mayUse } from './policy.ts';
 import type { Peer } from './wire/peer.ts';
 import { loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
@@ -16,6 +17,7 @@ import type { Agent } from './handlers.ts';
 import { PROTOCOL_VERSION } from './wire/protocol.ts';
 import type { ReloadResult, StatusResult } from './wire/protocol.ts';
 import { Registry } from './registry.ts';
+import type { Resolved } from './registry.ts';
 import { Stats } from './stats.ts';
 import { LogLimiter } from './wire/loglimit.ts';
 import { IpcServer } from './wire/server.ts';
@@ -24,7 +26,8 @@ import { UserdbServer } from './wire/userdb.ts';
 import { listenMetrics, Metrics } from './metrics.ts';
 import type { Server as HttpServer } from 'node:http';
 import { Views } from './views.ts';
-import { ensureStateDir, newerStateFiles, writeInForce } from './coord/state.ts';
+import { CHILDREN_DIR, ensureStateDir, newerStateFiles, removeChildRecords, writeChildRecord, writeInForce } from './coord/state.ts';
+import { readdirSync } from 'node:fs';
 import { removeStaleTemps } from './kernel/files.ts';
 import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
 import { join } from 'node:path';
@@ -72,6 +75,8 @@ export class Manager implements Agent {
   private readonly startedAt = Date.now();
   private readonly stats = new Stats();
   private reloading: Promise<unknown> = Promise.resolve();
+  /** Contexts made and forgotten from inside, one at a time: a count against `children =` is never raced. */
+  private shaping: Promise<unknown> = Promise.resolve();
   private lastReload: string | null = null;
   private stopping: Promise<void> | null = null;
   /** Where request-key sends "userns:LABEL" keys, as last seen (status shows it). */
@@ -425,6 +430,85 @@ export class Manager implements Agent {
       'Reloaded configuration',
     );
     return { contexts: this.registry.size, ...diff, errors };
+  }
+
+  /** One change to the contexts made from inside at a time, in order. */
+  private serially<T>(step: () => Promise<T>): Promise<T> {
+    const next = this.shaping.then(step);
+    this.shaping = next.catch(() => undefined);
+    return next;
+  }
+
+  createChild(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap): Promise<Resolved> {
+    return this.serially(() => this.createChildNow(peer, label, uidMap, gidMap));
+  }
+
+  /**
+   * SPEC §14: the record first (a context file in the state directory, written whole), then a reload
+   * judges it as every file is, then the namespace is made and pinned. Any step that fails removes the
+   * record and loads again, so a refused child leaves nothing behind; the error says why in its terms.
+   */
+  private async createChildNow(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap): Promise<Resolved> {
+    const reg = this.registry;
+    const parent = label.slice(0, label.lastIndexOf('.'));
+    if (reg.get(label) || reg.configuration.errors.some((e) => e.file === join(reg.agent.contexts, `${label}.conf`)))
+      throw new UsernsError('E_INVALID', `context "${label}" exists already: choose another name, or release it first`);
+    const all = new Map([...reg.all()].map((c) => [c.label, c] as const));
+    const holder = quotaHolder(parent, all);
+    const made = holder ? [...reg.all()].filter((c) => c.runtime && quotaHolder(c.label, all) === holder).length : 0;
+    if (!holder || made >= (holder.children ?? 0))
+      throw new UsernsError(
+        'E_BUSY',
+        `context "${holder?.label ?? parent}" allows ${holder?.children ?? 0} context(s) made from inside it${made > 0 ? `, and has ${made}` : ''}: ${made > 0 ? 'release one first (usernsctl release CHILD), or ' : ''}ask root to raise children = in its file`,
+      );
+    const record = [
+      `# Made from inside ${peer.inside ?? 'the host'} by uid ${peer.uid} (pid ${peer.pid}) at ${new Date().toISOString()}.`,
+      '# Kept by usernsd across restarts; usernsctl release removes it. A file of the same label in the',
+      '# contexts directory wins over it.',
+      '[context]',
+      `label = ${label}`,
+      `parent = ${parent}`,
+      `uid_map = ${formatExtents(uidMap)}`,
+      `gid_map = ${formatExtents(gidMap)}`,
+      'create = eager',
+      '',
+    ].join('\n');
+    writeChildRecord(reg.agent.state, label, record);
+    try {
+      await this.reload('create');
+      const ctx = reg.get(label);
+      if (!ctx?.runtime) {
+        const file = join(reg.agent.state, CHILDREN_DIR, `${label}.conf`);
+        const why = reg.configuration.errors.filter((e) => e.file === file).map((e) => (e.key ? `${e.key}: ${e.message}` : e.message));
+        throw new UsernsError('E_CONFIG', `cannot create context "${label}": ${why.join('; ') || 'it was not loaded (see the agent log)'}`);
+      }
+      return await reg.resolve(label, peer);
+    } catch (err) {
+      removeChildRecords(reg.agent.state, [label]);
+      await this.reload('create');
+      throw err;
+    }
+  }
+
+  forgetChildren(label: string): Promise<string[]> {
+    return this.serially(async () => {
+      const state = this.registry.agent.state;
+      let names: string[];
+      try {
+        names = readdirSync(join(state, CHILDREN_DIR));
+      } catch {
+        return [];
+      }
+      // The context itself, what is nested in it by name (its records), and by parent (what is loaded).
+      const nested = new Set([label, ...this.registry.descendants(label)]);
+      const labels = names
+        .filter((n) => n.endsWith('.conf') && !n.startsWith('.'))
+        .map((n) => n.slice(0, -'.conf'.length))
+        .filter((l) => nested.has(l) || l.startsWith(`${label}.`));
+      const removed = removeChildRecords(state, labels);
+      if (removed.length > 0) await this.reload('release');
+      return removed;
+    });
   }
 
   status(peer: Peer): StatusResult {

@@ -33,3 +33,32 @@ export function mayEnter(peer: Peer, top: Context): boolean {
   // From another user namespace the kernel's rule is other: not "from the initial one" (SPEC §14).
   return peer.host && (peer.uid === 0 || peer.uid === top.owner.uid);
 }
+
+/**
+ * The label a caller means (SPEC §14): from inside context C, a label that is neither C nor nested
+ * in it by name is C's name for a context nested in it ("x" is C.x); from the host, the label itself.
+ */
+export function ownName(peer: Peer, label: string): string {
+  const c = peer.inside;
+  if (typeof c !== 'string' || label === c || label.startsWith(`${c}.`)) return label;
+  return `${c}.${label}`;
+}
+
+/**
+ * May this peer create a context nested in `parent`, or release one made from inside it? Host root;
+ * and, from inside context C, C's root (`rootUid`: the host uid C maps uid 0 to) for C and what is
+ * nested in it. A context's other users, and its root seen from the host, may not.
+ */
+export function mayShape(peer: Peer, parent: Context, ancestors: readonly Context[], rootUid: number | null): boolean {
+  if (isRoot(peer)) return true;
+  return typeof peer.inside === 'string' && rootUid !== null && peer.uid === rootUid && mayUse(peer, parent, ancestors);
+}
+
+/**
+ * May this peer join `ctx` from inside the context it runs in (SPEC §14)? The kernel lets a
+ * namespace's root into every namespace nested in it, since the agent makes those as that root:
+ * from inside C, C's root (`rootUid`) may enter what is nested in C, not C itself (it is there).
+ */
+export function mayEnterFromInside(peer: Peer, ctx: Context, ancestors: readonly Context[], rootUid: number | null): boolean {
+  return typeof peer.inside === 'string' && rootUid !== null && peer.uid === rootUid && ancestors.some((a) => a.label === peer.inside);
+}

@@ -331,6 +331,12 @@ export class Registry {
     return this.nameIndex;
   }
 
+  /** The host uid a context maps uid 0 to (its root), or null (no such context, or none). */
+  rootUid(label: string | null | undefined): number | null {
+    if (typeof label !== 'string') return null;
+    return this.hostMaps.get(label)?.uid.find((e) => e.inside === 0)?.outside ?? null;
+  }
+
   /** The caller as the policy judges it: with the context it runs in, when it is not on the host (SPEC §14). */
   caller(peer: Peer): Peer {
     return peer.host ? peer : { ...peer, inside: this.contextOfUserns(peer.userns) };

@@ -318,6 +318,7 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
       access: { uids: get('access', 'users') ?? [], gids: get('access', 'groups') ?? [] },
       ownerIds: get<'delegated' | 'any'>('context', 'owner_ids') ?? 'delegated',
       ...(delegate ? { delegate } : {}),
+      ...(get<number>('context', 'children') ? { children: get<number>('context', 'children') } : {}),
       lines: contextLines(doc),
     },
     errors,
@@ -361,6 +362,98 @@ export function loadContextDefs(
     if (r.def) defs.push(r.def);
   }
   return linkContexts(defs, errors);
+}
+
+/**
+ * Contexts made from inside at run time (SPEC §14): the agent's records, context files it wrote in
+ * the state directory's children/, parsed and judged as every context file is. An unreadable
+ * directory (check-config run by a user) or a missing one holds none.
+ */
+export function loadRuntimeDefs(dir: string, nss: Nss, poolSize: number): { defs: ContextDef[]; errors: ConfigError[] } {
+  const files = listContextFiles(dir);
+  if (!Array.isArray(files)) return { defs: [], errors: [] };
+  const defs: ContextDef[] = [];
+  const errors: ConfigError[] = [];
+  for (const file of files) {
+    const text = readConfigText(file);
+    if (typeof text !== 'string') {
+      errors.push(text);
+      continue;
+    }
+    const r = parseContextFile(file, text, nss, poolSize);
+    appendErrors(errors, r.errors);
+    if (!r.def) continue;
+    if (`${r.def.label}.conf` !== basename(file)) {
+      errors.push(
+        configError(file, 'context', 'label', lineIn(r.def, 'label'), `a record of a context made from inside is named after its label (${r.def.label}.conf)`),
+      );
+      continue;
+    }
+    defs.push({ ...r.def, runtime: true });
+  }
+  return { defs, errors };
+}
+
+/** The context a runtime child counts against: its nearest ancestor that a file defines (null: none). */
+export function quotaHolder(label: string, byLabel: ReadonlyMap<string, ContextDef>): ContextDef | null {
+  let d = byLabel.get(label);
+  for (let depth = 0; d && d.runtime && depth < 64; depth++) d = byLabel.get(d.parent);
+  return d && !d.runtime ? d : null;
+}
+
+/**
+ * Which runtime children are loaded beside the files: a file always wins over a runtime child of the
+ * same label (said as a notice: check-config reports the clash); a runtime child is nested under a
+ * context a file defines, at any depth; and the runtime children under one such context number at
+ * most its `children =` (in name order: the ones beyond are refused, each saying so).
+ */
+export function admitRuntimeChildren(
+  files: readonly ContextDef[],
+  runtime: readonly ContextDef[],
+  errors: ConfigError[],
+  notices: ConfigError[],
+): ContextDef[] {
+  const fileLabels = new Map(files.map((d) => [d.label, d]));
+  const candidates: ContextDef[] = [];
+  for (const d of runtime) {
+    const file = fileLabels.get(d.label);
+    if (file)
+      notices.push(
+        configError(
+          d.file,
+          'context',
+          'label',
+          lineIn(d, 'label'),
+          `context "${d.label}" is defined by ${file.file}, which wins over this context made from inside: it is not loaded (remove the record, or rename one of them)`,
+        ),
+      );
+    else if (d.parent === HOST_LABEL)
+      errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), 'a context made from inside is nested in the context it was made from'));
+    else candidates.push(d);
+  }
+  const byLabel = new Map<string, ContextDef>([...candidates.map((d) => [d.label, d] as const), ...fileLabels]);
+  const used = new Map<string, number>();
+  const admitted: ContextDef[] = [];
+  for (const d of [...candidates].sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0))) {
+    const holder = quotaHolder(d.label, byLabel);
+    if (!holder) continue; // its parent is missing: linkContexts says so
+    const n = used.get(holder.label) ?? 0;
+    if (n >= (holder.children ?? 0)) {
+      errors.push(
+        configError(
+          d.file,
+          'context',
+          null,
+          lineIn(d, ''),
+          `context "${holder.label}" allows ${holder.children ?? 0} context(s) made from inside it (children = in ${holder.file}), and this one is beyond them`,
+        ),
+      );
+      continue;
+    }
+    used.set(holder.label, n + 1);
+    admitted.push(d);
+  }
+  return admitted;
 }
 
 /** Unique labels, parents that exist, no cycles: what survives can be ordered parents-first. */

@@ -249,6 +249,10 @@ export const CONTEXT_SCHEMA = {
     size: { parse: number(1, 0x7fffffff), doc: 'the size of an auto range' },
     setgroups: { parse: oneOf(['allow', 'deny'] as const), doc: 'whether setgroups(2) is allowed inside' },
     create: { parse: oneOf(['lazy', 'eager'] as const), doc: 'when the namespace is created' },
+    children: {
+      parse: number(0, 1024),
+      doc: "how many contexts the context's root may create nested in it, from inside (usernsctl create); 0, the default, allows none",
+    },
     owner_ids: {
       parse: oneOf(['delegated', 'any'] as const),
       doc: 'which host ids a context owned by a user may map: delegated (its own, its subuid/subgid entries) or any',

@@ -39,6 +39,13 @@ export type ContextDef = {
   readonly ownerIds: 'delegated' | 'any';
   /** What the [delegate] section gives the context's root (SPEC §13); absent when the file has none. */
   readonly delegate?: Delegation;
+  /**
+   * How many contexts the context's root may create nested in it, from inside, at run time
+   * (`children =`, SPEC §14); absent: none.
+   */
+  readonly children?: number;
+  /** Made from inside its parent at run time (the agent's record in the state directory), not by a file. */
+  readonly runtime?: boolean;
   /** Where the [context] section ("") and each key are in the file, for errors judged across files; absent for a kept context. */
   readonly lines?: Readonly<Record<string, number>>;
 };

@@ -37,8 +37,16 @@ Commands (answered by the agent):
   reload                   re-read the configuration (root; like SIGHUP)
   release [--kill] LABEL   unmount and remove a pin, and first the pins of the
                            contexts nested in it, tearing down what they were
-                           given (root); refused while a context's cgroup holds
-                           processes, which --kill kills first (cgroup.kill)
+                           given (root; from inside a context, its root for what
+                           was made inside it, which is then forgotten); refused
+                           while a context's cgroup holds processes, which
+                           --kill kills first (cgroup.kill)
+  create CHILD --uid-map 'IN OUT COUNT' [--gid-map 'IN OUT COUNT']
+                           from inside a context, as its root: make the context
+                           CHILD nested in it (CONTEXT.CHILD), kept across
+                           restarts until released; OUT ids are the parent's;
+                           --gid-map defaults to --uid-map; within the file's
+                           children = (see userns.d(5))
   enter LABEL [--view SRC:DST]... [-- CMD [ARG]...]
                            run CMD (default: your shell) in the namespace as its
                            root, uid 0 and gid 0 inside; root, and without root
@@ -350,6 +358,22 @@ async function releaseCmd(args: string[], g: Globals, io: Io): Promise<number> {
   return EXIT.OK;
 }
 
+async function createCmd(args: string[], g: Globals, io: Io): Promise<number> {
+  const { positionals, values } = parseCommand(args, { 'uid-map': { type: 'string' }, 'gid-map': { type: 'string' } }, g);
+  const label = oneLabel(positionals, 'create');
+  const uidMap = values['uid-map'];
+  if (uidMap === undefined) throw new UsageError("create needs --uid-map 'INSIDE OUTSIDE COUNT' (OUTSIDE: ids of the context it is made in)");
+  const r = await callAgent(g.socket, P.create, { label, uidMap, gidMap: values['gid-map'] ?? uidMap });
+  if (g.json) io.out(JSON.stringify(r));
+  else {
+    io.out(`${r.label}: ${r.path}${r.created ? ' (created now)' : ''}`);
+    io.out(`  parent ${r.parent}, setgroups ${r.setgroups}, nsfs inode ${r.ino}`);
+    io.out(`  uid_map ${formatExtents(r.uidMap)}`);
+    io.out(`  gid_map ${formatExtents(r.gidMap)}`);
+  }
+  return EXIT.OK;
+}
+
 /**
  * nsenter as the caller: uid 0 and gid 0 inside, like nsenter's default. With setgroups allow the
  * supplementary groups are dropped; with deny the kernel forbids setgroups(2), so they are kept
@@ -503,6 +527,7 @@ const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<n
   status: statusCmd,
   reload: reloadCmd,
   release: releaseCmd,
+  create: createCmd,
   enter: enterCmd,
   view: viewCmd,
   explain: explainCmd,

@@ -1,5 +1,5 @@
 // The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
-import { constants, lstatSync, mkdirSync, readFileSync } from 'node:fs';
+import { constants, lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../kernel/files.ts';
 import type { Context } from '../../config/types.ts';
@@ -49,6 +49,8 @@ const IN_FORCE_CONTEXT = v.object({
   access: v.object({ uids: IDS, gids: IDS }),
   ownerIds: v.optional(v.picklist(['delegated', 'any'])),
   delegate: v.optional(DELEGATION),
+  children: v.optional(v.pipe(v.number(), v.safeInteger(), v.minValue(0), v.maxValue(1024))),
+  runtime: v.optional(v.boolean()),
 });
 
 export const RANGES_FILE = 'ranges.json';
@@ -59,6 +61,8 @@ export const RANGES_FILE = 'ranges.json';
 export const STATE_VERSION = 1;
 export const VIEWS_FILE = 'views.json';
 export const IN_FORCE_FILE = 'contexts.json';
+/** Contexts made from inside at run time (SPEC §14): one context file each, LABEL.conf, written by the agent. */
+export const CHILDREN_DIR = 'children';
 
 function isNewer(version: unknown): version is number {
   return typeof version === 'number' && Number.isSafeInteger(version) && version > STATE_VERSION;
@@ -200,4 +204,31 @@ export function writeInForce(dir: string, contexts: Iterable<Context>): void {
       err,
     );
   }
+}
+
+/** The record of a context made from inside: a context file, written whole or not at all (0600, in a 0700 directory). */
+export function writeChildRecord(dir: string, label: string, body: string): void {
+  const children = join(dir, CHILDREN_DIR);
+  ensureStateDir(dir);
+  ensureStateDir(children);
+  try {
+    writeFileAtomic(children, `${label}.conf`, body);
+  } catch (err) {
+    throw new UsernsError('E_INTERNAL', `cannot record context ${label} in ${children}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+  }
+}
+
+/** Remove the records of contexts made from inside; returns the labels whose record was there. */
+export function removeChildRecords(dir: string, labels: readonly string[]): string[] {
+  const removed: string[] = [];
+  for (const label of labels) {
+    try {
+      unlinkSync(join(dir, CHILDREN_DIR, `${label}.conf`));
+      removed.push(label);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+        throw new UsernsError('E_INTERNAL', `cannot remove the record of context ${label}: ${(err as NodeJS.ErrnoException).code}`, err);
+    }
+  }
+  return removed;
 }

@@ -1,6 +1,6 @@
 // The wire contract, declared once for the agent and its clients: framing, envelope, methods, limits.
 // usernsd-protocol(7) documents it for helpers written in other languages.
-import { ID_LIMIT } from '../../config/extents.ts';
+import { ID_LIMIT, parseExtents } from '../../config/extents.ts';
 import { isPlainObject } from '../../config/json.ts';
 import { labelProblem } from '../../config/schema.ts';
 import { shown } from '../../config/text.ts';
@@ -52,7 +52,7 @@ export type Reply = { readonly id: RequestId | null; readonly result: unknown } 
 
 // ---- parameter kinds, checked at the edge so handlers get typed values ----
 
-type Kind = 'label' | 'context' | 'ids' | 'path' | 'enum' | 'bool';
+type Kind = 'label' | 'context' | 'ids' | 'path' | 'enum' | 'bool' | 'extents';
 type Field = { readonly kind: Kind; readonly required: boolean; readonly values?: readonly string[] };
 type ParamSpec = { readonly [name: string]: Field };
 
@@ -63,6 +63,7 @@ const path: Field = { kind: 'path', required: true };
 const optional = (f: Field): Field => ({ ...f, required: false });
 const oneOf = (values: readonly string[]): Field => ({ kind: 'enum', required: false, values });
 const bool: Field = { kind: 'bool', required: false };
+const extents: Field = { kind: 'extents', required: true };
 
 /** A method as a value: its name, parameters, and whether only root may call it. P and R are for the compiler. */
 export type Method<P, R> = {
@@ -309,8 +310,22 @@ export const map = method<{ from: string; to: string; uids?: number[]; gids?: nu
 export const list = method<Record<string, never>, ListResult>('list', {});
 export const status = method<Record<string, never>, StatusResult>('status', {});
 export const reload = method<Record<string, never>, ReloadResult>('reload', {}, true);
-/** kill: the processes in the context's cgroup (and those nested in it) are killed first (cgroup.kill). */
-export const release = method<{ label: string; kill?: boolean }, ReleaseResult>('release', { label, kill: bool }, true);
+/**
+ * kill: the processes in the context's cgroup (and those nested in it) are killed first (cgroup.kill).
+ * Root's; and, from inside a context, its root's for the contexts made inside it (SPEC §14), whose
+ * records go with them. Contexts made from inside under the released one are released and forgotten.
+ */
+export const release = method<{ label: string; kill?: boolean }, ReleaseResult>('release', { label, kill: bool });
+/**
+ * From inside a context, by its root (SPEC §14): a context nested in it, kept across restarts and
+ * boots until it is released. `label` is the caller's name for it (CHILD makes CONTEXT.CHILD); the
+ * maps' outside ids are its parent's, as in a nested context's file ("IN OUT COUNT, ...").
+ */
+export const create = method<{ label: string; uidMap: string; gidMap: string }, ResolveResult>('create', {
+  label,
+  uidMap: extents,
+  gidMap: extents,
+});
 /** Moves the caller's own process (SO_PEERCRED) into the context's cgroup; for those who may enter it. */
 export const joinCgroup = method<{ label: string }, { label: string; cgroup: string }>('joinCgroup', { label });
 
@@ -332,7 +347,7 @@ export const rangesForget = method<{ label: string }, { label: string; forgotten
 export const metrics = method<Record<string, never>, { text: string; contentType: string }>('metrics', {}, true);
 
 export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
-  [resolve, resolvePath, map, list, status, reload, release, joinCgroup, view, views, explain, ranges, rangesImport, rangesForget, metrics].map((m) => [
+  [resolve, resolvePath, map, list, status, reload, release, create, joinCgroup, view, views, explain, ranges, rangesImport, rangesForget, metrics].map((m) => [
     m.name,
     m as Method<unknown, unknown>,
   ]),
@@ -369,6 +384,13 @@ function checkField(method: string, name: string, field: Field, v: unknown): unk
     case 'bool': {
       if (typeof v !== 'boolean') throw invalid(`${where} must be true or false`);
       return v;
+    }
+    case 'extents': {
+      if (typeof v !== 'string') throw invalid(`${where} must be a string of extents "INSIDE OUTSIDE COUNT, ..."`);
+      if (v.length > 8192) throw invalid(`${where} is longer than 8192 characters`);
+      const m = parseExtents(v);
+      if (typeof m === 'string') throw invalid(`${where} ${shown(v)} ${m}`);
+      return v; // the handler parses it again (it is valid): the wire and the handler share one type
     }
     case 'ids': {
       if (!Array.isArray(v)) throw invalid(`${where} must be an array of ids`);

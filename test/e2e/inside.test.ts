@@ -76,7 +76,8 @@ describe('e2e: seen from inside a context (root)', function () {
     const sibling = await inside(pin('L'), [...ctl, 'resolve', 'S'], alice);
     const missing = await inside(pin('L'), [...ctl, 'resolve', 'nope'], alice);
     assert.equal(sibling.code, 1);
-    assert.equal(sibling.err.replace('"S"', '"X"'), missing.err.replace('"nope"', '"X"'));
+    // From inside L, labels are L's names: "S" is L.S, which does not exist either.
+    assert.equal(sibling.err.replace('"L.S"', '"X"'), missing.err.replace('"L.nope"', '"X"'));
     const status = await inside(pin('L'), [...ctl, '--json', 'status'], alice);
     assert.equal((JSON.parse(status.out) as { contexts: number; full: boolean }).contexts, 2);
     // Deeper inside (L.x, joined from L as L's root): L.x alone.
@@ -94,7 +95,9 @@ describe('e2e: seen from inside a context (root)', function () {
     // Inside R as its uid 0, which is host uid 0: R's root, not the agent's root.
     const rootInside = await inside(pin('R'), [...ctl, 'release', 'L']);
     assert.equal(rootInside.code, 1);
-    assert.match(rootInside.err, /E_PERMISSION: release is for root only/);
+    assert.match(rootInside.err, /E_PERMISSION: uid 0 may not release "R\.L" \(or there is none\)/);
+    const reload = await inside(pin('R'), [...ctl, 'reload']);
+    assert.match(reload.err, /E_PERMISSION: reload is for root only/);
     const rList = await inside(pin('R'), [...ctl, '--json', 'list']);
     assert.deepEqual(
       (JSON.parse(rList.out) as { contexts: { label: string }[] }).contexts.map((c) => c.label),

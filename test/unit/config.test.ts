@@ -1,6 +1,6 @@
 // Configuration rules of SPEC §3, each shown failing with file, section, key and line.
 import assert from 'node:assert/strict';
-import { chownSync, readdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdirSync, readdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { capErrors, formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni, readConfigText, readConfigTextAsync } from '../../config/ini.ts';
 import { finishContexts, linkContexts, OWN_IDS_ONLY, parseContextFile } from '../../config/load.ts';
@@ -775,5 +775,61 @@ describe('config: [delegate], what a context is given beyond ids (SPEC §13)', (
     );
     // A cgroup, directories and hooks are nothing an ordinary user could not be given: no vouching.
     assert.deepEqual(all({ 'b.conf': owned('').replace('devices = /dev/loop7', 'cgroup = yes\ndirectories = /srv/hpa') }).errors, []);
+  });
+});
+
+describe('config: contexts made from inside, recorded in the state directory (SPEC §14)', () => {
+  let tree: Tree;
+  beforeEach(function () {
+    if (process.getuid!() !== 0) this.skip(); // records, like files, must be root's
+    tree = makeTree();
+  });
+  afterEach(() => tree?.remove());
+  const record = (label: string, body: string, name = `${label}.conf`) => {
+    mkdirSync(join(tree.state, 'children'), { recursive: true, mode: 0o700 });
+    writeFileSync(join(tree.state, 'children', name), `[context]\nlabel = ${label}\n${body}`, { mode: 0o600 });
+  };
+  const load = () => {
+    const cfg = loadConfiguration(tree.config, { record: false, systemIds: noSystemIds, nss: testNss });
+    return { cfg, labels: [...cfg.contexts.keys()], errors: cfg.errors.map(formatConfigError), notices: cfg.notices.map(formatConfigError) };
+  };
+
+  it('loads them nested under the file context, at most its children = of them (in name order), as runtime and judged like files', () => {
+    tree.context('L.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\nchildren = 2\n');
+    record('L.a', 'parent = L\nuid_map = 0 1000 10\ngid_map = 0 1000 10\ncreate = eager\n');
+    record('L.a.b', 'parent = L.a\nuid_map = 0 1 5\ngid_map = 0 1 5\n');
+    record('L.c', 'parent = L\nuid_map = 0 2000 10\ngid_map = 0 2000 10\n');
+    const { cfg, labels, errors } = load();
+    assert.deepEqual(labels, ['L', 'L.a', 'L.a.b']);
+    assert.equal(cfg.contexts.get('L.a')!.runtime, true);
+    assert.equal(cfg.contexts.get('L')!.runtime, undefined);
+    assert.equal(cfg.contexts.get('L')!.children, 2);
+    assert.equal(errors.length, 1);
+    assert.match(
+      errors[0],
+      /L\.c\.conf: \[context\]( line \d+)?: context "L" allows 2 context\(s\) made from inside it \(children = in .*L\.conf\), and this one is beyond them/,
+    );
+  });
+
+  it("none without children =; a file of the same label wins (a notice); a record at the top, misnamed or beyond its parent's ids is refused", () => {
+    tree.context('L.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\nchildren = 5\n');
+    tree.context('M.conf', '[context]\nuid_map = 0 200000 65536\ngid_map = 0 200000 65536\n');
+    tree.context('L.f.conf', '[context]\nparent = L\nuid_map = 0 7000 10\ngid_map = 0 7000 10\n');
+    record('M.a', 'parent = M\nuid_map = 0 1000 10\ngid_map = 0 1000 10\n');
+    record('L.f', 'parent = L\nuid_map = 0 9000 10\ngid_map = 0 9000 10\n');
+    record('top', 'uid_map = 0 300000 10\ngid_map = 0 300000 10\n');
+    record('L.n', 'parent = L\nuid_map = 0 1000 10\ngid_map = 0 1000 10\n', 'L.other.conf');
+    record('L.wide', 'parent = L\nuid_map = 0 60000 10000\ngid_map = 0 1000 10\n');
+    const { labels, errors, notices, cfg } = load();
+    assert.deepEqual([...labels].sort(), ['L', 'L.f', 'M']);
+    assert.equal(cfg.contexts.get('L.f')!.file, join(tree.contexts, 'L.f.conf'), 'the file wins');
+    assert.equal(notices.length, 1);
+    assert.match(notices[0], /L\.f\.conf: .*context "L\.f" is defined by .*userns\.d\/L\.f\.conf, which wins over this context made from inside/);
+    const text = errors.join('\n');
+    assert.match(text, /M\.a\.conf: .*context "M" allows 0 context\(s\) made from inside it/);
+    assert.match(text, /top\.conf: .*a context made from inside is nested in the context it was made from/);
+    assert.match(text, /L\.other\.conf: .*named after its label \(L\.n\.conf\)/);
+    assert.match(text, /L\.wide\.conf: .*uid_map.*outside uids 65536-69999 are not mapped inside parent "L"/);
+    assert.equal(errors.length, 4, text);
   });
 });

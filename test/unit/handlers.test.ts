@@ -5,6 +5,9 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import pino from 'pino';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { UsernsError } from '../../agent/errors.ts';
 import { loadConfiguration } from '../../agent/configure.ts';
 import { handleRequest, METHOD_NAMES } from '../../agent/handlers.ts';
 import type { Agent } from '../../agent/handlers.ts';
@@ -35,6 +38,8 @@ function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
     log: pino({ level: 'silent' }),
     reload: unreachable,
     status: unreachable,
+    createChild: unreachable,
+    forgetChildren: unreachable,
     count: () => {},
     invalidateKeys: () => {},
     served: () => {},
@@ -143,7 +148,7 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     );
     // Methods that reach beyond the handlers (the manager's status, reload and ranges; the kernel):
     // not this test's. Their protocol checks are the same edge, exercised by every other method.
-    const beyond = new Set(['status', 'reload', 'ranges', 'rangesImport', 'rangesForget', 'release', 'view', 'resolve', 'resolvePath', 'explain']);
+    const beyond = new Set(['status', 'reload', 'create', 'ranges', 'rangesImport', 'rangesForget', 'release', 'view', 'resolve', 'resolvePath', 'explain']);
     await fc.assert(
       fc.asyncProperty(junk, fc.constantFrom(0, ALICE), async (data, uid) => {
         const named = (data as { method?: unknown } | null)?.method;
@@ -204,5 +209,99 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
 
   it('made no namespace: every request here was refused or answered from memory, so nothing is mounted under the tree', () => {
     assert.deepEqual(mountsUnder(tree.dir), []);
+  });
+});
+
+describe('unit: contexts made from inside, at the request edge (SPEC §14)', () => {
+  let tree: Tree;
+  let agent: Agent;
+  const reached: string[] = [];
+  // Where each test peer runs, by the first namespace of its chain (the kernel's answer, stood in for).
+  const WHERE = new Map<number, string>([
+    [11, 'box'],
+    [12, 'box.kid'],
+    [13, 'other'],
+  ]);
+  const BOX_ROOT = 400000;
+  const within = (uid: number, ns: number): Connection => ({ ...conn(uid), peer: { ...conn(uid).peer, userns: [ns, OWN_USERNS], host: false } });
+
+  before(function () {
+    if (process.getuid!() !== 0) this.skip(); // the record, like a file, must be root's
+    tree = makeTree();
+    tree.context('box.conf', `[context]\nuid_map = 0 ${BOX_ROOT} 65536\ngid_map = 0 ${BOX_ROOT} 65536\nchildren = 4\n`);
+    tree.context('other.conf', '[context]\nuid_map = 0 500000 65536\ngid_map = 0 500000 65536\nchildren = 4\n');
+    tree.context('box.file.conf', '[context]\nparent = box\nuid_map = 0 2000 10\ngid_map = 0 2000 10\n');
+    mkdirSync(join(tree.state, 'children'), { recursive: true, mode: 0o700 });
+    writeFileSync(join(tree.state, 'children', 'box.kid.conf'), '[context]\nparent = box\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n', { mode: 0o600 });
+    agent = agentOf(tree).agent;
+    const registry = agent.registry;
+    registry.caller = (p) => (p.host ? p : { ...p, inside: WHERE.get(p.userns[0]) ?? null });
+    agent = {
+      ...agent,
+      createChild: (_peer, label) => {
+        reached.push(`create ${label}`);
+        return Promise.reject(new UsernsError('E_CONFIG', 'stopped here by the test'));
+      },
+      forgetChildren: (label) => {
+        reached.push(`forget ${label}`);
+        return Promise.resolve([]);
+      },
+    };
+  });
+  after(() => {
+    if (!agent) return;
+    agent.registry.namespaces.close();
+    unmountAll(tree.dir);
+    tree.remove();
+  });
+
+  const errorOf = async (c: Connection, method: string, params: unknown) => {
+    const r = await ask(agent, c, request(method, params));
+    return 'error' in r ? r.error : null;
+  };
+
+  it("reaches the maker only for the root of the context the caller runs in, under that context, in the caller's own names", async () => {
+    reached.length = 0;
+    const make = (c: Connection, label: string) => errorOf(c, 'create', { label, uidMap: '0 0 10', gidMap: '0 0 10' });
+    assert.equal((await make(within(BOX_ROOT, 11), 'x'))?.message, 'stopped here by the test');
+    assert.equal((await make(within(BOX_ROOT, 11), 'kid.y'))?.message, 'stopped here by the test');
+    assert.equal((await make(within(BOX_ROOT + 1000, 12), 'z'))?.message, 'stopped here by the test', "box.kid's root inside box.kid, under box.kid");
+    assert.equal((await make(within(BOX_ROOT, 12), 'w'))?.code, 'E_PERMISSION', "box's root uid inside box.kid is not box.kid's root");
+    assert.deepEqual(reached, ['create box.x', 'create box.kid.y', 'create box.kid.z']);
+    reached.length = 0;
+    for (const [c, label, code] of [
+      [within(BOX_ROOT + 1, 11), 'x', 'E_PERMISSION'], // another uid inside box
+      [within(BOX_ROOT, 13), 'x', 'E_PERMISSION'], // box's root uid, but inside other
+      [conn(BOX_ROOT), 'box.x', 'E_PERMISSION'], // box's root uid on the host
+      [conn(1000), 'box.x', 'E_PERMISSION'],
+      [conn(0), 'x', 'E_NOT_FOUND'], // root: a top-level context is a file
+      [conn(0), 'nobox.x', 'E_NOT_FOUND'],
+    ] as const) {
+      const e = await make(c, label);
+      assert.equal(e?.code, code, `${label} by ${c.peer.uid} in ${c.peer.userns[0]}: ${e?.message}`);
+    }
+    assert.deepEqual(reached, []);
+    // Outside its subtree, a context that exists and one that does not are refused alike.
+    const sibling = await make(within(500000, 13), 'box.x');
+    const nothing = await make(within(500000, 13), 'nobox.x');
+    assert.equal(sibling?.message.replace('other.box.x', 'X'), nothing?.message.replace('other.nobox.x', 'X'));
+  });
+
+  it('releases from inside only what was made from inside, by the root of a context above it; everything else as if it did not exist', async () => {
+    reached.length = 0;
+    const release = (c: Connection, label: string) => errorOf(c, 'release', { label });
+    assert.equal(await release(within(BOX_ROOT, 11), 'kid'), null);
+    assert.deepEqual(reached, ['forget box.kid']);
+    reached.length = 0;
+    const refused = [
+      await release(within(BOX_ROOT, 11), 'file'), // made by a file
+      await release(within(BOX_ROOT, 11), 'box'), // its own context
+      await release(within(BOX_ROOT + 1, 11), 'kid'), // not box's root
+      await release(within(500000, 13), 'box.kid'), // another context's root
+      await release(conn(1000), 'box.kid'),
+    ];
+    for (const e of refused) assert.equal(e?.code, 'E_PERMISSION', e?.message);
+    assert.deepEqual(reached, []);
+    assert.equal(refused[0]?.message.replace('box.file', 'X'), (await release(within(BOX_ROOT, 11), 'nothing'))?.message.replace('box.nothing', 'X'));
   });
 });

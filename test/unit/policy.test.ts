@@ -2,7 +2,7 @@
 // through exactly one rule or through none, so a rule that is lost or widened fails its row.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { isRoot, mayEnter, mayUse } from '../../agent/policy.ts';
+import { isRoot, mayEnter, mayEnterFromInside, mayShape, mayUse, ownName } from '../../agent/policy.ts';
 import type { Peer } from '../../agent/wire/peer.ts';
 import type { Context } from '../../config/types.ts';
 
@@ -147,6 +147,44 @@ describe('unit: access policy', () => {
       assert.equal(mayEnter(within(1000, null), top), false, 'but the kernel will not let it join from there');
       assert.equal(mayEnter(within(0, 'top'), top), false);
       assert.equal(mayEnter(peer(1000), top), true);
+    });
+
+    it("contexts are made and released from inside by that context's root, for its own subtree only (SPEC §14)", () => {
+      const ROOT_OF_TOP = 100000; // the host uid top maps uid 0 to
+      const rows: [string, Peer, Context, readonly Context[], boolean][] = [
+        ["top's root inside top, under top", within(ROOT_OF_TOP, 'top'), top, [], true],
+        ["top's root inside top, under top.mid", within(ROOT_OF_TOP, 'top'), mid, [top], true],
+        ['another uid inside top', within(ROOT_OF_TOP + 1, 'top'), top, [], false],
+        ["top's owner on the host", peer(1000), top, [], false],
+        ["top's root seen from the host (no namespace)", peer(ROOT_OF_TOP), top, [], false],
+        ["the same uid inside another context: not top's subtree", within(ROOT_OF_TOP, 'other'), top, [], false],
+        ['host uid 0 inside top', within(0, 'top'), top, [], false],
+        ['root', peer(0), top, [], true],
+      ];
+      for (const [what, p, c, anc, want] of rows) assert.equal(mayShape(p, c, anc, ROOT_OF_TOP), want, what);
+      assert.equal(mayShape(within(ROOT_OF_TOP, 'top'), top, [], null), false, 'a context that maps no uid 0 has no root');
+    });
+
+    it('from inside, its root enters what is nested in its context, not the context itself nor anything beside it', () => {
+      const R = 100000;
+      assert.equal(mayEnterFromInside(within(R, 'top'), mid, [top], R), true);
+      assert.equal(mayEnterFromInside(within(R, 'top'), leaf, chain, R), true);
+      assert.equal(mayEnterFromInside(within(R, 'top'), top, [], R), false, 'it is in it already');
+      assert.equal(mayEnterFromInside(within(R + 1, 'top'), mid, [top], R), false, 'not its root');
+      assert.equal(mayEnterFromInside(within(R, 'top.mid'), leaf, chain, R), true);
+      assert.equal(mayEnterFromInside(within(R, 'top.mid'), mid, [top], R), false);
+      assert.equal(mayEnterFromInside(peer(R), mid, [top], R), false, 'from the host the owner rule decides');
+    });
+
+    it('labels are the caller\'s own names: inside top, "x" is top.x, and names in its subtree stay as they are', () => {
+      assert.equal(ownName(within(5, 'top'), 'x'), 'top.x');
+      assert.equal(ownName(within(5, 'top'), 'x.y'), 'top.x.y');
+      assert.equal(ownName(within(5, 'top'), 'top'), 'top');
+      assert.equal(ownName(within(5, 'top'), 'top.mid'), 'top.mid');
+      assert.equal(ownName(within(5, 'top'), 'other'), 'top.other', 'a context outside its subtree cannot even be named');
+      assert.equal(ownName(within(5, 'top'), 'topx'), 'top.topx');
+      assert.equal(ownName(peer(5), 'x'), 'x');
+      assert.equal(ownName(within(5, null), 'x'), 'x');
     });
   });
 });

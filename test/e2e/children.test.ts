@@ -1,0 +1,155 @@
+// Contexts made from inside (SPEC §14): the root of context L, in L without host root, makes L.x and
+// L.x.y through the socket, enters them, and sees them survive a SIGKILL, a restart and lost pins;
+// limits hold; a sibling's process learns nothing; releasing L forgets them.
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL } from '../helpers/agent.ts';
+import type { Run } from '../helpers/agent.ts';
+import { makeTree } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+import { isRoot, makeUser } from '../helpers/kernel.ts';
+
+const B = 7_980_000;
+
+/** Run `argv` as `user` (or root) inside the pins `path` (outermost first) as their uid 0 (none: on the host). */
+function inside(path: string[], argv: string[], user?: { uid: number; gid: number }): Promise<Run> {
+  let cmd = argv;
+  for (const pin of [...path].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
+  const full = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--', ...cmd] : cmd;
+  return new Promise((resolve) => {
+    const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    child.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
+const labels = (r: Run) => (JSON.parse(r.out) as { contexts: { label: string; pinned: boolean }[] }).contexts.map((c) => c.label).sort();
+
+describe('e2e: contexts made from inside (root)', function () {
+  this.timeout(180_000);
+  let tree: Tree | undefined;
+  let restore: (() => void) | null = null;
+  const users: ReturnType<typeof makeUser>[] = [];
+
+  before(function () {
+    if (!isRoot) this.skip();
+    restore = makeCheckoutReachable();
+  });
+  after(() => restore?.());
+  afterEach(async () => {
+    await cleanup(tree);
+    tree = undefined;
+    for (const u of users.splice(0)) u.remove();
+  });
+
+  it("L's root makes L.x and L.x.y from inside, enters them; limits, bad maps and strangers are refused; they outlive SIGKILL and lost pins; releasing L forgets them", async () => {
+    const t = (tree = makeTree());
+    const alice = makeUser();
+    users.push(alice);
+    t.delegate(alice.name, B, 65536);
+    t.context('L.conf', `[context]\nowner = ${alice.name}\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\nchildren = 2\n`);
+    t.context('S.conf', `[context]\nuid_map = 0 ${B + 65536} 65536\ngid_map = 0 ${B + 65536} 65536\n[access]\nusers = ${alice.name}\n`);
+    let agent = await startAgent(t);
+    const ctl = () => [process.execPath, USERNSCTL, '--socket', agent.socket];
+    for (const l of ['L', 'S']) assert.equal((await inside([], [...ctl(), 'resolve', l])).code, 0);
+    const pin = (l: string) => join(t.pins, l);
+    const inL = (args: string[], user: { uid: number; gid: number } = alice) => inside([pin('L')], [...ctl(), ...args], user);
+    const records = () => readdirSync(join(t.state, 'children')).sort();
+
+    // Nobody but L's root, from inside L: not alice on the host, not another uid inside L.
+    const fromHost = await inside([], [...ctl(), 'create', 'L.h', '--uid-map', '0 0 10'], alice);
+    assert.equal(fromHost.code, 1);
+    assert.match(fromHost.err, /E_PERMISSION/);
+    const notRoot = await inside(
+      [pin('L')],
+      ['setpriv', '--reuid=5', '--regid=5', '--keep-groups', '--', ...ctl(), 'create', 'n', '--uid-map', '0 0 10'],
+      alice,
+    );
+    assert.equal(notRoot.code, 1, notRoot.err);
+    assert.match(notRoot.err, /E_PERMISSION/);
+
+    // Maps written in the parent's ids; a map beyond L's ids is refused and leaves no record.
+    const x = await inL(['--json', 'create', 'x', '--uid-map', '0 1000 1000', '--gid-map', '0 1000 1000']);
+    assert.equal(x.code, 0, x.err);
+    const made = JSON.parse(x.out) as { label: string; path: string; ino: number; mayEnter: boolean };
+    assert.equal(made.label, 'L.x');
+    assert.equal(made.mayEnter, true);
+    assert.equal(statSync(pin('L.x')).ino, made.ino);
+    const bad = await inL(['create', 'w', '--uid-map', '0 65000 1000']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /E_CONFIG: cannot create context "L\.w": uid_map: outside uids 65536-65999 are not mapped inside parent "L"/);
+    assert.deepEqual(records(), ['L.x.conf']);
+    const xy = await inL(['create', 'x.y', '--uid-map', '0 100 100']);
+    assert.equal(xy.code, 0, xy.err);
+    const over = await inL(['create', 'z', '--uid-map', '0 3000 10']);
+    assert.equal(over.code, 1);
+    assert.match(over.err, /E_BUSY: context "L" allows 2 context\(s\) made from inside it, and has 2/);
+    assert.deepEqual(labels(await inL(['--json', 'list'])), ['L', 'L.x', 'L.x.y']);
+
+    // Entered from inside L as its root, by the kernel's rule: the namespace is the pin's.
+    const entered = await inL(['enter', 'x.y', '--', 'readlink', '/proc/self/ns/user']);
+    assert.equal(entered.code, 0, entered.err);
+    assert.equal(entered.out.trim(), `user:[${statSync(pin('L.x.y')).ino}]`);
+
+    // A sibling's root: none of it exists, the same answers as for a label that does not.
+    const inS = (args: string[]) => inside([pin('S')], [...ctl(), ...args]);
+    assert.deepEqual(labels(await inS(['--json', 'list'])), ['S']);
+    const seen = await inS(['resolve', 'L.x']);
+    const none = await inS(['resolve', 'L.nope']);
+    assert.equal(seen.code, 1);
+    assert.equal(seen.err.replace('L.x', 'X'), none.err.replace('L.nope', 'X'));
+    const rel = await inS(['release', 'L.x']);
+    const relNone = await inS(['release', 'L.nope']);
+    assert.equal(rel.code, 1);
+    assert.equal(rel.err.replace('L.x', 'X'), relNone.err.replace('L.nope', 'X'));
+    const sCreate = await inS(['create', 'q', '--uid-map', '0 0 10']);
+    assert.match(sCreate.err, /E_BUSY: context "S" allows 0 context\(s\) made from inside it/);
+
+    // SIGKILL and a restart: still there, still pinned.
+    agent.child.kill('SIGKILL');
+    await agent.exited;
+    agent = await startAgent(t);
+    const after = JSON.parse((await inL(['--json', 'list'])).out) as { contexts: { label: string; pinned: boolean }[] };
+    assert.deepEqual(
+      after.contexts.map((c) => [c.label, c.pinned]),
+      [
+        ['L', true],
+        ['L.x', true],
+        ['L.x.y', true],
+      ],
+    );
+
+    // Pins gone (a reboot): made again at start, eagerly, with L under them.
+    await agent.stop();
+    for (const l of ['L.x.y', 'L.x', 'L', 'S']) execFileSync('umount', [pin(l)]);
+    agent = await startAgent(t);
+    for (const l of ['L', 'L.x', 'L.x.y']) assert.ok(statSync(pin(l)).ino !== statSync(t.pins).ino && isPinned(pin(l)), `${l} pinned again`);
+
+    // From inside, its root releases what was made inside; root's release of L forgets the rest.
+    const gone = await inL(['release', 'x.y']);
+    assert.equal(gone.code, 0, gone.err);
+    assert.deepEqual(records(), ['L.x.conf']);
+    const fileCtx = await inL(['release', 'L']);
+    assert.equal(fileCtx.code, 1, 'a context defined by a file is not released from inside');
+    assert.match(fileCtx.err, /E_PERMISSION: uid \d+ may not release "L"/);
+    assert.equal((await inside([], [...ctl(), 'release', 'L'])).code, 0);
+    assert.deepEqual(records(), []);
+    assert.ok(!isPinned(pin('L.x')));
+    assert.deepEqual(labels(await inside([], [...ctl(), '--json', 'list'])), ['L', 'S']);
+    assert.ok(!existsSync(join(t.state, 'children', 'L.x.conf')));
+  });
+});
+
+/** Whether a pin path is an nsfs mount (a pinned namespace). */
+function isPinned(path: string): boolean {
+  try {
+    return execFileSync('findmnt', ['-n', '-o', 'FSTYPE', '--mountpoint', path], { encoding: 'utf8' }).trim() === 'nsfs';
+  } catch {
+    return false;
+  }
+}
