@@ -14,6 +14,7 @@ import {
   loadAgentConfig,
   loadContextDefs,
   loadRuntimeDefs,
+  parseContextFile,
 } from '../config/load.ts';
 import type { Delegations, ReadAhead } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
@@ -332,4 +333,36 @@ export function readDelegations(agent: Pick<AgentConfig, 'subuid' | 'subgid'>, n
     },
     whose: (kind, id) => (kind === 'uid' ? nss.userById(id)?.name : null) ?? null,
   };
+}
+
+/**
+ * One context made from inside (SPEC §14), judged as a reload would judge its record, without
+ * reading or judging anything else: its file text parsed by the same parser, then the cross-file
+ * rules over what can bear on it (its ancestors, which are in force, and its siblings, whose ids it
+ * must not share). The contexts in force stay as they are: files edited since the last reload wait
+ * for the next one. Returns the context and its host maps, or the errors that refuse it.
+ */
+export function judgeRuntimeChild(
+  agent: AgentConfig,
+  inForce: ReadonlyMap<string, Context>,
+  file: string,
+  text: string,
+  nss: Nss = systemNss(),
+): { context: Context; host: HostMaps } | { errors: ConfigError[] } {
+  const parsed = parseContextFile(file, text, nss, agent.pool.size);
+  if (!parsed.def) return { errors: parsed.errors };
+  const def: ContextDef = { ...parsed.def, runtime: true };
+  const chain: Context[] = [];
+  for (let p = inForce.get(def.parent); p && chain.length < 64; p = inForce.get(p.parent)) chain.unshift(p);
+  const siblings = [...inForce.values()].filter((c) => c.parent === def.parent && c.label !== def.label);
+  const errors: ConfigError[] = [];
+  const judged = [...chain, ...siblings];
+  const r = finishContexts([...judged, def], new Map(), errors, {
+    inForce: new Map(judged.map((c) => [c.label, c])),
+    allocations: new Map(),
+    delegations: readDelegations(agent, nss, errors),
+  });
+  const context = r.contexts.find((c) => c.label === def.label);
+  const host = r.hostMaps.get(def.label);
+  return context && host ? { context, host } : { errors: errors.filter((e) => e.file === file) };
 }

@@ -6,7 +6,7 @@ import { formatExtents } from '../config/extents.ts';
 import type { Context, IdMap, LogLevel, Nss } from '../config/types.ts';
 import { isRoot, mayUse } from './policy.ts';
 import type { Peer } from './wire/peer.ts';
-import { loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
+import { judgeRuntimeChild, loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
 import { rangePool } from './rangepool.ts';
 import type { RangePool } from './rangepool.ts';
 import type { Configuration, SystemIds } from './configure.ts';
@@ -17,6 +17,7 @@ import type { Agent } from './handlers.ts';
 import { PROTOCOL_VERSION } from './wire/protocol.ts';
 import type { ReloadResult, StatusResult } from './wire/protocol.ts';
 import { Registry } from './registry.ts';
+import { toHost } from './idmap.ts';
 import type { Resolved } from './registry.ts';
 import { Stats } from './stats.ts';
 import { LogLimiter } from './wire/loglimit.ts';
@@ -27,7 +28,7 @@ import { listenMetrics, Metrics } from './metrics.ts';
 import type { Server as HttpServer } from 'node:http';
 import { Views } from './views.ts';
 import { CHILDREN_DIR, ensureStateDir, newerStateFiles, removeChildRecords, writeChildRecord, writeInForce } from './coord/state.ts';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { removeStaleTemps } from './kernel/files.ts';
 import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
 import { join } from 'node:path';
@@ -57,6 +58,9 @@ function memoryMb(): { rss: number; heapUsed: number } {
 /** Eager contexts created at once at start-up. */
 export const EAGER_CONCURRENCY = 8;
 
+/** How soon contexts.json follows a context made or forgotten from inside (a burst is written once). */
+const IN_FORCE_DELAY_MS = 200;
+
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */
 export const DRAIN_TIMEOUT_MS = 10_000;
 
@@ -75,8 +79,7 @@ export class Manager implements Agent {
   private readonly startedAt = Date.now();
   private readonly stats = new Stats();
   private reloading: Promise<unknown> = Promise.resolve();
-  /** Contexts made and forgotten from inside, one at a time: a count against `children =` is never raced. */
-  private shaping: Promise<unknown> = Promise.resolve();
+  private recordTimer: NodeJS.Timeout | null = null;
   private lastReload: string | null = null;
   private stopping: Promise<void> | null = null;
   /** Where request-key sends "userns:LABEL" keys, as last seen (status shows it). */
@@ -163,6 +166,12 @@ export class Manager implements Agent {
               return ctx !== undefined && mayUse(this.registry.caller(peer), ctx, this.registry.ancestors(ctx));
             },
             served: (kind, outcome) => this.metrics.userdbLookup(kind, outcome),
+            callerIds: (peer) => {
+              const inside = this.registry.caller(peer).inside;
+              if (typeof inside !== 'string') return null;
+              const view = this.registry.view(inside);
+              return { label: inside, toHost: (kind, id) => toHost(view, kind, id) };
+            },
           },
         })
       : null;
@@ -208,16 +217,24 @@ export class Manager implements Agent {
   }
 
   /** What is in force now, for the next start and for check-config (see config/load.ts admissionOrder). */
-  private recordInForce(): void {
+  private recordInForce(durable = true): void {
     try {
       ensureStateDir(this.registry.agent.state);
-      writeInForce(this.registry.agent.state, this.registry.all());
+      writeInForce(this.registry.agent.state, this.registry.all(), durable);
     } catch (err) {
       this.log.error(
         { err: (err as Error).message },
         `Failed to record the contexts in force: ${(err as Error).message}; after a restart, files are admitted in name order`,
       );
     }
+  }
+
+  /** contexts.json rewritten once for a burst of contexts made or forgotten from inside (each is recorded on its own already). */
+  private recordInForceSoon(): void {
+    this.recordTimer ??= setTimeout(() => {
+      this.recordTimer = null;
+      this.recordInForce(false);
+    }, IN_FORCE_DELAY_MS).unref();
   }
 
   /**
@@ -432,10 +449,13 @@ export class Manager implements Agent {
     return { contexts: this.registry.size, ...diff, errors };
   }
 
-  /** One change to the contexts made from inside at a time, in order. */
+  /**
+   * One change to the configuration in force at a time, in order: reloads, and the contexts made and
+   * forgotten from inside, so a reload never puts in force a picture older than a child just made.
+   */
   private serially<T>(step: () => Promise<T>): Promise<T> {
-    const next = this.shaping.then(step);
-    this.shaping = next.catch(() => undefined);
+    const next = this.reloading.then(step);
+    this.reloading = next.catch(() => undefined);
     return next;
   }
 
@@ -444,18 +464,19 @@ export class Manager implements Agent {
   }
 
   /**
-   * SPEC §14: the record first (a context file in the state directory, written whole), then a reload
-   * judges it as every file is, then the namespace is made and pinned. Any step that fails removes the
-   * record and loads again, so a refused child leaves nothing behind; the error says why in its terms.
+   * SPEC §14: the record is judged first as a reload would judge it (same parser, same rules over
+   * its ancestors and siblings), then written whole, put in force, and its namespace made and
+   * pinned. A creation that fails removes the record and the context again: nothing is left behind.
    */
   private async createChildNow(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap): Promise<Resolved> {
     const reg = this.registry;
     const parent = label.slice(0, label.lastIndexOf('.'));
-    if (reg.get(label) || reg.configuration.errors.some((e) => e.file === join(reg.agent.contexts, `${label}.conf`)))
+    const fileOfLabel = join(reg.agent.contexts, `${label}.conf`);
+    if (reg.get(label) || reg.configuration.errors.some((e) => e.file === fileOfLabel) || existsSync(fileOfLabel))
       throw new UsernsError('E_INVALID', `context "${label}" exists already: choose another name, or release it first`);
     const all = new Map([...reg.all()].map((c) => [c.label, c] as const));
     const holder = quotaHolder(parent, all);
-    const made = holder ? [...reg.all()].filter((c) => c.runtime && quotaHolder(c.label, all) === holder).length : 0;
+    const made = holder ? [...all.values()].filter((c) => c.runtime && quotaHolder(c.label, all) === holder).length : 0;
     if (!holder || made >= (holder.children ?? 0))
       throw new UsernsError(
         'E_BUSY',
@@ -473,40 +494,48 @@ export class Manager implements Agent {
       'create = eager',
       '',
     ].join('\n');
+    const judged = judgeRuntimeChild(reg.agent, all, join(reg.agent.state, CHILDREN_DIR, `${label}.conf`), record, this.opts.nss);
+    if ('errors' in judged) {
+      const why = judged.errors.map((e) => (e.key ? `${e.key}: ${e.message}` : e.message));
+      throw new UsernsError('E_CONFIG', `cannot create context "${label}": ${why.join('; ') || 'refused (see the agent log)'}`);
+    }
     writeChildRecord(reg.agent.state, label, record);
+    reg.admit(judged.context, judged.host);
     try {
-      await this.reload('create');
-      const ctx = reg.get(label);
-      if (!ctx?.runtime) {
-        const file = join(reg.agent.state, CHILDREN_DIR, `${label}.conf`);
-        const why = reg.configuration.errors.filter((e) => e.file === file).map((e) => (e.key ? `${e.key}: ${e.message}` : e.message));
-        throw new UsernsError('E_CONFIG', `cannot create context "${label}": ${why.join('; ') || 'it was not loaded (see the agent log)'}`);
-      }
-      return await reg.resolve(label, peer);
+      const r = await reg.resolve(label, peer);
+      this.recordInForceSoon(); // the record above is what must outlive a power loss
+      return r;
     } catch (err) {
       removeChildRecords(reg.agent.state, [label]);
-      await this.reload('create');
+      reg.forget([label]);
       throw err;
     }
   }
 
   forgetChildren(label: string): Promise<string[]> {
     return this.serially(async () => {
-      const state = this.registry.agent.state;
+      const reg = this.registry;
       let names: string[];
       try {
-        names = readdirSync(join(state, CHILDREN_DIR));
+        names = readdirSync(join(reg.agent.state, CHILDREN_DIR));
       } catch {
         return [];
       }
       // The context itself, what is nested in it by name (its records), and by parent (what is loaded).
-      const nested = new Set([label, ...this.registry.descendants(label)]);
+      const nested = new Set([label, ...reg.descendants(label)]);
       const labels = names
         .filter((n) => n.endsWith('.conf') && !n.startsWith('.'))
         .map((n) => n.slice(0, -'.conf'.length))
         .filter((l) => nested.has(l) || l.startsWith(`${label}.`));
-      const removed = removeChildRecords(state, labels);
-      if (removed.length > 0) await this.reload('release');
+      const removed = removeChildRecords(reg.agent.state, labels);
+      // Out of force with what is nested in them; their pins went with the release before this.
+      const gone = removed.filter((l) => reg.get(l)?.runtime);
+      const out = [...new Set([...gone, ...gone.flatMap((l) => reg.descendants(l))])];
+      if (out.length > 0) {
+        reg.forget(out);
+        this.people.rebuild(reg.all());
+        this.recordInForceSoon();
+      }
       return removed;
     });
   }
@@ -563,6 +592,11 @@ export class Manager implements Agent {
           http.close(r);
           http.closeAllConnections();
         });
+      if (this.recordTimer) {
+        clearTimeout(this.recordTimer);
+        this.recordTimer = null;
+        this.recordInForce();
+      }
       this.views.close();
       this.registry.namespaces.close();
       this.limiter.close();

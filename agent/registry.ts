@@ -409,6 +409,28 @@ export class Registry {
     return { released: await this.namespaces.release(label), descendants };
   }
 
+  /** A context made from inside, judged already (configure.ts judgeRuntimeChild): in force now, without a reload. */
+  admit(ctx: Context, host: HostMaps): void {
+    this.contexts.set(ctx.label, ctx);
+    this.hostMaps.set(ctx.label, host);
+    this.changedInPlace([ctx.label]);
+  }
+
+  /** Contexts made from inside, forgotten (their pins are released already): out of force now, without a reload. */
+  forget(labels: readonly string[]): void {
+    for (const l of labels) {
+      this.contexts.delete(l);
+      this.hostMaps.delete(l);
+    }
+    this.changedInPlace(labels);
+  }
+
+  private changedInPlace(labels: readonly string[]): void {
+    for (const l of labels) this.views.delete(l);
+    this.nameIndex = null;
+    this.config = { ...this.config, contexts: new Map(this.contexts), hostMaps: new Map(this.hostMaps) };
+  }
+
   /**
    * Put a freshly loaded configuration in force. The load has already decided everything: a context
    * whose file is now broken is in it at its last good version (Configuration.kept), and a context

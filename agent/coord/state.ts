@@ -188,7 +188,7 @@ export function readInForce(dir: string): Map<string, Context> {
 }
 
 /** Record the contexts in force; nothing is written when the record already says exactly this. */
-export function writeInForce(dir: string, contexts: Iterable<Context>): void {
+export function writeInForce(dir: string, contexts: Iterable<Context>, durable = true): void {
   const body = JSON.stringify({ version: STATE_VERSION, contexts: [...contexts] }) + '\n';
   try {
     if (readFileSync(join(dir, IN_FORCE_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW }) === body) return;
@@ -196,7 +196,7 @@ export function writeInForce(dir: string, contexts: Iterable<Context>): void {
     /* none yet, or unreadable: write it */
   }
   try {
-    writeFileAtomic(dir, IN_FORCE_FILE, body);
+    writeFileAtomic(dir, IN_FORCE_FILE, body, durable);
   } catch (err) {
     throw new UsernsError(
       'E_INTERNAL',

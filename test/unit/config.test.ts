@@ -6,7 +6,7 @@ import { capErrors, formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FIL
 import { finishContexts, linkContexts, OWN_IDS_ONLY, parseContextFile } from '../../config/load.ts';
 import type { Delegations } from '../../config/load.ts';
 import type { ConfigError, ContextDef } from '../../config/types.ts';
-import { loadConfiguration, loadConfigurationAsync } from '../../agent/configure.ts';
+import { judgeRuntimeChild, loadConfiguration, loadConfigurationAsync } from '../../agent/configure.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
@@ -831,5 +831,31 @@ describe('config: contexts made from inside, recorded in the state directory (SP
     assert.match(text, /L\.other\.conf: .*named after its label \(L\.n\.conf\)/);
     assert.match(text, /L\.wide\.conf: .*uid_map.*outside uids 65536-69999 are not mapped inside parent "L"/);
     assert.equal(errors.length, 4, text);
+  });
+
+  it('judges one new record against its ancestors and siblings in force, as a reload would, reading no file', () => {
+    tree.context('L.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\nchildren = 5\n');
+    tree.context('L.f.conf', '[context]\nparent = L\nuid_map = 0 7000 10\ngid_map = 0 7000 10\n');
+    const { cfg } = load();
+    // A file broken since the last load is not this judgement's business: nothing is read again.
+    tree.context('L.conf', '[context]\nuid_map = garbage\n');
+    const judge = (label: string, map: string) =>
+      judgeRuntimeChild(
+        cfg.agent,
+        cfg.contexts,
+        join(tree.state, 'children', `${label}.conf`),
+        `[context]\nlabel = ${label}\nparent = L\nuid_map = ${map}\ngid_map = ${map}\n`,
+        testNss,
+      );
+    const ok = judge('L.a', '0 1000 10');
+    assert.ok('context' in ok, JSON.stringify(ok));
+    assert.equal(ok.context.runtime, true);
+    assert.deepEqual(ok.host.uid, [{ inside: 0, outside: 101000, count: 10 }]);
+    const overlap = judge('L.b', '0 7005 10');
+    assert.ok('errors' in overlap);
+    assert.match(formatConfigError(overlap.errors[0]), /parent "L" uids 7005-7009 are already used by context "L\.f"/);
+    const wide = judge('L.c', '0 65530 10');
+    assert.ok('errors' in wide);
+    assert.match(formatConfigError(wide.errors[0]), /outside uids 65536-65539 are not mapped inside parent "L"/);
   });
 });
