@@ -9,6 +9,7 @@ import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { peerOf } from './peer.ts';
 import type { Peer } from './peer.ts';
+import { idName, parseIdName } from '../names.ts';
 import type { NamedId, NameIndex } from '../names.ts';
 import { fdOf, prepareSocketPath } from './server.ts';
 import type { PersonLookup } from './server.ts';
@@ -27,21 +28,33 @@ export const USERDB_IDLE_TIMEOUT_MS = 30_000;
 export type UserdbSource = {
   index(): NameIndex;
   mayKnow(peer: Peer, label: string): boolean;
+  /**
+   * The ids the caller sees, when it runs inside a context (SPEC §14). Absent or null: a caller on
+   * the host, whose ids are the host's.
+   */
+  callerIds?(peer: Peer): CallerIds | null;
   /** Lookups answered and refused, for metrics: kind user|group|memberships, outcome found|none|bad (an id of a context the caller may not use is none, as one of no context). */
   served?(kind: string, outcome: string): void;
 };
 
 type Reply = { parameters?: Record<string, unknown>; error?: string };
 
+export type CallerIds = {
+  /** The context the caller runs in: the outermost it sees, which names every id it has. */
+  readonly label: string;
+  /** The host id of one of its ids, or null when it does not map it. */
+  toHost(kind: 'uid' | 'gid', id: number): number | null;
+};
+
 /** The service name a socket path means: its file name (io.usernsd for /run/systemd/userdb/io.usernsd). */
 export function serviceName(socketPath: string): string {
   return basename(socketPath);
 }
 
-function userRecord(id: NamedId, gid: number | null, service: string): Record<string, unknown> {
+function userRecord(id: NamedId, uid: number, gid: number | null, service: string): Record<string, unknown> {
   return {
     userName: id.name,
-    uid: id.host,
+    uid,
     ...(gid === null ? {} : { gid }),
     realName: `uid ${id.inside} of context ${id.label}`,
     homeDirectory: '/',
@@ -52,8 +65,25 @@ function userRecord(id: NamedId, gid: number | null, service: string): Record<st
   };
 }
 
-function groupRecord(id: NamedId, service: string): Record<string, unknown> {
-  return { groupName: id.name, gid: id.host, description: `gid ${id.inside} of context ${id.label}`, disposition: 'container', service };
+function groupRecord(id: NamedId, gid: number, service: string): Record<string, unknown> {
+  return { groupName: id.name, gid, description: `gid ${id.inside} of context ${id.label}`, disposition: 'container', service };
+}
+
+/**
+ * Names as a caller inside context C sees them: C is the outermost context it sees, so, as the host
+ * names every id by its top-level context, every id C maps is C.N, N being the id in C (the ids of
+ * what is nested in C included). `host` in what it returns is the caller's id.
+ */
+function callerIndex(ids: CallerIds): Pick<NameIndex, 'byHost' | 'byName' | 'sibling'> {
+  const named = (id: number): NamedId => ({ label: ids.label, inside: id, host: id, name: idName(ids.label, id) });
+  return {
+    byHost: (kind, id) => (ids.toHost(kind, id) === null ? null : named(id)),
+    byName: (kind, name) => {
+      const p = parseIdName(name);
+      return p && p.label === ids.label && ids.toHost(kind, p.inside) !== null ? named(p.inside) : null;
+    },
+    sibling: (kind, id) => (ids.toHost(kind === 'uid' ? 'gid' : 'uid', id.inside) === null ? null : id.inside),
+  };
 }
 
 /** One Varlink call answered: a record, or the error nss-systemd expects. */
@@ -78,8 +108,11 @@ export function answer(source: UserdbSource, service: string, peer: Peer, call: 
   const kind = user ? 'user' : 'group';
   const idKey = user ? 'uid' : 'gid';
   const nameKey = user ? 'userName' : 'groupName';
-  const index = source.index();
-  const byId = typeof p[idKey] === 'number' ? index.byHost(user ? 'uid' : 'gid', p[idKey]) : null;
+  const idKind = user ? 'uid' : 'gid';
+  // Inside a context the ids asked and answered are the caller's own (ls -l there shows those).
+  const ids = source.callerIds?.(peer) ?? null;
+  const index = ids ? callerIndex(ids) : source.index();
+  const byId = typeof p[idKey] === 'number' ? index.byHost(idKind, p[idKey]) : null;
   const byName = typeof p[nameKey] === 'string' ? index.byName(user ? 'uid' : 'gid', p[nameKey]) : null;
   // Enumeration (neither given) lists nothing: the pool holds millions of ids.
   const found = p[idKey] !== undefined && p[nameKey] !== undefined ? (byId && byName && byId.host === byName.host ? byId : null) : (byId ?? byName);
@@ -90,7 +123,7 @@ export function answer(source: UserdbSource, service: string, peer: Peer, call: 
     return { error: `${IFACE}.NoRecordFound`, parameters: {} };
   }
   source.served?.(kind, 'found');
-  const record = user ? userRecord(found, index.sibling('uid', found), service) : groupRecord(found, service);
+  const record = user ? userRecord(found, found.host, index.sibling('uid', found), service) : groupRecord(found, found.host, service);
   return { parameters: { record, incomplete: false } };
 }
 

@@ -3,8 +3,8 @@
 // limits hold; a sibling's process learns nothing; releasing L forgets them.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL } from '../helpers/agent.ts';
 import type { Run } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
@@ -14,12 +14,12 @@ import { isRoot, makeUser } from '../helpers/kernel.ts';
 const B = 7_980_000;
 
 /** Run `argv` as `user` (or root) inside the pins `path` (outermost first) as their uid 0 (none: on the host). */
-function inside(path: string[], argv: string[], user?: { uid: number; gid: number }): Promise<Run> {
+function inside(path: string[], argv: string[], user?: { uid: number; gid: number }, env: NodeJS.ProcessEnv = process.env): Promise<Run> {
   let cmd = argv;
   for (const pin of [...path].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
   const full = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--', ...cmd] : cmd;
   return new Promise((resolve) => {
-    const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+    const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000, env });
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -142,6 +142,55 @@ describe('e2e: contexts made from inside (root)', function () {
     assert.ok(!isPinned(pin('L.x')));
     assert.deepEqual(labels(await inside([], [...ctl(), '--json', 'list'])), ['L', 'S']);
     assert.ok(!existsSync(join(t.state, 'children', 'L.x.conf')));
+  });
+
+  it('userdb answers a caller inside in its own ids: nss-systemd there names its ids and those of what it made, and nothing of a sibling', async function () {
+    if (!/\bsystemd\b/.test(execFileSync('sh', ['-c', 'grep -E "^passwd:" /etc/nsswitch.conf || true'], { encoding: 'utf8' })))
+      throw new Error('/etc/nsswitch.conf does not ask systemd (libnss-systemd): .ci/run installs and configures it');
+    const userdb = `/run/systemd/userdb/io.usernsd-children-${process.pid}`;
+    const dirBefore = existsSync(dirname(userdb));
+    const t = (tree = makeTree(`userdb = yes\nuserdb_socket = ${userdb}\n`));
+    try {
+      t.context('L.conf', `[context]\nuid_map = 0 ${B} 65536\ngid_map = 0 ${B} 65536\nchildren = 1\n`);
+      t.context('S.conf', `[context]\nuid_map = 0 ${B + 65536} 65536\ngid_map = 0 ${B + 65536} 65536\n`);
+      const agent = await startAgent(t);
+      const ctl = [process.execPath, USERNSCTL, '--socket', agent.socket];
+      for (const l of ['L', 'S']) assert.equal((await inside([], [...ctl, 'resolve', l])).code, 0);
+      // getent as any program runs it there: nss-systemd, without the bypass this test process holds.
+      const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'SYSTEMD_BYPASS_USERDB'));
+      const inL = (argv: string[]) => inside([join(t.pins, 'L')], argv, undefined, env);
+      assert.equal((await inL([...ctl, 'create', 'x', '--uid-map', '0 41000 100'])).code, 0);
+      const field = async (argv: string[], i: number) => (await inL(argv)).out.split(':')[i];
+      // (Ids no account of /etc/passwd has: the host's files come first there too.) Inside L, L is the
+      // outermost context: it names every id L has, those of what L made included, as the host's
+      // names are its top-level contexts'.
+      assert.equal(await field(['getent', 'passwd', '40005'], 0), 'L.40005', "L's own uid 40005, asked in L's ids");
+      assert.equal(await field(['getent', 'passwd', 'L.40005'], 2), '40005', "and back: the name gives L's id, not the host's");
+      assert.equal(await field(['getent', 'passwd', '41005'], 0), 'L.41005', "the ids of L.x, made from inside, are L's too");
+      assert.equal((await inL(['getent', 'group', '40007'])).out, 'L.40007:x:40007:\n');
+      assert.equal((await inL(['getent', 'passwd', 'S.5'])).code, 2, 'a sibling has no names here');
+      assert.equal((await inL(['getent', 'passwd', '70000'])).code, 2, 'an id L does not map has no name');
+      // Inside L.x, entered from L: L.x is the outermost it sees.
+      const inX = await inside([join(t.pins, 'L'), join(t.pins, 'L.x')], ['getent', 'passwd', '77'], undefined, env);
+      assert.equal(inX.out.split(':')[0], 'L.x.77', inX.err);
+      assert.equal(
+        (await inside([join(t.pins, 'L'), join(t.pins, 'L.x')], ['getent', 'passwd', 'L.40005'], undefined, env)).code,
+        2,
+        "its parent's names are not its",
+      );
+      // On the host the same names are the host's ids.
+      assert.equal((await inside([], ['getent', 'passwd', 'L.41005'], undefined, env)).out.split(':')[2], String(B + 41005));
+    } finally {
+      await cleanup(t);
+      tree = undefined;
+      if (existsSync(userdb)) rmSync(userdb);
+      if (!dirBefore)
+        try {
+          rmdirSync(dirname(userdb));
+        } catch {
+          /* another service's socket is there */
+        }
+    }
   });
 });
 

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { NameIndex, idName, parseIdName } from '../../agent/names.ts';
 import { answer } from '../../agent/wire/userdb.ts';
+import { lookup, sortBy } from '../../config/extents.ts';
 import type { Peer } from '../../agent/wire/peer.ts';
 import type { IdMap } from '../../config/types.ts';
 import { arbIdNear, arbMap, oracleLookup } from '../helpers/arbitraries.ts';
@@ -152,5 +153,38 @@ describe('userdb Varlink answers', () => {
     );
     assert.equal(answer(source, 'io.usernsd', root, { method: 'org.varlink.service.GetInfo', parameters: {} }).error, 'org.varlink.service.MethodNotFound');
     assert.equal(answer(source, 'io.usernsd', root, null).error, 'org.varlink.service.MethodNotFound');
+  });
+
+  it('inside a context, names every id it maps C.N and back in its own ids, and nothing else, whatever the host ids (property)', () => {
+    // C maps its ids [0, size) on host [base, base + size), as one extent or two.
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 70000 }), fc.integer({ min: 0, max: 2 ** 31 }), fc.integer({ min: 0, max: 80000 }), (size, base, id) => {
+        const split = Math.floor(size / 2);
+        const map = [
+          { inside: 0, outside: base, count: size - split },
+          ...(split > 0 ? [{ inside: size - split, outside: base + size + 10, count: split }] : []),
+        ];
+        const inside: Peer = { ...user, userns: [7, 1], host: false };
+        const src = {
+          ...source,
+          mayKnow: () => true,
+          callerIds: (p: Peer) => (p.host ? null : { label: 'C', toHost: (_k: 'uid' | 'gid', i: number) => lookup(sortBy(map, 'inside'), 'inside', i) }),
+        };
+        const ask = (m: string, params: Record<string, unknown>) =>
+          answer(src, 'io.usernsd', inside, { method: `io.systemd.UserDatabase.${m}`, parameters: { service: 'io.usernsd', ...params } });
+        const r = ask('GetUserRecord', { uid: id });
+        if (id < size) {
+          const rec = r.parameters?.record as { userName: string; uid: number; gid: number };
+          assert.equal(rec.userName, `C.${id}`);
+          assert.equal(rec.uid, id, "the caller's id, never the host's");
+          assert.equal(rec.gid, id);
+          assert.equal((ask('GetUserRecord', { userName: `C.${id}` }).parameters?.record as { uid: number }).uid, id);
+          assert.equal((ask('GetGroupRecord', { gid: id }).parameters?.record as { groupName: string }).groupName, `C.${id}`);
+        } else assert.equal(r.error, 'io.systemd.UserDatabase.NoRecordFound');
+        // Names of the host's contexts and of host ids mean nothing inside.
+        assert.equal(ask('GetUserRecord', { userName: 'hpa-backups.5' }).error, 'io.systemd.UserDatabase.NoRecordFound');
+        assert.equal(ask('GetUserRecord', { uid: base + size + 20 + 80000 }).error, 'io.systemd.UserDatabase.NoRecordFound');
+      }),
+    );
   });
 });
