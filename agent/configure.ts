@@ -13,6 +13,7 @@ import {
   listContextFiles,
   loadAgentConfig,
   loadContextDefs,
+  allocationSize,
   loadRuntimeDefs,
   parseContextFile,
 } from '../config/load.ts';
@@ -180,7 +181,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     notices,
   } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations });
   const allocations = new Map<string, Allocation>();
-  for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0].outside, size: c.autoSize });
+  for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0].outside, size: allocationSize(c)! });
   return {
     agent,
     contexts: new Map(contexts.map((c) => [c.label, c])),
@@ -193,7 +194,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     pending,
     statics,
     waiting,
-    requests: agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: d.autoSize!, file: d.file })) : [],
+    requests: agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: allocationSize(d)!, file: d.file })) : [],
   };
 }
 
@@ -263,10 +264,10 @@ function fromSharedPool(agent: AgentConfig, defs: readonly ContextDef[], refused
     }
     if (d.autoSize === null) continue;
     const a = kept.get(d.label);
-    if (!why && a && a.size === d.autoSize) starts.set(d.label, a.start);
+    if (!why && a && a.size === allocationSize(d)) starts.set(d.label, a.start);
     else {
       // Asked again at every settle, refused ones too, so a conflict resolved elsewhere clears.
-      pending.push({ label: d.label, size: d.autoSize, file: d.file });
+      pending.push({ label: d.label, size: allocationSize(d)!, file: d.file });
       out.add(d.label);
     }
   }

@@ -252,6 +252,11 @@ function delegation(
   return d;
 }
 
+/** The ids a range = auto context is allocated: its own range and its child_ranges, in one block; null for a static one. */
+export function allocationSize(d: Pick<ContextDef, 'autoSize' | 'childRanges'>): number | null {
+  return d.autoSize === null ? null : d.autoSize * (1 + (d.childRanges ?? 0));
+}
+
 /** One context file -> a definition, or the errors that keep it out. */
 export function parseContextFile(file: string, text: string, nss: Nss, poolSize: number): { def: ContextDef | null; errors: ConfigError[] } {
   const errors: ConfigError[] = [];
@@ -294,6 +299,12 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
       if (!present('gid_map')) missing('context', 'gid_map', 'missing: set uid_map and gid_map, or range = auto');
     }
   }
+  if (present('child_ranges') && !auto)
+    err(
+      'context',
+      'child_ranges',
+      'only applies with range = auto: a static map gives the contexts made inside it more ids by an extent of its own (INSIDE = OUTSIDE)',
+    );
   const delegate = delegation(v.get('delegate'), owner, get<string>('context', 'owner_ids') === 'any', auto ? null : { uidMap, gidMap }, (key, message) =>
     err('delegate', key, message),
   );
@@ -319,6 +330,7 @@ export function parseContextFile(file: string, text: string, nss: Nss, poolSize:
       ownerIds: get<'delegated' | 'any'>('context', 'owner_ids') ?? 'delegated',
       ...(delegate ? { delegate } : {}),
       ...(get<number>('context', 'children') ? { children: get<number>('context', 'children') } : {}),
+      ...(get<number>('context', 'child_ranges') ? { childRanges: get<number>('context', 'child_ranges') } : {}),
       lines: contextLines(doc),
     },
     errors,
@@ -612,7 +624,10 @@ function mapsOf(d: ContextDef, allocated: ReadonlyMap<string, number>): { uidMap
   if (d.uidMap && d.gidMap) return { uidMap: d.uidMap, gidMap: d.gidMap };
   const start = allocated.get(d.label);
   if (start === undefined) return null;
-  const map = [{ inside: 0, outside: start, count: d.autoSize! }];
+  const size = d.autoSize!;
+  const extra = (d.childRanges ?? 0) * size;
+  // Its own range at 0, then the ranges for what is made inside it, each id its own host id.
+  const map = [{ inside: 0, outside: start, count: size }, ...(extra > 0 ? [{ inside: start + size, outside: start + size, count: extra }] : [])];
   return { uidMap: map, gidMap: map };
 }
 

@@ -253,6 +253,10 @@ export const CONTEXT_SCHEMA = {
       parse: number(0, 1024),
       doc: "how many contexts the context's root may create nested in it, from inside (usernsctl create); 0, the default, allows none",
     },
+    child_ranges: {
+      parse: number(0, 64),
+      doc: 'with range = auto: this many more ranges of its size mapped into the context one to one, for the contexts made inside it',
+    },
     owner_ids: {
       parse: oneOf(['delegated', 'any'] as const),
       doc: 'which host ids a context owned by a user may map: delegated (its own, its subuid/subgid entries) or any',

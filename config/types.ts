@@ -44,6 +44,11 @@ export type ContextDef = {
    * (`children =`, SPEC §14); absent: none.
    */
   readonly children?: number;
+  /**
+   * With range = auto: this many more ranges of its size, allocated with its own in one block and
+   * mapped into it one to one (`child_ranges =`), for the contexts made inside it.
+   */
+  readonly childRanges?: number;
   /** Made from inside its parent at run time (the agent's record in the state directory), not by a file. */
   readonly runtime?: boolean;
   /** Where the [context] section ("") and each key are in the file, for errors judged across files; absent for a kept context. */

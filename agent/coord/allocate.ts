@@ -1,6 +1,7 @@
 // Pure range allocation for `range = auto` (SPEC §4): hash-derived first slot, next free aligned slot.
 import { createHash } from 'node:crypto';
 import { configError } from '../../config/ini.ts';
+import { allocationSize } from '../../config/load.ts';
 import { firstEndingAfter, formatInterval } from '../../config/extents.ts';
 import type { Interval } from '../../config/extents.ts';
 import type { ConfigError, ContextDef, Pool } from '../../config/types.ts';
@@ -100,7 +101,7 @@ export function assignRanges(
   const starts = new Map<string, number>();
   const fresh = new Map<string, Allocation>();
   const auto = defs.filter((d) => d.autoSize !== null);
-  const sizes = new Map(auto.map((d) => [d.label, d.autoSize]));
+  const sizes = new Map(auto.map((d) => [d.label, allocationSize(d)]));
   const kept = new Map<string, Allocation>();
   // A recorded range stays reserved even when its context is gone, so a context removed and
   // restored gets its ids back; one whose size changed is allocated anew.
@@ -112,7 +113,7 @@ export function assignRanges(
     const k = kept.get(d.label);
     if (k) {
       // ranges.json is input too: a record this host would never have made is refused, not used.
-      const problem = rangeProblem(k, d.autoSize!, pool, systemIds);
+      const problem = rangeProblem(k, allocationSize(d)!, pool, systemIds);
       if (problem)
         errors.push(
           configError(
@@ -126,15 +127,16 @@ export function assignRanges(
       else starts.set(d.label, k.start);
       continue;
     }
-    const s = allocateRange(d.label, d.autoSize!, pool, taken);
+    const size = allocationSize(d)!;
+    const s = allocateRange(d.label, size, pool, taken);
     if (typeof s === 'string') {
       errors.push(configError(d.file, 'context', 'range', null, s));
       continue;
     }
     starts.set(d.label, s);
-    fresh.set(d.label, { start: s, size: d.autoSize! });
+    fresh.set(d.label, { start: s, size });
     // The slot overlaps nothing, so inserting it keeps the list sorted and disjoint.
-    taken.splice(firstEndingAfter(taken, s), 0, { start: s, end: s + d.autoSize! });
+    taken.splice(firstEndingAfter(taken, s), 0, { start: s, end: s + size });
   }
   return { starts, fresh, kept };
 }

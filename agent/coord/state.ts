@@ -50,6 +50,7 @@ const IN_FORCE_CONTEXT = v.object({
   ownerIds: v.optional(v.picklist(['delegated', 'any'])),
   delegate: v.optional(DELEGATION),
   children: v.optional(v.pipe(v.number(), v.safeInteger(), v.minValue(0), v.maxValue(1024))),
+  childRanges: v.optional(v.pipe(v.number(), v.safeInteger(), v.minValue(0), v.maxValue(64))),
   runtime: v.optional(v.boolean()),
 });
 

@@ -9,7 +9,7 @@ import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL } from '../helper
 import type { Run } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
-import { isRoot, makeUser } from '../helpers/kernel.ts';
+import { isRoot, kernelMaps, makeUser } from '../helpers/kernel.ts';
 
 const B = 7_980_000;
 
@@ -191,6 +191,20 @@ describe('e2e: contexts made from inside (root)', function () {
           /* another service's socket is there */
         }
     }
+  });
+
+  it('with child_ranges, a context made inside takes a whole range of its own, mapped on the host as the ids it was given', async () => {
+    const t = (tree = makeTree());
+    t.context('A.conf', '[context]\nrange = auto\nchild_ranges = 1\nchildren = 1\n');
+    const agent = await startAgent(t);
+    const ctl = [process.execPath, USERNSCTL, '--socket', agent.socket];
+    const a = JSON.parse((await inside([], [...ctl, '--json', 'resolve', 'A'])).out) as { uidMap: { inside: number; outside: number; count: number }[] };
+    const [own, extra] = a.uidMap;
+    assert.deepEqual(extra, { inside: own.outside + 65536, outside: own.outside + 65536, count: 65536 }, 'one more range, one to one');
+    assert.equal(kernelMaps(join(t.pins, 'A')).uid, `0 ${own.outside} 65536, ${extra.outside} ${extra.outside} 65536`);
+    const made = await inside([join(t.pins, 'A')], [...ctl, 'create', 'big', '--uid-map', `0 ${extra.inside} 65536`]);
+    assert.equal(made.code, 0, made.err);
+    assert.equal(kernelMaps(join(t.pins, 'A.big')).uid, `0 ${extra.outside} 65536`, 'its 65,536 ids are the extra range on the host');
   });
 });
 

@@ -858,4 +858,30 @@ describe('config: contexts made from inside, recorded in the state directory (SP
     assert.ok('errors' in wide);
     assert.match(formatConfigError(wide.errors[0]), /outside uids 65536-65539 are not mapped inside parent "L"/);
   });
+
+  it("child_ranges = N allocates N more ranges with the context's own, mapped one to one, for what is made inside it; only with range = auto", () => {
+    tree.context('A.conf', '[context]\nrange = auto\nsize = 1000\nchild_ranges = 2\nchildren = 1\n');
+    tree.context('S.conf', '[context]\nuid_map = 0 100000 10\ngid_map = 0 100000 10\nchild_ranges = 1\n');
+    const { cfg, errors } = load();
+    const a = cfg.contexts.get('A')!;
+    const start = a.uidMap[0].outside;
+    assert.deepEqual(a.uidMap, [
+      { inside: 0, outside: start, count: 1000 },
+      { inside: start + 1000, outside: start + 1000, count: 2000 },
+    ]);
+    assert.deepEqual(a.gidMap, a.uidMap);
+    assert.deepEqual(cfg.allocations.get('A'), { start, size: 3000 }, 'one block: its own range and the two for its children');
+    assert.equal(errors.length, 1);
+    assert.match(errors[0], /S\.conf: \[context\] child_ranges( line \d+)?: only applies with range = auto/);
+    // A context made inside it may take a whole range of its own there.
+    const kid = judgeRuntimeChild(
+      cfg.agent,
+      cfg.contexts,
+      join(tree.state, 'children', 'A.k.conf'),
+      `[context]\nlabel = A.k\nparent = A\nuid_map = 0 ${start + 2000} 1000\ngid_map = 0 ${start + 2000} 1000\n`,
+      testNss,
+    );
+    assert.ok('context' in kid, JSON.stringify(kid));
+    assert.deepEqual(kid.host.uid, [{ inside: 0, outside: start + 2000, count: 1000 }], 'its host ids are the ids it was given');
+  });
 });
