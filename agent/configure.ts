@@ -194,7 +194,8 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     pending,
     statics,
     waiting,
-    requests: agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: allocationSize(d)!, file: d.file })) : [],
+    requests:
+      agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: allocationSize(d)!, file: d.file })) : [],
   };
 }
 
