@@ -133,7 +133,8 @@ handle(P.resolvePath, async (agent, peer, { path }) => {
 });
 
 handle(P.map, (agent, peer, { from: f, to: t, uids = [], gids = [] }) => {
-  const [from, to] = [f, t].map((l) => (l === HOST_LABEL ? l : ownName(peer, l)));
+  // Inside a context its ids are the only ones the caller has: "host" there is its own namespace.
+  const [from, to] = [f, t].map((l) => (l !== HOST_LABEL ? ownName(peer, l) : typeof peer.inside === 'string' ? peer.inside : l));
   for (const label of [from, to]) if (label !== HOST_LABEL) usable(agent, peer, label);
   const a = agent.registry.view(from);
   const b = agent.registry.view(to);

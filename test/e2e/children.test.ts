@@ -91,6 +91,11 @@ describe('e2e: contexts made from inside (root)', function () {
     assert.match(over.err, /E_BUSY: context "L" allows 2 context\(s\) made from inside it, and has 2/);
     assert.deepEqual(labels(await inL(['--json', 'list'])), ['L', 'L.x', 'L.x.y']);
 
+    // Inside L, its ids are the only ones it has: "host" is L's own namespace.
+    const mapped = await inL(['map', '--from', 'x.y', '--to', 'host', '--uid', '5']);
+    assert.equal(mapped.out, 'uid 5 -> 1105\n', mapped.err);
+    assert.equal((await inside([], [...ctl(), 'map', '--from', 'L.x.y', '--to', 'host', '--uid', '5'])).out, `uid 5 -> ${B + 1105}\n`);
+
     // Entered from inside L as its root, by the kernel's rule: the namespace is the pin's.
     const entered = await inL(['enter', 'x.y', '--', 'readlink', '/proc/self/ns/user']);
     assert.equal(entered.code, 0, entered.err);
