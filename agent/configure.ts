@@ -16,6 +16,7 @@ import {
   allocationSize,
   loadRuntimeDefs,
   parseContextFile,
+  runtimeDelegateProblem,
 } from '../config/load.ts';
 import type { Delegations, ReadAhead } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
@@ -354,6 +355,8 @@ export function judgeRuntimeChild(
   const parsed = parseContextFile(file, text, nss, agent.pool.size);
   if (!parsed.def) return { errors: parsed.errors };
   const def: ContextDef = { ...parsed.def, runtime: true };
+  const given = runtimeDelegateProblem(def, inForce.get(def.parent));
+  if (given) return { errors: [configError(file, 'delegate', given[0] === 'delegate' ? null : given[0], null, given[1])] };
   const chain: Context[] = [];
   for (let p = inForce.get(def.parent); p && chain.length < 64; p = inForce.get(p.parent)) chain.unshift(p);
   const siblings = [...inForce.values()].filter((c) => c.parent === def.parent && c.label !== def.label);

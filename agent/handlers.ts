@@ -37,7 +37,7 @@ export type Agent = {
   /** Who decides the auto ranges (this host, or the shared pool): what waits on it, and usernsctl ranges. */
   readonly pool: Pick<RangePool, 'settle' | 'list' | 'import' | 'forget'>;
   /** A context made from inside (SPEC §14): recorded, loaded, created and pinned; undone whole if any step fails. */
-  createChild(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap): Promise<Resolved>;
+  createChild(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap, given: { cgroup: boolean }): Promise<Resolved>;
   /** The records of contexts made from inside, for `label` and what is nested in it, removed and unloaded; returns those forgotten. */
   forgetChildren(label: string): Promise<string[]>;
   /** A failure a client caused, logged within the per-uid budget (LogLimiter). */
@@ -192,7 +192,7 @@ handle(P.release, async (agent, peer, { label: given, kill = false }) => {
   return { label, released, descendants };
 });
 
-handle(P.create, async (agent, peer, { label: given, uidMap, gidMap }) => {
+handle(P.create, async (agent, peer, { label: given, uidMap, gidMap, cgroup = false }) => {
   const label = ownName(peer, given);
   const dot = label.lastIndexOf('.');
   const parent = dot > 0 ? agent.registry.get(label.slice(0, dot)) : undefined;
@@ -208,7 +208,7 @@ handle(P.create, async (agent, peer, { label: given, uidMap, gidMap }) => {
     );
   }
   const started = performance.now();
-  const r = await agent.createChild(peer, label, parseExtents(uidMap) as IdMap, parseExtents(gidMap) as IdMap);
+  const r = await agent.createChild(peer, label, parseExtents(uidMap) as IdMap, parseExtents(gidMap) as IdMap, { cgroup });
   agent.log.info(
     { label, parent: parent.label, peerUid: peer.uid, peerPid: peer.pid, inside: peer.inside ?? undefined, ms: +(performance.now() - started).toFixed(2) },
     'Created a context from inside',

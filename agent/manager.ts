@@ -459,8 +459,8 @@ export class Manager implements Agent {
     return next;
   }
 
-  createChild(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap): Promise<Resolved> {
-    return this.serially(() => this.createChildNow(peer, label, uidMap, gidMap));
+  createChild(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap, given: { cgroup: boolean }): Promise<Resolved> {
+    return this.serially(() => this.createChildNow(peer, label, uidMap, gidMap, given));
   }
 
   /**
@@ -468,7 +468,7 @@ export class Manager implements Agent {
    * its ancestors and siblings), then written whole, put in force, and its namespace made and
    * pinned. A creation that fails removes the record and the context again: nothing is left behind.
    */
-  private async createChildNow(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap): Promise<Resolved> {
+  private async createChildNow(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap, given: { cgroup: boolean }): Promise<Resolved> {
     const reg = this.registry;
     const parent = label.slice(0, label.lastIndexOf('.'));
     const fileOfLabel = join(reg.agent.contexts, `${label}.conf`);
@@ -492,6 +492,7 @@ export class Manager implements Agent {
       `uid_map = ${formatExtents(uidMap)}`,
       `gid_map = ${formatExtents(gidMap)}`,
       'create = eager',
+      ...(given.cgroup ? ['[delegate]', 'cgroup = yes'] : []),
       '',
     ].join('\n');
     const judged = judgeRuntimeChild(reg.agent, all, join(reg.agent.state, CHILDREN_DIR, `${label}.conf`), record, this.opts.nss);

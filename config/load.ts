@@ -406,6 +406,21 @@ export function loadRuntimeDefs(dir: string, nss: Nss, poolSize: number): { defs
   return { defs, errors };
 }
 
+/**
+ * What a context made from inside may be given (SPEC §14, delegations handed on): a cgroup inside
+ * its parent's, which its parent has, and nothing else of the host's. Returns the key and why, or null.
+ */
+export function runtimeDelegateProblem(d: ContextDef, parent: ContextDef | undefined): [string, string] | null {
+  const g = d.delegate;
+  if (!g) return null;
+  const other = [g.netns, g.veth, g.tap !== null, g.devices.length > 0, g.directories.length > 0, g.execStart !== null, g.execStop !== null];
+  if (other.some(Boolean) || g.cgroupLimits.length > 0)
+    return ['delegate', 'a context made from inside may be given a cgroup inside its parent\'s, nothing else of the host\'s'];
+  if (g.cgroup && !parent?.delegate?.cgroup)
+    return ['cgroup', `its parent "${d.parent}" has no cgroup to give a part of ([delegate] cgroup = yes in the parent's file)`];
+  return null;
+}
+
 /** The context a runtime child counts against: its nearest ancestor that a file defines (null: none). */
 export function quotaHolder(label: string, byLabel: ReadonlyMap<string, ContextDef>): ContextDef | null {
   let d = byLabel.get(label);
@@ -449,6 +464,11 @@ export function admitRuntimeChildren(
   for (const d of [...candidates].sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0))) {
     const holder = quotaHolder(d.label, byLabel);
     if (!holder) continue; // its parent is missing: linkContexts says so
+    const given = runtimeDelegateProblem(d, byLabel.get(d.parent));
+    if (given) {
+      errors.push(configError(d.file, 'delegate', given[0] === 'delegate' ? null : given[0], null, given[1]));
+      continue;
+    }
     const n = used.get(holder.label) ?? 0;
     if (n >= (holder.children ?? 0)) {
       errors.push(

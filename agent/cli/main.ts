@@ -41,12 +41,13 @@ Commands (answered by the agent):
                            was made inside it, which is then forgotten); refused
                            while a context's cgroup holds processes, which
                            --kill kills first (cgroup.kill)
-  create CHILD --uid-map 'IN OUT COUNT' [--gid-map 'IN OUT COUNT']
+  create CHILD --uid-map 'IN OUT COUNT' [--gid-map 'IN OUT COUNT'] [--cgroup]
                            from inside a context, as its root: make the context
                            CHILD nested in it (CONTEXT.CHILD), kept across
                            restarts until released; OUT ids are the parent's;
                            --gid-map defaults to --uid-map; within the file's
-                           children = (see userns.d(5))
+                           children = (see userns.d(5)); --cgroup: a cgroup of
+                           its own inside the context's (when it has one)
   enter LABEL [--view SRC:DST]... [-- CMD [ARG]...]
                            run CMD (default: your shell) in the namespace as its
                            root, uid 0 and gid 0 inside; root, and without root
@@ -359,17 +360,18 @@ async function releaseCmd(args: string[], g: Globals, io: Io): Promise<number> {
 }
 
 async function createCmd(args: string[], g: Globals, io: Io): Promise<number> {
-  const { positionals, values } = parseCommand(args, { 'uid-map': { type: 'string' }, 'gid-map': { type: 'string' } }, g);
+  const { positionals, values } = parseCommand(args, { 'uid-map': { type: 'string' }, 'gid-map': { type: 'string' }, cgroup: { type: 'boolean' } }, g);
   const label = oneLabel(positionals, 'create');
   const uidMap = values['uid-map'];
   if (uidMap === undefined) throw new UsageError("create needs --uid-map 'INSIDE OUTSIDE COUNT' (OUTSIDE: ids of the context it is made in)");
-  const r = await callAgent(g.socket, P.create, { label, uidMap, gidMap: values['gid-map'] ?? uidMap });
+  const r = await callAgent(g.socket, P.create, { label, uidMap, gidMap: values['gid-map'] ?? uidMap, ...(values.cgroup ? { cgroup: true } : {}) });
   if (g.json) io.out(JSON.stringify(r));
   else {
     io.out(`${r.label}: ${r.path}${r.created ? ' (created now)' : ''}`);
     io.out(`  parent ${r.parent}, setgroups ${r.setgroups}, nsfs inode ${r.ino}`);
     io.out(`  uid_map ${formatExtents(r.uidMap)}`);
     io.out(`  gid_map ${formatExtents(r.gidMap)}`);
+    if (r.delegated?.cgroup) io.out(`  cgroup ${r.delegated.cgroup}`);
   }
   return EXIT.OK;
 }

@@ -319,12 +319,14 @@ export const release = method<{ label: string; kill?: boolean }, ReleaseResult>(
 /**
  * From inside a context, by its root (SPEC §14): a context nested in it, kept across restarts and
  * boots until it is released. `label` is the caller's name for it (CHILD makes CONTEXT.CHILD); the
- * maps' outside ids are its parent's, as in a nested context's file ("IN OUT COUNT, ...").
+ * maps' outside ids are its parent's, as in a nested context's file ("IN OUT COUNT, ..."). cgroup: a
+ * cgroup of its own inside its parent's (which the parent must have), owned by its root.
  */
-export const create = method<{ label: string; uidMap: string; gidMap: string }, ResolveResult>('create', {
+export const create = method<{ label: string; uidMap: string; gidMap: string; cgroup?: boolean }, ResolveResult>('create', {
   label,
   uidMap: extents,
   gidMap: extents,
+  cgroup: bool,
 });
 /** Moves the caller's own process (SO_PEERCRED) into the context's cgroup; for those who may enter it. */
 export const joinCgroup = method<{ label: string }, { label: string; cgroup: string }>('joinCgroup', { label });

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, makeCheckoutReachable, PYTHON, startAgent, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, PYTHON, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -425,5 +425,38 @@ s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(agent.socket)}); p
     const r = await usernsctl([...sock, 'release', 'a']);
     assert.equal(r.code, 0, r.err);
     assert.equal(existsSync(join(cgRoot, 'a')), false);
+  });
+
+  it("delegations handed on: a context made from inside gets a cgroup of its own inside its parent's, never more than the parent has", async () => {
+    const t = tree!;
+    context(t, 'a', 'cgroup = yes', 'children = 3');
+    context(t, 'n', 'cgroup = no', 'children = 1', B + 65536);
+    const agent = await startAgent(t);
+    const sock = ['--socket', agent.socket];
+    for (const l of ['a', 'n']) assert.equal((await usernsctl([...sock, 'resolve', l])).code, 0);
+    const inside = (l: string, args: string[]) =>
+      new Promise<{ code: number | null; out: string; err: string }>((res) => {
+        const c = spawn('nsenter', [`--user=${join(t.pins, l)}`, '-S', '0', '-G', '0', '--', process.execPath, USERNSCTL, ...sock, ...args]);
+        let out = '';
+        let err = '';
+        c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+        c.on('close', (code) => res({ code, out, err }));
+      });
+    const made = await inside('a', ['create', 'k', '--uid-map', '0 2000 100', '--cgroup']);
+    assert.equal(made.code, 0, made.err);
+    const cg = join(cgRoot, 'a', 'a.k');
+    assert.match(made.out, new RegExp(`cgroup ${cg}\n`));
+    assert.equal(owner(cg), `${B + 2000}:${B + 2000}`, "owned by the child's root");
+    assert.equal(lstatSync(join(cg, 'cgroup.procs')).uid, B + 2000);
+    // A parent without a cgroup has none to hand on; nothing is left of the attempt.
+    const none = await inside('n', ['create', 'k', '--uid-map', '0 2000 100', '--cgroup']);
+    assert.equal(none.code, 1);
+    assert.match(none.err, /E_CONFIG: cannot create context "n\.k": cgroup: its parent "n" has no cgroup to give a part of/);
+    assert.equal(existsSync(join(t.state, 'children', 'n.k.conf')), false);
+    // Released from inside: its cgroup goes, the parent's stays.
+    assert.equal((await inside('a', ['release', 'k'])).code, 0);
+    assert.equal(existsSync(cg), false);
+    assert.equal(owner(join(cgRoot, 'a')), `${B}:${B}`);
   });
 });

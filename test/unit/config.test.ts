@@ -884,4 +884,22 @@ describe('config: contexts made from inside, recorded in the state directory (SP
     assert.ok('context' in kid, JSON.stringify(kid));
     assert.deepEqual(kid.host.uid, [{ inside: 0, outside: start + 2000, count: 1000 }], 'its host ids are the ids it was given');
   });
+
+  it("a record may be given a cgroup inside its parent's, when the parent has one, and nothing else of the host's", () => {
+    tree.context('L.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\nchildren = 5\n[delegate]\ncgroup = yes\n');
+    tree.context('M.conf', '[context]\nuid_map = 0 200000 65536\ngid_map = 0 200000 65536\nchildren = 5\n');
+    const kid = (label: string, parent: string, base: number, delegate: string) =>
+      record(label, `parent = ${parent}\nuid_map = 0 ${base} 10\ngid_map = 0 ${base} 10\n[delegate]\n${delegate}\n`);
+    kid('L.c', 'L', 1000, 'cgroup = yes');
+    kid('L.net', 'L', 2000, 'netns = yes');
+    kid('L.dir', 'L', 3000, `directories = ${tree.dir}/d`);
+    kid('M.c', 'M', 1000, 'cgroup = yes');
+    const { labels, errors } = load();
+    assert.deepEqual([...labels].sort(), ['L', 'L.c', 'M']);
+    const text = errors.join('\n');
+    assert.match(text, /L\.net\.conf: \[delegate\].*a context made from inside may be given a cgroup inside its parent's, nothing else/);
+    assert.match(text, /L\.dir\.conf: \[delegate\].*nothing else of the host's/);
+    assert.match(text, /M\.c\.conf: \[delegate\] cgroup.*its parent "M" has no cgroup to give a part of/);
+    assert.equal(errors.length, 3, text);
+  });
 });
