@@ -415,7 +415,7 @@ export function runtimeDelegateProblem(d: ContextDef, parent: ContextDef | undef
   if (!g) return null;
   const other = [g.netns, g.veth, g.tap !== null, g.devices.length > 0, g.directories.length > 0, g.execStart !== null, g.execStop !== null];
   if (other.some(Boolean) || g.cgroupLimits.length > 0)
-    return ['delegate', 'a context made from inside may be given a cgroup inside its parent\'s, nothing else of the host\'s'];
+    return ['delegate', "a context made from inside may be given a cgroup inside its parent's, nothing else of the host's"];
   if (g.cgroup && !parent?.delegate?.cgroup)
     return ['cgroup', `its parent "${d.parent}" has no cgroup to give a part of ([delegate] cgroup = yes in the parent's file)`];
   return null;
