@@ -327,8 +327,9 @@ export class Manager implements Agent {
    * so a few in parallel keep both the CPUs and the kernel busy. Parents are shared, not duplicated
    * (Registry.resolve creates each label once).
    */
-  private async createEager(): Promise<void> {
-    const queue = [...this.registry.all()].filter((c) => c.create === 'eager');
+  private async createEager(labels?: readonly string[]): Promise<void> {
+    const among = labels ? labels.map((l) => this.registry.get(l)).filter((c) => c !== undefined) : [...this.registry.all()];
+    const queue = among.filter((c) => c.create === 'eager');
     const worker = async () => {
       for (let c = queue.shift(); c; c = queue.shift()) {
         try {
@@ -433,6 +434,8 @@ export class Manager implements Agent {
         this.log.warn({ label, code: err instanceof UsernsError ? err.code : 'E_INTERNAL' }, `Context ${label} changed: ${(err as Error).message}`);
       }
     }
+    // Eager contexts a reload brings (a new file, a context made from inside on another host) are made now, as at start.
+    await this.createEager(diff.added.filter((l) => !this.registry.isPinned(l)));
     // What a changed context is given follows its file (set up, or given back), now.
     await this.reconcileDelegations(diff.changed.filter((l) => this.registry.isPinned(l)));
     // The upcall's cached answers for what changed or went are stale now, for every requester.
@@ -500,13 +503,21 @@ export class Manager implements Agent {
       const why = judged.errors.map((e) => (e.key ? `${e.key}: ${e.message}` : e.message));
       throw new UsernsError('E_CONFIG', `cannot create context "${label}": ${why.join('; ') || 'refused (see the agent log)'}`);
     }
-    writeChildRecord(reg.agent.state, label, record);
+    // A shared pool keeps it for every host first: made nowhere unless etcd says it is the first.
+    await this.pool.recordChild(label, record);
+    try {
+      writeChildRecord(reg.agent.state, label, record);
+    } catch (err) {
+      await this.pool.forgetChildren([label]).catch(() => undefined);
+      throw err;
+    }
     reg.admit(judged.context, judged.host);
     try {
       const r = await reg.resolve(label, peer);
       this.recordInForceSoon(); // the record above is what must outlive a power loss
       return r;
     } catch (err) {
+      await this.pool.forgetChildren([label]).catch(() => undefined);
       removeChildRecords(reg.agent.state, [label]);
       reg.forget([label]);
       throw err;
@@ -516,11 +527,11 @@ export class Manager implements Agent {
   forgetChildren(label: string): Promise<string[]> {
     return this.serially(async () => {
       const reg = this.registry;
-      let names: string[];
+      let names: string[] = [];
       try {
         names = readdirSync(join(reg.agent.state, CHILDREN_DIR));
       } catch {
-        return [];
+        /* none here */
       }
       // The context itself, what is nested in it by name (its records), and by parent (what is loaded).
       const nested = new Set([label, ...reg.descendants(label)]);
@@ -528,6 +539,18 @@ export class Manager implements Agent {
         .filter((n) => n.endsWith('.conf') && !n.startsWith('.'))
         .map((n) => n.slice(0, -'.conf'.length))
         .filter((l) => nested.has(l) || l.startsWith(`${label}.`));
+      // A shared pool may hold records this host has not read yet: asked whenever the label may have any.
+      const all = new Map([...reg.all()].map((c) => [c.label, c] as const));
+      if (labels.length === 0 && !((quotaHolder(label, all)?.children ?? 0) > 0)) return [];
+      // The shared pool's first: a record removed here but kept there would come back at the next settle.
+      try {
+        await this.pool.forgetChildren([label, ...labels]);
+      } catch (err) {
+        throw new UsernsError(
+          'E_UNAVAILABLE',
+          `released here, but ${(err as Error).message}: the records of what was made inside ${label} stay, and are made again at the next start unless released again once etcd answers`,
+        );
+      }
       const removed = removeChildRecords(reg.agent.state, labels);
       // Out of force with what is nested in them; their pins went with the release before this.
       const gone = removed.filter((l) => reg.get(l)?.runtime);

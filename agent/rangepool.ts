@@ -5,7 +5,7 @@
 // away, and publish what this host has pinned).
 import type { Logger } from 'pino';
 import type { Configuration, SystemIds } from './configure.ts';
-import { ensureStateDir, readAllocations, writeAllocations } from './coord/state.ts';
+import { ensureStateDir, readAllocations, syncChildRecords, writeAllocations } from './coord/state.ts';
 import { EtcdCoordinator } from './coord/etcd.ts';
 import type { CoordinatorState } from './coord/etcd.ts';
 import { UsernsError } from './errors.ts';
@@ -40,6 +40,13 @@ export interface RangePool {
   list(): Promise<RangesResult>;
   import(): Promise<{ imported: number }>;
   forget(label: string, pinnedHere: boolean): Promise<{ label: string; forgotten: boolean }>;
+  /**
+   * Contexts made from inside (SPEC §14): a shared pool keeps their records for every host sharing
+   * it (E_INVALID when another host made the label first, E_UNAVAILABLE when etcd does not answer);
+   * the local pool leaves them to the state directory alone.
+   */
+  recordChild(label: string, text: string): Promise<void>;
+  forgetChildren(labels: readonly string[]): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -91,6 +98,14 @@ class LocalPool implements RangePool {
     writeAllocations(this.stateDir(), recorded);
     await this.hooks.reload('ranges forget');
     return { label, forgotten: true };
+  }
+
+  recordChild(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  forgetChildren(): Promise<void> {
+    return Promise.resolve();
   }
 
   close(): Promise<void> {
@@ -168,6 +183,18 @@ export class SharedPool implements RangePool {
     return { label, forgotten: await this.coord.forgetRange(label) };
   }
 
+  async recordChild(label: string, text: string): Promise<void> {
+    if (!(await this.coord.putChild(label, text)))
+      throw new UsernsError(
+        'E_INVALID',
+        `context "${label}" was made already on another host sharing the pool: choose another name (it is made here at the next reload)`,
+      );
+  }
+
+  forgetChildren(labels: readonly string[]): Promise<void> {
+    return this.coord.deleteChildren(labels);
+  }
+
   /** One settle at a time; true when nothing waits for etcd any more. */
   settle(): Promise<boolean> {
     this.inflight ??= this.settleOnce().finally(() => {
@@ -213,7 +240,21 @@ export class SharedPool implements RangePool {
       this.refused.clear();
       for (const [l, m] of refused) this.refused.set(l, m);
     }
-    if (changed || refusalsChanged || cfg.waiting.some((l) => r.decided.has(l))) await this.hooks.reload('etcd');
+    // The contexts made from inside on any host sharing the pool are this host's too.
+    let children = false;
+    try {
+      const synced = syncChildRecords(cfg.agent.state, await this.coord.readChildren());
+      children = synced.changed;
+      if (synced.bad.length > 0)
+        this.log.error(
+          { coordinator: 'etcd', keys: synced.bad },
+          `Shared pool: records of contexts made from inside left out (not a label, or not a context file's text): ${synced.bad.join(', ')}`,
+        );
+    } catch (err) {
+      if (!(err instanceof UsernsError)) throw err;
+      this.log.warn({ coordinator: 'etcd' }, `Shared pool: contexts made from inside not read (the local records stay): ${err.message}`);
+    }
+    if (changed || children || refusalsChanged || cfg.waiting.some((l) => r.decided.has(l))) await this.hooks.reload('etcd');
     const left = this.hooks.config().waiting.filter((l) => !this.refused.has(l));
     if (left.length > 0) this.scheduleRetry();
     return left.length === 0;

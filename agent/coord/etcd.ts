@@ -61,6 +61,11 @@ export class EtcdCoordinator {
     return `${this.cfg.prefix}pool`;
   }
 
+  /** Where the contexts made from inside are kept, one key each: PREFIX/children/LABEL, the record's text. */
+  get childrenPrefix(): string {
+    return `${this.cfg.prefix}children/`;
+  }
+
   private pinnedKey(host: string): string {
     return `${this.cfg.prefix}pinned/${host}`;
   }
@@ -160,6 +165,40 @@ export class EtcdCoordinator {
       const next = forget(doc, label);
       return { next, result: next !== null };
     });
+  }
+
+  /**
+   * A context made from inside, for every host sharing the pool (SPEC §14): written only where no
+   * record of its label is (a compare-and-swap on its creation). False: another host made it first.
+   */
+  async putChild(label: string, text: string): Promise<boolean> {
+    const key = this.childrenPrefix + label;
+    return this.call(
+      'record a context made from inside',
+      async () => (await this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(text)).commit()).succeeded,
+    );
+  }
+
+  /** The records of contexts made from inside, each label's and those nested in it by name, removed for every host. */
+  async deleteChildren(labels: readonly string[]): Promise<void> {
+    if (labels.length === 0) return;
+    await this.call('forget contexts made from inside', async () => {
+      await Promise.all(
+        labels.flatMap((l) => [
+          this.client
+            .delete()
+            .key(this.childrenPrefix + l)
+            .exec(),
+          this.client.delete().prefix(`${this.childrenPrefix}${l}.`).exec(),
+        ]),
+      );
+    });
+  }
+
+  /** Every record of a context made from inside, by label (the key's tail, as etcd holds it: input to check). */
+  async readChildren(): Promise<Map<string, string>> {
+    const all = await this.call('answer a read', () => this.client.getAll().prefix(this.childrenPrefix).strings());
+    return new Map(Object.entries(all).map(([k, v]) => [k.slice(this.childrenPrefix.length), v]));
   }
 
   /** What this host has pinned, under a lease that a dead host's claims expire with. */

@@ -1,5 +1,5 @@
 // The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
-import { constants, lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { constants, lstatSync, mkdirSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../kernel/files.ts';
 import type { Context } from '../../config/types.ts';
@@ -217,6 +217,51 @@ export function writeChildRecord(dir: string, label: string, body: string): void
   } catch (err) {
     throw new UsernsError('E_INTERNAL', `cannot record context ${label} in ${children}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
   }
+}
+
+/** Records of contexts made from inside as a shared pool holds them: at most this long each. */
+export const MAX_CHILD_RECORD_BYTES = 16 * 1024;
+
+/**
+ * Make the local records what the shared pool holds (SPEC §14): written where missing or different,
+ * removed where the pool has none. The pool's entries are input: a key that is no label, or a text
+ * too long or with a NUL byte, is left out (and named in `bad`); what is kept is then judged as
+ * every context file is when it loads. Returns whether anything changed.
+ */
+export function syncChildRecords(dir: string, pool: ReadonlyMap<string, string>): { changed: boolean; bad: string[] } {
+  const children = join(dir, CHILDREN_DIR);
+  const bad: string[] = [];
+  const want = new Map<string, string>();
+  for (const [label, text] of pool) {
+    if (labelKeyProblem(label) !== null || Buffer.byteLength(text) > MAX_CHILD_RECORD_BYTES || text.includes('\0')) bad.push(label.slice(0, 80));
+    else want.set(label, text);
+  }
+  let changed = false;
+  let have: string[] = [];
+  try {
+    have = readdirSync(children).filter((n) => n.endsWith('.conf') && !n.startsWith('.'));
+  } catch {
+    /* none yet */
+  }
+  for (const name of have) {
+    const label = name.slice(0, -'.conf'.length);
+    if (!want.has(label)) {
+      removeChildRecords(dir, [label]);
+      changed = true;
+    }
+  }
+  for (const [label, text] of want) {
+    let now: string | null = null;
+    try {
+      now = readFileSync(join(children, `${label}.conf`), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
+    } catch {
+      /* missing */
+    }
+    if (now === text) continue;
+    writeChildRecord(dir, label, text);
+    changed = true;
+  }
+  return { changed, bad };
 }
 
 /** Remove the records of contexts made from inside; returns the labels whose record was there. */

@@ -387,6 +387,17 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(mountsUnder(tree.pins).length, 1);
     assert.ok(agent.logs.some((l) => l.msg === 'Created user namespace (eager)' && l.label === 'e'));
     assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'e'])).out) as P.ResolveResult).created, false);
+    // And at a reload that brings one (userns.d(5): "created when the agent starts and on reload").
+    tree.context('f.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\ncreate = eager\n');
+    tree.context('g.conf', '[context]\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n');
+    assert.equal((await ctl(['reload'])).code, 0);
+    assert.deepEqual(
+      mountsUnder(tree.pins)
+        .map((m) => m.split('/').pop())
+        .sort(),
+      ['e', 'f'],
+      'the eager one is pinned, the lazy one is not',
+    );
   });
 
   it("a remote error is a UsernsError with the agent's code", async () => {

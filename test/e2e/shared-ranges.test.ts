@@ -2,12 +2,13 @@
 // same pool. Identical ranges for the same labels, none overlapping, through member failures, a
 // whole-cluster outage and an agent killed mid-allocation; import refusing conflicts by name.
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { callAgent } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { UsernsError } from '../../agent/errors.ts';
-import { cleanup, runningChildren, startAgent, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, runningChildren, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { hasEtcd, startCluster } from '../helpers/etcd.ts';
 import type { Cluster } from '../helpers/etcd.ts';
@@ -297,4 +298,60 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     for (const t0 = Date.now(); Date.now() - t0 < 20_000 && low === 0; await new Promise((r) => setTimeout(r, 200))) low = await mapOf('low').catch(() => 0);
     assert.ok(low >= 100000000, `low now ${low}`);
   });
+
+  it('contexts made from inside are kept in the pool: every host sharing it makes them, one host per label, and forgets them at a release anywhere', async () => {
+    const restore = makeCheckoutReachable(); // usernsctl runs as the contexts' roots
+    try {
+      await madeFromInside();
+    } finally {
+      restore();
+    }
+  });
+
+  async function madeFromInside(): Promise<void> {
+    const ts = [0, 1].map(tree);
+    // The same context on both hosts (one range = auto label: one range everywhere), children allowed.
+    for (const t of ts) t.context('L.conf', '[context]\nrange = auto\nchildren = 2\n');
+    await startAll(ts);
+    const [a, b] = agents;
+    for (const x of agents) await waitSettled(x);
+    const pin = (t: Tree) => join(t.pins, 'L');
+    for (const x of agents) await callAgent(x.socket, P.resolve, { label: 'L' });
+    const inside = (t: Tree, x: RunningAgent, args: string[]) =>
+      new Promise<{ code: number | null; err: string }>((res) => {
+        const c = spawn('nsenter', [`--user=${pin(t)}`, '-S', '0', '-G', '0', '--', process.execPath, USERNSCTL, '--socket', x.socket, ...args]);
+        let err = '';
+        c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+        c.on('close', (code) => res({ code, err }));
+      });
+    const made = await inside(ts[0], a, ['create', 'x', '--uid-map', '0 1000 100']);
+    assert.equal(made.code, 0, made.err);
+    assert.match(cluster.ctl(['get', `${prefix}children/L.x`, '--print-value-only']).out, /^label = L\.x$/m);
+    // The other host: made at its next reload, eagerly; the label is taken there.
+    await callAgent(b.socket, P.reload, {});
+    const pinnedOn = async (x: RunningAgent, l: string) => (await callAgent(x.socket, P.list, {})).contexts.find((c) => c.label === l)?.pinned ?? false;
+    for (let t0 = Date.now(); !(await pinnedOn(b, 'L.x')); await new Promise((r) => setTimeout(r, 200)))
+      assert.ok(Date.now() - t0 < 20_000, 'L.x is made on the other host');
+    const again = await inside(ts[1], b, ['create', 'x', '--uid-map', '0 2000 100']);
+    assert.match(again.err, /E_INVALID: context "L\.x" exists already/);
+    // Two hosts making one new label at once: exactly one wins, cluster-wide.
+    const both = await Promise.all([inside(ts[0], a, ['create', 'y', '--uid-map', '0 3000 10']), inside(ts[1], b, ['create', 'y', '--uid-map', '0 4000 10'])]);
+    assert.equal(both.filter((r) => r.code === 0).length, 1, both.map((r) => r.err).join(' | '));
+    assert.match(both.find((r) => r.code !== 0)!.err, /E_INVALID: context "L\.y" was made already on another host/);
+    // Released from inside on one host: forgotten in the pool, so gone from the other at its next reload.
+    assert.equal((await inside(ts[1], b, ['release', 'x'])).code, 0);
+    assert.equal(cluster.ctl(['get', `${prefix}children/L.x`, '--print-value-only']).out.trim(), '');
+    await callAgent(a.socket, P.reload, {});
+    for (let t0 = Date.now(); (await callAgent(a.socket, P.list, {})).contexts.some((c) => c.label === 'L.x'); await new Promise((r) => setTimeout(r, 200)))
+      assert.ok(Date.now() - t0 < 20_000, 'L.x is gone from the other host');
+    // Root's release of L forgets what was made inside it everywhere, read or not.
+    assert.equal((await usernsctl(['--socket', a.socket, 'release', 'L'])).code, 0);
+    assert.equal(cluster.ctl(['get', '--prefix', `${prefix}children/`, '--keys-only']).out.trim(), '');
+    // A hostile pool entry (not a label) is left out, and the agent stays up.
+    cluster.ctl(['put', `${prefix}children/../../etc/x`, '[context]\nlabel = L.z\nparent = L\nuid_map = 0 0 1\ngid_map = 0 0 1\n']);
+    await callAgent(a.socket, P.reload, {});
+    await a.waitForLog((l) => /records of contexts made from inside left out/.test(l.msg));
+    assert.equal(readdirSync(join(ts[0].state, 'children')).length, 0);
+    assert.equal((await callAgent(a.socket, P.status, {})).coordinator?.reachable, true);
+  }
 });
