@@ -4,11 +4,11 @@
 // records, each pinned and nested in its parent's pin; each caller lists exactly its subtree; and a
 // caller never learns of a context outside it (the same answer as for a label that does not exist).
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { cleanup, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
+import { cleanup, runInside, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { Run, RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -30,22 +30,11 @@ const parentName = (n: Name): Name | null => (n.includes('.') ? (n.slice(0, n.in
 type Model = { records: Set<string> };
 type Real = { tree: Tree; agent: RunningAgent };
 
-function run(argv: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
-    let out = '';
-    let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    child.on('close', (code) => resolve({ code, out, err }));
-  });
-}
-
 /** usernsctl run inside `top`'s namespace as its root (the pin made first from the host, as a container start would). */
 async function inside(r: Real, top: Top, args: string[]): Promise<Run> {
   const made = await usernsctl(['--socket', r.agent.socket, 'resolve', top]);
   assert.equal(made.code, 0, made.err);
-  return run(['nsenter', `--user=${join(r.tree.pins, top)}`, '-S', '0', '-G', '0', '--', process.execPath, USERNSCTL, '--socket', r.agent.socket, ...args]);
+  return runInside([join(r.tree.pins, top)], [process.execPath, USERNSCTL, '--socket', r.agent.socket, ...args]);
 }
 
 function check(m: Model, r: Real): Promise<void> {

@@ -2,10 +2,10 @@
 // L.x.y through the socket, enters them, and sees them survive a SIGKILL, a restart and lost pins;
 // limits hold; a sibling's process learns nothing; releasing L forgets them.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, runInside, startAgent, USERNSCTL } from '../helpers/agent.ts';
 import type { Run } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -14,19 +14,8 @@ import { isRoot, kernelMaps, makeUser } from '../helpers/kernel.ts';
 const B = 7_980_000;
 
 /** Run `argv` as `user` (or root) inside the pins `path` (outermost first) as their uid 0 (none: on the host). */
-function inside(path: string[], argv: string[], user?: { uid: number; gid: number }, env: NodeJS.ProcessEnv = process.env): Promise<Run> {
-  let cmd = argv;
-  for (const pin of [...path].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
-  const full = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--', ...cmd] : cmd;
-  return new Promise((resolve) => {
-    const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000, env });
-    let out = '';
-    let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    child.on('close', (code) => resolve({ code, out, err }));
-  });
-}
+const inside = (path: string[], argv: string[], user?: { uid: number; gid: number }, env: NodeJS.ProcessEnv = process.env) =>
+  runInside(path, argv, { user, env });
 
 const labels = (r: Run) => (JSON.parse(r.out) as { contexts: { label: string; pinned: boolean }[] }).contexts.map((c) => c.label).sort();
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, makeCheckoutReachable, PYTHON, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, PYTHON, runInside, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -434,15 +434,7 @@ s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(agent.socket)}); p
     const agent = await startAgent(t);
     const sock = ['--socket', agent.socket];
     for (const l of ['a', 'n']) assert.equal((await usernsctl([...sock, 'resolve', l])).code, 0);
-    const inside = (l: string, args: string[]) =>
-      new Promise<{ code: number | null; out: string; err: string }>((res) => {
-        const c = spawn('nsenter', [`--user=${join(t.pins, l)}`, '-S', '0', '-G', '0', '--', process.execPath, USERNSCTL, ...sock, ...args]);
-        let out = '';
-        let err = '';
-        c.stdout.on('data', (d: Buffer) => (out += d.toString()));
-        c.stderr.on('data', (d: Buffer) => (err += d.toString()));
-        c.on('close', (code) => res({ code, out, err }));
-      });
+    const inside = (l: string, args: string[]) => runInside([join(t.pins, l)], [process.execPath, USERNSCTL, ...sock, ...args]);
     const made = await inside('a', ['create', 'k', '--uid-map', '0 2000 100', '--cgroup']);
     assert.equal(made.code, 0, made.err);
     const cg = join(cgRoot, 'a', 'a.k');

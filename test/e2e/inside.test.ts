@@ -4,28 +4,15 @@
 // host uid 0 mapped into a context is that context's root, not the agent's.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL } from '../helpers/agent.ts';
-import type { Run } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, runInside, startAgent, USERNSCTL } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, makeUser } from '../helpers/kernel.ts';
-import { spawn } from 'node:child_process';
 
 const B = 7_950_000;
 
-/** Run `argv` as `user` (or root) inside the pinned namespace `pin` as its uid 0, as usernsctl enter does (null: on the host). */
-function inside(pin: string | null, argv: string[], user?: { uid: number; gid: number }): Promise<Run> {
-  const enter = pin === null ? argv : ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...argv];
-  const full = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--', ...enter] : enter;
-  return new Promise((resolve) => {
-    const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
-    let out = '';
-    let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    child.on('close', (code) => resolve({ code, out, err }));
-  });
-}
+/** Run `argv` as `user` (or root) inside the pinned namespace `pin` as its uid 0 (null: on the host). */
+const inside = (pin: string | null, argv: string[], user?: { uid: number; gid: number }) => runInside(pin === null ? [] : [pin], argv, { user });
 
 describe('e2e: seen from inside a context (root)', function () {
   this.timeout(120_000);

@@ -3,12 +3,11 @@
 // whole-cluster outage and an agent killed mid-allocation; import refusing conflicts by name.
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { callAgent } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { UsernsError } from '../../agent/errors.ts';
-import { cleanup, makeCheckoutReachable, runningChildren, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, runInside, runningChildren, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { hasEtcd, startCluster } from '../helpers/etcd.ts';
 import type { Cluster } from '../helpers/etcd.ts';
@@ -317,13 +316,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     for (const x of agents) await waitSettled(x);
     const pin = (t: Tree) => join(t.pins, 'L');
     for (const x of agents) await callAgent(x.socket, P.resolve, { label: 'L' });
-    const inside = (t: Tree, x: RunningAgent, args: string[]) =>
-      new Promise<{ code: number | null; err: string }>((res) => {
-        const c = spawn('nsenter', [`--user=${pin(t)}`, '-S', '0', '-G', '0', '--', process.execPath, USERNSCTL, '--socket', x.socket, ...args]);
-        let err = '';
-        c.stderr.on('data', (d: Buffer) => (err += d.toString()));
-        c.on('close', (code) => res({ code, err }));
-      });
+    const inside = (t: Tree, x: RunningAgent, args: string[]) => runInside([pin(t)], [process.execPath, USERNSCTL, '--socket', x.socket, ...args]);
     const made = await inside(ts[0], a, ['create', 'x', '--uid-map', '0 1000 100']);
     assert.equal(made.code, 0, made.err);
     assert.match(cluster.ctl(['get', `${prefix}children/L.x`, '--print-value-only']).out, /^label = L\.x$/m);

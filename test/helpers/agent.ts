@@ -156,6 +156,24 @@ export function usernsctl(args: string[], opts: { user?: { uid: number; gid: num
   });
 }
 
+/**
+ * Run `argv` inside pinned user namespaces (`pins`, outermost first; none: on the host) as their
+ * uid 0, as `usernsctl enter` does, started as `user` (default root) with `env`.
+ */
+export function runInside(pins: readonly string[], argv: string[], opts: { user?: { uid: number; gid: number }; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+  let cmd = argv;
+  for (const pin of [...pins].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
+  const full = opts.user ? ['setpriv', `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--init-groups', '--', ...cmd] : cmd;
+  return new Promise((resolve) => {
+    const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000, env: opts.env ?? process.env });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    child.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
 /** Can `uid` run the checkout's node at all? null if so, else why not. */
 export function checkoutReachableBy(uid: number, gid: number): string | null {
   const r = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', process.execPath, USERNSCTL, '--version'], { encoding: 'utf8' });

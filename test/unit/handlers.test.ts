@@ -249,8 +249,8 @@ describe('unit: contexts made from inside, at the request edge (SPEC §14)', () 
     };
   });
   after(() => {
-    if (!agent) return;
-    agent.registry.namespaces.close();
+    agent?.registry.namespaces.close();
+    if (!tree) return;
     unmountAll(tree.dir);
     tree.remove();
   });
