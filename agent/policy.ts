@@ -51,7 +51,7 @@ export function ownName(peer: Peer, label: string): string {
  */
 export function mayShape(peer: Peer, parent: Context, ancestors: readonly Context[], rootUid: number | null): boolean {
   if (isRoot(peer)) return true;
-  return typeof peer.inside === 'string' && rootUid !== null && peer.uid === rootUid && mayUse(peer, parent, ancestors);
+  return typeof peer.inside === 'string' && peer.uid === rootUid && mayUse(peer, parent, ancestors);
 }
 
 /**
@@ -60,5 +60,6 @@ export function mayShape(peer: Peer, parent: Context, ancestors: readonly Contex
  * from inside C, C's root (`rootUid`) may enter what is nested in C, not C itself (it is there).
  */
 export function mayEnterFromInside(peer: Peer, ctx: Context, ancestors: readonly Context[], rootUid: number | null): boolean {
-  return typeof peer.inside === 'string' && rootUid !== null && peer.uid === rootUid && ancestors.some((a) => a.label === peer.inside);
+  // A caller on the host has no context it runs in: no ancestor is named by it.
+  return peer.uid === rootUid && ancestors.some((a) => a.label === peer.inside);
 }

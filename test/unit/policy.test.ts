@@ -162,6 +162,10 @@ describe('unit: access policy', () => {
         ['root', peer(0), top, [], true],
       ];
       for (const [what, p, c, anc, want] of rows) assert.equal(mayShape(p, c, anc, ROOT_OF_TOP), want, what);
+      // Its owner being its root changes nothing on the host: the owner may use it there, not shape it.
+      const own = context('own', ROOT_OF_TOP);
+      assert.equal(mayUse(peer(ROOT_OF_TOP), own), true);
+      assert.equal(mayShape(peer(ROOT_OF_TOP), own, [], ROOT_OF_TOP), false, 'from the host, not even its owner-root');
       assert.equal(mayShape(within(ROOT_OF_TOP, 'top'), top, [], null), false, 'a context that maps no uid 0 has no root');
     });
 
@@ -174,6 +178,7 @@ describe('unit: access policy', () => {
       assert.equal(mayEnterFromInside(within(R, 'top.mid'), leaf, chain, R), true);
       assert.equal(mayEnterFromInside(within(R, 'top.mid'), mid, [top], R), false);
       assert.equal(mayEnterFromInside(peer(R), mid, [top], R), false, 'from the host the owner rule decides');
+      assert.equal(mayEnterFromInside(within(R, 'top'), mid, [top], null), false, 'a context without a root has none to enter with');
     });
 
     it('labels are the caller\'s own names: inside top, "x" is top.x, and names in its subtree stay as they are', () => {
