@@ -22,7 +22,7 @@ import type { Delegations, ReadAhead } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
 import { HOST_LABEL } from '../config/types.ts';
-import type { AgentConfig, ConfigError, Context, ContextDef, Nss } from '../config/types.ts';
+import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss } from '../config/types.ts';
 import { assignRanges, mergeIntervals, parseSubIdOwners, parseSubIds } from './coord/allocate.ts';
 import type { StaticClaim } from './coord/pooldoc.ts';
 import type { Allocation } from './coord/allocate.ts';
@@ -359,7 +359,11 @@ export function judgeRuntimeChild(
   if (given) return { errors: [configError(file, 'delegate', given[0] === 'delegate' ? null : given[0], null, given[1])] };
   const chain: Context[] = [];
   for (let p = inForce.get(def.parent); p && chain.length < 64; p = inForce.get(p.parent)) chain.unshift(p);
-  const siblings = [...inForce.values()].filter((c) => c.parent === def.parent && c.label !== def.label);
+  // Only siblings whose ids meet its own can clash with it (the rest would only be judged again).
+  const meets = (a: IdMap, b: IdMap) => a.some((x) => b.some((y) => x.outside < y.outside + y.count && y.outside < x.outside + x.count));
+  const siblings = [...inForce.values()].filter(
+    (c) => c.parent === def.parent && c.label !== def.label && (meets(c.uidMap, def.uidMap ?? []) || meets(c.gidMap, def.gidMap ?? [])),
+  );
   const errors: ConfigError[] = [];
   const judged = [...chain, ...siblings];
   const r = finishContexts([...judged, def], new Map(), errors, {
