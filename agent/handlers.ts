@@ -155,6 +155,7 @@ handle(P.list, (agent, peer) => {
       create: c.create,
       squash: c.squash.mode,
       pinned: agent.registry.isPinned(c.label),
+      madeInside: c.runtime === true,
     });
   }
   return { contexts };

@@ -228,7 +228,7 @@ async function listCmd(args: string[], g: Globals, io: Io): Promise<number> {
         c.parent,
         c.parent !== 'host' && c.owner.uid === 0 ? `${c.parent}'s root` : (c.owner.name ?? String(c.owner.uid)),
         c.pinned ? 'yes' : 'no',
-        c.create,
+        c.madeInside ? `${c.create}, made inside` : c.create,
         c.squash,
       ]),
     ]);

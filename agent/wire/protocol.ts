@@ -133,6 +133,8 @@ export type ListEntry = {
   readonly create: 'lazy' | 'eager';
   readonly squash: 'none' | 'root' | 'all';
   readonly pinned: boolean;
+  /** Made from inside its parent (usernsctl create), not by a file. */
+  readonly madeInside: boolean;
 };
 export type ListResult = { readonly contexts: ListEntry[] };
 /**

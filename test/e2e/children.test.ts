@@ -79,6 +79,17 @@ describe('e2e: contexts made from inside (root)', function () {
     assert.equal(over.code, 1);
     assert.match(over.err, /E_BUSY: context "L" allows 2 context\(s\) made from inside it, and has 2/);
     assert.deepEqual(labels(await inL(['--json', 'list'])), ['L', 'L.x', 'L.x.y']);
+    const rootList = JSON.parse((await inside([], [...ctl(), '--json', 'list'])).out) as { contexts: { label: string; madeInside: boolean }[] };
+    assert.deepEqual(
+      rootList.contexts.map((c) => [c.label, c.madeInside]),
+      [
+        ['L', false],
+        ['S', false],
+        ['L.x', true],
+        ['L.x.y', true],
+      ],
+    );
+    assert.match((await inside([], [...ctl(), 'list'])).out, /^L\.x\.y +L\.x +L\.x's root +yes +eager, made inside +root$/m);
 
     // Inside L, its ids are the only ones it has: "host" is L's own namespace.
     const mapped = await inL(['map', '--from', 'x.y', '--to', 'host', '--uid', '5']);
