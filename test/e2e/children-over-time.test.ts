@@ -14,7 +14,8 @@ import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, unmountAll } from '../helpers/kernel.ts';
 import { modelTests } from '../helpers/model.ts';
-import type * as P from '../../agent/wire/protocol.ts';
+import * as P from '../../agent/wire/protocol.ts';
+import { callAgent } from '../../agent/wire/client.ts';
 
 const TOPS = ['L', 'M'] as const;
 type Top = (typeof TOPS)[number];
@@ -32,8 +33,7 @@ type Real = { tree: Tree; agent: RunningAgent };
 
 /** usernsctl run inside `top`'s namespace as its root (the pin made first from the host, as a container start would). */
 async function inside(r: Real, top: Top, args: string[]): Promise<Run> {
-  const made = await usernsctl(['--socket', r.agent.socket, 'resolve', top]);
-  assert.equal(made.code, 0, made.err);
+  await callAgent(r.agent.socket, P.resolve, { label: top }); // in this process: a step spawns enough already
   return runInside([join(r.tree.pins, top)], [process.execPath, USERNSCTL, '--socket', r.agent.socket, ...args]);
 }
 
@@ -43,7 +43,7 @@ function check(m: Model, r: Real): Promise<void> {
     const records = existsSync(dir) ? readdirSync(dir).filter((n) => n.endsWith('.conf')) : [];
     assert.deepEqual(records.map((n) => n.slice(0, -5)).sort(), [...m.records].sort(), "the records are the model's");
     // Each pinned, and in its parent's pin (status says drift or stale otherwise).
-    const st = JSON.parse((await usernsctl(['--socket', r.agent.socket, '--json', 'status'])).out) as P.StatusResult;
+    const st = await callAgent(r.agent.socket, P.status, {});
     const states = new Map(st.contextStates!.map((c) => [c.label, c.state]));
     for (const l of m.records) assert.equal(states.get(l), 'pinned', `${l} is pinned where it belongs`);
     for (const top of TOPS) {
