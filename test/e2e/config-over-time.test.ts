@@ -1,7 +1,7 @@
 // Configuration over time, model-based (fast-check commands): edits, reloads, resolves, releases and restarts, checked against the kernel after every step.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { readdirSync, rmSync, statSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { callAgent } from '../../agent/wire/client.ts';
@@ -22,33 +22,45 @@ type Interval = { start: number; end: number };
 /** A pinned namespace's maps in host ids, as the kernel shows them to a reader in the initial namespace. */
 function hostMapsOfPin(pin: string): { uid: Interval[]; gid: Interval[] } {
   // /proc/PID/uid_map read from outside the namespace shows the reader's ids: run one process in
-  // it and read its maps from here.
-  const script =
-    'import os,subprocess,sys\np=subprocess.Popen(["nsenter","--user="+sys.argv[1],"--preserve-credentials","--","sleep","30"])\nimport time\n' +
-    'me=os.readlink("/proc/self/ns/user")\nfor _ in range(500):\n  try:\n    if os.readlink("/proc/%d/ns/user"%p.pid)!=me: break\n  except OSError: pass\n  time.sleep(0.002)\n' +
-    'print(open("/proc/%d/uid_map"%p.pid).read()+"--\\n"+open("/proc/%d/gid_map"%p.pid).read())\np.kill(); p.wait()\n';
-  const out = execFileSync('python3', ['-c', script, pin], { encoding: 'utf8' });
-  const [u, g] = out.split('--\n');
-  const parse = (t: string) =>
-    t
-      .trim()
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => l.trim().split(/\s+/).map(Number))
-      .map(([, outside, count]) => ({ start: outside, end: outside + count }));
-  return { uid: parse(u), gid: parse(g) };
+  // it and read its maps from here (this process: no interpreter started for each pin).
+  const child = spawn('nsenter', [`--user=${pin}`, '--preserve-credentials', '--', 'sleep', '30'], { stdio: 'ignore' });
+  try {
+    const me = readlinkSync('/proc/self/ns/user');
+    const inside = () => {
+      try {
+        return readlinkSync(`/proc/${child.pid}/ns/user`) !== me;
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 2500 && !inside(); i++) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    const parse = (f: string) =>
+      readFileSync(`/proc/${child.pid}/${f}`, 'utf8')
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.trim().split(/\s+/).map(Number))
+        .map(([, outside, count]) => ({ start: outside, end: outside + count }));
+    if (!inside()) throw new Error(`nsenter did not enter ${pin} within 5 s`);
+    return { uid: parse('uid_map'), gid: parse('gid_map') };
+  } finally {
+    child.kill('SIGKILL');
+  }
 }
 
-/** The maps a namespace's own processes see (outside ids are its parent's). */
+/** The maps a namespace's own processes see (outside ids are its parent's): one process reads both. */
 function ownMapsOfPin(pin: string): { uid: string; gid: string } {
-  const read = (f: string) =>
-    execFileSync('nsenter', [`--user=${pin}`, '--preserve-credentials', 'cat', `/proc/self/${f}`], { encoding: 'utf8' })
+  const [u, g] = execFileSync('nsenter', [`--user=${pin}`, '--preserve-credentials', 'sh', '-c', 'cat /proc/self/uid_map; echo --; cat /proc/self/gid_map'], {
+    encoding: 'utf8',
+  }).split('--\n');
+  const read = (t: string) =>
+    t
       .trim()
       .split('\n')
       .map((l) => l.trim().split(/\s+/).join(' '))
       .sort()
       .join(', ');
-  return { uid: read('uid_map'), gid: read('gid_map') };
+  return { uid: read(u), gid: read(g) };
 }
 
 /** ioctl_ns(2) NS_GET_PARENT on a pin: the nsfs inode of its parent namespace. */
