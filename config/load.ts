@@ -361,6 +361,12 @@ export function loadContextDefs(
   files: string[] | ConfigError = listContextFiles(dir),
 ): { defs: ContextDef[]; errors: ConfigError[] } {
   if (!Array.isArray(files)) return { defs: [], errors: [files] };
+  const { defs, errors } = parseContextFiles(files, nss, poolSize, texts);
+  return linkContexts(defs, errors);
+}
+
+/** Each file read (or taken from `texts`) and parsed on its own: the definitions, and every error. */
+function parseContextFiles(files: readonly string[], nss: Nss, poolSize: number, texts?: ReadAhead): { defs: ContextDef[]; errors: ConfigError[] } {
   const defs: ContextDef[] = [];
   const errors: ConfigError[] = [];
   for (const file of files) {
@@ -373,7 +379,7 @@ export function loadContextDefs(
     appendErrors(errors, r.errors);
     if (r.def) defs.push(r.def);
   }
-  return linkContexts(defs, errors);
+  return { defs, errors };
 }
 
 /**
@@ -384,26 +390,16 @@ export function loadContextDefs(
 export function loadRuntimeDefs(dir: string, nss: Nss, poolSize: number): { defs: ContextDef[]; errors: ConfigError[] } {
   const files = listContextFiles(dir);
   if (!Array.isArray(files)) return { defs: [], errors: [] };
-  const defs: ContextDef[] = [];
-  const errors: ConfigError[] = [];
-  for (const file of files) {
-    const text = readConfigText(file);
-    if (typeof text !== 'string') {
-      errors.push(text);
-      continue;
-    }
-    const r = parseContextFile(file, text, nss, poolSize);
-    appendErrors(errors, r.errors);
-    if (!r.def) continue;
-    if (`${r.def.label}.conf` !== basename(file)) {
+  const { defs, errors } = parseContextFiles(files, nss, poolSize);
+  const named: ContextDef[] = [];
+  for (const d of defs) {
+    if (`${d.label}.conf` === basename(d.file)) named.push({ ...d, runtime: true });
+    else
       errors.push(
-        configError(file, 'context', 'label', lineIn(r.def, 'label'), `a record of a context made from inside is named after its label (${r.def.label}.conf)`),
+        configError(d.file, 'context', 'label', lineIn(d, 'label'), `a record of a context made from inside is named after its label (${d.label}.conf)`),
       );
-      continue;
-    }
-    defs.push({ ...r.def, runtime: true });
   }
-  return { defs, errors };
+  return { defs: named, errors };
 }
 
 /**
