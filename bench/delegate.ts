@@ -2,15 +2,15 @@
 // veth), against plain create+pin, interleaved in one agent; 1,000 eager contexts each with a
 // cgroup against 1,000 without; the reconcile of 1,000 adopted contexts after a crash.
 // `node bench/delegate.ts` replaces its section of BENCHMARKS.md; `npm run bench` writes it too.
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cgroup2Mount } from '../agent/kernel/delegate.ts';
 import { vethNames } from '../agent/kernel/netdelegate.ts';
 import { callAgent } from '../agent/wire/client.ts';
 import * as P from '../agent/wire/protocol.ts';
 import { cleanup, startAgent } from '../test/helpers/agent.ts';
-import type { RunningAgent } from '../test/helpers/agent.ts';
+import { f2, median, pinsOnTmpfs, timeToReady, verdict, writeSection } from './report.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';
 import type { Tree } from '../test/helpers/fixtures.ts';
 
@@ -27,28 +27,14 @@ export type DelegateFigures = {
   reconciled: number;
 };
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
 function removeCgroups(dir: string): void {
   if (!existsSync(dir)) return;
   for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) removeCgroups(join(dir, e.name));
   rmdirSync(dir);
 }
 
-/** Pins on a tmpfs, as /run/userns is wherever the agent is installed. */
-function pinsOnTmpfs(tree: Tree): void {
-  mkdirSync(tree.pins, { recursive: true });
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'usernsd-bench', tree.pins]);
-}
-
 const context = (tree: Tree, label: string, base: number, delegate: string, eager = false) =>
   tree.context(`${label}.conf`, `[context]\nuid_map = 0 ${base} 1000\ngid_map = 0 ${base} 1000\n${eager ? 'create = eager\n' : ''}[delegate]\n${delegate}\n`);
-
-async function timeToReady(tree: Tree): Promise<{ ms: number; agent: RunningAgent }> {
-  const t0 = performance.now();
-  const agent = await startAgent(tree, ['--log-level', 'info'], { readyTimeoutMs: 600_000 });
-  return { ms: performance.now() - t0, agent };
-}
 
 export async function benchDelegate(runs = 40, eager = 1000): Promise<DelegateFigures> {
   const mount = cgroup2Mount();
@@ -123,9 +109,6 @@ export async function benchDelegate(runs = 40, eager = 1000): Promise<DelegateFi
   }
 }
 
-const f2 = (n: number) => n.toFixed(2);
-const verdict = (ok: boolean, miss: string) => (ok ? 'met' : `**missed** (${miss})`);
-
 /** The section of BENCHMARKS.md, between its markers. */
 export function delegateSection(d: DelegateFigures, command: string): string {
   const cg = d.cgroupMs / d.plainMs;
@@ -155,12 +138,5 @@ veth pair by \`ip\` in that namespace${net > 2 ? ` — about ${f2(d.networkMs - 
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const d = await benchDelegate(Number(process.env.BENCH_RUNS ?? 40), Number(process.argv[2] ?? 1000));
-  const file = new URL('../BENCHMARKS.md', import.meta.url);
-  const old = readFileSync(file, 'utf8');
-  const section = delegateSection(d, 'node bench/delegate.ts');
-  const start = old.indexOf('<!-- delegate -->');
-  const end = old.indexOf('<!-- /delegate -->\n');
-  const text = start >= 0 && end > start ? old.slice(0, start) + section + old.slice(end + '<!-- /delegate -->\n'.length) : `${old.trimEnd()}\n\n${section}`;
-  writeFileSync(file, text);
-  process.stdout.write(section);
+  writeSection('delegate', delegateSection(d, 'node bench/delegate.ts'));
 }

@@ -12,7 +12,7 @@ import { OWN_USERNS } from '../agent/wire/peer.ts';
 import { callAgent } from '../agent/wire/client.ts';
 import * as P from '../agent/wire/protocol.ts';
 import { cleanup, startAgent } from '../test/helpers/agent.ts';
-import type { RunningAgent } from '../test/helpers/agent.ts';
+import { f2, median, pinsOnTmpfs, timeToReady, verdict, writeSection } from './report.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';
 import type { Tree } from '../test/helpers/fixtures.ts';
 
@@ -36,7 +36,6 @@ export type InsideFigures = {
   filesReadyMs: number;
 };
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const cpuTicks = (pid: number) => {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return Number(f[11]) + Number(f[12]);
@@ -80,19 +79,12 @@ async function identifyCost(n: number): Promise<number> {
 let scratch: Tree | null = null;
 const makeTreeDir = () => (scratch ??= makeTree()).dir;
 
-async function ready(tree: Tree): Promise<{ ms: number; agent: RunningAgent }> {
-  const t0 = performance.now();
-  const agent = await startAgent(tree, ['--log-level', 'info'], { readyTimeoutMs: 600_000 });
-  return { ms: performance.now() - t0, agent };
-}
-
 export async function benchInside(rounds = 30, resolves = 2000, children = 1000): Promise<InsideFigures> {
   const trees: Tree[] = [];
   const tree = () => {
     const t = makeTree();
     trees.push(t);
-    mkdirSync(t.pins, { recursive: true });
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'usernsd-bench', t.pins]);
+    pinsOnTmpfs(t);
     return t;
   };
   try {
@@ -163,7 +155,7 @@ export async function benchInside(rounds = 30, resolves = 2000, children = 1000)
           else tr.context(`${label}.conf`, body);
         }
       }
-      const a = await ready(kids);
+      const a = await timeToReady(kids);
       const made = JSON.parse(
         execFileSync(process.execPath, [new URL('../bin/usernsctl.js', import.meta.url).pathname, '--socket', a.agent.socket, '--json', 'status'], {
           encoding: 'utf8',
@@ -171,7 +163,7 @@ export async function benchInside(rounds = 30, resolves = 2000, children = 1000)
       ) as P.StatusResult;
       if ((made.pinned ?? 0) < children + 1) throw new Error(`only ${made.pinned} of ${children + 1} pinned at ready`);
       await a.agent.stop();
-      const b = await ready(files);
+      const b = await timeToReady(files);
       await b.agent.stop();
       return {
         hostCpuUs: (hostCpu * 1e4) / resolves,
@@ -196,9 +188,6 @@ export async function benchInside(rounds = 30, resolves = 2000, children = 1000)
     if (scratch) await cleanup(scratch);
   }
 }
-
-const f2 = (n: number) => n.toFixed(2);
-const verdict = (ok: boolean, miss: string) => (ok ? 'met' : `**missed** (${miss})`);
 
 /** The section of BENCHMARKS.md, between its markers. */
 export function insideSection(d: InsideFigures, command: string): string {
@@ -238,12 +227,5 @@ plus the agent's own work per creation${d.childrenReadyMs > 2000 ? " — what mi
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const d = await benchInside(Number(process.env.BENCH_RUNS ?? 30), 2000, Number(process.argv[2] ?? 1000));
-  const file = new URL('../BENCHMARKS.md', import.meta.url);
-  const old = readFileSync(file, 'utf8');
-  const section = insideSection(d, 'node bench/inside.ts');
-  const start = old.indexOf('<!-- inside -->');
-  const end = old.indexOf('<!-- /inside -->\n');
-  const text = start >= 0 && end > start ? old.slice(0, start) + section + old.slice(end + '<!-- /inside -->\n'.length) : `${old.trimEnd()}\n\n${section}`;
-  writeFileSync(file, text);
-  process.stdout.write(section);
+  writeSection('inside', insideSection(d, 'node bench/inside.ts'));
 }

@@ -14,12 +14,11 @@ import { benchUserdb } from './userdb.ts';
 import { benchShared } from './shared.ts';
 import { benchDelegate, delegateSection } from './delegate.ts';
 import { benchInside, insideSection } from './inside.ts';
+import { f2, verdict } from './report.ts';
 
-const f2 = (n: number) => n.toFixed(2);
 const f3 = (n: number) => n.toFixed(3);
 const k = (n: number) => `${Math.round(n / 1000)}k`;
 const M = (n: number) => `${(n / 1e6).toFixed(1)} M`;
-const verdict = (ok: boolean, miss: string) => (ok ? 'met' : `**missed** (${miss})`);
 
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
 log('create+pin');

@@ -1,0 +1,35 @@
+// What the benchmarks share: the median, the verdict and figure formats, pins on a tmpfs, the time
+// to ready, and the replacement of one marked section of BENCHMARKS.md.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { startAgent } from '../test/helpers/agent.ts';
+import type { RunningAgent } from '../test/helpers/agent.ts';
+import type { Tree } from '../test/helpers/fixtures.ts';
+
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+export const f2 = (n: number) => n.toFixed(2);
+export const verdict = (ok: boolean, miss: string) => (ok ? 'met' : `**missed** (${miss})`);
+
+/** Pins on a tmpfs, as /run/userns is wherever the agent is installed. */
+export function pinsOnTmpfs(tree: Tree): void {
+  mkdirSync(tree.pins, { recursive: true });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'usernsd-bench', tree.pins]);
+}
+
+/** Start an agent on `tree`: how long until it serves (eager contexts made), and the agent. */
+export async function timeToReady(tree: Tree): Promise<{ ms: number; agent: RunningAgent }> {
+  const t0 = performance.now();
+  const agent = await startAgent(tree, ['--log-level', 'info'], { readyTimeoutMs: 600_000 });
+  return { ms: performance.now() - t0, agent };
+}
+
+/** Replace BENCHMARKS.md's section between <!-- NAME --> and <!-- /NAME --> (or add it at the end), and print it. */
+export function writeSection(name: string, section: string): void {
+  const file = new URL('../BENCHMARKS.md', import.meta.url);
+  const old = readFileSync(file, 'utf8');
+  const close = `<!-- /${name} -->\n`;
+  const start = old.indexOf(`<!-- ${name} -->`);
+  const end = old.indexOf(close);
+  writeFileSync(file, start >= 0 && end > start ? old.slice(0, start) + section + old.slice(end + close.length) : `${old.trimEnd()}\n\n${section}`);
+  process.stdout.write(section);
+}
