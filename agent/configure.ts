@@ -1,9 +1,10 @@
 // One configuration load, start to finish: settings, context files, ranges, cross-file checks.
 import { readFileSync, statSync } from 'node:fs';
+import { lstat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { outsideIntervals } from '../config/extents.ts';
 import type { Interval } from '../config/extents.ts';
-import { appendErrors, configError, readConfigTextAsync } from '../config/ini.ts';
+import { appendErrors, configError, readConfigFileAsync, stampOf } from '../config/ini.ts';
 import {
   admitRuntimeChildren,
   AGENT_DEFAULTS,
@@ -18,7 +19,8 @@ import {
   parseContextFile,
   runtimeDelegateProblem,
 } from '../config/load.ts';
-import type { Delegations, ReadAhead } from '../config/load.ts';
+import type { Delegations, ParseCache, ReadAhead, Unread } from '../config/load.ts';
+import type { ReadFile } from '../config/ini.ts';
 import type { HostMaps } from '../config/load.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
 import { HOST_LABEL } from '../config/types.ts';
@@ -97,6 +99,8 @@ export type LoadOptions = {
   readonly settings?: { readonly agent: AgentConfig; readonly errors: ConfigError[] };
   /** coordinator = etcd: labels the shared pool refuses as configured here, and why. */
   readonly refused?: ReadonlyMap<string, string>;
+  /** Context files parsed at earlier loads (the agent's): a file whose stamp is unchanged is not read again. */
+  readonly cache?: ParseCache;
 };
 
 /** Files read at once, at most: enough to keep the disk busy, few enough to bound memory. */
@@ -109,29 +113,46 @@ const READ_AHEAD_BATCH = 64;
 export async function loadConfigurationAsync(file: string | null, opts: LoadOptions): Promise<Configuration> {
   const nss = opts.nss ?? systemNss();
   const path = file ?? DEFAULT_CONFIG_FILE;
-  const texts = new Map<string, string | ConfigError>([[path, await readConfigTextAsync(path)]]);
+  const texts = new Map<string, ReadFile | Unread | ConfigError>([[path, await readConfigFileAsync(path)]]);
   // The settings are judged once: they say where the context files are, and go on with them.
   const settings = readSettings(file, nss, texts);
   const files = listContextFiles(settings.agent.contexts);
   if (Array.isArray(files)) {
     for (let i = 0; i < files.length; i += READ_AHEAD_BATCH) {
       const batch = files.slice(i, i + READ_AHEAD_BATCH);
-      const read = await Promise.all(batch.map((f) => readConfigTextAsync(f)));
+      const read = await Promise.all(batch.map((f) => readAhead(f, settings.agent.pool.size, opts.cache)));
       batch.forEach((f, k) => texts.set(f, read[k]));
     }
   }
   return loadConfiguration(file, { ...opts, nss, texts, files, settings });
 }
 
+/** A file read, or only its stamp when the cache holds the parse of that version (a reload of many files reads what changed). */
+async function readAhead(file: string, poolSize: number, cache: ParseCache | undefined): Promise<ReadFile | Unread | ConfigError> {
+  if (cache && cache.size > 0) {
+    try {
+      const stamp = stampOf(await lstat(file));
+      if (cache.get(file, stamp, poolSize)) return { text: null, stamp };
+    } catch {
+      /* gone since the listing: the read says so */
+    }
+  }
+  return readConfigFileAsync(file);
+}
+
+/** A read-ahead's text for loadAgentConfig (undefined: read it now). */
+const textOf = (r: ReadFile | Unread | ConfigError | undefined): string | ConfigError | undefined =>
+  r === undefined || !('text' in r) ? r : (r.text ?? undefined);
+
 /** The settings file judged (no --config: the default file, which may be missing, as for most daemons; an explicit one may not). */
 function readSettings(file: string | null, nss: Nss, texts: ReadAhead | undefined): { agent: AgentConfig; errors: ConfigError[] } {
   const defaults = { ...AGENT_DEFAULTS, ...kernelOverflow() };
   if (file === null) {
-    const r = loadAgentConfig(DEFAULT_CONFIG_FILE, nss, defaults, texts?.get(DEFAULT_CONFIG_FILE));
+    const r = loadAgentConfig(DEFAULT_CONFIG_FILE, nss, defaults, textOf(texts?.get(DEFAULT_CONFIG_FILE)));
     const missing = r.errors.length === 1 && r.errors[0].message.includes('ENOENT');
     return missing ? { agent: { ...defaults, file: DEFAULT_CONFIG_FILE }, errors: [] } : { agent: r.config, errors: r.errors };
   }
-  const r = loadAgentConfig(file, nss, defaults, texts?.get(file));
+  const r = loadAgentConfig(file, nss, defaults, textOf(texts?.get(file)));
   return { agent: r.config, errors: r.errors };
 }
 
@@ -142,7 +163,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   appendErrors(errors, settingErrors);
 
   bypassUserdb(basename(agent.userdbSocket)); // before the first lookup of a name in the files
-  const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files);
+  const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files, opts.cache);
   appendErrors(errors, loaded.errors);
   // Contexts made from inside at run time (SPEC §14): beside the files, which win over them.
   const runtimeNotices: ConfigError[] = [];
@@ -231,12 +252,13 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], opts: Lo
 /** coordinator = etcd: this host's top-level static ranges, refused ones too (the pool says again whether they still conflict). */
 function staticClaims(defs: readonly ContextDef[]): StaticClaim[] {
   const out: StaticClaim[] = [];
+  const top = new Set(defs.filter((d) => d.parent === HOST_LABEL).map((d) => d.label));
   for (const [label, h] of finishContexts(
     defs.filter((d) => d.autoSize === null),
     new Map(),
     [],
   ).hostMaps) {
-    if (defs.find((x) => x.label === label)?.parent !== HOST_LABEL) continue;
+    if (!top.has(label)) continue;
     out.push({ label, intervals: mergeIntervals(outsideIntervals([...h.uid, ...h.gid])) });
   }
   return out;

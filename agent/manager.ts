@@ -1,7 +1,7 @@
 // The agent's lifecycle: load and reconcile at start, eager creation, the socket, reload, drain on stop.
 import type { Logger } from 'pino';
 import { formatConfigError } from '../config/ini.ts';
-import { keepStartOnly, quotaHolder } from '../config/load.ts';
+import { keepStartOnly, ParseCache, quotaHolder } from '../config/load.ts';
 import { formatExtents } from '../config/extents.ts';
 import type { Context, IdMap, LogLevel, Nss } from '../config/types.ts';
 import { isRoot, mayUse } from './policy.ts';
@@ -89,8 +89,13 @@ export class Manager implements Agent {
   private readonly limiter: LogLimiter;
   /** Who counts as whom for the per-user limits: rebuilt with the contexts in force. */
   private readonly people = new People();
+  /** The context files as parsed at start and at each reload: a reload reads and parses what changed. */
+  private readonly parsed: ParseCache;
+  /** The contexts as last written to the in-force record, in order. */
+  private recorded: readonly Context[] | null = null;
 
-  private constructor(opts: ManagerOptions, config: Configuration) {
+  private constructor(opts: ManagerOptions, config: Configuration, parsed: ParseCache) {
+    this.parsed = parsed;
     this.opts = opts;
     this.log = opts.log;
     this.supervisor = new Supervisor(opts.log, opts.notify);
@@ -211,16 +216,25 @@ export class Manager implements Agent {
    * At a reload the files are read off the event loop, so the requests being served do not wait
    * on the disk; at start nothing is served yet, and reading in one go is twice as fast.
    */
-  private static load(opts: ManagerOptions, inForce?: ReadonlyMap<string, Context>, refused?: ReadonlyMap<string, string>): Promise<Configuration> {
-    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce, refused };
+  private static load(
+    opts: ManagerOptions,
+    cache: ParseCache,
+    inForce?: ReadonlyMap<string, Context>,
+    refused?: ReadonlyMap<string, string>,
+  ): Promise<Configuration> {
+    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce, refused, cache };
     return inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
   }
 
   /** What is in force now, for the next start and for check-config (see config/load.ts admissionOrder). */
   private recordInForce(durable = true): void {
+    const now = [...this.registry.all()];
+    // What this agent recorded last, context for context (a reload that changed nothing): nothing to write.
+    if (this.recorded && this.recorded.length === now.length && now.every((c, i) => c === this.recorded![i])) return;
     try {
       ensureStateDir(this.registry.agent.state);
-      writeInForce(this.registry.agent.state, this.registry.all(), durable);
+      writeInForce(this.registry.agent.state, now, durable);
+      this.recorded = now;
     } catch (err) {
       this.log.error(
         { err: (err as Error).message },
@@ -242,12 +256,13 @@ export class Manager implements Agent {
    * start (the agent would not know where anything is); a broken context file only loses that context.
    */
   static async start(opts: ManagerOptions): Promise<Manager> {
-    const config = await Manager.load(opts);
+    const parsed = new ParseCache();
+    const config = await Manager.load(opts, parsed);
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     Manager.refuseNewerFormats(config.agent);
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
-    const m = new Manager(opts, config);
+    const m = new Manager(opts, config, parsed);
     const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(m.registry.namespaces.recordsDir)];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();
@@ -396,7 +411,8 @@ export class Manager implements Agent {
   private async reloadConfig(source: string): Promise<ReloadResult> {
     const started = performance.now();
     const before = this.registry.agent;
-    const config = await Manager.load(this.opts, new Map([...this.registry.all()].map((c) => [c.label, c])), this.pool.refused);
+    const parsedBefore = this.parsed.counts.parsed;
+    const config = await Manager.load(this.opts, this.parsed, new Map([...this.registry.all()].map((c) => [c.label, c])), this.pool.refused);
     const errors = config.errors.map(formatConfigError);
     this.count('reloads');
     this.lastReload = new Date().toISOString();
@@ -446,7 +462,15 @@ export class Manager implements Agent {
     await this.upcall.check(this.registry.agent.socket); // an admin who wired the upcall reloads to see it taken
     this.log.level = this.opts.logLevel ?? config.agent.logLevel;
     this.log.info(
-      { source, contexts: this.registry.size, ...diff, errors: errors.length, ms: +(performance.now() - started).toFixed(1) },
+      {
+        source,
+        contexts: this.registry.size,
+        ...diff,
+        errors: errors.length,
+        // Context files read and parsed again (the others were unchanged since they were read).
+        parsed: this.parsed.counts.parsed - parsedBefore,
+        ms: +(performance.now() - started).toFixed(1),
+      },
       'Reloaded configuration',
     );
     return { contexts: this.registry.size, ...diff, errors };

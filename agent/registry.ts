@@ -444,7 +444,7 @@ export class Registry {
     for (const [label, c] of next.contexts) {
       const old = this.contexts.get(label);
       if (!old) added.push(label);
-      else if (!sameContext(old, c)) changed.push(label);
+      else if (old !== c && !sameContext(old, c)) changed.push(label);
     }
     const removed = [...this.contexts.keys()].filter((l) => !next.contexts.has(l));
     this.config = next;

@@ -8,8 +8,19 @@ export const ID_LIMIT = 0xffffffff;
 
 export type Interval = { readonly start: number; readonly end: number }; // [start, end)
 
-/** "0 100000 65536, 65536 300000 10" -> extents; a string explaining the first problem otherwise. */
+/** The last text parsed and its map: uid_map and gid_map are most often the same text, read one after the other. */
+let last: { text: string; map: IdMap | string } | null = null;
+
+/**
+ * "0 100000 65536, 65536 300000 10" -> extents; a string explaining the first problem otherwise.
+ * The same text gives the same map (maps are never changed in place), held once in memory.
+ */
 export function parseExtents(text: string): IdMap | string {
+  if (last?.text !== text) last = { text, map: parseExtentsOnce(text) };
+  return last.map;
+}
+
+function parseExtentsOnce(text: string): IdMap | string {
   const parts = text.split(',').map((p) => p.trim());
   if (parts.length === 1 && parts[0] === '') return 'is empty: write "INSIDE OUTSIDE COUNT", for example "0 100000 65536"';
   const map: Extent[] = [];
@@ -37,11 +48,12 @@ export function validateExtents(map: IdMap): string | null {
   if (map.length === 0) return 'has no extents';
   if (map.length > MAX_EXTENTS) return `has ${map.length} extents; the kernel accepts at most ${MAX_EXTENTS}`;
   for (const [i, e] of map.entries()) {
-    const name = `extent ${i + 1} (${formatExtent(e)})`;
-    if (e.count === 0) return `${name} has count 0`;
-    if (e.inside + e.count > ID_LIMIT) return `${name} runs past the largest id ${ID_LIMIT - 1} on the inside`;
-    if (e.outside + e.count > ID_LIMIT) return `${name} runs past the largest id ${ID_LIMIT - 1} on the outside`;
+    const name = () => `extent ${i + 1} (${formatExtent(e)})`;
+    if (e.count === 0) return `${name()} has count 0`;
+    if (e.inside + e.count > ID_LIMIT) return `${name()} runs past the largest id ${ID_LIMIT - 1} on the inside`;
+    if (e.outside + e.count > ID_LIMIT) return `${name()} runs past the largest id ${ID_LIMIT - 1} on the outside`;
   }
+  if (map.length === 1) return null;
   const clash = (side: 'inside' | 'outside'): string | null => {
     const order = map.map((e, i) => ({ e, i })).sort((a, b) => a.e[side] - b.e[side]);
     for (let k = 1; k < order.length; k++) {

@@ -85,11 +85,48 @@ function textOf(file: string, buf: Buffer, n: number): string | ConfigError {
 }
 
 /**
+ * What identifies one version of a file: its inode, owner, mode, size and times. ctime moves with
+ * every write, chmod, chown and rename onto the path, so a file whose stamp is unchanged holds what
+ * it held when read (how make and git's index notice change without reading) — unless it was
+ * written again within the same clock tick, which ParseCache guards against as git does.
+ */
+export type Stamp = {
+  readonly dev: number;
+  readonly ino: number;
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly size: number;
+  readonly mtimeMs: number;
+  readonly ctimeMs: number;
+};
+
+export function stampOf(st: Stats): Stamp {
+  return { dev: st.dev, ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+}
+
+export function sameStamp(a: Stamp, b: Stamp): boolean {
+  return (
+    a.ino === b.ino &&
+    a.ctimeMs === b.ctimeMs &&
+    a.mtimeMs === b.mtimeMs &&
+    a.size === b.size &&
+    a.dev === b.dev &&
+    a.mode === b.mode &&
+    a.uid === b.uid &&
+    a.gid === b.gid
+  );
+}
+
+/** A file's text and the stamp of the descriptor it was read from. */
+export type ReadFile = { readonly text: string; readonly stamp: Stamp };
+
+/**
  * Read a configuration file the way sshd's StrictModes does (statProblem), never following a
  * symbolic link. The checks run on the opened descriptor, so a file swapped in between check and
  * read is not trusted; at most one byte past the limit is read, whatever the file's size.
  */
-export function readConfigText(file: string): string | ConfigError {
+export function readConfigFile(file: string): ReadFile | ConfigError {
   let fd: number;
   try {
     fd = openSync(file, OPEN_FLAGS);
@@ -103,7 +140,7 @@ export function readConfigText(file: string): string | ConfigError {
     const buf = Buffer.allocUnsafe(st.size + 1);
     let n = 0;
     for (let r = -1; r !== 0 && n < buf.length; n += r) r = readSync(fd, buf, n, buf.length - n, null);
-    return textOf(file, buf, n);
+    return withStamp(textOf(file, buf, n), st);
   } catch (err) {
     return configError(file, null, null, null, `cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   } finally {
@@ -111,8 +148,8 @@ export function readConfigText(file: string): string | ConfigError {
   }
 }
 
-/** readConfigText without blocking the event loop on the disk: the agent reads this way at a reload. */
-export async function readConfigTextAsync(file: string): Promise<string | ConfigError> {
+/** readConfigFile without blocking the event loop on the disk: the agent reads this way at a reload. */
+export async function readConfigFileAsync(file: string): Promise<ReadFile | ConfigError> {
   let fh: FileHandle;
   try {
     fh = await open(file, OPEN_FLAGS);
@@ -126,12 +163,28 @@ export async function readConfigTextAsync(file: string): Promise<string | Config
     const buf = Buffer.allocUnsafe(st.size + 1);
     let n = 0;
     for (let r = -1; r !== 0 && n < buf.length; n += r) r = (await fh.read(buf, n, buf.length - n, null)).bytesRead;
-    return textOf(file, buf, n);
+    return withStamp(textOf(file, buf, n), st);
   } catch (err) {
     return configError(file, null, null, null, `cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   } finally {
     await fh.close();
   }
+}
+
+function withStamp(text: string | ConfigError, st: Stats): ReadFile | ConfigError {
+  return typeof text === 'string' ? { text, stamp: stampOf(st) } : text;
+}
+
+const textOnly = (r: ReadFile | ConfigError): string | ConfigError => ('text' in r ? r.text : r);
+
+/** The text of readConfigFile. */
+export function readConfigText(file: string): string | ConfigError {
+  return textOnly(readConfigFile(file));
+}
+
+/** The text of readConfigFileAsync. */
+export async function readConfigTextAsync(file: string): Promise<string | ConfigError> {
+  return textOnly(await readConfigFileAsync(file));
 }
 
 /** A section header as a line may hold it: "[name]", blanks around the name, a comment after it. */

@@ -2,8 +2,8 @@
 import { readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { composeMaps, firstEndingAfter, formatInterval, sameMap, uncovered } from './extents.ts';
-import { appendErrors, capErrors, configError, parseIni, readConfigText } from './ini.ts';
-import type { IniDoc } from './ini.ts';
+import { appendErrors, capErrors, configError, parseIni, readConfigFile, readConfigText, sameStamp } from './ini.ts';
+import type { IniDoc, ReadFile, Stamp } from './ini.ts';
 import type { Interval } from './extents.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
 import type { KeySpec } from './schema.ts';
@@ -349,8 +349,62 @@ export function listContextFiles(dir: string): string[] | ConfigError {
   }
 }
 
-/** Texts of files read ahead (off the event loop, by the agent), by path; others are read when needed. */
-export type ReadAhead = ReadonlyMap<string, string | ConfigError>;
+/** A file not read: the stamp of its path (lstat), which the cache holds the parse of. */
+export type Unread = { readonly text: null; readonly stamp: Stamp };
+
+/** Files read ahead (off the event loop, by the agent), by path, each with its stamp; others are read when needed. */
+export type ReadAhead = ReadonlyMap<string, ReadFile | Unread | ConfigError>;
+
+type Parsed = { readonly def: ContextDef | null; readonly errors: readonly ConfigError[] };
+
+/**
+ * Context files as earlier loads parsed them, by path, with the stamp of the version read: a reload
+ * reads and parses again only the files whose stamp changed, as make and git's index notice change
+ * without reading. A parse that looked up a user or group name is not kept (the name may mean other
+ * ids now), nor one made with another pool size (range = auto's default size).
+ *
+ * A file changed less than `racyMs` before it was read is not kept either: the kernel stamps times
+ * at the granularity of its clock tick, so a second write within the same tick, of the same size,
+ * leaves every field of the stamp as it was ("racy git": git re-reads such entries too).
+ */
+export class ParseCache {
+  private poolSize: number | null = null;
+  private readonly files = new Map<string, { readonly stamp: Stamp; readonly parsed: Parsed }>();
+  /** Files taken from the cache and files parsed, since the cache was made. */
+  readonly counts = { reused: 0, parsed: 0 };
+
+  private readonly racyMs: number;
+  private readonly now: () => number;
+
+  constructor(racyMs = 1000, now: () => number = Date.now) {
+    this.racyMs = racyMs;
+    this.now = now;
+  }
+
+  /** The parse of `file` when `stamp` (of the path as it is now) is the version parsed. */
+  get(file: string, stamp: Stamp, poolSize: number): Parsed | undefined {
+    const e = this.files.get(file);
+    return e !== undefined && poolSize === this.poolSize && sameStamp(e.stamp, stamp) ? e.parsed : undefined;
+  }
+
+  set(file: string, stamp: Stamp, poolSize: number, parsed: Parsed): void {
+    if (poolSize !== this.poolSize) this.files.clear();
+    this.poolSize = poolSize;
+    const settled = Math.max(stamp.ctimeMs, stamp.mtimeMs) < this.now() - this.racyMs;
+    if (settled) this.files.set(file, { stamp, parsed });
+    else this.files.delete(file);
+  }
+
+  /** Only the files listed now are kept. */
+  keepOnly(files: readonly string[]): void {
+    const listed = new Set(files);
+    for (const f of this.files.keys()) if (!listed.has(f)) this.files.delete(f);
+  }
+
+  get size(): number {
+    return this.files.size;
+  }
+}
 
 /** Every file of the directory parsed on its own, plus the checks between files that need no allocation. */
 export function loadContextDefs(
@@ -359,23 +413,63 @@ export function loadContextDefs(
   poolSize: number,
   texts?: ReadAhead,
   files: string[] | ConfigError = listContextFiles(dir),
+  cache?: ParseCache,
 ): { defs: ContextDef[]; errors: ConfigError[] } {
   if (!Array.isArray(files)) return { defs: [], errors: [files] };
-  const { defs, errors } = parseContextFiles(files, nss, poolSize, texts);
+  const { defs, errors } = parseContextFiles(files, nss, poolSize, texts, cache);
+  cache?.keepOnly(files);
   return linkContexts(defs, errors);
 }
 
-/** Each file read (or taken from `texts`) and parsed on its own: the definitions, and every error. */
-function parseContextFiles(files: readonly string[], nss: Nss, poolSize: number, texts?: ReadAhead): { defs: ContextDef[]; errors: ConfigError[] } {
+/** `nss`, and whether anything was looked up through it since the last `reset`. */
+function watchedNss(nss: Nss): { nss: Nss; asked: () => boolean; reset: () => void } {
+  let asked = false;
+  const ask =
+    <A extends unknown[], R>(f: (...a: A) => R) =>
+    (...a: A): R => {
+      asked = true;
+      return f(...a);
+    };
+  return {
+    nss: { userByName: ask((n) => nss.userByName(n)), userById: ask((u) => nss.userById(u)), groupByName: ask((n) => nss.groupByName(n)) },
+    asked: () => asked,
+    reset: () => {
+      asked = false;
+    },
+  };
+}
+
+/**
+ * Each file read (or taken from `texts`, or from `cache` when `texts` holds the file's stamp alone)
+ * and parsed on its own: the definitions, and every error.
+ */
+function parseContextFiles(
+  files: readonly string[],
+  nss: Nss,
+  poolSize: number,
+  texts?: ReadAhead,
+  cache?: ParseCache,
+): { defs: ContextDef[]; errors: ConfigError[] } {
   const defs: ContextDef[] = [];
   const errors: ConfigError[] = [];
+  const watch = watchedNss(nss);
   for (const file of files) {
-    const text = texts?.get(file) ?? readConfigText(file);
-    if (typeof text !== 'string') {
-      errors.push(text);
-      continue;
+    const ahead = texts?.get(file);
+    let r = ahead && 'stamp' in ahead ? cache?.get(file, ahead.stamp, poolSize) : undefined;
+    if (cache && r !== undefined) cache.counts.reused++;
+    if (r === undefined) {
+      const read = ahead && !('text' in ahead && ahead.text === null) ? ahead : readConfigFile(file);
+      if (!('text' in read)) {
+        errors.push(read);
+        continue;
+      }
+      watch.reset();
+      r = parseContextFile(file, read.text, watch.nss, poolSize);
+      if (cache) {
+        cache.counts.parsed++;
+        if (!watch.asked()) cache.set(file, read.stamp, poolSize, r);
+      }
     }
-    const r = parseContextFile(file, text, nss, poolSize);
     appendErrors(errors, r.errors);
     if (r.def) defs.push(r.def);
   }
@@ -436,6 +530,7 @@ export function admitRuntimeChildren(
   errors: ConfigError[],
   notices: ConfigError[],
 ): ContextDef[] {
+  if (runtime.length === 0) return [];
   const fileLabels = new Map(files.map((d) => [d.label, d]));
   const candidates: ContextDef[] = [];
   for (const d of runtime) {
@@ -719,19 +814,32 @@ const KEY_OF = { device: 'devices', directory: 'directories', tap: 'tap' } as co
 /** What the contexts of one owner other than root may be given together (nsresourced: 16 cgroups, 16 interfaces a namespace). */
 export const OWNER_LIMITS = { cgroups: 16, interfaces: 16 } as const;
 
+/** What the accepted contexts of each owner hold, by uid: counted as they are admitted, not by scanning them again. */
+type OwnerHeld = Map<number, { cgroups: number; interfaces: number }>;
+
+const interfacesOf = (x: Delegation) => (x.veth ? 1 : 0) + (x.tap ? 1 : 0);
+
 /** The [delegate] key over an owner's limit with `d`, and why; null within it. Root's contexts are the admin's own. */
-function ownerLimitProblem(d: ContextDef, accepted: readonly Context[]): [string, string] | null {
+function ownerLimitProblem(d: ContextDef, held: OwnerHeld): [string, string] | null {
   const g = d.delegate;
   if (!g || d.owner.uid === 0) return null;
-  const mine = accepted.filter((c) => c.owner.uid === d.owner.uid && c.delegate);
-  const interfaces = (x: Delegation) => (x.veth ? 1 : 0) + (x.tap ? 1 : 0);
+  const mine = held.get(d.owner.uid) ?? { cgroups: 0, interfaces: 0 };
   const who = d.owner.name ?? String(d.owner.uid);
-  if (g.cgroup && mine.filter((c) => c.delegate!.cgroup).length >= OWNER_LIMITS.cgroups)
+  if (g.cgroup && mine.cgroups >= OWNER_LIMITS.cgroups)
     return ['cgroup', `${who}'s contexts hold ${OWNER_LIMITS.cgroups} cgroups already, the most one owner is given`];
-  const held = mine.reduce((n, c) => n + interfaces(c.delegate!), 0);
-  if (interfaces(g) > 0 && held + interfaces(g) > OWNER_LIMITS.interfaces)
-    return [g.tap ? 'tap' : 'veth', `${who}'s contexts hold ${held} network interfaces already; ${OWNER_LIMITS.interfaces} is the most one owner is given`];
+  if (interfacesOf(g) > 0 && mine.interfaces + interfacesOf(g) > OWNER_LIMITS.interfaces)
+    return [
+      g.tap ? 'tap' : 'veth',
+      `${who}'s contexts hold ${mine.interfaces} network interfaces already; ${OWNER_LIMITS.interfaces} is the most one owner is given`,
+    ];
   return null;
+}
+
+/** Count what an accepted context of an owner other than root holds. */
+function holdFor(held: OwnerHeld, d: ContextDef): void {
+  if (!d.delegate || d.owner.uid === 0) return;
+  const mine = held.get(d.owner.uid) ?? { cgroups: 0, interfaces: 0 };
+  held.set(d.owner.uid, { cgroups: mine.cgroups + (d.delegate.cgroup ? 1 : 0), interfaces: mine.interfaces + interfacesOf(d.delegate) });
 }
 
 /** The resources of `d` that an accepted context names already: [key, why] each. */
@@ -745,6 +853,21 @@ function delegationClashes(d: ContextDef, given: readonly Given[]): [string, str
     out.push([KEY_OF[kind], `${what} is given to context "${other.label}" already: a resource follows one label; give it to one of them`]);
   }
   return out;
+}
+
+/**
+ * The context a definition was last accepted as, while it stays the same object (a file whose stamp
+ * did not change, a context kept): accepted again with the same ids, it is that same object, so
+ * what is in force can be compared by identity (Registry.apply, the in-force record).
+ */
+const acceptedAs = new WeakMap<ContextDef, Context>();
+
+function contextOf(d: ContextDef, uidMap: IdMap, gidMap: IdMap, setgroups: 'allow' | 'deny'): Context {
+  const last = acceptedAs.get(d);
+  if (last && last.setgroups === setgroups && sameExtents(last.uidMap, uidMap) && sameExtents(last.gidMap, gidMap)) return last;
+  const c: Context = { ...d, uidMap, gidMap, setgroups };
+  acceptedAs.set(d, c);
+  return c;
 }
 
 export function finishContexts(
@@ -764,6 +887,7 @@ export function finishContexts(
   const hostMaps = new Map<string, HostMaps>();
   const claims = new Map<string, { uid: Claim[]; gid: Claim[] }>();
   const given: Given[] = [];
+  const held: OwnerHeld = new Map();
   const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, lineIn(d, key), message));
   const labels = new Set(defs.map((d) => d.label));
   const broken = new Set(errors.map((e) => e.file));
@@ -909,7 +1033,7 @@ export function finishContexts(
     // SPEC §13: what one context is given, no other context names (nor a directory inside it).
     const clashes = delegationClashes(d, given);
     // And an owner's contexts together hold at most what nsresourced gives one namespace.
-    const over = ownerLimitProblem(d, [...accepted.values()]);
+    const over = ownerLimitProblem(d, held);
     if (over) clashes.push(over);
     for (const [key, message] of clashes)
       errors.push(configError(d.file, 'delegate', key, d.lines?.[`delegate.${key}`] ?? d.lines?.['delegate.'] ?? null, message));
@@ -918,11 +1042,12 @@ export function finishContexts(
       continue;
     }
     for (const [kind, item] of delegatedItems(d)) given.push({ kind, item, label: d.label });
+    holdFor(held, d);
     // Only what is not claimed already (its own allocation, or its own old pin), so the list stays disjoint.
     for (const [kind, , map] of maps) for (const e of map) claimGaps(siblings[kind], e.outside, e.outside + e.count, d.label);
     claims.set(d.parent, siblings);
     hostMaps.set(d.label, host);
-    accepted.set(d.label, { ...d, uidMap, gidMap, setgroups });
+    accepted.set(d.label, contextOf(d, uidMap, gidMap, setgroups));
     if (!labels.has(d.label)) keptLabels.push(d.label);
   }
   // Parents before children, as admitted.

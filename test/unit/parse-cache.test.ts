@@ -1,0 +1,224 @@
+// The parse cache of reloads (issue 26), model-based and in-process: files are rewritten (the same
+// size, times set back, renamed over, made symbolic links), chmod'ed, chown'ed and removed, names
+// and the pool size change, time passes, and after each reload the configuration loaded with the
+// cache must be exactly the one loaded without it.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { loadConfigurationAsync } from '../../agent/configure.ts';
+import type { Configuration } from '../../agent/configure.ts';
+import { ParseCache } from '../../config/load.ts';
+import type { Context, Nss } from '../../config/types.ts';
+import { makeTree, testNss } from '../helpers/fixtures.ts';
+import type { Tree } from '../helpers/fixtures.ts';
+
+/** Not kept when changed less than this before it was read: short, so that the histories age files. */
+const RACY_MS = 6;
+
+const LABELS = ['aa', 'bb'] as const;
+// Texts of one length, so that a rewrite leaves the size as it was: only the times and ctime tell.
+const TEXTS = [
+  '[context]\nuid_map = 0 4000000 1000\ngid_map = 0 4000000 1000\n',
+  '[context]\nuid_map = 0 4100000 1000\ngid_map = 0 4100000 1000\n',
+  '[context]\nuid_map = 0 4000000 1000\ngid_map = 0 4000000 1001\n',
+  '[context]\nowner = hpa\nuid_map = 0 1000 1\ngid_map = 0 1000 1\n',
+  '[context]\nrange = auto\n',
+];
+
+type Model = { hpa: number; poolSize: number };
+type Real = { tree: Tree; cache: ParseCache; inForce: Map<string, Context>; nss: Nss; state: Model };
+
+const path = (r: Real, label: string) => join(r.tree.contexts, `${label}.conf`);
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const shown = (c: Configuration) => JSON.stringify({ contexts: [...c.contexts.values()], errors: c.errors, kept: c.kept, allocations: [...c.allocations] });
+
+type Command = fc.AsyncCommand<Model, Real>;
+const command = (name: string, run: (m: Model, r: Real) => void | Promise<void>): Command => ({
+  check: () => true,
+  run: async (m, r) => {
+    await run(m, r);
+  },
+  toString: () => name,
+});
+
+const write = (label: string, text: string) => command(`write ${label} ${JSON.stringify(text)}`, (_m, r) => void r.tree.context(`${label}.conf`, text));
+/** Rewritten, then its times set back to what they were to the nanosecond (touch -r): the ctime alone says it changed. */
+const writeKeepTimes = (label: string, text: string) =>
+  command(`write ${label}, times kept, ${JSON.stringify(text)}`, (_m, r) => {
+    const ref = join(r.tree.dir, `${label}.times`);
+    const existed = existsSync(path(r, label));
+    if (existed) execFileSync('touch', ['-r', path(r, label), ref]);
+    r.tree.context(`${label}.conf`, text);
+    if (existed) execFileSync('touch', ['-r', ref, path(r, label)]);
+  });
+const renameOver = (label: string, text: string) =>
+  command(`rename over ${label} ${JSON.stringify(text)}`, (_m, r) => {
+    const tmp = join(r.tree.dir, `${label}.new`);
+    writeFileSync(tmp, text, { mode: 0o644 });
+    renameSync(tmp, path(r, label));
+  });
+const symlinkOver = (label: string) =>
+  command(`symlink over ${label}`, (_m, r) => {
+    const target = join(r.tree.dir, `${label}.target`);
+    writeFileSync(target, TEXTS[0], { mode: 0o644 });
+    rmSync(path(r, label), { force: true });
+    symlinkSync(target, path(r, label));
+  });
+const chmod = (label: string, mode: number) =>
+  command(`chmod ${mode.toString(8)} ${label}`, (_m, r) => {
+    try {
+      chmodSync(path(r, label), mode);
+    } catch {
+      /* not there */
+    }
+  });
+const chown = (label: string, uid: number) =>
+  command(`chown ${uid} ${label}`, (_m, r) => {
+    try {
+      chownSync(path(r, label), uid, 0);
+    } catch {
+      /* not there */
+    }
+  });
+const remove = (label: string) => command(`remove ${label}`, (_m, r) => rmSync(path(r, label), { force: true }));
+/** The name hpa now means the other uid (1000 <-> 1001). */
+const renameUser = command('hpa changes uid', (m) => {
+  m.hpa = m.hpa === 1000 ? 1001 : 1000;
+});
+/** usernsd.conf's pool size, which a range = auto without size = takes, changes (65536 <-> 131072). */
+const poolSize = command('pool size changes', (m, r) => {
+  m.poolSize = m.poolSize === 65536 ? 131072 : 65536;
+  writeFileSync(r.tree.config, `${shownSettings(r)}[pool]\nsize = ${m.poolSize}\n`);
+});
+const age = command('age', () => sleep(RACY_MS + 4));
+
+/** The tree's settings as makeTree wrote them, without a [pool] section. */
+const shownSettings = (r: Real) => {
+  const text = readFileSync(r.tree.config, 'utf8');
+  return text.includes('[pool]') ? text.slice(0, text.indexOf('[pool]')) : text;
+};
+
+/** The test users, and hpa, whose uid the model changes. */
+const nssOf = (state: Model): Nss => ({
+  userByName: (n) => (n === 'hpa' ? { uid: state.hpa, gid: state.hpa } : testNss.userByName(n)),
+  userById: (u) => (u === state.hpa ? { name: 'hpa', gid: state.hpa } : testNss.userById(u)),
+  groupByName: (n) => testNss.groupByName(n),
+});
+
+let reused = 0;
+const reload = command('reload', async (_m, r) => {
+  const opts = { record: false, systemIds: () => [], nss: r.nss, inForce: r.inForce };
+  const before = r.cache.counts.reused;
+  const cached = await loadConfigurationAsync(r.tree.config, { ...opts, cache: r.cache });
+  const fresh = await loadConfigurationAsync(r.tree.config, opts);
+  reused += r.cache.counts.reused - before;
+  assert.equal(shown(cached), shown(fresh), 'the configuration loaded with the cache is the one loaded without it');
+  r.inForce = new Map(cached.contexts);
+});
+
+/** A reload once every file has settled: what it reads, it keeps. */
+const agedReload = command('age, reload', async (m, r) => {
+  await age.run(m, r);
+  await reload.run(m, r);
+});
+
+describe('unit: the parse cache of reloads over time, in-process (model-based)', () => {
+  it('a reload with the cache loads exactly what a reload without it loads, whatever happened to the files in between', async () => {
+    const label = fc.constantFrom(...LABELS);
+    const text = fc.constantFrom(...TEXTS);
+    const commands = fc.commands(
+      [
+        fc.tuple(label, text).map(([l, t]) => write(l, t)),
+        fc.tuple(label, text).map(([l, t]) => writeKeepTimes(l, t)),
+        fc.tuple(label, text).map(([l, t]) => renameOver(l, t)),
+        label.map(symlinkOver),
+        fc.tuple(label, fc.constantFrom(0o644, 0o664)).map(([l, m]) => chmod(l, m)),
+        fc.tuple(label, fc.constantFrom(0, 1000)).map(([l, u]) => chown(l, u)),
+        label.map(remove),
+        fc.constant(renameUser),
+        fc.constant(poolSize),
+        fc.constant(age),
+        fc.constant(reload),
+        fc.constant(agedReload),
+        fc.constant(agedReload),
+      ],
+      { maxCommands: 25, size: 'max' },
+    );
+    reused = 0;
+    await fc.assert(
+      fc.asyncProperty(commands, async (cmds) => {
+        const tree = makeTree();
+        const state: Model = { hpa: 1000, poolSize: 65536 };
+        const nss = nssOf(state);
+        try {
+          tree.delegate('hpa', 1000, 2);
+          tree.delegate('1001', 1000, 2);
+          const real: Real = { tree, cache: new ParseCache(RACY_MS), inForce: new Map(), nss, state };
+          await fc.asyncModelRun(() => ({ model: state, real }), [...cmds, age, reload, reload]);
+        } finally {
+          tree.remove();
+        }
+      }),
+      { numRuns: 30 },
+    );
+    // The histories did exercise the cache: files unchanged since they were read were taken from it.
+    assert.ok(reused > 0, 'no reload took a file from the cache');
+  });
+
+  // Each way a file can change under a kept parse, once: read and kept, changed, read again.
+  const CHANGES: [string, string, Command][] = [
+    ['rewritten, the same size, its times set back', TEXTS[0], writeKeepTimes('aa', TEXTS[1])],
+    ['renamed over', TEXTS[0], renameOver('aa', TEXTS[2])],
+    ['made a symbolic link', TEXTS[0], symlinkOver('aa')],
+    ['made writable by its group', TEXTS[0], chmod('aa', 0o664)],
+    ['given to another owner', TEXTS[0], chown('aa', 1000)],
+    ['removed', TEXTS[0], remove('aa')],
+    ['its owner name meaning another uid', TEXTS[3], renameUser],
+    ['the pool size its range = auto takes changing', TEXTS[4], poolSize],
+  ];
+  for (const [what, text, change] of CHANGES) {
+    it(`a kept file ${what} is read again`, async () => {
+      const tree = makeTree();
+      const state: Model = { hpa: 1000, poolSize: 65536 };
+      try {
+        tree.delegate('hpa', 1000, 2);
+        tree.delegate('1001', 1000, 2);
+        const real: Real = { tree, cache: new ParseCache(RACY_MS), inForce: new Map(), nss: nssOf(state), state };
+        await fc.asyncModelRun(() => ({ model: state, real }), [write('aa', text), agedReload, agedReload, change, agedReload]);
+        // A parse that looked a name up is never kept; every other one was taken from the cache before the change.
+        if (text === TEXTS[3]) assert.equal(real.cache.counts.reused, 0, 'a parse that looked up a name was kept');
+        else assert.ok(real.cache.counts.reused > 0, 'the file was never taken from the cache');
+      } finally {
+        tree.remove();
+      }
+    });
+  }
+
+  it('a file read within the racy window of its last change is not kept (a second write in the same clock tick would leave its stamp as it was)', async () => {
+    const tree = makeTree();
+    try {
+      const file = tree.context('aa.conf', TEXTS[0]);
+      const ref = join(tree.dir, 'times');
+      execFileSync('touch', ['-r', file, ref]);
+      let now = statSync(file).ctimeMs + 500; // the read happens within the window
+      const cache = new ParseCache(1000, () => now);
+      const opts = { record: false, systemIds: () => [], nss: testNss, cache };
+      await loadConfigurationAsync(tree.config, opts);
+      assert.equal(cache.size, 0, 'a file changed within the racy window was kept');
+      // The same size, with the times of the first version.
+      writeFileSync(file, TEXTS[1]);
+      execFileSync('touch', ['-r', ref, file]);
+      now += 5000;
+      const c = await loadConfigurationAsync(tree.config, opts);
+      assert.equal(c.contexts.get('aa')!.uidMap[0].outside, 4100000);
+      assert.equal(cache.counts.reused, 0);
+      // Read once the file has settled, it is kept, and taken from the cache next time.
+      await loadConfigurationAsync(tree.config, opts);
+      assert.equal(cache.counts.reused, 1);
+    } finally {
+      tree.remove();
+    }
+  });
+});
