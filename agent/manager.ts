@@ -27,7 +27,7 @@ import { UserdbServer } from './wire/userdb.ts';
 import { listenMetrics, Metrics } from './metrics.ts';
 import type { Server as HttpServer } from 'node:http';
 import { Views } from './views.ts';
-import { CHILDREN_DIR, ensureStateDir, newerStateFiles, removeChildRecords, writeChildRecord, writeInForce } from './coord/state.ts';
+import { appendInForce, CHILDREN_DIR, ensureStateDir, newerStateFiles, removeChildRecords, writeChildRecord, writeInForce } from './coord/state.ts';
 import { existsSync, readdirSync } from 'node:fs';
 import { removeStaleTemps } from './kernel/files.ts';
 import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
@@ -60,6 +60,8 @@ export const EAGER_CONCURRENCY = 8;
 
 /** How soon contexts.json follows a context made or forgotten from inside (a burst is written once). */
 const IN_FORCE_DELAY_MS = 200;
+/** Journal lines contexts.json may be followed by, at least (else a quarter of the contexts): past them it is written whole. */
+const JOURNAL_MIN_LINES = 64;
 
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */
 export const DRAIN_TIMEOUT_MS = 10_000;
@@ -91,8 +93,8 @@ export class Manager implements Agent {
   private readonly people = new People();
   /** The context files as parsed at start and at each reload: a reload reads and parses what changed. */
   private readonly parsed: ParseCache;
-  /** The contexts as last written to the in-force record, in order. */
-  private recorded: readonly Context[] | null = null;
+  /** The contexts in force as last recorded (contexts.json of `generation`, and `journal` lines after it). */
+  private recorded: { readonly contexts: ReadonlyMap<string, Context>; readonly generation: string; readonly journal: number } | null = null;
 
   private constructor(opts: ManagerOptions, config: Configuration, parsed: ParseCache) {
     this.parsed = parsed;
@@ -226,16 +228,34 @@ export class Manager implements Agent {
     return inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
   }
 
-  /** What is in force now, for the next start and for check-config (see config/load.ts admissionOrder). */
-  private recordInForce(durable = true): void {
+  /**
+   * What is in force now, for the next start and for check-config (see config/load.ts admissionOrder):
+   * what changed since the last record is appended to its journal, and contexts.json is written
+   * whole when there is none yet, when the journal has grown past a quarter of the contexts, and
+   * (`whole`) when the agent stops, so an older usernsd that reads contexts.json alone finds it current.
+   */
+  private recordInForce(durable = true, whole = false): void {
     const now = [...this.registry.all()];
-    // What this agent recorded last, context for context (a reload that changed nothing): nothing to write.
-    if (this.recorded && this.recorded.length === now.length && now.every((c, i) => c === this.recorded![i])) return;
+    const last = this.recorded;
+    const set: Context[] = [];
+    const forget: string[] = [];
+    if (last) {
+      for (const c of now) if (last.contexts.get(c.label) !== c) set.push(c);
+      for (const label of last.contexts.keys()) if (!this.registry.get(label)) forget.push(label);
+      if (set.length === 0 && forget.length === 0 && (!whole || last.journal === 0)) return;
+    }
     try {
       ensureStateDir(this.registry.agent.state);
-      writeInForce(this.registry.agent.state, now, durable);
-      this.recorded = now;
+      const changes = set.length + forget.length;
+      const contexts = new Map(now.map((c) => [c.label, c]));
+      if (last && !whole && last.journal + changes <= Math.max(JOURNAL_MIN_LINES, now.length / 4)) {
+        appendInForce(this.registry.agent.state, last.generation, set, forget, durable);
+        this.recorded = { contexts, generation: last.generation, journal: last.journal + changes };
+      } else {
+        this.recorded = { contexts, generation: writeInForce(this.registry.agent.state, now, durable), journal: 0 };
+      }
     } catch (err) {
+      this.recorded = null; // the next record is written whole
       this.log.error(
         { err: (err as Error).message },
         `Failed to record the contexts in force: ${(err as Error).message}; after a restart, files are admitted in name order`,
@@ -643,8 +663,8 @@ export class Manager implements Agent {
       if (this.recordTimer) {
         clearTimeout(this.recordTimer);
         this.recordTimer = null;
-        this.recordInForce();
       }
+      this.recordInForce(true, true);
       this.views.close();
       this.registry.namespaces.close();
       this.limiter.close();

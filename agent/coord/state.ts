@@ -1,5 +1,6 @@
 // The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
-import { constants, lstatSync, mkdirSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../kernel/files.ts';
 import type { Context } from '../../config/types.ts';
@@ -98,6 +99,15 @@ export function newerStateFiles(dir: string): string[] {
     const version = isPlainObject(data) ? data.version : undefined;
     if (isNewer(version)) out.push(`${file} is in ${versionProblem(version)}`);
   }
+  // The journal's format is its first line's.
+  const journal = join(dir, IN_FORCE_JOURNAL);
+  try {
+    const header = JSON.parse(readFileSync(journal, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW }).split('\n', 1)[0]) as unknown;
+    const version = isPlainObject(header) ? header.version : undefined;
+    if (isNewer(version)) out.push(`${journal} is in ${versionProblem(version)}`);
+  } catch {
+    /* missing or not JSON: its reader says so */
+  }
   return out;
 }
 
@@ -165,45 +175,158 @@ export function writeAllocations(dir: string, allocations: ReadonlyMap<string, A
 }
 
 /**
+ * The changes to the contexts in force since contexts.json was written whole, one JSON line each
+ * ({"set": CONTEXT} or {"forget": LABEL}) after a header ({"version": 1, "generation": G}): a reload
+ * that changes one context of 65,535 appends one line instead of rewriting them all. It applies to
+ * the contexts.json of its generation only; a whole write starts a new generation and removes it.
+ * An older usernsd reads contexts.json alone: the agent writes it whole when it stops.
+ */
+export const IN_FORCE_JOURNAL = 'contexts.journal';
+
+/** A context read back from the record: checked as its file would be (its maps are judged again by finishContexts). */
+function inForceEntry(c: unknown): Context | string {
+  const r = v.safeParse(IN_FORCE_CONTEXT, c);
+  if (!r.success || labelKeyProblem(r.output.label) !== null || (r.output.parent !== HOST_LABEL && labelKeyProblem(r.output.parent) !== null))
+    return `a bad entry${r.success ? '' : `: ${issueText(r.issues)}`}`;
+  return { ...r.output, ownerIds: r.output.ownerIds ?? 'delegated' };
+}
+
+/**
  * The contexts in force, as the agent last put them in force. It decides who keeps its ids when a
  * file changes (config/load.ts admissionOrder) — after a restart, and for check-config — and keeps a
  * context whose file broke at its last good version. Missing: nothing is in force yet.
  */
 export function readInForce(dir: string): Map<string, Context> {
+  return readInForceRecord(dir).contexts;
+}
+
+/** readInForce, with the generation of contexts.json (null: none, or written by a usernsd without journals) and the journal's lines. */
+export function readInForceRecord(dir: string): { contexts: Map<string, Context>; generation: string | null; journalLines: number } {
   const file = join(dir, IN_FORCE_FILE);
   const corrupt = (why: string) => new UsernsError('E_CONFIG', `${file} is corrupt (${why}): contexts are admitted in file order until the agent rewrites it`);
   const data = readStateJson(file, corrupt);
-  if (data === undefined) return new Map();
+  const out = new Map<string, Context>();
+  if (data === undefined) return { contexts: out, generation: null, journalLines: 0 };
   checkVersion(file, data, corrupt);
   const contexts = data.contexts;
   if (!Array.isArray(contexts)) throw corrupt('no contexts array');
-  const out = new Map<string, Context>();
   for (const c of contexts) {
-    // A kept context is configuration: checked as its file would be (its maps are judged again by finishContexts).
-    const r = v.safeParse(IN_FORCE_CONTEXT, c);
-    if (!r.success || labelKeyProblem(r.output.label) !== null || (r.output.parent !== HOST_LABEL && labelKeyProblem(r.output.parent) !== null))
-      throw corrupt(`a bad entry${r.success ? '' : `: ${issueText(r.issues)}`}`);
-    out.set(r.output.label, { ...r.output, ownerIds: r.output.ownerIds ?? 'delegated' });
+    const e = inForceEntry(c);
+    if (typeof e === 'string') throw corrupt(e);
+    out.set(e.label, e);
   }
-  return out;
+  const generation = typeof data.generation === 'string' ? data.generation : null;
+  return { contexts: out, generation, journalLines: generation === null ? 0 : applyJournal(dir, generation, out) };
 }
 
-/** Record the contexts in force; nothing is written when the record already says exactly this. */
-export function writeInForce(dir: string, contexts: Iterable<Context>, durable = true): void {
-  const body = JSON.stringify({ version: STATE_VERSION, contexts: [...contexts] }) + '\n';
+/** The journal's changes applied to `contexts` when it belongs to `generation`; the number of lines applied. */
+function applyJournal(dir: string, generation: string, contexts: Map<string, Context>): number {
+  const file = join(dir, IN_FORCE_JOURNAL);
+  const corrupt = (why: string) =>
+    new UsernsError('E_CONFIG', `${file} is corrupt (${why}): remove it (the contexts in force are then those of ${IN_FORCE_FILE})`);
+  let text: string;
   try {
-    if (readFileSync(join(dir, IN_FORCE_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW }) === body) return;
-  } catch {
-    /* none yet, or unreadable: write it */
-  }
-  try {
-    writeFileAtomic(dir, IN_FORCE_FILE, body, durable);
+    text = readFileSync(file, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
   } catch (err) {
-    throw new UsernsError(
-      'E_INTERNAL',
-      `cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
-      err,
-    );
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw new UsernsError('E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, err);
+  }
+  // A last line without its newline is an append a crash cut short: it never happened.
+  const lines = text.split('\n').slice(0, -1);
+  const parse = (line: string): unknown => {
+    try {
+      return JSON.parse(line);
+    } catch {
+      throw corrupt('a line that is not JSON');
+    }
+  };
+  if (lines.length === 0) return 0;
+  const header = parse(lines[0]);
+  checkVersion(file, header, corrupt);
+  if (header.generation !== generation) return 0; // written for a contexts.json since replaced whole
+  for (const line of lines.slice(1)) {
+    const change = parse(line);
+    if (isPlainObject(change) && typeof change.forget === 'string' && Object.keys(change).length === 1) {
+      if (labelKeyProblem(change.forget) !== null) throw corrupt('a bad label to forget');
+      contexts.delete(change.forget);
+      continue;
+    }
+    if (!isPlainObject(change) || Object.keys(change).length !== 1 || !('set' in change)) throw corrupt('a line that is neither a set nor a forget');
+    const e = inForceEntry(change.set);
+    if (typeof e === 'string') throw corrupt(e);
+    contexts.set(e.label, e);
+  }
+  return lines.length - 1;
+}
+
+const newGeneration = () => randomBytes(8).toString('hex');
+
+/**
+ * Record the contexts in force whole, as a new generation (its journal removed); nothing is written
+ * when the record already says exactly this. Returns the generation in force.
+ */
+export function writeInForce(dir: string, contexts: Iterable<Context>, durable = true): string {
+  // The generation comes last, so that the rest can be compared with what is there.
+  const head = JSON.stringify({ version: STATE_VERSION, contexts: [...contexts] }).slice(0, -1);
+  try {
+    const old = readInForceText(dir);
+    const at = `${head},"generation":"`;
+    if (old?.startsWith(at) && !existsSync(join(dir, IN_FORCE_JOURNAL))) {
+      const g = /^([0-9a-f]{16})"\}\n$/.exec(old.slice(at.length));
+      if (g) return g[1];
+    }
+  } catch {
+    /* unreadable: write it */
+  }
+  const generation = newGeneration();
+  try {
+    writeFileAtomic(dir, IN_FORCE_FILE, `${head},"generation":"${generation}"}\n`, durable);
+    // After the new generation is in place: a crash in between leaves a journal of the old one, ignored.
+    unlinkSync(join(dir, IN_FORCE_JOURNAL));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+      throw new UsernsError(
+        'E_INTERNAL',
+        `cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+        err,
+      );
+  }
+  return generation;
+}
+
+function readInForceText(dir: string): string | null {
+  try {
+    return readFileSync(join(dir, IN_FORCE_FILE), { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Record changes to the contexts in force, after the contexts.json of `generation`: appended to its
+ * journal (made, with its header, by the first change). `durable`: fsync'ed before it returns.
+ */
+export function appendInForce(dir: string, generation: string, set: readonly Context[], forget: readonly string[], durable = true): void {
+  const file = join(dir, IN_FORCE_JOURNAL);
+  const lines = [...set.map((c) => JSON.stringify({ set: c })), ...forget.map((l) => JSON.stringify({ forget: l }))].join('\n');
+  try {
+    let fd: number;
+    let header = '';
+    try {
+      fd = openSync(file, constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      fd = openSync(file, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      header = JSON.stringify({ version: STATE_VERSION, generation }) + '\n';
+    }
+    try {
+      writeSync(fd, `${header}${lines}\n`);
+      if (durable) fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    throw new UsernsError('E_INTERNAL', `cannot record the contexts in force in ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
   }
 }
 

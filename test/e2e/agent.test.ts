@@ -261,6 +261,36 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((await ctl(['resolve', 'd'])).code, 0);
   });
 
+  it('a reload reads the files that changed and journals what changed; a stop writes the record whole', async () => {
+    tree.context('a.conf', A);
+    tree.context('b.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
+    await new Promise((r) => setTimeout(r, 1100)); // older than the racy window: kept after the first read
+    agent = await startAgent(tree);
+    const whole = readFileSync(`${tree.state}/contexts.json`, 'utf8');
+    tree.context('b.conf', '[context]\nuid_map = 0 310000 1000\ngid_map = 0 310000 1000\n');
+    tree.context('c.conf', '[context]\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n');
+    assert.equal((await ctl(['reload'])).code, 0);
+    const line = agent.logs.findLast((l) => l.msg === 'Reloaded configuration')!;
+    assert.equal(line.parsed, 2, 'only the changed and the new file are read and parsed');
+    assert.equal(readFileSync(`${tree.state}/contexts.json`, 'utf8'), whole, 'contexts.json is not rewritten for two changes');
+    const journal = readFileSync(`${tree.state}/contexts.journal`, 'utf8').trimEnd().split('\n');
+    assert.deepEqual(
+      journal.slice(1).map((l) => (JSON.parse(l) as { set: { label: string } }).set.label),
+      ['b', 'c'],
+    );
+    await agent.stop();
+    assert.equal(existsSync(`${tree.state}/contexts.journal`), false, 'written whole at stop, for an older usernsd');
+    const recorded = JSON.parse(readFileSync(`${tree.state}/contexts.json`, 'utf8')) as { contexts: { label: string; uidMap: { outside: number }[] }[] };
+    assert.deepEqual(
+      recorded.contexts.map((c) => [c.label, c.uidMap[0].outside]),
+      [
+        ['a', 100000],
+        ['b', 310000],
+        ['c', 400000],
+      ],
+    );
+  });
+
   it('SIGTERM finishes requests in flight, removes the socket and exits 0', async () => {
     for (const l of 'abcdefgh')
       tree.context(`${l}.conf`, `[context]\nuid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\ngid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\n`);
