@@ -132,7 +132,8 @@ async function readAhead(file: string, poolSize: number, cache: ParseCache | und
   if (cache && cache.size > 0) {
     try {
       const stamp = stampOf(await lstat(file));
-      if (cache.get(file, stamp, poolSize)) return { text: null, stamp };
+      const parsed = cache.get(file, stamp, poolSize);
+      if (parsed) return { text: null, stamp, parsed };
     } catch {
       /* gone since the listing: the read says so */
     }

@@ -349,13 +349,13 @@ export function listContextFiles(dir: string): string[] | ConfigError {
   }
 }
 
-/** A file not read: the stamp of its path (lstat), which the cache holds the parse of. */
-export type Unread = { readonly text: null; readonly stamp: Stamp };
+/** A file not read: the stamp of its path (lstat), and the parse the cache holds of that version. */
+export type Unread = { readonly text: null; readonly stamp: Stamp; readonly parsed: Parsed };
 
 /** Files read ahead (off the event loop, by the agent), by path, each with its stamp; others are read when needed. */
 export type ReadAhead = ReadonlyMap<string, ReadFile | Unread | ConfigError>;
 
-type Parsed = { readonly def: ContextDef | null; readonly errors: readonly ConfigError[] };
+export type Parsed = { readonly def: ContextDef | null; readonly errors: readonly ConfigError[] };
 
 /**
  * Context files as earlier loads parsed them, by path, with the stamp of the version read: a reload
@@ -454,11 +454,13 @@ function parseContextFiles(
   const errors: ConfigError[] = [];
   const watch = watchedNss(nss);
   for (const file of files) {
-    const ahead = texts?.get(file);
-    let r = ahead && 'stamp' in ahead ? cache?.get(file, ahead.stamp, poolSize) : undefined;
-    if (cache && r !== undefined) cache.counts.reused++;
-    if (r === undefined) {
-      const read = ahead && !('text' in ahead && ahead.text === null) ? ahead : readConfigFile(file);
+    const ahead = texts?.get(file) ?? readConfigFile(file);
+    let r: Parsed;
+    if ('parsed' in ahead) {
+      r = ahead.parsed;
+      if (cache) cache.counts.reused++;
+    } else {
+      const read = ahead;
       if (!('text' in read)) {
         errors.push(read);
         continue;
@@ -743,6 +745,21 @@ function mapsOf(d: ContextDef, allocated: ReadonlyMap<string, number>): { uidMap
 }
 
 /**
+ * The context a definition was last accepted as, while it stays the same object (a file whose stamp
+ * did not change, a context kept): accepted again with the same ids, it is that same object, so
+ * what is in force can be compared by identity (Registry.apply, the in-force record).
+ */
+const acceptedAs = new WeakMap<ContextDef, Context>();
+
+function contextOf(d: ContextDef, uidMap: IdMap, gidMap: IdMap, setgroups: 'allow' | 'deny'): Context {
+  const last = acceptedAs.get(d);
+  if (last && last.setgroups === setgroups && sameExtents(last.uidMap, uidMap) && sameExtents(last.gidMap, gidMap)) return last;
+  const c: Context = { ...d, uidMap, gidMap, setgroups };
+  acceptedAs.set(d, c);
+  return c;
+}
+
+/**
  * The order contexts are admitted in: first every context already in force that keeps its ids
  * (unchanged, or kept at its last good version because its file is now broken), then the new and
  * changed ones; parents before children within each. So a context in force is never refused
@@ -763,10 +780,12 @@ function admissionOrder(
     if (v !== undefined) return v;
     senior.set(d.label, false); // a cycle cannot be senior (linkContexts has refused it anyway)
     const old = prior.inForce.get(d.label);
-    const maps = mapsOf(d, allocated);
     const parent = byLabel.get(d.parent);
+    // The very context this static definition was accepted as (an unchanged file): the same ids.
+    const unchanged = old !== undefined && d.uidMap !== null && acceptedAs.get(d) === old;
+    const maps = unchanged ? null : mapsOf(d, allocated);
     v =
-      (keptSet.has(d) || (old !== undefined && maps !== null && sameIds(old, { parent: d.parent, ...maps }))) &&
+      (unchanged || keptSet.has(d) || (old !== undefined && maps !== null && sameIds(old, { parent: d.parent, ...maps }))) &&
       (d.parent === HOST_LABEL || (parent !== undefined && isSenior(parent)));
     senior.set(d.label, v);
     return v;
@@ -853,21 +872,6 @@ function delegationClashes(d: ContextDef, given: readonly Given[]): [string, str
     out.push([KEY_OF[kind], `${what} is given to context "${other.label}" already: a resource follows one label; give it to one of them`]);
   }
   return out;
-}
-
-/**
- * The context a definition was last accepted as, while it stays the same object (a file whose stamp
- * did not change, a context kept): accepted again with the same ids, it is that same object, so
- * what is in force can be compared by identity (Registry.apply, the in-force record).
- */
-const acceptedAs = new WeakMap<ContextDef, Context>();
-
-function contextOf(d: ContextDef, uidMap: IdMap, gidMap: IdMap, setgroups: 'allow' | 'deny'): Context {
-  const last = acceptedAs.get(d);
-  if (last && last.setgroups === setgroups && sameExtents(last.uidMap, uidMap) && sameExtents(last.gidMap, gidMap)) return last;
-  const c: Context = { ...d, uidMap, gidMap, setgroups };
-  acceptedAs.set(d, c);
-  return c;
 }
 
 export function finishContexts(

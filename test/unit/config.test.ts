@@ -318,6 +318,14 @@ describe('config: the contexts in force keep their ids', () => {
     assert.match(after.errors.join('\n'), /aa-overlap\.conf: \[context\] uid_map: host uids 4000100-4000109 are already used by context "proj"/);
   });
 
+  it('a context in force whose ids changed is a newcomer with them: a file sorting first that takes them wins', () => {
+    const before = finish({ 'proj.conf': proj }, undefined);
+    const moved = '[context]\nuid_map = 0 4100000 10\ngid_map = 0 4100000 10\n';
+    const after = finish({ 'aa.conf': moved, 'proj.conf': moved }, { inForce: new Map(before.contexts.map((c) => [c.label, c])), allocations: new Map() });
+    assert.deepEqual(after.labels, ['aa']);
+    assert.match(after.errors.join('\n'), /proj\.conf: \[context\] uid_map: host uids 4100000-4100009 are already used by context "aa"/);
+  });
+
   it('keeps a context whose file broke at its last good version, and its ids stay claimed', () => {
     const before = finish({ 'proj.conf': proj }, undefined);
     const after = finish(
