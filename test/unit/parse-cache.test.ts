@@ -4,7 +4,7 @@
 // cache must be exactly the one loaded without it.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, linkSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { loadConfigurationAsync } from '../../agent/configure.ts';
@@ -82,6 +82,14 @@ const chown = (label: string, uid: number) =>
       /* not there */
     }
   });
+/** Written through a hard link outside the directory: the same inode changes, and the watch on the directory sees nothing. */
+const writeThroughLink = (label: string, text: string) =>
+  command(`write ${label} through a hard link ${JSON.stringify(text)}`, (_m, r) => {
+    const other = join(r.tree.dir, `${label}.link`);
+    if (!existsSync(path(r, label))) return;
+    if (!existsSync(other)) linkSync(path(r, label), other);
+    writeFileSync(other, text);
+  });
 const remove = (label: string) => command(`remove ${label}`, (_m, r) => rmSync(path(r, label), { force: true }));
 /** The name hpa now means the other uid (1000 <-> 1001). */
 const renameUser = command('hpa changes uid', (m) => {
@@ -137,6 +145,7 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
         fc.tuple(label, fc.constantFrom(0o644, 0o664)).map(([l, m]) => chmod(l, m)),
         fc.tuple(label, fc.constantFrom(0, 1000)).map(([l, u]) => chown(l, u)),
         label.map(remove),
+        fc.tuple(label, text).map(([l, t]) => writeThroughLink(l, t)),
         fc.constant(renameUser),
         fc.constant(poolSize),
         fc.constant(age),
@@ -175,6 +184,7 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
     ['made writable by its group', TEXTS[0], chmod('aa', 0o664)],
     ['given to another owner', TEXTS[0], chown('aa', 1000)],
     ['removed', TEXTS[0], remove('aa')],
+    ['written through a hard link elsewhere', TEXTS[0], writeThroughLink('aa', TEXTS[1])],
     ['its owner name meaning another uid', TEXTS[3], renameUser],
     ['the pool size its range = auto takes changing', TEXTS[4], poolSize],
   ];
