@@ -15,6 +15,7 @@ import { benchShared } from './shared.ts';
 import { benchDelegate, delegateSection } from './delegate.ts';
 import { benchInside, insideSection } from './inside.ts';
 import { benchScale, scaleSection } from './scale.ts';
+import { benchEager, eagerSection } from './eager.ts';
 import { f2, verdict } from './report.ts';
 
 const f3 = (n: number) => n.toFixed(3);
@@ -44,6 +45,8 @@ log('seen from inside (caller identification, contexts made from inside, 1,000 m
 const ins = await benchInside(Number(process.env.BENCH_RUNS ?? 30), 2000, 1000);
 log('the whole id space (65,535 context files: start-up against reading them, reloads)');
 const sc = await benchScale(Number(process.env.BENCH_SCALE ?? 65_535));
+log('eager creation against usernsd-spawner alone (5,000 namespaces, three times each)');
+const eg = await benchEager(5000);
 log('storm (a well-behaved client against every kind of abuse at once)');
 const sm = await runStorm(Number(process.env.BENCH_STORM_SECONDS ?? 10));
 
@@ -271,6 +274,6 @@ ${
 `
 }${cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && eagerOk && st.lazyRssMb < 150 ? '' : '- Other misses are marked in the table.\n'}`;
 // The delegation section is also written alone by `node bench/delegate.ts`, between its markers.
-const all = `${text.trimEnd()}\n\n${delegateSection(dl, 'npm run bench')}\n${insideSection(ins, 'npm run bench')}\n${scaleSection(sc, 'npm run bench')}`;
+const all = `${text.trimEnd()}\n\n${delegateSection(dl, 'npm run bench')}\n${insideSection(ins, 'npm run bench')}\n${scaleSection(sc, 'npm run bench')}\n${eagerSection(eg, 'npm run bench')}`;
 writeFileSync(new URL('../BENCHMARKS.md', import.meta.url), all);
 process.stdout.write(all);
