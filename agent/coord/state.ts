@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../kernel/files.ts';
+import { fsyncDir, writeFileAtomic } from '../kernel/files.ts';
 import type { Context } from '../../config/types.ts';
 import type { Allocation } from './allocate.ts';
 import { UsernsError } from '../errors.ts';
@@ -325,6 +325,8 @@ export function appendInForce(dir: string, generation: string, set: readonly Con
     } finally {
       closeSync(fd);
     }
+    // A journal just made is a new name in the directory: that too must outlive a power loss.
+    if (durable && header !== '') fsyncDir(dir);
   } catch (err) {
     throw new UsernsError('E_INTERNAL', `cannot record the contexts in force in ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
   }

@@ -62,7 +62,11 @@ export function writeFileAtomic(dir: string, name: string, body: string, durable
     closeSync(fd);
   }
   renameSync(tmp, file);
-  if (!durable) return;
+  if (durable) fsyncDir(dir);
+}
+
+/** fsync a directory: the names made or replaced in it outlive a power loss. */
+export function fsyncDir(dir: string): void {
   const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     fsyncSync(dfd);
