@@ -49,12 +49,15 @@ export function makeDirs(dir: string, mode: number): void {
 export function writeFileAtomic(dir: string, name: string, body: string, durable = true): void {
   const file = join(dir, name);
   const tmp = join(dir, `.${name}.${process.pid}.tmp`);
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+  let fd: number;
   try {
-    unlinkSync(tmp);
-  } catch {
-    /* left by a crash of a process with this pid, or absent */
+    fd = openSync(tmp, flags, 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    unlinkSync(tmp); // left by a crash of a process with this pid
+    fd = openSync(tmp, flags, 0o600);
   }
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
     writeSync(fd, body);
     if (durable) fsyncSync(fd);

@@ -14,7 +14,7 @@ import { kernelError } from './spawn.ts';
 import type { Spawner, SpawnerSetting } from './spawner.ts';
 import { namespaceMaker } from './makers.ts';
 import type { Holder, NamespaceMaker, ParentPin } from './makers.ts';
-import { makeDirs } from './files.ts';
+import { lstatOrNull, makeDirs } from './files.ts';
 import { markRecordFormat, NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
@@ -187,6 +187,7 @@ export class Namespaces {
       [this.pinsDir, 0o755],
       [this.recordsDir, 0o700],
     ] as const) {
+      if (lstatOrNull(dir)?.isDirectory()) continue; // the common case: one lstat, no mkdir
       makeDirs(dir, mode);
       if (!lstatSync(dir).isDirectory()) throw new UsernsError('E_CONFIG', `${dir} is not a directory (a symlink?): remove it`);
     }

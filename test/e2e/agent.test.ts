@@ -415,7 +415,12 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     tree.context('e.conf', A + 'create = eager\n');
     agent = await startAgent(tree);
     assert.equal(mountsUnder(tree.pins).length, 1);
-    assert.ok(agent.logs.some((l) => l.msg === 'Created user namespace (eager)' && l.label === 'e'));
+    assert.ok(
+      agent.logs.some((l) => l.msg === 'Created user namespace (eager)' && l.label === 'e' && l.level === 20),
+      'one by one at debug',
+    );
+    const summary = agent.logs.find((l) => l.msg === 'Created eager contexts')!;
+    assert.deepEqual([summary.level, summary.contexts, summary.created, summary.failed], [30, 1, 1, 0], 'all of them in one line at info');
     assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'e'])).out) as P.ResolveResult).created, false);
     // And at a reload that brings one (userns.d(5): "created when the agent starts and on reload").
     tree.context('f.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\ncreate = eager\n');
