@@ -20,6 +20,9 @@ export type ScaleFigures = {
   rssAfterReloadsMb: number;
   /** The same, ten seconds later (V8 gives back what a burst of garbage grew its heap by when the agent is idle). */
   rssIdleMb: number;
+  /** Started again on the same files, with the state the first agent left (contexts.json of 65,535 contexts). */
+  restartMs: number;
+  restartRssMb: number;
 };
 
 const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
@@ -75,6 +78,9 @@ export async function benchScale(n = 65_535): Promise<ScaleFigures> {
     await new Promise((r) => setTimeout(r, 10_000));
     const rssIdle = rssMb(agent.child.pid!);
     await agent.stop();
+    const again = await timeToReady(tree);
+    const restartRss = rssMb(again.agent.child.pid!);
+    await again.agent.stop();
     return {
       contexts: n,
       floorMs: median(floors),
@@ -85,6 +91,8 @@ export async function benchScale(n = 65_535): Promise<ScaleFigures> {
       parsedAtOne: Math.max(...one.map((x) => x.parsed)),
       rssAfterReloadsMb: rssAfter,
       rssIdleMb: rssIdle,
+      restartMs: again.ms,
+      restartRssMb: restartRss,
     };
   } finally {
     await cleanup(tree);
@@ -103,6 +111,7 @@ export function scaleSection(s: ScaleFigures, command: string): string {
     `| reload, one file changed (median of 9; files read and parsed: ${s.parsedAtOne}) vs ready | ${Math.round(s.reloadOneMs)} ms, ${f2(reloadRatio)}x | 0.1x, ${verdict(reloadRatio <= 0.1, `${f2(reloadRatio)}x`)} |`,
     `| resident memory right after 10 reloads vs at ready | ${Math.round(s.rssAfterReloadsMb)} MiB, ${f2(memRatio)}x | 1.1x, ${verdict(memRatio <= 1.1, `${f2(memRatio)}x`)} |`,
     `| the same, 10 s later (idle) | ${Math.round(s.rssIdleMb)} MiB, ${f2(idleRatio)}x | |`,
+    `| restart on the same files (the state the first agent left: contexts.json read, compared, kept) | ${Math.round(s.restartMs)} ms, ${Math.round(s.restartRssMb)} MiB | |`,
   ];
   return `<!-- scale -->
 ## The whole id space

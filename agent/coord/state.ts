@@ -1,6 +1,19 @@
 // The agent's persistent state under /var/lib/usernsd: range allocations and the contexts in force, written atomically.
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  existsSync,
+  fsyncSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { fsyncDir, writeFileAtomic } from '../kernel/files.ts';
 import type { Context } from '../../config/types.ts';
@@ -90,25 +103,54 @@ export function newerStateFiles(dir: string): string[] {
   const out: string[] = [];
   for (const name of [RANGES_FILE, IN_FORCE_FILE, VIEWS_FILE]) {
     const file = join(dir, name);
-    let data: unknown;
-    try {
-      data = readStateJson(file, () => new UsernsError('E_CONFIG', 'corrupt'));
-    } catch {
-      continue;
+    // What this build and its successors write starts with the version: no need to parse 29 MB of
+    // contexts.json for it (anything else is parsed whole).
+    const head = fileStart(file);
+    const sniffed = head === null ? null : /^\s*\{\s*"version"\s*:\s*(\d{1,15})\s*[,}]/.exec(head);
+    let version: unknown;
+    if (sniffed) version = Number(sniffed[1]);
+    else {
+      try {
+        const data = readStateJson(file, () => new UsernsError('E_CONFIG', 'corrupt'));
+        version = isPlainObject(data) ? data.version : undefined;
+      } catch {
+        continue;
+      }
     }
-    const version = isPlainObject(data) ? data.version : undefined;
     if (isNewer(version)) out.push(`${file} is in ${versionProblem(version)}`);
   }
   // The journal's format is its first line's.
   const journal = join(dir, IN_FORCE_JOURNAL);
   try {
-    const header = JSON.parse(readFileSync(journal, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW }).split('\n', 1)[0]) as unknown;
+    const head = fileStart(journal);
+    const first = head?.includes('\n')
+      ? head.split('\n', 1)[0]
+      : readFileSync(journal, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW }).split('\n', 1)[0];
+    const header = JSON.parse(first) as unknown;
     const version = isPlainObject(header) ? header.version : undefined;
     if (isNewer(version)) out.push(`${journal} is in ${versionProblem(version)}`);
   } catch {
     /* missing or not JSON: its reader says so */
   }
   return out;
+}
+
+/** A file's first bytes (never through a symlink), or null when it cannot be read. */
+function fileStart(file: string, bytes = 4096): string | null {
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch {
+    return null;
+  }
+  try {
+    const buf = Buffer.alloc(bytes);
+    return buf.toString('utf8', 0, readSync(fd, buf, 0, bytes, 0));
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** The state directory must be a real directory, never a symlink planted by someone else. */

@@ -163,3 +163,30 @@ describe('state: the contexts in force keep what they are given', () => {
     }
   });
 });
+
+describe('state: files a newer usernsd wrote', () => {
+  let tree: Tree;
+  beforeEach(() => {
+    tree = makeTree();
+    makeDirs(tree.state, 0o700);
+  });
+  afterEach(() => tree.remove());
+
+  it('are found by the version they start with, or wherever it stands, and only when it is newer', async () => {
+    const { newerStateFiles } = await import('../../agent/coord/state.ts');
+    for (const [name, text, newer] of [
+      ['contexts.json', JSON.stringify({ version: 2, contexts: [] }), true],
+      ['ranges.json', JSON.stringify({ version: 3, allocations: {} }, null, 1), true],
+      ['views.json', JSON.stringify({ views: [], version: 4 }), true],
+      ['contexts.json', JSON.stringify({ version: 1, contexts: [] }), false],
+      ['contexts.json', '{"version":1', false],
+      ['contexts.json', '{"version":12345678901234567890}', false],
+    ] as const) {
+      writeFileSync(join(tree.state, name), text);
+      const found = newerStateFiles(tree.state);
+      assert.equal(found.length, newer ? 1 : 0, `${name}: ${text}`);
+      if (newer) assert.match(found[0], new RegExp(`${name.replace('.', '\\.')} is in format \\d, written by a newer usernsd`));
+      writeFileSync(join(tree.state, name), JSON.stringify({ version: 1 }));
+    }
+  });
+});
