@@ -30,7 +30,7 @@ import type { StaticClaim } from './coord/pooldoc.ts';
 import type { Allocation } from './coord/allocate.ts';
 import { UsernsError } from './errors.ts';
 import { pinnedMaps } from './kernel/userns.ts';
-import { CHILDREN_DIR, ensureStateDir, IN_FORCE_FILE, readAllocations, readInForce, writeAllocations } from './coord/state.ts';
+import { CHILDREN_DIR, ensureStateDir, IN_FORCE_FILE, readAllocations, readInForceRecord, writeAllocations } from './coord/state.ts';
 
 export type Configuration = {
   readonly agent: AgentConfig;
@@ -53,6 +53,12 @@ export type Configuration = {
   readonly waiting: readonly string[];
   /** coordinator = etcd: every auto context, to check its cached range against the pool's at each settle. */
   readonly requests: readonly PendingRange[];
+  /**
+   * The in-force record this load read (a start, check-config): its contexts, which the unchanged
+   * contexts above are (the very objects), its generation and its journal's length. Null when the
+   * load was given what is in force, or the record has no generation (an older usernsd's).
+   */
+  readonly recorded: { readonly contexts: ReadonlyMap<string, Context>; readonly generation: string; readonly journal: number } | null;
 };
 
 export type PendingRange = { readonly label: string; readonly size: number; readonly file: string };
@@ -175,9 +181,12 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
 
   // Who is in force already: the agent's own picture, else what it recorded (check-config, a restart).
   let inForce: ReadonlyMap<string, Context> = opts.inForce ?? new Map();
+  let recorded: Configuration['recorded'] = null;
   if (!opts.inForce) {
     try {
-      inForce = readInForce(agent.state);
+      const r = readInForceRecord(agent.state);
+      inForce = r.contexts;
+      if (r.generation !== null) recorded = { contexts: r.contexts, generation: r.generation, journal: r.journalLines };
     } catch (err) {
       if (!(err instanceof UsernsError)) throw err;
       // check-config run by a user who may not read the agent's state: it judges by the files alone.
@@ -219,6 +228,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     waiting,
     requests:
       agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: allocationSize(d)!, file: d.file })) : [],
+    recorded,
   };
 }
 

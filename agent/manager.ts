@@ -289,6 +289,7 @@ export class Manager implements Agent {
     Manager.refuseNewerFormats(config.agent);
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config, parsed);
+    m.recorded = config.recorded; // what is in force and unchanged is the record's objects: nothing to write for it
     const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(m.registry.namespaces.recordsDir)];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
     m.recordInForce();

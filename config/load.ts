@@ -1,5 +1,6 @@
 // From files to contexts: usernsd.conf, then every context file, then the checks that span files.
 import { readdirSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
 import { basename, join } from 'node:path';
 import { composeMaps, firstEndingAfter, formatInterval, sameMap, uncovered } from './extents.ts';
 import { appendErrors, capErrors, configError, parseIni, readConfigFile, readConfigText, sameStamp } from './ini.ts';
@@ -728,6 +729,60 @@ function sameExtents(a: IdMap, b: IdMap): boolean {
   return a.length === b.length && a.every((e, i) => e.inside === b[i].inside && e.outside === b[i].outside && e.count === b[i].count);
 }
 
+const sameNumbers = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/**
+ * Every field of a Context, compared as the in-force record keeps them; `lines` only when both
+ * have them (a record has none). test/unit/config.test.ts holds this list to the type: a field
+ * added to Context and not here would let a record's stale value stay in force.
+ */
+export const RECORDED_FIELDS = [
+  'label',
+  'file',
+  'parent',
+  'owner',
+  'uidMap',
+  'gidMap',
+  'autoSize',
+  'setgroups',
+  'create',
+  'squash',
+  'access',
+  'ownerIds',
+  'delegate',
+  'children',
+  'childRanges',
+  'runtime',
+  'lines',
+] as const;
+
+export function sameRecorded(a: Context, b: Context): boolean {
+  return (
+    a.label === b.label &&
+    a.file === b.file &&
+    a.parent === b.parent &&
+    a.owner.uid === b.owner.uid &&
+    a.owner.gid === b.owner.gid &&
+    a.owner.name === b.owner.name &&
+    sameExtents(a.uidMap, b.uidMap) &&
+    sameExtents(a.gidMap, b.gidMap) &&
+    a.autoSize === b.autoSize &&
+    a.setgroups === b.setgroups &&
+    a.create === b.create &&
+    a.squash.mode === b.squash.mode &&
+    a.squash.anonuid === b.squash.anonuid &&
+    a.squash.anongid === b.squash.anongid &&
+    sameNumbers(a.access.uids, b.access.uids) &&
+    sameNumbers(a.access.gids, b.access.gids) &&
+    a.ownerIds === b.ownerIds &&
+    isDeepStrictEqual(a.delegate, b.delegate) &&
+    a.children === b.children &&
+    a.childRanges === b.childRanges &&
+    (a.runtime ?? false) === (b.runtime ?? false) &&
+    (a.lines === undefined || b.lines === undefined || isDeepStrictEqual(a.lines, b.lines))
+  );
+}
+
 function sameIds(a: Context, b: { parent: string; uidMap: IdMap; gidMap: IdMap }): boolean {
   return a.parent === b.parent && sameExtents(a.uidMap, b.uidMap) && sameExtents(a.gidMap, b.gidMap);
 }
@@ -751,10 +806,12 @@ function mapsOf(d: ContextDef, allocated: ReadonlyMap<string, number>): { uidMap
  */
 const acceptedAs = new WeakMap<ContextDef, Context>();
 
-function contextOf(d: ContextDef, uidMap: IdMap, gidMap: IdMap, setgroups: 'allow' | 'deny'): Context {
+function contextOf(d: ContextDef, uidMap: IdMap, gidMap: IdMap, setgroups: 'allow' | 'deny', inForce: Context | undefined): Context {
   const last = acceptedAs.get(d);
   if (last && last.setgroups === setgroups && sameExtents(last.uidMap, uidMap) && sameExtents(last.gidMap, gidMap)) return last;
-  const c: Context = { ...d, uidMap, gidMap, setgroups };
+  let c: Context = { ...d, uidMap, gidMap, setgroups };
+  // The same as the context in force (a file rewritten as it was; at start, the record's): that one.
+  if (inForce !== undefined && sameRecorded(inForce, c)) c = inForce;
   acceptedAs.set(d, c);
   return c;
 }
@@ -1051,7 +1108,7 @@ export function finishContexts(
     for (const [kind, , map] of maps) for (const e of map) claimGaps(siblings[kind], e.outside, e.outside + e.count, d.label);
     claims.set(d.parent, siblings);
     hostMaps.set(d.label, host);
-    accepted.set(d.label, contextOf(d, uidMap, gidMap, setgroups));
+    accepted.set(d.label, contextOf(d, uidMap, gidMap, setgroups, prior.inForce.get(d.label)));
     if (!labels.has(d.label)) keptLabels.push(d.label);
   }
   // Parents before children, as admitted.

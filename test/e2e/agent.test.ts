@@ -261,7 +261,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((await ctl(['resolve', 'd'])).code, 0);
   });
 
-  it('a reload reads the files that changed and journals what changed; a stop writes the record whole', async () => {
+  it('a reload reads the files that changed and journals what changed; a stop writes the record whole, and a start on it writes nothing', async () => {
     tree.context('a.conf', A);
     tree.context('b.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
     await new Promise((r) => setTimeout(r, 1100)); // older than the racy window: kept after the first read
@@ -288,6 +288,23 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
         ['b', 310000],
         ['c', 400000],
       ],
+    );
+    // Started again on the same files: what is in force is the record's, and nothing is written.
+    const text = readFileSync(`${tree.state}/contexts.json`, 'utf8');
+    const mtime = statSync(`${tree.state}/contexts.json`).mtimeMs;
+    agent = await startAgent(tree);
+    assert.equal(readFileSync(`${tree.state}/contexts.json`, 'utf8'), text);
+    assert.equal(statSync(`${tree.state}/contexts.json`).mtimeMs, mtime, 'not rewritten');
+    assert.equal(existsSync(`${tree.state}/contexts.journal`), false);
+    // One file changed while it was down: journaled at start, not written whole.
+    await agent.stop();
+    tree.context('c.conf', '[context]\nuid_map = 0 410000 1000\ngid_map = 0 410000 1000\n');
+    agent = await startAgent(tree);
+    assert.equal(statSync(`${tree.state}/contexts.json`).mtimeMs, mtime, 'not rewritten');
+    const lines = readFileSync(`${tree.state}/contexts.journal`, 'utf8').trimEnd().split('\n').slice(1);
+    assert.deepEqual(
+      lines.map((l) => (JSON.parse(l) as { set: { label: string; uidMap: { outside: number }[] } }).set).map((c) => [c.label, c.uidMap[0].outside]),
+      [['c', 410000]],
     );
   });
 

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { chownSync, mkdirSync, readdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { capErrors, formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni, readConfigText, readConfigTextAsync } from '../../config/ini.ts';
-import { finishContexts, linkContexts, OWN_IDS_ONLY, parseContextFile } from '../../config/load.ts';
+import { finishContexts, linkContexts, OWN_IDS_ONLY, parseContextFile, RECORDED_FIELDS, sameRecorded } from '../../config/load.ts';
 import type { Delegations } from '../../config/load.ts';
-import type { ConfigError, ContextDef } from '../../config/types.ts';
+import type { ConfigError, Context, ContextDef } from '../../config/types.ts';
 import { judgeRuntimeChild, loadConfiguration, loadConfigurationAsync } from '../../agent/configure.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -909,5 +909,78 @@ describe('config: contexts made from inside, recorded in the state directory (SP
     assert.match(text, /L\.dir\.conf: \[delegate\].*nothing else of the host's/);
     assert.match(text, /M\.c\.conf: \[delegate\] cgroup.*its parent "M" has no cgroup to give a part of/);
     assert.equal(errors.length, 3, text);
+  });
+});
+
+describe('config: a context compared with its record', () => {
+  // Every field, so that a field added to Context breaks this until RECORDED_FIELDS names it.
+  const full: Required<Context> = {
+    label: 'a',
+    file: '/etc/userns.d/a.conf',
+    parent: 'host',
+    owner: { uid: 1000, gid: 1000, name: 'hpa' },
+    uidMap: [{ inside: 0, outside: 100000, count: 65536 }],
+    gidMap: [{ inside: 0, outside: 100000, count: 65536 }],
+    autoSize: null,
+    setgroups: 'deny',
+    create: 'lazy',
+    squash: { mode: 'root', anonuid: 65534, anongid: 65534 },
+    access: { uids: [1001], gids: [34] },
+    ownerIds: 'delegated',
+    delegate: {
+      cgroup: true,
+      cgroupLimits: [],
+      netns: false,
+      veth: false,
+      tap: null,
+      devices: [],
+      directories: [],
+      execStart: null,
+      execStop: null,
+      execTimeoutMs: 30000,
+    },
+    children: 2,
+    childRanges: 1,
+    runtime: false,
+    lines: { '': 1, uid_map: 2 },
+  };
+  const changed = (k: keyof Context): Context => {
+    const v = full[k];
+    const other: Record<keyof Context, unknown> = {
+      ...full,
+      label: 'b',
+      file: '/etc/userns.d/b.conf',
+      parent: 'p',
+      owner: { ...full.owner, gid: 1001 },
+      uidMap: [{ ...full.uidMap[0], count: 10 }],
+      gidMap: [{ ...full.gidMap[0], outside: 200000 }],
+      autoSize: 65536,
+      setgroups: 'allow',
+      create: 'eager',
+      squash: { ...full.squash, anongid: 1 },
+      access: { ...full.access, gids: [] },
+      ownerIds: 'any',
+      delegate: { ...full.delegate, execTimeoutMs: 1000 },
+      children: 3,
+      childRanges: 2,
+      runtime: true,
+      lines: { '': 1, uid_map: 3 },
+    };
+    assert.notDeepEqual(other[k], v);
+    const c: Context = { ...full, [k]: other[k] };
+    return c;
+  };
+
+  it('names every field of a context, and tells each one changed', () => {
+    assert.deepEqual([...RECORDED_FIELDS].sort(), Object.keys(full).sort());
+    assert.equal(sameRecorded(full, { ...full }), true);
+    for (const k of RECORDED_FIELDS) assert.equal(sameRecorded(full, changed(k)), false, k);
+  });
+
+  it('a record without lines is the same context', () => {
+    const recorded: Context = { ...full, lines: undefined };
+    delete (recorded as { lines?: unknown }).lines;
+    assert.equal(sameRecorded(full, recorded), true);
+    assert.equal(sameRecorded(recorded, { ...full, lines: { x: 1 } }), true);
   });
 });
