@@ -5,6 +5,20 @@
 // A mutant belongs here only when no input the module can be given tells it apart.
 export const EQUIVALENTS = [
   {
+    file: 'config/extents.ts',
+    mutator: 'ConditionalExpression',
+    original: 'last?.text !== text',
+    replacement: 'true',
+    why: 'The memo of the last text parsed is a shortcut: parsing the same text again gives an equal map.',
+  },
+  {
+    file: 'config/extents.ts',
+    mutator: 'ConditionalExpression',
+    original: 'map.length === 1',
+    replacement: 'false',
+    why: 'One extent cannot overlap another: the sorting pass that follows finds nothing either.',
+  },
+  {
     file: 'agent/coord/allocate.ts',
     mutator: 'StringLiteral',
     original: "'utf8'",

@@ -2,7 +2,17 @@
 // error says it stands, files whose size fstat does not tell (procfs), a read that fails after the
 // open, headers only at the start of a line, blanks inside brackets, quoted values, dotted sections.
 import assert from 'node:assert/strict';
-import { configError, formatConfigError, parseIni, readConfigText, readConfigTextAsync } from '../../config/ini.ts';
+import {
+  configError,
+  formatConfigError,
+  parseIni,
+  readConfigFile,
+  readConfigFileAsync,
+  readConfigText,
+  readConfigTextAsync,
+  sameStamp,
+} from '../../config/ini.ts';
+import type { Stamp } from '../../config/ini.ts';
 
 const values = (text: string) => {
   const r = parseIni('/f.conf', text);
@@ -26,6 +36,15 @@ describe('unit: the INI reader, at its edges', () => {
     const grew = '/proc/version: changed while it was read (it grew): ignored until the next reload';
     assert.equal(formatConfigError(readConfigText('/proc/version') as never), grew);
     assert.equal(formatConfigError((await readConfigTextAsync('/proc/version')) as never), grew);
+    // An error is only an error: no text, no stamp for a cache to keep.
+    for (const r of [readConfigFile('/proc/version'), await readConfigFileAsync('/proc/version')])
+      assert.deepEqual(Object.keys(r).sort(), ['file', 'key', 'line', 'message', 'section']);
+  });
+
+  it('tells two versions of a file apart by any field of their stamps', () => {
+    const a: Stamp = { dev: 1, ino: 2, mode: 0o100644, uid: 0, gid: 0, size: 10, mtimeMs: 5.5, ctimeMs: 6.5 };
+    assert.equal(sameStamp(a, { ...a }), true);
+    for (const k of Object.keys(a) as (keyof Stamp)[]) assert.equal(sameStamp(a, { ...a, [k]: a[k] + 1 }), false, k);
   });
 
   it('turns a read that fails after the open into an error naming the errno, both ways of reading', async () => {
