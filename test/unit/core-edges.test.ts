@@ -43,6 +43,11 @@ describe('unit: the pure core at the edges mutation testing found', () => {
   it("root squash of a one-id extent leaves nothing of it, and of an extent's last id leaves the rest whole", () => {
     assert.deepEqual(withoutInside([{ inside: 0, outside: 1000, count: 1 }], 0), []);
     assert.deepEqual(withoutInside([{ inside: 0, outside: 1000, count: 10 }], 9), [{ inside: 0, outside: 1000, count: 9 }]);
+    // And an id inside an extent cuts it in two, the second part shifted past it on both sides.
+    assert.deepEqual(withoutInside([{ inside: 0, outside: 1000, count: 10 }], 3), [
+      { inside: 0, outside: 1000, count: 3 },
+      { inside: 4, outside: 1004, count: 6 },
+    ]);
   });
 
   it('bindfs cannot show a view whose gid map is an offset but whose uid map is not, nor the reverse', () => {
