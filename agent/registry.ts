@@ -3,6 +3,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { labelProblem } from '../config/schema.ts';
 import { formatConfigError } from '../config/ini.ts';
+import { sameRecorded } from '../config/load.ts';
 import type { HostMaps } from '../config/load.ts';
 import { HOST_LABEL } from '../config/types.ts';
 import type { ConfigError, Context, IdMap } from '../config/types.ts';
@@ -29,10 +30,6 @@ export type ReloadDiff = {
   readonly removed: string[];
   readonly kept: string[];
 };
-
-function sameContext(a: Context, b: Context): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
 
 /** Told about every namespace created, ancestors included: who asked (null: the agent itself) and how long it took. */
 export type OnCreate = (pin: Pin, ms: number, by: Peer | null) => void;
@@ -444,7 +441,7 @@ export class Registry {
     for (const [label, c] of next.contexts) {
       const old = this.contexts.get(label);
       if (!old) added.push(label);
-      else if (old !== c && !sameContext(old, c)) changed.push(label);
+      else if (old !== c && !sameRecorded(old, c)) changed.push(label);
     }
     const removed = [...this.contexts.keys()].filter((l) => !next.contexts.has(l));
     this.config = next;
