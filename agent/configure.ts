@@ -26,7 +26,7 @@ import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
 import { HOST_LABEL } from '../config/types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss } from '../config/types.ts';
 import { assignRanges, mergeIntervals, parseSubIdOwners, parseSubIds } from './coord/allocate.ts';
-import type { StaticClaim } from './coord/pooldoc.ts';
+import type { StaticClaim } from './coord/poolkeys.ts';
 import type { Allocation } from './coord/allocate.ts';
 import { UsernsError } from './errors.ts';
 import { pinnedMaps } from './kernel/userns.ts';

@@ -146,34 +146,29 @@ export class SharedPool implements RangePool {
     return { reachable: this.coord.state().reachable, waiting: this.hooks.config().waiting.length };
   }
 
-  /** The shared pool's document. */
+  /** The shared pool's entries. */
   async list(): Promise<RangesResult> {
-    const { doc } = await this.coord.read();
-    const ranges: RangeRecord[] = [
-      ...Object.entries(doc.ranges).map(([label, r]): RangeRecord => ({
-        label,
-        kind: 'auto',
-        ranges: [{ start: r.start, end: r.start + r.size }],
-        decided: 'etcd',
-        by: r.by,
-        at: r.at,
-      })),
-      ...Object.entries(doc.statics).map(([label, st]): RangeRecord => ({
-        label,
-        kind: 'static',
-        ranges: st.intervals.map((i) => ({ start: i.start, end: i.end })),
-        decided: 'etcd',
-        by: st.by,
-        at: st.at,
-      })),
-    ].sort((a, b) => a.label.localeCompare(b.label) || a.kind.localeCompare(b.kind));
+    const ranges: RangeRecord[] = [...(await this.coord.entries())].map(([label, e]): RangeRecord => ({
+      label,
+      kind: e.kind,
+      ranges: e.kind === 'auto' ? [{ start: e.start, end: e.start + e.size }] : e.intervals.map((i) => ({ start: i.start, end: i.end })),
+      decided: 'etcd',
+      by: e.by,
+      at: e.at,
+    }));
+    ranges.sort((a, b) => a.label.localeCompare(b.label) || a.kind.localeCompare(b.kind));
     return { coordinator: 'etcd', ranges };
   }
 
   /** This host's recorded allocations into the shared pool, all or none. */
   async import(): Promise<{ imported: number }> {
-    const r = await this.coord.importRanges(readAllocations(this.hooks.config().agent.state));
-    if (r.conflicts.length > 0) throw new UsernsError('E_CONFIG', `nothing imported: ${r.conflicts.map((c) => `${c.label}: ${c.message}`).join('; ')}`);
+    const cfg = this.hooks.config();
+    const r = await this.coord.importRanges(readAllocations(cfg.agent.state), cfg.agent.pool, this.hooks.systemIds(cfg.agent));
+    if (r.conflicts.length > 0)
+      throw new UsernsError(
+        'E_CONFIG',
+        `${r.imported === 0 ? 'nothing imported' : `${r.imported} imported, then another host's allocation came between`}: ${r.conflicts.map((c) => `${c.label}: ${c.message}`).join('; ')}`,
+      );
     return { imported: r.imported };
   }
 
@@ -216,6 +211,8 @@ export class SharedPool implements RangePool {
       return false;
     }
     if (this.wasReachable === false) this.log.info({ coordinator: 'etcd' }, 'Shared pool: etcd answers again');
+    const moved = this.coord.takeMigrated();
+    if (moved > 0) this.log.info({ coordinator: 'etcd', labels: moved }, `Shared pool: moved the single document's ${moved} label(s) to one key per label`);
     this.wasReachable = true;
     this.retryMs = RETRY_FIRST_MS;
     // What etcd decided is recorded before anything uses it, as a local allocation would be.

@@ -41,10 +41,7 @@ export async function checkEtcd(agent: AgentConfig, io: Io): Promise<boolean> {
   const { EtcdCoordinator } = await import('../coord/etcd.ts');
   const coord = new EtcdCoordinator(agent.etcd);
   try {
-    const { doc } = await coord.read();
-    io.out(
-      `etcd ${agent.etcd.endpoints.join(', ')}: answers; ${Object.keys(doc.ranges).length} range(s) and ${Object.keys(doc.statics).length} static range(s) under ${agent.etcd.prefix}pool`,
-    );
+    io.out(`etcd ${agent.etcd.endpoints.join(', ')}: answers; ${await coord.survey()}`);
     return true;
   } catch (err) {
     io.err(`etcd: ${(err as Error).message}`);

@@ -1,24 +1,60 @@
-// The etcd coordinator: the only file that talks to etcd (the etcd3 client). The shared pool is one
-// document under PREFIX/pool, changed only by compare-and-swap on its revision, so every host sees
-// every decision in one order (linearizable); what each host has pinned is published under
-// PREFIX/pinned/HOST on a lease, so a dead host's claims expire. Fail closed: when etcd does not
-// answer within the timeout, nothing is decided here, and nothing is decided alone.
+// The etcd coordinator: the only file that talks to etcd (the etcd3 client). The shared pool is kept
+// one key per label with an index of the ids each holds (poolkeys.ts), every change a transaction
+// that compares what it read, so every host sees every decision in one order (linearizable) and an
+// allocation costs the same in a pool of ten labels as in one of sixty thousand; what each host has
+// pinned is published under PREFIX/pinned/HOST on a lease, so a dead host's claims expire. Fail
+// closed: when etcd does not answer within the timeout, nothing is decided here, and nothing is
+// decided alone.
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { circuitBreaker, ConsecutiveBreaker, handleWhen } from 'cockatiel';
 import { Etcd3, isRecoverableError } from 'etcd3';
+import * as RPC from 'etcd3';
 import type { Lease } from 'etcd3';
 import type { Interval } from '../../config/extents.ts';
 import type { EtcdConfig, Pool } from '../../config/types.ts';
+import { isPlainObject } from '../../config/untrusted.ts';
 import { UsernsError } from '../errors.ts';
+import { mergeIntervals } from './allocate.ts';
 import type { Allocation } from './allocate.ts';
-import { decide, forget, importAllocations, parseDoc, serializeDoc } from './pooldoc.ts';
-import type { Conflict, PoolDoc, Request, StaticClaim } from './pooldoc.ts';
+import { parseDoc, POOL_DOC_VERSION } from './pooldoc.ts';
+import {
+  advanceProbe,
+  claimProblem,
+  entryIntervals,
+  exhausted,
+  fixedIntervals,
+  freeSlot,
+  idsKey,
+  idsPrefix,
+  judgeKnown,
+  labelKey,
+  labelsPrefix,
+  migrationKeys,
+  parseEntry,
+  parseIndex,
+  POOL_LAYOUT,
+  POOL_MARKER,
+  probeWindow,
+  serializeEntry,
+  serializeIndex,
+  startProbe,
+} from './poolkeys.ts';
+import type { Conflict, IndexEntry, PoolEntry, Probe, Request, StaticClaim, Want } from './poolkeys.ts';
 
 /** How long a host's published pins outlive it (the lease's TTL, renewed while it runs). */
 export const PINNED_LEASE_TTL_S = 15;
 /** Compare-and-swap rounds before giving up (each lost round means another host just wrote). */
 const MAX_ROUNDS = 50;
+/** Keys one transaction writes at most (etcd takes 128 operations in one by default). */
+const TXN_KEYS = 100;
+/** Labels settled in one batch (three exchanges), and batches in flight at once. */
+const BATCH_LABELS = 40;
+const IN_FLIGHT = 4;
+/** Keys per page when the whole of a prefix is read (usernsctl ranges). */
+const SCAN_PAGE = 2000;
+/** Index keys read before an interval: the first the index's own is the one before it. */
+const BEFORE_KEYS = 16;
 
 export type CoordinatorState = {
   readonly coordinator: 'etcd';
@@ -39,6 +75,8 @@ export class EtcdCoordinator {
   private reachable = false;
   private lastOk: string | null = null;
   private lastError: string | null = null;
+  private layoutReady = false;
+  private migrated = 0;
 
   constructor(cfg: EtcdConfig) {
     this.cfg = cfg;
@@ -101,53 +139,368 @@ export class EtcdCoordinator {
     }
   }
 
-  /** The document and its revision ("0" when there is none yet). */
-  async read(): Promise<{ doc: PoolDoc; revision: string }> {
-    return this.call('answer a read', async () => {
-      const r = await this.client.get(this.poolKey).exec();
-      const kv = r.kvs[0];
-      const doc = parseDoc(kv ? kv.value.toString('utf8') : null);
-      if (typeof doc === 'string') throw new UsernsError('E_CONFIG', `${doc} at ${this.poolKey}: fix or remove it (etcdctl get ${this.poolKey})`);
-      return { doc, revision: kv ? kv.mod_revision : '0' };
-    });
+  /** One transaction, within the timeout (E_UNAVAILABLE when etcd does not answer). */
+  private txn(what: string, req: RPC.ITxnRequest): Promise<RPC.ITxnResponse> {
+    return this.call(what, () => this.client.kv.txn(req));
+  }
+
+  private get marker(): RPC.ICompare {
+    return { key: Buffer.from(this.poolKey), target: RPC.CompareTarget.Value, result: RPC.CompareResult.Equal, value: Buffer.from(POOL_MARKER) };
   }
 
   /**
-   * Change the document with `change` until one compare-and-swap wins: re-read and re-decide after
-   * each lost round, so the result always reflects every other host's last write.
+   * The pool in layout 2, made so when it is not: a new pool gets the marker; layout 1's single
+   * document is migrated in place (frozen first, so older agents refuse it from then on, copied key
+   * by key, then marked; an agent that finds it frozen finishes the copy); a layout this agent does
+   * not know is refused.
    */
-  private async update<T>(change: (doc: PoolDoc) => { next: PoolDoc | null; result: T }): Promise<T> {
+  private async ensureLayout(): Promise<void> {
+    if (this.layoutReady) return;
     for (let round = 0; round < MAX_ROUNDS; round++) {
-      const { doc, revision } = await this.read();
-      const { next, result } = change(doc);
-      if (next === null) return result;
-      const body = serializeDoc(next);
-      const ok = await this.call('answer a write', async () => {
-        const cmp = revision === '0' ? this.client.if(this.poolKey, 'Create', '==', 0) : this.client.if(this.poolKey, 'Mod', '==', revision);
-        return (await cmp.then(this.client.put(this.poolKey).value(body)).commit()).succeeded;
-      });
-      if (ok) return result;
-      await new Promise((r) => setTimeout(r, Math.random() * 5 * (round + 1))); // another host wrote: read again
+      const r = await this.call('answer a read', () => this.client.get(this.poolKey).exec());
+      const kv = r.kvs[0];
+      const text = kv ? kv.value.toString('utf8') : null;
+      if (text === POOL_MARKER) {
+        this.layoutReady = true;
+        return;
+      }
+      if (text === null) {
+        await this.txn('answer a write', {
+          compare: [{ key: Buffer.from(this.poolKey), target: RPC.CompareTarget.Create, result: RPC.CompareResult.Equal, create_revision: 0 }],
+          success: [{ request_put: { key: Buffer.from(this.poolKey), value: Buffer.from(POOL_MARKER) } }],
+        });
+        continue;
+      }
+      let doc: unknown;
+      try {
+        doc = JSON.parse(text);
+      } catch {
+        doc = undefined;
+      }
+      if (isPlainObject(doc) && doc.version === POOL_DOC_VERSION) {
+        // Frozen: the same document under a version older agents refuse, which no agent changes.
+        const frozen = JSON.stringify({ version: POOL_LAYOUT, migrating: doc });
+        await this.txn('answer a write', {
+          compare: [{ key: Buffer.from(this.poolKey), target: RPC.CompareTarget.Mod, result: RPC.CompareResult.Equal, mod_revision: kv.mod_revision }],
+          success: [{ request_put: { key: Buffer.from(this.poolKey), value: Buffer.from(frozen) } }],
+        });
+        continue;
+      }
+      if (isPlainObject(doc) && doc.version === POOL_LAYOUT && 'migrating' in doc) {
+        await this.copyFrozen(text, doc.migrating);
+        continue;
+      }
+      const why =
+        doc === undefined ? 'is not JSON' : `is not a layout of the pool this agent knows (${POOL_DOC_VERSION} or ${POOL_LAYOUT}: written by a newer agent?)`;
+      throw new UsernsError('E_CONFIG', `the shared pool at ${this.poolKey} ${why}: fix or remove it (etcdctl get ${this.poolKey})`);
     }
     throw new UsernsError('E_UNAVAILABLE', `the shared pool changed under every one of ${MAX_ROUNDS} attempts: try again`);
   }
 
-  /** Register this host's static ranges and get every requested label its cluster-wide range. */
-  settle(requests: readonly Request[], statics: readonly StaticClaim[], pool: Pool, reserved: readonly Interval[]): Promise<Settled> {
-    return this.update((doc) => {
-      const d = decide(doc, requests, statics, pool, reserved, this.host, new Date().toISOString());
-      return { next: d.next, result: { decided: d.decided, conflicts: d.conflicts } };
+  /** Layout 1's frozen document copied into keys (every key this agent finds missing), then the marker put in its place. */
+  private async copyFrozen(frozen: string, doc: unknown): Promise<void> {
+    const keys = migrationKeys(this.cfg.prefix, doc);
+    const still: RPC.ICompare = {
+      key: Buffer.from(this.poolKey),
+      target: RPC.CompareTarget.Value,
+      result: RPC.CompareResult.Equal,
+      value: Buffer.from(frozen),
+    };
+    for (let i = 0; i < keys.length; i += TXN_KEYS) {
+      const chunk = keys.slice(i, i + TXN_KEYS);
+      const seen = await this.txn('answer a read', { compare: [still], success: chunk.map((k) => ({ request_range: { key: Buffer.from(k.key) } })) });
+      if (!seen.succeeded) return; // another agent finished it
+      const missing = chunk.filter((_, j) => seen.responses[j].response_range.kvs.length === 0);
+      if (missing.length === 0) continue;
+      const put = await this.txn('answer a write', {
+        compare: [
+          still,
+          ...missing.map((k) => ({ key: Buffer.from(k.key), target: RPC.CompareTarget.Create, result: RPC.CompareResult.Equal, create_revision: 0 })),
+        ],
+        success: missing.map((k) => ({ request_put: { key: Buffer.from(k.key), value: Buffer.from(k.value) } })),
+      });
+      if (!put.succeeded) i -= TXN_KEYS; // another agent copies too: look at this chunk again
+    }
+    const done = await this.txn('answer a write', {
+      compare: [still],
+      success: [{ request_put: { key: Buffer.from(this.poolKey), value: Buffer.from(POOL_MARKER) } }],
     });
+    if (done.succeeded) this.migrated += keys.filter((k) => k.key.startsWith(labelsPrefix(this.cfg.prefix))).length;
   }
 
-  async importRanges(local: ReadonlyMap<string, Allocation>): Promise<{ imported: number; conflicts: Conflict[] }> {
-    return this.update((doc) => {
-      const r = importAllocations(doc, local, this.host, new Date().toISOString());
-      return {
-        next: r.next,
-        result: { imported: r.next ? local.size - Object.keys(doc.ranges).filter((l) => local.has(l)).length : 0, conflicts: r.conflicts },
-      };
+  /** Labels migrated from layout 1's document by this agent since the last call (for the log). */
+  takeMigrated(): number {
+    const n = this.migrated;
+    this.migrated = 0;
+    return n;
+  }
+
+  /** Every key under `prefix`, read in pages at one revision. */
+  private async scan(prefix: string): Promise<{ key: string; value: string; mod: string }[]> {
+    const out: { key: string; value: string; mod: string }[] = [];
+    const end = Buffer.from(prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1));
+    let from = Buffer.from(prefix);
+    let revision: string | undefined;
+    for (;;) {
+      const r = await this.call('answer a read', () =>
+        this.client.kv.range({ key: from, range_end: end, limit: SCAN_PAGE, ...(revision ? { revision } : {}) }),
+      );
+      revision ??= r.header.revision;
+      for (const kv of r.kvs) out.push({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8'), mod: kv.mod_revision });
+      if (!r.more || r.kvs.length === 0) return out;
+      from = Buffer.concat([r.kvs[r.kvs.length - 1].key, Buffer.from([0])]);
+    }
+  }
+
+  /** Every valid entry of the pool (usernsctl ranges), by label. */
+  async entries(): Promise<Map<string, PoolEntry>> {
+    await this.ensureLayout();
+    const out = new Map<string, PoolEntry>();
+    const lp = labelsPrefix(this.cfg.prefix);
+    for (const kv of await this.scan(lp)) {
+      const label = kv.key.slice(lp.length);
+      const e = parseEntry(label, kv.value);
+      if (e !== null && !('invalid' in e)) out.set(label, e);
+    }
+    return out;
+  }
+
+  /** For check-config --etcd: the pool's layout and how many labels it holds, read without writing anything. */
+  async survey(): Promise<string> {
+    const kv = (await this.call('answer a read', () => this.client.get(this.poolKey).exec())).kvs[0];
+    const text = kv?.value.toString('utf8') ?? null;
+    if (text === POOL_MARKER || text === null) {
+      const lp = labelsPrefix(this.cfg.prefix);
+      const n = await this.call('answer a read', () => this.client.getAll().prefix(lp).count());
+      return `${n} label(s) under ${lp}${text === null ? ' (a new pool: the first agent marks it)' : ''}`;
+    }
+    const parsed = parseDoc(text);
+    if (typeof parsed === 'string') {
+      if (text.includes('"migrating"'))
+        return `the single document at ${this.poolKey} is being moved to one key per label (an agent finishes it at its next settle)`;
+      throw new UsernsError('E_CONFIG', `${parsed} at ${this.poolKey}: fix or remove it (etcdctl get ${this.poolKey})`);
+    }
+    return `${Object.keys(parsed.ranges).length} range(s) and ${Object.keys(parsed.statics).length} static range(s) in the single document at ${this.poolKey}, moved to one key per label by the first agent that settles`;
+  }
+
+  /** Register this host's static ranges and get every requested label its cluster-wide range. */
+  async settle(requests: readonly Request[], statics: readonly StaticClaim[], pool: Pool, reserved: readonly Interval[]): Promise<Settled> {
+    await this.ensureLayout();
+    const wants: Want[] = [
+      ...statics.map((s): Want => ({ label: s.label, kind: 'static', intervals: mergeIntervals(s.intervals) })),
+      ...requests.map((r): Want => ({ label: r.label, kind: 'auto', size: r.size })),
+    ];
+    const out: Settled = { decided: new Map(), conflicts: [] };
+    await this.inBatches(wants, async (batch) => void (await this.settleBatch(batch, pool, mergeIntervals(reserved), true, out)));
+    return out;
+  }
+
+  /** Batches of wants, a few at a time (they do not wait on each other; two that meet retry as any two hosts would). */
+  private async inBatches(wants: readonly Want[], each: (batch: Want[]) => Promise<void>): Promise<void> {
+    const batches: Want[][] = [];
+    let batch: Want[] = [];
+    let puts = 0;
+    for (const w of wants) {
+      const n = 1 + (w.kind === 'static' ? w.intervals.length : 1);
+      if (batch.length > 0 && (batch.length >= BATCH_LABELS || puts + n > TXN_KEYS)) {
+        batches.push(batch);
+        batch = [];
+        puts = 0;
+      }
+      batch.push(w);
+      puts += n;
+    }
+    if (batch.length > 0) batches.push(batch);
+    let next = 0;
+    const worker = async () => {
+      while (next < batches.length) await each(batches[next++]);
+    };
+    await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, batches.length) }, worker));
+  }
+
+  /**
+   * One batch of wants, in rounds of three exchanges: the entries (at one revision); the index around
+   * each, in a transaction that fails when an entry changed meanwhile; the claims of the labels the
+   * pool does not have, in a transaction that fails when a label was taken or an index key made or
+   * changed where a claim looked. A round that loses starts again from what etcd has then.
+   */
+  private async settleBatch(wants: readonly Want[], pool: Pool, system: readonly Interval[], write: boolean, out: Settled): Promise<number> {
+    const lk = (l: string) => Buffer.from(labelKey(this.cfg.prefix, l));
+    const ik = (id: number) => Buffer.from(idsKey(this.cfg.prefix, id));
+    const before = (id: number): RPC.IRequestOp => ({
+      request_range: {
+        key: Buffer.from(idsPrefix(this.cfg.prefix)),
+        range_end: ik(id),
+        sort_order: RPC.SortOrder.Descend,
+        sort_target: RPC.SortTarget.Key,
+        limit: BEFORE_KEYS,
+      },
     });
+    const between = (from: number, to: number): RPC.IRequestOp => ({ request_range: { key: ik(from), range_end: ik(to) } });
+    const index = (r: RPC.IResponseOp) =>
+      r.response_range.kvs.flatMap((kv) => parseIndex(this.cfg.prefix, kv.key.toString('utf8'), kv.value.toString('utf8')) ?? []);
+    const probes = new Map<Want, Probe>();
+    let left = [...wants];
+    let lost = 0;
+    let claimed = 0;
+    while (left.length > 0) {
+      if (lost >= MAX_ROUNDS) throw new UsernsError('E_UNAVAILABLE', `the shared pool changed under every one of ${MAX_ROUNDS} attempts: try again`);
+      // 1: the entries.
+      const r1 = await this.txn('answer a read', { compare: [this.marker], success: left.map((w) => ({ request_range: { key: lk(w.label) } })) });
+      if (!r1.succeeded) {
+        this.layoutReady = false;
+        await this.ensureLayout();
+        lost++;
+        continue;
+      }
+      const read = left.map((w, k) => {
+        const kv = r1.responses[k].response_range.kvs[0];
+        return { w, kv, entry: kv ? parseEntry(w.label, kv.value.toString('utf8')) : null };
+      });
+      // 2: the index around each entry, or where each claim would go.
+      const looks = read.map(({ w, entry }) => {
+        if (entry !== null) return 'invalid' in entry ? null : entryIntervals(entry);
+        const fixed = fixedIntervals(w);
+        if (fixed) return fixed;
+        const size = w.kind === 'auto' ? w.size : 0; // (a static want always has fixed intervals)
+        let p = probes.get(w);
+        if (!p) {
+          const started = startProbe(w.label, size, pool);
+          if (typeof started === 'string') return started;
+          probes.set(w, (p = started));
+        }
+        const win = probeWindow(p, size);
+        return win ? [{ start: win.from, end: win.to }] : exhausted(pool, size);
+      });
+      const reads: RPC.IRequestOp[] = [];
+      for (const l of looks) if (l !== null && typeof l !== 'string') reads.push(before(l[0].start), between(l[0].start, l[l.length - 1].end));
+      const r2 = await this.txn('answer a read', {
+        compare: [
+          this.marker,
+          ...read.map(({ w, kv }): RPC.ICompare =>
+            kv
+              ? { key: lk(w.label), target: RPC.CompareTarget.Mod, result: RPC.CompareResult.Equal, mod_revision: kv.mod_revision }
+              : { key: lk(w.label), target: RPC.CompareTarget.Create, result: RPC.CompareResult.Equal, create_revision: 0 },
+          ),
+        ],
+        success: reads,
+      });
+      if (!r2.succeeded) {
+        lost++;
+        continue;
+      }
+      const revision = BigInt(r2.header.revision);
+      // 3: judged; what the pool does not have is claimed.
+      const done = new Set<Want>();
+      const claimedHere: IndexEntry[] = [];
+      const compare: RPC.ICompare[] = [this.marker];
+      const puts: RPC.IRequestOp[] = [];
+      const claims: { w: Want; a: Allocation | null }[] = [];
+      let at = 0;
+      read.forEach(({ w, entry }, k) => {
+        const look = looks[k];
+        if (typeof look === 'string') {
+          out.conflicts.push({ label: w.label, message: look });
+          done.add(w);
+          return;
+        }
+        const priors = look ? r2.responses[at].response_range.kvs : [];
+        const prior = look ? (index(r2.responses[at]).at(0) ?? null) : null;
+        const within = look ? index(r2.responses[at + 1]) : [];
+        if (look) at += 2;
+        if (priors.length === BEFORE_KEYS && prior === null) {
+          // Keys that are not the index's hide the one before: nothing is judged or claimed behind them.
+          out.conflicts.push({
+            label: w.label,
+            message: `the shared pool's index holds ${BEFORE_KEYS} keys that are not its own just before ${look![0].start}: remove them (etcdctl get --prefix ${idsPrefix(this.cfg.prefix)} --keys-only)`,
+          });
+          done.add(w);
+          return;
+        }
+        if (entry !== null) {
+          const j = judgeKnown(w, entry, prior, within, pool, system);
+          if ('conflict' in j) out.conflicts.push({ label: w.label, message: j.conflict });
+          else if (j.decided) out.decided.set(w.label, j.decided);
+          done.add(w);
+          return;
+        }
+        let intervals: readonly Interval[];
+        let after: number | null;
+        const fixed = fixedIntervals(w);
+        if (fixed) {
+          const problem = claimProblem(w, fixed, prior, within) ?? claimProblem(w, fixed, null, claimedHere);
+          if (problem) {
+            out.conflicts.push({ label: w.label, message: problem });
+            done.add(w);
+            return;
+          }
+          intervals = fixed;
+          after = prior?.start ?? null;
+        } else {
+          const size = w.kind === 'auto' ? w.size : 0;
+          const slot = freeSlot(probes.get(w)!, size, prior, within, [...system, ...claimedHere]);
+          if (!slot) {
+            probes.set(w, advanceProbe(probes.get(w)!));
+            return; // the next window, next round
+          }
+          intervals = [{ start: slot.start, end: slot.start + size }];
+          after = slot.after;
+        }
+        if (!write) {
+          done.add(w);
+          return;
+        }
+        const entryOut: PoolEntry =
+          w.kind === 'static'
+            ? { kind: 'static', intervals, by: this.host, at: new Date().toISOString() }
+            : { kind: 'auto', start: intervals[0].start, size: w.size, by: this.host, at: new Date().toISOString() };
+        compare.push(
+          { key: lk(w.label), target: RPC.CompareTarget.Create, result: RPC.CompareResult.Equal, create_revision: 0 },
+          {
+            key: after === null ? Buffer.from(idsPrefix(this.cfg.prefix)) : ik(after),
+            range_end: ik(intervals[intervals.length - 1].end),
+            target: RPC.CompareTarget.Mod,
+            result: RPC.CompareResult.Less,
+            mod_revision: String(revision + 1n),
+          },
+        );
+        puts.push(
+          { request_put: { key: lk(w.label), value: Buffer.from(serializeEntry(entryOut)) } },
+          ...intervals.map((i) => ({ request_put: { key: ik(i.start), value: Buffer.from(serializeIndex(i.end, w.label, entryOut)) } })),
+        );
+        claimedHere.push(...intervals.map((i) => ({ ...i, label: w.label, valid: true, kind: entryOut.kind, by: this.host })));
+        claims.push({ w, a: w.kind === 'auto' ? { start: intervals[0].start, size: w.size } : null });
+      });
+      if (claims.length > 0) {
+        const r3 = await this.txn('answer a write', { compare, success: puts });
+        if (!r3.succeeded) {
+          lost++;
+          await new Promise((r) => setTimeout(r, Math.random() * 5 * lost)); // another host wrote: read again
+        } else {
+          for (const c of claims) {
+            if (c.a) out.decided.set(c.w.label, c.a);
+            done.add(c.w);
+          }
+          claimed += claims.length;
+        }
+      }
+      left = left.filter((w) => !done.has(w));
+    }
+    return claimed;
+  }
+
+  /** ranges import: this host's recorded allocations into the pool, checked all first (nothing written when one conflicts). */
+  async importRanges(local: ReadonlyMap<string, Allocation>, pool: Pool, reserved: readonly Interval[]): Promise<{ imported: number; conflicts: Conflict[] }> {
+    await this.ensureLayout();
+    const wants = [...local].sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0)).map(([label, a]): Want => ({ label, kind: 'auto', size: a.size, at: a.start }));
+    const system = mergeIntervals(reserved);
+    const check: Settled = { decided: new Map(), conflicts: [] };
+    await this.inBatches(wants, async (b) => void (await this.settleBatch(b, pool, system, false, check)));
+    if (check.conflicts.length > 0) return { imported: 0, conflicts: check.conflicts };
+    const done: Settled = { decided: new Map(), conflicts: [] };
+    let imported = 0;
+    await this.inBatches(wants, async (b) => void (imported += await this.settleBatch(b, pool, system, true, done)));
+    return { imported, conflicts: done.conflicts };
   }
 
   /**
@@ -161,10 +514,43 @@ export class EtcdCoordinator {
       .filter(([, v]) => publishedLabels(v)?.includes(label) ?? true)
       .map(([k]) => k.slice(`${this.cfg.prefix}pinned/`.length));
     if (holders.length > 0) throw new UsernsError('E_BUSY', `${label} is pinned on ${holders.join(', ')}: release it there first (usernsctl release ${label})`);
-    return this.update((doc) => {
-      const next = forget(doc, label);
-      return { next, result: next !== null };
-    });
+    await this.ensureLayout();
+    const key = Buffer.from(labelKey(this.cfg.prefix, label));
+    for (let round = 0; round < MAX_ROUNDS; round++) {
+      const r = await this.txn('answer a read', { compare: [this.marker], success: [{ request_range: { key } }] });
+      const kv = r.succeeded ? r.responses[0].response_range.kvs[0] : undefined;
+      if (!r.succeeded) {
+        this.layoutReady = false;
+        await this.ensureLayout();
+        continue;
+      }
+      if (!kv) return false;
+      const entry = parseEntry(label, kv.value.toString('utf8'));
+      // Its index keys: where a valid entry says they are, else any that names it (a whole read of the index, rare).
+      const named = (k: string, v: string) => parseIndex(this.cfg.prefix, k, v)?.label === label;
+      let mine: { key: Buffer; mod_revision: string }[];
+      if (entry !== null && !('invalid' in entry)) {
+        const idx = await this.txn('answer a read', {
+          compare: [],
+          success: entryIntervals(entry).map((i) => ({ request_range: { key: Buffer.from(idsKey(this.cfg.prefix, i.start)) } })),
+        });
+        mine = idx.responses.flatMap((x) => x.response_range.kvs).filter((x) => named(x.key.toString('utf8'), x.value.toString('utf8')));
+      } else {
+        mine = (await this.scan(idsPrefix(this.cfg.prefix)))
+          .filter((x) => named(x.key, x.value))
+          .map((x) => ({ key: Buffer.from(x.key), mod_revision: x.mod }));
+      }
+      const w = await this.txn('answer a write', {
+        compare: [
+          this.marker,
+          { key, target: RPC.CompareTarget.Mod, result: RPC.CompareResult.Equal, mod_revision: kv.mod_revision },
+          ...mine.map((x): RPC.ICompare => ({ key: x.key, target: RPC.CompareTarget.Mod, result: RPC.CompareResult.Equal, mod_revision: x.mod_revision })),
+        ],
+        success: [{ request_delete_range: { key } }, ...mine.map((x) => ({ request_delete_range: { key: x.key } }))],
+      });
+      if (w.succeeded) return true;
+    }
+    throw new UsernsError('E_UNAVAILABLE', `the shared pool changed under every one of ${MAX_ROUNDS} attempts: try again`);
   }
 
   /**

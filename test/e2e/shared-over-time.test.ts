@@ -9,7 +9,7 @@ import { callAgent } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { cleanup, startAgent } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
-import { hasEtcd, startCluster } from '../helpers/etcd.ts';
+import { hasEtcd, poolEntries, startCluster } from '../helpers/etcd.ts';
 import type { Cluster } from '../helpers/etcd.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -30,9 +30,7 @@ async function settled(a: RunningAgent): Promise<void> {
 
 async function checkInvariants(m: Model, r: Real): Promise<void> {
   for (const a of r.agents) await settled(a);
-  const doc = JSON.parse(r.cluster.ctl(['get', `${r.prefix}pool`, '--print-value-only']).out || '{"ranges":{}}') as {
-    ranges: Record<string, { start: number; size: number }>;
-  };
+  const doc = poolEntries(r.cluster, r.prefix);
   const spans = Object.entries(doc.ranges)
     .map(([l, x]) => ({ l, s: x.start, e: x.start + x.size }))
     .sort((x, y) => x.s - y.s);

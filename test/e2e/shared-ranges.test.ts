@@ -9,7 +9,7 @@ import * as P from '../../agent/wire/protocol.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import { cleanup, makeCheckoutReachable, runInside, runningChildren, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
-import { hasEtcd, startCluster } from '../helpers/etcd.ts';
+import { hasEtcd, poolEntries, startCluster } from '../helpers/etcd.ts';
 import type { Cluster } from '../helpers/etcd.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -17,7 +17,6 @@ import { isRoot } from '../helpers/kernel.ts';
 
 const N = Number(process.env.USERNSD_SHARED_CONTEXTS ?? 1000);
 const POOL = '[pool]\ncoordinator = etcd\nrange = 100000000-499999999\nsize = 65536\n';
-type Doc = { ranges: Record<string, { start: number; size: number; by: string }>; statics: Record<string, { intervals: { start: number; end: number }[] }> };
 
 describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)', function () {
   this.timeout(300_000);
@@ -56,11 +55,11 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     for (const l of labels) t.context(`${l}.conf`, '[context]\nrange = auto\n');
   };
   const labels = (p: string, n = N) => Array.from({ length: n }, (_, k) => `${p}${String(k).padStart(4, '0')}`);
-  const doc = (): Doc => JSON.parse(cluster.ctl(['get', `${prefix}pool`, '--print-value-only']).out) as Doc;
+  const doc = () => poolEntries(cluster, prefix);
   const recorded = (t: Tree) =>
     (JSON.parse(readFileSync(join(t.state, 'ranges.json'), 'utf8')) as { allocations: Record<string, { start: number; size: number }> }).allocations;
   /** Every range and static range of the pool, sorted: none may overlap another. */
-  const assertDisjoint = (d: Doc) => {
+  const assertDisjoint = (d: ReturnType<typeof doc>) => {
     const all = [
       ...Object.entries(d.ranges).map(([l, r]) => ({ l, s: r.start, e: r.start + r.size })),
       ...Object.entries(d.statics).flatMap(([l, st]) => st.intervals.map((i) => ({ l, s: i.start, e: i.end }))),
@@ -168,7 +167,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     assert.ok(doc().ranges.fresh, 'decided in etcd, not alone');
     const up = await usernsctl(['check-config', '--config', t.config, '--etcd']);
     assert.equal(up.code, 0, up.err);
-    assert.match(up.out, /answers; 2 range\(s\) and 0 static range\(s\) under \/usernsd-test-/);
+    assert.match(up.out, /answers; 2 label\(s\) under \/usernsd-test-[^ ]*\/labels\/$/m);
   });
 
   it('(e) an agent SIGKILLed mid-allocation and restarted: no label with two ranges, nothing blocked', async () => {
@@ -239,7 +238,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     rmSync(join(t0.contexts, 'pinned.conf'));
   });
 
-  it('a hostile pool document (out of the pool, overlapping, malformed, prototype-named entries) harms only its own labels: the agent stays up, nothing bad is used or recorded', async () => {
+  it('a hostile pool document (out of the pool, overlapping, malformed, prototype-named entries), moved to one key per label, harms only its own labels: the agent stays up, nothing bad is used or recorded', async () => {
     const slot = (k: number) => 100000000 - (100000000 % 65536) + 65536 * (k + 2);
     const entry = (start: number) => ({ start, size: 65536, by: 'elsewhere', at: 'then' });
     // What a hostile etcd (or any host that can write the key) puts there: host ids 1-65536 for
@@ -279,16 +278,14 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
       await assert.rejects(callAgent(agents[0].socket, P.resolve, { label: l }), /is not loaded because its file has an error.*refused by the shared pool/, l);
     const rec = recorded(t);
     assert.deepEqual(Object.keys(rec).sort(), ['__proto__', 'constructor', 'fresh'].sort(), 'nothing refused was recorded');
-    // The entries this host could not read are left as it found them; its own went in beside them.
-    const after = JSON.parse(cluster.ctl(['get', `${prefix}pool`, '--print-value-only']).out) as {
-      ranges: Record<string, unknown>;
-      statics: Record<string, unknown>;
-    };
+    // The document was moved to one key per label as it was: the entries this host could not read
+    // left as it found them, its own beside them.
+    const after = doc();
     assert.deepEqual(
-      [after.ranges.bad, Object.getOwnPropertyDescriptor(after.ranges, 'not a label')?.value, after.statics.weird],
-      [null, entry(slot(3)), hostile.statics.weird],
+      [after.raw.bad, after.raw['not a label'], after.raw.weird],
+      [null, { kind: 'auto', ...entry(slot(3)) }, { kind: 'static', ...hostile.statics.weird }],
     );
-    assert.equal((after.ranges.fresh as { start: number }).start, fresh);
+    assert.equal(after.ranges.fresh.start, fresh);
     // And the agent goes on: a reload, a forget of a bad entry, the label allocated anew in the pool.
     assert.deepEqual(await callAgent(agents[0].socket, P.rangesForget, { label: 'low' }), { label: 'low', forgotten: true });
     await callAgent(agents[0].socket, P.reload, {});

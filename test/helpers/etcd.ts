@@ -106,3 +106,36 @@ export async function startCluster(size = 3): Promise<Cluster> {
   }
   return cluster;
 }
+
+/** Every key under `prefix` and its text, read with etcdctl (values that are not UTF-8 come back mangled, as any reader sees them). */
+export function readPrefix(cluster: Cluster, prefix: string): Record<string, string> {
+  const r = cluster.ctl(['get', '--prefix', prefix, '-w', 'json']);
+  if (r.status !== 0) throw new Error(`etcdctl get --prefix ${prefix}: ${r.err}`);
+  const kvs = (JSON.parse(r.out) as { kvs?: { key: string; value: string }[] }).kvs ?? [];
+  const b64 = (s: string) => Buffer.from(s, 'base64').toString('utf8');
+  return Object.fromEntries(kvs.map((kv) => [b64(kv.key), b64(kv.value)]));
+}
+
+/** The shared pool's entries (PREFIX/labels/LABEL) as JSON, each as it is stored: the auto ones under ranges, the static ones under statics. */
+export function poolEntries(
+  cluster: Cluster,
+  prefix: string,
+): { ranges: Record<string, PoolRange>; statics: Record<string, PoolStatic>; raw: Record<string, unknown> } {
+  const out = { ranges: {} as Record<string, PoolRange>, statics: {} as Record<string, PoolStatic>, raw: {} as Record<string, unknown> };
+  for (const [k, v] of Object.entries(readPrefix(cluster, `${prefix}labels/`))) {
+    const label = k.slice(`${prefix}labels/`.length);
+    let e: unknown;
+    try {
+      e = JSON.parse(v);
+    } catch {
+      e = v;
+    }
+    out.raw[label] = e;
+    const kind = (e as { kind?: unknown } | null)?.kind;
+    if (kind === 'auto') out.ranges[label] = e as PoolRange;
+    if (kind === 'static') out.statics[label] = e as PoolStatic;
+  }
+  return out;
+}
+export type PoolRange = { start: number; size: number; by: string; at: string };
+export type PoolStatic = { intervals: { start: number; end: number }[]; by: string; at: string };
