@@ -9,13 +9,15 @@ import * as P from '../../agent/wire/protocol.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import { cleanup, makeCheckoutReachable, runInside, runningChildren, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
-import { hasEtcd, poolEntries, startCluster } from '../helpers/etcd.ts';
+import { hasEtcd, poolEntries, readPrefix, startCluster } from '../helpers/etcd.ts';
 import type { Cluster } from '../helpers/etcd.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot } from '../helpers/kernel.ts';
 
 const N = Number(process.env.USERNSD_SHARED_CONTEXTS ?? 1000);
+/** Agents at once in the many-hosts test: as many as this machine runs comfortably beside the suite. */
+const HOSTS = Number(process.env.USERNSD_SHARED_HOSTS ?? 8);
 const POOL = '[pool]\ncoordinator = etcd\nrange = 100000000-499999999\nsize = 65536\n';
 
 describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)', function () {
@@ -185,6 +187,31 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     assertDisjoint(d);
     for (const t of ts) for (const [l, x] of Object.entries(recorded(t))) assert.deepEqual(x, { start: d.ranges[l].start, size: d.ranges[l].size }, l);
     assert.equal((await callAgent(agents[0].socket, P.resolve, { label: 'e0999'.slice(0, 5) })).label, 'e0999'.slice(0, 5));
+  });
+
+  it(`(g) many hosts: ${HOSTS} agents, each its own [etcd] name, started at once on overlapping sets of labels in a pool of the older layout: every host agrees, nothing overlaps, nothing is lost`, async () => {
+    // The pool as an older usernsd left it (one document), so the agents also move it while they allocate.
+    const old = { version: 1, ranges: { legacy: { start: 400000000 - (400000000 % 65536), size: 65536, by: 'old', at: 't' } }, statics: {} };
+    cluster.ctl(['put', `${prefix}pool`, JSON.stringify(old)]);
+    // Host i has labels i*S .. i*S + 2S - 1: each overlaps its neighbours' halves, and every host has "legacy".
+    const S = 100;
+    const sets = Array.from({ length: HOSTS }, (_, i) => [...Array.from({ length: 2 * S }, (_, k) => `m${String(i * S + k).padStart(4, '0')}`), 'legacy']);
+    const ts = sets.map((_, i) => tree(i));
+    ts.forEach((t, i) => autos(t, sets[i]));
+    await startAll(ts);
+    for (const a of agents) await waitSettled(a, 120_000);
+    const d = doc();
+    const wanted = new Set(sets.flat());
+    assert.deepEqual(Object.keys(d.ranges).sort(), [...wanted].sort(), 'every label any host asked for is in the pool, and nothing else');
+    assert.equal(assertDisjoint(d), wanted.size);
+    assert.equal(d.ranges.legacy.start, old.ranges.legacy.start, "the older layout's range is kept");
+    ts.forEach((t, i) => {
+      const r = recorded(t);
+      for (const l of sets[i]) assert.deepEqual(r[l], { start: d.ranges[l].start, size: d.ranges[l].size }, `host${i}'s ${l} is the pool's`);
+    });
+    const index = Object.keys(readPrefix(cluster, `${prefix}ids/`)).length;
+    assert.equal(index, wanted.size, 'one index key per range');
+    assert.match(cluster.ctl(['get', `${prefix}pool`, '--print-value-only']).out, /"version":2,"layout"/);
   });
 
   it('(f) ranges import refuses a local record that conflicts, naming both labels; a clean one goes in', async () => {
