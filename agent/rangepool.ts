@@ -202,7 +202,7 @@ export class SharedPool implements RangePool {
     const cfg = this.hooks.config();
     let r;
     try {
-      r = await this.coord.settle(cfg.requests, cfg.statics, cfg.agent.pool, this.hooks.systemIds(cfg.agent));
+      r = await this.coord.settle(cfg.requests, cfg.statics, cfg.agent.pool, this.hooks.systemIds(cfg.agent), readAllocations(cfg.agent.state));
     } catch (err) {
       if (!(err instanceof UsernsError)) throw err;
       if (this.wasReachable !== false) this.log.error({ coordinator: 'etcd', waiting: cfg.waiting.length }, `Shared pool: ${err.message}`);

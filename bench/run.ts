@@ -16,6 +16,7 @@ import { benchDelegate, delegateSection } from './delegate.ts';
 import { benchInside, insideSection } from './inside.ts';
 import { benchScale, scaleSection } from './scale.ts';
 import { benchEager, eagerSection } from './eager.ts';
+import { benchPool, poolSection } from './pool.ts';
 import { f2, verdict } from './report.ts';
 
 const f3 = (n: number) => n.toFixed(3);
@@ -47,6 +48,8 @@ log('the whole id space (65,535 context files: start-up against reading them, re
 const sc = await benchScale(Number(process.env.BENCH_SCALE ?? 65_535));
 log('eager creation against usernsd-spawner alone (5,000 namespaces, three times each)');
 const eg = await benchEager(5000);
+log('a shared pool as large as the id space (60,000 labels in etcd, then 8 hosts at once)');
+const pl = await benchPool(60_000);
 log('storm (a well-behaved client against every kind of abuse at once)');
 const sm = await runStorm(Number(process.env.BENCH_STORM_SECONDS ?? 10));
 
@@ -205,11 +208,12 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
   on its own connection, one call at a time, for 3 s (${k(ud.lookups)} lookups): the agent answers from
   memory, so \`ls -l\` on a large tree of a context's files does not feel it.
 - **shared ranges** (\`bench/shared.ts\`): a 3-member etcd cluster on loopback ports. One new
-  label at a time, ${sh.runs} after 10 warm-up: in etcd, the agent's \`EtcdCoordinator.settle\` (a read of the
-  pool document and one compare-and-swap; the document grows with each label); locally, the same
+  label at a time, ${sh.runs} after 10 warm-up: in etcd, the agent's \`EtcdCoordinator.settle\` (the label read,
+  the index around its hash slot read, the label and its index key written in one transaction,
+  "A shared pool as large as the id space" below); locally, the same
   allocator plus the fsync'd ranges.json a load writes. Start-up: an agent with ${sh.contexts} auto contexts
-  none of which has a range yet, spawn to "Serving"; with etcd all ${sh.contexts} are decided in one
-  compare-and-swap of the pool document.
+  none of which has a range yet, spawn to "Serving"; with etcd all ${sh.contexts} are decided in batches of
+  up to 50 labels a transaction, eight batches at once.
 - **storm** (\`bench/storm.ts\`, run by \`test/e2e/abuse.test.ts\` too, which asserts only what is
   not timing): a well-behaved client resolves one request at a time for ${sm.seconds} s without a storm, then
   ${sm.seconds} s during one. The storm is six processes of users other than root
@@ -274,6 +278,6 @@ ${
 `
 }${cpRatio <= 0.8 && sRatio <= 1.3 && mp.socket >= 5e6 && eagerOk && st.lazyRssMb < 150 ? '' : '- Other misses are marked in the table.\n'}`;
 // The delegation section is also written alone by `node bench/delegate.ts`, between its markers.
-const all = `${text.trimEnd()}\n\n${delegateSection(dl, 'npm run bench')}\n${insideSection(ins, 'npm run bench')}\n${scaleSection(sc, 'npm run bench')}\n${eagerSection(eg, 'npm run bench')}`;
+const all = `${text.trimEnd()}\n\n${delegateSection(dl, 'npm run bench')}\n${insideSection(ins, 'npm run bench')}\n${scaleSection(sc, 'npm run bench')}\n${eagerSection(eg, 'npm run bench')}\n${poolSection(pl, 'npm run bench')}`;
 writeFileSync(new URL('../BENCHMARKS.md', import.meta.url), all);
 process.stdout.write(all);

@@ -20,16 +20,22 @@ import type { Allocation } from './allocate.ts';
 import { parseDoc, POOL_DOC_VERSION } from './pooldoc.ts';
 import {
   advanceProbe,
+  CHUNK,
   claimProblem,
+  compareSpan,
   entryIntervals,
   exhausted,
   fixedIntervals,
   freeSlot,
+  idsFrom,
   idsKey,
+  idsPast,
   idsPrefix,
+  indexChunks,
   judgeKnown,
   labelKey,
   labelsPrefix,
+  MAX_INTERVALS,
   migrationKeys,
   parseEntry,
   parseIndex,
@@ -38,9 +44,10 @@ import {
   probeWindow,
   serializeEntry,
   serializeIndex,
+  searchStart,
   startProbe,
 } from './poolkeys.ts';
-import type { Conflict, IndexEntry, PoolEntry, Probe, Request, StaticClaim, Want } from './poolkeys.ts';
+import type { Conflict, IndexEntry, PoolEntry, Probe, ReadEntry, Request, StaticClaim, Want } from './poolkeys.ts';
 
 /** How long a host's published pins outlive it (the lease's TTL, renewed while it runs). */
 export const PINNED_LEASE_TTL_S = 15;
@@ -48,13 +55,13 @@ export const PINNED_LEASE_TTL_S = 15;
 const MAX_ROUNDS = 50;
 /** Keys one transaction writes at most (etcd takes 128 operations in one by default). */
 const TXN_KEYS = 100;
-/** Labels settled in one batch (three exchanges), and batches in flight at once. */
+/** Labels settled in one batch (three reads each in one transaction), and batches in flight at once. */
 const BATCH_LABELS = 40;
-const IN_FLIGHT = 4;
+const IN_FLIGHT = 8;
 /** Keys per page when the whole of a prefix is read (usernsctl ranges). */
 const SCAN_PAGE = 2000;
-/** Index keys read before an interval: the first the index's own is the one before it. */
-const BEFORE_KEYS = 16;
+/** Index keys read after an interval: the first the index's own is the next one. */
+const NEXT_KEYS = 4;
 
 export type CoordinatorState = {
   readonly coordinator: 'etcd';
@@ -78,8 +85,12 @@ export class EtcdCoordinator {
   private layoutReady = false;
   private migrated = 0;
 
-  constructor(cfg: EtcdConfig) {
+  /** For tests: run between a round's reads and its claims, where another host's write can land. */
+  private readonly beforeClaim: (() => Promise<void>) | undefined;
+
+  constructor(cfg: EtcdConfig, opts: { beforeClaim?: () => Promise<void> } = {}) {
     this.cfg = cfg;
+    this.beforeClaim = opts.beforeClaim;
     this.host = cfg.name ?? hostname();
     const read = (f: string | null) => (f === null ? undefined : readFileSync(f));
     const ca = read(cfg.ca);
@@ -238,7 +249,7 @@ export class EtcdCoordinator {
   /** Every key under `prefix`, read in pages at one revision. */
   private async scan(prefix: string): Promise<{ key: string; value: string; mod: string }[]> {
     const out: { key: string; value: string; mod: string }[] = [];
-    const end = Buffer.from(prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1));
+    const end = Buffer.from(prefixEnd(prefix));
     let from = Buffer.from(prefix);
     let revision: string | undefined;
     for (;;) {
@@ -284,11 +295,24 @@ export class EtcdCoordinator {
   }
 
   /** Register this host's static ranges and get every requested label its cluster-wide range. */
-  async settle(requests: readonly Request[], statics: readonly StaticClaim[], pool: Pool, reserved: readonly Interval[]): Promise<Settled> {
+  async settle(
+    requests: readonly Request[],
+    statics: readonly StaticClaim[],
+    pool: Pool,
+    reserved: readonly Interval[],
+    /** Where this host recorded each label: read there first (one exchange for a label the pool has there). */
+    recorded: ReadonlyMap<string, Allocation> = new Map(),
+  ): Promise<Settled> {
     await this.ensureLayout();
     const wants: Want[] = [
       ...statics.map((s): Want => ({ label: s.label, kind: 'static', intervals: mergeIntervals(s.intervals) })),
-      ...requests.map((r): Want => ({ label: r.label, kind: 'auto', size: r.size })),
+      ...requests
+        .map((r) => ({ r, at: searchStart(r.label, r.size, pool) }))
+        .sort((a, b) => a.at - b.at)
+        .map(({ r }): Want => {
+          const had = recorded.get(r.label);
+          return { label: r.label, kind: 'auto', size: r.size, ...(had && had.size === r.size ? { hint: had.start } : {}) };
+        }),
     ];
     const out: Settled = { decided: new Map(), conflicts: [] };
     await this.inBatches(wants, async (batch) => void (await this.settleBatch(batch, pool, mergeIntervals(reserved), true, out)));
@@ -301,7 +325,7 @@ export class EtcdCoordinator {
     let batch: Want[] = [];
     let puts = 0;
     for (const w of wants) {
-      const n = 1 + (w.kind === 'static' ? w.intervals.length : 1);
+      const n = 1 + Math.min(MAX_INTERVALS, indexChunks(fixedIntervals(w) ?? [{ start: 0, end: w.kind === 'auto' ? w.size : 1 }]).length);
       if (batch.length > 0 && (batch.length >= BATCH_LABELS || puts + n > TXN_KEYS)) {
         batches.push(batch);
         batch = [];
@@ -311,57 +335,65 @@ export class EtcdCoordinator {
       puts += n;
     }
     if (batch.length > 0) batches.push(batch);
-    let next = 0;
-    const worker = async () => {
-      while (next < batches.length) await each(batches[next++]);
+    // Each worker takes its own stretch of the batches: wants sorted by where their search starts
+    // keep the batches in flight in different parts of the id space, where they do not meet.
+    const workers = Math.min(IN_FLIGHT, batches.length);
+    const worker = async (j: number) => {
+      for (let k = Math.floor((j * batches.length) / workers); k < Math.floor(((j + 1) * batches.length) / workers); k++) await each(batches[k]);
     };
-    await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, batches.length) }, worker));
+    await Promise.all(Array.from({ length: workers }, (_, j) => worker(j)));
   }
 
   /**
-   * One batch of wants, in rounds of three exchanges: the entries (at one revision); the index around
-   * each, in a transaction that fails when an entry changed meanwhile; the claims of the labels the
+   * One batch of wants, in rounds: one read of each label's entry and of the index where it would
+   * go (at one revision); for an entry whose ids lie elsewhere, a read of the index around them, in
+   * a transaction that fails when the entry changed meanwhile; then the claims of the labels the
    * pool does not have, in a transaction that fails when a label was taken or an index key made or
-   * changed where a claim looked. A round that loses starts again from what etcd has then.
+   * changed where one could overlap a claim since the first read. A round that loses starts again
+   * from what etcd has then. A new label costs two exchanges, a known one one.
    */
   private async settleBatch(wants: readonly Want[], pool: Pool, system: readonly Interval[], write: boolean, out: Settled): Promise<number> {
     const lk = (l: string) => Buffer.from(labelKey(this.cfg.prefix, l));
-    const ik = (id: number) => Buffer.from(idsKey(this.cfg.prefix, id));
-    const before = (id: number): RPC.IRequestOp => ({
-      request_range: {
-        key: Buffer.from(idsPrefix(this.cfg.prefix)),
-        range_end: ik(id),
-        sort_order: RPC.SortOrder.Descend,
-        sort_target: RPC.SortTarget.Key,
-        limit: BEFORE_KEYS,
-      },
-    });
-    const between = (from: number, to: number): RPC.IRequestOp => ({ request_range: { key: ik(from), range_end: ik(to) } });
-    const index = (r: RPC.IResponseOp) =>
-      r.response_range.kvs.flatMap((kv) => parseIndex(this.cfg.prefix, kv.key.toString('utf8'), kv.value.toString('utf8')) ?? []);
+    const from = (end: number) => Buffer.from(idsFrom(this.cfg.prefix, end));
+    const past = (end: number) => Buffer.from(idsPast(this.cfg.prefix, end));
+    // The keys that can overlap ids from..to-1: those ending from+1 to `to`, and the first ones after
+    // (only as far as a key overlapping `to` - 1 can end: etcd 3.4 walks the whole range before it
+    // applies a limit). A search for a free slot reads the keys alone: they name the intervals.
+    const readSpan = (sp: Interval, keysOnly: boolean): RPC.IRequestOp[] => [
+      { request_range: { key: from(sp.start + 1), range_end: past(sp.end), keys_only: keysOnly } },
+      { request_range: { key: from(sp.end + 1), range_end: past(Math.min(sp.end - 1 + CHUNK, 0xffffffff)), limit: NEXT_KEYS, keys_only: keysOnly } },
+    ];
+    const index = (r: RPC.IResponseOp, keysOnly: boolean) =>
+      r.response_range.kvs.flatMap((kv) => {
+        const e = parseIndex(this.cfg.prefix, kv.key.toString('utf8'), keysOnly ? null : kv.value.toString('utf8'));
+        return e ? [{ ...e, mod: kv.mod_revision }] : [];
+      });
+    const seenOf = (sp: Interval, keysOnly: boolean, rs: RPC.IResponseOp[], k: number): Seen => {
+      const after = index(rs[k + 1], keysOnly);
+      return {
+        span: sp,
+        valued: !keysOnly,
+        keys: index(rs[k], keysOnly),
+        after: after.at(0) ?? null,
+        hidden: rs[k + 1].response_range.kvs.length === NEXT_KEYS && after.length === 0,
+      };
+    };
+    const spanOf = (is: readonly Interval[]): Interval => ({ start: is[0].start, end: is[is.length - 1].end });
+    const hiddenMessage = (sp: Interval) =>
+      `the shared pool's index holds ${NEXT_KEYS} keys that are not its own just after ${sp.end}: remove them (etcdctl get --prefix ${idsPrefix(this.cfg.prefix)} --keys-only)`;
     const probes = new Map<Want, Probe>();
+    /** Wants whose label was not where this host recorded it: they search from their hash slot. */
+    const unhinted = new Set<Want>();
     let left = [...wants];
     let lost = 0;
     let claimed = 0;
     while (left.length > 0) {
       if (lost >= MAX_ROUNDS) throw new UsernsError('E_UNAVAILABLE', `the shared pool changed under every one of ${MAX_ROUNDS} attempts: try again`);
-      // 1: the entries.
-      const r1 = await this.txn('answer a read', { compare: [this.marker], success: left.map((w) => ({ request_range: { key: lk(w.label) } })) });
-      if (!r1.succeeded) {
-        this.layoutReady = false;
-        await this.ensureLayout();
-        lost++;
-        continue;
-      }
-      const read = left.map((w, k) => {
-        const kv = r1.responses[k].response_range.kvs[0];
-        return { w, kv, entry: kv ? parseEntry(w.label, kv.value.toString('utf8')) : null };
-      });
-      // 2: the index around each entry, or where each claim would go.
-      const looks = read.map(({ w, entry }) => {
-        if (entry !== null) return 'invalid' in entry ? null : entryIntervals(entry);
+      // Where each would go if the pool does not have it: its fixed ids, or the next window of its search.
+      const looks = left.map((w): { span: Interval; search: boolean } | string => {
         const fixed = fixedIntervals(w);
-        if (fixed) return fixed;
+        if (fixed) return { span: spanOf(fixed), search: false };
+        if (w.kind === 'auto' && w.hint !== undefined && !unhinted.has(w)) return { span: { start: w.hint, end: w.hint + w.size }, search: false };
         const size = w.kind === 'auto' ? w.size : 0; // (a static want always has fixed intervals)
         let p = probes.get(w);
         if (!p) {
@@ -370,108 +402,140 @@ export class EtcdCoordinator {
           probes.set(w, (p = started));
         }
         const win = probeWindow(p, size);
-        return win ? [{ start: win.from, end: win.to }] : exhausted(pool, size);
+        return win ? { span: { start: win.from, end: win.to }, search: true } : exhausted(pool, size);
       });
-      const reads: RPC.IRequestOp[] = [];
-      for (const l of looks) if (l !== null && typeof l !== 'string') reads.push(before(l[0].start), between(l[0].start, l[l.length - 1].end));
-      const r2 = await this.txn('answer a read', {
-        compare: [
-          this.marker,
-          ...read.map(({ w, kv }): RPC.ICompare =>
-            kv
-              ? { key: lk(w.label), target: RPC.CompareTarget.Mod, result: RPC.CompareResult.Equal, mod_revision: kv.mod_revision }
-              : { key: lk(w.label), target: RPC.CompareTarget.Create, result: RPC.CompareResult.Equal, create_revision: 0 },
-          ),
-        ],
-        success: reads,
+      // 1: the entries and the index there.
+      const ops: RPC.IRequestOp[] = [];
+      const at: number[] = [];
+      left.forEach((w, k) => {
+        at.push(ops.length);
+        ops.push({ request_range: { key: lk(w.label) } });
+        const look = looks[k];
+        if (typeof look !== 'string') ops.push(...readSpan(look.span, look.search));
       });
-      if (!r2.succeeded) {
+      const r1 = await this.txn('answer a read', { compare: [this.marker], success: ops });
+      if (!r1.succeeded) {
+        this.layoutReady = false;
+        await this.ensureLayout();
         lost++;
         continue;
       }
-      const revision = BigInt(r2.header.revision);
-      // 3: judged; what the pool does not have is claimed.
+      const revision = BigInt(r1.header.revision);
       const done = new Set<Want>();
+      const conflict = (w: Want, message: string) => {
+        out.conflicts.push({ label: w.label, message });
+        done.add(w);
+      };
+      const judge = (w: Want, entry: Exclude<ReadEntry, null>, around: readonly IndexEntry[]) => {
+        const j = judgeKnown(w, entry, around, pool, system);
+        if ('conflict' in j) conflict(w, j.conflict);
+        else {
+          if (j.decided) out.decided.set(w.label, j.decided);
+          done.add(w);
+        }
+      };
+      const elsewhere: { w: Want; kv: RPC.IKeyValue; entry: PoolEntry; span: Interval }[] = [];
       const claimedHere: IndexEntry[] = [];
       const compare: RPC.ICompare[] = [this.marker];
       const puts: RPC.IRequestOp[] = [];
       const claims: { w: Want; a: Allocation | null }[] = [];
-      let at = 0;
-      read.forEach(({ w, entry }, k) => {
+      left.forEach((w, k) => {
+        const kv = r1.responses[at[k]].response_range.kvs[0];
+        const entry = kv ? parseEntry(w.label, kv.value.toString('utf8')) : null;
         const look = looks[k];
-        if (typeof look === 'string') {
-          out.conflicts.push({ label: w.label, message: look });
-          done.add(w);
-          return;
-        }
-        const priors = look ? r2.responses[at].response_range.kvs : [];
-        const prior = look ? (index(r2.responses[at]).at(0) ?? null) : null;
-        const within = look ? index(r2.responses[at + 1]) : [];
-        if (look) at += 2;
-        if (priors.length === BEFORE_KEYS && prior === null) {
-          // Keys that are not the index's hide the one before: nothing is judged or claimed behind them.
-          out.conflicts.push({
-            label: w.label,
-            message: `the shared pool's index holds ${BEFORE_KEYS} keys that are not its own just before ${look![0].start}: remove them (etcdctl get --prefix ${idsPrefix(this.cfg.prefix)} --keys-only)`,
-          });
-          done.add(w);
-          return;
-        }
+        const seen = typeof look === 'string' ? null : seenOf(look.span, look.search, r1.responses, at[k] + 1);
         if (entry !== null) {
-          const j = judgeKnown(w, entry, prior, within, pool, system);
-          if ('conflict' in j) out.conflicts.push({ label: w.label, message: j.conflict });
-          else if (j.decided) out.decided.set(w.label, j.decided);
-          done.add(w);
+          if ('invalid' in entry) return judge(w, entry, []);
+          const span = spanOf(entryIntervals(entry));
+          const around = seen && seen.valued && !seen.hidden ? aroundWithin(seen, span) : null;
+          if (around) judge(w, entry, around);
+          else elsewhere.push({ w, kv: kv, entry, span });
           return;
         }
+        if (seen === null) return conflict(w, look as string);
+        if (seen.hidden) return conflict(w, hiddenMessage(seen.span));
+        if (typeof look !== 'string' && !look.search && fixedIntervals(w) === null) return void unhinted.add(w); // not where recorded: search
+        const around = [...seen.keys, ...(seen.after ? [seen.after] : [])];
         let intervals: readonly Interval[];
-        let after: number | null;
         const fixed = fixedIntervals(w);
         if (fixed) {
-          const problem = claimProblem(w, fixed, prior, within) ?? claimProblem(w, fixed, null, claimedHere);
-          if (problem) {
-            out.conflicts.push({ label: w.label, message: problem });
-            done.add(w);
-            return;
-          }
+          const problem = claimProblem(w, fixed, around) ?? claimProblem(w, fixed, claimedHere);
+          if (problem) return conflict(w, problem);
           intervals = fixed;
-          after = prior?.start ?? null;
         } else {
           const size = w.kind === 'auto' ? w.size : 0;
-          const slot = freeSlot(probes.get(w)!, size, prior, within, [...system, ...claimedHere]);
-          if (!slot) {
+          const slot = freeSlot(probes.get(w)!, size, around, [...system, ...claimedHere]);
+          if (slot === null) {
             probes.set(w, advanceProbe(probes.get(w)!));
             return; // the next window, next round
           }
-          intervals = [{ start: slot.start, end: slot.start + size }];
-          after = slot.after;
+          intervals = [{ start: slot, end: slot + size }];
         }
-        if (!write) {
-          done.add(w);
-          return;
-        }
+        const chunks = indexChunks(intervals);
+        if (chunks.length > MAX_INTERVALS)
+          return conflict(
+            w,
+            `its ids are ${chunks.length} pieces of the shared pool's index (each at most ${CHUNK} ids), more than the ${MAX_INTERVALS} one label may hold`,
+          );
+        if (!write) return void done.add(w);
         const entryOut: PoolEntry =
           w.kind === 'static'
             ? { kind: 'static', intervals, by: this.host, at: new Date().toISOString() }
             : { kind: 'auto', start: intervals[0].start, size: w.size, by: this.host, at: new Date().toISOString() };
+        const span = compareSpan(intervals, around);
+        // Nothing made or changed since the first read where a key that could overlap it would end, and the key after it as it was.
         compare.push(
           { key: lk(w.label), target: RPC.CompareTarget.Create, result: RPC.CompareResult.Equal, create_revision: 0 },
           {
-            key: after === null ? Buffer.from(idsPrefix(this.cfg.prefix)) : ik(after),
-            range_end: ik(intervals[intervals.length - 1].end),
+            key: from(span.fromEnd),
+            range_end: past(span.toEnd),
             target: RPC.CompareTarget.Mod,
             result: RPC.CompareResult.Less,
             mod_revision: String(revision + 1n),
           },
+          ...(span.bound
+            ? [
+                {
+                  key: Buffer.from(idsKey(this.cfg.prefix, span.bound)),
+                  target: RPC.CompareTarget.Mod,
+                  result: RPC.CompareResult.Equal,
+                  mod_revision: span.bound.mod,
+                },
+              ]
+            : []),
         );
         puts.push(
           { request_put: { key: lk(w.label), value: Buffer.from(serializeEntry(entryOut)) } },
-          ...intervals.map((i) => ({ request_put: { key: ik(i.start), value: Buffer.from(serializeIndex(i.end, w.label, entryOut)) } })),
+          ...chunks.map((i) => ({ request_put: { key: Buffer.from(idsKey(this.cfg.prefix, i)), value: Buffer.from(serializeIndex(w.label, entryOut)) } })),
         );
         claimedHere.push(...intervals.map((i) => ({ ...i, label: w.label, valid: true, kind: entryOut.kind, by: this.host })));
         claims.push({ w, a: w.kind === 'auto' ? { start: intervals[0].start, size: w.size } : null });
       });
+      // 2: the index around entries whose ids lie outside what was read, while the entries stay as read.
+      if (elsewhere.length > 0) {
+        const r2 = await this.txn('answer a read', {
+          compare: [
+            this.marker,
+            ...elsewhere.map(({ w, kv }): RPC.ICompare => ({
+              key: lk(w.label),
+              target: RPC.CompareTarget.Mod,
+              result: RPC.CompareResult.Equal,
+              mod_revision: kv.mod_revision,
+            })),
+          ],
+          success: elsewhere.flatMap((e) => readSpan(e.span, false)),
+        });
+        if (!r2.succeeded) lost++;
+        else
+          elsewhere.forEach(({ w, entry, span }, k) => {
+            const seen = seenOf(span, false, r2.responses, 2 * k);
+            if (seen.hidden) conflict(w, hiddenMessage(span));
+            else judge(w, entry, aroundWithin(seen, span)!);
+          });
+      }
+      // 3: the claims.
       if (claims.length > 0) {
+        await this.beforeClaim?.();
         const r3 = await this.txn('answer a write', { compare, success: puts });
         if (!r3.succeeded) {
           lost++;
@@ -532,7 +596,7 @@ export class EtcdCoordinator {
       if (entry !== null && !('invalid' in entry)) {
         const idx = await this.txn('answer a read', {
           compare: [],
-          success: entryIntervals(entry).map((i) => ({ request_range: { key: Buffer.from(idsKey(this.cfg.prefix, i.start)) } })),
+          success: indexChunks(entryIntervals(entry)).map((i) => ({ request_range: { key: Buffer.from(idsKey(this.cfg.prefix, i)) } })),
         });
         mine = idx.responses.flatMap((x) => x.response_range.kvs).filter((x) => named(x.key.toString('utf8'), x.value.toString('utf8')));
       } else {
@@ -610,6 +674,28 @@ export class EtcdCoordinator {
     this.client.close();
   }
 }
+
+/** What one read of the index around ids `span` found: the keys ending in it, the first ending after it, and whether keys that are not the index's hid that one. */
+type Seen = {
+  readonly span: Interval;
+  /** Read with the keys' values (labels): an entry can be judged by it. */
+  readonly valued: boolean;
+  readonly keys: readonly IndexEntry[];
+  readonly after: IndexEntry | null;
+  readonly hidden: boolean;
+};
+
+/** The keys that can overlap ids `sp`, from a read around a span holding it; null when it does not hold it. */
+function aroundWithin(seen: Seen, sp: Interval): IndexEntry[] | null {
+  if (sp.start < seen.span.start || sp.end > seen.span.end) return null;
+  const keys = seen.keys.filter((e) => e.end > sp.start && e.end <= sp.end);
+  const later = [...seen.keys.filter((e) => e.end > sp.end), ...(seen.after ? [seen.after] : [])];
+  const first = later.reduce<IndexEntry | null>((m, e) => (m === null || e.end < m.end ? e : m), null);
+  return first ? [...keys, first] : keys;
+}
+
+/** The key just past every key that starts with `prefix` (its last character + 1). */
+const prefixEnd = (prefix: string) => prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
 
 /** What a host published as pinned (a JSON array of labels), or null when it is not that. */
 function publishedLabels(text: string): readonly string[] | null {

@@ -26,8 +26,8 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
   let n = 0;
   const open: EtcdCoordinator[] = [];
   const newPrefix = () => `/usernsd-pool-${process.pid}-${++n}/`;
-  const coord = (prefix: string, host: string) => {
-    const c = new EtcdCoordinator({ endpoints: cluster.endpoints, prefix, name: host, timeoutMs: 5000, ca: null, cert: null, key: null });
+  const coord = (prefix: string, host: string, beforeClaim?: () => Promise<void>) => {
+    const c = new EtcdCoordinator({ endpoints: cluster.endpoints, prefix, name: host, timeoutMs: 5000, ca: null, cert: null, key: null }, { beforeClaim });
     open.push(c);
     return c;
   };
@@ -99,12 +99,17 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
       fc.asyncProperty(fc.array(arbTurn, { minLength: 1, maxLength: 8 }), async (turns) => {
         const prefix = newPrefix();
         const hosts = new Map(['a', 'b', 'c'].map((h) => [h, coord(prefix, h)]));
+        // What each host recorded (its ranges.json), passed back as where to look first: stale after a forget elsewhere.
+        const recorded = new Map(['a', 'b', 'c'].map((h) => [h, new Map<string, { start: number; size: number }>()]));
         // Turns marked `together` run at once with the one before: the transactions must serialize them.
         const groups: (typeof turns)[] = [];
         for (const t of turns) (t.together && groups.length > 0 ? groups[groups.length - 1] : (groups[groups.length] = [])).push(t);
         for (const group of groups) {
           const before = await client.getAll().prefix(`${prefix}labels/`).strings();
-          const results = await Promise.all(group.map((t) => hosts.get(t.host)!.settle(t.requests, t.statics, POOL, [])));
+          const results = await Promise.all(group.map((t) => hosts.get(t.host)!.settle(t.requests, t.statics, POOL, [], new Map(recorded.get(t.host)))));
+          group.forEach((t, k) => {
+            for (const [l, a] of results[k].decided) recorded.get(t.host)!.set(l, a);
+          });
           const pool = await invariants(prefix);
           group.forEach((t, k) => {
             const r = results[k];
@@ -141,6 +146,28 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
       }),
       { numRuns: 25 },
     );
+  });
+
+  it('a claim loses when, between its read and its write, the key after its slot goes and a wider range takes both: the next key is part of the compare', async () => {
+    const prefix = newPrefix();
+    const base = Math.ceil(POOL.start / 8192) * 8192;
+    const two: Pool = { start: base, end: base + 8192 - 1, size: 4096 }; // two slots
+    const b = coord(prefix, 'b');
+    await b.settle([], [{ label: 'n', intervals: [{ start: base + 4096, end: base + 8192 }] }], two, []);
+    let once = true;
+    const a = coord(prefix, 'a', async () => {
+      if (!once) return;
+      once = false;
+      // Another host frees n and registers c over both slots, after a read its first slot free and n after it.
+      assert.equal(await b.forgetRange('n'), true);
+      const c = await b.settle([], [{ label: 'c', intervals: [{ start: base, end: base + 8192 }] }], two, []);
+      assert.deepEqual(c.conflicts, []);
+    });
+    const r = await a.settle([{ label: 'a', size: 4096 }], [], two, []);
+    assert.equal(once, false, 'the other host wrote between the read and the claim');
+    assert.deepEqual(r.decided, new Map());
+    assert.match(r.conflicts[0].message, /is exhausted/);
+    await invariants(prefix);
   });
 
   it('a label asked alone gets its hash slot, the same on every host, in one write; asked again it is read, not written', async () => {
@@ -209,11 +236,11 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
     await put(`${prefix}labels/bad`, 'null');
     await put(`${prefix}labels/neg`, JSON.stringify({ kind: 'auto', start: -5, size: 4096, by: 'x', at: 'y' }));
     await put(`${prefix}labels/low`, JSON.stringify({ kind: 'auto', start: 1, size: 4096, by: 'elsewhere', at: 'y' }));
-    await put(idsKey(prefix, 1), JSON.stringify({ end: 4097, label: 'low' }));
+    await put(idsKey(prefix, { start: 1, end: 4097 }), JSON.stringify({ label: 'low' }));
     await put(`${prefix}labels/twin`, JSON.stringify({ kind: 'auto', start: mine, size: 4096, by: 'elsewhere', at: 'y' }));
     await put(`${prefix}labels/ghost`, JSON.stringify({ kind: 'auto', start: mine === slot(3) ? slot(5) : slot(3), size: 4096, by: 'elsewhere', at: 'y' }));
     await put(`${prefix}ids/junk`, 'whatever');
-    await put(idsKey(prefix, slot(7)), '{not json');
+    await put(idsKey(prefix, { start: slot(7), end: slot(7) + 1 }), '{not json'); // holds id slot(7)
     const r = await coord(prefix, 'b').settle(
       ['bad', 'neg', 'low', 'twin', 'ghost', 'fresh', 'mine'].map((label) => ({ label, size: 4096 })),
       [],
@@ -234,9 +261,9 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
     assert.ok(![slot(7), slot(9), mine].includes(fresh), 'the fresh range avoids the unreadable index key and the system ids');
     // Forget repairs them: the label's own index keys go with it, another label's stay.
     assert.equal(await coord(prefix, 'b').forgetRange('twin'), true);
-    assert.ok(await client.get(idsKey(prefix, mine)).string(), "mine's index key stays");
+    assert.ok(await client.get(idsKey(prefix, { start: mine, end: mine + 4096 })).string(), "mine's index key stays");
     assert.equal(await coord(prefix, 'b').forgetRange('low'), true);
-    assert.equal(await client.get(idsKey(prefix, 1)).string(), null, "low's index key goes with it");
+    assert.equal(await client.get(idsKey(prefix, { start: 1, end: 4097 })).string(), null, "low's index key goes with it");
     assert.equal(await coord(prefix, 'b').forgetRange('bad'), true);
     const again = await coord(prefix, 'b').settle(
       ['bad', 'low', 'twin'].map((label) => ({ label, size: 4096 })),
@@ -248,7 +275,7 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
     await client.delete().key(`${prefix}ids/junk`).exec();
     await client
       .delete()
-      .key(idsKey(prefix, slot(7)))
+      .key(idsKey(prefix, { start: slot(7), end: slot(7) + 1 }))
       .exec();
     await client.delete().key(`${prefix}labels/ghost`).exec();
     await client.delete().key(`${prefix}labels/neg`).exec();

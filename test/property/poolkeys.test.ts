@@ -3,13 +3,18 @@
 // becomes keys whose index is disjoint and names only what its entries hold.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { hashSlot, poolSlots } from '../../agent/coord/allocate.ts';
+import { hashSlot, mergeIntervals, poolSlots } from '../../agent/coord/allocate.ts';
 import {
   advanceProbe,
+  CHUNK,
+  compareSpan,
   entryIntervals,
   freeSlot,
   idsKey,
-  idsKeyStart,
+  idsFrom,
+  idsKeyInterval,
+  idsPast,
+  indexChunks,
   indexProblem,
   migrationKeys,
   parseEntry,
@@ -23,12 +28,14 @@ import type { Pool } from '../../config/types.ts';
 const P = '/p/';
 
 describe('property: the shared pool kept one key per label', () => {
-  it('index keys sort as the ids they name, and name them back', () => {
+  it('index keys sort by the end of the ids they name, and name them back', () => {
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 0xffffffff }), fc.integer({ min: 0, max: 0xffffffff }), (a, b) => {
-        assert.equal(idsKeyStart(P, idsKey(P, a)), a);
-        assert.equal(idsKey(P, a) < idsKey(P, b), a < b);
-        assert.equal(idsKey(P, a) === idsKey(P, b), a === b);
+      fc.property(fc.integer({ min: 0, max: 0xfffffffe }), fc.integer({ min: 1, max: CHUNK }), fc.integer({ min: 1, max: 0xffffffff }), (start, n, e) => {
+        const i = { start, end: Math.min(start + n, 0xffffffff) };
+        assert.deepEqual(idsKeyInterval(P, idsKey(P, i)), i);
+        // Keys sort by their ends: every key ending before e, after e, at e, against idsFrom(e) and idsPast(e).
+        assert.equal(idsKey(P, i) < idsFrom(P, e), i.end < e);
+        assert.equal(idsKey(P, i) < idsPast(P, e), i.end <= e);
       }),
     );
   });
@@ -60,32 +67,54 @@ describe('property: the shared pool kept one key per label', () => {
     );
   });
 
-  it('a free slot overlaps nothing read or taken, and nothing free before it in the window was passed over', () => {
+  it('the keys a window reads (ending in it, and the first after) are all that can be in its way: its free slot is free against the whole index', () => {
     const pool: Pool = { start: 65536, end: 65536 + 64 * 4096 - 1, size: 4096 };
     const arbKey = fc.record({ s: fc.integer({ min: 60_000, max: 340_000 }), n: fc.integer({ min: 1, max: 9000 }) });
     fc.assert(
       fc.property(fc.array(arbKey, { maxLength: 40 }), fc.array(arbKey, { maxLength: 3 }), fc.string({ minLength: 1, maxLength: 4 }), (keys, taken, label) => {
         const p = startProbe(label, 4096, pool) as Probe;
         const w = probeWindow(p, 4096)!;
-        const index: IndexEntry[] = keys.map((k) => ({ start: k.s, end: k.s + k.n, label: 'o', valid: true }));
-        // What the window's read shows: the key before it, and those starting in it (the index keeps
-        // its keys disjoint: overlapping ones are dropped).
-        const disjoint = [...index].sort((a, b) => a.start - b.start).filter((e, k, all) => k === 0 || all[k - 1].end <= e.start);
-        const prior = disjoint.filter((e) => e.start < w.from).at(-1) ?? null;
-        const within = disjoint.filter((e) => e.start >= w.from && e.start < w.to);
+        // The index keeps its keys disjoint: overlapping ones are dropped.
+        const index: IndexEntry[] = keys
+          .map((k) => ({ start: k.s, end: k.s + k.n, label: 'o', valid: true }))
+          .sort((a, b) => a.start - b.start)
+          .filter((e, k, all) => k === 0 || all[k - 1].end <= e.start);
+        const readIn = index.filter((e) => e.end > w.from && e.end <= w.to);
+        const after = index.find((e) => e.end > w.to);
+        const around = [...readIn, ...(after ? [after] : [])];
         const others = taken.map((t) => ({ start: t.s, end: t.s + t.n }));
-        const busy = [...(prior ? [prior] : []), ...within, ...others];
-        const r = freeSlot(p, 4096, prior, within, others);
-        const free = (s: number) => busy.every((b) => b.end <= s || s + 4096 <= b.start);
-        const firstFree = Array.from({ length: w.slots }, (_, k) => w.from + k * 4096).find(free);
-        assert.equal(r?.start, firstFree);
-        if (r) {
-          const expectAfter = [...(prior ? [prior] : []), ...within]
-            .filter((e) => e.start < r.start)
-            .reduce<number | null>((m, e) => Math.max(m ?? -1, e.start), null);
-          assert.equal(r.after, expectAfter);
-        }
+        const r = freeSlot(p, 4096, around, others);
+        const free = (s: number) => [...index, ...others].every((b) => b.end <= s || s + 4096 <= b.start);
+        assert.equal(r ?? undefined, Array.from({ length: w.slots }, (_, k) => w.from + k * 4096).find(free));
       }),
+    );
+  });
+
+  it("a write's compare reaches every index key another writer could make over what it claims (at most CHUNK ids, clear of every key that stays), and no key ending before it", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ s: fc.integer({ min: 0, max: 2 ** 32 - 2 ** 26 }), n: fc.integer({ min: 1, max: 2 * CHUNK }) }), { minLength: 1, maxLength: 3 }),
+        fc.array(fc.record({ s: fc.integer({ min: 0, max: 2 ** 32 - 2 ** 26 }), n: fc.integer({ min: 1, max: CHUNK }) }), { maxLength: 30 }),
+        fc.integer({ min: 0, max: 2 ** 32 - 2 }),
+        fc.integer({ min: 1, max: CHUNK }),
+        (raw, others, jStart, jLen) => {
+          const claimed = mergeIntervals(raw.map((x) => ({ start: x.s, end: x.s + x.n })));
+          const span = { start: claimed[0].start, end: claimed[claimed.length - 1].end };
+          // The index as read: disjoint keys clear of the claim.
+          const index: IndexEntry[] = others
+            .map((o) => ({ start: o.s, end: o.s + o.n, label: 'o', valid: true, mod: '1' }))
+            .filter((e) => e.end <= span.start || e.start >= span.end)
+            .sort((a, b) => a.start - b.start)
+            .filter((e, k, all) => k === 0 || all[k - 1].end <= e.start);
+          const { fromEnd, toEnd, bound } = compareSpan(claimed, index);
+          if (bound) assert.ok(index.includes(bound) && bound.start >= span.end && bound.end - 1 === toEnd);
+          const j = { start: jStart, end: Math.min(jStart + jLen, 0xffffffff) };
+          const clear = index.every((e) => e.end <= j.start || j.end <= e.start);
+          if (clear && j.start < span.end && span.start < j.end) assert.ok(j.end >= fromEnd && j.end <= toEnd, `key ${j.start}-${j.end} in the compare`);
+          if (j.end <= span.start) assert.ok(j.end < fromEnd, 'a key ending before it is not compared');
+          for (const c of indexChunks(claimed)) assert.ok(c.end - c.start <= CHUNK && c.end >= fromEnd && c.end <= toEnd, 'its own keys are in the compare');
+        },
+      ),
     );
   });
 
@@ -117,14 +146,12 @@ describe('property: the shared pool kept one key per label', () => {
         for (let k = 1; k < index.length; k++) assert.ok(index[k - 1].end <= index[k].start);
         for (const x of index) {
           const e = entries.get(x.label);
-          assert.ok(x.valid && e && !('invalid' in e) && entryIntervals(e).some((i) => i.start === x.start && i.end === x.end));
+          assert.ok(x.valid && e && !('invalid' in e) && indexChunks(entryIntervals(e)).some((i) => i.start === x.start && i.end === x.end));
         }
         // Every valid entry is either fully indexed, or refused for an overlap with one that is.
         for (const [l, e] of entries)
           if (e && !('invalid' in e)) {
-            const before = index.filter((x) => x.start < entryIntervals(e)[0].start).at(-1) ?? null;
-            const within = index.filter((x) => x.start >= entryIntervals(e)[0].start && x.start < entryIntervals(e).at(-1)!.end);
-            const problem = indexProblem(l, entryIntervals(e), before, within);
+            const problem = indexProblem(l, entryIntervals(e), index);
             assert.ok(problem === null || /overlaps/.test(problem), `${l}: ${problem}`);
           }
       }),
