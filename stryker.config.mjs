@@ -11,6 +11,7 @@ export default {
     'agent/idmap.ts',
     'agent/coord/allocate.ts',
     'agent/coord/pooldoc.ts',
+    'agent/coord/poolkeys.ts',
     'agent/names.ts',
     'agent/explain.ts',
     'config/ini.ts',

@@ -85,12 +85,12 @@ export class EtcdCoordinator {
   private layoutReady = false;
   private migrated = 0;
 
-  /** For tests: run between a round's reads and its claims, where another host's write can land. */
-  private readonly beforeClaim: (() => Promise<void>) | undefined;
+  /** For tests: run between a round's reads and its write (a claim, a forget), where another host's write can land. */
+  private readonly beforeWrite: (() => Promise<void>) | undefined;
 
-  constructor(cfg: EtcdConfig, opts: { beforeClaim?: () => Promise<void> } = {}) {
+  constructor(cfg: EtcdConfig, opts: { beforeWrite?: () => Promise<void> } = {}) {
     this.cfg = cfg;
-    this.beforeClaim = opts.beforeClaim;
+    this.beforeWrite = opts.beforeWrite;
     this.host = cfg.name ?? hostname();
     const read = (f: string | null) => (f === null ? undefined : readFileSync(f));
     const ca = read(cfg.ca);
@@ -535,7 +535,7 @@ export class EtcdCoordinator {
       }
       // 3: the claims.
       if (claims.length > 0) {
-        await this.beforeClaim?.();
+        await this.beforeWrite?.();
         const r3 = await this.txn('answer a write', { compare, success: puts });
         if (!r3.succeeded) {
           lost++;
@@ -569,25 +569,30 @@ export class EtcdCoordinator {
 
   /**
    * Free a label's range cluster-wide, refused while any host publishes it as pinned. The pinned
-   * keys read are part of the compare: a host that pins it meanwhile makes the forget fail.
+   * keys read are part of the compare: a host that publishes its pins meanwhile makes the forget
+   * read them again.
    */
   async forgetRange(label: string): Promise<boolean> {
-    const pinnedBy = await this.call('answer a read', () => this.client.getAll().prefix(`${this.cfg.prefix}pinned/`).strings());
-    // A value that cannot be read might hide the label: that host counts as holding it.
-    const holders = Object.entries(pinnedBy)
-      .filter(([, v]) => publishedLabels(v)?.includes(label) ?? true)
-      .map(([k]) => k.slice(`${this.cfg.prefix}pinned/`.length));
-    if (holders.length > 0) throw new UsernsError('E_BUSY', `${label} is pinned on ${holders.join(', ')}: release it there first (usernsctl release ${label})`);
     await this.ensureLayout();
     const key = Buffer.from(labelKey(this.cfg.prefix, label));
+    const pinned = `${this.cfg.prefix}pinned/`;
     for (let round = 0; round < MAX_ROUNDS; round++) {
-      const r = await this.txn('answer a read', { compare: [this.marker], success: [{ request_range: { key } }] });
-      const kv = r.succeeded ? r.responses[0].response_range.kvs[0] : undefined;
+      const r = await this.txn('answer a read', {
+        compare: [this.marker],
+        success: [{ request_range: { key } }, { request_range: { key: Buffer.from(pinned), range_end: Buffer.from(prefixEnd(pinned)) } }],
+      });
       if (!r.succeeded) {
         this.layoutReady = false;
         await this.ensureLayout();
         continue;
       }
+      // A value that cannot be read might hide the label: that host counts as holding it.
+      const holders = r.responses[1].response_range.kvs
+        .filter((x) => publishedLabels(x.value.toString('utf8'))?.includes(label) ?? true)
+        .map((x) => x.key.toString('utf8').slice(pinned.length));
+      if (holders.length > 0)
+        throw new UsernsError('E_BUSY', `${label} is pinned on ${holders.join(', ')}: release it there first (usernsctl release ${label})`);
+      const kv = r.responses[0].response_range.kvs[0];
       if (!kv) return false;
       const entry = parseEntry(label, kv.value.toString('utf8'));
       // Its index keys: where a valid entry says they are, else any that names it (a whole read of the index, rare).
@@ -604,11 +609,20 @@ export class EtcdCoordinator {
           .filter((x) => named(x.key, x.value))
           .map((x) => ({ key: Buffer.from(x.key), mod_revision: x.mod }));
       }
+      await this.beforeWrite?.();
       const w = await this.txn('answer a write', {
         compare: [
           this.marker,
           { key, target: RPC.CompareTarget.Mod, result: RPC.CompareResult.Equal, mod_revision: kv.mod_revision },
           ...mine.map((x): RPC.ICompare => ({ key: x.key, target: RPC.CompareTarget.Mod, result: RPC.CompareResult.Equal, mod_revision: x.mod_revision })),
+          // No host published its pins since they were read (one that pins the label now is asked again).
+          {
+            key: Buffer.from(pinned),
+            range_end: Buffer.from(prefixEnd(pinned)),
+            target: RPC.CompareTarget.Mod,
+            result: RPC.CompareResult.Less,
+            mod_revision: String(BigInt(r.header.revision) + 1n),
+          },
         ],
         success: [{ request_delete_range: { key } }, ...mine.map((x) => ({ request_delete_range: { key: x.key } }))],
       });

@@ -37,11 +37,8 @@ export const POOL_MARKER = JSON.stringify({ version: POOL_LAYOUT, layout: 'one k
 export const MAX_INTERVALS = 100;
 /** The ids one index key holds at most (4 Mi: 64 ranges of 65,536); a label holds at most MAX_INTERVALS keys. */
 export const CHUNK = 2 ** 22;
-/** Slots looked at per read when looking for a free one (one range read of the index), after the first. */
+/** Slots looked at per read when looking for a free one (one range read of the index keys). */
 export const WINDOW_SLOTS = 256;
-/** The first read, from the hash slot, is smaller: in all but a nearly full pool the slot is free or close. */
-export const FIRST_WINDOW_SLOTS = 256;
-const windowSlots = (p: Probe) => (p.next === p.hash && !p.wrapped ? FIRST_WINDOW_SLOTS : WINDOW_SLOTS);
 
 export type PoolEntry =
   | { readonly kind: 'auto'; readonly start: number; readonly size: number; readonly by: string; readonly at: string }
@@ -92,8 +89,8 @@ export const idsPast = (prefix: string, end: number) => `${prefix}ids/${hex8(end
 
 /** The interval an index key names (at most CHUNK ids), or null when the key is not one of the index's. */
 export function idsKeyInterval(prefix: string, key: string): Interval | null {
-  const tail = key.startsWith(idsPrefix(prefix)) ? key.slice(idsPrefix(prefix).length) : '';
-  const m = /^([0-9a-f]{8})-([0-9a-f]{8})$/.exec(tail);
+  if (!key.startsWith(idsPrefix(prefix))) return null;
+  const m = /^([0-9a-f]{8})-([0-9a-f]{8})$/.exec(key.slice(idsPrefix(prefix).length));
   if (!m) return null;
   const end = parseInt(m[1], 16);
   const start = parseInt(m[2], 16);
@@ -101,7 +98,7 @@ export function idsKeyInterval(prefix: string, key: string): Interval | null {
 }
 
 /** A label's entry as read: checked (its key a label, its value an entry), a static one's intervals merged. */
-export function parseEntry(label: string, text: string): ReadEntry {
+export function parseEntry(label: string, text: string): Exclude<ReadEntry, null> {
   const lp = labelKeyProblem(label);
   if (lp !== null) return { invalid: `not a context label: ${lp}` };
   let raw: unknown;
@@ -121,12 +118,11 @@ export function parseEntry(label: string, text: string): ReadEntry {
 export function parseIndex(prefix: string, key: string, text: string | null): IndexEntry | null {
   const i = idsKeyInterval(prefix, key);
   if (i === null) return null;
-  if (text === null) return { ...i, label: '', valid: false };
-  let raw: unknown;
+  let raw: unknown; // (none when read without its value, or not JSON: not valid)
   try {
-    raw = JSON.parse(text);
+    raw = text === null ? undefined : JSON.parse(text);
   } catch {
-    raw = null;
+    /* not JSON */
   }
   const r = v.safeParse(INDEX, raw);
   if (!r.success) return { ...i, label: '', valid: false };
@@ -137,7 +133,7 @@ export const entryIntervals = (e: PoolEntry): readonly Interval[] => (e.kind ===
 export const serializeEntry = (e: PoolEntry) => JSON.stringify(e);
 export const serializeIndex = (label: string, e: PoolEntry) => JSON.stringify({ label, kind: e.kind, by: e.by });
 
-const fmt = (i: Interval) => `${i.start}-${i.end - 1}`;
+const fmt = formatInterval;
 const describe = (e: IndexEntry) => {
   if (!e.valid) return `ids ${formatInterval(e)} (an index key that is not valid)`;
   const whose = e.by === undefined ? '' : e.kind === 'static' ? ` (configured on ${e.by})` : ` (allocated by ${e.by})`;
@@ -175,7 +171,7 @@ export function indexChunks(intervals: readonly Interval[]): Interval[] {
  * cannot end after a key read past them (`bound`, the first ending after them) while that key stays:
  * it would overlap that one too. So in a crowded pool the compare is one or two keys long.
  */
-export function compareSpan(intervals: readonly Interval[], around: readonly IndexEntry[] = []): { fromEnd: number; toEnd: number; bound: IndexEntry | null } {
+export function compareSpan(intervals: readonly Interval[], around: readonly IndexEntry[]): { fromEnd: number; toEnd: number; bound: IndexEntry | null } {
   const last = intervals[intervals.length - 1].end;
   const cap = Math.min(last - 1 + CHUNK, 0xffffffff);
   let bound: IndexEntry | null = null;
@@ -197,7 +193,7 @@ export function startProbe(label: string, size: number, pool: Pool): Probe | str
 export function probeWindow(p: Probe, size: number): { readonly from: number; readonly to: number; readonly slots: number } | null {
   const last = p.wrapped ? p.hash : p.count;
   if (p.next >= last) return null;
-  const slots = Math.min(windowSlots(p), last - p.next);
+  const slots = Math.min(WINDOW_SLOTS, last - p.next);
   return { from: p.first + p.next * size, to: p.first + (p.next + slots) * size, slots };
 }
 
@@ -208,7 +204,7 @@ export function searchStart(label: string, size: number, pool: Pool): number {
 }
 
 export function advanceProbe(p: Probe): Probe {
-  const next = p.next + windowSlots(p);
+  const next = p.next + WINDOW_SLOTS;
   if (!p.wrapped && next >= p.count) return { ...p, next: 0, wrapped: true };
   return { ...p, next };
 }
@@ -330,10 +326,10 @@ export function migrationKeys(prefix: string, doc: unknown): { key: string; valu
     const value = JSON.stringify(entries.get(label) ?? null);
     out.push({ key: labelKey(prefix, label), value });
     const e = parseEntry(label, value);
-    if (e !== null && !('invalid' in e)) for (const i of indexChunks(entryIntervals(e))) claims.push({ label, i, entry: e });
+    if (!('invalid' in e)) for (const i of indexChunks(entryIntervals(e))) claims.push({ label, i, entry: e });
   }
-  // In id order (then label order), an interval overlapping one kept before it gets no key.
-  claims.sort((a, b) => a.i.start - b.i.start || (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
+  // In id order (then label order: the sort is stable), an interval overlapping one kept before it gets no key.
+  claims.sort((a, b) => a.i.start - b.i.start);
   let reached = 0;
   for (const { label, i, entry } of claims) {
     if (i.start < reached) continue;

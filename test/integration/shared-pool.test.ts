@@ -26,8 +26,8 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
   let n = 0;
   const open: EtcdCoordinator[] = [];
   const newPrefix = () => `/usernsd-pool-${process.pid}-${++n}/`;
-  const coord = (prefix: string, host: string, beforeClaim?: () => Promise<void>) => {
-    const c = new EtcdCoordinator({ endpoints: cluster.endpoints, prefix, name: host, timeoutMs: 5000, ca: null, cert: null, key: null }, { beforeClaim });
+  const coord = (prefix: string, host: string, beforeWrite?: () => Promise<void>) => {
+    const c = new EtcdCoordinator({ endpoints: cluster.endpoints, prefix, name: host, timeoutMs: 5000, ca: null, cert: null, key: null }, { beforeWrite });
     open.push(c);
     return c;
   };
@@ -167,6 +167,27 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
     assert.equal(once, false, 'the other host wrote between the read and the claim');
     assert.deepEqual(r.decided, new Map());
     assert.match(r.conflicts[0].message, /is exhausted/);
+    await invariants(prefix);
+  });
+
+  it('a forget is refused when the label is pinned anywhere, and asks again when a host publishes its pins between its read and its write', async () => {
+    const prefix = newPrefix();
+    const a = coord(prefix, 'a');
+    await a.settle([{ label: 'x', size: 4096 }], [], POOL, []);
+    await a.publishPinned(['x']);
+    await assert.rejects(coord(prefix, 'b').forgetRange('x'), /^UsernsError: x is pinned on a: release it there first \(usernsctl release x\)$/);
+    await a.publishPinned([]);
+    let once = true;
+    const b = coord(prefix, 'b', async () => {
+      if (!once) return;
+      once = false;
+      await a.publishPinned(['x']); // a pins it after b read the pins
+    });
+    await assert.rejects(b.forgetRange('x'), /x is pinned on a/);
+    assert.equal(once, false);
+    assert.ok(await client.get(`${prefix}labels/x`).string(), 'x is still in the pool');
+    await a.publishPinned([]);
+    assert.equal(await coord(prefix, 'c').forgetRange('x'), true);
     await invariants(prefix);
   });
 
