@@ -200,9 +200,11 @@ export class SharedPool implements RangePool {
 
   private async settleOnce(): Promise<boolean> {
     const cfg = this.hooks.config();
+    // What this host recorded: where the pool is read first, and what its decisions are compared with (one settle at a time writes it).
+    const recorded = readAllocations(cfg.agent.state);
     let r;
     try {
-      r = await this.coord.settle(cfg.requests, cfg.statics, cfg.agent.pool, this.hooks.systemIds(cfg.agent), readAllocations(cfg.agent.state));
+      r = await this.coord.settle(cfg.requests, cfg.statics, cfg.agent.pool, this.hooks.systemIds(cfg.agent), recorded);
     } catch (err) {
       if (!(err instanceof UsernsError)) throw err;
       if (this.wasReachable !== false) this.log.error({ coordinator: 'etcd', waiting: cfg.waiting.length }, `Shared pool: ${err.message}`);
@@ -216,7 +218,6 @@ export class SharedPool implements RangePool {
     this.wasReachable = true;
     this.retryMs = RETRY_FIRST_MS;
     // What etcd decided is recorded before anything uses it, as a local allocation would be.
-    const recorded = readAllocations(cfg.agent.state);
     let changed = false;
     for (const [label, a] of r.decided) {
       const had = recorded.get(label);

@@ -8,15 +8,12 @@ import { spawn } from 'node:child_process';
 import { EtcdCoordinator } from '../agent/coord/etcd.ts';
 import type { Pool } from '../config/types.ts';
 import { hasEtcd, startCluster } from '../test/helpers/etcd.ts';
-import { f2, verdict, writeSection } from './report.ts';
+import { f2, msSince, pct, verdict, writeSection } from './report.ts';
 
 /** The whole id space: every 64K slot from 65536 (0-65535 is the host's own). */
 const POOL: Pool = { start: 65536, end: 0xfffffffe, size: 65536 };
 const HOSTS = 8;
 const PER_HOST = 200;
-const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
-const pct = (xs: number[], p: number) => sorted(xs)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
-const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
 export type PoolFigures = {
   available: boolean;
@@ -44,7 +41,7 @@ async function host(endpoints: string[], prefix: string, name: string, labels: s
   for (const label of labels) {
     const t0 = process.hrtime.bigint();
     const r = await c.settle([{ label, size: POOL.size }], [], POOL, []);
-    lat.push(ms(t0));
+    lat.push(msSince(t0));
     if (!r.decided.has(label)) lost++;
   }
   await c.close();
@@ -93,11 +90,11 @@ export async function benchPool(big = 60_000, runs = 200): Promise<PoolFigures> 
     const t0 = process.hrtime.bigint();
     const requests = Array.from({ length: big }, (_, k) => ({ label: `f${k}`, size: POOL.size }));
     const filled = await filler.settle(requests, [], POOL, []);
-    const fillMs = ms(t0);
+    const fillMs = msSince(t0);
     // What each load of that host asks again: every label, now known and recorded where the pool has it (read and judged, nothing written).
     const t1 = process.hrtime.bigint();
     const again = await filler.settle(requests, [], POOL, [], filled.decided);
-    const recheckMs = ms(t1);
+    const recheckMs = msSince(t1);
     await filler.close();
     if (again.decided.size !== big) throw new Error(`the pool judged ${again.decided.size} of ${big} labels again: ${again.conflicts[0]?.message}`);
     if (filled.decided.size !== big) throw new Error(`the pool took ${filled.decided.size} of ${big} labels: ${filled.conflicts[0]?.message}`);
@@ -121,7 +118,7 @@ export async function benchPool(big = 60_000, runs = 200): Promise<PoolFigures> 
       ] as const) {
         const t = process.hrtime.bigint();
         const r = await c.settle([{ label: `new${i}`, size: POOL.size }], [], POOL, []);
-        const d = ms(t);
+        const d = msSince(t);
         if (!r.decided.has(`new${i}`)) throw new Error(`new${i}: ${r.conflicts[0]?.message}`);
         if (i >= 10) out.push(d);
       }

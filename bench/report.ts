@@ -7,6 +7,10 @@ import type { RunningAgent } from '../test/helpers/agent.ts';
 import type { Tree } from '../test/helpers/fixtures.ts';
 
 export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** The p-th quantile (0 to 1) of `xs`, as the nearest rank below. */
+export const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
+/** Milliseconds since `t0` (process.hrtime.bigint()). */
+export const msSince = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 export const f2 = (n: number) => n.toFixed(2);
 export const verdict = (ok: boolean, miss: string) => (ok ? 'met' : `**missed** (${miss})`);
 

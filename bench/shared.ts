@@ -12,11 +12,9 @@ import type { ContextDef, Pool } from '../config/types.ts';
 import { cleanup, startAgent } from '../test/helpers/agent.ts';
 import { hasEtcd, startCluster } from '../test/helpers/etcd.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';
+import { pct, msSince } from './report.ts';
 
 const POOL: Pool = { start: 100_000_000, end: 499_999_999, size: 65536 };
-const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
-const pct = (xs: number[], p: number) => sorted(xs)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
-const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
 export type SharedBench = {
   available: boolean;
@@ -54,10 +52,10 @@ export async function benchShared(runs = 200, contexts = 1000): Promise<SharedBe
       for (const [l, a] of fresh) recorded.set(l, a);
       ensureStateDir(state);
       writeAllocations(state, recorded);
-      const dl = ms(t0);
+      const dl = msSince(t0);
       t0 = process.hrtime.bigint();
       await coord.settle([{ label, size: POOL.size }], [], POOL, []);
-      const de = ms(t0);
+      const de = msSince(t0);
       if (i >= 10) {
         local.push(dl);
         shared.push(de);
@@ -71,7 +69,7 @@ export async function benchShared(runs = 200, contexts = 1000): Promise<SharedBe
         for (let k = 0; k < contexts; k++) tree.context(`s${k}.conf`, '[context]\nrange = auto\n');
         const t0 = process.hrtime.bigint();
         const agent = await startAgent(tree, ['--log-level', 'info'], { readyTimeoutMs: 120_000 });
-        const t = ms(t0);
+        const t = msSince(t0);
         await agent.stop();
         return t;
       } finally {

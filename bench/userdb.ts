@@ -6,9 +6,7 @@ import { connect } from 'node:net';
 import { existsSync, rmSync } from 'node:fs';
 import { cleanup, startAgent } from '../test/helpers/agent.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';
-
-const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
-const pct = (xs: number[], p: number) => sorted(xs)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
+import { pct } from './report.ts';
 
 export type UserdbBench = {
   runs: number;

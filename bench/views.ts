@@ -7,9 +7,9 @@ import { mountView } from '../agent/cli/views.ts';
 import { bindMount, detach } from '../agent/kernel/sys.ts';
 import { cleanup, startAgent, USERNSCTL } from '../test/helpers/agent.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';
+import { msSince } from './report.ts';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
 export type ViewBench = {
   runs: number;
@@ -39,7 +39,7 @@ function walk(dir: string): number {
   const t0 = process.hrtime.bigint();
   const r = spawnSync('find', [dir, '-printf', '%U:%G\n'], { stdio: ['ignore', 'ignore', 'inherit'] });
   if (r.status !== 0) throw new Error(`find ${dir} failed`);
-  return ms(t0);
+  return msSince(t0);
 }
 
 export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<ViewBench> {
@@ -66,7 +66,7 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     const b = dst('b');
     let t0 = process.hrtime.bigint();
     mountView(agent.socket, src, a, { context: 'b' });
-    const firstView = ms(t0);
+    const firstView = msSince(t0);
     detach(a);
     const viewIn: number[] = [];
     const bindIn: number[] = [];
@@ -81,30 +81,30 @@ export async function benchViews(runs = 30, dirs = 100, perDir = 100): Promise<V
     for (let i = 0; i < runs + 3; i++) {
       t0 = process.hrtime.bigint();
       mountView(agent.socket, src, a, { context: 'b' });
-      const v = ms(t0);
+      const v = msSince(t0);
       detach(a);
       t0 = process.hrtime.bigint();
       mountView(apart.socket, src, a, { context: 'b' });
-      const vo = ms(t0);
+      const vo = msSince(t0);
       detach(a);
       t0 = process.hrtime.bigint();
       bindMount(src, b);
-      const bi = ms(t0);
+      const bi = msSince(t0);
       detach(b);
       t0 = process.hrtime.bigint();
       if (spawnSync(process.execPath, [USERNSCTL, '--socket', agent.socket, 'view', '--context', 'b', src, a], { stdio: 'ignore' }).status !== 0)
         throw new Error('usernsctl view failed');
-      const vc = ms(t0);
+      const vc = msSince(t0);
       detach(a);
       t0 = process.hrtime.bigint();
       if (spawnSync('mount', ['--bind', src, b], { stdio: 'ignore' }).status !== 0) throw new Error('mount --bind failed');
-      const bc = ms(t0);
+      const bc = msSince(t0);
       detach(b);
       let hc = 0;
       if (hasHelper) {
         t0 = process.hrtime.bigint();
         if (spawnSync(helper, [src, a, '-o', `context=b,socket=${agent.socket}`], { stdio: 'ignore' }).status !== 0) throw new Error('mount.usernsd failed');
-        hc = ms(t0);
+        hc = msSince(t0);
         detach(a);
       }
       if (i >= 3) {
