@@ -13,11 +13,10 @@ import * as RPC from 'etcd3';
 import type { Lease } from 'etcd3';
 import type { Interval } from '../../config/extents.ts';
 import type { EtcdConfig, Pool } from '../../config/types.ts';
-import { isPlainObject } from '../../config/untrusted.ts';
 import { UsernsError } from '../errors.ts';
 import { mergeIntervals } from './allocate.ts';
 import type { Allocation } from './allocate.ts';
-import { parseDoc, POOL_DOC_VERSION } from './pooldoc.ts';
+import { parseDoc } from './pooldoc.ts';
 import {
   advanceProbe,
   CHUNK,
@@ -41,6 +40,7 @@ import {
   parseIndex,
   POOL_LAYOUT,
   POOL_MARKER,
+  poolKeyState,
   probeWindow,
   serializeEntry,
   serializeIndex,
@@ -171,41 +171,30 @@ export class EtcdCoordinator {
       const r = await this.call('answer a read', () => this.client.get(this.poolKey).exec());
       const kv = r.kvs[0];
       const text = kv ? kv.value.toString('utf8') : null;
-      if (text === POOL_MARKER) {
+      const st = poolKeyState(text);
+      if (st.state === 'marked') {
         this.layoutReady = true;
         return;
       }
-      if (text === null) {
+      if (st.state === 'new')
         await this.txn('answer a write', {
           compare: [{ key: Buffer.from(this.poolKey), target: RPC.CompareTarget.Create, result: RPC.CompareResult.Equal, create_revision: 0 }],
           success: [{ request_put: { key: Buffer.from(this.poolKey), value: Buffer.from(POOL_MARKER) } }],
         });
-        continue;
-      }
-      let doc: unknown;
-      try {
-        doc = JSON.parse(text);
-      } catch {
-        doc = undefined;
-      }
-      if (isPlainObject(doc) && doc.version === POOL_DOC_VERSION) {
+      else if (st.state === 'layout1')
         // Frozen: the same document under a version older agents refuse, which no agent changes.
-        const frozen = JSON.stringify({ version: POOL_LAYOUT, migrating: doc });
         await this.txn('answer a write', {
           compare: [{ key: Buffer.from(this.poolKey), target: RPC.CompareTarget.Mod, result: RPC.CompareResult.Equal, mod_revision: kv.mod_revision }],
-          success: [{ request_put: { key: Buffer.from(this.poolKey), value: Buffer.from(frozen) } }],
+          success: [{ request_put: { key: Buffer.from(this.poolKey), value: Buffer.from(JSON.stringify({ version: POOL_LAYOUT, migrating: st.doc })) } }],
         });
-        continue;
-      }
-      if (isPlainObject(doc) && doc.version === POOL_LAYOUT && 'migrating' in doc) {
-        await this.copyFrozen(text, doc.migrating);
-        continue;
-      }
-      const why =
-        doc === undefined ? 'is not JSON' : `is not a layout of the pool this agent knows (${POOL_DOC_VERSION} or ${POOL_LAYOUT}: written by a newer agent?)`;
-      throw new UsernsError('E_CONFIG', `the shared pool at ${this.poolKey} ${why}: fix or remove it (etcdctl get ${this.poolKey})`);
+      else if (st.state === 'moving') await this.copyFrozen(text!, st.doc);
+      else throw this.unknownLayout(st.why);
     }
     throw new UsernsError('E_UNAVAILABLE', `the shared pool changed under every one of ${MAX_ROUNDS} attempts: try again`);
+  }
+
+  private unknownLayout(why: string): UsernsError {
+    return new UsernsError('E_CONFIG', `the shared pool at ${this.poolKey} ${why}: fix or remove it (etcdctl get ${this.poolKey})`);
   }
 
   /** Layout 1's frozen document copied into keys (every key this agent finds missing), then the marker put in its place. */
@@ -285,12 +274,11 @@ export class EtcdCoordinator {
       const n = await this.call('answer a read', () => this.client.getAll().prefix(lp).count());
       return `${n} label(s) under ${lp}${text === null ? ' (a new pool: the first agent marks it)' : ''}`;
     }
+    const st = poolKeyState(text);
+    if (st.state === 'moving') return `the single document at ${this.poolKey} is being moved to one key per label (an agent finishes it at its next settle)`;
+    if (st.state !== 'layout1') throw this.unknownLayout(st.state === 'unknown' ? st.why : 'changed while it was read');
     const parsed = parseDoc(text);
-    if (typeof parsed === 'string') {
-      if (text.includes('"migrating"'))
-        return `the single document at ${this.poolKey} is being moved to one key per label (an agent finishes it at its next settle)`;
-      throw new UsernsError('E_CONFIG', `${parsed} at ${this.poolKey}: fix or remove it (etcdctl get ${this.poolKey})`);
-    }
+    if (typeof parsed === 'string') throw this.unknownLayout(parsed);
     return `${Object.keys(parsed.ranges).length} range(s) and ${Object.keys(parsed.statics).length} static range(s) in the single document at ${this.poolKey}, moved to one key per label by the first agent that settles`;
   }
 

@@ -14,7 +14,7 @@ export const POOL_DOC_VERSION = 1;
 export type RangeEntry = { readonly start: number; readonly size: number; readonly by: string; readonly at: string };
 /** A host's static range of a label: the host ids its maps reach (uid and gid extents merged). */
 export type StaticEntry = { readonly intervals: readonly Interval[]; readonly by: string; readonly at: string };
-/** An entry another writer left that is not valid: kept as it was (written back untouched), used for nothing. */
+/** An entry another writer left that is not valid: kept with why, used for nothing (the move carries it over as it was). */
 export type InvalidEntry = { readonly why: string; readonly raw: unknown };
 /** Records without prototypes: every label, "constructor" and "__proto__" included, is only what the document says. */
 export type PoolDoc = {
@@ -35,7 +35,7 @@ const STATIC_ENTRY = v.object({ intervals: v.pipe(v.array(INTERVAL), v.minLength
 
 /**
  * A document read from etcd, checked as untrusted input (SPEC §12): another version, or no JSON
- * object, refuses the whole document; an entry that is not valid is kept aside (and written back as
+ * object, refuses the whole document; an entry that is not valid is kept aside (the move carries it over as
  * it was), so it harms only its own label.
  */
 export function parseDoc(text: string | null): PoolDoc | string {

@@ -25,11 +25,34 @@ import type { Interval } from '../../config/extents.ts';
 import type { Pool } from '../../config/types.ts';
 import { COUNT, ID, isPlainObject, issueText, labelKeyProblem, TEXT } from '../../config/untrusted.ts';
 import { mergeIntervals, poolSlots, hashSlot, rangeProblem } from './allocate.ts';
+import { POOL_DOC_VERSION } from './pooldoc.ts';
 import type { Allocation } from './allocate.ts';
 
 export const POOL_LAYOUT = 2;
 /** PREFIX/pool once the pool is kept one key per label. */
 export const POOL_MARKER = JSON.stringify({ version: POOL_LAYOUT, layout: 'one key per label: PREFIX/labels/LABEL, indexed by PREFIX/ids/START' });
+/** What PREFIX/pool says of the pool's layout (its text; null: no key). */
+export type PoolKeyState =
+  | { readonly state: 'marked' }
+  | { readonly state: 'new' }
+  | { readonly state: 'layout1'; readonly doc: Record<string, unknown> }
+  | { readonly state: 'moving'; readonly doc: unknown }
+  | { readonly state: 'unknown'; readonly why: string };
+
+export function poolKeyState(text: string | null): PoolKeyState {
+  if (text === POOL_MARKER) return { state: 'marked' };
+  if (text === null) return { state: 'new' };
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    return { state: 'unknown', why: 'is not JSON' };
+  }
+  if (isPlainObject(doc) && doc.version === POOL_DOC_VERSION) return { state: 'layout1', doc };
+  if (isPlainObject(doc) && doc.version === POOL_LAYOUT && 'migrating' in doc) return { state: 'moving', doc: doc.migrating };
+  return { state: 'unknown', why: `is not a layout of the pool this agent knows (${POOL_DOC_VERSION} or ${POOL_LAYOUT}: written by a newer agent?)` };
+}
+
 /**
  * The index keys one label may hold in the pool: its entry and an index key each are written in one
  * transaction, and etcd takes at most 128 operations in one (--max-txn-ops).
