@@ -1,38 +1,32 @@
-// The agent's lifecycle: load and reconcile at start, eager creation, the socket, reload, drain on stop.
+// The agent's lifecycle: load and reconcile at start, eager creation, the sockets, reload, drain on
+// stop. What the request handlers are given is the Service (service.ts), not this.
 import type { Logger } from 'pino';
+import type { Server as HttpServer } from 'node:http';
+import { join } from 'node:path';
 import { formatConfigError } from '../config/ini.ts';
-import { keepStartOnly, ParseCache, quotaHolder } from '../config/load.ts';
-import { formatExtents } from '../config/extents.ts';
-import type { Context, IdMap, LogLevel, Nss } from '../config/types.ts';
-import { isRoot, mayUse } from './policy.ts';
-import type { Peer } from './wire/peer.ts';
-import { judgeRuntimeChild, loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
+import { keepStartOnly, ParseCache } from '../config/load.ts';
+import type { AgentConfig, Context, LogLevel, Nss } from '../config/types.ts';
+import { mayUse } from './policy.ts';
+import { loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
+import type { Configuration, SystemIds } from './configure.ts';
+import { createChild, forgetChildren } from './children.ts';
+import type { ChildrenParts } from './children.ts';
 import { rangePool } from './rangepool.ts';
 import type { RangePool } from './rangepool.ts';
-import type { Configuration, SystemIds } from './configure.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest, METHOD_NAMES } from './handlers.ts';
-import { invalidateIssuedKeys } from './kernel/keys.ts';
-import type { Agent } from './handlers.ts';
-import { PROTOCOL_VERSION } from './wire/protocol.ts';
-import type { ReloadResult, StatusResult } from './wire/protocol.ts';
+import type { ReloadResult } from './wire/protocol.ts';
 import { Registry } from './registry.ts';
 import { toHost } from './idmap.ts';
-import type { Resolved } from './registry.ts';
-import { Stats } from './stats.ts';
-import { LogLimiter } from './wire/loglimit.ts';
+import { Service } from './service.ts';
 import { IpcServer } from './wire/server.ts';
 import { FdServer, fdSocketPath } from './wire/fdsock.ts';
 import { UserdbServer } from './wire/userdb.ts';
 import { listenMetrics, Metrics } from './metrics.ts';
-import type { Server as HttpServer } from 'node:http';
 import { Views } from './views.ts';
-import { appendInForce, CHILDREN_DIR, ensureStateDir, newerStateFiles, removeChildRecords, writeChildRecord, writeInForce } from './coord/state.ts';
-import { existsSync, readdirSync } from 'node:fs';
+import { appendInForce, ensureStateDir, newerStateFiles, writeInForce } from './coord/state.ts';
 import { removeStaleTemps } from './kernel/files.ts';
 import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
-import { join } from 'node:path';
-import type { AgentConfig } from '../config/types.ts';
 import { Supervisor } from './supervisor.ts';
 import { VERSION } from './version.ts';
 import { UpcallWatch } from './wiring.ts';
@@ -50,11 +44,6 @@ export type ManagerOptions = {
   readonly notify?: (state: string) => void;
 };
 
-function memoryMb(): { rss: number; heapUsed: number } {
-  const m = process.memoryUsage();
-  return { rss: +(m.rss / 2 ** 20).toFixed(1), heapUsed: +(m.heapUsed / 2 ** 20).toFixed(1) };
-}
-
 /** Eager contexts created at once at start-up. */
 export const EAGER_CONCURRENCY = 8;
 
@@ -66,9 +55,11 @@ const JOURNAL_MIN_LINES = 64;
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */
 export const DRAIN_TIMEOUT_MS = 10_000;
 
-export class Manager implements Agent {
+export class Manager {
   readonly log: Logger;
   readonly registry: Registry;
+  /** What the request handlers are given. */
+  readonly service: Service;
   private readonly opts: ManagerOptions;
   private readonly server: IpcServer;
   private readonly fdServer: FdServer;
@@ -78,17 +69,13 @@ export class Manager implements Agent {
   readonly metrics: Metrics;
   private metricsHttp: HttpServer | null = null;
   readonly views: Views;
-  private readonly startedAt = Date.now();
-  private readonly stats = new Stats();
   private reloading: Promise<unknown> = Promise.resolve();
   private recordTimer: NodeJS.Timeout | null = null;
-  private lastReload: string | null = null;
   private stopping: Promise<void> | null = null;
   /** Where request-key sends "userns:LABEL" keys, as last seen (status shows it). */
   private readonly upcall: UpcallWatch;
   /** The supervisor's readiness channel. */
   private readonly supervisor: Supervisor;
-  private readonly limiter: LogLimiter;
   /** Who counts as whom for the per-user limits: rebuilt with the contexts in force. */
   private readonly people = new People();
   /** The context files as parsed at start and at each reload: a reload reads and parses what changed. */
@@ -118,7 +105,7 @@ export class Manager implements Agent {
     this.registry = new Registry(
       config,
       (pin, ms, by) => {
-        this.count('created');
+        this.service.count('created');
         this.metrics.created(ms);
         this.pool.pinsChanged();
         const fields = { label: pin.label, ino: pin.ino, peerUid: by?.uid, peerPid: by?.pid, ms: +ms.toFixed(2) };
@@ -146,26 +133,47 @@ export class Manager implements Agent {
       },
     );
     this.people.rebuild(config.contexts.values());
-    this.limiter = new LogLimiter(opts.log, (uid) => this.people.of(uid));
-    this.server = new IpcServer({
-      path: config.agent.socket,
-      log: opts.log,
-      limiter: this.limiter,
-      people: this.people,
-      onRequest: (conn, data) => handleRequest(this, conn, data),
-    });
-    this.fdServer = new FdServer({
-      path: fdSocketPath(config.agent.socket),
-      log: opts.log,
-      people: this.people,
-      onRequest: (conn, data) => handleRequest(this, conn, data),
-    });
     this.views = new Views(config.agent.state, this.registry.namespaces.maker);
     this.pool = rangePool(config, opts.log, {
       config: () => this.registry.configuration,
       reload: (source) => this.reload(source),
       pinned: () => [...this.registry.all()].filter((c) => this.registry.isPinned(c.label)).map((c) => c.label),
       systemIds: opts.systemIds ?? systemIds,
+    });
+    const children: ChildrenParts = {
+      registry: this.registry,
+      pool: this.pool,
+      people: this.people,
+      nss: opts.nss,
+      recordSoon: () => this.recordInForceSoon(),
+    };
+    this.service = new Service({
+      log: opts.log,
+      registry: this.registry,
+      views: this.views,
+      metrics: this.metrics,
+      pool: this.pool,
+      people: this.people,
+      upcall: this.upcall,
+      connections: () => this.server.connections,
+      changes: {
+        reload: (source) => this.reload(source),
+        createChild: (...args) => this.serially(() => createChild(children, ...args)),
+        forgetChildren: (label) => this.serially(() => forgetChildren(children, label)),
+      },
+    });
+    this.server = new IpcServer({
+      path: config.agent.socket,
+      log: opts.log,
+      limiter: this.service.logLimiter,
+      people: this.people,
+      onRequest: (conn, data) => handleRequest(this.service, conn, data),
+    });
+    this.fdServer = new FdServer({
+      path: fdSocketPath(config.agent.socket),
+      log: opts.log,
+      people: this.people,
+      onRequest: (conn, data) => handleRequest(this.service, conn, data),
     });
     this.userdb = config.agent.userdb
       ? new UserdbServer({
@@ -410,38 +418,9 @@ export class Manager implements Agent {
     return `serving ${this.registry.size} context(s) on ${this.registry.agent.socket}`;
   }
 
-  count(name: string): void {
-    this.stats.count(name);
-    if (name === 'released') {
-      this.metrics.released();
-      this.pool.pinsChanged();
-    }
-  }
-
-  invalidateKeys(labels: readonly string[], why: string): void {
-    if (labels.length === 0) return;
-    try {
-      const n = invalidateIssuedKeys(new Set(labels));
-      if (n > 0) this.log.info({ labels, keys: n }, `Invalidated ${n} cached upcall key(s): ${why}`);
-    } catch (err) {
-      this.log.debug({ labels, err: (err as Error).message }, "Cannot reach the upcall's keys (no persistent keyrings?): they stay until they expire");
-    }
-  }
-
-  logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void {
-    this.limiter.line(peer.uid, level, fields, msg);
-  }
-
-  served(method: string, code: string | null, ms: number): void {
-    this.stats.request(method, code, ms);
-    this.metrics.request(method, code, ms);
-  }
-
   /** Reloads run one at a time, in order: SIGHUP and `reload` requests never interleave. */
   reload(source: string): Promise<ReloadResult> {
-    const next = this.reloading.then(() => this.reloadNow(source));
-    this.reloading = next.catch(() => undefined);
-    return next;
+    return this.serially(() => this.reloadNow(source));
   }
 
   private async reloadNow(source: string): Promise<ReloadResult> {
@@ -459,8 +438,7 @@ export class Manager implements Agent {
     const parsedBefore = this.parsed.counts.parsed;
     const config = await Manager.load(this.opts, this.parsed, new Map([...this.registry.all()].map((c) => [c.label, c])), this.pool.refused);
     const errors = config.errors.map(formatConfigError);
-    this.count('reloads');
-    this.lastReload = new Date().toISOString();
+    this.service.reloaded();
     if (config.errors.some((e) => e.file === config.agent.file)) {
       for (const e of errors) this.log.error({ source }, `Failed to reload: ${e}`);
       this.log.error({ source }, 'Failed to reload: the settings file has errors; everything stays as it was');
@@ -500,7 +478,7 @@ export class Manager implements Agent {
     // What a changed context is given follows its file (set up, or given back), now.
     await this.reconcileDelegations(diff.changed.filter((l) => this.registry.isPinned(l)));
     // The upcall's cached answers for what changed or went are stale now, for every requester.
-    this.invalidateKeys([...diff.changed, ...diff.removed], 'their contexts changed or were removed');
+    this.service.invalidateKeys([...diff.changed, ...diff.removed], 'their contexts changed or were removed');
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const n of config.notices) this.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
@@ -531,140 +509,6 @@ export class Manager implements Agent {
     return next;
   }
 
-  createChild(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap, given: { cgroup: boolean }): Promise<Resolved> {
-    return this.serially(() => this.createChildNow(peer, label, uidMap, gidMap, given));
-  }
-
-  /**
-   * SPEC §14: the record is judged first as a reload would judge it (same parser, same rules over
-   * its ancestors and siblings), then written whole, put in force, and its namespace made and
-   * pinned. A creation that fails removes the record and the context again: nothing is left behind.
-   */
-  private async createChildNow(peer: Peer, label: string, uidMap: IdMap, gidMap: IdMap, given: { cgroup: boolean }): Promise<Resolved> {
-    const reg = this.registry;
-    const parent = label.slice(0, label.lastIndexOf('.'));
-    const fileOfLabel = join(reg.agent.contexts, `${label}.conf`);
-    if (reg.get(label) || reg.configuration.errors.some((e) => e.file === fileOfLabel) || existsSync(fileOfLabel))
-      throw new UsernsError('E_INVALID', `context "${label}" exists already: choose another name, or release it first`);
-    const all = new Map([...reg.all()].map((c) => [c.label, c] as const));
-    const holder = quotaHolder(parent, all);
-    const made = holder ? [...all.values()].filter((c) => c.runtime && quotaHolder(c.label, all) === holder).length : 0;
-    if (!holder || made >= (holder.children ?? 0))
-      throw new UsernsError(
-        'E_BUSY',
-        `context "${holder?.label ?? parent}" allows ${holder?.children ?? 0} context(s) made from inside it${made > 0 ? `, and has ${made}` : ''}: ${made > 0 ? 'release one first (usernsctl release CHILD), or ' : ''}ask root to raise children = in its file`,
-      );
-    const record = [
-      `# Made from inside ${peer.inside ?? 'the host'} by uid ${peer.uid} (pid ${peer.pid}) at ${new Date().toISOString()}.`,
-      '# Kept by usernsd across restarts; usernsctl release removes it. A file of the same label in the',
-      '# contexts directory wins over it.',
-      '[context]',
-      `label = ${label}`,
-      `parent = ${parent}`,
-      `uid_map = ${formatExtents(uidMap)}`,
-      `gid_map = ${formatExtents(gidMap)}`,
-      'create = eager',
-      ...(given.cgroup ? ['[delegate]', 'cgroup = yes'] : []),
-      '',
-    ].join('\n');
-    const judged = judgeRuntimeChild(reg.agent, all, join(reg.agent.state, CHILDREN_DIR, `${label}.conf`), record, this.opts.nss);
-    if ('errors' in judged) {
-      const why = judged.errors.map((e) => (e.key ? `${e.key}: ${e.message}` : e.message));
-      throw new UsernsError('E_CONFIG', `cannot create context "${label}": ${why.join('; ') || 'refused (see the agent log)'}`);
-    }
-    // A shared pool keeps it for every host first: made nowhere unless etcd says it is the first.
-    await this.pool.recordChild(label, record);
-    try {
-      writeChildRecord(reg.agent.state, label, record);
-    } catch (err) {
-      await this.pool.forgetChildren([label]).catch(() => undefined);
-      throw err;
-    }
-    reg.admit(judged.context, judged.host);
-    try {
-      const r = await reg.resolve(label, peer);
-      this.recordInForceSoon(); // the record above is what must outlive a power loss
-      return r;
-    } catch (err) {
-      await this.pool.forgetChildren([label]).catch(() => undefined);
-      removeChildRecords(reg.agent.state, [label]);
-      reg.forget([label]);
-      throw err;
-    }
-  }
-
-  forgetChildren(label: string): Promise<string[]> {
-    return this.serially(async () => {
-      const reg = this.registry;
-      let names: string[] = [];
-      try {
-        names = readdirSync(join(reg.agent.state, CHILDREN_DIR));
-      } catch {
-        /* none here */
-      }
-      // The context itself, what is nested in it by name (its records), and by parent (what is loaded).
-      const nested = new Set([label, ...reg.descendants(label)]);
-      const labels = names
-        .filter((n) => n.endsWith('.conf') && !n.startsWith('.'))
-        .map((n) => n.slice(0, -'.conf'.length))
-        .filter((l) => nested.has(l) || l.startsWith(`${label}.`));
-      // A shared pool may hold records this host has not read yet: asked whenever the label may have any.
-      const all = new Map([...reg.all()].map((c) => [c.label, c] as const));
-      if (labels.length === 0 && !((quotaHolder(label, all)?.children ?? 0) > 0)) return [];
-      // The shared pool's first: a record removed here but kept there would come back at the next settle.
-      try {
-        await this.pool.forgetChildren([label, ...labels]);
-      } catch (err) {
-        throw new UsernsError(
-          'E_UNAVAILABLE',
-          `released here, but ${(err as Error).message}: the records of what was made inside ${label} stay, and are made again at the next start unless released again once etcd answers`,
-        );
-      }
-      const removed = removeChildRecords(reg.agent.state, labels);
-      // Out of force with what is nested in them; their pins went with the release before this.
-      const gone = removed.filter((l) => reg.get(l)?.runtime);
-      const out = [...new Set([...gone, ...gone.flatMap((l) => reg.descendants(l))])];
-      if (out.length > 0) {
-        reg.forget(out);
-        this.people.rebuild(reg.all());
-        this.recordInForceSoon();
-      }
-      return removed;
-    });
-  }
-
-  status(peer: Peer): StatusResult {
-    const base = { version: VERSION, protocol: PROTOCOL_VERSION, uptimeSeconds: Math.floor((Date.now() - this.startedAt) / 1000) };
-    if (!isRoot(peer)) {
-      let visible = 0;
-      for (const c of this.registry.all()) if (mayUse(peer, c, this.registry.ancestors(c))) visible++;
-      return { ...base, contexts: visible, full: false };
-    }
-    const contextStates = this.registry.states(true); // one look at each pin, for both figures
-    const pinned = contextStates.filter((c) => c.state === 'pinned' || c.state === 'drift' || c.state === 'stale').length;
-    return {
-      ...base,
-      contexts: this.registry.size,
-      full: true,
-      pid: process.pid,
-      config: this.registry.agent.file,
-      socket: this.registry.agent.socket,
-      pinned,
-      connections: this.server.connections,
-      errors: this.registry.errors.map(formatConfigError),
-      pins: this.registry.adoption.filter((a) => a.status !== 'ok').map((a) => ({ label: a.label, status: a.status, message: a.message })),
-      counters: this.stats.counterValues(),
-      latencyMs: this.stats.latency(),
-      contextStates,
-      lastReload: this.lastReload,
-      memoryMb: memoryMb(),
-      views: { recorded: this.views.list().length, namespaces: this.views.namespaces.size },
-      coordinator: this.pool.state(),
-      spawner: this.registry.namespaces.spawner ? { kind: 'native', pid: this.registry.namespaces.spawner.pid ?? null } : { kind: 'node', pid: null },
-      upcall: this.upcall.last ?? undefined,
-    };
-  }
-
   /** SIGTERM: stop accepting, let requests in flight finish, close, remove the socket. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
@@ -692,7 +536,7 @@ export class Manager implements Agent {
       this.recordInForce(true, true);
       this.views.close();
       this.registry.namespaces.close();
-      this.limiter.close();
+      this.service.close();
       this.log.info('Stopped');
     })();
     return this.stopping;

@@ -11,6 +11,11 @@ import { UsernsError } from '../../agent/errors.ts';
 import { loadConfiguration } from '../../agent/configure.ts';
 import { handleRequest, METHOD_NAMES } from '../../agent/handlers.ts';
 import type { Agent } from '../../agent/handlers.ts';
+import { People } from '../../agent/people.ts';
+import { rangePool } from '../../agent/rangepool.ts';
+import { Service } from '../../agent/service.ts';
+import type { Changes } from '../../agent/service.ts';
+import { UpcallWatch } from '../../agent/wiring.ts';
 import { Metrics } from '../../agent/metrics.ts';
 import { Registry } from '../../agent/registry.ts';
 import { Views } from '../../agent/views.ts';
@@ -24,26 +29,28 @@ import { mountsUnder, unmountAll } from '../helpers/kernel.ts';
 const ALICE = 1001; // testNss: alice (1001), in [access] of "shared"
 const HPA = 1000; // owner of "hpa-backups"
 
-/** An agent with nothing behind it but the configuration: what a handler must answer without the kernel. */
-function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
+/**
+ * The service the handlers are given in the agent, on a configuration and nothing else: what a
+ * handler must answer without the kernel. The changes the lifecycle runs (reload, contexts made and
+ * forgotten from inside) are the test's; the range pool is this host's own (coordinator = local).
+ * Client failures are read back from the log the service writes them to.
+ */
+function agentOf(tree: Tree, changes: Partial<Changes> = {}): { agent: Service; failures: string[] } {
   const config = loadConfiguration(tree.config, { record: false, systemIds: () => [], nss: testNss });
   assert.deepEqual(config.errors, [], 'the test configuration loads');
   const failures: string[] = [];
+  const log = pino({ level: 'info' }, { write: (line: string) => void failures.push((JSON.parse(line) as { msg: string }).msg) });
   const registry = new Registry(config);
   const unreachable = () => {
     throw new Error('not in an in-process test');
   };
-  const agent: Agent = {
+  const people = new People();
+  people.rebuild(registry.all());
+  const views = new Views(config.agent.state, registry.namespaces.maker);
+  const agent = new Service({
+    log,
     registry,
-    log: pino({ level: 'silent' }),
-    reload: unreachable,
-    status: unreachable,
-    createChild: unreachable,
-    forgetChildren: unreachable,
-    count: () => {},
-    invalidateKeys: () => {},
-    served: () => {},
-    views: new Views(config.agent.state, registry.namespaces.maker),
+    views,
     metrics: new Metrics(METHOD_NAMES, {
       contextStates: () => ({}),
       connections: () => 0,
@@ -51,11 +58,12 @@ function agentOf(tree: Tree): { agent: Agent; failures: string[] } {
       views: () => ({ recorded: 0, namespaces: 0 }),
       coordinator: () => null,
     }),
-    pool: { settle: async () => true, list: unreachable, import: unreachable, forget: unreachable },
-    logClientFailure: (_peer, _fields, msg) => {
-      failures.push(msg);
-    },
-  };
+    pool: rangePool(config, log, { config: () => registry.configuration, reload: unreachable, pinned: () => [], systemIds: () => [] }),
+    people,
+    upcall: new UpcallWatch(log),
+    connections: () => 0,
+    changes: { reload: unreachable, createChild: unreachable, forgetChildren: unreachable, ...changes },
+  });
   return { agent, failures };
 }
 
@@ -123,6 +131,40 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     assert.deepEqual(await labels(4242), []);
   });
 
+  it('tells each caller of status only how many contexts it may use; root the whole picture, its requests counted', async () => {
+    const status = async (uid: number) => {
+      const r = await ask(agent, conn(uid), request('status', {}));
+      assert.ok('result' in r, JSON.stringify(r));
+      return r.result as P.StatusResult;
+    };
+    for (const [uid, seen] of [
+      [HPA, 1],
+      [ALICE, 1],
+      [4242, 0],
+    ] as const) {
+      const s = await status(uid);
+      assert.equal(s.full, false);
+      assert.equal(s.contexts, seen, `uid ${uid}`);
+      assert.equal(s.contextStates, undefined, 'nothing per context for a user');
+      assert.equal(s.counters, undefined);
+    }
+    const before = (await status(0)).latencyMs;
+    await ask(agent, conn(ALICE), request('list', {}));
+    const root = await status(0);
+    assert.equal(root.full, true);
+    assert.equal(root.contexts, 4);
+    assert.deepEqual(root.contextStates?.map((c) => `${c.label} ${c.state}`).sort(), [
+      'hpa-backups not created',
+      'secret not created',
+      'secret-www not created',
+      'shared not created',
+    ]);
+    assert.equal(root.pinned, 0);
+    assert.deepEqual(root.coordinator, { coordinator: 'local' });
+    assert.ok(root.latencyMs && before, 'latencies for root');
+    assert.equal(root.latencyMs.list?.count, (before.list?.count ?? 0) + 1, 'the list above is counted');
+  });
+
   it('refuses every root-only method to every other uid, before reading its parameters', async () => {
     const rootOnly = [...P.METHODS.values()].filter((m) => m.rootOnly).map((m) => m.name);
     assert.ok(rootOnly.length >= 5, `root-only methods: ${rootOnly.join(', ')}`);
@@ -146,9 +188,9 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
       }),
       fc.record({ id: fc.integer(), method: fc.constantFrom(...METHOD_NAMES), params: fc.oneof(fc.anything(), fc.dictionary(fc.string(), fc.anything())) }),
     );
-    // Methods that reach beyond the handlers (the manager's status, reload and ranges; the kernel):
-    // not this test's. Their protocol checks are the same edge, exercised by every other method.
-    const beyond = new Set(['status', 'reload', 'create', 'ranges', 'rangesImport', 'rangesForget', 'release', 'view', 'resolve', 'resolvePath', 'explain']);
+    // Methods that reach beyond the handlers (reload and ranges; the kernel): not this test's.
+    // Their protocol checks are the same edge, exercised by every other method.
+    const beyond = new Set(['reload', 'create', 'ranges', 'rangesImport', 'rangesForget', 'release', 'view', 'resolve', 'resolvePath', 'explain']);
     await fc.assert(
       fc.asyncProperty(junk, fc.constantFrom(0, ALICE), async (data, uid) => {
         const named = (data as { method?: unknown } | null)?.method;
@@ -169,6 +211,7 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
       }),
       { numRuns: 500 },
     );
+    assert.ok(failures.length > 0, 'client failures are logged');
     assert.ok(
       failures.every((f) => f.length < 1200),
       'a client failure is logged with a bounded message',
@@ -233,11 +276,7 @@ describe('unit: contexts made from inside, at the request edge (SPEC §14)', () 
     tree.context('box.file.conf', '[context]\nparent = box\nuid_map = 0 2000 10\ngid_map = 0 2000 10\n');
     mkdirSync(join(tree.state, 'children'), { recursive: true, mode: 0o700 });
     writeFileSync(join(tree.state, 'children', 'box.kid.conf'), '[context]\nparent = box\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n', { mode: 0o600 });
-    agent = agentOf(tree).agent;
-    const registry = agent.registry;
-    registry.caller = (p) => (p.host ? p : { ...p, inside: WHERE.get(p.userns[0]) ?? null });
-    agent = {
-      ...agent,
+    agent = agentOf(tree, {
       createChild: (_peer, label) => {
         reached.push(`create ${label}`);
         return Promise.reject(new UsernsError('E_CONFIG', 'stopped here by the test'));
@@ -246,7 +285,8 @@ describe('unit: contexts made from inside, at the request edge (SPEC §14)', () 
         reached.push(`forget ${label}`);
         return Promise.resolve([]);
       },
-    };
+    }).agent;
+    agent.registry.caller = (p) => (p.host ? p : { ...p, inside: WHERE.get(p.userns[0]) ?? null });
   });
   after(() => {
     agent?.registry.namespaces.close();
