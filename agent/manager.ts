@@ -26,6 +26,7 @@ import { listenMetrics, Metrics } from './metrics.ts';
 import { Views } from './views.ts';
 import { appendInForce, ensureStateDir, newerStateFiles, writeInForce } from './coord/state.ts';
 import { removeStaleTemps } from './kernel/files.ts';
+import { trimMalloc } from './kernel/sys.ts';
 import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
 import { Supervisor } from './supervisor.ts';
 import { VERSION } from './version.ts';
@@ -51,6 +52,17 @@ export const EAGER_CONCURRENCY = 8;
 const IN_FORCE_DELAY_MS = 200;
 /** Journal lines contexts.json may be followed by, at least (else a quarter of the contexts): past them it is written whole. */
 const JOURNAL_MIN_LINES = 64;
+
+/**
+ * After a load (start, reload): its garbage collected and the memory it grew the heaps by given back.
+ * A load of many files is a burst the agent then idles after; V8 and glibc would otherwise keep the
+ * heaps at the burst's size for good (twice the live size after ten reloads of 65,535 files).
+ * `gc` is there when the agent runs as bin/usernsd.js starts it (--expose-gc).
+ */
+function settleMemory(): void {
+  globalThis.gc?.();
+  trimMalloc();
+}
 
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */
 export const DRAIN_TIMEOUT_MS = 10_000;
@@ -336,6 +348,7 @@ export class Manager {
     await m.fdServer.listen();
     await m.listenUserdb();
     await m.listenMetricsHttp();
+    settleMemory();
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
     // Only now: the socket listens and every eager context exists (or its failure is logged).
     m.supervisor.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
@@ -484,6 +497,7 @@ export class Manager {
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
     await this.upcall.check(this.registry.agent.socket); // an admin who wired the upcall reloads to see it taken
     this.log.level = this.opts.logLevel ?? config.agent.logLevel;
+    settleMemory();
     this.log.info(
       {
         source,

@@ -136,9 +136,12 @@ judgement (\`finishContexts\`, about 0.4 s) and the first contexts.json (0.6 s);
 lstat of every file (0.2-0.3 s; an inotify watch on the directory was tried and dropped: a write
 through a hard link elsewhere changes a file unseen by it), every context judged again (0.4-0.5 s),
 listing and linking (0.2 s) and the collector. Memory: the live heap after 10 reloads is about 130
-MB, as after start plus the parse cache's stamps; the resident size is V8's heap grown by each
-reload's garbage (tens of maps and arrays of 65,535 entries), which it keeps. Judging only what a
-change can affect, and less garbage per reload, are the rest of issue 26. The figures swing by a
+MB, as after start plus the parse cache's stamps. Each load's garbage (tens of maps and arrays of
+65,535 entries) grew V8's heap and glibc's arenas, which kept that size (2.06-2.19x after 10
+reloads, 273-281 MiB at ready): the agent now collects after each load and gives the free memory
+back (\`settleMemory\`: gc(), exposed by bin/usernsd.js's re-execution, then malloc_trim(3)),
+about 0.1 s a load. Judging only what a change can affect, and less garbage per reload, are the
+rest of issue 26. The figures swing by a
 third between runs on this shared machine (ready 4.5-6.5 s over this session's runs of one build).
 <!-- /scale -->
 `;

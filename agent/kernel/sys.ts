@@ -1,4 +1,4 @@
-// The few system calls Node lacks, through koffi: mount, umount2, the new mount API (open_tree, mount_setattr, move_mount), SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify. Failures throw SysError.
+// The few system calls Node lacks, through koffi: mount, umount2, the new mount API (open_tree, mount_setattr, move_mount), SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify, malloc_trim. Failures throw SysError.
 import { fstatSync, readdirSync } from 'node:fs';
 import { constants } from 'node:os';
 import { koffi, libc, SysError } from './ffi.ts';
@@ -17,6 +17,14 @@ const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char 
 const fstatatFn = libc.func('int fstatat(int dirfd, const char *path, _Out_ uint8_t *buf, int flags)');
 const openFn = libc.func('int open(const char *path, int flags, int mode)');
 const getsockoptBufFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]);
+/** glibc's; another libc may not have it (then nothing is trimmed). */
+const mallocTrimFn = (() => {
+  try {
+    return libc.func('int malloc_trim(size_t pad)');
+  } catch {
+    return null;
+  }
+})();
 /** The new mount API through syscall(2): glibc before 2.36 has no wrappers. Numbers are the same on every architecture. */
 const syscallFn = libc.func('long syscall(long nr, ...)');
 const SYS_OPEN_TREE = 428;
@@ -333,4 +341,12 @@ export function searchableAs(dir: string, who: { readonly uid: number; readonly 
     setfsgidFn(0);
     setThreadGroups([...own.subarray(0, n)]);
   }
+}
+
+/**
+ * malloc_trim(3): give the C heap's free memory back to the system (what a burst of reading and
+ * parsing left in glibc's arenas stays resident otherwise). True when some was given back.
+ */
+export function trimMalloc(): boolean {
+  return mallocTrimFn !== null && (mallocTrimFn(0) as number) === 1;
 }

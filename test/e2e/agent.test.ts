@@ -272,6 +272,9 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((await ctl(['reload'])).code, 0);
     const line = agent.logs.findLast((l) => l.msg === 'Reloaded configuration')!;
     assert.equal(line.parsed, 2, 'only the changed and the new file are read and parsed');
+    // After each load the agent collects its garbage (settleMemory): it runs re-executed with gc exposed.
+    const argv = readFileSync(`/proc/${agent.child.pid}/cmdline`, 'utf8').split('\0');
+    assert.ok(argv.includes('--expose-gc') && argv.includes('--max-semi-space-size=1'), argv.join(' '));
     assert.equal(readFileSync(`${tree.state}/contexts.json`, 'utf8'), whole, 'contexts.json is not rewritten for two changes');
     const journal = readFileSync(`${tree.state}/contexts.journal`, 'utf8').trimEnd().split('\n');
     assert.deepEqual(
