@@ -18,11 +18,13 @@ import { cgroup2Mount } from '../../agent/kernel/delegate.ts';
 import { netnsPinned, vethNames } from '../../agent/kernel/netdelegate.ts';
 import { modelTests } from '../helpers/model.ts';
 
-const LABELS = ['a', 'a.b', 'c'] as const;
+// Labels of this suite's own: a veth's host name comes from the label alone, so another suite's
+// context "a" with a veth running at the same time would be this one's.
+const LABELS = ['ot', 'ot.b', 'oc'] as const;
 type Label = (typeof LABELS)[number];
-const PARENT: Record<Label, Label | null> = { a: null, 'a.b': 'a', c: null };
-/** The host id each context's root maps to (a.b is nested: 0 1000 1000 inside a). */
-const ROOT_ID: Record<Label, number> = { a: 7_800_000, 'a.b': 7_801_000, c: 7_900_000 };
+const PARENT: Record<Label, Label | null> = { ot: null, 'ot.b': 'ot', oc: null };
+/** The host id each context's root maps to (ot.b is nested: 0 1000 1000 inside ot). */
+const ROOT_ID: Record<Label, number> = { ot: 7_800_000, 'ot.b': 7_801_000, oc: 7_900_000 };
 
 type Given = { cgroup: boolean; device: boolean; net: boolean };
 type Model = { given: Record<Label, Given>; pinned: Set<Label> };
@@ -31,7 +33,7 @@ type Real = { tree: Tree; agent: RunningAgent; cgRoot: string };
 const descendants = (l: Label): Label[] => LABELS.filter((x) => PARENT[x] === l);
 
 function writeContext(tree: Tree, l: Label, g: Given): void {
-  const maps = l === 'a.b' ? 'parent = a\nuid_map = 0 1000 1000\ngid_map = 0 1000 1000' : `uid_map = 0 ${ROOT_ID[l]} 65536\ngid_map = 0 ${ROOT_ID[l]} 65536`;
+  const maps = l === 'ot.b' ? 'parent = ot\nuid_map = 0 1000 1000\ngid_map = 0 1000 1000' : `uid_map = 0 ${ROOT_ID[l]} 65536\ngid_map = 0 ${ROOT_ID[l]} 65536`;
   const delegate = [g.cgroup ? 'cgroup = yes' : '', g.device ? `devices = ${join(tree.dir, `dev-${l}`)}` : '', g.net ? 'netns = yes\nveth = yes' : '']
     .filter(Boolean)
     .join('\n');
@@ -179,9 +181,9 @@ describe('e2e: delegations over time, model-based, checked against the kernel (r
       writeFileSync(tree.config, `${readFileSync(tree.config, 'utf8')}netns_dir = ${join(tree.dir, 'netns')}\n`);
       const model: Model = {
         given: {
-          a: { cgroup: true, device: true, net: false },
-          'a.b': { cgroup: true, device: true, net: true },
-          c: { cgroup: true, device: false, net: true },
+          ot: { cgroup: true, device: true, net: false },
+          'ot.b': { cgroup: true, device: true, net: true },
+          oc: { cgroup: true, device: false, net: true },
         },
         pinned: new Set(),
       };
