@@ -10,6 +10,7 @@ import {
   AGENT_DEFAULTS,
   DEFAULT_CONFIG_FILE,
   finishContexts,
+  staticHostMaps,
   linkContexts,
   listContextFiles,
   loadAgentConfig,
@@ -243,10 +244,10 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], opts: Lo
     // (Unreadable, for check-config run by a user: without auto contexts, nothing below says so.)
     const recorded = readAllocations(agent.state);
     if (!defs.some((d) => d.autoSize !== null)) return { starts: new Map<string, number>(), fresh: new Map<string, Allocation>(), kept: recorded };
-    // Static ranges as they stand before allocation: auto contexts (and their children) are left out.
+    // The static ranges every file asks for, accepted or not (auto contexts and their children are left out).
     const system = (opts.systemIds ?? systemIds)(agent);
     const reserved: Interval[] = [...system];
-    for (const h of finishContexts(defs, new Map(), []).hostMaps.values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
+    for (const h of staticHostMaps(defs).values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
     const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system);
     if (opts.record && r.fresh.size > 0) {
       ensureStateDir(agent.state);

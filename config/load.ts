@@ -931,6 +931,36 @@ function delegationClashes(d: ContextDef, given: readonly Given[]): [string, str
   return out;
 }
 
+/**
+ * The host ids each static context file asks for, judged or not: its own maps, a nested one's
+ * composed through its parent's (nothing under an auto context, whose range is not decided yet, nor
+ * under a parent that is not there). The local allocator keeps auto ranges clear of them all, so a
+ * file refused today (a typo in its owner, an overlap) finds its ids free once it is fixed.
+ */
+export function staticHostMaps(defs: readonly ContextDef[]): Map<string, HostMaps> {
+  const byLabel = new Map(defs.map((d) => [d.label, d]));
+  const out = new Map<string, HostMaps | null>();
+  const hostOf = (d: ContextDef): HostMaps | null => {
+    if (out.has(d.label)) return out.get(d.label)!;
+    out.set(d.label, null); // a cycle (refused by linkContexts) maps nothing
+    let h: HostMaps | null = null;
+    if (d.uidMap && d.gidMap) {
+      const parent = d.parent === HOST_LABEL ? null : byLabel.get(d.parent);
+      const above = parent ? hostOf(parent) : null;
+      if (d.parent === HOST_LABEL) h = { uid: d.uidMap, gid: d.gidMap };
+      else if (above) h = { uid: composeMaps(d.uidMap, above.uid), gid: composeMaps(d.gidMap, above.gid) };
+    }
+    out.set(d.label, h);
+    return h;
+  };
+  const maps = new Map<string, HostMaps>();
+  for (const d of defs) {
+    const h = hostOf(d);
+    if (h) maps.set(d.label, h);
+  }
+  return maps;
+}
+
 export function finishContexts(
   defs: readonly ContextDef[],
   allocated: ReadonlyMap<string, number>,

@@ -7,6 +7,7 @@ import { finishContexts, linkContexts, OWN_IDS_ONLY, parseContextFile, RECORDED_
 import type { Delegations } from '../../config/load.ts';
 import type { ConfigError, Context, ContextDef } from '../../config/types.ts';
 import { judgeRuntimeChild, loadConfiguration, loadConfigurationAsync } from '../../agent/configure.ts';
+import { hashSlot } from '../../agent/coord/allocate.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
@@ -514,6 +515,31 @@ describe('config: files on disk', () => {
     const mine = cfg.errors.filter((e) => e.file === f);
     assert.equal(mine.length, MAX_ERRORS_PER_FILE + 1);
     assert.match(formatConfigError(mine.at(-1)!), /\d+ more errors in this file are not shown: fix these first/);
+  });
+
+  it('keeps auto ranges off the ids of a static file refused for now, so that fixing it finds them free', function () {
+    if (process.getuid!() !== 0) this.skip(); // files must be root-owned: needs root
+    // A pool of two slots; the broken file asks for the first, and the auto label's hash picks it too.
+    const [first, second] = [20 * 65536, 21 * 65536];
+    const label = Array.from({ length: 100 }, (_, i) => `auto${i}`).find((l) => hashSlot(l, 2) === 0)!;
+    const t = makeTree(`[pool]\nrange = ${first}-${second + 65535}\n`);
+    try {
+      // hpa was given no ids: its context is refused until the admin adds its /etc/subuid line.
+      t.context('owned.conf', `[context]\nowner = hpa\nuid_map = 0 ${first} 65536\ngid_map = 0 ${first} 65536\n`);
+      t.context(`${label}.conf`, '[context]\nrange = auto\n');
+      const load = () => loadConfiguration(t.config, { record: true, systemIds: noSystemIds, nss: testNss });
+      const before = load();
+      assert.deepEqual([...before.contexts.keys()], [label]);
+      assert.match(before.errors.map(formatConfigError).join('\n'), /owned\.conf.*not delegated to hpa/);
+      assert.deepEqual(before.allocations.get(label), { start: second, size: 65536 }, 'the other slot, not the one the refused file names');
+      t.delegate('hpa', first, 65536);
+      const after = load();
+      assert.deepEqual(after.errors, []);
+      assert.deepEqual([...after.contexts.keys()].sort(), [label, 'owned'].sort());
+      assert.equal(after.contexts.get('owned')!.uidMap[0].outside, first);
+    } finally {
+      t.remove();
+    }
   });
 
   it('ignores a file not owned by root', function () {
