@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
@@ -74,6 +75,18 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(mountsUnder(tree.pins).length, 0);
     assert.equal((await ctl(['release', 'a'])).out, 'a: nothing was pinned\n');
     assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'a'])).out) as P.ResolveResult).created, true, 'created anew after a release');
+  });
+
+  it('finishes the work of a client that vanishes mid-request, and drops its reply', async () => {
+    tree.context('lazy.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
+    agent = await startAgent(tree);
+    const sock = connect(agent.socket);
+    await new Promise((r) => sock.once('connect', r));
+    sock.write(`${JSON.stringify({ type: 'request', data: { id: 40, method: 'resolve', params: { label: 'lazy' } } })}\f`);
+    sock.destroy();
+    await agent.waitForLog((l) => l.msg === 'Client left before its reply' && l.id === 40);
+    assert.equal(existsSync(`${tree.pins}/lazy`), true, 'the namespace was created all the same');
+    assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'lazy'])).out) as P.ResolveResult).created, false);
   });
 
   it('creates exactly one namespace for many concurrent resolves, nested ones too', async () => {

@@ -4,68 +4,29 @@
 // here, with fast-check over callers, labels and malformed requests. No namespace is created.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import pino from 'pino';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { UsernsError } from '../../agent/errors.ts';
-import { loadConfiguration } from '../../agent/configure.ts';
 import { handleRequest, METHOD_NAMES } from '../../agent/handlers.ts';
+import { serviceOf } from '../helpers/service.ts';
+import type { LogLine } from '../helpers/service.ts';
 import type { Agent } from '../../agent/handlers.ts';
-import { People } from '../../agent/people.ts';
-import { rangePool } from '../../agent/rangepool.ts';
-import { Service } from '../../agent/service.ts';
 import type { Changes } from '../../agent/service.ts';
-import { UpcallWatch } from '../../agent/wiring.ts';
-import { Metrics } from '../../agent/metrics.ts';
-import { Registry } from '../../agent/registry.ts';
-import { Views } from '../../agent/views.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import type { Connection } from '../../agent/wire/server.ts';
 import { OWN_USERNS } from '../../agent/wire/peer.ts';
-import { makeTree, testNss } from '../helpers/fixtures.ts';
+import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { mountsUnder, unmountAll } from '../helpers/kernel.ts';
 
 const ALICE = 1001; // testNss: alice (1001), in [access] of "shared"
 const HPA = 1000; // owner of "hpa-backups"
 
-/**
- * The service the handlers are given in the agent, on a configuration and nothing else: what a
- * handler must answer without the kernel. The changes the lifecycle runs (reload, contexts made and
- * forgotten from inside) are the test's; the range pool is this host's own (coordinator = local).
- * Client failures are read back from the log the service writes them to.
- */
-function agentOf(tree: Tree, changes: Partial<Changes> = {}): { agent: Service; failures: string[] } {
-  const config = loadConfiguration(tree.config, { record: false, systemIds: () => [], nss: testNss });
-  assert.deepEqual(config.errors, [], 'the test configuration loads');
-  const failures: string[] = [];
-  const log = pino({ level: 'info' }, { write: (line: string) => void failures.push((JSON.parse(line) as { msg: string }).msg) });
-  const registry = new Registry(config);
-  const unreachable = () => {
-    throw new Error('not in an in-process test');
-  };
-  const people = new People();
-  people.rebuild(registry.all());
-  const views = new Views(config.agent.state, registry.namespaces.maker);
-  const agent = new Service({
-    log,
-    registry,
-    views,
-    metrics: new Metrics(METHOD_NAMES, {
-      contextStates: () => ({}),
-      connections: () => 0,
-      configErrors: () => 0,
-      views: () => ({ recorded: 0, namespaces: 0 }),
-      coordinator: () => null,
-    }),
-    pool: rangePool(config, log, { config: () => registry.configuration, reload: unreachable, pinned: () => [], systemIds: () => [] }),
-    people,
-    upcall: new UpcallWatch(log),
-    connections: () => 0,
-    changes: { reload: unreachable, createChild: unreachable, forgetChildren: unreachable, ...changes },
-  });
-  return { agent, failures };
-}
+/** The agent's own Service on the tree's configuration; client failures are what it logs. */
+const agentOf = (tree: Tree, changes: Partial<Changes> = {}) => {
+  const { service, logs } = serviceOf(tree, changes);
+  return { agent: service as Agent, logs };
+};
 
 const conn = (uid: number, gid = uid, groups: number[] = []): Connection => ({
   peer: { pid: process.pid, uid, gid, groups, userns: [OWN_USERNS], host: true },
@@ -79,7 +40,7 @@ const request = (method: string, params: unknown, id: unknown = 1) => ({ id, met
 describe('unit: the request edge, in-process (handleRequest)', () => {
   let tree: Tree;
   let agent: Agent;
-  let failures: string[];
+  let logs: LogLine[];
 
   before(() => {
     tree = makeTree();
@@ -88,7 +49,7 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     tree.context('shared.conf', '[context]\nuid_map = 0 200000 65536\ngid_map = 0 200000 65536\n[access]\nusers = alice\n');
     tree.context('secret.conf', '[context]\nuid_map = 0 300000 65536\ngid_map = 0 300000 65536\n');
     tree.context('secret-www.conf', '[context]\nparent = secret\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n');
-    ({ agent, failures } = agentOf(tree));
+    ({ agent, logs } = agentOf(tree));
   });
   // Even when a test fails (or, under mutation testing, a handler lets a caller through), nothing
   // made here is left: a pin is unmounted and the spawner ended before the tree goes.
@@ -211,9 +172,9 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
       }),
       { numRuns: 500 },
     );
-    assert.ok(failures.length > 0, 'client failures are logged');
+    assert.ok(logs.length > 0, 'client failures are logged');
     assert.ok(
-      failures.every((f) => f.length < 1200),
+      logs.every((l) => l.msg.length < 1200),
       'a client failure is logged with a bounded message',
     );
   });
