@@ -11,7 +11,6 @@ import { labelProblem } from '../../config/schema.ts';
 import type { Delegation, IdMap } from '../../config/types.ts';
 import { ID, IDMAP } from '../../config/untrusted.ts';
 import { UsernsError } from '../errors.ts';
-import type { DelegatedObject } from '../wire/protocol.ts';
 import { lstatOrNull, makeDirs, writeFileAtomic } from './files.ts';
 import { getXattr } from './sys.ts';
 import type { HelperPrograms } from './helper.ts';
@@ -19,6 +18,13 @@ import { addTap, addVeth, deleteLink, deleteTap, IFNAME_RE, INNER_VETH, linkExis
 import { PATH_ENV } from './spawn.ts';
 
 /** In the records directory (beside the pins, with their lifetime): one record per context with delegations. */
+/** One delegated object as the kernel shows it now (status, and the protocol's answer of it). */
+export type DelegatedObject = {
+  readonly kind: 'cgroup' | 'netns' | 'veth' | 'tap' | 'device' | 'directory' | 'hook';
+  readonly path: string;
+  readonly state: string;
+};
+
 export const DELEGATIONS_DIR = 'delegations';
 
 /** The files of a cgroup its owner must be able to write to manage it (cgroups(7), "Cgroups v2 delegation"). */

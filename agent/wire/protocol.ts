@@ -8,6 +8,7 @@ import { DEFAULT_SOCKET, HOST_LABEL } from '../../config/types.ts';
 import type { Extent, Owner } from '../../config/types.ts';
 import { ERROR_CODES, isErrorCode, UsernsError } from '../errors.ts';
 import type { ErrorCode } from '../errors.ts';
+import type { DelegatedObject } from '../kernel/delegate.ts';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -112,12 +113,8 @@ export type Delegated = {
   readonly devices: readonly string[];
   readonly directories: readonly string[];
 };
-/** One delegated object as the kernel shows it now (status). */
-export type DelegatedObject = {
-  readonly kind: 'cgroup' | 'netns' | 'veth' | 'tap' | 'device' | 'directory' | 'hook';
-  readonly path: string;
-  readonly state: string;
-};
+/** One delegated object as the kernel shows it now (status): its shape is the kernel module's. */
+export type { DelegatedObject };
 export type ResolvePathResult = ResolveResult & {
   /** The nearest ancestor of the path (or the path itself) that carries the label. */
   readonly labelledPath: string;
