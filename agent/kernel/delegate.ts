@@ -17,7 +17,6 @@ import type { HelperPrograms } from './helper.ts';
 import { addTap, addVeth, deleteLink, deleteTap, IFNAME_RE, INNER_VETH, linkExists, netnsPinned, pinNetns, unpinNetns, vethNames } from './netdelegate.ts';
 import { PATH_ENV } from './spawn.ts';
 
-/** In the records directory (beside the pins, with their lifetime): one record per context with delegations. */
 /** One delegated object as the kernel shows it now (status, and the protocol's answer of it). */
 export type DelegatedObject = {
   readonly kind: 'cgroup' | 'netns' | 'veth' | 'tap' | 'device' | 'directory' | 'hook';
@@ -25,6 +24,7 @@ export type DelegatedObject = {
   readonly state: string;
 };
 
+/** In the records directory (beside the pins, with their lifetime): one record per context with delegations. */
 export const DELEGATIONS_DIR = 'delegations';
 
 /** The files of a cgroup its owner must be able to write to manage it (cgroups(7), "Cgroups v2 delegation"). */
