@@ -13,7 +13,7 @@ import { writeFileAtomic } from './kernel/files.ts';
 import { UsernsError } from './errors.ts';
 import { bindfsOptions, viewPlan } from './idmap.ts';
 import type { ViewMode } from './idmap.ts';
-import { ViewNamespaces, makeTree } from './kernel/views.ts';
+import { ViewNamespaces, makeTree } from './kernel/idmapped.ts';
 import type { NamespaceMaker } from './kernel/makers.ts';
 import { findLabel, notReachable, peerCanReach, unreachableBy } from './labels.ts';
 import { hostReach, SEAL_ADVICE } from './seal.ts';

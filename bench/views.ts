@@ -3,7 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { mountView } from '../agent/cli/views.ts';
+import { mountView } from '../agent/cli/viewcmd.ts';
 import { bindMount, detach } from '../agent/kernel/sys.ts';
 import { cleanup, startAgent, USERNSCTL } from '../test/helpers/agent.ts';
 import { makeTree } from '../test/helpers/fixtures.ts';

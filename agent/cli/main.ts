@@ -10,7 +10,7 @@ import { callAgent } from '../wire/client.ts';
 import { TransportError, UsernsError } from '../errors.ts';
 import * as P from '../wire/protocol.ts';
 import { VERSION } from '../version.ts';
-import { enterWithViews, mountedViews, viewCmd } from './views.ts';
+import { enterWithViews, mountedViews, viewCmd } from './viewcmd.ts';
 import { explainCmd } from './explain.ts';
 import { checkEtcd, rangesCmd } from './ranges.ts';
 import { COMMON, EXIT, oneLabel, parseCommand, printTable, runNsenter, stdio, UsageError, who } from './args.ts';

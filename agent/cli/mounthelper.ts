@@ -5,8 +5,8 @@ import { UsernsError } from '../errors.ts';
 import * as P from '../wire/protocol.ts';
 import { UsageError } from './args.ts';
 import type { Io } from './args.ts';
-import { mountView } from './views.ts';
-import type { ViewOptions } from './views.ts';
+import { mountView } from './viewcmd.ts';
+import type { ViewOptions } from './viewcmd.ts';
 
 /**
  * Options of mount -t usernsd: the view's own, and the generic ones mount(8) and fstab pass along

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { mountView } from '../../agent/cli/views.ts';
+import { mountView } from '../../agent/cli/viewcmd.ts';
 import { isIdmapped, mountTable } from '../../agent/kernel/mountinfo.ts';
 import { callAgent } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';

@@ -7,7 +7,7 @@ import { loadConfiguration } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import { Namespaces, pinnedIno } from '../../agent/kernel/userns.ts';
-import { ViewNamespaces } from '../../agent/kernel/views.ts';
+import { ViewNamespaces } from '../../agent/kernel/idmapped.ts';
 import type { Pin } from '../../agent/kernel/userns.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';

@@ -80,7 +80,7 @@ describe('man pages', () => {
     assertTerms('usernsctl.1', 'OPTIONS', ['--socket', '-s', '--json', '--help', '-h', '--version', '-V']);
     assertTerms('usernsctl.1', 'EXIT STATUS', Object.values(EXIT).map(String));
     // Every option any command parses (its parseArgs tables in agent/cli/) is in the page.
-    const source = ['cli/main.ts', 'cli/views.ts', 'cli/mounthelper.ts']
+    const source = ['cli/main.ts', 'cli/viewcmd.ts', 'cli/mounthelper.ts']
       .map((f) => readFileSync(new URL(`../../agent/${f}`, import.meta.url), 'utf8'))
       .join('\n');
     const flags = [...source.matchAll(/'?([a-z][a-z-]*)'?: \{ type: '(?:string|boolean)'/g)].map((m) => m[1]);
