@@ -216,7 +216,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   const pool =
     agent.coordinator === 'etcd'
       ? { fresh: new Map<string, Allocation>(), statics: staticClaims(defs), ...fromSharedPool(agent, defs, opts.refused ?? new Map(), errors) }
-      : { pending: [], waiting: [], statics: [], coordinated: defs, ...fromLocalPool(agent, defs, opts, errors) };
+      : { pending: [], waiting: [], statics: [], coordinated: defs, ...fromLocalPool(agent, defs, inForce, opts, errors) };
   const { starts, fresh, kept, pending, waiting, statics, coordinated } = pool;
   const pinned = pinnedMaps(agent.pins);
   // A context the shared pool refuses is not kept at a last good version: that version is what it refuses.
@@ -253,16 +253,21 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
  * static ranges, the system's ids and every other allocation, recorded (when the agent loads)
  * before anything uses it. A record that cannot be read allocates nothing: an error each.
  */
-function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], opts: LoadOptions, errors: ConfigError[]) {
+function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], inForce: ReadonlyMap<string, Context>, opts: LoadOptions, errors: ConfigError[]) {
   try {
     // Recorded allocations are read even without an auto context: a static range must not take one.
     // (Unreadable, for check-config run by a user: without auto contexts, nothing below says so.)
     const recorded = readAllocations(agent.state);
     if (!defs.some((d) => d.autoSize !== null)) return { starts: new Map<string, number>(), fresh: new Map<string, Allocation>(), kept: recorded };
-    // The static ranges every file asks for, accepted or not (auto contexts and their children are left out).
+    // The static ranges every file asks for, accepted or not (auto contexts and their children are
+    // left out), and those of the contexts in force whose files are broken now: finishContexts keeps
+    // them at their last good version, so their ids are not free either.
     const system = (opts.systemIds ?? systemIds)(agent);
     const reserved: Interval[] = [...system];
-    for (const h of staticHostMaps(defs).values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
+    const labels = new Set(defs.map((d) => d.label));
+    const broken = new Set(errors.map((e) => e.file));
+    const kept = [...inForce.values()].filter((c) => !labels.has(c.label) && broken.has(c.file));
+    for (const h of staticHostMaps([...defs, ...kept]).values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
     const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system);
     if (opts.record && r.fresh.size > 0) {
       ensureStateDir(agent.state);

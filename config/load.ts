@@ -931,16 +931,19 @@ function delegationClashes(d: ContextDef, given: readonly Given[]): [string, str
   return out;
 }
 
+/** What staticHostMaps reads of a definition (or of a context in force: its maps are static by then). */
+type StaticMaps = Pick<ContextDef, 'label' | 'parent' | 'uidMap' | 'gidMap'>;
+
 /**
  * The host ids each static context file asks for, judged or not: its own maps, a nested one's
  * composed through its parent's (nothing under an auto context, whose range is not decided yet, nor
  * under a parent that is not there). The local allocator keeps auto ranges clear of them all, so a
  * file refused today (a typo in its owner, an overlap) finds its ids free once it is fixed.
  */
-export function staticHostMaps(defs: readonly ContextDef[]): Map<string, HostMaps> {
+export function staticHostMaps(defs: readonly StaticMaps[]): Map<string, HostMaps> {
   const byLabel = new Map(defs.map((d) => [d.label, d]));
   const out = new Map<string, HostMaps | null>();
-  const hostOf = (d: ContextDef): HostMaps | null => {
+  const hostOf = (d: StaticMaps): HostMaps | null => {
     if (out.has(d.label)) return out.get(d.label)!;
     out.set(d.label, null); // a cycle (refused by linkContexts) maps nothing
     let h: HostMaps | null = null;

@@ -542,6 +542,32 @@ describe('config: files on disk', () => {
     }
   });
 
+  it('keeps auto ranges off the ids of a context kept at its last good version while its file is broken', function () {
+    if (process.getuid!() !== 0) this.skip(); // files must be root-owned: needs root
+    const [first, second] = [20 * 65536, 21 * 65536];
+    const label = Array.from({ length: 100 }, (_, i) => `auto${i}`).find((l) => hashSlot(l, 2) === 0)!;
+    const t = makeTree(`[pool]\nrange = ${first}-${second + 65535}\n`);
+    try {
+      t.context('static.conf', `[context]\nuid_map = 0 ${first} 65536\ngid_map = 0 ${first} 65536\n`);
+      const load = (inForce?: ReadonlyMap<string, Context>) => loadConfiguration(t.config, { record: true, systemIds: noSystemIds, nss: testNss, inForce });
+      const before = load();
+      assert.deepEqual([...before.contexts.keys()], ['static']);
+      // Its file broken (a typo) in the same reload that brings an auto context whose hash names its slot.
+      t.context('static.conf', `[context]\nuid_map = 0 ${first} 65536\ngid_map = 0 ${first} 65536\nbogus\n`);
+      t.context(`${label}.conf`, '[context]\nrange = auto\n');
+      const after = load(before.contexts);
+      assert.deepEqual(
+        after.kept,
+        ['static'],
+        `the context in force keeps its last good version: ${JSON.stringify([[...after.contexts.keys()], after.errors.map(formatConfigError)])}`,
+      );
+      assert.equal(after.contexts.get('static')?.uidMap[0].outside, first);
+      assert.deepEqual(after.allocations.get(label), { start: second, size: 65536 }, 'the auto range takes the other slot');
+    } finally {
+      t.remove();
+    }
+  });
+
   it('ignores a file not owned by root', function () {
     if (process.getuid!() !== 0) this.skip(); // chown needs root
     const f = tree.context('mine.conf', '[context]\nuid_map = 0 100000 10\ngid_map = 0 100000 10\n');
