@@ -1,7 +1,8 @@
 // usernsctl as a user runs it: the built program, real files, exit codes and messages.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { copyFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
@@ -9,6 +10,23 @@ const BIN = new URL('../../bin/usernsctl.js', import.meta.url).pathname;
 export function usernsctl(args: string[], env: NodeJS.ProcessEnv = process.env) {
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env, timeout: 15000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+const SHIPPED = new URL('../../etc/userns.d', import.meta.url).pathname;
+
+/**
+ * The example contexts the project ships, as make install takes them (tracked by git in a checkout,
+ * else every *.conf), copied into a test's own directory: a file another test leaves in the
+ * checkout meanwhile (install.test's untracked one) is none of them.
+ */
+function copyShippedExamples(into: string): string[] {
+  const r = spawnSync('git', ['-C', SHIPPED, 'ls-files', '-z', '--', '.'], { encoding: 'utf8' });
+  const names =
+    r.status === 0 && r.stdout !== ''
+      ? r.stdout.split('\0').filter((f) => f.endsWith('.conf') && !f.includes('/'))
+      : readdirSync(SHIPPED).filter((f) => f.endsWith('.conf'));
+  for (const n of names) copyFileSync(join(SHIPPED, n), join(into, n));
+  return names;
 }
 
 describe('usernsctl check-config', () => {
@@ -19,8 +37,8 @@ describe('usernsctl check-config', () => {
   afterEach(() => tree.remove());
 
   it('exits 0 on the shipped examples and summarises each context with --verbose', () => {
-    const shipped = new URL('../../etc/userns.d', import.meta.url).pathname;
-    writeFileSync(tree.config, `[agent]\ncontexts = ${shipped}\nstate = ${tree.state}\n`);
+    assert.equal(copyShippedExamples(tree.contexts).length, 4);
+    writeFileSync(tree.config, `[agent]\ncontexts = ${tree.contexts}\nstate = ${tree.state}\n`);
     const r = usernsctl(['check-config', '--config', tree.config, '--verbose']);
     assert.equal(r.err, '');
     assert.equal(r.code, 0);
