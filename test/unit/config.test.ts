@@ -460,6 +460,13 @@ describe('config: checks across files', () => {
   });
 });
 
+/** A pool of two slots of 65,536 ids, and an auto label whose hash names the first: where a static range meets it. */
+const TWO_SLOTS = (() => {
+  const [first, second] = [20 * 65536, 21 * 65536];
+  const label = Array.from({ length: 100 }, (_, i) => `auto${i}`).find((l) => hashSlot(l, 2) === 0)!;
+  return { first, second, label, settings: `[pool]\nrange = ${first}-${second + 65535}\n` };
+})();
+
 describe('config: files on disk', () => {
   let tree: Tree;
   beforeEach(() => {
@@ -519,10 +526,9 @@ describe('config: files on disk', () => {
 
   it('keeps auto ranges off the ids of a static file refused for now, so that fixing it finds them free', function () {
     if (process.getuid!() !== 0) this.skip(); // files must be root-owned: needs root
-    // A pool of two slots; the broken file asks for the first, and the auto label's hash picks it too.
-    const [first, second] = [20 * 65536, 21 * 65536];
-    const label = Array.from({ length: 100 }, (_, i) => `auto${i}`).find((l) => hashSlot(l, 2) === 0)!;
-    const t = makeTree(`[pool]\nrange = ${first}-${second + 65535}\n`);
+    // The refused file asks for the first slot, and the auto label's hash picks it too.
+    const { first, second, label } = TWO_SLOTS;
+    const t = makeTree(TWO_SLOTS.settings);
     try {
       // hpa was given no ids: its context is refused until the admin adds its /etc/subuid line.
       t.context('owned.conf', `[context]\nowner = hpa\nuid_map = 0 ${first} 65536\ngid_map = 0 ${first} 65536\n`);
@@ -544,9 +550,8 @@ describe('config: files on disk', () => {
 
   it('keeps auto ranges off the ids of a context kept at its last good version while its file is broken', function () {
     if (process.getuid!() !== 0) this.skip(); // files must be root-owned: needs root
-    const [first, second] = [20 * 65536, 21 * 65536];
-    const label = Array.from({ length: 100 }, (_, i) => `auto${i}`).find((l) => hashSlot(l, 2) === 0)!;
-    const t = makeTree(`[pool]\nrange = ${first}-${second + 65535}\n`);
+    const { first, second, label } = TWO_SLOTS;
+    const t = makeTree(TWO_SLOTS.settings);
     try {
       t.context('static.conf', `[context]\nuid_map = 0 ${first} 65536\ngid_map = 0 ${first} 65536\n`);
       const load = (inForce?: ReadonlyMap<string, Context>) => loadConfiguration(t.config, { record: true, systemIds: noSystemIds, nss: testNss, inForce });
