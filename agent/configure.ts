@@ -9,6 +9,7 @@ import {
   AGENT_DEFAULTS,
   DEFAULT_CONFIG_FILE,
   finishContexts,
+  keptCandidates,
   staticHostMaps,
   linkContexts,
   listContextFiles,
@@ -264,10 +265,7 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], inForce:
     // them at their last good version, so their ids are not free either.
     const system = (opts.systemIds ?? systemIds)(agent);
     const reserved: Interval[] = [...system];
-    const labels = new Set(defs.map((d) => d.label));
-    const broken = new Set(errors.map((e) => e.file));
-    const kept = [...inForce.values()].filter((c) => !labels.has(c.label) && broken.has(c.file));
-    for (const h of staticHostMaps([...defs, ...kept]).values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
+    for (const h of staticHostMaps([...defs, ...keptCandidates(defs, inForce, errors)]).values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
     const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system);
     if (opts.record && r.fresh.size > 0) {
       ensureStateDir(agent.state);

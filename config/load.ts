@@ -964,6 +964,16 @@ export function staticHostMaps(defs: readonly StaticMaps[]): Map<string, HostMap
   return maps;
 }
 
+/**
+ * Contexts in force whose files are broken now (no definition of their label, an error in their
+ * file): what the judgement keeps at its last good version, unless something senior takes its ids.
+ */
+export function keptCandidates(defs: readonly ContextDef[], inForce: ReadonlyMap<string, Context>, errors: readonly ConfigError[]): Context[] {
+  const labels = new Set(defs.map((d) => d.label));
+  const broken = new Set(errors.map((e) => e.file));
+  return [...inForce.values()].filter((c) => !labels.has(c.label) && broken.has(c.file));
+}
+
 export function finishContexts(
   defs: readonly ContextDef[],
   allocated: ReadonlyMap<string, number>,
@@ -984,8 +994,7 @@ export function finishContexts(
   const held: OwnerHeld = new Map();
   const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, lineIn(d, key), message));
   const labels = new Set(defs.map((d) => d.label));
-  const broken = new Set(errors.map((e) => e.file));
-  const kept = [...prior.inForce.values()].filter((c) => !labels.has(c.label) && broken.has(c.file));
+  const kept = keptCandidates(defs, prior.inForce, errors);
   const keptLabels: string[] = [];
 
   // Allocations are claimed up front, for their label only: a static range never lands on one.
