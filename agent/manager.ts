@@ -12,7 +12,7 @@ import type { Configuration, SystemIds } from './configure.ts';
 import { createChild, forgetChildren } from './children.ts';
 import type { ChildrenParts } from './children.ts';
 import { rangePool } from './rangepool.ts';
-import type { RangePool } from './rangepool.ts';
+import type { PoolMaker, RangePool } from './rangepool.ts';
 import { UsernsError } from './errors.ts';
 import { handleRequest, METHOD_NAMES } from './handlers.ts';
 import type { ReloadResult } from './wire/protocol.ts';
@@ -20,7 +20,8 @@ import { Registry } from './registry.ts';
 import { toHost } from './idmap.ts';
 import { Service } from './service.ts';
 import { IpcServer } from './wire/server.ts';
-import { FdServer, fdSocketPath } from './wire/fdsock.ts';
+import { FdServer } from './wire/fdsock.ts';
+import { fdSocketPath } from './wire/protocol.ts';
 import { UserdbServer } from './wire/userdb.ts';
 import { listenMetrics, Metrics } from './metrics.ts';
 import { Views } from './views.ts';
@@ -97,7 +98,7 @@ export class Manager {
   /** The contexts in force as last recorded (contexts.json of `generation`, and `journal` lines after it). */
   private recorded: { readonly contexts: ReadonlyMap<string, Context>; readonly generation: string; readonly journal: number } | null = null;
 
-  private constructor(opts: ManagerOptions, config: Configuration, parsed: ParseCache) {
+  private constructor(opts: ManagerOptions, config: Configuration, parsed: ParseCache, makePool: PoolMaker) {
     this.parsed = parsed;
     this.opts = opts;
     this.log = opts.log;
@@ -146,7 +147,7 @@ export class Manager {
     );
     this.people.rebuild(config.contexts.values());
     this.views = new Views(config.agent.state, this.registry.namespaces.maker);
-    this.pool = rangePool(config, opts.log, {
+    this.pool = makePool(opts.log, {
       config: () => this.registry.configuration,
       reload: (source) => this.reload(source),
       pinned: () => [...this.registry.all()].filter((c) => this.registry.isPinned(c.label)).map((c) => c.label),
@@ -308,7 +309,7 @@ export class Manager {
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     Manager.refuseNewerFormats(config.agent);
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
-    const m = new Manager(opts, config, parsed);
+    const m = new Manager(opts, config, parsed, await rangePool(config));
     m.recorded = config.recorded; // what is in force and unchanged is the record's objects: nothing to write for it
     const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(m.registry.namespaces.recordsDir)];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);

@@ -6,8 +6,7 @@
 import type { Logger } from 'pino';
 import type { Configuration, SystemIds } from './configure.ts';
 import { ensureStateDir, readAllocations, syncChildRecords, writeAllocations } from './coord/state.ts';
-import { EtcdCoordinator } from './coord/etcd.ts';
-import type { CoordinatorState } from './coord/etcd.ts';
+import type { CoordinatorState, EtcdCoordinator } from './coord/etcd.ts';
 import { UsernsError } from './errors.ts';
 import type { RangeRecord, RangesResult, StatusResult } from './wire/protocol.ts';
 import { hostname } from 'node:os';
@@ -50,9 +49,16 @@ export interface RangePool {
   close(): Promise<void>;
 }
 
-/** The pool the configuration asks for: this host's alone, or etcd's. */
-export function rangePool(config: Configuration, log: Logger, hooks: SharedPoolHooks): RangePool {
-  return config.agent.coordinator === 'etcd' ? new SharedPool(new EtcdCoordinator(config.agent.etcd), log, hooks) : new LocalPool(hooks);
+export type PoolMaker = (log: Logger, hooks: SharedPoolHooks) => RangePool;
+
+/**
+ * The pool the configuration asks for: this host's alone, or etcd's. etcd's client (gRPC, protobuf)
+ * is loaded only for the shared pool: it is about a fifth of the CPU time of a small agent's start.
+ */
+export async function rangePool(config: Configuration): Promise<PoolMaker> {
+  if (config.agent.coordinator !== 'etcd') return (_log, hooks) => new LocalPool(hooks);
+  const { EtcdCoordinator } = await import('./coord/etcd.ts');
+  return (log, hooks) => new SharedPool(new EtcdCoordinator(config.agent.etcd), log, hooks);
 }
 
 /** coordinator = local: this host allocates (configure.ts) and records in ranges.json; nothing waits. */

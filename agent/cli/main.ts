@@ -10,8 +10,6 @@ import { callAgent } from '../wire/client.ts';
 import { TransportError, UsernsError } from '../errors.ts';
 import * as P from '../wire/protocol.ts';
 import { VERSION } from '../version.ts';
-import { enterWithViews, mountedViews, viewCmd } from './viewcmd.ts';
-import { explainCmd } from './explain.ts';
 import { checkEtcd, rangesCmd } from './ranges.ts';
 import { COMMON, EXIT, oneLabel, parseCommand, printTable, runNsenter, stdio, UsageError, who } from './args.ts';
 import type { Globals, Io } from './args.ts';
@@ -289,7 +287,7 @@ async function statusCmd(args: string[], g: Globals, io: Io): Promise<number> {
     );
   if (r.views)
     io.out(
-      `views:       ${(await mountedViews(g.socket)).length} mounted here of ${r.views.recorded} made (usernsctl view --list); ${r.views.namespaces} idmap namespace(s) held`,
+      `views:       ${(await (await viewCommands()).mountedViews(g.socket)).length} mounted here of ${r.views.recorded} made (usernsctl view --list); ${r.views.namespaces} idmap namespace(s) held`,
     );
   if (r.memoryMb) io.out(`memory:      ${r.memoryMb.rss} MiB resident, ${r.memoryMb.heapUsed} MiB heap in use`);
   io.out(`last reload: ${r.lastReload ?? 'never'}`);
@@ -388,7 +386,7 @@ async function enterCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals, values } = parseCommand(own, { view: { type: 'string', multiple: true } }, g);
   const label = oneLabel(positionals, 'enter');
   const shell = cmd.length > 0 ? cmd : [process.env.SHELL || '/bin/sh'];
-  if (values.view?.length) return enterWithViews(g.socket, label, values.view, shell, io);
+  if (values.view?.length) return (await viewCommands()).enterWithViews(g.socket, label, values.view, shell, io);
   const r = await callAgent(g.socket, P.resolve, { label });
   // The kernel lets root and the owner of the top-level context setns into it: say so plainly
   // instead of nsenter's "Operation not permitted". [access] gives resolve and map, not entry.
@@ -522,6 +520,12 @@ async function labelCmd(args: string[], g: Globals, io: Io): Promise<number> {
   return EXIT.OK;
 }
 
+/**
+ * Views move mounts and pass descriptors (koffi, libc): loaded only by the commands that make or
+ * list them, so that every other command starts without them (as explain, which reads NSS).
+ */
+const viewCommands = () => import('./viewcmd.ts');
+
 const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<number>> = {
   resolve: resolveCmd,
   map: mapCmd,
@@ -531,8 +535,8 @@ const COMMANDS: Record<string, (args: string[], g: Globals, io: Io) => Promise<n
   release: releaseCmd,
   create: createCmd,
   enter: enterCmd,
-  view: viewCmd,
-  explain: explainCmd,
+  view: async (...a) => (await viewCommands()).viewCmd(...a),
+  explain: async (...a) => (await import('./explain.ts')).explainCmd(...a), // reads NSS through koffi
   ranges: rangesCmd,
   metrics: metricsCmd,
   upcall: upcallCmd,

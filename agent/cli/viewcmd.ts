@@ -11,7 +11,6 @@ import { isIdmapped, mountTable } from '../kernel/mountinfo.ts';
 import type { MountEntry } from '../kernel/mountinfo.ts';
 import { closeFd, moveMount } from '../kernel/sys.ts';
 import { callAgent } from '../wire/client.ts';
-import { fdSocketPath } from '../wire/fdsock.ts';
 import { callAgentForFds } from '../wire/oneshot.ts';
 import * as P from '../wire/protocol.ts';
 
@@ -39,7 +38,7 @@ export type ViewOptions = { readonly context?: string; readonly mode?: P.ViewMod
 export function mountView(socket: string, src: string, dst: string, opts: ViewOptions): P.ViewResult {
   const target = checkTarget(dst);
   const params: P.ViewParams = { path: absolute(src), purpose: 'mount', target, ...opts };
-  const { result, fds } = callAgentForFds(fdSocketPath(socket), P.view, params);
+  const { result, fds } = callAgentForFds(P.fdSocketPath(socket), P.view, params);
   try {
     if (result.mechanism === 'idmapped') {
       if (fds.length !== 1) throw new UsernsError('E_INTERNAL', `the agent sent ${fds.length} descriptors for one idmapped view`);
@@ -144,7 +143,7 @@ export async function enterWithViews(socket: string, label: string, specs: strin
       const colon = spec.lastIndexOf(':');
       if (colon <= 0 || colon === spec.length - 1) throw new UsageError(`--view takes SRC:DST (got "${spec}")`);
       const target = checkTarget(spec.slice(colon + 1));
-      const { result, fds: got } = callAgentForFds(fdSocketPath(socket), P.view, { path: absolute(spec.slice(0, colon)), context: label, purpose: 'enter' });
+      const { result, fds: got } = callAgentForFds(P.fdSocketPath(socket), P.view, { path: absolute(spec.slice(0, colon)), context: label, purpose: 'enter' });
       fds.push(...got);
       if (got.length !== 1) throw new UsernsError('E_INTERNAL', `the agent sent ${got.length} descriptors for one view`);
       if (result.readOnlyWhy) io.err(`usernsctl: the view of ${result.src} is ${result.readOnlyWhy}`);

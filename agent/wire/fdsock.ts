@@ -19,11 +19,6 @@ export const MAX_FD_CONNECTIONS = 64;
 /** Of them, what one uid other than root may hold. */
 export const MAX_FD_CONNECTIONS_PER_UID = 8;
 
-/** The descriptor socket beside the main one: /run/usernsd/usernsd.sock -> /run/usernsd/usernsd.fd.sock. */
-export function fdSocketPath(socket: string): string {
-  return socket.endsWith('.sock') ? `${socket.slice(0, -'.sock'.length)}.fd.sock` : `${socket}.fd`;
-}
-
 export type FdServerOptions = { readonly path: string; readonly log: Logger; readonly onRequest: RequestHandler; readonly people?: PersonLookup };
 
 export class FdServer {

@@ -12,6 +12,14 @@ import type { DelegatedObject } from '../kernel/delegate.ts';
 
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * The descriptor socket beside the main one: /run/usernsd/usernsd.sock -> /run/usernsd/usernsd.fd.sock.
+ * Named here, not by the server, so that a client (usernsctl view) loads no server code.
+ */
+export function fdSocketPath(socket: string): string {
+  return socket.endsWith('.sock') ? `${socket.slice(0, -'.sock'.length)}.fd.sock` : `${socket}.fd`;
+}
+
 /** Frames are UTF-8 JSON objects, each followed by a form feed (JSON escapes every U+000C inside). */
 export const FRAME_DELIMITER = '\f';
 export const REQUEST_TYPE = 'request';

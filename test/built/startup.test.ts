@@ -3,7 +3,9 @@
 // socket through libc instead), no costly built-in namespaces.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { KOFFI_VERSION, koffiLoader } from '../../agent/kernel/ffi.ts';
 import { assertBuiltFromCurrentSources } from '../helpers/fresh.ts';
 
@@ -46,6 +48,53 @@ describe('the upcall start-up', () => {
       'NativeModule internal/readline/interface',
     ]) {
       assert.ok(!loaded.includes(costly), `${costly} is loaded`);
+    }
+  });
+});
+
+/** The packages `usernsctl ARGS` loaded (test/helpers/record-loads.ts), on a socket where no agent listens. */
+function cliLoads(args: string[]): Set<string> {
+  const dir = mkdtempSync(join(tmpdir(), 'usernsd-test-loads-'));
+  try {
+    const out = join(dir, 'loads');
+    const r = spawnSync(process.execPath, [`${ROOT}bin/usernsctl.js`, '--socket', join(dir, 'none.sock'), ...args], {
+      encoding: 'utf8',
+      env: { ...process.env, USERNSD_TEST_LOADS: out, NODE_OPTIONS: `--import=${ROOT}test/helpers/record-loads.ts` },
+    });
+    assert.match(r.stderr, /cannot reach the agent/, `usernsctl ${args.join(' ')} got as far as the socket`);
+    return new Set(readFileSync(out, 'utf8').split('\n').filter(Boolean));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// Every usernsctl call is a process start (scripts, the tests, mount helpers): what a command does
+// not use, it does not load. koffi (libc calls) is for views and NSS, node-ipc for the agent's
+// server, etcd's client (gRPC, protobuf) for the shared pool's own commands, prom-client and pino for
+// the agent: about 50 ms of every call together.
+describe('the usernsctl start-up', () => {
+  before(() => assertBuiltFromCurrentSources('dist/agent/cli/main.js', ['agent', 'config'], /\.ts$/));
+  const AGENT_SIDE = /koffi|^node-ipc$|^etcd3$|^@grpc\/|^protobufjs$|^prom-client$|^pino$/;
+
+  for (const args of [['status'], ['list'], ['resolve', 'a'], ['map', '--from', 'a', '--to', 'host', '--uid', '0'], ['release', 'a'], ['reload']]) {
+    it(`usernsctl ${args[0]} loads none of the agent's libraries`, () => {
+      assert.deepEqual(
+        [...cliLoads(args)].filter((p) => AGENT_SIDE.test(p)),
+        [],
+      );
+    });
+  }
+
+  it('usernsctl view and explain load koffi, which they use (a check of the check)', () => {
+    for (const args of [
+      ['view', '--list'],
+      ['explain', '/'],
+    ]) {
+      const loads = [...cliLoads(args)];
+      assert.ok(
+        loads.some((p) => p.includes('koffi')),
+        `${args.join(' ')}: ${loads.join(', ')}`,
+      );
     }
   });
 });

@@ -468,6 +468,21 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     );
   });
 
+  it("loads etcd's client only for a shared pool: not for this host's own (its gRPC and protobuf are a fifth of a small start)", async () => {
+    tree.context('a.conf', A);
+    const loads = `${tree.dir}/loads`;
+    const hook = new URL('../helpers/record-loads.ts', import.meta.url).pathname;
+    agent = await startAgent(tree, [], { env: { USERNSD_TEST_LOADS: loads, NODE_OPTIONS: `--import=${hook}` } });
+    assert.equal((await ctl(['resolve', 'a'])).code, 0);
+    assert.equal(await agent.stop(), 0);
+    const loaded = readFileSync(loads, 'utf8').split('\n');
+    assert.ok(loaded.includes('node-ipc') && loaded.includes('pino'), `the record is the agent's: ${loaded.join(', ')}`);
+    assert.deepEqual(
+      loaded.filter((p) => /^etcd3$|^@grpc\/|^protobufjs$/.test(p)),
+      [],
+    );
+  });
+
   it("a remote error is a UsernsError with the agent's code", async () => {
     agent = await startAgent(tree);
     const c = await AgentClient.connect(agent.socket);

@@ -19,7 +19,7 @@ import type { Tree } from './fixtures.ts';
 
 export type LogLine = { level: number; msg: string } & Record<string, unknown>;
 
-export function serviceOf(tree: Tree, changes: Partial<Changes> = {}): { service: Service; logs: LogLine[] } {
+export async function serviceOf(tree: Tree, changes: Partial<Changes> = {}): Promise<{ service: Service; logs: LogLine[] }> {
   const config = loadConfiguration(tree.config, { record: false, systemIds: () => [], nss: testNss });
   assert.deepEqual(config.errors, [], 'the test configuration loads');
   const logs: LogLine[] = [];
@@ -41,7 +41,7 @@ export function serviceOf(tree: Tree, changes: Partial<Changes> = {}): { service
       views: () => ({ recorded: 0, namespaces: 0 }),
       coordinator: () => null,
     }),
-    pool: rangePool(config, log, { config: () => registry.configuration, reload: unreachable, pinned: () => [], systemIds: () => [] }),
+    pool: (await rangePool(config))(log, { config: () => registry.configuration, reload: unreachable, pinned: () => [], systemIds: () => [] }),
     people,
     upcall: new UpcallWatch(log),
     connections: () => 0,

@@ -23,8 +23,8 @@ const ALICE = 1001; // testNss: alice (1001), in [access] of "shared"
 const HPA = 1000; // owner of "hpa-backups"
 
 /** The agent's own Service on the tree's configuration; client failures are what it logs. */
-const agentOf = (tree: Tree, changes: Partial<Changes> = {}) => {
-  const { service, logs } = serviceOf(tree, changes);
+const agentOf = async (tree: Tree, changes: Partial<Changes> = {}) => {
+  const { service, logs } = await serviceOf(tree, changes);
   return { agent: service as Agent, logs };
 };
 
@@ -42,14 +42,14 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
   let agent: Agent;
   let logs: LogLine[];
 
-  before(() => {
+  before(async () => {
     tree = makeTree();
     tree.delegate('hpa', 100000, 65536); // its subuid/subgid line (SPEC §12: an owner's map lies in what it was given)
     tree.context('hpa-backups.conf', '[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     tree.context('shared.conf', '[context]\nuid_map = 0 200000 65536\ngid_map = 0 200000 65536\n[access]\nusers = alice\n');
     tree.context('secret.conf', '[context]\nuid_map = 0 300000 65536\ngid_map = 0 300000 65536\n');
     tree.context('secret-www.conf', '[context]\nparent = secret\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n');
-    ({ agent, logs } = agentOf(tree));
+    ({ agent, logs } = await agentOf(tree));
   });
   // Even when a test fails (or, under mutation testing, a handler lets a caller through), nothing
   // made here is left: a pin is unmounted and the spawner ended before the tree goes.
@@ -229,7 +229,7 @@ describe('unit: contexts made from inside, at the request edge (SPEC §14)', () 
   const BOX_ROOT = 400000;
   const within = (uid: number, ns: number): Connection => ({ ...conn(uid), peer: { ...conn(uid).peer, userns: [ns, OWN_USERNS], host: false } });
 
-  before(function () {
+  before(async function () {
     if (process.getuid!() !== 0) this.skip(); // the record, like a file, must be root's
     tree = makeTree();
     tree.context('box.conf', `[context]\nuid_map = 0 ${BOX_ROOT} 65536\ngid_map = 0 ${BOX_ROOT} 65536\nchildren = 4\n`);
@@ -237,7 +237,7 @@ describe('unit: contexts made from inside, at the request edge (SPEC §14)', () 
     tree.context('box.file.conf', '[context]\nparent = box\nuid_map = 0 2000 10\ngid_map = 0 2000 10\n');
     mkdirSync(join(tree.state, 'children'), { recursive: true, mode: 0o700 });
     writeFileSync(join(tree.state, 'children', 'box.kid.conf'), '[context]\nparent = box\nuid_map = 0 1000 100\ngid_map = 0 1000 100\n', { mode: 0o600 });
-    agent = agentOf(tree, {
+    ({ agent } = await agentOf(tree, {
       createChild: (_peer, label) => {
         reached.push(`create ${label}`);
         return Promise.reject(new UsernsError('E_CONFIG', 'stopped here by the test'));
@@ -246,7 +246,7 @@ describe('unit: contexts made from inside, at the request edge (SPEC §14)', () 
         reached.push(`forget ${label}`);
         return Promise.resolve([]);
       },
-    }).agent;
+    }));
     agent.registry.caller = (p) => (p.host ? p : { ...p, inside: WHERE.get(p.userns[0]) ?? null });
   });
   after(() => {

@@ -80,7 +80,7 @@ describe('unit: hostile and broken clients, in-process (the socket server and th
     if (process.getuid!() !== 0) this.skip(); // the configuration files must be root's
     tree = makeTree();
     tree.context('a.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
-    ({ service, logs } = serviceOf(tree));
+    ({ service, logs } = await serviceOf(tree));
     socket = service.registry.agent.socket;
     server = new IpcServer({ path: socket, log: service.log, limiter: service.logLimiter, onRequest: (conn, data) => handleRequest(service, conn, data) });
     await server.listen();
