@@ -26,12 +26,14 @@ describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-n
       this.skip();
     }
     mkdirSync(out, { recursive: true });
-    // Two builds of this tree that differ in version: the "older" and the "newer" package.
+    // Two builds of this tree that differ in version: the "older" and the "newer" package. lintian
+    // reads the newer (it wants its members compressed); the older is only installed, so it is left
+    // uncompressed: compressing the node binary it carries is 14 s of CPU.
     for (const v of [OLD, NEW]) {
       const r = spawnSync('make', ['-s', '-o', 'dist/agent/main.js', 'deb'], {
         cwd: ROOT,
         encoding: 'utf8',
-        env: { ...process.env, DEB_VERSION: v, DEB_OUTDIR: out, DEB_COMPRESS: 'gzip' },
+        env: { ...process.env, DEB_VERSION: v, DEB_OUTDIR: out, DEB_COMPRESS: v === NEW ? 'gzip' : 'none' },
       });
       assert.equal(r.status, 0, `make deb: ${r.stderr}${r.stdout}`);
     }
