@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { cleanup, runInside, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
+import { cleanup, runInside, startAgent, USERNSCTL, usernsctlHere } from '../helpers/agent.ts';
 import type { Run, RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -95,7 +95,7 @@ const releaseInside = (top: Top, n: Name) =>
 
 const releaseTop = (top: Top) =>
   command(`host root: release ${top}`, async (m, r) => {
-    const res = await usernsctl(['--socket', r.agent.socket, 'release', top]);
+    const res = await usernsctlHere(['--socket', r.agent.socket, 'release', top]);
     assert.equal(res.code, 0, res.err);
     for (const l of [...m.records]) if (l.startsWith(`${top}.`)) m.records.delete(l);
     await check(m, r);

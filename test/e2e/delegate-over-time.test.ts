@@ -9,7 +9,7 @@ import { existsSync, lstatSync, readdirSync, readFileSync, rmdirSync, writeFileS
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { pinnedIno } from '../../agent/kernel/userns.ts';
-import { cleanup, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
+import { cleanup, startAgent, USERNSCTL, usernsctlHere } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -86,7 +86,7 @@ const command = (name: string, run: (m: Model, r: Real) => Promise<void>, when: 
 });
 
 const ok = async (r: Real, args: string[]) => {
-  const res = await usernsctl(['--socket', r.agent.socket, ...args]);
+  const res = await usernsctlHere(['--socket', r.agent.socket, ...args]);
   assert.equal(res.code, 0, `usernsctl ${args.join(' ')}: ${res.err}`);
 };
 

@@ -1,5 +1,6 @@
 // The agent as a separate process on a temporary tree, and usernsctl as users run it; nothing outlives a test.
 import { spawn, spawnSync } from 'node:child_process';
+import { runCli } from '../../agent/cli/main.ts';
 import type { ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -137,6 +138,17 @@ export function rootAgentSuite(use: (tree: Tree) => void): void {
 }
 
 export type Run = { code: number | null; out: string; err: string };
+
+/**
+ * usernsctl's own code in this process, as root: what a process would print and exit with, without
+ * the start of one (model tests make hundreds of these calls; the process itself is tested apart).
+ */
+export async function usernsctlHere(args: string[]): Promise<Run> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await runCli(args, { out: (s) => out.push(s), err: (s) => err.push(s) });
+  return { code, out: out.map((l) => `${l}\n`).join(''), err: err.map((l) => `${l}\n`).join('') };
+}
 
 /** usernsctl, as root or as another user (with that user's supplementary groups, as login gives them). */
 export function usernsctl(args: string[], opts: { user?: { uid: number; gid: number }; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
