@@ -1,7 +1,8 @@
 // npm's prepare (after npm ci, and when `npx usernsctl` in a checkout installs the checkout into
-// the user's npx cache): build dist/ only when a source is newer than it. A user who cannot write
-// the checkout then runs the build its owner made, instead of failing on it, and nobody waits for
-// a rebuild of what is already built.
+// the user's npx cache), and the first step of npm test: build dist/ only when a source is newer
+// than it. A user who cannot write the checkout then runs the build its owner made, instead of
+// failing on it, and nobody waits for a rebuild of what is already built (npm ci && npm test
+// built it twice).
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -12,7 +13,7 @@ const root = dirname(dirname(fileURLToPath(import.meta.url)));
 function newest(dir) {
   let t = 0;
   for (const e of readdirSync(join(root, dir), { withFileTypes: true, recursive: true })) {
-    if (e.isFile() && (e.name.endsWith('.ts') || e.name.endsWith('.c'))) t = Math.max(t, statSync(join(e.parentPath, e.name)).mtimeMs);
+    if (e.isFile() && /\.(ts|c|h)$/.test(e.name)) t = Math.max(t, statSync(join(e.parentPath, e.name)).mtimeMs);
   }
   return t;
 }
@@ -29,7 +30,7 @@ const sources = Math.max(
   newest('agent'),
   newest('config'),
   newest('native'),
-  ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(root, f)).mtimeMs),
+  ...['package.json', 'tsconfig.json', 'tsconfig.build.json', 'scripts/build-native.js'].map((f) => statSync(join(root, f)).mtimeMs),
 );
 if (builtAt() >= sources) process.exit(0);
 try {
