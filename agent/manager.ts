@@ -3,6 +3,7 @@
 import type { Logger } from 'pino';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { formatConfigError } from '../config/ini.ts';
 import { keepStartOnly, ParseCache } from '../config/load.ts';
 import type { AgentConfig, Context, LogLevel, Nss } from '../config/types.ts';
@@ -58,11 +59,22 @@ const JOURNAL_MIN_LINES = 64;
  * After a load (start, reload): its garbage collected and the memory it grew the heaps by given back.
  * A load of many files is a burst the agent then idles after; V8 and glibc would otherwise keep the
  * heaps at the burst's size for good (twice the live size after ten reloads of 65,535 files).
- * `gc` is there when the agent runs as bin/usernsd.js starts it (--expose-gc).
+ * `gc` is there when the agent runs as bin/usernsd.js starts it (which also keeps V8's young
+ * generation small): what it found is logged at debug.
  */
-function settleMemory(): void {
+function settleMemory(log: Logger): void {
+  const started = performance.now();
   globalThis.gc?.();
   trimMalloc();
+  const newSpace = getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+  log.debug(
+    {
+      gc: typeof globalThis.gc === 'function',
+      newSpaceMb: newSpace && +(newSpace.space_size / 2 ** 20).toFixed(1),
+      ms: +(performance.now() - started).toFixed(1),
+    },
+    'Settled memory after the load',
+  );
 }
 
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */
@@ -349,7 +361,7 @@ export class Manager {
     await m.fdServer.listen();
     await m.listenUserdb();
     await m.listenMetricsHttp();
-    settleMemory();
+    settleMemory(m.log);
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
     // Only now: the socket listens and every eager context exists (or its failure is logged).
     m.supervisor.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
@@ -498,7 +510,7 @@ export class Manager {
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
     await this.upcall.check(this.registry.agent.socket); // an admin who wired the upcall reloads to see it taken
     this.log.level = this.opts.logLevel ?? config.agent.logLevel;
-    settleMemory();
+    settleMemory(this.log);
     this.log.info(
       {
         source,

@@ -160,8 +160,9 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
   creation, spread over writing the pin record (tmp file and rename), the log line, reading the
   maps back from /proc, creating the pin file and the mount, and about 1 s of it is loading the
   10,000 files; the spawner waits for it.
-  The agent runs with \`--max-semi-space-size=1\` (it re-executes itself with it, same pid): V8's
-  default young generation kept ~28 MiB of configuration-loading garbage resident.
+  The agent keeps V8's young generation at its first size (\`--semi-space-growth-factor=1\`,
+  set by bin/usernsd.js before it loads anything): V8's default kept ~28 MiB of
+  configuration-loading garbage resident.
   Reload: SIGHUP with nothing changed, its logged duration. Restart: the ${st.eager} pins are adopted
   from their records (no helper process each), nothing is created.
 - **upcall**: \`keyctl session - keyctl request2 user userns:a "" @s\`, a new session keyring each

@@ -140,7 +140,7 @@ linking (0.2 s), the collector and the heap given back after it (about 0.1 s). M
 MB, as after start plus the parse cache's stamps. Each load's garbage (tens of maps and arrays of
 65,535 entries) grew V8's heap and glibc's arenas, which kept that size (2.06-2.19x after 10
 reloads, 273-281 MiB at ready): the agent now collects after each load and gives the free memory
-back (\`settleMemory\`: gc(), exposed by bin/usernsd.js's re-execution, then malloc_trim(3)),
+back (\`settleMemory\`: gc(), which bin/usernsd.js exposes, then malloc_trim(3)),
 about 0.1 s a load. Judging only what a change can affect, and less garbage per reload, are the
 rest of issue 26. The figures swing by a
 third between runs on this shared machine (ready 4.5-6.5 s over this session's runs of one build).

@@ -1,6 +1,6 @@
 // Preloaded into a usernsd or usernsctl process (NODE_OPTIONS=--import=THIS) by the tests of what a
 // start loads: at exit, appends the packages of node_modules the process resolved, one per line, to
-// the file $USERNSD_TEST_LOADS names (the agent re-executes itself: the image that exits writes).
+// the file $USERNSD_TEST_LOADS names.
 import { appendFileSync } from 'node:fs';
 import { registerHooks } from 'node:module';
 
