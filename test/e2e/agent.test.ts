@@ -470,7 +470,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     );
   });
 
-  it("loads etcd's client only for a shared pool: not for this host's own (its gRPC and protobuf are a fifth of a small start)", async () => {
+  it("loads etcd's client only for a shared pool, and never Node's fetch (gRPC and protobuf were a fifth of a small start, fetch a tenth)", async () => {
     tree.context('a.conf', A);
     const loads = `${tree.dir}/loads`;
     const hook = new URL('../helpers/record-loads.ts', import.meta.url).pathname;
@@ -478,9 +478,9 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((await ctl(['resolve', 'a'])).code, 0);
     assert.equal(await agent.stop(), 0);
     const loaded = readFileSync(loads, 'utf8').split('\n');
-    assert.ok(loaded.includes('node-ipc') && loaded.includes('pino'), `the record is the agent's: ${loaded.join(', ')}`);
+    assert.ok(loaded.includes('node-ipc') && loaded.includes('pino') && loaded.includes('builtin:net'), `the record is the agent's: ${loaded.join(', ')}`);
     assert.deepEqual(
-      loaded.filter((p) => /^etcd3$|^@grpc\/|^protobufjs$/.test(p)),
+      loaded.filter((p) => /^etcd3$|^@grpc\/|^protobufjs$|^builtin:internal\/deps\/undici\//.test(p)),
       [],
     );
   });

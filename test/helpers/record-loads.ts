@@ -14,4 +14,9 @@ registerHooks({
     return r;
   },
 });
-if (out) process.on('exit', () => appendFileSync(out, [...seen].map((p) => `${p}\n`).join('')));
+// And Node's own modules it loaded, as "builtin:NAME" (internal ones included: internal/deps/undici/undici).
+const builtins = () =>
+  (process as unknown as { moduleLoadList: string[] }).moduleLoadList
+    .filter((m) => m.startsWith('NativeModule '))
+    .map((m) => `builtin:${m.slice('NativeModule '.length)}`);
+if (out) process.on('exit', () => appendFileSync(out, [...seen, ...builtins()].map((p) => `${p}\n`).join('')));
