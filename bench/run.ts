@@ -176,7 +176,7 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
   nfsidmap (\`create user uid:* * /usr/sbin/nfsidmap -t 600 %k %d\`, \`uid:root@localdomain\`).
   Median of ${up.runs} runs. The rule runs \`node bin/usernsctl.js upcall\`; \`make install\`'s
   \`usernsctl\` adds a /bin/sh \`exec\` in front (~0.3 ms).
-  What keeps the handler near a bare Node start (each checked by test/unit/startup.test.ts, not
+  What keeps the handler near a bare Node start (each checked by test/built/startup.test.ts, not
   by timing): its code is one file bundled by esbuild (\`dist/upcall.js\`; ten ES modules cost
   ~4 ms to resolve and link); koffi's native module is opened directly (\`agent/kernel/ffi.ts\`: ~2 ms,
   where \`import('koffi')\` spends ~8 ms in its JavaScript loader); node:fs and node:util come
