@@ -2,7 +2,8 @@
 import { readdirSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import { basename, join } from 'node:path';
-import { composeMaps, firstEndingAfter, formatInterval, sameMap, uncovered } from './extents.ts';
+import sortedBtree from 'sorted-btree';
+import { composeMaps, formatInterval, sameMap, uncovered } from './extents.ts';
 import { appendErrors, capErrors, configError, parseIni, readConfigFile, readConfigText, sameStamp } from './ini.ts';
 import type { IniDoc, ReadFile, Stamp } from './ini.ts';
 import type { Interval } from './extents.ts';
@@ -11,6 +12,9 @@ import type { KeySpec } from './schema.ts';
 import type { Schema } from './schema.ts';
 import { DEFAULT_SOCKET, DEFAULT_USERDB_SOCKET, HOST_LABEL } from './types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, Delegation, IdMap, Nss, Owner } from './types.ts';
+
+// A CommonJS module: its class is the default export's `default`.
+const BTree = sortedBtree.default;
 
 /**
  * The settings file when --config is not given: $USERNSD_CONFIG (set by the installed wrappers to
@@ -633,32 +637,38 @@ export type HostMaps = { readonly uid: IdMap; readonly gid: IdMap };
  */
 type Claim = { start: number; end: number; label: string; by: 'context' | 'allocation' | 'pin' };
 
-/** Claim for `label` what of [start, end) no claim covers yet: the list stays sorted and disjoint. */
-function claimGaps(claims: Claim[], start: number, end: number, label: string, by: Claim['by'] = 'context'): void {
-  let at = start;
-  for (const c of claimsOverlapping(claims, start, end)) {
-    if (c.start > at) addClaim(claims, { start: at, end: c.start, label, by });
-    at = Math.max(at, c.end);
-  }
-  if (at < end) addClaim(claims, { start: at, end, label, by });
-}
+/**
+ * The claims on one parent's ids of one kind: disjoint, kept by their first id in a B+ tree. A
+ * sorted array's insert moves half of it: over 65,535 contexts, a second of every start and
+ * reload (the array had 131,070 claims to keep in order, one insert each).
+ */
+class Claims {
+  private readonly byStart = new BTree<number, Claim>();
 
-/** Every claim overlapping [start, end), in order: claims are kept sorted and disjoint, so O(log n + k). */
-function claimsOverlapping(claims: readonly Claim[], start: number, end: number): Claim[] {
-  const out: Claim[] = [];
-  for (let i = firstEndingAfter(claims, start); i < claims.length && claims[i].start < end; i++) out.push(claims[i]);
-  return out;
-}
-
-function addClaim(claims: Claim[], claim: Claim): void {
-  let lo = 0;
-  let hi = claims.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (claims[mid].start < claim.start) lo = mid + 1;
-    else hi = mid;
+  /** Every claim overlapping [start, end), in order: the one begun before `start` (if it reaches past it), then those begun inside. */
+  overlapping(start: number, end: number): Claim[] {
+    const out: Claim[] = [];
+    const before = this.byStart.nextLowerPair(start);
+    if (before && before[1].end > start) out.push(before[1]);
+    this.byStart.forRange(start, end, false, (_k, c) => {
+      out.push(c);
+    });
+    return out;
   }
-  claims.splice(lo, 0, claim);
+
+  add(claim: Claim): void {
+    this.byStart.set(claim.start, claim);
+  }
+
+  /** Claim for `label` what of [start, end) no claim covers yet. */
+  gaps(start: number, end: number, label: string, by: Claim['by'] = 'context'): void {
+    let at = start;
+    for (const c of this.overlapping(start, end)) {
+      if (c.start > at) this.add({ start: at, end: c.start, label, by });
+      at = Math.max(at, c.end);
+    }
+    if (at < end) this.add({ start: at, end, label, by });
+  }
 }
 
 /** What came before a load: the contexts in force (by label) and the ranges allocated, used or not. */
@@ -989,7 +999,7 @@ export function finishContexts(
     return false;
   };
   const hostMaps = new Map<string, HostMaps>();
-  const claims = new Map<string, { uid: Claim[]; gid: Claim[] }>();
+  const claims = new Map<string, { uid: Claims; gid: Claims }>();
   const given: Given[] = [];
   const held: OwnerHeld = new Map();
   const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, lineIn(d, key), message));
@@ -998,12 +1008,12 @@ export function finishContexts(
   const keptLabels: string[] = [];
 
   // Allocations are claimed up front, for their label only: a static range never lands on one.
-  const hostClaims = { uid: [] as Claim[], gid: [] as Claim[] };
+  const hostClaims = { uid: new Claims(), gid: new Claims() };
   for (const [label, a] of [...prior.allocations].sort((x, y) => x[1].start - y[1].start)) {
     const claim: Claim = { start: a.start, end: a.start + a.size, label, by: 'allocation' };
-    if (claimsOverlapping(hostClaims.uid, claim.start, claim.end).length > 0) continue; // never, for the allocator's own output
-    addClaim(hostClaims.uid, claim);
-    addClaim(hostClaims.gid, { ...claim });
+    if (hostClaims.uid.overlapping(claim.start, claim.end).length > 0) continue; // never, for the allocator's own output
+    hostClaims.uid.add(claim);
+    hostClaims.gid.add({ ...claim });
   }
   claims.set(HOST_LABEL, hostClaims);
   // A pinned context whose ids change keeps its namespace, with the old ids, until root releases it
@@ -1014,12 +1024,12 @@ export function finishContexts(
     if (!now || !held) continue; // a removed context's pin is released at once; an unknown one is checked at adoption
     const nowMaps = mapsOf(now, allocated);
     if (nowMaps && sameMap(nowMaps.uidMap, held.uidMap) && sameMap(nowMaps.gidMap, held.gidMap)) continue;
-    const siblings = claims.get(now.parent) ?? { uid: [], gid: [] };
+    const siblings = claims.get(now.parent) ?? { uid: new Claims(), gid: new Claims() };
     for (const [kind, map] of [
       ['uid', held.uidMap],
       ['gid', held.gidMap],
     ] as const) {
-      for (const e of map) claimGaps(siblings[kind], e.outside, e.outside + e.count, label, 'pin');
+      for (const e of map) siblings[kind].gaps(e.outside, e.outside + e.count, label, 'pin');
     }
     claims.set(now.parent, siblings);
   }
@@ -1115,11 +1125,11 @@ export function finishContexts(
           `the owner's context root is given host devices ${d.delegate.devices.join(', ')} (owner_ids = any)`,
         ),
       );
-    const siblings = claims.get(d.parent) ?? { uid: [], gid: [] };
+    const siblings = claims.get(d.parent) ?? { uid: new Claims(), gid: new Claims() };
     for (const [kind, key, map] of maps) {
       for (const e of map) {
         // Its own allocation or old pin is no clash; anything else overlapping is.
-        const c = claimsOverlapping(siblings[kind], e.outside, e.outside + e.count).find((x) => !(x.label === d.label && x.by !== 'context'));
+        const c = siblings[kind].overlapping(e.outside, e.outside + e.count).find((x) => !(x.label === d.label && x.by !== 'context'));
         if (!c) continue;
         const o = c.by !== 'pin' ? accepted.get(c.label) : undefined;
         const ids = formatInterval({ start: Math.max(c.start, e.outside), end: Math.min(c.end, e.outside + e.count) });
@@ -1147,7 +1157,7 @@ export function finishContexts(
     for (const [kind, item] of delegatedItems(d)) given.push({ kind, item, label: d.label });
     holdFor(held, d);
     // Only what is not claimed already (its own allocation, or its own old pin), so the list stays disjoint.
-    for (const [kind, , map] of maps) for (const e of map) claimGaps(siblings[kind], e.outside, e.outside + e.count, d.label);
+    for (const [kind, , map] of maps) for (const e of map) siblings[kind].gaps(e.outside, e.outside + e.count, d.label);
     claims.set(d.parent, siblings);
     hostMaps.set(d.label, host);
     accepted.set(d.label, contextOf(d, uidMap, gidMap, setgroups, prior.inForce.get(d.label)));
