@@ -26,6 +26,18 @@ export type RunningAgent = {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 };
 
+/**
+ * The environment of the agents and usernsctl processes tests start: this process's, without
+ * NODE_EXTRA_CA_CERTS. Node reads that file at every start and warns on stderr when it cannot
+ * parse it; once in a CI run an agent's start found this machine's bundle unparsable ("bad end
+ * line") and the storm test failed on the warning. None of these processes makes a TLS connection.
+ */
+export function childEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env = { ...process.env, ...extra };
+  delete env.NODE_EXTRA_CA_CERTS;
+  return env;
+}
+
 /** Start `usernsd --config tree.config` and wait until it serves; killed and reaped by `cleanup`. */
 export function startAgent(
   tree: Tree,
@@ -34,7 +46,7 @@ export function startAgent(
 ): Promise<RunningAgent> {
   // `wrap`: a command the agent runs under (setpriv, unshare…), as init would start it.
   const argv = [...(opts.wrap ?? []), process.execPath, USERNSD, '--config', tree.config, ...extraArgs];
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv(opts.env) });
   running.add(child);
   const logs: LogLine[] = [];
   const waiters: { pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
@@ -155,7 +167,7 @@ export function usernsctl(args: string[], opts: { user?: { uid: number; gid: num
   const base = [process.execPath, USERNSCTL, ...args];
   const argv = opts.user ? ['setpriv', `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--init-groups', '--', ...base] : base;
   return new Promise((resolve) => {
-    const child = spawn(argv[0], argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+    const child = spawn(argv[0], argv.slice(1), { env: childEnv(opts.env), stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
@@ -177,7 +189,7 @@ export function runInside(pins: readonly string[], argv: string[], opts: { user?
   for (const pin of [...pins].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
   const full = opts.user ? ['setpriv', `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--init-groups', '--', ...cmd] : cmd;
   return new Promise((resolve) => {
-    const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000, env: opts.env ?? process.env });
+    const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000, env: opts.env ?? childEnv() });
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
