@@ -7,6 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KOFFI_VERSION, koffiLoader } from '../../agent/kernel/ffi.ts';
+import { childEnv } from '../helpers/agent.ts';
 import { assertBuiltFromCurrentSources } from '../helpers/fresh.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
@@ -59,7 +60,7 @@ function cliLoads(args: string[]): Set<string> {
     const out = join(dir, 'loads');
     const r = spawnSync(process.execPath, [`${ROOT}bin/usernsctl.js`, '--socket', join(dir, 'none.sock'), ...args], {
       encoding: 'utf8',
-      env: { ...process.env, USERNSD_TEST_LOADS: out, NODE_OPTIONS: `--import=${ROOT}test/helpers/record-loads.ts` },
+      env: childEnv({ USERNSD_TEST_LOADS: out, NODE_OPTIONS: `--import=${ROOT}test/helpers/record-loads.ts` }),
     });
     assert.match(r.stderr, /cannot reach the agent/, `usernsctl ${args.join(' ')} got as far as the socket`);
     return new Set(readFileSync(out, 'utf8').split('\n').filter(Boolean));

@@ -1,9 +1,9 @@
 // The agent as a separate process on a temporary tree, and usernsctl as users run it; nothing outlives a test.
 import { spawn, spawnSync } from 'node:child_process';
-import { runCli } from '../../agent/cli/main.ts';
 import type { ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { runCli } from '../../agent/cli/main.ts';
 import { isRoot, unmountAll } from './kernel.ts';
 import { makeTree } from './fixtures.ts';
 import type { Tree } from './fixtures.ts';
