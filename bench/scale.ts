@@ -144,7 +144,9 @@ MB, as after start plus the parse cache's stamps. Each load's garbage (tens of m
 65,535 entries) grew V8's heap and glibc's arenas, which kept that size (2.06-2.19x after 10
 reloads, 273-281 MiB at ready): the agent now collects after each load and gives the free memory
 back (\`settleMemory\`: gc(), which bin/usernsd.js exposes, then malloc_trim(3)),
-about 0.1 s a load. Judging only what a change can affect, and less garbage per reload, are the
+about 0.15 s a reload; at start V8's last-resort collection (repeated until nothing more is freed),
+0.3 s once, for 181 MiB at ready instead of 223 (a reload's 0.15 s would become 0.6 s with it:
+one regular collection there, and V8's memory reducer gives back the rest within seconds of idling). Judging only what a change can affect, and less garbage per reload, are the
 rest of issue 26. The figures swing by a
 third between runs on this shared machine (ready 4.5-6.5 s over this session's runs of one build).
 <!-- /scale -->
