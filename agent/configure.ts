@@ -7,7 +7,6 @@ import { appendErrors, configError, readConfigFileAsync, stampOf } from '../conf
 import {
   admitRuntimeChildren,
   AGENT_DEFAULTS,
-  DEFAULT_CONFIG_FILE,
   finishContexts,
   keptCandidates,
   staticHostMaps,
@@ -24,7 +23,7 @@ import type { Delegations, ParseCache, ReadAhead, Unread } from '../config/load.
 import type { ReadFile } from '../config/ini.ts';
 import type { HostMaps } from '../config/load.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
-import { HOST_LABEL } from '../config/types.ts';
+import { DEFAULT_CONFIG_FILE, HOST_LABEL } from '../config/types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss } from '../config/types.ts';
 import { assignRanges, mergeIntervals, parseSubIdOwners, parseSubIds } from './coord/allocate.ts';
 import type { StaticClaim } from './coord/poolkeys.ts';

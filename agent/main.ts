@@ -1,7 +1,7 @@
 // usernsd: the entry point. Parses the command line and hands over to the manager.
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
+import { DEFAULT_CONFIG_FILE } from '../config/types.ts';
 import { LOG_LEVELS } from '../config/types.ts';
 import type { LogLevel } from '../config/types.ts';
 import { UsernsError } from './errors.ts';

@@ -2,8 +2,8 @@
 import { readdirSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import { basename, join } from 'node:path';
-import sortedBtree from 'sorted-btree';
 import { composeMaps, formatInterval, sameMap, uncovered } from './extents.ts';
+import { DisjointIntervals } from './intervals.ts';
 import { appendErrors, capErrors, configError, parseIni, readConfigFile, readConfigText, sameStamp } from './ini.ts';
 import type { IniDoc, ReadFile, Stamp } from './ini.ts';
 import type { Interval } from './extents.ts';
@@ -12,15 +12,6 @@ import type { KeySpec } from './schema.ts';
 import type { Schema } from './schema.ts';
 import { DEFAULT_SOCKET, DEFAULT_USERDB_SOCKET, HOST_LABEL } from './types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, Delegation, IdMap, Nss, Owner } from './types.ts';
-
-// A CommonJS module: its class is the default export's `default`.
-const BTree = sortedBtree.default;
-
-/**
- * The settings file when --config is not given: $USERNSD_CONFIG (set by the installed wrappers to
- * SYSCONFDIR/usernsd.conf, and by hand for a checkout's `npm start`), else /etc/usernsd.conf.
- */
-export const DEFAULT_CONFIG_FILE = process.env.USERNSD_CONFIG || '/etc/usernsd.conf';
 
 export const AGENT_DEFAULTS: Omit<AgentConfig, 'file'> = {
   socket: DEFAULT_SOCKET,
@@ -637,29 +628,8 @@ export type HostMaps = { readonly uid: IdMap; readonly gid: IdMap };
  */
 type Claim = { start: number; end: number; label: string; by: 'context' | 'allocation' | 'pin' };
 
-/**
- * The claims on one parent's ids of one kind: disjoint, kept by their first id in a B+ tree. A
- * sorted array's insert moves half of it: over 65,535 contexts, a second of every start and
- * reload (the array had 131,070 claims to keep in order, one insert each).
- */
-class Claims {
-  private readonly byStart = new BTree<number, Claim>();
-
-  /** Every claim overlapping [start, end), in order: the one begun before `start` (if it reaches past it), then those begun inside. */
-  overlapping(start: number, end: number): Claim[] {
-    const out: Claim[] = [];
-    const before = this.byStart.nextLowerPair(start);
-    if (before && before[1].end > start) out.push(before[1]);
-    this.byStart.forRange(start, end, false, (_k, c) => {
-      out.push(c);
-    });
-    return out;
-  }
-
-  add(claim: Claim): void {
-    this.byStart.set(claim.start, claim);
-  }
-
+/** The claims on one parent's ids of one kind: disjoint, each with who made it. */
+class Claims extends DisjointIntervals<Claim> {
   /** Claim for `label` what of [start, end) no claim covers yet. */
   gaps(start: number, end: number, label: string, by: Claim['by'] = 'context'): void {
     let at = start;

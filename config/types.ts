@@ -9,6 +9,13 @@ export type SquashMode = (typeof SQUASH_MODES)[number];
 
 export const HOST_LABEL = 'host';
 
+/**
+ * The settings file when --config is not given: $USERNSD_CONFIG (set by the installed wrappers to
+ * SYSCONFDIR/usernsd.conf, and by hand for a checkout's `npm start`), else /etc/usernsd.conf.
+ * Here, not in load.ts, so that usernsctl names it without loading the configuration's judgement.
+ */
+export const DEFAULT_CONFIG_FILE = process.env.USERNSD_CONFIG || '/etc/usernsd.conf';
+
 /** Where the agent listens, and its clients ask, unless usernsd.conf's socket (or --socket, $USERNSD_SOCKET) says otherwise. */
 export const DEFAULT_SOCKET = '/run/usernsd/usernsd.sock';
 

@@ -4,7 +4,7 @@ import { resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatExtents } from '../../config/extents.ts';
 import { formatConfigError } from '../../config/ini.ts';
-import { DEFAULT_CONFIG_FILE } from '../../config/load.ts';
+import { DEFAULT_CONFIG_FILE } from '../../config/types.ts';
 import { labelProblem } from '../../config/schema.ts';
 import { callAgent } from '../wire/client.ts';
 import { TransportError, UsernsError } from '../errors.ts';

@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { configError } from '../../config/ini.ts';
 import { allocationSize } from '../../config/load.ts';
 import { firstEndingAfter, formatInterval } from '../../config/extents.ts';
+import { DisjointIntervals } from '../../config/intervals.ts';
 import type { Interval } from '../../config/extents.ts';
 import type { ConfigError, ContextDef, Pool } from '../../config/types.ts';
 
@@ -20,11 +21,6 @@ export function mergeIntervals(list: readonly Interval[]): Interval[] {
   return out;
 }
 
-function overlapsMerged(merged: readonly Interval[], start: number, end: number): boolean {
-  const i = merged[firstEndingAfter(merged, start)];
-  return i !== undefined && i.start < end;
-}
-
 /** The aligned slots of a pool for allocations of `size`: slot k starts at first + k * size. */
 export function poolSlots(pool: Pool, size: number): { first: number; count: number } {
   const first = Math.ceil(pool.start / size) * size;
@@ -38,14 +34,15 @@ export function hashSlot(label: string, slots: number): number {
   return digest.readUInt32BE(0) % slots;
 }
 
-/** First free aligned slot from the label's hash onwards (wrapping), or an error message on exhaustion. */
-export function allocateRange(label: string, size: number, pool: Pool, taken: readonly Interval[]): number | string {
+/** First free aligned slot from the label's hash onwards (wrapping), or an error message on exhaustion; `taken` is disjoint (merged). */
+export function allocateRange(label: string, size: number, pool: Pool, taken: readonly Interval[] | DisjointIntervals<Interval>): number | string {
   const { first, count } = poolSlots(pool, size);
   if (count === 0) return `the pool ${pool.start}-${pool.end} holds no aligned range of ${size} ids: widen [pool] range or lower size`;
   const start = hashSlot(label, count);
+  const ids = taken instanceof DisjointIntervals ? taken : new DisjointIntervals(taken);
   for (let k = 0; k < count; k++) {
     const s = first + ((start + k) % count) * size;
-    if (!overlapsMerged(taken, s, s + size)) return s;
+    if (!ids.overlaps(s, s + size)) return s;
   }
   return `the pool ${pool.start}-${pool.end} is exhausted: no free range of ${size} ids is left (widen [pool] range or remove contexts)`;
 }
@@ -107,7 +104,7 @@ export function assignRanges(
   // restored gets its ids back; one whose size changed is allocated anew.
   for (const [label, a] of recorded) if (!sizes.has(label) || sizes.get(label) === a.size) kept.set(label, a);
   const allocations: Interval[] = [...kept.values()].map((a) => ({ start: a.start, end: a.start + a.size }));
-  const taken = mergeIntervals([...reserved, ...allocations]);
+  const taken = new DisjointIntervals(mergeIntervals([...reserved, ...allocations]));
   const systemIds = mergeIntervals(system);
   for (const d of auto) {
     const k = kept.get(d.label);
@@ -135,8 +132,7 @@ export function assignRanges(
     }
     starts.set(d.label, s);
     fresh.set(d.label, { start: s, size });
-    // The slot overlaps nothing, so inserting it keeps the list sorted and disjoint.
-    taken.splice(firstEndingAfter(taken, s), 0, { start: s, end: s + size });
+    taken.add({ start: s, end: s + size }); // the slot overlaps nothing
   }
   return { starts, fresh, kept };
 }
