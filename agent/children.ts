@@ -9,6 +9,7 @@ import type { IdMap, Nss } from '../config/types.ts';
 import { judgeRuntimeChild } from './configure.ts';
 import { CHILDREN_DIR, removeChildRecords, writeChildRecord } from './coord/state.ts';
 import { UsernsError } from './errors.ts';
+import { said } from './advice.ts';
 import type { People } from './people.ts';
 import type { RangePool } from './rangepool.ts';
 import type { Registry, Resolved } from './registry.ts';
@@ -112,7 +113,7 @@ export async function forgetChildren(parts: ChildrenParts, label: string): Promi
   } catch (err) {
     throw new UsernsError(
       'E_UNAVAILABLE',
-      `released here, but ${(err as Error).message}: the records of what was made inside ${label} stay, and are made again at the next start unless released again once etcd answers`,
+      `released here, but ${said(err)}: the records of what was made inside ${label} stay, and are made again at the next start unless released again once etcd answers`,
     );
   }
   const removed = removeChildRecords(reg.agent.state, labels);

@@ -28,7 +28,8 @@ import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss } from '
 import { assignRanges, mergeIntervals, parseSubIdOwners, parseSubIds } from './coord/allocate.ts';
 import type { StaticClaim } from './coord/poolkeys.ts';
 import type { Allocation } from './coord/allocate.ts';
-import { UsernsError } from './errors.ts';
+import { agentError } from './advice.ts';
+import { Fault } from './fault.ts';
 import { pinnedMaps } from './kernel/userns.ts';
 import { CHILDREN_DIR, ensureStateDir, IN_FORCE_FILE, readAllocations, readInForceRecord, writeAllocations } from './coord/state.ts';
 
@@ -204,10 +205,11 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
       inForce = r.contexts;
       if (r.generation !== null) recorded = { contexts: r.contexts, generation: r.generation, journal: r.journalLines };
     } catch (err) {
-      if (!(err instanceof UsernsError)) throw err;
+      const e = agentError(err);
+      if (!e) throw err;
       // check-config run by a user who may not read the agent's state: it judges by the files alone.
-      const unreadable = (err.cause as NodeJS.ErrnoException | undefined)?.code === 'EACCES';
-      if (opts.record || !unreadable) errors.push(configError(join(agent.state, IN_FORCE_FILE), null, null, null, err.message));
+      const unreadable = err instanceof Fault && err.errno === 'EACCES';
+      if (opts.record || !unreadable) errors.push(configError(join(agent.state, IN_FORCE_FILE), null, null, null, e.message));
     }
   }
 
@@ -272,8 +274,9 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], inForce:
     }
     return r;
   } catch (err) {
-    if (!(err instanceof UsernsError)) throw err;
-    for (const d of defs) if (d.autoSize !== null) errors.push(configError(d.file, 'context', 'range', null, err.message));
+    const e = agentError(err);
+    if (!e) throw err;
+    for (const d of defs) if (d.autoSize !== null) errors.push(configError(d.file, 'context', 'range', null, e.message));
     return { starts: new Map<string, number>(), fresh: new Map<string, Allocation>(), kept: new Map<string, Allocation>() };
   }
 }
@@ -305,8 +308,9 @@ function fromSharedPool(agent: AgentConfig, defs: readonly ContextDef[], refused
   try {
     kept = readAllocations(agent.state);
   } catch (err) {
-    if (!(err instanceof UsernsError)) throw err;
-    errors.push(configError(join(agent.state, 'ranges.json'), null, null, null, err.message));
+    const e = agentError(err);
+    if (!e) throw err;
+    errors.push(configError(join(agent.state, 'ranges.json'), null, null, null, e.message));
   }
   const out = new Set<string>();
   for (const d of defs) {

@@ -6,6 +6,7 @@ import { isRoot, mayEnter, mayEnterFromInside, mayShape, mayUse, ownName } from 
 import type { Peer } from './wire/peer.ts';
 import { shown, shownName } from '../config/text.ts';
 import { UsernsError } from './errors.ts';
+import { agentError } from './advice.ts';
 import { mapIds } from './idmap.ts';
 import { parseExtents } from '../config/extents.ts';
 import { findLabel, notReachable, peerCanReach } from './labels.ts';
@@ -103,7 +104,7 @@ async function resolveSlow(agent: Agent, peer: Peer, label: string): Promise<P.R
     usable(agent, peer, label);
   } catch (err) {
     // A context waiting for the shared pool: ask etcd now (within its timeout), then once more.
-    if (!(err instanceof UsernsError && err.code === 'E_UNAVAILABLE')) throw err;
+    if (agentError(err)?.code !== 'E_UNAVAILABLE') throw err;
     await agent.pool.settle();
     usable(agent, peer, label);
   }
@@ -359,7 +360,8 @@ function succeeded(agent: Agent, peer: Peer, data: unknown, id: P.RequestId, met
 }
 
 function failed(agent: Agent, peer: Peer, data: unknown, id: P.RequestId | null, method: string | undefined, err: unknown, started: number): Reply {
-  const e = err instanceof UsernsError ? err : new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);
+  // Faults from below are said here, once (advice.ts); anything else thrown is a bug.
+  const e = agentError(err) ?? new UsernsError('E_INTERNAL', 'internal error: see the agent log', err);
   if (viaUpcall(data)) agent.metrics.upcall(false);
   const elapsed = performance.now() - started;
   // Unknown method names are not counted under their own name: a client must not grow the table.

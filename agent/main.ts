@@ -4,7 +4,7 @@ import { pino } from 'pino';
 import { DEFAULT_CONFIG_FILE } from '../config/types.ts';
 import { LOG_LEVELS } from '../config/types.ts';
 import type { LogLevel } from '../config/types.ts';
-import { UsernsError } from './errors.ts';
+import { agentError, said } from './advice.ts';
 import { closeInheritedDescriptors } from './kernel/sys.ts';
 import { Manager } from './manager.ts';
 import { VERSION } from './version.ts';
@@ -82,9 +82,9 @@ async function serve(configFile: string | null, logLevel: LogLevel | undefined):
   try {
     manager = await Manager.start({ configFile, log, logLevel });
   } catch (err) {
-    const e = err instanceof UsernsError ? err : null;
-    log.fatal({ code: e?.code ?? 'E_INTERNAL', err: e ? undefined : err }, `Failed to start: ${(err as Error).message}`);
-    process.stderr.write(`usernsd: ${(err as Error).message}\n`);
+    const e = agentError(err);
+    log.fatal({ code: e?.code ?? 'E_INTERNAL', err: e ? undefined : err }, `Failed to start: ${said(err)}`);
+    process.stderr.write(`usernsd: ${said(err)}\n`);
     return 1;
   }
   await stop;

@@ -15,6 +15,7 @@ import type { ChildrenParts } from './children.ts';
 import { rangePool } from './rangepool.ts';
 import type { PoolMaker, RangePool } from './rangepool.ts';
 import { UsernsError } from './errors.ts';
+import { agentError, said } from './advice.ts';
 import { handleRequest, METHOD_NAMES } from './handlers.ts';
 import type { ReloadResult } from './wire/protocol.ts';
 import { Registry } from './registry.ts';
@@ -155,9 +156,9 @@ export class Manager {
             this.log.error(fields, `exec_${h.hook} of ${h.label} failed`);
           }
         },
-        failed: (step, label, message) => {
+        failed: (step, label, err) => {
           this.metrics.delegationFailed(step);
-          this.log.error({ label, step }, `Failed to ${step === 'set_up' ? 'set up' : 'tear down'} the delegations of ${label}: ${message}`);
+          this.log.error({ label, step }, `Failed to ${step === 'set_up' ? 'set up' : 'tear down'} the delegations of ${label}: ${said(err)}`);
         },
       },
     );
@@ -301,7 +302,7 @@ export class Manager {
       this.recorded = null; // the next record is written whole
       this.log.error(
         { err: (err as Error).message },
-        `Failed to record the contexts in force: ${(err as Error).message}; after a restart, files are admitted in name order`,
+        `Failed to record the contexts in force: ${said(err)}; after a restart, files are admitted in name order`,
       );
     }
   }
@@ -334,7 +335,7 @@ export class Manager {
       const leaf = m.registry.delegations.settle();
       if (leaf) m.log.info({ cgroup: leaf, cgroupRoot: m.registry.delegations.cgroupRoot }, "Moved into a leaf of the agent's delegated cgroup");
     } catch (err) {
-      m.log.error({}, `${(err as Error).message}: contexts' cgroup limits may be refused (the kernel's no-internal-processes rule)`);
+      m.log.error({}, `${said(err)}: contexts' cgroup limits may be refused (the kernel's no-internal-processes rule)`);
     }
     // A shared pool first: what etcd decides (within its timeout) is in the configuration adopted and created.
     if (!(await m.pool.settle()))
@@ -420,11 +421,11 @@ export class Manager {
         try {
           await this.registry.resolve(c.label);
         } catch (err) {
-          const code = err instanceof UsernsError ? err.code : 'E_INTERNAL';
+          const e = agentError(err);
           failed++;
           this.log.error(
-            { label: c.label, code, err: err instanceof UsernsError ? undefined : err },
-            `Failed to create eager context ${c.label}: ${(err as Error).message}`,
+            { label: c.label, code: e?.code ?? 'E_INTERNAL', err: e ? undefined : err },
+            `Failed to create eager context ${c.label}: ${said(err)}`,
           );
         }
       }
@@ -488,7 +489,7 @@ export class Manager {
         // A removed context's children are removed with it (their parent is gone): each is in diff.removed.
         if ((await this.registry.release(label)).released) this.log.info({ label }, 'Released user namespace (context removed)');
       } catch (err) {
-        this.log.error({ label }, `Failed to release removed context ${label}: ${(err as Error).message}`);
+        this.log.error({ label }, `Failed to release removed context ${label}: ${said(err)}`);
       }
     }
     // A changed context that is pinned is looked at now, so status shows its drift at once rather
@@ -500,7 +501,7 @@ export class Manager {
       try {
         await this.registry.resolve(label);
       } catch (err) {
-        this.log.warn({ label, code: err instanceof UsernsError ? err.code : 'E_INTERNAL' }, `Context ${label} changed: ${(err as Error).message}`);
+        this.log.warn({ label, code: agentError(err)?.code ?? 'E_INTERNAL' }, `Context ${label} changed: ${said(err)}`);
       }
     }
     // Eager contexts a reload brings (a new file, a context made from inside on another host) are made now, as at start.

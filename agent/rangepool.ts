@@ -8,6 +8,7 @@ import type { Configuration, SystemIds } from './configure.ts';
 import { ensureStateDir, readAllocations, syncChildRecords, writeAllocations } from './coord/state.ts';
 import type { CoordinatorState, EtcdCoordinator } from './coord/etcd.ts';
 import { UsernsError } from './errors.ts';
+import { agentError } from './advice.ts';
 import type { RangeRecord, RangesResult, StatusResult } from './wire/protocol.ts';
 import { hostname } from 'node:os';
 
@@ -212,8 +213,9 @@ export class SharedPool implements RangePool {
     try {
       r = await this.coord.settle(cfg.requests, cfg.statics, cfg.agent.pool, this.hooks.systemIds(cfg.agent), recorded);
     } catch (err) {
-      if (!(err instanceof UsernsError)) throw err;
-      if (this.wasReachable !== false) this.log.error({ coordinator: 'etcd', waiting: cfg.waiting.length }, `Shared pool: ${err.message}`);
+      const e = agentError(err);
+      if (!e) throw err;
+      if (this.wasReachable !== false) this.log.error({ coordinator: 'etcd', waiting: cfg.waiting.length }, `Shared pool: ${e.message}`);
       this.wasReachable = false;
       this.scheduleRetry();
       return false;
@@ -255,8 +257,9 @@ export class SharedPool implements RangePool {
           `Shared pool: records of contexts made from inside left out (not a label, or not a context file's text): ${synced.bad.join(', ')}`,
         );
     } catch (err) {
-      if (!(err instanceof UsernsError)) throw err;
-      this.log.warn({ coordinator: 'etcd' }, `Shared pool: contexts made from inside not read (the local records stay): ${err.message}`);
+      const e = agentError(err);
+      if (!e) throw err;
+      this.log.warn({ coordinator: 'etcd' }, `Shared pool: contexts made from inside not read (the local records stay): ${e.message}`);
     }
     if (changed || children || refusalsChanged || cfg.waiting.some((l) => r.decided.has(l))) await this.hooks.reload('etcd');
     const left = this.hooks.config().waiting.filter((l) => !this.refused.has(l));

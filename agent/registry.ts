@@ -13,6 +13,7 @@ import { HelperPrograms } from './kernel/helper.ts';
 import { vethNames } from './kernel/netdelegate.ts';
 import type { Configuration } from './configure.ts';
 import { UsernsError } from './errors.ts';
+import { agentError, said } from './advice.ts';
 import { HOST_VIEW, makeView } from './idmap.ts';
 import type { MapView, Overflow } from './idmap.ts';
 import { NameIndex } from './names.ts';
@@ -152,7 +153,7 @@ export class Registry {
       try {
         done.push(...(await this.reconcileOne(label, recorded)));
       } catch (err) {
-        failed.push({ label, message: (err as Error).message });
+        failed.push({ label, message: said(err) });
       }
     }
     return { done, failed, checked: todo.length };
@@ -173,7 +174,7 @@ export class Registry {
     try {
       pin = (this.resolveKnown(label) ?? (await this.resolve(label))).pin; // a reload's new Context is checked anew
     } catch (err) {
-      if (err instanceof UsernsError) return [];
+      if (agentError(err)) return [];
       throw err;
     }
     return this.delegations.reconcile(this.plan(ctx, pin), label);
@@ -394,8 +395,8 @@ export class Registry {
     const nested = this.descendants(label);
     // Refused whole before anything is undone: a cgroup that holds processes, unless they are killed.
     for (const l of [...nested, label]) {
-      const why = this.delegations.releaseProblem(l, kill);
-      if (why) throw new UsernsError('E_BUSY', why);
+      const busy = this.delegations.releaseProblem(l, kill);
+      if (busy) throw busy;
     }
     const descendants: string[] = [];
     for (const d of nested) {

@@ -11,6 +11,7 @@ import type { Peer } from './wire/peer.ts';
 import { ensureStateDir, STATE_VERSION, VIEWS_FILE } from './coord/state.ts';
 import { writeFileAtomic } from './kernel/files.ts';
 import { UsernsError } from './errors.ts';
+import { agentError } from './advice.ts';
 import { bindfsOptions, viewPlan } from './idmap.ts';
 import type { ViewMode } from './idmap.ts';
 import { ViewNamespaces, makeTree } from './kernel/idmapped.ts';
@@ -96,7 +97,7 @@ export class Views {
     } catch (err) {
       if (sealedOwnTree) throw unreachable();
       // Root names the context of a tree that carries no label.
-      if (params.context !== undefined && isRoot(peer) && err instanceof UsernsError && err.code === 'E_NOT_FOUND')
+      if (params.context !== undefined && isRoot(peer) && agentError(err)?.code === 'E_NOT_FOUND')
         return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
       throw err;
     }

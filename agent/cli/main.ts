@@ -8,6 +8,7 @@ import { DEFAULT_CONFIG_FILE } from '../../config/types.ts';
 import { labelProblem } from '../../config/schema.ts';
 import { callAgent } from '../wire/client.ts';
 import { TransportError, UsernsError } from '../errors.ts';
+import { agentError } from '../advice.ts';
 import * as P from '../wire/protocol.ts';
 import { VERSION } from '../version.ts';
 import { checkEtcd, rangesCmd } from './ranges.ts';
@@ -589,8 +590,9 @@ export async function runCli(argv: string[], io: Io = stdio): Promise<number> {
       io.err(`usernsctl: ${(err as Error).message}\nTry 'usernsctl --help'.`);
       return EXIT.USAGE;
     }
-    if (err instanceof UsernsError) {
-      io.err(`usernsctl: ${err.code}: ${err.message}`);
+    const e = agentError(err);
+    if (e) {
+      io.err(`usernsctl: ${e.code}: ${e.message}`);
       return EXIT.ERROR;
     }
     if (err instanceof TransportError) {

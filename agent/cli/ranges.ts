@@ -3,6 +3,7 @@ import type { AgentConfig } from '../../config/types.ts';
 import { EXIT, parseCommand, printTable, UsageError } from './args.ts';
 import type { Globals, Io } from './args.ts';
 import { callAgent } from '../wire/client.ts';
+import { said } from '../advice.ts';
 import * as P from '../wire/protocol.ts';
 
 export async function rangesCmd(args: string[], g: Globals, io: Io): Promise<number> {
@@ -44,7 +45,7 @@ export async function checkEtcd(agent: AgentConfig, io: Io): Promise<boolean> {
     io.out(`etcd ${agent.etcd.endpoints.join(', ')}: answers; ${await coord.survey()}`);
     return true;
   } catch (err) {
-    io.err(`etcd: ${(err as Error).message}`);
+    io.err(`etcd: ${said(err)}`);
     return false;
   } finally {
     await coord.close();

@@ -13,7 +13,7 @@ import * as RPC from 'etcd3';
 import type { Lease } from 'etcd3';
 import type { Interval } from '../../config/extents.ts';
 import type { EtcdConfig, Pool } from '../../config/types.ts';
-import { UsernsError } from '../errors.ts';
+import { Fault } from '../fault.ts';
 import { mergeIntervals } from './allocate.ts';
 import type { Allocation } from './allocate.ts';
 import { parseDoc } from './pooldoc.ts';
@@ -73,6 +73,9 @@ export type CoordinatorState = {
 };
 
 export type Settled = { readonly decided: Map<string, Allocation>; readonly conflicts: Conflict[] };
+
+/** Every attempt lost to another host's change: the pool decided nothing this time. */
+const contended = () => new Fault('changed', `the shared pool changed under every one of ${MAX_ROUNDS} attempts`, { object: 'pool' });
 
 export class EtcdCoordinator {
   readonly host: string;
@@ -137,14 +140,14 @@ export class EtcdCoordinator {
       this.lastOk = new Date().toISOString();
       return r;
     } catch (err) {
-      if (err instanceof UsernsError) throw err;
+      if (err instanceof Fault) throw err;
       this.reachable = false;
       this.lastError = `${new Date().toISOString()} ${what}: ${(err as Error).message}`;
-      throw new UsernsError(
-        'E_UNAVAILABLE',
-        `etcd (${this.cfg.endpoints.join(', ')}) did not ${what}: ${(err as Error).message}; nothing is allocated without it (ranges already recorded keep working)`,
-        err,
-      );
+      throw new Fault('undecided', `etcd (${this.cfg.endpoints.join(', ')}) did not ${what}: ${(err as Error).message}`, {
+        object: 'pool',
+        step: what,
+        cause: err,
+      });
     } finally {
       clearTimeout(timer);
     }
@@ -190,11 +193,11 @@ export class EtcdCoordinator {
       else if (st.state === 'moving') await this.copyFrozen(text!, st.doc);
       else throw this.unknownLayout(st.why);
     }
-    throw new UsernsError('E_UNAVAILABLE', `the shared pool changed under every one of ${MAX_ROUNDS} attempts: try again`);
+    throw contended();
   }
 
-  private unknownLayout(why: string): UsernsError {
-    return new UsernsError('E_CONFIG', `the shared pool at ${this.poolKey} ${why}: fix or remove it (etcdctl get ${this.poolKey})`);
+  private unknownLayout(why: string): Fault {
+    return new Fault('corrupt', `the shared pool at ${this.poolKey} ${why}`, { object: 'pool', subject: this.poolKey });
   }
 
   /** Layout 1's frozen document copied into keys (every key this agent finds missing), then the marker put in its place. */
@@ -376,7 +379,7 @@ export class EtcdCoordinator {
     let lost = 0;
     let claimed = 0;
     while (left.length > 0) {
-      if (lost >= MAX_ROUNDS) throw new UsernsError('E_UNAVAILABLE', `the shared pool changed under every one of ${MAX_ROUNDS} attempts: try again`);
+      if (lost >= MAX_ROUNDS) throw contended();
       // Where each would go if the pool does not have it: its fixed ids, or the next window of its search.
       const looks = left.map((w): { span: Interval; search: boolean } | string => {
         const fixed = fixedIntervals(w);
@@ -578,8 +581,7 @@ export class EtcdCoordinator {
       const holders = r.responses[1].response_range.kvs
         .filter((x) => publishedLabels(x.value.toString('utf8'))?.includes(label) ?? true)
         .map((x) => x.key.toString('utf8').slice(pinned.length));
-      if (holders.length > 0)
-        throw new UsernsError('E_BUSY', `${label} is pinned on ${holders.join(', ')}: release it there first (usernsctl release ${label})`);
+      if (holders.length > 0) throw new Fault('busy', `${label} is pinned on ${holders.join(', ')}`, { object: 'pin', label, step: 'forget' });
       const kv = r.responses[0].response_range.kvs[0];
       if (!kv) return false;
       const entry = parseEntry(label, kv.value.toString('utf8'));
@@ -616,7 +618,7 @@ export class EtcdCoordinator {
       });
       if (w.succeeded) return true;
     }
-    throw new UsernsError('E_UNAVAILABLE', `the shared pool changed under every one of ${MAX_ROUNDS} attempts: try again`);
+    throw contended();
   }
 
   /**

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { fsyncDir, writeFileAtomic } from '../kernel/files.ts';
 import type { Context } from '../../config/types.ts';
 import type { Allocation } from './allocate.ts';
-import { UsernsError } from '../errors.ts';
+import { errnoOf, Fault } from '../fault.ts';
 import * as v from 'valibot';
 import { HOST_LABEL } from '../../config/types.ts';
 import { MAX_DELEGATED_PATHS } from '../../config/schema.ts';
@@ -83,14 +83,25 @@ function isNewer(version: unknown): version is number {
   return typeof version === 'number' && Number.isSafeInteger(version) && version > STATE_VERSION;
 }
 
+/** A state file that cannot be read as a record (what to do depends on which: advice.ts). */
+const corruptIn = (file: string, object: 'ranges-file' | 'in-force-file' | 'journal') => (why: string) =>
+  new Fault('corrupt', `${file} is corrupt (${why})`, { object, subject: file });
+
+const unreadable = (file: string, err: unknown) =>
+  new Fault('corrupt', `cannot read ${file}: ${errnoOf(err)}`, { object: 'state-file', subject: file, errno: errnoOf(err), cause: err });
+
+/** The agent could not write its own record: a fault of this host (a full disk, a read-only /var). */
+const unrecorded = (what: string, err: unknown) =>
+  new Fault('unrecorded', `${what}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { object: 'state-file', errno: errnoOf(err), cause: err });
+
 function versionProblem(version: number): string {
   return `format ${version}, written by a newer usernsd; this one reads format ${STATE_VERSION}`;
 }
 
 /** A state file at this build's version; a newer usernsd's is said as such, anything else is corrupt. */
-function checkVersion(file: string, data: unknown, corrupt: (why: string) => UsernsError): asserts data is Record<string, unknown> {
+function checkVersion(file: string, data: unknown, corrupt: (why: string) => Fault): asserts data is Record<string, unknown> {
   const version = isPlainObject(data) ? data.version : undefined;
-  if (isNewer(version)) throw new UsernsError('E_CONFIG', `${file} is in ${versionProblem(version)}: run the newer usernsd again (usernsd(8) UPGRADES)`);
+  if (isNewer(version)) throw new Fault('newer', `${file} is in ${versionProblem(version)}`, { object: 'state-file', subject: file });
   if (version !== STATE_VERSION) throw corrupt(`not version ${STATE_VERSION}`);
 }
 
@@ -111,7 +122,7 @@ export function newerStateFiles(dir: string): string[] {
     if (sniffed) version = Number(sniffed[1]);
     else {
       try {
-        const data = readStateJson(file, () => new UsernsError('E_CONFIG', 'corrupt'));
+        const data = readStateJson(file, () => new Fault('corrupt', 'corrupt', { object: 'state-file' }));
         version = isPlainObject(data) ? data.version : undefined;
       } catch {
         continue;
@@ -158,10 +169,10 @@ export function ensureStateDir(dir: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const st = lstatSync(dir);
-    if (!st.isDirectory()) throw new UsernsError('E_CONFIG', `state directory ${dir} is not a directory (a symlink?): remove it`);
+    if (!st.isDirectory()) throw new Fault('in-the-way', `state directory ${dir} is not a directory (a symlink?)`, { object: 'directory', subject: dir });
   } catch (err) {
-    if (err instanceof UsernsError) throw err;
-    throw new UsernsError('E_INTERNAL', `cannot create state directory ${dir}: ${(err as NodeJS.ErrnoException).code}`, err);
+    if (err instanceof Fault) throw err;
+    throw new Fault('unrecorded', `cannot create state directory ${dir}: ${errnoOf(err)}`, { object: 'state-file', errno: errnoOf(err), cause: err });
   }
 }
 
@@ -173,13 +184,13 @@ export function ensureStateDir(dir: string): void {
  * A state file's JSON, never through a symlink: undefined when the file does not exist, an
  * E_CONFIG error (from `corrupt`) when it is not JSON, and an E_CONFIG error when it cannot be read.
  */
-function readStateJson(file: string, corrupt: (why: string) => UsernsError): unknown {
+function readStateJson(file: string, corrupt: (why: string) => Fault): unknown {
   let text: string;
   try {
     text = readFileSync(file, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new UsernsError('E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, err);
+    throw unreadable(file, err);
   }
   try {
     return JSON.parse(text);
@@ -190,11 +201,7 @@ function readStateJson(file: string, corrupt: (why: string) => UsernsError): unk
 
 export function readAllocations(dir: string): Map<string, Allocation> {
   const file = join(dir, RANGES_FILE);
-  const corrupt = (why: string) =>
-    new UsernsError(
-      'E_CONFIG',
-      `${file} is corrupt (${why}): no range will be allocated until it is fixed. Restore it from a backup, or rebuild it from the pins' maps (usernsctl list shows them) and remove the file only if no auto-range namespace exists`,
-    );
+  const corrupt = corruptIn(file, 'ranges-file');
   const data = readStateJson(file, corrupt);
   if (data === undefined) return new Map();
   checkVersion(file, data, corrupt);
@@ -212,7 +219,7 @@ export function writeAllocations(dir: string, allocations: ReadonlyMap<string, A
   try {
     writeFileAtomic(dir, RANGES_FILE, JSON.stringify({ version: STATE_VERSION, allocations: sorted }, null, 1) + '\n');
   } catch (err) {
-    throw new UsernsError('E_INTERNAL', `cannot record allocations in ${join(dir, RANGES_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+    throw unrecorded(`cannot record allocations in ${join(dir, RANGES_FILE)}`, err);
   }
 }
 
@@ -245,7 +252,7 @@ export function readInForce(dir: string): Map<string, Context> {
 /** readInForce, with the generation of contexts.json (null: none, or written by a usernsd without journals) and the journal's lines. */
 export function readInForceRecord(dir: string): { contexts: Map<string, Context>; generation: string | null; journalLines: number } {
   const file = join(dir, IN_FORCE_FILE);
-  const corrupt = (why: string) => new UsernsError('E_CONFIG', `${file} is corrupt (${why}): contexts are admitted in file order until the agent rewrites it`);
+  const corrupt = corruptIn(file, 'in-force-file');
   const data = readStateJson(file, corrupt);
   const out = new Map<string, Context>();
   if (data === undefined) return { contexts: out, generation: null, journalLines: 0 };
@@ -264,14 +271,13 @@ export function readInForceRecord(dir: string): { contexts: Map<string, Context>
 /** The journal's changes applied to `contexts` when it belongs to `generation`; the number of lines applied. */
 function applyJournal(dir: string, generation: string, contexts: Map<string, Context>): number {
   const file = join(dir, IN_FORCE_JOURNAL);
-  const corrupt = (why: string) =>
-    new UsernsError('E_CONFIG', `${file} is corrupt (${why}): remove it (the contexts in force are then those of ${IN_FORCE_FILE})`);
+  const corrupt = corruptIn(file, 'journal');
   let text: string;
   try {
     text = readFileSync(file, { encoding: 'utf8', flag: constants.O_RDONLY | constants.O_NOFOLLOW });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
-    throw new UsernsError('E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, err);
+    throw unreadable(file, err);
   }
   // A last line without its newline is an append a crash cut short: it never happened.
   const lines = text.split('\n').slice(0, -1);
@@ -326,12 +332,7 @@ export function writeInForce(dir: string, contexts: Iterable<Context>, durable =
     // After the new generation is in place: a crash in between leaves a journal of the old one, ignored.
     unlinkSync(join(dir, IN_FORCE_JOURNAL));
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-      throw new UsernsError(
-        'E_INTERNAL',
-        `cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
-        err,
-      );
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw unrecorded(`cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}`, err);
   }
   return generation;
 }
@@ -370,7 +371,7 @@ export function appendInForce(dir: string, generation: string, set: readonly Con
     // A journal just made is a new name in the directory: that too must outlive a power loss.
     if (durable && header !== '') fsyncDir(dir);
   } catch (err) {
-    throw new UsernsError('E_INTERNAL', `cannot record the contexts in force in ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+    throw unrecorded(`cannot record the contexts in force in ${file}`, err);
   }
 }
 
@@ -382,7 +383,7 @@ export function writeChildRecord(dir: string, label: string, body: string): void
   try {
     writeFileAtomic(children, `${label}.conf`, body);
   } catch (err) {
-    throw new UsernsError('E_INTERNAL', `cannot record context ${label} in ${children}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, err);
+    throw unrecorded(`cannot record context ${label} in ${children}`, err);
   }
 }
 
@@ -439,8 +440,7 @@ export function removeChildRecords(dir: string, labels: readonly string[]): stri
       unlinkSync(join(dir, CHILDREN_DIR, `${label}.conf`));
       removed.push(label);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-        throw new UsernsError('E_INTERNAL', `cannot remove the record of context ${label}: ${(err as NodeJS.ErrnoException).code}`, err);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw unrecorded(`cannot remove the record of context ${label}`, err);
     }
   }
   return removed;

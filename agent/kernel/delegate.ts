@@ -10,7 +10,7 @@ import { formatExtents } from '../../config/extents.ts';
 import { labelProblem } from '../../config/schema.ts';
 import type { Delegation, IdMap } from '../../config/types.ts';
 import { ID, IDMAP } from '../../config/untrusted.ts';
-import { UsernsError } from '../errors.ts';
+import { errnoOf, Fault, refused } from '../fault.ts';
 import { lstatOrNull, makeDirs, writeFileAtomic } from './files.ts';
 import { getXattr } from './sys.ts';
 import type { HelperPrograms } from './helper.ts';
@@ -134,14 +134,11 @@ export type DelegationRecord = v.InferOutput<typeof RECORD>;
 /** Told of every hook run (its output, for the log) and of every set-up or tear-down that failed. */
 export type DelegationEvents = {
   hook(r: { label: string; hook: 'start' | 'stop'; path: string; code: number | null; signal: string | null; output: string; ms: number }): void;
-  failed(step: 'set_up' | 'tear_down', label: string, message: string): void;
+  /** What went wrong as it was thrown (a Fault, said by the agent's edge). */
+  failed(step: 'set_up' | 'tear_down', label: string, err: unknown): void;
 };
 
 const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-
-function errnoOf(err: unknown): string {
-  return (err as NodeJS.ErrnoException).code ?? String(err);
-}
 
 /**
  * Whether a path exists, by lstat: under systemd's sandbox, access(2) (Node's existsSync) answers
@@ -173,8 +170,13 @@ export function cgroupPopulated(path: string): boolean {
   }
 }
 
-function busyMessage(rec: DelegationRecord): string {
-  return `the cgroup of "${rec.label}" (${rec.cgroup}) holds processes: stop them, or release with --kill (writes cgroup.kill)`;
+function busy(rec: DelegationRecord): Fault {
+  return new Fault('busy', `the cgroup of "${rec.label}" (${rec.cgroup}) holds processes`, {
+    object: 'cgroup',
+    label: rec.label,
+    step: 'release',
+    subject: rec.cgroup,
+  });
 }
 
 /** Checks a hook the way sshd's StrictModes checks a key file: root's, and no one else may change it or where it lies. */
@@ -235,18 +237,18 @@ export class Delegations {
       mkdirSync(leaf, { mode: 0o755 });
       chmodSync(leaf, 0o755);
     } catch (err) {
-      if (errnoOf(err) !== 'EEXIST') throw new UsernsError('E_KERNEL', `Failed to make ${leaf}: ${errnoOf(err)}`);
+      if (errnoOf(err) !== 'EEXIST') throw refused('cgroup', `make ${leaf}`, errnoOf(err));
     }
     try {
       writeFileSync(join(leaf, 'cgroup.procs'), `${process.pid}\n`);
     } catch (err) {
-      throw new UsernsError('E_KERNEL', `Failed to move the agent into ${leaf}: ${errnoOf(err)}`);
+      throw refused('cgroup', `move the agent into ${leaf}`, errnoOf(err));
     }
     return leaf;
   }
 
   private recordPath(label: string): string {
-    if (labelProblem(label) !== null) throw new UsernsError('E_INVALID', `invalid label "${label}"`);
+    if (labelProblem(label) !== null) throw new Fault('invalid', `invalid label "${label}"`, { object: 'cgroup', label });
     return join(this.dir, `${label}.json`);
   }
 
@@ -318,7 +320,7 @@ export class Delegations {
       try {
         await this.fresh(plan, this.read(plan.label));
       } catch (err) {
-        this.events.failed('set_up', plan.label, (err as Error).message);
+        this.events.failed('set_up', plan.label, err);
         throw err;
       }
     });
@@ -364,9 +366,9 @@ export class Delegations {
    * What a release must refuse before anything is unmounted: a cgroup that holds processes, unless
    * the caller asked for them to be killed.
    */
-  releaseProblem(label: string, kill: boolean): string | null {
+  releaseProblem(label: string, kill: boolean): Fault | null {
     const rec = this.read(label);
-    return !kill && rec?.cgroup && cgroupPopulated(rec.cgroup) ? busyMessage(rec) : null;
+    return !kill && rec?.cgroup && cgroupPopulated(rec.cgroup) ? busy(rec) : null;
   }
 
   /** At release: exec_stop, devices given back, the cgroup removed (killed first if asked); directories stay. */
@@ -377,7 +379,7 @@ export class Delegations {
       try {
         await this.tearDownRecord(rec, kill);
       } catch (err) {
-        if (!(err instanceof UsernsError && err.code === 'E_BUSY')) this.events.failed('tear_down', label, (err as Error).message);
+        if (!(err instanceof Fault && err.kind === 'busy')) this.events.failed('tear_down', label, err);
         throw err;
       }
     });
@@ -386,11 +388,11 @@ export class Delegations {
   /** Move a process into a context's cgroup (usernsctl enter): root writes it, as the kernel requires. */
   join(label: string, pid: number): void {
     const rec = this.read(label);
-    if (!rec?.cgroup) throw new UsernsError('E_NOT_FOUND', `context "${label}" has no cgroup set up`);
+    if (!rec?.cgroup) throw new Fault('missing', `context "${label}" has no cgroup set up`, { object: 'cgroup', label });
     try {
       writeFileSync(join(rec.cgroup, 'cgroup.procs'), `${pid}\n`);
     } catch (err) {
-      throw new UsernsError('E_KERNEL', `Failed to move process ${pid} into ${rec.cgroup}: ${errnoOf(err)}`);
+      throw refused('cgroup', `move process ${pid} into ${rec.cgroup}`, errnoOf(err));
     }
   }
 
@@ -539,10 +541,11 @@ export class Delegations {
     }
     if (plan.netns !== null && !netnsPinned(plan.netns)) {
       if (rec.netns === null && exists(plan.netns))
-        throw new UsernsError(
-          'E_CONFIG',
-          `${plan.netns} exists and is not the network namespace of "${plan.label}": remove it (ip netns delete ${plan.label})`,
-        );
+        throw new Fault('in-the-way', `${plan.netns} exists and is not the network namespace of "${plan.label}"`, {
+          object: 'netns',
+          label: plan.label,
+          subject: plan.netns,
+        });
       rec.netns = plan.netns;
       rec.veth = veth; // made with it, while its helper holds it (named first, for a crash)
       this.write(rec);
@@ -557,10 +560,11 @@ export class Delegations {
     }
     if (d.tap !== null && (rec.tap !== d.tap || !linkExists(d.tap))) {
       if (rec.tap !== d.tap && linkExists(d.tap))
-        throw new UsernsError(
-          'E_CONFIG',
-          `tap ${d.tap} for "${plan.label}" exists already and is not this context's: name another, or delete it (ip tuntap del dev ${d.tap} mode tap)`,
-        );
+        throw new Fault('in-the-way', `tap ${d.tap} for "${plan.label}" exists already and is not this context's`, {
+          object: 'tap',
+          label: plan.label,
+          subject: d.tap,
+        });
       rec.tap = d.tap;
       this.write(rec);
       await addTap(plan.label, d.tap, plan.root);
@@ -578,7 +582,7 @@ export class Delegations {
 
   private async tearDownRecord(rec: DelegationRecord, kill: boolean): Promise<void> {
     // Refused before anything is undone: a release either happens whole or not at all.
-    if (!kill && rec.cgroup && cgroupPopulated(rec.cgroup)) throw new UsernsError('E_BUSY', busyMessage(rec));
+    if (!kill && rec.cgroup && cgroupPopulated(rec.cgroup)) throw busy(rec);
     const problems: string[] = [];
     if (rec.started && rec.execStop) {
       try {
@@ -613,7 +617,8 @@ export class Delegations {
       this.removeCgroup(rec.cgroup);
     }
     this.forget(rec.label);
-    if (problems.length > 0) throw new UsernsError('E_KERNEL', `released "${rec.label}", but: ${problems.join('; ')}`);
+    if (problems.length > 0)
+      throw new Fault('refused', `released "${rec.label}", but: ${problems.join('; ')}`, { object: 'cgroup', label: rec.label, step: 'tear down' });
   }
 
   // ---- cgroups ----
@@ -623,15 +628,15 @@ export class Delegations {
     if (isCgroup2(this.cgroupRoot)) return;
     const parent = dirname(this.cgroupRoot);
     if (!isCgroup2(parent))
-      throw new UsernsError(
-        'E_UNSUPPORTED',
-        `cgroup_root ${this.cgroupRoot} is not in a cgroup v2 hierarchy (${parent} has no cgroup.controllers): set cgroup_root in usernsd.conf to a directory under the unified hierarchy (/sys/fs/cgroup/unified/usernsd on a hybrid layout)`,
-      );
+      throw new Fault('unsupported', `cgroup_root ${this.cgroupRoot} is not in a cgroup v2 hierarchy (${parent} has no cgroup.controllers)`, {
+        object: 'cgroup-root',
+        subject: this.cgroupRoot,
+      });
     try {
       mkdirSync(this.cgroupRoot, { mode: 0o755 });
       chmodSync(this.cgroupRoot, 0o755); // whatever the umask (the unit's is 0077)
     } catch (err) {
-      if (errnoOf(err) !== 'EEXIST') throw new UsernsError('E_KERNEL', `Failed to make cgroup_root ${this.cgroupRoot}: ${errnoOf(err)}`);
+      if (errnoOf(err) !== 'EEXIST') throw refused('cgroup-root', `make cgroup_root ${this.cgroupRoot}`, errnoOf(err));
     }
   }
 
@@ -640,9 +645,14 @@ export class Delegations {
     if (dirname(path) === this.cgroupRoot) this.ensureRoot();
     const parent = dirname(path);
     if (!isCgroup2(parent))
-      throw new UsernsError(
-        'E_UNSUPPORTED',
+      throw new Fault(
+        'unsupported',
         `the cgroup of "${plan.label}" would be made under ${parent}, which is not a cgroup v2 directory (is its parent's cgroup gone?)`,
+        {
+          object: 'cgroup',
+          label: plan.label,
+          subject: parent,
+        },
       );
     try {
       mkdirSync(path, { mode: 0o755 });
@@ -650,29 +660,31 @@ export class Delegations {
       // even the agent could look inside without CAP_DAC_OVERRIDE).
       chmodSync(path, 0o755);
     } catch (err) {
-      if (errnoOf(err) !== 'EEXIST') throw new UsernsError('E_KERNEL', `Failed to make cgroup ${path} for "${plan.label}": ${errnoOf(err)}`);
+      if (errnoOf(err) !== 'EEXIST') throw refused('cgroup', `make cgroup ${path}`, errnoOf(err), { label: plan.label });
       const st = lstatSync(path);
-      if (!st.isDirectory() || !isCgroup2(path)) throw new UsernsError('E_KERNEL', `${path} exists and is not a cgroup`);
+      if (!st.isDirectory() || !isCgroup2(path))
+        throw new Fault('in-the-way', `${path} exists and is not a cgroup`, { object: 'cgroup', label: plan.label, subject: path });
     }
     // Limits are written by root before the directory is handed over: its new owner cannot raise them.
     for (const { file, value } of plan.delegate.cgroupLimits) {
       const controller = file.split('.')[0];
       if (!readWords(join(parent, 'cgroup.controllers')).includes(controller))
-        throw new UsernsError(
-          'E_UNSUPPORTED',
+        throw new Fault(
+          'unsupported',
           `cannot set ${file} for "${plan.label}": the ${controller} controller is not available in ${parent} (cgroup.controllers lists: ${readWords(join(parent, 'cgroup.controllers')).join(' ') || 'nothing'})`,
+          { object: 'cgroup', label: plan.label, subject: parent },
         );
       if (!readWords(join(parent, 'cgroup.subtree_control')).includes(controller)) {
         try {
           writeFileSync(join(parent, 'cgroup.subtree_control'), `+${controller}`);
         } catch (err) {
-          throw new UsernsError('E_KERNEL', `Failed to enable the ${controller} controller in ${parent} for "${plan.label}": ${errnoOf(err)}`);
+          throw refused('cgroup', `enable the ${controller} controller in ${parent}`, errnoOf(err), { label: plan.label });
         }
       }
       try {
         writeFileSync(join(path, file), value);
       } catch (err) {
-        throw new UsernsError('E_KERNEL', `Failed to write ${file} = ${value} for "${plan.label}": ${errnoOf(err)}`);
+        throw refused('cgroup', `write ${file} = ${value}`, errnoOf(err), { label: plan.label });
       }
     }
     const files = readWords('/sys/kernel/cgroup/delegate');
@@ -683,11 +695,15 @@ export class Delegations {
       try {
         lchownSync(p, plan.root.uid, plan.root.gid);
       } catch (err) {
-        throw new UsernsError('E_KERNEL', `Failed to hand ${p} to the root of "${plan.label}": ${errnoOf(err)}`);
+        throw refused('cgroup', `hand ${p} to the root of "${plan.label}"`, errnoOf(err));
       }
       const st = lstatSync(p);
       if (st.uid !== plan.root.uid || st.gid !== plan.root.gid)
-        throw new UsernsError('E_KERNEL', `Failed to hand ${p} to the root of "${plan.label}": it stays ${st.uid}:${st.gid} after chown`);
+        throw new Fault('refused', `Failed to hand ${p} to the root of "${plan.label}": it stays ${st.uid}:${st.gid} after chown`, {
+          object: 'cgroup',
+          label: plan.label,
+          step: 'chown',
+        });
     }
   }
 
@@ -696,41 +712,51 @@ export class Delegations {
     try {
       writeFileSync(join(path, 'cgroup.kill'), '1');
     } catch (err) {
-      throw new UsernsError('E_KERNEL', `Failed to kill the processes of ${path}: ${errnoOf(err)}`);
+      throw refused('cgroup', `kill the processes of ${path}`, errnoOf(err));
     }
     const until = Date.now() + KILL_WAIT_MS;
     while (cgroupPopulated(path)) {
-      if (Date.now() > until) throw new UsernsError('E_BUSY', `the processes of ${path} are still there ${KILL_WAIT_MS} ms after cgroup.kill`);
+      if (Date.now() > until)
+        throw new Fault('busy', `the processes of ${path} are still there ${KILL_WAIT_MS} ms after cgroup.kill`, {
+          object: 'cgroup',
+          step: 'kill',
+          subject: path,
+        });
       await new Promise((r) => setTimeout(r, 10));
     }
   }
 
   /** rmdir, deepest first: the cgroups its root made inside go with it. */
   private removeCgroup(path: string, depth = 0): void {
-    if (depth > MAX_CGROUP_DEPTH) throw new UsernsError('E_KERNEL', `${path} is nested more than ${MAX_CGROUP_DEPTH} deep`);
+    if (depth > MAX_CGROUP_DEPTH) throw new Fault('refused', `${path} is nested more than ${MAX_CGROUP_DEPTH} deep`, { object: 'cgroup', step: 'remove' });
     let entries;
     try {
       entries = readdirSync(path, { withFileTypes: true });
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') return;
-      throw new UsernsError('E_KERNEL', `Failed to read cgroup ${path}: ${errnoOf(err)}`);
+      throw refused('cgroup', `read cgroup ${path}`, errnoOf(err));
     }
     for (const e of entries) if (e.isDirectory()) this.removeCgroup(join(path, e.name), depth + 1);
     try {
       rmdirSync(path);
     } catch (err) {
-      if (errnoOf(err) !== 'ENOENT') throw new UsernsError('E_KERNEL', `Failed to remove cgroup ${path}: ${errnoOf(err)}`);
+      if (errnoOf(err) !== 'ENOENT') throw refused('cgroup', `remove cgroup ${path}`, errnoOf(err));
     }
   }
 
   // ---- devices ----
 
   private deviceRecord(label: string, path: string, st: Stats | null): DelegationRecord['devices'][number] {
-    if (st === null) throw new UsernsError('E_CONFIG', `device ${path} for "${label}" does not exist`);
+    if (st === null) throw new Fault('misconfigured', `device ${path} for "${label}" does not exist`, { object: 'device', label, subject: path });
     if (!st.isCharacterDevice() && !st.isBlockDevice())
-      throw new UsernsError(
-        'E_CONFIG',
+      throw new Fault(
+        'misconfigured',
         `${path} for "${label}" is not a device node${st.isSymbolicLink() ? ' (a symlink is not followed: name the node itself)' : ''}`,
+        {
+          object: 'device',
+          label,
+          subject: path,
+        },
       );
     return { path, rdev: st.rdev, uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 };
   }
@@ -738,13 +764,17 @@ export class Delegations {
   private give(plan: DelegationPlan, path: string, prior: DelegationRecord['devices'][number]): void {
     const st = lstatOrNull(path);
     if (st === null || st.rdev !== prior.rdev || !(st.isCharacterDevice() || st.isBlockDevice()))
-      throw new UsernsError('E_CONFIG', `device ${path} for "${plan.label}" is missing or was replaced by another node`);
+      throw new Fault('in-the-way', `device ${path} for "${plan.label}" is missing or was replaced by another node`, {
+        object: 'device',
+        label: plan.label,
+        subject: path,
+      });
     try {
       // chmod while it is still root's: on a node of another owner it would need CAP_FOWNER.
       if ((st.mode & 0o600) !== 0o600) chmodSync(path, (st.mode & 0o7777) | 0o600);
       lchownSync(path, plan.root.uid, plan.root.gid);
     } catch (err) {
-      throw new UsernsError('E_KERNEL', `Failed to give ${path} to the root of "${plan.label}": ${errnoOf(err)}`);
+      throw refused('device', `give ${path} to the root of "${plan.label}"`, errnoOf(err));
     }
   }
 
@@ -756,7 +786,7 @@ export class Delegations {
       lchownSync(dev.path, dev.uid, dev.gid);
       chmodSync(dev.path, dev.mode);
     } catch (err) {
-      throw new UsernsError('E_KERNEL', `Failed to give ${dev.path} back to uid ${dev.uid}: ${errnoOf(err)}`);
+      throw refused('device', `give ${dev.path} back to uid ${dev.uid}`, errnoOf(err));
     }
   }
 
@@ -774,13 +804,16 @@ export class Delegations {
       at = `${at}/${part}`;
       const last = i === parts.length - 1;
       const st = lstatOrNull(at);
-      if (st?.isSymbolicLink()) throw new UsernsError('E_CONFIG', `directory ${path} for "${plan.label}": ${at} is a symlink (not followed)`);
-      if (st && !st.isDirectory()) throw new UsernsError('E_CONFIG', `directory ${path} for "${plan.label}": ${at} is not a directory`);
+      const inTheWay = (why: string) =>
+        new Fault('in-the-way', `directory ${path} for "${plan.label}": ${why}`, { object: 'directory', label: plan.label, subject: at });
+      if (st?.isSymbolicLink()) throw inTheWay(`${at} is a symlink (not followed)`);
+      if (st && !st.isDirectory()) throw inTheWay(`${at} is not a directory`);
       if (st && last) {
         if (st.uid !== plan.root.uid)
-          throw new UsernsError(
-            'E_CONFIG',
-            `directory ${path} for "${plan.label}" exists, owned by uid ${st.uid}: usernsd gives only directories it creates or that the context's root (host uid ${plan.root.uid}) owns already; chown it or remove it`,
+          throw new Fault(
+            'in-the-way',
+            `directory ${path} for "${plan.label}" exists, owned by uid ${st.uid}: usernsd gives only directories it creates or that the context's root (host uid ${plan.root.uid}) owns already`,
+            { object: 'directory', label: plan.label, subject: path, step: 'chown' },
           );
         return false;
       }
@@ -790,7 +823,7 @@ export class Delegations {
         chmodSync(at, 0o755);
         if (last) lchownSync(at, plan.root.uid, plan.root.gid);
       } catch (err) {
-        throw new UsernsError('E_KERNEL', `Failed to make directory ${at} for "${plan.label}": ${errnoOf(err)}`);
+        throw refused('directory', `make directory ${at}`, errnoOf(err), { label: plan.label });
       }
     }
     return true;
@@ -800,7 +833,10 @@ export class Delegations {
 
   private runHook(rec: DelegationRecord, hook: 'start' | 'stop', path: string, timeoutMs: number): Promise<void> {
     const problem = hookProblem(path);
-    if (problem) return Promise.reject(new UsernsError('E_CONFIG', `exec_${hook} of "${rec.label}" is not run: ${problem}`));
+    if (problem)
+      return Promise.reject(
+        new Fault('misconfigured', `exec_${hook} of "${rec.label}" is not run: ${problem}`, { object: 'hook', label: rec.label, subject: path }),
+      );
     const uid = baseOf(rec.hostUid);
     const gid = baseOf(rec.hostGid);
     const env: Record<string, string> = {
@@ -830,7 +866,15 @@ export class Delegations {
       };
       child.stdout.on('data', take);
       child.stderr.on('data', take);
-      child.on('error', (err) => reject(new UsernsError('E_CONFIG', `exec_${hook} ${path} of "${rec.label}" could not run: ${errnoOf(err)}`)));
+      child.on('error', (err) =>
+        reject(
+          new Fault('misconfigured', `exec_${hook} ${path} of "${rec.label}" could not run: ${errnoOf(err)}`, {
+            object: 'hook',
+            label: rec.label,
+            errno: errnoOf(err),
+          }),
+        ),
+      );
       child.on('close', (code, signal) => {
         const ms = +(performance.now() - started).toFixed(1);
         const text = output.trim() + (dropped > 0 ? `\n(${dropped} more bytes of output dropped)` : '');
@@ -840,9 +884,14 @@ export class Delegations {
           ? `was killed (${signal}${signal === 'SIGKILL' && ms >= timeoutMs ? `, after its exec_timeout of ${timeoutMs / 1000} s` : ''})`
           : `exited with ${code}`;
         reject(
-          new UsernsError(
-            'E_CONFIG',
+          new Fault(
+            'misconfigured',
             `exec_${hook} ${path} of "${rec.label}" ${why}${text ? `: ${text.split('\n').slice(-1)[0]}` : ''} (its output is in the agent log)`,
+            {
+              object: 'hook',
+              label: rec.label,
+              step: 'run',
+            },
           ),
         );
       });

@@ -2,7 +2,7 @@
 import { chmodSync, chownSync, copyFileSync, existsSync, lstatSync, mkdirSync, renameSync, rmSync, statSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import type { IdMap } from '../../config/types.ts';
-import { UsernsError } from '../errors.ts';
+import { refused } from '../fault.ts';
 
 /** In the pins directory: the helper's execute-only programs. Not a label: it starts with a dot. */
 export const HELPERS_DIR = '.usernsd-helpers';
@@ -73,10 +73,7 @@ export class HelperPrograms {
       paths = { unshare: copy('unshare'), cat: copy('cat'), nsenter: copy('nsenter') };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-      throw new UsernsError(
-        'E_KERNEL',
-        `Failed to prepare the namespace helper's execute-only programs in ${dir}: ${code} (${(err as Error).message})${code === 'EPERM' ? ": handing them to a nested context's parent root needs CAP_CHOWN (see usernsd(8))" : ''}`,
-      );
+      throw refused('namespace', `prepare the namespace helper's execute-only programs in ${dir}`, code, { detail: (err as Error).message });
     }
     this.cache.set(key, paths);
     return paths;

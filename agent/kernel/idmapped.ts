@@ -2,7 +2,7 @@
 // copy of a tree made in the caller's mount namespace. Attaching it is the caller's job.
 import { openSync, readlinkSync } from 'node:fs';
 import { formatExtents } from '../../config/extents.ts';
-import { UsernsError } from '../errors.ts';
+import { errnoOf, Fault, refused } from '../fault.ts';
 import type { ViewMaps } from '../idmap.ts';
 import { SysError } from './ffi.ts';
 import type { Spawner } from './spawner.ts';
@@ -86,7 +86,7 @@ export class ViewNamespaces {
 }
 
 async function createIdmapNamespace(maps: ViewMaps, maker: NamespaceMaker): Promise<number> {
-  if (maps.uid.length === 0 || maps.gid.length === 0) throw new UsernsError('E_CONFIG', 'this view maps no ids at all: nothing to show');
+  if (maps.uid.length === 0 || maps.gid.length === 0) throw new Fault('misconfigured', 'this view maps no ids at all: nothing to show', { object: 'view' });
   const holder = await maker.make({ label: 'a view', uid: 0, gid: 0, setgroups: 'allow', uidMap: maps.uid, gidMap: maps.gid, parent: null });
   try {
     return openSync(`/proc/${holder.pid}/ns/user`, 'r');
@@ -108,13 +108,14 @@ export async function makeTree(req: TreeRequest, spawner: Spawner | null): Promi
   try {
     callerNs = readlinkSync(`/proc/${req.pid}/ns/mnt`);
   } catch (err) {
-    throw new UsernsError('E_KERNEL', `Failed to find the caller's mount namespace (/proc/${req.pid}/ns/mnt): ${(err as NodeJS.ErrnoException).code}`);
+    throw refused('view', `find the caller's mount namespace (/proc/${req.pid}/ns/mnt)`, errnoOf(err));
   }
   if (callerNs === OWN_MNT_NS) return copyTree(req.src, req.expect, req.usernsFd, req.readOnly);
   if (!spawner) {
-    throw new UsernsError(
-      'E_UNSUPPORTED',
-      `a view for a caller in another mount namespace is made by usernsd-spawner, and this agent has none (spawner = node, or no C compiler at build time): make the view from the agent's mount namespace, or build usernsd-spawner (see spawner in usernsd.conf(5))`,
+    throw new Fault(
+      'unsupported',
+      'a view for a caller in another mount namespace is made by usernsd-spawner, and this agent has none (spawner = node, or no C compiler at build time)',
+      { object: 'view', step: "copy the tree in the caller's mount namespace" },
     );
   }
   return treeInSpawner(req, spawner);
@@ -126,14 +127,13 @@ export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, re
   try {
     tree = openTreeClone(src);
   } catch (err) {
-    if (err instanceof SysError)
-      throw new UsernsError(err.code === 'ENOENT' || err.code === 'ENOTDIR' ? 'E_NOT_FOUND' : 'E_KERNEL', `Failed to copy the tree at ${src}: ${err.message}`);
+    if (err instanceof SysError) throw treeFault(err.code, 'copy the tree', `Failed to copy the tree at ${src}: ${err.message}`);
     throw err;
   }
   try {
     const got = fdIdentity(tree);
     if (got.dev !== expect.dev || got.ino !== expect.ino) {
-      throw new UsernsError('E_INVALID', `${src} changed while the view was being made (it is not the directory that was checked): try again`);
+      throw changed(src);
     }
     try {
       setMountAttrs(tree, { usernsFd, readOnly, nosuid: true, nodev: true });
@@ -142,7 +142,7 @@ export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, re
         closeFd(tree);
         return { unsupported: unsupportedWhy(src) };
       }
-      throw err instanceof SysError ? new UsernsError('E_KERNEL', `Failed to idmap the tree at ${src}: ${err.message}`) : err;
+      throw err instanceof SysError ? treeFault(err.code, 'idmap the tree', `Failed to idmap the tree at ${src}: ${err.message}`) : err;
     }
     return { fd: tree };
   } catch (err) {
@@ -150,6 +150,13 @@ export function copyTree(src: string, expect: TreeIdentity, usernsFd: number, re
     throw err;
   }
 }
+
+/** The tree is not there (ENOENT, ENOTDIR: missing), or the kernel refused a step of copying it. */
+const treeFault = (errno: string, step: string, fact: string) =>
+  new Fault(step === 'copy the tree' && (errno === 'ENOENT' || errno === 'ENOTDIR') ? 'missing' : 'refused', fact, { object: 'view', step, errno });
+
+const changed = (src: string) =>
+  new Fault('changed', `${src} changed while the view was being made (it is not the directory that was checked)`, { object: 'view', subject: src });
 
 const unsupportedWhy = (src: string) =>
   `the kernel cannot idmap the filesystem of ${src} (mount_setattr: EINVAL: NFS, FUSE and some others do not support idmapped mounts, nor does a mount that is idmapped already)`;
@@ -160,16 +167,14 @@ async function treeInSpawner(req: TreeRequest, spawner: Spawner): Promise<TreeRe
     // A descriptor, not the path: the worker joins this namespace even if the pid is reused meanwhile.
     mntNsFd = openSync(`/proc/${req.pid}/ns/mnt`, 'r');
   } catch (err) {
-    throw new UsernsError('E_KERNEL', `Failed to open the caller's mount namespace: ${(err as NodeJS.ErrnoException).code}`);
+    throw refused('view', "open the caller's mount namespace", errnoOf(err));
   }
   try {
     const r = await spawner.tree({ path: req.src, dev: req.expect.dev, ino: req.expect.ino, readOnly: req.readOnly, mntNsFd, usernsFd: req.usernsFd });
     if ('fd' in r) return r;
     if (r.errno === 'EINVAL' && r.step === 'idmap the tree') return { unsupported: unsupportedWhy(req.src) };
-    if (r.errno === 'ESTALE')
-      throw new UsernsError('E_INVALID', `${req.src} changed while the view was being made (it is not the directory that was checked): try again`);
-    const code = (r.errno === 'ENOENT' || r.errno === 'ENOTDIR') && r.step === 'copy the tree' ? 'E_NOT_FOUND' : 'E_KERNEL';
-    throw new UsernsError(code, `Failed to ${r.step} at ${req.src} in the caller's mount namespace: ${r.errno}`);
+    if (r.errno === 'ESTALE') throw changed(req.src);
+    throw treeFault(r.errno, r.step, `Failed to ${r.step} at ${req.src} in the caller's mount namespace: ${r.errno}`);
   } finally {
     closeFd(mntNsFd);
   }

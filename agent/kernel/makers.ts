@@ -10,7 +10,7 @@ import { dirname } from 'node:path';
 import { kernelMapText, parseKernelMap } from '../../config/extents.ts';
 import type { HostMaps } from '../../config/load.ts';
 import type { IdMap } from '../../config/types.ts';
-import { UsernsError } from '../errors.ts';
+import { errnoOf, Fault } from '../fault.ts';
 import { HelperPrograms, rootOf } from './helper.ts';
 import { pinnedIno } from './pinrecord.ts';
 import { errnoFromText, kernelError, PATH_ENV, reap, run, waitForNewNamespace } from './spawn.ts';
@@ -88,8 +88,8 @@ class ForkedMaker implements NamespaceMaker {
     try {
       child = this.spawnChild(req);
     } catch (err) {
-      if (err instanceof UsernsError) throw err;
-      throw kernelError(req.label, 'start the namespace helper', (err as NodeJS.ErrnoException).code ?? 'EIO', (err as Error).message);
+      if (err instanceof Fault) throw err;
+      throw kernelError(req.label, 'start the namespace helper', errnoOf(err), (err as Error).message);
     }
     try {
       const pid = await waitForNewNamespace(req.label, child, req.parent ? `user:[${pinnedIno(req.parent.pin)}]` : null);
@@ -112,7 +112,11 @@ class ForkedMaker implements NamespaceMaker {
     const rootUid = rootOf(req.parent.host.uid);
     const rootGid = rootOf(req.parent.host.gid);
     if (rootUid === null || rootGid === null)
-      throw new UsernsError('E_CONFIG', `the parent of context "${req.label}" does not map id 0: a nested context's maps are written as its parent's root`);
+      throw new Fault('misconfigured', `the parent of context "${req.label}" does not map id 0`, {
+        object: 'namespace',
+        label: req.label,
+        step: 'write the nested maps',
+      });
     const { unshare, cat } = this.helpers.for(rootUid, rootGid);
     return spawn(
       this.helpers.for(0, 0).nsenter,
@@ -134,7 +138,7 @@ class ForkedMaker implements NamespaceMaker {
         try {
           writeFileSync(`/proc/${pid}/${file}`, text);
         } catch (err) {
-          throw kernelError(req.label, `write ${file}`, (err as NodeJS.ErrnoException).code ?? 'EIO');
+          throw kernelError(req.label, `write ${file}`, errnoOf(err));
         }
       }
       return;
@@ -165,17 +169,24 @@ class ForkedMaker implements NamespaceMaker {
   private async bindInPinsNamespace(source: string, path: string): Promise<void> {
     const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'mount', '--bind', source, path]);
     if (r.code !== 0)
-      throw new UsernsError(
-        'E_KERNEL',
-        `Failed to pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}: check mount_namespace in usernsd.conf and that ${dirname(path)} exists there`,
-      );
+      throw new Fault('refused', `Failed to pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}`, {
+        object: 'mount-namespace',
+        step: 'pin',
+        errno: errnoFromText(r.stderr),
+        subject: dirname(path),
+      });
   }
 
   async unpin(_label: string, path: string): Promise<boolean> {
     const r = await run('nsenter', [`--mount=${this.mountNs}`, '--', 'umount', '--lazy', path]);
     if (r.code === 0) return true;
     if (/not mounted|no mount point|No such file/.test(r.stderr)) return false;
-    throw new UsernsError('E_KERNEL', `Failed to unmount pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}`);
+    throw new Fault('refused', `Failed to unmount pin ${path} in mount namespace ${this.mountNs}: ${r.stderr || `exit ${r.code}`}`, {
+      object: 'pin',
+      step: 'unmount',
+      errno: errnoFromText(r.stderr),
+      subject: path,
+    });
   }
 
   /** nsenter with root's ids into a namespace its owner owns: execute-only copies of nsenter and cat, one run per map. */
@@ -183,7 +194,13 @@ class ForkedMaker implements NamespaceMaker {
     const { nsenter, cat } = this.helpers.for(0, 0);
     const read = async (file: string) => {
       const r = await run(nsenter, [`--user=${pin}`, '--preserve-credentials', '--', cat, file]);
-      if (r.code !== 0) throw new UsernsError('E_KERNEL', `Failed to read the maps of ${pin}: ${r.stderr || `exit ${r.code}`}`);
+      if (r.code !== 0)
+        throw new Fault('refused', `Failed to read the maps of ${pin}: ${r.stderr || `exit ${r.code}`}`, {
+          object: 'pin',
+          step: 'read the maps',
+          errno: errnoFromText(r.stderr),
+          subject: pin,
+        });
       return parseKernelMap(r.stdout);
     };
     return { uidMap: await read('/proc/self/uid_map'), gidMap: await read('/proc/self/gid_map') };

@@ -7,11 +7,11 @@ import type { ChildProcess } from 'node:child_process';
 import { closeSync, constants, lstatSync, mkdirSync, openSync, readlinkSync, unlinkSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname } from 'node:path';
-import { UsernsError } from '../errors.ts';
+import { errnoOf, Fault, refused } from '../fault.ts';
 import type { HelperPrograms } from './helper.ts';
 import { lstatOrNull } from './files.ts';
 import { NSFS_DEV } from './pinrecord.ts';
-import { PATH_ENV, reap, run } from './spawn.ts';
+import { errnoFromText, PATH_ENV, reap, run } from './spawn.ts';
 import { bindMount, detach } from './sys.ts';
 
 /**
@@ -68,8 +68,13 @@ export function linkExists(name: string): boolean {
   return spawnSync(cmd, args, { env: PATH_ENV, stdio: 'ignore' }).status === 0;
 }
 
-function fail(label: string, step: string, r: { code: number | null; stderr: string }): UsernsError {
-  return new UsernsError('E_KERNEL', `Failed to ${step} for "${label}": ${r.stderr || `exit ${r.code}`}`);
+function fail(label: string, step: string, r: { code: number | null; stderr: string }): Fault {
+  return new Fault('refused', `Failed to ${step} for "${label}": ${r.stderr || `exit ${r.code}`}`, {
+    object: 'netns',
+    label,
+    step,
+    errno: errnoFromText(r.stderr),
+  });
 }
 
 /**
@@ -101,7 +106,11 @@ export async function pinNetns(o: {
     const source = `/proc/${child.pid}/ns/net`;
     for (let i = 0; ; i++) {
       if (child.exitCode !== null || child.signalCode !== null || i > 500)
-        throw new UsernsError('E_KERNEL', `Failed to make the network namespace of "${o.label}": ${stderr.trim() || 'the helper did not start'}`);
+        throw new Fault('refused', `Failed to make the network namespace of "${o.label}": ${stderr.trim() || 'the helper did not start'}`, {
+          object: 'netns',
+          label: o.label,
+          errno: errnoFromText(stderr),
+        });
       let now: string | null = null;
       try {
         now = readlinkSync(source);
@@ -118,7 +127,11 @@ export async function pinNetns(o: {
         bindMount(source, o.path);
       } catch (err) {
         unlinkSync(o.path);
-        throw new UsernsError('E_KERNEL', `Failed to pin the network namespace of "${o.label}" at ${o.path}: ${(err as Error).message}`);
+        throw new Fault('refused', `Failed to pin the network namespace of "${o.label}" at ${o.path}: ${(err as Error).message}`, {
+          object: 'netns',
+          label: o.label,
+          errno: errnoOf(err),
+        });
       }
     } else {
       // In the pins' mount namespace, where `ip netns` looks: the file made there too.
@@ -147,8 +160,7 @@ export async function unpinNetns(path: string, mountNs: string | null): Promise<
     try {
       unlinkSync(path);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-        throw new UsernsError('E_KERNEL', `Failed to remove ${path}: ${(err as NodeJS.ErrnoException).code}`);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw refused('netns', `remove ${path}`, errnoOf(err));
     }
     return;
   }
@@ -189,10 +201,7 @@ export async function addTap(label: string, name: string, root: { uid: number; g
   const r = await ip(['tuntap', 'add', 'dev', name, 'mode', 'tap', 'user', String(root.uid), 'group', String(root.gid)]);
   if (r.code === 0) return;
   if (/File exists|Device or resource busy/.test(r.stderr) && linkExists(name))
-    throw new UsernsError(
-      'E_CONFIG',
-      `tap ${name} for "${label}" exists already and is not this context's: name another, or delete it (ip tuntap del dev ${name} mode tap)`,
-    );
+    throw new Fault('in-the-way', `tap ${name} for "${label}" exists already and is not this context's`, { object: 'tap', label, subject: name });
   throw fail(label, `add tap ${name}`, r);
 }
 

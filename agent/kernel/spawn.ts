@@ -1,39 +1,19 @@
 // Short helper processes of the kernel side: run to completion, reap, wait for a new user
-// namespace, and the kernel's refusals turned into errors that say what to change.
+// namespace, and the kernel's refusals as faults.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
-import { UsernsError } from '../errors.ts';
+import { refused } from '../fault.ts';
+import type { Fault } from '../fault.ts';
 
 export const PATH_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
 export const SPAWN_TIMEOUT_MS = 5000;
 
 const OWN_USERNS = readlinkSync('/proc/self/ns/user');
 
-/** What the kernel's refusal means and what the admin can change, by errno. */
-function kernelAdvice(code: string, step: string): string {
-  if (step.includes("owner's ids") && code === 'EINVAL')
-    return "the owner's uid or gid is not mapped in the parent namespace (for owner root: the parent must map id 0)";
-  switch (code) {
-    case 'ENOSPC':
-      return 'the limit of user namespaces is reached: raise /proc/sys/user/max_user_namespaces or release contexts';
-    case 'EPERM':
-      return step.includes('map')
-        ? 'the kernel refused the map: outside ids must be mapped in the parent namespace, and nested maps are written from inside the parent'
-        : 'the kernel refused: check that unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces) and the owner is mapped in the parent';
-    case 'EINVAL':
-      return 'the kernel rejected the map: extents overlap, run past 2^32, or exceed 340 lines';
-    case 'EUSERS':
-      return 'the nesting depth limit (32) is reached';
-    case 'EACCES':
-      return 'the agent lacks a privilege it needs (CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID, CAP_SYS_PTRACE, CAP_CHOWN: see usernsd(8)); under systemd, check CapabilityBoundingSet=';
-    default:
-      return 'see the agent log';
-  }
-}
-
-export function kernelError(label: string, step: string, code: string, detail?: string): UsernsError {
-  return new UsernsError('E_KERNEL', `Failed to ${step} for context "${label}": ${code}${detail ? ` (${detail})` : ''}: ${kernelAdvice(code, step)}`);
+/** The kernel refused a step of making a context's namespace (the edge, agent/advice.ts, says what to change). */
+export function kernelError(label: string, step: string, code: string, detail?: string): Fault {
+  return refused('namespace', step, code, { label, detail });
 }
 
 /** util-linux tools print strerror text; give back the errno name. */

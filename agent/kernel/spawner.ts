@@ -9,7 +9,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseKernelMap } from '../../config/extents.ts';
 import type { IdMap } from '../../config/types.ts';
-import { UsernsError } from '../errors.ts';
+import { Fault } from '../fault.ts';
 import { kernelError, PATH_ENV, SPAWN_TIMEOUT_MS } from './spawn.ts';
 import { closeFd } from './sys.ts';
 import { closeDescriptor, receiveWithFds, sendWithFds, socketPair } from './unixsock.ts';
@@ -64,11 +64,7 @@ const unwire = (text: string): IdMap => parseKernelMap(text === '-' ? '' : text.
 export function useNativeSpawner(setting: SpawnerSetting, path = SPAWNER_PATH): boolean {
   if (setting === 'node') return false;
   if (existsSync(path)) return true;
-  if (setting === 'native')
-    throw new UsernsError(
-      'E_CONFIG',
-      `spawner = native, but ${path} was not built: install a C compiler (apt-get install gcc libc6-dev) and run "make", or set spawner = auto`,
-    );
+  if (setting === 'native') throw new Fault('misconfigured', `spawner = native, but ${path} was not built`, { object: 'spawner', subject: path });
   return false;
 }
 
@@ -207,7 +203,7 @@ export class Spawner {
   /** The reply line's words, errors included: every outcome, the spawner's end too, arrives as words. */
   private reply(id: number, line: string): Promise<string[]> {
     // The only free text in a request is a path, last on its line: a newline in it would end the line.
-    if (line.includes('\n')) return Promise.reject(new UsernsError('E_CONFIG', `a pin path holds a newline: ${JSON.stringify(line)}`));
+    if (line.includes('\n')) return Promise.reject(new Fault('invalid', `a pin path holds a newline: ${JSON.stringify(line)}`, { object: 'pin' }));
     return new Promise<string[]>((resolve) => {
       // The spawner has its own deadline (5 s) for each request; this one covers the spawner itself.
       const timer = setTimeout(() => this.settle(id, ['err', 'ETIMEDOUT', 'hear from usernsd-spawner']), SPAWN_TIMEOUT_MS * 2);

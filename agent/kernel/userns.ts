@@ -6,7 +6,7 @@ import type { HostMaps } from '../../config/load.ts';
 import { labelProblem } from '../../config/schema.ts';
 import { HOST_LABEL } from '../../config/types.ts';
 import type { Context, IdMap } from '../../config/types.ts';
-import { UsernsError } from '../errors.ts';
+import { errnoOf, Fault, refused } from '../fault.ts';
 import { fromHost, makeView } from '../idmap.ts';
 import { SysError } from './ffi.ts';
 import { HELPERS_DIR } from './helper.ts';
@@ -127,7 +127,7 @@ export class Namespaces {
     if (path === undefined) {
       // Labels are validated by the configuration, but a path built from one is checked again here.
       const problem = labelProblem(label);
-      if (problem) throw new UsernsError('E_INVALID', `invalid label "${label}": ${problem}`);
+      if (problem) throw new Fault('invalid', `invalid label "${label}": ${problem}`, { object: 'pin', label });
       path = join(this.pinsDir, label);
       if (this.paths.size < 100_000) this.paths.set(label, path);
     }
@@ -189,7 +189,7 @@ export class Namespaces {
     ] as const) {
       if (lstatOrNull(dir)?.isDirectory()) continue; // the common case: one lstat, no mkdir
       makeDirs(dir, mode);
-      if (!lstatSync(dir).isDirectory()) throw new UsernsError('E_CONFIG', `${dir} is not a directory (a symlink?): remove it`);
+      if (!lstatSync(dir).isDirectory()) throw new Fault('in-the-way', `${dir} is not a directory (a symlink?)`, { object: 'directory', subject: dir });
     }
     if (!this.formatMarked) markRecordFormat(this.recordsDir);
     this.formatMarked = true;
@@ -225,18 +225,12 @@ export class Namespaces {
         const actual = await this.mapsOf(ctx.label, path, ino);
         if (!sameMap(actual.uidMap, ctx.uidMap) || !sameMap(actual.gidMap, ctx.gidMap)) {
           this.drifted.add(ctx.label);
-          throw new UsernsError(
-            'E_CONFIG',
-            `pin ${path} maps differ from the configuration of "${ctx.label}" (drift): release it (usernsctl release ${ctx.label}) to have it created anew`,
-          );
+          throw new Fault('drift', `pin ${path} maps differ from the configuration of "${ctx.label}" (drift)`, { object: 'pin', label: ctx.label });
         }
         const why = this.parentProblem(ctx.label, path, parent && { label: ctx.parent, ino: parent.ino });
         if (why) {
           this.drifted.add(ctx.label);
-          throw new UsernsError(
-            'E_CONFIG',
-            `pin ${path} is not nested in its parent's pin (drift): ${why}; release it (usernsctl release ${ctx.label}) to have it created anew`,
-          );
+          throw new Fault('drift', `pin ${path} is not nested in its parent's pin (drift): ${why}`, { object: 'pin', label: ctx.label });
         }
         this.drifted.delete(ctx.label);
       }
@@ -275,10 +269,11 @@ export class Namespaces {
     const uid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'uid', ctx.owner.uid);
     const gid = ctx.owner.uid === 0 ? 0 : fromHost(view, 'gid', ctx.owner.gid);
     if (uid === null || gid === null) {
-      throw new UsernsError(
-        'E_CONFIG',
-        `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}": a nested namespace can only be owned by a user its parent maps`,
-      );
+      throw new Fault('misconfigured', `owner ${ctx.owner.name ?? ctx.owner.uid} of context "${ctx.label}" is not mapped in parent "${ctx.parent}"`, {
+        object: 'namespace',
+        label: ctx.label,
+        step: "map the owner's ids",
+      });
     }
     return { uid, gid };
   }
@@ -291,9 +286,14 @@ export class Namespaces {
     for (const kind of ['uid', 'gid'] as const) {
       const got = parseKernelMap(readFileSync(`/proc/${pid}/${kind}_map`, 'utf8'));
       if (!sameMap(got, want[kind])) {
-        throw new UsernsError(
-          'E_KERNEL',
+        throw new Fault(
+          'refused',
           `Failed to verify the ${kind} map of context "${ctx.label}": the kernel holds "${kernelMapText(got).trim()}", not the configured map`,
+          {
+            object: 'namespace',
+            label: ctx.label,
+            step: `verify the ${kind} map`,
+          },
         );
       }
     }
@@ -307,14 +307,13 @@ export class Namespaces {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const st = code === 'EEXIST' && pinnedIno(path) === null ? lstatSync(path) : null;
-      if (st?.isSymbolicLink())
-        throw new UsernsError('E_CONFIG', `${path} is a symbolic link, not a pin: someone planted it; remove it (the agent never follows it)`);
+      if (st?.isSymbolicLink()) throw new Fault('in-the-way', `${path} is a symbolic link, not a pin`, { object: 'pin', label, subject: path });
       if (st?.isFile() && st.size === 0) {
         // An empty pin file left by a crash between create and mount: nothing uses it.
         unlinkSync(path);
         return this.pin(label, holder, path);
       }
-      throw new UsernsError('E_KERNEL', `Failed to create pin ${path} for context "${label}": ${code}`);
+      throw refused('pin', `create pin ${path}`, errnoOf(err), { label, subject: path });
     }
     closeSync(fd);
     try {
@@ -322,7 +321,7 @@ export class Namespaces {
       else await holder.pin(path);
     } catch (err) {
       unlinkSync(path);
-      if (err instanceof UsernsError) throw err;
+      if (err instanceof Fault) throw err;
       throw kernelError(label, 'pin the namespace', err instanceof SysError ? err.code : 'EIO', path);
     }
   }
@@ -365,8 +364,7 @@ export class Namespaces {
       unlinkSync(path);
       any = true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-        throw new UsernsError('E_KERNEL', `Failed to remove pin ${path}: ${(err as NodeJS.ErrnoException).code}`);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw refused('pin', `remove pin ${path}`, errnoOf(err), { subject: path });
     }
     try {
       unlinkSync(join(this.recordsDir, `${label}.json`));

@@ -14,6 +14,8 @@ import { entryIntervals, idsKey, migrationKeys, parseEntry, parseIndex, POOL_MAR
 import type { PoolEntry } from '../../agent/coord/poolkeys.ts';
 import type { Pool } from '../../config/types.ts';
 import { hasEtcd, startCluster } from '../helpers/etcd.ts';
+import { Fault } from '../../agent/fault.ts';
+import { fromFault } from '../../agent/advice.ts';
 import type { Cluster } from '../helpers/etcd.ts';
 
 const POOL: Pool = { start: 1_000_000, end: 1_000_000 + 64 * 4096 - 1, size: 4096 };
@@ -175,7 +177,10 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
     const a = coord(prefix, 'a');
     await a.settle([{ label: 'x', size: 4096 }], [], POOL, []);
     await a.publishPinned(['x']);
-    await assert.rejects(coord(prefix, 'b').forgetRange('x'), /^UsernsError: x is pinned on a: release it there first \(usernsctl release x\)$/);
+    await assert.rejects(
+      coord(prefix, 'b').forgetRange('x'),
+      (e) => e instanceof Fault && e.kind === 'busy' && fromFault(e).message === 'x is pinned on a: release it there first (usernsctl release x)',
+    );
     await a.publishPinned([]);
     let once = true;
     const b = coord(prefix, 'b', async () => {

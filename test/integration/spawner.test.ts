@@ -11,7 +11,8 @@ import type { Interface } from 'node:readline';
 import fc from 'fast-check';
 import { loadConfiguration } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
-import { UsernsError } from '../../agent/errors.ts';
+import { Fault } from '../../agent/fault.ts';
+import { fromFault } from '../../agent/advice.ts';
 import { Namespaces, pinnedIno } from '../../agent/kernel/userns.ts';
 import type { Pin } from '../../agent/kernel/userns.ts';
 import { SPAWNER_PATH, useNativeSpawner } from '../../agent/kernel/spawner.ts';
@@ -356,7 +357,7 @@ const killUnderRequests = command(
         for (let x: string | null = l; x; x = PARENT[x]!) m.pinned.add(x);
         return;
       }
-      assert.ok(e instanceof UsernsError && e.code === 'E_KERNEL', `${l}: ${e instanceof Error ? e.message : JSON.stringify(e)}`);
+      assert.ok(e instanceof Fault && e.kind === 'refused' && fromFault(e).code === 'E_KERNEL', `${l}: ${e instanceof Error ? e.message : JSON.stringify(e)}`);
     });
     await checkInvariants(m, r);
   },
@@ -425,7 +426,10 @@ describe('unit: which spawner the agent uses', () => {
     assert.equal(useNativeSpawner('auto', SPAWNER_PATH), existsSync(SPAWNER_PATH));
     assert.throws(
       () => useNativeSpawner('native', missing),
-      (e: UsernsError) => e.code === 'E_CONFIG' && /was not built: install a C compiler \(apt-get install gcc libc6-dev\) and run "make"/.test(e.message),
+      (e) =>
+        e instanceof Fault &&
+        fromFault(e).code === 'E_CONFIG' &&
+        /was not built: install a C compiler \(apt-get install gcc libc6-dev\) and run "make"/.test(fromFault(e).message),
     );
   });
 });

@@ -5,7 +5,15 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { loadConfiguration } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
-import { UsernsError } from '../../agent/errors.ts';
+import { Fault } from '../../agent/fault.ts';
+import { fromFault } from '../../agent/advice.ts';
+import type { UsernsError } from '../../agent/errors.ts';
+
+/** What the kernel floor threw, as the request edge says it: kernel/ throws faults, never protocol errors. */
+function atTheEdge(e: unknown): UsernsError {
+  assert.ok(e instanceof Fault, `not a Fault: ${String(e)}`);
+  return fromFault(e);
+}
 import { Namespaces, pinnedIno } from '../../agent/kernel/userns.ts';
 import { ViewNamespaces } from '../../agent/kernel/idmapped.ts';
 import type { Pin } from '../../agent/kernel/userns.ts';
@@ -254,7 +262,7 @@ for (const spawner of ['native', 'node'] as const)
       );
       const again = await another().adopt(load(tree).contexts);
       assert.equal(again.find((e) => e.label === 'a')!.status, 'ok', 'a record of another boot is not trusted');
-      await assert.rejects(ensure(another(), load(tree), 'b'), (e: UsernsError) => e.code === 'E_CONFIG' && /drift/.test(e.message));
+      await assert.rejects(ensure(another(), load(tree), 'b'), (e) => atTheEdge(e).code === 'E_CONFIG' && /drift/.test(atTheEdge(e).message));
     });
 
     it('turns ENOSPC (the namespace limit) into E_KERNEL with what to change, and recovers', async () => {
@@ -266,7 +274,8 @@ for (const spawner of ['native', 'node'] as const)
       const limit = (n: number) =>
         spawnSync('nsenter', [`--user=${a.path}`, '-S', '0', '-G', '0', 'sh', '-c', `echo ${n} > /proc/sys/user/max_user_namespaces`]);
       assert.equal(limit(0).status, 0);
-      await assert.rejects(ensure(ns, cfg, 'b'), (e: UsernsError) => {
+      await assert.rejects(ensure(ns, cfg, 'b'), (fault) => {
+        const e = atTheEdge(fault);
         assert.equal(e.code, 'E_KERNEL');
         assert.match(e.message, /Failed to create the user namespace for context "b": ENOSPC/);
         assert.match(e.message, /max_user_namespaces/);
@@ -283,7 +292,8 @@ for (const spawner of ['native', 'node'] as const)
       const a = await ensure(ns, cfg, 'a');
       // Bypass the configuration check on purpose: ids 5000.. are not mapped in the parent.
       const bad = { ...cfg.contexts.get('a')!, label: 'bad', parent: 'a', uidMap: [{ inside: 0, outside: 5000, count: 10 }] };
-      await assert.rejects(ns.ensure(bad, { pin: a.path, ino: a.ino, host: cfg.hostMaps.get('a')! }), (e: UsernsError) => {
+      await assert.rejects(ns.ensure(bad, { pin: a.path, ino: a.ino, host: cfg.hostMaps.get('a')! }), (fault) => {
+        const e = atTheEdge(fault);
         assert.equal(e.code, 'E_KERNEL');
         // The spawner names the very file the kernel refused; the forked helper, its script.
         assert.match(

@@ -10,6 +10,8 @@ import { makeDirs } from '../../agent/kernel/files.ts';
 import { appendInForce, IN_FORCE_JOURNAL, newerStateFiles, readInForce, readInForceRecord, writeInForce } from '../../agent/coord/state.ts';
 import type { Context } from '../../config/types.ts';
 import { makeTree } from '../helpers/fixtures.ts';
+import { Fault } from '../../agent/fault.ts';
+import { fromFault } from '../../agent/advice.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
 const ctx = (label: string, start: number): Context => ({
@@ -159,7 +161,12 @@ describe('state: the record of the contexts in force and its journal', () => {
       const g = writeInForce(tree.state, [ctx('a', 65536)]);
       appendInForce(tree.state, g, [ctx('c', 196608)], []);
       appendFileSync(file, `${bad}\n`);
-      assert.throws(() => readInForce(tree.state), /contexts\.journal is corrupt \(.*\): remove it/, bad);
+      // coord/ says what is wrong (a fault); the edge adds what to do.
+      assert.throws(
+        () => readInForce(tree.state),
+        (e) => e instanceof Fault && e.kind === 'corrupt' && /contexts\.journal is corrupt \(.*\): remove it/.test(fromFault(e).message),
+        bad,
+      );
       writeInForce(tree.state, []);
     }
   });

@@ -1,6 +1,6 @@
 // The floors of the README's layout, read from the sources' own imports: config/ is the ground and
-// imports nothing of the agent; kernel/ stands on it and on the agent's error type and pure mapping
-// core alone; wire/ and coord/ never import each other, the CLI or the agent's top level beyond
+// imports nothing of the agent; kernel/ stands on it and on the agent's fault type and pure mapping
+// core alone (it never makes a protocol error: agent/advice.ts does, at the edge); wire/ and coord/ never import each other, the CLI or the agent's top level beyond
 // those and the names for mapped ids. An import that runs back up fails here, naming the file.
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -24,10 +24,11 @@ function importsOf(file: string): string[] {
 /** Each floor: the files on it, and what else they may import (beyond themselves and node_modules). */
 const FLOORS: { floor: string; may: (target: string) => boolean }[] = [
   { floor: 'config', may: (t) => t.startsWith('config/') },
-  { floor: 'agent/kernel', may: (t) => t.startsWith('config/') || ['agent/errors.ts', 'agent/idmap.ts'].includes(t) },
+  // Faults, not protocol errors: what a fault means to a caller is said at the request edge (agent/advice.ts).
+  { floor: 'agent/kernel', may: (t) => t.startsWith('config/') || ['agent/fault.ts', 'agent/idmap.ts'].includes(t) },
   {
     floor: 'agent/coord',
-    may: (t) => t.startsWith('config/') || t.startsWith('agent/kernel/') || ['agent/errors.ts', 'agent/idmap.ts'].includes(t),
+    may: (t) => t.startsWith('config/') || t.startsWith('agent/kernel/') || ['agent/fault.ts', 'agent/idmap.ts'].includes(t),
   },
   {
     floor: 'agent/wire',
