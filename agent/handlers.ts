@@ -378,6 +378,9 @@ function failed(agent: Agent, peer: Peer, data: unknown, id: P.RequestId | null,
     ms,
     label: labelOf(data),
   };
+  // The protocol declares each method's errors (protocol.ts, usernsd-protocol(7)): an answer outside them is a bug here.
+  if (known !== undefined && !table.get(known)!.method.errors.has(e.code))
+    agent.log.error({ ...fields, err }, `${P.UNDECLARED_ERROR}: ${known} answered ${e.code} (${e.message})`);
   if (e.code === 'E_INTERNAL') agent.log.error({ ...fields, err }, `Failed to serve ${known ?? 'a request'}: ${(err as Error)?.message ?? err}`);
   else agent.logClientFailure(peer, fields, `Failed to serve ${known ?? 'a request'}: ${e.message}`, levelOf(e.code));
   return { id, error: { code: e.code, message: e.message } };

@@ -79,6 +79,12 @@ export type Method<P, R> = {
   readonly name: string;
   readonly params: ParamSpec;
   readonly rootOnly: boolean;
+  /**
+   * The codes this method may answer (usernsd-protocol(7) lists them under each method): its own,
+   * and those of every method (ANY_METHOD_ERRORS; E_PERMISSION too when it is root's only). The
+   * request edge logs an answer outside them as a bug (handlers.ts).
+   */
+  readonly errors: ReadonlySet<ErrorCode>;
   readonly _types?: (p: P) => R;
 };
 export type ParamsOf<M> = M extends Method<infer P, unknown> ? P : never;
@@ -303,57 +309,100 @@ export type Explanation = {
 /** `descendants`: the pinned contexts nested in it, released first (deepest first). */
 export type ReleaseResult = { readonly label: string; readonly released: boolean; readonly descendants: readonly string[] };
 
-const method = <P, R>(name: string, params: ParamSpec, rootOnly = false): Method<P, R> => ({ name, params, rootOnly });
+/** How the agent's log says a method answered an error its declaration does not list (a bug; the tests look for it). */
+export const UNDECLARED_ERROR = 'Answered an error the protocol does not declare for the method';
+
+/** What any request may be answered: a malformed one, a limit reached, a bug. */
+export const ANY_METHOD_ERRORS: readonly ErrorCode[] = ['E_INVALID', 'E_BUSY', 'E_INTERNAL'];
+
+const method = <P, R>(name: string, params: ParamSpec, own: readonly ErrorCode[], rootOnly = false): Method<P, R> => ({
+  name,
+  params,
+  rootOnly,
+  errors: new Set([...ANY_METHOD_ERRORS, ...(rootOnly ? (['E_PERMISSION'] as const) : []), ...own]),
+});
+
+/** Errors of the methods that resolve, create or enter a context: the kernel and the shared pool may answer too. */
+const CONTEXT_ERRORS: readonly ErrorCode[] = ['E_NOT_FOUND', 'E_PERMISSION', 'E_CONFIG', 'E_KERNEL', 'E_UNSUPPORTED', 'E_UNAVAILABLE'];
 
 /** via: "upcall" when the request-key handler asks (counted in the metrics); nothing else changes. */
-export const resolve = method<{ label: string; via?: 'upcall' }, ResolveResult>('resolve', { label, via: oneOf(['upcall']) });
-export const resolvePath = method<{ path: string }, ResolvePathResult>('resolvePath', { path });
-export const map = method<{ from: string; to: string; uids?: number[]; gids?: number[] }, MapResult>('map', {
-  from: context,
-  to: context,
-  uids: ids,
-  gids: ids,
-});
-export const list = method<Record<string, never>, ListResult>('list', {});
-export const status = method<Record<string, never>, StatusResult>('status', {});
-export const reload = method<Record<string, never>, ReloadResult>('reload', {}, true);
+export const resolve = method<{ label: string; via?: 'upcall' }, ResolveResult>('resolve', { label, via: oneOf(['upcall']) }, CONTEXT_ERRORS);
+export const resolvePath = method<{ path: string }, ResolvePathResult>('resolvePath', { path }, CONTEXT_ERRORS);
+export const map = method<{ from: string; to: string; uids?: number[]; gids?: number[] }, MapResult>(
+  'map',
+  {
+    from: context,
+    to: context,
+    uids: ids,
+    gids: ids,
+  },
+  ['E_NOT_FOUND', 'E_PERMISSION', 'E_CONFIG', 'E_UNAVAILABLE'],
+);
+export const list = method<Record<string, never>, ListResult>('list', {}, []);
+export const status = method<Record<string, never>, StatusResult>('status', {}, []);
+export const reload = method<Record<string, never>, ReloadResult>('reload', {}, ['E_CONFIG'], true);
 /**
  * kill: the processes in the context's cgroup (and those nested in it) are killed first (cgroup.kill).
  * Root's; and, from inside a context, its root's for the contexts made inside it (SPEC §14), whose
  * records go with them. Contexts made from inside under the released one are released and forgotten.
  */
-export const release = method<{ label: string; kill?: boolean }, ReleaseResult>('release', { label, kill: bool });
+export const release = method<{ label: string; kill?: boolean }, ReleaseResult>('release', { label, kill: bool }, [
+  'E_NOT_FOUND',
+  'E_PERMISSION',
+  'E_CONFIG',
+  'E_KERNEL',
+  'E_UNAVAILABLE',
+]);
 /**
  * From inside a context, by its root (SPEC §14): a context nested in it, kept across restarts and
  * boots until it is released. `label` is the caller's name for it (CHILD makes CONTEXT.CHILD); the
  * maps' outside ids are its parent's, as in a nested context's file ("IN OUT COUNT, ..."). cgroup: a
  * cgroup of its own inside its parent's (which the parent must have), owned by its root.
  */
-export const create = method<{ label: string; uidMap: string; gidMap: string; cgroup?: boolean }, ResolveResult>('create', {
-  label,
-  uidMap: extents,
-  gidMap: extents,
-  cgroup: bool,
-});
+export const create = method<{ label: string; uidMap: string; gidMap: string; cgroup?: boolean }, ResolveResult>(
+  'create',
+  {
+    label,
+    uidMap: extents,
+    gidMap: extents,
+    cgroup: bool,
+  },
+  CONTEXT_ERRORS,
+);
 /** Moves the caller's own process (SO_PEERCRED) into the context's cgroup; for those who may enter it. */
-export const joinCgroup = method<{ label: string }, { label: string; cgroup: string }>('joinCgroup', { label });
+export const joinCgroup = method<{ label: string }, { label: string; cgroup: string }>('joinCgroup', { label }, [
+  'E_NOT_FOUND',
+  'E_PERMISSION',
+  'E_CONFIG',
+  'E_KERNEL',
+  'E_UNAVAILABLE',
+]);
 
 /** Served on the descriptor socket only: the reply carries a file descriptor. */
-export const view = method<ViewParams, ViewResult>('view', {
-  path,
-  context: optional(label),
-  mode: oneOf(['identity', 'foreign']),
-  purpose: oneOf(['mount', 'enter']),
-  target: optional(path),
-  readOnly: bool,
-});
-export const views = method<Record<string, never>, ViewsResult>('views', {}, true);
-export const explain = method<{ path: string }, Explanation>('explain', { path });
-export const ranges = method<Record<string, never>, RangesResult>('ranges', {}, true);
-export const rangesImport = method<Record<string, never>, { imported: number }>('rangesImport', {}, true);
-export const rangesForget = method<{ label: string }, { label: string; forgotten: boolean }>('rangesForget', { label }, true);
+export const view = method<ViewParams, ViewResult>(
+  'view',
+  {
+    path,
+    context: optional(label),
+    mode: oneOf(['identity', 'foreign']),
+    purpose: oneOf(['mount', 'enter']),
+    target: optional(path),
+    readOnly: bool,
+  },
+  CONTEXT_ERRORS,
+);
+export const views = method<Record<string, never>, ViewsResult>('views', {}, [], true);
+export const explain = method<{ path: string }, Explanation>('explain', { path }, ['E_NOT_FOUND', 'E_PERMISSION', 'E_KERNEL']);
+export const ranges = method<Record<string, never>, RangesResult>('ranges', {}, ['E_UNAVAILABLE'], true);
+export const rangesImport = method<Record<string, never>, { imported: number }>('rangesImport', {}, ['E_CONFIG', 'E_UNAVAILABLE'], true);
+export const rangesForget = method<{ label: string }, { label: string; forgotten: boolean }>(
+  'rangesForget',
+  { label },
+  ['E_NOT_FOUND', 'E_CONFIG', 'E_UNAVAILABLE'],
+  true,
+);
 /** The Prometheus text exposition format, as the HTTP listener serves it. */
-export const metrics = method<Record<string, never>, { text: string; contentType: string }>('metrics', {}, true);
+export const metrics = method<Record<string, never>, { text: string; contentType: string }>('metrics', {}, [], true);
 
 export const METHODS: ReadonlyMap<string, Method<unknown, unknown>> = new Map(
   [resolve, resolvePath, map, list, status, reload, release, create, joinCgroup, view, views, explain, ranges, rangesImport, rangesForget, metrics].map((m) => [

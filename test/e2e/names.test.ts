@@ -194,7 +194,7 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     const garbage = async (round: string) => {
       for (let i = 0; i < 50; i++) {
         await callAgent(agent.socket, Proto.resolve, { label: `nosuch${round}${i}` }).catch(() => null);
-        await callAgent(agent.socket, { name: `bogus${round}${i}`, params: {}, rootOnly: false }, {}).catch(() => null);
+        await callAgent(agent.socket, { name: `bogus${round}${i}`, params: {}, rootOnly: false, errors: new Set() }, {}).catch(() => null);
       }
       return scrape();
     };

@@ -1,9 +1,11 @@
 // The agent as a separate process on a temporary tree, and usernsctl as users run it; nothing outlives a test.
+import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { runCli } from '../../agent/cli/main.ts';
+import { UNDECLARED_ERROR } from '../../agent/wire/protocol.ts';
 import { isRoot, unmountAll } from './kernel.ts';
 import { makeTree } from './fixtures.ts';
 import type { Tree } from './fixtures.ts';
@@ -64,6 +66,7 @@ export function startAgent(
         l = { level: 60, msg: text };
       }
       logs.push(l);
+      if (typeof l.msg === 'string' && l.msg.startsWith(UNDECLARED_ERROR)) undeclared.push(l.msg);
       for (const w of [...waiters])
         if (w.pred(l)) {
           waiters.splice(waiters.indexOf(w), 1);
@@ -112,8 +115,14 @@ export function startAgent(
 }
 
 const running = new Set<ChildProcess>();
+/** Errors an agent answered that its protocol does not declare for the method (handlers.ts logs each): cleanup fails on them. */
+const undeclared: string[] = [];
 
-/** Kill what is left, unmount every pin under the tree, remove it: for afterEach, also after a failure. */
+/**
+ * Kill what is left, unmount every pin under the tree, remove it: for afterEach, also after a
+ * failure. Then fail if any agent since the last cleanup answered an error its method does not
+ * declare (usernsd-protocol(7)): every suite that runs agents checks the protocol's contract.
+ */
 export async function cleanup(tree: Tree | undefined): Promise<void> {
   for (const child of [...running]) {
     if (child.exitCode === null && child.signalCode === null) {
@@ -127,6 +136,8 @@ export async function cleanup(tree: Tree | undefined): Promise<void> {
     unmountAll(tree.dir);
     tree.remove();
   }
+  const found = undeclared.splice(0);
+  assert.deepEqual(found, [], 'answers outside the errors the protocol declares for their method');
 }
 
 /**

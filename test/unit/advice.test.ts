@@ -14,6 +14,8 @@ import { OWN_USERNS } from '../../agent/wire/peer.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { serviceOf } from '../helpers/service.ts';
+import type { LogLine } from '../helpers/service.ts';
+import * as P from '../../agent/wire/protocol.ts';
 import { unmountAll } from '../helpers/kernel.ts';
 
 const OBJECTS: FaultObject[] = [
@@ -123,6 +125,7 @@ describe('unit: faults said at one edge (advice.ts)', () => {
   describe('at the request edge (handleRequest)', () => {
     let tree: Tree;
     let agent: Agent;
+    let logs: LogLine[];
     const root: Connection = {
       peer: { pid: process.pid, uid: 0, gid: 0, groups: [], userns: [OWN_USERNS], host: true },
       inflight: 0,
@@ -133,7 +136,7 @@ describe('unit: faults said at one edge (advice.ts)', () => {
     before(async () => {
       tree = makeTree();
       tree.context('a.conf', '[context]\nuid_map = 0 200000 65536\ngid_map = 0 200000 65536\n');
-      agent = (await serviceOf(tree)).service;
+      ({ service: agent, logs } = await serviceOf(tree));
     });
     after(() => {
       agent.registry.namespaces.close();
@@ -156,10 +159,36 @@ describe('unit: faults said at one edge (advice.ts)', () => {
           replies.push(await handleRequest(agent, root, { id: 1, method, params }));
         const expected = { code: 'E_KERNEL', message: `${fault.message}: the nesting depth limit (32) is reached` };
         for (const r of replies) assert.deepEqual('error' in r ? r.error : r, expected);
+        assert.deepEqual(
+          logs.filter((l) => l.msg.startsWith(P.UNDECLARED_ERROR)),
+          [],
+          'E_KERNEL is declared for both (usernsd-protocol(7))',
+        );
       } finally {
         // Own properties shadowed the classes' methods: deleted, the methods answer again.
         delete (ns.maker as { make?: unknown }).make;
         delete (ns as { release?: unknown }).release;
+      }
+    });
+
+    it('logs an answer outside the errors its method declares as a bug, and answers it all the same', async () => {
+      const fault = refused('view', 'read the maps', 'EIO');
+      // map is answered from memory: it declares no kernel error (usernsd-protocol(7)).
+      assert.equal(P.map.errors.has('E_KERNEL'), false);
+      Object.assign(agent.registry, {
+        view: () => {
+          throw fault;
+        },
+      });
+      try {
+        const r = await handleRequest(agent, root, { id: 2, method: 'map', params: { from: 'a', to: 'host', uids: [0] } });
+        assert.deepEqual('error' in r ? r.error.code : r, 'E_KERNEL');
+        const said = logs.filter((l) => l.msg.startsWith(P.UNDECLARED_ERROR));
+        assert.equal(said.length, 1, JSON.stringify(said));
+        assert.match(said[0].msg, /: map answered E_KERNEL \(Failed to read the maps: EIO\)$/);
+        assert.equal(said[0].level, 50, 'an error: a bug to report');
+      } finally {
+        delete (agent.registry as { view?: unknown }).view;
       }
     });
   });

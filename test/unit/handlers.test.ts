@@ -211,6 +211,15 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     assert.deepEqual((back.result as P.MapResult).uids, [0, agent.registry.overflow.uid], "host 200000 is shared's 0; another context's id is nobody there");
   });
 
+  it('answered every request above within the errors its method declares (usernsd-protocol(7))', () => {
+    const refusals = logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('Failed to serve'));
+    assert.ok(refusals.length > 10, 'the properties above were refused many times');
+    assert.deepEqual(
+      logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith(P.UNDECLARED_ERROR)).map((l) => l.msg),
+      [],
+    );
+  });
+
   it('made no namespace: every request here was refused or answered from memory, so nothing is mounted under the tree', () => {
     assert.deepEqual(mountsUnder(tree.dir), []);
   });

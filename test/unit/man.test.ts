@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { COMMAND_NAMES, EXIT } from '../../agent/cli/main.ts';
 import { ERROR_CODES } from '../../agent/errors.ts';
-import { LIMITS, METHODS } from '../../agent/wire/protocol.ts';
+import { ANY_METHOD_ERRORS, LIMITS, METHODS } from '../../agent/wire/protocol.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA } from '../../config/schema.ts';
 import type { KeySpec } from '../../config/schema.ts';
 import { AGENT_DEFAULTS, keepStartOnly } from '../../config/load.ts';
@@ -73,6 +73,20 @@ describe('man pages', () => {
     assertTerms('usernsd-protocol.7', 'LIMITS', Object.keys(LIMITS));
     const limits = page('usernsd-protocol.7');
     for (const [k, v] of Object.entries(LIMITS)) assert.match(limits, new RegExp(`\\.B ${k}\\n${v}\\b`), `${k} is ${v} in the page too`);
+  });
+
+  it('usernsd-protocol(7) names under each method exactly the errors protocol.ts declares for it', () => {
+    const text = page('usernsd-protocol.7');
+    const methods = text.split('\n.SH METHODS\n')[1].split('\n.SH ')[0];
+    for (const m of METHODS.values()) {
+      const entry = methods.split(`\n.TP\n.B ${m.name}\n`)[1]?.split('\n.TP\n')[0];
+      assert.ok(entry !== undefined, `no entry for ${m.name}`);
+      const line = /^Errors: (.*)\.$/m.exec(entry)?.[1];
+      assert.ok(line !== undefined, `${m.name}: no "Errors:" line`);
+      const shown = line === 'only those of every method' ? [] : line.split(', ');
+      const own = [...m.errors].filter((c) => !ANY_METHOD_ERRORS.includes(c) && !(m.rootOnly && c === 'E_PERMISSION'));
+      assert.deepEqual([...shown].sort(), own.sort(), m.name);
+    }
   });
 
   it('usernsctl(1) documents every command, option and exit code', () => {
