@@ -232,6 +232,9 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations });
   const allocations = new Map<string, Allocation>();
   for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0].outside, size: allocationSize(c)! });
+  // A static context kept at its last good version (its file broken) holds its ids here as before:
+  // the shared pool is told so, as for a healthy file, or a forget of it would free them for good.
+  const keptStatics = agent.coordinator === 'etcd' ? keptClaims(keptContexts, contexts, hostMaps, statics) : [];
   return {
     agent,
     contexts: new Map(contexts.map((c) => [c.label, c])),
@@ -242,7 +245,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     errors,
     notices: [...runtimeNotices, ...notices],
     pending,
-    statics,
+    statics: keptStatics.length > 0 ? [...statics, ...keptStatics] : statics,
     waiting,
     requests:
       agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: allocationSize(d)!, file: d.file })) : [],
@@ -282,6 +285,26 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], inForce:
 }
 
 /** coordinator = etcd: this host's top-level static ranges, refused ones too (the pool says again whether they still conflict). */
+/** The claims of the top-level static contexts kept at their last good version that `statics` lacks. */
+function keptClaims(
+  kept: readonly string[],
+  contexts: readonly Context[],
+  hostMaps: ReadonlyMap<string, HostMaps>,
+  statics: readonly StaticClaim[],
+): StaticClaim[] {
+  if (kept.length === 0) return [];
+  const claimed = new Set(statics.map((s) => s.label));
+  const byLabel = new Map(contexts.map((c) => [c.label, c]));
+  const out: StaticClaim[] = [];
+  for (const label of kept) {
+    const c = byLabel.get(label);
+    const h = hostMaps.get(label);
+    if (!c || !h || c.parent !== HOST_LABEL || c.autoSize !== null || claimed.has(label)) continue;
+    out.push({ label, intervals: mergeIntervals(outsideIntervals([...h.uid, ...h.gid])) });
+  }
+  return out;
+}
+
 function staticClaims(defs: readonly ContextDef[]): StaticClaim[] {
   const out: StaticClaim[] = [];
   const top = new Set(defs.filter((d) => d.parent === HOST_LABEL).map((d) => d.label));

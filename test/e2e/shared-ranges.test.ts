@@ -265,6 +265,25 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     rmSync(join(t0.contexts, 'pinned.conf'));
   });
 
+  it('a static context kept at its last good version (its file broken) keeps its claim: a forget of it is undone at the next settle', async () => {
+    const t0 = tree(0);
+    t0.context('kept.conf', '[context]\nuid_map = 0 6000000 65536\ngid_map = 0 6000000 65536\n');
+    agents = [await startAgent(t0, ['--log-level', 'info'])];
+    await waitSettled(agents[0]);
+    assert.deepEqual(doc().statics.kept?.intervals, [{ start: 6000000, end: 6065536 }]);
+    t0.context('kept.conf', '[context]\nuid_map = 0 6000000\n'); // broken: the context stays in force as it was
+    await callAgent(agents[0].socket, P.reload, {});
+    assert.ok(agents[0].logs.some((l) => l.msg === 'Context kept keeps its last good version until its file is fixed'));
+    assert.deepEqual(await callAgent(agents[0].socket, P.rangesForget, { label: 'kept' }), { label: 'kept', forgotten: true });
+    // Its ids are this host's while the context is in force here: the next settle claims them again,
+    // as it does a healthy file's, so no host is given them meanwhile for long.
+    await callAgent(agents[0].socket, P.reload, {});
+    for (const t = Date.now(); doc().statics.kept === undefined; await new Promise((r) => setTimeout(r, 100)))
+      assert.ok(Date.now() - t < 10_000, 'the kept context claims its ids again');
+    assert.deepEqual(doc().statics.kept?.intervals, [{ start: 6000000, end: 6065536 }]);
+    assertDisjoint(doc());
+  });
+
   it('a hostile pool document (out of the pool, overlapping, malformed, prototype-named entries), moved to one key per label, harms only its own labels: the agent stays up, nothing bad is used or recorded', async () => {
     const slot = (k: number) => 100000000 - (100000000 % 65536) + 65536 * (k + 2);
     const entry = (start: number) => ({ start, size: 65536, by: 'elsewhere', at: 'then' });
