@@ -39,8 +39,7 @@ export type FaultObject =
   | 'state-file'
   | 'ranges-file'
   | 'in-force-file'
-  | 'journal'
-  | 'children';
+  | 'journal';
 
 export type FaultFacts = {
   readonly object: FaultObject;
