@@ -1,6 +1,7 @@
 // What went wrong below the request edge, said as facts: the kind of fault, the step and the object,
-// the errno the kernel gave. kernel/ and coord/ throw these and nothing else of their own; they
-// never choose a protocol code or tell anyone what to do. The edge (agent/advice.ts) turns a fault
+// the errno the kernel gave. kernel/ and coord/ throw these (the syscall wrappers' SysError aside,
+// which their callers there turn into faults); they never choose a protocol code or tell anyone
+// what to do. The edge (agent/advice.ts) turns a fault
 // into the protocol's code and the advice, once, whichever caller met it.
 
 /** The kinds of fault, each one protocol code at the edge (advice.ts, CODE_OF). */
@@ -75,7 +76,7 @@ export class Fault extends Error {
   }
 }
 
-/** The kernel refused a step: "Failed to STEP[ for "LABEL"]: ERRNO[ (detail)]". */
+/** The kernel refused a step: "Failed to STEP[ for [context ]"LABEL"]: ERRNO[ (detail)]" ("context" for a namespace or a pin). */
 export function refused(
   object: FaultObject,
   step: string,
