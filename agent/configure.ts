@@ -18,6 +18,7 @@ import {
   loadRuntimeDefs,
   parseContextFile,
   runtimeDelegateProblem,
+  sameRecorded,
 } from '../config/load.ts';
 import type { Delegations, ParseCache, ReadAhead, Unread } from '../config/load.ts';
 import type { ReadFile } from '../config/ini.ts';
@@ -229,7 +230,10 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     hostMaps,
     kept: keptContexts,
     notices,
-  } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations });
+  } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations, fromRecord: !opts.inForce });
+  // What is in force and the same as its record is, for the record too, the object made from its
+  // file (see Prior.fromRecord): nothing to write for it, and the record's copy is garbage.
+  if (recorded) recorded = { ...recorded, contexts: sameAsRecorded(recorded.contexts, contexts) };
   const allocations = new Map<string, Allocation>();
   for (const c of contexts) if (c.autoSize !== null) allocations.set(c.label, { start: c.uidMap[0].outside, size: allocationSize(c)! });
   // A static context kept at its last good version (its file broken) holds its ids here as before:
@@ -285,6 +289,16 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], inForce:
 }
 
 /** coordinator = etcd: this host's top-level static ranges, refused ones too (the pool says again whether they still conflict). */
+/** The record's contexts, each one the same as a context in force replaced by that one. */
+function sameAsRecorded(record: ReadonlyMap<string, Context>, contexts: readonly Context[]): Map<string, Context> {
+  const out = new Map(record);
+  for (const c of contexts) {
+    const r = out.get(c.label);
+    if (r !== undefined && r !== c && sameRecorded(r, c)) out.set(c.label, c);
+  }
+  return out;
+}
+
 /** The claims of the top-level static contexts kept at their last good version that `statics` lacks. */
 function keptClaims(
   kept: readonly string[],

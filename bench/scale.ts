@@ -115,7 +115,7 @@ export function scaleSection(s: ScaleFigures, command: string): string {
     `| the collection each reload runs once it has answered (median; memory is back within it) | ${Math.round(s.settleMs)} ms | |`,
     `| resident memory right after 10 reloads (each one's collection done) vs at ready | ${Math.round(s.rssAfterReloadsMb)} MiB, ${f2(memRatio)}x | 1.1x, ${verdict(memRatio <= 1.1, `${f2(memRatio)}x`)} |`,
     `| the same, 10 s later (idle) | ${Math.round(s.rssIdleMb)} MiB, ${f2(idleRatio)}x | |`,
-    `| restart on the same files (the state the first agent left: contexts.json read, its objects kept in force, nothing written) | ${Math.round(s.restartMs)} ms, ${Math.round(s.restartRssMb)} MiB | |`,
+    `| restart on the same files (the state the first agent left: contexts.json read, the contexts made from the files kept in force and named by the record, nothing written; 237 MiB before it kept the record's copies) | ${Math.round(s.restartMs)} ms, ${Math.round(s.restartRssMb)} MiB | |`,
   ];
   return `<!-- scale -->
 ## The whole id space

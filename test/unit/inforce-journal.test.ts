@@ -3,13 +3,16 @@
 // the agent killed between the whole write and the journal's removal — and read back after each
 // step, the record must say exactly what was put in force. Then each way the journal can be bad.
 import assert from 'node:assert/strict';
-import { appendFileSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, lstatSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { makeDirs } from '../../agent/kernel/files.ts';
 import { appendInForce, IN_FORCE_JOURNAL, newerStateFiles, readInForce, readInForceRecord, writeInForce } from '../../agent/coord/state.ts';
 import type { Context } from '../../config/types.ts';
-import { makeTree } from '../helpers/fixtures.ts';
+import { makeTree, testNss } from '../helpers/fixtures.ts';
+import { loadConfiguration } from '../../agent/configure.ts';
+import { ParseCache } from '../../config/load.ts';
+import { stampOf } from '../../config/ini.ts';
 import { Fault } from '../../agent/fault.ts';
 import { fromFault } from '../../agent/advice.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -169,6 +172,23 @@ describe('state: the record of the contexts in force and its journal', () => {
       );
       writeInForce(tree.state, []);
     }
+  });
+
+  it('a start on the record keeps one object per context: the one made from its file, sharing the parse the cache keeps, and the record names it', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 4000000 1000\ngid_map = 0 4000000 1000\n');
+    const load = (cache?: ParseCache) => loadConfiguration(tree.config, { record: false, nss: testNss, systemIds: () => [], cache });
+    writeInForce(tree.state, load().contexts.values());
+    await new Promise((r) => setTimeout(r, 5)); // older than the cache's racy window (racyMs 1)
+    const cache = new ParseCache(1);
+    const cfg = load(cache);
+    const a = cfg.contexts.get('a')!;
+    assert.equal(cfg.recorded?.contexts.get('a'), a, 'the record names the context in force: nothing to write at start');
+    const file = join(tree.contexts, 'a.conf');
+    const parsed = cache.get(file, stampOf(lstatSync(file)), cfg.agent.pool.size);
+    assert.ok(parsed?.def, 'the parse is cached');
+    // Not the record's own copy: that one would be a second copy of every context, kept for nothing.
+    assert.equal(a.owner, parsed.def.owner);
+    assert.equal(a.squash, parsed.def.squash);
   });
 
   it('a journal in a newer format stops the start, as contexts.json in one does', () => {
