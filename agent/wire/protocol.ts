@@ -392,8 +392,8 @@ export const view = method<ViewParams, ViewResult>(
   CONTEXT_ERRORS,
 );
 export const views = method<Record<string, never>, ViewsResult>('views', {}, [], true);
-export const explain = method<{ path: string }, Explanation>('explain', { path }, ['E_NOT_FOUND', 'E_PERMISSION', 'E_KERNEL']);
-export const ranges = method<Record<string, never>, RangesResult>('ranges', {}, ['E_UNAVAILABLE'], true);
+export const explain = method<{ path: string }, Explanation>('explain', { path }, ['E_NOT_FOUND', 'E_PERMISSION', 'E_CONFIG', 'E_KERNEL', 'E_UNAVAILABLE']);
+export const ranges = method<Record<string, never>, RangesResult>('ranges', {}, ['E_CONFIG', 'E_UNAVAILABLE'], true);
 export const rangesImport = method<Record<string, never>, { imported: number }>('rangesImport', {}, ['E_CONFIG', 'E_UNAVAILABLE'], true);
 export const rangesForget = method<{ label: string }, { label: string; forgotten: boolean }>(
   'rangesForget',

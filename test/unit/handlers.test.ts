@@ -4,7 +4,8 @@
 // here, with fast-check over callers, labels and malformed requests. No namespace is created.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { setXattr } from '../../agent/kernel/sys.ts';
 import { join } from 'node:path';
 import { UsernsError } from '../../agent/errors.ts';
 import { handleRequest, METHOD_NAMES } from '../../agent/handlers.ts';
@@ -17,7 +18,7 @@ import type { Connection } from '../../agent/wire/server.ts';
 import { OWN_USERNS } from '../../agent/wire/peer.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
-import { mountsUnder, unmountAll } from '../helpers/kernel.ts';
+import { isRoot, mountsUnder, unmountAll } from '../helpers/kernel.ts';
 
 const ALICE = 1001; // testNss: alice (1001), in [access] of "shared"
 const HPA = 1000; // owner of "hpa-backups"
@@ -209,6 +210,24 @@ describe('unit: the request edge, in-process (handleRequest)', () => {
     const back = await ask(agent, conn(0), request('map', { from: 'host', to: 'shared', uids: [200000, 100000] }));
     assert.ok('result' in back);
     assert.deepEqual((back.result as P.MapResult).uids, [0, agent.registry.overflow.uid], "host 200000 is shared's 0; another context's id is nobody there");
+  });
+
+  it('answers ranges over a corrupt ranges.json with E_CONFIG and what to do, and explain of an invalid label with E_CONFIG', async () => {
+    mkdirSync(tree.state, { recursive: true });
+    writeFileSync(join(tree.state, 'ranges.json'), 'not json');
+    try {
+      const r = await ask(agent, conn(0), request('ranges', {}));
+      assert.equal('error' in r && r.error.code, 'E_CONFIG');
+      assert.match('error' in r ? r.error.message : '', /ranges\.json is corrupt \(not JSON\): no range will be allocated until it is fixed/);
+    } finally {
+      rmSync(join(tree.state, 'ranges.json'));
+    }
+    if (!isRoot) return; // a trusted.* attribute is root's to set
+    const dir = join(tree.dir, 'badlabel');
+    mkdirSync(dir);
+    setXattr(dir, agent.registry.agent.labelXattr, Buffer.from('../x'));
+    const e = await ask(agent, conn(0), request('explain', { path: dir }));
+    assert.equal('error' in e && e.error.code, 'E_CONFIG', JSON.stringify(e));
   });
 
   it('answered every request above within the errors its method declares (usernsd-protocol(7))', () => {
