@@ -180,7 +180,11 @@ export class Metrics {
         if (c) this.set(c.waiting);
       },
     });
-    collectDefaultMetrics({ register: this.registry, prefix: 'usernsd_' });
+    // Its event-loop delay histogram samples the loop on a timer (every 10 ms by default): an idle
+    // agent woke 100 times a second for it. The timer is set to an hour, and the series it feeds
+    // removed; usernsd_nodejs_eventloop_lag_seconds, measured at each scrape, stays.
+    collectDefaultMetrics({ register: this.registry, prefix: 'usernsd_', eventLoopMonitoringPrecision: 3_600_000 });
+    for (const s of ['min', 'max', 'mean', 'stddev', 'p50', 'p90', 'p99']) this.registry.removeSingleMetric(`usernsd_nodejs_eventloop_lag_${s}_seconds`);
     // prom-client also exports each of its per-type gauges summed, as a gauge named *_total, which
     // Prometheus reserves for counters (promtool check metrics rejects them). The sum is
     // sum(usernsd_nodejs_active_handles) in PromQL; the per-type gauges stay.

@@ -274,6 +274,19 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((await ctl(['resolve', 'd'])).code, 0);
   });
 
+  it('sleeps when idle: its main thread is not woken by a timer of its own (an idle daemon costs nothing)', async () => {
+    tree.context('a.conf', A);
+    agent = await startAgent(tree);
+    // Its event loop is its main thread: each wakeup is a voluntary context switch there.
+    const switches = () =>
+      Number(/voluntary_ctxt_switches:\s+(\d+)/.exec(readFileSync(`/proc/${agent!.child.pid}/task/${agent!.child.pid}/status`, 'utf8'))![1]);
+    await new Promise((r) => setTimeout(r, 500)); // what the start left to finish (its log lines, a first collection)
+    const before = switches();
+    await new Promise((r) => setTimeout(r, 2000));
+    // prom-client's event-loop histogram woke it every 10 ms: about 200 here.
+    assert.ok(switches() - before < 40, `woke ${switches() - before} times in 2 s of idling`);
+  });
+
   it('a reload reads the files that changed and journals what changed; a stop writes the record whole, and a start on it writes nothing', async () => {
     tree.context('a.conf', A);
     tree.context('b.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
