@@ -18,7 +18,8 @@ type Bucket = { windowStart: number; logged: number; suppressed: number };
  */
 export class LogLimiter {
   private readonly buckets = new Map<string, Bucket>();
-  private readonly timer: NodeJS.Timeout;
+  /** Runs only while some uid has a window open: an idle agent holds no timer. */
+  private timer: NodeJS.Timeout | null = null;
   private readonly log: Logger;
 
   /** Who a uid counts as (agent/people.ts): an owner's failures and its contexts' ids share one budget. */
@@ -27,8 +28,11 @@ export class LogLimiter {
   constructor(log: Logger, personOf: (uid: number) => string = (uid) => `uid ${uid}`) {
     this.log = log;
     this.personOf = personOf;
-    this.timer = setInterval(() => this.flush(false), LOG_WINDOW_MS);
-    this.timer.unref();
+  }
+
+  /** Whether a window is open, and so its timer runs. */
+  get ticking(): boolean {
+    return this.timer !== null;
   }
 
   /**
@@ -42,6 +46,10 @@ export class LogLimiter {
     const now = Date.now();
     let b = this.buckets.get(key);
     if (!b) this.buckets.set(key, (b = { windowStart: now, logged: 0, suppressed: 0 }));
+    if (this.timer === null) {
+      this.timer = setInterval(() => this.flush(false), LOG_WINDOW_MS);
+      this.timer.unref();
+    }
     if (now - b.windowStart >= LOG_WINDOW_MS) this.roll(key, b, now);
     if (b.logged < LOG_BURST_PER_UID) {
       b.logged++;
@@ -72,10 +80,13 @@ export class LogLimiter {
       this.roll(key, b, now);
       this.buckets.delete(key);
     }
+    if (this.buckets.size === 0 && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
   }
 
   close(): void {
-    clearInterval(this.timer);
     this.flush(true);
   }
 }
