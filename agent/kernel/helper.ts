@@ -7,7 +7,8 @@ import { refused } from '../fault.ts';
 /** In the pins directory: the helper's execute-only programs. Not a label: it starts with a dot. */
 export const HELPERS_DIR = '.usernsd-helpers';
 
-export type Programs = { readonly unshare: string; readonly cat: string; readonly nsenter: string };
+/** `bash` writes a nested context's maps from inside its parent, as that parent's root (ForkedMaker). */
+export type Programs = { readonly unshare: string; readonly cat: string; readonly nsenter: string; readonly bash: string };
 
 /** The host id that inside id 0 of a map is (a parent's root), or null when 0 is not mapped. */
 export function rootOf(map: IdMap): number | null {
@@ -33,7 +34,9 @@ export class HelperPrograms {
    * before the agent does, nor ptrace it, while the map's writer can. The same holds for nsenter
    * into a namespace an owner owns: with root's ids there and a program it can read, the process
    * would be the owner's to trace (a namespace's owner has CAP_SYS_PTRACE over what runs in it),
-   * so nsenter, and cat run there, are execute-only copies too. Where the copies cannot be made
+   * so nsenter, and cat and bash run there, are execute-only copies too (a readable bash writing a
+   * nested context's maps, as host root inside the parent, was the owner's to trace: found by the
+   * exposure watcher of test/integration/userns.test.ts). Where the copies cannot be made
    * the creation is refused (E_KERNEL): an owner must never get the race back silently.
    * Handing a nested context's copies to its parent's root takes CAP_CHOWN.
    */
@@ -41,7 +44,7 @@ export class HelperPrograms {
     const key = `${uid}:${gid}`;
     const known = this.cache.get(key);
     // Checked each time (two stats): the pins directory may have been removed behind our back.
-    if (known && existsSync(known.unshare) && existsSync(known.cat) && existsSync(known.nsenter)) return known;
+    if (known && Object.values(known).every((p) => existsSync(p))) return known;
     const top = join(this.pinsDir, HELPERS_DIR);
     const dir = join(top, key.replace(':', '.'));
     let paths: Programs;
@@ -70,7 +73,7 @@ export class HelperPrograms {
         renameSync(tmp, target);
         return target;
       };
-      paths = { unshare: copy('unshare'), cat: copy('cat'), nsenter: copy('nsenter') };
+      paths = { unshare: copy('unshare'), cat: copy('cat'), nsenter: copy('nsenter'), bash: copy('bash') };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
       throw refused('namespace', `prepare the namespace helper's execute-only programs in ${dir}`, code, { detail: (err as Error).message });

@@ -146,7 +146,8 @@ class ForkedMaker implements NamespaceMaker {
     // The kernel accepts a nested namespace's maps only from a writer in the parent namespace.
     // bash, not sh: dash reports a failed write as "I/O error" and loses the errno.
     const script = 'printf %s "$2" > /proc/$1/setgroups && printf %s "$3" > /proc/$1/uid_map && printf %s "$4" > /proc/$1/gid_map';
-    const r = await run(this.helpers.for(0, 0).nsenter, [
+    const { nsenter, bash } = this.helpers.for(0, 0);
+    const r = await run(nsenter, [
       `--user=${req.parent.pin}`,
       '--preserve-credentials',
       '-S',
@@ -154,7 +155,7 @@ class ForkedMaker implements NamespaceMaker {
       '-G',
       '0',
       '--',
-      'bash',
+      bash,
       '-c',
       script,
       'bash',
