@@ -22,25 +22,27 @@ export const FAULT_KINDS = [
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
-/** What a fault is about, for the advice: which kind of object, and its name (path, label, device). */
-export type FaultObject =
-  | 'namespace' // a user namespace being made, its maps, its helper
-  | 'pin'
-  | 'cgroup'
-  | 'cgroup-root'
-  | 'device'
-  | 'directory'
-  | 'hook'
-  | 'netns'
-  | 'tap'
-  | 'view'
-  | 'mount-namespace'
-  | 'spawner'
-  | 'pool'
-  | 'state-file'
-  | 'ranges-file'
-  | 'in-force-file'
-  | 'journal';
+/** What a fault is about, for the advice: which kind of object (its name is the fault's `subject`). */
+export const FAULT_OBJECTS = [
+  'namespace', // a user namespace being made, its maps, its helper
+  'pin',
+  'cgroup',
+  'cgroup-root',
+  'device',
+  'directory',
+  'hook',
+  'netns',
+  'tap',
+  'view',
+  'mount-namespace',
+  'spawner',
+  'pool',
+  'state-file',
+  'ranges-file',
+  'in-force-file',
+  'journal',
+] as const;
+export type FaultObject = (typeof FAULT_OBJECTS)[number];
 
 export type FaultFacts = {
   readonly object: FaultObject;

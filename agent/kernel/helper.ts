@@ -43,7 +43,7 @@ export class HelperPrograms {
   for(uid: number, gid: number): Programs {
     const key = `${uid}:${gid}`;
     const known = this.cache.get(key);
-    // Checked each time (two stats): the pins directory may have been removed behind our back.
+    // Checked each time (a stat per program): the pins directory may have been removed behind our back.
     if (known && Object.values(known).every((p) => existsSync(p))) return known;
     const top = join(this.pinsDir, HELPERS_DIR);
     const dir = join(top, key.replace(':', '.'));

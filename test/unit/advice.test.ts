@@ -5,8 +5,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { adviceFor, agentError, codeOf, fromFault, said } from '../../agent/advice.ts';
 import { ERROR_CODES, UsernsError } from '../../agent/errors.ts';
-import { Fault, FAULT_KINDS, refused } from '../../agent/fault.ts';
-import type { FaultObject } from '../../agent/fault.ts';
+import { Fault, FAULT_KINDS, FAULT_OBJECTS, refused } from '../../agent/fault.ts';
 import { handleRequest } from '../../agent/handlers.ts';
 import type { Agent } from '../../agent/handlers.ts';
 import type { Connection } from '../../agent/wire/server.ts';
@@ -18,30 +17,10 @@ import type { LogLine } from '../helpers/service.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { unmountAll } from '../helpers/kernel.ts';
 
-const OBJECTS: FaultObject[] = [
-  'namespace',
-  'pin',
-  'cgroup',
-  'cgroup-root',
-  'device',
-  'directory',
-  'hook',
-  'netns',
-  'tap',
-  'view',
-  'mount-namespace',
-  'spawner',
-  'pool',
-  'state-file',
-  'ranges-file',
-  'in-force-file',
-  'journal',
-];
-
 const faultArb = fc
   .record({
     kind: fc.constantFrom(...FAULT_KINDS),
-    object: fc.constantFrom(...OBJECTS),
+    object: fc.constantFrom(...FAULT_OBJECTS),
     fact: fc.string({ minLength: 1, maxLength: 40 }),
     label: fc.option(fc.stringMatching(/^[a-z][a-z0-9-]{0,10}$/), { nil: null }),
     errno: fc.option(fc.constantFrom('EPERM', 'EACCES', 'ENOSPC', 'EINVAL', 'EUSERS', 'ENOENT', 'EBUSY', 'EIO'), { nil: null }),
