@@ -314,10 +314,13 @@ function keptClaims(
     const c = byLabel.get(label);
     const h = hostMaps.get(label);
     if (!c || !h || c.parent !== HOST_LABEL || c.autoSize !== null || claimed.has(label)) continue;
-    out.push({ label, intervals: mergeIntervals(outsideIntervals([...h.uid, ...h.gid])) });
+    out.push(claimOf(label, h));
   }
   return out;
 }
+
+/** What a static context claims in the shared pool: every host id its maps use. */
+const claimOf = (label: string, h: HostMaps): StaticClaim => ({ label, intervals: mergeIntervals(outsideIntervals([...h.uid, ...h.gid])) });
 
 function staticClaims(defs: readonly ContextDef[]): StaticClaim[] {
   const out: StaticClaim[] = [];
@@ -328,7 +331,7 @@ function staticClaims(defs: readonly ContextDef[]): StaticClaim[] {
     [],
   ).hostMaps) {
     if (!top.has(label)) continue;
-    out.push({ label, intervals: mergeIntervals(outsideIntervals([...h.uid, ...h.gid])) });
+    out.push(claimOf(label, h));
   }
   return out;
 }
