@@ -3,7 +3,7 @@
 import type { Logger } from 'pino';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { getHeapSpaceStatistics } from 'node:v8';
+import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
 import { formatConfigError } from '../config/ini.ts';
 import { keepStartOnly, ParseCache } from '../config/load.ts';
 import type { AgentConfig, Context, LogLevel, Nss } from '../config/types.ts';
@@ -57,29 +57,42 @@ const IN_FORCE_DELAY_MS = 200;
 const JOURNAL_MIN_LINES = 64;
 
 /**
+ * Below this much committed V8 heap after a load there is little to give back (about 5,000 context
+ * files make it): the collection, 35-40 ms even for one file, is skipped.
+ */
+export const SETTLE_HEAP_BYTES = 32 * 2 ** 20;
+
+/**
  * After a load (start, reload): its garbage collected and the memory it grew the heaps by given back.
  * A load of many files is a burst the agent then idles after; V8 and glibc would otherwise keep the
  * heaps at the burst's size for good (twice the live size after ten reloads of 65,535 files).
  * `gc` is there when the agent runs as bin/usernsd.js starts it (which also keeps V8's young
- * generation small): what it found is logged at debug.
+ * generation small). Logged with `collected` (false: the heap was under SETTLE_HEAP_BYTES); after a
+ * reload at info when it collected.
  */
 function settleMemory(log: Logger, how: 'start' | 'reload'): void {
   const started = performance.now();
-  // V8's last-resort collection (repeated until nothing more is freed, new space and fragmented
-  // pages given back): 65,535 files ready in 179 MiB, not 223, for about 0.3 s. After a reload it
-  // runs once the reload has answered (Manager.settleSoon): the reload does not wait for it, and
-  // memory is back where it was within that time, not when V8's memory reducer gets to it.
-  globalThis.gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' });
-  trimMalloc();
+  const heap = getHeapStatistics().total_heap_size;
+  const collected = heap >= SETTLE_HEAP_BYTES;
+  if (collected) {
+    // V8's last-resort collection (repeated until nothing more is freed, new space and fragmented
+    // pages given back): 65,535 files ready in 179 MiB, not 223, for about 0.3 s. After a reload it
+    // runs once the reload has answered (Manager.settleSoon): the reload does not wait for it, and
+    // memory is back where it was within that time, not when V8's memory reducer gets to it.
+    globalThis.gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' });
+    trimMalloc();
+  }
   const newSpace = getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
   const fields = {
     gc: typeof globalThis.gc === 'function',
+    collected,
+    heapMb: +(heap / 2 ** 20).toFixed(1),
     newSpaceMb: newSpace && +(newSpace.space_size / 2 ** 20).toFixed(1),
     rssMb: +(process.memoryUsage.rss() / 2 ** 20).toFixed(1),
     ms: +(performance.now() - started).toFixed(1),
   };
-  if (how === 'start') log.debug(fields, 'Settled memory after the load');
-  else log.info(fields, 'Settled memory after the reload');
+  if (how === 'reload' && collected) log.info(fields, 'Settled memory after the reload');
+  else log.debug(fields, how === 'start' ? 'Settled memory after the load' : 'Settled memory after the reload');
 }
 
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */

@@ -55,6 +55,7 @@ async function reload(agent: RunningAgent): Promise<{ ms: number; parsed: number
   const nth = (msg: string) => agent.waitForLog((x) => x.msg === msg && agent.logs.filter((y) => y.msg === msg).length >= seen, 600_000);
   const line = await nth('Reloaded configuration');
   const settled = await nth('Settled memory after the reload');
+  if (settled.collected !== true) throw new Error(`the reload's garbage was not collected: ${JSON.stringify(settled)}`);
   return { ms: line.ms as number, parsed: line.parsed as number, settleMs: settled.ms as number };
 }
 
