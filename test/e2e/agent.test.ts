@@ -491,7 +491,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     );
   });
 
-  it("loads etcd's client only for a shared pool, and never Node's fetch (gRPC and protobuf were a fifth of a small start, fetch a tenth)", async () => {
+  it("loads etcd's client only for a shared pool, prom-client only when scraped, and never Node's fetch (gRPC and protobuf were a fifth of a small start, fetch a tenth, prom-client a sixth)", async () => {
     tree.context('a.conf', A);
     const loads = `${tree.dir}/loads`;
     const hook = new URL('../helpers/record-loads.ts', import.meta.url).pathname;
@@ -501,7 +501,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     const loaded = readFileSync(loads, 'utf8').split('\n');
     assert.ok(loaded.includes('node-ipc') && loaded.includes('pino') && loaded.includes('builtin:net'), `the record is the agent's: ${loaded.join(', ')}`);
     assert.deepEqual(
-      loaded.filter((p) => /^etcd3$|^@grpc\/|^protobufjs$|^builtin:internal\/deps\/undici\//.test(p)),
+      loaded.filter((p) => /^etcd3$|^@grpc\/|^protobufjs$|^prom-client$|^@opentelemetry\/|^builtin:internal\/deps\/undici\//.test(p)),
       [],
     );
   });

@@ -67,4 +67,25 @@ describe('unit: metrics exposition', () => {
       if (type !== 'counter') assert.ok(!name.endsWith('_total'), `${name} is a ${type}: only counters end in _total`);
     }
   });
+
+  it('counts the process CPU from its start, though prom-client is loaded at the first scrape', async () => {
+    const m = new Metrics([], {
+      contextStates: () => ({}),
+      connections: () => 0,
+      configErrors: () => 0,
+      views: () => ({ recorded: 0, namespaces: 0 }),
+      coordinator: () => null,
+    });
+    m.created(3); // counted before prom-client is there
+    const spent = process.cpuUsage();
+    const text = await m.text();
+    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+    assert.ok(
+      value('usernsd_process_cpu_seconds_total') >= (spent.user + spent.system) / 1e6,
+      `CPU since the start: ${value('usernsd_process_cpu_seconds_total')}`,
+    );
+    assert.ok(value('usernsd_process_cpu_user_seconds_total') >= spent.user / 1e6);
+    assert.equal(value('usernsd_namespace_create_duration_seconds_count'), 1);
+    assert.match(text, /^usernsd_namespaces_total\{event="created"\} 1$/m);
+  });
 });
