@@ -49,8 +49,9 @@ const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
  */
 export function pinnedIno(path: string): number | null {
   try {
-    const st = lstatSync(path);
-    return st.dev === NSFS_DEV ? st.ino : null;
+    // No pin is the common answer (every creation asks first): without an exception built for it.
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    return st?.dev === NSFS_DEV ? st.ino : null;
   } catch {
     return null;
   }
