@@ -2,7 +2,7 @@
 #   make                 build dist/ (needs "npm ci" first)
 #   make install         PREFIX=/usr/local SYSCONFDIR=/etc DESTDIR= USERNSD_NODE=<the project's Node 24>
 #   make uninstall       the same variables: removes exactly what install placed (refused while its agent runs)
-#   make deb             usernsd_VERSION_ARCH.deb (DEB_VERSION=, DEB_OUTDIR=, DEB_COMPRESS=xz|gzip|zstd|none)
+#   make deb             usernsd_VERSION_ARCH.deb (DEB_VERSION=, DEB_OUTDIR=, DEB_COMPRESS=xz|gzip|zstd|none, DEB_COMPRESS_LEVEL=0-9)
 # Installing again over a running agent replaces each file by rename (never writing a running binary);
 # a failed install puts back every file it replaced.
 # Installed: PREFIX/lib/usernsd (the agent, its production dependencies and its Node),

@@ -1,10 +1,12 @@
-// make deb: usernsd_VERSION_ARCH.deb from the built tree, with dpkg-deb only (no debhelper needed).
+// make deb: usernsd_VERSION_ARCH.deb from the built tree, with dpkg-deb and dpkg-shlibdeps only (no
+// debhelper needed).
 // The files are make install's, placed with PREFIX=/usr SYSCONFDIR=/etc into a staging tree; the
 // package adds what dpkg needs: control, conffiles, md5sums, maintainer scripts that enable and
 // (re)start the unit the Debian way, and the copyright and changelog files.
 //   DEB_VERSION   the package version (default: package.json's)
 //   DEB_OUTDIR    where the .deb goes (default: the checkout)
 //   DEB_COMPRESS  dpkg-deb -Z: xz (default), gzip, none (Debian 12's tools read no zstd members)
+//   DEB_COMPRESS_LEVEL  dpkg-deb -z: 0-9 (default: dpkg-deb's own for the method)
 //   DEB_MAINTAINER  the Maintainer field
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -33,6 +35,8 @@ const pkg = JSON.parse(readFileSync(join(SRC, 'package.json'), 'utf8'));
 const VERSION = process.env.DEB_VERSION || pkg.version;
 const OUTDIR = process.env.DEB_OUTDIR || SRC;
 const COMPRESS = process.env.DEB_COMPRESS || 'xz';
+const LEVEL = process.env.DEB_COMPRESS_LEVEL || '';
+if (LEVEL && !/^[0-9]$/.test(LEVEL)) throw new Error(`DEB_COMPRESS_LEVEL ${LEVEL} is not a level from 0 to 9`);
 const MAINTAINER = process.env.DEB_MAINTAINER || 'usernsd developers <usernsd@users.noreply.github.com>';
 
 if (!/^[0-9][A-Za-z0-9.+~-]*$/.test(VERSION)) throw new Error(`DEB_VERSION ${VERSION} is not a Debian version`);
@@ -240,6 +244,36 @@ function strip(stage) {
   }
 }
 
+/** Whether a file is an ELF object (a program or a shared library such as koffi's .node). */
+function isElf(p) {
+  const head = Buffer.alloc(4);
+  const fd = openSync(p, 'r');
+  const n = readSync(fd, head, 0, 4, 0);
+  closeSync(fd);
+  return n === 4 && head.toString('latin1') === '\x7fELF';
+}
+
+/**
+ * The Depends the ELF files of the package need, as dpkg-shlibdeps (dpkg-dev) computes them from
+ * the libraries each one loads: the shipped Node needs libstdc++ and libgcc_s beside libc. It wants
+ * a debian/control to read; a minimal one in a directory of its own.
+ */
+function shlibsDepends(stage) {
+  const elves = walkFiles(stage).filter(isElf);
+  const dir = mkdtempSync(join(tmpdir(), 'usernsd-shlibs-'));
+  try {
+    mkdirSync(join(dir, 'debian'));
+    writeFileSync(join(dir, 'debian/control'), 'Source: usernsd\n\nPackage: usernsd\nArchitecture: any\n');
+    const r = spawnSync('dpkg-shlibdeps', ['-O', ...elves.flatMap((f) => ['-e', f])], { cwd: dir, encoding: 'utf8' });
+    if (r.error) throw new Error(`make deb computes Depends with dpkg-shlibdeps: apt-get install dpkg-dev (${r.error.message})`);
+    const line = /^shlibs:Depends=(.*)$/m.exec(r.stdout);
+    if (r.status !== 0 || !line) throw new Error(`dpkg-shlibdeps failed: ${r.stderr}${r.stdout}`);
+    return line[1];
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** Lintian findings that are this package's design, each with why. */
 const LINTIAN_OVERRIDES = `# The package brings its own Node (the system's may be older than the agent needs), with the
 # libraries Node links in statically.
@@ -284,7 +318,7 @@ function build() {
         `Maintainer: ${MAINTAINER}`,
         `Installed-Size: ${installedSizeKiB(stage)}`,
         'Pre-Depends: init-system-helpers (>= 1.54~)',
-        'Depends: libc6 (>= 2.34)',
+        `Depends: ${shlibsDepends(stage)}`,
         'Recommends: keyutils, bindfs',
         'Suggests: etcd-server',
         'Section: admin',
@@ -314,7 +348,7 @@ function build() {
     ])
       writeFileSync(join(control, name), text, { mode: 0o755 });
     const out = join(OUTDIR, `usernsd_${VERSION}_${ARCH}.deb`);
-    const b = spawnSync('dpkg-deb', ['--root-owner-group', `-Z${COMPRESS}`, '--build', stage, out], { encoding: 'utf8' });
+    const b = spawnSync('dpkg-deb', ['--root-owner-group', `-Z${COMPRESS}`, ...(LEVEL ? [`-z${LEVEL}`] : []), '--build', stage, out], { encoding: 'utf8' });
     if (b.status !== 0) throw new Error(`dpkg-deb failed: ${b.stderr || b.stdout}`);
     console.log(out);
   } finally {
