@@ -158,7 +158,11 @@ export class Metrics {
   }
 
   async text(): Promise<string> {
-    this.registry ??= this.build();
+    // A build that failed (prom-client could not be loaded) is tried again at the next scrape.
+    this.registry ??= this.build().catch((err: unknown) => {
+      this.registry = null;
+      throw err;
+    });
     return (await this.registry).metrics();
   }
 
