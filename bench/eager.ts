@@ -81,11 +81,15 @@ agent asks, driven in-process with nothing else (no configuration, records, logs
 |---|---|---|---|---|
 | ${e.contexts.toLocaleString('en')} eager contexts, spawn to ready | ${Math.round(e.agentMs)} ms (${f2(e.agentPerCreationMs)} ms per creation, as the agent logs it) | spawner alone ${Math.round(e.spawnerMs)} ms | ${f2(r)} | 1.5, ${verdict(r <= 1.5, f2(r))} |
 
-The agent's ready also holds its own start and the load of the files (about 0.45 s here). Where
-its thread goes per creation, from a CPU profile of this start: the pin record written atomically
-(about 75 µs), the maps read back from /proc to verify them (65 µs), the pin's inode looked up
-(40 µs), the pin file and its bind mount (55 µs), the log line, metrics and state hooks (100 µs).
-The records, the reads and the lookups are what to batch or hand to the spawner (issue 26).
+The agent's ready also holds its own start and the load of the 5,000 files (about 0.5 s here),
+which the baseline has not: at 1.5 times the baseline, what is left for 5,000 creations is about
+what the spawner alone needs for them. Where the agent's thread goes per creation, from a CPU
+profile of such a start (2026-12-06): the maps read back from /proc to verify them (about 55 µs),
+the pin file and its bind mount (47 µs), the pin record written atomically (44 µs), the collector
+(80 µs: the garbage of each creation's checks, records and log line); the pin's inode, looked up
+after the pin and before it (the latter no longer builds an exception for the missing pin), about
+10 µs. Verifying the maps and pinning in usernsd-spawner would move the first two to its process,
+and the baseline with them; the records and the collector are the agent's own (issue 26).
 <!-- /eager -->
 `;
 }
