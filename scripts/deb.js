@@ -194,6 +194,17 @@ function changelog() {
   return `usernsd (${VERSION}) unstable; urgency=medium\n\n  * Built from the usernsd source with make deb.\n\n -- ${MAINTAINER}  ${date}\n`;
 }
 
+/** The first `n` bytes of a file (fewer if it is shorter), as latin1 text. */
+function headOf(p, n) {
+  const head = Buffer.alloc(n);
+  const fd = openSync(p, 'r');
+  try {
+    return head.subarray(0, readSync(fd, head, 0, n, 0)).toString('latin1');
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /**
  * What npm leaves in node_modules that a system package must not carry, made right: files for
  * packaging tools and web pages (.npmignore, .gitattributes, *.html), koffi's musl build (this is
@@ -210,11 +221,7 @@ function tidy(lib) {
       continue;
     }
     const mode = statSync(p).mode & 0o777;
-    const head = Buffer.alloc(64);
-    const fd = openSync(p, 'r');
-    const n = readSync(fd, head, 0, 64, 0);
-    closeSync(fd);
-    const text = head.subarray(0, n).toString('latin1');
+    const text = headOf(p, 64);
     if (/^#!\/usr\/bin\/(env )?node\b/.test(text)) {
       // Run by the package's own Node only (the wrappers say \`/usr/lib/usernsd/node FILE\`): no
       // interpreter line (its line left empty, so that stack traces keep their line numbers).
@@ -245,13 +252,7 @@ function strip(stage) {
 }
 
 /** Whether a file is an ELF object (a program or a shared library such as koffi's .node). */
-function isElf(p) {
-  const head = Buffer.alloc(4);
-  const fd = openSync(p, 'r');
-  const n = readSync(fd, head, 0, 4, 0);
-  closeSync(fd);
-  return n === 4 && head.toString('latin1') === '\x7fELF';
-}
+const isElf = (p) => headOf(p, 4) === '\x7fELF';
 
 /**
  * The Depends the ELF files of the package need, as dpkg-shlibdeps (dpkg-dev) computes them from
