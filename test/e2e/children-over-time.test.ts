@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { cleanup, runInside, startAgent, USERNSCTL, usernsctlHere } from '../helpers/agent.ts';
+import { cleanup, InsideClients, startAgent, usernsctlHere } from '../helpers/agent.ts';
 import type { Run, RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -29,12 +29,15 @@ const parentName = (n: Name): Name | null => (n.includes('.') ? (n.slice(0, n.in
 
 /** The records the model expects: full labels. */
 type Model = { records: Set<string> };
-type Real = { tree: Tree; agent: RunningAgent };
+type Real = { tree: Tree; agent: RunningAgent; inside: InsideClients };
 
-/** usernsctl run inside `top`'s namespace as its root (the pin made first from the host, as a container start would). */
+/**
+ * usernsctl inside `top`'s namespace as its root (the pin made first from the host, as a container
+ * start would): one process kept there per namespace, not one per call (a check lists from both).
+ */
 async function inside(r: Real, top: Top, args: string[]): Promise<Run> {
   await callAgent(r.agent.socket, P.resolve, { label: top }); // in this process: a step spawns enough already
-  return runInside([join(r.tree.pins, top)], [process.execPath, USERNSCTL, '--socket', r.agent.socket, ...args]);
+  return r.inside.run([join(r.tree.pins, top)], ['--socket', r.agent.socket, ...args]);
 }
 
 function check(m: Model, r: Real): Promise<void> {
@@ -136,11 +139,12 @@ describe('e2e: contexts made from inside over time, model-based, checked against
     fc.asyncProperty(commandsArb, async (cmds) => {
       const tree = makeTree();
       for (const t of TOPS) tree.context(`${t}.conf`, `[context]\nuid_map = 0 ${ROOT_ID[t]} 65536\ngid_map = 0 ${ROOT_ID[t]} 65536\nchildren = ${QUOTA[t]}\n`);
-      const real: Real = { tree, agent: undefined as unknown as RunningAgent };
+      const real: Real = { tree, agent: undefined as unknown as RunningAgent, inside: new InsideClients() };
       try {
         real.agent = await startAgent(tree, ['--log-level', 'info']);
         await fc.asyncModelRun(() => ({ model: { records: new Set<string>() }, real }), cmds);
       } finally {
+        await real.inside.close();
         await cleanup(undefined);
         unmountAll(tree.dir);
         tree.remove();

@@ -209,6 +209,69 @@ export function runInside(pins: readonly string[], argv: string[], opts: { user?
   });
 }
 
+/** One process of test/helpers/inside-client.ts, kept inside a namespace. */
+type InsideClient = { readonly child: ChildProcess; readonly ino: number; readonly answers: ((line: string) => void)[]; stderr: string };
+
+/**
+ * usernsctl inside pinned user namespaces as their root, as runInside runs it, for suites that make
+ * many calls from inside (a model test's check lists from every context after every step): one
+ * process per namespace, kept while its pin holds the same namespace, instead of one per call.
+ * A pin made anew (released and resolved again, lost and remade) gets a process of its own.
+ */
+export class InsideClients {
+  private readonly clients = new Map<string, InsideClient>();
+
+  async run(pins: readonly string[], args: string[]): Promise<Run> {
+    const key = pins.join('\0');
+    const ino = statSync(pins[pins.length - 1]).ino;
+    let c = this.clients.get(key);
+    if (c && (c.ino !== ino || c.child.exitCode !== null || c.child.signalCode !== null)) {
+      await this.stop(c);
+      c = undefined;
+    }
+    if (!c) {
+      let cmd = [process.execPath, join(ROOT, 'test', 'helpers', 'inside-client.ts')];
+      for (const pin of [...pins].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
+      const child = spawn(cmd[0], cmd.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: childEnv() });
+      const client: InsideClient = { child, ino, answers: [], stderr: '' };
+      let rest = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        rest += d;
+        for (let nl = rest.indexOf('\n'); nl >= 0; nl = rest.indexOf('\n')) {
+          client.answers.shift()?.(rest.slice(0, nl));
+          rest = rest.slice(nl + 1);
+        }
+      });
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (client.stderr += d));
+      this.clients.set(key, (c = client));
+    }
+    const client = c;
+    return new Promise<Run>((resolve, reject) => {
+      const gone = () => reject(new Error(`the usernsctl kept inside ${pins.join(' > ')} exited: ${client.stderr.trim()}`));
+      client.child.once('exit', gone);
+      client.answers.push((line) => {
+        client.child.off('exit', gone);
+        resolve(JSON.parse(line) as Run);
+      });
+      client.child.stdin!.write(`${JSON.stringify(args)}\n`);
+    });
+  }
+
+  /** End every process and reap it: for the end of each run, also after a failure. */
+  async close(): Promise<void> {
+    for (const c of this.clients.values()) await this.stop(c);
+    this.clients.clear();
+  }
+
+  private async stop(c: InsideClient): Promise<void> {
+    if (c.child.exitCode === null && c.child.signalCode === null) {
+      const exited = new Promise((r) => c.child.once('exit', r));
+      c.child.kill('SIGKILL');
+      await exited;
+    }
+  }
+}
+
 /** Can `uid` run the checkout's node at all? null if so, else why not. */
 export function checkoutReachableBy(uid: number, gid: number): string | null {
   const r = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', process.execPath, USERNSCTL, '--version'], { encoding: 'utf8' });
