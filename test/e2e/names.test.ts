@@ -100,10 +100,11 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
     // nss-systemd gave up, with every request stalled behind it.
     tree.context('loop.conf', `[context]\nowner = hpa-backups.1000\nuid_map = 0 ${B + 200000} 65536\ngid_map = 0 ${B + 200000} 65536\n`);
     // The race is the check: a reload that waited on the agent's own socket loses it.
+    let timer: NodeJS.Timeout | undefined;
     const r = await Promise.race([
       callAgent(agent.socket, Proto.reload, {}),
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error("the reload waited on the agent's own userdb socket")), 10_000)),
-    ]);
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error("the reload waited on the agent's own userdb socket")), 10_000))),
+    ]).finally(() => clearTimeout(timer)); // (left running, it kept the test process alive after the last test)
     assert.ok(
       r.errors.some((e) => /unknown user "hpa-backups\.1000"/.test(e)),
       r.errors.join('\n'),

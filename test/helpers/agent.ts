@@ -95,9 +95,12 @@ export function startAgent(
           resolve(l);
         },
       });
-      void exited.then(({ code, signal }) =>
-        reject(new Error(`the agent exited (${code ?? signal}) before the expected log line; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`)),
-      );
+      // An agent that exits first fails the wait at once, and its timer goes with it: left running, it
+      // kept the test process alive after the last test for the rest of its time (a minute for a start).
+      void exited.then(({ code, signal }) => {
+        clearTimeout(timer);
+        reject(new Error(`the agent exited (${code ?? signal}) before the expected log line; log:\n${logs.map((l) => JSON.stringify(l)).join('\n')}`));
+      });
     });
   };
   const agent: RunningAgent = {
