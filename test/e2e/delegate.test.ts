@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, makeCheckoutReachable, PYTHON, runInside, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, PYTHON, runInside, startAgent, USERNSCTL, usernsctl, usernsctlHere } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -255,7 +255,7 @@ s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(agent.socket)}); p
     const t = tree!;
     context(t, 'a', 'cgroup = yes\ncgroup_limits = pids.max=64');
     const agent = await startAgent(t);
-    const r = await usernsctl(['--socket', agent.socket, 'resolve', 'a']);
+    const r = await usernsctlHere(['--socket', agent.socket, 'resolve', 'a']);
     const available = readFileSync(join(cgroup2Mount()!, 'cgroup.controllers'), 'utf8').split(/\s+/).includes('pids');
     if (available) {
       assert.equal(r.code, 0, r.err);
@@ -275,7 +275,7 @@ s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(agent.socket)}); p
     context(t, 'a', `cgroup = yes\ndevices = ${t.dir}/dev0\nexec_stop = ${hook(t, 'stop.sh')}`);
     let agent: RunningAgent = await startAgent(t);
     const cg = join(cgRoot, 'a');
-    assert.equal((await usernsctl(['--socket', agent.socket, 'resolve', 'a'])).code, 0);
+    assert.equal((await usernsctlHere(['--socket', agent.socket, 'resolve', 'a'])).code, 0);
     agent.child.kill('SIGKILL');
     await agent.exited;
     // Behind its back: the cgroup removed, the device taken back.
@@ -392,11 +392,11 @@ s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(agent.socket)}); p
       await agent.waitForLog((l) => l.msg === "Moved into a leaf of the agent's delegated cgroup" && l.cgroupRoot === own);
       assert.equal(readFileSync(join(own, AGENT_LEAF, 'cgroup.procs'), 'utf8').trim(), String(agent.child.pid));
       assert.equal(readFileSync(join(own, 'cgroup.procs'), 'utf8'), '', 'no process left in the delegated cgroup itself');
-      const r = await usernsctl(['--socket', agent.socket, '--json', 'resolve', 'a']);
+      const r = await usernsctlHere(['--socket', agent.socket, '--json', 'resolve', 'a']);
       assert.equal(r.code, 0, r.err);
       assert.equal((JSON.parse(r.out) as { delegated: { cgroup: string } }).delegated.cgroup, join(own, 'a'));
       assert.equal(owner(join(own, 'a')), `${B}:${B}`);
-      assert.equal((await usernsctl(['--socket', agent.socket, 'release', 'a'])).code, 0);
+      assert.equal((await usernsctlHere(['--socket', agent.socket, 'release', 'a'])).code, 0);
       assert.equal(existsSync(join(own, 'a')), false);
     } finally {
       await cleanup(t);

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { AgentClient } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { rootAgentSuite, startAgent, usernsctl } from '../helpers/agent.ts';
+import { rootAgentSuite, startAgent, usernsctl, usernsctlHere } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { kernelMaps, mountsUnder, unmountAll } from '../helpers/kernel.ts';
 import { pinnedIno } from '../../agent/kernel/pinrecord.ts';
@@ -74,18 +74,18 @@ describe('e2e: faults (root)', function () {
   it('refuses to allocate from a corrupt state file, says how to recover, and keeps serving static contexts', async () => {
     writeContexts(tree);
     const agent = await startAgent(tree, ['--log-level', 'info']);
-    assert.equal((await usernsctl(['--socket', agent.socket, 'resolve', 'auto0'])).code, 0);
+    assert.equal((await usernsctlHere(['--socket', agent.socket, 'resolve', 'auto0'])).code, 0);
     await agent.stop();
     const before = readFileSync(`${tree.state}/ranges.json`, 'utf8');
     writeFileSync(`${tree.state}/ranges.json`, before.slice(0, before.length / 2)); // torn
     const again = await startAgent(tree, ['--log-level', 'info']);
-    const r = await usernsctl(['--socket', again.socket, 'resolve', 'auto1']);
+    const r = await usernsctlHere(['--socket', again.socket, 'resolve', 'auto1']);
     assert.equal(r.code, 1);
     assert.match(
       r.err,
       /E_CONFIG: context "auto1" is not loaded because its file has an error: .*ranges\.json is corrupt \(not JSON\): no range will be allocated until it is fixed\. Restore it from a backup/,
     );
-    assert.equal((await usernsctl(['--socket', again.socket, 'resolve', 's3'])).code, 0, 'static contexts are not affected');
+    assert.equal((await usernsctlHere(['--socket', again.socket, 'resolve', 's3'])).code, 0, 'static contexts are not affected');
     assert.equal(readFileSync(`${tree.state}/ranges.json`, 'utf8'), before.slice(0, before.length / 2), 'the corrupt file is left as it is, for the admin');
   });
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import type * as P from '../../agent/wire/protocol.ts';
-import { cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, startAgent, usernsctl, usernsctlHere } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import { installedUnit, NATIVE_SPAWNER } from '../helpers/unit.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -91,8 +91,8 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
     const caps = unitCapabilities();
     for (const missing of caps) {
       const agent = await startAgent(tree, ['--log-level', 'info'], { wrap: confined(caps.filter((c) => c !== missing)) });
-      const owned = await usernsctl(['--socket', agent.socket, 'resolve', 'c']);
-      const nested = await usernsctl(['--socket', agent.socket, 'resolve', 'b']);
+      const owned = await usernsctlHere(['--socket', agent.socket, 'resolve', 'c']);
+      const nested = await usernsctlHere(['--socket', agent.socket, 'resolve', 'b']);
       const failed = [owned, nested].filter((r) => r.code === 1);
       assert.ok(failed.length > 0, `without ${missing} both were created: ${owned.out}${nested.out}`);
       // Without CAP_SYS_PTRACE the agent cannot even tell where its callers run (their user
@@ -100,7 +100,7 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
       const expected = missing === 'sys_ptrace' ? /^usernsctl: E_(KERNEL|PERMISSION): / : /^usernsctl: E_KERNEL: /;
       for (const r of failed) assert.match(r.err, expected, `without ${missing}`);
       assert.equal(await agent.stop(), 0);
-      await usernsctl(['--socket', agent.socket, 'release', 'a']).catch(() => {});
+      await usernsctlHere(['--socket', agent.socket, 'release', 'a']).catch(() => {});
       for (const label of ['b', 'a', 'c']) spawnSync('umount', ['-l', `${tree.pins}/${label}`]);
       spawnSync('sh', ['-c', `rm -f ${tree.pins}/a ${tree.pins}/b ${tree.pins}/c ${tree.pins}/.usernsd-records/*.json`]);
       assert.deepEqual(mountsUnder(tree.pins), [], `without ${missing}: nothing is left mounted`);
@@ -111,7 +111,7 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
     const conf = readFileSync(tree.config, 'utf8').replace(/^mount_namespace = .*$/m, 'mount_namespace = self');
     tree.context('../usernsd.conf', conf);
     const agent = await startAgent(tree, ['--log-level', 'info'], { wrap: confined(unitCapabilities()) });
-    const r = await usernsctl(['--socket', agent.socket, 'resolve', '--pin', 'a']);
+    const r = await usernsctlHere(['--socket', agent.socket, 'resolve', '--pin', 'a']);
     assert.equal(r.code, 0, r.err);
     assert.equal(existsSync(`${tree.pins}/a`), true, 'the pin file is there…');
     assert.deepEqual(mountsUnder(tree.pins), [], '…but nothing is mounted on it out here');

@@ -1,7 +1,7 @@
 // Nesting, every combination: parent owned or not, setgroups allow or deny, child owned or not, child setgroups default or allow.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { USERNSCTL, cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL, usernsctl, usernsctlHere } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -73,7 +73,7 @@ describe('e2e: nesting, every combination check-config accepts resolves and can 
       const child = `C-${name(c)}`;
       const parent = `P-${name(c)}`;
       const refusedByCheck = check.split('\n').filter((l) => l.includes(`/C-${name(c)}.conf:`));
-      const statusErrors = (await usernsctl(['--socket', agent.socket, '--json', 'status'])).out;
+      const statusErrors = (await usernsctlHere(['--socket', agent.socket, '--json', 'status'])).out;
       if (c.parentSetgroups === 'deny' && c.childSetgroups === 'allow') {
         // The one combination the kernel refuses: check-config says so, and says why.
         assert.equal(refusedByCheck.length, 1, check);
@@ -83,7 +83,7 @@ describe('e2e: nesting, every combination check-config accepts resolves and can 
       }
       assert.deepEqual(refusedByCheck, [], 'check-config accepts it');
       // Accepted, so it resolves: the kernel takes what the configuration admitted.
-      const r = await usernsctl(['--socket', agent.socket, '--json', 'resolve', child]);
+      const r = await usernsctlHere(['--socket', agent.socket, '--json', 'resolve', child]);
       assert.equal(r.code, 0, r.err);
       const resolved = JSON.parse(r.out) as { setgroups: string; path: string };
       // userns.d(5): as written; else deny under a deny parent; else deny for a non-root owner, allow for root.

@@ -5,7 +5,7 @@ import { statSync } from 'node:fs';
 import { callAgent } from '../../agent/wire/client.ts';
 import type { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { cleanup, startAgent, usernsctl } from '../helpers/agent.ts';
+import { cleanup, startAgent, usernsctl, usernsctlHere } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -131,7 +131,7 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     const kid = status.contextStates!.find((c) => c.label === 'kid')!;
     assert.equal(kid.state, 'stale');
     assert.match(kid.why ?? '', /its parent proj is in drift; release proj/);
-    const text = await usernsctl(['--socket', agent.socket, 'status']);
+    const text = await usernsctlHere(['--socket', agent.socket, 'status']);
     assert.match(text.out, /^kid\s+root \(0:0\)\s+stale \(its parent proj is in drift/m);
   });
 

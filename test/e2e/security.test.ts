@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { cleanup, makeCheckoutReachable, startAgent, USERNSD, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, startAgent, usernsctl, usernsctlHere, USERNSD } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -96,7 +96,7 @@ describe('e2e: security (root)', function () {
     mkdirSync(tree.pins, { recursive: true });
     symlinkSync('/proc/self/ns/user', join(tree.pins, 'secret'));
     agent = await startAgent(tree);
-    const pin = await usernsctl(['--socket', agent.socket, 'resolve', 'secret']);
+    const pin = await usernsctlHere(['--socket', agent.socket, 'resolve', 'secret']);
     assert.equal(pin.code, 1);
     assert.match(pin.err, /E_CONFIG: .*pins\/secret is a symbolic link, not a pin: someone planted it; remove it/);
     assert.deepEqual(mountsUnder(tree.pins), []);
@@ -107,7 +107,7 @@ describe('e2e: security (root)', function () {
     mkdirSync(tree.state, { recursive: true });
     symlinkSync('/etc/passwd', join(tree.state, 'ranges.json'));
     agent = await startAgent(tree);
-    const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+    const st = JSON.parse((await usernsctlHere(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
     assert.ok(
       st.errors!.some((e) => /auto\.conf: \[context\] range: cannot read .*ranges\.json: ELOOP/.test(e)),
       st.errors!.join('\n'),
@@ -121,7 +121,7 @@ describe('e2e: security (root)', function () {
       chmodSync(join(tree.contexts, 'open.conf'), 0o666);
       tree.context('rooty.conf', `[context]\nowner = ${user.name}\nuid_map = 0 0 1\ngid_map = 0 0 1\n`);
       agent = await startAgent(tree);
-      const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+      const st = JSON.parse((await usernsctlHere(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
       assert.ok(
         st.errors!.some((e) => e.startsWith(`${join(tree.contexts, 'open.conf')}:`) && /writable by group or others/.test(e)),
         st.errors!.join('\n'),
@@ -131,7 +131,7 @@ describe('e2e: security (root)', function () {
         st.errors!.join('\n'),
       );
       for (const label of ['open', 'rooty']) {
-        const r = await usernsctl(['--socket', agent.socket, 'resolve', label]);
+        const r = await usernsctlHere(['--socket', agent.socket, 'resolve', label]);
         assert.equal(r.code, 1);
         assert.match(r.err, /E_CONFIG: context ".*" is not loaded because its file has an error/);
       }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { callAgent } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { UsernsError } from '../../agent/errors.ts';
-import { cleanup, makeCheckoutReachable, runInside, runningChildren, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, runInside, runningChildren, startAgent, USERNSCTL, usernsctl, usernsctlHere } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { hasEtcd, poolEntries, readPrefix, startCluster } from '../helpers/etcd.ts';
 import type { Cluster } from '../helpers/etcd.ts';
@@ -151,7 +151,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
       );
       assert.ok(Date.now() - t0 < 1500 + 1000, `failed within the timeout (${Date.now() - t0} ms)`);
       assert.equal((await callAgent(a.socket, P.status, {})).coordinator?.reachable, false);
-      assert.match((await usernsctl(['--socket', a.socket, 'status'])).out, /coordinator: etcd .*NOT reachable, as host0; 1 context\(s\) waiting/);
+      assert.match((await usernsctlHere(['--socket', a.socket, 'status'])).out, /coordinator: etcd .*NOT reachable, as host0; 1 context\(s\) waiting/);
       const down = await usernsctl(['check-config', '--config', t.config, '--etcd']);
       assert.equal(down.code, 1);
       assert.match(down.err, /^etcd: etcd \(.*\) did not answer a read/m);
@@ -381,7 +381,7 @@ describe('e2e: ranges shared through etcd, 3 agents, a 3-member cluster (root)',
     for (let t0 = Date.now(); (await callAgent(a.socket, P.list, {})).contexts.some((c) => c.label === 'L.x'); await new Promise((r) => setTimeout(r, 200)))
       assert.ok(Date.now() - t0 < 20_000, 'L.x is gone from the other host');
     // Root's release of L forgets what was made inside it everywhere, read or not.
-    assert.equal((await usernsctl(['--socket', a.socket, 'release', 'L'])).code, 0);
+    assert.equal((await usernsctlHere(['--socket', a.socket, 'release', 'L'])).code, 0);
     assert.equal(cluster.ctl(['get', '--prefix', `${prefix}children/`, '--keys-only']).out.trim(), '');
     // A hostile pool entry (not a label) is left out, and the agent stays up.
     cluster.ctl(['put', `${prefix}children/../../etc/x`, '[context]\nlabel = L.z\nparent = L\nuid_map = 0 0 1\ngid_map = 0 0 1\n']);

@@ -5,7 +5,7 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { invalidateIssuedKeys } from '../../agent/kernel/keys.ts';
 import type * as P from '../../agent/wire/protocol.ts';
-import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL, usernsctl, usernsctlHere } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -104,7 +104,7 @@ for (const handler of HANDLERS)
     });
 
     const resolves = async () => {
-      const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+      const st = JSON.parse((await usernsctlHere(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
       return st.counters?.['requests.resolve'] ?? 0;
     };
 
@@ -114,13 +114,13 @@ for (const handler of HANDLERS)
         agent.logs.some((l) => /^Upcall: /.test(l.msg)),
         'the start-up check is logged',
       );
-      const r = await usernsctl(['--socket', agent.socket, 'reload']);
+      const r = await usernsctlHere(['--socket', agent.socket, 'reload']);
       assert.equal(r.code, 0, r.err);
-      const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+      const st = JSON.parse((await usernsctlHere(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
       assert.equal(st.upcall?.state, 'ok', st.upcall?.message);
       assert.equal(st.upcall?.rule, `${basename(rule)}:1`);
       assert.deepEqual(st.upcall?.handler?.slice(0, handler.argv.length), handler.argv);
-      assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^upcall: {6}ok: request-key sends "user" keys "userns:LABEL" to /m);
+      assert.match((await usernsctlHere(['--socket', agent.socket, 'status'])).out, /^upcall: {6}ok: request-key sends "user" keys "userns:LABEL" to /m);
     });
 
     it('instantiates userns:LABEL with the pin and maps, with a real expiry, and serves a second request from the keyring', async () => {
@@ -132,7 +132,7 @@ for (const handler of HANDLERS)
       const [payload, keys] = r.out.split('--\n');
       assert.equal(
         payload,
-        `path=${tree.pins}/a\nlabel=a\nparent=host\nowner=0:0\nsetgroups=allow\nino=${(JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'resolve', 'a'])).out) as P.ResolveResult).ino}\nuid_map=0 100000 65536\ngid_map=0 100000 65536\n`,
+        `path=${tree.pins}/a\nlabel=a\nparent=host\nowner=0:0\nsetgroups=allow\nino=${(JSON.parse((await usernsctlHere(['--socket', agent.socket, '--json', 'resolve', 'a'])).out) as P.ResolveResult).ino}\nuid_map=0 100000 65536\ngid_map=0 100000 65536\n`,
       );
       // /proc/keys: "ID FLAGS USAGE TIMEOUT ..." — 600 s shows as 9m or 10m, never "perm" (nfsidmap's keys stay perm).
       const timeout = keys.trim().split(/\s+/)[3];
@@ -153,13 +153,16 @@ for (const handler of HANDLERS)
     });
 
     it('says whether the kernel runs request-key for users at all: a kernel that refuses them is named in status, and their requests never reach the handler', async () => {
-      const st = JSON.parse((await usernsctl(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
+      const st = JSON.parse((await usernsctlHere(['--socket', agent.socket, '--json', 'status'])).out) as P.StatusResult;
       const plain = { uid: user.uid, gid: user.gid };
       const r = inSession('keyctl request2 user userns:mine "" @s', plain);
       if (refused) {
         assert.equal(st.upcall?.users?.state, 'refused', JSON.stringify(st.upcall));
         assert.match(st.upcall.users.message, /ENOENT before request-key\(8\) runs when the requester lacks CAP_SYS_ADMIN/);
-        assert.match((await usernsctl(['--socket', agent.socket, 'status'])).out, /^ {2}users: {5}refused: this kernel fails request_key\(2\) with ENOENT/m);
+        assert.match(
+          (await usernsctlHere(['--socket', agent.socket, 'status'])).out,
+          /^ {2}users: {5}refused: this kernel fails request_key\(2\) with ENOENT/m,
+        );
         assert.ok(
           agent.logs.some((l) => /^Upcall: this kernel fails request_key/.test(l.msg) && l.level === 40),
           'a warning at start',
@@ -279,7 +282,7 @@ for (const handler of HANDLERS)
           listed.keys.some((k) => k.label === 'mine' && k.uid === user.uid),
           `root lists the user's key: ${JSON.stringify(listed)}`,
         );
-        assert.equal((await usernsctl(['--socket', agent.socket, 'release', 'mine'])).code, 0);
+        assert.equal((await usernsctlHere(['--socket', agent.socket, 'release', 'mine'])).code, 0);
         const before = await resolves();
         for (const s of sessions) {
           const r = await s.again();
@@ -297,11 +300,11 @@ for (const handler of HANDLERS)
 
     it('a reload invalidates the cached answers for a context it removed: the next request fails at once', async () => {
       tree.context('gone.conf', '[context]\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n');
-      assert.equal((await usernsctl(['--socket', agent.socket, 'reload'])).code, 0);
+      assert.equal((await usernsctlHere(['--socket', agent.socket, 'reload'])).code, 0);
       const s = await liveSession('gone');
       try {
         rmSync(join(tree.contexts, 'gone.conf'));
-        assert.equal((await usernsctl(['--socket', agent.socket, 'reload'])).code, 0);
+        assert.equal((await usernsctlHere(['--socket', agent.socket, 'reload'])).code, 0);
         const r = await s.again();
         assert.notEqual(r.code, 0, `the cached answer is gone: ${r.out}`);
         assert.match(r.err, /Key was rejected by service/);
