@@ -7,7 +7,7 @@ import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { SETTLE_HEAP_BYTES } from '../../agent/manager.ts';
-import { checkoutReachableBy, cleanup, makeCheckoutReachable, rootAgentSuite, startAgent, usernsctl } from '../helpers/agent.ts';
+import { checkoutReachableBy, cleanup, makeCheckoutReachable, rootAgentSuite, startAgent, usernsctl, usernsctlAt } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { kernelMaps, makeUser, mountsUnder } from '../helpers/kernel.ts';
@@ -40,7 +40,7 @@ describe('e2e: usernsctl without an agent', () => {
 describe('e2e: the agent, driven by usernsctl (root)', function () {
   let tree: Tree;
   let agent: RunningAgent;
-  const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
+  const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctlAt(agent.socket, args, opts);
 
   rootAgentSuite((t) => (tree = t)); // the agent pins namespaces: root
 

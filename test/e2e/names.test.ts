@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import type * as P from '../../agent/wire/protocol.ts';
 import { callAgent } from '../../agent/wire/client.ts';
 import * as Proto from '../../agent/wire/protocol.ts';
-import { cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, startAgent, usernsctl, usernsctlAt } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree, populateBackup } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -29,7 +29,7 @@ describe('e2e: names through userdb, explain, metrics (root)', function () {
   let stranger: ReturnType<typeof makeUser>;
   let restoreModes: () => void = () => {};
   let backup: string;
-  const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
+  const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctlAt(agent.socket, args, opts);
   // getent and ls as any program runs them: without the bypass this test process holds (config/nss.ts).
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'SYSTEMD_BYPASS_USERDB'));
   const as = (u: { uid: number; gid: number } | null, cmd: string[]) =>

@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as P from '../../agent/wire/protocol.ts';
-import { USERNSCTL, cleanup, makeCheckoutReachable, startAgent, usernsctl } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, startAgent, usernsctl, USERNSCTL, usernsctlAt } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree, populateBackup as populate } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -31,7 +31,7 @@ describe("e2e: views of a context's tree (root)", function () {
   let stranger: ReturnType<typeof makeUser>;
   let restoreModes: () => void = () => {};
   const src: Record<string, string> = {};
-  const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctl(['--socket', agent.socket, ...args], opts);
+  const ctl = (args: string[], opts: Parameters<typeof usernsctl>[1] = {}) => usernsctlAt(agent.socket, args, opts);
   let n = 0;
   const dst = () => {
     const d = join(tree.dir, `dst${++n}`);

@@ -176,6 +176,21 @@ export async function usernsctlHere(args: string[]): Promise<Run> {
   return { code, out: out.map((l) => `${l}\n`).join(''), err: err.map((l) => `${l}\n`).join('') };
 }
 
+/** usernsctl's commands that only ask the agent over its socket and print its answer. */
+const ASKS_ONLY = new Set(['status', 'resolve', 'reload', 'release', 'list', 'map', 'ranges', 'metrics']);
+
+/**
+ * usernsctl --socket SOCKET ARGS, as suites' `ctl` helpers call it: as root, a command that only asks
+ * the agent runs in this process (usernsctlHere: the same code, output and exit code, without a
+ * process start); as another user, with an environment of its own, or a command that acts in the
+ * caller's process (enter, view, label, keys, mount-helper), a process is started (usernsctl).
+ */
+export function usernsctlAt(socket: string, args: string[], opts: { user?: { uid: number; gid: number }; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+  const command = args.find((a) => !a.startsWith('-'));
+  if (!opts.user && !opts.env && command !== undefined && ASKS_ONLY.has(command)) return usernsctlHere(['--socket', socket, ...args]);
+  return usernsctl(['--socket', socket, ...args], opts);
+}
+
 /** usernsctl, as root or as another user (with that user's supplementary groups, as login gives them). */
 export function usernsctl(args: string[], opts: { user?: { uid: number; gid: number }; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
   const base = [process.execPath, USERNSCTL, ...args];
