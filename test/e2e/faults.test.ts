@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { AgentClient } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { rootAgentSuite, startAgent, usernsctl, usernsctlHere } from '../helpers/agent.ts';
+import { rootAgentSuite, startAgent, usernsctlAt, usernsctlHere } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { kernelMaps, mountsUnder, unmountAll } from '../helpers/kernel.ts';
 import { pinnedIno } from '../../agent/kernel/pinrecord.ts';
@@ -117,7 +117,7 @@ describe('e2e: faults (root)', function () {
     tree.context('p.conf', '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n');
     tree.context('kid.conf', '[context]\nparent = p\nuid_map = 0 1000 1000\ngid_map = 0 1000 1000\n');
     const agent = await startAgent(tree, ['--log-level', 'info']);
-    const ctl = (...args: string[]) => usernsctl(['--socket', agent.socket, ...args]);
+    const ctl = (...args: string[]) => usernsctlAt(agent.socket, args);
     const p = JSON.parse((await ctl('--json', 'resolve', 'p')).out) as P.ResolveResult;
     // The limit of namespaces inside p: lowered to 0 there (the host-wide one needs CAP_SYS_RESOURCE in the initial namespace).
     const limit = (n: number) =>

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import type * as P from '../../agent/wire/protocol.ts';
-import { cleanup, makeCheckoutReachable, startAgent, usernsctl, usernsctlHere } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, startAgent, usernsctl, usernsctlAt, usernsctlHere } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import { installedUnit, NATIVE_SPAWNER } from '../helpers/unit.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -64,7 +64,7 @@ describe('e2e: the agent as the systemd unit confines it (root)', function () {
     const caps = unitCapabilities();
     assert.deepEqual(caps, ['sys_admin', 'sys_chroot', 'setuid', 'setgid', 'sys_ptrace', ...(NATIVE_SPAWNER ? [] : ['chown'])]);
     const agent = await startAgent(tree, ['--log-level', 'info'], { wrap: confined(caps) });
-    const ctl = (...args: string[]) => usernsctl(['--socket', agent.socket, ...args]);
+    const ctl = (...args: string[]) => usernsctlAt(agent.socket, args);
     for (const label of ['a', 'b', 'c']) {
       const r = await ctl('--json', 'resolve', label);
       assert.equal(r.code, 0, `${label}: ${r.err}`);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { cleanup, makeCheckoutReachable, startAgent, usernsctl, usernsctlHere, USERNSD } from '../helpers/agent.ts';
+import { cleanup, makeCheckoutReachable, startAgent, usernsctlAt, usernsctlHere, USERNSD } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -33,7 +33,7 @@ describe('e2e: security (root)', function () {
     try {
       agent = await startAgent(tree);
       const as = { user: { uid: user.uid, gid: user.gid } };
-      const ctl = (...args: string[]) => usernsctl(['--socket', agent!.socket, ...args], as);
+      const ctl = (...args: string[]) => usernsctlAt(agent!.socket, args, as);
       const pinsBefore = existsSync(tree.pins) ? readdirSync(tree.pins) : [];
       const answers = new Map<string, string>();
       for (const [name, args] of [
