@@ -209,13 +209,19 @@ export function usernsctl(args: string[], opts: { user?: { uid: number; gid: num
   });
 }
 
+/** `argv` wrapped to run inside pinned user namespaces (`pins`, outermost first) as their uid 0. */
+function insideArgv(pins: readonly string[], argv: string[]): string[] {
+  let cmd = argv;
+  for (const pin of [...pins].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
+  return cmd;
+}
+
 /**
  * Run `argv` inside pinned user namespaces (`pins`, outermost first; none: on the host) as their
  * uid 0, as `usernsctl enter` does, started as `user` (default root) with `env`.
  */
 export function runInside(pins: readonly string[], argv: string[], opts: { user?: { uid: number; gid: number }; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
-  let cmd = argv;
-  for (const pin of [...pins].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
+  const cmd = insideArgv(pins, argv);
   const full = opts.user ? ['setpriv', `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, '--init-groups', '--', ...cmd] : cmd;
   return new Promise((resolve) => {
     const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000, env: opts.env ?? childEnv() });
@@ -248,8 +254,7 @@ export class InsideClients {
       c = undefined;
     }
     if (!c) {
-      let cmd = [process.execPath, join(ROOT, 'test', 'helpers', 'inside-client.ts')];
-      for (const pin of [...pins].reverse()) cmd = ['nsenter', `--user=${pin}`, '--preserve-credentials', '-S', '0', '-G', '0', '--', ...cmd];
+      const cmd = insideArgv(pins, [process.execPath, join(ROOT, 'test', 'helpers', 'inside-client.ts')]);
       const child = spawn(cmd[0], cmd.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: childEnv() });
       const client: InsideClient = { child, ino, answers: [], stderr: '' };
       let rest = '';
