@@ -2,7 +2,7 @@
 // first creation and kept, that makes user namespaces without a fork of the agent for each.
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Socket } from 'node:net';
 import { createInterface } from 'node:readline';
@@ -51,8 +51,8 @@ export type TreeJob = {
 /** The copy (the caller closes it), or the spawner's errno and step. */
 export type TreeReply = { readonly fd: number } | { readonly errno: string; readonly step: string };
 
-/** A request waiting for its reply line. */
-type Pending = { resolve: (words: string[]) => void; timer: NodeJS.Timeout };
+/** A request waiting for its reply line, and the spawner it went to (its end fails only its own requests). */
+type Pending = { resolve: (words: string[]) => void; timer: NodeJS.Timeout; child: ChildProcessWithoutNullStreams | null };
 
 const wire = (map: IdMap) => map.map((e) => `${e.inside}:${e.outside}:${e.count}`).join(',');
 const unwire = (text: string): IdMap => parseKernelMap(text === '-' ? '' : text.replaceAll(':', ' ').replaceAll(',', '\n'));
@@ -66,6 +66,21 @@ export function useNativeSpawner(setting: SpawnerSetting, path = SPAWNER_PATH): 
   if (existsSync(path)) return true;
   if (setting === 'native') throw new Fault('misconfigured', `spawner = native, but ${path} was not built`, { object: 'spawner', subject: path });
   return false;
+}
+
+/**
+ * Whether a child of ours still runs: a zombie is dead though Node has not reaped it yet (its exit
+ * event is still to come, maybe after requests that came in meanwhile).
+ */
+function running(pid: number | undefined): boolean {
+  if (pid === undefined) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat[stat.lastIndexOf(')') + 2];
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
 }
 
 /** An "err ERRNO STEP…" reply as the error it is. */
@@ -207,10 +222,12 @@ export class Spawner {
     return new Promise<string[]>((resolve) => {
       // The spawner has its own deadline (5 s) for each request; this one covers the spawner itself.
       const timer = setTimeout(() => this.settle(id, ['err', 'ETIMEDOUT', 'hear from usernsd-spawner']), SPAWN_TIMEOUT_MS * 2);
-      this.pending.set(id, { resolve, timer });
-      this.ref(true);
+      const pending: Pending = { resolve, timer, child: null };
+      this.pending.set(id, pending);
       try {
-        this.send(line);
+        pending.child = this.started();
+        this.ref(true);
+        pending.child.stdin.write(`${line}\n`);
       } catch (err) {
         this.settle(id, ['err', (err as NodeJS.ErrnoException).code ?? 'EIO', 'start usernsd-spawner']);
       }
@@ -229,13 +246,22 @@ export class Spawner {
     p.resolve(words);
   }
 
-  private send(line: string): void {
-    this.started().stdin.write(`${line}\n`);
+  /** The requests that went to `child`, failed: it ended, or is dead and about to be replaced. */
+  private failAll(child: ChildProcessWithoutNullStreams, why: string): void {
+    for (const [id, p] of [...this.pending]) if (p.child === child) this.settle(id, ['err', 'EIO', `use usernsd-spawner (${why})`]);
   }
 
-  /** The spawner, started now if it is not running; it ends when its stdin closes or the agent dies. */
+  /**
+   * The spawner, started now if it is not running; it ends when its stdin closes or the agent dies.
+   * One that died unheard (killed, its exit event not yet run) is replaced now: a request written to
+   * it would wait for that event and fail with it.
+   */
   private started(): ChildProcessWithoutNullStreams {
-    if (this.child) return this.child;
+    if (this.child) {
+      if (running(this.child.pid)) return this.child;
+      this.failAll(this.child, 'it died');
+      this.child = null;
+    }
     this.closeControl();
     const [mine, theirs] = socketPair(true);
     let child: ChildProcessWithoutNullStreams;
@@ -259,7 +285,7 @@ export class Spawner {
     });
     const gone = (why: string) => {
       if (this.child === child) this.child = null;
-      for (const id of [...this.pending.keys()]) this.settle(id, ['err', 'EIO', `use usernsd-spawner (${why}${stderr ? `: ${stderr.trim()}` : ''})`]);
+      this.failAll(child, `${why}${stderr ? `: ${stderr.trim()}` : ''}`);
     };
     child.on('error', (err) => gone(`${(err as NodeJS.ErrnoException).code ?? err.message} starting ${this.path}`));
     child.on('exit', (code, signal) => gone(`it exited: ${signal ?? code}`));

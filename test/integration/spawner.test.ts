@@ -15,7 +15,9 @@ import { Fault } from '../../agent/fault.ts';
 import { fromFault } from '../../agent/advice.ts';
 import { Namespaces, pinnedIno } from '../../agent/kernel/userns.ts';
 import type { Pin } from '../../agent/kernel/userns.ts';
-import { SPAWNER_PATH, useNativeSpawner } from '../../agent/kernel/spawner.ts';
+import { Spawner, SPAWNER_PATH, useNativeSpawner } from '../../agent/kernel/spawner.ts';
+import type { SpawnRequest } from '../../agent/kernel/spawner.ts';
+import { parseKernelMap } from '../../config/extents.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, kernelMaps, makeUser, mountsUnder, unmountAll } from '../helpers/kernel.ts';
@@ -76,6 +78,16 @@ const alive = (pid: number) => {
     return false;
   }
 };
+/**
+ * SIGKILL, then wait for the zombie without letting the event loop run: Node has not reaped it, so
+ * its exit event is still to come when the caller goes on.
+ */
+function killUnheard(pid: number): void {
+  process.kill(pid, 'SIGKILL');
+  const tick = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; alive(pid) && i < 500; i++) Atomics.wait(tick, 0, 0, 10);
+  assert.ok(!alive(pid), `the spawner (${pid}) died`);
+}
 const asUser = (user: string, script: string) => spawnSync('runuser', ['-u', user, '--', 'sh', '-c', script], { encoding: 'utf8' });
 
 /** Until `pred` holds, within `ms`: processes end, and are reaped, a moment after they are told to. */
@@ -236,6 +248,29 @@ describe('integration: usernsd-spawner (root)', function () {
     assert.ok(await eventually(() => pids.every((p) => !alive(p))));
   });
 
+  it("serves a request made after the spawner died but before its exit was heard: a new spawner, whose requests the old one's late exit does not fail", async () => {
+    const spawner = new Spawner();
+    const req: SpawnRequest = {
+      label: 'late',
+      uid: 0,
+      gid: 0,
+      setgroups: 'deny',
+      uidMap: parseKernelMap('0 900000 10'),
+      gidMap: parseKernelMap('0 900000 10'),
+      parentPin: null,
+    };
+    try {
+      (await spawner.create(req)).end();
+      const dead = spawner.pid!;
+      killUnheard(dead);
+      const held = await spawner.create(req);
+      assert.ok(spawner.pid !== undefined && spawner.pid !== dead, 'a new spawner made it');
+      held.end();
+    } finally {
+      spawner.close();
+    }
+  });
+
   it('reads a map back whole: 340 extents, written in under a page, read back as the kernel prints them (33 bytes a line, more than one read)', async () => {
     raw = new Raw();
     // Short lines to write (the kernel takes one page), 340 fixed-width lines of 33 bytes to read back.
@@ -336,6 +371,16 @@ const killSpawner = command(
   },
 );
 
+/** The spawner killed, and the next step taken before the agent's event loop hears of it. */
+const killSpawnerUnheard = command(
+  'kill the spawner, its exit not yet heard',
+  () => true,
+  async (_m, r) => {
+    const pid = r.ns.spawner!.pid;
+    if (pid !== undefined) killUnheard(pid);
+  },
+);
+
 /** Every label at once while the spawner is killed: each is pinned, or fails with E_KERNEL and leaves no pin. */
 const killUnderRequests = command(
   'ensure all, the spawner killed meanwhile',
@@ -393,6 +438,7 @@ describe('integration: namespaces through usernsd-spawner over time, model-based
     const commands = [
       ...LABELS.flatMap((l) => [fc.constant(create(l)), fc.constant(release(l))]),
       fc.constant(killSpawner),
+      fc.constant(killSpawnerUnheard),
       fc.constant(killUnderRequests),
       fc.constant(restart(false)),
       fc.constant(restart(true)),
