@@ -2,7 +2,8 @@
 // members started, killed and restarted at will, every process reaped and every data dir removed.
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -19,15 +20,61 @@ export type Cluster = {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Ports a block (clients base..base+4, peers base+5..base+9) takes. */
+const BLOCK = 10;
+
+/** Whether nothing listens on 127.0.0.1:port now. */
+const free = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen({ port, host: '127.0.0.1', exclusive: true }, () => s.close(() => resolve(true)));
+  });
+
+/**
+ * The first block of free loopback ports from a place of this process's own, below the kernel's
+ * ephemeral range: an outgoing connection (an agent's, etcdctl's) never takes one of them between
+ * a member's kill and its restart, as it could from 32768 up.
+ */
+async function portBlock(skip: number): Promise<number> {
+  const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+  const first = 10_000;
+  const blocks = Math.floor(((low ?? 32768) - first) / BLOCK);
+  for (let n = 0; n < blocks; n++) {
+    const base = first + ((process.pid + skip + n) % blocks) * BLOCK;
+    const ports = Array.from({ length: BLOCK }, (_, i) => base + i);
+    if ((await Promise.all(ports.map(free))).every(Boolean)) return base;
+  }
+  throw new Error(`no ${BLOCK} free loopback ports from ${first} to ${low}`);
+}
+
+/**
+ * A cluster of `size` members (at most 5) on free loopback ports. A member that exits before the
+ * cluster is healthy (its port taken meanwhile, by another test process) costs another try, on
+ * other ports; the error says what etcd wrote.
+ */
 export async function startCluster(size = 3): Promise<Cluster> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await startOn(size, await portBlock(attempt * 97));
+    } catch (err) {
+      if (attempt >= 2 || !(err instanceof MemberExited)) throw err;
+    }
+  }
+}
+
+class MemberExited extends Error {}
+
+async function startOn(size: number, base: number): Promise<Cluster> {
   const dir = mkdtempSync(join(tmpdir(), 'usernsd-etcd-'));
-  const base = 32000 + (process.pid % 3000) * 10;
   const client = (i: number) => base + i;
   const peer = (i: number) => base + 5 + i;
   const endpoints = Array.from({ length: size }, (_, i) => `http://127.0.0.1:${client(i)}`);
   const initial = Array.from({ length: size }, (_, i) => `n${i}=http://127.0.0.1:${peer(i)}`).join(',');
   const procs = new Array<ChildProcess | null>(size).fill(null);
+  const stderr = new Array<string>(size).fill('');
   const launch = (i: number) => {
+    stderr[i] = '';
     const p = spawn(
       'etcd',
       [
@@ -56,8 +103,11 @@ export async function startCluster(size = 3): Promise<Cluster> {
         '--log-level',
         'error',
       ],
-      { stdio: 'ignore' },
+      { stdio: ['ignore', 'ignore', 'pipe'] },
     );
+    p.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr[i] = (stderr[i] + d).slice(-2000);
+    });
     procs[i] = p;
   };
   const ctl = (args: string[]) => {
@@ -69,13 +119,20 @@ export async function startCluster(size = 3): Promise<Cluster> {
   };
   const healthy = async (members: number[]) => {
     for (let t = 0; t < 200; t++) {
+      const exited = members.find((i) => procs[i] && (procs[i].exitCode !== null || procs[i].signalCode !== null));
+      if (exited !== undefined) {
+        const p = procs[exited]!;
+        throw new MemberExited(
+          `etcd member ${exited} exited (${p.signalCode ?? p.exitCode}) on ports ${client(exited)}, ${peer(exited)}: ${stderr[exited].trim()}`,
+        );
+      }
       const r = spawnSync('etcdctl', ['--endpoints', members.map((i) => endpoints[i]).join(','), '--command-timeout', '1s', 'endpoint', 'health'], {
         encoding: 'utf8',
       });
       if (r.status === 0) return;
       await sleep(100);
     }
-    throw new Error(`etcd members ${members.join(',')} did not become healthy`);
+    throw new Error(`etcd members ${members.join(',')} did not become healthy after 200 tries: ${members.map((i) => stderr[i].trim()).join(' | ')}`);
   };
   for (let i = 0; i < size; i++) launch(i);
   const cluster: Cluster = {
