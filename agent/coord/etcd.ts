@@ -18,15 +18,14 @@ import { mergeIntervals } from './allocate.ts';
 import type { Allocation } from './allocate.ts';
 import { parseDoc } from './pooldoc.ts';
 import {
-  advanceProbe,
   CHUNK,
   claimProblem,
   compareSpan,
   entryIntervals,
   exhausted,
   fixedIntervals,
-  freeSlot,
   idsFrom,
+  idsKeyInterval,
   idsKey,
   idsPast,
   idsPrefix,
@@ -41,13 +40,14 @@ import {
   POOL_LAYOUT,
   POOL_MARKER,
   poolKeyState,
-  probeWindow,
   serializeEntry,
   serializeIndex,
   searchStart,
   startProbe,
 } from './poolkeys.ts';
-import type { Conflict, IndexEntry, PoolEntry, Probe, ReadEntry, Request, StaticClaim, Want } from './poolkeys.ts';
+import type { Conflict, IndexEntry, PoolEntry, ReadEntry, Request, StaticClaim, Want } from './poolkeys.ts';
+import { newSearch, searchLook, searchStep, SlotMap, slotTouches, STALE_MISSES } from './slotmap.ts';
+import type { Search } from './slotmap.ts';
 
 /** How long a host's published pins outlive it (the lease's TTL, renewed while it runs). */
 export const PINNED_LEASE_TTL_S = 15;
@@ -87,13 +87,18 @@ export class EtcdCoordinator {
   private lastError: string | null = null;
   private layoutReady = false;
   private migrated = 0;
+  /** What this agent knows of the pool's slots, by pool and slot size (slotmap.ts): read at the first search that needs it. */
+  private readonly maps = new Map<string, SlotMap>();
 
   /** For tests: run between a round's reads and its write (a claim, a forget), where another host's write can land. */
   private readonly beforeWrite: (() => Promise<void>) | undefined;
+  /** For tests: each transaction's answer (what a settle read, and how much). */
+  private readonly observe: ((r: RPC.ITxnResponse) => void) | undefined;
 
-  constructor(cfg: EtcdConfig, opts: { beforeWrite?: () => Promise<void> } = {}) {
+  constructor(cfg: EtcdConfig, opts: { beforeWrite?: () => Promise<void>; observe?: (r: RPC.ITxnResponse) => void } = {}) {
     this.cfg = cfg;
     this.beforeWrite = opts.beforeWrite;
+    this.observe = opts.observe;
     this.host = cfg.name ?? hostname();
     const read = (f: string | null) => (f === null ? undefined : readFileSync(f));
     const ca = read(cfg.ca);
@@ -154,8 +159,10 @@ export class EtcdCoordinator {
   }
 
   /** One transaction, within the timeout (E_UNAVAILABLE when etcd does not answer). */
-  private txn(what: string, req: RPC.ITxnRequest): Promise<RPC.ITxnResponse> {
-    return this.call(what, () => this.client.kv.txn(req));
+  private async txn(what: string, req: RPC.ITxnRequest): Promise<RPC.ITxnResponse> {
+    const r = await this.call(what, () => this.client.kv.txn(req));
+    this.observe?.(r);
+    return r;
   }
 
   private get marker(): RPC.ICompare {
@@ -238,15 +245,15 @@ export class EtcdCoordinator {
     return n;
   }
 
-  /** Every key under `prefix`, read in pages at one revision. */
-  private async scan(prefix: string): Promise<{ key: string; value: string; mod: string }[]> {
+  /** Every key under `prefix`, read in pages at one revision (`keysOnly`: their values left unread, as ""). */
+  private async scan(prefix: string, keysOnly = false): Promise<{ key: string; value: string; mod: string }[]> {
     const out: { key: string; value: string; mod: string }[] = [];
     const end = Buffer.from(prefixEnd(prefix));
     let from = Buffer.from(prefix);
     let revision: string | undefined;
     for (;;) {
       const r = await this.call('answer a read', () =>
-        this.client.kv.range({ key: from, range_end: end, limit: SCAN_PAGE, ...(revision ? { revision } : {}) }),
+        this.client.kv.range({ key: from, range_end: end, limit: SCAN_PAGE, keys_only: keysOnly, ...(revision ? { revision } : {}) }),
       );
       revision ??= r.header.revision;
       for (const kv of r.kvs) out.push({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8'), mod: kv.mod_revision });
@@ -306,8 +313,40 @@ export class EtcdCoordinator {
         }),
     ];
     const out: Settled = { decided: new Map(), conflicts: [] };
-    await this.inBatches(wants, async (batch) => void (await this.settleBatch(batch, pool, mergeIntervals(reserved), true, out)));
+    const searching = wants.flatMap((w) => (w.kind === 'auto' && w.hint === undefined ? [w.size] : []));
+    const maps = await this.slotMaps(pool, searching);
+    await this.inBatches(wants, async (batch) => void (await this.settleBatch(batch, pool, mergeIntervals(reserved), true, out, maps)));
+    for (const [key, map] of this.maps) if (map.misses > STALE_MISSES) this.maps.delete(key); // read anew at the next search
     return out;
+  }
+
+  /**
+   * The slot maps for searches of these sizes: kept from earlier settles, or made now from one read
+   * of the whole index, its keys alone (a pool of 60,000 labels: about 60,000 keys, once in the
+   * agent's life).
+   */
+  private async slotMaps(pool: Pool, sizes: readonly number[]): Promise<Map<number, SlotMap>> {
+    const out = new Map<number, SlotMap>();
+    const key = (size: number) => `${pool.start}-${pool.end}/${size}`;
+    const missing = [...new Set(sizes)].filter((size) => {
+      const had = this.maps.get(key(size));
+      if (had) out.set(size, had);
+      return !had;
+    });
+    if (missing.length === 0) return out;
+    const taken = (await this.scan(idsPrefix(this.cfg.prefix), true)).flatMap((kv) => idsKeyInterval(this.cfg.prefix, kv.key) ?? []);
+    for (const size of missing) {
+      const map = new SlotMap(pool, size, taken);
+      if (map.count === 0) continue;
+      this.maps.set(key(size), map);
+      out.set(size, map);
+    }
+    return out;
+  }
+
+  /** Every map learns ids taken (a claim) or freed (a forget). */
+  private markMaps(intervals: readonly Interval[], taken: boolean): void {
+    for (const map of this.maps.values()) for (const i of intervals) map.mark(i, taken);
   }
 
   /** Batches of wants, a few at a time (they do not wait on each other; two that meet retry as any two hosts would). */
@@ -343,7 +382,14 @@ export class EtcdCoordinator {
    * changed where one could overlap a claim since the first read. A round that loses starts again
    * from what etcd has then. A new label costs two exchanges, a known one one.
    */
-  private async settleBatch(wants: readonly Want[], pool: Pool, system: readonly Interval[], write: boolean, out: Settled): Promise<number> {
+  private async settleBatch(
+    wants: readonly Want[],
+    pool: Pool,
+    system: readonly Interval[],
+    write: boolean,
+    out: Settled,
+    maps: ReadonlyMap<number, SlotMap> = new Map(),
+  ): Promise<number> {
     const lk = (l: string) => Buffer.from(labelKey(this.cfg.prefix, l));
     const from = (end: number) => Buffer.from(idsFrom(this.cfg.prefix, end));
     const past = (end: number) => Buffer.from(idsPast(this.cfg.prefix, end));
@@ -372,7 +418,7 @@ export class EtcdCoordinator {
     const spanOf = (is: readonly Interval[]): Interval => ({ start: is[0].start, end: is[is.length - 1].end });
     const hiddenMessage = (sp: Interval) =>
       `the shared pool's index holds ${NEXT_KEYS} keys that are not its own just after ${sp.end}: remove them (etcdctl get --prefix ${idsPrefix(this.cfg.prefix)} --keys-only)`;
-    const probes = new Map<Want, Probe>();
+    const searches = new Map<Want, Search>();
     /** Wants whose label was not where this host recorded it: they search from their hash slot. */
     const unhinted = new Set<Want>();
     let left = [...wants];
@@ -380,20 +426,27 @@ export class EtcdCoordinator {
     let claimed = 0;
     while (left.length > 0) {
       if (lost >= MAX_ROUNDS) throw contended();
-      // Where each would go if the pool does not have it: its fixed ids, or the next window of its search.
+      // Where each would go if the pool does not have it: its fixed ids, or the next read of its search
+      // (two searches of one round never choose one slot of the map).
+      const chosen = new Map<SlotMap, Set<number>>();
       const looks = left.map((w): { span: Interval; search: boolean } | string => {
         const fixed = fixedIntervals(w);
         if (fixed) return { span: spanOf(fixed), search: false };
         if (w.kind === 'auto' && w.hint !== undefined && !unhinted.has(w)) return { span: { start: w.hint, end: w.hint + w.size }, search: false };
         const size = w.kind === 'auto' ? w.size : 0; // (a static want always has fixed intervals)
-        let p = probes.get(w);
-        if (!p) {
+        const map = maps.get(size) ?? null;
+        let s = searches.get(w);
+        if (!s) {
           const started = startProbe(w.label, size, pool);
           if (typeof started === 'string') return started;
-          probes.set(w, (p = started));
+          s = newSearch(started, size, map);
         }
-        const win = probeWindow(p, size);
-        return win ? { span: { start: win.from, end: win.to }, search: true } : exhausted(pool, size);
+        const mine = map ? (chosen.get(map) ?? chosen.set(map, new Set()).get(map)!) : null;
+        const look = searchLook(s, map, (k) => mine!.has(k) || slotTouches(map!, system, k));
+        searches.set(w, look.search);
+        if (!look.window) return exhausted(pool, size);
+        if (look.search.guided) mine?.add(look.search.probe.next);
+        return { span: { start: look.window.from, end: look.window.to }, search: true };
       });
       // 1: the entries and the index there.
       const ops: RPC.IRequestOp[] = [];
@@ -455,12 +508,12 @@ export class EtcdCoordinator {
           intervals = fixed;
         } else {
           const size = w.kind === 'auto' ? w.size : 0;
-          const slot = freeSlot(probes.get(w)!, size, around, [...system, ...claimedHere]);
-          if (slot === null) {
-            probes.set(w, advanceProbe(probes.get(w)!));
-            return; // the next window, next round
+          const step = searchStep(searches.get(w)!, maps.get(size) ?? null, around, [...system, ...claimedHere]);
+          if ('search' in step) {
+            searches.set(w, step.search);
+            return; // the next read, next round
           }
-          intervals = [{ start: slot, end: slot + size }];
+          intervals = [{ start: step.slot, end: step.slot + size }];
         }
         const chunks = indexChunks(intervals);
         if (chunks.length > MAX_INTERVALS)
@@ -536,6 +589,7 @@ export class EtcdCoordinator {
             if (c.a) out.decided.set(c.w.label, c.a);
             done.add(c.w);
           }
+          this.markMaps(claimedHere, true);
           claimed += claims.length;
         }
       }
@@ -616,7 +670,10 @@ export class EtcdCoordinator {
         ],
         success: [{ request_delete_range: { key } }, ...mine.map((x) => ({ request_delete_range: { key: x.key } }))],
       });
-      if (w.succeeded) return true;
+      if (w.succeeded) {
+        if (entry !== null && !('invalid' in entry)) this.markMaps(entryIntervals(entry), false);
+        return true;
+      }
     }
     throw contended();
   }

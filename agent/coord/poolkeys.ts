@@ -202,8 +202,18 @@ export function compareSpan(intervals: readonly Interval[], around: readonly Ind
   return { fromEnd: intervals[0].start + 1, toEnd: bound ? bound.end - 1 : cap, bound };
 }
 
-/** The slots of a pool a label's search goes through: from its hash slot to the last, then from the first to it. */
-export type Probe = { readonly first: number; readonly count: number; readonly hash: number; readonly next: number; readonly wrapped: boolean };
+/**
+ * The slots of a pool a label's search goes through: from its hash slot to the last, then from the
+ * first to it; `window` slots at a time (WINDOW_SLOTS unless a map guides it to one: slotmap.ts).
+ */
+export type Probe = {
+  readonly first: number;
+  readonly count: number;
+  readonly hash: number;
+  readonly next: number;
+  readonly wrapped: boolean;
+  readonly window?: number | undefined;
+};
 
 export function startProbe(label: string, size: number, pool: Pool): Probe | string {
   const { first, count } = poolSlots(pool, size);
@@ -216,7 +226,7 @@ export function startProbe(label: string, size: number, pool: Pool): Probe | str
 export function probeWindow(p: Probe, size: number): { readonly from: number; readonly to: number; readonly slots: number } | null {
   const last = p.wrapped ? p.hash : p.count;
   if (p.next >= last) return null;
-  const slots = Math.min(WINDOW_SLOTS, last - p.next);
+  const slots = Math.min(p.window ?? WINDOW_SLOTS, last - p.next);
   return { from: p.first + p.next * size, to: p.first + (p.next + slots) * size, slots };
 }
 
@@ -227,7 +237,7 @@ export function searchStart(label: string, size: number, pool: Pool): number {
 }
 
 export function advanceProbe(p: Probe): Probe {
-  const next = p.next + WINDOW_SLOTS;
+  const next = p.next + (p.window ?? WINDOW_SLOTS);
   if (!p.wrapped && next >= p.count) return { ...p, next: 0, wrapped: true };
   return { ...p, next };
 }

@@ -253,6 +253,65 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
     await invariants(prefix);
   });
 
+  it('a crowded pool costs an allocation no more reads than an empty one: the slot map guides the search to one slot', async () => {
+    const prefix = newPrefix();
+    const pool: Pool = { start: 4_096_000, end: 4_096_000 + 1000 * 4096 - 1, size: 4096 }; // 1,000 slots
+    const filled = await coord(prefix, 'a').settle(
+      Array.from({ length: 920 }, (_, k) => ({ label: `f${k}`, size: 4096 })),
+      [],
+      pool,
+      [],
+    );
+    assert.equal(filled.decided.size, 920);
+    let keys = 0;
+    let txns = 0;
+    const b = new EtcdCoordinator(
+      { endpoints: cluster.endpoints, prefix, name: 'b', timeoutMs: 5000, ca: null, cert: null, key: null },
+      {
+        observe: (r) => {
+          txns++;
+          keys += r.responses.reduce((n, x) => n + (x.response_range?.kvs.length ?? 0), 0);
+        },
+      },
+    );
+    open.push(b);
+    await b.settle([{ label: 'first', size: 4096 }], [], pool, []); // reads the index's keys once, for its map
+    const perLabel: { keys: number; txns: number }[] = [];
+    for (let k = 0; k < 20; k++) {
+      keys = txns = 0;
+      const r = await b.settle([{ label: `n${k}`, size: 4096 }], [], pool, []);
+      assert.ok(r.decided.has(`n${k}`), r.conflicts[0]?.message);
+      perLabel.push({ keys, txns });
+    }
+    // A read of the label and of one slot (its key, if any, and the few after), then the write: as in an empty pool.
+    for (const x of perLabel) assert.ok(x.txns <= 3 && x.keys <= 2 * 6, `${JSON.stringify(x)}: a window's keys were read`);
+    await invariants(prefix);
+  });
+
+  it('a slot map made stale by another host costs reads, never a wrong answer: a forget elsewhere is found, a slot taken elsewhere is not used', async () => {
+    const prefix = newPrefix();
+    const pool: Pool = { start: 8_192_000, end: 8_192_000 + 16 * 4096 - 1, size: 4096 }; // 16 slots
+    const a = coord(prefix, 'a');
+    const b = coord(prefix, 'b');
+    const labels = Array.from({ length: 16 }, (_, k) => ({ label: `a${k}`, size: 4096 }));
+    assert.equal((await a.settle(labels, [], pool, [])).decided.size, 16);
+    const full = await b.settle([{ label: 'b0', size: 4096 }], [], pool, []); // b's map: every slot taken
+    assert.match(full.conflicts[0]?.message ?? '', /is exhausted/);
+    for (const l of ['a3', 'a7', 'a11']) assert.equal(await a.forgetRange(l), true);
+    const freed = await b.settle([{ label: 'b1', size: 4096 }], [], pool, []); // its map still says full
+    assert.ok(freed.decided.has('b1'), freed.conflicts[0]?.message);
+    await invariants(prefix);
+    // c's map sees two free slots; a takes them before c allocates: c misses, then finds none left.
+    const c = coord(prefix, 'c');
+    await c.settle([{ label: 'c0', size: 4096 }], [], pool, []);
+    assert.equal((await a.settle([{ label: 'a99', size: 4096 }], [], pool, [])).decided.size, 1);
+    const late = await c.settle([{ label: 'c1', size: 4096 }], [], pool, []);
+    assert.deepEqual(late.decided.size, 0);
+    assert.match(late.conflicts[0]?.message ?? '', /is exhausted/);
+    const entries = await invariants(prefix);
+    assert.equal(entries.size, 16, 'every slot held once');
+  });
+
   it("hostile keys harm only their own label: entries that are not valid, out of the pool, over another's ids, unindexed; junk in the index", async () => {
     const prefix = newPrefix();
     const slot = (k: number) => Math.ceil(POOL.start / 4096) * 4096 + k * 4096;
