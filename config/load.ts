@@ -379,8 +379,13 @@ export class ParseCache {
 
   /** The parse of `file` when `stamp` (of the path as it is now) is the version parsed. */
   get(file: string, stamp: Stamp, poolSize: number): Parsed | undefined {
-    const e = this.files.get(file);
-    return e !== undefined && poolSize === this.poolSize && sameStamp(e.stamp, stamp) ? e.parsed : undefined;
+    const e = this.entry(file, poolSize);
+    return e !== undefined && sameStamp(e.stamp, stamp) ? e.parsed : undefined;
+  }
+
+  /** The version of `file` kept, and its parse, for a caller that compares the stamp itself (the agent, without a Stats object). */
+  entry(file: string, poolSize: number): { readonly stamp: Stamp; readonly parsed: Parsed } | undefined {
+    return poolSize === this.poolSize ? this.files.get(file) : undefined;
   }
 
   set(file: string, stamp: Stamp, poolSize: number, parsed: Parsed): void {

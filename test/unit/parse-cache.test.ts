@@ -4,11 +4,26 @@
 // cache must be exactly the one loaded without it.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, linkSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  linkSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { loadConfigurationAsync } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
+import { closeFd, openDirPath, sameStampAt } from '../../agent/kernel/sys.ts';
+import { stampOf } from '../../config/ini.ts';
 import { ParseCache } from '../../config/load.ts';
 import type { Context, Nss } from '../../config/types.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
@@ -205,6 +220,45 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
       }
     });
   }
+
+  it("the agent's statx look at a stamp agrees with lstat's, on every filesystem and device at hand, and says when it changed", () => {
+    const dirs = ['/etc', '/usr/bin', '/dev', '/dev/shm', '/run', '/tmp', '/boot'].filter((d) => existsSync(d));
+    let compared = 0;
+    for (const dir of dirs) {
+      const fd = openDirPath(dir);
+      try {
+        for (const name of readdirSync(dir).slice(0, 40)) {
+          const st = lstatSync(join(dir, name), { throwIfNoEntry: false });
+          if (!st) continue;
+          const same = sameStampAt(fd, name, stampOf(st));
+          // A file that changed between the two looks (a log, a socket's times) says false, never null.
+          assert.notEqual(same, null, `${dir}/${name}`);
+          if (same) compared++;
+        }
+        assert.equal(sameStampAt(fd, 'no-such-name-here', stampOf(lstatSync(dir))), null);
+      } finally {
+        closeFd(fd);
+      }
+    }
+    assert.ok(compared > 50, `only ${compared} stamps agreed`);
+    // Each field of the stamp counts.
+    const tree = makeTree();
+    try {
+      const file = tree.context('aa.conf', TEXTS[0]);
+      const fd = openDirPath(tree.contexts);
+      try {
+        const stamp = stampOf(lstatSync(file));
+        assert.equal(sameStampAt(fd, 'aa.conf', stamp), true);
+        for (const [field, other] of Object.entries(stamp)) assert.equal(sameStampAt(fd, 'aa.conf', { ...stamp, [field]: other + 1 }), false, field);
+        chmodSync(file, 0o600);
+        assert.equal(sameStampAt(fd, 'aa.conf', stamp), false, 'chmod');
+      } finally {
+        closeFd(fd);
+      }
+    } finally {
+      tree.remove();
+    }
+  });
 
   it('a file read within the racy window of its last change is not kept (a second write in the same clock tick would leave its stamp as it was)', async () => {
     const tree = makeTree();
