@@ -62,6 +62,12 @@ const IN_FLIGHT = 8;
 const SCAN_PAGE = 2000;
 /** Index keys read after an interval: the first the index's own is the next one. */
 const NEXT_KEYS = 4;
+/**
+ * Index keys a slot map is made from at most: the whole id space holds 65,535 ranges, each at most
+ * a few keys. An index past this holds keys that are not its own (etcd's data is input): the
+ * searches then go window by window, and the agent's memory stays bounded.
+ */
+export const MAP_KEYS_MAX = 4 * 65_536;
 
 export type CoordinatorState = {
   readonly coordinator: 'etcd';
@@ -89,16 +95,23 @@ export class EtcdCoordinator {
   private migrated = 0;
   /** What this agent knows of the pool's slots, by pool and slot size (slotmap.ts): read at the first search that needs it. */
   private readonly maps = new Map<string, SlotMap>();
+  /** When an index too large for a map (MAP_KEYS_MAX) may be read again for one. */
+  private noMapUntil = 0;
 
   /** For tests: run between a round's reads and its write (a claim, a forget), where another host's write can land. */
   private readonly beforeWrite: (() => Promise<void>) | undefined;
   /** For tests: each transaction's answer (what a settle read, and how much). */
   private readonly observe: ((r: RPC.ITxnResponse) => void) | undefined;
+  private readonly mapKeysMax: number;
 
-  constructor(cfg: EtcdConfig, opts: { beforeWrite?: () => Promise<void>; observe?: (r: RPC.ITxnResponse) => void } = {}) {
+  constructor(
+    cfg: EtcdConfig,
+    opts: { beforeWrite?: () => Promise<void>; observe?: (r: RPC.ITxnResponse) => void; /** For tests: MAP_KEYS_MAX. */ mapKeysMax?: number } = {},
+  ) {
     this.cfg = cfg;
     this.beforeWrite = opts.beforeWrite;
     this.observe = opts.observe;
+    this.mapKeysMax = opts.mapKeysMax ?? MAP_KEYS_MAX;
     this.host = cfg.name ?? hostname();
     const read = (f: string | null) => (f === null ? undefined : readFileSync(f));
     const ca = read(cfg.ca);
@@ -245,8 +258,13 @@ export class EtcdCoordinator {
     return n;
   }
 
-  /** Every key under `prefix`, read in pages at one revision (`keysOnly`: their values left unread, as ""). */
-  private async scan(prefix: string, keysOnly = false): Promise<{ key: string; value: string; mod: string }[]> {
+  /**
+   * Every key under `prefix`, read in pages at one revision (`keysOnly`: their values left unread,
+   * as ""); null when there are more than `max`.
+   */
+  private async scan(prefix: string, keysOnly: boolean, max: number): Promise<{ key: string; value: string; mod: string }[] | null>;
+  private async scan(prefix: string, keysOnly?: boolean): Promise<{ key: string; value: string; mod: string }[]>;
+  private async scan(prefix: string, keysOnly = false, max = Infinity): Promise<{ key: string; value: string; mod: string }[] | null> {
     const out: { key: string; value: string; mod: string }[] = [];
     const end = Buffer.from(prefixEnd(prefix));
     let from = Buffer.from(prefix);
@@ -257,6 +275,7 @@ export class EtcdCoordinator {
       );
       revision ??= r.header.revision;
       for (const kv of r.kvs) out.push({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8'), mod: kv.mod_revision });
+      if (out.length > max) return null;
       if (!r.more || r.kvs.length === 0) return out;
       from = Buffer.concat([r.kvs[r.kvs.length - 1].key, Buffer.from([0])]);
     }
@@ -333,8 +352,13 @@ export class EtcdCoordinator {
       if (had) out.set(size, had);
       return !had;
     });
-    if (missing.length === 0) return out;
-    const taken = (await this.scan(idsPrefix(this.cfg.prefix), true)).flatMap((kv) => idsKeyInterval(this.cfg.prefix, kv.key) ?? []);
+    if (missing.length === 0 || Date.now() < this.noMapUntil) return out;
+    const keys = await this.scan(idsPrefix(this.cfg.prefix), true, this.mapKeysMax);
+    if (keys === null) {
+      this.noMapUntil = Date.now() + 10 * 60_000; // an index past any pool's size: the searches read windows, and it is not read whole again soon
+      return out;
+    }
+    const taken = keys.flatMap((kv) => idsKeyInterval(this.cfg.prefix, kv.key) ?? []);
     for (const size of missing) {
       const map = new SlotMap(pool, size, taken);
       if (map.count === 0) continue;

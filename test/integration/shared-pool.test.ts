@@ -285,6 +285,22 @@ describe('integration: the shared pool, one key per label, on a real etcd', func
     }
     // A read of the label and of one slot (its key, if any, and the few after), then the write: as in an empty pool.
     for (const x of perLabel) assert.ok(x.txns <= 3 && x.keys <= 2 * 6, `${JSON.stringify(x)}: a window's keys were read`);
+    // An index with more keys than a map is made from (etcd's data is input): no map, the search reads windows, and still allocates.
+    let windowKeys = 0;
+    const capped = new EtcdCoordinator(
+      { endpoints: cluster.endpoints, prefix, name: 'c', timeoutMs: 5000, ca: null, cert: null, key: null },
+      {
+        mapKeysMax: 500,
+        observe: (r) =>
+          (windowKeys = Math.max(
+            windowKeys,
+            r.responses.reduce((n, x) => n + (x.response_range?.kvs.length ?? 0), 0),
+          )),
+      },
+    );
+    open.push(capped);
+    for (const label of ['c0', 'c1']) assert.ok((await capped.settle([{ label, size: 4096 }], [], pool, [])).decided.has(label));
+    assert.ok(windowKeys > 100, `the capped coordinator read ${windowKeys} keys at most: it had a map`);
     await invariants(prefix);
   });
 
