@@ -2,7 +2,7 @@
 // first creation and kept, that makes user namespaces without a fork of the agent for each.
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Socket } from 'node:net';
 import { createInterface } from 'node:readline';
@@ -11,7 +11,7 @@ import { parseKernelMap } from '../../config/extents.ts';
 import type { IdMap } from '../../config/types.ts';
 import { Fault } from '../fault.ts';
 import { kernelError, PATH_ENV, SPAWN_TIMEOUT_MS } from './spawn.ts';
-import { closeFd } from './sys.ts';
+import { childEnded, closeFd } from './sys.ts';
 import { closeDescriptor, receiveWithFds, sendWithFds, socketPair } from './unixsock.ts';
 
 /** Where `npm run build` (and so `make install`) puts the program: dist/usernsd-spawner, beside dist/agent/. */
@@ -66,21 +66,6 @@ export function useNativeSpawner(setting: SpawnerSetting, path = SPAWNER_PATH): 
   if (existsSync(path)) return true;
   if (setting === 'native') throw new Fault('misconfigured', `spawner = native, but ${path} was not built`, { object: 'spawner', subject: path });
   return false;
-}
-
-/**
- * Whether a child of ours still runs: a zombie is dead though Node has not reaped it yet (its exit
- * event is still to come, maybe after requests that came in meanwhile).
- */
-function running(pid: number | undefined): boolean {
-  if (pid === undefined) return false;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const state = stat[stat.lastIndexOf(')') + 2];
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
 }
 
 /** An "err ERRNO STEP…" reply as the error it is. */
@@ -258,7 +243,8 @@ export class Spawner {
    */
   private started(): ChildProcessWithoutNullStreams {
     if (this.child) {
-      if (running(this.child.pid)) return this.child;
+      // Running: this one. Ended, perhaps not yet reaped (its exit event still to come): a new one.
+      if (this.child.pid !== undefined && !childEnded(this.child.pid)) return this.child;
       this.failAll(this.child, 'it died');
       this.child = null;
     }
