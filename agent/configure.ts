@@ -169,8 +169,8 @@ function openDirOrNull(dir: string): number | null {
 /**
  * Only the stamp of a file whose version the cache holds parsed (a reload of many files reads what
  * changed); null: read it. Compared by statx at `dirFd` (the contexts directory, its files listed
- * from it) without a Stats object: a reload of 65,535 unchanged files spent a third of its time in
- * lstatSync and its garbage.
+ * from it) without a Stats object: a tenth less time for a reload of 65,535 files than lstatSync of
+ * each path.
  */
 function unchanged(file: string, dirFd: number | null, poolSize: number, cache: ParseCache | undefined): Unread | null {
   if (!cache || cache.size === 0) return null;

@@ -347,11 +347,12 @@ export class EtcdCoordinator {
   private async slotMaps(pool: Pool, sizes: readonly number[]): Promise<Map<number, SlotMap>> {
     const out = new Map<number, SlotMap>();
     const key = (size: number) => `${pool.start}-${pool.end}/${size}`;
-    const missing = [...new Set(sizes)].filter((size) => {
+    const missing: number[] = [];
+    for (const size of new Set(sizes)) {
       const had = this.maps.get(key(size));
       if (had) out.set(size, had);
-      return !had;
-    });
+      else missing.push(size);
+    }
     if (missing.length === 0 || Date.now() < this.noMapUntil) return out;
     const keys = await this.scan(idsPrefix(this.cfg.prefix), true, this.mapKeysMax);
     if (keys === null) {
@@ -465,11 +466,11 @@ export class EtcdCoordinator {
           if (typeof started === 'string') return started;
           s = newSearch(started, size, map);
         }
-        const mine = map ? (chosen.get(map) ?? chosen.set(map, new Set()).get(map)!) : null;
-        const look = searchLook(s, map, (k) => mine!.has(k) || slotTouches(map!, system, k));
+        const mine = map ? (chosen.get(map) ?? chosen.set(map, new Set()).get(map)!) : new Set<number>();
+        const look = searchLook(s, map, (k) => mine.has(k) || (map !== null && slotTouches(map, system, k)));
         searches.set(w, look.search);
         if (!look.window) return exhausted(pool, size);
-        if (look.search.guided) mine?.add(look.search.probe.next);
+        if (look.search.guided) mine.add(look.search.probe.next);
         return { span: { start: look.window.from, end: look.window.to }, search: true };
       });
       // 1: the entries and the index there.
