@@ -7,9 +7,6 @@ import { appendErrors, configError, readConfigFileAsync, stampOf } from '../conf
 import {
   admitRuntimeChildren,
   AGENT_DEFAULTS,
-  finishContexts,
-  keptCandidates,
-  staticHostMaps,
   linkContexts,
   listContextFiles,
   loadAgentConfig,
@@ -18,11 +15,11 @@ import {
   loadRuntimeDefs,
   parseContextFile,
   runtimeDelegateProblem,
-  sameRecorded,
 } from '../config/load.ts';
-import type { Delegations, ParseCache, ReadAhead, Unread } from '../config/load.ts';
+import type { ParseCache, ReadAhead, Unread } from '../config/load.ts';
+import { finishContexts, keptCandidates, sameRecorded, staticHostMaps } from '../config/judge.ts';
+import type { Delegations, HostMaps } from '../config/judge.ts';
 import type { ReadFile } from '../config/ini.ts';
-import type { HostMaps } from '../config/load.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
 import { DEFAULT_CONFIG_FILE, HOST_LABEL } from '../config/types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss } from '../config/types.ts';

@@ -288,7 +288,7 @@ export class Manager {
   }
 
   /**
-   * What is in force now, for the next start and for check-config (see config/load.ts admissionOrder):
+   * What is in force now, for the next start and for check-config (see config/judge.ts admissionOrder):
    * what changed since the last record is appended to its journal, and contexts.json is written
    * whole when there is none yet, when the journal has grown past a quarter of the contexts, and
    * (`whole`) when the agent stops, so an older usernsd that reads contexts.json alone finds it current.

@@ -242,7 +242,7 @@ function inForceEntry(c: unknown): Context | string {
 
 /**
  * The contexts in force, as the agent last put them in force. It decides who keeps its ids when a
- * file changes (config/load.ts admissionOrder) — after a restart, and for check-config — and keeps a
+ * file changes (config/judge.ts admissionOrder) — after a restart, and for check-config — and keeps a
  * context whose file broke at its last good version. Missing: nothing is in force yet.
  */
 export function readInForce(dir: string): Map<string, Context> {

@@ -8,7 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { kernelMapText, parseKernelMap } from '../../config/extents.ts';
-import type { HostMaps } from '../../config/load.ts';
+import type { HostMaps } from '../../config/judge.ts';
 import type { IdMap } from '../../config/types.ts';
 import { errnoOf, Fault } from '../fault.ts';
 import { HelperPrograms, rootOf } from './helper.ts';

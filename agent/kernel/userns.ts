@@ -2,7 +2,7 @@
 import { closeSync, constants, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../../config/extents.ts';
-import type { HostMaps } from '../../config/load.ts';
+import type { HostMaps } from '../../config/judge.ts';
 import { labelProblem } from '../../config/schema.ts';
 import { HOST_LABEL } from '../../config/types.ts';
 import type { Context, IdMap } from '../../config/types.ts';

@@ -4,7 +4,8 @@
 // the reservation adds only what refused files ask for.
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { finishContexts, linkContexts, parseContextFile, staticHostMaps } from '../../config/load.ts';
+import { finishContexts, staticHostMaps } from '../../config/judge.ts';
+import { linkContexts, parseContextFile } from '../../config/load.ts';
 import type { ConfigError, ContextDef } from '../../config/types.ts';
 import { testNss } from '../helpers/fixtures.ts';
 
