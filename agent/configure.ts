@@ -18,7 +18,7 @@ import {
 } from '../config/load.ts';
 import type { ParseCache, ReadAhead, Unread } from '../config/load.ts';
 import { finishContexts, keptCandidates, sameRecorded, staticHostMaps } from '../config/judge.ts';
-import type { Delegations, HostMaps } from '../config/judge.ts';
+import type { Delegations, HostMaps, Judgement } from '../config/judge.ts';
 import type { ReadFile } from '../config/ini.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
 import { DEFAULT_CONFIG_FILE, HOST_LABEL } from '../config/types.ts';
@@ -107,7 +107,12 @@ export type LoadOptions = {
   readonly refused?: ReadonlyMap<string, string>;
   /** Context files parsed at earlier loads (the agent's): a file whose stamp is unchanged is not read again. */
   readonly cache?: ParseCache;
+  /** The judgement of the last load (the agent's): a reload judges again what changed (judge.ts judgeChanged). */
+  readonly judgement?: Judgement;
 };
+
+/** What the agent keeps from one load for the next: the files as parsed, the judgement across them. */
+export type LoadMemo = { readonly cache: ParseCache; readonly judgement: Judgement };
 
 /** Files read at once, at most: enough to keep the disk busy, few enough to bound memory. */
 const READ_AHEAD_BATCH = 64;
@@ -253,7 +258,13 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     hostMaps,
     kept: keptContexts,
     notices,
-  } = finishContexts(coordinated, starts, errors, { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations, fromRecord: !opts.inForce });
+  } = finishContexts(
+    coordinated,
+    starts,
+    errors,
+    { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations, fromRecord: !opts.inForce },
+    opts.judgement,
+  );
   // What is in force and the same as its record is, for the record too, the object made from its
   // file (see Prior.fromRecord): nothing to write for it, and the record's copy is garbage.
   if (recorded) recorded = { ...recorded, contexts: sameAsRecorded(recorded.contexts, contexts) };

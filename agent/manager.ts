@@ -9,7 +9,8 @@ import { keepStartOnly, ParseCache } from '../config/load.ts';
 import type { AgentConfig, Context, LogLevel, Nss } from '../config/types.ts';
 import { mayUse } from './policy.ts';
 import { loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
-import type { Configuration, SystemIds } from './configure.ts';
+import type { Configuration, LoadMemo, SystemIds } from './configure.ts';
+import { Judgement } from '../config/judge.ts';
 import { createChild, forgetChildren } from './children.ts';
 import type { ChildrenParts } from './children.ts';
 import { rangePool } from './rangepool.ts';
@@ -123,15 +124,18 @@ export class Manager {
   private readonly supervisor: Supervisor;
   /** Who counts as whom for the per-user limits: rebuilt with the contexts in force. */
   private readonly people = new People();
-  /** The context files as parsed at start and at each reload: a reload reads and parses what changed. */
-  private readonly parsed: ParseCache;
+  /**
+   * The context files as parsed at start and at each reload, and the last judgement across them: a
+   * reload reads and parses what changed, and judges again what that can affect.
+   */
+  private readonly memo: LoadMemo;
   /** Namespaces made for eager contexts (parents included), and the time their creations took. */
   private readonly eagerMade = { count: 0, ms: 0 };
   /** The contexts in force as last recorded (contexts.json of `generation`, and `journal` lines after it). */
   private recorded: { readonly contexts: ReadonlyMap<string, Context>; readonly generation: string; readonly journal: number } | null = null;
 
-  private constructor(opts: ManagerOptions, config: Configuration, parsed: ParseCache, makePool: PoolMaker) {
-    this.parsed = parsed;
+  private constructor(opts: ManagerOptions, config: Configuration, memo: LoadMemo, makePool: PoolMaker) {
+    this.memo = memo;
     this.opts = opts;
     this.log = opts.log;
     this.supervisor = new Supervisor(opts.log, opts.notify);
@@ -279,11 +283,11 @@ export class Manager {
    */
   private static load(
     opts: ManagerOptions,
-    cache: ParseCache,
+    memo: LoadMemo,
     inForce?: ReadonlyMap<string, Context>,
     refused?: ReadonlyMap<string, string>,
   ): Promise<Configuration> {
-    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce, refused, cache };
+    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce, refused, ...memo };
     return inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
   }
 
@@ -335,13 +339,13 @@ export class Manager {
    * start (the agent would not know where anything is); a broken context file only loses that context.
    */
   static async start(opts: ManagerOptions): Promise<Manager> {
-    const parsed = new ParseCache();
-    const config = await Manager.load(opts, parsed);
+    const memo: LoadMemo = { cache: new ParseCache(), judgement: new Judgement() };
+    const config = await Manager.load(opts, memo);
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     Manager.refuseNewerFormats(config.agent);
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
-    const m = new Manager(opts, config, parsed, await rangePool(config));
+    const m = new Manager(opts, config, memo, await rangePool(config));
     m.recorded = config.recorded; // what is in force and unchanged is the record's objects: nothing to write for it
     const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(m.registry.namespaces.recordsDir)];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
@@ -481,8 +485,9 @@ export class Manager {
   private async reloadConfig(source: string): Promise<ReloadResult> {
     const started = performance.now();
     const before = this.registry.agent;
-    const parsedBefore = this.parsed.counts.parsed;
-    const config = await Manager.load(this.opts, this.parsed, new Map([...this.registry.all()].map((c) => [c.label, c])), this.pool.refused);
+    const parsedBefore = this.memo.cache.counts.parsed;
+    const partialBefore = this.memo.judgement.counts.partial;
+    const config = await Manager.load(this.opts, this.memo, new Map([...this.registry.all()].map((c) => [c.label, c])), this.pool.refused);
     const errors = config.errors.map(formatConfigError);
     this.service.reloaded();
     if (config.errors.some((e) => e.file === config.agent.file)) {
@@ -538,7 +543,9 @@ export class Manager {
         ...diff,
         errors: errors.length,
         // Context files read and parsed again (the others were unchanged since they were read).
-        parsed: this.parsed.counts.parsed - parsedBefore,
+        parsed: this.memo.cache.counts.parsed - parsedBefore,
+        // Judged again: only what the changes can affect (partial), or every context (whole).
+        judged: this.memo.judgement.counts.partial > partialBefore ? 'partial' : 'whole',
         ms: +(performance.now() - started).toFixed(1),
       },
       'Reloaded configuration',

@@ -42,4 +42,9 @@ export class DisjointIntervals<T extends Interval> {
   add(i: T): void {
     this.byStart.set(i.start, i);
   }
+
+  /** Take out an interval kept (the very one: another begun at its start stays). */
+  delete(i: T): void {
+    if (this.byStart.get(i.start) === i) this.byStart.delete(i.start);
+  }
 }

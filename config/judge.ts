@@ -239,20 +239,6 @@ function admissionOrder(
   return [...all.filter((x) => x.senior), ...all.filter((x) => !x.senior)];
 }
 
-/**
- * The last checks, once every context has maps (static or allocated): nested maps inside their
- * parent's, setgroups as the kernel allows it under the parent, an owner the parent maps, no host
- * root for a non-root owner, no two unrelated contexts sharing host ids. Contexts in force come
- * first (admissionOrder), then the rest parents-first in file order, so of two clashing files the
- * newcomer is refused, naming both; a range = auto allocation belongs to its label alone.
- *
- * Overlap is checked among siblings (children of the same parent, host included) in the parent's
- * ids: a nested context's ids lie inside its parent's by the first check, so two contexts of
- * different families can only clash if their top-level ancestors do.
- *
- * A context in force whose file now has errors is kept at its last good version (while its parent
- * stays): its label is in `kept`.
- */
 /** A host resource a context's [delegate] names, and the context accepted with it. */
 type Given = { readonly kind: 'device' | 'directory' | 'tap'; readonly item: string; readonly label: string };
 
@@ -346,190 +332,604 @@ export function staticHostMaps(defs: readonly StaticMaps[]): Map<string, HostMap
  * file): what the judgement keeps at its last good version, unless something senior takes its ids.
  */
 export function keptCandidates(defs: readonly ContextDef[], inForce: ReadonlyMap<string, Context>, errors: readonly ConfigError[]): Context[] {
-  const labels = new Set(defs.map((d) => d.label));
+  if (errors.length === 0) return [];
   const broken = new Set(errors.map((e) => e.file));
-  return [...inForce.values()].filter((c) => !labels.has(c.label) && broken.has(c.file));
+  const candidates: Context[] = [];
+  for (const c of inForce.values()) if (broken.has(c.file)) candidates.push(c);
+  if (candidates.length === 0) return [];
+  const labels = new Set(defs.map((d) => d.label));
+  return candidates.filter((c) => !labels.has(c.label));
 }
 
+/** What a judgement decides. */
+export type Judged = { contexts: Context[]; hostMaps: Map<string, HostMaps>; kept: string[]; notices: ConfigError[] };
+
+type Sides = { readonly uid: Claims; readonly gid: Claims };
+type Maps = { readonly uidMap: IdMap; readonly gidMap: IdMap };
+
+/**
+ * A judgement's state: what it admitted and what that claims, and of every item judged (a
+ * definition, or a context in force kept at its last good version) what bears on the others. A
+ * Judgement keeps it, so that the next judgement (a reload's) takes out what changed and judges
+ * only that again.
+ */
+type State = {
+  readonly items: Map<string, ContextDef>;
+  /** Labels whose item is a context in force kept at its last good version (its file is broken). */
+  readonly keptItems: Set<string>;
+  /** Accepted, parents before children. */
+  readonly accepted: Map<string, Context>;
+  /** The accepted ones of keptItems. */
+  readonly kept: Set<string>;
+  readonly hostMaps: Map<string, HostMaps>;
+  /** Each parent's claims on its ids, the host's included. */
+  readonly claims: Map<string, Sides>;
+  given: Given[];
+  readonly held: OwnerHeld;
+  /** What the judgement said of each item, in the order it judged them. */
+  readonly errorsOf: Map<string, ConfigError[]>;
+  readonly noticesOf: Map<string, ConfigError[]>;
+  /** Labels of the items not accepted, for whatever reason. */
+  readonly rejected: Set<string>;
+  /** Items refused whose maps were known: what their errors say depends on their siblings' ids. */
+  readonly refused: Map<string, Maps & { readonly parent: string }>;
+  /** Item labels by their parent's label. */
+  readonly children: Map<string, Set<string>>;
+  /** Labels of the items with a [delegate] whose owner is not root, by owner uid: what owner limits count. */
+  readonly delegators: Map<number, Set<string>>;
+  /** The pins that claim ids their context no longer has, by label, under the parent they were claimed in. */
+  readonly pinClaims: Map<string, Maps & { readonly parent: string }>;
+  /** Every owner whose delegation a judgement asked for, and what it was. */
+  readonly asked: Map<string, { readonly owner: Owner; readonly given: ReturnType<Delegations['of']> }>;
+  allocated: ReadonlyMap<string, number>;
+  allocations: Prior['allocations'];
+};
+
+function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['allocations']): State {
+  return {
+    items: new Map(),
+    keptItems: new Set(),
+    accepted: new Map(),
+    kept: new Set(),
+    hostMaps: new Map(),
+    claims: new Map(),
+    given: [],
+    held: new Map(),
+    errorsOf: new Map(),
+    noticesOf: new Map(),
+    rejected: new Set(),
+    refused: new Map(),
+    children: new Map(),
+    delegators: new Map(),
+    pinClaims: new Map(),
+    asked: new Map(),
+    allocated,
+    allocations,
+  };
+}
+
+function addTo<K>(m: Map<K, Set<string>>, key: K, label: string): void {
+  const s = m.get(key);
+  if (s) s.add(label);
+  else m.set(key, new Set([label]));
+}
+
+function sidesOf(st: State, parent: string): Sides {
+  let s = st.claims.get(parent);
+  if (!s) st.claims.set(parent, (s = { uid: new Claims(), gid: new Claims() }));
+  return s;
+}
+
+/** What stays the same over one judgement: its inputs, and the delegations as it asks for them (each recorded in the state). */
+type Judging = {
+  readonly allocated: ReadonlyMap<string, number>;
+  readonly inForce: ReadonlyMap<string, Context>;
+  readonly fromRecord: boolean;
+  readonly delegationsOf: (owner: Owner) => ReturnType<Delegations['of']>;
+  readonly whose: Delegations['whose'];
+};
+
+function judging(st: State, allocated: ReadonlyMap<string, number>, prior: Prior): Judging {
+  const delegations = prior.delegations ?? OWN_IDS_ONLY;
+  return {
+    allocated,
+    inForce: prior.inForce,
+    fromRecord: prior.fromRecord === true,
+    delegationsOf: (owner) => {
+      const given = delegations.of(owner);
+      st.asked.set(`${owner.uid}:${owner.gid}:${owner.name ?? ''}`, { owner, given });
+      return given;
+    },
+    whose: delegations.whose,
+  };
+}
+
+/** The allocations' claims, each for its label alone (a static range never lands on one). */
+function claimAllocations(st: State, allocations: Iterable<readonly [string, { readonly start: number; readonly size: number }]>): void {
+  const host = sidesOf(st, HOST_LABEL);
+  for (const [label, a] of [...allocations].sort((x, y) => x[1].start - y[1].start)) {
+    const claim: Claim = { start: a.start, end: a.start + a.size, label, by: 'allocation' };
+    if (host.uid.overlaps(claim.start, claim.end)) continue; // never, for the allocator's own output
+    host.uid.add(claim);
+    host.gid.add({ ...claim });
+  }
+}
+
+/**
+ * A pinned context whose ids change keeps its namespace, with the old ids, until root releases it
+ * (it is in drift): nobody else may take those ids meanwhile. Null: its pin claims nothing.
+ */
+function pinClaimOf(now: ContextDef | undefined, held: Maps | null | undefined, allocated: ReadonlyMap<string, number>): (Maps & { parent: string }) | null {
+  if (!now || !held) return null; // a removed context's pin is released at once; an unknown one is checked at adoption
+  const nowMaps = mapsOf(now, allocated);
+  if (nowMaps && sameMap(nowMaps.uidMap, held.uidMap) && sameMap(nowMaps.gidMap, held.gidMap)) return null;
+  return { parent: now.parent, uidMap: held.uidMap, gidMap: held.gidMap };
+}
+
+function claimPin(st: State, label: string, pin: Maps & { parent: string }): void {
+  const siblings = sidesOf(st, pin.parent);
+  for (const e of pin.uidMap) siblings.uid.gaps(e.outside, e.outside + e.count, label, 'pin');
+  for (const e of pin.gidMap) siblings.gid.gaps(e.outside, e.outside + e.count, label, 'pin');
+  st.pinClaims.set(label, pin);
+}
+
+/** One item judged against what is accepted and claimed so far; what it is said and what it claims are kept in the state. */
+function judgeOne(st: State, d: ContextDef, kept: boolean, j: Judging): void {
+  st.items.set(d.label, d);
+  if (kept) st.keptItems.add(d.label);
+  addTo(st.children, d.parent, d.label);
+  if (d.delegate && d.owner.uid !== 0) addTo(st.delegators, d.owner.uid, d.label);
+  const errors: ConfigError[] = [];
+  const notices: ConfigError[] = [];
+  const maps = mapsOf(d, j.allocated); // null: the allocator has said why
+  let ok = false;
+  if (d.parent !== HOST_LABEL && !st.accepted.has(d.parent))
+    errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not valid, so neither is this context`));
+  else if (maps) ok = admit(st, d, maps, j, errors, notices);
+  if (ok && kept) st.kept.add(d.label);
+  if (ok) st.rejected.delete(d.label);
+  else st.rejected.add(d.label);
+  if (maps && !ok) st.refused.set(d.label, { parent: d.parent, ...maps });
+  if (errors.length > 0) st.errorsOf.set(d.label, errors);
+  if (notices.length > 0) st.noticesOf.set(d.label, notices);
+}
+
+/** The checks of one item whose maps are known; accepted (true) with its claims, its resources and its owner's count, or refused with `errors`. */
+function admit(st: State, d: ContextDef, own: Maps, j: Judging, errors: ConfigError[], notices: ConfigError[]): boolean {
+  const { uidMap, gidMap } = own;
+  const maps = [
+    ['uid', 'uid_map', uidMap],
+    ['gid', 'gid_map', gidMap],
+  ] as const;
+  const parent = st.accepted.get(d.parent);
+  const problems: [string, string][] = [];
+  if (parent) {
+    for (const [kind, key, map] of maps) {
+      const pmap = kind === 'uid' ? parent.uidMap : parent.gidMap;
+      const gaps = map.flatMap((e) => uncovered(pmap, 'inside', e.outside, e.outside + e.count));
+      if (gaps.length > 0) {
+        problems.push([
+          key,
+          `outside ${kind}s ${gaps.map(formatInterval).join(', ')} are not mapped inside parent "${d.parent}": a nested map may only use ids its parent has`,
+        ]);
+      }
+      if (uncovered(pmap, 'inside', 0, 1).length > 0) {
+        problems.push([
+          key,
+          `parent "${d.parent}" does not map ${kind} 0: the agent writes a nested context's maps as its parent's root, so the parent must map inside ${kind} 0`,
+        ]);
+      }
+    }
+  }
+  const parentHost = parent ? st.hostMaps.get(d.parent)! : null;
+  const host: HostMaps = parentHost ? { uid: composeMaps(uidMap, parentHost.uid), gid: composeMaps(gidMap, parentHost.gid) } : { uid: uidMap, gid: gidMap };
+  // setgroups: the kernel refuses "allow" in a namespace whose parent denies it.
+  const setgroups = d.setgroups ?? (parent?.setgroups === 'deny' || d.owner.uid !== 0 ? 'deny' : 'allow');
+  if (parent?.setgroups === 'deny' && setgroups === 'allow') {
+    problems.push([
+      'setgroups',
+      `cannot be allow: parent "${d.parent}" has setgroups = deny, and the kernel refuses allow under deny (remove the line: a nested context inherits deny)`,
+    ]);
+  }
+  // A nested namespace is owned by its owner's id inside the parent: the parent must map it.
+  if (parentHost && d.owner.uid !== 0) {
+    for (const [kind, id, key] of [
+      ['uid', d.owner.uid, 'owner'],
+      ['gid', d.owner.gid, 'owner'],
+    ] as const) {
+      if (uncovered(kind === 'uid' ? parentHost.uid : parentHost.gid, 'outside', id, id + 1).length > 0) {
+        problems.push([
+          key,
+          `${d.owner.name ?? d.owner.uid} (host ${kind} ${id}) is not mapped in parent "${d.parent}": the owner of a nested context is a host user whose ids the parent maps; the parent's own owner needs no owner line here, since the owner of a namespace may enter every namespace nested in it`,
+        ]);
+        break;
+      }
+    }
+  }
+  if (d.owner.uid !== 0) {
+    for (const [kind, key] of maps) {
+      if ((kind === 'uid' ? host.uid : host.gid).some((e) => e.outside === 0)) {
+        problems.push([
+          key,
+          `maps host ${kind} 0 (root) into a context owned by ${d.owner.name ?? d.owner.uid}, who is not root: that would give the owner host root`,
+        ]);
+      }
+    }
+  }
+  // SPEC §12: an owner gets through usernsd only host ids it was given. An auto range is usernsd's
+  // own allocation for it; under an ancestor of the same owner, the owner could nest it itself.
+  if (d.owner.uid !== 0 && d.autoSize === null && !ownedAncestor(st, d)) {
+    const given = j.delegationsOf(d.owner);
+    for (const [kind, key] of maps) {
+      const g = kind === 'uid' ? given.uid : given.gid;
+      const gaps = (kind === 'uid' ? host.uid : host.gid).flatMap((e) => notGiven(g, e.outside, e.outside + e.count));
+      if (gaps.length === 0) continue;
+      const { what, advice } = beyondDelegation(d, kind, gaps, g, j.whose);
+      if (d.ownerIds === 'any')
+        notices.push(configError(d.file, 'context', 'owner_ids', lineIn(d, 'owner_ids'), `any: the owner may use ids it was not given: ${key} ${what}`));
+      else problems.push([key, `${what}: ${advice}`]);
+    }
+  }
+  if (d.owner.uid !== 0 && d.delegate && d.delegate.devices.length > 0)
+    notices.push(
+      configError(
+        d.file,
+        'delegate',
+        'devices',
+        lineIn(d, 'devices'),
+        `the owner's context root is given host devices ${d.delegate.devices.join(', ')} (owner_ids = any)`,
+      ),
+    );
+  const siblings = sidesOf(st, d.parent);
+  for (const [kind, key, map] of maps) {
+    for (const e of map) {
+      // Its own allocation or old pin is no clash; anything else overlapping is.
+      const c = siblings[kind].overlapping(e.outside, e.outside + e.count).find((x) => !(x.label === d.label && x.by !== 'context'));
+      if (!c) continue;
+      const o = c.by !== 'pin' ? st.accepted.get(c.label) : undefined;
+      const ids = formatInterval({ start: Math.max(c.start, e.outside), end: Math.min(c.end, e.outside + e.count) });
+      const whose = d.parent === HOST_LABEL ? 'host' : `parent "${d.parent}"`;
+      const by = o
+        ? `context "${o.label}" (${o.file})`
+        : c.by === 'pin'
+          ? `the pinned namespace of "${c.label}", whose ids changed (release it first: usernsctl release ${c.label})`
+          : `the range allocated to "${c.label}" (range = auto, recorded in the state directory's ranges.json; it stays reserved for that label)`;
+      problems.push([key, `${whose} ${kind}s ${ids} are already used by ${by}: give one of them other ids`]);
+      break;
+    }
+  }
+  // SPEC §13: what one context is given, no other context names (nor a directory inside it).
+  const clashes = delegationClashes(d, st.given);
+  // And an owner's contexts together hold at most what nsresourced gives one namespace.
+  const over = ownerLimitProblem(d, st.held);
+  if (over) clashes.push(over);
+  for (const [key, message] of clashes)
+    errors.push(configError(d.file, 'delegate', key, d.lines?.[`delegate.${key}`] ?? d.lines?.['delegate.'] ?? null, message));
+  if (problems.length > 0 || clashes.length > 0) {
+    for (const [key, message] of problems) errors.push(configError(d.file, 'context', key, lineIn(d, key), message));
+    return false;
+  }
+  for (const [kind, item] of delegatedItems(d)) st.given.push({ kind, item, label: d.label });
+  holdFor(st.held, d);
+  // Only what is not claimed already (its own allocation, or its own old pin), so the list stays disjoint.
+  for (const [kind, , map] of maps) for (const e of map) siblings[kind].gaps(e.outside, e.outside + e.count, d.label);
+  st.hostMaps.set(d.label, host);
+  st.accepted.set(d.label, contextOf(d, uidMap, gidMap, setgroups, j.inForce.get(d.label), j.fromRecord));
+  return true;
+}
+
+/** An accepted ancestor with the same owner: its map was judged already, and the owner may nest inside it. */
+function ownedAncestor(st: State, d: ContextDef): boolean {
+  for (let p = st.accepted.get(d.parent); p; p = st.accepted.get(p.parent)) if (p.owner.uid === d.owner.uid) return true;
+  return false;
+}
+
+/** Every item judged, from nothing. */
+function judgeAll(defs: readonly ContextDef[], kept: readonly Context[], allocated: ReadonlyMap<string, number>, prior: Prior): State {
+  const st = newState(allocated, prior.allocations);
+  const j = judging(st, allocated, prior);
+  claimAllocations(st, prior.allocations);
+  const current = new Map<string, ContextDef>([...kept, ...defs].map((d) => [d.label, d]));
+  for (const [label, held] of prior.pinned ?? []) {
+    const pin = pinClaimOf(current.get(label), held, allocated);
+    if (pin) claimPin(st, label, pin);
+  }
+  const keptSet = new Set<ContextDef>(kept);
+  for (const { def: d } of admissionOrder(defs, kept, allocated, prior)) judgeOne(st, d, keptSet.has(d), j);
+  return st;
+}
+
+/** Items judged again at most by a partial judgement; a reload that changed more judges everything. */
+export const PARTIAL_MAX = 256;
+
+type Piece = { readonly parent: string; readonly kind: 'uid' | 'gid'; readonly start: number; readonly end: number; readonly label: string };
+
+function piecesOf(parent: string, label: string, m: Maps): Piece[] {
+  return [
+    ...m.uidMap.map((e) => ({ parent, kind: 'uid' as const, start: e.outside, end: e.outside + e.count, label })),
+    ...m.gidMap.map((e) => ({ parent, kind: 'gid' as const, start: e.outside, end: e.outside + e.count, label })),
+  ];
+}
+
+const meets = (a: Piece, b: Piece) => a.parent === b.parent && a.kind === b.kind && a.start < b.end && b.start < a.end;
+
+const sameAllocation = (a: { start: number; size: number } | undefined, b: { start: number; size: number } | undefined) =>
+  a === b || (a !== undefined && b !== undefined && a.start === b.start && a.size === b.size);
+
+const samePin = (a: Maps | null | undefined, b: Maps | null | undefined) =>
+  a === b || (!!a && !!b && sameMap(a.uidMap, b.uidMap) && sameMap(a.gidMap, b.gidMap));
+
+/** Labels whose entry differs between two maps, by `same`. */
+function differing<V>(a: ReadonlyMap<string, V>, b: ReadonlyMap<string, V>, same: (x: V | undefined, y: V | undefined) => boolean, into: Set<string>): void {
+  for (const [label, v] of a) if (!same(v, b.get(label))) into.add(label);
+  for (const label of b.keys()) if (!a.has(label)) into.add(label);
+}
+
+/**
+ * The judgement again, of what changed only: the items that are not the very objects judged last
+ * time, the labels whose allocation or drifted pin changed, and their descendants. Everything else
+ * keeps its verdict, which is what a whole judgement would give it as long as nothing it was judged
+ * against changed: so when a changed item meets one that is not (ids that overlap in one parent, a
+ * resource named twice, the same owner's limits), when two changed ones meet, or when an owner's
+ * delegation says something else now, this gives up (null, the state untouched) and the caller
+ * judges everything. Its verdicts are those of a whole judgement (test/property/judgement.test.ts
+ * holds it to that over random edits); the order of accepted contexts keeps parents before children.
+ */
+function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Context[], allocated: ReadonlyMap<string, number>, prior: Prior): number | null {
+  if (prior.fromRecord) return null;
+  // What is in force must be what this state accepted (a context made from inside since, a reload that failed: no).
+  if (prior.inForce.size !== st.accepted.size) return null;
+  for (const [label, c] of st.accepted) if (prior.inForce.get(label) !== c) return null;
+  const delegations = prior.delegations ?? OWN_IDS_ONLY;
+  for (const { owner, given } of st.asked.values()) {
+    const now = delegations.of(owner);
+    if (!sameIntervals(now.uid, given.uid) || !sameIntervals(now.gid, given.gid)) return null;
+  }
+  // What changed: items, allocations, starts, pins that claim ids.
+  const fresh = new Map<string, { item: ContextDef; kept: boolean }>();
+  const changed = new Set<string>();
+  let same = 0;
+  let replaced = 0;
+  const look = (d: ContextDef, isKept: boolean) => {
+    const was = st.items.get(d.label);
+    if (was === d && (st.keptItems.size === 0 ? !isKept : st.keptItems.has(d.label) === isKept)) same++;
+    else {
+      fresh.set(d.label, { item: d, kept: isKept });
+      changed.add(d.label);
+      if (was) replaced++;
+    }
+  };
+  for (const d of kept) look(d, true);
+  for (const d of defs) look(d, false);
+  let removed: Set<string> | null = null;
+  if (same + replaced !== st.items.size) {
+    const present = new Set<string>();
+    for (const d of kept) present.add(d.label);
+    for (const d of defs) present.add(d.label);
+    removed = new Set([...st.items.keys()].filter((l) => !present.has(l)));
+    for (const l of removed) changed.add(l);
+  }
+  /** The item of a label now: changed, or the one judged last time unless it is gone. */
+  const next = {
+    get: (l: string) => fresh.get(l) ?? (removed?.has(l) || !st.items.has(l) ? undefined : { item: st.items.get(l)!, kept: st.keptItems.has(l) }),
+    has: (l: string) => fresh.has(l) || (st.items.has(l) && !removed?.has(l)),
+  };
+  if (changed.size > PARTIAL_MAX) return null;
+  differing(st.allocated, allocated, (a, b) => a === b, changed);
+  differing(st.allocations, prior.allocations, sameAllocation, changed);
+  const pins = new Map<string, Maps & { parent: string }>();
+  for (const [label, held] of prior.pinned ?? []) {
+    const pin = pinClaimOf(next.get(label)?.item, held, allocated);
+    if (pin) pins.set(label, pin);
+  }
+  differing(st.pinClaims, pins, (a, b) => samePin(a, b) && a?.parent === b?.parent, changed);
+  // Their descendants are judged again with them.
+  const k = new Set(changed);
+  const under = new Map<string, string[]>();
+  for (const l of changed) {
+    const n = next.get(l);
+    if (n) under.set(n.item.parent, [...(under.get(n.item.parent) ?? []), l]);
+  }
+  for (const queue = [...k]; queue.length > 0;) {
+    const x = queue.pop()!;
+    for (const c of [...(st.children.get(x) ?? []), ...(under.get(x) ?? [])]) {
+      if (k.has(c) || !next.has(c)) continue;
+      k.add(c);
+      queue.push(c);
+    }
+    if (k.size > PARTIAL_MAX) return null;
+  }
+  // What the changed items claimed, gave and counted last time (to be taken out), and what they may now.
+  const old: { side: Claims; claim: Claim }[] = [];
+  const oldPieces: Piece[] = [];
+  const collect = (parent: string, label: string, m: Maps, by: Claim['by']) => {
+    const sides = st.claims.get(parent);
+    for (const p of piecesOf(parent, label, m)) {
+      oldPieces.push(p);
+      if (!sides) continue;
+      for (const c of sides[p.kind].overlapping(p.start, p.end)) if (c.label === label && c.by === by) old.push({ side: sides[p.kind], claim: c });
+    }
+  };
+  const owners = new Set<number>();
+  let oldGiven = false;
+  for (const l of k) {
+    const c = st.accepted.get(l);
+    if (c) {
+      collect(c.parent, l, c, 'context');
+      if (c.delegate && c.owner.uid !== 0) owners.add(c.owner.uid);
+      if (delegatedItems(c).length > 0) oldGiven = true;
+    }
+    const pin = st.pinClaims.get(l);
+    if (pin) collect(pin.parent, l, pin, 'pin');
+    const a = st.allocations.get(l);
+    if (a)
+      collect(
+        HOST_LABEL,
+        l,
+        { uidMap: [{ inside: 0, outside: a.start, count: a.size }], gidMap: [{ inside: 0, outside: a.start, count: a.size }] },
+        'allocation',
+      );
+  }
+  const newPieces: Piece[] = [];
+  for (const l of k) {
+    const n = next.get(l);
+    if (n) {
+      const m = mapsOf(n.item, allocated);
+      if (m) newPieces.push(...piecesOf(n.item.parent, l, m));
+      if (n.item.delegate && n.item.owner.uid !== 0) owners.add(n.item.owner.uid);
+    }
+    const pin = pins.get(l);
+    if (pin) newPieces.push(...piecesOf(pin.parent, l, pin));
+    const a = prior.allocations.get(l);
+    if (a)
+      newPieces.push(
+        { parent: HOST_LABEL, kind: 'uid', start: a.start, end: a.start + a.size, label: l },
+        { parent: HOST_LABEL, kind: 'gid', start: a.start, end: a.start + a.size, label: l },
+      );
+  }
+  // Refused items that are not judged again: their errors name what their ids meet.
+  const refusedStill = [...st.refused].filter(([l]) => !k.has(l));
+  if (refusedStill.length * (oldPieces.length + newPieces.length) > PARTIAL_MAX * PARTIAL_MAX) return null;
+  const refusedPieces = refusedStill.flatMap(([l, r]) => piecesOf(r.parent, l, r));
+  for (const p of [...oldPieces, ...newPieces]) if (refusedPieces.some((q) => meets(p, q))) return null;
+  for (const p of newPieces) {
+    const side = st.claims.get(p.parent)?.[p.kind];
+    if (side?.overlapping(p.start, p.end).some((c) => !k.has(c.label))) return null;
+  }
+  for (let a = 0; a < newPieces.length; a++)
+    for (let b = a + 1; b < newPieces.length; b++) if (newPieces[a].label !== newPieces[b].label && meets(newPieces[a], newPieces[b])) return null;
+  // Resources and owner limits: any meeting with an item not judged again, or between two judged again.
+  for (const uid of owners) if ([...(st.delegators.get(uid) ?? [])].some((l) => !k.has(l))) return null;
+  const judgedAgain = [...k].map((l) => next.get(l)).filter((n) => n !== undefined);
+  const ownersAgain = judgedAgain.filter((n) => n.item.delegate && n.item.owner.uid !== 0).map((n) => n.item.owner.uid);
+  if (new Set(ownersAgain).size !== ownersAgain.length) return null;
+  const refusedGive = refusedStill.some(([l]) => delegatedItems(st.items.get(l)!).length > 0);
+  if (oldGiven && refusedGive) return null;
+  const stillGiven = st.given.filter((g) => !k.has(g.label));
+  const newGiven: Given[] = [];
+  for (const n of judgedAgain) {
+    if (delegatedItems(n.item).length === 0) continue;
+    if (refusedGive || delegationClashes(n.item, [...stillGiven, ...newGiven]).length > 0) return null;
+    for (const [kind, item] of delegatedItems(n.item)) newGiven.push({ kind, item, label: n.item.label });
+  }
+
+  // Nothing it judges again meets anything it keeps: out with the old, in with the new.
+  for (const { side, claim } of old) side.delete(claim);
+  st.given = stillGiven;
+  for (const uid of owners) st.held.delete(uid);
+  for (const l of k) {
+    const was = st.items.get(l);
+    if (was) {
+      st.children.get(was.parent)?.delete(l);
+      if (was.delegate && was.owner.uid !== 0) st.delegators.get(was.owner.uid)?.delete(l);
+    }
+    for (const m of [st.items, st.accepted, st.hostMaps, st.errorsOf, st.noticesOf, st.refused, st.pinClaims]) m.delete(l);
+    st.keptItems.delete(l);
+    st.kept.delete(l);
+    st.rejected.delete(l);
+  }
+  claimAllocations(
+    st,
+    [...k].flatMap((l) => {
+      const a = prior.allocations.get(l);
+      return a ? [[l, a] as const] : [];
+    }),
+  );
+  for (const l of k) {
+    const pin = pins.get(l);
+    if (pin) claimPin(st, l, pin);
+  }
+  st.allocated = allocated;
+  st.allocations = prior.allocations;
+  // Parents before children among those judged again (they meet nothing else, so no other order matters).
+  const j = judging(st, allocated, prior);
+  const done = new Set<string>();
+  const place = (n: { item: ContextDef; kept: boolean }, depth: number): void => {
+    if (done.has(n.item.label) || depth > 64) return;
+    const parent = k.has(n.item.parent) ? next.get(n.item.parent) : undefined;
+    if (parent && parent !== n) place(parent, depth + 1);
+    done.add(n.item.label);
+    judgeOne(st, n.item, n.kept, j);
+  };
+  for (const n of judgedAgain) place(n, 0);
+  // The items refused are judged again too, after everything accepted: a whole judgement puts the
+  // contexts in force first (admissionOrder), so what a refused one is told names what was accepted
+  // after it last time. They stay refused (what refused them is still there, or this gave up above).
+  const refusedAgain = [...st.rejected].filter((l) => !k.has(l)).map((l) => ({ item: st.items.get(l)!, kept: st.keptItems.has(l) }));
+  for (const n of refusedAgain) for (const m of [st.errorsOf, st.noticesOf, st.refused]) m.delete(n.item.label);
+  const byLabel = new Map(refusedAgain.map((n) => [n.item.label, n]));
+  const placeRefused = (n: { item: ContextDef; kept: boolean }, depth: number): void => {
+    if (done.has(n.item.label) || depth > 64) return;
+    const parent = byLabel.get(n.item.parent);
+    if (parent && parent !== n) placeRefused(parent, depth + 1);
+    done.add(n.item.label);
+    judgeOne(st, n.item, n.kept, j);
+  };
+  for (const n of refusedAgain) placeRefused(n, 0);
+  return done.size;
+}
+
+const sameIntervals = (a: readonly Interval[], b: readonly Interval[]) =>
+  a.length === b.length && a.every((x, i) => x.start === b[i].start && x.end === b[i].end);
+
+/** The outcome of a state: errors appended to `errors`, the rest returned; `copy`: the state is kept, so what is returned must not share its maps. */
+function outcome(st: State, errors: ConfigError[], copy: boolean): Judged {
+  for (const es of st.errorsOf.values()) for (const e of es) errors.push(e);
+  return {
+    contexts: [...st.accepted.values()],
+    hostMaps: copy ? new Map(st.hostMaps) : st.hostMaps,
+    kept: [...st.kept],
+    notices: [...st.noticesOf.values()].flat(),
+  };
+}
+
+/**
+ * The judgement kept from one load to the next (the agent's): a reload judges again only what
+ * changed, when it can tell that the rest keeps its verdict (judgeChanged), and everything otherwise.
+ */
+export class Judgement {
+  private state: State | null = null;
+  /** Judgements of everything and of what changed only since this was made, and the items they judged. */
+  readonly counts = { whole: 0, partial: 0, judged: 0 };
+
+  judge(defs: readonly ContextDef[], allocated: ReadonlyMap<string, number>, errors: ConfigError[], prior: Prior): Judged {
+    const kept = keptCandidates(defs, prior.inForce, errors);
+    let st = this.state;
+    this.state = null; // a judgement that throws halfway leaves nothing half-changed behind
+    const again = st ? judgeChanged(st, defs, kept, allocated, prior) : null;
+    if (st && again !== null) {
+      this.counts.partial++;
+      this.counts.judged += again;
+    } else {
+      st = judgeAll(defs, kept, allocated, prior);
+      this.counts.whole++;
+      this.counts.judged += st.items.size;
+    }
+    this.state = st;
+    return outcome(st, errors, true);
+  }
+}
+/**
+ * The last checks, once every context has maps (static or allocated): nested maps inside their
+ * parent's, setgroups as the kernel allows it under the parent, an owner the parent maps, no host
+ * root for a non-root owner, no two unrelated contexts sharing host ids. Contexts in force come
+ * first (admissionOrder), then the rest parents-first in file order, so of two clashing files the
+ * newcomer is refused, naming both; a range = auto allocation belongs to its label alone.
+ *
+ * Overlap is checked among siblings (children of the same parent, host included) in the parent's
+ * ids: a nested context's ids lie inside its parent's by the first check, so two contexts of
+ * different families can only clash if their top-level ancestors do.
+ *
+ * A context in force whose file now has errors is kept at its last good version (while its parent
+ * stays): its label is in `kept`.
+ */
 export function finishContexts(
   defs: readonly ContextDef[],
   allocated: ReadonlyMap<string, number>,
   errors: ConfigError[],
   prior: Prior = NO_PRIOR,
-): { contexts: Context[]; hostMaps: Map<string, HostMaps>; kept: string[]; notices: ConfigError[] } {
-  const accepted = new Map<string, Context>();
-  const notices: ConfigError[] = [];
-  const delegations = prior.delegations ?? OWN_IDS_ONLY;
-  /** An accepted ancestor with the same owner: its map was judged already, and the owner may nest inside it. */
-  const ownedAncestor = (d: ContextDef): boolean => {
-    for (let p = accepted.get(d.parent); p; p = accepted.get(p.parent)) if (p.owner.uid === d.owner.uid) return true;
-    return false;
-  };
-  const hostMaps = new Map<string, HostMaps>();
-  const claims = new Map<string, { uid: Claims; gid: Claims }>();
-  const given: Given[] = [];
-  const held: OwnerHeld = new Map();
-  const refuse = (d: ContextDef, key: string, message: string) => errors.push(configError(d.file, 'context', key, lineIn(d, key), message));
-  const labels = new Set(defs.map((d) => d.label));
-  const kept = keptCandidates(defs, prior.inForce, errors);
-  const keptLabels: string[] = [];
-
-  // Allocations are claimed up front, for their label only: a static range never lands on one.
-  const hostClaims = { uid: new Claims(), gid: new Claims() };
-  for (const [label, a] of [...prior.allocations].sort((x, y) => x[1].start - y[1].start)) {
-    const claim: Claim = { start: a.start, end: a.start + a.size, label, by: 'allocation' };
-    if (hostClaims.uid.overlapping(claim.start, claim.end).length > 0) continue; // never, for the allocator's own output
-    hostClaims.uid.add(claim);
-    hostClaims.gid.add({ ...claim });
-  }
-  claims.set(HOST_LABEL, hostClaims);
-  // A pinned context whose ids change keeps its namespace, with the old ids, until root releases it
-  // (it is in drift): nobody else may take those ids meanwhile.
-  const current = new Map<string, ContextDef>([...kept, ...defs].map((d) => [d.label, d]));
-  for (const [label, held] of prior.pinned ?? []) {
-    const now = current.get(label);
-    if (!now || !held) continue; // a removed context's pin is released at once; an unknown one is checked at adoption
-    const nowMaps = mapsOf(now, allocated);
-    if (nowMaps && sameMap(nowMaps.uidMap, held.uidMap) && sameMap(nowMaps.gidMap, held.gidMap)) continue;
-    const siblings = claims.get(now.parent) ?? { uid: new Claims(), gid: new Claims() };
-    for (const [kind, map] of [
-      ['uid', held.uidMap],
-      ['gid', held.gidMap],
-    ] as const) {
-      for (const e of map) siblings[kind].gaps(e.outside, e.outside + e.count, label, 'pin');
-    }
-    claims.set(now.parent, siblings);
-  }
-
-  for (const { def: d } of admissionOrder(defs, kept, allocated, prior)) {
-    if (d.parent !== HOST_LABEL && !accepted.has(d.parent)) {
-      refuse(d, 'parent', `parent "${d.parent}" is not valid, so neither is this context`);
-      continue;
-    }
-    const own = mapsOf(d, allocated);
-    if (!own) continue; // the allocator has said why
-    const { uidMap, gidMap } = own;
-    const maps = [
-      ['uid', 'uid_map', uidMap],
-      ['gid', 'gid_map', gidMap],
-    ] as const;
-    const parent = accepted.get(d.parent);
-    const problems: [string, string][] = [];
-    if (parent) {
-      for (const [kind, key, map] of maps) {
-        const pmap = kind === 'uid' ? parent.uidMap : parent.gidMap;
-        const gaps = map.flatMap((e) => uncovered(pmap, 'inside', e.outside, e.outside + e.count));
-        if (gaps.length > 0) {
-          problems.push([
-            key,
-            `outside ${kind}s ${gaps.map(formatInterval).join(', ')} are not mapped inside parent "${d.parent}": a nested map may only use ids its parent has`,
-          ]);
-        }
-        if (uncovered(pmap, 'inside', 0, 1).length > 0) {
-          problems.push([
-            key,
-            `parent "${d.parent}" does not map ${kind} 0: the agent writes a nested context's maps as its parent's root, so the parent must map inside ${kind} 0`,
-          ]);
-        }
-      }
-    }
-    const parentHost = parent ? hostMaps.get(d.parent)! : null;
-    const host: HostMaps = parentHost ? { uid: composeMaps(uidMap, parentHost.uid), gid: composeMaps(gidMap, parentHost.gid) } : { uid: uidMap, gid: gidMap };
-    // setgroups: the kernel refuses "allow" in a namespace whose parent denies it.
-    const setgroups = d.setgroups ?? (parent?.setgroups === 'deny' || d.owner.uid !== 0 ? 'deny' : 'allow');
-    if (parent?.setgroups === 'deny' && setgroups === 'allow') {
-      problems.push([
-        'setgroups',
-        `cannot be allow: parent "${d.parent}" has setgroups = deny, and the kernel refuses allow under deny (remove the line: a nested context inherits deny)`,
-      ]);
-    }
-    // A nested namespace is owned by its owner's id inside the parent: the parent must map it.
-    if (parentHost && d.owner.uid !== 0) {
-      for (const [kind, id, key] of [
-        ['uid', d.owner.uid, 'owner'],
-        ['gid', d.owner.gid, 'owner'],
-      ] as const) {
-        if (uncovered(kind === 'uid' ? parentHost.uid : parentHost.gid, 'outside', id, id + 1).length > 0) {
-          problems.push([
-            key,
-            `${d.owner.name ?? d.owner.uid} (host ${kind} ${id}) is not mapped in parent "${d.parent}": the owner of a nested context is a host user whose ids the parent maps; the parent's own owner needs no owner line here, since the owner of a namespace may enter every namespace nested in it`,
-          ]);
-          break;
-        }
-      }
-    }
-    if (d.owner.uid !== 0) {
-      for (const [kind, key] of maps) {
-        if ((kind === 'uid' ? host.uid : host.gid).some((e) => e.outside === 0)) {
-          problems.push([
-            key,
-            `maps host ${kind} 0 (root) into a context owned by ${d.owner.name ?? d.owner.uid}, who is not root: that would give the owner host root`,
-          ]);
-        }
-      }
-    }
-    // SPEC §12: an owner gets through usernsd only host ids it was given. An auto range is usernsd's
-    // own allocation for it; under an ancestor of the same owner, the owner could nest it itself.
-    if (d.owner.uid !== 0 && d.autoSize === null && !ownedAncestor(d)) {
-      const given = delegations.of(d.owner);
-      for (const [kind, key] of maps) {
-        const g = kind === 'uid' ? given.uid : given.gid;
-        const gaps = (kind === 'uid' ? host.uid : host.gid).flatMap((e) => notGiven(g, e.outside, e.outside + e.count));
-        if (gaps.length === 0) continue;
-        const { what, advice } = beyondDelegation(d, kind, gaps, g, delegations.whose);
-        if (d.ownerIds === 'any')
-          notices.push(configError(d.file, 'context', 'owner_ids', lineIn(d, 'owner_ids'), `any: the owner may use ids it was not given: ${key} ${what}`));
-        else problems.push([key, `${what}: ${advice}`]);
-      }
-    }
-    if (d.owner.uid !== 0 && d.delegate && d.delegate.devices.length > 0)
-      notices.push(
-        configError(
-          d.file,
-          'delegate',
-          'devices',
-          lineIn(d, 'devices'),
-          `the owner's context root is given host devices ${d.delegate.devices.join(', ')} (owner_ids = any)`,
-        ),
-      );
-    const siblings = claims.get(d.parent) ?? { uid: new Claims(), gid: new Claims() };
-    for (const [kind, key, map] of maps) {
-      for (const e of map) {
-        // Its own allocation or old pin is no clash; anything else overlapping is.
-        const c = siblings[kind].overlapping(e.outside, e.outside + e.count).find((x) => !(x.label === d.label && x.by !== 'context'));
-        if (!c) continue;
-        const o = c.by !== 'pin' ? accepted.get(c.label) : undefined;
-        const ids = formatInterval({ start: Math.max(c.start, e.outside), end: Math.min(c.end, e.outside + e.count) });
-        const whose = d.parent === HOST_LABEL ? 'host' : `parent "${d.parent}"`;
-        const by = o
-          ? `context "${o.label}" (${o.file})`
-          : c.by === 'pin'
-            ? `the pinned namespace of "${c.label}", whose ids changed (release it first: usernsctl release ${c.label})`
-            : `the range allocated to "${c.label}" (range = auto, recorded in the state directory's ranges.json; it stays reserved for that label)`;
-        problems.push([key, `${whose} ${kind}s ${ids} are already used by ${by}: give one of them other ids`]);
-        break;
-      }
-    }
-    // SPEC §13: what one context is given, no other context names (nor a directory inside it).
-    const clashes = delegationClashes(d, given);
-    // And an owner's contexts together hold at most what nsresourced gives one namespace.
-    const over = ownerLimitProblem(d, held);
-    if (over) clashes.push(over);
-    for (const [key, message] of clashes)
-      errors.push(configError(d.file, 'delegate', key, d.lines?.[`delegate.${key}`] ?? d.lines?.['delegate.'] ?? null, message));
-    if (problems.length > 0 || clashes.length > 0) {
-      for (const [key, message] of problems) refuse(d, key, message);
-      continue;
-    }
-    for (const [kind, item] of delegatedItems(d)) given.push({ kind, item, label: d.label });
-    holdFor(held, d);
-    // Only what is not claimed already (its own allocation, or its own old pin), so the list stays disjoint.
-    for (const [kind, , map] of maps) for (const e of map) siblings[kind].gaps(e.outside, e.outside + e.count, d.label);
-    claims.set(d.parent, siblings);
-    hostMaps.set(d.label, host);
-    accepted.set(d.label, contextOf(d, uidMap, gidMap, setgroups, prior.inForce.get(d.label), prior.fromRecord === true));
-    if (!labels.has(d.label)) keptLabels.push(d.label);
-  }
-  // Parents before children, as admitted.
-  return { contexts: [...accepted.values()], hostMaps, kept: keptLabels, notices };
+  judgement?: Judgement,
+): Judged {
+  if (judgement) return judgement.judge(defs, allocated, errors, prior);
+  return outcome(judgeAll(defs, keptCandidates(defs, prior.inForce, errors), allocated, prior), errors, false);
 }

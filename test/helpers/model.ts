@@ -1,8 +1,8 @@
-// The one runner of the model-based suites (test/e2e/*-over-time.test.ts): each checks its property
+// The one runner of the model-based suites (test/e2e/*-over-time.test.ts, test/property/judgement.test.ts): each checks its property
 // twice — with its fixed seed, which keeps what an earlier search found, and with a random seed,
 // which searches on — and says in both cases how to run exactly that search again.
 import fc from 'fast-check';
-import { basename } from 'node:path';
+import { basename, dirname } from 'node:path';
 
 /** Room the mocha timeout leaves for cleanup after fast-check gives up (a search found, being shrunk). */
 const CLEANUP_MS = 60_000;
@@ -23,7 +23,8 @@ export type ModelSuite = {
  * USERNSD_MODEL_RUNS widens it).
  */
 export function rerunHint(file: string, seed: number): string {
-  return `USERNSD_MODEL_SEED=${seed} npx mocha --no-config --timeout 600000 test/e2e/${basename(new URL(file).pathname)}`;
+  const path = new URL(file).pathname;
+  return `USERNSD_MODEL_SEED=${seed} npx mocha --no-config --timeout 600000 test/${basename(dirname(path))}/${basename(path)}`;
 }
 
 /**
