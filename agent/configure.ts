@@ -8,6 +8,7 @@ import {
   admitRuntimeChildren,
   AGENT_DEFAULTS,
   linkContexts,
+  isListing,
   listContextFiles,
   loadAgentConfig,
   loadContextDefs,
@@ -100,7 +101,7 @@ export type LoadOptions = {
   readonly inForce?: ReadonlyMap<string, Context>;
   /** Files read ahead (loadConfigurationAsync), and the context files listed then. */
   readonly texts?: ReadAhead;
-  readonly files?: string[] | ConfigError;
+  readonly files?: readonly string[] | ConfigError;
   /** The settings file as loadConfigurationAsync judged it. */
   readonly settings?: { readonly agent: AgentConfig; readonly errors: ConfigError[] };
   /** coordinator = etcd: labels the shared pool refuses as configured here, and why. */
@@ -134,11 +135,11 @@ export async function loadConfigurationAsync(file: string | null, opts: LoadOpti
   const texts = new Map<string, ReadFile | Unread | ConfigError>([[path, await readConfigFileAsync(path)]]);
   // The settings are judged once: they say where the context files are, and go on with them.
   const settings = readSettings(file, nss, texts);
-  const files = listContextFiles(settings.agent.contexts);
+  const files = opts.cache ? opts.cache.list(settings.agent.contexts) : listContextFiles(settings.agent.contexts);
   // Stamps are looked at by name in the directory (statx, no Stats object): see unchanged.
-  const dirFd = Array.isArray(files) && opts.cache && opts.cache.size > 0 ? openDirOrNull(settings.agent.contexts) : null;
+  const dirFd = isListing(files) && opts.cache && opts.cache.size > 0 ? openDirOrNull(settings.agent.contexts) : null;
   try {
-    if (Array.isArray(files)) {
+    if (isListing(files)) {
       for (let i = 0; i < files.length; i += STAMP_BATCH) {
         const toRead: string[] = [];
         for (const f of files.slice(i, i + STAMP_BATCH)) {
@@ -180,7 +181,7 @@ function unchanged(file: string, dirFd: number | null, poolSize: number, cache: 
   if (had === undefined) return null;
   if (dirFd !== null) {
     const same = sameStampAt(dirFd, file.slice(file.lastIndexOf('/') + 1), had.stamp);
-    if (same !== null) return same ? { text: null, stamp: had.stamp, parsed: had.parsed } : null;
+    if (same !== null) return same ? had : null;
   }
   try {
     const st = lstatSync(file, { throwIfNoEntry: false });

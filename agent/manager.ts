@@ -487,7 +487,8 @@ export class Manager {
     const before = this.registry.agent;
     const parsedBefore = this.memo.cache.counts.parsed;
     const partialBefore = this.memo.judgement.counts.partial;
-    const config = await Manager.load(this.opts, this.memo, new Map([...this.registry.all()].map((c) => [c.label, c])), this.pool.refused);
+    // What is in force, as it is: reloads and the contexts made and forgotten from inside run one at a time (serially).
+    const config = await Manager.load(this.opts, this.memo, this.registry.inForce(), this.pool.refused);
     const errors = config.errors.map(formatConfigError);
     this.service.reloaded();
     if (config.errors.some((e) => e.file === config.agent.file)) {
@@ -500,7 +501,7 @@ export class Manager {
     const { agent, waiting } = keepStartOnly(before, config.agent);
     for (const w of waiting) this.log.warn({ key: w.field, old: w.old, new: w.new }, `Setting ${w.field} changed: it takes effect at the next start`);
     const diff = this.registry.apply({ ...config, agent });
-    this.people.rebuild(this.registry.all());
+    if (diff.added.length + diff.changed.length + diff.removed.length > 0) this.people.rebuild(this.registry.all());
     this.recordInForce();
     // The files may wait on the shared pool, or have changed a static range it must hear of.
     if (source !== 'etcd') void this.pool.settle();

@@ -202,6 +202,14 @@ export class Registry {
     return this.contexts.values();
   }
 
+  /**
+   * The contexts in force by label, as they are (not a copy): for a load to compare with, which runs
+   * serially with every change to them (Manager.serially) and must not keep it.
+   */
+  inForce(): ReadonlyMap<string, Context> {
+    return this.contexts;
+  }
+
   get size(): number {
     return this.contexts.size;
   }

@@ -383,6 +383,8 @@ type State = {
   readonly asked: Map<string, { readonly owner: Owner; readonly given: ReturnType<Delegations['of']> }>;
   allocated: ReadonlyMap<string, number>;
   allocations: Prior['allocations'];
+  /** During a partial judgement: the labels accepted at the end of `accepted` (not in their old place). */
+  moved: Set<string> | null;
 };
 
 function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['allocations']): State {
@@ -405,6 +407,7 @@ function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['al
     asked: new Map(),
     allocated,
     allocations,
+    moved: null,
   };
 }
 
@@ -488,7 +491,11 @@ function judgeOne(st: State, d: ContextDef, kept: boolean, j: Judging): void {
   else if (maps) ok = admit(st, d, maps, j, errors, notices);
   if (ok && kept) st.kept.add(d.label);
   if (ok) st.rejected.delete(d.label);
-  else st.rejected.add(d.label);
+  else {
+    st.rejected.add(d.label);
+    st.accepted.delete(d.label); // accepted last time (a partial judgement), not now
+    st.hostMaps.delete(d.label);
+  }
   if (maps && !ok) st.refused.set(d.label, { parent: d.parent, ...maps });
   if (errors.length > 0) st.errorsOf.set(d.label, errors);
   if (notices.length > 0) st.noticesOf.set(d.label, notices);
@@ -614,8 +621,22 @@ function admit(st: State, d: ContextDef, own: Maps, j: Judging, errors: ConfigEr
   // Only what is not claimed already (its own allocation, or its own old pin), so the list stays disjoint.
   for (const [kind, , map] of maps) for (const e of map) siblings[kind].gaps(e.outside, e.outside + e.count, d.label);
   st.hostMaps.set(d.label, host);
+  placeFor(st, d);
   st.accepted.set(d.label, contextOf(d, uidMap, gidMap, setgroups, j.inForce.get(d.label), j.fromRecord));
   return true;
+}
+
+/**
+ * A context accepted again (a partial judgement) keeps its place among the accepted, unless its
+ * parent is not before it now (another parent, or one that went last): then it goes last, after it.
+ */
+function placeFor(st: State, d: ContextDef): void {
+  const was = st.accepted.get(d.label);
+  if (was === undefined) st.moved?.add(d.label);
+  else if (d.parent !== HOST_LABEL && (was.parent !== d.parent || st.moved?.has(d.parent))) {
+    st.accepted.delete(d.label);
+    st.moved?.add(d.label);
+  }
 }
 
 /** An accepted ancestor with the same owner: its map was judged already, and the owner may nest inside it. */
@@ -673,7 +694,8 @@ function differing<V>(a: ReadonlyMap<string, V>, b: ReadonlyMap<string, V>, same
  * resource named twice, the same owner's limits), when two changed ones meet, or when an owner's
  * delegation says something else now, this gives up (null, the state untouched) and the caller
  * judges everything. Its verdicts are those of a whole judgement (test/property/judgement.test.ts
- * holds it to that over random edits); the order of accepted contexts keeps parents before children.
+ * holds it to that over random edits). A context accepted again keeps its place among the accepted
+ * (placeFor), the new ones come last: parents before children, as a whole judgement orders them.
  */
 function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Context[], allocated: ReadonlyMap<string, number>, prior: Prior): number | null {
   if (prior.fromRecord) return null;
@@ -800,7 +822,13 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
     for (let b = a + 1; b < newPieces.length; b++) if (newPieces[a].label !== newPieces[b].label && meets(newPieces[a], newPieces[b])) return null;
   // Resources and owner limits: any meeting with an item not judged again, or between two judged again.
   for (const uid of owners) if ([...(st.delegators.get(uid) ?? [])].some((l) => !k.has(l))) return null;
-  const judgedAgain = [...k].map((l) => next.get(l)).filter((n) => n !== undefined);
+  // The items judged again, taken before the state changes (next reads it).
+  const again = new Map<string, { item: ContextDef; kept: boolean }>();
+  for (const l of k) {
+    const n = next.get(l);
+    if (n) again.set(l, n);
+  }
+  const judgedAgain = [...again.values()];
   const ownersAgain = judgedAgain.filter((n) => n.item.delegate && n.item.owner.uid !== 0).map((n) => n.item.owner.uid);
   if (new Set(ownersAgain).size !== ownersAgain.length) return null;
   const refusedGive = refusedStill.some(([l]) => delegatedItems(st.items.get(l)!).length > 0);
@@ -823,7 +851,9 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
       st.children.get(was.parent)?.delete(l);
       if (was.delegate && was.owner.uid !== 0) st.delegators.get(was.owner.uid)?.delete(l);
     }
-    for (const m of [st.items, st.accepted, st.hostMaps, st.errorsOf, st.noticesOf, st.refused, st.pinClaims]) m.delete(l);
+    for (const m of [st.items, st.errorsOf, st.noticesOf, st.refused, st.pinClaims]) m.delete(l);
+    // One accepted again keeps its place (the next judgeOne sets it, or takes it out); a gone one goes.
+    if (!again.has(l)) for (const m of [st.accepted, st.hostMaps]) m.delete(l);
     st.keptItems.delete(l);
     st.kept.delete(l);
     st.rejected.delete(l);
@@ -843,10 +873,11 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
   st.allocations = prior.allocations;
   // Parents before children among those judged again (they meet nothing else, so no other order matters).
   const j = judging(st, allocated, prior);
+  st.moved = new Set();
   const done = new Set<string>();
   const place = (n: { item: ContextDef; kept: boolean }, depth: number): void => {
     if (done.has(n.item.label) || depth > 64) return;
-    const parent = k.has(n.item.parent) ? next.get(n.item.parent) : undefined;
+    const parent = again.get(n.item.parent);
     if (parent && parent !== n) place(parent, depth + 1);
     done.add(n.item.label);
     judgeOne(st, n.item, n.kept, j);
@@ -866,6 +897,7 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
     judgeOne(st, n.item, n.kept, j);
   };
   for (const n of refusedAgain) placeRefused(n, 0);
+  st.moved = null;
   return done.size;
 }
 

@@ -25,6 +25,7 @@ import type { Configuration } from '../../agent/configure.ts';
 import { closeFd, openDirPath, sameStampAt } from '../../agent/kernel/sys.ts';
 import { stampOf } from '../../config/ini.ts';
 import { ParseCache } from '../../config/load.ts';
+import { Judgement } from '../../config/judge.ts';
 import type { Context, Nss } from '../../config/types.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -43,11 +44,33 @@ const TEXTS = [
 ];
 
 type Model = { hpa: number; poolSize: number };
-type Real = { tree: Tree; cache: ParseCache; inForce: Map<string, Context>; nss: Nss; state: Model };
+type Real = { tree: Tree; cache: ParseCache; judgement: Judgement; inForce: Map<string, Context>; nss: Nss; state: Model };
 
 const path = (r: Real, label: string) => join(r.tree.contexts, `${label}.conf`);
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-const shown = (c: Configuration) => JSON.stringify({ contexts: [...c.contexts.values()], errors: c.errors, kept: c.kept, allocations: [...c.allocations] });
+/**
+ * A configuration as data to compare: its contexts by label, its errors and kept contexts sorted (a
+ * reload that judges again only what changed keeps an edited context in its place, where a whole
+ * judgement puts the ones in force first: the order is parents before children either way, which
+ * the reload checks on its own).
+ */
+const byText = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+const shown = (c: Configuration) =>
+  JSON.stringify({
+    contexts: [...c.contexts.values()].sort((a, b) => byText(a.label, b.label)),
+    errors: c.errors.map((e) => JSON.stringify(e)).sort(byText),
+    kept: [...c.kept].sort(byText),
+    allocations: [...c.allocations].sort((a, b) => byText(a[0], b[0])),
+  });
+
+/** Every context after its parent, in the order of the configuration's contexts. */
+function assertParentsFirst(c: Configuration): void {
+  const seen = new Set<string>();
+  for (const x of c.contexts.values()) {
+    assert.ok(x.parent === 'host' || seen.has(x.parent), `${x.label} comes before its parent ${x.parent}`);
+    seen.add(x.label);
+  }
+}
 
 type Command = fc.AsyncCommand<Model, Real>;
 const command = (name: string, run: (m: Model, r: Real) => void | Promise<void>): Command => ({
@@ -131,13 +154,21 @@ const nssOf = (state: Model): Nss => ({
 });
 
 let reused = 0;
+let reloads = 0;
+let listings = 0;
+let partial = 0;
 const reload = command('reload', async (_m, r) => {
   const opts = { record: false, systemIds: () => [], nss: r.nss, inForce: r.inForce };
-  const before = r.cache.counts.reused;
-  const cached = await loadConfigurationAsync(r.tree.config, { ...opts, cache: r.cache });
+  const before = { ...r.cache.counts, partial: r.judgement.counts.partial };
+  // With what the agent keeps from load to load (the parses, the listing, the judgement), and without.
+  const cached = await loadConfigurationAsync(r.tree.config, { ...opts, cache: r.cache, judgement: r.judgement });
   const fresh = await loadConfigurationAsync(r.tree.config, opts);
-  reused += r.cache.counts.reused - before;
+  reused += r.cache.counts.reused - before.reused;
+  reloads++;
+  listings += r.cache.counts.listed - before.listed;
+  partial += r.judgement.counts.partial - before.partial;
   assert.equal(shown(cached), shown(fresh), 'the configuration loaded with the cache is the one loaded without it');
+  assertParentsFirst(cached);
   r.inForce = new Map(cached.contexts);
 });
 
@@ -171,6 +202,9 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
       { maxCommands: 25, size: 'max' },
     );
     reused = 0;
+    reloads = 0;
+    listings = 0;
+    partial = 0;
     await fc.assert(
       fc.asyncProperty(commands, async (cmds) => {
         const tree = makeTree();
@@ -179,7 +213,7 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
         try {
           tree.delegate('hpa', 1000, 2);
           tree.delegate('1001', 1000, 2);
-          const real: Real = { tree, cache: new ParseCache(RACY_MS), inForce: new Map(), nss, state };
+          const real: Real = { tree, cache: new ParseCache(RACY_MS), judgement: new Judgement(), inForce: new Map(), nss, state };
           await fc.asyncModelRun(() => ({ model: state, real }), [...cmds, age, reload, reload]);
         } finally {
           tree.remove();
@@ -187,8 +221,11 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
       }),
       { numRuns: 30 },
     );
-    // The histories did exercise the cache: files unchanged since they were read were taken from it.
+    // The histories did exercise the cache: files unchanged since they were read were taken from it,
+    // listings of a directory that had not changed were taken again, judgements were partial.
     assert.ok(reused > 0, 'no reload took a file from the cache');
+    assert.ok(listings < reloads, `every one of ${reloads} reloads listed the directory`);
+    assert.ok(partial > 0, 'no reload judged only what changed');
   });
 
   // Each way a file can change under a kept parse, once: read and kept, changed, read again.
@@ -210,7 +247,7 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
       try {
         tree.delegate('hpa', 1000, 2);
         tree.delegate('1001', 1000, 2);
-        const real: Real = { tree, cache: new ParseCache(RACY_MS), inForce: new Map(), nss: nssOf(state), state };
+        const real: Real = { tree, cache: new ParseCache(RACY_MS), judgement: new Judgement(), inForce: new Map(), nss: nssOf(state), state };
         await fc.asyncModelRun(() => ({ model: state, real }), [write('aa', text), agedReload, agedReload, change, agedReload]);
         // A parse that looked a name up is never kept; every other one was taken from the cache before the change.
         if (text === TEXTS[3]) assert.equal(real.cache.counts.reused, 0, 'a parse that looked up a name was kept');
@@ -281,6 +318,30 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
       // Read once the file has settled, it is kept, and taken from the cache next time.
       await loadConfigurationAsync(tree.config, opts);
       assert.equal(cache.counts.reused, 1);
+    } finally {
+      tree.remove();
+    }
+  });
+
+  it('the contexts directory is listed again when an entry came or went, and when it changed within the racy window of its last listing', () => {
+    const tree = makeTree();
+    try {
+      tree.context('aa.conf', TEXTS[0]);
+      let now = statSync(tree.contexts).ctimeMs + 500; // listed within the window of the directory's last change
+      const cache = new ParseCache(1000, () => now);
+      assert.deepEqual(cache.list(tree.contexts), [join(tree.contexts, 'aa.conf')]);
+      cache.list(tree.contexts);
+      assert.equal(cache.counts.listed, 2, 'a listing taken within the racy window was kept');
+      now += 5000;
+      const settled = cache.list(tree.contexts);
+      assert.equal(cache.list(tree.contexts), settled, 'a settled listing of an unchanged directory is taken again');
+      assert.equal(cache.counts.listed, 3);
+      // An entry added, then one removed: listed again each time.
+      tree.context('bb.conf', TEXTS[1]);
+      assert.deepEqual(cache.list(tree.contexts), [join(tree.contexts, 'aa.conf'), join(tree.contexts, 'bb.conf')]);
+      rmSync(join(tree.contexts, 'aa.conf'));
+      assert.deepEqual(cache.list(tree.contexts), [join(tree.contexts, 'bb.conf')]);
+      assert.equal(cache.counts.listed, 5);
     } finally {
       tree.remove();
     }
