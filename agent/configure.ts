@@ -256,6 +256,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   const delegations = readDelegations(agent, nss, errors);
   const {
     contexts,
+    byLabel,
     hostMaps,
     kept: keptContexts,
     notices,
@@ -276,7 +277,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   const keptStatics = agent.coordinator === 'etcd' ? keptClaims(keptContexts, contexts, hostMaps, statics) : [];
   return {
     agent,
-    contexts: new Map(contexts.map((c) => [c.label, c])),
+    contexts: byLabel,
     hostMaps,
     allocations,
     unrecorded: opts.record ? new Map() : fresh,

@@ -298,19 +298,24 @@ export class Manager {
    * (`whole`) when the agent stops, so an older usernsd that reads contexts.json alone finds it current.
    */
   private recordInForce(durable = true, whole = false): void {
-    const now = [...this.registry.all()];
+    // The registry's map in force, which is never changed in place: the very one recorded last is unchanged.
+    const contexts = this.registry.inForce();
     const last = this.recorded;
+    if (last?.contexts === contexts && (!whole || last.journal === 0)) return;
+    const now = [...contexts.values()];
     const set: Context[] = [];
     const forget: string[] = [];
     if (last) {
       for (const c of now) if (last.contexts.get(c.label) !== c) set.push(c);
-      for (const label of last.contexts.keys()) if (!this.registry.get(label)) forget.push(label);
-      if (set.length === 0 && forget.length === 0 && (!whole || last.journal === 0)) return;
+      for (const label of last.contexts.keys()) if (!contexts.has(label)) forget.push(label);
+      if (set.length === 0 && forget.length === 0 && (!whole || last.journal === 0)) {
+        this.recorded = { ...last, contexts }; // the same contexts: the next look compares maps
+        return;
+      }
     }
     try {
       ensureStateDir(this.registry.agent.state);
       const changes = set.length + forget.length;
-      const contexts = new Map(now.map((c) => [c.label, c]));
       if (last && !whole && last.journal + changes <= Math.max(JOURNAL_MIN_LINES, now.length / 4)) {
         appendInForce(this.registry.agent.state, last.generation, set, forget, durable);
         this.recorded = { contexts, generation: last.generation, journal: last.journal + changes };

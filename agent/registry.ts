@@ -39,8 +39,12 @@ export class Registry {
   readonly namespaces: Namespaces;
   private readonly onCreate: OnCreate;
   private config: Configuration;
-  private contexts: Map<string, Context>;
-  private hostMaps: Map<string, HostMaps>;
+  /**
+   * The configuration's own maps, never changed in place (a context made or forgotten from inside
+   * replaces them with changed copies): a reload adopts the maps its load made, without copying them.
+   */
+  private contexts: ReadonlyMap<string, Context>;
+  private hostMaps: ReadonlyMap<string, HostMaps>;
   private readonly views = new Map<string, MapView>();
   private nameIndex: NameIndex | null = null;
   /** The last start-up reconciliation, for status. */
@@ -52,8 +56,8 @@ export class Registry {
   constructor(config: Configuration, onCreate: OnCreate = () => {}, events?: DelegationEvents) {
     this.onCreate = onCreate;
     this.config = config;
-    this.contexts = new Map(config.contexts);
-    this.hostMaps = new Map(config.hostMaps);
+    this.contexts = config.contexts;
+    this.hostMaps = config.hostMaps;
     this.namespaces = new Namespaces({
       pinsDir: config.agent.pins,
       mountNs: pinMountNamespace(config.agent.mountNamespace),
@@ -417,24 +421,28 @@ export class Registry {
 
   /** A context made from inside, judged already (configure.ts judgeRuntimeChild): in force now, without a reload. */
   admit(ctx: Context, host: HostMaps): void {
-    this.contexts.set(ctx.label, ctx);
-    this.hostMaps.set(ctx.label, host);
+    this.contexts = new Map(this.contexts).set(ctx.label, ctx);
+    this.hostMaps = new Map(this.hostMaps).set(ctx.label, host);
     this.changedInPlace([ctx.label]);
   }
 
   /** Contexts made from inside, forgotten (their pins are released already): out of force now, without a reload. */
   forget(labels: readonly string[]): void {
+    const contexts = new Map(this.contexts);
+    const hostMaps = new Map(this.hostMaps);
     for (const l of labels) {
-      this.contexts.delete(l);
-      this.hostMaps.delete(l);
+      contexts.delete(l);
+      hostMaps.delete(l);
     }
+    this.contexts = contexts;
+    this.hostMaps = hostMaps;
     this.changedInPlace(labels);
   }
 
   private changedInPlace(labels: readonly string[]): void {
     for (const l of labels) this.views.delete(l);
     this.nameIndex = null;
-    this.config = { ...this.config, contexts: new Map(this.contexts), hostMaps: new Map(this.hostMaps) };
+    this.config = { ...this.config, contexts: this.contexts, hostMaps: this.hostMaps };
   }
 
   /**
@@ -447,15 +455,19 @@ export class Registry {
   apply(next: Configuration): ReloadDiff {
     const added: string[] = [];
     const changed: string[] = [];
-    for (const [label, c] of next.contexts) {
-      const old = this.contexts.get(label);
-      if (!old) added.push(label);
-      else if (old !== c && !sameRecorded(old, c)) changed.push(label);
+    const removed: string[] = [];
+    // The very map in force (a load whose judgement changed nothing here hands out the same): no diff.
+    if (next.contexts !== this.contexts) {
+      for (const [label, c] of next.contexts) {
+        const old = this.contexts.get(label);
+        if (!old) added.push(label);
+        else if (old !== c && !sameRecorded(old, c)) changed.push(label);
+      }
+      for (const l of this.contexts.keys()) if (!next.contexts.has(l)) removed.push(l);
     }
-    const removed = [...this.contexts.keys()].filter((l) => !next.contexts.has(l));
     this.config = next;
-    this.contexts = new Map(next.contexts);
-    this.hostMaps = new Map(next.hostMaps);
+    this.contexts = next.contexts;
+    this.hostMaps = next.hostMaps;
     this.views.clear();
     this.nameIndex = null;
     return { added, changed, removed, kept: [...next.kept] };

@@ -342,7 +342,14 @@ export function keptCandidates(defs: readonly ContextDef[], inForce: ReadonlyMap
 }
 
 /** What a judgement decides. */
-export type Judged = { contexts: Context[]; hostMaps: Map<string, HostMaps>; kept: string[]; notices: ConfigError[] };
+export type Judged = {
+  /** Accepted, parents before children; and the same by label. */
+  contexts: Context[];
+  byLabel: ReadonlyMap<string, Context>;
+  hostMaps: ReadonlyMap<string, HostMaps>;
+  kept: string[];
+  notices: ConfigError[];
+};
 
 type Sides = { readonly uid: Claims; readonly gid: Claims };
 type Maps = { readonly uidMap: IdMap; readonly gidMap: IdMap };
@@ -385,6 +392,8 @@ type State = {
   allocations: Prior['allocations'];
   /** During a partial judgement: the labels accepted at the end of `accepted` (not in their old place). */
   moved: Set<string> | null;
+  /** Whether `accepted` or `hostMaps` changed since the Judgement last handed them out. */
+  changed: boolean;
 };
 
 function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['allocations']): State {
@@ -408,6 +417,7 @@ function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['al
     allocated,
     allocations,
     moved: null,
+    changed: true,
   };
 }
 
@@ -493,7 +503,8 @@ function judgeOne(st: State, d: ContextDef, kept: boolean, j: Judging): void {
   if (ok) st.rejected.delete(d.label);
   else {
     st.rejected.add(d.label);
-    st.accepted.delete(d.label); // accepted last time (a partial judgement), not now
+    // Accepted last time (a partial judgement), not now.
+    if (st.accepted.delete(d.label)) st.changed = true;
     st.hostMaps.delete(d.label);
   }
   if (maps && !ok) st.refused.set(d.label, { parent: d.parent, ...maps });
@@ -620,9 +631,18 @@ function admit(st: State, d: ContextDef, own: Maps, j: Judging, errors: ConfigEr
   holdFor(st.held, d);
   // Only what is not claimed already (its own allocation, or its own old pin), so the list stays disjoint.
   for (const [kind, , map] of maps) for (const e of map) siblings[kind].gaps(e.outside, e.outside + e.count, d.label);
-  st.hostMaps.set(d.label, host);
+  // What is as it was stays the very object (a reload that changed nothing here hands out the same maps).
+  const was = st.hostMaps.get(d.label);
+  if (!was || !sameMap(was.uid, host.uid) || !sameMap(was.gid, host.gid)) {
+    st.hostMaps.set(d.label, host);
+    st.changed = true;
+  }
   placeFor(st, d);
-  st.accepted.set(d.label, contextOf(d, uidMap, gidMap, setgroups, j.inForce.get(d.label), j.fromRecord));
+  const context = contextOf(d, uidMap, gidMap, setgroups, j.inForce.get(d.label), j.fromRecord);
+  if (st.accepted.get(d.label) !== context) {
+    st.accepted.set(d.label, context);
+    st.changed = true;
+  }
   return true;
 }
 
@@ -853,7 +873,8 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
     }
     for (const m of [st.items, st.errorsOf, st.noticesOf, st.refused, st.pinClaims]) m.delete(l);
     // One accepted again keeps its place (the next judgeOne sets it, or takes it out); a gone one goes.
-    if (!again.has(l)) for (const m of [st.accepted, st.hostMaps]) m.delete(l);
+    if (!again.has(l) && st.accepted.delete(l)) st.changed = true;
+    if (!again.has(l)) st.hostMaps.delete(l);
     st.keptItems.delete(l);
     st.kept.delete(l);
     st.rejected.delete(l);
@@ -904,15 +925,18 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
 const sameIntervals = (a: readonly Interval[], b: readonly Interval[]) =>
   a.length === b.length && a.every((x, i) => x.start === b[i].start && x.end === b[i].end);
 
-/** The outcome of a state: errors appended to `errors`, the rest returned; `copy`: the state is kept, so what is returned must not share its maps. */
-function outcome(st: State, errors: ConfigError[], copy: boolean): Judged {
+/**
+ * The outcome of a state: errors appended to `errors`, the rest returned. `maps`: the accepted
+ * contexts and host maps by label, when the state is kept (copies the state goes on changing
+ * without); by default the state's own.
+ */
+function outcome(
+  st: State,
+  errors: ConfigError[],
+  maps: { readonly byLabel: ReadonlyMap<string, Context>; readonly hostMaps: ReadonlyMap<string, HostMaps> } = { byLabel: st.accepted, hostMaps: st.hostMaps },
+): Judged {
   for (const es of st.errorsOf.values()) for (const e of es) errors.push(e);
-  return {
-    contexts: [...st.accepted.values()],
-    hostMaps: copy ? new Map(st.hostMaps) : st.hostMaps,
-    kept: [...st.kept],
-    notices: [...st.noticesOf.values()].flat(),
-  };
+  return { contexts: [...st.accepted.values()], ...maps, kept: [...st.kept], notices: [...st.noticesOf.values()].flat() };
 }
 
 /**
@@ -921,6 +945,11 @@ function outcome(st: State, errors: ConfigError[], copy: boolean): Judged {
  */
 export class Judgement {
   private state: State | null = null;
+  /**
+   * The maps last handed out (copies of the state's, never changed after): handed out again while
+   * nothing in them changed, so a reload that changed nothing in force makes no map of 65,535 entries.
+   */
+  private handedOut: { readonly byLabel: ReadonlyMap<string, Context>; readonly hostMaps: ReadonlyMap<string, HostMaps> } | null = null;
   /** Judgements of everything and of what changed only since this was made, and the items they judged. */
   readonly counts = { whole: 0, partial: 0, judged: 0 };
 
@@ -938,7 +967,9 @@ export class Judgement {
       this.counts.judged += st.items.size;
     }
     this.state = st;
-    return outcome(st, errors, true);
+    if (st.changed || !this.handedOut) this.handedOut = { byLabel: new Map(st.accepted), hostMaps: new Map(st.hostMaps) };
+    st.changed = false;
+    return outcome(st, errors, this.handedOut);
   }
 }
 /**
@@ -963,5 +994,5 @@ export function finishContexts(
   judgement?: Judgement,
 ): Judged {
   if (judgement) return judgement.judge(defs, allocated, errors, prior);
-  return outcome(judgeAll(defs, keptCandidates(defs, prior.inForce, errors), allocated, prior), errors, false);
+  return outcome(judgeAll(defs, keptCandidates(defs, prior.inForce, errors), allocated, prior), errors);
 }

@@ -418,8 +418,13 @@ export class ParseCache {
     return files;
   }
 
+  /** The listing keepOnly last kept to: set() adds only listed files, so the same listing again drops nothing. */
+  private keptTo: readonly string[] | null = null;
+
   /** Only the files listed now are kept. */
   keepOnly(files: readonly string[]): void {
+    if (files === this.keptTo) return;
+    this.keptTo = files;
     if (this.files.size <= files.length && files.every((f) => this.files.has(f))) return; // nothing else is kept
     const listed = new Set(files);
     for (const f of this.files.keys()) if (!listed.has(f)) this.files.delete(f);
@@ -620,7 +625,9 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
   // Parents first; a context whose parent is missing or refused is refused with it.
   const ordered: ContextDef[] = [];
   const state = new Map<string, 'visiting' | 'ok' | 'bad'>();
-  const visit = (d: ContextDef, path: string[]): boolean => {
+  // The labels being visited, root call first (a cycle names them): one array for every visit.
+  const path: string[] = [];
+  const visit = (d: ContextDef): boolean => {
     const s = state.get(d.label);
     if (s === 'ok') return true;
     if (s === 'bad') return false;
@@ -636,10 +643,15 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
       if (!p) {
         errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not a configured context`));
         ok = false;
-      } else if (!visit(p, [...path, d.label])) {
-        if (state.get(d.label) !== 'bad')
-          errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not valid, so neither is this context`));
-        ok = false;
+      } else {
+        path.push(d.label);
+        const parentOk = visit(p);
+        path.pop();
+        if (!parentOk) {
+          if (state.get(d.label) !== 'bad')
+            errors.push(configError(d.file, 'context', 'parent', lineIn(d, 'parent'), `parent "${d.parent}" is not valid, so neither is this context`));
+          ok = false;
+        }
       }
     }
     if (state.get(d.label) === 'bad') return false;
@@ -647,6 +659,6 @@ export function linkContexts(defs: readonly ContextDef[], errors: ConfigError[])
     if (ok) ordered.push(d);
     return ok;
   };
-  for (const d of byLabel.values()) visit(d, []);
+  for (const d of byLabel.values()) visit(d);
   return { defs: ordered, errors };
 }

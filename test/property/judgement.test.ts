@@ -106,6 +106,13 @@ function assertSame(whole: Judged, wholeErrors: ConfigError[], part: Judged, par
   assert.deepEqual([...part.kept].sort(), [...whole.kept].sort(), 'kept');
   assert.deepEqual(said(partErrors), said(wholeErrors), 'errors');
   assert.deepEqual(said(part.notices), said(whole.notices), 'notices');
+  // The map by label is the list, in its order, the very objects (a reload that changed nothing hands out the same map again).
+  assert.deepEqual(
+    [...part.byLabel.keys()],
+    part.contexts.map((c) => c.label),
+    'by label, in order',
+  );
+  for (const c of part.contexts) assert.equal(part.byLabel.get(c.label), c, `by label: ${c.label}`);
   const at = new Map(part.contexts.map((c, i) => [c.label, i]));
   for (const c of part.contexts) if (c.parent !== 'host') assert.ok(at.get(c.parent)! < at.get(c.label)!, `${c.parent} before ${c.label}`);
 }
