@@ -490,6 +490,8 @@ export class Manager {
   private async reloadConfig(source: string): Promise<ReloadResult> {
     const started = performance.now();
     const before = this.registry.agent;
+    // An admin who wired the upcall reloads to see it taken: request-key is asked alongside the load.
+    const wiring = this.upcall.check(this.registry.agent.socket);
     const parsedBefore = this.memo.cache.counts.parsed;
     const partialBefore = this.memo.judgement.counts.partial;
     // What is in force, as it is: reloads and the contexts made and forgotten from inside run one at a time (serially).
@@ -500,6 +502,7 @@ export class Manager {
       for (const e of errors) this.log.error({ source }, `Failed to reload: ${e}`);
       this.log.error({ source }, 'Failed to reload: the settings file has errors; everything stays as it was');
       this.metrics.reloaded('failed');
+      await wiring;
       return { contexts: this.registry.size, added: [], changed: [], removed: [], kept: [], errors };
     }
     this.metrics.reloaded(config.errors.length > 0 ? 'partial' : 'ok');
@@ -539,7 +542,7 @@ export class Manager {
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const n of config.notices) this.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);
-    await this.upcall.check(this.registry.agent.socket); // an admin who wired the upcall reloads to see it taken
+    await wiring;
     this.log.level = this.opts.logLevel ?? config.agent.logLevel;
     this.settleSoon();
     this.log.info(
