@@ -16,10 +16,17 @@ export type ScaleFigures = {
   rssMb: number;
   reloadUnchangedMs: number;
   reloadOneMs: number;
+  /** How the one-file reloads judged: every one partial, or how many judged everything. */
+  judgedOne: string;
+  /** One file whose maps change (half its range, then all of it again): a change in force. */
+  reloadMapsMs: number;
+  judgedMaps: string;
   /** The collection after each reload, run once the reload has answered (median of the one-file reloads). */
   settleMs: number;
   parsedAtOne: number;
   rssAfterReloadsMb: number;
+  /** After 9 more reloads, each changing one context's maps. */
+  rssAfterMapsMb: number;
   /** The same, ten seconds later (V8 gives back what a burst of garbage grew its heap by when the agent is idle). */
   rssIdleMb: number;
   /** Started again on the same files, with the state the first agent left (contexts.json of 65,535 contexts). */
@@ -29,11 +36,15 @@ export type ScaleFigures = {
 
 const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 
-const text = (i: number, extra = '') => {
+const text = (i: number, extra = '', half = false) => {
   const base = (i + 1) * 65536;
-  const count = i === 65534 ? 65535 : 65536; // the last id, 2^32-1, is (uid_t)-1
+  const count = half ? 32768 : i === 65534 ? 65535 : 65536; // the last id, 2^32-1, is (uid_t)-1
   return `[context]\nuid_map = 0 ${base} ${count}\ngid_map = 0 ${base} ${count}\n${extra}`;
 };
+
+/** How reloads judged: "partial" when every one did, else how many judged everything. */
+const judgedAll = (xs: readonly { judged: string }[]) =>
+  xs.every((x) => x.judged === 'partial') ? 'partial' : `${xs.filter((x) => x.judged !== 'partial').length} of ${xs.length} whole`;
 
 /** A plain Node program that lists, reads and parses the same files with the ini package: spawn to exit. */
 function floor(dir: string): Promise<number> {
@@ -49,14 +60,14 @@ if (n === 0) process.exit(1);`;
 
 let reloads = 0;
 /** One reload by SIGHUP: its time as the agent logs it, and the collection it runs once it has answered (Manager.settleSoon). */
-async function reload(agent: RunningAgent): Promise<{ ms: number; parsed: number; settleMs: number }> {
+async function reload(agent: RunningAgent): Promise<{ ms: number; parsed: number; settleMs: number; judged: string }> {
   const seen = ++reloads;
   agent.child.kill('SIGHUP');
   const nth = (msg: string) => agent.waitForLog((x) => x.msg === msg && agent.logs.filter((y) => y.msg === msg).length >= seen, 600_000);
   const line = await nth('Reloaded configuration');
   const settled = await nth('Settled memory after the reload');
   if (settled.collected !== true) throw new Error(`the reload's garbage was not collected: ${JSON.stringify(settled)}`);
-  return { ms: line.ms as number, parsed: line.parsed as number, settleMs: settled.ms as number };
+  return { ms: line.ms as number, parsed: line.parsed as number, settleMs: settled.ms as number, judged: line.judged as string };
 }
 
 export async function benchScale(n = 65_535): Promise<ScaleFigures> {
@@ -72,12 +83,19 @@ export async function benchScale(n = 65_535): Promise<ScaleFigures> {
     const rss = rssMb(agent.child.pid!);
     const unchanged = await reload(agent);
     // One file changed: the same context, a comment more.
-    const one: { ms: number; parsed: number; settleMs: number }[] = [];
+    const one: Awaited<ReturnType<typeof reload>>[] = [];
     for (let i = 0; i < 9; i++) {
       writeFileSync(`${tree.contexts}/c00100.conf`, text(100, `# edit ${i}\n`));
       one.push(await reload(agent));
     }
     const rssAfter = rssMb(agent.child.pid!);
+    // One file's maps changed: half its range, then all of it again (in force changes each time).
+    const maps: Awaited<ReturnType<typeof reload>>[] = [];
+    for (let i = 0; i < 9; i++) {
+      writeFileSync(`${tree.contexts}/c00200.conf`, text(200, '', i % 2 === 0));
+      maps.push(await reload(agent));
+    }
+    const rssAfterMaps = rssMb(agent.child.pid!);
     await new Promise((r) => setTimeout(r, 10_000));
     const rssIdle = rssMb(agent.child.pid!);
     await agent.stop();
@@ -91,9 +109,13 @@ export async function benchScale(n = 65_535): Promise<ScaleFigures> {
       rssMb: rss,
       reloadUnchangedMs: unchanged.ms,
       reloadOneMs: median(one.map((x) => x.ms)),
+      judgedOne: judgedAll(one),
+      reloadMapsMs: median(maps.map((x) => x.ms)),
+      judgedMaps: judgedAll(maps),
       settleMs: median(one.map((x) => x.settleMs)),
       parsedAtOne: Math.max(...one.map((x) => x.parsed)),
       rssAfterReloadsMb: rssAfter,
+      rssAfterMapsMb: rssAfterMaps,
       rssIdleMb: rssIdle,
       restartMs: again.ms,
       restartRssMb: restartRss,
@@ -106,16 +128,18 @@ export async function benchScale(n = 65_535): Promise<ScaleFigures> {
 export function scaleSection(s: ScaleFigures, command: string): string {
   const r = s.readyMs / s.floorMs;
   const reloadRatio = s.reloadOneMs / s.readyMs;
+  const mapsRatio = s.reloadMapsMs / s.readyMs;
   const memRatio = s.rssAfterReloadsMb / s.rssMb;
   const idleRatio = s.rssIdleMb / s.rssMb;
   const rows = [
     `| ready with ${s.contexts.toLocaleString('en')} lazy contexts vs the floor (a plain Node program reading and parsing the same files with the same INI parser, ${Math.round(s.floorMs)} ms) | ${Math.round(s.readyMs)} ms, ${f2(r)}x | 2x, ${verdict(r <= 2, `${f2(r)}x`)} |`,
     `| resident memory at ready | ${Math.round(s.rssMb)} MiB | 200 MiB, ${verdict(s.rssMb <= 200, `${Math.round(s.rssMb)} MiB`)} |`,
     `| reload, nothing changed | ${Math.round(s.reloadUnchangedMs)} ms | |`,
-    `| reload, one file changed (median of 9; files read and parsed: ${s.parsedAtOne}) vs ready | ${Math.round(s.reloadOneMs)} ms, ${f2(reloadRatio)}x | 0.1x, ${verdict(reloadRatio <= 0.1, `${f2(reloadRatio)}x`)} |`,
+    `| reload, one file changed, a comment added (median of 9; files read and parsed: ${s.parsedAtOne}; judged: ${s.judgedOne}) vs ready | ${Math.round(s.reloadOneMs)} ms, ${f2(reloadRatio)}x | 0.1x, ${verdict(reloadRatio <= 0.1, `${f2(reloadRatio)}x`)} |`,
+    `| reload, one file's maps changed, half its range and back (median of 9; judged: ${s.judgedMaps}) vs ready | ${Math.round(s.reloadMapsMs)} ms, ${f2(mapsRatio)}x | 0.1x, ${verdict(mapsRatio <= 0.1, `${f2(mapsRatio)}x`)} |`,
     `| the collection each reload runs once it has answered (median; memory is back within it) | ${Math.round(s.settleMs)} ms | |`,
-    `| resident memory right after 10 reloads (each one's collection done) vs at ready | ${Math.round(s.rssAfterReloadsMb)} MiB, ${f2(memRatio)}x | 1.1x, ${verdict(memRatio <= 1.1, `${f2(memRatio)}x`)} |`,
-    `| the same, 10 s later (idle) | ${Math.round(s.rssIdleMb)} MiB, ${f2(idleRatio)}x | |`,
+    `| resident memory right after 10 reloads (nothing changed, then a comment added nine times; each one's collection done) vs at ready | ${Math.round(s.rssAfterReloadsMb)} MiB, ${f2(memRatio)}x | 1.1x, ${verdict(memRatio <= 1.1, `${f2(memRatio)}x`)} |`,
+    `| the same after the 9 reloads that changed maps too, and 10 s later (idle) | ${Math.round(s.rssAfterMapsMb)} MiB, ${f2(s.rssAfterMapsMb / s.rssMb)}x; ${Math.round(s.rssIdleMb)} MiB, ${f2(idleRatio)}x | |`,
     `| restart on the same files (the state the first agent left: contexts.json read, the contexts made from the files kept in force and named by the record, nothing written; 237 MiB before it kept the record's copies) | ${Math.round(s.restartMs)} ms, ${Math.round(s.restartRssMb)} MiB | |`,
   ];
   return `<!-- scale -->

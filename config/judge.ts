@@ -364,11 +364,13 @@ type State = {
   readonly items: Map<string, ContextDef>;
   /** Labels whose item is a context in force kept at its last good version (its file is broken). */
   readonly keptItems: Set<string>;
-  /** Accepted, parents before children. */
-  readonly accepted: Map<string, Context>;
+  /** Accepted, parents before children; by label, as hostMaps. Handed out as they are: see own(). */
+  accepted: Map<string, Context>;
   /** The accepted ones of keptItems. */
   readonly kept: Set<string>;
-  readonly hostMaps: Map<string, HostMaps>;
+  hostMaps: Map<string, HostMaps>;
+  /** Whether accepted and hostMaps were handed out (a judgement's outcome): changed only as copies then. */
+  shared: boolean;
   /** Each parent's claims on its ids, the host's included. */
   readonly claims: Map<string, Sides>;
   given: Given[];
@@ -380,7 +382,7 @@ type State = {
   readonly rejected: Set<string>;
   /** Items refused whose maps were known: what their errors say depends on their siblings' ids. */
   readonly refused: Map<string, Maps & { readonly parent: string }>;
-  /** Item labels by their parent's label. */
+  /** Item labels by their parent's label (not the host's: its children are never judged again as such). */
   readonly children: Map<string, Set<string>>;
   /** Labels of the items with a [delegate] whose owner is not root, by owner uid: what owner limits count. */
   readonly delegators: Map<number, Set<string>>;
@@ -392,8 +394,6 @@ type State = {
   allocations: Prior['allocations'];
   /** During a partial judgement: the labels accepted at the end of `accepted` (not in their old place). */
   moved: Set<string> | null;
-  /** Whether `accepted` or `hostMaps` changed since the Judgement last handed them out. */
-  changed: boolean;
 };
 
 function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['allocations']): State {
@@ -403,6 +403,7 @@ function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['al
     accepted: new Map(),
     kept: new Set(),
     hostMaps: new Map(),
+    shared: false,
     claims: new Map(),
     given: [],
     held: new Map(),
@@ -417,8 +418,30 @@ function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['al
     allocated,
     allocations,
     moved: null,
-    changed: true,
   };
+}
+
+/** The state's maps of accepted contexts and host maps, its own to change: copies, once they were handed out. */
+function own(st: State): State {
+  if (st.shared) {
+    st.accepted = new Map(st.accepted);
+    st.hostMaps = new Map(st.hostMaps);
+    st.shared = false;
+  }
+  return st;
+}
+
+/** The only ways accepted and hostMaps change (each through own). */
+function setAccepted(st: State, label: string, c: Context): void {
+  own(st).accepted.set(label, c);
+}
+function setHost(st: State, label: string, h: HostMaps): void {
+  own(st).hostMaps.set(label, h);
+}
+function unaccept(st: State, label: string, host = true): void {
+  if (!st.accepted.has(label) && !(host && st.hostMaps.has(label))) return;
+  own(st).accepted.delete(label);
+  if (host) st.hostMaps.delete(label);
 }
 
 function addTo<K>(m: Map<K, Set<string>>, key: K, label: string): void {
@@ -490,7 +513,7 @@ function claimPin(st: State, label: string, pin: Maps & { parent: string }): voi
 function judgeOne(st: State, d: ContextDef, kept: boolean, j: Judging): void {
   st.items.set(d.label, d);
   if (kept) st.keptItems.add(d.label);
-  addTo(st.children, d.parent, d.label);
+  if (d.parent !== HOST_LABEL) addTo(st.children, d.parent, d.label);
   if (d.delegate && d.owner.uid !== 0) addTo(st.delegators, d.owner.uid, d.label);
   const errors: ConfigError[] = [];
   const notices: ConfigError[] = [];
@@ -504,8 +527,7 @@ function judgeOne(st: State, d: ContextDef, kept: boolean, j: Judging): void {
   else {
     st.rejected.add(d.label);
     // Accepted last time (a partial judgement), not now.
-    if (st.accepted.delete(d.label)) st.changed = true;
-    st.hostMaps.delete(d.label);
+    unaccept(st, d.label);
   }
   if (maps && !ok) st.refused.set(d.label, { parent: d.parent, ...maps });
   if (errors.length > 0) st.errorsOf.set(d.label, errors);
@@ -513,8 +535,8 @@ function judgeOne(st: State, d: ContextDef, kept: boolean, j: Judging): void {
 }
 
 /** The checks of one item whose maps are known; accepted (true) with its claims, its resources and its owner's count, or refused with `errors`. */
-function admit(st: State, d: ContextDef, own: Maps, j: Judging, errors: ConfigError[], notices: ConfigError[]): boolean {
-  const { uidMap, gidMap } = own;
+function admit(st: State, d: ContextDef, mapped: Maps, j: Judging, errors: ConfigError[], notices: ConfigError[]): boolean {
+  const { uidMap, gidMap } = mapped;
   const maps = [
     ['uid', 'uid_map', uidMap],
     ['gid', 'gid_map', gidMap],
@@ -633,16 +655,10 @@ function admit(st: State, d: ContextDef, own: Maps, j: Judging, errors: ConfigEr
   for (const [kind, , map] of maps) for (const e of map) siblings[kind].gaps(e.outside, e.outside + e.count, d.label);
   // What is as it was stays the very object (a reload that changed nothing here hands out the same maps).
   const was = st.hostMaps.get(d.label);
-  if (!was || !sameMap(was.uid, host.uid) || !sameMap(was.gid, host.gid)) {
-    st.hostMaps.set(d.label, host);
-    st.changed = true;
-  }
+  if (!was || !sameMap(was.uid, host.uid) || !sameMap(was.gid, host.gid)) setHost(st, d.label, host);
   placeFor(st, d);
   const context = contextOf(d, uidMap, gidMap, setgroups, j.inForce.get(d.label), j.fromRecord);
-  if (st.accepted.get(d.label) !== context) {
-    st.accepted.set(d.label, context);
-    st.changed = true;
-  }
+  if (st.accepted.get(d.label) !== context) setAccepted(st, d.label, context);
   return true;
 }
 
@@ -654,7 +670,7 @@ function placeFor(st: State, d: ContextDef): void {
   const was = st.accepted.get(d.label);
   if (was === undefined) st.moved?.add(d.label);
   else if (d.parent !== HOST_LABEL && (was.parent !== d.parent || st.moved?.has(d.parent))) {
-    st.accepted.delete(d.label);
+    unaccept(st, d.label, false); // its host maps stay (admit set them already)
     st.moved?.add(d.label);
   }
 }
@@ -873,8 +889,7 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
     }
     for (const m of [st.items, st.errorsOf, st.noticesOf, st.refused, st.pinClaims]) m.delete(l);
     // One accepted again keeps its place (the next judgeOne sets it, or takes it out); a gone one goes.
-    if (!again.has(l) && st.accepted.delete(l)) st.changed = true;
-    if (!again.has(l)) st.hostMaps.delete(l);
+    if (!again.has(l)) unaccept(st, l);
     st.keptItems.delete(l);
     st.kept.delete(l);
     st.rejected.delete(l);
@@ -925,18 +940,16 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
 const sameIntervals = (a: readonly Interval[], b: readonly Interval[]) =>
   a.length === b.length && a.every((x, i) => x.start === b[i].start && x.end === b[i].end);
 
-/**
- * The outcome of a state: errors appended to `errors`, the rest returned. `maps`: the accepted
- * contexts and host maps by label, when the state is kept (copies the state goes on changing
- * without); by default the state's own.
- */
-function outcome(
-  st: State,
-  errors: ConfigError[],
-  maps: { readonly byLabel: ReadonlyMap<string, Context>; readonly hostMaps: ReadonlyMap<string, HostMaps> } = { byLabel: st.accepted, hostMaps: st.hostMaps },
-): Judged {
+/** The outcome of a state: errors appended to `errors`, the rest returned. */
+function outcome(st: State, errors: ConfigError[]): Judged {
   for (const es of st.errorsOf.values()) for (const e of es) errors.push(e);
-  return { contexts: [...st.accepted.values()], ...maps, kept: [...st.kept], notices: [...st.noticesOf.values()].flat() };
+  return {
+    contexts: [...st.accepted.values()],
+    byLabel: st.accepted,
+    hostMaps: st.hostMaps,
+    kept: [...st.kept],
+    notices: [...st.noticesOf.values()].flat(),
+  };
 }
 
 /**
@@ -945,11 +958,6 @@ function outcome(
  */
 export class Judgement {
   private state: State | null = null;
-  /**
-   * The maps last handed out (copies of the state's, never changed after): handed out again while
-   * nothing in them changed, so a reload that changed nothing in force makes no map of 65,535 entries.
-   */
-  private handedOut: { readonly byLabel: ReadonlyMap<string, Context>; readonly hostMaps: ReadonlyMap<string, HostMaps> } | null = null;
   /** Judgements of everything and of what changed only since this was made, and the items they judged. */
   readonly counts = { whole: 0, partial: 0, judged: 0 };
 
@@ -967,9 +975,10 @@ export class Judgement {
       this.counts.judged += st.items.size;
     }
     this.state = st;
-    if (st.changed || !this.handedOut) this.handedOut = { byLabel: new Map(st.accepted), hostMaps: new Map(st.hostMaps) };
-    st.changed = false;
-    return outcome(st, errors, this.handedOut);
+    // Handed out as they are, and never changed after (own() copies them first): a reload that
+    // changed nothing in force hands out the very maps again, and makes no map of 65,535 entries.
+    st.shared = true;
+    return outcome(st, errors);
   }
 }
 /**

@@ -56,7 +56,7 @@ type Step =
   | { readonly op: 'write'; readonly label: Label; readonly text: string }
   | { readonly op: 'write2'; readonly label: Label; readonly text: string; readonly other: Label; readonly otherText: string }
   | { readonly op: 'forget'; readonly label: Label }
-  | { readonly op: 'touch' | 'remove' | 'break' | 'unpin'; readonly label: Label }
+  | { readonly op: 'touch' | 'remove' | 'break' | 'unpin' | 'create'; readonly label: Label }
   | { readonly op: 'pin'; readonly label: Label; readonly drift: number | null }
   | { readonly op: 'allocate'; readonly label: Label; readonly slot: number }
   | { readonly op: 'subuid'; readonly given: boolean };
@@ -77,6 +77,8 @@ const arbStep: fc.Arbitrary<Step> = fc.oneof(
   // What is in force changed between reloads (a context made from inside forgotten, a reload that failed): not what the judgement accepted.
   { weight: 1, arbitrary: fc.record({ op: fc.constant('forget' as const), label: arbLabel }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constantFrom('remove' as const, 'break' as const, 'unpin' as const), label: arbLabel }) },
+  // The same maps, another field (create = eager, then lazy again): a context changed in force, its host maps as they were.
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('create' as const), label: arbLabel }) },
   // A pin with the context's own maps (most), or with another's base: a pin in drift that claims them.
   { weight: 2, arbitrary: fc.record({ op: fc.constant('pin' as const), label: arbLabel, drift: fc.option(fc.nat(LABELS.length - 1), { freq: 3 }) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('allocate' as const), label: arbLabel, slot: fc.nat(3) }) },
@@ -130,6 +132,7 @@ function run(steps: readonly Step[]): void {
   let subuid = false;
   let inForce = new Map<string, Context>();
   const judgement = new Judgement();
+  let last: { judged: Judged; byLabel: [string, Context][]; hostMaps: [string, unknown][] } | null = null;
   for (const step of steps) {
     const f = 'label' in step ? files.get(step.label) : undefined;
     switch (step.op) {
@@ -145,6 +148,16 @@ function run(steps: readonly Step[]): void {
         break;
       case 'touch':
         if (f) files.set(step.label, parse(step.label, f.text));
+        break;
+      case 'create':
+        if (f)
+          files.set(
+            step.label,
+            parse(
+              step.label,
+              f.text.includes('create = eager\n') ? f.text.replace('create = eager\n', '') : f.text.replace('[context]\n', '[context]\ncreate = eager\n'),
+            ),
+          );
         break;
       case 'remove':
         files.delete(step.label);
@@ -198,6 +211,12 @@ function run(steps: readonly Step[]): void {
     const before = judgement.counts.partial;
     const part = finishContexts(defs, allocated, partErrors, prior, judgement);
     assertSame(whole, wholeErrors, part, partErrors);
+    // What the last reload handed out (the agent puts those very maps in force) is as it was.
+    if (last) {
+      assert.deepEqual([...last.judged.byLabel], last.byLabel, "the last reload's contexts changed under it");
+      assert.deepEqual([...last.judged.hostMaps], last.hostMaps, "the last reload's host maps changed under it");
+    }
+    last = { judged: part, byLabel: [...part.byLabel], hostMaps: [...part.hostMaps] };
     seen.reloads++;
     if (judgement.counts.partial > before) seen.partial++;
     else seen.whole++;
