@@ -2,6 +2,7 @@
 // to ready, and the replacement of one marked section of BENCHMARKS.md.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { AGENT_TUNABLES } from '../scripts/agent-env.js';
 import { startAgent } from '../test/helpers/agent.ts';
 import type { RunningAgent } from '../test/helpers/agent.ts';
 import type { Tree } from '../test/helpers/fixtures.ts';
@@ -23,7 +24,9 @@ export function pinsOnTmpfs(tree: Tree): void {
 /** Start an agent on `tree`: how long until it serves (eager contexts made), and the agent. */
 export async function timeToReady(tree: Tree): Promise<{ ms: number; agent: RunningAgent }> {
   const t0 = performance.now();
-  const agent = await startAgent(tree, ['--log-level', 'info'], { readyTimeoutMs: 600_000 });
+  // The environment the installed wrapper gives the agent (scripts/install.js).
+  const env = { GLIBC_TUNABLES: AGENT_TUNABLES };
+  const agent = await startAgent(tree, ['--log-level', 'info'], { readyTimeoutMs: 600_000, env });
   return { ms: performance.now() - t0, agent };
 }
 

@@ -147,7 +147,8 @@ export function scaleSection(s: ScaleFigures, command: string): string {
 
 \`${command}\`: ${s.contexts.toLocaleString('en')} context files, one per range of 65,536 ids above the host's own
 (static maps, lazy: nothing is created), on the root disk. The floor and the agent are timed from
-spawn, the floor three times (median).
+spawn, the floor three times (median); the agent with the environment the installed wrapper gives
+it.
 
 | What | Result | Target |
 |---|---|---|
@@ -156,31 +157,43 @@ ${rows.join('\n')}
 Before this section's changes (846592b) the same start took 71 s and a reload 60 s: the owner
 limits of \`[delegate]\` copied every accepted context for each context judged (quadratic), and
 every reload read, parsed and compared every file again, and wrote contexts.json (29 MB) whole. Now
-a reload reads only the files whose stamp changed (\`ParseCache\`), an unchanged file gives the very
-context object it gave before (compared by identity), what changed in force is appended to
-contexts.journal, and a start on an unchanged record writes nothing. What is left, from CPU
-profiles of this run's kind: at start, reading the files (four calls per file where the floor's
-\`readFileSync\` makes one: about a third of the start), the garbage collector, the cross-file
-judgement (\`finishContexts\`, about 0.4 s) and the first contexts.json (0.6 s); at a reload, the
-stamp of every file (one statx(2) by name in the directory into one buffer, no Stats object: about
-0.2 s less a reload than lstatSync of each path; one at a time, 512 between turns of the event loop:
-a promise each cost 0.2 s more a reload; an inotify watch on the directory was tried and dropped: a
-write through a hard link elsewhere changes a file unseen by it), every context judged again (0.4-0.5 s), listing and
-linking (0.2 s), and the collector (about 0.5 s of each reload under the profiler, though the
-young generation let to grow during a reload saved only 0.1 s: it is the old generation's). The judgement kept
-each parent's claims in a sorted array, and a splice per claim moved half of it: about 0.9 s a
-kind at every start and reload, gone since the claims are kept in a B+ tree (\`sorted-btree\`).
-Memory: the live heap after 10 reloads is about 130
-MB, as after start plus the parse cache's stamps. Each load's garbage (tens of maps and arrays of
-65,535 entries) grew V8's heap and glibc's arenas, which kept that size (2.06-2.19x after 10
-reloads, 273-281 MiB at ready): the agent now collects after each load and gives the free memory
-back (\`settleMemory\`: V8's last-resort collection, repeated until nothing more is freed, through
-the gc() bin/usernsd.js exposes, then malloc_trim(3)): at start before serving, 181 MiB at ready
-instead of 223; after a reload once the reload has answered (\`Manager.settleSoon\`), so the reload
-does not wait for it and memory is back within its 0.3-0.45 s (inside the reload, as a regular
-collection, it was 0.15 s of every reload and left 1.56-1.61x until V8's memory reducer came by). Judging only what a change can affect, and less garbage per reload, are the
-rest of issue 26. The figures swing by a
-third between runs on this shared machine (ready 4.5-6.5 s over this session's runs of one build).
+a reload reads only the files whose stamp changed (\`ParseCache\`), lists the directory again only
+when the directory's own stamp changed, and judges again only what the changes can affect
+(\`Judgement\` in \`config/judge.ts\`: the changed contexts, those nested in them and the refused
+ones; everything when a change meets a context it keeps). An unchanged file gives the very context
+object it gave before, and a judgement that changed nothing in force hands out the very maps it
+handed out last time, which the registry adopts: nothing of 65,535 entries is copied, diffed or
+recorded for it. What is changed in force is appended to contexts.journal, and a start on an
+unchanged record writes nothing.
+
+What is left of a reload, from CPU profiles of this run's kind: the stamp of every file, one
+statx(2) by name in the directory each, about 0.2 s (3.2 µs a file, nearly all of it the kernel's:
+a name encoded once, or the loop in C, saves nothing; half of it in a worker thread took 0.1 s off
+on two cores, not kept for a worker's memory; an inotify watch on the directory cannot see a write
+through a hard link made elsewhere after the file was read, and a watch on each file took 0.5 s
+to set up for 65,535 files and pins their inodes); linking the files (0.05 s); the per-file loops
+of the read-ahead and the parse (0.05 s); the judgement's checks that what is in force is what it
+accepted and which items changed (0.03 s); and asking request-key whether the upcall is wired,
+alongside. A reload that changes one context's maps also copies the two maps of 65,535 entries
+before changing them (the ones handed out are never changed), diffs them in the registry, rebuilds
+who counts as whom and appends to the journal: about 0.25 s more. At start: reading the files (four
+calls per file where the floor's \`readFileSync\` makes one: about a third of the start), the
+garbage collector, the whole judgement (about 0.4 s) and the first contexts.json (0.6 s).
+
+Memory: the live heap after 30 reloads of 65,535 files is 127 MB (\`liveMb\` in the settle log
+line), as after start; the judgement kept between reloads (each parent's claims in B+ trees, each
+item by label) is about 8 MiB of it. Each load's garbage grew V8's heap and glibc's arenas, which
+kept that size (2.06-2.19x after 10 reloads, 273-281 MiB at ready, before \`settleMemory\`): the
+agent collects after each load and gives the free memory back (V8's last-resort collection, through
+the gc() bin/usernsd.js exposes, then malloc_trim(3)): at start before serving; after a reload once
+the reload has answered (\`Manager.settleSoon\`), so the reload does not wait for it. With the
+judgement kept between reloads, a reload's garbage is a tenth of what it was, and what grew was
+outside V8's heap: glibc's malloc arenas of the agent's other threads (V8's helpers, libuv's pool),
+one per thread, fragmented, which malloc_trim(3) cannot give back (8-23 MiB more after ten reloads,
+1.06-1.15x). The agent is started as the installed wrapper starts it, with
+\`GLIBC_TUNABLES=glibc.malloc.arena_max=2\` (\`scripts/agent-env.js\`; glibc reads it at exec only,
+and a \`mallopt(3)\` once running was measured too late to matter): 1.04-1.05x. The figures swing by a
+third between runs on this shared machine (ready 4.1-6.5 s over these sessions' runs).
 <!-- /scale -->
 `;
 }

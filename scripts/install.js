@@ -24,6 +24,8 @@ import {
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { AGENT_TUNABLES } from './agent-env.js';
+
 const SRC = dirname(dirname(fileURLToPath(import.meta.url)));
 const env = process.env;
 const PREFIX = env.PREFIX || '/usr/local';
@@ -170,9 +172,12 @@ function install() {
   }
   put(join(lib, 'node'), readFileSync(NODE), 0o755);
   // The settings file when --config is not given is this install's, unless the caller says otherwise.
-  const wrapper = (js) =>
-    `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nUSERNSD_CONFIG=\${USERNSD_CONFIG:-${SYSCONFDIR}/usernsd.conf}\nexport USERNSD_CONFIG\nexec ${lib}/node ${lib}/bin/${js} "$@"\n`;
-  put(join(dirs.SBINDIR, 'usernsd'), wrapper('usernsd.js'), 0o755);
+  const wrapper = (js, extra = '') =>
+    `#!/bin/sh\n# Installed by usernsd's make install: the agent brings its own Node (>= 22.13).\nUSERNSD_CONFIG=\${USERNSD_CONFIG:-${SYSCONFDIR}/usernsd.conf}\nexport USERNSD_CONFIG\n${extra}exec ${lib}/node ${lib}/bin/${js} "$@"\n`;
+  // The agent's threads share two C heaps (glibc reads this at exec only): with one per thread, what
+  // reloads of many context files left fragmented in them stayed resident (usernsd(8), BENCHMARKS.md).
+  const arenas = `GLIBC_TUNABLES=\${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}${AGENT_TUNABLES}\nexport GLIBC_TUNABLES\n`;
+  put(join(dirs.SBINDIR, 'usernsd'), wrapper('usernsd.js', arenas), 0o755);
   put(join(dirs.BINDIR, 'usernsctl'), wrapper('usernsctl.js'), 0o755);
   // mount(8) runs it for "-t usernsd" and fstab lines (mount.usernsd(8)): the C program when built
   // (a view at a bind mount's cost), else the same contract in Node.

@@ -1,6 +1,7 @@
 // npm start: run usernsd on the configuration embedded in this checkout (etc/), with its runtime
 // (socket, pins, state) under run/ in the checkout, so a newcomer sees it work at once.
 import { spawn, spawnSync } from 'node:child_process';
+import { AGENT_TUNABLES } from './agent-env.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,6 +45,8 @@ To wire the kernel's upcall to this agent (as root; remove the file afterwards):
   npx usernsctl reload && keyctl session - sh -c 'keyctl pipe "$(keyctl request2 user userns:backups "" @s)"'
 
 `);
-const agent = spawn(node, [join(root, 'bin', 'usernsd.js'), '--config', config], { stdio: 'inherit' });
+// The environment the installed wrapper gives the agent (scripts/install.js).
+const tunables = [process.env.GLIBC_TUNABLES, AGENT_TUNABLES].filter(Boolean).join(':');
+const agent = spawn(node, [join(root, 'bin', 'usernsd.js'), '--config', config], { stdio: 'inherit', env: { ...process.env, GLIBC_TUNABLES: tunables } });
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => agent.kill(sig));
 agent.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

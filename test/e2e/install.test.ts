@@ -1,5 +1,6 @@
 // make install / uninstall, the installed agent and client, the systemd unit and the SysV init script.
 import assert from 'node:assert/strict';
+import { AGENT_TUNABLES } from '../../scripts/agent-env.js';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -146,6 +147,9 @@ describe('e2e: install, init scripts and units (root)', function () {
         r = status();
       }
       assert.equal(r.code, 0, r.err + readFileSync(`${dir}/log`, 'utf8'));
+      // The wrapper gives the agent two malloc arenas (glibc reads GLIBC_TUNABLES at exec only).
+      const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      assert.ok(environ.includes(`GLIBC_TUNABLES=${AGENT_TUNABLES}`), `the agent's environment: ${environ.filter((e) => e.startsWith('GLIBC')).join(' ')}`);
       const first = snapshot(prefix);
       // Again, while the agent runs from it: its node is busy (ETXTBSY for whoever opens it to write).
       make('install', vars);
