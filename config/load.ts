@@ -363,8 +363,8 @@ export class ParseCache {
   private poolSize: number | null = null;
   /** Each file's version kept, as the read-ahead passes an unread file on (no object made per file at a reload). */
   private readonly files = new Map<string, Unread>();
-  /** Files taken from the cache, files parsed, and listings of the directory taken, since the cache was made. */
-  readonly counts = { reused: 0, parsed: 0, listed: 0 };
+  /** Files taken from the cache, files parsed, listings of the directory taken, and linkings kept, since the cache was made. */
+  readonly counts = { reused: 0, parsed: 0, listed: 0, linked: 0 };
 
   private readonly racyMs: number;
   private readonly now: () => number;
@@ -418,6 +418,47 @@ export class ParseCache {
     return files;
   }
 
+  /**
+   * The last linking that found nothing wrong: its input, its output (parents first) and where each
+   * input went in it. See link().
+   */
+  private linked: { readonly input: readonly ContextDef[]; readonly output: readonly ContextDef[]; readonly at: Int32Array } | null = null;
+
+  /**
+   * linkContexts, without linking again what is linked the same way: when the last linking found
+   * nothing wrong and `defs` differ from its input only in definitions of the same label and parent
+   * at the same place (files edited, none added, removed or moved), the output is the last one with
+   * those definitions in their places. Linking 65,535 definitions is about 50 ms of a reload otherwise.
+   */
+  link(defs: readonly ContextDef[], errors: ConfigError[]): { defs: ContextDef[]; errors: ConfigError[] } {
+    const last = this.linked;
+    if (last && last.input.length === defs.length) {
+      let output: ContextDef[] | null = null;
+      let same = true;
+      for (let i = 0; i < defs.length && same; i++) {
+        const was = last.input[i];
+        const now = defs[i];
+        if (was === now) continue;
+        if (was.label !== now.label || was.parent !== now.parent) same = false;
+        else (output ??= [...last.output])[last.at[i]] = now;
+      }
+      if (same) {
+        const out = output ?? [...last.output];
+        this.linked = { input: [...defs], output: out, at: last.at };
+        this.counts.linked++;
+        return { defs: [...out], errors };
+      }
+    }
+    const before = errors.length;
+    const r = linkContexts(defs, errors);
+    this.linked = null;
+    if (errors.length === before && r.defs.length === defs.length) {
+      const place = new Map(r.defs.map((d, i) => [d, i]));
+      this.linked = { input: [...defs], output: [...r.defs], at: Int32Array.from(defs, (d) => place.get(d)!) };
+    }
+    return r;
+  }
+
   /** The listing keepOnly last kept to: set() adds only listed files, so the same listing again drops nothing. */
   private keptTo: readonly string[] | null = null;
 
@@ -448,7 +489,7 @@ export function loadContextDefs(
   if (!isListing(listed)) return { defs: [], errors: [listed] };
   const { defs, errors } = parseContextFiles(listed, nss, poolSize, texts, cache);
   cache?.keepOnly(listed);
-  return linkContexts(defs, errors);
+  return cache ? cache.link(defs, errors) : linkContexts(defs, errors);
 }
 
 /** A listing of context files, not the error of one. */

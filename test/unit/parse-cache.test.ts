@@ -23,10 +23,10 @@ import fc from 'fast-check';
 import { loadConfigurationAsync } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
 import { closeFd, openDirPath, sameStampAt } from '../../agent/kernel/sys.ts';
-import { stampOf } from '../../config/ini.ts';
-import { ParseCache } from '../../config/load.ts';
+import { formatConfigError, stampOf } from '../../config/ini.ts';
+import { linkContexts, ParseCache, parseContextFile } from '../../config/load.ts';
 import { Judgement } from '../../config/judge.ts';
-import type { Context, Nss } from '../../config/types.ts';
+import type { Context, ContextDef, Nss } from '../../config/types.ts';
 import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
@@ -41,6 +41,10 @@ const TEXTS = [
   '[context]\nuid_map = 0 4000000 1000\ngid_map = 0 4000000 1001\n',
   '[context]\nowner = hpa\nuid_map = 0 1000 1\ngid_map = 0 1000 1\n',
   '[context]\nrange = auto\n',
+  // Nested, under another label, and one naming its label: a linking kept from the last load must see them change.
+  '[context]\nparent = aa\nuid_map = 0 0 100\ngid_map = 0 0 100\n',
+  '[context]\nparent = bb\nuid_map = 0 0 100\ngid_map = 0 0 100\n',
+  '[context]\nlabel = zz\nuid_map = 0 4200000 1000\ngid_map = 0 4200000 1000\n',
 ];
 
 type Model = { hpa: number; poolSize: number };
@@ -157,6 +161,7 @@ let reused = 0;
 let reloads = 0;
 let listings = 0;
 let partial = 0;
+let linked = 0;
 const reload = command('reload', async (_m, r) => {
   const opts = { record: false, systemIds: () => [], nss: r.nss, inForce: r.inForce };
   const before = { ...r.cache.counts, partial: r.judgement.counts.partial };
@@ -167,6 +172,7 @@ const reload = command('reload', async (_m, r) => {
   reloads++;
   listings += r.cache.counts.listed - before.listed;
   partial += r.judgement.counts.partial - before.partial;
+  linked += r.cache.counts.linked - before.linked;
   assert.equal(shown(cached), shown(fresh), 'the configuration loaded with the cache is the one loaded without it');
   assertParentsFirst(cached);
   r.inForce = new Map(cached.contexts);
@@ -205,6 +211,7 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
     reloads = 0;
     listings = 0;
     partial = 0;
+    linked = 0;
     await fc.assert(
       fc.asyncProperty(commands, async (cmds) => {
         const tree = makeTree();
@@ -226,6 +233,7 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
     assert.ok(reused > 0, 'no reload took a file from the cache');
     assert.ok(listings < reloads, `every one of ${reloads} reloads listed the directory`);
     assert.ok(partial > 0, 'no reload judged only what changed');
+    assert.ok(linked > 0, 'no reload kept the last linking');
   });
 
   // Each way a file can change under a kept parse, once: read and kept, changed, read again.
@@ -321,6 +329,58 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
     } finally {
       tree.remove();
     }
+  });
+
+  it('a linking kept from the last load is what linking again gives, over random edits of labels and parents', () => {
+    // Definitions as files make them: a label (the file's, or its own), a parent among the labels or the host.
+    const names = ['a', 'b', 'c', 'd'];
+    const arbDef = fc.record({
+      file: fc.constantFrom(...names),
+      label: fc.option(fc.constantFrom(...names), { freq: 4 }),
+      parent: fc.constantFrom('host', 'host', ...names),
+    });
+    const def = (x: { file: string; label: string | null; parent: string }, edit: number) =>
+      parseContextFile(
+        `/etc/userns.d/${x.file}.conf`,
+        `# ${edit}\n[context]\n${x.label ? `label = ${x.label}\n` : ''}parent = ${x.parent}\nuid_map = 0 0 1\ngid_map = 0 0 1\n`,
+        testNss,
+        65536,
+      ).def!;
+    let kept = 0;
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(arbDef, { minLength: 1, maxLength: 4 }), { minLength: 1, maxLength: 8 }),
+        fc.array(fc.nat(4), { maxLength: 8 }),
+        (loads, edits) => {
+          const cache = new ParseCache();
+          let last: ContextDef[] = [];
+          loads.forEach((xs, n) => {
+            // Some loads edit a file without changing it (a new definition, same label and parent).
+            // Or edit one file's label, or its parent, the others left as they were (the very definitions).
+            const fileOf = (d: ContextDef) => d.file.slice('/etc/userns.d/'.length, -'.conf'.length);
+            const one = (change: (d: ContextDef) => { label: string | null; parent: string }) =>
+              last.map((d, i) => (i === 0 ? def({ file: fileOf(d), ...change(d) }, n) : d));
+            const made =
+              n === 0 || last.length === 0 || edits[n] === undefined || edits[n] > 2
+                ? xs.map((x) => def(x, n))
+                : edits[n] === 0
+                  ? last.map((d) => def({ file: fileOf(d), label: d.label, parent: d.parent }, n))
+                  : edits[n] === 1
+                    ? one((d) => ({ label: xs[0].label ?? xs[0].file, parent: d.parent }))
+                    : one((d) => ({ label: d.label, parent: xs[0].parent }));
+            const defs = made.filter((d) => d !== null); // a file that names itself its parent is refused by the parser
+            const withCache = cache.link(defs, []);
+            const fresh = linkContexts(defs, []);
+            assert.deepEqual(withCache.defs, fresh.defs);
+            assert.deepEqual(withCache.errors.map(formatConfigError), fresh.errors.map(formatConfigError));
+            last = defs;
+          });
+          kept += cache.counts.linked;
+        },
+      ),
+      { numRuns: 300 },
+    );
+    assert.ok(kept > 0, 'no load kept the last linking');
   });
 
   it('the contexts directory is listed again when an entry came or went, and when it changed within the racy window of its last listing', () => {
