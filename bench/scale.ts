@@ -158,7 +158,8 @@ Before this section's changes (846592b) the same start took 71 s and a reload 60
 limits of \`[delegate]\` copied every accepted context for each context judged (quadratic), and
 every reload read, parsed and compared every file again, and wrote contexts.json (29 MB) whole. Now
 a reload reads only the files whose stamp changed (\`ParseCache\`), lists the directory again only
-when the directory's own stamp changed, and judges again only what the changes can affect
+when the directory's own stamp changed, links the files again only when a label or a parent
+changed or a file came or went, and judges again only what the changes can affect
 (\`Judgement\` in \`config/judge.ts\`: the changed contexts, those nested in them and the refused
 ones; everything when a change meets a context it keeps). An unchanged file gives the very context
 object it gave before, and a judgement that changed nothing in force hands out the very maps it
@@ -171,7 +172,7 @@ statx(2) by name in the directory each, about 0.2 s (3.2 µs a file, nearly all 
 a name encoded once, or the loop in C, saves nothing; half of it in a worker thread took 0.1 s off
 on two cores, not kept for a worker's memory; an inotify watch on the directory cannot see a write
 through a hard link made elsewhere after the file was read, and a watch on each file took 0.5 s
-to set up for 65,535 files and pins their inodes); linking the files (0.05 s); the per-file loops
+to set up for 65,535 files and pins their inodes); the per-file loops
 of the read-ahead and the parse (0.05 s); the judgement's checks that what is in force is what it
 accepted and which items changed (0.03 s); and asking request-key whether the upcall is wired,
 alongside. A reload that changes one context's maps also copies the two maps of 65,535 entries
