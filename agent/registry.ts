@@ -207,8 +207,8 @@ export class Registry {
   }
 
   /**
-   * The contexts in force by label, as they are (not a copy): for a load to compare with, which runs
-   * serially with every change to them (Manager.serially) and must not keep it.
+   * The contexts in force by label: the map itself, which is never changed in place (a change makes
+   * another), so a load compares with it and a record keeps it without a copy.
    */
   inForce(): ReadonlyMap<string, Context> {
     return this.contexts;
