@@ -911,28 +911,24 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
   const j = judging(st, allocated, prior);
   st.moved = new Set();
   const done = new Set<string>();
-  const place = (n: { item: ContextDef; kept: boolean }, depth: number): void => {
-    if (done.has(n.item.label) || depth > 64) return;
-    const parent = again.get(n.item.parent);
-    if (parent && parent !== n) place(parent, depth + 1);
-    done.add(n.item.label);
-    judgeOne(st, n.item, n.kept, j);
+  const judgeParentsFirst = (among: ReadonlyMap<string, { item: ContextDef; kept: boolean }>) => {
+    const place = (n: { item: ContextDef; kept: boolean }, depth: number): void => {
+      if (done.has(n.item.label) || depth > 64) return;
+      const parent = among.get(n.item.parent);
+      if (parent && parent !== n) place(parent, depth + 1);
+      done.add(n.item.label);
+      judgeOne(st, n.item, n.kept, j);
+    };
+    for (const n of among.values()) place(n, 0);
   };
-  for (const n of judgedAgain) place(n, 0);
+  judgeParentsFirst(again);
   // The items refused are judged again too, after everything accepted: a whole judgement puts the
   // contexts in force first (admissionOrder), so what a refused one is told names what was accepted
   // after it last time. They stay refused (what refused them is still there, or this gave up above).
-  const refusedAgain = [...st.rejected].filter((l) => !k.has(l)).map((l) => ({ item: st.items.get(l)!, kept: st.keptItems.has(l) }));
-  for (const n of refusedAgain) for (const m of [st.errorsOf, st.noticesOf, st.refused]) m.delete(n.item.label);
-  const byLabel = new Map(refusedAgain.map((n) => [n.item.label, n]));
-  const placeRefused = (n: { item: ContextDef; kept: boolean }, depth: number): void => {
-    if (done.has(n.item.label) || depth > 64) return;
-    const parent = byLabel.get(n.item.parent);
-    if (parent && parent !== n) placeRefused(parent, depth + 1);
-    done.add(n.item.label);
-    judgeOne(st, n.item, n.kept, j);
-  };
-  for (const n of refusedAgain) placeRefused(n, 0);
+  const refusedAgain = new Map<string, { item: ContextDef; kept: boolean }>();
+  for (const l of st.rejected) if (!k.has(l)) refusedAgain.set(l, { item: st.items.get(l)!, kept: st.keptItems.has(l) });
+  for (const l of refusedAgain.keys()) for (const m of [st.errorsOf, st.noticesOf, st.refused]) m.delete(l);
+  judgeParentsFirst(refusedAgain);
   st.moved = null;
   return done.size;
 }

@@ -54,3 +54,20 @@ export function arbIdNear(map: IdMap, side: 'inside' | 'outside'): fc.Arbitrary<
     fc.integer({ min: 0, max: 400000 }),
   );
 }
+
+/**
+ * A map as a context file writes it ("inside outside count, ..."): extents of whole thousands laid
+ * left to right from inside 0 and outside `from`, each after a gap of up to a few thousand ids.
+ */
+export function mapText(from: number, extents: readonly { readonly gap: number; readonly count: number }[]): string {
+  let [inside, outside] = [0, from];
+  return extents
+    .map((e) => {
+      outside += e.gap * 1000;
+      const text = `${inside} ${outside} ${e.count * 1000}`;
+      inside += e.count * 1000;
+      outside += e.count * 1000;
+      return text;
+    })
+    .join(', ');
+}

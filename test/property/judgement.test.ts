@@ -11,6 +11,7 @@ import type { Delegations, Judged } from '../../config/judge.ts';
 import { formatConfigError } from '../../config/ini.ts';
 import { linkContexts, parseContextFile } from '../../config/load.ts';
 import type { ConfigError, Context, ContextDef, IdMap } from '../../config/types.ts';
+import { mapText } from '../helpers/arbitraries.ts';
 import { testNss } from '../helpers/fixtures.ts';
 import { modelTests } from '../helpers/model.ts';
 
@@ -38,16 +39,7 @@ const arbText = (label: string) =>
     })
     .map(({ parent, auto, extents, owner, setgroups, delegate, comment }) => {
       const from = parent === 'host' ? base(label) : 0;
-      let [inside, outside] = [0, from];
-      const map = extents
-        .map((e) => {
-          outside += e.gap * 1000;
-          const text = `${inside} ${outside} ${e.count * 1000}`;
-          inside += e.count * 1000;
-          outside += e.count * 1000;
-          return text;
-        })
-        .join(', ');
+      const map = mapText(from, extents);
       const body = auto && parent === 'host' ? 'range = auto\n' : `uid_map = ${map}\ngid_map = ${map}\n`;
       return `# ${comment}\n[context]\nparent = ${parent}\n${owner}${setgroups}${body}${delegate ? `[delegate]\n${delegate}` : ''}`;
     });

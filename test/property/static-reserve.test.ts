@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { finishContexts, staticHostMaps } from '../../config/judge.ts';
 import { linkContexts, parseContextFile } from '../../config/load.ts';
 import type { ConfigError, ContextDef } from '../../config/types.ts';
+import { mapText } from '../helpers/arbitraries.ts';
 import { testNss } from '../helpers/fixtures.ts';
 
 const LABELS = ['a', 'b', 'c', 'd', 'e'] as const;
@@ -27,16 +28,7 @@ const arbFile = (label: string, base: number) =>
     })
     .map(({ parent, auto, extents, owner }) => {
       const from = parent === 'host' ? base : 0;
-      let [inside, outside] = [0, from];
-      const map = extents
-        .map((e) => {
-          outside += e.gap * 1000;
-          const text = `${inside} ${outside} ${e.count * 1000}`;
-          inside += e.count * 1000;
-          outside += e.count * 1000;
-          return text;
-        })
-        .join(', ');
+      const map = mapText(from, extents);
       const body = auto && parent === 'host' ? 'range = auto\n' : `uid_map = ${map}\ngid_map = ${map}\n`;
       return `[context]\nparent = ${parent}\n${owner}${body}`;
     });
