@@ -17,7 +17,7 @@ import {
   parseContextFile,
   runtimeDelegateProblem,
 } from '../config/load.ts';
-import type { ParseCache, ReadAhead, Unread } from '../config/load.ts';
+import type { ParseCache, ReadAhead, Unchanged, Unread } from '../config/load.ts';
 import { finishContexts, keptCandidates, sameRecorded, staticHostMaps } from '../config/judge.ts';
 import type { Delegations, HostMaps, Judgement } from '../config/judge.ts';
 import type { ReadFile } from '../config/ini.ts';
@@ -101,6 +101,8 @@ export type LoadOptions = {
   readonly inForce?: ReadonlyMap<string, Context>;
   /** Files read ahead (loadConfigurationAsync), and the context files listed then. */
   readonly texts?: ReadAhead;
+  /** The listed files found unchanged since the cache read them, by their place in `files`. */
+  readonly unchanged?: Unchanged;
   readonly files?: readonly string[] | ConfigError;
   /** The settings file as loadConfigurationAsync judged it. */
   readonly settings?: { readonly agent: AgentConfig; readonly errors: ConfigError[] };
@@ -138,14 +140,16 @@ export async function loadConfigurationAsync(file: string | null, opts: LoadOpti
   const files = opts.cache ? opts.cache.list(settings.agent.contexts) : listContextFiles(settings.agent.contexts);
   // Stamps are looked at by name in the directory (statx, no Stats object): see unchanged.
   const dirFd = isListing(files) && opts.cache && opts.cache.size > 0 ? openDirOrNull(settings.agent.contexts) : null;
+  // Unchanged files by their place in the listing: no map of 65,535 entries made at every reload.
+  const same: (Unread | undefined)[] = isListing(files) ? new Array<Unread | undefined>(files.length) : [];
   try {
     if (isListing(files)) {
       for (let i = 0; i < files.length; i += STAMP_BATCH) {
         const toRead: string[] = [];
-        for (const f of files.slice(i, i + STAMP_BATCH)) {
-          const unread = unchanged(f, dirFd, settings.agent.pool.size, opts.cache);
-          if (unread) texts.set(f, unread);
-          else toRead.push(f);
+        for (let n = i; n < Math.min(i + STAMP_BATCH, files.length); n++) {
+          const unread = unchanged(files[n], dirFd, settings.agent.pool.size, opts.cache);
+          if (unread) same[n] = unread;
+          else toRead.push(files[n]);
         }
         for (let k = 0; k < toRead.length; k += READ_AHEAD_BATCH) {
           const batch = toRead.slice(k, k + READ_AHEAD_BATCH);
@@ -158,7 +162,7 @@ export async function loadConfigurationAsync(file: string | null, opts: LoadOpti
   } finally {
     if (dirFd !== null) closeFd(dirFd);
   }
-  return loadConfiguration(file, { ...opts, nss, texts, files, settings });
+  return loadConfiguration(file, { ...opts, nss, texts, files, settings, unchanged: same });
 }
 
 function openDirOrNull(dir: string): number | null {
@@ -217,7 +221,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   appendErrors(errors, settingErrors);
 
   bypassUserdb(basename(agent.userdbSocket)); // before the first lookup of a name in the files
-  const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files, opts.cache);
+  const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files, opts.cache, opts.unchanged);
   appendErrors(errors, loaded.errors);
   // Contexts made from inside at run time (SPEC §14): beside the files, which win over them.
   const runtimeNotices: ConfigError[] = [];

@@ -346,6 +346,8 @@ export type Unread = { readonly text: null; readonly stamp: Stamp; readonly pars
 
 /** Files read ahead (off the event loop, by the agent), by path, each with its stamp; others are read when needed. */
 export type ReadAhead = ReadonlyMap<string, ReadFile | Unread | ConfigError>;
+/** The files of a listing found unchanged, by their place in it (the others: in the ReadAhead, or read now). */
+export type Unchanged = readonly (Unread | undefined)[];
 
 export type Parsed = { readonly def: ContextDef | null; readonly errors: readonly ConfigError[] };
 
@@ -484,10 +486,11 @@ export function loadContextDefs(
   texts?: ReadAhead,
   files?: readonly string[] | ConfigError,
   cache?: ParseCache,
+  unchanged?: Unchanged,
 ): { defs: ContextDef[]; errors: ConfigError[] } {
   const listed = files ?? (cache ? cache.list(dir) : listContextFiles(dir));
   if (!isListing(listed)) return { defs: [], errors: [listed] };
-  const { defs, errors } = parseContextFiles(listed, nss, poolSize, texts, cache);
+  const { defs, errors } = parseContextFiles(listed, nss, poolSize, texts, cache, unchanged);
   cache?.keepOnly(listed);
   return cache ? cache.link(defs, errors) : linkContexts(defs, errors);
 }
@@ -523,12 +526,14 @@ function parseContextFiles(
   poolSize: number,
   texts?: ReadAhead,
   cache?: ParseCache,
+  unchanged?: Unchanged,
 ): { defs: ContextDef[]; errors: ConfigError[] } {
   const defs: ContextDef[] = [];
   const errors: ConfigError[] = [];
   const watch = watchedNss(nss);
-  for (const file of files) {
-    const ahead = texts?.get(file) ?? readConfigFile(file);
+  for (let i = 0; i < files.length; i++) {
+    const file = files[i];
+    const ahead = unchanged?.[i] ?? texts?.get(file) ?? readConfigFile(file);
     let r: Parsed;
     if ('parsed' in ahead) {
       r = ahead.parsed;
