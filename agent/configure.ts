@@ -134,7 +134,7 @@ const STAMP_BATCH = 512;
 export async function loadConfigurationAsync(file: string | null, opts: LoadOptions): Promise<Configuration> {
   const nss = opts.nss ?? systemNss();
   const path = file ?? DEFAULT_CONFIG_FILE;
-  const texts = new Map<string, ReadFile | Unread | ConfigError>([[path, await readConfigFileAsync(path)]]);
+  const texts = new Map<string, ReadFile | ConfigError>([[path, await readConfigFileAsync(path)]]);
   // The settings are judged once: they say where the context files are, and go on with them.
   const settings = readSettings(file, nss, texts);
   const files = opts.cache ? opts.cache.list(settings.agent.contexts) : listContextFiles(settings.agent.contexts);
@@ -199,8 +199,7 @@ function unchanged(file: string, dirFd: number | null, poolSize: number, cache: 
 }
 
 /** A read-ahead's text for loadAgentConfig (undefined: read it now). */
-const textOf = (r: ReadFile | Unread | ConfigError | undefined): string | ConfigError | undefined =>
-  r === undefined || !('text' in r) ? r : (r.text ?? undefined);
+const textOf = (r: ReadFile | ConfigError | undefined): string | ConfigError | undefined => (r === undefined || !('text' in r) ? r : r.text);
 
 /** The settings file judged (no --config: the default file, which may be missing, as for most daemons; an explicit one may not). */
 function readSettings(file: string | null, nss: Nss, texts: ReadAhead | undefined): { agent: AgentConfig; errors: ConfigError[] } {

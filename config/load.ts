@@ -345,7 +345,7 @@ export function listContextFiles(dir: string): string[] | ConfigError {
 export type Unread = { readonly text: null; readonly stamp: Stamp; readonly parsed: Parsed };
 
 /** Files read ahead (off the event loop, by the agent), by path, each with its stamp; others are read when needed. */
-export type ReadAhead = ReadonlyMap<string, ReadFile | Unread | ConfigError>;
+export type ReadAhead = ReadonlyMap<string, ReadFile | ConfigError>;
 /** The files of a listing found unchanged, by their place in it (the others: in the ReadAhead, or read now). */
 export type Unchanged = readonly (Unread | undefined)[];
 
