@@ -189,7 +189,9 @@ export class UpcallWatch {
   async check(socket: string): Promise<void> {
     let w: UpcallWiring;
     try {
-      const [wiring, users] = await Promise.all([checkUpcallWiring(socket), probeUserUpcalls()]);
+      // Whether users' upcalls reach request-key is the kernel's to say, once per boot: asked again only when it could not tell.
+      const known = this.last?.users?.state === 'ok' || this.last?.users?.state === 'refused' ? this.last.users : null;
+      const [wiring, users] = await Promise.all([checkUpcallWiring(socket), known ?? probeUserUpcalls()]);
       w = { ...wiring, users };
     } catch (err) {
       w = { state: 'unknown', rule: null, handler: null, message: `cannot ask request-key: ${(err as Error).message}` };
