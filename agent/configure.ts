@@ -19,6 +19,7 @@ import {
 } from '../config/load.ts';
 import type { ParseCache, ReadAhead, Unchanged, Unread } from '../config/load.ts';
 import { finishContexts, keptCandidates, sameRecorded, staticHostMaps } from '../config/judge.ts';
+import type { ContextsDelta } from '../config/judge.ts';
 import type { Delegations, HostMaps, Judgement } from '../config/judge.ts';
 import type { ReadFile } from '../config/ini.ts';
 import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
@@ -37,6 +38,8 @@ export type Configuration = {
   readonly agent: AgentConfig;
   /** Valid contexts, parents before children. */
   readonly contexts: ReadonlyMap<string, Context>;
+  /** How `contexts` differs from the map the same judgement handed out before, when it knows (config/judge.ts ContextsDelta). */
+  readonly delta?: ContextsDelta | null;
   readonly hostMaps: ReadonlyMap<string, HostMaps>;
   readonly allocations: ReadonlyMap<string, Allocation>;
   /** Allocations made by this load that are not yet in the state file (only when not recording). */
@@ -263,6 +266,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
     hostMaps,
     kept: keptContexts,
     notices,
+    delta,
   } = finishContexts(
     coordinated,
     starts,
@@ -281,6 +285,7 @@ export function loadConfiguration(file: string | null, opts: LoadOptions): Confi
   return {
     agent,
     contexts: byLabel,
+    delta,
     hostMaps,
     allocations,
     unrecorded: opts.record ? new Map() : fresh,

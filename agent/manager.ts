@@ -306,12 +306,22 @@ export class Manager {
     const contexts = this.registry.inForce();
     const last = this.recorded;
     if (last?.contexts === contexts && (!whole || last.journal === 0)) return;
-    const now = [...contexts.values()];
     const set: Context[] = [];
     const forget: string[] = [];
     if (last) {
-      for (const c of now) if (last.contexts.get(c.label) !== c) set.push(c);
-      for (const label of last.contexts.keys()) if (!contexts.has(label)) forget.push(label);
+      // What differs from the record: as the registry knows it (one change since), else every label looked at.
+      const known = this.registry.changedSince(last.contexts);
+      if (known) {
+        for (const label of known) {
+          const c = contexts.get(label);
+          if (c === undefined) {
+            if (last.contexts.has(label)) forget.push(label);
+          } else if (last.contexts.get(label) !== c) set.push(c);
+        }
+      } else {
+        for (const c of contexts.values()) if (last.contexts.get(c.label) !== c) set.push(c);
+        for (const label of last.contexts.keys()) if (!contexts.has(label)) forget.push(label);
+      }
       if (set.length === 0 && forget.length === 0 && (!whole || last.journal === 0)) {
         this.recorded = { ...last, contexts }; // the same contexts: the next look compares maps
         return;
@@ -320,11 +330,11 @@ export class Manager {
     try {
       ensureStateDir(this.registry.agent.state);
       const changes = set.length + forget.length;
-      if (last && !whole && last.journal + changes <= Math.max(JOURNAL_MIN_LINES, now.length / 4)) {
+      if (last && !whole && last.journal + changes <= Math.max(JOURNAL_MIN_LINES, contexts.size / 4)) {
         appendInForce(this.registry.agent.state, last.generation, set, forget, durable);
         this.recorded = { contexts, generation: last.generation, journal: last.journal + changes };
       } else {
-        this.recorded = { contexts, generation: writeInForce(this.registry.agent.state, now, durable), journal: 0 };
+        this.recorded = { contexts, generation: writeInForce(this.registry.agent.state, contexts.values(), durable), journal: 0 };
       }
     } catch (err) {
       this.recorded = null; // the next record is written whole
@@ -512,8 +522,13 @@ export class Manager {
     this.metrics.reloaded(config.errors.length > 0 ? 'partial' : 'ok');
     const { agent, waiting } = keepStartOnly(before, config.agent);
     for (const w of waiting) this.log.warn({ key: w.field, old: w.old, new: w.new }, `Setting ${w.field} changed: it takes effect at the next start`);
+    const was = this.registry.inForce();
     const diff = this.registry.apply({ ...config, agent });
-    if (diff.added.length + diff.changed.length + diff.removed.length > 0) this.people.rebuild(this.registry.all());
+    if (diff.added.length + diff.changed.length + diff.removed.length > 0) {
+      const labels = this.registry.changedSince(was);
+      if (labels) this.people.follow(was, this.registry.inForce(), labels);
+      else this.people.rebuild(this.registry.all());
+    }
     this.recordInForce();
     // The files may wait on the shared pool, or have changed a static range it must hear of.
     if (source !== 'etcd') void this.pool.settle();

@@ -7,19 +7,57 @@ import { HOST_LABEL } from '../config/types.ts';
 /** The key a limit counts under: "uid N" for a person, "context L" for the ids of a root-owned context. */
 export type Person = string;
 
+type Extent = { readonly start: number; readonly end: number; readonly person: Person };
+
+/** The host uid extents a context stands for: a top-level one's (a nested context's ids lie inside its top-level ancestor's). */
+function extentsOf(c: Context): Extent[] {
+  if (c.parent !== HOST_LABEL) return [];
+  const person = c.owner.uid !== 0 ? `uid ${c.owner.uid}` : `context ${c.label}`;
+  return c.uidMap.map((e) => ({ start: e.outside, end: e.outside + e.count, person }));
+}
+
 export class People {
-  /** Top-level contexts' host uid extents, sorted by start: [start, end, person]. */
-  private extents: { start: number; end: number; person: Person }[] = [];
+  /** Top-level contexts' host uid extents, sorted by start. */
+  private extents: Extent[] = [];
 
   /** The contexts in force changed (start, reload): who counts as whom follows. */
   rebuild(contexts: Iterable<Context>): void {
-    const out: { start: number; end: number; person: Person }[] = [];
-    for (const c of contexts) {
-      if (c.parent !== HOST_LABEL) continue; // a nested context's ids lie inside its top-level ancestor's
-      const person = c.owner.uid !== 0 ? `uid ${c.owner.uid}` : `context ${c.label}`;
-      for (const e of c.uidMap) out.push({ start: e.outside, end: e.outside + e.count, person });
-    }
+    const out: Extent[] = [];
+    for (const c of contexts) out.push(...extentsOf(c));
     this.extents = out.sort((a, b) => a.start - b.start);
+  }
+
+  /**
+   * The contexts in force went from `from` to `to`, differing only at `labels` (Registry.changedSince):
+   * the extents of those follow, each taken out or put in at its place, without a sort of them all.
+   */
+  follow(from: ReadonlyMap<string, Context>, to: ReadonlyMap<string, Context>, labels: Iterable<string>): void {
+    const xs = this.extents;
+    for (const label of labels) {
+      const was = from.get(label);
+      const now = to.get(label);
+      if (was === now) continue;
+      if (was)
+        for (const e of extentsOf(was)) {
+          let i = this.firstAt(e.start);
+          while (i < xs.length && xs[i].start === e.start && (xs[i].end !== e.end || xs[i].person !== e.person)) i++;
+          if (i < xs.length && xs[i].start === e.start) xs.splice(i, 1);
+        }
+      if (now) for (const e of extentsOf(now)) xs.splice(this.firstAt(e.start + 1), 0, e);
+    }
+  }
+
+  /** The place of the first extent that starts at `start` or later. */
+  private firstAt(start: number): number {
+    const xs = this.extents;
+    let lo = 0;
+    let hi = xs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (xs[mid].start < start) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   /** The person a peer uid counts as (root is itself, and never limited by the callers of this). */

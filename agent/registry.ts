@@ -45,6 +45,15 @@ export class Registry {
    */
   private contexts: ReadonlyMap<string, Context>;
   private hostMaps: ReadonlyMap<string, HostMaps>;
+  /**
+   * The last replacement of `contexts`: the map before (weakly: a caller that still holds it may ask
+   * about it, and nobody else keeps 65,535 entries alive for it), the map after, the labels whose entry differs.
+   */
+  private lastChange: {
+    readonly from: WeakRef<ReadonlyMap<string, Context>>;
+    readonly to: ReadonlyMap<string, Context>;
+    readonly labels: ReadonlySet<string>;
+  } | null = null;
   private readonly views = new Map<string, MapView>();
   private nameIndex: NameIndex | null = null;
   /** The last start-up reconciliation, for status. */
@@ -212,6 +221,17 @@ export class Registry {
    */
   inForce(): ReadonlyMap<string, Context> {
     return this.contexts;
+  }
+
+  /**
+   * The labels whose context may differ between `map` (a map in force earlier) and the map in force
+   * now, every other label holding the very same object in both; null when the registry cannot say
+   * (more than one change since `map`): then compare them all. The record of what is in force and
+   * who counts as whom follow a reload at the cost of what it changed.
+   */
+  changedSince(map: ReadonlyMap<string, Context>): ReadonlySet<string> | null {
+    const c = this.lastChange;
+    return c && c.to === this.contexts && c.from.deref() === map ? c.labels : null;
   }
 
   get size(): number {
@@ -421,7 +441,8 @@ export class Registry {
 
   /** A context made from inside, judged already (configure.ts judgeRuntimeChild): in force now, without a reload. */
   admit(ctx: Context, host: HostMaps): void {
-    this.contexts = new Map(this.contexts).set(ctx.label, ctx);
+    this.lastChange = { from: new WeakRef(this.contexts), to: new Map(this.contexts).set(ctx.label, ctx), labels: new Set([ctx.label]) };
+    this.contexts = this.lastChange.to;
     this.hostMaps = new Map(this.hostMaps).set(ctx.label, host);
     this.changedInPlace([ctx.label]);
   }
@@ -434,6 +455,7 @@ export class Registry {
       contexts.delete(l);
       hostMaps.delete(l);
     }
+    this.lastChange = { from: new WeakRef(this.contexts), to: contexts, labels: new Set(labels) };
     this.contexts = contexts;
     this.hostMaps = hostMaps;
     this.changedInPlace(labels);
@@ -456,17 +478,31 @@ export class Registry {
     const added: string[] = [];
     const changed: string[] = [];
     const removed: string[] = [];
+    const was = this.contexts;
+    const now = next.contexts;
     // The very map in force (a load whose judgement changed nothing here hands out the same): no diff.
-    if (next.contexts !== this.contexts) {
-      for (const [label, c] of next.contexts) {
-        const old = this.contexts.get(label);
-        if (!old) added.push(label);
-        else if (old !== c && !sameRecorded(old, c)) changed.push(label);
+    if (now !== was) {
+      // What differs, as the judgement knows it when it changed the very map in force; else every label is looked at.
+      const known = next.delta && next.delta.from === was && next.delta.to === now ? next.delta.labels : null;
+      const labels = new Set<string>();
+      const look = (label: string) => {
+        const old = was.get(label);
+        const c = now.get(label);
+        if (old === c) return;
+        labels.add(label);
+        if (!c) removed.push(label);
+        else if (!old) added.push(label);
+        else if (!sameRecorded(old, c)) changed.push(label);
+      };
+      if (known) for (const label of known) look(label);
+      else {
+        for (const label of now.keys()) look(label);
+        for (const label of was.keys()) if (!now.has(label)) look(label);
       }
-      for (const l of this.contexts.keys()) if (!next.contexts.has(l)) removed.push(l);
+      this.lastChange = { from: new WeakRef(was), to: now, labels };
     }
-    this.config = next;
-    this.contexts = next.contexts;
+    this.config = next.delta ? { ...next, delta: null } : next; // the delta's map before is not kept alive by it
+    this.contexts = now;
     this.hostMaps = next.hostMaps;
     this.views.clear();
     this.nameIndex = null;

@@ -349,6 +349,21 @@ export type Judged = {
   hostMaps: ReadonlyMap<string, HostMaps>;
   kept: string[];
   notices: ConfigError[];
+  /** How byLabel differs from the map the same Judgement handed out last: null when not known (see ContextsDelta). */
+  delta: ContextsDelta | null;
+};
+
+/**
+ * What changed between two maps of contexts by label, as the judgement that made `to` from `from`
+ * knows it: every label whose entry may differ (set, replaced, removed) is in `labels`, in the order
+ * it was judged (parents first); every other label holds the very same object in both. A reload that
+ * changes one context of 65,535 then costs its readers (the registry's diff, the record, who counts
+ * as whom) what changed, not a look at every entry.
+ */
+export type ContextsDelta = {
+  readonly from: ReadonlyMap<string, Context>;
+  readonly to: ReadonlyMap<string, Context>;
+  readonly labels: ReadonlySet<string>;
 };
 
 type Sides = { readonly uid: Claims; readonly gid: Claims };
@@ -371,6 +386,9 @@ type State = {
   hostMaps: Map<string, HostMaps>;
   /** Whether accepted and hostMaps were handed out (a judgement's outcome): changed only as copies then. */
   shared: boolean;
+  /** Once own() copied the map handed out: that map, and the labels set or removed in the copy since. */
+  from: ReadonlyMap<string, Context> | null;
+  touched: Set<string> | null;
   /** Each parent's claims on its ids, the host's included. */
   readonly claims: Map<string, Sides>;
   given: Given[];
@@ -404,6 +422,8 @@ function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['al
     kept: new Set(),
     hostMaps: new Map(),
     shared: false,
+    from: null,
+    touched: null,
     claims: new Map(),
     given: [],
     held: new Map(),
@@ -424,6 +444,8 @@ function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['al
 /** The state's maps of accepted contexts and host maps, its own to change: copies, once they were handed out. */
 function own(st: State): State {
   if (st.shared) {
+    st.from = st.accepted;
+    st.touched = new Set();
     st.accepted = new Map(st.accepted);
     st.hostMaps = new Map(st.hostMaps);
     st.shared = false;
@@ -434,6 +456,7 @@ function own(st: State): State {
 /** The only ways accepted and hostMaps change (each through own). */
 function setAccepted(st: State, label: string, c: Context): void {
   own(st).accepted.set(label, c);
+  st.touched?.add(label);
 }
 function setHost(st: State, label: string, h: HostMaps): void {
   own(st).hostMaps.set(label, h);
@@ -441,6 +464,7 @@ function setHost(st: State, label: string, h: HostMaps): void {
 function unaccept(st: State, label: string, host = true): void {
   if (!st.accepted.has(label) && !(host && st.hostMaps.has(label))) return;
   own(st).accepted.delete(label);
+  st.touched?.add(label);
   if (host) st.hostMaps.delete(label);
 }
 
@@ -945,6 +969,7 @@ function outcome(st: State, errors: ConfigError[]): Judged {
     hostMaps: st.hostMaps,
     kept: [...st.kept],
     notices: [...st.noticesOf.values()].flat(),
+    delta: st.from && st.touched ? { from: st.from, to: st.accepted, labels: st.touched } : null,
   };
 }
 
@@ -974,7 +999,10 @@ export class Judgement {
     // Handed out as they are, and never changed after (own() copies them first): a reload that
     // changed nothing in force hands out the very maps again, and makes no map of 65,535 entries.
     st.shared = true;
-    return outcome(st, errors);
+    const out = outcome(st, errors);
+    st.from = null; // the map before is the caller's to keep or not
+    st.touched = null;
+    return out;
   }
 }
 /**

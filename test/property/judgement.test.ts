@@ -115,7 +115,7 @@ function assertSame(whole: Judged, wholeErrors: ConfigError[], part: Judged, par
 const strip = (c: Context) => JSON.parse(JSON.stringify(c)) as unknown;
 
 /** Over all histories of one run of the suite: how often the judgement judged again only what changed. */
-const seen = { partial: 0, whole: 0, reloads: 0 };
+const seen = { partial: 0, whole: 0, reloads: 0, deltas: 0, undeltas: 0 };
 
 function run(steps: readonly Step[]): void {
   const files: Files = new Map();
@@ -208,6 +208,15 @@ function run(steps: readonly Step[]): void {
       assert.deepEqual([...last.judged.byLabel], last.byLabel, "the last reload's contexts changed under it");
       assert.deepEqual([...last.judged.hostMaps], last.hostMaps, "the last reload's host maps changed under it");
     }
+    // What the judgement says changed since it last handed out a map is all that changed (ContextsDelta).
+    if (part.delta) {
+      assert.ok(last, 'a delta from a map handed out before');
+      assert.equal(part.delta.from, last.judged.byLabel, 'the delta starts at the map handed out last');
+      assert.equal(part.delta.to, part.byLabel, 'the delta ends at the map handed out now');
+      for (const label of new Set([...part.delta.from.keys(), ...part.byLabel.keys()]))
+        if (part.delta.from.get(label) !== part.byLabel.get(label)) assert.ok(part.delta.labels.has(label), `${label} changed, not in the delta`);
+      seen.deltas++;
+    } else if (last && part.byLabel !== last.judged.byLabel) seen.undeltas++;
     last = { judged: part, byLabel: [...part.byLabel], hostMaps: [...part.hostMaps] };
     seen.reloads++;
     if (judgement.counts.partial > before) seen.partial++;
@@ -226,6 +235,7 @@ describe('property: a reload judges again what changed, and decides what the who
     assert.ok(seen.reloads > 0, 'the property ran');
     assert.ok(seen.partial > seen.reloads / 3, `partial ${seen.partial} of ${seen.reloads} reloads`);
     assert.ok(seen.whole > 0, 'some reloads judged everything');
+    assert.ok(seen.deltas > 50, `a delta in ${seen.deltas} of ${seen.reloads} reloads (${seen.undeltas} changed the map without one)`);
   });
 });
 

@@ -59,4 +59,45 @@ describe('people: the limits count persons', () => {
       }),
     );
   });
+
+  it('followed change by change, counts everyone as a rebuild from the contexts in force would (model-based, fast-check)', () => {
+    // A history of reloads: each sets or removes a few contexts (top-level or nested, in a slot of
+    // its own so top-level ranges stay disjoint) in a copy of the map in force, as the registry does.
+    const SLOT = 1 << 20;
+    const change = fc.record({
+      label: fc.integer({ min: 0, max: 5 }),
+      remove: fc.boolean(),
+      offset: fc.integer({ min: 1, max: SLOT / 2 }),
+      count: fc.integer({ min: 1, max: SLOT / 2 - 1 }),
+      owner: fc.integer({ min: 0, max: 3 }),
+      nested: fc.boolean(),
+    });
+    fc.assert(
+      fc.property(fc.array(fc.array(change, { minLength: 1, maxLength: 4 }), { maxLength: 12 }), (reloads) => {
+        const followed = new People();
+        let inForce = new Map<string, Context>();
+        followed.rebuild(inForce.values());
+        const ever: Context[] = []; // the edges of every range ever in force are probed: a range left behind shows there
+        for (const changes of reloads) {
+          const next = new Map(inForce);
+          for (const c of changes) {
+            const label = `c${c.label}`;
+            if (c.remove) next.delete(label);
+            else {
+              const made = ctx(label, c.owner, (c.label + 1) * SLOT + c.offset, c.count, c.nested ? 'c9' : 'host');
+              next.set(label, made);
+              ever.push(made);
+            }
+          }
+          followed.follow(inForce, next, new Set(changes.map((c) => `c${c.label}`)));
+          inForce = next;
+          const rebuilt = new People();
+          rebuilt.rebuild(inForce.values());
+          const edges = ever.flatMap((c) => c.uidMap.flatMap((e) => [e.outside - 1, e.outside, e.outside + e.count - 1, e.outside + e.count]));
+          for (const uid of [0, SLOT, 7 * SLOT + 1, ...edges]) assert.equal(followed.of(uid), rebuilt.of(uid), `uid ${uid}`);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
 });

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { loadConfiguration } from '../../agent/configure.ts';
 import { Registry } from '../../agent/registry.ts';
+import { Judgement } from '../../config/judge.ts';
 import { parseExtents } from '../../config/extents.ts';
 import { HOST_LABEL } from '../../config/types.ts';
 import type { Context, IdMap } from '../../config/types.ts';
@@ -16,7 +17,7 @@ import type { Tree } from '../helpers/fixtures.ts';
 
 type FileDef = { label: string; text: string };
 type Model = { files: Map<string, { text: string; broken: boolean }> };
-type Real = { tree: Tree; registry: Registry };
+type Real = { tree: Tree; registry: Registry; judgement: Judgement };
 
 // Few labels and ranges that often overlap, as in config-over-time: the interesting histories come up.
 const TOP = ['aa', 'proj'] as const;
@@ -34,15 +35,27 @@ const LABELS = [...TOP, 'kid', 'auto1'];
 const snapshot = (r: Registry) => new Map([...r.all()].map((c) => [c.label, JSON.stringify(c)]));
 const uidMapOf = (text: string) => parseExtents(/uid_map = (.*)\n/.exec(text)?.[1] ?? '') as IdMap;
 
+/** Reloads whose load said what changed in the very map in force (ContextsDelta), so the registry looked at those labels alone. */
+let deltas = 0;
+
+/** As the agent loads: the map in force itself, and the judgement kept from the load before. */
 function load(r: Real) {
-  const inForce = new Map<string, Context>([...r.registry.all()].map((c) => [c.label, c]));
-  return loadConfiguration(r.tree.config, { record: true, systemIds: () => [], nss: testNss, inForce });
+  return loadConfiguration(r.tree.config, { record: true, systemIds: () => [], nss: testNss, inForce: r.registry.inForce(), judgement: r.judgement });
 }
 
 function reloadAndCheck(m: Model, r: Real): void {
   const before = snapshot(r.registry);
+  const was = r.registry.inForce();
   const config = load(r);
+  if (config.delta?.from === was) deltas++;
   const diff = r.registry.apply(config);
+  // What the registry says changed since the map before is every label whose context is another object now.
+  const since = r.registry.changedSince(was);
+  if (config.contexts !== was) {
+    assert.ok(since || !config.delta, 'a load with a delta from the map in force: the registry knows what changed');
+    for (const l of new Set([...was.keys(), ...config.contexts.keys()]))
+      if (was.get(l) !== config.contexts.get(l)) assert.ok(!since || since.has(l), `${l} changed, not said`);
+  }
   const after = snapshot(r.registry);
   const sorted = (xs: Iterable<string>) => [...xs].sort();
   const refusedFiles = new Set(config.errors.map((e) => e.file));
@@ -150,13 +163,15 @@ describe('unit: reload decisions over time, in-process (model-based)', () => {
         // A pool of five slots over the static ranges, so the auto range's hash often names their ids.
         const tree = makeTree('[pool]\nrange = 3997696-4325375\n');
         try {
-          const registry = new Registry(loadConfiguration(tree.config, { record: true, systemIds: () => [], nss: testNss }));
-          fc.modelRun(() => ({ model: { files: new Map() }, real: { tree, registry } }), [...cmds, reload]);
+          const judgement = new Judgement();
+          const registry = new Registry(loadConfiguration(tree.config, { record: true, systemIds: () => [], nss: testNss, judgement }));
+          fc.modelRun(() => ({ model: { files: new Map() }, real: { tree, registry, judgement } }), [...cmds, reload]);
         } finally {
           tree.remove();
         }
       }),
       { numRuns: 150 },
     );
+    assert.ok(deltas > 20, `the registry followed a delta in ${deltas} reloads`);
   });
 });
