@@ -89,6 +89,8 @@ export function adviceFor(f: Fault): string | null {
     case 'busy':
       if (f.object === 'cgroup' && step === 'release') return 'stop them, or release with --kill (writes cgroup.kill)';
       if (f.object === 'pin') return `release it there first (usernsctl release ${f.label})`;
+      if (f.object === 'directory' && step === 'hold')
+        return 'stop it first (systemctl stop usernsd), or give this agent a state and a pins directory of its own (state = and pins = in usernsd.conf)';
       return null;
     case 'unsupported':
       if (f.object === 'cgroup-root')

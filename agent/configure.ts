@@ -216,6 +216,14 @@ function readSettings(file: string | null, nss: Nss, texts: ReadAhead | undefine
   return { agent: r.config, errors: r.errors };
 }
 
+/**
+ * The settings file alone, judged as a load judges it (pass the result to the load as `settings`):
+ * the agent needs its directories before it reads or writes anything in them.
+ */
+export function loadSettings(file: string | null, nss: Nss = systemNss()): { agent: AgentConfig; errors: ConfigError[] } {
+  return readSettings(file, nss, undefined);
+}
+
 export function loadConfiguration(file: string | null, opts: LoadOptions): Configuration {
   const nss = opts.nss ?? systemNss();
   const errors: ConfigError[] = [];

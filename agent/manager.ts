@@ -8,8 +8,8 @@ import { formatConfigError } from '../config/ini.ts';
 import { keepStartOnly, ParseCache } from '../config/load.ts';
 import type { AgentConfig, Context, LogLevel, Nss } from '../config/types.ts';
 import { mayUse } from './policy.ts';
-import { loadConfiguration, loadConfigurationAsync, systemIds } from './configure.ts';
-import type { Configuration, LoadMemo, SystemIds } from './configure.ts';
+import { loadConfiguration, loadConfigurationAsync, loadSettings, systemIds } from './configure.ts';
+import type { Configuration, LoadMemo, LoadOptions, SystemIds } from './configure.ts';
 import { Judgement } from '../config/judge.ts';
 import { createChild, forgetChildren } from './children.ts';
 import type { ChildrenParts } from './children.ts';
@@ -30,6 +30,7 @@ import { listenMetrics, Metrics } from './metrics.ts';
 import { Views } from './views.ts';
 import { appendInForce, ensureStateDir, newerStateFiles, writeInForce } from './coord/state.ts';
 import { removeStaleTemps } from './kernel/files.ts';
+import { holdDirectory } from './kernel/hold.ts';
 import { trimMalloc } from './kernel/sys.ts';
 import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
 import { Supervisor } from './supervisor.ts';
@@ -290,8 +291,9 @@ export class Manager {
     memo: LoadMemo,
     inForce?: ReadonlyMap<string, Context>,
     refused?: ReadonlyMap<string, string>,
+    settings?: LoadOptions['settings'],
   ): Promise<Configuration> {
-    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce, refused, ...memo };
+    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce, refused, settings, ...memo };
     return inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
   }
 
@@ -359,7 +361,12 @@ export class Manager {
    */
   static async start(opts: ManagerOptions): Promise<Manager> {
     const memo: LoadMemo = { cache: new ParseCache(), judgement: new Judgement() };
-    const config = await Manager.load(opts, memo);
+    // The settings first, then the directories held: nothing is read or written in them (ranges
+    // allocated, pins adopted, records rewritten) while another agent uses them.
+    const settings = loadSettings(opts.configFile, opts.nss);
+    if (settings.errors.length > 0) throw new UsernsError('E_CONFIG', settings.errors.map(formatConfigError).join('\n'));
+    Manager.holdDirectories(settings.agent);
+    const config = await Manager.load(opts, memo, undefined, undefined, settings);
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     Manager.refuseNewerFormats(config.agent);
@@ -409,6 +416,15 @@ export class Manager {
     // Only now: the socket listens and every eager context exists (or its failure is logged).
     m.supervisor.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
     return m;
+  }
+
+  /**
+   * One agent per state and pins directory, held until it exits (kernel/hold.ts): a second one,
+   * whatever socket it is given, refuses here, naming the first, before it has done anything.
+   */
+  private static holdDirectories(agent: AgentConfig): void {
+    holdDirectory(agent.state, 0o700, 'state directory');
+    holdDirectory(agent.pins, 0o755, 'pins directory');
   }
 
   /**

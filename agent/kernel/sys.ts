@@ -17,6 +17,7 @@ const lsetxattrFn = libc.func('int lsetxattr(const char *path, const char *name,
 const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char *name)');
 const fstatatFn = libc.func('int fstatat(int dirfd, const char *path, _Out_ uint8_t *buf, int flags)');
 const openFn = libc.func('int open(const char *path, int flags, int mode)');
+const flockFn = libc.func('int flock(int fd, int operation)');
 const getsockoptBufFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]);
 /** glibc's; another libc may not have it (then nothing is trimmed). */
 const mallocTrimFn = (() => {
@@ -264,6 +265,20 @@ export function childEnded(pid: number): boolean {
 }
 
 /** An O_PATH descriptor of a directory, for lookups relative to it; the caller closes it. */
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+
+/**
+ * flock(2) LOCK_EX | LOCK_NB on `fd`: true when taken, false when another open file holds it. The
+ * kernel lets it go when the last descriptor of that open file closes, a crash included.
+ */
+export function lockExclusive(fd: number, what: string): boolean {
+  if (flockFn(fd, LOCK_EX | LOCK_NB) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === constants.errno.EWOULDBLOCK) return false;
+  throw new SysError('flock', errno, what);
+}
+
 export function openDirPath(path: string): number {
   const fd = openFn(path, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
   if (fd < 0) throw new SysError('open', koffi.errno(), `${path}, O_PATH`);

@@ -379,14 +379,17 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal(after.code, 3);
   });
 
-  it('refuses to start beside a running agent, and on a broken settings file', async () => {
+  it("refuses to start on a running agent's socket (with directories of its own), and on a broken settings file", async () => {
     tree.context('a.conf', A);
     agent = await startAgent(tree);
-    const second = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], {
+    const own = `${tree.dir}/own.conf`;
+    const conf0 = readFileSync(tree.config, 'utf8');
+    writeFileSync(own, conf0.replace(/^state = .*$/m, `state = ${tree.dir}/own-state`).replace(/^pins = .*$/m, `pins = ${tree.dir}/own-pins`), { mode: 0o644 });
+    const second = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', own], {
       encoding: 'utf8',
       timeout: 15000,
     });
-    assert.equal(second.status, 1);
+    assert.equal(second.status, 1, second.stderr);
     assert.match(second.stderr, /another agent is already serving .*usernsd\.sock: stop it first/);
     assert.equal((await ctl(['list'])).code, 0, 'the first agent is untouched');
     await agent.stop();
@@ -398,6 +401,43 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     });
     assert.equal(broken.status, 1);
     assert.match(broken.stderr, /usernsd: .*usernsd\.conf: \[agent\] bogus_key: /);
+  });
+
+  it('a second agent on the same state and pins directories refuses before it touches anything, naming the first, whatever socket it is given', async () => {
+    // An eager context the first made, and a record of what is in force: what a second agent would
+    // adopt, reconcile, create and rewrite before it found the socket taken.
+    tree.context('a.conf', `${A}create = eager\n`);
+    agent = await startAgent(tree);
+    const before = statSync(`${tree.state}/contexts.json`, { bigint: true });
+    const pid = agent.child.pid!;
+    const conf = readFileSync(tree.config, 'utf8');
+    const other = `${tree.dir}/other.conf`;
+    writeFileSync(other, conf.replace(/^socket = .*$/m, `socket = ${tree.dir}/other.sock`), { mode: 0o644 });
+    for (const config of [tree.config, other]) {
+      const second = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', config], {
+        encoding: 'utf8',
+        timeout: 15000,
+      });
+      assert.equal(second.status, 1, `${config}: ${second.stderr}`);
+      assert.match(second.stderr, new RegExp(`usernsd: another usernsd \\(pid ${pid}\\) is using the state directory ${tree.state}: stop it first`));
+      const said = second.stderr
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => (JSON.parse(l) as { msg: string }).msg);
+      // Nothing done before the refusal: nothing logged but descriptors it closed (SPEC §12) and the refusal.
+      assert.deepEqual(
+        said.filter((m) => !/^Closed \d+ inherited descriptor/.test(m)).map((m) => m.replace(/:.*/s, '')),
+        ['Failed to start'],
+        said.join('\n'),
+      );
+    }
+    assert.equal(existsSync(`${tree.dir}/other.sock`), false, 'the second agent never listened');
+    assert.equal(statSync(`${tree.state}/contexts.json`, { bigint: true }).mtimeNs, before.mtimeNs, 'the record is as the first agent wrote it');
+    assert.equal((await ctl(['list'])).code, 0, 'the first agent is untouched');
+    await agent.stop();
+    // Once it is gone, the directories are free: an agent starts on them at once.
+    agent = await startAgent(tree);
+    assert.equal((await ctl(['resolve', 'a'])).code, 0);
   });
 
   it('refuses to start on state or pin records a newer usernsd wrote, and rewrites none of them', async () => {
