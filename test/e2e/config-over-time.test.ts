@@ -1,14 +1,14 @@
 // Configuration over time, model-based (fast-check commands): edits, reloads, resolves, releases and restarts, checked against the kernel after every step.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { callAgent } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import type { Extent } from '../../config/types.ts';
-import { cleanup, startAgent, usernsctlHere } from '../helpers/agent.ts';
+import { cleanup, startAgent, USERNSD, usernsctlHere } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -211,6 +211,43 @@ const restart = command(
   },
 );
 
+/** Every file under `dir` (the state and the pins' records) with its bytes, and every pin's inode: what a refused agent must leave as it was. */
+function snapshotFiles(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const name of readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort()) {
+    const path = join(dir, name);
+    const st = statSync(path, { throwIfNoEntry: false });
+    if (st?.isFile()) out.set(name, readFileSync(path, 'latin1'));
+    else if (st) out.set(name, `${st.isDirectory() ? 'dir' : 'other'} ${st.ino}`);
+  }
+  return out;
+}
+
+/**
+ * An admin starts a second usernsd beside the running one, on the same directories and another
+ * socket (files may have changed since the last reload: what it would load differs): it refuses,
+ * naming the first, and nothing in the state, the pins or the kernel has changed.
+ */
+const secondAgent = command(
+  'a second agent starts beside it',
+  () => true,
+  async (m, r) => {
+    const other = join(r.tree.dir, 'second.conf');
+    writeFileSync(other, readFileSync(r.tree.config, 'utf8').replace(/^socket = .*$/m, `socket = ${join(r.tree.dir, 'second.sock')}`));
+    const before = [snapshotFiles(r.tree.state), snapshotFiles(r.tree.pins)];
+    const second = await new Promise<{ code: number | null; err: string }>((done) => {
+      const child = spawn(process.execPath, [USERNSD, '--config', other], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 });
+      let err = '';
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+      child.on('close', (code) => done({ code, err }));
+    });
+    assert.equal(second.code, 1, second.err);
+    assert.match(second.err, new RegExp(`usernsd: another usernsd \\(pid ${r.agent.child.pid}\\) is using the state directory`));
+    assert.deepEqual([snapshotFiles(r.tree.state), snapshotFiles(r.tree.pins)], before, 'the refused agent changed the state or the pins');
+    await checkInvariants(m, r, false);
+  },
+);
+
 const resolve = (label: string) =>
   command(
     `resolve ${label}`,
@@ -362,6 +399,7 @@ function commandsArb(owner: string) {
       label.map(release),
       fc.constantFrom(...TOP).map(release),
       fc.constant(restart),
+      fc.constant(secondAgent),
     ],
     { maxCommands: 20, size: 'max' },
   );
