@@ -224,11 +224,15 @@ export function loadSettings(file: string | null, nss: Nss = systemNss()): { age
   return readSettings(file, nss, undefined);
 }
 
-export function loadConfiguration(file: string | null, opts: LoadOptions): Configuration {
-  const nss = opts.nss ?? systemNss();
+export function loadConfiguration(file: string | null, given: LoadOptions): Configuration {
+  const nss = given.nss ?? systemNss();
   const errors: ConfigError[] = [];
-  const { agent, errors: settingErrors } = opts.settings ?? readSettings(file, nss, opts.texts);
+  const { agent, errors: settingErrors } = given.settings ?? readSettings(file, nss, given.texts);
   appendErrors(errors, settingErrors);
+  // A settings file with errors is refused whole (a start stops, a reload keeps everything as it
+  // was): nothing a load made with it decides is recorded, least of all a range allocated in the
+  // default pool because the admin's pool has a typo.
+  const opts = settingErrors.length > 0 && given.record ? { ...given, record: false } : given;
 
   bypassUserdb(basename(agent.userdbSocket)); // before the first lookup of a name in the files
   const loaded = loadContextDefs(agent.contexts, nss, agent.pool.size, opts.texts, opts.files, opts.cache, opts.unchanged);

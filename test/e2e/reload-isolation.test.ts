@@ -1,7 +1,7 @@
 // Reloads and restarts never leave two contexts sharing ids, and a parent's release takes its nested pins with it.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { callAgent } from '../../agent/wire/client.ts';
 import type { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
@@ -152,5 +152,35 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     const st = await callAgent(agent.socket, P.status, {});
     assert.equal(st.contextStates?.find((c) => c.label === 'proj')?.state, 'drift');
     await assert.rejects(callAgent(agent.socket, P.resolve, { label: 'proj' }), (e: UsernsError) => e.code === 'E_CONFIG' && /\(drift\)/.test(e.message));
+  });
+
+  it('a reload whose settings file has errors changes nothing, the state included: a context added meanwhile gets its range once the file is fixed', async () => {
+    const pooled = makeTree('[pool]\nrange = 3997696-4325375\n');
+    try {
+      pooled.context('a.conf', '[context]\nrange = auto\n');
+      agent = await startAgent(pooled);
+      const ranges = () => readFileSync(`${pooled.state}/ranges.json`, 'utf8');
+      const before = ranges();
+      // The admin adds a context and, in the same edit, mistypes the pool.
+      pooled.context('b.conf', '[context]\nrange = auto\n');
+      const conf = readFileSync(pooled.config, 'utf8');
+      writeFileSync(pooled.config, conf.replace('range = 3997696-4325375', 'range = 3997696-4325375x'));
+      const r = await callAgent(agent.socket, P.reload, {});
+      assert.deepEqual([r.added, r.changed, r.removed], [[], [], []]);
+      assert.match(r.errors.join('\n'), /usernsd\.conf: .*"3997696-4325375x"/);
+      assert.equal(ranges(), before, 'nothing recorded by the refused reload');
+      assert.deepEqual(
+        (await callAgent(agent.socket, P.list, {})).contexts.map((c) => c.label),
+        ['a'],
+      );
+      writeFileSync(pooled.config, conf);
+      const fixed = await callAgent(agent.socket, P.reload, {});
+      assert.deepEqual(fixed.added, ['b']);
+      assert.deepEqual(fixed.errors, []);
+      const b = (JSON.parse(ranges()) as { allocations: Record<string, { start: number; size: number }> }).allocations.b;
+      assert.ok(b.start >= 3997696 && b.start + b.size - 1 <= 4325375, `b in the pool: ${JSON.stringify(b)}`);
+    } finally {
+      await cleanup(pooled);
+    }
   });
 });

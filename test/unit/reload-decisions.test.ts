@@ -3,7 +3,7 @@
 // every reload against what the files say, with no namespace made. config-over-time (e2e) checks
 // the same histories against the kernel, in minutes; these run in milliseconds.
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { loadConfiguration } from '../../agent/configure.ts';
@@ -16,7 +16,7 @@ import { makeTree, testNss } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
 type FileDef = { label: string; text: string };
-type Model = { files: Map<string, { text: string; broken: boolean }> };
+type Model = { files: Map<string, { text: string; broken: boolean }>; settingsBroken: boolean };
 type Real = { tree: Tree; registry: Registry; judgement: Judgement };
 
 // Few labels and ranges that often overlap, as in config-over-time: the interesting histories come up.
@@ -43,10 +43,25 @@ function load(r: Real) {
   return loadConfiguration(r.tree.config, { record: true, systemIds: () => [], nss: testNss, inForce: r.registry.inForce(), judgement: r.judgement });
 }
 
+const POOL = { start: 3997696, end: 4325375 };
+const rangesText = (r: Real) => (existsSync(join(r.tree.state, 'ranges.json')) ? readFileSync(join(r.tree.state, 'ranges.json'), 'utf8') : null);
+
 function reloadAndCheck(m: Model, r: Real): void {
+  const ranges = rangesText(r);
   const before = snapshot(r.registry);
   const was = r.registry.inForce();
   const config = load(r);
+  // Every range recorded lies in the pool the admin configured, whatever the load saw.
+  const recorded = ranges === null ? {} : (JSON.parse(rangesText(r)!) as { allocations: Record<string, { start: number; size: number }> }).allocations;
+  for (const [label, a] of Object.entries(recorded))
+    assert.ok(a.start >= POOL.start && a.start + a.size - 1 <= POOL.end, `${label} recorded at ${a.start}+${a.size}, outside the pool`);
+  if (config.errors.some((e) => e.file === r.tree.config)) {
+    // The agent refuses a reload whose settings file has errors ("everything stays as it was"): so must the state.
+    assert.ok(m.settingsBroken, 'the settings file is fine, yet the load says it has errors');
+    assert.equal(rangesText(r), ranges, 'a load whose settings file has errors recorded ranges');
+    return;
+  }
+  assert.ok(!m.settingsBroken, 'the settings file is broken, yet the load says nothing of it');
   if (config.delta?.from === was) deltas++;
   const diff = r.registry.apply(config);
   // What the registry says changed since the map before is every label whose context is another object now.
@@ -143,6 +158,23 @@ const removeFile = (label: string) =>
       m.files.delete(label);
     },
   );
+/** The admin's typo in the pool's range: the pool the load would fall back to is the default one. */
+const breakSettings = command(
+  'break usernsd.conf',
+  (m) => !m.settingsBroken,
+  (m, r) => {
+    writeFileSync(r.tree.config, readFileSync(r.tree.config, 'utf8').replace(/^range = (.*)$/m, 'range = $1x'));
+    m.settingsBroken = true;
+  },
+);
+const fixSettings = command(
+  'fix usernsd.conf',
+  (m) => m.settingsBroken,
+  (m, r) => {
+    writeFileSync(r.tree.config, readFileSync(r.tree.config, 'utf8').replace(/^range = (.*)x$/m, 'range = $1'));
+    m.settingsBroken = false;
+  },
+);
 const reload = command('reload', () => true, reloadAndCheck);
 
 describe('unit: reload decisions over time, in-process (model-based)', () => {
@@ -155,6 +187,8 @@ describe('unit: reload decisions over time, in-process (model-based)', () => {
         fc.constantFrom(...LABELS).map(removeFile),
         fc.constant(reload),
         fc.constant(reload),
+        fc.constant(breakSettings),
+        fc.constant(fixSettings),
       ],
       { maxCommands: 30 },
     );
@@ -165,7 +199,7 @@ describe('unit: reload decisions over time, in-process (model-based)', () => {
         try {
           const judgement = new Judgement();
           const registry = new Registry(loadConfiguration(tree.config, { record: true, systemIds: () => [], nss: testNss, judgement }));
-          fc.modelRun(() => ({ model: { files: new Map() }, real: { tree, registry, judgement } }), [...cmds, reload]);
+          fc.modelRun(() => ({ model: { files: new Map(), settingsBroken: false }, real: { tree, registry, judgement } }), [...cmds, fixSettings, reload]);
         } finally {
           tree.remove();
         }
