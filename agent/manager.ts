@@ -366,10 +366,10 @@ export class Manager {
     const settings = loadSettings(opts.configFile, opts.nss);
     if (settings.errors.length > 0) throw new UsernsError('E_CONFIG', settings.errors.map(formatConfigError).join('\n'));
     Manager.holdDirectories(settings.agent);
+    Manager.refuseNewerFormats(settings.agent);
     const config = await Manager.load(opts, memo, undefined, undefined, settings);
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
-    Manager.refuseNewerFormats(config.agent);
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config, memo, await rangePool(config));
     m.recorded = config.recorded; // what is in force and unchanged is the record's objects: nothing to write for it
