@@ -214,11 +214,15 @@ const restart = command(
 /** Every file under `dir` (the state and the pins' records) with its bytes, and every pin's inode: what a refused agent must leave as it was. */
 function snapshotFiles(dir: string): Map<string, string> {
   const out = new Map<string, string>();
+  const own = statSync(dir).dev;
   for (const name of readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort()) {
     const path = join(dir, name);
     const st = statSync(path, { throwIfNoEntry: false });
-    if (st?.isFile()) out.set(name, readFileSync(path, 'latin1'));
-    else if (st) out.set(name, `${st.isDirectory() ? 'dir' : 'other'} ${st.ino}`);
+    if (!st) continue;
+    // A pin is a namespace mounted on its file (nsfs, which cannot be read): the namespace it holds.
+    if (st.dev !== own) out.set(name, `mounted ${st.dev}:${st.ino}`);
+    else if (st.isFile()) out.set(name, readFileSync(path, 'latin1'));
+    else out.set(name, `${st.isDirectory() ? 'dir' : 'other'} ${st.ino}`);
   }
   return out;
 }
