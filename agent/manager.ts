@@ -22,7 +22,7 @@ import type { ReloadResult } from './wire/protocol.ts';
 import { Registry } from './registry.ts';
 import { toHost } from './idmap.ts';
 import { Service } from './service.ts';
-import { IpcServer } from './wire/server.ts';
+import { IpcServer, prepareSocketPath } from './wire/server.ts';
 import { FdServer } from './wire/fdsock.ts';
 import { fdSocketPath } from './wire/protocol.ts';
 import { UserdbServer } from './wire/userdb.ts';
@@ -367,6 +367,8 @@ export class Manager {
     if (settings.errors.length > 0) throw new UsernsError('E_CONFIG', settings.errors.map(formatConfigError).join('\n'));
     Manager.holdDirectories(settings.agent);
     Manager.refuseNewerFormats(settings.agent);
+    // An agent with directories of its own on a socket another serves is refused as early (listen checks again).
+    await prepareSocketPath(settings.agent.socket);
     const config = await Manager.load(opts, memo, undefined, undefined, settings);
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));

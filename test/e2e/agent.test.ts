@@ -390,6 +390,15 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
       timeout: 15000,
     });
     assert.equal(second.status, 1, second.stderr);
+    const said = second.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => (JSON.parse(l) as { msg: string }).msg);
+    assert.deepEqual(
+      said.filter((m) => !/^Closed \d+ inherited descriptor/.test(m)).map((m) => m.replace(/:.*/s, '')),
+      ['Failed to start'],
+      'refused before the load',
+    );
     assert.match(second.stderr, /another agent is already serving .*usernsd\.sock: stop it first/);
     assert.equal((await ctl(['list'])).code, 0, 'the first agent is untouched');
     await agent.stop();
