@@ -425,8 +425,15 @@ export class Manager {
    * whatever socket it is given, refuses here, naming the first, before it has done anything.
    */
   private static holdDirectories(agent: AgentConfig): void {
-    holdDirectory(agent.state, 0o700, 'state directory');
-    holdDirectory(agent.pins, 0o755, 'pins directory');
+    holdDirectory([[agent.state, 0o700]], 'state directory');
+    // The pins' lock lies in their records directory, which only root may enter (the pins directory is open to all).
+    holdDirectory(
+      [
+        [agent.pins, 0o755],
+        [join(agent.pins, RECORDS_DIR), 0o700],
+      ],
+      'pins directory',
+    );
   }
 
   /**

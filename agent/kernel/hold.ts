@@ -1,40 +1,52 @@
-// One agent per state and pins directory: each is held, for the agent's life, by a flock(2) on the
-// directory itself, taken before the agent reads or writes anything in them.
+// One agent per state and pins directory: each is held, for the agent's life, by a flock(2) on a
+// lock file of its own in it, taken before the agent reads or writes anything else there.
 import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { errnoOf, Fault, refused } from '../fault.ts';
 import type { SysError } from './ffi.ts';
 import { makeDirs } from './files.ts';
 import { lockExclusive } from './sys.ts';
 
+/** The lock file in a held directory: the agent's own (0600), so no other user can open it, let alone lock it. */
+export const LOCK_FILE = '.usernsd.lock';
+
 /**
- * Hold `dir`, the agent's `role` directory (made with `mode` when missing), for this process's life: an exclusive flock(2) on the
- * directory itself, so no file of ours appears in it. The descriptor is close-on-exec (no program
- * the agent starts keeps the lock after it), and the kernel lets go when the process ends, however
- * it ends. Throws a busy fault naming the holder's pid (from /proc/locks) when another process holds it.
+ * Hold the agent's `role` directory for this process's life: `dirs` are made in order (path, mode)
+ * when missing, and an exclusive flock(2) is taken on LOCK_FILE in the last of them. A lock on the
+ * directory itself would do, but any user who can open it could take it first and keep the agent
+ * from starting: the file is opened by root alone (mode 0600, and refused when it is not root's and
+ * closed to others). The descriptor is close-on-exec (no program the agent starts keeps the lock),
+ * and the kernel lets go when the process ends, however it ends. Throws a busy fault naming the
+ * holder's pid (from /proc/locks) when another process holds it.
  */
-export function holdDirectory(dir: string, mode: number, role: string): number {
-  makeDirs(dir, mode);
+export function holdDirectory(dirs: readonly (readonly [string, number])[], role: string): number {
+  for (const [dir, mode] of dirs) makeDirs(dir, mode);
+  const file = join(dirs[dirs.length - 1][0], LOCK_FILE);
   let fd: number;
   try {
-    fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    fd = openSync(file, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ELOOP' || (err as NodeJS.ErrnoException).code === 'ENOTDIR')
-      throw new Fault('in-the-way', `${dir} is not a directory (a symlink?)`, { object: 'directory', subject: dir });
-    throw refused('directory', 'open', errnoOf(err), { subject: dir, cause: err });
-  }
-  try {
-    if (lockExclusive(fd, dir)) return fd;
-  } catch (err) {
-    closeSync(fd);
-    throw refused('directory', 'lock', (err as SysError).code, { subject: dir, cause: err });
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP')
+      throw new Fault('in-the-way', `${file} is a symbolic link, not the agent's lock file`, { object: 'directory', subject: file });
+    throw refused('directory', 'open', errnoOf(err), { subject: file, cause: err });
   }
   const st = fstatSync(fd);
+  if (!st.isFile() || st.uid !== process.geteuid!() || (st.mode & 0o077) !== 0) {
+    closeSync(fd);
+    throw new Fault('in-the-way', `${file} is not the agent's own lock file (a regular file of its uid, mode 0600)`, { object: 'directory', subject: file });
+  }
+  try {
+    if (lockExclusive(fd, file)) return fd;
+  } catch (err) {
+    closeSync(fd);
+    throw refused('directory', 'lock', (err as SysError).code, { subject: file, cause: err });
+  }
   closeSync(fd);
   const pid = lockHolder(st.dev, st.ino);
-  throw new Fault('busy', `another usernsd${pid === null ? '' : ` (pid ${pid})`} is using the ${role} ${dir}`, {
+  throw new Fault('busy', `another usernsd${pid === null ? '' : ` (pid ${pid})`} is using the ${role} ${dirs[0][0]}`, {
     object: 'directory',
     step: 'hold',
-    subject: dir,
+    subject: dirs[0][0],
   });
 }
 

@@ -1,13 +1,13 @@
 // The agent as a process on a temporary tree, driven by usernsctl: resolve, concurrency, authorization, enter, reload, drain.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { SETTLE_HEAP_BYTES } from '../../agent/manager.ts';
-import { checkoutReachableBy, cleanup, makeCheckoutReachable, rootAgentSuite, startAgent, usernsctl, usernsctlAt } from '../helpers/agent.ts';
+import { checkoutReachableBy, cleanup, makeCheckoutReachable, PYTHON, rootAgentSuite, startAgent, usernsctl, usernsctlAt } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { kernelMaps, makeUser, mountsUnder } from '../helpers/kernel.ts';
@@ -447,6 +447,48 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     // Once it is gone, the directories are free: an agent starts on them at once.
     agent = await startAgent(tree);
     assert.equal((await ctl(['resolve', 'a'])).code, 0);
+  });
+
+  it('an unprivileged user cannot keep the agent from starting by taking its lock: it can lock nothing the agent locks', async () => {
+    tree.context('a.conf', A);
+    agent = await startAgent(tree);
+    await agent.stop(); // the directories exist now, as on a host where the agent is stopped for an upgrade
+    const user = makeUser();
+    try {
+      // As the user: an exclusive flock on everything it can open in the state and pins directories, held.
+      const script = [
+        'import fcntl, os, sys',
+        'held = []',
+        'for d in sys.argv[1:]:',
+        '    for root, dirs, files in os.walk(d):',
+        '        for p in [root] + [os.path.join(root, f) for f in files]:',
+        '            try:',
+        '                fd = os.open(p, os.O_RDONLY)',
+        '                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)',
+        '                held.append(p)',
+        '            except OSError:',
+        '                pass',
+        'print("\\n".join(held), flush=True)',
+        'sys.stdin.read()',
+      ].join('\n');
+      const locker = spawn('setpriv', [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--', PYTHON, '-c', script, tree.state, tree.pins], {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      const held = await new Promise<string>((done, fail) => {
+        locker.stdout.setEncoding('utf8').once('data', done);
+        locker.once('close', (code) => fail(new Error(`the user's locker exited (${code}) before it said what it holds`)));
+      });
+      try {
+        assert.ok(held.split('\n').includes(tree.pins), `the user holds a lock on what it can open (${held.trim()}): the test tests something`);
+        agent = await startAgent(tree);
+        assert.equal((await ctl(['resolve', 'a'])).code, 0);
+      } finally {
+        locker.stdin.end();
+        await new Promise((done) => locker.once('close', done));
+      }
+    } finally {
+      user.remove();
+    }
   });
 
   it('refuses to start on state or pin records a newer usernsd wrote, and rewrites none of them', async () => {

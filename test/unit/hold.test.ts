@@ -1,11 +1,12 @@
-// One agent per state and pins directory (agent/kernel/hold.ts): a flock(2) on the directory, the
-// holder named from /proc/locks. The kernel's own locks, taken and refused in this process.
+// One agent per state and pins directory (agent/kernel/hold.ts): a flock(2) on a lock file of the
+// agent's own, the holder named from /proc/locks. The kernel's own locks, taken and refused in this process.
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Fault } from '../../agent/fault.ts';
-import { holdDirectory, lockHolder } from '../../agent/kernel/hold.ts';
+import { holdDirectory, LOCK_FILE, lockHolder } from '../../agent/kernel/hold.ts';
+import { lockExclusive } from '../../agent/kernel/sys.ts';
 
 describe('unit: holding a directory', () => {
   let dir: string;
@@ -14,31 +15,67 @@ describe('unit: holding a directory', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
+  const busy = (role: string, path: string) => (err: unknown) =>
+    err instanceof Fault &&
+    err.kind === 'busy' &&
+    err.object === 'directory' &&
+    err.step === 'hold' &&
+    err.message === `another usernsd (pid ${process.pid}) is using the ${role} ${path}`;
+
   it('is refused while held (a flock is per open file: even this process is refused), naming the holder; free once its descriptor closes', () => {
     const state = join(dir, 'state', 'deeper');
-    const fd = holdDirectory(state, 0o700, 'state directory');
+    const fd = holdDirectory([[state, 0o700]], 'state directory');
     assert.equal(statSync(state).mode & 0o777, 0o700, 'made with its mode');
-    assert.throws(
-      () => holdDirectory(state, 0o700, 'state directory'),
-      (err: unknown) =>
-        err instanceof Fault &&
-        err.kind === 'busy' &&
-        err.object === 'directory' &&
-        err.step === 'hold' &&
-        err.message === `another usernsd (pid ${process.pid}) is using the state directory ${state}`,
-    );
+    assert.equal(statSync(join(state, LOCK_FILE)).mode & 0o777, 0o600, 'the lock file is closed to others');
+    assert.throws(() => holdDirectory([[state, 0o700]], 'state directory'), busy('state directory', state));
     closeSync(fd);
-    closeSync(holdDirectory(state, 0o700, 'state directory'));
+    closeSync(holdDirectory([[state, 0o700]], 'state directory'));
   });
 
-  it('refuses a symbolic link where the directory should be, and holds nothing through it', () => {
-    const real = join(dir, 'real');
-    const fd = holdDirectory(real, 0o755, 'pins directory');
-    closeSync(fd);
-    symlinkSync(real, join(dir, 'link'));
+  it('makes each directory of the way with its own mode, and names the first in its refusal', () => {
+    const pins = join(dir, 'pins');
+    const records = join(pins, '.records');
+    const fd = holdDirectory(
+      [
+        [pins, 0o755],
+        [records, 0o700],
+      ],
+      'pins directory',
+    );
+    assert.deepEqual([statSync(pins).mode & 0o777, statSync(records).mode & 0o777], [0o755, 0o700]);
     assert.throws(
-      () => holdDirectory(join(dir, 'link'), 0o755, 'pins directory'),
+      () =>
+        holdDirectory(
+          [
+            [pins, 0o755],
+            [records, 0o700],
+          ],
+          'pins directory',
+        ),
+      busy('pins directory', pins),
+    );
+    // The directory itself stays free: a lock on it (which anyone who may open it can take) stops nothing.
+    const onDir = openSync(pins, 'r');
+    assert.equal(lockExclusive(onDir, pins), true);
+    closeSync(onDir);
+    closeSync(fd);
+  });
+
+  it('refuses a lock file that is not its own: a symbolic link planted there, or a file open to others', () => {
+    const a = join(dir, 'a');
+    mkdirSync(a, { mode: 0o700 });
+    symlinkSync('/etc/passwd', join(a, LOCK_FILE));
+    assert.throws(
+      () => holdDirectory([[a, 0o700]], 'state directory'),
       (err: unknown) => err instanceof Fault && err.kind === 'in-the-way',
+    );
+    const b = join(dir, 'b');
+    mkdirSync(b, { mode: 0o700 });
+    writeFileSync(join(b, LOCK_FILE), '');
+    chmodSync(join(b, LOCK_FILE), 0o644);
+    assert.throws(
+      () => holdDirectory([[b, 0o700]], 'state directory'),
+      (err: unknown) => err instanceof Fault && err.kind === 'in-the-way' && /not the agent's own lock file/.test(err.message),
     );
   });
 
