@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { RECORDS_DIR } from '../../agent/kernel/pinrecord.ts';
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
@@ -77,7 +78,13 @@ describe('e2e: security (root)', function () {
       c.close();
     }
     assert.equal(existsSync(join(tree.dir, 'x')), false);
-    assert.deepEqual(existsSync(tree.pins) ? readdirSync(tree.pins) : [], []);
+    // Nothing but the agent's own records directory (where its lock is): no pin, no file named by a label.
+    assert.deepEqual(existsSync(tree.pins) ? readdirSync(tree.pins).filter((n) => n !== RECORDS_DIR) : [], []);
+    assert.deepEqual(
+      readdirSync(join(tree.pins, RECORDS_DIR)).filter((n) => n.endsWith('.json')),
+      [],
+      'and no pin record',
+    );
     assert.equal(agent.logs.filter((l) => l.msg.startsWith('Created')).length, 0);
   });
 
