@@ -15,6 +15,7 @@ import type { Spawner, SpawnerSetting } from './spawner.ts';
 import { namespaceMaker } from './makers.ts';
 import type { Holder, NamespaceMaker, ParentPin } from './makers.ts';
 import { lstatOrNull, makeDirs } from './files.ts';
+import { holdDirectory } from './hold.ts';
 import { markRecordFormat, NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
@@ -101,6 +102,8 @@ export class Namespaces {
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
   /** The records directory says its format (written once per directory made). */
+  /** The lock on the pins directory taken when this made it again (the agent's first one is its start's). */
+  private held: number | null = null;
   private formatMarked = false;
   private readonly onPinned: (ctx: Context, pin: Pin) => Promise<void>;
 
@@ -181,15 +184,33 @@ export class Namespaces {
     return null;
   }
 
-  /** Directories are made once, and must be real directories: a symlink planted there is refused. */
+  /**
+   * Directories are made once, and must be real directories: a symlink planted there is refused.
+   * Made again (removed behind the agent's back), they are held again: the agent's lock went with
+   * them (kernel/hold.ts), and another agent could otherwise take the new ones beside it.
+   */
   private ensureDirs(): void {
+    let made = false;
     for (const [dir, mode] of [
       [this.pinsDir, 0o755],
       [this.recordsDir, 0o700],
     ] as const) {
       if (lstatOrNull(dir)?.isDirectory()) continue; // the common case: one lstat, no mkdir
       makeDirs(dir, mode);
+      made = true;
       if (!lstatSync(dir).isDirectory()) throw new Fault('in-the-way', `${dir} is not a directory (a symlink?)`, { object: 'directory', subject: dir });
+    }
+    if (made) {
+      const fd = holdDirectory(
+        [
+          [this.pinsDir, 0o755],
+          [this.recordsDir, 0o700],
+        ],
+        'pins directory',
+      );
+      if (this.held !== null) closeSync(this.held);
+      this.held = fd;
+      this.formatMarked = false; // the format marker went with them
     }
     if (!this.formatMarked) markRecordFormat(this.recordsDir);
     this.formatMarked = true;

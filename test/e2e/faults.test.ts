@@ -1,10 +1,10 @@
 // Faults: the agent killed mid-creation and restarted, corrupt state, pins taken away behind its back, the namespace limit reached.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { AgentClient } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { rootAgentSuite, startAgent, usernsctlAt, usernsctlHere } from '../helpers/agent.ts';
+import { rootAgentSuite, startAgent, USERNSD, usernsctlAt, usernsctlHere } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { kernelMaps, mountsUnder, unmountAll } from '../helpers/kernel.ts';
 import { pinnedIno } from '../../agent/kernel/pinrecord.ts';
@@ -108,6 +108,18 @@ describe('e2e: faults (root)', function () {
       const third = await c.call(P.resolve, { label: 's1' });
       assert.equal(third.created, true);
       assert.deepEqual(mountsUnder(tree.pins), [third.path]);
+      // Its lock went with the directory: the agent holds the one it made again, so a second agent is still refused.
+      // (One with a state directory and a socket of its own: the pins are all they share.)
+      const beside = `${tree.dir}/beside.conf`;
+      writeFileSync(
+        beside,
+        readFileSync(tree.config, 'utf8')
+          .replace(/^state = .*$/m, `state = ${tree.dir}/beside-state`)
+          .replace(/^socket = .*$/m, `socket = ${tree.dir}/beside.sock`),
+      );
+      const other = spawnSync(process.execPath, [USERNSD, '--config', beside], { encoding: 'utf8', timeout: 15000 });
+      assert.equal(other.status, 1, other.stderr);
+      assert.match(other.stderr, new RegExp(`another usernsd \\(pid ${agent.child.pid}\\) is using the pins directory ${tree.pins}`));
     } finally {
       c.close();
     }
