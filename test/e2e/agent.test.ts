@@ -7,13 +7,29 @@ import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { SETTLE_HEAP_BYTES } from '../../agent/manager.ts';
-import { checkoutReachableBy, cleanup, makeCheckoutReachable, PYTHON, rootAgentSuite, startAgent, usernsctl, usernsctlAt } from '../helpers/agent.ts';
+import { checkoutReachableBy, cleanup, makeCheckoutReachable, PYTHON, rootAgentSuite, startAgent, USERNSD, usernsctl, usernsctlAt } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { kernelMaps, makeUser, mountsUnder } from '../helpers/kernel.ts';
 import { NATIVE_SPAWNER } from '../helpers/unit.ts';
 
 const A = '[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n';
+
+/**
+ * usernsd started by hand on `config`, as an admin would beside whatever runs: its exit status, its
+ * stderr, and what it logged before it ended (each message up to its first colon; the descriptors
+ * it closed at start, SPEC §12, left out).
+ */
+function startByHand(config: string): { status: number | null; stderr: string; logged: string[] } {
+  const r = spawnSync(process.execPath, [USERNSD, '--config', config], { encoding: 'utf8', timeout: 15000 });
+  const logged = r.stderr
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => (JSON.parse(l) as { msg: string }).msg)
+    .filter((m) => !/^Closed \d+ inherited descriptor/.test(m))
+    .map((m) => m.replace(/:.*/s, ''));
+  return { status: r.status, stderr: r.stderr, logged };
+}
 
 describe('e2e: usernsctl without an agent', () => {
   it('exits 3 and says which socket and how to start the agent', async () => {
@@ -385,29 +401,15 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     const own = `${tree.dir}/own.conf`;
     const conf0 = readFileSync(tree.config, 'utf8');
     writeFileSync(own, conf0.replace(/^state = .*$/m, `state = ${tree.dir}/own-state`).replace(/^pins = .*$/m, `pins = ${tree.dir}/own-pins`), { mode: 0o644 });
-    const second = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', own], {
-      encoding: 'utf8',
-      timeout: 15000,
-    });
+    const second = startByHand(own);
     assert.equal(second.status, 1, second.stderr);
-    const said = second.stderr
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => (JSON.parse(l) as { msg: string }).msg);
-    assert.deepEqual(
-      said.filter((m) => !/^Closed \d+ inherited descriptor/.test(m)).map((m) => m.replace(/:.*/s, '')),
-      ['Failed to start'],
-      'refused before the load',
-    );
+    assert.deepEqual(second.logged, ['Failed to start'], 'refused before the load');
     assert.match(second.stderr, /another agent is already serving .*usernsd\.sock: stop it first/);
     assert.equal((await ctl(['list'])).code, 0, 'the first agent is untouched');
     await agent.stop();
     const conf = readFileSync(tree.config, 'utf8');
     tree.context('../usernsd.conf', conf + 'bogus_key = 1\n');
-    const broken = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', tree.config], {
-      encoding: 'utf8',
-      timeout: 15000,
-    });
+    const broken = startByHand(tree.config);
     assert.equal(broken.status, 1);
     assert.match(broken.stderr, /usernsd: .*usernsd\.conf: \[agent\] bogus_key: /);
   });
@@ -423,22 +425,11 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     const other = `${tree.dir}/other.conf`;
     writeFileSync(other, conf.replace(/^socket = .*$/m, `socket = ${tree.dir}/other.sock`), { mode: 0o644 });
     for (const config of [tree.config, other]) {
-      const second = spawnSync(process.execPath, [new URL('../../bin/usernsd.js', import.meta.url).pathname, '--config', config], {
-        encoding: 'utf8',
-        timeout: 15000,
-      });
+      const second = startByHand(config);
       assert.equal(second.status, 1, `${config}: ${second.stderr}`);
       assert.match(second.stderr, new RegExp(`usernsd: another usernsd \\(pid ${pid}\\) is using the state directory ${tree.state}: stop it first`));
-      const said = second.stderr
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .map((l) => (JSON.parse(l) as { msg: string }).msg);
-      // Nothing done before the refusal: nothing logged but descriptors it closed (SPEC §12) and the refusal.
-      assert.deepEqual(
-        said.filter((m) => !/^Closed \d+ inherited descriptor/.test(m)).map((m) => m.replace(/:.*/s, '')),
-        ['Failed to start'],
-        said.join('\n'),
-      );
+      // Nothing done before the refusal: nothing logged but the refusal.
+      assert.deepEqual(second.logged, ['Failed to start'], second.stderr);
     }
     assert.equal(existsSync(`${tree.dir}/other.sock`), false, 'the second agent never listened');
     assert.equal(statSync(`${tree.state}/contexts.json`, { bigint: true }).mtimeNs, before.mtimeNs, 'the record is as the first agent wrote it');
