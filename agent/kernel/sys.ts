@@ -354,11 +354,27 @@ const F_GETFD = 1;
 const FD_CLOEXEC = 1;
 
 /**
+ * Node reads NODE_EXTRA_CA_CERTS on a thread of its own once node:tls is loaded (node-ipc loads it),
+ * through a descriptor opened without O_CLOEXEC: closed under it, the read failed ("bad end line"),
+ * and the number, reused by the agent's next file, was closed again by that thread. Asking for those
+ * certificates waits for that read to end (about 10 ms, and only when the variable is set).
+ */
+function awaitNodeCertificates(): void {
+  if (!process.env.NODE_EXTRA_CA_CERTS) return;
+  try {
+    process.getBuiltinModule('node:tls').getCACertificates('extra');
+  } catch {
+    /* a bundle Node cannot read: Node says so itself */
+  }
+}
+
+/**
  * Close what the agent was started with beyond stdin, stdout and stderr: whoever started it (an
  * admin's shell, a supervisor) must not hand a descriptor on to what it runs. Node opens its own
  * with O_CLOEXEC, so a descriptor without FD_CLOEXEC this early was inherited. Returns those closed.
  */
 export function closeInheritedDescriptors(): number[] {
+  awaitNodeCertificates();
   const closed: number[] = [];
   for (const name of readdirSync('/proc/self/fd')) {
     const fd = Number(name);
