@@ -32,7 +32,7 @@ import { appendInForce, ensureStateDir, newerStateFiles, writeInForce } from './
 import { removeStaleTemps } from './kernel/files.ts';
 import { holdDirectory } from './kernel/hold.ts';
 import { trimMalloc } from './kernel/sys.ts';
-import { newerRecordFormat, RECORDS_DIR } from './kernel/pinrecord.ts';
+import { newerRecordFormat, pinsDirectories, RECORDS_DIR } from './kernel/pinrecord.ts';
 import { Supervisor } from './supervisor.ts';
 import { VERSION } from './version.ts';
 import { UpcallWatch } from './wiring.ts';
@@ -427,13 +427,7 @@ export class Manager {
   private static holdDirectories(agent: AgentConfig): void {
     holdDirectory([[agent.state, 0o700]], 'state directory');
     // The pins' lock lies in their records directory, which only root may enter (the pins directory is open to all).
-    holdDirectory(
-      [
-        [agent.pins, 0o755],
-        [join(agent.pins, RECORDS_DIR), 0o700],
-      ],
-      'pins directory',
-    );
+    holdDirectory(pinsDirectories(agent.pins), 'pins directory');
   }
 
   /**

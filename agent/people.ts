@@ -12,11 +12,12 @@ const FOLLOW_MAX = 256;
 
 type Extent = { readonly start: number; readonly end: number; readonly person: Person };
 
-/** The host uid extents a context stands for: a top-level one's (a nested context's ids lie inside its top-level ancestor's). */
-function extentsOf(c: Context): Extent[] {
-  if (c.parent !== HOST_LABEL) return [];
+/** The host uid extents a context stands for, appended to `out`: a top-level one's (a nested context's ids lie inside its top-level ancestor's). */
+function extentsOf(c: Context, out: Extent[] = []): Extent[] {
+  if (c.parent !== HOST_LABEL) return out;
   const person = c.owner.uid !== 0 ? `uid ${c.owner.uid}` : `context ${c.label}`;
-  return c.uidMap.map((e) => ({ start: e.outside, end: e.outside + e.count, person }));
+  for (const e of c.uidMap) out.push({ start: e.outside, end: e.outside + e.count, person });
+  return out;
 }
 
 export class People {
@@ -26,7 +27,7 @@ export class People {
   /** The contexts in force changed (start, reload): who counts as whom follows. */
   rebuild(contexts: Iterable<Context>): void {
     const out: Extent[] = [];
-    for (const c of contexts) out.push(...extentsOf(c));
+    for (const c of contexts) extentsOf(c, out);
     this.extents = out.sort((a, b) => a.start - b.start);
   }
 

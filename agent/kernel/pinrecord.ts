@@ -14,6 +14,14 @@ import { IDMAP } from '../../config/untrusted.ts';
  */
 export const RECORDS_DIR = '.usernsd-records';
 
+/** The pins directory (open to all) and its records directory (root's alone, where the agent's lock is), each with its mode: made in this order. */
+export function pinsDirectories(pinsDir: string): [string, number][] {
+  return [
+    [pinsDir, 0o755],
+    [join(pinsDir, RECORDS_DIR), 0o700],
+  ];
+}
+
 /**
  * The format of the records this build writes: each record says it ("format"), and so does a file
  * named "format" in the records directory, which the agent reads at start (one read, not one per

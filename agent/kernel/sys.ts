@@ -264,7 +264,6 @@ export function childEnded(pid: number): boolean {
   return siginfoBuf.readInt32LE(16) === pid;
 }
 
-/** An O_PATH descriptor of a directory, for lookups relative to it; the caller closes it. */
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 
@@ -279,6 +278,7 @@ export function lockExclusive(fd: number, what: string): boolean {
   throw new SysError('flock', errno, what);
 }
 
+/** An O_PATH descriptor of a directory, for lookups relative to it; the caller closes it. */
 export function openDirPath(path: string): number {
   const fd = openFn(path, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
   if (fd < 0) throw new SysError('open', koffi.errno(), `${path}, O_PATH`);

@@ -16,7 +16,7 @@ import { namespaceMaker } from './makers.ts';
 import type { Holder, NamespaceMaker, ParentPin } from './makers.ts';
 import { lstatOrNull, makeDirs } from './files.ts';
 import { holdDirectory } from './hold.ts';
-import { markRecordFormat, NSFS_DEV, pinnedIno, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
+import { markRecordFormat, NSFS_DEV, pinnedIno, pinsDirectories, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
 export { pinnedIno, pinnedMaps } from './pinrecord.ts';
@@ -101,9 +101,9 @@ export class Namespaces {
   readonly maker: NamespaceMaker;
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
-  /** The records directory says its format (written once per directory made). */
   /** The lock on the pins directory taken when this made it again (the agent's first one is its start's). */
   private held: number | null = null;
+  /** The records directory says its format (written once per directory made). */
   private formatMarked = false;
   private readonly onPinned: (ctx: Context, pin: Pin) => Promise<void>;
 
@@ -191,23 +191,15 @@ export class Namespaces {
    */
   private ensureDirs(): void {
     let made = false;
-    for (const [dir, mode] of [
-      [this.pinsDir, 0o755],
-      [this.recordsDir, 0o700],
-    ] as const) {
+    const dirs = pinsDirectories(this.pinsDir);
+    for (const [dir, mode] of dirs) {
       if (lstatOrNull(dir)?.isDirectory()) continue; // the common case: one lstat, no mkdir
       makeDirs(dir, mode);
       made = true;
       if (!lstatSync(dir).isDirectory()) throw new Fault('in-the-way', `${dir} is not a directory (a symlink?)`, { object: 'directory', subject: dir });
     }
     if (made) {
-      const fd = holdDirectory(
-        [
-          [this.pinsDir, 0o755],
-          [this.recordsDir, 0o700],
-        ],
-        'pins directory',
-      );
+      const fd = holdDirectory(dirs, 'pins directory');
       if (this.held !== null) closeSync(this.held);
       this.held = fd;
       this.formatMarked = false; // the format marker went with them
