@@ -330,9 +330,10 @@ export class Manager {
       }
     }
     try {
-      ensureStateDir(this.registry.agent.state);
+      // A directory made anew (removed behind the agent's back) holds no record to append to.
+      const anew = ensureStateDir(this.registry.agent.state);
       const changes = set.length + forget.length;
-      if (last && !whole && last.journal + changes <= Math.max(JOURNAL_MIN_LINES, contexts.size / 4)) {
+      if (last && !whole && !anew && last.journal + changes <= Math.max(JOURNAL_MIN_LINES, contexts.size / 4)) {
         appendInForce(this.registry.agent.state, last.generation, set, forget, durable);
         this.recorded = { contexts, generation: last.generation, journal: last.journal + changes };
       } else {

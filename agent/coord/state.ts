@@ -16,6 +16,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { fsyncDir, writeFileAtomic } from '../kernel/files.ts';
+import { holdAgain } from '../kernel/hold.ts';
 import type { Context } from '../../config/types.ts';
 import type { Allocation } from './allocate.ts';
 import { errnoOf, Fault } from '../fault.ts';
@@ -164,22 +165,24 @@ function fileStart(file: string, bytes = 4096): string | null {
   }
 }
 
-/** The state directory must be a real directory, never a symlink planted by someone else. */
-export function ensureStateDir(dir: string): void {
+/**
+ * The state directory must be a real directory, never a symlink planted by someone else. Made anew
+ * (removed behind the agent's back), it is held again (kernel/hold.ts): the agent's lock went with
+ * it. Returns whether it was made: what was recorded in it is gone.
+ */
+export function ensureStateDir(dir: string): boolean {
   try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const made = mkdirSync(dir, { recursive: true, mode: 0o700 }) !== undefined;
     const st = lstatSync(dir);
     if (!st.isDirectory()) throw new Fault('in-the-way', `state directory ${dir} is not a directory (a symlink?)`, { object: 'directory', subject: dir });
+    if (made) holdAgain(dir);
+    return made;
   } catch (err) {
     if (err instanceof Fault) throw err;
     throw new Fault('unrecorded', `cannot create state directory ${dir}: ${errnoOf(err)}`, { object: 'state-file', errno: errnoOf(err), cause: err });
   }
 }
 
-/**
- * Recorded allocations. A missing file is an empty record; a corrupt one is an error, never an
- * empty record, because forgetting allocations would hand the same ids out twice.
- */
 /**
  * A state file's JSON, never through a symlink: undefined when the file does not exist, an
  * E_CONFIG error (from `corrupt`) when it is not JSON, and an E_CONFIG error when it cannot be read.
@@ -199,6 +202,10 @@ function readStateJson(file: string, corrupt: (why: string) => Fault): unknown {
   }
 }
 
+/**
+ * Recorded allocations. A missing file is an empty record; a corrupt one is an error, never an
+ * empty record, because forgetting allocations would hand the same ids out twice.
+ */
 export function readAllocations(dir: string): Map<string, Allocation> {
   const file = join(dir, RANGES_FILE);
   const corrupt = corruptIn(file, 'ranges-file');

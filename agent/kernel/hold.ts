@@ -1,7 +1,7 @@
 // One agent per state and pins directory: each is held, for the agent's life, by a flock(2) on a
 // lock file of its own in it, taken before the agent reads or writes anything else there.
 import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { errnoOf, Fault, refused } from '../fault.ts';
 import type { SysError } from './ffi.ts';
 import { makeDirs } from './files.ts';
@@ -9,6 +9,10 @@ import { lockExclusive } from './sys.ts';
 
 /** The lock file in a held directory: the agent's own (0600), so no other user can open it, let alone lock it. */
 export const LOCK_FILE = '.usernsd.lock';
+
+type Held = { readonly dirs: readonly (readonly [string, number])[]; readonly role: string; readonly fd: number; readonly dev: number; readonly ino: number };
+/** What this process holds, by its directory (the first of `dirs`): what holdAgain takes again. */
+const holds = new Map<string, Held>();
 
 /**
  * Hold the agent's `role` directory for this process's life: `dirs` are made in order (path, mode)
@@ -36,7 +40,10 @@ export function holdDirectory(dirs: readonly (readonly [string, number])[], role
     throw new Fault('in-the-way', `${file} is not the agent's own lock file (a regular file of its uid, mode 0600)`, { object: 'directory', subject: file });
   }
   try {
-    if (lockExclusive(fd, file)) return fd;
+    if (lockExclusive(fd, file)) {
+      holds.set(resolve(dirs[0][0]), { dirs, role, fd, dev: st.dev, ino: st.ino });
+      return fd;
+    }
   } catch (err) {
     closeSync(fd);
     throw refused('directory', 'lock', (err as SysError).code, { subject: file, cause: err });
@@ -48,6 +55,35 @@ export function holdDirectory(dirs: readonly (readonly [string, number])[], role
     step: 'hold',
     subject: dirs[0][0],
   });
+}
+
+/**
+ * Hold `dir` again if this process held it: for whoever made it anew after it was removed behind
+ * the agent's back, which took the agent's lock with it (another agent could otherwise take the new
+ * one and work beside it). Nothing for a directory this process never held.
+ */
+export function holdAgain(dir: string): number | null {
+  const h = holds.get(resolve(dir));
+  return h ? holdAnew(h.dirs, h.role) : null;
+}
+
+/**
+ * holdDirectory for a directory made anew: the lock on the one removed is let go once the new one
+ * is held — if its descriptor is still that lock file's (a caller may have closed it, and its number
+ * may name another file since).
+ */
+export function holdAnew(dirs: readonly (readonly [string, number])[], role: string): number {
+  const before = holds.get(resolve(dirs[0][0]));
+  const fd = holdDirectory(dirs, role);
+  if (!before) return fd;
+  let st;
+  try {
+    st = fstatSync(before.fd);
+  } catch {
+    return fd; // closed already
+  }
+  if (st.dev === before.dev && st.ino === before.ino) closeSync(before.fd);
+  return fd;
 }
 
 /** The pid that holds a flock on the inode (dev, ino), as /proc/locks says ("1: FLOCK ADVISORY WRITE PID MAJ:MIN:INO 0 EOF"); null if none is shown. */

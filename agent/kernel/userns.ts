@@ -15,7 +15,7 @@ import type { Spawner, SpawnerSetting } from './spawner.ts';
 import { namespaceMaker } from './makers.ts';
 import type { Holder, NamespaceMaker, ParentPin } from './makers.ts';
 import { lstatOrNull, makeDirs } from './files.ts';
-import { holdDirectory } from './hold.ts';
+import { holdAnew } from './hold.ts';
 import { markRecordFormat, NSFS_DEV, pinnedIno, pinsDirectories, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
 import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
 
@@ -102,7 +102,6 @@ export class Namespaces {
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
   /** The lock on the pins directory taken when this made it again (the agent's first one is its start's). */
-  private held: number | null = null;
   /** The records directory says its format (written once per directory made). */
   private formatMarked = false;
   private readonly onPinned: (ctx: Context, pin: Pin) => Promise<void>;
@@ -199,9 +198,7 @@ export class Namespaces {
       if (!lstatSync(dir).isDirectory()) throw new Fault('in-the-way', `${dir} is not a directory (a symlink?)`, { object: 'directory', subject: dir });
     }
     if (made) {
-      const fd = holdDirectory(dirs, 'pins directory');
-      if (this.held !== null) closeSync(this.held);
-      this.held = fd;
+      holdAnew(dirs, 'pins directory');
       this.formatMarked = false; // the format marker went with them
     }
     if (!this.formatMarked) markRecordFormat(this.recordsDir);

@@ -8,6 +8,7 @@ import { rootAgentSuite, startAgent, USERNSD, usernsctlAt, usernsctlHere } from 
 import type { Tree } from '../helpers/fixtures.ts';
 import { kernelMaps, mountsUnder, unmountAll } from '../helpers/kernel.ts';
 import { pinnedIno } from '../../agent/kernel/pinrecord.ts';
+import { readInForceRecord } from '../../agent/coord/state.ts';
 
 const STATIC = 20;
 const AUTO = 10;
@@ -123,6 +124,28 @@ describe('e2e: faults (root)', function () {
     } finally {
       c.close();
     }
+  });
+
+  it('holds the state directory it makes again after it was removed behind its back: a second agent is still refused', async () => {
+    tree.context('a.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\n');
+    const agent = await startAgent(tree, ['--log-level', 'info']);
+    rmSync(tree.state, { recursive: true });
+    // A change in force is recorded: the agent makes its state directory again to write it.
+    tree.context('b.conf', '[context]\nuid_map = 0 110000 1000\ngid_map = 0 110000 1000\n');
+    assert.equal((await usernsctlHere(['--socket', agent.socket, 'reload'])).code, 0);
+    // Whole: a journal of the change alone would leave the record without a.
+    assert.deepEqual([...readInForceRecord(tree.state).contexts.keys()].sort(), ['a', 'b'], 'the record is written whole in the directory made again');
+    // One with pins and a socket of its own: the state directory is all they share.
+    const beside = `${tree.dir}/beside.conf`;
+    writeFileSync(
+      beside,
+      readFileSync(tree.config, 'utf8')
+        .replace(/^pins = .*$/m, `pins = ${tree.dir}/beside-pins`)
+        .replace(/^socket = .*$/m, `socket = ${tree.dir}/beside.sock`),
+    );
+    const other = spawnSync(process.execPath, [USERNSD, '--config', beside], { encoding: 'utf8', timeout: 15000 });
+    assert.equal(other.status, 1, `the second agent ran beside the first (${other.signal ?? other.status}): ${other.stderr}`);
+    assert.match(other.stderr, new RegExp(`another usernsd \\(pid ${agent.child.pid}\\) is using the state directory ${tree.state}`));
   });
 
   it('turns the namespace limit into E_KERNEL with what to change, while existing contexts keep resolving', async () => {

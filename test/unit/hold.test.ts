@@ -1,11 +1,11 @@
 // One agent per state and pins directory (agent/kernel/hold.ts): a flock(2) on a lock file of the
 // agent's own, the holder named from /proc/locks. The kernel's own locks, taken and refused in this process.
 import assert from 'node:assert/strict';
-import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Fault } from '../../agent/fault.ts';
-import { holdDirectory, LOCK_FILE, lockHolder } from '../../agent/kernel/hold.ts';
+import { holdAgain, holdAnew, holdDirectory, LOCK_FILE, lockHolder } from '../../agent/kernel/hold.ts';
 import { lockExclusive } from '../../agent/kernel/sys.ts';
 
 describe('unit: holding a directory', () => {
@@ -77,6 +77,40 @@ describe('unit: holding a directory', () => {
       () => holdDirectory([[b, 0o700]], 'state directory'),
       (err: unknown) => err instanceof Fault && err.kind === 'in-the-way' && /not the agent's own lock file/.test(err.message),
     );
+  });
+
+  it('holds a directory made anew after it was removed, lets go of the removed one, and leaves alone what it never held', () => {
+    const state = join(dir, 'state');
+    const first = holdDirectory([[state, 0o700]], 'state directory');
+    rmSync(state, { recursive: true });
+    const again = holdAgain(state)!;
+    assert.throws(() => holdDirectory([[state, 0o700]], 'state directory'), busy('state directory', state));
+    closeSync(again);
+    assert.throws(() => fstatSync(first), /EBADF/, 'the lock on the removed directory is let go');
+    // Never held by this process: not made, not held.
+    const other = join(dir, 'other');
+    assert.equal(holdAgain(other), null);
+    assert.equal(existsSync(other), false);
+    // Made anew by whoever holds it (the pins, kernel/userns.ts): held, whether held before or not.
+    const anew = holdAnew([[other, 0o700]], 'pins directory');
+    assert.throws(() => holdDirectory([[other, 0o700]], 'pins directory'), busy('pins directory', other));
+    closeSync(anew);
+  });
+
+  it('never closes a descriptor that is no longer its lock: closed by its caller, its number reused by another file', () => {
+    const state = join(dir, 'state');
+    const fd = holdDirectory([[state, 0o700]], 'state directory');
+    closeSync(fd);
+    writeFileSync(join(dir, 'unrelated'), 'x');
+    const reused = openSync(join(dir, 'unrelated'), 'r');
+    assert.equal(reused, fd, 'the lowest free number: the one just closed');
+    try {
+      rmSync(state, { recursive: true });
+      closeSync(holdAgain(state)!);
+      assert.equal(fstatSync(reused).size, 1, 'the unrelated file is still open');
+    } finally {
+      closeSync(reused);
+    }
   });
 
   it('reads the holder of an inode from /proc/locks: its device as glibc encodes dev_t, waiting lockers and other locks ignored', () => {
