@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { labelProblem } from '../config/schema.ts';
 import { formatConfigError } from '../config/ini.ts';
-import { sameRecorded } from '../config/judge.ts';
+import { sameInEffect } from '../config/judge.ts';
 import type { HostMaps } from '../config/judge.ts';
 import { HOST_LABEL } from '../config/types.ts';
 import type { ConfigError, Context, IdMap } from '../config/types.ts';
@@ -492,7 +492,7 @@ export class Registry {
         labels.add(label);
         if (!c) removed.push(label);
         else if (!old) added.push(label);
-        else if (!sameRecorded(old, c)) changed.push(label);
+        else if (!sameInEffect(old, c)) changed.push(label); // a comment moving its keys down is no change
       };
       if (known) for (const label of known) look(label);
       else {

@@ -154,6 +154,20 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     await assert.rejects(callAgent(agent.socket, P.resolve, { label: 'proj' }), (e: UsernsError) => e.code === 'E_CONFIG' && /\(drift\)/.test(e.message));
   });
 
+  it("calls a context changed when what it does changed, not when the admin's note moves its keys down", async () => {
+    tree.context('proj.conf', proj);
+    agent = await startAgent(tree);
+    const pin = await callAgent(agent.socket, P.resolve, { label: 'proj' });
+    tree.context('proj.conf', `# proj: see the ticket\n\n${proj}`);
+    const noted = await callAgent(agent.socket, P.reload, {});
+    assert.deepEqual([noted.added, noted.changed, noted.removed], [[], [], []]);
+    tree.context('proj.conf', `# proj: see the ticket\n\n${proj}[squash]\nmode = none\n`);
+    const squashed = await callAgent(agent.socket, P.reload, {});
+    assert.deepEqual([squashed.added, squashed.changed, squashed.removed], [[], ['proj'], []]);
+    const again = await callAgent(agent.socket, P.resolve, { label: 'proj' });
+    assert.deepEqual([again.ino, again.created], [pin.ino, false], 'the same pin throughout');
+  });
+
   it('a reload whose settings file has errors changes nothing, the state included: a context added meanwhile gets its range once the file is fixed', async () => {
     const pooled = makeTree('[pool]\nrange = 3997696-4325375\n');
     try {
