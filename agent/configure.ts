@@ -26,7 +26,7 @@ import { bypassUserdb, enumerateIds, systemNss } from '../config/nss.ts';
 import { DEFAULT_CONFIG_FILE, HOST_LABEL } from '../config/types.ts';
 import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss } from '../config/types.ts';
 import { assignRanges, mergeIntervals, parseSubIdOwners, parseSubIds } from './coord/allocate.ts';
-import { closeFd, openDirPath, sameStampAt } from './kernel/sys.ts';
+import { closeFd, openDirPath, parentNsIno, sameStampAt } from './kernel/sys.ts';
 import type { StaticClaim } from './coord/poolkeys.ts';
 import type { Allocation } from './coord/allocate.ts';
 import { agentError } from './advice.ts';
@@ -263,12 +263,12 @@ export function loadConfiguration(file: string | null, given: LoadOptions): Conf
 
   // Who decides the auto ranges: this host (hash first, next free, recorded before use) or the
   // shared pool, whose decisions ranges.json holds; what it has not decided yet waits.
+  const pinned = pinnedMaps(agent.pins);
   const pool =
     agent.coordinator === 'etcd'
       ? { fresh: new Map<string, Allocation>(), statics: staticClaims(defs), ...fromSharedPool(agent, defs, opts.refused ?? new Map(), errors) }
-      : { pending: [], waiting: [], statics: [], coordinated: defs, ...fromLocalPool(agent, defs, inForce, opts, errors) };
+      : { pending: [], waiting: [], statics: [], coordinated: defs, ...fromLocalPool(agent, defs, inForce, pinned, opts, errors) };
   const { starts, fresh, kept, pending, waiting, statics, coordinated } = pool;
-  const pinned = pinnedMaps(agent.pins);
   // A context the shared pool refuses is not kept at a last good version: that version is what it refuses.
   if (opts.refused?.size) inForce = new Map([...inForce].filter(([label]) => !opts.refused!.has(label)));
   const delegations = readDelegations(agent, nss, errors);
@@ -314,11 +314,43 @@ export function loadConfiguration(file: string | null, given: LoadOptions): Conf
 }
 
 /**
- * coordinator = local: every auto context gets its recorded start, or a fresh one that avoids the
- * static ranges, the system's ids and every other allocation, recorded (when the agent loads)
- * before anything uses it. A record that cannot be read allocates nothing: an error each.
+ * The host ids the namespaces pinned now are mapped to, which no fresh allocation may hand to
+ * another label: an orphan pin (its file removed while the agent was down, left for root to
+ * release) or a pin in drift still holds its namespace, and whatever runs in it, on those ids. Each
+ * top-level pin's maps from its record (whether a pin is top-level is asked of the kernel, not of a
+ * file that may have changed since; a nested pin's ids lie in its parent's). Left out: an auto
+ * context with no recorded range (its record was lost) keeps its own pin's ids allocatable, so that
+ * hashing finds its range again.
  */
-function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], inForce: ReadonlyMap<string, Context>, opts: LoadOptions, errors: ConfigError[]) {
+function pinnedIds(
+  pinsDir: string,
+  pinned: ReadonlyMap<string, { uidMap: IdMap; gidMap: IdMap } | null>,
+  defs: readonly ContextDef[],
+  recorded: ReadonlyMap<string, Allocation>,
+): Interval[] {
+  const rehashed = new Set(defs.filter((d) => d.autoSize !== null && !recorded.has(d.label)).map((d) => d.label));
+  const own = statSync('/proc/self/ns/user').ino; // the namespace top-level pins are made in
+  const out: Interval[] = [];
+  for (const [label, maps] of pinned) {
+    if (!maps || rehashed.has(label) || parentNsIno(join(pinsDir, label)) !== own) continue;
+    out.push(...outsideIntervals([...maps.uidMap, ...maps.gidMap]));
+  }
+  return out;
+}
+
+/**
+ * coordinator = local: every auto context gets its recorded start, or a fresh one that avoids the
+ * static ranges, the system's ids, every other allocation and the ids of pinned namespaces,
+ * recorded (when the agent loads) before anything uses it. A record that cannot be read allocates nothing: an error each.
+ */
+function fromLocalPool(
+  agent: AgentConfig,
+  defs: readonly ContextDef[],
+  inForce: ReadonlyMap<string, Context>,
+  pinned: ReadonlyMap<string, { uidMap: IdMap; gidMap: IdMap } | null>,
+  opts: LoadOptions,
+  errors: ConfigError[],
+) {
   try {
     // Recorded allocations are read even without an auto context: a static range must not take one.
     // (Unreadable, for check-config run by a user: without auto contexts, nothing below says so.)
@@ -330,6 +362,7 @@ function fromLocalPool(agent: AgentConfig, defs: readonly ContextDef[], inForce:
     const system = (opts.systemIds ?? systemIds)(agent);
     const reserved: Interval[] = [...system];
     for (const h of staticHostMaps([...defs, ...keptCandidates(defs, inForce, errors)]).values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
+    reserved.push(...pinnedIds(agent.pins, pinned, defs, recorded));
     const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system);
     if (opts.record && r.fresh.size > 0) {
       ensureStateDir(agent.state);

@@ -44,7 +44,7 @@ export function allocateRange(label: string, size: number, pool: Pool, taken: re
     const s = first + ((start + k) % count) * size;
     if (!ids.overlaps(s, s + size)) return s;
   }
-  return `the pool ${pool.start}-${pool.end} is exhausted: no free range of ${size} ids is left (widen [pool] range or remove contexts)`;
+  return `the pool ${pool.start}-${pool.end} is exhausted: no free range of ${size} ids is left (widen [pool] range, remove contexts, or release the pins of contexts that are gone or in drift, which hold their ids)`;
 }
 
 /**

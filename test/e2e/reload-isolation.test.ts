@@ -1,7 +1,7 @@
 // Reloads and restarts never leave two contexts sharing ids, and a parent's release takes its nested pins with it.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { callAgent } from '../../agent/wire/client.ts';
 import type { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
@@ -82,6 +82,41 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     const again = await callAgent(agent.socket, P.resolve, { label: 'images' });
     assert.equal(again.uidMap[0].outside, start);
     assert.equal(again.created, false);
+  });
+
+  it("never allocates the ids of a namespace still pinned: one in drift, or an orphan's (its file removed while the agent was down)", async () => {
+    // A pool of one slot, A, which the static context x has.
+    const one = makeTree('[pool]\nrange = 3997696-4063231\n');
+    const A = 3997696;
+    const refused = (label: string) =>
+      assert.rejects(
+        callAgent(agent.socket, P.resolve, { label }),
+        (e: UsernsError) => e.code === 'E_CONFIG' && new RegExp(`the pool ${A}-4063231 is exhausted.*release the pins`).test(e.message),
+      );
+    const state = async (label: string) => (await callAgent(agent.socket, P.status, {})).contextStates?.find((c) => c.label === label)?.state;
+    try {
+      one.context('x.conf', `[context]\nuid_map = 0 ${A} 65536\ngid_map = 0 ${A} 65536\n`);
+      agent = await startAgent(one);
+      await callAgent(agent.socket, P.resolve, { label: 'x' });
+      // x moves to ids out of the pool while pinned: its pin, in drift, still holds A. y asks for a range.
+      one.context('x.conf', '[context]\nuid_map = 0 5000000 65536\ngid_map = 0 5000000 65536\n');
+      one.context('y.conf', '[context]\nrange = auto\nsize = 65536\n');
+      await callAgent(agent.socket, P.reload, {});
+      assert.equal(await state('x'), 'drift');
+      await refused('y');
+      // x's file removed while the agent is down: its pin, an orphan now, still holds A.
+      assert.equal(await agent.stop(), 0);
+      rmSync(`${one.contexts}/x.conf`);
+      agent = await startAgent(one);
+      assert.equal(await state('x'), 'orphan');
+      await refused('y');
+      // Released by root, A is free: the next reload gives it to y.
+      await callAgent(agent.socket, P.release, { label: 'x' });
+      await callAgent(agent.socket, P.reload, {});
+      assert.equal((await callAgent(agent.socket, P.resolve, { label: 'y' })).uidMap[0].outside, A);
+    } finally {
+      await cleanup(one);
+    }
   });
 
   it('releasing a parent releases its pinned children first, and a child left under an old parent is drift', async () => {
