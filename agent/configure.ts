@@ -1,7 +1,7 @@
 // One configuration load, start to finish: settings, context files, ranges, cross-file checks.
 import { lstatSync, readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { outsideIntervals } from '../config/extents.ts';
+import { firstEndingAfter, outsideIntervals } from '../config/extents.ts';
 import type { Interval } from '../config/extents.ts';
 import { appendErrors, configError, readConfigFileAsync, stampOf } from '../config/ini.ts';
 import {
@@ -318,22 +318,37 @@ export function loadConfiguration(file: string | null, given: LoadOptions): Conf
  * another label: an orphan pin (its file removed while the agent was down, left for root to
  * release) or a pin in drift still holds its namespace, and whatever runs in it, on those ids. Each
  * top-level pin's maps from its record (whether a pin is top-level is asked of the kernel, not of a
- * file that may have changed since; a nested pin's ids lie in its parent's). Left out: an auto
- * context with no recorded range (its record was lost) keeps its own pin's ids allocatable, so that
- * hashing finds its range again.
+ * file that may have changed since; a nested pin's ids lie in its parent's). A pin whose ids are
+ * reserved already (`reserved`, and the recorded ranges the allocation keeps) costs no question to
+ * the kernel: every pin of a context in force, as a rule. Left out: an auto context with no
+ * recorded range (its record was lost) keeps its own pin's ids allocatable, so that hashing finds
+ * its range again.
  */
 function pinnedIds(
   pinsDir: string,
   pinned: ReadonlyMap<string, { uidMap: IdMap; gidMap: IdMap } | null>,
   defs: readonly ContextDef[],
   recorded: ReadonlyMap<string, Allocation>,
+  reserved: readonly Interval[],
 ): Interval[] {
-  const rehashed = new Set(defs.filter((d) => d.autoSize !== null && !recorded.has(d.label)).map((d) => d.label));
-  const own = statSync('/proc/self/ns/user').ino; // the namespace top-level pins are made in
+  const auto = new Map(defs.filter((d) => d.autoSize !== null).map((d) => [d.label, allocationSize(d)]));
+  // The recorded ranges assignRanges keeps: those of a context gone, or of the same size still.
+  const keptRanges = [...recorded]
+    .filter(([label, a]) => !auto.has(label) || auto.get(label) === a.size)
+    .map(([, a]) => ({ start: a.start, end: a.start + a.size }));
+  const covered = mergeIntervals([...reserved, ...keptRanges]);
+  const isCovered = (iv: Interval) => {
+    const i = firstEndingAfter(covered, iv.start);
+    return i < covered.length && covered[i].start <= iv.start && covered[i].end >= iv.end;
+  };
+  let own: number | undefined; // the namespace top-level pins are made in
   const out: Interval[] = [];
   for (const [label, maps] of pinned) {
-    if (!maps || rehashed.has(label) || parentNsIno(join(pinsDir, label)) !== own) continue;
-    out.push(...outsideIntervals([...maps.uidMap, ...maps.gidMap]));
+    if (!maps || (auto.has(label) && !recorded.has(label))) continue;
+    const ids = outsideIntervals([...maps.uidMap, ...maps.gidMap]);
+    if (ids.every(isCovered)) continue;
+    own ??= statSync('/proc/self/ns/user').ino;
+    if (parentNsIno(join(pinsDir, label)) === own) out.push(...ids);
   }
   return out;
 }
@@ -362,7 +377,7 @@ function fromLocalPool(
     const system = (opts.systemIds ?? systemIds)(agent);
     const reserved: Interval[] = [...system];
     for (const h of staticHostMaps([...defs, ...keptCandidates(defs, inForce, errors)]).values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
-    reserved.push(...pinnedIds(agent.pins, pinned, defs, recorded));
+    reserved.push(...pinnedIds(agent.pins, pinned, defs, recorded, reserved));
     const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system);
     if (opts.record && r.fresh.size > 0) {
       ensureStateDir(agent.state);

@@ -101,7 +101,6 @@ export class Namespaces {
   readonly maker: NamespaceMaker;
   /** Labels whose pin was found with other maps than configured (at adoption or a resolve), until released or checked good. */
   readonly drifted = new Set<string>();
-  /** The lock on the pins directory taken when this made it again (the agent's first one is its start's). */
   /** The records directory says its format (written once per directory made). */
   private formatMarked = false;
   private readonly onPinned: (ctx: Context, pin: Pin) => Promise<void>;

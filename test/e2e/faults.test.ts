@@ -5,6 +5,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { AgentClient } from '../../agent/wire/client.ts';
 import * as P from '../../agent/wire/protocol.ts';
 import { rootAgentSuite, startAgent, USERNSD, usernsctlAt, usernsctlHere } from '../helpers/agent.ts';
+import type { RunningAgent } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { kernelMaps, mountsUnder, unmountAll } from '../helpers/kernel.ts';
 import { pinnedIno } from '../../agent/kernel/pinrecord.ts';
@@ -17,6 +18,24 @@ const labels = [...Array.from({ length: STATIC }, (_, i) => `s${i}`), ...Array.f
 function writeContexts(tree: Tree): void {
   for (let i = 0; i < STATIC; i++) tree.context(`s${i}.conf`, `[context]\nuid_map = 0 ${100000 + i * 10000} 1000\ngid_map = 0 ${100000 + i * 10000} 1000\n`);
   for (let i = 0; i < AUTO; i++) tree.context(`auto${i}.conf`, '[context]\nrange = auto\nsize = 65536\n');
+}
+
+/**
+ * A second usernsd started beside `agent` that shares only its `shared` directory (the other one and
+ * the socket are its own) is refused at once, naming the first.
+ */
+function assertRefusedBeside(tree: Tree, agent: RunningAgent, shared: 'state' | 'pins'): void {
+  const own = shared === 'state' ? 'pins' : 'state';
+  const beside = `${tree.dir}/beside.conf`;
+  writeFileSync(
+    beside,
+    readFileSync(tree.config, 'utf8')
+      .replace(new RegExp(`^${own} = .*$`, 'm'), `${own} = ${tree.dir}/beside-${own}`)
+      .replace(/^socket = .*$/m, `socket = ${tree.dir}/beside.sock`),
+  );
+  const other = spawnSync(process.execPath, [USERNSD, '--config', beside], { encoding: 'utf8', timeout: 15000 });
+  assert.equal(other.status, 1, `the second agent ran beside the first (${other.signal ?? other.status}): ${other.stderr}`);
+  assert.match(other.stderr, new RegExp(`another usernsd \\(pid ${agent.child.pid}\\) is using the ${shared} directory ${tree[shared]}`));
 }
 
 describe('e2e: faults (root)', function () {
@@ -110,17 +129,7 @@ describe('e2e: faults (root)', function () {
       assert.equal(third.created, true);
       assert.deepEqual(mountsUnder(tree.pins), [third.path]);
       // Its lock went with the directory: the agent holds the one it made again, so a second agent is still refused.
-      // (One with a state directory and a socket of its own: the pins are all they share.)
-      const beside = `${tree.dir}/beside.conf`;
-      writeFileSync(
-        beside,
-        readFileSync(tree.config, 'utf8')
-          .replace(/^state = .*$/m, `state = ${tree.dir}/beside-state`)
-          .replace(/^socket = .*$/m, `socket = ${tree.dir}/beside.sock`),
-      );
-      const other = spawnSync(process.execPath, [USERNSD, '--config', beside], { encoding: 'utf8', timeout: 15000 });
-      assert.equal(other.status, 1, other.stderr);
-      assert.match(other.stderr, new RegExp(`another usernsd \\(pid ${agent.child.pid}\\) is using the pins directory ${tree.pins}`));
+      assertRefusedBeside(tree, agent, 'pins');
     } finally {
       c.close();
     }
@@ -135,17 +144,7 @@ describe('e2e: faults (root)', function () {
     assert.equal((await usernsctlHere(['--socket', agent.socket, 'reload'])).code, 0);
     // Whole: a journal of the change alone would leave the record without a.
     assert.deepEqual([...readInForceRecord(tree.state).contexts.keys()].sort(), ['a', 'b'], 'the record is written whole in the directory made again');
-    // One with pins and a socket of its own: the state directory is all they share.
-    const beside = `${tree.dir}/beside.conf`;
-    writeFileSync(
-      beside,
-      readFileSync(tree.config, 'utf8')
-        .replace(/^pins = .*$/m, `pins = ${tree.dir}/beside-pins`)
-        .replace(/^socket = .*$/m, `socket = ${tree.dir}/beside.sock`),
-    );
-    const other = spawnSync(process.execPath, [USERNSD, '--config', beside], { encoding: 'utf8', timeout: 15000 });
-    assert.equal(other.status, 1, `the second agent ran beside the first (${other.signal ?? other.status}): ${other.stderr}`);
-    assert.match(other.stderr, new RegExp(`another usernsd \\(pid ${agent.child.pid}\\) is using the state directory ${tree.state}`));
+    assertRefusedBeside(tree, agent, 'state');
   });
 
   it('turns the namespace limit into E_KERNEL with what to change, while existing contexts keep resolving', async () => {
