@@ -404,10 +404,20 @@ export class IpcServer {
    */
   async drain(timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, Math.min(ms, deadline - Date.now()))));
+    // Until `ms` have passed (never past the deadline) or `done` settles; the timer goes with it. A
+    // timer left behind held the stopped agent's event loop to the drain deadline: every stop with a
+    // request in flight took DRAIN_TIMEOUT_MS to exit.
+    const sleep = (ms: number, done?: Promise<unknown>) =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.max(0, Math.min(ms, deadline - Date.now())));
+        void done?.then(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
     while (Date.now() < deadline) {
       if (this.pending.size > 0) {
-        await Promise.race([Promise.allSettled([...this.pending]), sleep(deadline - Date.now())]);
+        await sleep(deadline - Date.now(), Promise.allSettled([...this.pending]));
         continue;
       }
       if (![...this.conns.keys()].some(hasUnreadInput)) return true;

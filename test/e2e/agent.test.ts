@@ -6,7 +6,7 @@ import { connect } from 'node:net';
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { SETTLE_HEAP_BYTES } from '../../agent/manager.ts';
+import { DRAIN_TIMEOUT_MS, SETTLE_HEAP_BYTES } from '../../agent/manager.ts';
 import { checkoutReachableBy, cleanup, makeCheckoutReachable, PYTHON, rootAgentSuite, startAgent, USERNSD, usernsctl, usernsctlAt } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -363,33 +363,46 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     );
   });
 
-  it('SIGTERM finishes requests in flight, removes the socket and exits 0', async () => {
+  it('SIGTERM finishes requests in flight, removes the socket and exits 0, without waiting out the drain deadline', async () => {
+    // Each creation runs an exec_start hook that waits until the test lets it go: the eight requests
+    // are in flight when the stop begins, whatever order the agent's event loop takes the signal in.
+    const gate = `${tree.dir}/gate`;
+    const hook = `${tree.dir}/hold.sh`;
+    writeFileSync(hook, `#!/bin/sh\ntouch "${tree.dir}/started.$USERNS_LABEL"\nwhile [ ! -e "${gate}" ]; do sleep 0.01; done\n`, { mode: 0o755 });
     for (const l of 'abcdefgh')
-      tree.context(`${l}.conf`, `[context]\nuid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\ngid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\n`);
+      tree.context(
+        `${l}.conf`,
+        `[context]\nuid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\ngid_map = 0 ${100000 + l.charCodeAt(0) * 1000} 1000\n[delegate]\nexec_start = ${hook}\n`,
+      );
     agent = await startAgent(tree);
     const client = await AgentClient.connect(agent.socket);
+    let stopAt: number;
     try {
-      // The requests and the signal both wait while the agent is stopped: the signal cannot lose them.
-      agent.child.kill('SIGSTOP');
       const calls = [...'abcdefgh'].map((label) => client.call(P.resolve, { label }));
-      await new Promise((r) => setTimeout(r, 100));
+      for (const l of 'abcdefgh') while (!existsSync(`${tree.dir}/started.${l}`)) await new Promise((r) => setTimeout(r, 10));
+      stopAt = Date.now();
       agent.child.kill('SIGTERM');
-      agent.child.kill('SIGCONT');
+      await agent.waitForLog((l) => l.msg === 'Stopping: no new connections; finishing requests in flight');
+      writeFileSync(gate, '');
       const replies = await Promise.all(calls);
       assert.deepEqual(
         replies.map((r) => r.created),
         Array(8).fill(true),
       );
     } finally {
+      writeFileSync(gate, '');
       client.close();
     }
     assert.deepEqual(await agent.exited, { code: 0, signal: null });
+    // A timer of the drain left behind held the process to the drain deadline (DRAIN_TIMEOUT_MS, 10 s).
+    assert.ok(Date.now() - stopAt < DRAIN_TIMEOUT_MS, `exited ${Date.now() - stopAt} ms after SIGTERM: the drain deadline was waited out`);
     assert.equal(existsSync(agent.socket), false, 'the socket is removed');
     const msgs = agent.logs.map((l) => l.msg);
     assert.ok(
-      msgs.indexOf('Stopping: no new connections; finishing requests in flight') < msgs.lastIndexOf('Created user namespace'),
+      msgs.indexOf('Stopping: no new connections; finishing requests in flight') < msgs.indexOf('Created user namespace'),
       'work finished after the stop began',
     );
+    assert.equal(msgs.filter((m) => m === 'Created user namespace').length, 8);
     assert.equal(msgs.at(-1), 'Stopped');
     const after = await ctl(['status']);
     assert.equal(after.code, 3);
