@@ -1,7 +1,7 @@
 // One configuration load, start to finish: settings, context files, ranges, cross-file checks.
 import { lstatSync, readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { firstEndingAfter, outsideIntervals } from '../config/extents.ts';
+import { outsideIntervals } from '../config/extents.ts';
 import type { Interval } from '../config/extents.ts';
 import { appendErrors, configError, readConfigFileAsync, stampOf } from '../config/ini.ts';
 import {
@@ -28,7 +28,7 @@ import type { AgentConfig, ConfigError, Context, ContextDef, IdMap, Nss } from '
 import { assignRanges, mergeIntervals, parseSubIdOwners, parseSubIds } from './coord/allocate.ts';
 import { closeFd, openDirPath, parentNsIno, sameStampAt } from './kernel/sys.ts';
 import type { StaticClaim } from './coord/poolkeys.ts';
-import type { Allocation } from './coord/allocate.ts';
+import type { Allocation, PinnedIds } from './coord/allocate.ts';
 import { agentError } from './advice.ts';
 import { Fault } from './fault.ts';
 import { pinnedMaps } from './kernel/userns.ts';
@@ -313,42 +313,14 @@ export function loadConfiguration(file: string | null, given: LoadOptions): Conf
   };
 }
 
-/**
- * The host ids the namespaces pinned now are mapped to, which no fresh allocation may hand to
- * another label: an orphan pin (its file removed while the agent was down, left for root to
- * release) or a pin in drift still holds its namespace, and whatever runs in it, on those ids. Each
- * top-level pin's maps from its record (whether a pin is top-level is asked of the kernel, not of a
- * file that may have changed since; a nested pin's ids lie in its parent's). A pin whose ids are
- * reserved already (`reserved`, and the recorded ranges the allocation keeps) costs no question to
- * the kernel: every pin of a context in force, as a rule. Left out: an auto context with no
- * recorded range (its record was lost) keeps its own pin's ids allocatable, so that hashing finds
- * its range again.
- */
-function pinnedIds(
-  pinsDir: string,
-  pinned: ReadonlyMap<string, { uidMap: IdMap; gidMap: IdMap } | null>,
-  defs: readonly ContextDef[],
-  recorded: ReadonlyMap<string, Allocation>,
-  reserved: readonly Interval[],
-): Interval[] {
-  const auto = new Map(defs.filter((d) => d.autoSize !== null).map((d) => [d.label, allocationSize(d)]));
-  // The recorded ranges assignRanges keeps: those of a context gone, or of the same size still.
-  const keptRanges = [...recorded]
-    .filter(([label, a]) => !auto.has(label) || auto.get(label) === a.size)
-    .map(([, a]) => ({ start: a.start, end: a.start + a.size }));
-  const covered = mergeIntervals([...reserved, ...keptRanges]);
-  const isCovered = (iv: Interval) => {
-    const i = firstEndingAfter(covered, iv.start);
-    return i < covered.length && covered[i].start <= iv.start && covered[i].end >= iv.end;
-  };
+/** The pins as the allocator weighs them (assignRanges): their maps from their records, top-level as the kernel says. */
+function pinnedIds(pinsDir: string, pinned: ReadonlyMap<string, { uidMap: IdMap; gidMap: IdMap } | null>): PinnedIds[] {
   let own: number | undefined; // the namespace top-level pins are made in
-  const out: Interval[] = [];
+  const out: PinnedIds[] = [];
   for (const [label, maps] of pinned) {
-    if (!maps || (auto.has(label) && !recorded.has(label))) continue;
-    const ids = outsideIntervals([...maps.uidMap, ...maps.gidMap]);
-    if (ids.every(isCovered)) continue;
-    own ??= statSync('/proc/self/ns/user').ino;
-    if (parentNsIno(join(pinsDir, label)) === own) out.push(...ids);
+    if (!maps) continue;
+    const topLevel = () => parentNsIno(join(pinsDir, label)) === (own ??= statSync('/proc/self/ns/user').ino);
+    out.push({ label, ids: outsideIntervals([...maps.uidMap, ...maps.gidMap]), topLevel });
   }
   return out;
 }
@@ -377,8 +349,7 @@ function fromLocalPool(
     const system = (opts.systemIds ?? systemIds)(agent);
     const reserved: Interval[] = [...system];
     for (const h of staticHostMaps([...defs, ...keptCandidates(defs, inForce, errors)]).values()) reserved.push(...outsideIntervals([...h.uid, ...h.gid]));
-    reserved.push(...pinnedIds(agent.pins, pinned, defs, recorded, reserved));
-    const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system);
+    const r = assignRanges(defs, agent.pool, recorded, reserved, errors, system, pinnedIds(agent.pins, pinned));
     if (opts.record && r.fresh.size > 0) {
       ensureStateDir(agent.state);
       writeAllocations(agent.state, new Map([...recorded, ...r.fresh]));

@@ -80,11 +80,32 @@ export function parseSubIdOwners(text: string): { owner: string; start: number; 
   return out;
 }
 
+/** A namespace pinned now: its label, the ids its maps name outside it, and whether it is top-level (asked of the kernel). */
+export type PinnedIds = { readonly label: string; readonly ids: readonly Interval[]; readonly topLevel: () => boolean };
+
+/**
+ * The ids no fresh allocation may take because a pinned namespace is mapped to them: an orphan pin
+ * (its file removed while the agent was down, left for root to release) or a pin in drift still
+ * holds its namespace, and whatever runs in it, on those ids. Only a top-level pin's ids are host
+ * ids (a nested pin's lie in its parent's), and only a pin whose ids `taken` does not cover already
+ * is asked whether it is: every pin of a context in force, as a rule, costs no question. Left out: a
+ * pin that `rehashed` says finds its range again by hashing (an auto context whose record was lost).
+ */
+function livePinIds(pins: readonly PinnedIds[], taken: DisjointIntervals<Interval>, rehashed: (label: string) => boolean): Interval[] {
+  const covered = (i: Interval) => {
+    const o = taken.overlapping(i.start, i.end);
+    return o.length === 1 && o[0].start <= i.start && o[0].end >= i.end;
+  };
+  const out: Interval[] = [];
+  for (const p of pins) if (!rehashed(p.label) && !p.ids.every(covered) && p.topLevel()) out.push(...p.ids);
+  return out;
+}
+
 /**
  * Give every `range = auto` context a start: its recorded allocation when the size still matches,
- * else a fresh one that avoids `reserved` (static ranges, subordinate ids, existing accounts) and
- * every other allocation, recorded or fresh. Fresh ones are returned so the caller records them
- * before any namespace uses them.
+ * else a fresh one that avoids `reserved` (static ranges, subordinate ids, existing accounts), the
+ * ids of the namespaces pinned now (`pins`) and every other allocation, recorded or fresh. Fresh
+ * ones are returned so the caller records them before any namespace uses them.
  */
 export function assignRanges(
   defs: readonly ContextDef[],
@@ -94,6 +115,8 @@ export function assignRanges(
   errors: ConfigError[],
   /** What a recorded range must stay clear of: the system's ids (not the static ranges, which yield to a recorded allocation). */
   system: readonly Interval[] = reserved,
+  /** The namespaces pinned now (livePinIds). */
+  pins: readonly PinnedIds[] = [],
 ): { starts: Map<string, number>; fresh: Map<string, Allocation>; kept: Map<string, Allocation> } {
   const starts = new Map<string, number>();
   const fresh = new Map<string, Allocation>();
@@ -104,7 +127,9 @@ export function assignRanges(
   // restored gets its ids back; one whose size changed is allocated anew.
   for (const [label, a] of recorded) if (!sizes.has(label) || sizes.get(label) === a.size) kept.set(label, a);
   const allocations: Interval[] = [...kept.values()].map((a) => ({ start: a.start, end: a.start + a.size }));
-  const taken = new DisjointIntervals(mergeIntervals([...reserved, ...allocations]));
+  let taken = new DisjointIntervals(mergeIntervals([...reserved, ...allocations]));
+  const live = livePinIds(pins, taken, (label) => sizes.has(label) && !recorded.has(label));
+  if (live.length > 0) taken = new DisjointIntervals(mergeIntervals([...reserved, ...allocations, ...live]));
   const systemIds = mergeIntervals(system);
   for (const d of auto) {
     const k = kept.get(d.label);

@@ -50,6 +50,34 @@ describe('property: range allocation', () => {
     );
   });
 
+  it("never hands out a top-level pin's ids, and asks the kernel only about pins whose ids are not reserved already", () => {
+    const arbPin = fc.record({ slot: fc.integer({ min: 0, max: 63 }), len: fc.integer({ min: 1, max: 65536 }), top: fc.boolean() });
+    fc.assert(
+      fc.property(fc.uniqueArray(label, { minLength: 1, maxLength: 20 }), arbTaken, fc.array(arbPin, { maxLength: 20 }), (labels, reserved, arbPins) => {
+        const asked: number[] = [];
+        const pins = arbPins.map((p, i) => {
+          const start = pool.start + p.slot * 65536;
+          return { label: `pin${i}`, ids: [{ start, end: start + p.len }], topLevel: () => (asked.push(i), p.top) };
+        });
+        const { starts } = assignRanges(
+          labels.map((l) => def(l)),
+          pool,
+          new Map(),
+          reserved,
+          [],
+          reserved,
+          pins,
+        );
+        const got = [...starts.values()].map((s) => ({ start: s, end: s + 65536 }));
+        for (const [i, p] of pins.entries()) {
+          if (arbPins[i].top) for (const a of got) assert.ok(!overlaps(a, p.ids[0]), `allocation ${a.start} takes the ids of top-level ${p.label}`);
+          const covered = mergeIntervals(reserved).some((r) => r.start <= p.ids[0].start && r.end >= p.ids[0].end);
+          if (covered) assert.ok(!asked.includes(i), `${p.label}'s ids are reserved already, yet the kernel was asked`);
+        }
+      }),
+    );
+  });
+
   it('gives the same label the same range for the same inputs', () => {
     fc.assert(
       fc.property(label, arbTaken, (l, reserved) => {
