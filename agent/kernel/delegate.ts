@@ -12,6 +12,7 @@ import type { Delegation, IdMap } from '../../config/types.ts';
 import { ID, IDMAP } from '../../config/untrusted.ts';
 import { errnoOf, Fault, refused } from '../fault.ts';
 import { lstatOrNull, makeDirs, writeFileAtomic } from './files.ts';
+import { makeOwnedDirectory, setNodeOwner } from './ownedpaths.ts';
 import { getXattr } from './sys.ts';
 import type { HelperPrograms } from './helper.ts';
 import { addTap, addVeth, deleteLink, deleteTap, IFNAME_RE, INNER_VETH, linkExists, netnsPinned, pinNetns, unpinNetns, vethNames } from './netdelegate.ts';
@@ -496,7 +497,7 @@ export class Delegations {
       done.push(`gave ${path}`);
     }
     for (const path of d.directories) {
-      if (this.makeDirectory(plan, path)) done.push(`made ${path}`);
+      if (makeOwnedDirectory(plan.label, path, plan.root)) done.push(`made ${path}`);
       if (!rec.directories.includes(path)) rec.directories.push(path);
     }
     if (JSON.stringify(rec) !== before) this.write(rec); // an adopted pin in order costs no write
@@ -762,72 +763,33 @@ export class Delegations {
   }
 
   private give(plan: DelegationPlan, path: string, prior: DelegationRecord['devices'][number]): void {
-    const st = lstatOrNull(path);
-    if (st === null || st.rdev !== prior.rdev || !(st.isCharacterDevice() || st.isBlockDevice()))
-      throw new Fault('in-the-way', `device ${path} for "${plan.label}" is missing or was replaced by another node`, {
+    const replaced = () =>
+      new Fault('in-the-way', `device ${path} for "${plan.label}" is missing or was replaced by another node`, {
         object: 'device',
         label: plan.label,
         subject: path,
       });
+    const st = lstatOrNull(path);
+    if (st === null || st.rdev !== prior.rdev || !(st.isCharacterDevice() || st.isBlockDevice())) throw replaced();
     try {
-      // chmod while it is still root's: on a node of another owner it would need CAP_FOWNER.
-      if ((st.mode & 0o600) !== 0o600) chmodSync(path, (st.mode & 0o7777) | 0o600);
-      lchownSync(path, plan.root.uid, plan.root.gid);
+      const mode = (st.mode & 0o600) !== 0o600 ? (st.mode & 0o7777) | 0o600 : null;
+      if (!setNodeOwner(path, (now) => now.rdev === prior.rdev && now.ino === st.ino, plan.root, mode)) throw replaced();
     } catch (err) {
+      if (err instanceof Fault) throw err;
       throw refused('device', `give ${path} to the root of "${plan.label}"`, errnoOf(err));
     }
   }
 
   /** The node's owner and mode as they were; a node replaced meanwhile (udev) is left alone. */
   private giveBack(dev: DelegationRecord['devices'][number]): void {
-    const st = lstatOrNull(dev.path);
-    if (st === null || st.rdev !== dev.rdev || !(st.isCharacterDevice() || st.isBlockDevice())) return;
     try {
-      lchownSync(dev.path, dev.uid, dev.gid);
-      chmodSync(dev.path, dev.mode);
+      setNodeOwner(dev.path, (now) => now.rdev === dev.rdev, dev, dev.mode);
     } catch (err) {
       throw refused('device', `give ${dev.path} back to uid ${dev.uid}`, errnoOf(err));
     }
   }
 
   // ---- directories ----
-
-  /**
-   * mkdir -p, the last component owned by the context's root; no component may be a symlink. An
-   * existing directory is taken only when the context's root owns it already: usernsd never chowns
-   * data it did not create. Returns whether it made the directory.
-   */
-  private makeDirectory(plan: DelegationPlan, path: string): boolean {
-    const parts = path.split('/').filter(Boolean);
-    let at = '';
-    for (const [i, part] of parts.entries()) {
-      at = `${at}/${part}`;
-      const last = i === parts.length - 1;
-      const st = lstatOrNull(at);
-      const inTheWay = (why: string) =>
-        new Fault('in-the-way', `directory ${path} for "${plan.label}": ${why}`, { object: 'directory', label: plan.label, subject: at });
-      if (st?.isSymbolicLink()) throw inTheWay(`${at} is a symlink (not followed)`);
-      if (st && !st.isDirectory()) throw inTheWay(`${at} is not a directory`);
-      if (st && last) {
-        if (st.uid !== plan.root.uid)
-          throw new Fault(
-            'in-the-way',
-            `directory ${path} for "${plan.label}" exists, owned by uid ${st.uid}: usernsd gives only directories it creates or that the context's root (host uid ${plan.root.uid}) owns already`,
-            { object: 'directory', label: plan.label, subject: path, step: 'chown' },
-          );
-        return false;
-      }
-      if (st) continue;
-      try {
-        mkdirSync(at, { mode: 0o755 });
-        chmodSync(at, 0o755);
-        if (last) lchownSync(at, plan.root.uid, plan.root.gid);
-      } catch (err) {
-        throw refused('directory', `make directory ${at}`, errnoOf(err), { label: plan.label });
-      }
-    }
-    return true;
-  }
 
   // ---- hooks ----
 
