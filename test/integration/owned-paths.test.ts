@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import {
+  linkSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -199,6 +200,9 @@ describe("paths handed to a context's root, against an owner acting between the 
       assert.equal(spawnSync('mknod', ['-m', '640', node, 'c', '1', '3']).status, 0);
       const rdev = lstatSync(node).rdev;
       const ino = lstatSync(node).ino;
+      // A second name of the node meant, to see what became of it once its first name is gone.
+      const kept = join(w.home, 'dev0.kept');
+      linkSync(node, kept);
       const swap = () => {
         unlinkSync(node);
         if (move === 'symlink') symlinkSync(w.victimFile, node);
@@ -217,6 +221,7 @@ describe("paths handed to a context's root, against an owner acting between the 
       assertVictimsUntouched(w);
       assert.equal(facts(lstatSync(node)), `${ALICE}:${ALICE} ${move === 'symlink' ? '777' : '600'}`, `${move}: the replacement was not touched`);
       assert.notEqual(lstatSync(node).ino, ino);
+      assert.equal(facts(lstatSync(kept)), `${CTX_ROOT.uid}:${CTX_ROOT.gid} 660`, `${move}: the node checked is the one given`);
       // A symlink or another node at the name is never taken for the node meant.
       assert.equal(
         setNodeOwner(node, (st) => st.rdev === rdev, CTX_ROOT, 0o660),
