@@ -9,10 +9,9 @@ import { UsernsError } from './errors.ts';
 import { agentError } from './advice.ts';
 import { mapIds } from './idmap.ts';
 import { parseExtents } from '../config/extents.ts';
-import { findLabel, notReachable, peerCanReach } from './labels.ts';
+import { findLabel, findLabelFrom, Reached } from './labels.ts';
 import { explain } from './explain.ts';
-import { lstatSync, realpathSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { fstatSync } from 'node:fs';
 import * as P from './wire/protocol.ts';
 import type { Method, ParamsOf, Reply, ResultOf } from './wire/protocol.ts';
 import type { Registry, Resolved } from './registry.ts';
@@ -256,18 +255,19 @@ handle(P.view, async (agent, peer, params, conn) => {
 });
 
 handle(P.explain, (agent, peer, { path }) => {
+  // The file's own ids and its label, read through the descriptor of what the caller reached (labels.ts).
+  const reached = Reached.as(peer, path);
   let st;
-  try {
-    if (!isRoot(peer) && !peerCanReach(peer, dirname(realpathSync(dirname(path))))) throw new Error('EACCES');
-    st = lstatSync(path);
-  } catch (err) {
-    throw notReachable(peer, path, err);
-  }
   let found: { label: string; at: string } | null = null;
   try {
-    found = findLabel(path, agent.registry.agent.labelXattr, peer);
-  } catch (err) {
-    if (!(err instanceof UsernsError && err.code === 'E_NOT_FOUND')) throw err;
+    st = fstatSync(reached.fd);
+    try {
+      found = findLabelFrom(reached, path, agent.registry.agent.labelXattr);
+    } catch (err) {
+      if (!(err instanceof UsernsError && err.code === 'E_NOT_FOUND')) throw err;
+    }
+  } finally {
+    reached.close();
   }
   const ctx = found ? (agent.registry.get(found.label) ?? null) : null;
   const usableCtx = ctx && mayUse(peer, ctx, agent.registry.ancestors(ctx)) ? ctx : null;

@@ -1,11 +1,11 @@
 // Labels on inodes (SPEC §7): the nearest labelled ancestor of a path, without crossing a mount point or following a symlink for the label itself.
-import { lstatSync, realpathSync, statSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { closeSync, constants, openSync, readlinkSync, statSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { labelProblem } from '../config/schema.ts';
 import type { Peer } from './wire/peer.ts';
 import { UsernsError } from './errors.ts';
 import { SysError } from './kernel/ffi.ts';
-import { getXattr, searchableAs } from './kernel/sys.ts';
+import { asCaller, getXattrOf, searchableAs } from './kernel/sys.ts';
 import { mountTable } from './kernel/mountinfo.ts';
 
 /** Mount points of this mount namespace, from the kernel. */
@@ -34,48 +34,107 @@ export function peerCanReach(peer: Peer, dir: string): boolean {
 
 export type Found = { readonly label: string; readonly at: string };
 
+/** An O_PATH descriptor: looked up from, read through, never opened for its data. */
+const O_PATH = 0o10000000;
+/** Mount points and "..": no walk up is longer than the deepest path the kernel resolves. */
+const MAX_WALK = 4096;
+
 /**
- * Walk up from `path` to the nearest inode carrying the label attribute. The ancestors are taken
- * as they really are (realpath), the last component is not followed: a symlink's own attribute is
- * read, never its target's. The walk ends at the first mount point it meets.
+ * A path as the caller reaches it: a descriptor of it (its last component not followed: a symlink
+ * is itself) and one of the directory it is in, both opened with the caller's own filesystem ids
+ * and groups (asCaller), so that the kernel checks the caller may reach it in the very lookup whose
+ * result is used. A caller who swaps a directory of hers for a symlink into a place she cannot reach
+ * gets that lookup refused, or the directory she could reach: never the other place. The caller
+ * closes it.
+ */
+export class Reached {
+  readonly fd: number;
+  readonly dirFd: number;
+  private constructor(fd: number, dirFd: number) {
+    this.fd = fd;
+    this.dirFd = dirFd;
+  }
+
+  static as(peer: Peer, path: string): Reached {
+    const base = basename(path);
+    const open = () => {
+      const dirFd = openSync(dirname(path), O_PATH | constants.O_DIRECTORY);
+      try {
+        return new Reached(base === '' ? dirFd : openSync(`/proc/self/fd/${dirFd}/${base}`, O_PATH | constants.O_NOFOLLOW), dirFd);
+      } catch (err) {
+        closeSync(dirFd);
+        throw err;
+      }
+    };
+    try {
+      return asCaller(peer, open);
+    } catch (err) {
+      throw notReachable(peer, path, err);
+    }
+  }
+
+  close(): void {
+    closeSync(this.fd);
+    if (this.dirFd !== this.fd) closeSync(this.dirFd);
+  }
+}
+
+/**
+ * Walk up from `path` to the nearest inode carrying the label attribute, as the caller reaches it
+ * (Reached). The last component is not followed: a symlink's own attribute is read, never its
+ * target's. Up from there the walk goes by descriptor ("..", as root: the caller reached each of
+ * these directories' children through them) and ends at the first mount point it meets.
  */
 export function findLabel(path: string, xattr: string, peer: Peer): Found {
-  let parent: string;
+  const reached = Reached.as(peer, path);
   try {
-    parent = realpathSync(dirname(path));
-  } catch (err) {
-    throw notReachable(peer, path, err);
+    return findLabelFrom(reached, path, xattr);
+  } finally {
+    reached.close();
   }
-  if (!peerCanReach(peer, parent)) throw notReachable(peer, path, null);
-  let at = basename(path) === '' ? parent : join(parent, basename(path));
-  try {
-    lstatSync(at);
-  } catch (err) {
-    throw notReachable(peer, path, err);
-  }
+}
+
+/** findLabel from a path reached already (explain looks at the file's own ids through the same descriptor). */
+export function findLabelFrom(reached: Reached, path: string, xattr: string): Found {
   const mounts = mountPoints();
-  for (;;) {
-    let value: Buffer | null;
-    try {
-      value = getXattr(at, xattr);
-    } catch (err) {
-      if (err instanceof SysError && (err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP'))
-        value = null; // this filesystem holds no such attribute
-      else throw new UsernsError('E_KERNEL', `Failed to read ${xattr} of ${at}: ${(err as Error).message}`);
+  let fd = reached.fd;
+  const opened: number[] = [];
+  try {
+    for (let step = 0; step < MAX_WALK; step++) {
+      // Where it is, as the kernel names the inode the descriptor holds: for the answer and the mount check.
+      const at = readlinkSync(`/proc/self/fd/${fd}`);
+      let value: Buffer | null;
+      try {
+        value = getXattrOf(fd, xattr);
+      } catch (err) {
+        if (err instanceof SysError && (err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP'))
+          value = null; // this filesystem holds no such attribute
+        else throw new UsernsError('E_KERNEL', `Failed to read ${xattr} of ${at}: ${(err as Error).message}`);
+      }
+      if (value !== null) {
+        const label = value.toString();
+        const problem = labelProblem(label);
+        if (problem) throw new UsernsError('E_CONFIG', `${at} carries an invalid label in ${xattr}: ${problem} (fix it with usernsctl label set or clear)`);
+        return { label, at };
+      }
+      if (at === '/' || mounts.has(at))
+        throw new UsernsError(
+          'E_NOT_FOUND',
+          `no ${xattr} label on ${path} or its ancestors up to ${at}${at === '/' ? '' : ' (a mount point: the walk does not cross it)'}`,
+        );
+      // The last component's directory is the one it was looked up in; above that, "..".
+      if (fd === reached.fd && reached.dirFd !== reached.fd) fd = reached.dirFd;
+      else {
+        fd = openSync(`/proc/self/fd/${fd}/..`, O_PATH | constants.O_DIRECTORY);
+        opened.push(fd);
+      }
     }
-    if (value !== null) {
-      const label = value.toString();
-      const problem = labelProblem(label);
-      if (problem) throw new UsernsError('E_CONFIG', `${at} carries an invalid label in ${xattr}: ${problem} (fix it with usernsctl label set or clear)`);
-      return { label, at };
-    }
-    if (at === '/' || mounts.has(at)) {
-      throw new UsernsError(
-        'E_NOT_FOUND',
-        `no ${xattr} label on ${path} or its ancestors up to ${at}${at === '/' ? '' : ' (a mount point: the walk does not cross it)'}`,
-      );
-    }
-    at = dirname(at);
+    throw new UsernsError('E_NOT_FOUND', `no ${xattr} label on ${path} within ${MAX_WALK} directories up`);
+  } catch (err) {
+    if (err instanceof UsernsError) throw err;
+    throw new UsernsError('E_KERNEL', `Failed to walk up from ${path} for its label: ${(err as Error).message}`);
+  } finally {
+    for (const f of opened) closeSync(f);
   }
 }
 

@@ -13,6 +13,7 @@ const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int
 const ioctlArgFn = libc.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']);
 const fcntlFn = libc.func('fcntl', 'int', ['int', 'int', 'int']);
 const lgetxattrFn = libc.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)');
+const getxattrFn = libc.func('intptr_t getxattr(const char *path, const char *name, void *value, size_t size)');
 const lsetxattrFn = libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
 const lremovexattrFn = libc.func('int lremovexattr(const char *path, const char *name)');
 const fstatatFn = libc.func('int fstatat(int dirfd, const char *path, _Out_ uint8_t *buf, int flags)');
@@ -177,12 +178,24 @@ export function sdNotify(state: string, socketPath: string | undefined = process
  * calls) — or null when it has none (ENODATA).
  */
 export function getXattr(path: string, name: string): Buffer | null {
+  return readXattr(lgetxattrFn, 'lgetxattr', path, name);
+}
+
+/**
+ * An extended attribute of the inode a descriptor holds (an O_PATH one included, a symlink's own
+ * too): getxattr(2) of /proc/self/fd/N follows that magic link to the inode itself, never by name.
+ */
+export function getXattrOf(fd: number, name: string): Buffer | null {
+  return readXattr(getxattrFn, 'getxattr', `/proc/self/fd/${fd}`, name);
+}
+
+function readXattr(fn: typeof lgetxattrFn, call: string, path: string, name: string): Buffer | null {
   const buf = Buffer.alloc(256);
-  const n = Number(lgetxattrFn(path, name, buf, buf.length));
+  const n = Number(fn(path, name, buf, buf.length));
   if (n >= 0) return buf.subarray(0, n);
   const errno = koffi.errno();
   if (errno === constants.errno.ENODATA) return null;
-  throw new SysError('lgetxattr', errno, `${path}, ${name}`);
+  throw new SysError(call, errno, `${path}, ${name}`);
 }
 
 export function setXattr(path: string, name: string, value: Buffer): void {
@@ -407,29 +420,46 @@ function setThreadGroups(groups: readonly number[]): void {
     throw new SysError('setgroups', koffi.errno(), `${groups.length} groups, this thread`);
 }
 
+/** Whose filesystem ids and groups a lookup runs with (a caller's, from the kernel: agent/wire/peer.ts). */
+export type FsCreds = { readonly uid: number; readonly gid: number; readonly groups: readonly number[] };
+
 /**
- * May these credentials search `dir` (and every directory on the way)? Asked of the kernel itself,
- * with this thread's filesystem ids and groups set to the caller's for one faccessat2(2): ACLs,
- * and their denials, count as they would for the caller. Only this thread changes (setfsuid and
- * the raw setgroups are per thread), and only for the call. null when the kernel cannot be asked.
+ * `fn` run with this thread's filesystem ids and groups set to `who`'s: every path it resolves
+ * (through Node's synchronous fs calls, which run on this thread, or a system call) the kernel
+ * resolves as `who` would — permissions, ACLs and their denials included — in the very lookup whose
+ * result is used, so nothing a caller swaps in meanwhile is taken for what was checked. Only this
+ * thread changes (setfsuid and the raw setgroups are per thread), and only until `fn` returns.
  */
-export function searchableAs(dir: string, who: { readonly uid: number; readonly gid: number; readonly groups: readonly number[] }): boolean | null {
+export function asCaller<T>(who: FsCreds, fn: () => T): T {
   const own = groupsBuffer;
   const n = getgroupsFn(own.length, own);
-  if (n < 0) return null;
+  if (n < 0) throw new SysError('getgroups', koffi.errno(), 'this thread');
+  const mine = [...own.subarray(0, n)];
+  let uid = -1;
+  let gid = -1;
   try {
     setThreadGroups(who.groups);
-    setfsgidFn(who.gid);
-    setfsuidFn(who.uid);
-    const r = Number(syscallFn(SYS_FACCESSAT2, 'int', AT_FDCWD, 'const char *', dir, 'int', X_OK, 'int', AT_EACCESS));
-    const errno = r === 0 ? 0 : koffi.errno();
-    if (r !== 0 && errno === constants.errno.ENOSYS) return null;
-    return r === 0;
+    gid = setfsgidFn(who.gid) as number;
+    uid = setfsuidFn(who.uid) as number;
+    return fn();
   } finally {
-    setfsuidFn(0);
-    setfsgidFn(0);
-    setThreadGroups([...own.subarray(0, n)]);
+    if (uid !== -1) setfsuidFn(uid);
+    if (gid !== -1) setfsgidFn(gid);
+    setThreadGroups(mine);
   }
+}
+
+/**
+ * May these credentials search `dir` (and every directory on the way)? Asked of the kernel itself
+ * (asCaller, one faccessat2(2)): ACLs, and their denials, count as they would for the caller. null
+ * when the kernel cannot be asked.
+ */
+export function searchableAs(dir: string, who: FsCreds): boolean | null {
+  const errno = asCaller(who, () =>
+    Number(syscallFn(SYS_FACCESSAT2, 'int', AT_FDCWD, 'const char *', dir, 'int', X_OK, 'int', AT_EACCESS)) === 0 ? 0 : koffi.errno(),
+  );
+  if (errno === constants.errno.ENOSYS) return null;
+  return errno === 0;
 }
 
 /**
