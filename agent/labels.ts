@@ -55,12 +55,20 @@ export class Reached {
     this.dirFd = dirFd;
   }
 
-  static as(peer: Peer, path: string): Reached {
+  /**
+   * `follow`: the last component too is followed (a view's tree named through a symlink); the
+   * label's walk then goes up from what it points to, by "..".
+   */
+  static as(peer: Peer, path: string, { follow = false }: { follow?: boolean } = {}): Reached {
     const base = basename(path);
     const open = () => {
       const dirFd = openSync(dirname(path), O_PATH | constants.O_DIRECTORY);
+      if (base === '') return new Reached(dirFd, dirFd);
       try {
-        return new Reached(base === '' ? dirFd : openSync(`/proc/self/fd/${dirFd}/${base}`, O_PATH | constants.O_NOFOLLOW), dirFd);
+        const fd = openSync(`/proc/self/fd/${dirFd}/${base}`, O_PATH | (follow ? 0 : constants.O_NOFOLLOW));
+        if (!follow) return new Reached(fd, dirFd);
+        closeSync(dirFd);
+        return new Reached(fd, fd);
       } catch (err) {
         closeSync(dirFd);
         throw err;

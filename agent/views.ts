@@ -1,6 +1,7 @@
 // Views (SPEC §7): which context a tree belongs to, which view of it a caller gets, and how it is
 // made — an idmapped tree handed over as a descriptor, or bindfs options where the kernel cannot.
-import { constants, readFileSync, realpathSync, statSync } from 'node:fs';
+import { constants, fstatSync, readFileSync, realpathSync } from 'node:fs';
+import type { Stats } from 'node:fs';
 import * as v from 'valibot';
 import { labelProblem } from '../config/schema.ts';
 import { dirname, join, sep } from 'node:path';
@@ -16,7 +17,7 @@ import { bindfsOptions, viewPlan } from './idmap.ts';
 import type { ViewMode } from './idmap.ts';
 import { ViewNamespaces, makeTree } from './kernel/idmapped.ts';
 import type { NamespaceMaker } from './kernel/makers.ts';
-import { findLabel, notReachable, peerCanReach, unreachableBy } from './labels.ts';
+import { findLabelFrom, notReachable, peerCanReach, Reached, unreachableBy } from './labels.ts';
 import { hostReach, SEAL_ADVICE } from './seal.ts';
 import type { Registry } from './registry.ts';
 import type { ViewParams, ViewRecord, ViewResult } from './wire/protocol.ts';
@@ -89,17 +90,33 @@ export class Views {
             'E_INVALID',
             `no view is made of ${src}: it is inside ${hit}, ${KERNEL_TREES.includes(hit) ? 'a kernel filesystem' : "the agent's own directory"}`,
           );
-    const st = statSync(src);
-    if (!st.isDirectory()) throw sealedOwnTree ? unreachable() : new UsernsError('E_INVALID', `${src} is not a directory: a view shows a tree`);
+    // The tree as the caller reaches it (labels.ts, Reached): its identity and its label come from
+    // one lookup made with the caller's own ids, so a directory of hers swapped for a symlink
+    // meanwhile is never taken for what was checked (makeTree opens it again by name and refuses
+    // another inode). A sealed tree of the caller's own context is reached as root: there its label
+    // decides, and only root can change what lies on the way.
+    let reached: Reached;
+    try {
+      reached = Reached.as(sealedOwnTree ? AS_ROOT : peer, src, { follow: true });
+    } catch (err) {
+      throw sealedOwnTree ? unreachable() : err;
+    }
+    let st: Stats;
     let found;
     try {
-      found = findLabel(src, agent.labelXattr, sealedOwnTree ? AS_ROOT : peer);
-    } catch (err) {
-      if (sealedOwnTree) throw unreachable();
-      // Root names the context of a tree that carries no label.
-      if (params.context !== undefined && isRoot(peer) && agentError(err)?.code === 'E_NOT_FOUND')
-        return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
-      throw err;
+      st = fstatSync(reached.fd);
+      if (!st.isDirectory()) throw sealedOwnTree ? unreachable() : new UsernsError('E_INVALID', `${src} is not a directory: a view shows a tree`);
+      try {
+        found = findLabelFrom(reached, src, agent.labelXattr);
+      } catch (err) {
+        if (sealedOwnTree) throw unreachable();
+        // Root names the context of a tree that carries no label.
+        if (params.context !== undefined && isRoot(peer) && agentError(err)?.code === 'E_NOT_FOUND')
+          return { src, dev: st.dev, ino: st.ino, label: params.context, labelledPath: null };
+        throw err;
+      }
+    } finally {
+      reached.close();
     }
     // The label wins (usernsctl(1)): a --context that says otherwise is refused, not silently obeyed.
     if (params.context !== undefined && isRoot(peer) && params.context !== found.label) {
