@@ -6,6 +6,7 @@ import type { Peer } from './wire/peer.ts';
 import { UsernsError } from './errors.ts';
 import { SysError } from './kernel/ffi.ts';
 import { asCaller, getXattrOf, searchableAs } from './kernel/sys.ts';
+import { O_PATH, viaFd } from './kernel/files.ts';
 import { mountTable } from './kernel/mountinfo.ts';
 
 /** Mount points of this mount namespace, from the kernel. */
@@ -34,8 +35,6 @@ export function peerCanReach(peer: Peer, dir: string): boolean {
 
 export type Found = { readonly label: string; readonly at: string };
 
-/** An O_PATH descriptor: looked up from, read through, never opened for its data. */
-const O_PATH = 0o10000000;
 /** Mount points and "..": no walk up is longer than the deepest path the kernel resolves. */
 const MAX_WALK = 4096;
 
@@ -65,7 +64,7 @@ export class Reached {
       const dirFd = openSync(dirname(path), O_PATH | constants.O_DIRECTORY);
       if (base === '') return new Reached(dirFd, dirFd);
       try {
-        const fd = openSync(`/proc/self/fd/${dirFd}/${base}`, O_PATH | (follow ? 0 : constants.O_NOFOLLOW));
+        const fd = openSync(viaFd(dirFd, base), O_PATH | (follow ? 0 : constants.O_NOFOLLOW));
         if (!follow) return new Reached(fd, dirFd);
         closeSync(dirFd);
         return new Reached(fd, fd);
@@ -110,7 +109,7 @@ export function findLabelFrom(reached: Reached, path: string, xattr: string): Fo
   try {
     for (let step = 0; step < MAX_WALK; step++) {
       // Where it is, as the kernel names the inode the descriptor holds: for the answer and the mount check.
-      const at = readlinkSync(`/proc/self/fd/${fd}`);
+      const at = readlinkSync(viaFd(fd));
       let value: Buffer | null;
       try {
         value = getXattrOf(fd, xattr);
@@ -133,7 +132,7 @@ export function findLabelFrom(reached: Reached, path: string, xattr: string): Fo
       // The last component's directory is the one it was looked up in; above that, "..".
       if (fd === reached.fd && reached.dirFd !== reached.fd) fd = reached.dirFd;
       else {
-        fd = openSync(`/proc/self/fd/${fd}/..`, O_PATH | constants.O_DIRECTORY);
+        fd = openSync(viaFd(fd, '..'), O_PATH | constants.O_DIRECTORY);
         opened.push(fd);
       }
     }

@@ -18,6 +18,16 @@ import {
 import type { Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
 
+/** open(2)'s O_PATH, which node:fs does not name: a descriptor to look up from and through, never opened for its data. */
+export const O_PATH = 0o10000000;
+
+/**
+ * The name of what a descriptor holds (and of `name` in it, when it is a directory) for calls that
+ * take a path: the kernel follows /proc/self/fd/N to that very inode, never to whatever a name
+ * resolves to by then.
+ */
+export const viaFd = (fd: number, name = ''): string => `/proc/self/fd/${fd}${name ? `/${name}` : ''}`;
+
 /** lstat(2), or null when there is nothing there (or it cannot be looked at). */
 export function lstatOrNull(path: string): Stats | null {
   try {

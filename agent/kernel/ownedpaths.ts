@@ -8,14 +8,10 @@
 import { chmodSync, chownSync, closeSync, constants, fchmodSync, fchownSync, fstatSync, mkdirSync, openSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { errnoOf, Fault, refused } from '../fault.ts';
-import { lstatOrNull } from './files.ts';
+import { lstatOrNull, O_PATH, viaFd } from './files.ts';
 
 // libuv opens every descriptor O_CLOEXEC.
-const O_PATH = 0o10000000;
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
-
-/** The name of what a descriptor is open on, for calls that take a path: the kernel follows it to that inode, never to a name. */
-const viaFd = (fd: number, name = '') => `/proc/self/fd/${fd}${name ? `/${name}` : ''}`;
 
 /**
  * The moments between two system calls where a hostile owner may act. Tests run their attacks here

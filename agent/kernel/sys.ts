@@ -4,6 +4,7 @@ import { constants } from 'node:os';
 import type { Stamp } from '../../config/ini.ts';
 import { koffi, libc, SysError } from './ffi.ts';
 import { closeDescriptor, sendDatagram } from './unixsock.ts';
+import { O_PATH, viaFd } from './files.ts';
 
 const mountFn = libc.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data)');
 const umount2Fn = libc.func('int umount2(const char *target, int flags)');
@@ -186,7 +187,7 @@ export function getXattr(path: string, name: string): Buffer | null {
  * too): getxattr(2) of /proc/self/fd/N follows that magic link to the inode itself, never by name.
  */
 export function getXattrOf(fd: number, name: string): Buffer | null {
-  return readXattr(getxattrFn, 'getxattr', `/proc/self/fd/${fd}`, name);
+  return readXattr(getxattrFn, 'getxattr', viaFd(fd), name);
 }
 
 function readXattr(fn: typeof lgetxattrFn, call: string, path: string, name: string): Buffer | null {
@@ -211,7 +212,6 @@ export function removeXattr(path: string, name: string): boolean {
 }
 
 const AT_SYMLINK_NOFOLLOW = 0x100;
-const O_PATH = 0o10000000;
 const O_DIRECTORY = 0o200000;
 const O_CLOEXEC = 0o2000000;
 /**
