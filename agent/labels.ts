@@ -61,13 +61,14 @@ export class Reached {
   static as(peer: Peer, path: string, { follow = false }: { follow?: boolean } = {}): Reached {
     const base = basename(path);
     const open = () => {
+      if (follow) {
+        const fd = openSync(path, O_PATH);
+        return new Reached(fd, fd);
+      }
       const dirFd = openSync(dirname(path), O_PATH | constants.O_DIRECTORY);
       if (base === '') return new Reached(dirFd, dirFd);
       try {
-        const fd = openSync(viaFd(dirFd, base), O_PATH | (follow ? 0 : constants.O_NOFOLLOW));
-        if (!follow) return new Reached(fd, dirFd);
-        closeSync(dirFd);
-        return new Reached(fd, fd);
+        return new Reached(openSync(viaFd(dirFd, base), O_PATH | constants.O_NOFOLLOW), dirFd);
       } catch (err) {
         closeSync(dirFd);
         throw err;

@@ -763,27 +763,35 @@ export class Delegations {
   }
 
   private give(plan: DelegationPlan, path: string, prior: DelegationRecord['devices'][number]): void {
-    const replaced = () =>
-      new Fault('in-the-way', `device ${path} for "${plan.label}" is missing or was replaced by another node`, {
+    let given: boolean;
+    try {
+      // The owner's read and write bits set; a node that has them keeps its mode.
+      given = setNodeOwner(
+        path,
+        (st) => st.rdev === prior.rdev,
+        plan.root,
+        (st) => ((st.mode & 0o600) !== 0o600 ? (st.mode & 0o7777) | 0o600 : null),
+      );
+    } catch (err) {
+      throw refused('device', `give ${path} to the root of "${plan.label}"`, errnoOf(err));
+    }
+    if (!given)
+      throw new Fault('in-the-way', `device ${path} for "${plan.label}" is missing or was replaced by another node`, {
         object: 'device',
         label: plan.label,
         subject: path,
       });
-    const st = lstatOrNull(path);
-    if (st === null || st.rdev !== prior.rdev || !(st.isCharacterDevice() || st.isBlockDevice())) throw replaced();
-    try {
-      const mode = (st.mode & 0o600) !== 0o600 ? (st.mode & 0o7777) | 0o600 : null;
-      if (!setNodeOwner(path, (now) => now.rdev === prior.rdev && now.ino === st.ino, plan.root, mode)) throw replaced();
-    } catch (err) {
-      if (err instanceof Fault) throw err;
-      throw refused('device', `give ${path} to the root of "${plan.label}"`, errnoOf(err));
-    }
   }
 
   /** The node's owner and mode as they were; a node replaced meanwhile (udev) is left alone. */
   private giveBack(dev: DelegationRecord['devices'][number]): void {
     try {
-      setNodeOwner(dev.path, (now) => now.rdev === dev.rdev, dev, dev.mode);
+      setNodeOwner(
+        dev.path,
+        (now) => now.rdev === dev.rdev,
+        dev,
+        () => dev.mode,
+      );
     } catch (err) {
       throw refused('device', `give ${dev.path} back to uid ${dev.uid}`, errnoOf(err));
     }

@@ -94,11 +94,11 @@ export function makeOwnedDirectory(label: string, path: string, root: Owner, bet
 export type NodeCheck = (st: Stats) => boolean;
 
 /**
- * Set a device node's owner and mode (`mode` null: leave it), on the inode found at PATH only if
- * `isIt` says it is the node meant (its type and rdev): opened with O_PATH | O_NOFOLLOW, checked
+ * Set a device node's owner and mode (`mode` of the node as found; null: leave it), on the inode
+ * found at PATH only if `isIt` says it is the node meant: opened with O_PATH | O_NOFOLLOW, checked
  * through that descriptor, changed through it. Returns false, changing nothing, when it is not.
  */
-export function setNodeOwner(path: string, isIt: NodeCheck, owner: Owner, mode: number | null, between: Between = nothing): boolean {
+export function setNodeOwner(path: string, isIt: NodeCheck, owner: Owner, mode: (st: Stats) => number | null, between: Between = nothing): boolean {
   let fd: number;
   try {
     fd = openSync(path, O_PATH | constants.O_NOFOLLOW);
@@ -114,9 +114,10 @@ export function setNodeOwner(path: string, isIt: NodeCheck, owner: Owner, mode: 
     // descriptor takes neither fchmod nor fchown). The mode is changed while the node is root's:
     // on a node of another owner it would need CAP_FOWNER.
     const ours = st.uid === process.geteuid!();
-    if (ours && mode !== null) chmodSync(viaFd(fd), mode);
+    const to = mode(st);
+    if (ours && to !== null) chmodSync(viaFd(fd), to);
     chownSync(viaFd(fd), owner.uid, owner.gid);
-    if (!ours && mode !== null) chmodSync(viaFd(fd), mode);
+    if (!ours && to !== null) chmodSync(viaFd(fd), to);
     return true;
   } finally {
     closeSync(fd);

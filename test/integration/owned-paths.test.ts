@@ -214,7 +214,7 @@ describe("paths handed to a context's root, against an owner acting between the 
         node,
         (st) => st.rdev === rdev,
         CTX_ROOT,
-        0o660,
+        () => 0o660,
         (step) => step === 'checked' && swap(),
       );
       assert.equal(given, true, 'the node it checked was handed over (the descriptor holds it, whatever the name says now)');
@@ -224,7 +224,12 @@ describe("paths handed to a context's root, against an owner acting between the 
       assert.equal(facts(lstatSync(kept)), `${CTX_ROOT.uid}:${CTX_ROOT.gid} 660`, `${move}: the node checked is the one given`);
       // A symlink or another node at the name is never taken for the node meant.
       assert.equal(
-        setNodeOwner(node, (st) => st.rdev === rdev, CTX_ROOT, 0o660),
+        setNodeOwner(
+          node,
+          (st) => st.rdev === rdev,
+          CTX_ROOT,
+          () => 0o660,
+        ),
         false,
         `${move}: taken for the node`,
       );
