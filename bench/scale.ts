@@ -181,9 +181,29 @@ changes one context's maps also copies the two maps of 65,535 entries before cha
 ones handed out are never changed; about 45 ms). The rest follows what changed: the judgement says
 which labels it set or removed since the map it handed out last (\`ContextsDelta\`), and the
 registry's diff, who counts as whom and the journal look at those labels alone, where each looked
-at all 65,535 before (about 0.2 s of the 665 ms this row measured at 93671c2). At start: reading the files (four
-calls per file where the floor's \`readFileSync\` makes one: about a third of the start), the
-garbage collector, the whole judgement (about 0.4 s) and the first contexts.json (0.6 s).
+at all 65,535 before (about 0.2 s of the 665 ms this row measured at 93671c2).
+
+At start the files are read on a second thread while the agent's own thread parses them
+(\`config/readahead.ts\`): opening a file is most of reading a small one (17 µs each here, 1.1 s of
+the floor's 1.2 s), and the thread hands over about 95% of them; the parse never waits for it (a
+file not read yet is read by the parser, and the thread skips it). That took the agent's thread
+from about 4.6 s of CPU to 3.2 s, and the start from 5.2-5.5 s to 4.5-4.8 s in alternating runs
+(1.3 s less CPU on the agent's thread gives 0.7 s less time: the reading thread, V8's collector
+and the kernel share the two cores). What is left on the agent's thread, from CPU profiles: the garbage
+collector, about a third (scavenges of a heap that keeps about 2 KB per context, 127 MB; a larger
+young generation, one collector thread or none made no difference), the parse with its schema
+(about 1 s), the whole judgement (0.7 s), the first contexts.json (29 MB, 0.7 s: a string
+encoded before it is written, half the time of \`writeSync\`'s own encoding), and the collection
+before serving (0.35 s; a regular one instead of the last-resort one leaves 207-217 MiB at ready
+for no time gained). The record is written before the agent serves, as the first thing a restart
+reads; the 2x target needs less live data per context (two objects per context, the parse's
+and the judged one, each with about 13 boxed numbers). The reload rows' ratios rose with this
+(0.09x before, against a start of 5.1 s): a reload takes what it took, nearly all of it the stamp
+of each file, and the start it is measured against takes a third less. Their stamps on a second
+thread too (from the end of the listing, meeting the agent's thread) took a reload from 391 to
+329 ms (medians of 10) but left 13 MiB more resident after every reload (a worker's isolate, its
+arena and the code pages it ran), and two threads of statx(2) in C on this machine's two cores do
+the same 65,535 stamps in 0.7 of one thread's time, not half: not kept.
 
 Memory: the live heap after 30 reloads of 65,535 files is 127 MB (\`liveMb\` in the settle log
 line), as after start; the judgement kept between reloads (each parent's claims in B+ trees, each

@@ -2,7 +2,9 @@
 import { readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { appendErrors, capErrors, configError, parseIni, readConfigFile, readConfigText, sameStamp, stampOf } from './ini.ts';
-import type { IniDoc, ReadFile, Stamp } from './ini.ts';
+import type { IniDoc, Stamp } from './ini.ts';
+import { THREAD_READ_MIN_FILES, ThreadReads } from './readahead.ts';
+import type { Reads } from './readahead.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
 import type { KeySpec } from './schema.ts';
 import type { Schema } from './schema.ts';
@@ -344,8 +346,8 @@ export function listContextFiles(dir: string): string[] | ConfigError {
 /** A file not read: the stamp of its path (lstat), and the parse the cache holds of that version. */
 export type Unread = { readonly text: null; readonly stamp: Stamp; readonly parsed: Parsed };
 
-/** Files read ahead (off the event loop, by the agent), by path, each with its stamp; others are read when needed. */
-export type ReadAhead = ReadonlyMap<string, ReadFile | ConfigError>;
+/** Files read ahead (off the event loop by the agent, or on a thread of their own), by path, each with its stamp; others are read when needed. */
+export type ReadAhead = Reads;
 /** The files of a listing found unchanged, by their place in it (the others: in the ReadAhead, or read now). */
 export type Unchanged = readonly (Unread | undefined)[];
 
@@ -490,7 +492,15 @@ export function loadContextDefs(
 ): { defs: ContextDef[]; errors: ConfigError[] } {
   const listed = files ?? (cache ? cache.list(dir) : listContextFiles(dir));
   if (!isListing(listed)) return { defs: [], errors: [listed] };
-  const { defs, errors } = parseContextFiles(listed, nss, poolSize, texts, cache, unchanged);
+  // Nothing read ahead and a long listing (a start): read on a second thread while this one parses.
+  const reads = texts === undefined && unchanged === undefined && listed.length >= THREAD_READ_MIN_FILES ? ThreadReads.start(listed) : null;
+  let parsed: { defs: ContextDef[]; errors: ConfigError[] };
+  try {
+    parsed = parseContextFiles(listed, nss, poolSize, texts ?? reads ?? undefined, cache, unchanged);
+  } finally {
+    void reads?.close();
+  }
+  const { defs, errors } = parsed;
   cache?.keepOnly(listed);
   return cache ? cache.link(defs, errors) : linkContexts(defs, errors);
 }
