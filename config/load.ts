@@ -4,7 +4,7 @@ import { basename, join } from 'node:path';
 import { appendErrors, capErrors, configError, parseIni, readConfigFile, readConfigText, sameStamp, stampOf } from './ini.ts';
 import type { IniDoc, Stamp } from './ini.ts';
 import { THREAD_READ_MIN_FILES, ThreadReads } from './readahead.ts';
-import type { Reads } from './readahead.ts';
+import type { ReadAhead } from './readahead.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
 import type { KeySpec } from './schema.ts';
 import type { Schema } from './schema.ts';
@@ -346,8 +346,7 @@ export function listContextFiles(dir: string): string[] | ConfigError {
 /** A file not read: the stamp of its path (lstat), and the parse the cache holds of that version. */
 export type Unread = { readonly text: null; readonly stamp: Stamp; readonly parsed: Parsed };
 
-/** Files read ahead (off the event loop by the agent, or on a thread of their own), by path, each with its stamp; others are read when needed. */
-export type ReadAhead = Reads;
+export type { ReadAhead };
 /** The files of a listing found unchanged, by their place in it (the others: in the ReadAhead, or read now). */
 export type Unchanged = readonly (Unread | undefined)[];
 

@@ -16,8 +16,11 @@ export const THREAD_READ_MIN_FILES = 2048;
 /** Files handed over at a time: few enough that parsing starts early, enough that a message costs little per file. */
 const BATCH = 256;
 
-/** Files read ahead, by path (config/load.ts ReadAhead): what a reader has, or undefined for the caller to read. */
-export type Reads = { get(file: string): ReadFile | ConfigError | undefined };
+/**
+ * Files read ahead (off the event loop by the agent at a reload, or on a thread of their own at a
+ * start), by path, each with its stamp: what a reader has, or undefined for the caller to read.
+ */
+export type ReadAhead = { get(file: string): ReadFile | ConfigError | undefined };
 
 // Not `import from 'node:worker_threads'`: the module is loaded only by a load that starts a thread.
 const threads = () => process.getBuiltinModule('node:worker_threads');
@@ -37,7 +40,7 @@ type Batch = { readonly at: number; readonly reads: readonly (ReadFile | ConfigE
  * nothing but itself. A file asked out of order is left to the caller too, as is every file once
  * closed. close() when done: the thread ends.
  */
-export class ThreadReads implements Reads {
+export class ThreadReads implements ReadAhead {
   private readonly files: readonly string[];
   private worker: Worker | null;
   private readonly port: MessagePort;
