@@ -190,14 +190,19 @@ file not read yet is read by the parser, and the thread skips it). That took the
 from about 4.6 s of CPU to 3.2 s, and the start from 5.2-5.5 s to 4.5-4.8 s in alternating runs
 (1.3 s less CPU on the agent's thread gives 0.7 s less time: the reading thread, V8's collector
 and the kernel share the two cores). What is left on the agent's thread, from CPU profiles: the garbage
-collector, about a third (scavenges of a heap that keeps about 2 KB per context, 127 MB; a larger
+collector, about a third (scavenges of a heap that keeps about 1.6 KB per context, 100 MB; a larger
 young generation, one collector thread or none made no difference), the parse with its schema
 (about 1 s), the whole judgement (0.7 s), the first contexts.json (29 MB, 0.7 s: a string
 encoded before it is written, half the time of \`writeSync\`'s own encoding), and the collection
 before serving (0.35 s; a regular one instead of the last-resort one leaves 207-217 MiB at ready
 for no time gained). The record is written before the agent serves, as the first thing a restart
-reads; the 2x target needs less live data per context (two objects per context, the parse's
-and the judged one, each with about 13 boxed numbers). The reload rows' ratios rose with this
+reads; the 2x target needs less live data per context still: two objects per context, the parse's
+and the judged one, each with about 13 boxed numbers, and the maps by label of the cache, the
+judgement and the registry. What every file leaves alike is one frozen object for all of them now
+(the default \`[squash]\` and \`[access]\`, no errors, and one table of line numbers per layout of
+the file, each of which was a dictionary of its own): the live heap at ready went from 127 to 100
+MB and the resident memory from 196 to 171 MiB in alternating runs, the agent's thread 3% less
+CPU. The reload rows' ratios rose with the read thread
 (0.09x before, against a start of 5.1 s): a reload takes what it took, nearly all of it the stamp
 of each file, and the start it is measured against takes a third less. Their stamps on a second
 thread too (from the end of the listing, meeting the agent's thread) took a reload from 391 to
@@ -205,8 +210,8 @@ thread too (from the end of the listing, meeting the agent's thread) took a relo
 arena and the code pages it ran), and two threads of statx(2) in C on this machine's two cores do
 the same 65,535 stamps in 0.7 of one thread's time, not half: not kept.
 
-Memory: the live heap after 30 reloads of 65,535 files is 127 MB (\`liveMb\` in the settle log
-line), as after start; the judgement kept between reloads (each parent's claims in B+ trees, each
+Memory: the live heap after 30 reloads of 65,535 files was 127 MB (\`liveMb\` in the settle log
+line), as after start, before the shared defaults above (100 MB now); the judgement kept between reloads (each parent's claims in B+ trees, each
 item by label) is about 8 MiB of it. Each load's garbage grew V8's heap and glibc's arenas, which
 kept that size (2.06-2.19x after 10 reloads, 273-281 MiB at ready, before \`settleMemory\`): the
 agent collects after each load and gives the free memory back (V8's last-resort collection, through

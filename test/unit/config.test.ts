@@ -42,6 +42,27 @@ const all = (files: Record<string, string>, prior: Parameters<typeof finishConte
 const noSystemIds = () => [];
 
 describe('config: context files', () => {
+  it('shares what files leave alike, frozen (issue 26: 65,535 copies were a fifth of the live heap): the defaults, one line table per layout', () => {
+    const text = (at: number, extra = '') => `[context]\nuid_map = 0 ${at} 65536\ngid_map = 0 ${at} 65536\n${extra}`;
+    const [a, b] = [parse(text(100000), 'a.conf'), parse(text(200000), 'b.conf')];
+    assert.ok(a.def && b.def);
+    for (const field of ['squash', 'access', 'lines'] as const) {
+      assert.equal(a.def[field], b.def[field], `${field}: one object for both files`);
+      assert.ok(Object.isFrozen(a.def[field]), `${field} is frozen`);
+    }
+    assert.equal(a.errors, b.errors);
+    assert.ok(Object.isFrozen(a.errors) && a.errors.length === 0);
+    assert.deepEqual({ ...a.def.lines }, { '': 1, uid_map: 2, gid_map: 3 });
+    // What a file sets is its own.
+    const c = parse(text(300000, '[squash]\nmode = all\n[access]\nusers = alice\n'), 'c.conf');
+    assert.deepEqual(c.def!.squash, { mode: 'all', anonuid: 65534, anongid: 65534 });
+    assert.deepEqual(c.def!.access, { uids: [1001], gids: [] });
+    assert.deepEqual(a.def.squash, { mode: 'root', anonuid: 65534, anongid: 65534 }, 'the shared default is unchanged');
+    assert.deepEqual(a.def.access, { uids: [], gids: [] });
+    const d = parse(`[context]\n\nuid_map = 0 400000 65536\ngid_map = 0 400000 65536\n`, 'd.conf');
+    assert.deepEqual({ ...d.def!.lines }, { '': 1, uid_map: 3, gid_map: 4 }, 'another layout, its own lines');
+  });
+
   it('reads a full context with defaults filled in', () => {
     const { def, errors } = one('[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n[access]\nusers = alice\ngroups = backup\n');
     assert.deepEqual(errors, []);
