@@ -178,15 +178,15 @@ const DEFAULT_SQUASH: Squash = Object.freeze({ mode: 'root', anonuid: 65534, ano
 const NO_ACCESS: ContextDef['access'] = Object.freeze({ uids: Object.freeze([]), gids: Object.freeze([]) });
 const NO_ERRORS: readonly ConfigError[] = Object.freeze([]);
 
-/** Where each [context] key of a file is, for errors judged across files (a clash, a parent). */
-/**
- * Where each key of [context] and [delegate] stands, for the errors judged across files. Files
- * written alike have the same lines: one frozen object for each layout (a dictionary of its own
- * per file is about 200 bytes, 13 MB for 65,535 files), as long as there are few layouts.
- */
+/** The line tables handed out, by layout (contextLines), while there are few layouts. */
 const layouts = new Map<string, Readonly<Record<string, number>>>();
 const MAX_LAYOUTS = 4096;
 
+/**
+ * Where each key of [context] and [delegate] stands, for the errors judged across files (a clash, a
+ * parent). Files written alike have the same lines: one frozen table for each layout (a dictionary
+ * of its own per file is about 200 bytes, 13 MB for 65,535 files).
+ */
 function contextLines(doc: IniDoc): Readonly<Record<string, number>> {
   const out = linesOf(doc);
   let layout = '';
@@ -520,15 +520,13 @@ export function loadContextDefs(
   if (!isListing(listed)) return { defs: [], errors: [listed] };
   // Nothing read ahead and a long listing (a start): read on a second thread while this one parses.
   const reads = texts === undefined && unchanged === undefined && listed.length >= THREAD_READ_MIN_FILES ? ThreadReads.start(listed) : null;
-  let parsed: { defs: ContextDef[]; errors: ConfigError[] };
   try {
-    parsed = parseContextFiles(listed, nss, poolSize, texts ?? reads ?? undefined, cache, unchanged);
+    const { defs, errors } = parseContextFiles(listed, nss, poolSize, texts ?? reads ?? undefined, cache, unchanged);
+    cache?.keepOnly(listed);
+    return cache ? cache.link(defs, errors) : linkContexts(defs, errors);
   } finally {
     void reads?.close();
   }
-  const { defs, errors } = parsed;
-  cache?.keepOnly(listed);
-  return cache ? cache.link(defs, errors) : linkContexts(defs, errors);
 }
 
 /** A listing of context files, not the error of one. */

@@ -22,8 +22,10 @@ const BATCH = 256;
  */
 export type ReadAhead = { get(file: string): ReadFile | ConfigError | undefined };
 
-// Not `import from 'node:worker_threads'`: the module is loaded only by a load that starts a thread.
-const threads = () => process.getBuiltinModule('node:worker_threads');
+// Not `import from 'node:worker_threads'`: the module is loaded only by a load that starts a thread
+// (then once: get() asks it for every file).
+let workerThreads: typeof import('node:worker_threads') | undefined;
+const threads = () => (workerThreads ??= process.getBuiltinModule('node:worker_threads'));
 
 const WORKER = new URL(import.meta.url.endsWith('.ts') ? './readworker.ts' : './readworker.js', import.meta.url);
 
