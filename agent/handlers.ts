@@ -28,7 +28,7 @@ export type Agent = {
   status(peer: Peer): ResultOf<typeof P.status>;
   count(name: string): void;
   /** The upcall's cached answers for these labels are stale: invalidate them, for every requester. */
-  invalidateKeys(labels: readonly string[], why: string): void;
+  invalidateKeys(labels: readonly string[], why: string): Promise<void>;
   /** One answered request, for status: method (or "invalid"), error code if it failed, latency. */
   served(method: string, code: string | null, ms: number): void;
   /** Views made through the agent, and the user namespaces that carry their idmaps. */
@@ -189,7 +189,7 @@ handle(P.release, async (agent, peer, { label: given, kill = false }) => {
     { label, released, descendants, forgotten: forgotten.length > 0 ? forgotten : undefined, peerUid: peer.uid, peerPid: peer.pid, ms },
     released ? 'Released user namespace' : 'Release: nothing pinned',
   );
-  agent.invalidateKeys([...descendants, ...(released ? [label] : [])], 'a released pin');
+  await agent.invalidateKeys([...descendants, ...(released ? [label] : [])], 'a released pin');
   return { label, released, descendants };
 });
 

@@ -577,7 +577,7 @@ export class Manager {
     // What a changed context is given follows its file (set up, or given back), now.
     await this.reconcileDelegations(diff.changed.filter((l) => this.registry.isPinned(l)));
     // The upcall's cached answers for what changed or went are stale now, for every requester.
-    this.service.invalidateKeys([...diff.changed, ...diff.removed], 'their contexts changed or were removed');
+    await this.service.invalidateKeys([...diff.changed, ...diff.removed], 'their contexts changed or were removed');
     for (const e of config.errors) this.log.warn({ file: e.file, key: e.key, line: e.line }, `Failed to load context: ${formatConfigError(e)}`);
     for (const n of config.notices) this.log.warn({ file: n.file, key: n.key }, `Context allowed beyond its owner's delegation: ${formatConfigError(n)}`);
     for (const label of diff.kept) this.log.warn({ label }, `Context ${label} keeps its last good version until its file is fixed`);

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { formatConfigError } from '../config/ini.ts';
 import type { IdMap } from '../config/types.ts';
 import type { Agent } from './handlers.ts';
-import { invalidateIssuedKeys } from './kernel/keys.ts';
+import { collected, invalidateIssuedKeys } from './kernel/keys.ts';
 import type { Metrics } from './metrics.ts';
 import type { People } from './people.ts';
 import { isRoot, mayUse } from './policy.ts';
@@ -97,14 +97,27 @@ export class Service implements Agent {
     }
   }
 
-  invalidateKeys(labels: readonly string[], why: string): void {
+  /** Invalidate the upcall's cached answers for these labels; resolved once the kernel has collected them (keys.ts collected). */
+  async invalidateKeys(labels: readonly string[], why: string): Promise<void> {
     if (labels.length === 0) return;
+    let answers: number;
+    let invalidated: number[];
     try {
-      const n = invalidateIssuedKeys(new Set(labels));
-      if (n > 0) this.log.info({ labels, keys: n }, `Invalidated ${n} cached upcall key(s): ${why}`);
+      ({ answers, invalidated } = invalidateIssuedKeys(new Set(labels)));
     } catch (err) {
       this.log.debug({ labels, err: (err as Error).message }, "Cannot reach the upcall's keys (no persistent keyrings?): they stay until they expire");
+      return;
     }
+    if (answers === 0) return;
+    const started = performance.now();
+    const gone = await collected(invalidated);
+    const ms = +(performance.now() - started).toFixed(1);
+    if (gone) this.log.info({ labels, keys: answers, ms }, `Invalidated ${answers} cached upcall key(s): ${why}`);
+    else
+      this.log.warn(
+        { labels, keys: answers, ms },
+        `Invalidated ${answers} cached upcall key(s): ${why}; the kernel has not collected them yet, and a request meeting one fails with "Key has been revoked" until it does`,
+      );
   }
 
   logClientFailure(peer: Peer, fields: Record<string, unknown>, msg: string, level: 'error' | 'warn' | 'info'): void {

@@ -417,7 +417,7 @@ async function upcallCmd(args: string[], g: Globals): Promise<number> {
 async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
   const { positionals } = parseCommand(args, {}, g);
   const [verb, label, ...extra] = positionals;
-  const { answerRings, invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('../kernel/keys.ts');
+  const { answerRings, collected, invalidateKey, issuedKeysRing, keyState, ourKeys } = await import('../kernel/keys.ts');
   // Root also sees (and clears) the keys the upcall answered for other users: they are in root's
   // persistent keyring, which this makes ours to read.
   if (process.getuid!() === 0)
@@ -438,17 +438,20 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
     if (label !== undefined && labelProblem(label)) throw new UsageError(`keys clear: invalid label "${label}": ${labelProblem(label)}`);
     let cleared = 0;
     let failed = 0;
+    const invalidated: number[] = [];
     const rings = answerRings();
     for (const k of ours) {
       if (label !== undefined && k.label !== label) continue;
       try {
         invalidateKey(k.id);
+        invalidated.push(k.id);
         cleared++;
         // The answer's own keyring in root's registry goes with it, rather than waiting empty for its expiry.
         const ring = rings.get(k.id);
         if (ring !== undefined)
           try {
             invalidateKey(ring);
+            invalidated.push(ring);
           } catch {
             /* expired meanwhile */
           }
@@ -457,6 +460,9 @@ async function keysCmd(args: string[], g: Globals, io: Io): Promise<number> {
         failed++;
       }
     }
+    // Done when the next request makes an upcall: until the kernel collects them, one fails with EKEYREVOKED.
+    if (!(await collected(invalidated)))
+      io.err('usernsctl: the kernel has not collected the invalidated keys yet: a request meeting one fails with "Key has been revoked" until it does');
     if (g.json) io.out(JSON.stringify({ cleared, failed }));
     else io.out(`cleared ${cleared} key(s)`);
     return failed > 0 ? EXIT.ERROR : EXIT.OK;

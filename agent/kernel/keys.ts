@@ -91,20 +91,24 @@ export function answerRings(all: KeyEntry[] = listKeys()): Map<number, number> {
 }
 
 /**
- * Invalidate the keys the upcall answered for these labels, whoever asked for them: the next
- * request for one makes a new upcall. Returns how many; a key gone meanwhile is not an error.
+ * Invalidate the keys the upcall answered for these labels, whoever asked for them, and their
+ * answer rings: the next request for one makes a new upcall once they are collected (see
+ * collected). Returns how many answers, and every key invalidated; a key gone meanwhile is not an
+ * error.
  */
-export function invalidateIssuedKeys(labels: ReadonlySet<string>): number {
-  if (labels.size === 0) return 0;
+export function invalidateIssuedKeys(labels: ReadonlySet<string>): { answers: number; invalidated: number[] } {
+  const invalidated: number[] = [];
+  if (labels.size === 0) return { answers: 0, invalidated };
   issuedKeysRing(); // possessed from here on: /proc/keys shows every key in it
   const all = listKeys();
   const ringOf = answerRings(all);
-  let n = 0;
+  let answers = 0;
   for (const k of ourKeys(all)) {
     if (!labels.has(k.label)) continue;
     try {
       invalidateKey(k.id);
-      n++;
+      invalidated.push(k.id);
+      answers++;
     } catch {
       /* expired or invalidated meanwhile */
     }
@@ -112,11 +116,45 @@ export function invalidateIssuedKeys(labels: ReadonlySet<string>): number {
     if (ring !== undefined)
       try {
         invalidateKey(ring);
+        invalidated.push(ring);
       } catch {
         /* expired meanwhile */
       }
   }
-  return n;
+  return { answers, invalidated };
+}
+
+/** How long a release, a reload or `usernsctl keys clear` waits for the key collector, at most. */
+export const COLLECT_WAIT_MS = 2000;
+
+/**
+ * Until the kernel's key collector has taken these invalidated keys out of every keyring that
+ * held them. Before that, a request_key(2) that meets one in the requester's keyrings fails with
+ * EKEYREVOKED instead of making a new upcall: keyctl_invalidate(3) only marks the key, and the
+ * collector, a work item the kernel runs soon after, unlinks it (tens of milliseconds after on
+ * 6.18 builds). So whoever invalidates answers once they are gone, not before.
+ *
+ * Looked at in /proc/keys (the keys this process may view): an answer stays in view while its
+ * answer ring, possessed through root's persistent keyring, links it; the ring is removed in the
+ * collector's pass that unlinks invalidated keys from every keyring, the requesters' included.
+ * True once none of them is there; false when `withinMs` ran out first.
+ */
+export async function collected(ids: readonly number[], withinMs = COLLECT_WAIT_MS): Promise<boolean> {
+  if (ids.length === 0) return true;
+  const deadline = performance.now() + withinMs;
+  for (;;) {
+    const present = new Set(listKeyIds());
+    if (!ids.some((id) => present.has(id))) return true;
+    if (performance.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** The serials in /proc/keys (its first column, in hex). */
+function listKeyIds(): number[] {
+  const ids: number[] = [];
+  for (const line of readFileSync('/proc/keys', 'utf8').split('\n')) if (line.length > 0) ids.push(parseInt(line.slice(0, line.indexOf(' ')), 16));
+  return ids;
 }
 
 /** Negate with an error the requester sees (keyctl_reject(3)), for `seconds`, so it fails fast instead of waiting. */

@@ -3,13 +3,16 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import fc from 'fast-check';
 import { invalidateIssuedKeys } from '../../agent/kernel/keys.ts';
-import type * as P from '../../agent/wire/protocol.ts';
+import { callAgent } from '../../agent/wire/client.ts';
+import * as P from '../../agent/wire/protocol.ts';
 import { cleanup, makeCheckoutReachable, startAgent, USERNSCTL, usernsctl, usernsctlHere } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import { makeTree } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 import { isRoot, makeUser } from '../helpers/kernel.ts';
+import { modelTests } from '../helpers/model.ts';
 
 type Requester = { uid: number; gid: number; capSysAdmin?: boolean };
 
@@ -322,3 +325,212 @@ for (const handler of HANDLERS)
       assert.match(readFileSync(logFile, 'utf8'), /"userns:a": rejected: cannot reach the agent at .*: ENOENT \(is usernsd running\?\)/);
     });
   });
+
+/**
+ * The upcall's cached answers over time, model-based: requests from one session keyring between
+ * releases, usernsctl keys clear, reloads that change a context's maps or remove it and bring it
+ * back, and reloads that change nothing. Each request gets what the context is now, never an
+ * answer cached before the change nor "Key has been revoked", and makes an upcall exactly when the
+ * model says nothing valid is cached; after every command the kernel holds no invalidated key of
+ * these labels (whoever invalidates answers once the key collector has taken them: keys.ts collected).
+ */
+const MODEL_LABELS = ['ko0', 'ko1'] as const;
+const MODEL_BASE = { ko0: 420_000, ko1: 430_000 } as const;
+/** The two versions of a context's maps the history switches between: all 1000 ids, or the first 500. */
+const modelMaps = (label: (typeof MODEL_LABELS)[number], half: boolean) => `0 ${MODEL_BASE[label]} ${half ? 500 : 1000}`;
+const modelText = (label: (typeof MODEL_LABELS)[number], half: boolean, comment = '') =>
+  `${comment}[context]\nuid_map = ${modelMaps(label, half)}\ngid_map = ${modelMaps(label, half)}\n`;
+
+type KeysModel = { half: Set<string>; pinned: Set<string>; cached: Set<string> };
+type KeysReal = { tree: Tree; agent: RunningAgent; session: AskingSession };
+type AskingSession = { ask(label: string): Promise<string>; close(): void };
+
+/** One session keyring for a whole history: each label written on its stdin is asked for (request2, then pipe). */
+function askingSession(): AskingSession {
+  const script =
+    'while read l; do if id=$(keyctl request2 user "userns:$l" "" @s 2>&1); then keyctl pipe "$id"; echo; else echo "ERROR $id"; fi; echo "--end--"; done';
+  const child = spawn('keyctl', ['session', '-', 'sh', '-c', script], { stdio: ['pipe', 'pipe', 'ignore'] });
+  let buffered = '';
+  let answer: ((out: string) => void) | null = null;
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    buffered += d;
+    const end = buffered.indexOf('--end--\n');
+    if (end < 0 || !answer) return;
+    const out = buffered.slice(0, end);
+    buffered = buffered.slice(end + '--end--\n'.length);
+    const a = answer;
+    answer = null;
+    a(out);
+  });
+  return {
+    ask(label) {
+      return new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no answer for ${label} within 10 s`)), 10_000);
+        answer = (out) => {
+          clearTimeout(timer);
+          resolve(out);
+        };
+        child.stdin.write(`${label}\n`);
+      });
+    },
+    close() {
+      child.stdin.end();
+      if (child.exitCode === null) child.kill();
+    },
+  };
+}
+
+/** The kernel's side: no key of these labels that is invalidated but not collected yet, in any keyring root can see. */
+function noInvalidatedKeys(after: string): void {
+  const lingering = readFileSync('/proc/keys', 'utf8')
+    .split('\n')
+    .filter((l) => / user +userns:ko\d:/.test(l) && l.split(/\s+/)[1].includes('i'));
+  assert.deepEqual(lingering, [], `after ${after}, the kernel still holds invalidated keys (a request meeting one fails with "Key has been revoked")`);
+}
+
+type KeysCommand = fc.AsyncCommand<KeysModel, KeysReal>;
+const keysCommand = (name: string, run: (m: KeysModel, r: KeysReal) => Promise<void>): KeysCommand => ({
+  check: () => true,
+  run: async (m, r) => {
+    await run(m, r);
+    noInvalidatedKeys(name);
+  },
+  toString: () => name,
+});
+
+const modelResolves = async (r: KeysReal) => (await callAgent(r.agent.socket, P.status, {})).counters?.['requests.resolve'] ?? 0;
+
+const ask = (label: (typeof MODEL_LABELS)[number]) =>
+  keysCommand(`ask ${label}`, async (m, r) => {
+    const before = await modelResolves(r);
+    const out = await r.session.ask(label);
+    const upcalls = (await modelResolves(r)) - before;
+    assert.doesNotMatch(out, /^ERROR/, `the request for ${label} is answered: ${out}`);
+    assert.match(out, new RegExp(`^uid_map=${modelMaps(label, m.half.has(label))}$`, 'm'), `${label} is answered with its maps now: ${out}`);
+    assert.equal(upcalls, m.cached.has(label) ? 0 : 1, m.cached.has(label) ? 'served from the keyring' : 'a new upcall');
+    m.cached.add(label);
+    m.pinned.add(label);
+  });
+
+/** Whatever was cached for a label that changed or went is no longer valid. */
+const forget = (m: KeysModel, label: string) => {
+  m.cached.delete(label);
+  m.pinned.delete(label);
+};
+
+const release = (label: (typeof MODEL_LABELS)[number]) =>
+  keysCommand(`release ${label}`, async (m, r) => {
+    const { released } = await callAgent(r.agent.socket, P.release, { label });
+    assert.equal(released, m.pinned.has(label));
+    forget(m, label);
+  });
+
+const clear = (label: (typeof MODEL_LABELS)[number]) =>
+  keysCommand(`usernsctl keys clear ${label}`, async (m) => {
+    const out = await usernsctl(['--json', 'keys', 'clear', label]);
+    assert.equal(out.code, 0, out.err);
+    m.cached.delete(label);
+  });
+
+/** Its maps switched, reloaded, and its pin (now in drift) released: the next request gets the new maps. */
+const flip = (label: (typeof MODEL_LABELS)[number]) =>
+  keysCommand(`switch ${label}'s maps + reload + release`, async (m, r) => {
+    const half = !m.half.has(label);
+    r.tree.context(`${label}.conf`, modelText(label, half));
+    await callAgent(r.agent.socket, P.reload, {});
+    await callAgent(r.agent.socket, P.release, { label });
+    if (half) m.half.add(label);
+    else m.half.delete(label);
+    forget(m, label);
+  });
+
+const removeAndRestore = (label: (typeof MODEL_LABELS)[number]) =>
+  keysCommand(`remove ${label} + reload, write it back + reload`, async (m, r) => {
+    rmSync(join(r.tree.contexts, `${label}.conf`));
+    await callAgent(r.agent.socket, P.reload, {});
+    r.tree.context(`${label}.conf`, modelText(label, m.half.has(label)));
+    await callAgent(r.agent.socket, P.reload, {});
+    forget(m, label);
+  });
+
+/** The same context in a file written again: nothing changes, and what is cached stays. */
+const rewrite = (label: (typeof MODEL_LABELS)[number]) =>
+  keysCommand(`rewrite ${label} with a comment + reload`, async (m, r) => {
+    r.tree.context(`${label}.conf`, modelText(label, m.half.has(label), `# written at ${performance.now()}\n`));
+    await callAgent(r.agent.socket, P.reload, {});
+  });
+
+const keysCommands = fc.commands(
+  [
+    fc.constantFrom(...MODEL_LABELS).map(ask),
+    fc.constantFrom(...MODEL_LABELS).map(ask),
+    fc.constantFrom(...MODEL_LABELS).map(ask),
+    fc.constantFrom(...MODEL_LABELS).map(release),
+    fc.constantFrom(...MODEL_LABELS).map(clear),
+    fc.constantFrom(...MODEL_LABELS).map(flip),
+    fc.constantFrom(...MODEL_LABELS).map(removeAndRestore),
+    fc.constantFrom(...MODEL_LABELS).map(rewrite),
+  ],
+  { maxCommands: 12 },
+);
+
+describe('e2e: the upcall over time, model-based: cached answers after releases, keys clear and reloads (root, keyutils)', function () {
+  this.timeout(600_000);
+  let tree: Tree;
+  let agent: RunningAgent;
+  let rule: string | undefined;
+
+  before(async function () {
+    if (!isRoot) this.skip();
+    if (spawnSync('keyctl', ['--version']).error || !existsSync('/sbin/request-key'))
+      throw new Error('keyutils is required (apt-get install keyutils; .ci/run installs it)');
+    tree = makeTree();
+    for (const label of MODEL_LABELS) tree.context(`${label}.conf`, modelText(label, false));
+    try {
+      invalidateIssuedKeys(new Set(MODEL_LABELS));
+    } catch {
+      /* no persistent keyrings */
+    }
+    agent = await startAgent(tree, ['--log-level', 'info']);
+    const handler = HANDLERS[HANDLERS.length - 1]; // the C one where it is built
+    rule = `/etc/request-key.d/usernsd-test-${process.pid}.conf`;
+    writeFileSync(rule, `create user userns:* * ${handler.argv.join(' ')} -t 600 --socket ${agent.socket} --log ${join(tree.dir, 'upcall.log')} %k %d\n`);
+  });
+  after(async () => {
+    if (rule) rmSync(rule, { force: true });
+    try {
+      invalidateIssuedKeys(new Set(MODEL_LABELS));
+    } catch {
+      /* no persistent keyrings */
+    }
+    await cleanup(tree);
+  });
+
+  const property = () =>
+    fc.asyncProperty(keysCommands, async (cmds) => {
+      // Each history: the files as first written, nothing pinned, a new session keyring with nothing cached.
+      for (const label of MODEL_LABELS) tree.context(`${label}.conf`, modelText(label, false));
+      await callAgent(agent.socket, P.reload, {});
+      for (const label of MODEL_LABELS) await callAgent(agent.socket, P.release, { label });
+      noInvalidatedKeys('the reset before a history');
+      const session = askingSession();
+      try {
+        await fc.asyncModelRun(
+          () => ({ model: { half: new Set<string>(), pinned: new Set<string>(), cached: new Set<string>() }, real: { tree, agent, session } }),
+          cmds,
+        );
+      } finally {
+        session.close();
+      }
+    });
+
+  modelTests(
+    {
+      file: import.meta.url,
+      title: 'answers every request with the context as it is now, from a new upcall exactly when the last answer went',
+      runs: 8,
+      seed: 20261207,
+    },
+    property,
+  );
+});
