@@ -13,6 +13,8 @@ const BTree = sortedBtree.default;
  */
 export class DisjointIntervals<T extends Interval> {
   private readonly byStart = new BTree<number, T>();
+  /** The pair the tree's neighbour lookups fill in, rather than a new one each (read at once, never kept). */
+  private readonly pair = [0, undefined] as unknown as [number, T];
 
   /** `initial` must be disjoint already (mergeIntervals makes a list so). */
   constructor(initial: Iterable<T> = []) {
@@ -22,7 +24,7 @@ export class DisjointIntervals<T extends Interval> {
   /** Every interval overlapping [start, end), in order: the one begun before `start` (if it reaches past it), then those begun inside. */
   overlapping(start: number, end: number): T[] {
     const out: T[] = [];
-    const before = this.byStart.nextLowerPair(start);
+    const before = this.byStart.nextLowerPair(start, this.pair);
     if (before && before[1].end > start) out.push(before[1]);
     this.byStart.forRange(start, end, false, (_k, i) => {
       out.push(i);
@@ -32,9 +34,9 @@ export class DisjointIntervals<T extends Interval> {
 
   /** Whether any interval overlaps [start, end), without listing them. */
   overlaps(start: number, end: number): boolean {
-    const before = this.byStart.nextLowerPair(start);
+    const before = this.byStart.nextLowerPair(start, this.pair);
     if (before && before[1].end > start) return true;
-    const next = this.byStart.getPairOrNextHigher(start);
+    const next = this.byStart.getPairOrNextHigher(start, this.pair);
     return next !== undefined && next[0] < end;
   }
 
