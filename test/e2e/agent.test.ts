@@ -304,6 +304,23 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.ok(switches() - before < 40, `woke ${switches() - before} times in 2 s of idling`);
   });
 
+  it("a start on a long listing lets V8's young generation grow while it loads, then collects it back and holds it there: a reload of every file does not grow it", async () => {
+    const n = 2100; // past GROW_YOUNG_MIN_FILES (manager.ts)
+    const text = (i: number, extra = '') => `[context]\nuid_map = 0 ${(i + 1) * 65536} 65536\ngid_map = 0 ${(i + 1) * 65536} 65536\n${extra}`;
+    for (let i = 0; i < n; i++) tree.context(`m${i}.conf`, text(i));
+    agent = await startAgent(tree);
+    const start = agent.logs.find((l) => l.msg === 'Settled memory after the load');
+    assert.ok(start, 'the start settles its memory');
+    assert.ok(start.gc === true && start.collected === true, JSON.stringify(start));
+    assert.ok((start.newSpaceBeforeMb as number) > 2, `the load grew the young generation: ${JSON.stringify(start)}`);
+    assert.ok((start.newSpaceMb as number) <= 2, `and the collection shrank it back: ${JSON.stringify(start)}`);
+    // Every file changed: a reload whose garbage would grow a young generation left free to grow.
+    for (let i = 0; i < n; i++) tree.context(`m${i}.conf`, text(i, '# edited\n'));
+    assert.equal((await ctl(['reload'])).code, 0);
+    const reload = await agent.waitForLog((l) => l.msg === 'Settled memory after the reload');
+    assert.ok((reload.newSpaceBeforeMb as number) <= 2, `the reload found it held at its size: ${JSON.stringify(reload)}`);
+  });
+
   it('a reload reads the files that changed and journals what changed; a stop writes the record whole, and a start on it writes nothing', async () => {
     tree.context('a.conf', A);
     tree.context('b.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
