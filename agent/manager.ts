@@ -103,7 +103,6 @@ function settleMemory(log: Logger, how: 'start' | 'reload'): void {
     trimMalloc();
   }
   if (how === 'start') setFlagsFromString('--semi-space-growth-factor=1');
-  const newSpace = getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
   const after = getHeapStatistics();
   const fields = {
     gc: typeof globalThis.gc === 'function',
@@ -114,7 +113,7 @@ function settleMemory(log: Logger, how: 'start' | 'reload'): void {
     // After the collection: the heap V8 keeps, and the live data in it.
     heapAfterMb: +(after.total_heap_size / 2 ** 20).toFixed(1),
     liveMb: +(after.used_heap_size / 2 ** 20).toFixed(1),
-    newSpaceMb: newSpace && +(newSpace.space_size / 2 ** 20).toFixed(1),
+    newSpaceMb: +(newSpaceBytes() / 2 ** 20).toFixed(1),
     rssMb: +(process.memoryUsage.rss() / 2 ** 20).toFixed(1),
     ms: +(performance.now() - started).toFixed(1),
   };

@@ -44,6 +44,18 @@ function inSession(script: string, user?: Requester) {
   return { code: r.status, out: r.stdout, err: r.stderr, ms: performance.now() - started };
 }
 
+/**
+ * Invalidate what the upcall answered for these labels (a crashed earlier run's, or this run's at
+ * its end), where the kernel has persistent keyrings.
+ */
+function forgetAnswers(labels: readonly string[]): void {
+  try {
+    invalidateIssuedKeys(new Set(labels));
+  } catch {
+    /* no persistent keyrings */
+  }
+}
+
 /** The labels these tests answer keys for. */
 const TEST_LABELS = ['a', 'mine', 'gone'];
 
@@ -82,11 +94,7 @@ for (const handler of HANDLERS)
       tree.delegate(user.name, 300000, 1000);
       tree.context('mine.conf', `[context]\nowner = ${user.name}\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n`);
       // Answers a crashed earlier run registered for these labels would be seen by the tests below.
-      try {
-        invalidateIssuedKeys(new Set(TEST_LABELS));
-      } catch {
-        /* no persistent keyrings */
-      }
+      forgetAnswers(TEST_LABELS);
       agent = await startAgent(tree);
       logFile = join(tree.dir, 'upcall.log');
       // The handler runs with request-key's minimal environment: absolute paths for everything.
@@ -96,11 +104,7 @@ for (const handler of HANDLERS)
     after(async () => {
       if (rule) rmSync(rule, { force: true });
       // The answers the upcall registered in root's persistent keyring would otherwise wait for their expiry.
-      try {
-        invalidateIssuedKeys(new Set(TEST_LABELS));
-      } catch {
-        /* no persistent keyrings */
-      }
+      forgetAnswers(TEST_LABELS);
       await cleanup(tree);
       restore?.();
       user?.remove();
@@ -486,11 +490,7 @@ describe('e2e: the upcall over time, model-based: cached answers after releases,
       throw new Error('keyutils is required (apt-get install keyutils; .ci/run installs it)');
     tree = makeTree();
     for (const label of MODEL_LABELS) tree.context(`${label}.conf`, modelText(label, false));
-    try {
-      invalidateIssuedKeys(new Set(MODEL_LABELS));
-    } catch {
-      /* no persistent keyrings */
-    }
+    forgetAnswers(MODEL_LABELS);
     agent = await startAgent(tree, ['--log-level', 'info']);
     const handler = HANDLERS[HANDLERS.length - 1]; // the C one where it is built
     rule = `/etc/request-key.d/usernsd-test-${process.pid}.conf`;
@@ -498,11 +498,7 @@ describe('e2e: the upcall over time, model-based: cached answers after releases,
   });
   after(async () => {
     if (rule) rmSync(rule, { force: true });
-    try {
-      invalidateIssuedKeys(new Set(MODEL_LABELS));
-    } catch {
-      /* no persistent keyrings */
-    }
+    forgetAnswers(MODEL_LABELS);
     await cleanup(tree);
   });
 
