@@ -28,7 +28,8 @@ import { fdSocketPath } from './wire/protocol.ts';
 import { UserdbServer } from './wire/userdb.ts';
 import { listenMetrics, Metrics } from './metrics.ts';
 import { Views } from './views.ts';
-import { appendInForce, ensureStateDir, newerStateFiles, writeInForce } from './coord/state.ts';
+import { hasInForceRecord, newerStateFiles } from './coord/state.ts';
+import { InForceRecorder } from './inforce.ts';
 import { removeStaleTemps } from './kernel/files.ts';
 import { holdDirectory } from './kernel/hold.ts';
 import { trimMalloc } from './kernel/sys.ts';
@@ -55,8 +56,6 @@ export const EAGER_CONCURRENCY = 8;
 
 /** How soon contexts.json follows a context made or forgotten from inside (a burst is written once). */
 const IN_FORCE_DELAY_MS = 200;
-/** Journal lines contexts.json may be followed by, at least (else a quarter of the contexts): past them it is written whole. */
-const JOURNAL_MIN_LINES = 64;
 
 /**
  * Below this much committed V8 heap after a load there is little to give back (about 5,000 context
@@ -156,8 +155,8 @@ export class Manager {
   private readonly memo: LoadMemo;
   /** Namespaces made for eager contexts (parents included), and the time their creations took. */
   private readonly eagerMade = { count: 0, ms: 0 };
-  /** The contexts in force as last recorded (contexts.json of `generation`, and `journal` lines after it). */
-  private recorded: { readonly contexts: ReadonlyMap<string, Context>; readonly generation: string; readonly journal: number } | null = null;
+  /** The record of the contexts in force, kept as things change. */
+  private readonly record: InForceRecorder;
 
   private constructor(opts: ManagerOptions, config: Configuration, memo: LoadMemo, makePool: PoolMaker) {
     this.memo = memo;
@@ -206,6 +205,8 @@ export class Manager {
         },
       },
     );
+    // What is in force and unchanged is the record's objects (config.recorded): nothing to write for it.
+    this.record = new InForceRecorder(config.agent.state, this.registry, this.log, config.recorded);
     this.people.rebuild(config.contexts.values());
     this.views = new Views(config.agent.state, this.registry.namespaces.maker);
     this.pool = makePool(opts.log, {
@@ -317,62 +318,11 @@ export class Manager {
     return inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
   }
 
-  /**
-   * What is in force now, for the next start and for check-config (see config/judge.ts admissionOrder):
-   * what changed since the last record is appended to its journal, and contexts.json is written
-   * whole when there is none yet, when the journal has grown past a quarter of the contexts, and
-   * (`whole`) when the agent stops, so an older usernsd that reads contexts.json alone finds it current.
-   */
-  private recordInForce(durable = true, whole = false): void {
-    // The registry's map in force, which is never changed in place: the very one recorded last is unchanged.
-    const contexts = this.registry.inForce();
-    const last = this.recorded;
-    if (last?.contexts === contexts && (!whole || last.journal === 0)) return;
-    const set: Context[] = [];
-    const forget: string[] = [];
-    if (last) {
-      // What differs from the record: as the registry knows it (one change since), else every label looked at.
-      const known = this.registry.changedSince(last.contexts);
-      if (known) {
-        for (const label of known) {
-          const c = contexts.get(label);
-          if (c === undefined) {
-            if (last.contexts.has(label)) forget.push(label);
-          } else if (last.contexts.get(label) !== c) set.push(c);
-        }
-      } else {
-        for (const c of contexts.values()) if (last.contexts.get(c.label) !== c) set.push(c);
-        for (const label of last.contexts.keys()) if (!contexts.has(label)) forget.push(label);
-      }
-      if (set.length === 0 && forget.length === 0 && (!whole || last.journal === 0)) {
-        this.recorded = { ...last, contexts }; // the same contexts: the next look compares maps
-        return;
-      }
-    }
-    try {
-      // A directory made anew (removed behind the agent's back) holds no record to append to.
-      const anew = ensureStateDir(this.registry.agent.state);
-      const changes = set.length + forget.length;
-      if (last && !whole && !anew && last.journal + changes <= Math.max(JOURNAL_MIN_LINES, contexts.size / 4)) {
-        appendInForce(this.registry.agent.state, last.generation, set, forget, durable);
-        this.recorded = { contexts, generation: last.generation, journal: last.journal + changes };
-      } else {
-        this.recorded = { contexts, generation: writeInForce(this.registry.agent.state, contexts.values(), durable), journal: 0 };
-      }
-    } catch (err) {
-      this.recorded = null; // the next record is written whole
-      this.log.error(
-        { err: (err as Error).message },
-        `Failed to record the contexts in force: ${said(err)}; after a restart, files are admitted in name order`,
-      );
-    }
-  }
-
   /** contexts.json rewritten once for a burst of contexts made or forgotten from inside (each is recorded on its own already). */
   private recordInForceSoon(): void {
     this.recordTimer ??= setTimeout(() => {
       this.recordTimer = null;
-      this.recordInForce(false);
+      this.record.record(false);
     }, IN_FORCE_DELAY_MS).unref();
   }
 
@@ -400,10 +350,11 @@ export class Manager {
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
     const m = new Manager(opts, config, memo, await rangePool(config));
-    m.recorded = config.recorded; // what is in force and unchanged is the record's objects: nothing to write for it
     const stale = [...removeStaleTemps(config.agent.state), ...removeStaleTemps(m.registry.namespaces.recordsDir)];
     if (stale.length > 0) m.log.info({ files: stale }, `Removed ${stale.length} temporary file(s) left by an agent that did not finish writing them`);
-    m.recordInForce();
+    // A state directory with no record yet gets its first one once the agent serves (InForceRecorder.recordInPieces).
+    const firstRecord = config.recorded === null && !hasInForceRecord(config.agent.state);
+    if (!firstRecord) m.record.record();
     try {
       const leaf = m.registry.delegations.settle();
       if (leaf) m.log.info({ cgroup: leaf, cgroupRoot: m.registry.delegations.cgroupRoot }, "Moved into a leaf of the agent's delegated cgroup");
@@ -443,6 +394,7 @@ export class Manager {
     m.log.info({ socket: config.agent.socket, config: config.agent.file, version: VERSION }, 'Serving');
     // Only now: the socket listens and every eager context exists (or its failure is logged).
     m.supervisor.notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${m.statusLine()}`);
+    if (firstRecord) m.record.recordInPieces();
     return m;
   }
 
@@ -574,7 +526,7 @@ export class Manager {
       if (labels) this.people.follow(was, this.registry.inForce(), labels);
       else this.people.rebuild(this.registry.all());
     }
-    this.recordInForce();
+    this.record.record();
     // The files may wait on the shared pool, or have changed a static range it must hear of.
     if (source !== 'etcd') void this.pool.settle();
     for (const label of diff.removed) {
@@ -673,7 +625,8 @@ export class Manager {
         this.recordTimer = null;
       }
       if (this.settling) clearImmediate(this.settling);
-      this.recordInForce(true, true);
+      this.record.record(true, true);
+      await this.record.settled(); // a first record in pieces given up, its temporary file removed, before the agent exits
       this.views.close();
       this.registry.namespaces.close();
       this.service.close();

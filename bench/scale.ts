@@ -210,11 +210,14 @@ collector thread or none made no difference; a young generation left to grow whi
 and collected back before serving takes the scavenges from 1,150 to 45 and 0.38 s to 0.18 s of the
 agent's thread, but the collection before serving then has more to compact, 0.29 s instead of 0.19
 s: 8% less time to ready in 6 alternating runs, with the allocations cut below), the parse with its schema
-(about 1 s), the whole judgement (0.7 s), the first contexts.json (29 MB, 0.7 s: a string
-encoded before it is written, half the time of \`writeSync\`'s own encoding), and the collection
-before serving (0.35 s; a regular one instead of the last-resort one leaves 207-217 MiB at ready
-for no time gained). The record is written before the agent serves, as the first thing a restart
-reads; the 2x target needs less live data per context still: two objects per context, the parse's
+(about 1 s), the whole judgement (0.7 s), and the collection before serving (0.35 s; a regular one
+instead of the last-resort one leaves 207-217 MiB at ready for no time gained). The first
+contexts.json (29 MB: 0.12 s of JSON.stringify, then encoding and writing, 0.2 s on this
+machine) is written once the agent serves, a few hundred contexts at a time between requests
+(\`InForceRecorder.recordInPieces\`, logged as "Recorded the contexts in force" about 0.2 s after
+ready): a start after a crash before it lands judges the same files without a record, as the first
+one did, and a record asked for meanwhile (a reload, the stop) gives it up and is written as
+before. The 2x target needs less live data per context still: two objects per context, the parse's
 and the judged one, each with about 13 boxed numbers, and the maps by label of the cache, the
 judgement and the registry. What every file leaves alike is one frozen object for all of them now
 (the default \`[squash]\` and \`[access]\`, no errors, and one table of line numbers per layout of

@@ -15,7 +15,7 @@ import {
   writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { fsyncDir, writeFileAtomic } from '../kernel/files.ts';
+import { fsyncDir, writeFileAtomic, writeFileAtomicInPieces } from '../kernel/files.ts';
 import { holdAgain } from '../kernel/hold.ts';
 import type { Context } from '../../config/types.ts';
 import type { Allocation } from './allocate.ts';
@@ -342,6 +342,53 @@ export function writeInForce(dir: string, contexts: Iterable<Context>, durable =
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw unrecorded(`cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}`, err);
   }
   return generation;
+}
+
+/** Contexts a piece of writeInForceInPieces holds: about 110 KB of JSON, under V8's large-object size. */
+const CONTEXTS_PER_PIECE = 256;
+
+/**
+ * writeInForce for a directory that holds no contexts.json yet, without holding the event loop: the
+ * same text (a new generation), written a few hundred contexts at a time while the agent serves
+ * (65,535 contexts are 29 MB, 0.2 s of JSON.stringify and writing). `stopped`, asked between
+ * pieces, gives it up (nothing replaced: false); `written` gets the generation in the turn the
+ * file is in place. Throws what writeInForce throws.
+ */
+export async function writeInForceInPieces(
+  dir: string,
+  contexts: readonly Context[],
+  opts: { readonly durable: boolean; readonly stopped: () => boolean; readonly written: (generation: string) => void },
+): Promise<boolean> {
+  const generation = newGeneration();
+  function* pieces(): Generator<string> {
+    yield `{"version":${STATE_VERSION},"contexts":[`;
+    for (let i = 0; i < contexts.length; i += CONTEXTS_PER_PIECE) {
+      const json = contexts.slice(i, i + CONTEXTS_PER_PIECE).map((c) => JSON.stringify(c));
+      yield `${i > 0 ? ',' : ''}${json.join(',')}`;
+    }
+    yield `],"generation":"${generation}"}\n`;
+  }
+  try {
+    return await writeFileAtomicInPieces(dir, IN_FORCE_FILE, pieces(), {
+      durable: opts.durable,
+      stopped: opts.stopped,
+      written: () => {
+        try {
+          unlinkSync(join(dir, IN_FORCE_JOURNAL)); // as writeInForce: a journal of an older generation
+        } catch {
+          /* none */
+        }
+        opts.written(generation);
+      },
+    });
+  } catch (err) {
+    throw unrecorded(`cannot record the contexts in force in ${join(dir, IN_FORCE_FILE)}`, err);
+  }
+}
+
+/** Whether the state directory holds a contexts.json (whatever it says). */
+export function hasInForceRecord(dir: string): boolean {
+  return existsSync(join(dir, IN_FORCE_FILE));
 }
 
 function readInForceText(dir: string): string | null {

@@ -79,6 +79,67 @@ export function writeFileAtomic(dir: string, name: string, body: string, durable
   if (durable) fsyncDir(dir);
 }
 
+/**
+ * writeFileAtomic for a body made piece by piece, without holding the event loop for all of it: the
+ * event loop runs between pieces (each made when it is written). `stopped` is asked before each
+ * piece and before the rename: once it says true, the temporary file is removed, nothing is
+ * replaced, and false is returned. `written` runs in the very turn of the rename, before anything
+ * else runs. Its temporary file is a name of its own (`.NAME.pieces.PID.tmp`), never the one
+ * writeFileAtomic writes meanwhile.
+ */
+export async function writeFileAtomicInPieces(
+  dir: string,
+  name: string,
+  pieces: Iterable<string>,
+  opts: { readonly durable: boolean; readonly stopped: () => boolean; readonly written: () => void },
+): Promise<boolean> {
+  const tmp = join(dir, `.${name}.pieces.${process.pid}.tmp`);
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+  let fd: number;
+  try {
+    fd = openSync(tmp, flags, 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    unlinkSync(tmp); // left by a crash of a process with this pid
+    fd = openSync(tmp, flags, 0o600);
+  }
+  let open = true;
+  const drop = () => {
+    if (open) closeSync(fd);
+    open = false;
+    unlinkSync(tmp);
+  };
+  try {
+    for (const piece of pieces) {
+      if (opts.stopped()) {
+        drop();
+        return false;
+      }
+      writeSync(fd, Buffer.from(piece, 'utf8'));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    if (opts.stopped()) {
+      drop();
+      return false;
+    }
+    // From here to `written`, one turn: nothing else sees the new file before its writer knows it.
+    if (opts.durable) fsyncSync(fd);
+    closeSync(fd);
+    open = false;
+    renameSync(tmp, join(dir, name));
+    if (opts.durable) fsyncDir(dir);
+    opts.written();
+    return true;
+  } catch (err) {
+    try {
+      drop();
+    } catch {
+      /* renamed already, or gone */
+    }
+    throw err;
+  }
+}
+
 /** fsync a directory: the names made or replaced in it outlive a power loss. */
 export function fsyncDir(dir: string): void {
   const dfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);

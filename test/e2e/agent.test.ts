@@ -326,6 +326,8 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     tree.context('b.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
     await new Promise((r) => setTimeout(r, 1100)); // older than the racy window: kept after the first read
     agent = await startAgent(tree);
+    // A first start writes its record once it serves.
+    await agent.waitForLog((l) => l.msg === 'Recorded the contexts in force');
     const whole = readFileSync(`${tree.state}/contexts.json`, 'utf8');
     tree.context('b.conf', '[context]\nuid_map = 0 310000 1000\ngid_map = 0 310000 1000\n');
     tree.context('c.conf', '[context]\nuid_map = 0 400000 1000\ngid_map = 0 400000 1000\n');
@@ -449,6 +451,7 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     // adopt, reconcile, create and rewrite before it found the socket taken.
     tree.context('a.conf', `${A}create = eager\n`);
     agent = await startAgent(tree);
+    await agent.waitForLog((l) => l.msg === 'Recorded the contexts in force');
     const before = statSync(`${tree.state}/contexts.json`, { bigint: true });
     const pid = agent.child.pid!;
     const conf = readFileSync(tree.config, 'utf8');
