@@ -102,6 +102,7 @@ export class InForceRecorder {
    * made from inside), or whole (the stop), gives this one up and is written as `record` writes it.
    */
   recordInPieces(): void {
+    if (this.recorded !== null) return this.record(); // recorded meanwhile: from here on as usual
     const contexts = this.source.inForce();
     const job = { contexts, stopped: false };
     const started = performance.now();

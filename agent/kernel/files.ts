@@ -51,6 +51,18 @@ export function makeDirs(dir: string, mode: number): void {
   }
 }
 
+/** A temporary file made anew (O_EXCL, never through a symbolic link), mode 0600; one a crash of a process with this pid left is replaced. */
+function openTemp(tmp: string): number {
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+  try {
+    return openSync(tmp, flags, 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    unlinkSync(tmp);
+    return openSync(tmp, flags, 0o600);
+  }
+}
+
 /**
  * Write-then-rename, so a crash leaves the old file or the new one, never a torn one. `durable`
  * adds the fsyncs that make this hold across a power loss too, for what outlives a reboot; without
@@ -59,15 +71,7 @@ export function makeDirs(dir: string, mode: number): void {
 export function writeFileAtomic(dir: string, name: string, body: string, durable = true): void {
   const file = join(dir, name);
   const tmp = join(dir, `.${name}.${process.pid}.tmp`);
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
-  let fd: number;
-  try {
-    fd = openSync(tmp, flags, 0o600);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    unlinkSync(tmp); // left by a crash of a process with this pid
-    fd = openSync(tmp, flags, 0o600);
-  }
+  const fd = openTemp(tmp);
   try {
     // Encoded first: the string path of writeSync encodes about half as fast (contexts.json of 65,535 contexts is 29 MB).
     writeSync(fd, Buffer.from(body, 'utf8'));
@@ -94,15 +98,7 @@ export async function writeFileAtomicInPieces(
   opts: { readonly durable: boolean; readonly stopped: () => boolean; readonly written: () => void },
 ): Promise<boolean> {
   const tmp = join(dir, `.${name}.pieces.${process.pid}.tmp`);
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
-  let fd: number;
-  try {
-    fd = openSync(tmp, flags, 0o600);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    unlinkSync(tmp); // left by a crash of a process with this pid
-    fd = openSync(tmp, flags, 0o600);
-  }
+  const fd = openTemp(tmp);
   let open = true;
   const drop = () => {
     if (open) closeSync(fd);
