@@ -2,7 +2,7 @@
 import { appendFileSync, chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Nss } from '../../config/types.ts';
+import type { Context, Nss } from '../../config/types.ts';
 
 export type Tree = {
   readonly dir: string;
@@ -95,3 +95,19 @@ export function populateBackup(dir: string): void {
   chownSync(join(dir, 'pub'), 1000, 1000);
   chmodSync(join(dir, 'pub'), 0o1777);
 }
+
+/** A context of the host owned by root, lazy, with COUNT ids at START and the defaults a file leaves: what the record of the contexts in force holds. */
+export const staticContext = (label: string, start: number, count = 65536): Context => ({
+  label,
+  file: `/etc/userns.d/${label}.conf`,
+  parent: 'host',
+  owner: { uid: 0, gid: 0, name: 'root' },
+  uidMap: [{ inside: 0, outside: start, count }],
+  gidMap: [{ inside: 0, outside: start, count }],
+  autoSize: null,
+  setgroups: 'allow',
+  create: 'lazy',
+  squash: { mode: 'root', anonuid: 65534, anongid: 65534 },
+  access: { uids: [], gids: [] },
+  ownerIds: 'delegated',
+});

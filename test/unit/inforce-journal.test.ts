@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { makeDirs } from '../../agent/kernel/files.ts';
 import { appendInForce, IN_FORCE_JOURNAL, newerStateFiles, readInForce, readInForceRecord, writeInForce } from '../../agent/coord/state.ts';
 import type { Context } from '../../config/types.ts';
-import { makeTree, testNss } from '../helpers/fixtures.ts';
+import { makeTree, staticContext, testNss } from '../helpers/fixtures.ts';
 import { loadConfiguration } from '../../agent/configure.ts';
 import { ParseCache } from '../../config/load.ts';
 import { stampOf } from '../../config/ini.ts';
@@ -17,20 +17,7 @@ import { Fault } from '../../agent/fault.ts';
 import { fromFault } from '../../agent/advice.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
-const ctx = (label: string, start: number): Context => ({
-  label,
-  file: `/etc/userns.d/${label}.conf`,
-  parent: 'host',
-  owner: { uid: 0, gid: 0, name: 'root' },
-  uidMap: [{ inside: 0, outside: start, count: 65536 }],
-  gidMap: [{ inside: 0, outside: start, count: 65536 }],
-  autoSize: null,
-  setgroups: 'allow',
-  create: 'lazy',
-  squash: { mode: 'root', anonuid: 65534, anongid: 65534 },
-  access: { uids: [], gids: [] },
-  ownerIds: 'delegated',
-});
+const ctx = staticContext;
 
 const shown = (m: ReadonlyMap<string, Context>) => JSON.stringify([...m.values()].sort((a, b) => a.label.localeCompare(b.label)));
 

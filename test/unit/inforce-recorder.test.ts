@@ -14,23 +14,10 @@ import { IN_FORCE_FILE, readInForce, writeInForce, writeInForceInPieces } from '
 import { makeDirs } from '../../agent/kernel/files.ts';
 import { InForceRecorder } from '../../agent/inforce.ts';
 import type { Context } from '../../config/types.ts';
-import { makeTree } from '../helpers/fixtures.ts';
+import { makeTree, staticContext } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
-const ctx = (label: string, start: number): Context => ({
-  label,
-  file: `/etc/userns.d/${label}.conf`,
-  parent: 'host',
-  owner: { uid: 0, gid: 0, name: 'root' },
-  uidMap: [{ inside: 0, outside: start, count: 65536 }],
-  gidMap: [{ inside: 0, outside: start, count: 65536 }],
-  autoSize: null,
-  setgroups: 'allow',
-  create: 'lazy',
-  squash: { mode: 'root', anonuid: 65534, anongid: 65534 },
-  access: { uids: [], gids: [] },
-  ownerIds: 'delegated',
-});
+const ctx = staticContext;
 
 /** Enough contexts for a first record of several pieces (256 a piece): the history meets it half-written. */
 const MANY = 700;

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { makeDirs } from '../../agent/kernel/files.ts';
 import { loadConfiguration } from '../../agent/configure.ts';
 import { formatConfigError } from '../../config/ini.ts';
-import { makeTree } from '../helpers/fixtures.ts';
+import { makeTree, staticContext } from '../helpers/fixtures.ts';
 import type { Tree } from '../helpers/fixtures.ts';
 
 describe('state: recorded allocations', () => {
@@ -115,21 +115,7 @@ describe('state: the contexts in force keep what they are given', () => {
   let tree: Tree;
   beforeEach(() => (tree = makeTree()));
   afterEach(() => tree.remove());
-  const ctx = (delegate: unknown) => ({
-    label: 'a',
-    file: '/etc/userns.d/a.conf',
-    parent: 'host',
-    owner: { uid: 0, gid: 0, name: 'root' },
-    uidMap: [{ inside: 0, outside: 3000000, count: 10 }],
-    gidMap: [{ inside: 0, outside: 3000000, count: 10 }],
-    autoSize: null,
-    setgroups: 'allow',
-    create: 'lazy',
-    squash: { mode: 'root', anonuid: 65534, anongid: 65534 },
-    access: { uids: [], gids: [] },
-    ownerIds: 'delegated',
-    ...(delegate === undefined ? {} : { delegate }),
-  });
+  const ctx = (delegate: unknown) => ({ ...staticContext('a', 3000000, 10), ...(delegate === undefined ? {} : { delegate }) });
   const good = {
     cgroup: true,
     cgroupLimits: [{ file: 'pids.max', value: '10' }],
