@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { getHeapSpaceStatistics, getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { formatConfigError } from '../config/ini.ts';
 import { keepStartOnly, ParseCache } from '../config/load.ts';
-import type { AgentConfig, Context, LogLevel, Nss } from '../config/types.ts';
+import type { AgentConfig, LogLevel, Nss } from '../config/types.ts';
 import { mayUse } from './policy.ts';
 import { loadConfiguration, loadConfigurationAsync, loadSettings, systemIds } from './configure.ts';
 import type { Configuration, LoadMemo, LoadOptions, SystemIds } from './configure.ts';
@@ -310,12 +310,10 @@ export class Manager {
   private static load(
     opts: ManagerOptions,
     memo: LoadMemo,
-    inForce?: ReadonlyMap<string, Context>,
-    refused?: ReadonlyMap<string, string>,
-    settings?: LoadOptions['settings'],
+    given: Pick<LoadOptions, 'inForce' | 'refused' | 'settings' | 'files'> = {},
   ): Promise<Configuration> {
-    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, inForce, refused, settings, ...memo };
-    return inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
+    const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, ...given, ...memo };
+    return given.inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
   }
 
   /** contexts.json rewritten once for a burst of contexts made or forgotten from inside (each is recorded on its own already). */
@@ -341,11 +339,10 @@ export class Manager {
     // An agent with directories of its own on a socket another serves is refused as early (listen checks again).
     await prepareSocketPath(settings.agent.socket);
     // A long listing's garbage in a young generation that may grow (V8's default factor), until
-    // settleMemory collects it and holds it at its size again. Listed here for the load too (the
-    // cache keeps a settled directory's listing).
-    const listed = memo.cache.list(settings.agent.contexts);
-    if (Array.isArray(listed) && listed.length >= GROW_YOUNG_MIN_FILES) setFlagsFromString('--semi-space-growth-factor=2');
-    const config = await Manager.load(opts, memo, undefined, undefined, settings);
+    // settleMemory collects it and holds it at its size again. Listed here for the load.
+    const files = memo.cache.list(settings.agent.contexts);
+    if (Array.isArray(files) && files.length >= GROW_YOUNG_MIN_FILES) setFlagsFromString('--semi-space-growth-factor=2');
+    const config = await Manager.load(opts, memo, { settings, files });
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     opts.log.level = opts.logLevel ?? config.agent.logLevel;
@@ -506,7 +503,7 @@ export class Manager {
     const parsedBefore = this.memo.cache.counts.parsed;
     const partialBefore = this.memo.judgement.counts.partial;
     // What is in force, as it is: reloads and the contexts made and forgotten from inside run one at a time (serially).
-    const config = await Manager.load(this.opts, this.memo, this.registry.inForce(), this.pool.refused);
+    const config = await Manager.load(this.opts, this.memo, { inForce: this.registry.inForce(), refused: this.pool.refused });
     const errors = config.errors.map(formatConfigError);
     this.service.reloaded();
     if (config.errors.some((e) => e.file === config.agent.file)) {

@@ -143,18 +143,11 @@ export async function collected(ids: readonly number[], withinMs = COLLECT_WAIT_
   if (ids.length === 0) return true;
   const deadline = performance.now() + withinMs;
   for (;;) {
-    const present = new Set(listKeyIds());
+    const present = new Set(listKeys().map((k) => k.id));
     if (!ids.some((id) => present.has(id))) return true;
     if (performance.now() >= deadline) return false;
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
-}
-
-/** The serials in /proc/keys (its first column, in hex). */
-function listKeyIds(): number[] {
-  const ids: number[] = [];
-  for (const line of readFileSync('/proc/keys', 'utf8').split('\n')) if (line.length > 0) ids.push(parseInt(line.slice(0, line.indexOf(' ')), 16));
-  return ids;
 }
 
 /** Negate with an error the requester sees (keyctl_reject(3)), for `seconds`, so it fails fast instead of waiting. */
