@@ -234,13 +234,14 @@ function tidy(lib) {
   }
 }
 
-/** Executables without their debugging symbols (Debian policy 10.1): the C programs and Node. */
+/** Executables without their debugging symbols (Debian policy 10.1): the C programs, the C library and Node. */
 function strip(stage) {
   for (const f of [
     'usr/lib/usernsd/node',
     'usr/lib/usernsd/dist/usernsd-upcall',
     'usr/lib/usernsd/dist/usernsd-spawner',
     'usr/lib/usernsd/dist/mount.usernsd',
+    'usr/lib/usernsd/dist/libusernsd-stamps.so',
     'usr/sbin/mount.usernsd',
   ]) {
     const p = join(stage, f);

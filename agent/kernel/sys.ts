@@ -1,7 +1,6 @@
 // The few system calls Node lacks, through koffi: mount, umount2, the new mount API (open_tree, mount_setattr, move_mount), SO_PEERCRED, SO_PEERGROUPS, FIONREAD, xattrs, a datagram for sd_notify, malloc_trim. Failures throw SysError.
 import { fstatSync, readdirSync } from 'node:fs';
 import { constants } from 'node:os';
-import type { Stamp } from '../../config/ini.ts';
 import { koffi, libc, SysError } from './ffi.ts';
 import { closeDescriptor, sendDatagram } from './unixsock.ts';
 import { O_PATH, viaFd } from './files.ts';
@@ -219,44 +218,6 @@ const O_CLOEXEC = 0o2000000;
  * fields on both, little-endian (the two architectures koffi ships for here).
  */
 const statBuf = Buffer.alloc(256);
-
-/** statx(2), in glibc since 2.28; null without it (then stamps are looked at with lstat). */
-const statxFn = (() => {
-  try {
-    return libc.func('int statx(int dirfd, const char *path, int flags, unsigned int mask, _Out_ uint8_t *buf)');
-  } catch {
-    return null;
-  }
-})();
-const STATX_BASIC_STATS = 0x7ff;
-/** struct statx, the same on every architecture: 256 bytes. */
-const statxBuf = Buffer.alloc(256);
-const u64 = (b: Buffer, at: number) => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 2 ** 32;
-/** A statx timestamp in milliseconds, computed as Node computes a Stats' mtimeMs (the same double). */
-const statxMs = (b: Buffer, at: number) => (b.readUInt32LE(at) + b.readInt32LE(at + 4) * 2 ** 32) * 1e3 + b.readUInt32LE(at + 8) / 1e6;
-/** glibc's makedev(3), which libuv (and so Node's Stats.dev) applies to statx's major and minor. */
-const makedev = (major: number, minor: number) => (major & 0xfff) * 256 + (minor & 0xff) + (minor >>> 8) * 2 ** 20 + (major >>> 12) * 2 ** 44;
-
-/**
- * Whether `name` in the directory `dirFd` (a symbolic link not followed) still has `stamp`, as
- * config/ini.ts stampOf takes it from a Stats: one statx(2) into a buffer kept for it, one path
- * component and no Stats object (a reload of 65,535 files looks at every one). Null when it cannot
- * say (no statx here, or the name is gone): look the usual way.
- */
-export function sameStampAt(dirFd: number, name: string, stamp: Stamp): boolean | null {
-  if (statxFn === null || statxFn(dirFd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, statxBuf) !== 0) return null;
-  const b = statxBuf;
-  return (
-    u64(b, 32) === stamp.ino &&
-    statxMs(b, 96) === stamp.ctimeMs &&
-    statxMs(b, 112) === stamp.mtimeMs &&
-    u64(b, 40) === stamp.size &&
-    makedev(b.readUInt32LE(136), b.readUInt32LE(140)) === stamp.dev &&
-    b.readUInt16LE(28) === stamp.mode &&
-    b.readUInt32LE(20) === stamp.uid &&
-    b.readUInt32LE(24) === stamp.gid
-  );
-}
 
 const waitidFn = libc.func('int waitid(int idtype, int id, _Out_ uint8_t *infop, int options)');
 const P_PID = 1;

@@ -189,6 +189,15 @@ describe('e2e: the Debian package under a real systemd as PID 1 (root, systemd-n
       ['pinned'],
     );
     assert.match(c!.sh('journalctl -u usernsd -o cat --no-pager | grep "Adopted existing pins" | tail -1'), /"pins":1\b/);
+    // A reload looks at the stamps of the files it kept parsed through the package's C library
+    // (native/stamps.c). backups.conf names its owner, and so is read at every reload: a plain file
+    // is kept once a reload has read it settled (a second after it was written).
+    c!.sh(
+      "printf '[context]\\nuid_map = 0 3000000 65536\\ngid_map = 0 3000000 65536\\n' > /etc/userns.d/plain.conf && sleep 1.1 && usernsctl reload && usernsctl reload",
+    );
+    const maps = c!.sh(`grep -c /usr/lib/usernsd/dist/libusernsd-stamps.so /proc/${mainPid()}/maps || true`);
+    c!.sh('rm /etc/userns.d/plain.conf && usernsctl reload');
+    assert.match(maps, /^[1-9]/m, 'the library is loaded');
   });
 
   it('downgrades the same way: the older build reads what the newer one wrote', () => {

@@ -10,19 +10,24 @@ import {
   existsSync,
   linkSync,
   lstatSync,
+  mkdirSync,
   readdirSync,
   readFileSync,
   renameSync,
   rmSync,
   statSync,
   symlinkSync,
+  truncateSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { loadConfigurationAsync } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
-import { closeFd, openDirPath, sameStampAt } from '../../agent/kernel/sys.ts';
+import { closeFd, openDirPath } from '../../agent/kernel/sys.ts';
+import { sameStampAt, stampCounts, stampsAt, STAMPS_LIBRARY } from '../../agent/kernel/stamps.ts';
 import { formatConfigError, stampOf } from '../../config/ini.ts';
 import { linkContexts, ParseCache, parseContextFile } from '../../config/load.ts';
 import { Judgement } from '../../config/judge.ts';
@@ -209,6 +214,7 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
     );
     reused = 0;
     reloads = 0;
+    const looks = stampCounts.looks;
     listings = 0;
     partial = 0;
     linked = 0;
@@ -234,6 +240,10 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
     assert.ok(listings < reloads, `every one of ${reloads} reloads listed the directory`);
     assert.ok(partial > 0, 'no reload judged only what changed');
     assert.ok(linked > 0, 'no reload kept the last linking');
+    assert.ok(
+      stampCounts.looks > looks,
+      'no reload looked at the stamps through the library (it is built by npm run build with a C compiler: apt-get install gcc libc6-dev)',
+    );
   });
 
   // Each way a file can change under a kept parse, once: read and kept, changed, read again.
@@ -297,6 +307,77 @@ describe('unit: the parse cache of reloads over time, in-process (model-based)',
         for (const [field, other] of Object.entries(stamp)) assert.equal(sameStampAt(fd, 'aa.conf', { ...stamp, [field]: other + 1 }), false, field);
         chmodSync(file, 0o600);
         assert.equal(sameStampAt(fd, 'aa.conf', stamp), false, 'chmod');
+      } finally {
+        closeFd(fd);
+      }
+    } finally {
+      tree.remove();
+    }
+  });
+
+  it("the library's stamps of a whole listing, split between threads, agree with lstat's, field for field", async () => {
+    assert.ok(existsSync(STAMPS_LIBRARY), `${STAMPS_LIBRARY} is missing: npm run build makes it with a C compiler (apt-get install gcc libc6-dev)`);
+    // Directories of the machine: every filesystem and device at hand (a file may change between the looks).
+    let compared = 0;
+    for (const dir of ['/etc', '/usr/bin', '/dev', '/dev/shm', '/run', '/tmp', '/boot'].filter((d) => existsSync(d))) {
+      const files = readdirSync(dir).map((n) => join(dir, n));
+      if (files.length === 0) continue; // nothing to look at: no call
+      const fd = openDirPath(dir);
+      try {
+        const stamps = await stampsAt(fd, files);
+        assert.ok(stamps, dir);
+        files.forEach((f, i) => {
+          const st = lstatSync(f, { throwIfNoEntry: false });
+          if (st && stamps.same(i, stampOf(st))) compared++;
+        });
+      } finally {
+        closeFd(fd);
+      }
+    }
+    assert.ok(compared > 200, `only ${compared} stamps agreed`);
+
+    // A directory of this test's: times before 1970 and far ahead with odd fractions, sizes past 4 GiB
+    // (sparse), modes, owners, a symbolic link, a directory, and names gone before the look.
+    const tree = makeTree();
+    try {
+      const n = 2600; // more than one thread's share (native/stamps.c PER_THREAD_MIN)
+      const arb = fc.record({
+        mtime: fc.double({ min: -2e9, max: 1.6e10, noNaN: true }),
+        ctimeFrom: fc.boolean(),
+        size: fc.constantFrom(0, 1, 4096, 2 ** 32 + 7, 2 ** 40 + 3),
+        mode: fc.constantFrom(0o644, 0o600, 0o4755),
+        uid: fc.constantFrom(0, 1000, 65534),
+        kind: fc.constantFrom('file', 'file', 'file', 'file', 'link', 'dir', 'gone'),
+      });
+      const specs = fc.sample(arb, { numRuns: n, seed: 20261207 });
+      const files = specs.map((_, i) => join(tree.contexts, `f${String(i).padStart(5, '0')}.conf`));
+      specs.forEach((s, i) => {
+        const f = files[i];
+        if (s.kind === 'link') symlinkSync(`target-${i}`, f);
+        else if (s.kind === 'dir') mkdirSync(f);
+        else if (s.kind === 'file') {
+          writeFileSync(f, 'x', { mode: s.mode });
+          truncateSync(f, s.size);
+          chmodSync(f, s.mode);
+          chownSync(f, s.uid, s.uid);
+          utimesSync(f, s.mtime, s.mtime);
+        }
+      });
+      const fd = openDirPath(tree.contexts);
+      try {
+        const stamps = await stampsAt(fd, files);
+        assert.ok(stamps);
+        assert.equal(stampCounts.threads, Math.min(2, availableParallelism()), 'threads the library used');
+        specs.forEach((s, i) => {
+          const st = lstatSync(files[i], { throwIfNoEntry: false });
+          if (s.kind === 'gone') return assert.equal(stamps.same(i, stampOf(lstatSync(tree.contexts))), null, files[i]);
+          assert.ok(st);
+          const stamp = stampOf(st);
+          assert.equal(stamps.same(i, stamp), true, `${files[i]}: ${JSON.stringify(stamp)}`);
+          // Each field counts; nothing else does.
+          for (const [field, v] of Object.entries(stamp)) assert.equal(stamps.same(i, { ...stamp, [field]: v + 1 }), false, `${files[i]} ${field}`);
+          assert.equal(sameStampAt(fd, files[i].slice(files[i].lastIndexOf('/') + 1), stamp), true, 'statx one at a time agrees');
+        });
       } finally {
         closeFd(fd);
       }
