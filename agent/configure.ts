@@ -33,7 +33,7 @@ import type { StaticClaim } from './coord/poolkeys.ts';
 import type { Allocation, PinnedIds } from './coord/allocate.ts';
 import { agentError } from './advice.ts';
 import { Fault } from './fault.ts';
-import { pinnedMaps } from './kernel/userns.ts';
+import { pinnedIno, pinnedMaps } from './kernel/userns.ts';
 import { CHILDREN_DIR, ensureStateDir, IN_FORCE_FILE, readAllocations, readInForceRecord, writeAllocations } from './coord/state.ts';
 
 export type Configuration = {
@@ -293,7 +293,7 @@ export function loadConfiguration(file: string | null, given: LoadOptions): Conf
     coordinated,
     starts,
     errors,
-    { inForce, allocations: new Map([...kept, ...fresh]), pinned, delegations, fromRecord: !opts.inForce },
+    { inForce, allocations: new Map([...kept, ...fresh]), pinned, pinParent: pinParentOf(agent.pins, pinned), delegations, fromRecord: !opts.inForce },
     opts.judgement,
   );
   // What is in force and the same as its record is, for the record too, the object made from its
@@ -320,6 +320,29 @@ export function loadConfiguration(file: string | null, given: LoadOptions): Conf
     requests:
       agent.coordinator === 'etcd' ? defs.filter((d) => d.autoSize !== null).map((d) => ({ label: d.label, size: allocationSize(d)!, file: d.file })) : [],
     recorded,
+  };
+}
+
+/**
+ * Where a pin's namespace lies, as the kernel says (NS_GET_PARENT): the label whose pin is its
+ * parent namespace, HOST_LABEL for the agent's own, null for any other (judge.ts Prior.pinParent).
+ * Asked of orphans only: the other pins' inodes are looked at once, at the first question.
+ */
+function pinParentOf(pinsDir: string, pinned: ReadonlyMap<string, unknown>): (label: string) => string | null {
+  let own: number | undefined;
+  let byIno: Map<number, string> | undefined;
+  return (label) => {
+    const ino = parentNsIno(join(pinsDir, label));
+    if (ino === null) return null;
+    if (ino === (own ??= statSync('/proc/self/ns/user').ino)) return HOST_LABEL;
+    if (byIno === undefined) {
+      byIno = new Map();
+      for (const other of pinned.keys()) {
+        const at = pinnedIno(join(pinsDir, other));
+        if (at !== null) byIno.set(at, other);
+      }
+    }
+    return byIno.get(ino) ?? null;
   };
 }
 

@@ -41,6 +41,12 @@ export type Prior = {
    * configured ids differ from its pin's keeps the pin's ids claimed until it is released.
    */
   readonly pinned?: ReadonlyMap<string, { readonly uidMap: IdMap; readonly gidMap: IdMap } | null>;
+  /**
+   * Where the namespace of a pin without a context lies: the label whose pinned namespace is its
+   * parent (HOST_LABEL: the agent's own), or null when none pinned is. Asked only of orphans (pins
+   * of files gone while the agent was down), whose ids stay claimed there until root releases them.
+   */
+  readonly pinParent?: (label: string) => string | null;
   /** The host ids delegated to each user (SPEC §12); default: only the user's own uid and gid. */
   readonly delegations?: Delegations;
   /**
@@ -413,7 +419,7 @@ type State = {
   /** Labels of the items with a [delegate] whose owner is not root, by owner uid: what owner limits count. */
   readonly delegators: Map<number, Set<string>>;
   /** The pins that claim ids their context no longer has, by label, under the parent they were claimed in. */
-  readonly pinClaims: Map<string, Maps & { readonly parent: string }>;
+  readonly pinClaims: Map<string, PinClaim>;
   /** Every owner whose delegation a judgement asked for, and what it was. */
   readonly asked: Map<string, { readonly owner: Owner; readonly given: ReturnType<Delegations['of']> }>;
   allocated: ReadonlyMap<string, number>;
@@ -523,18 +529,36 @@ function claimAllocations(st: State, allocations: Iterable<readonly [string, { r
   }
 }
 
+/** The ids a pin holds in its parent's, claimed for it alone; `orphan`: its context is gone (else: in drift). */
+type PinClaim = Maps & { readonly parent: string; readonly orphan?: true };
+
 /**
  * A pinned context whose ids change keeps its namespace, with the old ids, until root releases it
- * (it is in drift): nobody else may take those ids meanwhile. Null: its pin claims nothing.
+ * (it is in drift): nobody else may take those ids meanwhile. So does the pin of a context whose
+ * file went while the agent was down (an orphan: a start leaves it to root), found without a
+ * context at a start, or at a reload when it was not in force: nobody may take its ids either. The
+ * pin of a context this reload removes is released once the reload is done, and claims nothing.
+ * Null: its pin claims nothing (or its maps are not known: it is checked at adoption).
  */
-function pinClaimOf(now: ContextDef | undefined, held: Maps | null | undefined, allocated: ReadonlyMap<string, number>): (Maps & { parent: string }) | null {
-  if (!now || !held) return null; // a removed context's pin is released at once; an unknown one is checked at adoption
+function pinClaimOf(
+  label: string,
+  now: ContextDef | undefined,
+  held: Maps | null | undefined,
+  allocated: ReadonlyMap<string, number>,
+  prior: Prior,
+): PinClaim | null {
+  if (!held) return null;
+  if (!now) {
+    const orphan = prior.fromRecord === true || !prior.inForce.has(label);
+    const parent = orphan ? (prior.pinParent?.(label) ?? null) : null;
+    return parent === null ? null : { parent, uidMap: held.uidMap, gidMap: held.gidMap, orphan: true };
+  }
   const nowMaps = mapsOf(now, allocated);
   if (nowMaps && sameMap(nowMaps.uidMap, held.uidMap) && sameMap(nowMaps.gidMap, held.gidMap)) return null;
   return { parent: now.parent, uidMap: held.uidMap, gidMap: held.gidMap };
 }
 
-function claimPin(st: State, label: string, pin: Maps & { parent: string }): void {
+function claimPin(st: State, label: string, pin: PinClaim): void {
   const siblings = sidesOf(st, pin.parent);
   for (const e of pin.uidMap) siblings.uid.gaps(e.outside, e.outside + e.count, label, 'pin');
   for (const e of pin.gidMap) siblings.gid.gaps(e.outside, e.outside + e.count, label, 'pin');
@@ -664,7 +688,9 @@ function admit(st: State, d: ContextDef, mapped: Maps, j: Judging, errors: Confi
       const by = o
         ? `context "${o.label}" (${o.file})`
         : c.by === 'pin'
-          ? `the pinned namespace of "${c.label}", whose ids changed (release it first: usernsctl release ${c.label})`
+          ? st.pinClaims.get(c.label)?.orphan
+            ? `the pinned namespace of "${c.label}", whose file is gone (an orphan: release it first, usernsctl release ${c.label}, once nothing runs in it)`
+            : `the pinned namespace of "${c.label}", whose ids changed (release it first: usernsctl release ${c.label})`
           : `the range allocated to "${c.label}" (range = auto, recorded in the state directory's ranges.json; it stays reserved for that label)`;
       problems.push([key, `${whose} ${kind}s ${ids} are already used by ${by}: give one of them other ids`]);
       break;
@@ -720,7 +746,7 @@ function judgeAll(defs: readonly ContextDef[], kept: readonly Context[], allocat
   claimAllocations(st, prior.allocations);
   const current = new Map<string, ContextDef>([...kept, ...defs].map((d) => [d.label, d]));
   for (const [label, held] of prior.pinned ?? []) {
-    const pin = pinClaimOf(current.get(label), held, allocated);
+    const pin = pinClaimOf(label, current.get(label), held, allocated, prior);
     if (pin) claimPin(st, label, pin);
   }
   const keptSet = new Set<ContextDef>(kept);
@@ -807,12 +833,12 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
   if (changed.size > PARTIAL_MAX) return null;
   differing(st.allocated, allocated, (a, b) => a === b, changed);
   differing(st.allocations, prior.allocations, sameAllocation, changed);
-  const pins = new Map<string, Maps & { parent: string }>();
+  const pins = new Map<string, PinClaim>();
   for (const [label, held] of prior.pinned ?? []) {
-    const pin = pinClaimOf(next.get(label)?.item, held, allocated);
+    const pin = pinClaimOf(label, next.get(label)?.item, held, allocated, prior);
     if (pin) pins.set(label, pin);
   }
-  differing(st.pinClaims, pins, (a, b) => samePin(a, b) && a?.parent === b?.parent, changed);
+  differing(st.pinClaims, pins, (a, b) => samePin(a, b) && a?.parent === b?.parent && a?.orphan === b?.orphan, changed);
   // Their descendants are judged again with them.
   const k = new Set(changed);
   const under = new Map<string, string[]>();

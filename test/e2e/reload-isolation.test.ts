@@ -119,6 +119,47 @@ describe('e2e: isolation across reloads and restarts, and releases of parents (r
     }
   });
 
+  it("never gives a static context the ids of an orphan's pinned namespace (its file removed while the agent was down), top-level or nested: not at start, a reload or in check-config; once root releases it, yes", async () => {
+    tree.context('proj.conf', proj);
+    tree.context('old.conf', '[context]\nuid_map = 0 5000000 65536\ngid_map = 0 5000000 65536\n');
+    tree.context('oldkid.conf', '[context]\nparent = proj\nuid_map = 0 100 100\ngid_map = 0 100 100\n');
+    agent = await startAgent(tree);
+    await callAgent(agent.socket, P.resolve, { label: 'old' });
+    await callAgent(agent.socket, P.resolve, { label: 'oldkid' });
+    assert.equal(await agent.stop(), 0);
+    // While the agent is down, the two files go and two others take their ids: the pins stay (orphans).
+    rmSync(`${tree.contexts}/old.conf`);
+    rmSync(`${tree.contexts}/oldkid.conf`);
+    tree.context('new.conf', '[context]\nuid_map = 0 5000010 5\ngid_map = 0 5000010 5\n');
+    tree.context('newkid.conf', '[context]\nparent = proj\nuid_map = 0 150 10\ngid_map = 0 150 10\n');
+    agent = await startAgent(tree);
+    const status = await callAgent(agent.socket, P.status, {});
+    const states = Object.fromEntries((status.contextStates ?? []).map((c) => [c.label, c.state]));
+    assert.equal(states.old, 'orphan');
+    assert.equal(states.oldkid, 'orphan');
+    const orphanUse = (label: string, ids: string, whose: string) =>
+      new RegExp(
+        `${label}\\.conf: \\[context\\] uid_map: ${whose} uids ${ids} are already used by the pinned namespace of "${label === 'newkid' ? 'oldkid' : 'old'}", whose file is gone \\(an orphan: release it first, usernsctl release`,
+      );
+    const errors = (status.errors ?? []).join('\n');
+    assert.match(errors, orphanUse('new', '5000010-5000014', 'host'));
+    assert.match(errors, orphanUse('newkid', '150-159', 'parent "proj"'));
+    for (const label of ['new', 'newkid']) await assert.rejects(callAgent(agent.socket, P.resolve, { label }), (e: UsernsError) => e.code === 'E_CONFIG');
+    const check = await usernsctl(['check-config', '--config', tree.config]);
+    assert.equal(check.code, 1);
+    assert.match(check.err, orphanUse('new', '5000010-5000014', 'host'));
+    // A file added at a reload meets the orphan too (the judgement of what changed).
+    tree.context('new2.conf', '[context]\nuid_map = 0 5000020 5\ngid_map = 0 5000020 5\n');
+    const r = await callAgent(agent.socket, P.reload, {});
+    assert.match(r.errors.join('\n'), /new2\.conf: \[context\] uid_map: host uids 5000020-5000024 are already used by the pinned namespace of "old"/);
+    // Released by root, the ids are free: the next reload accepts all three.
+    await callAgent(agent.socket, P.release, { label: 'old' });
+    await callAgent(agent.socket, P.release, { label: 'oldkid' });
+    const after = await callAgent(agent.socket, P.reload, {});
+    assert.deepEqual(after.errors, []);
+    for (const label of ['new', 'new2', 'newkid']) assert.equal((await callAgent(agent.socket, P.resolve, { label })).created, true, label);
+  });
+
   it('releasing a parent releases its pinned children first, and a child left under an old parent is drift', async () => {
     tree.context('proj.conf', proj);
     tree.context('kid.conf', '[context]\nparent = proj\nuid_map = 0 0 100\ngid_map = 0 0 100\n');

@@ -121,6 +121,8 @@ function run(steps: readonly Step[]): void {
   const files: Files = new Map();
   const alloc = new Map<Label, number>();
   const pins = new Map<string, { uidMap: IdMap; gidMap: IdMap } | null>();
+  /** The parent each pin was made under: what the kernel says of an orphan's (Prior.pinParent). */
+  const pinParents = new Map<string, string>();
   let subuid = false;
   let inForce = new Map<string, Context>();
   const judgement = new Judgement();
@@ -161,6 +163,7 @@ function run(steps: readonly Step[]): void {
         const c = inForce.get(step.label);
         if (step.drift !== null) pins.set(step.label, { uidMap: extent(base(LABELS[step.drift])), gidMap: extent(base(LABELS[step.drift])) });
         else if (c) pins.set(step.label, { uidMap: c.uidMap, gidMap: c.gidMap });
+        if (pins.has(step.label)) pinParents.set(step.label, c?.parent ?? 'host');
         break;
       }
       case 'unpin':
@@ -195,6 +198,8 @@ function run(steps: readonly Step[]): void {
       inForce,
       allocations: new Map([...alloc].map(([l, start]) => [l, { start, size: POOL }])),
       pinned: new Map(pins),
+      // A pin whose file is gone (an orphan: this model never releases one at a removal) claims its ids under its parent.
+      pinParent: (label: string) => pinParents.get(label) ?? null,
       delegations,
     };
     const wholeErrors = [...parseErrors];
