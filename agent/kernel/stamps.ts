@@ -77,6 +77,14 @@ function stampsFn(): StampsFn | null {
   return library;
 }
 
+/**
+ * Whether stampsAt may use the library (true: when it is there, the default). A test turns it off
+ * to look as a build without a C compiler does, one file at a time.
+ */
+export function useStampsLibrary(on: boolean): void {
+  library = on ? undefined : null;
+}
+
 /** Looks through the library, and the threads the last one used (a test's evidence of the split). */
 export const stampCounts = { looks: 0, threads: 0 };
 
