@@ -329,12 +329,11 @@ export function loadConfiguration(file: string | null, given: LoadOptions): Conf
  * Asked of orphans only: the other pins' inodes are looked at once, at the first question.
  */
 function pinParentOf(pinsDir: string, pinned: ReadonlyMap<string, unknown>): (label: string) => string | null {
-  let own: number | undefined;
   let byIno: Map<number, string> | undefined;
   return (label) => {
     const ino = parentNsIno(join(pinsDir, label));
     if (ino === null) return null;
-    if (ino === (own ??= statSync('/proc/self/ns/user').ino)) return HOST_LABEL;
+    if (ino === ownUserns()) return HOST_LABEL;
     if (byIno === undefined) {
       byIno = new Map();
       for (const other of pinned.keys()) {
@@ -346,13 +345,16 @@ function pinParentOf(pinsDir: string, pinned: ReadonlyMap<string, unknown>): (la
   };
 }
 
+/** The agent's own user namespace, where top-level pins are made (its nsfs inode), looked at once when first asked. */
+let ownUsernsIno: number | undefined;
+const ownUserns = () => (ownUsernsIno ??= statSync('/proc/self/ns/user').ino);
+
 /** The pins as the allocator weighs them (assignRanges): their maps from their records, top-level as the kernel says. */
 function pinnedIds(pinsDir: string, pinned: ReadonlyMap<string, { uidMap: IdMap; gidMap: IdMap } | null>): PinnedIds[] {
-  let own: number | undefined; // the namespace top-level pins are made in
   const out: PinnedIds[] = [];
   for (const [label, maps] of pinned) {
     if (!maps) continue;
-    const topLevel = () => parentNsIno(join(pinsDir, label)) === (own ??= statSync('/proc/self/ns/user').ino);
+    const topLevel = () => parentNsIno(join(pinsDir, label)) === ownUserns();
     out.push({ label, ids: outsideIntervals([...maps.uidMap, ...maps.gidMap]), topLevel });
   }
   return out;

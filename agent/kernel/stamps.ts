@@ -102,7 +102,7 @@ function namesOf(files: readonly string[]): Buffer {
   return names;
 }
 
-/** The stamps of a listing's files, by their place in it: what StampsAt.look answers from. */
+/** The stamps of a listing's files as the library looked at them, by their place in the listing (stampsAt). */
 export class Stamps {
   private readonly out: Float64Array;
   constructor(out: Float64Array) {
