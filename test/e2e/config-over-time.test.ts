@@ -192,20 +192,6 @@ const removeFile = (label: string) =>
     },
   );
 
-/** An admin removes a file while the agent is down: at the next start its pin, if any, is an orphan. */
-const removeWhileDown = (label: string) =>
-  command(
-    `stop, remove ${label}.conf, start`,
-    (m) => m.files.has(label),
-    async (m, r) => {
-      assert.equal(await r.agent.stop(), 0);
-      rmSync(join(r.tree.contexts, `${label}.conf`));
-      m.files.delete(label);
-      r.agent = await startAgent(r.tree);
-      await checkInvariants(m, r, true);
-    },
-  );
-
 const reload = command(
   'reload',
   () => true,
@@ -224,6 +210,19 @@ const restart = command(
     await checkInvariants(m, r, true);
   },
 );
+
+/** An admin removes a file while the agent is down: at the next start its pin, if any, is an orphan. */
+const removeWhileDown = (label: string) =>
+  command(
+    `stop, remove ${label}.conf, start`,
+    (m) => m.files.has(label),
+    async (m, r) => {
+      assert.equal(await r.agent.stop(), 0);
+      await removeFile(label).run(m, r);
+      r.agent = await startAgent(r.tree);
+      await checkInvariants(m, r, true);
+    },
+  );
 
 /** Every file under `dir` (the state and the pins' records) with its bytes, and every pin's inode: what a refused agent must leave as it was. */
 function snapshotFiles(dir: string): Map<string, string> {
