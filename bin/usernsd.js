@@ -14,7 +14,7 @@ v8.setFlagsFromString('--semi-space-growth-factor=1');
 v8.setFlagsFromString('--expose-gc');
 globalThis.gc ??= runInNewContext('gc');
 
-const { runAgent } = await import('../dist/agent/main.js').catch((err) => {
+const { runAgent } = await import('../dist/usernsd.js').catch((err) => {
   process.stderr.write(`usernsd: cannot load the built program (${err.code ?? err.message}): run "npm ci" or "npm run build" first\n`);
   process.exit(1);
 });

@@ -284,7 +284,7 @@ usernsd: hardening-no-pie [usr/lib/usernsd/node]
 `;
 
 function build() {
-  if (!existsSync(join(SRC, 'dist', 'agent', 'main.js'))) throw new Error('dist/ is not built: run "make" (npm run build) first');
+  if (!existsSync(join(SRC, 'dist', 'usernsd.js'))) throw new Error('dist/ is not built: run "make" (npm run build) first');
   const stage = mkdtempSync(join(tmpdir(), 'usernsd-deb-'));
   try {
     chmodSync(stage, 0o755);

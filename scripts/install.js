@@ -156,7 +156,7 @@ function shippedContexts() {
 }
 
 function install() {
-  if (!existsSync(join(SRC, 'dist', 'agent', 'main.js'))) throw new Error('dist/ is not built: run "make" (npm run build) first');
+  if (!existsSync(join(SRC, 'dist', 'usernsd.js'))) throw new Error('dist/ is not built: run "make" (npm run build) first');
   if (!existsSync(NODE)) throw new Error(`no Node binary at ${NODE}: run "npm ci", or set USERNSD_NODE=/path/to/node (>= 22.13)`);
   const version = execFileSync(NODE, ['-p', 'process.versions.node'], { encoding: 'utf8' }).trim();
   const [major, minor] = version.split('.').map(Number);

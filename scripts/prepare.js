@@ -20,7 +20,7 @@ function newest(dir) {
 
 function builtAt() {
   try {
-    return Math.min(...['dist/agent/main.js', 'dist/agent/cli/main.js', 'dist/upcall.js'].map((f) => statSync(join(root, f)).mtimeMs));
+    return Math.min(...['dist/agent/main.js', 'dist/agent/cli/main.js', 'dist/upcall.js', 'dist/usernsd.js'].map((f) => statSync(join(root, f)).mtimeMs));
   } catch {
     return 0; // not built
   }
@@ -30,7 +30,7 @@ const sources = Math.max(
   newest('agent'),
   newest('config'),
   newest('native'),
-  ...['package.json', 'tsconfig.json', 'tsconfig.build.json', 'scripts/build-native.js'].map((f) => statSync(join(root, f)).mtimeMs),
+  ...['package.json', 'tsconfig.json', 'tsconfig.build.json', 'scripts/build-native.js', 'scripts/bundle.js'].map((f) => statSync(join(root, f)).mtimeMs),
 );
 if (builtAt() >= sources) process.exit(0);
 try {

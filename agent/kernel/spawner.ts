@@ -3,20 +3,19 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { parseKernelMap } from '../../config/extents.ts';
 import type { IdMap } from '../../config/types.ts';
 import { Fault } from '../fault.ts';
+import { DIST } from './built.ts';
 import { kernelError, PATH_ENV, SPAWN_TIMEOUT_MS } from './spawn.ts';
 import { childEnded, closeFd } from './sys.ts';
 import { closeDescriptor, receiveWithFds, sendWithFds, socketPair } from './unixsock.ts';
 
-/** Where `npm run build` (and so `make install`) puts the program: dist/usernsd-spawner, beside dist/agent/. */
-const TOP = dirname(dirname(dirname(fileURLToPath(import.meta.url))));
-export const SPAWNER_PATH = import.meta.url.endsWith('.ts') ? join(TOP, 'dist', 'usernsd-spawner') : join(TOP, 'usernsd-spawner');
+/** Where `npm run build` (and so `make install`) puts the program: dist/usernsd-spawner. */
+export const SPAWNER_PATH = join(DIST, 'usernsd-spawner');
 
 export type SpawnerSetting = 'auto' | 'native' | 'node';
 

@@ -1,9 +1,9 @@
 // Files' stamps looked at by name in their directory, for a reload that finds the few of 65,535
 // files that changed: one at a time (statx(2) through koffi), or all at once (native/stamps.c).
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { Stamp } from '../../config/ini.ts';
+import { DIST } from './built.ts';
 import { koffi, libc } from './ffi.ts';
 
 const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -46,9 +46,8 @@ export function sameStampAt(dirFd: number, name: string, stamp: Stamp): boolean 
   );
 }
 
-/** Where `npm run build` puts the library: dist/libusernsd-stamps.so, beside dist/agent/. */
-const TOP = dirname(dirname(dirname(fileURLToPath(import.meta.url))));
-export const STAMPS_LIBRARY = import.meta.url.endsWith('.ts') ? join(TOP, 'dist', 'libusernsd-stamps.so') : join(TOP, 'libusernsd-stamps.so');
+/** Where `npm run build` puts the library: dist/libusernsd-stamps.so. */
+export const STAMPS_LIBRARY = join(DIST, 'libusernsd-stamps.so');
 
 /** The numbers of one stamp in the library's answer, in its order (native/stamps.c). */
 const FIELDS = 8;
