@@ -296,7 +296,7 @@ export function parseContextFile(
     if (!syntax) err(section, key, message);
   };
   if (!doc.sections.has('context')) missing('context', null, 'missing: every context file needs a [context] section');
-  const label = get<string>('context', 'label') ?? basename(file).replace(/\.conf$/, '');
+  const label = get<string>('context', 'label') ?? fileName(file).replace(/\.conf$/, '');
   if (!ctx.has('label') && labelProblem(label) !== null) {
     err('context', 'label', `the file name gives the label "${label}": ${labelProblem(label)}; rename the file or set label =`);
   }
@@ -358,13 +358,21 @@ export function parseContextFile(
   };
 }
 
+/** basename(path), without its checks and loops, for a path that does not end in "/" (a file's, as listed). */
+export function fileName(path: string): string {
+  return path.endsWith('/') ? basename(path) : path.slice(path.lastIndexOf('/') + 1);
+}
+
 /** The context files of a directory: `*.conf`, in name order; anything else (examples, backups) is left alone. */
 export function listContextFiles(dir: string): string[] | ConfigError {
   try {
+    // join(dir, name) for each, without normalizing dir again for each name (65,535 of them: 40 ms):
+    // a name read from a directory holds no "/", and none starting with "." is kept.
+    const prefix = join(dir, '_').slice(0, -1);
     return readdirSync(dir)
       .filter((n) => n.endsWith('.conf') && !n.startsWith('.'))
       .sort()
-      .map((n) => join(dir, n));
+      .map((n) => prefix + n);
   } catch (err) {
     return configError(dir, null, null, null, `cannot read the contexts directory: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
