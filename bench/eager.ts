@@ -2,7 +2,8 @@
 // usernsd-spawner alone making and pinning the same 5,000 namespaces, as many at a time as the
 // agent asks (EAGER_CONCURRENCY), driven in-process with nothing else around it.
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EAGER_CONCURRENCY } from '../agent/manager.ts';
@@ -19,18 +20,34 @@ export type EagerFigures = {
   agentPerCreationMs: number;
   /** The creations alone, as the agent logs them ("Created eager contexts"): the rest of agentMs is its start and load. */
   creatingMs: number;
+  /** How busy the machine's CPUs were (all of them, from /proc/stat) while the spawner alone worked, and during the agent's start. */
+  spawnerBusy: number;
+  agentBusy: number;
+  cpus: number;
+};
+
+/** The CPUs' busy and total time so far, in clock ticks (/proc/stat's first line). */
+function cpuTicks(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - f[3] - f[4], total };
+}
+const busySince = (t0: { busy: number; total: number }) => {
+  const t = cpuTicks();
+  return (t.busy - t0.busy) / (t.total - t0.total);
 };
 
 /** As many at a time as the agent asks. */
 const CONCURRENCY = EAGER_CONCURRENCY;
 const base = (i: number) => (i + 1) * 65536;
 
-async function spawnerAlone(n: number): Promise<number> {
+async function spawnerAlone(n: number): Promise<{ ms: number; busy: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'usernsd-bench-'));
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'usernsd-bench', dir]);
   const spawner = new Spawner(null);
   try {
     const t0 = performance.now();
+    const c0 = cpuTicks();
     let next = 0;
     const worker = async () => {
       for (let i = next++; i < n; i = next++) {
@@ -43,7 +60,7 @@ async function spawnerAlone(n: number): Promise<number> {
       }
     };
     await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-    return performance.now() - t0;
+    return { ms: performance.now() - t0, busy: busySince(c0) };
   } finally {
     spawner.close();
     execFileSync('umount', ['-R', '-l', dir]);
@@ -56,14 +73,20 @@ export async function benchEager(n = 5000, runs = 3): Promise<EagerFigures> {
   const agent: number[] = [];
   const per: number[] = [];
   const creating: number[] = [];
+  const aloneBusy: number[] = [];
+  const agentBusy: number[] = [];
   for (let r = 0; r < runs; r++) {
-    alone.push(await spawnerAlone(n));
+    const a0 = await spawnerAlone(n);
+    alone.push(a0.ms);
+    aloneBusy.push(a0.busy);
     const tree = makeTree();
     try {
       pinsOnTmpfs(tree);
       for (let i = 0; i < n; i++)
         tree.context(`c${String(i).padStart(5, '0')}.conf`, `[context]\nuid_map = 0 ${base(i)} 65536\ngid_map = 0 ${base(i)} 65536\ncreate = eager\n`);
+      const c0 = cpuTicks();
       const { ms, agent: a } = await timeToReady(tree);
+      agentBusy.push(busySince(c0));
       const summary = a.logs.find((x) => x.msg === 'Created eager contexts')!;
       if (summary.created !== n) throw new Error(`expected ${n} eager creations, saw ${String(summary.created)}`);
       agent.push(ms);
@@ -74,7 +97,16 @@ export async function benchEager(n = 5000, runs = 3): Promise<EagerFigures> {
       await cleanup(tree);
     }
   }
-  return { contexts: n, spawnerMs: median(alone), agentMs: median(agent), agentPerCreationMs: median(per), creatingMs: median(creating) };
+  return {
+    contexts: n,
+    spawnerMs: median(alone),
+    agentMs: median(agent),
+    agentPerCreationMs: median(per),
+    creatingMs: median(creating),
+    spawnerBusy: median(aloneBusy),
+    agentBusy: median(agentBusy),
+    cpus: availableParallelism(),
+  };
 }
 
 export function eagerSection(e: EagerFigures, command: string): string {
@@ -94,15 +126,21 @@ agent asks, driven in-process with nothing else (no configuration, records, logs
 
 So even creations at the spawner's own pace would end at ${f2(1 + (e.agentMs - e.creatingMs) / e.spawnerMs)} times the baseline here: the target needs a faster start as well.
 
-The agent's ready also holds its own start and the load of the 5,000 files (the third row),
-which the baseline has not: at 1.5 times the baseline, what is left for 5,000 creations is about
-less than what the spawner alone needs for them. Where the agent's thread goes per creation, from a CPU
-profile of such a start (2026-12-06): the maps read back from /proc to verify them (about 55 µs),
-the pin file and its bind mount (47 µs), the pin record written atomically (44 µs), the collector
-(80 µs: the garbage of each creation's checks, records and log line); the pin's inode, looked up
-after the pin and before it (the latter no longer builds an exception for the missing pin), about
-10 µs. Verifying the maps and pinning in usernsd-spawner would move the first two to its process,
-and the baseline with them; the records and the collector are the agent's own (issue 26).
+What limits both is the machine: while the spawner alone makes and pins them, the ${e.cpus} CPUs are
+${Math.round(e.spawnerBusy * 100)}% busy (all of them, from /proc/stat: Node's thread asking and bind-mounting, the spawner
+making each namespace, and the kernel freeing the holders), and ${Math.round(e.agentBusy * 100)}% during the agent's start. A
+creation cannot cost less than the baseline's own CPU time, and the agent's work per creation and
+its start only add to it: at 1.5 times the baseline, the agent's start, load and checks of 5,000
+contexts would have to fit in the CPU time the baseline leaves unused within 1.5 times its own
+duration (about ${Math.round((1 - e.spawnerBusy) * e.cpus * e.spawnerMs + 0.5 * e.cpus * e.spawnerMs)} ms in all), where its start alone takes about ${Math.round(e.agentMs - e.creatingMs)} ms. Where the agent's thread goes per creation, from a CPU
+profile of such a start (2026-12-07): the pin record written atomically (about 33 µs: open, write,
+rename), the pin file and its bind mount (33 µs), the request and the end written to the spawner
+(32 µs: a write(2) to its pipe each, which wakes it), the maps read back from /proc to verify them
+(18 µs), the pin's inode looked up before and after (13 µs), and the collector. Not kept: the
+requests of a turn written together, and the spawner's replies flushed once a turn (the spawner
+then made a turn's creations before the agent heard of the first, and the two stopped
+overlapping: 1.13-1.44 s of creations instead of 0.80-0.86 s; the requests alone batched changed
+nothing).
 <!-- /eager -->
 `;
 }

@@ -216,7 +216,12 @@ listing, not in a map); the judgement's checks that what is in force is what it
 accepted and which items changed (0.03 s); and asking request-key whether the upcall is wired,
 alongside (whether users' upcalls reach it is the kernel's to say, asked once). A reload that
 changes one context's maps also copies the two maps of 65,535 entries before changing them (the
-ones handed out are never changed; about 45 ms). The rest follows what changed: the judgement says
+ones handed out are never changed; 25-60 ms). Not kept: a copy made in constant time, layered on
+the map handed out (reads falling through to it, four layers at most): a reload still walks every
+entry two or three times (the judgement's list and checks, the allocations), and a walk through
+layers cost what the copy had saved (10-22 ms a walk against about 3), while the copy that
+flattened them every fourth reload made that one 80-100 ms slower: the median looked better, the
+mean did not. The rest follows what changed: the judgement says
 which labels it set or removed since the map it handed out last (\`ContextsDelta\`), and the
 registry's diff, who counts as whom and the journal look at those labels alone, where each looked
 at all 65,535 before (about 0.2 s of the 665 ms this row measured at 93671c2).
@@ -230,15 +235,21 @@ from about 4.6 s of CPU to 3.2 s, and the start from 5.2-5.5 s to 4.5-4.8 s in a
 and the kernel share the two cores). What is left on the agent's thread, from CPU profiles: the garbage
 collector, about a third (scavenges of a heap that keeps about 1.6 KB per context, 100 MB; one
 collector thread or none made no difference; a young generation left to grow while the start loads
-and collected back before serving takes the scavenges from 1,150 to 45 and 0.38 s to 0.18 s of the
-agent's thread, but the collection before serving then has more to compact, 0.29 s instead of 0.19
+and collected back afterwards takes the scavenges from 1,150 to 45 and 0.38 s to 0.18 s of the
+agent's thread, but the collection afterwards then has more to compact, 0.29 s instead of 0.19
 s: 8% less time to ready in 6 alternating runs, with the allocations cut below), the parse with its schema
-(about 1 s), the whole judgement (0.7 s), and the collection before serving (0.35 s; a regular one
-instead of the last-resort one leaves 207-217 MiB at ready for no time gained). The first
+(about 1 s) and the whole judgement (0.7 s). The collection that gives the load's garbage back
+(0.2-0.35 s; a regular one instead of the last-resort one leaves 207-217 MiB for no time gained)
+ran before the agent served until 2026-12-07; it now runs once it serves, as after a reload
+(\`Manager.settleSoon\`): ready 0.2-0.3 s sooner (2.06-2.39x the floor in this session's runs,
+against 2.39-2.60x), and memory back within that time, at the figure the table gives. The load's
+own peak is unchanged by it (VmHWM, in the table). The agent is also one bundled file now
+(\`dist/usernsd.js\`, \`scripts/bundle.js\`): a start links a few files instead of about a hundred,
+about 0.05 s less (a start on 500 files: 163 ms instead of 207, medians of 8 alternating). The first
 contexts.json (29 MB: 0.12 s of JSON.stringify, then encoding and writing, 0.2 s on this
 machine) is written once the agent serves, a few hundred contexts at a time between requests
-(\`InForceRecorder.recordInPieces\`, logged as "Recorded the contexts in force" about 0.2 s after
-ready): a start after a crash before it lands judges the same files without a record, as the first
+(\`InForceRecorder.recordInPieces\`, logged as "Recorded the contexts in force" about 0.5 s after
+ready, the collection first): a start after a crash before it lands judges the same files without a record, as the first
 one did, and a record asked for meanwhile (a reload, the stop) gives it up and is written as
 before. The 2x target needs less live data per context still: two objects per context, the parse's
 and the judged one, each with about 13 boxed numbers, and the maps by label of the cache, the
@@ -253,7 +264,7 @@ line), as after start, before the shared defaults above (100 MB now); the judgem
 item by label) is about 8 MiB of it. Each load's garbage grew V8's heap and glibc's arenas, which
 kept that size (2.06-2.19x after 10 reloads, 273-281 MiB at ready, before \`settleMemory\`): the
 agent collects after each load and gives the free memory back (V8's last-resort collection, through
-the gc() bin/usernsd.js exposes, then malloc_trim(3)): at start before serving; after a reload once
+the gc() bin/usernsd.js exposes, then malloc_trim(3)): at start once it serves; after a reload once
 the reload has answered (\`Manager.settleSoon\`), so the reload does not wait for it. With the
 judgement kept between reloads, a reload's garbage is a tenth of what it was, and what grew was
 outside V8's heap: glibc's malloc arenas of the agent's other threads (V8's helpers, libuv's pool),
@@ -263,7 +274,10 @@ one per thread, fragmented, which malloc_trim(3) cannot give back (8-23 MiB more
 and a \`mallopt(3)\` once running was measured too late to matter): 1.04-1.05x. The figures swing by a
 third between runs on these shared machines (ready 4.1-6.5 s over earlier sessions' runs on a slower
 machine kind; on the AMD EPYC machine of 2026-12-07, 2.2-2.7 s and 2.8-3.6x the floor over the
-session's runs of this bench, the reload of one changed file 0.09-0.10x). A start allocated 1,242 MB for
+session's runs of this bench, the reload of one changed file 0.09-0.10x; in a later session on the
+same machine kind, with the collection once it serves, the bundle and the listing's paths, ready
+1.82-2.08x over three runs, the floor itself 836-926 ms, and the reload that changes maps 0.08-0.12x:
+the latter's target is met in some runs and missed in others). A start allocated 1,242 MB for
 65,535 files (19 KB a file, sampled with the collected objects); the INI text split once and the
 tree's neighbour pairs reused took it to 1,128 MB, and the start 6% less time and 5% less CPU in 13
 alternating runs each.
