@@ -27,7 +27,7 @@ all: dist/agent/main.js
 $(RUN):
 	@echo 'node_modules is missing: run "npm ci" first' >&2; exit 1
 
-dist/agent/main.js: $(RUN) $(wildcard agent/*.ts agent/*/*.ts config/*.ts native/*.c native/*.h)
+dist/agent/main.js: $(RUN) $(wildcard agent/*.ts agent/*/*.ts config/*.ts native/*.c native/*.h) package.json scripts/bundle.js scripts/build-native.js
 	npm run build
 
 install: all
