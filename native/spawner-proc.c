@@ -144,8 +144,7 @@ _Noreturn void nested_worker(const struct create *q, int rep, int hold_r) {
 	_exit(0);
 }
 
-/* The kernel's map text (from inside) as "INSIDE:OUTSIDE:COUNT,..."; 0 when it does not fit. */
-static int encode_map(const char *path, char *out, size_t cap) {
+int encode_map(const char *path, char *out, size_t cap) {
 	/* Read whole: the kernel hands a map out a page at a time, and 340 extents take more than one. */
 	static char raw[4 * MAX_MAP];
 	int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -5,6 +5,7 @@
  */
 #ifndef USERNSD_SPAWNER_H
 #define USERNSD_SPAWNER_H
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -41,6 +42,9 @@ pid_t clone_holder(int hold_r, void *stack);
 enum step write_maps(pid_t pid, const char *setgroups, const char *uid_map, const char *gid_map);
 /* W for a nested context: enter the parent, have O clone H there, write its maps, report on `rep`. */
 _Noreturn void nested_worker(const struct create *q, int rep, int hold_r);
+/* A map file of /proc (the kernel's text, outside ids as the reader's namespace sees them) as
+ * "INSIDE:OUTSIDE:COUNT,...", or "-" for none; 0 when it cannot be read or does not fit. */
+int encode_map(const char *path, char *out, size_t cap);
 /* W for "maps": enter the pinned namespace and report its maps on `rep`. */
 _Noreturn void maps_worker(const char *pin, int rep);
 /* W for "tree": enter the caller's mount namespace, copy and idmap the tree, hand it back on `rep`. */

@@ -23,7 +23,7 @@
  * private one, as under systemd): pins are mounted there, from where they propagate back.
  *
  * Protocol (one line each way; the agent is the only peer):
- *   new ID UID GID allow|deny UIDMAP GIDMAP PARENT   -> ID ok PID | ID err ERRNO STEP
+ *   new ID UID GID allow|deny UIDMAP GIDMAP PARENT   -> ID ok PID UIDMAP GIDMAP | ID err ERRNO STEP
  *   pin ID PATH      (ID's namespace on the file)    -> ID pinned | ID err ERRNO STEP
  *   end ID                                           (the holder of ID is ended; no reply)
  *   unpin ID PATH    (a lazy unmount)                -> ID unpinned | ID err ERRNO STEP
@@ -33,6 +33,9 @@
  * line, the agent sends a message "ID" on fd 3 (its control socket, SOCK_SEQPACKET) carrying the
  * caller's mount namespace and the view's user namespace; the copy goes back to the agent on fd 3
  * as a message "ID" carrying it, sent before the reply line.
+ * The maps of "ok" are the holder's, read back from /proc/PID/{uid,gid}_map once written, outside
+ * ids as the initial namespace sees them (the agent checks them against the configuration); an
+ * "ok" without them (they could not be read) leaves the agent to read them itself.
  * A map is "INSIDE:OUTSIDE:COUNT" extents joined by ","; PARENT is "-" (the initial namespace) or
  * the parent's pin path, which, like PIN, is the rest of the line. UID and GID are the owner's ids
  * as seen from the parent namespace. ERRNO is a name (EPERM); STEP says what failed.
@@ -191,6 +194,21 @@ static struct job *find(unsigned long id) {
 }
 
 /*
+ * "ok": the holder's pid and its maps as the kernel holds them now, read back here (two reads of
+ * /proc in C, where the agent's thread spent about 18 us a creation on them).
+ */
+static void reply_made(unsigned long id, pid_t pid) {
+	static char u[MAX_ENC], g[MAX_ENC];
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/uid_map", pid);
+	int got = encode_map(path, u, sizeof u);
+	snprintf(path, sizeof path, "/proc/%d/gid_map", pid);
+	got = got && encode_map(path, g, sizeof g);
+	if (got) reply("%lu ok %d %s %s\n", id, pid, u, g);
+	else reply("%lu ok %d\n", id, pid);
+}
+
+/*
  * A top-level namespace, made here: our effective ids become the owner's for the clone(2) only
  * (real and saved ids stay root's, so they come back); then we, root, write H's maps.
  */
@@ -215,7 +233,7 @@ static void create_here(struct job *j, const struct create *q, int hold_r) {
 		reply("%lu err %s %s\n", j->id, errno_name(failed == S_SETGROUPS || failed >= S_UIDMAP ? errno : e), STEPS[failed]);
 		finish(j, 0);
 	} else {
-		reply("%lu ok %d\n", j->id, j->holder);
+		reply_made(j->id, j->holder);
 	}
 }
 
@@ -362,7 +380,7 @@ static void readable(struct job *j) {
 		finish(j, 0);
 	} else {
 		j->holder = r.pid;
-		reply("%lu ok %d\n", j->id, r.pid);
+		reply_made(j->id, r.pid);
 	}
 }
 

@@ -23,8 +23,18 @@ export type ParentPin = { readonly pin: string; readonly ino: number; readonly h
 /** A namespace to make: what usernsd-spawner is asked (the owner's ids as the parent sees them, the maps), with the parent's pin whole (null: the host). */
 export type MakeRequest = Omit<SpawnRequest, 'parentPin'> & { readonly parent: ParentPin | null };
 
-/** A process holding a new namespace, maps written, until `end()`; `pin()` bind-mounts it in the pins' mount namespace. */
-export type Holder = { readonly pid: number; pin(path: string): Promise<void>; end(): Promise<void> | void };
+/**
+ * A process holding a new namespace, maps written, until `end()`; `pin()` bind-mounts it in the
+ * pins' mount namespace. `maps`: the holder's maps as the kernel holds them, outside ids as the
+ * initial namespace sees them, when the maker read them back (usernsd-spawner does); else the
+ * caller reads /proc/PID itself.
+ */
+export type Holder = {
+  readonly pid: number;
+  readonly maps?: { readonly uidMap: IdMap; readonly gidMap: IdMap };
+  pin(path: string): Promise<void>;
+  end(): Promise<void> | void;
+};
 
 export interface NamespaceMaker {
   /** usernsd-spawner when this maker is it (the view worker and status use it), else null. */

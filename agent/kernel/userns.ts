@@ -77,6 +77,8 @@ export type NamespacesOptions = {
    * delegations): if it fails, the pin is released again and the creation fails with its error.
    */
   readonly onPinned?: (ctx: Context, pin: Pin) => Promise<void>;
+  /** The maker itself, for a test that stands between it and the checks here; else the one `spawner` says. */
+  readonly maker?: NamespaceMaker;
 };
 
 /** Owns the pins directory and the per-pin records that make adoption fast. */
@@ -109,7 +111,7 @@ export class Namespaces {
     this.pinsDir = opts.pinsDir;
     this.recordsDir = join(this.pinsDir, RECORDS_DIR);
     this.mountNs = opts.mountNs ?? null;
-    this.maker = namespaceMaker(opts.spawner ?? 'auto', this.mountNs, this.pinsDir);
+    this.maker = opts.maker ?? namespaceMaker(opts.spawner ?? 'auto', this.mountNs, this.pinsDir);
     this.onPinned = opts.onPinned ?? (() => Promise.resolve());
   }
 
@@ -254,7 +256,7 @@ export class Namespaces {
     const owner = this.ownerInParent(ctx, parent);
     const holder = await this.maker.make({ label: ctx.label, ...owner, setgroups: ctx.setgroups, uidMap: ctx.uidMap, gidMap: ctx.gidMap, parent });
     try {
-      this.verifyMaps(ctx, holder.pid, parent?.host ?? null);
+      this.verifyMaps(ctx, holder, parent?.host ?? null);
       await this.pin(ctx.label, holder, path);
       const ino = pinnedIno(path)!;
       const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
@@ -287,13 +289,17 @@ export class Namespaces {
     return { uid, gid };
   }
 
-  /** Read the maps back as the kernel holds them; from here, a nested namespace shows host ids. */
-  private verifyMaps(ctx: Context, pid: number, parentHost: HostMaps | null): void {
+  /**
+   * The maps as the kernel holds them, against the configuration: as the maker read them back, or
+   * read here. Either way from the initial namespace, where a nested namespace shows host ids.
+   */
+  private verifyMaps(ctx: Context, holder: Holder, parentHost: HostMaps | null): void {
     const want = parentHost
       ? { uid: composeMaps(ctx.uidMap, parentHost.uid), gid: composeMaps(ctx.gidMap, parentHost.gid) }
       : { uid: ctx.uidMap, gid: ctx.gidMap };
     for (const kind of ['uid', 'gid'] as const) {
-      const got = parseKernelMap(readFileSync(`/proc/${pid}/${kind}_map`, 'utf8'));
+      const read = holder.maps?.[kind === 'uid' ? 'uidMap' : 'gidMap'];
+      const got = read ?? parseKernelMap(readFileSync(`/proc/${holder.pid}/${kind}_map`, 'utf8'));
       if (!sameMap(got, want[kind])) {
         throw new Fault(
           'refused',

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { loadConfiguration } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
 import { Fault } from '../../agent/fault.ts';
@@ -15,6 +15,8 @@ function atTheEdge(e: unknown): UsernsError {
   return fromFault(e);
 }
 import { Namespaces, pinnedIno } from '../../agent/kernel/userns.ts';
+import { namespaceMaker } from '../../agent/kernel/makers.ts';
+import type { Holder, NamespaceMaker } from '../../agent/kernel/makers.ts';
 import { ViewNamespaces } from '../../agent/kernel/idmapped.ts';
 import type { Pin } from '../../agent/kernel/userns.ts';
 import { makeTree } from '../helpers/fixtures.ts';
@@ -50,6 +52,19 @@ print(passes)
 for h in sorted(hits):
     print(h)
 `;
+
+/** Whether the process holding a namespace is gone (or a zombie: its namespace links are), within 5 s. */
+async function holderGone(pid: number): Promise<boolean> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      readlinkSync(`/proc/${pid}/ns/user`);
+    } catch {
+      return true;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
+}
 
 const load = (tree: Tree) => {
   const cfg = loadConfiguration(tree.config, { record: true, systemIds: () => [] });
@@ -303,6 +318,38 @@ for (const spawner of ['native', 'node'] as const)
         return true;
       });
       assert.equal(existsSync(`${tree.pins}/bad`), false);
+    });
+
+    it('refuses a namespace whose maps, as read back, are not the configured ones: no pin, its holder ended', async () => {
+      tree.context('a.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\n');
+      const cfg = load(tree);
+      // Between the maker and the checks: each holder says the kernel holds another gid map.
+      const real = namespaceMaker(spawner, null, tree.pins);
+      const holders: number[] = [];
+      const lying: NamespaceMaker = {
+        spawner: real.spawner,
+        make: async (req) => {
+          const h = await real.make(req);
+          holders.push(h.pid);
+          return Object.assign(Object.create(h) as Holder, { maps: { uidMap: req.uidMap, gidMap: [{ inside: 0, outside: 100001, count: 1000 }] } });
+        },
+        unpin: (label, path) => real.unpin(label, path),
+        maps: (label, pin) => real.maps(label, pin),
+        close: () => real.close(),
+      };
+      const checked = new Namespaces({ pinsDir: tree.pins, maker: lying });
+      made.push(checked);
+      await assert.rejects(checked.ensure(cfg.contexts.get('a')!, null), (fault) => {
+        const e = atTheEdge(fault);
+        assert.equal(e.code, 'E_KERNEL');
+        assert.match(e.message, /Failed to verify the gid map of context "a": the kernel holds "0 100001 1000"/);
+        return true;
+      });
+      assert.equal(existsSync(`${tree.pins}/a`), false, 'no pin');
+      assert.equal(holders.length, 1);
+      assert.equal(await holderGone(holders[0]), true, 'its holder ended');
+      // Told the truth (the maker's own answer, or the agent's read of /proc), the same maker's namespace is pinned.
+      assert.equal((await ensure(ns, cfg, 'a')).created, true);
     });
 
     it("makes a view's idmap namespace with the same maker (owned by root, the maps as asked), kept per map", async () => {
