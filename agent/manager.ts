@@ -53,6 +53,8 @@ export type ManagerOptions = {
 
 /** Eager contexts created at once at start-up. */
 export const EAGER_CONCURRENCY = 8;
+/** Pin records written at a time once the agent serves, the event loop running between pieces. */
+const RECORDS_PIECE = 256;
 
 /** How soon contexts.json follows a context made or forgotten from inside (a burst is written once). */
 const IN_FORCE_DELAY_MS = 200;
@@ -382,6 +384,8 @@ export class Manager {
       'Adopted existing pins',
     );
     await m.reconcileDelegations();
+    // The pin records of the eager creations are written once the agent serves (recordPinsSoon).
+    m.registry.namespaces.holdRecords();
     await m.createEager();
     await wiring;
     await m.server.listen();
@@ -394,6 +398,7 @@ export class Manager {
     // The load's garbage is collected once the agent serves, as after a reload: a start on 65,535
     // files is ready 0.3 s sooner, and its memory is back within that time.
     m.settleSoon('start');
+    m.recordPinsSoon();
     if (firstRecord) m.record.recordInPieces();
     return m;
   }
@@ -503,6 +508,7 @@ export class Manager {
     const before = this.registry.agent;
     // An admin who wired the upcall reloads to see it taken: request-key is asked alongside the load.
     const wiring = this.upcall.check(this.registry.agent.socket);
+    await this.writePinRecords(); // the load weighs pins by their records
     const parsedBefore = this.memo.cache.counts.parsed;
     const partialBefore = this.memo.judgement.counts.partial;
     // What is in force, as it is: reloads and the contexts made and forgotten from inside run one at a time (serially).
@@ -579,6 +585,25 @@ export class Manager {
   }
 
   /**
+   * The records of the pins made at start, written once the agent serves, a piece at a time
+   * between requests: 5,000 eager contexts are ready about 0.1 s sooner. A reload and a stop write
+   * what is left first (the load reads them: pinned ids are weighed by them).
+   */
+  private recordPinsSoon(): void {
+    const started = performance.now();
+    void this.writePinRecords(RECORDS_PIECE).then((r) => {
+      if (r.written > 0) this.log.debug({ pins: r.written, ms: +(performance.now() - started).toFixed(1) }, 'Recorded the pins made at start');
+    });
+  }
+
+  private async writePinRecords(piece?: number): Promise<{ written: number }> {
+    const r = await this.registry.namespaces.writeHeldRecords(piece);
+    if (r.failed > 0)
+      this.log.warn({ failed: r.failed }, `Failed to record ${r.failed} pin(s) (${r.error}): their maps are read from the kernel when they are next looked at`);
+    return r;
+  }
+
+  /**
    * Memory settled once the agent serves, or once the reload's reply is out (setImmediate runs
    * after the reply's write): the garbage of a load is given back at once, and neither the start's
    * readiness nor the reload's answer waits for it. One pending settles for both.
@@ -627,6 +652,7 @@ export class Manager {
       }
       if (this.settling) clearImmediate(this.settling);
       this.record.record(true, true);
+      await this.writePinRecords(); // the next start adopts its pins by them
       await this.record.settled(); // a first record in pieces given up, its temporary file removed, before the agent exits
       this.views.close();
       this.registry.namespaces.close();

@@ -105,6 +105,14 @@ export class Namespaces {
   readonly drifted = new Set<string>();
   /** The records directory says its format (written once per directory made). */
   private formatMarked = false;
+  /**
+   * While held (holdRecords: a start's eager creations), a pin's record waits here, by label, to be
+   * written once the agent serves. A record is a cache of the pin's maps (a pin without one has
+   * them read from the kernel), so a record not written yet costs a later start time, never a
+   * wrong answer; a pin made again or released meanwhile takes its label's place here.
+   */
+  private recordsHeld = false;
+  private readonly unwritten = new Map<string, Pin>();
   private readonly onPinned: (ctx: Context, pin: Pin) => Promise<void>;
 
   constructor(opts: NamespacesOptions) {
@@ -346,8 +354,49 @@ export class Namespaces {
     return this.mountNs === null ? detach(path) : this.maker.unpin(label, path);
   }
 
+  /** Pins' records wait (in `unwritten`) until writeHeldRecords: each costs an open, a write and a rename. */
+  holdRecords(): void {
+    this.recordsHeld = true;
+  }
+
+  /** Records waiting to be written. */
+  get recordsUnwritten(): number {
+    return this.unwritten.size;
+  }
+
+  /**
+   * The records held written, `piece` at a time with the event loop running between pieces (all at
+   * once without `piece`); records are written as pins are made again from the start. What could
+   * not be written is counted and said by its first error (its pins' maps come from the kernel).
+   */
+  async writeHeldRecords(piece = Infinity): Promise<{ written: number; failed: number; error: string | null }> {
+    this.recordsHeld = false;
+    const out = { written: 0, failed: 0, error: null as string | null };
+    while (this.unwritten.size > 0) {
+      let n = 0;
+      for (const [label, pin] of this.unwritten) {
+        if (n++ >= piece) break;
+        this.unwritten.delete(label);
+        try {
+          this.writeRecord(pin);
+          out.written++;
+        } catch (err) {
+          out.failed++;
+          out.error ??= `${pin.path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
+        }
+      }
+      if (this.unwritten.size > 0) await new Promise((r) => setImmediate(r));
+    }
+    return out;
+  }
+
   /** The records directory may be gone (removed with /run's contents, or by hand): made again. */
   private writeRecord(pin: Pin): void {
+    if (this.recordsHeld) {
+      this.unwritten.set(pin.label, pin);
+      return;
+    }
+    this.unwritten.delete(pin.label);
     try {
       writePinRecord(this.recordsDir, pin.label, pin.ino, pin);
     } catch (err) {
@@ -363,7 +412,8 @@ export class Namespaces {
    * from the kernel (a helper process), and then recorded so the next start-up need not ask again.
    */
   private async mapsOf(label: string, path: string, ino: number): Promise<{ uidMap: IdMap; gidMap: IdMap }> {
-    const recorded = recordedMaps(this.recordsDir, label, ino);
+    const held = this.unwritten.get(label);
+    const recorded = held?.ino === ino ? { uidMap: held.uidMap, gidMap: held.gidMap } : recordedMaps(this.recordsDir, label, ino);
     if (recorded) return recorded;
     const actual = await this.maker.maps(label, path);
     this.writeRecord({ label, path, ino, ...actual, created: false });
@@ -381,6 +431,7 @@ export class Namespaces {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw refused('pin', `remove pin ${path}`, errnoOf(err), { subject: path });
     }
+    this.unwritten.delete(label);
     try {
       unlinkSync(join(this.recordsDir, `${label}.json`));
     } catch {

@@ -605,6 +605,13 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
       ['e', 'f'],
       'the eager one is pinned, the lazy one is not',
     );
+    // The start's pins are recorded once it serves, the reload's as they are made: each record names its pin.
+    for (const label of ['e', 'f'])
+      assert.equal(
+        (JSON.parse(readFileSync(`${tree.pins}/.usernsd-records/${label}.json`, 'utf8')) as { ino: number }).ino,
+        statSync(`${tree.pins}/${label}`).ino,
+        `${label}'s record`,
+      );
   });
 
   it("loads etcd's client only for a shared pool, prom-client only when scraped, and never Node's fetch (gRPC and protobuf were a fifth of a small start, fetch a tenth, prom-client a sixth)", async () => {

@@ -320,6 +320,37 @@ for (const spawner of ['native', 'node'] as const)
       assert.equal(existsSync(`${tree.pins}/bad`), false);
     });
 
+    it('holds pin records until told, then writes each for the pin as it is: none for a pin released meanwhile, the new inode for one made again', async () => {
+      for (const l of ['a', 'b', 'c'])
+        tree.context(`${l}.conf`, `[context]\nuid_map = 0 ${l.charCodeAt(0) * 100000} 1000\ngid_map = 0 ${l.charCodeAt(0) * 100000} 1000\n`);
+      const cfg = load(tree);
+      const records = `${tree.pins}/.usernsd-records`;
+      const recordOf = (label: string) =>
+        existsSync(`${records}/${label}.json`) ? (JSON.parse(readFileSync(`${records}/${label}.json`, 'utf8')) as { ino: number }).ino : null;
+      ns.holdRecords();
+      const first = await Promise.all(['a', 'b', 'c'].map((l) => ensure(ns, cfg, l)));
+      assert.deepEqual(['a', 'b', 'c'].map(recordOf), [null, null, null], 'held: nothing written yet');
+      assert.equal(ns.recordsUnwritten, 3);
+      await ns.release('a');
+      await ns.release('b');
+      const b = await ensure(ns, cfg, 'b');
+      assert.notEqual(b.ino, first[1].ino, 'b made again');
+      // A restarted agent meanwhile has no record to go by: it asks the kernel, and finds them as configured.
+      assert.deepEqual(
+        (await another().adopt(cfg.contexts)).map((e) => [e.label, e.status]),
+        [
+          ['b', 'ok'],
+          ['c', 'ok'],
+        ],
+      );
+      const r = await ns.writeHeldRecords(1);
+      assert.deepEqual(r, { written: 2, failed: 0, error: null });
+      assert.deepEqual(['a', 'b', 'c'].map(recordOf), [null, b.ino, first[2].ino], 'each record names its pin as it is now; a released one has none');
+      // No longer held: the next pin is recorded as it is made.
+      const a = await ensure(ns, cfg, 'a');
+      assert.equal(recordOf('a'), a.ino);
+    });
+
     it('refuses a namespace whose maps, as read back, are not the configured ones: no pin, its holder ended', async () => {
       tree.context('a.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\n');
       const cfg = load(tree);
