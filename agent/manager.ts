@@ -34,6 +34,7 @@ import { removeStaleTemps } from './kernel/files.ts';
 import { holdDirectory } from './kernel/hold.ts';
 import { trimMalloc } from './kernel/sys.ts';
 import { newerRecordFormat, pinsDirectories, RECORDS_DIR } from './kernel/pinrecord.ts';
+import { NativeReads } from './kernel/reads.ts';
 import { Supervisor } from './supervisor.ts';
 import { VERSION } from './version.ts';
 import { UpcallWatch } from './wiring.ts';
@@ -75,6 +76,8 @@ const HELD_NEW_SPACE_BYTES = 2 * 2 ** 20;
  * saved (17 ms for a start on 3 files, whose young generation grew to 4 MiB).
  */
 const GROW_YOUNG_MIN_FILES = 2048;
+/** A listing this long is read on the native library's thread at start (starting it costs tens of microseconds). */
+const NATIVE_READ_MIN_FILES = 16;
 
 /**
  * After a load (start, reload): its garbage collected and the memory it grew the heaps by given back.
@@ -313,7 +316,7 @@ export class Manager {
   private static load(
     opts: ManagerOptions,
     memo: LoadMemo,
-    given: Pick<LoadOptions, 'inForce' | 'refused' | 'settings' | 'files'> = {},
+    given: Pick<LoadOptions, 'inForce' | 'refused' | 'settings' | 'files' | 'texts'> = {},
   ): Promise<Configuration> {
     const o = { record: true, nss: opts.nss, systemIds: opts.systemIds, ...given, ...memo };
     return given.inForce ? loadConfigurationAsync(opts.configFile, o) : Promise.resolve(loadConfiguration(opts.configFile, o));
@@ -345,7 +348,14 @@ export class Manager {
     // settleMemory collects it and holds it at its size again. Listed here for the load.
     const files = memo.cache.list(settings.agent.contexts);
     if (Array.isArray(files) && files.length >= GROW_YOUNG_MIN_FILES) setFlagsFromString('--semi-space-growth-factor=2');
-    const config = await Manager.load(opts, memo, { settings, files });
+    // Read on the native library's thread while this one parses (none: config/load.ts's own ways).
+    const reads = Array.isArray(files) && files.length >= NATIVE_READ_MIN_FILES ? NativeReads.start(files) : null;
+    let config: Configuration;
+    try {
+      config = await Manager.load(opts, memo, { settings, files, texts: reads ?? undefined });
+    } finally {
+      reads?.close();
+    }
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));
     opts.log.level = opts.logLevel ?? config.agent.logLevel;

@@ -65,8 +65,8 @@ function openProblem(file: string, err: unknown): ConfigError {
  * The checks on an opened file, sshd's StrictModes: a regular file owned by root, not writable by
  * group or others, and not larger than MAX_CONFIG_FILE_BYTES. Null when it may be read.
  */
-function statProblem(file: string, st: Stats): ConfigError | null {
-  if (!st.isFile()) return configError(file, null, null, null, 'is not a regular file');
+function statProblem(file: string, st: Pick<Stamp, 'mode' | 'uid' | 'size'>): ConfigError | null {
+  if ((st.mode & constants.S_IFMT) !== constants.S_IFREG) return configError(file, null, null, null, 'is not a regular file');
   if (st.uid !== 0) return configError(file, null, null, null, `is owned by uid ${st.uid}, not root: ignored (chown root ${file})`);
   if ((st.mode & 0o022) !== 0)
     return configError(file, null, null, null, `is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): ignored (chmod go-w ${file})`);
@@ -75,6 +75,8 @@ function statProblem(file: string, st: Stats): ConfigError | null {
   return null;
 }
 
+const GREW = 'changed while it was read (it grew): ignored until the next reload';
+
 /**
  * The text read into a buffer one byte larger than fstat's size (never over the limit + 1): a file
  * that grew since fstat fills it and is refused, as it may have grown past the limit. One read(2):
@@ -82,7 +84,7 @@ function statProblem(file: string, st: Stats): ConfigError | null {
  * second read that would return 0 is not made (a tenth of the time of reading a file).
  */
 function textOf(file: string, buf: Buffer, n: number): string | ConfigError {
-  if (n === buf.length) return configError(file, null, null, null, 'changed while it was read (it grew): ignored until the next reload');
+  if (n === buf.length) return configError(file, null, null, null, GREW);
   return buf.toString('utf8', 0, n);
 }
 
@@ -146,6 +148,22 @@ export function readConfigFile(file: string): ReadFile | ConfigError {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * A file read as readConfigFile reads it, but elsewhere (agent/kernel/reads.ts: a thread of the
+ * native library), judged here as readConfigFile judges it: `openCode`, the open's errno name;
+ * else the stamp of the opened file, `readCode` (fstat's or read's errno name), and the `n` bytes
+ * read into `buf` (read only when the stamp shows nothing to refuse).
+ */
+export function judgeRead(file: string, openCode: string | null, stamp: Stamp, readCode: string | null, buf: Buffer, n: number): ReadFile | ConfigError {
+  if (openCode !== null) return openProblem(file, { code: openCode });
+  if (readCode !== null) return configError(file, null, null, null, `cannot read: ${readCode}`);
+  const problem = statProblem(file, stamp);
+  if (problem) return problem;
+  if (n < 0) return configError(file, null, null, null, 'cannot read: EIO'); // not read, and nothing says why
+  if (n > stamp.size) return configError(file, null, null, null, GREW);
+  return { text: buf.toString('utf8', 0, n), stamp };
 }
 
 /** readConfigFile without blocking the event loop on the disk: the agent reads this way at a reload. */

@@ -526,7 +526,8 @@ export function loadContextDefs(
 ): { defs: ContextDef[]; errors: ConfigError[] } {
   const listed = files ?? (cache ? cache.list(dir) : listContextFiles(dir));
   if (!isListing(listed)) return { defs: [], errors: [listed] };
-  // Nothing read ahead and a long listing (a start): read on a second thread while this one parses.
+  // Nothing read ahead and a long listing (check-config; the agent's start without the native
+  // library, which otherwise reads ahead itself: agent/kernel/reads.ts): read on a second thread while this one parses.
   const reads = texts === undefined && unchanged === undefined && listed.length >= THREAD_READ_MIN_FILES ? ThreadReads.start(listed) : null;
   try {
     const { defs, errors } = parseContextFiles(listed, nss, poolSize, texts ?? reads ?? undefined, cache, unchanged);

@@ -2,7 +2,7 @@
 //   native/usernsd-upcall.c, proto.c  -> dist/usernsd-upcall   the request-key handler
 //   native/mount-usernsd.c, proto.c   -> dist/mount.usernsd    mount(8)'s helper for -t usernsd
 //   native/usernsd-spawner.c, spawner-proc.c -> dist/usernsd-spawner  the agent's maker of user namespaces
-//   native/stamps.c                   -> dist/libusernsd-stamps.so  the reload's stamps of every file (koffi)
+//   native/stamps.c, reads.c          -> dist/libusernsd-stamps.so  the reload's stamps of every file, the start's reads (koffi)
 // Without a compiler the build goes on: the upcall is the Node handler (usernsctl upcall) and the
 // agent forks a helper per namespace (spawner = node), and a reload looks at each file's stamp from
 // JavaScript. A compiler that refuses the code (warnings
@@ -21,7 +21,7 @@ const programs = {
 };
 /** Each shared library, loaded by the agent with koffi, and its sources. */
 const libraries = {
-  'libusernsd-stamps.so': ['stamps.c'],
+  'libusernsd-stamps.so': ['stamps.c', 'reads.c'],
 };
 const cc = [process.env.CC, 'cc', 'gcc', 'clang'].find((c) => c && spawnSync(c, ['--version'], { stdio: 'ignore' }).status === 0);
 if (!cc) {

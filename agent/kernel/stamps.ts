@@ -66,14 +66,26 @@ let library: StampsFn | null | undefined;
 function stampsFn(): StampsFn | null {
   if (library !== undefined) return library;
   library = null;
-  if (!existsSync(STAMPS_LIBRARY)) return null;
   try {
-    const lib = koffi.load(STAMPS_LIBRARY);
-    library = lib.func('int usernsd_stamps(int dirfd, const uint8_t *names, uint32_t count, _Out_ double *out, uint32_t max_threads)');
+    library = nativeLibrary()?.func('int usernsd_stamps(int dirfd, const uint8_t *names, uint32_t count, _Out_ double *out, uint32_t max_threads)') ?? null;
   } catch {
-    /* a library built for another system: looked at one at a time */
+    /* a library of an older build, without the function: looked at one at a time */
   }
   return library;
+}
+
+/** The library loaded, once (stamps here, the start's reads in reads.ts); null when it is not there or cannot be loaded. */
+let loaded: ReturnType<typeof koffi.load> | null | undefined;
+export function nativeLibrary(): ReturnType<typeof koffi.load> | null {
+  if (loaded !== undefined) return loaded;
+  loaded = null;
+  if (!existsSync(STAMPS_LIBRARY)) return null;
+  try {
+    loaded = koffi.load(STAMPS_LIBRARY);
+  } catch {
+    /* a library built for another system */
+  }
+  return loaded;
 }
 
 /**
