@@ -22,7 +22,7 @@ import type { ReloadResult } from './wire/protocol.ts';
 import { Registry } from './registry.ts';
 import { toHost } from './idmap.ts';
 import { Service } from './service.ts';
-import { IpcServer, prepareSocketPath } from './wire/server.ts';
+import { IpcServer, loadIpcModule, prepareSocketPath } from './wire/server.ts';
 import { FdServer } from './wire/fdsock.ts';
 import { fdSocketPath } from './wire/protocol.ts';
 import { UserdbServer } from './wire/userdb.ts';
@@ -396,6 +396,8 @@ export class Manager {
     await m.reconcileDelegations();
     // The pin records of the eager creations are written once the agent serves (recordPinsSoon).
     m.registry.namespaces.holdRecords();
+    // node-ipc loads meanwhile, while the creations wait on the spawner (a failure is the listen's).
+    loadIpcModule().catch(() => undefined);
     await m.createEager();
     await wiring;
     await m.server.listen();

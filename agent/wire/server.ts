@@ -53,8 +53,18 @@ function withoutInterfaceList<T>(fn: () => T): T {
   return result;
 }
 
-// @ts-expect-error node-ipc 14 ships no type declarations; the little we use is typed below.
-const { IPCModule } = await withoutInterfaceList(() => import('node-ipc'));
+type IpcModuleClass = new () => Ipc;
+let ipcModule: Promise<IpcModuleClass> | undefined;
+
+/**
+ * node-ipc, loaded once, when first asked: not while the agent starts (its import, with node:tls,
+ * node:http and more that it loads, is about 30 ms of the start's one thread), but while its eager
+ * contexts are made (Manager.start asks then) or at the latest when it listens.
+ */
+export function loadIpcModule(): Promise<IpcModuleClass> {
+  // @ts-expect-error node-ipc 14 ships no type declarations; the little we use is typed below.
+  return (ipcModule ??= withoutInterfaceList(() => import('node-ipc')).then((m: { IPCModule: IpcModuleClass }) => m.IPCModule));
+}
 
 /** node-ipc's local lifecycle events: never from the wire (the guarded parser refuses them there). */
 const LIFECYCLE = new Set(['start', 'connect', 'disconnect', 'destroy', 'close', 'socket.disconnected', 'error', 'data']);
@@ -146,7 +156,8 @@ function hasUnreadInput(socket: Socket): boolean {
 }
 
 export class IpcServer {
-  private readonly ipc: Ipc;
+  /** node-ipc's server, made when the agent listens. */
+  private ipc: Ipc | null = null;
   private readonly opts: ServerOptions;
   private readonly conns = new Map<Socket, Connection>();
   /** Connections held per person (see People), for the per-user limit. */
@@ -158,9 +169,18 @@ export class IpcServer {
 
   constructor(opts: ServerOptions) {
     this.opts = opts;
-    this.ipc = withoutInterfaceList(() => new IPCModule() as Ipc);
-    // Every node-ipc default that matters, set here on purpose.
-    Object.assign(this.ipc.config, {
+  }
+
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  /** node-ipc's server, every default that matters set here on purpose. */
+  private async made(): Promise<Ipc> {
+    const IPCModule = await loadIpcModule();
+    const ipc = withoutInterfaceList(() => new IPCModule());
+    const opts = this.opts;
+    Object.assign(ipc.config, {
       parser: 'guarded',
       encoding: 'utf8',
       delimiter: FRAME_DELIMITER,
@@ -181,18 +201,16 @@ export class IpcServer {
       readableAll: true,
       writableAll: true,
     });
-  }
-
-  get connections(): number {
-    return this.conns.size;
+    return ipc;
   }
 
   async listen(): Promise<void> {
     const { path, log } = this.opts;
+    const ipc = (this.ipc = await this.made());
     await prepareSocketPath(path);
     await new Promise<void>((resolve, reject) => {
-      this.ipc.serve(path, () => resolve());
-      const server = this.ipc.server;
+      ipc.serve(path, () => resolve());
+      const server = ipc.server;
       server.on('error', (err: Error & { code?: string }) => {
         if (!this.accepting) reject(new UsernsError('E_CONFIG', `Failed to listen on ${path}: ${err.code ?? err.message}`, err));
         // Protocol failures are logged with their peer by protocolFailure below; the rest is a client gone.
@@ -378,11 +396,12 @@ export class IpcServer {
     }
     try {
       // A result encoded already goes out as text, through node-ipc's bounded write all the same.
-      if ('result' in reply && reply.result instanceof EncodedResult) this.ipc.server.write(socket, encodeReplyFrame(reply.id, reply.result));
-      else this.ipc.server.emit(socket, REPLY_TYPE, reply);
+      const server = this.ipc!.server; // a request came through it
+      if ('result' in reply && reply.result instanceof EncodedResult) server.write(socket, encodeReplyFrame(reply.id, reply.result));
+      else server.emit(socket, REPLY_TYPE, reply);
     } catch (err) {
       // node-ipc refuses to encode a frame beyond maxMessageSize: say so instead of staying silent.
-      this.ipc.server.emit(socket, REPLY_TYPE, {
+      this.ipc!.server.emit(socket, REPLY_TYPE, {
         id: reply.id,
         error: { code: 'E_BUSY', message: `the reply is larger than ${LIMITS.MAX_MESSAGE_BYTES} bytes: ask for less at once` },
       });
@@ -393,7 +412,7 @@ export class IpcServer {
   /** Stop accepting; connections stay open so replies in flight still go out. */
   stopAccepting(): void {
     this.accepting = false;
-    const s = this.ipc.server.server;
+    const s = this.ipc?.server.server;
     if (s) s.close();
   }
 
@@ -447,7 +466,7 @@ export class IpcServer {
           }),
       ),
     );
-    this.ipc.server.stop();
+    this.ipc?.server.stop();
     this.conns.clear();
     try {
       if (lstatSync(this.opts.path).isSocket()) unlinkSync(this.opts.path);

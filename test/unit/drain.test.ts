@@ -21,6 +21,15 @@ describe('unit: draining the socket server at a stop', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
+  it('stops one that never listened (a start that failed first): nothing to drain, close, or unlink', async () => {
+    const log = pino({ level: 'silent' });
+    const server = new IpcServer({ path: join(dir, 's.sock'), log, limiter: new LogLimiter(log), onRequest: () => Promise.reject(new Error('no request')) });
+    server.stopAccepting();
+    assert.equal(await server.drain(1000), true);
+    await server.close();
+    assert.equal(server.connections, 0);
+  });
+
   it('waits for a request in flight, returns once it is answered, and leaves no timer behind', async () => {
     const log = pino({ level: 'silent' });
     let answer!: () => void;
