@@ -25,12 +25,13 @@ export type MakeRequest = Omit<SpawnRequest, 'parentPin'> & { readonly parent: P
 
 /**
  * A process holding a new namespace, maps written, until `end()`; `pin()` bind-mounts it in the
- * pins' mount namespace. `maps`: the holder's maps as the kernel holds them, outside ids as the
- * initial namespace sees them, when the maker read them back (usernsd-spawner does); else the
- * caller reads /proc/PID itself.
+ * pins' mount namespace. `ino` and `maps`: the namespace's nsfs inode, and the holder's maps as the
+ * kernel holds them (outside ids as the initial namespace sees them), when the maker looked
+ * (usernsd-spawner does); else the caller looks at the pin and /proc/PID itself.
  */
 export type Holder = {
   readonly pid: number;
+  readonly ino?: number;
   readonly maps?: { readonly uidMap: IdMap; readonly gidMap: IdMap };
   pin(path: string): Promise<void>;
   end(): Promise<void> | void;

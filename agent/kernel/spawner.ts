@@ -34,7 +34,13 @@ export type SpawnRequest = {
  * A namespace held by its holder process until `end()`: pin /proc/PID/ns/user meanwhile, here, or
  * with `pin()` in the spawner's mount namespace.
  */
-export type Held = { readonly pid: number; readonly maps?: { readonly uidMap: IdMap; readonly gidMap: IdMap }; pin(path: string): Promise<void>; end(): void };
+export type Held = {
+  readonly pid: number;
+  readonly ino?: number;
+  readonly maps?: { readonly uidMap: IdMap; readonly gidMap: IdMap };
+  pin(path: string): Promise<void>;
+  end(): void;
+};
 
 /** A view's tree to copy in a caller's mount namespace (see tree_worker in native/spawner-proc.c). */
 export type TreeJob = {
@@ -87,7 +93,7 @@ export class Spawner {
     this.path = path;
   }
 
-  /** Make a namespace: the holder's pid once its maps are written, and the maps read back; E_KERNEL with the failed step otherwise. */
+  /** Make a namespace: the holder's pid once its maps are written, the namespace's inode and the maps read back; E_KERNEL with the failed step otherwise. */
   async create(req: SpawnRequest): Promise<Held> {
     const id = this.nextId++;
     const words = await this.ask(
@@ -96,13 +102,13 @@ export class Spawner {
       req.label,
     );
     const pid = Number(words[0]);
-    // The maps as the spawner read them back once written (a spawner that could not read them says none).
-    const maps = words.length >= 3 ? { uidMap: unwire(words[1]), gidMap: unwire(words[2]) } : undefined;
+    // The namespace's inode and maps as the spawner looked at them once written (one that could not says neither).
+    const looked = words.length >= 4 ? { ino: Number(words[1]), maps: { uidMap: unwire(words[2]), gidMap: unwire(words[3]) } } : undefined;
     const child = this.child;
     let ended = false;
     return {
       pid,
-      maps,
+      ...looked,
       pin: async (path: string) => {
         if (this.child !== child) throw kernelError(req.label, 'pin the namespace', 'ESRCH', 'usernsd-spawner ended meanwhile');
         await this.ask(id, `pin ${id} ${path}`, req.label);

@@ -112,6 +112,8 @@ export class Namespaces {
    * wrong answer; a pin made again or released meanwhile takes its label's place here.
    */
   private recordsHeld = false;
+  /** When the pins' directories were last looked at (ensureDirs). */
+  private dirsCheckedAt = -Infinity;
   private readonly unwritten = new Map<string, Pin>();
   private readonly onPinned: (ctx: Context, pin: Pin) => Promise<void>;
 
@@ -197,7 +199,11 @@ export class Namespaces {
    * Made again (removed behind the agent's back), they are held again: the agent's lock went with
    * them (kernel/hold.ts), and another agent could otherwise take the new ones beside it.
    */
-  private ensureDirs(): void {
+  private ensureDirs(force = false): void {
+    // Looked at as often as a pin is (PIN_RECHECK_MS): under a burst of creations, two lstats serve
+    // many. A directory removed meanwhile fails the pin file's creation, which looks again (pin()).
+    const now = performance.now();
+    if (!force && now - this.dirsCheckedAt < PIN_RECHECK_MS) return;
     let made = false;
     const dirs = pinsDirectories(this.pinsDir);
     for (const [dir, mode] of dirs) {
@@ -212,6 +218,7 @@ export class Namespaces {
     }
     if (!this.formatMarked) markRecordFormat(this.recordsDir);
     this.formatMarked = true;
+    this.dirsCheckedAt = now;
   }
 
   /**
@@ -266,7 +273,8 @@ export class Namespaces {
     try {
       this.verifyMaps(ctx, holder, parent?.host ?? null);
       await this.pin(ctx.label, holder, path);
-      const ino = pinnedIno(path)!;
+      // Mounted from the holder's namespace: the pin shows its inode (looked at here when the maker did not).
+      const ino = holder.ino ?? pinnedIno(path)!;
       const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
       this.writeRecord(pin);
       try {
@@ -323,12 +331,17 @@ export class Namespaces {
   }
 
   /** Pin file created exclusively, then one bind mount on it: never a stacked mount. */
-  private async pin(label: string, holder: Holder, path: string): Promise<void> {
+  private async pin(label: string, holder: Holder, path: string, looked = false): Promise<void> {
     let fd: number;
     try {
       fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o444);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' && !looked) {
+        // The pins directory went since it was last looked at: made (and held) again, once.
+        this.ensureDirs(true);
+        return this.pin(label, holder, path, true);
+      }
       const st = code === 'EEXIST' && pinnedIno(path) === null ? lstatSync(path) : null;
       if (st?.isSymbolicLink()) throw new Fault('in-the-way', `${path} is a symbolic link, not a pin`, { object: 'pin', label, subject: path });
       if (st?.isFile() && st.size === 0) {
@@ -402,7 +415,7 @@ export class Namespaces {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       this.formatMarked = false;
-      this.ensureDirs();
+      this.ensureDirs(true);
       writePinRecord(this.recordsDir, pin.label, pin.ino, pin);
     }
   }

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Interface } from 'node:readline';
@@ -164,7 +164,7 @@ describe('integration: usernsd-spawner (root)', function () {
         r.send(`new ${id} 0 0 deny 0:900000:10 0:900000:10 -`); // real work, after the garbage
         for (;;) {
           const reply = await r.next();
-          assert.match(reply, /^\d+ (ok \d+( [\d:,-]+ [\d:,-]+)?|maps [\d:,-]+ [\d:,-]+|err E[A-Z]+( .*)?)$/, 'a reply is one of three shapes');
+          assert.match(reply, /^\d+ (ok \d+( \d+ [\d:,-]+ [\d:,-]+)?|maps [\d:,-]+ [\d:,-]+|err E[A-Z]+( .*)?)$/, 'a reply is one of three shapes');
           const [rid, kind] = reply.split(' ');
           if (kind === 'ok') r.send(`end ${rid}`); // ours, or a line that happened to be a valid creation
           if (Number(rid) === id) {
@@ -181,8 +181,9 @@ describe('integration: usernsd-spawner (root)', function () {
     assert.deepEqual((await r.ask('new 7 0 0 deny 0:900000:10 0:900000:10 -')).slice(0, 2), ['7', 'ok']);
     r.send('end 7');
     // And "maps" reads a pinned namespace's maps from inside, as its processes see them.
-    const [, , pid, ...made] = await r.ask('new 8 0 0 allow 0:910000:5,5:920000:5 0:930000:10 -');
-    // "ok" carries the maps as the kernel holds them, read back once written.
+    const [, , pid, ino, ...made] = await r.ask('new 8 0 0 allow 0:910000:5,5:920000:5 0:930000:10 -');
+    // "ok" carries the namespace's inode and the maps as the kernel holds them, read back once written.
+    assert.equal(Number(ino), statSync(`/proc/${pid}/ns/user`).ino);
     assert.deepEqual(made, ['0:910000:5,5:920000:5', '0:930000:10']);
     assert.deepEqual(kernelMaps(`/proc/${pid}/ns/user`), { uid: '0 910000 5, 5 920000 5', gid: '0 930000 10' });
     const pin = join(tree.pins, 'p');

@@ -320,6 +320,25 @@ for (const spawner of ['native', 'node'] as const)
       assert.equal(existsSync(`${tree.pins}/bad`), false);
     });
 
+    it('makes the pins directory again when it went between two creations it looked at once for both (the clock held still)', async () => {
+      tree.context('a.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\n');
+      tree.context('b.conf', '[context]\nuid_map = 0 200000 1000\ngid_map = 0 200000 1000\n');
+      const cfg = load(tree);
+      const now = performance.now.bind(performance);
+      const t = now();
+      performance.now = () => t; // within one look at the directories (PIN_RECHECK_MS), however long this takes
+      try {
+        await ensure(ns, cfg, 'a');
+        assert.equal(spawnSync('umount', ['-l', `${tree.pins}/a`]).status, 0);
+        rmSync(tree.pins, { recursive: true });
+        const b = await ensure(ns, cfg, 'b');
+        assert.equal(pinnedIno(b.path), b.ino, 'b is pinned in the directory made again');
+        assert.equal(existsSync(`${tree.pins}/.usernsd-records/format`), true, 'its records directory says its format again');
+      } finally {
+        performance.now = now;
+      }
+    });
+
     it('holds pin records until told, then writes each for the pin as it is: none for a pin released meanwhile, the new inode for one made again', async () => {
       for (const l of ['a', 'b', 'c'])
         tree.context(`${l}.conf`, `[context]\nuid_map = 0 ${l.charCodeAt(0) * 100000} 1000\ngid_map = 0 ${l.charCodeAt(0) * 100000} 1000\n`);
