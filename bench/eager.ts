@@ -124,23 +124,31 @@ agent asks, driven in-process with nothing else (no configuration, records, logs
 | of which the creations (the agent's log) | ${Math.round(e.creatingMs)} ms | spawner alone ${Math.round(e.spawnerMs)} ms | ${f2(e.creatingMs / e.spawnerMs)} | |
 | of which the agent's start and the load of the files | ${Math.round(e.agentMs - e.creatingMs)} ms | | ${f2((e.agentMs - e.creatingMs) / e.spawnerMs)} | |
 
-So even creations at the spawner's own pace would end at ${f2(1 + (e.agentMs - e.creatingMs) / e.spawnerMs)} times the baseline here: the target needs a faster start as well.
+So creations at the spawner's own pace end at ${f2(1 + (e.agentMs - e.creatingMs) / e.spawnerMs)} times the baseline here: what is left above it is the agent's start.
+Before the changes described below, the ratio was 1.87-2.00 (the creations 1.30-1.37 times the spawner alone);
+after them, over three runs of this bench on 2026-12-07 (each the median of 3), 1.40, 1.58 and 1.71, the
+creations 0.98-1.24 times the spawner alone: the target is met in some runs and missed in others. The
+slower the machine ran (the spawner alone took 641-767 ms), the further the agent fell behind it.
 
 What limits both is the machine: while the spawner alone makes and pins them, the ${e.cpus} CPUs are
 ${Math.round(e.spawnerBusy * 100)}% busy (all of them, from /proc/stat: Node's thread asking and bind-mounting, the spawner
 making each namespace, and the kernel freeing the holders), and ${Math.round(e.agentBusy * 100)}% during the agent's start. A
 creation cannot cost less than the baseline's own CPU time, and the agent's work per creation and
-its start only add to it: at 1.5 times the baseline, the agent's start, load and checks of 5,000
-contexts would have to fit in the CPU time the baseline leaves unused within 1.5 times its own
-duration (about ${Math.round((1 - e.spawnerBusy) * e.cpus * e.spawnerMs + 0.5 * e.cpus * e.spawnerMs)} ms in all), where its start alone takes about ${Math.round(e.agentMs - e.creatingMs)} ms. Where the agent's thread goes per creation, from a CPU
-profile of such a start (2026-12-07): the pin record written atomically (about 33 µs: open, write,
-rename), the pin file and its bind mount (33 µs), the request and the end written to the spawner
-(32 µs: a write(2) to its pipe each, which wakes it), the maps read back from /proc to verify them
-(18 µs), the pin's inode looked up before and after (13 µs), and the collector. Not kept: the
-requests of a turn written together, and the spawner's replies flushed once a turn (the spawner
-then made a turn's creations before the agent heard of the first, and the two stopped
-overlapping: 1.13-1.44 s of creations instead of 0.80-0.86 s; the requests alone batched changed
-nothing).
+its start only add to it. What the agent's thread did per creation beyond the baseline, from CPU
+profiles (2026-12-07), and where it went: the pin record written atomically (33 µs: written once the
+agent serves, a few hundred between requests), the maps read back from /proc to verify them (18 µs:
+usernsd-spawner reads them back itself and says them, with the namespace's inode, in its reply), and
+four lstats of the pins' paths, which walk a directory of thousands of mounts while others are being
+mounted (13 µs: one now). During the creations the agent's thread is now idle a third of the time:
+the spawner and the kernel set the pace. The start before the first creation (${Math.round(e.agentMs - e.creatingMs)} ms here; about
+280 ms in a profiled run at a quieter moment) is Node itself (about 35 ms), loading the agent (about
+45 ms: node-ipc now loads during the creations), the load of the files (about 150 ms: read on the
+native library's thread while the agent's parses them, and judged), and the rest (the upcall's
+check, two processes started, and the spawner's start). Not kept: the requests of a turn written together, and the spawner's replies
+flushed once a turn (the spawner then made a turn's creations before the agent heard of the first,
+and the two stopped overlapping: 1.13-1.44 s of creations instead of 0.80-0.86 s; the requests
+alone batched changed nothing); Node's compile cache (under 10 ms of a start); 16 creations at a time
+instead of 8, for the spawner alone too (1.59 in the one run tried).
 <!-- /eager -->
 `;
 }

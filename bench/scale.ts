@@ -277,7 +277,9 @@ machine kind; on the AMD EPYC machine of 2026-12-07, 2.2-2.7 s and 2.8-3.6x the 
 session's runs of this bench, the reload of one changed file 0.09-0.10x; in a later session on the
 same machine kind, with the collection once it serves, the bundle and the listing's paths, ready
 1.82-2.08x over three runs, the floor itself 836-926 ms, and the reload that changes maps 0.08-0.12x:
-the latter's target is met in some runs and missed in others). A start allocated 1,242 MB for
+the latter's target is met in some runs and missed in others; in the session after, with the files
+read on the native library's thread instead of Node's, 2.03x and 1.94x, the floor 826 and 1162 ms,
+and that reload 0.08x and 0.10x). A start allocated 1,242 MB for
 65,535 files (19 KB a file, sampled with the collected objects); the INI text split once and the
 tree's neighbour pairs reused took it to 1,128 MB, and the start 6% less time and 5% less CPU in 13
 alternating runs each.
