@@ -113,10 +113,12 @@ function defArb(owner: string): fc.Arbitrary<FileDef> {
       count: fc.constantFrom(10, 65536),
       owner: fc.constantFrom('', `owner = ${owner}\n`),
       setgroups: fc.constantFrom('', 'setgroups = allow\n', 'setgroups = deny\n'),
+      // Made at start and at the reload that brings it, its pin recorded once the agent serves.
+      create: fc.constantFrom('', '', 'create = eager\n'),
     })
-    .map(({ label, start, count, owner: o, setgroups }) => ({
+    .map(({ label, start, count, owner: o, setgroups, create }) => ({
       label,
-      text: `[context]\n${o}${setgroups}uid_map = 0 ${start} ${count}\ngid_map = 0 ${start} ${count}\n`,
+      text: `[context]\n${o}${setgroups}${create}uid_map = 0 ${start} ${count}\ngid_map = 0 ${start} ${count}\n`,
     }));
   const nested = fc
     .record({
@@ -201,11 +203,25 @@ const reload = command(
   },
 );
 
+/**
+ * Once the agent has stopped: every pin has its record, naming the pin's namespace and holding its
+ * maps as the kernel does (the next start adopts the pins by them, without asking the kernel).
+ */
+function checkRecords(r: Real): void {
+  for (const label of pinnedLabels(r.tree.pins)) {
+    const pin = join(r.tree.pins, label);
+    const rec = JSON.parse(readFileSync(join(r.tree.pins, '.usernsd-records', `${label}.json`), 'utf8')) as { ino: number; uidMap: Extent[]; gidMap: Extent[] };
+    assert.equal(rec.ino, statSync(pin).ino, `${label}'s record names its pin`);
+    assert.deepEqual({ uid: fmt(rec.uidMap), gid: fmt(rec.gidMap) }, ownMapsOfPin(pin), `${label}'s record holds its maps`);
+  }
+}
+
 const restart = command(
   'restart',
   () => true,
   async (m, r) => {
     assert.equal(await r.agent.stop(), 0);
+    checkRecords(r);
     r.agent = await startAgent(r.tree);
     await checkInvariants(m, r, true);
   },
@@ -218,6 +234,7 @@ const removeWhileDown = (label: string) =>
     (m) => m.files.has(label),
     async (m, r) => {
       assert.equal(await r.agent.stop(), 0);
+      checkRecords(r);
       await removeFile(label).run(m, r);
       r.agent = await startAgent(r.tree);
       await checkInvariants(m, r, true);
