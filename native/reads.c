@@ -33,6 +33,7 @@ struct usernsd_reads;
 struct usernsd_reads *usernsd_reads_start(int dirfd, const char *names, uint32_t count, uint32_t limit);
 int32_t usernsd_reads_take(struct usernsd_reads *r, uint32_t i, double *stamp, int32_t *err, uint8_t *buf, uint32_t cap);
 void usernsd_reads_end(struct usernsd_reads *r);
+uint32_t usernsd_reads_ahead(struct usernsd_reads *r);
 
 /* One file's read: `state` is 0 until the thread has written the rest, then 1 (read) or 2 (skipped). */
 struct file {
@@ -50,6 +51,7 @@ struct usernsd_reads {
 	char *copy;       /* the names, one after another */
 	struct file *files;
 	_Atomic uint32_t asked; /* the agent's place: files before it are not read */
+	_Atomic uint32_t at;    /* the thread's place: files before it are read or passed */
 	_Atomic int stop;
 	_Atomic int waiting;    /* the thread waits for the caller to move */
 	pthread_mutex_t lock;   /* with `moved`: the thread waits here when WINDOW files ahead */
@@ -98,7 +100,7 @@ static void *reader(void *arg) {
 	uint32_t i = 0;
 	while (i < r->count && !atomic_load(&r->stop)) {
 		uint32_t asked = atomic_load(&r->asked);
-		if (i < asked) { i = asked; continue; } /* passed: the agent has read those itself */
+		if (i < asked) { i = asked; atomic_store(&r->at, i); continue; } /* passed: the agent has read those itself */
 		if (i >= asked + WINDOW) {
 			pthread_mutex_lock(&r->lock);
 			atomic_store(&r->waiting, 1);
@@ -109,7 +111,7 @@ static void *reader(void *arg) {
 		}
 		read_one(r, &r->files[i], r->names[i]);
 		atomic_store(&r->files[i].state, 1);
-		i++;
+		atomic_store(&r->at, ++i);
 	}
 	return NULL;
 }
@@ -182,6 +184,11 @@ int32_t usernsd_reads_take(struct usernsd_reads *r, uint32_t i, double *stamp, i
 	f->data = NULL;
 	atomic_store(&f->state, 2);
 	return n;
+}
+
+/* How far the thread has come: the files before this one are read (or were passed). */
+uint32_t usernsd_reads_ahead(struct usernsd_reads *r) {
+	return r ? atomic_load(&r->at) : 0;
 }
 
 /* The thread stopped and joined, everything freed (files not taken too). */

@@ -15,6 +15,7 @@ type ReadsFns = {
   start(dirFd: number, names: Buffer, count: number, limit: number): Handle | null;
   take(r: Handle, i: number, stamp: Float64Array, err: Int32Array, buf: Buffer, cap: number): number;
   end(r: Handle): void;
+  ahead(r: Handle): number;
 };
 
 let fns: ReadsFns | null | undefined;
@@ -30,6 +31,7 @@ function readsFns(): ReadsFns | null {
         'int32_t usernsd_reads_take(void *r, uint32_t i, _Out_ double *stamp, _Out_ int32_t *err, _Out_ uint8_t *buf, uint32_t cap)',
       ) as ReadsFns['take'],
       end: lib.func('void usernsd_reads_end(void *r)') as ReadsFns['end'],
+      ahead: lib.func('uint32_t usernsd_reads_ahead(void *r)') as ReadsFns['ahead'],
     };
   } catch {
     /* a library of an older build: the files are read the other ways */
@@ -106,6 +108,11 @@ export class NativeReads implements ReadAhead {
     const code = this.err[0] === 0 ? null : errnoName(this.err[0]);
     if (n === -3) return judgeRead(file, code ?? 'EIO', stampOfFields(this.stamp), null, this.buf, 0);
     return judgeRead(file, null, stampOfFields(this.stamp), code, this.buf, n);
+  }
+
+  /** How far the thread has come in the listing (read, or passed): a test's way to wait for it. */
+  get ahead(): number {
+    return this.handle === null ? 0 : this.fns.ahead(this.handle);
   }
 
   /** The thread stopped (it is joined: at most the file it is reading), what it holds freed. */

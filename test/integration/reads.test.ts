@@ -59,14 +59,27 @@ function make(dir: string, entries: readonly Entry[]): string[] {
   });
 }
 
-/** Every file taken in order from a reader that was given time to read them all: each it handed over. */
+/** Until the reader has come `n` files into its listing (at most 10 s: a loaded machine is slow). */
+async function readerAt(reads: NativeReads, n: number): Promise<void> {
+  for (let i = 0; i < 1000 && reads.ahead < n; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(reads.ahead >= n, `the reader came ${reads.ahead} files, not ${n}`);
+}
+
+/**
+ * Every file taken in order, each once the reader has come past it (so each is the thread's): what
+ * it handed over, and how many. A caller never waits so in the agent; here it shows the thread
+ * goes on past its window as the caller moves.
+ */
 async function readAll(files: readonly string[]): Promise<{ got: unknown[]; handed: number }> {
   const reads = NativeReads.start(files);
   assert.ok(reads, 'the library started a reader');
   try {
-    await new Promise((r) => setTimeout(r, 30));
     const before = nativeReadCounts.handed;
-    const got = files.map((f) => reads.get(f) ?? readConfigFile(f));
+    const got: unknown[] = [];
+    for (let i = 0; i < files.length; i++) {
+      if (reads.ahead <= i) await readerAt(reads, i + 1);
+      got.push(reads.get(files[i]) ?? readConfigFile(files[i]));
+    }
     return { got, handed: nativeReadCounts.handed - before };
   } finally {
     reads.close();
@@ -105,9 +118,18 @@ describe('integration: the start reads its context files on the native library t
       dir,
       Array.from({ length: 5000 }, (_, i) => ({ kind: 'file' as const, bytes: new TextEncoder().encode(`[context]\n# ${i}\n`), mode: 0o644, owner: 0 })),
     );
+    // The thread stops a window (4,096 files) ahead of a caller that has not moved...
+    const waiting = NativeReads.start(files)!;
+    try {
+      await readerAt(waiting, 4096);
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(waiting.ahead, 4096, 'no further while the caller stays');
+    } finally {
+      waiting.close();
+    }
+    // ...and goes on as it moves: every file is the thread's.
     const { got, handed } = await readAll(files);
-    // Past the window too, once the caller moved (the last few it may have read itself first: nothing waits for the thread).
-    assert.ok(handed > 4096 + 500, `the thread handed over ${handed} of ${files.length}`);
+    assert.equal(handed, files.length, `the thread handed over ${handed} of ${files.length}`);
     assert.deepEqual(
       got,
       files.map((f) => readConfigFile(f)),
@@ -115,7 +137,7 @@ describe('integration: the start reads its context files on the native library t
     // A caller that skips ahead gets nothing for the skipped file out of order, and its own place read.
     const reads = NativeReads.start(files)!;
     try {
-      await new Promise((r) => setTimeout(r, 20));
+      await readerAt(reads, 2);
       assert.equal(reads.get(files[1]), undefined, 'out of order: left to the caller');
       assert.deepEqual(reads.get(files[0]), readConfigFile(files[0]));
       assert.deepEqual(reads.get(files[1]), readConfigFile(files[1]));
