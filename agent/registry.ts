@@ -18,6 +18,7 @@ import { HOST_VIEW, makeView } from './idmap.ts';
 import type { MapView, Overflow } from './idmap.ts';
 import { NameIndex } from './names.ts';
 import { Namespaces, pinMountNamespace, pinnedIno } from './kernel/userns.ts';
+import { parentNsIno } from './kernel/sys.ts';
 import type { AdoptEntry, ParentPin, Pin } from './kernel/userns.ts';
 import { Delegations } from './kernel/delegate.ts';
 import type { DelegationEvents, DelegationPlan } from './kernel/delegate.ts';
@@ -421,10 +422,13 @@ export class Registry {
 
   /**
    * Unpin a context, and first every pinned context nested in it: a child left pinned would stay
-   * inside the old parent namespace, and no longer be nested in the parent's next pin.
+   * inside the old parent namespace, and no longer be nested in the parent's next pin. So would an
+   * orphan's pin (adopted at start, its file gone) that lies in its namespace: released too, deepest
+   * first. Left there, it would keep host ids of the old parent in use that nothing reserves any more,
+   * and the parent's next pin would be given them again (found by config-over-time, seed 24329887).
    */
   async release(label: string, kill = false): Promise<{ released: boolean; descendants: string[] }> {
-    const nested = this.descendants(label);
+    const nested = [...this.orphansUnder(label, this.descendants(label)), ...this.descendants(label)];
     // Refused whole before anything is undone: a cgroup that holds processes, unless they are killed.
     for (const l of [...nested, label]) {
       const busy = this.delegations.releaseProblem(l, kill);
@@ -437,6 +441,36 @@ export class Registry {
     }
     await this.delegations.tearDown(label, kill);
     return { released: await this.namespaces.release(label), descendants };
+  }
+
+  /**
+   * The orphans' pins whose namespaces lie in `label`'s pinned one, or in its pinned descendants'
+   * (`nested`), at any depth, as the kernel says (NS_GET_PARENT): deepest first. Only orphans are
+   * looked at, and only those adopted as such: the agent makes no orphan while it runs.
+   */
+  private orphansUnder(label: string, nested: readonly string[]): string[] {
+    const orphans = this.adoption.filter((a) => a.status === 'orphan' && !this.contexts.has(a.label)).map((a) => a.label);
+    if (orphans.length === 0) return [];
+    const inside = new Set<number>();
+    for (const l of [label, ...nested]) {
+      const ino = pinnedIno(this.namespaces.pinPath(l));
+      if (ino !== null) inside.add(ino);
+    }
+    const out: string[] = [];
+    for (let grew = inside.size > 0; grew;) {
+      grew = false;
+      for (const o of orphans) {
+        if (out.includes(o)) continue;
+        const path = this.namespaces.pinPath(o);
+        const ino = pinnedIno(path);
+        const parent = ino === null ? null : parentNsIno(path);
+        if (ino === null || parent === null || !inside.has(parent)) continue;
+        out.push(o);
+        inside.add(ino);
+        grew = true;
+      }
+    }
+    return out.reverse();
   }
 
   /** A context made from inside, judged already (configure.ts judgeRuntimeChild): in force now, without a reload. */

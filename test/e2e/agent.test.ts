@@ -94,6 +94,29 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.equal((JSON.parse((await ctl(['--json', 'resolve', 'a'])).out) as P.ResolveResult).created, true, 'created anew after a release');
   });
 
+  it("releases, with a context, the orphans left in its namespace (their files gone while the agent was down): none keeps the old parent's ids in use", async () => {
+    tree.context('proj.conf', '[context]\nuid_map = 0 4000000 10\ngid_map = 0 4000000 10\n');
+    tree.context('kid.conf', '[context]\nparent = proj\nuid_map = 0 0 5\ngid_map = 0 0 5\n');
+    tree.context('other.conf', A);
+    agent = await startAgent(tree);
+    assert.equal((await ctl(['resolve', 'kid'])).code, 0);
+    assert.equal((await ctl(['resolve', 'other'])).code, 0);
+    assert.equal(await agent.stop(), 0);
+    rmSync(`${tree.contexts}/kid.conf`);
+    agent = await startAgent(tree);
+    assert.ok(
+      agent.logs.some((l) => l.status === 'orphan' && l.label === 'kid'),
+      'kid is adopted as an orphan',
+    );
+    const r = await ctl(['release', 'proj']);
+    assert.equal(r.out, 'released kid (nested in proj)\nreleased proj\n', r.err);
+    assert.deepEqual(
+      mountsUnder(tree.pins).map((m) => m.split('/').pop()),
+      ['other'],
+      'only the pin outside it is left',
+    );
+  });
+
   it('finishes the work of a client that vanishes mid-request, and drops its reply', async () => {
     tree.context('lazy.conf', '[context]\nuid_map = 0 300000 1000\ngid_map = 0 300000 1000\n');
     agent = await startAgent(tree);
