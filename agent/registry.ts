@@ -428,7 +428,8 @@ export class Registry {
    * and the parent's next pin would be given them again (found by config-over-time, seed 24329887).
    */
   async release(label: string, kill = false): Promise<{ released: boolean; descendants: string[] }> {
-    const nested = [...this.orphansUnder(label, this.descendants(label)), ...this.descendants(label)];
+    const inForce = this.descendants(label);
+    const nested = [...this.orphansUnder(label, inForce), ...inForce];
     // Refused whole before anything is undone: a cgroup that holds processes, unless they are killed.
     for (const l of [...nested, label]) {
       const busy = this.delegations.releaseProblem(l, kill);

@@ -45,7 +45,7 @@ export function useNativeReads(on: boolean): void {
 }
 
 /** Files the library's thread handed over (a test's evidence that a load read on it). */
-export const nativeReadCounts = { started: 0, handed: 0 };
+export const nativeReadCounts = { handed: 0 };
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
 const errnoName = (n: number) => ERRNO_NAMES.get(n) ?? `errno ${n}`;
@@ -95,7 +95,6 @@ export class NativeReads implements ReadAhead {
       closeFd(dirFd);
       return null;
     }
-    nativeReadCounts.started++;
     return new NativeReads(files, f, handle, dirFd);
   }
 

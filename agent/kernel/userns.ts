@@ -112,9 +112,9 @@ export class Namespaces {
    * wrong answer; a pin made again or released meanwhile takes its label's place here.
    */
   private recordsHeld = false;
+  private readonly unwritten = new Map<string, Pin>();
   /** When the pins' directories were last looked at (ensureDirs). */
   private dirsCheckedAt = -Infinity;
-  private readonly unwritten = new Map<string, Pin>();
   private readonly onPinned: (ctx: Context, pin: Pin) => Promise<void>;
 
   constructor(opts: NamespacesOptions) {
@@ -379,8 +379,8 @@ export class Namespaces {
 
   /**
    * The records held written, `piece` at a time with the event loop running between pieces (all at
-   * once without `piece`); records are written as pins are made again from the start. What could
-   * not be written is counted and said by its first error (its pins' maps come from the kernel).
+   * once without `piece`); from then on, each record is written as its pin is made. What could not
+   * be written is counted and said by its first error (its pins' maps come from the kernel).
    */
   async writeHeldRecords(piece = Infinity): Promise<{ written: number; failed: number; error: string | null }> {
     this.recordsHeld = false;
