@@ -6,7 +6,6 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { createInterface } from 'node:readline';
-import { parseKernelMap } from '../../config/extents.ts';
 import type { IdMap } from '../../config/types.ts';
 import { Fault } from '../fault.ts';
 import { DIST } from './built.ts';
@@ -60,7 +59,16 @@ export type TreeReply = { readonly fd: number } | { readonly errno: string; read
 type Pending = { resolve: (words: string[]) => void; timer: NodeJS.Timeout; child: ChildProcessWithoutNullStreams | null };
 
 const wire = (map: IdMap) => map.map((e) => `${e.inside}:${e.outside}:${e.count}`).join(',');
-const unwire = (text: string): IdMap => parseKernelMap(text === '-' ? '' : text.replaceAll(':', ' ').replaceAll(',', '\n'));
+/** The spawner's "INSIDE:OUTSIDE:COUNT,…" ("-": none), read as parseKernelMap reads the kernel's lines: a field that is not three numbers drops its extent. */
+const unwire = (text: string): IdMap => {
+  const map: { inside: number; outside: number; count: number }[] = [];
+  if (text === '-') return map;
+  for (const extent of text.split(',')) {
+    const f = extent.split(':');
+    if (f.length === 3 && f.every((x) => x !== '')) map.push({ inside: Number(f[0]), outside: Number(f[1]), count: Number(f[2]) });
+  }
+  return map;
+};
 
 /**
  * Whether the native spawner is used: `native` insists (an error says how to build it), `node`

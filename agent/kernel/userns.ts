@@ -1,5 +1,5 @@
 // User namespaces in the kernel (SPEC §5): create from a context, pin, adopt at start, release.
-import { closeSync, constants, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, unlinkSync } from 'node:fs';
+import { closeSync, constants, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../../config/extents.ts';
 import type { HostMaps } from '../../config/judge.ts';
@@ -44,6 +44,11 @@ export type AdoptEntry = {
 
 /** How old a pin check may be and still answer a resolve (see Namespaces.checked). */
 export const PIN_RECHECK_MS = 1;
+/**
+ * How old the look at the pins' directories may be before a creation looks again (ensureDirs). A
+ * directory removed meanwhile is not waited for: the pin file's creation fails and looks at once.
+ */
+const DIRS_RECHECK_MS = 1000;
 
 function verifiedKey(ino: number, maps: { uidMap: IdMap; gidMap: IdMap }): string {
   return `${ino} ${formatExtents(maps.uidMap)} / ${formatExtents(maps.gidMap)}`;
@@ -95,6 +100,8 @@ export class Namespaces {
    */
   private readonly verified = new Map<string, { key: string; ino: number; parentIno: number | null; ctx: Context; pin: Pin; checkedAt: number }>();
   private readonly paths = new Map<string, string>();
+  /** The pins directory as join() writes it, with a "/" after it. */
+  private readonly pinsPrefix: string;
   /** Pinned namespaces by nsfs inode, for callers inside them (entries checked against `verified`). */
   private readonly byIno = new Map<number, string>();
   /** The pins directory, opened once: a pin is checked with one single-component fstatat. */
@@ -120,6 +127,7 @@ export class Namespaces {
   constructor(opts: NamespacesOptions) {
     this.pinsDir = opts.pinsDir;
     this.recordsDir = join(this.pinsDir, RECORDS_DIR);
+    this.pinsPrefix = join(this.pinsDir, '/');
     this.mountNs = opts.mountNs ?? null;
     this.maker = opts.maker ?? namespaceMaker(opts.spawner ?? 'auto', this.mountNs, this.pinsDir);
     this.onPinned = opts.onPinned ?? (() => Promise.resolve());
@@ -141,7 +149,7 @@ export class Namespaces {
       // Labels are validated by the configuration, but a path built from one is checked again here.
       const problem = labelProblem(label);
       if (problem) throw new Fault('invalid', `invalid label "${label}": ${problem}`, { object: 'pin', label });
-      path = join(this.pinsDir, label);
+      path = this.pinsPrefix + label; // join(pinsDir, label) for a valid label, without normalizing at each
       if (this.paths.size < 100_000) this.paths.set(label, path);
     }
     return path;
@@ -200,10 +208,11 @@ export class Namespaces {
    * them (kernel/hold.ts), and another agent could otherwise take the new ones beside it.
    */
   private ensureDirs(force = false): void {
-    // Looked at as often as a pin is (PIN_RECHECK_MS): under a burst of creations, two lstats serve
-    // many. A directory removed meanwhile fails the pin file's creation, which looks again (pin()).
+    // Under a burst of creations, two lstats serve many (DIRS_RECHECK_MS): each walks a directory of
+    // thousands of mounts while others are mounted. A directory removed meanwhile fails the pin
+    // file's creation, which looks again (pinFile).
     const now = performance.now();
-    if (!force && now - this.dirsCheckedAt < PIN_RECHECK_MS) return;
+    if (!force && now - this.dirsCheckedAt < DIRS_RECHECK_MS) return;
     let made = false;
     const dirs = pinsDirectories(this.pinsDir);
     for (const [dir, mode] of dirs) {
@@ -242,7 +251,10 @@ export class Namespaces {
       this.dirFd = null;
     }
     const path = this.pinPath(ctx.label);
-    const ino = pinnedIno(path);
+    this.ensureDirs();
+    // The pin file first (O_EXCL): made, nothing is pinned there and the namespace is made for it (a
+    // creation asks the kernel once by this name, not twice); there already, a pin to check and reuse.
+    const ino = this.pinFile(ctx.label, path);
     if (ino !== null) {
       // Reuse only a pin whose maps are the configured ones, under its parent's pin: a drifted pin is
       // reported, never used.
@@ -262,17 +274,22 @@ export class Namespaces {
       }
       return this.remember(ctx, { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: false }, parent?.ino ?? null);
     }
-    this.ensureDirs();
     return this.create(ctx, parent, path);
   }
 
-  /** Made by the maker, then checked, pinned and recorded here: the same whichever made it. */
+  /**
+   * Made by the maker, then checked, pinned and recorded here: the same whichever made it. `path` is
+   * the pin file pinFile made, removed again when nothing gets mounted on it.
+   */
   private async create(ctx: Context, parent: ParentPin | null, path: string): Promise<Pin> {
-    const owner = this.ownerInParent(ctx, parent);
-    const holder = await this.maker.make({ label: ctx.label, ...owner, setgroups: ctx.setgroups, uidMap: ctx.uidMap, gidMap: ctx.gidMap, parent });
+    let holder: Holder | null = null;
+    let mounted = false;
     try {
+      const owner = this.ownerInParent(ctx, parent);
+      holder = await this.maker.make({ label: ctx.label, ...owner, setgroups: ctx.setgroups, uidMap: ctx.uidMap, gidMap: ctx.gidMap, parent });
       this.verifyMaps(ctx, holder, parent?.host ?? null);
-      await this.pin(ctx.label, holder, path);
+      await this.mountPin(ctx.label, holder, path);
+      mounted = true;
       // Mounted from the holder's namespace: the pin shows its inode (looked at here when the maker did not).
       const ino = holder.ino ?? pinnedIno(path)!;
       const pin: Pin = { label: ctx.label, path, ino, uidMap: ctx.uidMap, gidMap: ctx.gidMap, created: true };
@@ -285,7 +302,8 @@ export class Namespaces {
       }
       return this.remember(ctx, pin, parent?.ino ?? null);
     } finally {
-      await holder.end();
+      if (!mounted) rmSync(path, { force: true }); // ours (pinFile's); one removed meanwhile is no second failure
+      await holder?.end();
     }
   }
 
@@ -331,32 +349,42 @@ export class Namespaces {
   }
 
   /** Pin file created exclusively, then one bind mount on it: never a stacked mount. */
-  private async pin(label: string, holder: Holder, path: string, looked = false): Promise<void> {
+  /**
+   * The pin file of `label` made (O_CREAT | O_EXCL | O_NOFOLLOW, empty: null), or the inode of the
+   * namespace already pinned there. A pins directory gone since it was last looked at is made (and
+   * held) again, once; an empty file left by a crash between a pin file's making and its mount is
+   * removed; anything else in the way is refused.
+   */
+  private pinFile(label: string, path: string, looked = false): number | null {
     let fd: number;
     try {
       fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o444);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' && !looked) {
-        // The pins directory went since it was last looked at: made (and held) again, once.
         this.ensureDirs(true);
-        return this.pin(label, holder, path, true);
+        return this.pinFile(label, path, true);
       }
-      const st = code === 'EEXIST' && pinnedIno(path) === null ? lstatSync(path) : null;
+      const ino = code === 'EEXIST' ? pinnedIno(path) : null;
+      if (ino !== null) return ino;
+      const st = code === 'EEXIST' ? lstatOrNull(path) : null;
       if (st?.isSymbolicLink()) throw new Fault('in-the-way', `${path} is a symbolic link, not a pin`, { object: 'pin', label, subject: path });
       if (st?.isFile() && st.size === 0) {
-        // An empty pin file left by a crash between create and mount: nothing uses it.
         unlinkSync(path);
-        return this.pin(label, holder, path);
+        return this.pinFile(label, path, looked);
       }
       throw refused('pin', `create pin ${path}`, errnoOf(err), { label, subject: path });
     }
     closeSync(fd);
+    return null;
+  }
+
+  /** The holder's namespace mounted on its pin file (here, or in the spawner's mount namespace). */
+  private async mountPin(label: string, holder: Holder, path: string): Promise<void> {
     try {
       if (this.mountNs === null) bindMount(`/proc/${holder.pid}/ns/user`, path);
       else await holder.pin(path);
     } catch (err) {
-      unlinkSync(path);
       if (err instanceof Fault) throw err;
       throw kernelError(label, 'pin the namespace', err instanceof SysError ? err.code : 'EIO', path);
     }

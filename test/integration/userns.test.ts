@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, readlinkSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readlinkSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { loadConfiguration } from '../../agent/configure.ts';
 import type { Configuration } from '../../agent/configure.ts';
 import { Fault } from '../../agent/fault.ts';
@@ -326,7 +326,7 @@ for (const spawner of ['native', 'node'] as const)
       const cfg = load(tree);
       const now = performance.now.bind(performance);
       const t = now();
-      performance.now = () => t; // within one look at the directories (PIN_RECHECK_MS), however long this takes
+      performance.now = () => t; // within one look at the directories (DIRS_RECHECK_MS), however long this takes
       try {
         await ensure(ns, cfg, 'a');
         assert.equal(spawnSync('umount', ['-l', `${tree.pins}/a`]).status, 0);
@@ -400,6 +400,43 @@ for (const spawner of ['native', 'node'] as const)
       assert.equal(await holderGone(holders[0]), true, 'its holder ended');
       // Told the truth (the maker's own answer, or the agent's read of /proc), the same maker's namespace is pinned.
       assert.equal((await ensure(ns, cfg, 'a')).created, true);
+    });
+
+    it('makes the pin file before the namespace: an empty file meanwhile, no pin, removed when the making fails; a pin already there is reused, nothing made', async () => {
+      tree.context('a.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\n');
+      tree.context('b.conf', '[context]\nuid_map = 0 200000 1000\ngid_map = 0 200000 1000\n');
+      const cfg = load(tree);
+      const real = namespaceMaker(spawner, null, tree.pins);
+      let asked = 0;
+      let open!: (fail: boolean) => void;
+      const gate = new Promise<boolean>((resolve) => (open = resolve));
+      const gated: NamespaceMaker = {
+        spawner: real.spawner,
+        make: async (req) => {
+          asked++;
+          if (await gate)
+            throw new Fault('refused', `Failed to create context "${req.label}": EAGAIN`, { object: 'namespace', label: req.label, errno: 'EAGAIN' });
+          return real.make(req);
+        },
+        unpin: (label, path) => real.unpin(label, path),
+        maps: (label, pin) => real.maps(label, pin),
+        close: () => real.close(),
+      };
+      const checked = new Namespaces({ pinsDir: tree.pins, maker: gated });
+      made.push(checked);
+      const making = checked.ensure(cfg.contexts.get('a')!, null);
+      while (asked === 0) await new Promise((r) => setImmediate(r));
+      const st = lstatSync(`${tree.pins}/a`);
+      assert.ok(st.isFile() && st.size === 0, 'the pin file is there, empty, while the namespace is made');
+      assert.equal(pinnedIno(`${tree.pins}/a`), null, 'and is no pin');
+      open(true);
+      await assert.rejects(making, /EAGAIN/);
+      assert.equal(existsSync(`${tree.pins}/a`), false, 'a failed making leaves no pin file');
+      // Pinned by another (a restart's agent, before this one knew of it): found by the pin file's creation, checked and reused.
+      const b = await ensure(ns, cfg, 'b');
+      const before = asked;
+      const again = await checked.ensure(cfg.contexts.get('b')!, null);
+      assert.deepEqual([again.created, again.ino, asked], [false, b.ino, before], 'reused, nothing made');
     });
 
     it("makes a view's idmap namespace with the same maker (owned by root, the maps as asked), kept per map", async () => {
