@@ -7,6 +7,8 @@ import { O_PATH, viaFd } from './files.ts';
 
 const mountFn = libc.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data)');
 const umount2Fn = libc.func('int umount2(const char *target, int flags)');
+const mknodFn = libc.func('int mknod(const char *path, uint32_t mode, uint64_t dev)');
+const S_IFREG = 0o100000;
 const ucred = koffi.struct({ pid: 'int32_t', uid: 'uint32_t', gid: 'uint32_t' });
 const getsockoptFn = libc.func('getsockopt', 'int', ['int', 'int', 'int', koffi.out(koffi.pointer(ucred)), koffi.inout(koffi.pointer('uint32_t'))]);
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
@@ -53,6 +55,15 @@ const NS_GET_PARENT = 0xb702;
 
 export function bindMount(source: string, target: string): void {
   if (mountFn(source, target, null, MS_BIND, null) !== 0) throw new SysError('mount', koffi.errno(), `${source} -> ${target}, MS_BIND`);
+}
+
+/**
+ * An empty regular file made at `path` (mknod(2) with S_IFREG: the kernel's O_CREAT | O_EXCL,
+ * a symbolic link there included, without a descriptor to open and close), its mode `mode` less
+ * the umask. SysError with the errno otherwise (EEXIST: something is there).
+ */
+export function makeEmptyFile(path: string, mode: number): void {
+  if (mknodFn(path, S_IFREG | mode, 0) !== 0) throw new SysError('mknod', koffi.errno(), path);
 }
 
 /** umount2(target, MNT_DETACH); false when nothing is mounted there (EINVAL) or the path is gone. */

@@ -1,5 +1,5 @@
 // User namespaces in the kernel (SPEC §5): create from a context, pin, adopt at start, release.
-import { closeSync, constants, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { composeMaps, formatExtents, kernelMapText, parseKernelMap, sameMap } from '../../config/extents.ts';
 import type { HostMaps } from '../../config/judge.ts';
@@ -17,7 +17,7 @@ import type { Holder, NamespaceMaker, ParentPin } from './makers.ts';
 import { lstatOrNull, makeDirs } from './files.ts';
 import { holdAnew } from './hold.ts';
 import { markRecordFormat, NSFS_DEV, pinnedIno, pinsDirectories, RECORDS_DIR, recordedMaps, writePinRecord } from './pinrecord.ts';
-import { bindMount, closeFd, detach, openDirPath, parentNsIno, statAt } from './sys.ts';
+import { bindMount, closeFd, detach, makeEmptyFile, openDirPath, parentNsIno, statAt } from './sys.ts';
 
 export { pinnedIno, pinnedMaps } from './pinrecord.ts';
 
@@ -252,7 +252,7 @@ export class Namespaces {
     }
     const path = this.pinPath(ctx.label);
     this.ensureDirs();
-    // The pin file first (O_EXCL): made, nothing is pinned there and the namespace is made for it (a
+    // The pin file first (exclusively): made, nothing is pinned there and the namespace is made for it (a
     // creation asks the kernel once by this name, not twice); there already, a pin to check and reuse.
     const ino = this.pinFile(ctx.label, path);
     if (ino !== null) {
@@ -350,15 +350,14 @@ export class Namespaces {
 
   /** Pin file created exclusively, then one bind mount on it: never a stacked mount. */
   /**
-   * The pin file of `label` made (O_CREAT | O_EXCL | O_NOFOLLOW, empty: null), or the inode of the
+   * The pin file of `label` made (exclusively, a symbolic link not followed; empty: null), or the inode of the
    * namespace already pinned there. A pins directory gone since it was last looked at is made (and
    * held) again, once; an empty file left by a crash between a pin file's making and its mount is
    * removed; anything else in the way is refused.
    */
   private pinFile(label: string, path: string, looked = false): number | null {
-    let fd: number;
     try {
-      fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o444);
+      makeEmptyFile(path, 0o444);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' && !looked) {
@@ -375,7 +374,6 @@ export class Namespaces {
       }
       throw refused('pin', `create pin ${path}`, errnoOf(err), { label, subject: path });
     }
-    closeSync(fd);
     return null;
   }
 
