@@ -423,12 +423,29 @@ export class ParseCache {
     return poolSize === this.poolSize ? this.files.get(file) : undefined;
   }
 
-  set(file: string, stamp: Stamp, poolSize: number, parsed: Parsed): void {
+  /**
+   * The entries of one listing by their place in it (entryAt): the same listing again, as list()
+   * gives it while the directory is unchanged, is looked up by place, not by 65,535 paths.
+   */
+  private aligned: { readonly files: readonly string[]; readonly entries: (Unread | undefined)[] } | null = null;
+
+  /** entry() of `files[i]`, by its place in the listing. */
+  entryAt(files: readonly string[], i: number, poolSize: number): Unread | undefined {
+    if (poolSize !== this.poolSize) return undefined;
+    if (this.aligned?.files !== files) this.aligned = { files, entries: files.map((f) => this.files.get(f)) };
+    return this.aligned.entries[i];
+  }
+
+  /** Keep `file`'s parse; `at`: its place in the listing it came from, which entryAt looks it up by. */
+  set(file: string, stamp: Stamp, poolSize: number, parsed: Parsed, at?: { readonly files: readonly string[]; readonly i: number }): void {
     if (poolSize !== this.poolSize) this.files.clear();
     this.poolSize = poolSize;
     const settled = Math.max(stamp.ctimeMs, stamp.mtimeMs) < this.now() - this.racyMs;
-    if (settled) this.files.set(file, { text: null, stamp, parsed });
+    const kept: Unread | undefined = settled ? { text: null, stamp, parsed } : undefined;
+    if (kept) this.files.set(file, kept);
     else this.files.delete(file);
+    if (at && this.aligned?.files === at.files && at.files[at.i] === file) this.aligned.entries[at.i] = kept;
+    else this.aligned = null;
   }
 
   /** The last listing of the contexts directory, and the directory's stamp when it was taken. */
@@ -507,6 +524,7 @@ export class ParseCache {
     if (this.files.size <= files.length && files.every((f) => this.files.has(f))) return; // nothing else is kept
     const listed = new Set(files);
     for (const f of this.files.keys()) if (!listed.has(f)) this.files.delete(f);
+    this.aligned = null;
   }
 
   get size(): number {
@@ -591,7 +609,7 @@ function parseContextFiles(
       r = parseContextFile(file, read.text, watch.nss, poolSize);
       if (cache) {
         cache.counts.parsed++;
-        if (!watch.asked()) cache.set(file, read.stamp, poolSize, r);
+        if (!watch.asked()) cache.set(file, read.stamp, poolSize, r, { files, i });
       }
     }
     appendErrors(errors, r.errors);
