@@ -3,7 +3,7 @@
 import type { Logger } from 'pino';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
+import { getHeapSpaceStatistics, getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { formatConfigError } from '../config/ini.ts';
 import { keepStartOnly, ParseCache } from '../config/load.ts';
 import type { AgentConfig, LogLevel, Nss } from '../config/types.ts';
@@ -61,15 +61,21 @@ const RECORDS_PIECE = 256;
 const IN_FORCE_DELAY_MS = 200;
 
 /**
- * Below this much committed V8 heap after a load there is little to give back (about 9,000 context
- * files make it; 6,000 left 21.5 MiB): the collection, 35-40 ms even for one file, is skipped.
+ * Below this much committed V8 heap after a load there is little to give back (about 5,000 context
+ * files make it): the collection, 35-40 ms even for one file, is skipped.
  */
 export const SETTLE_HEAP_BYTES = 32 * 2 ** 20;
 
 /** V8's young generation (new space) now, in bytes. */
 const newSpaceBytes = () => getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.space_size ?? 0;
-/** The young generation's size (bin/usernsd.js holds it there): one larger (V8's growth let back on by something) is collected back. */
+/** The young generation's size between loads (bin/usernsd.js holds it there): a larger one is collected back. */
 const HELD_NEW_SPACE_BYTES = 2 * 2 ** 20;
+/**
+ * Context files from which a start lets the young generation grow while it loads them: below, the
+ * garbage is little, and the collection that shrinks it back would cost more than the scavenges it
+ * saved (17 ms for a start on 3 files, whose young generation grew to 4 MiB).
+ */
+const GROW_YOUNG_MIN_FILES = 2048;
 /** A listing this long is read on the native library's thread at start (starting it costs tens of microseconds). */
 const NATIVE_READ_MIN_FILES = 16;
 
@@ -100,6 +106,7 @@ function settleMemory(log: Logger, how: 'start' | 'reload'): void {
     globalThis.gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' });
     trimMalloc();
   }
+  if (how === 'start') setFlagsFromString('--semi-space-growth-factor=1');
   const after = getHeapStatistics();
   const fields = {
     gc: typeof globalThis.gc === 'function',
@@ -337,11 +344,10 @@ export class Manager {
     Manager.refuseNewerFormats(settings.agent);
     // An agent with directories of its own on a socket another serves is refused as early (listen checks again).
     await prepareSocketPath(settings.agent.socket);
-    // The young generation stays at its first size through the load too (bin/usernsd.js). Let grow
-    // (to 32 MiB semi-spaces), its scavenges copied what a load keeps again and again: 65,535 files
-    // were ready later (2.1-2.3 s against 1.6-2.0 s, in turn on one machine) and peaked 100 MiB
-    // higher (VmHWM 310-323 MiB against 216-221).
+    // A long listing's garbage in a young generation that may grow (V8's default factor), until
+    // settleMemory collects it and holds it at its size again. Listed here for the load.
     const files = memo.cache.list(settings.agent.contexts);
+    if (Array.isArray(files) && files.length >= GROW_YOUNG_MIN_FILES) setFlagsFromString('--semi-space-growth-factor=2');
     // Read on the native library's thread while this one parses (none: config/load.ts's own ways).
     const reads = Array.isArray(files) && files.length >= NATIVE_READ_MIN_FILES ? NativeReads.start(files) : null;
     let config: Configuration;

@@ -162,8 +162,8 @@ the machines are shared and noisy, so the targets are on ratios. Sources: \`benc
   10,000 files; the spawner waits for it.
   The agent keeps V8's young generation at its first size (\`--semi-space-growth-factor=1\`,
   set by bin/usernsd.js before it loads anything): V8's default kept ~28 MiB of
-  configuration-loading garbage resident. It keeps that size through a start's load too: let grow
-  while 65,535 files loaded, it took the load's peak 100 MiB higher for no time gained (manager.ts).
+  configuration-loading garbage resident. A start on 2,048 files or more lets it grow while it
+  loads them and collects it back before serving (manager.ts settleMemory).
   Reload: SIGHUP with nothing changed, its logged duration. Restart: the ${st.eager} pins are adopted
   from their records (no helper process each), nothing is created.
 - **upcall**: \`keyctl session - keyctl request2 user userns:a "" @s\`, a new session keyring each

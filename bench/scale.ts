@@ -235,10 +235,9 @@ from about 4.6 s of CPU to 3.2 s, and the start from 5.2-5.5 s to 4.5-4.8 s in a
 and the kernel share the two cores). What is left on the agent's thread, from CPU profiles: the garbage
 collector, about a third (scavenges of a heap that keeps about 1.6 KB per context, 100 MB; one
 collector thread or none made no difference; a young generation left to grow while the start loads
-takes the scavenges from 1,150 to 45, but the collection afterwards then has more to compact: it
-was 8% less time to ready in 6 alternating runs before the allocations were cut below, and no
-difference on 2026-12-07 in 10 (ready 2.08 s against 1.98 s, CPU 3.03 s against 2.97 s, medians),
-for a peak 100 MiB higher, VmHWM 304-325 MiB against 214-224: it is held at its size since), the parse with its schema
+and collected back afterwards takes the scavenges from 1,150 to 45 and 0.38 s to 0.18 s of the
+agent's thread, but the collection afterwards then has more to compact, 0.29 s instead of 0.19
+s: 8% less time to ready in 6 alternating runs, with the allocations cut below), the parse with its schema
 (about 1 s) and the whole judgement (0.7 s). The collection that gives the load's garbage back
 (0.2-0.35 s; a regular one instead of the last-resort one leaves 207-217 MiB for no time gained)
 ran before the agent served until 2026-12-07; it now runs once it serves, as after a reload
