@@ -126,9 +126,10 @@ agent asks, driven in-process with nothing else (no configuration, records, logs
 
 So creations at the spawner's own pace end at ${f2(1 + (e.agentMs - e.creatingMs) / e.spawnerMs)} times the baseline here: what is left above it is the agent's start.
 Before the changes described below, the ratio was 1.87-2.00 (the creations 1.30-1.37 times the spawner alone);
-after them, over three runs of this bench on 2026-12-07 (each the median of 3), 1.40, 1.58 and 1.71, the
-creations 0.98-1.24 times the spawner alone: the target is met in some runs and missed in others. The
-slower the machine ran (the spawner alone took 641-767 ms), the further the agent fell behind it.
+after the first of them, over three runs of this bench at 562c7d1 (each the median of 3), 1.40, 1.58 and
+1.71, the creations 0.98-1.24 times the spawner alone: the target was met in some runs and missed in
+others. Since the pin file is made first (2026-12-07, below), three runs gave 1.44, 1.41 and the one in
+the table, the creations 0.93-1.07 times the spawner alone.
 
 What limits both is the machine: while the spawner alone makes and pins them, the ${e.cpus} CPUs are
 ${Math.round(e.spawnerBusy * 100)}% busy (all of them, from /proc/stat: Node's thread asking and bind-mounting, the spawner
@@ -139,8 +140,12 @@ profiles (2026-12-07), and where it went: the pin record written atomically (33 
 agent serves, a few hundred between requests), the maps read back from /proc to verify them (18 µs:
 usernsd-spawner reads them back itself and says them, with the namespace's inode, in its reply), and
 four lstats of the pins' paths, which walk a directory of thousands of mounts while others are being
-mounted (13 µs: one now). During the creations the agent's thread is now idle a third of the time:
-the spawner and the kernel set the pace. The start before the first creation (${Math.round(e.agentMs - e.creatingMs)} ms here; about
+mounted (13 µs). Since 2026-12-07 there is no lstat at all: the pin file is made first, with mknod(2)
+(no descriptor to open and close), and that it could be made is what says nothing is pinned there;
+the pins' directories are looked at once a second, not once a millisecond. During the creations the
+agent's thread is idle a third of the time: the spawner and the kernel set the pace, and what it
+still does per creation is the same system calls as the baseline (the mount, the pin file, the
+spawner's two lines), each slower while thousands of mounts are being made around it. The start before the first creation (${Math.round(e.agentMs - e.creatingMs)} ms here; about
 280 ms in a profiled run at a quieter moment) is Node itself (about 35 ms), loading the agent (about
 45 ms: node-ipc now loads during the creations), the load of the files (about 150 ms: read on the
 native library's thread while the agent's parses them, and judged), and the rest (the upcall's
@@ -148,7 +153,10 @@ check, two processes started, and the spawner's start). Not kept: the requests o
 flushed once a turn (the spawner then made a turn's creations before the agent heard of the first,
 and the two stopped overlapping: 1.13-1.44 s of creations instead of 0.80-0.86 s; the requests
 alone batched changed nothing); Node's compile cache (under 10 ms of a start); 16 creations at a time
-instead of 8, for the spawner alone too (1.59 in the one run tried).
+instead of 8, for the spawner alone too (1.59 in the one run tried); asking request-key before the
+load rather than after it, node-ipc loaded once the first creations are asked, Node's modules taken
+with process.getBuiltinModule instead of imported (none measurable against this machine's noise,
+7 runs each).
 <!-- /eager -->
 `;
 }

@@ -190,7 +190,8 @@ ${rows.join('\n')}
 Before this section's changes (846592b) the same start took 71 s and a reload 60 s: the owner
 limits of \`[delegate]\` copied every accepted context for each context judged (quadratic), and
 every reload read, parsed and compared every file again, and wrote contexts.json (29 MB) whole. Now
-a reload reads only the files whose stamp changed (\`ParseCache\`), lists the directory again only
+a reload reads only the files whose stamp changed (\`ParseCache\`, which finds each file's kept parse
+by its place in the listing, not by its path), lists the directory again only
 when the directory's own stamp changed, links the files again only when a label or a parent
 changed or a file came or went, and judges again only what the changes can affect
 (\`Judgement\` in \`config/judge.ts\`: the changed contexts, those nested in them and the refused
@@ -237,7 +238,9 @@ collector, about a third (scavenges of a heap that keeps about 1.6 KB per contex
 collector thread or none made no difference; a young generation left to grow while the start loads
 and collected back afterwards takes the scavenges from 1,150 to 45 and 0.38 s to 0.18 s of the
 agent's thread, but the collection afterwards then has more to compact, 0.29 s instead of 0.19
-s: 8% less time to ready in 6 alternating runs, with the allocations cut below), the parse with its schema
+s: 8% less time to ready in 6 alternating runs, with the allocations cut below; on 2026-12-07, held at
+its first size, ready was 2.14x and 2.17x the floor against 2.01x, for a peak of 217-220 MiB against
+329), the parse with its schema
 (about 1 s) and the whole judgement (0.7 s). The collection that gives the load's garbage back
 (0.2-0.35 s; a regular one instead of the last-resort one leaves 207-217 MiB for no time gained)
 ran before the agent served until 2026-12-07; it now runs once it serves, as after a reload
@@ -279,7 +282,9 @@ same machine kind, with the collection once it serves, the bundle and the listin
 1.82-2.08x over three runs, the floor itself 836-926 ms, and the reload that changes maps 0.08-0.12x:
 the latter's target is met in some runs and missed in others; in the session after, with the files
 read on the native library's thread instead of Node's, 2.03x and 1.94x, the floor 826 and 1162 ms,
-and that reload 0.08x and 0.10x). A start allocated 1,242 MB for
+and that reload 0.08x and 0.10x; in the session after that, 1.96x, 1.98x, 2.01x and 2.02x over four
+runs, the floor 806-1072 ms, and that reload 0.07-0.09x, with the kept parses found by their place
+in the listing). A start allocated 1,242 MB for
 65,535 files (19 KB a file, sampled with the collected objects); the INI text split once and the
 tree's neighbour pairs reused took it to 1,128 MB, and the start 6% less time and 5% less CPU in 13
 alternating runs each.
