@@ -252,6 +252,19 @@ describe('Judgement', () => {
     });
   const prior = (inForce: Map<string, Context>) => ({ inForce, allocations: new Map(), pinned: new Map() });
 
+  it("gives an orphan's pin the ids another pin's claim covered once that claim goes: the first orphan given a file, the second still refuses a newcomer (seed 1750667562)", () => {
+    // Pins a and c, without files, both with f's base: a's claim covers c's (a pin claims only what
+    // no claim covers). Then a's file (nested in f) and f's own: a's pin claims in f now, and c's
+    // orphan pin, under host, must refuse f, as a whole judgement does.
+    run([
+      { op: 'pin', label: 'a', drift: 5 },
+      { op: 'write', label: 'a', text: '# 0\n[context]\nparent = f\nuid_map = 0 0 1000\ngid_map = 0 0 1000\n' },
+      { op: 'pin', label: 'c', drift: 5 },
+      { op: 'write', label: 'f', text: '# 0\n[context]\nparent = host\nuid_map = 0 1025000 1000\ngid_map = 0 1025000 1000\n' },
+      { op: 'write', label: 'a', text: '# 0\n[context]\nparent = host\nuid_map = 0 1000000 1000\ngid_map = 0 1000000 1000\n' },
+    ]);
+  });
+
   it('judges one context again when one of a thousand files changed, and everything when the change meets another', () => {
     const judgement = new Judgement();
     const defs = files(1000);
