@@ -438,7 +438,10 @@ export class ParseCache {
 
   /** Keep `file`'s parse; `at`: its place in the listing it came from, which entryAt looks it up by. */
   set(file: string, stamp: Stamp, poolSize: number, parsed: Parsed, at?: { readonly files: readonly string[]; readonly i: number }): void {
-    if (poolSize !== this.poolSize) this.files.clear();
+    if (poolSize !== this.poolSize) {
+      this.files.clear();
+      this.aligned = null; // its entries were parsed with the other size
+    }
     this.poolSize = poolSize;
     const settled = Math.max(stamp.ctimeMs, stamp.mtimeMs) < this.now() - this.racyMs;
     const kept: Unread | undefined = settled ? { text: null, stamp, parsed } : undefined;
