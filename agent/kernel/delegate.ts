@@ -12,6 +12,7 @@ import type { Delegation, IdMap } from '../../config/types.ts';
 import { ID, IDMAP } from '../../config/untrusted.ts';
 import { errnoOf, Fault, refused } from '../fault.ts';
 import { lstatOrNull, makeDirs, writeFileAtomic } from './files.ts';
+import { firstMount } from './mountinfo.ts';
 import { makeOwnedDirectory, setNodeOwner } from './ownedpaths.ts';
 import { getXattr } from './sys.ts';
 import type { HelperPrograms } from './helper.ts';
@@ -43,13 +44,9 @@ const MAX_CGROUP_DEPTH = 32;
 /** Where the agent's own process goes when it manages its delegated cgroup (not a label: it starts with "."). */
 export const AGENT_LEAF = '.agent';
 
-/** The unified hierarchy's mount point in this mount namespace, or null. */
-export function cgroup2Mount(mountinfo = readFileSync('/proc/self/mountinfo', 'utf8')): string | null {
-  for (const line of mountinfo.split('\n')) {
-    const [mount, fs] = line.split(' - ');
-    if (fs?.split(' ')[0] === 'cgroup2') return mount.split(' ')[4] ?? null;
-  }
-  return null;
+/** The unified hierarchy's mount point in this mount namespace (the first mounted), or null. */
+export function cgroup2Mount(mountinfo?: string): string | null {
+  return firstMount((m) => m.fsType === 'cgroup2', mountinfo)?.mountPoint ?? null;
 }
 
 /** Whether systemd delegated this cgroup to the process in it (Delegate=yes sets the xattr, v251+). */
