@@ -351,9 +351,9 @@ export class Namespaces {
   /**
    * The pin file of `label` made (exclusively, a symbolic link not followed; empty: null), or the
    * inode of the namespace already pinned there: one bind mount goes on it (mountPin), never a
-   * stacked mount. A pins directory gone since it was last looked at is made (and
-   * held) again, once; an empty file left by a crash between a pin file's making and its mount is
-   * removed; anything else in the way is refused.
+   * stacked mount. A pins directory gone since it was last looked at is made (and held) again,
+   * once; an empty file left by a crash between a pin file's making and its mount is removed;
+   * anything else in the way is refused.
    */
   private pinFile(label: string, path: string, looked = false): number | null {
     try {
