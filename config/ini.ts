@@ -106,7 +106,19 @@ export type Stamp = {
 };
 
 export function stampOf(st: Stats): Stamp {
-  return { dev: st.dev, ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+  return newStamp(st.ino, st.ctimeMs, st.mtimeMs, st.size, st.dev, st.mode, st.uid, st.gid);
+}
+
+/**
+ * A number that is a 32-bit integer as one: Node hands out a Stats' numbers (and the native reads
+ * theirs) as doubles, and a field that has held a double keeps each value in a box of its own (16
+ * bytes): a kept stamp was 216 bytes, six boxes of them for integers. Other values stay as they are.
+ */
+const int32 = (x: number): number => ((x | 0) === x ? x | 0 : x);
+
+/** The one place a Stamp is made, so that every stamp has the same shape, its integers unboxed (int32). */
+export function newStamp(ino: number, ctimeMs: number, mtimeMs: number, size: number, dev: number, mode: number, uid: number, gid: number): Stamp {
+  return { dev: int32(dev), ino: int32(ino), mode: int32(mode), uid: int32(uid), gid: int32(gid), size: int32(size), mtimeMs, ctimeMs };
 }
 
 export function sameStamp(a: Stamp, b: Stamp): boolean {

@@ -3,7 +3,7 @@
 // copy of each file's text across threads but one memcpy.
 import { constants } from 'node:os';
 import type { ReadFile, Stamp } from '../../config/ini.ts';
-import { judgeRead, MAX_CONFIG_FILE_BYTES } from '../../config/ini.ts';
+import { judgeRead, MAX_CONFIG_FILE_BYTES, newStamp } from '../../config/ini.ts';
 import type { ReadAhead } from '../../config/readahead.ts';
 import type { ConfigError } from '../../config/types.ts';
 import { closeFd, openDirPath } from './sys.ts';
@@ -51,7 +51,7 @@ const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [
 const errnoName = (n: number) => ERRNO_NAMES.get(n) ?? `errno ${n}`;
 
 /** The numbers of one stamp, in the library's order (native/stamps.c): ino, ctimeMs, mtimeMs, size, dev, mode, uid, gid. */
-const stampOfFields = (o: Float64Array): Stamp => ({ ino: o[0], ctimeMs: o[1], mtimeMs: o[2], size: o[3], dev: o[4], mode: o[5], uid: o[6], gid: o[7] });
+const stampOfFields = (o: Float64Array): Stamp => newStamp(o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]);
 
 /**
  * `files` (paths in one directory, the listing of a start) read in order by the library's thread,
