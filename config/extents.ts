@@ -33,7 +33,9 @@ function parseExtentsOnce(text: string): IdMap | string {
     const [inside, outside, count] = nums as number[];
     map.push({ inside: inside, outside: outside, count: count });
   }
-  return validateExtents(map) ?? map;
+  // Kept as long as its context: an array grown by push holds room for 17 extents (152 bytes for
+  // most maps' one); a copy holds what it has (24).
+  return validateExtents(map) ?? map.slice();
 }
 
 /** A decimal id without sign, exponent or leading zeros beyond "0", below 2^32. */
