@@ -213,7 +213,9 @@ const acceptedAs = new WeakMap<ContextDef, Context>();
 function contextOf(d: ContextDef, uidMap: IdMap, gidMap: IdMap, setgroups: 'allow' | 'deny', inForce: Context | undefined, fromRecord: boolean): Context {
   const last = acceptedAs.get(d);
   if (last && last.setgroups === setgroups && sameExtents(last.uidMap, uidMap) && sameExtents(last.gidMap, gidMap)) return last;
-  let c: Context = { ...d, uidMap, gidMap, setgroups };
+  // Decided in the file (static maps, setgroups written or left to a default the file decides): the
+  // definition is the context, not a copy of it (128 bytes of each of 65,535 contexts).
+  let c: Context = d.setgroups === setgroups && d.uidMap === uidMap && d.gidMap === gidMap ? (d as Context) : { ...d, uidMap, gidMap, setgroups };
   // The same as the context in force (a file rewritten as it was; at start, the record's): that one.
   if (inForce !== undefined && !fromRecord && sameRecorded(inForce, c)) c = inForce;
   acceptedAs.set(d, c);

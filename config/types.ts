@@ -33,7 +33,11 @@ export type ContextDef = {
   readonly uidMap: IdMap | null;
   readonly gidMap: IdMap | null;
   readonly autoSize: number | null;
-  /** As written; null when the file leaves it to the default (see Context). */
+  /**
+   * As written, else the default when the file decides it (deny for an owner other than root, allow
+   * for root's top-level context); null: a root-owned nested context's default, which follows its
+   * parent's (see Context).
+   */
   readonly setgroups: 'allow' | 'deny' | null;
   readonly create: 'lazy' | 'eager';
   readonly squash: Squash;

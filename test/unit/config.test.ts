@@ -63,13 +63,39 @@ describe('config: context files', () => {
     assert.deepEqual({ ...d.def!.lines }, { '': 1, uid_map: 3, gid_map: 4 }, 'another layout, its own lines');
   });
 
+  it("a context its file decides is its definition, not a copy (issue 26: a second copy of each was a sixth of the live heap); one of root nested in another takes its parent's setgroups", () => {
+    const files = {
+      'top.conf': '[context]\nsetgroups = deny\nuid_map = 0 100000 65536, 65536 1000 1\ngid_map = 0 100000 65536, 65536 1000 1\n',
+      'kid.conf': '[context]\nparent = top\nuid_map = 0 1 100\ngid_map = 0 1 100\n',
+      'hers.conf': '[context]\nparent = top\nowner = hpa\nuid_map = 0 200 100\ngid_map = 0 200 100\n',
+      'free.conf': '[context]\nuid_map = 0 300000 65536\ngid_map = 0 300000 65536\n',
+    };
+    const defs = Object.entries(files).map(([name, text]) => parse(text, name).def!);
+    const errors: ConfigError[] = [];
+    const r = finishContexts(linkContexts(defs, errors).defs, new Map(), errors, { inForce: new Map(), allocations: new Map(), delegations: HPA_SUBIDS });
+    assert.deepEqual(errors.map(formatConfigError), []);
+    const byLabel = new Map(r.contexts.map((c) => [c.label, c]));
+    const def = (label: string) => defs.find((d) => d.label === label)!;
+    for (const label of ['top', 'hers', 'free']) assert.equal(byLabel.get(label), def(label), `${label}: the definition itself`);
+    assert.notEqual(byLabel.get('kid'), def('kid'), "kid's setgroups follows its parent's: a context of its own");
+    assert.equal(def('kid').setgroups, null);
+    assert.equal(byLabel.get('kid')!.setgroups, 'deny', 'under a parent that denies setgroups');
+    assert.equal(byLabel.get('free')!.setgroups, 'allow');
+    // uid_map and gid_map written alike: one map, holding just its extent.
+    assert.equal(def('free').uidMap, def('free').gidMap);
+  });
+
   it('reads a full context with defaults filled in', () => {
     const { def, errors } = one('[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n[access]\nusers = alice\ngroups = backup\n');
     assert.deepEqual(errors, []);
     assert.equal(def!.label, 'x');
     assert.equal(def!.parent, 'host');
     assert.deepEqual(def!.owner, { uid: 1000, gid: 1000, name: 'hpa' });
-    assert.equal(def!.setgroups, null, 'setgroups is decided with the parent (finishContexts)');
+    assert.equal(def!.setgroups, 'deny', 'an owner other than root: deny, whatever the parent');
+    const nested = (owner: string) => one(`[context]\nparent = p\n${owner}uid_map = 0 100000 65536\ngid_map = 0 100000 65536\n`).def!.setgroups;
+    assert.equal(nested(''), null, "root's nested context: decided with the parent (finishContexts)");
+    assert.equal(nested('owner = hpa\n'), 'deny');
+    assert.equal(one('[context]\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n').def!.setgroups, 'allow', "root's top-level context: allow");
     assert.equal(
       all({ 'x.conf': '[context]\nowner = hpa\nuid_map = 0 100000 65536\ngid_map = 0 100000 65536\n' }).contexts[0].setgroups,
       'deny',
