@@ -3,7 +3,6 @@
 import type { Logger } from 'pino';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { getHeapSpaceStatistics, getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { formatConfigError } from '../config/ini.ts';
 import { keepStartOnly, ParseCache } from '../config/load.ts';
 import type { AgentConfig, LogLevel, Nss } from '../config/types.ts';
@@ -32,9 +31,10 @@ import { hasInForceRecord, newerStateFiles } from './coord/state.ts';
 import { InForceRecorder } from './inforce.ts';
 import { removeStaleTemps } from './kernel/files.ts';
 import { holdDirectory } from './kernel/hold.ts';
-import { trimMalloc } from './kernel/sys.ts';
 import { newerRecordFormat, pinsDirectories, RECORDS_DIR } from './kernel/pinrecord.ts';
 import { NativeReads } from './kernel/reads.ts';
+import { THREAD_READ_MIN_FILES, ThreadReads } from '../config/readahead.ts';
+import { growingYoung, settleMemory } from './memory.ts';
 import { Supervisor } from './supervisor.ts';
 import { VERSION } from './version.ts';
 import { UpcallWatch } from './wiring.ts';
@@ -60,71 +60,8 @@ const RECORDS_PIECE = 256;
 /** How soon contexts.json follows a context made or forgotten from inside (a burst is written once). */
 const IN_FORCE_DELAY_MS = 200;
 
-/**
- * Below this much committed V8 heap after a load there is little to give back (about 5,000 context
- * files make it): the collection, 35-40 ms even for one file, is skipped.
- */
-export const SETTLE_HEAP_BYTES = 32 * 2 ** 20;
-
-/** V8's young generation (new space) now, in bytes. */
-const newSpaceBytes = () => getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.space_size ?? 0;
-/** The young generation's size between loads (bin/usernsd.js holds it there): a larger one is collected back. */
-const HELD_NEW_SPACE_BYTES = 2 * 2 ** 20;
-/**
- * Context files from which a start lets the young generation grow while it loads them: below, the
- * garbage is little, and the collection that shrinks it back would cost more than the scavenges it
- * saved (17 ms for a start on 3 files, whose young generation grew to 4 MiB).
- */
-const GROW_YOUNG_MIN_FILES = 2048;
 /** A listing this long is read on the native library's thread at start (starting it costs tens of microseconds). */
 const NATIVE_READ_MIN_FILES = 16;
-
-/**
- * After a load (start, reload): its garbage collected and the memory it grew the heaps by given back.
- * A load of many files is a burst the agent then idles after; V8 and glibc would otherwise keep the
- * heaps at the burst's size for good (twice the live size after ten reloads of 65,535 files).
- * `gc` is there when the agent runs as bin/usernsd.js starts it. Logged with `collected` (false: the
- * heap was under SETTLE_HEAP_BYTES and the young generation at its held size), at info when it
- * collected.
- *
- * The start's load of a long listing may grow the young generation as V8 decides (Manager.start
- * lets it: fewer, cheaper scavenges of that garbage, 45 instead of 1,150 for 65,535 files, 0.2 s
- * less of the agent's thread); this collection shrinks it back, and from then on it is held at its
- * size again (V8 reads the growth factor each time new space would grow), so the burst leaves no
- * larger young generation resident.
- */
-function settleMemory(log: Logger, how: 'start' | 'reload'): void {
-  const started = performance.now();
-  const heap = getHeapStatistics().total_heap_size;
-  const young = newSpaceBytes();
-  const collected = heap >= SETTLE_HEAP_BYTES || young > HELD_NEW_SPACE_BYTES;
-  if (collected) {
-    // V8's last-resort collection (repeated until nothing more is freed, new space and fragmented
-    // pages given back): 65,535 files settle in 179 MiB, not 223, for about 0.3 s. It runs once the
-    // agent serves, or once the reload has answered (Manager.settleSoon): neither waits for it, and
-    // memory is back where it was within that time, not when V8's memory reducer gets to it.
-    globalThis.gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' });
-    trimMalloc();
-  }
-  if (how === 'start') setFlagsFromString('--semi-space-growth-factor=1');
-  const after = getHeapStatistics();
-  const fields = {
-    gc: typeof globalThis.gc === 'function',
-    collected,
-    heapMb: +(heap / 2 ** 20).toFixed(1),
-    // The young generation the load left, before the collection.
-    newSpaceBeforeMb: +(young / 2 ** 20).toFixed(1),
-    // After the collection: the heap V8 keeps, and the live data in it.
-    heapAfterMb: +(after.total_heap_size / 2 ** 20).toFixed(1),
-    liveMb: +(after.used_heap_size / 2 ** 20).toFixed(1),
-    newSpaceMb: +(newSpaceBytes() / 2 ** 20).toFixed(1),
-    rssMb: +(process.memoryUsage.rss() / 2 ** 20).toFixed(1),
-    ms: +(performance.now() - started).toFixed(1),
-  };
-  const msg = how === 'start' ? 'Settled memory after the load' : 'Settled memory after the reload';
-  if (collected) log.info(fields, msg);
-  else log.debug(fields, msg);
-}
 
 /** How long SIGTERM waits for requests in flight before closing connections anyway. */
 export const DRAIN_TIMEOUT_MS = 10_000;
@@ -344,17 +281,19 @@ export class Manager {
     Manager.refuseNewerFormats(settings.agent);
     // An agent with directories of its own on a socket another serves is refused as early (listen checks again).
     await prepareSocketPath(settings.agent.socket);
-    // A long listing's garbage in a young generation that may grow (V8's default factor), until
-    // settleMemory collects it and holds it at its size again. Listed here for the load.
     const files = memo.cache.list(settings.agent.contexts);
-    if (Array.isArray(files) && files.length >= GROW_YOUNG_MIN_FILES) setFlagsFromString('--semi-space-growth-factor=2');
-    // Read on the native library's thread while this one parses (none: config/load.ts's own ways).
-    const reads = Array.isArray(files) && files.length >= NATIVE_READ_MIN_FILES ? NativeReads.start(files) : null;
+    // Read on the native library's thread while this one parses, else on a thread of Node's (as
+    // config/load.ts would), and a long listing's garbage in a young generation that may grow
+    // (growingYoung) until settleMemory collects it and holds it at its size again.
+    const reads = Array.isArray(files)
+      ? ((files.length >= NATIVE_READ_MIN_FILES ? NativeReads.start(files) : null) ?? (files.length >= THREAD_READ_MIN_FILES ? ThreadReads.start(files) : null))
+      : null;
     let config: Configuration;
     try {
-      config = await Manager.load(opts, memo, { settings, files, texts: reads ?? undefined });
+      const texts = Array.isArray(files) ? growingYoung(files.length, reads) : null;
+      config = await Manager.load(opts, memo, { settings, files, texts: texts ?? undefined });
     } finally {
-      reads?.close();
+      void reads?.close();
     }
     const fatal = config.errors.filter((e) => e.file === config.agent.file);
     if (fatal.length > 0) throw new UsernsError('E_CONFIG', fatal.map(formatConfigError).join('\n'));

@@ -6,7 +6,8 @@ import { connect } from 'node:net';
 import { AgentClient } from '../../agent/wire/client.ts';
 import { UsernsError } from '../../agent/errors.ts';
 import * as P from '../../agent/wire/protocol.ts';
-import { DRAIN_TIMEOUT_MS, SETTLE_HEAP_BYTES } from '../../agent/manager.ts';
+import { DRAIN_TIMEOUT_MS } from '../../agent/manager.ts';
+import { GROWN_NEW_SPACE_BYTES, SETTLE_HEAP_BYTES } from '../../agent/memory.ts';
 import { checkoutReachableBy, cleanup, makeCheckoutReachable, PYTHON, rootAgentSuite, startAgent, USERNSD, usernsctl, usernsctlAt } from '../helpers/agent.ts';
 import type { RunningAgent } from '../helpers/agent.ts';
 import type { Tree } from '../helpers/fixtures.ts';
@@ -327,8 +328,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.ok(switches() - before < 40, `woke ${switches() - before} times in 2 s of idling`);
   });
 
-  it("a start on a long listing lets V8's young generation grow while it loads, then collects it back and holds it there: a reload of every file does not grow it", async () => {
-    const n = 2100; // past GROW_YOUNG_MIN_FILES (manager.ts)
+  it("a start on a long listing lets V8's young generation grow while it loads, to GROWN_NEW_SPACE_BYTES at most, then collects it back and holds it there: a reload of every file does not grow it", async () => {
+    // Past GROW_YOUNG_MIN_FILES (memory.ts), and enough garbage that V8, left to itself, grows the
+    // young generation past the bound (to 32 MiB for 10,000 files; 128 for 65,535).
+    const n = 10_000;
     const text = (i: number, extra = '') => `[context]\nuid_map = 0 ${(i + 1) * 65536} 65536\ngid_map = 0 ${(i + 1) * 65536} 65536\n${extra}`;
     for (let i = 0; i < n; i++) tree.context(`m${i}.conf`, text(i));
     agent = await startAgent(tree);
@@ -337,9 +340,10 @@ describe('e2e: the agent, driven by usernsctl (root)', function () {
     assert.ok(agent.logs.indexOf(start) > agent.logs.findIndex((l) => l.msg === 'Serving'), 'the start served first');
     assert.ok(start.gc === true && start.collected === true, JSON.stringify(start));
     assert.ok((start.newSpaceBeforeMb as number) > 2, `the load grew the young generation: ${JSON.stringify(start)}`);
+    assert.ok((start.newSpaceBeforeMb as number) <= GROWN_NEW_SPACE_BYTES / 2 ** 20, `no further than the bound: ${JSON.stringify(start)}`);
     assert.ok((start.newSpaceMb as number) <= 2, `and the collection shrank it back: ${JSON.stringify(start)}`);
-    // Every file changed: a reload whose garbage would grow a young generation left free to grow.
-    for (let i = 0; i < n; i++) tree.context(`m${i}.conf`, text(i, '# edited\n'));
+    // Many files changed: a reload whose garbage would grow a young generation left free to grow.
+    for (let i = 0; i < 2100; i++) tree.context(`m${i}.conf`, text(i, '# edited\n'));
     assert.equal((await ctl(['reload'])).code, 0);
     const reload = await agent.waitForLog((l) => l.msg === 'Settled memory after the reload');
     assert.ok((reload.newSpaceBeforeMb as number) <= 2, `the reload found it held at its size: ${JSON.stringify(reload)}`);
