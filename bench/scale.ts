@@ -274,7 +274,10 @@ outside V8's heap: glibc's malloc arenas of the agent's other threads (V8's help
 one per thread, fragmented, which malloc_trim(3) cannot give back (8-23 MiB more after ten reloads,
 1.06-1.15x). The agent is started as the installed wrapper starts it, with
 \`GLIBC_TUNABLES=glibc.malloc.arena_max=2\` (\`scripts/agent-env.js\`; glibc reads it at exec only,
-and a \`mallopt(3)\` once running was measured too late to matter): 1.04-1.05x. The figures swing by a
+and a \`mallopt(3)\` once running was measured too late to matter): 1.04-1.05x. Once the live heap
+was smaller (about 68 MB at ready, after the changes of 2026-12-07's second session), the same growth
+was a larger share: 1.07-1.11x; with one arena (\`arena_max=1\`, now the wrapper's), 1.03x in four
+runs of five. The figures swing by a
 third between runs on these shared machines (ready 4.1-6.5 s over earlier sessions' runs on a slower
 machine kind; on the AMD EPYC machine of 2026-12-07, 2.2-2.7 s and 2.8-3.6x the floor over the
 session's runs of this bench, the reload of one changed file 0.09-0.10x; in a later session on the
