@@ -287,10 +287,26 @@ the latter's target is met in some runs and missed in others; in the session aft
 read on the native library's thread instead of Node's, 2.03x and 1.94x, the floor 826 and 1162 ms,
 and that reload 0.08x and 0.10x; in the session after that, 1.96x, 1.98x, 2.01x and 2.02x over four
 runs, the floor 806-1072 ms, and that reload 0.07-0.09x, with the kept parses found by their place
-in the listing). A start allocated 1,242 MB for
+in the listing; in the session after that, with the live heap below, 1.94x, 1.87x and 1.81x over
+three runs, the peak 170-178 MiB, and 1.03x after ten reloads). A start allocated 1,242 MB for
 65,535 files (19 KB a file, sampled with the collected objects); the INI text split once and the
 tree's neighbour pairs reused took it to 1,128 MB, and the start 6% less time and 5% less CPU in 13
 alternating runs each.
+
+The live heap at ready, from heap snapshots of the agent with 65,535 contexts: 106 MB (1.6 KB a
+context) before the second session of 2026-12-07, 68 MB after it. Node's V8 has no pointer
+compression: a field is 8 bytes, and a number that is not a small integer (a stamp's times, the
+host ids above 2^31, and any number a double once sat in) a box of 16. What went: each context
+held two definitions, the file's and the accepted Context, a copy of it with setgroups decided (the
+file now decides it where it alone can, and the definition is the Context: 19 to 8 MB); a parsed
+map was an array with room for 17 extents (152 bytes for one; 8 MB); a kept stamp boxed all eight
+of its numbers (216 to 120 bytes; 6 MB); People kept an object and a name per top-level extent (6
+MB, as columns now); and the gid side of the judgement's claims held copies of the uid side's (3.5
+MB). The load's peak was mostly the young generation, which V8 doubled to 128 MiB under the load's
+garbage: it now grows to 16 MiB at most (\`agent/memory.ts\`), and the peak went from 295-318 MiB
+to 170-178, the start no slower (1.81x the floor against 2.03x, medians of four alternating starts;
+178 scavenges instead of 59). After ten reloads, what stayed was outside V8's heap, fragments in
+the second malloc arena: one arena (\`arena_max=1\`) took it from 1.07-1.11x to 1.03x.
 <!-- /scale -->
 `;
 }
