@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { labelProblem } from '../config/schema.ts';
 import { formatConfigError } from '../config/ini.ts';
 import { sameInEffect } from '../config/judge.ts';
+import { HostMapsOf } from '../config/judge.ts';
 import type { HostMaps } from '../config/judge.ts';
 import { HOST_LABEL } from '../config/types.ts';
 import type { ConfigError, Context, IdMap } from '../config/types.ts';
@@ -478,18 +479,17 @@ export class Registry {
   admit(ctx: Context, host: HostMaps): void {
     this.lastChange = { from: new WeakRef(this.contexts), to: new Map(this.contexts).set(ctx.label, ctx), labels: new Set([ctx.label]) };
     this.contexts = this.lastChange.to;
-    this.hostMaps = new Map(this.hostMaps).set(ctx.label, host);
+    this.hostMaps = HostMapsOf.changed(this.hostMaps, this.contexts, (m) => m.set(ctx.label, host));
     this.changedInPlace([ctx.label]);
   }
 
   /** Contexts made from inside, forgotten (their pins are released already): out of force now, without a reload. */
   forget(labels: readonly string[]): void {
     const contexts = new Map(this.contexts);
-    const hostMaps = new Map(this.hostMaps);
-    for (const l of labels) {
-      contexts.delete(l);
-      hostMaps.delete(l);
-    }
+    for (const l of labels) contexts.delete(l);
+    const hostMaps = HostMapsOf.changed(this.hostMaps, contexts, (m) => {
+      for (const l of labels) m.delete(l);
+    });
     this.lastChange = { from: new WeakRef(this.contexts), to: contexts, labels: new Set(labels) };
     this.contexts = contexts;
     this.hostMaps = hostMaps;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { chownSync, mkdirSync, readdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { capErrors, formatConfigError, MAX_CONFIG_FILE_BYTES, MAX_ERRORS_PER_FILE, parseIni, readConfigText, readConfigTextAsync } from '../../config/ini.ts';
-import { finishContexts, OWN_IDS_ONLY, RECORDED_FIELDS, sameRecorded } from '../../config/judge.ts';
+import { finishContexts, HostMapsOf, OWN_IDS_ONLY, RECORDED_FIELDS, sameRecorded } from '../../config/judge.ts';
 import type { Delegations } from '../../config/judge.ts';
 import { linkContexts, parseContextFile } from '../../config/load.ts';
 import type { ConfigError, Context, ContextDef } from '../../config/types.ts';
@@ -439,6 +439,22 @@ describe('config: checks across files', () => {
       ['a', 'b'],
     );
     assert.deepEqual(hostMaps.get('b')!.uid, [{ inside: 0, outside: 101000, count: 100 }]);
+    // A top-level context's host maps are its own maps, kept nowhere else (issue 26: a reload that
+    // changed maps copied an entry per context); a nested one's are kept, composed.
+    assert.ok(hostMaps instanceof HostMapsOf);
+    assert.deepEqual([...hostMaps.nested.keys()], ['b']);
+    assert.equal(hostMaps.get('a')!.uid, contexts[0].uidMap);
+    assert.equal(hostMaps.get('a')!.gid, contexts[0].gidMap);
+    assert.deepEqual([...hostMaps.keys()], ['a', 'b'], 'every accepted context, parents first');
+    assert.equal(hostMaps.size, 2);
+    assert.equal(hostMaps.get('nobody'), undefined);
+    // A context made from inside (Registry.admit): the nested ones copied, the view over the new contexts.
+    const kid = { ...contexts[1], label: 'kid' };
+    const withKid = HostMapsOf.changed(hostMaps, new Map([...contexts.map((c) => [c.label, c] as const), ['kid', kid]]), (m) =>
+      m.set('kid', hostMaps.get('b')!),
+    );
+    assert.deepEqual([...withKid.keys()], ['a', 'b', 'kid']);
+    assert.deepEqual([...hostMaps.keys()], ['a', 'b'], 'the view before is unchanged');
   });
 
   it('refuses a nested map that uses ids its parent does not map', () => {
