@@ -282,11 +282,15 @@ function mapsOf(d: ContextDef, allocated: ReadonlyMap<string, number>): { uidMap
 const acceptedAs = new WeakMap<ContextDef, Context>();
 
 function contextOf(d: ContextDef, uidMap: IdMap, gidMap: IdMap, setgroups: 'allow' | 'deny', inForce: Context | undefined, fromRecord: boolean): Context {
+  // Decided in the file (static maps, setgroups written or left to a default the file decides): the
+  // definition is the context, not a copy of it (128 bytes of each of 65,535 contexts). When nothing
+  // else is in force under its label, that is all: nothing to remember it by (a first start of
+  // 65,535 contexts made as many entries in the weak map, about 20 ms with their collection).
+  const itself = d.setgroups === setgroups && d.uidMap === uidMap && d.gidMap === gidMap;
+  if (itself && (inForce === undefined || inForce === d)) return d as Context;
   const last = acceptedAs.get(d);
   if (last && last.setgroups === setgroups && sameExtents(last.uidMap, uidMap) && sameExtents(last.gidMap, gidMap)) return last;
-  // Decided in the file (static maps, setgroups written or left to a default the file decides): the
-  // definition is the context, not a copy of it (128 bytes of each of 65,535 contexts).
-  let c: Context = d.setgroups === setgroups && d.uidMap === uidMap && d.gidMap === gidMap ? (d as Context) : { ...d, uidMap, gidMap, setgroups };
+  let c: Context = itself ? (d as Context) : { ...d, uidMap, gidMap, setgroups };
   // The same as the context in force (a file rewritten as it was; at start, the record's): that one.
   if (inForce !== undefined && !fromRecord && sameRecorded(inForce, c)) c = inForce;
   acceptedAs.set(d, c);
@@ -306,37 +310,35 @@ function admissionOrder(
   prior: Prior,
 ): { def: ContextDef; senior: boolean }[] {
   const byLabel = new Map<string, ContextDef>();
-  for (const d of [...kept, ...defs]) byLabel.set(d.label, d);
-  const keptSet = new Set<ContextDef>(kept);
-  const senior = new Map<string, boolean>();
-  const isSenior = (d: ContextDef): boolean => {
-    let v = senior.get(d.label);
-    if (v !== undefined) return v;
-    senior.set(d.label, false); // a cycle cannot be senior (linkContexts has refused it anyway)
+  for (const d of kept) byLabel.set(d.label, d);
+  for (const d of defs) byLabel.set(d.label, d);
+  const keptSet = kept.length > 0 ? new Set<ContextDef>(kept) : null;
+  /** Whether `d` itself keeps the ids it has in force (its ancestors aside). */
+  const keeps = (d: ContextDef): boolean => {
+    if (keptSet?.has(d)) return true;
     const old = prior.inForce.get(d.label);
-    const parent = byLabel.get(d.parent);
+    if (old === undefined) return false;
     // The very context this static definition was accepted as (an unchanged file): the same ids.
-    const unchanged = old !== undefined && d.uidMap !== null && acceptedAs.get(d) === old;
-    const maps = unchanged ? null : mapsOf(d, allocated);
-    v =
-      (unchanged || keptSet.has(d) || (old !== undefined && maps !== null && sameIds(old, { parent: d.parent, ...maps }))) &&
-      (d.parent === HOST_LABEL || (parent !== undefined && isSenior(parent)));
-    senior.set(d.label, v);
-    return v;
+    if (d.uidMap !== null && (old === d || acceptedAs.get(d) === old)) return true;
+    const maps = mapsOf(d, allocated);
+    return maps !== null && sameIds(old, { parent: d.parent, ...maps });
   };
-  // Parents-first across both lists: a kept context's parent may be a fresh definition.
-  const ordered: ContextDef[] = [];
-  const placed = new Set<string>();
+  // Parents-first across both lists (a kept context's parent may be a fresh definition), each
+  // senior when it and every ancestor keep their ids: a parent is placed, and judged, first. A
+  // cycle is never senior (linkContexts has refused it anyway).
+  const senior = new Map<string, boolean>();
+  const seniors: { def: ContextDef; senior: boolean }[] = [];
+  const juniors: { def: ContextDef; senior: boolean }[] = [];
   const place = (d: ContextDef, depth: number): void => {
-    if (placed.has(d.label) || depth > 64) return;
+    if (senior.has(d.label) || depth > 64) return;
     const parent = byLabel.get(d.parent);
     if (parent && parent !== d) place(parent, depth + 1);
-    placed.add(d.label);
-    ordered.push(d);
+    const v = (d.parent === HOST_LABEL || (parent !== undefined && senior.get(parent.label) === true)) && keeps(d);
+    senior.set(d.label, v);
+    (v ? seniors : juniors).push({ def: d, senior: v });
   };
   for (const d of byLabel.values()) place(d, 0);
-  const all = ordered.map((d) => ({ def: d, senior: isSenior(d) }));
-  return [...all.filter((x) => x.senior), ...all.filter((x) => !x.senior)];
+  return [...seniors, ...juniors];
 }
 
 /** A host resource a context's [delegate] names, and the context accepted with it. */
