@@ -190,11 +190,18 @@ const MAX_LAYOUTS = 4096;
  * of its own per file is about 200 bytes, 13 MB for 65,535 files).
  */
 function contextLines(doc: IniDoc): Readonly<Record<string, number>> {
-  const out = linesOf(doc);
+  // The layout read off the document, in linesOf's order: its table is made only for a layout not
+  // seen yet. A section is written "[name]", which no key can begin with (it would be a header).
   let layout = '';
-  for (const key in out) layout += `${key}\0${out[key]}\0`;
+  for (const name of ['context', 'delegate']) {
+    const section = doc.sections.get(name);
+    if (!section) continue;
+    layout += `[${name}]\0${section.line}\0`;
+    for (const [key, { line }] of section.keys) layout += `${key}\0${line}\0`;
+  }
   const known = layouts.get(layout);
   if (known !== undefined) return known;
+  const out = linesOf(doc);
   if (layouts.size < MAX_LAYOUTS) layouts.set(layout, Object.freeze(out));
   return out;
 }

@@ -61,6 +61,13 @@ describe('config: context files', () => {
     assert.deepEqual(a.def.access, { uids: [], gids: [] });
     const d = parse(`[context]\n\nuid_map = 0 400000 65536\ngid_map = 0 400000 65536\n`, 'd.conf');
     assert.deepEqual({ ...d.def!.lines }, { '': 1, uid_map: 3, gid_map: 4 }, 'another layout, its own lines');
+    // A [delegate] section's lines are its own, by the section they are in: the same keys and lines
+    // under the other section are another layout.
+    const withDelegate = (order: string) => parse(`[context]\nuid_map = 0 500000 65536\ngid_map = 0 500000 65536\n${order}`, 'e.conf').def!.lines;
+    const e = withDelegate('[delegate]\ncgroup = yes\n');
+    assert.deepEqual({ ...e }, { '': 1, uid_map: 2, gid_map: 3, 'delegate.': 4, 'delegate.cgroup': 5 });
+    assert.equal(withDelegate('[delegate]\ncgroup = yes\n'), e, 'the same layout: the same table');
+    assert.deepEqual({ ...withDelegate('\n[delegate]\ncgroup = yes\n') }, { '': 1, uid_map: 2, gid_map: 3, 'delegate.': 5, 'delegate.cgroup': 6 });
   });
 
   it("a context its file decides is its definition, not a copy (issue 26: a second copy of each was a sixth of the live heap); one of root nested in another takes its parent's setgroups", () => {
