@@ -14,6 +14,37 @@ describe('property: extents', () => {
     );
   });
 
+  it('any text parses as the general rule says: comma-separated extents of three decimal ids each, whitespace between (the plain one-extent form is parsed apart)', () => {
+    // The rule, written out plainly: the model the parse is held to.
+    const ID = /^(0|[1-9][0-9]{0,9})$/;
+    const model = (text: string): { inside: number; outside: number; count: number }[] | null => {
+      const out = [];
+      for (const part of text.split(',').map((p) => p.trim())) {
+        const fields = part.split(/\s+/);
+        if (fields.length !== 3 || !fields.every((f) => ID.test(f) && Number(f) <= 0xffffffff)) return null;
+        const [inside, outside, count] = fields.map(Number);
+        out.push({ inside, outside, count });
+      }
+      return validateExtents(out) === null ? out : null;
+    };
+    const id = fc.oneof(
+      fc.integer({ min: 0, max: 2 ** 32 + 5 }).map(String),
+      fc.constantFrom('0', '00', '01', '4294967295', '4294967296', '99999999999', '-1', '1e3', ''),
+    );
+    const space = fc.constantFrom(' ', '  ', '\t', ' \t ', '\u00a0', '', '\n');
+    const extent = fc.tuple(space, id, space, id, space, id, space).map((xs) => xs.join(''));
+    fc.assert(
+      fc.property(fc.array(extent, { minLength: 1, maxLength: 3 }), (extents) => {
+        const text = extents.join(',');
+        const parsed = parseExtents(text);
+        const want = model(text);
+        if (want === null) assert.equal(typeof parsed, 'string', `${JSON.stringify(text)}: refused`);
+        else assert.deepEqual(parsed, want, JSON.stringify(text));
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
   it('lookup agrees with the definition, both ways', () => {
     fc.assert(
       fc.property(
