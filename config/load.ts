@@ -490,8 +490,10 @@ export class ParseCache {
       if (this.aligned === null && this.byPath?.size === 0) {
         this.aligned = { files: at.files, entries: new Array<Unread | undefined>(at.files.length) };
         this.byPath = null;
+        this.placed = 0;
       }
       if (this.aligned?.files === at.files) {
+        if (this.byPath === null) this.placed += (kept ? 1 : 0) - (this.aligned.entries[at.i] ? 1 : 0);
         this.aligned.entries[at.i] = kept;
         if (kept) this.byPath?.set(file, kept);
         else this.byPath?.delete(file);
@@ -585,11 +587,11 @@ export class ParseCache {
     this.aligned = null;
   }
 
+  /** How many versions `aligned` holds while byPath is null (size is asked of every file at a reload). */
+  private placed = 0;
+
   get size(): number {
-    if (this.byPath !== null) return this.byPath.size;
-    let n = 0;
-    for (const e of this.aligned!.entries) if (e !== undefined) n++;
-    return n;
+    return this.byPath !== null ? this.byPath.size : this.placed;
   }
 }
 
