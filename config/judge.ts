@@ -893,8 +893,12 @@ function differing<V>(a: ReadonlyMap<string, V>, b: ReadonlyMap<string, V>, same
 function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Context[], allocated: ReadonlyMap<string, number>, prior: Prior): number | null {
   if (prior.fromRecord) return null;
   // What is in force must be what this state accepted (a context made from inside since, a reload that failed: no).
-  if (prior.inForce.size !== st.accepted.size) return null;
-  for (const [label, c] of st.accepted) if (prior.inForce.get(label) !== c) return null;
+  // The very map this judgement handed out is (the registry puts it in force as it is); another one
+  // is compared entry by entry.
+  if (prior.inForce !== st.accepted) {
+    if (prior.inForce.size !== st.accepted.size) return null;
+    for (const [label, c] of st.accepted) if (prior.inForce.get(label) !== c) return null;
+  }
   const delegations = prior.delegations ?? OWN_IDS_ONLY;
   for (const { owner, given } of st.asked.values()) {
     const now = delegations.of(owner);
