@@ -128,8 +128,14 @@ So creations at the spawner's own pace end at ${f2(1 + (e.agentMs - e.creatingMs
 Before the changes described below, the ratio was 1.87-2.00 (the creations 1.30-1.37 times the spawner alone);
 after the first of them, over three runs of this bench at 562c7d1 (each the median of 3), 1.40, 1.58 and
 1.71, the creations 0.98-1.24 times the spawner alone: the target was met in some runs and missed in
-others. Since the pin file is made first (2026-12-07, below), three runs gave 1.44, 1.41 and the one in
-the table, the creations 0.93-1.07 times the spawner alone.
+others. Since the pin file is made first (2026-12-07, below), three runs gave 1.44, 1.41 and 1.44,
+the creations 0.93-1.07 times the spawner alone. In the session after, on the same machine kind in a
+faster hour (the spawner alone 725-800 ms against 990), four runs gave 1.53 each, the one in the
+table the last: the start before the first creation 291-349 ms against 419, the creations 1.09-1.13
+times the spawner alone. Against the build the session began with (46709e3), in five alternating
+starts each: ready 1,123 ms against 1,105 (medians), the creations 824 ms against 775 and the start
+before them 182 ms against 214. The creations' few percent were not placed (a young generation held
+at 16 MiB rather than grown through the creations was tried, and was within the noise).
 
 What limits both is the machine: while the spawner alone makes and pins them, the ${e.cpus} CPUs are
 ${Math.round(e.spawnerBusy * 100)}% busy (all of them, from /proc/stat: Node's thread asking and bind-mounting, the spawner
