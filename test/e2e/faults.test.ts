@@ -138,6 +138,8 @@ describe('e2e: faults (root)', function () {
   it('holds the state directory it makes again after it was removed behind its back: a second agent is still refused', async () => {
     tree.context('a.conf', '[context]\nuid_map = 0 100000 1000\ngid_map = 0 100000 1000\n');
     const agent = await startAgent(tree, ['--log-level', 'info']);
+    // Its first record is written once it serves: removed after that, not while it writes it.
+    await agent.waitForLog((l) => l.msg === 'Recorded the contexts in force');
     rmSync(tree.state, { recursive: true });
     // A change in force is recorded: the agent makes its state directory again to write it.
     tree.context('b.conf', '[context]\nuid_map = 0 110000 1000\ngid_map = 0 110000 1000\n');

@@ -58,9 +58,19 @@ class Raw {
       };
     });
   }
+  /**
+   * The reply to `line` (its id the second word). A reply of another id is a late one to a line
+   * sent before (a creation the fast-check's garbage happened to make valid, answered after the
+   * ones that followed it): passed over, and a namespace it made ended.
+   */
   async ask(line: string): Promise<string[]> {
+    const id = line.split(' ')[1];
     this.send(line);
-    return (await this.next()).split(' ');
+    for (;;) {
+      const reply = (await this.next()).split(' ');
+      if (reply[0] === id) return reply;
+      if (reply[1] === 'ok') this.send(`end ${reply[0]}`);
+    }
   }
   async close(): Promise<number | null> {
     if (this.child.exitCode !== null) return this.child.exitCode;
