@@ -12,6 +12,12 @@ import type { ConfigError, Context, ContextDef, Delegation, IdMap, Owner } from 
 /** Ids of one kind a context reaches in the initial namespace, through its parent chain. */
 export type HostMaps = { readonly uid: IdMap; readonly gid: IdMap };
 
+/** The host maps of `label`'s context: a top-level one's own maps, else a nested one's kept in `nested`. */
+function hostMapsIn(contexts: ReadonlyMap<string, Context>, nested: ReadonlyMap<string, HostMaps>, label: string): HostMaps | undefined {
+  const c = contexts.get(label);
+  return c !== undefined && c.parent === HOST_LABEL ? { uid: c.uidMap, gid: c.gidMap } : nested.get(label);
+}
+
 /**
  * The host maps of contexts, by label: a top-level context's are its own maps (given when asked), a
  * nested one's are composed through its parents and kept in `nested`. So only the nested ones are a
@@ -44,8 +50,7 @@ export class HostMapsOf implements ReadonlyMap<string, HostMaps> {
   }
 
   get(label: string): HostMaps | undefined {
-    const c = this.contexts.get(label);
-    return c !== undefined && c.parent === HOST_LABEL ? { uid: c.uidMap, gid: c.gidMap } : this.nested.get(label);
+    return hostMapsIn(this.contexts, this.nested, label);
   }
 
   has(label: string): boolean {
@@ -564,11 +569,6 @@ function setAccepted(st: State, label: string, c: Context): void {
 function setHost(st: State, label: string, h: HostMaps): void {
   own(st).hostMaps.set(label, h);
 }
-/** The host maps of an accepted context (HostMapsOf.get). */
-function hostOf(st: State, label: string): HostMaps | undefined {
-  const c = st.accepted.get(label);
-  return c !== undefined && c.parent === HOST_LABEL ? { uid: c.uidMap, gid: c.gidMap } : st.hostMaps.get(label);
-}
 function unaccept(st: State, label: string, host = true): void {
   if (!st.accepted.has(label) && !(host && st.hostMaps.has(label))) return;
   own(st).accepted.delete(label);
@@ -711,7 +711,7 @@ function admit(st: State, d: ContextDef, mapped: Maps, j: Judging, errors: Confi
       }
     }
   }
-  const parentHost = parent ? hostOf(st, d.parent)! : null;
+  const parentHost = parent ? hostMapsIn(st.accepted, st.hostMaps, d.parent)! : null;
   const host: HostMaps = parentHost ? { uid: composeMaps(uidMap, parentHost.uid), gid: composeMaps(gidMap, parentHost.gid) } : { uid: uidMap, gid: gidMap };
   // setgroups: the kernel refuses "allow" in a namespace whose parent denies it.
   const setgroups = d.setgroups ?? (parent?.setgroups === 'deny' || d.owner.uid !== 0 ? 'deny' : 'allow');
