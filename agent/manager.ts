@@ -33,7 +33,7 @@ import { removeStaleTemps } from './kernel/files.ts';
 import { holdDirectory } from './kernel/hold.ts';
 import { newerRecordFormat, pinsDirectories, RECORDS_DIR } from './kernel/pinrecord.ts';
 import { NativeReads } from './kernel/reads.ts';
-import { THREAD_READ_MIN_FILES, ThreadReads } from '../config/readahead.ts';
+import { ThreadReads } from '../config/readahead.ts';
 import { growingYoung, settleMemory } from './memory.ts';
 import { Supervisor } from './supervisor.ts';
 import { VERSION } from './version.ts';
@@ -285,9 +285,7 @@ export class Manager {
     // Read on the native library's thread while this one parses, else on a thread of Node's (as
     // config/load.ts would), and a long listing's garbage in a young generation that may grow
     // (growingYoung) until settleMemory collects it and holds it at its size again.
-    const reads = Array.isArray(files)
-      ? ((files.length >= NATIVE_READ_MIN_FILES ? NativeReads.start(files) : null) ?? (files.length >= THREAD_READ_MIN_FILES ? ThreadReads.start(files) : null))
-      : null;
+    const reads = Array.isArray(files) ? ((files.length >= NATIVE_READ_MIN_FILES ? NativeReads.start(files) : null) ?? ThreadReads.forListing(files)) : null;
     let config: Configuration;
     try {
       const texts = Array.isArray(files) ? growingYoung(files.length, reads) : null;

@@ -3,7 +3,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { appendErrors, capErrors, configError, parseIni, readConfigFile, readConfigText, sameStamp, stampOf } from './ini.ts';
 import type { IniDoc, Stamp } from './ini.ts';
-import { THREAD_READ_MIN_FILES, ThreadReads } from './readahead.ts';
+import { ThreadReads } from './readahead.ts';
 import type { ReadAhead } from './readahead.ts';
 import { AGENT_SCHEMA, CONTEXT_SCHEMA, isProblem, labelProblem } from './schema.ts';
 import type { KeySpec } from './schema.ts';
@@ -609,7 +609,7 @@ export function loadContextDefs(
   if (!isListing(listed)) return { defs: [], errors: [listed] };
   // Nothing read ahead and a long listing (check-config; the agent's start without the native
   // library, which otherwise reads ahead itself: agent/kernel/reads.ts): read on a second thread while this one parses.
-  const reads = texts === undefined && unchanged === undefined && listed.length >= THREAD_READ_MIN_FILES ? ThreadReads.start(listed) : null;
+  const reads = texts === undefined && unchanged === undefined ? ThreadReads.forListing(listed) : null;
   try {
     const { defs, errors } = parseContextFiles(listed, nss, poolSize, texts ?? reads ?? undefined, cache, unchanged);
     cache?.keepOnly(listed);

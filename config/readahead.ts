@@ -61,6 +61,11 @@ export class ThreadReads implements ReadAhead {
     this.ended = new Promise((resolve) => worker.once('exit', () => resolve()));
   }
 
+  /** A reader of a listing long enough to be read on a thread (THREAD_READ_MIN_FILES); null for a shorter one, as when none can start. */
+  static forListing(files: readonly string[]): ThreadReads | null {
+    return files.length >= THREAD_READ_MIN_FILES ? ThreadReads.start(files) : null;
+  }
+
   /** A reader of `files` on a thread of its own; null when none can be started (the caller reads them). */
   static start(files: readonly string[]): ThreadReads | null {
     if (!existsSync(fileURLToPath(WORKER))) return null; // a broken install: the thread's program is missing
