@@ -15,6 +15,33 @@ export const msSince = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e
 export const f2 = (n: number) => n.toFixed(2);
 export const verdict = (ok: boolean, miss: string) => (ok ? 'met' : `**missed** (${miss})`);
 
+/** The machine's CPUs' busy and total time so far, all of them, in clock ticks (/proc/stat's first line; steal counts as busy). */
+export function cpuTicks(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - f[3] - f[4], total };
+}
+/** How busy the CPUs were since `t0` (0 to 1). */
+export const busySince = (t0: { busy: number; total: number }) => {
+  const t = cpuTicks();
+  return t.total === t0.total ? 0 : (t.busy - t0.busy) / (t.total - t0.total);
+};
+
+/**
+ * Until the machine is quiet (its CPUs under a tenth busy for a tenth of a second, at most `maxMs`):
+ * what a phase left the kernel to do (thousands of namespaces and mounts freed after their teardown)
+ * is not timed as part of the next. The milliseconds waited.
+ */
+export async function quiet(maxMs = 10_000): Promise<number> {
+  const t0 = performance.now();
+  while (performance.now() - t0 < maxMs) {
+    const c0 = cpuTicks();
+    await new Promise((r) => setTimeout(r, 100));
+    if (busySince(c0) < 0.1) break;
+  }
+  return performance.now() - t0;
+}
+
 /** Pins on a tmpfs, as /run/userns is wherever the agent is installed. */
 export function pinsOnTmpfs(tree: Tree): void {
   mkdirSync(tree.pins, { recursive: true });

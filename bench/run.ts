@@ -46,7 +46,7 @@ log('seen from inside (caller identification, contexts made from inside, 1,000 m
 const ins = await benchInside(Number(process.env.BENCH_RUNS ?? 30), 2000, 1000);
 log('the whole id space (65,535 context files: start-up against reading them, reloads)');
 const sc = await benchScale(Number(process.env.BENCH_SCALE ?? 65_535));
-log('eager creation against usernsd-spawner alone (5,000 namespaces, three times each)');
+log('eager creation against usernsd-spawner alone (5,000 namespaces, five times each)');
 const eg = await benchEager(5000);
 log('a shared pool as large as the id space (60,000 labels in etcd, then 8 hosts at once)');
 const pl = await benchPool(60_000);
