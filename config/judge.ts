@@ -520,10 +520,19 @@ type State = {
   allocations: Prior['allocations'];
   /** During a partial judgement: the labels accepted at the end of `accepted` (not in their old place). */
   moved: Set<string> | null;
+  /**
+   * The definitions and kept contexts judged, as they were given: each is `items`' entry for its
+   * label (their labels are unique: linkContexts, keptCandidates), so the next judgement finds the
+   * very object at the same place without a lookup by label.
+   */
+  judgedDefs: readonly ContextDef[];
+  judgedKept: readonly Context[];
 };
 
 function newState(allocated: ReadonlyMap<string, number>, allocations: Prior['allocations']): State {
   return {
+    judgedDefs: [],
+    judgedKept: [],
     items: new Map(),
     keptItems: new Set(),
     accepted: new Map(),
@@ -890,7 +899,14 @@ function differing<V>(a: ReadonlyMap<string, V>, b: ReadonlyMap<string, V>, same
  * holds it to that over random edits). A context accepted again keeps its place among the accepted
  * (placeFor), the new ones come last: parents before children, as a whole judgement orders them.
  */
-function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Context[], allocated: ReadonlyMap<string, number>, prior: Prior): number | null {
+function judgeChanged(
+  st: State,
+  defs: readonly ContextDef[],
+  kept: readonly Context[],
+  allocated: ReadonlyMap<string, number>,
+  prior: Prior,
+  counts: { looked: number },
+): number | null {
   if (prior.fromRecord) return null;
   // What is in force must be what this state accepted (a context made from inside since, a reload that failed: no).
   // The very map this judgement handed out is (the registry puts it in force as it is); another one
@@ -910,6 +926,7 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
   let same = 0;
   let replaced = 0;
   const look = (d: ContextDef, isKept: boolean) => {
+    counts.looked++;
     const was = st.items.get(d.label);
     if (was === d && (st.keptItems.size === 0 ? !isKept : st.keptItems.has(d.label) === isKept)) same++;
     else {
@@ -918,8 +935,17 @@ function judgeChanged(st: State, defs: readonly ContextDef[], kept: readonly Con
       if (was) replaced++;
     }
   };
-  for (const d of kept) look(d, true);
-  for (const d of defs) look(d, false);
+  // Most items are the very objects judged last time, at the same place: that says so without a
+  // lookup by label (65,535 of them in 0.1 ms rather than 15: the map's entries and the labels lie
+  // all over the heap).
+  for (let i = 0; i < kept.length; i++) {
+    if (kept[i] === st.judgedKept[i]) same++;
+    else look(kept[i], true);
+  }
+  for (let i = 0; i < defs.length; i++) {
+    if (defs[i] === st.judgedDefs[i]) same++;
+    else look(defs[i], false);
+  }
   let removed: Set<string> | null = null;
   if (same + replaced !== st.items.size) {
     const present = new Set<string>();
@@ -1122,14 +1148,18 @@ function outcome(st: State, errors: ConfigError[]): Judged {
  */
 export class Judgement {
   private state: State | null = null;
-  /** Judgements of everything and of what changed only since this was made, and the items they judged. */
-  readonly counts = { whole: 0, partial: 0, judged: 0 };
+  /**
+   * Judgements of everything and of what changed only since this was made, the items they judged,
+   * and the items a partial judgement looked up by label (not found at their place: changed, moved).
+   */
+  readonly counts = { whole: 0, partial: 0, judged: 0, looked: 0 };
 
+  /** `defs`' labels are unique, as linkContexts leaves them. */
   judge(defs: readonly ContextDef[], allocated: ReadonlyMap<string, number>, errors: ConfigError[], prior: Prior): Judged {
     const kept = keptCandidates(defs, prior.inForce, errors);
     let st = this.state;
     this.state = null; // a judgement that throws halfway leaves nothing half-changed behind
-    const again = st ? judgeChanged(st, defs, kept, allocated, prior) : null;
+    const again = st ? judgeChanged(st, defs, kept, allocated, prior, this.counts) : null;
     if (st && again !== null) {
       this.counts.partial++;
       this.counts.judged += again;
@@ -1138,6 +1168,9 @@ export class Judgement {
       this.counts.whole++;
       this.counts.judged += st.items.size;
     }
+    // Copies: the caller's array may change after this returns.
+    st.judgedDefs = defs.slice();
+    st.judgedKept = kept;
     this.state = st;
     // Handed out as they are, and never changed after (own() copies them first): a reload that
     // changed nothing in force hands out the very maps again, and makes no map of 65,535 entries.
