@@ -5,6 +5,7 @@ import { composeMaps, formatInterval, sameMap, uncovered } from './extents.ts';
 import type { Interval } from './extents.ts';
 import { DisjointIntervals } from './intervals.ts';
 import { configError } from './ini.ts';
+import { LayeredMap } from './layered.ts';
 import { lineIn } from './load.ts';
 import { HOST_LABEL } from './types.ts';
 import type { ConfigError, Context, ContextDef, Delegation, IdMap, Owner } from './types.ts';
@@ -563,8 +564,9 @@ function own(st: State): State {
   if (st.shared) {
     st.from = st.accepted;
     st.touched = new Set();
-    st.accepted = new Map(st.accepted);
-    st.hostMaps = new Map(st.hostMaps);
+    // Layered over what was handed out: a reload that changes one context of 65,535 does not copy them all.
+    st.accepted = LayeredMap.copyOf(st.accepted);
+    st.hostMaps = LayeredMap.copyOf(st.hostMaps);
     st.shared = false;
   }
   return st;
