@@ -1,6 +1,9 @@
 // A map of 65,535 contexts changed in a few places, for the cost of the few: the judgement's
 // accepted contexts once handed out (judge.ts own()).
 
+/** Changes made by indexOf in copies of the base's keys and values (entriesInOrder). */
+const FEW_CHANGES = 32;
+
 /**
  * A Map made of another one, its base (never changed through it: a map handed out to others), and
  * of what was set and deleted since: it holds what `new Map(base)` followed by the same calls would
@@ -16,9 +19,6 @@
  * Map's, an iteration does not see what is set or deleted while it runs. The judgement never changes
  * a map it iterates, and a map handed out is never changed.
  */
-/** Changes made by indexOf in copies of the base's keys and values (entriesInOrder). */
-const FEW_CHANGES = 32;
-
 export class LayeredMap<K, V> extends Map<K, V> {
   /** Base keys set again, in their place. */
   private readonly replaced: Map<K, V>;
