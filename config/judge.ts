@@ -45,7 +45,7 @@ export class HostMapsOf implements ReadonlyMap<string, HostMaps> {
     contexts: ReadonlyMap<string, Context>,
     change: (m: Map<string, HostMaps>) => void,
   ): ReadonlyMap<string, HostMaps> {
-    const m = new Map(base instanceof HostMapsOf ? base.nested : base);
+    const m = LayeredMap.copyOf(base instanceof HostMapsOf ? base.nested : base);
     change(m);
     return base instanceof HostMapsOf ? new HostMapsOf(contexts, m) : m;
   }
