@@ -337,8 +337,13 @@ C, on two threads). What went: the partial judgement found each unchanged defini
 what it judged last (1.6-1.8 ms); and a reload that changes maps copied the map of accepted
 contexts (9-36 ms), which is now layered over the one handed out (\`config/layered.ts\`, under 1
 ms). Over the runs of this bench in that session, as each change went in: the comment reload 0.12x,
-0.08x, 0.09x and 0.08x (the table's run); the maps reload 0.13x, 0.11x, 0.08x and 0.08x; ready
-1.15x, 1.09x, 1.08x and 1.13x the floor.
+0.08x, 0.09x, 0.08x, then 0.09x and 0.08x (the table's run); the maps reload 0.13x, 0.11x, 0.08x,
+0.08x, then 0.10x (110 ms, missed by its rounding, in a run whose start was 0.96x the floor) and
+0.08x; ready 1.15x, 1.09x, 1.08x, 1.13x, 0.96x and 1.31x the floor, as this machine's pace swung. A restart reads the record of the contexts in force (29 MB
+of JSON for 65,535): its entries as the agent writes them are now checked without valibot, to the
+same output (\`plainInForceEntry\`, held to valibot by test/property/inforce.test.ts), which took
+350-400 ms of it; the restart went from 1.8-2.1 s to 1.5-1.6 s, JSON.parse of the record 150-250 ms
+of what is left.
 <!-- /scale -->
 `;
 }
