@@ -7,14 +7,20 @@ import { labelProblem } from './schema.ts';
 import { HOST_LABEL } from './types.ts';
 
 /** Host ids and counts as the kernel has them: below 2^32 - 1. */
-export const ID = v.pipe(v.number(), v.safeInteger(), v.minValue(0), v.maxValue(0xfffffffe));
-export const COUNT = v.pipe(v.number(), v.safeInteger(), v.minValue(1), v.maxValue(0xffffffff));
+const MAX_ID = 0xfffffffe;
+const MAX_COUNT = 0xffffffff;
+export const ID = v.pipe(v.number(), v.safeInteger(), v.minValue(0), v.maxValue(MAX_ID));
+export const COUNT = v.pipe(v.number(), v.safeInteger(), v.minValue(1), v.maxValue(MAX_COUNT));
+/** ID and COUNT as plain checks, for a reader that takes the common shape without valibot (coord/state.ts plainInForceEntry). */
+export const isId = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0 && (x as number) <= MAX_ID;
+export const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 1 && (x as number) <= MAX_COUNT;
 /** Free text another host wrote (its name, a time): bounded, no control characters. */
 export const TEXT = v.pipe(v.string(), v.maxLength(256), v.regex(/^[^\x00-\x1f\x7f]*$/u));
 
 export const ALLOCATION = v.object({ start: ID, size: COUNT });
 /** An id map as the kernel takes it: at most 340 extents. */
-export const IDMAP = v.pipe(v.array(v.object({ inside: ID, outside: ID, count: COUNT })), v.maxLength(340));
+export const MAX_EXTENTS = 340;
+export const IDMAP = v.pipe(v.array(v.object({ inside: ID, outside: ID, count: COUNT })), v.maxLength(MAX_EXTENTS));
 
 /** Why `key` is no context label (null: it is one). */
 export function labelKeyProblem(key: string): string | null {

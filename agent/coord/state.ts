@@ -23,9 +23,10 @@ import { errnoOf, Fault } from '../fault.ts';
 import * as v from 'valibot';
 import { HOST_LABEL } from '../../config/types.ts';
 import { MAX_DELEGATED_PATHS } from '../../config/schema.ts';
-import { ALLOCATION, checkEntries, COUNT, ID, IDMAP, isPlainObject, issueText, labelKeyProblem } from '../../config/untrusted.ts';
+import { ALLOCATION, checkEntries, COUNT, ID, IDMAP, isCount, isId, isPlainObject, issueText, labelKeyProblem, MAX_EXTENTS } from '../../config/untrusted.ts';
 
-const IDS = v.pipe(v.array(ID), v.maxLength(65536));
+const MAX_IDS = 65536;
+const IDS = v.pipe(v.array(ID), v.maxLength(MAX_IDS));
 /** An absolute path as a context file may give one: no "..", no NUL, bounded. */
 const PATH = v.pipe(
   v.string(),
@@ -241,23 +242,24 @@ export const IN_FORCE_JOURNAL = 'contexts.journal';
 
 /** A context read back from the record: checked as its file would be (its maps are judged again by finishContexts). */
 function inForceEntry(c: unknown): Context | string {
-  const plain = plainInForceEntry(c);
-  const r = plain !== null ? { success: true as const, output: plain, issues: undefined } : v.safeParse(IN_FORCE_CONTEXT, c);
-  if (!r.success || labelKeyProblem(r.output.label) !== null || (r.output.parent !== HOST_LABEL && labelKeyProblem(r.output.parent) !== null))
-    return `a bad entry${r.success ? '' : `: ${issueText(r.issues)}`}`;
-  return { ...r.output, ownerIds: r.output.ownerIds ?? 'delegated' };
+  let e = plainInForceEntry(c);
+  if (e === null) {
+    const r = v.safeParse(IN_FORCE_CONTEXT, c);
+    if (!r.success) return `a bad entry: ${issueText(r.issues)}`;
+    e = r.output;
+  }
+  if (labelKeyProblem(e.label) !== null || (e.parent !== HOST_LABEL && labelKeyProblem(e.parent) !== null)) return 'a bad entry';
+  return { ...e, ownerIds: e.ownerIds ?? 'delegated' };
 }
 
-const isId = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0 && (x as number) <= 0xfffffffe;
-const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 1 && (x as number) <= 0xffffffff;
 /** Every element, holes included (Array.prototype.every skips a sparse array's holes; valibot does not). */
 function all(x: unknown[], ok: (e: unknown) => boolean): boolean {
   for (let i = 0; i < x.length; i++) if (!ok(x[i])) return false;
   return true;
 }
 const isExtent = (e: unknown) => isPlainObject(e) && isId(e.inside) && isId(e.outside) && isCount(e.count);
-const isIdMap = (x: unknown): x is { inside: number; outside: number; count: number }[] => Array.isArray(x) && x.length <= 340 && all(x, isExtent);
-const isIds = (x: unknown): x is number[] => Array.isArray(x) && x.length <= 65536 && all(x, isId);
+const isIdMap = (x: unknown): x is { inside: number; outside: number; count: number }[] => Array.isArray(x) && x.length <= MAX_EXTENTS && all(x, isExtent);
+const isIds = (x: unknown): x is number[] => Array.isArray(x) && x.length <= MAX_IDS && all(x, isId);
 const oneOf = <T extends string>(x: unknown, words: readonly T[]): x is T => typeof x === 'string' && (words as readonly string[]).includes(x);
 
 /**
